@@ -1,0 +1,167 @@
+//! `contexts.toml`: the resolved model the broker runs on ([`Config`], [`Context`]) and
+//! its loader ([`load`]), which refuses anything it does not understand with the file,
+//! line and key.
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use load::{load, load_str, ConfigError};
+
+/// Default PATH for a context whose env does not set one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub broker: BrokerSettings,
+    pub contexts: BTreeMap<String, Arc<Context>>,
+    /// Non-fatal findings at load (e.g. an isolation option this kernel lacks).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    /// Group name and its resolved gid.
+    pub socket_group: Option<(String, u32)>,
+    pub state_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub reserved_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub name: String,
+    pub user: User,
+    /// Context environment: `env_files` in order, then inline `env` (inline wins), then
+    /// `PATH` defaulted. Values are secrets: never log or print them.
+    pub env: Vec<(String, String)>,
+    /// Names or globs (`*`, `?`) copied from the caller's environment.
+    pub inherit_env: Vec<String>,
+    pub cwd: CwdRule,
+    pub route_children_to: Option<String>,
+    pub allow: Allow,
+    pub rlimits: Vec<Rlimit>,
+    pub timeout: Option<Duration>,
+    pub on_broker_down: BrokerDown,
+    pub isolation: Isolation,
+}
+
+/// A resolved account; the spawn path needs every field before it forks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// As written in the file (`"agent"`, `"1000"`, `"1000:1000"`).
+    pub spec: String,
+    /// Login name (the passwd entry's), or the uid as text when there is no entry.
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+    /// Supplementary groups as `initgroups` would set them (includes `gid`).
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CwdRule {
+    /// The caller's working directory.
+    Inherit,
+    /// The user's home (no `cwd` key).
+    Home,
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allow {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+    /// Processes running in these contexts may enter.
+    pub contexts: Vec<String>,
+    /// No `allow` key: root and the context's own uid.
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Key as written (`nofile`).
+    pub name: &'static str,
+    /// `libc::RLIMIT_*`.
+    pub resource: i32,
+    /// Applied as both soft and hard limit.
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerDown {
+    /// Launches fail when the broker cannot be reached.
+    #[default]
+    Fail,
+    /// Launches run locally (opt-in; the caller's own credentials).
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Isolation {
+    pub pid: bool,
+    pub network: Network,
+    pub enforce: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    Host,
+    None,
+}
+
+/// Shell-style glob (`*` any run, `?` one character) used by `inherit_env`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+impl Context {
+    /// Whether `inherit_env` lets the caller's variable `name` through.
+    pub fn inherits(&self, name: &str) -> bool {
+        self.inherit_env.iter().any(|p| glob_match(p, name))
+    }
+
+    /// The `allow` rule: `peer_context` is the context the peer process runs in, if any.
+    pub fn allows(&self, uid: u32, gid: u32, peer_context: Option<&str>) -> bool {
+        if self.allow.is_default {
+            return uid == 0 || uid == self.user.uid;
+        }
+        self.allow.uids.contains(&uid)
+            || self.allow.gids.contains(&gid)
+            || peer_context.is_some_and(|c| self.allow.contexts.iter().any(|a| a == c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("LC_*", "LC_ALL"));
+        assert!(glob_match("TERM", "TERM"));
+        assert!(!glob_match("TERM", "TERMINAL"));
+        assert!(glob_match("A?C", "ABC"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("LC_*", "LANG"));
+    }
+}

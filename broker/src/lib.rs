@@ -1,0 +1,10 @@
+//! ctx: named execution contexts. This crate holds the broker daemon (`ctx-broker`), the
+//! operator and user CLI (`ctx`), and the `contexts.toml` model both read.
+//!
+//! - [`config`]: parsing and validating `contexts.toml` into resolved contexts;
+//! - [`daemon`]: the tokio broker: socket, authentication, spawn path, PTYs, audit log;
+//! - [`client`]: the `ctx` verbs, one module per verb.
+
+pub mod client;
+pub mod config;
+pub mod daemon;

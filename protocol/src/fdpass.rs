@@ -1,0 +1,199 @@
+//! Blocking socket I/O with `SCM_RIGHTS`, written against raw syscalls only: no heap, no
+//! locks, no stdio, so the interposer may call it between `vfork` and `execve`.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::RawFd;
+use std::ptr;
+
+use crate::frame::{payload_len, FrameError, FRAME_HEADER};
+
+/// The kernel's limit on descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub const MAX_FDS: usize = 253;
+
+/// Room for one `cmsghdr` carrying [`MAX_FDS`] descriptors, 8-byte aligned.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 24 + MAX_FDS * 4 + 8]);
+
+fn last_errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Sends all of `data`; `fds` ride on the first byte. Retries on `EINTR`, never raises
+/// `SIGPIPE`.
+pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    let mut sent = 0usize;
+    if !fds.is_empty() {
+        let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
+        let payload = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; zeroed is a valid starting value.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at a buffer of at least `space` aligned bytes.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            ptr::copy_nonoverlapping(
+                fds.as_ptr() as *const u8,
+                libc::CMSG_DATA(cmsg),
+                payload as usize,
+            );
+        }
+        loop {
+            // SAFETY: msg describes valid buffers for the duration of the call.
+            let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                sent = n as usize;
+                break;
+            }
+            let e = last_errno();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+    while sent < data.len() {
+        let rest = &data[sent..];
+        // SAFETY: rest is a valid readable slice.
+        let n = unsafe {
+            libc::send(
+                sock,
+                rest.as_ptr() as *const _,
+                rest.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = last_errno();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+    }
+    Ok(())
+}
+
+/// One `recvmsg` into `buf`; received descriptors (close-on-exec) are stored in `fds` and
+/// counted in the second value. Returns `(0, 0)` at end of stream. Descriptors beyond
+/// `fds.len()` or a truncated control message are closed and reported as `EMSGSIZE`.
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<(usize, usize)> {
+    let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
+    msg.msg_controllen = cbuf.0.len() as _;
+    let n = loop {
+        // SAFETY: msg describes valid writable buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = last_errno();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    };
+    let (count, overflow) = take_fds(&msg, fds);
+    if overflow || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        for &fd in &fds[..count] {
+            // SAFETY: we own these just-received descriptors.
+            unsafe { libc::close(fd) };
+        }
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+    }
+    Ok((n, count))
+}
+
+/// Copies the `SCM_RIGHTS` descriptors of `msg` into `out`; closes any that do not fit
+/// (and any other control message's descriptors) and then reports overflow.
+pub fn take_fds(msg: &libc::msghdr, out: &mut [RawFd]) -> (usize, bool) {
+    let mut count = 0;
+    let mut overflow = false;
+    // SAFETY: msg was filled in by recvmsg; CMSG_* walk its control buffer within bounds.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                let n = len / size_of::<RawFd>();
+                for i in 0..n {
+                    let fd = ptr::read_unaligned((data as *const RawFd).add(i));
+                    if count < out.len() {
+                        out[count] = fd;
+                        count += 1;
+                    } else {
+                        libc::close(fd);
+                        overflow = true;
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    (count, overflow)
+}
+
+/// Reads exactly `buf.len()` bytes; `UnexpectedEof` if the stream ends first.
+pub fn read_exact(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: rest is a valid writable slice.
+        let n = unsafe { libc::read(sock, rest.as_mut_ptr() as *mut _, rest.len()) };
+        if n < 0 {
+            let e = last_errno();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        got += n as usize;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Reads one whole frame's payload into `buf` (blocking); returns the payload length.
+pub fn read_frame(sock: RawFd, buf: &mut [u8]) -> Result<usize, ReadFrameError> {
+    let mut head = [0u8; FRAME_HEADER];
+    read_exact(sock, &mut head)?;
+    let len = payload_len(head)?;
+    if len > buf.len() {
+        return Err(FrameError::BufferTooSmall(buf.len()).into());
+    }
+    read_exact(sock, &mut buf[..len])?;
+    Ok(len)
+}

@@ -1,0 +1,16 @@
+//! The ctx wire protocol: the messages the broker, the `ctx` CLI, the interposer and the
+//! shim exchange over the broker's Unix stream socket, how they are framed, and how the
+//! caller's file descriptors travel with them (`SCM_RIGHTS`).
+//!
+//! A connection starts with the client's [`Hello`] frame, immediately followed (no round
+//! trip) by one [`Request`]. The broker answers with [`Reply::Hello`] and then the replies to
+//! that request. Message enums are append-only: a new variant goes at the end, so that the
+//! variant numbers older peers know keep their meaning. [`PROTOCOL_VERSION`] changes when an
+//! existing message changes shape.
+
+pub mod fdpass;
+pub mod frame;
+pub mod messages;
+
+pub use frame::{FrameError, FRAME_HEADER, MAX_FRAME};
+pub use messages::*;

@@ -1,0 +1,447 @@
+//! Every message of the protocol. Append-only: add variants and types at the end.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Bumped whenever an existing message changes its encoding.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
+/// stray one before it reads anything else.
+pub const MAGIC: [u8; 4] = *b"CTX1";
+
+// ---------------------------------------------------------------------------------------
+// Client to broker
+// ---------------------------------------------------------------------------------------
+
+/// The first frame of every connection. Its shape never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u32,
+    pub client: ClientKind,
+}
+
+impl Hello {
+    pub const fn new(client: ClientKind) -> Self {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            client,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientKind {
+    Cli,
+    Interposer,
+}
+
+/// What a client asks; one `Exec`/`Status`/`Contexts` per connection, then, for `Exec`,
+/// any number of `Signal`, `Resize`, `Input` and one `InputEof`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Exec(ExecRequest),
+    /// Deliver this signal number to the routed process group.
+    Signal {
+        signo: i32,
+    },
+    /// The caller's terminal changed size (PTY mode).
+    Resize(WinSize),
+    /// Bytes the caller typed (PTY mode).
+    Input(ByteBuf),
+    /// The caller's input ended (PTY mode): the broker sends the terminal's EOF character.
+    InputEof,
+    Status,
+    Contexts,
+}
+
+/// A launch. Byte strings are raw: argv, env and paths need not be UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Target context name.
+    pub context: String,
+    pub argv: Vec<ByteBuf>,
+    /// The file to execute; `None` means `argv[0]`.
+    pub program: Option<ByteBuf>,
+    /// `Some(PATH)` searches `program` along this PATH value as `execvp` does (including the
+    /// `/bin/sh` fallback for files without a shebang); `None` executes `program` as given.
+    pub search_path: Option<ByteBuf>,
+    /// The caller's environment as `KEY=VALUE`; only names the context's `inherit_env`
+    /// matches cross into the routed process.
+    pub env: Vec<ByteBuf>,
+    /// Explicit `KEY=VALUE` settings (`ctx exec -e`), applied over the context's env.
+    pub set_env: Vec<ByteBuf>,
+    /// The caller's working directory, used when the context's `cwd` is `"inherit"`.
+    pub cwd: ByteBuf,
+    /// An explicit working directory (`ctx exec --cwd`), overriding the context's.
+    pub cwd_override: Option<ByteBuf>,
+    /// Where the routed process's descriptors come from, by target number.
+    pub fds: Vec<FdSlot>,
+    /// Present when some slot is [`FdSource::Pty`]: the terminal to emulate.
+    pub tty: Option<TtyInfo>,
+    /// Kill the routed process group after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdSlot {
+    /// Descriptor number in the routed process.
+    pub target: i32,
+    pub source: FdSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdSource {
+    /// The next descriptor of the request's `SCM_RIGHTS` payload, in slot order.
+    Passed,
+    /// The slave side of the PTY the broker allocates for this launch.
+    Pty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyInfo {
+    pub size: WinSize,
+    /// The caller terminal's modes, copied onto the PTY so erase/kill/intr keys match.
+    pub termios: Option<TermModes>,
+}
+
+/// The portable part of a `struct termios`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermModes {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub cc: [u8; 32],
+}
+
+// ---------------------------------------------------------------------------------------
+// Broker to client
+// ---------------------------------------------------------------------------------------
+
+/// Everything the broker sends. Text fields borrow from the frame when decoded with
+/// [`crate::frame::decode`], so the interposer can read `Started`/`ExecFailed`/`Error`
+/// without allocating.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply<'a> {
+    /// Always first: the broker's protocol version and software version.
+    Hello {
+        version: u32,
+        #[serde(borrow)]
+        software: Cow<'a, str>,
+    },
+    /// The request was refused or could not be understood; the connection ends.
+    Error {
+        kind: ErrorKind,
+        #[serde(borrow)]
+        message: Cow<'a, str>,
+    },
+    /// The routed program was executed (its `execve` succeeded).
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    /// The routed program could not be started; nothing runs.
+    ExecFailed(#[serde(borrow)] ExecFailure<'a>),
+    /// The routed process ended; the last message of an exec.
+    Exited {
+        status: ExitStatus,
+        timed_out: bool,
+    },
+    /// Bytes the routed process wrote to its PTY.
+    Output(#[serde(borrow)] Cow<'a, [u8]>),
+    Status(StatusReport),
+    Contexts(Vec<ContextInfo>),
+}
+
+/// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
+/// reader that must not allocate can refuse variants it does not expect before decoding.
+pub mod reply_tag {
+    pub const HELLO: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const STARTED: u8 = 2;
+    pub const EXEC_FAILED: u8 = 3;
+    pub const EXITED: u8 = 4;
+    pub const OUTPUT: u8 = 5;
+    pub const STATUS: u8 = 6;
+    pub const CONTEXTS: u8 = 7;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The peer speaks another protocol version or is not a ctx client.
+    VersionMismatch,
+    /// A malformed, oversized or out-of-order message.
+    BadRequest,
+    /// No context of that name.
+    UnknownContext,
+    /// The peer may not enter the context (its `allow` rule).
+    Refused,
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// Anything else on the broker's side.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecFailure<'a> {
+    pub kind: FailureKind,
+    pub stage: Stage,
+    /// The errno of the failing call (0 when the failure is not a system call's).
+    pub errno: i32,
+    #[serde(borrow)]
+    pub errno_name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+}
+
+/// What went wrong, in the words a user needs to act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    NotFound,
+    PermissionDenied,
+    NotExecutable,
+    BadCwd,
+    UnknownUser,
+    SetUid,
+    ResourceLimit,
+    OutOfMemory,
+    Other,
+}
+
+/// Which step of the spawn path failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    Fork,
+    Session,
+    Terminal,
+    Fds,
+    Rlimits,
+    Groups,
+    SetGid,
+    SetUid,
+    Chdir,
+    NoNewPrivs,
+    Capabilities,
+    Exec,
+    User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Normal exit with this code (0..=255).
+    Code(i32),
+    /// Killed by this signal; `core` when the kernel reported a core dump.
+    Signaled { signal: i32, core: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub software: String,
+    pub pid: i32,
+    pub uid: u32,
+    pub config_path: String,
+    pub socket_path: String,
+    pub audit_log: String,
+    pub uptime_ms: u64,
+    pub running: u64,
+    pub launches: u64,
+    pub contexts: Vec<String>,
+    /// One line per limitation in force (e.g. "not root: contexts must use uid 1000").
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub name: String,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+    /// Environment names with their values masked.
+    pub env: Vec<(String, String)>,
+    pub inherit_env: Vec<String>,
+    pub allow: String,
+    pub timeout_ms: Option<u64>,
+    pub rlimits: Vec<(String, u64)>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+impl ExitStatus {
+    /// Decodes a `waitid` result (`si_code`, `si_status`).
+    pub fn from_siginfo(code: i32, status: i32) -> ExitStatus {
+        match code {
+            libc::CLD_EXITED => ExitStatus::Code(status),
+            libc::CLD_DUMPED => ExitStatus::Signaled {
+                signal: status,
+                core: true,
+            },
+            _ => ExitStatus::Signaled {
+                signal: status,
+                core: false,
+            },
+        }
+    }
+
+    /// The shell's view: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signaled { signal, .. } => 128 + signal,
+        }
+    }
+}
+
+/// The symbolic name of an errno value (`ENOENT`), or `"E?"` when unknown.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        0 => "OK",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EBADF => "EBADF",
+        libc::ECHILD => "ECHILD",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::EPIPE => "EPIPE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ELOOP => "ELOOP",
+        libc::ELIBBAD => "ELIBBAD",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        _ => "E?",
+    }
+}
+
+/// Classifies an errno from a given stage the way a user reads it.
+pub fn classify(stage: Stage, errno: i32) -> FailureKind {
+    match (stage, errno) {
+        (Stage::Chdir, _) => FailureKind::BadCwd,
+        (Stage::User, _) => FailureKind::UnknownUser,
+        (Stage::SetUid | Stage::SetGid | Stage::Groups, _) => FailureKind::SetUid,
+        (Stage::Rlimits, _) => FailureKind::ResourceLimit,
+        (_, libc::ENOMEM) => FailureKind::OutOfMemory,
+        (Stage::Fork, libc::EAGAIN) => FailureKind::ResourceLimit,
+        (Stage::Exec, libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG | libc::ELOOP) => {
+            FailureKind::NotFound
+        }
+        (Stage::Exec, libc::EACCES | libc::EPERM) => FailureKind::PermissionDenied,
+        (Stage::Exec, libc::ENOEXEC | libc::ELIBBAD | libc::EISDIR | libc::ETXTBSY) => {
+            FailureKind::NotExecutable
+        }
+        (Stage::Exec, libc::E2BIG | libc::EMFILE | libc::ENFILE | libc::EAGAIN) => {
+            FailureKind::ResourceLimit
+        }
+        _ => FailureKind::Other,
+    }
+}
+
+impl FailureKind {
+    /// The exit code `env`, `timeout` and `docker run` use for this failure.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::NotFound => 127,
+            FailureKind::PermissionDenied | FailureKind::NotExecutable => 126,
+            _ => 125,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::NotFound => "command not found",
+            FailureKind::PermissionDenied => "permission denied",
+            FailureKind::NotExecutable => "not executable",
+            FailureKind::BadCwd => "cannot enter working directory",
+            FailureKind::UnknownUser => "unknown user",
+            FailureKind::SetUid => "cannot switch user",
+            FailureKind::ResourceLimit => "resource limit",
+            FailureKind::OutOfMemory => "out of memory",
+            FailureKind::Other => "launch failed",
+        }
+    }
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fork => "fork",
+            Stage::Session => "session",
+            Stage::Terminal => "terminal",
+            Stage::Fds => "fds",
+            Stage::Rlimits => "rlimits",
+            Stage::Groups => "groups",
+            Stage::SetGid => "setgid",
+            Stage::SetUid => "setuid",
+            Stage::Chdir => "chdir",
+            Stage::NoNewPrivs => "no_new_privs",
+            Stage::Capabilities => "capabilities",
+            Stage::Exec => "exec",
+            Stage::User => "user",
+        }
+    }
+
+    /// Stable numbering for the spawn path's error pipe.
+    pub fn from_u8(n: u8) -> Option<Stage> {
+        const ALL: [Stage; 13] = [
+            Stage::Fork,
+            Stage::Session,
+            Stage::Terminal,
+            Stage::Fds,
+            Stage::Rlimits,
+            Stage::Groups,
+            Stage::SetGid,
+            Stage::SetUid,
+            Stage::Chdir,
+            Stage::NoNewPrivs,
+            Stage::Capabilities,
+            Stage::Exec,
+            Stage::User,
+        ];
+        ALL.get(n as usize).copied()
+    }
+}
+
+impl ErrorKind {
+    /// The `ctx` CLI's exit code for this error: always ctx's own, 125.
+    pub fn exit_code(self) -> i32 {
+        125
+    }
+}
