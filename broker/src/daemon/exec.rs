@@ -198,10 +198,7 @@ pub async fn run(
         kill_group(pid, libc::SIGTERM);
         kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
     }
-    let master = match master.map(watch).transpose() {
-        Ok(m) => m,
-        Err(_) => None,
-    };
+    let master = master.map(watch).transpose().unwrap_or_default();
     let mut input: Vec<u8> = Vec::new();
     let mut out = vec![0u8; 64 * 1024];
 
