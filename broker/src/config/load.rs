@@ -853,3 +853,8 @@ fn with_primary(mut groups: Vec<u32>, gid: u32) -> Vec<u32> {
     });
     groups
 }
+
+// ---------- Tests ----------
+
+#[cfg(test)]
+mod tests;
