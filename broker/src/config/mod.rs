@@ -140,19 +140,14 @@ impl Context {
         self.inherit_env.iter().any(|p| glob_match(p, name))
     }
 
-    /// Env names with values masked, for `ctx contexts`: the values are secrets.
+    /// The context's environment with every value hidden (`****`, or empty when the value
+    /// is empty), for listings such as `ctx contexts`.
     pub fn masked_env(&self) -> Vec<(String, String)> {
         self.env
             .iter()
             .map(|(k, v)| {
-                (
-                    k.clone(),
-                    if v.is_empty() {
-                        String::new()
-                    } else {
-                        "****".into()
-                    },
-                )
+                let mask = if v.is_empty() { "" } else { "****" };
+                (k.clone(), mask.to_string())
             })
             .collect()
     }
