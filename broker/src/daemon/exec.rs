@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::plan::{prepare, BrokerIdentity};
 use super::registry::Running;
-use super::spawn::{fork_exec, parse_report};
+use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
 use crate::config::Context;
@@ -156,17 +156,8 @@ pub async fn run(
     let n = read_report(forked.report, &mut report).await;
     if let Some(child_failure) = parse_report(&report[..n]) {
         let _ = wait_exit(&pidfd).await;
-        let what = format!("{} in context {:?}", show_program(&req), ctx.name);
-        let mut failure = child_failure.into_exec_failure(&what);
-        if child_failure.stage == Stage::Chdir {
-            failure.message = format!(
-                "{what}: cannot enter working directory {:?} as uid {} ({})",
-                String::from_utf8_lossy(&prepared.cwd),
-                ctx.user.uid,
-                io::Error::from_raw_os_error(child_failure.errno)
-            )
-            .into();
-        }
+        let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
+        let failure = child_failure.into_exec_failure(detail);
         return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
     }
 
@@ -351,9 +342,38 @@ fn os_failure(stage: Stage, e: io::Error, what: &str) -> ExecFailure<'static> {
     }
 }
 
-fn show_program(req: &ExecRequest) -> String {
-    let p = req.program.as_deref().unwrap_or(&req.argv[0]);
-    format!("{:?}", String::from_utf8_lossy(p))
+/// What a failed step was doing, in the terms of the request and the context.
+fn failure_detail(
+    stage: Stage,
+    req: &ExecRequest,
+    ctx: &Context,
+    cwd: &[u8],
+    plan: &SpawnPlan,
+) -> String {
+    let user = format!("{} (uid {})", ctx.user.name, ctx.user.uid);
+    match stage {
+        Stage::Chdir => format!("cannot enter {:?} as {user}", String::from_utf8_lossy(cwd)),
+        Stage::Exec => match &plan.program {
+            Program::Search(c) if c.len() > 1 || req.search_path.is_some() => {
+                let file = req.program.as_deref().unwrap_or(&req.argv[0]);
+                let dirs: Vec<String> = c
+                    .iter()
+                    .map(|p| {
+                        let p = p.to_bytes();
+                        let dir = &p[..p.len().saturating_sub(file.len() + 1)];
+                        String::from_utf8_lossy(dir).into_owned()
+                    })
+                    .collect();
+                format!("looked in {} as {user}", dirs.join(":"))
+            }
+            _ => format!("as {user}"),
+        },
+        Stage::Groups | Stage::SetGid | Stage::SetUid => {
+            format!("switching to {user} (gid {})", ctx.user.gid)
+        }
+        Stage::Rlimits => "applying the context's rlimits".into(),
+        _ => String::new(),
+    }
 }
 
 fn describe_allow(ctx: &Context) -> String {

@@ -210,15 +210,15 @@ pub fn parse_report(buf: &[u8]) -> Option<ChildFailure> {
 }
 
 impl ChildFailure {
-    pub fn into_exec_failure(self, what: &str) -> ExecFailure<'static> {
-        let kind = classify(self.stage, self.errno);
-        let errno_text = io::Error::from_raw_os_error(self.errno);
+    /// `detail` says what the errno alone does not (which path, which uid); the client
+    /// prints it after the kind and errno name.
+    pub fn into_exec_failure(self, detail: String) -> ExecFailure<'static> {
         ExecFailure {
-            kind,
+            kind: classify(self.stage, self.errno),
             stage: self.stage,
             errno: self.errno,
             errno_name: errno_name(self.errno).into(),
-            message: format!("{what}: {} ({errno_text})", kind.describe()).into(),
+            message: detail.into(),
         }
     }
 }
