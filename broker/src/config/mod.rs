@@ -140,6 +140,23 @@ impl Context {
         self.inherit_env.iter().any(|p| glob_match(p, name))
     }
 
+    /// Env names with values masked, for `ctx contexts`: the values are secrets.
+    pub fn masked_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if v.is_empty() {
+                        String::new()
+                    } else {
+                        "****".into()
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// The `allow` rule: `peer_context` is the context the peer process runs in, if any.
     pub fn allows(&self, uid: u32, gid: u32, peer_context: Option<&str>) -> bool {
         if self.allow.is_default {
