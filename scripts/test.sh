@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian 12 machine, as root (the tests start
+# real brokers that switch uid). CI runs it on a clean clone through .ci/run.
+#
+# What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
+#   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3,
+#              each installed with apt only if its command is missing;
+#   group      ctx-testers   a supplementary group of ctx-alice (the groups test checks it);
+#   group      ctx           the socket group the shipped contexts.toml may name;
+#   user       ctx-alice     the tests' main target context user (home /home/ctx-alice);
+#   user       ctx-bob       a second user; also the caller the broker must refuse;
+#   user       ctx-agent     the shipped contexts.toml's `platform` context;
+#   user       ctx-user      the shipped contexts.toml's `user` context.
+# Then: cargo build --release (the binaries the tests run), and the test suite in release
+# mode (cargo-nextest if installed, else cargo test), failing on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the test suite needs root: its tests start a real broker that" >&2
+    echo "switches to the test users (ctx-alice, ctx-bob) and creates them. Run it as root," >&2
+    echo "e.g. sudo bash scripts/test.sh" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# --- packages: command -> Debian package, installed only when missing -----------------
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need dash dash
+need perl perl
+need make make
+need git git
+need find findutils
+need xargs findutils
+need ps procps
+need pkill procps
+need tmux tmux
+need setpriv util-linux
+need runuser util-linux
+need script bsdutils
+need gcc build-essential
+need cc build-essential
+need python3 python3
+need node nodejs
+need curl curl
+need useradd passwd
+if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates >/dev/null
+fi
+
+# --- Rust toolchain ---------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "test.sh: installing a Rust toolchain with rustup"
+        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
+
+# --- test users -------------------------------------------------------------------------
+# shellcheck source=scripts/lib/users.sh
+. scripts/lib/users.sh
+ensure_group ctx-testers
+ensure_group ctx
+ensure_user ctx-alice ctx-testers
+ensure_user ctx-bob
+ensure_user ctx-agent
+ensure_user ctx-user
+
+# --- build and test ---------------------------------------------------------------------
+cargo build --release --workspace --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --no-fail-fast
+else
+    # cargo test prints one "test result:" line per test binary; a failure exits non-zero.
+    cargo test --release --workspace --no-fail-fast
+fi

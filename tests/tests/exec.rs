@@ -1,0 +1,392 @@
+//! `ctx exec` into a real context: who the routed process runs as, what environment and
+//! working directory it gets, and how its exit status and launch failures come back.
+
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use ctx_tests::*;
+
+/// `ctx` with core dumps off, so that a re-raised SIGSEGV leaves no core file behind.
+fn no_core(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn routed_process_runs_as_the_context_user() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+
+    assert_eq!(
+        b.exec("alice", &["id", "-u"]).ok(),
+        format!("{}\n", alice.uid)
+    );
+    assert_eq!(
+        b.exec("alice", &["id", "-g"]).ok(),
+        format!("{}\n", alice.gid)
+    );
+    assert_eq!(b.exec("alice", &["id", "-un"]).ok(), format!("{ALICE}\n"));
+    // Real and effective ids both switched (no setuid-style leftovers).
+    assert_eq!(
+        b.exec("alice", &["id", "-ru"]).ok(),
+        format!("{}\n", alice.uid)
+    );
+    assert_eq!(
+        b.exec("alice", &["id", "-rg"]).ok(),
+        format!("{}\n", alice.gid)
+    );
+}
+
+#[test]
+fn routed_process_has_the_users_supplementary_groups_and_no_others() {
+    let alice = user(ALICE);
+    let testers = group_gid(TESTERS_GROUP);
+    let b = Broker::start(&standard_config());
+
+    let got: BTreeSet<u32> = b
+        .exec("alice", &["id", "-G"])
+        .ok()
+        .split_whitespace()
+        .map(|g| g.parse().expect("gid"))
+        .collect();
+    // What initgroups gives ctx-alice, asked of the system directly.
+    let want: BTreeSet<u32> = run(Command::new("id").args(["-G", ALICE]))
+        .ok()
+        .split_whitespace()
+        .map(|g| g.parse().expect("gid"))
+        .collect();
+    assert_eq!(got, want, "supplementary groups of the routed process");
+    assert!(
+        got.contains(&testers),
+        "{TESTERS_GROUP} ({testers}) missing from {got:?}"
+    );
+    assert!(got.contains(&alice.gid));
+    assert!(
+        !got.contains(&0),
+        "root's group leaked into the routed process: {got:?}"
+    );
+}
+
+#[test]
+fn routed_process_gets_home_user_logname_shell_of_the_context_user() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+    let out = b
+        .exec(
+            "alice",
+            &[
+                "sh",
+                "-c",
+                r#"printf '%s|%s|%s|%s' "$HOME" "$USER" "$LOGNAME" "$SHELL""#,
+            ],
+        )
+        .ok();
+    let shell = nix::unistd::User::from_name(ALICE)
+        .unwrap()
+        .unwrap()
+        .shell
+        .display()
+        .to_string();
+    assert_eq!(
+        out,
+        format!("{}|{ALICE}|{ALICE}|{shell}", alice.home.display())
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------
+
+/// Runs `env` in `alice` from a client whose environment holds a canary secret, inherited
+/// (`LC_*`, `TERM`) and non-inherited variables; returns the routed env as (name, value).
+fn routed_env(b: &Broker, canary: &str, extra_args: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = b.ctx(["exec", "--context", "alice"]);
+    cmd.args(extra_args)
+        .args(["--", "env"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CANARY_SECRET", canary)
+        .env("LC_CTX_TEST", "lc-passes")
+        .env("LC_MESSAGES", "C")
+        .env("TERM", "xterm-ctx-test")
+        .env("LANG", "C.UTF-8")
+        .env("NOT_INHERITED", "must-not-cross")
+        .env("CTX_ROUTE", "must-not-cross")
+        .env("HOME", "/root")
+        .env("USER", "root");
+    let out = run(&mut cmd).ok();
+    assert!(
+        !out.contains(canary),
+        "the caller's canary secret reached the routed process:\n{out}"
+    );
+    out.lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn routed_env_is_context_env_plus_inherit_env_only() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+    let canary = unique("canary-");
+    let env = routed_env(&b, &canary, &[]);
+
+    assert_eq!(get(&env, "CONTEXT_SECRET"), Some("alice-key"), "{env:?}");
+    assert_eq!(get(&env, "CANARY_SECRET"), None, "{env:?}");
+    assert_eq!(get(&env, "LC_CTX_TEST"), Some("lc-passes"), "{env:?}");
+    assert_eq!(get(&env, "LC_MESSAGES"), Some("C"), "{env:?}");
+    assert_eq!(get(&env, "TERM"), Some("xterm-ctx-test"), "{env:?}");
+    assert_eq!(
+        get(&env, "LANG"),
+        None,
+        "LANG is not in inherit_env: {env:?}"
+    );
+    assert_eq!(get(&env, "NOT_INHERITED"), None, "{env:?}");
+    assert_eq!(get(&env, "CTX_ROUTE"), None, "{env:?}");
+    assert_eq!(
+        get(&env, "HOME"),
+        Some(alice.home.to_str().unwrap()),
+        "{env:?}"
+    );
+    assert_eq!(get(&env, "USER"), Some(ALICE), "{env:?}");
+    assert_eq!(
+        get(&env, "PATH"),
+        Some("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "default PATH: {env:?}"
+    );
+    // Nothing else crosses: only the context's, the user's and inherit_env names (PWD and
+    // SHLVL are harmless values a launcher may set).
+    let allowed = [
+        "CONTEXT_SECRET",
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LC_CTX_TEST",
+        "LC_MESSAGES",
+        "TERM",
+        "PWD",
+        "SHLVL",
+    ];
+    let unexpected: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| !allowed.contains(&k.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected variables: {unexpected:?}"
+    );
+}
+
+#[test]
+fn exec_e_sets_variables_over_the_context_env() {
+    let b = Broker::start(&standard_config());
+    let canary = unique("canary-");
+    let env = routed_env(
+        &b,
+        &canary,
+        &[
+            "-e",
+            "EXTRA_SETTING=one two",
+            "-e",
+            "CONTEXT_SECRET=overridden",
+        ],
+    );
+    assert_eq!(get(&env, "EXTRA_SETTING"), Some("one two"), "{env:?}");
+    assert_eq!(get(&env, "CONTEXT_SECRET"), Some("overridden"), "{env:?}");
+    assert_eq!(get(&env, "CANARY_SECRET"), None, "{env:?}");
+}
+
+#[test]
+fn context_path_overrides_the_default() {
+    let b = Broker::start(&standard_config());
+    let out = b.exec("bob", &["sh", "-c", "printf %s \"$PATH\""]).ok();
+    assert_eq!(out, "/usr/bin:/bin");
+}
+
+// ---------------------------------------------------------------------------------------
+// Working directory
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn cwd_inherit_uses_the_callers_directory() {
+    let b = Broker::start(&standard_config());
+    let here = b.dir().subdir(&unique("here-"), 0o755);
+    let out = run(b.exec_cmd("alice", &["pwd"]).current_dir(&here)).ok();
+    assert_eq!(out, format!("{}\n", here.display()));
+}
+
+#[test]
+fn cwd_fixed_path_is_used_whatever_the_callers_directory() {
+    let td = TempDir::new();
+    let fixed = td.subdir("fixed", 0o755);
+    let config = format!(
+        "{}\n[contexts.fixed]\nuser = \"{ALICE}\"\ncwd = \"{}\"\nallow = {{ uids = [0] }}\n",
+        standard_config(),
+        fixed.display()
+    );
+    let b = Broker::start(&config);
+    let elsewhere = td.subdir("elsewhere", 0o755);
+    let out = run(b.exec_cmd("fixed", &["pwd"]).current_dir(&elsewhere)).ok();
+    assert_eq!(out, format!("{}\n", fixed.display()));
+}
+
+#[test]
+fn cwd_defaults_to_the_users_home() {
+    let bob = user(BOB);
+    let b = Broker::start(&standard_config());
+    let out = run(b.exec_cmd("bob", &["pwd"]).current_dir("/")).ok();
+    assert_eq!(out, format!("{}\n", bob.home.display()));
+}
+
+#[test]
+fn cwd_flag_overrides_the_context() {
+    let b = Broker::start(&standard_config());
+    let there = b.dir().subdir("there", 0o755);
+    let mut cmd = b.ctx(["exec", "--context", "bob", "--cwd"]);
+    cmd.arg(&there).args(["--", "pwd"]).current_dir("/");
+    assert_eq!(run(&mut cmd).ok(), format!("{}\n", there.display()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Exit status
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn exit_codes_come_back_exactly() {
+    let b = Broker::start(&standard_config());
+    for code in [0, 1, 3, 255] {
+        let out = b.exec("alice", &["sh", "-c", &format!("exit {code}")]);
+        assert_eq!(out.code(), code, "exit {code}\n{}", out.show());
+    }
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+    assert_eq!(b.exec("alice", &["false"]).code(), 1);
+}
+
+#[test]
+fn death_by_sigkill_is_re_raised() {
+    let b = Broker::start(&standard_config());
+    let here = b.dir().subdir("sig", 0o755);
+    let out =
+        run(no_core(&mut b.exec_cmd("alice", &["sh", "-c", "kill -KILL $$"])).current_dir(&here));
+    assert_eq!(out.signal(), Some(libc::SIGKILL), "{}", out.show());
+}
+
+#[test]
+fn death_by_sigsegv_is_re_raised() {
+    let b = Broker::start(&standard_config());
+    let here = b.dir().subdir("sig", 0o755);
+    let out =
+        run(no_core(&mut b.exec_cmd("alice", &["sh", "-c", "kill -SEGV $$"])).current_dir(&here));
+    assert_eq!(out.signal(), Some(libc::SIGSEGV), "{}", out.show());
+}
+
+// ---------------------------------------------------------------------------------------
+// Classified launch failures
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn command_not_found_is_127_and_names_the_command() {
+    let b = Broker::start(&standard_config());
+    let name = unique("no-such-command-");
+    let out = b.exec("alice", &[&name]);
+    assert_eq!(out.code(), 127, "{}", out.show());
+    assert!(out.stderr_str().contains(&name), "{}", out.show());
+    assert!(out.stdout.is_empty(), "{}", out.show());
+
+    let path = format!("/nonexistent/{name}");
+    let out = b.exec("alice", &[&path]);
+    assert_eq!(out.code(), 127, "{}", out.show());
+    assert!(out.stderr_str().contains(&path), "{}", out.show());
+}
+
+#[test]
+fn permission_denied_is_126() {
+    let b = Broker::start(&standard_config());
+    // Readable but not executable.
+    let script = b
+        .dir()
+        .file("not-executable.sh", b"#!/bin/sh\necho ran\n", 0o644);
+    let out = b.exec("alice", &[script.to_str().unwrap()]);
+    assert_eq!(out.code(), 126, "{}", out.show());
+    assert!(
+        out.stderr_str().contains(script.to_str().unwrap()),
+        "{}",
+        out.show()
+    );
+    assert!(out.stdout.is_empty(), "{}", out.show());
+
+    // Executable by root only: alice may not run it.
+    let rootonly = b
+        .dir()
+        .file("root-only.sh", b"#!/bin/sh\necho ran\n", 0o700);
+    let out = b.exec("alice", &[rootonly.to_str().unwrap()]);
+    assert_eq!(out.code(), 126, "{}", out.show());
+}
+
+#[test]
+fn missing_cwd_is_125_and_names_the_directory() {
+    let b = Broker::start(&standard_config());
+    let missing = format!("/nonexistent/{}", unique("cwd-"));
+    let mut cmd = b.ctx([
+        "exec",
+        "--context",
+        "alice",
+        "--cwd",
+        &missing,
+        "--",
+        "true",
+    ]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(out.stderr_str().contains(&missing), "{}", out.show());
+}
+
+#[test]
+fn cwd_the_user_cannot_enter_is_125_and_names_the_directory() {
+    let b = Broker::start(&standard_config());
+    let closed = b.dir().subdir("root-only-dir", 0o700);
+    let mut cmd = b.ctx(["exec", "--context", "alice", "--cwd"]);
+    cmd.arg(&closed).args(["--", "true"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(
+        out.stderr_str().contains(closed.to_str().unwrap()),
+        "{}",
+        out.show()
+    );
+}
+
+#[test]
+fn unknown_context_is_125_and_names_it() {
+    let b = Broker::start(&standard_config());
+    let out = b.exec("no-such-context", &["true"]);
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(
+        out.stderr_str().contains("no-such-context"),
+        "{}",
+        out.show()
+    );
+}

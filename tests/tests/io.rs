@@ -1,0 +1,310 @@
+//! The routed process's stdio: pipes pass through byte-exact and fast, `-t` gives it a
+//! terminal of its own with the client's window size.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ctx_tests::*;
+
+/// Every byte value, ascending, with no trailing newline.
+fn all_bytes() -> Vec<u8> {
+    (0..=255u8).collect()
+}
+
+#[test]
+fn stdin_is_piped_through() {
+    let b = Broker::start(&standard_config());
+    let out = run_with(
+        &mut b.exec_cmd("alice", &["cat"]),
+        Some(b"data"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(out.stdout, b"data");
+    assert!(out.stderr.is_empty(), "{}", out.show());
+}
+
+#[test]
+fn binary_stdin_comes_back_byte_exact() {
+    let b = Broker::start(&standard_config());
+    let data: Vec<u8> = all_bytes().repeat(1000);
+    let out = run_with(
+        &mut b.exec_cmd("alice", &["cat"]),
+        Some(&data),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "stdout differs from stdin");
+    assert!(out.stderr.is_empty(), "{}", out.show());
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate_and_byte_exact() {
+    let b = Broker::start(&standard_config());
+    let to_out = all_bytes();
+    let mut to_err = all_bytes();
+    to_err.reverse();
+    let f_out = b.dir().file("out.bin", &to_out, 0o644);
+    let f_err = b.dir().file("err.bin", &to_err, 0o644);
+    let out = b.exec(
+        "alice",
+        &[
+            "sh",
+            "-c",
+            r#"cat "$1"; cat "$2" >&2; cat "$1""#,
+            "sh",
+            f_out.to_str().unwrap(),
+            f_err.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(out.stdout, [to_out.clone(), to_out].concat());
+    assert_eq!(out.stderr, to_err);
+}
+
+#[test]
+fn one_gigabyte_through_a_pipe() {
+    const GIB: u64 = 1 << 30;
+    let b = Broker::start(&standard_config());
+    let mut child = b
+        .exec_cmd("alice", &["head", "-c", "1G", "/dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctx");
+    let mut stdout = child.stdout.take().unwrap();
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        let mut nonzero = false;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    nonzero |= buf[..n].iter().any(|&x| x != 0);
+                    total += n as u64;
+                }
+            }
+        }
+        let _ = tx.send((total, nonzero));
+    });
+    let (total, nonzero) = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("1 GiB did not arrive within 120 s");
+    let secs = start.elapsed().as_secs_f64();
+    let status = wait_deadline(&mut child, Duration::from_secs(10)).expect("ctx exits");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(total, GIB, "byte count");
+    assert!(!nonzero, "/dev/zero produced non-zero bytes");
+    eprintln!(
+        "1 GiB through ctx exec: {:.2} s, {:.0} MB/s",
+        secs,
+        GIB as f64 / 1e6 / secs
+    );
+}
+
+/// Opens a pty of `rows`x`cols`; returns (master, slave).
+fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let ws = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let p = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    (p.master, p.slave)
+}
+
+fn tty_name(fd: &OwnedFd) -> String {
+    nix::unistd::ttyname(fd)
+        .expect("ttyname")
+        .display()
+        .to_string()
+}
+
+/// Runs `ctx ARGS` with a fresh pty of `rows`x`cols` as its controlling terminal and stdio;
+/// returns its exit code and everything it wrote to the terminal.
+fn run_on_pty(
+    b: &Broker,
+    rows: u16,
+    cols: u16,
+    args: &[&str],
+    input: &[u8],
+) -> (Option<i32>, String, String) {
+    let (master, slave) = pty(rows, cols);
+    let our_tty = tty_name(&slave);
+    let mut cmd = b.ctx(args);
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn ctx on a pty");
+    drop(cmd);
+    drop(slave);
+
+    if !input.is_empty() {
+        nix::unistd::write(&master, input).expect("write to pty");
+    }
+    // Read the master until the last slave closes (EIO) in a thread; bounded below.
+    let master_fd = master.as_raw_fd();
+    // SAFETY: dup gives the reader its own descriptor, closed when the File drops.
+    let mut reader = unsafe { std::fs::File::from_raw_fd(libc::dup(master_fd)) };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(all);
+    });
+    let status = wait_deadline(&mut child, COMMAND_TIMEOUT);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    drop(master);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = status.unwrap_or_else(|| panic!("ctx -t did not finish; terminal showed {out:?}"));
+    (status.code(), out, our_tty)
+}
+
+#[test]
+fn exec_t_gives_a_terminal_of_the_clients_size() {
+    let b = Broker::start(&standard_config());
+    let (code, out, our_tty) = run_on_pty(
+        &b,
+        37,
+        121,
+        &[
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size",
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(0), "terminal showed {out:?}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        words.len(),
+        3,
+        "expected `tty` and `stty size` output, got {out:?}"
+    );
+    assert!(
+        words[0].starts_with("/dev/pts/"),
+        "tty printed {:?}, not a pty (whole output {out:?})",
+        words[0]
+    );
+    assert_ne!(
+        words[0], our_tty,
+        "the routed process got the caller's own terminal"
+    );
+    assert_eq!(
+        &words[1..],
+        ["37", "121"],
+        "stty size; whole output {out:?}"
+    );
+}
+
+#[test]
+fn exec_t_terminal_belongs_to_the_routed_user_and_is_controlling() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+    // `ps -o tty= -p $$` names the controlling terminal; stat -c %u its owner.
+    let (code, out, _) = run_on_pty(
+        &b,
+        24,
+        80,
+        &[
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            r#"t=$(tty); echo "owner=$(stat -c %u "$t") ctty=$(ps -o tty= -p $$)""#,
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(0), "terminal showed {out:?}");
+    assert!(
+        out.contains(&format!("owner={}", alice.uid)),
+        "pty not owned by {ALICE}: {out:?}"
+    );
+    assert!(
+        out.contains("ctty=pts/"),
+        "no controlling terminal: {out:?}"
+    );
+}
+
+#[test]
+fn exec_t_exit_code_comes_back() {
+    let b = Broker::start(&standard_config());
+    let (code, out, _) = run_on_pty(
+        &b,
+        24,
+        80,
+        &[
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(3), "terminal showed {out:?}");
+}
+
+#[test]
+fn exec_t_relays_input() {
+    let b = Broker::start(&standard_config());
+    let (code, out, _) = run_on_pty(
+        &b,
+        24,
+        80,
+        &[
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            r#"read line; echo "got:$line""#,
+        ],
+        b"hello-pty\r",
+    );
+    assert_eq!(code, Some(0), "terminal showed {out:?}");
+    assert!(out.contains("got:hello-pty"), "terminal showed {out:?}");
+}

@@ -1,0 +1,464 @@
+//! The broker as a service: who it refuses, what it survives (bad frames, many clients),
+//! what it cleans up (a killed client, its own shutdown) and what it audits.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use ctx_tests::*;
+
+/// How long a routed process may outlive its client or its broker.
+const ORPHAN_DEADLINE: Duration = Duration::from_secs(3);
+
+/// `sleep` with a duration no other process on the machine has: its argv is the marker.
+fn marked_sleep() -> String {
+    let n = unique("").replace('x', "");
+    format!("1000.{}", &n[n.len().saturating_sub(15)..])
+}
+
+/// Waits until a process whose argv contains `marker` runs as `uid`; returns its pid.
+fn wait_routed(marker: &str, uid: u32) -> i32 {
+    poll(Duration::from_secs(10), || {
+        pids_with_arg(marker)
+            .into_iter()
+            .find(|&p| proc_uid(p) == Some(uid) && is_sleep(p))
+    })
+    .unwrap_or_else(|| panic!("routed `sleep {marker}` never appeared as uid {uid}"))
+}
+
+fn is_sleep(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim() == "sleep")
+        .unwrap_or(false)
+}
+
+/// Asserts every process carrying `marker` is gone within [`ORPHAN_DEADLINE`].
+fn assert_gone(marker: &str, what: &str) {
+    let start = Instant::now();
+    let gone = poll(ORPHAN_DEADLINE, || {
+        pids_with_arg(marker).is_empty().then_some(())
+    });
+    if gone.is_none() {
+        let left = pids_with_arg(marker);
+        for &p in &left {
+            signal(p as u32, Signal::SIGKILL);
+        }
+        panic!("{what}: routed process(es) {left:?} still alive after {ORPHAN_DEADLINE:?}");
+    }
+    eprintln!("{what}: routed process gone after {:?}", start.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------
+// Cleanup
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn client_killed_with_sigkill_leaves_no_routed_process() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+    let arg = marked_sleep();
+    let marker = arg.clone();
+    let mut client = b
+        .exec_cmd("alice", &["sleep", &arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctx");
+    wait_routed(&marker, alice.uid);
+    client.kill().expect("SIGKILL ctx");
+    client.wait().expect("reap ctx");
+    assert_gone(&marker, "after SIGKILL of the ctx client");
+    // And the broker still serves.
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+}
+
+#[test]
+fn client_killed_leaves_no_routed_children_either() {
+    let alice = user(ALICE);
+    let b = Broker::start(&standard_config());
+    let arg = marked_sleep();
+    let marker = arg.clone();
+    // The routed shell starts a background child: the whole process group must go.
+    let script = format!("sleep {arg} & sleep {arg}; wait");
+    let mut client = b
+        .exec_cmd("alice", &["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctx");
+    poll(Duration::from_secs(10), || {
+        (pids_with_arg(&marker)
+            .into_iter()
+            .filter(|&p| is_sleep(p) && proc_uid(p) == Some(alice.uid))
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .expect("both routed sleeps running");
+    client.kill().expect("SIGKILL ctx");
+    client.wait().expect("reap ctx");
+    assert_gone(&marker, "after SIGKILL of the ctx client (process group)");
+}
+
+#[test]
+fn broker_sigterm_kills_routed_processes_and_removes_its_socket() {
+    let alice = user(ALICE);
+    let mut b = Broker::start(&standard_config());
+    let arg = marked_sleep();
+    let marker = arg.clone();
+    let mut client = b
+        .exec_cmd("alice", &["sleep", &arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctx");
+    wait_routed(&marker, alice.uid);
+    let socket = b.socket();
+    assert!(socket.exists());
+
+    let status = b
+        .terminate(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("broker did not exit within 15 s of SIGTERM\n{}", b.stderr()));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "broker exit status; stderr:\n{}",
+        b.stderr()
+    );
+    assert!(
+        !socket.exists(),
+        "socket {} left behind after shutdown",
+        socket.display()
+    );
+    assert_gone(&marker, "after SIGTERM of the broker");
+    // The client learns that its command ended (no hang).
+    let st = wait_deadline(&mut client, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = client.kill();
+        let _ = client.wait();
+        panic!("ctx client still running 10 s after the broker shut down");
+    }
+}
+
+#[test]
+fn broker_starts_over_a_stale_socket_file() {
+    require_root();
+    let td = TempDir::new();
+    let config = td.file("contexts.toml", standard_config().as_bytes(), 0o644);
+    let sock = td.path().join("broker.sock");
+    // A socket file nobody listens on, as a crashed broker leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(UnixStream::connect(&sock).is_err());
+
+    let mut child = Command::new(bin("ctx-broker"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(td.path().join("state"))
+        .arg("--audit-log")
+        .arg(td.path().join("audit.jsonl"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctx-broker");
+    let ready = poll(Duration::from_secs(10), || {
+        let st = Command::new(bin("ctx"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        st.success().then_some(())
+    });
+    signal(child.id(), Signal::SIGTERM);
+    if wait_deadline(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(
+        ready.is_some(),
+        "broker did not start over a stale socket file; stderr:\n{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_caller_not_allowed_is_refused_clearly_and_audited() {
+    let bob = user(BOB);
+    let b = Broker::start(&standard_config());
+    // Bob must be able to run the client: copy it next to the socket (the checkout may sit
+    // under a directory only root can enter).
+    let ctx_copy = b.dir().path().join("ctx-for-bob");
+    std::fs::copy(bin("ctx"), &ctx_copy).unwrap();
+    let marker = unique("refused-");
+    let mut cmd = Command::new(&ctx_copy);
+    cmd.arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "alice", "--", "echo", &marker])
+        .current_dir(b.dir().path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .uid(bob.uid)
+        .gid(bob.gid);
+    let out = run(&mut cmd);
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(
+        !out.stdout_str().contains(&marker),
+        "command ran: {}",
+        out.show()
+    );
+    let err = out.stderr_str();
+    assert!(
+        err.contains("alice"),
+        "message must name the context: {err:?}"
+    );
+    let lower = err.to_lowercase();
+    assert!(
+        [
+            "not allowed",
+            "refused",
+            "denied",
+            "may not",
+            "not permitted"
+        ]
+        .iter()
+        .any(|w| lower.contains(w)),
+        "message must say the caller is refused: {err:?}"
+    );
+    // The refusal is audited: who, which context, what, why.
+    let lines = b.wait_audit(1, |l| json_has_str(l, &marker));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["event"], "refused", "{l}");
+    assert_eq!(l["context"], "alice", "{l}");
+    assert_eq!(l["caller"]["uid"], bob.uid, "{l}");
+    assert_eq!(l["argv"], serde_json::json!(["echo", marker]), "{l}");
+
+    // Root (allowed) still gets in.
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+}
+
+#[test]
+fn the_context_user_may_enter_its_own_context_by_default() {
+    let bob = user(BOB);
+    // No `allow`: root and the context's own uid may enter.
+    let config = format!("[broker]\nsocket_mode = \"0666\"\n\n[contexts.own]\nuser = \"{BOB}\"\n");
+    let b = Broker::start(&config);
+    let ctx_copy = b.dir().path().join("ctx-for-bob");
+    std::fs::copy(bin("ctx"), &ctx_copy).unwrap();
+    let mut cmd = Command::new(&ctx_copy);
+    cmd.arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "own", "--", "id", "-u"])
+        .current_dir(b.dir().path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .uid(bob.uid)
+        .gid(bob.gid);
+    assert_eq!(run(&mut cmd).ok(), format!("{}\n", bob.uid));
+}
+
+// ---------------------------------------------------------------------------------------
+// Robustness
+// ---------------------------------------------------------------------------------------
+
+/// Reads until the broker closes `s`; true if it did within `timeout`.
+fn closed_by_broker(s: &mut UnixStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn malformed_and_oversized_frames_do_not_hurt_other_clients() {
+    let b = Broker::start(&standard_config());
+    let sock = b.socket();
+
+    // 1. A well-sized frame of garbage.
+    let mut garbage = UnixStream::connect(&sock).unwrap();
+    let mut frame = 16u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&[0xff; 16]);
+    garbage.write_all(&frame).unwrap();
+
+    // 2. A header announcing 4 GiB - 1.
+    let mut huge = UnixStream::connect(&sock).unwrap();
+    huge.write_all(&u32::MAX.to_le_bytes()).unwrap();
+
+    // 3. A header announcing 64 MiB, and data actually following.
+    let mut big = UnixStream::connect(&sock).unwrap();
+    big.write_all(&(64u32 << 20).to_le_bytes()).unwrap();
+    let _ = big.set_write_timeout(Some(Duration::from_secs(2)));
+    let _ = big.write_all(&vec![0x41; 1 << 20]);
+
+    // 4. A truncated frame: header says 100, 10 bytes come, then the writer shuts down.
+    let mut short = UnixStream::connect(&sock).unwrap();
+    short.write_all(&100u32.to_le_bytes()).unwrap();
+    short.write_all(&[1u8; 10]).unwrap();
+    short.shutdown(std::net::Shutdown::Write).unwrap();
+
+    // 5. A silent peer that never sends anything.
+    let mut silent = UnixStream::connect(&sock).unwrap();
+
+    // While all of those are open, everyone else is served.
+    assert_eq!(run(&mut b.ctx(["status"])).code(), 0);
+    assert_eq!(
+        b.exec("alice", &["echo", "still-serving"]).ok(),
+        "still-serving\n"
+    );
+
+    // The bad connections are closed by the broker at once (well before the handshake
+    // timeout), the silent one at the handshake timeout: none is left hanging.
+    let fast = Duration::from_secs(3);
+    assert!(
+        closed_by_broker(&mut garbage, fast),
+        "garbage frame not closed"
+    );
+    assert!(closed_by_broker(&mut huge, fast), "4 GiB header not closed");
+    assert!(closed_by_broker(&mut big, fast), "64 MiB frame not closed");
+    assert!(
+        closed_by_broker(&mut short, fast),
+        "truncated frame not closed"
+    );
+    assert!(
+        closed_by_broker(&mut silent, Duration::from_secs(15)),
+        "a peer that never sends its hello is never dropped (no handshake timeout)"
+    );
+
+    // And afterwards too.
+    assert_eq!(run(&mut b.ctx(["status"])).code(), 0);
+    assert_eq!(b.exec("alice", &["echo", "after"]).ok(), "after\n");
+    assert_eq!(b.exec("alice", &["sh", "-c", "exit 7"]).code(), 7);
+}
+
+#[test]
+fn fifty_concurrent_execs_all_get_their_own_output_and_code() {
+    let b = Broker::start(&standard_config());
+    let mut children = Vec::new();
+    for i in 0..50 {
+        let child = b
+            .exec_cmd(
+                "alice",
+                &[
+                    "sh",
+                    "-c",
+                    r#"sleep 0.2; echo "n=$1 uid=$(id -u)"; exit "$1""#,
+                    "sh",
+                    &i.to_string(),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ctx");
+        children.push((i, child));
+    }
+    let uid = user(ALICE).uid;
+    let start = Instant::now();
+    for (i, child) in children {
+        let out = child.wait_with_output().expect("wait ctx");
+        assert_eq!(
+            out.status.code(),
+            Some(i),
+            "exec {i}: stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("n={i} uid={uid}\n")
+        );
+    }
+    eprintln!("50 concurrent execs finished in {:?}", start.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn audit_log_has_one_line_per_launch_with_context_argv_and_status() {
+    let b = Broker::start(&standard_config());
+    let m0 = unique("audit-zero-");
+    let m3 = unique("audit-three-");
+    assert_eq!(b.exec("alice", &["sh", "-c", "exit 0", &m0]).code(), 0);
+    assert_eq!(b.exec("bob", &["sh", "-c", "exit 3", &m3]).code(), 3);
+
+    let l0 = b.wait_audit(1, |l| json_has_str(l, &m0));
+    let l3 = b.wait_audit(1, |l| json_has_str(l, &m3));
+    assert_eq!(l0.len(), 1, "one line per launch: {l0:?}");
+    assert_eq!(l3.len(), 1, "one line per launch: {l3:?}");
+    let (l0, l3) = (&l0[0], &l3[0]);
+    assert_eq!(l0["event"], "exec", "{l0}");
+    assert_eq!(l0["context"], "alice", "{l0}");
+    assert_eq!(
+        l0["argv"],
+        serde_json::json!(["sh", "-c", "exit 0", m0]),
+        "{l0}"
+    );
+    assert_eq!(l0["status"], serde_json::json!({ "code": 0 }), "{l0}");
+    assert_eq!(l3["event"], "exec", "{l3}");
+    assert_eq!(l3["context"], "bob", "{l3}");
+    assert_eq!(
+        l3["argv"],
+        serde_json::json!(["sh", "-c", "exit 3", m3]),
+        "{l3}"
+    );
+    assert_eq!(l3["status"], serde_json::json!({ "code": 3 }), "{l3}");
+    assert_eq!(l3["caller"]["uid"], 0, "{l3}");
+    assert!(l3["time"].is_string(), "no time: {l3}");
+    assert!(l3["duration_ms"].is_u64(), "no duration: {l3}");
+    assert!(
+        !json_has_str(l3, "bob-key") && !json_has_str(l0, "alice-key"),
+        "a context secret reached the audit log"
+    );
+}
+
+#[test]
+fn audit_log_records_a_death_by_signal() {
+    let b = Broker::start(&standard_config());
+    let m = unique("audit-signal-");
+    let out = b.exec("alice", &["sh", "-c", "kill -TERM $$", &m]);
+    assert_eq!(out.signal(), Some(libc::SIGTERM), "{}", out.show());
+    let lines = b.wait_audit(1, |l| json_has_str(l, &m));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"]["signal"], libc::SIGTERM, "{}", lines[0]);
+}
+
+#[test]
+fn audit_log_records_a_failed_launch() {
+    let b = Broker::start(&standard_config());
+    let name = unique("no-such-program-");
+    assert_eq!(b.exec("alice", &[&name]).code(), 127);
+    let lines = b.wait_audit(1, |l| json_has_str(l, &name));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"], "exec_failed", "{}", lines[0]);
+    assert_eq!(lines[0]["context"], "alice", "{}", lines[0]);
+}
