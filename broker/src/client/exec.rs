@@ -431,13 +431,13 @@ impl Relay<'_> {
             context: self.context.into(),
             program: self.program.into(),
             kind: f.kind,
-            detail: failure_detail(f),
+            detail: failure_detail(self.program, f),
         }
     }
 }
 
 /// ` (ENOENT at stage exec)`, then the broker's own words when they say more than that.
-fn failure_detail(f: &ExecFailure<'_>) -> String {
+fn failure_detail(program: &str, f: &ExecFailure<'_>) -> String {
     let stage = f.stage.as_str();
     let mut detail = if f.errno != 0 {
         let name = if f.errno_name.is_empty() {
@@ -450,7 +450,10 @@ fn failure_detail(f: &ExecFailure<'_>) -> String {
         format!(" (at stage {stage})")
     };
     let msg = f.message.trim();
-    if !msg.is_empty() && msg != f.kind.describe() {
+    // The broker's message often restates program and kind; only say it when it adds.
+    let says_kind = msg.to_lowercase().contains(f.kind.describe());
+    let restates = says_kind && (msg.len() == f.kind.describe().len() || msg.contains(program));
+    if !msg.is_empty() && !restates {
         detail.push_str(": ");
         detail.push_str(msg);
     }
@@ -728,7 +731,7 @@ mod tests {
             context: "user".into(),
             program: "foo".into(),
             kind: f.kind,
-            detail: failure_detail(f),
+            detail: failure_detail("foo", f),
         };
         let e = relay_err(&failure(
             FailureKind::NotFound,
