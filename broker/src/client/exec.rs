@@ -286,6 +286,7 @@ impl Relay<'_> {
         let mut started = false;
         let mut input_open = self.input;
         let mut output_ok = self.output.is_some();
+        let mut out = Vec::new();
         let mut raw: Option<RawMode> = None;
         let mut pending_resize = false;
         let mut buf = vec![0u8; INPUT_CHUNK];
@@ -366,7 +367,6 @@ impl Relay<'_> {
                 if !conn.fill()? {
                     return Err(Error::Lost { socket });
                 }
-                let mut broken_pipe = false;
                 while let Some(reply) = conn.next_reply()? {
                     match reply {
                         Reply::Started { .. } if !started => {
@@ -375,17 +375,13 @@ impl Relay<'_> {
                                 raw = RawMode::enter(stdin).ok();
                             }
                         }
-                        Reply::Output(bytes) => {
-                            if let (true, Some(fd)) = (output_ok, self.output) {
-                                if write_all(fd, &bytes).is_err() {
-                                    // As a local writer would die of SIGPIPE; the
-                                    // command still gets to exit its own way.
-                                    output_ok = false;
-                                    broken_pipe = true;
-                                }
-                            }
-                        }
+                        // Gathered and written once per read: PTY frames are small
+                        // (a terminal reads ~4 KiB at a time) and a write each would
+                        // cost more than the copy.
+                        Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
+                        Reply::Output(_) => {}
                         Reply::Exited { status, timed_out } => {
+                            self.flush(&mut out, output_ok);
                             drop(raw.take());
                             return self.exited(status, timed_out);
                         }
@@ -399,7 +395,10 @@ impl Relay<'_> {
                         }
                     }
                 }
-                if broken_pipe {
+                if !self.flush(&mut out, output_ok) {
+                    // As a local writer would die of SIGPIPE; the command still gets
+                    // to exit its own way.
+                    output_ok = false;
                     let _ = conn.send(&Request::Signal {
                         signo: libc::SIGPIPE,
                     });
@@ -411,6 +410,16 @@ impl Relay<'_> {
                 let _ = conn.send(&Request::Resize(self.controlling.size()));
             }
         }
+    }
+
+    /// Writes the gathered PTY output; false when our output is gone (EPIPE and the like).
+    fn flush(&self, out: &mut Vec<u8>, output_ok: bool) -> bool {
+        let ok = match (output_ok, self.output) {
+            (true, Some(fd)) if !out.is_empty() => write_all(fd, out).is_ok(),
+            _ => true,
+        };
+        out.clear();
+        ok
     }
 
     fn exited(&self, status: ExitStatus, timed_out: bool) -> Result<Outcome, Error> {
