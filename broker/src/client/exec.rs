@@ -777,6 +777,30 @@ mod tests {
     }
 
     #[test]
+    fn dying_by_a_blocked_signal_still_dies_by_it() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, ForkResult};
+        // SAFETY: the child only makes system calls (sigprocmask, setrlimit, signal,
+        // raise) before _exit; nothing that needs locks held by other test threads.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGINT);
+                let _ = set.thread_block();
+                let code = die_by(libc::SIGINT);
+                // SAFETY: _exit is always safe; reached only if the signal did not kill.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(
+                    waitpid(child, None).unwrap(),
+                    WaitStatus::Signaled(child, Signal::SIGINT, false)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn timeouts_exit_124_and_say_how_long() {
         let relay = Relay {
             context: "user",
