@@ -155,6 +155,8 @@ struct RawBroker {
     state_dir: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
     reserved_ports: Option<Vec<Spanned<i64>>>,
+    audit_log_max: Option<Spanned<Scalar>>,
+    log_level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +327,8 @@ impl Loader<'_> {
                 state_dir: DEFAULT_STATE_DIR.into(),
                 audit_log: DEFAULT_AUDIT_LOG.into(),
                 reserved_ports: Vec::new(),
+                audit_log_max: None,
+                log_level: None,
             });
         };
 
@@ -390,6 +394,21 @@ impl Loader<'_> {
             }
         }
 
+        let audit_log_max = match &raw.audit_log_max {
+            Some(size) => Some(
+                values::parse_size(size.get_ref())
+                    .map_err(|reason| self.err(size.span(), "broker.audit_log_max", reason))?,
+            ),
+            None => None,
+        };
+        let log_level = match &raw.log_level {
+            Some(level) => Some(
+                values::parse_log_level(level.get_ref())
+                    .map_err(|reason| self.err(level.span(), "broker.log_level", reason))?,
+            ),
+            None => None,
+        };
+
         Ok(BrokerSettings {
             socket,
             socket_mode,
@@ -397,6 +416,8 @@ impl Loader<'_> {
             state_dir,
             audit_log,
             reserved_ports,
+            audit_log_max,
+            log_level,
         })
     }
 

@@ -33,6 +33,10 @@ pub struct BrokerSettings {
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
     pub reserved_ports: Vec<u16>,
+    /// Rotate the audit log to `<audit_log>.1` once it reaches this many bytes.
+    pub audit_log_max: Option<u64>,
+    /// The broker's `tracing` filter when `RUST_LOG` is not set (`"info"`, `"debug"`...).
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone)]
