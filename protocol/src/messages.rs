@@ -178,6 +178,8 @@ pub enum Reply<'a> {
     /// The new config is in force; these are its contexts.
     Reloaded {
         contexts: Vec<String>,
+        /// The file's warnings and the `[broker]` changes that wait for a restart.
+        warnings: Vec<String>,
     },
     Processes(Vec<ProcessInfo>),
     /// These launch ids were signalled.

@@ -36,6 +36,7 @@ fn operator_replies_round_trip_with_their_tags() {
         (
             Reply::Reloaded {
                 contexts: vec!["a".into(), "b".into()],
+                warnings: vec!["[broker] socket changed".into()],
             },
             reply_tag::RELOADED,
         ),
