@@ -1,6 +1,8 @@
 //! `ctx man [VERB]`: the ctx(1) manual page, or ctx-VERB(1), in roff, generated from the
 //! clap definitions (`ctx man | man -l -` reads it; `scripts/install.sh` installs them).
 
+use std::path::PathBuf;
+
 use clap::{Args, Command, CommandFactory};
 
 use super::error::Error;
@@ -8,13 +10,27 @@ use super::error::Error;
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// The page of one verb (ctx-VERB(1)) instead of ctx(1)
-    #[arg(value_name = "VERB")]
+    #[arg(value_name = "VERB", conflicts_with = "out_dir")]
     pub verb: Option<String>,
+    /// Write ctx.1 and every ctx-VERB.1 into this directory instead
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 pub fn run(args: ManArgs) -> Result<i32, Error> {
-    let page = page(args.verb.as_deref())?;
-    super::print(&page);
+    let Some(dir) = args.out_dir else {
+        super::print(&page(args.verb.as_deref())?);
+        return Ok(0);
+    };
+    let names = std::iter::once(None).chain(verbs().into_iter().map(Some));
+    for verb in names {
+        let file = match &verb {
+            None => dir.join("ctx.1"),
+            Some(v) => dir.join(format!("ctx-{v}.1")),
+        };
+        std::fs::write(&file, page(verb.as_deref())?)
+            .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
+    }
     Ok(0)
 }
 
@@ -22,7 +38,7 @@ pub fn run(args: ManArgs) -> Result<i32, Error> {
 pub fn verbs() -> Vec<String> {
     super::Cli::command()
         .get_subcommands()
-        .filter(|c| c.get_name() != "help")
+        .filter(|c| !matches!(c.get_name(), "help" | "man" | "completions"))
         .map(|c| c.get_name().to_string())
         .collect()
 }
@@ -61,5 +77,6 @@ mod tests {
         assert!(exec.contains("\\-\\-context"));
         assert!(page(Some("nope")).is_err());
         assert!(verbs().contains(&"kill".to_string()));
+        assert!(!verbs().contains(&"help".to_string()));
     }
 }

@@ -144,6 +144,7 @@ fn status(shared: &Shared) -> StatusReport {
     if let Some(w) = shared.audit.health() {
         warnings.push(w);
     }
+    warnings.extend(operator::reload_refusal());
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,

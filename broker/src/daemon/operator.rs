@@ -6,6 +6,10 @@
 
 use std::sync::{Arc, Mutex};
 
+/// Why the last reload was refused, until one succeeds: `ctx status` shows it, so an
+/// operator who sent SIGHUP (which has no one to answer) still learns the file was bad.
+static LAST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
+
 use ctx_protocol::{ErrorKind, KillTarget, ProcessInfo, Reply, Request};
 use serde_json::json;
 
@@ -102,6 +106,7 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
                 tracing::warn!("{w}");
             }
             shared.audit.set_max_size(new.broker.audit_log_max);
+            *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let contexts: Vec<String> = new.contexts.keys().cloned().collect();
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
@@ -114,6 +119,9 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
         }
         Err(e) => {
             tracing::error!("reload refused, keeping the running configuration: {e}");
+            *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                "the last reload was refused, the previous configuration is in force: {e}"
+            ));
             shared.audit.record(json!({
                 "event": "reload", "ok": false, "config": old.path.display().to_string(),
                 "error": e.to_string(), "caller": caller,
@@ -122,6 +130,14 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             Err(e)
         }
     }
+}
+
+/// The warning `ctx status` shows while the last reload stands refused.
+pub fn reload_refusal() -> Option<String> {
+    LAST_REFUSAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// The `STATUS=` line systemd shows for a serving broker.
