@@ -371,7 +371,7 @@ fn log_shows_launches_as_table_and_json_filtered() {
     let recent = run(&mut b.ctx(["log", "--since", "10m", "--json"])).ok();
     assert!(recent.contains(&mark));
     // The file can be named directly (e.g. with no broker running).
-    let direct = run(&mut b.ctx(["log", "--json", "--audit-log"]).arg(b.audit_path())).ok();
+    let direct = run(b.ctx(["log", "--json", "--audit-log"]).arg(b.audit_path())).ok();
     assert!(direct.contains(&mark));
 }
 

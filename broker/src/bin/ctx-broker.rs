@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             configured_log_level(&args.config).unwrap_or_else(|| "info".into()),
         )
     });
+    daemon::systemd::adopt_listen_fds();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

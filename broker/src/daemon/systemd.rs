@@ -17,6 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -59,9 +60,29 @@ pub struct Activated {
 // Socket activation
 // ---------------------------------------------------------------------------------------
 
-/// The socket systemd passed, if it passed one to this process. Takes ownership of every
-/// passed descriptor (marking them close-on-exec), so it runs at most once.
-pub fn activated_listener() -> Result<Option<Activated>, SystemdError> {
+type Adopted = Result<Option<Activated>, SystemdError>;
+
+/// What [`adopt_listen_fds`] found, until the server takes it.
+static ADOPTED: Mutex<Option<Adopted>> = Mutex::new(None);
+
+/// Takes the descriptors systemd passed before anything else in the process opens one:
+/// `ctx-broker` calls it first thing in `main`. Later, descriptor 3 may be the runtime's
+/// own epoll or a log file, and adopting that as a socket would close it under its owner.
+pub fn adopt_listen_fds() {
+    let adopted = take_listen_fds();
+    *ADOPTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(adopted);
+}
+
+/// The socket systemd passed, if it passed one to this process: what
+/// [`adopt_listen_fds`] took, else what the environment names now.
+pub fn activated_listener() -> Adopted {
+    let adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    adopted.unwrap_or_else(take_listen_fds)
+}
+
+/// Takes ownership of every passed descriptor (marking them close-on-exec), so it does so
+/// at most once per process.
+fn take_listen_fds() -> Adopted {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     let (Some(pid), Some(count)) = (
         std::env::var_os("LISTEN_PID"),
