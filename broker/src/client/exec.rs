@@ -189,13 +189,27 @@ impl Signals {
 // ---------------------------------------------------------------------------------------
 
 pub fn run(socket: &Path, args: ExecArgs) -> Result<i32, Error> {
-    match launch(socket, args)? {
+    run_as(socket, args, Request::Exec)
+}
+
+/// Runs the launch `args` describe, with `wrap` choosing the request that carries it
+/// (`ctx sh` wraps it in a shell request).
+pub fn run_as(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<i32, Error> {
+    match launch(socket, args, wrap)? {
         Outcome::Exit(code) => Ok(code),
         Outcome::Signaled(signo) => Ok(die_by(signo)),
     }
 }
 
-fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
+fn launch(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<Outcome, Error> {
     let timeout_ms = args
         .timeout
         .as_deref()
@@ -218,7 +232,7 @@ fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
     } else {
         Controlling::None
     };
-    let request = Request::Exec(ExecRequest {
+    let request = wrap(ExecRequest {
         context: args.context.clone(),
         argv: args
             .command
