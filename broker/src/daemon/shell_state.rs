@@ -101,10 +101,13 @@ pub enum SessionError {
     Io { path: PathBuf, err: io::Error },
 }
 
+/// Held for the whole run of a command of one session.
+type SessionLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One lock per (context, session): commands of a session run one after the other.
 #[derive(Default)]
 pub struct SessionLocks {
-    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(String, String), SessionLock>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ pub struct SessionLocks {
 // ---------------------------------------------------------------------------------------
 
 impl SessionLocks {
-    pub fn get(&self, context: &str, session: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn get(&self, context: &str, session: &str) -> SessionLock {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((context.to_string(), session.to_string()))
             .or_default()
