@@ -42,6 +42,8 @@ pub enum ClientKind {
 
 /// What a client asks; one `Exec`/`Status`/`Contexts` per connection, then, for `Exec`,
 /// any number of `Signal`, `Resize`, `Input` and one `InputEof`.
+// One request is decoded per connection; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Exec(ExecRequest),

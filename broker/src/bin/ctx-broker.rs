@@ -1,1 +1,82 @@
-fn main() {}
+//! `ctx-broker`: the daemon that owns the contexts of `contexts.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ctx_broker::{config, daemon};
+
+/// Runs routed launches in the named execution contexts of contexts.toml.
+#[derive(Parser, Debug)]
+#[command(name = "ctx-broker", version, about)]
+struct Args {
+    /// The contexts file.
+    #[arg(long, env = "CTX_CONFIG", default_value = "/etc/ctx/contexts.toml")]
+    config: PathBuf,
+    /// Listen on this socket instead of the config's [broker] socket.
+    #[arg(long, env = "CTX_SOCKET")]
+    socket: Option<PathBuf>,
+    /// State directory (persistent shells) instead of the config's.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Audit log file instead of the config's.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Validate the config file and exit: 0 when it is good, 1 with the reason when not.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return match config::load(&args.config) {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("ctx-broker: warning: {w}");
+                }
+                println!(
+                    "{}: ok ({} contexts)",
+                    args.config.display(),
+                    cfg.contexts.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ctx-broker: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ctx-broker: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = daemon::Options {
+        config: args.config,
+        socket: args.socket,
+        state_dir: args.state_dir,
+        audit_log: args.audit_log,
+    };
+    match runtime.block_on(daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ctx-broker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -140,6 +140,18 @@ impl Context {
         self.inherit_env.iter().any(|p| glob_match(p, name))
     }
 
+    /// The context's environment with every value hidden (`****`, or empty when the value
+    /// is empty), for listings such as `ctx contexts`.
+    pub fn masked_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                let mask = if v.is_empty() { "" } else { "****" };
+                (k.clone(), mask.to_string())
+            })
+            .collect()
+    }
+
     /// The `allow` rule: `peer_context` is the context the peer process runs in, if any.
     pub fn allows(&self, uid: u32, gid: u32, peer_context: Option<&str>) -> bool {
         if self.allow.is_default {

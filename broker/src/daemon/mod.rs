@@ -1,1 +1,65 @@
-//! The broker daemon.
+//! The broker daemon: a tokio process that listens on a Unix socket, authenticates each
+//! peer with `SO_PEERCRED`, and runs routed launches in the contexts of `contexts.toml`.
+//!
+//! - [`server`]: the socket, the accept loop, shutdown and reload;
+//! - [`connection`]: one peer: handshake, dispatch of its request;
+//! - [`exec`]: one routed launch from request to exit status;
+//! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
+//! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes.
+
+pub mod audit;
+pub mod connection;
+pub mod exec;
+pub mod plan;
+pub mod pty;
+pub mod registry;
+pub mod server;
+pub mod spawn;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::config::Config;
+
+pub use server::{run, Options};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The context the peer process runs in, when it is (a descendant of) a routed process.
+    pub context: Option<String>,
+}
+
+/// State every connection task shares.
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    pub socket_path: PathBuf,
+    pub audit: audit::Audit,
+    pub registry: registry::Registry,
+    pub next_id: AtomicU64,
+    pub launches: AtomicU64,
+    pub started: Instant,
+    pub shutting_down: AtomicBool,
+    pub shutdown_rx: tokio::sync::watch::Receiver<bool>,
+    /// Limits in force that `ctx status` reports.
+    pub warnings: RwLock<Vec<String>>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}

@@ -1,0 +1,296 @@
+//! One connection to the broker: connect, the opening `Hello` + request (with the caller's
+//! descriptors as `SCM_RIGHTS`), the broker's `Hello` check, and frame I/O. Blocking and
+//! synchronous on purpose: `ctx exec -- /bin/true` is measured against a direct launch,
+//! so the CLI pays for no runtime.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ctx_protocol::frame::{self, complete_frame, FRAME_HEADER};
+use ctx_protocol::{fdpass, reply_tag, ClientKind, Hello, Reply, Request, PROTOCOL_VERSION};
+
+use super::error::Error;
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Free room kept at the end of the read buffer before each read; PTY output arrives in
+/// frames of a few tens of KiB, so one read usually takes several of them.
+const READ_ROOM: usize = 128 * 1024;
+
+/// How long the broker may take to say why it hung up on a request we could not finish
+/// sending.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+pub struct Connection {
+    stream: UnixStream,
+    socket: PathBuf,
+    /// Received bytes; `buf[start..end]` is not yet decoded.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Whether the broker's `Hello` has been read and accepted.
+    greeted: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl Connection {
+    pub fn connect(socket: &Path) -> Result<Connection, Error> {
+        let stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+        Ok(Connection {
+            stream,
+            socket: socket.to_path_buf(),
+            buf: vec![0; 2 * READ_ROOM],
+            start: 0,
+            end: 0,
+            greeted: false,
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Bounds every later blocking read (for the one-shot verbs: a stuck broker must not
+    /// hang a script polling `ctx status`).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::io("setting the socket's read timeout", e))
+    }
+
+    /// Sends the client `Hello` and `request` in one message, `fds` riding along. No round
+    /// trip: the broker's `Hello` is read with the first reply.
+    pub fn open(&mut self, request: &Request, fds: &[RawFd]) -> Result<(), Error> {
+        let mut bytes = Vec::with_capacity(4096);
+        frame::encode_vec(&Hello::new(ClientKind::Cli), &mut bytes)
+            .map_err(|e| self.bad_request(e))?;
+        frame::encode_vec(request, &mut bytes).map_err(|e| self.bad_request(e))?;
+        if let Err(source) = fdpass::send_with_fds(self.stream.as_raw_fd(), &bytes, fds) {
+            return Err(self.last_words().unwrap_or(Error::Send {
+                socket: self.socket.clone(),
+                source,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Sends a follow-up request (`Signal`, `Resize`, `Input`, `InputEof`).
+    pub fn send(&self, request: &Request) -> Result<(), Error> {
+        let mut bytes = Vec::new();
+        frame::encode_vec(request, &mut bytes).map_err(|e| self.bad_request(e))?;
+        fdpass::send_with_fds(self.stream.as_raw_fd(), &bytes, &[]).map_err(|source| Error::Send {
+            socket: self.socket.clone(),
+            source,
+        })
+    }
+
+    /// One `read` from the socket into the buffer; `Ok(false)` at end of stream.
+    pub fn fill(&mut self) -> Result<bool, Error> {
+        self.make_room()?;
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Error::NoAnswer {
+                        socket: self.socket.clone(),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Read {
+                        socket: self.socket.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The next buffered reply after the broker's `Hello`, if one has fully arrived.
+    pub fn next_reply(&mut self) -> Result<Option<Reply<'_>>, Error> {
+        let Some(total) = self.ready_frame()? else {
+            return Ok(None);
+        };
+        let payload = self.start + FRAME_HEADER..self.start + total;
+        self.start += total;
+        match frame::decode(&self.buf[payload]) {
+            Ok(reply) => Ok(Some(reply)),
+            Err(e) => Err(Error::Malformed {
+                socket: self.socket.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Blocks until the next reply; end of stream is [`Error::Lost`].
+    pub fn recv(&mut self) -> Result<Reply<'_>, Error> {
+        while self.ready_frame()?.is_none() {
+            if !self.fill()? {
+                return Err(Error::Lost {
+                    socket: self.socket.clone(),
+                });
+            }
+        }
+        Ok(self.next_reply()?.expect("a complete frame was just seen"))
+    }
+
+    /// Consumes the broker's `Hello` if it is first in the buffer, then returns the length
+    /// of the complete frame at the front, if any.
+    fn ready_frame(&mut self) -> Result<Option<usize>, Error> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            let Some(total) = complete_frame(pending).map_err(|e| Error::Malformed {
+                socket: self.socket.clone(),
+                detail: e.to_string(),
+            })?
+            else {
+                return Ok(None);
+            };
+            if self.greeted {
+                return Ok(Some(total));
+            }
+            let tag = pending.get(FRAME_HEADER).copied();
+            if tag == Some(reply_tag::ERROR) {
+                // A broker that refuses us outright may skip its Hello; its reason matters more.
+                return Ok(Some(total));
+            }
+            if tag != Some(reply_tag::HELLO) {
+                return Err(Error::Unexpected {
+                    socket: self.socket.clone(),
+                    what: "a reply before its Hello".into(),
+                });
+            }
+            let payload = &pending[FRAME_HEADER..total];
+            match frame::decode::<Reply>(payload) {
+                Ok(Reply::Hello { version, software }) if version == PROTOCOL_VERSION => {
+                    let _ = software;
+                }
+                Ok(Reply::Hello { version, software }) => {
+                    return Err(Error::VersionMismatch {
+                        socket: self.socket.clone(),
+                        broker: version,
+                        ours: PROTOCOL_VERSION,
+                        software: software.into_owned(),
+                    })
+                }
+                Ok(_) => unreachable!("tag says Hello"),
+                Err(e) => {
+                    return Err(Error::Malformed {
+                        socket: self.socket.clone(),
+                        detail: format!("its Hello: {e}"),
+                    })
+                }
+            }
+            self.greeted = true;
+            self.start += total;
+        }
+    }
+
+    /// Compacts the buffer, and grows it when the frame at its front needs more room.
+    fn make_room(&mut self) -> Result<(), Error> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let pending = &self.buf[self.start..self.end];
+        let frame_len = if pending.len() >= FRAME_HEADER {
+            let head = [pending[0], pending[1], pending[2], pending[3]];
+            let len = frame::payload_len(head).map_err(|e| Error::Malformed {
+                socket: self.socket.clone(),
+                detail: e.to_string(),
+            })?;
+            FRAME_HEADER + len
+        } else {
+            0
+        };
+        if self.buf.len() - self.end >= READ_ROOM / 2 && self.buf.len() - self.start >= frame_len {
+            return Ok(());
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < frame_len + READ_ROOM {
+            self.buf.resize(frame_len + READ_ROOM, 0);
+        }
+        Ok(())
+    }
+
+    /// After a failed send: the broker may have hung up with a reason already written.
+    fn last_words(&mut self) -> Option<Error> {
+        self.stream.set_read_timeout(Some(LAST_WORDS)).ok()?;
+        match self.recv() {
+            Ok(Reply::Error { kind, message }) => Some(Error::Broker {
+                kind,
+                message: message.into_owned(),
+            }),
+            Err(e @ Error::VersionMismatch { .. }) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn bad_request(&self, e: frame::FrameError) -> Error {
+        Error::Usage(format!(
+            "cannot encode the request for the broker at {}: {e}",
+            self.socket.display()
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Turns the broker's `Error` reply into ours; every other reply is unexpected here.
+pub fn unexpected(socket: &Path, reply: Reply<'_>) -> Error {
+    match reply {
+        Reply::Error { kind, message } => Error::Broker {
+            kind,
+            message: message.into_owned(),
+        },
+        other => Error::Unexpected {
+            socket: socket.to_path_buf(),
+            what: reply_name(&other).into(),
+        },
+    }
+}
+
+pub fn reply_name(reply: &Reply<'_>) -> &'static str {
+    match reply {
+        Reply::Hello { .. } => "Hello",
+        Reply::Error { .. } => "Error",
+        Reply::Started { .. } => "Started",
+        Reply::ExecFailed(_) => "ExecFailed",
+        Reply::Exited { .. } => "Exited",
+        Reply::Output(_) => "Output",
+        Reply::Status(_) => "Status",
+        Reply::Contexts(_) => "Contexts",
+    }
+}

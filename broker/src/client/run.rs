@@ -1,0 +1,159 @@
+//! `ctx run`: start a program (usually an agent) with routing switched on, so every
+//! launch it makes runs in the named context. `ctx run` replaces itself with the program.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+
+use super::error::Error;
+
+pub const INTERPOSER_FILE: &str = "libctx_interposer.so";
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// The context the program's launches are routed to
+    #[arg(long, value_name = "NAME")]
+    pub route_to: String,
+
+    /// A program (basename or path) that keeps running locally; its own children are
+    /// still routed (repeatable)
+    #[arg(long, value_name = "PROG")]
+    pub passthrough: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub route: RouteArgs,
+
+    /// The program to start with routing on, and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// What routing needs in a program's environment. `None` values are to be removed, so a
+/// stale setting inherited from our own environment does not leak through.
+pub type Vars = Vec<(&'static str, Option<OsString>)>;
+
+pub fn run(socket: &Path, args: RunArgs) -> Result<i32, Error> {
+    let vars = routing_vars(socket, &args.route)?;
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    for (key, value) in vars {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    // Only returns on failure; std resets the signal mask and SIGPIPE before the exec.
+    let err = cmd.exec();
+    let (reason, code) = match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => ("command not found".to_string(), 127),
+        Some(libc::EACCES) | Some(libc::EPERM) => ("permission denied".to_string(), 126),
+        Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::ETXTBSY) => {
+            (format!("not executable: {err}"), 126)
+        }
+        _ => (err.to_string(), 125),
+    };
+    Err(Error::Run {
+        program: args.command[0].to_string_lossy().into_owned(),
+        reason,
+        code,
+    })
+}
+
+/// `LD_PRELOAD`, `CTX_ROUTE`, `CTX_SOCKET` and `CTX_PASSTHROUGH` for routing to
+/// `args.route_to` through the broker at `socket`.
+pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
+    if args.route_to.is_empty() {
+        return Err(Error::Usage("--route-to needs a context name".into()));
+    }
+    for p in &args.passthrough {
+        if p.is_empty() || p.as_bytes().contains(&b':') {
+            return Err(Error::Usage(format!(
+                "--passthrough {:?}: must be a program name or path without ':'",
+                p.to_string_lossy()
+            )));
+        }
+    }
+    let lib = interposer_path()?;
+    let preload = prepend_preload(lib.as_os_str(), std::env::var_os("LD_PRELOAD").as_deref());
+    // The program may chdir; a relative socket path would then point nowhere.
+    let socket = std::path::absolute(socket)
+        .map_err(|e| Error::io(format!("resolving the socket path {}", socket.display()), e))?;
+    let passthrough = (!args.passthrough.is_empty()).then(|| {
+        OsString::from_vec(
+            args.passthrough
+                .iter()
+                .map(|p| p.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b':'),
+        )
+    });
+    Ok(vec![
+        ("LD_PRELOAD", Some(preload)),
+        ("CTX_ROUTE", Some(OsString::from(&args.route_to))),
+        ("CTX_SOCKET", Some(socket.into_os_string())),
+        ("CTX_PASSTHROUGH", passthrough),
+    ])
+}
+
+/// `CTX_INTERPOSER`, else the library installed beside the running `ctx`.
+fn interposer_path() -> Result<PathBuf, Error> {
+    let path = match std::env::var_os("CTX_INTERPOSER").filter(|p| !p.is_empty()) {
+        Some(p) => std::path::absolute(PathBuf::from(p))
+            .map_err(|e| Error::io("resolving CTX_INTERPOSER", e))?,
+        None => std::env::current_exe()
+            .map_err(|e| Error::io("finding the running ctx binary", e))?
+            .with_file_name(INTERPOSER_FILE),
+    };
+    std::fs::metadata(&path).map_err(|source| Error::Interposer {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Puts `lib` first in `LD_PRELOAD`, keeping what was there; no duplicate if present.
+pub fn prepend_preload(lib: &OsStr, existing: Option<&OsStr>) -> OsString {
+    let existing = existing.map(OsStr::as_bytes).unwrap_or_default();
+    let already = existing
+        .split(|&b| b == b':' || b == b' ')
+        .any(|entry| entry == lib.as_bytes());
+    if already {
+        return OsString::from_vec(existing.to_vec());
+    }
+    let mut out = lib.as_bytes().to_vec();
+    if !existing.is_empty() {
+        out.push(b':');
+        out.extend_from_slice(existing);
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preload_is_prepended_once() {
+        let lib = OsStr::new("/opt/ctx/libctx_interposer.so");
+        assert_eq!(prepend_preload(lib, None), lib);
+        assert_eq!(prepend_preload(lib, Some(OsStr::new(""))), lib);
+        assert_eq!(
+            prepend_preload(lib, Some(OsStr::new("/usr/lib/libfoo.so"))),
+            "/opt/ctx/libctx_interposer.so:/usr/lib/libfoo.so"
+        );
+        let both = OsStr::new("/usr/lib/libfoo.so:/opt/ctx/libctx_interposer.so");
+        assert_eq!(prepend_preload(lib, Some(both)), both);
+    }
+}

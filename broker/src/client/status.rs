@@ -1,0 +1,101 @@
+//! `ctx status`: what the broker is, what it is doing, and which of its promises it cannot
+//! keep here (its warnings). Exits 0 as soon as the broker answers, which is what scripts
+//! poll to wait for readiness.
+
+use std::path::Path;
+
+use clap::Args;
+use ctx_protocol::{Reply, Request, StatusReport};
+
+use super::connection::unexpected;
+use super::error::Error;
+use super::exec::format_duration;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, args: StatusArgs) -> Result<i32, Error> {
+    let report = match super::one_shot(socket, &Request::Status)? {
+        (_, Reply::Status(report)) => report,
+        (socket, other) => return Err(unexpected(&socket, other)),
+    };
+    let text = if args.json {
+        let mut s = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::io("rendering the status as JSON", std::io::Error::other(e)))?;
+        s.push('\n');
+        s
+    } else {
+        render(&report)
+    };
+    super::print(text.as_bytes());
+    Ok(0)
+}
+
+pub fn render(r: &StatusReport) -> String {
+    let mut lines = vec![
+        format!("broker:     {} (pid {}, uid {})", r.software, r.pid, r.uid),
+        format!("socket:     {}", r.socket_path),
+        format!("config:     {}", r.config_path),
+        format!("audit log:  {}", r.audit_log),
+        format!(
+            "uptime:     {}",
+            format_duration((r.uptime_ms / 1000).max(1) * 1000)
+        ),
+        format!("running:    {}", r.running),
+        format!("launches:   {}", r.launches),
+        format!(
+            "contexts:   {}",
+            if r.contexts.is_empty() {
+                "(none)".to_string()
+            } else {
+                r.contexts.join(", ")
+            }
+        ),
+    ];
+    for w in &r.warnings {
+        lines.push(format!("warning:    {w}"));
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_field_and_warning() {
+        let r = StatusReport {
+            software: "ctx-broker 0.1.0".into(),
+            pid: 42,
+            uid: 1000,
+            config_path: "/etc/ctx/contexts.toml".into(),
+            socket_path: "/run/ctx/broker.sock".into(),
+            audit_log: "/var/log/ctx/audit.jsonl".into(),
+            uptime_ms: 3_723_456,
+            running: 2,
+            launches: 17,
+            contexts: vec!["platform".into(), "user".into()],
+            warnings: vec!["not root: contexts must use uid 1000".into()],
+        };
+        let text = render(&r);
+        for needle in [
+            "ctx-broker 0.1.0 (pid 42, uid 1000)",
+            "/run/ctx/broker.sock",
+            "/etc/ctx/contexts.toml",
+            "/var/log/ctx/audit.jsonl",
+            "uptime:     1h2m3s",
+            "running:    2",
+            "launches:   17",
+            "platform, user",
+            "warning:    not root: contexts must use uid 1000",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! One peer connection: bounded handshake, authentication, and dispatch of its request.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctx_protocol::frame::decode;
+use ctx_protocol::{
+    ClientKind, ContextInfo, ErrorKind, Hello, Reply, Request, StatusReport, MAGIC,
+    PROTOCOL_VERSION,
+};
+use tokio::net::UnixStream;
+
+use super::wire::Conn;
+use super::{exec, Peer, Shared};
+
+/// A peer has this long to send its hello and request before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("peer credentials unavailable: {e}");
+            return;
+        }
+    };
+    let pid = cred.pid().unwrap_or(0);
+    let peer = Peer {
+        pid,
+        uid: cred.uid(),
+        gid: cred.gid(),
+        context: if pid > 0 {
+            shared.registry.context_of(pid)
+        } else {
+            None
+        },
+    };
+    let mut conn = Conn::new(stream);
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
+    let (client, request) = match first {
+        Ok(Ok(v)) => v,
+        Ok(Err(message)) => {
+            tracing::info!(
+                pid = peer.pid,
+                uid = peer.uid,
+                "refused connection: {message}"
+            );
+            let kind = if message.contains("version") {
+                ErrorKind::VersionMismatch
+            } else {
+                ErrorKind::BadRequest
+            };
+            let _ = conn.send(&hello()).await;
+            let _ = conn
+                .send(&Reply::Error {
+                    kind,
+                    message: message.into(),
+                })
+                .await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(pid = peer.pid, uid = peer.uid, "handshake timed out");
+            return;
+        }
+    };
+    if conn.send(&hello()).await.is_err() {
+        return;
+    }
+    match request {
+        Request::Exec(req) => exec::run(&shared, &mut conn, &peer, client, req).await,
+        Request::Status => {
+            let report = status(&shared);
+            let _ = conn.send(&Reply::Status(report)).await;
+        }
+        Request::Contexts => {
+            let list = contexts(&shared, &peer);
+            let _ = conn.send(&Reply::Contexts(list)).await;
+        }
+        _ => {
+            let message = "expected Exec, Status or Contexts as the first request";
+            let _ = conn
+                .send(&Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: message.into(),
+                })
+                .await;
+        }
+    }
+}
+
+fn hello() -> Reply<'static> {
+    Reply::Hello {
+        version: PROTOCOL_VERSION,
+        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
+    }
+}
+
+async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
+    let payload = match conn.read_frame().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err("connection closed before the hello".into()),
+        Err(e) => return Err(format!("bad hello frame: {e}")),
+    };
+    let hello: Hello = decode(&payload).map_err(|e| format!("not a ctx hello ({e})"))?;
+    if hello.magic != MAGIC {
+        return Err("not a ctx client (bad magic)".into());
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version mismatch: client speaks {}, broker speaks {PROTOCOL_VERSION}; \
+             use a ctx, interposer and broker from the same release",
+            hello.version
+        ));
+    }
+    let payload = match conn.read_frame().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err("connection closed before the request".into()),
+        Err(e) => return Err(format!("bad request frame: {e}")),
+    };
+    let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
+    if !matches!(request, Request::Exec(_)) && conn.pending_fds() > 0 {
+        return Err("descriptors sent with a request that takes none".into());
+    }
+    Ok((hello.client, request))
+}
+
+fn status(shared: &Shared) -> StatusReport {
+    let config = shared.config();
+    let mut warnings = config.warnings.clone();
+    warnings.extend(
+        shared
+            .warnings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned(),
+    );
+    if let Some(w) = shared.audit.health() {
+        warnings.push(w);
+    }
+    StatusReport {
+        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
+        pid: std::process::id() as i32,
+        // SAFETY: plain getter.
+        uid: unsafe { libc::geteuid() },
+        config_path: config.path.display().to_string(),
+        socket_path: shared.socket_path.display().to_string(),
+        audit_log: shared.audit.path().display().to_string(),
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        running: shared.registry.len() as u64,
+        launches: shared.launches.load(Ordering::Relaxed),
+        contexts: config.contexts.keys().cloned().collect(),
+        warnings,
+    }
+}
+
+/// The contexts this peer may enter (root sees all), with env values masked.
+fn contexts(shared: &Shared, peer: &Peer) -> Vec<ContextInfo> {
+    let config = shared.config();
+    config
+        .contexts
+        .values()
+        .filter(|c| peer.uid == 0 || c.allows(peer.uid, peer.gid, peer.context.as_deref()))
+        .map(|c| ContextInfo {
+            name: c.name.clone(),
+            user: c.user.name.clone(),
+            uid: c.user.uid,
+            gid: c.user.gid,
+            cwd: match &c.cwd {
+                crate::config::CwdRule::Inherit => "inherit".into(),
+                crate::config::CwdRule::Home => format!("{} (home)", c.user.home.display()),
+                crate::config::CwdRule::Path(p) => p.display().to_string(),
+            },
+            env: c.masked_env(),
+            inherit_env: c.inherit_env.clone(),
+            allow: if c.allow.is_default {
+                format!("root, uid {}", c.user.uid)
+            } else {
+                format!(
+                    "uids {:?} gids {:?} contexts {:?}",
+                    c.allow.uids, c.allow.gids, c.allow.contexts
+                )
+            },
+            timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
+            rlimits: c
+                .rlimits
+                .iter()
+                .map(|r| (r.name.to_string(), r.value))
+                .collect(),
+        })
+        .collect()
+}

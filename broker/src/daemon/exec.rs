@@ -1,0 +1,467 @@
+//! One routed launch from request to exit: authorise, prepare, fork, report `Started` or a
+//! classified failure, then relay signals, window size and PTY bytes until the process
+//! ends, and send `Exited`. A caller that disconnects takes its process group with it.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctx_protocol::{
+    ClientKind, ErrorKind, ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply,
+    Request, Stage,
+};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+
+use super::plan::{prepare, BrokerIdentity};
+use super::registry::Running;
+use super::spawn::{fork_exec, parse_report};
+use super::wire::Conn;
+use super::{pty, Peer, Shared};
+use crate::config::Context;
+
+/// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long PTY output is still collected after the process exits (its last writes, or a
+/// background job's, may still be in flight).
+const PTY_DRAIN: Duration = Duration::from_millis(100);
+
+fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn caller_json(peer: &Peer) -> serde_json::Value {
+    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
+}
+
+pub async fn run(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    peer: &Peer,
+    client: ClientKind,
+    req: ExecRequest,
+) {
+    let config = shared.config();
+    let Some(ctx) = config.contexts.get(&req.context).cloned() else {
+        shared.audit.record(json!({
+            "event": "refused", "reason": "unknown context", "context": req.context,
+            "caller": caller_json(peer), "argv": lossy(&req.argv),
+        }));
+        let message = format!(
+            "no context named {:?} (known: {})",
+            req.context,
+            config
+                .contexts
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::UnknownContext,
+                message: message.into(),
+            })
+            .await;
+        return;
+    };
+    if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) {
+        shared.audit.record(json!({
+            "event": "refused", "reason": "not allowed", "context": ctx.name,
+            "caller": caller_json(peer), "argv": lossy(&req.argv),
+        }));
+        let message = format!(
+            "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
+            peer.uid,
+            peer.pid,
+            ctx.name,
+            describe_allow(&ctx)
+        );
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::Refused,
+                message: message.into(),
+            })
+            .await;
+        return;
+    }
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::ShuttingDown,
+                message: "the broker is shutting down".into(),
+            })
+            .await;
+        return;
+    }
+
+    let started_at = Instant::now();
+    let passed = conn.take_fds();
+    let me = BrokerIdentity::current();
+    let prepared = match prepare(&ctx, &req, client, passed, me) {
+        Ok(p) => p,
+        Err(failure) => return fail(shared, conn, peer, &ctx, &req, failure, started_at).await,
+    };
+    let mut plan = prepared.plan;
+    let mut pty = None;
+    if prepared.wants_tty {
+        let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
+            size: Default::default(),
+            termios: None,
+        });
+        let owner = (me.euid == 0).then(|| (ctx.user.uid, pty::tty_gid().unwrap_or(ctx.user.gid)));
+        match pty::open(tty.size, tty.termios.as_ref(), owner) {
+            Ok(p) => {
+                for slot in req.fds.iter().filter(|s| s.source == FdSource::Pty) {
+                    plan.fds.push((p.slave.as_raw_fd(), slot.target));
+                }
+                plan.controlling_tty = Some(p.slave.as_raw_fd());
+                pty = Some(p);
+            }
+            Err(e) => {
+                let failure = os_failure(Stage::Terminal, e, "cannot allocate a terminal");
+                return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+            }
+        }
+    }
+
+    let forked = fork_exec(&plan);
+    // The child has its copies; the broker must not keep the caller's descriptors or the
+    // slave (the master would never see EOF/EIO).
+    drop(prepared.passed);
+    let master = pty.map(|p| p.master);
+    let forked = match forked {
+        Ok(f) => f,
+        Err(e) => {
+            let failure = os_failure(Stage::Fork, e, "cannot fork");
+            return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+        }
+    };
+    let pid = forked.pid;
+    let pidfd = match watch(forked.pidfd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_group(pid, libc::SIGKILL);
+            let failure = os_failure(Stage::Fork, e, "cannot watch the process");
+            return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+        }
+    };
+
+    // The error pipe closes at a successful exec, or carries the failing step first.
+    let mut report = [0u8; 8];
+    let n = read_report(forked.report, &mut report).await;
+    if let Some(child_failure) = parse_report(&report[..n]) {
+        let _ = wait_exit(&pidfd).await;
+        let what = format!("{} in context {:?}", show_program(&req), ctx.name);
+        let mut failure = child_failure.into_exec_failure(&what);
+        if child_failure.stage == Stage::Chdir {
+            failure.message = format!(
+                "{what}: cannot enter working directory {:?} as uid {} ({})",
+                String::from_utf8_lossy(&prepared.cwd),
+                ctx.user.uid,
+                io::Error::from_raw_os_error(child_failure.errno)
+            )
+            .into();
+        }
+        return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+    }
+
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.launches.fetch_add(1, Ordering::Relaxed);
+    shared.registry.insert(Running {
+        id,
+        pid,
+        context: ctx.name.clone(),
+        caller_pid: peer.pid,
+        caller_uid: peer.uid,
+        argv: lossy(&req.argv),
+        started: Instant::now(),
+    });
+    let mut client_alive = conn.send(&Reply::Started { id, pid }).await.is_ok();
+    if !client_alive {
+        kill_group(pid, libc::SIGKILL);
+    }
+
+    let timeout = effective_timeout(&ctx, &req);
+    let far = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let deadline =
+        tokio::time::Instant::from_std(timeout.map(|t| Instant::now() + t).unwrap_or(far));
+    let mut timed_out = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut shutdown = shared.shutdown_rx.clone();
+    let mut shutdown_seen = *shutdown.borrow();
+    if shutdown_seen {
+        kill_group(pid, libc::SIGTERM);
+        kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+    }
+    let master = master.map(watch).transpose().unwrap_or_default();
+    let mut input: Vec<u8> = Vec::new();
+    let mut out = vec![0u8; 64 * 1024];
+
+    let status = loop {
+        tokio::select! {
+            exited = wait_exit(&pidfd) => break exited,
+            frame = conn.read_frame(), if client_alive => {
+                match frame {
+                    Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
+                        Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => kill_group(pid, signo),
+                        Ok(Request::Resize(size)) => {
+                            if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
+                        }
+                        Ok(Request::Input(bytes)) => input.extend_from_slice(&bytes),
+                        Ok(Request::InputEof) => {
+                            if let Some(m) = &master { input.push(pty::eof_char(m.get_ref())); }
+                        }
+                        _ => {
+                            // Out of protocol: treat as a broken caller.
+                            client_alive = false;
+                            kill_group(pid, libc::SIGKILL);
+                        }
+                    },
+                    Ok(None) | Err(_) => {
+                        client_alive = false;
+                        kill_group(pid, libc::SIGKILL);
+                    }
+                }
+                if conn.pending_fds() > 0 {
+                    drop(conn.take_fds());
+                }
+            }
+            ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() => {
+                if let Ok(mut guard) = ready {
+                    let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
+                    match guard.try_io(|_| read_fd(fd, &mut out)) {
+                        Ok(Ok(n)) if n > 0 && client_alive => {
+                            if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                                client_alive = false;
+                                kill_group(pid, libc::SIGKILL);
+                            }
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Err(_would_block) => {}
+                    }
+                }
+            }
+            ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
+                if let Ok(mut guard) = ready {
+                    let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
+                    if let Ok(Ok(n)) = guard.try_io(|_| write_fd(fd, &input)) {
+                        input.drain(..n);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !timed_out && timeout.is_some() => {
+                timed_out = true;
+                kill_group(pid, libc::SIGKILL);
+            }
+            _ = shutdown.changed(), if !shutdown_seen => {
+                shutdown_seen = true;
+                kill_group(pid, libc::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            _ = async { tokio::time::sleep_until(kill_at.unwrap()).await }, if kill_at.is_some() => {
+                kill_at = None;
+                kill_group(pid, libc::SIGKILL);
+            }
+        }
+    };
+    if !client_alive {
+        // No one is left to see the rest of the group.
+        kill_group(pid, libc::SIGKILL);
+    }
+
+    if let (Some(m), true) = (&master, client_alive) {
+        let until = tokio::time::Instant::now() + PTY_DRAIN;
+        loop {
+            let fd = m.get_ref().as_raw_fd();
+            let ready = tokio::time::timeout_at(until, m.readable()).await;
+            let Ok(Ok(mut guard)) = ready else { break };
+            match guard.try_io(|_| read_fd(fd, &mut out)) {
+                Ok(Ok(n)) if n > 0 => {
+                    if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => break, // EIO: every slave descriptor is closed
+                Err(_) => continue,
+            }
+        }
+    }
+
+    shared.registry.remove(id);
+    let status = status.unwrap_or(ExitStatus::Code(255));
+    if client_alive {
+        let _ = conn.send(&Reply::Exited { status, timed_out }).await;
+    }
+    shared.audit.record(json!({
+        "event": "exec",
+        "id": id,
+        "pid": pid,
+        "caller": caller_json(peer),
+        "context": ctx.name,
+        "argv": lossy(&req.argv),
+        "cwd": String::from_utf8_lossy(&prepared.cwd),
+        "tty": prepared.wants_tty,
+        "status": status_json(status),
+        "timed_out": timed_out,
+        "caller_disconnected": !client_alive,
+        "duration_ms": started_at.elapsed().as_millis() as u64,
+    }));
+}
+
+async fn fail(
+    shared: &Shared,
+    conn: &mut Conn,
+    peer: &Peer,
+    ctx: &Context,
+    req: &ExecRequest,
+    failure: ExecFailure<'static>,
+    started_at: Instant,
+) {
+    shared.audit.record(json!({
+        "event": "exec_failed",
+        "caller": caller_json(peer),
+        "context": ctx.name,
+        "argv": lossy(&req.argv),
+        "kind": format!("{:?}", failure.kind),
+        "stage": failure.stage.as_str(),
+        "errno": failure.errno_name,
+        "message": failure.message,
+        "duration_ms": started_at.elapsed().as_millis() as u64,
+    }));
+    let _ = conn.send(&Reply::ExecFailed(failure)).await;
+}
+
+fn os_failure(stage: Stage, e: io::Error, what: &str) -> ExecFailure<'static> {
+    let errno = e.raw_os_error().unwrap_or(0);
+    ExecFailure {
+        kind: if errno == libc::ENOMEM {
+            FailureKind::OutOfMemory
+        } else {
+            ctx_protocol::classify(stage, errno)
+        },
+        stage,
+        errno,
+        errno_name: ctx_protocol::errno_name(errno).into(),
+        message: format!("{what}: {e}").into(),
+    }
+}
+
+fn show_program(req: &ExecRequest) -> String {
+    let p = req.program.as_deref().unwrap_or(&req.argv[0]);
+    format!("{:?}", String::from_utf8_lossy(p))
+}
+
+fn describe_allow(ctx: &Context) -> String {
+    let a = &ctx.allow;
+    if a.is_default {
+        return format!("the default (root and uid {})", ctx.user.uid);
+    }
+    format!(
+        "uids {:?}, gids {:?}, contexts {:?}",
+        a.uids, a.gids, a.contexts
+    )
+}
+
+fn effective_timeout(ctx: &Context, req: &ExecRequest) -> Option<Duration> {
+    let asked = req.timeout_ms.map(Duration::from_millis);
+    match (ctx.timeout, asked) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+pub fn status_json(status: ExitStatus) -> serde_json::Value {
+    match status {
+        ExitStatus::Code(c) => json!({ "code": c }),
+        ExitStatus::Signaled { signal, core } => json!({ "signal": signal, "core": core }),
+    }
+}
+
+/// Signals the routed process group. The leader is not reaped before this can run (only
+/// `wait_exit` reaps), so its pid, and thus the group id, cannot have been reused.
+pub fn kill_group(pid: i32, signo: i32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(-pid, signo) };
+}
+
+async fn read_report(fd: OwnedFd, buf: &mut [u8; 8]) -> usize {
+    if pty::set_nonblocking(&fd).is_err() {
+        return 0;
+    }
+    let Ok(afd) = watch(fd) else { return 0 };
+    let mut got = 0;
+    while got < buf.len() {
+        let Ok(mut guard) = afd.readable().await else {
+            return got;
+        };
+        let raw = afd.get_ref().as_raw_fd();
+        match guard.try_io(|_| read_fd(raw, &mut buf[got..])) {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got += n,
+            Err(_) => continue,
+        }
+    }
+    got
+}
+
+/// Waits for the process behind the pidfd to exit and reaps it.
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus> {
+    loop {
+        let mut guard = pidfd.readable().await?;
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with a valid pidfd; WNOHANG so a spurious wakeup cannot block.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled info; si_pid is 0 when nothing was reaped (WNOHANG).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            guard.clear_ready();
+            continue;
+        }
+        return Ok(ExitStatus::from_siginfo(code, status));
+    }
+}
+
+/// Registers a descriptor we own with the reactor.
+fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open
+    // and unshared for as long as it is registered.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable slice.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EIO) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid readable slice.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

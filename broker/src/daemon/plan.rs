@@ -1,0 +1,266 @@
+//! Turns a context and an exec request into a [`SpawnPlan`]: the routed process's
+//! environment (the context's, plus `inherit_env`, never the caller's secrets), its working
+//! directory, identity, limits and program lookup. Runs before fork, so it may allocate.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use ctx_protocol::{ClientKind, ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
+
+use crate::config::{Context, CwdRule, DEFAULT_PATH};
+
+use super::spawn::{cstring, search_candidates, Identity, Program, SpawnPlan};
+
+/// Variables that switch routing on; they cross into a context only when that context
+/// itself routes on (a later issue wires `route_children_to`).
+const ROUTING_VARS: [&str; 5] = [
+    "LD_PRELOAD",
+    "CTX_ROUTE",
+    "CTX_SOCKET",
+    "CTX_PASSTHROUGH",
+    "CTX_SHIM",
+];
+
+/// The broker's own credentials, which decide whether a uid switch is possible.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerIdentity {
+    pub euid: u32,
+    pub egid: u32,
+}
+
+impl BrokerIdentity {
+    pub fn current() -> BrokerIdentity {
+        // SAFETY: plain getters.
+        unsafe {
+            BrokerIdentity {
+                euid: libc::geteuid(),
+                egid: libc::getegid(),
+            }
+        }
+    }
+}
+
+fn refuse(kind: FailureKind, stage: Stage, errno: i32, message: String) -> ExecFailure<'static> {
+    ExecFailure {
+        kind,
+        stage,
+        errno,
+        errno_name: ctx_protocol::errno_name(errno).into(),
+        message: message.into(),
+    }
+}
+
+/// The environment of a routed process, in precedence order: the user's HOME/USER/
+/// LOGNAME/SHELL, then the caller's variables that `inherit_env` names, then the context's
+/// `env` (and its PATH), then explicit `-e` settings.
+pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
+    let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
+        if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
+            slot.1 = v.to_vec();
+        } else {
+            env.push((k.to_vec(), v.to_vec()));
+        }
+    };
+    set(&mut env, b"HOME", ctx.user.home.as_os_str().as_bytes());
+    set(&mut env, b"USER", ctx.user.name.as_bytes());
+    set(&mut env, b"LOGNAME", ctx.user.name.as_bytes());
+    set(&mut env, b"SHELL", ctx.user.shell.as_os_str().as_bytes());
+    let caller = req.env.iter().filter_map(|kv| {
+        let eq = kv.iter().position(|&b| b == b'=')?;
+        Some((&kv[..eq], &kv[eq + 1..]))
+    });
+    let mut caller_term = None;
+    for (k, v) in caller {
+        let Ok(name) = std::str::from_utf8(k) else {
+            continue;
+        };
+        if name == "TERM" {
+            caller_term = Some(v);
+        }
+        if ROUTING_VARS.contains(&name) {
+            continue;
+        }
+        if ctx.inherits(name) {
+            set(&mut env, k, v);
+        }
+    }
+    for (k, v) in &ctx.env {
+        set(&mut env, k.as_bytes(), v.as_bytes());
+    }
+    if !env.iter().any(|(k, _)| k == b"PATH") {
+        set(&mut env, b"PATH", DEFAULT_PATH.as_bytes());
+    }
+    if tty && !env.iter().any(|(k, _)| k == b"TERM") {
+        // A PTY is useless without a terminal type; the caller's is not a secret.
+        set(&mut env, b"TERM", caller_term.unwrap_or(b"xterm-256color"));
+    }
+    for kv in &req.set_env {
+        if let Some(eq) = kv.iter().position(|&b| b == b'=') {
+            set(&mut env, &kv[..eq], &kv[eq + 1..]);
+        }
+    }
+    env
+}
+
+/// The working directory: `--cwd` (relative to the caller's), else the context's rule.
+pub fn working_dir(ctx: &Context, req: &ExecRequest) -> Vec<u8> {
+    if let Some(dir) = &req.cwd_override {
+        if dir.starts_with(b"/") || req.cwd.is_empty() {
+            return dir.to_vec();
+        }
+        let mut full = req.cwd.to_vec();
+        if !full.ends_with(b"/") {
+            full.push(b'/');
+        }
+        full.extend_from_slice(dir);
+        return full;
+    }
+    match &ctx.cwd {
+        CwdRule::Inherit => req.cwd.to_vec(),
+        CwdRule::Home => ctx.user.home.as_os_str().as_bytes().to_vec(),
+        CwdRule::Path(p) => p.as_os_str().as_bytes().to_vec(),
+    }
+}
+
+/// What a launch will run with, ready to fork.
+pub struct Prepared {
+    pub plan: SpawnPlan,
+    /// The passed descriptors the plan refers to; closed in the broker after fork.
+    pub passed: Vec<OwnedFd>,
+    pub cwd: Vec<u8>,
+    pub wants_tty: bool,
+}
+
+pub fn prepare(
+    ctx: &Context,
+    req: &ExecRequest,
+    client: ClientKind,
+    passed: Vec<OwnedFd>,
+    me: BrokerIdentity,
+) -> Result<Prepared, ExecFailure<'static>> {
+    let bad = |m: String| refuse(FailureKind::Other, Stage::Exec, libc::EINVAL, m);
+    if req.argv.is_empty() {
+        return Err(bad("empty command line".into()));
+    }
+    let n_passed = req
+        .fds
+        .iter()
+        .filter(|s| s.source == FdSource::Passed)
+        .count();
+    if n_passed != passed.len() {
+        return Err(bad(format!(
+            "request names {n_passed} passed descriptors but {} arrived",
+            passed.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for slot in &req.fds {
+        if !(0..=1_048_576).contains(&slot.target) || !seen.insert(slot.target) {
+            return Err(bad(format!(
+                "bad or repeated descriptor number {}",
+                slot.target
+            )));
+        }
+    }
+    let wants_tty = req.fds.iter().any(|s| s.source == FdSource::Pty);
+
+    let uid = ctx.user.uid;
+    let gid = ctx.user.gid;
+    let identity = if me.euid == 0 {
+        Some(Identity {
+            uid,
+            gid,
+            groups: ctx.user.groups.clone(),
+        })
+    } else if uid == me.euid && gid == me.egid {
+        None
+    } else {
+        return Err(refuse(
+            FailureKind::SetUid,
+            Stage::SetUid,
+            libc::EPERM,
+            format!(
+                "context {:?} runs as uid {uid} but the broker runs unprivileged as uid {}; \
+                 start ctx-broker as root",
+                ctx.name, me.euid
+            ),
+        ));
+    };
+
+    let env = environment(ctx, req, wants_tty);
+    let envp = env
+        .iter()
+        .filter_map(|(k, v)| {
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+            kv.extend_from_slice(k);
+            kv.push(b'=');
+            kv.extend_from_slice(v);
+            CString::new(kv).ok()
+        })
+        .collect();
+    let argv = req
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("an argument contains a NUL byte".into()))?;
+    let file: &[u8] = req.program.as_deref().unwrap_or(&req.argv[0]);
+    let (program, sh_fallback) = match (&req.search_path, client) {
+        (Some(path), _) => (Program::Search(search_candidates(file, path)), true),
+        // The CLI, like env(1) and docker exec, looks the command up in the context's PATH.
+        (None, ClientKind::Cli) => {
+            let path = env
+                .iter()
+                .find(|(k, _)| k == b"PATH")
+                .map(|(_, v)| v.as_slice());
+            (
+                Program::Search(search_candidates(
+                    file,
+                    path.unwrap_or(DEFAULT_PATH.as_bytes()),
+                )),
+                true,
+            )
+        }
+        (None, ClientKind::Interposer) => (
+            Program::Exact(cstring(file).map_err(|_| bad("program path contains NUL".into()))?),
+            false,
+        ),
+    };
+    let cwd = working_dir(ctx, req);
+    let cwd_c = if cwd.is_empty() {
+        None
+    } else {
+        Some(cstring(&cwd).map_err(|_| bad("cwd contains NUL".into()))?)
+    };
+
+    let mut fds = Vec::with_capacity(req.fds.len());
+    let mut next = passed.iter();
+    for slot in &req.fds {
+        if slot.source == FdSource::Passed {
+            // Counted above: there is one descriptor per Passed slot.
+            if let Some(fd) = next.next() {
+                fds.push((fd.as_raw_fd(), slot.target));
+            }
+        }
+    }
+    let plan = SpawnPlan {
+        program,
+        sh_fallback,
+        argv,
+        envp,
+        cwd: cwd_c,
+        identity,
+        rlimits: ctx.rlimits.iter().map(|r| (r.resource, r.value)).collect(),
+        fds,
+        controlling_tty: None,
+        drop_caps: me.euid == 0,
+    };
+    Ok(Prepared {
+        plan,
+        passed,
+        cwd,
+        wants_tty,
+    })
+}

@@ -1,0 +1,235 @@
+//! The broker's socket and lifecycle: bind (replacing a stale socket, refusing to steal a
+//! live one), accept connections, reload on SIGHUP, shut down cleanly on SIGTERM/SIGINT.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{audit::Audit, connection, registry::Registry, Shared};
+use crate::config::{self, Config};
+
+/// Command-line overrides of the config's `[broker]` settings.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("another broker is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; remove it or choose another --socket")]
+    NotASocket(PathBuf),
+    #[error("cannot {what} {path}: {err}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ServerError + 'a {
+    move |err| ServerError::Io {
+        what,
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Runs the broker until SIGTERM/SIGINT; returns once every routed process is gone and the
+/// socket is removed.
+pub async fn run(opts: Options) -> Result<(), ServerError> {
+    let config = config::load(&opts.config)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let socket_path = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.broker.socket.clone());
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| config.broker.state_dir.clone());
+    let audit_path = opts
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| config.broker.audit_log.clone());
+
+    std::fs::create_dir_all(&state_dir).map_err(io_err("create state dir", &state_dir))?;
+    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o711));
+    let listener = bind(&socket_path, &config)?;
+
+    let mut warnings = Vec::new();
+    // SAFETY: plain getter.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        let other: Vec<&str> = config
+            .contexts
+            .values()
+            .filter(|c| c.user.uid != euid)
+            .map(|c| c.name.as_str())
+            .collect();
+        warnings.push(format!(
+            "broker runs unprivileged as uid {euid}: only contexts of that uid can run; \
+             unavailable: {}; capabilities are not dropped",
+            if other.is_empty() {
+                "none".into()
+            } else {
+                other.join(", ")
+            }
+        ));
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        config: RwLock::new(Arc::new(config)),
+        socket_path: socket_path.clone(),
+        audit: Audit::open(&audit_path),
+        registry: Registry::default(),
+        next_id: AtomicU64::new(1),
+        launches: AtomicU64::new(0),
+        started: Instant::now(),
+        shutting_down: AtomicBool::new(false),
+        shutdown_rx,
+        warnings: RwLock::new(warnings),
+    });
+
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err("watch SIGTERM for", &socket_path))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err("watch SIGINT for", &socket_path))?;
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(io_err("watch SIGHUP for", &socket_path))?;
+    let tasks = tokio_util_tracker::Tracker::default();
+    tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tasks.spawn(connection::serve(shared, stream));
+                }
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = sighup.recv() => reload(&shared, &opts.config),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: stopping routed processes");
+    drop(listener);
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    tasks.wait().await;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("ctx-broker stopped");
+    Ok(())
+}
+
+/// Re-reads the config; a bad file keeps the running one.
+pub fn reload(shared: &Shared, path: &Path) {
+    match config::load(path) {
+        Ok(new) => {
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            shared.set_config(new);
+            tracing::info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+    }
+}
+
+fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err("create socket directory", dir))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    // Bind under a restrictive umask so no one can connect before the mode is set.
+    // SAFETY: umask is process-wide but only changed here, before any other thread binds.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io_err("bind", path))?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(config.broker.socket_mode),
+    )
+    .map_err(io_err("set the mode of", path))?;
+    if let Some((_, gid)) = &config.broker.socket_group {
+        std::os::unix::fs::chown(path, None, Some(*gid))
+            .map_err(io_err("set the group of", path))?;
+    }
+    Ok(listener)
+}
+
+/// Tracks connection tasks so shutdown can wait for every routed process to be reaped.
+mod tokio_util_tracker {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    #[derive(Default, Clone)]
+    pub struct Tracker {
+        inner: Arc<(AtomicUsize, Notify)>,
+    }
+
+    impl Tracker {
+        pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+            self.inner.0.fetch_add(1, Ordering::SeqCst);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                fut.await;
+                if inner.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    inner.1.notify_waiters();
+                }
+            });
+        }
+
+        pub async fn wait(&self) {
+            loop {
+                let notified = self.inner.1.notified();
+                if self.inner.0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+}

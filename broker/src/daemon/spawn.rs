@@ -1,0 +1,433 @@
+//! The spawn path: everything a routed process needs is built into a [`SpawnPlan`] before
+//! `fork`; the child then runs only async-signal-safe syscalls (the broker is a threaded
+//! tokio process) and reports the first failing step through a close-on-exec pipe as
+//! `(stage, errno)`, which the parent turns into a classified [`ExecFailure`].
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use ctx_protocol::{classify, errno_name, ExecFailure, Stage};
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// How the program is found.
+pub enum Program {
+    /// `execve` this path exactly (relative paths are relative to the cwd).
+    Exact(CString),
+    /// Try each candidate in order as `execvp` does: skip `ENOENT`/`ENOTDIR`, remember
+    /// `EACCES`, and run a file without a shebang (`ENOEXEC`) through `/bin/sh`.
+    Search(Vec<CString>),
+}
+
+/// Identity the child switches to.
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+}
+
+pub struct SpawnPlan {
+    pub program: Program,
+    /// `/bin/sh` fallback for `ENOEXEC` also when `program` is exact (`execvp` with a '/').
+    pub sh_fallback: bool,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    /// `None`: keep the broker's own identity (unprivileged broker, same-uid context).
+    pub identity: Option<Identity>,
+    pub rlimits: Vec<(i32, u64)>,
+    /// `(source, target)`: the child gets `source` at number `target`.
+    pub fds: Vec<(RawFd, i32)>,
+    /// The PTY slave to make the controlling terminal (implies a new session).
+    pub controlling_tty: Option<RawFd>,
+    /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
+    pub drop_caps: bool,
+}
+
+/// A started child: its pid, a pidfd to wait on, and the error pipe's read end.
+pub struct Forked {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub report: OwnedFd,
+}
+
+/// One failed step, as the child reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildFailure {
+    pub stage: Stage,
+    pub errno: i32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Bytes of one error-pipe report: stage, three pad bytes, errno (native endian).
+const REPORT_LEN: usize = 8;
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// The candidates `execvp` would try for `file` along `path` (empty entries mean the cwd).
+pub fn search_candidates(file: &[u8], path: &[u8]) -> Vec<CString> {
+    if file.contains(&b'/') {
+        return CString::new(file).into_iter().collect();
+    }
+    path.split(|&b| b == b':')
+        .filter_map(|dir| {
+            let mut full = Vec::with_capacity(dir.len() + 1 + file.len());
+            if dir.is_empty() {
+                full.extend_from_slice(b"./");
+            } else {
+                full.extend_from_slice(dir);
+                if !dir.ends_with(b"/") {
+                    full.push(b'/');
+                }
+            }
+            full.extend_from_slice(file);
+            CString::new(full).ok()
+        })
+        .collect()
+}
+
+pub fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub fn cstring_os(s: &OsStr) -> io::Result<CString> {
+    cstring(s.as_bytes())
+}
+
+/// Forks and runs `plan` in the child. The parent keeps ownership of the plan's
+/// descriptors (close them once this returns).
+pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // "/bin/sh", <script>, argv[1..], NULL: slot 1 is filled in by the child.
+    let sh = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = Vec::with_capacity(argv.len() + 2);
+    sh_argv.push(sh.as_ptr());
+    sh_argv.push(std::ptr::null());
+    sh_argv.extend(argv.iter().skip(1));
+    if plan.argv.is_empty() {
+        sh_argv.push(std::ptr::null());
+    }
+    let candidates: Vec<*const libc::c_char> = match &plan.program {
+        Program::Exact(p) => vec![p.as_ptr()],
+        Program::Search(list) => list.iter().map(|c| c.as_ptr()).collect(),
+    };
+    let searching = matches!(plan.program, Program::Search(_));
+    let last_cap = last_capability();
+    let floor = plan.fds.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2) + 1;
+    let mut targets_mask = [0u64; 16]; // targets below 1024, for the close loop
+    for &(_, t) in &plan.fds {
+        if (0..1024).contains(&t) {
+            targets_mask[t as usize / 64] |= 1 << (t % 64);
+        }
+    }
+
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both ends were just created and are owned here.
+    let (report_r, report_w) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+
+    // SAFETY: the child branch only calls async-signal-safe functions on memory prepared
+    // above, and ends in execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the forked child; see child() for its invariants.
+        unsafe {
+            child(
+                plan,
+                report_w.as_raw_fd(),
+                floor,
+                &targets_mask,
+                &candidates,
+                searching,
+                argv.as_ptr(),
+                envp.as_ptr(),
+                sh_argv.as_mut_ptr(),
+                last_cap,
+            )
+        }
+    }
+    drop(report_w);
+    if plan.controlling_tty.is_none() {
+        // Also from the parent, so a kill of the group cannot race the child's setpgid.
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::setpgid(pid, pid) };
+    }
+    // SAFETY: plain syscall; the child cannot have been reaped, nobody waits for it yet.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    if pidfd < 0 {
+        let err = io::Error::last_os_error();
+        // SAFETY: our own child; reap it so it does not linger.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(err);
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor we own (it is close-on-exec).
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Forked {
+        pid,
+        pidfd,
+        report: report_r,
+    })
+}
+
+/// Decodes what the child wrote to the error pipe: nothing (exec succeeded) or one report.
+pub fn parse_report(buf: &[u8]) -> Option<ChildFailure> {
+    if buf.len() < REPORT_LEN {
+        return None;
+    }
+    let stage = Stage::from_u8(buf[0]).unwrap_or(Stage::Exec);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Some(ChildFailure { stage, errno })
+}
+
+impl ChildFailure {
+    pub fn into_exec_failure(self, what: &str) -> ExecFailure<'static> {
+        let kind = classify(self.stage, self.errno);
+        let errno_text = io::Error::from_raw_os_error(self.errno);
+        ExecFailure {
+            kind,
+            stage: self.stage,
+            errno: self.errno,
+            errno_name: errno_name(self.errno).into(),
+            message: format!("{what}: {} ({errno_text})", kind.describe()).into(),
+        }
+    }
+}
+
+/// Highest capability number this kernel knows.
+fn last_capability() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Writes `(stage, errno)` to the error pipe and exits. Async-signal-safe.
+unsafe fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
+    let mut buf = [0u8; REPORT_LEN];
+    buf[0] = stage as u8;
+    buf[4..8].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(report, buf.as_ptr().cast(), REPORT_LEN);
+    libc::_exit(127)
+}
+
+unsafe fn errno() -> i32 {
+    *libc::__errno_location()
+}
+
+/// The child's half of the spawn path. Only syscalls on memory prepared before fork.
+#[allow(clippy::too_many_arguments)]
+unsafe fn child(
+    plan: &SpawnPlan,
+    report: RawFd,
+    floor: i32,
+    targets_mask: &[u64; 16],
+    candidates: &[*const libc::c_char],
+    searching: bool,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    sh_argv: *mut *const libc::c_char,
+    last_cap: i32,
+) -> ! {
+    // Signal state: nothing of the broker's may leak (std ignores SIGPIPE, tokio masks).
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+
+    match plan.controlling_tty {
+        Some(tty) => {
+            if libc::setsid() < 0 {
+                fail(report, Stage::Session, errno());
+            }
+            if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                fail(report, Stage::Terminal, errno());
+            }
+        }
+        None => {
+            if libc::setpgid(0, 0) < 0 {
+                fail(report, Stage::Session, errno());
+            }
+        }
+    }
+
+    // Move the error pipe and every source above all targets, then place the targets, so
+    // that no dup2 overwrites a source still needed.
+    let report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, floor);
+    if report < 0 {
+        libc::_exit(127);
+    }
+    let mut moved = [0 as RawFd; 256];
+    if plan.fds.len() > moved.len() {
+        fail(report, Stage::Fds, libc::EMFILE);
+    }
+    for (i, &(src, _)) in plan.fds.iter().enumerate() {
+        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor);
+        if fd < 0 {
+            fail(report, Stage::Fds, errno());
+        }
+        moved[i] = fd;
+    }
+    for (i, &(_, target)) in plan.fds.iter().enumerate() {
+        if libc::dup2(moved[i], target) < 0 {
+            fail(report, Stage::Fds, errno());
+        }
+    }
+    // Everything below the floor that is not a target is closed now; everything above is
+    // marked close-on-exec (the moved copies, the error pipe, anything the broker holds).
+    for fd in 0..floor {
+        let t = fd as usize;
+        let is_target = if t < 1024 {
+            targets_mask[t / 64] & (1 << (t % 64)) != 0
+        } else {
+            plan.fds.iter().any(|&(_, tg)| tg == fd)
+        };
+        if !is_target {
+            libc::close(fd);
+        }
+    }
+    if libc::close_range(floor as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) < 0 {
+        // Kernels before 5.11: fall back to marking one by one up to a sane bound.
+        for fd in floor..4096 {
+            if fd != report {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+
+    for &(resource, value) in &plan.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        if libc::setrlimit(resource as _, &lim) < 0 {
+            fail(report, Stage::Rlimits, errno());
+        }
+    }
+
+    if plan.drop_caps {
+        for cap in 0..=last_cap {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno() != libc::EINVAL {
+                fail(report, Stage::Capabilities, errno());
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+
+    if let Some(id) = &plan.identity {
+        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
+            fail(report, Stage::Groups, errno());
+        }
+        if libc::setresgid(id.gid, id.gid, id.gid) < 0 {
+            fail(report, Stage::SetGid, errno());
+        }
+        if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
+            fail(report, Stage::SetUid, errno());
+        }
+    }
+
+    if let Some(cwd) = &plan.cwd {
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            fail(report, Stage::Chdir, errno());
+        }
+    }
+
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+        fail(report, Stage::NoNewPrivs, errno());
+    }
+
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for &cand in candidates {
+        libc::execve(cand, argv, envp);
+        let e = errno();
+        if e == libc::ENOEXEC && (searching || plan.sh_fallback) {
+            *sh_argv.add(1) = cand;
+            libc::execve(c"/bin/sh".as_ptr(), sh_argv as *const _, envp);
+            fail(report, Stage::Exec, errno());
+        }
+        if !searching {
+            fail(report, Stage::Exec, e);
+        }
+        match e {
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ETIMEDOUT | libc::ENODEV => {
+                last = e
+            }
+            libc::EACCES => denied = true,
+            _ => fail(report, Stage::Exec, e),
+        }
+    }
+    fail(
+        report,
+        Stage::Exec,
+        if denied { libc::EACCES } else { last },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_path() {
+        let c = search_candidates(b"ls", b"/usr/bin::/bin/");
+        let c: Vec<&[u8]> = c.iter().map(|c| c.as_bytes()).collect();
+        assert_eq!(c, vec![&b"/usr/bin/ls"[..], b"./ls", b"/bin/ls"]);
+        let c = search_candidates(b"./x", b"/usr/bin");
+        assert_eq!(c[0].as_bytes(), b"./x");
+    }
+
+    #[test]
+    fn report_roundtrip() {
+        let mut buf = [0u8; REPORT_LEN];
+        buf[0] = Stage::Chdir as u8;
+        buf[4..8].copy_from_slice(&libc::EACCES.to_ne_bytes());
+        assert_eq!(
+            parse_report(&buf),
+            Some(ChildFailure {
+                stage: Stage::Chdir,
+                errno: libc::EACCES
+            })
+        );
+        assert_eq!(parse_report(&[]), None);
+    }
+}

@@ -1,0 +1,95 @@
+//! Frame I/O on one broker connection: reads frames together with any `SCM_RIGHTS`
+//! descriptors that arrive with them (received close-on-exec), writes replies.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use ctx_protocol::fdpass::{recv_with_fds, MAX_FDS};
+use ctx_protocol::frame::{complete_frame, encode_vec, FrameError, FRAME_HEADER};
+use ctx_protocol::Reply;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("more than {MAX_FDS} descriptors sent")]
+    TooManyFds,
+}
+
+pub struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Conn {
+    pub fn new(stream: UnixStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            fds: Vec::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// The next frame's payload; `None` at a clean end of stream. Cancel-safe: bytes read
+    /// are kept in the connection's buffer until a whole frame is there.
+    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        loop {
+            if let Some(total) = complete_frame(&self.buf)? {
+                let payload = self.buf[FRAME_HEADER..total].to_vec();
+                self.buf.drain(..total);
+                return Ok(Some(payload));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
+            let fd = self.stream.as_raw_fd();
+            let (n, nfds) = self
+                .stream
+                .async_io(Interest::READABLE, || {
+                    recv_with_fds(fd, &mut chunk, &mut fds)
+                })
+                .await?;
+            for &raw in &fds[..nfds] {
+                // SAFETY: recv_with_fds handed us ownership of these new descriptors.
+                self.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+            if self.fds.len() > MAX_FDS {
+                return Err(WireError::TooManyFds);
+            }
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(WireError::Truncated)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Descriptors received so far, in arrival order.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+
+    pub fn pending_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
+        let mut out = Vec::with_capacity(64);
+        encode_vec(reply, &mut out)?;
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+}
