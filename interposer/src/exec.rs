@@ -66,9 +66,13 @@ pub fn local_failure(target: Target<'_>) -> Option<i32> {
     if bytes.is_empty() {
         return Some(libc::ENOENT);
     }
-    if matches!(target, Target::Search { .. }) && !bytes.contains(&b'/') {
-        // The broker searches in the target context: one round trip.
-        return None;
+    if let Target::Search { file, path } = target {
+        if !bytes.contains(&b'/') {
+            // The broker searches in the target context, but when no candidate exists
+            // here at all the answer is ENOENT without a round trip (and not the EACCES
+            // the target uid may meet on PATH entries only the caller can enter).
+            return nothing_on_path(file.to_bytes(), path.to_bytes()).then_some(libc::ENOENT);
+        }
     }
     // SAFETY: stat is plain data.
     let mut sb: libc::stat = unsafe { std::mem::zeroed() };
@@ -87,6 +91,31 @@ pub fn local_failure(target: Target<'_>) -> Option<i32> {
         return Some(libc::EACCES);
     }
     None
+}
+
+/// True when `dir/file` does not exist for any entry of `path`.
+fn nothing_on_path(file: &[u8], path: &[u8]) -> bool {
+    let mut buf = [0u8; 4096];
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let n = dir.len() + 1 + file.len();
+        if n >= buf.len() {
+            continue;
+        }
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()] = b'/';
+        buf[dir.len() + 1..n].copy_from_slice(file);
+        buf[n] = 0;
+        // SAFETY: stat is plain data; buf holds a NUL-terminated path.
+        let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0 {
+            return false;
+        }
+        if !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The first executable `dir/file` along `path`, written into `buf`.
