@@ -69,6 +69,7 @@ impl FdSet {
         if self.npassed >= MAX_FDS {
             return Err(ScanError::TooMany);
         }
+        open_anonymous_pipe(fd);
         self.passed[self.npassed] = fd;
         self.npassed += 1;
         self.push_slot(fd, FdSource::Passed)
@@ -85,6 +86,31 @@ impl FdSet {
 impl Default for FdSet {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Anonymous pipes are created mode 0600 for the caller's uid, so a routed program of
+/// another uid could use its pipe descriptors but not reopen them by name: `/dev/stdin`,
+/// `/dev/stderr`, bash's `<(...)` (`/dev/fd/63`) would fail with EACCES where a local run
+/// works. Widening the mode of an anonymous pipe (never a named FIFO) exposes nothing: a
+/// reopen through `/proc/PID/fd` still needs ptrace access to a process that holds it.
+fn open_anonymous_pipe(fd: i32) {
+    const PIPEFS_MAGIC: libc::c_long = 0x5049_5045;
+    // SAFETY: stat/statfs are plain data filled by the calls.
+    let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an open descriptor.
+    if unsafe { libc::fstat(fd, &mut sb) } != 0
+        || sb.st_mode & libc::S_IFMT != libc::S_IFIFO
+        || sb.st_mode & 0o666 == 0o666
+    {
+        return;
+    }
+    // SAFETY: as above.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on an open descriptor.
+    if unsafe { libc::fstatfs(fd, &mut fs) } == 0 && fs.f_type as libc::c_long == PIPEFS_MAGIC {
+        // SAFETY: changes only this anonymous pipe's mode.
+        unsafe { libc::fchmod(fd, 0o666) };
     }
 }
 
