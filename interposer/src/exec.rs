@@ -111,7 +111,10 @@ fn nothing_on_path(file: &[u8], path: &[u8]) -> bool {
         if unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0 {
             return false;
         }
-        if !matches!(sys::errno(), libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) {
+        if !matches!(
+            sys::errno(),
+            libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG
+        ) {
             return false;
         }
     }
@@ -204,27 +207,31 @@ pub unsafe fn route(
     let context = st.route_str();
     if let Some(why) = st.problem {
         let mut l = conn::refusal(context, name);
-        l.str(why).str(" (").push(st.shim.bytes()).str(")").write_to(2);
+        l.str(why)
+            .str(" (")
+            .push(st.shim.bytes())
+            .str(")")
+            .write_to(2);
         return fail(libc::EACCES);
     }
 
     let mut set = FdSet::new();
     if fds::scan(&mut set, -1).is_err() {
         let mut l = conn::refusal(context, name);
-        l.str("more inheritable descriptors than one message can carry").write_to(2);
+        l.str("more inheritable descriptors than one message can carry")
+            .write_to(2);
         return fail(libc::EMFILE);
     }
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: getcwd writes at most cwd.len() bytes; with a buffer it never allocates.
-    let cwd_bytes: &[u8] = if unsafe { libc::getcwd(cwd.as_mut_ptr() as *mut c_char, cwd.len()) }
-        .is_null()
-    {
-        // A deleted or unreachable cwd: the broker reports it as a bad cwd if it needs it.
-        b""
-    } else {
-        // SAFETY: getcwd NUL-terminated the buffer.
-        unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
-    };
+    let cwd_bytes: &[u8] =
+        if unsafe { libc::getcwd(cwd.as_mut_ptr() as *mut c_char, cwd.len()) }.is_null() {
+            // A deleted or unreachable cwd: the broker reports it as a bad cwd if it needs it.
+            b""
+        } else {
+            // SAFETY: getcwd NUL-terminated the buffer.
+            unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
+        };
 
     let req = ExecRef {
         context,
@@ -240,7 +247,7 @@ pub unsafe fn route(
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
         return fail(libc::ENOMEM);
     };
-    let (out, reply) = mem.as_mut().split_at_mut(bound);
+    let (out, reply) = mem.bytes_mut().split_at_mut(bound);
     let Ok(n) = wire::encode_launch(&req, out) else {
         // Only a launch over the protocol's frame limit (far above ARG_MAX) gets here.
         return fail(libc::E2BIG);

@@ -14,6 +14,7 @@
 //!   silently runs the program locally, with the agent's secrets. That is fail-open, and
 //!   our contract is fail-closed. (`dlsym_next` also panics with a formatted, allocating
 //!   message when a symbol is missing.)
+//!
 //! So the non-variadic hooks are plain `#[no_mangle] extern "C"` functions here, and the
 //! variadic ones are C (`variadic.c`) reached through naked-function trampolines.
 //!

@@ -54,7 +54,11 @@ unsafe fn spawn_routed(
         // SAFETY: the caller's array.
         let name = unsafe { exec::display_name(argv, target) };
         let mut l = conn::refusal(st.route_str(), name);
-        l.str(why).str(" (").push(st.shim.bytes()).str(")").write_to(2);
+        l.str(why)
+            .str(" (")
+            .push(st.shim.bytes())
+            .str(")")
+            .write_to(2);
         return Err(libc::EACCES);
     }
     let Some(real) = st.real.posix_spawn else {
@@ -113,7 +117,7 @@ unsafe fn spawn_routed(
         }
         return Err(libc::ENOMEM);
     };
-    let buf = mem.as_mut();
+    let buf = mem.bytes_mut();
     // SAFETY: the mapping is page-aligned and holds `total` pointers.
     let shim_argv: &mut [*const c_char] =
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut *const c_char, total) };
@@ -417,7 +421,14 @@ pub unsafe fn system_hook(command: *const c_char) -> c_int {
         let local = || {
             let mut pid = 0;
             match st.real.posix_spawn {
-                Some(f) => match f(&mut pid, c"/bin/sh".as_ptr(), std::ptr::null(), &attr, argv.as_ptr(), envp) {
+                Some(f) => match f(
+                    &mut pid,
+                    c"/bin/sh".as_ptr(),
+                    std::ptr::null(),
+                    &attr,
+                    argv.as_ptr(),
+                    envp,
+                ) {
                     0 => Ok(pid),
                     e => Err(e),
                 },
@@ -486,7 +497,11 @@ pub unsafe fn popen_hook(command: *const c_char, mode: *const c_char) -> *mut li
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return std::ptr::null_mut();
     }
-    let (parent, child, target) = if reading { (p[0], p[1], 1) } else { (p[1], p[0], 0) };
+    let (parent, child, target) = if reading {
+        (p[0], p[1], 1)
+    } else {
+        (p[1], p[0], 0)
+    };
     let saved = sys::errno();
     let mut table = popen_table();
     // SAFETY: file actions are initialised before use and destroyed below.
@@ -507,7 +522,14 @@ pub unsafe fn popen_hook(command: *const c_char, mode: *const c_char) -> *mut li
         let local = || {
             let mut pid = 0;
             match st.real.posix_spawn {
-                Some(f) => match f(&mut pid, c"/bin/sh".as_ptr(), &fa, std::ptr::null(), argv.as_ptr(), envp) {
+                Some(f) => match f(
+                    &mut pid,
+                    c"/bin/sh".as_ptr(),
+                    &fa,
+                    std::ptr::null(),
+                    argv.as_ptr(),
+                    envp,
+                ) {
                     0 => Ok(pid),
                     e => Err(e),
                 },

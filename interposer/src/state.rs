@@ -7,9 +7,11 @@ use std::sync::OnceLock;
 
 use crate::shared::sys;
 
-pub type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+pub type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
-pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+pub type FexecveFn =
+    unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
 pub type ExecveatFn = unsafe extern "C" fn(
     c_int,
     *const c_char,
@@ -286,7 +288,11 @@ mod tests {
         assert!(passthrough_matches(l, b"/opt/node/bin/node", None));
         assert!(passthrough_matches(l, b"/usr/bin/python3", None));
         assert!(!passthrough_matches(l, b"/usr/local/bin/python3", None));
-        assert!(passthrough_matches(l, b"python3", Some(b"/usr/bin/python3")));
+        assert!(passthrough_matches(
+            l,
+            b"python3",
+            Some(b"/usr/bin/python3")
+        ));
         assert!(!passthrough_matches(l, b"python3", Some(b"/bin/python3")));
         assert!(!passthrough_matches(l, b"nodejs", None));
         assert!(!passthrough_matches(l, b"", None));

@@ -243,7 +243,10 @@ mod tests {
         }));
         assert!(matches!(
             decode_verdict(&p),
-            Verdict::Failed { errno: libc::ENOENT, message: "no such file" }
+            Verdict::Failed {
+                errno: libc::ENOENT,
+                message: "no such file"
+            }
         ));
         let p = payload(&Reply::Error {
             kind: ErrorKind::Refused,
@@ -251,7 +254,9 @@ mod tests {
         });
         assert!(matches!(
             decode_verdict(&p),
-            Verdict::Refused { message: "uid 5 may not enter user" }
+            Verdict::Refused {
+                message: "uid 5 may not enter user"
+            }
         ));
         let p = payload(&Reply::Contexts(vec![]));
         assert!(matches!(decode_verdict(&p), Verdict::Broken { .. }));

@@ -185,14 +185,8 @@ fn scan_dir(out: &mut FdSet, dir: i32, exclude: i32) -> Result<(), ScanError> {
     let mut buf = DirBuf([0; 4096]);
     loop {
         // SAFETY: getdents64 writes at most buf.len() bytes into buf.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                dir,
-                buf.0.as_mut_ptr(),
-                buf.0.len(),
-            )
-        };
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.0.as_mut_ptr(), buf.0.len()) };
         if n <= 0 {
             return Ok(());
         }

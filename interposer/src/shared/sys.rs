@@ -128,7 +128,7 @@ impl MmapBuf {
         })
     }
 
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes, readable and writable, and owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }

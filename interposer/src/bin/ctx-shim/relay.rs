@@ -92,9 +92,13 @@ impl Tty {
     }
 
     fn size(&self) -> Option<WinSize> {
-        self.out
-            .and_then(fds::winsize_of)
-            .or_else(|| if self.stdin_tty { fds::winsize_of(0) } else { None })
+        self.out.and_then(fds::winsize_of).or_else(|| {
+            if self.stdin_tty {
+                fds::winsize_of(0)
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -143,10 +147,7 @@ impl Relay<'_> {
     fn die(&mut self, what: &str) -> ! {
         self.tty.restore();
         let mut l = sys::Line::new();
-        l.str("ctx: ")
-            .quoted(self.name)
-            .str(": ")
-            .str(what);
+        l.str("ctx: ").quoted(self.name).str(": ").str(what);
         l.write_to(2);
         // SAFETY: ending the process without running anything else.
         unsafe { libc::_exit(EXIT_CTX) }
@@ -326,7 +327,8 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
                 buf.resize(buf.len() * 2, 0);
             }
             // SAFETY: reads into the free tail of buf.
-            let k = unsafe { libc::read(sock, buf[have..].as_mut_ptr() as *mut _, buf.len() - have) };
+            let k =
+                unsafe { libc::read(sock, buf[have..].as_mut_ptr() as *mut _, buf.len() - have) };
             if k < 0 {
                 if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
                     r.die("lost the connection to the broker");

@@ -38,7 +38,15 @@ fn failed_exit_code(errno: i32) -> i32 {
 }
 
 pub fn run(a: &[&[u8]]) -> ! {
-    let (Some(report_fd), Some(context), Some(socket), Some(flag), Some(program), Some(path), Some(argc)) = (
+    let (
+        Some(report_fd),
+        Some(context),
+        Some(socket),
+        Some(flag),
+        Some(program),
+        Some(path),
+        Some(argc),
+    ) = (
         a.get(2).and_then(|s| sys::parse_u64(s)),
         a.get(3),
         a.get(4),
@@ -46,7 +54,8 @@ pub fn run(a: &[&[u8]]) -> ! {
         a.get(6),
         a.get(7),
         a.get(8).and_then(|s| sys::parse_u64(s)),
-    ) else {
+    )
+    else {
         usage()
     };
     let report_fd = report_fd as i32;
