@@ -56,6 +56,8 @@ add "runuser -u" "/usr/sbin/runuser -u ctx-user -- /bin/true"
 add "bwrap --unshare-pid --unshare-net" "/usr/bin/bwrap --dev-bind / / --unshare-pid --unshare-net /bin/true"
 add "sudo -u" "/usr/bin/sudo -u ctx-user /bin/true"
 add "ctx exec -- /bin/true" "$BIN/ctx --socket $SOCK exec --context bench -- /bin/true"
+add "bash -c 'cd /tmp; X=1'" "/bin/bash -c 'cd /tmp; X=1'"
+add "ctx sh 'cd /tmp; X=1' (persistent session)" "$BIN/ctx --socket $SOCK sh --context bench 'cd /tmp; X=1'"
 
 declare -A MED
 for i in "${!NAMES[@]}"; do

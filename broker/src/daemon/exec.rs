@@ -211,7 +211,7 @@ async fn launch(
     let started_at = Instant::now();
     let passed = conn.take_fds();
     let me = BrokerIdentity::current();
-    let prepared = match prepare(&ctx, &req, lookup, passed, me) {
+    let prepared = match prepare(&ctx, &req, lookup, passed, me, &shared.routing) {
         Ok(p) => p,
         Err(failure) => {
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await

@@ -42,6 +42,7 @@ pub struct Shared {
     config: RwLock<Arc<Config>>,
     pub socket_path: PathBuf,
     pub state_dir: PathBuf,
+    pub routing: plan::Routing,
     pub sessions: shell_state::SessionLocks,
     pub audit: audit::Audit,
     pub registry: registry::Registry,

@@ -51,10 +51,33 @@ fn refuse(kind: FailureKind, stage: Stage, errno: i32, message: String) -> ExecF
     }
 }
 
+/// What a context with `route_children_to` needs to route its own launches: the
+/// interposer to preload and the socket of this broker.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub interposer: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
+}
+
+impl Routing {
+    /// The interposer beside the broker binary (`cargo build` and the install script put it
+    /// there), or `CTX_INTERPOSER`.
+    pub fn locate(socket: &std::path::Path) -> Routing {
+        let interposer = std::env::var_os("CTX_INTERPOSER").map(Into::into).unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("libctx_interposer.so")))
+                .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
+        });
+        let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+        Routing { interposer, socket }
+    }
+}
+
 /// The environment of a routed process, in precedence order: the user's HOME/USER/
 /// LOGNAME/SHELL, then the caller's variables that `inherit_env` names, then the context's
 /// `env` (and its PATH), then explicit `-e` settings.
-pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool, routing: &Routing) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
     let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
         if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
@@ -91,6 +114,19 @@ pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool) -> Vec<(Vec<u8>,
     }
     if !env.iter().any(|(k, _)| k == b"PATH") {
         set(&mut env, b"PATH", DEFAULT_PATH.as_bytes());
+    }
+    if let Some(target) = &ctx.route_children_to {
+        // Chained contexts: everything this context starts is routed on to `target`.
+        let mut preload = routing.interposer.as_os_str().as_bytes().to_vec();
+        if let Some((_, old)) = env.iter().find(|(k, _)| k == b"LD_PRELOAD") {
+            if !old.is_empty() {
+                preload.push(b':');
+                preload.extend_from_slice(old);
+            }
+        }
+        set(&mut env, b"LD_PRELOAD", &preload);
+        set(&mut env, b"CTX_ROUTE", target.as_bytes());
+        set(&mut env, b"CTX_SOCKET", routing.socket.as_os_str().as_bytes());
     }
     if tty && !env.iter().any(|(k, _)| k == b"TERM") {
         // A PTY is useless without a terminal type; the caller's is not a secret.
@@ -148,6 +184,7 @@ pub fn prepare(
     lookup: Lookup,
     passed: Vec<OwnedFd>,
     me: BrokerIdentity,
+    routing: &Routing,
 ) -> Result<Prepared, ExecFailure<'static>> {
     let bad = |m: String| refuse(FailureKind::Other, Stage::Exec, libc::EINVAL, m);
     if req.argv.is_empty() {
@@ -198,7 +235,7 @@ pub fn prepare(
         ));
     };
 
-    let env = environment(ctx, req, wants_tty);
+    let env = environment(ctx, req, wants_tty, routing);
     let envp = env
         .iter()
         .filter_map(|(k, v)| {
