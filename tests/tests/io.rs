@@ -68,47 +68,64 @@ fn stdout_and_stderr_stay_separate_and_byte_exact() {
     assert_eq!(out.stderr, to_err);
 }
 
-#[test]
-fn one_gigabyte_through_a_pipe() {
-    const GIB: u64 = 1 << 30;
-    let b = Broker::start(&standard_config());
-    let mut child = b
-        .exec_cmd("alice", &["head", "-c", "1G", "/dev/zero"])
+/// Reads `cmd`'s stdout to the end (bounded by 120 s); returns (bytes, all zero, seconds,
+/// exit code).
+fn drain(cmd: &mut std::process::Command) -> (u64, bool, f64, Option<i32>) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
-        .expect("spawn ctx");
+        .expect("spawn");
     let mut stdout = child.stdout.take().unwrap();
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
-        let mut nonzero = false;
+        let mut zero = true;
         loop {
             match stdout.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    nonzero |= buf[..n].iter().any(|&x| x != 0);
+                    zero &= buf[..n].iter().all(|&x| x == 0);
                     total += n as u64;
                 }
             }
         }
-        let _ = tx.send((total, nonzero));
+        let _ = tx.send((total, zero));
     });
-    let (total, nonzero) = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("1 GiB did not arrive within 120 s");
+    let got = rx.recv_timeout(Duration::from_secs(120));
     let secs = start.elapsed().as_secs_f64();
-    let status = wait_deadline(&mut child, Duration::from_secs(10)).expect("ctx exits");
-    assert_eq!(status.code(), Some(0));
+    let status = wait_deadline(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (total, zero) = got.expect("output did not end within 120 s");
+    (total, zero, secs, status.and_then(|s| s.code()))
+}
+
+#[test]
+fn one_gigabyte_through_a_pipe() {
+    const GIB: u64 = 1 << 30;
+    let b = Broker::start(&standard_config());
+    let (total, zero, secs, code) =
+        drain(&mut b.exec_cmd("alice", &["head", "-c", "1G", "/dev/zero"]));
+    assert_eq!(code, Some(0));
     assert_eq!(total, GIB, "byte count");
-    assert!(!nonzero, "/dev/zero produced non-zero bytes");
+    assert!(zero, "/dev/zero produced non-zero bytes");
+    // The same without ctx, for the ratio (printed, not asserted: SPEC section 8 is a
+    // benchmark target, not a timed test).
+    let (local, _, local_secs, _) =
+        drain(std::process::Command::new("head").args(["-c", "1G", "/dev/zero"]));
+    assert_eq!(local, GIB);
+    let rate = GIB as f64 / 1e6 / secs;
+    let local_rate = GIB as f64 / 1e6 / local_secs;
     eprintln!(
-        "1 GiB through ctx exec: {:.2} s, {:.0} MB/s",
-        secs,
-        GIB as f64 / 1e6 / secs
+        "1 GiB through ctx exec: {secs:.2} s, {rate:.0} MB/s; locally {local_rate:.0} MB/s \
+         ({:.0}% of local)",
+        100.0 * rate / local_rate
     );
 }
 
