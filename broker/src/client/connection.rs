@@ -51,14 +51,18 @@ impl Connection {
             socket: socket.to_path_buf(),
             source,
         })?;
-        Ok(Connection {
+        Ok(Connection::over(stream, socket))
+    }
+
+    fn over(stream: UnixStream, socket: &Path) -> Connection {
+        Connection {
             stream,
             socket: socket.to_path_buf(),
             buf: vec![0; 2 * READ_ROOM],
             start: 0,
             end: 0,
             greeted: false,
-        })
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -292,5 +296,123 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Output(_) => "Output",
         Reply::Status(_) => "Status",
         Reply::Contexts(_) => "Contexts",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+    use std::io::Write;
+
+    use ctx_protocol::{ErrorKind, ExitStatus};
+
+    fn frames(replies: &[Reply<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in replies {
+            frame::encode_vec(r, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn hello(version: u32) -> Reply<'static> {
+        Reply::Hello {
+            version,
+            software: Cow::Borrowed("ctx-broker 9.9.9"),
+        }
+    }
+
+    fn pair() -> (Connection, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Connection::over(a, Path::new("/test.sock")), b)
+    }
+
+    #[test]
+    fn hello_is_checked_and_skipped() {
+        let (mut conn, mut broker) = pair();
+        broker
+            .write_all(&frames(&[
+                hello(PROTOCOL_VERSION),
+                Reply::Started { id: 1, pid: 42 },
+            ]))
+            .unwrap();
+        assert_eq!(conn.recv().unwrap(), Reply::Started { id: 1, pid: 42 });
+    }
+
+    #[test]
+    fn another_protocol_version_names_both() {
+        let (mut conn, mut broker) = pair();
+        broker
+            .write_all(&frames(&[hello(PROTOCOL_VERSION + 1)]))
+            .unwrap();
+        let e = conn.recv().unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::VersionMismatch { .. }), "{text}");
+        assert!(
+            text.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("speaks version {PROTOCOL_VERSION}")),
+            "{text}"
+        );
+        assert!(text.contains("/test.sock"), "{text}");
+    }
+
+    #[test]
+    fn an_error_before_hello_is_the_brokers_reason() {
+        let (mut conn, mut broker) = pair();
+        let refusal = Reply::Error {
+            kind: ErrorKind::Refused,
+            message: Cow::Borrowed("uid 1000 may not enter context \"platform\""),
+        };
+        broker.write_all(&frames(&[refusal])).unwrap();
+        let e = unexpected(Path::new("/test.sock"), conn.recv().unwrap());
+        assert_eq!(e.to_string(), "uid 1000 may not enter context \"platform\"");
+        assert_eq!(e.exit_code(), 125);
+    }
+
+    #[test]
+    fn frames_split_across_reads_and_larger_than_the_buffer_arrive_whole() {
+        let (mut conn, mut broker) = pair();
+        let big = vec![7u8; 3 * READ_ROOM + 5];
+        let bytes = frames(&[
+            hello(PROTOCOL_VERSION),
+            Reply::Output(Cow::Borrowed(&big)),
+            Reply::Exited {
+                status: ExitStatus::Code(0),
+                timed_out: false,
+            },
+        ]);
+        let writer = std::thread::spawn(move || {
+            for chunk in bytes.chunks(1000) {
+                broker.write_all(chunk).unwrap();
+            }
+        });
+        match conn.recv().unwrap() {
+            Reply::Output(b) => assert_eq!(&*b, &big[..]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(conn.recv().unwrap(), Reply::Exited { .. }));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn end_of_stream_is_a_lost_connection() {
+        let (mut conn, broker) = pair();
+        drop(broker);
+        let e = conn.recv().unwrap_err();
+        assert_eq!(e.to_string(), "lost connection to the broker at /test.sock");
+    }
+
+    #[test]
+    fn garbage_is_reported_not_trusted() {
+        let (mut conn, mut broker) = pair();
+        broker.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+        assert!(matches!(conn.recv().unwrap_err(), Error::Malformed { .. }));
     }
 }

@@ -189,13 +189,27 @@ impl Signals {
 // ---------------------------------------------------------------------------------------
 
 pub fn run(socket: &Path, args: ExecArgs) -> Result<i32, Error> {
-    match launch(socket, args)? {
+    run_as(socket, args, Request::Exec)
+}
+
+/// Runs the launch `args` describe, with `wrap` choosing the request that carries it
+/// (`ctx sh` wraps it in a shell request).
+pub fn run_as(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<i32, Error> {
+    match launch(socket, args, wrap)? {
         Outcome::Exit(code) => Ok(code),
         Outcome::Signaled(signo) => Ok(die_by(signo)),
     }
 }
 
-fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
+fn launch(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<Outcome, Error> {
     let timeout_ms = args
         .timeout
         .as_deref()
@@ -218,7 +232,7 @@ fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
     } else {
         Controlling::None
     };
-    let request = Request::Exec(ExecRequest {
+    let request = wrap(ExecRequest {
         context: args.context.clone(),
         argv: args
             .command
@@ -286,6 +300,7 @@ impl Relay<'_> {
         let mut started = false;
         let mut input_open = self.input;
         let mut output_ok = self.output.is_some();
+        let mut out = Vec::new();
         let mut raw: Option<RawMode> = None;
         let mut pending_resize = false;
         let mut buf = vec![0u8; INPUT_CHUNK];
@@ -366,7 +381,6 @@ impl Relay<'_> {
                 if !conn.fill()? {
                     return Err(Error::Lost { socket });
                 }
-                let mut broken_pipe = false;
                 while let Some(reply) = conn.next_reply()? {
                     match reply {
                         Reply::Started { .. } if !started => {
@@ -375,17 +389,13 @@ impl Relay<'_> {
                                 raw = RawMode::enter(stdin).ok();
                             }
                         }
-                        Reply::Output(bytes) => {
-                            if let (true, Some(fd)) = (output_ok, self.output) {
-                                if write_all(fd, &bytes).is_err() {
-                                    // As a local writer would die of SIGPIPE; the
-                                    // command still gets to exit its own way.
-                                    output_ok = false;
-                                    broken_pipe = true;
-                                }
-                            }
-                        }
+                        // Gathered and written once per read: PTY frames are small
+                        // (a terminal reads ~4 KiB at a time) and a write each would
+                        // cost more than the copy.
+                        Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
+                        Reply::Output(_) => {}
                         Reply::Exited { status, timed_out } => {
+                            self.flush(&mut out, output_ok);
                             drop(raw.take());
                             return self.exited(status, timed_out);
                         }
@@ -399,7 +409,10 @@ impl Relay<'_> {
                         }
                     }
                 }
-                if broken_pipe {
+                if !self.flush(&mut out, output_ok) {
+                    // As a local writer would die of SIGPIPE; the command still gets
+                    // to exit its own way.
+                    output_ok = false;
                     let _ = conn.send(&Request::Signal {
                         signo: libc::SIGPIPE,
                     });
@@ -411,6 +424,16 @@ impl Relay<'_> {
                 let _ = conn.send(&Request::Resize(self.controlling.size()));
             }
         }
+    }
+
+    /// Writes the gathered PTY output; false when our output is gone (EPIPE and the like).
+    fn flush(&self, out: &mut Vec<u8>, output_ok: bool) -> bool {
+        let ok = match (output_ok, self.output) {
+            (true, Some(fd)) if !out.is_empty() => write_all(fd, out).is_ok(),
+            _ => true,
+        };
+        out.clear();
+        ok
     }
 
     fn exited(&self, status: ExitStatus, timed_out: bool) -> Result<Outcome, Error> {
@@ -431,13 +454,13 @@ impl Relay<'_> {
             context: self.context.into(),
             program: self.program.into(),
             kind: f.kind,
-            detail: failure_detail(f),
+            detail: failure_detail(self.program, f),
         }
     }
 }
 
 /// ` (ENOENT at stage exec)`, then the broker's own words when they say more than that.
-fn failure_detail(f: &ExecFailure<'_>) -> String {
+fn failure_detail(program: &str, f: &ExecFailure<'_>) -> String {
     let stage = f.stage.as_str();
     let mut detail = if f.errno != 0 {
         let name = if f.errno_name.is_empty() {
@@ -450,7 +473,10 @@ fn failure_detail(f: &ExecFailure<'_>) -> String {
         format!(" (at stage {stage})")
     };
     let msg = f.message.trim();
-    if !msg.is_empty() && msg != f.kind.describe() {
+    // The broker's message often restates program and kind; only say it when it adds.
+    let says_kind = msg.to_lowercase().contains(f.kind.describe());
+    let restates = says_kind && (msg.len() == f.kind.describe().len() || msg.contains(program));
+    if !msg.is_empty() && !restates {
         detail.push_str(": ");
         detail.push_str(msg);
     }
@@ -728,7 +754,7 @@ mod tests {
             context: "user".into(),
             program: "foo".into(),
             kind: f.kind,
-            detail: failure_detail(f),
+            detail: failure_detail("foo", f),
         };
         let e = relay_err(&failure(
             FailureKind::NotFound,
@@ -762,6 +788,30 @@ mod tests {
             relay_err(&failure(FailureKind::Other, 0, "")).exit_code(),
             125
         );
+    }
+
+    #[test]
+    fn dying_by_a_blocked_signal_still_dies_by_it() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, ForkResult};
+        // SAFETY: the child only makes system calls (sigprocmask, setrlimit, signal,
+        // raise) before _exit; nothing that needs locks held by other test threads.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGINT);
+                let _ = set.thread_block();
+                let code = die_by(libc::SIGINT);
+                // SAFETY: _exit is always safe; reached only if the signal did not kill.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(
+                    waitpid(child, None).unwrap(),
+                    WaitStatus::Signaled(child, Signal::SIGINT, false)
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use ctx_protocol::{ClientKind, ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
+use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
 
 use crate::config::{Context, CwdRule, DEFAULT_PATH};
 
@@ -124,6 +124,15 @@ pub fn working_dir(ctx: &Context, req: &ExecRequest) -> Vec<u8> {
     }
 }
 
+/// How the program of a request without `search_path` is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Along the context's PATH, as env(1) and `docker exec` do (the CLI).
+    ContextPath,
+    /// Exactly as given, as `execve` does (the interposer, the broker's own shells).
+    Exact,
+}
+
 /// What a launch will run with, ready to fork.
 pub struct Prepared {
     pub plan: SpawnPlan,
@@ -136,7 +145,7 @@ pub struct Prepared {
 pub fn prepare(
     ctx: &Context,
     req: &ExecRequest,
-    client: ClientKind,
+    lookup: Lookup,
     passed: Vec<OwnedFd>,
     me: BrokerIdentity,
 ) -> Result<Prepared, ExecFailure<'static>> {
@@ -207,10 +216,10 @@ pub fn prepare(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| bad("an argument contains a NUL byte".into()))?;
     let file: &[u8] = req.program.as_deref().unwrap_or(&req.argv[0]);
-    let (program, sh_fallback) = match (&req.search_path, client) {
+    let (program, sh_fallback) = match (&req.search_path, lookup) {
         (Some(path), _) => (Program::Search(search_candidates(file, path)), true),
         // The CLI, like env(1) and docker exec, looks the command up in the context's PATH.
-        (None, ClientKind::Cli) => {
+        (None, Lookup::ContextPath) => {
             let path = env
                 .iter()
                 .find(|(k, _)| k == b"PATH")
@@ -223,7 +232,7 @@ pub fn prepare(
                 true,
             )
         }
-        (None, ClientKind::Interposer) => (
+        (None, Lookup::Exact) => (
             Program::Exact(cstring(file).map_err(|_| bad("program path contains NUL".into()))?),
             false,
         ),

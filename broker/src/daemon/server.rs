@@ -99,6 +99,8 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config)),
         socket_path: socket_path.clone(),
+        state_dir: state_dir.clone(),
+        sessions: Default::default(),
         audit: Audit::open(&audit_path),
         registry: Registry::default(),
         next_id: AtomicU64::new(1),
