@@ -14,7 +14,9 @@ repo=$(pwd)
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 show() {
     # Prints a command, runs it, prints its exit status; never stops the demo.
-    printf '$ %s\n' "$*"
+    printf '$'
+    printf ' %q' "$@"
+    printf '\n'
     set +e
     "$@"
     local rc=$?
@@ -103,7 +105,9 @@ bold "Exit codes come back as the command's own"
 show ctx exec --context user -- sh -c 'exit 3'
 show ctx exec --context user -- false
 show ctx exec --context user -- no-such-program
-show ctx exec --context user -- /etc/hostname
+printf 'just text\n' >"$tmp/notes.txt"
+chmod 0644 "$tmp/notes.txt"
+show ctx exec --context user -- "$tmp/notes.txt"
 show ctx exec --context user --cwd /nonexistent -- true
 printf '$ ctx exec --context user -- sh -c '\''kill -TERM $$'\''\n'
 set +e
