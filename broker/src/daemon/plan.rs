@@ -63,12 +63,14 @@ impl Routing {
     /// The interposer beside the broker binary (`cargo build` and the install script put it
     /// there), or `CTX_INTERPOSER`.
     pub fn locate(socket: &std::path::Path) -> Routing {
-        let interposer = std::env::var_os("CTX_INTERPOSER").map(Into::into).unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("libctx_interposer.so")))
-                .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
-        });
+        let interposer = std::env::var_os("CTX_INTERPOSER")
+            .map(Into::into)
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("libctx_interposer.so")))
+                    .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
+            });
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
         Routing { interposer, socket }
     }
@@ -77,7 +79,12 @@ impl Routing {
 /// The environment of a routed process, in precedence order: the user's HOME/USER/
 /// LOGNAME/SHELL, then the caller's variables that `inherit_env` names, then the context's
 /// `env` (and its PATH), then explicit `-e` settings.
-pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool, routing: &Routing) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn environment(
+    ctx: &Context,
+    req: &ExecRequest,
+    tty: bool,
+    routing: &Routing,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
     let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
         if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
@@ -126,7 +133,11 @@ pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool, routing: &Routin
         }
         set(&mut env, b"LD_PRELOAD", &preload);
         set(&mut env, b"CTX_ROUTE", target.as_bytes());
-        set(&mut env, b"CTX_SOCKET", routing.socket.as_os_str().as_bytes());
+        set(
+            &mut env,
+            b"CTX_SOCKET",
+            routing.socket.as_os_str().as_bytes(),
+        );
     }
     if tty && !env.iter().any(|(k, _)| k == b"TERM") {
         // A PTY is useless without a terminal type; the caller's is not a secret.

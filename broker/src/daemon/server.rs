@@ -92,8 +92,12 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         ));
     }
     let routing = super::plan::Routing::locate(&socket_path);
-    let chained: Vec<&str> =
-        config.contexts.values().filter(|c| c.route_children_to.is_some()).map(|c| c.name.as_str()).collect();
+    let chained: Vec<&str> = config
+        .contexts
+        .values()
+        .filter(|c| c.route_children_to.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
     if !chained.is_empty() && !routing.interposer.exists() {
         warnings.push(format!(
             "route_children_to of {} needs the interposer at {}, which does not exist: \
