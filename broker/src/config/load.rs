@@ -21,8 +21,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit, User,
-    DEFAULT_PATH,
+    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
+    ShellEnv, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -170,6 +170,7 @@ struct RawContext {
     rlimits: Option<BTreeMap<Spanned<String>, Spanned<Scalar>>>,
     timeout: Option<Spanned<Scalar>>,
     on_broker_down: Option<Spanned<String>>,
+    shell_env: Option<Spanned<String>>,
     isolation: Option<RawIsolation>,
 }
 
@@ -582,6 +583,21 @@ impl Loader<'_> {
             },
         };
 
+        let shell_env = match &raw.shell_env {
+            None => ShellEnv::Private,
+            Some(v) => match v.get_ref().as_str() {
+                "private" => ShellEnv::Private,
+                "shared" => ShellEnv::Shared,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("shell_env"),
+                        format!("{other:?}: expected \"private\" or \"shared\""),
+                    ))
+                }
+            },
+        };
+
         let isolation = match raw.isolation {
             None => Isolation::default(),
             Some(iso) => {
@@ -635,6 +651,7 @@ impl Loader<'_> {
             rlimits,
             timeout,
             on_broker_down,
+            shell_env,
             isolation,
         })
     }
