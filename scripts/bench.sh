@@ -56,6 +56,8 @@ add "runuser -u" "/usr/sbin/runuser -u ctx-user -- /bin/true"
 add "bwrap --unshare-pid --unshare-net" "/usr/bin/bwrap --dev-bind / / --unshare-pid --unshare-net /bin/true"
 add "sudo -u" "/usr/bin/sudo -u ctx-user /bin/true"
 add "ctx exec -- /bin/true" "$BIN/ctx --socket $SOCK exec --context bench -- /bin/true"
+add "bash -c 'cd /tmp; X=1'" "/bin/bash -c 'cd /tmp; X=1'"
+add "ctx sh 'cd /tmp; X=1' (persistent session)" "$BIN/ctx --socket $SOCK sh --context bench 'cd /tmp; X=1'"
 
 declare -A MED
 for i in "${!NAMES[@]}"; do
@@ -72,7 +74,6 @@ done
 # so the caller's own start-up is not counted; with the interposer when it is built.
 gcc -O2 -o "$TMP/launch_loop" scripts/bench/launch_loop.c
 N=$RUNS
-loop_c() { "$TMP/launch_loop" "$@" "$N" /bin/true | cut -d' ' -f1; }
 py_loop='import subprocess,time,sys
 n=int(sys.argv[1]); t=[]
 for _ in range(n):
@@ -83,17 +84,28 @@ for(let i=0;i<n;i++){const a=process.hrtime.bigint(); const r=spawnSync("/bin/tr
 t.sort((x,y)=>x-y); console.log(t[n>>1]);'
 declare -a LNAMES LDIRECT LROUTED
 SO=$BIN/libctx_interposer.so
-routed() { env LD_PRELOAD="$SO" CTX_ROUTE=bench CTX_SOCKET="$SOCK" "$@"; }
-measure() { # name, command...
-    local name=$1; shift
-    LNAMES+=("$name")
-    LDIRECT+=("$("$@")")
-    if [ -f "$SO" ]; then LROUTED+=("$(routed "$@" 2>/dev/null || echo "")"); else LROUTED+=(""); fi
+PY=$(python3 -c 'import sys; print(sys.executable)')
+NODE=$(command -v node)
+# The callers themselves run locally (passthrough); only their launches of /bin/true are
+# routed. pyenv-style shims are skipped by calling the real interpreter.
+routed() {
+    env LD_PRELOAD="$SO" CTX_ROUTE=bench CTX_SOCKET="$SOCK" \
+        CTX_PASSTHROUGH="$TMP/launch_loop:$PY:$NODE" "$@"
 }
-measure "C fork+execve" loop_c
-measure "C posix_spawn" loop_c -s
-measure "Python subprocess.run" python3 -c "$py_loop" "$N"
-measure "Node spawnSync" node -e "$node_loop" "$N"
+measure() { # name, command... (prints the p50 in microseconds first on its last line)
+    local name=$1 out; shift
+    LNAMES+=("$name")
+    out=$("$@" | tail -1); LDIRECT+=("${out%% *}")
+    if [ -f "$SO" ]; then
+        out=$(routed "$@" | tail -1); LROUTED+=("${out%% *}")
+    else
+        LROUTED+=("")
+    fi
+}
+measure "C fork+execve" "$TMP/launch_loop" "$N" /bin/true
+measure "C posix_spawn" "$TMP/launch_loop" -s "$N" /bin/true
+measure "Python subprocess.run" "$PY" -c "$py_loop" "$N"
+measure "Node spawnSync" "$NODE" -e "$node_loop" "$N"
 
 direct=${MED[0]}
 echo

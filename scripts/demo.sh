@@ -14,7 +14,9 @@ repo=$(pwd)
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 show() {
     # Prints a command, runs it, prints its exit status; never stops the demo.
-    printf '$ %s\n' "$*"
+    printf '$'
+    printf ' %q' "$@"
+    printf '\n'
     set +e
     "$@"
     local rc=$?
@@ -41,7 +43,8 @@ config="$repo/contexts.toml"
 if [ "$(id -u)" -eq 0 ]; then
     # shellcheck source=scripts/lib/users.sh
     . scripts/lib/users.sh
-    ensure_user ctx-agent
+    ensure_group ctx
+    ensure_user ctx-agent ctx
     ensure_user ctx-user
     degraded=
 else
@@ -55,7 +58,7 @@ shows that each context gets its own credentials, that your own environment's se
 not cross, and the exit codes. Run it as root (sudo bash scripts/demo.sh) for the full demo.
 EOF
     config="$tmp/contexts.toml"
-    sed -e "s/^user = .*/user = \"$me\"/" \
+    sed -e "s/^user = .*/user = \"$me\"/" -e "/^socket_group/d" \
         -e "s/uids = \[0\]/uids = [0, $(id -u)]/" \
         "$repo/contexts.toml" >"$config"
 fi
@@ -88,22 +91,26 @@ bold "The broker (pid $broker_pid) serves $config on $sock"
 ctx status || true
 
 bold "Who am I, and which credentials do I see? The caller has DEMO_CALLER_SECRET set."
-probe='echo "uid=$(id -u) user=$(id -un) groups=$(id -Gn) HOME=$HOME cwd=$(pwd)"
+# Shell builtins only: platform routes every program it starts on to user, so `id` run
+# there would report user's uid, not platform's.
+probe='echo "uid=$UID user=$USER HOME=$HOME cwd=$PWD"
 for v in ANTHROPIC_API_KEY AWS_ACCESS_KEY_ID DEMO_CALLER_SECRET; do
   eval "x=\${$v-}"; echo "  $v=${x:-<not set>}"
 done'
 echo "-- locally:"
-sh -c "$probe"
+bash -c "$probe"
 echo "-- ctx exec --context platform:"
-ctx exec --context platform -- sh -c "$probe"
+ctx exec --context platform -- bash -c "$probe"
 echo "-- ctx exec --context user:"
-ctx exec --context user -- sh -c "$probe"
+ctx exec --context user -- bash -c "$probe"
 
 bold "Exit codes come back as the command's own"
 show ctx exec --context user -- sh -c 'exit 3'
 show ctx exec --context user -- false
 show ctx exec --context user -- no-such-program
-show ctx exec --context user -- /etc/hostname
+printf 'just text\n' >"$tmp/notes.txt"
+chmod 0644 "$tmp/notes.txt"
+show ctx exec --context user -- "$tmp/notes.txt"
 show ctx exec --context user --cwd /nonexistent -- true
 printf '$ ctx exec --context user -- sh -c '\''kill -TERM $$'\''\n'
 set +e
@@ -112,6 +119,23 @@ rc=$?
 set -e
 printf '  -> exit status %s (128 + %s: the routed process died by SIGTERM and ctx re-raised it)\n' \
     "$rc" "$((rc - 128))"
+
+bold "An agent whose children are routed (examples/agent.py)"
+cp "$repo/examples/agent.py" "$tmp/agent.py"
+chmod 0644 "$tmp/agent.py"
+echo "The agent runs in the platform context (route_children_to = \"user\"): it holds the"
+echo "model key; every process it launches runs in the user context, without that key."
+echo '$ ctx exec --context platform -- python3 agent.py'
+ctx exec --context platform -- /usr/bin/python3 -u "$tmp/agent.py" || true
+echo
+echo "The same agent started by the caller with routing switched on (ctx run):"
+echo '$ ANTHROPIC_API_KEY=sk-callers-key ctx run --route-to user -- python3 agent.py'
+ANTHROPIC_API_KEY=sk-callers-key "$bin/ctx" --socket "$sock" run --route-to user \
+    --passthrough /usr/bin/python3 -- /usr/bin/python3 -u "$tmp/agent.py" || true
+
+bold "A persistent shell session in the user context (ctx sh)"
+show ctx sh --context user 'cd /tmp && export AWS_PROFILE=prod'
+show ctx sh --context user 'pwd; echo "AWS_PROFILE=$AWS_PROFILE"'
 
 bold "Audit log ($tmp/audit.jsonl), one JSON line per launch:"
 tail -n 3 "$tmp/audit.jsonl" 2>/dev/null || echo "(empty)"

@@ -10,7 +10,7 @@
 #                                             (0600 root: it holds credentials)
 #   /etc/ctx/contexts.toml.example            the repo's, always (a reference to compare)
 #   UNIT_DIR/ctx-broker.{service,socket}      ExecStart pointed at P/bin/ctx-broker
-#   /var/lib/ctx (0700 root:root), /var/log/ctx (0750 root:adm, or root:root without adm)
+#   /var/lib/ctx (0711 root:root), /var/log/ctx (0750 root:adm, or root:root without adm)
 #   P/share/ctx/installed-files               what uninstall.sh removes
 #
 # P defaults to /usr/local, UNIT_DIR to /etc/systemd/system, DIR to target/release. With
@@ -112,7 +112,8 @@ put 0644 "$tmp/ctx-broker.service" "$unit_dir/ctx-broker.service"
 put 0644 "$repo/scripts/ctx-broker.socket" "$unit_dir/ctx-broker.socket"
 
 # --- state and logs -----------------------------------------------------------------------
-dir 0700 root:root /var/lib/ctx
+# 0711 as the broker keeps it: each context uid reaches its own 0700 shell-state directory.
+dir 0711 root:root /var/lib/ctx
 log_group=root
 getent group adm >/dev/null 2>&1 && log_group=adm
 dir 0750 "root:$log_group" /var/log/ctx

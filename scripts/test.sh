@@ -72,7 +72,7 @@ ensure_group ctx-testers
 ensure_group ctx
 ensure_user ctx-alice ctx-testers
 ensure_user ctx-bob
-ensure_user ctx-agent
+ensure_user ctx-agent ctx
 ensure_user ctx-user
 
 # --- build and test ---------------------------------------------------------------------

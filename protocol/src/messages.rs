@@ -59,6 +59,8 @@ pub enum Request {
     InputEof,
     Status,
     Contexts,
+    /// Run a script in a context's persistent shell session (`ctx sh`).
+    Shell(ShellRequest),
     /// Re-read the config file the broker was started with (`ctx reload`).
     Reload,
     /// List the running routed processes the peer may see (`ctx ps`).
@@ -96,6 +98,18 @@ pub struct ExecRequest {
     pub tty: Option<TtyInfo>,
     /// Kill the routed process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+}
+
+/// `ctx sh`: `exec.argv` is ignored; the broker runs bash with the session's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellRequest {
+    pub exec: ExecRequest,
+    /// Session name; `default` when the user names none.
+    pub session: String,
+    /// The script; `None` opens an interactive shell (needs a PTY).
+    pub script: Option<ByteBuf>,
+    /// Forget the session's saved state first.
+    pub reset: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -477,6 +477,20 @@ impl Broker {
         }
     }
 
+    /// Stops the broker with SIGTERM and starts a new one on the same config, socket,
+    /// state dir and audit log.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), Signal::SIGTERM);
+            if wait_deadline(&mut child, STOP_TIMEOUT).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ctx-broker ignored SIGTERM for {STOP_TIMEOUT:?}");
+            }
+        }
+        self.spawn();
+    }
+
     /// The temp directory holding the socket, state and audit log (mode 0755).
     pub fn dir(&self) -> &TempDir {
         &self.dir

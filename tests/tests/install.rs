@@ -56,7 +56,7 @@ fn install_into_a_destdir_makes_the_tree_with_modes_and_owners() {
         ("/etc/ctx/contexts.toml.example", 0o644),
         ("/etc/systemd/system/ctx-broker.service", 0o644),
         ("/etc/systemd/system/ctx-broker.socket", 0o644),
-        ("/var/lib/ctx", 0o700),
+        ("/var/lib/ctx", 0o711),
         ("/usr/local/share/man/man1/ctx.1", 0o644),
         ("/usr/local/share/man/man1/ctx-exec.1", 0o644),
         ("/usr/local/share/bash-completion/completions/ctx", 0o644),

@@ -7,6 +7,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ctx_protocol::frame::{decode, encode_vec};
+use ctx_protocol::{ClientKind, ErrorKind, Hello, Reply, Request, MAGIC};
 use nix::sys::signal::Signal;
 
 use ctx_tests::*;
@@ -279,22 +281,47 @@ fn the_context_user_may_enter_its_own_context_by_default() {
 // Robustness
 // ---------------------------------------------------------------------------------------
 
-/// Reads until the broker closes `s`; true if it did within `timeout`.
-fn closed_by_broker(s: &mut UnixStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(timeout)).unwrap();
+/// Reads until the broker closes `s`; the bytes it sent if it closed within `timeout`.
+fn closed_by_broker(s: &mut UnixStream, timeout: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
         }
-        if Instant::now() >= deadline {
-            return false;
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(_) => return None,
         }
     }
+}
+
+/// The `Reply::Error` among the frames in `bytes`: (kind, message).
+fn error_reply(bytes: &[u8]) -> Option<(ErrorKind, String)> {
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let payload = rest.get(4..4 + len)?;
+        if let Ok(Reply::Error { kind, message }) = decode::<Reply>(payload) {
+            return Some((kind, message.into_owned()));
+        }
+        rest = &rest[4 + len..];
+    }
+    None
+}
+
+/// Asserts the broker closed `s` within `timeout` after an error reply of `kind`.
+fn assert_closed_with_error(s: &mut UnixStream, timeout: Duration, kind: ErrorKind, what: &str) {
+    let bytes = closed_by_broker(s, timeout)
+        .unwrap_or_else(|| panic!("{what}: connection not closed within {timeout:?}"));
+    let (got, message) = error_reply(&bytes)
+        .unwrap_or_else(|| panic!("{what}: closed without an error reply ({bytes:?})"));
+    assert_eq!(got, kind, "{what}: {message}");
 }
 
 #[test]
@@ -337,18 +364,13 @@ fn malformed_and_oversized_frames_do_not_hurt_other_clients() {
     // The bad connections are closed by the broker at once (well before the handshake
     // timeout), the silent one at the handshake timeout: none is left hanging.
     let fast = Duration::from_secs(3);
+    let bad = ErrorKind::BadRequest;
+    assert_closed_with_error(&mut garbage, fast, bad, "garbage frame");
+    assert_closed_with_error(&mut huge, fast, bad, "4 GiB header");
+    assert_closed_with_error(&mut big, fast, bad, "64 MiB frame");
+    assert_closed_with_error(&mut short, fast, bad, "truncated frame");
     assert!(
-        closed_by_broker(&mut garbage, fast),
-        "garbage frame not closed"
-    );
-    assert!(closed_by_broker(&mut huge, fast), "4 GiB header not closed");
-    assert!(closed_by_broker(&mut big, fast), "64 MiB frame not closed");
-    assert!(
-        closed_by_broker(&mut short, fast),
-        "truncated frame not closed"
-    );
-    assert!(
-        closed_by_broker(&mut silent, Duration::from_secs(15)),
+        closed_by_broker(&mut silent, Duration::from_secs(15)).is_some(),
         "a peer that never sends its hello is never dropped (no handshake timeout)"
     );
 
@@ -461,4 +483,117 @@ fn audit_log_records_a_failed_launch() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["event"], "exec_failed", "{}", lines[0]);
     assert_eq!(lines[0]["context"], "alice", "{}", lines[0]);
+}
+
+#[test]
+fn another_protocol_version_gets_a_clear_error_not_a_hang() {
+    let b = Broker::start(&standard_config());
+    for (magic, version, kind) in [
+        (MAGIC, 999, ErrorKind::VersionMismatch),
+        (
+            *b"HTTP",
+            ctx_protocol::PROTOCOL_VERSION,
+            ErrorKind::BadRequest,
+        ),
+    ] {
+        let mut s = UnixStream::connect(b.socket()).unwrap();
+        let mut out = Vec::new();
+        let hello = Hello {
+            magic,
+            version,
+            client: ClientKind::Cli,
+        };
+        encode_vec(&hello, &mut out).unwrap();
+        encode_vec(&Request::Status, &mut out).unwrap();
+        s.write_all(&out).unwrap();
+        let bytes = closed_by_broker(&mut s, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("version {version}: no answer within 3 s"));
+        let (got, message) = error_reply(&bytes)
+            .unwrap_or_else(|| panic!("version {version}: no error reply ({bytes:?})"));
+        assert_eq!(got, kind, "{message}");
+        if version == 999 {
+            assert!(
+                message.contains("999"),
+                "message must name the versions: {message}"
+            );
+        }
+    }
+    assert_eq!(run(&mut b.ctx(["status"])).code(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals and timeouts
+// ---------------------------------------------------------------------------------------
+
+/// Starts `sh -c SCRIPT` routed to alice with stdout piped; waits until it printed "ready".
+fn start_ready(b: &Broker, script: &str) -> (std::process::Child, std::process::ChildStdout) {
+    let mut child = b
+        .exec_cmd("alice", &["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ctx");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"ready\n") {
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("routed shell ended before it was ready: {seen:?}"),
+        }
+    }
+    (child, stdout)
+}
+
+#[test]
+fn signals_to_ctx_exec_are_forwarded() {
+    let b = Broker::start(&standard_config());
+    for (sig, name) in [
+        (Signal::SIGTERM, "TERM"),
+        (Signal::SIGINT, "INT"),
+        (Signal::SIGHUP, "HUP"),
+    ] {
+        // The routed shell traps the signal and exits with a code that proves it got it.
+        let script = format!(
+            "trap 'echo got-{name}; exit 42' {name}; echo ready; while :; do sleep 0.05; done"
+        );
+        let (mut child, mut stdout) = start_ready(&b, &script);
+        signal(child.id(), sig);
+        let st = wait_deadline(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("ctx exec still running 10 s after SIG{name}"));
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        assert_eq!(rest, format!("got-{name}\n"), "SIG{name} not delivered");
+        assert_eq!(st.code(), Some(42), "SIG{name}: {st}");
+    }
+}
+
+#[test]
+fn timeout_kills_the_routed_group_and_exits_124() {
+    let b = Broker::start(&standard_config());
+    let arg = marked_sleep();
+    let start = Instant::now();
+    let out = run(&mut b.ctx([
+        "exec",
+        "--context",
+        "alice",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        &arg,
+    ]));
+    assert_eq!(out.code(), 124, "{}", out.show());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        out.stderr_str().to_lowercase().contains("time"),
+        "message must say it timed out: {}",
+        out.show()
+    );
+    assert_gone(&arg, "after --timeout");
 }

@@ -189,13 +189,27 @@ impl Signals {
 // ---------------------------------------------------------------------------------------
 
 pub fn run(socket: &Path, args: ExecArgs) -> Result<i32, Error> {
-    match launch(socket, args)? {
+    run_as(socket, args, Request::Exec)
+}
+
+/// Runs the launch `args` describe, with `wrap` choosing the request that carries it
+/// (`ctx sh` wraps it in a shell request).
+pub fn run_as(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<i32, Error> {
+    match launch(socket, args, wrap)? {
         Outcome::Exit(code) => Ok(code),
         Outcome::Signaled(signo) => Ok(die_by(signo)),
     }
 }
 
-fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
+fn launch(
+    socket: &Path,
+    args: ExecArgs,
+    wrap: impl FnOnce(ExecRequest) -> Request,
+) -> Result<Outcome, Error> {
     let timeout_ms = args
         .timeout
         .as_deref()
@@ -218,7 +232,7 @@ fn launch(socket: &Path, args: ExecArgs) -> Result<Outcome, Error> {
     } else {
         Controlling::None
     };
-    let request = Request::Exec(ExecRequest {
+    let request = wrap(ExecRequest {
         context: args.context.clone(),
         argv: args
             .command
@@ -284,6 +298,7 @@ struct Relay<'a> {
 impl Relay<'_> {
     fn run(&self, conn: &mut Connection, signals: &Signals) -> Result<Outcome, Error> {
         let mut started = false;
+        let mut early_signal: Option<i32> = None;
         let mut input_open = self.input;
         let mut output_ok = self.output.is_some();
         let mut out = Vec::new();
@@ -335,10 +350,18 @@ impl Relay<'_> {
                                 pending_resize = self.resize;
                             }
                         }
-                        // Not started yet: nothing to forward to, and waiting on a broker
-                        // the user gave up on would be wrong. Closing the connection makes
-                        // the broker kill whatever it may have begun.
-                        _ if !started => return Ok(Outcome::Signaled(sig as i32)),
+                        // Not started yet: the routed process may already run (it starts
+                        // before our Started arrives), so the signal is sent now and the
+                        // broker delivers it right after Started. A second signal before
+                        // Started means the user gave up on the broker: die by it, which
+                        // closes the connection and makes the broker kill what it began.
+                        _ if !started && early_signal.is_some() => {
+                            return Ok(Outcome::Signaled(sig as i32))
+                        }
+                        _ if !started => {
+                            early_signal = Some(sig as i32);
+                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
+                        }
                         _ => {
                             let _ = conn.send(&Request::Signal { signo: sig as i32 });
                         }
@@ -387,6 +410,9 @@ impl Relay<'_> {
                         }
                         Reply::ExecFailed(failure) => {
                             drop(raw.take());
+                            if let Some(sig) = early_signal {
+                                return Ok(Outcome::Signaled(sig));
+                            }
                             return Err(self.failed(&failure));
                         }
                         other => {

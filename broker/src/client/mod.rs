@@ -16,6 +16,7 @@ pub mod man;
 pub mod ps;
 pub mod reload;
 pub mod run;
+pub mod sh;
 pub mod status;
 pub mod table;
 pub mod terminal;
@@ -65,6 +66,17 @@ pub enum Verb {
         Exit status: the command's own; if it died of a signal, ctx dies of the same \
         signal. 124 timed out, 125 ctx's own error, 126 cannot execute, 127 not found.")]
     Exec(exec::ExecArgs),
+    /// Run a bash script in a context's persistent shell session
+    #[command(
+        after_help = "Examples:\n  ctx sh --context user 'cd /srv && export AWS_PROFILE=prod'\n  \
+        ctx sh --context user 'pwd; echo $AWS_PROFILE'      # prints /srv and prod\n  \
+        ctx sh --context user --session build 'make -j4'\n  \
+        ctx sh --context user --reset\n\n\
+        cwd, exported and unset variables, shell variables, functions, aliases and set -o/shopt \
+        options persist per context and session. Commands of one session run one at a time. \
+        Exit codes as for ctx exec."
+    )]
+    Sh(sh::ShArgs),
 
     /// Show the broker's state and what isolation it cannot apply here
     Status(status::StatusArgs),
@@ -135,6 +147,7 @@ fn dispatch() -> i32 {
     let socket = socket_path(cli.socket);
     let result = match cli.verb {
         Verb::Exec(args) => exec::run(&socket, args),
+        Verb::Sh(args) => sh::run(&socket, args),
         Verb::Status(args) => status::run(&socket, args),
         Verb::Contexts(args) => contexts::run(&socket, args),
         Verb::Run(args) => run::run(&socket, args),

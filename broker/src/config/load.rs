@@ -21,8 +21,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit, User,
-    DEFAULT_PATH,
+    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
+    ShellEnv, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -172,6 +172,7 @@ struct RawContext {
     rlimits: Option<BTreeMap<Spanned<String>, Spanned<Scalar>>>,
     timeout: Option<Spanned<Scalar>>,
     on_broker_down: Option<Spanned<String>>,
+    shell_env: Option<Spanned<String>>,
     isolation: Option<RawIsolation>,
 }
 
@@ -603,6 +604,21 @@ impl Loader<'_> {
             },
         };
 
+        let shell_env = match &raw.shell_env {
+            None => ShellEnv::Private,
+            Some(v) => match v.get_ref().as_str() {
+                "private" => ShellEnv::Private,
+                "shared" => ShellEnv::Shared,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("shell_env"),
+                        format!("{other:?}: expected \"private\" or \"shared\""),
+                    ))
+                }
+            },
+        };
+
         let isolation = match raw.isolation {
             None => Isolation::default(),
             Some(iso) => {
@@ -656,6 +672,7 @@ impl Loader<'_> {
             rlimits,
             timeout,
             on_broker_down,
+            shell_env,
             isolation,
         })
     }

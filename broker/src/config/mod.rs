@@ -54,6 +54,8 @@ pub struct Context {
     pub rlimits: Vec<Rlimit>,
     pub timeout: Option<Duration>,
     pub on_broker_down: BrokerDown,
+    /// Whether `ctx exec` and routed launches see what the default `ctx sh` session exports.
+    pub shell_env: ShellEnv,
     pub isolation: Isolation,
 }
 
@@ -108,6 +110,15 @@ pub enum BrokerDown {
     Fail,
     /// Launches run locally (opt-in; the caller's own credentials).
     Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShellEnv {
+    /// Session state stays in `ctx sh` (default).
+    #[default]
+    Private,
+    /// The default session's exported variables apply to every launch in the context.
+    Shared,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -70,6 +70,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     match request {
         Request::Exec(req) => exec::run(&shared, &mut conn, &peer, client, req).await,
+        Request::Shell(sh) => exec::shell(&shared, &mut conn, &peer, sh).await,
         Request::Status => {
             let report = status(&shared);
             let _ = conn.send(&Reply::Status(report)).await;
@@ -124,7 +125,7 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
         Err(e) => return Err(format!("bad request frame: {e}")),
     };
     let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
-    if !matches!(request, Request::Exec(_)) && conn.pending_fds() > 0 {
+    if !matches!(request, Request::Exec(_) | Request::Shell(_)) && conn.pending_fds() > 0 {
         return Err("descriptors sent with a request that takes none".into());
     }
     Ok((hello.client, request))

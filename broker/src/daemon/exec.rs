@@ -10,17 +10,18 @@ use std::time::{Duration, Instant};
 
 use ctx_protocol::{
     ClientKind, ErrorKind, ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply,
-    Request, Stage,
+    Request, ShellRequest, Stage,
 };
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
-use super::plan::{prepare, BrokerIdentity};
+use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
+use super::shell_state::{self, SessionError};
 use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
-use crate::config::Context;
+use crate::config::{Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -45,15 +46,112 @@ pub async fn run(
     client: ClientKind,
     req: ExecRequest,
 ) {
+    let Some(ctx) = authorize(shared, conn, peer, &req.context, &req.argv).await else {
+        return;
+    };
+    let lookup = match client {
+        ClientKind::Cli => Lookup::ContextPath,
+        ClientKind::Interposer => Lookup::Exact,
+    };
+    launch(shared, conn, peer, &ctx, lookup, req, None).await
+}
+
+/// `ctx sh`: the request's command becomes bash running the script in the session's saved
+/// state; commands of one session run one at a time.
+pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: ShellRequest) {
+    let label = vec![
+        serde_bytes::ByteBuf::from(b"ctx-sh".to_vec()),
+        serde_bytes::ByteBuf::from(sh.session.clone().into_bytes()),
+        serde_bytes::ByteBuf::from(
+            sh.script
+                .as_ref()
+                .map(|s| s.to_vec())
+                .unwrap_or_else(|| b"(interactive)".to_vec()),
+        ),
+    ];
+    let Some(ctx) = authorize(shared, conn, peer, &sh.exec.context, &label).await else {
+        return;
+    };
+    let state = match shell_state::prepare(&shared.state_dir, &ctx, &sh.session, sh.reset) {
+        Ok(s) => s,
+        Err(e) => {
+            let kind = if matches!(e, SessionError::BadName(_)) {
+                ErrorKind::BadRequest
+            } else {
+                ErrorKind::Internal
+            };
+            let _ = conn
+                .send(&Reply::Error {
+                    kind,
+                    message: e.to_string().into(),
+                })
+                .await;
+            return;
+        }
+    };
+    let lock = shared.sessions.get(&ctx.name, &sh.session);
+    let _serialised = lock.lock().await;
+    let mut req = sh.exec;
+    let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
+    match &sh.script {
+        Some(script) => req.argv = shell_state::script_argv(&state, script, share_env),
+        None if sh.reset => {
+            // Reset alone: the state is gone; report success the usual way.
+            req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
+            req.program = Some(serde_bytes::ByteBuf::from(b"/bin/true".to_vec()));
+            return launch(shared, conn, peer, &ctx, Lookup::Exact, req, Some(label)).await;
+        }
+        None => {
+            if !req.fds.iter().any(|s| s.source == FdSource::Pty) {
+                let message = "an interactive session needs a terminal: give a script, or run ctx sh from a terminal (or with -t)";
+                let _ = conn
+                    .send(&Reply::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: message.into(),
+                    })
+                    .await;
+                return;
+            }
+            match shell_state::interactive_argv(&state, share_env) {
+                Ok((argv, env)) => {
+                    req.argv = argv;
+                    req.set_env
+                        .extend(env.into_iter().map(serde_bytes::ByteBuf::from));
+                }
+                Err(e) => {
+                    let _ = conn
+                        .send(&Reply::Error {
+                            kind: ErrorKind::Internal,
+                            message: e.to_string().into(),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+    req.program = Some(serde_bytes::ByteBuf::from(b"/bin/bash".to_vec()));
+    req.search_path = None;
+    launch(shared, conn, peer, &ctx, Lookup::Exact, req, Some(label)).await
+}
+
+/// Looks the context up and applies its `allow` rule; refusals are answered and audited.
+async fn authorize(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    peer: &Peer,
+    name: &str,
+    argv: &[serde_bytes::ByteBuf],
+) -> Option<Arc<Context>> {
     let config = shared.config();
-    let Some(ctx) = config.contexts.get(&req.context).cloned() else {
+    let Some(ctx) = config.contexts.get(name).cloned() else {
         shared.audit.record(json!({
-            "event": "refused", "reason": "unknown context", "context": req.context,
-            "caller": caller_json(peer), "argv": lossy(&req.argv),
+            "event": "refused", "reason": "unknown context", "context": name,
+            "caller": caller_json(peer), "argv": lossy(argv),
         }));
         let message = format!(
             "no context named {:?} (known: {})",
-            req.context,
+            name,
             config
                 .contexts
                 .keys()
@@ -67,12 +165,12 @@ pub async fn run(
                 message: message.into(),
             })
             .await;
-        return;
+        return None;
     };
     if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) {
         shared.audit.record(json!({
             "event": "refused", "reason": "not allowed", "context": ctx.name,
-            "caller": caller_json(peer), "argv": lossy(&req.argv),
+            "caller": caller_json(peer), "argv": lossy(argv),
         }));
         let message = format!(
             "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
@@ -87,7 +185,7 @@ pub async fn run(
                 message: message.into(),
             })
             .await;
-        return;
+        return None;
     }
     if shared.shutting_down.load(Ordering::Relaxed) {
         let _ = conn
@@ -96,15 +194,47 @@ pub async fn run(
                 message: "the broker is shutting down".into(),
             })
             .await;
-        return;
+        return None;
     }
+    Some(ctx)
+}
 
+async fn launch(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    peer: &Peer,
+    ctx: &Arc<Context>,
+    lookup: Lookup,
+    req: ExecRequest,
+    audit_argv: Option<Vec<serde_bytes::ByteBuf>>,
+) {
+    let ctx = ctx.clone();
+    let audit_argv = lossy(audit_argv.as_deref().unwrap_or(&req.argv));
     let started_at = Instant::now();
     let passed = conn.take_fds();
+    // A ctx sh command runs on its own saved state; other launches of a shared context
+    // start from what the default session exports.
+    let session_env = if ctx.shell_env == ShellEnv::Shared
+        && audit_argv.first().map(String::as_str) != Some("ctx-sh")
+    {
+        shell_state::shared_exports(&shared.state_dir, &ctx)
+    } else {
+        Vec::new()
+    };
     let me = BrokerIdentity::current();
-    let prepared = match prepare(&ctx, &req, client, passed, me) {
+    let prepared = match prepare(
+        &ctx,
+        &req,
+        lookup,
+        passed,
+        me,
+        &shared.routing,
+        &session_env,
+    ) {
         Ok(p) => p,
-        Err(failure) => return fail(shared, conn, peer, &ctx, &req, failure, started_at).await,
+        Err(failure) => {
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await
+        }
     };
     let mut plan = prepared.plan;
     let mut pty = None;
@@ -124,7 +254,7 @@ pub async fn run(
             }
             Err(e) => {
                 let failure = os_failure(Stage::Terminal, e, "cannot allocate a terminal");
-                return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+                return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
             }
         }
     }
@@ -138,7 +268,7 @@ pub async fn run(
         Ok(f) => f,
         Err(e) => {
             let failure = os_failure(Stage::Fork, e, "cannot fork");
-            return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
         }
     };
     let pid = forked.pid;
@@ -147,7 +277,7 @@ pub async fn run(
         Err(e) => {
             kill_group(pid, libc::SIGKILL);
             let failure = os_failure(Stage::Fork, e, "cannot watch the process");
-            return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
         }
     };
 
@@ -158,7 +288,7 @@ pub async fn run(
         let _ = wait_exit(&pidfd).await;
         let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
         let failure = child_failure.into_exec_failure(detail);
-        return fail(shared, conn, peer, &ctx, &req, failure, started_at).await;
+        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
     }
 
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +299,7 @@ pub async fn run(
         context: ctx.name.clone(),
         caller_pid: peer.pid,
         caller_uid: peer.uid,
-        argv: lossy(&req.argv),
+        argv: audit_argv.clone(),
         started: Instant::now(),
     });
     let mut client_alive = conn.send(&Reply::Started { id, pid }).await.is_ok();
@@ -294,7 +424,7 @@ pub async fn run(
         "pid": pid,
         "caller": caller_json(peer),
         "context": ctx.name,
-        "argv": lossy(&req.argv),
+        "argv": audit_argv,
         "cwd": String::from_utf8_lossy(&prepared.cwd),
         "tty": prepared.wants_tty,
         "status": status_json(status),
@@ -309,7 +439,7 @@ async fn fail(
     conn: &mut Conn,
     peer: &Peer,
     ctx: &Context,
-    req: &ExecRequest,
+    argv: &[String],
     failure: ExecFailure<'static>,
     started_at: Instant,
 ) {
@@ -317,7 +447,7 @@ async fn fail(
         "event": "exec_failed",
         "caller": caller_json(peer),
         "context": ctx.name,
-        "argv": lossy(&req.argv),
+        "argv": argv,
         "kind": format!("{:?}", failure.kind),
         "stage": failure.stage.as_str(),
         "errno": failure.errno_name,

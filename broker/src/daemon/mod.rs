@@ -16,6 +16,7 @@ pub mod plan;
 pub mod pty;
 pub mod registry;
 pub mod server;
+pub mod shell_state;
 pub mod spawn;
 pub mod systemd;
 pub mod wire;
@@ -43,6 +44,9 @@ pub struct Peer {
 pub struct Shared {
     config: RwLock<Arc<Config>>,
     pub socket_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub routing: plan::Routing,
+    pub sessions: shell_state::SessionLocks,
     pub audit: audit::Audit,
     pub registry: registry::Registry,
     pub next_id: AtomicU64,

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use ctx_protocol::{ClientKind, ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
+use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
 
 use crate::config::{Context, CwdRule, DEFAULT_PATH};
 
@@ -51,10 +51,44 @@ fn refuse(kind: FailureKind, stage: Stage, errno: i32, message: String) -> ExecF
     }
 }
 
+/// What a context with `route_children_to` needs to route its own launches: the
+/// interposer to preload and the socket of this broker.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub interposer: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
+}
+
+impl Routing {
+    /// The interposer beside the broker binary (`cargo build` and the install script put it
+    /// there), or `CTX_INTERPOSER`.
+    pub fn locate(socket: &std::path::Path) -> Routing {
+        let interposer = std::env::var_os("CTX_INTERPOSER")
+            .map(Into::into)
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("libctx_interposer.so")))
+                    .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
+            });
+        let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+        Routing { interposer, socket }
+    }
+}
+
 /// The environment of a routed process, in precedence order: the user's HOME/USER/
 /// LOGNAME/SHELL, then the caller's variables that `inherit_env` names, then the context's
 /// `env` (and its PATH), then explicit `-e` settings.
-pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// A change to the environment: set to `Some(value)`, or unset.
+pub type EnvChange = (Vec<u8>, Option<Vec<u8>>);
+
+pub fn environment(
+    ctx: &Context,
+    req: &ExecRequest,
+    tty: bool,
+    routing: &Routing,
+    session: &[EnvChange],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
     let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
         if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
@@ -89,8 +123,35 @@ pub fn environment(ctx: &Context, req: &ExecRequest, tty: bool) -> Vec<(Vec<u8>,
     for (k, v) in &ctx.env {
         set(&mut env, k.as_bytes(), v.as_bytes());
     }
+    // `shell_env = "shared"`: what the default session exported or unset.
+    for (k, v) in session {
+        if std::str::from_utf8(k).is_ok_and(|n| ROUTING_VARS.contains(&n)) {
+            continue;
+        }
+        match v {
+            Some(v) => set(&mut env, k, v),
+            None => env.retain(|(name, _)| name != k),
+        }
+    }
     if !env.iter().any(|(k, _)| k == b"PATH") {
         set(&mut env, b"PATH", DEFAULT_PATH.as_bytes());
+    }
+    if let Some(target) = &ctx.route_children_to {
+        // Chained contexts: everything this context starts is routed on to `target`.
+        let mut preload = routing.interposer.as_os_str().as_bytes().to_vec();
+        if let Some((_, old)) = env.iter().find(|(k, _)| k == b"LD_PRELOAD") {
+            if !old.is_empty() {
+                preload.push(b':');
+                preload.extend_from_slice(old);
+            }
+        }
+        set(&mut env, b"LD_PRELOAD", &preload);
+        set(&mut env, b"CTX_ROUTE", target.as_bytes());
+        set(
+            &mut env,
+            b"CTX_SOCKET",
+            routing.socket.as_os_str().as_bytes(),
+        );
     }
     if tty && !env.iter().any(|(k, _)| k == b"TERM") {
         // A PTY is useless without a terminal type; the caller's is not a secret.
@@ -124,6 +185,15 @@ pub fn working_dir(ctx: &Context, req: &ExecRequest) -> Vec<u8> {
     }
 }
 
+/// How the program of a request without `search_path` is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Along the context's PATH, as env(1) and `docker exec` do (the CLI).
+    ContextPath,
+    /// Exactly as given, as `execve` does (the interposer, the broker's own shells).
+    Exact,
+}
+
 /// What a launch will run with, ready to fork.
 pub struct Prepared {
     pub plan: SpawnPlan,
@@ -136,9 +206,11 @@ pub struct Prepared {
 pub fn prepare(
     ctx: &Context,
     req: &ExecRequest,
-    client: ClientKind,
+    lookup: Lookup,
     passed: Vec<OwnedFd>,
     me: BrokerIdentity,
+    routing: &Routing,
+    session: &[EnvChange],
 ) -> Result<Prepared, ExecFailure<'static>> {
     let bad = |m: String| refuse(FailureKind::Other, Stage::Exec, libc::EINVAL, m);
     if req.argv.is_empty() {
@@ -189,7 +261,7 @@ pub fn prepare(
         ));
     };
 
-    let env = environment(ctx, req, wants_tty);
+    let env = environment(ctx, req, wants_tty, routing, session);
     let envp = env
         .iter()
         .filter_map(|(k, v)| {
@@ -207,10 +279,10 @@ pub fn prepare(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| bad("an argument contains a NUL byte".into()))?;
     let file: &[u8] = req.program.as_deref().unwrap_or(&req.argv[0]);
-    let (program, sh_fallback) = match (&req.search_path, client) {
+    let (program, sh_fallback) = match (&req.search_path, lookup) {
         (Some(path), _) => (Program::Search(search_candidates(file, path)), true),
         // The CLI, like env(1) and docker exec, looks the command up in the context's PATH.
-        (None, ClientKind::Cli) => {
+        (None, Lookup::ContextPath) => {
             let path = env
                 .iter()
                 .find(|(k, _)| k == b"PATH")
@@ -223,7 +295,7 @@ pub fn prepare(
                 true,
             )
         }
-        (None, ClientKind::Interposer) => (
+        (None, Lookup::Exact) => (
             Program::Exact(cstring(file).map_err(|_| bad("program path contains NUL".into()))?),
             false,
         ),

@@ -120,6 +120,21 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
             }
         ));
     }
+    let routing = super::plan::Routing::locate(&socket_path);
+    let chained: Vec<&str> = config
+        .contexts
+        .values()
+        .filter(|c| c.route_children_to.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    if !chained.is_empty() && !routing.interposer.exists() {
+        warnings.push(format!(
+            "route_children_to of {} needs the interposer at {}, which does not exist: \
+             launches from those contexts will fail (set CTX_INTERPOSER or install it)",
+            chained.join(", "),
+            routing.interposer.display()
+        ));
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -130,6 +145,9 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config)),
         socket_path: socket_path.clone(),
+        state_dir: state_dir.clone(),
+        routing: routing.clone(),
+        sessions: Default::default(),
         audit,
         registry: Registry::default(),
         next_id: AtomicU64::new(1),

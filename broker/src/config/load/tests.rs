@@ -1000,3 +1000,17 @@ fn audit_log_max_and_log_level() {
         "not a log level",
     );
 }
+
+#[test]
+fn shell_env_private_by_default_shared_on_request() {
+    let c = ok("[contexts.a]\nuser = \"root\"\n");
+    assert_eq!(ctx(&c, "a").shell_env, crate::config::ShellEnv::Private);
+    let c = ok("[contexts.a]\nuser = \"root\"\nshell_env = \"shared\"\n");
+    assert_eq!(ctx(&c, "a").shell_env, crate::config::ShellEnv::Shared);
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nshell_env = \"global\"\n",
+        3,
+        "contexts.a.shell_env",
+        "expected \"private\" or \"shared\"",
+    );
+}

@@ -1,0 +1,331 @@
+//! Persistent shell sessions (`ctx sh`) without parsing any output: every command runs in a
+//! fresh `bash` that first loads the session's saved state (cwd, variables, unset
+//! variables, functions, aliases, `set -o`/`shopt` options), evaluates the script with the
+//! caller's own stdio, and on exit writes the new state to a temporary file and renames it
+//! over the old one. A command killed before it exits leaves the previous state intact.
+//!
+//! State lives in `STATE_DIR/shells/CONTEXT/SESSION.bash`, in a directory owned by the
+//! context's uid with mode 0700 (the broker's state dir itself is 0711, so no one else can
+//! list or read it). Commands of one session run one at a time (the broker serialises them).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_bytes::ByteBuf;
+
+use crate::config::Context;
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Runs `$2` in the session whose state file is `$1`. The variables it needs are named
+/// `__ctx_*` and never saved. Exported variables are saved as the difference from the
+/// context's environment, so a context whose credentials change still passes the new
+/// ones to sessions that did not set them.
+const WRAPPER: &str = r#"__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077
+declare -A __ctx_base=()
+for __ctx_n in $(compgen -e); do __ctx_base[$__ctx_n]=${!__ctx_n}; done
+shopt -s expand_aliases
+__ctx_skip() {
+  case $1 in
+    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE|BASH_ARGV0) return 0 ;;
+  esac
+  return 1
+}
+__ctx_save() {
+  local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n __ctx_line
+  {
+    for __ctx_n in $(compgen -v); do
+      __ctx_skip "$__ctx_n" && continue
+      if [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]]; then
+        [[ $(declare -p "$__ctx_n") == "declare -x "* ]] && continue
+      fi
+      declare -p "$__ctx_n"
+    done
+    for __ctx_n in "${!__ctx_base[@]}"; do
+      [[ -v $__ctx_n ]] || printf 'unset -v %s\n' "$__ctx_n"
+    done
+    for __ctx_n in $(compgen -A function); do
+      [[ $__ctx_n == __ctx_* ]] || declare -f "$__ctx_n"
+    done
+    alias -p
+    printf 'builtin cd -- %q 2>/dev/null || :\n' "$PWD"
+    printf '__ctx_opts=%q\n' "$__ctx_opts"
+  } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state" 2>/dev/null
+  if [[ $__ctx_shared == shared ]]; then
+    # For the broker (shell_env = "shared"): changed exports as NAME=VALUE, unset ones
+    # as NAME, each NUL-terminated.
+    {
+      for __ctx_n in $(compgen -e); do
+        __ctx_skip "$__ctx_n" && continue
+        [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]] && continue
+        printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
+      done
+      for __ctx_n in "${!__ctx_base[@]}"; do
+        [[ -v $__ctx_n ]] || printf '%s\0' "$__ctx_n"
+      done
+    } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state.env" 2>/dev/null
+  fi
+}
+__ctx_exit() {
+  __ctx_opts=$(set +o; shopt -p)
+  set +euxo pipefail
+  __ctx_save
+}
+# Options are applied last and xtrace only inside the eval, so that neither the restore
+# nor the save shows up in a session that has `set -x` on.
+__ctx_apply() {
+  local __ctx_line
+  __ctx_x=
+  while IFS= read -r __ctx_line; do
+    case $__ctx_line in
+      *" monitor"|*" history"|*" login_shell"|*" restricted_shell"|*" progcomp"|*" expand_aliases") ;;
+      "set -o xtrace") __ctx_x="set -x;" ;;
+      *) builtin eval "$__ctx_line" ;;
+    esac
+  done <<<"$__ctx_opts"
+}
+__ctx_opts=
+{
+  if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi
+  __ctx_apply
+  trap '{ __ctx_rc=$?; __ctx_exit; exit $__ctx_rc; } 2>/dev/null' EXIT
+} 2>/dev/null
+eval "$__ctx_x$__ctx_script"
+"#;
+
+/// `--rcfile` of an interactive session: the same load, and a save when the shell exits.
+const INTERACTIVE_RC: &str = r#"__ctx_state=$CTX_SH_STATE; __ctx_shared=$CTX_SH_SHARED; unset CTX_SH_STATE CTX_SH_SHARED
+[[ -r ~/.bashrc ]] && builtin source ~/.bashrc
+"#;
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("bad session name {0:?}: use 1-64 characters from A-Z a-z 0-9 _ . -")]
+    BadName(String),
+    #[error("cannot prepare session state in {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+}
+
+/// Held for the whole run of a command of one session.
+type SessionLock = Arc<tokio::sync::Mutex<()>>;
+
+/// One lock per (context, session): commands of a session run one after the other.
+#[derive(Default)]
+pub struct SessionLocks {
+    locks: Mutex<HashMap<(String, String), SessionLock>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+impl SessionLocks {
+    pub fn get(&self, context: &str, session: &str) -> SessionLock {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((context.to_string(), session.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+pub fn valid_session(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Creates the context's session directory (owned by its uid, 0700) and returns the
+/// session's state file; `reset` removes the saved state first.
+pub fn prepare(
+    state_dir: &Path,
+    ctx: &Context,
+    session: &str,
+    reset: bool,
+) -> Result<PathBuf, SessionError> {
+    if !valid_session(session) {
+        return Err(SessionError::BadName(session.to_string()));
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err| SessionError::Io { path, err }
+    };
+    let shells = state_dir.join("shells");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&shells)
+        .map_err(io_err(&shells))?;
+    let dir = shells.join(&ctx.name);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(&dir)(e)),
+    }
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == 0 {
+        // Re-applied every time: the context's uid may have changed in the config.
+        std::os::unix::fs::lchown(&dir, Some(ctx.user.uid), Some(ctx.user.gid))
+            .map_err(io_err(&dir))?;
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+    let file = dir.join(format!("{session}.bash"));
+    if reset {
+        for stale in [file.clone(), dir.join(format!("{session}.bash.env"))] {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&stale)(e)),
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// The argv that runs `script` in the session stored at `state`; `shared` also keeps the
+/// session's exports where the broker reads them for other launches.
+pub fn script_argv(state: &Path, script: &[u8], shared: bool) -> Vec<ByteBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    [
+        b"bash".as_slice(),
+        b"--noprofile",
+        b"--norc",
+        b"-c",
+        WRAPPER.as_bytes(),
+        b"ctx-sh",
+        state.as_os_str().as_bytes(),
+        script,
+        if shared {
+            b"shared".as_slice()
+        } else {
+            b"private"
+        },
+    ]
+    .iter()
+    .map(|a| ByteBuf::from(a.to_vec()))
+    .collect()
+}
+
+/// The argv of an interactive shell in the session: bash with an rcfile that loads the
+/// state and saves it when the shell exits. The rcfile is written next to the state.
+pub fn interactive_argv(
+    state: &Path,
+    shared: bool,
+) -> Result<(Vec<ByteBuf>, Vec<Vec<u8>>), SessionError> {
+    use std::os::unix::ffi::OsStrExt;
+    let rc = state.with_extension("rc");
+    let body = interactive_rc();
+    std::fs::write(&rc, body).map_err(|err| SessionError::Io {
+        path: rc.clone(),
+        err,
+    })?;
+    let argv = [
+        b"bash".as_slice(),
+        b"--noprofile",
+        b"--rcfile",
+        rc.as_os_str().as_bytes(),
+        b"-i",
+    ]
+    .iter()
+    .map(|a| ByteBuf::from(a.to_vec()))
+    .collect();
+    let mut env = b"CTX_SH_STATE=".to_vec();
+    env.extend_from_slice(state.as_os_str().as_bytes());
+    let shared = if shared {
+        b"CTX_SH_SHARED=shared".to_vec()
+    } else {
+        b"CTX_SH_SHARED=private".to_vec()
+    };
+    Ok((argv, vec![env, shared]))
+}
+
+/// The interactive rcfile: the wrapper's load and save, without a script to evaluate.
+fn interactive_rc() -> String {
+    format!(
+        "{INTERACTIVE_RC}{}",
+        // The interactive variant reuses the wrapper's functions but neither evals a
+        // script nor exits from the rcfile.
+        WRAPPER
+            .replace(
+                "__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077\n",
+                "umask 077\n"
+            )
+            .replace(
+                "eval \"$__ctx_x$__ctx_script\"\n",
+                "[[ -n $__ctx_x ]] && set -x\n"
+            )
+    )
+}
+
+/// Largest exports file the broker applies; a session exporting more is ignored (and
+/// says so in the log) rather than read without bound.
+const MAX_SHARED_ENV: u64 = 1024 * 1024;
+
+/// The default session's exported changes for a `shell_env = "shared"` context, as
+/// `(name, Some(value))` to set and `(name, None)` to unset. Missing file: no changes.
+pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use std::io::Read;
+    let path = state_dir
+        .join("shells")
+        .join(&ctx.name)
+        .join("default.bash.env");
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Vec::new();
+    };
+    let mut data = Vec::new();
+    if file
+        .take(MAX_SHARED_ENV + 1)
+        .read_to_end(&mut data)
+        .is_err()
+        || data.len() as u64 > MAX_SHARED_ENV
+    {
+        tracing::warn!(context = %ctx.name, "ignoring {}: unreadable or over 1 MiB", path.display());
+        return Vec::new();
+    }
+    data.split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .filter_map(|entry| {
+            let (name, value) = match entry.iter().position(|&b| b == b'=') {
+                Some(eq) => (&entry[..eq], Some(entry[eq + 1..].to_vec())),
+                None => (entry, None),
+            };
+            let valid = !name.is_empty()
+                && !name[0].is_ascii_digit()
+                && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_');
+            valid.then(|| (name.to_vec(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_session;
+
+    #[test]
+    fn interactive_rc_has_no_script_arguments() {
+        let rc = super::interactive_rc();
+        assert!(!rc.contains("=$1") && !rc.contains("__ctx_script"), "{rc}");
+        assert!(rc.contains("trap ") && rc.contains("__ctx_state=$CTX_SH_STATE"));
+    }
+
+    #[test]
+    fn session_names() {
+        assert!(valid_session("default"));
+        assert!(valid_session("prod-1.x_y"));
+        for bad in ["", ".", "..", "a/b", "a b", "x\0", &"n".repeat(65)] {
+            assert!(!valid_session(bad), "{bad:?}");
+        }
+    }
+}

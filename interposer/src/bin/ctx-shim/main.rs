@@ -1,0 +1,56 @@
+//! `ctx-shim`: stands in for a routed program in the caller's process tree.
+//!
+//! The interposer's exec hook gets the broker's "started" verdict and then execs this
+//! binary in place of the program (`--attach`), so the pid the caller holds is the shim's:
+//! it keeps the broker connection, forwards the caller's signals, relays a terminal through
+//! the broker's PTY, and exits with the routed program's status (or dies by its signal).
+//! For `posix_spawn`, glibc starts the shim itself (`--spawn`) after applying the caller's
+//! file actions; the shim then sends the launch and reports the verdict to the hook.
+//!
+//! It is in every routed launch's critical path, so it does no work before the relay loop
+//! that the loop does not need.
+
+// The shim links only the modules it shares with the library, never the hooks.
+#[path = "../../shared/mod.rs"]
+#[allow(dead_code)]
+mod shared;
+
+mod relay;
+mod spawn;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+
+use shared::sys;
+
+/// ctx's own failure, as `env`/`docker run` use it.
+pub const EXIT_CTX: i32 = 125;
+
+fn usage() -> ! {
+    sys::Line::new()
+        .str("ctx-shim: internal helper of libctx_interposer.so, not meant to be run by hand")
+        .write_to(2);
+    std::process::exit(EXIT_CTX)
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+    match a.get(1).copied() {
+        // ctx-shim --attach <sock> <pty-mask> -- <name>
+        Some(b"--attach") => {
+            let (Some(sock), Some(mask)) = (
+                a.get(2).and_then(|s| sys::parse_u64(s)),
+                a.get(3).and_then(|s| sys::parse_u64(s)),
+            ) else {
+                usage()
+            };
+            let name = a.get(5).copied().unwrap_or(b"?");
+            let mask = (mask & 7) as u8;
+            relay::keep_only(sock as i32, mask);
+            relay::run(sock as i32, mask, name)
+        }
+        Some(b"--spawn") => spawn::run(&a),
+        _ => usage(),
+    }
+}

@@ -1,0 +1,371 @@
+//! The shim's life after "started": one poll loop over the broker connection, a signalfd
+//! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce.
+
+use std::os::fd::RawFd;
+
+use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
+use serde_bytes::ByteBuf;
+
+use crate::shared::{fds, sys};
+use crate::EXIT_CTX;
+
+/// Closes every descriptor but the connection, stderr (for our one-line messages) and the
+/// terminal descriptors we relay: holding a copy of the caller's pipes would delay their
+/// EOF (and keep `SIGPIPE` from a reader that went away) past the routed program's exit.
+pub fn keep_only(sock: RawFd, pty_mask: u8) {
+    for fd in 0..2 {
+        if pty_mask & (1 << fd) == 0 {
+            // SAFETY: the shim owns its descriptor table.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: close_range takes no memory; the two ranges skip exactly `sock`.
+    unsafe {
+        if sock > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (sock - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+/// Signals the shim never intercepts: uncatchable ones, SIGCHLD (children the exec'ing
+/// caller left behind are ours now, not the routed program's), glibc's internal ones, and
+/// synchronous faults, which must kill the shim itself.
+fn forwardable(sig: i32) -> bool {
+    !matches!(
+        sig,
+        libc::SIGKILL
+            | libc::SIGSTOP
+            | libc::SIGCHLD
+            | libc::SIGSEGV
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGSYS
+            | 32
+            | 33
+    )
+}
+
+struct Tty {
+    /// Descriptor the routed program's output is written to.
+    out: Option<RawFd>,
+    /// Whether fd 0 is the caller's terminal.
+    stdin_tty: bool,
+    /// The caller's modes while we hold the terminal raw.
+    saved: Option<libc::termios>,
+}
+
+impl Tty {
+    fn foreground() -> bool {
+        // SAFETY: plain queries on fd 0 and our own process group.
+        unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+    }
+
+    /// Raw mode when stdin is the terminal and we own its foreground: the broker's PTY does
+    /// the line discipline, so every key (Ctrl-C included) goes to the routed program.
+    fn enter_raw(&mut self) {
+        if !self.stdin_tty || self.saved.is_some() || !Self::foreground() {
+            return;
+        }
+        // SAFETY: termios is plain data filled by tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 is a terminal; t is writable.
+        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+            return;
+        }
+        let saved = t;
+        // SAFETY: cfmakeraw edits the struct in place.
+        unsafe { libc::cfmakeraw(&mut t) };
+        // SAFETY: valid termios for fd 0.
+        if unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) } == 0 {
+            self.saved = Some(saved);
+        }
+    }
+
+    fn restore(&mut self) {
+        if let Some(t) = self.saved.take() {
+            // SAFETY: restoring the modes read from the same terminal.
+            unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) };
+        }
+    }
+
+    fn size(&self) -> Option<WinSize> {
+        self.out.and_then(fds::winsize_of).or_else(|| {
+            if self.stdin_tty {
+                fds::winsize_of(0)
+            } else {
+                None
+            }
+        })
+    }
+}
+
+struct Relay<'a> {
+    sock: RawFd,
+    tty: Tty,
+    name: &'a [u8],
+    input_open: bool,
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: data is a valid readable slice.
+        let n = unsafe { libc::write(fd, data.as_ptr() as *const _, data.len()) };
+        if n < 0 {
+            match sys::errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    // A terminal someone set non-blocking: wait until it drains.
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, -1) };
+                    continue;
+                }
+                _ => return false,
+            }
+        }
+        data = &data[n as usize..];
+    }
+    true
+}
+
+impl Relay<'_> {
+    fn send(&mut self, req: &Request) {
+        let mut buf = Vec::with_capacity(64);
+        if frame::encode_vec(req, &mut buf).is_ok() {
+            // A failed send shows up as EOF on the read side, which ends the relay.
+            write_all(self.sock, &buf);
+        }
+    }
+
+    fn die(&mut self, what: &str) -> ! {
+        self.tty.restore();
+        let mut l = sys::Line::new();
+        l.str("ctx: ").quoted(self.name).str(": ").str(what);
+        l.write_to(2);
+        // SAFETY: ending the process without running anything else.
+        unsafe { libc::_exit(EXIT_CTX) }
+    }
+
+    /// Reproduces the routed program's end for the caller's waitpid.
+    fn finish(&mut self, status: ExitStatus) -> ! {
+        self.tty.restore();
+        match status {
+            // SAFETY: ending the process.
+            ExitStatus::Code(c) => unsafe { libc::_exit(c & 0xff) },
+            ExitStatus::Signaled { signal, core } => {
+                // SAFETY: plain process-state calls on ourselves.
+                unsafe {
+                    if !core {
+                        // A dump of the shim would be noise; the routed program made none.
+                        let zero = libc::rlimit {
+                            rlim_cur: 0,
+                            rlim_max: 0,
+                        };
+                        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                    }
+                    libc::signal(signal, libc::SIG_DFL);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal);
+                    libc::kill(libc::getpid(), signal);
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    // Only a signal whose default is not fatal gets here.
+                    libc::_exit(128 + (signal & 0x7f))
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, payload: &[u8]) {
+        match frame::decode::<Reply<'_>>(payload) {
+            Ok(Reply::Output(bytes)) => {
+                if let Some(fd) = self.tty.out {
+                    write_all(fd, &bytes);
+                }
+            }
+            Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::Error { message, .. }) => {
+                let mut what = String::from("broker: ");
+                what.push_str(&message);
+                self.die(&what)
+            }
+            Ok(_) => {}
+            Err(_) => self.die("malformed message from the broker"),
+        }
+    }
+
+    fn on_signal(&mut self, signo: i32) {
+        match signo {
+            libc::SIGWINCH => match self.tty.size() {
+                Some(size) if self.tty.out.is_some() || self.tty.stdin_tty => {
+                    self.send(&Request::Resize(size))
+                }
+                _ => self.send(&Request::Signal { signo }),
+            },
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                // Stop the routed program, give the caller its terminal back, and stop
+                // ourselves so the caller's shell sees the job stop.
+                self.send(&Request::Signal { signo });
+                self.tty.restore();
+                // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+            }
+            libc::SIGCONT => {
+                self.send(&Request::Signal { signo });
+                self.tty.enter_raw();
+                if let Some(size) = self.tty.size() {
+                    self.send(&Request::Resize(size));
+                }
+            }
+            _ => self.send(&Request::Signal { signo }),
+        }
+    }
+
+    fn on_input(&mut self) {
+        let mut buf = [0u8; 16384];
+        // SAFETY: reads into a stack buffer.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut _, buf.len()) };
+        if n > 0 {
+            self.send(&Request::Input(ByteBuf::from(&buf[..n as usize])));
+        } else if n == 0 {
+            self.send(&Request::InputEof);
+            self.input_open = false;
+        } else if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
+            // EIO: we lost the terminal (hangup, or read from the background).
+            self.input_open = false;
+        }
+    }
+}
+
+/// Blocks every signal we forward and returns a signalfd for them. Signals the caller left
+/// ignored stay ignored: `cmd &` in a non-interactive shell must survive Ctrl-C as locally.
+fn signal_fd() -> RawFd {
+    // SAFETY: sigset/sigaction are plain data; every call gets valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=libc::SIGRTMAX() {
+            if !forwardable(sig) {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    }
+}
+
+pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
+    let sfd = signal_fd();
+    let out = [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0);
+    let stdin_tty = pty_mask & 1 != 0;
+    let mut r = Relay {
+        sock,
+        tty: Tty {
+            out,
+            stdin_tty,
+            saved: None,
+        },
+        name,
+        input_open: stdin_tty,
+    };
+    r.tty.enter_raw();
+    let mut buf: Vec<u8> = vec![0; 64 * 1024];
+    let mut have = 0usize;
+    loop {
+        let relay_input = r.input_open && (r.tty.saved.is_some() || Tty::foreground());
+        let mut pfd = [
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if relay_input { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: three valid pollfds.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, -1) };
+        if n < 0 {
+            if sys::errno() == libc::EINTR {
+                continue;
+            }
+            r.die("poll failed");
+        }
+        if pfd[1].revents & libc::POLLIN != 0 {
+            // SAFETY: signalfd_siginfo is plain data.
+            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads whole siginfo records into `si`.
+            while unsafe { libc::read(sfd, &mut si as *mut _ as *mut _, sz) } == sz as isize {
+                r.on_signal(si.ssi_signo as i32);
+            }
+        }
+        if pfd[0].revents != 0 {
+            if have == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            // SAFETY: reads into the free tail of buf.
+            let k =
+                unsafe { libc::read(sock, buf[have..].as_mut_ptr() as *mut _, buf.len() - have) };
+            if k < 0 {
+                if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
+                    r.die("lost the connection to the broker");
+                }
+            } else if k == 0 {
+                r.die("the broker closed the connection before the program exited");
+            } else {
+                have += k as usize;
+                let mut start = 0;
+                loop {
+                    match frame::complete_frame(&buf[start..have]) {
+                        Ok(Some(total)) => {
+                            let payload = &buf[start + ctx_protocol::FRAME_HEADER..start + total];
+                            r.on_reply(payload);
+                            start += total;
+                        }
+                        Ok(None) => break,
+                        Err(_) => r.die("oversized message from the broker"),
+                    }
+                }
+                buf.copy_within(start..have, 0);
+                have -= start;
+                if let Ok(Some(_)) | Ok(None) = frame::complete_frame(&buf[..have]) {
+                    let need = if have >= 4 {
+                        ctx_protocol::FRAME_HEADER
+                            + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+                    } else {
+                        0
+                    };
+                    if need > buf.len() {
+                        buf.resize(need, 0);
+                    }
+                }
+            }
+        }
+        if pfd[2].revents != 0 {
+            r.on_input();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `--spawn` mode: started by glibc's real `posix_spawn` after the caller's file actions
+//! and attributes were applied, so this process's descriptors, cwd and signal state are
+//! exactly what the routed program must get. Sends the launch, reports the verdict to the
+//! hook over the inherited pipe, then relays like `--attach`.
+//!
+//! argv: `--spawn <report-fd> <context> <socket> <p|-> <program> <PATH> <argc> argv... envp...`
+
+use crate::shared::conn::{self, Verdict};
+use crate::shared::fds::{self, FdSet};
+use crate::shared::sys;
+use crate::shared::wire::{self, ExecRef, StrList};
+use crate::{relay, usage, EXIT_CTX};
+
+fn report(fd: i32, errno: Option<i32>) -> bool {
+    let mut rec = [0u8; 8];
+    match errno {
+        None => rec[0] = b'S',
+        Some(e) => {
+            rec[0] = b'F';
+            rec[4..].copy_from_slice(&e.to_le_bytes());
+        }
+    }
+    // SAFETY: writes 8 bytes from a stack buffer; a pipe write this small is atomic.
+    let n = unsafe { libc::write(fd, rec.as_ptr() as *const _, rec.len()) };
+    // SAFETY: the report channel is used once.
+    unsafe { libc::close(fd) };
+    n == rec.len() as isize
+}
+
+/// Without a report channel (closed by the file actions), a failure can only show in the
+/// exit status, as a local shell would report it.
+fn failed_exit_code(errno: i32) -> i32 {
+    match errno {
+        libc::ENOENT | libc::ENOTDIR => 127,
+        libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
+        _ => EXIT_CTX,
+    }
+}
+
+pub fn run(a: &[&[u8]]) -> ! {
+    let (
+        Some(report_fd),
+        Some(context),
+        Some(socket),
+        Some(flag),
+        Some(program),
+        Some(path),
+        Some(argc),
+    ) = (
+        a.get(2).and_then(|s| sys::parse_u64(s)),
+        a.get(3),
+        a.get(4),
+        a.get(5),
+        a.get(6),
+        a.get(7),
+        a.get(8).and_then(|s| sys::parse_u64(s)),
+    )
+    else {
+        usage()
+    };
+    let report_fd = report_fd as i32;
+    let argc = argc as usize;
+    let rest = &a[9.min(a.len())..];
+    if argc > rest.len() {
+        usage();
+    }
+    let (argv, envp) = rest.split_at(argc);
+    // SAFETY: the report pipe is ours; it must not reach the routed program.
+    let report_open = unsafe { libc::fcntl(report_fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+    let report_fd = if report_open { report_fd } else { -1 };
+    let context = std::str::from_utf8(context).unwrap_or("?");
+    let name: &[u8] = match argv.first() {
+        Some(a0) if !a0.is_empty() => a0,
+        _ => program,
+    };
+
+    let fail = |errno: i32, exit: i32| -> ! {
+        if report_fd < 0 || !report(report_fd, Some(errno)) {
+            std::process::exit(failed_exit_code(errno).max(exit.min(EXIT_CTX)))
+        }
+        std::process::exit(exit)
+    };
+
+    let mut set = Box::new(FdSet::new());
+    if fds::scan(&mut set, report_fd).is_err() {
+        conn::refusal(context, name)
+            .str("more inheritable descriptors than one message can carry")
+            .write_to(2);
+        fail(libc::EMFILE, EXIT_CTX);
+    }
+    let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: getcwd writes at most cwd.len() bytes.
+    let cwd_bytes: &[u8] =
+        if unsafe { libc::getcwd(cwd.as_mut_ptr() as *mut libc::c_char, cwd.len()) }.is_null() {
+            b""
+        } else {
+            // SAFETY: NUL-terminated by getcwd.
+            unsafe { sys::cstr(cwd.as_ptr() as *const libc::c_char) }
+        };
+    let req = ExecRef {
+        context,
+        argv: StrList::Slice(argv),
+        program: Some(program),
+        search_path: (*flag == b"p").then_some(*path),
+        env: StrList::Slice(envp),
+        cwd: cwd_bytes,
+        fds: set.slots(),
+        tty: set.tty.as_ref(),
+    };
+    let bound = req.encoded_bound();
+    let mut out = vec![0u8; bound];
+    let Ok(n) = wire::encode_launch(&req, &mut out) else {
+        fail(libc::E2BIG, EXIT_CTX)
+    };
+    let mut socket_c = socket.to_vec();
+    socket_c.push(0);
+    let sock = match conn::connect(&socket_c) {
+        Ok(s) => s,
+        Err(e) => {
+            conn::refusal(context, name)
+                .str("broker at ")
+                .push(socket)
+                .str(" unreachable: ")
+                .errno_name(e)
+                .write_to(2);
+            fail(libc::EACCES, EXIT_CTX)
+        }
+    };
+    let mut reply = vec![0u8; 64 * 1024];
+    match conn::exchange(sock, &out[..n], set.passed(), &mut reply) {
+        Verdict::Started { .. } => {}
+        Verdict::Failed { errno, .. } => fail(errno, failed_exit_code(errno)),
+        ref v => {
+            let mut l = conn::refusal(context, name);
+            conn::explain(&mut l, socket, v);
+            l.write_to(2);
+            fail(libc::EACCES, EXIT_CTX)
+        }
+    }
+    conn::clear_timeout(sock);
+    if report_fd >= 0 {
+        report(report_fd, None);
+    }
+    let mask = set.pty_mask;
+    drop(out);
+    drop(reply);
+    relay::keep_only(sock, mask);
+    relay::run(sock, mask, name)
+}

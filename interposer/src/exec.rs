@@ -1,0 +1,531 @@
+//! The exec-family hook path. It may run between `vfork` and `execve` in a threaded
+//! program, so it allocates nothing (stack and `mmap` only), takes no lock, uses no stdio
+//! and cannot panic. On success the caller's process becomes the shim (same pid), which
+//! holds the broker connection for the routed program's lifetime.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use crate::shared::conn::{self, Verdict};
+use crate::shared::fds::{self, FdSet};
+use crate::shared::sys::{self, MmapBuf};
+use crate::shared::wire::{self, ExecRef, StrList};
+use crate::state::{self, state, State};
+
+type Argv = *const *const c_char;
+
+/// Reply room after the encoded request: greeting plus a verdict with its messages.
+const REPLY_ROOM: usize = 64 * 1024;
+
+/// glibc's PATH when the variable is unset (`_CS_PATH`).
+pub const DEFAULT_PATH: &CStr = c"/bin:/usr/bin";
+
+/// What to execute.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// This file, as `execve` does.
+    Path(&'a CStr),
+    /// `file` searched along `path`, as `execvp` does (with the `/bin/sh` fallback).
+    Search { file: &'a CStr, path: &'a CStr },
+}
+
+impl<'a> Target<'a> {
+    pub fn program(&self) -> &'a CStr {
+        match *self {
+            Target::Path(p) => p,
+            Target::Search { file, .. } => file,
+        }
+    }
+
+    pub fn search_path(&self) -> Option<&'a [u8]> {
+        match *self {
+            Target::Path(_) => None,
+            Target::Search { path, .. } => Some(path.to_bytes()),
+        }
+    }
+}
+
+/// The caller's PATH for an execvp-style search (glibc reads the process environment,
+/// not the `envp` being passed).
+pub fn search_path_var() -> &'static CStr {
+    // SAFETY: getenv reads the environment without allocating; the string lives in it.
+    let p = unsafe { libc::getenv(c"PATH".as_ptr()) };
+    if p.is_null() {
+        DEFAULT_PATH
+    } else {
+        // SAFETY: a valid C string from the environment.
+        unsafe { CStr::from_ptr(p) }
+    }
+}
+
+/// The errno a local exec of `target` would certainly fail with, decided without the
+/// broker. PATH-searching callers (libuv, CPython, musl) exec each candidate and expect a
+/// quick ENOENT for the ones that do not exist.
+pub fn local_failure(target: Target<'_>) -> Option<i32> {
+    let prog = target.program();
+    let bytes = prog.to_bytes();
+    if bytes.is_empty() {
+        return Some(libc::ENOENT);
+    }
+    if let Target::Search { file, path } = target {
+        if !bytes.contains(&b'/') {
+            // The broker searches in the target context, but when no candidate exists
+            // here at all the answer is ENOENT without a round trip (and not the EACCES
+            // the target uid may meet on PATH entries only the caller can enter).
+            return nothing_on_path(file.to_bytes(), path.to_bytes()).then_some(libc::ENOENT);
+        }
+    }
+    // SAFETY: stat is plain data.
+    let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: prog is NUL-terminated; sb is writable.
+    if unsafe { libc::stat(prog.as_ptr(), &mut sb) } != 0 {
+        let e = sys::errno();
+        return match e {
+            libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG | libc::EACCES => {
+                Some(e)
+            }
+            _ => None,
+        };
+    }
+    // Not a regular file, or executable by nobody: EACCES for any uid.
+    if sb.st_mode & libc::S_IFMT != libc::S_IFREG || sb.st_mode & 0o111 == 0 {
+        return Some(libc::EACCES);
+    }
+    None
+}
+
+/// True when `dir/file` does not exist for any entry of `path`.
+fn nothing_on_path(file: &[u8], path: &[u8]) -> bool {
+    let mut buf = [0u8; 4096];
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let n = dir.len() + 1 + file.len();
+        if n >= buf.len() {
+            continue;
+        }
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()] = b'/';
+        buf[dir.len() + 1..n].copy_from_slice(file);
+        buf[n] = 0;
+        // SAFETY: stat is plain data; buf holds a NUL-terminated path.
+        let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0 {
+            return false;
+        }
+        if !matches!(
+            sys::errno(),
+            libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG
+        ) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The first executable `dir/file` along `path`, written into `buf`.
+fn resolve_in_path<'b>(file: &[u8], path: &[u8], buf: &'b mut [u8; 4096]) -> Option<&'b [u8]> {
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let n = dir.len() + 1 + file.len();
+        if n >= buf.len() {
+            continue;
+        }
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()] = b'/';
+        buf[dir.len() + 1..n].copy_from_slice(file);
+        buf[n] = 0;
+        // SAFETY: buf holds a NUL-terminated candidate path.
+        if unsafe { libc::access(buf.as_ptr() as *const c_char, libc::X_OK) } == 0 {
+            return Some(&buf[..n]);
+        }
+    }
+    None
+}
+
+/// Whether `CTX_PASSTHROUGH` keeps this launch local.
+pub fn is_passthrough(st: &State, target: Target<'_>) -> bool {
+    let list = st.passthrough.bytes();
+    if list.is_empty() {
+        return false;
+    }
+    let name = target.program().to_bytes();
+    let mut buf = [0u8; 4096];
+    let resolved = match target {
+        Target::Search { file, path }
+            if !file.to_bytes().contains(&b'/') && state::passthrough_has_paths(list) =>
+        {
+            resolve_in_path(file.to_bytes(), path.to_bytes(), &mut buf)
+        }
+        _ => None,
+    };
+    state::passthrough_matches(list, name, resolved)
+}
+
+/// argv[0], or the program when argv is empty: the name messages use.
+///
+/// # Safety
+/// `argv` is null or a NULL-terminated array of C strings.
+pub unsafe fn display_name<'a>(argv: Argv, target: Target<'a>) -> &'a [u8] {
+    if !argv.is_null() {
+        // SAFETY: a non-null array has at least its terminator.
+        let a0 = unsafe { *argv };
+        if !a0.is_null() {
+            // SAFETY: a valid C string.
+            let b = unsafe { sys::cstr(a0) };
+            if !b.is_empty() {
+                return b;
+            }
+        }
+    }
+    target.program().to_bytes()
+}
+
+pub fn fail(errno: i32) -> c_int {
+    sys::set_errno(errno);
+    -1
+}
+
+/// Routes one exec. `local` runs the real function (passthrough). Returns only on failure,
+/// with errno set as a local exec would have set it.
+///
+/// # Safety
+/// `argv`/`envp` are null or NULL-terminated arrays of C strings.
+pub unsafe fn route(
+    st: &State,
+    target: Target<'_>,
+    argv: Argv,
+    envp: Argv,
+    local: impl FnOnce() -> c_int,
+) -> c_int {
+    if is_passthrough(st, target) {
+        return local();
+    }
+    if let Some(e) = local_failure(target) {
+        return fail(e);
+    }
+    // SAFETY: the caller's contract.
+    let name = unsafe { display_name(argv, target) };
+    let context = st.route_str();
+    if let Some(why) = st.problem {
+        let mut l = conn::refusal(context, name);
+        l.str(why)
+            .str(" (")
+            .push(st.shim.bytes())
+            .str(")")
+            .write_to(2);
+        return fail(libc::EACCES);
+    }
+
+    let mut set = FdSet::new();
+    if fds::scan(&mut set, -1).is_err() {
+        let mut l = conn::refusal(context, name);
+        l.str("more inheritable descriptors than one message can carry")
+            .write_to(2);
+        return fail(libc::EMFILE);
+    }
+    let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: getcwd writes at most cwd.len() bytes; with a buffer it never allocates.
+    let cwd_bytes: &[u8] =
+        if unsafe { libc::getcwd(cwd.as_mut_ptr() as *mut c_char, cwd.len()) }.is_null() {
+            // A deleted or unreachable cwd: the broker reports it as a bad cwd if it needs it.
+            b""
+        } else {
+            // SAFETY: getcwd NUL-terminated the buffer.
+            unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
+        };
+
+    let req = ExecRef {
+        context,
+        argv: StrList::C(argv),
+        program: Some(target.program().to_bytes()),
+        search_path: target.search_path(),
+        env: StrList::C(envp),
+        cwd: cwd_bytes,
+        fds: set.slots(),
+        tty: set.tty.as_ref(),
+    };
+    let bound = req.encoded_bound();
+    let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
+        return fail(libc::ENOMEM);
+    };
+    let (out, reply) = mem.bytes_mut().split_at_mut(bound);
+    let Ok(n) = wire::encode_launch(&req, out) else {
+        // Only a launch over the protocol's frame limit (far above ARG_MAX) gets here.
+        return fail(libc::E2BIG);
+    };
+
+    let sock = match conn::connect(st.socket.bytes_nul()) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut l = conn::refusal(context, name);
+            l.str("broker at ")
+                .push(st.socket.bytes())
+                .str(" unreachable: ")
+                .errno_name(e)
+                .write_to(2);
+            return fail(libc::EACCES);
+        }
+    };
+    let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
+    match verdict {
+        Verdict::Started { .. } => {}
+        Verdict::Failed { errno, .. } => {
+            // SAFETY: our socket.
+            unsafe { libc::close(sock) };
+            return fail(errno);
+        }
+        ref v => {
+            let mut l = conn::refusal(context, name);
+            conn::explain(&mut l, st.socket.bytes(), v);
+            l.write_to(2);
+            // SAFETY: our socket.
+            unsafe { libc::close(sock) };
+            return fail(libc::EACCES);
+        }
+    }
+    drop(mem);
+    // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).
+    let e = unsafe { exec_shim(st, sock, set.pty_mask, argv) };
+    // The routed program runs but nothing can hold its connection: closing it makes the
+    // broker kill it, and the caller sees a failed exec.
+    // SAFETY: our socket.
+    unsafe { libc::close(sock) };
+    let mut l = conn::refusal(context, name);
+    l.str("cannot start ")
+        .push(st.shim.bytes())
+        .str(": ")
+        .errno_name(e)
+        .write_to(2);
+    fail(e)
+}
+
+/// Replaces this process with `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, with an
+/// empty environment (LD_PRELOAD must not follow it). Returns only on failure, the errno.
+///
+/// # Safety
+/// `argv` is null or a NULL-terminated array of C strings.
+unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
+    // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
+    unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
+    conn::clear_timeout(sock);
+    let mut fd_c = [0u8; 25];
+    let mut tmp = [0u8; 24];
+    let digits = sys::fmt_i64(sock as i64, &mut tmp);
+    fd_c[..digits.len()].copy_from_slice(digits);
+    let mask_c = [b'0' + (pty_mask & 7), 0];
+    let name: *const c_char = if argv.is_null() || unsafe { (*argv).is_null() } {
+        c"?".as_ptr()
+    } else {
+        // SAFETY: non-null first element of a valid array.
+        unsafe { *argv }
+    };
+    let shim_argv: [*const c_char; 7] = [
+        st.shim.as_ptr(),
+        c"--attach".as_ptr(),
+        fd_c.as_ptr() as *const c_char,
+        mask_c.as_ptr() as *const c_char,
+        c"--".as_ptr(),
+        name,
+        std::ptr::null(),
+    ];
+    let envp: [*const c_char; 1] = [std::ptr::null()];
+    match st.real.execve {
+        Some(f) => {
+            // SAFETY: NUL-terminated path and NULL-terminated arrays on this stack frame.
+            unsafe { f(st.shim.as_ptr(), shim_argv.as_ptr(), envp.as_ptr()) };
+            sys::errno()
+        }
+        None => libc::ENOSYS,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------
+
+/// # Safety
+/// The arguments of `execve(2)`.
+pub unsafe fn execve_hook(path: *const c_char, argv: Argv, envp: Argv) -> c_int {
+    let st = state();
+    let real = || match st.real.execve {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(path, argv, envp) },
+        None => fail(libc::ENOSYS),
+    };
+    if !st.routing {
+        return real();
+    }
+    if path.is_null() {
+        return fail(libc::EFAULT);
+    }
+    // SAFETY: a non-null path is a C string by execve's contract.
+    let p = unsafe { CStr::from_ptr(path) };
+    // SAFETY: the caller's arrays.
+    unsafe { route(st, Target::Path(p), argv, envp, real) }
+}
+
+/// `execvp`/`execvpe`/`execlp`: the PATH search happens in the target context.
+///
+/// # Safety
+/// The arguments of `execvpe(3)`.
+pub unsafe fn execvpe_hook(file: *const c_char, argv: Argv, envp: Argv) -> c_int {
+    let st = state();
+    let real = || match st.real.execvpe {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(file, argv, envp) },
+        None => fail(libc::ENOSYS),
+    };
+    if !st.routing {
+        return real();
+    }
+    if file.is_null() {
+        return fail(libc::EFAULT);
+    }
+    // SAFETY: a C string by contract.
+    let f = unsafe { CStr::from_ptr(file) };
+    let target = Target::Search {
+        file: f,
+        path: search_path_var(),
+    };
+    // SAFETY: the caller's arrays.
+    unsafe { route(st, target, argv, envp, real) }
+}
+
+/// The path `/proc/self/fd/<fd>` points at, if it is a real path (not a memfd, socket,
+/// or deleted file), NUL-terminated in `buf`.
+fn fd_path(fd: c_int, buf: &mut [u8; 4097]) -> Option<&CStr> {
+    let mut link = [0u8; 40];
+    let prefix = b"/proc/self/fd/";
+    let mut tmp = [0u8; 24];
+    let digits = sys::fmt_i64(fd as i64, &mut tmp);
+    link[..prefix.len()].copy_from_slice(prefix);
+    link[prefix.len()..prefix.len() + digits.len()].copy_from_slice(digits);
+    // SAFETY: link is NUL-terminated (zero-filled); buf has room for the result.
+    let n = unsafe {
+        libc::readlink(
+            link.as_ptr() as *const c_char,
+            buf.as_mut_ptr() as *mut c_char,
+            buf.len() - 1,
+        )
+    };
+    if n <= 0 || n as usize >= buf.len() - 1 {
+        return None;
+    }
+    let n = n as usize;
+    buf[n] = 0;
+    let s = &buf[..n];
+    if s.first() != Some(&b'/') || s.ends_with(b" (deleted)") {
+        return None;
+    }
+    CStr::from_bytes_with_nul(&buf[..=n]).ok()
+}
+
+fn refuse_pathless(st: &State, argv: Argv, what: &[u8]) -> c_int {
+    // SAFETY: the caller's array; a dummy target supplies the fallback name.
+    let name = unsafe { display_name(argv, Target::Path(c"?")) };
+    let mut l = conn::refusal(st.route_str(), name);
+    l.push(what)
+        .str(" has no path the broker can open (memfd or deleted file)")
+        .write_to(2);
+    fail(libc::EACCES)
+}
+
+/// `fexecve`: routed by the path behind the descriptor. A descriptor without one (memfd,
+/// unlinked file) cannot be executed in another context and fails closed.
+///
+/// # Safety
+/// The arguments of `fexecve(3)`.
+pub unsafe fn fexecve_hook(fd: c_int, argv: Argv, envp: Argv) -> c_int {
+    let st = state();
+    let real = || match st.real.fexecve {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, argv, envp) },
+        None => fail(libc::ENOSYS),
+    };
+    if !st.routing {
+        return real();
+    }
+    if fds::fd_cloexec(fd).is_none() {
+        return fail(libc::EBADF);
+    }
+    let mut buf = [0u8; 4097];
+    match fd_path(fd, &mut buf) {
+        // SAFETY: the caller's arrays.
+        Some(p) => unsafe { route(st, Target::Path(p), argv, envp, real) },
+        None => refuse_pathless(st, argv, b"the executable's descriptor"),
+    }
+}
+
+/// `execveat`: the path is made absolute from `dirfd`; `AT_EMPTY_PATH` with an empty path
+/// is `fexecve`; `AT_SYMLINK_NOFOLLOW` on a symlink fails locally with ELOOP.
+///
+/// # Safety
+/// The arguments of `execveat(2)`.
+pub unsafe fn execveat_hook(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: Argv,
+    envp: Argv,
+    flags: c_int,
+) -> c_int {
+    let st = state();
+    let real = || match st.real.execveat {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(dirfd, path, argv, envp, flags) },
+        None => fail(libc::ENOSYS),
+    };
+    if !st.routing {
+        return real();
+    }
+    if path.is_null() {
+        return fail(libc::EFAULT);
+    }
+    // SAFETY: a C string by contract.
+    let p = unsafe { CStr::from_ptr(path) };
+    let rel = p.to_bytes();
+    let mut dirbuf = [0u8; 4097];
+    let mut full = [0u8; 4097];
+    let target: &CStr = if rel.is_empty() {
+        if flags & libc::AT_EMPTY_PATH == 0 {
+            return fail(libc::ENOENT);
+        }
+        if fds::fd_cloexec(dirfd).is_none() {
+            return fail(libc::EBADF);
+        }
+        match fd_path(dirfd, &mut dirbuf) {
+            Some(t) => t,
+            None => return refuse_pathless(st, argv, b"the executable's descriptor"),
+        }
+    } else if rel.first() == Some(&b'/') || dirfd == libc::AT_FDCWD {
+        p
+    } else {
+        if fds::fd_cloexec(dirfd).is_none() {
+            return fail(libc::EBADF);
+        }
+        let Some(dir) = fd_path(dirfd, &mut dirbuf) else {
+            return refuse_pathless(st, argv, b"the directory descriptor");
+        };
+        let d = dir.to_bytes();
+        let n = d.len() + 1 + rel.len();
+        if n >= full.len() {
+            return fail(libc::ENAMETOOLONG);
+        }
+        full[..d.len()].copy_from_slice(d);
+        full[d.len()] = b'/';
+        full[d.len() + 1..n].copy_from_slice(rel);
+        match CStr::from_bytes_with_nul(&full[..=n]) {
+            Ok(c) => c,
+            Err(_) => return fail(libc::EINVAL),
+        }
+    };
+    if flags & libc::AT_SYMLINK_NOFOLLOW != 0 {
+        // SAFETY: stat is plain data; target is NUL-terminated.
+        let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::lstat(target.as_ptr(), &mut sb) } == 0
+            && sb.st_mode & libc::S_IFMT == libc::S_IFLNK
+        {
+            return fail(libc::ELOOP);
+        }
+    }
+    // SAFETY: the caller's arrays.
+    unsafe { route(st, Target::Path(target), argv, envp, real) }
+}

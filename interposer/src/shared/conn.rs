@@ -1,0 +1,265 @@
+//! One launch's conversation with the broker, up to its verdict: connect, send `Hello` +
+//! `Exec` with the descriptors, read `Hello` and then `Started`, `ExecFailed` or `Error`.
+//! Replies are checked by their first byte before decoding, so no variant that would
+//! allocate is ever decoded here.
+
+use std::mem::{size_of, zeroed};
+
+use ctx_protocol::fdpass;
+use ctx_protocol::{frame, reply_tag, Reply};
+
+/// How long the hook waits for the broker's verdict before failing closed.
+const VERDICT_TIMEOUT_SECS: libc::time_t = 60;
+
+/// The broker's answer to a launch.
+pub enum Verdict<'a> {
+    /// The routed program is running.
+    Started { id: u64, pid: i32 },
+    /// It could not be started; nothing runs. The caller sees this errno.
+    Failed { errno: i32, message: &'a str },
+    /// The broker refused the request (unknown context, not allowed, ...).
+    Refused { message: &'a str },
+    /// The conversation broke: `what` failed with `errno`.
+    Broken { what: &'static str, errno: i32 },
+}
+
+/// The start of every fail-closed message: `ctx: cannot route "ls" to context user: `.
+pub fn refusal(context: &str, name: &[u8]) -> super::sys::Line {
+    let mut l = super::sys::Line::new();
+    l.str("ctx: cannot route ")
+        .quoted(name)
+        .str(" to context ")
+        .str(context)
+        .str(": ");
+    l
+}
+
+/// Appends the reason a verdict other than started/failed gives, naming the socket.
+pub fn explain(l: &mut super::sys::Line, socket: &[u8], v: &Verdict<'_>) {
+    match v {
+        Verdict::Refused { message } => {
+            l.str(message);
+        }
+        Verdict::Broken { what, errno } => {
+            l.str("broker at ")
+                .push(socket)
+                .str(": ")
+                .str(what)
+                .str(": ")
+                .errno_name(*errno);
+        }
+        Verdict::Started { .. } | Verdict::Failed { .. } => {}
+    }
+}
+
+/// A connected, close-on-exec stream socket to the broker at `path` (a C string with its
+/// NUL), numbered 3 or above so it can never sit where the routed stdio belongs.
+pub fn connect(path_c: &[u8]) -> Result<i32, i32> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path_c.len() > addr.sun_path.len() {
+        return Err(libc::ENAMETOOLONG);
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(path_c.iter()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket creation.
+    let mut fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(super::sys::errno());
+    }
+    if fd < 3 {
+        // SAFETY: duplicates our own socket above the stdio numbers, then drops the low one.
+        let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        // SAFETY: `fd` is ours.
+        unsafe { libc::close(fd) };
+        if high < 0 {
+            return Err(super::sys::errno());
+        }
+        fd = high;
+    }
+    let tv = libc::timeval {
+        tv_sec: VERDICT_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: sets a receive timeout from a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const _,
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    loop {
+        // SAFETY: addr is a valid sockaddr_un of the given size.
+        let r = unsafe {
+            libc::connect(
+                fd,
+                &addr as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(fd);
+        }
+        let e = super::sys::errno();
+        if e != libc::EINTR {
+            // SAFETY: `fd` is ours.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+    }
+}
+
+/// Clears the receive timeout once the verdict is in: the shim then waits for the routed
+/// program as long as it runs.
+pub fn clear_timeout(fd: i32) {
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: sets a receive timeout from a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const _,
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+fn io_errno(e: &std::io::Error) -> i32 {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
+        _ => e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+fn read_reply(sock: i32, buf: &mut [u8]) -> Result<usize, Verdict<'static>> {
+    match fdpass::read_frame(sock, buf) {
+        Ok(n) => Ok(n),
+        Err(fdpass::ReadFrameError::Io(e)) => Err(Verdict::Broken {
+            what: "reading the broker's reply",
+            errno: io_errno(&e),
+        }),
+        Err(fdpass::ReadFrameError::Frame(_)) => Err(Verdict::Broken {
+            what: "reading the broker's reply (malformed frame)",
+            errno: libc::EPROTO,
+        }),
+    }
+}
+
+/// Sends the encoded launch with `fds` and reads the verdict into `buf`.
+pub fn exchange<'b>(sock: i32, request: &[u8], fds: &[i32], buf: &'b mut [u8]) -> Verdict<'b> {
+    if let Err(e) = fdpass::send_with_fds(sock, request, fds) {
+        return Verdict::Broken {
+            what: "sending the launch",
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        };
+    }
+    let first = match read_reply(sock, buf) {
+        Ok(n) => n,
+        Err(v) => return v,
+    };
+    let n = match buf.first() {
+        Some(&reply_tag::HELLO) => match read_reply(sock, buf) {
+            Ok(n) => n,
+            Err(v) => return v,
+        },
+        // A refusal may come instead of the greeting (e.g. a version mismatch).
+        Some(&reply_tag::ERROR) => first,
+        _ => {
+            return Verdict::Broken {
+                what: "the broker's greeting",
+                errno: libc::EPROTO,
+            }
+        }
+    };
+    decode_verdict(buf.get(..n).unwrap_or(&[]))
+}
+
+fn decode_verdict(payload: &[u8]) -> Verdict<'_> {
+    let expected = matches!(
+        payload.first(),
+        Some(&(reply_tag::ERROR | reply_tag::STARTED | reply_tag::EXEC_FAILED))
+    );
+    let broken = Verdict::Broken {
+        what: "the broker's verdict",
+        errno: libc::EPROTO,
+    };
+    if !expected {
+        return broken;
+    }
+    match frame::decode::<Reply<'_>>(payload) {
+        Ok(Reply::Started { id, pid }) => Verdict::Started { id, pid },
+        Ok(Reply::ExecFailed(f)) => Verdict::Failed {
+            errno: if f.errno > 0 { f.errno } else { libc::EACCES },
+            message: cow_str(f.message),
+        },
+        Ok(Reply::Error { message, .. }) => Verdict::Refused {
+            message: cow_str(message),
+        },
+        _ => broken,
+    }
+}
+
+/// Decoding from a byte slice always borrows; an owned value cannot occur, and would only
+/// lose the message text.
+fn cow_str(c: std::borrow::Cow<'_, str>) -> &'_ str {
+    match c {
+        std::borrow::Cow::Borrowed(s) => s,
+        std::borrow::Cow::Owned(_) => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctx_protocol::{ErrorKind, ExecFailure, FailureKind, Stage};
+    use std::borrow::Cow;
+
+    fn payload(r: &Reply<'_>) -> Vec<u8> {
+        postcard::to_allocvec(r).unwrap()
+    }
+
+    #[test]
+    fn verdicts_decode() {
+        let p = payload(&Reply::Started { id: 7, pid: 42 });
+        assert!(matches!(
+            decode_verdict(&p),
+            Verdict::Started { id: 7, pid: 42 }
+        ));
+        let p = payload(&Reply::ExecFailed(ExecFailure {
+            kind: FailureKind::NotFound,
+            stage: Stage::Exec,
+            errno: libc::ENOENT,
+            errno_name: Cow::Borrowed("ENOENT"),
+            message: Cow::Borrowed("no such file"),
+        }));
+        assert!(matches!(
+            decode_verdict(&p),
+            Verdict::Failed {
+                errno: libc::ENOENT,
+                message: "no such file"
+            }
+        ));
+        let p = payload(&Reply::Error {
+            kind: ErrorKind::Refused,
+            message: Cow::Borrowed("uid 5 may not enter user"),
+        });
+        assert!(matches!(
+            decode_verdict(&p),
+            Verdict::Refused {
+                message: "uid 5 may not enter user"
+            }
+        ));
+        let p = payload(&Reply::Contexts(vec![]));
+        assert!(matches!(decode_verdict(&p), Verdict::Broken { .. }));
+        assert!(matches!(decode_verdict(&[]), Verdict::Broken { .. }));
+    }
+}

@@ -1,0 +1,277 @@
+//! Which descriptors a launch carries: every open descriptor without `FD_CLOEXEC`, at its
+//! own number. Descriptors 0-2 that are terminals become PTY slots (a terminal fd is never
+//! handed to another uid: `TIOCSTI` would let it type into the caller's terminal); other
+//! terminal descriptors are left behind.
+
+use ctx_protocol::fdpass::MAX_FDS;
+use ctx_protocol::{FdSlot, FdSource, TermModes, TtyInfo, WinSize};
+
+/// The scan's result, on the stack.
+pub struct FdSet {
+    pub slots: [FdSlot; MAX_FDS + 3],
+    pub nslots: usize,
+    /// Descriptors to send, in `Passed` slot order.
+    pub passed: [i32; MAX_FDS],
+    pub npassed: usize,
+    /// Bit n set: descriptor n (0..=2) is a terminal relayed through a PTY.
+    pub pty_mask: u8,
+    pub tty: Option<TtyInfo>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScanError {
+    /// More inheritable descriptors than one `SCM_RIGHTS` message can carry.
+    TooMany,
+}
+
+const EMPTY_SLOT: FdSlot = FdSlot {
+    target: 0,
+    source: FdSource::Passed,
+};
+
+impl FdSet {
+    pub const fn new() -> FdSet {
+        FdSet {
+            slots: [EMPTY_SLOT; MAX_FDS + 3],
+            nslots: 0,
+            passed: [0; MAX_FDS],
+            npassed: 0,
+            pty_mask: 0,
+            tty: None,
+        }
+    }
+
+    pub fn slots(&self) -> &[FdSlot] {
+        &self.slots[..self.nslots]
+    }
+
+    pub fn passed(&self) -> &[i32] {
+        &self.passed[..self.npassed]
+    }
+
+    fn add(&mut self, fd: i32) -> Result<(), ScanError> {
+        if fd_cloexec(fd) != Some(false) {
+            return Ok(());
+        }
+        if let Some(modes) = termios_of(fd) {
+            if (0..=2).contains(&fd) {
+                if self.tty.is_none() {
+                    self.tty = Some(TtyInfo {
+                        size: winsize_of(fd).unwrap_or_default(),
+                        termios: Some(modes),
+                    });
+                }
+                self.pty_mask |= 1 << fd;
+                self.push_slot(fd, FdSource::Pty)?;
+            }
+            return Ok(());
+        }
+        if self.npassed >= MAX_FDS {
+            return Err(ScanError::TooMany);
+        }
+        open_anonymous_pipe(fd);
+        self.passed[self.npassed] = fd;
+        self.npassed += 1;
+        self.push_slot(fd, FdSource::Passed)
+    }
+
+    fn push_slot(&mut self, target: i32, source: FdSource) -> Result<(), ScanError> {
+        let slot = self.slots.get_mut(self.nslots).ok_or(ScanError::TooMany)?;
+        *slot = FdSlot { target, source };
+        self.nslots += 1;
+        Ok(())
+    }
+}
+
+impl Default for FdSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Anonymous pipes are created mode 0600 for the caller's uid, so a routed program of
+/// another uid could use its pipe descriptors but not reopen them by name: `/dev/stdin`,
+/// `/dev/stderr`, bash's `<(...)` (`/dev/fd/63`) would fail with EACCES where a local run
+/// works. Widening the mode of an anonymous pipe (never a named FIFO) exposes nothing: a
+/// reopen through `/proc/PID/fd` still needs ptrace access to a process that holds it.
+fn open_anonymous_pipe(fd: i32) {
+    const PIPEFS_MAGIC: libc::c_long = 0x5049_5045;
+    // SAFETY: stat/statfs are plain data filled by the calls.
+    let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an open descriptor.
+    if unsafe { libc::fstat(fd, &mut sb) } != 0
+        || sb.st_mode & libc::S_IFMT != libc::S_IFIFO
+        || sb.st_mode & 0o666 == 0o666
+    {
+        return;
+    }
+    // SAFETY: as above.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on an open descriptor.
+    if unsafe { libc::fstatfs(fd, &mut fs) } == 0 && fs.f_type as libc::c_long == PIPEFS_MAGIC {
+        // SAFETY: changes only this anonymous pipe's mode.
+        unsafe { libc::fchmod(fd, 0o666) };
+    }
+}
+
+/// `Some(true)` when `fd` is open with close-on-exec, `Some(false)` open without, `None`
+/// when it is not open.
+pub fn fd_cloexec(fd: i32) -> Option<bool> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let f = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    (f >= 0).then_some(f & libc::FD_CLOEXEC != 0)
+}
+
+/// The terminal modes of `fd` if it is a terminal.
+pub fn termios_of(fd: i32) -> Option<TermModes> {
+    // SAFETY: termios is plain data; TCGETS fills it or fails.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: TCGETS writes one termios into `t`.
+    if unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) } != 0 {
+        return None;
+    }
+    let mut cc = [0u8; 32];
+    for (d, s) in cc.iter_mut().zip(t.c_cc.iter()) {
+        *d = *s;
+    }
+    Some(TermModes {
+        iflag: t.c_iflag,
+        oflag: t.c_oflag,
+        cflag: t.c_cflag,
+        lflag: t.c_lflag,
+        cc,
+    })
+}
+
+pub fn winsize_of(fd: i32) -> Option<WinSize> {
+    // SAFETY: winsize is plain data.
+    let mut w: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `w`.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut w) } != 0 {
+        return None;
+    }
+    Some(WinSize {
+        rows: w.ws_row,
+        cols: w.ws_col,
+        xpixel: w.ws_xpixel,
+        ypixel: w.ws_ypixel,
+    })
+}
+
+/// Collects the inheritable descriptors, skipping `exclude` (e.g. the shim's report pipe).
+/// Reads `/proc/self/fd` with `getdents64` into a stack buffer; without `/proc`, probes
+/// descriptors up to the soft `RLIMIT_NOFILE` (bounded).
+pub fn scan(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
+    // SAFETY: a constant NUL-terminated path; O_CLOEXEC keeps the dirfd out of the scan.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return scan_by_probe(out, exclude);
+    }
+    let res = scan_dir(out, dir, exclude);
+    // SAFETY: we opened `dir` above.
+    unsafe { libc::close(dir) };
+    res
+}
+
+#[repr(C, align(8))]
+struct DirBuf([u8; 4096]);
+
+fn scan_dir(out: &mut FdSet, dir: i32, exclude: i32) -> Result<(), ScanError> {
+    let mut buf = DirBuf([0; 4096]);
+    loop {
+        // SAFETY: getdents64 writes at most buf.len() bytes into buf.
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.0.as_mut_ptr(), buf.0.len()) };
+        if n <= 0 {
+            return Ok(());
+        }
+        let n = n as usize;
+        let mut off = 0;
+        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name...
+        while off + 19 < n {
+            let reclen = u16::from_ne_bytes([buf.0[off + 16], buf.0[off + 17]]) as usize;
+            if reclen < 20 || off + reclen > n {
+                break;
+            }
+            let name = &buf.0[off + 19..off + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(fd) = super::sys::parse_u64(name) {
+                let fd = fd as i32;
+                if fd != dir && fd != exclude {
+                    out.add(fd)?;
+                }
+            }
+            off += reclen;
+        }
+    }
+}
+
+fn scan_by_probe(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
+    // SAFETY: rlimit is plain data filled by getrlimit.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes one rlimit.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(65536) as i32
+    } else {
+        1024
+    };
+    for fd in 0..max {
+        if fd != exclude {
+            out.add(fd)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_sees_inheritable_and_skips_cloexec() {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: duplicates an fd we own to a fresh, inheritable number.
+        let inheritable = unsafe { libc::fcntl(p[0], libc::F_DUPFD, 700) };
+        assert!(inheritable >= 700);
+        let mut set = FdSet::new();
+        scan(&mut set, -1).unwrap();
+        let targets: Vec<i32> = set.slots().iter().map(|s| s.target).collect();
+        assert!(targets.contains(&inheritable), "{targets:?}");
+        assert!(!targets.contains(&p[0]) && !targets.contains(&p[1]));
+        assert!(set.passed().contains(&inheritable));
+
+        let mut set2 = FdSet::new();
+        scan(&mut set2, inheritable).unwrap();
+        assert!(!set2.slots().iter().any(|s| s.target == inheritable));
+
+        let mut set3 = FdSet::new();
+        scan_by_probe(&mut set3, -1).unwrap();
+        assert!(set3.slots().iter().any(|s| s.target == inheritable));
+        // SAFETY: closing descriptors this test opened.
+        unsafe {
+            libc::close(inheritable);
+            libc::close(p[0]);
+            libc::close(p[1]);
+        }
+    }
+
+    #[test]
+    fn passed_and_slot_order_agree() {
+        let mut set = FdSet::new();
+        scan(&mut set, -1).unwrap();
+        let passed_targets: Vec<i32> = set
+            .slots()
+            .iter()
+            .filter(|s| s.source == FdSource::Passed)
+            .map(|s| s.target)
+            .collect();
+        assert_eq!(passed_targets, set.passed());
+    }
+}

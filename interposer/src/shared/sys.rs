@@ -1,0 +1,280 @@
+//! Small async-signal-safe helpers: errno, C strings, an `mmap` buffer and a one-line
+//! message builder that ends in a single `write(2)`.
+
+use std::ffi::c_char;
+
+/// The calling thread's errno.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the calling thread's valid errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// The bytes of a NUL-terminated C string (without the NUL); empty for a null pointer.
+///
+/// # Safety
+/// `p` is null or points at a NUL-terminated string that outlives `'a`.
+pub unsafe fn cstr<'a>(p: *const c_char) -> &'a [u8] {
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller guarantees a terminated string.
+    let n = unsafe { libc::strlen(p) };
+    // SAFETY: `n` bytes before the NUL are readable.
+    unsafe { std::slice::from_raw_parts(p as *const u8, n) }
+}
+
+/// Length of a NULL-terminated pointer array; 0 for a null array.
+///
+/// # Safety
+/// `v` is null or a NULL-terminated array of pointers.
+pub unsafe fn vec_len(v: *const *const c_char) -> usize {
+    if v.is_null() {
+        return 0;
+    }
+    let mut n = 0;
+    // SAFETY: the array is terminated, so every read up to the NULL is in bounds.
+    while unsafe { !(*v.add(n)).is_null() } {
+        n += 1;
+    }
+    n
+}
+
+/// Last path component (everything after the final '/').
+pub fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => path.get(i + 1..).unwrap_or(&[]),
+        None => path,
+    }
+}
+
+/// Copies `src` plus a NUL into `dst`; `None` when it does not fit or `src` holds a NUL.
+pub fn to_cbuf<'a>(src: &[u8], dst: &'a mut [u8]) -> Option<&'a [u8]> {
+    if src.len() >= dst.len() || src.contains(&0) {
+        return None;
+    }
+    dst[..src.len()].copy_from_slice(src);
+    dst[src.len()] = 0;
+    Some(&dst[..=src.len()])
+}
+
+/// Writes `n` in decimal into `buf`; returns the digits.
+pub fn fmt_i64(n: i64, buf: &mut [u8; 24]) -> &[u8] {
+    let mut i = buf.len();
+    let neg = n < 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// Parses a non-negative decimal number.
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (b - b'0') as u64;
+    }
+    Some(v)
+}
+
+/// An anonymous private mapping, unmapped on drop. The hook path's only large memory:
+/// it is neither heap nor shared with a lock, so it is safe between vfork and exec (where
+/// the mapping is shared with the frozen parent until it is unmapped again).
+pub struct MmapBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl MmapBuf {
+    pub fn new(len: usize) -> Option<MmapBuf> {
+        let len = len.checked_add(4095)? & !4095;
+        // SAFETY: an anonymous mapping with no address hint touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(MmapBuf {
+            ptr: p as *mut u8,
+            len,
+        })
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, and owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MmapBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value created.
+        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
+    }
+}
+
+/// One line of text built on the stack and written to a descriptor with one `write(2)`,
+/// so concurrent messages never interleave mid-line. Overlong text is cut, never an error.
+pub struct Line {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Line {
+    pub const fn new() -> Line {
+        Line {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    pub fn push(&mut self, s: &[u8]) -> &mut Self {
+        // Keep one byte for the newline.
+        let room = self.buf.len() - 1 - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.push(s.as_bytes())
+    }
+
+    pub fn num(&mut self, n: i64) -> &mut Self {
+        let mut b = [0u8; 24];
+        let digits = fmt_i64(n, &mut b);
+        let mut tmp = [0u8; 24];
+        let l = digits.len();
+        tmp[..l].copy_from_slice(digits);
+        self.push(&tmp[..l])
+    }
+
+    /// Appends `s` quoted, with control bytes and quotes escaped, so a hostile argv[0]
+    /// cannot forge terminal output.
+    pub fn quoted(&mut self, s: &[u8]) -> &mut Self {
+        self.push(b"\"");
+        for &b in s.iter().take(200) {
+            match b {
+                b'"' | b'\\' => {
+                    self.push(&[b'\\', b]);
+                }
+                0x20..=0x7e | 0x80..=0xff => {
+                    self.push(&[b]);
+                }
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    self.push(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                }
+            }
+        }
+        self.push(b"\"")
+    }
+
+    pub fn errno_name(&mut self, e: i32) -> &mut Self {
+        let name = ctx_protocol::errno_name(e);
+        if name == "E?" {
+            self.str("errno ").num(e as i64)
+        } else {
+            self.str(name)
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes the line plus a newline to `fd`, keeping the caller's errno.
+    pub fn write_to(&mut self, fd: i32) {
+        let saved = errno();
+        self.buf[self.len] = b'\n';
+        let mut off = 0;
+        while off <= self.len {
+            // SAFETY: the range is within buf.
+            let n = unsafe {
+                libc::write(
+                    fd,
+                    self.buf.as_ptr().add(off) as *const _,
+                    self.len + 1 - off,
+                )
+            };
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            off += n as usize;
+        }
+        set_errno(saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        let mut b = [0u8; 24];
+        assert_eq!(fmt_i64(0, &mut b), b"0");
+        assert_eq!(fmt_i64(-125, &mut b), b"-125");
+        assert_eq!(fmt_i64(i64::MIN, &mut b), b"-9223372036854775808");
+        assert_eq!(parse_u64(b"1023"), Some(1023));
+        assert_eq!(parse_u64(b"1x"), None);
+        assert_eq!(parse_u64(b""), None);
+    }
+
+    #[test]
+    fn line_quotes_and_truncates() {
+        let mut l = Line::new();
+        l.str("run ").quoted(b"a\"b\x1b\xff").str(" ").num(-3);
+        assert_eq!(l.as_bytes(), b"run \"a\\\"b\\x1b\xff\" -3");
+        let mut l = Line::new();
+        for _ in 0..100 {
+            l.push(&[b'x'; 50]);
+        }
+        assert_eq!(l.as_bytes().len(), 1023);
+    }
+
+    #[test]
+    fn basenames() {
+        assert_eq!(basename(b"/usr/bin/ls"), b"ls");
+        assert_eq!(basename(b"ls"), b"ls");
+        assert_eq!(basename(b"dir/"), b"");
+    }
+}

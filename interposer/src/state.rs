@@ -1,0 +1,303 @@
+//! What the load-time constructor settles once: whether to route, where to (context,
+//! socket), what stays local, where the shim is, and the real libc functions. Hooks only
+//! read it, so routing survives a program that later clears its environment.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::OnceLock;
+
+use crate::shared::sys;
+
+pub type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+pub type FexecveFn =
+    unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+pub type ExecveatFn = unsafe extern "C" fn(
+    c_int,
+    *const c_char,
+    *const *const c_char,
+    *const *const c_char,
+    c_int,
+) -> c_int;
+pub type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+pub type PidfdSpawnFn = unsafe extern "C" fn(
+    *mut c_int,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+pub type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
+pub type PopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
+pub type PcloseFn = unsafe extern "C" fn(*mut libc::FILE) -> c_int;
+
+/// The next definitions after ours (normally glibc's).
+pub struct Real {
+    pub execve: Option<ExecveFn>,
+    pub execv: Option<ExecvFn>,
+    pub execvp: Option<ExecvFn>,
+    pub execvpe: Option<ExecveFn>,
+    pub fexecve: Option<FexecveFn>,
+    pub execveat: Option<ExecveatFn>,
+    pub posix_spawn: Option<SpawnFn>,
+    pub posix_spawnp: Option<SpawnFn>,
+    pub pidfd_spawn: Option<PidfdSpawnFn>,
+    pub pidfd_spawnp: Option<PidfdSpawnFn>,
+    pub system: Option<SystemFn>,
+    pub popen: Option<PopenFn>,
+    pub pclose: Option<PcloseFn>,
+}
+
+/// A NUL-terminated string in a fixed buffer.
+pub struct FixedStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> FixedStr<N> {
+    const fn empty() -> Self {
+        FixedStr {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    /// `None` when `s` (plus its NUL) does not fit.
+    fn from(s: &[u8]) -> Option<Self> {
+        let mut f = Self::empty();
+        sys::to_cbuf(s, &mut f.buf)?;
+        f.len = s.len();
+        Some(f)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// With the terminating NUL.
+    pub fn bytes_nul(&self) -> &[u8] {
+        &self.buf[..=self.len]
+    }
+
+    pub fn as_ptr(&self) -> *const c_char {
+        self.buf.as_ptr() as *const c_char
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
+
+pub struct State {
+    /// `CTX_ROUTE` was set and non-empty.
+    pub routing: bool,
+    /// The target context (valid UTF-8 when `problem` is `None`).
+    pub route: FixedStr<256>,
+    pub socket: FixedStr<108>,
+    /// `CTX_PASSTHROUGH`, colon-separated.
+    pub passthrough: FixedStr<4096>,
+    pub shim: FixedStr<4096>,
+    /// Why routing cannot work at all (bad variable, missing shim); every routed launch then
+    /// fails closed with this reason.
+    pub problem: Option<&'static str>,
+    pub real: Real,
+}
+
+impl State {
+    pub fn route_str(&self) -> &str {
+        std::str::from_utf8(self.route.bytes()).unwrap_or("?")
+    }
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+/// Resolved at load; the fallback initialisation only runs if another library's
+/// constructor launches a process before ours has run.
+pub fn state() -> &'static State {
+    match STATE.get() {
+        Some(s) => s,
+        None => STATE.get_or_init(load),
+    }
+}
+
+pub fn init() {
+    let _ = STATE.get_or_init(load);
+}
+
+fn env(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv returns null or a NUL-terminated string in the environment block,
+    // read here at load time before the program can change it.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        None
+    } else {
+        // SAFETY: p is a valid C string.
+        Some(unsafe { sys::cstr(p) })
+    }
+}
+
+fn sym<T>(name: &CStr) -> Option<T> {
+    // SAFETY: dlsym with RTLD_NEXT looks the name up after this library.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        None
+    } else {
+        debug_assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<*mut c_void>());
+        // SAFETY: T is the function-pointer type of the libc function of that name.
+        Some(unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
+    }
+}
+
+fn resolve() -> Real {
+    Real {
+        execve: sym(c"execve"),
+        execv: sym(c"execv"),
+        execvp: sym(c"execvp"),
+        execvpe: sym(c"execvpe"),
+        fexecve: sym(c"fexecve"),
+        execveat: sym(c"execveat"),
+        posix_spawn: sym(c"posix_spawn"),
+        posix_spawnp: sym(c"posix_spawnp"),
+        pidfd_spawn: sym(c"pidfd_spawn"),
+        pidfd_spawnp: sym(c"pidfd_spawnp"),
+        system: sym(c"system"),
+        popen: sym(c"popen"),
+        pclose: sym(c"pclose"),
+    }
+}
+
+/// `ctx-shim` beside this library, found through the path the loader opened it by.
+fn shim_beside_library() -> Option<FixedStr<4096>> {
+    // SAFETY: Dl_info is plain data that dladdr fills.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: any address inside this library identifies it.
+    if unsafe { libc::dladdr(init as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    let mut real = [0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: realpath writes at most PATH_MAX bytes into `real`. Resolving now makes a
+    // relative LD_PRELOAD path survive a later chdir.
+    let r = unsafe { libc::realpath(info.dli_fname, real.as_mut_ptr() as *mut c_char) };
+    let lib = if r.is_null() {
+        // SAFETY: dli_fname is a C string owned by the loader.
+        unsafe { sys::cstr(info.dli_fname) }
+    } else {
+        // SAFETY: realpath NUL-terminated `real`.
+        unsafe { sys::cstr(real.as_ptr() as *const c_char) }
+    };
+    let dir = match lib.iter().rposition(|&b| b == b'/') {
+        Some(i) => &lib[..=i],
+        None => b"./",
+    };
+    let mut path = [0u8; 4096];
+    let name = b"ctx-shim";
+    if dir.len() + name.len() >= path.len() {
+        return None;
+    }
+    path[..dir.len()].copy_from_slice(dir);
+    path[dir.len()..dir.len() + name.len()].copy_from_slice(name);
+    FixedStr::from(&path[..dir.len() + name.len()])
+}
+
+fn load() -> State {
+    let real = resolve();
+    let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
+    let mut st = State {
+        routing: !route_var.is_empty(),
+        route: FixedStr::empty(),
+        socket: FixedStr::empty(),
+        passthrough: FixedStr::empty(),
+        shim: FixedStr::empty(),
+        problem: None,
+        real,
+    };
+    if !st.routing {
+        return st;
+    }
+    match FixedStr::from(route_var) {
+        Some(r) if std::str::from_utf8(route_var).is_ok() => st.route = r,
+        _ => st.problem = Some("CTX_ROUTE is not a valid context name"),
+    }
+    let socket = env(c"CTX_SOCKET")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SOCKET.as_bytes());
+    match FixedStr::from(socket) {
+        Some(s) => st.socket = s,
+        None => st.problem = Some("CTX_SOCKET is longer than a Unix socket path may be"),
+    }
+    if let Some(p) = env(c"CTX_PASSTHROUGH") {
+        match FixedStr::from(p) {
+            Some(p) => st.passthrough = p,
+            None => st.problem = Some("CTX_PASSTHROUGH is too long"),
+        }
+    }
+    let shim = match env(c"CTX_SHIM").filter(|s| !s.is_empty()) {
+        Some(s) => FixedStr::from(s),
+        None => shim_beside_library(),
+    };
+    match shim {
+        // SAFETY: a NUL-terminated path.
+        Some(s) if unsafe { libc::access(s.as_ptr(), libc::X_OK) } == 0 => st.shim = s,
+        Some(s) => {
+            st.shim = s;
+            st.problem = Some("the ctx-shim helper is missing or not executable");
+        }
+        None => st.problem = Some("cannot locate the ctx-shim helper (set CTX_SHIM)"),
+    }
+    st
+}
+
+/// Does `CTX_PASSTHROUGH` name this program? An entry with a '/' matches the full path
+/// `resolved` (when known), any other entry matches the basename of `name`.
+pub fn passthrough_matches(list: &[u8], name: &[u8], resolved: Option<&[u8]>) -> bool {
+    let base = sys::basename(name);
+    list.split(|&b| b == b':')
+        .filter(|e| !e.is_empty())
+        .any(|e| {
+            if e.contains(&b'/') {
+                resolved.unwrap_or(name) == e
+            } else {
+                base == e
+            }
+        })
+}
+
+/// Whether some entry is a path (so a PATH search must resolve the program to compare).
+pub fn passthrough_has_paths(list: &[u8]) -> bool {
+    list.split(|&b| b == b':').any(|e| e.contains(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough() {
+        let l = b"node:/usr/bin/python3::bash";
+        assert!(passthrough_matches(l, b"node", None));
+        assert!(passthrough_matches(l, b"/opt/node/bin/node", None));
+        assert!(passthrough_matches(l, b"/usr/bin/python3", None));
+        assert!(!passthrough_matches(l, b"/usr/local/bin/python3", None));
+        assert!(passthrough_matches(
+            l,
+            b"python3",
+            Some(b"/usr/bin/python3")
+        ));
+        assert!(!passthrough_matches(l, b"python3", Some(b"/bin/python3")));
+        assert!(!passthrough_matches(l, b"nodejs", None));
+        assert!(!passthrough_matches(l, b"", None));
+        assert!(!passthrough_matches(b"", b"ls", None));
+        assert!(passthrough_has_paths(l));
+        assert!(!passthrough_has_paths(b"node:bash"));
+    }
+}

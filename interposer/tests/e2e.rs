@@ -1,0 +1,422 @@
+//! End to end: a real `ctx-broker` on a temporary socket, real launchers preloaded with the
+//! library, each routed launch checked for the target context's uid and environment, the
+//! caller's secret, exit status, errno and stdio. Needs the workspace built (`cargo build`)
+//! so that `ctx-broker` sits beside the shim.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ctx-shim"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Broker {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    /// The uid routed programs run as.
+    uid: u32,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // SAFETY: signals the broker this fixture started, by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_broker() -> Broker {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let broker = bin_dir().join("ctx-broker");
+    assert!(
+        broker.exists(),
+        "{} is missing: run `cargo build` for the whole workspace first",
+        broker.display()
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "ctx-interposer-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // SAFETY: plain getters.
+    let me = unsafe { libc::getuid() };
+    let (user, uid) = if me == 0 {
+        ("\"nobody\"".to_string(), 65534)
+    } else {
+        (format!("\"{me}\""), me)
+    };
+    let socket = dir.join("broker.sock");
+    let config = dir.join("contexts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[broker]
+socket = "{sock}"
+state_dir = "{d}/state"
+audit_log = "{d}/audit.jsonl"
+
+[contexts.user]
+user = {user}
+cwd = "inherit"
+env = {{ CTX_ONLY = "context-value" }}
+inherit_env = ["LANG"]
+allow = {{ uids = [{me}] }}
+"#,
+            sock = socket.display(),
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&broker)
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "broker did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Broker {
+        child,
+        dir,
+        socket,
+        uid,
+    }
+}
+
+impl Broker {
+    /// `argv` run locally with routing switched on for its launches.
+    fn cmd(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..])
+            .current_dir(&self.dir)
+            .env("LD_PRELOAD", bin_dir().join("libctx_interposer.so"))
+            .env("CTX_ROUTE", "user")
+            .env("CTX_SOCKET", &self.socket)
+            .env("SECRET", "agent-canary")
+            .env_remove("CTX_PASSTHROUGH")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, argv: &[&str]) -> Output {
+        let out = self.cmd(argv).output().unwrap();
+        eprintln!(
+            "{argv:?} -> {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn sh(&self, shell: &str, script: &str) -> Output {
+        self.run(&[shell, "-c", script])
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The canonical probe: uid, the context's variable, the caller's secret (must be empty).
+const PROBE: &str = r#"echo "$(id -u) ${CTX_ONLY:-none} ${SECRET:-nosecret}""#;
+
+fn probe_line(b: &Broker) -> String {
+    format!("{} context-value nosecret", b.uid)
+}
+
+fn python() -> Option<&'static str> {
+    // A pyenv shim is a bash script that would itself be routed; use a real interpreter.
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn shells_route_with_context_env_and_exit_codes() {
+    let b = start_broker();
+    for shell in ["bash", "dash"] {
+        // The probe must run in a routed program, not in the (local) caller shell.
+        let o = b.sh(
+            shell,
+            &format!("sh -c '{PROBE}'; x=$(echo sub | tr a-z A-Z); echo $x; sh -c 'exit 3'"),
+        );
+        assert_eq!(o.status.code(), Some(3), "{shell}");
+        assert_eq!(stdout(&o), format!("{}\nSUB\n", probe_line(&b)), "{shell}");
+    }
+    let o = b.sh("bash", "nonexistent-cmd-xyz; echo rc=$?");
+    assert_eq!(stdout(&o), "rc=127\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("command not found"));
+    // A grandchild is in the context too.
+    let o = b.sh("bash", "sh -c 'sh -c \"id -u\"'");
+    assert_eq!(stdout(&o), format!("{}\n", b.uid));
+}
+
+#[test]
+fn death_by_signal_reaches_the_caller() {
+    let b = start_broker();
+    let o = b.sh("bash", "sh -c 'kill -TERM $$'; echo rc=$?");
+    assert_eq!(stdout(&o), "rc=143\n");
+    // Signals sent to the pid the caller holds reach the routed program.
+    let o = b.sh(
+        "bash",
+        "sleep 30 & p=$!; sleep 0.5; kill -TERM $p; wait $p; echo rc=$?",
+    );
+    assert_eq!(stdout(&o), "rc=143\n");
+}
+
+#[test]
+fn every_exported_function_routes() {
+    let b = start_broker();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/launch_all.c");
+    let exe = b.dir.join("launch_all");
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exe = exe.to_str().unwrap();
+    let script = format!("{PROBE}; exit 3");
+    for f in [
+        "execve",
+        "execv",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execlp",
+        "execle",
+        "execveat",
+        "fexecve",
+        "vfork",
+        "posix_spawn",
+        "posix_spawnp",
+        "system",
+        "popen",
+    ] {
+        let o = b.run(&[exe, f, &script]);
+        assert_eq!(stdout(&o), format!("{}\n", probe_line(&b)), "{f}");
+        assert_eq!(o.status.code(), Some(3), "{f}");
+    }
+    // posix_spawn file actions are applied to what the routed program gets.
+    let o = b.run(&[
+        exe,
+        "posix_spawn",
+        "pwd; cat <&6 >/dev/null && echo six; echo five >&5; [ -e /proc/self/fd/7 ] || echo no7",
+    ]);
+    assert_eq!(stdout(&o), "/\nsix\nfive\nno7\n");
+    for f in [
+        "execve",
+        "execv",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execlp",
+        "execle",
+        "execveat",
+        "posix_spawn",
+        "posix_spawnp",
+    ] {
+        let o = b.run(&[exe, &format!("enoent:{f}"), "x"]);
+        assert_eq!(stdout(&o), "ENOENT\n", "{f}");
+    }
+}
+
+#[test]
+fn python_launchers() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    let script = format!(
+        r#"
+import os, subprocess, sys
+probe = {PROBE:?}
+want = {want:?}
+assert subprocess.run(["sh", "-c", probe], capture_output=True).stdout.decode() == want + "\n"
+assert subprocess.run(probe, shell=True, capture_output=True).stdout.decode() == want + "\n"
+try:
+    subprocess.run(["nonexistent-xyz"]); sys.exit("no FileNotFoundError")
+except FileNotFoundError:
+    pass
+assert subprocess.run(["sh", "-c", "exit 7"]).returncode == 7
+assert subprocess.run(["sh", "-c", "kill -INT $$"]).returncode == -2
+assert subprocess.run(["pwd"], cwd="/", capture_output=True).stdout == b"/\n"
+env = subprocess.run(["env"], env={{}}, capture_output=True).stdout.decode()
+assert "CTX_ONLY=context-value" in env and "SECRET" not in env, env
+big = os.urandom(1 << 20)
+assert subprocess.run(["cat"], input=big, capture_output=True).stdout == big
+r, w = os.pipe()
+subprocess.run(["sh", "-c", "echo passed >&%d" % w], pass_fds=[w]); os.close(w)
+assert os.read(r, 100) == b"passed\n"
+assert os.system("exit 4") >> 8 == 4
+assert os.popen("id -u").read().strip() == want.split()[0]
+pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 5"], os.environ)
+assert os.waitpid(pid, 0)[1] >> 8 == 5
+pid = os.posix_spawnp("sh", ["sh", "-c", "exit 6"], os.environ)
+assert os.waitpid(pid, 0)[1] >> 8 == 6
+try:
+    os.posix_spawnp("nonexistent-xyz", ["x"], os.environ); sys.exit("spawnp found it")
+except FileNotFoundError:
+    pass
+out = subprocess.run(["printf", "%s", b"\xff\xfe-bytes"], capture_output=True).stdout
+assert out == b"\xff\xfe-bytes", out
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(16) as ex:
+    res = list(ex.map(lambda i: subprocess.run(["sh", "-c", "echo %d" % i], capture_output=True).stdout, range(100)))
+assert res == [b"%d\n" % i for i in range(100)]
+os.execvp("sh", ["sh", "-c", "exit 9"])
+"#,
+        want = probe_line(&b)
+    );
+    let o = b.run(&[py, "-c", &script]);
+    assert_eq!(o.status.code(), Some(9), "python checks failed");
+}
+
+#[test]
+fn node_launchers() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("no node; skipped");
+        return;
+    }
+    let b = start_broker();
+    let script = format!(
+        r#"
+const cp = require('child_process'); const assert = require('assert');
+assert.strictEqual(cp.execFileSync('sh', ['-c', {PROBE:?}]).toString(), {want:?} + "\n");
+assert.strictEqual(cp.spawnSync('exit 5', {{shell: true}}).status, 5);
+assert.strictEqual(cp.spawnSync('nonexistent-xyz').error.code, 'ENOENT');
+assert.ok(cp.spawnSync('ls', ['/']).stdout.toString().includes('tmp'));
+cp.exec('echo $SECRET', (err, out) => {{ assert.strictEqual(out, "\n"); process.exit(8); }});
+"#,
+        want = probe_line(&b)
+    );
+    let o = b.run(&["node", "-e", &script]);
+    assert_eq!(o.status.code(), Some(8));
+}
+
+#[test]
+fn perl_make_xargs_find_env_git() {
+    let b = start_broker();
+    let want = format!("{}\n", b.uid);
+    let o = b.run(&[
+        "perl",
+        "-e",
+        "system('id -u'); print `id -u`; exec('id','-u')",
+    ]);
+    assert_eq!(stdout(&o), want.repeat(3));
+    std::fs::write(b.dir.join("Makefile"), "all: a b c d\na b c d:\n\t@id -u\n").unwrap();
+    let o = b.run(&["make", "-s", "-j4"]);
+    assert_eq!(stdout(&o), want.repeat(4));
+    let mut c = b.cmd(&["xargs", "-P4", "-n1", "sh", "-c", "id -u"]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1 2 3 4\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), want.repeat(4));
+    let o = b.run(&["find", ".", "-maxdepth", "0", "-exec", "id", "-u", ";"]);
+    assert_eq!(stdout(&o), want);
+    // A cleared environment does not switch routing off.
+    let o = b.run(&["bash", "-c", "env -i id -u; env -i sh -c 'id -u'"]);
+    assert_eq!(stdout(&o), want.repeat(2));
+    let g = b.dir.join("repo");
+    assert!(Command::new("git")
+        .args(["init", "-q"])
+        .arg(&g)
+        .status()
+        .unwrap()
+        .success());
+    let o = b.run(&[
+        "git",
+        "-C",
+        g.to_str().unwrap(),
+        "-c",
+        "alias.who=!id -u",
+        "who",
+    ]);
+    assert_eq!(stdout(&o), want);
+}
+
+#[test]
+fn passthrough_stays_local_and_children_still_route() {
+    let b = start_broker();
+    // SAFETY: plain getter.
+    let me = unsafe { libc::getuid() };
+    let o = b
+        .cmd(&["bash", "-c", "id -u; bash -c 'id -u'"])
+        .env("CTX_PASSTHROUGH", "/usr/bin/id:bash")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), format!("{me}\n{me}\n"));
+    let o = b
+        .cmd(&["bash", "-c", "sh -c 'id -u'"])
+        .env("CTX_PASSTHROUGH", "sh")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), format!("{}\n", b.uid));
+}
+
+#[test]
+fn unreachable_broker_fails_closed() {
+    let b = start_broker();
+    let marker = b.dir.join("ran-locally");
+    let o = b
+        .cmd(&[
+            "bash",
+            "-c",
+            &format!("touch {}; echo rc=$?", marker.display()),
+        ])
+        .env("CTX_SOCKET", "/nonexistent/ctx.sock")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!marker.exists(), "ran locally");
+    assert!(
+        err.contains("ctx: cannot route \"touch\" to context user: broker at /nonexistent/ctx.sock unreachable: ENOENT"),
+        "{err}"
+    );
+    assert_eq!(stdout(&o), "rc=126\n");
+}
+
+#[test]
+fn script_without_shebang_and_bytes() {
+    let b = start_broker();
+    let s = b.dir.join("noshebang");
+    std::fs::write(&s, "echo from-sh $(id -u)\n").unwrap();
+    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = b.sh("bash", "./noshebang");
+    assert_eq!(stdout(&o), format!("from-sh {}\n", b.uid));
+    let o = b.sh("bash", "printf '%s' $'\\xff\\x01-x'");
+    assert_eq!(o.stdout, b"\xff\x01-x");
+}

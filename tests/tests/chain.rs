@@ -1,0 +1,74 @@
+//! Chained contexts: `route_children_to` makes every launch of a context's processes run in
+//! another context, through the interposer the broker preloads into them.
+
+use ctx_tests::*;
+
+fn chained_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "{BOB}"
+env = {{ PLATFORM_SECRET = "sk-platform-only" }}
+cwd = "/tmp"
+route_children_to = "alice"
+allow = {{ uids = [0] }}
+
+[contexts.alice]
+user = "{ALICE}"
+env = {{ USER_KEY = "alice-cloud-key" }}
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    )
+}
+
+#[test]
+fn an_agent_in_platform_has_its_children_run_in_user_without_the_platform_secret() {
+    let b = Broker::start(&chained_config());
+    let bob = user(BOB);
+    let alice = user(ALICE);
+    // The "agent": runs in platform (bob, holding the platform secret) and spawns env and
+    // id the way agents do, through Python's subprocess (vfork + execve).
+    let agent = r#"
+import os, subprocess
+print("agent", os.getuid(), os.environ.get("PLATFORM_SECRET"))
+print("child-id", subprocess.run(["id", "-u"], capture_output=True, text=True, check=True).stdout.strip())
+env = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+print("child-has-user-key", "USER_KEY=alice-cloud-key" in env)
+print("child-has-platform-secret", "sk-platform-only" in env)
+print("child-has-routing-vars", "CTX_ROUTE" in env or "LD_PRELOAD" in env)
+# A grandchild: the user context does not route on, it runs in alice like its parent.
+print("grandchild", subprocess.run(["sh", "-c", "sh -c 'id -u'"], capture_output=True, text=True).stdout.strip())
+"#;
+    let out = b.exec("platform", &["/usr/bin/python3", "-c", agent]);
+    assert_eq!(
+        out.ok(),
+        format!(
+            "agent {} sk-platform-only\nchild-id {}\nchild-has-user-key True\n\
+             child-has-platform-secret False\nchild-has-routing-vars False\ngrandchild {}\n",
+            bob.uid, alice.uid, alice.uid
+        )
+    );
+    // The broker saw the agent's launches as coming from the platform context.
+    let lines = b.wait_audit(1, |l| {
+        l["event"] == "exec" && l["context"] == "alice" && l["caller"]["context"] == "platform"
+    });
+    assert!(!lines.is_empty());
+}
+
+#[test]
+fn a_process_outside_platform_with_the_same_uid_is_not_let_into_user() {
+    let b = Broker::start(&chained_config());
+    // bob himself (not running in platform) may not enter alice: the allow rule names the
+    // platform context, not bob's uid.
+    let out = run(std::process::Command::new("setpriv")
+        .args(["--reuid", BOB, "--regid", BOB, "--init-groups", "--"])
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "alice", "--", "true"]));
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(out.stderr_str().contains("may not enter"), "{}", out.show());
+}
