@@ -25,45 +25,57 @@ use crate::config::Context;
 /// Runs `$2` in the session whose state file is `$1`. The variables it needs are named
 /// `__ctx_*` and never saved. Exported variables are saved as the difference from the
 /// context's environment, so a context whose credentials change still passes the new
-/// ones to sessions that did not set them.
-const WRAPPER: &str = r#"__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077
-declare -A __ctx_base=()
-for __ctx_n in $(compgen -e); do __ctx_base[$__ctx_n]=${!__ctx_n}; done
+/// ones to sessions that did not set them. No command substitution or external command
+/// runs except one `mv` per save (each would cost a fork): variable names come from
+/// `"${!A@}"`-style expansions (`@NAMES@`), options from `$SHELLOPTS`/`$BASHOPTS`.
+/// The functions are defined after the state is loaded, so a newer broker's wrapper wins
+/// over the copies a session saved.
+const WRAPPER_TEMPLATE: &str = r#"__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077
 shopt -s expand_aliases
+declare -A __ctx_base=()
+for __ctx_n in @NAMES@; do [[ ${!__ctx_n@a} == *x* ]] && __ctx_base[$__ctx_n]=${!__ctx_n}; done
+__ctx_o= __ctx_s=
+{ if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi; } 2>/dev/null
 __ctx_skip() {
   case $1 in
-    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE|BASH_ARGV0) return 0 ;;
+    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE) return 0 ;;
   esac
   return 1
 }
+__ctx_keep() {
+  case $1 in
+    monitor|history|login_shell|restricted_shell|progcomp|expand_aliases|interactive-comments|emacs|vi) return 0 ;;
+  esac
+  return 1
+}
+__ctx_changed() {
+  ! [[ -v __ctx_base[$1] && ${__ctx_base[$1]} == "${!1}" && ${!1@a} == *x* ]]
+}
 __ctx_save() {
-  local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n __ctx_line
+  local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n
   {
-    for __ctx_n in $(compgen -v); do
+    for __ctx_n in @NAMES@; do
       __ctx_skip "$__ctx_n" && continue
-      if [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]]; then
-        [[ $(declare -p "$__ctx_n") == "declare -x "* ]] && continue
-      fi
-      declare -p "$__ctx_n"
+      __ctx_changed "$__ctx_n" && declare -p "$__ctx_n"
     done
     for __ctx_n in "${!__ctx_base[@]}"; do
-      [[ -v $__ctx_n ]] || printf 'unset -v %s\n' "$__ctx_n"
+      [[ -v $__ctx_n ]] || printf 'unset -v %s
+' "$__ctx_n"
     done
-    for __ctx_n in $(compgen -A function); do
-      [[ $__ctx_n == __ctx_* ]] || declare -f "$__ctx_n"
-    done
+    declare -f
     alias -p
-    printf 'builtin cd -- %q 2>/dev/null || :\n' "$PWD"
-    printf '__ctx_opts=%q\n' "$__ctx_opts"
+    printf 'builtin cd -- %q 2>/dev/null || :
+' "$PWD"
+    printf '__ctx_o=%q; __ctx_s=%q
+' "$__ctx_o" "$__ctx_s"
   } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state" 2>/dev/null
   if [[ $__ctx_shared == shared ]]; then
     # For the broker (shell_env = "shared"): changed exports as NAME=VALUE, unset ones
     # as NAME, each NUL-terminated.
     {
-      for __ctx_n in $(compgen -e); do
+      for __ctx_n in @NAMES@; do
         __ctx_skip "$__ctx_n" && continue
-        [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]] && continue
-        printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
+        [[ ${!__ctx_n@a} == *x* ]] && __ctx_changed "$__ctx_n" && printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
       done
       for __ctx_n in "${!__ctx_base[@]}"; do
         [[ -v $__ctx_n ]] || printf '%s\0' "$__ctx_n"
@@ -72,31 +84,50 @@ __ctx_save() {
   fi
 }
 __ctx_exit() {
-  __ctx_opts=$(set +o; shopt -p)
+  __ctx_o=$SHELLOPTS __ctx_s=$BASHOPTS
   set +euxo pipefail
   __ctx_save
 }
 # Options are applied last and xtrace only inside the eval, so that neither the restore
 # nor the save shows up in a session that has `set -x` on.
 __ctx_apply() {
-  local __ctx_line
+  local IFS=: __ctx_p
   __ctx_x=
-  while IFS= read -r __ctx_line; do
-    case $__ctx_line in
-      *" monitor"|*" history"|*" login_shell"|*" restricted_shell"|*" progcomp"|*" expand_aliases") ;;
-      "set -o xtrace") __ctx_x="set -x;" ;;
-      *) builtin eval "$__ctx_line" ;;
-    esac
-  done <<<"$__ctx_opts"
+  [[ -n $__ctx_o ]] || return 0
+  for __ctx_p in $SHELLOPTS; do
+    [[ :$__ctx_o: == *:$__ctx_p:* ]] || __ctx_keep "$__ctx_p" || set +o "$__ctx_p"
+  done
+  for __ctx_p in $__ctx_o; do
+    if [[ $__ctx_p == xtrace ]]; then __ctx_x="set -x;"; continue; fi
+    __ctx_keep "$__ctx_p" || set -o "$__ctx_p"
+  done
+  for __ctx_p in $BASHOPTS; do
+    [[ :$__ctx_s: == *:$__ctx_p:* ]] || __ctx_keep "$__ctx_p" || shopt -u "$__ctx_p"
+  done
+  for __ctx_p in $__ctx_s; do
+    __ctx_keep "$__ctx_p" || shopt -s "$__ctx_p"
+  done
 }
-__ctx_opts=
 {
-  if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi
   __ctx_apply
   trap '{ __ctx_rc=$?; __ctx_exit; exit $__ctx_rc; } 2>/dev/null' EXIT
 } 2>/dev/null
 eval "$__ctx_x$__ctx_script"
 "#;
+
+/// The wrapper with `@NAMES@` expanded to one quoted `"${!X@}"` per possible first
+/// character of a variable name: every variable, without a subshell.
+fn wrapper() -> &'static str {
+    static WRAPPER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    WRAPPER.get_or_init(|| {
+        let names: Vec<String> = ('A'..='Z')
+            .chain('a'..='z')
+            .chain(std::iter::once('_'))
+            .map(|c| format!("\"${{!{c}@}}\""))
+            .collect();
+        WRAPPER_TEMPLATE.replace("@NAMES@", &names.join(" "))
+    })
+}
 
 /// `--rcfile` of an interactive session: the same load, and a save when the shell exits.
 const INTERACTIVE_RC: &str = r#"__ctx_state=$CTX_SH_STATE; __ctx_shared=$CTX_SH_SHARED; unset CTX_SH_STATE CTX_SH_SHARED
@@ -203,7 +234,7 @@ pub fn script_argv(state: &Path, script: &[u8], shared: bool) -> Vec<ByteBuf> {
         b"--noprofile",
         b"--norc",
         b"-c",
-        WRAPPER.as_bytes(),
+        wrapper().as_bytes(),
         b"ctx-sh",
         state.as_os_str().as_bytes(),
         script,
@@ -257,7 +288,7 @@ fn interactive_rc() -> String {
         "{INTERACTIVE_RC}{}",
         // The interactive variant reuses the wrapper's functions but neither evals a
         // script nor exits from the rcfile.
-        WRAPPER
+        wrapper()
             .replace(
                 "__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077\n",
                 "umask 077\n"
