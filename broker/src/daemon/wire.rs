@@ -26,6 +26,9 @@ pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
+    /// not each grow a fresh `Vec` from nothing.
+    out: Vec<u8>,
 }
 
 impl Conn {
@@ -34,6 +37,7 @@ impl Conn {
             stream,
             buf: Vec::with_capacity(4096),
             fds: Vec::new(),
+            out: Vec::new(),
         }
     }
 
@@ -87,9 +91,9 @@ impl Conn {
     }
 
     pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
-        let mut out = Vec::with_capacity(64);
-        encode_vec(reply, &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.out.clear();
+        encode_vec(reply, &mut self.out)?;
+        self.stream.write_all(&self.out).await?;
         Ok(())
     }
 }
