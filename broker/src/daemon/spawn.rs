@@ -162,6 +162,10 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
     };
+    BROKER_PID.store(
+        std::process::id() as i32,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (pid, pidfd) = clone_vfork(&args)?;
     drop(report_w);
     if plan.controlling_tty.is_none() {
@@ -227,6 +231,11 @@ struct ChildArgs<'a> {
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
 }
+
+/// The broker's pid, for the child's die-with-the-broker check (the child shares our
+/// memory, so it reads this without a syscall and without the race of asking `getppid`
+/// before the request is in force).
+static BROKER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Bytes of the child's own stack; the child path uses a few KiB.
 const CHILD_STACK: usize = 256 * 1024;
@@ -435,6 +444,16 @@ unsafe fn child(
         if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
             fail(report, Stage::SetUid, errno());
         }
+    }
+
+    // Die with the broker (issue 7): a broker killed by SIGKILL cannot kill its routed
+    // groups, so the routed process asks the kernel to kill it when the broker (its parent)
+    // dies. Set after the uid switch, which clears it; then the parent is checked again,
+    // as it may have died before the request was in force.
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
+        && libc::getppid() != BROKER_PID.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        libc::_exit(127);
     }
 
     if let Some(cwd) = &plan.cwd {
