@@ -541,50 +541,10 @@ fn die_by(signo: i32) -> i32 {
     128 + signo
 }
 
-/// Parses `500ms`, `30s`, `10m`, `1h`, `1m30s`, or bare seconds, into milliseconds.
+/// Parses `500ms`, `30s`, `10m`, `1h`, `1m30s`, or bare seconds, into milliseconds, with
+/// the same rules as the config's `timeout`.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid duration {text:?} (use e.g. 500ms, 30s, 10m, 1h, 1m30s)");
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let total = if s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1000))
-            .ok_or_else(bad)?
-    } else {
-        let mut total: u64 = 0;
-        let mut rest = s;
-        while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let unit_len = rest[digits..]
-                .bytes()
-                .take_while(u8::is_ascii_alphabetic)
-                .count();
-            if digits == 0 || unit_len == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            let scale = match &rest[digits..digits + unit_len] {
-                "ms" => 1,
-                "s" => 1000,
-                "m" => 60_000,
-                "h" => 3_600_000,
-                _ => return Err(bad()),
-            };
-            total = n
-                .checked_mul(scale)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(bad)?;
-            rest = &rest[digits + unit_len..];
-        }
-        total
-    };
-    if total == 0 {
-        return Err(format!("duration {text:?} must be more than zero"));
-    }
-    Ok(total)
+    crate::config::parse_duration(text.trim()).map(|d| d.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// The inverse of [`parse_duration`], for messages: `1m30s`, `500ms`, `2h`.
