@@ -37,6 +37,20 @@ fn failed_exit_code(errno: i32) -> i32 {
     }
 }
 
+/// `dir/file` for the first entry of `path` holding a regular file with an execute bit.
+fn first_on_path(file: &[u8], path: &[u8]) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    path.split(|&b| b == b':').find_map(|dir| {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let mut p = dir.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(file);
+        let m = std::fs::metadata(std::ffi::OsStr::from_bytes(&p)).ok()?;
+        (m.is_file() && m.permissions().mode() & 0o111 != 0).then_some(p)
+    })
+}
+
 pub fn run(a: &[&[u8]]) -> ! {
     let (
         Some(report_fd),
@@ -97,11 +111,27 @@ pub fn run(a: &[&[u8]]) -> ! {
             // SAFETY: NUL-terminated by getcwd.
             unsafe { sys::cstr(cwd.as_ptr() as *const libc::c_char) }
         };
+    // posix_spawnp searches PATH like execvp but, unlike it, has no `/bin/sh` fallback for
+    // a file without a shebang (glibc 2.15+: ENOEXEC). The broker's PATH search always
+    // falls back, so the candidate is picked here, the first regular file with an execute
+    // bit along PATH, and sent as an exact path; the broker then reports ENOEXEC as
+    // posix_spawnp would. (The broker still checks that the context's uid may run it.)
+    let search = *flag == b"p";
+    let picked = if search && !program.contains(&b'/') {
+        first_on_path(program, path)
+    } else {
+        None
+    };
+    let (program, search_path): (&[u8], Option<&[u8]>) = match &picked {
+        Some(p) => (p, None),
+        None if search && !program.contains(&b'/') => (program, Some(path)),
+        None => (program, None),
+    };
     let req = ExecRef {
         context,
         argv: StrList::Slice(argv),
         program: Some(program),
-        search_path: (*flag == b"p").then_some(*path),
+        search_path,
         env: StrList::Slice(envp),
         cwd: cwd_bytes,
         fds: set.slots(),
