@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Pids of live (non-zombie) processes whose command line contains `needle`.
-fn pids_with_arg(needle: &str) -> Vec<i32> {
+/// Pids of live (non-zombie) processes whose command line is exactly `want` (args
+/// joined by spaces).
+fn pids_with_cmdline(want: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -20,7 +21,7 @@ fn pids_with_arg(needle: &str) -> Vec<i32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) && stat_fields(pid).is_some_and(|(state, _)| state != 'Z') {
+        if cmd.trim_end() == want && stat_fields(pid).is_some_and(|(state, _)| state != 'Z') {
             out.push(pid);
         }
     }
@@ -69,7 +70,10 @@ fn shim_killed_by_sigkill_takes_the_routed_group_and_the_broker_keeps_serving() 
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (p1, p2) = loop {
-        let (a, c) = (pids_with_arg(&m1), pids_with_arg(&m2));
+        let (a, c) = (
+            pids_with_cmdline(&format!("sleep {m1}")),
+            pids_with_cmdline(&format!("sleep {m2}")),
+        );
         if let (Some(&a), Some(&c)) = (a.first(), c.first()) {
             break (a, c);
         }
