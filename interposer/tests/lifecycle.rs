@@ -193,3 +193,108 @@ print("ok", len(results))
     assert_eq!(stdout(&o), "ok 200\n");
     assert!(o.status.success());
 }
+
+/// `ctx run --socket <nowhere> --route-to user [--on-broker-down POLICY] -- ARGV`.
+fn ctx_run_unreachable(b: &Broker, policy: Option<&str>, argv: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(bin_dir().join("ctx"));
+    c.arg("--socket")
+        .arg(b.dir.join("no-broker-here.sock"))
+        .args(["run", "--route-to", "user"]);
+    if let Some(p) = policy {
+        c.args(["--on-broker-down", p]);
+    }
+    let o = c
+        .arg("--")
+        .args(argv)
+        .current_dir(&b.dir)
+        .env_remove("LD_PRELOAD")
+        .env_remove("CTX_ON_BROKER_DOWN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "{policy:?} {argv:?} -> {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn on_broker_down_local_runs_launches_locally_and_fail_is_the_default() {
+    let b = start_broker();
+    // SAFETY: plain getter.
+    let me = unsafe { libc::getuid() };
+    let sock = b.dir.join("no-broker-here.sock");
+    let marker = b.dir.join("ran-locally");
+    let script = format!("id -u; touch {}; echo rc=$?", marker.display());
+
+    // Default (and explicit) fail: nothing runs, one line names the socket.
+    for policy in [None, Some("fail")] {
+        let o = ctx_run_unreachable(&b, policy, &["bash", "-c", &script]);
+        assert_eq!(stdout(&o), "rc=126\n");
+        assert!(!marker.exists(), "ran locally under {policy:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "ctx: cannot route \"id\" to context user: broker at {} unreachable: ENOENT",
+                sock.display()
+            )),
+            "{err}"
+        );
+    }
+
+    // local: the exec family runs the program here, as the caller, with one line each.
+    let o = ctx_run_unreachable(&b, Some("local"), &["bash", "-c", &script]);
+    assert_eq!(stdout(&o), format!("{me}\nrc=0\n"));
+    assert!(marker.exists());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "ctx: broker at {} unreachable (ENOENT): running \"id\" locally, not in context user (on_broker_down = local)",
+            sock.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "one line per launch: {err}");
+
+    // posix_spawn, system and popen go through the shim, which becomes the program; errno
+    // and exit status stay those of a local launch.
+    if let Some(py) = python() {
+        let script = r#"
+import os, subprocess
+print(subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip())
+pid = os.posix_spawnp("sh", ["sh", "-c", "exit 4"], os.environ)
+print(os.waitpid(pid, 0)[1] >> 8)
+pid = os.posix_spawn("/bin/sh", ["sh", "-c", "kill -TERM $$"], os.environ)
+print(os.WTERMSIG(os.waitpid(pid, 0)[1]))
+print(os.system("exit 5") >> 8)
+print(os.popen("id -u").read().strip())
+try:
+    os.posix_spawn("./noexec", ["x"], os.environ)
+except PermissionError:
+    print("EACCES")
+"#;
+        std::fs::write(b.dir.join("noexec"), "true\n").unwrap();
+        let o = ctx_run_unreachable(&b, Some("local"), &[py, "-c", script]);
+        assert_eq!(stdout(&o), format!("{me}\n4\n15\n5\n{me}\nEACCES\n"));
+        assert!(o.status.success());
+        let o = ctx_run_unreachable(
+            &b,
+            None,
+            &[py, "-c", "import os; print(os.system('exit 5') >> 8)"],
+        );
+        // Fail closed: the shell did not run; system() reports it as glibc does when it
+        // cannot start the shell (127).
+        assert_eq!(stdout(&o), "127\n");
+    }
+
+    // A reachable broker still routes under `local`.
+    let o = b
+        .cmd(&["bash", "-c", &format!("sh -c '{PROBE}'")])
+        .env("CTX_ON_BROKER_DOWN", "local")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), format!("{}\n", probe_line(&b)));
+}

@@ -76,7 +76,10 @@ fn bash_and_dash() {
     let want = "sig 143\nenoent 127\neacces 126\nnoshebang ran as UID\nnoshebang 0\n";
     let (l, r) = both(&b, &["bash", "-c", SHELL_SCRIPT]);
     assert_eq!(r, l);
-    assert!(r.starts_with(want) && r.contains("Terminated") && r.ends_with("exit Some(0)\n"), "{r}");
+    assert!(
+        r.starts_with(want) && r.contains("Terminated") && r.ends_with("exit Some(0)\n"),
+        "{r}"
+    );
     let (l, r) = both(&b, &["dash", "-c", SHELL_SCRIPT]);
     assert_eq!(r, l);
     assert!(r.starts_with(want) && r.ends_with("exit Some(0)\n"), "{r}");

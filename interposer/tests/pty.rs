@@ -25,12 +25,7 @@ struct OnPty {
 
 impl OnPty {
     /// Runs the argv `make_argv` builds from the caller's terminal name.
-    fn start(
-        b: &Broker,
-        make_argv: impl Fn(&str) -> Vec<String>,
-        rows: u16,
-        cols: u16,
-    ) -> OnPty {
+    fn start(b: &Broker, make_argv: impl Fn(&str) -> Vec<String>, rows: u16, cols: u16) -> OnPty {
         let (mut m, mut s) = (-1, -1);
         let ws = libc::winsize {
             ws_row: rows,
@@ -40,15 +35,8 @@ impl OnPty {
         };
         // SAFETY: openpty writes two descriptors; the name buffer is not used; the termios
         // pointer is null (defaults) and the winsize is a valid struct.
-        let r = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        };
+        let r =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
         assert_eq!(r, 0, "openpty");
         // SAFETY: fresh descriptors owned from here on.
         let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
@@ -160,7 +148,10 @@ fn a_terminal_caller_gets_a_fresh_pty_with_its_size_and_input() {
         .find(|l| l.starts_with("/dev/pts/"))
         .unwrap_or_else(|| panic!("no tty line in:\n{text}"))
         .to_string();
-    assert_ne!(routed_tty, caller_tty, "the routed program got the caller's terminal");
+    assert_ne!(
+        routed_tty, caller_tty,
+        "the routed program got the caller's terminal"
+    );
     assert!(text.contains("33 111"), "size not carried:\n{text}");
     assert!(text.contains("got:hello"), "input not relayed:\n{text}");
     // None of the routed process's descriptors is the caller's terminal; its stdio is

@@ -159,4 +159,3 @@ pub fn python() -> Option<&'static str> {
         .into_iter()
         .find(|p| Path::new(p).exists())
 }
-
