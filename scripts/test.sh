@@ -3,7 +3,7 @@
 # real brokers that switch uid). CI runs it on a clean clone through .ci/run.
 #
 # What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
-#   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3,
+#   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 systemd,
 #              each installed with apt only if its command is missing;
 #   group      ctx-testers   a supplementary group of ctx-alice (the groups test checks it);
 #   group      ctx           the socket group the shipped contexts.toml may name;
@@ -46,6 +46,7 @@ need python3 python3
 need node nodejs
 need curl curl
 need useradd passwd
+need systemd-analyze systemd
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "test.sh: installing ${missing[*]}"

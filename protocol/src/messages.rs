@@ -40,8 +40,8 @@ pub enum ClientKind {
     Interposer,
 }
 
-/// What a client asks; one `Exec`/`Status`/`Contexts` per connection, then, for `Exec`,
-/// any number of `Signal`, `Resize`, `Input` and one `InputEof`.
+/// What a client asks; one `Exec`/`Status`/`Contexts`/`Reload`/`Ps`/`Kill` per connection,
+/// then, for `Exec`, any number of `Signal`, `Resize`, `Input` and one `InputEof`.
 // One request is decoded per connection; boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,15 @@ pub enum Request {
     Contexts,
     /// Run a script in a context's persistent shell session (`ctx sh`).
     Shell(ShellRequest),
+    /// Re-read the config file the broker was started with (`ctx reload`).
+    Reload,
+    /// List the running routed processes the peer may see (`ctx ps`).
+    Ps,
+    /// Signal running routed process groups (`ctx kill`).
+    Kill {
+        target: KillTarget,
+        signo: i32,
+    },
 }
 
 /// A launch. Byte strings are raw: argv, env and paths need not be UTF-8.
@@ -180,6 +189,17 @@ pub enum Reply<'a> {
     Output(#[serde(borrow)] Cow<'a, [u8]>),
     Status(StatusReport),
     Contexts(Vec<ContextInfo>),
+    /// The new config is in force; these are its contexts.
+    Reloaded {
+        contexts: Vec<String>,
+        /// The file's warnings and the `[broker]` changes that wait for a restart.
+        warnings: Vec<String>,
+    },
+    Processes(Vec<ProcessInfo>),
+    /// These launch ids were signalled.
+    Killed {
+        ids: Vec<u64>,
+    },
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -193,6 +213,9 @@ pub mod reply_tag {
     pub const OUTPUT: u8 = 5;
     pub const STATUS: u8 = 6;
     pub const CONTEXTS: u8 = 7;
+    pub const RELOADED: u8 = 8;
+    pub const PROCESSES: u8 = 9;
+    pub const KILLED: u8 = 10;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +232,10 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Anything else on the broker's side.
     Internal,
+    /// `Reload`: the new config file was refused; the running one stays in force.
+    ConfigRejected,
+    /// `Kill`: no running routed process matches.
+    NoSuchProcess,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,8 +483,38 @@ impl Stage {
 }
 
 impl ErrorKind {
-    /// The `ctx` CLI's exit code for this error: always ctx's own, 125.
+    /// The `ctx` CLI's exit code for this error: ctx's own (125), except the answers an
+    /// operator's script branches on, which exit 1 as `ctx-broker --check` and `kill(1)` do.
     pub fn exit_code(self) -> i32 {
-        125
+        match self {
+            ErrorKind::ConfigRejected | ErrorKind::NoSuchProcess => 1,
+            _ => 125,
+        }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Operator requests (appended)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KillTarget {
+    /// The launch id `ctx ps` shows.
+    Id(u64),
+    /// Every running launch of this context.
+    Context(String),
+}
+
+/// One running routed process, as `ctx ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub id: u64,
+    pub context: String,
+    /// The routed process (leader of its process group).
+    pub pid: i32,
+    pub caller_pid: i32,
+    pub caller_uid: u32,
+    /// Lossy UTF-8: for display only.
+    pub argv: Vec<String>,
+    pub age_ms: u64,
 }

@@ -426,3 +426,49 @@ fn exec_t_follows_window_changes_and_restores_the_terminal() {
         "c_cc not restored"
     );
 }
+
+#[test]
+fn exec_t_failures_are_classified_as_in_pipe_mode() {
+    let b = Broker::start(&standard_config());
+    let cases: [(&[&str], i32, &str); 3] = [
+        (
+            &[
+                "exec",
+                "-t",
+                "--context",
+                "alice",
+                "--",
+                "no-such-program-xyz",
+            ],
+            127,
+            "command not found",
+        ),
+        (
+            &["exec", "-t", "--context", "alice", "--", "/etc/passwd"],
+            126,
+            "permission denied",
+        ),
+        (
+            &[
+                "exec",
+                "-t",
+                "--context",
+                "alice",
+                "--cwd",
+                "/root",
+                "--",
+                "true",
+            ],
+            125,
+            "/root",
+        ),
+    ];
+    for (args, code, words) in cases {
+        let (got, out, _) = run_on_pty(&b, 24, 80, args, b"");
+        assert_eq!(got, Some(code), "{args:?}: terminal showed {out:?}");
+        assert!(
+            out.contains(words),
+            "{args:?}: expected {words:?} in {out:?}"
+        );
+    }
+}

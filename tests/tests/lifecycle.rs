@@ -597,3 +597,16 @@ fn timeout_kills_the_routed_group_and_exits_124() {
     );
     assert_gone(&arg, "after --timeout");
 }
+
+#[test]
+fn socket_mode_and_group_come_from_the_config() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let config = standard_config().replace(
+        "socket_mode = \"0666\"",
+        &format!("socket_mode = \"0640\"\nsocket_group = \"{TESTERS_GROUP}\""),
+    );
+    let b = Broker::start(&config);
+    let meta = std::fs::metadata(b.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), group_gid(TESTERS_GROUP));
+}

@@ -324,3 +324,48 @@ sys.stdout.write("%s %d" % ("ok-typed" in out.decode(errors="replace"), os.waits
     assert_eq!(out.ok(), "True 4");
     assert_eq!(sh(&b, "alice", "pwd; echo $INTER").ok(), "/var\ntyped\n");
 }
+
+#[test]
+fn shell_env_shared_makes_the_default_sessions_exports_visible_to_exec() {
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+env = {{ CONTEXT_SECRET = "alice-key", DROPPED = "x" }}
+cwd = "inherit"
+shell_env = "shared"
+allow = {{ uids = [0] }}
+"#
+    );
+    let b = Broker::start(&config);
+    sh(
+        &b,
+        "alice",
+        "export AWS_PROFILE=prod; unset DROPPED; LOCAL=1",
+    )
+    .ok();
+    let out = b.exec(
+        "alice",
+        &[
+            "sh",
+            "-c",
+            "echo $AWS_PROFILE ${DROPPED-unset} ${LOCAL-none} $CONTEXT_SECRET",
+        ],
+    );
+    assert_eq!(out.ok(), "prod unset none alice-key\n");
+    // Only the default session is shared.
+    sh_in(&b, "alice", "side", "export SIDE=1").ok();
+    assert_eq!(
+        b.exec("alice", &["sh", "-c", "echo ${SIDE-none}"]).ok(),
+        "none\n"
+    );
+    // A reset forgets it for exec too.
+    run(&mut b.ctx(["sh", "--context", "alice", "--reset"]));
+    assert_eq!(
+        b.exec("alice", &["sh", "-c", "echo ${AWS_PROFILE-none}"])
+            .ok(),
+        "none\n"
+    );
+}

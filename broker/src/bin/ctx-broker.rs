@@ -48,11 +48,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    // RUST_LOG is the operator's override for one run; the config holds the standing level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            configured_log_level(&args.config).unwrap_or_else(|| "info".into()),
         )
+    });
+    daemon::systemd::adopt_listen_fds();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -80,4 +84,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `[broker] log_level`, read ahead of the full load because logging must be set up before
+/// the load can report anything; an invalid value is refused by that load, with its line.
+fn configured_log_level(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let level = table.get("broker")?.get("log_level")?.as_str()?;
+    Some(level.to_ascii_lowercase())
 }

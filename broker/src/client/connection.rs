@@ -296,6 +296,9 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Output(_) => "Output",
         Reply::Status(_) => "Status",
         Reply::Contexts(_) => "Contexts",
+        Reply::Reloaded { .. } => "Reloaded",
+        Reply::Processes(_) => "Processes",
+        Reply::Killed { .. } => "Killed",
     }
 }
 

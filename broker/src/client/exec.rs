@@ -298,6 +298,7 @@ struct Relay<'a> {
 impl Relay<'_> {
     fn run(&self, conn: &mut Connection, signals: &Signals) -> Result<Outcome, Error> {
         let mut started = false;
+        let mut early_signal: Option<i32> = None;
         let mut input_open = self.input;
         let mut output_ok = self.output.is_some();
         let mut out = Vec::new();
@@ -349,10 +350,18 @@ impl Relay<'_> {
                                 pending_resize = self.resize;
                             }
                         }
-                        // Not started yet: nothing to forward to, and waiting on a broker
-                        // the user gave up on would be wrong. Closing the connection makes
-                        // the broker kill whatever it may have begun.
-                        _ if !started => return Ok(Outcome::Signaled(sig as i32)),
+                        // Not started yet: the routed process may already run (it starts
+                        // before our Started arrives), so the signal is sent now and the
+                        // broker delivers it right after Started. A second signal before
+                        // Started means the user gave up on the broker: die by it, which
+                        // closes the connection and makes the broker kill what it began.
+                        _ if !started && early_signal.is_some() => {
+                            return Ok(Outcome::Signaled(sig as i32))
+                        }
+                        _ if !started => {
+                            early_signal = Some(sig as i32);
+                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
+                        }
                         _ => {
                             let _ = conn.send(&Request::Signal { signo: sig as i32 });
                         }
@@ -401,6 +410,9 @@ impl Relay<'_> {
                         }
                         Reply::ExecFailed(failure) => {
                             drop(raw.take());
+                            if let Some(sig) = early_signal {
+                                return Ok(Outcome::Signaled(sig));
+                            }
                             return Err(self.failed(&failure));
                         }
                         other => {

@@ -4,14 +4,21 @@
 //! as one `ctx: ...` line, and exit with the code the convention of `env`, `timeout` and
 //! `docker run` gives them (125 ctx's own, 126 cannot execute, 127 not found).
 
+pub mod completions;
 pub mod connection;
 pub mod contexts;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod kill;
+pub mod log;
+pub mod man;
+pub mod ps;
+pub mod reload;
 pub mod run;
 pub mod sh;
 pub mod status;
+pub mod table;
 pub mod terminal;
 
 use std::io::Write;
@@ -31,7 +38,7 @@ use connection::Connection;
 
 pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
 
-/// How long a one-shot verb (`status`, `contexts`) waits for the broker's answer.
+/// How long a one-shot verb (`status`, `contexts`, `ps`...) waits for the broker's answer.
 const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
@@ -89,6 +96,34 @@ pub enum Verb {
     /// Print the variables `ctx run` sets, as shell exports
     #[command(after_help = "Example:\n  eval \"$(ctx env --route-to user)\"")]
     Env(env::EnvArgs),
+
+    /// Make the broker re-read its config file (a bad file keeps the running one)
+    #[command(
+        after_help = "Exit status: 0 reloaded, 1 the file was refused (the error \
+        names its file, line and key), 125 the broker could not be reached."
+    )]
+    Reload(reload::ReloadArgs),
+
+    /// List the routed processes running now
+    Ps(ps::PsArgs),
+
+    /// Signal a routed process group, or every one of a context
+    #[command(
+        after_help = "Examples:\n  ctx kill 12\n  ctx kill --context user --signal KILL\n\n\
+        Root may signal any routed process; others only those their uid launched."
+    )]
+    Kill(kill::KillArgs),
+
+    /// Show the audit log: every launch, refusal, reload and kill
+    #[command(after_help = "Examples:\n  ctx log --since 1h --context user\n  \
+        ctx log --follow --json | jq .")]
+    Log(log::LogArgs),
+
+    /// Print a shell completion script
+    Completions(completions::CompletionsArgs),
+
+    /// Print the manual page (roff): `ctx man | man -l -`
+    Man(man::ManArgs),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -118,6 +153,12 @@ fn dispatch() -> i32 {
         Verb::Contexts(args) => contexts::run(&socket, args),
         Verb::Run(args) => run::run(&socket, args),
         Verb::Env(args) => env::run(&socket, args),
+        Verb::Reload(args) => reload::run(&socket, args),
+        Verb::Ps(args) => ps::run(&socket, args),
+        Verb::Kill(args) => kill::run(&socket, args),
+        Verb::Log(args) => log::run(&socket, args),
+        Verb::Completions(args) => completions::run(args),
+        Verb::Man(args) => man::run(args),
     };
     match result {
         Ok(code) => code,
@@ -147,6 +188,9 @@ fn one_shot(socket: &Path, request: &Request) -> Result<(PathBuf, Reply<'static>
     let reply = match conn.recv()? {
         Reply::Status(r) => Reply::Status(r),
         Reply::Contexts(c) => Reply::Contexts(c),
+        Reply::Reloaded { contexts, warnings } => Reply::Reloaded { contexts, warnings },
+        Reply::Processes(p) => Reply::Processes(p),
+        Reply::Killed { ids } => Reply::Killed { ids },
         other => return Err(connection::unexpected(socket, other)),
     };
     Ok((socket.to_path_buf(), reply))

@@ -123,20 +123,36 @@ pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
     ])
 }
 
-/// `CTX_INTERPOSER`, else the library installed beside the running `ctx`.
+/// `CTX_INTERPOSER`, else the library beside the running `ctx` (a build tree), else in
+/// `../lib/ctx/` from it (where `scripts/install.sh` puts it: `PREFIX/bin/ctx`,
+/// `PREFIX/lib/ctx/libctx_interposer.so`).
 fn interposer_path() -> Result<PathBuf, Error> {
-    let path = match std::env::var_os("CTX_INTERPOSER").filter(|p| !p.is_empty()) {
-        Some(p) => std::path::absolute(PathBuf::from(p))
-            .map_err(|e| Error::io("resolving CTX_INTERPOSER", e))?,
-        None => std::env::current_exe()
-            .map_err(|e| Error::io("finding the running ctx binary", e))?
-            .with_file_name(INTERPOSER_FILE),
-    };
-    std::fs::metadata(&path).map_err(|source| Error::Interposer {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(path)
+    if let Some(p) = std::env::var_os("CTX_INTERPOSER").filter(|p| !p.is_empty()) {
+        let path = std::path::absolute(PathBuf::from(p))
+            .map_err(|e| Error::io("resolving CTX_INTERPOSER", e))?;
+        std::fs::metadata(&path).map_err(|source| Error::Interposer {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(path);
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the running ctx binary", e))?;
+    let beside = exe.with_file_name(INTERPOSER_FILE);
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib/ctx").join(INTERPOSER_FILE));
+    match std::fs::metadata(&beside) {
+        Ok(_) => Ok(beside),
+        Err(source) => match installed.filter(|p| p.exists()) {
+            Some(p) => Ok(p),
+            None => Err(Error::Interposer {
+                path: beside,
+                source,
+            }),
+        },
+    }
 }
 
 /// Puts `lib` first in `LD_PRELOAD`, keeping what was there; no duplicate if present.

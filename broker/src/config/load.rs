@@ -21,8 +21,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit, User,
-    DEFAULT_PATH,
+    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
+    ShellEnv, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -155,6 +155,8 @@ struct RawBroker {
     state_dir: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
     reserved_ports: Option<Vec<Spanned<i64>>>,
+    audit_log_max: Option<Spanned<Scalar>>,
+    log_level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +172,7 @@ struct RawContext {
     rlimits: Option<BTreeMap<Spanned<String>, Spanned<Scalar>>>,
     timeout: Option<Spanned<Scalar>>,
     on_broker_down: Option<Spanned<String>>,
+    shell_env: Option<Spanned<String>>,
     isolation: Option<RawIsolation>,
 }
 
@@ -325,6 +328,8 @@ impl Loader<'_> {
                 state_dir: DEFAULT_STATE_DIR.into(),
                 audit_log: DEFAULT_AUDIT_LOG.into(),
                 reserved_ports: Vec::new(),
+                audit_log_max: None,
+                log_level: None,
             });
         };
 
@@ -390,6 +395,21 @@ impl Loader<'_> {
             }
         }
 
+        let audit_log_max = match &raw.audit_log_max {
+            Some(size) => Some(
+                values::parse_size(size.get_ref())
+                    .map_err(|reason| self.err(size.span(), "broker.audit_log_max", reason))?,
+            ),
+            None => None,
+        };
+        let log_level = match &raw.log_level {
+            Some(level) => Some(
+                values::parse_log_level(level.get_ref())
+                    .map_err(|reason| self.err(level.span(), "broker.log_level", reason))?,
+            ),
+            None => None,
+        };
+
         Ok(BrokerSettings {
             socket,
             socket_mode,
@@ -397,6 +417,8 @@ impl Loader<'_> {
             state_dir,
             audit_log,
             reserved_ports,
+            audit_log_max,
+            log_level,
         })
     }
 
@@ -582,6 +604,21 @@ impl Loader<'_> {
             },
         };
 
+        let shell_env = match &raw.shell_env {
+            None => ShellEnv::Private,
+            Some(v) => match v.get_ref().as_str() {
+                "private" => ShellEnv::Private,
+                "shared" => ShellEnv::Shared,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("shell_env"),
+                        format!("{other:?}: expected \"private\" or \"shared\""),
+                    ))
+                }
+            },
+        };
+
         let isolation = match raw.isolation {
             None => Isolation::default(),
             Some(iso) => {
@@ -635,6 +672,7 @@ impl Loader<'_> {
             rlimits,
             timeout,
             on_broker_down,
+            shell_env,
             isolation,
         })
     }

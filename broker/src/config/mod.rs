@@ -33,6 +33,10 @@ pub struct BrokerSettings {
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
     pub reserved_ports: Vec<u16>,
+    /// Rotate the audit log to `<audit_log>.1` once it reaches this many bytes.
+    pub audit_log_max: Option<u64>,
+    /// The broker's `tracing` filter when `RUST_LOG` is not set (`"info"`, `"debug"`...).
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct Context {
     pub rlimits: Vec<Rlimit>,
     pub timeout: Option<Duration>,
     pub on_broker_down: BrokerDown,
+    /// Whether `ctx exec` and routed launches see what the default `ctx sh` session exports.
+    pub shell_env: ShellEnv,
     pub isolation: Isolation,
 }
 
@@ -104,6 +110,15 @@ pub enum BrokerDown {
     Fail,
     /// Launches run locally (opt-in; the caller's own credentials).
     Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShellEnv {
+    /// Session state stays in `ctx sh` (default).
+    #[default]
+    Private,
+    /// The default session's exported variables apply to every launch in the context.
+    Shared,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -14,9 +14,19 @@ use serde_json::Value;
 
 pub struct Audit {
     path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<Open>>,
+    /// Rotation threshold in bytes; 0 = never rotate.
+    max_size: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+}
+
+/// The open log and how much it holds, counted here rather than `fstat`ed per line.
+struct Open {
+    file: File,
+    size: u64,
+    /// Only a regular file rotates (an operator may point the log at a pipe or /dev/null).
+    regular: bool,
 }
 
 impl Audit {
@@ -24,27 +34,56 @@ impl Audit {
         let audit = Audit {
             path: path.to_path_buf(),
             file: Mutex::new(None),
+            max_size: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
         };
-        audit.reopen();
+        let opened = audit.open_file();
+        audit.install(opened);
         audit
     }
 
-    fn reopen(&self) {
+    /// Sets (or with `None` lifts) the size at which the log rotates; takes effect at the
+    /// next event, so a reload can change it.
+    pub fn set_max_size(&self, max: Option<u64>) {
+        self.max_size.store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The file the log rotates into.
+    pub fn rotated_path(&self) -> PathBuf {
+        rotated_path(&self.path)
+    }
+
+    fn open_file(&self) -> Result<Open, String> {
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let opened = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path);
+            .open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
+        Ok(Open {
+            file,
+            size: meta.len(),
+            regular: meta.is_file(),
+        })
+    }
+
+    fn install(&self, opened: Result<Open, String>) {
         match opened {
-            Ok(f) => *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(f),
-            Err(e) => self.failed(format!("cannot open {}: {e}", self.path.display())),
+            Ok(open) => *self.lock() = Some(open),
+            Err(why) => self.failed(why),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failed(&self, why: String) {
@@ -54,27 +93,59 @@ impl Audit {
     }
 
     /// Appends one event; `time` is added. One `write` per line so concurrent appends from
-    /// other broker threads never interleave within a line.
+    /// other broker threads never interleave within a line. A failed write drops this one
+    /// event (counted for `ctx status`) rather than hold up the launch it describes.
     pub fn record(&self, mut event: Value) {
         if let Value::Object(map) = &mut event {
             map.insert("time".into(), Value::String(rfc3339_now()));
         }
         let mut line = event.to_string();
         line.push('\n');
-        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.lock();
         if guard.is_none() {
-            drop(guard);
-            self.reopen();
-            guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            match self.open_file() {
+                Ok(open) => *guard = Some(open),
+                Err(why) => {
+                    drop(guard);
+                    return self.failed(why);
+                }
+            }
         }
-        let result = match guard.as_mut() {
-            Some(f) => f.write_all(line.as_bytes()),
-            None => return,
-        };
-        if let Err(e) = result {
+        let Some(open) = guard.as_mut() else { return };
+        if let Err(e) = open.file.write_all(line.as_bytes()) {
             *guard = None;
             drop(guard);
-            self.failed(format!("cannot write {}: {e}", self.path.display()));
+            return self.failed(format!("cannot write {}: {e}", self.path.display()));
+        }
+        open.size += line.len() as u64;
+        let max = self.max_size.load(Ordering::Relaxed);
+        if max > 0 && open.regular && open.size >= max {
+            // Under the lock, so no event lands between the rename and the new file:
+            // every line is in either the rotated file or the new one.
+            self.rotate(&mut guard);
+        }
+    }
+
+    fn rotate(&self, guard: &mut std::sync::MutexGuard<'_, Option<Open>>) {
+        let rotated = self.rotated_path();
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            // Keep appending to the current file; try again after another `max` bytes.
+            if let Some(open) = guard.as_mut() {
+                open.size = 0;
+            }
+            let why = format!(
+                "cannot rotate {} to {}: {e}",
+                self.path.display(),
+                rotated.display()
+            );
+            return self.failed(why);
+        }
+        match self.open_file() {
+            Ok(open) => **guard = Some(open),
+            Err(why) => {
+                **guard = None;
+                self.failed(why);
+            }
         }
     }
 
@@ -94,17 +165,29 @@ impl Audit {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         Some(format!(
-            "audit log: {n} event(s) could not be written; last error: {}",
+            "audit log: {n} event(s) could not be written (launches went on); last error: {}",
             last.unwrap_or_default()
         ))
     }
 }
 
+/// `audit.jsonl` -> `audit.jsonl.1`: the one generation kept, so the log's disk use stays
+/// under twice `audit_log_max`.
+pub fn rotated_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
 /// Current UTC time as `2026-11-22T07:51:59.123Z`.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(SystemTime::now())
+}
+
+/// `time` in UTC as `2026-11-22T07:51:59.123Z`: fixed width, so these strings sort as the
+/// times they name (what `ctx log --since` relies on).
+pub fn rfc3339(time: SystemTime) -> String {
+    let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -133,7 +216,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::*;
 
     #[test]
     fn dates() {
@@ -141,5 +224,92 @@ mod tests {
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn temp_log(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ctx-audit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("audit.jsonl")
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rotates_at_the_cap_without_losing_a_line() {
+        let path = temp_log("rotate");
+        let audit = Audit::open(&path);
+        // 200 lines of about 90 bytes: one rotation, so the two files hold every event.
+        audit.set_max_size(Some(12 * 1024));
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let audit = &audit;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        audit.record(
+                            json!({ "event": "test", "n": t * 1000 + i, "pad": "x".repeat(40) }),
+                        );
+                    }
+                });
+            }
+        });
+        let rotated = lines(&audit.rotated_path());
+        let current = lines(&path);
+        assert!(
+            !rotated.is_empty() && !current.is_empty(),
+            "no rotation happened"
+        );
+        let rotated_size = std::fs::metadata(audit.rotated_path()).unwrap().len();
+        assert!(
+            (12 * 1024..12 * 1024 + 200).contains(&rotated_size),
+            "{rotated_size}"
+        );
+        let mut seen: Vec<i64> = rotated
+            .iter()
+            .chain(&current)
+            .map(|v| v["n"].as_i64().unwrap())
+            .collect();
+        seen.sort();
+        let expected: Vec<i64> = (0..4)
+            .flat_map(|t| (0..50).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(seen, expected);
+        assert!(audit.health().is_none(), "{:?}", audit.health());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn no_cap_means_no_rotation() {
+        let path = temp_log("nocap");
+        let audit = Audit::open(&path);
+        for i in 0..200 {
+            audit.record(json!({ "event": "test", "n": i, "pad": "y".repeat(40) }));
+        }
+        assert_eq!(lines(&path).len(), 200);
+        assert!(!audit.rotated_path().exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_full_disk_is_counted_not_fatal() {
+        let audit = Audit::open(Path::new("/dev/full"));
+        audit.set_max_size(Some(4096));
+        audit.record(json!({ "event": "test" }));
+        audit.record(json!({ "event": "test" }));
+        let health = audit.health().expect("failures reported");
+        assert!(health.contains("2 event(s)"), "{health}");
+        assert!(health.contains("No space left"), "{health}");
     }
 }

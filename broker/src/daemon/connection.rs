@@ -12,7 +12,7 @@ use ctx_protocol::{
 use tokio::net::UnixStream;
 
 use super::wire::Conn;
-use super::{exec, Peer, Shared};
+use super::{exec, operator, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,8 +79,12 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             let list = contexts(&shared, &peer);
             let _ = conn.send(&Reply::Contexts(list)).await;
         }
+        Request::Reload | Request::Ps | Request::Kill { .. } => {
+            operator::serve(&shared, &mut conn, &peer, request).await
+        }
         _ => {
-            let message = "expected Exec, Status or Contexts as the first request";
+            let message =
+                "expected Exec, Status, Contexts, Reload, Ps or Kill as the first request";
             let _ = conn
                 .send(&Reply::Error {
                     kind: ErrorKind::BadRequest,
@@ -141,6 +145,7 @@ fn status(shared: &Shared) -> StatusReport {
     if let Some(w) = shared.audit.health() {
         warnings.push(w);
     }
+    warnings.extend(operator::reload_refusal());
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,

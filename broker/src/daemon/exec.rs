@@ -21,7 +21,7 @@ use super::shell_state::{self, SessionError};
 use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
-use crate::config::{BrokerDown, Context};
+use crate::config::{BrokerDown, Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -92,8 +92,9 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     let lock = shared.sessions.get(&ctx.name, &sh.session);
     let _serialised = lock.lock().await;
     let mut req = sh.exec;
+    let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
     match &sh.script {
-        Some(script) => req.argv = shell_state::script_argv(&state, script),
+        Some(script) => req.argv = shell_state::script_argv(&state, script, share_env),
         None if sh.reset => {
             // Reset alone: the state is gone; report success the usual way.
             req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
@@ -111,10 +112,11 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
                     .await;
                 return;
             }
-            match shell_state::interactive_argv(&state) {
+            match shell_state::interactive_argv(&state, share_env) {
                 Ok((argv, env)) => {
                     req.argv = argv;
-                    req.set_env.push(serde_bytes::ByteBuf::from(env));
+                    req.set_env
+                        .extend(env.into_iter().map(serde_bytes::ByteBuf::from));
                 }
                 Err(e) => {
                     let _ = conn
@@ -210,6 +212,15 @@ async fn launch(
     let audit_argv = lossy(audit_argv.as_deref().unwrap_or(&req.argv));
     let started_at = Instant::now();
     let passed = conn.take_fds();
+    // A ctx sh command runs on its own saved state; other launches of a shared context
+    // start from what the default session exports.
+    let session_env = if ctx.shell_env == ShellEnv::Shared
+        && audit_argv.first().map(String::as_str) != Some("ctx-sh")
+    {
+        shell_state::shared_exports(&shared.state_dir, &ctx)
+    } else {
+        Vec::new()
+    };
     let me = BrokerIdentity::current();
     // Chained contexts: the target's on_broker_down travels in the environment.
     let chained_routing;
@@ -228,7 +239,7 @@ async fn launch(
         }
         None => &shared.routing,
     };
-    let prepared = match prepare(&ctx, &req, lookup, passed, me, routing) {
+    let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
         Ok(p) => p,
         Err(failure) => {
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await

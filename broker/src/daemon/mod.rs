@@ -5,17 +5,20 @@
 //! - [`connection`]: one peer: handshake, dispatch of its request;
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
-//! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes.
+//! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
+//! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
 pub mod audit;
 pub mod connection;
 pub mod exec;
+pub mod operator;
 pub mod plan;
 pub mod pty;
 pub mod registry;
 pub mod server;
 pub mod shell_state;
 pub mod spawn;
+pub mod systemd;
 pub mod wire;
 
 use std::path::PathBuf;

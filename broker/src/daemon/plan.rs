@@ -88,11 +88,15 @@ impl Routing {
 /// The environment of a routed process, in precedence order: the user's HOME/USER/
 /// LOGNAME/SHELL, then the caller's variables that `inherit_env` names, then the context's
 /// `env` (and its PATH), then explicit `-e` settings.
+/// A change to the environment: set to `Some(value)`, or unset.
+pub type EnvChange = (Vec<u8>, Option<Vec<u8>>);
+
 pub fn environment(
     ctx: &Context,
     req: &ExecRequest,
     tty: bool,
     routing: &Routing,
+    session: &[EnvChange],
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
     let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
@@ -127,6 +131,16 @@ pub fn environment(
     }
     for (k, v) in &ctx.env {
         set(&mut env, k.as_bytes(), v.as_bytes());
+    }
+    // `shell_env = "shared"`: what the default session exported or unset.
+    for (k, v) in session {
+        if std::str::from_utf8(k).is_ok_and(|n| ROUTING_VARS.contains(&n)) {
+            continue;
+        }
+        match v {
+            Some(v) => set(&mut env, k, v),
+            None => env.retain(|(name, _)| name != k),
+        }
     }
     if !env.iter().any(|(k, _)| k == b"PATH") {
         set(&mut env, b"PATH", DEFAULT_PATH.as_bytes());
@@ -208,6 +222,7 @@ pub fn prepare(
     passed: Vec<OwnedFd>,
     me: BrokerIdentity,
     routing: &Routing,
+    session: &[EnvChange],
 ) -> Result<Prepared, ExecFailure<'static>> {
     let bad = |m: String| refuse(FailureKind::Other, Stage::Exec, libc::EINVAL, m);
     if req.argv.is_empty() {
@@ -258,7 +273,7 @@ pub fn prepare(
         ));
     };
 
-    let env = environment(ctx, req, wants_tty, routing);
+    let env = environment(ctx, req, wants_tty, routing, session);
     let envp = env
         .iter()
         .filter_map(|(k, v)| {

@@ -1,5 +1,6 @@
-//! The broker's socket and lifecycle: bind (replacing a stale socket, refusing to steal a
-//! live one), accept connections, reload on SIGHUP, shut down cleanly on SIGTERM/SIGINT.
+//! The broker's socket and lifecycle: take the socket systemd passed or bind one (replacing
+//! a stale socket, refusing to steal a live one), accept connections, reload on SIGHUP,
+//! shut down cleanly on SIGTERM/SIGINT.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{audit::Audit, connection, registry::Registry, Shared};
+use super::{audit::Audit, connection, operator, registry::Registry, systemd, Shared};
 use crate::config::{self, Config};
 
 /// Command-line overrides of the config's `[broker]` settings.
@@ -31,6 +32,8 @@ pub enum ServerError {
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
+    #[error("{0}")]
+    Activation(#[from] systemd::SystemdError),
     #[error("cannot {what} {path}: {err}")]
     Io {
         what: &'static str,
@@ -69,7 +72,33 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     std::fs::create_dir_all(&state_dir).map_err(io_err("create state dir", &state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o711));
-    let listener = bind(&socket_path, &config)?;
+    // A socket systemd created outlives this process (that is the point of activation):
+    // it is never unlinked here.
+    let (listener, socket_path, bound_here) = match systemd::activated_listener()? {
+        Some(activated) => {
+            if opts
+                .socket
+                .as_ref()
+                .is_some_and(|s| *s != activated.address)
+            {
+                tracing::warn!(
+                    "listening on {} as passed by the service manager, not on --socket",
+                    activated.address.display()
+                );
+            }
+            if activated.address.is_absolute() {
+                set_owner_mode(&activated.address, &config)?;
+            }
+            activated
+                .listener
+                .set_nonblocking(true)
+                .map_err(io_err("use the passed socket", &activated.address))?;
+            let listener = UnixListener::from_std(activated.listener)
+                .map_err(io_err("use the passed socket", &activated.address))?;
+            (listener, activated.address, false)
+        }
+        None => (bind(&socket_path, &config)?, socket_path, true),
+    };
 
     let mut warnings = Vec::new();
     // SAFETY: plain getter.
@@ -110,6 +139,8 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
 
+    let audit = Audit::open(&audit_path);
+    audit.set_max_size(config.broker.audit_log_max);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config)),
@@ -117,7 +148,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         state_dir: state_dir.clone(),
         routing: routing.clone(),
         sessions: Default::default(),
-        audit: Audit::open(&audit_path),
+        audit,
         registry: Registry::default(),
         next_id: AtomicU64::new(1),
         launches: AtomicU64::new(0),
@@ -135,6 +166,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         signal(SignalKind::hangup()).map_err(io_err("watch SIGHUP for", &socket_path))?;
     let tasks = tokio_util_tracker::Tracker::default();
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
+    systemd::ready(&operator::serving(&shared.config()));
 
     loop {
         tokio::select! {
@@ -149,34 +181,27 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = sighup.recv() => reload(&shared, &opts.config),
+            _ = sighup.recv() => {
+                let shared = shared.clone();
+                // Loading may block on NSS lookups; the accept loop must not.
+                tokio::task::spawn_blocking(move || operator::reload(&shared, None));
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
 
     tracing::info!("shutting down: stopping routed processes");
+    systemd::stopping();
     drop(listener);
     shared.shutting_down.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     tasks.wait().await;
-    let _ = std::fs::remove_file(&socket_path);
+    if bound_here {
+        let _ = std::fs::remove_file(&socket_path);
+    }
     tracing::info!("ctx-broker stopped");
     Ok(())
-}
-
-/// Re-reads the config; a bad file keeps the running one.
-pub fn reload(shared: &Shared, path: &Path) {
-    match config::load(path) {
-        Ok(new) => {
-            for w in &new.warnings {
-                tracing::warn!("{w}");
-            }
-            shared.set_config(new);
-            tracing::info!(config = %path.display(), "configuration reloaded");
-        }
-        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
-    }
 }
 
 fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
@@ -203,6 +228,13 @@ fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(io_err("bind", path))?;
+    set_owner_mode(path, config)?;
+    Ok(listener)
+}
+
+/// The config decides who may connect, also on a socket systemd created (its SocketMode=
+/// is only what holds until the broker starts).
+fn set_owner_mode(path: &Path, config: &Config) -> Result<(), ServerError> {
     std::fs::set_permissions(
         path,
         std::fs::Permissions::from_mode(config.broker.socket_mode),
@@ -212,7 +244,7 @@ fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
         std::os::unix::fs::chown(path, None, Some(*gid))
             .map_err(io_err("set the group of", path))?;
     }
-    Ok(listener)
+    Ok(())
 }
 
 /// Tracks connection tasks so shutdown can wait for every routed process to be reaped.

@@ -25,67 +25,112 @@ use crate::config::Context;
 /// Runs `$2` in the session whose state file is `$1`. The variables it needs are named
 /// `__ctx_*` and never saved. Exported variables are saved as the difference from the
 /// context's environment, so a context whose credentials change still passes the new
-/// ones to sessions that did not set them.
-const WRAPPER: &str = r#"__ctx_state=$1; __ctx_script=$2; set --; umask 077
-declare -A __ctx_base=()
-for __ctx_n in $(compgen -e); do __ctx_base[$__ctx_n]=${!__ctx_n}; done
+/// ones to sessions that did not set them. No command substitution or external command
+/// runs except one `mv` per save (each would cost a fork): variable names come from
+/// `"${!A@}"`-style expansions (`@NAMES@`), options from `$SHELLOPTS`/`$BASHOPTS`.
+/// The functions are defined after the state is loaded, so a newer broker's wrapper wins
+/// over the copies a session saved.
+const WRAPPER_TEMPLATE: &str = r#"__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077
 shopt -s expand_aliases
+declare -A __ctx_base=()
+for __ctx_n in @NAMES@; do [[ ${!__ctx_n@a} == *x* ]] && __ctx_base[$__ctx_n]=${!__ctx_n}; done
+__ctx_o= __ctx_s=
+{ if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi; } 2>/dev/null
 __ctx_skip() {
   case $1 in
-    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE|BASH_ARGV0) return 0 ;;
+    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE) return 0 ;;
   esac
   return 1
 }
+__ctx_keep() {
+  case $1 in
+    monitor|history|login_shell|restricted_shell|progcomp|expand_aliases|interactive-comments|emacs|vi) return 0 ;;
+  esac
+  return 1
+}
+__ctx_changed() {
+  ! [[ -v __ctx_base[$1] && ${__ctx_base[$1]} == "${!1}" && ${!1@a} == *x* ]]
+}
 __ctx_save() {
-  local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n __ctx_line
+  local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n
   {
-    for __ctx_n in $(compgen -v); do
+    for __ctx_n in @NAMES@; do
       __ctx_skip "$__ctx_n" && continue
-      if [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]]; then
-        [[ $(declare -p "$__ctx_n") == "declare -x "* ]] && continue
-      fi
-      declare -p "$__ctx_n"
+      __ctx_changed "$__ctx_n" && declare -p "$__ctx_n"
     done
     for __ctx_n in "${!__ctx_base[@]}"; do
-      [[ -v $__ctx_n ]] || printf 'unset -v %s\n' "$__ctx_n"
+      [[ -v $__ctx_n ]] || printf 'unset -v %s
+' "$__ctx_n"
     done
-    for __ctx_n in $(compgen -A function); do
-      [[ $__ctx_n == __ctx_* ]] || declare -f "$__ctx_n"
-    done
+    declare -f
     alias -p
-    printf 'builtin cd -- %q 2>/dev/null || :\n' "$PWD"
-    printf '__ctx_opts=%q\n' "$__ctx_opts"
+    printf 'builtin cd -- %q 2>/dev/null || :
+' "$PWD"
+    printf '__ctx_o=%q; __ctx_s=%q
+' "$__ctx_o" "$__ctx_s"
   } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state" 2>/dev/null
+  if [[ $__ctx_shared == shared ]]; then
+    # For the broker (shell_env = "shared"): changed exports as NAME=VALUE, unset ones
+    # as NAME, each NUL-terminated.
+    {
+      for __ctx_n in @NAMES@; do
+        __ctx_skip "$__ctx_n" && continue
+        [[ ${!__ctx_n@a} == *x* ]] && __ctx_changed "$__ctx_n" && printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
+      done
+      for __ctx_n in "${!__ctx_base[@]}"; do
+        [[ -v $__ctx_n ]] || printf '%s\0' "$__ctx_n"
+      done
+    } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state.env" 2>/dev/null
+  fi
 }
 __ctx_exit() {
-  __ctx_opts=$(set +o; shopt -p)
+  __ctx_o=$SHELLOPTS __ctx_s=$BASHOPTS
   set +euxo pipefail
   __ctx_save
 }
 # Options are applied last and xtrace only inside the eval, so that neither the restore
 # nor the save shows up in a session that has `set -x` on.
 __ctx_apply() {
-  local __ctx_line
+  local IFS=: __ctx_p
   __ctx_x=
-  while IFS= read -r __ctx_line; do
-    case $__ctx_line in
-      *" monitor"|*" history"|*" login_shell"|*" restricted_shell"|*" progcomp"|*" expand_aliases") ;;
-      "set -o xtrace") __ctx_x="set -x;" ;;
-      *) builtin eval "$__ctx_line" ;;
-    esac
-  done <<<"$__ctx_opts"
+  [[ -n $__ctx_o ]] || return 0
+  for __ctx_p in $SHELLOPTS; do
+    [[ :$__ctx_o: == *:$__ctx_p:* ]] || __ctx_keep "$__ctx_p" || set +o "$__ctx_p"
+  done
+  for __ctx_p in $__ctx_o; do
+    if [[ $__ctx_p == xtrace ]]; then __ctx_x="set -x;"; continue; fi
+    __ctx_keep "$__ctx_p" || set -o "$__ctx_p"
+  done
+  for __ctx_p in $BASHOPTS; do
+    [[ :$__ctx_s: == *:$__ctx_p:* ]] || __ctx_keep "$__ctx_p" || shopt -u "$__ctx_p"
+  done
+  for __ctx_p in $__ctx_s; do
+    __ctx_keep "$__ctx_p" || shopt -s "$__ctx_p"
+  done
 }
-__ctx_opts=
 {
-  if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi
   __ctx_apply
   trap '{ __ctx_rc=$?; __ctx_exit; exit $__ctx_rc; } 2>/dev/null' EXIT
 } 2>/dev/null
 eval "$__ctx_x$__ctx_script"
 "#;
 
+/// The wrapper with `@NAMES@` expanded to one quoted `"${!X@}"` per possible first
+/// character of a variable name: every variable, without a subshell.
+fn wrapper() -> &'static str {
+    static WRAPPER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    WRAPPER.get_or_init(|| {
+        let names: Vec<String> = ('A'..='Z')
+            .chain('a'..='z')
+            .chain(std::iter::once('_'))
+            .map(|c| format!("\"${{!{c}@}}\""))
+            .collect();
+        WRAPPER_TEMPLATE.replace("@NAMES@", &names.join(" "))
+    })
+}
+
 /// `--rcfile` of an interactive session: the same load, and a save when the shell exits.
-const INTERACTIVE_RC: &str = r#"__ctx_state=$CTX_SH_STATE; unset CTX_SH_STATE
+const INTERACTIVE_RC: &str = r#"__ctx_state=$CTX_SH_STATE; __ctx_shared=$CTX_SH_SHARED; unset CTX_SH_STATE CTX_SH_SHARED
 [[ -r ~/.bashrc ]] && builtin source ~/.bashrc
 "#;
 
@@ -169,27 +214,35 @@ pub fn prepare(
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
     let file = dir.join(format!("{session}.bash"));
     if reset {
-        match std::fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&file)(e)),
+        for stale in [file.clone(), dir.join(format!("{session}.bash.env"))] {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&stale)(e)),
+            }
         }
     }
     Ok(file)
 }
 
-/// The argv that runs `script` in the session stored at `state`.
-pub fn script_argv(state: &Path, script: &[u8]) -> Vec<ByteBuf> {
+/// The argv that runs `script` in the session stored at `state`; `shared` also keeps the
+/// session's exports where the broker reads them for other launches.
+pub fn script_argv(state: &Path, script: &[u8], shared: bool) -> Vec<ByteBuf> {
     use std::os::unix::ffi::OsStrExt;
     [
         b"bash".as_slice(),
         b"--noprofile",
         b"--norc",
         b"-c",
-        WRAPPER.as_bytes(),
+        wrapper().as_bytes(),
         b"ctx-sh",
         state.as_os_str().as_bytes(),
         script,
+        if shared {
+            b"shared".as_slice()
+        } else {
+            b"private"
+        },
     ]
     .iter()
     .map(|a| ByteBuf::from(a.to_vec()))
@@ -198,23 +251,13 @@ pub fn script_argv(state: &Path, script: &[u8]) -> Vec<ByteBuf> {
 
 /// The argv of an interactive shell in the session: bash with an rcfile that loads the
 /// state and saves it when the shell exits. The rcfile is written next to the state.
-pub fn interactive_argv(state: &Path) -> Result<(Vec<ByteBuf>, Vec<u8>), SessionError> {
+pub fn interactive_argv(
+    state: &Path,
+    shared: bool,
+) -> Result<(Vec<ByteBuf>, Vec<Vec<u8>>), SessionError> {
     use std::os::unix::ffi::OsStrExt;
     let rc = state.with_extension("rc");
-    let body = format!(
-        "{INTERACTIVE_RC}{}",
-        // The interactive variant reuses the wrapper's functions but neither evals a
-        // script nor exits from the rcfile.
-        WRAPPER
-            .replace(
-                "__ctx_state=$1; __ctx_script=$2; set --; umask 077\n",
-                "umask 077\n"
-            )
-            .replace(
-                "eval \"$__ctx_x$__ctx_script\"\n",
-                "[[ -n $__ctx_x ]] && set -x\n"
-            )
-    );
+    let body = interactive_rc();
     std::fs::write(&rc, body).map_err(|err| SessionError::Io {
         path: rc.clone(),
         err,
@@ -231,12 +274,82 @@ pub fn interactive_argv(state: &Path) -> Result<(Vec<ByteBuf>, Vec<u8>), Session
     .collect();
     let mut env = b"CTX_SH_STATE=".to_vec();
     env.extend_from_slice(state.as_os_str().as_bytes());
-    Ok((argv, env))
+    let shared = if shared {
+        b"CTX_SH_SHARED=shared".to_vec()
+    } else {
+        b"CTX_SH_SHARED=private".to_vec()
+    };
+    Ok((argv, vec![env, shared]))
+}
+
+/// The interactive rcfile: the wrapper's load and save, without a script to evaluate.
+fn interactive_rc() -> String {
+    format!(
+        "{INTERACTIVE_RC}{}",
+        // The interactive variant reuses the wrapper's functions but neither evals a
+        // script nor exits from the rcfile.
+        wrapper()
+            .replace(
+                "__ctx_state=$1; __ctx_script=$2; __ctx_shared=$3; set --; umask 077\n",
+                "umask 077\n"
+            )
+            .replace(
+                "eval \"$__ctx_x$__ctx_script\"\n",
+                "[[ -n $__ctx_x ]] && set -x\n"
+            )
+    )
+}
+
+/// Largest exports file the broker applies; a session exporting more is ignored (and
+/// says so in the log) rather than read without bound.
+const MAX_SHARED_ENV: u64 = 1024 * 1024;
+
+/// The default session's exported changes for a `shell_env = "shared"` context, as
+/// `(name, Some(value))` to set and `(name, None)` to unset. Missing file: no changes.
+pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use std::io::Read;
+    let path = state_dir
+        .join("shells")
+        .join(&ctx.name)
+        .join("default.bash.env");
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Vec::new();
+    };
+    let mut data = Vec::new();
+    if file
+        .take(MAX_SHARED_ENV + 1)
+        .read_to_end(&mut data)
+        .is_err()
+        || data.len() as u64 > MAX_SHARED_ENV
+    {
+        tracing::warn!(context = %ctx.name, "ignoring {}: unreadable or over 1 MiB", path.display());
+        return Vec::new();
+    }
+    data.split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .filter_map(|entry| {
+            let (name, value) = match entry.iter().position(|&b| b == b'=') {
+                Some(eq) => (&entry[..eq], Some(entry[eq + 1..].to_vec())),
+                None => (entry, None),
+            };
+            let valid = !name.is_empty()
+                && !name[0].is_ascii_digit()
+                && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_');
+            valid.then(|| (name.to_vec(), value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::valid_session;
+
+    #[test]
+    fn interactive_rc_has_no_script_arguments() {
+        let rc = super::interactive_rc();
+        assert!(!rc.contains("=$1") && !rc.contains("__ctx_script"), "{rc}");
+        assert!(rc.contains("trap ") && rc.contains("__ctx_state=$CTX_SH_STATE"));
+    }
 
     #[test]
     fn session_names() {

@@ -150,45 +150,24 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     let (report_r, report_w) =
         unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
 
-    // SAFETY: the child branch only calls async-signal-safe functions on memory prepared
-    // above, and ends in execve or _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: we are the forked child; see child() for its invariants.
-        unsafe {
-            child(
-                plan,
-                report_w.as_raw_fd(),
-                floor,
-                &targets_mask,
-                &candidates,
-                searching,
-                argv.as_ptr(),
-                envp.as_ptr(),
-                sh_argv.as_mut_ptr(),
-                last_cap,
-            )
-        }
-    }
+    let args = ChildArgs {
+        plan,
+        report: report_w.as_raw_fd(),
+        floor,
+        targets_mask: &targets_mask,
+        candidates: &candidates,
+        searching,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        sh_argv: sh_argv.as_mut_ptr(),
+        last_cap,
+    };
+    let (pid, pidfd) = clone_vfork(&args)?;
     drop(report_w);
     if plan.controlling_tty.is_none() {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
         unsafe { libc::setpgid(pid, pid) };
-    }
-    // SAFETY: plain syscall; the child cannot have been reaped, nobody waits for it yet.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-    if pidfd < 0 {
-        let err = io::Error::last_os_error();
-        // SAFETY: our own child; reap it so it does not linger.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        return Err(err);
     }
     // SAFETY: pidfd_open returned a fresh descriptor we own (it is close-on-exec).
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -223,12 +202,103 @@ impl ChildFailure {
     }
 }
 
-/// Highest capability number this kernel knows.
+/// Highest capability number this kernel knows (read once).
 fn last_capability() -> i32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
+}
+
+/// Everything the child reads; it lives on the parent's stack, which the parent does not
+/// touch until the child has exec'd or exited (CLONE_VFORK).
+struct ChildArgs<'a> {
+    plan: &'a SpawnPlan,
+    report: RawFd,
+    floor: i32,
+    targets_mask: &'a [u64; 16],
+    candidates: &'a [*const libc::c_char],
+    searching: bool,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    sh_argv: *mut *const libc::c_char,
+    last_cap: i32,
+}
+
+/// Bytes of the child's own stack; the child path uses a few KiB.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// Starts the child the way posix_spawn does: sharing our memory (no page tables to copy,
+/// which a fork of a threaded tokio process pays on every launch) on a stack of its own,
+/// with this thread suspended until the child has exec'd or exited. All signals are
+/// blocked around it so that none of the broker's handlers can run in the child before it
+/// has reset them. Returns the pid and a pidfd obtained atomically with CLONE_PIDFD.
+fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            CHILD_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigset_t is plain data, filled by sigfillset/pthread_sigmask.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: the stack top is inside the mapping (stacks grow down on x86_64/aarch64); the
+    // child runs `child_entry`, which only makes async-signal-safe calls on memory prepared
+    // before this point and ends in execve or _exit; CLONE_VFORK keeps this thread (and so
+    // `args` and the stack mapping) in place until then.
+    let pid = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let top = (stack as *mut u8).add(CHILD_STACK) as *mut libc::c_void;
+        let pid = libc::clone(
+            child_entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            args as *const ChildArgs as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        libc::munmap(stack, CHILD_STACK);
+        if pid < 0 {
+            return Err(err);
+        }
+        pid
+    };
+    Ok((pid, pidfd))
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs clone_vfork passed, alive until we exec or exit.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        child(
+            a.plan,
+            a.report,
+            a.floor,
+            a.targets_mask,
+            a.candidates,
+            a.searching,
+            a.argv,
+            a.envp,
+            a.sh_argv,
+            a.last_cap,
+        )
+    }
 }
 
 /// Writes `(stage, errno)` to the error pipe and exits. Async-signal-safe.
@@ -258,15 +328,17 @@ unsafe fn child(
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
 ) -> ! {
-    // Signal state: nothing of the broker's may leak (std ignores SIGPIPE, tokio masks).
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    // Signal state: nothing of the broker's may leak (std ignores SIGPIPE, tokio handles
+    // TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
+    // sharing the broker's memory, a broker handler must never run.
     for sig in 1..=libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
 
     match plan.controlling_tty {
         Some(tty) => {

@@ -135,6 +135,8 @@ isolation = {{ pid = true, network = "host", enforce = false }}
             state_dir: "/var/lib/ctx".into(),
             audit_log: "/var/log/ctx/audit.jsonl".into(),
             reserved_ports: vec![8080, 8888],
+            audit_log_max: None,
+            log_level: None,
         }
     );
     assert_eq!(config.contexts.len(), 2);
@@ -949,5 +951,66 @@ fn load_reads_the_file() {
         e.to_string()
             .starts_with(&format!("{}: cannot read the config: ", missing.display())),
         "{e}"
+    );
+}
+
+// ---------- Operations keys: audit_log_max, log_level ----------
+
+#[test]
+fn audit_log_max_and_log_level() {
+    let base = "\n[contexts.a]\nuser = \"root\"\n";
+    let b = |body: &str| format!("[broker]\n{body}{base}");
+
+    let config = ok(&b("audit_log_max = \"10M\"\nlog_level = \"DEBUG\"\n"));
+    assert_eq!(config.broker.audit_log_max, Some(10 << 20));
+    assert_eq!(config.broker.log_level.as_deref(), Some("debug"));
+    for (written, bytes) in [
+        ("\"512K\"", 512 << 10),
+        ("\"1GiB\"", 1 << 30),
+        ("\"65536\"", 65536),
+        ("8192", 8192),
+    ] {
+        let config = ok(&b(&format!("audit_log_max = {written}\n")));
+        assert_eq!(config.broker.audit_log_max, Some(bytes), "{written}");
+    }
+    assert_eq!(ok(&b("")).broker.audit_log_max, None);
+
+    assert_refused(
+        &b("audit_log_max = \"10 parsecs\"\n"),
+        2,
+        "broker.audit_log_max",
+        "is not a size",
+    );
+    assert_refused(
+        &b("socket_mode = \"0660\"\naudit_log_max = 100\n"),
+        3,
+        "broker.audit_log_max",
+        "too small",
+    );
+    assert_refused(
+        &b("audit_log_max = -5\n"),
+        2,
+        "broker.audit_log_max",
+        "is not a size",
+    );
+    assert_refused(
+        &b("log_level = \"loud\"\n"),
+        2,
+        "broker.log_level",
+        "not a log level",
+    );
+}
+
+#[test]
+fn shell_env_private_by_default_shared_on_request() {
+    let c = ok("[contexts.a]\nuser = \"root\"\n");
+    assert_eq!(ctx(&c, "a").shell_env, crate::config::ShellEnv::Private);
+    let c = ok("[contexts.a]\nuser = \"root\"\nshell_env = \"shared\"\n");
+    assert_eq!(ctx(&c, "a").shell_env, crate::config::ShellEnv::Shared);
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nshell_env = \"global\"\n",
+        3,
+        "contexts.a.shell_env",
+        "expected \"private\" or \"shared\"",
     );
 }

@@ -209,6 +209,55 @@ pub(super) fn parse_mode(value: &Scalar) -> Result<u32, String> {
     }
 }
 
+// ---------- Sizes and log levels ----------
+
+/// The smallest audit log cap: below it a rotation would happen every few launches.
+const MIN_SIZE: u64 = 4096;
+
+/// `"10M"`, `"512K"`, `"1G"` (powers of 1024, optional `B`/`iB`), or a number of bytes.
+pub(super) fn parse_size(value: &Scalar) -> Result<u64, String> {
+    const HINT: &str = "use e.g. \"10M\", \"512K\", \"1G\" or a number of bytes";
+    let bytes = match value {
+        Scalar::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is not a size ({HINT})"))?,
+        Scalar::Str(text) => {
+            let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+            let amount: u64 = text[..digits]
+                .parse()
+                .map_err(|_| format!("{text:?} is not a size ({HINT})"))?;
+            let shift = match text[digits..].trim_start() {
+                "" | "B" => 0,
+                "K" | "KB" | "KiB" | "k" => 10,
+                "M" | "MB" | "MiB" => 20,
+                "G" | "GB" | "GiB" => 30,
+                _ => return Err(format!("{text:?} is not a size ({HINT})")),
+            };
+            amount
+                .checked_mul(1 << shift)
+                .ok_or_else(|| format!("{text:?} is too large"))?
+        }
+    };
+    if bytes < MIN_SIZE {
+        return Err(format!(
+            "{bytes} bytes is too small to rotate at; use at least \"4K\""
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The levels `tracing` knows; a full `RUST_LOG` directive belongs in `RUST_LOG`.
+pub(super) fn parse_log_level(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let lower = text.to_ascii_lowercase();
+    if LEVELS.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{text:?} is not a log level (one of {}; per-module filters go in RUST_LOG)",
+            LEVELS.join(", ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

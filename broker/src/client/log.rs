@@ -1,0 +1,415 @@
+//! `ctx log`: the broker's audit log (`audit.jsonl`, and `audit.jsonl.1` before it once it
+//! has rotated), filtered by context and time, as a table or as the JSON lines themselves;
+//! `--follow` keeps reading across rotations.
+//!
+//! The file is read directly (the broker is not in the way of a post-mortem); its path is
+//! `--audit-log`, else the one `ctx status` reports.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use ctx_protocol::{Reply, Request};
+use serde_json::Value;
+
+use super::connection::unexpected;
+use super::error::Error;
+use super::exec::{format_duration, parse_duration};
+use crate::daemon::audit::{rfc3339, rotated_path};
+
+/// How often `--follow` looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The log the packaged broker writes, for when the broker is not there to ask.
+const DEFAULT_AUDIT_LOG: &str = "/var/log/ctx/audit.jsonl";
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Keep printing events as they are written
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only events about this context
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Only events since TIME: a duration ago (10m, 2h) or a UTC time (2026-05-01, 2026-05-01T12:00:00)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Print the log's JSON lines as they are
+    #[arg(long)]
+    pub json: bool,
+    /// Read this file instead of the audit log the broker reports
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+}
+
+/// Which events to print.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub context: Option<String>,
+    /// A UTC time in the log's own format (or a prefix of one); they compare as strings.
+    pub since: Option<String>,
+}
+
+pub fn run(socket: &Path, args: LogArgs) -> Result<i32, Error> {
+    let filter = Filter {
+        context: args.context.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, SystemTime::now()))
+            .transpose()
+            .map_err(Error::Usage)?,
+    };
+    let path = match args.audit_log.clone() {
+        Some(p) => p,
+        None => audit_path(socket)?,
+    };
+    let mut printer = Printer {
+        json: args.json,
+        filter,
+        header_done: false,
+    };
+    let rotated = rotated_path(&path);
+    if rotated.exists() {
+        let mut old = open(&rotated)?;
+        let mut rest = Vec::new();
+        drain(&mut old, &mut rest, &rotated, &mut printer)?;
+    }
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        // Nothing logged yet: following waits for the first line.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && args.follow => wait_for(&path)?,
+        Err(e) => return Err(read_error(&path, e)),
+    };
+    let mut partial = Vec::new();
+    drain(&mut file, &mut partial, &path, &mut printer)?;
+    if !args.follow {
+        printer.finish();
+        return Ok(0);
+    }
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        drain(&mut file, &mut partial, &path, &mut printer)?;
+        let (Ok(now), Ok(ours)) = (std::fs::metadata(&path), file.metadata()) else {
+            continue;
+        };
+        if (now.dev(), now.ino()) != (ours.dev(), ours.ino()) {
+            // Rotated: lines written before the rename are still in the file we hold.
+            drain(&mut file, &mut partial, &path, &mut printer)?;
+            partial.clear();
+            file = open(&path)?;
+        } else if now.len() < file.stream_position().unwrap_or(0) {
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| read_error(&path, e))?;
+            partial.clear();
+        }
+    }
+}
+
+fn audit_path(socket: &Path) -> Result<PathBuf, Error> {
+    match super::one_shot(socket, &Request::Status) {
+        Ok((_, Reply::Status(report))) => Ok(PathBuf::from(report.audit_log)),
+        Ok((socket, other)) => Err(unexpected(&socket, other)),
+        Err(e @ Error::Connect { .. }) => {
+            if Path::new(DEFAULT_AUDIT_LOG).exists() {
+                eprintln!("ctx: {e}; reading {DEFAULT_AUDIT_LOG}");
+                Ok(PathBuf::from(DEFAULT_AUDIT_LOG))
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn open(path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|e| read_error(path, e))
+}
+
+fn wait_for(path: &Path) -> Result<File, Error> {
+    loop {
+        match File::open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::thread::sleep(FOLLOW_POLL),
+            Err(e) => return Err(read_error(path, e)),
+        }
+    }
+}
+
+fn read_error(path: &Path, e: io::Error) -> Error {
+    let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+        " (the audit log is readable by root only: run ctx log as root)"
+    } else {
+        ""
+    };
+    Error::io(
+        format!("cannot read the audit log {}{hint}", path.display()),
+        e,
+    )
+}
+
+/// Prints every complete line from `file`'s position on; an unfinished last line stays in
+/// `partial` until the rest of it is written.
+fn drain(
+    file: &mut File,
+    partial: &mut Vec<u8>,
+    path: &Path,
+    printer: &mut Printer,
+) -> Result<(), Error> {
+    let mut chunk = Vec::new();
+    file.read_to_end(&mut chunk)
+        .map_err(|e| read_error(path, e))?;
+    partial.extend_from_slice(&chunk);
+    let complete = match partial.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => return Ok(()),
+    };
+    let text = String::from_utf8_lossy(&partial[..complete]).into_owned();
+    partial.drain(..complete);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        printer.line(line);
+    }
+    Ok(())
+}
+
+struct Printer {
+    json: bool,
+    filter: Filter,
+    header_done: bool,
+}
+
+impl Printer {
+    fn line(&mut self, line: &str) {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            eprintln!("ctx: skipping a line of the audit log that is not JSON");
+            return;
+        };
+        if !self.filter.matches(&event) {
+            return;
+        }
+        let mut out = if self.json {
+            line.to_string()
+        } else {
+            let mut s = String::new();
+            if !self.header_done {
+                s.push_str(&render_row(&HEADER.map(str::to_string)));
+                s.push('\n');
+                self.header_done = true;
+            }
+            s.push_str(&render_row(&row(&event)));
+            s
+        };
+        out.push('\n');
+        super::print(out.as_bytes());
+    }
+
+    fn finish(&mut self) {
+        if !self.json && !self.header_done {
+            super::print(b"no matching audit events\n");
+        }
+    }
+}
+
+impl Filter {
+    pub fn matches(&self, event: &Value) -> bool {
+        if let Some(since) = &self.since {
+            match event["time"].as_str() {
+                Some(t) if t >= since.as_str() => {}
+                _ => return false,
+            }
+        }
+        if let Some(name) = &self.context {
+            let single = event["context"].as_str() == Some(name.as_str());
+            let listed = event["contexts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(name.as_str())));
+            if !single && !listed {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `--since`: a duration ago, or a UTC time the log's format starts with.
+pub fn parse_since(text: &str, now: SystemTime) -> Result<String, String> {
+    let looks_like_date = text.len() >= 4
+        && text.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && text.as_bytes().get(4) == Some(&b'-');
+    if looks_like_date {
+        let normal = text.trim().replacen(' ', "T", 1);
+        let valid = normal
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'T' | b'.' | b'Z'));
+        return if valid {
+            Ok(normal.trim_end_matches('Z').to_string())
+        } else {
+            Err(format!(
+                "--since {text:?}: expected a UTC time such as 2026-05-01 or 2026-05-01T12:30:00"
+            ))
+        };
+    }
+    let ms = parse_duration(text)
+        .map_err(|e| format!("--since: {e}, or a UTC time such as 2026-05-01T12:30:00"))?;
+    let then = now
+        .checked_sub(Duration::from_millis(ms))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(rfc3339(then))
+}
+
+const HEADER: [&str; 7] = [
+    "TIME", "EVENT", "CONTEXT", "CALLER", "RESULT", "DURATION", "COMMAND",
+];
+/// Column widths, fixed so `--follow` lines up without knowing what comes later.
+const WIDTHS: [usize; 6] = [19, 11, 12, 16, 18, 8];
+
+fn render_row(cells: &[String; 7]) -> String {
+    let mut out = String::new();
+    for (cell, width) in cells.iter().zip(WIDTHS) {
+        out.push_str(cell);
+        let pad = width.saturating_sub(cell.chars().count());
+        out.extend(std::iter::repeat_n(' ', pad + 2));
+    }
+    out.push_str(&cells[6]);
+    out.trim_end().to_string()
+}
+
+/// One event as table cells; fields an event lacks show as `-`.
+pub fn row(e: &Value) -> [String; 7] {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let time = text(&e["time"])
+        .map(|t| t.replacen('T', " ", 1).chars().take(19).collect())
+        .unwrap_or_else(|| "-".into());
+    let event = text(&e["event"]).unwrap_or_else(|| "-".into());
+    let context = text(&e["context"])
+        .or_else(|| {
+            e["contexts"].as_array().map(|a| {
+                let mut names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                names.dedup();
+                names.join(",")
+            })
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "-".into());
+    let caller = match &e["caller"] {
+        Value::Object(c) => format!(
+            "uid {} pid {}",
+            c.get("uid")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "?".into()),
+            c.get("pid")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "?".into())
+        ),
+        Value::String(s) => s.clone(),
+        _ => "-".into(),
+    };
+    let result = result(e);
+    let duration = e["duration_ms"]
+        .as_u64()
+        .map(format_duration)
+        .unwrap_or_else(|| "-".into());
+    let command = match e["argv"].as_array() {
+        Some(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => "-".into(),
+    };
+    [time, event, context, caller, result, duration, command]
+}
+
+fn result(e: &Value) -> String {
+    let status = &e["status"];
+    let mut out = if let Some(code) = status["code"].as_i64() {
+        format!("exit {code}")
+    } else if let Some(sig) = status["signal"].as_i64() {
+        format!("signal {sig}")
+    } else if let Some(kind) = e["kind"].as_str() {
+        match e["errno"].as_str() {
+            Some(errno) => format!("{kind} {errno}"),
+            None => kind.to_string(),
+        }
+    } else if let Some(reason) = e["reason"].as_str() {
+        reason.to_string()
+    } else if let Some(ok) = e["ok"].as_bool() {
+        if ok { "ok" } else { "refused" }.to_string()
+    } else if let Some(sig) = e["signal"].as_i64() {
+        format!("sent signal {sig}")
+    } else {
+        "-".into()
+    };
+    if e["timed_out"].as_bool() == Some(true) {
+        out.push_str(" (timeout)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exec_event() -> Value {
+        json!({
+            "event": "exec", "time": "2026-05-01T12:30:00.123Z", "context": "user",
+            "caller": { "pid": 42, "uid": 1000, "gid": 1000, "context": null },
+            "argv": ["sleep", "1"], "status": { "code": 3 }, "timed_out": false,
+            "duration_ms": 1500,
+        })
+    }
+
+    #[test]
+    fn rows_name_every_field() {
+        let r = row(&exec_event());
+        assert_eq!(r[0], "2026-05-01 12:30:00");
+        assert_eq!(r[1], "exec");
+        assert_eq!(r[2], "user");
+        assert_eq!(r[3], "uid 1000 pid 42");
+        assert_eq!(r[4], "exit 3");
+        assert_eq!(r[5], "1s500ms");
+        assert_eq!(r[6], "sleep 1");
+        let refused = json!({ "event": "refused", "reason": "not allowed", "context": "x" });
+        assert_eq!(row(&refused)[4], "not allowed");
+        let kill = json!({ "event": "kill", "contexts": ["a", "a"], "signal": 15 });
+        assert_eq!(row(&kill)[2], "a");
+        assert_eq!(row(&kill)[4], "sent signal 15");
+    }
+
+    #[test]
+    fn filters_by_context_and_time() {
+        let e = exec_event();
+        assert!(Filter::default().matches(&e));
+        let by = |context: Option<&str>, since: Option<&str>| Filter {
+            context: context.map(str::to_string),
+            since: since.map(str::to_string),
+        };
+        assert!(by(Some("user"), None).matches(&e));
+        assert!(!by(Some("other"), None).matches(&e));
+        assert!(by(None, Some("2026-05-01")).matches(&e));
+        assert!(by(None, Some("2026-05-01T12:30:00")).matches(&e));
+        assert!(!by(None, Some("2026-05-01T12:31")).matches(&e));
+        assert!(!by(None, Some("2026-05-02")).matches(&e));
+    }
+
+    #[test]
+    fn since_takes_durations_and_times() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 3600);
+        assert_eq!(parse_since("10m", now).unwrap(), "2024-10-04T00:50:00.000Z");
+        assert_eq!(
+            parse_since("2026-05-01 12:00", now).unwrap(),
+            "2026-05-01T12:00"
+        );
+        assert_eq!(parse_since("2026-05-01Z", now).unwrap(), "2026-05-01");
+        assert!(parse_since("yesterday", now).is_err());
+        assert!(parse_since("2026-05-01 noon", now).is_err());
+    }
+}
