@@ -88,7 +88,8 @@ pub enum Verb {
     #[command(
         after_help = "Example:\n  ctx run --route-to user --passthrough node -- node agent.js\n\n\
         Sets LD_PRELOAD (the interposer beside ctx, or $CTX_INTERPOSER), CTX_ROUTE, \
-        CTX_SOCKET and CTX_PASSTHROUGH, then replaces itself with the program."
+        CTX_SOCKET, CTX_PASSTHROUGH and CTX_ON_BROKER_DOWN, then replaces itself with the \
+        program."
     )]
     Run(run::RunArgs),
 
