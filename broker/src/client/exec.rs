@@ -48,20 +48,13 @@ const INPUT_CHUNK: usize = 64 * 1024;
 // Types
 // ---------------------------------------------------------------------------------------
 
+/// The options `ctx exec` and `ctx sh` share: how one launch runs.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The context to run the command in (see `ctx contexts`)
-    #[arg(long, value_name = "NAME")]
-    pub context: String,
-
+pub struct LaunchOptions {
     /// Give the command a terminal (a broker PTY) on stdin, stdout and stderr even when
     /// they are not terminals here
     #[arg(short = 't', long)]
     pub tty: bool,
-
-    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
 
     /// Working directory for the command, instead of the context's
     #[arg(long, value_name = "DIR")]
@@ -74,6 +67,20 @@ pub struct ExecArgs {
     /// Kill the command after this long: 500ms, 30s, 10m, 1h, 1m30s, or bare seconds
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The context to run the command in (see `ctx contexts`)
+    #[arg(long, value_name = "NAME")]
+    pub context: String,
+
+    #[command(flatten)]
+    pub launch: LaunchOptions,
+
+    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
 
     /// The command and its arguments
     #[arg(
@@ -211,12 +218,14 @@ fn launch(
     wrap: impl FnOnce(ExecRequest) -> Request,
 ) -> Result<Outcome, Error> {
     let timeout_ms = args
+        .launch
         .timeout
         .as_deref()
         .map(parse_duration)
         .transpose()
         .map_err(|e| Error::Usage(format!("--timeout: {e}")))?;
     let set_env = args
+        .launch
         .set_env
         .iter()
         .map(|kv| parse_set_env(kv.as_bytes()).map(|()| ByteBuf::from(kv.as_bytes())))
@@ -226,7 +235,7 @@ fn launch(
 
     // Probe before anything opens a descriptor that could land on a closed 0, 1 or 2.
     let std = [probe(0), probe(1), probe(2)];
-    let plan = FdPlan::new(std, args.tty);
+    let plan = FdPlan::new(std, args.launch.tty);
     let controlling = if plan.any_pty() {
         Controlling::find()
     } else {
@@ -256,6 +265,7 @@ fn launch(
                 .unwrap_or_default(),
         ),
         cwd_override: args
+            .launch
             .cwd
             .map(|d| ByteBuf::from(d.into_os_string().into_vec())),
         fds: plan.slots.clone(),

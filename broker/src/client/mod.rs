@@ -240,9 +240,9 @@ mod tests {
         assert_eq!(cli.socket.as_deref(), Some(Path::new("/tmp/s")));
         let Verb::Exec(a) = cli.verb else { panic!() };
         assert_eq!(a.context, "user");
-        assert!(a.tty && a.interactive);
+        assert!(a.launch.tty && a.interactive);
         assert_eq!(a.command, ["ls", "-l", "--color"]);
-        assert_eq!(a.timeout.as_deref(), Some("1m30s"));
+        assert_eq!(a.launch.timeout.as_deref(), Some("1m30s"));
     }
 
     #[test]
