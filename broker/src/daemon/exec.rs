@@ -330,7 +330,12 @@ async fn launch(
     }
     let master = master.map(watch).transpose().unwrap_or_default();
     let mut input: Vec<u8> = Vec::new();
-    let mut out = vec![0u8; 64 * 1024];
+    // PTY output buffer; a pipe-mode launch never reads output, so it allocates nothing.
+    let mut out = if master.is_some() {
+        vec![0u8; 64 * 1024]
+    } else {
+        Vec::new()
+    };
 
     let status = loop {
         tokio::select! {
