@@ -48,20 +48,13 @@ const INPUT_CHUNK: usize = 64 * 1024;
 // Types
 // ---------------------------------------------------------------------------------------
 
+/// The options `ctx exec` and `ctx sh` share: how one launch runs.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The context to run the command in (see `ctx contexts`)
-    #[arg(long, value_name = "NAME")]
-    pub context: String,
-
+pub struct LaunchOptions {
     /// Give the command a terminal (a broker PTY) on stdin, stdout and stderr even when
     /// they are not terminals here
     #[arg(short = 't', long)]
     pub tty: bool,
-
-    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
 
     /// Working directory for the command, instead of the context's
     #[arg(long, value_name = "DIR")]
@@ -74,6 +67,20 @@ pub struct ExecArgs {
     /// Kill the command after this long: 500ms, 30s, 10m, 1h, 1m30s, or bare seconds
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The context to run the command in (see `ctx contexts`)
+    #[arg(long, value_name = "NAME")]
+    pub context: String,
+
+    #[command(flatten)]
+    pub launch: LaunchOptions,
+
+    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
 
     /// The command and its arguments
     #[arg(
@@ -211,12 +218,14 @@ fn launch(
     wrap: impl FnOnce(ExecRequest) -> Request,
 ) -> Result<Outcome, Error> {
     let timeout_ms = args
+        .launch
         .timeout
         .as_deref()
         .map(parse_duration)
         .transpose()
         .map_err(|e| Error::Usage(format!("--timeout: {e}")))?;
     let set_env = args
+        .launch
         .set_env
         .iter()
         .map(|kv| parse_set_env(kv.as_bytes()).map(|()| ByteBuf::from(kv.as_bytes())))
@@ -226,7 +235,7 @@ fn launch(
 
     // Probe before anything opens a descriptor that could land on a closed 0, 1 or 2.
     let std = [probe(0), probe(1), probe(2)];
-    let plan = FdPlan::new(std, args.tty);
+    let plan = FdPlan::new(std, args.launch.tty);
     let controlling = if plan.any_pty() {
         Controlling::find()
     } else {
@@ -256,6 +265,7 @@ fn launch(
                 .unwrap_or_default(),
         ),
         cwd_override: args
+            .launch
             .cwd
             .map(|d| ByteBuf::from(d.into_os_string().into_vec())),
         fds: plan.slots.clone(),
@@ -541,50 +551,10 @@ fn die_by(signo: i32) -> i32 {
     128 + signo
 }
 
-/// Parses `500ms`, `30s`, `10m`, `1h`, `1m30s`, or bare seconds, into milliseconds.
+/// Parses `500ms`, `30s`, `10m`, `1h`, `1m30s`, or bare seconds, into milliseconds, with
+/// the same rules as the config's `timeout`.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid duration {text:?} (use e.g. 500ms, 30s, 10m, 1h, 1m30s)");
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let total = if s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1000))
-            .ok_or_else(bad)?
-    } else {
-        let mut total: u64 = 0;
-        let mut rest = s;
-        while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let unit_len = rest[digits..]
-                .bytes()
-                .take_while(u8::is_ascii_alphabetic)
-                .count();
-            if digits == 0 || unit_len == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            let scale = match &rest[digits..digits + unit_len] {
-                "ms" => 1,
-                "s" => 1000,
-                "m" => 60_000,
-                "h" => 3_600_000,
-                _ => return Err(bad()),
-            };
-            total = n
-                .checked_mul(scale)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(bad)?;
-            rest = &rest[digits + unit_len..];
-        }
-        total
-    };
-    if total == 0 {
-        return Err(format!("duration {text:?} must be more than zero"));
-    }
-    Ok(total)
+    crate::config::parse_duration(text.trim()).map(|d| d.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// The inverse of [`parse_duration`], for messages: `1m30s`, `500ms`, `2h`.

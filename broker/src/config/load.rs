@@ -7,6 +7,7 @@
 mod envfile;
 mod spans;
 mod values;
+pub use values::parse_duration;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

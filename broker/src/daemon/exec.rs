@@ -21,7 +21,7 @@ use super::shell_state::{self, SessionError};
 use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
-use crate::config::{Context, ShellEnv};
+use crate::config::{BrokerDown, Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -227,15 +227,24 @@ async fn launch(
         Vec::new()
     };
     let me = BrokerIdentity::current();
-    let prepared = match prepare(
-        &ctx,
-        &req,
-        lookup,
-        passed,
-        me,
-        &shared.routing,
-        &session_env,
-    ) {
+    // Chained contexts: the target's on_broker_down travels in the environment.
+    let chained_routing;
+    let routing = match &ctx.route_children_to {
+        Some(target) => {
+            let local = shared
+                .config()
+                .contexts
+                .get(target)
+                .is_some_and(|t| t.on_broker_down == BrokerDown::Local);
+            chained_routing = super::plan::Routing {
+                target_runs_local_when_down: local,
+                ..shared.routing.clone()
+            };
+            &chained_routing
+        }
+        None => &shared.routing,
+    };
+    let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
         Ok(p) => p,
         Err(failure) => {
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await

@@ -135,7 +135,7 @@ const DURATION_HINT: &str =
 
 /// `"500ms"`, `"30s"`, `"10m"`, `"2h"`, `"1h30m"`; all digits = seconds. Zero is refused:
 /// a timeout that fires at once is never what was meant.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let garbage = || format!("{text:?} is not a duration ({DURATION_HINT})");
     if text.is_empty() {
         return Err(garbage());
