@@ -278,6 +278,9 @@ CTXT=$(relay ctx-t "$BIN/ctx --socket $SOCK exec -t --context bench -- head -c $
 row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%" ""
 row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "$FDOUT" .0f) MB/s" "$(fmt "100*$FDOUT/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
 row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "$FDIN" .0f) MB/s" "$(fmt "100*$FDIN/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
+gcc -O2 -o "$TMP/pty_rate" scripts/bench/pty_rate.c -lutil
+PTYMAX=$(for _ in 1 2 3; do "$TMP/pty_rate" "$BYTES"; done | sort -n | sed -n 2p)
+row "relay 200 MB: the PTY alone, no relay (this kernel's ceiling for any PTY relay)" "$PTYMAX MB/s" "$(fmt "$PTYMAX/$SCRIPT" .1f)x script" ""
 row "relay 200 MB: PTY through \`script(1)\`" "$(fmt "$SCRIPT" .0f) MB/s" "" ""
 if [ -n "$SSH_CTL" ]; then
     SSHT=$(relay ssh-tt "$SSH -tt -o ControlMaster=no bench head -c $BYTES /dev/zero </dev/null | cat >/dev/null")
@@ -344,7 +347,8 @@ if "<!-- bench:start -->" in text:
     text = re.sub(r"<!-- bench:start -->.*?<!-- bench:end -->", lambda m: block, text, flags=re.S)
 else:
     section = "## Performance\n\n" + block + "\n\n"
-    text = text.replace("## Known limits", section + "## Known limits", 1) if "## Known limits" in text else text + "\n" + section
+    m = re.search(r"^## Known limits", text, flags=re.M)
+    text = text[:m.start()] + section + text[m.start():] if m else text + "\n" + section
 open(readme, "w").write(text)' README.md "$TABLE"
     echo
     echo "bench.sh: table written to README.md (## Performance)"
