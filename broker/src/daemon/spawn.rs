@@ -449,11 +449,14 @@ unsafe fn child(
     // Die with the broker (issue 7): a broker killed by SIGKILL cannot kill its routed
     // groups, so the routed process asks the kernel to kill it when the broker (its parent)
     // dies. Set after the uid switch, which clears it; then the parent is checked again,
-    // as it may have died before the request was in force.
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
-        && libc::getppid() != BROKER_PID.load(std::sync::atomic::Ordering::Relaxed)
-    {
-        libc::_exit(127);
+    // as it may have died before the request was in force. A parent outside our PID
+    // namespace reads as 0 and cannot be checked (that namespace's init dies with the
+    // broker anyway).
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0 {
+        let parent = libc::getppid();
+        if parent != 0 && parent != BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) {
+            libc::_exit(127);
+        }
     }
 
     if let Some(cwd) = &plan.cwd {
