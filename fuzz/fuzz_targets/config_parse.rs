@@ -7,9 +7,14 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Err(e) = ctx_broker::config::load_str(text, Path::new("fuzz.toml")) {
         let shown = e.to_string();
-        assert!(shown.contains("fuzz.toml"), "error does not name the file: {shown}");
+        assert!(
+            shown.contains("fuzz.toml"),
+            "error does not name the file: {shown}"
+        );
     }
 });
