@@ -22,18 +22,14 @@ macro_rules! roundtrip {
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
-    loop {
-        match complete_frame(rest) {
-            Ok(Some(total)) => {
-                let payload = &rest[FRAME_HEADER..total];
-                roundtrip!(Hello, payload);
-                roundtrip!(Request, payload);
-                roundtrip!(Reply, payload);
-                rest = &rest[total..];
-            }
-            // Too short, or over the frame cap: the reader waits for more or refuses.
-            Ok(None) | Err(_) => break,
-        }
+    // Stops at a partial frame (the reader would wait for more) or one over the cap (it
+    // would refuse the connection).
+    while let Ok(Some(total)) = complete_frame(rest) {
+        let payload = &rest[FRAME_HEADER..total];
+        roundtrip!(Hello, payload);
+        roundtrip!(Request, payload);
+        roundtrip!(Reply, payload);
+        rest = &rest[total..];
     }
     // The whole input as one payload too (the framing above rarely lines up by chance).
     roundtrip!(Hello, data);
