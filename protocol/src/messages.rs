@@ -280,6 +280,12 @@ pub enum Stage {
     Capabilities,
     Exec,
     User,
+    /// Joining the context's namespaces (`isolation.pid`, `isolation.network`).
+    Namespace,
+    /// Applying the context's Landlock ruleset (filesystem rules, signal scoping).
+    Landlock,
+    /// Joining the context's cgroup (memory, pids, cpu limits).
+    Cgroup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,12 +464,15 @@ impl Stage {
             Stage::Capabilities => "capabilities",
             Stage::Exec => "exec",
             Stage::User => "user",
+            Stage::Namespace => "namespace",
+            Stage::Landlock => "landlock",
+            Stage::Cgroup => "cgroup",
         }
     }
 
     /// Stable numbering for the spawn path's error pipe.
     pub fn from_u8(n: u8) -> Option<Stage> {
-        const ALL: [Stage; 13] = [
+        const ALL: [Stage; 16] = [
             Stage::Fork,
             Stage::Session,
             Stage::Terminal,
@@ -477,6 +486,9 @@ impl Stage {
             Stage::Capabilities,
             Stage::Exec,
             Stage::User,
+            Stage::Namespace,
+            Stage::Landlock,
+            Stage::Cgroup,
         ];
         ALL.get(n as usize).copied()
     }

@@ -645,12 +645,6 @@ impl Loader<'_> {
             }
         };
         let mut pending = Vec::new();
-        if isolation.pid {
-            pending.push("pid = true");
-        }
-        if isolation.network == Network::None {
-            pending.push("network = \"none\"");
-        }
         if isolation.enforce {
             pending.push("enforce = true");
         }

@@ -146,6 +146,7 @@ fn status(shared: &Shared) -> StatusReport {
         warnings.push(w);
     }
     warnings.extend(operator::reload_refusal());
+    warnings.extend(shared.namespaces.warnings());
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,

@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
-use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
+use super::spawn::{fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
 use crate::config::{Context, ShellEnv};
@@ -237,6 +237,12 @@ async fn launch(
         }
     };
     let mut plan = prepared.plan;
+    // Held until the fork is done: the child joins the namespaces through this pidfd.
+    let holder = shared.namespaces.for_context(&ctx);
+    plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
+        pidfd: h.pidfd.as_raw_fd(),
+        flags: h.flags,
+    });
     let mut pty = None;
     if prepared.wants_tty {
         let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
@@ -260,6 +266,7 @@ async fn launch(
     }
 
     let forked = fork_exec(&plan);
+    drop(holder);
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
     drop(prepared.passed);

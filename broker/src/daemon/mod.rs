@@ -5,12 +5,14 @@
 //! - [`connection`]: one peer: handshake, dispatch of its request;
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
+//! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
 pub mod audit;
 pub mod connection;
 pub mod exec;
+pub mod namespaces;
 pub mod operator;
 pub mod plan;
 pub mod pty;
@@ -56,6 +58,7 @@ pub struct Shared {
     pub shutdown_rx: tokio::sync::watch::Receiver<bool>,
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
+    pub namespaces: namespaces::Namespaces,
 }
 
 impl Shared {

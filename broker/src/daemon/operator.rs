@@ -108,6 +108,9 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             shared.audit.set_max_size(new.broker.audit_log_max);
             *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let contexts: Vec<String> = new.contexts.keys().cloned().collect();
+            // Namespaces a context no longer wants (or wants differently) end here, with the
+            // processes still running in them.
+            warnings.extend(shared.namespaces.sync(&new));
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
             shared.audit.record(json!({

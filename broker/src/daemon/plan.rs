@@ -328,6 +328,7 @@ pub fn prepare(
         fds,
         controlling_tty: None,
         drop_caps: me.euid == 0,
+        namespaces: None,
     };
     Ok(Prepared {
         plan,

@@ -46,6 +46,15 @@ pub struct SpawnPlan {
     pub controlling_tty: Option<RawFd>,
     /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
     pub drop_caps: bool,
+    /// The context's long-lived namespaces to join (see `namespaces.rs`).
+    pub namespaces: Option<EnterNamespaces>,
+}
+
+/// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
+#[derive(Debug, Clone, Copy)]
+pub struct EnterNamespaces {
+    pub pidfd: RawFd,
+    pub flags: i32,
 }
 
 /// A started child: its pid, a pidfd to wait on, and the error pipe's read end.
@@ -161,9 +170,36 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         envp: envp.as_ptr(),
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
+        grandchild: std::sync::atomic::AtomicI32::new(0),
+        grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
-    let (pid, pidfd) = clone_vfork(&args)?;
+    let (mut pid, mut pidfd) = clone_vfork(&args)?;
     drop(report_w);
+    let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
+    if grandchild > 0 {
+        // The first child exited as soon as the grandchild exec'd (or failed): reap it and
+        // watch the grandchild, our own child thanks to CLONE_PARENT. It cannot be reaped
+        // by anyone else before pidfd_open, so its pid cannot have been reused.
+        // SAFETY: plain syscalls; `pidfd` is the first child's, which we own.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            );
+            libc::close(pidfd);
+            let fd = libc::syscall(libc::SYS_pidfd_open, grandchild, 0) as RawFd;
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                libc::kill(grandchild, libc::SIGKILL);
+                return Err(e);
+            }
+            pidfd = fd;
+        }
+        pid = grandchild;
+    }
     if plan.controlling_tty.is_none() {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
@@ -226,6 +262,11 @@ struct ChildArgs<'a> {
     envp: *const *const libc::c_char,
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
+    /// Written by the first child when it had to clone again to enter a PID namespace: the
+    /// pid (in the broker's namespace) of the process that runs the program.
+    grandchild: std::sync::atomic::AtomicI32,
+    /// Top of the second half of the stack mapping, for that second clone.
+    grand_stack: std::sync::atomic::AtomicPtr<libc::c_void>,
 }
 
 /// Bytes of the child's own stack; the child path uses a few KiB.
@@ -237,11 +278,16 @@ const CHILD_STACK: usize = 256 * 1024;
 /// blocked around it so that none of the broker's handlers can run in the child before it
 /// has reset them. Returns the pid and a pidfd obtained atomically with CLONE_PIDFD.
 fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
+    let twice = args
+        .plan
+        .namespaces
+        .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
+    let size = if twice { 2 * CHILD_STACK } else { CHILD_STACK };
     // SAFETY: a fresh private anonymous mapping, unmapped below.
     let stack = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            CHILD_STACK,
+            size,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
@@ -250,6 +296,13 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
     };
     if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
+    }
+    if twice {
+        // The grandchild's stack is the lower half; the first child uses the upper one.
+        // SAFETY: inside the mapping.
+        let mid = unsafe { (stack as *mut u8).add(CHILD_STACK) };
+        args.grand_stack
+            .store(mid.cast(), std::sync::atomic::Ordering::Release);
     }
     // SAFETY: sigset_t is plain data, filled by sigfillset/pthread_sigmask.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -263,7 +316,7 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let top = (stack as *mut u8).add(CHILD_STACK) as *mut libc::c_void;
+        let top = (stack as *mut u8).add(size) as *mut libc::c_void;
         let pid = libc::clone(
             child_entry,
             top,
@@ -273,7 +326,7 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         );
         let err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        libc::munmap(stack, CHILD_STACK);
+        libc::munmap(stack, size);
         if pid < 0 {
             return Err(err);
         }
@@ -286,18 +339,62 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArgs clone_vfork passed, alive until we exec or exit.
     unsafe {
         let a = &*(arg as *const ChildArgs);
-        child(
-            a.plan,
-            a.report,
-            a.floor,
-            a.targets_mask,
-            a.candidates,
-            a.searching,
-            a.argv,
-            a.envp,
-            a.sh_argv,
-            a.last_cap,
-        )
+        reset_signal_handlers();
+        if let Some(ns) = a.plan.namespaces {
+            if libc::setns(ns.pidfd, ns.flags) < 0 {
+                fail(a.report, Stage::Namespace, errno());
+            }
+            if ns.flags & libc::CLONE_NEWPID != 0 {
+                // Only our children are born in the joined PID namespace: clone once more,
+                // as a sibling (CLONE_PARENT) so the broker waits on it directly.
+                let top = a.grand_stack.load(std::sync::atomic::Ordering::Acquire);
+                let pid = libc::clone(
+                    grandchild_entry,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT,
+                    arg,
+                );
+                if pid < 0 {
+                    fail(a.report, Stage::Namespace, errno());
+                }
+                a.grandchild
+                    .store(pid, std::sync::atomic::Ordering::Release);
+                libc::_exit(0);
+            }
+        }
+        run_child(a)
+    }
+}
+
+extern "C" fn grandchild_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as for child_entry: the broker thread and the first child are both suspended
+    // (CLONE_VFORK) until this process execs or exits.
+    unsafe { run_child(&*(arg as *const ChildArgs)) }
+}
+
+unsafe fn run_child(a: &ChildArgs) -> ! {
+    child(
+        a.plan,
+        a.report,
+        a.floor,
+        a.targets_mask,
+        a.candidates,
+        a.searching,
+        a.argv,
+        a.envp,
+        a.sh_argv,
+        a.last_cap,
+    )
+}
+
+/// Nothing of the broker's signal state may leak (std ignores SIGPIPE, tokio handles
+/// TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
+/// sharing the broker's memory, a broker handler must never run.
+unsafe fn reset_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
     }
 }
 
@@ -328,14 +425,7 @@ unsafe fn child(
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
 ) -> ! {
-    // Signal state: nothing of the broker's may leak (std ignores SIGPIPE, tokio handles
-    // TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
-    // sharing the broker's memory, a broker handler must never run.
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
+    // Handlers were reset by the entry point; now unblock what the broker blocked.
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
