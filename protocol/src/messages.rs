@@ -125,6 +125,9 @@ pub enum FdSource {
     Passed,
     /// The slave side of the PTY the broker allocates for this launch.
     Pty,
+    /// The listening TCP socket the broker holds for this reserved port (`[broker]
+    /// reserved_ports`), handed over systemd-style (`ctx exec --listen-port`).
+    ReservedPort(u16),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

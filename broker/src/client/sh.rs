@@ -60,6 +60,7 @@ pub fn run(socket: &Path, args: ShArgs) -> Result<i32, Error> {
         cwd: args.cwd,
         set_env: args.set_env,
         timeout: args.timeout,
+        listen_ports: Vec::new(),
         command: vec![OsString::from("bash")],
     };
     exec::run_as(socket, exec_args, move |exec| {

@@ -156,6 +156,7 @@ struct RawBroker {
     state_dir: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
     reserved_ports: Option<Vec<Spanned<i64>>>,
+    port_owners: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     audit_log_max: Option<Spanned<Scalar>>,
     log_level: Option<Spanned<String>>,
 }
@@ -271,8 +272,9 @@ impl Loader<'_> {
         }
     }
 
-    fn resolve(mut self, raw: RawFile) -> Result<Config, ConfigError> {
-        let broker = self.broker(raw.broker)?;
+    fn resolve(mut self, mut raw: RawFile) -> Result<Config, ConfigError> {
+        let owners = raw.broker.as_mut().and_then(|b| b.port_owners.take());
+        let mut broker = self.broker(raw.broker)?;
         if raw.contexts.is_empty() {
             return Err(ConfigError {
                 path: self.path.to_path_buf(),
@@ -311,6 +313,7 @@ impl Loader<'_> {
             contexts.insert(name, Arc::new(context));
         }
         self.check_route_cycles(&routes)?;
+        broker.port_owners = self.port_owners(owners, &broker.reserved_ports, &names)?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -329,6 +332,7 @@ impl Loader<'_> {
                 state_dir: DEFAULT_STATE_DIR.into(),
                 audit_log: DEFAULT_AUDIT_LOG.into(),
                 reserved_ports: Vec::new(),
+                port_owners: BTreeMap::new(),
                 audit_log_max: None,
                 log_level: None,
             });
@@ -418,9 +422,43 @@ impl Loader<'_> {
             state_dir,
             audit_log,
             reserved_ports,
+            port_owners: BTreeMap::new(),
             audit_log_max,
             log_level,
         })
+    }
+
+    /// `[broker] port_owners = { 8080 = "platform" }`: each key a reserved port, each
+    /// value a context.
+    fn port_owners(
+        &self,
+        raw: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+        reserved: &[u16],
+        names: &[String],
+    ) -> Result<BTreeMap<u16, String>, ConfigError> {
+        let mut owners = BTreeMap::new();
+        for (port, owner) in raw.unwrap_or_default() {
+            let key = format!("broker.port_owners.{}", port.get_ref());
+            let Some(number) = port.get_ref().parse::<u16>().ok().filter(|p| *p != 0) else {
+                return Err(self.err(
+                    port.span(),
+                    key,
+                    format!("{:?} is not a port (1 to 65535)", port.get_ref()),
+                ));
+            };
+            if !reserved.contains(&number) {
+                return Err(self.err(
+                    port.span(),
+                    key,
+                    format!("port {number} is not in reserved_ports; add it there first"),
+                ));
+            }
+            if !names.contains(owner.get_ref()) {
+                return Err(self.err(owner.span(), key, no_such_context(owner.get_ref(), names)));
+            }
+            owners.insert(number, owner.into_inner());
+        }
+        Ok(owners)
     }
 
     fn abs_path(

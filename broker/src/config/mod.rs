@@ -33,6 +33,9 @@ pub struct BrokerSettings {
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
     pub reserved_ports: Vec<u16>,
+    /// Which context may be handed each reserved port's socket (`ctx exec --listen-port`);
+    /// a port without an owner is handed only to a root caller.
+    pub port_owners: BTreeMap<u16, String>,
     /// Rotate the audit log to `<audit_log>.1` once it reaches this many bytes.
     pub audit_log_max: Option<u64>,
     /// The broker's `tracing` filter when `RUST_LOG` is not set (`"info"`, `"debug"`...).

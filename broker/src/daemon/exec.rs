@@ -237,6 +237,9 @@ async fn launch(
         }
     };
     let mut plan = prepared.plan;
+    if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
+        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+    }
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
@@ -462,6 +465,67 @@ async fn fail(
         "duration_ms": started_at.elapsed().as_millis() as u64,
     }));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
+}
+
+/// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets
+/// `LISTEN_FDS`/`LISTEN_PID`. A port goes only to a launch into its owning context
+/// (`[broker] port_owners`) or to a root caller.
+fn hand_over_ports(
+    shared: &Shared,
+    peer: &Peer,
+    ctx: &Context,
+    req: &ExecRequest,
+    plan: &mut SpawnPlan,
+) -> Result<(), ExecFailure<'static>> {
+    let config = shared.config();
+    let mut count = 0;
+    for slot in &req.fds {
+        let FdSource::ReservedPort(port) = slot.source else {
+            continue;
+        };
+        let owner = config.broker.port_owners.get(&port);
+        if peer.uid != 0 && owner != Some(&ctx.name) {
+            let message = match owner {
+                Some(o) => format!("port {port} belongs to context {o:?}, not {:?}", ctx.name),
+                None => format!(
+                    "port {port} has no owner in [broker] port_owners: only root may claim it"
+                ),
+            };
+            return Err(ExecFailure {
+                kind: FailureKind::PermissionDenied,
+                stage: Stage::Fds,
+                errno: libc::EACCES,
+                errno_name: ctx_protocol::errno_name(libc::EACCES).into(),
+                message: message.into(),
+            });
+        }
+        let Some(fd) = shared.ports.socket(port) else {
+            return Err(ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Fds,
+                errno: libc::EADDRNOTAVAIL,
+                errno_name: ctx_protocol::errno_name(libc::EADDRNOTAVAIL).into(),
+                message: format!(
+                    "port {port} is not held by the broker (not in [broker] reserved_ports, \
+                     or it could not be bound at start: see ctx status)"
+                )
+                .into(),
+            });
+        };
+        plan.fds.push((fd, slot.target));
+        count += 1;
+    }
+    if count > 0 {
+        if let Ok(kv) = std::ffi::CString::new(format!("LISTEN_FDS={count}")) {
+            plan.envp.retain(|e| {
+                let b = e.as_bytes();
+                !b.starts_with(b"LISTEN_FDS=") && !b.starts_with(b"LISTEN_PID=")
+            });
+            plan.envp.push(kv);
+        }
+        plan.listen_pid = true;
+    }
+    Ok(())
 }
 
 fn os_failure(stage: Stage, e: io::Error, what: &str) -> ExecFailure<'static> {

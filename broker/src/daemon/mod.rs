@@ -6,6 +6,7 @@
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod namespaces;
 pub mod operator;
 pub mod plan;
+pub mod ports;
 pub mod pty;
 pub mod registry;
 pub mod server;
@@ -59,6 +61,7 @@ pub struct Shared {
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
     pub namespaces: namespaces::Namespaces,
+    pub ports: ports::ReservedPorts,
 }
 
 impl Shared {

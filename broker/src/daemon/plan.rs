@@ -329,6 +329,7 @@ pub fn prepare(
         controlling_tty: None,
         drop_caps: me.euid == 0,
         namespaces: None,
+        listen_pid: false,
     };
     Ok(Prepared {
         plan,

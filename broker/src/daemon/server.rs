@@ -147,6 +147,12 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
 
+    let (ports, port_warnings) = super::ports::ReservedPorts::bind(&config.broker.reserved_ports);
+    for w in port_warnings {
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
+
     let audit = Audit::open(&audit_path);
     audit.set_max_size(config.broker.audit_log_max);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -165,6 +171,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         shutdown_rx,
         warnings: RwLock::new(warnings),
         namespaces,
+        ports,
     });
 
     let mut sigterm =

@@ -48,6 +48,9 @@ pub struct SpawnPlan {
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
     pub namespaces: Option<EnterNamespaces>,
+    /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
+    /// child knows that pid (inside a PID namespace it is not the one the broker sees).
+    pub listen_pid: bool,
 }
 
 /// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
@@ -121,10 +124,21 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    // "LISTEN_PID=" and room for any pid; the child writes its pid in place.
+    let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let listen_pid_ptr: *mut u8 = if plan.listen_pid {
+        listen_pid.as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
+    };
     let envp: Vec<*const libc::c_char> = plan
         .envp
         .iter()
         .map(|a| a.as_ptr())
+        .chain(
+            plan.listen_pid
+                .then_some(listen_pid_ptr as *const libc::c_char),
+        )
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     // "/bin/sh", <script>, argv[1..], NULL: slot 1 is filled in by the child.
@@ -170,6 +184,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         envp: envp.as_ptr(),
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
+        listen_pid: listen_pid_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
@@ -262,6 +277,8 @@ struct ChildArgs<'a> {
     envp: *const *const libc::c_char,
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
+    /// `LISTEN_PID=` buffer to complete with our pid, or null.
+    listen_pid: *mut u8,
     /// Written by the first child when it had to clone again to enter a PID namespace: the
     /// pid (in the broker's namespace) of the process that runs the program.
     grandchild: std::sync::atomic::AtomicI32,
@@ -384,6 +401,7 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
         a.envp,
         a.sh_argv,
         a.last_cap,
+        a.listen_pid,
     )
 }
 
@@ -407,6 +425,24 @@ unsafe fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
     libc::_exit(127)
 }
 
+/// Writes `n` in decimal at `out` (room for 10 digits and a NUL). Async-signal-safe.
+unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *out.add(i) = digits[len - 1 - i];
+    }
+    *out.add(len) = 0;
+}
+
 unsafe fn errno() -> i32 {
     *libc::__errno_location()
 }
@@ -424,7 +460,12 @@ unsafe fn child(
     envp: *const *const libc::c_char,
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
+    listen_pid: *mut u8,
 ) -> ! {
+    if !listen_pid.is_null() {
+        // After the last clone: this is the pid the program will see as its own.
+        write_decimal(listen_pid.add(b"LISTEN_PID=".len()), libc::getpid() as u32);
+    }
     // Handlers were reset by the entry point; now unblock what the broker blocked.
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);

@@ -135,6 +135,7 @@ isolation = {{ pid = true, network = "host", enforce = false }}
             state_dir: "/var/lib/ctx".into(),
             audit_log: "/var/log/ctx/audit.jsonl".into(),
             reserved_ports: vec![8080, 8888],
+            port_owners: Default::default(),
             audit_log_max: None,
             log_level: None,
         }
@@ -494,6 +495,37 @@ fn broker_errors() {
     ));
     assert_eq!(config.broker.socket_mode, 0o600);
     assert_eq!(config.broker.reserved_ports, vec![80, 443]);
+}
+
+#[test]
+fn port_owners_name_reserved_ports_and_contexts() {
+    let base = "[contexts.platform]\nuser = \"root\"\n";
+    let b = |broker: &str| format!("[broker]\n{broker}{base}");
+    let config = ok(&b(
+        "reserved_ports = [8080, 8888]\nport_owners = { 8080 = \"platform\" }\n",
+    ));
+    assert_eq!(
+        config.broker.port_owners.into_iter().collect::<Vec<_>>(),
+        vec![(8080, "platform".to_string())]
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { 9090 = \"platform\" }\n"),
+        3,
+        "broker.port_owners.9090",
+        "not in reserved_ports",
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { 8080 = \"nobody\" }\n"),
+        3,
+        "broker.port_owners.8080",
+        "no context named \"nobody\"",
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { http = \"platform\" }\n"),
+        3,
+        "broker.port_owners.http",
+        "is not a port",
+    );
 }
 
 // ---------- Context names ----------
