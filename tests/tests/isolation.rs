@@ -171,7 +171,12 @@ fn pid_namespace_keeps_exit_codes_and_signals() {
     let marker = marked_sleep();
     let bg = background_sleep(&b, "pidctx", &marker);
     let ps = b.ctx(["ps"]).output().expect("ctx ps");
-    let host_pid = pids_with_arg(&marker)[0].to_string();
+    let alice = user(ALICE).uid;
+    let host_pid = pids_with_arg(&marker)
+        .into_iter()
+        .find(|p| proc_uid(*p) == Some(alice))
+        .expect("the routed sleep")
+        .to_string();
     assert!(
         String::from_utf8_lossy(&ps.stdout).contains(&host_pid),
         "ctx ps does not list host pid {host_pid}"
@@ -500,4 +505,190 @@ fn reserved_port_is_refused_to_other_contexts_and_non_root() {
     b.wait_audit(2, |l| {
         json_has_str(l, "exec_failed") && json_has_str(l, "port")
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Landlock: filesystem rules and signal scoping
+// ---------------------------------------------------------------------------------------
+
+/// `fs` (ctx-alice): reads everything, writes only `rw`, nothing in `secret`, signals
+/// scoped; `plain` (ctx-alice, no rules). Paths are in `dir`, whose files are all
+/// world-readable and writable: only Landlock stands in the way.
+fn landlock_config(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fs]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], read_write = ["{d}/rw"], no_access = ["{d}/secret"], signals = "scoped" }}
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    )
+}
+
+fn landlock_setup() -> (TempDir, Broker) {
+    let dir = TempDir::new();
+    dir.subdir("rw", 0o777);
+    dir.subdir("ro", 0o777);
+    dir.subdir("secret", 0o777);
+    dir.file("secret/key", b"top secret\n", 0o666);
+    dir.file("ro/file", b"read me\n", 0o666);
+    let b = Broker::start(&landlock_config(dir.path()));
+    (dir, b)
+}
+
+#[test]
+fn landlock_no_access_path_cannot_be_read_or_listed() {
+    let (dir, b) = landlock_setup();
+    let key = dir.path().join("secret/key");
+    let key = key.to_str().unwrap();
+    // The control: the same uid without rules reads it (mode 0666).
+    assert_eq!(b.exec("plain", &["cat", key]).ok(), "top secret\n");
+    let out = b.exec("fs", &["cat", key]);
+    assert_ne!(out.code(), 0, "read a no_access file: {}", out.show());
+    assert!(
+        out.stderr_str().contains("Permission denied"),
+        "{}",
+        out.show()
+    );
+    let out = b.exec("fs", &["cp", key, "/dev/null"]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Not even through another name for it.
+    let out = b.exec(
+        "fs",
+        &[
+            "sh",
+            "-c",
+            &format!("cd {} && cat secret/../secret/key", dir.path().display()),
+        ],
+    );
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Everything else stays readable.
+    let ro = dir.path().join("ro/file");
+    assert_eq!(
+        b.exec("fs", &["cat", ro.to_str().unwrap()]).ok(),
+        "read me\n"
+    );
+    assert!(b.exec("fs", &["ls", "/"]).ok().contains("usr"));
+}
+
+#[test]
+fn landlock_read_only_path_cannot_be_written() {
+    let (dir, b) = landlock_setup();
+    let ro = dir.path().join("ro/file");
+    let ro = ro.to_str().unwrap();
+    let out = b.exec("fs", &["sh", "-c", &format!("echo pwned > {ro}")]);
+    assert_ne!(out.code(), 0, "wrote a read_only file: {}", out.show());
+    let out = b.exec("fs", &["rm", "-f", ro]);
+    assert_ne!(out.code(), 0, "removed a read_only file: {}", out.show());
+    let newfile = dir.path().join("ro/new");
+    let out = b.exec("fs", &["touch", newfile.to_str().unwrap()]);
+    assert_ne!(
+        out.code(),
+        0,
+        "created a file in a read_only dir: {}",
+        out.show()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ro/file")).unwrap(),
+        "read me\n"
+    );
+    // read_write works.
+    let rw = dir.path().join("rw/out");
+    let out = b.exec(
+        "fs",
+        &[
+            "sh",
+            "-c",
+            &format!("echo ok > {} && cat {0}", rw.display()),
+        ],
+    );
+    assert_eq!(out.ok(), "ok\n");
+    // /dev/null and friends keep working.
+    assert_eq!(
+        b.exec("fs", &["sh", "-c", "echo x > /dev/null && echo fine"])
+            .ok(),
+        "fine\n"
+    );
+}
+
+#[test]
+fn landlock_protects_the_brokers_config_state_and_audit_log() {
+    let (_dir, b) = landlock_setup();
+    // Make them readable by the context's uid, so only Landlock can stop it.
+    let config = b.config_path().to_path_buf();
+    let audit = b.audit_path();
+    std::fs::set_permissions(&audit, std::os::unix::fs::PermissionsExt::from_mode(0o666)).ok();
+    let state = b.dir().path().join("state");
+    let other = state.join("shells/plain");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("default.bash"), "export SECRET=1\n").unwrap();
+    for p in [&state, &state.join("shells"), &other] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(
+        other.join("default.bash"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    for target in [config.clone(), audit.clone(), other.join("default.bash")] {
+        let t = target.to_str().unwrap();
+        assert_eq!(
+            b.exec("plain", &["test", "-r", t]).code(),
+            0,
+            "control: {t}"
+        );
+        let out = b.exec("fs", &["cat", t]);
+        assert_ne!(out.code(), 0, "read {t}: {}", out.show());
+        let out = b.exec("fs", &["sh", "-c", &format!("echo x >> {t}")]);
+        assert_ne!(out.code(), 0, "appended to {t}: {}", out.show());
+    }
+    // ctx sh still works in the context: its own session directory is granted.
+    let out = run(&mut b.ctx(["sh", "--context", "fs", "export A=1"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let out = run(&mut b.ctx(["sh", "--context", "fs", "echo $A"]));
+    assert_eq!(out.ok(), "1\n");
+}
+
+#[test]
+fn landlock_scoped_signals_cannot_reach_other_launches_of_the_same_uid() {
+    let (_dir, b) = landlock_setup();
+    let marker = marked_sleep();
+    let victim = background_sleep(&b, "plain", &marker);
+    let alice = user(ALICE).uid;
+    let pid = pids_with_arg(&marker)
+        .into_iter()
+        .find(|p| proc_uid(*p) == Some(alice))
+        .expect("the routed sleep")
+        .to_string();
+    // The control: same uid, no scoping: allowed.
+    assert_eq!(b.exec("plain", &["kill", "-0", &pid]).code(), 0);
+    for sig in ["-0", "-TERM", "-KILL"] {
+        let out = b.exec("fs", &["kill", sig, &pid]);
+        assert_ne!(
+            out.code(),
+            0,
+            "kill {sig} {pid} went through: {}",
+            out.show()
+        );
+    }
+    assert!(!pids_with_arg(&marker).is_empty(), "the victim died");
+    // Nor the broker, nor the caller (different uid anyway, and outside the domain).
+    let out = b.exec("fs", &["kill", "-TERM", &b.pid().to_string()]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Its own children it may still signal.
+    let out = b.exec(
+        "fs",
+        &["sh", "-c", "sleep 30 & kill $! && wait $!; echo $?"],
+    );
+    assert_eq!(out.ok(), "143\n");
+    stop(victim);
 }

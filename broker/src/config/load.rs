@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use super::{
     Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
-    ShellEnv, User, DEFAULT_PATH,
+    ShellEnv, Signals, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -118,6 +118,21 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     loader.resolve(raw)
 }
 
+/// The Landlock ABI version this kernel offers (0: none, or disabled at boot).
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the documented version query: no attribute, size 0.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0) as i32
+}
+
 /// An environment variable name as POSIX shells accept it: `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -195,6 +210,10 @@ struct RawIsolation {
     pid: Option<bool>,
     network: Option<Spanned<String>>,
     enforce: Option<bool>,
+    read_only: Option<Vec<Spanned<String>>>,
+    read_write: Option<Vec<Spanned<String>>>,
+    no_access: Option<Vec<Spanned<String>>>,
+    signals: Option<Spanned<String>>,
 }
 
 // ---------- Resolution ----------
@@ -675,13 +694,61 @@ impl Loader<'_> {
                         }
                     },
                 };
+                let signals = match &iso.signals {
+                    None => Signals::Any,
+                    Some(v) => match v.get_ref().as_str() {
+                        "any" => Signals::Any,
+                        "scoped" => Signals::Scoped,
+                        other => {
+                            return Err(self.err(
+                                v.span(),
+                                format!("{}.signals", scope.key("isolation")),
+                                format!("{other:?}: expected \"any\" or \"scoped\""),
+                            ))
+                        }
+                    },
+                };
+                let paths = |field: &str, list: &Option<Vec<Spanned<String>>>| {
+                    let mut out = Vec::new();
+                    for (index, p) in list.iter().flatten().enumerate() {
+                        let key = format!("{}.{field}[{index}]", scope.key("isolation"));
+                        if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') {
+                            return Err(self.err(
+                                p.span(),
+                                key,
+                                format!("{:?} is not an absolute path", p.get_ref()),
+                            ));
+                        }
+                        out.push(PathBuf::from(p.get_ref()));
+                    }
+                    Ok(out)
+                };
                 Isolation {
                     pid: iso.pid.unwrap_or(false),
                     network,
                     enforce: iso.enforce.unwrap_or(false),
+                    read_only: paths("read_only", &iso.read_only)?,
+                    read_write: paths("read_write", &iso.read_write)?,
+                    no_access: paths("no_access", &iso.no_access)?,
+                    signals,
                 }
             }
         };
+        let abi = landlock_abi();
+        if isolation.has_fs_rules() && abi < 1 {
+            self.warnings.push(format!(
+                "{}: read_only/read_write/no_access NOT in force: this kernel has no Landlock \
+                 (filesystem access is only limited by the context's uid)",
+                scope.key("isolation")
+            ));
+        }
+        if isolation.signals == Signals::Scoped && abi < 6 {
+            self.warnings.push(format!(
+                "{}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (this kernel \
+                 has {abi}); only uid separation limits what the context may signal",
+                scope.key("isolation")
+            ));
+        }
         let mut pending = Vec::new();
         if isolation.enforce {
             pending.push("enforce = true");

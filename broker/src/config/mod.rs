@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{load, load_str, parse_duration, ConfigError};
+pub use load::{landlock_abi, load, load_str, parse_duration, ConfigError};
 
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -129,6 +129,31 @@ pub struct Isolation {
     pub pid: bool,
     pub network: Network,
     pub enforce: bool,
+    /// Landlock: may read and execute beneath these paths.
+    pub read_only: Vec<PathBuf>,
+    /// Landlock: may do anything beneath these paths.
+    pub read_write: Vec<PathBuf>,
+    /// Landlock: nothing beneath these paths (carved out of the two lists above, or out
+    /// of the whole filesystem when neither is given).
+    pub no_access: Vec<PathBuf>,
+    pub signals: Signals,
+}
+
+impl Isolation {
+    /// Whether the context asks for Landlock filesystem rules.
+    pub fn has_fs_rules(&self) -> bool {
+        !self.read_only.is_empty() || !self.read_write.is_empty() || !self.no_access.is_empty()
+    }
+}
+
+/// Which processes a context's processes may signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signals {
+    /// Whatever uid separation allows (default).
+    #[default]
+    Any,
+    /// Only processes of their own launch (Landlock `LANDLOCK_SCOPE_SIGNAL`, ABI 6+).
+    Scoped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

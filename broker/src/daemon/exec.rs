@@ -240,6 +240,26 @@ async fn launch(
     if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
         return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
     }
+    // Held until the fork is done: the child restricts itself with this ruleset.
+    let protected = super::landlock::Protected {
+        config: shared.config().path.clone(),
+        audit_log: shared.audit.path().to_path_buf(),
+        state_dir: shared.state_dir.clone(),
+    };
+    let ruleset = match shared.landlock.for_context(&ctx, &protected) {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Landlock,
+                errno: 0,
+                errno_name: "".into(),
+                message: e.to_string().into(),
+            };
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        }
+    };
+    plan.landlock = ruleset.as_ref().map(|r| r.as_raw_fd());
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
@@ -270,6 +290,7 @@ async fn launch(
 
     let forked = fork_exec(&plan);
     drop(holder);
+    drop(ruleset);
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
     drop(prepared.passed);

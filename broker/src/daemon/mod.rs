@@ -6,6 +6,7 @@
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
@@ -13,6 +14,7 @@
 pub mod audit;
 pub mod connection;
 pub mod exec;
+pub mod landlock;
 pub mod namespaces;
 pub mod operator;
 pub mod plan;
@@ -62,6 +64,7 @@ pub struct Shared {
     pub warnings: RwLock<Vec<String>>,
     pub namespaces: namespaces::Namespaces,
     pub ports: ports::ReservedPorts,
+    pub landlock: landlock::Rulesets,
 }
 
 impl Shared {

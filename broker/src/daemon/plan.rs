@@ -330,6 +330,7 @@ pub fn prepare(
         drop_caps: me.euid == 0,
         namespaces: None,
         listen_pid: false,
+        landlock: None,
     };
     Ok(Prepared {
         plan,

@@ -172,6 +172,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         warnings: RwLock::new(warnings),
         namespaces,
         ports,
+        landlock: Default::default(),
     });
 
     let mut sigterm =

@@ -48,6 +48,8 @@ pub struct SpawnPlan {
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
     pub namespaces: Option<EnterNamespaces>,
+    /// The context's Landlock ruleset to restrict the child with (see `landlock.rs`).
+    pub landlock: Option<RawFd>,
     /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
     /// child knows that pid (inside a PID namespace it is not the one the broker sees).
     pub listen_pid: bool,
@@ -462,6 +464,16 @@ unsafe fn child(
     last_cap: i32,
     listen_pid: *mut u8,
 ) -> ! {
+    if let Some(ruleset) = plan.landlock {
+        // First, so that everything after (the exec above all) runs in the domain.
+        // landlock_restrict_self needs no_new_privs unless we hold CAP_SYS_ADMIN.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(report, Stage::NoNewPrivs, errno());
+        }
+        if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) < 0 {
+            fail(report, Stage::Landlock, errno());
+        }
+    }
     if !listen_pid.is_null() {
         // After the last clone: this is the pid the program will see as its own.
         write_decimal(listen_pid.add(b"LISTEN_PID=".len()), libc::getpid() as u32);

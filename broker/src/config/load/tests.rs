@@ -777,7 +777,8 @@ fn isolation_and_warnings() {
         Isolation {
             pid: false,
             network: Network::None,
-            enforce: true
+            enforce: true,
+            ..Isolation::default()
         }
     );
     assert_eq!(
@@ -1038,5 +1039,31 @@ fn shell_env_private_by_default_shared_on_request() {
         3,
         "contexts.a.shell_env",
         "expected \"private\" or \"shared\"",
+    );
+}
+
+#[test]
+fn landlock_keys() {
+    let config = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\n",
+        "isolation = { read_only = [\"/usr\"], read_write = [\"/tmp\"], no_access = [\"/etc/ctx\"], signals = \"scoped\" }\n",
+    ));
+    let iso = &ctx(&config, "a").isolation;
+    assert_eq!(iso.read_only, vec![PathBuf::from("/usr")]);
+    assert_eq!(iso.read_write, vec![PathBuf::from("/tmp")]);
+    assert_eq!(iso.no_access, vec![PathBuf::from("/etc/ctx")]);
+    assert_eq!(iso.signals, crate::config::Signals::Scoped);
+    assert!(iso.has_fs_rules());
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { read_only = [\"usr\"] }\n",
+        3,
+        "contexts.a.isolation.read_only[0]",
+        "not an absolute path",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { signals = \"some\" }\n",
+        3,
+        "contexts.a.isolation.signals",
+        "expected \"any\" or \"scoped\"",
     );
 }
