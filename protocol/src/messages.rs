@@ -313,6 +313,9 @@ pub struct StatusReport {
     pub contexts: Vec<String>,
     /// One line per limitation in force (e.g. "not root: contexts must use uid 1000").
     pub warnings: Vec<String>,
+    /// One line per context: the isolation in force for it right now
+    /// (`user: pid namespace, network none, ...`).
+    pub isolation: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -147,6 +147,7 @@ fn every_reply_roundtrips() {
         launches: 3,
         contexts: vec!["user".into()],
         warnings: vec!["w".into()],
+        isolation: vec!["user: pid namespace".into()],
     }));
     roundtrip_reply(Reply::Contexts(vec![ContextInfo {
         name: "user".into(),
