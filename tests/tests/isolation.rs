@@ -725,3 +725,110 @@ fn status_lists_the_isolation_in_force_per_context() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// enforce = true
+// ---------------------------------------------------------------------------------------
+
+/// `agent` (ctx-alice) routes its launches to `user` (ctx-bob) and enforces it.
+fn enforce_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.agent]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+route_children_to = "user"
+isolation = {{ enforce = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0], contexts = ["agent"] }}
+"#
+    )
+}
+
+/// A statically linked program that calls the raw execve syscall on argv[1] and prints
+/// the errno it got (the interposer cannot see it).
+fn static_execve(dir: &TempDir) -> String {
+    let src = dir.file(
+        "raw_execve.c",
+        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+          int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0};\n\
+          syscall(SYS_execve, v[1], a, e); printf(\"%d\\n\", errno); return 3; }\n",
+        0o644,
+    );
+    let bin = dir.path().join("raw_execve");
+    let out = run(std::process::Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src));
+    assert_eq!(
+        out.code(),
+        0,
+        "gcc -static failed (scripts/test.sh installs build-essential): {}",
+        out.show()
+    );
+    bin.to_str().unwrap().to_string()
+}
+
+#[test]
+fn enforce_static_binary_raw_execve_fails_with_eacces() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config());
+    let out = b.exec("agent", &[&bin, "/bin/true"]);
+    assert_eq!(out.code(), 3, "the raw execve went through: {}", out.show());
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::EACCES.to_string(),
+        "{}",
+        out.show()
+    );
+    // The audit log says the launch ran enforced.
+    b.wait_audit(1, |l| {
+        json_has_str(l, &bin) && l["isolation"]["enforce"] == serde_json::json!(true)
+    });
+}
+
+#[test]
+fn enforce_raw_syscall_from_a_dynamic_program_fails_with_eacces() {
+    let b = Broker::start(&enforce_config());
+    let script = "import ctypes,os\n\
+        os.environ.pop('LD_PRELOAD', None)\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        argv = (ctypes.c_char_p * 2)(b'/usr/bin/id', None)\n\
+        libc.syscall(59, b'/usr/bin/id', argv, None)\n\
+        print(ctypes.get_errno())\n";
+    let out = b.exec("agent", &["python3", "-c", script]);
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::EACCES.to_string(),
+        "{}",
+        out.show()
+    );
+}
+
+#[test]
+fn enforce_keeps_routed_launches_working_even_with_a_cleared_ld_preload() {
+    let b = Broker::start(&enforce_config());
+    // The agent's children run in `user` (ctx-bob), through the shim.
+    assert_eq!(
+        b.exec("agent", &["sh", "-c", "id -un"]).ok(),
+        format!("{BOB}\n")
+    );
+    // A program that clears LD_PRELOAD and re-execs is still routed (the hook knows its
+    // route from load time), so it lands in `user`, not in `agent`.
+    let script =
+        "import os\nos.environ.pop('LD_PRELOAD', None)\nos.execv('/usr/bin/id', ['id', '-un'])\n";
+    assert_eq!(
+        b.exec("agent", &["python3", "-c", script]).ok(),
+        format!("{BOB}\n")
+    );
+    // The routing context's own program still starts (it is the launch's own program).
+    assert_eq!(b.exec("agent", &["true"]).code(), 0);
+}

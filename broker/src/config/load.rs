@@ -749,15 +749,17 @@ impl Loader<'_> {
                 scope.key("isolation")
             ));
         }
-        let mut pending = Vec::new();
-        if isolation.enforce {
-            pending.push("enforce = true");
-        }
-        if !pending.is_empty() {
+        if isolation.enforce && raw.route_children_to.is_none() {
             self.warnings.push(format!(
-                "{}: {} is parsed but not enforced yet",
-                scope.key("isolation"),
-                pending.join(", ")
+                "{}: enforce = true has no effect: the context does not route its launches \
+                 (set route_children_to)",
+                scope.key("isolation")
+            ));
+        } else if isolation.enforce && abi < 1 {
+            self.warnings.push(format!(
+                "{}: enforce = true NOT in force: this kernel has no Landlock; launches that \
+                 bypass the interposer (static binaries, raw execve) run unrouted",
+                scope.key("isolation")
             ));
         }
 

@@ -259,7 +259,27 @@ async fn launch(
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
         }
     };
-    plan.landlock = ruleset.as_ref().map(|r| r.as_raw_fd());
+    let enforcing = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Landlock,
+                errno: 0,
+                errno_name: "".into(),
+                message: format!(
+                    "context {:?}: cannot build its enforce ruleset: {e}",
+                    ctx.name
+                )
+                .into(),
+            };
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        }
+    };
+    plan.landlock = [
+        ruleset.as_ref().map(|r| r.as_raw_fd()),
+        enforcing.as_ref().map(|r| r.as_raw_fd()),
+    ];
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
@@ -289,8 +309,12 @@ async fn launch(
     }
 
     let forked = fork_exec(&plan);
+    let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
+    let ruleset_applied = ruleset.is_some();
+    let enforced = enforcing.is_some();
     drop(holder);
     drop(ruleset);
+    drop(enforcing);
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
     drop(prepared.passed);
@@ -458,6 +482,7 @@ async fn launch(
         "argv": audit_argv,
         "cwd": String::from_utf8_lossy(&prepared.cwd),
         "tty": prepared.wants_tty,
+        "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced),
         "status": status_json(status),
         "timed_out": timed_out,
         "caller_disconnected": !client_alive,
@@ -486,6 +511,57 @@ async fn fail(
         "duration_ms": started_at.elapsed().as_millis() as u64,
     }));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
+}
+
+/// What isolation a launch ran under, for its audit record.
+fn isolation_json(
+    ctx: &Context,
+    ns_flags: i32,
+    landlock: bool,
+    enforced: bool,
+) -> serde_json::Value {
+    json!({
+        "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
+        "network_none": ns_flags & libc::CLONE_NEWNET != 0,
+        "landlock": landlock,
+        "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
+        "enforce": enforced,
+    })
+}
+
+/// `enforce = true` on a routing context: the launch may exec only the shim (every routed
+/// launch goes through it), its own program and that program's script interpreter.
+fn enforce_ruleset(
+    shared: &Shared,
+    ctx: &Context,
+    plan: &SpawnPlan,
+    cwd: &[u8],
+) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    if !ctx.isolation.enforce || ctx.route_children_to.is_none() {
+        return Ok(None);
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let cwd = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+    let candidates: Vec<&std::ffi::CStr> = match &plan.program {
+        Program::Exact(p) => vec![p.as_c_str()],
+        Program::Search(list) => list.iter().map(|c| c.as_c_str()).collect(),
+    };
+    // The file the child's exec will find first (as root; the context's uid may be refused
+    // it, which then fails the launch anyway).
+    let program = candidates
+        .iter()
+        .map(|c| cwd.join(std::ffi::OsStr::from_bytes(c.to_bytes())))
+        .find(|p| p.is_file());
+    let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
+    if let Some(p) = program {
+        match super::landlock::script_interpreter(&p) {
+            Some(interp) => allowed.push(interp),
+            None if plan.sh_fallback => allowed.push("/bin/sh".into()),
+            None => {}
+        }
+        allowed.push(p);
+    }
+    super::landlock::exec_only(&allowed)
 }
 
 /// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets

@@ -133,6 +133,54 @@ impl Protected {
 // Functions
 // ---------------------------------------------------------------------------------------
 
+/// ELF interpreters a dynamic program (the shim included) needs to be executable.
+const LOADERS: [&str; 5] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
+
+/// `enforce = true`: a ruleset that handles only `EXECUTE` and grants it on `programs`
+/// (the shim, the launch's own program and its script interpreter) and the ELF loaders.
+/// It is stacked on the context's other ruleset (Landlock layers intersect), and built per
+/// launch because the program differs: a handful of syscalls.
+///
+/// Every launch the interposer routes execs the shim, so it keeps working; a raw `execve`
+/// of anything else (a static binary, a Go program, a cleared `LD_PRELOAD`) gets `EACCES`.
+/// Known hole: the loader itself must stay executable, so a raw
+/// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` still runs PROGRAM.
+pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    if landlock_abi() < 1 {
+        return Ok(None);
+    }
+    let mut created = Ruleset::default()
+        .handle_access(AccessFs::Execute)?
+        .create()?;
+    let files = programs
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(LOADERS.iter().map(Path::new));
+    for path in files {
+        let Ok(fd) = PathFd::new(path) else { continue };
+        created = created.add_rule(PathBeneath::new(fd, AccessFs::Execute))?;
+    }
+    Ok(Option::<OwnedFd>::from(created))
+}
+
+/// The interpreter a `#!` script names, if `path` is one.
+pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?.trim();
+    let interp = text.split_whitespace().next()?;
+    Some(PathBuf::from(interp))
+}
+
 /// What of the context's Landlock isolation this kernel enforces, for `ctx status`.
 pub fn in_force(ctx: &Context) -> Vec<&'static str> {
     let abi = landlock_abi();
@@ -142,6 +190,9 @@ pub fn in_force(ctx: &Context) -> Vec<&'static str> {
     }
     if ctx.isolation.signals == Signals::Scoped && abi >= 6 {
         out.push("signals scoped");
+    }
+    if ctx.isolation.enforce && ctx.route_children_to.is_some() && abi >= 1 {
+        out.push("routing enforced (exec only through the shim)");
     }
     out
 }

@@ -330,7 +330,7 @@ pub fn prepare(
         drop_caps: me.euid == 0,
         namespaces: None,
         listen_pid: false,
-        landlock: None,
+        landlock: [None, None],
     };
     Ok(Prepared {
         plan,

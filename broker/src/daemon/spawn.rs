@@ -48,8 +48,9 @@ pub struct SpawnPlan {
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
     pub namespaces: Option<EnterNamespaces>,
-    /// The context's Landlock ruleset to restrict the child with (see `landlock.rs`).
-    pub landlock: Option<RawFd>,
+    /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
+    /// context's, and the per-launch one of `enforce = true`.
+    pub landlock: [Option<RawFd>; 2],
     /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
     /// child knows that pid (inside a PID namespace it is not the one the broker sees).
     pub listen_pid: bool,
@@ -464,13 +465,13 @@ unsafe fn child(
     last_cap: i32,
     listen_pid: *mut u8,
 ) -> ! {
-    if let Some(ruleset) = plan.landlock {
+    for ruleset in plan.landlock.iter().flatten() {
         // First, so that everything after (the exec above all) runs in the domain.
         // landlock_restrict_self needs no_new_privs unless we hold CAP_SYS_ADMIN.
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             fail(report, Stage::NoNewPrivs, errno());
         }
-        if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) < 0 {
+        if libc::syscall(libc::SYS_landlock_restrict_self, *ruleset, 0) < 0 {
             fail(report, Stage::Landlock, errno());
         }
     }

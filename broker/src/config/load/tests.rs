@@ -783,7 +783,7 @@ fn isolation_and_warnings() {
     );
     assert_eq!(
         config.warnings,
-        vec!["contexts.a.isolation: enforce = true is parsed but not enforced yet".to_string()]
+        vec!["contexts.a.isolation: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string()]
     );
     assert_refused(
         "[contexts.a]\nuser = \"root\"\nisolation = { network = \"bridge\" }\n",
