@@ -57,11 +57,19 @@ fn background_sleep(b: &Broker, context: &str, marker: &str) -> std::process::Ch
         .stderr(Stdio::null())
         .spawn()
         .expect("start ctx exec");
-    poll(Duration::from_secs(10), || {
-        (!pids_with_arg(marker).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("sleep {marker} did not start"));
+    routed_pid(marker);
     child
+}
+
+/// The pid of the routed process (not the root `ctx exec` client) whose argv holds
+/// `marker`, once it runs.
+fn routed_pid(marker: &str) -> i32 {
+    poll(Duration::from_secs(10), || {
+        pids_with_arg(marker)
+            .into_iter()
+            .find(|p| proc_uid(*p).is_some_and(|u| u != 0))
+    })
+    .unwrap_or_else(|| panic!("sleep {marker} did not start"))
 }
 
 fn stop(mut child: std::process::Child) {
@@ -171,12 +179,7 @@ fn pid_namespace_keeps_exit_codes_and_signals() {
     let marker = marked_sleep();
     let bg = background_sleep(&b, "pidctx", &marker);
     let ps = b.ctx(["ps"]).output().expect("ctx ps");
-    let alice = user(ALICE).uid;
-    let host_pid = pids_with_arg(&marker)
-        .into_iter()
-        .find(|p| proc_uid(*p) == Some(alice))
-        .expect("the routed sleep")
-        .to_string();
+    let host_pid = routed_pid(&marker).to_string();
     assert!(
         String::from_utf8_lossy(&ps.stdout).contains(&host_pid),
         "ctx ps does not list host pid {host_pid}"
@@ -663,12 +666,7 @@ fn landlock_scoped_signals_cannot_reach_other_launches_of_the_same_uid() {
     let (_dir, b) = landlock_setup();
     let marker = marked_sleep();
     let victim = background_sleep(&b, "plain", &marker);
-    let alice = user(ALICE).uid;
-    let pid = pids_with_arg(&marker)
-        .into_iter()
-        .find(|p| proc_uid(*p) == Some(alice))
-        .expect("the routed sleep")
-        .to_string();
+    let pid = routed_pid(&marker).to_string();
     // The control: same uid, no scoping: allowed.
     assert_eq!(b.exec("plain", &["kill", "-0", &pid]).code(), 0);
     for sig in ["-0", "-TERM", "-KILL"] {
@@ -831,4 +829,144 @@ fn enforce_keeps_routed_launches_working_even_with_a_cleared_ld_preload() {
     );
     // The routing context's own program still starts (it is the launch's own program).
     assert_eq!(b.exec("agent", &["true"]).code(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// cgroups: memory_max, pids_max, cpu_max; ctx kill --context
+// ---------------------------------------------------------------------------------------
+
+fn cgroup_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.limited]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+pids_max = 32
+memory_max = "64M"
+cpu_max = "20%"
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    )
+}
+
+#[test]
+fn cgroup_pids_max_contains_a_fork_bomb() {
+    let b = Broker::start(&cgroup_config());
+    // Counted: how many processes can the context start at once?
+    let script = "import os,time\n\
+        n=0\n\
+        for i in range(200):\n\
+        \x20   try:\n\
+        \x20       pid=os.fork()\n\
+        \x20   except OSError:\n\
+        \x20       break\n\
+        \x20   if pid==0:\n\
+        \x20       time.sleep(2); os._exit(0)\n\
+        \x20   n+=1\n\
+        print(n)\n";
+    let out = b.exec("limited", &["python3", "-c", script]);
+    let n: usize = out.ok().trim().parse().unwrap();
+    assert!(n > 0 && n < 32, "{n} processes started under pids_max = 32");
+    // The same in a context without limits starts them all (the test is not vacuous).
+    let out = b.exec("plain", &["python3", "-c", script]);
+    assert_eq!(out.ok().trim(), "200");
+
+    // A real fork bomb, bounded by a timeout: the broker and the host stay responsive.
+    let mut bomb = b
+        .ctx([
+            "exec",
+            "--context",
+            "limited",
+            "--timeout",
+            "4s",
+            "--",
+            "bash",
+            "-c",
+            ":(){ :|:& };: ; sleep 10",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(run(&mut b.ctx(["status"])).status.success());
+    assert_eq!(b.exec("plain", &["true"]).code(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the host slowed down"
+    );
+    // ctx kill --context ends it, including the bomb's processes outside its group.
+    let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let _ = wait_deadline(&mut bomb, Duration::from_secs(10));
+    let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+    let empty = poll(Duration::from_secs(5), || {
+        let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+        (out.code() != 0).then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "processes left in the context: {}",
+        out.show()
+    );
+}
+
+#[test]
+fn cgroup_memory_max_kills_a_process_that_exceeds_it() {
+    let b = Broker::start(&cgroup_config());
+    let script = "b=bytearray(256<<20)\nfor i in range(0,len(b),4096): b[i]=1\nprint('survived')\n";
+    let out = b.exec("limited", &["python3", "-c", script]);
+    assert_eq!(out.signal(), Some(libc::SIGKILL), "{}", out.show());
+    assert_eq!(
+        b.exec("plain", &["python3", "-c", script]).ok(),
+        "survived\n"
+    );
+}
+
+#[test]
+fn cgroup_cpu_max_throttles() {
+    let b = Broker::start(&cgroup_config());
+    let script =
+        "import time\nt=time.time()\nwhile time.time()-t<1.5: pass\nprint(time.process_time())\n";
+    let used: f64 = b
+        .exec("limited", &["python3", "-c", script])
+        .ok()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        used < 0.7,
+        "used {used}s of CPU in 1.5s under cpu_max = 20%"
+    );
+}
+
+#[test]
+fn ctx_kill_context_reaches_processes_that_left_their_group() {
+    let b = Broker::start(&cgroup_config());
+    let marker = marked_sleep();
+    let script = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 0");
+    assert_eq!(b.exec("plain", &["sh", "-c", &script]).code(), 0);
+    let alive = poll(Duration::from_secs(5), || {
+        (!pids_with_arg(&marker).is_empty()).then_some(())
+    });
+    assert!(alive.is_some(), "the escaped sleep did not start");
+    let out = run(&mut b.ctx(["kill", "--context", "plain", "--signal", "KILL"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let gone = poll(Duration::from_secs(5), || {
+        pids_with_arg(&marker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "ctx kill --context missed {:?}",
+        pids_with_arg(&marker)
+    );
 }

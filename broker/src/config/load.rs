@@ -22,8 +22,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
-    ShellEnv, Signals, User, DEFAULT_PATH,
+    Allow, BrokerDown, BrokerSettings, CgroupLimits, Config, Context, CwdRule, Isolation, Network,
+    Rlimit, ShellEnv, Signals, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -191,6 +191,9 @@ struct RawContext {
     on_broker_down: Option<Spanned<String>>,
     shell_env: Option<Spanned<String>>,
     isolation: Option<RawIsolation>,
+    memory_max: Option<Spanned<Scalar>>,
+    pids_max: Option<Spanned<Scalar>>,
+    cpu_max: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize)]
@@ -763,6 +766,49 @@ impl Loader<'_> {
             ));
         }
 
+        let memory_max = match &raw.memory_max {
+            None => None,
+            Some(v) => {
+                let bytes = values::parse_bytes(v.get_ref())
+                    .map_err(|reason| self.err(v.span(), scope.key("memory_max"), reason))?;
+                if bytes < 1 << 20 {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("memory_max"),
+                        format!(
+                            "{bytes} bytes is too little to start a program; use at least \"1M\""
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
+        let pids_max = match &raw.pids_max {
+            None => None,
+            Some(v) => match v.get_ref() {
+                Scalar::Int(n) if *n >= 1 => Some(*n as u64),
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("pids_max"),
+                        "expected a number of processes, at least 1",
+                    ))
+                }
+            },
+        };
+        let cpu_max = match &raw.cpu_max {
+            None => None,
+            Some(v) => Some(
+                values::parse_cpu(v.get_ref())
+                    .map_err(|reason| self.err(v.span(), scope.key("cpu_max"), reason))?,
+            ),
+        };
+        let cgroup = CgroupLimits {
+            memory_max,
+            pids_max,
+            cpu_max,
+        };
+
         Ok(Context {
             name: name.to_string(),
             user,
@@ -776,6 +822,7 @@ impl Loader<'_> {
             on_broker_down,
             shell_env,
             isolation,
+            cgroup,
         })
     }
 

@@ -60,6 +60,26 @@ pub struct Context {
     /// Whether `ctx exec` and routed launches see what the default `ctx sh` session exports.
     pub shell_env: ShellEnv,
     pub isolation: Isolation,
+    pub cgroup: CgroupLimits,
+}
+
+/// Per-context cgroup limits (`memory_max`, `pids_max`, `cpu_max`); every context also
+/// gets a cgroup without limits where the host has them, so `ctx kill --context` finds
+/// all its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupLimits {
+    /// Bytes of memory (and swap) for all of the context's processes together.
+    pub memory_max: Option<u64>,
+    /// Processes (and threads) at once.
+    pub pids_max: Option<u64>,
+    /// Percent of one CPU (150 = one and a half CPUs).
+    pub cpu_max: Option<u32>,
+}
+
+impl CgroupLimits {
+    pub fn any(&self) -> bool {
+        self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_max.is_some()
+    }
 }
 
 /// A resolved account; the spawn path needs every field before it forks.

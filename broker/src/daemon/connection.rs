@@ -147,6 +147,7 @@ fn status(shared: &Shared) -> StatusReport {
     }
     warnings.extend(operator::reload_refusal());
     warnings.extend(shared.namespaces.warnings());
+    warnings.extend(shared.cgroups.warnings());
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,
@@ -181,6 +182,7 @@ fn isolation_in_force(shared: &Shared, ctx: &crate::config::Context) -> String {
         }
     }
     parts.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
+    parts.extend(shared.cgroups.describe(ctx));
     // SAFETY: plain getter.
     let root = unsafe { libc::geteuid() } == 0;
     if root {

@@ -280,6 +280,9 @@ async fn launch(
         ruleset.as_ref().map(|r| r.as_raw_fd()),
         enforcing.as_ref().map(|r| r.as_raw_fd()),
     ];
+    // Held until the fork is done: the child writes itself into these.
+    let cgroup = shared.cgroups.for_context(&ctx);
+    plan.cgroup_procs = cgroup.as_ref().map(|g| g.procs_fds()).unwrap_or_default();
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
@@ -313,6 +316,7 @@ async fn launch(
     let ruleset_applied = ruleset.is_some();
     let enforced = enforcing.is_some();
     drop(holder);
+    drop(cgroup);
     drop(ruleset);
     drop(enforcing);
     // The child has its copies; the broker must not keep the caller's descriptors or the

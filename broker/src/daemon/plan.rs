@@ -331,6 +331,7 @@ pub fn prepare(
         namespaces: None,
         listen_pid: false,
         landlock: [None, None],
+        cgroup_procs: Vec::new(),
     };
     Ok(Prepared {
         plan,

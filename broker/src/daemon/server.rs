@@ -153,6 +153,11 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         warnings.push(w);
     }
 
+    let cgroups = super::cgroups::Cgroups::detect();
+    for w in cgroups.sync(&config) {
+        tracing::warn!("{w}");
+    }
+
     let audit = Audit::open(&audit_path);
     audit.set_max_size(config.broker.audit_log_max);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -173,6 +178,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         namespaces,
         ports,
         landlock: Default::default(),
+        cgroups,
     });
 
     let mut sigterm =
@@ -215,6 +221,11 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let _ = shutdown_tx.send(true);
     tasks.wait().await;
     shared.namespaces.clear();
+    // Processes that left their launch's group (setsid) are still in the cgroups.
+    for name in shared.config().contexts.keys() {
+        shared.cgroups.kill(name, libc::SIGKILL);
+    }
+    shared.cgroups.remove_all();
     if bound_here {
         let _ = std::fs::remove_file(&socket_path);
     }

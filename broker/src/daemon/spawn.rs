@@ -48,6 +48,8 @@ pub struct SpawnPlan {
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
     pub namespaces: Option<EnterNamespaces>,
+    /// `cgroup.procs` files of the context's cgroup (one per v1 hierarchy) to join.
+    pub cgroup_procs: Vec<RawFd>,
     /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
     /// context's, and the per-launch one of `enforce = true`.
     pub landlock: [Option<RawFd>; 2],
@@ -465,6 +467,13 @@ unsafe fn child(
     last_cap: i32,
     listen_pid: *mut u8,
 ) -> ! {
+    for &procs in &plan.cgroup_procs {
+        // "0" is the writer: this process, before anything else runs, so every process
+        // of the launch is counted and killable.
+        if libc::write(procs, b"0".as_ptr().cast(), 1) < 0 {
+            fail(report, Stage::Cgroup, errno());
+        }
+    }
     for ruleset in plan.landlock.iter().flatten() {
         // First, so that everything after (the exec above all) runs in the domain.
         // landlock_restrict_self needs no_new_privs unless we hold CAP_SYS_ADMIN.

@@ -1067,3 +1067,36 @@ fn landlock_keys() {
         "expected \"any\" or \"scoped\"",
     );
 }
+
+#[test]
+fn cgroup_limits() {
+    let config = ok(
+        "[contexts.a]\nuser = \"root\"\nmemory_max = \"512M\"\npids_max = 64\ncpu_max = \"50%\"\n\
+         [contexts.b]\nuser = \"root\"\ncpu_max = \"1.5\"\n[contexts.c]\nuser = \"root\"\ncpu_max = 2\n",
+    );
+    let a = ctx(&config, "a").cgroup;
+    assert_eq!(a.memory_max, Some(512 << 20));
+    assert_eq!(a.pids_max, Some(64));
+    assert_eq!(a.cpu_max, Some(50));
+    assert_eq!(ctx(&config, "b").cgroup.cpu_max, Some(150));
+    assert_eq!(ctx(&config, "c").cgroup.cpu_max, Some(200));
+    assert!(ctx(&config, "c").cgroup.memory_max.is_none());
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nmemory_max = \"10K\"\n",
+        3,
+        "contexts.a.memory_max",
+        "at least \"1M\"",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\npids_max = 0\n",
+        3,
+        "contexts.a.pids_max",
+        "at least 1",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\ncpu_max = \"lots\"\n",
+        3,
+        "contexts.a.cpu_max",
+        "not a CPU share",
+    );
+}
