@@ -184,8 +184,9 @@ pub fn fail(errno: i32) -> c_int {
     -1
 }
 
-/// Routes one exec. `local` runs the real function (passthrough). Returns only on failure,
-/// with errno set as a local exec would have set it.
+/// Routes one exec. `local` runs the real function (passthrough, and an unreachable broker
+/// under `CTX_ON_BROKER_DOWN=local`). Returns only on failure, with errno set as a local
+/// exec would have set it.
 ///
 /// # Safety
 /// `argv`/`envp` are null or NULL-terminated arrays of C strings.
@@ -255,6 +256,11 @@ pub unsafe fn route(
 
     let sock = match conn::connect(st.socket.bytes_nul()) {
         Ok(s) => s,
+        Err(e) if st.local_when_down => {
+            conn::running_locally(context, name, st.socket.bytes(), e);
+            drop(mem);
+            return local();
+        }
         Err(e) => {
             let mut l = conn::refusal(context, name);
             l.str("broker at ")

@@ -93,9 +93,12 @@ unsafe fn spawn_routed(
     let (argc, envc) = unsafe { (sys::vec_len(argv), sys::vec_len(envp)) };
     let d = sys::fmt_i64(argc as i64, &mut tmp);
     argc_c[..d.len()].copy_from_slice(d);
-    let (flag, path): (&CStr, &CStr) = match target {
-        Target::Path(_) => (c"-", c""),
-        Target::Search { path, .. } => (c"p", path),
+    // `p` searches PATH, `-` does not; a trailing `l` is CTX_ON_BROKER_DOWN=local.
+    let (flag, path): (&CStr, &CStr) = match (target, st.local_when_down) {
+        (Target::Path(_), false) => (c"-", c""),
+        (Target::Path(_), true) => (c"-l", c""),
+        (Target::Search { path, .. }, false) => (c"p", path),
+        (Target::Search { path, .. }, true) => (c"pl", path),
     };
     let head: [*const c_char; 9] = [
         st.shim.as_ptr(),

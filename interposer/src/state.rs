@@ -107,6 +107,9 @@ pub struct State {
     /// `CTX_PASSTHROUGH`, colon-separated.
     pub passthrough: FixedStr<4096>,
     pub shim: FixedStr<4096>,
+    /// `CTX_ON_BROKER_DOWN=local`: when the broker cannot be reached (connect fails), the
+    /// launch runs locally instead of failing closed. Anything else means fail.
+    pub local_when_down: bool,
     /// Why routing cannot work at all (bad variable, missing shim); every routed launch then
     /// fails closed with this reason.
     pub problem: Option<&'static str>,
@@ -218,6 +221,7 @@ fn load() -> State {
         socket: FixedStr::empty(),
         passthrough: FixedStr::empty(),
         shim: FixedStr::empty(),
+        local_when_down: env(c"CTX_ON_BROKER_DOWN") == Some(b"local"),
         problem: None,
         real,
     };

@@ -1,158 +1,17 @@
 //! End to end: a real `ctx-broker` on a temporary socket, real launchers preloaded with the
 //! library, each routed launch checked for the target context's uid and environment, the
-//! caller's secret, exit status, errno and stdio. Needs the workspace built (`cargo build`)
-//! so that `ctx-broker` sits beside the shim.
+//! caller's secret, exit status, errno and stdio. The fixture is in `common/`; the other
+//! files of this directory cover the launcher matrix's failure cases (`matrix.rs`),
+//! terminals (`pty.rs`) and the shim's and broker's lifecycle (`lifecycle.rs`).
+
+mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-// ---------------------------------------------------------------------------------------
-// Fixture
-// ---------------------------------------------------------------------------------------
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ctx-shim"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Broker {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-    /// The uid routed programs run as.
-    uid: u32,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // SAFETY: signals the broker this fixture started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_broker() -> Broker {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let broker = bin_dir().join("ctx-broker");
-    assert!(
-        broker.exists(),
-        "{} is missing: run `cargo build` for the whole workspace first",
-        broker.display()
-    );
-    let dir = std::env::temp_dir().join(format!(
-        "ctx-interposer-e2e-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // SAFETY: plain getters.
-    let me = unsafe { libc::getuid() };
-    let (user, uid) = if me == 0 {
-        ("\"nobody\"".to_string(), 65534)
-    } else {
-        (format!("\"{me}\""), me)
-    };
-    let socket = dir.join("broker.sock");
-    let config = dir.join("contexts.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[broker]
-socket = "{sock}"
-state_dir = "{d}/state"
-audit_log = "{d}/audit.jsonl"
-
-[contexts.user]
-user = {user}
-cwd = "inherit"
-env = {{ CTX_ONLY = "context-value" }}
-inherit_env = ["LANG"]
-allow = {{ uids = [{me}] }}
-"#,
-            sock = socket.display(),
-            d = dir.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(&broker)
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "broker did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Broker {
-        child,
-        dir,
-        socket,
-        uid,
-    }
-}
-
-impl Broker {
-    /// `argv` run locally with routing switched on for its launches.
-    fn cmd(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new(argv[0]);
-        c.args(&argv[1..])
-            .current_dir(&self.dir)
-            .env("LD_PRELOAD", bin_dir().join("libctx_interposer.so"))
-            .env("CTX_ROUTE", "user")
-            .env("CTX_SOCKET", &self.socket)
-            .env("SECRET", "agent-canary")
-            .env_remove("CTX_PASSTHROUGH")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, argv: &[&str]) -> Output {
-        let out = self.cmd(argv).output().unwrap();
-        eprintln!(
-            "{argv:?} -> {:?}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn sh(&self, shell: &str, script: &str) -> Output {
-        self.run(&[shell, "-c", script])
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The canonical probe: uid, the context's variable, the caller's secret (must be empty).
-const PROBE: &str = r#"echo "$(id -u) ${CTX_ONLY:-none} ${SECRET:-nosecret}""#;
-
-fn probe_line(b: &Broker) -> String {
-    format!("{} context-value nosecret", b.uid)
-}
-
-fn python() -> Option<&'static str> {
-    // A pyenv shim is a bash script that would itself be routed; use a real interpreter.
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
+use common::*;
 
 // ---------------------------------------------------------------------------------------
 // Tests
@@ -350,22 +209,68 @@ fn perl_make_xargs_find_env_git() {
     // A cleared environment does not switch routing off.
     let o = b.run(&["bash", "-c", "env -i id -u; env -i sh -c 'id -u'"]);
     assert_eq!(stdout(&o), want.repeat(2));
+}
+
+#[test]
+fn git_alias_and_hooks_route() {
+    let b = start_broker();
+    let want = probe_line(&b);
     let g = b.dir.join("repo");
+    let git = |args: &[&str]| {
+        let mut a = vec!["git", "-C", g.to_str().unwrap()];
+        a.extend_from_slice(args);
+        b.run(&a)
+    };
     assert!(Command::new("git")
         .args(["init", "-q"])
         .arg(&g)
         .status()
         .unwrap()
         .success());
-    let o = b.run(&[
-        "git",
-        "-C",
-        g.to_str().unwrap(),
+    // An alias `!cmd` runs through the shell git starts: both are routed.
+    let alias = format!("alias.probe=!{PROBE}");
+    let o = git(&["-c", &alias, "probe"]);
+    assert_eq!(stdout(&o), format!("{want}\n"));
+    assert!(o.status.success());
+    // Hooks: git forks and execs the hook file itself; it runs in the context, so it
+    // prints the context's uid and variable and does not see the caller's secret. Git sends
+    // a hook's stdout to stderr.
+    for hook in ["pre-commit", "post-commit"] {
+        let h = g.join(".git/hooks").join(hook);
+        std::fs::write(&h, format!("#!/bin/sh\necho \"{hook} $({PROBE})\"\n")).unwrap();
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = git(&[
         "-c",
-        "alias.who=!id -u",
-        "who",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.invalid",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "m",
     ]);
-    assert_eq!(stdout(&o), want);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("pre-commit {want}\n")), "{err}");
+    assert!(err.contains(&format!("post-commit {want}\n")), "{err}");
+    // A failing pre-commit hook fails the commit, as locally.
+    let h = g.join(".git/hooks/pre-commit");
+    std::fs::write(&h, "#!/bin/sh\nexit 1\n").unwrap();
+    let o = git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.invalid",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "n",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("identity"));
 }
 
 #[test]

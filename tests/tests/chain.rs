@@ -72,3 +72,76 @@ fn a_process_outside_platform_with_the_same_uid_is_not_let_into_user() {
     assert_eq!(out.code(), 125, "{}", out.show());
     assert!(out.stderr_str().contains("may not enter"), "{}", out.show());
 }
+
+#[test]
+fn a_chained_target_with_on_broker_down_local_runs_launches_locally_when_the_broker_is_gone() {
+    // Two platforms: one routes to a target that says on_broker_down = "local", the other
+    // to one that keeps the default (fail).
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "{BOB}"
+cwd = "/tmp"
+route_children_to = "alice"
+allow = {{ uids = [0] }}
+
+[contexts.strict]
+user = "{BOB}"
+cwd = "/tmp"
+route_children_to = "alice-strict"
+allow = {{ uids = [0] }}
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+on_broker_down = "local"
+allow = {{ uids = [0], contexts = ["platform"] }}
+
+[contexts.alice-strict]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["strict"] }}
+"#
+    );
+    let b = Broker::start(&config);
+    let bob = user(BOB);
+    let alice = user(ALICE);
+    // The broker carries the target's policy in the environment of the chained context.
+    let out = b.exec("platform", &["printenv", "CTX_ON_BROKER_DOWN"]);
+    assert_eq!(out.ok(), "local\n");
+    let out = b.exec("strict", &["printenv", "CTX_ON_BROKER_DOWN"]);
+    assert_eq!(out.code(), 1, "{}", out.show());
+    // Reachable: launches are routed to alice either way.
+    let out = b.exec("platform", &["sh", "-c", "id -u"]);
+    assert_eq!(out.ok(), format!("{}\n", alice.uid));
+    // Unreachable (the platform process's CTX_SOCKET points nowhere): `local` runs the
+    // launch in platform itself, as bob, with one line on stderr; the default fails closed.
+    let gone = "CTX_SOCKET=/nonexistent/ctx.sock";
+    let out = run(b
+        .ctx(["exec", "-e", gone, "--context", "platform", "--"])
+        .args(["sh", "-c", "id -u; echo rc=$?"]));
+    assert_eq!(
+        out.stdout_str(),
+        format!("{}\nrc=0\n", bob.uid),
+        "{}",
+        out.show()
+    );
+    assert!(
+        out.stderr_str()
+            .contains("running \"id\" locally, not in context alice"),
+        "{}",
+        out.show()
+    );
+    let out = run(b
+        .ctx(["exec", "-e", gone, "--context", "strict", "--"])
+        .args(["sh", "-c", "id -u; echo rc=$?"]));
+    assert_eq!(out.stdout_str(), "rc=126\n", "{}", out.show());
+    assert!(
+        out.stderr_str()
+            .contains("cannot route \"id\" to context alice-strict: broker at /nonexistent/ctx.sock unreachable"),
+        "{}",
+        out.show()
+    );
+}

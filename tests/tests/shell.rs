@@ -369,3 +369,25 @@ allow = {{ uids = [0] }}
         "none\n"
     );
 }
+
+#[test]
+fn a_save_cut_short_falls_back_to_the_last_complete_state() {
+    let b = Broker::start(&standard_config());
+    sh(&b, "alice", "export STEP=one").ok();
+    sh(&b, "alice", "export STEP=two").ok();
+    let dir = b.dir().path().join("state/shells/alice");
+    // The second save went into the other slot; cut it as a kill mid-write would.
+    let newest = ["default.bash", "default.bash.1"]
+        .iter()
+        .map(|n| dir.join(n))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap();
+    let text = std::fs::read_to_string(&newest).unwrap();
+    assert!(text.contains("STEP=\"two\""), "{text}");
+    let cut = &text[..text.len() / 2];
+    std::fs::write(&newest, cut).unwrap();
+    assert_eq!(sh(&b, "alice", "echo $STEP").ok(), "one\n");
+    // And the session goes on from there.
+    sh(&b, "alice", "export STEP=three").ok();
+    assert_eq!(sh(&b, "alice", "echo $STEP").ok(), "three\n");
+}

@@ -48,20 +48,13 @@ const INPUT_CHUNK: usize = 64 * 1024;
 // Types
 // ---------------------------------------------------------------------------------------
 
+/// The options `ctx exec` and `ctx sh` share: how one launch runs.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The context to run the command in (see `ctx contexts`)
-    #[arg(long, value_name = "NAME")]
-    pub context: String,
-
+pub struct LaunchOptions {
     /// Give the command a terminal (a broker PTY) on stdin, stdout and stderr even when
     /// they are not terminals here
     #[arg(short = 't', long)]
     pub tty: bool,
-
-    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
 
     /// Working directory for the command, instead of the context's
     #[arg(long, value_name = "DIR")]
@@ -74,6 +67,20 @@ pub struct ExecArgs {
     /// Kill the command after this long: 500ms, 30s, 10m, 1h, 1m30s, or bare seconds
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The context to run the command in (see `ctx contexts`)
+    #[arg(long, value_name = "NAME")]
+    pub context: String,
+
+    #[command(flatten)]
+    pub launch: LaunchOptions,
+
+    /// Keep stdin attached (always the case; accepted for `docker exec -i` habits)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
 
     /// Hand the command the broker's listening socket for this reserved port at fd 3
     /// (then 4...), with LISTEN_FDS and LISTEN_PID set as systemd does (repeatable). Only
@@ -217,12 +224,14 @@ fn launch(
     wrap: impl FnOnce(ExecRequest) -> Request,
 ) -> Result<Outcome, Error> {
     let timeout_ms = args
+        .launch
         .timeout
         .as_deref()
         .map(parse_duration)
         .transpose()
         .map_err(|e| Error::Usage(format!("--timeout: {e}")))?;
     let set_env = args
+        .launch
         .set_env
         .iter()
         .map(|kv| parse_set_env(kv.as_bytes()).map(|()| ByteBuf::from(kv.as_bytes())))
@@ -232,7 +241,7 @@ fn launch(
 
     // Probe before anything opens a descriptor that could land on a closed 0, 1 or 2.
     let std = [probe(0), probe(1), probe(2)];
-    let mut plan = FdPlan::new(std, args.tty);
+    let mut plan = FdPlan::new(std, args.launch.tty);
     for (i, port) in args.listen_ports.iter().enumerate() {
         // SD_LISTEN_FDS_START: the sockets follow stdio.
         plan.slots.push(FdSlot {
@@ -269,6 +278,7 @@ fn launch(
                 .unwrap_or_default(),
         ),
         cwd_override: args
+            .launch
             .cwd
             .map(|d| ByteBuf::from(d.into_os_string().into_vec())),
         fds: plan.slots.clone(),

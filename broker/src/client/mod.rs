@@ -88,7 +88,8 @@ pub enum Verb {
     #[command(
         after_help = "Example:\n  ctx run --route-to user --passthrough node -- node agent.js\n\n\
         Sets LD_PRELOAD (the interposer beside ctx, or $CTX_INTERPOSER), CTX_ROUTE, \
-        CTX_SOCKET and CTX_PASSTHROUGH, then replaces itself with the program."
+        CTX_SOCKET, CTX_PASSTHROUGH and CTX_ON_BROKER_DOWN, then replaces itself with the \
+        program."
     )]
     Run(run::RunArgs),
 
@@ -239,9 +240,9 @@ mod tests {
         assert_eq!(cli.socket.as_deref(), Some(Path::new("/tmp/s")));
         let Verb::Exec(a) = cli.verb else { panic!() };
         assert_eq!(a.context, "user");
-        assert!(a.tty && a.interactive);
+        assert!(a.launch.tty && a.interactive);
         assert_eq!(a.command, ["ls", "-l", "--color"]);
-        assert_eq!(a.timeout.as_deref(), Some("1m30s"));
+        assert_eq!(a.launch.timeout.as_deref(), Some("1m30s"));
     }
 
     #[test]

@@ -23,6 +23,17 @@ pub struct RouteArgs {
     /// still routed (repeatable)
     #[arg(long, value_name = "PROG")]
     pub passthrough: Vec<OsString>,
+
+    /// What a launch does when the broker cannot be reached: fail (closed, with a one-line
+    /// message) or run locally with the program's own credentials (SPEC 4.10)
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = OnBrokerDown::Fail)]
+    pub on_broker_down: OnBrokerDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnBrokerDown {
+    Fail,
+    Local,
 }
 
 #[derive(Debug, Args)]
@@ -71,7 +82,8 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, Error> {
     })
 }
 
-/// `LD_PRELOAD`, `CTX_ROUTE`, `CTX_SOCKET` and `CTX_PASSTHROUGH` for routing to
+/// `LD_PRELOAD`, `CTX_ROUTE`, `CTX_SOCKET`, `CTX_PASSTHROUGH` and `CTX_ON_BROKER_DOWN`
+/// for routing to
 /// `args.route_to` through the broker at `socket`.
 pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
     if args.route_to.is_empty() {
@@ -104,6 +116,10 @@ pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
         ("CTX_ROUTE", Some(OsString::from(&args.route_to))),
         ("CTX_SOCKET", Some(socket.into_os_string())),
         ("CTX_PASSTHROUGH", passthrough),
+        (
+            "CTX_ON_BROKER_DOWN",
+            (args.on_broker_down == OnBrokerDown::Local).then(|| OsString::from("local")),
+        ),
     ])
 }
 

@@ -3,13 +3,13 @@
 //! same session; each command keeps its own stdio, exit code, signals and timeout.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Args;
 use ctx_protocol::{Request, ShellRequest};
 use serde_bytes::ByteBuf;
 
-use super::exec::{self, ExecArgs};
+use super::exec::{self, ExecArgs, LaunchOptions};
 use super::Error;
 
 #[derive(Debug, Args)]
@@ -26,21 +26,8 @@ pub struct ShArgs {
     #[arg(long)]
     pub reset: bool,
 
-    /// Give the command a terminal even when stdin/stdout are not terminals here
-    #[arg(short = 't', long)]
-    pub tty: bool,
-
-    /// Working directory for this command, instead of the session's
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<PathBuf>,
-
-    /// Set an environment variable for this command (repeatable)
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub set_env: Vec<OsString>,
-
-    /// Kill the command after this long: 500ms, 30s, 10m, 1h
-    #[arg(long, value_name = "DUR")]
-    pub timeout: Option<String>,
+    #[command(flatten)]
+    pub launch: LaunchOptions,
 
     /// The bash script to run; without one (at a terminal), an interactive shell
     #[arg(value_name = "SCRIPT")]
@@ -55,11 +42,8 @@ pub fn run(socket: &Path, args: ShArgs) -> Result<i32, Error> {
     let reset = args.reset;
     let exec_args = ExecArgs {
         context: args.context,
-        tty: args.tty,
+        launch: args.launch,
         interactive: false,
-        cwd: args.cwd,
-        set_env: args.set_env,
-        timeout: args.timeout,
         listen_ports: Vec::new(),
         command: vec![OsString::from("bash")],
     };

@@ -69,8 +69,10 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         return;
     }
     match request {
-        Request::Exec(req) => exec::run(&shared, &mut conn, &peer, client, req).await,
-        Request::Shell(sh) => exec::shell(&shared, &mut conn, &peer, sh).await,
+        // Boxed: a launch's future is large (its relay loop), and tokio copies the
+        // connection task's future by value when it spawns and polls it.
+        Request::Exec(req) => Box::pin(exec::run(&shared, &mut conn, &peer, client, req)).await,
+        Request::Shell(sh) => Box::pin(exec::shell(&shared, &mut conn, &peer, sh)).await,
         Request::Status => {
             let report = status(&shared);
             let _ = conn.send(&Reply::Status(report)).await;

@@ -21,7 +21,7 @@ use super::shell_state::{self, SessionError};
 use super::spawn::{fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
-use crate::config::{Context, ShellEnv};
+use crate::config::{BrokerDown, Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -222,15 +222,24 @@ async fn launch(
         Vec::new()
     };
     let me = BrokerIdentity::current();
-    let prepared = match prepare(
-        &ctx,
-        &req,
-        lookup,
-        passed,
-        me,
-        &shared.routing,
-        &session_env,
-    ) {
+    // Chained contexts: the target's on_broker_down travels in the environment.
+    let chained_routing;
+    let routing = match &ctx.route_children_to {
+        Some(target) => {
+            let local = shared
+                .config()
+                .contexts
+                .get(target)
+                .is_some_and(|t| t.on_broker_down == BrokerDown::Local);
+            chained_routing = super::plan::Routing {
+                target_runs_local_when_down: local,
+                ..shared.routing.clone()
+            };
+            &chained_routing
+        }
+        None => &shared.routing,
+    };
+    let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
         Ok(p) => p,
         Err(failure) => {
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await
@@ -380,7 +389,12 @@ async fn launch(
     }
     let master = master.map(watch).transpose().unwrap_or_default();
     let mut input: Vec<u8> = Vec::new();
-    let mut out = vec![0u8; 64 * 1024];
+    // PTY output buffer; a pipe-mode launch never reads output, so it allocates nothing.
+    let mut out = if master.is_some() {
+        vec![0u8; 64 * 1024]
+    } else {
+        Vec::new()
+    };
 
     let status = loop {
         tokio::select! {

@@ -14,12 +14,13 @@ use super::spawn::{cstring, search_candidates, Identity, Program, SpawnPlan};
 
 /// Variables that switch routing on; they cross into a context only when that context
 /// itself routes on (a later issue wires `route_children_to`).
-const ROUTING_VARS: [&str; 5] = [
+const ROUTING_VARS: [&str; 6] = [
     "LD_PRELOAD",
     "CTX_ROUTE",
     "CTX_SOCKET",
     "CTX_PASSTHROUGH",
     "CTX_SHIM",
+    "CTX_ON_BROKER_DOWN",
 ];
 
 /// The broker's own credentials, which decide whether a uid switch is possible.
@@ -57,6 +58,10 @@ fn refuse(kind: FailureKind, stage: Stage, errno: i32, message: String) -> ExecF
 pub struct Routing {
     pub interposer: std::path::PathBuf,
     pub socket: std::path::PathBuf,
+    /// The `route_children_to` target of the launching context has
+    /// `on_broker_down = "local"`: its interposer gets `CTX_ON_BROKER_DOWN=local`, since it
+    /// cannot read contexts.toml itself. Set per launch (see `exec::launch`).
+    pub target_runs_local_when_down: bool,
 }
 
 impl Routing {
@@ -72,7 +77,11 @@ impl Routing {
                     .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
             });
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
-        Routing { interposer, socket }
+        Routing {
+            interposer,
+            socket,
+            target_runs_local_when_down: false,
+        }
     }
 }
 
@@ -152,6 +161,9 @@ pub fn environment(
             b"CTX_SOCKET",
             routing.socket.as_os_str().as_bytes(),
         );
+        if routing.target_runs_local_when_down {
+            set(&mut env, b"CTX_ON_BROKER_DOWN", b"local");
+        }
     }
     if tty && !env.iter().any(|(k, _)| k == b"TERM") {
         // A PTY is useless without a terminal type; the caller's is not a secret.

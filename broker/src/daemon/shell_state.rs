@@ -1,8 +1,8 @@
 //! Persistent shell sessions (`ctx sh`) without parsing any output: every command runs in a
 //! fresh `bash` that first loads the session's saved state (cwd, variables, unset
 //! variables, functions, aliases, `set -o`/`shopt` options), evaluates the script with the
-//! caller's own stdio, and on exit writes the new state to a temporary file and renames it
-//! over the old one. A command killed before it exits leaves the previous state intact.
+//! caller's own stdio, and on exit writes the new state into the other of two slots. A
+//! command killed before it exits (or during the save) leaves the previous state intact.
 //!
 //! State lives in `STATE_DIR/shells/CONTEXT/SESSION.bash`, in a directory owned by the
 //! context's uid with mode 0700 (the broker's state dir itself is 0711, so no one else can
@@ -34,48 +34,53 @@ const WRAPPER_TEMPLATE: &str = r#"__ctx_state=$1; __ctx_script=$2; __ctx_shared=
 shopt -s expand_aliases
 declare -A __ctx_base=()
 for __ctx_n in @NAMES@; do [[ ${!__ctx_n@a} == *x* ]] && __ctx_base[$__ctx_n]=${!__ctx_n}; done
-__ctx_o= __ctx_s=
-{ if [[ -r $__ctx_state ]]; then builtin source "$__ctx_state"; fi; } 2>/dev/null
-__ctx_skip() {
-  case $1 in
-    __ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE) return 0 ;;
-  esac
-  return 1
-}
+__ctx_o= __ctx_s= __ctx_gen=0 __ctx_from=
+# Two slots, $__ctx_state and $__ctx_state.1, each ending with `: ctx-sh-end GEN` once
+# complete: load the newest complete one, save into the other. A save cut short (the
+# command was killed) leaves an incomplete slot that the next load skips, and no rename
+# (an external `mv`, a fork and exec per command) is needed.
+for __ctx_f in "$__ctx_state" "$__ctx_state.1"; do
+  [[ -r $__ctx_f ]] || continue
+  mapfile -t __ctx_l <"$__ctx_f"
+  (( ${#__ctx_l[@]} )) || continue
+  [[ ${__ctx_l[-1]} =~ ^:\ ctx-sh-end\ ([0-9]+)$ ]] || continue
+  if (( BASH_REMATCH[1] >= __ctx_gen )); then __ctx_gen=${BASH_REMATCH[1]} __ctx_from=$__ctx_f; fi
+done
+unset __ctx_l __ctx_f
+if [[ $__ctx_from == "$__ctx_state" ]]; then __ctx_to=$__ctx_state.1; else __ctx_to=$__ctx_state; fi
+{ if [[ -n $__ctx_from ]]; then builtin source "$__ctx_from"; fi; } 2>/dev/null
 __ctx_keep() {
   case $1 in
     monitor|history|login_shell|restricted_shell|progcomp|expand_aliases|interactive-comments|emacs|vi) return 0 ;;
   esac
   return 1
 }
-__ctx_changed() {
-  ! [[ -v __ctx_base[$1] && ${__ctx_base[$1]} == "${!1}" && ${!1@a} == *x* ]]
-}
 __ctx_save() {
   local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n
   {
     for __ctx_n in @NAMES@; do
-      __ctx_skip "$__ctx_n" && continue
-      __ctx_changed "$__ctx_n" && declare -p "$__ctx_n"
+      case $__ctx_n in @SKIP@) continue ;; esac
+      [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" && ${!__ctx_n@a} == *x* ]] && continue
+      declare -p "$__ctx_n"
     done
     for __ctx_n in "${!__ctx_base[@]}"; do
-      [[ -v $__ctx_n ]] || printf 'unset -v %s
-' "$__ctx_n"
+      [[ -v $__ctx_n ]] || printf 'unset -v %s\n' "$__ctx_n"
     done
     declare -f
     alias -p
-    printf 'builtin cd -- %q 2>/dev/null || :
-' "$PWD"
-    printf '__ctx_o=%q; __ctx_s=%q
-' "$__ctx_o" "$__ctx_s"
-  } >"$__ctx_tmp" 2>/dev/null && builtin command mv -f -- "$__ctx_tmp" "$__ctx_state" 2>/dev/null
+    printf 'builtin cd -- %q 2>/dev/null || :\n' "$PWD"
+    printf '__ctx_o=%q; __ctx_s=%q\n' "$__ctx_o" "$__ctx_s"
+    printf ': ctx-sh-end %d\n' $((__ctx_gen + 1))
+  } >"$__ctx_to" 2>/dev/null
   if [[ $__ctx_shared == shared ]]; then
     # For the broker (shell_env = "shared"): changed exports as NAME=VALUE, unset ones
     # as NAME, each NUL-terminated.
     {
       for __ctx_n in @NAMES@; do
-        __ctx_skip "$__ctx_n" && continue
-        [[ ${!__ctx_n@a} == *x* ]] && __ctx_changed "$__ctx_n" && printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
+        case $__ctx_n in @SKIP@) continue ;; esac
+        [[ ${!__ctx_n@a} == *x* ]] || continue
+        [[ -v __ctx_base[$__ctx_n] && ${__ctx_base[$__ctx_n]} == "${!__ctx_n}" ]] && continue
+        printf '%s=%s\0' "$__ctx_n" "${!__ctx_n}"
       done
       for __ctx_n in "${!__ctx_base[@]}"; do
         [[ -v $__ctx_n ]] || printf '%s\0' "$__ctx_n"
@@ -115,6 +120,12 @@ __ctx_apply() {
 eval "$__ctx_x$__ctx_script"
 "#;
 
+/// Variables a session never saves: bash's own and the wrapper's (`case` patterns; a
+/// pattern rather than a function call per variable, which costs bash ~10 us each).
+const SKIP: &str = "__ctx_*|BASH|BASH_*|BASHOPTS|BASHPID|EUID|UID|PPID|SHELLOPTS|RANDOM|SRANDOM|\
+SECONDS|LINENO|HISTCMD|FUNCNAME|GROUPS|PIPESTATUS|DIRSTACK|_|EPOCHREALTIME|EPOCHSECONDS|COMP_*|\
+COPROC*|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE";
+
 /// The wrapper with `@NAMES@` expanded to one quoted `"${!X@}"` per possible first
 /// character of a variable name: every variable, without a subshell.
 fn wrapper() -> &'static str {
@@ -125,7 +136,9 @@ fn wrapper() -> &'static str {
             .chain(std::iter::once('_'))
             .map(|c| format!("\"${{!{c}@}}\""))
             .collect();
-        WRAPPER_TEMPLATE.replace("@NAMES@", &names.join(" "))
+        WRAPPER_TEMPLATE
+            .replace("@NAMES@", &names.join(" "))
+            .replace("@SKIP@", SKIP)
     })
 }
 
@@ -214,7 +227,8 @@ pub fn prepare(
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
     let file = dir.join(format!("{session}.bash"));
     if reset {
-        for stale in [file.clone(), dir.join(format!("{session}.bash.env"))] {
+        let slots = ["bash", "bash.1", "bash.env"].map(|ext| dir.join(format!("{session}.{ext}")));
+        for stale in slots {
             match std::fs::remove_file(&stale) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

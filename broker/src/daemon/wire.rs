@@ -25,6 +25,9 @@ pub enum WireError {
 pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Receive scratch, on the heap: on the stack it would sit in every read future, which
+    /// is created per relay-loop turn and moved into the connection's task.
+    chunk: Box<[u8]>,
     fds: Vec<OwnedFd>,
 }
 
@@ -33,6 +36,7 @@ impl Conn {
         Conn {
             stream,
             buf: Vec::with_capacity(4096),
+            chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             fds: Vec::new(),
         }
     }
@@ -50,14 +54,12 @@ impl Conn {
                 self.buf.drain(..total);
                 return Ok(Some(payload));
             }
-            let mut chunk = [0u8; 16 * 1024];
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
             let fd = self.stream.as_raw_fd();
+            let chunk = &mut self.chunk;
             let (n, nfds) = self
                 .stream
-                .async_io(Interest::READABLE, || {
-                    recv_with_fds(fd, &mut chunk, &mut fds)
-                })
+                .async_io(Interest::READABLE, || recv_with_fds(fd, chunk, &mut fds))
                 .await?;
             for &raw in &fds[..nfds] {
                 // SAFETY: recv_with_fds handed us ownership of these new descriptors.
@@ -73,7 +75,7 @@ impl Conn {
                     Err(WireError::Truncated)
                 };
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&self.chunk[..n]);
         }
     }
 

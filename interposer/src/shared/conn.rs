@@ -34,6 +34,23 @@ pub fn refusal(context: &str, name: &[u8]) -> super::sys::Line {
     l
 }
 
+/// The one line `on_broker_down = "local"` writes when it runs a launch locally:
+/// `ctx: broker at /run/ctx/broker.sock unreachable (ENOENT): running "ls" locally, not in
+/// context user (on_broker_down = local)`.
+pub fn running_locally(context: &str, name: &[u8], socket: &[u8], errno: i32) {
+    let mut l = super::sys::Line::new();
+    l.str("ctx: broker at ")
+        .push(socket)
+        .str(" unreachable (")
+        .errno_name(errno)
+        .str("): running ")
+        .quoted(name)
+        .str(" locally, not in context ")
+        .str(context)
+        .str(" (on_broker_down = local)")
+        .write_to(2);
+}
+
 /// Appends the reason a verdict other than started/failed gives, naming the socket.
 pub fn explain(l: &mut super::sys::Line, socket: &[u8], v: &Verdict<'_>) {
     match v {

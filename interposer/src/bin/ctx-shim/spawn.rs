@@ -3,7 +3,8 @@
 //! exactly what the routed program must get. Sends the launch, reports the verdict to the
 //! hook over the inherited pipe, then relays like `--attach`.
 //!
-//! argv: `--spawn <report-fd> <context> <socket> <p|-> <program> <PATH> <argc> argv... envp...`
+//! argv: `--spawn <report-fd> <context> <socket> <flags> <program> <PATH> <argc> argv... envp...`
+//! where flags is `p` (search PATH) or `-`, followed by `l` for CTX_ON_BROKER_DOWN=local.
 
 use crate::shared::conn::{self, Verdict};
 use crate::shared::fds::{self, FdSet};
@@ -35,6 +36,64 @@ fn failed_exit_code(errno: i32) -> i32 {
         libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
         _ => EXIT_CTX,
     }
+}
+
+/// Executes the program here, as the real `posix_spawn`/`posix_spawnp` would have (a PATH
+/// search without the `/bin/sh` fallback). Returns only on failure, with the errno the
+/// local spawn would have reported.
+fn exec_locally(program: &[u8], search_path: Option<&[u8]>, argv: &[&[u8]], envp: &[&[u8]]) -> i32 {
+    use std::ffi::CString;
+    let cs =
+        |v: &[&[u8]]| -> Option<Vec<CString>> { v.iter().map(|s| CString::new(*s).ok()).collect() };
+    let (Some(argv_c), Some(envp_c)) = (cs(argv), cs(envp)) else {
+        return libc::EINVAL;
+    };
+    let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let try_exec = |path: &[u8]| -> i32 {
+        let Ok(p) = CString::new(path) else {
+            return libc::ENOENT;
+        };
+        // SAFETY: NUL-terminated path and NULL-terminated arrays that outlive the call.
+        unsafe { libc::execve(p.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+        sys::errno()
+    };
+    let Some(path) = search_path else {
+        return try_exec(program);
+    };
+    let mut got_eacces = false;
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let mut full = dir.to_vec();
+        full.push(b'/');
+        full.extend_from_slice(program);
+        match try_exec(&full) {
+            libc::EACCES => got_eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            e => return e,
+        }
+    }
+    if got_eacces {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }
+}
+
+/// `dir/file` for the first entry of `path` holding a regular file with an execute bit.
+fn first_on_path(file: &[u8], path: &[u8]) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    path.split(|&b| b == b':').find_map(|dir| {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let mut p = dir.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(file);
+        let m = std::fs::metadata(std::ffi::OsStr::from_bytes(&p)).ok()?;
+        (m.is_file() && m.permissions().mode() & 0o111 != 0).then_some(p)
+    })
 }
 
 pub fn run(a: &[&[u8]]) -> ! {
@@ -97,11 +156,28 @@ pub fn run(a: &[&[u8]]) -> ! {
             // SAFETY: NUL-terminated by getcwd.
             unsafe { sys::cstr(cwd.as_ptr() as *const libc::c_char) }
         };
+    // posix_spawnp searches PATH like execvp but, unlike it, has no `/bin/sh` fallback for
+    // a file without a shebang (glibc 2.15+: ENOEXEC). The broker's PATH search always
+    // falls back, so the candidate is picked here, the first regular file with an execute
+    // bit along PATH, and sent as an exact path; the broker then reports ENOEXEC as
+    // posix_spawnp would. (The broker still checks that the context's uid may run it.)
+    let search = flag.first() == Some(&b'p');
+    let local_when_down = flag.get(1) == Some(&b'l');
+    let picked = if search && !program.contains(&b'/') {
+        first_on_path(program, path)
+    } else {
+        None
+    };
+    let (program, search_path): (&[u8], Option<&[u8]>) = match &picked {
+        Some(p) => (p, None),
+        None if search && !program.contains(&b'/') => (program, Some(path)),
+        None => (program, None),
+    };
     let req = ExecRef {
         context,
         argv: StrList::Slice(argv),
         program: Some(program),
-        search_path: (*flag == b"p").then_some(*path),
+        search_path,
         env: StrList::Slice(envp),
         cwd: cwd_bytes,
         fds: set.slots(),
@@ -116,6 +192,14 @@ pub fn run(a: &[&[u8]]) -> ! {
     socket_c.push(0);
     let sock = match conn::connect(&socket_c) {
         Ok(s) => s,
+        Err(e) if local_when_down => {
+            conn::running_locally(context, name, socket, e);
+            // This process already has what the program would have had (file actions,
+            // attributes applied by glibc), so it becomes the program. On success the
+            // close-on-exec report pipe closes unreported, which the hook takes as started.
+            let errno = exec_locally(program, search_path, argv, envp);
+            fail(errno, failed_exit_code(errno))
+        }
         Err(e) => {
             conn::refusal(context, name)
                 .str("broker at ")

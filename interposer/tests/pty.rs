@@ -1,0 +1,216 @@
+//! Terminals: a caller whose stdio is a terminal (a PTY this test makes, with the caller as
+//! its session leader) gets, for each routed launch, a fresh PTY from the broker. Its own
+//! terminal descriptor never reaches the routed process, so `TIOCSTI` from there cannot
+//! type into the caller's terminal.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A caller running on a fresh PTY: the master side, what it has printed so far, and the
+/// caller's terminal name.
+struct OnPty {
+    master: std::fs::File,
+    output: Arc<Mutex<Vec<u8>>>,
+    child: Child,
+    tty_name: String,
+}
+
+impl OnPty {
+    /// Runs the argv `make_argv` builds from the caller's terminal name.
+    fn start(b: &Broker, make_argv: impl Fn(&str) -> Vec<String>, rows: u16, cols: u16) -> OnPty {
+        let (mut m, mut s) = (-1, -1);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors; the name buffer is not used; the termios
+        // pointer is null (defaults) and the winsize is a valid struct.
+        let r =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+        assert_eq!(r, 0, "openpty");
+        // SAFETY: fresh descriptors owned from here on.
+        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+        let tty_name = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let argv = make_argv(&tty_name);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = b.cmd(&argv);
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .env("TERM", "xterm");
+        // SAFETY: setsid and ioctl are async-signal-safe; the child makes the PTY (its
+        // stdin) its controlling terminal, as a terminal emulator's shell has it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(slave);
+        let master = std::fs::File::from(master);
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            // EIO once the last slave descriptor is closed.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            master,
+            output,
+            child,
+            tty_name,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the caller's terminal shows `needle`.
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "terminal never showed {needle:?}; it shows:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn type_bytes(&mut self, b: &[u8]) {
+        self.master.write_all(b).unwrap();
+    }
+
+    /// Waits for the caller to exit (bounded) and returns its exit code.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the reader thread drain what is left.
+                std::thread::sleep(Duration::from_millis(100));
+                return (st.code(), self.text());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("caller did not exit; terminal shows:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_terminal_caller_gets_a_fresh_pty_with_its_size_and_input() {
+    let b = start_broker();
+    // The routed sh reports its terminal, size and descriptors, then reads a line.
+    let routed = "tty; stty size; ls -l /proc/$$/fd; echo READY; read x; echo \"got:$x\"; exit 7";
+    let mut p = OnPty::start(
+        &b,
+        |_| vec!["bash".into(), "-c".into(), format!("sh -c '{routed}'")],
+        33,
+        111,
+    );
+    p.wait_for("READY");
+    p.type_bytes(b"hello\n");
+    let caller_tty = p.tty_name.clone();
+    let (code, text) = p.finish();
+    eprintln!("caller tty {caller_tty}; terminal:\n{text}");
+    assert_eq!(code, Some(7), "{text}");
+    let routed_tty = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("/dev/pts/"))
+        .unwrap_or_else(|| panic!("no tty line in:\n{text}"))
+        .to_string();
+    assert_ne!(
+        routed_tty, caller_tty,
+        "the routed program got the caller's terminal"
+    );
+    assert!(text.contains("33 111"), "size not carried:\n{text}");
+    assert!(text.contains("got:hello"), "input not relayed:\n{text}");
+    // None of the routed process's descriptors is the caller's terminal; its stdio is
+    // the fresh PTY.
+    assert!(!text.contains(&format!("-> {caller_tty}")), "{text}");
+    for fd in 0..3 {
+        assert!(
+            text.contains(&format!(" {fd} -> {routed_tty}")),
+            "fd {fd} is not the fresh PTY:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn tiocsti_from_a_routed_program_cannot_type_into_the_callers_terminal() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    // The routed program pushes a command line into every terminal it can reach: its
+    // stdio and /dev/tty (the fresh PTY), and the caller's terminal by name (which its
+    // uid cannot open). Then the caller, a shell, reads its own terminal for a second:
+    // nothing may be there.
+    let inject = r#"
+import fcntl, os, sys, termios
+def push(fd, what):
+    try:
+        for c in b"echo INJECTED\n":
+            fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))
+        print("pushed into", what)
+    except OSError as e:
+        print("refused", what, e.errno)
+push(0, "stdin")
+push(os.open("/dev/tty", os.O_RDWR), "/dev/tty")
+try:
+    push(os.open(sys.argv[1], os.O_RDWR), "caller")
+except OSError as e:
+    print("cannot open caller tty", e.errno)
+print("INJECTOR-DONE")
+"#;
+    let caller = |tty: &str| {
+        let script = format!(
+            "{py} -c '{}' {tty}; if read -t 1 y; then echo \"caller-read:[$y]\"; \
+             else echo caller-read-nothing; fi",
+            inject.replace('\'', "'\\''")
+        );
+        vec!["bash".to_string(), "-c".into(), script]
+    };
+    let p = OnPty::start(&b, caller, 24, 80);
+    let caller_tty = p.tty_name.clone();
+    let (code, text) = p.finish();
+    eprintln!("caller tty {caller_tty}; terminal:\n{text}");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("INJECTOR-DONE"), "{text}");
+    assert!(
+        text.contains(&format!("cannot open caller tty {}", libc::EACCES)),
+        "{text}"
+    );
+    assert!(text.contains("caller-read-nothing"), "{text}");
+    assert!(!text.contains("caller-read:["), "{text}");
+}
