@@ -77,7 +77,7 @@ ensure_user ctx-bob
 ensure_user ctx-agent ctx
 ensure_user ctx-user
 
-# --- fuzzing (first, so that the test runner's summary closes the output) ------------------------------------------------------------------------------
+# --- fuzzing (first, so that the test runner's summary closes the output) -----------
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
     bash scripts/fuzz.sh
 fi
