@@ -77,6 +77,11 @@ ensure_user ctx-bob
 ensure_user ctx-agent ctx
 ensure_user ctx-user
 
+# --- fuzzing (first, so that the test runner's summary closes the output) -----------
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+    bash scripts/fuzz.sh
+fi
+
 # --- build and test ---------------------------------------------------------------------
 cargo build --release --workspace --quiet
 if cargo nextest --version >/dev/null 2>&1; then
@@ -86,7 +91,3 @@ else
     cargo test --release --workspace --no-fail-fast
 fi
 
-# --- fuzzing ------------------------------------------------------------------------------
-if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
-    bash scripts/fuzz.sh
-fi

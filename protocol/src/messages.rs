@@ -125,6 +125,9 @@ pub enum FdSource {
     Passed,
     /// The slave side of the PTY the broker allocates for this launch.
     Pty,
+    /// The listening TCP socket the broker holds for this reserved port (`[broker]
+    /// reserved_ports`), handed over systemd-style (`ctx exec --listen-port`).
+    ReservedPort(u16),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -280,6 +283,12 @@ pub enum Stage {
     Capabilities,
     Exec,
     User,
+    /// Joining the context's namespaces (`isolation.pid`, `isolation.network`).
+    Namespace,
+    /// Applying the context's Landlock ruleset (filesystem rules, signal scoping).
+    Landlock,
+    /// Joining the context's cgroup (memory, pids, cpu limits).
+    Cgroup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +313,9 @@ pub struct StatusReport {
     pub contexts: Vec<String>,
     /// One line per limitation in force (e.g. "not root: contexts must use uid 1000").
     pub warnings: Vec<String>,
+    /// One line per context: the isolation in force for it right now
+    /// (`user: pid namespace, network none, ...`).
+    pub isolation: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,12 +470,15 @@ impl Stage {
             Stage::Capabilities => "capabilities",
             Stage::Exec => "exec",
             Stage::User => "user",
+            Stage::Namespace => "namespace",
+            Stage::Landlock => "landlock",
+            Stage::Cgroup => "cgroup",
         }
     }
 
     /// Stable numbering for the spawn path's error pipe.
     pub fn from_u8(n: u8) -> Option<Stage> {
-        const ALL: [Stage; 13] = [
+        const ALL: [Stage; 16] = [
             Stage::Fork,
             Stage::Session,
             Stage::Terminal,
@@ -477,6 +492,9 @@ impl Stage {
             Stage::Capabilities,
             Stage::Exec,
             Stage::User,
+            Stage::Namespace,
+            Stage::Landlock,
+            Stage::Cgroup,
         ];
         ALL.get(n as usize).copied()
     }

@@ -147,6 +147,7 @@ fn every_reply_roundtrips() {
         launches: 3,
         contexts: vec!["user".into()],
         warnings: vec!["w".into()],
+        isolation: vec!["user: pid namespace".into()],
     }));
     roundtrip_reply(Reply::Contexts(vec![ContextInfo {
         name: "user".into(),
@@ -340,8 +341,10 @@ fn exit_status_and_classification() {
     assert_eq!(FailureKind::NotFound.exit_code(), 127);
     assert_eq!(FailureKind::PermissionDenied.exit_code(), 126);
     assert_eq!(FailureKind::BadCwd.exit_code(), 125);
-    for n in 0..13u8 {
+    for n in 0..16u8 {
         assert_eq!(Stage::from_u8(n).map(|s| s as u8), Some(n));
     }
-    assert_eq!(Stage::from_u8(13), None);
+    assert_eq!(Stage::from_u8(16), None);
+    assert_eq!(Stage::from_u8(13), Some(Stage::Namespace));
+    assert_eq!(Stage::Landlock.as_str(), "landlock");
 }

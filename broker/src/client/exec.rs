@@ -82,6 +82,12 @@ pub struct ExecArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
 
+    /// Hand the command the broker's listening socket for this reserved port at fd 3
+    /// (then 4...), with LISTEN_FDS and LISTEN_PID set as systemd does (repeatable). Only
+    /// the port's owning context (`[broker] port_owners`) or a root caller may claim it
+    #[arg(long = "listen-port", value_name = "PORT")]
+    pub listen_ports: Vec<u16>,
+
     /// The command and its arguments
     #[arg(
         required = true,
@@ -235,7 +241,14 @@ fn launch(
 
     // Probe before anything opens a descriptor that could land on a closed 0, 1 or 2.
     let std = [probe(0), probe(1), probe(2)];
-    let plan = FdPlan::new(std, args.launch.tty);
+    let mut plan = FdPlan::new(std, args.launch.tty);
+    for (i, port) in args.listen_ports.iter().enumerate() {
+        // SD_LISTEN_FDS_START: the sockets follow stdio.
+        plan.slots.push(FdSlot {
+            target: 3 + i as i32,
+            source: FdSource::ReservedPort(*port),
+        });
+    }
     let controlling = if plan.any_pty() {
         Controlling::find()
     } else {

@@ -44,6 +44,7 @@ pub fn run(socket: &Path, args: ShArgs) -> Result<i32, Error> {
         context: args.context,
         launch: args.launch,
         interactive: false,
+        listen_ports: Vec::new(),
         command: vec![OsString::from("bash")],
     };
     exec::run_as(socket, exec_args, move |exec| {

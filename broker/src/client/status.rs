@@ -56,6 +56,9 @@ pub fn render(r: &StatusReport) -> String {
             }
         ),
     ];
+    for i in &r.isolation {
+        lines.push(format!("isolation:  {i}"));
+    }
     for w in &r.warnings {
         lines.push(format!("warning:    {w}"));
     }
@@ -82,6 +85,7 @@ mod tests {
             launches: 17,
             contexts: vec!["platform".into(), "user".into()],
             warnings: vec!["not root: contexts must use uid 1000".into()],
+            isolation: vec!["user: pid namespace, network none".into()],
         };
         let text = render(&r);
         for needle in [
@@ -94,6 +98,7 @@ mod tests {
             "launches:   17",
             "platform, user",
             "warning:    not root: contexts must use uid 1000",
+            "isolation:  user: pid namespace, network none",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Allow, BrokerDown, BrokerSettings, Config, Context, CwdRule, Isolation, Network, Rlimit,
-    ShellEnv, User, DEFAULT_PATH,
+    Allow, BrokerDown, BrokerSettings, CgroupLimits, Config, Context, CwdRule, Isolation, Network,
+    Rlimit, ShellEnv, Signals, User, DEFAULT_PATH,
 };
 use values::{EnvTable, Scalar};
 
@@ -118,6 +118,21 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     loader.resolve(raw)
 }
 
+/// The Landlock ABI version this kernel offers (0: none, or disabled at boot).
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the documented version query: no attribute, size 0.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0) as i32
+}
+
 /// An environment variable name as POSIX shells accept it: `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -156,6 +171,7 @@ struct RawBroker {
     state_dir: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
     reserved_ports: Option<Vec<Spanned<i64>>>,
+    port_owners: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     audit_log_max: Option<Spanned<Scalar>>,
     log_level: Option<Spanned<String>>,
 }
@@ -175,6 +191,9 @@ struct RawContext {
     on_broker_down: Option<Spanned<String>>,
     shell_env: Option<Spanned<String>>,
     isolation: Option<RawIsolation>,
+    memory_max: Option<Spanned<Scalar>>,
+    pids_max: Option<Spanned<Scalar>>,
+    cpu_max: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +213,10 @@ struct RawIsolation {
     pid: Option<bool>,
     network: Option<Spanned<String>>,
     enforce: Option<bool>,
+    read_only: Option<Vec<Spanned<String>>>,
+    read_write: Option<Vec<Spanned<String>>>,
+    no_access: Option<Vec<Spanned<String>>>,
+    signals: Option<Spanned<String>>,
 }
 
 // ---------- Resolution ----------
@@ -271,8 +294,9 @@ impl Loader<'_> {
         }
     }
 
-    fn resolve(mut self, raw: RawFile) -> Result<Config, ConfigError> {
-        let broker = self.broker(raw.broker)?;
+    fn resolve(mut self, mut raw: RawFile) -> Result<Config, ConfigError> {
+        let owners = raw.broker.as_mut().and_then(|b| b.port_owners.take());
+        let mut broker = self.broker(raw.broker)?;
         if raw.contexts.is_empty() {
             return Err(ConfigError {
                 path: self.path.to_path_buf(),
@@ -311,6 +335,7 @@ impl Loader<'_> {
             contexts.insert(name, Arc::new(context));
         }
         self.check_route_cycles(&routes)?;
+        broker.port_owners = self.port_owners(owners, &broker.reserved_ports, &names)?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -329,6 +354,7 @@ impl Loader<'_> {
                 state_dir: DEFAULT_STATE_DIR.into(),
                 audit_log: DEFAULT_AUDIT_LOG.into(),
                 reserved_ports: Vec::new(),
+                port_owners: BTreeMap::new(),
                 audit_log_max: None,
                 log_level: None,
             });
@@ -418,9 +444,43 @@ impl Loader<'_> {
             state_dir,
             audit_log,
             reserved_ports,
+            port_owners: BTreeMap::new(),
             audit_log_max,
             log_level,
         })
+    }
+
+    /// `[broker] port_owners = { 8080 = "platform" }`: each key a reserved port, each
+    /// value a context.
+    fn port_owners(
+        &self,
+        raw: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+        reserved: &[u16],
+        names: &[String],
+    ) -> Result<BTreeMap<u16, String>, ConfigError> {
+        let mut owners = BTreeMap::new();
+        for (port, owner) in raw.unwrap_or_default() {
+            let key = format!("broker.port_owners.{}", port.get_ref());
+            let Some(number) = port.get_ref().parse::<u16>().ok().filter(|p| *p != 0) else {
+                return Err(self.err(
+                    port.span(),
+                    key,
+                    format!("{:?} is not a port (1 to 65535)", port.get_ref()),
+                ));
+            };
+            if !reserved.contains(&number) {
+                return Err(self.err(
+                    port.span(),
+                    key,
+                    format!("port {number} is not in reserved_ports; add it there first"),
+                ));
+            }
+            if !names.contains(owner.get_ref()) {
+                return Err(self.err(owner.span(), key, no_such_context(owner.get_ref(), names)));
+            }
+            owners.insert(number, owner.into_inner());
+        }
+        Ok(owners)
     }
 
     fn abs_path(
@@ -637,30 +697,117 @@ impl Loader<'_> {
                         }
                     },
                 };
+                let signals = match &iso.signals {
+                    None => Signals::Any,
+                    Some(v) => match v.get_ref().as_str() {
+                        "any" => Signals::Any,
+                        "scoped" => Signals::Scoped,
+                        other => {
+                            return Err(self.err(
+                                v.span(),
+                                format!("{}.signals", scope.key("isolation")),
+                                format!("{other:?}: expected \"any\" or \"scoped\""),
+                            ))
+                        }
+                    },
+                };
+                let paths = |field: &str, list: &Option<Vec<Spanned<String>>>| {
+                    let mut out = Vec::new();
+                    for (index, p) in list.iter().flatten().enumerate() {
+                        let key = format!("{}.{field}[{index}]", scope.key("isolation"));
+                        if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') {
+                            return Err(self.err(
+                                p.span(),
+                                key,
+                                format!("{:?} is not an absolute path", p.get_ref()),
+                            ));
+                        }
+                        out.push(PathBuf::from(p.get_ref()));
+                    }
+                    Ok(out)
+                };
                 Isolation {
                     pid: iso.pid.unwrap_or(false),
                     network,
                     enforce: iso.enforce.unwrap_or(false),
+                    read_only: paths("read_only", &iso.read_only)?,
+                    read_write: paths("read_write", &iso.read_write)?,
+                    no_access: paths("no_access", &iso.no_access)?,
+                    signals,
                 }
             }
         };
-        let mut pending = Vec::new();
-        if isolation.pid {
-            pending.push("pid = true");
-        }
-        if isolation.network == Network::None {
-            pending.push("network = \"none\"");
-        }
-        if isolation.enforce {
-            pending.push("enforce = true");
-        }
-        if !pending.is_empty() {
+        let abi = landlock_abi();
+        if isolation.has_fs_rules() && abi < 1 {
             self.warnings.push(format!(
-                "{}: {} is parsed but not enforced yet",
-                scope.key("isolation"),
-                pending.join(", ")
+                "{}: read_only/read_write/no_access NOT in force: this kernel has no Landlock \
+                 (filesystem access is only limited by the context's uid)",
+                scope.key("isolation")
             ));
         }
+        if isolation.signals == Signals::Scoped && abi < 6 {
+            self.warnings.push(format!(
+                "{}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (this kernel \
+                 has {abi}); only uid separation limits what the context may signal",
+                scope.key("isolation")
+            ));
+        }
+        if isolation.enforce && raw.route_children_to.is_none() {
+            self.warnings.push(format!(
+                "{}: enforce = true has no effect: the context does not route its launches \
+                 (set route_children_to)",
+                scope.key("isolation")
+            ));
+        } else if isolation.enforce && abi < 1 {
+            self.warnings.push(format!(
+                "{}: enforce = true NOT in force: this kernel has no Landlock; launches that \
+                 bypass the interposer (static binaries, raw execve) run unrouted",
+                scope.key("isolation")
+            ));
+        }
+
+        let memory_max = match &raw.memory_max {
+            None => None,
+            Some(v) => {
+                let bytes = values::parse_bytes(v.get_ref())
+                    .map_err(|reason| self.err(v.span(), scope.key("memory_max"), reason))?;
+                if bytes < 1 << 20 {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("memory_max"),
+                        format!(
+                            "{bytes} bytes is too little to start a program; use at least \"1M\""
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
+        let pids_max = match &raw.pids_max {
+            None => None,
+            Some(v) => match v.get_ref() {
+                Scalar::Int(n) if *n >= 1 => Some(*n as u64),
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        scope.key("pids_max"),
+                        "expected a number of processes, at least 1",
+                    ))
+                }
+            },
+        };
+        let cpu_max = match &raw.cpu_max {
+            None => None,
+            Some(v) => Some(
+                values::parse_cpu(v.get_ref())
+                    .map_err(|reason| self.err(v.span(), scope.key("cpu_max"), reason))?,
+            ),
+        };
+        let cgroup = CgroupLimits {
+            memory_max,
+            pids_max,
+            cpu_max,
+        };
 
         Ok(Context {
             name: name.to_string(),
@@ -675,6 +822,7 @@ impl Loader<'_> {
             on_broker_down,
             shell_env,
             isolation,
+            cgroup,
         })
     }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{load, load_str, parse_duration, ConfigError};
+pub use load::{landlock_abi, load, load_str, parse_duration, ConfigError};
 
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -33,6 +33,9 @@ pub struct BrokerSettings {
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
     pub reserved_ports: Vec<u16>,
+    /// Which context may be handed each reserved port's socket (`ctx exec --listen-port`);
+    /// a port without an owner is handed only to a root caller.
+    pub port_owners: BTreeMap<u16, String>,
     /// Rotate the audit log to `<audit_log>.1` once it reaches this many bytes.
     pub audit_log_max: Option<u64>,
     /// The broker's `tracing` filter when `RUST_LOG` is not set (`"info"`, `"debug"`...).
@@ -57,6 +60,26 @@ pub struct Context {
     /// Whether `ctx exec` and routed launches see what the default `ctx sh` session exports.
     pub shell_env: ShellEnv,
     pub isolation: Isolation,
+    pub cgroup: CgroupLimits,
+}
+
+/// Per-context cgroup limits (`memory_max`, `pids_max`, `cpu_max`); every context also
+/// gets a cgroup without limits where the host has them, so `ctx kill --context` finds
+/// all its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupLimits {
+    /// Bytes of memory (and swap) for all of the context's processes together.
+    pub memory_max: Option<u64>,
+    /// Processes (and threads) at once.
+    pub pids_max: Option<u64>,
+    /// Percent of one CPU (150 = one and a half CPUs).
+    pub cpu_max: Option<u32>,
+}
+
+impl CgroupLimits {
+    pub fn any(&self) -> bool {
+        self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_max.is_some()
+    }
 }
 
 /// A resolved account; the spawn path needs every field before it forks.
@@ -126,6 +149,31 @@ pub struct Isolation {
     pub pid: bool,
     pub network: Network,
     pub enforce: bool,
+    /// Landlock: may read and execute beneath these paths.
+    pub read_only: Vec<PathBuf>,
+    /// Landlock: may do anything beneath these paths.
+    pub read_write: Vec<PathBuf>,
+    /// Landlock: nothing beneath these paths (carved out of the two lists above, or out
+    /// of the whole filesystem when neither is given).
+    pub no_access: Vec<PathBuf>,
+    pub signals: Signals,
+}
+
+impl Isolation {
+    /// Whether the context asks for Landlock filesystem rules.
+    pub fn has_fs_rules(&self) -> bool {
+        !self.read_only.is_empty() || !self.read_write.is_empty() || !self.no_access.is_empty()
+    }
+}
+
+/// Which processes a context's processes may signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signals {
+    /// Whatever uid separation allows (default).
+    #[default]
+    Any,
+    /// Only processes of their own launch (Landlock `LANDLOCK_SCOPE_SIGNAL`, ABI 6+).
+    Scoped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

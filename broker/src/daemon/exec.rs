@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
-use super::spawn::{fork_exec, parse_report, Program, SpawnPlan};
+use super::spawn::{fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
@@ -251,6 +251,58 @@ async fn launch(
         }
     };
     let mut plan = prepared.plan;
+    if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
+        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+    }
+    // Held until the fork is done: the child restricts itself with this ruleset.
+    let protected = super::landlock::Protected {
+        config: shared.config().path.clone(),
+        audit_log: shared.audit.path().to_path_buf(),
+        state_dir: shared.state_dir.clone(),
+    };
+    let ruleset = match shared.landlock.for_context(&ctx, &protected) {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Landlock,
+                errno: 0,
+                errno_name: "".into(),
+                message: e.to_string().into(),
+            };
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        }
+    };
+    let enforcing = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Landlock,
+                errno: 0,
+                errno_name: "".into(),
+                message: format!(
+                    "context {:?}: cannot build its enforce ruleset: {e}",
+                    ctx.name
+                )
+                .into(),
+            };
+            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        }
+    };
+    plan.landlock = [
+        ruleset.as_ref().map(|r| r.as_raw_fd()),
+        enforcing.as_ref().map(|r| r.as_raw_fd()),
+    ];
+    // Held until the fork is done: the child writes itself into these.
+    let cgroup = shared.cgroups.for_context(&ctx);
+    plan.cgroup_procs = cgroup.as_ref().map(|g| g.procs_fds()).unwrap_or_default();
+    // Held until the fork is done: the child joins the namespaces through this pidfd.
+    let holder = shared.namespaces.for_context(&ctx);
+    plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
+        pidfd: h.pidfd.as_raw_fd(),
+        flags: h.flags,
+    });
     let mut pty = None;
     if prepared.wants_tty {
         let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
@@ -274,6 +326,13 @@ async fn launch(
     }
 
     let forked = fork_exec(&plan);
+    let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
+    let ruleset_applied = ruleset.is_some();
+    let enforced = enforcing.is_some();
+    drop(holder);
+    drop(cgroup);
+    drop(ruleset);
+    drop(enforcing);
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
     drop(prepared.passed);
@@ -454,6 +513,7 @@ async fn launch(
         "argv": audit_argv,
         "cwd": String::from_utf8_lossy(&prepared.cwd),
         "tty": prepared.wants_tty,
+        "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced),
         "status": status_json(status),
         "timed_out": timed_out,
         "caller_disconnected": !client_alive,
@@ -482,6 +542,118 @@ async fn fail(
         "duration_ms": started_at.elapsed().as_millis() as u64,
     }));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
+}
+
+/// What isolation a launch ran under, for its audit record.
+fn isolation_json(
+    ctx: &Context,
+    ns_flags: i32,
+    landlock: bool,
+    enforced: bool,
+) -> serde_json::Value {
+    json!({
+        "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
+        "network_none": ns_flags & libc::CLONE_NEWNET != 0,
+        "landlock": landlock,
+        "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
+        "enforce": enforced,
+    })
+}
+
+/// `enforce = true` on a routing context: the launch may exec only the shim (every routed
+/// launch goes through it), its own program and that program's script interpreter.
+fn enforce_ruleset(
+    shared: &Shared,
+    ctx: &Context,
+    plan: &SpawnPlan,
+    cwd: &[u8],
+) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    if !ctx.isolation.enforce || ctx.route_children_to.is_none() {
+        return Ok(None);
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let cwd = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+    let candidates: Vec<&std::ffi::CStr> = match &plan.program {
+        Program::Exact(p) => vec![p.as_c_str()],
+        Program::Search(list) => list.iter().map(|c| c.as_c_str()).collect(),
+    };
+    // The file the child's exec will find first (as root; the context's uid may be refused
+    // it, which then fails the launch anyway).
+    let program = candidates
+        .iter()
+        .map(|c| cwd.join(std::ffi::OsStr::from_bytes(c.to_bytes())))
+        .find(|p| p.is_file());
+    let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
+    if let Some(p) = program {
+        match super::landlock::script_interpreter(&p) {
+            Some(interp) => allowed.push(interp),
+            None if plan.sh_fallback => allowed.push("/bin/sh".into()),
+            None => {}
+        }
+        allowed.push(p);
+    }
+    super::landlock::exec_only(&allowed)
+}
+
+/// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets
+/// `LISTEN_FDS`/`LISTEN_PID`. A port goes only to a launch into its owning context
+/// (`[broker] port_owners`) or to a root caller.
+fn hand_over_ports(
+    shared: &Shared,
+    peer: &Peer,
+    ctx: &Context,
+    req: &ExecRequest,
+    plan: &mut SpawnPlan,
+) -> Result<(), ExecFailure<'static>> {
+    let config = shared.config();
+    let mut count = 0;
+    for slot in &req.fds {
+        let FdSource::ReservedPort(port) = slot.source else {
+            continue;
+        };
+        let owner = config.broker.port_owners.get(&port);
+        if peer.uid != 0 && owner != Some(&ctx.name) {
+            let message = match owner {
+                Some(o) => format!("port {port} belongs to context {o:?}, not {:?}", ctx.name),
+                None => format!(
+                    "port {port} has no owner in [broker] port_owners: only root may claim it"
+                ),
+            };
+            return Err(ExecFailure {
+                kind: FailureKind::PermissionDenied,
+                stage: Stage::Fds,
+                errno: libc::EACCES,
+                errno_name: ctx_protocol::errno_name(libc::EACCES).into(),
+                message: message.into(),
+            });
+        }
+        let Some(fd) = shared.ports.socket(port) else {
+            return Err(ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Fds,
+                errno: libc::EADDRNOTAVAIL,
+                errno_name: ctx_protocol::errno_name(libc::EADDRNOTAVAIL).into(),
+                message: format!(
+                    "port {port} is not held by the broker (not in [broker] reserved_ports, \
+                     or it could not be bound at start: see ctx status)"
+                )
+                .into(),
+            });
+        };
+        plan.fds.push((fd, slot.target));
+        count += 1;
+    }
+    if count > 0 {
+        if let Ok(kv) = std::ffi::CString::new(format!("LISTEN_FDS={count}")) {
+            plan.envp.retain(|e| {
+                let b = e.as_bytes();
+                !b.starts_with(b"LISTEN_FDS=") && !b.starts_with(b"LISTEN_PID=")
+            });
+            plan.envp.push(kv);
+        }
+        plan.listen_pid = true;
+    }
+    Ok(())
 }
 
 fn os_failure(stage: Stage, e: io::Error, what: &str) -> ExecFailure<'static> {

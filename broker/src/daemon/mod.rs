@@ -5,14 +5,22 @@
 //! - [`connection`]: one peer: handshake, dispatch of its request;
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
+//! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
+//! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
+//! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
 pub mod audit;
+pub mod cgroups;
 pub mod connection;
 pub mod exec;
+pub mod landlock;
+pub mod namespaces;
 pub mod operator;
 pub mod plan;
+pub mod ports;
 pub mod pty;
 pub mod registry;
 pub mod server;
@@ -56,6 +64,10 @@ pub struct Shared {
     pub shutdown_rx: tokio::sync::watch::Receiver<bool>,
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
+    pub namespaces: namespaces::Namespaces,
+    pub ports: ports::ReservedPorts,
+    pub landlock: landlock::Rulesets,
+    pub cgroups: cgroups::Cgroups,
 }
 
 impl Shared {

@@ -108,6 +108,10 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             shared.audit.set_max_size(new.broker.audit_log_max);
             *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let contexts: Vec<String> = new.contexts.keys().cloned().collect();
+            // Namespaces a context no longer wants (or wants differently) end here, with the
+            // processes still running in them.
+            warnings.extend(shared.namespaces.sync(&new));
+            warnings.extend(shared.cgroups.sync(&new));
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
             shared.audit.record(json!({
@@ -218,7 +222,23 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         KillTarget::Id(id) => format!("with id {id}"),
         KillTarget::Context(name) => format!("in context {name:?}"),
     };
+    // The operator's `ctx kill --context X` reaches every process in X's cgroup too: also
+    // those that left their launch's process group (setsid, double fork).
+    let whole_context = match target {
+        KillTarget::Context(name) if is_operator(peer) => Some(name.as_str()),
+        _ => None,
+    };
     if matching.is_empty() {
+        if let Some(name) = whole_context {
+            let n = shared.cgroups.kill(name, signo);
+            if n > 0 {
+                shared.audit.record(json!({
+                    "event": "kill", "caller": caller_json(peer), "ids": [],
+                    "contexts": [name], "cgroup_processes": n, "signal": signo,
+                }));
+                return Reply::Killed { ids: Vec::new() };
+            }
+        }
         return error(
             ErrorKind::NoSuchProcess,
             format!("no running routed process {what} (see ctx ps)"),
@@ -249,11 +269,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         kill_group(r.pid, signo);
         ids.push(r.id);
     }
+    let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo));
     shared.audit.record(json!({
         "event": "kill",
         "caller": caller_json(peer),
         "ids": ids,
         "contexts": allowed.iter().map(|r| r.context.as_str()).collect::<Vec<_>>(),
+        "cgroup_processes": in_cgroup,
         "signal": signo,
     }));
     Reply::Killed { ids }

@@ -340,6 +340,10 @@ pub fn prepare(
         fds,
         controlling_tty: None,
         drop_caps: me.euid == 0,
+        namespaces: None,
+        listen_pid: false,
+        landlock: [None, None],
+        cgroup_procs: Vec::new(),
     };
     Ok(Prepared {
         plan,

@@ -139,6 +139,25 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
 
+    // Before the first connection: the first launch into a context must not pay for its
+    // namespaces. The holders' thread lives as long as the broker (see namespaces.rs).
+    let namespaces = super::namespaces::Namespaces::start()
+        .map_err(io_err("start the namespace thread for", &socket_path))?;
+    for w in namespaces.sync(&config) {
+        tracing::warn!("{w}");
+    }
+
+    let (ports, port_warnings) = super::ports::ReservedPorts::bind(&config.broker.reserved_ports);
+    for w in port_warnings {
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
+
+    let cgroups = super::cgroups::Cgroups::detect();
+    for w in cgroups.sync(&config) {
+        tracing::warn!("{w}");
+    }
+
     let audit = Audit::open(&audit_path);
     audit.set_max_size(config.broker.audit_log_max);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -156,6 +175,10 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         shutting_down: AtomicBool::new(false),
         shutdown_rx,
         warnings: RwLock::new(warnings),
+        namespaces,
+        ports,
+        landlock: Default::default(),
+        cgroups,
     });
 
     let mut sigterm =
@@ -197,6 +220,12 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     shared.shutting_down.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     tasks.wait().await;
+    shared.namespaces.clear();
+    // Processes that left their launch's group (setsid) are still in the cgroups.
+    for name in shared.config().contexts.keys() {
+        shared.cgroups.kill(name, libc::SIGKILL);
+    }
+    shared.cgroups.remove_all();
     if bound_here {
         let _ = std::fs::remove_file(&socket_path);
     }

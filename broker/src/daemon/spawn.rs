@@ -46,6 +46,23 @@ pub struct SpawnPlan {
     pub controlling_tty: Option<RawFd>,
     /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
     pub drop_caps: bool,
+    /// The context's long-lived namespaces to join (see `namespaces.rs`).
+    pub namespaces: Option<EnterNamespaces>,
+    /// `cgroup.procs` files of the context's cgroup (one per v1 hierarchy) to join.
+    pub cgroup_procs: Vec<RawFd>,
+    /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
+    /// context's, and the per-launch one of `enforce = true`.
+    pub landlock: [Option<RawFd>; 2],
+    /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
+    /// child knows that pid (inside a PID namespace it is not the one the broker sees).
+    pub listen_pid: bool,
+}
+
+/// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
+#[derive(Debug, Clone, Copy)]
+pub struct EnterNamespaces {
+    pub pidfd: RawFd,
+    pub flags: i32,
 }
 
 /// A started child: its pid, a pidfd to wait on, and the error pipe's read end.
@@ -112,10 +129,21 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    // "LISTEN_PID=" and room for any pid; the child writes its pid in place.
+    let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let listen_pid_ptr: *mut u8 = if plan.listen_pid {
+        listen_pid.as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
+    };
     let envp: Vec<*const libc::c_char> = plan
         .envp
         .iter()
         .map(|a| a.as_ptr())
+        .chain(
+            plan.listen_pid
+                .then_some(listen_pid_ptr as *const libc::c_char),
+        )
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     // "/bin/sh", <script>, argv[1..], NULL: slot 1 is filled in by the child.
@@ -161,13 +189,41 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         envp: envp.as_ptr(),
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
+        listen_pid: listen_pid_ptr,
+        grandchild: std::sync::atomic::AtomicI32::new(0),
+        grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
     BROKER_PID.store(
         std::process::id() as i32,
         std::sync::atomic::Ordering::Relaxed,
     );
-    let (pid, pidfd) = clone_vfork(&args)?;
+    let (mut pid, mut pidfd) = clone_vfork(&args)?;
     drop(report_w);
+    let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
+    if grandchild > 0 {
+        // The first child exited as soon as the grandchild exec'd (or failed): reap it and
+        // watch the grandchild, our own child thanks to CLONE_PARENT. It cannot be reaped
+        // by anyone else before pidfd_open, so its pid cannot have been reused.
+        // SAFETY: plain syscalls; `pidfd` is the first child's, which we own.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            );
+            libc::close(pidfd);
+            let fd = libc::syscall(libc::SYS_pidfd_open, grandchild, 0) as RawFd;
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                libc::kill(grandchild, libc::SIGKILL);
+                return Err(e);
+            }
+            pidfd = fd;
+        }
+        pid = grandchild;
+    }
     if plan.controlling_tty.is_none() {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
@@ -230,6 +286,13 @@ struct ChildArgs<'a> {
     envp: *const *const libc::c_char,
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
+    /// `LISTEN_PID=` buffer to complete with our pid, or null.
+    listen_pid: *mut u8,
+    /// Written by the first child when it had to clone again to enter a PID namespace: the
+    /// pid (in the broker's namespace) of the process that runs the program.
+    grandchild: std::sync::atomic::AtomicI32,
+    /// Top of the second half of the stack mapping, for that second clone.
+    grand_stack: std::sync::atomic::AtomicPtr<libc::c_void>,
 }
 
 /// The broker's pid, for the child's die-with-the-broker check (the child shares our
@@ -246,11 +309,16 @@ const CHILD_STACK: usize = 256 * 1024;
 /// blocked around it so that none of the broker's handlers can run in the child before it
 /// has reset them. Returns the pid and a pidfd obtained atomically with CLONE_PIDFD.
 fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
+    let twice = args
+        .plan
+        .namespaces
+        .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
+    let size = if twice { 2 * CHILD_STACK } else { CHILD_STACK };
     // SAFETY: a fresh private anonymous mapping, unmapped below.
     let stack = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            CHILD_STACK,
+            size,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
@@ -259,6 +327,13 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
     };
     if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
+    }
+    if twice {
+        // The grandchild's stack is the lower half; the first child uses the upper one.
+        // SAFETY: inside the mapping.
+        let mid = unsafe { (stack as *mut u8).add(CHILD_STACK) };
+        args.grand_stack
+            .store(mid.cast(), std::sync::atomic::Ordering::Release);
     }
     // SAFETY: sigset_t is plain data, filled by sigfillset/pthread_sigmask.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -272,7 +347,7 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let top = (stack as *mut u8).add(CHILD_STACK) as *mut libc::c_void;
+        let top = (stack as *mut u8).add(size) as *mut libc::c_void;
         let pid = libc::clone(
             child_entry,
             top,
@@ -282,7 +357,7 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         );
         let err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        libc::munmap(stack, CHILD_STACK);
+        libc::munmap(stack, size);
         if pid < 0 {
             return Err(err);
         }
@@ -295,18 +370,63 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArgs clone_vfork passed, alive until we exec or exit.
     unsafe {
         let a = &*(arg as *const ChildArgs);
-        child(
-            a.plan,
-            a.report,
-            a.floor,
-            a.targets_mask,
-            a.candidates,
-            a.searching,
-            a.argv,
-            a.envp,
-            a.sh_argv,
-            a.last_cap,
-        )
+        reset_signal_handlers();
+        if let Some(ns) = a.plan.namespaces {
+            if libc::setns(ns.pidfd, ns.flags) < 0 {
+                fail(a.report, Stage::Namespace, errno());
+            }
+            if ns.flags & libc::CLONE_NEWPID != 0 {
+                // Only our children are born in the joined PID namespace: clone once more,
+                // as a sibling (CLONE_PARENT) so the broker waits on it directly.
+                let top = a.grand_stack.load(std::sync::atomic::Ordering::Acquire);
+                let pid = libc::clone(
+                    grandchild_entry,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT,
+                    arg,
+                );
+                if pid < 0 {
+                    fail(a.report, Stage::Namespace, errno());
+                }
+                a.grandchild
+                    .store(pid, std::sync::atomic::Ordering::Release);
+                libc::_exit(0);
+            }
+        }
+        run_child(a)
+    }
+}
+
+extern "C" fn grandchild_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as for child_entry: the broker thread and the first child are both suspended
+    // (CLONE_VFORK) until this process execs or exits.
+    unsafe { run_child(&*(arg as *const ChildArgs)) }
+}
+
+unsafe fn run_child(a: &ChildArgs) -> ! {
+    child(
+        a.plan,
+        a.report,
+        a.floor,
+        a.targets_mask,
+        a.candidates,
+        a.searching,
+        a.argv,
+        a.envp,
+        a.sh_argv,
+        a.last_cap,
+        a.listen_pid,
+    )
+}
+
+/// Nothing of the broker's signal state may leak (std ignores SIGPIPE, tokio handles
+/// TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
+/// sharing the broker's memory, a broker handler must never run.
+unsafe fn reset_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
     }
 }
 
@@ -317,6 +437,24 @@ unsafe fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
     buf[4..8].copy_from_slice(&errno.to_ne_bytes());
     libc::write(report, buf.as_ptr().cast(), REPORT_LEN);
     libc::_exit(127)
+}
+
+/// Writes `n` in decimal at `out` (room for 10 digits and a NUL). Async-signal-safe.
+unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *out.add(i) = digits[len - 1 - i];
+    }
+    *out.add(len) = 0;
 }
 
 unsafe fn errno() -> i32 {
@@ -336,15 +474,30 @@ unsafe fn child(
     envp: *const *const libc::c_char,
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
+    listen_pid: *mut u8,
 ) -> ! {
-    // Signal state: nothing of the broker's may leak (std ignores SIGPIPE, tokio handles
-    // TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
-    // sharing the broker's memory, a broker handler must never run.
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+    for &procs in &plan.cgroup_procs {
+        // "0" is the writer: this process, before anything else runs, so every process
+        // of the launch is counted and killable.
+        if libc::write(procs, b"0".as_ptr().cast(), 1) < 0 {
+            fail(report, Stage::Cgroup, errno());
         }
     }
+    for ruleset in plan.landlock.iter().flatten() {
+        // First, so that everything after (the exec above all) runs in the domain.
+        // landlock_restrict_self needs no_new_privs unless we hold CAP_SYS_ADMIN.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(report, Stage::NoNewPrivs, errno());
+        }
+        if libc::syscall(libc::SYS_landlock_restrict_self, *ruleset, 0) < 0 {
+            fail(report, Stage::Landlock, errno());
+        }
+    }
+    if !listen_pid.is_null() {
+        // After the last clone: this is the pid the program will see as its own.
+        write_decimal(listen_pid.add(b"LISTEN_PID=".len()), libc::getpid() as u32);
+    }
+    // Handlers were reset by the entry point; now unblock what the broker blocked.
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());

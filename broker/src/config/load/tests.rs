@@ -135,6 +135,7 @@ isolation = {{ pid = true, network = "host", enforce = false }}
             state_dir: "/var/lib/ctx".into(),
             audit_log: "/var/log/ctx/audit.jsonl".into(),
             reserved_ports: vec![8080, 8888],
+            port_owners: Default::default(),
             audit_log_max: None,
             log_level: None,
         }
@@ -191,10 +192,7 @@ isolation = {{ pid = true, network = "host", enforce = false }}
     );
     assert!(user.isolation.pid && !user.isolation.enforce);
     assert_eq!(user.isolation.network, Network::Host);
-    assert_eq!(
-        config.warnings,
-        vec!["contexts.user.isolation: pid = true is parsed but not enforced yet".to_string()]
-    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
 #[test]
@@ -499,6 +497,37 @@ fn broker_errors() {
     assert_eq!(config.broker.reserved_ports, vec![80, 443]);
 }
 
+#[test]
+fn port_owners_name_reserved_ports_and_contexts() {
+    let base = "[contexts.platform]\nuser = \"root\"\n";
+    let b = |broker: &str| format!("[broker]\n{broker}{base}");
+    let config = ok(&b(
+        "reserved_ports = [8080, 8888]\nport_owners = { 8080 = \"platform\" }\n",
+    ));
+    assert_eq!(
+        config.broker.port_owners.into_iter().collect::<Vec<_>>(),
+        vec![(8080, "platform".to_string())]
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { 9090 = \"platform\" }\n"),
+        3,
+        "broker.port_owners.9090",
+        "not in reserved_ports",
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { 8080 = \"nobody\" }\n"),
+        3,
+        "broker.port_owners.8080",
+        "no context named \"nobody\"",
+    );
+    assert_refused(
+        &b("reserved_ports = [8080]\nport_owners = { http = \"platform\" }\n"),
+        3,
+        "broker.port_owners.http",
+        "is not a port",
+    );
+}
+
 // ---------- Context names ----------
 
 #[test]
@@ -748,15 +777,13 @@ fn isolation_and_warnings() {
         Isolation {
             pid: false,
             network: Network::None,
-            enforce: true
+            enforce: true,
+            ..Isolation::default()
         }
     );
     assert_eq!(
         config.warnings,
-        vec![
-            "contexts.a.isolation: network = \"none\", enforce = true is parsed but not enforced yet"
-                .to_string()
-        ]
+        vec!["contexts.a.isolation: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string()]
     );
     assert_refused(
         "[contexts.a]\nuser = \"root\"\nisolation = { network = \"bridge\" }\n",
@@ -1012,5 +1039,64 @@ fn shell_env_private_by_default_shared_on_request() {
         3,
         "contexts.a.shell_env",
         "expected \"private\" or \"shared\"",
+    );
+}
+
+#[test]
+fn landlock_keys() {
+    let config = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\n",
+        "isolation = { read_only = [\"/usr\"], read_write = [\"/tmp\"], no_access = [\"/etc/ctx\"], signals = \"scoped\" }\n",
+    ));
+    let iso = &ctx(&config, "a").isolation;
+    assert_eq!(iso.read_only, vec![PathBuf::from("/usr")]);
+    assert_eq!(iso.read_write, vec![PathBuf::from("/tmp")]);
+    assert_eq!(iso.no_access, vec![PathBuf::from("/etc/ctx")]);
+    assert_eq!(iso.signals, crate::config::Signals::Scoped);
+    assert!(iso.has_fs_rules());
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { read_only = [\"usr\"] }\n",
+        3,
+        "contexts.a.isolation.read_only[0]",
+        "not an absolute path",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { signals = \"some\" }\n",
+        3,
+        "contexts.a.isolation.signals",
+        "expected \"any\" or \"scoped\"",
+    );
+}
+
+#[test]
+fn cgroup_limits() {
+    let config = ok(
+        "[contexts.a]\nuser = \"root\"\nmemory_max = \"512M\"\npids_max = 64\ncpu_max = \"50%\"\n\
+         [contexts.b]\nuser = \"root\"\ncpu_max = \"1.5\"\n[contexts.c]\nuser = \"root\"\ncpu_max = 2\n",
+    );
+    let a = ctx(&config, "a").cgroup;
+    assert_eq!(a.memory_max, Some(512 << 20));
+    assert_eq!(a.pids_max, Some(64));
+    assert_eq!(a.cpu_max, Some(50));
+    assert_eq!(ctx(&config, "b").cgroup.cpu_max, Some(150));
+    assert_eq!(ctx(&config, "c").cgroup.cpu_max, Some(200));
+    assert!(ctx(&config, "c").cgroup.memory_max.is_none());
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nmemory_max = \"10K\"\n",
+        3,
+        "contexts.a.memory_max",
+        "at least \"1M\"",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\npids_max = 0\n",
+        3,
+        "contexts.a.pids_max",
+        "at least 1",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\ncpu_max = \"lots\"\n",
+        3,
+        "contexts.a.cpu_max",
+        "not a CPU share",
     );
 }

@@ -214,8 +214,46 @@ pub(super) fn parse_mode(value: &Scalar) -> Result<u32, String> {
 /// The smallest audit log cap: below it a rotation would happen every few launches.
 const MIN_SIZE: u64 = 4096;
 
-/// `"10M"`, `"512K"`, `"1G"` (powers of 1024, optional `B`/`iB`), or a number of bytes.
+/// An audit log cap: [`parse_bytes`], at least [`MIN_SIZE`].
 pub(super) fn parse_size(value: &Scalar) -> Result<u64, String> {
+    let bytes = parse_bytes(value)?;
+    if bytes < MIN_SIZE {
+        return Err(format!(
+            "{bytes} bytes is too small to rotate at; use at least \"4K\""
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `cpu_max`: `"50%"` of one CPU, `"1.5"` CPUs, or a whole number of CPUs. Returns the
+/// percentage of one CPU (150 for 1.5 CPUs).
+pub(super) fn parse_cpu(value: &Scalar) -> Result<u32, String> {
+    const HINT: &str = "use e.g. \"50%\" (of one CPU), \"1.5\" or 2 (CPUs)";
+    let percent = match value {
+        Scalar::Int(n) if *n > 0 && *n <= 4096 => (*n as u32) * 100,
+        Scalar::Int(n) => return Err(format!("{n} is not a number of CPUs ({HINT})")),
+        Scalar::Str(text) => {
+            let bad = || format!("{text:?} is not a CPU share ({HINT})");
+            let t = text.trim();
+            if let Some(p) = t.strip_suffix('%') {
+                p.trim().parse::<u32>().map_err(|_| bad())?
+            } else {
+                let cpus: f64 = t.parse().map_err(|_| bad())?;
+                if !(cpus.is_finite() && cpus > 0.0 && cpus <= 4096.0) {
+                    return Err(bad());
+                }
+                (cpus * 100.0).round() as u32
+            }
+        }
+    };
+    if percent == 0 {
+        return Err(format!("0% would stop the context entirely ({HINT})"));
+    }
+    Ok(percent)
+}
+
+/// `"10M"`, `"512K"`, `"1G"` (powers of 1024, optional `B`/`iB`), or a number of bytes.
+pub(super) fn parse_bytes(value: &Scalar) -> Result<u64, String> {
     const HINT: &str = "use e.g. \"10M\", \"512K\", \"1G\" or a number of bytes";
     let bytes = match value {
         Scalar::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is not a size ({HINT})"))?,
@@ -236,11 +274,6 @@ pub(super) fn parse_size(value: &Scalar) -> Result<u64, String> {
                 .ok_or_else(|| format!("{text:?} is too large"))?
         }
     };
-    if bytes < MIN_SIZE {
-        return Err(format!(
-            "{bytes} bytes is too small to rotate at; use at least \"4K\""
-        ));
-    }
     Ok(bytes)
 }
 

@@ -1,0 +1,334 @@
+//! Landlock rulesets per context: filesystem rules (`read_only`, `read_write`,
+//! `no_access`) and signal scoping (`signals = "scoped"`).
+//!
+//! Building a ruleset allocates and opens one `O_PATH` descriptor per rule, which the spawn
+//! child may not do; so the broker builds each context's ruleset once (at the first launch
+//! after start or reload), keeps its descriptor, and the child only calls
+//! `landlock_restrict_self(fd)`. One ruleset fd serves any number of launches; each launch
+//! becomes its own Landlock domain.
+//!
+//! Landlock only grants: it cannot take a right back beneath a granted directory. So a
+//! `no_access` path beneath a granted tree is carved out: the granted directory and each
+//! directory on the way down keep only `READ_DIR` (their entries can be listed), and every
+//! other entry along the way gets the full grant. Entries created later directly in those
+//! directories are not covered (they get only `READ_DIR`); a reload rebuilds the rules.
+//!
+//! With filesystem rules in force, the broker's config file, audit log and state dir are
+//! carved out too (except the context's own shell-session directory), unless a rule names
+//! them exactly. The broker's socket stays reachable: connecting to a Unix socket is not
+//! a Landlock right before ABI 9, and the broker authenticates every peer anyway.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use landlock::{
+    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    Scope, ABI,
+};
+
+use crate::config::{landlock_abi, Context, Signals};
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    #[error("context {context:?}: cannot build its Landlock ruleset: {source}")]
+    Build {
+        context: String,
+        #[source]
+        source: landlock::RulesetError,
+    },
+}
+
+/// Paths the broker protects from every context with filesystem rules.
+#[derive(Debug, Clone)]
+pub struct Protected {
+    pub config: PathBuf,
+    pub audit_log: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// The built rulesets, by context; a reload's new `Context` makes a new one.
+#[derive(Default)]
+pub struct Rulesets {
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    /// The `Arc<Context>` it was built for (a reload makes new ones).
+    context: usize,
+    /// Whether the context's shell-session directory existed then (`ctx sh` creates it
+    /// later: the ruleset is rebuilt once it exists, to grant it).
+    sessions: bool,
+    fd: Arc<OwnedFd>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Devices every program expects to open read-write; granted whenever filesystem rules
+/// are in force.
+const DEVICES: [&str; 9] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/ptmx",
+    "/dev/shm",
+];
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl Rulesets {
+    /// The ruleset fd a launch into `ctx` restricts itself with, or `None` when the context
+    /// asks for nothing this kernel can enforce (the load-time warning says so).
+    pub fn for_context(
+        &self,
+        ctx: &Arc<Context>,
+        protected: &Protected,
+    ) -> Result<Option<Arc<OwnedFd>>, LandlockError> {
+        let key = Arc::as_ptr(ctx) as usize;
+        let sessions = protected.sessions_of(ctx).exists();
+        if let Some(c) = self.lock().get(&ctx.name) {
+            if c.context == key && c.sessions == sessions {
+                return Ok(Some(c.fd.clone()));
+            }
+        }
+        let Some(fd) = build(ctx, protected)? else {
+            return Ok(None);
+        };
+        let fd = Arc::new(fd);
+        let cached = Cached {
+            context: key,
+            sessions,
+            fd: fd.clone(),
+        };
+        self.lock().insert(ctx.name.clone(), cached);
+        Ok(Some(fd))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Protected {
+    /// Where `ctx sh` keeps the context's sessions (see `shell_state.rs`).
+    fn sessions_of(&self, ctx: &Context) -> PathBuf {
+        self.state_dir.join("shells").join(&ctx.name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// ELF interpreters a dynamic program (the shim included) needs to be executable.
+const LOADERS: [&str; 5] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
+
+/// `enforce = true`: a ruleset that handles only `EXECUTE` and grants it on `programs`
+/// (the shim, the launch's own program and its script interpreter) and the ELF loaders.
+/// It is stacked on the context's other ruleset (Landlock layers intersect), and built per
+/// launch because the program differs: a handful of syscalls.
+///
+/// Every launch the interposer routes execs the shim, so it keeps working; a raw `execve`
+/// of anything else (a static binary, a Go program, a cleared `LD_PRELOAD`) gets `EACCES`.
+/// Known hole: the loader itself must stay executable, so a raw
+/// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` still runs PROGRAM.
+pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    if landlock_abi() < 1 {
+        return Ok(None);
+    }
+    let mut created = Ruleset::default()
+        .handle_access(AccessFs::Execute)?
+        .create()?;
+    let files = programs
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(LOADERS.iter().map(Path::new));
+    for path in files {
+        let Ok(fd) = PathFd::new(path) else { continue };
+        created = created.add_rule(PathBeneath::new(fd, AccessFs::Execute))?;
+    }
+    Ok(Option::<OwnedFd>::from(created))
+}
+
+/// The interpreter a `#!` script names, if `path` is one.
+pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?.trim();
+    let interp = text.split_whitespace().next()?;
+    Some(PathBuf::from(interp))
+}
+
+/// What of the context's Landlock isolation this kernel enforces, for `ctx status`.
+pub fn in_force(ctx: &Context) -> Vec<&'static str> {
+    let abi = landlock_abi();
+    let mut out = Vec::new();
+    if ctx.isolation.has_fs_rules() && abi >= 1 {
+        out.push("filesystem rules");
+    }
+    if ctx.isolation.signals == Signals::Scoped && abi >= 6 {
+        out.push("signals scoped");
+    }
+    if ctx.isolation.enforce && ctx.route_children_to.is_some() && abi >= 1 {
+        out.push("routing enforced (exec only through the shim)");
+    }
+    out
+}
+
+fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, LandlockError> {
+    let abi_version = landlock_abi();
+    let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;
+    let signals = ctx.isolation.signals == Signals::Scoped && abi_version >= 6;
+    if !fs && !signals {
+        return Ok(None);
+    }
+    let err = |source: landlock::RulesetError| LandlockError::Build {
+        context: ctx.name.clone(),
+        source,
+    };
+    let abi = ABI::from(abi_version);
+    let mut ruleset = Ruleset::default();
+    if fs {
+        ruleset = ruleset
+            .handle_access(AccessFs::from_all(abi))
+            .map_err(err)?;
+    }
+    if signals {
+        ruleset = ruleset.scope(Scope::Signal).map_err(err)?;
+    }
+    let mut created = ruleset.create().map_err(err)?;
+    if fs {
+        for (path, access) in fs_rules(ctx, protected, abi) {
+            // A path that does not exist (yet) grants nothing; skip it.
+            let Ok(fd) = PathFd::new(&path) else { continue };
+            let access = if path.is_dir() {
+                access
+            } else {
+                access & AccessFs::from_file(abi)
+            };
+            if access.is_empty() {
+                continue;
+            }
+            created = created
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(err)?;
+        }
+    }
+    Ok(Option::<OwnedFd>::from(created))
+}
+
+/// The `(path, rights)` rules of a context, with `no_access` and the protected paths carved
+/// out of every grant.
+fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
+    let iso = &ctx.isolation;
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let mut grants: Vec<(PathBuf, BitFlags<AccessFs>)> = Vec::new();
+    if iso.read_only.is_empty() && iso.read_write.is_empty() {
+        // Only `no_access`: everything else stays as it was.
+        grants.push(("/".into(), all));
+    }
+    grants.extend(iso.read_only.iter().map(|p| (p.clone(), read)));
+    grants.extend(iso.read_write.iter().map(|p| (p.clone(), all)));
+    grants.extend(DEVICES.iter().map(|d| (PathBuf::from(d), all)));
+    // The context's own shell sessions live under the state dir.
+    let own_sessions = protected.sessions_of(ctx);
+    grants.push((own_sessions.clone(), all));
+
+    let named = |p: &Path| iso.read_only.iter().chain(&iso.read_write).any(|g| g == p);
+    let mut denied: Vec<PathBuf> = iso.no_access.clone();
+    for p in [
+        &protected.config,
+        &protected.audit_log,
+        &protected.state_dir,
+    ] {
+        if !named(p) {
+            denied.push(p.clone());
+        }
+    }
+    // Canonical forms, so that a rule reached through a symlink still compares.
+    let denied: Vec<PathBuf> = denied
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let own_sessions = std::fs::canonicalize(&own_sessions).unwrap_or(own_sessions);
+
+    let mut rules = Vec::new();
+    for (path, access) in grants {
+        let Ok(path) = std::fs::canonicalize(&path) else {
+            continue;
+        };
+        if path == own_sessions {
+            rules.push((path, access));
+            continue;
+        }
+        if denied.iter().any(|d| path.starts_with(d)) {
+            continue;
+        }
+        let inside: Vec<&PathBuf> = denied.iter().filter(|d| d.starts_with(&path)).collect();
+        carve(&path, access, &inside, &own_sessions, &mut rules);
+    }
+    rules
+}
+
+/// Grants `access` beneath `dir` except beneath the `denied` paths (all beneath `dir`).
+fn carve(
+    dir: &Path,
+    access: BitFlags<AccessFs>,
+    denied: &[&PathBuf],
+    keep: &Path,
+    rules: &mut Vec<(PathBuf, BitFlags<AccessFs>)>,
+) {
+    if denied.is_empty() {
+        rules.push((dir.to_path_buf(), access));
+        return;
+    }
+    // The directory itself: listing only, because any other right would reach the denied
+    // paths beneath it too.
+    rules.push((dir.to_path_buf(), access & AccessFs::ReadDir));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // A symlink is governed by the rules of what it points to; following it here could
+        // grant a denied target.
+        if entry.file_type().map(|t| t.is_symlink()).unwrap_or(true) {
+            continue;
+        }
+        if path == keep {
+            continue; // granted on its own
+        }
+        if denied.iter().any(|d| **d == path) {
+            continue;
+        }
+        let below: Vec<&PathBuf> = denied
+            .iter()
+            .copied()
+            .filter(|d| d.starts_with(&path))
+            .collect();
+        carve(&path, access, &below, keep, rules);
+    }
+}

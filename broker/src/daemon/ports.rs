@@ -1,0 +1,170 @@
+//! `[broker] reserved_ports`: ports the control plane owns. The broker binds each one at
+//! start, on `0.0.0.0` and on `::` (IPv6-only, so both can coexist), and listens, so no
+//! routed process can bind it: a specific address (`127.0.0.1:8080`) conflicts with a
+//! listening wildcard socket, and `SO_REUSEPORT` sharing needs the same uid as the holder
+//! (root). The owning service gets the IPv4 socket handed over systemd-style
+//! (`ctx exec --listen-port 8080`: the socket at fd 3, `LISTEN_FDS=1`, `LISTEN_PID`), which
+//! also keeps the port across restarts of that service. Who may claim a port: a launch into
+//! the context `[broker] port_owners` names for it, or any launch a root caller makes.
+//!
+//! Scope: TCP, in the host's network namespace. A context with `network = "none"` has its
+//! own ports, which reach nothing outside it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// The listening sockets the broker holds, by port.
+#[derive(Debug, Default)]
+pub struct ReservedPorts {
+    held: BTreeMap<u16, Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    v4: Option<OwnedFd>,
+    v6: Option<OwnedFd>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Backlog of a held socket; the owning service inherits the queue.
+const BACKLOG: i32 = 128;
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl ReservedPorts {
+    /// Binds every port; returns what it holds and one warning per port it could not take.
+    pub fn bind(ports: &[u16]) -> (ReservedPorts, Vec<String>) {
+        let mut held = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for &port in ports {
+            let v4 = listen(libc::AF_INET, port);
+            let v6 = listen(libc::AF_INET6, port);
+            match (&v4, &v6) {
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) => warnings.push(format!(
+                    "reserved port {port} NOT in force on 0.0.0.0: {e} (something else holds it?)"
+                )),
+                (_, Err(e)) => {
+                    // A host without IPv6 has nothing to reserve there.
+                    if e.raw_os_error() != Some(libc::EAFNOSUPPORT)
+                        && e.raw_os_error() != Some(libc::EADDRNOTAVAIL)
+                    {
+                        warnings.push(format!("reserved port {port} NOT in force on [::]: {e}"));
+                    }
+                }
+            }
+            held.insert(
+                port,
+                Held {
+                    v4: v4.ok(),
+                    v6: v6.ok(),
+                },
+            );
+        }
+        (ReservedPorts { held }, warnings)
+    }
+
+    /// The socket handed to the port's owner (IPv4 wildcard), if held.
+    pub fn socket(&self, port: u16) -> Option<RawFd> {
+        let held = self.held.get(&port)?;
+        held.v4
+            .as_ref()
+            .or(held.v6.as_ref())
+            .map(|fd| fd.as_raw_fd())
+    }
+
+    /// The ports actually held (both families, or the only one the host has).
+    pub fn in_force(&self) -> Vec<u16> {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.v4.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// A close-on-exec TCP socket listening on the wildcard address of `family`.
+fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked and owned below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let r = if family == libc::AF_INET {
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: the option value and address are valid for the sizes given.
+        unsafe {
+            // Rebind at once after a broker restart (TIME_WAIT); harmless to others:
+            // without SO_REUSEPORT no second listener can share the port.
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+    } else {
+        // SAFETY: sockaddr_in6 is plain data.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -1,0 +1,1050 @@
+//! Isolation (SPEC 6): every claim is attacked from a real routed process, and the test
+//! asserts the attack fails. PID namespaces, network namespaces.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ctx_tests::*;
+
+/// `pidctx` (ctx-alice, own PID namespace), `pidctx2` (another one), `plain` (ctx-alice, no
+/// isolation), `netctx` (loopback only).
+fn isolation_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.pidctx]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ pid = true }}
+
+[contexts.pidctx2]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ pid = true }}
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+
+[contexts.netctx]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ network = "none" }}
+"#
+    )
+}
+
+/// A `sleep` whose argument no other process has.
+fn marked_sleep() -> String {
+    let n = unique("").replace('x', "");
+    format!("1000.{}", &n[n.len().saturating_sub(12)..])
+}
+
+/// Starts `ctx exec --context CONTEXT -- sleep MARKER` in the background and waits until the
+/// sleep runs.
+fn background_sleep(b: &Broker, context: &str, marker: &str) -> std::process::Child {
+    let child = b
+        .exec_cmd(context, &["sleep", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ctx exec");
+    routed_pid(marker);
+    child
+}
+
+/// The pid of the routed process (not the root `ctx exec` client) whose argv holds
+/// `marker`, once it runs.
+fn routed_pid(marker: &str) -> i32 {
+    poll(Duration::from_secs(10), || {
+        pids_with_arg(marker)
+            .into_iter()
+            .find(|p| proc_uid(*p).is_some_and(|u| u != 0))
+    })
+    .unwrap_or_else(|| panic!("sleep {marker} did not start"))
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------
+// pid = true
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn pid_namespace_ps_shows_no_broker_caller_or_other_context() {
+    let b = Broker::start(&isolation_config());
+    let other = marked_sleep();
+    let other_pid = marked_sleep();
+    let plain = background_sleep(&b, "plain", &other);
+    let second = background_sleep(&b, "pidctx2", &other_pid);
+
+    let ps = b.exec("pidctx", &["ps", "-eo", "pid,user,args"]).ok();
+    assert!(!ps.contains("ctx-broker"), "the broker is visible:\n{ps}");
+    assert!(
+        !ps.contains("--context"),
+        "the caller (ctx exec) is visible:\n{ps}"
+    );
+    assert!(
+        !ps.contains(&other),
+        "a plain context's process is visible:\n{ps}"
+    );
+    assert!(
+        !ps.contains(&other_pid),
+        "another PID context's process is visible:\n{ps}"
+    );
+    // Only the namespace's init and ps itself.
+    let procs = ps.lines().skip(1).count();
+    assert!(procs <= 2, "unexpected processes in the namespace:\n{ps}");
+    // Its own /proc: the broker's pid does not exist there.
+    let broker = b.pid().to_string();
+    let out = b.exec(
+        "pidctx",
+        &["test", "-e", &format!("/proc/{broker}/cmdline")],
+    );
+    assert_ne!(out.code(), 0, "/proc/{broker} exists in the namespace");
+    stop(plain);
+    stop(second);
+}
+
+#[test]
+fn pid_namespace_cannot_kill_or_pkill_the_broker() {
+    let b = Broker::start(&isolation_config());
+    let broker = b.pid().to_string();
+    let out = b.exec("pidctx", &["pkill", "-9", "-f", "ctx-broker"]);
+    assert_ne!(out.code(), 0, "pkill found something: {}", out.show());
+    let out = b.exec("pidctx", &["kill", "-9", &broker]);
+    assert_ne!(
+        out.code(),
+        0,
+        "kill -9 of the broker succeeded: {}",
+        out.show()
+    );
+    let out = b.exec("pidctx", &["kill", "-9", "1"]);
+    assert_ne!(out.code(), 0, "kill -9 1 succeeded: {}", out.show());
+    // Even a whole-namespace kill (-1: every process we may signal) leaves the broker.
+    let _ = b.exec("pidctx", &["sh", "-c", "kill -9 -1; exit 0"]);
+    assert!(run(&mut b.ctx(["status"])).status.success());
+    // And the namespace still works afterwards.
+    assert_eq!(b.exec("pidctx", &["true"]).code(), 0);
+}
+
+#[test]
+fn pid_namespace_is_shared_by_the_launches_of_one_context() {
+    let b = Broker::start(&isolation_config());
+    let marker = marked_sleep();
+    let first = background_sleep(&b, "pidctx", &marker);
+    let ps = b.exec("pidctx", &["ps", "-eo", "pid,args"]).ok();
+    assert!(
+        ps.contains(&marker),
+        "the first launch is not visible:\n{ps}"
+    );
+    // The sleep's pid inside is small: it lives in the context's namespace, not the host's.
+    let line = ps.lines().find(|l| l.contains(&marker)).unwrap();
+    let inner: i32 = line.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        inner > 1 && inner < 1000,
+        "pid inside the namespace: {line}"
+    );
+    // And the second launch may signal it (same uid, same namespace).
+    let out = b.exec("pidctx", &["pkill", "-f", &marker]);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let gone = poll(Duration::from_secs(5), || {
+        pids_with_arg(&marker).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "sleep {marker} survived pkill inside");
+    stop(first);
+}
+
+#[test]
+fn pid_namespace_keeps_exit_codes_and_signals() {
+    let b = Broker::start(&isolation_config());
+    assert_eq!(b.exec("pidctx", &["sh", "-c", "exit 7"]).code(), 7);
+    let out = b.exec("pidctx", &["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.signal(), Some(libc::SIGTERM), "{}", out.show());
+    assert_eq!(b.exec("pidctx", &["sh", "-c", "echo hi"]).ok(), "hi\n");
+    let out = b.exec("pidctx", &["/nonexistent/program"]);
+    assert_eq!(out.code(), 127, "{}", out.show());
+    // The routed process is a child of the broker: ctx ps shows it with its host pid.
+    let marker = marked_sleep();
+    let bg = background_sleep(&b, "pidctx", &marker);
+    let ps = b.ctx(["ps"]).output().expect("ctx ps");
+    let host_pid = routed_pid(&marker).to_string();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains(&host_pid),
+        "ctx ps does not list host pid {host_pid}"
+    );
+    stop(bg);
+}
+
+#[test]
+fn pid_namespace_client_kill_and_timeout_kill_everything() {
+    let b = Broker::start(&isolation_config());
+    let marker = marked_sleep();
+    let script = format!("sleep {marker} & sleep {marker}; wait");
+    let mut client = b
+        .exec_cmd("pidctx", &["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    poll(Duration::from_secs(10), || {
+        (pids_with_arg(&marker).len() >= 2).then_some(())
+    })
+    .expect("both sleeps started");
+    client.kill().unwrap();
+    let _ = client.wait();
+    let gone = poll(Duration::from_secs(5), || {
+        pids_with_arg(&marker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "left behind after SIGKILL of ctx: {:?}",
+        pids_with_arg(&marker)
+    );
+
+    let marker = marked_sleep();
+    let script = format!("sleep {marker} & sleep {marker}; wait");
+    let out = run(&mut b.ctx([
+        "exec",
+        "--context",
+        "pidctx",
+        "--timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(out.code(), 124, "{}", out.show());
+    let gone = poll(Duration::from_secs(5), || {
+        pids_with_arg(&marker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "left behind after --timeout: {:?}",
+        pids_with_arg(&marker)
+    );
+}
+
+#[test]
+fn pid_namespace_init_reaps_orphans() {
+    let b = Broker::start(&isolation_config());
+    // The subshell's sleep is orphaned at once and reparented to the namespace's init.
+    let out = b.exec("pidctx", &["sh", "-c", "(sleep 0.2 &) ; exit 0"]);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    std::thread::sleep(Duration::from_millis(600));
+    let ps = b.exec("pidctx", &["ps", "-eo", "stat,args"]).ok();
+    assert!(
+        !ps.lines().skip(1).any(|l| l.trim_start().starts_with('Z')),
+        "zombies in the namespace:\n{ps}"
+    );
+}
+
+/// The namespace holders (`ctx-ns-init`) whose parent is `broker`.
+fn holders_of(broker: u32) -> Vec<i32> {
+    pids_with_arg("ctx-ns-init")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .is_ok_and(|s| s.contains(&format!("PPid:\t{broker}\n")))
+        })
+        .collect()
+}
+
+#[test]
+fn pid_namespace_holders_end_with_the_broker() {
+    let mut b = Broker::start(&isolation_config());
+    // pidctx, pidctx2 and netctx each have one holder, made at start.
+    let first = holders_of(b.pid());
+    assert_eq!(first.len(), 3, "holders: {first:?}");
+    b.restart();
+    let gone = poll(Duration::from_secs(5), || {
+        first
+            .iter()
+            .all(|p| !pids_with_arg("ctx-ns-init").contains(p))
+            .then_some(())
+    });
+    assert!(gone.is_some(), "holders outlived their broker: {first:?}");
+    assert_eq!(b.exec("pidctx", &["true"]).code(), 0);
+    // Even a broker killed outright takes its holders with it (PR_SET_PDEATHSIG).
+    let second = holders_of(b.pid());
+    assert_eq!(second.len(), 3, "holders: {second:?}");
+    signal(b.pid(), nix::sys::signal::Signal::SIGKILL);
+    let gone = poll(Duration::from_secs(5), || {
+        second
+            .iter()
+            .all(|p| !pids_with_arg("ctx-ns-init").contains(p))
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "holders outlived a killed broker: {second:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// network = "none"
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn network_none_cannot_reach_the_hosts_loopback() {
+    let b = Broker::start(&isolation_config());
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server.set_nonblocking(true).unwrap();
+    let script = format!(
+        "import socket,sys\ns=socket.socket()\ns.settimeout(3)\n\
+         try:\n s.connect(('127.0.0.1',{port}))\nexcept OSError as e:\n print('refused',e.errno); sys.exit(3)\n\
+         print('connected'); sys.exit(0)\n"
+    );
+    let out = b.exec("netctx", &["python3", "-c", &script]);
+    assert_eq!(
+        out.code(),
+        3,
+        "reached the host's 127.0.0.1:{port}: {}",
+        out.show()
+    );
+    assert!(server.accept().is_err(), "the host server saw a connection");
+    // The same from a plain context connects (the test is not vacuous).
+    let out = b.exec("plain", &["python3", "-c", &script]);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    // No other interface than lo.
+    let out = b.exec("netctx", &["cat", "/proc/net/dev"]).ok();
+    let ifaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, vec!["lo"], "{out}");
+}
+
+#[test]
+fn network_none_has_a_working_loopback_of_its_own() {
+    let b = Broker::start(&isolation_config());
+    let script = "import socket\n\
+        s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n\
+        c=socket.create_connection(s.getsockname(), timeout=3)\n\
+        a,_=s.accept(); a.sendall(b'ok'); print(c.recv(2).decode())\n";
+    assert_eq!(b.exec("netctx", &["python3", "-c", script]).ok(), "ok\n");
+    // A port bound inside does not show on the host: bind the same port on the host too.
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let script =
+        format!("import socket\ns=socket.socket(); s.bind(('127.0.0.1',{port})); print('bound')\n");
+    assert_eq!(
+        b.exec("netctx", &["python3", "-c", &script]).ok(),
+        "bound\n"
+    );
+    // The host's listener still works.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut a, _) = host.accept().unwrap();
+    c.write_all(b"x").unwrap();
+    let mut buf = [0u8; 1];
+    a.read_exact(&mut buf).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// reserved_ports
+// ---------------------------------------------------------------------------------------
+
+/// Two TCP ports free on this machine right now.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("0.0.0.0:0").unwrap();
+    let b = TcpListener::bind("0.0.0.0:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// `platform` (ctx-alice, in its own PID namespace) owns `owned`; `user` (ctx-bob, which
+/// ctx-bob may enter) owns nothing; `spare` is reserved with no owner.
+fn ports_config(owned: u16, spare: u16) -> String {
+    let bob = user(BOB).uid;
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+reserved_ports = [{owned}, {spare}]
+port_owners = {{ {owned} = "platform" }}
+
+[contexts.platform]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ pid = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0, {bob}] }}
+"#
+    )
+}
+
+#[test]
+fn reserved_ports_cannot_be_bound_by_contexts() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    for port in [owned, spare] {
+        let out = run_with(
+            &mut b.exec_cmd("user", &["python3", "-m", "http.server", &port.to_string()]),
+            None,
+            Duration::from_secs(20),
+        );
+        assert_ne!(out.code(), 0, "http.server bound {port}: {}", out.show());
+        let err = out.stderr_str();
+        assert!(
+            err.contains("Address already in use") || err.contains("Permission denied"),
+            "{}",
+            out.show()
+        );
+        for addr in ["127.0.0.1", "0.0.0.0", "::", "::1"] {
+            let family = if addr.contains(':') {
+                "AF_INET6"
+            } else {
+                "AF_INET"
+            };
+            let script = format!(
+                "import socket,sys\ns=socket.socket(socket.{family})\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+                 try:\n s.bind(('{addr}',{port})); s.listen(1)\nexcept OSError as e:\n print(e.errno); sys.exit(3)\n"
+            );
+            let out = b.exec("user", &["python3", "-c", &script]);
+            assert_eq!(out.code(), 3, "bound {addr}:{port}: {}", out.show());
+            let errno: i32 = out.stdout_str().trim().parse().unwrap();
+            assert!(
+                errno == libc::EADDRINUSE || errno == libc::EACCES,
+                "{addr}:{port}: errno {errno}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reserved_port_is_handed_to_its_owner_systemd_style() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    // The service checks LISTEN_FDS/LISTEN_PID as sd_listen_fds() does, then serves once.
+    let service = "import os,socket,sys\n\
+        assert os.environ['LISTEN_FDS']=='1', os.environ.get('LISTEN_FDS')\n\
+        assert int(os.environ['LISTEN_PID'])==os.getpid(), (os.environ['LISTEN_PID'], os.getpid())\n\
+        s=socket.socket(fileno=3)\n\
+        c,_=s.accept(); c.sendall(b'served by the owner\\n'); c.close()\n";
+    let mut svc = b
+        .ctx([
+            "exec",
+            "--context",
+            "platform",
+            "--listen-port",
+            &owned.to_string(),
+            "--",
+            "python3",
+            "-c",
+            service,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The socket already listens (the broker's): connecting never races the service.
+    let mut conn = TcpStream::connect(("127.0.0.1", owned)).expect("connect to the owned port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    let status = wait_deadline(&mut svc, Duration::from_secs(10)).expect("service ends");
+    let mut err = String::new();
+    svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "service failed: {err}");
+    assert_eq!(got, "served by the owner\n");
+}
+
+#[test]
+fn reserved_port_is_refused_to_other_contexts_and_non_root() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    let bob = user(BOB);
+    for port in [owned, spare] {
+        let mut cmd = b.ctx([
+            "exec",
+            "--context",
+            "user",
+            "--listen-port",
+            &port.to_string(),
+            "--",
+            "true",
+        ]);
+        std::os::unix::process::CommandExt::uid(&mut cmd, bob.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, bob.gid);
+        cmd.current_dir("/");
+        let out = run(&mut cmd);
+        assert_eq!(
+            out.code(),
+            126,
+            "ctx-bob claimed port {port}: {}",
+            out.show()
+        );
+        assert!(
+            out.stderr_str().contains(&port.to_string()),
+            "{}",
+            out.show()
+        );
+    }
+    b.wait_audit(2, |l| {
+        json_has_str(l, "exec_failed") && json_has_str(l, "port")
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Landlock: filesystem rules and signal scoping
+// ---------------------------------------------------------------------------------------
+
+/// `fs` (ctx-alice): reads everything, writes only `rw`, nothing in `secret`, signals
+/// scoped; `plain` (ctx-alice, no rules). Paths are in `dir`, whose files are all
+/// world-readable and writable: only Landlock stands in the way.
+fn landlock_config(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fs]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], read_write = ["{d}/rw"], no_access = ["{d}/secret"], signals = "scoped" }}
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    )
+}
+
+fn landlock_setup() -> (TempDir, Broker) {
+    let dir = TempDir::new();
+    dir.subdir("rw", 0o777);
+    dir.subdir("ro", 0o777);
+    dir.subdir("secret", 0o777);
+    dir.file("secret/key", b"top secret\n", 0o666);
+    dir.file("ro/file", b"read me\n", 0o666);
+    let b = Broker::start(&landlock_config(dir.path()));
+    (dir, b)
+}
+
+#[test]
+fn landlock_no_access_path_cannot_be_read_or_listed() {
+    let (dir, b) = landlock_setup();
+    let key = dir.path().join("secret/key");
+    let key = key.to_str().unwrap();
+    // The control: the same uid without rules reads it (mode 0666).
+    assert_eq!(b.exec("plain", &["cat", key]).ok(), "top secret\n");
+    let out = b.exec("fs", &["cat", key]);
+    assert_ne!(out.code(), 0, "read a no_access file: {}", out.show());
+    assert!(
+        out.stderr_str().contains("Permission denied"),
+        "{}",
+        out.show()
+    );
+    let out = b.exec("fs", &["cp", key, "/dev/null"]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Not even through another name for it.
+    let out = b.exec(
+        "fs",
+        &[
+            "sh",
+            "-c",
+            &format!("cd {} && cat secret/../secret/key", dir.path().display()),
+        ],
+    );
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Everything else stays readable.
+    let ro = dir.path().join("ro/file");
+    assert_eq!(
+        b.exec("fs", &["cat", ro.to_str().unwrap()]).ok(),
+        "read me\n"
+    );
+    assert!(b.exec("fs", &["ls", "/"]).ok().contains("usr"));
+}
+
+#[test]
+fn landlock_read_only_path_cannot_be_written() {
+    let (dir, b) = landlock_setup();
+    let ro = dir.path().join("ro/file");
+    let ro = ro.to_str().unwrap();
+    let out = b.exec("fs", &["sh", "-c", &format!("echo pwned > {ro}")]);
+    assert_ne!(out.code(), 0, "wrote a read_only file: {}", out.show());
+    let out = b.exec("fs", &["rm", "-f", ro]);
+    assert_ne!(out.code(), 0, "removed a read_only file: {}", out.show());
+    let newfile = dir.path().join("ro/new");
+    let out = b.exec("fs", &["touch", newfile.to_str().unwrap()]);
+    assert_ne!(
+        out.code(),
+        0,
+        "created a file in a read_only dir: {}",
+        out.show()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ro/file")).unwrap(),
+        "read me\n"
+    );
+    // read_write works.
+    let rw = dir.path().join("rw/out");
+    let out = b.exec(
+        "fs",
+        &[
+            "sh",
+            "-c",
+            &format!("echo ok > {} && cat {0}", rw.display()),
+        ],
+    );
+    assert_eq!(out.ok(), "ok\n");
+    // /dev/null and friends keep working.
+    assert_eq!(
+        b.exec("fs", &["sh", "-c", "echo x > /dev/null && echo fine"])
+            .ok(),
+        "fine\n"
+    );
+}
+
+#[test]
+fn landlock_protects_the_brokers_config_state_and_audit_log() {
+    let (_dir, b) = landlock_setup();
+    // Make them readable by the context's uid, so only Landlock can stop it.
+    let config = b.config_path().to_path_buf();
+    let audit = b.audit_path();
+    std::fs::set_permissions(&audit, std::os::unix::fs::PermissionsExt::from_mode(0o666)).ok();
+    let state = b.dir().path().join("state");
+    let other = state.join("shells/plain");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("default.bash"), "export SECRET=1\n").unwrap();
+    for p in [&state, &state.join("shells"), &other] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(
+        other.join("default.bash"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    for target in [config.clone(), audit.clone(), other.join("default.bash")] {
+        let t = target.to_str().unwrap();
+        assert_eq!(
+            b.exec("plain", &["test", "-r", t]).code(),
+            0,
+            "control: {t}"
+        );
+        let out = b.exec("fs", &["cat", t]);
+        assert_ne!(out.code(), 0, "read {t}: {}", out.show());
+        let out = b.exec("fs", &["sh", "-c", &format!("echo x >> {t}")]);
+        assert_ne!(out.code(), 0, "appended to {t}: {}", out.show());
+    }
+    // ctx sh still works in the context: its own session directory is granted.
+    let out = run(&mut b.ctx(["sh", "--context", "fs", "export A=1"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let out = run(&mut b.ctx(["sh", "--context", "fs", "echo $A"]));
+    assert_eq!(out.ok(), "1\n");
+}
+
+#[test]
+fn landlock_scoped_signals_cannot_reach_other_launches_of_the_same_uid() {
+    let (_dir, b) = landlock_setup();
+    let marker = marked_sleep();
+    let victim = background_sleep(&b, "plain", &marker);
+    let pid = routed_pid(&marker).to_string();
+    // The control: same uid, no scoping: allowed.
+    assert_eq!(b.exec("plain", &["kill", "-0", &pid]).code(), 0);
+    for sig in ["-0", "-TERM", "-KILL"] {
+        let out = b.exec("fs", &["kill", sig, &pid]);
+        assert_ne!(
+            out.code(),
+            0,
+            "kill {sig} {pid} went through: {}",
+            out.show()
+        );
+    }
+    assert!(!pids_with_arg(&marker).is_empty(), "the victim died");
+    // Nor the broker, nor the caller (different uid anyway, and outside the domain).
+    let out = b.exec("fs", &["kill", "-TERM", &b.pid().to_string()]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    // Its own children it may still signal.
+    let out = b.exec(
+        "fs",
+        &["sh", "-c", "sleep 30 & kill $! && wait $!; echo $?"],
+    );
+    assert_eq!(out.ok(), "143\n");
+    stop(victim);
+}
+
+// ---------------------------------------------------------------------------------------
+// ctx status
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn status_lists_the_isolation_in_force_per_context() {
+    let b = Broker::start(&isolation_config());
+    let out = run(&mut b.ctx(["status"])).ok();
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with("isolation:") && l.contains(&format!(" {name}: ")))
+            .unwrap_or_else(|| panic!("no isolation line for {name}:\n{out}"))
+            .to_string()
+    };
+    assert!(line("pidctx").contains("pid namespace"), "{out}");
+    assert!(!line("pidctx").contains("network none"), "{out}");
+    assert!(line("netctx").contains("network none"), "{out}");
+    assert!(!line("plain").contains("pid namespace"), "{out}");
+    assert!(!out.contains("NOT in force"), "{out}");
+
+    let dir = TempDir::new();
+    let b = Broker::start(&landlock_config(dir.path()));
+    let out = run(&mut b.ctx(["status"])).ok();
+    let fs = out
+        .lines()
+        .find(|l| l.contains(" fs: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        fs.contains("filesystem rules") && fs.contains("signals scoped"),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// enforce = true
+// ---------------------------------------------------------------------------------------
+
+/// `agent` (ctx-alice) routes its launches to `user` (ctx-bob) and enforces it.
+fn enforce_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.agent]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+route_children_to = "user"
+isolation = {{ enforce = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0], contexts = ["agent"] }}
+"#
+    )
+}
+
+/// A statically linked program that calls the raw execve syscall on argv[1] and prints
+/// the errno it got (the interposer cannot see it).
+fn static_execve(dir: &TempDir) -> String {
+    let src = dir.file(
+        "raw_execve.c",
+        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+          int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0};\n\
+          syscall(SYS_execve, v[1], a, e); printf(\"%d\\n\", errno); return 3; }\n",
+        0o644,
+    );
+    let bin = dir.path().join("raw_execve");
+    let out = run(std::process::Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src));
+    assert_eq!(
+        out.code(),
+        0,
+        "gcc -static failed (scripts/test.sh installs build-essential): {}",
+        out.show()
+    );
+    bin.to_str().unwrap().to_string()
+}
+
+#[test]
+fn enforce_static_binary_raw_execve_fails_with_eacces() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config());
+    let out = b.exec("agent", &[&bin, "/bin/true"]);
+    assert_eq!(out.code(), 3, "the raw execve went through: {}", out.show());
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::EACCES.to_string(),
+        "{}",
+        out.show()
+    );
+    // The audit log says the launch ran enforced.
+    b.wait_audit(1, |l| {
+        json_has_str(l, &bin) && l["isolation"]["enforce"] == serde_json::json!(true)
+    });
+}
+
+#[test]
+fn enforce_raw_syscall_from_a_dynamic_program_fails_with_eacces() {
+    let b = Broker::start(&enforce_config());
+    let script = "import ctypes,os\n\
+        os.environ.pop('LD_PRELOAD', None)\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        argv = (ctypes.c_char_p * 2)(b'/usr/bin/id', None)\n\
+        libc.syscall(59, b'/usr/bin/id', argv, None)\n\
+        print(ctypes.get_errno())\n";
+    let out = b.exec("agent", &["python3", "-c", script]);
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::EACCES.to_string(),
+        "{}",
+        out.show()
+    );
+}
+
+#[test]
+fn enforce_keeps_routed_launches_working_even_with_a_cleared_ld_preload() {
+    let b = Broker::start(&enforce_config());
+    // The agent's children run in `user` (ctx-bob), through the shim.
+    assert_eq!(
+        b.exec("agent", &["sh", "-c", "id -un"]).ok(),
+        format!("{BOB}\n")
+    );
+    // A program that clears LD_PRELOAD and re-execs is still routed (the hook knows its
+    // route from load time), so it lands in `user`, not in `agent`.
+    let script =
+        "import os\nos.environ.pop('LD_PRELOAD', None)\nos.execv('/usr/bin/id', ['id', '-un'])\n";
+    assert_eq!(
+        b.exec("agent", &["python3", "-c", script]).ok(),
+        format!("{BOB}\n")
+    );
+    // The routing context's own program still starts (it is the launch's own program).
+    assert_eq!(b.exec("agent", &["true"]).code(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// cgroups: memory_max, pids_max, cpu_max; ctx kill --context
+// ---------------------------------------------------------------------------------------
+
+fn cgroup_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.limited]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+pids_max = 32
+memory_max = "64M"
+cpu_max = "20%"
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    )
+}
+
+#[test]
+fn cgroup_pids_max_contains_a_fork_bomb() {
+    let b = Broker::start(&cgroup_config());
+    // Counted: how many processes can the context start at once?
+    let script = "import os,time\n\
+        n=0\n\
+        for i in range(200):\n\
+        \x20   try:\n\
+        \x20       pid=os.fork()\n\
+        \x20   except OSError:\n\
+        \x20       break\n\
+        \x20   if pid==0:\n\
+        \x20       time.sleep(2); os._exit(0)\n\
+        \x20   n+=1\n\
+        print(n)\n";
+    let out = b.exec("limited", &["python3", "-c", script]);
+    let n: usize = out.ok().trim().parse().unwrap();
+    assert!(n > 0 && n < 32, "{n} processes started under pids_max = 32");
+    // The same in a context without limits starts them all (the test is not vacuous).
+    let out = b.exec("plain", &["python3", "-c", script]);
+    assert_eq!(out.ok().trim(), "200");
+
+    // A real fork bomb, bounded by a timeout: the broker and the host stay responsive.
+    let mut bomb = b
+        .ctx([
+            "exec",
+            "--context",
+            "limited",
+            "--timeout",
+            "4s",
+            "--",
+            "bash",
+            "-c",
+            ":(){ :|:& };: ; sleep 10",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(run(&mut b.ctx(["status"])).status.success());
+    assert_eq!(b.exec("plain", &["true"]).code(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the host slowed down"
+    );
+    // ctx kill --context ends it, including the bomb's processes outside its group.
+    let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let _ = wait_deadline(&mut bomb, Duration::from_secs(10));
+    let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+    let empty = poll(Duration::from_secs(5), || {
+        let out = run(&mut b.ctx(["kill", "--context", "limited", "--signal", "KILL"]));
+        (out.code() != 0).then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "processes left in the context: {}",
+        out.show()
+    );
+}
+
+#[test]
+fn cgroup_memory_max_kills_a_process_that_exceeds_it() {
+    let b = Broker::start(&cgroup_config());
+    let script = "b=bytearray(256<<20)\nfor i in range(0,len(b),4096): b[i]=1\nprint('survived')\n";
+    let out = b.exec("limited", &["python3", "-c", script]);
+    assert_eq!(out.signal(), Some(libc::SIGKILL), "{}", out.show());
+    assert_eq!(
+        b.exec("plain", &["python3", "-c", script]).ok(),
+        "survived\n"
+    );
+}
+
+#[test]
+fn cgroup_cpu_max_throttles() {
+    let b = Broker::start(&cgroup_config());
+    let script =
+        "import time\nt=time.time()\nwhile time.time()-t<1.5: pass\nprint(time.process_time())\n";
+    let used: f64 = b
+        .exec("limited", &["python3", "-c", script])
+        .ok()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        used < 0.7,
+        "used {used}s of CPU in 1.5s under cpu_max = 20%"
+    );
+}
+
+#[test]
+fn ctx_kill_context_reaches_processes_that_left_their_group() {
+    let b = Broker::start(&cgroup_config());
+    let marker = marked_sleep();
+    let script = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 0");
+    assert_eq!(b.exec("plain", &["sh", "-c", &script]).code(), 0);
+    let alive = poll(Duration::from_secs(5), || {
+        (!pids_with_arg(&marker).is_empty()).then_some(())
+    });
+    assert!(alive.is_some(), "the escaped sleep did not start");
+    let out = run(&mut b.ctx(["kill", "--context", "plain", "--signal", "KILL"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let gone = poll(Duration::from_secs(5), || {
+        pids_with_arg(&marker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "ctx kill --context missed {:?}",
+        pids_with_arg(&marker)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Terminal: no keystroke injection into the caller's terminal
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn tiocsti_from_a_routed_process_cannot_reach_the_callers_terminal() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+
+    let b = Broker::start(&standard_config());
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let caller_tty = nix::unistd::ttyname(&pty.slave).unwrap();
+    let caller_rdev = std::fs::metadata(&caller_tty).unwrap().rdev();
+    // The attack: inject a command into whatever terminal we have, on every descriptor and
+    // through /dev/tty; report what we hold.
+    let attack = "import fcntl,os,termios\n\
+        out=[str(os.fstat(0).st_rdev)]\n\
+        for fd in (0,1,2):\n\
+        \x20   try:\n\
+        \x20       [fcntl.ioctl(fd, termios.TIOCSTI, bytes([c])) for c in b'touch /tmp/pwned\\n']\n\
+        \x20       out.append('injected')\n\
+        \x20   except OSError as e:\n\
+        \x20       out.append('denied')\n\
+        try:\n\
+        \x20   out.append(str(os.stat('/dev/tty').st_rdev))\n\
+        except OSError:\n\
+        \x20   out.append('-')\n\
+        import sys; sys.stderr.write(' '.join(out)+'\\n')\n";
+    let mut cmd = b.ctx(["exec", "--context", "alice", "--", "python3", "-c", attack]);
+    let slave = pty.slave.try_clone().unwrap();
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .current_dir("/");
+    // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start ctx exec on a pty");
+    drop(cmd);
+    let mut report = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    let status = wait_deadline(&mut child, Duration::from_secs(20)).expect("ctx exec ends");
+    // stderr is a pipe: the routed process's fd 2 is the caller's pipe, its 0 and 1 a PTY.
+    let fields: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(fields.len(), 5, "{status}: {report}");
+    assert_ne!(
+        fields[0],
+        caller_rdev.to_string(),
+        "the routed process holds the caller's terminal: {report}"
+    );
+    assert_ne!(
+        fields[4],
+        caller_rdev.to_string(),
+        "/dev/tty is the caller's: {report}"
+    );
+    // Nothing was pushed into the caller's terminal input.
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int.
+    unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    assert_eq!(
+        pending, 0,
+        "bytes were injected into the caller's terminal: {report}"
+    );
+    drop(slave);
+}
