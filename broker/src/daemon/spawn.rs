@@ -588,13 +588,18 @@ unsafe fn child(
     }
 
     if let Some(id) = &plan.identity {
-        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
+        // Raw syscalls, not glibc's wrappers: in a process that glibc believes threaded (and
+        // this child shares the broker's memory, so it does) the wrappers broadcast the
+        // change to every thread of the broker with SIGSETXID and wait for them, which in
+        // this child never completes (found spinning in setgroups). The kernel call changes
+        // exactly this process, the only thread of its own thread group.
+        if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) < 0 {
             fail(report, Stage::Groups, errno());
         }
-        if libc::setresgid(id.gid, id.gid, id.gid) < 0 {
+        if libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) < 0 {
             fail(report, Stage::SetGid, errno());
         }
-        if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
+        if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) < 0 {
             fail(report, Stage::SetUid, errno());
         }
     }
