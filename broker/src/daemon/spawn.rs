@@ -579,13 +579,18 @@ unsafe fn child(
     }
 
     if let Some(id) = &plan.identity {
-        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
+        // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread in
+        // glibc's thread list, which in a CLONE_VM child is the broker's; they signal them
+        // with tgkill(getpid(), tid), and inside a PID namespace that getpid() can equal one
+        // of those tids (this very process): the wrapper then waits forever for an ack. We
+        // are a single-threaded process, so the plain syscalls change all there is.
+        if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) < 0 {
             fail(report, Stage::Groups, errno());
         }
-        if libc::setresgid(id.gid, id.gid, id.gid) < 0 {
+        if libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) < 0 {
             fail(report, Stage::SetGid, errno());
         }
-        if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
+        if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) < 0 {
             fail(report, Stage::SetUid, errno());
         }
     }
