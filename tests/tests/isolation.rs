@@ -1109,3 +1109,34 @@ fn pid_namespace_launch_does_not_hang_when_pids_collide_with_broker_threads() {
         assert_eq!(out.code(), 0, "{}", out.show());
     }
 }
+
+#[test]
+fn reload_puts_new_namespaces_in_force_and_ends_dropped_ones() {
+    let b = Broker::start(&standard_config());
+    let ps = b.exec("alice", &["ps", "-e"]).ok();
+    assert!(ps.lines().count() > 3, "alice is not isolated yet:\n{ps}");
+    let isolated = standard_config().replace(
+        "cwd = \"inherit\"\n",
+        "cwd = \"inherit\"\nisolation = { pid = true }\n",
+    );
+    std::fs::write(b.config_path(), isolated).unwrap();
+    let out = run(&mut b.ctx(["reload"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let ps = b.exec("alice", &["ps", "-e", "-o", "pid="]).ok();
+    assert!(
+        ps.lines().count() <= 2,
+        "no PID namespace after reload:\n{ps}"
+    );
+    let broker = b.pid();
+    assert_eq!(holders_of(broker).len(), 1);
+    // And back: the holder goes away with the option.
+    std::fs::write(b.config_path(), standard_config()).unwrap();
+    assert_eq!(run(&mut b.ctx(["reload"])).code(), 0);
+    let gone = poll(Duration::from_secs(5), || {
+        holders_of(broker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the dropped namespace's holder is still there"
+    );
+}
