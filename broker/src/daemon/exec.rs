@@ -28,6 +28,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long PTY output is still collected after the process exits (its last writes, or a
 /// background job's, may still be in flight).
 const PTY_DRAIN: Duration = Duration::from_millis(100);
+/// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
+/// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
+/// sends it as one frame, so a fast writer costs one frame and one client wake-up per
+/// 64 KiB instead of per 4 KiB.
+const PTY_BATCH: usize = 64 * 1024;
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -368,7 +373,8 @@ async fn launch(
         caller_pid: peer.pid,
         caller_uid: peer.uid,
         argv: audit_argv.clone(),
-        started: Instant::now(),
+        // Before the fork: the registry's lower bound on the process's start time.
+        started: started_at,
     });
     let mut client_alive = conn.send(&Reply::Started { id, pid }).await.is_ok();
     if !client_alive {
@@ -389,9 +395,9 @@ async fn launch(
     }
     let master = master.map(watch).transpose().unwrap_or_default();
     let mut input: Vec<u8> = Vec::new();
-    // PTY output buffer; a pipe-mode launch never reads output, so it allocates nothing.
+    // Only a PTY launch relays output; a pipe launch allocates nothing for it.
     let mut out = if master.is_some() {
-        vec![0u8; 64 * 1024]
+        vec![0u8; PTY_BATCH]
     } else {
         Vec::new()
     };
@@ -428,15 +434,20 @@ async fn launch(
             ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() => {
                 if let Ok(mut guard) = ready {
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
-                    match guard.try_io(|_| read_fd(fd, &mut out)) {
-                        Ok(Ok(n)) if n > 0 && client_alive => {
-                            if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
-                                client_alive = false;
-                                kill_group(pid, libc::SIGKILL);
-                            }
+                    let (n, more) = read_batch(fd, &mut out);
+                    if !more {
+                        // Drained to EAGAIN: let the reactor wait for the next bytes.
+                        guard.clear_ready();
+                    }
+                    if n > 0 && client_alive {
+                        if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                            client_alive = false;
+                            kill_group(pid, libc::SIGKILL);
                         }
-                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                        Err(_would_block) => {}
+                    } else if n == 0 && more {
+                        // EIO (every slave closed) or EOF while the process lives on: poll
+                        // slowly instead of spinning on a master that stays readable.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
             }
@@ -474,14 +485,16 @@ async fn launch(
             let fd = m.get_ref().as_raw_fd();
             let ready = tokio::time::timeout_at(until, m.readable()).await;
             let Ok(Ok(mut guard)) = ready else { break };
-            match guard.try_io(|_| read_fd(fd, &mut out)) {
-                Ok(Ok(n)) if n > 0 => {
-                    if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
-                        break;
-                    }
+            let (n, more) = read_batch(fd, &mut out);
+            if !more {
+                guard.clear_ready();
+            }
+            if n > 0 {
+                if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                    break;
                 }
-                Ok(_) => break, // EIO: every slave descriptor is closed
-                Err(_) => continue,
+            } else if more {
+                break; // EIO: every slave descriptor is closed
             }
         }
     }
@@ -791,6 +804,24 @@ fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
         return Err(e);
     }
     Ok(n as usize)
+}
+
+/// Reads the non-blocking PTY master into `buf` until it is full, empty (`EAGAIN`) or
+/// closed (`EIO`, end of file). Returns the bytes read and whether the master may still be
+/// readable: `false` only when a read ended in `EAGAIN`, so the caller clears its
+/// readiness exactly then (clearing it otherwise could lose a wake-up).
+fn read_batch(fd: i32, buf: &mut [u8]) -> (usize, bool) {
+    let mut got = 0;
+    while got < buf.len() {
+        match read_fd(fd, &mut buf[got..]) {
+            Ok(0) => return (got, true),
+            Ok(n) => got += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, false),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, true)
 }
 
 fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {

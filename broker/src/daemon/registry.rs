@@ -18,20 +18,36 @@ pub struct Running {
 
 #[derive(Default)]
 pub struct Registry {
-    by_id: Mutex<HashMap<u64, Running>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<u64, Running>,
+    /// Routed pid -> launch id: what [`Registry::context_of`] looks each ancestor up in.
+    by_pid: HashMap<i32, u64>,
 }
 
 impl Registry {
+    /// `r.started` must be taken before the process was forked: it bounds the process's
+    /// start time from below, which is what lets [`Registry::context_of`] stop early.
     pub fn insert(&self, r: Running) {
-        self.lock().insert(r.id, r);
+        let mut g = self.lock();
+        g.by_pid.insert(r.pid, r.id);
+        g.by_id.insert(r.id, r);
     }
 
     pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        let mut g = self.lock();
+        if let Some(r) = g.by_id.remove(&id) {
+            if g.by_pid.get(&r.pid) == Some(&id) {
+                g.by_pid.remove(&r.pid);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -39,55 +55,165 @@ impl Registry {
     }
 
     pub fn snapshot(&self) -> Vec<Running> {
-        self.lock().values().cloned().collect()
+        self.lock().by_id.values().cloned().collect()
     }
 
     /// The context of the routed process `pid` is, or descends from (following parent
     /// pids through /proc), if any.
+    ///
+    /// A process starts after its parent, so once the walk reaches a process that started
+    /// before the oldest running routed process, no ancestor further up can be one: the
+    /// walk stops there instead of climbing to init. That bounds a connection's /proc reads
+    /// to the generations born since the oldest routed launch (one or two for a
+    /// long-running agent), not the depth of the whole process tree.
     pub fn context_of(&self, pid: i32) -> Option<String> {
-        let by_pid: HashMap<i32, String> = self
-            .lock()
-            .values()
-            .map(|r| (r.pid, r.context.clone()))
-            .collect();
-        if by_pid.is_empty() {
-            return None;
-        }
+        let oldest = {
+            let g = self.lock();
+            g.by_id.values().map(|r| r.started).min()?
+        };
+        // Clock ticks since boot (what /proc/PID/stat counts in) at the oldest launch, less
+        // two ticks for the rounding of both clocks.
+        let floor = boot_ticks_at(oldest).saturating_sub(2);
         let mut cur = pid;
         for _ in 0..128 {
             if cur <= 1 {
                 return None;
             }
-            if let Some(c) = by_pid.get(&cur) {
-                return Some(c.clone());
+            {
+                let g = self.lock();
+                if let Some(r) = g.by_pid.get(&cur).and_then(|id| g.by_id.get(id)) {
+                    return Some(r.context.clone());
+                }
             }
-            cur = parent_pid(cur)?;
+            let (ppid, start) = parent_and_start(cur)?;
+            if start < floor {
+                return None;
+            }
+            cur = ppid;
         }
         None
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
-        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
 /// which may itself contain spaces and parens).
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parent_and_start(pid).map(|(ppid, _)| ppid)
+}
+
+/// Parent pid and start time (clock ticks since boot) from `/proc/PID/stat`, read into a
+/// stack buffer: this runs for every connection while launches are running.
+fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    parse_stat(&buf[..n])
+}
+
+/// `(ppid, starttime)`: fields 4 and 22 of `/proc/PID/stat`.
+fn parse_stat(stat: &[u8]) -> Option<(i32, u64)> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let _state = fields.next()?;
-    fields.next()?.parse().ok()
+    let ppid = fields.next()?.parse().ok()?;
+    // Fields 5..=21 lie between ppid and starttime.
+    let start = fields.nth(17)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+/// `at` (a monotonic instant in the past) as clock ticks since boot, the unit and clock
+/// (CLOCK_BOOTTIME) of /proc/PID/stat's start time.
+fn boot_ticks_at(at: Instant) -> u64 {
+    // SAFETY: timespec is plain data that clock_gettime fills.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let then = now.saturating_sub(at.elapsed());
+    // SAFETY: plain getter.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u128;
+    (then.as_nanos() * hz / 1_000_000_000) as u64
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn parent_of_self() {
         let me = std::process::id() as i32;
         let expected = nix::unistd::getppid().as_raw();
         assert_eq!(super::parent_pid(me), Some(expected));
+    }
+
+    #[test]
+    fn start_times_are_comparable_with_the_boot_clock() {
+        let me = std::process::id() as i32;
+        let (_, start) = parent_and_start(me).unwrap();
+        // This process started before now and after boot.
+        let now = boot_ticks_at(Instant::now());
+        assert!(start <= now + 1, "{start} > {now}");
+        assert!(start > 0);
+    }
+
+    #[test]
+    fn stat_with_parens_in_the_name() {
+        let stat = b"42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 1000 1";
+        assert_eq!(parse_stat(stat), Some((7, 12345)));
+    }
+
+    #[test]
+    fn walk_finds_the_context_of_a_descendant_and_stops_at_older_processes() {
+        let reg = Registry::default();
+        let me = std::process::id() as i32;
+        assert_eq!(reg.context_of(me), None, "empty registry");
+        // This test process as a routed process started long ago: it and its children are
+        // in the context.
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        reg.insert(Running {
+            id: 1,
+            pid: me,
+            context: "c".into(),
+            caller_pid: 0,
+            caller_uid: 0,
+            argv: vec![],
+            started: long_ago,
+        });
+        assert_eq!(reg.context_of(me).as_deref(), Some("c"));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert_eq!(reg.context_of(child.id() as i32).as_deref(), Some("c"));
+        reg.remove(1);
+        // A routed process registered now: this (older) process is not below it.
+        reg.insert(Running {
+            id: 2,
+            pid: child.id() as i32,
+            context: "d".into(),
+            caller_pid: 0,
+            caller_uid: 0,
+            argv: vec![],
+            started: Instant::now(),
+        });
+        assert_eq!(reg.context_of(me), None);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

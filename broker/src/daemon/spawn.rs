@@ -193,6 +193,10 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
+    BROKER_PID.store(
+        std::process::id() as i32,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (mut pid, mut pidfd) = clone_vfork(&args)?;
     drop(report_w);
     let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
@@ -290,6 +294,11 @@ struct ChildArgs<'a> {
     /// Top of the second half of the stack mapping, for that second clone.
     grand_stack: std::sync::atomic::AtomicPtr<libc::c_void>,
 }
+
+/// The broker's pid, for the child's die-with-the-broker check (the child shares our
+/// memory, so it reads this without a syscall and without the race of asking `getppid`
+/// before the request is in force).
+static BROKER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Bytes of the child's own stack; the child path uses a few KiB.
 const CHILD_STACK: usize = 256 * 1024;
@@ -592,6 +601,19 @@ unsafe fn child(
         }
         if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) < 0 {
             fail(report, Stage::SetUid, errno());
+        }
+    }
+
+    // Die with the broker (issue 7): a broker killed by SIGKILL cannot kill its routed
+    // groups, so the routed process asks the kernel to kill it when the broker (its parent)
+    // dies. Set after the uid switch, which clears it; then the parent is checked again,
+    // as it may have died before the request was in force. A parent outside our PID
+    // namespace reads as 0 and cannot be checked (that namespace's init dies with the
+    // broker anyway).
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0 {
+        let parent = libc::getppid();
+        if parent != 0 && parent != BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) {
+            libc::_exit(127);
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Conn {
     /// is created per relay-loop turn and moved into the connection's task.
     chunk: Box<[u8]>,
     fds: Vec<OwnedFd>,
+    /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
+    /// not each grow a fresh `Vec` from nothing.
+    out: Vec<u8>,
 }
 
 impl Conn {
@@ -38,6 +41,7 @@ impl Conn {
             buf: Vec::with_capacity(4096),
             chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             fds: Vec::new(),
+            out: Vec::new(),
         }
     }
 
@@ -89,9 +93,9 @@ impl Conn {
     }
 
     pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
-        let mut out = Vec::with_capacity(64);
-        encode_vec(reply, &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.out.clear();
+        encode_vec(reply, &mut self.out)?;
+        self.stream.write_all(&self.out).await?;
         Ok(())
     }
 }

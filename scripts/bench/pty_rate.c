@@ -1,0 +1,44 @@
+/* The PTY's own ceiling: a child writes BYTES of zeros to a PTY slave as fast as it can,
+ * this process reads the master with a 64 KiB buffer; prints MB/s. No relay, no copy to
+ * anywhere else: no PTY relay (script(1), ssh -tt, ctx exec -t) can beat this figure on
+ * the same kernel. Used by scripts/bench.sh.
+ *   pty_rate BYTES */
+#define _GNU_SOURCE
+#include <pty.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    long total = argc > 1 ? atol(argv[1]) : 200000000;
+    int m, s;
+    if (openpty(&m, &s, NULL, NULL, NULL) < 0) { perror("openpty"); return 1; }
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    pid_t p = fork();
+    if (p == 0) {
+        close(m);
+        static char z[65536];
+        for (long left = total; left > 0;) {
+            long n = write(s, z, left > (long)sizeof z ? (long)sizeof z : left);
+            if (n <= 0) _exit(1);
+            left -= n;
+        }
+        _exit(0);
+    }
+    close(s);
+    static char buf[65536];
+    long got = 0;
+    while (got < total) {
+        long n = read(m, buf, sizeof buf);
+        if (n <= 0) break;
+        got += n;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    waitpid(p, NULL, 0);
+    double t = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
+    printf("%.0f\n", got / 1e6 / t);
+    return got == total ? 0 : 1;
+}
