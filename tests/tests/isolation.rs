@@ -1048,3 +1048,95 @@ fn tiocsti_from_a_routed_process_cannot_reach_the_callers_terminal() {
     );
     drop(slave);
 }
+
+/// Regression: a broker whose own pids are small (here: PID 1 of a namespace, so its
+/// threads are 2, 3...) once hung launches into a PID context, because glibc's setuid
+/// wrappers signalled "the other threads" with tgkill(getpid(), tid) and the launch, PID 2
+/// inside its context, was one of them. The spawn path now uses raw syscalls.
+#[test]
+fn pid_namespace_launch_does_not_hang_when_pids_collide_with_broker_threads() {
+    require_root();
+    let dir = TempDir::new();
+    let config = dir.file("contexts.toml", isolation_config().as_bytes(), 0o644);
+    let socket = dir.path().join("broker.sock");
+    /// Kills the namespaced broker (and with it its namespace) even when an assert fails.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _broker = KillOnDrop(
+        std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(bin("ctx-broker"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare"),
+    );
+    let ctx = |args: &[&str]| {
+        let mut c = std::process::Command::new(bin("ctx"));
+        c.arg("--socket").arg(&socket).args(args);
+        c
+    };
+    let ready = poll(Duration::from_secs(10), || {
+        ctx(&["status"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
+    });
+    assert!(ready.is_some(), "the broker did not start in its namespace");
+    for _ in 0..10 {
+        let out = run_with(
+            &mut ctx(&["exec", "--context", "pidctx", "--", "true"]),
+            None,
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.code(), 0, "{}", out.show());
+    }
+}
+
+#[test]
+fn reload_puts_new_namespaces_in_force_and_ends_dropped_ones() {
+    let b = Broker::start(&standard_config());
+    let ps = b.exec("alice", &["ps", "-e"]).ok();
+    assert!(ps.lines().count() > 3, "alice is not isolated yet:\n{ps}");
+    let isolated = standard_config().replace(
+        "cwd = \"inherit\"\n",
+        "cwd = \"inherit\"\nisolation = { pid = true }\n",
+    );
+    std::fs::write(b.config_path(), isolated).unwrap();
+    let out = run(&mut b.ctx(["reload"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let ps = b.exec("alice", &["ps", "-e", "-o", "pid="]).ok();
+    assert!(
+        ps.lines().count() <= 2,
+        "no PID namespace after reload:\n{ps}"
+    );
+    let broker = b.pid();
+    assert_eq!(holders_of(broker).len(), 1);
+    // And back: the holder goes away with the option.
+    std::fs::write(b.config_path(), standard_config()).unwrap();
+    assert_eq!(run(&mut b.ctx(["reload"])).code(), 0);
+    let gone = poll(Duration::from_secs(5), || {
+        holders_of(broker).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the dropped namespace's holder is still there"
+    );
+}

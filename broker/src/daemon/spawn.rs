@@ -588,11 +588,11 @@ unsafe fn child(
     }
 
     if let Some(id) = &plan.identity {
-        // Raw syscalls, not glibc's wrappers: in a process that glibc believes threaded (and
-        // this child shares the broker's memory, so it does) the wrappers broadcast the
-        // change to every thread of the broker with SIGSETXID and wait for them, which in
-        // this child never completes (found spinning in setgroups). The kernel call changes
-        // exactly this process, the only thread of its own thread group.
+        // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread in
+        // glibc's thread list, which in a CLONE_VM child is the broker's; they signal them
+        // with tgkill(getpid(), tid), and inside a PID namespace that getpid() can equal one
+        // of those tids (this very process): the wrapper then waits forever for an ack. We
+        // are a single-threaded process, so the plain syscalls change all there is.
         if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) < 0 {
             fail(report, Stage::Groups, errno());
         }
