@@ -97,6 +97,21 @@ impl ReservedPorts {
 // Functions
 // ---------------------------------------------------------------------------------------
 
+/// Sets a boolean socket option; a failure only shows up later as a failed bind.
+fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {
+    let one: libc::c_int = 1;
+    // SAFETY: the option value is a valid c_int for the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A close-on-exec TCP socket listening on the wildcard address of `family`.
 fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked and owned below.
@@ -106,7 +121,9 @@ fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
+    // Rebind at once after a broker restart (TIME_WAIT); harmless to others: without
+    // SO_REUSEPORT no second listener can share the port.
+    set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
     let r = if family == libc::AF_INET {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -114,17 +131,8 @@ fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
             sin_addr: libc::in_addr { s_addr: 0 },
             sin_zero: [0; 8],
         };
-        // SAFETY: the option value and address are valid for the sizes given.
+        // SAFETY: the address is valid for the size given.
         unsafe {
-            // Rebind at once after a broker restart (TIME_WAIT); harmless to others:
-            // without SO_REUSEPORT no second listener can share the port.
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_in).cast(),
@@ -132,26 +140,13 @@ fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
             )
         }
     } else {
+        set_flag(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
         // SAFETY: sockaddr_in6 is plain data.
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         addr.sin6_port = port.to_be();
-        // SAFETY: as above.
+        // SAFETY: the address is valid for the size given.
         unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_in6).cast(),
