@@ -273,7 +273,7 @@ pub unsafe fn route(
     };
     let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
     match verdict {
-        Verdict::Started { .. } => {}
+        Verdict::Started { .. } | Verdict::Accepted => {}
         Verdict::Failed { errno, .. } => {
             // SAFETY: our socket.
             unsafe { libc::close(sock) };

@@ -2,8 +2,9 @@
 //! socket), what stays local, where the shim is, and the real libc functions. Hooks only
 //! read it, so routing survives a program that later clears its environment.
 
+use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::Once;
 
 use crate::shared::sys;
 
@@ -70,12 +71,12 @@ impl<const N: usize> FixedStr<N> {
         }
     }
 
-    /// `None` when `s` (plus its NUL) does not fit.
-    fn from(s: &[u8]) -> Option<Self> {
-        let mut f = Self::empty();
-        sys::to_cbuf(s, &mut f.buf)?;
-        f.len = s.len();
-        Some(f)
+    /// Fills in place (the state lives in a static; no 4 KiB moves at load). `None`, and
+    /// unchanged, when `s` does not fit.
+    fn set(&mut self, s: &[u8]) -> Option<()> {
+        sys::to_cbuf(s, &mut self.buf)?;
+        self.len = s.len();
+        Some(())
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -122,19 +123,61 @@ impl State {
     }
 }
 
-static STATE: OnceLock<State> = OnceLock::new();
+impl Real {
+    const NONE: Real = Real {
+        execve: None,
+        execv: None,
+        execvp: None,
+        execvpe: None,
+        fexecve: None,
+        execveat: None,
+        posix_spawn: None,
+        posix_spawnp: None,
+        pidfd_spawn: None,
+        pidfd_spawnp: None,
+        system: None,
+        popen: None,
+        pclose: None,
+    };
+}
+
+impl State {
+    const EMPTY: State = State {
+        routing: false,
+        route: FixedStr::empty(),
+        socket: FixedStr::empty(),
+        passthrough: FixedStr::empty(),
+        shim: FixedStr::empty(),
+        local_when_down: false,
+        problem: None,
+        real: Real::NONE,
+    };
+}
+
+/// The state, in place in zero-initialised memory: every process the library is preloaded
+/// into pays for its load, so it is filled field by field, never built and moved.
+struct Slot(UnsafeCell<State>);
+
+// SAFETY: written once, inside `INIT.call_once`, before any reader can pass the
+// `is_completed` check; read-only afterwards.
+unsafe impl Sync for Slot {}
+
+static STATE: Slot = Slot(UnsafeCell::new(State::EMPTY));
+static INIT: Once = Once::new();
 
 /// Resolved at load; the fallback initialisation only runs if another library's
 /// constructor launches a process before ours has run.
 pub fn state() -> &'static State {
-    match STATE.get() {
-        Some(s) => s,
-        None => STATE.get_or_init(load),
+    if !INIT.is_completed() {
+        init();
     }
+    // SAFETY: initialised above or by the constructor, and never written again.
+    unsafe { &*STATE.0.get() }
 }
 
 pub fn init() {
-    let _ = STATE.get_or_init(load);
+    // SAFETY: the only writer, under the Once; no reader exists before it completes.
+    INIT.call_once(|| load(unsafe { &mut *STATE.0.get() }));
 }
 
 fn env(name: &CStr) -> Option<&'static [u8]> {
@@ -180,12 +223,12 @@ fn resolve() -> Real {
 }
 
 /// `ctx-shim` beside this library, found through the path the loader opened it by.
-fn shim_beside_library() -> Option<FixedStr<4096>> {
+fn shim_beside_library(out: &mut FixedStr<4096>) -> bool {
     // SAFETY: Dl_info is plain data that dladdr fills.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: any address inside this library identifies it.
     if unsafe { libc::dladdr(init as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
-        return None;
+        return false;
     }
     let mut real = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: realpath writes at most PATH_MAX bytes into `real`. Resolving now makes a
@@ -205,60 +248,45 @@ fn shim_beside_library() -> Option<FixedStr<4096>> {
     let mut path = [0u8; 4096];
     let name = b"ctx-shim";
     if dir.len() + name.len() >= path.len() {
-        return None;
+        return false;
     }
     path[..dir.len()].copy_from_slice(dir);
     path[dir.len()..dir.len() + name.len()].copy_from_slice(name);
-    FixedStr::from(&path[..dir.len() + name.len()])
+    out.set(&path[..dir.len() + name.len()]).is_some()
 }
 
-fn load() -> State {
-    let real = resolve();
+fn load(st: &mut State) {
+    st.real = resolve();
+    st.local_when_down = env(c"CTX_ON_BROKER_DOWN") == Some(b"local");
     let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
-    let mut st = State {
-        routing: !route_var.is_empty(),
-        route: FixedStr::empty(),
-        socket: FixedStr::empty(),
-        passthrough: FixedStr::empty(),
-        shim: FixedStr::empty(),
-        local_when_down: env(c"CTX_ON_BROKER_DOWN") == Some(b"local"),
-        problem: None,
-        real,
-    };
+    st.routing = !route_var.is_empty();
     if !st.routing {
-        return st;
+        return;
     }
-    match FixedStr::from(route_var) {
-        Some(r) if std::str::from_utf8(route_var).is_ok() => st.route = r,
-        _ => st.problem = Some("CTX_ROUTE is not a valid context name"),
+    if std::str::from_utf8(route_var).is_err() || st.route.set(route_var).is_none() {
+        st.problem = Some("CTX_ROUTE is not a valid context name");
     }
     let socket = env(c"CTX_SOCKET")
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SOCKET.as_bytes());
-    match FixedStr::from(socket) {
-        Some(s) => st.socket = s,
-        None => st.problem = Some("CTX_SOCKET is longer than a Unix socket path may be"),
+    if st.socket.set(socket).is_none() {
+        st.problem = Some("CTX_SOCKET is longer than a Unix socket path may be");
     }
     if let Some(p) = env(c"CTX_PASSTHROUGH") {
-        match FixedStr::from(p) {
-            Some(p) => st.passthrough = p,
-            None => st.problem = Some("CTX_PASSTHROUGH is too long"),
+        if st.passthrough.set(p).is_none() {
+            st.problem = Some("CTX_PASSTHROUGH is too long");
         }
     }
-    let shim = match env(c"CTX_SHIM").filter(|s| !s.is_empty()) {
-        Some(s) => FixedStr::from(s),
-        None => shim_beside_library(),
+    let found = match env(c"CTX_SHIM").filter(|s| !s.is_empty()) {
+        Some(s) => st.shim.set(s).is_some(),
+        None => shim_beside_library(&mut st.shim),
     };
-    match shim {
-        // SAFETY: a NUL-terminated path.
-        Some(s) if unsafe { libc::access(s.as_ptr(), libc::X_OK) } == 0 => st.shim = s,
-        Some(s) => {
-            st.shim = s;
-            st.problem = Some("the ctx-shim helper is missing or not executable");
-        }
-        None => st.problem = Some("cannot locate the ctx-shim helper (set CTX_SHIM)"),
+    if !found {
+        st.problem = Some("cannot locate the ctx-shim helper (set CTX_SHIM)");
+    // SAFETY: a NUL-terminated path.
+    } else if unsafe { libc::access(st.shim.as_ptr(), libc::X_OK) } != 0 {
+        st.problem = Some("the ctx-shim helper is missing or not executable");
     }
-    st
 }
 
 /// Does `CTX_PASSTHROUGH` name this program? An entry with a '/' matches the full path

@@ -325,3 +325,52 @@ fn script_without_shebang_and_bytes() {
     let o = b.sh("bash", "printf '%s' $'\\xff\\x01-x'");
     assert_eq!(o.stdout, b"\xff\x01-x");
 }
+
+/// The broker checks, before it answers "accepted" (and the caller becomes the shim), that
+/// the context's uid may reach and run the program; a directory that uid cannot search
+/// gives the caller its EACCES as a local exec would.
+#[test]
+fn a_program_the_context_uid_cannot_reach_fails_with_eacces() {
+    let b = start_broker();
+    let private = b.dir.join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let prog = private.join("prog");
+    std::fs::copy("/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = b.sh("bash", &format!("{}; echo rc=$?", prog.display()));
+    assert_eq!(stdout(&o), "rc=126\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    if let Some(py) = python() {
+        let script = format!(
+            "import subprocess\ntry:\n    subprocess.run([{:?}])\n    print('ran')\nexcept PermissionError:\n    print('PermissionError')\n",
+            prog.display().to_string()
+        );
+        let o = b.run(&[py, "-c", &script]);
+        assert_eq!(stdout(&o), "PermissionError\n");
+    }
+}
+
+/// What the broker cannot foresee (here a `noexec` mount) fails after the caller became
+/// the shim: it ends like a shell's failed command, 126 with the reason on stderr.
+#[test]
+fn an_exec_failing_after_acceptance_ends_like_a_failed_command() {
+    let b = start_broker();
+    let mnt = b.dir.join("noexec");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,mode=755", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs (the tests run as root)");
+    let prog = mnt.join("prog");
+    std::fs::copy("/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = b.sh("bash", &format!("{}; echo rc=$?", prog.display()));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(stdout(&o), "rc=126\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ctx: ") && err.contains("EACCES"), "{err}");
+}

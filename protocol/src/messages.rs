@@ -203,6 +203,11 @@ pub enum Reply<'a> {
     Killed {
         ids: Vec<u64>,
     },
+    /// Interposer clients only: the launch is authorised and prepared, and its program
+    /// passed the broker's checks for the context's uid; the process is being started.
+    /// The caller may become the shim now, while the broker forks; `Started` or (rarely,
+    /// when the exec itself fails after all) `ExecFailed` follows on the same connection.
+    Accepted,
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -219,6 +224,7 @@ pub mod reply_tag {
     pub const RELOADED: u8 = 8;
     pub const PROCESSES: u8 = 9;
     pub const KILLED: u8 = 10;
+    pub const ACCEPTED: u8 = 11;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

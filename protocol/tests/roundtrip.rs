@@ -194,6 +194,8 @@ fn reply_tags_match_variant_order() {
     );
     assert_eq!(tag(Reply::Output(Cow::Borrowed(b""))), reply_tag::OUTPUT);
     assert_eq!(tag(Reply::Contexts(vec![])), reply_tag::CONTEXTS);
+    assert_eq!(tag(Reply::Killed { ids: vec![] }), reply_tag::KILLED);
+    assert_eq!(tag(Reply::Accepted), reply_tag::ACCEPTED);
 }
 
 #[test]

@@ -368,6 +368,14 @@ fn create(
                 None if limits.pids_max.is_some() => missing.push("pids_max"),
                 None => {}
             }
+            // Joining a v1 hierarchy costs every launch a write; memory and cpu are joined
+            // only for their limit (or when there is no pids hierarchy to list members).
+            let memory = memory
+                .as_ref()
+                .filter(|_| limits.memory_max.is_some() || pids.is_none());
+            let cpu = cpu
+                .as_ref()
+                .filter(|_| limits.cpu_max.is_some() || (pids.is_none() && memory.is_none()));
             match memory {
                 Some(base) => {
                     let dir = make(base)?;

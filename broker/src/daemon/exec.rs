@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
-use super::spawn::{fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
+use super::spawn::{exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
 use super::{pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
@@ -54,11 +54,32 @@ pub async fn run(
     let Some(ctx) = authorize(shared, conn, peer, &req.context, &req.argv).await else {
         return;
     };
-    let lookup = match client {
-        ClientKind::Cli => Lookup::ContextPath,
-        ClientKind::Interposer => Lookup::Exact,
+    let via = match client {
+        ClientKind::Cli => Via::Cli,
+        ClientKind::Interposer => Via::Interposer,
     };
-    launch(shared, conn, peer, &ctx, lookup, req, None).await
+    launch(shared, conn, peer, &ctx, via, req, None).await
+}
+
+/// Who launches, which decides how the program is found and when the caller hears back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `ctx exec`: the program is searched on the context's PATH.
+    Cli,
+    /// The interposer: the caller's exact program; it hears `Accepted` before the fork, so
+    /// it can become the shim while the broker forks.
+    Interposer,
+    /// `ctx sh`: bash, by its path.
+    Shell,
+}
+
+impl Via {
+    fn lookup(self) -> Lookup {
+        match self {
+            Via::Cli => Lookup::ContextPath,
+            Via::Interposer | Via::Shell => Lookup::Exact,
+        }
+    }
 }
 
 /// `ctx sh`: the request's command becomes bash running the script in the session's saved
@@ -104,7 +125,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
             // Reset alone: the state is gone; report success the usual way.
             req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
             req.program = Some(serde_bytes::ByteBuf::from(b"/bin/true".to_vec()));
-            return launch(shared, conn, peer, &ctx, Lookup::Exact, req, Some(label)).await;
+            return launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await;
         }
         None => {
             if !req.fds.iter().any(|s| s.source == FdSource::Pty) {
@@ -137,7 +158,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     }
     req.program = Some(serde_bytes::ByteBuf::from(b"/bin/bash".to_vec()));
     req.search_path = None;
-    launch(shared, conn, peer, &ctx, Lookup::Exact, req, Some(label)).await
+    launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await
 }
 
 /// Looks the context up and applies its `allow` rule; refusals are answered and audited.
@@ -209,10 +230,11 @@ async fn launch(
     conn: &mut Conn,
     peer: &Peer,
     ctx: &Arc<Context>,
-    lookup: Lookup,
+    via: Via,
     req: ExecRequest,
     audit_argv: Option<Vec<serde_bytes::ByteBuf>>,
 ) {
+    let lookup = via.lookup();
     let ctx = ctx.clone();
     let audit_argv = lossy(audit_argv.as_deref().unwrap_or(&req.argv));
     let started_at = Instant::now();
@@ -325,6 +347,10 @@ async fn launch(
         }
     }
 
+    if via == Via::Interposer && exec_likely(&plan) {
+        // A caller that is gone is noticed when `Started` cannot be sent.
+        let _ = conn.send(&Reply::Accepted).await;
+    }
     let forked = fork_exec(&plan);
     let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
     let ruleset_applied = ruleset.is_some();
@@ -742,8 +768,17 @@ async fn read_report(fd: OwnedFd, buf: &mut [u8; 8]) -> usize {
     if pty::set_nonblocking(&fd).is_err() {
         return 0;
     }
-    let Ok(afd) = watch(fd) else { return 0 };
-    let mut got = 0;
+    // The clone returned after the child's exec or exit, so the answer is usually there
+    // already; only a write end inherited by a concurrent launch's child can delay EOF.
+    let mut got = match read_fd(fd.as_raw_fd(), buf) {
+        Ok(0) => return 0,
+        Ok(n) => n,
+        Err(_) => 0,
+    };
+    if got == buf.len() {
+        return got;
+    }
+    let Ok(afd) = watch(fd) else { return got };
     while got < buf.len() {
         let Ok(mut guard) = afd.readable().await else {
             return got;

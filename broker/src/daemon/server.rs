@@ -187,6 +187,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         signal(SignalKind::interrupt()).map_err(io_err("watch SIGINT for", &socket_path))?;
     let mut sighup =
         signal(SignalKind::hangup()).map_err(io_err("watch SIGHUP for", &socket_path))?;
+    super::spawn::snapshot_signal_dispositions();
     let tasks = tokio_util_tracker::Tracker::default();
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
     systemd::ready(&operator::serving(&shared.config()));

@@ -120,6 +120,100 @@ pub fn cstring_os(s: &OsStr) -> io::Result<CString> {
     cstring(s.as_bytes())
 }
 
+/// Whether the child's exec will most likely succeed: the first candidate that exists is a
+/// regular file with an execute bit for the identity the child takes, as `execvp` would
+/// find it. Directory search rights, ACLs, mount options and Landlock rules are not
+/// considered; a wrong guess only means the failure reaches the caller late (see
+/// `Reply::Accepted`), so this errs on the side of "no" when unsure.
+pub fn exec_likely(plan: &SpawnPlan) -> bool {
+    let searching = matches!(plan.program, Program::Search(_));
+    let candidates: &[CString] = match &plan.program {
+        Program::Exact(p) => std::slice::from_ref(p),
+        Program::Search(list) => list,
+    };
+    for cand in candidates {
+        let bytes = cand.as_bytes();
+        let path = match (&plan.cwd, bytes.first()) {
+            (Some(cwd), Some(&c)) if c != b'/' => {
+                let mut p = cwd.as_bytes().to_vec();
+                p.push(b'/');
+                p.extend_from_slice(bytes);
+                std::path::PathBuf::from(OsStr::from_bytes(&p))
+            }
+            _ => std::path::PathBuf::from(OsStr::from_bytes(bytes)),
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e)
+                if searching && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+            {
+                continue
+            }
+            Err(_) => return false,
+        };
+        if !meta.is_file() {
+            return false;
+        }
+        let runnable = match &plan.identity {
+            // The directories on the way must be searchable by that uid too.
+            Some(id) => {
+                may_execute(&meta, id)
+                    && path.ancestors().skip(1).all(|dir| {
+                        dir.as_os_str().is_empty()
+                            || std::fs::metadata(dir).is_ok_and(|m| may_execute(&m, id))
+                    })
+            }
+            None => {
+                let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+                    return false;
+                };
+                // SAFETY: a NUL-terminated path; faccessat only reads it.
+                unsafe {
+                    libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0
+                }
+            }
+        };
+        // A search goes on past a file it may not run (execvp remembers EACCES), but the
+        // guess stays "no" then: the answer depends on what comes later on PATH.
+        if !runnable {
+            return false;
+        }
+        // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh` fallback
+        // turns into a run (the caller's own shell may want to see the ENOEXEC).
+        return known_format(&path) || searching || plan.sh_fallback;
+    }
+    false
+}
+
+/// Execute (search, for a directory) permission by the mode bits, for `id`.
+fn may_execute(meta: &std::fs::Metadata, id: &Identity) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if id.uid == 0 {
+        // Root needs one x bit on a file; directories it may always search.
+        return meta.is_dir() || mode & 0o111 != 0;
+    }
+    if meta.uid() == id.uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == id.gid || id.groups.contains(&meta.gid()) {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// Whether the file starts like something the kernel executes: an ELF image or a script.
+fn known_format(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        // Unreadable by the broker (root squash, FUSE): no basis for a guess.
+        return false;
+    };
+    let n = f.read(&mut head).unwrap_or(0);
+    (n == 4 && head.starts_with(b"\x7fELF")) || head[..n].starts_with(b"#!")
+}
+
 /// Forks and runs `plan` in the child. The parent keeps ownership of the plan's
 /// descriptors (close them once this returns).
 pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
@@ -295,6 +389,57 @@ struct ChildArgs<'a> {
     grand_stack: std::sync::atomic::AtomicPtr<libc::c_void>,
 }
 
+/// Set once the whole broker runs with an empty capability bounding set: every thread, and
+/// so every spawn child, inherits it, and the child need not drop 41 capabilities one
+/// `prctl` (and one credential commit) at a time.
+static BOUNDING_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Empties the capability bounding set of the calling thread, which must be the only one:
+/// threads created afterwards inherit it. The broker keeps its own effective capabilities
+/// (the bounding set only limits what an exec can grant), and it never execs anything but
+/// routed programs, which must get none. Without CAP_SETPCAP (unprivileged broker) this
+/// does nothing and the spawn child tries itself.
+pub fn drop_bounding_set_process_wide() {
+    let last = last_capability();
+    let mut all = true;
+    for cap in 0..=last {
+        // SAFETY: plain prctl on our own credentials.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if r < 0 && errno_now() != libc::EINVAL {
+            all = false;
+        }
+    }
+    BOUNDING_DROPPED.store(all, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn errno_now() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Signals (bit n-1 for signal n) whose disposition is not the default in the broker: its
+/// handlers (tokio's TERM/INT/HUP) and ignores (std's SIGPIPE). The spawn child resets
+/// exactly these instead of all 64. Zero means "not taken": the child resets everything.
+static NON_DEFAULT_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records which signals the broker handles or ignores. Call it after the last signal
+/// handler is installed (the server does, once its handlers are in place); a handler
+/// installed later would otherwise survive into a child until its exec.
+pub fn snapshot_signal_dispositions() {
+    let mut mask = 0u64;
+    for sig in 1..=libc::SIGRTMAX().min(64) {
+        // SAFETY: sigaction is plain data; a null `act` only queries.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if old.sa_sigaction != libc::SIG_DFL {
+            mask |= 1 << (sig - 1);
+        }
+    }
+    // A set bit that is never used is harmless; bit 63 marks the snapshot as taken.
+    NON_DEFAULT_SIGNALS.store(mask | 1 << 63, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The broker's pid, for the child's die-with-the-broker check (the child shares our
 /// memory, so it reads this without a syscall and without the race of asking `getppid`
 /// before the request is in force).
@@ -423,8 +568,10 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
 /// TERM/INT/HUP). Handlers are reset while every signal is still blocked: in a child
 /// sharing the broker's memory, a broker handler must never run.
 unsafe fn reset_signal_handlers() {
+    let taken = NON_DEFAULT_SIGNALS.load(std::sync::atomic::Ordering::Relaxed);
     for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+        let listed = sig > 63 || taken & (1 << 63) == 0 || taken & (1 << (sig - 1)) != 0;
+        if listed && sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
@@ -542,15 +689,29 @@ unsafe fn child(
     }
     // Everything below the floor that is not a target is closed now; everything above is
     // marked close-on-exec (the moved copies, the error pipe, anything the broker holds).
-    for fd in 0..floor {
+    // One close_range per run of non-targets (a caller's fd 255 must not cost 250 closes).
+    let is_target = |fd: i32| {
         let t = fd as usize;
-        let is_target = if t < 1024 {
+        if t < 1024 {
             targets_mask[t / 64] & (1 << (t % 64)) != 0
         } else {
             plan.fds.iter().any(|&(_, tg)| tg == fd)
-        };
-        if !is_target {
-            libc::close(fd);
+        }
+    };
+    let mut fd = 0;
+    while fd < floor {
+        if is_target(fd) {
+            fd += 1;
+            continue;
+        }
+        let start = fd;
+        while fd < floor && !is_target(fd) {
+            fd += 1;
+        }
+        if libc::close_range(start as u32, (fd - 1) as u32, 0) < 0 {
+            for f in start..fd {
+                libc::close(f);
+            }
         }
     }
     if libc::close_range(floor as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) < 0 {
@@ -572,12 +733,14 @@ unsafe fn child(
         }
     }
 
-    if plan.drop_caps {
+    if plan.drop_caps && !BOUNDING_DROPPED.load(std::sync::atomic::Ordering::Relaxed) {
         for cap in 0..=last_cap {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno() != libc::EINVAL {
                 fail(report, Stage::Capabilities, errno());
             }
         }
+    }
+    if plan.drop_caps {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,

@@ -15,6 +15,9 @@ const VERDICT_TIMEOUT_SECS: libc::time_t = 60;
 pub enum Verdict<'a> {
     /// The routed program is running.
     Started { id: u64, pid: i32 },
+    /// It is being started and will most likely run: the caller may go on (become the
+    /// shim) now; `Started` or a late `ExecFailed` follows on the connection.
+    Accepted,
     /// It could not be started; nothing runs. The caller sees this errno.
     Failed { errno: i32, message: &'a str },
     /// The broker refused the request (unknown context, not allowed, ...).
@@ -65,7 +68,7 @@ pub fn explain(l: &mut super::sys::Line, socket: &[u8], v: &Verdict<'_>) {
                 .str(": ")
                 .errno_name(*errno);
         }
-        Verdict::Started { .. } | Verdict::Failed { .. } => {}
+        Verdict::Started { .. } | Verdict::Accepted | Verdict::Failed { .. } => {}
     }
 }
 
@@ -203,7 +206,9 @@ pub fn exchange<'b>(sock: i32, request: &[u8], fds: &[i32], buf: &'b mut [u8]) -
 fn decode_verdict(payload: &[u8]) -> Verdict<'_> {
     let expected = matches!(
         payload.first(),
-        Some(&(reply_tag::ERROR | reply_tag::STARTED | reply_tag::EXEC_FAILED))
+        Some(
+            &(reply_tag::ERROR | reply_tag::STARTED | reply_tag::EXEC_FAILED | reply_tag::ACCEPTED)
+        )
     );
     let broken = Verdict::Broken {
         what: "the broker's verdict",
@@ -214,6 +219,7 @@ fn decode_verdict(payload: &[u8]) -> Verdict<'_> {
     }
     match frame::decode::<Reply<'_>>(payload) {
         Ok(Reply::Started { id, pid }) => Verdict::Started { id, pid },
+        Ok(Reply::Accepted) => Verdict::Accepted,
         Ok(Reply::ExecFailed(f)) => Verdict::Failed {
             errno: if f.errno > 0 { f.errno } else { libc::EACCES },
             message: cow_str(f.message),
@@ -274,6 +280,10 @@ mod tests {
             Verdict::Refused {
                 message: "uid 5 may not enter user"
             }
+        ));
+        assert!(matches!(
+            decode_verdict(&payload(&Reply::Accepted)),
+            Verdict::Accepted
         ));
         let p = payload(&Reply::Contexts(vec![]));
         assert!(matches!(decode_verdict(&p), Verdict::Broken { .. }));

@@ -10,6 +10,10 @@
 //! It is in every routed launch's critical path, so it does no work before the relay loop
 //! that the loop does not need.
 
+// No std runtime start-up: it would set up stack-overflow guards, and finding the main
+// thread's stack reads /proc/self/maps, a cost every routed launch would pay.
+#![no_main]
+
 // The shim links only the modules it shares with the library, never the hooks.
 #[path = "../../shared/mod.rs"]
 #[allow(dead_code)]
@@ -33,7 +37,8 @@ fn usage() -> ! {
     std::process::exit(EXIT_CTX)
 }
 
-fn main() {
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
     let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
     match a.get(1).copied() {

@@ -191,6 +191,20 @@ impl Relay<'_> {
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::ExecFailed(f)) => {
+                // The broker accepted the launch but the exec itself failed (a check it
+                // cannot make beforehand): the caller's exec already succeeded, so this
+                // ends like a shell's failed command, 127 or 126, with the reason.
+                self.tty.restore();
+                let mut l = sys::Line::new();
+                l.str("ctx: ").quoted(self.name).str(": ").str(&f.message);
+                if !f.errno_name.is_empty() {
+                    l.str(" (").str(&f.errno_name).str(")");
+                }
+                l.write_to(2);
+                // SAFETY: ending the process without running anything else.
+                unsafe { libc::_exit(crate::spawn::failed_exit_code(f.errno)) }
+            }
             Ok(Reply::Error { message, .. }) => {
                 let mut what = String::from("broker: ");
                 what.push_str(&message);

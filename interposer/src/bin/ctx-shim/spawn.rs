@@ -30,7 +30,7 @@ fn report(fd: i32, errno: Option<i32>) -> bool {
 
 /// Without a report channel (closed by the file actions), a failure can only show in the
 /// exit status, as a local shell would report it.
-fn failed_exit_code(errno: i32) -> i32 {
+pub fn failed_exit_code(errno: i32) -> i32 {
     match errno {
         libc::ENOENT | libc::ENOTDIR => 127,
         libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
@@ -212,7 +212,7 @@ pub fn run(a: &[&[u8]]) -> ! {
     };
     let mut reply = vec![0u8; 64 * 1024];
     match conn::exchange(sock, &out[..n], set.passed(), &mut reply) {
-        Verdict::Started { .. } => {}
+        Verdict::Started { .. } | Verdict::Accepted => {}
         Verdict::Failed { errno, .. } => fail(errno, failed_exit_code(errno)),
         ref v => {
             let mut l = conn::refusal(context, name);
