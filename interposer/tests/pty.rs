@@ -214,3 +214,95 @@ print("INJECTOR-DONE")
     assert!(text.contains("caller-read-nothing"), "{text}");
     assert!(!text.contains("caller-read:["), "{text}");
 }
+
+/// The routed program's `/proc/<pid>/stat` state letter, found by a unique argument.
+fn routed_state(arg: &str) -> Option<(i32, char)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&arg.as_bytes()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit(") ").next()?.chars().next()?;
+            return Some((pid, state));
+        }
+    }
+    None
+}
+
+fn wait_state(arg: &str, want: char) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match routed_state(arg) {
+            Some((pid, s)) if s == want => return pid,
+            other => assert!(
+                Instant::now() < deadline,
+                "routed sleep never reached state {want}: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ctrl-Z stops a routed program as it would a local one, the caller's job-control shell
+/// reports the job stopped, `fg` resumes it and Ctrl-C then ends it.
+#[test]
+fn ctrl_z_stops_the_routed_program_and_fg_resumes_it() {
+    let b = start_broker();
+    let arg = format!(
+        "{}.{}",
+        4000 + std::process::id() % 1000,
+        std::process::id() % 97
+    );
+    let mut p = OnPty::start(
+        &b,
+        |_| {
+            vec![
+                "bash".into(),
+                "--norc".into(),
+                "--noprofile".into(),
+                "-i".into(),
+            ]
+        },
+        24,
+        80,
+    );
+    p.type_bytes(b"PS1='PROMPT> '\n");
+    p.wait_for("PROMPT> ");
+    p.type_bytes(format!("sleep {arg}\n").as_bytes());
+    let pid = wait_state(&arg, 'S');
+    // The caller's terminal is raw while the shim relays: ^Z travels as a byte.
+    p.type_bytes(b"\x1a");
+    p.wait_for("Stopped");
+    assert_eq!(
+        wait_state(&arg, 'T'),
+        pid,
+        "the routed program itself is stopped"
+    );
+    p.type_bytes(b"fg\n");
+    assert_eq!(wait_state(&arg, 'S'), pid, "fg resumed the routed program");
+    std::thread::sleep(Duration::from_millis(200));
+    let prompts = p.text().matches("PROMPT> ").count();
+    p.type_bytes(b"\x03");
+    // Typed only once the shell is back: input before that goes to the routed program.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.text().matches("PROMPT> ").count() <= prompts {
+        assert!(
+            Instant::now() < deadline,
+            "no prompt after ^C:\n{}",
+            p.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.type_bytes(b"echo rc=$?\n");
+    p.wait_for("rc=130");
+    assert!(routed_state(&arg).is_none(), "Ctrl-C ended it");
+    p.type_bytes(b"exit\n");
+    let (code, text) = p.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Stopped"), "{text}");
+}

@@ -208,6 +208,13 @@ pub enum Reply<'a> {
     /// The caller may become the shim now, while the broker forks; `Started` or (rarely,
     /// when the exec itself fails after all) `ExecFailed` follows on the same connection.
     Accepted,
+    /// The routed program was stopped by job control: the terminal's suspend key, which
+    /// the broker turns into `SIGSTOP` because the kernel ignores terminal stops sent to a
+    /// program whose parent (the broker) is outside its session. The client stops itself
+    /// too, so the caller's shell sees the job stop; its `SIGCONT` resumes both.
+    Stopped {
+        signal: i32,
+    },
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -225,6 +232,7 @@ pub mod reply_tag {
     pub const PROCESSES: u8 = 9;
     pub const KILLED: u8 = 10;
     pub const ACCEPTED: u8 = 11;
+    pub const STOPPED: u8 = 12;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -196,6 +196,7 @@ fn reply_tags_match_variant_order() {
     assert_eq!(tag(Reply::Contexts(vec![])), reply_tag::CONTEXTS);
     assert_eq!(tag(Reply::Killed { ids: vec![] }), reply_tag::KILLED);
     assert_eq!(tag(Reply::Accepted), reply_tag::ACCEPTED);
+    assert_eq!(tag(Reply::Stopped { signal: 20 }), reply_tag::STOPPED);
 }
 
 #[test]

@@ -472,3 +472,86 @@ fn exec_t_failures_are_classified_as_in_pipe_mode() {
         );
     }
 }
+
+/// The state letter and pid of the process whose argv is `sleep ARG`.
+fn sleep_state(arg: &str) -> Option<(i32, char)> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.first() != Some(&&b"sleep"[..]) || args.get(1) != Some(&arg.as_bytes()) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some((pid, stat.rsplit(") ").next()?.chars().next()?))
+    })
+}
+
+fn wait_sleep_state(arg: &str, want: char) -> i32 {
+    poll(Duration::from_secs(10), || {
+        sleep_state(arg).and_then(|(pid, s)| (s == want).then_some(pid))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "sleep {arg} never reached state {want}: {:?}",
+            sleep_state(arg)
+        )
+    })
+}
+
+/// The suspend key typed at `ctx exec -t` stops the routed program (which, leading its own
+/// session under the broker, would ignore the terminal's SIGTSTP) and ctx itself, as a
+/// local job stops; SIGCONT resumes both.
+#[test]
+fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let b = Broker::start(&standard_config());
+    let arg = format!(
+        "{}.{}",
+        5000 + std::process::id() % 1000,
+        std::process::id() % 89
+    );
+    let (master, slave) = pty(24, 80);
+    let mut cmd = b.ctx(["exec", "-t", "--context", "alice", "--", "sleep", &arg]);
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn ctx on a pty");
+    drop(slave);
+    let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = wait_sleep_state(&arg, 'S');
+    // ctx holds its terminal raw: the suspend key arrives as a byte and goes to the broker.
+    nix::unistd::write(&master, b"\x1a").unwrap();
+    match waitpid(ctx_pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+        WaitStatus::Stopped(_, _) => {}
+        other => panic!("ctx did not stop: {other:?}"),
+    }
+    assert_eq!(
+        wait_sleep_state(&arg, 'T'),
+        pid,
+        "the routed program is stopped"
+    );
+    signal(child.id(), nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        wait_sleep_state(&arg, 'S'),
+        pid,
+        "SIGCONT resumed the routed program"
+    );
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = wait_deadline(&mut child, COMMAND_TIMEOUT).expect("ctx ends");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+    assert!(sleep_state(&arg).is_none(), "the routed program is gone");
+    drop(master);
+}

@@ -300,6 +300,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Processes(_) => "Processes",
         Reply::Killed { .. } => "Killed",
         Reply::Accepted => "Accepted",
+        Reply::Stopped { .. } => "Stopped",
     }
 }
 

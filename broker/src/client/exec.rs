@@ -426,6 +426,13 @@ impl Relay<'_> {
                         // cost more than the copy.
                         Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
                         Reply::Output(_) => {}
+                        Reply::Stopped { .. } => {
+                            // Job control: the routed program stopped; so does ctx, and the
+                            // shell's SIGCONT resumes both (see the SIGCONT arm above).
+                            self.flush(&mut out, output_ok);
+                            drop(raw.take());
+                            let _ = signal::raise(Signal::SIGSTOP);
+                        }
                         Reply::Exited { status, timed_out } => {
                             self.flush(&mut out, output_ok);
                             drop(raw.take());

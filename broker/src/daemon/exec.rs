@@ -20,7 +20,7 @@ use super::registry::Running;
 use super::shell_state::{self, SessionError};
 use super::spawn::{exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
-use super::{pty, Peer, Shared};
+use super::{job_control, pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
@@ -434,11 +434,26 @@ async fn launch(
             frame = conn.read_frame(), if client_alive => {
                 match frame {
                     Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
-                        Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => kill_group(pid, signo),
+                        Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
+                            kill_group(pid, job_control::deliverable(pid, signo))
+                        }
                         Ok(Request::Resize(size)) => {
                             if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
                         }
-                        Ok(Request::Input(bytes)) => input.extend_from_slice(&bytes),
+                        Ok(Request::Input(bytes)) => match master.as_ref().and_then(|m| job_control::suspend_at(m.get_ref(), pid, &bytes)) {
+                            // The suspend key for a program that would ignore the stop the
+                            // terminal sends it: stop it ourselves and tell the client.
+                            Some(at) => {
+                                input.extend_from_slice(&bytes[..at]);
+                                kill_group(pid, libc::SIGSTOP);
+                                if conn.send(&Reply::Stopped { signal: libc::SIGTSTP }).await.is_err() {
+                                    client_alive = false;
+                                    kill_group(pid, libc::SIGKILL);
+                                }
+                                input.extend_from_slice(&bytes[at + 1..]);
+                            }
+                            None => input.extend_from_slice(&bytes),
+                        },
                         Ok(Request::InputEof) => {
                             if let Some(m) = &master { input.push(pty::eof_char(m.get_ref())); }
                         }

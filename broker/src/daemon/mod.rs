@@ -16,6 +16,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod connection;
 pub mod exec;
+pub mod job_control;
 pub mod landlock;
 pub mod namespaces;
 pub mod operator;

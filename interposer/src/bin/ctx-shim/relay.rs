@@ -191,6 +191,13 @@ impl Relay<'_> {
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::Stopped { .. }) => {
+                // Job control: the routed program stopped; stop with it so the caller's
+                // shell sees the job stop. Its SIGCONT resumes us and is forwarded.
+                self.tty.restore();
+                // SAFETY: stopping ourselves.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+            }
             Ok(Reply::ExecFailed(f)) => {
                 // The broker accepted the launch but the exec itself failed (a check it
                 // cannot make beforehand): the caller's exec already succeeded, so this
