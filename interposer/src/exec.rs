@@ -141,6 +141,35 @@ fn resolve_in_path<'b>(file: &[u8], path: &[u8], buf: &'b mut [u8; 4096]) -> Opt
     None
 }
 
+/// The first `dir/file` along `path` that is a regular file with an execute bit, as a
+/// C string in `buf`: what `posix_spawnp` (which has no `/bin/sh` fallback) would run.
+pub fn first_executable_on_path<'b>(
+    file: &[u8],
+    path: &[u8],
+    buf: &'b mut [u8; 4096],
+) -> Option<&'b CStr> {
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let n = dir.len() + 1 + file.len();
+        if n >= buf.len() {
+            continue;
+        }
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()] = b'/';
+        buf[dir.len() + 1..n].copy_from_slice(file);
+        buf[n] = 0;
+        // SAFETY: stat is plain data; buf holds a NUL-terminated path.
+        let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0
+            && sb.st_mode & libc::S_IFMT == libc::S_IFREG
+            && sb.st_mode & 0o111 != 0;
+        if ok {
+            return CStr::from_bytes_with_nul(&buf[..=n]).ok();
+        }
+    }
+    None
+}
+
 /// Whether `CTX_PASSTHROUGH` keeps this launch local.
 pub fn is_passthrough(st: &State, target: Target<'_>) -> bool {
     let list = st.passthrough.bytes();
@@ -184,25 +213,23 @@ pub fn fail(errno: i32) -> c_int {
     -1
 }
 
-/// Routes one exec. `local` runs the real function (passthrough, and an unreachable broker
-/// under `CTX_ON_BROKER_DOWN=local`). Returns only on failure, with errno set as a local
-/// exec would have set it.
+/// The outcome of sending a launch to the broker.
+pub enum Sent {
+    /// The broker accepted (or started) it; the connection must now be held by a shim.
+    Routed { sock: i32, pty_mask: u8 },
+    /// The broker is unreachable and `CTX_ON_BROKER_DOWN=local` says run it here.
+    Local,
+    /// It failed (the errno a local exec would give) or was refused (EACCES, with the
+    /// reason already on stderr).
+    Failed(i32),
+}
+
+/// Sends one launch, with this process's inheritable descriptors and cwd, and reads the
+/// verdict. No allocation: it runs in vfork children too.
 ///
 /// # Safety
 /// `argv`/`envp` are null or NULL-terminated arrays of C strings.
-pub unsafe fn route(
-    st: &State,
-    target: Target<'_>,
-    argv: Argv,
-    envp: Argv,
-    local: impl FnOnce() -> c_int,
-) -> c_int {
-    if is_passthrough(st, target) {
-        return local();
-    }
-    if let Some(e) = local_failure(target) {
-        return fail(e);
-    }
+pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
     let context = st.route_str();
@@ -213,7 +240,7 @@ pub unsafe fn route(
             .push(st.shim.bytes())
             .str(")")
             .write_to(2);
-        return fail(libc::EACCES);
+        return Sent::Failed(libc::EACCES);
     }
 
     let mut set = FdSet::new();
@@ -221,7 +248,7 @@ pub unsafe fn route(
         let mut l = conn::refusal(context, name);
         l.str("more inheritable descriptors than one message can carry")
             .write_to(2);
-        return fail(libc::EMFILE);
+        return Sent::Failed(libc::EMFILE);
     }
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: getcwd writes at most cwd.len() bytes; with a buffer it never allocates.
@@ -246,20 +273,19 @@ pub unsafe fn route(
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
-        return fail(libc::ENOMEM);
+        return Sent::Failed(libc::ENOMEM);
     };
     let (out, reply) = mem.bytes_mut().split_at_mut(bound);
     let Ok(n) = wire::encode_launch(&req, out) else {
         // Only a launch over the protocol's frame limit (far above ARG_MAX) gets here.
-        return fail(libc::E2BIG);
+        return Sent::Failed(libc::E2BIG);
     };
 
     let sock = match conn::connect(st.socket.bytes_nul()) {
         Ok(s) => s,
         Err(e) if st.local_when_down => {
             conn::running_locally(context, name, st.socket.bytes(), e);
-            drop(mem);
-            return local();
+            return Sent::Local;
         }
         Err(e) => {
             let mut l = conn::refusal(context, name);
@@ -268,40 +294,112 @@ pub unsafe fn route(
                 .str(" unreachable: ")
                 .errno_name(e)
                 .write_to(2);
-            return fail(libc::EACCES);
+            return Sent::Failed(libc::EACCES);
         }
     };
     let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
-    match verdict {
-        Verdict::Started { .. } | Verdict::Accepted => {}
-        Verdict::Failed { errno, .. } => {
-            // SAFETY: our socket.
-            unsafe { libc::close(sock) };
-            return fail(errno);
-        }
+    let failed = match verdict {
+        Verdict::Started { .. } | Verdict::Accepted => None,
+        Verdict::Failed { errno, .. } => Some(errno),
         ref v => {
             let mut l = conn::refusal(context, name);
             conn::explain(&mut l, st.socket.bytes(), v);
             l.write_to(2);
-            // SAFETY: our socket.
-            unsafe { libc::close(sock) };
-            return fail(libc::EACCES);
+            Some(libc::EACCES)
         }
+    };
+    if let Some(e) = failed {
+        // SAFETY: our socket.
+        unsafe { libc::close(sock) };
+        return Sent::Failed(e);
     }
-    drop(mem);
+    conn::clear_timeout(sock);
+    Sent::Routed {
+        sock,
+        pty_mask: set.pty_mask,
+    }
+}
+
+/// Routes one exec. `local` runs the real function (passthrough, and an unreachable broker
+/// under `CTX_ON_BROKER_DOWN=local`). Returns only on failure, with errno set as a local
+/// exec would have set it.
+///
+/// # Safety
+/// `argv`/`envp` are null or NULL-terminated arrays of C strings.
+pub unsafe fn route(
+    st: &State,
+    target: Target<'_>,
+    argv: Argv,
+    envp: Argv,
+    local: impl FnOnce() -> c_int,
+) -> c_int {
+    if is_passthrough(st, target) {
+        return local();
+    }
+    if let Some(e) = local_failure(target) {
+        return fail(e);
+    }
+    // SAFETY: the caller's arrays.
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp) } {
+        Sent::Routed { sock, pty_mask } => (sock, pty_mask),
+        Sent::Local => return local(),
+        Sent::Failed(e) => return fail(e),
+    };
     // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).
-    let e = unsafe { exec_shim(st, sock, set.pty_mask, argv) };
+    let e = unsafe { exec_shim(st, sock, pty_mask, argv) };
     // The routed program runs but nothing can hold its connection: closing it makes the
     // broker kill it, and the caller sees a failed exec.
     // SAFETY: our socket.
     unsafe { libc::close(sock) };
-    let mut l = conn::refusal(context, name);
+    // SAFETY: the caller's array.
+    let name = unsafe { display_name(argv, target) };
+    let mut l = conn::refusal(st.route_str(), name);
     l.str("cannot start ")
         .push(st.shim.bytes())
         .str(": ")
         .errno_name(e)
         .write_to(2);
     fail(e)
+}
+
+/// `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, in `buf` (the descriptor and mask as
+/// decimal strings) and returned as a NULL-terminated argv.
+pub struct ShimArgv {
+    fd_c: [u8; 25],
+    mask_c: [u8; 2],
+}
+
+impl ShimArgv {
+    pub fn new(sock: i32, pty_mask: u8) -> ShimArgv {
+        let mut fd_c = [0u8; 25];
+        let mut tmp = [0u8; 24];
+        let digits = sys::fmt_i64(sock as i64, &mut tmp);
+        fd_c[..digits.len()].copy_from_slice(digits);
+        ShimArgv {
+            fd_c,
+            mask_c: [b'0' + (pty_mask & 7), 0],
+        }
+    }
+
+    /// # Safety
+    /// `argv` is null or a NULL-terminated array of C strings.
+    pub unsafe fn argv(&self, st: &State, argv: Argv) -> [*const c_char; 7] {
+        let name: *const c_char = if argv.is_null() || unsafe { (*argv).is_null() } {
+            c"?".as_ptr()
+        } else {
+            // SAFETY: non-null first element of a valid array.
+            unsafe { *argv }
+        };
+        [
+            st.shim.as_ptr(),
+            c"--attach".as_ptr(),
+            self.fd_c.as_ptr() as *const c_char,
+            self.mask_c.as_ptr() as *const c_char,
+            c"--".as_ptr(),
+            name,
+            std::ptr::null(),
+        ]
+    }
 }
 
 /// Replaces this process with `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, with an
@@ -312,27 +410,9 @@ pub unsafe fn route(
 unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
     // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
     unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
-    conn::clear_timeout(sock);
-    let mut fd_c = [0u8; 25];
-    let mut tmp = [0u8; 24];
-    let digits = sys::fmt_i64(sock as i64, &mut tmp);
-    fd_c[..digits.len()].copy_from_slice(digits);
-    let mask_c = [b'0' + (pty_mask & 7), 0];
-    let name: *const c_char = if argv.is_null() || unsafe { (*argv).is_null() } {
-        c"?".as_ptr()
-    } else {
-        // SAFETY: non-null first element of a valid array.
-        unsafe { *argv }
-    };
-    let shim_argv: [*const c_char; 7] = [
-        st.shim.as_ptr(),
-        c"--attach".as_ptr(),
-        fd_c.as_ptr() as *const c_char,
-        mask_c.as_ptr() as *const c_char,
-        c"--".as_ptr(),
-        name,
-        std::ptr::null(),
-    ];
+    let args = ShimArgv::new(sock, pty_mask);
+    // SAFETY: the caller's array.
+    let shim_argv = unsafe { args.argv(st, argv) };
     let envp: [*const c_char; 1] = [std::ptr::null()];
     match st.real.execve {
         Some(f) => {

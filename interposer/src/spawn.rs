@@ -64,6 +64,23 @@ unsafe fn spawn_routed(
     let Some(real) = st.real.posix_spawn else {
         return Err(libc::ENOSYS);
     };
+    if no_file_actions(file_actions) {
+        // posix_spawnp has no `/bin/sh` fallback for a file without a shebang, unlike the
+        // broker's execvp-style search: pick the file here and send its exact path.
+        let mut buf = [0u8; 4096];
+        let exact = match target {
+            Target::Search { file, path } if !file.to_bytes().contains(&b'/') => {
+                exec::first_executable_on_path(file.to_bytes(), path.to_bytes(), &mut buf)
+                    .map(Target::Path)
+            }
+            Target::Search { file, .. } => Some(Target::Path(file)),
+            Target::Path(_) => Some(target),
+        };
+        if let Some(t) = exact {
+            // SAFETY: the caller's arguments.
+            return unsafe { spawn_attached(st, t, attr, argv, envp, real, local) };
+        }
+    }
 
     let mut p = [0i32; 2];
     // SAFETY: pipe2 fills the array.
@@ -169,6 +186,74 @@ unsafe fn spawn_routed(
         // died): the shim's exit status tells the caller the rest, as a local child's would.
         _ => Ok(pid),
     }
+}
+
+/// No file actions: the program's descriptors and cwd are the caller's own. glibc's
+/// `<spawn.h>` declares the object as `{ int __allocated; int __used; ... }` (since 2.2);
+/// the libc crate keeps those fields private, so `__used` is read as the second `int`.
+fn no_file_actions(fa: *const libc::posix_spawn_file_actions_t) -> bool {
+    // SAFETY: a non-null pointer is the caller's initialised object, at least two ints.
+    fa.is_null() || unsafe { *(fa as *const c_int).add(1) } == 0
+}
+
+/// The fast path, for a spawn without file actions: this process's descriptors and cwd
+/// are the program's, so the hook sends the launch itself, as the exec hook does, and
+/// starts the shim in `--attach` mode once the broker has accepted it: the routed program
+/// starts while the shim does, instead of after it. The caller's attributes (process
+/// group, session, signal mask) apply to the shim, the pid the caller holds.
+///
+/// # Safety
+/// The arguments of `posix_spawn(3)`.
+unsafe fn spawn_attached(
+    st: &State,
+    target: Target<'_>,
+    attr: *const libc::posix_spawnattr_t,
+    argv: Argv,
+    envp: Argv,
+    real: SpawnFn,
+    local: impl FnOnce() -> Result<libc::pid_t, c_int>,
+) -> Result<libc::pid_t, c_int> {
+    // SAFETY: the caller's arrays.
+    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp) } {
+        exec::Sent::Routed { sock, pty_mask } => (sock, pty_mask),
+        exec::Sent::Local => return local(),
+        exec::Sent::Failed(e) => return Err(e),
+    };
+    // The socket stays close-on-exec here (another thread's fork must not inherit it); a
+    // dup2 onto itself clears the flag in the shim only (glibc 2.29+). posix_spawn is not
+    // async-signal-safe, so building the file actions (which allocates) is allowed here.
+    // SAFETY: file actions are initialised, used once and destroyed here.
+    let rc = unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut rc = libc::posix_spawn_file_actions_init(&mut fa);
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, sock, sock);
+            let mut pid: libc::pid_t = 0;
+            if rc == 0 {
+                let args = exec::ShimArgv::new(sock, pty_mask);
+                let shim_argv = args.argv(st, argv);
+                let empty_env: [*const c_char; 1] = [std::ptr::null()];
+                rc = real(
+                    &mut pid,
+                    st.shim.as_ptr(),
+                    &fa,
+                    attr,
+                    shim_argv.as_ptr(),
+                    empty_env.as_ptr(),
+                );
+            }
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            if rc == 0 {
+                libc::close(sock);
+                return Ok(pid);
+            }
+        }
+        rc
+    };
+    // No shim holds the connection: closing it makes the broker kill what it started.
+    // SAFETY: our socket.
+    unsafe { libc::close(sock) };
+    Err(rc)
 }
 
 /// A descriptor number unlikely to collide with file actions' targets, below the limit.
