@@ -145,3 +145,17 @@ allow = {{ uids = [0], contexts = ["strict"] }}
         out.show()
     );
 }
+
+/// A routed program that launches a child the moment it starts must already be known to
+/// the broker as a process of its context, or the child is refused as "outside platform".
+/// The broker registers it right after the fork (before reading its exec report); the race
+/// this closes needs a preempted broker thread, so this run of 60 is a sanity check that
+/// showed ~0.5% refusals under load before the fix, not a deterministic reproduction.
+#[test]
+fn children_launched_at_once_are_placed_in_their_parents_context() {
+    let b = Broker::start(&chained_config());
+    for i in 0..60 {
+        let out = b.exec("platform", &["/bin/sh", "-c", "exec /bin/true"]);
+        assert_eq!(out.code(), 0, "launch {i}: {}", out.show());
+    }
+}

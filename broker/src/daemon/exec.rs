@@ -380,18 +380,9 @@ async fn launch(
         }
     };
 
-    // The error pipe closes at a successful exec, or carries the failing step first.
-    let mut report = [0u8; 8];
-    let n = read_report(forked.report, &mut report).await;
-    if let Some(child_failure) = parse_report(&report[..n]) {
-        let _ = wait_exit(&pidfd).await;
-        let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
-        let failure = child_failure.into_exec_failure(detail);
-        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
-    }
-
+    // Registered before anything else can happen: the program may already be running
+    // and routing its own children, whose connections are placed by this entry.
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    shared.launches.fetch_add(1, Ordering::Relaxed);
     shared.registry.insert(Running {
         id,
         pid,
@@ -402,6 +393,19 @@ async fn launch(
         // Before the fork: the registry's lower bound on the process's start time.
         started: started_at,
     });
+
+    // The error pipe closes at a successful exec, or carries the failing step first.
+    let mut report = [0u8; 8];
+    let n = read_report(forked.report, &mut report).await;
+    if let Some(child_failure) = parse_report(&report[..n]) {
+        shared.registry.remove(id);
+        let _ = wait_exit(&pidfd).await;
+        let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
+        let failure = child_failure.into_exec_failure(detail);
+        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+    }
+
+    shared.launches.fetch_add(1, Ordering::Relaxed);
     let mut client_alive = conn.send(&Reply::Started { id, pid }).await.is_ok();
     if !client_alive {
         kill_group(pid, libc::SIGKILL);
