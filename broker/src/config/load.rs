@@ -740,15 +740,16 @@ impl Loader<'_> {
         let abi = landlock_abi();
         if isolation.has_fs_rules() && abi < 1 {
             self.warnings.push(format!(
-                "{}: read_only/read_write/no_access NOT in force: this kernel has no Landlock \
-                 (filesystem access is only limited by the context's uid)",
-                scope.key("isolation")
+                "{}: read_only/read_write/no_access NOT in force: {} (filesystem access is \
+                 only limited by the context's uid)",
+                scope.key("isolation"),
+                super::NO_LANDLOCK
             ));
         }
         if isolation.signals == Signals::Scoped && abi < 6 {
             self.warnings.push(format!(
-                "{}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (this kernel \
-                 has {abi}); only uid separation limits what the context may signal",
+                "{}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (Linux 6.12), \
+                 this kernel has {abi}; only uid separation limits what the context may signal",
                 scope.key("isolation")
             ));
         }
@@ -760,9 +761,10 @@ impl Loader<'_> {
             ));
         } else if isolation.enforce && abi < 1 {
             self.warnings.push(format!(
-                "{}: enforce = true NOT in force: this kernel has no Landlock; launches that \
-                 bypass the interposer (static binaries, raw execve) run unrouted",
-                scope.key("isolation")
+                "{}: enforce = true NOT in force: {}; launches that bypass the interposer \
+                 (static binaries, raw execve) run unrouted",
+                scope.key("isolation"),
+                super::NO_LANDLOCK
             ));
         }
 

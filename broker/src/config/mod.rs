@@ -14,6 +14,10 @@ pub use load::{landlock_abi, load, load_str, parse_duration, ConfigError};
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Why Landlock options are not in force on a kernel without it, and what to do.
+pub const NO_LANDLOCK: &str = "this kernel has no Landlock (it needs Linux 5.13+ with \
+    landlock in the lsm= boot parameter, or a container profile that allows its syscalls)";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was loaded from.

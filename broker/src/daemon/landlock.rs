@@ -197,6 +197,37 @@ pub fn in_force(ctx: &Context) -> Vec<&'static str> {
     out
 }
 
+/// What of the context's Landlock isolation this kernel (or the config) leaves out, each
+/// with the reason, for `ctx status`; the loader warned about each at load.
+pub fn not_in_force(ctx: &Context) -> Vec<(String, String)> {
+    let abi = landlock_abi();
+    let mut out = Vec::new();
+    if ctx.isolation.has_fs_rules() && abi < 1 {
+        out.push((
+            "read_only/read_write/no_access".to_string(),
+            crate::config::NO_LANDLOCK.to_string(),
+        ));
+    }
+    if ctx.isolation.signals == Signals::Scoped && abi < 6 {
+        out.push((
+            "signals = \"scoped\"".to_string(),
+            format!("it needs Landlock ABI 6 (Linux 6.12), this kernel has {abi}"),
+        ));
+    }
+    if ctx.isolation.enforce && ctx.route_children_to.is_none() {
+        out.push((
+            "enforce = true".to_string(),
+            "the context does not route its launches (set route_children_to)".to_string(),
+        ));
+    } else if ctx.isolation.enforce && abi < 1 {
+        out.push((
+            "enforce = true".to_string(),
+            crate::config::NO_LANDLOCK.to_string(),
+        ));
+    }
+    out
+}
+
 fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, LandlockError> {
     let abi_version = landlock_abi();
     let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;

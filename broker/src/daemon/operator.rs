@@ -110,8 +110,13 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             let contexts: Vec<String> = new.contexts.keys().cloned().collect();
             // Namespaces a context no longer wants (or wants differently) end here, with the
             // processes still running in them.
-            warnings.extend(shared.namespaces.sync(&new));
-            warnings.extend(shared.cgroups.sync(&new));
+            let mut degraded = shared.namespaces.sync(&new);
+            degraded.extend(shared.cgroups.sync(&new));
+            degraded.extend(super::isolation::uid_warnings(&new));
+            for w in &degraded {
+                tracing::warn!("{w}");
+            }
+            warnings.extend(degraded);
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
             shared.audit.record(json!({

@@ -101,24 +101,9 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     };
 
     let mut warnings = Vec::new();
-    // SAFETY: plain getter.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        let other: Vec<&str> = config
-            .contexts
-            .values()
-            .filter(|c| c.user.uid != euid)
-            .map(|c| c.name.as_str())
-            .collect();
-        warnings.push(format!(
-            "broker runs unprivileged as uid {euid}: only contexts of that uid can run; \
-             unavailable: {}; capabilities are not dropped",
-            if other.is_empty() {
-                "none".into()
-            } else {
-                other.join(", ")
-            }
-        ));
+    // Recomputed by `ctx status` and at each reload (see isolation.rs).
+    for w in super::isolation::uid_warnings(&config) {
+        tracing::warn!("{w}");
     }
     let routing = super::plan::Routing::locate(&socket_path);
     let chained: Vec<&str> = config
