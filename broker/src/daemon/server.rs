@@ -101,6 +101,15 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     };
 
     let mut warnings = Vec::new();
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        // Its contexts run as its own uid, which may ptrace a dumpable process, read its
+        // memory and environment, and take its descriptors (pidfd_getfd: the reserved
+        // ports' sockets). Not dumpable, only CAP_SYS_PTRACE may. Routed programs are
+        // dumpable again after their execve; the namespace holders inherit this.
+        // SAFETY: plain prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     // Recomputed by `ctx status` and at each reload (see isolation.rs).
     for w in super::isolation::uid_warnings(&config) {
         tracing::warn!("{w}");
