@@ -203,6 +203,14 @@ pub enum Reply<'a> {
     Killed {
         ids: Vec<u64>,
     },
+    /// `ctx kill --context` by the operator: these launch ids' process groups, and
+    /// `others` more processes of the context that its cgroup holds outside those groups
+    /// (they left them, or no launch of it runs any more). Sent instead of `Killed` only
+    /// when `others` is not 0, so that older clients keep understanding the usual answer.
+    KilledInContext {
+        ids: Vec<u64>,
+        others: u64,
+    },
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -219,6 +227,7 @@ pub mod reply_tag {
     pub const RELOADED: u8 = 8;
     pub const PROCESSES: u8 = 9;
     pub const KILLED: u8 = 10;
+    pub const KILLED_IN_CONTEXT: u8 = 11;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -299,6 +299,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Reloaded { .. } => "Reloaded",
         Reply::Processes(_) => "Processes",
         Reply::Killed { .. } => "Killed",
+        Reply::KilledInContext { .. } => "KilledInContext",
     }
 }
 

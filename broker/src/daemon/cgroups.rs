@@ -177,31 +177,36 @@ impl Cgroups {
         self.lock().get(&ctx.name).cloned()
     }
 
-    /// Signals every process in the context's cgroup; returns how many were signalled.
-    pub fn kill(&self, name: &str, signo: i32) -> usize {
+    /// Signals every process in the context's cgroup except the members of the process
+    /// groups `skip` (the caller signalled those already: a second delivery could count
+    /// twice in a handler, or queue twice for a real-time signal). Returns how many
+    /// distinct processes it signalled.
+    pub fn kill(&self, name: &str, signo: i32, skip: &[i32]) -> usize {
         let Some(group) = self.lock().get(name).cloned() else {
             return 0;
         };
-        let mut signalled = 0;
+        let mut signalled = std::collections::HashSet::new();
         // A process forking while we read the list would be missed: go round until a pass
         // finds no one (bounded, for a fork bomb under a non-fatal signal).
         for _ in 0..16 {
-            let pids = group.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in &pids {
-                // SAFETY: plain syscall.
-                if unsafe { libc::kill(*pid, signo) } == 0 {
-                    signalled += 1;
+            let mut left = 0;
+            for pid in group.pids() {
+                // SAFETY: plain syscalls.
+                if !skip.is_empty() && skip.contains(&unsafe { libc::getpgid(pid) }) {
+                    continue;
+                }
+                left += 1;
+                // SAFETY: as above.
+                if unsafe { libc::kill(pid, signo) } == 0 {
+                    signalled.insert(pid);
                 }
             }
-            if signo != libc::SIGKILL {
+            if left == 0 || signo != libc::SIGKILL {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        signalled
+        signalled.len()
     }
 
     /// The backend and limits in force for `ctx status`.

@@ -217,7 +217,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     shared.namespaces.clear();
     // Processes that left their launch's group (setsid) are still in the cgroups.
     for name in shared.config().contexts.keys() {
-        shared.cgroups.kill(name, libc::SIGKILL);
+        shared.cgroups.kill(name, libc::SIGKILL, &[]);
     }
     shared.cgroups.remove_all();
     if bound_here {
