@@ -579,3 +579,57 @@ isolation = {{ network = "none" }}
     );
     drop(squatter);
 }
+
+// ---------------------------------------------------------------------------------------
+// Silent degradations, now warned about or closed
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_no_access_path_created_after_the_first_launch_is_hidden_from_later_launches() {
+    let dir = TempDir::new();
+    let later = dir.path().join("later");
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fs]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ no_access = ["{}"] }}
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        later.display()
+    );
+    let b = Broker::start(&config);
+    assert_warned(
+        &b,
+        &[
+            "contexts.fs.isolation.no_access[0]",
+            "does not exist",
+            "launches already running then are not",
+        ],
+    );
+    // The first launch builds the context's ruleset, while the path does not exist.
+    assert_eq!(b.exec("fs", &["true"]).code(), 0);
+    dir.subdir("later", 0o755);
+    let key = dir.file("later/key", b"appeared\n", 0o644);
+    let key = key.to_str().unwrap();
+    assert_eq!(b.exec("plain", &["cat", key]).ok(), "appeared\n");
+    let out = b.exec("fs", &["cat", key]);
+    assert_ne!(
+        out.code(),
+        0,
+        "read a no_access path that appeared: {}",
+        out.show()
+    );
+    assert!(
+        out.stderr_str().contains("Permission denied"),
+        "{}",
+        out.show()
+    );
+}
