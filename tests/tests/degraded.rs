@@ -349,6 +349,10 @@ fn unprivileged_launch_lacks_exactly_what_status_says_is_missing() {
         "{}",
         out.show()
     );
+
+    // Each launch into lim tried the namespaces again; the warning stayed one.
+    let log = b.stderr();
+    assert_eq!(log.matches("pid = true NOT in force").count(), 1, "{log}");
 }
 
 #[test]

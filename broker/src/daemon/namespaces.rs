@@ -213,10 +213,18 @@ impl Namespaces {
             }
             Err(error) => {
                 let failure = Failure { flags, error };
-                for w in failure.warnings(&ctx.name) {
-                    tracing::warn!("{w}");
+                let mut failures = self.failures_lock();
+                // Warned once per cause: a broker that may not create namespaces at all
+                // (unprivileged) fails the same way at every launch.
+                let known = failures
+                    .get(&ctx.name)
+                    .is_some_and(|f| f.flags == flags && f.reason() == failure.reason());
+                if !known {
+                    for w in failure.warnings(&ctx.name) {
+                        tracing::warn!("{w}");
+                    }
                 }
-                self.failures_lock().insert(ctx.name.clone(), failure);
+                failures.insert(ctx.name.clone(), failure);
                 None
             }
         }
