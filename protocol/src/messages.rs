@@ -215,6 +215,14 @@ pub enum Reply<'a> {
     Stopped {
         signal: i32,
     },
+    /// `ctx kill --context` by the operator: these launch ids' process groups, and
+    /// `others` more processes of the context that its cgroup holds outside those groups
+    /// (they left them, or no launch of it runs any more). Sent instead of `Killed` only
+    /// when `others` is not 0, so that older clients keep understanding the usual answer.
+    KilledInContext {
+        ids: Vec<u64>,
+        others: u64,
+    },
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -233,6 +241,7 @@ pub mod reply_tag {
     pub const KILLED: u8 = 10;
     pub const ACCEPTED: u8 = 11;
     pub const STOPPED: u8 = 12;
+    pub const KILLED_IN_CONTEXT: u8 = 13;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,9 +336,81 @@ pub struct StatusReport {
     pub contexts: Vec<String>,
     /// One line per limitation in force (e.g. "not root: contexts must use uid 1000").
     pub warnings: Vec<String>,
-    /// One line per context: the isolation in force for it right now
-    /// (`user: pid namespace, network none, ...`).
+    /// One line per context: the isolation in force for it right now, then what it asks
+    /// for and does not have (`user: pid namespace, network none; NOT in force:
+    /// memory_max`), as [`IsolationLine`] writes and reads it. Why each item is not in
+    /// force is in `warnings`.
     pub isolation: Vec<String>,
+}
+
+/// One context's entry in [`StatusReport::isolation`]: `NAME: A, B; NOT in force: C, D`
+/// (`none` when nothing is in force; the second part only when something is missing).
+/// Items never contain `", "` outside parentheses, nor `"; "`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationLine {
+    pub context: String,
+    pub in_force: Vec<String>,
+    pub not_in_force: Vec<String>,
+}
+
+impl IsolationLine {
+    const MISSING: &'static str = "; NOT in force: ";
+
+    pub fn render(&self) -> String {
+        let mut line = format!("{}: ", self.context);
+        if self.in_force.is_empty() {
+            line.push_str("none");
+        } else {
+            line.push_str(&self.in_force.join(", "));
+        }
+        if !self.not_in_force.is_empty() {
+            line.push_str(Self::MISSING);
+            line.push_str(&self.not_in_force.join(", "));
+        }
+        line
+    }
+
+    /// Reads a line [`IsolationLine::render`] wrote (`None`: not such a line).
+    pub fn parse(line: &str) -> Option<IsolationLine> {
+        let (context, rest) = line.split_once(": ")?;
+        let (in_force, missing) = match rest.split_once(Self::MISSING) {
+            Some((a, b)) => (a, b),
+            None => (rest, ""),
+        };
+        let in_force = if in_force == "none" {
+            Vec::new()
+        } else {
+            split_items(in_force)
+        };
+        Some(IsolationLine {
+            context: context.to_string(),
+            in_force,
+            not_in_force: split_items(missing),
+        })
+    }
+}
+
+/// Splits `a, b (c, d), e` at the `", "` outside parentheses.
+fn split_items(text: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b',' if depth == 0 && bytes.get(i + 1) == Some(&b' ') => {
+                items.push(text[start..i].to_string());
+                start = i + 2;
+            }
+            _ => {}
+        }
+    }
+    if start < text.len() {
+        items.push(text[start..].to_string());
+    }
+    items
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,13 @@ fn operator_replies_round_trip_with_their_tags() {
             reply_tag::PROCESSES,
         ),
         (Reply::Killed { ids: vec![1, 2] }, reply_tag::KILLED),
+        (
+            Reply::KilledInContext {
+                ids: vec![],
+                others: 3,
+            },
+            reply_tag::KILLED_IN_CONTEXT,
+        ),
     ];
     for (msg, tag) in cases {
         let out = encoded(&msg);

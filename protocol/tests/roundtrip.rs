@@ -351,3 +351,45 @@ fn exit_status_and_classification() {
     assert_eq!(Stage::from_u8(13), Some(Stage::Namespace));
     assert_eq!(Stage::Landlock.as_str(), "landlock");
 }
+
+#[test]
+fn isolation_lines_read_back_what_they_wrote() {
+    let cases = [
+        IsolationLine {
+            context: "user".into(),
+            in_force: vec![
+                "pid namespace".into(),
+                "cgroup v1 (memory 64M, pids 32)".into(),
+                "reserved ports 8080,8888 unbindable".into(),
+            ],
+            not_in_force: vec![],
+        },
+        IsolationLine {
+            context: "a.b-c_d".into(),
+            in_force: vec![],
+            not_in_force: vec![
+                "pid = true".into(),
+                "network = \"none\"".into(),
+                "memory_max".into(),
+            ],
+        },
+        IsolationLine {
+            context: "x".into(),
+            in_force: vec!["filesystem rules".into()],
+            not_in_force: vec!["uid separation from the broker".into()],
+        },
+    ];
+    for line in cases {
+        let text = line.render();
+        assert_eq!(IsolationLine::parse(&text), Some(line.clone()), "{text}");
+    }
+    assert_eq!(
+        IsolationLine {
+            context: "a".into(),
+            in_force: vec![],
+            not_in_force: vec!["pids_max".into()],
+        }
+        .render(),
+        "a: none; NOT in force: pids_max"
+    );
+}

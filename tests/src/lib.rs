@@ -403,6 +403,8 @@ pub struct Broker {
     dir: TempDir,
     child: Option<Child>,
     config: PathBuf,
+    /// `setpriv` arguments that start the broker as another user (see [`Broker::start_as`]).
+    run_as: Option<Vec<String>>,
 }
 
 impl Broker {
@@ -416,6 +418,38 @@ impl Broker {
             dir,
             child: None,
             config,
+            run_as: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Like [`Broker::start`], but the broker runs unprivileged as `user` (its uid, gid and
+    /// groups, no capabilities): started through `setpriv --reuid --regid --init-groups`,
+    /// with `extra` setpriv options before the command (e.g. `--ambient-caps`), on a temp
+    /// dir that belongs to `user`. The tests still talk to it as root.
+    pub fn start_as(user: &str, extra: &[&str], config_toml: &str) -> Broker {
+        require_root();
+        let account = self::user(user);
+        let dir = TempDir::new();
+        nix::unistd::chown(
+            dir.path(),
+            Some(nix::unistd::Uid::from_raw(account.uid)),
+            Some(nix::unistd::Gid::from_raw(account.gid)),
+        )
+        .expect("chown the broker's temp dir");
+        let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
+        let mut run_as = vec![
+            format!("--reuid={user}"),
+            format!("--regid={user}"),
+            "--init-groups".to_string(),
+        ];
+        run_as.extend(extra.iter().map(|s| s.to_string()));
+        let mut b = Broker {
+            dir,
+            child: None,
+            config,
+            run_as: Some(run_as),
         };
         b.spawn();
         b
@@ -423,7 +457,16 @@ impl Broker {
 
     fn spawn(&mut self) {
         let stderr = fs::File::create(self.stderr_path()).expect("broker stderr file");
-        let child = Command::new(bin("ctx-broker"))
+        let mut command = match &self.run_as {
+            None => Command::new(bin("ctx-broker")),
+            Some(args) => {
+                // setpriv execs the broker: the child's pid is the broker's.
+                let mut c = Command::new("setpriv");
+                c.args(args).arg("--").arg(bin("ctx-broker"));
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")

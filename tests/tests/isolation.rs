@@ -961,6 +961,11 @@ fn ctx_kill_context_reaches_processes_that_left_their_group() {
     assert!(alive.is_some(), "the escaped sleep did not start");
     let out = run(&mut b.ctx(["kill", "--context", "plain", "--signal", "KILL"]));
     assert_eq!(out.code(), 0, "{}", out.show());
+    // It says what it signalled: no launch ran, one process was found in the cgroup.
+    assert_eq!(
+        out.stdout_str(),
+        "sent SIGKILL to 1 process(es) of context \"plain\" found in its cgroup\n"
+    );
     let gone = poll(Duration::from_secs(5), || {
         pids_with_arg(&marker).is_empty().then_some(())
     });
@@ -968,6 +973,87 @@ fn ctx_kill_context_reaches_processes_that_left_their_group() {
         gone.is_some(),
         "ctx kill --context missed {:?}",
         pids_with_arg(&marker)
+    );
+}
+
+#[test]
+fn ctx_kill_context_counts_launches_and_other_processes_and_signals_each_once() {
+    let b = Broker::start(&cgroup_config());
+    let dir = TempDir::new();
+    let log = dir.path().join("usr1.log");
+    std::fs::File::create(&log).unwrap();
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    // A running launch whose process counts the SIGUSR1s it receives, and a process that
+    // left its launch's group (it counts them too).
+    let counter = |tag: &str| {
+        format!(
+            "import signal,time\n\
+             def h(s,f):\n open('{}','a').write('{tag}\\n')\n\
+             signal.signal(signal.SIGUSR1,h)\n\
+             print('ready',flush=True)\n\
+             time.sleep(30)\n",
+            log.display()
+        )
+    };
+    let escaped = "setsid python3 -c \"$0\" </dev/null >/dev/null 2>&1 & exit 0";
+    assert_eq!(
+        b.exec("plain", &["sh", "-c", escaped, &counter("escaped")])
+            .code(),
+        0
+    );
+    let mut launch = b
+        .exec_cmd("plain", &["python3", "-c", &counter("launch")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    launch
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert!(
+        poll(Duration::from_secs(5), || {
+            (pids_with_arg("escaped\\n").len() == 1).then_some(())
+        })
+        .is_some(),
+        "the escaped counter did not start"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = run(&mut b.ctx(["kill", "--context", "plain", "--signal", "USR1"]));
+    let text = out.ok();
+    assert!(
+        text.starts_with("sent SIGUSR1 to 1 routed process group(s) (launch ")
+            && text
+                .ends_with(" and 1 other process(es) of context \"plain\" found in its cgroup\n"),
+        "{text}"
+    );
+    // Each process got the signal once: the launch's through its group, the other one
+    // through the cgroup, not both.
+    let seen = poll(Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(&log).unwrap();
+        (t.lines().count() >= 2).then_some(t)
+    })
+    .expect("the counters saw no signal");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = std::fs::read_to_string(&log).unwrap_or(seen);
+    let mut lines: Vec<&str> = seen.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["escaped", "launch"], "{seen}");
+
+    let out = run(&mut b.ctx(["kill", "--context", "plain", "--signal", "KILL"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let _ = wait_deadline(&mut launch, Duration::from_secs(10));
+    assert!(
+        poll(Duration::from_secs(5), || pids_with_arg("escaped\\n")
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "the escaped counter survived"
     );
 }
 

@@ -301,6 +301,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Killed { .. } => "Killed",
         Reply::Accepted => "Accepted",
         Reply::Stopped { .. } => "Stopped",
+        Reply::KilledInContext { .. } => "KilledInContext",
     }
 }
 

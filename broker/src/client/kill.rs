@@ -32,21 +32,39 @@ pub fn run(socket: &Path, args: KillArgs) -> Result<i32, Error> {
         (None, Some(name)) => KillTarget::Context(name),
         (None, None) => unreachable!("clap requires an id or --context"),
     };
-    let ids = match super::one_shot(socket, &Request::Kill { target, signo })? {
-        (_, Reply::Killed { ids }) => ids,
+    let context = match &target {
+        KillTarget::Context(name) => Some(name.clone()),
+        KillTarget::Id(_) => None,
+    };
+    let (ids, others) = match super::one_shot(socket, &Request::Kill { target, signo })? {
+        (_, Reply::Killed { ids }) => (ids, 0),
+        (_, Reply::KilledInContext { ids, others }) => (ids, others),
         (socket, other) => return Err(unexpected(&socket, other)),
     };
-    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
-    super::print(
-        format!(
-            "sent {} to {} routed process group(s): {}\n",
-            signal_name(signo),
+    super::print(report(signo, &ids, others, context.as_deref()).as_bytes());
+    Ok(0)
+}
+
+/// What was signalled: the launches' process groups (by id), and the other processes of
+/// the context that its cgroup held.
+fn report(signo: i32, ids: &[u64], others: u64, context: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if !ids.is_empty() {
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        parts.push(format!(
+            "{} routed process group(s) (launch {})",
             ids.len(),
             list.join(", ")
-        )
-        .as_bytes(),
-    );
-    Ok(0)
+        ));
+    }
+    if others > 0 || parts.is_empty() {
+        let whose = context.map_or(String::new(), |c| format!(" of context {c:?}"));
+        let more = if ids.is_empty() { "" } else { " other" };
+        parts.push(format!(
+            "{others}{more} process(es){whose} found in its cgroup"
+        ));
+    }
+    format!("sent {} to {}\n", signal_name(signo), parts.join(" and "))
 }
 
 /// `TERM`, `SIGTERM`, `term`, `15`, `RTMIN`, `RTMIN+3`, `RTMAX-1`.
@@ -114,6 +132,23 @@ mod tests {
         assert!(parse_signal("99").is_err());
         assert!(parse_signal("BOGUS").unwrap_err().contains("not a signal"));
         assert!(parse_signal("RTMAX+1").is_err());
+    }
+
+    #[test]
+    fn the_report_counts_what_was_signalled() {
+        assert_eq!(
+            report(libc::SIGTERM, &[3, 4], 0, None),
+            "sent SIGTERM to 2 routed process group(s) (launch 3, 4)\n"
+        );
+        assert_eq!(
+            report(libc::SIGKILL, &[], 5, Some("user")),
+            "sent SIGKILL to 5 process(es) of context \"user\" found in its cgroup\n"
+        );
+        assert_eq!(
+            report(libc::SIGKILL, &[7], 2, Some("user")),
+            "sent SIGKILL to 1 routed process group(s) (launch 7) and 2 other process(es) of \
+             context \"user\" found in its cgroup\n"
+        );
     }
 
     #[test]

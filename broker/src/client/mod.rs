@@ -191,6 +191,7 @@ fn one_shot(socket: &Path, request: &Request) -> Result<(PathBuf, Reply<'static>
         Reply::Reloaded { contexts, warnings } => Reply::Reloaded { contexts, warnings },
         Reply::Processes(p) => Reply::Processes(p),
         Reply::Killed { ids } => Reply::Killed { ids },
+        Reply::KilledInContext { ids, others } => Reply::KilledInContext { ids, others },
         other => return Err(connection::unexpected(socket, other)),
     };
     Ok((socket.to_path_buf(), reply))

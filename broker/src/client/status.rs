@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use clap::Args;
-use ctx_protocol::{Reply, Request, StatusReport};
+use ctx_protocol::{IsolationLine, Reply, Request, StatusReport};
 
 use super::connection::unexpected;
 use super::error::Error;
@@ -24,7 +24,7 @@ pub fn run(socket: &Path, args: StatusArgs) -> Result<i32, Error> {
         (socket, other) => return Err(unexpected(&socket, other)),
     };
     let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report)
+        let mut s = serde_json::to_string_pretty(&json(&report))
             .map_err(|e| Error::io("rendering the status as JSON", std::io::Error::other(e)))?;
         s.push('\n');
         s
@@ -33,6 +33,24 @@ pub fn run(socket: &Path, args: StatusArgs) -> Result<i32, Error> {
     };
     super::print(text.as_bytes());
     Ok(0)
+}
+
+/// The report as JSON, with each context's isolation also as an object:
+/// `"isolation_by_context": [{"context", "in_force": [..], "not_in_force": [..]}]`.
+pub fn json(r: &StatusReport) -> serde_json::Value {
+    let mut value = serde_json::to_value(r).unwrap_or_default();
+    let by_context: Vec<IsolationLine> = r
+        .isolation
+        .iter()
+        .filter_map(|l| IsolationLine::parse(l))
+        .collect();
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "isolation_by_context".into(),
+            serde_json::to_value(by_context).unwrap_or_default(),
+        );
+    }
+    value
 }
 
 pub fn render(r: &StatusReport) -> String {
@@ -88,6 +106,11 @@ mod tests {
             isolation: vec!["user: pid namespace, network none".into()],
         };
         let text = render(&r);
+        let v = json(&r);
+        assert_eq!(
+            v["isolation_by_context"][0]["in_force"][1],
+            serde_json::json!("network none")
+        );
         for needle in [
             "ctx-broker 0.1.0 (pid 42, uid 1000)",
             "/run/ctx/broker.sock",

@@ -133,6 +133,52 @@ pub fn landlock_abi() -> i32 {
     v.max(0) as i32
 }
 
+/// The warnings about a context's Landlock options (`key`: `contexts.NAME.isolation`) on a
+/// kernel with Landlock ABI `abi` (0: none); `routes`: it has `route_children_to`.
+pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if iso.has_fs_rules() && abi < 1 {
+        warnings.push(format!(
+            "{key}: read_only/read_write/no_access NOT in force: {} (filesystem access is \
+             only limited by the context's uid)",
+            super::NO_LANDLOCK
+        ));
+    } else if iso.has_fs_rules() && abi < 3 {
+        warnings.push(format!(
+            "{key}: {} NOT in force: {}",
+            super::NO_TRUNCATE_ITEM,
+            no_truncate(abi)
+        ));
+    }
+    if iso.signals == Signals::Scoped && abi < 6 {
+        warnings.push(format!(
+            "{key}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (Linux 6.12), \
+             this kernel has {abi}; only uid separation limits what the context may signal"
+        ));
+    }
+    if iso.enforce && !routes {
+        warnings.push(format!(
+            "{key}: enforce = true has no effect: the context does not route its launches \
+             (set route_children_to)"
+        ));
+    } else if iso.enforce && abi < 1 {
+        warnings.push(format!(
+            "{key}: enforce = true NOT in force: {}; launches that bypass the interposer \
+             (static binaries, raw execve) run unrouted",
+            super::NO_LANDLOCK
+        ));
+    }
+    warnings
+}
+
+/// Why Landlock ABI 1 and 2 leave files open to `truncate(2)`.
+pub fn no_truncate(abi: i32) -> String {
+    format!(
+        "Landlock ABI {abi} cannot stop truncate(2), so a file beneath read_only or no_access \
+         that the context's uid may write can still be emptied; it needs ABI 3 (Linux 6.2)"
+    )
+}
+
 /// An environment variable name as POSIX shells accept it: `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -737,33 +783,22 @@ impl Loader<'_> {
                 }
             }
         };
-        let abi = landlock_abi();
-        if isolation.has_fs_rules() && abi < 1 {
-            self.warnings.push(format!(
-                "{}: read_only/read_write/no_access NOT in force: this kernel has no Landlock \
-                 (filesystem access is only limited by the context's uid)",
-                scope.key("isolation")
-            ));
-        }
-        if isolation.signals == Signals::Scoped && abi < 6 {
-            self.warnings.push(format!(
-                "{}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (this kernel \
-                 has {abi}); only uid separation limits what the context may signal",
-                scope.key("isolation")
-            ));
-        }
-        if isolation.enforce && raw.route_children_to.is_none() {
-            self.warnings.push(format!(
-                "{}: enforce = true has no effect: the context does not route its launches \
-                 (set route_children_to)",
-                scope.key("isolation")
-            ));
-        } else if isolation.enforce && abi < 1 {
-            self.warnings.push(format!(
-                "{}: enforce = true NOT in force: this kernel has no Landlock; launches that \
-                 bypass the interposer (static binaries, raw execve) run unrouted",
-                scope.key("isolation")
-            ));
+        self.warnings.extend(landlock_warnings(
+            &scope.key("isolation"),
+            &isolation,
+            raw.route_children_to.is_some(),
+            landlock_abi(),
+        ));
+        for (index, path) in isolation.no_access.iter().enumerate() {
+            if !path.exists() {
+                self.warnings.push(format!(
+                    "{}.no_access[{index}]: {} does not exist: nothing to hide now; launches \
+                     that start after it appears are kept out of it, launches already running \
+                     then are not",
+                    scope.key("isolation"),
+                    path.display()
+                ));
+            }
         }
 
         let memory_max = match &raw.memory_max {

@@ -41,14 +41,59 @@ pub enum Backend {
 pub struct Group {
     dirs: Vec<PathBuf>,
     procs: Vec<OwnedFd>,
-    limits: CgroupLimits,
+    /// The limits in force: those asked for, less those the host has no controller for.
+    applied: CgroupLimits,
 }
 
 /// Every context's cgroup.
 pub struct Cgroups {
     backend: Option<Backend>,
     groups: Mutex<HashMap<String, Arc<Group>>>,
-    failures: Mutex<HashMap<String, String>>,
+    failures: Mutex<HashMap<String, Failure>>,
+}
+
+/// What of a context's cgroup is not in force, and why.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// The limits it asked for and does not have (`memory_max`, ...); empty when it asked
+    /// for none and only its cgroup (what `ctx kill --context` reads) is missing.
+    missing: Vec<&'static str>,
+    /// Why, with what to do about it.
+    reason: String,
+}
+
+/// A cgroup directory or file that could not be made or written.
+#[derive(Debug)]
+pub struct CgroupError {
+    path: PathBuf,
+    err: io::Error,
+}
+
+impl std::fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "cannot set up {}: {}", self.path.display(), self.err)?;
+        let denied = matches!(
+            self.err.raw_os_error(),
+            Some(libc::EACCES | libc::EPERM | libc::EROFS)
+        );
+        if denied {
+            // SAFETY: plain getter.
+            if unsafe { libc::geteuid() } != 0 {
+                write!(
+                    f,
+                    "; creating cgroups needs root (or a cgroup delegated to the broker's \
+                     user): start ctx-broker as root"
+                )?;
+            } else {
+                write!(
+                    f,
+                    "; is /sys/fs/cgroup read-only here (a container)? give the broker a \
+                     writable (delegated) cgroup"
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -76,53 +121,55 @@ impl Cgroups {
         }
     }
 
-    /// Creates (or updates) each context's cgroup; returns a warning per context whose
-    /// limits are not in force.
+    /// Creates (or updates) each context's cgroup; returns one warning per limit not in
+    /// force (naming the context, the limit and why), and one for the contexts without
+    /// limits whose cgroup (what `ctx kill --context` reads) could not be made.
     pub fn sync(&self, config: &Config) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let Some(backend) = &self.backend else {
-            for ctx in config.contexts.values().filter(|c| c.cgroup.any()) {
-                let w = format!(
-                    "contexts.{}: memory_max/pids_max/cpu_max NOT in force: this host offers \
-                     no usable cgroup (neither v2 with memory, pids, cpu nor v1)",
-                    ctx.name
-                );
-                self.failures_lock().insert(ctx.name.clone(), w.clone());
-                warnings.push(w);
-            }
-            return warnings;
-        };
-        for ctx in config.contexts.values() {
-            match create(backend, &ctx.name, &ctx.cgroup) {
-                Ok((group, missing)) => {
-                    self.lock().insert(ctx.name.clone(), Arc::new(group));
-                    if missing.is_empty() {
-                        self.failures_lock().remove(&ctx.name);
-                    } else {
-                        let w = format!(
-                            "contexts.{}: {} NOT in force: {}",
-                            ctx.name,
-                            missing.join(", "),
-                            "this host's cgroups lack the controller"
-                        );
-                        self.failures_lock().insert(ctx.name.clone(), w.clone());
-                        warnings.push(w);
-                    }
+        let mut failures = HashMap::new();
+        match &self.backend {
+            None => {
+                self.lock().clear();
+                for ctx in config.contexts.values() {
+                    let reason = "this host offers no usable cgroup (neither v2 with the \
+                                  memory, pids and cpu controllers nor v1)"
+                        .to_string();
+                    let missing = requested(&ctx.cgroup);
+                    failures.insert(ctx.name.clone(), Failure { missing, reason });
                 }
-                Err(e) => {
-                    let w = format!("contexts.{}: no cgroup: {e}", ctx.name);
-                    if ctx.cgroup.any() {
-                        self.failures_lock().insert(ctx.name.clone(), w.clone());
-                        warnings.push(w);
-                    } else {
-                        tracing::debug!("{w}");
+            }
+            Some(backend) => {
+                for ctx in config.contexts.values() {
+                    match create(backend, &ctx.name, &ctx.cgroup) {
+                        Ok((group, missing)) => {
+                            self.lock().insert(ctx.name.clone(), Arc::new(group));
+                            if !missing.is_empty() {
+                                let reason = format!(
+                                    "this host's cgroup v1 has no {} hierarchy",
+                                    missing
+                                        .iter()
+                                        .map(|m| m.trim_end_matches("_max"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                );
+                                failures.insert(ctx.name.clone(), Failure { missing, reason });
+                            }
+                        }
+                        Err(e) => {
+                            // Not the previous config's group either: its limits are not
+                            // the ones asked for now.
+                            self.lock().remove(&ctx.name);
+                            let missing = requested(&ctx.cgroup);
+                            let reason = e.to_string();
+                            failures.insert(ctx.name.clone(), Failure { missing, reason });
+                        }
                     }
                 }
             }
         }
         self.lock()
             .retain(|name, _| config.contexts.contains_key(name));
-        warnings
+        *self.failures_lock() = failures;
+        self.warnings()
     }
 
     /// The `cgroup.procs` descriptors a launch into `ctx` writes itself to.
@@ -130,31 +177,36 @@ impl Cgroups {
         self.lock().get(&ctx.name).cloned()
     }
 
-    /// Signals every process in the context's cgroup; returns how many were signalled.
-    pub fn kill(&self, name: &str, signo: i32) -> usize {
+    /// Signals every process in the context's cgroup except the members of the process
+    /// groups `skip` (the caller signalled those already: a second delivery could count
+    /// twice in a handler, or queue twice for a real-time signal). Returns how many
+    /// distinct processes it signalled.
+    pub fn kill(&self, name: &str, signo: i32, skip: &[i32]) -> usize {
         let Some(group) = self.lock().get(name).cloned() else {
             return 0;
         };
-        let mut signalled = 0;
+        let mut signalled = std::collections::HashSet::new();
         // A process forking while we read the list would be missed: go round until a pass
         // finds no one (bounded, for a fork bomb under a non-fatal signal).
         for _ in 0..16 {
-            let pids = group.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in &pids {
-                // SAFETY: plain syscall.
-                if unsafe { libc::kill(*pid, signo) } == 0 {
-                    signalled += 1;
+            let mut left = 0;
+            for pid in group.pids() {
+                // SAFETY: plain syscalls.
+                if !skip.is_empty() && skip.contains(&unsafe { libc::getpgid(pid) }) {
+                    continue;
+                }
+                left += 1;
+                // SAFETY: as above.
+                if unsafe { libc::kill(pid, signo) } == 0 {
+                    signalled.insert(pid);
                 }
             }
-            if signo != libc::SIGKILL {
+            if left == 0 || signo != libc::SIGKILL {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        signalled
+        signalled.len()
     }
 
     /// The backend and limits in force for `ctx status`.
@@ -165,7 +217,7 @@ impl Cgroups {
             Backend::V2(_) => "cgroup v2",
             Backend::V1 { .. } => "cgroup v1",
         };
-        let l = group.limits;
+        let l = group.applied;
         let mut parts = Vec::new();
         if let Some(m) = l.memory_max {
             parts.push(format!("memory {}M", m >> 20));
@@ -183,10 +235,54 @@ impl Cgroups {
         })
     }
 
+    /// One warning per limit not in force, and one for the contexts (without limits)
+    /// that have no cgroup, sorted.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w: Vec<String> = self.failures_lock().values().cloned().collect();
-        w.sort();
-        w
+        let failures = self.failures_lock();
+        let mut names: Vec<&String> = failures.keys().collect();
+        names.sort();
+        let mut warnings = Vec::new();
+        let mut bare = Vec::new();
+        for name in names {
+            let f = &failures[name];
+            if f.missing.is_empty() {
+                bare.push(name.as_str());
+            }
+            for limit in &f.missing {
+                warnings.push(format!(
+                    "contexts.{name}: {limit} NOT in force: {}; its processes are not limited",
+                    f.reason
+                ));
+            }
+        }
+        if let Some(first) = bare.first() {
+            warnings.push(format!(
+                "no cgroup for context(s) {}: ctx kill --context reaches only the process \
+                 groups of their launches (a process that left its group escapes it): {}",
+                bare.join(", "),
+                failures[*first].reason
+            ));
+        }
+        warnings
+    }
+
+    /// What of `ctx`'s cgroup is not in force: each limit it asked for and does not have,
+    /// or `cgroup` (what `ctx kill --context` reads) when it has none; with the reason.
+    pub fn not_in_force(&self, ctx: &Context) -> Vec<(String, String)> {
+        let Some(f) = self.failures_lock().get(&ctx.name).cloned() else {
+            return Vec::new();
+        };
+        if f.missing.is_empty() {
+            let why = format!(
+                "{}; ctx kill --context reaches only the process groups of its launches",
+                f.reason
+            );
+            return vec![("cgroup".to_string(), why)];
+        }
+        f.missing
+            .iter()
+            .map(|m| (m.to_string(), f.reason.clone()))
+            .collect()
     }
 
     /// Removes every cgroup directory this broker made (shutdown, after its processes).
@@ -212,7 +308,7 @@ impl Cgroups {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -311,48 +407,74 @@ fn remove_stale(backend: &Backend) {
     }
 }
 
+/// The limits `limits` asks for, by their contexts.toml names.
+fn requested(limits: &CgroupLimits) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if limits.memory_max.is_some() {
+        out.push("memory_max");
+    }
+    if limits.pids_max.is_some() {
+        out.push("pids_max");
+    }
+    if limits.cpu_max.is_some() {
+        out.push("cpu_max");
+    }
+    out
+}
+
 fn join(base: &Path, rel: &str) -> PathBuf {
     base.join(rel.trim_start_matches('/'))
 }
 
 /// Makes `<broker cgroup>/ctx-<pid>/<context>` and sets its limits. Returns the group and
-/// the limits this host cannot apply.
+/// the limits this host cannot apply; an error names the directory or file that failed.
 fn create(
     backend: &Backend,
     name: &str,
     limits: &CgroupLimits,
-) -> io::Result<(Group, Vec<&'static str>)> {
+) -> Result<(Group, Vec<&'static str>), CgroupError> {
     let leaf = format!("ctx-{}", std::process::id());
     let mut dirs = Vec::new();
     let mut missing = Vec::new();
-    let make = |base: &Path| -> io::Result<PathBuf> {
-        let parent = base.join(&leaf);
-        let _ = std::fs::create_dir(&parent);
-        let dir = parent.join(name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
-            Err(e) => Err(e),
+    let mut applied = *limits;
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err: io::Error| CgroupError { path, err }
+    };
+    let write = |path: PathBuf, value: String| -> Result<(), CgroupError> {
+        std::fs::write(&path, value).map_err(at(&path))
+    };
+    let mkdir = |dir: &Path| -> Result<(), CgroupError> {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(at(dir)(e)),
+            _ => Ok(()),
         }
+    };
+    let make = |base: &Path| -> Result<PathBuf, CgroupError> {
+        let parent = base.join(&leaf);
+        mkdir(&parent)?;
+        let dir = parent.join(name);
+        mkdir(&dir)?;
+        Ok(dir)
     };
     match backend {
         Backend::V2(base) => {
             // Controllers must be enabled for the children of each level we create under.
             let parent = base.join(&leaf);
-            let _ = std::fs::create_dir(&parent);
+            mkdir(&parent)?;
             let _ = std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids +cpu");
             let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
             let dir = make(base)?;
             if let Some(m) = limits.memory_max {
-                std::fs::write(dir.join("memory.max"), m.to_string())?;
+                write(dir.join("memory.max"), m.to_string())?;
                 let _ = std::fs::write(dir.join("memory.swap.max"), "0");
             }
             if let Some(p) = limits.pids_max {
-                std::fs::write(dir.join("pids.max"), p.to_string())?;
+                write(dir.join("pids.max"), p.to_string())?;
             }
             if let Some(c) = limits.cpu_max {
                 let quota = CPU_PERIOD_US * c as u64 / 100;
-                std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
+                write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
             }
             dirs.push(dir);
         }
@@ -362,10 +484,13 @@ fn create(
                 Some(base) => {
                     let dir = make(base)?;
                     let max = limits.pids_max.map_or("max".to_string(), |p| p.to_string());
-                    std::fs::write(dir.join("pids.max"), max)?;
+                    write(dir.join("pids.max"), max)?;
                     dirs.push(dir);
                 }
-                None if limits.pids_max.is_some() => missing.push("pids_max"),
+                None if limits.pids_max.is_some() => {
+                    missing.push("pids_max");
+                    applied.pids_max = None;
+                }
                 None => {}
             }
             // Joining a v1 hierarchy costs every launch a write; memory and cpu are joined
@@ -385,7 +510,7 @@ fn create(
                     let _ = std::fs::write(&memsw, "-1");
                     match limits.memory_max {
                         Some(m) => {
-                            std::fs::write(dir.join("memory.limit_in_bytes"), m.to_string())?;
+                            write(dir.join("memory.limit_in_bytes"), m.to_string())?;
                             // No swapping around the limit where the kernel accounts swap.
                             let _ = std::fs::write(&memsw, m.to_string());
                         }
@@ -395,7 +520,10 @@ fn create(
                     }
                     dirs.push(dir);
                 }
-                None if limits.memory_max.is_some() => missing.push("memory_max"),
+                None if limits.memory_max.is_some() => {
+                    missing.push("memory_max");
+                    applied.memory_max = None;
+                }
                 None => {}
             }
             match cpu {
@@ -403,30 +531,35 @@ fn create(
                     let dir = make(base)?;
                     if let Some(c) = limits.cpu_max {
                         let quota = CPU_PERIOD_US * c as u64 / 100;
-                        std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
-                        std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                        write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                        write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
                     } else {
                         let _ = std::fs::write(dir.join("cpu.cfs_quota_us"), "-1");
                     }
                     dirs.push(dir);
                 }
-                None if limits.cpu_max.is_some() => missing.push("cpu_max"),
+                None if limits.cpu_max.is_some() => {
+                    missing.push("cpu_max");
+                    applied.cpu_max = None;
+                }
                 None => {}
             }
         }
     }
     let mut procs = Vec::with_capacity(dirs.len());
     for d in &dirs {
+        let path = d.join("cgroup.procs");
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(d.join("cgroup.procs"))?;
+            .open(&path)
+            .map_err(at(&path))?;
         procs.push(OwnedFd::from(f));
     }
     Ok((
         Group {
             dirs,
             procs,
-            limits: *limits,
+            applied,
         },
         missing,
     ))

@@ -150,6 +150,7 @@ fn status(shared: &Shared) -> StatusReport {
     warnings.extend(operator::reload_refusal());
     warnings.extend(shared.namespaces.warnings());
     warnings.extend(shared.cgroups.warnings());
+    warnings.extend(super::isolation::uid_warnings(&config));
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,
@@ -166,39 +167,9 @@ fn status(shared: &Shared) -> StatusReport {
         isolation: config
             .contexts
             .values()
-            .map(|c| isolation_in_force(shared, c))
+            .map(|c| super::isolation::line(shared, c).render())
             .collect(),
     }
-}
-
-/// What of SPEC 6 protects `ctx` right now, in one line.
-fn isolation_in_force(shared: &Shared, ctx: &crate::config::Context) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if shared.namespaces.in_force(&ctx.name) {
-        let flags = super::namespaces::wanted_flags(ctx);
-        if flags & libc::CLONE_NEWPID != 0 {
-            parts.push("pid namespace".into());
-        }
-        if flags & libc::CLONE_NEWNET != 0 {
-            parts.push("network none (loopback only)".into());
-        }
-    }
-    parts.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
-    parts.extend(shared.cgroups.describe(ctx));
-    // SAFETY: plain getter.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        parts.push(format!("uid {} (capabilities dropped)", ctx.user.uid));
-    }
-    let held = shared.ports.in_force();
-    if !held.is_empty() {
-        let list: Vec<String> = held.iter().map(u16::to_string).collect();
-        parts.push(format!("reserved ports {} unbindable", list.join(",")));
-    }
-    if parts.is_empty() {
-        parts.push("none".into());
-    }
-    format!("{}: {}", ctx.name, parts.join(", "))
 }
 
 /// The contexts this peer may enter (root sees all), with env values masked.

@@ -12,6 +12,9 @@
 //! directory on the way down keep only `READ_DIR` (their entries can be listed), and every
 //! other entry along the way gets the full grant. Entries created later directly in those
 //! directories are not covered (they get only `READ_DIR`); a reload rebuilds the rules.
+//! A `no_access` path that does not exist yet hides nothing; the ruleset is rebuilt when
+//! it appears, so launches that start after that are kept out (ones already running, in
+//! their own Landlock domain, are not: the loader warns about such a path).
 //!
 //! With filesystem rules in force, the broker's config file, audit log and state dir are
 //! carved out too (except the context's own shell-session directory), unless a rule names
@@ -64,6 +67,9 @@ struct Cached {
     /// Whether the context's shell-session directory existed then (`ctx sh` creates it
     /// later: the ruleset is rebuilt once it exists, to grant it).
     sessions: bool,
+    /// Which of its `no_access` paths existed then: a path that appears later is carved
+    /// out by a rebuilt ruleset, so the launches that start after it cannot reach it.
+    hidden: Vec<bool>,
     fd: Arc<OwnedFd>,
 }
 
@@ -99,8 +105,9 @@ impl Rulesets {
     ) -> Result<Option<Arc<OwnedFd>>, LandlockError> {
         let key = Arc::as_ptr(ctx) as usize;
         let sessions = protected.sessions_of(ctx).exists();
+        let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
         if let Some(c) = self.lock().get(&ctx.name) {
-            if c.context == key && c.sessions == sessions {
+            if c.context == key && c.sessions == sessions && c.hidden == hidden {
                 return Ok(Some(c.fd.clone()));
             }
         }
@@ -111,6 +118,7 @@ impl Rulesets {
         let cached = Cached {
             context: key,
             sessions,
+            hidden,
             fd: fd.clone(),
         };
         self.lock().insert(ctx.name.clone(), cached);
@@ -183,7 +191,11 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
 
 /// What of the context's Landlock isolation this kernel enforces, for `ctx status`.
 pub fn in_force(ctx: &Context) -> Vec<&'static str> {
-    let abi = landlock_abi();
+    in_force_at(ctx, landlock_abi())
+}
+
+/// [`in_force`] on a kernel with Landlock ABI `abi`.
+pub fn in_force_at(ctx: &Context, abi: i32) -> Vec<&'static str> {
     let mut out = Vec::new();
     if ctx.isolation.has_fs_rules() && abi >= 1 {
         out.push("filesystem rules");
@@ -193,6 +205,46 @@ pub fn in_force(ctx: &Context) -> Vec<&'static str> {
     }
     if ctx.isolation.enforce && ctx.route_children_to.is_some() && abi >= 1 {
         out.push("routing enforced (exec only through the shim)");
+    }
+    out
+}
+
+/// What of the context's Landlock isolation this kernel (or the config) leaves out, each
+/// with the reason, for `ctx status`; the loader warned about each at load.
+pub fn not_in_force(ctx: &Context) -> Vec<(String, String)> {
+    not_in_force_at(ctx, landlock_abi())
+}
+
+/// [`not_in_force`] on a kernel with Landlock ABI `abi`.
+pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if ctx.isolation.has_fs_rules() && abi < 1 {
+        out.push((
+            "read_only/read_write/no_access".to_string(),
+            crate::config::NO_LANDLOCK.to_string(),
+        ));
+    } else if ctx.isolation.has_fs_rules() && abi < 3 {
+        out.push((
+            crate::config::NO_TRUNCATE_ITEM.to_string(),
+            crate::config::no_truncate(abi),
+        ));
+    }
+    if ctx.isolation.signals == Signals::Scoped && abi < 6 {
+        out.push((
+            "signals = \"scoped\"".to_string(),
+            format!("it needs Landlock ABI 6 (Linux 6.12), this kernel has {abi}"),
+        ));
+    }
+    if ctx.isolation.enforce && ctx.route_children_to.is_none() {
+        out.push((
+            "enforce = true".to_string(),
+            "the context does not route its launches (set route_children_to)".to_string(),
+        ));
+    } else if ctx.isolation.enforce && abi < 1 {
+        out.push((
+            "enforce = true".to_string(),
+            crate::config::NO_LANDLOCK.to_string(),
+        ));
     }
     out
 }
@@ -330,5 +382,43 @@ fn carve(
             .filter(|d| d.starts_with(&path))
             .collect();
         carve(&path, access, &below, keep, rules);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(isolation: &str) -> Context {
+        let text = format!("[contexts.a]\nuser = \"root\"\nisolation = {isolation}\n");
+        let config = crate::config::load_str(&text, Path::new("/t.toml")).expect("config");
+        config.contexts["a"].as_ref().clone()
+    }
+
+    #[test]
+    fn status_follows_the_kernels_abi() {
+        let ctx = context("{ no_access = [\"/srv/x\"], signals = \"scoped\" }");
+        let missing = |abi| -> Vec<String> {
+            not_in_force_at(&ctx, abi)
+                .into_iter()
+                .map(|(o, _)| o)
+                .collect()
+        };
+        assert_eq!(
+            missing(0),
+            ["read_only/read_write/no_access", "signals = \"scoped\""]
+        );
+        assert!(in_force_at(&ctx, 0).is_empty());
+        assert_eq!(
+            missing(2),
+            [
+                "truncate protection of read_only/no_access",
+                "signals = \"scoped\""
+            ]
+        );
+        assert_eq!(in_force_at(&ctx, 2), ["filesystem rules"]);
+        assert_eq!(missing(3), ["signals = \"scoped\""]);
+        assert!(missing(6).is_empty());
+        assert_eq!(in_force_at(&ctx, 6), ["filesystem rules", "signals scoped"]);
     }
 }

@@ -8,6 +8,7 @@
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
 //! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
 //! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
+//! - [`isolation`]: what of each context's isolation is in force, and what is not;
 //! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod connection;
 pub mod exec;
+pub mod isolation;
 pub mod job_control;
 pub mod landlock;
 pub mod namespaces;

@@ -47,17 +47,47 @@ pub struct Holder {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NamespaceError {
     #[error("cannot create the namespaces ({what}): {err}")]
-    Create { what: &'static str, err: String },
+    Create {
+        what: &'static str,
+        err: String,
+        errno: i32,
+    },
     #[error("the namespace holder thread is gone")]
     ThreadGone,
+}
+
+impl NamespaceError {
+    /// What the operator can do about it, when we know.
+    fn hint(&self) -> Option<&'static str> {
+        let NamespaceError::Create { errno, .. } = self else {
+            return None;
+        };
+        if *errno != libc::EPERM && *errno != libc::EACCES {
+            return None;
+        }
+        // SAFETY: plain getter.
+        Some(if unsafe { libc::geteuid() } != 0 {
+            "creating namespaces needs root: start ctx-broker as root"
+        } else {
+            "the broker lacks CAP_SYS_ADMIN (a container or a service sandbox that forbids \
+             namespaces?): allow it, or drop the option"
+        })
+    }
 }
 
 /// Every context's holder, and the thread that creates them.
 pub struct Namespaces {
     holders: Mutex<HashMap<String, Arc<Holder>>>,
-    /// Why a context's namespaces are not in force, by context.
-    failures: Mutex<HashMap<String, String>>,
+    /// Why a context's namespaces are not in force, by context: the options, the reason.
+    failures: Mutex<HashMap<String, Failure>>,
     maker: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+/// Namespaces a context asked for and does not have.
+#[derive(Debug, Clone)]
+struct Failure {
+    flags: i32,
+    error: NamespaceError,
 }
 
 struct Job {
@@ -148,15 +178,11 @@ impl Namespaces {
                     self.lock().insert(ctx.name.clone(), Arc::new(h));
                     self.failures_lock().remove(&ctx.name);
                 }
-                Err(e) => {
-                    let w = format!(
-                        "contexts.{}: isolation {} NOT in force: {e}",
-                        ctx.name,
-                        describe(flags)
-                    );
+                Err(error) => {
+                    let failure = Failure { flags, error };
                     self.lock().remove(&ctx.name);
-                    self.failures_lock().insert(ctx.name.clone(), w.clone());
-                    warnings.push(w);
+                    warnings.extend(failure.warnings(&ctx.name));
+                    self.failures_lock().insert(ctx.name.clone(), failure);
                 }
             }
         }
@@ -185,14 +211,20 @@ impl Namespaces {
                 self.failures_lock().remove(&ctx.name);
                 Some(h)
             }
-            Err(e) => {
-                let w = format!(
-                    "contexts.{}: isolation {} NOT in force: {e}",
-                    ctx.name,
-                    describe(flags)
-                );
-                tracing::warn!("{w}");
-                self.failures_lock().insert(ctx.name.clone(), w);
+            Err(error) => {
+                let failure = Failure { flags, error };
+                let mut failures = self.failures_lock();
+                // Warned once per cause: a broker that may not create namespaces at all
+                // (unprivileged) fails the same way at every launch.
+                let known = failures
+                    .get(&ctx.name)
+                    .is_some_and(|f| f.flags == flags && f.reason() == failure.reason());
+                if !known {
+                    for w in failure.warnings(&ctx.name) {
+                        tracing::warn!("{w}");
+                    }
+                }
+                failures.insert(ctx.name.clone(), failure);
                 None
             }
         }
@@ -205,9 +237,29 @@ impl Namespaces {
 
     /// The warnings `ctx status` shows for namespaces that could not be created.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w: Vec<String> = self.failures_lock().values().cloned().collect();
-        w.sort();
-        w
+        let failures = self.failures_lock();
+        let mut names: Vec<&String> = failures.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|name| failures[name].warnings(name))
+            .collect()
+    }
+
+    /// The options of `ctx` whose namespaces are not in force now, each with the reason.
+    pub fn not_in_force(&self, ctx: &Context) -> Vec<(String, String)> {
+        let flags = wanted_flags(ctx);
+        if flags == 0 || self.in_force(&ctx.name) {
+            return Vec::new();
+        }
+        let reason = match self.failures_lock().get(&ctx.name) {
+            Some(f) => f.reason(),
+            None => "its namespace holder has ended; the next launch re-creates it".into(),
+        };
+        options(flags)
+            .into_iter()
+            .map(|o| (o.to_string(), reason.clone()))
+            .collect()
     }
 
     /// Ends every namespace (broker shutdown).
@@ -219,13 +271,32 @@ impl Namespaces {
         self.holders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// `pid = true, network = "none"` as the flags say.
-pub fn describe(flags: i32) -> String {
+impl Failure {
+    /// The error and what to do about it.
+    fn reason(&self) -> String {
+        match self.error.hint() {
+            Some(hint) => format!("{}; {hint}", self.error),
+            None => self.error.to_string(),
+        }
+    }
+
+    /// One warning per option not in force, naming the context and the option.
+    fn warnings(&self, context: &str) -> Vec<String> {
+        let reason = self.reason();
+        options(self.flags)
+            .into_iter()
+            .map(|o| format!("contexts.{context}.isolation: {o} NOT in force: {reason}"))
+            .collect()
+    }
+}
+
+/// The `isolation` options behind `flags`, as contexts.toml spells them.
+pub fn options(flags: i32) -> Vec<&'static str> {
     let mut parts = Vec::new();
     if flags & libc::CLONE_NEWPID != 0 {
         parts.push("pid = true");
@@ -233,7 +304,7 @@ pub fn describe(flags: i32) -> String {
     if flags & libc::CLONE_NEWNET != 0 {
         parts.push("network = \"none\"");
     }
-    parts.join(", ")
+    parts
 }
 
 impl Holder {
@@ -290,6 +361,7 @@ struct HolderArgs {
 fn create_holder(flags: i32) -> Result<Holder, NamespaceError> {
     let fail = |what: &'static str, err: io::Error| NamespaceError::Create {
         what,
+        errno: err.raw_os_error().unwrap_or(0),
         err: err.to_string(),
     };
     let mut pipe = [0; 2];

@@ -110,8 +110,13 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             let contexts: Vec<String> = new.contexts.keys().cloned().collect();
             // Namespaces a context no longer wants (or wants differently) end here, with the
             // processes still running in them.
-            warnings.extend(shared.namespaces.sync(&new));
-            warnings.extend(shared.cgroups.sync(&new));
+            let mut degraded = shared.namespaces.sync(&new);
+            degraded.extend(shared.cgroups.sync(&new));
+            degraded.extend(super::isolation::uid_warnings(&new));
+            for w in &degraded {
+                tracing::warn!("{w}");
+            }
+            warnings.extend(degraded);
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
             shared.audit.record(json!({
@@ -230,13 +235,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     };
     if matching.is_empty() {
         if let Some(name) = whole_context {
-            let n = shared.cgroups.kill(name, signo);
+            let n = shared.cgroups.kill(name, signo, &[]);
             if n > 0 {
                 shared.audit.record(json!({
                     "event": "kill", "caller": caller_json(peer), "ids": [],
                     "contexts": [name], "cgroup_processes": n, "signal": signo,
                 }));
-                return Reply::Killed { ids: Vec::new() };
+                return killed(Vec::new(), n);
             }
         }
         return error(
@@ -262,14 +267,17 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         );
     }
     let mut ids = Vec::with_capacity(allowed.len());
+    let mut groups = Vec::with_capacity(allowed.len());
     for r in &allowed {
         // The registry drops an entry only after its leader is reaped, and a process group
         // id stays taken while any member lives, so this cannot reach a stranger's group
         // except in the instant between that reap and the entry's removal.
         kill_group(r.pid, signo);
         ids.push(r.id);
+        groups.push(r.pid);
     }
-    let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo));
+    // The rest of the context: what its cgroup holds outside the groups just signalled.
+    let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
     shared.audit.record(json!({
         "event": "kill",
         "caller": caller_json(peer),
@@ -278,7 +286,20 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         "cgroup_processes": in_cgroup,
         "signal": signo,
     }));
-    Reply::Killed { ids }
+    killed(ids, in_cgroup)
+}
+
+/// The answer to a kill: `Killed` as older clients know it, unless processes outside the
+/// launches' groups were signalled too.
+fn killed(ids: Vec<u64>, others: usize) -> Reply<'static> {
+    if others == 0 {
+        Reply::Killed { ids }
+    } else {
+        Reply::KilledInContext {
+            ids,
+            others: others as u64,
+        }
+    }
 }
 
 fn error(kind: ErrorKind, message: String) -> Reply<'static> {

@@ -22,6 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 #[derive(Debug, Default)]
 pub struct ReservedPorts {
     held: BTreeMap<u16, Held>,
+    /// The ports (or one family of them) it could not take, with why: `ctx status` lists
+    /// them as not in force.
+    failed: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -45,22 +48,22 @@ impl ReservedPorts {
     /// Binds every port; returns what it holds and one warning per port it could not take.
     pub fn bind(ports: &[u16]) -> (ReservedPorts, Vec<String>) {
         let mut held = BTreeMap::new();
-        let mut warnings = Vec::new();
+        let mut failed = Vec::new();
         for &port in ports {
             let v4 = listen(libc::AF_INET, port);
             let v6 = listen(libc::AF_INET6, port);
             match (&v4, &v6) {
                 (Ok(_), Ok(_)) => {}
-                (Err(e), _) => warnings.push(format!(
-                    "reserved port {port} NOT in force on 0.0.0.0: {e} (something else holds it?)"
-                )),
-                (_, Err(e)) => {
-                    // A host without IPv6 has nothing to reserve there.
-                    if e.raw_os_error() != Some(libc::EAFNOSUPPORT)
-                        && e.raw_os_error() != Some(libc::EADDRNOTAVAIL)
-                    {
-                        warnings.push(format!("reserved port {port} NOT in force on [::]: {e}"));
-                    }
+                (Err(e), Err(_)) => failed.push((format!("reserved port {port}"), why(port, e))),
+                (Err(e), Ok(_)) => {
+                    failed.push((format!("reserved port {port} on 0.0.0.0"), why(port, e)))
+                }
+                // A host without IPv6 has nothing to reserve there.
+                (Ok(_), Err(e))
+                    if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                        || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+                (Ok(_), Err(e)) => {
+                    failed.push((format!("reserved port {port} on [::]"), why(port, e)))
                 }
             }
             held.insert(
@@ -71,7 +74,21 @@ impl ReservedPorts {
                 },
             );
         }
-        (ReservedPorts { held }, warnings)
+        let warnings = failed
+            .iter()
+            .map(|(what, why)| {
+                format!(
+                    "[broker] reserved_ports: {what} NOT in force (contexts may bind it): {why}"
+                )
+            })
+            .collect();
+        (ReservedPorts { held, failed }, warnings)
+    }
+
+    /// The reserved ports (or one family of them) the broker could not take, each with
+    /// the reason.
+    pub fn not_in_force(&self) -> &[(String, String)] {
+        &self.failed
     }
 
     /// The socket handed to the port's owner (IPv4 wildcard), if held.
@@ -96,6 +113,26 @@ impl ReservedPorts {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// Why binding `port` failed, and what to do about it.
+fn why(port: u16, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(1024);
+            format!(
+                "{e}: ports below {start} need root or CAP_NET_BIND_SERVICE: start ctx-broker \
+                 as root (or give it that capability), or reserve a port from {start} up"
+            )
+        }
+        Some(libc::EADDRINUSE) => {
+            format!("{e}: another process holds port {port}: stop it, or reserve another port")
+        }
+        _ => e.to_string(),
+    }
+}
 
 /// Sets a boolean socket option; a failure only shows up later as a failed bind.
 fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {

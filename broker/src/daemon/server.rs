@@ -102,23 +102,17 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     let mut warnings = Vec::new();
     // SAFETY: plain getter.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        let other: Vec<&str> = config
-            .contexts
-            .values()
-            .filter(|c| c.user.uid != euid)
-            .map(|c| c.name.as_str())
-            .collect();
-        warnings.push(format!(
-            "broker runs unprivileged as uid {euid}: only contexts of that uid can run; \
-             unavailable: {}; capabilities are not dropped",
-            if other.is_empty() {
-                "none".into()
-            } else {
-                other.join(", ")
-            }
-        ));
+    if unsafe { libc::geteuid() } != 0 {
+        // Its contexts run as its own uid, which may ptrace a dumpable process, read its
+        // memory and environment, and take its descriptors (pidfd_getfd: the reserved
+        // ports' sockets). Not dumpable, only CAP_SYS_PTRACE may. Routed programs are
+        // dumpable again after their execve; the namespace holders inherit this.
+        // SAFETY: plain prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
+    // Recomputed by `ctx status` and at each reload (see isolation.rs).
+    for w in super::isolation::uid_warnings(&config) {
+        tracing::warn!("{w}");
     }
     let routing = super::plan::Routing::locate(&socket_path);
     let chained: Vec<&str> = config
@@ -224,7 +218,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     shared.namespaces.clear();
     // Processes that left their launch's group (setsid) are still in the cgroups.
     for name in shared.config().contexts.keys() {
-        shared.cgroups.kill(name, libc::SIGKILL);
+        shared.cgroups.kill(name, libc::SIGKILL, &[]);
     }
     shared.cgroups.remove_all();
     if bound_here {

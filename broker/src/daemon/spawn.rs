@@ -740,15 +740,16 @@ unsafe fn child(
             }
         }
     }
-    if plan.drop_caps {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-    }
+    // Always, and needing no privilege: an unprivileged broker may hold ambient
+    // capabilities (a unit's AmbientCapabilities=), which would otherwise survive the
+    // execve. Without them and with no_new_privs, the program starts with none.
+    libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    );
 
     if let Some(id) = &plan.identity {
         // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread in

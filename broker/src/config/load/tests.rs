@@ -793,6 +793,51 @@ fn isolation_and_warnings() {
     );
 }
 
+#[test]
+fn landlock_warnings_follow_the_kernels_abi() {
+    let config = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\nroute_children_to = \"b\"\n",
+        "isolation = { read_only = [\"/\"], signals = \"scoped\", enforce = true }\n",
+        "[contexts.b]\nuser = \"root\"\n",
+    ));
+    let iso = &ctx(&config, "a").isolation;
+    let at = |abi| landlock_warnings("contexts.a.isolation", iso, true, abi);
+    let none = at(0);
+    assert_eq!(none.len(), 3, "{none:?}");
+    assert!(none[0].starts_with("contexts.a.isolation: read_only/read_write/no_access NOT in force: this kernel has no Landlock"));
+    assert!(none[1].contains("signals = \"scoped\" NOT in force: it needs Landlock ABI 6"));
+    assert!(none[2].starts_with("contexts.a.isolation: enforce = true NOT in force"));
+    // ABI 1 and 2: the rules hold, truncate(2) is not covered.
+    let two = at(2);
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert!(two[0].starts_with("contexts.a.isolation: truncate protection of read_only/no_access NOT in force: Landlock ABI 2 cannot stop truncate(2)"));
+    assert!(at(5).len() == 1 && at(5)[0].contains("signals = \"scoped\""));
+    assert!(at(6).is_empty(), "{:?}", at(6));
+    // Without routing, enforce does nothing on any kernel.
+    let w = landlock_warnings("k", iso, false, 7);
+    assert_eq!(w, vec!["k: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string()]);
+}
+
+#[test]
+fn a_no_access_path_that_does_not_exist_is_warned_about() {
+    let dir = TempDir::new();
+    let there = dir.file("there", "x", 0o600);
+    let missing = dir.0.join("not-yet");
+    let config = ok(&format!(
+        "[contexts.a]\nuser = \"root\"\nisolation = {{ no_access = [\"{there}\", \"{}\"] }}\n",
+        missing.display()
+    ));
+    assert_eq!(
+        config.warnings,
+        vec![format!(
+            "contexts.a.isolation.no_access[1]: {} does not exist: nothing to hide now; \
+             launches that start after it appears are kept out of it, launches already \
+             running then are not",
+            missing.display()
+        )]
+    );
+}
+
 // ---------- env, env_files and secrets ----------
 
 #[test]
