@@ -134,7 +134,7 @@ impl Protected {
 // ---------------------------------------------------------------------------------------
 
 /// ELF interpreters a dynamic program (the shim included) needs to be executable.
-const LOADERS: [&str; 5] = [
+pub(crate) const LOADERS: [&str; 5] = [
     "/lib64/ld-linux-x86-64.so.2",
     "/lib/ld-linux-aarch64.so.1",
     "/lib/ld-linux.so.2",
