@@ -764,6 +764,14 @@ impl Loader<'_> {
                  bypass the interposer (static binaries, raw execve) run unrouted",
                 scope.key("isolation")
             ));
+        } else if isolation.enforce && !crate::daemon::exec_guard::available() {
+            self.warnings.push(format!(
+                "{}: enforce = true only half in force: this kernel has no seccomp user \
+                 notification (Linux 5.0+), so execs that bypass the interposer fail \
+                 (Landlock) but are NOT audited, and the ELF loader can still run a program \
+                 unrouted",
+                scope.key("isolation")
+            ));
         }
 
         let memory_max = match &raw.memory_max {

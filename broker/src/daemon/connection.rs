@@ -150,6 +150,12 @@ fn status(shared: &Shared) -> StatusReport {
     warnings.extend(operator::reload_refusal());
     warnings.extend(shared.namespaces.warnings());
     warnings.extend(shared.cgroups.warnings());
+    warnings.extend(
+        shared
+            .exec_guard
+            .failure()
+            .map(|why| format!("enforce: the exec guard is NOT in force: {why}")),
+    );
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,
@@ -184,6 +190,14 @@ fn isolation_in_force(shared: &Shared, ctx: &crate::config::Context) -> String {
         }
     }
     parts.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
+    if ctx.isolation.enforce
+        && ctx.route_children_to.is_some()
+        && crate::config::landlock_abi() >= 1
+        && super::exec_guard::available()
+        && shared.exec_guard.failure().is_none()
+    {
+        parts.push("exec bypass attempts denied and audited".into());
+    }
     parts.extend(shared.cgroups.describe(ctx));
     // SAFETY: plain getter.
     let root = unsafe { libc::geteuid() } == 0;
