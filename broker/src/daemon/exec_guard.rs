@@ -420,24 +420,33 @@ fn watch(
                 listeners.swap_remove(i);
             }
         }
-        if fds[0].revents & libc::POLLIN != 0 {
-            while let Some((token, listener)) = receive(&recv) {
-                match lock(&pending).remove(&token) {
-                    Some(policy) => listeners.push((listener, policy)),
-                    // Its launch gave up (the child exited without exec'ing): closing the
-                    // listener fails any exec still asked of it (ENOSYS), fail-closed.
-                    None => tracing::warn!("exec guard: a listener for an unknown launch"),
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            loop {
+                match receive(&recv) {
+                    Received::Listener(token, listener) => match lock(&pending).remove(&token) {
+                        Some(policy) => listeners.push((listener, policy)),
+                        // Its launch gave up (the child exited without exec'ing): closing
+                        // the listener fails any exec still asked of it (ENOSYS).
+                        None => tracing::warn!("exec guard: a listener for an unknown launch"),
+                    },
+                    Received::Empty => break,
+                    // The broker is exiting (its end is dropped with `Shared`). Dropping
+                    // the listeners fails later execs of the launches (fail-closed).
+                    Received::Closed => return,
                 }
             }
-        } else if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            tracing::error!("exec guard: its socket closed");
-            return;
         }
     }
 }
 
-/// One listener from the hand-over socket, with its launch's token; `None` when empty.
-fn receive(recv: &OwnedFd) -> Option<(u64, OwnedFd)> {
+enum Received {
+    Listener(u64, OwnedFd),
+    Empty,
+    Closed,
+}
+
+/// One listener from the hand-over socket, with its launch's token.
+fn receive(recv: &OwnedFd) -> Received {
     loop {
         let mut token = [0u8; 8];
         let mut iov = libc::iovec {
@@ -461,10 +470,14 @@ fn receive(recv: &OwnedFd) -> Option<(u64, OwnedFd)> {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Received::Empty,
+                _ => {
+                    tracing::error!("exec guard: cannot receive: {e}");
+                    return Received::Closed;
+                }
             }
-            return None;
         }
         // Every descriptor that came with the message, owned at once so none leaks.
         let mut got: Vec<OwnedFd> = Vec::new();
@@ -482,11 +495,13 @@ fn receive(recv: &OwnedFd) -> Option<(u64, OwnedFd)> {
                 c = libc::CMSG_NXTHDR(&hdr, c);
             }
         }
-        if n as usize != token.len() || got.len() != 1 {
-            tracing::warn!("exec guard: a malformed hand-over message");
-            continue;
+        if n == 0 && got.is_empty() {
+            return Received::Closed; // end of file: every sender is gone
         }
-        return Some((u64::from_ne_bytes(token), got.pop()?));
+        match (n as usize == token.len(), got.pop(), got.is_empty()) {
+            (true, Some(fd), true) => return Received::Listener(u64::from_ne_bytes(token), fd),
+            _ => tracing::warn!("exec guard: a malformed hand-over message"),
+        }
     }
 }
 
