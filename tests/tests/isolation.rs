@@ -890,6 +890,38 @@ fn enforce_denials_are_audited_inside_a_pid_namespace_too() {
 }
 
 #[test]
+fn enforce_a_flood_of_denied_execs_does_not_flood_the_audit_log() {
+    let dir = TempDir::new();
+    let src = dir.file(
+        "flood.c",
+        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+          int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0}; int n = 0;\n\
+          for (int i = 0; i < 1000; i++) if (syscall(SYS_execve, v[1], a, e) < 0 && errno == EACCES) n++;\n\
+          printf(\"%d\\n\", n); return 0; }\n",
+        0o644,
+    );
+    let bin = dir.path().join("flood");
+    let out = run(std::process::Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let b = Broker::start(&enforce_config());
+    let out = b.exec("agent", &[bin.to_str().unwrap(), "/usr/bin/id"]);
+    // Every attempt is refused...
+    assert_eq!(out.ok().trim(), "1000");
+    b.wait_audit(1, |l| l["event"] == "exec");
+    // ...but the log gets a burst of them, not a thousand lines.
+    let denied = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "exec_denied")
+        .count();
+    assert!((100..=150).contains(&denied), "{denied} exec_denied lines");
+}
+
+#[test]
 fn enforce_status_says_bypass_attempts_are_audited() {
     let b = Broker::start(&enforce_config());
     let out = run(&mut b.ctx(["status"])).ok();

@@ -766,10 +766,10 @@ impl Loader<'_> {
             ));
         } else if isolation.enforce && !crate::daemon::exec_guard::available() {
             self.warnings.push(format!(
-                "{}: enforce = true only half in force: this kernel has no seccomp user \
-                 notification (Linux 5.0+), so execs that bypass the interposer fail \
-                 (Landlock) but are NOT audited, and the ELF loader can still run a program \
-                 unrouted",
+                "{}: enforce = true: exec auditing and the ELF loader check NOT in force: \
+                 this kernel has no seccomp user notification (Linux 5.0+); execs that \
+                 bypass the interposer still fail (Landlock) but are not audited, and the \
+                 ELF loader can still run a program unrouted",
                 scope.key("isolation")
             ));
         }

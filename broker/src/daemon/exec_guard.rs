@@ -34,6 +34,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -80,6 +81,8 @@ pub struct Denied {
     pub target: Option<String>,
     pub reason: &'static str,
     pub errno: i32,
+    /// Denials of the same launch left out of the audit log before this one (rate limit).
+    pub suppressed: u64,
 }
 
 /// The armed hand-over of one launch; dropping it forgets the launch if its child never
@@ -94,6 +97,21 @@ pub struct Armed<'a> {
 pub struct Handover {
     pub sock: RawFd,
     pub token: u64,
+}
+
+/// One launch's listener, as the guard thread holds it.
+struct Watched {
+    listener: OwnedFd,
+    policy: Arc<Policy>,
+    budget: Budget,
+}
+
+/// Audit lines left for a launch's denials: `AUDIT_BURST` at once, then
+/// `AUDIT_PER_SECOND`.
+struct Budget {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +228,9 @@ pub static EXEC_FILTER: [libc::sock_filter; 12] = [
 /// Room for the kernel's `struct seccomp_notif`/`_resp`, whatever their size
 /// (`SECCOMP_GET_NOTIF_SIZES`; checked by [`available`]).
 const NOTIF_BUF: usize = 256;
+
+const AUDIT_BURST: f64 = 100.0;
+const AUDIT_PER_SECOND: f64 = 10.0;
 
 const REASON_BYPASS: &str = "enforce: exec bypassing the interposer";
 const REASON_LOADER: &str =
@@ -380,7 +401,7 @@ fn watch(
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
     on_denied: Box<dyn Fn(Denied) + Send>,
 ) {
-    let mut listeners: Vec<(OwnedFd, Arc<Policy>)> = Vec::new();
+    let mut listeners: Vec<Watched> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         fds.clear();
@@ -389,8 +410,8 @@ fn watch(
             events: libc::POLLIN,
             revents: 0,
         });
-        fds.extend(listeners.iter().map(|(fd, _)| libc::pollfd {
-            fd: fd.as_raw_fd(),
+        fds.extend(listeners.iter().map(|w| libc::pollfd {
+            fd: w.listener.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }));
@@ -408,9 +429,9 @@ fn watch(
         for i in (0..listeners.len()).rev() {
             let revents = fds[i + 1].revents;
             if revents & libc::POLLIN != 0 {
-                let (fd, policy) = &listeners[i];
+                let w = &mut listeners[i];
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(fd.as_raw_fd(), policy, &*on_denied)
+                    handle(w, &*on_denied)
                 }));
                 if result.is_err() {
                     tracing::error!("exec guard: a notification's handling panicked");
@@ -424,7 +445,11 @@ fn watch(
             loop {
                 match receive(&recv) {
                     Received::Listener(token, listener) => match lock(&pending).remove(&token) {
-                        Some(policy) => listeners.push((listener, policy)),
+                        Some(policy) => listeners.push(Watched {
+                            listener,
+                            policy,
+                            budget: Budget::new(),
+                        }),
                         // Its launch gave up (the child exited without exec'ing): closing
                         // the listener fails any exec still asked of it (ENOSYS).
                         None => tracing::warn!("exec guard: a listener for an unknown launch"),
@@ -507,7 +532,9 @@ fn receive(recv: &OwnedFd) -> Received {
 
 /// Receives one notification, answers it, and audits a denial (after answering, so the
 /// process waits no longer than the decision).
-fn handle(listener: RawFd, policy: &Policy, on_denied: &dyn Fn(Denied)) {
+fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
+    let listener = w.listener.as_raw_fd();
+    let policy = &*w.policy;
     let mut buf = [0u64; NOTIF_BUF / 8];
     // SAFETY: the kernel writes at most `SECCOMP_GET_NOTIF_SIZES` bytes (checked to fit)
     // into the zeroed buffer, which is aligned for `seccomp_notif`.
@@ -526,6 +553,11 @@ fn handle(listener: RawFd, policy: &Policy, on_denied: &dyn Fn(Denied)) {
     let (verdict, path, target) = decide(listener, &req, policy);
     respond(listener, req.id, &verdict);
     if let Verdict::Deny { errno, reason } = verdict {
+        // A process that loops on denied execs must not flood the log (it is refused
+        // either way).
+        let Some(suppressed) = w.budget.take(Instant::now()) else {
+            return;
+        };
         tracing::warn!(
             context = %policy.context,
             pid = req.pid,
@@ -542,7 +574,32 @@ fn handle(listener: RawFd, policy: &Policy, on_denied: &dyn Fn(Denied)) {
             target,
             reason,
             errno,
+            suppressed,
         });
+    }
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            tokens: AUDIT_BURST,
+            last: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(denials suppressed since the last audited one)` when this one may be audited.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let refill = now.duration_since(self.last).as_secs_f64() * AUDIT_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(AUDIT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
     }
 }
 
@@ -770,7 +827,7 @@ fn id_valid(listener: RawFd, id: u64) -> bool {
 
 /// The audit event of a denial.
 pub fn audit_json(d: &Denied) -> serde_json::Value {
-    serde_json::json!({
+    let mut event = serde_json::json!({
         "event": "exec_denied",
         "context": d.context,
         "uid": d.uid,
@@ -780,7 +837,11 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
         "program": d.program.to_string_lossy(),
         "reason": d.reason,
         "errno": ctx_protocol::errno_name(d.errno),
-    })
+    });
+    if d.suppressed > 0 {
+        event["suppressed"] = d.suppressed.into();
+    }
+    event
 }
 
 #[cfg(test)]
@@ -912,6 +973,21 @@ mod tests {
             assert_eq!(exec_kind(AUDIT_ARCH_X86_64, 0), None);
         }
         assert_eq!(exec_kind(0x1234, 59), None);
+    }
+
+    #[test]
+    fn denials_beyond_the_burst_are_counted_not_audited() {
+        let mut b = Budget::new();
+        let t = b.last;
+        for _ in 0..AUDIT_BURST as usize {
+            assert_eq!(b.take(t), Some(0));
+        }
+        assert_eq!(b.take(t), None);
+        assert_eq!(b.take(t), None);
+        // A tenth of a second later one more line may go, saying what it left out.
+        let later = t + std::time::Duration::from_millis(100);
+        assert_eq!(b.take(later), Some(2));
+        assert_eq!(b.take(later), None);
     }
 
     #[test]
