@@ -21,6 +21,8 @@
 //! happens between this check and the exec, only the files the Landlock ruleset grants can
 //! run. The residual hole is exactly that window: see [`decide`].
 //!
+//! Denials are audited per launch up to a burst, then at a steady rate (the rest are
+//! counted in the next line), so a process looping on refused execs cannot flood the log.
 //! A launch whose listener has no more processes (`POLLHUP`) is forgotten. If this kernel
 //! has no seccomp user notification (before 5.0), enforce keeps its Landlock half only and
 //! the config load says so.
@@ -334,6 +336,30 @@ impl Policy {
     }
 }
 
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            tokens: AUDIT_BURST,
+            last: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(denials suppressed since the last audited one)` when this one may be audited.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let refill = now.duration_since(self.last).as_secs_f64() * AUDIT_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(AUDIT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
@@ -576,30 +602,6 @@ fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
             errno,
             suppressed,
         });
-    }
-}
-
-impl Budget {
-    fn new() -> Budget {
-        Budget {
-            tokens: AUDIT_BURST,
-            last: Instant::now(),
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(denials suppressed since the last audited one)` when this one may be audited.
-    fn take(&mut self, now: Instant) -> Option<u64> {
-        let refill = now.duration_since(self.last).as_secs_f64() * AUDIT_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(AUDIT_BURST);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
     }
 }
 
