@@ -730,6 +730,11 @@ fn status_lists_the_isolation_in_force_per_context() {
 
 /// `agent` (ctx-alice) routes its launches to `user` (ctx-bob) and enforces it.
 fn enforce_config() -> String {
+    enforce_config_with("enforce = true")
+}
+
+/// `enforce_config` with other isolation options for `agent` (e.g. `pid = true` too).
+fn enforce_config_with(isolation: &str) -> String {
     format!(
         r#"[broker]
 socket_mode = "0666"
@@ -739,7 +744,7 @@ user = "{ALICE}"
 cwd = "/"
 allow = {{ uids = [0] }}
 route_children_to = "user"
-isolation = {{ enforce = true }}
+isolation = {{ {isolation} }}
 
 [contexts.user]
 user = "{BOB}"
@@ -749,14 +754,14 @@ allow = {{ uids = [0], contexts = ["agent"] }}
     )
 }
 
-/// A statically linked program that calls the raw execve syscall on argv[1] and prints
-/// the errno it got (the interposer cannot see it).
+/// A statically linked program that calls the raw execve syscall on argv[1] with argv[1..]
+/// as its arguments and prints the errno it got (the interposer cannot see it).
 fn static_execve(dir: &TempDir) -> String {
     let src = dir.file(
         "raw_execve.c",
         b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
-          int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0};\n\
-          syscall(SYS_execve, v[1], a, e); printf(\"%d\\n\", errno); return 3; }\n",
+          int main(int c, char **v) { char *e[] = {0};\n\
+          syscall(SYS_execve, v[1], v + 1, e); printf(\"%d\\n\", errno); return 3; }\n",
         0o644,
     );
     let bin = dir.path().join("raw_execve");
@@ -791,6 +796,144 @@ fn enforce_static_binary_raw_execve_fails_with_eacces() {
     b.wait_audit(1, |l| {
         json_has_str(l, &bin) && l["isolation"]["enforce"] == serde_json::json!(true)
     });
+    // And the attempt itself is audited, naming what it tried to run.
+    let denied = b.wait_audit(1, |l| {
+        l["event"] == "exec_denied" && l["path"] == "/bin/true"
+    });
+    let target = std::fs::canonicalize("/bin/true").unwrap();
+    let d = &denied[0];
+    assert_eq!(d["target"], target.to_str().unwrap(), "{d}");
+    assert_eq!(d["context"], "agent", "{d}");
+    assert_eq!(d["uid"], user(ALICE).uid, "{d}");
+    assert_eq!(d["program"], bin.as_str(), "{d}");
+    assert_eq!(d["errno"], "EACCES", "{d}");
+    assert_eq!(d["reason"], "enforce: exec bypassing the interposer", "{d}");
+    assert!(d["pid"].as_u64().is_some_and(|p| p > 0), "{d}");
+}
+
+/// The ELF interpreter (`PT_INTERP`) of a dynamic 64-bit program, e.g.
+/// `/lib64/ld-linux-x86-64.so.2`.
+fn elf_interpreter(program: &str) -> String {
+    let elf = std::fs::read(program).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF", "{program} is not ELF");
+    assert_eq!(elf[4], 2, "{program} is not a 64-bit ELF");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 3 {
+            let (off, size) = (u64_at(ph + 8), u64_at(ph + 32));
+            let interp = &elf[off..off + size];
+            let end = interp.iter().position(|&b| b == 0).unwrap_or(interp.len());
+            return String::from_utf8(interp[..end].to_vec()).unwrap();
+        }
+    }
+    panic!("{program} has no PT_INTERP")
+}
+
+#[test]
+fn enforce_denies_running_a_program_through_the_elf_loader() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let loader = elf_interpreter("/usr/bin/id");
+    let b = Broker::start(&enforce_config());
+    // ld.so /usr/bin/id would run id unrouted, in `agent`: Landlock must leave the loader
+    // executable (every dynamic program needs it), the exec guard refuses it by name.
+    let out = b.exec("agent", &[&bin, &loader, "/usr/bin/id"]);
+    assert!(!out.stdout_str().contains("uid="), "id ran: {}", out.show());
+    assert_eq!(out.code(), 3, "{}", out.show());
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::EACCES.to_string(),
+        "{}",
+        out.show()
+    );
+    let denied = b.wait_audit(1, |l| {
+        l["event"] == "exec_denied" && l["path"] == loader.as_str()
+    });
+    let d = &denied[0];
+    assert_eq!(d["context"], "agent", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("ELF loader"), "{d}");
+    // Through a symlink of its own, by a path relative to the cwd (`agent`'s is /): the
+    // same file, the same answer.
+    let link = dir.path().join("ld.so");
+    std::os::unix::fs::symlink(&loader, &link).unwrap();
+    let relative = link.to_str().unwrap().trim_start_matches('/').to_string();
+    let out = b.exec("agent", &[&bin, &relative, "/usr/bin/id"]);
+    assert!(!out.stdout_str().contains("uid="), "id ran: {}", out.show());
+    assert_eq!(out.stdout_str().trim(), libc::EACCES.to_string());
+    b.wait_audit(1, |l| {
+        l["event"] == "exec_denied"
+            && l["path"] == relative.as_str()
+            && l["reason"].as_str().unwrap_or("").contains("ELF loader")
+    });
+}
+
+#[test]
+fn enforce_denials_are_audited_inside_a_pid_namespace_too() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config_with("enforce = true, pid = true"));
+    let out = b.exec("agent", &[&bin, "/usr/bin/id"]);
+    assert_eq!(out.code(), 3, "{}", out.show());
+    assert_eq!(out.stdout_str().trim(), libc::EACCES.to_string());
+    b.wait_audit(1, |l| {
+        l["event"] == "exec_denied" && l["path"] == "/usr/bin/id"
+    });
+    // Routed launches still work there.
+    assert_eq!(
+        b.exec("agent", &["bash", "-c", "ls / >/dev/null; id -un"])
+            .ok(),
+        format!("{BOB}\n")
+    );
+}
+
+#[test]
+fn enforce_a_flood_of_denied_execs_does_not_flood_the_audit_log() {
+    let dir = TempDir::new();
+    let src = dir.file(
+        "flood.c",
+        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+          int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0}; int n = 0;\n\
+          for (int i = 0; i < 1000; i++) if (syscall(SYS_execve, v[1], a, e) < 0 && errno == EACCES) n++;\n\
+          printf(\"%d\\n\", n); return 0; }\n",
+        0o644,
+    );
+    let bin = dir.path().join("flood");
+    let out = run(std::process::Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let b = Broker::start(&enforce_config());
+    let out = b.exec("agent", &[bin.to_str().unwrap(), "/usr/bin/id"]);
+    // Every attempt is refused...
+    assert_eq!(out.ok().trim(), "1000");
+    b.wait_audit(1, |l| l["event"] == "exec");
+    // ...but the log gets a burst of them, not a thousand lines.
+    let denied = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "exec_denied")
+        .count();
+    assert!((100..=150).contains(&denied), "{denied} exec_denied lines");
+}
+
+#[test]
+fn enforce_status_says_bypass_attempts_are_audited() {
+    let b = Broker::start(&enforce_config());
+    let out = run(&mut b.ctx(["status"])).ok();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("isolation:") && l.contains(" agent: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("routing enforced") && line.contains("denied and audited"),
+        "{out}"
+    );
+    assert!(!out.contains("NOT in force"), "{out}");
 }
 
 #[test]
@@ -829,6 +972,26 @@ fn enforce_keeps_routed_launches_working_even_with_a_cleared_ld_preload() {
     );
     // The routing context's own program still starts (it is the launch's own program).
     assert_eq!(b.exec("agent", &["true"]).code(), 0);
+    // A shell running several routed programs, and a script through its interpreter.
+    assert_eq!(
+        b.exec("agent", &["bash", "-c", "ls / >/dev/null; id -un"])
+            .ok(),
+        format!("{BOB}\n")
+    );
+    // The exec guard's listener never reaches the routed program (it could answer its
+    // own exec requests with it).
+    let fds = "import os\nfor f in os.listdir('/proc/self/fd'):\n    \
+               try: print(os.readlink('/proc/self/fd/' + f))\n    except OSError: pass\n";
+    let out = b.exec("agent", &["python3", "-c", fds]).ok();
+    assert!(!out.contains("seccomp"), "{out}");
+    // None of it was a bypass attempt.
+    b.wait_audit(6, |l| l["event"] == "exec");
+    let denied: Vec<_> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "exec_denied")
+        .collect();
+    assert!(denied.is_empty(), "{denied:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -305,7 +305,11 @@ pub fn row(e: &Value) -> [String; 7] {
                 .unwrap_or_else(|| "?".into())
         ),
         Value::String(s) => s.clone(),
-        _ => "-".into(),
+        // `exec_denied`: the routed process that tried.
+        _ => match (e["uid"].as_u64(), e["pid"].as_u64()) {
+            (Some(uid), Some(pid)) => format!("uid {uid} pid {pid}"),
+            _ => "-".into(),
+        },
     };
     let result = result(e);
     let duration = e["duration_ms"]
@@ -322,7 +326,8 @@ pub fn row(e: &Value) -> [String; 7] {
             })
             .collect::<Vec<_>>()
             .join(" "),
-        None => "-".into(),
+        // `exec_denied`: what it tried to run.
+        None => text(&e["path"]).unwrap_or_else(|| "-".into()),
     };
     [time, event, context, caller, result, duration, command]
 }
@@ -382,6 +387,15 @@ mod tests {
         let kill = json!({ "event": "kill", "contexts": ["a", "a"], "signal": 15 });
         assert_eq!(row(&kill)[2], "a");
         assert_eq!(row(&kill)[4], "sent signal 15");
+        let denied = json!({
+            "event": "exec_denied", "context": "agent", "uid": 1002, "pid": 77,
+            "path": "/bin/true", "reason": "enforce: exec bypassing the interposer",
+            "errno": "EACCES",
+        });
+        let r = row(&denied);
+        assert_eq!(r[3], "uid 1002 pid 77");
+        assert_eq!(r[4], "enforce: exec bypassing the interposer");
+        assert_eq!(r[6], "/bin/true");
     }
 
     #[test]

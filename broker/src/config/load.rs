@@ -167,6 +167,13 @@ pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> 
              (static binaries, raw execve) run unrouted",
             super::NO_LANDLOCK
         ));
+    } else if iso.enforce && !crate::daemon::exec_guard::available() {
+        warnings.push(format!(
+            "{key}: enforce = true: exec auditing and the ELF loader check NOT in force: \
+             this kernel has no seccomp user notification (Linux 5.0+); execs that bypass \
+             the interposer still fail (Landlock) but are not audited, and the ELF loader \
+             can still run a program unrouted"
+        ));
     }
     warnings
 }

@@ -151,6 +151,12 @@ fn status(shared: &Shared) -> StatusReport {
     warnings.extend(shared.namespaces.warnings());
     warnings.extend(shared.cgroups.warnings());
     warnings.extend(super::isolation::uid_warnings(&config));
+    warnings.extend(
+        shared
+            .exec_guard
+            .failure()
+            .map(|why| format!("enforce: the exec guard is NOT in force: {why}")),
+    );
     StatusReport {
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
         pid: std::process::id() as i32,

@@ -15,6 +15,7 @@ use ctx_protocol::{
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
+use super::exec_guard::{Armed, Denied, Policy};
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
@@ -295,8 +296,9 @@ async fn launch(
             return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
         }
     };
-    let enforcing = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
-        Ok(r) => r,
+    let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
+        Ok(Some(e)) => (Some(e.ruleset), Some(e.policy)),
+        Ok(None) => (None, None),
         Err(e) => {
             let failure = ExecFailure {
                 kind: FailureKind::Other,
@@ -316,6 +318,9 @@ async fn launch(
         ruleset.as_ref().map(|r| r.as_raw_fd()),
         enforcing.as_ref().map(|r| r.as_raw_fd()),
     ];
+    // Held until the fork is done: the child hands its exec listener over through it.
+    let exec_guard = exec_policy.and_then(|p| arm_exec_guard(shared, p));
+    plan.exec_guard = exec_guard.as_ref().map(|a| a.handover());
     // Held until the fork is done: the child writes itself into these.
     let cgroup = shared.cgroups.for_context(&ctx);
     plan.cgroup_procs = cgroup.as_ref().map(|g| g.procs_fds()).unwrap_or_default();
@@ -355,6 +360,8 @@ async fn launch(
     let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
     let ruleset_applied = ruleset.is_some();
     let enforced = enforcing.is_some();
+    let exec_guarded = exec_guard.is_some();
+    drop(exec_guard);
     drop(holder);
     drop(cgroup);
     drop(ruleset);
@@ -558,7 +565,7 @@ async fn launch(
         "argv": audit_argv,
         "cwd": String::from_utf8_lossy(&prepared.cwd),
         "tty": prepared.wants_tty,
-        "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced),
+        "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced, exec_guarded),
         "status": status_json(status),
         "timed_out": timed_out,
         "caller_disconnected": !client_alive,
@@ -595,6 +602,7 @@ fn isolation_json(
     ns_flags: i32,
     landlock: bool,
     enforced: bool,
+    exec_guarded: bool,
 ) -> serde_json::Value {
     json!({
         "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
@@ -602,7 +610,14 @@ fn isolation_json(
         "landlock": landlock,
         "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
         "enforce": enforced,
+        "exec_guard": exec_guarded,
     })
+}
+
+/// `enforce = true`: the per-launch Landlock ruleset and what the exec guard allows.
+struct Enforce {
+    ruleset: OwnedFd,
+    policy: Policy,
 }
 
 /// `enforce = true` on a routing context: the launch may exec only the shim (every routed
@@ -612,7 +627,7 @@ fn enforce_ruleset(
     ctx: &Context,
     plan: &SpawnPlan,
     cwd: &[u8],
-) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+) -> Result<Option<Enforce>, landlock::RulesetError> {
     if !ctx.isolation.enforce || ctx.route_children_to.is_none() {
         return Ok(None);
     }
@@ -629,15 +644,49 @@ fn enforce_ruleset(
         .map(|c| cwd.join(std::ffi::OsStr::from_bytes(c.to_bytes())))
         .find(|p| p.is_file());
     let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
-    if let Some(p) = program {
-        match super::landlock::script_interpreter(&p) {
+    if let Some(p) = &program {
+        match super::landlock::script_interpreter(p) {
             Some(interp) => allowed.push(interp),
             None if plan.sh_fallback => allowed.push("/bin/sh".into()),
             None => {}
         }
-        allowed.push(p);
+        allowed.push(p.clone());
     }
-    super::landlock::exec_only(&allowed)
+    let Some(ruleset) = super::landlock::exec_only(&allowed)? else {
+        return Ok(None);
+    };
+    let program = program.unwrap_or_else(|| {
+        candidates
+            .first()
+            .map(|c| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
+            .unwrap_or_default()
+    });
+    let policy = Policy::new(&ctx.name, ctx.user.uid, program, &allowed);
+    Ok(Some(Enforce { ruleset, policy }))
+}
+
+/// Arms the exec guard for one enforced launch: its denials go to the audit log. `None`
+/// (Landlock's half of enforce only) when this kernel or broker cannot run the guard; the
+/// load warnings and `ctx status` say so.
+fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy) -> Option<Armed<'_>> {
+    if !super::exec_guard::available() {
+        return None;
+    }
+    let weak = Arc::downgrade(shared);
+    let on_denied = move || -> Box<dyn Fn(Denied) + Send> {
+        Box::new(move |d: Denied| {
+            if let Some(shared) = weak.upgrade() {
+                shared.audit.record(super::exec_guard::audit_json(&d));
+            }
+        })
+    };
+    match shared.exec_guard.arm(policy, on_denied) {
+        Ok(armed) => Some(armed),
+        Err(why) => {
+            tracing::warn!("enforce: exec guard NOT in force: {why}");
+            None
+        }
+    }
 }
 
 /// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets
@@ -746,6 +795,9 @@ fn failure_detail(
             format!("switching to {user} (gid {})", ctx.user.gid)
         }
         Stage::Rlimits => "applying the context's rlimits".into(),
+        Stage::Landlock if ctx.isolation.enforce => {
+            "applying the context's Landlock rulesets or enforce's exec guard (seccomp)".into()
+        }
         _ => String::new(),
     }
 }

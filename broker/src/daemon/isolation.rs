@@ -41,6 +41,16 @@ pub fn line(shared: &Shared, ctx: &Context) -> IsolationLine {
 
     in_force.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
     missing.extend(super::landlock::not_in_force(ctx));
+    if ctx.isolation.enforce && ctx.route_children_to.is_some() && landlock_abi() >= 1 {
+        if super::exec_guard::available() && shared.exec_guard.failure().is_none() {
+            in_force.push("exec bypass attempts denied and audited".into());
+        } else {
+            missing.push((
+                "exec bypass auditing and the ELF loader check".into(),
+                "no seccomp user notification (or the exec guard could not start)".into(),
+            ));
+        }
+    }
 
     in_force.extend(shared.cgroups.describe(ctx));
     missing.extend(shared.cgroups.not_in_force(ctx));

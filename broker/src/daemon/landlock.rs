@@ -142,7 +142,7 @@ impl Protected {
 // ---------------------------------------------------------------------------------------
 
 /// ELF interpreters a dynamic program (the shim included) needs to be executable.
-const LOADERS: [&str; 5] = [
+pub(crate) const LOADERS: [&str; 5] = [
     "/lib64/ld-linux-x86-64.so.2",
     "/lib/ld-linux-aarch64.so.1",
     "/lib/ld-linux.so.2",
@@ -157,8 +157,9 @@ const LOADERS: [&str; 5] = [
 ///
 /// Every launch the interposer routes execs the shim, so it keeps working; a raw `execve`
 /// of anything else (a static binary, a Go program, a cleared `LD_PRELOAD`) gets `EACCES`.
-/// Known hole: the loader itself must stay executable, so a raw
-/// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` still runs PROGRAM.
+/// The loader itself must stay executable, so Landlock alone lets a raw
+/// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` run PROGRAM: the exec guard
+/// (`exec_guard.rs`) refuses the loader by name and audits every refusal.
 pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::RulesetError> {
     if landlock_abi() < 1 {
         return Ok(None);

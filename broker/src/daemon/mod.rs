@@ -9,6 +9,7 @@
 //! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
 //! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
+//! - [`exec_guard`]: `enforce`'s seccomp half: exec attempts refused and audited;
 //! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod connection;
 pub mod exec;
+pub mod exec_guard;
 pub mod isolation;
 pub mod job_control;
 pub mod landlock;
@@ -70,6 +72,7 @@ pub struct Shared {
     pub namespaces: namespaces::Namespaces,
     pub ports: ports::ReservedPorts,
     pub landlock: landlock::Rulesets,
+    pub exec_guard: exec_guard::ExecGuard,
     pub cgroups: cgroups::Cgroups,
 }
 

@@ -342,6 +342,7 @@ pub fn prepare(
         drop_caps: me.euid == 0,
         namespaces: None,
         listen_pid: false,
+        exec_guard: None,
         landlock: [None, None],
         cgroup_procs: Vec::new(),
     };

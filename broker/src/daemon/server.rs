@@ -172,6 +172,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         namespaces,
         ports,
         landlock: Default::default(),
+        exec_guard: Default::default(),
         cgroups,
     });
 

@@ -10,6 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use ctx_protocol::{classify, errno_name, ExecFailure, Stage};
 
+use super::exec_guard::{Handover, EXEC_FILTER};
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -56,6 +58,9 @@ pub struct SpawnPlan {
     /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
     /// child knows that pid (inside a PID namespace it is not the one the broker sees).
     pub listen_pid: bool,
+    /// `enforce = true` with seccomp user notification: install the exec filter and hand
+    /// its listener to the broker's exec guard (see `exec_guard.rs`) just before the exec.
+    pub exec_guard: Option<Handover>,
 }
 
 /// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
@@ -263,6 +268,17 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         }
     }
 
+    // The exec guard's hand-over message, complete but for the listener's number, which
+    // the child writes in place before sending it.
+    let mut handoff = plan.exec_guard.map(|h| Box::new(Handoff::new(h.token)));
+    let handoff_ptr: *mut Handoff = match &mut handoff {
+        Some(b) => {
+            b.link();
+            &mut **b
+        }
+        None => std::ptr::null_mut(),
+    };
+
     let mut pipe = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -284,6 +300,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
         listen_pid: listen_pid_ptr,
+        handoff: handoff_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
@@ -382,6 +399,8 @@ struct ChildArgs<'a> {
     last_cap: i32,
     /// `LISTEN_PID=` buffer to complete with our pid, or null.
     listen_pid: *mut u8,
+    /// The exec guard's hand-over message, or null.
+    handoff: *mut Handoff,
     /// Written by the first child when it had to clone again to enter a PID namespace: the
     /// pid (in the broker's namespace) of the process that runs the program.
     grandchild: std::sync::atomic::AtomicI32,
@@ -561,6 +580,7 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
         a.sh_argv,
         a.last_cap,
         a.listen_pid,
+        a.handoff,
     )
 }
 
@@ -574,6 +594,78 @@ unsafe fn reset_signal_handlers() {
         if listed && sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
+    }
+}
+
+/// Installs the exec filter and sends its listener to the broker's exec guard, then closes
+/// our copies: the routed program must never hold the listener (it could answer its own
+/// notifications). Async-signal-safe: `handoff` was built before the clone.
+unsafe fn install_exec_guard(report: RawFd, sock: RawFd, handoff: &mut Handoff) {
+    let prog = libc::sock_fprog {
+        len: EXEC_FILTER.len() as libc::c_ushort,
+        filter: EXEC_FILTER.as_ptr() as *mut libc::sock_filter,
+    };
+    let listener = libc::syscall(
+        libc::SYS_seccomp,
+        libc::SECCOMP_SET_MODE_FILTER,
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+        &prog as *const libc::sock_fprog,
+    ) as RawFd;
+    if listener < 0 {
+        fail(report, Stage::Landlock, errno());
+    }
+    handoff.fd_slot().write_unaligned(listener);
+    let sent = libc::sendmsg(sock, &handoff.hdr, libc::MSG_NOSIGNAL);
+    let e = errno();
+    libc::close(listener);
+    libc::close(sock);
+    if sent < 0 {
+        fail(report, Stage::Landlock, e);
+    }
+}
+
+/// The exec guard's hand-over message: the launch's token as data, the listener as
+/// `SCM_RIGHTS`. Self-referential, so boxed and linked in place.
+#[repr(C)]
+struct Handoff {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    token: [u8; 8],
+    /// Room for `CMSG_SPACE(sizeof(int))`, aligned for `cmsghdr`.
+    control: [u64; 4],
+}
+
+impl Handoff {
+    fn new(token: u64) -> Handoff {
+        // SAFETY: msghdr and iovec are plain data; `link` sets their pointers.
+        let mut h: Handoff = unsafe { std::mem::zeroed() };
+        h.token = token.to_ne_bytes();
+        h
+    }
+
+    /// Points the header at the fields, once the value is at its final address.
+    fn link(&mut self) {
+        self.iov.iov_base = self.token.as_mut_ptr().cast();
+        self.iov.iov_len = self.token.len();
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_control = self.control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; CMSG_FIRSTHDR points into `control`,
+        // which is larger than CMSG_SPACE(sizeof(int)).
+        unsafe {
+            self.hdr.msg_controllen =
+                libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&self.hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        }
+    }
+
+    /// Where the descriptor goes in the control message.
+    fn fd_slot(&mut self) -> *mut libc::c_int {
+        // SAFETY: `link` wrote the one header at the start of `control`.
+        unsafe { libc::CMSG_DATA(libc::CMSG_FIRSTHDR(&self.hdr)) as *mut libc::c_int }
     }
 }
 
@@ -622,6 +714,7 @@ unsafe fn child(
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
     listen_pid: *mut u8,
+    handoff: *mut Handoff,
 ) -> ! {
     for &procs in &plan.cgroup_procs {
         // "0" is the writer: this process, before anything else runs, so every process
@@ -671,6 +764,16 @@ unsafe fn child(
     if report < 0 {
         libc::_exit(127);
     }
+    let guard_sock = match plan.exec_guard {
+        Some(h) => {
+            let fd = libc::fcntl(h.sock, libc::F_DUPFD_CLOEXEC, floor);
+            if fd < 0 {
+                fail(report, Stage::Landlock, errno());
+            }
+            fd
+        }
+        None => -1,
+    };
     let mut moved = [0 as RawFd; 256];
     if plan.fds.len() > moved.len() {
         fail(report, Stage::Fds, libc::EMFILE);
@@ -789,6 +892,12 @@ unsafe fn child(
 
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
         fail(report, Stage::NoNewPrivs, errno());
+    }
+
+    if !handoff.is_null() {
+        // Last, so that it sees exactly the execs below and everything after them; the
+        // guard lets the spawn child's own execs through (it still shares our memory).
+        install_exec_guard(report, guard_sock, &mut *handoff);
     }
 
     let mut denied = false;

@@ -1,0 +1,1023 @@
+//! `enforce = true`, second half: every `execve`/`execveat` of an enforced launch (and of
+//! everything it starts) is shown to the broker before the kernel runs it, so that a
+//! bypass attempt is refused *and audited*, and so that the ELF loader, which Landlock must
+//! leave executable, cannot be executed by name.
+//!
+//! The spawn child installs a seccomp filter that answers `SECCOMP_RET_USER_NOTIF` for the
+//! exec syscalls, created with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; it hands the listener to
+//! the broker with `SCM_RIGHTS` over a socket prepared before the clone, closes its own copy
+//! and execs. One dedicated thread (not a tokio task: the tokio worker that forked is
+//! suspended until the child's exec, which waits for this thread's answer, and every other
+//! worker may be in the same state) polls all listeners and answers each notification:
+//!
+//! - from a process that still shares the broker's memory (the spawn child before its
+//!   exec: the broker's own exec of the program, its `PATH` candidates and `/bin/sh`
+//!   fallback) → continue;
+//! - of an ELF loader (`LOADERS`) → `EACCES`, audited (the loader would run any program);
+//! - of the shim, the launch's program or its script interpreter → continue;
+//! - of anything else → `EACCES`, audited (the exec bypassed the interposer).
+//!
+//! Continuing is safe because Landlock still checks the exec in the kernel: whatever
+//! happens between this check and the exec, only the files the Landlock ruleset grants can
+//! run. The residual hole is exactly that window: see [`decide`].
+//!
+//! Denials are audited per launch up to a burst, then at a steady rate (the rest are
+//! counted in the next line), so a process looping on refused execs cannot flood the log.
+//! A launch whose listener has no more processes (`POLLHUP`) is forgotten. If this kernel
+//! has no seccomp user notification (before 5.0), enforce keeps its Landlock half only and
+//! the config load says so.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// The broker's exec guard: started at the first enforced launch, then one thread for the
+/// broker's lifetime.
+#[derive(Default)]
+pub struct ExecGuard {
+    state: OnceLock<Result<Running, String>>,
+    next_token: AtomicU64,
+}
+
+struct Running {
+    /// The children's end of the hand-over socket (close-on-exec).
+    send: OwnedFd,
+    /// Launches armed but whose listener has not arrived yet, by token.
+    pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
+}
+
+/// What one enforced launch may exec, and what to say when it tries something else.
+#[derive(Debug)]
+pub struct Policy {
+    pub context: String,
+    pub uid: u32,
+    /// The launch's own program, for the audit line.
+    pub program: PathBuf,
+    /// The shim, the program, its interpreter.
+    allowed: Vec<FileId>,
+    loaders: Vec<FileId>,
+}
+
+/// A refused exec, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub context: String,
+    pub uid: u32,
+    pub program: PathBuf,
+    /// The pid of the process that tried (in the broker's PID namespace).
+    pub pid: u32,
+    /// The path as the process gave it.
+    pub path: String,
+    /// What it resolved to, when it could be resolved.
+    pub target: Option<String>,
+    pub reason: &'static str,
+    pub errno: i32,
+    /// Denials of the same launch left out of the audit log before this one (rate limit).
+    pub suppressed: u64,
+}
+
+/// The armed hand-over of one launch; dropping it forgets the launch if its child never
+/// handed a listener over (it failed before, or was killed).
+pub struct Armed<'a> {
+    running: &'a Running,
+    token: u64,
+}
+
+/// What the spawn child needs: the socket to send its listener on and the launch's token.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover {
+    pub sock: RawFd,
+    pub token: u64,
+}
+
+/// One launch's listener, as the guard thread holds it.
+struct Watched {
+    listener: OwnedFd,
+    policy: Arc<Policy>,
+    budget: Budget,
+}
+
+/// Audit lines left for a launch's denials: `AUDIT_BURST` at once, then
+/// `AUDIT_PER_SECOND`.
+struct Budget {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Continue,
+    /// Refused without an audit line: the exec would have failed anyway (no such file).
+    Fail(i32),
+    Deny {
+        errno: i32,
+        reason: &'static str,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH_AARCH64: u32 = 0xC000_00B7;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// `(arch, execve, execveat)` of every ABI a process on this kernel can call with.
+#[cfg(target_arch = "x86_64")]
+const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
+    (AUDIT_ARCH_X86_64, 59, 322),
+    // x32: its own entries, with the x32 bit set, under the x86_64 arch.
+    (
+        AUDIT_ARCH_X86_64,
+        X32_SYSCALL_BIT | 520,
+        X32_SYSCALL_BIT | 545,
+    ),
+    (AUDIT_ARCH_I386, 11, 358),
+];
+#[cfg(target_arch = "aarch64")]
+const EXEC_SYSCALLS: [(u32, u32, u32); 2] =
+    [(AUDIT_ARCH_AARCH64, 221, 281), (AUDIT_ARCH_ARM, 11, 387)];
+
+const fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+const LD_ARCH: libc::sock_filter = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4);
+const LD_NR: libc::sock_filter = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0);
+const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+const RET: u32 = libc::BPF_RET | libc::BPF_K;
+
+/// The filter the spawn child installs: exec syscalls → user notification; any other
+/// syscall of a known ABI → allowed; an unknown ABI → the process is killed.
+#[cfg(target_arch = "x86_64")]
+pub static EXEC_FILTER: [libc::sock_filter; 15] = [
+    LD_ARCH,
+    jump(JEQ, AUDIT_ARCH_X86_64, 0, 6),
+    LD_NR,
+    // x86_64 and x32 share the arch: compare the number without the x32 bit, against both
+    // tables (a number valid in only one of them fails with ENOSYS in the other anyway).
+    stmt(
+        libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
+        !X32_SYSCALL_BIT,
+    ),
+    jump(JEQ, 59, 9, 0),
+    jump(JEQ, 322, 8, 0),
+    jump(JEQ, 520, 7, 0),
+    jump(JEQ, 545, 6, 5),
+    jump(JEQ, AUDIT_ARCH_I386, 0, 3),
+    LD_NR,
+    jump(JEQ, 11, 3, 0),
+    jump(JEQ, 358, 2, 1),
+    stmt(RET, libc::SECCOMP_RET_KILL_PROCESS),
+    stmt(RET, libc::SECCOMP_RET_ALLOW),
+    stmt(RET, libc::SECCOMP_RET_USER_NOTIF),
+];
+
+#[cfg(target_arch = "aarch64")]
+pub static EXEC_FILTER: [libc::sock_filter; 12] = [
+    LD_ARCH,
+    jump(JEQ, AUDIT_ARCH_AARCH64, 0, 3),
+    LD_NR,
+    jump(JEQ, 221, 7, 0),
+    jump(JEQ, 281, 6, 5),
+    jump(JEQ, AUDIT_ARCH_ARM, 0, 3),
+    LD_NR,
+    jump(JEQ, 11, 3, 0),
+    jump(JEQ, 387, 2, 1),
+    stmt(RET, libc::SECCOMP_RET_KILL_PROCESS),
+    stmt(RET, libc::SECCOMP_RET_ALLOW),
+    stmt(RET, libc::SECCOMP_RET_USER_NOTIF),
+];
+
+/// Room for the kernel's `struct seccomp_notif`/`_resp`, whatever their size
+/// (`SECCOMP_GET_NOTIF_SIZES`; checked by [`available`]).
+const NOTIF_BUF: usize = 256;
+
+const AUDIT_BURST: f64 = 100.0;
+const AUDIT_PER_SECOND: f64 = 10.0;
+
+const REASON_BYPASS: &str = "enforce: exec bypassing the interposer";
+const REASON_LOADER: &str =
+    "enforce: explicit exec of the ELF loader (it would run any program unrouted)";
+const REASON_UNREADABLE: &str = "enforce: exec whose path the broker cannot read";
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl ExecGuard {
+    /// Arms the hand-over for one launch, starting the guard thread on first use
+    /// (`on_denied` is used only then). `Err` says why there is no guard: the launch then
+    /// runs with Landlock's half of enforce only.
+    pub fn arm(
+        &self,
+        policy: Policy,
+        on_denied: impl FnOnce() -> Box<dyn Fn(Denied) + Send>,
+    ) -> Result<Armed<'_>, String> {
+        let running = self
+            .state
+            .get_or_init(|| Running::start(on_denied()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&running.pending).insert(token, Arc::new(policy));
+        Ok(Armed { running, token })
+    }
+
+    /// Why the guard could not start, once it was tried; for `ctx status`.
+    pub fn failure(&self) -> Option<String> {
+        self.state.get()?.as_ref().err().cloned()
+    }
+}
+
+impl Armed<'_> {
+    pub fn handover(&self) -> Handover {
+        Handover {
+            sock: self.running.send.as_raw_fd(),
+            token: self.token,
+        }
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        // The child has exec'd or exited: if its listener arrived, the thread has taken the
+        // policy already (the child's first exec waits for the thread to answer it).
+        lock(&self.running.pending).remove(&self.token);
+    }
+}
+
+impl Running {
+    fn start(on_denied: Box<dyn Fn(Denied) + Send>) -> Result<Running, String> {
+        if !available() {
+            return Err("this kernel has no seccomp user notification".into());
+        }
+        let mut pair = [0; 2];
+        // SAFETY: socketpair writes two descriptors into the array.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "cannot create its socket: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: both were just created and are owned here.
+        let (recv, send) =
+            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        set_nonblocking(&recv).map_err(|e| format!("cannot set up its socket: {e}"))?;
+        let pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>> = Arc::default();
+        let thread_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("exec-guard".into())
+            .spawn(move || watch(recv, thread_pending, on_denied))
+            .map_err(|e| format!("cannot start its thread: {e}"))?;
+        Ok(Running { send, pending })
+    }
+}
+
+impl Policy {
+    /// `allowed`: the files the launch's Landlock ruleset grants besides the loaders.
+    pub fn new(context: &str, uid: u32, program: PathBuf, allowed: &[PathBuf]) -> Policy {
+        Policy {
+            context: context.to_string(),
+            uid,
+            program,
+            allowed: allowed.iter().filter_map(|p| file_id(p).ok()).collect(),
+            loaders: super::landlock::LOADERS
+                .iter()
+                .filter_map(|p| file_id(Path::new(p)).ok())
+                .collect(),
+        }
+    }
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            tokens: AUDIT_BURST,
+            last: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(denials suppressed since the last audited one)` when this one may be audited.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let refill = now.duration_since(self.last).as_secs_f64() * AUDIT_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(AUDIT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Whether this kernel offers seccomp user notification with structures that fit ours.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+        // SAFETY: the documented queries; the kernel reads `action` and fills `sizes`.
+        unsafe {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0,
+                &action as *const u32,
+            ) != 0
+            {
+                return false;
+            }
+            let mut sizes: libc::seccomp_notif_sizes = std::mem::zeroed();
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_NOTIF_SIZES,
+                0,
+                &mut sizes as *mut libc::seccomp_notif_sizes,
+            ) != 0
+            {
+                return false;
+            }
+            (sizes.seccomp_notif as usize) <= NOTIF_BUF
+                && (sizes.seccomp_notif_resp as usize) <= NOTIF_BUF
+        }
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn file_id(path: &Path) -> io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The guard thread: polls the hand-over socket and every launch's listener. Never
+/// blocks except in `poll`: a notification is received only when `poll` reported one (and
+/// this is the only reader, so the receive cannot wait).
+fn watch(
+    recv: OwnedFd,
+    pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
+    on_denied: Box<dyn Fn(Denied) + Send>,
+) {
+    let mut listeners: Vec<Watched> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: recv.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(listeners.iter().map(|w| libc::pollfd {
+            fd: w.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: `fds` is a valid array of pollfd of that length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            tracing::error!("exec guard: poll failed: {}", io::Error::last_os_error());
+            return;
+        }
+        // Listeners first (their indices match `fds[1..]`), newest last so removal by index
+        // from the back keeps the others' positions.
+        for i in (0..listeners.len()).rev() {
+            let revents = fds[i + 1].revents;
+            if revents & libc::POLLIN != 0 {
+                let w = &mut listeners[i];
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handle(w, &*on_denied)
+                }));
+                if result.is_err() {
+                    tracing::error!("exec guard: a notification's handling panicked");
+                }
+            } else if revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                // Every process of the launch is gone.
+                listeners.swap_remove(i);
+            }
+        }
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            loop {
+                match receive(&recv) {
+                    Received::Listener(token, listener) => match lock(&pending).remove(&token) {
+                        Some(policy) => listeners.push(Watched {
+                            listener,
+                            policy,
+                            budget: Budget::new(),
+                        }),
+                        // Its launch gave up (the child exited without exec'ing): closing
+                        // the listener fails any exec still asked of it (ENOSYS).
+                        None => tracing::warn!("exec guard: a listener for an unknown launch"),
+                    },
+                    Received::Empty => break,
+                    // The broker is exiting (its end is dropped with `Shared`). Dropping
+                    // the listeners fails later execs of the launches (fail-closed).
+                    Received::Closed => return,
+                }
+            }
+        }
+    }
+}
+
+enum Received {
+    Listener(u64, OwnedFd),
+    Empty,
+    Closed,
+}
+
+/// One listener from the hand-over socket, with its launch's token.
+fn receive(recv: &OwnedFd) -> Received {
+    loop {
+        let mut token = [0u8; 8];
+        let mut iov = libc::iovec {
+            iov_base: token.as_mut_ptr().cast(),
+            iov_len: token.len(),
+        };
+        let mut cmsg = [0u64; 8];
+        // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&cmsg) as _;
+        // SAFETY: recvmsg fills the buffers `hdr` points to.
+        let n = unsafe {
+            libc::recvmsg(
+                recv.as_raw_fd(),
+                &mut hdr,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Received::Empty,
+                _ => {
+                    tracing::error!("exec guard: cannot receive: {e}");
+                    return Received::Closed;
+                }
+            }
+        }
+        // Every descriptor that came with the message, owned at once so none leaks.
+        let mut got: Vec<OwnedFd> = Vec::new();
+        // SAFETY: the CMSG_* walk over the control buffer recvmsg filled.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                    let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        got.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&hdr, c);
+            }
+        }
+        if n == 0 && got.is_empty() {
+            return Received::Closed; // end of file: every sender is gone
+        }
+        match (n as usize == token.len(), got.pop(), got.is_empty()) {
+            (true, Some(fd), true) => return Received::Listener(u64::from_ne_bytes(token), fd),
+            _ => tracing::warn!("exec guard: a malformed hand-over message"),
+        }
+    }
+}
+
+/// Receives one notification, answers it, and audits a denial (after answering, so the
+/// process waits no longer than the decision).
+fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
+    let listener = w.listener.as_raw_fd();
+    let policy = &*w.policy;
+    let mut buf = [0u64; NOTIF_BUF / 8];
+    // SAFETY: the kernel writes at most `SECCOMP_GET_NOTIF_SIZES` bytes (checked to fit)
+    // into the zeroed buffer, which is aligned for `seccomp_notif`.
+    let req = unsafe {
+        if libc::ioctl(
+            listener,
+            libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+            buf.as_mut_ptr(),
+        ) < 0
+        {
+            // ENOENT: the process died between poll and here.
+            return;
+        }
+        std::ptr::read(buf.as_ptr() as *const libc::seccomp_notif)
+    };
+    let (verdict, path, target) = decide(listener, &req, policy);
+    respond(listener, req.id, &verdict);
+    if let Verdict::Deny { errno, reason } = verdict {
+        // A process that loops on denied execs must not flood the log (it is refused
+        // either way).
+        let Some(suppressed) = w.budget.take(Instant::now()) else {
+            return;
+        };
+        tracing::warn!(
+            context = %policy.context,
+            pid = req.pid,
+            path = %path,
+            target = target.as_deref().unwrap_or("?"),
+            "exec denied: {reason}"
+        );
+        on_denied(Denied {
+            context: policy.context.clone(),
+            uid: policy.uid,
+            program: policy.program.clone(),
+            pid: req.pid,
+            path,
+            target,
+            reason,
+            errno,
+            suppressed,
+        });
+    }
+}
+
+fn respond(listener: RawFd, id: u64, verdict: &Verdict) {
+    let mut buf = [0u64; NOTIF_BUF / 8];
+    // SAFETY: a zeroed buffer big enough for the kernel's `seccomp_notif_resp`, ours at its
+    // start; the ioctl only reads it. ENOENT (the process is gone) needs nothing more.
+    unsafe {
+        let resp = buf.as_mut_ptr() as *mut libc::seccomp_notif_resp;
+        (*resp).id = id;
+        match verdict {
+            Verdict::Continue => (*resp).flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+            Verdict::Fail(e) | Verdict::Deny { errno: e, .. } => (*resp).error = -e,
+        }
+        libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND as _, buf.as_ptr());
+    }
+}
+
+/// The decision for one exec, with the path as given and its resolved target.
+///
+/// Why CONTINUE is good enough: the kernel re-reads the path after our answer, so a
+/// multithreaded process (or one sharing memory with another) can swap the string between
+/// our read and the exec. What it can gain is bounded by Landlock, which still checks the
+/// exec in the kernel: the allowed files and the ELF loaders. So the one residual hole is
+/// the loader reached through such a race (README, Known limits).
+fn decide(
+    listener: RawFd,
+    req: &libc::seccomp_notif,
+    policy: &Policy,
+) -> (Verdict, String, Option<String>) {
+    let pid = req.pid as libc::pid_t;
+    if shares_our_memory(pid) {
+        // The spawn child before its exec: the broker's own exec of the program.
+        return (Verdict::Continue, String::new(), None);
+    }
+    let data = &req.data;
+    let Some(execveat) = exec_kind(data.arch, data.nr as u32) else {
+        // The filter only sends exec syscalls; anything else is refused.
+        return (Verdict::Fail(libc::ENOSYS), String::new(), None);
+    };
+    let (dirfd, ptr, flags) = if execveat {
+        (data.args[0] as i32, data.args[1], data.args[4] as i32)
+    } else {
+        (libc::AT_FDCWD, data.args[0], 0)
+    };
+    let raw = match read_string(pid, ptr) {
+        Ok(raw) => raw,
+        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+            return (Verdict::Fail(libc::EFAULT), String::new(), None);
+        }
+        Err(e) => {
+            let path = format!("? ({e})");
+            let deny = Verdict::Deny {
+                errno: libc::EACCES,
+                reason: REASON_UNREADABLE,
+            };
+            return (deny, path, None);
+        }
+    };
+    let path = String::from_utf8_lossy(&raw).into_owned();
+    let host = host_path(req.pid, dirfd, &raw, flags);
+    let id = host
+        .as_ref()
+        .map_err(|e| *e)
+        .and_then(|h| file_id(h).map_err(|e| e.raw_os_error().unwrap_or(libc::EACCES)));
+    // The path and the files are read: only now is it certain they were the process's
+    // (its pid could have been reused had it died meanwhile).
+    if !id_valid(listener, req.id) {
+        return (Verdict::Fail(libc::ESRCH), path, None);
+    }
+    let id = match id {
+        Ok(id) => id,
+        // Nothing to run there: the exec would fail the same way.
+        Err(e) => return (Verdict::Fail(e), path, None),
+    };
+    let reason = if policy.loaders.contains(&id) {
+        REASON_LOADER
+    } else if policy.allowed.contains(&id) {
+        return (Verdict::Continue, path, None);
+    } else {
+        REASON_BYPASS
+    };
+    // For the audit line only (after the answer would be better, but the process may be
+    // gone by then).
+    let target = host
+        .ok()
+        .and_then(|h| std::fs::canonicalize(h).ok())
+        .map(|t| t.to_string_lossy().into_owned());
+    let deny = Verdict::Deny {
+        errno: libc::EACCES,
+        reason,
+    };
+    (deny, path, target)
+}
+
+/// `Some(is_execveat)` for an exec syscall of a known ABI.
+fn exec_kind(arch: u32, nr: u32) -> Option<bool> {
+    // x86_64 and x32 share the arch; the filter compares without the x32 bit.
+    let nr = if arch == AUDIT_ARCH_X86_64 {
+        nr & !X32_SYSCALL_BIT
+    } else {
+        nr
+    };
+    EXEC_SYSCALLS
+        .iter()
+        .filter(|(a, ..)| *a == arch)
+        .find_map(|&(_, execve, execveat)| {
+            if nr == execve & !X32_SYSCALL_BIT {
+                Some(false)
+            } else if nr == execveat & !X32_SYSCALL_BIT {
+                Some(true)
+            } else {
+                None
+            }
+        })
+}
+
+/// Whether `pid` still shares the broker's address space: the spawn child (or its
+/// grandchild in a PID namespace) before its exec.
+fn shares_our_memory(pid: libc::pid_t) -> bool {
+    const KCMP_VM: libc::c_int = 1;
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, libc::getpid(), pid, KCMP_VM, 0, 0) };
+    if r >= 0 {
+        return r == 0;
+    }
+    // Without kcmp (CONFIG_KCMP off): still running the broker's executable. A routed
+    // process cannot exec the broker (Landlock grants it no EXECUTE).
+    match (
+        file_id(Path::new(&format!("/proc/{pid}/exe"))),
+        file_id(Path::new("/proc/self/exe")),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Reads the NUL-terminated string at `ptr` in `pid` (at most `PATH_MAX` bytes), a page
+/// at a time so that a string near the end of a mapping is still read.
+fn read_string(pid: libc::pid_t, ptr: u64) -> io::Result<Vec<u8>> {
+    const PAGE: u64 = 4096;
+    let max = libc::PATH_MAX as usize;
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut at = ptr;
+    let mut chunk = [0u8; PAGE as usize];
+    while out.len() < max {
+        let len = (PAGE - at % PAGE) as usize;
+        let local = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: `local` points into `chunk`, `len` <= its size; `remote` is only read by
+        // the kernel, in the other process.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        let got = &chunk[..n as usize];
+        if let Some(end) = got.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&got[..end]);
+            return Ok(out);
+        }
+        out.extend_from_slice(got);
+        at += n as u64;
+    }
+    Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+}
+
+/// The path through which the broker reaches the file the process names, as that process
+/// sees it: `/proc/PID/root`, `/proc/PID/cwd` or `/proc/PID/fd/N` in front of it (its
+/// mount namespace, working directory and descriptors). `Err(errno)` when the exec would
+/// fail on the path alone.
+fn host_path(pid: u32, dirfd: i32, raw: &[u8], flags: i32) -> Result<PathBuf, i32> {
+    if raw.is_empty() {
+        if flags & libc::AT_EMPTY_PATH != 0 && dirfd >= 0 {
+            return Ok(PathBuf::from(format!("/proc/{pid}/fd/{dirfd}")));
+        }
+        return Err(libc::ENOENT);
+    }
+    if raw[0] == b'/' {
+        // Its own /proc/self means it, not the broker (in a PID namespace, the broker's
+        // /proc shows it under its pid there).
+        for own in [&b"/proc/self"[..], b"/proc/thread-self"] {
+            if let Some(rest) = raw.strip_prefix(own) {
+                if rest.is_empty() || rest[0] == b'/' {
+                    let mut p = format!("/proc/{pid}").into_bytes();
+                    p.extend_from_slice(rest);
+                    return Ok(PathBuf::from(OsStr::from_bytes(&p)));
+                }
+            }
+        }
+        let mut p = format!("/proc/{pid}/root").into_bytes();
+        p.extend_from_slice(raw);
+        return Ok(PathBuf::from(OsStr::from_bytes(&p)));
+    }
+    let base = if dirfd == libc::AT_FDCWD {
+        format!("/proc/{pid}/cwd/")
+    } else if dirfd >= 0 {
+        format!("/proc/{pid}/fd/{dirfd}/")
+    } else {
+        return Err(libc::EBADF);
+    };
+    let mut p = base.into_bytes();
+    p.extend_from_slice(raw);
+    Ok(PathBuf::from(OsStr::from_bytes(&p)))
+}
+
+fn id_valid(listener: RawFd, id: u64) -> bool {
+    // SAFETY: the ioctl reads the u64 id.
+    unsafe {
+        libc::ioctl(
+            listener,
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+            &id as *const u64,
+        ) == 0
+    }
+}
+
+/// The audit event of a denial.
+pub fn audit_json(d: &Denied) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "event": "exec_denied",
+        "context": d.context,
+        "uid": d.uid,
+        "pid": d.pid,
+        "path": d.path,
+        "target": d.target,
+        "program": d.program.to_string_lossy(),
+        "reason": d.reason,
+        "errno": ctx_protocol::errno_name(d.errno),
+    });
+    if d.suppressed > 0 {
+        event["suppressed"] = d.suppressed.into();
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spawn::{fork_exec, Program, SpawnPlan};
+    use super::*;
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::sync::mpsc;
+
+    /// Runs `sh -c SCRIPT` under the guard, allowing only `sh`; returns its output and the
+    /// denials the guard reported.
+    fn guarded_sh(script: &str) -> (String, Vec<Denied>) {
+        if !available() {
+            eprintln!("skipped: no seccomp user notification on this kernel");
+            return (String::new(), Vec::new());
+        }
+        let guard = ExecGuard::default();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let policy = Policy::new("test", 0, sh.clone(), &[sh]);
+        let armed = guard
+            .arm(policy, move || {
+                Box::new(move |d| {
+                    let _ = lock(&tx).send(d);
+                })
+            })
+            .unwrap();
+        let mut pipe = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(
+            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: just created, owned here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let plan = SpawnPlan {
+            program: Program::Exact(CString::new("/bin/sh").unwrap()),
+            sh_fallback: false,
+            argv: ["sh", "-c", script]
+                .iter()
+                .map(|a| CString::new(*a).unwrap())
+                .collect(),
+            envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
+            cwd: None,
+            identity: None,
+            rlimits: Vec::new(),
+            fds: vec![(w.as_raw_fd(), 1), (w.as_raw_fd(), 2)],
+            controlling_tty: None,
+            drop_caps: false,
+            namespaces: None,
+            cgroup_procs: Vec::new(),
+            landlock: [None, None],
+            listen_pid: false,
+            exec_guard: Some(armed.handover()),
+        };
+        let forked = fork_exec(&plan).unwrap();
+        drop(armed);
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        // SAFETY: waitid on our child's pidfd.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                forked.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
+        }
+        (out, rx.try_iter().collect())
+    }
+
+    #[test]
+    fn the_guard_lets_the_program_start_and_denies_other_execs() {
+        let (out, denied) = guarded_sh("/usr/bin/id -u; echo rc=$?; exec /bin/sh -c 'echo again'");
+        if !available() {
+            return;
+        }
+        assert!(out.contains("rc=126"), "{out}");
+        assert!(out.contains("again"), "sh itself may run again: {out}");
+        assert_eq!(denied.len(), 1, "{denied:?}");
+        assert_eq!(denied[0].path, "/usr/bin/id");
+        assert_eq!(denied[0].reason, REASON_BYPASS);
+        assert_eq!(denied[0].errno, libc::EACCES);
+    }
+
+    #[test]
+    fn the_guard_denies_the_elf_loader() {
+        let Some(loader) = super::super::landlock::LOADERS
+            .iter()
+            .find(|l| Path::new(l).exists())
+        else {
+            return;
+        };
+        let (out, denied) = guarded_sh(&format!("{loader} /usr/bin/id; echo rc=$?"));
+        if !available() {
+            return;
+        }
+        assert!(!out.contains("uid="), "{out}");
+        assert!(out.contains("rc=126"), "{out}");
+        assert_eq!(denied.len(), 1, "{denied:?}");
+        assert_eq!(denied[0].reason, REASON_LOADER);
+    }
+
+    #[test]
+    fn exec_syscalls_are_recognised_per_abi() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(exec_kind(AUDIT_ARCH_X86_64, 59), Some(false));
+            assert_eq!(exec_kind(AUDIT_ARCH_X86_64, 322), Some(true));
+            assert_eq!(
+                exec_kind(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 520),
+                Some(false)
+            );
+            assert_eq!(
+                exec_kind(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 545),
+                Some(true)
+            );
+            assert_eq!(
+                exec_kind(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 59),
+                Some(false)
+            );
+            assert_eq!(exec_kind(AUDIT_ARCH_I386, 11), Some(false));
+            assert_eq!(exec_kind(AUDIT_ARCH_I386, 358), Some(true));
+            assert_eq!(exec_kind(AUDIT_ARCH_I386, 59), None);
+            assert_eq!(exec_kind(AUDIT_ARCH_X86_64, 0), None);
+        }
+        assert_eq!(exec_kind(0x1234, 59), None);
+    }
+
+    #[test]
+    fn denials_beyond_the_burst_are_counted_not_audited() {
+        let mut b = Budget::new();
+        let t = b.last;
+        for _ in 0..AUDIT_BURST as usize {
+            assert_eq!(b.take(t), Some(0));
+        }
+        assert_eq!(b.take(t), None);
+        assert_eq!(b.take(t), None);
+        // A tenth of a second later one more line may go, saying what it left out.
+        let later = t + std::time::Duration::from_millis(100);
+        assert_eq!(b.take(later), Some(2));
+        assert_eq!(b.take(later), None);
+    }
+
+    #[test]
+    fn paths_resolve_in_the_process_view() {
+        assert_eq!(
+            host_path(7, libc::AT_FDCWD, b"/bin/true", 0),
+            Ok(PathBuf::from("/proc/7/root/bin/true"))
+        );
+        assert_eq!(
+            host_path(7, libc::AT_FDCWD, b"x/y", 0),
+            Ok(PathBuf::from("/proc/7/cwd/x/y"))
+        );
+        assert_eq!(
+            host_path(7, 5, b"y", 0),
+            Ok(PathBuf::from("/proc/7/fd/5/y"))
+        );
+        assert_eq!(
+            host_path(7, 5, b"", libc::AT_EMPTY_PATH),
+            Ok(PathBuf::from("/proc/7/fd/5"))
+        );
+        assert_eq!(host_path(7, 5, b"", 0), Err(libc::ENOENT));
+        assert_eq!(
+            host_path(7, libc::AT_FDCWD, b"/proc/self/exe", 0),
+            Ok(PathBuf::from("/proc/7/exe"))
+        );
+        assert_eq!(
+            host_path(7, libc::AT_FDCWD, b"/proc/selfish", 0),
+            Ok(PathBuf::from("/proc/7/root/proc/selfish"))
+        );
+    }
+}
