@@ -292,19 +292,28 @@ row "relay 200 MB: PTY through \`ctx exec -t\`" "$(fmt "$CTXT" .0f) MB/s" "$(fmt
 # Preloaded but not routing: an exec-heavy shell loop with and without the interposer,
 # the two alternating (12 pairs) so that a neighbour's load hits both alike; the overhead
 # is the median of the pairs' ratios.
+# The floor: an empty library preloaded the same way, which every LD_PRELOAD pays (the
+# loader opens, maps and relocates one more object at each exec).
 loop='for ((i=0;i<2000;i++)); do /bin/true; done'
-pairs=()
+echo 'void ctx_bench_empty(void) {}' >"$TMP/empty.c"
+gcc -O2 -shared -fPIC -o "$TMP/libempty.so" "$TMP/empty.c"
+triples=()
 for _ in $(seq 12); do
     a=$(date +%s%N); env -u CTX_ROUTE -u LD_PRELOAD /bin/bash -c "$loop"; b=$(date +%s%N)
     env -u CTX_ROUTE LD_PRELOAD="$SO" /bin/bash -c "$loop"; c=$(date +%s%N)
-    pairs+=("$((b - a)) $((c - b))")
+    env -u CTX_ROUTE LD_PRELOAD="$TMP/libempty.so" /bin/bash -c "$loop"; d=$(date +%s%N)
+    triples+=("$((b - a)) $((c - b)) $((d - c))")
 done
-read -r PLAIN PRE OVER < <(printf '%s\n' "${pairs[@]}" | py 'import sys, statistics as st
+read -r PLAIN PRE EMPTY OVER EOVER < <(printf '%s\n' "${triples[@]}" | py 'import sys, statistics as st
 p = [tuple(map(int, l.split())) for l in sys.stdin]
-print(st.median(x for x, _ in p) / 1e6, st.median(y for _, y in p) / 1e6, 100 * (st.median(y / x for x, y in p) - 1))')
+print(st.median(x for x, _, _ in p) / 1e6, st.median(y for _, y, _ in p) / 1e6,
+      st.median(z for _, _, z in p) / 1e6,
+      100 * (st.median(y / x for x, y, _ in p) - 1), 100 * (st.median(z / x for x, _, z in p) - 1))')
 row "2,000 × /bin/true from bash, preloaded, CTX_ROUTE unset" \
-    "$(fmt "$PRE" .0f) ms vs $(fmt "$PLAIN" .0f) ms without (medians of 12 alternating pairs)" \
+    "$(fmt "$PRE" .0f) ms vs $(fmt "$PLAIN" .0f) ms without (medians of 12 alternating runs)" \
     "$(fmt "$OVER" +.1f)%" "≤ 2% (within noise)"
+row "the same with an empty library preloaded (the floor of any LD_PRELOAD)" \
+    "$(fmt "$EMPTY" .0f) ms" "$(fmt "$EOVER" +.1f)%" ""
 
 # The broker's memory and descriptors.
 row "broker RSS, idle (fresh start)" "$(fmt "$IDLE_RSS/1024" .1f) MB, $IDLE_FDS fds" "" "≤ 10 MB"
