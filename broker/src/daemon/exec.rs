@@ -798,6 +798,17 @@ fn failure_detail(
         Stage::Landlock if ctx.isolation.enforce => {
             "applying the context's Landlock rulesets or enforce's exec guard (seccomp)".into()
         }
+        Stage::Landlock => "applying the context's Landlock ruleset".into(),
+        Stage::Cgroup => format!(
+            "joining context {:?}'s cgroup (pids_max reached, or a cgroup the broker's \
+             scheduling class cannot enter)",
+            ctx.name
+        ),
+        Stage::Namespace => format!("entering context {:?}'s namespaces", ctx.name),
+        Stage::Capabilities => "dropping capabilities".into(),
+        Stage::NoNewPrivs => "setting no_new_privs".into(),
+        Stage::Fds => "placing the caller's descriptors".into(),
+        Stage::Session | Stage::Terminal => "setting up the process group or terminal".into(),
         _ => String::new(),
     }
 }

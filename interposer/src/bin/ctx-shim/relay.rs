@@ -204,7 +204,12 @@ impl Relay<'_> {
                 // ends like a shell's failed command, 127 or 126, with the reason.
                 self.tty.restore();
                 let mut l = sys::Line::new();
-                l.str("ctx: ").quoted(self.name).str(": ").str(&f.message);
+                l.str("ctx: ").quoted(self.name).str(": ");
+                if f.message.is_empty() {
+                    l.str("failed at the ").str(f.stage.as_str()).str(" step");
+                } else {
+                    l.str(&f.message);
+                }
                 if !f.errno_name.is_empty() {
                     l.str(" (").str(&f.errno_name).str(")");
                 }
