@@ -1,10 +1,13 @@
 //! Compiles the C half of the interposer: the variadic `execl*` bodies, which stable Rust
 //! cannot define.
 
+#[path = "static_pie.rs"]
+mod static_pie;
+
 fn main() {
     println!("cargo:rerun-if-changed=src/variadic.c");
     link_unwinder_statically();
-    link_shim_statically();
+    static_pie::link_bin_statically("ctx-shim");
     cc::Build::new()
         .file("src/variadic.c")
         .flag_if_supported("-fvisibility=hidden")
@@ -24,43 +27,3 @@ fn link_unwinder_statically() {
     println!("cargo:rustc-link-search=native={out}");
 }
 
-/// The shim starts in every routed launch (before the request, for `posix_spawn`): as a
-/// static-pie it runs without the dynamic loader (no library search, no symbol binding),
-/// and under `enforce = true` it needs no loader to be executable. Per-binary
-/// `crt-static` is not expressible in Cargo (as a rustflag it breaks proc-macros), so the
-/// shim's link alone gets a search directory whose `libc.so`/`libm.so` are linker scripts
-/// naming the static archives, plus `-static-pie`. Without the archives (no static
-/// glibc installed) the shim stays dynamic.
-fn link_shim_statically() {
-    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let dir = format!("{out}/shim-static");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let find = |name: &str| -> Option<String> {
-        let o = std::process::Command::new(&cc)
-            .arg(format!("-print-file-name={name}"))
-            .output()
-            .ok()?;
-        let p = String::from_utf8(o.stdout).ok()?.trim().to_string();
-        // An unknown name is echoed back bare.
-        (p.starts_with('/') && std::path::Path::new(&p).exists()).then_some(p)
-    };
-    let (Some(libc_a), Some(libm_a), Some(libgcc), Some(libgcc_eh)) = (
-        find("libc.a"),
-        find("libm.a"),
-        find("libgcc.a"),
-        find("libgcc_eh.a"),
-    ) else {
-        println!("cargo:warning=no static glibc (libc.a): ctx-shim is linked dynamically");
-        return;
-    };
-    std::fs::create_dir_all(&dir).expect("create the shim's link directory");
-    std::fs::write(
-        format!("{dir}/libc.so"),
-        format!("GROUP ( {libc_a} {libgcc} {libgcc_eh} )\n"),
-    )
-    .expect("write libc.so script");
-    std::fs::write(format!("{dir}/libm.so"), format!("GROUP ( {libm_a} )\n"))
-        .expect("write libm.so script");
-    println!("cargo:rustc-link-arg-bin=ctx-shim=-L{dir}");
-    println!("cargo:rustc-link-arg-bin=ctx-shim=-static-pie");
-}

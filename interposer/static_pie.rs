@@ -1,0 +1,44 @@
+//! Shared by the interposer's and the broker's build scripts (`#[path]`-included): links
+//! one binary of the package as a static-pie.
+//!
+//! `ctx-shim` starts in every routed launch and `ctx` in every `ctx exec`: as a static-pie
+//! a binary runs without the dynamic loader (no library search, no symbol binding), and
+//! under `enforce = true` the shim needs no loader to be executable. Per-binary
+//! `crt-static` is not expressible in Cargo (as a rustflag it breaks proc-macros), so that
+//! binary's link alone gets a search directory whose `libc.so`/`libm.so` are linker
+//! scripts naming the static archives, plus `-static-pie`. Without the archives (no static
+//! glibc installed) the binary stays dynamic, with a build warning.
+
+pub fn link_bin_statically(bin: &str) {
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let dir = format!("{out}/static-pie");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let find = |name: &str| -> Option<String> {
+        let o = std::process::Command::new(&cc)
+            .arg(format!("-print-file-name={name}"))
+            .output()
+            .ok()?;
+        let p = String::from_utf8(o.stdout).ok()?.trim().to_string();
+        // An unknown name is echoed back bare.
+        (p.starts_with('/') && std::path::Path::new(&p).exists()).then_some(p)
+    };
+    let (Some(libc_a), Some(libm_a), Some(libgcc), Some(libgcc_eh)) = (
+        find("libc.a"),
+        find("libm.a"),
+        find("libgcc.a"),
+        find("libgcc_eh.a"),
+    ) else {
+        println!("cargo:warning=no static glibc (libc.a): {bin} is linked dynamically");
+        return;
+    };
+    std::fs::create_dir_all(&dir).expect("create the static link directory");
+    std::fs::write(
+        format!("{dir}/libc.so"),
+        format!("GROUP ( {libc_a} {libgcc} {libgcc_eh} )\n"),
+    )
+    .expect("write libc.so script");
+    std::fs::write(format!("{dir}/libm.so"), format!("GROUP ( {libm_a} )\n"))
+        .expect("write libm.so script");
+    println!("cargo:rustc-link-arg-bin={bin}=-L{dir}");
+    println!("cargo:rustc-link-arg-bin={bin}=-static-pie");
+}
