@@ -26,4 +26,3 @@ fn link_unwinder_statically() {
     std::fs::write(format!("{out}/libgcc_s.so"), "INPUT(-lgcc_eh)\n").expect("write linker script");
     println!("cargo:rustc-link-search=native={out}");
 }
-

@@ -150,6 +150,13 @@ pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> 
             no_truncate(abi)
         ));
     }
+    if iso.has_tcp_rules() && abi < 4 {
+        warnings.push(format!(
+            "{key}: tcp_bind/tcp_connect NOT in force: they need Landlock ABI 4 (Linux 6.7), \
+             this kernel has {abi}; the context may bind and connect to any TCP port its uid \
+             may"
+        ));
+    }
     if iso.signals == Signals::Scoped && abi < 6 {
         warnings.push(format!(
             "{key}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (Linux 6.12), \
@@ -270,6 +277,8 @@ struct RawIsolation {
     read_write: Option<Vec<Spanned<String>>>,
     no_access: Option<Vec<Spanned<String>>>,
     signals: Option<Spanned<String>>,
+    tcp_bind: Option<Vec<Spanned<i64>>>,
+    tcp_connect: Option<Vec<Spanned<i64>>>,
 }
 
 // ---------- Resolution ----------
@@ -779,6 +788,25 @@ impl Loader<'_> {
                     }
                     Ok(out)
                 };
+                let ports = |field: &str, list: &Option<Vec<Spanned<i64>>>| {
+                    let Some(list) = list else {
+                        return Ok(None);
+                    };
+                    let mut out: Vec<u16> = Vec::new();
+                    for (index, p) in list.iter().enumerate() {
+                        let Some(port) = u16::try_from(*p.get_ref()).ok() else {
+                            return Err(self.err(
+                                p.span(),
+                                format!("{}.{field}[{index}]", scope.key("isolation")),
+                                format!("{} is not a port (0 to 65535)", p.get_ref()),
+                            ));
+                        };
+                        if !out.contains(&port) {
+                            out.push(port);
+                        }
+                    }
+                    Ok(Some(out))
+                };
                 Isolation {
                     pid: iso.pid.unwrap_or(false),
                     network,
@@ -787,6 +815,8 @@ impl Loader<'_> {
                     read_write: paths("read_write", &iso.read_write)?,
                     no_access: paths("no_access", &iso.no_access)?,
                     signals,
+                    tcp_bind: ports("tcp_bind", &iso.tcp_bind)?,
+                    tcp_connect: ports("tcp_connect", &iso.tcp_connect)?,
                 }
             }
         };

@@ -166,12 +166,22 @@ pub struct Isolation {
     /// of the whole filesystem when neither is given).
     pub no_access: Vec<PathBuf>,
     pub signals: Signals,
+    /// Landlock (ABI 4+): the only TCP ports the context may bind; `None` leaves binding
+    /// alone, `Some(vec![])` forbids every TCP bind.
+    pub tcp_bind: Option<Vec<u16>>,
+    /// Landlock (ABI 4+): the only TCP ports the context may connect to.
+    pub tcp_connect: Option<Vec<u16>>,
 }
 
 impl Isolation {
     /// Whether the context asks for Landlock filesystem rules.
     pub fn has_fs_rules(&self) -> bool {
         !self.read_only.is_empty() || !self.read_write.is_empty() || !self.no_access.is_empty()
+    }
+
+    /// Whether the context asks for Landlock TCP port rules.
+    pub fn has_tcp_rules(&self) -> bool {
+        self.tcp_bind.is_some() || self.tcp_connect.is_some()
     }
 }
 

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use landlock::{
-    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
 use crate::config::{landlock_abi, Context, Signals};
@@ -207,6 +207,12 @@ pub fn in_force_at(ctx: &Context, abi: i32) -> Vec<&'static str> {
     if ctx.isolation.enforce && ctx.route_children_to.is_some() && abi >= 1 {
         out.push("routing enforced (exec only through the shim)");
     }
+    if ctx.isolation.tcp_bind.is_some() && abi >= 4 {
+        out.push("TCP bind limited to tcp_bind");
+    }
+    if ctx.isolation.tcp_connect.is_some() && abi >= 4 {
+        out.push("TCP connect limited to tcp_connect");
+    }
     out
 }
 
@@ -228,6 +234,12 @@ pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
         out.push((
             crate::config::NO_TRUNCATE_ITEM.to_string(),
             crate::config::no_truncate(abi),
+        ));
+    }
+    if ctx.isolation.has_tcp_rules() && abi < 4 {
+        out.push((
+            "tcp_bind/tcp_connect".to_string(),
+            format!("they need Landlock ABI 4 (Linux 6.7), this kernel has {abi}"),
         ));
     }
     if ctx.isolation.signals == Signals::Scoped && abi < 6 {
@@ -254,7 +266,15 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
     let abi_version = landlock_abi();
     let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;
     let signals = ctx.isolation.signals == Signals::Scoped && abi_version >= 6;
-    if !fs && !signals {
+    let (bind, connect) = if abi_version >= 4 {
+        (
+            ctx.isolation.tcp_bind.as_deref(),
+            ctx.isolation.tcp_connect.as_deref(),
+        )
+    } else {
+        (None, None)
+    };
+    if !fs && !signals && bind.is_none() && connect.is_none() {
         return Ok(None);
     }
     let err = |source: landlock::RulesetError| LandlockError::Build {
@@ -271,7 +291,20 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
     if signals {
         ruleset = ruleset.scope(Scope::Signal).map_err(err)?;
     }
+    // A handled right with no rule is denied for every port: `tcp_bind = []` forbids
+    // binding any TCP port, an absent key leaves binding alone.
+    if bind.is_some() {
+        ruleset = ruleset.handle_access(AccessNet::BindTcp).map_err(err)?;
+    }
+    if connect.is_some() {
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp).map_err(err)?;
+    }
     let mut created = ruleset.create().map_err(err)?;
+    for (ports, access) in [(bind, AccessNet::BindTcp), (connect, AccessNet::ConnectTcp)] {
+        for &port in ports.unwrap_or(&[]) {
+            created = created.add_rule(NetPort::new(port, access)).map_err(err)?;
+        }
+    }
     if fs {
         for (path, access) in fs_rules(ctx, protected, abi) {
             // A path that does not exist (yet) grants nothing; skip it.
