@@ -1,7 +1,9 @@
 //! `posix_spawn`, `posix_spawnp`, `pidfd_spawn*`, `system` and `popen`/`pclose`.
 //!
-//! glibc's file-actions and attribute objects are opaque, so glibc applies them: the real
-//! `posix_spawn` starts the shim in `--spawn` mode instead of the program. The shim then
+//! Without file actions the hook routes the launch itself, as an exec, and spawns the shim
+//! attached to the accepted launch. With them: glibc's file-actions and attribute objects
+//! are opaque, so glibc applies them: the real `posix_spawn` starts the shim in `--spawn`
+//! mode instead of the program. The shim then
 //! sees exactly the descriptors, cwd and signal state the program would have had, sends
 //! the launch itself, and reports "started" or "failed, errno N" over a pipe. The hook
 //! waits for that report only (launch time), so `posix_spawn` returns the same error a

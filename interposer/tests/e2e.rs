@@ -77,6 +77,8 @@ fn every_exported_function_routes() {
         "vfork",
         "posix_spawn",
         "posix_spawnp",
+        "posix_spawn_plain",
+        "posix_spawnp_plain",
         "system",
         "popen",
     ] {
@@ -91,6 +93,20 @@ fn every_exported_function_routes() {
         "pwd; cat <&6 >/dev/null && echo six; echo five >&5; [ -e /proc/self/fd/7 ] || echo no7",
     ]);
     assert_eq!(stdout(&o), "/\nsix\nfive\nno7\n");
+    // Without file actions the caller's own descriptors and cwd are the program's: an
+    // inheritable one arrives, a close-on-exec one does not.
+    for f in ["posix_spawn_plain", "posix_spawnp_plain"] {
+        let o = b.run(&[
+            exe,
+            f,
+            "pwd; echo eight >&8; [ -e /proc/self/fd/9 ] || echo no9",
+        ]);
+        assert_eq!(
+            stdout(&o),
+            format!("{}\neight\nno9\n", b.dir.display()),
+            "{f}"
+        );
+    }
     for f in [
         "execve",
         "execv",

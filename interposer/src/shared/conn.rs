@@ -1,5 +1,6 @@
 //! One launch's conversation with the broker, up to its verdict: connect, send `Hello` +
-//! `Exec` with the descriptors, read `Hello` and then `Started`, `ExecFailed` or `Error`.
+//! `Exec` with the descriptors, read `Hello` and then `Accepted`, `Started`, `ExecFailed` or
+//! `Error`.
 //! Replies are checked by their first byte before decoding, so no variant that would
 //! allocate is ever decoded here.
 

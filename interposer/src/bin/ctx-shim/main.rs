@@ -1,10 +1,10 @@
 //! `ctx-shim`: stands in for a routed program in the caller's process tree.
 //!
-//! The interposer's exec hook gets the broker's "started" verdict and then execs this
+//! The interposer's exec hook gets the broker's "accepted" verdict and then execs this
 //! binary in place of the program (`--attach`), so the pid the caller holds is the shim's:
 //! it keeps the broker connection, forwards the caller's signals, relays a terminal through
 //! the broker's PTY, and exits with the routed program's status (or dies by its signal).
-//! For `posix_spawn`, glibc starts the shim itself (`--spawn`) after applying the caller's
+//! For `posix_spawn` with file actions, glibc starts the shim itself (`--spawn`) after applying the caller's
 //! file actions; the shim then sends the launch and reports the verdict to the hook.
 //!
 //! It is in every routed launch's critical path, so it does no work before the relay loop

@@ -1,4 +1,4 @@
-//! The shim's life after "started": one poll loop over the broker connection, a signalfd
+//! The shim's life after "accepted": one poll loop over the broker connection, a signalfd
 //! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce.
 
 use std::os::fd::RawFd;
