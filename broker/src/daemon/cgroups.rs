@@ -3,7 +3,8 @@
 //! launch's process group with `setsid` is still in it).
 //!
 //! cgroup v2 where `/sys/fs/cgroup` is a v2 mount with the memory, pids and cpu controllers;
-//! otherwise v1, one directory per hierarchy (`memory`, `pids`, `cpu`). The directories are
+//! otherwise v1, one directory per hierarchy (`pids` always, as the list of members;
+//! `memory` and `cpu` only for their limit, each costing every launch a write). They are
 //! `ctx-<broker pid>/<context>` below the broker's own cgroup in each hierarchy, so that two
 //! brokers never share one, and are removed at shutdown.
 //!
