@@ -375,6 +375,26 @@ fn detect_backend() -> Option<Backend> {
 
 /// Removes the empty `ctx-<pid>` cgroups of brokers that are gone (killed before they
 /// could clean up). A cgroup that still holds processes cannot be removed and stays.
+/// Enables memory, pids and cpu for the children of the broker's own v2 cgroup. v2 allows
+/// that only in a cgroup without processes of its own (EBUSY otherwise), and under systemd
+/// (`Delegate=yes`) the broker's own cgroup holds the broker: so the broker first moves
+/// itself into a leaf beside the contexts' cgroups, `ctx-broker-<pid>`, as systemd's
+/// delegation rules expect. Failures stay silent here: the limits written next then fail
+/// and are warned about with the path.
+fn enable_v2_controllers(base: &Path) {
+    let control = base.join("cgroup.subtree_control");
+    match std::fs::write(&control, "+memory +pids +cpu") {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        _ => return,
+    }
+    let own = base.join(format!("ctx-broker-{}", std::process::id()));
+    let _ = std::fs::create_dir(&own);
+    // Writing the pid moves the whole process, every thread with it.
+    if std::fs::write(own.join("cgroup.procs"), std::process::id().to_string()).is_ok() {
+        let _ = std::fs::write(&control, "+memory +pids +cpu");
+    }
+}
+
 fn remove_stale(backend: &Backend) {
     let bases: Vec<&PathBuf> = match backend {
         Backend::V2(b) => vec![b],
@@ -389,6 +409,7 @@ fn remove_stale(backend: &Backend) {
             let Some(pid) = name
                 .to_str()
                 .and_then(|n| n.strip_prefix("ctx-"))
+                .map(|n| n.strip_prefix("broker-").unwrap_or(n))
                 .and_then(|p| p.parse::<u32>().ok())
             else {
                 continue;
@@ -463,7 +484,7 @@ fn create(
             // Controllers must be enabled for the children of each level we create under.
             let parent = base.join(&leaf);
             mkdir(&parent)?;
-            let _ = std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids +cpu");
+            enable_v2_controllers(base);
             let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
             let dir = make(base)?;
             if let Some(m) = limits.memory_max {
