@@ -555,3 +555,43 @@ fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
     assert!(sleep_state(&arg).is_none(), "the routed program is gone");
     drop(master);
 }
+
+/// Without a terminal too: a SIGTSTP sent to `ctx exec` stops ctx and the routed program
+/// (which, its group orphaned under the broker, would ignore a plain SIGTSTP), and
+/// SIGCONT resumes both.
+#[test]
+fn sigtstp_to_ctx_exec_stops_the_routed_program_in_pipe_mode() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let b = Broker::start(&standard_config());
+    let arg = format!(
+        "{}.{}",
+        6000 + std::process::id() % 1000,
+        std::process::id() % 83
+    );
+    let mut child = b
+        .exec_cmd("alice", &["sleep", &arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = wait_sleep_state(&arg, 'S');
+    signal(child.id(), nix::sys::signal::Signal::SIGTSTP);
+    let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    match waitpid(ctx_pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+        WaitStatus::Stopped(_, _) => {}
+        other => panic!("ctx did not stop: {other:?}"),
+    }
+    assert_eq!(
+        wait_sleep_state(&arg, 'T'),
+        pid,
+        "the routed program is stopped"
+    );
+    signal(child.id(), nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(wait_sleep_state(&arg, 'S'), pid, "SIGCONT resumed it");
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = wait_deadline(&mut child, COMMAND_TIMEOUT).expect("ctx ends");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+}
