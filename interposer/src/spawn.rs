@@ -66,7 +66,9 @@ unsafe fn spawn_routed(
     let Some(real) = st.real.posix_spawn else {
         return Err(libc::ENOSYS);
     };
-    if no_file_actions(file_actions) {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let attach_free = st.attach_fd >= 0 && unsafe { libc::fcntl(st.attach_fd, libc::F_GETFD) } < 0;
+    if no_file_actions(file_actions) && attach_free {
         // posix_spawnp has no `/bin/sh` fallback for a file without a shebang, unlike the
         // broker's execvp-style search: pick the file here and send its exact path.
         let mut buf = [0u8; 4096];
@@ -221,36 +223,45 @@ unsafe fn spawn_attached(
         exec::Sent::Local => return local(),
         exec::Sent::Failed(e) => return Err(e),
     };
-    // The socket stays close-on-exec here (another thread's fork must not inherit it); a
-    // dup2 onto itself clears the flag in the shim only (glibc 2.29+). posix_spawn is not
-    // async-signal-safe, so building the file actions (which allocates) is allowed here.
-    // SAFETY: file actions are initialised, used once and destroyed here.
-    let rc = unsafe {
-        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        let mut rc = libc::posix_spawn_file_actions_init(&mut fa);
-        if rc == 0 {
-            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, sock, sock);
-            let mut pid: libc::pid_t = 0;
-            if rc == 0 {
-                let args = exec::ShimArgv::new(sock, pty_mask);
-                let shim_argv = args.argv(st, argv);
-                let empty_env: [*const c_char; 1] = [std::ptr::null()];
-                rc = real(
-                    &mut pid,
-                    st.shim.as_ptr(),
-                    &fa,
-                    attr,
-                    shim_argv.as_ptr(),
-                    empty_env.as_ptr(),
-                );
-            }
-            libc::posix_spawn_file_actions_destroy(&mut fa);
+    // The shim gets the connection at `attach_fd` through the file actions built at load
+    // (a dup2 onto itself clears close-on-exec in the shim only, glibc 2.29+); here it stays
+    // close-on-exec, so another thread's fork cannot inherit it, and nothing allocates.
+    let fd = st.attach_fd;
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let free = fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0;
+    // SAFETY: our socket, placed at a free number above everything the program holds.
+    let placed = free && unsafe { libc::dup3(sock, fd, libc::O_CLOEXEC) } == fd;
+    let rc = if placed {
+        let args = exec::ShimArgv::new(fd, pty_mask);
+        // SAFETY: the caller's array.
+        let shim_argv = unsafe { args.argv(st, argv) };
+        let empty_env: [*const c_char; 1] = [std::ptr::null()];
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: valid path, file actions built at load, the caller's attributes,
+        // NULL-terminated arrays.
+        let rc = unsafe {
+            real(
+                &mut pid,
+                st.shim.as_ptr(),
+                &st.attach_actions,
+                attr,
+                shim_argv.as_ptr(),
+                empty_env.as_ptr(),
+            )
+        };
+        // SAFETY: our descriptors; the shim has its own copy now.
+        unsafe {
+            libc::close(fd);
             if rc == 0 {
                 libc::close(sock);
                 return Ok(pid);
             }
         }
         rc
+    } else {
+        // Taken since the check in spawn_routed (another thread opened its descriptor
+        // limit's worth): no way to hand the connection over.
+        libc::EMFILE
     };
     // No shim holds the connection: closing it makes the broker kill what it started.
     // SAFETY: our socket.

@@ -115,6 +115,12 @@ pub struct State {
     /// fails closed with this reason.
     pub problem: Option<&'static str>,
     pub real: Real,
+    /// For `posix_spawn` without file actions: the descriptor number the broker connection
+    /// is placed at for the shim (`dup3` with close-on-exec), and file actions, built here
+    /// at load because building them allocates, that `dup2` it onto itself, which clears
+    /// close-on-exec in the shim only. `attach_fd` is -1 when they could not be built.
+    pub attach_fd: c_int,
+    pub attach_actions: libc::posix_spawn_file_actions_t,
 }
 
 impl State {
@@ -151,6 +157,10 @@ impl State {
         local_when_down: false,
         problem: None,
         real: Real::NONE,
+        attach_fd: -1,
+        // SAFETY: an all-zero posix_spawn_file_actions_t is plain data (never handed to
+        // glibc before `init` fills it).
+        attach_actions: unsafe { std::mem::zeroed() },
     };
 }
 
@@ -281,12 +291,37 @@ fn load(st: &mut State) {
         Some(s) => st.shim.set(s).is_some(),
         None => shim_beside_library(&mut st.shim),
     };
+    prepare_attach_actions(st);
     if !found {
         st.problem = Some("cannot locate the ctx-shim helper (set CTX_SHIM)");
     // SAFETY: a NUL-terminated path.
     } else if unsafe { libc::access(st.shim.as_ptr(), libc::X_OK) } != 0 {
         st.problem = Some("the ctx-shim helper is missing or not executable");
     }
+}
+
+/// Builds `attach_actions` at descriptor 1023 (or the limit's last one if lower): above
+/// what a program normally uses, as descriptors are allocated lowest first, and not so
+/// high that the descriptor table must grow (which costs every spawn from then on).
+fn prepare_attach_actions(st: &mut State) {
+    // SAFETY: rlimit is plain data filled by getrlimit.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes one rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 || rl.rlim_cur < 64 {
+        return;
+    }
+    let fd = (rl.rlim_cur.min(1024) - 1) as c_int;
+    // SAFETY: init then one dup2 action on our own object; at load, where allocating is fine.
+    unsafe {
+        if libc::posix_spawn_file_actions_init(&mut st.attach_actions) != 0 {
+            return;
+        }
+        if libc::posix_spawn_file_actions_adddup2(&mut st.attach_actions, fd, fd) != 0 {
+            libc::posix_spawn_file_actions_destroy(&mut st.attach_actions);
+            return;
+        }
+    }
+    st.attach_fd = fd;
 }
 
 /// Does `CTX_PASSTHROUGH` name this program? An entry with a '/' matches the full path
