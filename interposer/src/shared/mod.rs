@@ -3,6 +3,7 @@
 //! rules (no heap, no locks, no stdio, no panics), which the shim simply inherits.
 
 pub mod conn;
+pub mod ending;
 pub mod fds;
 pub mod sys;
 pub mod wire;

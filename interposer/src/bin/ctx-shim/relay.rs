@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
-use crate::shared::{fds, sys};
+use crate::shared::{ending, fds, sys};
 use crate::EXIT_CTX;
 
 /// Closes every descriptor but the connection, stderr (for our one-line messages) and the
@@ -26,26 +26,6 @@ pub fn keep_only(sock: RawFd, pty_mask: u8) {
         }
         libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
     }
-}
-
-/// Signals the shim never intercepts: uncatchable ones, SIGCHLD (children the exec'ing
-/// caller left behind are ours now, not the routed program's), glibc's internal ones, and
-/// synchronous faults, which must kill the shim itself.
-fn forwardable(sig: i32) -> bool {
-    !matches!(
-        sig,
-        libc::SIGKILL
-            | libc::SIGSTOP
-            | libc::SIGCHLD
-            | libc::SIGSEGV
-            | libc::SIGBUS
-            | libc::SIGFPE
-            | libc::SIGILL
-            | libc::SIGTRAP
-            | libc::SIGSYS
-            | 32
-            | 33
-    )
 }
 
 struct Tty {
@@ -156,31 +136,7 @@ impl Relay<'_> {
     /// Reproduces the routed program's end for the caller's waitpid.
     fn finish(&mut self, status: ExitStatus) -> ! {
         self.tty.restore();
-        match status {
-            // SAFETY: ending the process.
-            ExitStatus::Code(c) => unsafe { libc::_exit(c & 0xff) },
-            ExitStatus::Signaled { signal, core } => {
-                // SAFETY: plain process-state calls on ourselves.
-                unsafe {
-                    if !core {
-                        // A dump of the shim would be noise; the routed program made none.
-                        let zero = libc::rlimit {
-                            rlim_cur: 0,
-                            rlim_max: 0,
-                        };
-                        libc::setrlimit(libc::RLIMIT_CORE, &zero);
-                    }
-                    libc::signal(signal, libc::SIG_DFL);
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    libc::sigaddset(&mut set, signal);
-                    libc::kill(libc::getpid(), signal);
-                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                    // Only a signal whose default is not fatal gets here.
-                    libc::_exit(128 + (signal & 0x7f))
-                }
-            }
-        }
+        ending::reproduce(status)
     }
 
     fn on_reply(&mut self, payload: &[u8]) {
@@ -215,7 +171,7 @@ impl Relay<'_> {
                 }
                 l.write_to(2);
                 // SAFETY: ending the process without running anything else.
-                unsafe { libc::_exit(crate::spawn::failed_exit_code(f.errno)) }
+                unsafe { libc::_exit(ending::failed_exit_code(f.errno)) }
             }
             Ok(Reply::Error { message, .. }) => {
                 let mut what = String::from("broker: ");
@@ -270,33 +226,8 @@ impl Relay<'_> {
     }
 }
 
-/// Blocks every signal we forward and returns a signalfd for them. Signals the caller left
-/// ignored stay ignored: `cmd &` in a non-interactive shell must survive Ctrl-C as locally.
-fn signal_fd() -> RawFd {
-    // SAFETY: sigset/sigaction are plain data; every call gets valid pointers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in 1..=libc::SIGRTMAX() {
-            if !forwardable(sig) {
-                continue;
-            }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                continue;
-            }
-            if old.sa_sigaction == libc::SIG_IGN {
-                continue;
-            }
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-    }
-}
-
 pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
-    let sfd = signal_fd();
+    let sfd = ending::signal_fd();
     let out = [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0);
     let stdin_tty = pty_mask & 1 != 0;
     let mut r = Relay {

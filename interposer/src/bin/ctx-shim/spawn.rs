@@ -28,15 +28,9 @@ fn report(fd: i32, errno: Option<i32>) -> bool {
     n == rec.len() as isize
 }
 
-/// Without a report channel (closed by the file actions), a failure can only show in the
-/// exit status, as a local shell would report it.
-pub fn failed_exit_code(errno: i32) -> i32 {
-    match errno {
-        libc::ENOENT | libc::ENOTDIR => 127,
-        libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
-        _ => EXIT_CTX,
-    }
-}
+// Without a report channel (closed by the file actions), a failure can only show in the
+// exit status, as a local shell would report it.
+use crate::shared::ending::failed_exit_code;
 
 /// Executes the program here, as the real `posix_spawn`/`posix_spawnp` would have (a PATH
 /// search without the `/bin/sh` fallback). Returns only on failure, with the errno the

@@ -1,0 +1,93 @@
+//! The routed program's signals and end, as whoever holds its broker connection (the shim,
+//! or the hook's own fork child) relays them: which signals are forwarded, the signalfd
+//! that collects them, and reproducing the program's exit status or death by signal for
+//! the caller's `waitpid`. Raw syscalls only: the hook runs this in a fork child.
+
+use ctx_protocol::ExitStatus;
+
+/// Signals never intercepted: uncatchable ones, SIGCHLD (children the exec'ing caller left
+/// behind are ours now, not the routed program's), glibc's internal ones, and synchronous
+/// faults, which must kill the relaying process itself.
+pub fn forwardable(sig: i32) -> bool {
+    !matches!(
+        sig,
+        libc::SIGKILL
+            | libc::SIGSTOP
+            | libc::SIGCHLD
+            | libc::SIGSEGV
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGSYS
+            | 32
+            | 33
+    )
+}
+
+/// Blocks every signal we forward and returns a signalfd for them (-1 on failure). Signals
+/// the caller left ignored stay ignored: `cmd &` in a non-interactive shell must survive
+/// Ctrl-C as locally.
+pub fn signal_fd() -> i32 {
+    // SAFETY: sigset/sigaction are plain data; every call gets valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=libc::SIGRTMAX() {
+            if !forwardable(sig) {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    }
+}
+
+/// Ends this process as the routed program ended: its exit code, or death by the same
+/// signal (no core file of ours unless the program dumped one).
+pub fn reproduce(status: ExitStatus) -> ! {
+    match status {
+        // SAFETY: ending the process.
+        ExitStatus::Code(c) => unsafe { libc::_exit(c & 0xff) },
+        ExitStatus::Signaled { signal, core } => {
+            // SAFETY: plain process-state calls on ourselves; sigaction is plain data.
+            unsafe {
+                if !core {
+                    // A dump of ours would be noise; the routed program made none.
+                    let zero = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                }
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &dfl, std::ptr::null_mut());
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, signal);
+                libc::kill(libc::getpid(), signal);
+                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                // Only a signal whose default is not fatal gets here.
+                libc::_exit(128 + (signal & 0x7f))
+            }
+        }
+    }
+}
+
+/// The code a command that could not be executed ends with, as shells report it.
+pub fn failed_exit_code(errno: i32) -> i32 {
+    match errno {
+        libc::ENOENT | libc::ENOTDIR => 127,
+        libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
+        _ => 125,
+    }
+}
