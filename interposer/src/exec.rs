@@ -5,6 +5,7 @@
 
 use std::ffi::{c_char, c_int, CStr};
 
+use crate::fork_relay;
 use crate::shared::conn::{self, Verdict};
 use crate::shared::fds::{self, FdSet};
 use crate::shared::sys::{self, MmapBuf};
@@ -345,6 +346,10 @@ pub unsafe fn route(
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),
     };
+    if pty_mask == 0 && fork_relay::own_address_space() {
+        // SAFETY: a fork child without a terminal among the launch's descriptors.
+        unsafe { fork_relay::relay(st, sock, argv) }
+    }
     // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).
     let e = unsafe { exec_shim(st, sock, pty_mask, argv) };
     // The routed program runs but nothing can hold its connection: closing it makes the

@@ -28,6 +28,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod exec;
+pub mod fork_relay;
 pub mod shared;
 pub mod spawn;
 pub mod state;

@@ -298,3 +298,49 @@ except PermissionError:
         .unwrap();
     assert_eq!(stdout(&o), format!("{}\n", probe_line(&b)));
 }
+
+/// A fork child (not a vfork child) relays a short launch itself, without exec'ing the
+/// shim, and hands a launch still running after a few milliseconds to the shim (same pid,
+/// same connection): its image becomes ctx-shim, and a signal to it still reaches the
+/// routed program.
+#[test]
+fn a_fork_child_relays_at_first_and_hands_a_long_launch_to_the_shim() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    let script = r#"
+import os, signal, sys, time
+shim = sys.argv[1]
+pid = os.fork()
+if pid == 0:
+    os.execv("/bin/sleep", ["sleep", "30"])
+t0 = time.monotonic()
+seen, became = [], None
+while time.monotonic() - t0 < 5:
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        break
+    if not seen or seen[-1] != exe:
+        seen.append(exe)
+        if exe == shim:
+            became = time.monotonic() - t0
+            break
+    time.sleep(0.0002)
+print("caller-first", seen[0] == sys.executable or seen[0] == os.path.realpath(sys.executable))
+print("became-shim", became is not None and became >= 0.003)
+os.kill(pid, signal.SIGTERM)
+_, st = os.waitpid(pid, 0)
+print("term", os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGTERM)
+"#;
+    let shim = bin_dir().join("ctx-shim");
+    let o = b.run(&[py, "-c", script, shim.to_str().unwrap()]);
+    assert_eq!(
+        stdout(&o),
+        "caller-first True\nbecame-shim True\nterm True\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,0 +1,237 @@
+//! When the hook runs in a fork child (its own copy of the caller's memory, not a vfork
+//! child sharing it), that child holds the accepted launch's connection itself instead of
+//! exec'ing the shim at once: it forwards signals and ends as the routed program ends. Most
+//! launches are short, and an exec is the largest single cost of a routed launch (about
+//! 0.3 ms of CPU here), so they finish without one. A launch still running after
+//! [`HANDOFF_MS`] is handed to the shim after all (exec, same pid, same connection), so the
+//! caller's memory is not kept alive, copy-on-write, for a long-running program.
+//!
+//! Runs between fork and exec in possibly threaded callers: raw syscalls and the stack
+//! only, like the rest of the hook path.
+
+use std::ffi::c_char;
+
+use ctx_protocol::{frame, reply_tag, Reply, Request, FRAME_HEADER};
+
+use crate::shared::{ending, sys};
+use crate::state::State;
+
+type Argv = *const *const c_char;
+
+/// How long the fork child relays before it execs the shim.
+pub const HANDOFF_MS: i64 = 5;
+
+const KCMP_VM: libc::c_long = 1;
+
+/// Whether this process has an address space of its own, i.e. is not a vfork child (or a
+/// `CLONE_VM` clone) of its parent. Unknown (no `kcmp`) counts as shared.
+pub fn own_address_space() -> bool {
+    // SAFETY: kcmp compares two processes' memory maps; it takes no pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::getpid() as libc::c_long,
+            libc::getppid() as libc::c_long,
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    r > 0
+}
+
+fn now_ms() -> i64 {
+    // SAFETY: timespec is plain data filled by clock_gettime.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+fn send(sock: i32, req: &Request) {
+    let mut buf = [0u8; 64];
+    if let Ok(n) = frame::encode_into(req, &mut buf) {
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            // SAFETY: a valid readable slice of our stack buffer.
+            let k = unsafe { libc::write(sock, data.as_ptr().cast(), data.len()) };
+            if k < 0 && sys::errno() == libc::EINTR {
+                continue;
+            }
+            if k <= 0 {
+                // A broken connection shows up as EOF on the read side.
+                return;
+            }
+            data = &data[k as usize..];
+        }
+    }
+}
+
+fn die(name: &[u8], what: &str, detail: &str, code: i32) -> ! {
+    let mut l = sys::Line::new();
+    l.str("ctx: ").quoted(name).str(": ").str(what).str(detail);
+    l.write_to(2);
+    // SAFETY: ending the process without running the caller's atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+/// What one reply means for the relay.
+fn on_reply(name: &[u8], payload: &[u8]) {
+    // Only the variants this relay can meet, and none that would allocate to decode.
+    let wanted = matches!(
+        payload.first(),
+        Some(&(reply_tag::EXITED | reply_tag::STOPPED | reply_tag::EXEC_FAILED | reply_tag::ERROR))
+    );
+    if !wanted {
+        return;
+    }
+    match frame::decode::<Reply<'_>>(payload) {
+        Ok(Reply::Exited { status, .. }) => ending::reproduce(status),
+        Ok(Reply::Stopped { .. }) => {
+            // SAFETY: job control: stop with the routed program; SIGCONT resumes us.
+            unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        }
+        Ok(Reply::ExecFailed(f)) => {
+            // Accepted, then the exec itself failed: a failed command, as the shim ends it.
+            let what = if f.message.is_empty() {
+                f.stage.as_str()
+            } else {
+                &f.message
+            };
+            die(name, what, "", ending::failed_exit_code(f.errno))
+        }
+        Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),
+        _ => die(name, "malformed message from the broker", "", 125),
+    }
+}
+
+/// Relays the accepted launch on `sock` from this fork child; ends as the routed program
+/// ends, or becomes the shim after [`HANDOFF_MS`]. Never returns.
+///
+/// # Safety
+/// `argv` is null or a NULL-terminated array of C strings; this process is a fork child
+/// ([`own_address_space`]) with no terminal among the launch's descriptors.
+pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
+    // SAFETY: the caller's array (for messages and the shim's argv).
+    let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
+    // As the shim does: hold nothing of the caller's but the connection and stderr, so
+    // that the caller's pipes see EOF when the routed program ends.
+    // SAFETY: our own descriptor table; the ranges skip `sock` and stderr.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        if sock > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (sock - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
+    }
+    let mut sfd = ending::signal_fd();
+    let handoff_at = now_ms() + HANDOFF_MS;
+    let mut handed = false;
+    let mut buf = [0u8; 16 * 1024];
+    let mut have = 0usize;
+    loop {
+        let timeout = if handed {
+            -1
+        } else {
+            (handoff_at - now_ms()).max(0) as i32
+        };
+        let mut pfd = [
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout) };
+        if n < 0 && sys::errno() != libc::EINTR {
+            die(name, "poll failed", "", 125);
+        }
+        if n == 0 && !handed && have == 0 {
+            // Still running: the shim takes over (same pid, same connection), so this
+            // copy of the caller's memory can go. Pending signals survive the exec.
+            // SAFETY: our signalfd; clearing close-on-exec on our socket for the shim.
+            unsafe {
+                libc::close(sfd);
+                libc::fcntl(sock, libc::F_SETFD, 0);
+            }
+            let args = crate::exec::ShimArgv::new(sock, 0);
+            // SAFETY: the caller's array.
+            let shim_argv = unsafe { args.argv(st, argv) };
+            let envp: [*const c_char; 1] = [std::ptr::null()];
+            if let Some(exec) = st.real.execve {
+                // SAFETY: NUL-terminated path, NULL-terminated arrays on this frame.
+                unsafe { exec(st.shim.as_ptr(), shim_argv.as_ptr(), envp.as_ptr()) };
+            }
+            // The shim could not start: relay here until the end after all.
+            handed = true;
+            sfd = ending::signal_fd();
+            continue;
+        }
+        if pfd[1].revents & libc::POLLIN != 0 {
+            // SAFETY: signalfd_siginfo is plain data.
+            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads whole siginfo records into `si`.
+            while unsafe { libc::read(sfd, (&mut si as *mut libc::signalfd_siginfo).cast(), sz) }
+                == sz as isize
+            {
+                let signo = si.ssi_signo as i32;
+                send(sock, &Request::Signal { signo });
+                if matches!(signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+                    // Stop with the routed program, so the caller's shell sees the job stop.
+                    // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
+                    unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                }
+            }
+        }
+        if pfd[0].revents != 0 {
+            have = read_replies(sock, name, &mut buf, have);
+        }
+    }
+}
+
+/// Reads what the broker sent and acts on every complete frame; returns the bytes of an
+/// incomplete one kept at the start of `buf`.
+fn read_replies(sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usize {
+    // SAFETY: reads into the free tail of buf.
+    let k = unsafe { libc::read(sock, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+    if k < 0 {
+        if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
+            die(name, "lost the connection to the broker", "", 125);
+        }
+        return have;
+    }
+    if k == 0 {
+        die(
+            name,
+            "the broker closed the connection before the program exited",
+            "",
+            125,
+        );
+    }
+    have += k as usize;
+    let mut start = 0;
+    loop {
+        match frame::complete_frame(&buf[start..have]) {
+            Ok(Some(total)) => {
+                on_reply(name, &buf[start + FRAME_HEADER..start + total]);
+                start += total;
+            }
+            Ok(None) => break,
+            Err(_) => die(name, "oversized message from the broker", "", 125),
+        }
+    }
+    if start == 0 && have == buf.len() {
+        // A frame larger than this relay expects (none of the variants it reads is).
+        die(name, "oversized message from the broker", "", 125);
+    }
+    buf.copy_within(start..have, 0);
+    have - start
+}
