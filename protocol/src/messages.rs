@@ -205,8 +205,8 @@ pub enum Reply<'a> {
     },
     /// Interposer clients only: the launch is authorised and prepared, and its program
     /// passed the broker's checks for the context's uid; the process is being started.
-    /// The caller may become the shim now, while the broker forks; `Started` or (rarely,
-    /// when the exec itself fails after all) `ExecFailed` follows on the same connection.
+    /// The caller may become the shim now, while the broker forks. No `Started` follows;
+    /// rarely, when the exec itself fails after all, `ExecFailed` does.
     Accepted,
     /// The routed program was stopped by job control: the terminal's suspend key, which
     /// the broker turns into `SIGSTOP` because the kernel ignores terminal stops sent to a

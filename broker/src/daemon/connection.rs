@@ -65,7 +65,14 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             return;
         }
     };
-    if conn.send(&hello()).await.is_err() {
+    // The interposer's hook reads the greeting and then the verdict: sent together, they
+    // wake it once. Every exec path answers (Accepted, Started, ExecFailed or Error).
+    let greeted = if client == ClientKind::Interposer && matches!(request, Request::Exec(_)) {
+        conn.hold(&hello()).is_ok()
+    } else {
+        conn.send(&hello()).await.is_ok()
+    };
+    if !greeted {
         return;
     }
     match request {

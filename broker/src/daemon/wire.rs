@@ -32,6 +32,8 @@ pub struct Conn {
     /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
     /// not each grow a fresh `Vec` from nothing.
     out: Vec<u8>,
+    /// Encoded replies held back to go out with the next one, in the same write.
+    held: Vec<u8>,
 }
 
 impl Conn {
@@ -42,6 +44,7 @@ impl Conn {
             chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             fds: Vec::new(),
             out: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -94,8 +97,16 @@ impl Conn {
 
     pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
         self.out.clear();
+        self.out.append(&mut self.held);
         encode_vec(reply, &mut self.out)?;
         self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// Queues `reply` to go out with the next `send`, in one write: the client then wakes
+    /// once for both.
+    pub fn hold(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
+        encode_vec(reply, &mut self.held)?;
         Ok(())
     }
 }

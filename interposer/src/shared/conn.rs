@@ -17,7 +17,7 @@ pub enum Verdict<'a> {
     /// The routed program is running.
     Started { id: u64, pid: i32 },
     /// It is being started and will most likely run: the caller may go on (become the
-    /// shim) now; `Started` or a late `ExecFailed` follows on the connection.
+    /// shim) now; only a late `ExecFailed` may follow.
     Accepted,
     /// It could not be started; nothing runs. The caller sees this errno.
     Failed { errno: i32, message: &'a str },
