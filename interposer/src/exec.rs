@@ -346,8 +346,8 @@ pub unsafe fn route(
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),
     };
-    if pty_mask == 0 && fork_relay::own_address_space() {
-        // SAFETY: a fork child without a terminal among the launch's descriptors.
+    if pty_mask == 0 && fork_relay::may_relay() {
+        // SAFETY: a single-threaded process with its own memory, no terminal involved.
         unsafe { fork_relay::relay(st, sock, argv) }
     }
     // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).

@@ -23,9 +23,50 @@ pub const HANDOFF_MS: i64 = 5;
 
 const KCMP_VM: libc::c_long = 1;
 
-/// Whether this process has an address space of its own, i.e. is not a vfork child (or a
-/// `CLONE_VM` clone) of its parent. Unknown (no `kcmp`) counts as shared.
-pub fn own_address_space() -> bool {
+/// Whether this process may relay the launch itself: it has an address space of its own
+/// (not a vfork child or a `CLONE_VM` clone of its parent; unknown, without `kcmp`, counts
+/// as shared) and a single thread. A multithreaded process that execs directly, with no
+/// fork, expects its other threads to end at the exec: it execs the shim at once.
+pub fn may_relay() -> bool {
+    own_address_space() && single_threaded()
+}
+
+/// The `num_threads` field of `/proc/self/stat`, read without allocating, is 1.
+fn single_threaded() -> bool {
+    let mut buf = [0u8; 1024];
+    // SAFETY: a constant NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: reads into our stack buffer; closes our descriptor.
+    let n = unsafe {
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return false;
+    }
+    let stat = &buf[..n as usize];
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    // After it: state (field 3) ... num_threads (field 20), the 18th.
+    stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(17)
+        == Some(&b"1"[..])
+}
+
+fn own_address_space() -> bool {
     // SAFETY: kcmp compares two processes' memory maps; it takes no pointers.
     let r = unsafe {
         libc::syscall(
@@ -54,7 +95,8 @@ fn send(sock: i32, req: &Request) {
         let mut data = &buf[..n];
         while !data.is_empty() {
             // SAFETY: a valid readable slice of our stack buffer.
-            let k = unsafe { libc::write(sock, data.as_ptr().cast(), data.len()) };
+            let k =
+                unsafe { libc::send(sock, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
             if k < 0 && sys::errno() == libc::EINTR {
                 continue;
             }
@@ -110,7 +152,7 @@ fn on_reply(name: &[u8], payload: &[u8]) {
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings; this process is a fork child
-/// ([`own_address_space`]) with no terminal among the launch's descriptors.
+/// ([`may_relay`]) with no terminal among the launch's descriptors.
 pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
     // SAFETY: the caller's array (for messages and the shim's argv).
     let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
@@ -234,4 +276,30 @@ fn read_replies(sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usiz
     }
     buf.copy_within(start..have, 0);
     have - start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_child_may_relay_a_threaded_process_may_not() {
+        // The test harness runs this on a thread of its own: more than one thread here.
+        let helper =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(!single_threaded());
+        assert!(!may_relay());
+        // SAFETY: the child only makes the two checks (syscalls) and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = single_threaded() && own_address_space() && may_relay();
+            // SAFETY: ending the child without running the harness's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        helper.join().unwrap();
+    }
 }
