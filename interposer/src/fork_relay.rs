@@ -11,14 +11,14 @@
 
 use std::ffi::c_char;
 
-use ctx_protocol::{frame, reply_tag, Reply, Request, FRAME_HEADER};
+use ctx_protocol::{frame, reply_tag, ExitStatus, Reply, Request, FRAME_HEADER};
 
 use crate::shared::{ending, sys};
 use crate::state::State;
 
 type Argv = *const *const c_char;
 
-/// How long the fork child relays before it execs the shim.
+/// How long the fork child relays before it execs the shim, unless `CTX_RELAY_MS` says.
 pub const HANDOFF_MS: i64 = 5;
 
 const KCMP_VM: libc::c_long = 1;
@@ -118,7 +118,7 @@ fn die(name: &[u8], what: &str, detail: &str, code: i32) -> ! {
 }
 
 /// What one reply means for the relay.
-fn on_reply(name: &[u8], payload: &[u8]) {
+fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
     // Only the variants this relay can meet, and none that would allocate to decode.
     let wanted = matches!(
         payload.first(),
@@ -128,6 +128,10 @@ fn on_reply(name: &[u8], payload: &[u8]) {
         return;
     }
     match frame::decode::<Reply<'_>>(payload) {
+        Ok(Reply::Exited {
+            status: ExitStatus::Signaled { signal, core: true },
+            ..
+        }) => die_with_core(st, signal),
         Ok(Reply::Exited { status, .. }) => ending::reproduce(status),
         Ok(Reply::Stopped { .. }) => {
             // SAFETY: job control: stop with the routed program; SIGCONT resumes us.
@@ -145,6 +149,31 @@ fn on_reply(name: &[u8], payload: &[u8]) {
         Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),
         _ => die(name, "malformed message from the broker", "", 125),
     }
+}
+
+/// The routed program dumped core: so must the process the caller waits for, or the
+/// caller's `WCOREDUMP` would be false. Not this one, whose core would be a copy of the
+/// caller's memory, secrets included: the shim's is a few pages of nothing.
+fn die_with_core(st: &State, signal: i32) -> ! {
+    let mut sig = [0u8; 12];
+    let mut tmp = [0u8; 24];
+    let digits = sys::fmt_i64(signal as i64, &mut tmp);
+    sig[..digits.len()].copy_from_slice(digits);
+    let argv: [*const c_char; 4] = [
+        st.shim.as_ptr(),
+        c"--die".as_ptr(),
+        sig.as_ptr() as *const c_char,
+        std::ptr::null(),
+    ];
+    let envp: [*const c_char; 1] = [std::ptr::null()];
+    if let Some(exec) = st.real.execve {
+        // SAFETY: NUL-terminated path, NULL-terminated arrays on this frame.
+        unsafe { exec(st.shim.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    }
+    ending::reproduce(ExitStatus::Signaled {
+        signal,
+        core: false,
+    })
 }
 
 /// Relays the accepted launch on `sock` from this fork child; ends as the routed program
@@ -168,7 +197,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
         libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
     }
     let mut sfd = ending::signal_fd();
-    let handoff_at = now_ms() + HANDOFF_MS;
+    let handoff_at = now_ms() + st.relay_ms;
     let mut handed = false;
     let mut buf = [0u8; 16 * 1024];
     let mut have = 0usize;
@@ -234,14 +263,14 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
             }
         }
         if pfd[0].revents != 0 {
-            have = read_replies(sock, name, &mut buf, have);
+            have = read_replies(st, sock, name, &mut buf, have);
         }
     }
 }
 
 /// Reads what the broker sent and acts on every complete frame; returns the bytes of an
 /// incomplete one kept at the start of `buf`.
-fn read_replies(sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usize {
+fn read_replies(st: &State, sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usize {
     // SAFETY: reads into the free tail of buf.
     let k = unsafe { libc::read(sock, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
     if k < 0 {
@@ -263,7 +292,7 @@ fn read_replies(sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usiz
     loop {
         match frame::complete_frame(&buf[start..have]) {
             Ok(Some(total)) => {
-                on_reply(name, &buf[start + FRAME_HEADER..start + total]);
+                on_reply(st, name, &buf[start + FRAME_HEADER..start + total]);
                 start += total;
             }
             Ok(None) => break,

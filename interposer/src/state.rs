@@ -121,6 +121,9 @@ pub struct State {
     /// close-on-exec in the shim only. `attach_fd` is -1 when they could not be built.
     pub attach_fd: c_int,
     pub attach_actions: libc::posix_spawn_file_actions_t,
+    /// `CTX_RELAY_MS`: how long a fork child relays a launch itself before it execs the
+    /// shim (default [`crate::fork_relay::HANDOFF_MS`]; 0: at once).
+    pub relay_ms: i64,
 }
 
 impl State {
@@ -161,6 +164,7 @@ impl State {
         // SAFETY: an all-zero posix_spawn_file_actions_t is plain data (never handed to
         // glibc before `init` fills it).
         attach_actions: unsafe { std::mem::zeroed() },
+        relay_ms: crate::fork_relay::HANDOFF_MS,
     };
 }
 
@@ -292,6 +296,9 @@ fn load(st: &mut State) {
         None => shim_beside_library(&mut st.shim),
     };
     prepare_attach_actions(st);
+    if let Some(ms) = env(c"CTX_RELAY_MS").and_then(sys::parse_u64) {
+        st.relay_ms = ms.min(3_600_000) as i64;
+    }
     if !found {
         st.problem = Some("cannot locate the ctx-shim helper (set CTX_SHIM)");
     // SAFETY: a NUL-terminated path.

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -343,4 +344,63 @@ print("term", os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGTERM)
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// A routed program that dumps core: the caller's waitpid sees the core flag, and the core
+/// file that the fork relay's process leaves is the shim's, never a copy of the caller's
+/// memory (which holds the agent's secrets).
+#[test]
+fn a_core_dump_is_reported_without_dumping_the_callers_memory() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    let routed_dir = b.dir.join("routed-cwd");
+    std::fs::create_dir(&routed_dir).unwrap();
+    std::fs::set_permissions(&routed_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let caller_dir = b.dir.join("caller-cwd");
+    std::fs::create_dir(&caller_dir).unwrap();
+    let script = format!(
+        r#"
+import os, resource
+resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+os.chdir({caller:?})
+pid = os.fork()
+if pid == 0:
+    os.execv("/bin/sh", ["sh", "-c", "cd {routed}; ulimit -c unlimited; kill -SEGV $$"])
+_, st = os.waitpid(pid, 0)
+print("segv", os.WIFSIGNALED(st) and os.WTERMSIG(st) == 11, "core", os.WCOREDUMP(st))
+"#,
+        caller = caller_dir.display().to_string(),
+        routed = routed_dir.display(),
+    );
+    // Both ways the caller's side can end: the fork child still relaying (a long relay
+    // window), and the shim it handed over to (no window).
+    for relay_ms in ["60000", "0"] {
+        let o = b
+            .cmd(&[py, "-c", &script])
+            .env("CTX_RELAY_MS", relay_ms)
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&o),
+            "segv True core True\n",
+            "CTX_RELAY_MS={relay_ms}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // The core the caller's side left is the shim's, and none holds the caller's secret.
+        let core = caller_dir.join("core");
+        let bytes = std::fs::read(&core).unwrap_or_default();
+        assert!(
+            bytes.windows(8).any(|w| w == b"ctx-shim"),
+            "CTX_RELAY_MS={relay_ms}: no core of the shim in {}",
+            caller_dir.display()
+        );
+        assert!(
+            !bytes.windows(12).any(|w| w == b"agent-canary"),
+            "CTX_RELAY_MS={relay_ms}: the core holds the caller's memory"
+        );
+        let _ = std::fs::remove_file(&core);
+    }
 }

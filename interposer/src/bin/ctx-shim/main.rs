@@ -56,6 +56,17 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             relay::run(sock as i32, mask, name)
         }
         Some(b"--spawn") => spawn::run(&a),
+        // ctx-shim --die <signal>: the hook's fork relay saw the routed program dump core;
+        // this process dies the same way, with a core of its own (not the caller's).
+        Some(b"--die") => match a.get(2).and_then(|s| sys::parse_u64(s)) {
+            Some(signal) if (1..=64).contains(&signal) => {
+                shared::ending::reproduce(ctx_protocol::ExitStatus::Signaled {
+                    signal: signal as i32,
+                    core: true,
+                })
+            }
+            _ => usage(),
+        },
         _ => usage(),
     }
 }
