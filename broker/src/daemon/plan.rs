@@ -14,13 +14,14 @@ use super::spawn::{cstring, search_candidates, Identity, Program, SpawnPlan};
 
 /// Variables that switch routing on; they cross into a context only when that context
 /// itself routes on (a later issue wires `route_children_to`).
-const ROUTING_VARS: [&str; 6] = [
+const ROUTING_VARS: [&str; 7] = [
     "LD_PRELOAD",
     "CTX_ROUTE",
     "CTX_SOCKET",
     "CTX_PASSTHROUGH",
     "CTX_SHIM",
     "CTX_ON_BROKER_DOWN",
+    "CTX_RELAY_MS",
 ];
 
 /// The broker's own credentials, which decide whether a uid switch is possible.
