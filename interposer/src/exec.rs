@@ -94,19 +94,28 @@ pub fn local_failure(target: Target<'_>) -> Option<i32> {
     None
 }
 
+/// Writes `dir/file` (an empty `dir` is the cwd, as in `execvp`) NUL-terminated into `buf`;
+/// its length without the NUL, or `None` when it does not fit.
+fn candidate(dir: &[u8], file: &[u8], buf: &mut [u8; 4096]) -> Option<usize> {
+    let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+    let n = dir.len() + 1 + file.len();
+    if n >= buf.len() {
+        return None;
+    }
+    buf[..dir.len()].copy_from_slice(dir);
+    buf[dir.len()] = b'/';
+    buf[dir.len() + 1..n].copy_from_slice(file);
+    buf[n] = 0;
+    Some(n)
+}
+
 /// True when `dir/file` does not exist for any entry of `path`.
 fn nothing_on_path(file: &[u8], path: &[u8]) -> bool {
     let mut buf = [0u8; 4096];
     for dir in path.split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let n = dir.len() + 1 + file.len();
-        if n >= buf.len() {
+        if candidate(dir, file, &mut buf).is_none() {
             continue;
         }
-        buf[..dir.len()].copy_from_slice(dir);
-        buf[dir.len()] = b'/';
-        buf[dir.len() + 1..n].copy_from_slice(file);
-        buf[n] = 0;
         // SAFETY: stat is plain data; buf holds a NUL-terminated path.
         let mut sb: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0 {
@@ -125,15 +134,9 @@ fn nothing_on_path(file: &[u8], path: &[u8]) -> bool {
 /// The first executable `dir/file` along `path`, written into `buf`.
 fn resolve_in_path<'b>(file: &[u8], path: &[u8], buf: &'b mut [u8; 4096]) -> Option<&'b [u8]> {
     for dir in path.split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let n = dir.len() + 1 + file.len();
-        if n >= buf.len() {
+        let Some(n) = candidate(dir, file, buf) else {
             continue;
-        }
-        buf[..dir.len()].copy_from_slice(dir);
-        buf[dir.len()] = b'/';
-        buf[dir.len() + 1..n].copy_from_slice(file);
-        buf[n] = 0;
+        };
         // SAFETY: buf holds a NUL-terminated candidate path.
         if unsafe { libc::access(buf.as_ptr() as *const c_char, libc::X_OK) } == 0 {
             return Some(&buf[..n]);
@@ -150,15 +153,9 @@ pub fn first_executable_on_path<'b>(
     buf: &'b mut [u8; 4096],
 ) -> Option<&'b CStr> {
     for dir in path.split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let n = dir.len() + 1 + file.len();
-        if n >= buf.len() {
+        let Some(n) = candidate(dir, file, buf) else {
             continue;
-        }
-        buf[..dir.len()].copy_from_slice(dir);
-        buf[dir.len()] = b'/';
-        buf[dir.len() + 1..n].copy_from_slice(file);
-        buf[n] = 0;
+        };
         // SAFETY: stat is plain data; buf holds a NUL-terminated path.
         let mut sb: libc::stat = unsafe { std::mem::zeroed() };
         let ok = unsafe { libc::stat(buf.as_ptr() as *const c_char, &mut sb) } == 0
