@@ -409,7 +409,7 @@ impl ShimArgv {
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings.
-unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
+pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
     // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
     unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
     let args = ShimArgv::new(sock, pty_mask);

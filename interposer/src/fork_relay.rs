@@ -13,7 +13,7 @@ use std::ffi::c_char;
 
 use ctx_protocol::{frame, reply_tag, ExitStatus, Reply, Request, FRAME_HEADER};
 
-use crate::shared::{ending, sys};
+use crate::shared::{ending, fds, sys};
 use crate::state::State;
 
 type Argv = *const *const c_char;
@@ -31,39 +31,13 @@ pub fn may_relay() -> bool {
     own_address_space() && single_threaded()
 }
 
-/// The `num_threads` field of `/proc/self/stat`, read without allocating, is 1.
+/// One thread: procfs counts a process's threads into the link count of its `task`
+/// directory (2 + threads), so one `stat` answers without reading and parsing a file.
 fn single_threaded() -> bool {
-    let mut buf = [0u8; 1024];
-    // SAFETY: a constant NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/stat".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: reads into our stack buffer; closes our descriptor.
-    let n = unsafe {
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    if n <= 0 {
-        return false;
-    }
-    let stat = &buf[..n as usize];
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    // After it: state (field 3) ... num_threads (field 20), the 18th.
-    stat[close + 1..]
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty())
-        .nth(17)
-        == Some(&b"1"[..])
+    // SAFETY: stat is plain data; a constant NUL-terminated path.
+    let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::stat(c"/proc/self/task".as_ptr(), &mut sb) } == 0;
+    ok && sb.st_nlink == 3
 }
 
 fn own_address_space() -> bool {
@@ -187,15 +161,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
     let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
     // As the shim does: hold nothing of the caller's but the connection and stderr, so
     // that the caller's pipes see EOF when the routed program ends.
-    // SAFETY: our own descriptor table; the ranges skip `sock` and stderr.
-    unsafe {
-        libc::close(0);
-        libc::close(1);
-        if sock > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (sock - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
-    }
+    fds::keep_only(sock, 0);
     let mut sfd = ending::signal_fd();
     let handoff_at = now_ms() + st.relay_ms;
     let mut handed = false;
@@ -227,19 +193,10 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
         if n == 0 && !handed && have == 0 {
             // Still running: the shim takes over (same pid, same connection), so this
             // copy of the caller's memory can go. Pending signals survive the exec.
-            // SAFETY: our signalfd; clearing close-on-exec on our socket for the shim.
-            unsafe {
-                libc::close(sfd);
-                libc::fcntl(sock, libc::F_SETFD, 0);
-            }
-            let args = crate::exec::ShimArgv::new(sock, 0);
-            // SAFETY: the caller's array.
-            let shim_argv = unsafe { args.argv(st, argv) };
-            let envp: [*const c_char; 1] = [std::ptr::null()];
-            if let Some(exec) = st.real.execve {
-                // SAFETY: NUL-terminated path, NULL-terminated arrays on this frame.
-                unsafe { exec(st.shim.as_ptr(), shim_argv.as_ptr(), envp.as_ptr()) };
-            }
+            // SAFETY: our signalfd.
+            unsafe { libc::close(sfd) };
+            // SAFETY: the caller's array; returns only if the exec failed.
+            unsafe { crate::exec::exec_shim(st, sock, 0, argv) };
             // The shim could not start: relay here until the end after all.
             handed = true;
             sfd = ending::signal_fd();

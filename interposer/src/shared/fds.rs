@@ -228,6 +228,26 @@ fn scan_by_probe(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
     Ok(())
 }
 
+/// For the process that relays a launch (the shim, or the hook's fork child): closes every
+/// descriptor but the connection, stderr (for our one-line messages) and the terminal
+/// descriptors we relay: holding a copy of the caller's pipes would delay their
+/// EOF (and keep `SIGPIPE` from a reader that went away) past the routed program's exit.
+pub fn keep_only(sock: i32, pty_mask: u8) {
+    for fd in 0..2 {
+        if pty_mask & (1 << fd) == 0 {
+            // SAFETY: the relaying process owns its descriptor table.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: close_range takes no memory; the two ranges skip exactly `sock`.
+    unsafe {
+        if sock > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (sock - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             };
             let name = a.get(5).copied().unwrap_or(b"?");
             let mask = (mask & 7) as u8;
-            relay::keep_only(sock as i32, mask);
+            shared::fds::keep_only(sock as i32, mask);
             relay::run(sock as i32, mask, name)
         }
         Some(b"--spawn") => spawn::run(&a),

@@ -9,25 +9,6 @@ use serde_bytes::ByteBuf;
 use crate::shared::{ending, fds, sys};
 use crate::EXIT_CTX;
 
-/// Closes every descriptor but the connection, stderr (for our one-line messages) and the
-/// terminal descriptors we relay: holding a copy of the caller's pipes would delay their
-/// EOF (and keep `SIGPIPE` from a reader that went away) past the routed program's exit.
-pub fn keep_only(sock: RawFd, pty_mask: u8) {
-    for fd in 0..2 {
-        if pty_mask & (1 << fd) == 0 {
-            // SAFETY: the shim owns its descriptor table.
-            unsafe { libc::close(fd) };
-        }
-    }
-    // SAFETY: close_range takes no memory; the two ranges skip exactly `sock`.
-    unsafe {
-        if sock > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (sock - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (sock + 1) as u32, u32::MAX, 0u32);
-    }
-}
-
 struct Tty {
     /// Descriptor the routed program's output is written to.
     out: Option<RawFd>,

@@ -222,6 +222,6 @@ pub fn run(a: &[&[u8]]) -> ! {
     let mask = set.pty_mask;
     drop(out);
     drop(reply);
-    relay::keep_only(sock, mask);
+    fds::keep_only(sock, mask);
     relay::run(sock, mask, name)
 }
