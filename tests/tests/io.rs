@@ -148,18 +148,9 @@ fn tty_name(fd: &OwnedFd) -> String {
         .to_string()
 }
 
-/// Runs `ctx ARGS` with a fresh pty of `rows`x`cols` as its controlling terminal and stdio;
-/// returns its exit code and everything it wrote to the terminal.
-fn run_on_pty(
-    b: &Broker,
-    rows: u16,
-    cols: u16,
-    args: &[&str],
-    input: &[u8],
-) -> (Option<i32>, String, String) {
-    let (master, slave) = pty(rows, cols);
-    let our_tty = tty_name(&slave);
-    let mut cmd = b.ctx(args);
+/// Gives `cmd` the pty `slave` as stdio and controlling terminal (a new session), as a
+/// terminal emulator starts its shell.
+fn on_pty(cmd: &mut std::process::Command, slave: &OwnedFd) {
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave.try_clone().unwrap()));
@@ -172,6 +163,21 @@ fn run_on_pty(
             Ok(())
         });
     }
+}
+
+/// Runs `ctx ARGS` with a fresh pty of `rows`x`cols` as its controlling terminal and stdio;
+/// returns its exit code and everything it wrote to the terminal.
+fn run_on_pty(
+    b: &Broker,
+    rows: u16,
+    cols: u16,
+    args: &[&str],
+    input: &[u8],
+) -> (Option<i32>, String, String) {
+    let (master, slave) = pty(rows, cols);
+    let our_tty = tty_name(&slave);
+    let mut cmd = b.ctx(args);
+    on_pty(&mut cmd, &slave);
     let mut child = cmd.spawn().expect("spawn ctx on a pty");
     drop(cmd);
     drop(slave);
@@ -345,18 +351,7 @@ fn exec_t_follows_window_changes_and_restores_the_terminal() {
              if [ "$s" != "$s0" ]; then echo "now $s"; exit 0; fi
              sleep 0.05; i=$((i+1)); done; exit 9"#,
     ]);
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the pty slave here.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    on_pty(&mut cmd, &slave);
     let mut child = cmd.spawn().expect("spawn ctx on a pty");
     drop(cmd);
 
@@ -513,18 +508,7 @@ fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
     );
     let (master, slave) = pty(24, 80);
     let mut cmd = b.ctx(["exec", "-t", "--context", "alice", "--", "sleep", &arg]);
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the pty slave here.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    on_pty(&mut cmd, &slave);
     let mut child = cmd.spawn().expect("spawn ctx on a pty");
     drop(slave);
     let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);

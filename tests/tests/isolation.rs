@@ -756,15 +756,10 @@ allow = {{ uids = [0], contexts = ["agent"] }}
 
 /// A statically linked program that calls the raw execve syscall on argv[1] with argv[1..]
 /// as its arguments and prints the errno it got (the interposer cannot see it).
-fn static_execve(dir: &TempDir) -> String {
-    let src = dir.file(
-        "raw_execve.c",
-        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
-          int main(int c, char **v) { char *e[] = {0};\n\
-          syscall(SYS_execve, v[1], v + 1, e); printf(\"%d\\n\", errno); return 3; }\n",
-        0o644,
-    );
-    let bin = dir.path().join("raw_execve");
+/// `source` compiled with `gcc -static` into `dir/name`; its path.
+fn static_binary(dir: &TempDir, name: &str, source: &[u8]) -> String {
+    let src = dir.file(&format!("{name}.c"), source, 0o644);
+    let bin = dir.path().join(name);
     let out = run(std::process::Command::new("gcc")
         .arg("-static")
         .arg("-o")
@@ -777,6 +772,16 @@ fn static_execve(dir: &TempDir) -> String {
         out.show()
     );
     bin.to_str().unwrap().to_string()
+}
+
+fn static_execve(dir: &TempDir) -> String {
+    static_binary(
+        dir,
+        "raw_execve",
+        b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+          int main(int c, char **v) { char *e[] = {0};\n\
+          syscall(SYS_execve, v[1], v + 1, e); printf(\"%d\\n\", errno); return 3; }\n",
+    )
 }
 
 #[test]
@@ -892,23 +897,16 @@ fn enforce_denials_are_audited_inside_a_pid_namespace_too() {
 #[test]
 fn enforce_a_flood_of_denied_execs_does_not_flood_the_audit_log() {
     let dir = TempDir::new();
-    let src = dir.file(
-        "flood.c",
+    let bin = static_binary(
+        &dir,
+        "flood",
         b"#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
           int main(int c, char **v) { char *a[] = {v[1], 0}; char *e[] = {0}; int n = 0;\n\
           for (int i = 0; i < 1000; i++) if (syscall(SYS_execve, v[1], a, e) < 0 && errno == EACCES) n++;\n\
           printf(\"%d\\n\", n); return 0; }\n",
-        0o644,
     );
-    let bin = dir.path().join("flood");
-    let out = run(std::process::Command::new("gcc")
-        .arg("-static")
-        .arg("-o")
-        .arg(&bin)
-        .arg(&src));
-    assert_eq!(out.code(), 0, "{}", out.show());
     let b = Broker::start(&enforce_config());
-    let out = b.exec("agent", &[bin.to_str().unwrap(), "/usr/bin/id"]);
+    let out = b.exec("agent", &[&bin, "/usr/bin/id"]);
     // Every attempt is refused...
     assert_eq!(out.ok().trim(), "1000");
     b.wait_audit(1, |l| l["event"] == "exec");
