@@ -390,3 +390,53 @@ fn unknown_context_is_125_and_names_it() {
         out.show()
     );
 }
+
+/// The interposer's routing variables never cross into a routed environment, even where
+/// the context's `inherit_env` matches them; other names it matches do.
+#[test]
+fn routing_variables_never_cross_even_when_inherit_env_matches_them() {
+    let config = format!(
+        "{}\n[contexts.ctxvars]\nuser = \"{ALICE}\"\ninherit_env = [\"CTX_*\", \"LD_*\"]\nallow = {{ uids = [0] }}\n",
+        standard_config()
+    );
+    let b = Broker::start(&config);
+    let mut cmd = b.ctx(["exec", "--context", "ctxvars", "--", "env"]);
+    for var in [
+        "CTX_ROUTE",
+        "CTX_SOCKET",
+        "CTX_PASSTHROUGH",
+        "CTX_SHIM",
+        "CTX_ON_BROKER_DOWN",
+        "CTX_RELAY_MS",
+        "LD_PRELOAD",
+    ] {
+        cmd.env(var, "must-not-cross");
+    }
+    cmd.env("CTX_MINE", "crosses");
+    let out = run(&mut cmd).ok();
+    assert!(out.lines().any(|l| l == "CTX_MINE=crosses"), "{out}");
+    assert!(!out.contains("must-not-cross"), "{out}");
+}
+
+/// Nothing of the broker's signal state reaches a routed process: no signal ignored
+/// (the broker ignores SIGPIPE), none caught (it handles TERM, INT, HUP), none blocked.
+#[test]
+fn a_routed_process_starts_with_default_signal_dispositions() {
+    let b = Broker::start(&standard_config());
+    // cat installs no handler of its own (grep does), so its status shows what it got.
+    let out = b.exec("alice", &["cat", "/proc/self/status"]).ok();
+    let sig: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.starts_with("SigBlk:") || l.starts_with("SigIgn:") || l.starts_with("SigCgt:")
+        })
+        .collect();
+    assert_eq!(
+        sig,
+        [
+            "SigBlk:\t0000000000000000",
+            "SigIgn:\t0000000000000000",
+            "SigCgt:\t0000000000000000"
+        ]
+    );
+}

@@ -446,17 +446,55 @@ static NON_DEFAULT_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::At
 pub fn snapshot_signal_dispositions() {
     let mut mask = 0u64;
     for sig in 1..=libc::SIGRTMAX().min(64) {
-        // SAFETY: sigaction is plain data; a null `act` only queries.
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
-            continue;
-        }
-        if old.sa_sigaction != libc::SIG_DFL {
+        if raw_sigaction(sig, None).is_some_and(|handler| handler != libc::SIG_DFL) {
             mask |= 1 << (sig - 1);
         }
     }
     // A set bit that is never used is harmless; bit 63 marks the snapshot as taken.
     NON_DEFAULT_SIGNALS.store(mask | 1 << 63, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The kernel's `struct sigaction` (x86_64, aarch64).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `rt_sigaction` itself: glibc's wrapper refuses its own signals 32 and 33 (EINVAL), yet
+/// a broker can inherit them ignored, and an ignored signal stays ignored across exec.
+/// With `set`, installs that handler (no flags, empty mask). Returns the previous handler.
+/// Async-signal-safe.
+fn raw_sigaction(sig: i32, set: Option<libc::sighandler_t>) -> Option<libc::sighandler_t> {
+    let act = set.map(|handler| KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    });
+    let act_ptr = act
+        .as_ref()
+        .map_or(std::ptr::null(), |a| a as *const KernelSigaction);
+    let mut old = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: valid pointers to kernel-layout structs (or null); 8 is the kernel's sigset
+    // size on these architectures.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act_ptr,
+            &mut old as *mut KernelSigaction,
+            8usize,
+        )
+    };
+    (r == 0).then_some(old.handler)
 }
 
 /// The broker's pid, for the child's die-with-the-broker check (the child shares our
@@ -592,7 +630,7 @@ unsafe fn reset_signal_handlers() {
     for sig in 1..=libc::SIGRTMAX() {
         let listed = sig > 63 || taken & (1 << 63) == 0 || taken & (1 << (sig - 1)) != 0;
         if listed && sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+            raw_sigaction(sig, Some(libc::SIG_DFL));
         }
     }
 }
