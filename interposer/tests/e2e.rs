@@ -93,6 +93,11 @@ fn every_exported_function_routes() {
         "pwd; cat <&6 >/dev/null && echo six; echo five >&5; [ -e /proc/self/fd/7 ] || echo no7",
     ]);
     assert_eq!(stdout(&o), "/\nsix\nfive\nno7\n");
+    // The descriptor the fast path hands the shim its connection at is taken: the launch
+    // takes the other path (glibc starts the shim), and the caller's descriptor stays.
+    let o = b.run(&[exe, "posix_spawn_busy", &format!("{PROBE}; exit 3")]);
+    assert_eq!(stdout(&o), format!("{}\nkept1023\n", probe_line(&b)));
+    assert_eq!(o.status.code(), Some(3));
     // Without file actions the caller's own descriptors and cwd are the program's: an
     // inheritable one arrives, a close-on-exec one does not.
     for f in ["posix_spawn_plain", "posix_spawnp_plain"] {

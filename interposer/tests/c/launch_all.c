@@ -123,6 +123,25 @@ int main(int argc, char **argv)
             return 125;
         }
         return wait_for(pid);
+    } else if (!strcmp(fn, "posix_spawn_busy")) {
+        /* No file actions, but descriptor 1023 (where the hook hands the shim its
+         * connection) is taken: the launch still routes, and 1023 stays ours. */
+        int busy = dup3(open("/dev/null", O_RDONLY), 1023, O_CLOEXEC);
+        if (busy != 1023) {
+            printf("cannot take 1023\n");
+            return 125;
+        }
+        rc = posix_spawn(&pid, "/bin/sh", NULL, NULL, sh_argv, environ);
+        if (rc != 0) {
+            printf("spawn failed: %s\n", errname(rc));
+            return 125;
+        }
+        rc = wait_for(pid);
+        char target[64] = {0};
+        if (readlink("/proc/self/fd/1023", target, sizeof target - 1) > 0 &&
+            !strcmp(target, "/dev/null"))
+            printf("kept1023\n");
+        return rc;
     } else if (!strcmp(fn, "posix_spawn") || !strcmp(fn, "posix_spawnp")) {
         /* File actions the routed program must see: stdout dup'ed onto fd 5, fd 6 opened
          * on a file, fd 7 closed, cwd changed. */
