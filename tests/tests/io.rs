@@ -494,12 +494,39 @@ fn wait_sleep_state(arg: &str, want: char) -> i32 {
     })
 }
 
+/// `ctx` (the test's child `child`) stops, and so does the routed `sleep ARG` (pid `pid`);
+/// SIGCONT to ctx resumes the program; SIGTERM to ctx ends both, ctx by that signal.
+fn stopped_then_resumed_then_ended(child: &mut std::process::Child, arg: &str, pid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    match waitpid(ctx_pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+        WaitStatus::Stopped(_, _) => {}
+        other => panic!("ctx did not stop: {other:?}"),
+    }
+    assert_eq!(
+        wait_sleep_state(arg, 'T'),
+        pid,
+        "the routed program is stopped"
+    );
+    signal(child.id(), nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        wait_sleep_state(arg, 'S'),
+        pid,
+        "SIGCONT resumed the routed program"
+    );
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = wait_deadline(child, COMMAND_TIMEOUT).expect("ctx ends");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+}
+
 /// The suspend key typed at `ctx exec -t` stops the routed program (which, leading its own
 /// session under the broker, would ignore the terminal's SIGTSTP) and ctx itself, as a
 /// local job stops; SIGCONT resumes both.
 #[test]
 fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let b = Broker::start(&standard_config());
     let arg = format!(
         "{}.{}",
@@ -511,31 +538,10 @@ fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
     on_pty(&mut cmd, &slave);
     let mut child = cmd.spawn().expect("spawn ctx on a pty");
     drop(slave);
-    let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let pid = wait_sleep_state(&arg, 'S');
     // ctx holds its terminal raw: the suspend key arrives as a byte and goes to the broker.
     nix::unistd::write(&master, b"\x1a").unwrap();
-    match waitpid(ctx_pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
-        WaitStatus::Stopped(_, _) => {}
-        other => panic!("ctx did not stop: {other:?}"),
-    }
-    assert_eq!(
-        wait_sleep_state(&arg, 'T'),
-        pid,
-        "the routed program is stopped"
-    );
-    signal(child.id(), nix::sys::signal::Signal::SIGCONT);
-    assert_eq!(
-        wait_sleep_state(&arg, 'S'),
-        pid,
-        "SIGCONT resumed the routed program"
-    );
-    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    let status = wait_deadline(&mut child, COMMAND_TIMEOUT).expect("ctx ends");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGTERM)
-    );
+    stopped_then_resumed_then_ended(&mut child, &arg, pid);
     assert!(sleep_state(&arg).is_none(), "the routed program is gone");
     drop(master);
 }
@@ -545,7 +551,6 @@ fn exec_t_ctrl_z_stops_the_program_and_ctx_and_sigcont_resumes_them() {
 /// SIGCONT resumes both.
 #[test]
 fn sigtstp_to_ctx_exec_stops_the_routed_program_in_pipe_mode() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let b = Broker::start(&standard_config());
     let arg = format!(
         "{}.{}",
@@ -560,22 +565,5 @@ fn sigtstp_to_ctx_exec_stops_the_routed_program_in_pipe_mode() {
         .unwrap();
     let pid = wait_sleep_state(&arg, 'S');
     signal(child.id(), nix::sys::signal::Signal::SIGTSTP);
-    let ctx_pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    match waitpid(ctx_pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
-        WaitStatus::Stopped(_, _) => {}
-        other => panic!("ctx did not stop: {other:?}"),
-    }
-    assert_eq!(
-        wait_sleep_state(&arg, 'T'),
-        pid,
-        "the routed program is stopped"
-    );
-    signal(child.id(), nix::sys::signal::Signal::SIGCONT);
-    assert_eq!(wait_sleep_state(&arg, 'S'), pid, "SIGCONT resumed it");
-    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    let status = wait_deadline(&mut child, COMMAND_TIMEOUT).expect("ctx ends");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGTERM)
-    );
+    stopped_then_resumed_then_ended(&mut child, &arg, pid);
 }
