@@ -849,10 +849,8 @@ pub fn kill_group(pid: i32, signo: i32) {
     unsafe { libc::kill(-pid, signo) };
 }
 
+/// The pipe is non-blocking from its creation (`spawn::fork_exec`).
 async fn read_report(fd: OwnedFd, buf: &mut [u8; 8]) -> usize {
-    if pty::set_nonblocking(&fd).is_err() {
-        return 0;
-    }
     // The clone returned after the child's exec or exit, so the answer is usually there
     // already; only a write end inherited by a concurrent launch's child can delay EOF.
     let mut got = match read_fd(fd.as_raw_fd(), buf) {

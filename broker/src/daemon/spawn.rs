@@ -280,8 +280,10 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     };
 
     let mut pipe = [0; 2];
+    // Non-blocking from the start: the broker reads it without waiting, and the child's one
+    // 8-byte report always fits in the empty pipe.
     // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both ends were just created and are owned here.
@@ -304,10 +306,12 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
     };
-    BROKER_PID.store(
-        std::process::id() as i32,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    if BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        BROKER_PID.store(
+            std::process::id() as i32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let (mut pid, mut pidfd) = clone_vfork(&args)?;
     drop(report_w);
     let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
@@ -505,6 +509,67 @@ static BROKER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::
 /// Bytes of the child's own stack; the child path uses a few KiB.
 const CHILD_STACK: usize = 256 * 1024;
 
+/// The child's stack, kept per thread from one launch to the next: CLONE_VFORK returns
+/// only once the child has exec'd or exited, so the mapping is free again by then. A fresh
+/// mmap and munmap per launch cost page faults and, the broker being multi-threaded, a TLB
+/// shoot-down IPI to the other CPUs, which is slow on a virtual machine.
+struct ChildStack {
+    base: std::cell::Cell<*mut libc::c_void>,
+    size: std::cell::Cell<usize>,
+}
+
+thread_local! {
+    static CHILD_STACKS: ChildStack = const {
+        ChildStack {
+            base: std::cell::Cell::new(std::ptr::null_mut()),
+            size: std::cell::Cell::new(0),
+        }
+    };
+}
+
+impl ChildStack {
+    /// The base of this thread's stack mapping, at least `size` bytes long.
+    fn take(size: usize) -> io::Result<*mut libc::c_void> {
+        CHILD_STACKS.with(|s| {
+            if s.size.get() >= size {
+                return Ok(s.base.get());
+            }
+            s.release();
+            // SAFETY: a fresh private anonymous mapping, owned by this thread's ChildStack.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            s.base.set(base);
+            s.size.set(size);
+            Ok(base)
+        })
+    }
+
+    fn release(&self) {
+        if self.size.get() > 0 {
+            // SAFETY: our own mapping, which no child uses any more (see `take`).
+            unsafe { libc::munmap(self.base.get(), self.size.get()) };
+            self.size.set(0);
+        }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Starts the child the way posix_spawn does: sharing our memory (no page tables to copy,
 /// which a fork of a threaded tokio process pays on every launch) on a stack of its own,
 /// with this thread suspended until the child has exec'd or exited. All signals are
@@ -516,20 +581,7 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         .namespaces
         .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
     let size = if twice { 2 * CHILD_STACK } else { CHILD_STACK };
-    // SAFETY: a fresh private anonymous mapping, unmapped below.
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let stack = ChildStack::take(size)?;
     if twice {
         // The grandchild's stack is the lower half; the first child uses the upper one.
         // SAFETY: inside the mapping.
@@ -559,7 +611,6 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         );
         let err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        libc::munmap(stack, size);
         if pid < 0 {
             return Err(err);
         }
