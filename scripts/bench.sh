@@ -279,6 +279,16 @@ CTXT=$(relay ctx-t "$BIN/ctx --socket $SOCK exec -t --context bench -- head -c $
 row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%" ""
 row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "$FDOUT" .0f) MB/s" "$(fmt "100*$FDOUT/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
 row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "$FDIN" .0f) MB/s" "$(fmt "100*$FDIN/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
+# The control for the two rows above: the same plain pipe, with \`head\` first moved into a
+# cgroup by its shell, as the broker moves every routed process into its context's cgroup.
+# No ctx is involved; what this loses against the plain pipe is the cgroup join's, not a
+# relay's (there is none: the routed process writes to the caller's pipe itself).
+if [ -d /sys/fs/cgroup/pids ]; then PROBE_CG=/sys/fs/cgroup/pids/ctx-bench-probe-$$; else PROBE_CG=/sys/fs/cgroup/ctx-bench-probe-$$; fi
+if mkdir "$PROBE_CG" 2>/dev/null; then
+    PIPECG=$(relay pipe-cgroup "sh -c 'echo \$\$ >$PROBE_CG/cgroup.procs && exec head -c $BYTES /dev/zero' | cat >/dev/null")
+    rmdir "$PROBE_CG" 2>/dev/null || true
+    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup by its shell (no ctx; control)" "$(fmt "$PIPECG" .0f) MB/s" "$(fmt "100*$PIPECG/$PIPE" .0f)% of pipe" ""
+fi
 gcc -O2 -o "$TMP/pty_rate" scripts/bench/pty_rate.c -lutil
 PTYMAX=$(for _ in 1 2 3; do "$TMP/pty_rate" "$BYTES"; done | sort -n | sed -n 2p)
 row "relay 200 MB: the PTY alone, no relay (this kernel's ceiling for any PTY relay)" "$PTYMAX MB/s" "$(fmt "$PTYMAX/$SCRIPT" .1f)x script" ""
