@@ -259,43 +259,72 @@ for what in direct routed ctx sudo ssh; do
     row "launches/s, 1 / 2 / 8 callers: $label" "${vals[0]} / ${vals[1]} / ${vals[2]}" "$ratio" "$target"
 done
 
-# Relay of 200 MB into a pipe: the best of 5 runs (a throughput is what the machine can
-# do; on a shared machine the slower runs measure the neighbours).
+# Relays of 200 MB: each command's best run, the commands of a group taking turns (a
+# throughput is what the machine can do; on a shared 2-vCPU machine a pipe's speed also
+# depends on whether the kernel runs writer and reader side by side or on one CPU, so a
+# slow run measures the scheduler or the neighbours, and taking turns lets both hit every
+# command alike). Prints "NAME MB/s" lines; a failed command counts as 0.
 BYTES=200000000
-relay() { # name, shell command
-    local json=$TMP/relay.json
-    if hyperfine --shell=bash --warmup 1 --runs 5 --export-json "$json" "$2" >/dev/null 2>"$TMP/relay.err"; then
-        py 'import json,sys; print(int(sys.argv[2])/1e6/json.load(open(sys.argv[1]))["results"][0]["min"])' "$json" "$BYTES"
-    else
-        echo "bench.sh: relay $1 failed: $(tail -1 "$TMP/relay.err")" >&2
-        echo 0
-    fi
+relays() { # rounds, then NAME COMMAND pairs
+    local rounds=$1 r i a d base
+    shift
+    local -a names=() cmds=() best=()
+    while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); best+=(0); shift 2; done
+    base=0
+    for ((r = 0; r < rounds; r++)); do
+        a=$(date +%s%N); bash -c true; d=$(($(date +%s%N) - a))
+        { [ "$base" -eq 0 ] || [ "$d" -lt "$base" ]; } && base=$d
+        for i in "${!names[@]}"; do
+            a=$(date +%s%N)
+            if bash -c "${cmds[$i]}" 2>"$TMP/relay.err"; then
+                d=$(($(date +%s%N) - a))
+                { [ "${best[$i]}" -eq 0 ] || [ "$d" -lt "${best[$i]}" ]; } && best[i]=$d
+            else
+                echo "bench.sh: relay ${names[$i]} failed: $(tail -1 "$TMP/relay.err")" >&2
+            fi
+        done
+    done
+    for i in "${!names[@]}"; do
+        # The best run minus the shell's own start (the best of `bash -c true`).
+        py "print('${names[$i]}', 0 if ${best[$i]} == 0 else $BYTES / 1e6 / (max(${best[$i]} - $base, 1) / 1e9))"
+    done
 }
-PIPE=$(relay pipe "head -c $BYTES /dev/zero | cat >/dev/null")
-FDOUT=$(relay fd-out "$BIN/ctx --socket $SOCK exec --context bench -- head -c $BYTES /dev/zero | cat >/dev/null")
-FDIN=$(relay fd-in "head -c $BYTES /dev/zero | $BIN/ctx --socket $SOCK exec --context bench -- cat >/dev/null")
-SCRIPT=$(relay script "script -qefc 'head -c $BYTES /dev/zero' /dev/null </dev/null | cat >/dev/null")
-CTXT=$(relay ctx-t "$BIN/ctx --socket $SOCK exec -t --context bench -- head -c $BYTES /dev/zero </dev/null | cat >/dev/null")
-row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%" ""
-row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "$FDOUT" .0f) MB/s" "$(fmt "100*$FDOUT/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
-row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "$FDIN" .0f) MB/s" "$(fmt "100*$FDIN/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
-# The control for the two rows above: the same plain pipe, with \`head\` first moved into a
-# cgroup by its shell, as the broker moves every routed process into its context's cgroup.
-# No ctx is involved; what this loses against the plain pipe is the cgroup join's, not a
-# relay's (there is none: the routed process writes to the caller's pipe itself).
+# The control row: the plain pipe with \`head\` first moved into a cgroup by its shell, as
+# the broker moves every routed process into its context's cgroup. No ctx is involved;
+# what it loses against the plain pipe is the cgroup join's, not a relay's (there is
+# none: the routed process writes into the caller's pipe itself).
 if [ -d /sys/fs/cgroup/pids ]; then PROBE_CG=/sys/fs/cgroup/pids/ctx-bench-probe-$$; else PROBE_CG=/sys/fs/cgroup/ctx-bench-probe-$$; fi
-if mkdir "$PROBE_CG" 2>/dev/null; then
-    PIPECG=$(relay pipe-cgroup "sh -c 'echo \$\$ >$PROBE_CG/cgroup.procs && exec head -c $BYTES /dev/zero' | cat >/dev/null")
-    rmdir "$PROBE_CG" 2>/dev/null || true
-    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup by its shell (no ctx; control)" "$(fmt "$PIPECG" .0f) MB/s" "$(fmt "100*$PIPECG/$PIPE" .0f)% of pipe" ""
+CONTROL=()
+mkdir "$PROBE_CG" 2>/dev/null &&
+    CONTROL=(pipe-cgroup "sh -c 'echo \$\$ >$PROBE_CG/cgroup.procs && exec head -c $BYTES /dev/zero' | cat >/dev/null")
+declare -A MBS=()
+while read -r name rate; do MBS[$name]=$rate; done < <(relays 12 \
+    pipe "head -c $BYTES /dev/zero | cat >/dev/null" \
+    fd-out "$BIN/ctx --socket $SOCK exec --context bench -- head -c $BYTES /dev/zero | cat >/dev/null" \
+    fd-in "head -c $BYTES /dev/zero | $BIN/ctx --socket $SOCK exec --context bench -- cat >/dev/null" \
+    "${CONTROL[@]}")
+rmdir "$PROBE_CG" 2>/dev/null || true
+PIPE=${MBS[pipe]}
+row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%" ""
+row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "${MBS[fd-out]}" .0f) MB/s" "$(fmt "100*${MBS[fd-out]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
+row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "${MBS[fd-in]}" .0f) MB/s" "$(fmt "100*${MBS[fd-in]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
+if [ -n "${MBS[pipe-cgroup]:-}" ]; then
+    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup by its shell (no ctx; control)" "$(fmt "${MBS[pipe-cgroup]}" .0f) MB/s" "$(fmt "100*${MBS[pipe-cgroup]}/$PIPE" .0f)% of pipe" ""
 fi
+SSHTT=()
+[ -n "$SSH_CTL" ] && SSHTT=(ssh-tt "$SSH -tt -o ControlMaster=no bench head -c $BYTES /dev/zero </dev/null | cat >/dev/null")
+while read -r name rate; do MBS[$name]=$rate; done < <(relays 5 \
+    script "script -qefc 'head -c $BYTES /dev/zero' /dev/null </dev/null | cat >/dev/null" \
+    ctx-t "$BIN/ctx --socket $SOCK exec -t --context bench -- head -c $BYTES /dev/zero </dev/null | cat >/dev/null" \
+    "${SSHTT[@]}")
+SCRIPT=${MBS[script]}
+CTXT=${MBS[ctx-t]}
 gcc -O2 -o "$TMP/pty_rate" scripts/bench/pty_rate.c -lutil
 PTYMAX=$(for _ in 1 2 3; do "$TMP/pty_rate" "$BYTES"; done | sort -n | sed -n 2p)
 row "relay 200 MB: the PTY alone, no relay (this kernel's ceiling for any PTY relay)" "$PTYMAX MB/s" "$(fmt "$PTYMAX/$SCRIPT" .1f)x script" ""
 row "relay 200 MB: PTY through \`script(1)\`" "$(fmt "$SCRIPT" .0f) MB/s" "" ""
-if [ -n "$SSH_CTL" ]; then
-    SSHT=$(relay ssh-tt "$SSH -tt -o ControlMaster=no bench head -c $BYTES /dev/zero </dev/null | cat >/dev/null")
-    row "relay 200 MB: PTY through \`ssh -tt\`" "$(fmt "$SSHT" .0f) MB/s" "$(fmt "$SSHT/$SCRIPT" .1f)x script" ""
+if [ -n "${MBS[ssh-tt]:-}" ]; then
+    row "relay 200 MB: PTY through \`ssh -tt\`" "$(fmt "${MBS[ssh-tt]}" .0f) MB/s" "$(fmt "${MBS[ssh-tt]}/$SCRIPT" .1f)x script" ""
 fi
 row "relay 200 MB: PTY through \`ctx exec -t\`" "$(fmt "$CTXT" .0f) MB/s" "$(fmt "$CTXT/$SCRIPT" .1f)x script" "≥ 3x script"
 
@@ -352,7 +381,7 @@ TABLE=$TMP/table.md
 {
     echo "\`sudo bash scripts/bench.sh $RUNS\` on $(nproc) vCPUs, $(uname -r), $(date -u +%Y-%m-%d):"
     echo "launch rows are hyperfine medians of $RUNS runs (\`-N\`, no shell); in-process callers"
-    echo "are medians of $N launches; relays are the best of 5 runs; load average at the end:"
+    echo "are medians of $N launches; relays are each command's best run of 12 (pipes) or 5 (PTYs), the commands taking turns; load average at the end:"
     echo "$(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)."
     echo
     echo "| measurement | result | ratio | SPEC §8 target |"
