@@ -203,14 +203,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
             continue;
         }
         if pfd[1].revents & libc::POLLIN != 0 {
-            // SAFETY: signalfd_siginfo is plain data.
-            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads whole siginfo records into `si`.
-            while unsafe { libc::read(sfd, (&mut si as *mut libc::signalfd_siginfo).cast(), sz) }
-                == sz as isize
-            {
-                let signo = si.ssi_signo as i32;
+            while let Some(signo) = ending::next_signal(sfd) {
                 send(sock, &Request::Signal { signo });
                 if matches!(signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
                     // Stop with the routed program, so the caller's shell sees the job stop.

@@ -51,6 +51,16 @@ pub fn signal_fd() -> i32 {
     }
 }
 
+/// The next signal waiting on `sfd` (a non-blocking [`signal_fd`]), or `None` when none is.
+pub fn next_signal(sfd: i32) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let sz = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads one whole siginfo record into `si`.
+    let n = unsafe { libc::read(sfd, (&mut si as *mut libc::signalfd_siginfo).cast(), sz) };
+    (n == sz as isize).then_some(si.ssi_signo as i32)
+}
+
 /// Ends this process as the routed program ended: its exit code, or death by the same
 /// signal (no core file of ours unless the program dumped one).
 pub fn reproduce(status: ExitStatus) -> ! {

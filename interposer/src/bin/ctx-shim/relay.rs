@@ -252,12 +252,8 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
             r.die("poll failed");
         }
         if pfd[1].revents & libc::POLLIN != 0 {
-            // SAFETY: signalfd_siginfo is plain data.
-            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads whole siginfo records into `si`.
-            while unsafe { libc::read(sfd, &mut si as *mut _ as *mut _, sz) } == sz as isize {
-                r.on_signal(si.ssi_signo as i32);
+            while let Some(signo) = ending::next_signal(sfd) {
+                r.on_signal(signo);
             }
         }
         if pfd[0].revents != 0 {
