@@ -8,9 +8,14 @@
 //! `ctx-<broker pid>/<context>` below the broker's own cgroup in each hierarchy, so that two
 //! brokers never share one, and are removed at shutdown.
 //!
-//! A launch joins in the spawn child by writing `0` ("the writer") to each `cgroup.procs`
-//! the broker opened beforehand: one `write` per hierarchy, no allocation. Its children
-//! inherit the cgroup, escaping it needs root.
+//! A launch joins in the spawn child by writing `0` ("the writer") to a file the broker
+//! opened beforehand: one `write` per hierarchy, no allocation. Its children inherit the
+//! cgroup, escaping it needs root. On v1 that file is `tasks`, not `cgroup.procs`: a
+//! process moving itself through `cgroup.procs` takes the kernel's threadgroup lock for
+//! writing, which waits for an RCU grace period whenever no move happened in the last
+//! one, 5-30 ms on a quiet host (every launch after a pause paid it). Moving only the
+//! calling thread skips that lock, and the spawn child is single-threaded, so the thread
+//! is the whole process. v2 has no such file outside threaded subtrees.
 
 use std::collections::HashMap;
 use std::io;
@@ -37,11 +42,11 @@ pub enum Backend {
     },
 }
 
-/// One context's cgroup directories and the open `cgroup.procs` the child writes to.
+/// One context's cgroup directories and the open files the child writes itself to.
 #[derive(Debug)]
 pub struct Group {
     dirs: Vec<PathBuf>,
-    procs: Vec<OwnedFd>,
+    join: Vec<OwnedFd>,
     /// The limits in force: those asked for, less those the host has no controller for.
     applied: CgroupLimits,
 }
@@ -173,7 +178,7 @@ impl Cgroups {
         self.warnings()
     }
 
-    /// The `cgroup.procs` descriptors a launch into `ctx` writes itself to.
+    /// The context's group; a launch into it writes itself to its join files.
     pub fn for_context(&self, ctx: &Context) -> Option<Arc<Group>> {
         self.lock().get(&ctx.name).cloned()
     }
@@ -316,8 +321,8 @@ impl Cgroups {
 
 impl Group {
     /// Raw descriptors for the spawn plan.
-    pub fn procs_fds(&self) -> Vec<RawFd> {
-        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    pub fn join_fds(&self) -> Vec<RawFd> {
+        self.join.iter().map(|f| f.as_raw_fd()).collect()
     }
 
     /// The processes in the group (from the first hierarchy: all hold the same ones).
@@ -568,19 +573,23 @@ fn create(
             }
         }
     }
-    let mut procs = Vec::with_capacity(dirs.len());
+    let join_file = match backend {
+        Backend::V2(_) => "cgroup.procs",
+        Backend::V1 { .. } => "tasks",
+    };
+    let mut join = Vec::with_capacity(dirs.len());
     for d in &dirs {
-        let path = d.join("cgroup.procs");
+        let path = d.join(join_file);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(at(&path))?;
-        procs.push(OwnedFd::from(f));
+        join.push(OwnedFd::from(f));
     }
     Ok((
         Group {
             dirs,
-            procs,
+            join,
             applied,
         },
         missing,

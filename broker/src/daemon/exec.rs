@@ -323,7 +323,7 @@ async fn launch(
     plan.exec_guard = exec_guard.as_ref().map(|a| a.handover());
     // Held until the fork is done: the child writes itself into these.
     let cgroup = shared.cgroups.for_context(&ctx);
-    plan.cgroup_procs = cgroup.as_ref().map(|g| g.procs_fds()).unwrap_or_default();
+    plan.cgroup_join = cgroup.as_ref().map(|g| g.join_fds()).unwrap_or_default();
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {

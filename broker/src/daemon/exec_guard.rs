@@ -896,7 +896,7 @@ mod tests {
             controlling_tty: None,
             drop_caps: false,
             namespaces: None,
-            cgroup_procs: Vec::new(),
+            cgroup_join: Vec::new(),
             landlock: [None, None],
             listen_pid: false,
             exec_guard: Some(armed.handover()),

@@ -345,7 +345,7 @@ pub fn prepare(
         listen_pid: false,
         exec_guard: None,
         landlock: [None, None],
-        cgroup_procs: Vec::new(),
+        cgroup_join: Vec::new(),
     };
     Ok(Prepared {
         plan,

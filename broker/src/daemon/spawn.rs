@@ -50,8 +50,9 @@ pub struct SpawnPlan {
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
     pub namespaces: Option<EnterNamespaces>,
-    /// `cgroup.procs` files of the context's cgroup (one per v1 hierarchy) to join.
-    pub cgroup_procs: Vec<RawFd>,
+    /// The files the child writes itself to to join the context's cgroup (one per v1
+    /// hierarchy; see `cgroups.rs`).
+    pub cgroup_join: Vec<RawFd>,
     /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
     /// context's, and the per-launch one of `enforce = true`.
     pub landlock: [Option<RawFd>; 2],
@@ -805,10 +806,10 @@ unsafe fn child(
     listen_pid: *mut u8,
     handoff: *mut Handoff,
 ) -> ! {
-    for &procs in &plan.cgroup_procs {
+    for &join in &plan.cgroup_join {
         // "0" is the writer: this process, before anything else runs, so every process
         // of the launch is counted and killable.
-        if libc::write(procs, b"0".as_ptr().cast(), 1) < 0 {
+        if libc::write(join, b"0".as_ptr().cast(), 1) < 0 {
             fail(report, Stage::Cgroup, errno());
         }
     }
