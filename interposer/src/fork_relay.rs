@@ -111,15 +111,7 @@ fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
             // SAFETY: job control: stop with the routed program; SIGCONT resumes us.
             unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
         }
-        Ok(Reply::ExecFailed(f)) => {
-            // Accepted, then the exec itself failed: a failed command, as the shim ends it.
-            let what = if f.message.is_empty() {
-                f.stage.as_str()
-            } else {
-                &f.message
-            };
-            die(name, what, "", ending::failed_exit_code(f.errno))
-        }
+        Ok(Reply::ExecFailed(f)) => ending::exec_failed(name, &f),
         Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),
         _ => die(name, "malformed message from the broker", "", 125),
     }

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::*;
 
@@ -374,7 +374,9 @@ fn a_program_the_context_uid_cannot_reach_fails_with_eacces() {
 }
 
 /// What the broker cannot foresee (here a `noexec` mount) fails after the caller became
-/// the shim: it ends like a shell's failed command, 126 with the reason on stderr.
+/// the shim: it ends like a shell's failed command, 126 with the reason on stderr. The
+/// same line whether the fork relay still holds the launch (`CTX_RELAY_MS=60000`) or the
+/// shim took it over at once (`0`).
 #[test]
 fn an_exec_failing_after_acceptance_ends_like_a_failed_command() {
     let b = start_broker();
@@ -389,9 +391,27 @@ fn an_exec_failing_after_acceptance_ends_like_a_failed_command() {
     let prog = mnt.join("prog");
     std::fs::copy("/bin/true", &prog).unwrap();
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = b.sh("bash", &format!("{}; echo rc=$?", prog.display()));
+    let script = format!("{}; echo rc=$?", prog.display());
+    let outputs: Vec<Output> = ["60000", "0"]
+        .iter()
+        .map(|ms| {
+            b.cmd(&["bash", "-c", &script])
+                .env("CTX_RELAY_MS", ms)
+                .output()
+                .unwrap()
+        })
+        .collect();
     let _ = Command::new("umount").arg(&mnt).status();
-    assert_eq!(stdout(&o), "rc=126\n");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("ctx: ") && err.contains("EACCES"), "{err}");
+    let want = format!(
+        "ctx: {:?}: permission denied: as nobody (uid 65534) (EACCES)\n",
+        prog.display().to_string()
+    );
+    for (o, ms) in outputs.iter().zip(["60000", "0"]) {
+        assert_eq!(stdout(o), "rc=126\n", "CTX_RELAY_MS={ms}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr),
+            want,
+            "CTX_RELAY_MS={ms}"
+        );
+    }
 }

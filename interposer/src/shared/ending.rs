@@ -3,7 +3,9 @@
 //! that collects them, and reproducing the program's exit status or death by signal for
 //! the caller's `waitpid`. Raw syscalls only: the hook runs this in a fork child.
 
-use ctx_protocol::ExitStatus;
+use ctx_protocol::{ExecFailure, ExitStatus};
+
+use super::sys;
 
 /// Signals never intercepted: uncatchable ones, SIGCHLD (children the exec'ing caller left
 /// behind are ours now, not the routed program's), glibc's internal ones, and synchronous
@@ -100,4 +102,25 @@ pub fn failed_exit_code(errno: i32) -> i32 {
         libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
         _ => 125,
     }
+}
+
+/// The broker accepted the launch but the exec itself failed (a check it cannot make
+/// beforehand, such as a `noexec` mount): the caller's own exec succeeded already, so this
+/// ends like a shell's failed command, 127 or 126, with the reason on stderr. One line for
+/// the shim and the fork relay alike, e.g.
+/// `ctx: "./prog": permission denied: as nobody (uid 65534) (EACCES)`.
+pub fn exec_failed(name: &[u8], f: &ExecFailure<'_>) -> ! {
+    let mut l = sys::Line::new();
+    l.str("ctx: ").quoted(name).str(": ").str(f.kind.describe());
+    if f.message.is_empty() {
+        l.str(" at the ").str(f.stage.as_str()).str(" step");
+    } else {
+        l.str(": ").str(&f.message);
+    }
+    if !f.errno_name.is_empty() {
+        l.str(" (").str(&f.errno_name).str(")");
+    }
+    l.write_to(2);
+    // SAFETY: ending the process without running the caller's atexit handlers.
+    unsafe { libc::_exit(failed_exit_code(f.errno)) }
 }

@@ -136,23 +136,8 @@ impl Relay<'_> {
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             Ok(Reply::ExecFailed(f)) => {
-                // The broker accepted the launch but the exec itself failed (a check it
-                // cannot make beforehand): the caller's exec already succeeded, so this
-                // ends like a shell's failed command, 127 or 126, with the reason.
                 self.tty.restore();
-                let mut l = sys::Line::new();
-                l.str("ctx: ").quoted(self.name).str(": ");
-                if f.message.is_empty() {
-                    l.str("failed at the ").str(f.stage.as_str()).str(" step");
-                } else {
-                    l.str(&f.message);
-                }
-                if !f.errno_name.is_empty() {
-                    l.str(" (").str(&f.errno_name).str(")");
-                }
-                l.write_to(2);
-                // SAFETY: ending the process without running anything else.
-                unsafe { libc::_exit(ending::failed_exit_code(f.errno)) }
+                ending::exec_failed(self.name, &f)
             }
             Ok(Reply::Error { message, .. }) => {
                 let mut what = String::from("broker: ");
