@@ -15,7 +15,9 @@
 //! writing, which waits for an RCU grace period whenever no move happened in the last
 //! one, 5-30 ms on a quiet host (every launch after a pause paid it). Moving only the
 //! calling thread skips that lock, and the spawn child is single-threaded, so the thread
-//! is the whole process. v2 has no such file outside threaded subtrees.
+//! is the whole process. v2 has no such file outside threaded subtrees; there the child is
+//! born in its cgroup instead (`clone3` with `CLONE_INTO_CGROUP`), and writes
+//! `cgroup.procs` only on kernels before 5.7.
 
 use std::collections::HashMap;
 use std::io;
@@ -47,6 +49,8 @@ pub enum Backend {
 pub struct Group {
     dirs: Vec<PathBuf>,
     join: Vec<OwnedFd>,
+    /// v2: the directory itself, for `clone3(CLONE_INTO_CGROUP)` (see `spawn.rs`).
+    dir: Option<OwnedFd>,
     /// The limits in force: those asked for, less those the host has no controller for.
     applied: CgroupLimits,
 }
@@ -325,6 +329,11 @@ impl Group {
         self.join.iter().map(|f| f.as_raw_fd()).collect()
     }
 
+    /// v2: the directory a launch is cloned into.
+    pub fn dir_fd(&self) -> Option<RawFd> {
+        self.dir.as_ref().map(|f| f.as_raw_fd())
+    }
+
     /// The processes in the group (from the first hierarchy: all hold the same ones).
     pub fn pids(&self) -> Vec<i32> {
         let Some(dir) = self.dirs.first() else {
@@ -586,10 +595,18 @@ fn create(
             .map_err(at(&path))?;
         join.push(OwnedFd::from(f));
     }
+    let dir = match backend {
+        Backend::V2(_) => {
+            let d = std::fs::File::open(&dirs[0]).map_err(at(&dirs[0]))?;
+            Some(OwnedFd::from(d))
+        }
+        Backend::V1 { .. } => None,
+    };
     Ok((
         Group {
             dirs,
             join,
+            dir,
             applied,
         },
         missing,

@@ -324,6 +324,7 @@ async fn launch(
     // Held until the fork is done: the child writes itself into these.
     let cgroup = shared.cgroups.for_context(&ctx);
     plan.cgroup_join = cgroup.as_ref().map(|g| g.join_fds()).unwrap_or_default();
+    plan.cgroup_dir = cgroup.as_ref().and_then(|g| g.dir_fd());
     // Held until the fork is done: the child joins the namespaces through this pidfd.
     let holder = shared.namespaces.for_context(&ctx);
     plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {

@@ -897,6 +897,7 @@ mod tests {
             drop_caps: false,
             namespaces: None,
             cgroup_join: Vec::new(),
+            cgroup_dir: None,
             landlock: [None, None],
             listen_pid: false,
             exec_guard: Some(armed.handover()),

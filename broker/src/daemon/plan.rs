@@ -346,6 +346,7 @@ pub fn prepare(
         exec_guard: None,
         landlock: [None, None],
         cgroup_join: Vec::new(),
+        cgroup_dir: None,
     };
     Ok(Prepared {
         plan,

@@ -53,6 +53,10 @@ pub struct SpawnPlan {
     /// The files the child writes itself to to join the context's cgroup (one per v1
     /// hierarchy; see `cgroups.rs`).
     pub cgroup_join: Vec<RawFd>,
+    /// v2: the context's cgroup directory, which the child is started in directly
+    /// (`clone3` with `CLONE_INTO_CGROUP`); `cgroup_join` is then written only where
+    /// this kernel or architecture cannot do that.
+    pub cgroup_dir: Option<RawFd>,
     /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
     /// context's, and the per-launch one of `enforce = true`.
     pub landlock: [Option<RawFd>; 2],
@@ -306,6 +310,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         handoff: handoff_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
     };
     if BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         BROKER_PID.store(
@@ -411,6 +416,9 @@ struct ChildArgs<'a> {
     grandchild: std::sync::atomic::AtomicI32,
     /// Top of the second half of the stack mapping, for that second clone.
     grand_stack: std::sync::atomic::AtomicPtr<libc::c_void>,
+    /// Set by the parent before the clone: the child was born in its cgroup and must not
+    /// write itself into it.
+    born_in_cgroup: std::sync::atomic::AtomicBool,
 }
 
 /// Set once the whole broker runs with an empty capability bounding set: every thread, and
@@ -599,17 +607,41 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
     // child runs `child_entry`, which only makes async-signal-safe calls on memory prepared
     // before this point and ends in execve or _exit; CLONE_VFORK keeps this thread (and so
     // `args` and the stack mapping) in place until then.
+    let arg = args as *const ChildArgs as *mut libc::c_void;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    // SAFETY: the stack top is inside the mapping (stacks grow down on x86_64/aarch64); the
+    // child runs `child_entry`, which only makes async-signal-safe calls on memory prepared
+    // before this point and ends in execve or _exit; CLONE_VFORK keeps this thread (and so
+    // `args` and the stack mapping) in place until then.
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
         let top = (stack as *mut u8).add(size) as *mut libc::c_void;
-        let pid = libc::clone(
-            child_entry,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            args as *const ChildArgs as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        );
+        let mut pid = -1;
+        if let Some(dir) = args.plan.cgroup_dir {
+            args.born_in_cgroup
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            match clone3_into_cgroup(flags, stack, size, dir, arg, &mut pidfd) {
+                Ok(p) => pid = p,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL)) => {
+                    CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Any other refusal (pids_max reached, say) is retried the old way below,
+                // whose write reports it at the cgroup step as on every other host.
+                Err(_) => {}
+            }
+        }
+        if pid < 0 {
+            args.born_in_cgroup
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            pid = libc::clone(
+                child_entry,
+                top,
+                flags | libc::SIGCHLD,
+                arg,
+                &mut pidfd as *mut libc::c_int,
+            );
+        }
         let err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
@@ -618,6 +650,112 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         pid
     };
     Ok((pid, pidfd))
+}
+
+/// Set once `clone3` with `CLONE_INTO_CGROUP` proved missing (kernel before 5.7).
+static CLONE3_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), a 64-bit flag only `clone3` takes.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Like the `libc::clone` in `clone_vfork`, but the child starts as a member of the cgroup
+/// `dir`. Moving it in afterwards through `cgroup.procs` takes the kernel's threadgroup
+/// lock for writing, which waits for an RCU grace period on a quiet host (5-30 ms).
+/// glibc has no `clone3` wrapper that runs a function on a new stack, so the child's first
+/// instructions are ours: a few lines of assembly, x86_64 only (elsewhere: ENOSYS, and the
+/// caller writes `cgroup.procs`).
+///
+/// # Safety
+/// As for `libc::clone` with CLONE_VM: `stack` must be a mapping of `size` bytes nobody
+/// else uses until the child execs or exits, and `entry` must never return.
+unsafe fn clone3_into_cgroup(
+    flags: i32,
+    stack: *mut libc::c_void,
+    size: usize,
+    dir: RawFd,
+    arg: *mut libc::c_void,
+    pidfd: &mut libc::c_int,
+) -> io::Result<libc::pid_t> {
+    if CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let cl = CloneArgs {
+        flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
+        pidfd: pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack as u64,
+        stack_size: size as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: dir as u64,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ret: i64;
+        let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_entry;
+        // The kernel starts the child at the instruction after `syscall` with rax = 0, the
+        // stack pointer at `stack + size` (16-byte aligned: the top of a mapping) and every
+        // other register as the parent had it. So it finds the entry and its argument in
+        // r12 and r13, calls it on its own stack, and never comes back into this frame,
+        // which belongs to the suspended parent. `exit` is the end should `entry` return.
+        // SAFETY: see the function's contract; the parent path is a plain syscall.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r13",
+                "call r12",
+                "mov edi, eax",
+                "mov eax, {exit}",
+                "syscall",
+                "ud2",
+                "2:",
+                exit = const libc::SYS_exit,
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") &cl as *const CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") entry,
+                in("r13") arg,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret == -(libc::ENOSYS as i64) {
+            CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        Ok(ret as libc::pid_t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (cl, arg);
+        CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -671,6 +809,7 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
         a.last_cap,
         a.listen_pid,
         a.handoff,
+        a.born_in_cgroup.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
 
@@ -805,8 +944,9 @@ unsafe fn child(
     last_cap: i32,
     listen_pid: *mut u8,
     handoff: *mut Handoff,
+    born_in_cgroup: bool,
 ) -> ! {
-    for &join in &plan.cgroup_join {
+    for &join in plan.cgroup_join.iter().filter(|_| !born_in_cgroup) {
         // "0" is the writer: this process, before anything else runs, so every process
         // of the launch is counted and killable.
         if libc::write(join, b"0".as_ptr().cast(), 1) < 0 {
@@ -1044,5 +1184,139 @@ mod tests {
             })
         );
         assert_eq!(parse_report(&[]), None);
+    }
+
+    /// The v2 hierarchy's mount point and this process's cgroup in it.
+    fn own_v2_cgroup() -> std::path::PathBuf {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let mnt = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("a cgroup2 mount (hybrid or unified): these tests need one");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        std::path::Path::new(&mnt).join(rel.trim_start_matches('/'))
+    }
+
+    /// Runs `cat /proc/self/cgroup` with the given cgroup fields; returns its v2 line.
+    fn v2_line_of_child(dir: Option<RawFd>, join: Vec<RawFd>) -> String {
+        let mut pipe = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(
+            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: just created, owned here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let plan = SpawnPlan {
+            program: Program::Exact(CString::new("/bin/cat").unwrap()),
+            sh_fallback: false,
+            argv: ["cat", "/proc/self/cgroup"]
+                .iter()
+                .map(|a| CString::new(*a).unwrap())
+                .collect(),
+            envp: Vec::new(),
+            cwd: None,
+            identity: None,
+            rlimits: Vec::new(),
+            fds: vec![(w.as_raw_fd(), 1)],
+            controlling_tty: None,
+            drop_caps: false,
+            namespaces: None,
+            cgroup_join: join,
+            cgroup_dir: dir,
+            landlock: [None, None],
+            listen_pid: false,
+            exec_guard: None,
+        };
+        let forked = fork_exec(&plan).unwrap();
+        drop(w);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+        // SAFETY: waitid on our child's pidfd, into a zeroed siginfo.
+        let code = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                forked.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
+            info.si_status()
+        };
+        assert_eq!(code, 0, "cat: {out}");
+        out.lines()
+            .find(|l| l.starts_with("0::"))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A v2 cgroup made for one test, removed (empty by then) at the end.
+    struct TestCgroup(std::path::PathBuf);
+
+    impl TestCgroup {
+        fn new(tag: &str) -> TestCgroup {
+            let dir = own_v2_cgroup().join(format!("ctx-spawn-{tag}-{}", std::process::id()));
+            std::fs::create_dir(&dir).expect("creating a v2 cgroup (the tests run as root)");
+            TestCgroup(dir)
+        }
+
+        /// As `/proc/PID/cgroup` names it: the path below the mount.
+        fn rel(&self) -> String {
+            format!(
+                "/{}",
+                self.0.strip_prefix(mount_of(&self.0)).unwrap().display()
+            )
+        }
+    }
+
+    /// The cgroup2 mount point above `dir`.
+    fn mount_of(dir: &std::path::Path) -> std::path::PathBuf {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+            })
+            .find(|m| dir.starts_with(m))
+            .unwrap()
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_v2_launch_is_born_in_its_cgroup() {
+        let cg = TestCgroup::new("born");
+        let dir = std::fs::File::open(&cg.0).unwrap();
+        let line = v2_line_of_child(Some(dir.as_raw_fd()), Vec::new());
+        assert_eq!(line, format!("0::{}", cg.rel()));
+        #[cfg(target_arch = "x86_64")]
+        assert!(
+            !CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed),
+            "clone3(CLONE_INTO_CGROUP) was refused on this kernel"
+        );
+    }
+
+    /// When clone3 refuses the directory, the child joins through `cgroup.procs` instead.
+    #[test]
+    fn a_refused_clone3_falls_back_to_joining_by_write() {
+        let cg = TestCgroup::new("fallback");
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cg.0.join("cgroup.procs"))
+            .unwrap();
+        // Not a cgroup: clone3 fails with EBADF, which must not disable it for later.
+        let not_a_cgroup = std::fs::File::open("/").unwrap();
+        let line = v2_line_of_child(Some(not_a_cgroup.as_raw_fd()), vec![procs.as_raw_fd()]);
+        assert_eq!(line, format!("0::{}", cg.rel()));
+        assert!(!CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
