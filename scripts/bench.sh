@@ -186,6 +186,18 @@ if [ -n "$CTX_MS" ] && [ -n "$PID_MS" ]; then
     row "launch: \`pid = true\` context minus plain context" "$(fmt "$PID_MS-$CTX_MS" +.2f) ms" "" "≤ +0.3 ms"
 fi
 
+# `ctx exec` one launch at a time, 300 ms apart, against the direct launch paced alike.
+idle_med() { # command -> median ms of 30 runs, each after 300 ms of sleep
+    hyperfine -N --prepare "sleep 0.3" --runs 30 --export-json "$TMP/idle.json" "$1" >/dev/null 2>&1 &&
+        py 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["median"]*1000)' "$TMP/idle.json"
+}
+IDLE_D=$(idle_med /bin/true || true)
+IDLE_C=$(idle_med "$BIN/ctx --socket $SOCK exec --context bench -- /bin/true" || true)
+if [ -n "$IDLE_D" ] && [ -n "$IDLE_C" ]; then
+    row "launch: \`ctx exec -- /bin/true\`, each after 300 ms idle" "$(fmt "$IDLE_C" .2f) ms (direct $(fmt "$IDLE_D" .2f) ms)" \
+        "$(fmt "$IDLE_C/$IDLE_D" .1f)x direct" "≤ 3x direct"
+fi
+
 # In-process callers (their own start-up not counted), direct and routed by the interposer.
 gcc -O2 -o "$TMP/launch_loop" scripts/bench/launch_loop.c
 gcc -O2 -o "$TMP/par_launch" scripts/bench/par_launch.c
@@ -217,6 +229,9 @@ caller "C fork+execve" "$TMP/launch_loop" "$N" /bin/true
 caller "C posix_spawn" "$TMP/launch_loop" -s "$N" /bin/true
 caller "Python subprocess.run" "$PY" -c "$py_loop" "$N"
 caller "Node spawnSync" "$NODE" -e "$node_loop" "$N"
+# The same one at a time, 300 ms apart: a quiet host is where a cgroup move would wait
+# for an RCU grace period (5-30 ms) if the broker moved launches through cgroup.procs.
+caller "C fork+execve, each after 300 ms idle" "$TMP/launch_loop" -p 300 30 /bin/true
 
 # Launches/s with 1, 2 and 8 concurrent callers, 3 s each.
 declare -A RATE
@@ -289,10 +304,10 @@ relays() { # rounds, then NAME COMMAND pairs
         py "print('${names[$i]}', 0 if ${best[$i]} == 0 else $BYTES / 1e6 / (max(${best[$i]} - $base, 1) / 1e9))"
     done
 }
-# The control row: the plain pipe with \`head\` first moved into a cgroup by its shell, as
-# the broker moves every routed process into its context's cgroup. No ctx is involved;
-# what it loses against the plain pipe is the cgroup join's, not a relay's (there is
-# none: the routed process writes into the caller's pipe itself).
+# The control row: the plain pipe with \`head\` first moved into a cgroup by its shell
+# through cgroup.procs, as the broker joined launches until it used \`tasks\` (v1) and
+# CLONE_INTO_CGROUP (v2). No ctx is involved: what it loses is that move's wait for an RCU
+# grace period, a one-off 5-30 ms per launch that ctx no longer pays.
 if [ -d /sys/fs/cgroup/pids ]; then PROBE_CG=/sys/fs/cgroup/pids/ctx-bench-probe-$$; else PROBE_CG=/sys/fs/cgroup/ctx-bench-probe-$$; fi
 CONTROL=()
 mkdir "$PROBE_CG" 2>/dev/null &&
@@ -309,7 +324,7 @@ row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%"
 row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "${MBS[fd-out]}" .0f) MB/s" "$(fmt "100*${MBS[fd-out]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
 row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "${MBS[fd-in]}" .0f) MB/s" "$(fmt "100*${MBS[fd-in]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
 if [ -n "${MBS[pipe-cgroup]:-}" ]; then
-    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup by its shell (no ctx; control)" "$(fmt "${MBS[pipe-cgroup]}" .0f) MB/s" "$(fmt "100*${MBS[pipe-cgroup]}/$PIPE" .0f)% of pipe" ""
+    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup through cgroup.procs by its shell (no ctx; what that move costs)" "$(fmt "${MBS[pipe-cgroup]}" .0f) MB/s" "$(fmt "100*${MBS[pipe-cgroup]}/$PIPE" .0f)% of pipe" ""
 fi
 SSHTT=()
 [ -n "$SSH_CTL" ] && SSHTT=(ssh-tt "$SSH -tt -o ControlMaster=no bench head -c $BYTES /dev/zero </dev/null | cat >/dev/null")

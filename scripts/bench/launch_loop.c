@@ -1,6 +1,8 @@
 /* Launches a program N times (fork+execve+waitpid, or posix_spawn with -s) and prints
  * the median and p90 wall time of one launch in microseconds: "p50_us p90_us". Used by
- * scripts/bench.sh to time launches from a C caller, with and without the interposer. */
+ * scripts/bench.sh to time launches from a C caller, with and without the interposer.
+ * With -p MS it idles MS milliseconds before each launch (an agent's launches come one
+ * at a time, between its own work), outside the timed part. */
 #define _GNU_SOURCE
 #include <spawn.h>
 #include <stdio.h>
@@ -18,14 +20,19 @@ static int cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    int use_spawn = 0, i = 1;
-    if (argc > 1 && strcmp(argv[1], "-s") == 0) { use_spawn = 1; i++; }
-    if (argc - i < 2) { fprintf(stderr, "usage: launch_loop [-s] N PROGRAM [ARGS...]\n"); return 2; }
+    int use_spawn = 0, pause_ms = 0, i = 1;
+    for (;;) {
+        if (argc > i && strcmp(argv[i], "-s") == 0) { use_spawn = 1; i++; }
+        else if (argc > i + 1 && strcmp(argv[i], "-p") == 0) { pause_ms = atoi(argv[i + 1]); i += 2; }
+        else break;
+    }
+    if (argc - i < 2) { fprintf(stderr, "usage: launch_loop [-s] [-p MS] N PROGRAM [ARGS...]\n"); return 2; }
     int n = atoi(argv[i]);
     char **cmd = &argv[i + 1];
     double *t = calloc(n, sizeof *t);
     for (int k = 0; k < n; k++) {
         struct timespec a, b;
+        if (pause_ms > 0) usleep(pause_ms * 1000);
         clock_gettime(CLOCK_MONOTONIC, &a);
         pid_t pid;
         if (use_spawn) {
