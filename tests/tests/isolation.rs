@@ -1110,6 +1110,49 @@ fn cgroup_cpu_max_throttles() {
     );
 }
 
+/// A launch joins its context's cgroup without `cgroup.procs`, whose write waits for an RCU
+/// grace period on a quiet host: on v1 the broker holds each hierarchy's `tasks` open for
+/// the spawn child, on v2 the context's directory (the child is cloned into it). The
+/// routed process is a member in every hierarchy its context joins.
+#[test]
+fn a_launch_joins_its_cgroup_without_cgroup_procs() {
+    let b = Broker::start(&cgroup_config());
+    let leaf = format!("/ctx-{}/", b.pid());
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains(&leaf))
+        .collect();
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok_and(|c| {
+        ["memory", "pids", "cpu"]
+            .iter()
+            .all(|w| c.split_whitespace().any(|x| x == *w))
+    });
+    let held_for = |ctx: &str, file: &str| {
+        held.iter()
+            .filter(|p| p.contains(&format!("{leaf}{ctx}")) && p.ends_with(file))
+            .count()
+    };
+    if v2 {
+        assert_eq!(held_for("plain", "plain"), 1, "{held:?}");
+        assert_eq!(held_for("limited", "limited"), 1, "{held:?}");
+    } else {
+        assert!(held.iter().all(|p| p.ends_with("/tasks")), "{held:?}");
+        // pids for every context (what ctx kill reads), memory and cpu only for the limits.
+        assert_eq!(held_for("plain", "/tasks"), 1, "{held:?}");
+        assert_eq!(held_for("limited", "/tasks"), 3, "{held:?}");
+    }
+    let out = b.exec("limited", &["cat", "/proc/self/cgroup"]);
+    let lines = out.ok();
+    let member = lines
+        .lines()
+        .filter(|l| l.ends_with(&format!("{leaf}limited")))
+        .count();
+    assert_eq!(member, if v2 { 1 } else { 3 }, "{lines}");
+}
+
 #[test]
 fn ctx_kill_context_reaches_processes_that_left_their_group() {
     let b = Broker::start(&cgroup_config());

@@ -1186,19 +1186,25 @@ mod tests {
         assert_eq!(parse_report(&[]), None);
     }
 
-    /// The v2 hierarchy's mount point and this process's cgroup in it.
-    fn own_v2_cgroup() -> std::path::PathBuf {
+    /// The v2 hierarchy's mount point (hybrid or unified).
+    fn v2_mount() -> std::path::PathBuf {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        let mnt = mounts
+        mounts
             .lines()
             .find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
             })
-            .expect("a cgroup2 mount (hybrid or unified): these tests need one");
+            .expect("a cgroup2 mount (hybrid or unified): these tests need one")
+    }
+
+    /// This process's own v2 cgroup, as a path below `v2_mount()`.
+    fn own_v2_cgroup() -> String {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        std::path::Path::new(&mnt).join(rel.trim_start_matches('/'))
+        own.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .to_string()
     }
 
     /// Runs `cat /proc/self/cgroup` with the given cgroup fields; returns its v2 line.
@@ -1254,50 +1260,36 @@ mod tests {
             .to_string()
     }
 
-    /// A v2 cgroup made for one test, removed (empty by then) at the end.
-    struct TestCgroup(std::path::PathBuf);
+    /// A v2 cgroup made for one test, removed (empty by then) at the end: its path below
+    /// the mount, as `/proc/PID/cgroup` names it, and its directory.
+    struct TestCgroup(String, std::path::PathBuf);
 
     impl TestCgroup {
         fn new(tag: &str) -> TestCgroup {
-            let dir = own_v2_cgroup().join(format!("ctx-spawn-{tag}-{}", std::process::id()));
+            let own = own_v2_cgroup();
+            let rel = format!(
+                "{}/ctx-spawn-{tag}-{}",
+                own.trim_end_matches('/'),
+                std::process::id()
+            );
+            let dir = v2_mount().join(rel.trim_start_matches('/'));
             std::fs::create_dir(&dir).expect("creating a v2 cgroup (the tests run as root)");
-            TestCgroup(dir)
+            TestCgroup(rel, dir)
         }
-
-        /// As `/proc/PID/cgroup` names it: the path below the mount.
-        fn rel(&self) -> String {
-            format!(
-                "/{}",
-                self.0.strip_prefix(mount_of(&self.0)).unwrap().display()
-            )
-        }
-    }
-
-    /// The cgroup2 mount point above `dir`.
-    fn mount_of(dir: &std::path::Path) -> std::path::PathBuf {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        mounts
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-            })
-            .find(|m| dir.starts_with(m))
-            .unwrap()
     }
 
     impl Drop for TestCgroup {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir(&self.0);
+            let _ = std::fs::remove_dir(&self.1);
         }
     }
 
     #[test]
     fn a_v2_launch_is_born_in_its_cgroup() {
         let cg = TestCgroup::new("born");
-        let dir = std::fs::File::open(&cg.0).unwrap();
+        let dir = std::fs::File::open(&cg.1).unwrap();
         let line = v2_line_of_child(Some(dir.as_raw_fd()), Vec::new());
-        assert_eq!(line, format!("0::{}", cg.rel()));
+        assert_eq!(line, format!("0::{}", cg.0));
         #[cfg(target_arch = "x86_64")]
         assert!(
             !CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed),
@@ -1311,12 +1303,12 @@ mod tests {
         let cg = TestCgroup::new("fallback");
         let procs = std::fs::OpenOptions::new()
             .write(true)
-            .open(cg.0.join("cgroup.procs"))
+            .open(cg.1.join("cgroup.procs"))
             .unwrap();
         // Not a cgroup: clone3 fails with EBADF, which must not disable it for later.
         let not_a_cgroup = std::fs::File::open("/").unwrap();
         let line = v2_line_of_child(Some(not_a_cgroup.as_raw_fd()), vec![procs.as_raw_fd()]);
-        assert_eq!(line, format!("0::{}", cg.rel()));
+        assert_eq!(line, format!("0::{}", cg.0));
         assert!(!CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
