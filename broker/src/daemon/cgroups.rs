@@ -612,3 +612,72 @@ fn create(
         missing,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::spawn::{fork_exec, test_plan};
+    use super::*;
+
+    /// The v2 path below the mount of this process's own v2 cgroup (hybrid or unified).
+    fn own_v2_base() -> PathBuf {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let mnt = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("a cgroup2 mount (hybrid or unified): this test needs one");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        join(Path::new(&mnt), rel)
+    }
+
+    /// The v2 backend's plumbing, on whatever v2 hierarchy this host has (its memory, pids
+    /// and cpu controllers may all be bound to v1, so no limits): the context's group is
+    /// made, a launch is born in it, `ctx kill --context` finds it there and signals it,
+    /// and shutdown removes the directories.
+    #[test]
+    fn a_v2_group_holds_its_launches_and_kill_reaches_them() {
+        let backend = Backend::V2(own_v2_base());
+        let name = format!("v2test-{}", std::process::id());
+        let (group, _) = create(&backend, &name, &CgroupLimits::default()).unwrap();
+        let dir = group.dirs[0].clone();
+        assert!(group.dir_fd().is_some() && group.join_fds().len() == 1);
+        let cgroups = Cgroups {
+            backend: Some(backend),
+            groups: Mutex::new(HashMap::from([(name.clone(), Arc::new(group))])),
+            failures: Mutex::new(HashMap::new()),
+        };
+        let group = cgroups.lock().get(&name).cloned().unwrap();
+        let mut plan = test_plan(&["/bin/sleep", "30"], Vec::new());
+        plan.cgroup_join = group.join_fds();
+        plan.cgroup_dir = group.dir_fd();
+        let forked = fork_exec(&plan).unwrap();
+        drop(group);
+        let listed = (0..100).find_map(|_| {
+            let pids = cgroups.lock()[&name].pids();
+            if pids == [forked.pid] {
+                return Some(pids);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            None
+        });
+        assert_eq!(listed, Some(vec![forked.pid]));
+        assert_eq!(cgroups.kill(&name, libc::SIGKILL, &[]), 1);
+        // SAFETY: waitid on our child's pidfd, into a zeroed siginfo.
+        let (code, status) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                forked.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
+            (info.si_code, info.si_status())
+        };
+        assert_eq!((code, status), (libc::CLD_KILLED, libc::SIGKILL));
+        cgroups.remove_all();
+        assert!(!dir.exists() && !dir.parent().unwrap().exists(), "{dir:?}");
+    }
+}

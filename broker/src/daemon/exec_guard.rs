@@ -848,9 +848,8 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::spawn::{fork_exec, Program, SpawnPlan};
+    use super::super::spawn::{fork_exec, test_plan};
     use super::*;
-    use std::ffi::CString;
     use std::io::Read;
     use std::sync::mpsc;
 
@@ -881,27 +880,11 @@ mod tests {
         );
         // SAFETY: just created, owned here.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-        let plan = SpawnPlan {
-            program: Program::Exact(CString::new("/bin/sh").unwrap()),
-            sh_fallback: false,
-            argv: ["sh", "-c", script]
-                .iter()
-                .map(|a| CString::new(*a).unwrap())
-                .collect(),
-            envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
-            cwd: None,
-            identity: None,
-            rlimits: Vec::new(),
-            fds: vec![(w.as_raw_fd(), 1), (w.as_raw_fd(), 2)],
-            controlling_tty: None,
-            drop_caps: false,
-            namespaces: None,
-            cgroup_join: Vec::new(),
-            cgroup_dir: None,
-            landlock: [None, None],
-            listen_pid: false,
-            exec_guard: Some(armed.handover()),
-        };
+        let mut plan = test_plan(
+            &["/bin/sh", "-c", script],
+            vec![(w.as_raw_fd(), 1), (w.as_raw_fd(), 2)],
+        );
+        plan.exec_guard = Some(armed.handover());
         let forked = fork_exec(&plan).unwrap();
         drop(armed);
         drop(w);

@@ -1158,6 +1158,30 @@ unsafe fn child(
     )
 }
 
+/// A plan that runs `argv` (an absolute program path first) as the broker itself, with
+/// these descriptors and nothing else set: for tests of the spawn path.
+#[cfg(test)]
+pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
+    SpawnPlan {
+        program: Program::Exact(CString::new(argv[0]).unwrap()),
+        sh_fallback: false,
+        argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
+        envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
+        cwd: None,
+        identity: None,
+        rlimits: Vec::new(),
+        fds,
+        controlling_tty: None,
+        drop_caps: false,
+        namespaces: None,
+        cgroup_join: Vec::new(),
+        cgroup_dir: None,
+        landlock: [None, None],
+        listen_pid: false,
+        exec_guard: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1217,27 +1241,9 @@ mod tests {
         );
         // SAFETY: just created, owned here.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-        let plan = SpawnPlan {
-            program: Program::Exact(CString::new("/bin/cat").unwrap()),
-            sh_fallback: false,
-            argv: ["cat", "/proc/self/cgroup"]
-                .iter()
-                .map(|a| CString::new(*a).unwrap())
-                .collect(),
-            envp: Vec::new(),
-            cwd: None,
-            identity: None,
-            rlimits: Vec::new(),
-            fds: vec![(w.as_raw_fd(), 1)],
-            controlling_tty: None,
-            drop_caps: false,
-            namespaces: None,
-            cgroup_join: join,
-            cgroup_dir: dir,
-            landlock: [None, None],
-            listen_pid: false,
-            exec_guard: None,
-        };
+        let mut plan = test_plan(&["/bin/cat", "/proc/self/cgroup"], vec![(w.as_raw_fd(), 1)]);
+        plan.cgroup_join = join;
+        plan.cgroup_dir = dir;
         let forked = fork_exec(&plan).unwrap();
         drop(w);
         let mut out = String::new();
