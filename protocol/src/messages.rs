@@ -188,8 +188,10 @@ pub enum Reply<'a> {
         status: ExitStatus,
         timed_out: bool,
     },
-    /// Bytes the routed process wrote to its PTY.
-    Output(#[serde(borrow)] Cow<'a, [u8]>),
+    /// Bytes the routed process wrote to its PTY. Encoded as bytes, not as a sequence of
+    /// `u8` (serde's default for a slice), which postcard writes one call per byte; the
+    /// bytes on the wire are the same either way.
+    Output(#[serde(borrow, with = "serde_bytes")] Cow<'a, [u8]>),
     Status(StatusReport),
     Contexts(Vec<ContextInfo>),
     /// The new config is in force; these are its contexts.

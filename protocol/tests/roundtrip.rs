@@ -393,3 +393,20 @@ fn isolation_lines_read_back_what_they_wrote() {
         "a: none; NOT in force: pids_max"
     );
 }
+
+/// PTY output is encoded as one length and the bytes themselves (what a sequence of `u8`
+/// also gives in postcard, so older peers read it alike), and decoded without a copy.
+#[test]
+fn output_is_raw_bytes_on_the_wire_and_decodes_borrowed() {
+    let data: Vec<u8> = (0..=255).collect();
+    let mut out = Vec::new();
+    encode_vec(&Reply::Output(Cow::Borrowed(&data)), &mut out).unwrap();
+    let payload = &out[FRAME_HEADER..];
+    // Tag, then the length 256 as a varint (0x80 0x02), then the bytes.
+    assert_eq!(&payload[..3], &[reply_tag::OUTPUT, 0x80, 0x02]);
+    assert_eq!(&payload[3..], &data[..]);
+    match decode::<Reply>(payload).unwrap() {
+        Reply::Output(Cow::Borrowed(b)) => assert_eq!(b, &data[..]),
+        other => panic!("expected borrowed output, got {other:?}"),
+    }
+}
