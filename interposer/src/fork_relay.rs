@@ -165,18 +165,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
         } else {
             (handoff_at - now_ms()).max(0) as i32
         };
-        let mut pfd = [
-            libc::pollfd {
-                fd: sock,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        let mut pfd = [sys::poll_in(sock), sys::poll_in(sfd)];
         // SAFETY: two valid pollfds.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout) };
         if n < 0 && sys::errno() != libc::EINTR {

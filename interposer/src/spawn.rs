@@ -155,29 +155,20 @@ unsafe fn spawn_routed(
         shim_argv[head.len() + argc + i] = unsafe { *envp.add(i) };
     }
     shim_argv[total - 1] = std::ptr::null();
-    // The environment travels in argv, so the shim itself runs without LD_PRELOAD.
-    let empty_env: [*const c_char; 1] = [std::ptr::null()];
 
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: valid path, the caller's opaque objects, NULL-terminated arrays.
-    let rc = unsafe {
-        real(
-            &mut pid,
-            st.shim.as_ptr(),
-            file_actions,
-            attr,
-            shim_argv.as_ptr(),
-            empty_env.as_ptr(),
-        )
-    };
+    // SAFETY: the caller's opaque objects; a NULL-terminated argv.
+    let started = unsafe { start_shim(st, real, file_actions, attr, shim_argv.as_ptr()) };
     // SAFETY: our descriptor; only the shim holds the write end now.
     unsafe { libc::close(report_w) };
     drop(mem);
-    if rc != 0 {
-        // SAFETY: our descriptor.
-        unsafe { libc::close(report_r) };
-        return Err(rc);
-    }
+    let pid = match started {
+        Ok(pid) => pid,
+        Err(rc) => {
+            // SAFETY: our descriptor.
+            unsafe { libc::close(report_r) };
+            return Err(rc);
+        }
+    };
     let report = wait_report(report_r, pid);
     // SAFETY: our descriptor.
     unsafe { libc::close(report_r) };
@@ -235,29 +226,19 @@ unsafe fn spawn_attached(
         let args = exec::ShimArgv::new(fd, pty_mask);
         // SAFETY: the caller's array.
         let shim_argv = unsafe { args.argv(st, argv) };
-        let empty_env: [*const c_char; 1] = [std::ptr::null()];
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: valid path, file actions built at load, the caller's attributes,
-        // NULL-terminated arrays.
-        let rc = unsafe {
-            real(
-                &mut pid,
-                st.shim.as_ptr(),
-                &st.attach_actions,
-                attr,
-                shim_argv.as_ptr(),
-                empty_env.as_ptr(),
-            )
-        };
-        // SAFETY: our descriptors; the shim has its own copy now.
-        unsafe {
-            libc::close(fd);
-            if rc == 0 {
-                libc::close(sock);
+        // SAFETY: file actions built at load, the caller's attributes, a NULL-terminated
+        // argv.
+        let started = unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv.as_ptr()) };
+        // SAFETY: our descriptor; the shim has its own copy now.
+        unsafe { libc::close(fd) };
+        match started {
+            Ok(pid) => {
+                // SAFETY: our socket, which the shim holds now.
+                unsafe { libc::close(sock) };
                 return Ok(pid);
             }
+            Err(rc) => rc,
         }
-        rc
     } else {
         // Taken since the check in spawn_routed (another thread opened its descriptor
         // limit's worth): no way to hand the connection over.
@@ -267,6 +248,37 @@ unsafe fn spawn_attached(
     // SAFETY: our socket.
     unsafe { libc::close(sock) };
     Err(rc)
+}
+
+/// Starts the shim with the real `posix_spawn`/`posix_spawnp`: its pid, or the error
+/// number. What it needs travels in `argv`, so it runs with an empty environment (and so
+/// without LD_PRELOAD).
+///
+/// # Safety
+/// `file_actions` and `attr` are null or initialised objects; `argv` is NULL-terminated.
+unsafe fn start_shim(
+    st: &State,
+    real: SpawnFn,
+    file_actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+) -> Result<libc::pid_t, c_int> {
+    let empty_env: [*const c_char; 1] = [std::ptr::null()];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: a valid path and the caller's guarantees above.
+    match unsafe {
+        real(
+            &mut pid,
+            st.shim.as_ptr(),
+            file_actions,
+            attr,
+            argv,
+            empty_env.as_ptr(),
+        )
+    } {
+        0 => Ok(pid),
+        rc => Err(rc),
+    }
 }
 
 /// A descriptor number unlikely to collide with file actions' targets, below the limit.
@@ -291,18 +303,7 @@ fn wait_report(r: c_int, pid: libc::pid_t) -> Option<i32> {
     let mut rec = [0u8; REPORT_LEN];
     let mut got = 0usize;
     let result = loop {
-        let mut pfd = [
-            libc::pollfd {
-                fd: r,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        let mut pfd = [sys::poll_in(r), sys::poll_in(pidfd)];
         let nfds = if pidfd >= 0 { 2 } else { 1 };
         // SAFETY: pfd holds nfds entries.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), nfds, -1) };

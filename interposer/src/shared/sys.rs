@@ -14,6 +14,15 @@ pub fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// A `poll(2)` entry waiting for `fd` to be readable (a negative `fd` is skipped by poll).
+pub const fn poll_in(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
 /// The bytes of a NUL-terminated C string (without the NUL); empty for a null pointer.
 ///
 /// # Safety

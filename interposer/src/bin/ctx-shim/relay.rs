@@ -212,21 +212,9 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
     loop {
         let relay_input = r.input_open && (r.tty.saved.is_some() || Tty::foreground());
         let mut pfd = [
-            libc::pollfd {
-                fd: sock,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if relay_input { 0 } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            sys::poll_in(sock),
+            sys::poll_in(sfd),
+            sys::poll_in(if relay_input { 0 } else { -1 }),
         ];
         // SAFETY: three valid pollfds.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, -1) };
