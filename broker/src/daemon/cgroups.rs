@@ -615,23 +615,9 @@ fn create(
 
 #[cfg(test)]
 mod tests {
-    use super::super::spawn::{fork_exec, test_plan};
+    use super::super::spawn::fork_exec;
+    use super::super::spawn::testing::{own_v2_cgroup, test_plan, v2_mount, wait_end};
     use super::*;
-
-    /// The v2 path below the mount of this process's own v2 cgroup (hybrid or unified).
-    fn own_v2_base() -> PathBuf {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        let mnt = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
-            })
-            .expect("a cgroup2 mount (hybrid or unified): this test needs one");
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        join(Path::new(&mnt), rel)
-    }
 
     /// The v2 backend's plumbing, on whatever v2 hierarchy this host has (its memory, pids
     /// and cpu controllers may all be bound to v1, so no limits): the context's group is
@@ -639,7 +625,7 @@ mod tests {
     /// and shutdown removes the directories.
     #[test]
     fn a_v2_group_holds_its_launches_and_kill_reaches_them() {
-        let backend = Backend::V2(own_v2_base());
+        let backend = Backend::V2(join(&v2_mount(), &own_v2_cgroup()));
         let name = format!("v2test-{}", std::process::id());
         let (group, _) = create(&backend, &name, &CgroupLimits::default()).unwrap();
         let dir = group.dirs[0].clone();
@@ -665,18 +651,7 @@ mod tests {
         });
         assert_eq!(listed, Some(vec![forked.pid]));
         assert_eq!(cgroups.kill(&name, libc::SIGKILL, &[]), 1);
-        // SAFETY: waitid on our child's pidfd, into a zeroed siginfo.
-        let (code, status) = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PIDFD,
-                forked.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            );
-            (info.si_code, info.si_status())
-        };
-        assert_eq!((code, status), (libc::CLD_KILLED, libc::SIGKILL));
+        assert_eq!(wait_end(&forked), (libc::CLD_KILLED, libc::SIGKILL));
         cgroups.remove_all();
         assert!(!dir.exists() && !dir.parent().unwrap().exists(), "{dir:?}");
     }

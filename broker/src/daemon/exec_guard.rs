@@ -848,7 +848,8 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::spawn::{fork_exec, test_plan};
+    use super::super::spawn::fork_exec;
+    use super::super::spawn::testing::{test_plan, wait_end};
     use super::*;
     use std::io::Read;
     use std::sync::mpsc;
@@ -890,16 +891,7 @@ mod tests {
         drop(w);
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
-        // SAFETY: waitid on our child's pidfd.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PIDFD,
-                forked.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            );
-        }
+        wait_end(&forked);
         (out, rx.try_iter().collect())
     }
 

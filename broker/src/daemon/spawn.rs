@@ -621,14 +621,10 @@ fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
         if let Some(dir) = args.plan.cgroup_dir {
             args.born_in_cgroup
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            match clone3_into_cgroup(flags, stack, size, dir, arg, &mut pidfd) {
-                Ok(p) => pid = p,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL)) => {
-                    CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Any other refusal (pids_max reached, say) is retried the old way below,
-                // whose write reports it at the cgroup step as on every other host.
-                Err(_) => {}
+            // Any refusal (pids_max reached, say) is retried the old way below, whose write
+            // reports it at the cgroup step as on every other host.
+            if let Ok(p) = clone3_into_cgroup(flags, stack, size, dir, arg, &mut pidfd) {
+                pid = p;
             }
         }
         if pid < 0 {
@@ -693,7 +689,7 @@ unsafe fn clone3_into_cgroup(
     pidfd: &mut libc::c_int,
 ) -> io::Result<libc::pid_t> {
     if CLONE3_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
     }
     let cl = CloneArgs {
         flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
@@ -742,11 +738,13 @@ unsafe fn clone3_into_cgroup(
                 options(nostack),
             );
         }
-        if ret == -(libc::ENOSYS as i64) {
-            CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         if ret < 0 {
-            return Err(io::Error::from_raw_os_error(-ret as i32));
+            let err = -ret as i32;
+            // No clone3 (before 5.3), or one without CLONE_INTO_CGROUP (5.3-5.6).
+            if matches!(err, libc::ENOSYS | libc::EINVAL | libc::E2BIG) {
+                CLONE3_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Err(io::Error::from_raw_os_error(err));
         }
         Ok(ret as libc::pid_t)
     }
@@ -1158,32 +1156,74 @@ unsafe fn child(
     )
 }
 
-/// A plan that runs `argv` (an absolute program path first) as the broker itself, with
-/// these descriptors and nothing else set: for tests of the spawn path.
+/// What the broker's tests of the spawn path share.
 #[cfg(test)]
-pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
-    SpawnPlan {
-        program: Program::Exact(CString::new(argv[0]).unwrap()),
-        sh_fallback: false,
-        argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
-        envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
-        cwd: None,
-        identity: None,
-        rlimits: Vec::new(),
-        fds,
-        controlling_tty: None,
-        drop_caps: false,
-        namespaces: None,
-        cgroup_join: Vec::new(),
-        cgroup_dir: None,
-        landlock: [None, None],
-        listen_pid: false,
-        exec_guard: None,
+pub mod testing {
+    use super::*;
+
+    /// A plan that runs `argv` (an absolute program path first) as the broker itself, with
+    /// these descriptors and nothing else set.
+    pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
+        SpawnPlan {
+            program: Program::Exact(CString::new(argv[0]).unwrap()),
+            sh_fallback: false,
+            argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
+            envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
+            cwd: None,
+            identity: None,
+            rlimits: Vec::new(),
+            fds,
+            controlling_tty: None,
+            drop_caps: false,
+            namespaces: None,
+            cgroup_join: Vec::new(),
+            cgroup_dir: None,
+            landlock: [None, None],
+            listen_pid: false,
+            exec_guard: None,
+        }
+    }
+
+    /// Waits for the started child to end: `(si_code, si_status)` of its `waitid`.
+    pub fn wait_end(forked: &Forked) -> (i32, i32) {
+        // SAFETY: waitid on our child's pidfd, into a zeroed siginfo.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                forked.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
+            (info.si_code, info.si_status())
+        }
+    }
+
+    /// The v2 hierarchy's mount point (hybrid or unified).
+    pub fn v2_mount() -> std::path::PathBuf {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+            })
+            .expect("a cgroup2 mount (hybrid or unified): these tests need one")
+    }
+
+    /// This process's own v2 cgroup, as a path below `v2_mount()`.
+    pub fn own_v2_cgroup() -> String {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        own.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
 
     #[test]
@@ -1210,27 +1250,6 @@ mod tests {
         assert_eq!(parse_report(&[]), None);
     }
 
-    /// The v2 hierarchy's mount point (hybrid or unified).
-    fn v2_mount() -> std::path::PathBuf {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-            })
-            .expect("a cgroup2 mount (hybrid or unified): these tests need one")
-    }
-
-    /// This process's own v2 cgroup, as a path below `v2_mount()`.
-    fn own_v2_cgroup() -> String {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        own.lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap()
-            .to_string()
-    }
-
     /// Runs `cat /proc/self/cgroup` with the given cgroup fields; returns its v2 line.
     fn v2_line_of_child(dir: Option<RawFd>, join: Vec<RawFd>) -> String {
         let mut pipe = [0; 2];
@@ -1248,18 +1267,7 @@ mod tests {
         drop(w);
         let mut out = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
-        // SAFETY: waitid on our child's pidfd, into a zeroed siginfo.
-        let code = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PIDFD,
-                forked.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            );
-            info.si_status()
-        };
-        assert_eq!(code, 0, "cat: {out}");
+        assert_eq!(wait_end(&forked).1, 0, "cat: {out}");
         out.lines()
             .find(|l| l.starts_with("0::"))
             .unwrap_or_default()
