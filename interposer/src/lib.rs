@@ -18,7 +18,8 @@
 //! So the non-variadic hooks are plain `#[no_mangle] extern "C"` functions here, and the
 //! variadic ones are C (`variadic.c`) reached through naked-function trampolines.
 //!
-//! Layout: [`state`] is what the constructor reads and resolves; [`exec`] is the exec-family
+//! Layout: [`state`] is what the constructor reads and resolves ([`symbols`] finds the real
+//! functions); [`exec`] is the exec-family
 //! hook path (vfork-safe); [`spawn`] routes `posix_spawn`, `system` and `popen` through the
 //! shim; `shared/` is the part the shim runs too (wire encoding, fd scan, broker exchange).
 
@@ -32,6 +33,7 @@ pub mod fork_relay;
 pub mod shared;
 pub mod spawn;
 pub mod state;
+pub mod symbols;
 
 use std::ffi::{c_char, c_int};
 

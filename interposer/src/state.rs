@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Once;
 
 use crate::shared::sys;
+use crate::symbols::{self, Lookup};
 
 pub type ExecveFn =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
@@ -206,9 +207,15 @@ fn env(name: &CStr) -> Option<&'static [u8]> {
     }
 }
 
-fn sym<T>(name: &CStr) -> Option<T> {
-    // SAFETY: dlsym with RTLD_NEXT looks the name up after this library.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+/// The next definition of `name` after this library (normally glibc's), read from the
+/// loaded objects' tables, or from `dlsym` when those leave a doubt or cannot be walked.
+fn sym<T>(after: Option<&symbols::After>, name: &CStr) -> Option<T> {
+    let p = match after.map(|a| symbols::next(a, name)) {
+        Some(Lookup::Found(p)) => p,
+        Some(Lookup::Absent) => return None,
+        // SAFETY: dlsym with RTLD_NEXT looks the name up after this library.
+        Some(Lookup::AskLoader) | None => unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) },
+    };
     if p.is_null() {
         None
     } else {
@@ -219,20 +226,22 @@ fn sym<T>(name: &CStr) -> Option<T> {
 }
 
 fn resolve() -> Real {
+    let after = symbols::after_this_object();
+    let a = after.as_ref();
     Real {
-        execve: sym(c"execve"),
-        execv: sym(c"execv"),
-        execvp: sym(c"execvp"),
-        execvpe: sym(c"execvpe"),
-        fexecve: sym(c"fexecve"),
-        execveat: sym(c"execveat"),
-        posix_spawn: sym(c"posix_spawn"),
-        posix_spawnp: sym(c"posix_spawnp"),
-        pidfd_spawn: sym(c"pidfd_spawn"),
-        pidfd_spawnp: sym(c"pidfd_spawnp"),
-        system: sym(c"system"),
-        popen: sym(c"popen"),
-        pclose: sym(c"pclose"),
+        execve: sym(a, c"execve"),
+        execv: sym(a, c"execv"),
+        execvp: sym(a, c"execvp"),
+        execvpe: sym(a, c"execvpe"),
+        fexecve: sym(a, c"fexecve"),
+        execveat: sym(a, c"execveat"),
+        posix_spawn: sym(a, c"posix_spawn"),
+        posix_spawnp: sym(a, c"posix_spawnp"),
+        pidfd_spawn: sym(a, c"pidfd_spawn"),
+        pidfd_spawnp: sym(a, c"pidfd_spawnp"),
+        system: sym(a, c"system"),
+        popen: sym(a, c"popen"),
+        pclose: sym(a, c"pclose"),
     }
 }
 

@@ -294,6 +294,93 @@ fn git_alias_and_hooks_route() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("identity"));
 }
 
+/// A library preloaded after ours that wraps the real functions, announces each call on
+/// stderr and forwards it: what our hooks call when they do not route must be the next
+/// library's definition, as `dlsym(RTLD_NEXT, ..)` would find, not glibc's directly.
+const NEXT_LIBRARY: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void say(const char *f) { write(2, "next:", 5); write(2, f, strlen(f)); write(2, "\n", 1); }
+#define NEXT(f) ((__typeof__(&f))dlsym(RTLD_NEXT, #f))
+int execve(const char *p, char *const a[], char *const e[]) { say("execve"); return NEXT(execve)(p, a, e); }
+int execv(const char *p, char *const a[]) { say("execv"); return NEXT(execv)(p, a); }
+int execvp(const char *p, char *const a[]) { say("execvp"); return NEXT(execvp)(p, a); }
+int execvpe(const char *p, char *const a[], char *const e[]) { say("execvpe"); return NEXT(execvpe)(p, a, e); }
+int fexecve(int fd, char *const a[], char *const e[]) { say("fexecve"); return NEXT(fexecve)(fd, a, e); }
+int execveat(int d, const char *p, char *const a[], char *const e[], int f) { say("execveat"); return NEXT(execveat)(d, p, a, e, f); }
+int posix_spawn(pid_t *pid, const char *p, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at, char *const a[], char *const e[]) { say("posix_spawn"); return NEXT(posix_spawn)(pid, p, fa, at, a, e); }
+int posix_spawnp(pid_t *pid, const char *p, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at, char *const a[], char *const e[]) { say("posix_spawnp"); return NEXT(posix_spawnp)(pid, p, fa, at, a, e); }
+int system(const char *c) { say("system"); return NEXT(system)(c); }
+FILE *popen(const char *c, const char *m) { say("popen"); return NEXT(popen)(c, m); }
+"#;
+
+#[test]
+fn without_a_route_every_function_runs_locally_through_the_next_library() {
+    let b = start_broker();
+    let launch_all = b.dir.join("launch_all");
+    let next = b.dir.join("libnext.so");
+    let next_c = b.dir.join("next.c");
+    std::fs::write(&next_c, NEXT_LIBRARY).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/launch_all.c");
+    for cc in [
+        vec!["-o".as_ref(), launch_all.as_os_str(), src.as_os_str()],
+        vec![
+            "-shared".as_ref(),
+            "-fPIC".as_ref(),
+            "-o".as_ref(),
+            next.as_os_str(),
+            next_c.as_os_str(),
+        ],
+    ] {
+        assert!(Command::new("cc").args(cc).status().unwrap().success());
+    }
+    let ours = bin_dir().join("libctx_interposer.so");
+    // SAFETY: plain getter.
+    let me = unsafe { libc::getuid() };
+    let local = format!("{me} none agent-canary\n");
+    for (preload, chained) in [
+        (ours.display().to_string(), false),
+        (format!("{} {}", ours.display(), next.display()), true),
+    ] {
+        for f in [
+            "execve",
+            "execv",
+            "execvp",
+            "execvpe",
+            "execl",
+            "execlp",
+            "execle",
+            "execveat",
+            "fexecve",
+            "vfork",
+            "posix_spawn",
+            "posix_spawnp",
+            "posix_spawn_plain",
+            "posix_spawnp_plain",
+            "system",
+            "popen",
+        ] {
+            let o = b
+                .cmd(&[launch_all.to_str().unwrap(), f, &format!("{PROBE}; exit 3")])
+                .env_remove("CTX_ROUTE")
+                .env("LD_PRELOAD", &preload)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(stdout(&o), local, "{f} with {preload}: {err}");
+            assert_eq!(o.status.code(), Some(3), "{f} with {preload}: {err}");
+            let hook = f.trim_end_matches("_plain");
+            if chained && !matches!(hook, "execl" | "execlp" | "execle" | "vfork") {
+                assert!(err.contains(&format!("next:{hook}\n")), "{f}: {err}");
+            }
+        }
+    }
+}
+
 #[test]
 fn passthrough_stays_local_and_children_still_route() {
     let b = start_broker();
