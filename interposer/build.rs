@@ -1,19 +1,77 @@
-//! Compiles the C half of the interposer: the variadic `execl*` bodies, which stable Rust
-//! cannot define.
+//! Builds the preloaded half of the interposer, `libctx_interposer.so` (C, `src/preload.c`),
+//! beside what Cargo builds, and links the static unwinder and the static-pie shim.
+
+use std::path::{Path, PathBuf};
 
 #[path = "static_pie.rs"]
 mod static_pie;
 
+const PRELOAD_SRC: &str = "src/preload.c";
+
 fn main() {
-    println!("cargo:rerun-if-changed=src/variadic.c");
+    println!("cargo:rerun-if-changed={PRELOAD_SRC}");
     link_unwinder_statically();
     static_pie::link_bin_statically("ctx-shim");
-    cc::Build::new()
-        .file("src/variadic.c")
-        .flag_if_supported("-fvisibility=hidden")
-        .flag_if_supported("-Wall")
-        .flag_if_supported("-Wextra")
-        .compile("ctx_variadic");
+    build_preloaded_library();
+}
+
+/// Cargo builds Rust shared libraries only, and a Rust one always carries std; the
+/// preloaded library must not (see `preload.c`). So the C compiler `cc` finds links it as
+/// a shared object without libc, and it is placed where Cargo puts its own artifacts
+/// (`target/<profile>/`), beside `libctx_route.so` and `ctx-shim`, where SPEC section 9
+/// and `ctx run` look for it.
+fn build_preloaded_library() {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let built = out.join("libctx_interposer.so");
+    let mut cc = cc::Build::new().get_compiler().to_command();
+    cc.args([
+        "-O2",
+        "-fPIC",
+        "-shared",
+        // No libc at link time, and nothing the compiler would call into it for.
+        "-nostdlib",
+        "-ffreestanding",
+        "-fno-stack-protector",
+        "-fno-tree-loop-distribute-patterns",
+        "-fvisibility=hidden",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wl,-soname,libctx_interposer.so",
+        "-Wl,-z,now",
+        "-Wl,-z,relro",
+        "-Wl,-z,noexecstack",
+        "-Wl,--hash-style=gnu",
+        "-o",
+    ])
+    .arg(&built)
+    .arg(PRELOAD_SRC);
+    let status = cc.status().expect("run the C compiler");
+    assert!(status.success(), "compiling {PRELOAD_SRC} failed: {cc:?}");
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let dest = out
+        .ancestors()
+        .nth(3)
+        .expect("OUT_DIR inside the target directory")
+        .join("libctx_interposer.so");
+    // A fresh file, not a write through whatever the old name was linked to.
+    let _ = std::fs::remove_file(&dest);
+    std::fs::copy(&built, &dest).expect("place libctx_interposer.so");
+    // Rebuilt when deleted; dated like its source, so that Cargo (which reruns this script
+    // for a file newer than its last run) does not take the copy for a change.
+    println!("cargo:rerun-if-changed={}", dest.display());
+    set_mtime_like(&dest, Path::new(PRELOAD_SRC));
+}
+
+fn set_mtime_like(file: &Path, like: &Path) {
+    let when = std::fs::metadata(like)
+        .and_then(|m| m.modified())
+        .expect("stat the source");
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_modified(when))
+        .expect("date libctx_interposer.so");
 }
 
 /// Rust's std links the unwinder from the shared `libgcc_s`. Loading one more library costs

@@ -1,13 +1,13 @@
-//! What the load-time constructor settles once: whether to route, where to (context,
-//! socket), what stays local, where the shim is, and the real libc functions. Hooks only
-//! read it, so routing survives a program that later clears its environment.
+//! What is settled once, when the preloaded library loads this one: whether to route,
+//! where to (context, socket), what stays local, where the shim is, and the real libc
+//! functions (found by the preloaded library). Hooks only read it, so routing survives a
+//! program that later clears its environment.
 
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Once;
 
 use crate::shared::sys;
-use crate::symbols::{self, Lookup};
 
 pub type ExecveFn =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
@@ -41,8 +41,16 @@ pub type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
 pub type PopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
 pub type PcloseFn = unsafe extern "C" fn(*mut libc::FILE) -> c_int;
 
-/// The next definitions after ours (normally glibc's).
-pub struct Real {
+/// Version of [`Launchers`]' layout, shared with `preload.c`'s `struct ctx_launchers`.
+pub const LAUNCHERS_VERSION: u32 = 1;
+
+/// The launch functions, as `preload.c` lays them out: the real ones it found (the next
+/// definitions after it, normally glibc's), or this library's hooks it forwards to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Launchers {
+    pub size: u32,
+    pub version: u32,
     pub execve: Option<ExecveFn>,
     pub execv: Option<ExecvFn>,
     pub execvp: Option<ExecvFn>,
@@ -115,7 +123,7 @@ pub struct State {
     /// Why routing cannot work at all (bad variable, missing shim); every routed launch then
     /// fails closed with this reason.
     pub problem: Option<&'static str>,
-    pub real: Real,
+    pub real: Launchers,
     /// For `posix_spawn` without file actions: the descriptor number the broker connection
     /// is placed at for the shim (`dup3` with close-on-exec), and file actions, built here
     /// at load because building them allocates, that `dup2` it onto itself, which clears
@@ -133,8 +141,10 @@ impl State {
     }
 }
 
-impl Real {
-    const NONE: Real = Real {
+impl Launchers {
+    const NONE: Launchers = Launchers {
+        size: std::mem::size_of::<Launchers>() as u32,
+        version: LAUNCHERS_VERSION,
         execve: None,
         execv: None,
         execvp: None,
@@ -160,7 +170,7 @@ impl State {
         shim: FixedStr::empty(),
         local_when_down: false,
         problem: None,
-        real: Real::NONE,
+        real: Launchers::NONE,
         attach_fd: -1,
         // SAFETY: an all-zero posix_spawn_file_actions_t is plain data (never handed to
         // glibc before `init` fills it).
@@ -180,19 +190,22 @@ unsafe impl Sync for Slot {}
 static STATE: Slot = Slot(UnsafeCell::new(State::EMPTY));
 static INIT: Once = Once::new();
 
-/// Resolved at load; the fallback initialisation only runs if another library's
-/// constructor launches a process before ours has run.
+/// Filled by [`init`] before any hook can be reached (the hooks are only handed out by
+/// `ctx_route_init`); read-only afterwards.
 pub fn state() -> &'static State {
-    if !INIT.is_completed() {
-        init();
-    }
-    // SAFETY: initialised above or by the constructor, and never written again.
+    // SAFETY: written only inside `INIT.call_once`, before the hooks are handed out.
     unsafe { &*STATE.0.get() }
 }
 
-pub fn init() {
-    // SAFETY: the only writer, under the Once; no reader exists before it completes.
-    INIT.call_once(|| load(unsafe { &mut *STATE.0.get() }));
+/// Reads the routing variables and takes the real functions `real` (the preloaded
+/// library's table). Only the first call counts.
+pub fn init(real: &Launchers) {
+    INIT.call_once(|| {
+        // SAFETY: the only writer, under the Once; no reader exists before it completes.
+        let st = unsafe { &mut *STATE.0.get() };
+        st.real = *real;
+        load(st);
+    });
 }
 
 fn env(name: &CStr) -> Option<&'static [u8]> {
@@ -204,44 +217,6 @@ fn env(name: &CStr) -> Option<&'static [u8]> {
     } else {
         // SAFETY: p is a valid C string.
         Some(unsafe { sys::cstr(p) })
-    }
-}
-
-/// The next definition of `name` after this library (normally glibc's), read from the
-/// loaded objects' tables, or from `dlsym` when those leave a doubt or cannot be walked.
-fn sym<T>(after: Option<&symbols::After>, name: &CStr) -> Option<T> {
-    let p = match after.map(|a| symbols::next(a, name)) {
-        Some(Lookup::Found(p)) => p,
-        Some(Lookup::Absent) => return None,
-        // SAFETY: dlsym with RTLD_NEXT looks the name up after this library.
-        Some(Lookup::AskLoader) | None => unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) },
-    };
-    if p.is_null() {
-        None
-    } else {
-        debug_assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<*mut c_void>());
-        // SAFETY: T is the function-pointer type of the libc function of that name.
-        Some(unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
-    }
-}
-
-fn resolve() -> Real {
-    let after = symbols::after_this_object();
-    let a = after.as_ref();
-    Real {
-        execve: sym(a, c"execve"),
-        execv: sym(a, c"execv"),
-        execvp: sym(a, c"execvp"),
-        execvpe: sym(a, c"execvpe"),
-        fexecve: sym(a, c"fexecve"),
-        execveat: sym(a, c"execveat"),
-        posix_spawn: sym(a, c"posix_spawn"),
-        posix_spawnp: sym(a, c"posix_spawnp"),
-        pidfd_spawn: sym(a, c"pidfd_spawn"),
-        pidfd_spawnp: sym(a, c"pidfd_spawnp"),
-        system: sym(a, c"system"),
-        popen: sym(a, c"popen"),
-        pclose: sym(a, c"pclose"),
     }
 }
 
@@ -279,7 +254,6 @@ fn shim_beside_library(out: &mut FixedStr<4096>) -> bool {
 }
 
 fn load(st: &mut State) {
-    st.real = resolve();
     st.local_when_down = env(c"CTX_ON_BROKER_DOWN") == Some(b"local");
     let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
     st.routing = !route_var.is_empty();

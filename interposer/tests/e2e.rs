@@ -381,6 +381,101 @@ fn without_a_route_every_function_runs_locally_through_the_next_library() {
     }
 }
 
+/// The library opened with `dlopen` rather than preloaded: libc comes before it in the
+/// loader's list, so its hooks must still find the real functions (through `dlsym`).
+const DLOPENER: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <sys/wait.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 125; }
+    int (*sys)(const char *) = (int (*)(const char *))dlsym(h, "system");
+    int st = sys(argv[2]);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 125;
+}
+"#;
+
+#[test]
+fn opened_with_dlopen_it_still_runs_locally_without_a_route() {
+    let b = start_broker();
+    let exe = b.dir.join("dlopener");
+    let src = b.dir.join("dlopener.c");
+    std::fs::write(&src, DLOPENER).unwrap();
+    assert!(Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let lib = bin_dir().join("libctx_interposer.so");
+    let o = b
+        .cmd(&[
+            exe.to_str().unwrap(),
+            lib.to_str().unwrap(),
+            "echo local; exit 3",
+        ])
+        .env_remove("CTX_ROUTE")
+        .env_remove("LD_PRELOAD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stdout(&o), "local\n", "{err}");
+    assert_eq!(o.status.code(), Some(3), "{err}");
+}
+
+#[test]
+fn without_the_routing_library_a_routed_launch_fails_closed() {
+    let b = start_broker();
+    // The preloaded library alone, as a broken install would leave it.
+    let alone = b.dir.join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let lib = alone.join("libctx_interposer.so");
+    std::fs::copy(bin_dir().join("libctx_interposer.so"), &lib).unwrap();
+    let o = b
+        .cmd(&["bash", "-c", "/bin/echo ran; echo rc=$?"])
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stdout(&o), "rc=126\n", "{err}");
+    assert!(
+        err.contains(&format!(
+            "ctx: cannot route \"/bin/echo\" to context user: cannot load the routing library: {}",
+            alone.join("libctx_route.so").display()
+        )),
+        "{err}"
+    );
+    // Not routing, it needs nothing else.
+    let o = b
+        .cmd(&["bash", "-c", "/bin/echo ran"])
+        .env("LD_PRELOAD", &lib)
+        .env_remove("CTX_ROUTE")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "ran\n");
+    // `ctx run` says so before it starts anything.
+    let o = Command::new(bin_dir().join("ctx"))
+        .arg("--socket")
+        .arg(&b.socket)
+        .args(["run", "--route-to", "user", "--", "/bin/echo", "ran"])
+        .env("CTX_INTERPOSER", &lib)
+        .env_remove("LD_PRELOAD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert_eq!(stdout(&o), "");
+    assert!(
+        err.contains(&format!(
+            "cannot find the interposer at {}: No such file or directory",
+            alone.join("libctx_route.so").display()
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn passthrough_stays_local_and_children_still_route() {
     let b = start_broker();

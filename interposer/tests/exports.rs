@@ -1,5 +1,7 @@
 //! The CI check SPEC section 4 asks for: `nm -D` on the built library lists every hooked
-//! symbol as a defined function.
+//! symbol as a defined function. And what keeps the preloaded library cheap for the
+//! processes that never route: nothing from libc at link time, nothing to relocate, the
+//! Rust half kept out of sight.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +28,16 @@ pub const HOOKED: &[&str] = &[
 fn library() -> PathBuf {
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_ctx-shim"));
     shim.with_file_name("libctx_interposer.so")
+}
+
+fn tool(argv: &[&str], file: &std::path::Path) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .arg(file)
+        .output()
+        .expect("run binutils");
+    assert!(out.status.success(), "{argv:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -57,4 +69,71 @@ fn nm_lists_every_hook() {
 #[test]
 fn shim_beside_library() {
     assert!(library().with_file_name("ctx-shim").exists());
+}
+
+#[test]
+fn the_preloaded_library_needs_nothing_from_libc_at_link_time() {
+    let lib = library();
+    let dynamic = tool(&["readelf", "-dW"], &lib);
+    assert!(!dynamic.contains("(NEEDED)"), "{dynamic}");
+    let imports: Vec<String> = tool(&["nm", "-D", "--undefined-only"], &lib)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    assert_eq!(imports, ["_r_debug"]);
+    // The constructor's entry in .init_array, and the one import.
+    let relocs = tool(&["readelf", "-rW"], &lib);
+    let entries: Vec<&str> = relocs.lines().filter(|l| l.starts_with("0000")).collect();
+    assert_eq!(entries.len(), 2, "{relocs}");
+    assert!(
+        entries
+            .iter()
+            .all(|l| l.contains("_RELATIVE") || l.contains("_r_debug")),
+        "{relocs}"
+    );
+}
+
+#[test]
+fn the_routing_library_exports_only_its_entry_point() {
+    let route = library().with_file_name("libctx_route.so");
+    let exported: Vec<String> = tool(&["nm", "-D", "--defined-only"], &route)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("T"))
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    assert_eq!(exported, ["ctx_route_init"]);
+}
+
+#[test]
+fn the_preloaded_library_finds_what_dlsym_next_finds() {
+    let dir = std::env::temp_dir().join(format!("ctx-lookup-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("lookup_check");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/lookup_check.c");
+    let st = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new(&exe)
+        .env_remove("CTX_ROUTE")
+        .env_remove("LD_PRELOAD")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // Every launcher resolved (pidfd_spawn* only exist from glibc 2.39 on).
+    for name in [
+        "execve",
+        "posix_spawn",
+        "system",
+        "popen",
+        "pclose",
+        "realpath",
+    ] {
+        assert!(text.contains(&format!("{name} same\n")), "{text}");
+    }
 }

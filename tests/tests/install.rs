@@ -68,7 +68,11 @@ fn install_into_a_destdir_makes_the_tree_with_modes_and_owners() {
     assert_eq!(meta(&dest, "/var/log/ctx"), (0o750, 0, adm_or_root()));
 
     // The interposer and shim: installed when built, and said so when not.
-    for (file, mode) in [("libctx_interposer.so", 0o644), ("ctx-shim", 0o755)] {
+    for (file, mode) in [
+        ("libctx_interposer.so", 0o644),
+        ("libctx_route.so", 0o644),
+        ("ctx-shim", 0o755),
+    ] {
         if bin_dir().join(file).exists() {
             assert_eq!(meta(&dest, &format!("/usr/local/lib/ctx/{file}")).0, mode);
         } else {

@@ -12,6 +12,8 @@ use clap::Args;
 use super::error::Error;
 
 pub const INTERPOSER_FILE: &str = "libctx_interposer.so";
+/// The routing half `libctx_interposer.so` loads from its own directory.
+pub const ROUTE_FILE: &str = "libctx_route.so";
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
@@ -98,6 +100,13 @@ pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
         }
     }
     let lib = interposer_path()?;
+    // The preloaded library loads the routing one from beside itself: without it every
+    // launch of the command would be refused, so say so now.
+    let route = lib.with_file_name(ROUTE_FILE);
+    std::fs::metadata(&route).map_err(|source| Error::Interposer {
+        path: route,
+        source,
+    })?;
     let preload = prepend_preload(lib.as_os_str(), std::env::var_os("LD_PRELOAD").as_deref());
     // The program may chdir; a relative socket path would then point nowhere.
     let socket = std::path::absolute(socket)

@@ -121,12 +121,17 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         .filter(|c| c.route_children_to.is_some())
         .map(|c| c.name.as_str())
         .collect();
-    if !chained.is_empty() && !routing.interposer.exists() {
+    let route_lib = routing.interposer.with_file_name("libctx_route.so");
+    if let Some(missing) = [&routing.interposer, &route_lib]
+        .into_iter()
+        .find(|p| !p.exists())
+        .filter(|_| !chained.is_empty())
+    {
         warnings.push(format!(
             "route_children_to of {} needs the interposer at {}, which does not exist: \
              launches from those contexts will fail (set CTX_INTERPOSER or install it)",
             chained.join(", "),
-            routing.interposer.display()
+            missing.display()
         ));
     }
     for w in &warnings {
