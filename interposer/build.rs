@@ -39,9 +39,15 @@ fn build_preloaded_library() {
         "-Wextra",
         "-Wl,-soname,libctx_interposer.so",
         "-Wl,-z,now",
-        "-Wl,-z,relro",
         "-Wl,-z,noexecstack",
         "-Wl,--hash-style=gnu",
+        // Two segments to map instead of four, and no RELRO mprotect: 15 us off every
+        // exec (posix_spawn of /bin/true, p50 556 -> 541 us). What they would protect is
+        // next to nothing here: a few strings and symbol tables made executable, and an
+        // .init_array and one GOT entry left writable, beside function pointers that
+        // live in .bss anyway.
+        "-Wl,-z,noseparate-code",
+        "-Wl,-z,norelro",
     ]);
     // GCC turns byte loops into memset/memcpy calls unless told not to.
     if build

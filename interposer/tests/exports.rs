@@ -81,6 +81,13 @@ fn the_preloaded_library_needs_nothing_from_libc_at_link_time() {
         .filter_map(|l| l.split_whitespace().last().map(str::to_string))
         .collect();
     assert_eq!(imports, ["_r_debug"]);
+    // Each segment is one more mapping for every exec (build.rs says why two).
+    let segments = tool(&["readelf", "-lW"], &lib);
+    let loads = segments
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .count();
+    assert_eq!(loads, 2, "{segments}");
     // The constructor's entry in .init_array, and the one import.
     let relocs = tool(&["readelf", "-rW"], &lib);
     let entries: Vec<&str> = relocs.lines().filter(|l| l.starts_with("0000")).collect();
