@@ -356,10 +356,12 @@ impl Relay<'_> {
                 while let Some(sig) = signals.next() {
                     match sig {
                         Signal::SIGWINCH => pending_resize = self.resize,
+                        // Sent before Started too: the routed process runs before our
+                        // Started arrives, and the broker delivers what it reads right
+                        // after Started. Held back, a stop would stop ctx and leave the
+                        // program running.
                         Signal::SIGTSTP => {
-                            if started {
-                                let _ = conn.send(&Request::Signal { signo: sig as i32 });
-                            }
+                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
                             // Give the shell its terminal back as a local job would.
                             drop(raw.take());
                             let _ = signal::raise(Signal::SIGSTOP);
@@ -369,9 +371,9 @@ impl Relay<'_> {
                                 if self.raw && raw.is_none() {
                                     raw = RawMode::enter(stdin).ok();
                                 }
-                                let _ = conn.send(&Request::Signal { signo: sig as i32 });
                                 pending_resize = self.resize;
                             }
+                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
                         }
                         // Not started yet: the routed process may already run (it starts
                         // before our Started arrives), so the signal is sent now and the
