@@ -44,6 +44,8 @@ need runuser util-linux
 need script bsdutils
 need gcc build-essential
 need cc build-essential
+need nm binutils
+need readelf binutils
 need python3 python3
 need node nodejs
 need curl curl
