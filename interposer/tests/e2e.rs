@@ -37,6 +37,37 @@ fn shells_route_with_context_env_and_exit_codes() {
     assert_eq!(stdout(&o), format!("{}\n", b.uid));
 }
 
+/// A signal the caller left ignored is not passed on (`trap '' USR1`, as `cmd &` in a
+/// non-interactive shell ignores SIGINT): the routed program, whose USR1 is at its default
+/// (death), lives on. Whether the fork relay still holds the launch (`CTX_RELAY_MS=60000`)
+/// or the shim does (0). And one not ignored still arrives.
+#[test]
+fn a_signal_the_caller_ignores_is_not_passed_on() {
+    let b = start_broker();
+    for ms in ["60000", "0"] {
+        let o = b
+            .cmd(&[
+                "bash",
+                "-c",
+                "trap '' USR1; sleep 1.5 & p=$!; sleep 0.5; kill -USR1 $p; wait $p; echo rc=$?",
+            ])
+            .env("CTX_RELAY_MS", ms)
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "rc=0\n", "CTX_RELAY_MS={ms}");
+        let o = b
+            .cmd(&[
+                "bash",
+                "-c",
+                "sleep 1.5 & p=$!; sleep 0.5; kill -USR1 $p; wait $p; echo rc=$?",
+            ])
+            .env("CTX_RELAY_MS", ms)
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "rc=138\n", "CTX_RELAY_MS={ms}");
+    }
+}
+
 #[test]
 fn death_by_signal_reaches_the_caller() {
     let b = start_broker();
