@@ -439,9 +439,6 @@ pub unsafe fn execve_hook(path: *const c_char, argv: Argv, envp: Argv) -> c_int 
         Some(f) => unsafe { f(path, argv, envp) },
         None => fail(libc::ENOSYS),
     };
-    if !st.routing {
-        return real();
-    }
     if path.is_null() {
         return fail(libc::EFAULT);
     }
@@ -462,9 +459,6 @@ pub unsafe fn execvpe_hook(file: *const c_char, argv: Argv, envp: Argv) -> c_int
         Some(f) => unsafe { f(file, argv, envp) },
         None => fail(libc::ENOSYS),
     };
-    if !st.routing {
-        return real();
-    }
     if file.is_null() {
         return fail(libc::EFAULT);
     }
@@ -529,9 +523,6 @@ pub unsafe fn fexecve_hook(fd: c_int, argv: Argv, envp: Argv) -> c_int {
         Some(f) => unsafe { f(fd, argv, envp) },
         None => fail(libc::ENOSYS),
     };
-    if !st.routing {
-        return real();
-    }
     if fds::fd_cloexec(fd).is_none() {
         return fail(libc::EBADF);
     }
@@ -561,9 +552,6 @@ pub unsafe fn execveat_hook(
         Some(f) => unsafe { f(dirfd, path, argv, envp, flags) },
         None => fail(libc::ENOSYS),
     };
-    if !st.routing {
-        return real();
-    }
     if path.is_null() {
         return fail(libc::EFAULT);
     }

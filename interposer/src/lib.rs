@@ -39,7 +39,7 @@ pub mod state;
 
 use std::ffi::{c_char, c_int};
 
-use state::{state, Launchers};
+use state::Launchers;
 
 type Argv = *const *const c_char;
 
@@ -62,22 +62,10 @@ pub unsafe extern "C" fn execve(path: *const c_char, argv: Argv, envp: Argv) -> 
 }
 
 pub unsafe extern "C" fn execv(path: *const c_char, argv: Argv) -> c_int {
-    let st = state();
-    if !st.routing {
-        if let Some(f) = st.real.execv {
-            return f(path, argv);
-        }
-    }
     exec::execve_hook(path, argv, current_environ())
 }
 
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: Argv) -> c_int {
-    let st = state();
-    if !st.routing {
-        if let Some(f) = st.real.execvp {
-            return f(file, argv);
-        }
-    }
     exec::execvpe_hook(file, argv, current_environ())
 }
 

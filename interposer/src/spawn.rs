@@ -380,10 +380,6 @@ pub unsafe fn posix_spawn_hook(
     let Some(real) = real_spawn(st, search) else {
         return libc::ENOSYS;
     };
-    if !st.routing {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real(pid_out, path, file_actions, attr, argv, envp) };
-    }
     if path.is_null() {
         return libc::EFAULT;
     }
@@ -433,17 +429,14 @@ pub unsafe fn pidfd_spawn_hook(
     search: bool,
 ) -> c_int {
     let st = state();
+    // A glibc without them (before 2.39) has none to offer locally either.
     let real = if search {
         st.real.pidfd_spawnp
     } else {
         st.real.pidfd_spawn
     };
-    let Some(real) = real else {
+    if real.is_none() {
         return libc::ENOSYS;
-    };
-    if !st.routing {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real(pidfd_out, path, file_actions, attr, argv, envp) };
     }
     let mut pid = 0;
     // SAFETY: the caller's arguments; a routed spawn gives a pid, turned into a pidfd.
@@ -474,13 +467,6 @@ pub unsafe fn pidfd_spawn_hook(
 /// The argument of `system(3)`.
 pub unsafe fn system_hook(command: *const c_char) -> c_int {
     let st = state();
-    if !st.routing {
-        return match st.real.system {
-            // SAFETY: forwarding unchanged.
-            Some(f) => unsafe { f(command) },
-            None => -1,
-        };
-    }
     if command.is_null() {
         // A shell is available: in the target context.
         return 1;
@@ -572,13 +558,6 @@ fn popen_table() -> std::sync::MutexGuard<'static, Vec<(usize, libc::pid_t)>> {
 /// The arguments of `popen(3)`.
 pub unsafe fn popen_hook(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     let st = state();
-    if !st.routing {
-        return match st.real.popen {
-            // SAFETY: forwarding unchanged.
-            Some(f) => unsafe { f(command, mode) },
-            None => std::ptr::null_mut(),
-        };
-    }
     if command.is_null() || mode.is_null() {
         sys::set_errno(libc::EINVAL);
         return std::ptr::null_mut();
@@ -684,13 +663,11 @@ pub unsafe fn popen_hook(command: *const c_char, mode: *const c_char) -> *mut li
 /// The argument of `pclose(3)`.
 pub unsafe fn pclose_hook(stream: *mut libc::FILE) -> c_int {
     let st = state();
-    let ours = if st.routing {
+    let ours = {
         let mut t = popen_table();
         t.iter()
             .position(|&(fp, _)| fp == stream as usize)
             .map(|i| t.swap_remove(i).1)
-    } else {
-        None
     };
     match ours {
         Some(pid) => {

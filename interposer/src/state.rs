@@ -108,9 +108,9 @@ impl<const N: usize> FixedStr<N> {
 
 pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
 
+/// Only a process that routes loads this library (`preload.c` loads it when `CTX_ROUTE` is
+/// set), so there is no "not routing" state here.
 pub struct State {
-    /// `CTX_ROUTE` was set and non-empty.
-    pub routing: bool,
     /// The target context (valid UTF-8 when `problem` is `None`).
     pub route: FixedStr<256>,
     pub socket: FixedStr<108>,
@@ -163,7 +163,6 @@ impl Launchers {
 
 impl State {
     const EMPTY: State = State {
-        routing: false,
         route: FixedStr::empty(),
         socket: FixedStr::empty(),
         passthrough: FixedStr::empty(),
@@ -256,11 +255,10 @@ fn shim_beside_library(out: &mut FixedStr<4096>) -> bool {
 fn load(st: &mut State) {
     st.local_when_down = env(c"CTX_ON_BROKER_DOWN") == Some(b"local");
     let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
-    st.routing = !route_var.is_empty();
-    if !st.routing {
-        return;
-    }
-    if std::str::from_utf8(route_var).is_err() || st.route.set(route_var).is_none() {
+    if route_var.is_empty()
+        || std::str::from_utf8(route_var).is_err()
+        || st.route.set(route_var).is_none()
+    {
         st.problem = Some("CTX_ROUTE is not a valid context name");
     }
     let socket = env(c"CTX_SOCKET")
