@@ -354,28 +354,38 @@ static int refuse(const char *name)
     return EACCES;
 }
 
+/* Every hook's body: one indirect call, to the routing library or the real function.
+ * FAIL turns an errno into the hook's failure: set_errno for the exec family and system
+ * (-1, errno), error_code for the spawn family (the error is the result). NAME is what a
+ * refusal names. */
+#define FORWARD(fn, FAIL, name, ...)                                                     \
+    do {                                                                                 \
+        const struct ctx_launchers *l_ = launchers();                                    \
+        if (l_ == NULL)                                                                  \
+            return FAIL(refuse(name));                                                   \
+        return l_->fn ? l_->fn(__VA_ARGS__) : FAIL(ENOSYS);                              \
+    } while (0)
+
+static int error_code(int e)
+{
+    return e;
+}
+
+/* Called by the exported ones and by execl*: a call to an exported name from inside would
+ * go through the PLT (it can be interposed), one more relocation for every process. */
 static int do_execve(const char *path, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(path));
-    return l->execve ? l->execve(path, argv, envp) : set_errno(ENOSYS);
+    FORWARD(execve, set_errno, path, path, argv, envp);
 }
 
 static int do_execv(const char *path, char *const argv[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(path));
-    return l->execv ? l->execv(path, argv) : set_errno(ENOSYS);
+    FORWARD(execv, set_errno, path, path, argv);
 }
 
 static int do_execvp(const char *file, char *const argv[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(file));
-    return l->execvp ? l->execvp(file, argv) : set_errno(ENOSYS);
+    FORWARD(execvp, set_errno, file, file, argv);
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -395,45 +405,30 @@ EXPORT int execvp(const char *file, char *const argv[])
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(file));
-    return l->execvpe ? l->execvpe(file, argv, envp) : set_errno(ENOSYS);
+    FORWARD(execvpe, set_errno, file, file, argv, envp);
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(argv ? argv[0] : NULL));
-    return l->fexecve ? l->fexecve(fd, argv, envp) : set_errno(ENOSYS);
+    FORWARD(fexecve, set_errno, argv ? argv[0] : NULL, fd, argv, envp);
 }
 
 EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
                     int flags)
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse(path));
-    return l->execveat ? l->execveat(dirfd, path, argv, envp, flags) : set_errno(ENOSYS);
+    FORWARD(execveat, set_errno, path, dirfd, path, argv, envp, flags);
 }
 
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return refuse(path);
-    return l->posix_spawn ? l->posix_spawn(pid, path, fa, attr, argv, envp) : ENOSYS;
+    FORWARD(posix_spawn, error_code, path, pid, path, fa, attr, argv, envp);
 }
 
 EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return refuse(file);
-    return l->posix_spawnp ? l->posix_spawnp(pid, file, fa, attr, argv, envp) : ENOSYS;
+    FORWARD(posix_spawnp, error_code, file, pid, file, fa, attr, argv, envp);
 }
 
 /* glibc 2.39 added these. They are exported anyway, so that a program built against a
@@ -441,27 +436,18 @@ EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_act
 EXPORT int pidfd_spawn(int *pidfd, const char *path, const posix_spawn_file_actions_t *fa,
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return refuse(path);
-    return l->pidfd_spawn ? l->pidfd_spawn(pidfd, path, fa, attr, argv, envp) : ENOSYS;
+    FORWARD(pidfd_spawn, error_code, path, pidfd, path, fa, attr, argv, envp);
 }
 
 EXPORT int pidfd_spawnp(int *pidfd, const char *file, const posix_spawn_file_actions_t *fa,
                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return refuse(file);
-    return l->pidfd_spawnp ? l->pidfd_spawnp(pidfd, file, fa, attr, argv, envp) : ENOSYS;
+    FORWARD(pidfd_spawnp, error_code, file, pidfd, file, fa, attr, argv, envp);
 }
 
 EXPORT int system(const char *command)
 {
-    const struct ctx_launchers *l = launchers();
-    if (l == NULL)
-        return set_errno(refuse("sh"));
-    return l->system ? l->system(command) : set_errno(ENOSYS);
+    FORWARD(system, set_errno, "sh", command);
 }
 
 EXPORT FILE *popen(const char *command, const char *mode)
