@@ -17,6 +17,35 @@ use common::*;
 // Tests
 // ---------------------------------------------------------------------------------------
 
+/// What `tests/c/launch_all.c` takes as its first argument: each exported launch function
+/// (the `_plain` ones without file actions, `vfork` with execve).
+const LAUNCHERS: [&str; 16] = [
+    "execve",
+    "execv",
+    "execvp",
+    "execvpe",
+    "execl",
+    "execlp",
+    "execle",
+    "execveat",
+    "fexecve",
+    "vfork",
+    "posix_spawn",
+    "posix_spawnp",
+    "posix_spawn_plain",
+    "posix_spawnp_plain",
+    "system",
+    "popen",
+];
+
+/// `tests/c/launch_all.c`, built into `dir`.
+fn launch_all(dir: &Path) -> std::path::PathBuf {
+    let exe = dir.join("launch_all");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/launch_all.c");
+    cc(&[], &exe, &src);
+    exe
+}
+
 #[test]
 fn shells_route_with_context_env_and_exit_codes() {
     let b = start_broker();
@@ -84,35 +113,10 @@ fn death_by_signal_reaches_the_caller() {
 #[test]
 fn every_exported_function_routes() {
     let b = start_broker();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/launch_all.c");
-    let exe = b.dir.join("launch_all");
-    let st = Command::new("cc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let exe = launch_all(&b.dir);
     let exe = exe.to_str().unwrap();
     let script = format!("{PROBE}; exit 3");
-    for f in [
-        "execve",
-        "execv",
-        "execvp",
-        "execvpe",
-        "execl",
-        "execlp",
-        "execle",
-        "execveat",
-        "fexecve",
-        "vfork",
-        "posix_spawn",
-        "posix_spawnp",
-        "posix_spawn_plain",
-        "posix_spawnp_plain",
-        "system",
-        "popen",
-    ] {
+    for f in LAUNCHERS {
         let o = b.run(&[exe, f, &script]);
         assert_eq!(stdout(&o), format!("{}\n", probe_line(&b)), "{f}");
         assert_eq!(o.status.code(), Some(3), "{f}");
@@ -352,23 +356,11 @@ FILE *popen(const char *c, const char *m) { say("popen"); return NEXT(popen)(c, 
 #[test]
 fn without_a_route_every_function_runs_locally_through_the_next_library() {
     let b = start_broker();
-    let launch_all = b.dir.join("launch_all");
+    let launch_all = launch_all(&b.dir);
     let next = b.dir.join("libnext.so");
     let next_c = b.dir.join("next.c");
     std::fs::write(&next_c, NEXT_LIBRARY).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/launch_all.c");
-    for cc in [
-        vec!["-o".as_ref(), launch_all.as_os_str(), src.as_os_str()],
-        vec![
-            "-shared".as_ref(),
-            "-fPIC".as_ref(),
-            "-o".as_ref(),
-            next.as_os_str(),
-            next_c.as_os_str(),
-        ],
-    ] {
-        assert!(Command::new("cc").args(cc).status().unwrap().success());
-    }
+    cc(&["-shared", "-fPIC"], &next, &next_c);
     let ours = bin_dir().join("libctx_interposer.so");
     // SAFETY: plain getter.
     let me = unsafe { libc::getuid() };
@@ -377,24 +369,7 @@ fn without_a_route_every_function_runs_locally_through_the_next_library() {
         (ours.display().to_string(), false),
         (format!("{} {}", ours.display(), next.display()), true),
     ] {
-        for f in [
-            "execve",
-            "execv",
-            "execvp",
-            "execvpe",
-            "execl",
-            "execlp",
-            "execle",
-            "execveat",
-            "fexecve",
-            "vfork",
-            "posix_spawn",
-            "posix_spawnp",
-            "posix_spawn_plain",
-            "posix_spawnp_plain",
-            "system",
-            "popen",
-        ] {
+        for f in LAUNCHERS {
             let o = b
                 .cmd(&[launch_all.to_str().unwrap(), f, &format!("{PROBE}; exit 3")])
                 .env_remove("CTX_ROUTE")
@@ -433,13 +408,7 @@ fn opened_with_dlopen_it_still_runs_locally_without_a_route() {
     let exe = b.dir.join("dlopener");
     let src = b.dir.join("dlopener.c");
     std::fs::write(&src, DLOPENER).unwrap();
-    assert!(Command::new("cc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success());
+    cc(&[], &exe, &src);
     let lib = bin_dir().join("libctx_interposer.so");
     let o = b
         .cmd(&[

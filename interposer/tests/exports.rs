@@ -3,8 +3,12 @@
 //! processes that never route: nothing from libc at link time, nothing to relocate, the
 //! Rust half kept out of sight.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::{bin_dir, cc};
 
 pub const HOOKED: &[&str] = &[
     "execve",
@@ -26,8 +30,7 @@ pub const HOOKED: &[&str] = &[
 ];
 
 fn library() -> PathBuf {
-    let shim = PathBuf::from(env!("CARGO_BIN_EXE_ctx-shim"));
-    shim.with_file_name("libctx_interposer.so")
+    bin_dir().join("libctx_interposer.so")
 }
 
 fn tool(argv: &[&str], file: &std::path::Path) -> String {
@@ -117,13 +120,7 @@ fn the_preloaded_library_finds_what_dlsym_next_finds() {
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("lookup_check");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/lookup_check.c");
-    let st = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    cc(&["-O2", "-Wall"], &exe, &src);
     let out = Command::new(&exe)
         .env_remove("CTX_ROUTE")
         .env_remove("LD_PRELOAD")

@@ -21,6 +21,23 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds a C program or library with the system's `cc`: `flags`, then `-o out source`.
+pub fn cc(flags: &[&str], out: &Path, source: &Path) {
+    let st = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(source)
+        .status()
+        .expect("run cc");
+    assert!(
+        st.success(),
+        "cc {flags:?} -o {} {}",
+        out.display(),
+        source.display()
+    );
+}
+
 pub struct Broker {
     pub child: Child,
     pub dir: PathBuf,
