@@ -345,52 +345,48 @@ if [ -n "${MBS[ssh-tt]:-}" ]; then
 fi
 row "relay 200 MB: PTY through \`ctx exec -t\`" "$(fmt "$CTXT" .0f) MB/s" "$(fmt "$CTXT/$SCRIPT" .1f)x script" "≥ 3x script"
 
-# Preloaded but not routing: an exec-heavy shell loop with and without the interposer,
-# the two alternating (12 pairs) so that a neighbour's load hits both alike; the overhead
-# is the median of the pairs' ratios.
-# The floor: an empty library preloaded the same way, which every LD_PRELOAD pays (the
-# loader opens, maps and relocates one more object at each exec).
-loop='for ((i=0;i<2000;i++)); do /bin/true; done'
+# Preloaded but not routing: exec-heavy work run with and without the interposer, and with
+# an empty library preloaded (the floor every LD_PRELOAD pays: the loader opens, maps and
+# relocates one more object at each exec). The three take turns so that a neighbour's load
+# hits them alike; each overhead is the median of the rounds' ratios.
 echo 'void ctx_bench_empty(void) {}' >"$TMP/empty.c"
 gcc -O2 -shared -fPIC -o "$TMP/libempty.so" "$TMP/empty.c"
-triples=()
-for _ in $(seq 12); do
-    a=$(date +%s%N); env -u CTX_ROUTE -u LD_PRELOAD /bin/bash -c "$loop"; b=$(date +%s%N)
-    env -u CTX_ROUTE LD_PRELOAD="$SO" /bin/bash -c "$loop"; c=$(date +%s%N)
-    env -u CTX_ROUTE LD_PRELOAD="$TMP/libempty.so" /bin/bash -c "$loop"; d=$(date +%s%N)
-    triples+=("$((b - a)) $((c - b)) $((d - c))")
-done
-read -r PLAIN PRE EMPTY OVER EOVER < <(printf '%s\n' "${triples[@]}" | py 'import sys, statistics as st
+
+# preload_rounds N CMD...: prints the median ms without a preload, with ours and with the
+# empty library, then the overhead (%) of ours and of the empty library.
+preload_rounds() {
+    local rounds=$1 a b c d triples=()
+    shift
+    for _ in $(seq "$rounds"); do
+        a=$(date +%s%N); env -u CTX_ROUTE -u LD_PRELOAD "$@" >/dev/null; b=$(date +%s%N)
+        env -u CTX_ROUTE LD_PRELOAD="$SO" "$@" >/dev/null; c=$(date +%s%N)
+        env -u CTX_ROUTE LD_PRELOAD="$TMP/libempty.so" "$@" >/dev/null; d=$(date +%s%N)
+        triples+=("$((b - a)) $((c - b)) $((d - c))")
+    done
+    printf '%s\n' "${triples[@]}" | py 'import sys, statistics as st
 p = [tuple(map(int, l.split())) for l in sys.stdin]
 print(st.median(x for x, _, _ in p) / 1e6, st.median(y for _, y, _ in p) / 1e6,
       st.median(z for _, _, z in p) / 1e6,
-      100 * (st.median(y / x for x, y, _ in p) - 1), 100 * (st.median(z / x for x, _, z in p) - 1))')
+      100 * (st.median(y / x for x, y, _ in p) - 1), 100 * (st.median(z / x for x, _, z in p) - 1))'
+}
+
+# The worst case: a loop of /bin/true, where the exec is all the work.
+read -r PLAIN PRE EMPTY OVER EOVER < <(preload_rounds 12 /bin/bash -c 'for ((i=0;i<2000;i++)); do /bin/true; done')
 row "2,000 × /bin/true from bash, preloaded, CTX_ROUTE unset" \
     "$(fmt "$PRE" .0f) ms vs $(fmt "$PLAIN" .0f) ms without (medians of 12 alternating runs)" \
     "$(fmt "$OVER" +.1f)%" "≤ 2% (within noise)"
 row "the same with an empty library preloaded (the floor of any LD_PRELOAD)" \
     "$(fmt "$EMPTY" .0f) ms" "$(fmt "$EOVER" +.1f)%" ""
 
-# The same comparison on a build, an exec-heavy workload where the programs do some work:
-# `make` compiling 24 small C files one at a time (each gcc runs cc1, as, collect2 and ld).
+# A build, an exec-heavy workload where the programs do some work: `make` compiling 24
+# small C files one at a time (each gcc runs cc1, as, collect2 and ld).
 mkdir -p "$TMP/build"
 for n in $(seq 24); do
     printf 'int f%d(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * %d; return s; }\n' "$n" "$n" >"$TMP/build/f$n.c"
 done
 printf 'int main(void) { return 0; }\n' >"$TMP/build/main.c"
 printf 'OBJS := $(patsubst %%.c,%%.o,$(wildcard *.c))\nprog: $(OBJS)\n\t$(CC) -o $@ $^\n%%.o: %%.c\n\t$(CC) -O2 -c $<\n' >"$TMP/build/Makefile"
-triples=()
-for _ in $(seq 16); do
-    a=$(date +%s%N); env -u CTX_ROUTE -u LD_PRELOAD make -s -B -j1 -C "$TMP/build" >/dev/null; b=$(date +%s%N)
-    env -u CTX_ROUTE LD_PRELOAD="$SO" make -s -B -j1 -C "$TMP/build" >/dev/null; c=$(date +%s%N)
-    env -u CTX_ROUTE LD_PRELOAD="$TMP/libempty.so" make -s -B -j1 -C "$TMP/build" >/dev/null; d=$(date +%s%N)
-    triples+=("$((b - a)) $((c - b)) $((d - c))")
-done
-read -r BPLAIN BPRE BEMPTY BOVER BEOVER < <(printf '%s\n' "${triples[@]}" | py 'import sys, statistics as st
-p = [tuple(map(int, l.split())) for l in sys.stdin]
-print(st.median(x for x, _, _ in p) / 1e6, st.median(y for _, y, _ in p) / 1e6,
-      st.median(z for _, _, z in p) / 1e6,
-      100 * (st.median(y / x for x, y, _ in p) - 1), 100 * (st.median(z / x for x, _, z in p) - 1))')
+read -r BPLAIN BPRE BEMPTY BOVER BEOVER < <(preload_rounds 16 make -s -B -j1 -C "$TMP/build")
 row "\`make\` building 25 small C files, preloaded, CTX_ROUTE unset" \
     "$(fmt "$BPRE" .0f) ms vs $(fmt "$BPLAIN" .0f) ms without (medians of 16 alternating runs)" \
     "$(fmt "$BOVER" +.1f)% (median of the runs' ratios)" "≤ 2% (within noise)"
