@@ -378,20 +378,8 @@ fn create_holder(flags: i32) -> Result<Holder, NamespaceError> {
         report_r: report_r.as_raw_fd(),
         report_w: report_w.as_raw_fd(),
     };
-    // SAFETY: a fresh private anonymous mapping, unmapped below (the holder has its copy).
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            HOLDER_STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(fail("stack", io::Error::last_os_error()));
-    }
+    // Unmapped below (the holder has its copy).
+    let stack = super::spawn::map_stack(HOLDER_STACK).map_err(|e| fail("stack", e))?;
     let mut pidfd: libc::c_int = -1;
     // SAFETY: without CLONE_VM the holder runs on its own copy of our memory (as after
     // fork) and only makes async-signal-safe syscalls; the stack top is in the mapping.

@@ -536,6 +536,26 @@ thread_local! {
     };
 }
 
+/// A fresh private mapping of `size` bytes for a cloned child's stack; the caller unmaps it.
+pub(crate) fn map_stack(size: usize) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a new anonymous mapping, touching no existing memory.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(base)
+    }
+}
+
 impl ChildStack {
     /// The base of this thread's stack mapping, at least `size` bytes long.
     fn take(size: usize) -> io::Result<*mut libc::c_void> {
@@ -544,20 +564,7 @@ impl ChildStack {
                 return Ok(s.base.get());
             }
             s.release();
-            // SAFETY: a fresh private anonymous mapping, owned by this thread's ChildStack.
-            let base = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                    -1,
-                    0,
-                )
-            };
-            if base == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
+            let base = map_stack(size)?;
             s.base.set(base);
             s.size.set(size);
             Ok(base)
