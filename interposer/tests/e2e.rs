@@ -474,6 +474,50 @@ fn without_the_routing_library_a_routed_launch_fails_closed() {
         )),
         "{err}"
     );
+    // A broker whose contexts route on warns at start that those launches will fail.
+    let dir = b.dir.join("chained");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("contexts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/audit.jsonl\"\n\n\
+             [contexts.outer]\nuser = \"{uid}\"\nroute_children_to = \"inner\"\n\n\
+             [contexts.inner]\nuser = \"{uid}\"\n",
+            d = dir.display(),
+            uid = b.uid
+        ),
+    )
+    .unwrap();
+    let socket = dir.join("broker.sock");
+    let log = dir.join("broker.log");
+    let mut broker = Command::new(bin_dir().join("ctx-broker"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .env("CTX_INTERPOSER", &lib)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Start-up warnings come before the "ready" line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    while !text.contains("ctx-broker ready") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        text = std::fs::read_to_string(&log).unwrap();
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(
+        text.contains(&format!(
+            "route_children_to of outer needs the interposer at {}, which does not exist",
+            alone.join("libctx_route.so").display()
+        )),
+        "{text}"
+    );
 }
 
 #[test]
