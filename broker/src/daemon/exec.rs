@@ -99,7 +99,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     let Some(ctx) = authorize(shared, conn, peer, &sh.exec.context, &label).await else {
         return;
     };
-    let state = match shell_state::prepare(&shared.state_dir, &ctx, &sh.session, sh.reset) {
+    let session = match shell_state::prepare(&shared.state_dir, &ctx, &sh.session, sh.reset) {
         Ok(s) => s,
         Err(e) => {
             let kind = if matches!(e, SessionError::BadName(_)) {
@@ -121,7 +121,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     let mut req = sh.exec;
     let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
     match &sh.script {
-        Some(script) => req.argv = shell_state::script_argv(&state, script, share_env),
+        Some(script) => req.argv = shell_state::script_argv(session.state(), script, share_env),
         None if sh.reset => {
             // Reset alone: the state is gone; report success the usual way.
             req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
@@ -139,7 +139,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
                     .await;
                 return;
             }
-            match shell_state::interactive_argv(&state, share_env) {
+            match shell_state::interactive_argv(&session, share_env) {
                 Ok((argv, env)) => {
                     req.argv = argv;
                     req.set_env

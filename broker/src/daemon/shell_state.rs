@@ -9,11 +9,16 @@
 //! list or read it). Commands of one session run one at a time (the broker serialises them).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde_bytes::ByteBuf;
 
 use crate::config::Context;
@@ -191,14 +196,23 @@ pub fn valid_session(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// A prepared session: its directory (owned by the context's uid, which may plant
+/// anything in it) opened once and checked, so that the broker's own accesses go relative
+/// to that descriptor and never follow a link the context made.
+pub struct Session {
+    dir: File,
+    name: String,
+    state: PathBuf,
+}
+
 /// Creates the context's session directory (owned by its uid, 0700) and returns the
-/// session's state file; `reset` removes the saved state first.
+/// session; `reset` removes the saved state first.
 pub fn prepare(
     state_dir: &Path,
     ctx: &Context,
     session: &str,
     reset: bool,
-) -> Result<PathBuf, SessionError> {
+) -> Result<Session, SessionError> {
     if !valid_session(session) {
         return Err(SessionError::BadName(session.to_string()));
     }
@@ -212,31 +226,131 @@ pub fn prepare(
         .mode(0o711)
         .create(&shells)
         .map_err(io_err(&shells))?;
-    let dir = shells.join(&ctx.name);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    // `shells` belongs to the broker, so no context can swap the entry made here; the
+    // descriptor pins the directory itself from now on.
+    let path = shells.join(&ctx.name);
+    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&dir)(e)),
+        Err(e) => return Err(io_err(&path)(e)),
     }
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } == 0 {
-        // Re-applied every time: the context's uid may have changed in the config.
-        std::os::unix::fs::lchown(&dir, Some(ctx.user.uid), Some(ctx.user.gid))
-            .map_err(io_err(&dir))?;
+    let dir = open_dir(&path).map_err(io_err(&path))?;
+    let owner = session_owner(ctx);
+    // Re-applied every time: the context's uid may have changed in the config.
+    if dir.metadata().map_err(io_err(&path))?.uid() != owner.0 {
+        std::os::unix::fs::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&path))?;
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
-    let file = dir.join(format!("{session}.bash"));
+    dir.set_permissions(std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(&path))?;
     if reset {
-        let slots = ["bash", "bash.1", "bash.env"].map(|ext| dir.join(format!("{session}.{ext}")));
-        for stale in slots {
-            match std::fs::remove_file(&stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&stale)(e)),
+        for ext in ["bash", "bash.1", "bash.env"] {
+            let name = format!("{session}.{ext}");
+            match unlinkat(
+                Some(dir.as_raw_fd()),
+                name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(io_err(&path.join(&name))(e.into())),
             }
         }
     }
+    Ok(Session {
+        dir,
+        name: session.to_string(),
+        state: path.join(format!("{session}.bash")),
+    })
+}
+
+/// Who owns a context's session files: its uid, or the broker's own when the broker is
+/// not root (it then cannot switch uids, and the sessions run as itself).
+fn session_owner(ctx: &Context) -> (u32, u32) {
+    // SAFETY: plain getters.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        (ctx.user.uid, ctx.user.gid)
+    } else {
+        (euid, egid)
+    }
+}
+
+/// Opens a session directory without following a symlink in its last component (the
+/// components above belong to the broker).
+fn open_dir(path: &Path) -> io::Result<File> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !dir.metadata()?.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    Ok(dir)
+}
+
+/// Opens `name` in `dir` for reading: never through a symlink, never blocking on a FIFO,
+/// and only a regular file that `owner` owns (a hard link to someone else's file keeps
+/// that file's owner, so this refuses it too).
+fn open_owned_file(dir: &File, name: &str, owner: u32) -> io::Result<File> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != owner {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("not a regular file owned by uid {owner}"),
+        ));
+    }
     Ok(file)
+}
+
+impl Session {
+    /// The state file the session's bash loads and saves (bash runs as the context's uid,
+    /// so the path is only ever opened with that uid's rights).
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// Writes `NAME.rc` in the session directory as a new file (`O_EXCL`: never through
+    /// whatever the context planted) renamed over the old entry.
+    fn write_rc(&self, body: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dirfd = self.dir.as_raw_fd();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{}.rc.{}.{n}", self.name, std::process::id());
+        let _ = unlinkat(Some(dirfd), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let fd = nix::fcntl::openat(
+            Some(dirfd),
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        // SAFETY: openat just returned this descriptor and nothing else owns it.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let written = file.write_all(body).and_then(|()| {
+            nix::fcntl::renameat(
+                Some(dirfd),
+                tmp.as_str(),
+                Some(dirfd),
+                format!("{}.rc", self.name).as_str(),
+            )
+            .map_err(io::Error::from)
+        });
+        if written.is_err() {
+            let _ = unlinkat(Some(dirfd), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        written
+    }
 }
 
 /// The argv that runs `script` in the session stored at `state`; `shared` also keeps the
@@ -266,16 +380,17 @@ pub fn script_argv(state: &Path, script: &[u8], shared: bool) -> Vec<ByteBuf> {
 /// The argv of an interactive shell in the session: bash with an rcfile that loads the
 /// state and saves it when the shell exits. The rcfile is written next to the state.
 pub fn interactive_argv(
-    state: &Path,
+    session: &Session,
     shared: bool,
 ) -> Result<(Vec<ByteBuf>, Vec<Vec<u8>>), SessionError> {
     use std::os::unix::ffi::OsStrExt;
-    let rc = state.with_extension("rc");
-    let body = interactive_rc();
-    std::fs::write(&rc, body).map_err(|err| SessionError::Io {
-        path: rc.clone(),
-        err,
-    })?;
+    let rc = session.state.with_extension("rc");
+    session
+        .write_rc(interactive_rc().as_bytes())
+        .map_err(|err| SessionError::Io {
+            path: rc.clone(),
+            err,
+        })?;
     let argv = [
         b"bash".as_slice(),
         b"--noprofile",
@@ -287,7 +402,7 @@ pub fn interactive_argv(
     .map(|a| ByteBuf::from(a.to_vec()))
     .collect();
     let mut env = b"CTX_SH_STATE=".to_vec();
-    env.extend_from_slice(state.as_os_str().as_bytes());
+    env.extend_from_slice(session.state.as_os_str().as_bytes());
     let shared = if shared {
         b"CTX_SH_SHARED=shared".to_vec()
     } else {
@@ -322,12 +437,27 @@ const MAX_SHARED_ENV: u64 = 1024 * 1024;
 /// `(name, Some(value))` to set and `(name, None)` to unset. Missing file: no changes.
 pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     use std::io::Read;
-    let path = state_dir
-        .join("shells")
-        .join(&ctx.name)
-        .join("default.bash.env");
-    let Ok(file) = std::fs::File::open(&path) else {
-        return Vec::new();
+    let dir_path = state_dir.join("shells").join(&ctx.name);
+    let path = dir_path.join("default.bash.env");
+    let owner = session_owner(ctx).0;
+    let opened = open_dir(&dir_path).and_then(|dir| {
+        if dir.metadata()?.uid() != owner {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "session directory not owned by the context's uid",
+            ));
+        }
+        open_owned_file(&dir, "default.bash.env", owner)
+    });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            // A symlink (ELOOP), a FIFO, another uid's file: something the context planted
+            // to make root read it. Never applied.
+            tracing::warn!(context = %ctx.name, "ignoring {}: {e}", path.display());
+            return Vec::new();
+        }
     };
     let mut data = Vec::new();
     if file
