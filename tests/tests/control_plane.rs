@@ -157,3 +157,157 @@ fn an_interactive_session_cannot_make_root_write_through_a_planted_link() {
     let meta = fs::symlink_metadata(dir.join("default.rc")).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
 }
+
+/// The harness of the pid-reuse attack, run as pid 1 of a fresh pid namespace (so that
+/// `ns_last_pid` decides which pid the next process gets). argv: broker ctx config socket
+/// state audit. Prints one JSON line: whether the pid was reused, what the broker answered
+/// on the stolen connection, what the routed program printed.
+const PID_REUSE_HARNESS: &str = r#"
+import ctypes, json, os, signal, subprocess, sys, time
+broker, ctx, config, sock, state, audit = sys.argv[1:7]
+libc = ctypes.CDLL(None, use_errno=True)
+err = open(state + ".stderr", "w")
+b = subprocess.Popen([broker, "--config", config, "--socket", sock, "--state-dir", state,
+                      "--audit-log", audit], stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+for _ in range(200):
+    if subprocess.call([ctx, "--socket", sock, "status"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) == 0:
+        break
+    time.sleep(0.05)
+# A platform process that forks one child when told to, and says the child's pid.
+spawner = subprocess.Popen([ctx, "--socket", sock, "exec", "--context", "platform", "--",
+    "python3", "-c", "import os, sys, time\n"
+    "print('ready', flush=True); sys.stdin.readline()\n"
+    "p = os.fork()\n"
+    "if p == 0:\n time.sleep(60); os._exit(0)\n"
+    "print(p, flush=True); time.sleep(60)"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert spawner.stdout.readline().strip() == "ready"
+# The broker accepts late (here: stopped; in the wild: a connection flood).
+os.kill(b.pid, signal.SIGSTOP)
+attacker = subprocess.Popen(["setpriv", "--reuid=ctx-bob", "--regid=ctx-bob", "--clear-groups",
+    ctx, "--socket", sock, "exec", "--context", "user", "--", "sh", "-c",
+    "echo LEAK:$SECRET_OF_USER"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL)
+pid = attacker.pid
+def sockets():
+    out = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                out.append(int(fd))
+        except OSError:
+            pass
+    return out
+for _ in range(200):
+    if sockets():
+        break
+    time.sleep(0.01)
+time.sleep(0.5)  # hello and request sent; the client waits for the answer
+# The attacker keeps the connection and lets the connecting process go (here the
+# harness takes the descriptor; a real attacker passes it to its parent).
+pidfd = os.pidfd_open(pid)
+stolen = []
+for fd in sockets():
+    n = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+    if n >= 0:
+        stolen.append(n)
+os.kill(pid, signal.SIGKILL)
+attacker.wait()
+# The next process gets the connecting process's pid: a platform process.
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(pid - 1))
+spawner.stdin.write("go\n"); spawner.stdin.flush()
+reused = int(spawner.stdout.readline()) == pid
+os.kill(b.pid, signal.SIGCONT)
+reply = b""
+for s in stolen:
+    os.set_blocking(s, False)
+end = time.time() + 5
+while time.time() < end:
+    for s in stolen:
+        try:
+            reply += os.read(s, 65536)
+        except (BlockingIOError, ConnectionResetError):
+            pass
+    time.sleep(0.05)
+os.set_blocking(attacker.stdout.fileno(), False)
+leak = b""
+end = time.time() + 3
+while time.time() < end:
+    try:
+        chunk = os.read(attacker.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        leak += chunk
+    except BlockingIOError:
+        time.sleep(0.05)
+print(json.dumps({"reused": reused, "stolen": len(stolen),
+                  "reply": reply.decode("latin-1"), "leak": leak.decode("latin-1")}))
+sys.stdout.flush()
+b.kill()
+os._exit(0)
+"#;
+
+/// Finding: the broker took "whatever process holds the peer's pid when the broker looks"
+/// for the peer. A user allowed into nothing connects, hands the connection on and exits;
+/// a `platform` process gets its pid; the request must not run as `platform`'s.
+#[test]
+fn a_reused_pid_does_not_lend_its_context_to_a_stranger() {
+    require_root();
+    let dir = TempDir::new();
+    let config = dir.file(
+        "contexts.toml",
+        format!(
+            r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+
+[contexts.user]
+user = "ctx-user"
+cwd = "/"
+env = {{ SECRET_OF_USER = "us3r-s3cret" }}
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+        )
+        .as_bytes(),
+        0o644,
+    );
+    let state = dir.path().join("state");
+    let out = run_with(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "python3", "-c"])
+            .arg(PID_REUSE_HARNESS)
+            .arg(bin("ctx-broker"))
+            .arg(bin("ctx"))
+            .arg(&config)
+            .arg(dir.path().join("broker.sock"))
+            .arg(&state)
+            .arg(dir.path().join("audit.jsonl")),
+        None,
+        Duration::from_secs(60),
+    );
+    let broker_log = fs::read_to_string(dir.path().join("state.stderr")).unwrap_or_default();
+    let line = out.stdout_str();
+    let result: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("harness said {e}: {}\nbroker:\n{broker_log}", out.show()));
+    assert_eq!(
+        result["reused"], true,
+        "the set-up must reuse the pid: {result}"
+    );
+    assert!(result["stolen"].as_u64() > Some(0), "{result}");
+    let leak = result["leak"].as_str().unwrap();
+    assert!(
+        !leak.contains("us3r-s3cret"),
+        "the stranger ran in `user` as if it were `platform`: {leak}\nbroker:\n{broker_log}"
+    );
+    let reply = result["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("exited before its identity could be checked"),
+        "the broker refuses, saying why: {reply:?}\nbroker:\n{broker_log}"
+    );
+}

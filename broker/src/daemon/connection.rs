@@ -18,23 +18,20 @@ use super::{exec, operator, Peer, Shared};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
+    let peer = match Peer::identify(&stream, &shared.registry) {
+        Ok(p) => p,
         Err(e) => {
-            tracing::warn!("peer credentials unavailable: {e}");
+            tracing::warn!("refused connection: {e}");
+            let mut conn = Conn::new(stream);
+            let _ = conn.send(&hello()).await;
+            let _ = conn
+                .send(&Reply::Error {
+                    kind: ErrorKind::Refused,
+                    message: e.to_string().into(),
+                })
+                .await;
             return;
         }
-    };
-    let pid = cred.pid().unwrap_or(0);
-    let peer = Peer {
-        pid,
-        uid: cred.uid(),
-        gid: cred.gid(),
-        context: if pid > 0 {
-            shared.registry.context_of(pid)
-        } else {
-            None
-        },
     };
     let mut conn = Conn::new(stream);
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;

@@ -194,7 +194,8 @@ async fn authorize(
             .await;
         return None;
     };
-    if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) {
+    // The identity was pinned at connect; a peer gone since has nobody left to serve.
+    if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) || !peer.still_there() {
         shared.audit.record(json!({
             "event": "refused", "reason": "not allowed", "context": ctx.name,
             "caller": caller_json(peer), "argv": lossy(argv),

@@ -24,6 +24,7 @@ pub mod job_control;
 pub mod landlock;
 pub mod namespaces;
 pub mod operator;
+pub mod peer;
 pub mod plan;
 pub mod ports;
 pub mod pty;
@@ -43,15 +44,7 @@ use crate::config::Config;
 
 pub use server::{run, Options};
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    /// The context the peer process runs in, when it is (a descendant of) a routed process.
-    pub context: Option<String>,
-}
+pub use peer::Peer;
 
 /// State every connection task shares.
 pub struct Shared {

@@ -24,23 +24,37 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<u64, Running>,
-    /// Routed pid -> launch id: what [`Registry::context_of`] looks each ancestor up in.
-    by_pid: HashMap<i32, u64>,
+    /// Routed pid -> (its start time, launch id): what [`Registry::context_of`] looks each
+    /// ancestor up in. The start time tells the routed process from a later one that got
+    /// its pid.
+    by_pid: HashMap<i32, (u64, u64)>,
+}
+
+/// What /proc says of a process, read in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcIdentity {
+    pub ppid: i32,
+    /// Clock ticks since boot.
+    pub start: u64,
+    pub euid: u32,
 }
 
 impl Registry {
     /// `r.started` must be taken before the process was forked: it bounds the process's
     /// start time from below, which is what lets [`Registry::context_of`] stop early.
+    /// The process must not have been reaped yet (so that its pid is still its own).
     pub fn insert(&self, r: Running) {
+        // Unreadable only if it is gone already: then no walk may ever match it.
+        let start = parent_and_start(r.pid).map_or(u64::MAX, |(_, s)| s);
         let mut g = self.lock();
-        g.by_pid.insert(r.pid, r.id);
+        g.by_pid.insert(r.pid, (start, r.id));
         g.by_id.insert(r.id, r);
     }
 
     pub fn remove(&self, id: u64) {
         let mut g = self.lock();
         if let Some(r) = g.by_id.remove(&id) {
-            if g.by_pid.get(&r.pid) == Some(&id) {
+            if g.by_pid.get(&r.pid).map(|e| e.1) == Some(id) {
                 g.by_pid.remove(&r.pid);
             }
         }
@@ -59,14 +73,20 @@ impl Registry {
     }
 
     /// The context of the routed process `pid` is, or descends from (following parent
-    /// pids through /proc), if any.
+    /// pids through /proc), if any. `ppid` and `start` are what /proc said of `pid` while
+    /// the caller knew `pid` to be the process it means (see [`super::peer`]).
+    ///
+    /// Each step up is pinned: the parent's start time is read, then the child is read
+    /// again; if the child still names that parent, the parent read was the child's own
+    /// (a reused pid cannot become the parent of a process that already exists), and a
+    /// registry entry counts only with the start time it was registered with.
     ///
     /// A process starts after its parent, so once the walk reaches a process that started
     /// before the oldest running routed process, no ancestor further up can be one: the
     /// walk stops there instead of climbing to init. That bounds a connection's /proc reads
     /// to the generations born since the oldest routed launch (one or two for a
     /// long-running agent), not the depth of the whole process tree.
-    pub fn context_of(&self, pid: i32) -> Option<String> {
+    pub fn context_of(&self, pid: i32, ppid: i32, start: u64) -> Option<String> {
         let oldest = {
             let g = self.lock();
             g.by_id.values().map(|r| r.started).min()?
@@ -74,22 +94,27 @@ impl Registry {
         // Clock ticks since boot (what /proc/PID/stat counts in) at the oldest launch, less
         // two ticks for the rounding of both clocks.
         let floor = boot_ticks_at(oldest).saturating_sub(2);
-        let mut cur = pid;
+        let (mut cur, mut cur_parent, mut cur_start) = (pid, ppid, start);
         for _ in 0..128 {
             if cur <= 1 {
                 return None;
             }
             {
                 let g = self.lock();
-                if let Some(r) = g.by_pid.get(&cur).and_then(|id| g.by_id.get(id)) {
-                    return Some(r.context.clone());
+                if let Some((_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
+                    return g.by_id.get(id).map(|r| r.context.clone());
                 }
             }
-            let (ppid, start) = parent_and_start(cur)?;
-            if start < floor {
+            if cur_start < floor {
                 return None;
             }
-            cur = ppid;
+            let (grandparent, parent_start) = parent_and_start(cur_parent)?;
+            // Still the same process, still the child of the same parent: the parent read
+            // above was that parent's.
+            if parent_and_start(cur) != Some((cur_parent, cur_start)) || parent_start > cur_start {
+                return None;
+            }
+            (cur, cur_parent, cur_start) = (cur_parent, grandparent, parent_start);
         }
         None
     }
@@ -97,6 +122,21 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Parent, start time and effective uid of `pid`, from `/proc/PID/stat` and `status`.
+pub fn proc_identity(pid: i32) -> Option<ProcIdentity> {
+    let (ppid, start) = parent_and_start(pid)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // Read again: the stat and the status were of one process.
+    (parent_and_start(pid)? == (ppid, start)).then_some(ProcIdentity { ppid, start, euid })
 }
 
 /// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
@@ -176,11 +216,17 @@ mod tests {
         assert_eq!(parse_stat(stat), Some((7, 12345)));
     }
 
+    /// The walk from what /proc says of `pid` now.
+    fn context(reg: &Registry, pid: i32) -> Option<String> {
+        let found = proc_identity(pid)?;
+        reg.context_of(pid, found.ppid, found.start)
+    }
+
     #[test]
     fn walk_finds_the_context_of_a_descendant_and_stops_at_older_processes() {
         let reg = Registry::default();
         let me = std::process::id() as i32;
-        assert_eq!(reg.context_of(me), None, "empty registry");
+        assert_eq!(context(&reg, me), None, "empty registry");
         // This test process as a routed process started long ago: it and its children are
         // in the context.
         let long_ago = Instant::now()
@@ -195,12 +241,12 @@ mod tests {
             argv: vec![],
             started: long_ago,
         });
-        assert_eq!(reg.context_of(me).as_deref(), Some("c"));
+        assert_eq!(context(&reg, me).as_deref(), Some("c"));
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .unwrap();
-        assert_eq!(reg.context_of(child.id() as i32).as_deref(), Some("c"));
+        assert_eq!(context(&reg, child.id() as i32).as_deref(), Some("c"));
         reg.remove(1);
         // A routed process registered now: this (older) process is not below it.
         reg.insert(Running {
@@ -212,7 +258,42 @@ mod tests {
             argv: vec![],
             started: Instant::now(),
         });
-        assert_eq!(reg.context_of(me), None);
+        assert_eq!(context(&reg, me), None);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn an_entry_counts_only_with_the_start_time_it_was_registered_with() {
+        let reg = Registry::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        reg.insert(Running {
+            id: 1,
+            pid,
+            context: "c".into(),
+            caller_pid: 0,
+            caller_uid: 0,
+            argv: vec![],
+            started: long_ago,
+        });
+        let found = proc_identity(pid).unwrap();
+        assert_eq!(
+            reg.context_of(pid, found.ppid, found.start).as_deref(),
+            Some("c")
+        );
+        // The same pid with another start time: a later process that reused it.
+        assert_eq!(reg.context_of(pid, found.ppid, found.start + 1), None);
+        // A parent link that /proc no longer confirms.
+        let me = std::process::id() as i32;
+        let mine = proc_identity(me).unwrap();
+        assert_eq!(reg.context_of(me, pid, mine.start), None);
         let _ = child.kill();
         let _ = child.wait();
     }

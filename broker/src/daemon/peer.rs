@@ -1,0 +1,137 @@
+//! Who is on the other end of a connection, pinned to the process that connected.
+//!
+//! `SO_PEERCRED` records a pid at `connect()`, but a pid is only a number: once that process
+//! exits, another may get it, and a walk of "whatever holds that pid now" would take the
+//! newcomer's context for the peer's. So the kernel's own reference to the connecting
+//! process (`SO_PEERPIDFD`) is taken, everything is read from /proc first, and only then
+//! is the pidfd asked whether that process still lives: if it does, its pid cannot have
+//! been reused in between, so what was read was the peer's. Ancestors are pinned by start
+//! time (see [`super::registry::Registry::context_of`]).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::net::UnixStream;
+
+use super::registry::{self, Registry};
+
+/// Why the broker will not deal with a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the connecting process (pid {0}) exited before its identity could be checked")]
+    Gone(i32),
+    #[error("the connecting process (pid {pid}) now runs as uid {now}, not uid {at_connect} as it connected")]
+    UidChanged { pid: i32, at_connect: u32, now: u32 },
+    #[error("peer credentials unavailable: {0}")]
+    Credentials(io::Error),
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The context the peer process runs in, when it is (a descendant of) a routed process.
+    pub context: Option<String>,
+    /// The connecting process itself (none when its pid is not visible here).
+    pidfd: Option<std::sync::Arc<OwnedFd>>,
+}
+
+impl Peer {
+    /// Pins the identity of the process that connected `stream`.
+    pub fn identify(stream: &UnixStream, registry: &Registry) -> Result<Peer, IdentityError> {
+        let cred = stream.peer_cred().map_err(IdentityError::Credentials)?;
+        let pid = cred.pid().unwrap_or(0);
+        let mut peer = Peer {
+            pid,
+            uid: cred.uid(),
+            gid: cred.gid(),
+            context: None,
+            pidfd: None,
+        };
+        if pid <= 0 {
+            // In a pid namespace this broker cannot see into: only the uid and gid speak.
+            return Ok(peer);
+        }
+        let pidfd = peer_pidfd(stream, pid).map_err(|_| IdentityError::Gone(pid))?;
+        let found = registry::proc_identity(pid);
+        // Read first, then ask whether the peer still lives: if it does, the pid was its
+        // own all along, so what was read describes it.
+        if !alive(&pidfd) {
+            return Err(IdentityError::Gone(pid));
+        }
+        let Some(found) = found else {
+            return Err(IdentityError::Gone(pid));
+        };
+        if found.euid != peer.uid {
+            return Err(IdentityError::UidChanged {
+                pid,
+                at_connect: peer.uid,
+                now: found.euid,
+            });
+        }
+        peer.context = registry.context_of(pid, found.ppid, found.start);
+        peer.pidfd = Some(std::sync::Arc::new(pidfd));
+        Ok(peer)
+    }
+
+    /// Whether the process that connected is still there (or was never visible): checked
+    /// again where its identity grants something.
+    pub fn still_there(&self) -> bool {
+        self.pidfd.as_deref().is_none_or(alive)
+    }
+}
+
+/// The kernel's reference to the process that connected; on a kernel without
+/// `SO_PEERPIDFD` (before 6.5), a pidfd for its pid taken now, which narrows the window
+/// to the time between `connect()` and this call.
+fn peer_pidfd(stream: &UnixStream, pid: i32) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket, and an int-sized buffer with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && fd >= 0 {
+        // SAFETY: the kernel just created this descriptor for us.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOPROTOOPT) {
+        return Err(err);
+    }
+    // SAFETY: plain syscall with an int argument.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Not yet in every libc release; the value of the generic socket ABI (x86, arm, riscv).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
+/// EPERM (an unprivileged broker asking about another uid's process) also means it is
+/// there.
+fn alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks; a valid pidfd, no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
