@@ -311,3 +311,135 @@ allow = {{ uids = [0], contexts = ["platform"] }}
         "the broker refuses, saying why: {reply:?}\nbroker:\n{broker_log}"
     );
 }
+
+/// Finding: a routed process of a uid-0 context that signals its parent (CPython's test
+/// suite sends SIGUSR1 to it) killed the broker. No catchable signal from a process in a
+/// context may stop, kill or reload it; the operator's SIGHUP and SIGTERM still work.
+#[test]
+fn signals_from_a_routed_root_process_neither_stop_nor_kill_the_broker() {
+    let config = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#;
+    let mut b = Broker::start(config);
+    let broker = b.pid().to_string();
+    // The routed shell's parent is the broker: what `kill $PPID` reaches.
+    assert_eq!(
+        b.exec("root0", &["sh", "-c", "echo $PPID"]).ok().trim(),
+        broker
+    );
+    let signals = [
+        "USR1", "USR2", "ALRM", "VTALRM", "PROF", "IO", "PWR", "XCPU", "XFSZ", "QUIT", "ABRT",
+        "SEGV", "BUS", "FPE", "ILL", "TRAP", "SYS", "STKFLT", "TSTP", "TTIN", "TTOU", "RTMIN",
+        "RTMIN+5", "RTMAX", "HUP", "INT", "TERM", "STOP", "KILL",
+    ];
+    for sig in signals {
+        // The shell's builtin, a grandchild's /bin/kill, and python's os.kill.
+        // The kernel refuses both (EPERM): the broker's real uid is not the sender's.
+        let script = format!(
+            "kill -{sig} $PPID 2>/dev/null && echo sent; /bin/kill -s {sig} {broker} 2>/dev/null && echo sent; sleep 0.05"
+        );
+        let out = b.exec("root0", &["sh", "-c", &script]);
+        assert_eq!(out.code(), 0, "SIG{sig}: {}", out.show());
+        assert_eq!(out.stdout_str(), "", "SIG{sig} was delivered");
+        let status = fs::read_to_string(format!("/proc/{broker}/stat"))
+            .unwrap_or_else(|_| panic!("SIG{sig} from a routed process killed the broker"));
+        let state = status.rsplit_once(") ").unwrap().1.chars().next().unwrap();
+        assert!(
+            state != 'T' && state != 'Z',
+            "SIG{sig} left the broker in state {state}"
+        );
+        assert_eq!(
+            b.exec("root0", &["echo", "alive"]).ok(),
+            "alive\n",
+            "after SIG{sig}: {}",
+            b.stderr()
+        );
+    }
+    // CPython's way, and a pidfd: refused the same way.
+    let py = "import os, signal\n\
+        for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):\n\
+        \x20   try: os.kill(os.getppid(), s)\n\
+        \x20   except PermissionError: print('EPERM')\n\
+        fd = os.pidfd_open(os.getppid())\n\
+        try: signal.pidfd_send_signal(fd, signal.SIGKILL)\n\
+        except PermissionError: print('EPERM')\n";
+    assert_eq!(
+        b.exec("root0", &["python3", "-c", py]).ok(),
+        "EPERM\nEPERM\nEPERM\nEPERM\n"
+    );
+    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+    assert!(
+        !b.stderr().contains("configuration reloaded"),
+        "a routed SIGHUP reloaded the broker:\n{}",
+        b.stderr()
+    );
+    // The operator (not in a context) still reloads and stops it.
+    signal(b.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        poll(Duration::from_secs(10), || b
+            .stderr()
+            .contains("configuration reloaded")
+            .then_some(()))
+        .is_some(),
+        "SIGHUP from the operator reloads:\n{}",
+        b.stderr()
+    );
+    let status = b.terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM from the operator stops it cleanly: {status:?}\n{}",
+        b.stderr()
+    );
+}
+
+/// The fallback where the kernel cannot keep the sender off: an unprivileged broker runs its
+/// own uid's context, whose processes may signal it. Every catchable signal is ignored or
+/// screened: one from a process in a context neither stops nor reloads the broker.
+#[test]
+fn an_unprivileged_broker_ignores_signals_from_its_own_contexts() {
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.own]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    );
+    let b = Broker::start_as(ALICE, &[], &config);
+    let broker = b.pid().to_string();
+    assert_eq!(
+        b.exec("own", &["sh", "-c", "echo $PPID"]).ok().trim(),
+        broker
+    );
+    for sig in [
+        "USR1", "USR2", "ALRM", "QUIT", "SEGV", "TSTP", "RTMIN", "HUP", "INT", "TERM",
+    ] {
+        // The builtin: the sender is alive while the broker looks at it.
+        let out = b.exec(
+            "own",
+            &["sh", "-c", &format!("kill -{sig} $PPID; sleep 0.1")],
+        );
+        assert_eq!(out.code(), 0, "SIG{sig}: {}", out.show());
+        assert_eq!(
+            b.exec("own", &["echo", "alive"]).ok(),
+            "alive\n",
+            "after SIG{sig}"
+        );
+    }
+    let py = "import os, signal, time\nfor s in (signal.SIGUSR1, signal.SIGTERM):\n    os.kill(os.getppid(), s)\ntime.sleep(0.1)\n";
+    assert_eq!(b.exec("own", &["python3", "-c", py]).code(), 0);
+    assert_eq!(b.exec("own", &["echo", "alive"]).ok(), "alive\n");
+    let log = b.stderr();
+    assert!(
+        log.contains("ignored signal 15 from a process in context \"own\""),
+        "{log}"
+    );
+    assert!(!log.contains("configuration reloaded"), "{log}");
+}

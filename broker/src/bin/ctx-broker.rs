@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     }
     // While this is the only thread, so that every thread and spawn child inherits it.
     daemon::spawn::drop_bounding_set_process_wide();
+    daemon::signals::protect_process();
     // RUST_LOG is the operator's override for one run; the config holds the standing level.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
@@ -62,6 +63,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(why) = daemon::signals::shield_credentials() {
+        tracing::debug!("not shielded from signals of the broker's own uid: {why}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

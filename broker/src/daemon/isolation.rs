@@ -129,11 +129,17 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
         return None;
     }
     let abi = landlock_abi();
-    let scoped = ctx.isolation.signals == Signals::Scoped && abi >= 6;
+    // The broker ignores or screens every signal it can catch (see `signals`); SIGKILL and
+    // SIGSTOP only a Landlock scope or a PID namespace (the broker is not in it) keep off.
+    let scoped = (ctx.isolation.signals == Signals::Scoped && abi >= 6) || ctx.isolation.pid;
     let fenced = ctx.isolation.has_fs_rules() && abi >= 1;
     let mut can = Vec::new();
     if !scoped {
-        can.push("signal the broker and its other launches");
+        can.push(if super::signals::shielded() {
+            "signal the broker's other launches"
+        } else {
+            "send the broker SIGKILL or SIGSTOP and signal its other launches"
+        });
     }
     if !fenced {
         can.push("read and write the broker's audit log and state");
@@ -148,7 +154,7 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
         why.push_str(&format!(": it can {}", can.join(" and ")));
         let mut fixes = Vec::new();
         if !scoped {
-            fixes.push("signals = \"scoped\"");
+            fixes.push("signals = \"scoped\" (or pid = true)");
         }
         if !fenced {
             fixes.push("filesystem rules (e.g. read_only = [\"/\"])");

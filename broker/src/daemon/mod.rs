@@ -31,6 +31,7 @@ pub mod pty;
 pub mod registry;
 pub mod server;
 pub mod shell_state;
+pub mod signals;
 pub mod spawn;
 pub mod systemd;
 pub mod wire;

@@ -107,6 +107,11 @@ fn peer_pidfd(stream: &UnixStream, pid: i32) -> io::Result<OwnedFd> {
     if err.raw_os_error() != Some(libc::ENOPROTOOPT) {
         return Err(err);
     }
+    pidfd_open(pid)
+}
+
+/// A pidfd for whatever process holds `pid` now.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with an int argument.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -122,7 +127,7 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
 /// EPERM (an unprivileged broker asking about another uid's process) also means it is
 /// there.
-fn alive(pidfd: &OwnedFd) -> bool {
+pub fn alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: signal 0 only checks; a valid pidfd, no siginfo.
     let rc = unsafe {
         libc::syscall(

@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::{audit::Audit, connection, operator, registry::Registry, systemd, Shared};
 use crate::config::{self, Config};
@@ -181,12 +180,10 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         cgroups,
     });
 
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(io_err("watch SIGTERM for", &socket_path))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(io_err("watch SIGINT for", &socket_path))?;
-    let mut sighup =
-        signal(SignalKind::hangup()).map_err(io_err("watch SIGHUP for", &socket_path))?;
+    // Normally done by main while it was the only thread; again here for an embedder.
+    super::signals::protect_process();
+    let mut operator_signals = super::signals::OperatorSignals::new()
+        .map_err(io_err("watch SIGTERM, SIGINT and SIGHUP for", &socket_path))?;
     super::spawn::snapshot_signal_dispositions();
     let tasks = tokio_util_tracker::Tracker::default();
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
@@ -205,13 +202,14 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = sighup.recv() => {
-                let shared = shared.clone();
-                // Loading may block on NSS lookups; the accept loop must not.
-                tokio::task::spawn_blocking(move || operator::reload(&shared, None));
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            request = operator_signals.next(&shared.registry) => match request {
+                super::signals::Request::Reload => {
+                    let shared = shared.clone();
+                    // Loading may block on NSS lookups; the accept loop must not.
+                    tokio::task::spawn_blocking(move || operator::reload(&shared, None));
+                }
+                super::signals::Request::Stop => break,
+            },
         }
     }
 
