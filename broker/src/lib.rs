@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: parsing and validating `contexts.toml` into resolved contexts;
 //! - [`daemon`]: the tokio broker: socket, authentication, spawn path, PTYs, audit log;
-//! - [`client`]: the `ctx` verbs, one module per verb.
+//! - [`client`]: the `ctx` verbs, one module per verb;
+//! - [`escape`]: untrusted text made safe for a terminal, losslessly.
 
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod escape;

@@ -26,7 +26,7 @@ pub fn run(socket: &Path, args: ContextsArgs) -> Result<i32, Error> {
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&to_json(&contexts)).expect("plain JSON values");
         s.push('\n');
-        s
+        crate::escape::json(&s).into_owned()
     } else {
         render(&contexts)
     };
@@ -99,6 +99,8 @@ pub fn render(contexts: &[ContextInfo]) -> String {
                 ),
             ]
         })
+        // Names of contexts, users, variables and paths, as a terminal may show them.
+        .map(|row| row.map(|cell| crate::escape::text(&cell).into_owned()))
         .collect();
     let mut widths = header.map(str::len);
     for row in &rows {

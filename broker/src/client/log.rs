@@ -19,6 +19,7 @@ use super::connection::unexpected;
 use super::error::Error;
 use super::exec::{format_duration, parse_duration};
 use crate::daemon::audit::{rfc3339, rotated_path};
+use crate::escape;
 
 /// How often `--follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -191,7 +192,7 @@ impl Printer {
             return;
         }
         let mut out = if self.json {
-            line.to_string()
+            escape::json(line).into_owned()
         } else {
             let mut s = String::new();
             if !self.header_done {
@@ -277,9 +278,11 @@ fn render_row(cells: &[String; 7]) -> String {
     out.trim_end().to_string()
 }
 
-/// One event as table cells; fields an event lacks show as `-`.
+/// One event as table cells; fields an event lacks show as `-`. Every cell is escaped
+/// ([`escape`]): argv, context names, paths and messages come from callers and routed
+/// processes, and a raw newline or `ESC[` would forge rows or drive root's terminal.
 pub fn row(e: &Value) -> [String; 7] {
-    let text = |v: &Value| v.as_str().map(str::to_string);
+    let text = |v: &Value| v.as_str().map(|s| escape::text(s).into_owned());
     let time = text(&e["time"])
         .map(|t| t.replacen('T', " ", 1).chars().take(19).collect())
         .unwrap_or_else(|| "-".into());
@@ -289,13 +292,13 @@ pub fn row(e: &Value) -> [String; 7] {
             e["contexts"].as_array().map(|a| {
                 let mut names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
                 names.dedup();
-                names.join(",")
+                escape::text(&names.join(",")).into_owned()
             })
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into());
     let caller = match &e["caller"] {
-        Value::Object(c) => format!(
+        Value::Object(c) => escape::text(&format!(
             "uid {} pid {}",
             c.get("uid")
                 .map(Value::to_string)
@@ -303,37 +306,77 @@ pub fn row(e: &Value) -> [String; 7] {
             c.get("pid")
                 .map(Value::to_string)
                 .unwrap_or_else(|| "?".into())
-        ),
-        Value::String(s) => s.clone(),
-        // `exec_denied`: the routed process that tried.
+        ))
+        .into_owned(),
+        Value::String(s) => escape::text(s).into_owned(),
+        // `exec_denied`: the routed process that tried; `refusals_suppressed`: whose.
         _ => match (e["uid"].as_u64(), e["pid"].as_u64()) {
             (Some(uid), Some(pid)) => format!("uid {uid} pid {pid}"),
+            (Some(uid), None) => format!("uid {uid}"),
             _ => "-".into(),
         },
     };
-    let result = result(e);
+    let result = escape::text(&result(e)).into_owned();
     let duration = e["duration_ms"]
         .as_u64()
         .map(format_duration)
         .unwrap_or_else(|| "-".into());
     let command = match e["argv"].as_array() {
-        Some(a) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| x.to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(a) => command(e, a),
         // `exec_denied`: what it tried to run.
-        None => text(&e["path"]).unwrap_or_else(|| "-".into()),
+        None => exact(e, "path").unwrap_or_else(|| "-".into()),
     };
     [time, event, context, caller, result, duration, command]
 }
 
+/// The argv cell: each argument escaped, from its exact bytes where the log kept them
+/// (`argv_escaped`, when one was not UTF-8), then what the broker cut.
+fn command(e: &Value, argv: &[Value]) -> String {
+    let exact = e["argv_escaped"].as_array();
+    let mut out = argv
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let bytes = exact
+                .and_then(|a| a.get(i))
+                .and_then(Value::as_str)
+                .and_then(escape::unescape);
+            match (bytes, arg.as_str()) {
+                (Some(b), _) => escape::bytes(&b),
+                (None, Some(s)) => escape::text(s).into_owned(),
+                (None, None) => escape::text(&arg.to_string()).into_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if e["argv_truncated"].as_bool() == Some(true) {
+        out.push_str(&format!(
+            " ... [argv cut: {} arguments, {} bytes]",
+            e["argc"], e["argv_bytes"]
+        ));
+    }
+    out
+}
+
+/// Field `key` escaped, from its exact bytes (`KEY_escaped`) when the log kept them.
+fn exact(e: &Value, key: &str) -> Option<String> {
+    let bytes = e[format!("{key}_escaped").as_str()]
+        .as_str()
+        .and_then(escape::unescape);
+    match bytes {
+        Some(b) => Some(escape::bytes(&b)),
+        None => e[key].as_str().map(|s| escape::text(s).into_owned()),
+    }
+}
+
 fn result(e: &Value) -> String {
     let status = &e["status"];
+    if e["event"] == "refusals_suppressed" {
+        return format!(
+            "{} refusal(s) not logged ({} bytes)",
+            e["count"], e["bytes"]
+        );
+    }
     let mut out = if let Some(code) = status["code"].as_i64() {
         format!("exit {code}")
     } else if let Some(sig) = status["signal"].as_i64() {
@@ -396,6 +439,37 @@ mod tests {
         assert_eq!(r[3], "uid 1002 pid 77");
         assert_eq!(r[4], "enforce: exec bypassing the interposer");
         assert_eq!(r[6], "/bin/true");
+    }
+
+    #[test]
+    fn rows_escape_what_callers_wrote() {
+        let forged = json!({
+            "event": "refused", "reason": "unknown context",
+            "context": "x\n2026-01-01 00:00:00  exec  root\u{1b}[2J",
+            "caller": { "pid": 9, "uid": 1001, "gid": 1001, "context": null },
+            "argv": ["echo", "a\rb\u{9b}31m", "\u{fffd}", "\u{fffd}"],
+            "argv_escaped": ["echo", "a\\rb\\u{009b}31m", "\\xff", "\\xfe"],
+            "argv_truncated": true, "argc": 9, "argv_bytes": 5000,
+        });
+        let r = row(&forged);
+        for cell in &r {
+            assert!(!cell.chars().any(|c| c.is_control()), "{cell:?}");
+        }
+        assert_eq!(r[2], "x\\n2026-01-01 00:00:00  exec  root\\x1b[2J");
+        assert_eq!(
+            r[6],
+            "echo a\\rb\\u{009b}31m \\xff \\xfe ... [argv cut: 9 arguments, 5000 bytes]"
+        );
+        let rendered = render_row(&r);
+        assert_eq!(rendered.lines().count(), 1, "{rendered}");
+        let denied =
+            json!({ "event": "exec_denied", "path": "\u{fffd}", "path_escaped": "/tmp/\\xff" });
+        assert_eq!(row(&denied)[6], "/tmp/\\xff");
+        let summary =
+            json!({ "event": "refusals_suppressed", "uid": 1001, "count": 7, "bytes": 700 });
+        let r = row(&summary);
+        assert_eq!(r[3], "uid 1001");
+        assert_eq!(r[4], "7 refusal(s) not logged (700 bytes)");
     }
 
     #[test]

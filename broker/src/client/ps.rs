@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::connection::unexpected;
 use super::error::Error;
 use super::exec::format_duration;
+use crate::escape;
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -30,7 +31,7 @@ pub fn run(socket: &Path, args: PsArgs) -> Result<i32, Error> {
         list.retain(|p| &p.context == name);
     }
     let text = if args.json {
-        format!("{:#}\n", to_json(&list))
+        crate::escape::json(&format!("{:#}\n", to_json(&list))).into_owned()
     } else {
         render(&list)
     };
@@ -63,12 +64,16 @@ pub fn render(list: &[ProcessInfo]) -> String {
         .map(|p| {
             vec![
                 p.id.to_string(),
-                p.context.clone(),
+                escape::text(&p.context).into_owned(),
                 p.pid.to_string(),
                 p.caller_pid.to_string(),
                 p.caller_uid.to_string(),
                 format_age(p.age_ms),
-                p.argv.join(" "),
+                p.argv
+                    .iter()
+                    .map(|a| escape::text(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         })
         .collect();
@@ -116,6 +121,20 @@ mod tests {
         }
         assert!(text.starts_with("ID"));
         assert_eq!(render(&[]), "no routed processes running\n");
+    }
+
+    #[test]
+    fn table_escapes_argv_and_names() {
+        let mut p = sleeper();
+        p.argv = vec![
+            "sh".into(),
+            "x\n99  evil  1  1  0  0s  rm -rf /\u{1b}[8m".into(),
+        ];
+        let text = render(&[p]);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("x\\n99  evil"), "{text}");
+        assert!(text.contains("\\x1b[8m"), "{text}");
+        assert!(!text.contains('\u{1b}'));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn run(socket: &Path, args: StatusArgs) -> Result<i32, Error> {
         let mut s = serde_json::to_string_pretty(&json(&report))
             .map_err(|e| Error::io("rendering the status as JSON", std::io::Error::other(e)))?;
         s.push('\n');
-        s
+        crate::escape::json(&s).into_owned()
     } else {
         render(&report)
     };
@@ -80,7 +80,12 @@ pub fn render(r: &StatusReport) -> String {
     for w in &r.warnings {
         lines.push(format!("warning:    {w}"));
     }
-    let mut out = lines.join("\n");
+    // Warnings quote names and paths from the config and the system.
+    let mut out = lines
+        .iter()
+        .map(|l| crate::escape::text(l))
+        .collect::<Vec<_>>()
+        .join("\n");
     out.push('\n');
     out
 }

@@ -1,24 +1,62 @@
 //! The audit log: one JSON object per line for every launch and every refusal. A write that
 //! fails (full disk, removed directory) never blocks or fails a launch; it is counted and
 //! reported by `ctx status`.
+//!
+//! What a caller chose is bounded before it is written, so nobody can flood the log or
+//! rotate the record of what they did out of both generations:
+//! - argv keeps its first [`ARGV_KEEP`] bytes (counted as the kernel counts `ARG_MAX`: each
+//!   argument and its NUL), with the whole argv's size and count beside it; other text a
+//!   caller chose (a context name, a cwd, a message) keeps [`NAME_KEEP`] or [`TEXT_KEEP`]
+//!   bytes; any line still over [`MAX_LINE`] keeps only its small fields.
+//! - refusals (what a peer allowed into nothing can cause) are metered per caller uid in
+//!   bytes of log, [`REFUSAL_BURST`] at once and [`REFUSAL_RATE`] a second after; what is
+//!   dropped is counted in a `refusals_suppressed` line, written within a second. Root and
+//!   the broker's own uid are never metered.
+//! - bytes that are not UTF-8 stay distinguishable: beside the text (with U+FFFD) the line
+//!   holds the [`crate::escape`] form, e.g. `"argv_escaped": ["\\xff"]`.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+
+/// Bytes of argv kept per line: each argument's bytes plus one for its NUL, as `ARG_MAX`
+/// counts them. Enough for any command line a person reads; a 3 MiB argv is not.
+pub const ARGV_KEEP: usize = 4096;
+/// Bytes kept of a context name a caller sent (a config's names are far shorter).
+pub const NAME_KEEP: usize = 256;
+/// Bytes kept of other caller-chosen text: a cwd (`PATH_MAX`), a failure's message.
+pub const TEXT_KEEP: usize = 4096;
+/// No line is longer: one that would be keeps its small fields and says what it left out.
+/// (Worst case of the caps above: argv of bytes that are not UTF-8, 8 bytes of JSON each.)
+pub const MAX_LINE: usize = 64 * 1024;
+/// A field of an oversized line is kept when its JSON is at most this long.
+const OVERSIZED_FIELD_KEEP: usize = 1024;
+/// Bytes of refusal lines one uid may have written at once...
+pub const REFUSAL_BURST: f64 = 64.0 * 1024.0;
+/// ...and per second after that.
+pub const REFUSAL_RATE: f64 = 4.0 * 1024.0;
+/// How soon a count of suppressed refusals reaches the log when no refusal follows.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     path: PathBuf,
     file: Mutex<Option<Open>>,
     /// Rotation threshold in bytes; 0 = never rotate.
     max_size: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    refusals: Mutex<Refusals>,
 }
 
 /// The open log and how much it holds, counted here rather than `fstat`ed per line.
@@ -29,31 +67,154 @@ struct Open {
     regular: bool,
 }
 
+/// The refusal meter: one token bucket of log bytes per uid that has been refused lately.
+#[derive(Default)]
+struct Refusals {
+    buckets: HashMap<u32, Bucket>,
+    /// A thread is on its way to write the counts of suppressed lines.
+    summarising: bool,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    /// Lines (and their bytes) left out since the last count was written.
+    lines: u64,
+    bytes: u64,
+}
+
+/// Lines of one uid left out of the log: what a `refusals_suppressed` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Suppressed {
+    uid: u32,
+    lines: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// Write the line, after the count of those suppressed before it.
+    Write(Option<Suppressed>),
+    /// Leave it out; `true` when no thread is yet due to write the count.
+    Suppress { summarise: bool },
+}
+
 impl Audit {
     pub fn open(path: &Path) -> Audit {
-        let audit = Audit {
+        let inner = Inner {
             path: path.to_path_buf(),
             file: Mutex::new(None),
             max_size: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            refusals: Mutex::new(Refusals::default()),
         };
-        let opened = audit.open_file();
-        audit.install(opened);
-        audit
+        let opened = inner.open_file();
+        inner.install(opened);
+        Audit {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Sets (or with `None` lifts) the size at which the log rotates; takes effect at the
     /// next event, so a reload can change it.
     pub fn set_max_size(&self, max: Option<u64>) {
-        self.max_size.store(max.unwrap_or(0), Ordering::Relaxed);
+        self.inner
+            .max_size
+            .store(max.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The file the log rotates into.
     pub fn rotated_path(&self) -> PathBuf {
-        rotated_path(&self.path)
+        rotated_path(&self.inner.path)
     }
 
+    /// Appends one event; `time` is added. For launches, reloads and kills: what a caller
+    /// was allowed to do is always written. A failed write drops this one event (counted
+    /// for `ctx status`) rather than hold up the launch it describes.
+    pub fn record(&self, event: Value) {
+        self.inner.append(&line(event));
+    }
+
+    /// Appends the event of a refusal of `uid`, within that uid's share of the log (see the
+    /// module's notes): what a peer allowed into nothing can make the broker write.
+    pub fn record_refusal(&self, uid: u32, event: Value) {
+        // SAFETY: plain getter.
+        if uid == 0 || uid == unsafe { libc::geteuid() } {
+            return self.record(event);
+        }
+        let line = line(event);
+        let admission = self.inner.meter().admit(uid, line.len(), Instant::now());
+        match admission {
+            Admission::Write(before) => {
+                if let Some(s) = before {
+                    self.inner.append(&summary_line(s));
+                }
+                self.inner.append(&line);
+            }
+            Admission::Suppress { summarise: true } => self.start_summariser(),
+            Admission::Suppress { summarise: false } => {}
+        }
+    }
+
+    /// A thread that writes the counts of suppressed refusals every [`SUMMARY_EVERY`] and
+    /// ends once there are none: a flood that stops is still counted in the log, without a
+    /// thread for the broker's lifetime.
+    fn start_summariser(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("ctx-audit-summary".into())
+            .spawn(move || loop {
+                std::thread::sleep(SUMMARY_EVERY);
+                let Some(inner) = weak.upgrade() else { return };
+                let due = inner.meter().take_due(Instant::now());
+                if due.is_empty() {
+                    return;
+                }
+                for s in due {
+                    inner.append(&summary_line(s));
+                }
+            });
+        if spawned.is_err() {
+            // The count is written before the uid's next admitted refusal instead.
+            self.inner.meter().summarising = false;
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// `Some(description)` when writes have failed since the broker started.
+    pub fn health(&self) -> Option<String> {
+        let n = self.inner.failures.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let last = self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(format!(
+            "audit log: {n} event(s) could not be written (launches went on); last error: {}",
+            last.unwrap_or_default()
+        ))
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        // A broker that stops mid-flood still says how much it left out.
+        let due = self.inner.meter().take_due(Instant::now());
+        for s in due {
+            self.inner.append(&summary_line(s));
+        }
+    }
+}
+
+impl Inner {
     fn open_file(&self) -> Result<Open, String> {
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -86,23 +247,19 @@ impl Audit {
         self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn meter(&self) -> std::sync::MutexGuard<'_, Refusals> {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn failed(&self, why: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("audit log: {why}");
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
-    /// Appends one event; `time` is added. One `write` per line so concurrent appends from
-    /// other broker threads never interleave within a line. A failed write drops this one
-    /// event (counted for `ctx status`) rather than hold up the launch it describes.
-    pub fn record(&self, mut event: Value) {
-        if let Value::Object(map) = &mut event {
-            map.insert("time".into(), Value::String(rfc3339_now()));
-        }
-        // Serialised straight into bytes: `Value`'s Display goes through the formatting
-        // machinery, which cost a third more per launch (callgrind).
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
-        line.push(b'\n');
+    /// One `write` per line so concurrent appends from other broker threads never
+    /// interleave within a line.
+    fn append(&self, line: &[u8]) {
         let mut guard = self.lock();
         if guard.is_none() {
             match self.open_file() {
@@ -114,7 +271,7 @@ impl Audit {
             }
         }
         let Some(open) = guard.as_mut() else { return };
-        if let Err(e) = open.file.write_all(&line) {
+        if let Err(e) = open.file.write_all(line) {
             *guard = None;
             drop(guard);
             return self.failed(format!("cannot write {}: {e}", self.path.display()));
@@ -129,7 +286,7 @@ impl Audit {
     }
 
     fn rotate(&self, guard: &mut std::sync::MutexGuard<'_, Option<Open>>) {
-        let rotated = self.rotated_path();
+        let rotated = rotated_path(&self.path);
         if let Err(e) = std::fs::rename(&self.path, &rotated) {
             // Keep appending to the current file; try again after another `max` bytes.
             if let Some(open) = guard.as_mut() {
@@ -150,26 +307,201 @@ impl Audit {
             }
         }
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
+impl Refusals {
+    fn admit(&mut self, uid: u32, cost: usize, now: Instant) -> Admission {
+        if self.buckets.len() >= 1024 {
+            // Only uids refused in the last burst-refill time are here; a full bucket with
+            // nothing to report is the same as none.
+            self.buckets
+                .retain(|_, b| b.lines > 0 || b.level(now) < REFUSAL_BURST);
+        }
+        let bucket = self.buckets.entry(uid).or_insert(Bucket {
+            tokens: REFUSAL_BURST,
+            last: now,
+            lines: 0,
+            bytes: 0,
+        });
+        bucket.tokens = bucket.level(now);
+        bucket.last = now;
+        let cost = cost as f64;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
+            let before = (bucket.lines > 0).then(|| Suppressed {
+                uid,
+                lines: std::mem::take(&mut bucket.lines),
+                bytes: std::mem::take(&mut bucket.bytes),
+            });
+            Admission::Write(before)
+        } else {
+            bucket.lines += 1;
+            bucket.bytes += cost as u64;
+            let summarise = !self.summarising;
+            self.summarising = true;
+            Admission::Suppress { summarise }
+        }
     }
 
-    /// `Some(description)` when writes have failed since the broker started.
-    pub fn health(&self) -> Option<String> {
-        let n = self.failures.load(Ordering::Relaxed);
-        if n == 0 {
-            return None;
+    /// Every uid's count of suppressed lines, taken; an empty list also ends the
+    /// summariser (under this lock, so a suppression after it starts a new one).
+    fn take_due(&mut self, now: Instant) -> Vec<Suppressed> {
+        let mut due = Vec::new();
+        for (&uid, b) in self.buckets.iter_mut() {
+            if b.lines > 0 {
+                due.push(Suppressed {
+                    uid,
+                    lines: std::mem::take(&mut b.lines),
+                    bytes: std::mem::take(&mut b.bytes),
+                });
+            }
         }
-        let last = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Some(format!(
-            "audit log: {n} event(s) could not be written (launches went on); last error: {}",
-            last.unwrap_or_default()
-        ))
+        self.buckets
+            .retain(|_, b| b.lines > 0 || b.level(now) < REFUSAL_BURST);
+        if due.is_empty() {
+            self.summarising = false;
+        }
+        due.sort_by_key(|s| s.uid);
+        due
+    }
+}
+
+impl Bucket {
+    fn level(&self, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * REFUSAL_RATE;
+        (self.tokens + refill).min(REFUSAL_BURST)
+    }
+}
+
+/// `event` with its `time`, as one line of JSON; never longer than [`MAX_LINE`].
+fn line(mut event: Value) -> Vec<u8> {
+    if let Value::Object(map) = &mut event {
+        map.insert("time".into(), Value::String(rfc3339_now()));
+    }
+    // Serialised straight into bytes: `Value`'s Display goes through the formatting
+    // machinery, which cost a third more per launch (callgrind).
+    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+    if line.len() > MAX_LINE {
+        line = serde_json::to_vec(&shrunk(event, line.len())).unwrap_or_default();
+    }
+    line.push(b'\n');
+    line
+}
+
+/// An oversized event with each field whose JSON is long replaced by its size: the caps
+/// at the call sites should make this unreachable, so it guards against one they miss.
+fn shrunk(event: Value, size: usize) -> Value {
+    let Value::Object(map) = event else {
+        return json!({ "event": "oversized", "bytes": size });
+    };
+    let mut small = Map::new();
+    for (key, value) in map {
+        let len = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        if len <= OVERSIZED_FIELD_KEEP {
+            small.insert(key, value);
+        } else {
+            small.insert(key, json!({ "omitted_bytes": len }));
+        }
+    }
+    small.insert("oversized".into(), json!({ "bytes": size }));
+    Value::Object(small)
+}
+
+fn summary_line(s: Suppressed) -> Vec<u8> {
+    line(json!({
+        "event": "refusals_suppressed",
+        "uid": s.uid,
+        "count": s.lines,
+        "bytes": s.bytes,
+    }))
+}
+
+/// `event` with `argv`'s audit fields: `argv` (text, at most [`ARGV_KEEP`] bytes of it);
+/// `argv_escaped` beside it when an argument is not UTF-8; when it was cut,
+/// `argv_truncated`, `argc` and `argv_bytes` (the whole argv's size, without NULs).
+pub fn with_argv<A: AsRef<[u8]>>(mut event: Value, argv: &[A]) -> Value {
+    let Value::Object(map) = &mut event else {
+        return event;
+    };
+    let mut budget = ARGV_KEEP;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut cut = false;
+    for arg in argv.iter().map(AsRef::as_ref) {
+        if budget == 0 {
+            cut = true;
+            break;
+        }
+        if arg.len() < budget {
+            kept.push(arg);
+            budget -= arg.len() + 1;
+        } else {
+            kept.push(clip(arg, budget - 1));
+            cut = true;
+            budget = 0;
+        }
+    }
+    map.insert(
+        "argv".into(),
+        kept.iter()
+            .map(|a| Value::String(String::from_utf8_lossy(a).into_owned()))
+            .collect(),
+    );
+    if kept.iter().any(|a| std::str::from_utf8(a).is_err()) {
+        map.insert(
+            "argv_escaped".into(),
+            kept.iter()
+                .map(|a| Value::String(crate::escape::bytes(a)))
+                .collect(),
+        );
+    }
+    if cut {
+        map.insert("argv_truncated".into(), Value::Bool(true));
+        map.insert("argc".into(), argv.len().into());
+        let total: usize = argv.iter().map(|a| a.as_ref().len()).sum();
+        map.insert("argv_bytes".into(), total.into());
+    }
+    event
+}
+
+/// `event` with `key` set to `bytes` as text (at most `keep` bytes of it); `KEY_escaped`
+/// beside it when they are not UTF-8, `KEY_bytes` (the whole size) when they were cut.
+pub fn with_bytes(mut event: Value, key: &str, bytes: &[u8], keep: usize) -> Value {
+    let Value::Object(map) = &mut event else {
+        return event;
+    };
+    let kept = clip(bytes, keep);
+    map.insert(
+        key.into(),
+        Value::String(String::from_utf8_lossy(kept).into_owned()),
+    );
+    if std::str::from_utf8(kept).is_err() {
+        map.insert(
+            format!("{key}_escaped"),
+            Value::String(crate::escape::bytes(kept)),
+        );
+    }
+    if kept.len() < bytes.len() {
+        map.insert(format!("{key}_bytes"), bytes.len().into());
+    }
+    event
+}
+
+/// The first `keep` bytes of `b`, or a few fewer so as not to cut a character in two (a
+/// cut one would read as bytes that are not UTF-8, which the whole text does not hold).
+fn clip(b: &[u8], keep: usize) -> &[u8] {
+    if b.len() <= keep {
+        return b;
+    }
+    let mut cut = keep;
+    while cut > 0 && keep - cut < 3 && b[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    let whole_char_at_cut = std::str::from_utf8(&b[cut..b.len().min(cut + 4)])
+        .map_or_else(|e| e.valid_up_to() > 0, |_| true);
+    if cut < keep && whole_char_at_cut {
+        &b[..cut]
+    } else {
+        &b[..keep]
     }
 }
 
@@ -180,7 +512,6 @@ pub fn rotated_path(path: &Path) -> PathBuf {
     name.push(".1");
     PathBuf::from(name)
 }
-
 /// Current UTC time as `2026-11-22T07:51:59.123Z`.
 pub fn rfc3339_now() -> String {
     rfc3339(SystemTime::now())
@@ -313,5 +644,166 @@ mod rotation_tests {
         let health = audit.health().expect("failures reported");
         assert!(health.contains("2 event(s)"), "{health}");
         assert!(health.contains("No space left"), "{health}");
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_argv_keeps_its_head_its_size_and_its_count() {
+        let big = vec![b'A'; 128 * 1024];
+        let argv: Vec<&[u8]> = std::iter::repeat_n(&big[..], 24).collect();
+        let e = with_argv(json!({ "event": "refused" }), &argv);
+        let kept = e["argv"].as_array().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].as_str().unwrap().len(), ARGV_KEEP - 1);
+        assert_eq!(e["argv_truncated"], true);
+        assert_eq!(e["argc"], 24);
+        assert_eq!(e["argv_bytes"], 24 * 128 * 1024);
+        assert!(e.get("argv_escaped").is_none());
+        // Many empty arguments cost their NULs.
+        let empties = vec![b"".as_slice(); 1_000_000];
+        let e = with_argv(json!({}), &empties);
+        assert_eq!(e["argv"].as_array().unwrap().len(), ARGV_KEEP);
+        assert_eq!(e["argc"], 1_000_000);
+        // A short argv is as it was, with no extra fields.
+        let e = with_argv(json!({}), &[b"ls".as_slice(), b"-l"]);
+        assert_eq!(e, json!({ "argv": ["ls", "-l"] }));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_stay_apart() {
+        let ff = with_argv(json!({}), &[b"echo".as_slice(), b"\xff"]);
+        let fe = with_argv(json!({}), &[b"echo".as_slice(), b"\xfe"]);
+        assert_eq!(ff["argv"], fe["argv"], "the text is lossy by nature");
+        assert_eq!(ff["argv_escaped"], json!(["echo", "\\xff"]));
+        assert_eq!(fe["argv_escaped"], json!(["echo", "\\xfe"]));
+        let cwd = with_bytes(json!({}), "cwd", b"/tmp/\xff", TEXT_KEEP);
+        assert_eq!(cwd["cwd_escaped"], "/tmp/\\xff");
+        assert!(with_bytes(json!({}), "cwd", b"/tmp", TEXT_KEEP)
+            .get("cwd_escaped")
+            .is_none());
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        let text = "\u{e9}".repeat(10);
+        for keep in 0..text.len() {
+            let kept = clip(text.as_bytes(), keep);
+            assert!(std::str::from_utf8(kept).is_ok(), "{keep}");
+            assert!(kept.len() + 1 >= keep, "{keep}");
+        }
+        // Bytes that were never UTF-8 are cut where asked.
+        assert_eq!(clip(b"\x80\x80\x80\x80\x80", 3).len(), 3);
+        let name = with_bytes(
+            json!({}),
+            "context",
+            "x".repeat(10_000).as_bytes(),
+            NAME_KEEP,
+        );
+        assert_eq!(name["context"].as_str().unwrap().len(), NAME_KEEP);
+        assert_eq!(name["context_bytes"], 10_000);
+    }
+
+    #[test]
+    fn no_line_is_longer_than_the_cap() {
+        let e = json!({ "event": "exec_failed", "message": "m".repeat(MAX_LINE), "context": "c" });
+        let l = line(e);
+        assert!(l.len() <= MAX_LINE, "{}", l.len());
+        let v: Value = serde_json::from_slice(&l).unwrap();
+        assert_eq!(v["context"], "c");
+        assert_eq!(v["event"], "exec_failed");
+        assert!(v["message"]["omitted_bytes"].as_u64().unwrap() > MAX_LINE as u64);
+        assert!(v["oversized"]["bytes"].as_u64().is_some());
+        // The worst argv the caps allow fits whole.
+        let worst: Vec<&[u8]> = vec![b"\xff".as_slice(); 2 * ARGV_KEEP];
+        assert!(line(with_argv(json!({ "event": "refused" }), &worst)).len() <= MAX_LINE);
+        let worst = vec![b"\x01".repeat(ARGV_KEEP)];
+        assert!(line(with_argv(json!({ "event": "refused" }), &worst)).len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn the_meter_allows_a_burst_then_the_rate_and_counts_the_rest() {
+        let mut m = Refusals::default();
+        let t0 = Instant::now();
+        let line = 4096;
+        let burst = REFUSAL_BURST as usize / line;
+        for _ in 0..burst {
+            assert_eq!(m.admit(1000, line, t0), Admission::Write(None));
+        }
+        assert_eq!(
+            m.admit(1000, line, t0),
+            Admission::Suppress { summarise: true }
+        );
+        assert_eq!(
+            m.admit(1000, line, t0),
+            Admission::Suppress { summarise: false }
+        );
+        // Another uid has its own share.
+        assert_eq!(m.admit(1001, line, t0), Admission::Write(None));
+        // A second later the rate has refilled one line; the count comes first.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            m.admit(1000, line, t1),
+            Admission::Write(Some(Suppressed {
+                uid: 1000,
+                lines: 2,
+                bytes: 2 * line as u64
+            }))
+        );
+        assert_eq!(m.take_due(t1), vec![]);
+        assert!(!m.summarising);
+        // Suppressed, then taken by the summariser.
+        m.admit(1000, line, t1);
+        assert_eq!(
+            m.take_due(t1),
+            vec![Suppressed {
+                uid: 1000,
+                lines: 1,
+                bytes: line as u64
+            }]
+        );
+        // Buckets that refilled are forgotten.
+        let later = t1 + Duration::from_secs(60);
+        assert_eq!(m.take_due(later), vec![]);
+        assert!(m.buckets.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_flood_is_metered_and_counted_but_root_is_not() {
+        let dir = std::env::temp_dir().join(format!("ctx-audit-meter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let audit = Audit::open(&path);
+        let big = vec![b'A'; 1024 * 1024];
+        for _ in 0..100 {
+            audit.record_refusal(4242, with_argv(json!({ "event": "refused" }), &[&big]));
+        }
+        for _ in 0..100 {
+            audit.record_refusal(0, with_argv(json!({ "event": "refused" }), &[&big]));
+        }
+        drop(audit);
+        let lines: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let refused = lines.iter().filter(|l| l["event"] == "refused").count();
+        let summary: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["event"] == "refusals_suppressed")
+            .collect();
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        assert_eq!(summary[0]["uid"], 4242);
+        let dropped = summary[0]["count"].as_u64().unwrap() as usize;
+        assert_eq!(refused + dropped, 200, "every refusal written or counted");
+        // Root's 100 all written; of the other uid's, what its burst allows.
+        assert!(dropped > 80, "{dropped}");
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size < 100 * 4600 + REFUSAL_BURST as u64, "{size}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

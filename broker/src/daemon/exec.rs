@@ -21,7 +21,7 @@ use super::registry::Running;
 use super::shell_state::{self, SessionError};
 use super::spawn::{exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
 use super::wire::Conn;
-use super::{job_control, pty, Peer, Shared};
+use super::{audit, job_control, pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
@@ -39,6 +39,14 @@ fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
+}
+
+/// `event` with the fields of `more` (an object) added.
+fn merged(mut event: serde_json::Value, more: &serde_json::Value) -> serde_json::Value {
+    if let (Some(e), Some(m)) = (event.as_object_mut(), more.as_object()) {
+        e.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    event
 }
 
 fn caller_json(peer: &Peer) -> serde_json::Value {
@@ -172,10 +180,14 @@ async fn authorize(
 ) -> Option<Arc<Context>> {
     let config = shared.config();
     let Some(ctx) = config.contexts.get(name).cloned() else {
-        shared.audit.record(json!({
-            "event": "refused", "reason": "unknown context", "context": name,
-            "caller": caller_json(peer), "argv": lossy(argv),
-        }));
+        // The name is the caller's own, of any length: bounded like its argv.
+        let event = json!({
+            "event": "refused", "reason": "unknown context", "caller": caller_json(peer),
+        });
+        let event = audit::with_bytes(event, "context", name.as_bytes(), audit::NAME_KEEP);
+        shared
+            .audit
+            .record_refusal(peer.uid, audit::with_argv(event, argv));
         let message = format!(
             "no context named {:?} (known: {})",
             name,
@@ -196,10 +208,13 @@ async fn authorize(
     };
     // The identity was pinned at connect; a peer gone since has nobody left to serve.
     if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) || !peer.still_there() {
-        shared.audit.record(json!({
+        let event = json!({
             "event": "refused", "reason": "not allowed", "context": ctx.name,
-            "caller": caller_json(peer), "argv": lossy(argv),
-        }));
+            "caller": caller_json(peer),
+        });
+        shared
+            .audit
+            .record_refusal(peer.uid, audit::with_argv(event, argv));
         let message = format!(
             "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
             peer.uid,
@@ -238,7 +253,10 @@ async fn launch(
 ) {
     let lookup = via.lookup();
     let ctx = ctx.clone();
-    let audit_argv = lossy(audit_argv.as_deref().unwrap_or(&req.argv));
+    let raw_argv = audit_argv.as_deref().unwrap_or(&req.argv);
+    // Bounded and lossless for the log; the lossy text for `ctx ps` and the checks below.
+    let argv_fields = audit::with_argv(json!({}), raw_argv);
+    let audit_argv = lossy(raw_argv);
     let started_at = Instant::now();
     let passed = conn.take_fds();
     // A ctx sh command runs on its own saved state; other launches of a shared context
@@ -271,12 +289,12 @@ async fn launch(
     let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
         Ok(p) => p,
         Err(failure) => {
-            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await
+            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await
         }
     };
     let mut plan = prepared.plan;
     if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
-        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
     }
     // Held until the fork is done: the child restricts itself with this ruleset.
     let protected = super::landlock::Protected {
@@ -294,7 +312,7 @@ async fn launch(
                 errno_name: "".into(),
                 message: e.to_string().into(),
             };
-            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
         }
     };
     let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
@@ -312,7 +330,7 @@ async fn launch(
                 )
                 .into(),
             };
-            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
         }
     };
     plan.landlock = [
@@ -349,7 +367,7 @@ async fn launch(
             }
             Err(e) => {
                 let failure = os_failure(Stage::Terminal, e, "cannot allocate a terminal");
-                return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+                return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
             }
         }
     }
@@ -377,7 +395,7 @@ async fn launch(
         Ok(f) => f,
         Err(e) => {
             let failure = os_failure(Stage::Fork, e, "cannot fork");
-            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
         }
     };
     let pid = forked.pid;
@@ -386,7 +404,7 @@ async fn launch(
         Err(e) => {
             kill_group(pid, libc::SIGKILL);
             let failure = os_failure(Stage::Fork, e, "cannot watch the process");
-            return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
         }
     };
 
@@ -412,7 +430,7 @@ async fn launch(
         let _ = wait_exit(&pidfd).await;
         let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
         let failure = child_failure.into_exec_failure(detail);
-        return fail(shared, conn, peer, &ctx, &audit_argv, failure, started_at).await;
+        return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
     }
 
     shared.launches.fetch_add(1, Ordering::Relaxed);
@@ -561,21 +579,21 @@ async fn launch(
     if client_alive {
         let _ = conn.send(&Reply::Exited { status, timed_out }).await;
     }
-    shared.audit.record(json!({
+    let event = json!({
         "event": "exec",
         "id": id,
         "pid": pid,
         "caller": caller_json(peer),
         "context": ctx.name,
-        "argv": audit_argv,
-        "cwd": String::from_utf8_lossy(&prepared.cwd),
         "tty": prepared.wants_tty,
         "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced, exec_guarded),
         "status": status_json(status),
         "timed_out": timed_out,
         "caller_disconnected": !client_alive,
         "duration_ms": started_at.elapsed().as_millis() as u64,
-    }));
+    });
+    let event = audit::with_bytes(event, "cwd", &prepared.cwd, audit::TEXT_KEEP);
+    shared.audit.record(merged(event, &argv_fields));
 }
 
 async fn fail(
@@ -583,21 +601,27 @@ async fn fail(
     conn: &mut Conn,
     peer: &Peer,
     ctx: &Context,
-    argv: &[String],
+    argv_fields: &serde_json::Value,
     failure: ExecFailure<'static>,
     started_at: Instant,
 ) {
-    shared.audit.record(json!({
+    let event = json!({
         "event": "exec_failed",
         "caller": caller_json(peer),
         "context": ctx.name,
-        "argv": argv,
         "kind": format!("{:?}", failure.kind),
         "stage": failure.stage.as_str(),
         "errno": failure.errno_name,
-        "message": failure.message,
         "duration_ms": started_at.elapsed().as_millis() as u64,
-    }));
+    });
+    // The message may quote the caller's cwd or program, whatever their length.
+    let event = audit::with_bytes(
+        event,
+        "message",
+        failure.message.as_bytes(),
+        audit::TEXT_KEEP,
+    );
+    shared.audit.record(merged(event, argv_fields));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
 }
 

@@ -77,8 +77,8 @@ pub struct Denied {
     pub program: PathBuf,
     /// The pid of the process that tried (in the broker's PID namespace).
     pub pid: u32,
-    /// The path as the process gave it.
-    pub path: String,
+    /// The path as the process gave it (bytes: the audit tells apart ones that differ).
+    pub path: Vec<u8>,
     /// What it resolved to, when it could be resolved.
     pub target: Option<String>,
     pub reason: &'static str,
@@ -587,7 +587,7 @@ fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
         tracing::warn!(
             context = %policy.context,
             pid = req.pid,
-            path = %path,
+            path = %String::from_utf8_lossy(&path),
             target = target.as_deref().unwrap_or("?"),
             "exec denied: {reason}"
         );
@@ -631,16 +631,16 @@ fn decide(
     listener: RawFd,
     req: &libc::seccomp_notif,
     policy: &Policy,
-) -> (Verdict, String, Option<String>) {
+) -> (Verdict, Vec<u8>, Option<String>) {
     let pid = req.pid as libc::pid_t;
     if shares_our_memory(pid) {
         // The spawn child before its exec: the broker's own exec of the program.
-        return (Verdict::Continue, String::new(), None);
+        return (Verdict::Continue, Vec::new(), None);
     }
     let data = &req.data;
     let Some(execveat) = exec_kind(data.arch, data.nr as u32) else {
         // The filter only sends exec syscalls; anything else is refused.
-        return (Verdict::Fail(libc::ENOSYS), String::new(), None);
+        return (Verdict::Fail(libc::ENOSYS), Vec::new(), None);
     };
     let (dirfd, ptr, flags) = if execveat {
         (data.args[0] as i32, data.args[1], data.args[4] as i32)
@@ -650,10 +650,10 @@ fn decide(
     let raw = match read_string(pid, ptr) {
         Ok(raw) => raw,
         Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
-            return (Verdict::Fail(libc::EFAULT), String::new(), None);
+            return (Verdict::Fail(libc::EFAULT), Vec::new(), None);
         }
         Err(e) => {
-            let path = format!("? ({e})");
+            let path = format!("? ({e})").into_bytes();
             let deny = Verdict::Deny {
                 errno: libc::EACCES,
                 reason: REASON_UNREADABLE,
@@ -661,8 +661,8 @@ fn decide(
             return (deny, path, None);
         }
     };
-    let path = String::from_utf8_lossy(&raw).into_owned();
     let host = host_path(req.pid, dirfd, &raw, flags);
+    let path = raw;
     let id = host
         .as_ref()
         .map_err(|e| *e)
@@ -834,7 +834,6 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
         "context": d.context,
         "uid": d.uid,
         "pid": d.pid,
-        "path": d.path,
         "target": d.target,
         "program": d.program.to_string_lossy(),
         "reason": d.reason,
@@ -843,7 +842,7 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
     if d.suppressed > 0 {
         event["suppressed"] = d.suppressed.into();
     }
-    event
+    super::audit::with_bytes(event, "path", &d.path, super::audit::TEXT_KEEP)
 }
 
 #[cfg(test)]
@@ -904,7 +903,7 @@ mod tests {
         assert!(out.contains("rc=126"), "{out}");
         assert!(out.contains("again"), "sh itself may run again: {out}");
         assert_eq!(denied.len(), 1, "{denied:?}");
-        assert_eq!(denied[0].path, "/usr/bin/id");
+        assert_eq!(denied[0].path, b"/usr/bin/id");
         assert_eq!(denied[0].reason, REASON_BYPASS);
         assert_eq!(denied[0].errno, libc::EACCES);
     }

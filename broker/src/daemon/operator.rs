@@ -54,10 +54,13 @@ pub fn is_operator(peer: &Peer) -> bool {
 
 async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     if !is_operator(peer) {
-        shared.audit.record(json!({
-            "event": "refused", "reason": "reload needs root",
-            "caller": { "pid": peer.pid, "uid": peer.uid, "gid": peer.gid },
-        }));
+        shared.audit.record_refusal(
+            peer.uid,
+            json!({
+                "event": "refused", "reason": "reload needs root",
+                "caller": { "pid": peer.pid, "uid": peer.uid, "gid": peer.gid },
+            }),
+        );
         return error(
             ErrorKind::Refused,
             format!(
@@ -252,11 +255,15 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     let (allowed, denied): (Vec<Running>, Vec<Running>) =
         matching.into_iter().partition(|r| may_touch(peer, r));
     if allowed.is_empty() {
-        shared.audit.record(json!({
-            "event": "refused", "reason": "kill of another uid's process",
-            "caller": caller_json(peer), "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
-            "signal": signo,
-        }));
+        shared.audit.record_refusal(
+            peer.uid,
+            json!({
+                "event": "refused", "reason": "kill of another uid's process",
+                "caller": caller_json(peer),
+                "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
+                "signal": signo,
+            }),
+        );
         return error(
             ErrorKind::Refused,
             format!(
