@@ -106,6 +106,7 @@ fn service_unit_keeps_what_the_broker_needs() {
         ("StateDirectory", "ctx"),
         ("LogsDirectory", "ctx"),
         ("NoNewPrivileges", "no"),
+        ("LimitNOFILE", "1024:524288"),
     ] {
         assert_eq!(value(key).as_deref(), Some(v), "{key}");
     }

@@ -323,6 +323,10 @@ impl Relay<'_> {
         let mut started = false;
         let mut early_signal: Option<i32> = None;
         let mut input_open = self.input;
+        // Whether an `Input` frame would go out without blocking. The broker stops reading
+        // while a program leaves its input unread; blocking in that send, ctx would stop
+        // reading the program's output too, and the broker would block sending it.
+        let mut sock_writable = true;
         let mut output_ok = self.output.is_some();
         let mut out = Vec::new();
         let mut raw: Option<RawMode> = None;
@@ -333,11 +337,17 @@ impl Relay<'_> {
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
 
         loop {
+            let relaying = started && input_open;
+            let sock_events = if relaying && !sock_writable {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
             let mut fds = vec![
-                PollFd::new(conn.fd(), PollFlags::POLLIN),
+                PollFd::new(conn.fd(), sock_events),
                 PollFd::new(signals.fd.as_fd(), PollFlags::POLLIN),
             ];
-            if started && input_open {
+            if relaying && sock_writable {
                 fds.push(PollFd::new(stdin, PollFlags::POLLIN));
             }
             match poll(&mut fds, PollTimeout::NONE) {
@@ -349,7 +359,10 @@ impl Relay<'_> {
                     .and_then(|f| f.revents())
                     .is_some_and(|r| !r.is_empty())
             };
-            let (sock_ready, sig_ready, stdin_ready) = (ready(0), ready(1), ready(2));
+            let sock_events = fds[0].revents().unwrap_or(PollFlags::empty());
+            let sock_ready = sock_events.intersects(!PollFlags::POLLOUT);
+            sock_writable |= sock_events.contains(PollFlags::POLLOUT);
+            let (sig_ready, stdin_ready) = (ready(1), ready(2));
             drop(fds);
 
             if sig_ready {
@@ -402,6 +415,7 @@ impl Relay<'_> {
                     }
                     Ok(n) => {
                         let _ = conn.send(&Request::Input(ByteBuf::from(&buf[..n])));
+                        sock_writable = false;
                     }
                     Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
                     Err(_) => {

@@ -11,18 +11,24 @@ use ctx_protocol::{
 };
 use tokio::net::UnixStream;
 
+use super::admission::Admission;
 use super::wire::Conn;
 use super::{exec, operator, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest hello payload: magic, version and client kind take a dozen bytes; anything near
+/// this is not a ctx client and need not be buffered.
+const HELLO_MAX: usize = 256;
 
-pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+/// Serves one connection, holding its `admission` (its share of its uid's bounds) until it
+/// closes.
+pub async fn serve(shared: Arc<Shared>, stream: UnixStream, admission: Admission) {
     let peer = match Peer::identify(&stream, &shared.registry) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("refused connection: {e}");
-            let mut conn = Conn::new(stream);
+            let mut conn = Conn::new(stream, admission);
             let _ = conn.send(&hello()).await;
             let _ = conn
                 .send(&Reply::Error {
@@ -33,7 +39,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             return;
         }
     };
-    let mut conn = Conn::new(stream);
+    let mut conn = Conn::new(stream, admission);
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
     let (client, request) = match first {
         Ok(Ok(v)) => v,
@@ -109,6 +115,7 @@ fn hello() -> Reply<'static> {
 }
 
 async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
+    conn.limit_frames(HELLO_MAX);
     let payload = match conn.read_frame().await {
         Ok(Some(p)) => p,
         Ok(None) => return Err("connection closed before the hello".into()),
@@ -125,6 +132,7 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
             hello.version
         ));
     }
+    conn.limit_frames(ctx_protocol::frame::MAX_FRAME);
     let payload = match conn.read_frame().await {
         Ok(Some(p)) => p,
         Ok(None) => return Err("connection closed before the request".into()),
@@ -134,6 +142,7 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
     if !matches!(request, Request::Exec(_) | Request::Shell(_)) && conn.pending_fds() > 0 {
         return Err("descriptors sent with a request that takes none".into());
     }
+    conn.handshake_done();
     Ok((hello.client, request))
 }
 

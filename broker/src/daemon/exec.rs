@@ -2,6 +2,7 @@
 //! classified failure, then relay signals, window size and PTY bytes until the process
 //! ends, and send `Exited`. A caller that disconnects takes its process group with it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -14,13 +15,14 @@ use ctx_protocol::{
 };
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::exec_guard::{Armed, Denied, Policy};
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
 use super::spawn::{exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
-use super::wire::Conn;
+use super::wire::{Conn, WireError};
 use super::{audit, job_control, pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
 
@@ -34,6 +36,10 @@ const PTY_DRAIN: Duration = Duration::from_millis(100);
 /// sends it as one frame, so a fast writer costs one frame and one client wake-up per
 /// 64 KiB instead of per 4 KiB.
 const PTY_BATCH: usize = 64 * 1024;
+/// Typed or pasted input held for a PTY program that is not reading it. Past this, the
+/// caller's frames stay unread in the socket (and the caller stops sending) until the
+/// program reads: a program that never reads cannot make the broker hold more.
+const INPUT_BUDGET: usize = 1024 * 1024;
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -454,7 +460,9 @@ async fn launch(
         kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
     }
     let master = master.map(watch).transpose().unwrap_or_default();
-    let mut input: Vec<u8> = Vec::new();
+    // Only a PTY launch has somewhere to put `Input`: a pipe launch's program reads the
+    // caller's own descriptor, and the frames (which no client sends then) are dropped.
+    let mut input: VecDeque<u8> = VecDeque::new();
     // Only a PTY launch relays output; a pipe launch allocates nothing for it.
     let mut out = if master.is_some() {
         vec![0u8; PTY_BATCH]
@@ -465,7 +473,7 @@ async fn launch(
     let status = loop {
         tokio::select! {
             exited = wait_exit(&pidfd) => break exited,
-            frame = conn.read_frame(), if client_alive => {
+            frame = next_frame(conn, input.len() >= INPUT_BUDGET), if client_alive => {
                 match frame {
                     Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
                         Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
@@ -474,22 +482,23 @@ async fn launch(
                         Ok(Request::Resize(size)) => {
                             if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
                         }
+                        Ok(Request::Input(_)) if master.is_none() => {}
                         Ok(Request::Input(bytes)) => match master.as_ref().and_then(|m| job_control::suspend_at(m.get_ref(), pid, &bytes)) {
                             // The suspend key for a program that would ignore the stop the
                             // terminal sends it: stop it ourselves and tell the client.
                             Some(at) => {
-                                input.extend_from_slice(&bytes[..at]);
+                                input.extend(&bytes[..at]);
                                 kill_group(pid, libc::SIGSTOP);
                                 if conn.send(&Reply::Stopped { signal: libc::SIGTSTP }).await.is_err() {
                                     client_alive = false;
                                     kill_group(pid, libc::SIGKILL);
                                 }
-                                input.extend_from_slice(&bytes[at + 1..]);
+                                input.extend(&bytes[at + 1..]);
                             }
-                            None => input.extend_from_slice(&bytes),
+                            None => input.extend(&bytes[..]),
                         },
                         Ok(Request::InputEof) => {
-                            if let Some(m) = &master { input.push(pty::eof_char(m.get_ref())); }
+                            if let Some(m) = &master { input.push_back(pty::eof_char(m.get_ref())); }
                         }
                         _ => {
                             // Out of protocol: treat as a broken caller.
@@ -529,7 +538,7 @@ async fn launch(
             ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
                 if let Ok(mut guard) = ready {
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
-                    if let Ok(Ok(n)) = guard.try_io(|_| write_fd(fd, &input)) {
+                    if let Ok(Ok(n)) = guard.try_io(|_| write_fd(fd, input.as_slices().0)) {
                         input.drain(..n);
                     }
                 }
@@ -927,6 +936,34 @@ async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus> {
             continue;
         }
         return Ok(ExitStatus::from_siginfo(code, status));
+    }
+}
+
+/// The caller's next frame. While `backlogged` none is read: this only waits for the
+/// caller to hang up (a caller that goes away still takes its process group with it), which
+/// reads as the end of the stream.
+async fn next_frame(conn: &mut Conn, backlogged: bool) -> Result<Option<Vec<u8>>, WireError> {
+    if backlogged {
+        hung_up(conn.stream()).await;
+        return Ok(None);
+    }
+    conn.read_frame().await
+}
+
+/// Returns once the peer has closed its side of `stream` (or the socket failed), without
+/// reading what it sent.
+async fn hung_up(stream: &tokio::net::UnixStream) {
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            // Unread frames make it readable: clear that, and wait for the next event.
+            Ok(_) => {
+                let _ = stream.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the socket, the accept loop, shutdown and reload;
 //! - [`connection`]: one peer: handshake, dispatch of its request;
+//! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
@@ -14,6 +15,7 @@
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
+pub mod admission;
 pub mod audit;
 pub mod cgroups;
 pub mod connection;
@@ -68,6 +70,7 @@ pub struct Shared {
     pub landlock: landlock::Rulesets,
     pub exec_guard: exec_guard::ExecGuard,
     pub cgroups: cgroups::Cgroups,
+    pub admissions: Arc<admission::Admissions>,
 }
 
 impl Shared {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 
+use super::admission::{self, Admissions, Refusal};
 use super::{audit::Audit, connection, operator, registry::Registry, systemd, Shared};
 use crate::config::{self, Config};
 
@@ -68,6 +69,11 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         .audit_log
         .clone()
         .unwrap_or_else(|| config.broker.audit_log.clone());
+
+    match admission::raise_nofile() {
+        Ok(soft) => super::spawn::set_child_nofile_soft(soft),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
 
     std::fs::create_dir_all(&state_dir).map_err(io_err("create state dir", &state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o711));
@@ -178,6 +184,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         landlock: Default::default(),
         exec_guard: Default::default(),
         cgroups,
+        admissions: Default::default(),
     });
 
     // Normally done by main while it was the only thread; again here for an embedder.
@@ -189,16 +196,29 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
     systemd::ready(&operator::serving(&shared.config()));
 
+    let mut refusals = Quiet::default();
+    let mut accept_errors = Quiet::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tasks.spawn(connection::serve(shared, stream));
-                }
+                Ok((stream, _)) => match admit(&shared.admissions, &stream) {
+                    Ok(admission) => {
+                        let shared = shared.clone();
+                        tasks.spawn(connection::serve(shared, stream, admission));
+                    }
+                    Err(why) => {
+                        refuse(&stream, &why);
+                        if let Some(more) = refusals.should_log() {
+                            tracing::warn!("refused a connection: {why}{more}");
+                        }
+                    }
+                },
                 Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    tracing::warn!("accept failed: {e}");
+                    // EMFILE and friends: the connection stays queued and the listener
+                    // readable; pause instead of spinning, and keep serving the others.
+                    if let Some(more) = accept_errors.should_log() {
+                        tracing::warn!("accept failed: {e}{more}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -230,6 +250,71 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     }
     tracing::info!("ctx-broker stopped");
     Ok(())
+}
+
+/// Why a connection is refused before it is served.
+#[derive(Debug, thiserror::Error)]
+enum AdmitError {
+    #[error("peer credentials unavailable: {0}")]
+    Credentials(io::Error),
+    #[error("{0}")]
+    Limit(#[from] Refusal),
+}
+
+/// Counts the connection against its uid (from `SO_PEERCRED`, fixed at `connect`).
+fn admit(
+    admissions: &Arc<Admissions>,
+    stream: &tokio::net::UnixStream,
+) -> Result<admission::Admission, AdmitError> {
+    let cred = stream.peer_cred().map_err(AdmitError::Credentials)?;
+    Ok(admissions.admit(cred.uid())?)
+}
+
+/// Tells a refused peer why, if its socket takes the reply without waiting; it is closed
+/// right after either way, so a flood costs the broker nothing it keeps.
+fn refuse(stream: &tokio::net::UnixStream, why: &AdmitError) {
+    let mut bytes = Vec::new();
+    let hello = ctx_protocol::Reply::Hello {
+        version: ctx_protocol::PROTOCOL_VERSION,
+        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
+    };
+    let error = ctx_protocol::Reply::Error {
+        kind: ctx_protocol::ErrorKind::Refused,
+        message: format!("refused before the handshake: {why}").into(),
+    };
+    if ctx_protocol::frame::encode_vec(&hello, &mut bytes).is_ok()
+        && ctx_protocol::frame::encode_vec(&error, &mut bytes).is_ok()
+    {
+        let _ = stream.try_write(&bytes);
+    }
+}
+
+/// At most one log line a second for a repeated event, saying how many were not logged.
+#[derive(Default)]
+struct Quiet {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Quiet {
+    /// `Some(suffix)` when this occurrence is to be logged, with the suffix to append.
+    fn should_log(&mut self) -> Option<String> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.unlogged);
+        Some(if more > 0 {
+            format!(" ({more} more since the last message)")
+        } else {
+            String::new()
+        })
+    }
 }
 
 fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {

@@ -444,6 +444,16 @@ pub fn drop_bounding_set_process_wide() {
     BOUNDING_DROPPED.store(all, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The soft `RLIMIT_NOFILE` the broker started with, which routed programs get back (the
+/// broker raises its own to the hard limit); zero: leave the inherited one.
+static CHILD_NOFILE_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Routed programs start with soft `RLIMIT_NOFILE` `soft` (capped by the hard limit), as
+/// they would have without the broker raising its own.
+pub fn set_child_nofile_soft(soft: u64) {
+    CHILD_NOFILE_SOFT.store(soft, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn errno_now() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -1061,6 +1071,18 @@ unsafe fn child(
         }
     }
 
+    let nofile_soft = CHILD_NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed);
+    if nofile_soft > 0 {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // A failure leaves the broker's higher soft limit, which is harmless: no report.
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur > nofile_soft {
+            lim.rlim_cur = nofile_soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     for &(resource, value) in &plan.rlimits {
         let lim = libc::rlimit {
             rlim_cur: value,

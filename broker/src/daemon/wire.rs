@@ -5,10 +5,12 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ctx_protocol::fdpass::{recv_with_fds, MAX_FDS};
-use ctx_protocol::frame::{complete_frame, encode_vec, FrameError, FRAME_HEADER};
+use ctx_protocol::frame::{complete_frame, encode_vec, payload_len, FrameError, FRAME_HEADER};
 use ctx_protocol::Reply;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
+
+use super::admission::{Admission, OverBudget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -20,6 +22,10 @@ pub enum WireError {
     Truncated,
     #[error("more than {MAX_FDS} descriptors sent")]
     TooManyFds,
+    #[error("frame of {len} bytes where at most {max} are accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    OverBudget(#[from] OverBudget),
 }
 
 pub struct Conn {
@@ -34,10 +40,22 @@ pub struct Conn {
     out: Vec<u8>,
     /// Encoded replies held back to go out with the next one, in the same write.
     held: Vec<u8>,
+    /// Largest payload the next frames may announce (the protocol's limit is far above
+    /// what most messages need).
+    max_frame: usize,
+    /// This connection's share of its uid's bounds; the buffer and descriptors held during
+    /// the handshake are charged to it.
+    admission: Admission,
+    /// Descriptors arriving from now on are closed at once, not kept.
+    after_handshake: bool,
 }
 
+/// Largest payload after the request: an `Input` chunk is 64 KiB from the CLI, 16 KiB from
+/// the shim.
+pub const AFTER_HANDSHAKE_FRAME: usize = 256 * 1024;
+
 impl Conn {
-    pub fn new(stream: UnixStream) -> Conn {
+    pub fn new(stream: UnixStream, admission: Admission) -> Conn {
         Conn {
             stream,
             buf: Vec::with_capacity(4096),
@@ -45,7 +63,26 @@ impl Conn {
             fds: Vec::new(),
             out: Vec::new(),
             held: Vec::new(),
+            max_frame: ctx_protocol::frame::MAX_FRAME,
+            admission,
+            after_handshake: false,
         }
+    }
+
+    /// Frames announcing a payload over `max` bytes are refused from now on.
+    pub fn limit_frames(&mut self, max: usize) {
+        self.max_frame = max;
+    }
+
+    /// The handshake is over: nothing more is charged to the uid's handshake budget, a
+    /// large request's buffer is given back instead of living as long as the launch, and
+    /// the frames that may follow (`Signal`, `Resize`, `Input`, `InputEof`) are small and
+    /// carry no descriptors.
+    pub fn handshake_done(&mut self) {
+        self.admission.handshake_done();
+        self.buf.shrink_to(4096);
+        self.max_frame = AFTER_HANDSHAKE_FRAME;
+        self.after_handshake = true;
     }
 
     pub fn stream(&self) -> &UnixStream {
@@ -61,6 +98,22 @@ impl Conn {
                 self.buf.drain(..total);
                 return Ok(Some(payload));
             }
+            if let Some(header) = self.buf.first_chunk::<FRAME_HEADER>() {
+                let len = payload_len(*header)?;
+                if len > self.max_frame {
+                    return Err(WireError::TooLarge {
+                        len,
+                        max: self.max_frame,
+                    });
+                }
+                // Room for exactly this frame: growing by doubling would hold up to twice
+                // what was charged for.
+                let want = FRAME_HEADER + len;
+                if want > self.buf.capacity() {
+                    self.admission.hold(want, self.fds.len())?;
+                    self.buf.reserve_exact(want - self.buf.len());
+                }
+            }
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
             let fd = self.stream.as_raw_fd();
             let chunk = &mut self.chunk;
@@ -70,7 +123,10 @@ impl Conn {
                 .await?;
             for &raw in &fds[..nfds] {
                 // SAFETY: recv_with_fds handed us ownership of these new descriptors.
-                self.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                if !self.after_handshake {
+                    self.fds.push(fd);
+                }
             }
             if self.fds.len() > MAX_FDS {
                 return Err(WireError::TooManyFds);
@@ -83,6 +139,7 @@ impl Conn {
                 };
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
+            self.admission.hold(self.buf.capacity(), self.fds.len())?;
         }
     }
 

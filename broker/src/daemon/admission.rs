@@ -1,0 +1,308 @@
+//! What one uid can make the broker hold: its connections, and the bytes and descriptors
+//! of its unfinished handshakes (sent before anything about the peer is authorised).
+//! Counted from `SO_PEERCRED` at accept and given back when the connection's [`Admission`]
+//! drops. Root (uid 0) is never counted nor refused: whatever the other uids do, memory and
+//! descriptors stay for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Connections of one uid still in their handshake. A real client's handshake takes
+/// microseconds; only a flood (or a stalled peer) keeps this many open at once.
+pub const HANDSHAKING_PER_UID: u32 = 64;
+/// Connections of one uid in all: each routed launch holds one while its process runs, so
+/// a parallel build routed through the interposer needs room.
+pub const CONNECTIONS_PER_UID: u32 = 1024;
+/// Bytes the unfinished handshakes of one uid may buffer together: four requests at
+/// `ARG_MAX` (argv and environment together reach 2 MiB, the frame limit is 4 MiB).
+pub const HANDSHAKE_BYTES_PER_UID: usize = 16 * 1024 * 1024;
+/// Descriptors the unfinished handshakes of one uid may carry: a request passes at most
+/// its standard input, output and error.
+pub const HANDSHAKE_FDS_PER_UID: usize = 3 * HANDSHAKING_PER_UID as usize;
+/// Descriptors no uid but root can take: the broker's own (listener, namespace holders,
+/// reserved ports, audit log) and a root launch's.
+const RESERVED_FDS: u64 = 256;
+/// What one connection is counted as against `RLIMIT_NOFILE`: its socket, and its launch's
+/// pidfd, PTY master and report pipe.
+const FDS_PER_CONNECTION: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("uid {0} already has {HANDSHAKING_PER_UID} connections in their handshake")]
+    Handshaking(u32),
+    #[error("uid {0} already has {CONNECTIONS_PER_UID} connections")]
+    Connections(u32),
+    #[error(
+        "uid {uid}: the descriptors not reserved for root are taken \
+         ({limit} open files allowed, {RESERVED_FDS} kept for root)"
+    )]
+    Descriptors { uid: u32, limit: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OverBudget {
+    #[error(
+        "uid {0}'s unfinished handshakes would buffer more than {HANDSHAKE_BYTES_PER_UID} bytes"
+    )]
+    Bytes(u32),
+    #[error(
+        "uid {0}'s unfinished handshakes would hold more than {HANDSHAKE_FDS_PER_UID} descriptors"
+    )]
+    Fds(u32),
+}
+
+#[derive(Default)]
+pub struct Admissions {
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    per_uid: HashMap<u32, PerUid>,
+    /// Descriptors non-root connections are counted as, against `RLIMIT_NOFILE`.
+    fds: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+struct PerUid {
+    connections: u32,
+    handshaking: u32,
+    bytes: usize,
+    fds: usize,
+}
+
+/// One admitted connection's share of its uid's counts, given back on drop.
+pub struct Admission {
+    admissions: Arc<Admissions>,
+    uid: u32,
+    handshaking: bool,
+    bytes: usize,
+    fds: usize,
+}
+
+impl Admissions {
+    /// Counts a new connection of `uid`, or says why it is refused.
+    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Admission, Refusal> {
+        // Built only once counted: its drop gives back what it counted.
+        let admission = || Admission {
+            admissions: self.clone(),
+            uid,
+            handshaking: uid != 0,
+            bytes: 0,
+            fds: 0,
+        };
+        if uid == 0 {
+            return Ok(admission());
+        }
+        // Read at each admission: an operator may raise it on the running broker (prlimit).
+        let limit = nofile_limit();
+        let mut counts = self.lock();
+        if counts.fds + FDS_PER_CONNECTION > limit.saturating_sub(RESERVED_FDS) {
+            return Err(Refusal::Descriptors { uid, limit });
+        }
+        let entry = counts.per_uid.entry(uid).or_default();
+        if entry.handshaking >= HANDSHAKING_PER_UID {
+            return Err(Refusal::Handshaking(uid));
+        }
+        if entry.connections >= CONNECTIONS_PER_UID {
+            return Err(Refusal::Connections(uid));
+        }
+        entry.handshaking += 1;
+        entry.connections += 1;
+        counts.fds += FDS_PER_CONNECTION;
+        Ok(admission())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    fn held(&self, uid: u32) -> Option<(u32, u32, usize, usize)> {
+        let counts = self.lock();
+        counts
+            .per_uid
+            .get(&uid)
+            .map(|p| (p.connections, p.handshaking, p.bytes, p.fds))
+    }
+}
+
+impl Admission {
+    /// Sets what this connection's handshake holds to `bytes` buffered and `fds` received;
+    /// refused (nothing changed) when its uid's unfinished handshakes would then exceed their
+    /// budget. Free once the handshake is over, and for root.
+    pub fn hold(&mut self, bytes: usize, fds: usize) -> Result<(), OverBudget> {
+        if !self.handshaking || (bytes == self.bytes && fds == self.fds) {
+            return Ok(());
+        }
+        let mut counts = self.admissions.lock();
+        let global = counts.fds;
+        let entry = counts.per_uid.entry(self.uid).or_default();
+        let new_bytes = (entry.bytes - self.bytes)
+            .checked_add(bytes)
+            .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
+            .ok_or(OverBudget::Bytes(self.uid))?;
+        let new_fds = (entry.fds - self.fds)
+            .checked_add(fds)
+            .filter(|&f| f <= HANDSHAKE_FDS_PER_UID)
+            .ok_or(OverBudget::Fds(self.uid))?;
+        entry.bytes = new_bytes;
+        entry.fds = new_fds;
+        counts.fds = global - self.fds as u64 + fds as u64;
+        self.bytes = bytes;
+        self.fds = fds;
+        Ok(())
+    }
+
+    /// The peer is past its handshake: what it buffered is its request, being served.
+    pub fn handshake_done(&mut self) {
+        if !self.handshaking {
+            return;
+        }
+        let mut counts = self.admissions.lock();
+        counts.fds -= self.fds as u64;
+        let entry = counts.per_uid.entry(self.uid).or_default();
+        entry.handshaking -= 1;
+        entry.bytes -= self.bytes;
+        entry.fds -= self.fds;
+        self.handshaking = false;
+        self.bytes = 0;
+        self.fds = 0;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.uid == 0 {
+            return;
+        }
+        self.handshake_done();
+        let mut counts = self.admissions.lock();
+        counts.fds -= FDS_PER_CONNECTION;
+        if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
+            entry.connections -= 1;
+            if *entry == PerUid::default() {
+                counts.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: the per-uid bounds above
+/// are what keep a flood away from the last descriptors, not a soft limit of 1024. Returns
+/// the soft limit found, which the routed programs get back (some close every descriptor
+/// up to it, or use `select`).
+pub fn raise_nofile() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let found = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct; raising the soft limit up to the hard one is
+        // always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_never_counted_nor_refused() {
+        let a = Arc::new(Admissions::default());
+        let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID + 10)
+            .map(|_| a.admit(0).expect("root admitted"))
+            .collect();
+        for h in &mut held {
+            h.hold(HANDSHAKE_BYTES_PER_UID, 200)
+                .expect("root has no budget");
+        }
+        assert_eq!(a.held(0), None);
+        assert_eq!(a.lock().fds, 0);
+    }
+
+    #[test]
+    fn handshaking_connections_are_capped_per_uid_and_released() {
+        let a = Arc::new(Admissions::default());
+        let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID)
+            .map(|_| a.admit(1000).expect("under the cap"))
+            .collect();
+        assert_eq!(a.admit(1000).err(), Some(Refusal::Handshaking(1000)));
+        // Another uid is not affected.
+        drop(a.admit(1001).expect("another uid"));
+        // A finished handshake makes room for the next one, but still counts as a connection.
+        held[0].handshake_done();
+        let next = a.admit(1000).expect("room after a handshake finished");
+        assert_eq!(
+            a.held(1000),
+            Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
+        );
+        drop(next);
+        drop(held);
+        assert_eq!(a.held(1000), None);
+        assert_eq!(a.lock().fds, 0);
+    }
+
+    #[test]
+    fn total_connections_are_capped_per_uid() {
+        let a = Arc::new(Admissions::default());
+        if nofile_limit() < RESERVED_FDS + FDS_PER_CONNECTION * (CONNECTIONS_PER_UID as u64 + 1) {
+            return; // the descriptor bound would refuse first under this limit
+        }
+        let held: Vec<Admission> = (0..CONNECTIONS_PER_UID)
+            .map(|_| {
+                let mut c = a.admit(1000).expect("under the cap");
+                c.handshake_done();
+                c
+            })
+            .collect();
+        assert_eq!(a.admit(1000).err(), Some(Refusal::Connections(1000)));
+        drop(held);
+        assert!(a.admit(1000).is_ok());
+    }
+
+    #[test]
+    fn handshake_bytes_and_fds_are_budgeted_per_uid() {
+        let a = Arc::new(Admissions::default());
+        let mut one = a.admit(1000).unwrap();
+        let mut two = a.admit(1000).unwrap();
+        one.hold(HANDSHAKE_BYTES_PER_UID - 10, 3).unwrap();
+        assert_eq!(two.hold(11, 0), Err(OverBudget::Bytes(1000)));
+        two.hold(10, 0).unwrap();
+        // Shrinking what one holds gives room back.
+        one.hold(100, 3).unwrap();
+        two.hold(4 * 1024 * 1024, HANDSHAKE_FDS_PER_UID - 3)
+            .unwrap();
+        assert_eq!(one.hold(100, 4), Err(OverBudget::Fds(1000)));
+        // After the handshake nothing is budgeted.
+        two.handshake_done();
+        one.hold(HANDSHAKE_BYTES_PER_UID, HANDSHAKE_FDS_PER_UID)
+            .unwrap();
+        two.hold(usize::MAX, usize::MAX).unwrap();
+        drop((one, two));
+        assert_eq!(a.held(1000), None);
+        assert_eq!(a.lock().fds, 0);
+    }
+}

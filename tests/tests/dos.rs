@@ -1,0 +1,448 @@
+//! Denial of service from below: a local user allowed into no context (ctx-bob) floods
+//! the broker with connections, descriptors and half-sent frames, and a routed program
+//! never reads the input its caller pushes. The broker's memory and descriptors must stay
+//! bounded and root must still be served at once.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ctx_protocol::frame::encode_vec;
+use ctx_protocol::{ClientKind, Hello, Reply, Request};
+
+use ctx_tests::raw;
+use ctx_tests::*;
+
+/// Generous: the broker idles at about 15 MB.
+const RSS_BOUND_KB: u64 = 100 * 1024;
+/// Generous: a root launch takes milliseconds.
+const ROOT_SERVED_WITHIN: Duration = Duration::from_secs(10);
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the broker's RSS and descriptor count until dropped; the peaks.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    rss: Arc<AtomicU64>,
+    fds: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rss = Arc::new(AtomicU64::new(0));
+        let fds = Arc::new(AtomicU64::new(0));
+        let (s, r, f) = (stop.clone(), rss.clone(), fds.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                r.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                f.fetch_max(raw::fd_count(pid) as u64, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sampler {
+            stop,
+            rss,
+            fds,
+            thread: Some(thread),
+        }
+    }
+
+    /// Peak RSS (KiB) and descriptor count seen.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.rss.load(Ordering::Relaxed),
+            self.fds.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Holds `n` connections to the broker for `secs` seconds, reopening each one the broker
+/// closes or answers. `mode`: `silent` (connect only), `fds` (a hello, one byte of the
+/// request, 20 descriptors), `drip` (a hello, then a request frame announcing 4 MiB whose
+/// bytes are sent but for the last few).
+const FLOOD: &str = r#"
+import os, select, socket, struct, sys, time
+path, mode, n, secs, hello = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), bytes.fromhex(sys.argv[5])
+null = os.open("/dev/null", os.O_RDWR)
+big = 4 * 1024 * 1024
+def opening(s):
+    if mode == "fds":
+        socket.send_fds(s, [hello + b"\x00"], [null] * 20)
+    elif mode == "drip":
+        s.sendall(hello + struct.pack("<I", big))
+        chunk = b"\x01" * (256 * 1024)
+        left = big - 16
+        while left > 0:
+            s.sendall(chunk[:left])
+            left -= len(chunk)
+held, poller = {}, select.poll()
+opened = dropped = 0
+end = time.time() + secs
+print("flooding", flush=True)
+while time.time() < end:
+    while len(held) < n and time.time() < end:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+            opening(s)
+        except OSError:
+            s.close()
+            dropped += 1
+            break
+        held[s.fileno()] = s
+        poller.register(s, select.POLLIN)
+        opened += 1
+    for fd, _ in poller.poll(10):
+        poller.unregister(fd)
+        held.pop(fd).close()
+        dropped += 1
+print(f"opened {opened} dropped {dropped}", flush=True)
+"#;
+
+/// Starts the flood as ctx-bob; returns once it is under way.
+fn flood(b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
+    let mut hello = Vec::new();
+    encode_vec(&Hello::new(ClientKind::Cli), &mut hello).unwrap();
+    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={BOB}"),
+            &format!("--regid={BOB}"),
+            "--init-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            FLOOD,
+        ])
+        .arg(b.socket())
+        .args([mode, &n.to_string(), &secs.to_string(), &hex])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the flood as ctx-bob");
+    let mut first = [0u8; 9];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .expect("the flood starts");
+    // Let it reach its cap (or the broker's limit).
+    thread::sleep(Duration::from_secs(2));
+    child
+}
+
+fn finish_flood(mut child: Child) -> String {
+    let status = wait_deadline(&mut child, Duration::from_secs(60)).expect("the flood ends");
+    let mut out = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    assert!(status.success(), "the flood failed: {out}");
+    out.trim().to_string()
+}
+
+/// Root's `ctx exec` while the flood runs: how long it took.
+fn root_is_served(b: &Broker) -> Duration {
+    let start = Instant::now();
+    let out = run_with(
+        &mut b.exec_cmd("alice", &["echo", "served"]),
+        None,
+        Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    assert_eq!(out.ok(), "served\n");
+    assert!(
+        took < ROOT_SERVED_WITHIN,
+        "root's ctx exec took {took:?} under the flood"
+    );
+    took
+}
+
+/// The broker as an old unit left it: a soft and hard limit of 1024 open files.
+fn limit_broker_to_1024_files(b: &Broker) {
+    let lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: prlimit on a child process of ours; `lim` is a valid rlimit.
+    let r = unsafe {
+        libc::prlimit(
+            b.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// ctx-bob, allowed into no context, may still ask for the status: once the flood is
+/// over, nothing of it is still counted against him.
+fn bob_is_served_again(b: &Broker) {
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={BOB}"),
+            &format!("--regid={BOB}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .arg("status"));
+    assert_eq!(out.code(), 0, "{}", out.show());
+}
+
+#[test]
+fn a_connection_flood_from_a_user_allowed_nowhere_leaves_root_served() {
+    let b = Broker::start(&standard_config());
+    limit_broker_to_1024_files(&b);
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
+    let sampler = Sampler::start(b.pid());
+    let flooder = flood(&b, "silent", 1500, 8);
+    let took = root_is_served(&b);
+    let (rss, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!(
+        "silent flood ({report}): root served in {took:?}; broker peak {fds} fds \
+         (baseline {baseline}), {rss} KiB"
+    );
+    assert!(
+        fds < baseline as u64 + 200,
+        "ctx-bob's flood made the broker hold {fds} descriptors (baseline {baseline})"
+    );
+    assert!(
+        b.stderr().contains("refused a connection"),
+        "{}",
+        b.stderr()
+    );
+    bob_is_served_again(&b);
+}
+
+#[test]
+fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
+    let b = Broker::start(&standard_config());
+    limit_broker_to_1024_files(&b);
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
+    let sampler = Sampler::start(b.pid());
+    let flooder = flood(&b, "fds", 500, 8);
+    let took = root_is_served(&b);
+    let (rss, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!(
+        "descriptor flood ({report}): root served in {took:?}; broker peak {fds} fds \
+         (baseline {baseline}), {rss} KiB"
+    );
+    // 64 handshakes and 192 descriptors at most, and slack for root's launch.
+    assert!(
+        fds < baseline as u64 + 300,
+        "ctx-bob's handshakes made the broker hold {fds} descriptors (baseline {baseline})"
+    );
+    bob_is_served_again(&b);
+}
+
+#[test]
+fn half_sent_large_frames_cannot_grow_the_broker() {
+    let b = Broker::start(&standard_config());
+    let before = rss_kb(b.pid());
+    let sampler = Sampler::start(b.pid());
+    let flooder = flood(&b, "drip", 100, 8);
+    let took = root_is_served(&b);
+    let (rss, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!(
+        "4 MiB frames flood ({report}): root served in {took:?}; broker RSS {before} KiB \
+         before, peak {rss} KiB, {fds} fds"
+    );
+    assert!(
+        rss < RSS_BOUND_KB,
+        "ctx-bob's half-sent frames grew the broker to {rss} KiB (from {before} KiB)"
+    );
+    bob_is_served_again(&b);
+}
+
+// ---------------------------------------------------------------------------------------
+// Input a program does not read
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_pty_program_that_never_reads_cannot_make_the_broker_hold_its_input() {
+    let b = Broker::start(&standard_config());
+    let marker = "60.4242";
+    let before = rss_kb(b.pid());
+    let mut client = b
+        .ctx(["exec", "-t", "--context", "alice", "--", "sleep", marker])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    // The terminal echoes what it took in; that output must be read.
+    let drain = thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    let fed = Arc::new(AtomicU64::new(0));
+    let counter = fed.clone();
+    let feeder = thread::spawn(move || {
+        let line = b"the same line again and again, never read by anyone at all\n".repeat(1024);
+        while counter.load(Ordering::Relaxed) < 400 * 1024 * 1024 {
+            if stdin.write_all(&line).is_err() {
+                break;
+            }
+            counter.fetch_add(line.len() as u64, Ordering::Relaxed);
+        }
+    });
+    assert!(
+        poll(Duration::from_secs(10), || (!pids_with_arg(marker)
+            .is_empty())
+        .then_some(()))
+        .is_some(),
+        "the routed sleep did not start"
+    );
+    let sampler = Sampler::start(b.pid());
+    thread::sleep(Duration::from_secs(5));
+    let (rss, _) = sampler.finish();
+    let pushed = fed.load(Ordering::Relaxed);
+    // The caller goes away while the broker leaves its frames unread: the program must
+    // still go with it.
+    let _ = client.kill();
+    let _ = client.wait();
+    let gone = poll(Duration::from_secs(10), || {
+        pids_with_arg(marker).is_empty().then_some(())
+    });
+    let _ = feeder.join();
+    let _ = drain.join();
+    eprintln!(
+        "ctx took {} KiB of input for a program that never reads; broker RSS {before} KiB \
+         before, peak {rss} KiB",
+        pushed / 1024
+    );
+    assert!(
+        rss < RSS_BOUND_KB,
+        "unread input grew the broker to {rss} KiB (from {before} KiB); ctx pushed {} MiB",
+        pushed >> 20
+    );
+    assert!(
+        gone.is_some(),
+        "the program outlived its caller while the broker held back its input"
+    );
+}
+
+#[test]
+fn input_frames_to_a_pipe_launch_are_not_kept() {
+    let b = Broker::start(&standard_config());
+    let before = rss_kb(b.pid());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = null.as_raw_fd();
+    let req = raw::exec_request("alice", &[b"sleep", b"30"]);
+    let mut s = raw::send_opening(&b.socket(), &raw::opening(&Request::Exec(req)), &[fd; 3]);
+    let mut frame = Vec::new();
+    encode_vec(&Request::Input(vec![b'x'; 64 * 1024].into()), &mut frame).unwrap();
+    let sampler = Sampler::start(b.pid());
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut sent = 0u64;
+        for _ in 0..(300 * 16) {
+            if w.write_all(&frame).is_err() {
+                break;
+            }
+            sent += frame.len() as u64;
+        }
+        let mut term = Vec::new();
+        encode_vec(
+            &Request::Signal {
+                signo: libc::SIGTERM,
+            },
+            &mut term,
+        )
+        .unwrap();
+        let _ = w.write_all(&term);
+        sent
+    });
+    let sent = writer.join().unwrap();
+    let (frames, closed) = raw::read_until_close(&mut s, Duration::from_secs(30));
+    let (rss, _) = sampler.finish();
+    eprintln!(
+        "{} MiB of Input to a pipe launch; broker RSS {before} KiB before, peak {rss} KiB",
+        sent >> 20
+    );
+    assert!(closed);
+    assert!(
+        frames.iter().any(|p| matches!(
+            ctx_protocol::frame::decode::<Reply>(p),
+            Ok(Reply::Exited { .. })
+        )),
+        "the launch did not end with Exited"
+    );
+    assert!(
+        rss < RSS_BOUND_KB,
+        "Input to a pipe launch grew the broker to {rss} KiB (from {before} KiB)"
+    );
+}
+
+#[test]
+fn input_to_a_slow_reader_arrives_whole() {
+    let b = Broker::start(&standard_config());
+    // 8 MiB of printable lines: eight times what the broker holds back, and nothing the
+    // terminal's line discipline would interpret.
+    let mut data = Vec::with_capacity(8 << 20);
+    let mut x: u32 = 12345;
+    while data.len() < 8 << 20 {
+        for _ in 0..63 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            data.push(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [(x >> 16) as usize % 62],
+            );
+        }
+        data.push(b'\n');
+    }
+    let dir = TempDir::new();
+    let file = dir.file("input", &data, 0o644);
+    let want = run(Command::new("sha256sum").arg(&file)).ok();
+    let want = want.split_whitespace().next().unwrap().to_string();
+    let out = run_with(
+        &mut b.ctx([
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; sha256sum",
+        ]),
+        Some(&data),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let text = out.stdout_str();
+    assert!(
+        text.contains(&format!("{want}  -")),
+        "the program read other bytes than were sent (want {want}); output ends {:?}",
+        &text[text.len().saturating_sub(300)..]
+    );
+}
