@@ -405,6 +405,8 @@ pub struct Broker {
     config: PathBuf,
     /// `setpriv` arguments that start the broker as another user (see [`Broker::start_as`]).
     run_as: Option<Vec<String>>,
+    /// RLIMIT_NOFILE (soft and hard) the broker starts with (see [`Broker::start_with_files`]).
+    nofile: Option<u64>,
 }
 
 impl Broker {
@@ -419,6 +421,25 @@ impl Broker {
             child: None,
             config,
             run_as: None,
+            nofile: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Like [`Broker::start`], with RLIMIT_NOFILE set to `limit` (soft and hard) in the
+    /// broker from its start: a root broker's real uid is not root's, and root here lacks
+    /// CAP_SYS_RESOURCE, so a `prlimit` from outside is refused.
+    pub fn start_with_files(config_toml: &str, limit: u64) -> Broker {
+        require_root();
+        let dir = TempDir::new();
+        let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
+        let mut b = Broker {
+            dir,
+            child: None,
+            config,
+            run_as: None,
+            nofile: Some(limit),
         };
         b.spawn();
         b
@@ -450,6 +471,7 @@ impl Broker {
             child: None,
             config,
             run_as: Some(run_as),
+            nofile: None,
         };
         b.spawn();
         b
@@ -466,6 +488,22 @@ impl Broker {
                 c
             }
         };
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command
             .arg("--config")
             .arg(&self.config)

@@ -179,22 +179,7 @@ fn root_is_served(b: &Broker) -> Duration {
 }
 
 /// The broker as an old unit left it: a soft and hard limit of 1024 open files.
-fn limit_broker_to_1024_files(b: &Broker) {
-    let lim = libc::rlimit {
-        rlim_cur: 1024,
-        rlim_max: 1024,
-    };
-    // SAFETY: prlimit on a child process of ours; `lim` is a valid rlimit.
-    let r = unsafe {
-        libc::prlimit(
-            b.pid() as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &lim,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
+const OLD_UNIT_FILES: u64 = 1024;
 
 /// ctx-bob, allowed into no context, may still ask for the status: once the flood is
 /// over, nothing of it is still counted against him.
@@ -215,8 +200,7 @@ fn bob_is_served_again(b: &Broker) {
 
 #[test]
 fn a_connection_flood_from_a_user_allowed_nowhere_leaves_root_served() {
-    let b = Broker::start(&standard_config());
-    limit_broker_to_1024_files(&b);
+    let b = Broker::start_with_files(&standard_config(), OLD_UNIT_FILES);
     let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
     let sampler = Sampler::start(b.pid());
     let flooder = flood(&b, "silent", 1500, 8);
@@ -241,8 +225,7 @@ fn a_connection_flood_from_a_user_allowed_nowhere_leaves_root_served() {
 
 #[test]
 fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
-    let b = Broker::start(&standard_config());
-    limit_broker_to_1024_files(&b);
+    let b = Broker::start_with_files(&standard_config(), OLD_UNIT_FILES);
     let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
     let sampler = Sampler::start(b.pid());
     let flooder = flood(&b, "fds", 500, 8);
