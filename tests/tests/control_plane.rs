@@ -443,3 +443,66 @@ allow = {{ uids = [0] }}
     );
     assert!(!log.contains("configuration reloaded"), "{log}");
 }
+
+/// Finding: two contexts of one uid are not separated, and nothing said so. The attack is
+/// real (one reads the other's secrets through /proc and enters it under the default
+/// allow), so `--check` and `ctx status` must name both.
+#[test]
+fn contexts_sharing_a_uid_are_named_by_check_and_status() {
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.first]
+user = "{ALICE}"
+cwd = "/"
+env = {{ FIRST_SECRET = "f1rst-s3cret" }}
+
+[contexts.second]
+user = "{ALICE}"
+cwd = "/"
+
+[contexts.other]
+user = "{BOB}"
+cwd = "/"
+"#
+    );
+    let b = Broker::start(&config);
+    let check = run(Command::new(bin("ctx-broker"))
+        .arg("--check")
+        .arg("--config")
+        .arg(b.config_path()));
+    assert_eq!(check.code(), 0, "{}", check.show());
+    let status = run(&mut b.ctx(["status"])).ok();
+    for text in [check.stderr_str(), status] {
+        assert!(
+            text.contains("contexts.first, contexts.second all run as uid")
+                && text.contains("NOT separated")
+                && text.contains("enter first, second"),
+            "{text}"
+        );
+        assert!(!text.contains("contexts.other,"), "{text}");
+    }
+    // What the warning says: a process of `second` reads `first`'s secret.
+    let marker = format!("1000.{}", std::process::id());
+    let mut first = b
+        .exec_cmd("first", &["sleep", &marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let alice = user(ALICE).uid;
+    let pid = poll(Duration::from_secs(10), || {
+        pids_with_arg(&marker)
+            .into_iter()
+            .find(|p| proc_uid(*p) == Some(alice))
+    })
+    .expect("the routed sleep runs");
+    let out = b.exec(
+        "second",
+        &["sh", "-c", &format!("tr '\\0' '\\n' < /proc/{pid}/environ")],
+    );
+    assert!(out.ok().contains("f1rst-s3cret"));
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -133,6 +133,47 @@ pub fn landlock_abi() -> i32 {
     v.max(0) as i32
 }
 
+/// One warning per uid that two or more contexts share: the kernel cannot tell their
+/// processes apart, so each reads the other's `/proc/PID/environ` (its secrets), signals and
+/// traces its processes, and, under the default `allow` (root and the context's uid), enters
+/// the other and so escapes its own Landlock and network rules.
+fn shared_uid_warnings(contexts: &BTreeMap<String, Arc<Context>>) -> Vec<String> {
+    let mut by_uid: BTreeMap<u32, Vec<&Context>> = BTreeMap::new();
+    for ctx in contexts.values() {
+        by_uid.entry(ctx.user.uid).or_default().push(ctx);
+    }
+    by_uid
+        .into_iter()
+        .filter(|(_, list)| list.len() > 1)
+        .map(|(uid, list)| {
+            let names: Vec<String> = list
+                .iter()
+                .map(|c| format!("contexts.{}", c.name))
+                .collect();
+            let open_doors: Vec<String> = list
+                .iter()
+                .filter(|c| c.allow.is_default || c.allow.uids.contains(&uid))
+                .map(|c| c.name.clone())
+                .collect();
+            let mut text = format!(
+                "{} all run as uid {uid} ({}): they are NOT separated from each other; each can \
+                 read the others' secrets from /proc/PID/environ and signal or trace their \
+                 processes",
+                names.join(", "),
+                list[0].user.name
+            );
+            if !open_doors.is_empty() {
+                text.push_str(&format!(
+                    ", and their allow rules let uid {uid} enter {} (out of its own isolation)",
+                    open_doors.join(", ")
+                ));
+            }
+            text.push_str("; give each context a user of its own");
+            text
+        })
+        .collect()
+}
+
 /// The warnings about a context's Landlock options (`key`: `contexts.NAME.isolation`) on a
 /// kernel with Landlock ABI `abi` (0: none); `routes`: it has `route_children_to`.
 pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> Vec<String> {
@@ -398,6 +439,7 @@ impl Loader<'_> {
         }
         self.check_route_cycles(&routes)?;
         broker.port_owners = self.port_owners(owners, &broker.reserved_ports, &names)?;
+        self.warnings.extend(shared_uid_warnings(&contexts));
 
         Ok(Config {
             path: self.path.to_path_buf(),
