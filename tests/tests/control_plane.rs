@@ -506,3 +506,80 @@ cwd = "/"
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// Class of findings 1 and 3, for `env_files`: the broker reads them as root at every load.
+/// A context's user who can write the directory of its own env file swaps the file for a
+/// link to another context's root-only secrets; the next reload must refuse it, not hand
+/// those secrets to the context.
+#[test]
+fn an_env_file_swapped_for_a_link_does_not_make_root_read_another_contexts_secrets() {
+    let dir = TempDir::new();
+    let secret = dir.file("victim.env", b"VICTIM_KEY=v1ctim-s3cret\n", 0o600);
+    let own = dir.subdir("alice-owned", 0o755);
+    let alice = user(ALICE);
+    nix::unistd::chown(
+        &own,
+        Some(nix::unistd::Uid::from_raw(alice.uid)),
+        Some(nix::unistd::Gid::from_raw(alice.gid)),
+    )
+    .unwrap();
+    let env_file = own.join("app.env");
+    fs::write(&env_file, "APP_MODE=dev\n").unwrap();
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.victim]
+user = "{BOB}"
+cwd = "/"
+env_files = ["{secret}"]
+
+[contexts.mine]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+env_files = ["{env}"]
+"#,
+        secret = secret.display(),
+        env = env_file.display()
+    );
+    let b = Broker::start(&config);
+    let warned = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        warned.contains("alice-owned") && warned.contains("can write"),
+        "the risky place is named: {warned}"
+    );
+    assert_eq!(
+        b.exec("mine", &["sh", "-c", "echo $APP_MODE ${VICTIM_KEY-none}"])
+            .ok(),
+        "dev none\n"
+    );
+    // The context's own code swaps its env file for a link to the victim's secrets.
+    b.exec(
+        "mine",
+        &[
+            "ln",
+            "-sfn",
+            secret.to_str().unwrap(),
+            env_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let reload = run(&mut b.ctx(["reload"]));
+    assert_ne!(reload.code(), 0, "{}", reload.show());
+    assert!(
+        reload.stderr_str().contains("symlink"),
+        "the refusal names the link: {}",
+        reload.show()
+    );
+    let check = run(Command::new(bin("ctx-broker"))
+        .arg("--check")
+        .arg("--config")
+        .arg(b.config_path()));
+    assert_eq!(check.code(), 1, "{}", check.show());
+    assert_eq!(
+        b.exec("mine", &["sh", "-c", "echo ${VICTIM_KEY-none}"])
+            .ok(),
+        "none\n"
+    );
+}

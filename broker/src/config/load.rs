@@ -5,6 +5,7 @@
 //! value (accounts, groups, env files, routes) and turns spans back into `file:line:col`.
 
 mod envfile;
+mod secret_file;
 mod spans;
 mod values;
 pub use values::parse_duration;
@@ -13,7 +14,6 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -625,7 +625,7 @@ impl Loader<'_> {
         }
         let user = user.0;
 
-        let env = self.env(&scope, raw.env_files.as_deref(), raw.env)?;
+        let env = self.env(&scope, user.uid, raw.env_files.as_deref(), raw.env)?;
 
         let mut inherit_env = Vec::new();
         for (index, pattern) in raw.inherit_env.iter().flatten().enumerate() {
@@ -944,6 +944,7 @@ impl Loader<'_> {
     fn env(
         &mut self,
         scope: &Scope,
+        uid: u32,
         files: Option<&[Spanned<String>]>,
         inline: Option<EnvTable>,
     ) -> Result<Vec<(String, String)>, ConfigError> {
@@ -963,20 +964,17 @@ impl Loader<'_> {
             if !file.starts_with('/') || file.contains('\0') {
                 return Err(fail(format!("{file:?} is not an absolute path")));
             }
-            let bytes =
-                std::fs::read(file).map_err(|e| fail(format!("cannot read {file}: {e}")))?;
+            let (bytes, notes) = secret_file::read(Path::new(file), uid)
+                .map_err(|e| fail(format!("{file}: {e}")))?;
             let text =
                 String::from_utf8(bytes).map_err(|_| fail(format!("{file} is not UTF-8 text")))?;
             let vars = envfile::parse(&text)
                 .map_err(|e| fail(format!("{file}:{}: {}", e.line, e.reason)))?;
-            let world_readable = std::fs::metadata(file)
-                .map(|m| m.permissions().mode() & 0o004 != 0)
-                .unwrap_or(false);
-            if world_readable {
-                self.warnings.push(format!(
-                    "{key}: {file} is readable by every user; it holds secrets, so chmod o-r it"
-                ));
-            }
+            self.warnings.extend(
+                notes
+                    .into_iter()
+                    .map(|note| format!("{key}: {file} {note}")),
+            );
             for (k, v) in vars {
                 set(&mut env, k, v);
             }

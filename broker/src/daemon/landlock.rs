@@ -182,7 +182,11 @@ pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::Rule
 pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
     use std::io::Read;
     let mut head = [0u8; 256];
-    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    // The context chose the path: never a FIFO's or a device's open() as root.
+    let n = super::untrusted_path::open_regular(path)
+        .ok()?
+        .read(&mut head)
+        .ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next()?;
     let text = std::str::from_utf8(line).ok()?.trim();

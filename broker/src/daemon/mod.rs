@@ -36,6 +36,7 @@ pub mod shell_state;
 pub mod signals;
 pub mod spawn;
 pub mod systemd;
+pub mod untrusted_path;
 pub mod wire;
 
 use std::path::PathBuf;

@@ -216,8 +216,10 @@ fn may_execute(meta: &std::fs::Metadata, id: &Identity) -> bool {
 fn known_format(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 4];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        // Unreadable by the broker (root squash, FUSE): no basis for a guess.
+    // The context chose the path: never a FIFO's or a device's open() as root.
+    let Ok(mut f) = super::untrusted_path::open_regular(path) else {
+        // Unreadable by the broker (root squash, FUSE), or not a regular file any more:
+        // no basis for a guess.
         return false;
     };
     let n = f.read(&mut head).unwrap_or(0);

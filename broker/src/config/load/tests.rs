@@ -1,5 +1,6 @@
 //! Loader tests: every refusal names the file, the line and the key; secrets never show.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -645,7 +646,15 @@ fn allow_rules() {
     let a = ctx(&config, "a");
     assert!(a.allows(7, 100, None) && a.allows(5, 5, None) && !a.allows(0, 0, None));
     assert!(!ctx(&config, "b").allows(0, 0, None));
-    assert_eq!(config.warnings.len(), 1);
+    assert_eq!(config.warnings.len(), 2);
+    // Both run as root, but neither allow rule lets uid 0 in.
+    assert!(
+        config.warnings[1]
+            .starts_with("contexts.a, contexts.b all run as uid 0 (root): they are NOT separated")
+            && !config.warnings[1].contains("enter"),
+        "{:?}",
+        config.warnings
+    );
     assert!(
         config.warnings[0].starts_with("contexts.b.allow: empty"),
         "{:?}",
@@ -783,7 +792,10 @@ fn isolation_and_warnings() {
     );
     assert_eq!(
         config.warnings,
-        vec!["contexts.a.isolation: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string()]
+        vec![
+            "contexts.a.isolation: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string(),
+            "contexts.a, contexts.b all run as uid 0 (root): they are NOT separated from each other; each can read the others' secrets from /proc/PID/environ and signal or trace their processes, and their allow rules let uid 0 enter a, b (out of its own isolation); give each context a user of its own".to_string(),
+        ]
     );
     assert_refused(
         "[contexts.a]\nuser = \"root\"\nisolation = { network = \"bridge\" }\n",
