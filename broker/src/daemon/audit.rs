@@ -219,13 +219,24 @@ impl Inner {
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let open = |follow: bool| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(
+                    libc::O_CLOEXEC | libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW },
+                )
+                .open(&self.path)
+        };
+        // Root appends here: a link is followed only where no one but root could have
+        // made it (the operator's `/dev/stderr`), never one planted in a directory that a
+        // context's uid can write.
+        let file = match open(false) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && self.parent_is_roots() => open(true),
+            other => other,
+        }
+        .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
         let meta = file
             .metadata()
             .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
@@ -234,6 +245,12 @@ impl Inner {
             size: meta.len(),
             regular: meta.is_file(),
         })
+    }
+
+    fn parent_is_roots(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("/"));
+        std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
     }
 
     fn install(&self, opened: Result<Open, String>) {
@@ -621,6 +638,24 @@ mod rotation_tests {
         assert_eq!(seen, expected);
         assert!(audit.health().is_none(), "{:?}", audit.health());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A link planted where the log goes, in a directory others can write: root never
+    /// appends through it (it would write its JSON into whatever file the link names).
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_log("planted");
+        let dir = path.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let audit = Audit::open(&path);
+        audit.record(json!({ "event": "test" }));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        assert!(audit.health().is_some(), "the failure is reported");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
