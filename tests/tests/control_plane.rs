@@ -183,8 +183,22 @@ spawner = subprocess.Popen([ctx, "--socket", sock, "exec", "--context", "platfor
     "print(p, flush=True); time.sleep(60)"],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 assert spawner.stdout.readline().strip() == "ready"
-# The broker accepts late (here: stopped; in the wild: a connection flood).
+# The broker accepts late (here: stopped; in the wild: a connection flood). A group stop
+# reaches each thread on its own time: wait until every one has stopped.
 os.kill(b.pid, signal.SIGSTOP)
+def all_stopped():
+    try:
+        for t in os.listdir("/proc/%d/task" % b.pid):
+            with open("/proc/%d/task/%s/stat" % (b.pid, t)) as f:
+                if f.read().rsplit(") ", 1)[1][0] != "T":
+                    return False
+        return True
+    except OSError:
+        return False
+for _ in range(500):
+    if all_stopped():
+        break
+    time.sleep(0.01)
 attacker = subprocess.Popen(["setpriv", "--reuid=ctx-bob", "--regid=ctx-bob", "--clear-groups",
     ctx, "--socket", sock, "exec", "--context", "user", "--", "sh", "-c",
     "echo LEAK:$SECRET_OF_USER"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -1117,7 +1117,12 @@ fn cgroup_cpu_max_throttles() {
 #[test]
 fn a_launch_joins_its_cgroup_without_cgroup_procs() {
     let b = Broker::start(&cgroup_config());
-    let leaf = format!("/ctx-{}/", b.pid());
+    // `ctx-PID.PIDNS`: the broker runs in this test's pid namespace.
+    let pidns = std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    let leaf = format!("/ctx-{}.{pidns}/", b.pid());
     let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
         .unwrap()
         .flatten()

@@ -1,8 +1,9 @@
 //! What one uid can make the broker hold: its connections, and the bytes and descriptors
 //! of its unfinished handshakes (sent before anything about the peer is authorised).
 //! Counted from `SO_PEERCRED` at accept and given back when the connection's [`Admission`]
-//! drops. Root (uid 0) is never counted nor refused: whatever the other uids do, memory and
-//! descriptors stay for it.
+//! drops. Root (uid 0) outside every context is never counted nor refused: whatever the
+//! other uids do, memory and descriptors stay for it. A process of a uid-0 context is
+//! counted as uid 0 (only such processes are, then): it is root the broker never trusted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,23 +76,28 @@ struct PerUid {
 pub struct Admission {
     admissions: Arc<Admissions>,
     uid: u32,
+    /// The operator (root outside every context): never counted.
+    exempt: bool,
     handshaking: bool,
     bytes: usize,
     fds: usize,
 }
 
 impl Admissions {
-    /// Counts a new connection of `uid`, or says why it is refused.
-    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Admission, Refusal> {
+    /// Counts a new connection of `uid` (`in_context`: the peer runs in a context), or says
+    /// why it is refused.
+    pub fn admit(self: &Arc<Self>, uid: u32, in_context: bool) -> Result<Admission, Refusal> {
+        let exempt = uid == 0 && !in_context;
         // Built only once counted: its drop gives back what it counted.
         let admission = || Admission {
             admissions: self.clone(),
             uid,
-            handshaking: uid != 0,
+            exempt,
+            handshaking: !exempt,
             bytes: 0,
             fds: 0,
         };
-        if uid == 0 {
+        if exempt {
             return Ok(admission());
         }
         // Read at each admission: an operator may raise it on the running broker (prlimit).
@@ -173,7 +179,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.uid == 0 {
+        if self.exempt {
             return;
         }
         self.handshake_done();
@@ -230,10 +236,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn root_in_a_context_is_counted_like_any_uid() {
+        let a = Arc::new(Admissions::default());
+        let held: Vec<_> = (0..HANDSHAKING_PER_UID)
+            .map(|_| a.admit(0, true).expect("under the cap"))
+            .collect();
+        assert_eq!(a.admit(0, true).err(), Some(Refusal::Handshaking(0)));
+        // The operator is still served.
+        assert!(a.admit(0, false).is_ok());
+        drop(held);
+        assert_eq!(a.held(0), None);
+    }
+
+    #[test]
     fn root_is_never_counted_nor_refused() {
         let a = Arc::new(Admissions::default());
         let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID + 10)
-            .map(|_| a.admit(0).expect("root admitted"))
+            .map(|_| a.admit(0, false).expect("root admitted"))
             .collect();
         for h in &mut held {
             h.hold(HANDSHAKE_BYTES_PER_UID, 200)
@@ -247,14 +266,16 @@ mod tests {
     fn handshaking_connections_are_capped_per_uid_and_released() {
         let a = Arc::new(Admissions::default());
         let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID)
-            .map(|_| a.admit(1000).expect("under the cap"))
+            .map(|_| a.admit(1000, false).expect("under the cap"))
             .collect();
-        assert_eq!(a.admit(1000).err(), Some(Refusal::Handshaking(1000)));
+        assert_eq!(a.admit(1000, false).err(), Some(Refusal::Handshaking(1000)));
         // Another uid is not affected.
-        drop(a.admit(1001).expect("another uid"));
+        drop(a.admit(1001, false).expect("another uid"));
         // A finished handshake makes room for the next one, but still counts as a connection.
         held[0].handshake_done();
-        let next = a.admit(1000).expect("room after a handshake finished");
+        let next = a
+            .admit(1000, false)
+            .expect("room after a handshake finished");
         assert_eq!(
             a.held(1000),
             Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
@@ -273,21 +294,21 @@ mod tests {
         }
         let held: Vec<Admission> = (0..CONNECTIONS_PER_UID)
             .map(|_| {
-                let mut c = a.admit(1000).expect("under the cap");
+                let mut c = a.admit(1000, false).expect("under the cap");
                 c.handshake_done();
                 c
             })
             .collect();
-        assert_eq!(a.admit(1000).err(), Some(Refusal::Connections(1000)));
+        assert_eq!(a.admit(1000, false).err(), Some(Refusal::Connections(1000)));
         drop(held);
-        assert!(a.admit(1000).is_ok());
+        assert!(a.admit(1000, false).is_ok());
     }
 
     #[test]
     fn handshake_bytes_and_fds_are_budgeted_per_uid() {
         let a = Arc::new(Admissions::default());
-        let mut one = a.admit(1000).unwrap();
-        let mut two = a.admit(1000).unwrap();
+        let mut one = a.admit(1000, false).unwrap();
+        let mut two = a.admit(1000, false).unwrap();
         one.hold(HANDSHAKE_BYTES_PER_UID - 10, 3).unwrap();
         assert_eq!(two.hold(11, 0), Err(OverBudget::Bytes(1000)));
         two.hold(10, 0).unwrap();

@@ -401,7 +401,7 @@ fn enable_v2_controllers(base: &Path) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
         _ => return,
     }
-    let own = base.join(format!("ctx-broker-{}", std::process::id()));
+    let own = base.join(format!("ctx-broker-{}", instance()));
     let _ = std::fs::create_dir(&own);
     // Writing the pid moves the whole process, every thread with it.
     if std::fs::write(own.join("cgroup.procs"), std::process::id().to_string()).is_ok() {
@@ -409,6 +409,23 @@ fn enable_v2_controllers(base: &Path) {
     }
 }
 
+/// This broker among the ones sharing the cgroup tree: `PID.PIDNS` (its pid and the inode
+/// of its pid namespace). A pid alone would name another broker's groups as stale to a
+/// broker in another pid namespace (a container's), which would then remove them from
+/// under it.
+fn instance() -> String {
+    format!("{}.{}", std::process::id(), pid_namespace())
+}
+
+/// The inode of this process's pid namespace (0 if unreadable).
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+/// Removes the groups of brokers of this pid namespace that are gone (their pid is not
+/// alive here); the groups of brokers in other pid namespaces, whose pids mean nothing
+/// here, are left alone.
 fn remove_stale(backend: &Backend) {
     let bases: Vec<&PathBuf> = match backend {
         Backend::V2(b) => vec![b],
@@ -420,11 +437,14 @@ fn remove_stale(backend: &Backend) {
         };
         for e in entries.flatten() {
             let name = e.file_name();
+            let own_ns = pid_namespace();
             let Some(pid) = name
                 .to_str()
                 .and_then(|n| n.strip_prefix("ctx-"))
                 .map(|n| n.strip_prefix("broker-").unwrap_or(n))
-                .and_then(|p| p.parse::<u32>().ok())
+                .and_then(|n| n.split_once('.'))
+                .filter(|(_, ns)| ns.parse::<u64>().ok() == Some(own_ns))
+                .and_then(|(p, _)| p.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -469,7 +489,7 @@ fn create(
     name: &str,
     limits: &CgroupLimits,
 ) -> Result<(Group, Vec<&'static str>), CgroupError> {
-    let leaf = format!("ctx-{}", std::process::id());
+    let leaf = format!("ctx-{}", instance());
     let mut dirs = Vec::new();
     let mut missing = Vec::new();
     let mut applied = *limits;

@@ -12,6 +12,7 @@ use ctx_protocol::{
 use tokio::net::UnixStream;
 
 use super::admission::Admission;
+use super::quiet_log::Quiet;
 use super::wire::Conn;
 use super::{exec, operator, Peer, Shared};
 
@@ -23,32 +24,19 @@ const HELLO_MAX: usize = 256;
 
 /// Serves one connection, holding its `admission` (its share of its uid's bounds) until it
 /// closes.
-pub async fn serve(shared: Arc<Shared>, stream: UnixStream, admission: Admission) {
-    let peer = match Peer::identify(&stream, &shared.registry) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("refused connection: {e}");
-            let mut conn = Conn::new(stream, admission);
-            let _ = conn.send(&hello()).await;
-            let _ = conn
-                .send(&Reply::Error {
-                    kind: ErrorKind::Refused,
-                    message: e.to_string().into(),
-                })
-                .await;
-            return;
-        }
-    };
+pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admission: Admission) {
     let mut conn = Conn::new(stream, admission);
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
     let (client, request) = match first {
         Ok(Ok(v)) => v,
         Ok(Err(message)) => {
-            tracing::info!(
-                pid = peer.pid,
-                uid = peer.uid,
-                "refused connection: {message}"
-            );
+            if let Some(more) = handshake_failures() {
+                tracing::info!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    "refused connection: {message}{more}"
+                );
+            }
             let kind = if message.contains("version") {
                 ErrorKind::VersionMismatch
             } else {
@@ -64,7 +52,9 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, admission: Admission
             return;
         }
         Err(_) => {
-            tracing::info!(pid = peer.pid, uid = peer.uid, "handshake timed out");
+            if let Some(more) = handshake_failures() {
+                tracing::info!(pid = peer.pid, uid = peer.uid, "handshake timed out{more}");
+            }
             return;
         }
     };
@@ -105,6 +95,13 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, admission: Admission
                 .await;
         }
     }
+}
+
+/// Whether to log this failed handshake (one line a second across all peers: a flood of
+/// them must not fill the log), with the count of the ones left out.
+fn handshake_failures() -> Option<String> {
+    static QUIET: std::sync::Mutex<Quiet> = std::sync::Mutex::new(Quiet::new());
+    QUIET.lock().unwrap_or_else(|e| e.into_inner()).should_log()
 }
 
 fn hello() -> Reply<'static> {

@@ -30,6 +30,7 @@ pub mod peer;
 pub mod plan;
 pub mod ports;
 pub mod pty;
+pub mod quiet_log;
 pub mod registry;
 pub mod server;
 pub mod shell_state;

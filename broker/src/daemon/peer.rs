@@ -54,7 +54,10 @@ impl Peer {
             // In a pid namespace this broker cannot see into: only the uid and gid speak.
             return Ok(peer);
         }
-        let pidfd = peer_pidfd(stream, pid).map_err(|_| IdentityError::Gone(pid))?;
+        let pidfd = peer_pidfd(stream, pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => IdentityError::Gone(pid),
+            _ => IdentityError::Credentials(e),
+        })?;
         let found = registry::proc_identity(pid);
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.

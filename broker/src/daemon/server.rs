@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 
-use super::admission::{self, Admissions, Refusal};
-use super::{audit::Audit, connection, operator, registry::Registry, systemd, Shared};
+use super::admission::{self, Refusal};
+use super::quiet_log::Quiet;
+use super::{audit::Audit, connection, operator, registry::Registry, systemd, Peer, Shared};
 use crate::config::{self, Config};
 
 /// Command-line overrides of the config's `[broker]` settings.
@@ -201,10 +202,10 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match admit(&shared.admissions, &stream) {
-                    Ok(admission) => {
+                Ok((stream, _)) => match admit(&shared, &stream) {
+                    Ok((peer, admission)) => {
                         let shared = shared.clone();
-                        tasks.spawn(connection::serve(shared, stream, admission));
+                        tasks.spawn(connection::serve(shared, stream, peer, admission));
                     }
                     Err(why) => {
                         refuse(&stream, &why);
@@ -255,19 +256,21 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 /// Why a connection is refused before it is served.
 #[derive(Debug, thiserror::Error)]
 enum AdmitError {
-    #[error("peer credentials unavailable: {0}")]
-    Credentials(io::Error),
+    #[error("{0}")]
+    Identity(#[from] super::peer::IdentityError),
     #[error("{0}")]
     Limit(#[from] Refusal),
 }
 
-/// Counts the connection against its uid (from `SO_PEERCRED`, fixed at `connect`).
+/// Pins who connected (see `peer`), then counts the connection against its uid; a process
+/// of a uid-0 context is counted too, only the operator is not.
 fn admit(
-    admissions: &Arc<Admissions>,
+    shared: &Arc<Shared>,
     stream: &tokio::net::UnixStream,
-) -> Result<admission::Admission, AdmitError> {
-    let cred = stream.peer_cred().map_err(AdmitError::Credentials)?;
-    Ok(admissions.admit(cred.uid())?)
+) -> Result<(Peer, admission::Admission), AdmitError> {
+    let peer = Peer::identify(stream, &shared.registry)?;
+    let admission = shared.admissions.admit(peer.uid, peer.context.is_some())?;
+    Ok((peer, admission))
 }
 
 /// Tells a refused peer why, if its socket takes the reply without waiting; it is closed
@@ -286,34 +289,6 @@ fn refuse(stream: &tokio::net::UnixStream, why: &AdmitError) {
         && ctx_protocol::frame::encode_vec(&error, &mut bytes).is_ok()
     {
         let _ = stream.try_write(&bytes);
-    }
-}
-
-/// At most one log line a second for a repeated event, saying how many were not logged.
-#[derive(Default)]
-struct Quiet {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Quiet {
-    /// `Some(suffix)` when this occurrence is to be logged, with the suffix to append.
-    fn should_log(&mut self) -> Option<String> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.unlogged += 1;
-            return None;
-        }
-        self.last = Some(now);
-        let more = std::mem::take(&mut self.unlogged);
-        Some(if more > 0 {
-            format!(" ({more} more since the last message)")
-        } else {
-            String::new()
-        })
     }
 }
 
