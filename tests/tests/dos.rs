@@ -121,26 +121,30 @@ print(f"opened {opened} dropped {dropped}", flush=True)
 
 /// Starts the flood as ctx-bob; returns once it is under way.
 fn flood(b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={BOB}"),
+        &format!("--regid={BOB}"),
+        "--init-groups",
+        "--",
+    ]);
+    flood_with(cmd, b, mode, n, secs)
+}
+
+/// Starts the flood as `launcher` runs it (`launcher` then `python3 -c FLOOD ARGS`).
+fn flood_with(mut launcher: Command, b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
     let mut hello = Vec::new();
     encode_vec(&Hello::new(ClientKind::Cli), &mut hello).unwrap();
     let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
-    let mut child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={BOB}"),
-            &format!("--regid={BOB}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            FLOOD,
-        ])
+    let mut child = launcher
+        .args(["/usr/bin/python3", "-c", FLOOD])
         .arg(b.socket())
         .args([mode, &n.to_string(), &secs.to_string(), &hex])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start the flood as ctx-bob");
+        .expect("start the flood");
     let mut first = [0u8; 9];
     child
         .stdout
@@ -221,6 +225,80 @@ fn a_connection_flood_from_a_user_allowed_nowhere_leaves_root_served() {
         b.stderr()
     );
     bob_is_served_again(&b);
+}
+
+/// Root in a context is not the operator: a uid-0 context's routed process (no
+/// capabilities, in the registry) is counted like any uid, and root outside is served.
+#[test]
+fn a_connection_flood_from_a_uid_0_context_leaves_the_operator_served() {
+    let config = format!(
+        "{}\n[contexts.root0]\nuser = \"root\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n",
+        standard_config()
+    );
+    let b = Broker::start_with_files(&config, OLD_UNIT_FILES);
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
+    let sampler = Sampler::start(b.pid());
+    let flooder = flood_with(
+        b.exec_cmd("root0", &[]),
+        &b,
+        "silent",
+        // The routed process has the broker's 1024 files too.
+        900,
+        8,
+    );
+    let took = root_is_served(&b);
+    let (rss, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!(
+        "uid-0 context flood ({report}): root served in {took:?}; broker peak {fds} fds \
+         (baseline {baseline}), {rss} KiB"
+    );
+    assert!(
+        fds < baseline as u64 + 200,
+        "the uid-0 context's flood made the broker hold {fds} descriptors (baseline {baseline})"
+    );
+    assert!(
+        b.stderr().contains("refused a connection: uid 0"),
+        "{}",
+        b.stderr()
+    );
+}
+
+/// Every refused or failed connection used to log a line: a flood of them filled the
+/// broker's log (and, under systemd, journald's rate limit then hid its real warnings).
+#[test]
+fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
+    let b = Broker::start(&standard_config());
+    let before = b.stderr().len();
+    let script = "import socket, sys, time\n\
+        end = time.time() + 3; n = 0\n\
+        while time.time() < end:\n\
+        \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b'junk'); s.close(); n += 1\n\
+        print(n)\n";
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={BOB}"),
+            &format!("--regid={BOB}"),
+            "--init-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(b.socket()));
+    let connections: u64 = out.ok().trim().parse().unwrap();
+    assert!(
+        connections > 100,
+        "the flood made {connections} connections"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let added = &b.stderr()[before..];
+    let lines = added.lines().count();
+    assert!(
+        lines <= 10,
+        "{connections} failed connections added {lines} log lines:\n{added}"
+    );
+    assert!(added.contains("more since the last message"), "{added}");
 }
 
 #[test]

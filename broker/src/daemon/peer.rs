@@ -34,8 +34,10 @@ pub struct Peer {
     pub gid: u32,
     /// The context the peer process runs in, when it is (a descendant of) a routed process.
     pub context: Option<String>,
-    /// The connecting process itself (none when its pid is not visible here).
-    pidfd: Option<std::sync::Arc<OwnedFd>>,
+    /// The connecting process's start time, which with its pid names it for the checks
+    /// after the one at connect (none when its pid is not visible here). Its pidfd is not
+    /// kept: one descriptor more per connection is what a flood would make the broker hold.
+    start: Option<u64>,
 }
 
 impl Peer {
@@ -48,7 +50,7 @@ impl Peer {
             uid: cred.uid(),
             gid: cred.gid(),
             context: None,
-            pidfd: None,
+            start: None,
         };
         if pid <= 0 {
             // In a pid namespace this broker cannot see into: only the uid and gid speak.
@@ -75,14 +77,16 @@ impl Peer {
             });
         }
         peer.context = registry.context_of(pid, found.ppid, found.start);
-        peer.pidfd = Some(std::sync::Arc::new(pidfd));
+        peer.start = Some(found.start);
         Ok(peer)
     }
 
     /// Whether the process that connected is still there (or was never visible): checked
     /// again where its identity grants something.
     pub fn still_there(&self) -> bool {
-        self.pidfd.as_deref().is_none_or(alive)
+        self.start.is_none_or(|start| {
+            registry::proc_identity(self.pid).is_some_and(|now| now.start == start)
+        })
     }
 }
 
