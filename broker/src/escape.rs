@@ -43,6 +43,20 @@ pub fn text(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// One escaped argument as a word of a command line: single-quoted (a `'` inside as `'\''`)
+/// when it is empty or holds a space or a quote, so that `'a b' c` and `a 'b c'` stay
+/// two different command lines on screen.
+pub fn word(escaped: &str) -> Cow<'_, str> {
+    let plain = !escaped.is_empty()
+        && !escaped
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '"');
+    if plain {
+        return Cow::Borrowed(escaped);
+    }
+    Cow::Owned(format!("'{}'", escaped.replace('\'', "'\\''")))
+}
+
 /// The bytes [`bytes`] escaped; `None` for text it cannot have produced.
 pub fn unescape(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
@@ -127,6 +141,26 @@ fn push_char(out: &mut String, c: char) {
         '\0'..='\x1f' | '\x7f' => write!(out, "\\x{:02x}", c as u32),
         _ => write!(out, "\\u{{{:04x}}}", c as u32),
     };
+}
+
+#[cfg(test)]
+mod word_tests {
+    #[test]
+    fn words_that_would_merge_are_quoted() {
+        let line = |args: &[&str]| {
+            args.iter()
+                .map(|a| super::word(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line(&["a b", "c"]), "'a b' c");
+        assert_eq!(line(&["a", "b c"]), "a 'b c'");
+        assert_ne!(line(&["a b", "c"]), line(&["a", "b c"]));
+        assert_eq!(line(&["", "it's"]), "'' 'it'\\''s'");
+        // A no-break space looks like a space: quoted too.
+        assert_eq!(line(&["a\u{a0}b"]), "'a\u{a0}b'");
+        assert_eq!(line(&["ls", "-l"]), "ls -l");
+    }
 }
 
 #[cfg(test)]

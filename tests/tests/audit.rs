@@ -309,3 +309,40 @@ fn a_launch_from_a_cwd_and_with_argv_that_are_not_utf8_is_audited_exactly() {
     let table = run(&mut b.ctx(["log"])).ok();
     assert!(table.contains("true \\xc3"), "{table}");
 }
+
+/// Found by the attacker review: `'a b' c` and `a 'b c'` showed as the same `a b c` in
+/// `ctx log` and `ctx ps`, and two argvs that differ only past the 4 KiB cut logged the same
+/// line. Words are quoted where they would merge, and a cut argv carries its SHA-256.
+#[test]
+fn argvs_that_differ_in_word_breaks_or_past_the_cut_stay_different() {
+    let b = Broker::start(&config());
+    let bob = user(BOB);
+    let pad = "p".repeat(5000);
+    let tails = [format!("{pad}evil"), format!("{pad}good")];
+    let argvs: Vec<Vec<&str>> = vec![
+        vec!["a b", "c"],
+        vec!["a", "b c"],
+        vec!["sh", "-c", &tails[0]],
+        vec!["sh", "-c", &tails[1]],
+    ];
+    for argv in &argvs {
+        let out = run(as_bob(&b, ["exec", "--context", "alice", "--"]).args(argv));
+        assert_eq!(out.code(), 125, "{}", out.show());
+    }
+    let lines = b.wait_audit(4, |e| {
+        e["event"] == "refused" && e["caller"]["uid"] == bob.uid
+    });
+    // Cut at the same place, the kept text is the same: only the digest tells them apart.
+    assert!(lines[2]["argv"] == lines[3]["argv"]);
+    let digests: Vec<&Value> = lines[2..].iter().map(|e| &e["argv_sha256"]).collect();
+    assert!(
+        digests[0].is_string() && digests[0] != digests[1],
+        "{lines:?}"
+    );
+    let table = run(&mut b.ctx(["log"])).ok();
+    assert!(table.contains("'a b' c"), "{table}");
+    assert!(table.contains("a 'b c'"), "{table}");
+    for d in digests {
+        assert!(table.contains(d.as_str().unwrap()), "{table}");
+    }
+}

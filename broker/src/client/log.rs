@@ -341,17 +341,22 @@ fn command(e: &Value, argv: &[Value]) -> String {
                 .and_then(|a| a.get(i))
                 .and_then(Value::as_str)
                 .and_then(escape::unescape);
-            match (bytes, arg.as_str()) {
+            let shown = match (bytes, arg.as_str()) {
                 (Some(b), _) => escape::bytes(&b),
                 (None, Some(s)) => escape::text(s).into_owned(),
                 (None, None) => escape::text(&arg.to_string()).into_owned(),
-            }
+            };
+            escape::word(&shown).into_owned()
         })
         .collect::<Vec<_>>()
         .join(" ");
     if e["argv_truncated"].as_bool() == Some(true) {
+        let digest = e["argv_sha256"]
+            .as_str()
+            .map(|d| format!(", sha256 {}", escape::text(d)))
+            .unwrap_or_default();
         out.push_str(&format!(
-            " ... [argv cut: {} arguments, {} bytes]",
+            " ... [argv cut: {} arguments, {} bytes{digest}]",
             e["argc"], e["argv_bytes"]
         ));
     }

@@ -71,7 +71,7 @@ pub fn render(list: &[ProcessInfo]) -> String {
                 format_age(p.age_ms),
                 p.argv
                     .iter()
-                    .map(|a| escape::text(a))
+                    .map(|a| escape::word(&escape::text(a)).into_owned())
                     .collect::<Vec<_>>()
                     .join(" "),
             ]

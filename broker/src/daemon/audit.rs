@@ -476,8 +476,21 @@ pub fn with_argv<A: AsRef<[u8]>>(mut event: Value, argv: &[A]) -> Value {
         map.insert("argc".into(), argv.len().into());
         let total: usize = argv.iter().map(|a| a.as_ref().len()).sum();
         map.insert("argv_bytes".into(), total.into());
+        // Two argvs that differ only past the cut must still differ in the log.
+        map.insert("argv_sha256".into(), argv_digest(argv).into());
     }
     event
+}
+
+/// SHA-256 of the whole argv as the kernel lays it out (each argument and its NUL), hex.
+pub fn argv_digest<A: AsRef<[u8]>>(argv: &[A]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for arg in argv {
+        h.update(arg.as_ref());
+        h.update([0u8]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `event` with `key` set to `bytes` as text (at most `keep` bytes of it); `KEY_escaped`
