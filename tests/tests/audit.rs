@@ -346,3 +346,42 @@ fn argvs_that_differ_in_word_breaks_or_past_the_cut_stay_different() {
         assert!(table.contains(d.as_str().unwrap()), "{table}");
     }
 }
+
+/// Found by the attacker review: a context's own launches (each with ~4 KiB of argv) pushed
+/// an earlier event out of both generations of the log in a few seconds. Past a burst, a
+/// party's launches are recorded with 256 bytes of argv (and its digest, argc and size).
+#[test]
+fn a_contexts_own_launches_with_long_argvs_are_recorded_compactly_past_a_burst() {
+    let b = Broker::start(&config());
+    b.exec("alice", &["echo", "MARKER-EVENT-42"]).ok();
+    let script = format!(
+        "for i in $(seq 1 600); do {ctx} --socket {sock} exec --context mine -- /bin/true \
+         $(printf 'A%.0s' $(seq 1 4000)) || exit 1; done",
+        ctx = bin("ctx").display(),
+        sock = b.socket().display()
+    );
+    let out = run_with(
+        &mut b
+            .exec_cmd("mine", &["bash", "-c", &script])
+            .current_dir("/"),
+        None,
+        Duration::from_secs(300),
+    );
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let all = both_generations(&b);
+    assert!(
+        all.iter().any(|e| e["argv"][1] == "MARKER-EVENT-42"),
+        "the earlier event was rotated out"
+    );
+    let launches: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["event"] == "exec" && e["argv"][0] == "/bin/true")
+        .collect();
+    assert_eq!(launches.len(), 600, "every launch is recorded");
+    let compact = launches
+        .iter()
+        .filter(|e| e["argv_truncated"] == true && e["argv_sha256"].is_string())
+        .filter(|e| e["argv"].to_string().len() < 400)
+        .count();
+    assert!(compact > 100, "{compact} of 600 compact");
+}

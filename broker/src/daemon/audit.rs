@@ -31,6 +31,12 @@ use serde_json::{json, Map, Value};
 pub const ARGV_KEEP: usize = 4096;
 /// Bytes kept of a context name a caller sent (a config's names are far shorter).
 pub const NAME_KEEP: usize = 256;
+/// Argv bytes a launch keeps once its party is over its budget.
+pub const COMPACT_ARGV_KEEP: usize = 256;
+/// Argv bytes one party's launches may log in full at once...
+pub const LAUNCH_ARGV_BURST: f64 = 1024.0 * 1024.0;
+/// ...and then per second.
+pub const LAUNCH_ARGV_RATE: f64 = 64.0 * 1024.0;
 /// Bytes kept of other caller-chosen text: a cwd (`PATH_MAX`), a failure's message.
 pub const TEXT_KEEP: usize = 4096;
 /// No line is longer: one that would be keeps its small fields and says what it left out.
@@ -51,6 +57,9 @@ pub struct Audit {
 
 struct Inner {
     path: PathBuf,
+    /// Per launching party (a context, or a uid outside every context): argv bytes logged
+    /// in full lately, a token bucket (see [`Audit::argv_keep`]).
+    launch_argv: Mutex<std::collections::HashMap<String, (f64, Instant)>>,
     file: Mutex<Option<Open>>,
     /// Rotation threshold in bytes; 0 = never rotate.
     max_size: AtomicU64,
@@ -108,6 +117,7 @@ impl Audit {
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
             refusals: Mutex::new(Refusals::default()),
+            launch_argv: Mutex::new(Default::default()),
         };
         let opened = inner.open_file();
         inner.install(opened);
@@ -134,6 +144,38 @@ impl Audit {
     /// for `ctx status`) rather than hold up the launch it describes.
     pub fn record(&self, event: Value) {
         self.inner.append(&line(event));
+    }
+
+    /// How many argv bytes to keep in the record of a launch by `party` (a context's name,
+    /// or `uid:N` outside every context; `None` for the operator, never metered): 4 KiB
+    /// while the party's recent launches stay within [`LAUNCH_ARGV_BURST`] and
+    /// [`LAUNCH_ARGV_RATE`], then [`COMPACT_ARGV_KEEP`]. Every launch is still recorded,
+    /// with its digest, argc and size: only what lets a busy party push older events out of
+    /// the rotated log faster is cut.
+    pub fn argv_keep(&self, party: Option<&str>, argv_bytes: usize) -> usize {
+        let Some(party) = party else { return ARGV_KEEP };
+        let want = argv_bytes.min(ARGV_KEEP) as f64;
+        let now = Instant::now();
+        let mut map = self
+            .inner
+            .launch_argv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(600));
+        }
+        let (tokens, at) = map
+            .entry(party.to_string())
+            .or_insert((LAUNCH_ARGV_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * LAUNCH_ARGV_RATE)
+            .min(LAUNCH_ARGV_BURST);
+        *at = now;
+        if *tokens >= want {
+            *tokens -= want;
+            ARGV_KEEP
+        } else {
+            COMPACT_ARGV_KEEP
+        }
     }
 
     /// Appends the event of a refusal of `uid`, within that uid's share of the log (see the
@@ -436,11 +478,16 @@ fn summary_line(s: Suppressed) -> Vec<u8> {
 /// `event` with `argv`'s audit fields: `argv` (text, at most [`ARGV_KEEP`] bytes of it);
 /// `argv_escaped` beside it when an argument is not UTF-8; when it was cut,
 /// `argv_truncated`, `argc` and `argv_bytes` (the whole argv's size, without NULs).
-pub fn with_argv<A: AsRef<[u8]>>(mut event: Value, argv: &[A]) -> Value {
+pub fn with_argv<A: AsRef<[u8]>>(event: Value, argv: &[A]) -> Value {
+    with_argv_kept(event, argv, ARGV_KEEP)
+}
+
+/// [`with_argv`], keeping at most `keep` bytes of argv.
+pub fn with_argv_kept<A: AsRef<[u8]>>(mut event: Value, argv: &[A], keep: usize) -> Value {
     let Value::Object(map) = &mut event else {
         return event;
     };
-    let mut budget = ARGV_KEEP;
+    let mut budget = keep.max(1);
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut cut = false;
     for arg in argv.iter().map(AsRef::as_ref) {

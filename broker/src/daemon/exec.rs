@@ -261,7 +261,14 @@ async fn launch(
     let ctx = ctx.clone();
     let raw_argv = audit_argv.as_deref().unwrap_or(&req.argv);
     // Bounded and lossless for the log; the lossy text for `ctx ps` and the checks below.
-    let argv_fields = audit::with_argv(json!({}), raw_argv);
+    let party = match (&peer.context, peer.uid) {
+        (Some(c), _) => Some(c.clone()),
+        (None, 0) => None,
+        (None, uid) => Some(format!("uid:{uid}")),
+    };
+    let argv_bytes: usize = raw_argv.iter().map(|a| a.len() + 1).sum();
+    let keep = shared.audit.argv_keep(party.as_deref(), argv_bytes);
+    let argv_fields = audit::with_argv_kept(json!({}), raw_argv, keep);
     let audit_argv = lossy(raw_argv);
     let started_at = Instant::now();
     let passed = conn.take_fds();
