@@ -361,8 +361,7 @@ fn a_contexts_own_launches_with_long_argvs_are_recorded_compactly_past_a_burst()
         sock = b.socket().display()
     );
     let out = run_with(
-        &mut b
-            .exec_cmd("mine", &["bash", "-c", &script])
+        b.exec_cmd("mine", &["bash", "-c", &script])
             .current_dir("/"),
         None,
         Duration::from_secs(300),
