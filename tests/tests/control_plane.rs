@@ -597,3 +597,81 @@ env_files = ["{env}"]
         "none\n"
     );
 }
+
+/// Found by the second attacker review: a process of a uid-0 context that double-forks is
+/// reparented out of its launch's tree, and was then taken for the operator (exempt from
+/// every bound, its launches logged as root's own). Its cgroup still says where it runs.
+#[test]
+fn a_double_forked_process_of_a_root_context_is_not_taken_for_the_operator() {
+    let config = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#;
+    let b = Broker::start(config);
+    let ctx = bin("ctx");
+    let script = format!(
+        "( ( sleep 0.3; {ctx} --socket {sock} exec --context root0 -- echo ORPHAN-LAUNCH ) & ); \
+         {ctx} --socket {sock} exec --context root0 -- echo DIRECT-LAUNCH; sleep 1",
+        ctx = ctx.display(),
+        sock = b.socket().display()
+    );
+    b.exec("root0", &["sh", "-c", &script]).ok();
+    let lines = b.wait_audit(3, |e| e["event"] == "exec");
+    let caller = |word: &str| {
+        lines
+            .iter()
+            .find(|e| e["argv"][1] == word)
+            .unwrap_or_else(|| panic!("no {word}: {lines:?}"))["caller"]
+            .clone()
+    };
+    assert_eq!(caller("DIRECT-LAUNCH")["context"], "root0");
+    let orphan = caller("ORPHAN-LAUNCH");
+    assert!(
+        orphan["context"] == "root0" || orphan["cgroup_context"] == "root0",
+        "the orphan passed for the operator: {orphan}"
+    );
+}
+
+/// The second attacker review: SIGIO through F_SETOWN/F_SETSIG, which the kernel allows
+/// any euid-0 process towards any process, stops a root broker from a plain uid-0 context.
+/// In its own pid namespace the broker's pid does not exist for the context: it holds.
+#[test]
+fn a_root_context_in_its_own_pid_namespace_cannot_reach_the_broker_through_sigio() {
+    let config = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { pid = true }
+"#;
+    let b = Broker::start(config);
+    let broker = b.pid().to_string();
+    let py = "import fcntl, os, signal, socket, sys\n\
+        a, b = socket.socketpair()\n\
+        try:\n\
+        \x20   fcntl.fcntl(a, fcntl.F_SETOWN, int(sys.argv[1]))\n\
+        \x20   fcntl.fcntl(a, 10, int(signal.SIGSTOP))\n\
+        \x20   fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
+        \x20   b.send(b'x')\n\
+        \x20   print('aimed')\n\
+        except OSError as e:\n\
+        \x20   print('refused', e.errno)\n";
+    let out = b.exec("root0", &["python3", "-c", py, &broker]);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    std::thread::sleep(Duration::from_millis(200));
+    let stat = fs::read_to_string(format!("/proc/{broker}/stat")).expect("the broker lives");
+    let state = stat.rsplit_once(") ").unwrap().1.chars().next().unwrap();
+    assert_ne!(
+        state,
+        'T',
+        "SIGIO stopped the broker ({})",
+        out.stdout_str()
+    );
+    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+}

@@ -409,6 +409,21 @@ fn enable_v2_controllers(base: &Path) {
     }
 }
 
+/// The context whose cgroup (of this broker) `pid` is in, whatever its ancestry: a process
+/// that left its launch's process tree (a double fork reparents it to init) is still in its
+/// context's cgroup. Only a process with write access to `cgroup.procs` files (root) can
+/// move itself, so this is evidence that a peer is *not* the operator, never a grant.
+pub fn context_of_pid(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let leaf = format!("ctx-{}", instance());
+    text.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut parts = path.split('/');
+        parts.find(|p| *p == leaf)?;
+        parts.next().filter(|n| !n.is_empty()).map(str::to_string)
+    })
+}
+
 /// This broker among the ones sharing the cgroup tree: `PID.PIDNS` (its pid and the inode
 /// of its pid namespace). A pid alone would name another broker's groups as stale to a
 /// broker in another pid namespace (a container's), which would then remove them from

@@ -56,7 +56,7 @@ fn merged(mut event: serde_json::Value, more: &serde_json::Value) -> serde_json:
 }
 
 fn caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
+    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context, "cgroup_context": peer.contained })
 }
 
 pub async fn run(
@@ -261,14 +261,28 @@ async fn launch(
     let ctx = ctx.clone();
     let raw_argv = audit_argv.as_deref().unwrap_or(&req.argv);
     // Bounded and lossless for the log; the lossy text for `ctx ps` and the checks below.
-    let party = match (&peer.context, peer.uid) {
+    let party = match (peer.context.as_ref().or(peer.contained.as_ref()), peer.uid) {
         (Some(c), _) => Some(c.clone()),
         (None, 0) => None,
         (None, uid) => Some(format!("uid:{uid}")),
     };
+    // The caller's cwd is logged too (twice when it is not UTF-8: as text and escaped), and
+    // a failure's message may quote it or the program: all of it is charged and cut alike.
     let argv_bytes: usize = raw_argv.iter().map(|a| a.len() + 1).sum();
-    let keep = shared.audit.argv_keep(party.as_deref(), argv_bytes);
-    let argv_fields = audit::with_argv_kept(json!({}), raw_argv, keep);
+    let cwd_bytes = req.cwd.len().min(audit::TEXT_KEEP);
+    let keep = shared.audit.argv_keep(
+        party.as_deref(),
+        argv_bytes.min(audit::ARGV_KEEP) + 8 * cwd_bytes,
+    );
+    let text_keep = if keep == audit::ARGV_KEEP {
+        audit::TEXT_KEEP
+    } else {
+        audit::COMPACT_ARGV_KEEP
+    };
+    let fields = LaunchFields {
+        argv: audit::with_argv_kept(json!({}), raw_argv, keep),
+        text_keep,
+    };
     let audit_argv = lossy(raw_argv);
     let started_at = Instant::now();
     let passed = conn.take_fds();
@@ -301,13 +315,11 @@ async fn launch(
     };
     let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
         Ok(p) => p,
-        Err(failure) => {
-            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await
-        }
+        Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
     };
     let mut plan = prepared.plan;
     if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
-        return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+        return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
     }
     // Held until the fork is done: the child restricts itself with this ruleset.
     let protected = super::landlock::Protected {
@@ -325,7 +337,7 @@ async fn launch(
                 errno_name: "".into(),
                 message: e.to_string().into(),
             };
-            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
     let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
@@ -343,7 +355,7 @@ async fn launch(
                 )
                 .into(),
             };
-            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
     plan.landlock = [
@@ -380,7 +392,7 @@ async fn launch(
             }
             Err(e) => {
                 let failure = os_failure(Stage::Terminal, e, "cannot allocate a terminal");
-                return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+                return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
             }
         }
     }
@@ -408,7 +420,7 @@ async fn launch(
         Ok(f) => f,
         Err(e) => {
             let failure = os_failure(Stage::Fork, e, "cannot fork");
-            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
     let pid = forked.pid;
@@ -417,7 +429,7 @@ async fn launch(
         Err(e) => {
             kill_group(pid, libc::SIGKILL);
             let failure = os_failure(Stage::Fork, e, "cannot watch the process");
-            return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
 
@@ -443,7 +455,7 @@ async fn launch(
         let _ = wait_exit(&pidfd).await;
         let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
         let failure = child_failure.into_exec_failure(detail);
-        return fail(shared, conn, peer, &ctx, &argv_fields, failure, started_at).await;
+        return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
     }
 
     shared.launches.fetch_add(1, Ordering::Relaxed);
@@ -608,8 +620,15 @@ async fn launch(
         "caller_disconnected": !client_alive,
         "duration_ms": started_at.elapsed().as_millis() as u64,
     });
-    let event = audit::with_bytes(event, "cwd", &prepared.cwd, audit::TEXT_KEEP);
-    shared.audit.record(merged(event, &argv_fields));
+    let event = audit::with_bytes(event, "cwd", &prepared.cwd, fields.text_keep);
+    shared.audit.record(merged(event, &fields.argv));
+}
+
+/// What a launch's audit line carries of what its caller chose: the argv fields, and how
+/// many bytes of the cwd and of a failure's message to keep (see `Audit::argv_keep`).
+struct LaunchFields {
+    argv: serde_json::Value,
+    text_keep: usize,
 }
 
 async fn fail(
@@ -617,7 +636,7 @@ async fn fail(
     conn: &mut Conn,
     peer: &Peer,
     ctx: &Context,
-    argv_fields: &serde_json::Value,
+    fields: &LaunchFields,
     failure: ExecFailure<'static>,
     started_at: Instant,
 ) {
@@ -635,9 +654,9 @@ async fn fail(
         event,
         "message",
         failure.message.as_bytes(),
-        audit::TEXT_KEEP,
+        fields.text_keep,
     );
-    shared.audit.record(merged(event, argv_fields));
+    shared.audit.record(merged(event, &fields.argv));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
 }
 

@@ -136,7 +136,10 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
     let mut can = Vec::new();
     if !scoped {
         can.push(if super::signals::shielded() {
-            "signal the broker's other launches"
+            // kill(2) is refused, but the kernel lets any euid-0 process direct SIGIO (and
+            // with F_SETSIG any signal) at any process through F_SETOWN.
+            "send the broker SIGKILL or SIGSTOP through F_SETOWN/F_SETSIG (kill(2) itself is \
+             refused) and signal its other launches"
         } else {
             "send the broker SIGKILL or SIGSTOP and signal its other launches"
         });

@@ -34,6 +34,9 @@ pub struct Peer {
     pub gid: u32,
     /// The context the peer process runs in, when it is (a descendant of) a routed process.
     pub context: Option<String>,
+    /// The context whose cgroup holds the peer when its ancestry names none (it left its
+    /// launch's process tree): never a grant, but it is not the operator either.
+    pub contained: Option<String>,
     /// The connecting process's start time, which with its pid names it for the checks
     /// after the one at connect (none when its pid is not visible here). Its pidfd is not
     /// kept: one descriptor more per connection is what a flood would make the broker hold.
@@ -50,6 +53,7 @@ impl Peer {
             uid: cred.uid(),
             gid: cred.gid(),
             context: None,
+            contained: None,
             start: None,
         };
         if pid <= 0 {
@@ -67,7 +71,11 @@ impl Peer {
             return Err(IdentityError::Gone(pid));
         }
         let Some(found) = found else {
-            return Err(IdentityError::Gone(pid));
+            // Alive, yet /proc unreadable: most likely out of descriptors.
+            return Err(IdentityError::Credentials(io::Error::other(format!(
+                "cannot read /proc/{pid} of the connecting process: {}",
+                io::Error::last_os_error()
+            ))));
         };
         if found.euid != peer.uid {
             return Err(IdentityError::UidChanged {
@@ -77,8 +85,17 @@ impl Peer {
             });
         }
         peer.context = registry.context_of(pid, found.ppid, found.start);
+        if peer.context.is_none() {
+            peer.contained = super::cgroups::context_of_pid(pid);
+        }
         peer.start = Some(found.start);
         Ok(peer)
+    }
+
+    /// Whether the peer runs in a context, by its ancestry or its cgroup: anything but the
+    /// operator.
+    pub fn in_a_context(&self) -> bool {
+        self.context.is_some() || self.contained.is_some()
     }
 
     /// Whether the process that connected is still there (or was never visible): checked

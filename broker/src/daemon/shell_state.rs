@@ -429,6 +429,13 @@ fn interactive_rc() -> String {
     )
 }
 
+/// Whether to log that a planted exports file was ignored (one line a second), with the
+/// count of the ones left out.
+fn planted_warnings() -> Option<String> {
+    static QUIET: Mutex<super::quiet_log::Quiet> = Mutex::new(super::quiet_log::Quiet::new());
+    QUIET.lock().unwrap_or_else(|e| e.into_inner()).should_log()
+}
+
 /// Largest exports file the broker applies; a session exporting more is ignored (and
 /// says so in the log) rather than read without bound.
 const MAX_SHARED_ENV: u64 = 1024 * 1024;
@@ -455,7 +462,10 @@ pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<V
         Err(e) => {
             // A symlink (ELOOP), a FIFO, another uid's file: something the context planted
             // to make root read it. Never applied.
-            tracing::warn!(context = %ctx.name, "ignoring {}: {e}", path.display());
+            // Each launch would log it again: once a second at most (a context can plant it).
+            if let Some(more) = planted_warnings() {
+                tracing::warn!(context = %ctx.name, "ignoring {}: {e}{more}", path.display());
+            }
             return Vec::new();
         }
     };
@@ -466,7 +476,9 @@ pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<V
         .is_err()
         || data.len() as u64 > MAX_SHARED_ENV
     {
-        tracing::warn!(context = %ctx.name, "ignoring {}: unreadable or over 1 MiB", path.display());
+        if let Some(more) = planted_warnings() {
+            tracing::warn!(context = %ctx.name, "ignoring {}: unreadable or over 1 MiB{more}", path.display());
+        }
         return Vec::new();
     }
     data.split(|&b| b == 0)
