@@ -675,3 +675,55 @@ isolation = { pid = true }
     );
     assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
 }
+
+/// The second attacker review: where `fs.protected_hardlinks` is 0, a user who owns the
+/// directory of its own env file can replace it with a hard link to another context's
+/// root-only secrets (made here by root, standing in for such a host).
+#[test]
+fn an_env_file_replaced_by_a_hard_link_to_another_contexts_secrets_is_refused() {
+    let dir = TempDir::new();
+    let secret = dir.file("victim.env", b"VICTIM_KEY=v1ctim-s3cret\n", 0o600);
+    let own = dir.subdir("alice-owned", 0o755);
+    let alice = user(ALICE);
+    nix::unistd::chown(
+        &own,
+        Some(nix::unistd::Uid::from_raw(alice.uid)),
+        Some(nix::unistd::Gid::from_raw(alice.gid)),
+    )
+    .unwrap();
+    let env_file = own.join("app.env");
+    fs::write(&env_file, "APP_MODE=dev\n").unwrap();
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.victim]
+user = "{BOB}"
+cwd = "/"
+env_files = ["{secret}"]
+
+[contexts.mine]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+env_files = ["{env}"]
+"#,
+        secret = secret.display(),
+        env = env_file.display()
+    );
+    let b = Broker::start(&config);
+    fs::remove_file(&env_file).unwrap();
+    fs::hard_link(&secret, &env_file).unwrap();
+    let reload = run(&mut b.ctx(["reload"]));
+    assert_ne!(reload.code(), 0, "{}", reload.show());
+    assert!(
+        reload.stderr_str().contains("hard links"),
+        "{}",
+        reload.show()
+    );
+    assert_eq!(
+        b.exec("mine", &["sh", "-c", "echo ${VICTIM_KEY-none}"])
+            .ok(),
+        "none\n"
+    );
+}

@@ -33,6 +33,21 @@ pub fn read(path: &Path, uid: u32) -> Result<(Vec<u8>, Vec<String>), String> {
     if !meta.is_file() {
         return Err("is not a regular file".into());
     }
+    // A second name for the file in a directory someone else can write may be a hard link
+    // they made to a file they cannot read (possible where fs.protected_hardlinks is 0).
+    if meta.nlink() > 1 {
+        let parent = canonical.parent().unwrap_or(Path::new("/"));
+        let dir = std::fs::metadata(parent).map_err(|e| format!("cannot read it: {e}"))?;
+        if !dir_trusted(&dir, meta.uid()) {
+            return Err(format!(
+                "has {} hard links and lies in {}, which others can write: it may be a link \
+                 to another context's secrets; keep env files in a root-owned directory such \
+                 as /etc/ctx",
+                meta.nlink(),
+                parent.display()
+            ));
+        }
+    }
     let mut bytes = Vec::new();
     file.take(MAX_BYTES + 1)
         .read_to_end(&mut bytes)
