@@ -282,6 +282,22 @@ impl Inner {
         let meta = file
             .metadata()
             .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
+        // In a directory others can write, O_NOFOLLOW is not enough: the entry may be a hard
+        // link to a file root must not append to, or a file the context made. Only the
+        // broker's own, single-named regular file is written there.
+        if !self.parent_is_roots() {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: plain getter.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_file() || meta.nlink() != 1 || meta.uid() != me {
+                return Err(format!(
+                    "refusing {}: it lies in a directory others can write and is not a \
+                     regular file of the broker's own with one name; put the audit log in a \
+                     root-owned directory such as /var/log/ctx",
+                    self.path.display()
+                ));
+            }
+        }
         Ok(Open {
             file,
             size: meta.len(),
@@ -715,6 +731,18 @@ mod rotation_tests {
         audit.record(json!({ "event": "test" }));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
         assert!(audit.health().is_some(), "the failure is reported");
+        // A hard link is no better than a symlink there.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&victim, &path).unwrap();
+        let audit = Audit::open(&path);
+        audit.record(json!({ "event": "test" }));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        assert!(audit.health().is_some(), "the failure is reported");
+        // The broker's own new file there is fine.
+        std::fs::remove_file(&path).unwrap();
+        let audit = Audit::open(&path);
+        audit.record(json!({ "event": "test" }));
+        assert!(audit.health().is_none(), "{:?}", audit.health());
         let _ = std::fs::remove_dir_all(dir);
     }
 
