@@ -413,24 +413,17 @@ impl Broker {
     /// Writes `config_toml` to a temp dir, starts the broker on it and waits (up to 10 s)
     /// until `ctx status` answers. Panics with the broker's stderr when it does not.
     pub fn start(config_toml: &str) -> Broker {
-        require_root();
-        let dir = TempDir::new();
-        let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
-        let mut b = Broker {
-            dir,
-            child: None,
-            config,
-            run_as: None,
-            nofile: None,
-        };
-        b.spawn();
-        b
+        Broker::start_limited(config_toml, None)
     }
 
     /// Like [`Broker::start`], with RLIMIT_NOFILE set to `limit` (soft and hard) in the
     /// broker from its start: a root broker's real uid is not root's, and root here lacks
     /// CAP_SYS_RESOURCE, so a `prlimit` from outside is refused.
     pub fn start_with_files(config_toml: &str, limit: u64) -> Broker {
+        Broker::start_limited(config_toml, Some(limit))
+    }
+
+    fn start_limited(config_toml: &str, nofile: Option<u64>) -> Broker {
         require_root();
         let dir = TempDir::new();
         let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
@@ -439,7 +432,7 @@ impl Broker {
             child: None,
             config,
             run_as: None,
-            nofile: Some(limit),
+            nofile,
         };
         b.spawn();
         b

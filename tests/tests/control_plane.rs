@@ -521,12 +521,10 @@ cwd = "/"
     let _ = first.wait();
 }
 
-/// Class of findings 1 and 3, for `env_files`: the broker reads them as root at every load.
-/// A context's user who can write the directory of its own env file swaps the file for a
-/// link to another context's root-only secrets; the next reload must refuse it, not hand
-/// those secrets to the context.
-#[test]
-fn an_env_file_swapped_for_a_link_does_not_make_root_read_another_contexts_secrets() {
+/// `victim` (ctx-bob) with a root-only env file holding `VICTIM_KEY`; `mine` (ctx-alice)
+/// whose env file lies in a directory ctx-alice owns. Returns the temp dir (keep it), the
+/// victim's file, mine's file and the running broker.
+fn env_file_victim() -> (TempDir, std::path::PathBuf, std::path::PathBuf, Broker) {
     let dir = TempDir::new();
     let secret = dir.file("victim.env", b"VICTIM_KEY=v1ctim-s3cret\n", 0o600);
     let own = dir.subdir("alice-owned", 0o755);
@@ -558,6 +556,16 @@ env_files = ["{env}"]
         env = env_file.display()
     );
     let b = Broker::start(&config);
+    (dir, secret, env_file, b)
+}
+
+/// Class of findings 1 and 3, for `env_files`: the broker reads them as root at every load.
+/// A context's user who can write the directory of its own env file swaps the file for a
+/// link to another context's root-only secrets; the next reload must refuse it, not hand
+/// those secrets to the context.
+#[test]
+fn an_env_file_swapped_for_a_link_does_not_make_root_read_another_contexts_secrets() {
+    let (_dir, secret, env_file, b) = env_file_victim();
     let warned = run(&mut b.ctx(["status"])).ok();
     assert!(
         warned.contains("alice-owned") && warned.contains("can write"),
@@ -681,37 +689,7 @@ isolation = { pid = true }
 /// root-only secrets (made here by root, standing in for such a host).
 #[test]
 fn an_env_file_replaced_by_a_hard_link_to_another_contexts_secrets_is_refused() {
-    let dir = TempDir::new();
-    let secret = dir.file("victim.env", b"VICTIM_KEY=v1ctim-s3cret\n", 0o600);
-    let own = dir.subdir("alice-owned", 0o755);
-    let alice = user(ALICE);
-    nix::unistd::chown(
-        &own,
-        Some(nix::unistd::Uid::from_raw(alice.uid)),
-        Some(nix::unistd::Gid::from_raw(alice.gid)),
-    )
-    .unwrap();
-    let env_file = own.join("app.env");
-    fs::write(&env_file, "APP_MODE=dev\n").unwrap();
-    let config = format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.victim]
-user = "{BOB}"
-cwd = "/"
-env_files = ["{secret}"]
-
-[contexts.mine]
-user = "{ALICE}"
-cwd = "/"
-allow = {{ uids = [0] }}
-env_files = ["{env}"]
-"#,
-        secret = secret.display(),
-        env = env_file.display()
-    );
-    let b = Broker::start(&config);
+    let (_dir, secret, env_file, b) = env_file_victim();
     fs::remove_file(&env_file).unwrap();
     fs::hard_link(&secret, &env_file).unwrap();
     let reload = run(&mut b.ctx(["reload"]));

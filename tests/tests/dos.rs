@@ -165,6 +165,22 @@ fn finish_flood(mut child: Child) -> String {
     out.trim().to_string()
 }
 
+/// Runs the flood `start` begins, has root launch meanwhile (which must be served), and
+/// returns the broker's descriptors before and at their peak.
+fn under_flood(b: &Broker, label: &str, start: impl FnOnce() -> Child) -> (u64, u64) {
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200)) as u64;
+    let sampler = Sampler::start(b.pid());
+    let flooder = start();
+    let took = root_is_served(b);
+    let (rss, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!(
+        "{label} ({report}): root served in {took:?}; broker peak {fds} fds \
+         (baseline {baseline}), {rss} KiB"
+    );
+    (baseline, fds)
+}
+
 /// Root's `ctx exec` while the flood runs: how long it took.
 fn root_is_served(b: &Broker) -> Duration {
     let start = Instant::now();
@@ -205,18 +221,9 @@ fn bob_is_served_again(b: &Broker) {
 #[test]
 fn a_connection_flood_from_a_user_allowed_nowhere_leaves_root_served() {
     let b = Broker::start_with_files(&standard_config(), OLD_UNIT_FILES);
-    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
-    let sampler = Sampler::start(b.pid());
-    let flooder = flood(&b, "silent", 1500, 8);
-    let took = root_is_served(&b);
-    let (rss, fds) = sampler.finish();
-    let report = finish_flood(flooder);
-    eprintln!(
-        "silent flood ({report}): root served in {took:?}; broker peak {fds} fds \
-         (baseline {baseline}), {rss} KiB"
-    );
+    let (baseline, fds) = under_flood(&b, "silent flood", || flood(&b, "silent", 1500, 8));
     assert!(
-        fds < baseline as u64 + 200,
+        fds < baseline + 200,
         "ctx-bob's flood made the broker hold {fds} descriptors (baseline {baseline})"
     );
     assert!(
@@ -236,25 +243,18 @@ fn a_connection_flood_from_a_uid_0_context_leaves_the_operator_served() {
         standard_config()
     );
     let b = Broker::start_with_files(&config, OLD_UNIT_FILES);
-    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
-    let sampler = Sampler::start(b.pid());
-    let flooder = flood_with(
-        b.exec_cmd("root0", &[]),
-        &b,
-        "silent",
-        // The routed process has the broker's 1024 files too.
-        900,
-        8,
-    );
-    let took = root_is_served(&b);
-    let (rss, fds) = sampler.finish();
-    let report = finish_flood(flooder);
-    eprintln!(
-        "uid-0 context flood ({report}): root served in {took:?}; broker peak {fds} fds \
-         (baseline {baseline}), {rss} KiB"
-    );
+    let (baseline, fds) = under_flood(&b, "uid-0 context flood", || {
+        flood_with(
+            b.exec_cmd("root0", &[]),
+            &b,
+            "silent",
+            // The routed process has the broker's 1024 files too.
+            900,
+            8,
+        )
+    });
     assert!(
-        fds < baseline as u64 + 200,
+        fds < baseline + 200,
         "the uid-0 context's flood made the broker hold {fds} descriptors (baseline {baseline})"
     );
     assert!(
@@ -304,19 +304,10 @@ fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
 #[test]
 fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
     let b = Broker::start_with_files(&standard_config(), OLD_UNIT_FILES);
-    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200));
-    let sampler = Sampler::start(b.pid());
-    let flooder = flood(&b, "fds", 500, 8);
-    let took = root_is_served(&b);
-    let (rss, fds) = sampler.finish();
-    let report = finish_flood(flooder);
-    eprintln!(
-        "descriptor flood ({report}): root served in {took:?}; broker peak {fds} fds \
-         (baseline {baseline}), {rss} KiB"
-    );
+    let (baseline, fds) = under_flood(&b, "descriptor flood", || flood(&b, "fds", 500, 8));
     // 64 handshakes and 192 descriptors at most, and slack for root's launch.
     assert!(
-        fds < baseline as u64 + 300,
+        fds < baseline + 300,
         "ctx-bob's handshakes made the broker hold {fds} descriptors (baseline {baseline})"
     );
     bob_is_served_again(&b);
