@@ -314,6 +314,8 @@ pub enum Stage {
     Landlock,
     /// Joining the context's cgroup (memory, pids, cpu limits).
     Cgroup,
+    /// Installing a seccomp filter (the signal filter, enforce's exec guard).
+    Seccomp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -570,12 +572,13 @@ impl Stage {
             Stage::Namespace => "namespace",
             Stage::Landlock => "landlock",
             Stage::Cgroup => "cgroup",
+            Stage::Seccomp => "seccomp",
         }
     }
 
     /// Stable numbering for the spawn path's error pipe.
     pub fn from_u8(n: u8) -> Option<Stage> {
-        const ALL: [Stage; 16] = [
+        const ALL: [Stage; 17] = [
             Stage::Fork,
             Stage::Session,
             Stage::Terminal,
@@ -592,6 +595,7 @@ impl Stage {
             Stage::Namespace,
             Stage::Landlock,
             Stage::Cgroup,
+            Stage::Seccomp,
         ];
         ALL.get(n as usize).copied()
     }

@@ -344,10 +344,11 @@ fn exit_status_and_classification() {
     assert_eq!(FailureKind::NotFound.exit_code(), 127);
     assert_eq!(FailureKind::PermissionDenied.exit_code(), 126);
     assert_eq!(FailureKind::BadCwd.exit_code(), 125);
-    for n in 0..16u8 {
+    for n in 0..17u8 {
         assert_eq!(Stage::from_u8(n).map(|s| s as u8), Some(n));
     }
-    assert_eq!(Stage::from_u8(16), None);
+    assert_eq!(Stage::from_u8(17), None);
+    assert_eq!(Stage::Seccomp.as_str(), "seccomp");
     assert_eq!(Stage::from_u8(13), Some(Stage::Namespace));
     assert_eq!(Stage::Landlock.as_str(), "landlock");
 }

@@ -705,3 +705,107 @@ fn an_env_file_replaced_by_a_hard_link_to_another_contexts_secrets_is_refused() 
         "none\n"
     );
 }
+
+/// The Python both SIGIO tests run: aims SIGIO, with each signal given, at the pid in
+/// argv[1] through a socket's owner, and prints per signal `aimed` or `refused ERRNO`.
+const AIM_SIGIO: &str = "import fcntl, os, signal, socket, sys\n\
+    for sig in sys.argv[2:]:\n\
+    \x20   a, b = socket.socketpair()\n\
+    \x20   try:\n\
+    \x20       fcntl.fcntl(a, fcntl.F_SETOWN, int(sys.argv[1]))\n\
+    \x20       fcntl.fcntl(a, 10, int(sig))\n\
+    \x20       fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
+    \x20       b.send(b'x')\n\
+    \x20       print(sig, 'aimed')\n\
+    \x20   except OSError as e:\n\
+    \x20       print(sig, 'refused', e.errno)\n";
+
+/// The broker's state letter from /proc (`T`: stopped); panics when it is gone.
+fn broker_state(b: &Broker) -> char {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", b.pid())).expect("the broker lives");
+    stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+}
+
+/// Issue 14, the last path: a plain uid-0 context (no pid namespace, no signal scope)
+/// aims SIGKILL, SIGSTOP, the operator's signals and a fault signal at the broker through
+/// F_SETOWN/F_SETSIG. The seccomp signal filter refuses those numbers (EPERM); plain SIGIO
+/// and the signals the broker ignores still pass, and change nothing.
+#[test]
+fn a_root_context_cannot_stop_or_kill_the_broker_through_sigio() {
+    let config = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#;
+    let b = Broker::start(config);
+    let broker = b.pid().to_string();
+    let refused = ["9", "19", "15", "2", "1", "11", "7"];
+    let harmless = ["0", "29", "10", "34", "20"];
+    let mut argv = vec!["python3", "-c", AIM_SIGIO, &broker];
+    argv.extend(refused);
+    argv.extend(harmless);
+    let out = b.exec("root0", &argv);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    for sig in refused {
+        assert!(
+            out.stdout_str()
+                .contains(&format!("{sig} refused {}", libc::EPERM)),
+            "signal {sig} was not refused: {}",
+            out.show()
+        );
+    }
+    for sig in harmless {
+        assert!(
+            out.stdout_str().contains(&format!("{sig} aimed")),
+            "signal {sig}: {}",
+            out.show()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(broker_state(&b), 'T', "the broker was stopped");
+    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+    let status = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        status.contains("signal the broker's other launches") && !status.contains("SIGKILL"),
+        "status should say what is left, and no longer SIGKILL: {status}"
+    );
+}
+
+/// What the filter leaves a program: SIGIO with a signal of its choice, aimed at itself.
+#[test]
+fn a_root_context_still_gets_its_own_sigio_with_the_signal_it_chose() {
+    let config = r#"[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#;
+    let b = Broker::start(config);
+    let py = "import fcntl, os, signal, socket, time\n\
+        got = []\n\
+        signal.signal(signal.SIGRTMIN + 3, lambda s, f: got.append(s))\n\
+        a, b = socket.socketpair()\n\
+        fcntl.fcntl(a, fcntl.F_SETOWN, os.getpid())\n\
+        fcntl.fcntl(a, 10, int(signal.SIGRTMIN + 3))\n\
+        fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
+        b.send(b'x')\n\
+        time.sleep(0.2)\n\
+        print('got', got == [signal.SIGRTMIN + 3])\n";
+    assert_eq!(b.exec("root0", &["python3", "-c", py]).ok(), "got True\n");
+}
+
+/// The fence behind the filter: the operator's signals arriving as SIGIO (here aimed by
+/// a root process outside every context, which the filter does not cover) neither stop
+/// nor reload the broker.
+#[test]
+fn the_operators_signals_delivered_as_sigio_are_dropped() {
+    let b = Broker::start("[contexts.root0]\nuser = \"root\"\ncwd = \"/\"\n");
+    let broker = b.pid().to_string();
+    let out = run(Command::new("python3").args(["-c", AIM_SIGIO, &broker, "15", "2", "1"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(broker_state(&b), 'Z');
+    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+}

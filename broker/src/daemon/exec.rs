@@ -859,10 +859,12 @@ fn failure_detail(
             format!("switching to {user} (gid {})", ctx.user.gid)
         }
         Stage::Rlimits => "applying the context's rlimits".into(),
-        Stage::Landlock if ctx.isolation.enforce => {
-            "applying the context's Landlock rulesets or enforce's exec guard (seccomp)".into()
-        }
         Stage::Landlock => "applying the context's Landlock ruleset".into(),
+        Stage::Seccomp if ctx.isolation.enforce => {
+            "installing the seccomp filters (enforce's exec guard, the broker's signal filter)"
+                .into()
+        }
+        Stage::Seccomp => "installing the broker's seccomp signal filter".into(),
         Stage::Cgroup => format!(
             "joining context {:?}'s cgroup (pids_max reached, or a cgroup the broker's \
              scheduling class cannot enter)",

@@ -38,6 +38,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
+use super::seccomp::AUDIT_ARCH_I386;
+use super::seccomp::{jump, stmt, AUDIT_ARCH_X86_64, JEQ, LD_ARCH, LD_NR, RET, X32_SYSCALL_BIT};
+#[cfg(target_arch = "aarch64")]
+use super::seccomp::{AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM};
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -137,15 +143,6 @@ enum Verdict {
 // Constants
 // ---------------------------------------------------------------------------------------
 
-const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH_AARCH64: u32 = 0xC000_00B7;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
 /// `(arch, execve, execveat)` of every ABI a process on this kernel can call with.
 #[cfg(target_arch = "x86_64")]
 const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
@@ -161,29 +158,6 @@ const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
 #[cfg(target_arch = "aarch64")]
 const EXEC_SYSCALLS: [(u32, u32, u32); 2] =
     [(AUDIT_ARCH_AARCH64, 221, 281), (AUDIT_ARCH_ARM, 11, 387)];
-
-const fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-const LD_ARCH: libc::sock_filter = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4);
-const LD_NR: libc::sock_filter = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0);
-const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
-const RET: u32 = libc::BPF_RET | libc::BPF_K;
 
 /// The filter the spawn child installs: exec syscalls → user notification; any other
 /// syscall of a known ABI → allowed; an unknown ABI → the process is killed.

@@ -129,17 +129,16 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
         return None;
     }
     let abi = landlock_abi();
-    // The broker ignores or screens every signal it can catch (see `signals`); SIGKILL and
-    // SIGSTOP only a Landlock scope or a PID namespace (the broker is not in it) keep off.
+    // A root broker is out of its contexts' reach: its real and saved uids are no one's
+    // (kill(2) is refused) and the seccomp signal filter keeps SIGKILL and SIGSTOP out of
+    // F_SETSIG (SIGIO). An unprivileged broker shares its uid with the context, so only a
+    // Landlock scope or a PID namespace (the broker is not in it) keep those two off.
     let scoped = (ctx.isolation.signals == Signals::Scoped && abi >= 6) || ctx.isolation.pid;
     let fenced = ctx.isolation.has_fs_rules() && abi >= 1;
     let mut can = Vec::new();
     if !scoped {
-        can.push(if super::signals::shielded() {
-            // kill(2) is refused, but the kernel lets any euid-0 process direct SIGIO (and
-            // with F_SETSIG any signal) at any process through F_SETOWN.
-            "send the broker SIGKILL or SIGSTOP through F_SETOWN/F_SETSIG (kill(2) itself is \
-             refused) and signal its other launches"
+        can.push(if euid == 0 {
+            "signal the broker's other launches"
         } else {
             "send the broker SIGKILL or SIGSTOP and signal its other launches"
         });

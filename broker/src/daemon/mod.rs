@@ -32,6 +32,7 @@ pub mod ports;
 pub mod pty;
 pub mod quiet_log;
 pub mod registry;
+pub mod seccomp;
 pub mod server;
 pub mod shell_state;
 pub mod signals;

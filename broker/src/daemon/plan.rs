@@ -344,6 +344,7 @@ pub fn prepare(
         namespaces: None,
         listen_pid: false,
         exec_guard: None,
+        signal_filter: uid == me.euid,
         landlock: [None, None],
         cgroup_join: Vec::new(),
         cgroup_dir: None,

@@ -170,6 +170,16 @@ impl OperatorSignals {
             };
             let sig = info.ssi_signo as libc::c_int;
             let pid = info.ssi_pid as i32;
+            if is_sigio(info.ssi_code) {
+                // Nobody drives the broker through a file's owner: this is a process that
+                // aimed SIGIO at it with F_SETOWN/F_SETSIG (the seccomp filter refuses
+                // these signals to contexts of our euid; this is the fence behind it).
+                tracing::warn!(
+                    fd = info.ssi_fd,
+                    "ignored signal {sig} delivered as SIGIO through a file's owner"
+                );
+                continue;
+            }
             if let Some(context) = sender_context(info.ssi_code, pid, registry) {
                 tracing::warn!(
                     pid,
@@ -186,6 +196,13 @@ impl OperatorSignals {
             };
         }
     }
+}
+
+/// Whether a signal came through a file's owner (`F_SETOWN`): the kernel then sets
+/// `si_code` to the poll band, POLL_IN (1) to POLL_HUP (6); a terminal's signals carry
+/// SI_KERNEL and a process's kill(2) a code of 0 or below.
+fn is_sigio(code: i32) -> bool {
+    (1..=6).contains(&code)
 }
 
 /// The context of the process that sent a signal, if it is in one. Signals the kernel

@@ -66,6 +66,9 @@ pub struct SpawnPlan {
     /// `enforce = true` with seccomp user notification: install the exec filter and hand
     /// its listener to the broker's exec guard (see `exec_guard.rs`) just before the exec.
     pub exec_guard: Option<Handover>,
+    /// The program runs with the broker's own euid: install the seccomp filter that keeps
+    /// it from aiming SIGKILL or SIGSTOP at the broker through `F_SETSIG` (`seccomp.rs`).
+    pub signal_filter: bool,
 }
 
 /// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
@@ -858,7 +861,7 @@ unsafe fn install_exec_guard(report: RawFd, sock: RawFd, handoff: &mut Handoff) 
         &prog as *const libc::sock_fprog,
     ) as RawFd;
     if listener < 0 {
-        fail(report, Stage::Landlock, errno());
+        fail(report, Stage::Seccomp, errno());
     }
     handoff.fd_slot().write_unaligned(listener);
     let sent = libc::sendmsg(sock, &handoff.hdr, libc::MSG_NOSIGNAL);
@@ -866,7 +869,7 @@ unsafe fn install_exec_guard(report: RawFd, sock: RawFd, handoff: &mut Handoff) 
     libc::close(listener);
     libc::close(sock);
     if sent < 0 {
-        fail(report, Stage::Landlock, e);
+        fail(report, Stage::Seccomp, e);
     }
 }
 
@@ -1015,7 +1018,7 @@ unsafe fn child(
         Some(h) => {
             let fd = libc::fcntl(h.sock, libc::F_DUPFD_CLOEXEC, floor);
             if fd < 0 {
-                fail(report, Stage::Landlock, errno());
+                fail(report, Stage::Seccomp, errno());
             }
             fd
         }
@@ -1152,6 +1155,11 @@ unsafe fn child(
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
         fail(report, Stage::NoNewPrivs, errno());
     }
+    if plan.signal_filter {
+        if let Err(e) = super::seccomp::install_signal_filter() {
+            fail(report, Stage::Seccomp, e);
+        }
+    }
 
     if !handoff.is_null() {
         // Last, so that it sees exactly the execs below and everything after them; the
@@ -1212,6 +1220,7 @@ pub mod testing {
             landlock: [None, None],
             listen_pid: false,
             exec_guard: None,
+            signal_filter: false,
         }
     }
 
