@@ -528,16 +528,27 @@ pub fn classify(stage: Stage, errno: i32) -> FailureKind {
     }
 }
 
-impl FailureKind {
-    /// The exit code `env`, `timeout` and `docker run` use for this failure.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            FailureKind::NotFound => 127,
-            FailureKind::PermissionDenied | FailureKind::NotExecutable => 126,
-            _ => 125,
-        }
+/// The exit status of a launch that failed at `stage` with `errno`, once the caller can
+/// only see a status (`ctx exec`, or the shim and fork relay after the caller's own exec
+/// succeeded). The one table for all of them, as `env`, `timeout` and `docker run` have
+/// it: the exec found nothing (ENOENT) → 127; the exec failed any other way → 126; a step
+/// before the exec (cwd, user, limits, isolation: ctx's own) → 125.
+pub fn failed_exit_code(stage: Stage, errno: i32) -> i32 {
+    match (stage, errno) {
+        (Stage::Exec, libc::ENOENT) => 127,
+        (Stage::Exec, _) => 126,
+        _ => 125,
     }
+}
 
+impl ExecFailure<'_> {
+    /// See [`failed_exit_code`].
+    pub fn exit_code(&self) -> i32 {
+        failed_exit_code(self.stage, self.errno)
+    }
+}
+
+impl FailureKind {
     pub fn describe(self) -> &'static str {
         match self {
             FailureKind::NotFound => "command not found",

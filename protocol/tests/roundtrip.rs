@@ -341,9 +341,17 @@ fn exit_status_and_classification() {
         classify(Stage::Rlimits, libc::EPERM),
         FailureKind::ResourceLimit
     );
-    assert_eq!(FailureKind::NotFound.exit_code(), 127);
-    assert_eq!(FailureKind::PermissionDenied.exit_code(), 126);
-    assert_eq!(FailureKind::BadCwd.exit_code(), 125);
+    assert_eq!(failed_exit_code(Stage::Exec, libc::ENOENT), 127);
+    for errno in [
+        libc::EACCES,
+        libc::ELOOP,
+        libc::ENAMETOOLONG,
+        libc::EISDIR,
+        libc::ETXTBSY,
+    ] {
+        assert_eq!(failed_exit_code(Stage::Exec, errno), 126, "errno {errno}");
+    }
+    assert_eq!(failed_exit_code(Stage::Chdir, libc::ENOENT), 125);
     for n in 0..17u8 {
         assert_eq!(Stage::from_u8(n).map(|s| s as u8), Some(n));
     }

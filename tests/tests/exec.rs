@@ -219,6 +219,61 @@ fn exec_e_sets_variables_over_the_context_env() {
     assert_eq!(get(&env, "CANARY_SECRET"), None, "{env:?}");
 }
 
+/// Issue 15: with `inherit_env = ["*"]` a routed child gets what a local one would: the
+/// caller's PATH (not the default), the caller's own preloads (only ctx's interposer is
+/// taken out of LD_PRELOAD), and a variable whose name is not UTF-8.
+#[test]
+fn inherit_all_carries_path_preloads_and_odd_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let config = format!(
+        "[contexts.all]\nuser = \"{ALICE}\"\ncwd = \"/\"\ninherit_env = [\"*\"]\n\n\
+         [contexts.some]\nuser = \"{ALICE}\"\ncwd = \"/\"\ninherit_env = [\"PATH\"]\n"
+    );
+    let b = Broker::start(&config);
+    let libm = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib/aarch64-linux-gnu/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libm");
+    let path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin";
+    // Python execs env(1) with its whole environment: that exec is the routed one.
+    let py = "import os; os.execv('/usr/bin/env', ['env', '-0'])";
+    for context in ["all", "some"] {
+        let out = run(b
+            .ctx(["run", "--route-to", context, "--", "python3", "-c", py])
+            .env("PATH", path)
+            .env("LD_PRELOAD", libm)
+            .env(std::ffi::OsStr::from_bytes(b"ODD\xffNAME"), "odd-value"));
+        assert_eq!(out.code(), 0, "{}", out.show());
+        let vars: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
+        let has = |want: &[u8]| vars.contains(&want);
+        assert!(
+            has(format!("PATH={path}").as_bytes()),
+            "{context}: {}",
+            out.show()
+        );
+        assert_eq!(
+            has(format!("LD_PRELOAD={libm}").as_bytes()),
+            context == "all",
+            "{context}: {}",
+            out.show()
+        );
+        assert_eq!(
+            has(b"ODD\xffNAME=odd-value"),
+            context == "all",
+            "{}",
+            out.show()
+        );
+        assert!(
+            !vars.iter().any(|v| v.windows(9).any(|w| w == b"libctx_in")),
+            "ctx's interposer crossed: {}",
+            out.show()
+        );
+    }
+}
+
 #[test]
 fn context_path_overrides_the_default() {
     let b = Broker::start(&standard_config());
@@ -322,6 +377,36 @@ fn command_not_found_is_127_and_names_the_command() {
     assert!(out.stderr_str().contains(&path), "{}", out.show());
 }
 
+/// One table for every failed exec (issue 15): `ctx exec` ends as `env(1)` does for the
+/// same program, which is also what the shim and the fork relay use.
+#[test]
+fn a_failed_exec_ends_with_the_code_env_gives() {
+    let b = Broker::start(&standard_config());
+    let dir = b.dir();
+    let lp = dir.path().join("loop");
+    std::os::unix::fs::symlink(&lp, &lp).unwrap();
+    let long = format!("/tmp/{}", "x".repeat(5000));
+    let cases = [
+        lp.to_str().unwrap().to_string(),
+        long,
+        "/etc/passwd/not-a-dir".to_string(),
+        "/tmp".to_string(),
+        format!("/nonexistent/{}", unique("none-")),
+    ];
+    for prog in &cases {
+        let local = run(Command::new("env").arg(prog));
+        let routed = b.exec("alice", &[prog]);
+        assert_eq!(
+            routed.code(),
+            local.code(),
+            "{}: routed {} / local {}",
+            &prog[..prog.len().min(40)],
+            routed.show(),
+            local.show()
+        );
+    }
+}
+
 #[test]
 fn permission_denied_is_126() {
     let b = Broker::start(&standard_config());
@@ -391,8 +476,9 @@ fn unknown_context_is_125_and_names_it() {
     );
 }
 
-/// The interposer's routing variables never cross into a routed environment, even where
-/// the context's `inherit_env` matches them; other names it matches do.
+/// The interposer's routing variables (and its own LD_PRELOAD entry) never cross into a
+/// routed environment, even where the context's `inherit_env` matches them; other names
+/// it matches do.
 #[test]
 fn routing_variables_never_cross_even_when_inherit_env_matches_them() {
     let config = format!(
@@ -408,13 +494,21 @@ fn routing_variables_never_cross_even_when_inherit_env_matches_them() {
         "CTX_SHIM",
         "CTX_ON_BROKER_DOWN",
         "CTX_RELAY_MS",
-        "LD_PRELOAD",
     ] {
         cmd.env(var, "must-not-cross");
     }
+    // ctx's own preload never crosses; the caller's others do (issue 15).
+    cmd.env(
+        "LD_PRELOAD",
+        "/must-not-cross/libctx_interposer.so:/usr/lib/crosses.so",
+    );
     cmd.env("CTX_MINE", "crosses");
     let out = run(&mut cmd).ok();
     assert!(out.lines().any(|l| l == "CTX_MINE=crosses"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "LD_PRELOAD=/usr/lib/crosses.so"),
+        "{out}"
+    );
     assert!(!out.contains("must-not-cross"), "{out}");
 }
 

@@ -75,6 +75,8 @@ pub enum Error {
         kind: FailureKind,
         /// The parenthesised errno/stage and any words the broker added.
         detail: String,
+        /// `ctx_protocol::failed_exit_code`: the shim's table too.
+        exit_code: i32,
     },
 
     #[error("{context}: command timed out after {after}")]
@@ -90,7 +92,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Run { code, .. } => *code,
-            Error::ExecFailed { kind, .. } => kind.exit_code(),
+            Error::ExecFailed { exit_code, .. } => *exit_code,
             // What timeout(1) exits with, so scripts need not learn a new code.
             Error::TimedOut { .. } => 124,
             Error::Broker { kind, .. } => kind.exit_code(),

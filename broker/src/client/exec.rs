@@ -513,6 +513,7 @@ impl Relay<'_> {
             program: self.program.into(),
             kind: f.kind,
             detail: failure_detail(self.program, f),
+            exit_code: f.exit_code(),
         }
     }
 }
@@ -773,6 +774,7 @@ mod tests {
             program: "foo".into(),
             kind: f.kind,
             detail: failure_detail("foo", f),
+            exit_code: f.exit_code(),
         };
         let e = relay_err(&failure(
             FailureKind::NotFound,
@@ -798,14 +800,21 @@ mod tests {
             relay_err(&failure(FailureKind::NotExecutable, libc::ENOEXEC, "")).exit_code(),
             126
         );
+        let mut cwd = failure(FailureKind::BadCwd, libc::ENOENT, "");
+        cwd.stage = Stage::Chdir;
+        assert_eq!(relay_err(&cwd).exit_code(), 125);
+        // The shim's table, not a second one: ELOOP and ETXTBSY are "cannot execute".
         assert_eq!(
-            relay_err(&failure(FailureKind::BadCwd, libc::ENOENT, "")).exit_code(),
-            125
+            relay_err(&failure(FailureKind::NotFound, libc::ELOOP, "")).exit_code(),
+            126
         );
         assert_eq!(
-            relay_err(&failure(FailureKind::Other, 0, "")).exit_code(),
-            125
+            relay_err(&failure(FailureKind::NotExecutable, libc::ETXTBSY, "")).exit_code(),
+            126
         );
+        let mut other = failure(FailureKind::Other, 0, "");
+        other.stage = Stage::Landlock;
+        assert_eq!(relay_err(&other).exit_code(), 125);
     }
 
     #[test]

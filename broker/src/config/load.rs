@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use super::{
     Allow, BrokerDown, BrokerSettings, CgroupLimits, Config, Context, CwdRule, Isolation, Network,
-    Rlimit, ShellEnv, Signals, User, DEFAULT_PATH,
+    Rlimit, ShellEnv, Signals, User,
 };
 use values::{EnvTable, Scalar};
 
@@ -993,10 +993,6 @@ impl Loader<'_> {
                 return Err(self.err(value.span(), field, "the value contains a NUL byte"));
             }
             set(&mut env, key.into_inner(), value.into_inner().0);
-        }
-
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
         Ok(env)
     }

@@ -117,18 +117,28 @@ pub fn environment(
     });
     let mut caller_term = None;
     for (k, v) in caller {
-        let Ok(name) = std::str::from_utf8(k) else {
-            continue;
-        };
+        // A name that is not UTF-8 is matched as text with its odd bytes replaced (so `*`
+        // takes it), and set as the bytes it was.
+        let name = String::from_utf8_lossy(k);
         if name == "TERM" {
             caller_term = Some(v);
         }
-        if ROUTING_VARS.contains(&name) {
+        if !ctx.inherits(&name) {
             continue;
         }
-        if ctx.inherits(name) {
-            set(&mut env, k, v);
+        if name == "LD_PRELOAD" {
+            // The caller's own preloads (libfaketime, jemalloc, eatmydata) cross; ctx's
+            // interposer does not, unless the context routes on (below).
+            let kept = without_interposer(v, &routing.interposer);
+            if !kept.is_empty() {
+                set(&mut env, k, &kept);
+            }
+            continue;
         }
+        if ROUTING_VARS.contains(&name.as_ref()) {
+            continue;
+        }
+        set(&mut env, k, v);
     }
     for (k, v) in &ctx.env {
         set(&mut env, k.as_bytes(), v.as_bytes());
@@ -176,6 +186,27 @@ pub fn environment(
         }
     }
     env
+}
+
+/// An `LD_PRELOAD` value without ctx's interposer: entries (separated by `:` or spaces,
+/// as ld.so reads them) naming `interposer` or any file called `libctx_interposer.so`.
+fn without_interposer(value: &[u8], interposer: &std::path::Path) -> Vec<u8> {
+    let ours = interposer.as_os_str().as_bytes();
+    let mut kept = Vec::with_capacity(value.len());
+    for entry in value
+        .split(|&b| b == b':' || b == b' ')
+        .filter(|e| !e.is_empty())
+    {
+        let base = entry.rsplit(|&b| b == b'/').next().unwrap_or(entry);
+        if entry == ours || base == crate::client::run::INTERPOSER_FILE.as_bytes() {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push(b':');
+        }
+        kept.extend_from_slice(entry);
+    }
+    kept
 }
 
 /// The working directory: `--cwd` (relative to the caller's), else the context's rule.

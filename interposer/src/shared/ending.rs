@@ -105,11 +105,7 @@ pub fn reproduce(status: ExitStatus) -> ! {
 
 /// The code a command that could not be executed ends with, as shells report it.
 pub fn failed_exit_code(errno: i32) -> i32 {
-    match errno {
-        libc::ENOENT | libc::ENOTDIR => 127,
-        libc::EACCES | libc::ENOEXEC | libc::EPERM => 126,
-        _ => 125,
-    }
+    ctx_protocol::failed_exit_code(ctx_protocol::Stage::Exec, errno)
 }
 
 /// The broker accepted the launch but the exec itself failed (a check it cannot make
@@ -130,5 +126,5 @@ pub fn exec_failed(name: &[u8], f: &ExecFailure<'_>) -> ! {
     }
     l.write_to(2);
     // SAFETY: ending the process without running the caller's atexit handlers.
-    unsafe { libc::_exit(failed_exit_code(f.errno)) }
+    unsafe { libc::_exit(f.exit_code()) }
 }
