@@ -154,7 +154,6 @@ isolation = {{ pid = true, network = "host", enforce = false }}
         vec![
             ("DB_URL".to_string(), "postgres://x".to_string()),
             ("ANTHROPIC_API_KEY".to_string(), "sk-example".to_string()),
-            ("PATH".to_string(), DEFAULT_PATH.to_string()),
         ]
     );
     assert_eq!(platform.inherit_env, vec!["TERM", "LANG", "LC_*"]);
@@ -228,7 +227,8 @@ fn defaults() {
     assert!(config.warnings.is_empty());
 
     let a = ctx(&config, "a");
-    assert_eq!(a.env, vec![("PATH".to_string(), DEFAULT_PATH.to_string())]);
+    // No PATH here: the default is added at launch, after the caller's (if inherited).
+    assert!(a.env.is_empty(), "{:?}", a.env);
     assert_eq!(a.cwd, CwdRule::Home);
     assert!(a.allow.is_default);
     assert!(a.allows(0, 0, None) && !a.allows(1000, 1000, None));
@@ -869,14 +869,7 @@ fn env_files_merge_in_order_inline_wins() {
         .collect();
     assert_eq!(
         pairs,
-        vec![
-            ("A", "1"),
-            ("B", "2"),
-            ("C", "3"),
-            ("D", ""),
-            ("E", "5"),
-            ("PATH", DEFAULT_PATH)
-        ]
+        vec![("A", "1"), ("B", "2"), ("C", "3"), ("D", ""), ("E", "5"),]
     );
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 
@@ -1000,7 +993,6 @@ fn masked_env() {
         vec![
             ("KEY".to_string(), "****".to_string()),
             ("EMPTY".to_string(), String::new()),
-            ("PATH".to_string(), "****".to_string()),
         ]
     );
 }
