@@ -397,7 +397,9 @@ async fn launch(
         }
     }
 
-    let accepted = via == Via::Interposer && exec_likely(&plan);
+    // exec_likely stats paths the caller chose, as root: on a hung network or FUSE mount
+    // that blocks, so the runtime hands this worker's other tasks to another thread.
+    let accepted = via == Via::Interposer && tokio::task::block_in_place(|| exec_likely(&plan));
     if accepted {
         // A caller that is gone is noticed at the relay loop's first read (end of file).
         let _ = conn.send(&Reply::Accepted).await;
