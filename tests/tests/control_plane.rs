@@ -726,12 +726,31 @@ fn broker_state(b: &Broker) -> char {
     stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
 }
 
+/// Python: names the pid in argv[1] as a socket's owner each way the kernel offers and
+/// prints one word per way: `named` or `refused ERRNO`.
+const NAME_OWNER: &str = "import fcntl, socket, struct, sys\n\
+    pid = int(sys.argv[1])\n\
+    ways = [('setown', lambda a: fcntl.fcntl(a, fcntl.F_SETOWN, pid)),\n\
+    \x20       ('setpgrp', lambda a: fcntl.fcntl(a, fcntl.F_SETOWN, -pid)),\n\
+    \x20       ('setown_ex', lambda a: fcntl.fcntl(a, 15, struct.pack('ii', 1, pid))),\n\
+    \x20       ('fiosetown', lambda a: fcntl.ioctl(a, 0x8901, struct.pack('i', pid))),\n\
+    \x20       ('siocspgrp', lambda a: fcntl.ioctl(a, 0x8902, struct.pack('i', pid)))]\n\
+    for name, way in ways:\n\
+    \x20   a, b = socket.socketpair()\n\
+    \x20   try:\n\
+    \x20       way(a)\n\
+    \x20       print(name, 'named')\n\
+    \x20   except OSError as e:\n\
+    \x20       print(name, 'refused', e.errno)\n";
+
 /// Issue 14, the last path: a plain uid-0 context (no pid namespace, no signal scope)
-/// aims SIGKILL, SIGSTOP, the operator's signals and a fault signal at the broker through
-/// F_SETOWN/F_SETSIG. The seccomp signal filter refuses those numbers (EPERM); plain SIGIO
-/// and the signals the broker ignores still pass, and change nothing.
+/// cannot make the broker a file's owner, by any of the four ways (the kernel would let
+/// an euid-0 owner's SIGIO carry any signal, SIGKILL and SIGSTOP included, and
+/// `F_SETSIG` can be set by any other process sharing the file: the second attacker
+/// review killed the broker with a ctx-alice process doing it). Refused with EPERM; the
+/// broker keeps serving.
 #[test]
-fn a_root_context_cannot_stop_or_kill_the_broker_through_sigio() {
+fn a_root_context_cannot_make_the_broker_a_files_owner() {
     let config = r#"[broker]
 socket_mode = "0666"
 
@@ -739,34 +758,37 @@ socket_mode = "0666"
 user = "root"
 cwd = "/"
 allow = { uids = [0] }
+isolation = { read_only = ["/"] }
+
+[contexts.plain]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
 "#;
     let b = Broker::start(config);
     let broker = b.pid().to_string();
-    let refused = ["9", "19", "15", "2", "1", "11", "7"];
-    let harmless = ["0", "29", "10", "34", "20"];
-    let mut argv = vec!["python3", "-c", AIM_SIGIO, &broker];
-    argv.extend(refused);
-    argv.extend(harmless);
-    let out = b.exec("root0", &argv);
+    for context in ["root0", "plain"] {
+        let out = b.exec(context, &["python3", "-c", NAME_OWNER, &broker]);
+        assert_eq!(out.code(), 0, "{}", out.show());
+        for way in ["setown", "setpgrp", "setown_ex", "fiosetown", "siocspgrp"] {
+            assert!(
+                out.stdout_str()
+                    .contains(&format!("{way} refused {}", libc::EPERM)),
+                "{context}: {way} was not refused: {}",
+                out.show()
+            );
+        }
+    }
+    // The attack in full, as the review ran it: the owner set, SIGKILL picked, the file
+    // made async and written to.
+    let out = b.exec(
+        "plain",
+        &["python3", "-c", AIM_SIGIO, &broker, "9", "19", "32"],
+    );
     assert_eq!(out.code(), 0, "{}", out.show());
-    for sig in refused {
-        assert!(
-            out.stdout_str()
-                .contains(&format!("{sig} refused {}", libc::EPERM)),
-            "signal {sig} was not refused: {}",
-            out.show()
-        );
-    }
-    for sig in harmless {
-        assert!(
-            out.stdout_str().contains(&format!("{sig} aimed")),
-            "signal {sig}: {}",
-            out.show()
-        );
-    }
     std::thread::sleep(Duration::from_millis(300));
     assert_ne!(broker_state(&b), 'T', "the broker was stopped");
-    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+    assert_eq!(b.exec("plain", &["echo", "alive"]).ok(), "alive\n");
     let status = run(&mut b.ctx(["status"])).ok();
     assert!(
         status.contains("signal the broker's other launches") && !status.contains("SIGKILL"),
@@ -774,26 +796,62 @@ allow = { uids = [0] }
     );
 }
 
-/// What the filter leaves a program: SIGIO with a signal of its choice, aimed at itself.
+/// What the filter costs a program, and where it does not apply: in a plain uid-0 context
+/// a program cannot use SIGIO with an owner (EPERM); in its own PID namespace, where the
+/// broker's pid does not exist, it can, with the signal it chose.
 #[test]
-fn a_root_context_still_gets_its_own_sigio_with_the_signal_it_chose() {
-    let config = r#"[contexts.root0]
+fn sigio_to_itself_works_where_the_broker_cannot_be_named() {
+    let config = r#"[contexts.plain]
 user = "root"
 cwd = "/"
 allow = { uids = [0] }
+
+[contexts.own_pids]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { pid = true }
 "#;
     let b = Broker::start(config);
     let py = "import fcntl, os, signal, socket, time\n\
         got = []\n\
         signal.signal(signal.SIGRTMIN + 3, lambda s, f: got.append(s))\n\
         a, b = socket.socketpair()\n\
-        fcntl.fcntl(a, fcntl.F_SETOWN, os.getpid())\n\
+        try:\n\
+        \x20   fcntl.fcntl(a, fcntl.F_SETOWN, os.getpid())\n\
+        except OSError as e:\n\
+        \x20   print('refused', e.errno)\n\
+        \x20   raise SystemExit\n\
         fcntl.fcntl(a, 10, int(signal.SIGRTMIN + 3))\n\
         fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
         b.send(b'x')\n\
         time.sleep(0.2)\n\
         print('got', got == [signal.SIGRTMIN + 3])\n";
-    assert_eq!(b.exec("root0", &["python3", "-c", py]).ok(), "got True\n");
+    assert_eq!(
+        b.exec("plain", &["python3", "-c", py]).ok(),
+        format!("refused {}\n", libc::EPERM)
+    );
+    assert_eq!(
+        b.exec("own_pids", &["python3", "-c", py]).ok(),
+        "got True\n"
+    );
+}
+
+/// Found by the second attacker review: glibc installs its handler for signal 32 (thread
+/// cancellation) only on first use, so its default action ended the broker. Now ignored:
+/// sent by root itself (kill(2) and as SIGIO), it changes nothing.
+#[test]
+fn glibcs_reserved_signals_do_not_end_the_broker() {
+    let b = Broker::start("[contexts.root0]\nuser = \"root\"\ncwd = \"/\"\n");
+    let broker = b.pid().to_string();
+    for sig in ["32", "33"] {
+        let out = run(Command::new("kill").args([&format!("-{sig}"), &broker]));
+        assert_eq!(out.code(), 0, "{}", out.show());
+    }
+    let out = run(Command::new("python3").args(["-c", AIM_SIGIO, &broker, "32", "33"]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
 }
 
 /// The fence behind the filter: the operator's signals arriving as SIGIO (here aimed by

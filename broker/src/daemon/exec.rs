@@ -863,10 +863,10 @@ fn failure_detail(
         Stage::Rlimits => "applying the context's rlimits".into(),
         Stage::Landlock => "applying the context's Landlock ruleset".into(),
         Stage::Seccomp if ctx.isolation.enforce => {
-            "installing the seccomp filters (enforce's exec guard, the broker's signal filter)"
+            "installing the seccomp filters (enforce's exec guard, the broker's file-owner filter)"
                 .into()
         }
-        Stage::Seccomp => "installing the broker's seccomp signal filter".into(),
+        Stage::Seccomp => "installing the broker's seccomp file-owner filter".into(),
         Stage::Cgroup => format!(
             "joining context {:?}'s cgroup (pids_max reached, or a cgroup the broker's \
              scheduling class cannot enter)",

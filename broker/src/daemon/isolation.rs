@@ -130,8 +130,8 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
     }
     let abi = landlock_abi();
     // A root broker is out of its contexts' reach: its real and saved uids are no one's
-    // (kill(2) is refused) and the seccomp signal filter keeps SIGKILL and SIGSTOP out of
-    // F_SETSIG (SIGIO). An unprivileged broker shares its uid with the context, so only a
+    // (kill(2) is refused) and the seccomp file-owner filter keeps its processes from
+    // aiming SIGIO at it (see `seccomp`). An unprivileged broker shares its uid with the context, so only a
     // Landlock scope or a PID namespace (the broker is not in it) keep those two off.
     let scoped = (ctx.isolation.signals == Signals::Scoped && abi >= 6) || ctx.isolation.pid;
     let fenced = ctx.isolation.has_fs_rules() && abi >= 1;

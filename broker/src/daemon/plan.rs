@@ -188,6 +188,15 @@ pub fn environment(
     env
 }
 
+/// Whether a context's processes cannot signal the broker whatever owner they name: in
+/// their own PID namespace the broker's pid does not exist, and a Landlock signal scope is
+/// checked against the domain of whoever set a file's owner.
+fn signals_fenced(ctx: &Context) -> bool {
+    ctx.isolation.pid
+        || (ctx.isolation.signals == crate::config::Signals::Scoped
+            && crate::config::landlock_abi() >= 6)
+}
+
 /// An `LD_PRELOAD` value without ctx's interposer: entries (separated by `:` or spaces,
 /// as ld.so reads them) naming `interposer` or any file called `libctx_interposer.so`.
 fn without_interposer(value: &[u8], interposer: &std::path::Path) -> Vec<u8> {
@@ -375,7 +384,7 @@ pub fn prepare(
         namespaces: None,
         listen_pid: false,
         exec_guard: None,
-        signal_filter: uid == me.euid,
+        owner_filter: uid == me.euid && !signals_fenced(ctx),
         landlock: [None, None],
         cgroup_join: Vec::new(),
         cgroup_dir: None,

@@ -45,9 +45,14 @@ pub fn protect_process() {
     }
     let _ = operator.thread_block();
     for sig in 1..=libc::SIGRTMAX() {
-        // glibc's own (32, 33: thread cancellation and set*id broadcast) are left alone:
-        // its handlers already drop them when another process sends them.
+        // glibc's own (32, 33: thread cancellation and set*id broadcast): its sigaction
+        // refuses them, and it installs their handlers (which drop what another process
+        // sends) only when first needed: until then their default would end the broker.
         let reserved = sig > libc::SIGSYS && sig < libc::SIGRTMIN();
+        if reserved {
+            ignore_unless_handled(sig);
+            continue;
+        }
         let keep = matches!(
             sig,
             libc::SIGKILL
@@ -60,7 +65,7 @@ pub fn protect_process() {
                 | libc::SIGINT
                 | libc::SIGHUP
         );
-        if keep || reserved {
+        if keep {
             continue;
         }
         // SAFETY: sigaction is plain data; the handler is async-signal-safe.
@@ -76,6 +81,51 @@ pub fn protect_process() {
             libc::sigaction(sig, &act, std::ptr::null_mut());
         }
     }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Ignores `sig` if it still has its default action, through the raw syscall (glibc's
+/// wrapper refuses its reserved signals); a handler glibc installed stays.
+fn ignore_unless_handled(sig: libc::c_int) {
+    // SAFETY: plain data for the kernel to fill.
+    let mut old: KernelSigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one; sizes are the kernel's.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<KernelSigaction>(),
+            &mut old as *mut KernelSigaction,
+            8usize,
+        )
+    };
+    if got != 0 || old.handler != libc::SIG_DFL {
+        return;
+    }
+    let ignore = KernelSigaction {
+        handler: libc::SIG_IGN,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: SIG_IGN needs no restorer; the struct has the kernel's layout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &ignore as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
 }
 
 /// The real and saved uid of a root broker: one no account and no context has.

@@ -66,9 +66,10 @@ pub struct SpawnPlan {
     /// `enforce = true` with seccomp user notification: install the exec filter and hand
     /// its listener to the broker's exec guard (see `exec_guard.rs`) just before the exec.
     pub exec_guard: Option<Handover>,
-    /// The program runs with the broker's own euid: install the seccomp filter that keeps
-    /// it from aiming SIGKILL or SIGSTOP at the broker through `F_SETSIG` (`seccomp.rs`).
-    pub signal_filter: bool,
+    /// The program runs with the broker's own euid and can name the broker's pid: install
+    /// the seccomp filter that keeps it from making the broker a file's owner, which would
+    /// let it (or anyone sharing the file) aim any signal at it as SIGIO (`seccomp.rs`).
+    pub owner_filter: bool,
 }
 
 /// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
@@ -1155,8 +1156,8 @@ unsafe fn child(
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
         fail(report, Stage::NoNewPrivs, errno());
     }
-    if plan.signal_filter {
-        if let Err(e) = super::seccomp::install_signal_filter() {
+    if plan.owner_filter {
+        if let Err(e) = super::seccomp::install_owner_filter() {
             fail(report, Stage::Seccomp, e);
         }
     }
@@ -1220,7 +1221,7 @@ pub mod testing {
             landlock: [None, None],
             listen_pid: false,
             exec_guard: None,
-            signal_filter: false,
+            owner_filter: false,
         }
     }
 
