@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int, CStr};
 
 use crate::fork_relay;
 use crate::shared::conn::{self, Verdict};
-use crate::shared::fds::{self, FdSet};
+use crate::shared::fds::{self, scan_failure, InlineFds};
 use crate::shared::sys::{self, MmapBuf};
 use crate::shared::wire::{self, ExecRef, StrList};
 use crate::state::{self, state, State};
@@ -241,13 +241,16 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         return Sent::Failed(libc::EACCES);
     }
 
-    let mut set = FdSet::new();
-    if fds::scan(&mut set, -1).is_err() {
-        let mut l = conn::refusal(context, name);
-        l.str("more inheritable descriptors than one message can carry")
-            .write_to(2);
-        return Sent::Failed(libc::EMFILE);
-    }
+    let mut inline = InlineFds::new();
+    let mut big = None;
+    let set = match fds::scan_any(&mut inline, &mut big, -1) {
+        Ok(set) => set,
+        Err(e) => {
+            let mut l = conn::refusal(context, name);
+            l.str(scan_failure(e)).write_to(2);
+            return Sent::Failed(libc::EMFILE);
+        }
+    };
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: getcwd writes at most cwd.len() bytes; with a buffer it never allocates.
     let cwd_bytes: &[u8] =

@@ -1,0 +1,106 @@
+//! Process relationships, many descriptors and credentials (issue 15): each probe runs once
+//! locally and once routed (`ctx run --route-to`), and what a real program can observe
+//! must be the same, or the routed run must refuse plainly where matching would hand out
+//! more privilege than the caller asked for.
+
+use std::process::Command;
+
+use ctx_tests::*;
+
+/// A real interpreter: a pyenv shim is a script that would itself be routed.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A broker with `alice` (ctx-alice), which root and ctx-alice may enter, and `rootctx`
+/// (root), which root and ctx-alice may enter: the case where a child that dropped to
+/// ctx-alice would be allowed in.
+fn broker() -> Broker {
+    let alice = user(ALICE);
+    Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.rootctx]
+user = "root"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+"#,
+        uid = alice.uid
+    ))
+}
+
+/// `python3 -c SCRIPT ARGS...` run locally, in the broker's temp dir (which every test user
+/// may enter).
+fn local(b: &Broker, script: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(PYTHON);
+    c.arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir(b.dir().path());
+    c
+}
+
+/// The same, with every launch it makes routed to `context`.
+fn routed(b: &Broker, context: &str, script: &str, args: &[&str]) -> Command {
+    let mut c = b.ctx(["run", "--route-to", context, "--", PYTHON, "-c", script]);
+    c.args(args).current_dir(b.dir().path());
+    c
+}
+
+/// A launch with a thousand inheritable descriptors (`pass_fds`, more than one
+/// `SCM_RIGHTS` message carries) gets every one at its number, routed as locally. The
+/// caller is ctx-alice, not root: its handshake is held to the bounds of a uid that may
+/// enter a context (a uid allowed nowhere keeps its 192; `dos.rs`).
+#[test]
+fn a_thousand_passed_descriptors_arrive_at_their_numbers() {
+    let b = broker();
+    let script = r#"
+import os, resource, subprocess, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+r, w = os.pipe()
+fds = [os.dup(r) for _ in range(1000)]
+check = (
+    "import os, sys\n"
+    "want = [int(x) for x in sys.argv[1].split(',')]\n"
+    "ino = int(sys.argv[2])\n"
+    "bad = [f for f in want if os.fstat(f).st_ino != ino]\n"
+    "print(len(want), 'passed', len(bad), 'wrong', os.getuid() == 0)\n"
+)
+out = subprocess.run(
+    [sys.executable, "-c", check, ",".join(map(str, fds)), str(os.fstat(r).st_ino)],
+    pass_fds=fds, stdout=subprocess.PIPE, text=True,
+)
+print(out.stdout.strip(), "rc", out.returncode)
+"#;
+    let alice = user(ALICE);
+    let as_alice = |mut c: Command| {
+        let mut s = Command::new("setpriv");
+        s.args([
+            "--reuid",
+            &alice.uid.to_string(),
+            "--regid",
+            &alice.gid.to_string(),
+        ])
+        .arg("--init-groups")
+        .arg(c.get_program())
+        .args(c.get_args())
+        .current_dir(b.dir().path());
+        for (k, v) in c.get_envs() {
+            if let Some(v) = v {
+                s.env(k, v);
+            }
+        }
+        let _ = &mut c;
+        s
+    };
+    let l = run(&mut as_alice(local(&b, script, &[])));
+    let r = run(&mut as_alice(routed(&b, "alice", script, &[])));
+    eprintln!("local:  {}\nrouted: {}", l.show(), r.show());
+    assert_eq!(l.ok(), "1000 passed 0 wrong False rc 0\n");
+    assert_eq!(r.ok(), l.ok());
+}
