@@ -157,6 +157,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
     let mut sfd = ending::signal_fd();
     let handoff_at = now_ms() + st.relay_ms;
     let mut handed = false;
+    let mut signals = ending::Forwarder::default();
     let mut buf = [0u8; 16 * 1024];
     let mut have = 0usize;
     loop {
@@ -184,9 +185,9 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
             continue;
         }
         if pfd[1].revents & libc::POLLIN != 0 {
-            while let Some(signo) = ending::next_signal(sfd) {
-                send(sock, &Request::Signal { signo });
-                if matches!(signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+            while let Some(caught) = ending::next_signal(sfd) {
+                send(sock, &signals.request(caught));
+                if matches!(caught.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
                     // Stop with the routed program, so the caller's shell sees the job stop.
                     // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
                     unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };

@@ -47,7 +47,8 @@ pub enum ClientKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Exec(ExecRequest),
-    /// Deliver this signal number to the routed process group.
+    /// Deliver this signal number to the routed process group (what a terminal's keys and
+    /// `ctx exec`'s forwarding do).
     Signal {
         signo: i32,
     },
@@ -68,6 +69,11 @@ pub enum Request {
     /// Signal running routed process groups (`ctx kill`).
     Kill {
         target: KillTarget,
+        signo: i32,
+    },
+    /// Deliver this signal number to the routed program's own process, not its group:
+    /// what `kill(pid)` of the pid the caller holds (the shim) does to a local child.
+    SignalProcess {
         signo: i32,
     },
 }

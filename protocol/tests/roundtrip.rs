@@ -79,6 +79,7 @@ fn exec_request() -> ExecRequest {
 fn every_request_roundtrips() {
     roundtrip_request(Request::Exec(exec_request()));
     roundtrip_request(Request::Signal { signo: 15 });
+    roundtrip_request(Request::SignalProcess { signo: 15 });
     roundtrip_request(Request::Resize(WinSize {
         rows: 1,
         cols: 2,

@@ -51,6 +51,78 @@ fn routed(b: &Broker, context: &str, script: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Runs both and returns their outputs, local first.
+fn both(b: &Broker, context: &str, script: &str, args: &[&str]) -> (Output, Output) {
+    let l = run(&mut local(b, script, args));
+    let r = run(&mut routed(b, context, script, args));
+    eprintln!("local:  {}\nrouted: {}", l.show(), r.show());
+    (l, r)
+}
+
+/// `Popen.terminate()` (a `kill` of the child's pid) reaches the child alone: a grandchild
+/// it started in the background lives on, locally and routed alike. Before, the shim
+/// forwarded every signal to the routed process group, killing the grandchild too.
+#[test]
+fn terminate_reaches_the_child_and_not_its_children() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess, time
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+p = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!; wait"], stdout=subprocess.PIPE)
+grandchild = int(p.stdout.readline())
+uid = os.stat(f"/proc/{grandchild}").st_uid
+p.terminate()
+rc = p.wait()
+time.sleep(0.3)
+survived = alive(grandchild)
+if survived:
+    os.kill(grandchild, signal.SIGKILL)
+print("rc", rc, "grandchild-survived", survived)
+print("grandchild-uid", uid)
+"#;
+    let (l, r) = both(&b, "alice", script, &[]);
+    let verdict = "rc -15 grandchild-survived True\n";
+    assert_eq!(l.ok(), format!("{verdict}grandchild-uid 0\n"));
+    assert_eq!(
+        r.ok(),
+        format!("{verdict}grandchild-uid {}\n", user(ALICE).uid)
+    );
+}
+
+/// Killing the shim outright (SIGKILL: it cannot forward anything) still takes the whole
+/// routed group with it: no orphans run on in the context (SPEC 4.5).
+#[test]
+fn a_killed_shim_still_takes_the_routed_group() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess, time
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+p = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!; wait"], stdout=subprocess.PIPE)
+grandchild = int(p.stdout.readline())
+p.kill()
+p.wait()
+deadline = time.monotonic() + 3
+while alive(grandchild) and time.monotonic() < deadline:
+    time.sleep(0.02)
+survived = alive(grandchild)
+if survived:
+    os.kill(grandchild, signal.SIGKILL)
+print("grandchild-survived", survived)
+"#;
+    let r = run(&mut routed(&b, "alice", script, &[]));
+    assert_eq!(r.ok(), "grandchild-survived False\n", "{}", r.show());
+}
+
 /// A launch with a thousand inheritable descriptors (`pass_fds`, more than one
 /// `SCM_RIGHTS` message carries) gets every one at its number, routed as locally. The
 /// caller is ctx-alice, not root: its handshake is held to the bounds of a uid that may
