@@ -206,6 +206,53 @@ pub unsafe fn display_name<'a>(argv: Argv, target: Target<'a>) -> &'a [u8] {
     target.program().to_bytes()
 }
 
+/// `EPERM`, with one line on stderr, when this process changed its uid, gid or groups
+/// since the library loaded (a child dropping privileges before exec:
+/// `subprocess.run(user=...)`, Node's `uid:`, `preexec_fn=os.setuid`). The routed program
+/// would run as the context's user whatever identity was asked for: more privilege than the
+/// caller wanted when the context's user is the stronger one, and a different identity in
+/// every case. So it is refused; `CTX_PASSTHROUGH` runs such a program here, as asked.
+pub fn refuse_changed_identity(st: &State, name: &[u8]) -> Option<i32> {
+    let now = state::Creds::current();
+    let was = &st.creds;
+    if now == *was {
+        return None;
+    }
+    let mut l = conn::refusal(st.route_str(), name);
+    l.str("this process changed its ");
+    let pair = |l: &mut sys::Line, what: &str, from: u32, to: u32| {
+        let mut tmp = [0u8; 24];
+        l.str(what)
+            .str(" from ")
+            .push(sys::fmt_i64(from as i64, &mut tmp));
+        l.str(" to ").push(sys::fmt_i64(to as i64, &mut tmp));
+    };
+    if now.uid != was.uid || now.euid != was.euid {
+        let (from, to) = if now.euid != was.euid {
+            (was.euid, now.euid)
+        } else {
+            (was.uid, now.uid)
+        };
+        pair(&mut l, "uid", from, to);
+    } else if now.gid != was.gid || now.egid != was.egid {
+        let (from, to) = if now.egid != was.egid {
+            (was.egid, now.egid)
+        } else {
+            (was.gid, now.gid)
+        };
+        pair(&mut l, "gid", from, to);
+    } else {
+        l.str("supplementary groups");
+    }
+    l.str(
+        " before exec; a routed launch runs as the context's user, not as the identity \
+         it switched to, so it is refused (EPERM); switch inside the routed program instead, \
+         or name the program in CTX_PASSTHROUGH to run it here",
+    )
+    .write_to(2);
+    Some(libc::EPERM)
+}
+
 pub fn fail(errno: i32) -> c_int {
     sys::set_errno(errno);
     -1
@@ -338,6 +385,10 @@ pub unsafe fn route(
         return local();
     }
     if let Some(e) = local_failure(target) {
+        return fail(e);
+    }
+    // SAFETY: the caller's array.
+    if let Some(e) = refuse_changed_identity(st, unsafe { display_name(argv, target) }) {
         return fail(e);
     }
     // SAFETY: the caller's arrays.

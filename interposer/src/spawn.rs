@@ -52,6 +52,11 @@ unsafe fn spawn_routed(
     if let Some(e) = exec::local_failure(target) {
         return Err(e);
     }
+    // SAFETY: the caller's array.
+    if let Some(e) = exec::refuse_changed_identity(st, unsafe { exec::display_name(argv, target) })
+    {
+        return Err(e);
+    }
     if let Some(why) = st.problem {
         // SAFETY: the caller's array.
         let name = unsafe { exec::display_name(argv, target) };

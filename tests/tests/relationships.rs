@@ -176,3 +176,38 @@ print(out.stdout.strip(), "rc", out.returncode)
     assert_eq!(l.ok(), "1000 passed 0 wrong False rc 0\n");
     assert_eq!(r.ok(), l.ok());
 }
+
+/// A child that changes its identity before exec (`subprocess.run(user=...)`,
+/// `preexec_fn=os.setuid`) would run as the context's user when routed: here `rootctx`,
+/// root, which also lets ctx-alice in, so the dropped child would have run as root. The
+/// launch is refused with EPERM and one line saying why; locally it runs as asked.
+#[test]
+fn a_child_that_changed_its_uid_before_exec_is_refused_not_run_as_the_contexts_user() {
+    let b = broker();
+    let alice = user(ALICE);
+    let script = format!(
+        r#"
+import os, subprocess
+for how in ("user", "preexec_fn"):
+    kw = {{"user": "{ALICE}"}} if how == "user" else {{"preexec_fn": lambda: os.setuid({uid})}}
+    try:
+        r = subprocess.run(["/usr/bin/id", "-u"], stdout=subprocess.PIPE, text=True, **kw)
+        print(how, "ran as", r.stdout.strip())
+    except PermissionError as e:
+        print(how, "refused", e.errno)
+"#,
+        uid = alice.uid
+    );
+    let (l, r) = both(&b, "rootctx", &script, &[]);
+    assert_eq!(
+        l.ok(),
+        format!("user ran as {0}\npreexec_fn ran as {0}\n", alice.uid)
+    );
+    assert_eq!(r.ok(), "user refused 1\npreexec_fn refused 1\n");
+    let why = format!(
+        "ctx: cannot route \"/usr/bin/id\" to context rootctx: this process changed its uid \
+         from 0 to {}",
+        alice.uid
+    );
+    assert_eq!(r.stderr_str().matches(&why).count(), 2, "{}", r.show());
+}
