@@ -397,12 +397,13 @@ pub unsafe fn route(
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),
     };
+    let program = target.program().to_bytes();
     if pty_mask == 0 && fork_relay::may_relay() {
         // SAFETY: a single-threaded process with its own memory, no terminal involved.
-        unsafe { fork_relay::relay(st, sock, argv) }
+        unsafe { fork_relay::relay(st, sock, program, argv) }
     }
-    // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).
-    let e = unsafe { exec_shim(st, sock, pty_mask, argv) };
+    // SAFETY: the caller's array becomes the shim's argv.
+    let e = unsafe { exec_shim(st, sock, pty_mask, program, argv) };
     // The routed program runs but nothing can hold its connection: closing it makes the
     // broker kill it, and the caller sees a failed exec.
     // SAFETY: our socket.
@@ -418,62 +419,72 @@ pub unsafe fn route(
     fail(e)
 }
 
-/// `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, in `buf` (the descriptor and mask as
-/// decimal strings) and returned as a NULL-terminated argv.
-pub struct ShimArgv {
-    fd_c: [u8; 25],
-    mask_c: [u8; 2],
+/// How the shim is started for an accepted launch. Its argv is the program's own, so that
+/// `/proc/PID/cmdline` of the pid the caller holds (`ps`, `pgrep -f`, psutil) shows what
+/// the caller ran; its parameters travel in its only environment variable,
+/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<comm>`, where comm is what the program's
+/// `/proc/PID/comm` will read (the basename of the executed path, as the kernel sets it),
+/// which the shim takes for its own.
+pub struct ShimLaunch {
+    var: [u8; 64],
 }
 
-impl ShimArgv {
-    pub fn new(sock: i32, pty_mask: u8) -> ShimArgv {
-        let mut fd_c = [0u8; 25];
-        let mut tmp = [0u8; 24];
-        let digits = sys::fmt_i64(sock as i64, &mut tmp);
-        fd_c[..digits.len()].copy_from_slice(digits);
-        ShimArgv {
-            fd_c,
-            mask_c: [b'0' + (pty_mask & 7), 0],
-        }
-    }
-
-    /// # Safety
-    /// `argv` is null or a NULL-terminated array of C strings.
-    pub unsafe fn argv(&self, st: &State, argv: Argv) -> [*const c_char; 7] {
-        let name: *const c_char = if argv.is_null() || unsafe { (*argv).is_null() } {
-            c"?".as_ptr()
-        } else {
-            // SAFETY: non-null first element of a valid array.
-            unsafe { *argv }
+impl ShimLaunch {
+    pub fn new(sock: i32, pty_mask: u8, program: &[u8]) -> ShimLaunch {
+        let mut var = [0u8; 64];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            // Fits: 16 + 11 + 3 + 15 bytes and the NUL.
+            var[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
         };
-        [
-            st.shim.as_ptr(),
-            c"--attach".as_ptr(),
-            self.fd_c.as_ptr() as *const c_char,
-            self.mask_c.as_ptr() as *const c_char,
-            c"--".as_ptr(),
-            name,
-            std::ptr::null(),
-        ]
+        put(crate::shared::ATTACH_VAR.as_bytes());
+        put(b"=");
+        let mut tmp = [0u8; 24];
+        put(sys::fmt_i64(sock as i64, &mut tmp));
+        put(&[b',', b'0' + (pty_mask & 7), b',']);
+        let comm = sys::basename(program);
+        put(&comm[..comm.len().min(sys::COMM_LEN)]);
+        ShimLaunch { var }
+    }
+
+    pub fn envp(&self) -> [*const c_char; 2] {
+        [self.var.as_ptr() as *const c_char, std::ptr::null()]
     }
 }
 
-/// Replaces this process with `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, with an
-/// empty environment (LD_PRELOAD must not follow it). Returns only on failure, the errno.
+/// The argv to start the shim with: the caller's, or `[""]` when it is null or empty (a
+/// process always has an argv[0], as the kernel gives one since 5.18).
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings.
-pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
+pub unsafe fn shim_argv(argv: Argv, empty: &mut [*const c_char; 2]) -> Argv {
+    // SAFETY: a non-null array has at least its terminator.
+    if argv.is_null() || unsafe { (*argv).is_null() } {
+        *empty = [c"".as_ptr(), std::ptr::null()];
+        return empty.as_ptr();
+    }
+    argv
+}
+
+/// Replaces this process with the shim attached to `sock` (see [`ShimLaunch`]), without
+/// the caller's environment (LD_PRELOAD must not follow it). Returns only on failure, the
+/// errno.
+///
+/// # Safety
+/// `argv` is null or a NULL-terminated array of C strings.
+pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, program: &[u8], argv: Argv) -> i32 {
     // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
     unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
-    let args = ShimArgv::new(sock, pty_mask);
+    let launch = ShimLaunch::new(sock, pty_mask, program);
+    let envp = launch.envp();
+    let mut empty = [std::ptr::null(); 2];
     // SAFETY: the caller's array.
-    let shim_argv = unsafe { args.argv(st, argv) };
-    let envp: [*const c_char; 1] = [std::ptr::null()];
+    let argv = unsafe { shim_argv(argv, &mut empty) };
     match st.real.execve {
         Some(f) => {
-            // SAFETY: NUL-terminated path and NULL-terminated arrays on this stack frame.
-            unsafe { f(st.shim.as_ptr(), shim_argv.as_ptr(), envp.as_ptr()) };
+            // SAFETY: NUL-terminated path and NULL-terminated arrays alive for the call.
+            unsafe { f(st.shim.as_ptr(), argv, envp.as_ptr()) };
             sys::errno()
         }
         None => libc::ENOSYS,

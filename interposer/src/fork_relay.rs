@@ -147,10 +147,14 @@ fn die_with_core(st: &State, signal: i32) -> ! {
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings; this process is a fork child
-/// ([`may_relay`]) with no terminal among the launch's descriptors.
-pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
+/// ([`may_relay`]) with no terminal among the launch's descriptors. `program` is the
+/// executed path.
+pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
     // SAFETY: the caller's array (for messages and the shim's argv).
     let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
+    // What the program's /proc/PID/comm will say, as the shim would (one prctl); the
+    // command line stays the caller's until the shim takes over (only an exec sets it).
+    sys::set_comm(sys::basename(program));
     // As the shim does: hold nothing of the caller's but the connection and stderr, so
     // that the caller's pipes see EOF when the routed program ends.
     fds::keep_only(sock, 0);
@@ -178,7 +182,7 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
             // SAFETY: our signalfd.
             unsafe { libc::close(sfd) };
             // SAFETY: the caller's array; returns only if the exec failed.
-            unsafe { crate::exec::exec_shim(st, sock, 0, argv) };
+            unsafe { crate::exec::exec_shim(st, sock, 0, program, argv) };
             // The shim could not start: relay here until the end after all.
             handed = true;
             sfd = ending::signal_fd();

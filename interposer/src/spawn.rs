@@ -162,7 +162,17 @@ unsafe fn spawn_routed(
     shim_argv[total - 1] = std::ptr::null();
 
     // SAFETY: the caller's opaque objects; a NULL-terminated argv.
-    let started = unsafe { start_shim(st, real, file_actions, attr, shim_argv.as_ptr()) };
+    let empty_env: [*const c_char; 1] = [std::ptr::null()];
+    let started = unsafe {
+        start_shim(
+            st,
+            real,
+            file_actions,
+            attr,
+            shim_argv.as_ptr(),
+            empty_env.as_ptr(),
+        )
+    };
     // SAFETY: our descriptor; only the shim holds the write end now.
     unsafe { libc::close(report_w) };
     drop(mem);
@@ -228,12 +238,15 @@ unsafe fn spawn_attached(
     // SAFETY: our socket, placed at a free number above everything the program holds.
     let placed = free && unsafe { libc::dup3(sock, fd, libc::O_CLOEXEC) } == fd;
     let rc = if placed {
-        let args = exec::ShimArgv::new(fd, pty_mask);
+        let launch = exec::ShimLaunch::new(fd, pty_mask, target.program().to_bytes());
+        let envp = launch.envp();
+        let mut empty = [std::ptr::null(); 2];
         // SAFETY: the caller's array.
-        let shim_argv = unsafe { args.argv(st, argv) };
-        // SAFETY: file actions built at load, the caller's attributes, a NULL-terminated
-        // argv.
-        let started = unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv.as_ptr()) };
+        let shim_argv = unsafe { exec::shim_argv(argv, &mut empty) };
+        // SAFETY: file actions built at load, the caller's attributes, NULL-terminated
+        // arrays alive for the call.
+        let started =
+            unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv, envp.as_ptr()) };
         // SAFETY: our descriptor; the shim has its own copy now.
         unsafe { libc::close(fd) };
         match started {
@@ -256,31 +269,23 @@ unsafe fn spawn_attached(
 }
 
 /// Starts the shim with the real `posix_spawn`/`posix_spawnp`: its pid, or the error
-/// number. What it needs travels in `argv`, so it runs with an empty environment (and so
-/// without LD_PRELOAD).
+/// number. What it needs travels in `argv` and `envp`, never the caller's environment (and
+/// so never LD_PRELOAD).
 ///
 /// # Safety
-/// `file_actions` and `attr` are null or initialised objects; `argv` is NULL-terminated.
+/// `file_actions` and `attr` are null or initialised objects; `argv` and `envp` are
+/// NULL-terminated.
 unsafe fn start_shim(
     st: &State,
     real: SpawnFn,
     file_actions: *const libc::posix_spawn_file_actions_t,
     attr: *const libc::posix_spawnattr_t,
     argv: *const *const c_char,
+    envp: *const *const c_char,
 ) -> Result<libc::pid_t, c_int> {
-    let empty_env: [*const c_char; 1] = [std::ptr::null()];
     let mut pid: libc::pid_t = 0;
     // SAFETY: a valid path and the caller's guarantees above.
-    match unsafe {
-        real(
-            &mut pid,
-            st.shim.as_ptr(),
-            file_actions,
-            attr,
-            argv,
-            empty_env.as_ptr(),
-        )
-    } {
+    match unsafe { real(&mut pid, st.shim.as_ptr(), file_actions, attr, argv, envp) } {
         0 => Ok(pid),
         rc => Err(rc),
     }

@@ -123,6 +123,44 @@ print("grandchild-survived", survived)
     assert_eq!(r.ok(), "grandchild-survived False\n", "{}", r.show());
 }
 
+/// `/proc/PID/comm` and `/proc/PID/cmdline` of the pid the caller holds (what `ps`,
+/// `pgrep -f` and psutil read) name the program, not `ctx-shim`: the shim runs with the
+/// program's argv and takes the name the kernel gives the program (the executed path's
+/// basename, cut to 15 bytes). `/proc/PID/exe` still names the shim: changing it takes
+/// CAP_SYS_RESOURCE (`PR_SET_MM_EXE_FILE`).
+#[test]
+fn the_callers_child_shows_the_programs_name_and_command_line() {
+    let b = broker();
+    let long = b.dir().path().join("a-program-with-a-long-name");
+    std::os::unix::fs::symlink(PYTHON, &long).unwrap();
+    let script = r#"
+import subprocess, sys
+child = "import time; print('ready', flush=True); time.sleep(100)"
+for exe in (sys.executable, sys.argv[1]):
+    p = subprocess.Popen([exe, "-c", child, "x y"], stdout=subprocess.PIPE)
+    p.stdout.readline()
+    with open(f"/proc/{p.pid}/comm") as f:
+        comm = f.read().strip()
+    with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+        cmdline = f.read().split(b"\0")[:-1]
+    p.kill()
+    p.wait()
+    print("comm", comm)
+    print("cmdline", [a.decode() for a in cmdline])
+"#;
+    let arg = long.to_str().unwrap();
+    let (l, r) = both(&b, "alice", script, &[arg]);
+    let child = "import time; print('ready', flush=True); time.sleep(100)";
+    assert_eq!(
+        l.ok(),
+        format!(
+            "comm python3\ncmdline ['{PYTHON}', '-c', \"{child}\", 'x y']\n\
+             comm a-program-with-\ncmdline ['{arg}', '-c', \"{child}\", 'x y']\n"
+        )
+    );
+    assert_eq!(r.ok(), l.ok());
+}
+
 /// A launch with a thousand inheritable descriptors (`pass_fds`, more than one
 /// `SCM_RIGHTS` message carries) gets every one at its number, routed as locally. The
 /// caller is ctx-alice, not root: its handshake is held to the bounds of a uid that may
