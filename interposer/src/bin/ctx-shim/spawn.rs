@@ -126,6 +126,9 @@ pub fn run(a: &[&[u8]]) -> ! {
         Some(a0) if !a0.is_empty() => a0,
         _ => program,
     };
+    // The pid the caller holds is named like the program, as an attached shim is (its
+    // command line stays this mode's parameters: see the README's known limits).
+    sys::set_comm(sys::basename(program));
 
     let fail = |errno: i32, exit: i32| -> ! {
         if report_fd < 0 || !report(report_fd, Some(errno)) {
