@@ -11,6 +11,7 @@ use crate::shared::fds::{self, scan_failure, InlineFds};
 use crate::shared::sys::{self, MmapBuf};
 use crate::shared::wire::{self, ExecRef, StrList};
 use crate::state::{self, state, State};
+use ctx_protocol::Grouping;
 
 type Argv = *const *const c_char;
 
@@ -274,7 +275,13 @@ pub enum Sent {
 ///
 /// # Safety
 /// `argv`/`envp` are null or NULL-terminated arrays of C strings.
-pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Sent {
+pub unsafe fn send(
+    st: &State,
+    target: Target<'_>,
+    argv: Argv,
+    envp: Argv,
+    grouping: Grouping,
+) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
     let context = st.route_str();
@@ -318,6 +325,7 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        grouping,
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
@@ -392,7 +400,7 @@ pub unsafe fn route(
         return fail(e);
     }
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp) } {
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, wire::own_grouping()) } {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),

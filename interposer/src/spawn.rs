@@ -13,6 +13,8 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Mutex;
 
+use ctx_protocol::Grouping;
+
 use crate::exec::{self, Target};
 use crate::shared::conn;
 use crate::shared::sys::{self, MmapBuf};
@@ -223,8 +225,10 @@ unsafe fn spawn_attached(
     real: SpawnFn,
     local: impl FnOnce() -> Result<libc::pid_t, c_int>,
 ) -> Result<libc::pid_t, c_int> {
+    // SAFETY: the caller's arrays and attributes.
+    let grouping = unsafe { spawned_grouping(attr) };
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp) } {
+    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping) } {
         exec::Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         exec::Sent::Local => return local(),
         exec::Sent::Failed(e) => return Err(e),
@@ -266,6 +270,32 @@ unsafe fn spawn_attached(
     // SAFETY: our socket.
     unsafe { libc::close(sock) };
     Err(rc)
+}
+
+/// Where the spawned child will stand, from the caller's attributes: `POSIX_SPAWN_SETSID`
+/// makes it a session leader, `POSIX_SPAWN_SETPGROUP` with group 0 a group leader;
+/// otherwise it is a member of the caller's group (or of the one named).
+///
+/// # Safety
+/// `attr` is null or an initialised attributes object.
+unsafe fn spawned_grouping(attr: *const libc::posix_spawnattr_t) -> Grouping {
+    if attr.is_null() {
+        return Grouping::Member;
+    }
+    let mut flags: libc::c_short = 0;
+    let mut pgroup: libc::pid_t = -1;
+    // SAFETY: getters that only read the caller's initialised object.
+    unsafe {
+        libc::posix_spawnattr_getflags(attr, &mut flags);
+        libc::posix_spawnattr_getpgroup(attr, &mut pgroup);
+    }
+    if flags & libc::POSIX_SPAWN_SETSID != 0 {
+        Grouping::SessionLeader
+    } else if flags as libc::c_int & libc::POSIX_SPAWN_SETPGROUP != 0 && pgroup == 0 {
+        Grouping::GroupLeader
+    } else {
+        Grouping::Member
+    }
 }
 
 /// Starts the shim with the real `posix_spawn`/`posix_spawnp`: its pid, or the error

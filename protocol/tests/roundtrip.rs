@@ -72,6 +72,7 @@ fn exec_request() -> ExecRequest {
             }),
         }),
         timeout_ms: Some(600_000),
+        grouping: Grouping::SessionLeader,
     }
 }
 

@@ -183,6 +183,8 @@ pub fn run(a: &[&[u8]]) -> ! {
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        // glibc applied the caller's attributes (POSIX_SPAWN_SETSID, SETPGROUP) to us.
+        grouping: wire::own_grouping(),
     };
     let bound = req.encoded_bound();
     let mut out = vec![0u8; bound];
