@@ -46,6 +46,9 @@ pub struct SpawnPlan {
     pub fds: Vec<(RawFd, i32)>,
     /// The PTY slave to make the controlling terminal (implies a new session).
     pub controlling_tty: Option<RawFd>,
+    /// Without a terminal: lead a new session (the caller's child had called `setsid`),
+    /// not only a new process group.
+    pub new_session: bool,
     /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
@@ -352,7 +355,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         }
         pid = grandchild;
     }
-    if plan.controlling_tty.is_none() {
+    if plan.controlling_tty.is_none() && !plan.new_session {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
         unsafe { libc::setpgid(pid, pid) };
@@ -1008,6 +1011,11 @@ unsafe fn child(
                 fail(report, Stage::Terminal, errno());
             }
         }
+        None if plan.new_session => {
+            if libc::setsid() < 0 {
+                fail(report, Stage::Session, errno());
+            }
+        }
         None => {
             if libc::setpgid(0, 0) < 0 {
                 fail(report, Stage::Session, errno());
@@ -1210,6 +1218,7 @@ pub mod testing {
             rlimits: Vec::new(),
             fds,
             controlling_tty: None,
+            new_session: false,
             drop_caps: false,
             namespaces: None,
             cgroup_join: Vec::new(),
