@@ -7,10 +7,11 @@ use std::ffi::{c_char, c_int, CStr};
 
 use crate::fork_relay;
 use crate::shared::conn::{self, Verdict};
-use crate::shared::fds::{self, FdSet};
+use crate::shared::fds::{self, scan_failure, InlineFds};
 use crate::shared::sys::{self, MmapBuf};
 use crate::shared::wire::{self, ExecRef, StrList};
 use crate::state::{self, state, State};
+use ctx_protocol::Grouping;
 
 type Argv = *const *const c_char;
 
@@ -206,6 +207,53 @@ pub unsafe fn display_name<'a>(argv: Argv, target: Target<'a>) -> &'a [u8] {
     target.program().to_bytes()
 }
 
+/// `EPERM`, with one line on stderr, when this process changed its uid, gid or groups
+/// since the library loaded (a child dropping privileges before exec:
+/// `subprocess.run(user=...)`, Node's `uid:`, `preexec_fn=os.setuid`). The routed program
+/// would run as the context's user whatever identity was asked for: more privilege than the
+/// caller wanted when the context's user is the stronger one, and a different identity in
+/// every case. So it is refused; `CTX_PASSTHROUGH` runs such a program here, as asked.
+pub fn refuse_changed_identity(st: &State, name: &[u8]) -> Option<i32> {
+    let now = state::Creds::current();
+    let was = &st.creds;
+    if now == *was {
+        return None;
+    }
+    let mut l = conn::refusal(st.route_str(), name);
+    l.str("this process changed its ");
+    let pair = |l: &mut sys::Line, what: &str, from: u32, to: u32| {
+        let mut tmp = [0u8; 24];
+        l.str(what)
+            .str(" from ")
+            .push(sys::fmt_i64(from as i64, &mut tmp));
+        l.str(" to ").push(sys::fmt_i64(to as i64, &mut tmp));
+    };
+    if now.uid != was.uid || now.euid != was.euid {
+        let (from, to) = if now.euid != was.euid {
+            (was.euid, now.euid)
+        } else {
+            (was.uid, now.uid)
+        };
+        pair(&mut l, "uid", from, to);
+    } else if now.gid != was.gid || now.egid != was.egid {
+        let (from, to) = if now.egid != was.egid {
+            (was.egid, now.egid)
+        } else {
+            (was.gid, now.gid)
+        };
+        pair(&mut l, "gid", from, to);
+    } else {
+        l.str("supplementary groups");
+    }
+    l.str(
+        " before exec; a routed launch runs as the context's user, not as the identity \
+         it switched to, so it is refused (EPERM); switch inside the routed program instead, \
+         or name the program in CTX_PASSTHROUGH to run it here",
+    )
+    .write_to(2);
+    Some(libc::EPERM)
+}
+
 pub fn fail(errno: i32) -> c_int {
     sys::set_errno(errno);
     -1
@@ -227,7 +275,13 @@ pub enum Sent {
 ///
 /// # Safety
 /// `argv`/`envp` are null or NULL-terminated arrays of C strings.
-pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Sent {
+pub unsafe fn send(
+    st: &State,
+    target: Target<'_>,
+    argv: Argv,
+    envp: Argv,
+    grouping: Grouping,
+) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
     let context = st.route_str();
@@ -241,13 +295,16 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         return Sent::Failed(libc::EACCES);
     }
 
-    let mut set = FdSet::new();
-    if fds::scan(&mut set, -1).is_err() {
-        let mut l = conn::refusal(context, name);
-        l.str("more inheritable descriptors than one message can carry")
-            .write_to(2);
-        return Sent::Failed(libc::EMFILE);
-    }
+    let mut inline = InlineFds::new();
+    let mut big = None;
+    let set = match fds::scan_any(&mut inline, &mut big, -1) {
+        Ok(set) => set,
+        Err(e) => {
+            let mut l = conn::refusal(context, name);
+            l.str(scan_failure(e)).write_to(2);
+            return Sent::Failed(libc::EMFILE);
+        }
+    };
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: getcwd writes at most cwd.len() bytes; with a buffer it never allocates.
     let cwd_bytes: &[u8] =
@@ -268,6 +325,7 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        grouping,
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
@@ -337,18 +395,23 @@ pub unsafe fn route(
     if let Some(e) = local_failure(target) {
         return fail(e);
     }
+    // SAFETY: the caller's array.
+    if let Some(e) = refuse_changed_identity(st, unsafe { display_name(argv, target) }) {
+        return fail(e);
+    }
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp) } {
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, wire::own_grouping()) } {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),
     };
+    let program = target.program().to_bytes();
     if pty_mask == 0 && fork_relay::may_relay() {
         // SAFETY: a single-threaded process with its own memory, no terminal involved.
-        unsafe { fork_relay::relay(st, sock, argv) }
+        unsafe { fork_relay::relay(st, sock, program, argv) }
     }
-    // SAFETY: the arguments are the caller's arrays (argv[0] for the shim's messages).
-    let e = unsafe { exec_shim(st, sock, pty_mask, argv) };
+    // SAFETY: the caller's array becomes the shim's argv.
+    let e = unsafe { exec_shim(st, sock, pty_mask, program, argv) };
     // The routed program runs but nothing can hold its connection: closing it makes the
     // broker kill it, and the caller sees a failed exec.
     // SAFETY: our socket.
@@ -364,62 +427,72 @@ pub unsafe fn route(
     fail(e)
 }
 
-/// `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, in `buf` (the descriptor and mask as
-/// decimal strings) and returned as a NULL-terminated argv.
-pub struct ShimArgv {
-    fd_c: [u8; 25],
-    mask_c: [u8; 2],
+/// How the shim is started for an accepted launch. Its argv is the program's own, so that
+/// `/proc/PID/cmdline` of the pid the caller holds (`ps`, `pgrep -f`, psutil) shows what
+/// the caller ran; its parameters travel in its only environment variable,
+/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<comm>`, where comm is what the program's
+/// `/proc/PID/comm` will read (the basename of the executed path, as the kernel sets it),
+/// which the shim takes for its own.
+pub struct ShimLaunch {
+    var: [u8; 64],
 }
 
-impl ShimArgv {
-    pub fn new(sock: i32, pty_mask: u8) -> ShimArgv {
-        let mut fd_c = [0u8; 25];
-        let mut tmp = [0u8; 24];
-        let digits = sys::fmt_i64(sock as i64, &mut tmp);
-        fd_c[..digits.len()].copy_from_slice(digits);
-        ShimArgv {
-            fd_c,
-            mask_c: [b'0' + (pty_mask & 7), 0],
-        }
-    }
-
-    /// # Safety
-    /// `argv` is null or a NULL-terminated array of C strings.
-    pub unsafe fn argv(&self, st: &State, argv: Argv) -> [*const c_char; 7] {
-        let name: *const c_char = if argv.is_null() || unsafe { (*argv).is_null() } {
-            c"?".as_ptr()
-        } else {
-            // SAFETY: non-null first element of a valid array.
-            unsafe { *argv }
+impl ShimLaunch {
+    pub fn new(sock: i32, pty_mask: u8, program: &[u8]) -> ShimLaunch {
+        let mut var = [0u8; 64];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            // Fits: 16 + 11 + 3 + 15 bytes and the NUL.
+            var[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
         };
-        [
-            st.shim.as_ptr(),
-            c"--attach".as_ptr(),
-            self.fd_c.as_ptr() as *const c_char,
-            self.mask_c.as_ptr() as *const c_char,
-            c"--".as_ptr(),
-            name,
-            std::ptr::null(),
-        ]
+        put(crate::shared::ATTACH_VAR.as_bytes());
+        put(b"=");
+        let mut tmp = [0u8; 24];
+        put(sys::fmt_i64(sock as i64, &mut tmp));
+        put(&[b',', b'0' + (pty_mask & 7), b',']);
+        let comm = sys::basename(program);
+        put(&comm[..comm.len().min(sys::COMM_LEN)]);
+        ShimLaunch { var }
+    }
+
+    pub fn envp(&self) -> [*const c_char; 2] {
+        [self.var.as_ptr() as *const c_char, std::ptr::null()]
     }
 }
 
-/// Replaces this process with `ctx-shim --attach <sock> <pty-mask> -- <argv0>`, with an
-/// empty environment (LD_PRELOAD must not follow it). Returns only on failure, the errno.
+/// The argv to start the shim with: the caller's, or `[""]` when it is null or empty (a
+/// process always has an argv[0], as the kernel gives one since 5.18).
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings.
-pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, argv: Argv) -> i32 {
+pub unsafe fn shim_argv(argv: Argv, empty: &mut [*const c_char; 2]) -> Argv {
+    // SAFETY: a non-null array has at least its terminator.
+    if argv.is_null() || unsafe { (*argv).is_null() } {
+        *empty = [c"".as_ptr(), std::ptr::null()];
+        return empty.as_ptr();
+    }
+    argv
+}
+
+/// Replaces this process with the shim attached to `sock` (see [`ShimLaunch`]), without
+/// the caller's environment (LD_PRELOAD must not follow it). Returns only on failure, the
+/// errno.
+///
+/// # Safety
+/// `argv` is null or a NULL-terminated array of C strings.
+pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, program: &[u8], argv: Argv) -> i32 {
     // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
     unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
-    let args = ShimArgv::new(sock, pty_mask);
+    let launch = ShimLaunch::new(sock, pty_mask, program);
+    let envp = launch.envp();
+    let mut empty = [std::ptr::null(); 2];
     // SAFETY: the caller's array.
-    let shim_argv = unsafe { args.argv(st, argv) };
-    let envp: [*const c_char; 1] = [std::ptr::null()];
+    let argv = unsafe { shim_argv(argv, &mut empty) };
     match st.real.execve {
         Some(f) => {
-            // SAFETY: NUL-terminated path and NULL-terminated arrays on this stack frame.
-            unsafe { f(st.shim.as_ptr(), shim_argv.as_ptr(), envp.as_ptr()) };
+            // SAFETY: NUL-terminated path and NULL-terminated arrays alive for the call.
+            unsafe { f(st.shim.as_ptr(), argv, envp.as_ptr()) };
             sys::errno()
         }
         None => libc::ENOSYS,

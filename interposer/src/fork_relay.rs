@@ -147,16 +147,21 @@ fn die_with_core(st: &State, signal: i32) -> ! {
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings; this process is a fork child
-/// ([`may_relay`]) with no terminal among the launch's descriptors.
-pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
+/// ([`may_relay`]) with no terminal among the launch's descriptors. `program` is the
+/// executed path.
+pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
     // SAFETY: the caller's array (for messages and the shim's argv).
     let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
+    // What the program's /proc/PID/comm will say, as the shim would (one prctl); the
+    // command line stays the caller's until the shim takes over (only an exec sets it).
+    sys::set_comm(sys::basename(program));
     // As the shim does: hold nothing of the caller's but the connection and stderr, so
     // that the caller's pipes see EOF when the routed program ends.
     fds::keep_only(sock, 0);
     let mut sfd = ending::signal_fd();
     let handoff_at = now_ms() + st.relay_ms;
     let mut handed = false;
+    let mut signals = ending::Forwarder::default();
     let mut buf = [0u8; 16 * 1024];
     let mut have = 0usize;
     loop {
@@ -177,16 +182,16 @@ pub unsafe fn relay(st: &State, sock: i32, argv: Argv) -> ! {
             // SAFETY: our signalfd.
             unsafe { libc::close(sfd) };
             // SAFETY: the caller's array; returns only if the exec failed.
-            unsafe { crate::exec::exec_shim(st, sock, 0, argv) };
+            unsafe { crate::exec::exec_shim(st, sock, 0, program, argv) };
             // The shim could not start: relay here until the end after all.
             handed = true;
             sfd = ending::signal_fd();
             continue;
         }
         if pfd[1].revents & libc::POLLIN != 0 {
-            while let Some(signo) = ending::next_signal(sfd) {
-                send(sock, &Request::Signal { signo });
-                if matches!(signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+            while let Some(caught) = ending::next_signal(sfd) {
+                send(sock, &signals.request(caught));
+                if matches!(caught.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
                     // Stop with the routed program, so the caller's shell sees the job stop.
                     // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
                     unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };

@@ -13,6 +13,8 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Mutex;
 
+use ctx_protocol::Grouping;
+
 use crate::exec::{self, Target};
 use crate::shared::conn;
 use crate::shared::sys::{self, MmapBuf};
@@ -50,6 +52,11 @@ unsafe fn spawn_routed(
         return local();
     }
     if let Some(e) = exec::local_failure(target) {
+        return Err(e);
+    }
+    // SAFETY: the caller's array.
+    if let Some(e) = exec::refuse_changed_identity(st, unsafe { exec::display_name(argv, target) })
+    {
         return Err(e);
     }
     if let Some(why) = st.problem {
@@ -157,7 +164,17 @@ unsafe fn spawn_routed(
     shim_argv[total - 1] = std::ptr::null();
 
     // SAFETY: the caller's opaque objects; a NULL-terminated argv.
-    let started = unsafe { start_shim(st, real, file_actions, attr, shim_argv.as_ptr()) };
+    let empty_env: [*const c_char; 1] = [std::ptr::null()];
+    let started = unsafe {
+        start_shim(
+            st,
+            real,
+            file_actions,
+            attr,
+            shim_argv.as_ptr(),
+            empty_env.as_ptr(),
+        )
+    };
     // SAFETY: our descriptor; only the shim holds the write end now.
     unsafe { libc::close(report_w) };
     drop(mem);
@@ -208,8 +225,10 @@ unsafe fn spawn_attached(
     real: SpawnFn,
     local: impl FnOnce() -> Result<libc::pid_t, c_int>,
 ) -> Result<libc::pid_t, c_int> {
+    // SAFETY: the caller's arrays and attributes.
+    let grouping = unsafe { spawned_grouping(attr) };
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp) } {
+    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping) } {
         exec::Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         exec::Sent::Local => return local(),
         exec::Sent::Failed(e) => return Err(e),
@@ -223,12 +242,15 @@ unsafe fn spawn_attached(
     // SAFETY: our socket, placed at a free number above everything the program holds.
     let placed = free && unsafe { libc::dup3(sock, fd, libc::O_CLOEXEC) } == fd;
     let rc = if placed {
-        let args = exec::ShimArgv::new(fd, pty_mask);
+        let launch = exec::ShimLaunch::new(fd, pty_mask, target.program().to_bytes());
+        let envp = launch.envp();
+        let mut empty = [std::ptr::null(); 2];
         // SAFETY: the caller's array.
-        let shim_argv = unsafe { args.argv(st, argv) };
-        // SAFETY: file actions built at load, the caller's attributes, a NULL-terminated
-        // argv.
-        let started = unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv.as_ptr()) };
+        let shim_argv = unsafe { exec::shim_argv(argv, &mut empty) };
+        // SAFETY: file actions built at load, the caller's attributes, NULL-terminated
+        // arrays alive for the call.
+        let started =
+            unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv, envp.as_ptr()) };
         // SAFETY: our descriptor; the shim has its own copy now.
         unsafe { libc::close(fd) };
         match started {
@@ -250,32 +272,50 @@ unsafe fn spawn_attached(
     Err(rc)
 }
 
-/// Starts the shim with the real `posix_spawn`/`posix_spawnp`: its pid, or the error
-/// number. What it needs travels in `argv`, so it runs with an empty environment (and so
-/// without LD_PRELOAD).
+/// Where the spawned child will stand, from the caller's attributes: `POSIX_SPAWN_SETSID`
+/// makes it a session leader, `POSIX_SPAWN_SETPGROUP` with group 0 a group leader;
+/// otherwise it is a member of the caller's group (or of the one named).
 ///
 /// # Safety
-/// `file_actions` and `attr` are null or initialised objects; `argv` is NULL-terminated.
+/// `attr` is null or an initialised attributes object.
+unsafe fn spawned_grouping(attr: *const libc::posix_spawnattr_t) -> Grouping {
+    if attr.is_null() {
+        return Grouping::Member;
+    }
+    let mut flags: libc::c_short = 0;
+    let mut pgroup: libc::pid_t = -1;
+    // SAFETY: getters that only read the caller's initialised object.
+    unsafe {
+        libc::posix_spawnattr_getflags(attr, &mut flags);
+        libc::posix_spawnattr_getpgroup(attr, &mut pgroup);
+    }
+    if flags & libc::POSIX_SPAWN_SETSID != 0 {
+        Grouping::SessionLeader
+    } else if flags as libc::c_int & libc::POSIX_SPAWN_SETPGROUP != 0 && pgroup == 0 {
+        Grouping::GroupLeader
+    } else {
+        Grouping::Member
+    }
+}
+
+/// Starts the shim with the real `posix_spawn`/`posix_spawnp`: its pid, or the error
+/// number. What it needs travels in `argv` and `envp`, never the caller's environment (and
+/// so never LD_PRELOAD).
+///
+/// # Safety
+/// `file_actions` and `attr` are null or initialised objects; `argv` and `envp` are
+/// NULL-terminated.
 unsafe fn start_shim(
     st: &State,
     real: SpawnFn,
     file_actions: *const libc::posix_spawn_file_actions_t,
     attr: *const libc::posix_spawnattr_t,
     argv: *const *const c_char,
+    envp: *const *const c_char,
 ) -> Result<libc::pid_t, c_int> {
-    let empty_env: [*const c_char; 1] = [std::ptr::null()];
     let mut pid: libc::pid_t = 0;
     // SAFETY: a valid path and the caller's guarantees above.
-    match unsafe {
-        real(
-            &mut pid,
-            st.shim.as_ptr(),
-            file_actions,
-            attr,
-            argv,
-            empty_env.as_ptr(),
-        )
-    } {
+    match unsafe { real(&mut pid, st.shim.as_ptr(), file_actions, attr, argv, envp) } {
         0 => Ok(pid),
         rc => Err(rc),
     }

@@ -133,6 +133,52 @@ pub struct State {
     /// `CTX_RELAY_MS`: how long a fork child relays a launch itself before it execs the
     /// shim (default [`crate::fork_relay::HANDOFF_MS`]; 0: at once).
     pub relay_ms: i64,
+    /// This process's identity when the library loaded: a launch after the process changed
+    /// it (`subprocess.run(user=...)`, `preexec_fn=os.setuid`) is refused.
+    pub creds: Creds,
+}
+
+/// Supplementary groups compared one by one; beyond these only their count is.
+const GROUPS_COMPARED: usize = 32;
+
+/// A process's real and effective ids and supplementary groups.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub ngroups: i32,
+    pub groups: [u32; GROUPS_COMPARED],
+}
+
+impl Creds {
+    const NONE: Creds = Creds {
+        uid: 0,
+        euid: 0,
+        gid: 0,
+        egid: 0,
+        ngroups: 0,
+        groups: [0; GROUPS_COMPARED],
+    };
+
+    /// This process's, now. Plain syscalls on the stack: the hook path may call it.
+    pub fn current() -> Creds {
+        let mut c = Creds::NONE;
+        // SAFETY: plain getters; getgroups writes at most GROUPS_COMPARED ids into the
+        // array when the process has no more than that, and only counts otherwise.
+        unsafe {
+            c.uid = libc::getuid();
+            c.euid = libc::geteuid();
+            c.gid = libc::getgid();
+            c.egid = libc::getegid();
+            c.ngroups = libc::getgroups(0, std::ptr::null_mut());
+            if (0..=GROUPS_COMPARED as i32).contains(&c.ngroups) {
+                c.ngroups = libc::getgroups(GROUPS_COMPARED as i32, c.groups.as_mut_ptr());
+            }
+        }
+        c
+    }
 }
 
 impl State {
@@ -175,6 +221,7 @@ impl State {
         // glibc before `init` fills it).
         attach_actions: unsafe { std::mem::zeroed() },
         relay_ms: crate::fork_relay::HANDOFF_MS,
+        creds: Creds::NONE,
     };
 }
 
@@ -253,6 +300,7 @@ fn shim_beside_library(out: &mut FixedStr<4096>) -> bool {
 }
 
 fn load(st: &mut State) {
+    st.creds = Creds::current();
     st.local_when_down = env(c"CTX_ON_BROKER_DOWN") == Some(b"local");
     let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
     if route_var.is_empty()

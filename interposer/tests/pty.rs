@@ -215,7 +215,8 @@ print("INJECTOR-DONE")
     assert!(!text.contains("caller-read:["), "{text}");
 }
 
-/// The routed program's `/proc/<pid>/stat` state letter, found by a unique argument.
+/// The routed program's `/proc/<pid>/stat` state letter, found by a unique argument (the
+/// shim, which shows the same command line, is skipped).
 fn routed_state(arg: &str) -> Option<(i32, char)> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -225,7 +226,10 @@ fn routed_state(arg: &str) -> Option<(i32, char)> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&arg.as_bytes()) {
+        // The caller's side (the shim) carries the program's command line too.
+        let shim = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe.ends_with("ctx-shim"));
+        if !shim && args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&arg.as_bytes()) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let state = stat.rsplit(") ").next()?.chars().next()?;
             return Some((pid, state));

@@ -19,52 +19,29 @@ fn last_errno() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Sends all of `data`; `fds` ride on the first byte. Retries on `EINTR`, never raises
+/// Sends all of `data` with `fds`. One message carries at most [`MAX_FDS`] descriptors
+/// (`SCM_MAX_FD`), so more ride in groups: each group but the last on one byte of `data`,
+/// the last on the rest; the receiver has every descriptor once it has read that many
+/// bytes (a Unix stream `recvmsg` never returns the descriptors of two messages at once).
+/// `EMFILE` when `data` is too short to carry the groups. Retries on `EINTR`, never raises
 /// `SIGPIPE`.
 pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
+    let groups = fds.len().div_ceil(MAX_FDS);
+    if groups > data.len() {
         return Err(io::Error::from_raw_os_error(libc::EMFILE));
     }
     let mut sent = 0usize;
-    if !fds.is_empty() {
-        let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
-        let payload = std::mem::size_of_val(fds) as u32;
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-        let mut iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut _,
-            iov_len: data.len(),
+    for (i, group) in fds.chunks(MAX_FDS).enumerate() {
+        let part = if i + 1 == groups {
+            &data[sent..]
+        } else {
+            &data[sent..sent + 1]
         };
-        // SAFETY: msghdr is plain data; zeroed is a valid starting value.
-        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at a buffer of at least `space` aligned bytes.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-            ptr::copy_nonoverlapping(
-                fds.as_ptr() as *const u8,
-                libc::CMSG_DATA(cmsg),
-                payload as usize,
-            );
+        let n = send_one(sock, part, group)?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        loop {
-            // SAFETY: msg describes valid buffers for the duration of the call.
-            let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-            if n >= 0 {
-                sent = n as usize;
-                break;
-            }
-            let e = last_errno();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
+        sent += n;
     }
     while sent < data.len() {
         let rest = &data[sent..];
@@ -87,6 +64,49 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
         sent += n as usize;
     }
     Ok(())
+}
+
+/// One `sendmsg` of (a prefix of) `data` with at most [`MAX_FDS`] descriptors; the bytes
+/// it sent.
+fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at a buffer of at least `space` aligned bytes, and `fds`
+    // holds at most MAX_FDS descriptors, which the buffer has room for.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+        ptr::copy_nonoverlapping(
+            fds.as_ptr() as *const u8,
+            libc::CMSG_DATA(cmsg),
+            payload as usize,
+        );
+    }
+    loop {
+        // SAFETY: msg describes valid buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = last_errno();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
 }
 
 /// One `recvmsg` into `buf`; received descriptors (close-on-exec) are stored in `fds` and

@@ -47,7 +47,8 @@ pub enum ClientKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Exec(ExecRequest),
-    /// Deliver this signal number to the routed process group.
+    /// Deliver this signal number to the routed process group (what a terminal's keys and
+    /// `ctx exec`'s forwarding do).
     Signal {
         signo: i32,
     },
@@ -68,6 +69,11 @@ pub enum Request {
     /// Signal running routed process groups (`ctx kill`).
     Kill {
         target: KillTarget,
+        signo: i32,
+    },
+    /// Deliver this signal number to the routed program's own process, not its group:
+    /// what `kill(pid)` of the pid the caller holds (the shim) does to a local child.
+    SignalProcess {
         signo: i32,
     },
 }
@@ -98,6 +104,24 @@ pub struct ExecRequest {
     pub tty: Option<TtyInfo>,
     /// Kill the routed process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Whether the caller's child led its own process group or session when it exec'd.
+    pub grouping: Grouping,
+}
+
+/// Where the process that asked for the launch stood when it exec'd (SPEC 4.14: process
+/// group and session relationships); the routed program stands the same where it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Grouping {
+    /// In its parent's process group (a plain `fork`). The routed program cannot join the
+    /// caller's group (it lives in another session), so it leads a group of its own.
+    #[default]
+    Member,
+    /// It led its own process group (`setpgid(0, 0)`, a shell's job, `process_group=0`):
+    /// the routed program leads its own group.
+    GroupLeader,
+    /// It led its own session (`setsid()`, `start_new_session=True`): the routed program
+    /// leads its own session (it always does on a PTY, whose controlling process it is).
+    SessionLeader,
 }
 
 /// `ctx sh`: `exec.argv` is ignored; the broker runs bash with the session's saved state.

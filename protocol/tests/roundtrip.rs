@@ -72,6 +72,7 @@ fn exec_request() -> ExecRequest {
             }),
         }),
         timeout_ms: Some(600_000),
+        grouping: Grouping::SessionLeader,
     }
 }
 
@@ -79,6 +80,7 @@ fn exec_request() -> ExecRequest {
 fn every_request_roundtrips() {
     roundtrip_request(Request::Exec(exec_request()));
     roundtrip_request(Request::Signal { signo: 15 });
+    roundtrip_request(Request::SignalProcess { signo: 15 });
     roundtrip_request(Request::Resize(WinSize {
         rows: 1,
         cols: 2,

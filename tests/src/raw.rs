@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ctx_protocol::fdpass::send_with_fds;
 use ctx_protocol::frame::{decode, encode_vec, FRAME_HEADER};
 use ctx_protocol::{
-    ClientKind, ErrorKind, ExecRequest, ExitStatus, FailureKind, FdSlot, FdSource, Hello, Reply,
-    Request, Stage,
+    ClientKind, ErrorKind, ExecRequest, ExitStatus, FailureKind, FdSlot, FdSource, Grouping, Hello,
+    Reply, Request, Stage,
 };
 use serde_bytes::ByteBuf;
 
@@ -36,6 +36,7 @@ pub fn exec_request(context: &str, argv: &[&[u8]]) -> ExecRequest {
             .collect(),
         tty: None,
         timeout_ms: None,
+        grouping: Grouping::GroupLeader,
     }
 }
 

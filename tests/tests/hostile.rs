@@ -165,8 +165,8 @@ fn descriptors_a_peer_should_not_send_are_refused_and_not_leaked() {
     let pid = b.pid();
     let baseline = raw::settle_fds(pid, 0, Duration::from_millis(200));
 
-    // 1. More than 253 (the kernel's limit per message): 200 with the hello, 200 with the
-    //    request.
+    // 1. More descriptors than the request names (3): 200 with the hello, 200 with the
+    //    request, more than one message carries (253).
     let opening = raw::opening(&Request::Exec(raw::exec_request("alice", &[b"true"])));
     let many = nulls(400);
     let all = raws(&many);

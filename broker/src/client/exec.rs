@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use ctx_protocol::{
-    errno_name, ExecFailure, ExecRequest, ExitStatus, FdSlot, FdSource, Reply, Request,
+    errno_name, ExecFailure, ExecRequest, ExitStatus, FdSlot, FdSource, Grouping, Reply, Request,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -284,6 +284,8 @@ fn launch(
         fds: plan.slots.clone(),
         tty: plan.any_pty().then(|| controlling.info()),
         timeout_ms,
+        // As `docker exec`: the command leads a group of its own, which signals reach.
+        grouping: Grouping::GroupLeader,
     });
 
     // Block the forwarded signals first, so none is lost between Started and the loop.

@@ -17,8 +17,11 @@ pub const CONNECTIONS_PER_UID: u32 = 1024;
 /// Bytes the unfinished handshakes of one uid may buffer together: four requests at
 /// `ARG_MAX` (argv and environment together reach 2 MiB, the frame limit is 4 MiB).
 pub const HANDSHAKE_BYTES_PER_UID: usize = 16 * 1024 * 1024;
-/// Descriptors the unfinished handshakes of one uid may carry: a request passes at most
-/// its standard input, output and error.
+/// Descriptors the unfinished handshakes of one uid may carry while it may enter no
+/// context: a request passes at most its standard input, output and error. A peer that
+/// may enter some context ([`Admission::entitle`]) is not held to it: a launch passes
+/// every inheritable descriptor of its caller (a server's thousand sockets), so its
+/// handshake is bounded only by the descriptors not reserved for root.
 pub const HANDSHAKE_FDS_PER_UID: usize = 3 * HANDSHAKING_PER_UID as usize;
 /// Descriptors no uid but root can take: the broker's own (listener, namespace holders,
 /// reserved ports, audit log) and a root launch's.
@@ -50,6 +53,11 @@ pub enum OverBudget {
         "uid {0}'s unfinished handshakes would hold more than {HANDSHAKE_FDS_PER_UID} descriptors"
     )]
     Fds(u32),
+    #[error(
+        "uid {uid}: the descriptors not reserved for root are taken \
+         ({limit} open files allowed, {RESERVED_FDS} kept for root)"
+    )]
+    Descriptors { uid: u32, limit: u64 },
 }
 
 #[derive(Default)]
@@ -79,6 +87,9 @@ pub struct Admission {
     /// The operator (root outside every context): never counted.
     exempt: bool,
     handshaking: bool,
+    /// The peer may enter some context: its handshake's descriptors are not held to
+    /// [`HANDSHAKE_FDS_PER_UID`] (nor counted in it), only to the global bound.
+    entitled: bool,
     bytes: usize,
     fds: usize,
 }
@@ -94,6 +105,7 @@ impl Admissions {
             uid,
             exempt,
             handshaking: !exempt,
+            entitled: false,
             bytes: 0,
             fds: 0,
         };
@@ -134,6 +146,18 @@ impl Admissions {
 }
 
 impl Admission {
+    /// The peer may enter some context (decided from its pinned identity at accept): the
+    /// descriptors its handshake carries are bounded by the broker's descriptors not
+    /// reserved for root, not by its uid's [`HANDSHAKE_FDS_PER_UID`]. A uid allowed
+    /// nowhere keeps that small budget.
+    pub fn entitle(&mut self) {
+        // Only before the handshake holds any: those were counted in the uid's budget, and
+        // are given back from there.
+        if self.fds == 0 {
+            self.entitled = true;
+        }
+    }
+
     /// Sets what this connection's handshake holds to `bytes` buffered and `fds` received;
     /// refused (nothing changed) when its uid's unfinished handshakes would then exceed their
     /// budget. Free once the handshake is over, and for root.
@@ -142,19 +166,35 @@ impl Admission {
             return Ok(());
         }
         let mut counts = self.admissions.lock();
-        let global = counts.fds;
+        let global = counts.fds - self.fds as u64 + fds as u64;
+        if fds > self.fds {
+            // Read only when descriptors grow: an operator may raise it on the running
+            // broker, and the bytes-only path stays free of the syscall.
+            let limit = nofile_limit();
+            if global > limit.saturating_sub(RESERVED_FDS) {
+                return Err(OverBudget::Descriptors {
+                    uid: self.uid,
+                    limit,
+                });
+            }
+        }
+        let entitled = self.entitled;
         let entry = counts.per_uid.entry(self.uid).or_default();
         let new_bytes = (entry.bytes - self.bytes)
             .checked_add(bytes)
             .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
             .ok_or(OverBudget::Bytes(self.uid))?;
-        let new_fds = (entry.fds - self.fds)
-            .checked_add(fds)
-            .filter(|&f| f <= HANDSHAKE_FDS_PER_UID)
-            .ok_or(OverBudget::Fds(self.uid))?;
+        let new_fds = if entitled {
+            entry.fds
+        } else {
+            (entry.fds - self.fds)
+                .checked_add(fds)
+                .filter(|&f| f <= HANDSHAKE_FDS_PER_UID)
+                .ok_or(OverBudget::Fds(self.uid))?
+        };
         entry.bytes = new_bytes;
         entry.fds = new_fds;
-        counts.fds = global - self.fds as u64 + fds as u64;
+        counts.fds = global;
         self.bytes = bytes;
         self.fds = fds;
         Ok(())
@@ -167,10 +207,13 @@ impl Admission {
         }
         let mut counts = self.admissions.lock();
         counts.fds -= self.fds as u64;
+        let entitled = self.entitled;
         let entry = counts.per_uid.entry(self.uid).or_default();
         entry.handshaking -= 1;
         entry.bytes -= self.bytes;
-        entry.fds -= self.fds;
+        if !entitled {
+            entry.fds -= self.fds;
+        }
         self.handshaking = false;
         self.bytes = 0;
         self.fds = 0;
@@ -323,6 +366,36 @@ mod tests {
             .unwrap();
         two.hold(usize::MAX, usize::MAX).unwrap();
         drop((one, two));
+        assert_eq!(a.held(1000), None);
+        assert_eq!(a.lock().fds, 0);
+    }
+
+    #[test]
+    fn an_entitled_peer_carries_many_descriptors_within_the_global_bound() {
+        let a = Arc::new(Admissions::default());
+        let limit = nofile_limit();
+        let room = (limit.saturating_sub(RESERVED_FDS + FDS_PER_CONNECTION * 2)) as usize;
+        if room < 1000 {
+            return; // this limit leaves too little to tell the bounds apart
+        }
+        let mut stranger = a.admit(1000, false).unwrap();
+        let mut entitled = a.admit(1000, false).unwrap();
+        entitled.entitle();
+        assert_eq!(
+            stranger.hold(10, HANDSHAKE_FDS_PER_UID + 1),
+            Err(OverBudget::Fds(1000))
+        );
+        entitled
+            .hold(10, 1000)
+            .expect("a launch with 1000 descriptors");
+        // Not counted in the uid's budget: a stranger's handshake of that uid still has it.
+        stranger.hold(10, HANDSHAKE_FDS_PER_UID).unwrap();
+        // But never the descriptors kept for root.
+        assert!(matches!(
+            entitled.hold(10, room + 1),
+            Err(OverBudget::Descriptors { uid: 1000, .. })
+        ));
+        drop((stranger, entitled));
         assert_eq!(a.held(1000), None);
         assert_eq!(a.lock().fds, 0);
     }

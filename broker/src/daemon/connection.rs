@@ -136,11 +136,30 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
         Err(e) => return Err(format!("bad request frame: {e}")),
     };
     let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
-    if !matches!(request, Request::Exec(_) | Request::Shell(_)) && conn.pending_fds() > 0 {
+    let named = match &request {
+        Request::Exec(e) => passed_slots(e),
+        Request::Shell(s) => passed_slots(&s.exec),
+        _ => 0,
+    };
+    if named == 0 && conn.pending_fds() > 0 {
         return Err("descriptors sent with a request that takes none".into());
+    }
+    if conn.pending_fds() > named {
+        return Err(format!(
+            "{} descriptors sent with a request that names {named}",
+            conn.pending_fds()
+        ));
     }
     conn.handshake_done();
     Ok((hello.client, request))
+}
+
+/// How many descriptors a launch request says it sends (its `Passed` slots).
+fn passed_slots(req: &ctx_protocol::ExecRequest) -> usize {
+    req.fds
+        .iter()
+        .filter(|s| s.source == ctx_protocol::FdSource::Passed)
+        .count()
 }
 
 fn status(shared: &Shared) -> StatusReport {

@@ -500,6 +500,11 @@ async fn launch(
                         Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
                             kill_group(pid, job_control::deliverable(pid, signo))
                         }
+                        // `kill(pid)` of the shim: locally that reaches the child alone,
+                        // never its children (`Popen.terminate()`, a forkserver's kill).
+                        Ok(Request::SignalProcess { signo }) if (1..=64).contains(&signo) => {
+                            kill_process(pid, job_control::deliverable(pid, signo))
+                        }
                         Ok(Request::Resize(size)) => {
                             if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
                         }
@@ -912,6 +917,13 @@ pub fn status_json(status: ExitStatus) -> serde_json::Value {
 pub fn kill_group(pid: i32, signo: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(-pid, signo) };
+}
+
+/// Signals the routed program alone. Like [`kill_group`], it cannot reach a reused pid:
+/// only `wait_exit` reaps the program.
+pub fn kill_process(pid: i32, signo: i32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid, signo) };
 }
 
 /// The pipe is non-blocking from its creation (`spawn::fork_exec`).

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Stage};
+use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Grouping, Stage};
 
 use crate::config::{Context, CwdRule, DEFAULT_PATH};
 
@@ -380,6 +380,7 @@ pub fn prepare(
         rlimits: ctx.rlimits.iter().map(|r| (r.resource, r.value)).collect(),
         fds,
         controlling_tty: None,
+        new_session: req.grouping == Grouping::SessionLeader,
         drop_caps: me.euid == 0,
         namespaces: None,
         listen_pid: false,

@@ -269,7 +269,15 @@ fn admit(
     stream: &tokio::net::UnixStream,
 ) -> Result<(Peer, admission::Admission), AdmitError> {
     let peer = Peer::identify(stream, &shared.registry)?;
-    let admission = shared.admissions.admit(peer.uid, peer.context.is_some())?;
+    let mut admission = shared.admissions.admit(peer.uid, peer.context.is_some())?;
+    let entitled = shared
+        .config()
+        .contexts
+        .values()
+        .any(|c| c.allows(peer.uid, peer.gid, peer.context.as_deref()));
+    if entitled {
+        admission.entitle();
+    }
     Ok((peer, admission))
 }
 

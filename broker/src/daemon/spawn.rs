@@ -46,6 +46,9 @@ pub struct SpawnPlan {
     pub fds: Vec<(RawFd, i32)>,
     /// The PTY slave to make the controlling terminal (implies a new session).
     pub controlling_tty: Option<RawFd>,
+    /// Without a terminal: lead a new session (the caller's child had called `setsid`),
+    /// not only a new process group.
+    pub new_session: bool,
     /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
     pub drop_caps: bool,
     /// The context's long-lived namespaces to join (see `namespaces.rs`).
@@ -272,12 +275,13 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     let searching = matches!(plan.program, Program::Search(_));
     let last_cap = last_capability();
     let floor = plan.fds.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2) + 1;
-    let mut targets_mask = [0u64; 16]; // targets below 1024, for the close loop
-    for &(_, t) in &plan.fds {
-        if (0..1024).contains(&t) {
-            targets_mask[t as usize / 64] |= 1 << (t % 64);
-        }
-    }
+    // The targets in order, for the close loop (one close_range per gap between them),
+    // and room for the child's moved copies of the sources: any number of descriptors,
+    // with nothing allocated in the child.
+    let mut targets: Vec<i32> = plan.fds.iter().map(|&(_, t)| t).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut moved: Vec<RawFd> = vec![-1; plan.fds.len()];
 
     // The exec guard's hand-over message, complete but for the listener's number, which
     // the child writes in place before sending it.
@@ -305,7 +309,8 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         plan,
         report: report_w.as_raw_fd(),
         floor,
-        targets_mask: &targets_mask,
+        targets: &targets,
+        moved: moved.as_mut_ptr(),
         candidates: &candidates,
         searching,
         argv: argv.as_ptr(),
@@ -351,7 +356,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         }
         pid = grandchild;
     }
-    if plan.controlling_tty.is_none() {
+    if plan.controlling_tty.is_none() && !plan.new_session {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
         unsafe { libc::setpgid(pid, pid) };
@@ -406,7 +411,10 @@ struct ChildArgs<'a> {
     plan: &'a SpawnPlan,
     report: RawFd,
     floor: i32,
-    targets_mask: &'a [u64; 16],
+    /// Every target descriptor number, ascending, each once.
+    targets: &'a [i32],
+    /// `plan.fds.len()` slots for the child's copies of the sources.
+    moved: *mut RawFd,
     candidates: &'a [*const libc::c_char],
     searching: bool,
     argv: *const *const libc::c_char,
@@ -821,7 +829,8 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
         a.plan,
         a.report,
         a.floor,
-        a.targets_mask,
+        a.targets,
+        a.moved,
         a.candidates,
         a.searching,
         a.argv,
@@ -956,7 +965,8 @@ unsafe fn child(
     plan: &SpawnPlan,
     report: RawFd,
     floor: i32,
-    targets_mask: &[u64; 16],
+    targets: &[i32],
+    moved: *mut RawFd,
     candidates: &[*const libc::c_char],
     searching: bool,
     argv: *const *const libc::c_char,
@@ -1002,6 +1012,11 @@ unsafe fn child(
                 fail(report, Stage::Terminal, errno());
             }
         }
+        None if plan.new_session => {
+            if libc::setsid() < 0 {
+                fail(report, Stage::Session, errno());
+            }
+        }
         None => {
             if libc::setpgid(0, 0) < 0 {
                 fail(report, Stage::Session, errno());
@@ -1025,48 +1040,38 @@ unsafe fn child(
         }
         None => -1,
     };
-    let mut moved = [0 as RawFd; 256];
-    if plan.fds.len() > moved.len() {
-        fail(report, Stage::Fds, libc::EMFILE);
-    }
+    // `moved` has one slot per source, prepared by the parent.
     for (i, &(src, _)) in plan.fds.iter().enumerate() {
         let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor);
         if fd < 0 {
             fail(report, Stage::Fds, errno());
         }
-        moved[i] = fd;
+        *moved.add(i) = fd;
     }
     for (i, &(_, target)) in plan.fds.iter().enumerate() {
-        if libc::dup2(moved[i], target) < 0 {
+        if libc::dup2(*moved.add(i), target) < 0 {
             fail(report, Stage::Fds, errno());
         }
     }
     // Everything below the floor that is not a target is closed now; everything above is
     // marked close-on-exec (the moved copies, the error pipe, anything the broker holds).
-    // One close_range per run of non-targets (a caller's fd 255 must not cost 250 closes).
-    let is_target = |fd: i32| {
-        let t = fd as usize;
-        if t < 1024 {
-            targets_mask[t / 64] & (1 << (t % 64)) != 0
-        } else {
-            plan.fds.iter().any(|&(_, tg)| tg == fd)
-        }
-    };
-    let mut fd = 0;
-    while fd < floor {
-        if is_target(fd) {
-            fd += 1;
-            continue;
-        }
-        let start = fd;
-        while fd < floor && !is_target(fd) {
-            fd += 1;
-        }
-        if libc::close_range(start as u32, (fd - 1) as u32, 0) < 0 {
-            for f in start..fd {
+    // One close_range per gap between targets (a caller's fd 255 must not cost 250 closes).
+    let close_gap = |first: i32, last: i32| {
+        if libc::close_range(first as u32, last as u32, 0) < 0 {
+            for f in first..=last {
                 libc::close(f);
             }
         }
+    };
+    let mut next = 0;
+    for &t in targets {
+        if t > next {
+            close_gap(next, t - 1);
+        }
+        next = t + 1;
+    }
+    if next < floor {
+        close_gap(next, floor - 1);
     }
     if libc::close_range(floor as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) < 0 {
         // Kernels before 5.11: fall back to marking one by one up to a sane bound.
@@ -1214,6 +1219,7 @@ pub mod testing {
             rlimits: Vec::new(),
             fds,
             controlling_tty: None,
+            new_session: false,
             drop_caps: false,
             namespaces: None,
             cgroup_join: Vec::new(),

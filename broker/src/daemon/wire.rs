@@ -1,5 +1,8 @@
 //! Frame I/O on one broker connection: reads frames together with any `SCM_RIGHTS`
-//! descriptors that arrive with them (received close-on-exec), writes replies.
+//! descriptors that arrive with them (received close-on-exec), writes replies. A launch
+//! with more descriptors than one message carries sends them in several, each riding on
+//! bytes of its request: they are all here once its frame is, bounded by the connection's
+//! [`Admission`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,8 +23,6 @@ pub enum WireError {
     Frame(#[from] FrameError),
     #[error("connection closed in the middle of a frame")]
     Truncated,
-    #[error("more than {MAX_FDS} descriptors sent")]
-    TooManyFds,
     #[error("frame of {len} bytes where at most {max} are accepted")]
     TooLarge { len: usize, max: usize },
     #[error("{0}")]
@@ -127,9 +128,6 @@ impl Conn {
                 if !self.after_handshake {
                     self.fds.push(fd);
                 }
-            }
-            if self.fds.len() > MAX_FDS {
-                return Err(WireError::TooManyFds);
             }
             if n == 0 {
                 return if self.buf.is_empty() {

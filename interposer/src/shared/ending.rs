@@ -41,12 +41,24 @@ pub fn signal_fd() -> i32 {
     }
 }
 
+/// One signal the relaying process received, to forward.
+#[derive(Clone, Copy)]
+pub struct Caught {
+    pub signo: i32,
+    /// Sent by the kernel (`SI_KERNEL`): a terminal's interrupt, quit or suspend key, its
+    /// hangup or resize. Locally those reach the whole foreground process group, so they
+    /// go to the routed group; a signal a process sent (`kill`, `sigqueue`,
+    /// `pidfd_send_signal`: `Popen.terminate()`) reaches the routed program only, as it
+    /// would reach only the local child, not its children.
+    pub from_terminal: bool,
+}
+
 /// The next signal waiting on `sfd` (a non-blocking [`signal_fd`]) to forward, or `None`
 /// when none is. A signal the caller left ignored stays ignored (`cmd &` in a
 /// non-interactive shell must survive Ctrl-C as locally): blocked, it still arrives here,
 /// and is dropped. Asking at arrival, not for every signal up front, spares each launch
 /// about 50 `sigaction` calls (13 us).
-pub fn next_signal(sfd: i32) -> Option<i32> {
+pub fn next_signal(sfd: i32) -> Option<Caught> {
     loop {
         // SAFETY: signalfd_siginfo is plain data.
         let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -58,8 +70,45 @@ pub fn next_signal(sfd: i32) -> Option<i32> {
         }
         let signo = si.ssi_signo as i32;
         if !ignored(signo) {
-            return Some(signo);
+            return Some(Caught {
+                signo,
+                from_terminal: si.ssi_code == libc::SI_KERNEL,
+            });
         }
+    }
+}
+
+/// What the relay sends for the signals it receives, and the one piece of state that
+/// takes: whether the routed group as a whole was stopped (job control), so that the
+/// `SIGCONT` resuming the caller's job resumes all of it, not the program alone.
+#[derive(Default)]
+pub struct Forwarder {
+    group_stopped: bool,
+}
+
+impl Forwarder {
+    /// The request forwarding `c`.
+    pub fn request(&mut self, c: Caught) -> ctx_protocol::Request {
+        use ctx_protocol::Request;
+        let stop = matches!(c.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+        let group = match c.signo {
+            libc::SIGCONT => std::mem::take(&mut self.group_stopped) || c.from_terminal,
+            _ if stop && c.from_terminal => {
+                self.group_stopped = true;
+                true
+            }
+            _ => c.from_terminal,
+        };
+        if group {
+            Request::Signal { signo: c.signo }
+        } else {
+            Request::SignalProcess { signo: c.signo }
+        }
+    }
+
+    /// The broker stopped the whole routed group (the suspend key on its terminal).
+    pub fn group_stopped(&mut self) {
+        self.group_stopped = true;
     }
 }
 

@@ -2,17 +2,29 @@
 //! own number. Descriptors 0-2 that are terminals become PTY slots (a terminal fd is never
 //! handed to another uid: `TIOCSTI` would let it type into the caller's terminal); other
 //! terminal descriptors are left behind.
+//!
+//! The result lives on the stack for the usual handful of descriptors ([`InlineFds`]); a
+//! caller holding more (a server's `pass_fds` of a thousand sockets) gets an `mmap`ed
+//! [`BigFds`] sized by a count of its descriptor table: no heap on the hook path either way.
 
-use ctx_protocol::fdpass::MAX_FDS;
 use ctx_protocol::{FdSlot, FdSource, TermModes, TtyInfo, WinSize};
 
-/// The scan's result, on the stack.
-pub struct FdSet {
-    pub slots: [FdSlot; MAX_FDS + 3],
-    pub nslots: usize,
+use super::sys::MmapBuf;
+
+/// Passed descriptors the stack storage holds: one `SCM_RIGHTS` message's worth.
+pub const INLINE_FDS: usize = ctx_protocol::fdpass::MAX_FDS;
+
+/// Descriptors a [`BigFds`] leaves room for beyond the count it was sized by: another
+/// thread of an exec'ing (not forked) caller may open some between the count and the scan.
+const BIG_SLACK: usize = 64;
+
+/// The scan's result: slots and passed descriptors in storage the caller provides.
+pub struct FdSet<'s> {
+    slots: &'s mut [FdSlot],
+    nslots: usize,
     /// Descriptors to send, in `Passed` slot order.
-    pub passed: [i32; MAX_FDS],
-    pub npassed: usize,
+    passed: &'s mut [i32],
+    npassed: usize,
     /// Bit n set: descriptor n (0..=2) is a terminal relayed through a PTY.
     pub pty_mask: u8,
     pub tty: Option<TtyInfo>,
@@ -20,8 +32,10 @@ pub struct FdSet {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ScanError {
-    /// More inheritable descriptors than one `SCM_RIGHTS` message can carry.
+    /// More inheritable descriptors than the storage holds.
     TooMany,
+    /// No memory for a large descriptor table's scan.
+    NoMemory,
 }
 
 const EMPTY_SLOT: FdSlot = FdSlot {
@@ -29,12 +43,81 @@ const EMPTY_SLOT: FdSlot = FdSlot {
     source: FdSource::Passed,
 };
 
-impl FdSet {
-    pub const fn new() -> FdSet {
+/// Stack storage for a scan (about 3 KiB).
+pub struct InlineFds {
+    slots: [FdSlot; INLINE_FDS + 3],
+    passed: [i32; INLINE_FDS],
+}
+
+impl InlineFds {
+    pub const fn new() -> InlineFds {
+        InlineFds {
+            slots: [EMPTY_SLOT; INLINE_FDS + 3],
+            passed: [0; INLINE_FDS],
+        }
+    }
+
+    pub fn set(&mut self) -> FdSet<'_> {
+        FdSet::new(&mut self.slots, &mut self.passed)
+    }
+}
+
+impl Default for InlineFds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `mmap`ed storage for `cap` passed descriptors (and three PTY slots).
+pub struct BigFds {
+    map: MmapBuf,
+    cap: usize,
+}
+
+impl BigFds {
+    pub fn new(cap: usize) -> Option<BigFds> {
+        let len = Self::passed_offset(cap)?.checked_add(cap.checked_mul(4)?)?;
+        Some(BigFds {
+            map: MmapBuf::new(len)?,
+            cap,
+        })
+    }
+
+    /// Where the `i32` array starts: after the slots, aligned for `i32`.
+    fn passed_offset(cap: usize) -> Option<usize> {
+        let slots = (cap + 3).checked_mul(std::mem::size_of::<FdSlot>())?;
+        Some(slots.checked_add(3)? & !3)
+    }
+
+    pub fn set(&mut self) -> FdSet<'_> {
+        let cap = self.cap;
+        let off = Self::passed_offset(cap).unwrap_or(0);
+        let bytes = self.map.bytes_mut();
+        let (head, tail) = bytes.split_at_mut(off);
+        let slot_ptr = head.as_mut_ptr() as *mut FdSlot;
+        for i in 0..cap + 3 {
+            // SAFETY: the mapping is page-aligned (so aligned for FdSlot) and `head` holds
+            // `cap + 3` slots; each is written before the slice below is made.
+            unsafe { slot_ptr.add(i).write(EMPTY_SLOT) };
+        }
+        // SAFETY: `cap + 3` initialised slots in `head`; `tail` starts 4-aligned (page
+        // plus a multiple of 4) and holds `cap` i32s, all zero (valid) in a fresh mapping.
+        let (slots, passed) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(slot_ptr, cap + 3),
+                std::slice::from_raw_parts_mut(tail.as_mut_ptr() as *mut i32, cap),
+            )
+        };
+        FdSet::new(slots, passed)
+    }
+}
+
+impl<'s> FdSet<'s> {
+    pub fn new(slots: &'s mut [FdSlot], passed: &'s mut [i32]) -> FdSet<'s> {
         FdSet {
-            slots: [EMPTY_SLOT; MAX_FDS + 3],
+            slots,
             nslots: 0,
-            passed: [0; MAX_FDS],
+            passed,
             npassed: 0,
             pty_mask: 0,
             tty: None,
@@ -66,7 +149,7 @@ impl FdSet {
             }
             return Ok(());
         }
-        if self.npassed >= MAX_FDS {
+        if self.npassed >= self.passed.len() {
             return Err(ScanError::TooMany);
         }
         open_anonymous_pipe(fd);
@@ -83,10 +166,58 @@ impl FdSet {
     }
 }
 
-impl Default for FdSet {
-    fn default() -> Self {
-        Self::new()
+/// Scans into `inline`; a caller with more inheritable descriptors than that holds is
+/// scanned again into `big`, mapped for the count found. Both storages outlive the set.
+pub fn scan_any<'s>(
+    inline: &'s mut InlineFds,
+    big: &'s mut Option<BigFds>,
+    exclude: i32,
+) -> Result<FdSet<'s>, ScanError> {
+    let mut set = inline.set();
+    match scan(&mut set, exclude) {
+        Ok(()) => return Ok(set),
+        Err(ScanError::TooMany) => {}
+        Err(e) => return Err(e),
     }
+    let cap = count_open().saturating_add(BIG_SLACK);
+    let storage = big.insert(BigFds::new(cap).ok_or(ScanError::NoMemory)?);
+    let mut set = storage.set();
+    scan(&mut set, exclude)?;
+    Ok(set)
+}
+
+/// The one-line reason a scan failed, for the refusal message.
+pub fn scan_failure(e: ScanError) -> &'static str {
+    match e {
+        ScanError::TooMany => {
+            "more inheritable descriptors appeared while they were being collected"
+        }
+        ScanError::NoMemory => "no memory to collect the inheritable descriptors",
+    }
+}
+
+/// How many descriptors this process has open (an upper bound on what a scan keeps):
+/// `/proc/self/fd`'s entries, or the soft `RLIMIT_NOFILE` (bounded) without `/proc`.
+fn count_open() -> usize {
+    // SAFETY: a constant NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return probe_limit() as usize;
+    }
+    let mut n = 0usize;
+    each_dir_fd(dir, |_| {
+        n += 1;
+        Ok(())
+    })
+    .ok();
+    // SAFETY: we opened `dir` above.
+    unsafe { libc::close(dir) };
+    n
 }
 
 /// Anonymous pipes are created mode 0600 for the caller's uid, so a routed program of
@@ -182,6 +313,17 @@ pub fn scan(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
 struct DirBuf([u8; 4096]);
 
 fn scan_dir(out: &mut FdSet, dir: i32, exclude: i32) -> Result<(), ScanError> {
+    each_dir_fd(dir, |fd| {
+        if fd != dir && fd != exclude {
+            out.add(fd)?;
+        }
+        Ok(())
+    })
+}
+
+/// Calls `f` with each descriptor number listed in the open directory `dir` (a
+/// `/proc/self/fd`), read with `getdents64` into a stack buffer.
+fn each_dir_fd(dir: i32, mut f: impl FnMut(i32) -> Result<(), ScanError>) -> Result<(), ScanError> {
     let mut buf = DirBuf([0; 4096]);
     loop {
         // SAFETY: getdents64 writes at most buf.len() bytes into buf.
@@ -201,26 +343,27 @@ fn scan_dir(out: &mut FdSet, dir: i32, exclude: i32) -> Result<(), ScanError> {
             let name = &buf.0[off + 19..off + reclen];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
             if let Some(fd) = super::sys::parse_u64(name) {
-                let fd = fd as i32;
-                if fd != dir && fd != exclude {
-                    out.add(fd)?;
-                }
+                f(fd as i32)?;
             }
             off += reclen;
         }
     }
 }
 
-fn scan_by_probe(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
+/// The soft `RLIMIT_NOFILE`, bounded: how far a scan without `/proc` probes.
+fn probe_limit() -> i32 {
     // SAFETY: rlimit is plain data filled by getrlimit.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: getrlimit writes one rlimit.
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         rl.rlim_cur.min(65536) as i32
     } else {
         1024
-    };
-    for fd in 0..max {
+    }
+}
+
+fn scan_by_probe(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
+    for fd in 0..probe_limit() {
         if fd != exclude {
             out.add(fd)?;
         }
@@ -260,18 +403,21 @@ mod tests {
         // SAFETY: duplicates an fd we own to a fresh, inheritable number.
         let inheritable = unsafe { libc::fcntl(p[0], libc::F_DUPFD, 700) };
         assert!(inheritable >= 700);
-        let mut set = FdSet::new();
+        let mut store = InlineFds::new();
+        let mut set = store.set();
         scan(&mut set, -1).unwrap();
         let targets: Vec<i32> = set.slots().iter().map(|s| s.target).collect();
         assert!(targets.contains(&inheritable), "{targets:?}");
         assert!(!targets.contains(&p[0]) && !targets.contains(&p[1]));
         assert!(set.passed().contains(&inheritable));
 
-        let mut set2 = FdSet::new();
+        let mut store2 = InlineFds::new();
+        let mut set2 = store2.set();
         scan(&mut set2, inheritable).unwrap();
         assert!(!set2.slots().iter().any(|s| s.target == inheritable));
 
-        let mut set3 = FdSet::new();
+        let mut store3 = InlineFds::new();
+        let mut set3 = store3.set();
         scan_by_probe(&mut set3, -1).unwrap();
         assert!(set3.slots().iter().any(|s| s.target == inheritable));
         // SAFETY: closing descriptors this test opened.
@@ -284,7 +430,8 @@ mod tests {
 
     #[test]
     fn passed_and_slot_order_agree() {
-        let mut set = FdSet::new();
+        let mut store = InlineFds::new();
+        let mut set = store.set();
         scan(&mut set, -1).unwrap();
         let passed_targets: Vec<i32> = set
             .slots()
@@ -293,5 +440,38 @@ mod tests {
             .map(|s| s.target)
             .collect();
         assert_eq!(passed_targets, set.passed());
+    }
+
+    #[test]
+    fn more_descriptors_than_one_message_are_scanned_into_a_mapping() {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: inheritable duplicates of our own pipe end, closed below.
+        let dups: Vec<i32> = (0..INLINE_FDS as i32 + 40)
+            .map(|i| unsafe { libc::fcntl(p[0], libc::F_DUPFD, 2000 + i) })
+            .collect();
+        assert!(dups.iter().all(|&d| d >= 2000));
+        let mut inline = InlineFds::new();
+        assert_eq!(scan(&mut inline.set(), -1).err(), Some(ScanError::TooMany));
+        let mut big = None;
+        let set = scan_any(&mut inline, &mut big, dups[0]).unwrap();
+        assert!(set.passed().len() > INLINE_FDS);
+        for &d in &dups[1..] {
+            assert!(set.passed().contains(&d), "{d} missing");
+        }
+        assert!(!set.passed().contains(&dups[0]));
+        let passed_targets: Vec<i32> = set
+            .slots()
+            .iter()
+            .filter(|s| s.source == FdSource::Passed)
+            .map(|s| s.target)
+            .collect();
+        assert_eq!(passed_targets, set.passed());
+        assert!(big.is_some(), "scanned into the stack storage");
+        for d in dups.into_iter().chain(p) {
+            // SAFETY: closing descriptors this test opened.
+            unsafe { libc::close(d) };
+        }
     }
 }

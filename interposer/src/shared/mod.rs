@@ -7,3 +7,7 @@ pub mod ending;
 pub mod fds;
 pub mod sys;
 pub mod wire;
+
+/// The shim's one environment variable when it is attached to an accepted launch:
+/// `<sock>,<pty-mask>,<comm>` (see `exec::ShimLaunch`).
+pub const ATTACH_VAR: &str = "CTX_SHIM_ATTACH";

@@ -54,6 +54,19 @@ pub unsafe fn vec_len(v: *const *const c_char) -> usize {
 }
 
 /// Last path component (everything after the final '/').
+/// Bytes of a process name the kernel keeps (`TASK_COMM_LEN` less its NUL).
+pub const COMM_LEN: usize = 15;
+
+/// Names this process `name` in `/proc/self/comm` (cut to [`COMM_LEN`] bytes, as the kernel
+/// does): what `ps`, `pgrep` and `top` show.
+pub fn set_comm(name: &[u8]) {
+    let mut buf = [0u8; COMM_LEN + 1];
+    let n = name.len().min(COMM_LEN);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads at most 16 bytes from a NUL-terminated buffer of 16.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}
+
 pub fn basename(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => path.get(i + 1..).unwrap_or(&[]),

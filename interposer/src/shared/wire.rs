@@ -7,7 +7,7 @@
 
 use std::ffi::c_char;
 
-use ctx_protocol::{frame, ClientKind, FdSlot, FrameError, Hello, TtyInfo};
+use ctx_protocol::{frame, ClientKind, FdSlot, FrameError, Grouping, Hello, TtyInfo};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
@@ -89,11 +89,12 @@ pub struct ExecRef<'a> {
     pub cwd: &'a [u8],
     pub fds: &'a [FdSlot],
     pub tty: Option<&'a TtyInfo>,
+    pub grouping: Grouping,
 }
 
 impl Serialize for ExecRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ExecRequest", 11)?;
+        let mut st = s.serialize_struct("ExecRequest", 12)?;
         st.serialize_field("context", self.context)?;
         st.serialize_field("argv", &self.argv)?;
         st.serialize_field("program", &self.program.map(Bytes))?;
@@ -105,7 +106,22 @@ impl Serialize for ExecRef<'_> {
         st.serialize_field("fds", self.fds)?;
         st.serialize_field("tty", &self.tty)?;
         st.serialize_field("timeout_ms", &None::<u64>)?;
+        st.serialize_field("grouping", &self.grouping)?;
         st.end()
+    }
+}
+
+/// Where this process stands in its session, as the program it execs would: the
+/// [`Grouping`] a launch asked for by this process carries. Plain syscalls.
+pub fn own_grouping() -> Grouping {
+    // SAFETY: plain getters on this process.
+    let (me, sid, pgid) = unsafe { (libc::getpid(), libc::getsid(0), libc::getpgid(0)) };
+    if sid == me {
+        Grouping::SessionLeader
+    } else if pgid == me {
+        Grouping::GroupLeader
+    } else {
+        Grouping::Member
     }
 }
 
@@ -168,6 +184,7 @@ mod tests {
             fds: fds.to_vec(),
             tty,
             timeout_ms: None,
+            grouping: Grouping::SessionLeader,
         });
         let mut v = Vec::new();
         frame::encode_vec(&Hello::new(ClientKind::Interposer), &mut v).unwrap();
@@ -202,6 +219,7 @@ mod tests {
             cwd: b"/tmp/\xffdir",
             fds,
             tty: tty.as_ref(),
+            grouping: Grouping::SessionLeader,
         };
         let mut buf = vec![0u8; r.encoded_bound()];
         let n = encode_launch(&r, &mut buf).unwrap();
@@ -273,6 +291,7 @@ mod tests {
             cwd: b"/",
             fds: &[],
             tty: None,
+            grouping: Grouping::Member,
         };
         let mut small = [0u8; 8];
         assert!(encode_launch(&r, &mut small).is_err());

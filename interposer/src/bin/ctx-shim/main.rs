@@ -1,7 +1,8 @@
 //! `ctx-shim`: stands in for a routed program in the caller's process tree.
 //!
 //! The interposer's exec hook gets the broker's "accepted" verdict and then execs this
-//! binary in place of the program (`--attach`), so the pid the caller holds is the shim's:
+//! binary in place of the program (with the program's argv and `CTX_SHIM_ATTACH` in its
+//! environment), so the pid the caller holds is the shim's, named like the program:
 //! it keeps the broker connection, forwards the caller's signals, relays a terminal through
 //! the broker's PTY, and exits with the routed program's status (or dies by its signal).
 //! For `posix_spawn` with file actions, glibc starts the shim itself (`--spawn`) after applying the caller's
@@ -37,24 +38,36 @@ fn usage() -> ! {
     std::process::exit(EXIT_CTX)
 }
 
+/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<comm>`: the parameters of an attached shim, whose
+/// argv is the routed program's own (see the library's `exec::ShimLaunch`).
+fn attach_params() -> Option<(i32, u8, OsString)> {
+    let v = std::env::var_os(shared::ATTACH_VAR)?;
+    let mut parts = v.as_bytes().splitn(3, |&b| b == b',');
+    let sock = sys::parse_u64(parts.next()?)?;
+    let mask = sys::parse_u64(parts.next()?)?;
+    let comm = OsString::from(std::ffi::OsStr::from_bytes(parts.next()?));
+    Some((i32::try_from(sock).ok()?, (mask & 7) as u8, comm))
+}
+
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
     let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+    if std::env::var_os(shared::ATTACH_VAR).is_some() {
+        let Some((sock, mask, comm)) = attach_params() else {
+            usage()
+        };
+        // ps, pgrep and psutil read the pid the caller holds: make it look like the program
+        // (its argv already is the program's).
+        sys::set_comm(comm.as_bytes());
+        let name = match a.first() {
+            Some(n) if !n.is_empty() => n,
+            _ => comm.as_bytes(),
+        };
+        shared::fds::keep_only(sock, mask);
+        relay::run(sock, mask, name)
+    }
     match a.get(1).copied() {
-        // ctx-shim --attach <sock> <pty-mask> -- <name>
-        Some(b"--attach") => {
-            let (Some(sock), Some(mask)) = (
-                a.get(2).and_then(|s| sys::parse_u64(s)),
-                a.get(3).and_then(|s| sys::parse_u64(s)),
-            ) else {
-                usage()
-            };
-            let name = a.get(5).copied().unwrap_or(b"?");
-            let mask = (mask & 7) as u8;
-            shared::fds::keep_only(sock as i32, mask);
-            relay::run(sock as i32, mask, name)
-        }
         Some(b"--spawn") => spawn::run(&a),
         // ctx-shim --die <signal>: the hook's fork relay saw the routed program dump core;
         // this process dies the same way, with a core of its own (not the caller's).

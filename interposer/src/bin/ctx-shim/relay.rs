@@ -68,6 +68,7 @@ struct Relay<'a> {
     tty: Tty,
     name: &'a [u8],
     input_open: bool,
+    signals: ending::Forwarder,
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
@@ -131,6 +132,7 @@ impl Relay<'_> {
             Ok(Reply::Stopped { .. }) => {
                 // Job control: the routed program stopped; stop with it so the caller's
                 // shell sees the job stop. Its SIGCONT resumes us and is forwarded.
+                self.signals.group_stopped();
                 self.tty.restore();
                 // SAFETY: stopping ourselves.
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
@@ -149,30 +151,39 @@ impl Relay<'_> {
         }
     }
 
-    fn on_signal(&mut self, signo: i32) {
+    fn on_signal(&mut self, caught: ending::Caught) {
+        let signo = caught.signo;
         match signo {
             libc::SIGWINCH => match self.tty.size() {
                 Some(size) if self.tty.out.is_some() || self.tty.stdin_tty => {
                     self.send(&Request::Resize(size))
                 }
-                _ => self.send(&Request::Signal { signo }),
+                _ => {
+                    let req = self.signals.request(caught);
+                    self.send(&req)
+                }
             },
             libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
                 // Stop the routed program, give the caller its terminal back, and stop
                 // ourselves so the caller's shell sees the job stop.
-                self.send(&Request::Signal { signo });
+                let req = self.signals.request(caught);
+                self.send(&req);
                 self.tty.restore();
                 // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             libc::SIGCONT => {
-                self.send(&Request::Signal { signo });
+                let req = self.signals.request(caught);
+                self.send(&req);
                 self.tty.enter_raw();
                 if let Some(size) = self.tty.size() {
                     self.send(&Request::Resize(size));
                 }
             }
-            _ => self.send(&Request::Signal { signo }),
+            _ => {
+                let req = self.signals.request(caught);
+                self.send(&req)
+            }
         }
     }
 
@@ -205,6 +216,7 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
         },
         name,
         input_open: stdin_tty,
+        signals: ending::Forwarder::default(),
     };
     r.tty.enter_raw();
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
@@ -225,8 +237,8 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
             r.die("poll failed");
         }
         if pfd[1].revents & libc::POLLIN != 0 {
-            while let Some(signo) = ending::next_signal(sfd) {
-                r.on_signal(signo);
+            while let Some(caught) = ending::next_signal(sfd) {
+                r.on_signal(caught);
             }
         }
         if pfd[0].revents != 0 {

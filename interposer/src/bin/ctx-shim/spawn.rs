@@ -7,7 +7,7 @@
 //! where flags is `p` (search PATH) or `-`, followed by `l` for CTX_ON_BROKER_DOWN=local.
 
 use crate::shared::conn::{self, Verdict};
-use crate::shared::fds::{self, FdSet};
+use crate::shared::fds::{self, InlineFds};
 use crate::shared::sys;
 use crate::shared::wire::{self, ExecRef, StrList};
 use crate::{relay, usage, EXIT_CTX};
@@ -126,6 +126,9 @@ pub fn run(a: &[&[u8]]) -> ! {
         Some(a0) if !a0.is_empty() => a0,
         _ => program,
     };
+    // The pid the caller holds is named like the program, as an attached shim is (its
+    // command line stays this mode's parameters: see the README's known limits).
+    sys::set_comm(sys::basename(program));
 
     let fail = |errno: i32, exit: i32| -> ! {
         if report_fd < 0 || !report(report_fd, Some(errno)) {
@@ -134,13 +137,17 @@ pub fn run(a: &[&[u8]]) -> ! {
         std::process::exit(exit)
     };
 
-    let mut set = Box::new(FdSet::new());
-    if fds::scan(&mut set, report_fd).is_err() {
-        conn::refusal(context, name)
-            .str("more inheritable descriptors than one message can carry")
-            .write_to(2);
-        fail(libc::EMFILE, EXIT_CTX);
-    }
+    let mut inline = Box::new(InlineFds::new());
+    let mut big = None;
+    let set = match fds::scan_any(&mut inline, &mut big, report_fd) {
+        Ok(set) => set,
+        Err(e) => {
+            conn::refusal(context, name)
+                .str(fds::scan_failure(e))
+                .write_to(2);
+            fail(libc::EMFILE, EXIT_CTX)
+        }
+    };
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: getcwd writes at most cwd.len() bytes.
     let cwd_bytes: &[u8] =
@@ -176,6 +183,8 @@ pub fn run(a: &[&[u8]]) -> ! {
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        // glibc applied the caller's attributes (POSIX_SPAWN_SETSID, SETPGROUP) to us.
+        grouping: wire::own_grouping(),
     };
     let bound = req.encoded_bound();
     let mut out = vec![0u8; bound];
