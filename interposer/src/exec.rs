@@ -268,6 +268,7 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        inherited: None,
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {

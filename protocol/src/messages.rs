@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.
@@ -98,6 +98,10 @@ pub struct ExecRequest {
     pub tty: Option<TtyInfo>,
     /// Kill the routed process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// What the caller's process would have passed on across `execve` (umask, limits,
+    /// scheduling, signal state, its cwd as a descriptor); the broker applies what lowers
+    /// the routed process's defaults and nothing that raises them. `None`: its defaults.
+    pub inherited: Option<crate::inherit::Inherited>,
 }
 
 /// `ctx sh`: `exec.argv` is ignored; the broker runs bash with the session's saved state.

@@ -36,6 +36,7 @@ pub fn exec_request(context: &str, argv: &[&[u8]]) -> ExecRequest {
             .collect(),
         tty: None,
         timeout_ms: None,
+        inherited: None,
     }
 }
 

@@ -284,6 +284,7 @@ fn launch(
         fds: plan.slots.clone(),
         tty: plan.any_pty().then(|| controlling.info()),
         timeout_ms,
+        inherited: None,
     });
 
     // Block the forwarded signals first, so none is lost between Started and the loop.

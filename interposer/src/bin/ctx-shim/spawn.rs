@@ -176,6 +176,7 @@ pub fn run(a: &[&[u8]]) -> ! {
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
+        inherited: None,
     };
     let bound = req.encoded_bound();
     let mut out = vec![0u8; bound];
