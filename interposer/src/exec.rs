@@ -5,6 +5,9 @@
 
 use std::ffi::{c_char, c_int, CStr};
 
+use ctx_protocol::fdpass::MAX_FDS;
+use ctx_protocol::Captured;
+
 use crate::fork_relay;
 use crate::shared::conn::{self, Verdict};
 use crate::shared::fds::{self, FdSet};
@@ -222,12 +225,33 @@ pub enum Sent {
     Failed(i32),
 }
 
-/// Sends one launch, with this process's inheritable descriptors and cwd, and reads the
-/// verdict. No allocation: it runs in vfork children too.
+/// A descriptor of ours, closed when dropped.
+struct OwnFd(c_int);
+
+impl Drop for OwnFd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            // SAFETY: a descriptor this module opened and nothing else holds.
+            unsafe { libc::close(self.0) };
+        }
+    }
+}
+
+/// Sends one launch, with this process's inheritable descriptors, cwd (its name and a
+/// descriptor) and what else a child inherits across exec (umask, limits, scheduling,
+/// signal state; changed as `attr`, a `posix_spawn` attribute object or null, would change
+/// them), and reads the verdict. No allocation: it runs in vfork children too.
 ///
 /// # Safety
-/// `argv`/`envp` are null or NULL-terminated arrays of C strings.
-pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Sent {
+/// `argv`/`envp` are null or NULL-terminated arrays of C strings; `attr` is null or an
+/// initialised attribute object.
+pub unsafe fn send(
+    st: &State,
+    target: Target<'_>,
+    argv: Argv,
+    envp: Argv,
+    attr: *const libc::posix_spawnattr_t,
+) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
     let context = st.route_str();
@@ -258,6 +282,18 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
             // SAFETY: getcwd NUL-terminated the buffer.
             unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
         };
+    let mut inherited = Captured::read();
+    // SAFETY: the caller's contract on `attr`.
+    unsafe { crate::spawn::apply_attributes(&mut inherited, attr) };
+    // The descriptor rides after the inheritable ones, if one message has room for it;
+    // without it, the broker uses the name alone.
+    let cwd_fd = OwnFd(fds::open_cwd());
+    let mut npassed = set.npassed;
+    if cwd_fd.0 >= 0 && npassed < MAX_FDS {
+        set.passed[npassed] = cwd_fd.0;
+        npassed += 1;
+        inherited.cwd_fd = true;
+    }
 
     let req = ExecRef {
         context,
@@ -268,7 +304,7 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
-        inherited: None,
+        inherited: Some(&inherited),
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
@@ -296,7 +332,8 @@ pub unsafe fn send(st: &State, target: Target<'_>, argv: Argv, envp: Argv) -> Se
             return Sent::Failed(libc::EACCES);
         }
     };
-    let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
+    let verdict = conn::exchange(sock, &out[..n], &set.passed[..npassed], reply);
+    drop(cwd_fd);
     let failed = match verdict {
         Verdict::Started { .. } | Verdict::Accepted => None,
         Verdict::Failed { errno, .. } => Some(errno),
@@ -339,7 +376,7 @@ pub unsafe fn route(
         return fail(e);
     }
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp) } {
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, std::ptr::null()) } {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),

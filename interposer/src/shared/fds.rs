@@ -114,6 +114,19 @@ fn open_anonymous_pipe(fd: i32) {
     }
 }
 
+/// An `O_PATH` descriptor of the working directory, which names it even when it was
+/// deleted or has no path from here (another mount namespace, outside a chroot); -1 when
+/// it cannot be opened. Close-on-exec, so no launch's descriptor scan ever sees it.
+pub fn open_cwd() -> i32 {
+    // SAFETY: a constant NUL-terminated path; the descriptor is the caller's to close.
+    unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    }
+}
+
 /// `Some(true)` when `fd` is open with close-on-exec, `Some(false)` open without, `None`
 /// when it is not open.
 pub fn fd_cloexec(fd: i32) -> Option<bool> {

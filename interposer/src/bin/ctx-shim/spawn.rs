@@ -134,6 +134,10 @@ pub fn run(a: &[&[u8]]) -> ! {
         std::process::exit(exit)
     };
 
+    // First, before this process changes anything: glibc applied the caller's attributes
+    // (signal mask, default signals), so what this process holds is what the program
+    // would have inherited.
+    let mut inherited = ctx_protocol::Captured::read();
     let mut set = Box::new(FdSet::new());
     if fds::scan(&mut set, report_fd).is_err() {
         conn::refusal(context, name)
@@ -167,6 +171,13 @@ pub fn run(a: &[&[u8]]) -> ! {
         None if search && !program.contains(&b'/') => (program, Some(path)),
         None => (program, None),
     };
+    // The cwd as a descriptor too, after the inheritable ones (see exec::send).
+    let cwd_fd = fds::open_cwd();
+    let mut passed: Vec<i32> = set.passed().to_vec();
+    if cwd_fd >= 0 && passed.len() < ctx_protocol::fdpass::MAX_FDS {
+        passed.push(cwd_fd);
+        inherited.cwd_fd = true;
+    }
     let req = ExecRef {
         context,
         argv: StrList::Slice(argv),
@@ -176,7 +187,7 @@ pub fn run(a: &[&[u8]]) -> ! {
         cwd: cwd_bytes,
         fds: set.slots(),
         tty: set.tty.as_ref(),
-        inherited: None,
+        inherited: Some(&inherited),
     };
     let bound = req.encoded_bound();
     let mut out = vec![0u8; bound];
@@ -206,7 +217,12 @@ pub fn run(a: &[&[u8]]) -> ! {
         }
     };
     let mut reply = vec![0u8; 64 * 1024];
-    match conn::exchange(sock, &out[..n], set.passed(), &mut reply) {
+    let verdict = conn::exchange(sock, &out[..n], &passed, &mut reply);
+    if cwd_fd >= 0 {
+        // SAFETY: our descriptor; the broker has its own copy.
+        unsafe { libc::close(cwd_fd) };
+    }
+    match verdict {
         Verdict::Started { .. } | Verdict::Accepted => {}
         Verdict::Failed { errno, .. } => fail(errno, failed_exit_code(errno)),
         ref v => {
