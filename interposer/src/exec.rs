@@ -5,6 +5,8 @@
 
 use std::ffi::{c_char, c_int, CStr};
 
+use ctx_protocol::Captured;
+
 use crate::fork_relay;
 use crate::shared::conn::{self, Verdict};
 use crate::shared::fds::{self, scan_failure, InlineFds};
@@ -270,17 +272,33 @@ pub enum Sent {
     Failed(i32),
 }
 
-/// Sends one launch, with this process's inheritable descriptors and cwd, and reads the
-/// verdict. No allocation: it runs in vfork children too.
+/// A descriptor of ours, closed when dropped.
+struct OwnFd(c_int);
+
+impl Drop for OwnFd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            // SAFETY: a descriptor this module opened and nothing else holds.
+            unsafe { libc::close(self.0) };
+        }
+    }
+}
+
+/// Sends one launch, with this process's inheritable descriptors, cwd (its name and a
+/// descriptor) and what else a child inherits across exec (umask, limits, scheduling,
+/// signal state; changed as `attr`, a `posix_spawn` attribute object or null, would change
+/// them), and reads the verdict. No allocation: it runs in vfork children too.
 ///
 /// # Safety
-/// `argv`/`envp` are null or NULL-terminated arrays of C strings.
+/// `argv`/`envp` are null or NULL-terminated arrays of C strings; `attr` is null or an
+/// initialised attribute object.
 pub unsafe fn send(
     st: &State,
     target: Target<'_>,
     argv: Argv,
     envp: Argv,
     grouping: Grouping,
+    attr: *const libc::posix_spawnattr_t,
 ) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
@@ -297,7 +315,7 @@ pub unsafe fn send(
 
     let mut inline = InlineFds::new();
     let mut big = None;
-    let set = match fds::scan_any(&mut inline, &mut big, -1) {
+    let mut set = match fds::scan_any(&mut inline, &mut big, -1) {
         Ok(set) => set,
         Err(e) => {
             let mut l = conn::refusal(context, name);
@@ -315,6 +333,15 @@ pub unsafe fn send(
             // SAFETY: getcwd NUL-terminated the buffer.
             unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
         };
+    let mut inherited = Captured::read();
+    // SAFETY: the caller's contract on `attr`.
+    unsafe { crate::spawn::apply_attributes(&mut inherited, attr) };
+    // The descriptor rides after the inheritable ones, if the storage has room for it;
+    // without it, the broker uses the name alone.
+    let cwd_fd = OwnFd(fds::open_cwd());
+    if cwd_fd.0 >= 0 && set.push_unslotted(cwd_fd.0) {
+        inherited.cwd_fd = true;
+    }
 
     let req = ExecRef {
         context,
@@ -326,6 +353,7 @@ pub unsafe fn send(
         fds: set.slots(),
         tty: set.tty.as_ref(),
         grouping,
+        inherited: Some(&inherited),
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
@@ -354,6 +382,7 @@ pub unsafe fn send(
         }
     };
     let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
+    drop(cwd_fd);
     let failed = match verdict {
         Verdict::Started { .. } | Verdict::Accepted => None,
         Verdict::Failed { errno, .. } => Some(errno),
@@ -400,7 +429,9 @@ pub unsafe fn route(
         return fail(e);
     }
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, wire::own_grouping()) } {
+    let grouping = wire::own_grouping();
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, grouping, std::ptr::null()) }
+    {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),

@@ -13,7 +13,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Mutex;
 
-use ctx_protocol::Grouping;
+use ctx_protocol::{Captured, Grouping};
 
 use crate::exec::{self, Target};
 use crate::shared::conn;
@@ -228,7 +228,7 @@ unsafe fn spawn_attached(
     // SAFETY: the caller's arrays and attributes.
     let grouping = unsafe { spawned_grouping(attr) };
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping) } {
+    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping, attr) } {
         exec::Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         exec::Sent::Local => return local(),
         exec::Sent::Failed(e) => return Err(e),
@@ -270,6 +270,46 @@ unsafe fn spawn_attached(
     // SAFETY: our socket.
     unsafe { libc::close(sock) };
     Err(rc)
+}
+
+/// Changes `c` as glibc's `posix_spawn` would change the child with `attr` (null: none):
+/// `POSIX_SPAWN_SETSIGMASK` replaces the signal mask, `POSIX_SPAWN_SETSIGDEF` resets
+/// signals to their default (so they are no longer ignored). The scheduling policy
+/// (`POSIX_SPAWN_SETSCHEDULER`/`SETSCHEDPARAM`) is not carried, like any caller's policy:
+/// the routed process runs under the broker's (see the README's inheritance table).
+/// Process group and session attributes apply to the shim, the pid the caller holds.
+///
+/// # Safety
+/// `attr` is null or an initialised attribute object.
+pub unsafe fn apply_attributes(c: &mut Captured, attr: *const libc::posix_spawnattr_t) {
+    if attr.is_null() {
+        return;
+    }
+    // glibc's accessors copy fields out of the object: no lock, no allocation.
+    // SAFETY: the caller's initialised object; every out-parameter is ours.
+    unsafe {
+        let mut flags: libc::c_short = 0;
+        libc::posix_spawnattr_getflags(attr, &mut flags);
+        let flags = flags as c_int;
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if flags & libc::POSIX_SPAWN_SETSIGMASK != 0
+            && libc::posix_spawnattr_getsigmask(attr, &mut set) == 0
+        {
+            c.blocked = first_word(&set);
+        }
+        if flags & libc::POSIX_SPAWN_SETSIGDEF != 0
+            && libc::posix_spawnattr_getsigdefault(attr, &mut set) == 0
+        {
+            c.ignored &= !first_word(&set);
+        }
+    }
+}
+
+/// Signals 1..=64 of a glibc `sigset_t` (bit n-1 for signal n), as the kernel sees them.
+fn first_word(set: &libc::sigset_t) -> u64 {
+    // SAFETY: glibc's sigset_t is an array of 1024 bits in unsigned longs, starting with
+    // the kernel's 64-bit set.
+    unsafe { std::ptr::read_unaligned(set as *const libc::sigset_t as *const u64) }
 }
 
 /// Where the spawned child will stand, from the caller's attributes: `POSIX_SPAWN_SETSID`

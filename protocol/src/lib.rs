@@ -10,7 +10,9 @@
 
 pub mod fdpass;
 pub mod frame;
+pub mod inherit;
 pub mod messages;
 
 pub use frame::{FrameError, FRAME_HEADER, MAX_FRAME};
+pub use inherit::{Captured, Inherited, Rlimit};
 pub use messages::*;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.
@@ -106,6 +106,10 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
     /// Whether the caller's child led its own process group or session when it exec'd.
     pub grouping: Grouping,
+    /// What the caller's process would have passed on across `execve` (umask, limits,
+    /// scheduling, signal state, its cwd as a descriptor); the broker applies what lowers
+    /// the routed process's defaults and nothing that raises them. `None`: its defaults.
+    pub inherited: Option<crate::inherit::Inherited>,
 }
 
 /// Where the process that asked for the launch stood when it exec'd (SPEC 4.14: process

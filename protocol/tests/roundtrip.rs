@@ -73,6 +73,21 @@ fn exec_request() -> ExecRequest {
         }),
         timeout_ms: Some(600_000),
         grouping: Grouping::SessionLeader,
+        inherited: Some(Inherited {
+            umask: 0o027,
+            rlimits: vec![Rlimit {
+                resource: 7,
+                soft: 64,
+                hard: u64::MAX,
+            }],
+            nice: Some(5),
+            affinity: Some(ByteBuf::from(vec![1, 0, 0, 0, 0, 0, 0, 0])),
+            ioprio: Some(3 << 13),
+            oom_score_adj: Some(-17),
+            blocked: 1 << 12,
+            ignored: 1 << 12 | 1 << 1,
+            cwd_fd: true,
+        }),
     }
 }
 

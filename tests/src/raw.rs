@@ -37,6 +37,7 @@ pub fn exec_request(context: &str, argv: &[&[u8]]) -> ExecRequest {
         tty: None,
         timeout_ms: None,
         grouping: Grouping::GroupLeader,
+        inherited: None,
     }
 }
 

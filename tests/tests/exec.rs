@@ -514,11 +514,35 @@ fn routing_variables_never_cross_even_when_inherit_env_matches_them() {
 
 /// Nothing of the broker's signal state reaches a routed process: no signal ignored
 /// (the broker ignores SIGPIPE), none caught (it handles TERM, INT, HUP), none blocked.
+/// (The caller's own ignored and blocked signals do, as across a local exec: see
+/// `inheritance.rs`. This caller, `ctx`, starts with none, whatever the test runner
+/// ignores.)
 #[test]
 fn a_routed_process_starts_with_default_signal_dispositions() {
     let b = Broker::start(&standard_config());
+    let mut cmd = b.exec_cmd("alice", &["cat", "/proc/self/status"]);
+    // SAFETY: rt_sigaction and rt_sigprocmask are async-signal-safe syscalls on plain
+    // data; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The kernel's struct sigaction: SIG_DFL (0), no flags, no restorer, no mask.
+            let dfl = [0u64; 4];
+            for sig in 1..=64 {
+                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+            }
+            let none = 0u64;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &none,
+                0usize,
+                8usize,
+            );
+            Ok(())
+        })
+    };
     // cat installs no handler of its own (grep does), so its status shows what it got.
-    let out = b.exec("alice", &["cat", "/proc/self/status"]).ok();
+    let out = run(&mut cmd).ok();
     let sig: Vec<&str> = out
         .lines()
         .filter(|l| {

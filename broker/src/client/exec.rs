@@ -5,13 +5,14 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use ctx_protocol::{
-    errno_name, ExecFailure, ExecRequest, ExitStatus, FdSlot, FdSource, Grouping, Reply, Request,
+    errno_name, Captured, ExecFailure, ExecRequest, ExitStatus, FdSlot, FdSource, Grouping, Reply,
+    Request,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -201,6 +202,18 @@ impl Signals {
 // Functions
 // ---------------------------------------------------------------------------------------
 
+/// An `O_PATH` descriptor of our working directory, which the broker can enter even when
+/// it has no name (deleted); `None` when even that fails.
+fn open_cwd() -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(".")
+        .ok()
+        .map(OwnedFd::from)
+}
+
 pub fn run(socket: &Path, args: ExecArgs) -> Result<i32, Error> {
     run_as(socket, args, Request::Exec)
 }
@@ -223,6 +236,9 @@ fn launch(
     args: ExecArgs,
     wrap: impl FnOnce(ExecRequest) -> Request,
 ) -> Result<Outcome, Error> {
+    // First, before ctx changes anything of its own (it blocks the signals it forwards
+    // below): what a child of the caller's shell would inherit is what ctx has now.
+    let mut inherited = Captured::read();
     let timeout_ms = args
         .launch
         .timeout
@@ -248,6 +264,13 @@ fn launch(
             target: 3 + i as i32,
             source: FdSource::ReservedPort(*port),
         });
+    }
+    // The cwd as a descriptor too, after the passed ones: a deleted cwd has no name.
+    let cwd_fd = open_cwd();
+    let mut passed = plan.passed.clone();
+    if let Some(fd) = &cwd_fd {
+        passed.push(fd.as_raw_fd());
+        inherited.cwd_fd = true;
     }
     let controlling = if plan.any_pty() {
         Controlling::find()
@@ -286,13 +309,15 @@ fn launch(
         timeout_ms,
         // As `docker exec`: the command leads a group of its own, which signals reach.
         grouping: Grouping::GroupLeader,
+        inherited: Some(inherited.to_inherited()),
     });
 
     // Block the forwarded signals first, so none is lost between Started and the loop.
     let signals = Signals::install()?;
     let mut conn = Connection::connect(socket)?;
-    conn.open(&request, &plan.passed)?;
+    conn.open(&request, &passed)?;
     drop(request);
+    drop(cwd_fd);
 
     let relay = Relay {
         context: &args.context,

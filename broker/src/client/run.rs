@@ -67,7 +67,8 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, Error> {
             None => cmd.env_remove(key),
         };
     }
-    // Only returns on failure; std resets the signal mask and SIGPIPE before the exec.
+    keep_signal_state(&mut cmd);
+    // Only returns on failure.
     let err = cmd.exec();
     let (reason, code) = match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => ("command not found".to_string(), 127),
@@ -82,6 +83,32 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, Error> {
         reason,
         code,
     })
+}
+
+/// std's exec empties the signal mask and sets SIGPIPE back to its default first, as a
+/// child of a Rust program (which ignores SIGPIPE) should start. `ctx run` is no such
+/// parent: it replaces itself, like a shell's `exec`, and ctx changes neither (it defines
+/// its own `main`), so the program gets the caller's, as everything it launches does.
+fn keep_signal_state(cmd: &mut Command) {
+    // SAFETY: sigset_t and sigaction are plain data; both calls only read our own state.
+    let (mask, pipe_ignored) = unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        let mut pipe: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut pipe);
+        (mask, pipe.sa_sigaction == libc::SIG_IGN)
+    };
+    // SAFETY: signal and pthread_sigmask are async-signal-safe and allocate nothing; std
+    // runs this after its own reset, just before the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if pipe_ignored {
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            Ok(())
+        });
+    }
 }
 
 /// `LD_PRELOAD`, `CTX_ROUTE`, `CTX_SOCKET`, `CTX_PASSTHROUGH` and `CTX_ON_BROKER_DOWN`

@@ -154,12 +154,14 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
     Ok((hello.client, request))
 }
 
-/// How many descriptors a launch request says it sends (its `Passed` slots).
+/// How many descriptors a launch request says it sends (its `Passed` slots, and its
+/// cwd's when it carries one).
 fn passed_slots(req: &ctx_protocol::ExecRequest) -> usize {
     req.fds
         .iter()
         .filter(|s| s.source == ctx_protocol::FdSource::Passed)
         .count()
+        + usize::from(req.inherited.as_ref().is_some_and(|i| i.cwd_fd))
 }
 
 fn status(shared: &Shared) -> StatusReport {

@@ -417,6 +417,7 @@ async fn launch(
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
     drop(prepared.passed);
+    drop(prepared.cwd_fd);
     let master = pty.map(|p| p.master);
     let forked = match forked {
         Ok(f) => f,
@@ -865,7 +866,7 @@ fn failure_detail(
         Stage::Groups | Stage::SetGid | Stage::SetUid => {
             format!("switching to {user} (gid {})", ctx.user.gid)
         }
-        Stage::Rlimits => "applying the context's rlimits".into(),
+        Stage::Rlimits => "applying the context's rlimits and the caller's lower ones".into(),
         Stage::Landlock => "applying the context's Landlock ruleset".into(),
         Stage::Seccomp if ctx.isolation.enforce => {
             "installing the seccomp filters (enforce's exec guard, the broker's file-owner filter)"

@@ -5,7 +5,8 @@
 //! - [`connection`]: one peer: handshake, dispatch of its request;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
 //! - [`exec`]: one routed launch from request to exit status;
-//! - [`plan`] and [`spawn`]: the fork/exec path; [`pty`]: terminals;
+//! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
+//!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
 //! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
 //! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
@@ -21,6 +22,7 @@ pub mod cgroups;
 pub mod connection;
 pub mod exec;
 pub mod exec_guard;
+pub mod inherit;
 pub mod isolation;
 pub mod job_control;
 pub mod landlock;

@@ -4,13 +4,14 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Grouping, Stage};
 
 use crate::config::{Context, CwdRule, DEFAULT_PATH};
 
-use super::spawn::{cstring, search_candidates, Identity, Program, SpawnPlan};
+use super::inherit::{child_rlimits, Carried};
+use super::spawn::{child_nofile_soft, cstring, search_candidates, Identity, Program, SpawnPlan};
 
 /// Variables that switch routing on; they cross into a context only when that context
 /// itself routes on (a later issue wires `route_children_to`).
@@ -218,23 +219,40 @@ fn without_interposer(value: &[u8], interposer: &std::path::Path) -> Vec<u8> {
     kept
 }
 
+/// Where the routed process starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkingDir {
+    /// The path to enter; empty: none (the caller's cwd has no name: deleted, unreachable).
+    pub path: Vec<u8>,
+    /// It is the caller's own working directory (`cwd = "inherit"`), so the caller's cwd
+    /// descriptor, when one came, stands for it.
+    pub callers: bool,
+}
+
 /// The working directory: `--cwd` (relative to the caller's), else the context's rule.
-pub fn working_dir(ctx: &Context, req: &ExecRequest) -> Vec<u8> {
+pub fn working_dir(ctx: &Context, req: &ExecRequest) -> WorkingDir {
+    let fixed = |path: Vec<u8>| WorkingDir {
+        path,
+        callers: false,
+    };
     if let Some(dir) = &req.cwd_override {
         if dir.starts_with(b"/") || req.cwd.is_empty() {
-            return dir.to_vec();
+            return fixed(dir.to_vec());
         }
         let mut full = req.cwd.to_vec();
         if !full.ends_with(b"/") {
             full.push(b'/');
         }
         full.extend_from_slice(dir);
-        return full;
+        return fixed(full);
     }
     match &ctx.cwd {
-        CwdRule::Inherit => req.cwd.to_vec(),
-        CwdRule::Home => ctx.user.home.as_os_str().as_bytes().to_vec(),
-        CwdRule::Path(p) => p.as_os_str().as_bytes().to_vec(),
+        CwdRule::Inherit => WorkingDir {
+            path: req.cwd.to_vec(),
+            callers: true,
+        },
+        CwdRule::Home => fixed(ctx.user.home.as_os_str().as_bytes().to_vec()),
+        CwdRule::Path(p) => fixed(p.as_os_str().as_bytes().to_vec()),
     }
 }
 
@@ -252,6 +270,10 @@ pub struct Prepared {
     pub plan: SpawnPlan,
     /// The passed descriptors the plan refers to; closed in the broker after fork.
     pub passed: Vec<OwnedFd>,
+    /// The caller's cwd descriptor the plan refers to; closed in the broker after fork.
+    pub cwd_fd: Option<OwnedFd>,
+    /// The working directory, for messages and the audit log: its path, or where the
+    /// caller's descriptor points when it has none (`/tmp/d (deleted)`).
     pub cwd: Vec<u8>,
     pub wants_tty: bool,
 }
@@ -260,7 +282,7 @@ pub fn prepare(
     ctx: &Context,
     req: &ExecRequest,
     lookup: Lookup,
-    passed: Vec<OwnedFd>,
+    mut passed: Vec<OwnedFd>,
     me: BrokerIdentity,
     routing: &Routing,
     session: &[EnvChange],
@@ -274,12 +296,15 @@ pub fn prepare(
         .iter()
         .filter(|s| s.source == FdSource::Passed)
         .count();
-    if n_passed != passed.len() {
+    let with_cwd = req.inherited.as_ref().is_some_and(|i| i.cwd_fd);
+    if n_passed + usize::from(with_cwd) != passed.len() {
         return Err(bad(format!(
-            "request names {n_passed} passed descriptors but {} arrived",
+            "request names {n_passed} passed descriptors{} but {} arrived",
+            if with_cwd { " and its cwd's" } else { "" },
             passed.len()
         )));
     }
+    let caller_cwd = if with_cwd { passed.pop() } else { None };
     let mut seen = std::collections::HashSet::new();
     for slot in &req.fds {
         if !(0..=1_048_576).contains(&slot.target) || !seen.insert(slot.target) {
@@ -353,12 +378,35 @@ pub fn prepare(
             false,
         ),
     };
-    let cwd = working_dir(ctx, req);
-    let cwd_c = if cwd.is_empty() {
+    let dir = working_dir(ctx, req);
+    let cwd_c = if dir.path.is_empty() {
         None
     } else {
-        Some(cstring(&cwd).map_err(|_| bad("cwd contains NUL".into()))?)
+        Some(cstring(&dir.path).map_err(|_| bad("cwd contains NUL".into()))?)
     };
+    // The descriptor only stands for the caller's own directory; any other is dropped.
+    let cwd_fd = caller_cwd.filter(|_| dir.callers);
+    if dir.callers && cwd_c.is_none() && cwd_fd.is_none() {
+        // Neither a name nor a descriptor: running it in the broker's own cwd instead
+        // would be a guess.
+        return Err(refuse(
+            FailureKind::BadCwd,
+            Stage::Chdir,
+            libc::ENOENT,
+            "the caller's working directory has no path (deleted?) and no descriptor of it \
+             came with the request"
+                .into(),
+        ));
+    }
+    let cwd = match (&cwd_fd, dir.path.is_empty()) {
+        (Some(fd), true) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(|p| p.into_os_string().into_vec())
+            .unwrap_or_default(),
+        _ => dir.path,
+    };
+    let own = super::inherit::own_rlimit;
+    let caller_limits = req.inherited.as_ref().map_or(&[][..], |i| &i.rlimits[..]);
+    let rlimits = child_rlimits(&ctx.rlimits, caller_limits, child_nofile_soft(), own);
 
     let mut fds = Vec::with_capacity(req.fds.len());
     let mut next = passed.iter();
@@ -376,8 +424,10 @@ pub fn prepare(
         argv,
         envp,
         cwd: cwd_c,
+        cwd_fd: cwd_fd.as_ref().map(|fd| fd.as_raw_fd()),
         identity,
-        rlimits: ctx.rlimits.iter().map(|r| (r.resource, r.value)).collect(),
+        rlimits,
+        inherited: req.inherited.as_ref().map(Carried::from_request),
         fds,
         controlling_tty: None,
         new_session: req.grouping == Grouping::SessionLeader,
@@ -393,6 +443,7 @@ pub fn prepare(
     Ok(Prepared {
         plan,
         passed,
+        cwd_fd,
         cwd,
         wants_tty,
     })

@@ -39,9 +39,17 @@ pub struct SpawnPlan {
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub cwd: Option<CString>,
+    /// The caller's working directory as a descriptor (`cwd = "inherit"`): entered when
+    /// `cwd` is `None`, or when `cwd` names no directory any more (deleted or renamed
+    /// since) or another one than the caller's (another mount namespace).
+    pub cwd_fd: Option<RawFd>,
     /// `None`: keep the broker's own identity (unprivileged broker, same-uid context).
     pub identity: Option<Identity>,
-    pub rlimits: Vec<(i32, u64)>,
+    /// `(resource, soft, hard)` to set: the context's, and the caller's lower ones (see
+    /// `inherit::child_rlimits`).
+    pub rlimits: Vec<(i32, u64, u64)>,
+    /// What else the caller's process would have passed on (see `inherit.rs`).
+    pub inherited: Option<super::inherit::Carried>,
     /// `(source, target)`: the child gets `source` at number `target`.
     pub fds: Vec<(RawFd, i32)>,
     /// The PTY slave to make the controlling terminal (implies a new session).
@@ -468,6 +476,11 @@ pub fn set_child_nofile_soft(soft: u64) {
     CHILD_NOFILE_SOFT.store(soft, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The soft `RLIMIT_NOFILE` routed programs start with; 0: the broker's own.
+pub fn child_nofile_soft() -> u64 {
+    CHILD_NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn errno_now() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -504,7 +517,10 @@ struct KernelSigaction {
 /// a broker can inherit them ignored, and an ignored signal stays ignored across exec.
 /// With `set`, installs that handler (no flags, empty mask). Returns the previous handler.
 /// Async-signal-safe.
-fn raw_sigaction(sig: i32, set: Option<libc::sighandler_t>) -> Option<libc::sighandler_t> {
+pub(super) fn raw_sigaction(
+    sig: i32,
+    set: Option<libc::sighandler_t>,
+) -> Option<libc::sighandler_t> {
     let act = set.map(|handler| KernelSigaction {
         handler,
         flags: 0,
@@ -928,6 +944,45 @@ impl Handoff {
     }
 }
 
+/// Enters the working directory: `path` as the context's uid sees it, or the caller's
+/// directory by its descriptor `fd` (-1: none) where the path names no directory any more
+/// or another one. A path the uid may not search fails here (a clear bad-cwd error) rather
+/// than falling back. Async-signal-safe; the errno of the failing call.
+unsafe fn enter_cwd(path: Option<&std::ffi::CStr>, fd: RawFd) -> Result<(), i32> {
+    let by_fd = |fd: RawFd| {
+        if libc::fchdir(fd) < 0 {
+            Err(errno())
+        } else {
+            Ok(())
+        }
+    };
+    match (path, fd) {
+        (None, -1) => Ok(()),
+        (None, fd) => by_fd(fd),
+        (Some(p), fd) => {
+            if libc::chdir(p.as_ptr()) == 0 {
+                if fd < 0 || same_dir(fd) {
+                    return Ok(());
+                }
+                return by_fd(fd);
+            }
+            match errno() {
+                libc::ENOENT | libc::ENOTDIR if fd >= 0 => by_fd(fd),
+                e => Err(e),
+            }
+        }
+    }
+}
+
+/// Whether the working directory is the directory `fd` refers to.
+unsafe fn same_dir(fd: RawFd) -> bool {
+    let mut here: libc::stat = std::mem::zeroed();
+    let mut there: libc::stat = std::mem::zeroed();
+    libc::stat(c".".as_ptr(), &mut here) == 0
+        && libc::fstat(fd, &mut there) == 0
+        && (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+}
+
 /// Writes `(stage, errno)` to the error pipe and exits. Async-signal-safe.
 unsafe fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
     let mut buf = [0u8; REPORT_LEN];
@@ -984,6 +1039,11 @@ unsafe fn child(
             fail(report, Stage::Cgroup, errno());
         }
     }
+    if let Some(carried) = &plan.inherited {
+        // In the cgroup already (its cpuset bounds the affinity), still root and not yet
+        // restricted by Landlock (see the function).
+        super::inherit::apply_scheduling(carried);
+    }
     for ruleset in plan.landlock.iter().flatten() {
         // First, so that everything after (the exec above all) runs in the domain.
         // landlock_restrict_self needs no_new_privs unless we hold CAP_SYS_ADMIN.
@@ -1030,6 +1090,18 @@ unsafe fn child(
     if report < 0 {
         libc::_exit(127);
     }
+    // Above the floor too: the caller's cwd descriptor is entered after the uid switch,
+    // so that the context's uid must be allowed in.
+    let cwd_fd = match plan.cwd_fd {
+        Some(fd) => {
+            let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor);
+            if moved < 0 {
+                fail(report, Stage::Chdir, errno());
+            }
+            moved
+        }
+        None => -1,
+    };
     let guard_sock = match plan.exec_guard {
         Some(h) => {
             let fd = libc::fcntl(h.sock, libc::F_DUPFD_CLOEXEC, floor);
@@ -1094,10 +1166,10 @@ unsafe fn child(
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    for &(resource, value) in &plan.rlimits {
+    for &(resource, soft, hard) in &plan.rlimits {
         let lim = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
+            rlim_cur: soft,
+            rlim_max: hard,
         };
         if libc::setrlimit(resource as _, &lim) < 0 {
             fail(report, Stage::Rlimits, errno());
@@ -1152,10 +1224,8 @@ unsafe fn child(
         }
     }
 
-    if let Some(cwd) = &plan.cwd {
-        if libc::chdir(cwd.as_ptr()) < 0 {
-            fail(report, Stage::Chdir, errno());
-        }
+    if let Err(e) = enter_cwd(plan.cwd.as_deref(), cwd_fd) {
+        fail(report, Stage::Chdir, e);
     }
 
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
@@ -1171,6 +1241,10 @@ unsafe fn child(
         // Last, so that it sees exactly the execs below and everything after them; the
         // guard lets the spawn child's own execs through (it still shares our memory).
         install_exec_guard(report, guard_sock, &mut *handoff);
+    }
+
+    if let Some(carried) = &plan.inherited {
+        super::inherit::apply_signals(carried);
     }
 
     let mut denied = false;
@@ -1215,8 +1289,10 @@ pub mod testing {
             argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
             envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
             cwd: None,
+            cwd_fd: None,
             identity: None,
             rlimits: Vec::new(),
+            inherited: None,
             fds,
             controlling_tty: None,
             new_session: false,

@@ -132,6 +132,17 @@ impl<'s> FdSet<'s> {
         &self.passed[..self.npassed]
     }
 
+    /// Appends a descriptor that rides after the inheritable ones with no slot of its own
+    /// (the cwd's); false when the storage has no room left for it.
+    pub fn push_unslotted(&mut self, fd: i32) -> bool {
+        if self.npassed >= self.passed.len() {
+            return false;
+        }
+        self.passed[self.npassed] = fd;
+        self.npassed += 1;
+        true
+    }
+
     fn add(&mut self, fd: i32) -> Result<(), ScanError> {
         if fd_cloexec(fd) != Some(false) {
             return Ok(());
@@ -242,6 +253,19 @@ fn open_anonymous_pipe(fd: i32) {
     if unsafe { libc::fstatfs(fd, &mut fs) } == 0 && fs.f_type as libc::c_long == PIPEFS_MAGIC {
         // SAFETY: changes only this anonymous pipe's mode.
         unsafe { libc::fchmod(fd, 0o666) };
+    }
+}
+
+/// An `O_PATH` descriptor of the working directory, which names it even when it was
+/// deleted or has no path from here (another mount namespace, outside a chroot); -1 when
+/// it cannot be opened. Close-on-exec, so no launch's descriptor scan ever sees it.
+pub fn open_cwd() -> i32 {
+    // SAFETY: a constant NUL-terminated path; the descriptor is the caller's to close.
+    unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::ffi::c_char;
 
-use ctx_protocol::{frame, ClientKind, FdSlot, FrameError, Grouping, Hello, TtyInfo};
+use ctx_protocol::{frame, Captured, ClientKind, FdSlot, FrameError, Grouping, Hello, TtyInfo};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
@@ -90,6 +90,7 @@ pub struct ExecRef<'a> {
     pub fds: &'a [FdSlot],
     pub tty: Option<&'a TtyInfo>,
     pub grouping: Grouping,
+    pub inherited: Option<&'a Captured>,
 }
 
 impl Serialize for ExecRef<'_> {
@@ -107,6 +108,7 @@ impl Serialize for ExecRef<'_> {
         st.serialize_field("tty", &self.tty)?;
         st.serialize_field("timeout_ms", &None::<u64>)?;
         st.serialize_field("grouping", &self.grouping)?;
+        st.serialize_field("inherited", &self.inherited)?;
         st.end()
     }
 }
@@ -144,7 +146,10 @@ impl ExecRef<'_> {
             + self.cwd.len()
             + self.context.len();
         let counts = self.argv.len() + self.env.len() + 8;
-        strings + counts * 10 + self.fds.len() * 12 + 512
+        // Inherited: 16 limits of three varints, the CPU mask, a few scalars.
+        let inherited =
+            ctx_protocol::inherit::MAX_RLIMITS * 30 + ctx_protocol::inherit::MAX_AFFINITY + 64;
+        strings + counts * 10 + self.fds.len() * 12 + inherited + 512
     }
 }
 
@@ -160,7 +165,7 @@ pub fn encode_launch(req: &ExecRef<'_>, out: &mut [u8]) -> Result<usize, FrameEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctx_protocol::{ExecRequest, FdSource, Request, TermModes, WinSize};
+    use ctx_protocol::{ExecRequest, FdSource, Request, Rlimit, TermModes, WinSize};
     use serde_bytes::ByteBuf;
     use std::ffi::CString;
 
@@ -171,6 +176,7 @@ mod tests {
         env: &[&[u8]],
         fds: &[FdSlot],
         tty: Option<TtyInfo>,
+        inherited: Option<&Captured>,
     ) -> Vec<u8> {
         let req = Request::Exec(ExecRequest {
             context: "user".into(),
@@ -185,6 +191,7 @@ mod tests {
             tty,
             timeout_ms: None,
             grouping: Grouping::SessionLeader,
+            inherited: inherited.map(Captured::to_inherited),
         });
         let mut v = Vec::new();
         frame::encode_vec(&Hello::new(ClientKind::Interposer), &mut v).unwrap();
@@ -206,8 +213,9 @@ mod tests {
         env: &[&[u8]],
         fds: &[FdSlot],
         tty: Option<TtyInfo>,
+        inherited: Option<&Captured>,
     ) {
-        let expected = owned(argv, program, search, env, fds, tty.clone());
+        let expected = owned(argv, program, search, env, fds, tty.clone(), inherited);
         let (_a, argv_c) = c_array(argv);
         let (_e, env_c) = c_array(env);
         let r = ExecRef {
@@ -220,6 +228,7 @@ mod tests {
             fds,
             tty: tty.as_ref(),
             grouping: Grouping::SessionLeader,
+            inherited,
         };
         let mut buf = vec![0u8; r.encoded_bound()];
         let n = encode_launch(&r, &mut buf).unwrap();
@@ -265,6 +274,26 @@ mod tests {
                 cc: [3; 32],
             }),
         };
+        // What this process would pass on, and a hand-made one with every field set and
+        // the widest values.
+        let mut here = Captured::read();
+        here.cwd_fd = true;
+        let mut wide = Captured::empty();
+        wide.umask = 0o777;
+        let limits: Vec<Rlimit> = (0..16)
+            .map(|resource| Rlimit {
+                resource,
+                soft: u64::MAX,
+                hard: u64::MAX,
+            })
+            .collect();
+        wide.set_rlimits(&limits);
+        wide.nice = Some(-20);
+        wide.set_affinity(Some(&[0xff; 128]));
+        wide.ioprio = Some(u16::MAX);
+        wide.oom_score_adj = Some(-1000);
+        wide.blocked = u64::MAX;
+        wide.ignored = u64::MAX;
         check(
             &[b"ls", b"-l", b"\xff\xfe non-utf8", b""],
             Some(b"/bin/ls"),
@@ -272,12 +301,13 @@ mod tests {
             &[b"A=1", b"B=\x80\x81"],
             &fds,
             Some(tty),
+            Some(&here),
         );
-        check(&[b"x"], None, Some(b"/usr/bin:/bin"), &[], &[], None);
-        check(&[], None, None, &[], &fds[1..], None);
+        check(&[b"x"], None, Some(b"/usr/bin:/bin"), &[], &[], None, None);
+        check(&[], None, None, &[], &fds[1..], None, Some(&wide));
         let long = vec![b'a'; 300];
         let many: Vec<&[u8]> = (0..200).map(|_| &long[..]).collect();
-        check(&many, None, None, &many, &[], None);
+        check(&many, None, None, &many, &[], None, Some(&wide));
     }
 
     #[test]
@@ -292,6 +322,7 @@ mod tests {
             fds: &[],
             tty: None,
             grouping: Grouping::Member,
+            inherited: None,
         };
         let mut small = [0u8; 8];
         assert!(encode_launch(&r, &mut small).is_err());

@@ -137,9 +137,13 @@ pub fn run(a: &[&[u8]]) -> ! {
         std::process::exit(exit)
     };
 
+    // First, before this process changes anything: glibc applied the caller's attributes
+    // (signal mask, default signals), so what this process holds is what the program
+    // would have inherited.
+    let mut inherited = ctx_protocol::Captured::read();
     let mut inline = Box::new(InlineFds::new());
     let mut big = None;
-    let set = match fds::scan_any(&mut inline, &mut big, report_fd) {
+    let mut set = match fds::scan_any(&mut inline, &mut big, report_fd) {
         Ok(set) => set,
         Err(e) => {
             conn::refusal(context, name)
@@ -174,6 +178,11 @@ pub fn run(a: &[&[u8]]) -> ! {
         None if search && !program.contains(&b'/') => (program, Some(path)),
         None => (program, None),
     };
+    // The cwd as a descriptor too, after the inheritable ones (see exec::send).
+    let cwd_fd = fds::open_cwd();
+    if cwd_fd >= 0 && set.push_unslotted(cwd_fd) {
+        inherited.cwd_fd = true;
+    }
     let req = ExecRef {
         context,
         argv: StrList::Slice(argv),
@@ -185,6 +194,7 @@ pub fn run(a: &[&[u8]]) -> ! {
         tty: set.tty.as_ref(),
         // glibc applied the caller's attributes (POSIX_SPAWN_SETSID, SETPGROUP) to us.
         grouping: wire::own_grouping(),
+        inherited: Some(&inherited),
     };
     let bound = req.encoded_bound();
     let mut out = vec![0u8; bound];
@@ -214,7 +224,12 @@ pub fn run(a: &[&[u8]]) -> ! {
         }
     };
     let mut reply = vec![0u8; 64 * 1024];
-    match conn::exchange(sock, &out[..n], set.passed(), &mut reply) {
+    let verdict = conn::exchange(sock, &out[..n], set.passed(), &mut reply);
+    if cwd_fd >= 0 {
+        // SAFETY: our descriptor; the broker has its own copy.
+        unsafe { libc::close(cwd_fd) };
+    }
+    match verdict {
         Verdict::Started { .. } | Verdict::Accepted => {}
         Verdict::Failed { errno, .. } => fail(errno, failed_exit_code(errno)),
         ref v => {

@@ -1,0 +1,575 @@
+//! What a child inherits across fork + execve (SPEC 4.14) reaches a routed process as it
+//! reaches a local one: umask, resource limits, nice value, CPU affinity, I/O priority,
+//! `oom_score_adj`, the signal mask and ignored signals, and a working directory even when
+//! it was deleted. Each probe runs locally, then with its launches routed by the
+//! interposer (`ctx run`), and through `ctx exec` where the CLI is the caller; the outputs
+//! must match. And a caller lowers, never raises: what would be more than the routed
+//! process gets by default (a lower nice value, a realtime I/O class, a lower
+//! `oom_score_adj`, a limit above the context's `rlimits`) is not carried.
+
+use std::process::Command;
+
+use ctx_tests::*;
+
+// ---------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------
+
+/// `root` and `alice` inherit the caller's cwd; `capped` caps open files at 4096;
+/// `fixed` always starts in /tmp.
+fn config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.root]
+user = "root"
+cwd = "inherit"
+allow = {{ uids = [0] }}
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0] }}
+
+[contexts.capped]
+user = "root"
+cwd = "inherit"
+rlimits = {{ nofile = 4096 }}
+allow = {{ uids = [0] }}
+
+[contexts.fixed]
+user = "root"
+cwd = "/tmp"
+allow = {{ uids = [0] }}
+"#
+    )
+}
+
+/// Launches into `context` the audit log has recorded so far.
+fn launches(b: &Broker, context: &str) -> usize {
+    b.audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "exec" && l["context"] == context)
+        .count()
+}
+
+/// Runs `cmd`, expecting success; asserts that it routed at least one launch into
+/// `context` (a probe that ran locally by mistake would compare equal too).
+fn routed_ok(b: &Broker, context: &str, cmd: &mut Command) -> String {
+    let before = launches(b, context);
+    let out = run(cmd).ok();
+    b.wait_audit(before + 1, |l| {
+        l["event"] == "exec" && l["context"] == context
+    });
+    out
+}
+
+/// `bash -c 'SETUP; sh -c "$0"' PROBE`: the caller sets something up, then starts a shell
+/// that prints what it got.
+fn local(setup: &str, probe: &str) -> String {
+    run(Command::new("bash").args(["-c", &format!("{setup}; sh -c \"$0\""), probe])).ok()
+}
+
+/// Tools a setup runs to change the caller itself (`renice -p $$`): they must run in the
+/// caller, not routed.
+const SETUP_TOOLS: [&str; 3] = ["renice", "ionice", "taskset"];
+
+/// The same with the caller's launches routed to `context` by the interposer.
+fn via_interposer(b: &Broker, context: &str, setup: &str, probe: &str) -> String {
+    let mut cmd = b.ctx(["run", "--route-to", context]);
+    for tool in SETUP_TOOLS {
+        cmd.args(["--passthrough", tool]);
+    }
+    cmd.args(["--", "bash", "-c"]);
+    cmd.args([&format!("{setup}; sh -c \"$0\""), probe]);
+    routed_ok(b, context, &mut cmd)
+}
+
+/// The same with the caller exec'ing `ctx exec --context CONTEXT -- sh -c PROBE`.
+fn via_cli(b: &Broker, context: &str, setup: &str, probe: &str) -> String {
+    let script =
+        format!("{setup}; exec \"$1\" --socket \"$2\" exec --context {context} -- sh -c \"$0\"");
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script, probe])
+        .arg(bin("ctx"))
+        .arg(b.socket());
+    routed_ok(b, context, &mut cmd)
+}
+
+/// Asserts that `SETUP; sh -c PROBE` prints `expected` locally and routed to each of
+/// `contexts`, by the interposer and by the CLI.
+fn same_everywhere(b: &Broker, contexts: &[&str], setup: &str, probe: &str, expected: &str) {
+    assert_eq!(local(setup, probe), expected, "locally: {setup}; {probe}");
+    same_as_local(b, contexts, setup, probe);
+}
+
+/// Asserts that `SETUP; sh -c PROBE` prints what it prints locally when routed to each of
+/// `contexts`, by the interposer and by the CLI; returns the local output.
+fn same_as_local(b: &Broker, contexts: &[&str], setup: &str, probe: &str) -> String {
+    let expected = local(setup, probe);
+    for ctx in contexts {
+        assert_eq!(
+            via_interposer(b, ctx, setup, probe),
+            expected,
+            "routed to {ctx} by the interposer: {setup}; {probe}"
+        );
+        assert_eq!(
+            via_cli(b, ctx, setup, probe),
+            expected,
+            "routed to {ctx} by ctx exec: {setup}; {probe}"
+        );
+    }
+    expected
+}
+
+/// The `SigIgn:` mask in a line of `/proc/PID/status`.
+fn sig_ign(status_line: &str) -> u64 {
+    let hex = status_line
+        .trim()
+        .strip_prefix("SigIgn:")
+        .expect("a SigIgn line");
+    u64::from_str_radix(hex.trim(), 16).expect("hexadecimal")
+}
+
+/// Bit n-1 for signal n.
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// `ARGV` run locally, and by `ctx run --route-to CONTEXT -- ARGV` (its own launches
+/// routed); both outputs.
+fn both(b: &Broker, context: &str, argv: &[&str]) -> (String, String) {
+    let local = run(Command::new(argv[0]).args(&argv[1..])).ok();
+    let mut cmd = b.ctx(["run", "--route-to", context, "--"]);
+    cmd.args(argv);
+    (local, routed_ok(b, context, &mut cmd))
+}
+
+// ---------------------------------------------------------------------------------------
+// umask and resource limits
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_umask_is_carried() {
+    let b = Broker::start(&config());
+    same_everywhere(&b, &["root", "alice"], "umask 027", "umask", "0027\n");
+    same_everywhere(&b, &["alice"], "umask 0", "umask", "0000\n");
+}
+
+#[test]
+fn a_lowered_open_files_limit_is_carried() {
+    let b = Broker::start(&config());
+    same_everywhere(
+        &b,
+        &["root", "alice", "capped"],
+        "ulimit -n 64",
+        "ulimit -Sn; ulimit -Hn",
+        "64\n64\n",
+    );
+    // Only the soft limit: the hard one stays what the routed process has anyway.
+    same_everywhere(
+        &b,
+        &["root", "alice"],
+        "ulimit -Sn 100",
+        "ulimit -Sn",
+        "100\n",
+    );
+}
+
+#[test]
+fn a_cpu_time_limit_is_carried() {
+    let b = Broker::start(&config());
+    same_everywhere(
+        &b,
+        &["root", "alice"],
+        "ulimit -t 7",
+        "ulimit -St; ulimit -Ht",
+        "7\n7\n",
+    );
+    // And it is in force: a busy loop dies of SIGXCPU after a second of CPU time.
+    let setup = "ulimit -St 1";
+    let probe = "sh -c \"while :; do :; done\"; echo status=$?";
+    let expected = format!("status={}\n", 128 + libc::SIGXCPU);
+    assert_eq!(local(setup, probe), expected);
+    assert_eq!(via_interposer(&b, "alice", setup, probe), expected);
+}
+
+#[test]
+fn a_caller_cannot_raise_a_limit_above_the_contexts() {
+    let b = Broker::start(&config());
+    // Locally 10000 (below this host's hard limit); the context allows 4096.
+    assert_eq!(local("ulimit -n 10000", "ulimit -n"), "10000\n");
+    assert_eq!(
+        via_interposer(&b, "capped", "ulimit -n 10000", "ulimit -Sn; ulimit -Hn"),
+        "4096\n4096\n"
+    );
+    assert_eq!(
+        via_cli(&b, "capped", "ulimit -n 10000", "ulimit -Sn; ulimit -Hn"),
+        "4096\n4096\n"
+    );
+    // Lower than the context's: the caller's.
+    assert_eq!(
+        via_interposer(&b, "capped", "ulimit -n 64", "ulimit -n"),
+        "64\n"
+    );
+    // Nothing said: the context's, and the broker's default soft limit elsewhere.
+    assert_eq!(
+        run(&mut b.exec_cmd("capped", &["sh", "-c", "ulimit -n"])).ok(),
+        "4096\n"
+    );
+}
+
+/// `preexec_fn` runs between Python's fork and exec: the limit it sets is the exec'ing
+/// process's own, which the hook reads.
+#[test]
+fn a_limit_set_in_pythons_preexec_fn_reaches_the_child() {
+    let b = Broker::start(&config());
+    let script = r#"
+import resource, subprocess
+lim = 1 << 30
+out = subprocess.run(["sh", "-c", "ulimit -v; ulimit -Hv"], capture_output=True, text=True,
+    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (lim, lim)), check=True)
+print(out.stdout, end="")
+"#;
+    let (local, routed) = both(&b, "alice", &["/usr/bin/python3", "-c", script]);
+    assert_eq!(local, "1048576\n1048576\n");
+    assert_eq!(routed, local);
+}
+
+// ---------------------------------------------------------------------------------------
+// Scheduling: nice, affinity, I/O priority, oom_score_adj
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_higher_nice_value_is_carried() {
+    let b = Broker::start(&config());
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["nice", "-n", "5", "sh", "-c", "nice"]);
+        assert_eq!(local, "5\n");
+        assert_eq!(routed, local, "{ctx}");
+    }
+    same_everywhere(
+        &b,
+        &["alice"],
+        "renice -n 7 -p $$ >/dev/null",
+        "nice",
+        "7\n",
+    );
+}
+
+#[test]
+fn a_lower_nice_value_is_not_carried() {
+    let b = Broker::start(&config());
+    // Root may lower its own nice value; the routed process starts at the broker's (0).
+    let (local, routed) = both(&b, "root", &["nice", "-n", "-5", "sh", "-c", "nice"]);
+    assert_eq!(local, "-5\n");
+    assert_eq!(routed, "0\n");
+}
+
+#[test]
+fn the_cpu_affinity_is_carried() {
+    let b = Broker::start(&config());
+    let probe = ["sh", "-c", "grep Cpus_allowed_list /proc/self/status"];
+    for ctx in ["root", "alice"] {
+        let mut argv = vec!["taskset", "-c", "0"];
+        argv.extend(probe);
+        let (local, routed) = both(&b, ctx, &argv);
+        assert_eq!(local, "Cpus_allowed_list:\t0\n");
+        assert_eq!(routed, local, "{ctx}");
+    }
+    same_everywhere(
+        &b,
+        &["alice"],
+        "taskset -pc 0 $$ >/dev/null",
+        "grep Cpus_allowed_list /proc/self/status",
+        "Cpus_allowed_list:\t0\n",
+    );
+}
+
+#[test]
+fn a_lower_io_priority_is_carried() {
+    let b = Broker::start(&config());
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["ionice", "-c", "3", "sh", "-c", "ionice"]);
+        assert_eq!(local, "idle\n");
+        assert_eq!(routed, local, "{ctx}");
+        let (local, routed) = both(
+            &b,
+            ctx,
+            &["ionice", "-c", "2", "-n", "7", "sh", "-c", "ionice"],
+        );
+        assert_eq!(local, "best-effort: prio 7\n");
+        assert_eq!(routed, local, "{ctx}");
+    }
+    same_everywhere(&b, &["alice"], "ionice -c 3 -p $$", "ionice", "idle\n");
+}
+
+#[test]
+fn a_higher_io_priority_is_not_carried() {
+    let b = Broker::start(&config());
+    let default = run(&mut b.exec_cmd("root", &["ionice"])).ok();
+    // Realtime (root may ask for it locally) and the highest best-effort level.
+    for class in [&["-c", "1"][..], &["-c", "2", "-n", "0"]] {
+        let mut argv = vec!["ionice"];
+        argv.extend(class);
+        argv.extend(["sh", "-c", "ionice"]);
+        let (local, routed) = both(&b, "root", &argv);
+        assert_ne!(local, default, "{argv:?}");
+        assert_eq!(routed, default, "{argv:?}");
+    }
+}
+
+/// Sets this test process's own `oom_score_adj` (each test runs in a process of its own),
+/// which the broker started next inherits as its default.
+fn set_own_oom_score_adj(value: i32) {
+    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+        .expect("raising our own oom_score_adj needs no privilege");
+}
+
+#[test]
+fn a_higher_oom_score_adj_is_carried() {
+    let b = Broker::start(&config());
+    same_everywhere(
+        &b,
+        &["root", "alice"],
+        "echo 500 > /proc/self/oom_score_adj",
+        "cat /proc/self/oom_score_adj",
+        "500\n",
+    );
+}
+
+#[test]
+fn a_lower_oom_score_adj_is_not_carried() {
+    // The broker (and so every routed process) defaults to 300; the caller lowers its own
+    // to 100, which root without CAP_SYS_RESOURCE may (it never went below 0).
+    set_own_oom_score_adj(300);
+    let b = Broker::start(&config());
+    let setup = "echo 100 > /proc/self/oom_score_adj";
+    let probe = "cat /proc/self/oom_score_adj";
+    assert_eq!(local(setup, probe), "100\n");
+    for ctx in ["root", "alice"] {
+        assert_eq!(via_interposer(&b, ctx, setup, probe), "300\n", "{ctx}");
+        assert_eq!(via_cli(&b, ctx, setup, probe), "300\n", "{ctx}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------
+
+/// `trap '' PIPE`: `yes` then gets EPIPE instead of dying of SIGPIPE, and exits 1.
+#[test]
+fn an_ignored_sigpipe_is_carried() {
+    let b = Broker::start(&config());
+    let script = "trap '' PIPE; yes | head -1; echo ${PIPESTATUS[0]}";
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["bash", "-c", script]);
+        assert_eq!(local, "y\n1\n");
+        assert_eq!(routed, local, "{ctx}");
+    }
+    // Not ignored: both die of it.
+    let (local, routed) = both(
+        &b,
+        "alice",
+        &["bash", "-c", "yes | head -1; echo ${PIPESTATUS[0]}"],
+    );
+    assert_eq!(local, "y\n141\n");
+    assert_eq!(routed, local);
+}
+
+#[test]
+fn ignored_signals_are_carried() {
+    let b = Broker::start(&config());
+    let probe = "grep SigIgn /proc/self/status";
+    // Compared with the local run, whose mask also holds what the test runner ignores.
+    let got = same_as_local(&b, &["root", "alice"], "trap '' INT TERM", probe);
+    assert_eq!(
+        sig_ign(&got) & (bit(libc::SIGINT) | bit(libc::SIGTERM) | bit(libc::SIGHUP)),
+        bit(libc::SIGINT) | bit(libc::SIGTERM),
+        "{got}"
+    );
+    // nohup ignores SIGHUP and execs its command: the exec is the routed one.
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["nohup", "sh", "-c", probe]);
+        assert_ne!(sig_ign(&local) & bit(libc::SIGHUP), 0, "{local}");
+        assert_eq!(routed, local, "{ctx}");
+    }
+}
+
+/// `system(3)` ignores SIGINT and SIGQUIT in the caller while it waits, and blocks
+/// SIGCHLD; its child gets them back (glibc's posix_spawn attributes, which the hook
+/// applies to what it sends) unless the caller ignored them before.
+#[test]
+fn system_gives_its_child_the_callers_signal_state() {
+    let b = Broker::start(&config());
+    let script = r#"
+import os, signal, sys
+if sys.argv[1] == "quit-ignored":
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+os.system("grep SigIgn /proc/self/status")
+"#;
+    for case in ["plain", "quit-ignored"] {
+        let (local, routed) = both(&b, "alice", &["/usr/bin/python3", "-c", script, case]);
+        let ign = sig_ign(&local);
+        assert_eq!(ign & bit(libc::SIGINT), 0, "{case}: {local}");
+        assert_eq!(
+            ign & bit(libc::SIGQUIT) != 0,
+            case == "quit-ignored",
+            "{local}"
+        );
+        assert_eq!(routed, local, "{case}");
+    }
+}
+
+/// Python blocks SIGUSR1, keeps its own ignored SIGPIPE and SIGXFSZ for the child
+/// (`restore_signals=False`), and launches by vfork + exec.
+#[test]
+fn the_signal_mask_is_carried() {
+    let b = Broker::start(&config());
+    let script = r#"
+import signal, subprocess
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+subprocess.run(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], restore_signals=False, check=True)
+"#;
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["/usr/bin/python3", "-c", script]);
+        let lines: Vec<&str> = local.lines().collect();
+        assert_eq!(lines[0], "SigBlk:\t0000000000000200", "{local}");
+        let pipe_xfsz = bit(libc::SIGPIPE) | bit(libc::SIGXFSZ);
+        assert_eq!(sig_ign(lines[1]) & pipe_xfsz, pipe_xfsz, "{local}");
+        assert_eq!(routed, local, "{ctx}");
+    }
+    // The CLI: a blocked SIGUSR2 (bit 11) in the shell that runs ctx exec.
+    let script = r#"
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+os.execv(sys.argv[1], [sys.argv[1], "--socket", sys.argv[2], "exec", "--context", "alice",
+    "--", "grep", "SigBlk", "/proc/self/status"])
+"#;
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script]).arg(bin("ctx")).arg(b.socket());
+    assert_eq!(
+        routed_ok(&b, "alice", &mut cmd),
+        "SigBlk:\t0000000000000800\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Working directory
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_deleted_cwd_is_carried() {
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    // Where alice may create and remove a directory (her mkdir is a routed one).
+    let dir = tmp.subdir("shared", 0o1777);
+    // The inode of the directory, then the probe's view of its cwd once it is gone: the
+    // same inode, and empty (not even `.` and `..` are listed in a deleted directory).
+    // Nothing that writes: a probe that ran elsewhere must not leave files behind.
+    let setup = "mkdir d && cd d && stat -c %i . && rmdir ../d";
+    let probe = "stat -c %i .; ls -a | wc -l";
+    let in_dir = |mut cmd: Command| {
+        cmd.current_dir(&dir);
+        cmd
+    };
+    let mut cmd = in_dir(Command::new("bash"));
+    cmd.args(["-c", &format!("{setup}; sh -c \"$0\""), probe]);
+    let local = run(&mut cmd).ok();
+    let lines: Vec<&str> = local.lines().collect();
+    assert_eq!(lines.len(), 3, "{local}");
+    assert_eq!(lines[0], lines[1], "same inode: {local}");
+    assert_eq!(lines[2], "0", "{local}");
+    for ctx in ["root", "alice"] {
+        let mut cmd = in_dir(b.ctx(["run", "--route-to", ctx, "--", "bash", "-c"]));
+        cmd.args([&format!("{setup}; sh -c \"$0\""), probe]);
+        let routed = routed_ok(&b, ctx, &mut cmd);
+        let r: Vec<&str> = routed.lines().collect();
+        assert_eq!(r.len(), 3, "{ctx}: {routed}");
+        assert_eq!(r[0], r[1], "{ctx}: the same directory: {routed}");
+        assert_eq!(r[2], "0", "{ctx}: {routed}");
+
+        let script =
+            format!("{setup}; exec \"$1\" --socket \"$2\" exec --context {ctx} -- sh -c \"$0\"");
+        let mut cmd = in_dir(Command::new("bash"));
+        cmd.args(["-c", &script, probe])
+            .arg(bin("ctx"))
+            .arg(b.socket());
+        let routed = routed_ok(&b, ctx, &mut cmd);
+        let r: Vec<&str> = routed.lines().collect();
+        assert_eq!(r.len(), 3, "{ctx} by ctx exec: {routed}");
+        assert_eq!(r[0], r[1], "{ctx} by ctx exec: {routed}");
+        assert_eq!(r[2], "0", "{ctx} by ctx exec: {routed}");
+    }
+    // A context with a cwd of its own keeps it (mkdir and rmdir run here, in the caller's
+    // cwd: routed, they would run in the context's).
+    let mut cmd = in_dir(b.ctx(["run", "--route-to", "fixed", "--passthrough", "mkdir"]));
+    cmd.args(["--passthrough", "rmdir", "--", "bash", "-c"]);
+    cmd.args(["mkdir e && cd e && rmdir ../e && sh -c pwd"]);
+    assert_eq!(routed_ok(&b, "fixed", &mut cmd), "/tmp\n");
+}
+
+/// A cwd that still exists is entered by its path, as the context's uid: one it may not
+/// reach stays a clear bad-cwd error, not something the descriptor gets around.
+#[test]
+fn a_cwd_the_context_user_cannot_reach_is_still_refused() {
+    let b = Broker::start(&config());
+    let dir = TempDir::new();
+    dir.subdir("private", 0o700);
+    let inner = dir.subdir("private/inner", 0o755);
+    let mut cmd = b.ctx([
+        "run",
+        "--route-to",
+        "alice",
+        "--",
+        "sh",
+        "-c",
+        "sh -c pwd; echo rc=$?",
+    ]);
+    cmd.current_dir(&inner);
+    let out = run(&mut cmd);
+    assert_eq!(out.stdout_str(), "rc=126\n", "{}", out.show());
+    let mut cmd = b.exec_cmd("alice", &["pwd"]);
+    cmd.current_dir(&inner);
+    let out = run(&mut cmd);
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(out.stderr_str().contains("cannot enter"), "{}", out.show());
+}
+
+/// `ctx run` replaces itself with the program, like a shell's `exec`: the program keeps
+/// the caller's signal mask and ignored SIGPIPE (which std's own exec would reset).
+#[test]
+fn ctx_run_keeps_the_callers_signal_state() {
+    use std::ffi::OsString;
+    let b = Broker::start(&config());
+    // grep itself: dash, as sh, empties its signal mask when it starts.
+    let probe = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"].map(OsString::from);
+    let script = r#"
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+os.execvp(sys.argv[1], sys.argv[1:])
+"#;
+    let python = |argv: &[OsString]| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", script]).args(argv);
+        run(&mut cmd).ok()
+    };
+    let local = python(&probe);
+    let mut argv = vec![bin("ctx").into_os_string(), "--socket".into()];
+    argv.extend([
+        b.socket().into_os_string(),
+        "run".into(),
+        "--route-to".into(),
+    ]);
+    argv.extend(["alice".into(), "--".into()]);
+    argv.extend(probe);
+    let via_run = python(&argv);
+    assert!(local.starts_with("SigBlk:\t0000000000000200\n"), "{local}");
+    assert_ne!(
+        sig_ign(local.lines().nth(1).unwrap()) & bit(libc::SIGPIPE),
+        0
+    );
+    assert_eq!(via_run, local);
+}
