@@ -663,6 +663,16 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// SIGKILLs the broker and reaps it at once (a crash, as routed processes see it).
+    pub fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {

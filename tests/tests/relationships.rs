@@ -301,3 +301,36 @@ for how in ("user", "preexec_fn"):
     );
     assert_eq!(r.stderr_str().matches(&why).count(), 2, "{}", r.show());
 }
+
+/// Found by the CPython run: a shim whose broker died while it was forwarding a signal
+/// spun for ever (each failed send raised a SIGPIPE, which it forwarded, which failed...).
+/// Here the shim is stopped, the broker killed and a signal queued before it resumes: it
+/// must see the broker is gone and end.
+#[test]
+fn a_shim_forwarding_a_signal_to_a_dead_broker_ends() {
+    use nix::sys::signal::Signal;
+    let mut b = broker();
+    let script = "import subprocess, sys\n\
+        p = subprocess.Popen(['sleep', '100'])\n\
+        print(p.pid, flush=True)\n\
+        print('status', p.wait(), flush=True)\n";
+    let mut caller = b
+        .ctx(["run", "--route-to", "alice", "--", PYTHON, "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(caller.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let shim: u32 = line.trim().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(shim, Signal::SIGSTOP);
+    b.kill_now();
+    signal(shim, Signal::SIGUSR1);
+    signal(shim, Signal::SIGCONT);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("status "), "{line:?}");
+    let _ = caller.wait();
+}

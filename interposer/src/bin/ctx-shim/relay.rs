@@ -101,8 +101,28 @@ impl Relay<'_> {
     fn send(&mut self, req: &Request) {
         let mut buf = Vec::with_capacity(64);
         if frame::encode_vec(req, &mut buf).is_ok() {
-            // A failed send shows up as EOF on the read side, which ends the relay.
-            write_all(self.sock, &buf);
+            // A failed send shows up as EOF on the read side, which ends the relay. Never
+            // with a SIGPIPE: that signal is ours to forward, so each failed send would
+            // queue another and the signal loop would spin on a dead broker for ever.
+            let mut data = &buf[..];
+            while !data.is_empty() {
+                // SAFETY: a valid readable slice.
+                let n = unsafe {
+                    libc::send(
+                        self.sock,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 && sys::errno() == libc::EINTR {
+                    continue;
+                }
+                if n <= 0 {
+                    return;
+                }
+                data = &data[n as usize..];
+            }
         }
     }
 
