@@ -14,13 +14,16 @@ starts its own broker (target/release/ctx-broker on a temp socket) with one cont
     inherit_env = ["*"]
     allow = { uids = [0] }
 
-Each suite runs as its own `python3 -m test -v --junit-xml F SUITE` process, once natively
+Each suite runs as its own `python3 -m test -v --junit-xml F SUITE` process (with a bound
+on each case, see REGRTEST_WITH_CASE_TIMEOUT), once natively
 and once as `ctx run --route-to root0 -- python3 -m test ...` with the same flags (regrtest's
 own -j is not used: its worker processes would be routed launches, and a routed process's
 own children run locally, so the tests themselves would no longer be routed). --jobs N runs
-N of these processes at once. The test cases that passed natively and did not pass routed
-are run again, routed, on their own (--rerun, default 1) to tell a stable difference from
-a flaky one.
+N of these processes at once. A case still running after --test-timeout seconds (60) is
+a "hang": regrtest's faulthandler dumps its traceback and ends the process, and the cases
+it did not reach (from `--list-cases`) run in a continuation run. The test cases that
+passed natively and did not pass routed are run again, routed, on their own (--rerun,
+default 1) to tell a stable difference from a flaky one.
 
 Output: per suite the counts and wall times, then every difference with its failure text.
 --json FILE writes the same as data (the Rust test tests/tests/cpython_suites.rs reads it).
@@ -53,8 +56,28 @@ inherit_env = ["*"]
 allow = { uids = [0] }
 """
 
-PASS, FAIL, ERROR, SKIP, XFAIL, XPASS, MISSING = (
-    "pass", "fail", "error", "skip", "xfail", "xpass", "missing")
+PASS, FAIL, ERROR, SKIP, XFAIL, XPASS, HANG, MISSING = (
+    "pass", "fail", "error", "skip", "xfail", "xpass", "hang", "missing")
+
+
+# `python3 -m test` with a bound on each test case rather than regrtest's --timeout, which
+# bounds a whole test file: faulthandler dumps the traceback of a case still running after
+# TIMEOUT seconds and ends the process (the run's -v log then names the case).
+REGRTEST_WITH_CASE_TIMEOUT = """\
+import faulthandler, sys, unittest
+timeout = float(sys.argv.pop(1))
+run = unittest.TestCase.run
+def bounded_run(self, result=None):
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        return run(self, result)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+if timeout > 0:
+    unittest.TestCase.run = bounded_run
+from test.libregrtest import main
+main()
+"""
 
 
 def log(msg):
@@ -142,7 +165,7 @@ def parse_xml(path):
 
 
 def rank(status):
-    return {PASS: 0, XFAIL: 0, SKIP: 1, XPASS: 2, FAIL: 3, ERROR: 4}.get(status, 5)
+    return {PASS: 0, XFAIL: 0, SKIP: 1, XPASS: 2, FAIL: 3, ERROR: 4, HANG: 5}.get(status, 6)
 
 
 def parse_log_failures(path):
@@ -172,17 +195,27 @@ def parse_log_failures(path):
 
 
 def parse_log(path):
-    """Best effort when no XML was written (the run crashed or timed out): the -v lines."""
+    """Best effort when no XML was written (the run timed out or crashed): the -v lines.
+
+    A case that was still running when regrtest's --timeout fired is HANG, with the
+    traceback faulthandler dumped."""
     results = {}
     with open(path, errors="replace") as f:
         text = f.read()
-    for m in re.finditer(r"^(\w+) \(([\w.]+)\)(?:\n[^\n]*?)? \.\.\. ", text, re.M):
-        tail = text[m.end():m.end() + 4000]
+    heads = list(re.finditer(r"^(\w+) \(([\w.]+)\)(?:\n[^\n]*?)? \.\.\. ", text, re.M))
+    for i, m in enumerate(heads):
+        stop = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        tail = text[m.end():stop]
         word = re.search(r"(?m)(ok|FAIL|ERROR|expected failure|unexpected success"
                          r"|skipped)(?: .*)?$", tail)
+        timeout = re.search(r"(?m)^Timeout \(\d+:\d\d:\d\d\)!$", tail)
         name = base_id(m.group(2))
         if not name.endswith("." + m.group(1)):
             name = f"{name}.{m.group(1)}"
+        if timeout and (not word or timeout.start() < word.start()):
+            dump = tail[timeout.start():].strip().splitlines()
+            results[name] = (HANG, "\n".join(dump[:12]))
+            continue
         status = {"ok": PASS, "FAIL": FAIL, "ERROR": ERROR, "skipped": SKIP,
                   "expected failure": XFAIL, "unexpected success": XPASS}.get(
                       word.group(1) if word else "", MISSING)
@@ -208,9 +241,8 @@ def run_suite(args, suite, mode, out_dir, socket, match_file=None, tag=""):
     log_path = os.path.join(out_dir, stem + ".log")
     work = os.path.join(out_dir, stem + ".work")
     os.mkdir(work)
-    cmd = [args.python, "-m", "test", "-v", "--junit-xml", xml_path]
-    if args.test_timeout > 0:
-        cmd += ["--timeout", str(args.test_timeout)]
+    cmd = [args.python, "-c", REGRTEST_WITH_CASE_TIMEOUT, str(args.test_timeout),
+           "-v", "--junit-xml", xml_path]
     if match_file:
         cmd += ["--matchfile", match_file]
     cmd.append(suite)
@@ -223,7 +255,9 @@ def run_suite(args, suite, mode, out_dir, socket, match_file=None, tag=""):
     launches_before = routed_launches(args.audit_log) if mode == "routed" else 0
     start = time.monotonic()
     with open(log_path, "wb") as out:
-        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        shown = [a if a != REGRTEST_WITH_CASE_TIMEOUT else "REGRTEST_WITH_CASE_TIMEOUT"
+                 for a in cmd]
+        out.write(("$ " + " ".join(shown) + "\n").encode())
         out.flush()
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT,
@@ -234,6 +268,11 @@ def run_suite(args, suite, mode, out_dir, socket, match_file=None, tag=""):
             os.killpg(proc.pid, 9)
             rc = proc.wait()
             out.write(f"\n*** cpython-suites: killed after {args.suite_timeout} s\n".encode())
+        # What a timed-out run left behind in its group (a hung shim, say) goes too.
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
     wall = time.monotonic() - start
     launches = routed_launches(args.audit_log) - launches_before if mode == "routed" else 0
     if os.path.exists(xml_path):
@@ -274,8 +313,10 @@ def main():
                     "per-suite counts of routed launches overlap)")
     ap.add_argument("--rerun", type=int, default=1,
                     help="routed reruns of the cases that differ (0: none)")
-    ap.add_argument("--test-timeout", type=int, default=300,
-                    help="regrtest --timeout: seconds for one test case")
+    ap.add_argument("--max-continue", type=int, default=5,
+                    help="runs of the cases a stopped run did not reach")
+    ap.add_argument("--test-timeout", type=int, default=60,
+                    help="seconds for one test case (0: unbounded)")
     ap.add_argument("--suite-timeout", type=int, default=1800,
                     help="seconds for one suite process before it is killed")
     ap.add_argument("--routed-only", action="store_true",
@@ -322,25 +363,60 @@ def main():
     sys.exit(1 if any(d["stable"] for d in report["differences"]) else 0)
 
 
+def list_cases(args, suite):
+    """Every test id of a suite, as `python3 -m test --list-cases` names them."""
+    out = subprocess.run([args.python, "-m", "test", "--list-cases", suite],
+                         stdin=subprocess.DEVNULL, capture_output=True, check=True)
+    return [line.strip() for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+def run_all(args, suite, mode, out_dir, socket, universe):
+    """Runs a suite; when the run stopped early (a case hung past --test-timeout, or the
+    interpreter crashed), runs the cases it did not reach, up to --continue times."""
+    first = run_suite(args, suite, mode, out_dir, socket)
+    results = dict(first["results"])
+    runs = [first]
+    for i in range(args.max_continue):
+        unrun = [k for k in universe if k not in results]
+        if not unrun:
+            break
+        mf = os.path.join(out_dir, f"{suite}.{mode}.cont{i + 1}.match")
+        with open(mf, "w") as f:
+            f.write("".join(k + "\n" for k in unrun))
+        more = run_suite(args, suite, mode, out_dir, socket, match_file=mf,
+                         tag=f".cont{i + 1}")
+        runs.append(more)
+        if not more["results"]:
+            break
+        results.update(more["results"])
+    return {"suite": suite, "mode": mode, "results": results,
+            "wall": sum(r["wall"] for r in runs), "launches": sum(r["launches"] for r in runs),
+            "source": "+".join(r["source"] for r in runs), "rc": [r["rc"] for r in runs],
+            "log": [r["log"] for r in runs]}
+
+
 def compare(args, out_dir, socket):
     modes = ["routed"] if args.routed_only else ["native", "routed"]
+    universe = {suite: list_cases(args, suite) for suite in args.suites}
     jobs = [(s, m) for m in modes for s in args.suites]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda j: run_suite(args, j[0], j[1], out_dir, socket), jobs))
+        runs = list(pool.map(
+            lambda j: run_all(args, j[0], j[1], out_dir, socket, universe[j[0]]), jobs))
     by = {(r["suite"], r["mode"]): r for r in runs}
     report = {"python": args.python, "suites": {}, "differences": [], "flaky": [],
               "routed_only_passes": []}
     for suite in args.suites:
         native = by.get((suite, "native"))
         routed = by[(suite, "routed")]
-        nres = native["results"] if native else {k: (PASS, "") for k in routed["results"]}
+        nres = native["results"] if native else {k: (PASS, "") for k in universe[suite]}
         rres = routed["results"]
         diffs = sorted(k for k, (st, _) in nres.items()
                        if passed(st) and not passed(rres.get(k, (MISSING, ""))[0]))
         gains = sorted(k for k, (st, _) in rres.items()
-                       if passed(st) and k in nres and nres[k][0] in (FAIL, ERROR))
+                       if passed(st) and k in nres and nres[k][0] in (FAIL, ERROR, HANG))
         reruns = []
         remaining = diffs
+        rerun_status = {k: [] for k in diffs}
         for i in range(args.rerun):
             if not remaining:
                 break
@@ -350,12 +426,14 @@ def compare(args, out_dir, socket):
             rr = run_suite(args, suite, "routed", out_dir, socket, match_file=mf,
                            tag=f".rerun{i + 1}")
             reruns.append(rr)
+            for k in remaining:
+                rerun_status[k].append(rr["results"].get(k, (MISSING, ""))[0])
             remaining = [k for k in remaining
                          if not passed(rr["results"].get(k, (MISSING, ""))[0])]
         for k in diffs:
-            st, text = rres.get(k, (MISSING, "not run routed (the run stopped before it?)"))
+            st, text = rres.get(k, (MISSING, "not run routed"))
             entry = {"id": k, "suite": suite, "native": nres[k][0], "routed": st,
-                     "text": text, "stable": k in remaining}
+                     "reruns": rerun_status[k], "text": text, "stable": k in remaining}
             (report["differences"] if k in remaining else report["flaky"]).append(entry)
         report["routed_only_passes"] += gains
 
@@ -366,6 +444,7 @@ def compare(args, out_dir, socket):
             return c
 
         report["suites"][suite] = {
+            "cases": len(universe[suite]),
             "native": None if native is None else {
                 "rc": native["rc"], "wall": round(native["wall"], 1),
                 "source": native["source"], "counts": counts(nres), "log": native["log"]},
@@ -393,8 +472,9 @@ def print_report(report):
     print(f"\n{len(stable)} case(s) pass natively and fail routed"
           f" (+{len(diffs) - len(stable)} that passed on rerun: flaky)")
     for d in diffs:
-        flag = "" if d["stable"] else "  [passed on rerun: flaky]"
-        print(f"\n--- {d['id']}: native {d['native']}, routed {d['routed']}{flag}")
+        flag = "" if d["stable"] else "  [flaky]"
+        again = "".join(f", rerun {st}" for st in d["reruns"])
+        print(f"\n--- {d['id']}: native {d['native']}, routed {d['routed']}{again}{flag}")
         text = d["text"].strip()
         lines = text.splitlines()
         if len(lines) > 40:
