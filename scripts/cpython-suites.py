@@ -352,6 +352,13 @@ def main():
     finally:
         if broker:
             broker.stop()
+            if args.out:  # the broker's audit log and stderr join the logs
+                for name in ("audit.jsonl", "broker.stderr"):
+                    src = os.path.join(broker.dir, name)
+                    if os.path.exists(src):
+                        shutil.copy(src, os.path.join(args.out, name))
+        if args.out:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -359,7 +366,7 @@ def main():
     if not args.out and not report["differences"]:
         shutil.rmtree(tmp, ignore_errors=True)
     elif not args.out:
-        log(f"cpython-suites: logs kept in {tmp}")
+        log(f"cpython-suites: logs (and the broker's audit log) kept in {tmp}")
     sys.exit(1 if any(d["stable"] for d in report["differences"]) else 0)
 
 
