@@ -405,7 +405,8 @@ def run_all(args, suite, mode, out_dir, socket, universe):
 def compare(args, out_dir, socket):
     modes = ["routed"] if args.routed_only else ["native", "routed"]
     universe = {suite: list_cases(args, suite) for suite in args.suites}
-    jobs = [(s, m) for m in modes for s in args.suites]
+    # Suite by suite, so that --jobs 2 runs a suite's two sides (the longest first) at once.
+    jobs = [(s, m) for s in args.suites for m in modes]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         runs = list(pool.map(
             lambda j: run_all(args, j[0], j[1], out_dir, socket, universe[j[0]]), jobs))
