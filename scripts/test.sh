@@ -4,7 +4,8 @@
 #
 # What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
 #   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 systemd,
-#              each installed with apt only if its command is missing;
+#              each installed with apt only if its command is missing, and
+#              libpython3.11-testsuite (CPython's own tests) if its files are missing;
 #   group      ctx-testers   a supplementary group of ctx-alice (the groups test checks it);
 #   group      ctx           the socket group the shipped contexts.toml may name;
 #   user       ctx-alice     the tests' main target context user (home /home/ctx-alice);
@@ -30,6 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 # --- packages: command -> Debian package, installed only when missing -----------------
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need_file() { [ -e "$1" ] || missing+=("$2"); }
 need dash dash
 need perl perl
 need make make
@@ -51,6 +53,11 @@ need node nodejs
 need curl curl
 need useradd passwd
 need systemd-analyze systemd
+# Debian's own interpreter (a pyenv python3 on PATH does not count) and CPython's test
+# suite for it: tests/tests/cpython_suites.rs runs test_subprocess, test_os and test_posix
+# natively and routed (scripts/cpython-suites.py).
+need_file /usr/bin/python3 python3
+need_file /usr/lib/python3.11/test/test_subprocess.py libpython3.11-testsuite
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "test.sh: installing ${missing[*]}"
