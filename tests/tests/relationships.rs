@@ -334,3 +334,38 @@ fn a_shim_forwarding_a_signal_to_a_dead_broker_ends() {
     assert!(line.starts_with("status "), "{line:?}");
     let _ = caller.wait();
 }
+
+/// A caller's private mount table is never imposed on another uid: a caller that mounts
+/// its own program over `/usr/bin/id` in its own mount namespace, then launches `id`
+/// routed, gets the real `id` run as the context's user, never its own binary with the
+/// context's credentials.
+#[test]
+fn a_callers_private_mounts_do_not_choose_what_the_context_runs() {
+    let b = broker();
+    let fake = b
+        .dir()
+        .file("fake-id", b"#!/bin/sh\necho CALLERS-OWN-BINARY\n", 0o755);
+    let script = format!(
+        "mount --bind {fake} /usr/bin/id && id -u && {ctx} --socket {sock} run --route-to alice -- sh -c 'id -u; /usr/bin/id -u'",
+        fake = fake.display(),
+        ctx = bin("ctx").display(),
+        sock = b.socket().display()
+    );
+    let out = run(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let alice = user(ALICE).uid;
+    assert_eq!(out.code(), 0, "{}", out.show());
+    // The caller itself sees its mount; the routed launches do not.
+    assert_eq!(
+        out.stdout_str(),
+        format!("CALLERS-OWN-BINARY\n{alice}\n{alice}\n"),
+        "{}",
+        out.show()
+    );
+}
