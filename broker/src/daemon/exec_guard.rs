@@ -826,9 +826,10 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     /// Runs `sh -c SCRIPT` under the guard, allowing only `sh`; returns its output and the
-    /// denials the guard reported.
+    /// denials the guard reported (waiting for at least one).
     fn guarded_sh(script: &str) -> (String, Vec<Denied>) {
         if !available() {
             eprintln!("skipped: no seccomp user notification on this kernel");
@@ -865,7 +866,15 @@ mod tests {
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
         wait_end(&forked);
-        (out, rx.try_iter().collect())
+        // A denial is audited after the answer, so its report may trail the program's end.
+        let mut denied: Vec<Denied> = rx
+            .recv_timeout(Duration::from_secs(10))
+            .into_iter()
+            .collect();
+        denied.extend(std::iter::from_fn(|| {
+            rx.recv_timeout(Duration::from_millis(200)).ok()
+        }));
+        (out, denied)
     }
 
     #[test]
