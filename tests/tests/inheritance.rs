@@ -7,6 +7,7 @@
 //! process gets by default (a lower nice value, a realtime I/O class, a lower
 //! `oom_score_adj`, a limit above the context's `rlimits`) is not carried.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use ctx_tests::*;
@@ -536,6 +537,54 @@ fn a_cwd_the_context_user_cannot_reach_is_still_refused() {
     let out = run(&mut cmd);
     assert_eq!(out.code(), 125, "{}", out.show());
     assert!(out.stderr_str().contains("cannot enter"), "{}", out.show());
+}
+
+/// A request whose cwd name and cwd descriptor disagree runs where the descriptor is, as
+/// a local child would (its cwd is the directory, not a name), and the audit says so:
+/// `./id` named under `/usr/bin` must not be recorded as `/usr/bin/id`.
+#[test]
+fn a_cwd_named_unlike_its_descriptor_runs_and_is_audited_by_the_descriptor() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let dir = tmp.subdir("planted", 0o755);
+    std::fs::write(dir.join("id"), "#!/bin/sh\necho planted in \"$(pwd -P)\"\n").unwrap();
+    std::fs::set_permissions(dir.join("id"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cwd = std::fs::File::open(&dir).unwrap();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+
+    let mut req = raw::exec_request("alice", &[b"./id"]);
+    req.cwd = b"/usr/bin".to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let fds = [
+        null.as_raw_fd(),
+        out_w.as_raw_fd(),
+        out_w.as_raw_fd(),
+        cwd.as_raw_fd(),
+    ];
+    let bytes = raw::opening(&ctx_protocol::Request::Exec(req));
+    let mut s = raw::send_opening(&b.socket(), &bytes, &fds);
+    drop(out_w);
+    let (frames, _) = raw::read_until_close(&mut s, std::time::Duration::from_secs(20));
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    assert!(
+        matches!(
+            raw::exit_of(&frames),
+            Some(ctx_protocol::ExitStatus::Code(0))
+        ),
+        "{out}"
+    );
+    let real = std::fs::canonicalize(&dir).unwrap();
+    let real = real.to_str().unwrap();
+    assert_eq!(out, format!("planted in {real}\n"));
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    assert_eq!(lines[0]["cwd"], real, "{}", lines[0]);
 }
 
 /// `ctx run` replaces itself with the program, like a shell's `exec`: the program keeps

@@ -340,7 +340,7 @@ async fn launch(
             return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
-    let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan, &prepared.cwd) {
+    let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan) {
         Ok(Some(e)) => (Some(e.ruleset), Some(e.policy)),
         Ok(None) => (None, None),
         Err(e) => {
@@ -698,13 +698,12 @@ fn enforce_ruleset(
     shared: &Shared,
     ctx: &Context,
     plan: &SpawnPlan,
-    cwd: &[u8],
 ) -> Result<Option<Enforce>, landlock::RulesetError> {
     if !ctx.isolation.enforce || ctx.route_children_to.is_none() {
         return Ok(None);
     }
     use std::os::unix::ffi::OsStrExt;
-    let cwd = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+    let base = plan.relative_base();
     let candidates: Vec<&std::ffi::CStr> = match &plan.program {
         Program::Exact(p) => vec![p.as_c_str()],
         Program::Search(list) => list.iter().map(|c| c.as_c_str()).collect(),
@@ -713,7 +712,10 @@ fn enforce_ruleset(
     // it, which then fails the launch anyway).
     let program = candidates
         .iter()
-        .map(|c| cwd.join(std::ffi::OsStr::from_bytes(c.to_bytes())))
+        .map(|c| {
+            let c = std::ffi::OsStr::from_bytes(c.to_bytes());
+            base.as_ref().map_or_else(|| c.into(), |b| b.join(c))
+        })
         .find(|p| p.is_file());
     let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
     if let Some(p) = &program {
@@ -727,6 +729,9 @@ fn enforce_ruleset(
     let Some(ruleset) = super::landlock::exec_only(&allowed)? else {
         return Ok(None);
     };
+    // Named for the audit by its real name: a `/proc/self/fd/N/...` base means nothing
+    // once the child runs (the rules above hold the files themselves).
+    let program = program.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let program = program.unwrap_or_else(|| {
         candidates
             .first()

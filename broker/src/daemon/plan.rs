@@ -398,11 +398,13 @@ pub fn prepare(
                 .into(),
         ));
     }
-    let cwd = match (&cwd_fd, dir.path.is_empty()) {
-        (Some(fd), true) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    // Whatever the name says, a child given the descriptor ends up in its directory
+    // (`enter_cwd`), so that is the one the audit names.
+    let cwd = match &cwd_fd {
+        Some(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map(|p| p.into_os_string().into_vec())
-            .unwrap_or_default(),
-        _ => dir.path,
+            .unwrap_or(dir.path),
+        None => dir.path,
     };
     let own = super::inherit::own_rlimit;
     let caller_limits = req.inherited.as_ref().map_or(&[][..], |i| &i.rlimits[..]);

@@ -32,6 +32,19 @@ pub struct Identity {
     pub groups: Vec<libc::gid_t>,
 }
 
+impl SpawnPlan {
+    /// What a relative program path is relative to, as the broker can reach it: the
+    /// directory the child will be in (the caller's by its descriptor whenever one came,
+    /// see `enter_cwd`).
+    pub fn relative_base(&self) -> Option<std::path::PathBuf> {
+        match (self.cwd_fd, &self.cwd) {
+            (Some(fd), _) => Some(format!("/proc/self/fd/{fd}").into()),
+            (None, Some(cwd)) => Some(std::path::PathBuf::from(OsStr::from_bytes(cwd.as_bytes()))),
+            (None, None) => None,
+        }
+    }
+}
+
 pub struct SpawnPlan {
     pub program: Program,
     /// `/bin/sh` fallback for `ENOEXEC` also when `program` is exact (`execvp` with a '/').
@@ -156,16 +169,19 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         Program::Exact(p) => std::slice::from_ref(p),
         Program::Search(list) => list,
     };
+    let base = plan.relative_base();
     for cand in candidates {
         let bytes = cand.as_bytes();
-        let path = match (&plan.cwd, bytes.first()) {
-            (Some(cwd), Some(&c)) if c != b'/' => {
-                let mut p = cwd.as_bytes().to_vec();
-                p.push(b'/');
-                p.extend_from_slice(bytes);
-                std::path::PathBuf::from(OsStr::from_bytes(&p))
-            }
+        let relative = bytes.first().is_some_and(|&c| c != b'/');
+        let path = match &base {
+            Some(base) if relative => base.join(OsStr::from_bytes(bytes)),
             _ => std::path::PathBuf::from(OsStr::from_bytes(bytes)),
+        };
+        // Through a descriptor the kernel checks no directory above it, so neither does
+        // this guess.
+        let above = match (&plan.cwd_fd, &base) {
+            (Some(_), Some(base)) if relative => base.ancestors().count() - 1,
+            _ => 0,
         };
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
@@ -182,8 +198,9 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         let runnable = match &plan.identity {
             // The directories on the way must be searchable by that uid too.
             Some(id) => {
+                let dirs = path.ancestors().count() - 1 - above;
                 may_execute(&meta, id)
-                    && path.ancestors().skip(1).all(|dir| {
+                    && path.ancestors().skip(1).take(dirs).all(|dir| {
                         dir.as_os_str().is_empty()
                             || std::fs::metadata(dir).is_ok_and(|m| may_execute(&m, id))
                     })
