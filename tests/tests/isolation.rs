@@ -817,6 +817,130 @@ fn enforce_static_binary_raw_execve_fails_with_eacces() {
     assert!(d["pid"].as_u64().is_some_and(|p| p > 0), "{d}");
 }
 
+/// The guard looks at a refused path as the context's user would: a file in a directory
+/// that user may not search is as absent as one that does not exist (both EACCES, as a
+/// local exec by that user gets), never "exists" against "not found".
+#[test]
+fn enforce_does_not_tell_a_context_which_files_exist_where_it_cannot_look() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let private = dir.subdir("private", 0o700);
+    dir.file("private/there", b"#!/bin/sh\n", 0o755);
+    let b = Broker::start(&enforce_config());
+    for name in ["there", "absent"] {
+        let path = private.join(name);
+        let out = b.exec("agent", &[&bin, path.to_str().unwrap()]);
+        assert_eq!(out.code(), 3, "{name}: {}", out.show());
+        assert_eq!(
+            out.stdout_str().trim(),
+            libc::EACCES.to_string(),
+            "{name}: {}",
+            out.show()
+        );
+    }
+    // And where the user may look, a missing file stays ENOENT (PATH searches rely on it).
+    let out = b.exec(
+        "agent",
+        &[&bin, dir.path().join("absent").to_str().unwrap()],
+    );
+    assert_eq!(
+        out.stdout_str().trim(),
+        libc::ENOENT.to_string(),
+        "{}",
+        out.show()
+    );
+}
+
+/// A FUSE file system mounted by the test that never answers: every lookup under it waits
+/// until the mount is detached and its device closed (on drop).
+struct HungMount {
+    dir: std::path::PathBuf,
+    _device: std::fs::File,
+}
+
+impl HungMount {
+    fn new(dir: std::path::PathBuf) -> HungMount {
+        use std::os::fd::AsRawFd;
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("open /dev/fuse");
+        let target = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let options = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            device.as_raw_fd()
+        ))
+        .unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c"ctx-test-hung".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount fuse: {}", std::io::Error::last_os_error());
+        HungMount {
+            dir,
+            _device: device,
+        }
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path. Detached first, so nothing new enters; closing the
+        // device then aborts the connection, failing the waiting lookups.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// An exec naming a path on a hung mount waits (as it would locally), but it stalls only
+/// itself: another enforced launch's exec is still decided at once.
+#[test]
+fn an_exec_stuck_on_a_hung_mount_stalls_no_other_launch() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config());
+    let hung = HungMount::new(dir.subdir("hung", 0o755));
+    let stuck_path = hung.dir.join("prog");
+    let mut stuck = b
+        .exec_cmd("agent", &[&bin, stuck_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its exec reaches the guard, whose look at the path hangs.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(stuck.try_wait().unwrap().is_none(), "the exec did not wait");
+    let mut other = b
+        .exec_cmd("agent", &[&bin, "/bin/true"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let done = poll(std::time::Duration::from_secs(10), || {
+        other.try_wait().unwrap()
+    });
+    if done.is_none() {
+        let _ = other.kill();
+        panic!("another launch's exec waited for the hung one");
+    }
+    let out = other.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.trim(), libc::EACCES.to_string());
+    // Once the mount goes, the stuck exec fails and its launch ends.
+    drop(hung);
+    let ended = poll(std::time::Duration::from_secs(20), || {
+        stuck.try_wait().unwrap()
+    });
+    assert!(ended.is_some(), "the stuck launch never ended");
+    assert_eq!(ended.unwrap().code(), Some(3));
+}
+
 /// The ELF interpreter (`PT_INTERP`) of a dynamic 64-bit program, e.g.
 /// `/lib64/ld-linux-x86-64.so.2`.
 fn elf_interpreter(program: &str) -> String {

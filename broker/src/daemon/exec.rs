@@ -738,7 +738,10 @@ fn enforce_ruleset(
             .map(|c| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
             .unwrap_or_default()
     });
-    let policy = Policy::new(&ctx.name, ctx.user.uid, program, &allowed);
+    let mut policy = Policy::new(&ctx.name, ctx.user.uid, program, &allowed);
+    if let Some(id) = &plan.identity {
+        policy = policy.looking_as(id.gid, &id.groups);
+    }
     Ok(Some(Enforce { ruleset, policy }))
 }
 
@@ -750,7 +753,7 @@ fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy) -> Option<Armed<'_>> {
         return None;
     }
     let weak = Arc::downgrade(shared);
-    let on_denied = move || -> Box<dyn Fn(Denied) + Send> {
+    let on_denied = move || -> super::exec_guard::DeniedSink {
         Box::new(move |d: Denied| {
             if let Some(shared) = weak.upgrade() {
                 shared.audit.record(super::exec_guard::audit_json(&d));

@@ -12,7 +12,12 @@
 //!
 //! - from a process that still shares the broker's memory (the spawn child before its
 //!   exec: the broker's own exec of the program, its `PATH` candidates and `/bin/sh`
-//!   fallback) → continue;
+//!   fallback) → continue, at once;
+//!
+//! every other one is decided on a short-lived thread of its own that looks at the path
+//! with the launch user's file-system identity (so a path on a hung mount stalls only
+//! that exec, and a refusal reveals nothing the user could not see):
+//!
 //! - of an ELF loader (`LOADERS`) → `EACCES`, audited (the loader would run any program);
 //! - of the shim, the launch's program or its script interpreter → continue;
 //! - of anything else → `EACCES`, audited (the exec bypassed the interposer).
@@ -63,11 +68,17 @@ struct Running {
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
 }
 
+/// Where the guard reports denials (any thread of the guard may call it).
+pub type DeniedSink = Box<dyn Fn(Denied) + Send + Sync>;
+
 /// What one enforced launch may exec, and what to say when it tries something else.
 #[derive(Debug)]
 pub struct Policy {
     pub context: String,
     pub uid: u32,
+    /// `(gid, groups)` of the launch's user, which the checks of its paths take on with
+    /// its uid (`None`: the broker's own identity, which the launch has too).
+    looks_as: Option<(u32, Vec<libc::gid_t>)>,
     /// The launch's own program, for the audit line.
     pub program: PathBuf,
     /// The shim, the program, its interpreter.
@@ -107,11 +118,23 @@ pub struct Handover {
     pub token: u64,
 }
 
-/// One launch's listener, as the guard thread holds it.
+/// One launch's listener, as the guard thread and its decisions in flight hold it.
 struct Watched {
     listener: OwnedFd,
     policy: Arc<Policy>,
-    budget: Budget,
+    budget: Mutex<Budget>,
+}
+
+/// Decisions running per uid. Each runs on a thread of its own, so that a path on a hung
+/// mount (FUSE, NFS) stalls only the exec that named it; the count bounds the threads one
+/// uid's stuck execs can hold.
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<u32, usize>>);
+
+/// One decision counted in [`InFlight`] until dropped.
+struct Slot {
+    in_flight: Arc<InFlight>,
+    uid: u32,
 }
 
 /// Audit lines left for a launch's denials: `AUDIT_BURST` at once, then
@@ -212,6 +235,13 @@ const REASON_BYPASS: &str = "enforce: exec bypassing the interposer";
 const REASON_LOADER: &str =
     "enforce: explicit exec of the ELF loader (it would run any program unrouted)";
 const REASON_UNREADABLE: &str = "enforce: exec whose path the broker cannot read";
+const REASON_BUSY: &str =
+    "enforce: too many of this user's execs are still being checked (a hung mount?)";
+
+/// Decisions one uid may have running at once (see [`InFlight`]).
+const MAX_IN_FLIGHT_PER_UID: usize = 64;
+/// A decision's thread reads one path and a page at a time.
+const DECISION_STACK: usize = 128 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Methods
@@ -224,7 +254,7 @@ impl ExecGuard {
     pub fn arm(
         &self,
         policy: Policy,
-        on_denied: impl FnOnce() -> Box<dyn Fn(Denied) + Send>,
+        on_denied: impl FnOnce() -> DeniedSink,
     ) -> Result<Armed<'_>, String> {
         let running = self
             .state
@@ -260,7 +290,7 @@ impl Drop for Armed<'_> {
 }
 
 impl Running {
-    fn start(on_denied: Box<dyn Fn(Denied) + Send>) -> Result<Running, String> {
+    fn start(on_denied: DeniedSink) -> Result<Running, String> {
         if !available() {
             return Err("this kernel has no seccomp user notification".into());
         }
@@ -288,7 +318,7 @@ impl Running {
         let thread_pending = pending.clone();
         std::thread::Builder::new()
             .name("exec-guard".into())
-            .spawn(move || watch(recv, thread_pending, on_denied))
+            .spawn(move || watch(recv, thread_pending, Arc::from(on_denied)))
             .map_err(|e| format!("cannot start its thread: {e}"))?;
         Ok(Running { send, pending })
     }
@@ -300,12 +330,48 @@ impl Policy {
         Policy {
             context: context.to_string(),
             uid,
+            looks_as: None,
             program,
             allowed: allowed.iter().filter_map(|p| file_id(p).ok()).collect(),
             loaders: super::landlock::LOADERS
                 .iter()
                 .filter_map(|p| file_id(Path::new(p)).ok())
                 .collect(),
+        }
+    }
+
+    /// The launch runs as another user than the broker: its paths are checked with that
+    /// user's file-system identity, so that a refusal tells it no more than the kernel
+    /// would (no "exists" where it may not look).
+    pub fn looking_as(mut self, gid: u32, groups: &[libc::gid_t]) -> Policy {
+        self.looks_as = Some((gid, groups.to_vec()));
+        self
+    }
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>, uid: u32) -> Option<Slot> {
+        let mut counts = lock(&self.0);
+        let n = counts.entry(uid).or_insert(0);
+        if *n >= MAX_IN_FLIGHT_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            in_flight: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.in_flight.0);
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
         }
     }
 }
@@ -399,9 +465,10 @@ fn file_id(path: &Path) -> io::Result<FileId> {
 fn watch(
     recv: OwnedFd,
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
-    on_denied: Box<dyn Fn(Denied) + Send>,
+    on_denied: Arc<dyn Fn(Denied) + Send + Sync>,
 ) {
-    let mut listeners: Vec<Watched> = Vec::new();
+    let in_flight = Arc::<InFlight>::default();
+    let mut listeners: Vec<Arc<Watched>> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         fds.clear();
@@ -429,9 +496,9 @@ fn watch(
         for i in (0..listeners.len()).rev() {
             let revents = fds[i + 1].revents;
             if revents & libc::POLLIN != 0 {
-                let w = &mut listeners[i];
+                let w = &listeners[i];
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(w, &*on_denied)
+                    handle(w, &on_denied, &in_flight)
                 }));
                 if result.is_err() {
                     tracing::error!("exec guard: a notification's handling panicked");
@@ -445,11 +512,11 @@ fn watch(
             loop {
                 match receive(&recv) {
                     Received::Listener(token, listener) => match lock(&pending).remove(&token) {
-                        Some(policy) => listeners.push(Watched {
+                        Some(policy) => listeners.push(Arc::new(Watched {
                             listener,
                             policy,
-                            budget: Budget::new(),
-                        }),
+                            budget: Mutex::new(Budget::new()),
+                        })),
                         // Its launch gave up (the child exited without exec'ing): closing
                         // the listener fails any exec still asked of it (ENOSYS).
                         None => tracing::warn!("exec guard: a listener for an unknown launch"),
@@ -530,11 +597,14 @@ fn receive(recv: &OwnedFd) -> Received {
     }
 }
 
-/// Receives one notification, answers it, and audits a denial (after answering, so the
-/// process waits no longer than the decision).
-fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
+/// Receives one notification and answers it: at once for the spawn child's own exec, else
+/// from a thread of its own (see [`InFlight`]), which checks the path as the launch's user.
+fn handle(
+    w: &Arc<Watched>,
+    on_denied: &Arc<dyn Fn(Denied) + Send + Sync>,
+    in_flight: &Arc<InFlight>,
+) {
     let listener = w.listener.as_raw_fd();
-    let policy = &*w.policy;
     let mut buf = [0u64; NOTIF_BUF / 8];
     // SAFETY: the kernel writes at most `SECCOMP_GET_NOTIF_SIZES` bytes (checked to fit)
     // into the zeroed buffer, which is aligned for `seccomp_notif`.
@@ -550,12 +620,81 @@ fn handle(w: &mut Watched, on_denied: &dyn Fn(Denied)) {
         }
         std::ptr::read(buf.as_ptr() as *const libc::seccomp_notif)
     };
-    let (verdict, path, target) = decide(listener, &req, policy);
-    respond(listener, req.id, &verdict);
+    if shares_our_memory(req.pid as libc::pid_t) {
+        // The spawn child before its exec: the broker's own exec of the program.
+        respond(listener, req.id, &Verdict::Continue);
+        return;
+    }
+    let busy = Verdict::Deny {
+        errno: libc::EACCES,
+        reason: REASON_BUSY,
+    };
+    let Some(slot) = in_flight.enter(w.policy.uid) else {
+        respond(listener, req.id, &busy);
+        report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
+        return;
+    };
+    let (watched, sink) = (w.clone(), on_denied.clone());
+    let spawned = std::thread::Builder::new()
+        .name("exec-guard-check".into())
+        .stack_size(DECISION_STACK)
+        .spawn(move || {
+            let _slot = slot;
+            let policy = &*watched.policy;
+            let listener = watched.listener.as_raw_fd();
+            let (verdict, path, target) = if look_as(policy) {
+                decide(listener, &req, policy)
+            } else {
+                let failed = Verdict::Deny {
+                    errno: libc::EACCES,
+                    reason: REASON_UNREADABLE,
+                };
+                (failed, b"?".to_vec(), None)
+            };
+            respond(listener, req.id, &verdict);
+            report(&watched, &*sink, &req, verdict, path, target);
+        });
+    if spawned.is_err() {
+        respond(listener, req.id, &busy);
+        report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
+    }
+}
+
+/// Makes this thread's file-system checks the launch user's: `fsuid`, `fsgid` and groups.
+/// Raw syscalls: they change this thread only, where glibc's `setgroups` would change
+/// every thread of the broker. The capabilities that bypass file permissions go with a
+/// nonzero fsuid; the thread ends with its decision.
+fn look_as(policy: &Policy) -> bool {
+    let Some((gid, groups)) = &policy.looks_as else {
+        return true;
+    };
+    // SAFETY: plain syscalls on this thread's credentials; `groups` outlives the call.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return false;
+        }
+        libc::syscall(libc::SYS_setfsgid, *gid);
+        libc::syscall(libc::SYS_setfsuid, policy.uid);
+        // An invalid id changes nothing and returns the current one.
+        libc::syscall(libc::SYS_setfsgid, u32::MAX) == *gid as libc::c_long
+            && libc::syscall(libc::SYS_setfsuid, u32::MAX) == policy.uid as libc::c_long
+    }
+}
+
+/// Audits a denial (after answering, so the process waits no longer than the decision).
+fn report(
+    w: &Watched,
+    on_denied: &(dyn Fn(Denied) + Send + Sync),
+    req: &libc::seccomp_notif,
+    verdict: Verdict,
+    path: Vec<u8>,
+    target: Option<String>,
+) {
+    let policy = &*w.policy;
     if let Verdict::Deny { errno, reason } = verdict {
         // A process that loops on denied execs must not flood the log (it is refused
         // either way).
-        let Some(suppressed) = w.budget.take(Instant::now()) else {
+        let Some(suppressed) = lock(&w.budget).take(Instant::now()) else {
             return;
         };
         tracing::warn!(
@@ -607,10 +746,6 @@ fn decide(
     policy: &Policy,
 ) -> (Verdict, Vec<u8>, Option<String>) {
     let pid = req.pid as libc::pid_t;
-    if shares_our_memory(pid) {
-        // The spawn child before its exec: the broker's own exec of the program.
-        return (Verdict::Continue, Vec::new(), None);
-    }
     let data = &req.data;
     let Some(execveat) = exec_kind(data.arch, data.nr as u32) else {
         // The filter only sends exec syscalls; anything else is refused.
