@@ -110,8 +110,10 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
 }
 
 /// One `recvmsg` into `buf`; received descriptors (close-on-exec) are stored in `fds` and
-/// counted in the second value. Returns `(0, 0)` at end of stream. Descriptors beyond
-/// `fds.len()` or a truncated control message are closed and reported as `EMSGSIZE`.
+/// counted in the second value. Returns `(0, 0)` at end of stream. The control buffer has
+/// room for `fds.len()` descriptors only: the kernel discards any beyond without ever
+/// installing them here, and that is reported as `EMSGSIZE` (as is a truncated control
+/// message).
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<(usize, usize)> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let mut iov = libc::iovec {
@@ -122,8 +124,12 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
     let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
-    msg.msg_controllen = cbuf.0.len() as _;
+    let room = fds.len().min(MAX_FDS);
+    if room > 0 {
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
+        // SAFETY: CMSG_LEN is a pure computation; the kernel fits (len - header) / 4 fds.
+        msg.msg_controllen = unsafe { libc::CMSG_LEN((room * size_of::<RawFd>()) as u32) } as _;
+    }
     let n = loop {
         // SAFETY: msg describes valid writable buffers for the duration of the call.
         let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };

@@ -78,7 +78,9 @@ impl Sampler {
 /// Holds `n` connections to the broker for `secs` seconds, reopening each one the broker
 /// closes or answers. `mode`: `silent` (connect only), `fds` (a hello, one byte of the
 /// request, 20 descriptors), `drip` (a hello, then a request frame announcing 4 MiB whose
-/// bytes are sent but for the last few).
+/// bytes are sent but for the last few), `manyfds` (a hello, a request frame announcing
+/// 1 MiB, then eight one-byte messages with 253 descriptors each, as a launch passing
+/// 2,024 descriptors would send them).
 const FLOOD: &str = r#"
 import os, select, socket, struct, sys, time
 path, mode, n, secs, hello = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), bytes.fromhex(sys.argv[5])
@@ -87,6 +89,10 @@ big = 4 * 1024 * 1024
 def opening(s):
     if mode == "fds":
         socket.send_fds(s, [hello + b"\x00"], [null] * 20)
+    elif mode == "manyfds":
+        s.sendall(hello + struct.pack("<I", 1 << 20))
+        for _ in range(8):
+            socket.send_fds(s, [b"\x00"], [null] * 253)
     elif mode == "drip":
         s.sendall(hello + struct.pack("<I", big))
         chunk = b"\x01" * (256 * 1024)
@@ -311,6 +317,67 @@ fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
         "ctx-bob's handshakes made the broker hold {fds} descriptors (baseline {baseline})"
     );
     bob_is_served_again(&b);
+}
+
+/// A uid allowed into a context may pass many descriptors with a launch, but its
+/// unfinished handshakes hold at most a quarter of the broker's descriptors not kept for
+/// root: another uid's launch with hundreds of descriptors is still served.
+#[test]
+fn a_uid_allowed_into_a_context_holds_at_most_its_share_of_descriptors() {
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+allow = {{ uids = [{alice}] }}
+
+[contexts.bob]
+user = "{BOB}"
+allow = {{ uids = [{bob}] }}
+"#,
+        alice = user(ALICE).uid,
+        bob = user(BOB).uid,
+    );
+    const FILES: u64 = 4096;
+    // (4096 - 256 kept for root) / 4.
+    const SHARE: u64 = 960;
+    let b = Broker::start_with_files(&config, FILES);
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200)) as u64;
+    let sampler = Sampler::start(b.pid());
+    let flooder = flood(&b, "manyfds", 64, 8);
+    // Alice's launch passes 600 descriptors of hers meanwhile.
+    let probe = "import os, subprocess\n\
+        fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(600)]\n\
+        for fd in fds: os.set_inheritable(fd, True)\n\
+        subprocess.run(['sh', '-c', 'ls /proc/self/fd | wc -l'], close_fds=False, check=True)";
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={ALICE}"),
+        &format!("--regid={ALICE}"),
+        "--init-groups",
+        "--",
+    ]);
+    cmd.arg(bin("ctx")).arg("--socket").arg(b.socket()).args([
+        "run",
+        "--route-to",
+        "alice",
+        "--",
+        "python3",
+        "-c",
+        probe,
+    ]);
+    let out = run_with(&mut cmd, None, Duration::from_secs(60));
+    let (_, fds) = sampler.finish();
+    let report = finish_flood(flooder);
+    eprintln!("descriptor flood by an entitled uid ({report}): broker peak {fds} fds (baseline {baseline})");
+    let seen: u64 = out.ok().trim().parse().unwrap();
+    assert!(seen > 600, "alice's launch got {seen} descriptors");
+    // Bob's share, alice's launch (600), and a few per connection.
+    assert!(
+        fds < baseline + SHARE + 600 + 64 * 4 + 50,
+        "ctx-bob's handshakes made the broker hold {fds} descriptors (baseline {baseline})"
+    );
 }
 
 #[test]

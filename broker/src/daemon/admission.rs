@@ -20,9 +20,12 @@ pub const HANDSHAKE_BYTES_PER_UID: usize = 16 * 1024 * 1024;
 /// Descriptors the unfinished handshakes of one uid may carry while it may enter no
 /// context: a request passes at most its standard input, output and error. A peer that
 /// may enter some context ([`Admission::entitle`]) is not held to it: a launch passes
-/// every inheritable descriptor of its caller (a server's thousand sockets), so its
-/// handshake is bounded only by the descriptors not reserved for root.
+/// every inheritable descriptor of its caller (a server's thousand sockets), so its uid's
+/// handshakes may hold one [`ENTITLED_SHARE`]th of the descriptors not reserved for root.
 pub const HANDSHAKE_FDS_PER_UID: usize = 3 * HANDSHAKING_PER_UID as usize;
+/// One uid allowed into a context may hold this fraction of the broker's descriptors not
+/// reserved for root in its unfinished handshakes: the others keep the rest.
+pub const ENTITLED_SHARE: u64 = 4;
 /// Descriptors no uid but root can take: the broker's own (listener, namespace holders,
 /// reserved ports, audit log) and a root launch's.
 const RESERVED_FDS: u64 = 256;
@@ -54,6 +57,11 @@ pub enum OverBudget {
     )]
     Fds(u32),
     #[error(
+        "uid {uid}'s unfinished launches would pass the broker more than {cap} descriptors \
+         (a share of its {limit} open files)"
+    )]
+    EntitledFds { uid: u32, cap: usize, limit: u64 },
+    #[error(
         "uid {uid}: the descriptors not reserved for root are taken \
          ({limit} open files allowed, {RESERVED_FDS} kept for root)"
     )]
@@ -78,6 +86,8 @@ struct PerUid {
     handshaking: u32,
     bytes: usize,
     fds: usize,
+    /// Held by the handshakes of its entitled connections.
+    entitled_fds: usize,
 }
 
 /// One admitted connection's share of its uid's counts, given back on drop.
@@ -158,6 +168,27 @@ impl Admission {
         }
     }
 
+    /// How many more descriptors this connection may receive now (its uid's and the
+    /// broker's bounds): the receive buffer is sized to it, so that the kernel discards
+    /// any beyond instead of installing them in the broker first.
+    pub fn fd_room(&self) -> usize {
+        if !self.handshaking {
+            return usize::MAX;
+        }
+        let limit = nofile_limit();
+        let counts = self.admissions.lock();
+        let global = limit
+            .saturating_sub(RESERVED_FDS)
+            .saturating_sub(counts.fds) as usize;
+        let entry = counts.per_uid.get(&self.uid).copied().unwrap_or_default();
+        let own = if self.entitled {
+            entitled_cap(limit).saturating_sub(entry.entitled_fds)
+        } else {
+            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds)
+        };
+        global.min(own)
+    }
+
     /// Sets what this connection's handshake holds to `bytes` buffered and `fds` received;
     /// refused (nothing changed) when its uid's unfinished handshakes would then exceed their
     /// budget. Free once the handshake is over, and for root.
@@ -167,9 +198,9 @@ impl Admission {
         }
         let mut counts = self.admissions.lock();
         let global = counts.fds - self.fds as u64 + fds as u64;
-        if fds > self.fds {
-            // Read only when descriptors grow: an operator may raise it on the running
-            // broker, and the bytes-only path stays free of the syscall.
+        // Read only when descriptors grow: an operator may raise it on the running broker,
+        // and the bytes-only path stays free of the syscall.
+        let limit = if fds > self.fds {
             let limit = nofile_limit();
             if global > limit.saturating_sub(RESERVED_FDS) {
                 return Err(OverBudget::Descriptors {
@@ -177,23 +208,34 @@ impl Admission {
                     limit,
                 });
             }
-        }
-        let entitled = self.entitled;
-        let entry = counts.per_uid.entry(self.uid).or_default();
+            Some(limit)
+        } else {
+            None
+        };
+        let (uid, entitled) = (self.uid, self.entitled);
+        let entry = counts.per_uid.entry(uid).or_default();
         let new_bytes = (entry.bytes - self.bytes)
             .checked_add(bytes)
             .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
-            .ok_or(OverBudget::Bytes(self.uid))?;
-        let new_fds = if entitled {
-            entry.fds
+            .ok_or(OverBudget::Bytes(uid))?;
+        let (held, cap, over) = if entitled {
+            // Shrinking (no limit read) is always allowed.
+            let cap = limit.map_or(usize::MAX, entitled_cap);
+            let over = OverBudget::EntitledFds {
+                uid,
+                cap,
+                limit: limit.unwrap_or(0),
+            };
+            (&mut entry.entitled_fds, cap, over)
         } else {
-            (entry.fds - self.fds)
-                .checked_add(fds)
-                .filter(|&f| f <= HANDSHAKE_FDS_PER_UID)
-                .ok_or(OverBudget::Fds(self.uid))?
+            (&mut entry.fds, HANDSHAKE_FDS_PER_UID, OverBudget::Fds(uid))
         };
+        let new_fds = (*held - self.fds)
+            .checked_add(fds)
+            .filter(|&f| f <= cap)
+            .ok_or(over)?;
+        *held = new_fds;
         entry.bytes = new_bytes;
-        entry.fds = new_fds;
         counts.fds = global;
         self.bytes = bytes;
         self.fds = fds;
@@ -211,7 +253,9 @@ impl Admission {
         let entry = counts.per_uid.entry(self.uid).or_default();
         entry.handshaking -= 1;
         entry.bytes -= self.bytes;
-        if !entitled {
+        if entitled {
+            entry.entitled_fds -= self.fds;
+        } else {
             entry.fds -= self.fds;
         }
         self.handshaking = false;
@@ -235,6 +279,12 @@ impl Drop for Admission {
             }
         }
     }
+}
+
+/// What the handshakes of one entitled uid may hold together under `limit` open files.
+fn entitled_cap(limit: u64) -> usize {
+    let share = limit.saturating_sub(RESERVED_FDS) / ENTITLED_SHARE;
+    (share as usize).max(HANDSHAKE_FDS_PER_UID)
 }
 
 fn nofile_limit() -> u64 {
@@ -396,6 +446,39 @@ mod tests {
             Err(OverBudget::Descriptors { uid: 1000, .. })
         ));
         drop((stranger, entitled));
+        assert_eq!(a.held(1000), None);
+        assert_eq!(a.lock().fds, 0);
+    }
+
+    #[test]
+    fn an_entitled_uids_handshakes_hold_at_most_its_share() {
+        let a = Arc::new(Admissions::default());
+        let limit = nofile_limit();
+        let cap = entitled_cap(limit);
+        if (cap as u64) * 2 + 64 > limit.saturating_sub(RESERVED_FDS) {
+            return; // this limit leaves too little to tell the bounds apart
+        }
+        let mut one = a.admit(1000, false).unwrap();
+        let mut two = a.admit(1000, false).unwrap();
+        one.entitle();
+        two.entitle();
+        one.hold(10, cap - 5).unwrap();
+        assert_eq!(two.fd_room(), 5);
+        assert!(matches!(
+            two.hold(10, 6),
+            Err(OverBudget::EntitledFds { uid: 1000, .. })
+        ));
+        two.hold(10, 5).unwrap();
+        assert_eq!(two.fd_room(), 0);
+        // Another uid keeps its own share.
+        let mut other = a.admit(2000, false).unwrap();
+        other.entitle();
+        assert_eq!(other.fd_room(), cap);
+        other.hold(10, cap).unwrap();
+        // Past the handshake nothing is kept, so nothing is bounded.
+        one.handshake_done();
+        assert_eq!(one.fd_room(), usize::MAX);
+        drop((one, two, other));
         assert_eq!(a.held(1000), None);
         assert_eq!(a.lock().fds, 0);
     }

@@ -116,12 +116,27 @@ impl Conn {
                 }
             }
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
+            // In the handshake, only as many as the bounds leave room for reach the broker.
+            let room = self.admission.fd_room().min(MAX_FDS);
             let fd = self.stream.as_raw_fd();
             let chunk = &mut self.chunk;
-            let (n, nfds) = self
+            let received = self
                 .stream
-                .async_io(Interest::READABLE, || recv_with_fds(fd, chunk, &mut fds))
-                .await?;
+                .async_io(Interest::READABLE, || {
+                    recv_with_fds(fd, chunk, &mut fds[..room])
+                })
+                .await;
+            let (n, nfds) = match received {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && room < MAX_FDS => {
+                    // More than the room: say which bound it was.
+                    let over = self
+                        .admission
+                        .hold(self.buf.capacity(), self.fds.len() + room + 1);
+                    return Err(over.err().map_or(WireError::Io(e), WireError::OverBudget));
+                }
+                Err(e) => return Err(e.into()),
+            };
             for &raw in &fds[..nfds] {
                 // SAFETY: recv_with_fds handed us ownership of these new descriptors.
                 let fd = unsafe { OwnedFd::from_raw_fd(raw) };
