@@ -23,6 +23,8 @@ struct Args {
     #[arg(long)]
     audit_log: Option<PathBuf>,
     /// Validate the config file and exit: 0 when it is good, 1 with the reason when not.
+    /// Warnings (e.g. a routing context whose user cannot connect to the socket a broker of
+    /// this uid would create) go to stderr and do not fail the check.
     #[arg(long)]
     check: bool,
 }
@@ -32,7 +34,10 @@ fn main() -> ExitCode {
     if args.check {
         return match config::load(&args.config) {
             Ok(cfg) => {
-                for w in &cfg.warnings {
+                let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
+                let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
+                let reach = daemon::socket_reach::warnings(&cfg, &access);
+                for w in cfg.warnings.iter().chain(&reach) {
                     eprintln!("ctx-broker: warning: {w}");
                 }
                 println!(
