@@ -54,6 +54,11 @@ need gcc build-essential
 need cc build-essential
 need nm binutils
 need readelf binutils
+need strip binutils
+need objdump binutils
+need dpkg-deb dpkg
+need unshare util-linux
+need nsenter util-linux
 need python3 python3
 need node nodejs
 need curl curl

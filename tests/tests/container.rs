@@ -264,10 +264,11 @@ fn sigterm_to_pid_1_reaches_the_agent_and_its_status_comes_back() {
     let agent = c.script(
         "agent.py",
         r#"
-import signal, sys, time
+import os, signal, time
 def term(sig, frame):
-    print("agent got SIGTERM", flush=True)
-    sys.exit(42)
+    # Not print: the signal may land while the print of "ready" still holds stdout.
+    os.write(1, b"agent got SIGTERM\n")
+    os._exit(42)
 signal.signal(signal.SIGTERM, term)
 print("ready MARKER", flush=True)
 while True:
