@@ -4,12 +4,22 @@
 # (different uids, different credentials, the caller's secret in neither), and the exit
 # codes ctx passes back. Everything it starts it stops; its temp dir is removed.
 #
+#   bash scripts/demo.sh
+#
 # As root it creates the users the shipped contexts name (ctx-agent, ctx-user) if missing.
-# Not as root it runs degraded: both contexts run as you (no uid switch possible), which it
-# says plainly.
+# Not as root it runs itself again through sudo when it may; without sudo (or with
+# CTX_DEMO_DEGRADED=1) it runs degraded: both contexts run as you (no uid switch
+# possible), which it says plainly.
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+
+if [ "$(id -u)" -ne 0 ] && [ -z "${CTX_DEMO_DEGRADED:-}" ]; then
+    # shellcheck source=scripts/lib/root.sh
+    . scripts/lib/root.sh
+    reexec_as_root "$self" "$@" || echo "demo.sh: going on without root, degraded" >&2
+fi
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 show() {
@@ -55,7 +65,7 @@ else
 The broker cannot switch uid without root, so every context below runs as you ($me)
 instead of ctx-agent and ctx-user: the demo cannot show different uids or groups. It still
 shows that each context gets its own credentials, that your own environment's secret does
-not cross, and the exit codes. Run it as root (sudo bash scripts/demo.sh) for the full demo.
+not cross, and the exit codes. Run it as root, or as a user who may use sudo, for the full demo.
 EOF
     config="$tmp/contexts.toml"
     sed -e "s/^user = .*/user = \"$me\"/" -e "/^socket_group/d" \

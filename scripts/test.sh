@@ -2,6 +2,8 @@
 # Runs every test of the workspace on a fresh Debian 12 machine, as root (the tests start
 # real brokers that switch uid). CI runs it on a clean clone through .ci/run.
 #
+#   bash scripts/test.sh        as root, or as a user with sudo (it re-runs itself with sudo)
+#
 # What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
 #   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 systemd,
 #              each installed with apt only if its command is missing, and
@@ -17,12 +19,16 @@
 # fuzz run of the wire frames and contexts.toml (scripts/fuzz.sh, 60 s per target; set
 # FUZZ_SECONDS=0 to skip it).
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
+# Not root: again through sudo (scripts/lib/root.sh), keeping the caller's Rust toolchain.
+# shellcheck source=scripts/lib/root.sh
+. scripts/lib/root.sh
+if ! reexec_as_root "$self" "$@"; then
     echo "scripts/test.sh: the test suite needs root: its tests start a real broker that" >&2
-    echo "switches to the test users (ctx-alice, ctx-bob) and creates them. Run it as root," >&2
-    echo "e.g. sudo bash scripts/test.sh" >&2
+    echo "switches to the test users (ctx-alice, ctx-bob) and creates them. Run it as root" >&2
+    echo "(bash scripts/test.sh), or as a user who may use sudo." >&2
     exit 1
 fi
 
@@ -48,6 +54,11 @@ need gcc build-essential
 need cc build-essential
 need nm binutils
 need readelf binutils
+need strip binutils
+need objdump binutils
+need dpkg-deb dpkg
+need unshare util-linux
+need nsenter util-linux
 need python3 python3
 need node nodejs
 need curl curl

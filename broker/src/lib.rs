@@ -4,9 +4,11 @@
 //! - [`config`]: parsing and validating `contexts.toml` into resolved contexts;
 //! - [`daemon`]: the tokio broker: socket, authentication, spawn path, PTYs, audit log;
 //! - [`client`]: the `ctx` verbs, one module per verb;
+//! - [`entrypoint`]: `ctx-broker --run-in`, the broker as a container's PID 1;
 //! - [`escape`]: untrusted text made safe for a terminal, losslessly.
 
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod entrypoint;
 pub mod escape;

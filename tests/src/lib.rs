@@ -91,7 +91,8 @@ pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(
             "the ctx end-to-end tests must run as root (they start a broker that switches \
-             to the users ctx-alice and ctx-bob): run `sudo bash scripts/test.sh`"
+             to the users ctx-alice and ctx-bob): run `bash scripts/test.sh` as root, or as a \
+             user who may use sudo"
         );
     }
 }

@@ -159,3 +159,143 @@ fn children_launched_at_once_are_placed_in_their_parents_context() {
         assert_eq!(out.code(), 0, "launch {i}: {}", out.show());
     }
 }
+
+/// `platform` (ctx-bob) routes to `alice` over a socket of the given `[broker]` lines.
+fn chained_with_socket(broker: &str, platform_user: &str) -> String {
+    format!(
+        r#"[broker]
+{broker}
+
+[contexts.platform]
+user = "{platform_user}"
+cwd = "/tmp"
+route_children_to = "target"
+allow = {{ uids = [0] }}
+
+[contexts.target]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    )
+}
+
+fn check_with_socket(config: &std::path::Path, socket: &std::path::Path) -> Output {
+    run(std::process::Command::new(bin("ctx-broker"))
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket))
+}
+
+const CANNOT_REACH: &str =
+    "contexts.platform: route_children_to = \"target\" cannot work: its user ctx-bob";
+
+#[test]
+fn a_routing_context_that_cannot_reach_the_socket_is_named_by_check_start_up_and_status() {
+    // The default mode, 0660 root:root: ctx-bob may not connect.
+    let config = chained_with_socket("socket_mode = \"0660\"", BOB);
+    let td = TempDir::new();
+    let file = td.file("contexts.toml", config.as_bytes(), 0o644);
+    let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert_eq!(out.code(), 0, "a warning, not a refusal: {}", out.show());
+    let said = out.stderr_str();
+    assert!(said.contains(CANNOT_REACH), "{said}");
+    assert!(said.contains("cannot connect to the socket"), "{said}");
+    assert!(said.contains("socket_group"), "the fix: {said}");
+
+    let b = Broker::start(&config);
+    let stderr = b.stderr();
+    assert!(stderr.contains(CANNOT_REACH), "start-up: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} (owner root, group root, mode 0660)",
+            b.socket().display()
+        )),
+        "{stderr}"
+    );
+    let status = b.ctx(["status"]).output().expect("ctx status");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains(&format!("warning:    {CANNOT_REACH}")),
+        "{status}"
+    );
+    // What it warns of is what happens: the platform's launches fail closed.
+    let out = b.exec("platform", &["sh", "-c", "id -u"]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    assert!(
+        out.stderr_str().contains("unreachable: EACCES"),
+        "{}",
+        out.show()
+    );
+    // Not the only context: one that does not route is not named.
+    assert!(!status.contains("contexts.target: route"), "{status}");
+}
+
+#[test]
+fn check_names_the_group_to_join_or_the_directory_that_shuts_the_routing_user_out() {
+    let td = TempDir::new();
+    // A socket group ctx-bob is not in: join it.
+    let config = chained_with_socket(
+        &format!("socket_mode = \"0660\"\nsocket_group = \"{TESTERS_GROUP}\""),
+        BOB,
+    );
+    let file = td.file("group.toml", config.as_bytes(), 0o644);
+    let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert!(
+        out.stderr_str()
+            .contains(&format!("usermod -aG {TESTERS_GROUP} {BOB}")),
+        "{}",
+        out.show()
+    );
+    // A world-connectable socket in a directory ctx-bob cannot enter.
+    let config = chained_with_socket("socket_mode = \"0666\"", BOB);
+    let file = td.file("dir.toml", config.as_bytes(), 0o644);
+    let private = td.subdir("private", 0o700);
+    let out = check_with_socket(&file, &private.join("broker.sock"));
+    let said = out.stderr_str();
+    assert!(said.contains(CANNOT_REACH), "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot pass through {} (owner root, group root, mode 0700)",
+            private.display()
+        )),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_routing_user_in_the_socket_group_is_not_warned_about_and_routes() {
+    // ctx-alice is in ctx-testers; the socket is 0660 root:ctx-testers.
+    let config = format!(
+        r#"[broker]
+socket_mode = "0660"
+socket_group = "{TESTERS_GROUP}"
+
+[contexts.platform]
+user = "{ALICE}"
+cwd = "/tmp"
+route_children_to = "target"
+allow = {{ uids = [0] }}
+
+[contexts.target]
+user = "{BOB}"
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    );
+    let td = TempDir::new();
+    let file = td.file("contexts.toml", config.as_bytes(), 0o644);
+    let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert!(!out.stderr_str().contains("cannot work"), "{}", out.show());
+    let b = Broker::start(&config);
+    assert!(!b.stderr().contains("cannot work"), "{}", b.stderr());
+    let status = b.ctx(["status"]).output().expect("ctx status");
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("cannot work"),
+        "{status:?}"
+    );
+    let out = b.exec("platform", &["sh", "-c", "id -u"]);
+    assert_eq!(out.ok(), format!("{}\n", user(BOB).uid));
+}

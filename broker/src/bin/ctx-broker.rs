@@ -1,10 +1,11 @@
 //! `ctx-broker`: the daemon that owns the contexts of `contexts.toml`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ctx_broker::{config, daemon};
+use ctx_broker::{config, daemon, entrypoint};
 
 /// Runs routed launches in the named execution contexts of contexts.toml.
 #[derive(Parser, Debug)]
@@ -23,16 +24,49 @@ struct Args {
     #[arg(long)]
     audit_log: Option<PathBuf>,
     /// Validate the config file and exit: 0 when it is good, 1 with the reason when not.
+    /// Warnings (e.g. a routing context whose user cannot connect to the socket a broker of
+    /// this uid would create) go to stderr and do not fail the check.
     #[arg(long)]
     check: bool,
+    /// Container entrypoint (PID 1): run COMMAND in this context as the agent, reap orphans,
+    /// pass SIGTERM/SIGINT/SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH on to it (SIGHUP reloads the
+    /// broker), and when it exits stop the broker and everything left, exiting with its
+    /// status (128 + N for a death by signal N; 125 when it never started).
+    #[arg(
+        long,
+        value_name = "CONTEXT",
+        requires = "command",
+        conflicts_with = "check"
+    )]
+    run_in: Option<String>,
+    /// The agent's command and arguments, after `--` (with --run-in).
+    #[arg(last = true, value_name = "COMMAND", requires = "run_in")]
+    command: Vec<OsString>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(context) = args.run_in.take() {
+        // Before anything else: it forks, and only the broker child comes back here.
+        let socket = entrypoint::socket_of(args.socket.as_deref(), &args.config);
+        let plan = entrypoint::Plan {
+            socket: socket.clone(),
+            context,
+            command: std::mem::take(&mut args.command),
+        };
+        if let Err(e) = entrypoint::start(&plan) {
+            eprintln!("ctx-broker: {e}");
+            return ExitCode::from(125);
+        }
+        args.socket = Some(socket);
+    }
     if args.check {
         return match config::load(&args.config) {
             Ok(cfg) => {
-                for w in &cfg.warnings {
+                let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
+                let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
+                let reach = daemon::socket_reach::warnings(&cfg, &access);
+                for w in cfg.warnings.iter().chain(&reach) {
                     eprintln!("ctx-broker: warning: {w}");
                 }
                 println!(

@@ -181,7 +181,10 @@ pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
 
 /// Sends one request that has one answer, and returns that answer (owned, with the
 /// socket path for messages about it).
-fn one_shot(socket: &Path, request: &Request) -> Result<(PathBuf, Reply<'static>), Error> {
+pub(crate) fn one_shot(
+    socket: &Path,
+    request: &Request,
+) -> Result<(PathBuf, Reply<'static>), Error> {
     let mut conn = Connection::connect(socket)?;
     conn.set_read_timeout(Some(ONE_SHOT_TIMEOUT))?;
     conn.open(request, &[])?;

@@ -13,6 +13,7 @@
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
 //! - [`exec_guard`]: `enforce`'s seccomp half: exec attempts refused and audited;
 //! - [`ports`]: the reserved ports the broker holds and hands to their owners;
+//! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
@@ -38,6 +39,7 @@ pub mod seccomp;
 pub mod server;
 pub mod shell_state;
 pub mod signals;
+pub mod socket_reach;
 pub mod spawn;
 pub mod systemd;
 pub mod untrusted_path;

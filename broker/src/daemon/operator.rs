@@ -116,6 +116,7 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             let mut degraded = shared.namespaces.sync(&new);
             degraded.extend(shared.cgroups.sync(&new));
             degraded.extend(super::isolation::uid_warnings(&new));
+            degraded.extend(socket_warnings(shared, &new));
             for w in &degraded {
                 tracing::warn!("{w}");
             }
@@ -150,6 +151,14 @@ pub fn reload_refusal() -> Option<String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
+}
+
+/// The contexts of `config` whose processes cannot connect to the socket as it is now
+/// (a reload may have changed their users' groups; the socket's mode waits for a restart).
+pub fn socket_warnings(shared: &Shared, config: &Config) -> Vec<String> {
+    super::socket_reach::SocketAccess::on_disk(&shared.socket_path)
+        .map(|access| super::socket_reach::warnings(config, &access))
+        .unwrap_or_default()
 }
 
 /// The `STATUS=` line systemd shows for a serving broker.

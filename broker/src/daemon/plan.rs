@@ -67,16 +67,26 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// The interposer beside the broker binary (`cargo build` and the install script put it
-    /// there), or `CTX_INTERPOSER`.
+    /// `CTX_INTERPOSER`, else the interposer beside the broker binary (a build tree), else in
+    /// `../lib/ctx/` from it (where `scripts/install.sh` and the Debian package put it:
+    /// `PREFIX/bin/ctx-broker`, `PREFIX/lib/ctx/libctx_interposer.so`), as `ctx run` finds it.
     pub fn locate(socket: &std::path::Path) -> Routing {
+        const FILE: &str = "libctx_interposer.so";
         let interposer = std::env::var_os("CTX_INTERPOSER")
             .map(Into::into)
             .unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(|d| d.join("libctx_interposer.so")))
-                    .unwrap_or_else(|| "/usr/local/lib/ctx/libctx_interposer.so".into())
+                let exe = std::env::current_exe().ok();
+                let bin = exe.as_deref().and_then(std::path::Path::parent);
+                let beside = bin.map(|d| d.join(FILE));
+                let installed = bin
+                    .and_then(std::path::Path::parent)
+                    .map(|prefix| prefix.join("lib/ctx").join(FILE));
+                match (beside, installed) {
+                    (Some(b), _) if b.exists() => b,
+                    (_, Some(i)) if i.exists() => i,
+                    (Some(b), _) => b,
+                    _ => format!("/usr/local/lib/ctx/{FILE}").into(),
+                }
             });
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
         Routing {

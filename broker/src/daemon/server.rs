@@ -143,6 +143,12 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    // Recomputed by `ctx status` and at each reload, from the socket as it is then.
+    if let Some(access) = super::socket_reach::SocketAccess::on_disk(&socket_path) {
+        for w in super::socket_reach::warnings(&config, &access) {
+            tracing::warn!("{w}");
+        }
+    }
 
     // Before the first connection: the first launch into a context must not pay for its
     // namespaces. The holders' thread lives as long as the broker (see namespaces.rs).

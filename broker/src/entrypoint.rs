@@ -1,0 +1,408 @@
+//! `ctx-broker --run-in CONTEXT -- CMD...`: the broker as a container's entrypoint (PID 1),
+//! where there is no systemd to start it and no init to reap orphans.
+//!
+//! The process splits in three before anything else runs:
+//! - the **init** (this process, PID 1 in a container): reaps every orphan the kernel hands
+//!   it, forwards the signals the container receives to the agent, and when the agent has
+//!   exited stops the broker, kills what is left, and exits with the agent's status;
+//! - the **broker**, its first child, which goes on as the ordinary `ctx-broker` (its own
+//!   process group, so a terminal's Ctrl-C does not stop it; SIGHUP reloads it);
+//! - the **agent**, started once the broker's socket answers: `ctx exec --context CONTEXT
+//!   -- CMD...` on the container's stdio (a PTY when it is a terminal), in its own process
+//!   group in the terminal's foreground.
+//!
+//! The broker waits for its routed processes by pidfd, never `waitpid(-1)`: the reaping of
+//! orphans must live in another process than the broker, or it would steal their statuses.
+//! Not PID 1 (run by hand, or under `docker run --init`), the init is a child subreaper so
+//! it still gets the orphans of its own tree, and at the end kills only its own children.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// Signals the container receives that go on to the agent.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// How long the broker may take to answer on its socket after it starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the broker may take to stop its routed processes and exit after SIGTERM (its
+/// own grace period for them is shorter).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the init sleeps in one wait for a signal when it has a deadline to watch.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Exit status of the init when the agent never ran (the broker failed to start).
+const FAILED: i32 = 125;
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// What the entrypoint starts: the agent's context and command, on the broker's socket.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub socket: PathBuf,
+    pub context: String,
+    pub command: Vec<OsString>,
+}
+
+/// The init's view of its two children.
+struct Children {
+    broker: Option<libc::pid_t>,
+    agent: Option<libc::pid_t>,
+    /// The agent's status as an exit code (128 + signal for a death by signal).
+    agent_code: Option<i32>,
+    /// When the broker was told to stop: SIGKILL after [`STOP_TIMEOUT`].
+    stopping_since: Option<Instant>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Splits the process as the module says. Returns in the broker child only (which goes on
+/// as the ordinary broker); the init never returns. Call it while the process has one
+/// thread: it forks.
+pub fn start(plan: &Plan) -> Result<(), String> {
+    let ctx_bin = std::env::current_exe()
+        .map_err(|e| format!("cannot find the running ctx-broker: {e}"))?
+        .with_file_name("ctx");
+    if !ctx_bin.is_file() {
+        return Err(format!(
+            "--run-in needs the ctx CLI beside ctx-broker, at {}",
+            ctx_bin.display()
+        ));
+    }
+    if plan.command.is_empty() {
+        return Err("--run-in needs the agent's command after --".into());
+    }
+    // Built before any fork: the agent child only execs.
+    let mut argv: Vec<CString> = Vec::new();
+    let mut push = |s: &[u8]| -> Result<(), String> {
+        argv.push(CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string())?);
+        Ok(())
+    };
+    push(ctx_bin.as_os_str().as_bytes())?;
+    push(b"--socket")?;
+    push(plan.socket.as_os_str().as_bytes())?;
+    push(b"exec")?;
+    push(b"--context")?;
+    push(plan.context.as_bytes())?;
+    push(b"--")?;
+    for a in &plan.command {
+        push(a.as_bytes())?;
+    }
+
+    let mask = blocked_set();
+    // SAFETY: plain calls on this single-threaded process.
+    unsafe {
+        libc::sigprocmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut());
+        if libc::getpid() != 1 {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    }
+    // SAFETY: single-threaded, so the child may go on running ordinary Rust.
+    let broker = unsafe { libc::fork() };
+    if broker < 0 {
+        return Err(format!(
+            "cannot fork the broker: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if broker == 0 {
+        // SAFETY: plain calls in the new broker process.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            libc::setpgid(0, 0);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::close(null);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, &mask, std::ptr::null_mut());
+        }
+        return Ok(());
+    }
+    let code = init(plan, broker, &argv, &mask);
+    std::process::exit(code);
+}
+
+/// The init's life: wait for the broker, start the agent, forward, reap, stop, exit.
+fn init(plan: &Plan, broker: libc::pid_t, argv: &[CString], mask: &libc::sigset_t) -> i32 {
+    let mut kids = Children {
+        broker: Some(broker),
+        agent: None,
+        agent_code: None,
+        stopping_since: None,
+    };
+    let started = Instant::now();
+    // Until the broker answers: a signal to stop stops it, and the agent never starts.
+    while kids.broker.is_some() && kids.stopping_since.is_none() {
+        // What `ctx status` asks: a bare connect would be logged as a peer that hung up.
+        if crate::client::one_shot(&plan.socket, &ctx_protocol::Request::Status).is_ok() {
+            break;
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            say(&format!(
+                "the broker did not answer on {} within {READY_TIMEOUT:?}: stopping it",
+                plan.socket.display()
+            ));
+            stop_broker(&mut kids);
+            break;
+        }
+        if let Some(sig) = wait_signal(mask, Some(TICK)) {
+            handle(sig, &mut kids);
+        }
+    }
+    if kids.broker.is_some() && kids.stopping_since.is_none() {
+        kids.agent = spawn_agent(argv, mask);
+        if kids.agent.is_none() {
+            kids.agent_code = Some(FAILED);
+            stop_broker(&mut kids);
+        }
+    } else if kids.broker.is_none() {
+        say("the broker exited before it was ready: the agent was not started");
+    }
+    while kids.broker.is_some() || kids.agent.is_some() {
+        let tick = kids.stopping_since.map(|_| TICK);
+        if let Some(sig) = wait_signal(mask, tick) {
+            handle(sig, &mut kids);
+        }
+        if kids
+            .stopping_since
+            .is_some_and(|t| t.elapsed() > STOP_TIMEOUT)
+        {
+            if let Some(pid) = kids.broker {
+                say("the broker did not stop in time: killing it");
+                // SAFETY: plain kill of our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    kill_leftovers();
+    kids.agent_code.unwrap_or(FAILED)
+}
+
+/// Acts on one signal the init took: reaps on SIGCHLD, forwards the rest.
+fn handle(sig: libc::c_int, kids: &mut Children) {
+    match sig {
+        libc::SIGCHLD => reap(kids),
+        // The broker's own reload; the agent is not the one to ask.
+        libc::SIGHUP => {
+            if let Some(pid) = kids.broker {
+                // SAFETY: plain kill of our own child.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+            }
+        }
+        _ => match kids.agent {
+            // SAFETY: plain kill of our own child.
+            Some(pid) => unsafe {
+                libc::kill(pid, sig);
+            },
+            None if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
+                stop_broker(kids)
+            }
+            None => {}
+        },
+    }
+}
+
+/// Reaps every child that has exited: the agent (then the broker is told to stop), the
+/// broker (then a still-running agent is, since none of its launches could run), orphans.
+fn reap(kids: &mut Children) {
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+        if pid <= 0 {
+            return;
+        }
+        if Some(pid) == kids.agent {
+            kids.agent = None;
+            kids.agent_code = Some(code_of(status));
+            stop_broker(kids);
+        } else if Some(pid) == kids.broker {
+            kids.broker = None;
+            if let Some(agent) = kids.agent {
+                say(&format!(
+                    "the broker exited ({}) while the agent ran: stopping the agent",
+                    describe(status)
+                ));
+                // SAFETY: plain kill of our own child.
+                unsafe { libc::kill(agent, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+fn stop_broker(kids: &mut Children) {
+    if kids.stopping_since.is_some() {
+        return;
+    }
+    kids.stopping_since = Some(Instant::now());
+    if let Some(pid) = kids.broker {
+        // SAFETY: plain kill of our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// Forks the agent's `ctx exec`; `None` (having said why) when it cannot.
+fn spawn_agent(argv: &[CString], mask: &libc::sigset_t) -> Option<libc::pid_t> {
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: the init is single-threaded; the child only makes plain syscalls and execs.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        say(&format!(
+            "cannot fork the agent: {}",
+            std::io::Error::last_os_error()
+        ));
+        return None;
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only, then exec or _exit.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            // Its own group in the terminal's foreground: the terminal's signals reach the
+            // agent, not the init and the broker.
+            libc::setpgid(0, 0);
+            if libc::isatty(0) == 1 {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpid());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, mask, std::ptr::null_mut());
+            libc::execv(ptrs[0], ptrs.as_ptr());
+            let msg = b"ctx-broker: cannot run the ctx CLI for the agent\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(FAILED);
+        }
+    }
+    // The parent sets the group too, so a signal forwarded at once finds it either way.
+    // SAFETY: plain call on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    Some(pid)
+}
+
+/// After the broker and the agent: as PID 1 everything else in the container (a daemon the
+/// agent left behind); otherwise this process's own children (orphans it adopted as
+/// subreaper). Then reaps them.
+fn kill_leftovers() {
+    // SAFETY: plain getter.
+    let pid1 = unsafe { libc::getpid() } == 1;
+    for _ in 0..50 {
+        if pid1 {
+            // SAFETY: as PID 1 of its namespace, -1 means every other process in it.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+        } else {
+            for child in own_children() {
+                // SAFETY: plain kill of a child of ours.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+            }
+        }
+        // SAFETY: blocking reap of the children just killed; ECHILD ends it.
+        let mut any = false;
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) } > 0 {
+            any = true;
+        }
+        if !any {
+            return;
+        }
+    }
+}
+
+/// This process's children, as `/proc/self/task/*/children` lists them.
+fn own_children() -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The signals the init takes with `sigtimedwait`: SIGCHLD, the forwarded ones, SIGHUP.
+fn blocked_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED.iter().chain(&[libc::SIGCHLD, libc::SIGHUP]) {
+            libc::sigaddset(&mut set, *sig);
+        }
+        set
+    }
+}
+
+/// The next blocked signal, or `None` after `timeout` (forever without one).
+fn wait_signal(mask: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
+    // SAFETY: plain sigwaitinfo/sigtimedwait on a set of blocked signals.
+    let sig = unsafe {
+        match timeout {
+            None => libc::sigwaitinfo(mask, std::ptr::null_mut()),
+            Some(t) => {
+                let ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                };
+                libc::sigtimedwait(mask, std::ptr::null_mut(), &ts)
+            }
+        }
+    };
+    (sig > 0).then_some(sig)
+}
+
+/// A wait status as a shell shows it: the code, or 128 + the signal.
+fn code_of(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        FAILED
+    }
+}
+
+fn describe(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {}", libc::WEXITSTATUS(status))
+    }
+}
+
+fn say(what: &str) {
+    eprintln!("ctx-broker: {what}");
+}
+
+/// The socket the broker will listen on: `--socket`, else `[broker] socket` of the file,
+/// else the default. Read ahead of the broker's own load, which refuses a bad file itself.
+pub fn socket_of(socket: Option<&Path>, config: &Path) -> PathBuf {
+    if let Some(s) = socket {
+        return std::path::absolute(s).unwrap_or_else(|_| s.to_path_buf());
+    }
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| Some(PathBuf::from(t.get("broker")?.get("socket")?.as_str()?)))
+        .unwrap_or_else(|| PathBuf::from("/run/ctx/broker.sock"))
+}

@@ -1,0 +1,422 @@
+//! `ctx-broker --run-in CONTEXT -- CMD...` as a container's PID 1, without Docker:
+//! `unshare --pid --fork --mount-proc` starts it as PID 1 of a new PID namespace with its
+//! own /proc, which is the situation `docker run` gives an entrypoint. The agent runs in a
+//! context that routes its launches; orphans are reaped, signals sent to PID 1 reach the
+//! agent, its status is the container's, and nothing outlives it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use ctx_tests::*;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// `platform` (ctx-bob) is where the agent runs; its launches run in `user` (ctx-alice).
+fn container_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "{BOB}"
+cwd = "/tmp"
+env = {{ PLATFORM_SECRET = "sk-platform" }}
+route_children_to = "user"
+allow = {{ uids = [0] }}
+
+[contexts.user]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    )
+}
+
+/// A temp dir holding the config, and where the broker keeps its socket, state and log.
+struct Container {
+    dir: TempDir,
+    /// Processes with this in their argv are the test's own: killed on drop, whatever
+    /// happened, and looked for to show nothing outlived the container.
+    marker: String,
+}
+
+impl Container {
+    fn new() -> Container {
+        require_root();
+        let dir = TempDir::new();
+        dir.file("contexts.toml", container_config().as_bytes(), 0o644);
+        Container {
+            dir,
+            marker: unique("ctx-container-"),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("broker.sock")
+    }
+
+    /// A file in the temp dir the agent's users can read.
+    fn script(&self, name: &str, text: &str) -> String {
+        let text = text.replace("MARKER", &self.marker);
+        let p = self.dir.file(name, text.as_bytes(), 0o644);
+        p.to_str().unwrap().to_string()
+    }
+
+    /// The broker's own arguments, then `--run-in platform -- AGENT...`.
+    fn broker_args(&self, agent: &[&str]) -> Vec<String> {
+        let d = self.dir.path();
+        let mut args = vec![
+            bin("ctx-broker").to_str().unwrap().to_string(),
+            "--config".into(),
+            d.join("contexts.toml").to_str().unwrap().into(),
+            "--socket".into(),
+            self.socket().to_str().unwrap().into(),
+            "--state-dir".into(),
+            d.join("state").to_str().unwrap().into(),
+            "--audit-log".into(),
+            d.join("audit.jsonl").to_str().unwrap().into(),
+            "--run-in".into(),
+            "platform".into(),
+            "--".into(),
+        ];
+        args.extend(agent.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// The entrypoint as PID 1 of a new PID namespace; `--kill-child` takes the whole
+    /// namespace down with `unshare` if the test kills it.
+    fn as_pid1(&self, agent: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+            .args(self.broker_args(agent));
+        c
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+
+    fn assert_nothing_left(&self) {
+        let left = poll(Duration::from_secs(5), || {
+            pids_with_arg(&self.marker).is_empty().then_some(())
+        });
+        assert!(
+            left.is_some(),
+            "processes outlived the container: {:?}",
+            pids_with_arg(&self.marker)
+        );
+        assert!(
+            !self.socket().exists(),
+            "the broker's socket {} is left behind",
+            self.socket().display()
+        );
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        for pid in pids_with_arg(&self.marker) {
+            signal(pid as u32, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The host pid of PID 1 in the namespace `unshare` (pid `unshare`) made: its only child.
+fn pid1_of(unshare: u32) -> u32 {
+    let found = poll(Duration::from_secs(10), || {
+        let text =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+        text.split_whitespace().next()?.parse::<u32>().ok()
+    });
+    found.expect("unshare's child (PID 1 of the namespace)")
+}
+
+/// Starts `cmd` with stdout piped; returns the child once a line with `ready` was printed,
+/// and a reader of the rest.
+fn start_until_ready(cmd: &mut Command) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the entrypoint");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ready") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent never said ready: {}", reader.join().unwrap());
+    }
+    (child, reader)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_agent_runs_in_its_context_as_pid_1s_child_and_its_status_is_the_containers() {
+    let c = Container::new();
+    let agent = c.script(
+        "agent.py",
+        r#"
+import os, subprocess
+print("pid1", open("/proc/1/cmdline", "rb").read().split(b"\0")[0].decode(), flush=True)
+print("agent", os.getuid(), os.environ.get("PLATFORM_SECRET"), flush=True)
+env = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+print("child", subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip(),
+      "sk-platform" in env, flush=True)
+os._exit(7)
+"#,
+    );
+    let started = Instant::now();
+    let out = run(&mut c.as_pid1(&["/usr/bin/python3", &agent]));
+    assert_eq!(out.code(), 7, "{}", out.show());
+    assert_eq!(
+        out.stdout_str(),
+        format!(
+            "pid1 {}\nagent {} sk-platform\nchild {} False\n",
+            bin("ctx-broker").display(),
+            user(BOB).uid,
+            user(ALICE).uid
+        ),
+        "{}",
+        out.show()
+    );
+    // The agent's launches went through the broker, from the platform context.
+    let audit = c.audit();
+    assert!(
+        audit.contains(r#""context":"user""#) && audit.contains(r#""context":"platform""#),
+        "{audit}"
+    );
+    c.assert_nothing_left();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the container took {:?} to stop after its agent",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn orphans_reparented_to_pid_1_are_reaped() {
+    let c = Container::new();
+    // Two kinds of orphan: a routed shell's background child (in `user`), and a
+    // grandchild the agent forks itself (in `platform`); each outlives its parent, is
+    // handed to PID 1, and then exits.
+    let agent = c.script(
+        "agent.py",
+        r#"
+import os, time
+os.system("(sleep 0.3 &) ; true")
+for _ in range(3):
+    parent = os.fork()
+    if parent == 0:
+        if os.fork() == 0:
+            time.sleep(0.2)
+            print("orphan's parent", os.getppid(), flush=True)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(parent, 0)
+time.sleep(1.5)
+zombies = []
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            stat = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            zombies.append(stat)
+print("zombies", zombies, flush=True)
+"#,
+    );
+    let out = run(&mut c.as_pid1(&["/usr/bin/python3", &agent]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(
+        out.stdout_str(),
+        "orphan's parent 1\n".repeat(3) + "zombies []\n",
+        "{}",
+        out.show()
+    );
+    c.assert_nothing_left();
+}
+
+#[test]
+fn sigterm_to_pid_1_reaches_the_agent_and_its_status_comes_back() {
+    let c = Container::new();
+    let agent = c.script(
+        "agent.py",
+        r#"
+import os, signal, time
+def term(sig, frame):
+    # Not print: the signal may land while the print of "ready" still holds stdout.
+    os.write(1, b"agent got SIGTERM\n")
+    os._exit(42)
+signal.signal(signal.SIGTERM, term)
+print("ready MARKER", flush=True)
+while True:
+    time.sleep(1)
+"#,
+    );
+    let (mut child, reader) = start_until_ready(&mut c.as_pid1(&["/usr/bin/python3", &agent]));
+    signal(pid1_of(child.id()), Signal::SIGTERM);
+    let status = wait_deadline(&mut child, Duration::from_secs(20)).expect("container stops");
+    let text = reader.join().unwrap();
+    assert_eq!(status.code(), Some(42), "{text}");
+    assert!(text.contains("agent got SIGTERM"), "{text}");
+    c.assert_nothing_left();
+}
+
+#[test]
+fn an_agent_killed_by_sigint_sent_to_pid_1_gives_128_plus_the_signal() {
+    let c = Container::new();
+    let (mut child, reader) = start_until_ready(&mut c.as_pid1(&[
+        "/bin/sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+        &c.marker,
+    ]));
+    signal(pid1_of(child.id()), Signal::SIGINT);
+    let status = wait_deadline(&mut child, Duration::from_secs(20)).expect("container stops");
+    let _ = reader.join();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT));
+    c.assert_nothing_left();
+}
+
+#[test]
+fn what_the_agent_leaves_running_is_stopped_when_it_exits() {
+    let c = Container::new();
+    // A routed process left running, a routed one in a session of its own, and a forked
+    // copy of the agent itself: all carry the marker in their argv.
+    let agent = c.script(
+        "agent.py",
+        r#"
+import os, subprocess, sys
+subprocess.Popen(["sleep", "1000", "MARKER"])
+subprocess.Popen(["setsid", "sleep", "1000", "MARKER"])
+if os.fork() == 0:
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(1000)", "MARKER"])
+print("left three behind", flush=True)
+"#,
+    );
+    let started = Instant::now();
+    let out = run(&mut c.as_pid1(&["/usr/bin/python3", &agent]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(out.stdout_str(), "left three behind\n", "{}", out.show());
+    c.assert_nothing_left();
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn not_as_pid_1_it_still_reaps_passes_the_status_and_leaves_nothing() {
+    // Run by hand (or under `docker run --init`): a child subreaper for its own tree.
+    let c = Container::new();
+    let agent = c.script(
+        "agent.sh",
+        "sleep 1000 MARKER &\n(sleep 1000 MARKER &)\necho routed $(id -u)\nexit 3\n",
+    );
+    let args = c.broker_args(&["/bin/sh", &agent]);
+    let out = run(Command::new(&args[0]).args(&args[1..]));
+    assert_eq!(out.code(), 3, "{}", out.show());
+    assert_eq!(
+        out.stdout_str(),
+        format!("routed {}\n", user(ALICE).uid),
+        "{}",
+        out.show()
+    );
+    c.assert_nothing_left();
+}
+
+#[test]
+fn a_broker_that_cannot_start_fails_the_container_without_running_the_agent() {
+    let c = Container::new();
+    c.dir.file(
+        "contexts.toml",
+        b"[contexts.platform]\nuser = \"ctx-no-such-user-anywhere\"\n",
+        0o644,
+    );
+    let out = run(&mut c.as_pid1(&["/bin/echo", "agent ran"]));
+    assert_eq!(out.code(), 125, "{}", out.show());
+    assert!(!out.stdout_str().contains("agent ran"), "{}", out.show());
+    assert!(
+        out.stderr_str().contains("ctx-no-such-user-anywhere"),
+        "the broker's own reason: {}",
+        out.show()
+    );
+}
+
+#[test]
+fn the_example_dockerfile_runs_the_example_agent_routed() {
+    // What examples/Dockerfile starts, outside Docker: its ENTRYPOINT and CMD on its
+    // contexts.toml, with the image's paths (/etc/ctx/platform.env, /workspace) moved to a
+    // temp dir. The users are the shipped contexts' (scripts/test.sh makes ctx-agent a
+    // member of ctx, as the Dockerfile does).
+    let c = Container::new();
+    let root = repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("examples/Dockerfile")).unwrap();
+    let entrypoint = dockerfile
+        .lines()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT in examples/Dockerfile");
+    assert_eq!(
+        entrypoint,
+        r#"ENTRYPOINT ["ctx-broker", "--config", "/etc/ctx/contexts.toml", "--run-in", "platform", "--"]"#
+    );
+    assert!(dockerfile.contains(r#"CMD ["python3", "-u", "/opt/agent/agent.py"]"#));
+    let env = c.dir.file(
+        "platform.env",
+        b"ANTHROPIC_API_KEY=sk-from-the-secret\n",
+        0o600,
+    );
+    let workspace = c.dir.subdir("workspace", 0o1777);
+    let config = std::fs::read_to_string(root.join("examples/container/contexts.toml"))
+        .unwrap()
+        .replace("/etc/ctx/platform.env", env.to_str().unwrap())
+        .replace(
+            "\"/workspace\"",
+            &format!("{:?}", workspace.to_str().unwrap()),
+        )
+        .replace("reserved_ports = [8080]", "");
+    c.dir.file("contexts.toml", config.as_bytes(), 0o644);
+    let agent = root.join("examples/agent.py");
+    let out = run(&mut c.as_pid1(&["/usr/bin/python3", "-u", agent.to_str().unwrap()]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let text = out.stdout_str();
+    let agent_uid = user("ctx-agent").uid;
+    let user_uid = user("ctx-user").uid;
+    for needle in [
+        format!("uid {agent_uid} holds ANTHROPIC_API_KEY=sk-from-the-secret"),
+        format!("child: uid={user_uid} user=ctx-user"),
+        "child: ANTHROPIC_API_KEY=<not visible>".to_string(),
+        "child: AWS_ACCESS_KEY_ID=AKIAEXAMPLE".to_string(),
+    ] {
+        assert!(
+            text.contains(&needle),
+            "{needle:?} missing:\n{}",
+            out.show()
+        );
+    }
+    assert!(
+        !out.stderr_str().contains("cannot work"),
+        "ctx-agent reaches the socket through group ctx: {}",
+        out.show()
+    );
+    c.assert_nothing_left();
+}
