@@ -22,7 +22,8 @@ use serde_bytes::ByteBuf;
 
 use super::connection::{unexpected, Connection};
 use super::error::Error;
-use super::terminal::{self, Controlling, RawMode};
+use super::terminal::{self, Controlling};
+use ctx_protocol::terminal::{Hold, Typed};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -356,7 +357,7 @@ impl Relay<'_> {
         let mut sock_writable = true;
         let mut output_ok = self.output.is_some();
         let mut out = Vec::new();
-        let mut raw: Option<RawMode> = None;
+        let mut raw: Option<Hold> = None;
         let mut pending_resize = false;
         let mut buf = vec![0u8; INPUT_CHUNK];
         let socket = conn.socket().to_path_buf();
@@ -409,7 +410,7 @@ impl Relay<'_> {
                         Signal::SIGCONT => {
                             if started {
                                 if self.raw && raw.is_none() {
-                                    raw = RawMode::enter(stdin).ok();
+                                    raw = take_terminal(conn);
                                 }
                                 pending_resize = self.resize;
                             }
@@ -435,6 +436,10 @@ impl Relay<'_> {
             }
 
             if stdin_ready && input_open {
+                // A mode the caller set before typing (echo off) applies to what it typed.
+                if let Some(modes) = raw.as_mut().and_then(Hold::caller_changed) {
+                    let _ = conn.send(&Request::Modes(modes));
+                }
                 match nix::unistd::read(0, &mut buf) {
                     Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
                         input_open = false;
@@ -461,7 +466,7 @@ impl Relay<'_> {
                         Reply::Started { .. } if !started => {
                             started = true;
                             if self.raw {
-                                raw = RawMode::enter(stdin).ok();
+                                raw = take_terminal(conn);
                             }
                         }
                         // Gathered and written once per read: PTY frames are small
@@ -469,6 +474,13 @@ impl Relay<'_> {
                         // cost more than the copy.
                         Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
                         Reply::Output(_) => {}
+                        Reply::Modes(modes) => {
+                            // Output gathered under the old modes goes out under them.
+                            self.flush(&mut out, output_ok);
+                            if let Some(hold) = raw.as_mut() {
+                                hold.program_set(modes);
+                            }
+                        }
                         Reply::Stopped { .. } => {
                             // Job control: the routed program stopped; so does ctx, and the
                             // shell's SIGCONT resumes both (see the SIGCONT arm above).
@@ -578,6 +590,19 @@ pub fn probe(fd: RawFd) -> StdFd {
     } else {
         StdFd::Other
     }
+}
+
+/// Takes our terminal (stdin) for the relay: what was typed before goes first, then the
+/// modes the program gets from then on (see `ctx_protocol::terminal`).
+fn take_terminal(conn: &mut Connection) -> Option<Hold> {
+    let hold = Hold::take(0, true, |typed| {
+        let _ = match typed {
+            Typed::Bytes(b) => conn.send(&Request::Input(ByteBuf::from(b))),
+            Typed::End => conn.send(&Request::InputEof),
+        };
+    })?;
+    let _ = conn.send(&Request::Modes(hold.modes()));
+    Some(hold)
 }
 
 /// Writes all of `bytes`, waiting out `EAGAIN` when the descriptor is non-blocking

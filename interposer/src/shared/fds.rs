@@ -277,7 +277,8 @@ pub fn fd_cloexec(fd: i32) -> Option<bool> {
     (f >= 0).then_some(f & libc::FD_CLOEXEC != 0)
 }
 
-/// The terminal modes of `fd` if it is a terminal.
+/// The terminal modes of `fd` if it is a terminal, as a program sees them (without the
+/// `EXTPROC` of a relay that holds it for another routed program).
 pub fn termios_of(fd: i32) -> Option<TermModes> {
     // SAFETY: termios is plain data; TCGETS fills it or fails.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
@@ -285,17 +286,7 @@ pub fn termios_of(fd: i32) -> Option<TermModes> {
     if unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) } != 0 {
         return None;
     }
-    let mut cc = [0u8; 32];
-    for (d, s) in cc.iter_mut().zip(t.c_cc.iter()) {
-        *d = *s;
-    }
-    Some(TermModes {
-        iflag: t.c_iflag,
-        oflag: t.c_oflag,
-        cflag: t.c_cflag,
-        lflag: t.c_lflag,
-        cc,
-    })
+    Some(TermModes::from_termios(&t).logical())
 }
 
 pub fn winsize_of(fd: i32) -> Option<WinSize> {

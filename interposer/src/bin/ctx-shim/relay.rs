@@ -3,6 +3,7 @@
 
 use std::os::fd::RawFd;
 
+use ctx_protocol::terminal::{Hold, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -14,42 +15,14 @@ struct Tty {
     out: Option<RawFd>,
     /// Whether fd 0 is the caller's terminal.
     stdin_tty: bool,
-    /// The caller's modes while we hold the terminal raw.
-    saved: Option<libc::termios>,
+    /// The caller's terminal while we relay it in the foreground.
+    hold: Option<Hold>,
 }
 
 impl Tty {
     fn foreground() -> bool {
         // SAFETY: plain queries on fd 0 and our own process group.
         unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
-    }
-
-    /// Raw mode when stdin is the terminal and we own its foreground: the broker's PTY does
-    /// the line discipline, so every key (Ctrl-C included) goes to the routed program.
-    fn enter_raw(&mut self) {
-        if !self.stdin_tty || self.saved.is_some() || !Self::foreground() {
-            return;
-        }
-        // SAFETY: termios is plain data filled by tcgetattr.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 is a terminal; t is writable.
-        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
-            return;
-        }
-        let saved = t;
-        // SAFETY: cfmakeraw edits the struct in place.
-        unsafe { libc::cfmakeraw(&mut t) };
-        // SAFETY: valid termios for fd 0.
-        if unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) } == 0 {
-            self.saved = Some(saved);
-        }
-    }
-
-    fn restore(&mut self) {
-        if let Some(t) = self.saved.take() {
-            // SAFETY: restoring the modes read from the same terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) };
-        }
     }
 
     fn size(&self) -> Option<WinSize> {
@@ -98,6 +71,34 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
 }
 
 impl Relay<'_> {
+    /// Takes the caller's terminal when stdin is one and we own its foreground: the
+    /// broker's PTY does the line discipline, so every key (Ctrl-C included) goes to the
+    /// routed program, while the caller's terminal shows the program's modes.
+    fn hold(&mut self) {
+        if !self.tty.stdin_tty || self.tty.hold.is_some() || !Tty::foreground() {
+            return;
+        }
+        let mut typed: Vec<Request> = Vec::new();
+        let hold = Hold::take(0, self.input_open, |t| {
+            typed.push(match t {
+                Typed::Bytes(b) => Request::Input(ByteBuf::from(b)),
+                Typed::End => Request::InputEof,
+            })
+        });
+        for req in &typed {
+            self.send(req);
+        }
+        if let Some(hold) = hold {
+            self.send(&Request::Modes(hold.modes()));
+            self.tty.hold = Some(hold);
+        }
+    }
+
+    /// Gives the caller its terminal back, with the program's modes as they are now.
+    fn release(&mut self) {
+        drop(self.tty.hold.take());
+    }
+
     fn send(&mut self, req: &Request) {
         let mut buf = Vec::with_capacity(64);
         if frame::encode_vec(req, &mut buf).is_ok() {
@@ -127,7 +128,7 @@ impl Relay<'_> {
     }
 
     fn die(&mut self, what: &str) -> ! {
-        self.tty.restore();
+        self.release();
         let mut l = sys::Line::new();
         l.str("ctx: ").quoted(self.name).str(": ").str(what);
         l.write_to(2);
@@ -137,7 +138,7 @@ impl Relay<'_> {
 
     /// Reproduces the routed program's end for the caller's waitpid.
     fn finish(&mut self, status: ExitStatus) -> ! {
-        self.tty.restore();
+        self.release();
         ending::reproduce(status)
     }
 
@@ -149,16 +150,21 @@ impl Relay<'_> {
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::Modes(modes)) => {
+                if let Some(hold) = self.tty.hold.as_mut() {
+                    hold.program_set(modes);
+                }
+            }
             Ok(Reply::Stopped { .. }) => {
                 // Job control: the routed program stopped; stop with it so the caller's
                 // shell sees the job stop. Its SIGCONT resumes us and is forwarded.
                 self.signals.group_stopped();
-                self.tty.restore();
+                self.release();
                 // SAFETY: stopping ourselves.
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             Ok(Reply::ExecFailed(f)) => {
-                self.tty.restore();
+                self.release();
                 ending::exec_failed(self.name, &f)
             }
             Ok(Reply::Error { message, .. }) => {
@@ -188,14 +194,14 @@ impl Relay<'_> {
                 // ourselves so the caller's shell sees the job stop.
                 let req = self.signals.request(caught);
                 self.send(&req);
-                self.tty.restore();
+                self.release();
                 // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             libc::SIGCONT => {
                 let req = self.signals.request(caught);
                 self.send(&req);
-                self.tty.enter_raw();
+                self.hold();
                 if let Some(size) = self.tty.size() {
                     self.send(&Request::Resize(size));
                 }
@@ -208,6 +214,10 @@ impl Relay<'_> {
     }
 
     fn on_input(&mut self) {
+        // A mode the caller set before typing (echo off) applies to what it typed.
+        if let Some(modes) = self.tty.hold.as_mut().and_then(Hold::caller_changed) {
+            self.send(&Request::Modes(modes));
+        }
         let mut buf = [0u8; 16384];
         // SAFETY: reads into a stack buffer.
         let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut _, buf.len()) };
@@ -232,17 +242,17 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
         tty: Tty {
             out,
             stdin_tty,
-            saved: None,
+            hold: None,
         },
         name,
         input_open: stdin_tty,
         signals: ending::Forwarder::default(),
     };
-    r.tty.enter_raw();
+    r.hold();
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
     loop {
-        let relay_input = r.input_open && (r.tty.saved.is_some() || Tty::foreground());
+        let relay_input = r.input_open && (r.tty.hold.is_some() || Tty::foreground());
         let mut pfd = [
             sys::poll_in(sock),
             sys::poll_in(sfd),
