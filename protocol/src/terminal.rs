@@ -322,7 +322,7 @@ mod tests {
     fn undo_takes_out_only_the_inserted_cr() {
         // The program wrote "a\nb\r\nc\r": the PTY made it "a\r\nb\r\r\nc\r".
         let mut buf = *b"a\r\nb\r\r\nc\r";
-        let n = undo_onlcr(&mut buf, 10);
+        let n = undo_onlcr(&mut buf, 9);
         assert_eq!(&buf[..n], b"a\nb\r\nc\r");
     }
 
