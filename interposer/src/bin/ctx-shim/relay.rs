@@ -13,26 +13,23 @@ use crate::EXIT_CTX;
 struct Tty {
     /// Descriptor the routed program's output is written to.
     out: Option<RawFd>,
-    /// Whether fd 0 is the caller's terminal.
-    stdin_tty: bool,
+    /// The caller's terminal that feeds the PTY: fd 0, or `/dev/tty` (see `run`).
+    input: Option<RawFd>,
     /// The caller's terminal while we relay it in the foreground.
     hold: Option<Hold>,
 }
 
 impl Tty {
-    fn foreground() -> bool {
-        // SAFETY: plain queries on fd 0 and our own process group.
-        unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+    fn foreground(&self) -> bool {
+        // SAFETY: plain queries on a descriptor and our own process group.
+        self.input
+            .is_some_and(|fd| unsafe { libc::tcgetpgrp(fd) == libc::getpgrp() })
     }
 
     fn size(&self) -> Option<WinSize> {
-        self.out.and_then(fds::winsize_of).or_else(|| {
-            if self.stdin_tty {
-                fds::winsize_of(0)
-            } else {
-                None
-            }
-        })
+        self.out
+            .and_then(fds::winsize_of)
+            .or_else(|| self.input.and_then(fds::winsize_of))
     }
 }
 
@@ -75,11 +72,12 @@ impl Relay<'_> {
     /// broker's PTY does the line discipline, so every key (Ctrl-C included) goes to the
     /// routed program, while the caller's terminal shows the program's modes.
     fn hold(&mut self) {
-        if !self.tty.stdin_tty || self.tty.hold.is_some() || !Tty::foreground() {
+        let Some(fd) = self.tty.input else { return };
+        if self.tty.hold.is_some() || !self.tty.foreground() {
             return;
         }
         let mut typed: Vec<Request> = Vec::new();
-        let hold = Hold::take(0, self.input_open, |t| {
+        let hold = Hold::take(fd, self.input_open, |t| {
             typed.push(match t {
                 Typed::Bytes(b) => Request::Input(ByteBuf::from(b)),
                 Typed::End => Request::InputEof,
@@ -181,7 +179,7 @@ impl Relay<'_> {
         let signo = caught.signo;
         match signo {
             libc::SIGWINCH => match self.tty.size() {
-                Some(size) if self.tty.out.is_some() || self.tty.stdin_tty => {
+                Some(size) if self.tty.out.is_some() || self.tty.input.is_some() => {
                     self.send(&Request::Resize(size))
                 }
                 _ => {
@@ -218,9 +216,10 @@ impl Relay<'_> {
         if let Some(modes) = self.tty.hold.as_mut().and_then(Hold::caller_changed) {
             self.send(&Request::Modes(modes));
         }
+        let Some(fd) = self.tty.input else { return };
         let mut buf = [0u8; 16384];
         // SAFETY: reads into a stack buffer.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut _, buf.len()) };
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len()) };
         if n > 0 {
             self.send(&Request::Input(ByteBuf::from(&buf[..n as usize])));
         } else if n == 0 {
@@ -233,30 +232,75 @@ impl Relay<'_> {
     }
 }
 
+/// The caller's controlling terminal, for a program whose PTY is only its controlling
+/// terminal (its stdio are no terminals): what it writes to `/dev/tty` shows there.
+fn open_controlling_terminal() -> Option<RawFd> {
+    // SAFETY: a constant NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    (fd >= 0).then_some(fd)
+}
+
+/// Whether what is typed at the controlling terminal is this launch's to read: we run as
+/// a job of our own (a job-control shell put our process group in the foreground and our
+/// parent is not in it), as a program prompting on `/dev/tty` from a pipeline does. A
+/// program in its caller's own group (an agent's `subprocess.run`) gets none: the relay
+/// would read every key before the caller could, where locally the program takes only
+/// what it reads.
+fn owns_job() -> bool {
+    // SAFETY: plain queries of process groups.
+    unsafe { libc::getpgid(libc::getppid()) != libc::getpgrp() }
+}
+
 pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
     let sfd = ending::signal_fd();
-    let out = [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0);
-    let stdin_tty = pty_mask & 1 != 0;
+    // Input comes from stdin when it is the terminal; otherwise the program may still
+    // read its controlling terminal (`read </dev/tty`), fed from ours when it is our job's.
+    let ctty = (pty_mask & 1 == 0)
+        .then(open_controlling_terminal)
+        .flatten();
+    let out = if pty_mask == fds::CTTY_ONLY {
+        ctty
+    } else {
+        [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0)
+    };
+    let input = if pty_mask & 1 != 0 {
+        Some(0)
+    } else {
+        ctty.filter(|_| owns_job())
+    };
     let mut r = Relay {
         sock,
         tty: Tty {
             out,
-            stdin_tty,
+            input,
             hold: None,
         },
         name,
-        input_open: stdin_tty,
+        input_open: input.is_some(),
         signals: ending::Forwarder::default(),
     };
     r.hold();
+    if let (None, Some(modes)) = (&r.tty.hold, r.tty.out.and_then(fds::termios_of)) {
+        // A terminal we only write to: the broker still hands over output its caller's
+        // terminal processes once (see `ctx_protocol::terminal`).
+        r.send(&Request::Modes(modes));
+    }
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
     loop {
-        let relay_input = r.input_open && (r.tty.hold.is_some() || Tty::foreground());
+        let relay_input = r.input_open && (r.tty.hold.is_some() || r.tty.foreground());
         let mut pfd = [
             sys::poll_in(sock),
             sys::poll_in(sfd),
-            sys::poll_in(if relay_input { 0 } else { -1 }),
+            sys::poll_in(match r.tty.input {
+                Some(fd) if relay_input => fd,
+                _ => -1,
+            }),
         ];
         // SAFETY: three valid pollfds.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, -1) };
