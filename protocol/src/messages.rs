@@ -258,8 +258,10 @@ pub enum Reply<'a> {
         ids: Vec<u64>,
         others: u64,
     },
-    /// PTY mode, to a client that sent [`Request::Modes`]: the PTY's modes changed (the
-    /// program set them); the client gives the caller's terminal the same.
+    /// PTY mode: the PTY's modes changed (the program set them), sent before the output
+    /// written under them. A client that holds the caller's terminal gives it the same;
+    /// every client takes out the PTY's `ONLCR` where its terminal puts it back
+    /// (see [`crate::terminal`]).
     Modes(TermModes),
 }
 

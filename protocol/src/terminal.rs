@@ -11,8 +11,8 @@
 //! merged: only the fields that changed on one side are applied to the other.
 //!
 //! Output is processed once as well: the PTY turns `\n` into `\r\n` (`ONLCR`); when the
-//! caller's terminal will do the same, the broker takes the `\r` out again
-//! ([`undo_onlcr`]), so that the caller's terminal, whose `OPOST` other local writers
+//! caller's terminal will do the same, the client takes the `\r` out again
+//! ([`undo_onlcr`], [`Output`]), so that the caller's terminal, whose `OPOST` other local writers
 //! need, produces exactly what a local run would.
 
 use crate::TermModes;
@@ -54,9 +54,39 @@ pub struct Hold {
     set: TermModes,
 }
 
+/// Writes a PTY's output to the caller's terminal, processed once.
+pub struct Output {
+    /// The PTY's modes, as the last [`crate::Reply::Modes`] (or the launch) gave them.
+    pub pty: Option<TermModes>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Methods
 // ---------------------------------------------------------------------------------------
+
+impl Output {
+    /// Writes `bytes` to `fd` with `write` (which writes all it is given or fails); the
+    /// PTY's `ONLCR` is taken out where the terminal `fd` puts it back.
+    pub fn write(&self, fd: i32, bytes: &[u8], mut write: impl FnMut(&[u8]) -> bool) -> bool {
+        let redone = |m: &TermModes| m.oflag & libc::OPOST != 0 && m.oflag & libc::ONLCR != 0;
+        let undo = self.pty.is_some_and(|m| m.output_redone())
+            && get(fd).is_some_and(|t| redone(&TermModes::from_termios(&t)));
+        if !undo {
+            return write(bytes);
+        }
+        let mut buf = [0u8; 8192];
+        for chunk in bytes.chunks(buf.len()) {
+            // A `\r\n` split between two chunks keeps its `\r`: the caller's terminal
+            // shows `\r\r\n`, which looks the same.
+            buf[..chunk.len()].copy_from_slice(chunk);
+            let n = undo_onlcr(&mut buf, chunk.len());
+            if !write(&buf[..n]) {
+                return false;
+            }
+        }
+        true
+    }
+}
 
 impl Hold {
     /// Takes the terminal `fd` for a relay (`input`: it also reads what is typed there).

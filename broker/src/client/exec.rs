@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 use super::connection::{unexpected, Connection};
 use super::error::Error;
 use super::terminal::{self, Controlling};
-use ctx_protocol::terminal::{Hold, Typed};
+use ctx_protocol::terminal::{Hold, Output, Typed};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -278,6 +278,8 @@ fn launch(
     } else {
         Controlling::None
     };
+    let tty_info = plan.any_pty().then(|| controlling.info());
+    let tty_modes = tty_info.as_ref().and_then(|t| t.termios);
     let request = wrap(ExecRequest {
         context: args.context.clone(),
         argv: args
@@ -306,7 +308,7 @@ fn launch(
             .cwd
             .map(|d| ByteBuf::from(d.into_os_string().into_vec())),
         fds: plan.slots.clone(),
-        tty: plan.any_pty().then(|| controlling.info()),
+        tty: tty_info.clone(),
         timeout_ms,
         // As `docker exec`: the command leads a group of its own, which signals reach.
         grouping: Grouping::GroupLeader,
@@ -329,6 +331,7 @@ fn launch(
         output: plan.output_fd(std),
         resize: plan.any_pty(),
         controlling: &controlling,
+        pty_output: std::cell::RefCell::new(Output { pty: tty_modes }),
     };
     relay.run(&mut conn, &signals)
 }
@@ -344,6 +347,8 @@ struct Relay<'a> {
     output: Option<RawFd>,
     resize: bool,
     controlling: &'a Controlling,
+    /// The PTY's modes, for writing its output processed once.
+    pty_output: std::cell::RefCell<Output>,
 }
 
 impl Relay<'_> {
@@ -477,6 +482,7 @@ impl Relay<'_> {
                         Reply::Modes(modes) => {
                             // Output gathered under the old modes goes out under them.
                             self.flush(&mut out, output_ok);
+                            self.pty_output.borrow_mut().pty = Some(modes);
                             if let Some(hold) = raw.as_mut() {
                                 hold.program_set(modes);
                             }
@@ -526,7 +532,10 @@ impl Relay<'_> {
     /// Writes the gathered PTY output; false when our output is gone (EPIPE and the like).
     fn flush(&self, out: &mut Vec<u8>, output_ok: bool) -> bool {
         let ok = match (output_ok, self.output) {
-            (true, Some(fd)) if !out.is_empty() => write_all(fd, out).is_ok(),
+            (true, Some(fd)) if !out.is_empty() => self
+                .pty_output
+                .borrow()
+                .write(fd, out, |b| write_all(fd, b).is_ok()),
             _ => true,
         };
         out.clear();
@@ -904,6 +913,7 @@ mod tests {
             output: None,
             resize: false,
             controlling: &Controlling::None,
+            pty_output: std::cell::RefCell::new(Output { pty: None }),
         };
         let Err(e) = relay.exited(
             ExitStatus::Signaled {

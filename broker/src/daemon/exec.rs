@@ -379,6 +379,7 @@ async fn launch(
         flags: h.flags,
     });
     let mut pty = None;
+    let mut pty_modes = None;
     if prepared.wants_tty {
         let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
             size: Default::default(),
@@ -391,6 +392,7 @@ async fn launch(
                     plan.fds.push((p.slave.as_raw_fd(), slot.target));
                 }
                 plan.controlling_tty = Some(p.slave.as_raw_fd());
+                pty_modes = pty::modes(&p.master);
                 pty = Some(p);
             }
             Err(e) => {
@@ -476,6 +478,8 @@ async fn launch(
     // The modes the PTY was given: what the caller's terminal had at the launch.
     let launch_modes = req.tty.as_ref().and_then(|t| t.termios);
     let mut mirror: Option<Mirror> = None;
+    // The client mirrors the PTY's modes onto the caller's terminal: watch them.
+    let mut mirroring = false;
     let mut mode_tick = master.as_ref().map(|_| {
         let mut t = tokio::time::interval(MODE_POLL);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -539,6 +543,7 @@ async fn launch(
                             if let Some(m) = &master { input.push_back(pty::eof_char(m.get_ref())); }
                         }
                         Ok(Request::Modes(caller)) => {
+                            mirroring = true;
                             if let Some(m) = &master {
                                 if let Some(next) = mirror_caller(m.get_ref(), &mut mirror, launch_modes, caller) {
                                     if conn.send(&Reply::Modes(next)).await.is_err() {
@@ -566,23 +571,24 @@ async fn launch(
             ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() => {
                 if let Ok(mut guard) = ready {
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
-                    let (mut n, more) = read_batch(fd, &mut out);
+                    let (n, more) = read_batch(fd, &mut out);
                     if !more {
                         // Drained to EAGAIN: let the reactor wait for the next bytes.
                         guard.clear_ready();
                     }
-                    if n > 0 && client_alive && mirror.is_some() {
+                    if n > 0 && client_alive {
                         // A mode the program set before writing (getpass turns echo off,
-                        // then prompts) reaches the caller's terminal before the bytes.
+                        // then prompts) reaches the client before the bytes, which it
+                        // writes under them.
+                        if mirror.is_none() {
+                            mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+                        }
                         let now = pty::modes(master.as_ref().unwrap().get_ref());
                         if let Some(changed) = mirror_program(&mut mirror, now) {
                             if conn.send(&Reply::Modes(changed)).await.is_err() {
                                 client_alive = false;
                                 kill_group(pid, libc::SIGKILL);
                             }
-                        }
-                        if now.is_some_and(|m| m.output_redone()) {
-                            n = ctx_protocol::terminal::undo_onlcr(&mut out, n);
                         }
                     }
                     if n > 0 && client_alive {
@@ -606,7 +612,7 @@ async fn launch(
                 }
             }
             // A mode set without output following (`stty -echo`, `read -s`).
-            _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirror.is_some() && client_alive => {
+            _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirroring && client_alive => {
                 let now = pty::modes(master.as_ref().unwrap().get_ref());
                 if let Some(changed) = mirror_program(&mut mirror, now) {
                     if conn.send(&Reply::Modes(changed)).await.is_err() {
@@ -641,15 +647,16 @@ async fn launch(
             let fd = m.get_ref().as_raw_fd();
             let ready = tokio::time::timeout_at(until, m.readable()).await;
             let Ok(Ok(mut guard)) = ready else { break };
-            let (mut n, more) = read_batch(fd, &mut out);
+            let (n, more) = read_batch(fd, &mut out);
             if !more {
                 guard.clear_ready();
             }
-            if n > 0
-                && mirror.is_some()
-                && pty::modes(m.get_ref()).is_some_and(|m| m.output_redone())
-            {
-                n = ctx_protocol::terminal::undo_onlcr(&mut out, n);
+            if n > 0 {
+                if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
+                    if conn.send(&Reply::Modes(changed)).await.is_err() {
+                        break;
+                    }
+                }
             }
             if n > 0 {
                 if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
@@ -662,7 +669,11 @@ async fn launch(
     }
 
     if let (Some(m), true) = (&master, client_alive) {
-        // The modes the program left the terminal in stay, as they would locally.
+        // The modes the program left the terminal in stay, as they would locally; also
+        // for a program that ended before its client said it mirrors (`stty -echo`).
+        if mirror.is_none() {
+            mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+        }
         if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
             let _ = conn.send(&Reply::Modes(changed)).await;
         }

@@ -3,7 +3,7 @@
 
 use std::os::fd::RawFd;
 
-use ctx_protocol::terminal::{Hold, Typed};
+use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -39,6 +39,7 @@ struct Relay<'a> {
     name: &'a [u8],
     input_open: bool,
     signals: ending::Forwarder,
+    output: Output,
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
@@ -144,11 +145,12 @@ impl Relay<'_> {
         match frame::decode::<Reply<'_>>(payload) {
             Ok(Reply::Output(bytes)) => {
                 if let Some(fd) = self.tty.out {
-                    write_all(fd, &bytes);
+                    self.output.write(fd, &bytes, |b| write_all(fd, b));
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
             Ok(Reply::Modes(modes)) => {
+                self.output.pty = Some(modes);
                 if let Some(hold) = self.tty.hold.as_mut() {
                     hold.program_set(modes);
                 }
@@ -282,6 +284,10 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
         },
         name,
         input_open: input.is_some(),
+        // The PTY starts with the modes the hook read from the caller's terminal.
+        output: Output {
+            pty: out.or(input).and_then(fds::termios_of),
+        },
         signals: ending::Forwarder::default(),
     };
     r.hold();
