@@ -481,7 +481,7 @@ impl ShimLaunch {
         put(b"=");
         let mut tmp = [0u8; 24];
         put(sys::fmt_i64(sock as i64, &mut tmp));
-        put(&[b',', b'0' + (pty_mask & 7), b',']);
+        put(&[b',', b'0' + (pty_mask & 15).min(9), b',']);
         let comm = sys::basename(program);
         put(&comm[..comm.len().min(sys::COMM_LEN)]);
         ShimLaunch { var }

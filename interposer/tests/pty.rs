@@ -26,6 +26,17 @@ struct OnPty {
 impl OnPty {
     /// Runs the argv `make_argv` builds from the caller's terminal name.
     fn start(b: &Broker, make_argv: impl Fn(&str) -> Vec<String>, rows: u16, cols: u16) -> OnPty {
+        Self::start_as(b, make_argv, rows, cols, true)
+    }
+
+    /// The same caller, its launches routed or run locally (to compare the two).
+    fn start_as(
+        b: &Broker,
+        make_argv: impl Fn(&str) -> Vec<String>,
+        rows: u16,
+        cols: u16,
+        routed: bool,
+    ) -> OnPty {
         let (mut m, mut s) = (-1, -1);
         let ws = libc::winsize {
             ws_row: rows,
@@ -47,6 +58,9 @@ impl OnPty {
         let argv = make_argv(&tty_name);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = b.cmd(&argv);
+        if !routed {
+            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
+        }
         cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave.try_clone().unwrap()))
@@ -309,4 +323,160 @@ fn ctrl_z_stops_the_routed_program_and_fg_resumes_it() {
     let (code, text) = p.finish();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("Stopped"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A routed program's terminal behaves as a local one: each scenario runs with the caller's
+// launches run locally, then routed, and what the caller's terminal shows is compared.
+// ---------------------------------------------------------------------------------------
+
+/// Runs `script` under `bash -c` on a fresh terminal, locally or routed; `drive` types
+/// and checks while it runs. Returns the exit code and the terminal's transcript.
+fn transcript(
+    b: &Broker,
+    script: &str,
+    routed: bool,
+    drive: impl Fn(&mut OnPty),
+) -> (Option<i32>, String) {
+    let script = script.to_string();
+    let mut p = OnPty::start_as(
+        b,
+        move |_| vec!["bash".into(), "-c".into(), script.clone()],
+        24,
+        80,
+        routed,
+    );
+    drive(&mut p);
+    p.finish()
+}
+
+fn same_as_local(b: &Broker, script: &str, drive: impl Fn(&mut OnPty)) -> String {
+    let local = transcript(b, script, false, &drive);
+    let routed = transcript(b, script, true, &drive);
+    eprintln!("local:  {local:?}\nrouted: {routed:?}");
+    assert_eq!(routed, local, "{script}: routed differs from local");
+    local.1
+}
+
+/// The terminal's modes as its master sees them (Linux reads the slave's).
+fn modes(p: &OnPty) -> libc::termios {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and pointer.
+    assert_eq!(unsafe { libc::tcgetattr(p.master.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+#[test]
+fn a_controlling_terminal_is_there_when_stdio_are_not_terminals() {
+    let b = start_broker();
+    // Writing /dev/tty with every stdio redirected: ssh and sudo prompts do this.
+    let text = same_as_local(
+        &b,
+        "sh -c 'echo to-tty >/dev/tty && echo written >&2' </dev/null >/dev/null 2>/dev/null; \
+         sleep 0.3; echo rc=$?",
+        |_| {},
+    );
+    assert!(text.contains("to-tty\r\nrc=0"), "{text}");
+}
+
+#[test]
+fn a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
+    let b = start_broker();
+    let run = |routed: bool| {
+        let mut p = OnPty::start_as(
+            &b,
+            |_| {
+                vec![
+                    "bash".into(),
+                    "--norc".into(),
+                    "--noprofile".into(),
+                    "-i".into(),
+                ]
+            },
+            24,
+            80,
+            routed,
+        );
+        p.type_bytes(b"PS1='P> '\n");
+        p.wait_for("P> ");
+        p.type_bytes(b"true | sh -c 'read x </dev/tty; echo got:$x'\n");
+        std::thread::sleep(Duration::from_millis(500));
+        p.type_bytes(b"typed\n");
+        p.wait_for("got:typed");
+        p.type_bytes(b"exit\n");
+        p.finish().0
+    };
+    assert_eq!(run(false), Some(0));
+    assert_eq!(run(true), Some(0));
+}
+
+#[test]
+fn end_of_file_typed_at_once_is_end_of_file() {
+    let b = start_broker();
+    for _ in 0..3 {
+        // ^D typed before the program (or its relay) runs, as pexpect's sendeof() does.
+        let text = same_as_local(&b, "cat; echo rc=$?", |p| p.type_bytes(b"\x04"));
+        assert_eq!(text, "rc=0\r\n");
+    }
+    // Text and then ^D: the program reads the text without a newline, then end of file.
+    same_as_local(&b, "cat; echo rc=$?", |p| {
+        std::thread::sleep(Duration::from_millis(300));
+        p.type_bytes(b"abc\x04\x04");
+    });
+}
+
+#[test]
+fn echo_turned_off_by_the_caller_after_the_launch_reaches_the_program() {
+    let b = start_broker();
+    let text = same_as_local(&b, "cat; echo rc=$?", |p| {
+        std::thread::sleep(Duration::from_millis(300));
+        // pexpect's setecho(False): on the master, after the program started.
+        let mut t = modes(p);
+        t.c_lflag &= !libc::ECHO;
+        // SAFETY: a valid descriptor and termios.
+        assert_eq!(
+            unsafe { libc::tcsetattr(p.master.as_raw_fd(), libc::TCSANOW, &t) },
+            0
+        );
+        p.type_bytes(b"secret\n");
+        p.wait_for("secret");
+        p.type_bytes(b"\x04");
+    });
+    assert_eq!(text.matches("secret").count(), 1, "echoed: {text}");
+}
+
+#[test]
+fn modes_the_program_sets_show_on_the_callers_terminal() {
+    let b = start_broker();
+    for routed in [false, true] {
+        // getpass and `read -s` turn echo off, and pexpect's waitnoecho() waits for it.
+        let (code, _) = transcript(&b, "stty -echo; sleep 1; stty echo", routed, |p| {
+            let deadline = Instant::now() + Duration::from_millis(800);
+            while modes(p).c_lflag & libc::ECHO != 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "echo never went off (routed: {routed})"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        assert_eq!(code, Some(0));
+    }
+}
+
+#[test]
+fn output_is_processed_once_and_local_output_keeps_its_newlines() {
+    let b = start_broker();
+    // The routed program's "\n" and "\r\n", and a local writer's "\n" while a routed
+    // program holds the terminal: each as a local run shows it.
+    let text = same_as_local(
+        &b,
+        "printf 'a\\nb\\r\\n'; (sleep 0.3; /bin/echo local-line) & cat; wait; echo end",
+        |p| {
+            p.wait_for("local-line");
+            p.type_bytes(b"\x04");
+        },
+    );
+    assert!(text.starts_with("a\r\nb\r\r\nlocal-line\r\n"), "{text}");
 }

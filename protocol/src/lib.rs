@@ -12,6 +12,7 @@ pub mod fdpass;
 pub mod frame;
 pub mod inherit;
 pub mod messages;
+pub mod terminal;
 
 pub use frame::{FrameError, FRAME_HEADER, MAX_FRAME};
 pub use inherit::{Captured, Inherited, Rlimit};

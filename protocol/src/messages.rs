@@ -76,6 +76,11 @@ pub enum Request {
     SignalProcess {
         signo: i32,
     },
+    /// PTY mode: the caller's terminal's modes (without the relay's `EXTPROC`), sent when
+    /// the relay starts and whenever the caller changed them since; the broker applies
+    /// what changed to the PTY (see [`crate::terminal`]). The first one also tells the
+    /// broker that the client mirrors the PTY's modes onto the caller's terminal.
+    Modes(TermModes),
 }
 
 /// A launch. Byte strings are raw: argv, env and paths need not be UTF-8.
@@ -253,6 +258,11 @@ pub enum Reply<'a> {
         ids: Vec<u64>,
         others: u64,
     },
+    /// PTY mode: the PTY's modes changed (the program set them), sent before the output
+    /// written under them. A client that holds the caller's terminal gives it the same;
+    /// every client takes out the PTY's `ONLCR` where its terminal puts it back
+    /// (see [`crate::terminal`]).
+    Modes(TermModes),
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -272,6 +282,7 @@ pub mod reply_tag {
     pub const ACCEPTED: u8 = 11;
     pub const STOPPED: u8 = 12;
     pub const KILLED_IN_CONTEXT: u8 = 13;
+    pub const MODES: u8 = 14;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -302,6 +302,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Accepted => "Accepted",
         Reply::Stopped { .. } => "Stopped",
         Reply::KilledInContext { .. } => "KilledInContext",
+        Reply::Modes(_) => "Modes",
     }
 }
 

@@ -22,7 +22,8 @@ use serde_bytes::ByteBuf;
 
 use super::connection::{unexpected, Connection};
 use super::error::Error;
-use super::terminal::{self, Controlling, RawMode};
+use super::terminal::{self, Controlling};
+use ctx_protocol::terminal::{Hold, Output, Typed};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -277,6 +278,8 @@ fn launch(
     } else {
         Controlling::None
     };
+    let tty_info = plan.any_pty().then(|| controlling.info());
+    let tty_modes = tty_info.as_ref().and_then(|t| t.termios);
     let request = wrap(ExecRequest {
         context: args.context.clone(),
         argv: args
@@ -305,7 +308,7 @@ fn launch(
             .cwd
             .map(|d| ByteBuf::from(d.into_os_string().into_vec())),
         fds: plan.slots.clone(),
-        tty: plan.any_pty().then(|| controlling.info()),
+        tty: tty_info.clone(),
         timeout_ms,
         // As `docker exec`: the command leads a group of its own, which signals reach.
         grouping: Grouping::GroupLeader,
@@ -328,6 +331,7 @@ fn launch(
         output: plan.output_fd(std),
         resize: plan.any_pty(),
         controlling: &controlling,
+        pty_output: std::cell::RefCell::new(Output { pty: tty_modes }),
     };
     relay.run(&mut conn, &signals)
 }
@@ -343,6 +347,8 @@ struct Relay<'a> {
     output: Option<RawFd>,
     resize: bool,
     controlling: &'a Controlling,
+    /// The PTY's modes, for writing its output processed once.
+    pty_output: std::cell::RefCell<Output>,
 }
 
 impl Relay<'_> {
@@ -356,7 +362,7 @@ impl Relay<'_> {
         let mut sock_writable = true;
         let mut output_ok = self.output.is_some();
         let mut out = Vec::new();
-        let mut raw: Option<RawMode> = None;
+        let mut raw: Option<Hold> = None;
         let mut pending_resize = false;
         let mut buf = vec![0u8; INPUT_CHUNK];
         let socket = conn.socket().to_path_buf();
@@ -409,7 +415,7 @@ impl Relay<'_> {
                         Signal::SIGCONT => {
                             if started {
                                 if self.raw && raw.is_none() {
-                                    raw = RawMode::enter(stdin).ok();
+                                    raw = take_terminal(conn);
                                 }
                                 pending_resize = self.resize;
                             }
@@ -435,6 +441,10 @@ impl Relay<'_> {
             }
 
             if stdin_ready && input_open {
+                // A mode the caller set before typing (echo off) applies to what it typed.
+                if let Some(modes) = raw.as_mut().and_then(Hold::caller_changed) {
+                    let _ = conn.send(&Request::Modes(modes));
+                }
                 match nix::unistd::read(0, &mut buf) {
                     Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
                         input_open = false;
@@ -461,7 +471,7 @@ impl Relay<'_> {
                         Reply::Started { .. } if !started => {
                             started = true;
                             if self.raw {
-                                raw = RawMode::enter(stdin).ok();
+                                raw = take_terminal(conn);
                             }
                         }
                         // Gathered and written once per read: PTY frames are small
@@ -469,6 +479,14 @@ impl Relay<'_> {
                         // cost more than the copy.
                         Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
                         Reply::Output(_) => {}
+                        Reply::Modes(modes) => {
+                            // Output gathered under the old modes goes out under them.
+                            self.flush(&mut out, output_ok);
+                            self.pty_output.borrow_mut().pty = Some(modes);
+                            if let Some(hold) = raw.as_mut() {
+                                hold.program_set(modes);
+                            }
+                        }
                         Reply::Stopped { .. } => {
                             // Job control: the routed program stopped; so does ctx, and the
                             // shell's SIGCONT resumes both (see the SIGCONT arm above).
@@ -514,7 +532,10 @@ impl Relay<'_> {
     /// Writes the gathered PTY output; false when our output is gone (EPIPE and the like).
     fn flush(&self, out: &mut Vec<u8>, output_ok: bool) -> bool {
         let ok = match (output_ok, self.output) {
-            (true, Some(fd)) if !out.is_empty() => write_all(fd, out).is_ok(),
+            (true, Some(fd)) if !out.is_empty() => self
+                .pty_output
+                .borrow()
+                .write(fd, out, |b| write_all(fd, b).is_ok()),
             _ => true,
         };
         out.clear();
@@ -578,6 +599,19 @@ pub fn probe(fd: RawFd) -> StdFd {
     } else {
         StdFd::Other
     }
+}
+
+/// Takes our terminal (stdin) for the relay: what was typed before goes first, then the
+/// modes the program gets from then on (see `ctx_protocol::terminal`).
+fn take_terminal(conn: &mut Connection) -> Option<Hold> {
+    let hold = Hold::take(0, true, |typed| {
+        let _ = match typed {
+            Typed::Bytes(b) => conn.send(&Request::Input(ByteBuf::from(b))),
+            Typed::End => conn.send(&Request::InputEof),
+        };
+    })?;
+    let _ = conn.send(&Request::Modes(hold.modes()));
+    Some(hold)
 }
 
 /// Writes all of `bytes`, waiting out `EAGAIN` when the descriptor is non-blocking
@@ -879,6 +913,7 @@ mod tests {
             output: None,
             resize: false,
             controlling: &Controlling::None,
+            pty_output: std::cell::RefCell::new(Output { pty: None }),
         };
         let Err(e) = relay.exited(
             ExitStatus::Signaled {

@@ -1,12 +1,12 @@
 //! The caller's terminal: which descriptors are terminals, its window size and modes (sent
-//! so the broker's PTY matches), and raw mode for the relay, restored on every way out.
+//! so the broker's PTY matches); `ctx_protocol::terminal::Hold` holds it while relaying.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use ctx_protocol::{TermModes, TtyInfo, WinSize};
-use nix::sys::termios::{self, SetArg, Termios};
+use nix::sys::termios;
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -30,12 +30,6 @@ pub enum Controlling {
     Std(RawFd),
     DevTty(File),
     None,
-}
-
-/// Puts a terminal in raw mode; dropping it puts the saved modes back.
-pub struct RawMode {
-    fd: RawFd,
-    saved: Termios,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -82,28 +76,6 @@ impl Controlling {
     }
 }
 
-impl RawMode {
-    pub fn enter(fd: BorrowedFd<'_>) -> nix::Result<RawMode> {
-        let saved = termios::tcgetattr(fd)?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        // TCSADRAIN, not TCSAFLUSH: keys typed while the launch was starting must reach it.
-        termios::tcsetattr(fd, SetArg::TCSADRAIN, &raw)?;
-        Ok(RawMode {
-            fd: fd.as_raw_fd(),
-            saved,
-        })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor was open when the guard was made and ctx never closes 0-2.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let _ = termios::tcsetattr(fd, SetArg::TCSADRAIN, &self.saved);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
@@ -133,18 +105,11 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<WinSize> {
     })
 }
 
+/// The terminal's modes as a program sees them (without the `EXTPROC` of another relay
+/// that holds it).
 pub fn term_modes(fd: BorrowedFd<'_>) -> Option<TermModes> {
     let t: libc::termios = termios::tcgetattr(fd).ok()?.into();
-    let mut cc = [0u8; 32];
-    let n = cc.len().min(t.c_cc.len());
-    cc[..n].copy_from_slice(&t.c_cc[..n]);
-    Some(TermModes {
-        iflag: t.c_iflag,
-        oflag: t.c_oflag,
-        cflag: t.c_cflag,
-        lflag: t.c_lflag,
-        cc,
-    })
+    Some(TermModes::from_termios(&t).logical())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -170,19 +135,6 @@ mod tests {
         let modes = term_modes(pty.slave.as_fd()).unwrap();
         assert_eq!(modes.cc[libc::VINTR], 3, "^C is the interrupt key");
         assert!(is_terminal(pty.slave.as_raw_fd()));
-    }
-
-    #[test]
-    fn raw_mode_is_undone_on_drop() {
-        let pty = openpty(None, None).unwrap();
-        let before = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-        {
-            let _raw = RawMode::enter(pty.slave.as_fd()).unwrap();
-            let during = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-            assert!(!during.local_flags.contains(termios::LocalFlags::ICANON));
-        }
-        let after = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-        assert_eq!(before.local_flags, after.local_flags);
     }
 
     #[test]

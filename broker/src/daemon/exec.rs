@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ctx_protocol::{
     ClientKind, ErrorKind, ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply,
-    Request, ShellRequest, Stage,
+    Request, ShellRequest, Stage, TermModes,
 };
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
@@ -40,6 +40,9 @@ const PTY_BATCH: usize = 64 * 1024;
 /// caller's frames stay unread in the socket (and the caller stops sending) until the
 /// program reads: a program that never reads cannot make the broker hold more.
 const INPUT_BUDGET: usize = 1024 * 1024;
+/// How often the PTY's modes are compared with the caller's terminal's when no output
+/// brings them along (a program that turns echo off and waits for input silently).
+const MODE_POLL: Duration = Duration::from_millis(50);
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -376,6 +379,7 @@ async fn launch(
         flags: h.flags,
     });
     let mut pty = None;
+    let mut pty_modes = None;
     if prepared.wants_tty {
         let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
             size: Default::default(),
@@ -388,6 +392,7 @@ async fn launch(
                     plan.fds.push((p.slave.as_raw_fd(), slot.target));
                 }
                 plan.controlling_tty = Some(p.slave.as_raw_fd());
+                pty_modes = pty::modes(&p.master);
                 pty = Some(p);
             }
             Err(e) => {
@@ -470,6 +475,16 @@ async fn launch(
     }
 
     let timeout = effective_timeout(&ctx, &req);
+    // The modes the PTY was given: what the caller's terminal had at the launch.
+    let launch_modes = req.tty.as_ref().and_then(|t| t.termios);
+    let mut mirror: Option<Mirror> = None;
+    // The client mirrors the PTY's modes onto the caller's terminal: watch them.
+    let mut mirroring = false;
+    let mut mode_tick = master.as_ref().map(|_| {
+        let mut t = tokio::time::interval(MODE_POLL);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let far = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
     let deadline =
         tokio::time::Instant::from_std(timeout.map(|t| Instant::now() + t).unwrap_or(far));
@@ -527,6 +542,17 @@ async fn launch(
                         Ok(Request::InputEof) => {
                             if let Some(m) = &master { input.push_back(pty::eof_char(m.get_ref())); }
                         }
+                        Ok(Request::Modes(caller)) => {
+                            mirroring = true;
+                            if let Some(m) = &master {
+                                if let Some(next) = mirror_caller(m.get_ref(), &mut mirror, launch_modes, caller) {
+                                    if conn.send(&Reply::Modes(next)).await.is_err() {
+                                        client_alive = false;
+                                        kill_group(pid, libc::SIGKILL);
+                                    }
+                                }
+                            }
+                        }
                         _ => {
                             // Out of protocol: treat as a broken caller.
                             client_alive = false;
@@ -551,6 +577,21 @@ async fn launch(
                         guard.clear_ready();
                     }
                     if n > 0 && client_alive {
+                        // A mode the program set before writing (getpass turns echo off,
+                        // then prompts) reaches the client before the bytes, which it
+                        // writes under them.
+                        if mirror.is_none() {
+                            mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+                        }
+                        let now = pty::modes(master.as_ref().unwrap().get_ref());
+                        if let Some(changed) = mirror_program(&mut mirror, now) {
+                            if conn.send(&Reply::Modes(changed)).await.is_err() {
+                                client_alive = false;
+                                kill_group(pid, libc::SIGKILL);
+                            }
+                        }
+                    }
+                    if n > 0 && client_alive {
                         if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
                             client_alive = false;
                             kill_group(pid, libc::SIGKILL);
@@ -567,6 +608,16 @@ async fn launch(
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
                     if let Ok(Ok(n)) = guard.try_io(|_| write_fd(fd, input.as_slices().0)) {
                         input.drain(..n);
+                    }
+                }
+            }
+            // A mode set without output following (`stty -echo`, `read -s`).
+            _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirroring && client_alive => {
+                let now = pty::modes(master.as_ref().unwrap().get_ref());
+                if let Some(changed) = mirror_program(&mut mirror, now) {
+                    if conn.send(&Reply::Modes(changed)).await.is_err() {
+                        client_alive = false;
+                        kill_group(pid, libc::SIGKILL);
                     }
                 }
             }
@@ -601,12 +652,30 @@ async fn launch(
                 guard.clear_ready();
             }
             if n > 0 {
+                if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
+                    if conn.send(&Reply::Modes(changed)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if n > 0 {
                 if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
                     break;
                 }
             } else if more {
                 break; // EIO: every slave descriptor is closed
             }
+        }
+    }
+
+    if let (Some(m), true) = (&master, client_alive) {
+        // The modes the program left the terminal in stay, as they would locally; also
+        // for a program that ended before its client said it mirrors (`stty -echo`).
+        if mirror.is_none() {
+            mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+        }
+        if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
+            let _ = conn.send(&Reply::Modes(changed)).await;
         }
     }
 
@@ -630,6 +699,49 @@ async fn launch(
     });
     let event = audit::with_bytes(event, "cwd", &prepared.cwd, fields.text_keep);
     shared.audit.record(merged(event, &fields.argv));
+}
+
+/// A PTY launch whose client mirrors the modes onto the caller's terminal: the caller's
+/// modes as last heard, and the PTY's as last sent.
+#[derive(Clone, Copy)]
+struct Mirror {
+    caller: TermModes,
+    pty: TermModes,
+}
+
+/// The caller changed its terminal's modes: applies what changed since it last said to the
+/// PTY. Returns the PTY's modes when they differ from the caller's (the program changed
+/// some meanwhile), for the client to take.
+fn mirror_caller(
+    master: &std::os::fd::OwnedFd,
+    mirror: &mut Option<Mirror>,
+    launch: Option<TermModes>,
+    caller: TermModes,
+) -> Option<TermModes> {
+    let caller = caller.logical();
+    let cur = pty::modes(master)?;
+    let base = mirror.map(|m| m.caller).or(launch).unwrap_or(cur);
+    let next = cur.merged(&base, &caller);
+    if next != cur {
+        let _ = pty::set_modes(master, &next);
+    }
+    let next = pty::modes(master).unwrap_or(next);
+    *mirror = Some(Mirror { caller, pty: next });
+    (next != caller).then_some(next)
+}
+
+/// The PTY's modes `now`, when the program changed them since they were last sent; the
+/// client will give the caller's terminal the same, so they are the caller's from then on.
+fn mirror_program(mirror: &mut Option<Mirror>, now: Option<TermModes>) -> Option<TermModes> {
+    let (m, now) = (mirror.as_mut()?, now?);
+    if now == m.pty {
+        return None;
+    }
+    *m = Mirror {
+        caller: now,
+        pty: now,
+    };
+    Some(now)
 }
 
 /// What a launch's audit line carries of what its caller chose: the argv fields, and how

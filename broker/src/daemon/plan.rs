@@ -324,7 +324,9 @@ pub fn prepare(
             )));
         }
     }
-    let wants_tty = req.fds.iter().any(|s| s.source == FdSource::Pty);
+    // A `tty` without a `Pty` slot: the caller's stdio are no terminals but it has a
+    // controlling terminal, which the routed program gets a PTY for.
+    let wants_tty = req.fds.iter().any(|s| s.source == FdSource::Pty) || req.tty.is_some();
 
     let uid = ctx.user.uid;
     let gid = ctx.user.gid;

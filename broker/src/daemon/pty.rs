@@ -90,17 +90,28 @@ fn apply_modes(fd: i32, modes: &TermModes) -> io::Result<()> {
     if unsafe { libc::tcgetattr(fd, &mut t) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    t.c_iflag = modes.iflag;
-    t.c_oflag = modes.oflag;
-    t.c_cflag = modes.cflag;
-    t.c_lflag = modes.lflag;
-    let n = t.c_cc.len().min(modes.cc.len());
-    t.c_cc[..n].copy_from_slice(&modes.cc[..n]);
+    // The caller's terminal may be relaying another routed program (EXTPROC): the PTY
+    // processes its own input.
+    modes.logical().write_to(&mut t);
     // SAFETY: as above.
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The PTY's modes, read through the master (`TCGETS` on a master reads the slave's).
+pub fn modes(master: &OwnedFd) -> Option<TermModes> {
+    // SAFETY: termios is plain data; tcgetattr fills it or fails.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    (unsafe { libc::tcgetattr(master.as_raw_fd(), &mut t) } == 0)
+        .then(|| TermModes::from_termios(&t))
+}
+
+/// Gives the PTY these modes at once (the caller changed its terminal's).
+pub fn set_modes(master: &OwnedFd, modes: &TermModes) -> io::Result<()> {
+    apply_modes(master.as_raw_fd(), modes)
 }
 
 /// The terminal's end-of-file character (`^D` unless changed).

@@ -25,7 +25,8 @@ pub struct FdSet<'s> {
     /// Descriptors to send, in `Passed` slot order.
     passed: &'s mut [i32],
     npassed: usize,
-    /// Bit n set: descriptor n (0..=2) is a terminal relayed through a PTY.
+    /// Bit n set: descriptor n (0..=2) is a terminal relayed through a PTY; or
+    /// [`CTTY_ONLY`].
     pub pty_mask: u8,
     pub tty: Option<TtyInfo>,
 }
@@ -37,6 +38,10 @@ pub enum ScanError {
     /// No memory for a large descriptor table's scan.
     NoMemory,
 }
+
+/// `pty_mask` of a launch whose stdio are no terminals while the caller has a controlling
+/// terminal: the PTY is only the routed program's controlling terminal (`/dev/tty`).
+pub const CTTY_ONLY: u8 = 8;
 
 const EMPTY_SLOT: FdSlot = FdSlot {
     target: 0,
@@ -143,6 +148,36 @@ impl<'s> FdSet<'s> {
         true
     }
 
+    /// A process whose stdio are no terminals may still have a controlling terminal,
+    /// which its child shares locally (`/dev/tty`: ssh and sudo prompts, `read </dev/tty`).
+    /// Then the launch asks for a PTY that is only the routed program's controlling
+    /// terminal ([`CTTY_ONLY`]), relayed to this one by the shim; the terminal's
+    /// descriptor itself never travels.
+    fn controlling_terminal(&mut self) {
+        if self.pty_mask != 0 {
+            return;
+        }
+        // SAFETY: a constant NUL-terminated path; fails with ENXIO without a terminal.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/tty".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        if let Some(modes) = termios_of(fd) {
+            self.tty = Some(TtyInfo {
+                size: winsize_of(fd).unwrap_or_default(),
+                termios: Some(modes),
+            });
+            self.pty_mask = CTTY_ONLY;
+        }
+        // SAFETY: we opened it above.
+        unsafe { libc::close(fd) };
+    }
+
     fn add(&mut self, fd: i32) -> Result<(), ScanError> {
         if fd_cloexec(fd) != Some(false) {
             return Ok(());
@@ -186,7 +221,10 @@ pub fn scan_any<'s>(
 ) -> Result<FdSet<'s>, ScanError> {
     let mut set = inline.set();
     match scan(&mut set, exclude) {
-        Ok(()) => return Ok(set),
+        Ok(()) => {
+            set.controlling_terminal();
+            return Ok(set);
+        }
         Err(ScanError::TooMany) => {}
         Err(e) => return Err(e),
     }
@@ -194,6 +232,7 @@ pub fn scan_any<'s>(
     let storage = big.insert(BigFds::new(cap).ok_or(ScanError::NoMemory)?);
     let mut set = storage.set();
     scan(&mut set, exclude)?;
+    set.controlling_terminal();
     Ok(set)
 }
 
@@ -277,7 +316,8 @@ pub fn fd_cloexec(fd: i32) -> Option<bool> {
     (f >= 0).then_some(f & libc::FD_CLOEXEC != 0)
 }
 
-/// The terminal modes of `fd` if it is a terminal.
+/// The terminal modes of `fd` if it is a terminal, as a program sees them (without the
+/// `EXTPROC` of a relay that holds it for another routed program).
 pub fn termios_of(fd: i32) -> Option<TermModes> {
     // SAFETY: termios is plain data; TCGETS fills it or fails.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
@@ -285,17 +325,7 @@ pub fn termios_of(fd: i32) -> Option<TermModes> {
     if unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) } != 0 {
         return None;
     }
-    let mut cc = [0u8; 32];
-    for (d, s) in cc.iter_mut().zip(t.c_cc.iter()) {
-        *d = *s;
-    }
-    Some(TermModes {
-        iflag: t.c_iflag,
-        oflag: t.c_oflag,
-        cflag: t.c_cflag,
-        lflag: t.c_lflag,
-        cc,
-    })
+    Some(TermModes::from_termios(&t).logical())
 }
 
 pub fn winsize_of(fd: i32) -> Option<WinSize> {

@@ -46,7 +46,7 @@ fn attach_params() -> Option<(i32, u8, OsString)> {
     let sock = sys::parse_u64(parts.next()?)?;
     let mask = sys::parse_u64(parts.next()?)?;
     let comm = OsString::from(std::ffi::OsStr::from_bytes(parts.next()?));
-    Some((i32::try_from(sock).ok()?, (mask & 7) as u8, comm))
+    Some((i32::try_from(sock).ok()?, (mask & 15) as u8, comm))
 }
 
 #[no_mangle]

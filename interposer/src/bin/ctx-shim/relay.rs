@@ -3,6 +3,7 @@
 
 use std::os::fd::RawFd;
 
+use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -12,54 +13,23 @@ use crate::EXIT_CTX;
 struct Tty {
     /// Descriptor the routed program's output is written to.
     out: Option<RawFd>,
-    /// Whether fd 0 is the caller's terminal.
-    stdin_tty: bool,
-    /// The caller's modes while we hold the terminal raw.
-    saved: Option<libc::termios>,
+    /// The caller's terminal that feeds the PTY: fd 0, or `/dev/tty` (see `run`).
+    input: Option<RawFd>,
+    /// The caller's terminal while we relay it in the foreground.
+    hold: Option<Hold>,
 }
 
 impl Tty {
-    fn foreground() -> bool {
-        // SAFETY: plain queries on fd 0 and our own process group.
-        unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
-    }
-
-    /// Raw mode when stdin is the terminal and we own its foreground: the broker's PTY does
-    /// the line discipline, so every key (Ctrl-C included) goes to the routed program.
-    fn enter_raw(&mut self) {
-        if !self.stdin_tty || self.saved.is_some() || !Self::foreground() {
-            return;
-        }
-        // SAFETY: termios is plain data filled by tcgetattr.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 is a terminal; t is writable.
-        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
-            return;
-        }
-        let saved = t;
-        // SAFETY: cfmakeraw edits the struct in place.
-        unsafe { libc::cfmakeraw(&mut t) };
-        // SAFETY: valid termios for fd 0.
-        if unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) } == 0 {
-            self.saved = Some(saved);
-        }
-    }
-
-    fn restore(&mut self) {
-        if let Some(t) = self.saved.take() {
-            // SAFETY: restoring the modes read from the same terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) };
-        }
+    fn foreground(&self) -> bool {
+        // SAFETY: plain queries on a descriptor and our own process group.
+        self.input
+            .is_some_and(|fd| unsafe { libc::tcgetpgrp(fd) == libc::getpgrp() })
     }
 
     fn size(&self) -> Option<WinSize> {
-        self.out.and_then(fds::winsize_of).or_else(|| {
-            if self.stdin_tty {
-                fds::winsize_of(0)
-            } else {
-                None
-            }
-        })
+        self.out
+            .and_then(fds::winsize_of)
+            .or_else(|| self.input.and_then(fds::winsize_of))
     }
 }
 
@@ -69,6 +39,7 @@ struct Relay<'a> {
     name: &'a [u8],
     input_open: bool,
     signals: ending::Forwarder,
+    output: Output,
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
@@ -98,6 +69,35 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
 }
 
 impl Relay<'_> {
+    /// Takes the caller's terminal when stdin is one and we own its foreground: the
+    /// broker's PTY does the line discipline, so every key (Ctrl-C included) goes to the
+    /// routed program, while the caller's terminal shows the program's modes.
+    fn hold(&mut self) {
+        let Some(fd) = self.tty.input else { return };
+        if self.tty.hold.is_some() || !self.tty.foreground() {
+            return;
+        }
+        let mut typed: Vec<Request> = Vec::new();
+        let hold = Hold::take(fd, self.input_open, |t| {
+            typed.push(match t {
+                Typed::Bytes(b) => Request::Input(ByteBuf::from(b)),
+                Typed::End => Request::InputEof,
+            })
+        });
+        for req in &typed {
+            self.send(req);
+        }
+        if let Some(hold) = hold {
+            self.send(&Request::Modes(hold.modes()));
+            self.tty.hold = Some(hold);
+        }
+    }
+
+    /// Gives the caller its terminal back, with the program's modes as they are now.
+    fn release(&mut self) {
+        drop(self.tty.hold.take());
+    }
+
     fn send(&mut self, req: &Request) {
         let mut buf = Vec::with_capacity(64);
         if frame::encode_vec(req, &mut buf).is_ok() {
@@ -127,7 +127,7 @@ impl Relay<'_> {
     }
 
     fn die(&mut self, what: &str) -> ! {
-        self.tty.restore();
+        self.release();
         let mut l = sys::Line::new();
         l.str("ctx: ").quoted(self.name).str(": ").str(what);
         l.write_to(2);
@@ -137,7 +137,7 @@ impl Relay<'_> {
 
     /// Reproduces the routed program's end for the caller's waitpid.
     fn finish(&mut self, status: ExitStatus) -> ! {
-        self.tty.restore();
+        self.release();
         ending::reproduce(status)
     }
 
@@ -145,20 +145,26 @@ impl Relay<'_> {
         match frame::decode::<Reply<'_>>(payload) {
             Ok(Reply::Output(bytes)) => {
                 if let Some(fd) = self.tty.out {
-                    write_all(fd, &bytes);
+                    self.output.write(fd, &bytes, |b| write_all(fd, b));
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::Modes(modes)) => {
+                self.output.pty = Some(modes);
+                if let Some(hold) = self.tty.hold.as_mut() {
+                    hold.program_set(modes);
+                }
+            }
             Ok(Reply::Stopped { .. }) => {
                 // Job control: the routed program stopped; stop with it so the caller's
                 // shell sees the job stop. Its SIGCONT resumes us and is forwarded.
                 self.signals.group_stopped();
-                self.tty.restore();
+                self.release();
                 // SAFETY: stopping ourselves.
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             Ok(Reply::ExecFailed(f)) => {
-                self.tty.restore();
+                self.release();
                 ending::exec_failed(self.name, &f)
             }
             Ok(Reply::Error { message, .. }) => {
@@ -175,7 +181,7 @@ impl Relay<'_> {
         let signo = caught.signo;
         match signo {
             libc::SIGWINCH => match self.tty.size() {
-                Some(size) if self.tty.out.is_some() || self.tty.stdin_tty => {
+                Some(size) if self.tty.out.is_some() || self.tty.input.is_some() => {
                     self.send(&Request::Resize(size))
                 }
                 _ => {
@@ -188,14 +194,14 @@ impl Relay<'_> {
                 // ourselves so the caller's shell sees the job stop.
                 let req = self.signals.request(caught);
                 self.send(&req);
-                self.tty.restore();
+                self.release();
                 // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
             libc::SIGCONT => {
                 let req = self.signals.request(caught);
                 self.send(&req);
-                self.tty.enter_raw();
+                self.hold();
                 if let Some(size) = self.tty.size() {
                     self.send(&Request::Resize(size));
                 }
@@ -208,9 +214,14 @@ impl Relay<'_> {
     }
 
     fn on_input(&mut self) {
+        // A mode the caller set before typing (echo off) applies to what it typed.
+        if let Some(modes) = self.tty.hold.as_mut().and_then(Hold::caller_changed) {
+            self.send(&Request::Modes(modes));
+        }
+        let Some(fd) = self.tty.input else { return };
         let mut buf = [0u8; 16384];
         // SAFETY: reads into a stack buffer.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut _, buf.len()) };
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len()) };
         if n > 0 {
             self.send(&Request::Input(ByteBuf::from(&buf[..n as usize])));
         } else if n == 0 {
@@ -223,30 +234,79 @@ impl Relay<'_> {
     }
 }
 
+/// The caller's controlling terminal, for a program whose PTY is only its controlling
+/// terminal (its stdio are no terminals): what it writes to `/dev/tty` shows there.
+fn open_controlling_terminal() -> Option<RawFd> {
+    // SAFETY: a constant NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    (fd >= 0).then_some(fd)
+}
+
+/// Whether what is typed at the controlling terminal is this launch's to read: we run as
+/// a job of our own (a job-control shell put our process group in the foreground and our
+/// parent is not in it), as a program prompting on `/dev/tty` from a pipeline does. A
+/// program in its caller's own group (an agent's `subprocess.run`) gets none: the relay
+/// would read every key before the caller could, where locally the program takes only
+/// what it reads.
+fn owns_job() -> bool {
+    // SAFETY: plain queries of process groups.
+    unsafe { libc::getpgid(libc::getppid()) != libc::getpgrp() }
+}
+
 pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
     let sfd = ending::signal_fd();
-    let out = [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0);
-    let stdin_tty = pty_mask & 1 != 0;
+    // Input comes from stdin when it is the terminal; otherwise the program may still
+    // read its controlling terminal (`read </dev/tty`), fed from ours when it is our job's.
+    let ctty = (pty_mask & 1 == 0)
+        .then(open_controlling_terminal)
+        .flatten();
+    let out = if pty_mask == fds::CTTY_ONLY {
+        ctty
+    } else {
+        [1, 2, 0].into_iter().find(|fd| pty_mask & (1 << fd) != 0)
+    };
+    let input = if pty_mask & 1 != 0 {
+        Some(0)
+    } else {
+        ctty.filter(|_| owns_job())
+    };
     let mut r = Relay {
         sock,
         tty: Tty {
             out,
-            stdin_tty,
-            saved: None,
+            input,
+            hold: None,
         },
         name,
-        input_open: stdin_tty,
+        input_open: input.is_some(),
+        // The PTY starts with the modes the hook read from the caller's terminal.
+        output: Output {
+            pty: out.or(input).and_then(fds::termios_of),
+        },
         signals: ending::Forwarder::default(),
     };
-    r.tty.enter_raw();
+    r.hold();
+    if let (None, Some(modes)) = (&r.tty.hold, r.tty.out.and_then(fds::termios_of)) {
+        // A terminal we only write to: the broker still hands over output its caller's
+        // terminal processes once (see `ctx_protocol::terminal`).
+        r.send(&Request::Modes(modes));
+    }
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
     loop {
-        let relay_input = r.input_open && (r.tty.saved.is_some() || Tty::foreground());
+        let relay_input = r.input_open && (r.tty.hold.is_some() || r.tty.foreground());
         let mut pfd = [
             sys::poll_in(sock),
             sys::poll_in(sfd),
-            sys::poll_in(if relay_input { 0 } else { -1 }),
+            sys::poll_in(match r.tty.input {
+                Some(fd) if relay_input => fd,
+                _ => -1,
+            }),
         ];
         // SAFETY: three valid pollfds.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, -1) };
