@@ -43,6 +43,8 @@ const INPUT_BUDGET: usize = 1024 * 1024;
 /// How often the PTY's modes are compared with the caller's terminal's when no output
 /// brings them along (a program that turns echo off and waits for input silently).
 const MODE_POLL: Duration = Duration::from_millis(50);
+/// Between reads of a PTY master whose slaves are all closed while the program lives on.
+const MASTER_REST: Duration = Duration::from_millis(5);
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -507,9 +509,16 @@ async fn launch(
         Vec::new()
     };
 
+    // A master that reads EIO (every slave closed) while the process lives on stays
+    // readable: it rests a moment between reads instead of spinning, without holding up
+    // the loop (the exit, typically, comes right after).
+    let mut master_rests: Option<tokio::time::Instant> = None;
     let status = loop {
         tokio::select! {
             exited = wait_exit(&pidfd) => break exited,
+            _ = async { tokio::time::sleep_until(master_rests.unwrap()).await }, if master_rests.is_some() => {
+                master_rests = None;
+            }
             frame = next_frame(conn, input.len() >= INPUT_BUDGET), if client_alive => {
                 match frame {
                     Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
@@ -568,7 +577,7 @@ async fn launch(
                     drop(conn.take_fds());
                 }
             }
-            ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() => {
+            ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
                 if let Ok(mut guard) = ready {
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
                     let (n, more) = read_batch(fd, &mut out);
@@ -597,9 +606,7 @@ async fn launch(
                             kill_group(pid, libc::SIGKILL);
                         }
                     } else if n == 0 && more {
-                        // EIO (every slave closed) or EOF while the process lives on: poll
-                        // slowly instead of spinning on a master that stays readable.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        master_rests = Some(tokio::time::Instant::now() + MASTER_REST);
                     }
                 }
             }
