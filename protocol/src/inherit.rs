@@ -1,7 +1,8 @@
 //! What a process hands its children across `fork(2)` and `execve(2)` besides descriptors
 //! and the environment: umask, resource limits, nice value, CPU affinity, I/O priority,
-//! `oom_score_adj`, the signal mask and the ignored signals, and its working directory as
-//! a descriptor (so a deleted one still works). [`Inherited`] is its wire form in an
+//! `oom_score_adj`, the signal mask and the ignored signals, the personality, the
+//! scheduling policy, and its working directory as a descriptor (so a deleted one still
+//! works). [`Inherited`] is its wire form in an
 //! `ExecRequest`; [`Captured`] reads the calling thread's own with plain syscalls into a
 //! fixed-size value and encodes exactly as [`Inherited`] does, so the interposer's hook
 //! (which may run between `vfork` and `execve`) sends it without allocating. The broker
@@ -64,6 +65,10 @@ pub struct Inherited {
     /// One more descriptor follows the `Passed` slots' ones in the `SCM_RIGHTS` payload:
     /// an `O_PATH` descriptor of the caller's working directory.
     pub cwd_fd: bool,
+    /// The execution domain and its flags, `personality(2)` (`setarch -R`, `linux32`).
+    pub personality: Option<u32>,
+    /// `sched_getscheduler(2)`: the scheduling policy (`chrt -i`, `chrt -b`).
+    pub sched_policy: Option<u32>,
 }
 
 /// [`Inherited`] on the stack: what [`Captured::read`] found.
@@ -81,6 +86,8 @@ pub struct Captured {
     pub blocked: u64,
     pub ignored: u64,
     pub cwd_fd: bool,
+    pub personality: Option<u32>,
+    pub sched_policy: Option<u32>,
 }
 
 /// The kernel's `struct sigaction` (x86_64, aarch64), for `rt_sigaction` itself: glibc's
@@ -116,6 +123,8 @@ impl Captured {
             blocked: 0,
             ignored: 0,
             cwd_fd: false,
+            personality: None,
+            sched_policy: None,
         }
     }
 
@@ -178,6 +187,17 @@ impl Captured {
         c.oom_score_adj = read_oom_score_adj();
         c.blocked = blocked_signals();
         c.ignored = ignored_signals();
+        // SAFETY: 0xffffffff only queries the persona; no pointers.
+        let persona =
+            unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu32 as libc::c_long) };
+        if persona >= 0 {
+            c.personality = Some(persona as u32);
+        }
+        // SAFETY: takes no pointers.
+        let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+        if policy >= 0 {
+            c.sched_policy = Some(policy as u32);
+        }
         c
     }
 
@@ -216,6 +236,8 @@ impl Captured {
             blocked: self.blocked,
             ignored: self.ignored,
             cwd_fd: self.cwd_fd,
+            personality: self.personality,
+            sched_policy: self.sched_policy,
         }
     }
 }
@@ -223,7 +245,7 @@ impl Captured {
 /// Field for field what `#[derive(Serialize)]` does for [`Inherited`] (a test pins it).
 impl Serialize for Captured {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Inherited", 9)?;
+        let mut st = s.serialize_struct("Inherited", 11)?;
         st.serialize_field("umask", &self.umask)?;
         st.serialize_field("rlimits", self.rlimits())?;
         st.serialize_field("nice", &self.nice)?;
@@ -233,6 +255,8 @@ impl Serialize for Captured {
         st.serialize_field("blocked", &self.blocked)?;
         st.serialize_field("ignored", &self.ignored)?;
         st.serialize_field("cwd_fd", &self.cwd_fd)?;
+        st.serialize_field("personality", &self.personality)?;
+        st.serialize_field("sched_policy", &self.sched_policy)?;
         st.end()
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.

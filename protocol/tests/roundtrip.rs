@@ -87,6 +87,8 @@ fn exec_request() -> ExecRequest {
             blocked: 1 << 12,
             ignored: 1 << 12 | 1 << 1,
             cwd_fd: true,
+            personality: Some(0x0004_0008),
+            sched_policy: Some(5),
         }),
     }
 }

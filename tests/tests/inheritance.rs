@@ -268,6 +268,45 @@ fn a_lower_nice_value_is_not_carried() {
     assert_eq!(routed, "0\n");
 }
 
+/// `setarch linux32 -R`: the execution domain (what `uname -m` says) and its flags reach a
+/// routed program of the caller's own uid whole; another user's program gets the domain
+/// but not `ADDR_NO_RANDOMIZE` (the kernel clears it across a set-id exec too).
+#[test]
+fn the_personality_is_carried_without_its_weakening_flags_for_another_user() {
+    let b = Broker::start(&config());
+    let probe = [
+        "setarch",
+        "linux32",
+        "-R",
+        "sh",
+        "-c",
+        "cat /proc/self/personality; uname -m",
+    ];
+    let (local, routed) = both(&b, "root", &probe);
+    assert_eq!(local, "00040008\ni686\n");
+    assert_eq!(routed, local);
+    let (_, routed) = both(&b, "alice", &probe);
+    assert_eq!(routed, "00000008\ni686\n");
+}
+
+/// `chrt -i` and `chrt -b` (a build started idle) reach the routed program; a realtime
+/// policy, which would be a raise for it, does not.
+#[test]
+fn an_idle_or_batch_scheduling_policy_is_carried_a_realtime_one_is_not() {
+    let b = Broker::start(&config());
+    let probe = "chrt -p $$ | head -1 | sed 's/.*: //'";
+    for (flag, policy) in [("-i", "SCHED_IDLE\n"), ("-b", "SCHED_BATCH\n")] {
+        for ctx in ["root", "alice"] {
+            let (local, routed) = both(&b, ctx, &["chrt", flag, "0", "sh", "-c", probe]);
+            assert_eq!(local, policy);
+            assert_eq!(routed, local, "{ctx} {flag}");
+        }
+    }
+    let (local, routed) = both(&b, "root", &["chrt", "-f", "10", "sh", "-c", probe]);
+    assert_eq!(local, "SCHED_FIFO\n");
+    assert_eq!(routed, "SCHED_OTHER\n");
+}
+
 #[test]
 fn the_cpu_affinity_is_carried() {
     let b = Broker::start(&config());

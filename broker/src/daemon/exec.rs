@@ -323,6 +323,11 @@ async fn launch(
         Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
     };
     let mut plan = prepared.plan;
+    if peer.uid != ctx.user.uid {
+        if let Some(carried) = &mut plan.inherited {
+            carried.for_another_user();
+        }
+    }
     if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
         return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
     }

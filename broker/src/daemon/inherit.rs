@@ -48,6 +48,12 @@ pub struct Carried {
     pub blocked: u64,
     /// Bit n-1 for signal n; SIGKILL and SIGSTOP never.
     pub ignored: u64,
+    /// The caller's persona; [`Carried::for_another_user`] takes out what the kernel
+    /// clears across a set-id exec.
+    pub personality: Option<u32>,
+    /// `SCHED_BATCH` or `SCHED_IDLE`: the policies below the default one. The realtime
+    /// ones would be a raise; `SCHED_DEADLINE` is not inherited across fork at all.
+    pub sched_policy: Option<i32>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -77,9 +83,27 @@ impl Carried {
             oom_score_adj: inh.oom_score_adj.filter(|v| (-1000..=1000).contains(v)),
             blocked: inh.blocked,
             ignored: inh.ignored & !unstoppable,
+            personality: inh.personality,
+            sched_policy: inh
+                .sched_policy
+                .map(|p| (p & !(libc::SCHED_RESET_ON_FORK as u32)) as i32)
+                .filter(|&p| p == libc::SCHED_BATCH || p == libc::SCHED_IDLE),
+        }
+    }
+
+    /// The program runs as another user than its caller: as across an exec of a set-id
+    /// program, the persona loses the flags that weaken a process (`ADDR_NO_RANDOMIZE`,
+    /// `READ_IMPLIES_EXEC`, `ADDR_COMPAT_LAYOUT`, `MMAP_PAGE_ZERO`: the kernel's
+    /// `PER_CLEAR_ON_SETID`), which a caller must not impose on another user's process.
+    pub fn for_another_user(&mut self) {
+        if let Some(p) = &mut self.personality {
+            *p &= !PER_CLEAR_ON_SETID;
         }
     }
 }
+
+/// `READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT | MMAP_PAGE_ZERO`.
+const PER_CLEAR_ON_SETID: u32 = 0x0040_0000 | 0x0004_0000 | 0x0020_0000 | 0x0010_0000;
 
 /// The limits the routed process gets, as `(resource, soft, hard)` to set in the child,
 /// listing only what differs from what it inherits from the broker: the context's
@@ -180,6 +204,20 @@ pub unsafe fn apply_scheduling(c: &Carried) {
     }
     if let Some(wanted) = c.oom_score_adj {
         apply_oom_score_adj(wanted);
+    }
+    if let Some(policy) = c.sched_policy {
+        // From the default policy down to batch or idle needs no privilege.
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            policy,
+            &param as *const libc::sched_param,
+        );
+    }
+    if let Some(persona) = c.personality {
+        // An unknown execution domain fails (EINVAL) and the default stays.
+        libc::syscall(libc::SYS_personality, persona as libc::c_long);
     }
 }
 
@@ -441,8 +479,31 @@ mod tests {
             blocked: u64::MAX,
             ignored: u64::MAX,
             cwd_fd: false,
+            personality: Some(0x0040_0000 | 0x0004_0000 | 0x0008),
+            sched_policy: Some(libc::SCHED_FIFO as u32),
         };
-        let c = Carried::from_request(&inh);
+        let mut c = Carried::from_request(&inh);
+        // A realtime policy is never taken over; batch and idle are, without the flag.
+        assert_eq!(c.sched_policy, None);
+        for (sent, taken) in [
+            (libc::SCHED_IDLE, Some(libc::SCHED_IDLE)),
+            (
+                libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK,
+                Some(libc::SCHED_BATCH),
+            ),
+            (libc::SCHED_RR, None),
+            (libc::SCHED_OTHER, None),
+        ] {
+            let inh = Inherited {
+                sched_policy: Some(sent as u32),
+                ..inh.clone()
+            };
+            assert_eq!(Carried::from_request(&inh).sched_policy, taken, "{sent}");
+        }
+        // The persona keeps its domain; for another user, not the weakening flags.
+        assert_eq!(c.personality, Some(0x0040_0000 | 0x0004_0000 | 0x0008));
+        c.for_another_user();
+        assert_eq!(c.personality, Some(0x0008));
         assert_eq!(c.umask, 0o777);
         assert_eq!(
             (c.nice, &c.affinity, c.ioprio, c.oom_score_adj),
