@@ -1,7 +1,7 @@
 //! What a process hands its children across `fork(2)` and `execve(2)` besides descriptors
 //! and the environment: umask, resource limits, nice value, CPU affinity, I/O priority,
 //! `oom_score_adj`, the signal mask and the ignored signals, the personality, the
-//! scheduling policy, and its working directory as a descriptor (so a deleted one still
+//! scheduling policy, the timer slack, the NUMA memory policy, and its working directory as a descriptor (so a deleted one still
 //! works). [`Inherited`] is its wire form in an
 //! `ExecRequest`; [`Captured`] reads the calling thread's own with plain syscalls into a
 //! fixed-size value and encodes exactly as [`Inherited`] does, so the interposer's hook
@@ -27,6 +27,9 @@ pub const MAX_AFFINITY: usize = 128;
 
 /// `IOPRIO_WHO_PROCESS` of `ioprio_get(2)`.
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+
+/// Bytes of a NUMA node mask read and sent: 1024 nodes.
+pub const MAX_NODES: usize = 128;
 
 /// The kernel's `sigset_t` is 64 bits on the architectures ctx runs on.
 const KERNEL_SIGSET: usize = 8;
@@ -69,6 +72,25 @@ pub struct Inherited {
     pub personality: Option<u32>,
     /// `sched_getscheduler(2)`: the scheduling policy (`chrt -i`, `chrt -b`).
     pub sched_policy: Option<u32>,
+    /// `PR_GET_TIMERSLACK`, in nanoseconds.
+    pub timer_slack: Option<u64>,
+    /// The NUMA memory policy (`numactl --membind`); `None` for the default one.
+    pub mempolicy: Option<Mempolicy>,
+}
+
+/// `get_mempolicy(2)`'s answer: the mode with its flags, and the node mask (node n is bit
+/// n % 8 of byte n / 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mempolicy {
+    pub mode: u32,
+    pub nodes: ByteBuf,
+}
+
+/// [`Mempolicy`] as [`Captured`] holds it, for its serializer.
+#[derive(Serialize)]
+struct MempolicyRef<'a> {
+    mode: u32,
+    nodes: &'a serde_bytes::Bytes,
 }
 
 /// [`Inherited`] on the stack: what [`Captured::read`] found.
@@ -88,6 +110,10 @@ pub struct Captured {
     pub cwd_fd: bool,
     pub personality: Option<u32>,
     pub sched_policy: Option<u32>,
+    pub timer_slack: Option<u64>,
+    /// `MPOL_DEFAULT` (0): nothing to send.
+    mempolicy_mode: u32,
+    mempolicy_nodes: [u8; MAX_NODES],
 }
 
 /// The kernel's `struct sigaction` (x86_64, aarch64), for `rt_sigaction` itself: glibc's
@@ -125,6 +151,9 @@ impl Captured {
             cwd_fd: false,
             personality: None,
             sched_policy: None,
+            timer_slack: None,
+            mempolicy_mode: 0,
+            mempolicy_nodes: [0; MAX_NODES],
         }
     }
 
@@ -198,7 +227,35 @@ impl Captured {
         if policy >= 0 {
             c.sched_policy = Some(policy as u32);
         }
+        // SAFETY: takes no pointers.
+        let slack = unsafe { libc::syscall(libc::SYS_prctl, libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+        if slack > 0 {
+            c.timer_slack = Some(slack as u64);
+        }
+        let mut mode: libc::c_int = 0;
+        // SAFETY: the kernel writes one int and at most MAX_NODES * 8 bits of mask; no
+        // address is asked about (flags 0).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode as *mut libc::c_int,
+                c.mempolicy_nodes.as_mut_ptr(),
+                (MAX_NODES * 8) as libc::c_ulong,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if r == 0 && mode > 0 {
+            c.mempolicy_mode = mode as u32;
+        }
         c
+    }
+
+    pub fn mempolicy(&self) -> Option<Mempolicy> {
+        (self.mempolicy_mode != 0).then(|| Mempolicy {
+            mode: self.mempolicy_mode,
+            nodes: ByteBuf::from(self.mempolicy_nodes.to_vec()),
+        })
     }
 
     pub fn rlimits(&self) -> &[Rlimit] {
@@ -238,6 +295,8 @@ impl Captured {
             cwd_fd: self.cwd_fd,
             personality: self.personality,
             sched_policy: self.sched_policy,
+            timer_slack: self.timer_slack,
+            mempolicy: self.mempolicy(),
         }
     }
 }
@@ -245,7 +304,7 @@ impl Captured {
 /// Field for field what `#[derive(Serialize)]` does for [`Inherited`] (a test pins it).
 impl Serialize for Captured {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Inherited", 11)?;
+        let mut st = s.serialize_struct("Inherited", 13)?;
         st.serialize_field("umask", &self.umask)?;
         st.serialize_field("rlimits", self.rlimits())?;
         st.serialize_field("nice", &self.nice)?;
@@ -257,6 +316,12 @@ impl Serialize for Captured {
         st.serialize_field("cwd_fd", &self.cwd_fd)?;
         st.serialize_field("personality", &self.personality)?;
         st.serialize_field("sched_policy", &self.sched_policy)?;
+        st.serialize_field("timer_slack", &self.timer_slack)?;
+        let mempolicy = (self.mempolicy_mode != 0).then(|| MempolicyRef {
+            mode: self.mempolicy_mode,
+            nodes: serde_bytes::Bytes::new(&self.mempolicy_nodes),
+        });
+        st.serialize_field("mempolicy", &mempolicy)?;
         st.end()
     }
 }
@@ -429,6 +494,9 @@ mod tests {
         }]);
         e.nice = Some(-3);
         e.oom_score_adj = Some(-1000);
+        e.timer_slack = Some(1);
+        e.mempolicy_mode = 2;
+        e.mempolicy_nodes[0] = 1;
         assert_eq!(
             postcard::to_allocvec(&e).unwrap(),
             postcard::to_allocvec(&e.to_inherited()).unwrap()

@@ -89,6 +89,11 @@ fn exec_request() -> ExecRequest {
             cwd_fd: true,
             personality: Some(0x0004_0008),
             sched_policy: Some(5),
+            timer_slack: Some(50_000),
+            mempolicy: Some(ctx_protocol::inherit::Mempolicy {
+                mode: 1,
+                nodes: ByteBuf::from(vec![1, 0, 0, 0, 0, 0, 0, 0]),
+            }),
         }),
     }
 }

@@ -307,6 +307,34 @@ fn an_idle_or_batch_scheduling_policy_is_carried_a_realtime_one_is_not() {
     assert_eq!(routed, "SCHED_OTHER\n");
 }
 
+/// A caller's timer slack and NUMA memory policy (set with `prctl` and `set_mempolicy`,
+/// as `numactl --preferred=0` does) reach the routed program.
+#[test]
+fn the_timer_slack_and_the_numa_policy_are_carried() {
+    let b = Broker::start(&config());
+    // The probe prints its timer slack and its memory policy's mode and first mask word.
+    let probe = "cat /proc/self/timerslack_ns; /usr/bin/python3 -c \"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+mode, mask = ctypes.c_int(), (ctypes.c_ulong * 16)()
+assert libc.syscall(239, ctypes.byref(mode), mask, ctypes.c_ulong(1024), None, ctypes.c_ulong(0)) == 0
+print(mode.value, mask[0])\"";
+    let setup = format!(
+        "import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(29, ctypes.c_ulong(123456), 0, 0, 0) == 0
+mask = ctypes.c_ulong(1)
+assert libc.syscall(238, 1, ctypes.byref(mask), ctypes.c_ulong(64)) == 0
+os.execvp('sh', ['sh', '-c', {probe:?}])"
+    );
+    for ctx in ["root", "alice"] {
+        let (local, routed) = both(&b, ctx, &["/usr/bin/python3", "-c", &setup]);
+        // MPOL_PREFERRED (1) on node 0.
+        assert_eq!(local, "123456\n1 1\n");
+        assert_eq!(routed, local, "{ctx}");
+    }
+}
+
 #[test]
 fn the_cpu_affinity_is_carried() {
     let b = Broker::start(&config());

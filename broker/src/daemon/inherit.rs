@@ -7,7 +7,7 @@
 //! had and no more than the context allows. The checks run before fork; the `apply_*`
 //! functions run in the spawn child (async-signal-safe, no allocation).
 
-use ctx_protocol::inherit::{Inherited, MAX_AFFINITY, MAX_RLIMITS};
+use ctx_protocol::inherit::{Inherited, MAX_AFFINITY, MAX_NODES, MAX_RLIMITS};
 
 use crate::config::Rlimit as ContextRlimit;
 
@@ -54,6 +54,10 @@ pub struct Carried {
     /// `SCHED_BATCH` or `SCHED_IDLE`: the policies below the default one. The realtime
     /// ones would be a raise; `SCHED_DEADLINE` is not inherited across fork at all.
     pub sched_policy: Option<i32>,
+    /// Nanoseconds; any value is the caller's to choose for its own processes.
+    pub timer_slack: Option<u64>,
+    /// `(mode with flags, node mask)`; the kernel holds it within the context's cpuset.
+    pub mempolicy: Option<(i32, Vec<u8>)>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -88,6 +92,13 @@ impl Carried {
                 .sched_policy
                 .map(|p| (p & !(libc::SCHED_RESET_ON_FORK as u32)) as i32)
                 .filter(|&p| p == libc::SCHED_BATCH || p == libc::SCHED_IDLE),
+            timer_slack: inh.timer_slack.filter(|&n| n > 0),
+            mempolicy: inh
+                .mempolicy
+                .as_ref()
+                .filter(|m| m.mode > 0 && m.mode <= i32::MAX as u32)
+                .filter(|m| !m.nodes.is_empty() && m.nodes.len() <= MAX_NODES)
+                .map(|m| (m.mode as i32, m.nodes.to_vec())),
         }
     }
 
@@ -213,6 +224,18 @@ pub unsafe fn apply_scheduling(c: &Carried) {
             0,
             policy,
             &param as *const libc::sched_param,
+        );
+    }
+    if let Some(slack) = c.timer_slack {
+        libc::prctl(libc::PR_SET_TIMERSLACK, slack as libc::c_ulong, 0, 0, 0);
+    }
+    if let Some((mode, nodes)) = &c.mempolicy {
+        // Nodes outside the cpuset fail (EINVAL) and the default policy stays.
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            *mode as libc::c_long,
+            nodes.as_ptr(),
+            (nodes.len() * 8) as libc::c_ulong,
         );
     }
     if let Some(persona) = c.personality {
@@ -481,7 +504,14 @@ mod tests {
             cwd_fd: false,
             personality: Some(0x0040_0000 | 0x0004_0000 | 0x0008),
             sched_policy: Some(libc::SCHED_FIFO as u32),
+            timer_slack: Some(0),
+            mempolicy: Some(ctx_protocol::inherit::Mempolicy {
+                mode: 1,
+                nodes: serde_bytes::ByteBuf::from(vec![1; MAX_NODES + 1]),
+            }),
         };
+        assert_eq!(Carried::from_request(&inh).timer_slack, None);
+        assert_eq!(Carried::from_request(&inh).mempolicy, None);
         let mut c = Carried::from_request(&inh);
         // A realtime policy is never taken over; batch and idle are, without the flag.
         assert_eq!(c.sched_policy, None);
