@@ -18,7 +18,7 @@ fn main() {
 /// Cargo builds Rust shared libraries only, and a Rust one always carries std; the
 /// preloaded library must not (see `preload.c`). So the C compiler `cc` finds links it as
 /// a shared object without libc, and it is placed where Cargo puts its own artifacts
-/// (`target/<profile>/`), beside `libctx_route.so` and `ctx-shim`, where SPEC section 9
+/// (`target/<profile>/`), beside `libctx_route.so` and `ctx-shim`, where the broker
 /// and `ctx run` look for it.
 fn build_preloaded_library() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What each isolation option of contexts.toml costs a launch: `ctx exec -- /bin/true` into a
 # context with that one option, against the same into a plain context, in one run
-# (hyperfine medians, no shell). Prints a Markdown table (issue 5's closing table).
+# (hyperfine medians, no shell). Prints a Markdown table (the README's isolation costs).
 #
 #   sudo bash scripts/bench-isolation.sh [RUNS]      (default 300)
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SPEC section 8 benchmark, in one run: launch cost of /bin/true (direct, ctx exec, the
+# The performance benchmark, in one run: launch cost of /bin/true (direct, ctx exec, the
 # interposer from C/Python/Node callers, a `pid = true` context, ctx sh, and the tools people
 # use instead: env, setpriv, unshare, runuser, bwrap, sudo, ssh to a throwaway sshd with a
 # ControlMaster), launches/s with 1, 2 and 8 concurrent callers, relay of 200 MB (pipe, fd
@@ -231,7 +231,7 @@ caller "Python subprocess.run" "≤ 2x direct" "$PY" -c "$py_loop" "$N"
 caller "Node spawnSync" "≤ 2x direct" "$NODE" -e "$node_loop" "$N"
 # The same one at a time, 300 ms apart: a quiet host is where a cgroup move would wait
 # for an RCU grace period (5-30 ms) if the broker moved launches through cgroup.procs.
-# SPEC's targets are for launches back to back (its figures are hyperfine's); this row
+# The targets are for launches back to back (its figures are hyperfine's); this row
 # and the paced `ctx exec` row watch the paced case, with no target of their own.
 caller "C fork+execve, each after 300 ms idle" "" "$TMP/launch_loop" -p 300 30 /bin/true
 
@@ -423,7 +423,7 @@ TABLE=$TMP/table.md
     echo "are medians of $N launches; relays are each command's best run of 12 (pipes) or 5 (PTYs), the commands taking turns; load average at the end:"
     echo "$(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)."
     echo
-    echo "| measurement | result | ratio | SPEC §8 target |"
+    echo "| measurement | result | ratio | target |"
     echo "|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
 } >"$TABLE"

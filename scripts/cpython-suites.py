@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """CPython's own test_subprocess, test_os and test_posix, run natively and then with every
-launch routed into a uid-0 context (issue 15); prints every test case whose result differs.
+launch routed into a uid-0 context; prints every test case whose result differs.
 
     sudo /usr/bin/python3 scripts/cpython-suites.py [--suites test_os ...] [--json FILE]
 

@@ -404,5 +404,5 @@ pub fn socket_of(socket: Option<&Path>, config: &Path) -> PathBuf {
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
         .and_then(|t| Some(PathBuf::from(t.get("broker")?.get("socket")?.as_str()?)))
-        .unwrap_or_else(|| PathBuf::from("/run/ctx/broker.sock"))
+        .unwrap_or_else(|| PathBuf::from(ctx_protocol::DEFAULT_SOCKET))
 }

@@ -1,7 +1,8 @@
 //! `libctx_route.so`: the routing half of the interposer. `libctx_interposer.so` (the
 //! preloaded half, `preload.c`) loads it into a process that routes (`CTX_ROUTE` set) and
 //! forwards every launch to it: the exec family, `posix_spawn`, `system` and `popen` go to
-//! the ctx broker instead of running locally. SPEC section 4 is its contract. A process
+//! the ctx broker instead of running locally (the README's "What a routed launch inherits"
+//! says what must hold). A process
 //! that does not route never loads it, so it may carry Rust's std.
 //!
 //! Why hand-written hooks and not the `redhook` crate (checked against redhook 2.0.0's

@@ -36,7 +36,7 @@ typedef int system_fn(const char *);
 typedef FILE *popen_fn(const char *, const char *);
 typedef int pclose_fn(FILE *);
 
-/* The launch functions, real or routing; `Launchers` in the Rust library (route_abi.rs)
+/* The launch functions, real or routing; `Launchers` in the Rust library (state.rs)
  * has this layout. Both libraries come from one build; size and version catch a mix. */
 #define CTX_LAUNCHERS_VERSION 1
 struct ctx_launchers {

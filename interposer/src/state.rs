@@ -106,7 +106,7 @@ impl<const N: usize> FixedStr<N> {
     }
 }
 
-pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
+pub use ctx_protocol::DEFAULT_SOCKET;
 
 /// Only a process that routes loads this library (`preload.c` loads it when `CTX_ROUTE` is
 /// set), so there is no "not routing" state here.

@@ -1,4 +1,4 @@
-//! The CI check SPEC section 4 asks for: `nm -D` on the built library lists every hooked
+//! `nm -D` on the built library lists every hooked
 //! symbol as a defined function. And what keeps the preloaded library cheap for the
 //! processes that never route: nothing from libc at link time, nothing to relocate, the
 //! Rust half kept out of sight.

@@ -14,6 +14,9 @@ pub mod inherit;
 pub mod messages;
 pub mod terminal;
 
+/// Where the broker listens, and where its clients look, unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
+
 pub use frame::{FrameError, FRAME_HEADER, MAX_FRAME};
 pub use inherit::{Captured, Inherited, Rlimit};
 pub use messages::*;

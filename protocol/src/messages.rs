@@ -117,8 +117,8 @@ pub struct ExecRequest {
     pub inherited: Option<crate::inherit::Inherited>,
 }
 
-/// Where the process that asked for the launch stood when it exec'd (SPEC 4.14: process
-/// group and session relationships); the routed program stands the same where it can.
+/// Where the process that asked for the launch stood when it exec'd (its process group and
+/// session); the routed program stands the same where it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Grouping {
     /// In its parent's process group (a plain `fork`). The routed program cannot join the

@@ -1,4 +1,4 @@
-//! The root broker attacked as a tool (SPEC 6, rules for the control plane): code running
+//! The root broker attacked as a tool: code running
 //! in a context, or a local user allowed into no context, tries to make the broker open,
 //! write, believe or suffer something on its behalf. Every test here is an attack that
 //! must fail.

@@ -1,4 +1,4 @@
-//! CPython's own `test_subprocess`, `test_os` and `test_posix` (issue 15): transparency
+//! CPython's own `test_subprocess`, `test_os` and `test_posix`: transparency
 //! measured against programs nobody here wrote. Each suite runs natively, then under
 //! `ctx run --route-to root0` (every launch routed into a uid-0 context with default
 //! isolation); every test case that passes natively must pass routed, except the ones
@@ -23,7 +23,7 @@ use serde_json::Value;
 /// Test cases that pass natively and not routed today, each with its class and reason.
 /// Shrink it as they are fixed: the test prints a listed case that passes.
 ///
-/// Classes: "context's" (by design the context decides, SPEC 4.14: uid, groups),
+/// Classes: "context's" (by design the context decides: uid, groups),
 /// "not possible" (the routed process is the broker's child, not the caller's), "bug"
 /// (should be carried or fixed), "flaky bug" (fails in some runs only).
 const EXPECTED_DIFFERENCES: &[(&str, &str)] = &[

@@ -1,4 +1,4 @@
-//! Degraded isolation (issue 5, SPEC 6 and 9): a broker that lacks a privilege or a kernel
+//! Degraded isolation: a broker that lacks a privilege or a kernel
 //! feature still starts, warns at load once per option it cannot apply (naming the
 //! context, the option and what to do), lists per context in `ctx status` what is in force
 //! and what is NOT, and its launches really lack what it said is missing while what it

@@ -377,7 +377,7 @@ fn command_not_found_is_127_and_names_the_command() {
     assert!(out.stderr_str().contains(&path), "{}", out.show());
 }
 
-/// One table for every failed exec (issue 15): `ctx exec` ends as `env(1)` does for the
+/// One table for every failed exec: `ctx exec` ends as `env(1)` does for the
 /// same program, which is also what the shim and the fork relay use.
 #[test]
 fn a_failed_exec_ends_with_the_code_env_gives() {
@@ -497,7 +497,7 @@ fn routing_variables_never_cross_even_when_inherit_env_matches_them() {
     ] {
         cmd.env(var, "must-not-cross");
     }
-    // ctx's own preload never crosses; the caller's others do (issue 15).
+    // ctx's own preload never crosses; the caller's others do.
     cmd.env(
         "LD_PRELOAD",
         "/must-not-cross/libctx_interposer.so:/usr/lib/crosses.so",

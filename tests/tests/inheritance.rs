@@ -1,4 +1,4 @@
-//! What a child inherits across fork + execve (SPEC 4.14) reaches a routed process as it
+//! What a child inherits across fork + execve reaches a routed process as it
 //! reaches a local one: umask, resource limits, nice value, CPU affinity, I/O priority,
 //! `oom_score_adj`, the signal mask and ignored signals, and a working directory even when
 //! it was deleted. Each probe runs locally, then with its launches routed by the
@@ -620,7 +620,8 @@ fn a_cwd_named_unlike_its_descriptor_runs_and_is_audited_by_the_descriptor() {
     std::fs::write(dir.join("id"), "#!/bin/sh\necho planted in \"$(pwd -P)\"\n").unwrap();
     std::fs::set_permissions(dir.join("id"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cwd = std::fs::File::open(&dir).unwrap();
-    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let mut out_r = std::fs::File::from(out_r);
     let null = std::fs::File::open("/dev/null").unwrap();
 
     let mut req = raw::exec_request("alice", &[b"./id"]);

@@ -115,8 +115,8 @@ fn one_gigabyte_through_a_pipe() {
     assert_eq!(code, Some(0));
     assert_eq!(total, GIB, "byte count");
     assert!(zero, "/dev/zero produced non-zero bytes");
-    // The same without ctx, for the ratio (printed, not asserted: SPEC section 8 is a
-    // benchmark target, not a timed test).
+    // The same without ctx, for the ratio (printed, not asserted: a throughput
+    // target belongs to the benchmark, not to a timed test).
     let (local, _, local_secs, _) =
         drain(std::process::Command::new("head").args(["-c", "1G", "/dev/zero"]));
     assert_eq!(local, GIB);

@@ -1,4 +1,4 @@
-//! Isolation (SPEC 6): every claim is attacked from a real routed process, and the test
+//! Isolation: every claim is attacked from a real routed process, and the test
 //! asserts the attack fails. PID namespaces, network namespaces.
 
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! Process relationships, many descriptors and credentials (issue 15): each probe runs once
+//! Process relationships, many descriptors and credentials: each probe runs once
 //! locally and once routed (`ctx run --route-to`), and what a real program can observe
 //! must be the same, or the routed run must refuse plainly where matching would hand out
 //! more privilege than the caller asked for.
@@ -95,7 +95,7 @@ print("grandchild-uid", uid)
 }
 
 /// Killing the shim outright (SIGKILL: it cannot forward anything) still takes the whole
-/// routed group with it: no orphans run on in the context (SPEC 4.5).
+/// routed group with it: no orphans run on in the context.
 #[test]
 fn a_killed_shim_still_takes_the_routed_group() {
     let b = broker();

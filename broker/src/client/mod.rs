@@ -36,7 +36,7 @@ use connection::Connection;
 // Constants
 // ---------------------------------------------------------------------------------------
 
-pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
+pub use ctx_protocol::DEFAULT_SOCKET;
 
 /// How long a one-shot verb (`status`, `contexts`, `ps`...) waits for the broker's answer.
 const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,7 +27,7 @@ pub struct RouteArgs {
     pub passthrough: Vec<OsString>,
 
     /// What a launch does when the broker cannot be reached: fail (closed, with a one-line
-    /// message) or run locally with the program's own credentials (SPEC 4.10)
+    /// message) or run locally with the program's own credentials
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = OnBrokerDown::Fail)]
     pub on_broker_down: OnBrokerDown,
 }

@@ -29,7 +29,7 @@ use values::{EnvTable, Scalar};
 
 // ---------- Constants ----------
 
-const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";
+use ctx_protocol::DEFAULT_SOCKET;
 const DEFAULT_SOCKET_MODE: u32 = 0o660;
 const DEFAULT_STATE_DIR: &str = "/var/lib/ctx";
 const DEFAULT_AUDIT_LOG: &str = "/var/log/ctx/audit.jsonl";

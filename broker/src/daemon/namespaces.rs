@@ -1,8 +1,8 @@
 //! Long-lived namespaces per context: `isolation.pid = true` (a PID namespace with its own
 //! `/proc`) and `isolation.network = "none"` (a network namespace with only loopback up).
 //!
-//! Design. Creating a namespace costs more than a launch may (SPEC 8: a `pid = true` launch
-//! pays at most 0.3 ms more than a plain one), so each context gets ONE set of namespaces,
+//! Design. Creating a namespace costs more than a launch may (the README's Performance
+//! gives the figures), so each context gets ONE set of namespaces,
 //! created when the broker starts (and again after a reload that changes them, or when its
 //! holder has died) and kept alive by a **holder**: a tiny process forked from the broker
 //! with `clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET...)`. In a PID namespace the holder

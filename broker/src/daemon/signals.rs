@@ -1,4 +1,4 @@
-//! No signal a routed process can send may stop or kill the broker (SPEC 6).
+//! No signal a routed process can send may stop or kill the broker.
 //!
 //! The kernel lets a process signal another when its real or effective uid equals the
 //! target's real or saved uid, or when it holds CAP_KILL. Routed processes never hold a

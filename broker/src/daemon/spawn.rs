@@ -1228,7 +1228,7 @@ unsafe fn child(
         }
     }
 
-    // Die with the broker (issue 7): a broker killed by SIGKILL cannot kill its routed
+    // Die with the broker: a broker killed by SIGKILL cannot kill its routed
     // groups, so the routed process asks the kernel to kill it when the broker (its parent)
     // dies. Set after the uid switch, which clears it; then the parent is checked again,
     // as it may have died before the request was in force. A parent outside our PID

@@ -85,7 +85,7 @@ impl Drop for TempDir {
     }
 }
 
-// ---------- The SPEC example ----------
+// ---------- The README's example ----------
 
 #[test]
 fn spec_example_parses() {
