@@ -7,6 +7,8 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Once;
 
+use ctx_protocol::vars;
+
 use crate::shared::sys;
 
 pub type ExecveFn =
@@ -301,31 +303,31 @@ fn shim_beside_library(out: &mut FixedStr<4096>) -> bool {
 
 fn load(st: &mut State) {
     st.creds = Creds::current();
-    st.local_when_down = env(c"CTX_ON_BROKER_DOWN") == Some(b"local");
-    let route_var = env(c"CTX_ROUTE").unwrap_or(b"");
+    st.local_when_down = env(vars::ON_BROKER_DOWN_C) == Some(b"local");
+    let route_var = env(vars::ROUTE_C).unwrap_or(b"");
     if route_var.is_empty()
         || std::str::from_utf8(route_var).is_err()
         || st.route.set(route_var).is_none()
     {
         st.problem = Some("CTX_ROUTE is not a valid context name");
     }
-    let socket = env(c"CTX_SOCKET")
+    let socket = env(vars::SOCKET_C)
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SOCKET.as_bytes());
     if st.socket.set(socket).is_none() {
         st.problem = Some("CTX_SOCKET is longer than a Unix socket path may be");
     }
-    if let Some(p) = env(c"CTX_PASSTHROUGH") {
+    if let Some(p) = env(vars::PASSTHROUGH_C) {
         if st.passthrough.set(p).is_none() {
             st.problem = Some("CTX_PASSTHROUGH is too long");
         }
     }
-    let found = match env(c"CTX_SHIM").filter(|s| !s.is_empty()) {
+    let found = match env(vars::SHIM_C).filter(|s| !s.is_empty()) {
         Some(s) => st.shim.set(s).is_some(),
         None => shim_beside_library(&mut st.shim),
     };
     prepare_attach_actions(st);
-    if let Some(ms) = env(c"CTX_RELAY_MS").and_then(sys::parse_u64) {
+    if let Some(ms) = env(vars::RELAY_MS_C).and_then(sys::parse_u64) {
         st.relay_ms = ms.min(3_600_000) as i64;
     }
     if !found {

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod inherit;
 pub mod messages;
 pub mod terminal;
+pub mod vars;
 
 /// Where the broker listens, and where its clients look, unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/ctx/broker.sock";

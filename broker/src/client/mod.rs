@@ -172,7 +172,7 @@ fn dispatch() -> i32 {
 /// `--socket`, else `CTX_SOCKET`, else the default.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| {
-        std::env::var_os("CTX_SOCKET")
+        std::env::var_os(ctx_protocol::vars::SOCKET)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
     })

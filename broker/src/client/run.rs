@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Args;
+use ctx_protocol::vars;
 
 use super::error::Error;
 
@@ -149,11 +150,11 @@ pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
     });
     Ok(vec![
         ("LD_PRELOAD", Some(preload)),
-        ("CTX_ROUTE", Some(OsString::from(&args.route_to))),
-        ("CTX_SOCKET", Some(socket.into_os_string())),
-        ("CTX_PASSTHROUGH", passthrough),
+        (vars::ROUTE, Some(OsString::from(&args.route_to))),
+        (vars::SOCKET, Some(socket.into_os_string())),
+        (vars::PASSTHROUGH, passthrough),
         (
-            "CTX_ON_BROKER_DOWN",
+            vars::ON_BROKER_DOWN,
             (args.on_broker_down == OnBrokerDown::Local).then(|| OsString::from("local")),
         ),
     ])
@@ -163,7 +164,7 @@ pub fn routing_vars(socket: &Path, args: &RouteArgs) -> Result<Vars, Error> {
 /// `../lib/ctx/` from it (where `scripts/install.sh` puts it: `PREFIX/bin/ctx`,
 /// `PREFIX/lib/ctx/libctx_interposer.so`).
 fn interposer_path() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("CTX_INTERPOSER").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os(vars::INTERPOSER).filter(|p| !p.is_empty()) {
         let path = std::path::absolute(PathBuf::from(p))
             .map_err(|e| Error::io("resolving CTX_INTERPOSER", e))?;
         std::fs::metadata(&path).map_err(|source| Error::Interposer {

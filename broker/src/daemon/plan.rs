@@ -13,17 +13,7 @@ use crate::config::{Context, CwdRule, DEFAULT_PATH};
 use super::inherit::{child_rlimits, Carried};
 use super::spawn::{child_nofile_soft, cstring, search_candidates, Identity, Program, SpawnPlan};
 
-/// Variables that switch routing on; they cross into a context only when that context
-/// itself routes on (a later issue wires `route_children_to`).
-const ROUTING_VARS: [&str; 7] = [
-    "LD_PRELOAD",
-    "CTX_ROUTE",
-    "CTX_SOCKET",
-    "CTX_PASSTHROUGH",
-    "CTX_SHIM",
-    "CTX_ON_BROKER_DOWN",
-    "CTX_RELAY_MS",
-];
+use ctx_protocol::vars::{self, ROUTING as ROUTING_VARS};
 
 /// The broker's own credentials, which decide whether a uid switch is possible.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +62,7 @@ impl Routing {
     /// `PREFIX/bin/ctx-broker`, `PREFIX/lib/ctx/libctx_interposer.so`), as `ctx run` finds it.
     pub fn locate(socket: &std::path::Path) -> Routing {
         const FILE: &str = "libctx_interposer.so";
-        let interposer = std::env::var_os("CTX_INTERPOSER")
+        let interposer = std::env::var_os(vars::INTERPOSER)
             .map(Into::into)
             .unwrap_or_else(|| {
                 let exe = std::env::current_exe().ok();
@@ -177,14 +167,14 @@ pub fn environment(
             }
         }
         set(&mut env, b"LD_PRELOAD", &preload);
-        set(&mut env, b"CTX_ROUTE", target.as_bytes());
+        set(&mut env, vars::ROUTE.as_bytes(), target.as_bytes());
         set(
             &mut env,
-            b"CTX_SOCKET",
+            vars::SOCKET.as_bytes(),
             routing.socket.as_os_str().as_bytes(),
         );
         if routing.target_runs_local_when_down {
-            set(&mut env, b"CTX_ON_BROKER_DOWN", b"local");
+            set(&mut env, vars::ON_BROKER_DOWN.as_bytes(), b"local");
         }
     }
     if tty && !env.iter().any(|(k, _)| k == b"TERM") {

@@ -10,4 +10,4 @@ pub mod wire;
 
 /// The shim's one environment variable when it is attached to an accepted launch:
 /// `<sock>,<pty-mask>,<comm>` (see `exec::ShimLaunch`).
-pub const ATTACH_VAR: &str = "CTX_SHIM_ATTACH";
+pub const ATTACH_VAR: &str = ctx_protocol::vars::SHIM_ATTACH;
