@@ -541,57 +541,31 @@ enum Received {
 fn receive(recv: &OwnedFd) -> Received {
     loop {
         let mut token = [0u8; 8];
-        let mut iov = libc::iovec {
-            iov_base: token.as_mut_ptr().cast(),
-            iov_len: token.len(),
-        };
-        let mut cmsg = [0u64; 8];
-        // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cmsg.as_mut_ptr().cast();
-        hdr.msg_controllen = std::mem::size_of_val(&cmsg) as _;
-        // SAFETY: recvmsg fills the buffers `hdr` points to.
-        let n = unsafe {
-            libc::recvmsg(
-                recv.as_raw_fd(),
-                &mut hdr,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Received::Empty,
-                _ => {
-                    tracing::error!("exec guard: cannot receive: {e}");
-                    return Received::Closed;
-                }
-            }
-        }
-        // Every descriptor that came with the message, owned at once so none leaks.
-        let mut got: Vec<OwnedFd> = Vec::new();
-        // SAFETY: the CMSG_* walk over the control buffer recvmsg filled.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&hdr);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                    let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
-                        got.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+        let mut fds = [-1; 1];
+        // The socket is non-blocking: EAGAIN says the queue is empty.
+        let (n, count) =
+            match ctx_protocol::fdpass::recv_with_fds(recv.as_raw_fd(), &mut token, &mut fds) {
+                Ok(got) => got,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Received::Empty,
+                    // More than one descriptor (all closed already): not a hand-over.
+                    Some(libc::EMSGSIZE) => {
+                        tracing::warn!("exec guard: a malformed hand-over message");
+                        continue;
                     }
-                }
-                c = libc::CMSG_NXTHDR(&hdr, c);
-            }
-        }
-        if n == 0 && got.is_empty() {
+                    _ => {
+                        tracing::error!("exec guard: cannot receive: {e}");
+                        return Received::Closed;
+                    }
+                },
+            };
+        // SAFETY: recv_with_fds handed over this new descriptor, owned here at once.
+        let fd = (count == 1).then(|| unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        if n == 0 && fd.is_none() {
             return Received::Closed; // end of file: every sender is gone
         }
-        match (n as usize == token.len(), got.pop(), got.is_empty()) {
-            (true, Some(fd), true) => return Received::Listener(u64::from_ne_bytes(token), fd),
+        match (n == token.len(), fd) {
+            (true, Some(fd)) => return Received::Listener(u64::from_ne_bytes(token), fd),
             _ => tracing::warn!("exec guard: a malformed hand-over message"),
         }
     }

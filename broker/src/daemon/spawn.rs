@@ -308,17 +308,6 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     targets.dedup();
     let mut moved: Vec<RawFd> = vec![-1; plan.fds.len()];
 
-    // The exec guard's hand-over message, complete but for the listener's number, which
-    // the child writes in place before sending it.
-    let mut handoff = plan.exec_guard.map(|h| Box::new(Handoff::new(h.token)));
-    let handoff_ptr: *mut Handoff = match &mut handoff {
-        Some(b) => {
-            b.link();
-            &mut **b
-        }
-        None => std::ptr::null_mut(),
-    };
-
     let mut pipe = [0; 2];
     // Non-blocking from the start: the broker reads it without waiting, and the child's one
     // 8-byte report always fits in the empty pipe.
@@ -343,7 +332,6 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         sh_argv: sh_argv.as_mut_ptr(),
         last_cap,
         listen_pid: listen_pid_ptr,
-        handoff: handoff_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
@@ -448,8 +436,6 @@ struct ChildArgs<'a> {
     last_cap: i32,
     /// `LISTEN_PID=` buffer to complete with our pid, or null.
     listen_pid: *mut u8,
-    /// The exec guard's hand-over message, or null.
-    handoff: *mut Handoff,
     /// Written by the first child when it had to clone again to enter a PID namespace: the
     /// pid (in the broker's namespace) of the process that runs the program.
     grandchild: std::sync::atomic::AtomicI32,
@@ -871,7 +857,6 @@ unsafe fn run_child(a: &ChildArgs) -> ! {
         a.sh_argv,
         a.last_cap,
         a.listen_pid,
-        a.handoff,
         a.born_in_cgroup.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
@@ -889,10 +874,11 @@ unsafe fn reset_signal_handlers() {
     }
 }
 
-/// Installs the exec filter and sends its listener to the broker's exec guard, then closes
-/// our copies: the routed program must never hold the listener (it could answer its own
-/// notifications). Async-signal-safe: `handoff` was built before the clone.
-unsafe fn install_exec_guard(report: RawFd, sock: RawFd, handoff: &mut Handoff) {
+/// Installs the exec filter and sends its listener to the broker's exec guard with the
+/// launch's `token`, then closes our copies: the routed program must never hold the
+/// listener (it could answer its own notifications). Async-signal-safe (`fdpass` is raw
+/// syscalls on the stack).
+unsafe fn install_exec_guard(report: RawFd, sock: RawFd, token: u64) {
     let prog = libc::sock_fprog {
         len: EXEC_FILTER.len() as libc::c_ushort,
         filter: EXEC_FILTER.as_ptr() as *mut libc::sock_filter,
@@ -906,58 +892,15 @@ unsafe fn install_exec_guard(report: RawFd, sock: RawFd, handoff: &mut Handoff) 
     if listener < 0 {
         fail(report, Stage::Seccomp, errno());
     }
-    handoff.fd_slot().write_unaligned(listener);
-    let sent = libc::sendmsg(sock, &handoff.hdr, libc::MSG_NOSIGNAL);
-    let e = errno();
+    let sent = ctx_protocol::fdpass::send_with_fds(sock, &token.to_ne_bytes(), &[listener]);
     libc::close(listener);
     libc::close(sock);
-    if sent < 0 {
-        fail(report, Stage::Seccomp, e);
-    }
-}
-
-/// The exec guard's hand-over message: the launch's token as data, the listener as
-/// `SCM_RIGHTS`. Self-referential, so boxed and linked in place.
-#[repr(C)]
-struct Handoff {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
-    token: [u8; 8],
-    /// Room for `CMSG_SPACE(sizeof(int))`, aligned for `cmsghdr`.
-    control: [u64; 4],
-}
-
-impl Handoff {
-    fn new(token: u64) -> Handoff {
-        // SAFETY: msghdr and iovec are plain data; `link` sets their pointers.
-        let mut h: Handoff = unsafe { std::mem::zeroed() };
-        h.token = token.to_ne_bytes();
-        h
-    }
-
-    /// Points the header at the fields, once the value is at its final address.
-    fn link(&mut self) {
-        self.iov.iov_base = self.token.as_mut_ptr().cast();
-        self.iov.iov_len = self.token.len();
-        self.hdr.msg_iov = &mut self.iov;
-        self.hdr.msg_iovlen = 1;
-        self.hdr.msg_control = self.control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; CMSG_FIRSTHDR points into `control`,
-        // which is larger than CMSG_SPACE(sizeof(int)).
-        unsafe {
-            self.hdr.msg_controllen =
-                libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
-            let c = libc::CMSG_FIRSTHDR(&self.hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        }
-    }
-
-    /// Where the descriptor goes in the control message.
-    fn fd_slot(&mut self) -> *mut libc::c_int {
-        // SAFETY: `link` wrote the one header at the start of `control`.
-        unsafe { libc::CMSG_DATA(libc::CMSG_FIRSTHDR(&self.hdr)) as *mut libc::c_int }
+    if let Err(e) = sent {
+        fail(
+            report,
+            Stage::Seccomp,
+            e.raw_os_error().unwrap_or(libc::EIO),
+        );
     }
 }
 
@@ -1046,7 +989,6 @@ unsafe fn child(
     sh_argv: *mut *const libc::c_char,
     last_cap: i32,
     listen_pid: *mut u8,
-    handoff: *mut Handoff,
     born_in_cgroup: bool,
 ) -> ! {
     for &join in plan.cgroup_join.iter().filter(|_| !born_in_cgroup) {
@@ -1254,10 +1196,10 @@ unsafe fn child(
         }
     }
 
-    if !handoff.is_null() {
+    if let Some(guard) = plan.exec_guard {
         // Last, so that it sees exactly the execs below and everything after them; the
         // guard lets the spawn child's own execs through (it still shares our memory).
-        install_exec_guard(report, guard_sock, &mut *handoff);
+        install_exec_guard(report, guard_sock, guard.token);
     }
 
     if let Some(carried) = &plan.inherited {
