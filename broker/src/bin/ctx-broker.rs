@@ -86,17 +86,27 @@ fn main() -> ExitCode {
     daemon::spawn::drop_bounding_set_process_wide();
     daemon::signals::protect_process();
     // RUST_LOG is the operator's override for one run; the config holds the standing level.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            configured_log_level(&args.config).unwrap_or_else(|| "info".into()),
-        )
-    });
+    // Both take `LEVEL` or `target=LEVEL,...` (tracing's `Targets` syntax).
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| configured_log_level(&args.config)?.parse().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
     daemon::systemd::adopt_listen_fds();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .with(filter)
+            .init();
+    }
     if let Err(why) = daemon::signals::shield_credentials() {
         tracing::debug!("not shielded from signals of the broker's own uid: {why}");
     }
