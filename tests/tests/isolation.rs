@@ -851,6 +851,56 @@ fn enforce_does_not_tell_a_context_which_files_exist_where_it_cannot_look() {
     );
 }
 
+/// Through another user's `/proc/PID/cwd` too: the guard follows it no further than that
+/// user could (no `CAP_SYS_PTRACE` borrowed from the broker).
+#[test]
+fn enforce_does_not_look_through_another_users_proc_links() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let private = dir.subdir("private", 0o700);
+    let inner = dir.subdir("private/inner", 0o755);
+    dir.file("private/inner/there", b"#!/bin/sh\n", 0o755);
+    let _ = private;
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(&inner)
+        .spawn()
+        .unwrap();
+    let b = Broker::start(&enforce_config());
+    for name in ["there", "absent", "there/"] {
+        let path = format!("/proc/{}/cwd/{name}", sleeper.id());
+        let out = b.exec("agent", &[&bin, &path]);
+        assert_eq!(
+            out.stdout_str().trim(),
+            libc::EACCES.to_string(),
+            "{name}: {}",
+            out.show()
+        );
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// `/proc/self/..` is the process's own procfs, in its PID namespace: a path through it
+/// means what the kernel makes of it for the process, never the broker's `/proc`.
+#[test]
+fn enforce_resolves_proc_paths_in_the_processs_own_pid_namespace() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config_with("enforce = true, pid = true"));
+    // The program runs itself again by a path through its procfs (allowed: it is the
+    // launch's own program), which then tries /bin/true (refused).
+    let out = b.exec("agent", &[&bin, "/proc/self/../self/exe", "/bin/true"]);
+    assert_eq!(out.code(), 3, "{}", out.show());
+    b.wait_audit(1, |l| l["event"] == "exec_denied" && l["path"] == "/bin/true");
+    let wrong: Vec<_> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "exec_denied" && l["path"] != "/bin/true")
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
 /// A FUSE file system mounted by the test that never answers: every lookup under it waits
 /// until the mount is detached and its device closed (on drop).
 struct HungMount {

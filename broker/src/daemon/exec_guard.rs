@@ -33,16 +33,15 @@
 //! the config load says so.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use super::process_view;
 #[cfg(target_arch = "x86_64")]
 use super::seccomp::AUDIT_ARCH_I386;
 use super::seccomp::{jump, stmt, AUDIT_ARCH_X86_64, JEQ, LD_ARCH, LD_NR, RET, X32_SYSCALL_BIT};
@@ -616,42 +615,13 @@ fn handle(
             let _slot = slot;
             let policy = &*watched.policy;
             let listener = watched.listener.as_raw_fd();
-            let (verdict, path, target) = if look_as(policy) {
-                decide(listener, &req, policy)
-            } else {
-                let failed = Verdict::Deny {
-                    errno: libc::EACCES,
-                    reason: REASON_UNREADABLE,
-                };
-                (failed, b"?".to_vec(), None)
-            };
+            let (verdict, path, target) = decide(listener, &req, policy);
             respond(listener, req.id, &verdict);
             report(&watched, &*sink, &req, verdict, path, target);
         });
     if spawned.is_err() {
         respond(listener, req.id, &busy);
         report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
-    }
-}
-
-/// Makes this thread's file-system checks the launch user's: `fsuid`, `fsgid` and groups.
-/// Raw syscalls: they change this thread only, where glibc's `setgroups` would change
-/// every thread of the broker. The capabilities that bypass file permissions go with a
-/// nonzero fsuid; the thread ends with its decision.
-fn look_as(policy: &Policy) -> bool {
-    let Some((gid, groups)) = &policy.looks_as else {
-        return true;
-    };
-    // SAFETY: plain syscalls on this thread's credentials; `groups` outlives the call.
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-            return false;
-        }
-        libc::syscall(libc::SYS_setfsgid, *gid);
-        libc::syscall(libc::SYS_setfsuid, policy.uid);
-        // An invalid id changes nothing and returns the current one.
-        libc::syscall(libc::SYS_setfsgid, u32::MAX) == *gid as libc::c_long
-            && libc::syscall(libc::SYS_setfsuid, u32::MAX) == policy.uid as libc::c_long
     }
 }
 
@@ -744,12 +714,44 @@ fn decide(
             return (deny, path, None);
         }
     };
-    let host = host_path(req.pid, dirfd, &raw, flags);
+    let identity = policy
+        .looks_as
+        .as_ref()
+        .map(|(gid, groups)| process_view::Identity {
+            uid: policy.uid,
+            gid: *gid,
+            groups,
+        });
+    let view = match process_view::enter(req.pid, dirfd, identity.as_ref()) {
+        Ok(v) => v,
+        Err(libc::ESRCH | libc::ENOENT) => return (Verdict::Fail(libc::ESRCH), raw, None),
+        Err(e) => {
+            tracing::warn!(
+                "exec guard: cannot take the view of pid {}: errno {e}",
+                req.pid
+            );
+            let deny = Verdict::Deny {
+                errno: libc::EACCES,
+                reason: REASON_UNREADABLE,
+            };
+            return (deny, raw, None);
+        }
+    };
+    let found = match (raw.is_empty(), raw.first()) {
+        (true, _) if flags & libc::AT_EMPTY_PATH != 0 && dirfd >= 0 => Ok(process_view::Found {
+            file: view.base,
+            path: format!("(descriptor {dirfd})").into_bytes(),
+        }),
+        (true, _) => Err(libc::ENOENT),
+        (false, Some(&b'/')) => process_view::walk(&raw, view.ids),
+        (false, _) if !view.base_is_dir => Err(libc::ENOTDIR),
+        (false, _) => process_view::walk(&raw, view.ids),
+    };
     let path = raw;
-    let id = host
+    let id = found
         .as_ref()
         .map_err(|e| *e)
-        .and_then(|h| file_id(h).map_err(|e| e.raw_os_error().unwrap_or(libc::EACCES)));
+        .and_then(|f| process_view::file_id(&f.file).map(|(dev, ino)| FileId { dev, ino }));
     // The path and the files are read: only now is it certain they were the process's
     // (its pid could have been reused had it died meanwhile).
     if !id_valid(listener, req.id) {
@@ -767,12 +769,8 @@ fn decide(
     } else {
         REASON_BYPASS
     };
-    // For the audit line only (after the answer would be better, but the process may be
-    // gone by then).
-    let target = host
-        .ok()
-        .and_then(|h| std::fs::canonicalize(h).ok())
-        .map(|t| t.to_string_lossy().into_owned());
+    // For the audit line: what it resolved to, as the process names it.
+    let target = found.ok().map(|f| process_view::display(&f.path));
     let deny = Verdict::Deny {
         errno: libc::EACCES,
         reason,
@@ -858,45 +856,6 @@ fn read_string(pid: libc::pid_t, ptr: u64) -> io::Result<Vec<u8>> {
         at += n as u64;
     }
     Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
-}
-
-/// The path through which the broker reaches the file the process names, as that process
-/// sees it: `/proc/PID/root`, `/proc/PID/cwd` or `/proc/PID/fd/N` in front of it (its
-/// mount namespace, working directory and descriptors). `Err(errno)` when the exec would
-/// fail on the path alone.
-fn host_path(pid: u32, dirfd: i32, raw: &[u8], flags: i32) -> Result<PathBuf, i32> {
-    if raw.is_empty() {
-        if flags & libc::AT_EMPTY_PATH != 0 && dirfd >= 0 {
-            return Ok(PathBuf::from(format!("/proc/{pid}/fd/{dirfd}")));
-        }
-        return Err(libc::ENOENT);
-    }
-    if raw[0] == b'/' {
-        // Its own /proc/self means it, not the broker (in a PID namespace, the broker's
-        // /proc shows it under its pid there).
-        for own in [&b"/proc/self"[..], b"/proc/thread-self"] {
-            if let Some(rest) = raw.strip_prefix(own) {
-                if rest.is_empty() || rest[0] == b'/' {
-                    let mut p = format!("/proc/{pid}").into_bytes();
-                    p.extend_from_slice(rest);
-                    return Ok(PathBuf::from(OsStr::from_bytes(&p)));
-                }
-            }
-        }
-        let mut p = format!("/proc/{pid}/root").into_bytes();
-        p.extend_from_slice(raw);
-        return Ok(PathBuf::from(OsStr::from_bytes(&p)));
-    }
-    let base = if dirfd == libc::AT_FDCWD {
-        format!("/proc/{pid}/cwd/")
-    } else if dirfd >= 0 {
-        format!("/proc/{pid}/fd/{dirfd}/")
-    } else {
-        return Err(libc::EBADF);
-    };
-    let mut p = base.into_bytes();
-    p.extend_from_slice(raw);
-    Ok(PathBuf::from(OsStr::from_bytes(&p)))
 }
 
 fn id_valid(listener: RawFd, id: u64) -> bool {
@@ -1057,34 +1016,5 @@ mod tests {
         let later = t + std::time::Duration::from_millis(100);
         assert_eq!(b.take(later), Some(2));
         assert_eq!(b.take(later), None);
-    }
-
-    #[test]
-    fn paths_resolve_in_the_process_view() {
-        assert_eq!(
-            host_path(7, libc::AT_FDCWD, b"/bin/true", 0),
-            Ok(PathBuf::from("/proc/7/root/bin/true"))
-        );
-        assert_eq!(
-            host_path(7, libc::AT_FDCWD, b"x/y", 0),
-            Ok(PathBuf::from("/proc/7/cwd/x/y"))
-        );
-        assert_eq!(
-            host_path(7, 5, b"y", 0),
-            Ok(PathBuf::from("/proc/7/fd/5/y"))
-        );
-        assert_eq!(
-            host_path(7, 5, b"", libc::AT_EMPTY_PATH),
-            Ok(PathBuf::from("/proc/7/fd/5"))
-        );
-        assert_eq!(host_path(7, 5, b"", 0), Err(libc::ENOENT));
-        assert_eq!(
-            host_path(7, libc::AT_FDCWD, b"/proc/self/exe", 0),
-            Ok(PathBuf::from("/proc/7/exe"))
-        );
-        assert_eq!(
-            host_path(7, libc::AT_FDCWD, b"/proc/selfish", 0),
-            Ok(PathBuf::from("/proc/7/root/proc/selfish"))
-        );
     }
 }

@@ -32,6 +32,7 @@ pub mod operator;
 pub mod peer;
 pub mod plan;
 pub mod ports;
+pub mod process_view;
 pub mod pty;
 pub mod quiet_log;
 pub mod registry;
