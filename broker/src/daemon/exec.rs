@@ -618,8 +618,14 @@ async fn launch(
             ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
                 if let Ok(mut guard) = ready {
                     let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
-                    if let Ok(Ok(n)) = guard.try_io(|_| write_fd(fd, input.as_slices().0)) {
-                        input.drain(..n);
+                    match guard.try_io(|_| write_fd(fd, input.as_slices().0)) {
+                        Ok(Ok(n)) => {
+                            input.drain(..n);
+                        }
+                        // EIO: no slave is open any more; nothing will ever read it, and a
+                        // master that stays writable must not be retried without end.
+                        Ok(Err(_)) => input.clear(),
+                        Err(_would_block) => {}
                     }
                 }
             }
