@@ -655,6 +655,46 @@ fn a_cwd_named_unlike_its_descriptor_runs_and_is_audited_by_the_descriptor() {
     assert_eq!(lines[0]["cwd"], real, "{}", lines[0]);
 }
 
+/// A caller in a private mount namespace names its cwd by a path that means another
+/// directory in the broker's: the program runs in the caller's directory, and the audit
+/// says the name is the caller's (`cwd_verified: false`) with the directory's `dev:ino`.
+#[test]
+fn a_cwd_named_in_the_callers_private_mounts_is_audited_as_unverified() {
+    use std::os::unix::fs::MetadataExt;
+
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let real = tmp.subdir("real", 0o755);
+    let over = tmp.subdir("over", 0o755);
+    tmp.file("real/marker", b"", 0o644);
+    let script = format!(
+        "mount --bind {} {} && cd {} && exec \"$0\" --socket \"$1\" exec --context alice -- ls",
+        real.display(),
+        over.display(),
+        over.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(bin("ctx"))
+        .arg(b.socket());
+    assert_eq!(run(&mut cmd).ok(), "marker\n");
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    let line = &lines[0];
+    assert_eq!(line["cwd_verified"], false, "{line}");
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(
+        line["cwd_id"],
+        format!("{}:{}", meta.dev(), meta.ino()),
+        "{line}"
+    );
+    // A caller in the broker's namespace is not marked.
+    let mut cmd = b.exec_cmd("alice", &["true"]);
+    cmd.current_dir(&real);
+    run(&mut cmd).ok();
+    let lines = b.wait_audit(2, |l| l["event"] == "exec" && l["context"] == "alice");
+    assert!(lines[1].get("cwd_verified").is_none(), "{}", lines[1]);
+}
+
 /// `ctx run` replaces itself with the program, like a shell's `exec`: the program keeps
 /// the caller's signal mask and ignored SIGPIPE (which std's own exec would reset).
 #[test]

@@ -892,7 +892,9 @@ fn enforce_resolves_proc_paths_in_the_processs_own_pid_namespace() {
     // launch's own program), which then tries /bin/true (refused).
     let out = b.exec("agent", &[&bin, "/proc/self/../self/exe", "/bin/true"]);
     assert_eq!(out.code(), 3, "{}", out.show());
-    b.wait_audit(1, |l| l["event"] == "exec_denied" && l["path"] == "/bin/true");
+    b.wait_audit(1, |l| {
+        l["event"] == "exec_denied" && l["path"] == "/bin/true"
+    });
     let wrong: Vec<_> = b
         .audit_lines()
         .into_iter()

@@ -322,6 +322,10 @@ async fn launch(
         Ok(p) => p,
         Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
     };
+    let cwd_unverified = prepared
+        .cwd_fd
+        .as_ref()
+        .and_then(|fd| cwd_unverified(peer, fd));
     let mut plan = prepared.plan;
     if peer.uid != ctx.user.uid {
         if let Some(carried) = &mut plan.inherited {
@@ -715,8 +719,29 @@ async fn launch(
         "caller_disconnected": !client_alive,
         "duration_ms": started_at.elapsed().as_millis() as u64,
     });
-    let event = audit::with_bytes(event, "cwd", &prepared.cwd, fields.text_keep);
+    let mut event = audit::with_bytes(event, "cwd", &prepared.cwd, fields.text_keep);
+    if let Some(id) = cwd_unverified {
+        event["cwd_verified"] = false.into();
+        event["cwd_id"] = id.into();
+    }
     shared.audit.record(merged(event, &fields.argv));
+}
+
+/// The caller's cwd descriptor is named by the caller's own path for it; when the caller
+/// sits in another mount namespace than the broker, that name may mean another directory
+/// here (or none), so the audit marks it and records the directory's `dev:ino` instead of
+/// passing the name off as fact. `None`: same namespace, the name stands.
+fn cwd_unverified(peer: &Peer, fd: &OwnedFd) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid)).ok();
+    let ours = std::fs::metadata("/proc/self/ns/mnt").ok();
+    let same =
+        matches!((&theirs, &ours), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+    if same {
+        return None;
+    }
+    let dir = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some(format!("{}:{}", dir.dev(), dir.ino()))
 }
 
 /// A PTY launch whose client mirrors the modes onto the caller's terminal: the caller's
