@@ -263,6 +263,17 @@ fn check_names_the_group_to_join_or_the_directory_that_shuts_the_routing_user_ou
         )),
         "{said}"
     );
+    // The same directory on the way through a symlink: still named.
+    let inner = td.subdir("private/open", 0o755);
+    let link = td.path().join("link");
+    std::os::unix::fs::symlink(&inner, &link).unwrap();
+    let out = check_with_socket(&file, &link.join("broker.sock"));
+    let said = out.stderr_str();
+    assert!(said.contains(CANNOT_REACH), "{said}");
+    assert!(
+        said.contains(&format!("cannot pass through {}", private.display())),
+        "{said}"
+    );
 }
 
 #[test]

@@ -167,12 +167,32 @@ fn owner(meta: &std::fs::Metadata) -> Owner {
 /// The existing directories a connect walks through, `/` first.
 fn dirs_above(path: &Path) -> Vec<(PathBuf, Owner)> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut dirs: Vec<(PathBuf, Owner)> = absolute
+    // A client walks the path as written (up to any symlink) and then where the links
+    // lead: both sets of directories must let it through.
+    let mut paths: Vec<PathBuf> = absolute
         .ancestors()
         .skip(1)
-        .filter_map(|d| Some((d.to_path_buf(), owner(&std::fs::metadata(d).ok()?))))
+        .map(Path::to_path_buf)
         .collect();
-    dirs.reverse();
+    if let Some(real) = absolute
+        .parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+    {
+        for d in real.ancestors() {
+            if !paths.iter().any(|p| p == d) {
+                paths.push(d.to_path_buf());
+            }
+        }
+    }
+    let mut dirs: Vec<(PathBuf, Owner)> = paths
+        .into_iter()
+        .filter_map(|d| {
+            // Its own mode, not its target's, for a symlink on the way.
+            let meta = std::fs::symlink_metadata(&d).ok()?;
+            (!meta.file_type().is_symlink()).then(|| (d, owner(&meta)))
+        })
+        .collect();
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
     dirs
 }
 
