@@ -34,6 +34,11 @@ show() {
     printf '  -> exit status %s\n' "$rc"
 }
 
+# What the build and the demo run need (installed as root, only when missing).
+# shellcheck source=scripts/lib/toolchain.sh
+. scripts/lib/toolchain.sh
+ensure_packages cc:build-essential curl:curl /usr/bin/python3:python3 setpriv:util-linux
+ensure_rust
 cargo build --release --quiet
 bin="$repo/target/release"
 

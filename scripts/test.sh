@@ -77,15 +77,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Rust toolchain ---------------------------------------------------------------------
-if ! command -v cargo >/dev/null 2>&1; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    else
-        echo "test.sh: installing a Rust toolchain with rustup"
-        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
-        export PATH="$HOME/.cargo/bin:$PATH"
-    fi
-fi
+# shellcheck source=scripts/lib/toolchain.sh
+. scripts/lib/toolchain.sh
+ensure_rust
 
 # --- test users -------------------------------------------------------------------------
 # shellcheck source=scripts/lib/users.sh
