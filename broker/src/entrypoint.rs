@@ -15,6 +15,14 @@
 //! orphans must live in another process than the broker, or it would steal their statuses.
 //! Not PID 1 (run by hand, or under `docker run --init`), the init is a child subreaper so
 //! it still gets the orphans of its own tree, and at the end kills only its own children.
+//!
+//! No routed process may drive the init: a signal that stops or reloads it stops or reloads
+//! the broker. Like the broker (see `daemon::signals`), a root init keeps its effective uid
+//! 0 and CAP_KILL but moves its real and saved uids to one no process runs as, so kill(2)
+//! from a uid-0 context (which holds no capability) is refused by the kernel, while the
+//! container runtime (outside the PID namespace), a terminal (the kernel) and root with
+//! CAP_KILL (`docker exec ... kill`, an outer init) still reach it. When it cannot (a user
+//! namespace without that uid) it checks each signal's sender itself: see [`obeys`].
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -42,6 +50,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the init sleeps in one wait for a signal when it has a deadline to watch.
 const TICK: Duration = Duration::from_millis(20);
+
+/// The capability bit that lets a process signal any other (not in the libc crate).
+const CAP_KILL: u32 = 5;
 
 /// Exit status of the init when the agent never ran (the broker failed to start).
 const FAILED: i32 = 125;
@@ -113,6 +124,23 @@ pub fn start(plan: &Plan) -> Result<(), String> {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
     }
+    // Before the shield: the agent gets them back (see `spawn_agent`).
+    let uids = real_and_saved_uids();
+    // Before the fork, so the broker is shielded from its first instruction too (it shields
+    // itself again, to the same uids, as it does outside a container).
+    let screen = match crate::daemon::signals::shield_credentials() {
+        Ok(()) => Screen::Shielded,
+        // SAFETY: plain getter.
+        Err(why) if unsafe { libc::geteuid() } == 0 => {
+            say(&format!(
+                "{why}: signals to the init are obeyed only from outside the container, the \
+                 kernel or a process with CAP_KILL"
+            ));
+            Screen::CheckSender
+        }
+        // Unprivileged, every context runs as the init's own uid: nothing to tell apart.
+        Err(_) => Screen::None,
+    };
     // SAFETY: single-threaded, so the child may go on running ordinary Rust.
     let broker = unsafe { libc::fork() };
     if broker < 0 {
@@ -135,12 +163,19 @@ pub fn start(plan: &Plan) -> Result<(), String> {
         }
         return Ok(());
     }
-    let code = init(plan, broker, &argv, &mask);
+    let code = init(plan, broker, &argv, &mask, uids, screen);
     std::process::exit(code);
 }
 
 /// The init's life: wait for the broker, start the agent, forward, reap, stop, exit.
-fn init(plan: &Plan, broker: libc::pid_t, argv: &[CString], mask: &libc::sigset_t) -> i32 {
+fn init(
+    plan: &Plan,
+    broker: libc::pid_t,
+    argv: &[CString],
+    mask: &libc::sigset_t,
+    uids: (libc::uid_t, libc::uid_t),
+    screen: Screen,
+) -> i32 {
     let mut kids = Children {
         broker: Some(broker),
         agent: None,
@@ -162,12 +197,12 @@ fn init(plan: &Plan, broker: libc::pid_t, argv: &[CString], mask: &libc::sigset_
             stop_broker(&mut kids);
             break;
         }
-        if let Some(sig) = wait_signal(mask, Some(TICK)) {
-            handle(sig, &mut kids);
+        if let Some(info) = wait_signal(mask, Some(TICK)) {
+            handle(&info, screen, &mut kids);
         }
     }
     if kids.broker.is_some() && kids.stopping_since.is_none() {
-        kids.agent = spawn_agent(argv, mask);
+        kids.agent = spawn_agent(argv, mask, uids);
         if kids.agent.is_none() {
             kids.agent_code = Some(FAILED);
             stop_broker(&mut kids);
@@ -177,8 +212,8 @@ fn init(plan: &Plan, broker: libc::pid_t, argv: &[CString], mask: &libc::sigset_
     }
     while kids.broker.is_some() || kids.agent.is_some() {
         let tick = kids.stopping_since.map(|_| TICK);
-        if let Some(sig) = wait_signal(mask, tick) {
-            handle(sig, &mut kids);
+        if let Some(info) = wait_signal(mask, tick) {
+            handle(&info, screen, &mut kids);
         }
         if kids
             .stopping_since
@@ -195,9 +230,22 @@ fn init(plan: &Plan, broker: libc::pid_t, argv: &[CString], mask: &libc::sigset_
     kids.agent_code.unwrap_or(FAILED)
 }
 
-/// Acts on one signal the init took: reaps on SIGCHLD, forwards the rest.
-fn handle(sig: libc::c_int, kids: &mut Children) {
+/// Acts on one signal the init took: reaps on SIGCHLD, forwards the rest when the sender
+/// may drive the init.
+fn handle(info: &libc::siginfo_t, screen: Screen, kids: &mut Children) {
+    let sig = info.si_signo;
+    if sig != libc::SIGCHLD && !obeys(info, screen) {
+        // SAFETY: the siginfo is plain data the kernel filled (zeroed where it set nothing).
+        let pid = unsafe { info.si_pid() };
+        say(&format!(
+            "ignored signal {sig} from pid {pid} (code {}): routed processes cannot stop, \
+             reload or signal through the init",
+            info.si_code
+        ));
+        return;
+    }
     match sig {
+        // A SIGCHLD anyone sends costs one WNOHANG sweep.
         libc::SIGCHLD => reap(kids),
         // The broker's own reload; the agent is not the one to ask.
         libc::SIGHUP => {
@@ -259,7 +307,11 @@ fn stop_broker(kids: &mut Children) {
 }
 
 /// Forks the agent's `ctx exec`; `None` (having said why) when it cannot.
-fn spawn_agent(argv: &[CString], mask: &libc::sigset_t) -> Option<libc::pid_t> {
+fn spawn_agent(
+    argv: &[CString],
+    mask: &libc::sigset_t,
+    (ruid, suid): (libc::uid_t, libc::uid_t),
+) -> Option<libc::pid_t> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     // SAFETY: the init is single-threaded; the child only makes plain syscalls and execs.
@@ -284,6 +336,14 @@ fn spawn_agent(argv: &[CString], mask: &libc::sigset_t) -> Option<libc::pid_t> {
                 libc::signal(libc::SIGTTOU, libc::SIG_DFL);
             }
             libc::sigprocmask(libc::SIG_UNBLOCK, mask, std::ptr::null_mut());
+            // The uids the init started with: an exec whose real uid is not its effective
+            // one is a set-uid exec (AT_SECURE), where the C library drops TMPDIR, LD_*
+            // and more from the environment the agent passes on.
+            if libc::syscall(libc::SYS_setresuid, ruid, libc::uid_t::MAX, suid) < 0 {
+                let msg = b"ctx-broker: cannot give the agent back its uids\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(FAILED);
+            }
             libc::execv(ptrs[0], ptrs.as_ptr());
             let msg = b"ctx-broker: cannot run the ctx CLI for the agent\n";
             libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -353,22 +413,73 @@ fn blocked_set() -> libc::sigset_t {
     }
 }
 
-/// The next blocked signal, or `None` after `timeout` (forever without one).
-fn wait_signal(mask: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
-    // SAFETY: plain sigwaitinfo/sigtimedwait on a set of blocked signals.
+/// The next blocked signal and who sent it, or `None` after `timeout` (forever without one).
+fn wait_signal(mask: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
+    // SAFETY: siginfo_t is plain data for the kernel to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain sigwaitinfo/sigtimedwait on a set of blocked signals, into a local.
     let sig = unsafe {
         match timeout {
-            None => libc::sigwaitinfo(mask, std::ptr::null_mut()),
+            None => libc::sigwaitinfo(mask, &mut info),
             Some(t) => {
                 let ts = libc::timespec {
                     tv_sec: t.as_secs() as libc::time_t,
                     tv_nsec: t.subsec_nanos() as libc::c_long,
                 };
-                libc::sigtimedwait(mask, std::ptr::null_mut(), &ts)
+                libc::sigtimedwait(mask, &mut info, &ts)
             }
         }
     };
-    (sig > 0).then_some(sig)
+    (sig > 0).then_some(info)
+}
+
+/// How the init tells the signals it obeys from those of routed processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Screen {
+    /// The kernel refuses kill(2) from routed processes (the module's note).
+    Shielded,
+    /// Root without the shield: the init checks each sender itself.
+    CheckSender,
+    /// Unprivileged: the contexts run as the init's uid, and could SIGKILL it anyway.
+    None,
+}
+
+/// Whether the init acts on a signal (other than SIGCHLD). Never one delivered through a
+/// file's owner (`F_SETOWN`/`F_SETSIG`, si_code POLL_IN..POLL_HUP): any euid-0 process may
+/// aim those at any process, no capability needed (the broker's seccomp filter refuses them
+/// to routed processes; this is the fence behind it). Unshielded, only a signal from the
+/// kernel (a terminal: SI_KERNEL), from outside the PID namespace (the container runtime:
+/// si_pid 0) or from a process with CAP_KILL, which the shield would have let through too.
+/// A sender already gone counts as a routed one: it can send again from outside.
+fn obeys(info: &libc::siginfo_t, screen: Screen) -> bool {
+    if (1..=6).contains(&info.si_code) {
+        return false;
+    }
+    if screen != Screen::CheckSender || info.si_code > 0 {
+        return true;
+    }
+    // SAFETY: si_pid is set for every signal a process sends (si_code <= 0).
+    let pid = unsafe { info.si_pid() };
+    pid == 0 || holds_cap_kill(pid)
+}
+
+/// Whether `pid` has CAP_KILL in its effective set, from `/proc/PID/status`.
+fn holds_cap_kill(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_KILL) != 0)
+}
+
+/// This process's real and saved uids.
+fn real_and_saved_uids() -> (libc::uid_t, libc::uid_t) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: plain getter into locals.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, s)
 }
 
 /// A wait status as a shell shows it: the code, or 128 + the signal.

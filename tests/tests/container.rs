@@ -420,3 +420,138 @@ fn the_example_dockerfile_runs_the_example_agent_routed() {
     );
     c.assert_nothing_left();
 }
+
+/// `platform` routes its launches to `root`: a uid-0 context, whose processes run as root
+/// but hold no capability.
+fn root_routed_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "{BOB}"
+cwd = "/tmp"
+route_children_to = "root"
+allow = {{ uids = [0] }}
+
+[contexts.root]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    )
+}
+
+/// A routed uid-0 process sends HUP, TERM, INT, USR1 and KILL to the init (PID 1, or the
+/// init's own pid when it is not PID 1): none of them reloads or stops the broker or reaches
+/// the agent, which goes on and exits with its own status.
+fn routed_root_process_signals_the_init(as_pid1: bool) {
+    let c = Container::new();
+    c.dir
+        .file("contexts.toml", root_routed_config().as_bytes(), 0o644);
+    let killer = c.script(
+        "killer.py",
+        r#"
+import os, signal, time
+def argv(p):
+    try:
+        return open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return []
+def ppid(p):
+    return int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+# The init and the broker it forked share a command line; the init is the outer one.
+ours = [int(p) for p in os.listdir("/proc") if p.isdigit()
+        and argv(p)[:1] != [] and argv(p)[0].endswith(b"ctx-broker") and b"MARKER" in argv(p)]
+init = [p for p in ours if ppid(p) not in ours][0]
+done = [f"uid={os.getuid()} init={'1' if init == 1 else 'pid'}"]
+for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGKILL):
+    try:
+        os.kill(init, sig)
+        done.append(f"{sig.name}:sent")
+    except PermissionError:
+        done.append(f"{sig.name}:refused")
+    time.sleep(0.3)
+time.sleep(1)
+print(" ".join(done), flush=True)
+"#,
+    );
+    let agent = c.script(
+        "agent.py",
+        &format!(
+            r#"
+import subprocess, sys
+out = subprocess.run([sys.executable, "{killer}"], capture_output=True, text=True)
+print("killer", out.returncode, out.stdout.strip(), flush=True)
+if out.stderr:
+    print("killer's stderr", out.stderr[-500:], flush=True)
+after = subprocess.run(["id", "-u"], capture_output=True, text=True)
+print("after", after.returncode, after.stdout.strip(), flush=True)
+sys.exit(7)
+"#
+        ),
+    );
+    let agent_cmd = ["/usr/bin/python3", agent.as_str(), c.marker.as_str()];
+    let out = if as_pid1 {
+        run(&mut c.as_pid1(&agent_cmd))
+    } else {
+        let args = c.broker_args(&agent_cmd);
+        run(Command::new(&args[0]).args(&args[1..]))
+    };
+    assert_eq!(out.code(), 7, "{}", out.show());
+    let where_ = if as_pid1 { "1" } else { "pid" };
+    assert_eq!(
+        out.stdout_str(),
+        format!(
+            "killer 0 uid=0 init={where_} SIGHUP:refused SIGTERM:refused SIGINT:refused \
+             SIGUSR1:refused SIGKILL:refused\nafter 0 0\n"
+        ),
+        "{}",
+        out.show()
+    );
+    let audit = c.audit();
+    assert!(!audit.contains(r#""event":"reload""#), "reloaded: {audit}");
+    assert!(
+        !out.stderr_str().contains("configuration reloaded"),
+        "{}",
+        out.show()
+    );
+    c.assert_nothing_left();
+}
+
+#[test]
+fn signals_from_a_routed_uid_0_process_to_pid_1_are_refused() {
+    routed_root_process_signals_the_init(true);
+}
+
+#[test]
+fn signals_from_a_routed_uid_0_process_to_the_init_are_refused_when_not_pid_1() {
+    routed_root_process_signals_the_init(false);
+}
+
+#[test]
+fn not_as_pid_1_sigterm_from_root_reaches_the_agent() {
+    // Root with CAP_KILL (an operator's kill, `docker exec`, an outer init) is still obeyed.
+    let c = Container::new();
+    let agent = c.script(
+        "agent.py",
+        r#"
+import os, signal, time
+def term(sig, frame):
+    os.write(1, b"agent got SIGTERM\n")
+    os._exit(42)
+signal.signal(signal.SIGTERM, term)
+print("ready MARKER", flush=True)
+while True:
+    time.sleep(1)
+"#,
+    );
+    let args = c.broker_args(&["/usr/bin/python3", &agent]);
+    let (mut child, reader) = start_until_ready(Command::new(&args[0]).args(&args[1..]));
+    signal(child.id(), Signal::SIGTERM);
+    let status = wait_deadline(&mut child, Duration::from_secs(20)).expect("init stops");
+    let text = reader.join().unwrap();
+    assert_eq!(status.code(), Some(42), "{text}");
+    assert!(text.contains("agent got SIGTERM"), "{text}");
+    c.assert_nothing_left();
+}
