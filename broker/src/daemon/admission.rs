@@ -276,10 +276,12 @@ impl Admission {
             .saturating_sub(RESERVED_FDS)
             .saturating_sub(counts.fds) as usize;
         let entry = counts.per_uid.get(&self.uid).copied().unwrap_or_default();
+        // Descriptors of the uid's still being closed count too: a uid whose closes are
+        // slow (or stuck) must not make the broker hold more meanwhile.
         let own = if self.entitled {
-            entitled_cap(limit).saturating_sub(entry.entitled_fds)
+            entitled_cap(limit).saturating_sub(entry.entitled_fds + entry.closing)
         } else {
-            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds)
+            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds + entry.closing)
         };
         global.min(own)
     }
@@ -309,6 +311,7 @@ impl Admission {
         };
         let (uid, entitled) = (self.uid, self.entitled);
         let entry = counts.per_uid.entry(uid).or_default();
+        let closing = entry.closing;
         let new_bytes = (entry.bytes - self.bytes)
             .checked_add(bytes)
             .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
@@ -325,9 +328,15 @@ impl Admission {
         } else {
             (&mut entry.fds, HANDSHAKE_FDS_PER_UID, OverBudget::Fds(uid))
         };
+        // Growing, the uid's descriptors still being closed count too (see `fd_room`).
+        let room = if fds > self.fds {
+            cap.saturating_sub(closing)
+        } else {
+            cap
+        };
         let new_fds = (*held - self.fds)
             .checked_add(fds)
-            .filter(|&f| f <= cap)
+            .filter(|&f| f <= room)
             .ok_or(over)?;
         *held = new_fds;
         entry.bytes = new_bytes;
