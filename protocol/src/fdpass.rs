@@ -152,6 +152,51 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
     Ok((n, count))
 }
 
+/// Whether the next message on `sock` carries more than `room` descriptors, without
+/// consuming it (`MSG_PEEK`, non-blocking: `WouldBlock` when nothing is queued). A peek
+/// installs duplicates of the queued descriptors (closed here at once, which is never
+/// their last close: the queued message keeps its own references) and releases any beyond
+/// the control buffer the same way. A receiver bounding what it accepts peeks first, then
+/// receives with room for all, so that the kernel never discards descriptors on its
+/// receiving thread (a discarded descriptor's close may be its last, and may block).
+pub fn peek_more_fds_than(sock: RawFd, room: usize) -> io::Result<bool> {
+    let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut _,
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let room = room.min(MAX_FDS);
+    if room > 0 {
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut _;
+        // SAFETY: CMSG_LEN is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_LEN((room * size_of::<RawFd>()) as u32) } as _;
+    }
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    loop {
+        // SAFETY: msg describes valid writable buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        if n >= 0 {
+            break;
+        }
+        let e = last_errno();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    let mut dups = [-1; MAX_FDS];
+    let (count, overflow) = take_fds(&msg, &mut dups[..room]);
+    for &fd in &dups[..count] {
+        // SAFETY: duplicates this peek installed, owned here.
+        unsafe { libc::close(fd) };
+    }
+    Ok(overflow || msg.msg_flags & libc::MSG_CTRUNC != 0)
+}
+
 /// Copies the `SCM_RIGHTS` descriptors of `msg` into `out`; closes any that do not fit
 /// (and any other control message's descriptors) and then reports overflow.
 pub fn take_fds(msg: &libc::msghdr, out: &mut [RawFd]) -> (usize, bool) {

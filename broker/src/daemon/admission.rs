@@ -44,6 +44,8 @@ pub enum Refusal {
          ({limit} open files allowed, {RESERVED_FDS} kept for root)"
     )]
     Descriptors { uid: u32, limit: u64 },
+    #[error("uid {uid}: {closing} descriptors it sent are still being closed")]
+    Closing { uid: u32, closing: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +90,8 @@ struct PerUid {
     fds: usize,
     /// Held by the handshakes of its entitled connections.
     entitled_fds: usize,
+    /// Sent by it and waiting to be closed (see `closer`).
+    closing: usize,
 }
 
 /// One admitted connection's share of its uid's counts, given back on drop.
@@ -155,7 +159,98 @@ impl Admissions {
     }
 }
 
+/// Descriptors of one uid waiting for a closer thread (or stuck in their close): counted
+/// against the broker's descriptors not reserved for root, and against the uid, whose
+/// new connections are refused while it has too many ([`Admission::check_closing`]).
+pub struct Closing {
+    admissions: Arc<Admissions>,
+    uid: u32,
+    n: usize,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let mut counts = self.admissions.lock();
+        counts.fds -= self.n as u64;
+        if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
+            entry.closing -= self.n;
+            if *entry == PerUid::default() {
+                counts.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Charges descriptors to be closed to the uid they came from.
+#[derive(Clone)]
+pub struct Charger {
+    admissions: Arc<Admissions>,
+    uid: u32,
+}
+
+impl Charger {
+    /// The uid charged.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// Counts `n` descriptors as closing until the returned charge drops.
+    pub fn charge(&self, n: usize) -> Closing {
+        let mut counts = self.admissions.lock();
+        counts.fds += n as u64;
+        counts.per_uid.entry(self.uid).or_default().closing += n;
+        Closing {
+            admissions: self.admissions.clone(),
+            uid: self.uid,
+            n,
+        }
+    }
+}
+
+impl Admissions {
+    /// What charges the descriptors a peer of `uid` sent: none for the operator (root
+    /// outside every context), who is never counted.
+    pub fn charger(self: &Arc<Self>, uid: u32, in_context: bool) -> Option<Charger> {
+        (uid != 0 || in_context).then(|| Charger {
+            admissions: self.clone(),
+            uid,
+        })
+    }
+}
+
 impl Admission {
+    /// What charges the descriptors this connection's peer sent, once they are handed to
+    /// be closed; `None` for the operator.
+    pub fn charger(&self) -> Option<Charger> {
+        (!self.exempt).then(|| Charger {
+            admissions: self.admissions.clone(),
+            uid: self.uid,
+        })
+    }
+
+    /// Refuses this connection while its uid has more descriptors waiting to be closed
+    /// than its handshakes may hold: a uid whose closes are stuck (a lingering socket, a
+    /// hung mount) cannot make the broker hold more of them by sending more.
+    pub fn check_closing(&self) -> Result<(), Refusal> {
+        if self.exempt {
+            return Ok(());
+        }
+        let cap = if self.entitled {
+            entitled_cap(nofile_limit())
+        } else {
+            HANDSHAKE_FDS_PER_UID
+        };
+        let counts = self.admissions.lock();
+        let closing = counts.per_uid.get(&self.uid).map_or(0, |e| e.closing);
+        if closing > cap {
+            return Err(Refusal::Closing {
+                uid: self.uid,
+                closing,
+            });
+        }
+        Ok(())
+    }
+
     /// The peer may enter some context (decided from its pinned identity at accept): the
     /// descriptors its handshake carries are bounded by the broker's descriptors not
     /// reserved for root, not by its uid's [`HANDSHAKE_FDS_PER_UID`]. A uid allowed
@@ -181,10 +276,12 @@ impl Admission {
             .saturating_sub(RESERVED_FDS)
             .saturating_sub(counts.fds) as usize;
         let entry = counts.per_uid.get(&self.uid).copied().unwrap_or_default();
+        // Descriptors of the uid's still being closed count too: a uid whose closes are
+        // slow (or stuck) must not make the broker hold more meanwhile.
         let own = if self.entitled {
-            entitled_cap(limit).saturating_sub(entry.entitled_fds)
+            entitled_cap(limit).saturating_sub(entry.entitled_fds + entry.closing)
         } else {
-            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds)
+            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds + entry.closing)
         };
         global.min(own)
     }
@@ -214,6 +311,7 @@ impl Admission {
         };
         let (uid, entitled) = (self.uid, self.entitled);
         let entry = counts.per_uid.entry(uid).or_default();
+        let closing = entry.closing;
         let new_bytes = (entry.bytes - self.bytes)
             .checked_add(bytes)
             .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
@@ -230,9 +328,15 @@ impl Admission {
         } else {
             (&mut entry.fds, HANDSHAKE_FDS_PER_UID, OverBudget::Fds(uid))
         };
+        // Growing, the uid's descriptors still being closed count too (see `fd_room`).
+        let room = if fds > self.fds {
+            cap.saturating_sub(closing)
+        } else {
+            cap
+        };
         let new_fds = (*held - self.fds)
             .checked_add(fds)
-            .filter(|&f| f <= cap)
+            .filter(|&f| f <= room)
             .ok_or(over)?;
         *held = new_fds;
         entry.bytes = new_bytes;

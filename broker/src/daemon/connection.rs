@@ -30,6 +30,8 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
     let (client, request) = match first {
         Ok(Ok(v)) => v,
         Ok(Err(message)) => {
+            // Not held while the refusal is answered.
+            drop(conn.take_fds());
             if let Some(more) = handshake_failures() {
                 tracing::info!(
                     pid = peer.pid,

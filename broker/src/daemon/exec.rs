@@ -318,7 +318,7 @@ async fn launch(
         }
         None => &shared.routing,
     };
-    let prepared = match prepare(&ctx, &req, lookup, passed, me, routing, &session_env) {
+    let prepared = match prepare(&ctx, &req, lookup, &passed, me, routing, &session_env) {
         Ok(p) => p,
         Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
     };
@@ -432,8 +432,7 @@ async fn launch(
     drop(enforcing);
     // The child has its copies; the broker must not keep the caller's descriptors or the
     // slave (the master would never see EOF/EIO).
-    drop(prepared.passed);
-    drop(prepared.cwd_fd);
+    drop(passed);
     let master = pty.map(|p| p.master);
     let forked = match forked {
         Ok(f) => f,
@@ -582,9 +581,7 @@ async fn launch(
                         kill_group(pid, libc::SIGKILL);
                     }
                 }
-                if conn.pending_fds() > 0 {
-                    drop(conn.take_fds());
-                }
+
             }
             ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
                 if let Ok(mut guard) = ready {

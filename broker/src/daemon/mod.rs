@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod audit;
 pub mod cgroups;
+pub mod closer;
 pub mod connection;
 pub mod exec;
 pub mod exec_guard;

@@ -265,13 +265,10 @@ pub enum Lookup {
     Exact,
 }
 
-/// What a launch will run with, ready to fork.
+/// What a launch will run with, ready to fork. The plan refers to the passed descriptors
+/// (the caller's cwd's last among them) by number: they stay open until after the fork.
 pub struct Prepared {
     pub plan: SpawnPlan,
-    /// The passed descriptors the plan refers to; closed in the broker after fork.
-    pub passed: Vec<OwnedFd>,
-    /// The caller's cwd descriptor the plan refers to; closed in the broker after fork.
-    pub cwd_fd: Option<OwnedFd>,
     /// The working directory, for messages and the audit log: its path, or where the
     /// caller's descriptor points when it has none (`/tmp/d (deleted)`).
     pub cwd: Vec<u8>,
@@ -282,7 +279,7 @@ pub fn prepare(
     ctx: &Context,
     req: &ExecRequest,
     lookup: Lookup,
-    mut passed: Vec<OwnedFd>,
+    passed: &[OwnedFd],
     me: BrokerIdentity,
     routing: &Routing,
     session: &[EnvChange],
@@ -304,7 +301,10 @@ pub fn prepare(
             passed.len()
         )));
     }
-    let caller_cwd = if with_cwd { passed.pop() } else { None };
+    let (passed, caller_cwd) = match passed.split_last() {
+        Some((cwd, rest)) if with_cwd => (rest, Some(cwd)),
+        _ => (passed, None),
+    };
     let mut seen = std::collections::HashSet::new();
     for slot in &req.fds {
         if !(0..=1_048_576).contains(&slot.target) || !seen.insert(slot.target) {
@@ -428,7 +428,7 @@ pub fn prepare(
         argv,
         envp,
         cwd: cwd_c,
-        cwd_fd: cwd_fd.as_ref().map(|fd| fd.as_raw_fd()),
+        cwd_fd: cwd_fd.map(|fd| fd.as_raw_fd()),
         identity,
         rlimits,
         inherited: req.inherited.as_ref().map(Carried::from_request),
@@ -446,8 +446,6 @@ pub fn prepare(
     };
     Ok(Prepared {
         plan,
-        passed,
-        cwd_fd,
         cwd,
         wants_tty,
     })

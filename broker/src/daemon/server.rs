@@ -3,6 +3,7 @@
 //! shut down cleanly on SIGTERM/SIGINT.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,6 +216,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                     }
                     Err(why) => {
                         refuse(&stream, &why);
+                        dispose(&shared, stream);
                         if let Some(more) = refusals.should_log() {
                             tracing::warn!("refused a connection: {why}{more}");
                         }
@@ -284,7 +286,32 @@ fn admit(
     if entitled {
         admission.entitle();
     }
+    admission.check_closing()?;
     Ok((peer, admission))
+}
+
+/// Closes a refused connection's socket. Descriptors the peer queued in it are released
+/// with it, and closing one of those may block (see `closer`): once the peer can queue no
+/// more, a socket with nothing queued is closed here at once, any other on a closer thread.
+fn dispose(shared: &Arc<Shared>, stream: tokio::net::UnixStream) {
+    let cred = stream.peer_cred().ok();
+    let Ok(std) = stream.into_std() else {
+        return;
+    };
+    // The peer's sends fail from now on (EPIPE), so what is queued now is all there is.
+    let _ = std.shutdown(std::net::Shutdown::Read);
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(std.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if rc == 0 && queued == 0 {
+        // Descriptors ride on bytes: with none queued, none is in flight.
+        drop(std);
+        return;
+    }
+    // A refused peer is never the operator, but its identity may not be known (it exited).
+    let charger = cred.and_then(|c| shared.admissions.charger(c.uid(), true));
+    let charge = charger.as_ref().map(|c| c.charge(1));
+    super::closer::close(vec![std.into()], charger.map(|c| c.uid()), charge);
 }
 
 /// Tells a refused peer why, if its socket takes the reply without waiting; it is closed

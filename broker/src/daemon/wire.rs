@@ -5,15 +5,17 @@
 //! [`Admission`].
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use ctx_protocol::fdpass::{recv_with_fds, MAX_FDS};
+use ctx_protocol::fdpass::{peek_more_fds_than, recv_with_fds, MAX_FDS};
 use ctx_protocol::frame::{complete_frame, encode_vec, payload_len, FrameError, FRAME_HEADER};
 use ctx_protocol::Reply;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use super::admission::{Admission, OverBudget};
+use super::admission::{Admission, Charger, OverBudget};
+use super::closer::{self, PeerFds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -29,8 +31,11 @@ pub enum WireError {
     OverBudget(#[from] OverBudget),
 }
 
+/// Everything the peer sent is closed on a closer thread (see `closer`): the descriptors
+/// held, and the socket itself, whose close releases any descriptors still queued in it.
 pub struct Conn {
-    stream: UnixStream,
+    /// Taken only by `drop`.
+    stream: ManuallyDrop<UnixStream>,
     buf: Vec<u8>,
     /// Receive scratch, on the heap: on the stack it would sit in every read future, which
     /// is created per relay-loop turn and moved into the connection's task.
@@ -47,6 +52,8 @@ pub struct Conn {
     /// This connection's share of its uid's bounds; the buffer and descriptors held during
     /// the handshake are charged to it.
     admission: Admission,
+    /// Charges what this connection hands the closer to its peer's uid.
+    charger: Option<Charger>,
     /// Descriptors arriving from now on are closed at once, not kept.
     after_handshake: bool,
 }
@@ -58,7 +65,8 @@ pub const AFTER_HANDSHAKE_FRAME: usize = 256 * 1024;
 impl Conn {
     pub fn new(stream: UnixStream, admission: Admission) -> Conn {
         Conn {
-            stream,
+            stream: ManuallyDrop::new(stream),
+            charger: admission.charger(),
             buf: Vec::with_capacity(4096),
             chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             fds: Vec::new(),
@@ -115,34 +123,40 @@ impl Conn {
                     self.buf.reserve_exact(want - self.buf.len());
                 }
             }
+            // In the handshake, only as many as the bounds leave room for reach the
+            // broker: a message with more is refused unread (peeked at), and closed with
+            // the connection on a closer thread. What is read is read with room for all a
+            // message may carry: descriptors that do not fit would be discarded by the
+            // kernel, and closed (which may block) on this thread.
+            let room = self.admission.fd_room();
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
-            // In the handshake, only as many as the bounds leave room for reach the broker.
-            let room = self.admission.fd_room().min(MAX_FDS);
             let fd = self.stream.as_raw_fd();
             let chunk = &mut self.chunk;
             let received = self
                 .stream
                 .async_io(Interest::READABLE, || {
-                    recv_with_fds(fd, chunk, &mut fds[..room])
+                    if room < MAX_FDS && peek_more_fds_than(fd, room)? {
+                        return Ok(None);
+                    }
+                    recv_with_fds(fd, chunk, &mut fds).map(Some)
                 })
-                .await;
-            let (n, nfds) = match received {
-                Ok(r) => r,
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && room < MAX_FDS => {
-                    // More than the room: say which bound it was.
-                    let over = self
-                        .admission
-                        .hold(self.buf.capacity(), self.fds.len() + room + 1);
-                    return Err(over.err().map_or(WireError::Io(e), WireError::OverBudget));
-                }
-                Err(e) => return Err(e.into()),
+                .await?;
+            let Some((n, nfds)) = received else {
+                // More than the room: say which bound it was.
+                let over = self
+                    .admission
+                    .hold(self.buf.capacity(), self.fds.len() + room + 1);
+                let e = io::Error::from_raw_os_error(libc::EMSGSIZE);
+                return Err(over.err().map_or(WireError::Io(e), WireError::OverBudget));
             };
-            for &raw in &fds[..nfds] {
+            let received = fds[..nfds].iter().map(|&raw| {
                 // SAFETY: recv_with_fds handed us ownership of these new descriptors.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                if !self.after_handshake {
-                    self.fds.push(fd);
-                }
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            });
+            if self.after_handshake {
+                closer::close_from(received.collect(), self.charger.as_ref());
+            } else {
+                self.fds.extend(received);
             }
             if n == 0 {
                 return if self.buf.is_empty() {
@@ -152,13 +166,18 @@ impl Conn {
                 };
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
-            self.admission.hold(self.buf.capacity(), self.fds.len())?;
+            if let Err(over) = self.admission.hold(self.buf.capacity(), self.fds.len()) {
+                // Not held while the refusal is answered.
+                drop(self.take_fds());
+                return Err(over.into());
+            }
         }
     }
 
-    /// Descriptors received so far, in arrival order.
-    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
-        std::mem::take(&mut self.fds)
+    /// Descriptors received so far, in arrival order; closed on a closer thread when
+    /// dropped.
+    pub fn take_fds(&mut self) -> PeerFds {
+        PeerFds::new(std::mem::take(&mut self.fds), self.charger.clone())
     }
 
     pub fn pending_fds(&self) -> usize {
@@ -178,5 +197,18 @@ impl Conn {
     pub fn hold(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
         encode_vec(reply, &mut self.held)?;
         Ok(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: `stream` is not used after this.
+        let stream = unsafe { ManuallyDrop::take(&mut self.stream) };
+        let mut fds = std::mem::take(&mut self.fds);
+        // Out of the reactor first: the descriptor is then closed on another thread.
+        if let Ok(socket) = stream.into_std() {
+            fds.push(socket.into());
+        }
+        closer::close_from(fds, self.charger.as_ref());
     }
 }

@@ -1,0 +1,287 @@
+//! Closes what peers handed the broker, off the async workers.
+//!
+//! Closing the last reference to a file can block: a TCP socket with `SO_LINGER` and
+//! unsent data waits out its linger time, a file on a hung NFS or FUSE mount waits in its
+//! flush, and closing a Unix socket releases the descriptors still queued in it, each of
+//! which may be such a file. A peer chooses all of that, so nothing it sent is closed on a
+//! tokio worker (two stuck closes would stall every connection, root's too): it is handed
+//! here, to a pool of small threads that grows while its threads are stuck.
+//!
+//! Fairness: the jobs of one uid occupy at most [`THREADS_PER_UID`] threads at a time, the
+//! others wait in the queue for that uid's earlier closes, so one uid's stuck closes never
+//! hold back another's. Non-root jobs run on at most [`THREADS`] threads; root's (the
+//! operator's, uncounted) may use [`ROOT_THREADS`] more, so its closes never queue behind
+//! anyone's stall. What waits here stays charged to its uid (see `admission::Closing`), so
+//! a uid whose closes are stuck is refused more connections instead of filling the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::admission::{Charger, Closing};
+
+/// Threads the jobs of non-root uids may occupy together.
+pub const THREADS: usize = 48;
+/// Threads one uid's jobs may occupy at a time.
+pub const THREADS_PER_UID: usize = 8;
+/// Threads beyond [`THREADS`] kept for the operator's jobs.
+pub const ROOT_THREADS: usize = 16;
+/// A close needs little stack; there may be many of these threads.
+const STACK: usize = 64 * 1024;
+/// An idle thread beyond the first leaves after this long.
+const IDLE: Duration = Duration::from_secs(30);
+
+struct Job {
+    fds: Vec<OwnedFd>,
+    /// The uid the descriptors came from; `None` for the operator.
+    owner: Option<u32>,
+    /// Given back once the descriptors are closed.
+    charge: Option<Closing>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    threads: usize,
+    /// Threads waiting for a job.
+    waiting: usize,
+    /// Threads closing the jobs of each uid now.
+    busy: HashMap<u32, usize>,
+}
+
+impl State {
+    fn eligible(&self, job: &Job) -> bool {
+        job.owner
+            .is_none_or(|uid| self.busy.get(&uid).copied().unwrap_or(0) < THREADS_PER_UID)
+    }
+}
+
+struct Closer {
+    state: Mutex<Option<State>>,
+    wake: Condvar,
+}
+
+static CLOSER: Closer = Closer {
+    state: Mutex::new(None),
+    wake: Condvar::new(),
+};
+
+fn lock() -> MutexGuard<'static, Option<State>> {
+    CLOSER.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closes `fds` (which came from the peer of uid `owner`, `None` for the operator) on a
+/// closer thread, then drops `charge`. Never blocks on the close.
+pub fn close(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) {
+    if fds.is_empty() {
+        return;
+    }
+    let mut guard = lock();
+    let state = guard.get_or_insert_with(State::default);
+    let job = Job { fds, owner, charge };
+    let eligible = state.eligible(&job);
+    state.queue.push_back(job);
+    if !eligible {
+        // Runs once one of its uid's closes finishes, on that thread.
+        return;
+    }
+    if state.waiting > 0 {
+        CLOSER.wake.notify_one();
+        // A thread is woken per eligible job: more waiting ones than queued jobs.
+        let ready = state.queue.iter().filter(|j| state.eligible(j)).count();
+        if ready <= state.waiting {
+            return;
+        }
+    }
+    let cap = if owner.is_none() {
+        THREADS + ROOT_THREADS
+    } else {
+        THREADS
+    };
+    if state.threads >= cap {
+        return;
+    }
+    state.threads += 1;
+    let spawned = std::thread::Builder::new()
+        .name("ctx-closer".into())
+        .stack_size(STACK)
+        .spawn(work);
+    if let Err(e) = spawned {
+        state.threads -= 1;
+        // The job stays queued for the threads there are (or the next one spawned).
+        tracing::warn!("cannot start a thread to close descriptors: {e}");
+    }
+}
+
+/// Closes `fds`, sent by the peer `charger` charges (`None`: the operator), on a closer
+/// thread, charged to that peer's uid until they are closed.
+pub fn close_from(fds: Vec<OwnedFd>, charger: Option<&Charger>) {
+    if fds.is_empty() {
+        return;
+    }
+    let charge = charger.map(|c| c.charge(fds.len()));
+    close(fds, charger.map(Charger::uid), charge);
+}
+
+/// Descriptors a peer sent, closed on a closer thread when dropped.
+pub struct PeerFds {
+    fds: Vec<OwnedFd>,
+    charger: Option<Charger>,
+}
+
+impl PeerFds {
+    pub fn new(fds: Vec<OwnedFd>, charger: Option<Charger>) -> PeerFds {
+        PeerFds { fds, charger }
+    }
+}
+
+impl std::ops::Deref for PeerFds {
+    type Target = [OwnedFd];
+    fn deref(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+}
+
+impl Drop for PeerFds {
+    fn drop(&mut self) {
+        close_from(std::mem::take(&mut self.fds), self.charger.as_ref());
+    }
+}
+
+fn work() {
+    let mut guard = lock();
+    loop {
+        let state = guard.get_or_insert_with(State::default);
+        let next = state.queue.iter().position(|j| state.eligible(j));
+        if let Some(job) = next.and_then(|i| state.queue.remove(i)) {
+            let owner = job.owner;
+            if let Some(uid) = owner {
+                *state.busy.entry(uid).or_default() += 1;
+            }
+            drop(guard);
+            // The close that may block, and only then the charge given back.
+            drop(job.fds);
+            drop(job.charge);
+            guard = lock();
+            if let Some(uid) = owner {
+                let state = guard.get_or_insert_with(State::default);
+                if let Some(n) = state.busy.get_mut(&uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.busy.remove(&uid);
+                    }
+                }
+            }
+            continue;
+        }
+        state.waiting += 1;
+        let (g, timeout) = CLOSER
+            .wake
+            .wait_timeout(guard, IDLE)
+            .unwrap_or_else(|e| e.into_inner());
+        guard = g;
+        let state = guard.get_or_insert_with(State::default);
+        state.waiting -= 1;
+        if timeout.timed_out() && state.threads > 1 && state.queue.is_empty() {
+            state.threads -= 1;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::time::Instant;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut p = [0; 2];
+        // SAFETY: pipe2 fills the array it is given.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both are new descriptors owned here.
+        unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    }
+
+    /// Whether the reading end sees end of file, i.e. the writing end was closed.
+    fn closed(read: &OwnedFd, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            let mut p = libc::pollfd {
+                fd: read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 10) };
+            if p.revents & libc::POLLHUP != 0 {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+        }
+    }
+
+    #[test]
+    fn closes_what_it_is_given() {
+        let (r, w) = pipe();
+        close(vec![w], Some(4242), None);
+        assert!(closed(&r, Duration::from_secs(5)));
+    }
+
+    /// A loopback TCP socket whose close blocks for `secs`: unsent data that the peer
+    /// never reads, and `SO_LINGER` on.
+    fn lingering(secs: i32) -> (OwnedFd, std::net::TcpStream, std::net::TcpListener) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        c.set_nonblocking(true).unwrap();
+        while c.write(&[0u8; 65536]).is_ok() {}
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: secs,
+        };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const _ as *const _,
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        c.set_nonblocking(false).unwrap();
+        (OwnedFd::from(c), s, listener)
+    }
+
+    #[test]
+    fn one_uid_s_stuck_closes_hold_back_neither_the_caller_nor_other_uids() {
+        let mut peers = Vec::new();
+        let started = Instant::now();
+        for _ in 0..THREADS_PER_UID + 2 {
+            let (fd, s, l) = lingering(3);
+            close(vec![fd], Some(7000), None);
+            peers.push((s, l));
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "close() waited");
+        let (r, w) = pipe();
+        close(vec![w], Some(7001), None);
+        assert!(closed(&r, Duration::from_secs(2)), "queued behind uid 7000");
+        let (r, w) = pipe();
+        close(vec![w], None, None);
+        assert!(
+            closed(&r, Duration::from_secs(2)),
+            "root's queued behind uid 7000"
+        );
+        // The same uid's next close waits for one of its threads.
+        let (r, w) = pipe();
+        close(vec![w], Some(7000), None);
+        assert!(!closed(&r, Duration::from_millis(500)));
+        assert!(closed(&r, Duration::from_secs(10)));
+    }
+}
