@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,10 +322,8 @@ async fn launch(
         Ok(p) => p,
         Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
     };
-    let cwd_unverified = prepared
-        .cwd_fd
-        .as_ref()
-        .and_then(|fd| cwd_unverified(peer, fd));
+    // The caller's cwd descriptor (still held in `passed`), when the child is to use it.
+    let cwd_unverified = prepared.plan.cwd_fd.and_then(|fd| cwd_unverified(peer, fd));
     let mut plan = prepared.plan;
     if peer.uid != ctx.user.uid {
         if let Some(carried) = &mut plan.inherited {
@@ -728,7 +726,7 @@ async fn launch(
 /// sits in another mount namespace than the broker, that name may mean another directory
 /// here (or none), so the audit marks it and records the directory's `dev:ino` instead of
 /// passing the name off as fact. `None`: same namespace, the name stands.
-fn cwd_unverified(peer: &Peer, fd: &OwnedFd) -> Option<String> {
+fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let theirs = std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid)).ok();
     let ours = std::fs::metadata("/proc/self/ns/mnt").ok();
@@ -737,7 +735,7 @@ fn cwd_unverified(peer: &Peer, fd: &OwnedFd) -> Option<String> {
     if same {
         return None;
     }
-    let dir = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let dir = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
     Some(format!("{}:{}", dir.dev(), dir.ino()))
 }
 
