@@ -375,10 +375,11 @@ mod tests {
     use super::*;
 
     /// On a thread of its own, as the guard uses it.
-    fn walk_as_self(path: &'static [u8]) -> Result<Vec<u8>, i32> {
+    fn walk_as_self(path: &[u8]) -> Result<Vec<u8>, i32> {
+        let path = path.to_vec();
         std::thread::spawn(move || {
             let view = enter(std::process::id(), libc::AT_FDCWD, None)?;
-            walk(path, view.ids).map(|f| f.path)
+            walk(&path, view.ids).map(|f| f.path)
         })
         .join()
         .unwrap()
@@ -389,7 +390,20 @@ mod tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let exe = exe.as_os_str().as_bytes().to_vec();
         assert_eq!(walk_as_self(b"/proc/self/exe"), Ok(exe.clone()));
-        assert_eq!(walk_as_self(b"/proc/thread-self/../../exe"), Ok(exe));
+        assert_eq!(
+            walk_as_self(b"/proc/thread-self/../../exe"),
+            Ok(exe.clone())
+        );
+        // A planted symlink whose target names procfs's self: still this process, not the
+        // thread that walks.
+        let dir = std::env::temp_dir().join(format!("ctx-view-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("me");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/proc/self/../self/exe", &link).unwrap();
+        let walked = walk_as_self(link.as_os_str().as_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(walked, Ok(exe));
         assert_eq!(walk_as_self(b"/proc/selfish"), Err(libc::ENOENT));
         assert_eq!(walk_as_self(b"/etc/passwd/"), Err(libc::ENOTDIR));
         assert_eq!(walk_as_self(b""), Err(libc::ENOENT));
