@@ -96,7 +96,13 @@ fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
     // Only the variants this relay can meet, and none that would allocate to decode.
     let wanted = matches!(
         payload.first(),
-        Some(&(reply_tag::EXITED | reply_tag::STOPPED | reply_tag::EXEC_FAILED | reply_tag::ERROR))
+        Some(
+            &(reply_tag::EXITED
+                | reply_tag::STOPPED
+                | reply_tag::EXEC_FAILED
+                | reply_tag::ERROR
+                | reply_tag::SIGNAL_PARENT)
+        )
     );
     if !wanted {
         return;
@@ -110,6 +116,10 @@ fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
         Ok(Reply::Stopped { .. }) => {
             // SAFETY: job control: stop with the routed program; SIGCONT resumes us.
             unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        }
+        Ok(Reply::SignalParent { signal }) if (1..=64).contains(&signal) => {
+            // SAFETY: the program signalled its parent, which is ours: we hold its place.
+            unsafe { libc::kill(libc::getppid(), signal) };
         }
         Ok(Reply::ExecFailed(f)) => ending::exec_failed(name, &f),
         Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),

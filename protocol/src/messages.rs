@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.
@@ -263,6 +263,12 @@ pub enum Reply<'a> {
     /// every client takes out the PTY's `ONLCR` where its terminal puts it back
     /// (see [`crate::terminal`]).
     Modes(TermModes),
+    /// A process of the launch sent `signal` to its parent (`kill -USR1 $PPID`); the
+    /// broker, which is that parent, took it instead. The client raises it at the process
+    /// that launched the program (its own parent: the shim took the program's place).
+    SignalParent {
+        signal: i32,
+    },
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -283,6 +289,7 @@ pub mod reply_tag {
     pub const STOPPED: u8 = 12;
     pub const KILLED_IN_CONTEXT: u8 = 13;
     pub const MODES: u8 = 14;
+    pub const SIGNAL_PARENT: u8 = 15;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

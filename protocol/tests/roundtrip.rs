@@ -221,6 +221,10 @@ fn reply_tags_match_variant_order() {
     assert_eq!(tag(Reply::Killed { ids: vec![] }), reply_tag::KILLED);
     assert_eq!(tag(Reply::Accepted), reply_tag::ACCEPTED);
     assert_eq!(tag(Reply::Stopped { signal: 20 }), reply_tag::STOPPED);
+    assert_eq!(
+        tag(Reply::SignalParent { signal: 10 }),
+        reply_tag::SIGNAL_PARENT
+    );
 }
 
 #[test]

@@ -369,3 +369,64 @@ fn a_callers_private_mounts_do_not_choose_what_the_context_runs() {
         out.show()
     );
 }
+
+/// `kill -SIG $PPID` in a routed program reaches the process that launched it, as locally,
+/// whatever launched it (fork and exec, `system`, `posix_spawn`, a Python child) and in a
+/// context of another uid as in a root one; the broker, the routed program's real parent,
+/// receives nothing (a SIGTERM it got would end it). Signal 0 finds the parent alive.
+#[test]
+fn a_signal_to_the_parent_reaches_the_process_that_launched_it() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess, sys
+got = []
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM, signal.SIGWINCH):
+    signal.signal(s, lambda n, f: got.append(signal.Signals(n).name))
+subprocess.run(["sh", "-c", "kill -USR1 $PPID"])
+os.system("kill -USR2 $PPID")
+pid = os.posix_spawn("/bin/sh", ["sh", "-c", "kill -HUP $PPID"], os.environ)
+os.waitpid(pid, 0)
+subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getppid(), signal.SIGTERM)"])
+probe = subprocess.run(["sh", "-c", "kill -0 $PPID && echo parent-alive"], capture_output=True, text=True)
+subprocess.run(["sh", "-c", "kill -WINCH $PPID; exit 3"])
+print(got, probe.stdout.strip())
+"#;
+    for context in ["alice", "rootctx"] {
+        let (l, r) = both(&b, context, script, &[]);
+        assert_eq!(
+            l.ok(),
+            "['SIGUSR1', 'SIGUSR2', 'SIGHUP', 'SIGTERM', 'SIGWINCH'] parent-alive\n"
+        );
+        assert_eq!(r.ok(), l.ok(), "{context}: {}", r.show());
+    }
+    // The broker got none of them: it still answers.
+    let status = run(&mut b.ctx(["status"]));
+    assert_eq!(status.code(), 0, "{}", status.show());
+}
+
+/// `ctx exec` stands where the program would be had it been exec'd in place: the
+/// program's `kill $PPID` reaches the process that ran `ctx exec`.
+#[test]
+fn ctx_exec_passes_a_signal_to_the_parent_on_to_its_own_parent() {
+    let b = broker();
+    let script = r#"
+import signal, subprocess, sys
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append("USR1"))
+rc = subprocess.run(sys.argv[1:] + ["sh", "-c", "kill -USR1 $PPID; exit 7"]).returncode
+print(got, rc)
+"#;
+    let ctx = bin("ctx");
+    let socket = b.socket();
+    let args = [
+        ctx.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "exec",
+        "--context",
+        "alice",
+        "--",
+    ];
+    let r = run(&mut local(&b, script, &args));
+    assert_eq!(r.ok(), "['USR1'] 7\n", "{}", r.show());
+}

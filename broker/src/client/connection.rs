@@ -303,6 +303,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Stopped { .. } => "Stopped",
         Reply::KilledInContext { .. } => "KilledInContext",
         Reply::Modes(_) => "Modes",
+        Reply::SignalParent { .. } => "SignalParent",
     }
 }
 

@@ -494,6 +494,15 @@ impl Relay<'_> {
                             drop(raw.take());
                             let _ = signal::raise(Signal::SIGSTOP);
                         }
+                        Reply::SignalParent { signal } => {
+                            // `kill $PPID` in the program: ctx stands where the program
+                            // would be had it been exec'd in place, so its parent is meant.
+                            self.flush(&mut out, output_ok);
+                            if (1..=64).contains(&signal) {
+                                // SAFETY: plain syscalls with integer arguments.
+                                unsafe { libc::kill(libc::getppid(), signal) };
+                            }
+                        }
                         Reply::Exited { status, timed_out } => {
                             self.flush(&mut out, output_ok);
                             drop(raw.take());

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::exec_guard::{Armed, Denied, Policy};
+use super::exec_guard::{Armed, Denied, ParentSignals, Policy};
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
@@ -45,6 +45,9 @@ const INPUT_BUDGET: usize = 1024 * 1024;
 const MODE_POLL: Duration = Duration::from_millis(50);
 /// Between reads of a PTY master whose slaves are all closed while the program lives on.
 const MASTER_REST: Duration = Duration::from_millis(5);
+/// Signals to the parent waiting for the client; more are dropped (the client's own
+/// pending signal merges them anyway, as the kernel merges a standard signal).
+const PARENT_SIGNALS: usize = 64;
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -374,9 +377,33 @@ async fn launch(
         ruleset.as_ref().map(|r| r.as_raw_fd()),
         enforcing.as_ref().map(|r| r.as_raw_fd()),
     ];
-    // Held until the fork is done: the child hands its exec listener over through it.
-    let exec_guard = exec_policy.and_then(|p| arm_exec_guard(shared, p));
-    plan.exec_guard = exec_guard.as_ref().map(|a| a.handover());
+    // The program's parent is the broker: where it can name that pid (no PID namespace
+    // of its own), its signals to it are taken to its caller instead.
+    let (parent_tx, mut parent_signals) = tokio::sync::mpsc::channel::<i32>(PARENT_SIGNALS);
+    let enforced_execs = exec_policy.is_some();
+    let policy = match exec_policy {
+        Some(p) => Some(p),
+        None if !ctx.isolation.pid => Some(Policy::execs_unchecked(
+            &ctx.name,
+            ctx.user.uid,
+            audit_argv.first().map(Into::into).unwrap_or_default(),
+        )),
+        None => None,
+    }
+    .map(|p| match ctx.isolation.pid {
+        false => p.relaying_parent_signals(ParentSignals {
+            pid: std::process::id() as libc::pid_t,
+            relay: parent_tx,
+        }),
+        true => p,
+    });
+    // Held until the fork is done: the child hands its listener over through it.
+    let filter = policy.as_ref().map(Policy::filter).unwrap_or_default();
+    let exec_guard = policy.and_then(|p| arm_exec_guard(shared, p, enforced_execs));
+    if let Some(armed) = &exec_guard {
+        plan.exec_guard = Some(armed.handover());
+        plan.supervisor_filter = filter;
+    }
     // Held until the fork is done: the child writes itself into these.
     let cgroup = shared.cgroups.for_context(&ctx);
     plan.cgroup_join = cgroup.as_ref().map(|g| g.join_fds()).unwrap_or_default();
@@ -422,8 +449,7 @@ async fn launch(
     let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
     let ruleset_applied = ruleset.is_some();
     let enforced = enforcing.is_some();
-    let exec_guarded = exec_guard.is_some();
-    drop(exec_guard);
+    let exec_guarded = exec_guard.is_some() && enforced_execs;
     drop(holder);
     drop(cgroup);
     drop(ruleset);
@@ -466,7 +492,14 @@ async fn launch(
     // The error pipe closes at a successful exec, or carries the failing step first.
     let mut report = [0u8; 8];
     let n = read_report(forked.report, &mut report).await;
-    if let Some(child_failure) = parse_report(&report[..n]) {
+    let child_failed = parse_report(&report[..n]);
+    match (exec_guard, child_failed.is_some()) {
+        // The child sent its listener before its exec: it is on its way to the guard,
+        // which must still find the launch when it arrives.
+        (Some(armed), false) => armed.started(),
+        (armed, _) => drop(armed),
+    }
+    if let Some(child_failure) = child_failed {
         shared.registry.remove(id);
         let _ = wait_exit(&pidfd).await;
         let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
@@ -522,6 +555,12 @@ async fn launch(
     let status = loop {
         tokio::select! {
             exited = wait_exit(&pidfd) => break exited,
+            Some(signal) = parent_signals.recv(), if client_alive => {
+                if conn.send(&Reply::SignalParent { signal }).await.is_err() {
+                    client_alive = false;
+                    kill_group(pid, libc::SIGKILL);
+                }
+            }
             _ = async { tokio::time::sleep_until(master_rests.unwrap()).await }, if master_rests.is_some() => {
                 master_rests = None;
             }
@@ -656,6 +695,14 @@ async fn launch(
     if !client_alive {
         // No one is left to see the rest of the group.
         kill_group(pid, libc::SIGKILL);
+    }
+    // A signal sent to the parent just before the end reaches the caller before the
+    // status, as it would locally; later ones find no parent.
+    parent_signals.close();
+    while let Ok(signal) = parent_signals.try_recv() {
+        if !client_alive || conn.send(&Reply::SignalParent { signal }).await.is_err() {
+            break;
+        }
     }
 
     if let (Some(m), true) = (&master, client_alive) {
@@ -898,7 +945,7 @@ fn enforce_ruleset(
 /// Arms the exec guard for one enforced launch: its denials go to the audit log. `None`
 /// (Landlock's half of enforce only) when this kernel or broker cannot run the guard; the
 /// load warnings and `ctx status` say so.
-fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy) -> Option<Armed<'_>> {
+fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy, enforced: bool) -> Option<Armed<'_>> {
     if !super::exec_guard::available() {
         return None;
     }
@@ -912,8 +959,12 @@ fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy) -> Option<Armed<'_>> {
     };
     match shared.exec_guard.arm(policy, on_denied) {
         Ok(armed) => Some(armed),
-        Err(why) => {
+        Err(why) if enforced => {
             tracing::warn!("enforce: exec guard NOT in force: {why}");
+            None
+        }
+        Err(why) => {
+            tracing::debug!("signals to the parent are not relayed: {why}");
             None
         }
     }

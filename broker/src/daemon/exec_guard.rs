@@ -44,9 +44,9 @@ use std::time::Instant;
 use super::process_view;
 #[cfg(target_arch = "x86_64")]
 use super::seccomp::AUDIT_ARCH_I386;
-use super::seccomp::{jump, stmt, AUDIT_ARCH_X86_64, JEQ, LD_ARCH, LD_NR, RET, X32_SYSCALL_BIT};
 #[cfg(target_arch = "aarch64")]
 use super::seccomp::{AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM};
+use super::seccomp::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -83,6 +83,19 @@ pub struct Policy {
     /// The shim, the program, its interpreter.
     allowed: Vec<FileId>,
     loaders: Vec<FileId>,
+    /// Its execs are checked (`enforce`); otherwise the filter never sends one.
+    guards_exec: bool,
+    /// Signals the launch's processes send to the broker, which is their parent: they go
+    /// to the launch's client, which raises them at the process that launched it.
+    parent: Option<ParentSignals>,
+}
+
+/// Where a launch's signals to its parent go: the broker's pid as its processes name it,
+/// and the launch's relay loop.
+#[derive(Debug)]
+pub struct ParentSignals {
+    pub pid: libc::pid_t,
+    pub relay: tokio::sync::mpsc::Sender<i32>,
 }
 
 /// A refused exec, for the audit log.
@@ -159,6 +172,8 @@ enum Verdict {
         errno: i32,
         reason: &'static str,
     },
+    /// The syscall returns 0 without running: the broker did what it asked.
+    Done,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -167,7 +182,7 @@ enum Verdict {
 
 /// `(arch, execve, execveat)` of every ABI a process on this kernel can call with.
 #[cfg(target_arch = "x86_64")]
-const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
+pub const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
     (AUDIT_ARCH_X86_64, 59, 322),
     // x32: its own entries, with the x32 bit set, under the x86_64 arch.
     (
@@ -178,50 +193,8 @@ const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
     (AUDIT_ARCH_I386, 11, 358),
 ];
 #[cfg(target_arch = "aarch64")]
-const EXEC_SYSCALLS: [(u32, u32, u32); 2] =
+pub const EXEC_SYSCALLS: [(u32, u32, u32); 2] =
     [(AUDIT_ARCH_AARCH64, 221, 281), (AUDIT_ARCH_ARM, 11, 387)];
-
-/// The filter the spawn child installs: exec syscalls → user notification; any other
-/// syscall of a known ABI → allowed; an unknown ABI → the process is killed.
-#[cfg(target_arch = "x86_64")]
-pub static EXEC_FILTER: [libc::sock_filter; 15] = [
-    LD_ARCH,
-    jump(JEQ, AUDIT_ARCH_X86_64, 0, 6),
-    LD_NR,
-    // x86_64 and x32 share the arch: compare the number without the x32 bit, against both
-    // tables (a number valid in only one of them fails with ENOSYS in the other anyway).
-    stmt(
-        libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
-        !X32_SYSCALL_BIT,
-    ),
-    jump(JEQ, 59, 9, 0),
-    jump(JEQ, 322, 8, 0),
-    jump(JEQ, 520, 7, 0),
-    jump(JEQ, 545, 6, 5),
-    jump(JEQ, AUDIT_ARCH_I386, 0, 3),
-    LD_NR,
-    jump(JEQ, 11, 3, 0),
-    jump(JEQ, 358, 2, 1),
-    stmt(RET, libc::SECCOMP_RET_KILL_PROCESS),
-    stmt(RET, libc::SECCOMP_RET_ALLOW),
-    stmt(RET, libc::SECCOMP_RET_USER_NOTIF),
-];
-
-#[cfg(target_arch = "aarch64")]
-pub static EXEC_FILTER: [libc::sock_filter; 12] = [
-    LD_ARCH,
-    jump(JEQ, AUDIT_ARCH_AARCH64, 0, 3),
-    LD_NR,
-    jump(JEQ, 221, 7, 0),
-    jump(JEQ, 281, 6, 5),
-    jump(JEQ, AUDIT_ARCH_ARM, 0, 3),
-    LD_NR,
-    jump(JEQ, 11, 3, 0),
-    jump(JEQ, 387, 2, 1),
-    stmt(RET, libc::SECCOMP_RET_KILL_PROCESS),
-    stmt(RET, libc::SECCOMP_RET_ALLOW),
-    stmt(RET, libc::SECCOMP_RET_USER_NOTIF),
-];
 
 /// Room for the kernel's `struct seccomp_notif`/`_resp`, whatever their size
 /// (`SECCOMP_GET_NOTIF_SIZES`; checked by [`available`]).
@@ -280,10 +253,18 @@ impl Armed<'_> {
     }
 }
 
+impl Armed<'_> {
+    /// The child exec'd, so its listener was sent: the guard thread takes the policy
+    /// when the listener arrives, which may be after this.
+    pub fn started(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
-        // The child has exec'd or exited: if its listener arrived, the thread has taken the
-        // policy already (the child's first exec waits for the thread to answer it).
+        // The child failed or was never started: a listener it sent finds no launch and
+        // is closed (its process is gone or about to be).
         lock(&self.running.pending).remove(&self.token);
     }
 }
@@ -336,7 +317,39 @@ impl Policy {
                 .iter()
                 .filter_map(|p| file_id(Path::new(p)).ok())
                 .collect(),
+            guards_exec: true,
+            parent: None,
         }
+    }
+
+    /// A launch whose execs are not checked (no `enforce`), supervised for its signals to
+    /// its parent only.
+    pub fn execs_unchecked(context: &str, uid: u32, program: PathBuf) -> Policy {
+        Policy {
+            context: context.to_string(),
+            uid,
+            looks_as: None,
+            program,
+            allowed: Vec::new(),
+            loaders: Vec::new(),
+            guards_exec: false,
+            parent: None,
+        }
+    }
+
+    pub fn relaying_parent_signals(mut self, parent: ParentSignals) -> Policy {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// The filter the launch's child installs for this policy.
+    pub fn filter(&self) -> Vec<libc::sock_filter> {
+        let exec: &[(u32, u32, u32)] = if self.guards_exec {
+            &EXEC_SYSCALLS
+        } else {
+            &[]
+        };
+        super::seccomp::supervised_filter(exec, self.parent.as_ref().map(|p| p.pid))
     }
 
     /// The launch runs as another user than the broker: its paths are checked with that
@@ -518,7 +531,7 @@ fn watch(
                         })),
                         // Its launch gave up (the child exited without exec'ing): closing
                         // the listener fails any exec still asked of it (ENOSYS).
-                        None => tracing::warn!("exec guard: a listener for an unknown launch"),
+                        None => tracing::debug!("exec guard: a listener for a launch that failed"),
                     },
                     Received::Empty => break,
                     // The broker is exiting (its end is dropped with `Shared`). Dropping
@@ -593,7 +606,13 @@ fn handle(
         }
         std::ptr::read(buf.as_ptr() as *const libc::seccomp_notif)
     };
-    if shares_our_memory(req.pid as libc::pid_t) {
+    if let Some(call) = super::seccomp::signal_call(req.data.arch, req.data.nr as u32) {
+        // Answered here, at once: relaying is a channel send, and the sender waits.
+        let verdict = relay_to_parent(&req, call, w.policy.parent.as_ref());
+        respond(listener, req.id, &verdict);
+        return;
+    }
+    if !w.policy.guards_exec || shares_our_memory(req.pid as libc::pid_t) {
         // The spawn child before its exec: the broker's own exec of the program.
         respond(listener, req.id, &Verdict::Continue);
         return;
@@ -672,9 +691,44 @@ fn respond(listener: RawFd, id: u64, verdict: &Verdict) {
         match verdict {
             Verdict::Continue => (*resp).flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
             Verdict::Fail(e) | Verdict::Deny { errno: e, .. } => (*resp).error = -e,
+            Verdict::Done => {}
         }
         libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND as _, buf.as_ptr());
     }
+}
+
+/// A signal a launch's process sends to the broker, its parent: passed to the launch's
+/// client, which raises it at the process that launched the program, so `kill -USR1
+/// $PPID` reaches whom it would locally. The broker itself never receives it. Signal 0
+/// (does the parent exist?) is answered yes while the launch runs; a signal sent after
+/// the launch ended (by an orphan it left) finds no parent (`ESRCH`). A queued value
+/// (`sigqueue`) is not carried: the client raises the plain signal.
+fn relay_to_parent(
+    req: &libc::seccomp_notif,
+    (_, _, _, sig_arg, tid_arg): super::seccomp::SignalCall,
+    parent: Option<&ParentSignals>,
+) -> Verdict {
+    let Some(parent) = parent else {
+        return Verdict::Fail(libc::EPERM);
+    };
+    let signal = req.data.args[sig_arg] as i32;
+    if !(0..=64).contains(&signal) {
+        return Verdict::Fail(libc::EINVAL);
+    }
+    // A thread of the broker other than its first is no thread of the parent process the
+    // program knows: refused as the kernel would refuse it.
+    if tid_arg.is_some_and(|t| req.data.args[t] as i32 != parent.pid) {
+        return Verdict::Fail(libc::EPERM);
+    }
+    if parent.relay.is_closed() {
+        return Verdict::Fail(libc::ESRCH);
+    }
+    if signal != 0 {
+        // Full: the client has not read the last ones yet; a signal already pending there
+        // would merge with this one anyway.
+        let _ = parent.relay.try_send(signal);
+    }
+    Verdict::Done
 }
 
 /// The decision for one exec, with the path as given and its resolved target.
@@ -899,15 +953,29 @@ mod tests {
     /// Runs `sh -c SCRIPT` under the guard, allowing only `sh`; returns its output and the
     /// denials the guard reported (waiting for at least one).
     fn guarded_sh(script: &str) -> (String, Vec<Denied>) {
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let (out, denied) = supervised_sh(script, Policy::new("test", 0, sh.clone(), &[sh]));
+        // A denial is audited after the answer, so its report may trail the program's end.
+        let mut all: Vec<Denied> = denied
+            .recv_timeout(Duration::from_secs(10))
+            .into_iter()
+            .collect();
+        all.extend(std::iter::from_fn(|| {
+            denied.recv_timeout(Duration::from_millis(200)).ok()
+        }));
+        (out, all)
+    }
+
+    /// Runs `sh -c SCRIPT` supervised by `policy`: its output and where denials arrive.
+    fn supervised_sh(script: &str, policy: Policy) -> (String, mpsc::Receiver<Denied>) {
+        let (tx, rx) = mpsc::channel();
         if !available() {
             eprintln!("skipped: no seccomp user notification on this kernel");
-            return (String::new(), Vec::new());
+            return (String::new(), rx);
         }
         let guard = ExecGuard::default();
-        let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let sh = std::fs::canonicalize("/bin/sh").unwrap();
-        let policy = Policy::new("test", 0, sh.clone(), &[sh]);
+        let filter = policy.filter();
         let armed = guard
             .arm(policy, move || {
                 Box::new(move |d| {
@@ -928,21 +996,124 @@ mod tests {
             vec![(w.as_raw_fd(), 1), (w.as_raw_fd(), 2)],
         );
         plan.exec_guard = Some(armed.handover());
+        plan.supervisor_filter = filter;
         let forked = fork_exec(&plan).unwrap();
-        drop(armed);
+        armed.started();
         drop(w);
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
         wait_end(&forked);
-        // A denial is audited after the answer, so its report may trail the program's end.
-        let mut denied: Vec<Denied> = rx
-            .recv_timeout(Duration::from_secs(10))
-            .into_iter()
-            .collect();
-        denied.extend(std::iter::from_fn(|| {
-            rx.recv_timeout(Duration::from_millis(200)).ok()
-        }));
-        (out, denied)
+        (out, rx)
+    }
+
+    /// A process that stands for the broker in these tests: a signal that escaped the
+    /// filter would end it.
+    fn stand_in_parent() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
+    }
+
+    fn still_runs(child: &mut std::process::Child) -> bool {
+        child.try_wait().unwrap().is_none()
+    }
+
+    #[test]
+    fn signals_to_the_parent_are_relayed_not_delivered() {
+        let mut parent = stand_in_parent();
+        let ppid = parent.id() as libc::pid_t;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let policy = Policy::execs_unchecked("test", 0, "/bin/sh".into()).relaying_parent_signals(
+            ParentSignals {
+                pid: ppid,
+                relay: tx,
+            },
+        );
+        let (out, _) = supervised_sh(
+            &format!(
+                "kill -USR1 {ppid}; echo usr1=$?; kill -0 {ppid}; echo probe=$?; \
+                 kill -TERM {ppid}; echo term=$?; kill -KILL {ppid}; echo kill=$?; \
+                 /bin/echo exec-unchecked"
+            ),
+            policy,
+        );
+        if !available() {
+            return;
+        }
+        assert!(out.contains("usr1=0"), "{out}");
+        assert!(out.contains("probe=0"), "{out}");
+        assert!(out.contains("term=0"), "{out}");
+        assert!(out.contains("kill=0"), "{out}");
+        assert!(out.contains("exec-unchecked"), "execs run unchecked: {out}");
+        let got: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, [libc::SIGUSR1, libc::SIGTERM, libc::SIGKILL]);
+        assert!(still_runs(&mut parent), "the stand-in parent got a signal");
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+    }
+
+    #[test]
+    fn signals_to_others_and_after_the_launch_are_the_kernels() {
+        let mut parent = stand_in_parent();
+        let mut other = stand_in_parent();
+        let ppid = parent.id() as libc::pid_t;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        drop(rx); // the launch has ended: its relay is closed
+        let policy = Policy::execs_unchecked("test", 0, "/bin/sh".into()).relaying_parent_signals(
+            ParentSignals {
+                pid: ppid,
+                relay: tx,
+            },
+        );
+        let (out, _) = supervised_sh(
+            &format!(
+                "kill -USR1 {ppid}; echo after=$?; kill -TERM {}; echo other=$?",
+                other.id()
+            ),
+            policy,
+        );
+        if !available() {
+            return;
+        }
+        assert!(out.contains("after=1"), "no parent any more: {out}");
+        assert!(out.contains("other=0"), "{out}");
+        assert!(still_runs(&mut parent));
+        let status = other.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+    }
+
+    #[test]
+    fn an_enforced_launch_has_its_execs_checked_and_its_parent_signals_relayed() {
+        let mut parent = stand_in_parent();
+        let ppid = parent.id() as libc::pid_t;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let policy =
+            Policy::new("test", 0, sh.clone(), &[sh]).relaying_parent_signals(ParentSignals {
+                pid: ppid,
+                relay: tx,
+            });
+        let (out, denied) = supervised_sh(
+            &format!("kill -HUP {ppid}; echo hup=$?; /usr/bin/id -u; echo rc=$?"),
+            policy,
+        );
+        if !available() {
+            return;
+        }
+        assert!(out.contains("hup=0"), "{out}");
+        assert!(out.contains("rc=126"), "{out}");
+        assert_eq!(rx.try_recv().ok(), Some(libc::SIGHUP));
+        let d = denied.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(d.reason, REASON_BYPASS);
+        assert!(still_runs(&mut parent));
+        parent.kill().unwrap();
+        parent.wait().unwrap();
     }
 
     #[test]

@@ -439,6 +439,7 @@ pub fn prepare(
         namespaces: None,
         listen_pid: false,
         exec_guard: None,
+        supervisor_filter: Vec::new(),
         owner_filter: uid == me.euid && !signals_fenced(ctx),
         landlock: [None, None],
         cgroup_join: Vec::new(),

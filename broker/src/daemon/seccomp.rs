@@ -128,6 +128,199 @@ pub unsafe fn install_owner_filter() -> Result<(), i32> {
     Ok(())
 }
 
+/// The syscalls that send a signal to a process named by pid: `(arch, nr, pid_arg,
+/// signal_arg, tid_arg)` where `tid_arg` is set for the thread-directed calls.
+pub type SignalCall = (u32, u32, usize, usize, Option<usize>);
+
+#[cfg(target_arch = "x86_64")]
+pub const SIGNAL_CALLS: [SignalCall; 12] = [
+    (AUDIT_ARCH_X86_64, 62, 0, 1, None),     // kill
+    (AUDIT_ARCH_X86_64, 200, 0, 1, Some(0)), // tkill
+    (AUDIT_ARCH_X86_64, 234, 0, 2, Some(1)), // tgkill
+    (AUDIT_ARCH_X86_64, 129, 0, 1, None),    // rt_sigqueueinfo
+    (AUDIT_ARCH_X86_64, 297, 0, 2, Some(1)), // rt_tgsigqueueinfo
+    // x32's own entries (the filter compares without the x32 bit).
+    (AUDIT_ARCH_X86_64, 524, 0, 1, None),
+    (AUDIT_ARCH_X86_64, 536, 0, 2, Some(1)),
+    (AUDIT_ARCH_I386, 37, 0, 1, None),
+    (AUDIT_ARCH_I386, 238, 0, 1, Some(0)),
+    (AUDIT_ARCH_I386, 270, 0, 2, Some(1)),
+    (AUDIT_ARCH_I386, 178, 0, 1, None),
+    (AUDIT_ARCH_I386, 335, 0, 2, Some(1)),
+];
+#[cfg(target_arch = "aarch64")]
+pub const SIGNAL_CALLS: [SignalCall; 10] = [
+    (AUDIT_ARCH_AARCH64, 129, 0, 1, None),
+    (AUDIT_ARCH_AARCH64, 130, 0, 1, Some(0)),
+    (AUDIT_ARCH_AARCH64, 131, 0, 2, Some(1)),
+    (AUDIT_ARCH_AARCH64, 138, 0, 1, None),
+    (AUDIT_ARCH_AARCH64, 240, 0, 2, Some(1)),
+    (AUDIT_ARCH_ARM, 37, 0, 1, None),
+    (AUDIT_ARCH_ARM, 238, 0, 1, Some(0)),
+    (AUDIT_ARCH_ARM, 268, 0, 2, Some(1)),
+    (AUDIT_ARCH_ARM, 178, 0, 1, None),
+    (AUDIT_ARCH_ARM, 363, 0, 2, Some(1)),
+];
+
+/// The compat ABI's arch, next to the native one.
+#[cfg(target_arch = "x86_64")]
+const COMPAT: u32 = AUDIT_ARCH_I386;
+#[cfg(target_arch = "aarch64")]
+const COMPAT: u32 = AUDIT_ARCH_ARM;
+
+/// The signal call `(arch, nr)` is, if any (`nr` as the kernel reports it, x32 bit
+/// included).
+pub fn signal_call(arch: u32, nr: u32) -> Option<SignalCall> {
+    let nr = if arch == NATIVE {
+        nr & !X32_SYSCALL_BIT
+    } else {
+        nr
+    };
+    SIGNAL_CALLS
+        .iter()
+        .copied()
+        .find(|&(a, n, ..)| a == arch && n == nr)
+}
+
+/// The filter of a supervised launch, built by the broker before the clone (the child
+/// only installs it). Sends to the supervisor's listener:
+///
+/// - with `exec`, every exec syscall (`enforce`'s exec guard); a syscall of an ABI this
+///   filter does not know then kills the process, as the guard could not see its execs;
+/// - with `parent`, every signal call whose pid argument is `parent` (the broker, the
+///   routed program's parent), so that the signal goes where the program meant it: the
+///   process that launched it.
+///
+/// Everything else is allowed in a few instructions.
+pub fn supervised_filter(
+    exec: &[(u32, u32, u32)],
+    parent: Option<libc::pid_t>,
+) -> Vec<libc::sock_filter> {
+    // Two passes over a tiny assembler with symbolic targets: jumps in classic BPF are
+    // forward offsets from the next instruction, fixed once the layout is known.
+    #[derive(Clone, Copy)]
+    enum To {
+        Allow,
+        Notify,
+        CheckPid,
+        Unknown,
+        Next,
+        Compat,
+    }
+    enum Op {
+        Stmt(libc::sock_filter),
+        Jeq(u32, To, To),
+        Label(To),
+    }
+    let mut ops = Vec::new();
+    for (arch, label) in [(NATIVE, None), (COMPAT, Some(To::Compat))] {
+        if let Some(l) = label {
+            ops.push(Op::Label(l));
+        }
+        ops.push(Op::Stmt(LD_ARCH));
+        let other = if arch == NATIVE {
+            To::Compat
+        } else {
+            To::Unknown
+        };
+        ops.push(Op::Jeq(arch, To::Next, other));
+        ops.push(Op::Stmt(LD_NR));
+        if arch == NATIVE {
+            ops.push(Op::Stmt(stmt(
+                libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
+                !X32_SYSCALL_BIT,
+            )));
+        }
+        for &(a, execve, execveat) in exec {
+            if a == arch {
+                for nr in [execve & !X32_SYSCALL_BIT, execveat & !X32_SYSCALL_BIT] {
+                    ops.push(Op::Jeq(nr, To::Notify, To::Next));
+                }
+            }
+        }
+        if parent.is_some() {
+            for &(a, nr, ..) in SIGNAL_CALLS.iter() {
+                if a == arch {
+                    ops.push(Op::Jeq(nr, To::CheckPid, To::Next));
+                }
+            }
+        }
+        ops.push(Op::Jeq(0, To::Allow, To::Allow)); // an unconditional jump
+    }
+    ops.push(Op::Label(To::CheckPid));
+    if let Some(pid) = parent {
+        // Every signal call names the process in its first argument (`pid_t`, an int: the
+        // kernel ignores the high half, so only the low one is compared).
+        ops.push(Op::Stmt(ld_arg_low(0)));
+        ops.push(Op::Jeq(pid as u32, To::Notify, To::Allow));
+    }
+    ops.push(Op::Label(To::Unknown));
+    ops.push(Op::Stmt(stmt(
+        RET,
+        if exec.is_empty() {
+            libc::SECCOMP_RET_ALLOW
+        } else {
+            libc::SECCOMP_RET_KILL_PROCESS
+        },
+    )));
+    ops.push(Op::Label(To::Allow));
+    ops.push(Op::Stmt(ALLOW));
+    ops.push(Op::Label(To::Notify));
+    ops.push(Op::Stmt(stmt(RET, libc::SECCOMP_RET_USER_NOTIF)));
+
+    // Pass 1: where each label lands.
+    let mut places = [usize::MAX; 6];
+    let mut i = 0;
+    for op in &ops {
+        match op {
+            Op::Label(l) => places[*l as usize] = i,
+            _ => i += 1,
+        }
+    }
+    // Pass 2: the code.
+    let mut code = Vec::with_capacity(ops.len());
+    for op in &ops {
+        match *op {
+            Op::Stmt(s) => code.push(s),
+            Op::Label(_) => {}
+            Op::Jeq(k, t, f) => {
+                let here = code.len() + 1;
+                let off = |to: To| -> u8 {
+                    match to {
+                        To::Next => 0,
+                        l => u8::try_from(places[l as usize] - here)
+                            .expect("every target is placed after its jump, within 255"),
+                    }
+                };
+                code.push(jump(JEQ, k, off(t), off(f)));
+            }
+        }
+    }
+    code
+}
+
+/// Installs `filter` with a new listener, which it returns. Async-signal-safe (the filter
+/// was built before the fork); the errno on failure.
+///
+/// # Safety
+/// `filter` must be a valid program; safe to call between fork and exec.
+pub unsafe fn install_supervised(filter: &[libc::sock_filter]) -> Result<i32, i32> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    let listener = libc::syscall(
+        libc::SYS_seccomp,
+        libc::SECCOMP_SET_MODE_FILTER,
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+        &prog as *const libc::sock_fprog,
+    );
+    if listener < 0 {
+        return Err(*libc::__errno_location());
+    }
+    Ok(listener as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

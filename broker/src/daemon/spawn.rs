@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use ctx_protocol::{classify, errno_name, ExecFailure, Stage};
 
-use super::exec_guard::{Handover, EXEC_FILTER};
+use super::exec_guard::Handover;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -87,9 +87,12 @@ pub struct SpawnPlan {
     /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
     /// child knows that pid (inside a PID namespace it is not the one the broker sees).
     pub listen_pid: bool,
-    /// `enforce = true` with seccomp user notification: install the exec filter and hand
-    /// its listener to the broker's exec guard (see `exec_guard.rs`) just before the exec.
+    /// A supervised launch (`enforce = true`, or a program that can name the broker as
+    /// its parent): install `supervisor_filter` and hand its listener to the broker's
+    /// supervisor (see `exec_guard.rs`) just before the exec.
     pub exec_guard: Option<Handover>,
+    /// Built by the broker before the clone (`seccomp::supervised_filter`).
+    pub supervisor_filter: Vec<libc::sock_filter>,
     /// The program runs with the broker's own euid and can name the broker's pid: install
     /// the seccomp filter that keeps it from making the broker a file's owner, which would
     /// let it (or anyone sharing the file) aim any signal at it as SIGIO (`seccomp.rs`).
@@ -874,24 +877,15 @@ unsafe fn reset_signal_handlers() {
     }
 }
 
-/// Installs the exec filter and sends its listener to the broker's exec guard with the
-/// launch's `token`, then closes our copies: the routed program must never hold the
+/// Installs the supervised filter and sends its listener to the broker's supervisor with
+/// the launch's `token`, then closes our copies: the routed program must never hold the
 /// listener (it could answer its own notifications). Async-signal-safe (`fdpass` is raw
 /// syscalls on the stack).
-unsafe fn install_exec_guard(report: RawFd, sock: RawFd, token: u64) {
-    let prog = libc::sock_fprog {
-        len: EXEC_FILTER.len() as libc::c_ushort,
-        filter: EXEC_FILTER.as_ptr() as *mut libc::sock_filter,
+unsafe fn install_exec_guard(report: RawFd, sock: RawFd, token: u64, filter: &[libc::sock_filter]) {
+    let listener = match super::seccomp::install_supervised(filter) {
+        Ok(fd) => fd,
+        Err(e) => fail(report, Stage::Seccomp, e),
     };
-    let listener = libc::syscall(
-        libc::SYS_seccomp,
-        libc::SECCOMP_SET_MODE_FILTER,
-        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-        &prog as *const libc::sock_fprog,
-    ) as RawFd;
-    if listener < 0 {
-        fail(report, Stage::Seccomp, errno());
-    }
     let sent = ctx_protocol::fdpass::send_with_fds(sock, &token.to_ne_bytes(), &[listener]);
     libc::close(listener);
     libc::close(sock);
@@ -1199,7 +1193,7 @@ unsafe fn child(
     if let Some(guard) = plan.exec_guard {
         // Last, so that it sees exactly the execs below and everything after them; the
         // guard lets the spawn child's own execs through (it still shares our memory).
-        install_exec_guard(report, guard_sock, guard.token);
+        install_exec_guard(report, guard_sock, guard.token, &plan.supervisor_filter);
     }
 
     if let Some(carried) = &plan.inherited {
@@ -1262,6 +1256,7 @@ pub mod testing {
             landlock: [None, None],
             listen_pid: false,
             exec_guard: None,
+            supervisor_filter: Vec::new(),
             owner_filter: false,
         }
     }

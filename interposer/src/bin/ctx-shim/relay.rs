@@ -149,6 +149,12 @@ impl Relay<'_> {
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::SignalParent { signal }) if (1..=64).contains(&signal) => {
+                // The program signalled its parent: the shim holds its place, so the
+                // caller that launched it is the shim's parent.
+                // SAFETY: plain syscalls with integer arguments.
+                unsafe { libc::kill(libc::getppid(), signal) };
+            }
             Ok(Reply::Modes(modes)) => {
                 self.output.pty = Some(modes);
                 if let Some(hold) = self.tty.hold.as_mut() {
