@@ -326,9 +326,49 @@ allow = {{ uids = [0], contexts = ["platform"] }}
     );
 }
 
+/// `python3 CATCHER ctx exec --context CONTEXT -- sh -c SCRIPT`: the process that launched
+/// `ctx exec`, which a routed program's `kill $PPID` reaches, catches every catchable
+/// signal and prints their names after the command's output.
+fn exec_under_catcher(b: &Broker, context: &str, script: &str) -> Output {
+    const CATCHER: &str = r#"
+import signal, subprocess, sys
+got = []
+for s in signal.valid_signals():
+    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+        signal.signal(s, lambda n, f: got.append(n))
+out = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(out.stdout, end="")
+print("caught:", " ".join(str(n) for n in got))
+sys.exit(out.returncode)
+"#;
+    let socket = b.socket();
+    run(Command::new("python3").args([
+        "-c",
+        CATCHER,
+        bin("ctx").to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "exec",
+        "--context",
+        context,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]))
+}
+
+/// The number of signal `name` (as `kill -l` spells it).
+fn signal_number(name: &str) -> i32 {
+    let out = run(Command::new("bash").args(["-c", &format!("kill -l {name}")]));
+    out.ok().trim().parse().unwrap()
+}
+
 /// Finding: a routed process of a uid-0 context that signals its parent (CPython's test
-/// suite sends SIGUSR1 to it) killed the broker. No catchable signal from a process in a
-/// context may stop, kill or reload it; the operator's SIGHUP and SIGTERM still work.
+/// suite sends SIGUSR1 to it) killed the broker. No signal from a process in a context may
+/// stop, kill or reload it; the operator's SIGHUP and SIGTERM still work. The routed
+/// program's `kill $PPID` goes to the process that launched it (as locally), and anything
+/// else naming the broker is refused.
 #[test]
 fn signals_from_a_routed_root_process_neither_stop_nor_kill_the_broker() {
     let config = r#"[broker]
@@ -341,52 +381,100 @@ allow = { uids = [0] }
 "#;
     let mut b = Broker::start(config);
     let broker = b.pid().to_string();
-    // The routed shell's parent is the broker: what `kill $PPID` reaches.
+    // The routed shell's parent is the broker.
     assert_eq!(
         b.exec("root0", &["sh", "-c", "echo $PPID"]).ok().trim(),
         broker
     );
-    let signals = [
-        "USR1", "USR2", "ALRM", "VTALRM", "PROF", "IO", "PWR", "XCPU", "XFSZ", "QUIT", "ABRT",
-        "SEGV", "BUS", "FPE", "ILL", "TRAP", "SYS", "STKFLT", "TSTP", "TTIN", "TTOU", "RTMIN",
-        "RTMIN+5", "RTMAX", "HUP", "INT", "TERM", "STOP", "KILL",
-    ];
-    for sig in signals {
-        // The shell's builtin, a grandchild's /bin/kill, and python's os.kill.
-        // The kernel refuses both (EPERM): the broker's real uid is not the sender's.
-        let script = format!(
-            "kill -{sig} $PPID 2>/dev/null && echo sent; /bin/kill -s {sig} {broker} 2>/dev/null && echo sent; sleep 0.05"
-        );
-        let out = b.exec("root0", &["sh", "-c", &script]);
-        assert_eq!(out.code(), 0, "SIG{sig}: {}", out.show());
-        assert_eq!(out.stdout_str(), "", "SIG{sig} was delivered");
+    let alive = |b: &Broker, after: &str| {
         let status = fs::read_to_string(format!("/proc/{broker}/stat"))
-            .unwrap_or_else(|_| panic!("SIG{sig} from a routed process killed the broker"));
+            .unwrap_or_else(|_| panic!("{after} killed the broker"));
         let state = status.rsplit_once(") ").unwrap().1.chars().next().unwrap();
         assert!(
             state != 'T' && state != 'Z',
-            "SIG{sig} left the broker in state {state}"
+            "{after} left the broker in state {state}"
         );
         assert_eq!(
             b.exec("root0", &["echo", "alive"]).ok(),
             "alive\n",
-            "after SIG{sig}: {}",
+            "after {after}: {}",
             b.stderr()
         );
+    };
+    let signals = [
+        "USR1", "USR2", "ALRM", "VTALRM", "PROF", "IO", "PWR", "XCPU", "XFSZ", "QUIT", "ABRT",
+        "SEGV", "BUS", "FPE", "ILL", "TRAP", "SYS", "STKFLT", "TSTP", "TTIN", "TTOU", "RTMIN",
+        "RTMIN+5", "RTMAX", "HUP", "INT", "TERM",
+    ];
+    for sig in signals {
+        // The shell's builtin (its parent is the broker: relayed to the caller), and a
+        // grandchild's /bin/kill naming the broker (refused: it is not its parent).
+        let n = signal_number(sig);
+        let script = format!(
+            "kill -{n} $PPID && echo relayed; /bin/kill -s {n} {broker} 2>/dev/null && echo sent; sleep 0.05"
+        );
+        let out = exec_under_catcher(&b, "root0", &script);
+        assert_eq!(
+            out.ok(),
+            format!("relayed\ncaught: {n}\n"),
+            "SIG{sig}: {}",
+            out.show()
+        );
+        alive(&b, &format!("SIG{sig}"));
     }
-    // CPython's way, and a pidfd: refused the same way.
-    let py = "import os, signal\n\
-        for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):\n\
-        \x20   try: os.kill(os.getppid(), s)\n\
-        \x20   except PermissionError: print('EPERM')\n\
-        fd = os.pidfd_open(os.getppid())\n\
-        try: signal.pidfd_send_signal(fd, signal.SIGKILL)\n\
-        except PermissionError: print('EPERM')\n";
+    // STOP and KILL reach the caller too; the broker neither stops nor dies.
+    let catcher = |script: &str| {
+        let socket = b.socket();
+        Command::new("sh")
+            .args(["-c", "\"$@\"; echo ended", "catcher"])
+            .arg(bin("ctx"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["exec", "--context", "root0", "--", "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = catcher("kill -KILL $PPID; sleep 0.2");
+    let status = killed.wait().unwrap();
     assert_eq!(
-        b.exec("root0", &["python3", "-c", py]).ok(),
-        "EPERM\nEPERM\nEPERM\nEPERM\n"
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "SIGKILL reached the caller"
     );
-    assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
+    alive(&b, "SIGKILL");
+    let mut stopped = catcher("kill -STOP $PPID");
+    let state_of = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next().unwrap()))
+    };
+    let sh = stopped.id();
+    assert!(
+        poll(Duration::from_secs(10), || (state_of(sh) == Some('T'))
+            .then_some(()))
+        .is_some(),
+        "SIGSTOP reached the caller"
+    );
+    alive(&b, "SIGSTOP");
+    signal(sh, nix::sys::signal::Signal::SIGCONT);
+    assert!(stopped.wait().unwrap().success());
+    // CPython's way goes to the caller; a pidfd of the broker is refused by the kernel
+    // (the broker's real uid is not the sender's).
+    let py = "import os, signal\n\
+        os.kill(os.getppid(), signal.SIGUSR2)\n\
+        fd = os.pidfd_open(os.getppid())\n\
+        for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):\n\
+        \x20   try: signal.pidfd_send_signal(fd, s)\n\
+        \x20   except PermissionError: print('EPERM')\n";
+    let out = exec_under_catcher(&b, "root0", &format!("exec python3 -c \"{py}\""));
+    assert_eq!(
+        out.ok(),
+        format!("EPERM\nEPERM\nEPERM\ncaught: {}\n", libc::SIGUSR2),
+        "{}",
+        out.show()
+    );
+    alive(&b, "pidfd_send_signal");
     assert!(
         !b.stderr().contains("configuration reloaded"),
         "a routed SIGHUP reloaded the broker:\n{}",
@@ -411,9 +499,10 @@ allow = { uids = [0] }
     );
 }
 
-/// The fallback where the kernel cannot keep the sender off: an unprivileged broker runs its
-/// own uid's context, whose processes may signal it. Every catchable signal is ignored or
-/// screened: one from a process in a context neither stops nor reloads the broker.
+/// An unprivileged broker's contexts of its own uid may signal it as far as the kernel is
+/// concerned: every signal that would end, stop or reload it is ignored when it comes from
+/// a process in a context. Their `kill $PPID` goes to their caller; a pidfd reaches the
+/// broker itself, which must shrug it off.
 #[test]
 fn an_unprivileged_broker_ignores_signals_from_its_own_contexts() {
     let config = format!(
@@ -432,14 +521,27 @@ allow = {{ uids = [0] }}
         b.exec("own", &["sh", "-c", "echo $PPID"]).ok().trim(),
         broker
     );
+    for sig in ["USR1", "TERM"] {
+        let out = exec_under_catcher(&b, "own", &format!("kill -{sig} $PPID"));
+        assert_eq!(
+            out.ok(),
+            format!("caught: {}\n", signal_number(sig)),
+            "{}",
+            out.show()
+        );
+    }
     for sig in [
         "USR1", "USR2", "ALRM", "QUIT", "SEGV", "TSTP", "RTMIN", "HUP", "INT", "TERM",
     ] {
-        // The builtin: the sender is alive while the broker looks at it.
-        let out = b.exec(
-            "own",
-            &["sh", "-c", &format!("kill -{sig} $PPID; sleep 0.1")],
+        // Through a pidfd, which names the broker itself; the sender is alive while the
+        // broker looks at it.
+        let py = format!(
+            "import os, signal, time\n\
+             signal.pidfd_send_signal(os.pidfd_open(os.getppid()), {})\n\
+             time.sleep(0.1)\n",
+            signal_number(sig)
         );
+        let out = b.exec("own", &["python3", "-c", &py]);
         assert_eq!(out.code(), 0, "SIG{sig}: {}", out.show());
         assert_eq!(
             b.exec("own", &["echo", "alive"]).ok(),
@@ -447,9 +549,6 @@ allow = {{ uids = [0] }}
             "after SIG{sig}"
         );
     }
-    let py = "import os, signal, time\nfor s in (signal.SIGUSR1, signal.SIGTERM):\n    os.kill(os.getppid(), s)\ntime.sleep(0.1)\n";
-    assert_eq!(b.exec("own", &["python3", "-c", py]).code(), 0);
-    assert_eq!(b.exec("own", &["echo", "alive"]).ok(), "alive\n");
     let log = b.stderr();
     assert!(
         log.contains("ignored signal 15 from a process in context \"own\""),

@@ -720,6 +720,11 @@ fn relay_to_parent(
     if tid_arg.is_some_and(|t| req.data.args[t] as i32 != parent.pid) {
         return Verdict::Fail(libc::EPERM);
     }
+    // Only the broker's own children are signalling their parent; any other process
+    // naming the broker's pid is refused, as the kernel would refuse it.
+    if parent_of(req.pid as libc::pid_t) != Some(parent.pid) {
+        return Verdict::Fail(libc::EPERM);
+    }
     if parent.relay.is_closed() {
         return Verdict::Fail(libc::ESRCH);
     }
@@ -729,6 +734,16 @@ fn relay_to_parent(
         let _ = parent.relay.try_send(signal);
     }
     Verdict::Done
+}
+
+/// The parent of process (or thread) `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold anything, `)` and spaces included: fields follow the last
+    // `)`.
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// The decision for one exec, with the path as given and its resolved target.
@@ -1006,23 +1021,27 @@ mod tests {
         (out, rx)
     }
 
-    /// A process that stands for the broker in these tests: a signal that escaped the
-    /// filter would end it.
-    fn stand_in_parent() -> std::process::Child {
-        std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap()
+    /// Signals this test process (the spawned shell's parent, standing for the broker)
+    /// received: any would mean one escaped the filter.
+    static ESCAPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    extern "C" fn count_escaped(_: libc::c_int) {
+        ESCAPED.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn still_runs(child: &mut std::process::Child) -> bool {
-        child.try_wait().unwrap().is_none()
+    /// This process's pid, with handlers counting the signals the tests relay.
+    fn standing_for_the_broker() -> libc::pid_t {
+        for sig in [libc::SIGUSR1, libc::SIGHUP, libc::SIGTERM] {
+            // SAFETY: the handler only touches an atomic.
+            unsafe { libc::signal(sig, count_escaped as libc::sighandler_t) };
+        }
+        // SAFETY: plain getter.
+        unsafe { libc::getpid() }
     }
 
     #[test]
     fn signals_to_the_parent_are_relayed_not_delivered() {
-        let mut parent = stand_in_parent();
-        let ppid = parent.id() as libc::pid_t;
+        let ppid = standing_for_the_broker();
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let policy = Policy::execs_unchecked("test", 0, "/bin/sh".into()).relaying_parent_signals(
             ParentSignals {
@@ -1032,9 +1051,9 @@ mod tests {
         );
         let (out, _) = supervised_sh(
             &format!(
-                "kill -USR1 {ppid}; echo usr1=$?; kill -0 {ppid}; echo probe=$?; \
-                 kill -TERM {ppid}; echo term=$?; kill -KILL {ppid}; echo kill=$?; \
-                 /bin/echo exec-unchecked"
+                "kill -USR1 $PPID; echo usr1=$?; kill -0 {ppid}; echo probe=$?; \
+                 kill -TERM {ppid}; echo term=$?; kill -KILL $PPID; echo kill=$?; \
+                 /bin/kill -HUP {ppid}; echo grandchild=$?; /bin/echo exec-unchecked"
             ),
             policy,
         );
@@ -1045,19 +1064,21 @@ mod tests {
         assert!(out.contains("probe=0"), "{out}");
         assert!(out.contains("term=0"), "{out}");
         assert!(out.contains("kill=0"), "{out}");
+        // Not its parent: refused, as the kernel would refuse another uid's process.
+        assert!(out.contains("grandchild=1"), "{out}");
         assert!(out.contains("exec-unchecked"), "execs run unchecked: {out}");
         let got: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(got, [libc::SIGUSR1, libc::SIGTERM, libc::SIGKILL]);
-        assert!(still_runs(&mut parent), "the stand-in parent got a signal");
-        parent.kill().unwrap();
-        parent.wait().unwrap();
+        assert_eq!(ESCAPED.load(Ordering::SeqCst), 0, "a signal was delivered");
     }
 
     #[test]
     fn signals_to_others_and_after_the_launch_are_the_kernels() {
-        let mut parent = stand_in_parent();
-        let mut other = stand_in_parent();
-        let ppid = parent.id() as libc::pid_t;
+        let ppid = standing_for_the_broker();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         drop(rx); // the launch has ended: its relay is closed
         let policy = Policy::execs_unchecked("test", 0, "/bin/sh".into()).relaying_parent_signals(
@@ -1068,7 +1089,7 @@ mod tests {
         );
         let (out, _) = supervised_sh(
             &format!(
-                "kill -USR1 {ppid}; echo after=$?; kill -TERM {}; echo other=$?",
+                "kill -USR1 $PPID; echo after=$?; kill -TERM {}; echo other=$?",
                 other.id()
             ),
             policy,
@@ -1078,20 +1099,17 @@ mod tests {
         }
         assert!(out.contains("after=1"), "no parent any more: {out}");
         assert!(out.contains("other=0"), "{out}");
-        assert!(still_runs(&mut parent));
         let status = other.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGTERM)
         );
-        parent.kill().unwrap();
-        parent.wait().unwrap();
+        assert_eq!(ESCAPED.load(Ordering::SeqCst), 0, "a signal was delivered");
     }
 
     #[test]
     fn an_enforced_launch_has_its_execs_checked_and_its_parent_signals_relayed() {
-        let mut parent = stand_in_parent();
-        let ppid = parent.id() as libc::pid_t;
+        let ppid = standing_for_the_broker();
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
         let policy =
@@ -1100,7 +1118,7 @@ mod tests {
                 relay: tx,
             });
         let (out, denied) = supervised_sh(
-            &format!("kill -HUP {ppid}; echo hup=$?; /usr/bin/id -u; echo rc=$?"),
+            "kill -HUP $PPID; echo hup=$?; /usr/bin/id -u; echo rc=$?",
             policy,
         );
         if !available() {
@@ -1111,9 +1129,7 @@ mod tests {
         assert_eq!(rx.try_recv().ok(), Some(libc::SIGHUP));
         let d = denied.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(d.reason, REASON_BYPASS);
-        assert!(still_runs(&mut parent));
-        parent.kill().unwrap();
-        parent.wait().unwrap();
+        assert_eq!(ESCAPED.load(Ordering::SeqCst), 0, "a signal was delivered");
     }
 
     #[test]
