@@ -942,6 +942,25 @@ fn enforce_ruleset(
     Ok(Some(Enforce { ruleset, policy }))
 }
 
+/// Starts the exec guard, whose denials go to the audit log (a failure is reported at
+/// the first launch that needs it, and by `ctx status`).
+pub fn start_supervisor(shared: &Arc<Shared>) {
+    if super::exec_guard::available() {
+        shared.exec_guard.start(denials_to_audit(shared));
+    }
+}
+
+fn denials_to_audit(shared: &Arc<Shared>) -> impl FnOnce() -> super::exec_guard::DeniedSink {
+    let weak = Arc::downgrade(shared);
+    move || -> super::exec_guard::DeniedSink {
+        Box::new(move |d: Denied| {
+            if let Some(shared) = weak.upgrade() {
+                shared.audit.record(super::exec_guard::audit_json(&d));
+            }
+        })
+    }
+}
+
 /// Arms the exec guard for one enforced launch: its denials go to the audit log. `None`
 /// (Landlock's half of enforce only) when this kernel or broker cannot run the guard; the
 /// load warnings and `ctx status` say so.
@@ -949,15 +968,7 @@ fn arm_exec_guard(shared: &Arc<Shared>, policy: Policy, enforced: bool) -> Optio
     if !super::exec_guard::available() {
         return None;
     }
-    let weak = Arc::downgrade(shared);
-    let on_denied = move || -> super::exec_guard::DeniedSink {
-        Box::new(move |d: Denied| {
-            if let Some(shared) = weak.upgrade() {
-                shared.audit.record(super::exec_guard::audit_json(&d));
-            }
-        })
-    };
-    match shared.exec_guard.arm(policy, on_denied) {
+    match shared.exec_guard.arm(policy, denials_to_audit(shared)) {
         Ok(armed) => Some(armed),
         Err(why) if enforced => {
             tracing::warn!("enforce: exec guard NOT in force: {why}");

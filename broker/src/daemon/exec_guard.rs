@@ -238,6 +238,11 @@ impl ExecGuard {
         Ok(Armed { running, token })
     }
 
+    /// Starts the guard thread now, if it has not started yet.
+    pub fn start(&self, on_denied: impl FnOnce() -> DeniedSink) {
+        self.state.get_or_init(|| Running::start(on_denied()));
+    }
+
     /// Why the guard could not start, once it was tried; for `ctx status`.
     pub fn failure(&self) -> Option<String> {
         self.state.get()?.as_ref().err().cloned()

@@ -195,6 +195,10 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         admissions: Default::default(),
     });
 
+    // Every launch that can name the broker is supervised: started now, so that the
+    // broker's descriptors and threads are the same before and after the first launch.
+    super::exec::start_supervisor(&shared);
+
     // Normally done by main while it was the only thread; again here for an embedder.
     super::signals::protect_process();
     let mut operator_signals = super::signals::OperatorSignals::new()
