@@ -480,3 +480,68 @@ fn output_is_processed_once_and_local_output_keeps_its_newlines() {
     );
     assert!(text.starts_with("a\r\nb\r\r\nlocal-line\r\n"), "{text}");
 }
+
+/// `ctx exec` with no stdio a terminal, run from one: the command still has a controlling
+/// terminal, as a local child shares its caller's (ssh and sudo prompts).
+#[test]
+fn ctx_exec_gives_a_controlling_terminal_when_stdio_are_not_terminals() {
+    let b = start_broker();
+    let ctx = bin_dir().join("ctx");
+    let script = |run: &str| {
+        format!(
+            "{run} sh -c 'echo to-tty >/dev/tty && echo written >&2' </dev/null >/dev/null 2>/dev/null; \
+             echo rc=$?"
+        )
+    };
+    let local = transcript(&b, &script(""), false, |_| {});
+    let via_ctx = transcript(
+        &b,
+        &script(&format!(
+            "{} --socket \"$CTX_SOCKET\" exec --context user --",
+            ctx.display()
+        )),
+        false,
+        |_| {},
+    );
+    eprintln!("local:  {local:?}\nctx exec: {via_ctx:?}");
+    assert!(local.1.contains("to-tty\r\nrc=0"), "{local:?}");
+    assert_eq!(via_ctx, local);
+}
+
+/// A pipeline's job at an interactive shell prompting on `/dev/tty` with its stdin a pipe
+/// reads what is typed, through `ctx exec` as locally.
+#[test]
+fn ctx_exec_in_a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
+    let b = start_broker();
+    let ctx = bin_dir().join("ctx");
+    let run = |via: &str| {
+        let mut p = OnPty::start_as(
+            &b,
+            |_| {
+                vec![
+                    "bash".into(),
+                    "--norc".into(),
+                    "--noprofile".into(),
+                    "-i".into(),
+                ]
+            },
+            24,
+            80,
+            false,
+        );
+        p.type_bytes(b"PS1='P> '\n");
+        p.wait_for("P> ");
+        p.type_bytes(format!("true | {via} sh -c 'read x </dev/tty; echo got:$x'\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(500));
+        p.type_bytes(b"typed\n");
+        p.wait_for("got:typed");
+        p.type_bytes(b"exit\n");
+        p.finish().0
+    };
+    assert_eq!(run(""), Some(0));
+    let via_ctx = format!(
+        "{} --socket \"$CTX_SOCKET\" exec --context user --",
+        ctx.display()
+    );
+    assert_eq!(run(&via_ctx), Some(0));
+}

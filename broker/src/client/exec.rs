@@ -273,12 +273,17 @@ fn launch(
         passed.push(fd.as_raw_fd());
         inherited.cwd_fd = true;
     }
-    let controlling = if plan.any_pty() {
-        Controlling::find()
-    } else {
-        Controlling::None
-    };
-    let tty_info = plan.any_pty().then(|| controlling.info());
+    let controlling = Controlling::find();
+    // No stdio is a terminal, yet we have a controlling terminal: locally the command
+    // would share it (`/dev/tty`: ssh and sudo prompts, `read </dev/tty`). It gets a PTY
+    // of the broker's as its controlling terminal only, relayed to ours.
+    let ctty_only = !plan.any_pty() && matches!(controlling, Controlling::DevTty(_));
+    let tty_info = (plan.any_pty() || ctty_only).then(|| controlling.info());
+    // Stdin is no terminal, but the command may still read its controlling terminal
+    // (`read </dev/tty`): fed from ours when what is typed there is this job's to read.
+    let job_tty = (tty_info.is_some() && !plan.is_pty(0))
+        .then(terminal::job_terminal)
+        .flatten();
     let tty_modes = tty_info.as_ref().and_then(|t| t.termios);
     let request = wrap(ExecRequest {
         context: args.context.clone(),
@@ -326,10 +331,19 @@ fn launch(
         context: &args.context,
         program: &program,
         timeout_ms,
-        input: plan.is_pty(0) && std[0] != StdFd::Closed,
-        raw: plan.is_pty(0) && std[0] == StdFd::Terminal,
-        output: plan.output_fd(std),
-        resize: plan.any_pty(),
+        input: match &job_tty {
+            Some(f) if !plan.is_pty(0) => Some(f.as_raw_fd()),
+            _ => (plan.is_pty(0) && std[0] != StdFd::Closed).then_some(0),
+        },
+        raw: match &job_tty {
+            Some(_) if !plan.is_pty(0) => true,
+            _ => plan.is_pty(0) && std[0] == StdFd::Terminal,
+        },
+        output: match controlling.raw_fd() {
+            Some(fd) if ctty_only => Some(fd),
+            _ => plan.output_fd(std),
+        },
+        resize: plan.any_pty() || ctty_only,
         controlling: &controlling,
         pty_output: std::cell::RefCell::new(Output { pty: tty_modes }),
     };
@@ -340,9 +354,10 @@ struct Relay<'a> {
     context: &'a str,
     program: &'a str,
     timeout_ms: Option<u64>,
-    /// Our stdin feeds the PTY.
-    input: bool,
-    /// Our stdin is a terminal to put in raw mode while the command runs.
+    /// What feeds the PTY: our stdin, or our controlling terminal when the PTY is only
+    /// the command's controlling terminal.
+    input: Option<RawFd>,
+    /// That input is a terminal to put in raw mode while the command runs.
     raw: bool,
     output: Option<RawFd>,
     resize: bool,
@@ -355,7 +370,7 @@ impl Relay<'_> {
     fn run(&self, conn: &mut Connection, signals: &Signals) -> Result<Outcome, Error> {
         let mut started = false;
         let mut early_signal: Option<i32> = None;
-        let mut input_open = self.input;
+        let mut input_open = self.input.is_some();
         // Whether an `Input` frame would go out without blocking. The broker stops reading
         // while a program leaves its input unread; blocking in that send, ctx would stop
         // reading the program's output too, and the broker would block sending it.
@@ -366,8 +381,10 @@ impl Relay<'_> {
         let mut pending_resize = false;
         let mut buf = vec![0u8; INPUT_CHUNK];
         let socket = conn.socket().to_path_buf();
-        // SAFETY: 0 stays open for the life of ctx (it was probed open, or is not polled).
-        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let input_fd = self.input.unwrap_or(0);
+        // SAFETY: stays open for the life of ctx (0 was probed open, the controlling
+        // terminal is held by `controlling`), or is not polled.
+        let stdin = unsafe { BorrowedFd::borrow_raw(input_fd) };
 
         loop {
             let relaying = started && input_open;
@@ -415,7 +432,7 @@ impl Relay<'_> {
                         Signal::SIGCONT => {
                             if started {
                                 if self.raw && raw.is_none() {
-                                    raw = take_terminal(conn);
+                                    raw = take_terminal(conn, input_fd);
                                 }
                                 pending_resize = self.resize;
                             }
@@ -445,7 +462,7 @@ impl Relay<'_> {
                 if let Some(modes) = raw.as_mut().and_then(Hold::caller_changed) {
                     let _ = conn.send(&Request::Modes(modes));
                 }
-                match nix::unistd::read(0, &mut buf) {
+                match nix::unistd::read(input_fd, &mut buf) {
                     Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
                         input_open = false;
                         let _ = conn.send(&Request::InputEof);
@@ -471,7 +488,7 @@ impl Relay<'_> {
                         Reply::Started { .. } if !started => {
                             started = true;
                             if self.raw {
-                                raw = take_terminal(conn);
+                                raw = take_terminal(conn, input_fd);
                             }
                         }
                         // Gathered and written once per read: PTY frames are small
@@ -612,8 +629,8 @@ pub fn probe(fd: RawFd) -> StdFd {
 
 /// Takes our terminal (stdin) for the relay: what was typed before goes first, then the
 /// modes the program gets from then on (see `ctx_protocol::terminal`).
-fn take_terminal(conn: &mut Connection) -> Option<Hold> {
-    let hold = Hold::take(0, true, |typed| {
+fn take_terminal(conn: &mut Connection, fd: RawFd) -> Option<Hold> {
+    let hold = Hold::take(fd, true, |typed| {
         let _ = match typed {
             Typed::Bytes(b) => conn.send(&Request::Input(ByteBuf::from(b))),
             Typed::End => conn.send(&Request::InputEof),
@@ -626,7 +643,8 @@ fn take_terminal(conn: &mut Connection) -> Option<Hold> {
 /// Writes all of `bytes`, waiting out `EAGAIN` when the descriptor is non-blocking
 /// (a terminal shared with a program that set `O_NONBLOCK` on it).
 fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: the output descriptor is one of 0-2, probed open and never closed by ctx.
+    // SAFETY: the output descriptor is one of 0-2, probed open, or the controlling
+    // terminal `Controlling` holds; ctx closes neither while it relays.
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
     while !bytes.is_empty() {
         match nix::unistd::write(bfd, bytes) {
@@ -917,7 +935,7 @@ mod tests {
             context: "user",
             program: "sleep",
             timeout_ms: Some(90_000),
-            input: false,
+            input: None,
             raw: false,
             output: None,
             resize: false,

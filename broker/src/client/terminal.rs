@@ -64,6 +64,10 @@ impl Controlling {
         }
     }
 
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.fd().map(|fd| fd.as_raw_fd())
+    }
+
     pub fn size(&self) -> WinSize {
         self.fd().and_then(window_size).unwrap_or(DEFAULT_SIZE)
     }
@@ -79,6 +83,27 @@ impl Controlling {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// Our controlling terminal, when what is typed there is ours to read: we run as a job of
+/// our own (a job-control shell put our process group in the foreground, our parent is
+/// not in it), as a command prompting on `/dev/tty` from a pipeline does. A command in its
+/// caller's own group gets none: reading every key before the caller could, ctx would
+/// take what locally only the command's own reads take. The routed programs' shim decides
+/// the same way.
+pub fn job_terminal() -> Option<File> {
+    let tty = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/tty")
+        .ok()?;
+    // SAFETY: plain queries of process groups and of a descriptor we hold.
+    let ours = unsafe {
+        libc::getpgid(libc::getppid()) != libc::getpgrp()
+            && libc::tcgetpgrp(tty.as_raw_fd()) == libc::getpgrp()
+    };
+    ours.then_some(tty)
+}
 
 pub fn is_terminal(fd: RawFd) -> bool {
     // SAFETY: isatty only inspects the descriptor number; a closed one yields EBADF.
