@@ -23,9 +23,10 @@ struct Args {
     /// Audit log file instead of the config's.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// Validate the config file and exit: 0 when it is good, 1 with the reason when not.
-    /// Warnings (e.g. a routing context whose user cannot connect to the socket a broker of
-    /// this uid would create) go to stderr and do not fail the check.
+    /// Validate the config file and exit: 0 when it is good, 1 with the reason when not. A
+    /// routing context whose user could not connect to the socket a broker of this uid
+    /// would create fails it (every launch of its processes would fail); warnings (e.g.
+    /// isolation this machine cannot give) go to stderr and do not.
     #[arg(long)]
     check: bool,
     /// Container entrypoint (PID 1): run COMMAND in this context as the agent, reap orphans,
@@ -61,26 +62,7 @@ fn main() -> ExitCode {
         args.socket = Some(socket);
     }
     if args.check {
-        return match config::load(&args.config) {
-            Ok(cfg) => {
-                let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
-                let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
-                let reach = daemon::socket_reach::warnings(&cfg, &access);
-                for w in cfg.warnings.iter().chain(&reach) {
-                    eprintln!("ctx-broker: warning: {w}");
-                }
-                println!(
-                    "{}: ok ({} contexts)",
-                    args.config.display(),
-                    cfg.contexts.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ctx-broker: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return check(&args);
     }
     // While this is the only thread, so that every thread and spawn child inherits it.
     daemon::spawn::drop_bounding_set_process_wide();
@@ -141,6 +123,40 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--check`: loads the file, then asks whether each routing context's user could connect
+/// to the socket as a broker started by this uid would make it.
+fn check(args: &Args) -> ExitCode {
+    let cfg = match config::load(&args.config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ctx-broker: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for w in &cfg.warnings {
+        eprintln!("ctx-broker: warning: {w}");
+    }
+    let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
+    let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
+    let unreachable = daemon::socket_reach::unreachable(&cfg, &access);
+    let file = args.config.display();
+    if unreachable.is_empty() {
+        println!("{file}: ok ({} contexts)", cfg.contexts.len());
+        return ExitCode::SUCCESS;
+    }
+    for u in &unreachable {
+        eprintln!("ctx-broker: {file}: {u}");
+    }
+    eprintln!(
+        "ctx-broker: {file}: refused: {} routing context(s) could not reach {} as a broker \
+         started by uid {} makes it",
+        unreachable.len(),
+        socket.display(),
+        access.socket.uid
+    );
+    ExitCode::from(1)
 }
 
 /// `[broker] log_level`, read ahead of the full load because logging must be set up before
