@@ -312,10 +312,10 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         .ok("zcat /usr/share/man/man1/ctx.1.gz")
         .contains(".TH ctx 1"));
 
-    // The group is fresh and empty: --check names the routing context it shuts out, and
-    // what to do; the operator does it.
+    // The group is fresh and empty: --check refuses the file, naming the routing context
+    // it shuts out and what to do; the operator does it.
     let check = m.sh("ctx-broker --check --config /etc/ctx/contexts.toml");
-    assert_eq!(check.code(), 0, "{}", check.show());
+    assert_eq!(check.code(), 1, "{}", check.show());
     assert!(
         check
             .stderr_str()
@@ -326,6 +326,7 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     );
     m.ok("usermod -aG ctx ctx-agent");
     let check = m.sh("ctx-broker --check --config /etc/ctx/contexts.toml");
+    assert_eq!(check.code(), 0, "{}", check.show());
     assert!(
         !check.stderr_str().contains("cannot work"),
         "{}",
