@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ctx_broker::{config, daemon, entrypoint};
+use ctx_broker::{config, daemon, entrypoint, stop};
 
 /// Runs routed launches in the named execution contexts of contexts.toml.
 #[derive(Parser, Debug)]
@@ -29,6 +29,12 @@ struct Args {
     /// isolation this machine cannot give) go to stderr and do not.
     #[arg(long)]
     check: bool,
+    /// Stop the broker listening on the socket (--socket, else the config's) and every
+    /// process of this program's file, without a service manager (the Debian package's
+    /// removal runs it): SIGTERM, then SIGKILL what is left after 30 s. Exit 0 when none
+    /// is left running.
+    #[arg(long, conflicts_with_all = ["check", "run_in"])]
+    stop: bool,
     /// Container entrypoint (PID 1): run COMMAND in this context as the agent, reap orphans,
     /// pass SIGTERM/SIGINT/SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH on to it (SIGHUP reloads the
     /// broker), and when it exits stop the broker and everything left, exiting with its
@@ -63,6 +69,9 @@ fn main() -> ExitCode {
     }
     if args.check {
         return check(&args);
+    }
+    if args.stop {
+        return stop_brokers(&args);
     }
     // While this is the only thread, so that every thread and spawn child inherits it.
     daemon::spawn::drop_bounding_set_process_wide();
@@ -157,6 +166,47 @@ fn check(args: &Args) -> ExitCode {
         access.socket.uid
     );
     ExitCode::from(1)
+}
+
+/// `--stop`: what was stopped, killed or left, one line each.
+fn stop_brokers(args: &Args) -> ExitCode {
+    let socket = entrypoint::socket_of(args.socket.as_deref(), &args.config);
+    let report = match stop::stop(&socket, stop::GRACE) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ctx-broker: --stop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let what = |f: &stop::Found| match &f.how {
+        stop::How::Socket(path) => format!("the broker on {} (pid {})", path.display(), f.pid),
+        stop::How::Executable => format!("pid {} (this program's file)", f.pid),
+        stop::How::Replaced => format!("pid {} (a version an upgrade replaced)", f.pid),
+    };
+    for note in &report.notes {
+        eprintln!("ctx-broker: --stop: {note}");
+    }
+    for f in &report.stopped {
+        println!("ctx-broker: stopped {}", what(f));
+    }
+    for f in &report.killed {
+        println!(
+            "ctx-broker: killed {}: still running {:?} after SIGTERM",
+            what(f),
+            stop::GRACE
+        );
+    }
+    for f in &report.left {
+        eprintln!(
+            "ctx-broker: --stop: {} is still running after SIGKILL",
+            what(f)
+        );
+    }
+    if report.left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `[broker] log_level`, read ahead of the full load because logging must be set up before
