@@ -9,7 +9,26 @@ use ctx_broker::{config, daemon, entrypoint, stop};
 
 /// Runs routed launches in the named execution contexts of contexts.toml.
 #[derive(Parser, Debug)]
-#[command(name = "ctx-broker", version, about)]
+#[command(
+    name = "ctx-broker",
+    version,
+    about = "The broker of ctx: runs routed launches in the named execution contexts of \
+        contexts.toml",
+    long_about = "Runs routed launches in the named execution contexts of contexts.toml: \
+        each launch a caller sends over the broker's Unix socket (from ctx exec, ctx sh, or \
+        the interposer that ctx run and route_children_to preload) runs as its context's \
+        user, with its credentials, limits and isolation, and is written to the audit log. \
+        Run it as root (systemd's ctx-broker.service, or a container's entrypoint with \
+        --run-in); as another user it runs only contexts of its own uid.",
+    after_help = "Signals: SIGTERM or SIGINT stop it (its routed process groups get SIGTERM, \
+        SIGKILL 3 s later, and the socket is removed); SIGHUP reloads the config, as ctx \
+        reload does. [broker] socket, socket_mode and socket_group apply at start only.\n\n\
+        Files: /etc/ctx/contexts.toml, /run/ctx/broker.sock, /var/lib/ctx (state), \
+        /var/log/ctx/audit.jsonl (audit log), as the config names them.\n\n\
+        Exit status: 0 stopped or checked clean, 1 refused or failed; with --run-in the \
+        agent's status (128 + N after signal N), 125 when the broker could not start.\n\n\
+        See also: ctx(1), ctx-status(1), ctx-reload(1), ctx-log(1)."
+)]
 struct Args {
     /// The contexts file.
     #[arg(long, env = "CTX_CONFIG", default_value = "/etc/ctx/contexts.toml")]
@@ -35,6 +54,10 @@ struct Args {
     /// is left running.
     #[arg(long, conflicts_with_all = ["check", "run_in"])]
     stop: bool,
+    /// Print this manual page, ctx-broker(1), in roff and exit (`ctx-broker --man | man
+    /// -l -`; the install and the package install it).
+    #[arg(long, exclusive = true)]
+    man: bool,
     /// Container entrypoint (PID 1): run COMMAND in this context as the agent, reap orphans,
     /// pass SIGTERM/SIGINT/SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH on to it (SIGHUP reloads the
     /// broker), and when it exits stop the broker and everything left, exiting with its
@@ -53,6 +76,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if args.man {
+        return man();
+    }
     if let Some(context) = args.run_in.take() {
         // Before anything else: it forks, and only the broker child comes back here.
         let socket = entrypoint::socket_of(args.socket.as_deref(), &args.config);
@@ -132,6 +158,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--man`: the page, generated from the definitions `--help` prints.
+fn man() -> ExitCode {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut page) {
+        eprintln!("ctx-broker: cannot render the manual page: {e}");
+        return ExitCode::from(1);
+    }
+    let mut out = std::io::stdout().lock();
+    // A reader that went away (`| head`) is not an error.
+    let _ = std::io::Write::write_all(&mut out, &page);
+    let _ = std::io::Write::flush(&mut out);
+    ExitCode::SUCCESS
 }
 
 /// `--check`: loads the file, then asks whether each routing context's user could connect
