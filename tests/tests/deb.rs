@@ -243,6 +243,10 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     assert!(name.starts_with("ctx_") && name.ends_with(".deb"), "{name}");
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb)).ok();
     assert!(info.contains("Package: ctx"), "{info}");
+    assert!(
+        info.contains("Maintainer: ") && !info.contains("@localhost"),
+        "{info}"
+    );
 
     let m = Machine::new(td.subdir("ns", 0o755));
     // A fresh machine: no ctx installed by any means, no group ctx (the test users stay;
@@ -275,13 +279,24 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         "/etc/ctx/contexts.toml",
         "/usr/share/man/man1/ctx.1.gz",
         "/usr/share/man/man1/ctx-exec.1.gz",
+        "/usr/share/man/man1/ctx-broker.1.gz",
         "/usr/share/bash-completion/completions/ctx",
         "/usr/share/zsh/vendor-completions/_ctx",
         "/usr/share/fish/vendor_completions.d/ctx.fish",
         "/usr/share/doc/ctx/copyright",
+        "/usr/share/doc/ctx/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/ctx",
     ] {
         assert!(files.iter().any(|f| f == want), "{want} not in dpkg -L ctx");
     }
+    // The changelog's newest entry is the package's version; every file is as shipped.
+    let version = m.ok("dpkg-query -W -f='${Version}' ctx");
+    assert!(
+        m.ok("zcat /usr/share/doc/ctx/changelog.Debian.gz")
+            .starts_with(&format!("ctx ({version}) ")),
+        "{version}"
+    );
+    assert_eq!(m.ok("dpkg --verify ctx"), "");
     assert_eq!(
         m.ok("dpkg-query -W -f='${Conffiles}' ctx")
             .split_whitespace()
@@ -312,6 +327,11 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     assert!(m
         .ok("zcat /usr/share/man/man1/ctx.1.gz")
         .contains(".TH ctx 1"));
+    let broker_page = m.ok("zcat /usr/share/man/man1/ctx-broker.1.gz");
+    assert!(
+        broker_page.contains(".TH ctx-broker 1") && broker_page.contains("\\-\\-run\\-in"),
+        "{broker_page}"
+    );
 
     // The group is fresh and empty: --check refuses the file, naming the routing context
     // it shuts out and what to do; the operator does it.
