@@ -555,3 +555,88 @@ while True:
     assert!(text.contains("agent got SIGTERM"), "{text}");
     c.assert_nothing_left();
 }
+
+/// Whether `.dockerignore`'s `pattern` leaves `path` (relative to the build context) out.
+/// Only the forms the file uses are understood, which the test below holds it to: a path
+/// (with what lies beneath it), `**/NAME` (a component named so, anywhere) and `**/*.EXT`.
+fn docker_ignores(pattern: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    match pattern.strip_prefix("**/") {
+        Some(ext) if ext.starts_with("*.") => path.ends_with(&ext[1..]),
+        Some(name) => parts.contains(&name),
+        None => path == pattern || path.starts_with(&format!("{pattern}/")),
+    }
+}
+
+/// `docker build -f examples/Dockerfile .` sends the repository root as its context: what
+/// the image builds from is in it, `target/` (gigabytes) and `.git` are not.
+#[test]
+fn the_docker_build_context_holds_the_sources_and_not_target_or_git() {
+    let root = repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("examples/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("docker build -f examples/Dockerfile -t ctx-agent ."),
+        "the context is the repository root"
+    );
+    let ignore = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore at the repository root, beside the build context");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for p in &patterns {
+        let plain = !p.contains(['*', '?', '[', '!']);
+        let named = p
+            .strip_prefix("**/")
+            .is_some_and(|rest| !rest.contains(['/', '?', '[']) && !rest[1..].contains('*'));
+        assert!(
+            plain || named,
+            "{p:?}: a form this test does not model; extend docker_ignores"
+        );
+    }
+    let ignored = |path: &str| patterns.iter().any(|p| docker_ignores(p, path));
+    for out in [
+        ".git",
+        ".git/HEAD",
+        "target",
+        "target/release/ctx-broker",
+        "fuzz/target/x",
+        "broker.log",
+    ] {
+        assert!(ignored(out), "{out} is sent to the Docker daemon");
+    }
+    // What the build stage compiles and installs, and what the image copies in.
+    let mut needed = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".into(),
+        "contexts.toml".into(),
+        "scripts/install.sh".into(),
+        "scripts/ctx-broker.service".into(),
+        "scripts/ctx-broker.socket".into(),
+        "interposer/src/preload.c".into(),
+    ];
+    for line in dockerfile.lines() {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            if args.starts_with("--from") {
+                continue;
+            }
+            let words: Vec<&str> = args.split_whitespace().collect();
+            needed.extend(words[..words.len() - 1].iter().map(|s| s.to_string()));
+        }
+    }
+    for member in ["protocol", "broker", "interposer", "tests"] {
+        needed.push(format!("{member}/Cargo.toml"));
+        needed.push(format!("{member}/src"));
+    }
+    for path in &needed {
+        if path == "." {
+            continue;
+        }
+        assert!(root.join(path).exists(), "{path}: not in the repository");
+        assert!(
+            !ignored(path),
+            "{path} is needed by the image but left out of its context"
+        );
+    }
+}
