@@ -11,12 +11,16 @@
 #   /lib/systemd/system/ctx-broker.{service,socket}  enabled at install (the socket: activation)
 #   /etc/ctx/contexts.toml                          a conffile (0600 root), the repo's
 #   /usr/share/man/man1/ctx*.1.gz, bash/zsh/fish completions, /usr/share/doc/ctx/
+#   (README, copyright, changelog.Debian.gz from scripts/debian/changelog, whose newest
+#   entry is the package's version: Cargo.toml's plus a revision)
 #   postinst: group ctx, /var/lib/ctx (0711), /var/log/ctx (0750 root:adm)
+#   prerm remove: stops the units, and without systemd any broker of /usr/bin/ctx-broker
 #   postrm purge: those, the enablement, and the group if the package made it
 #
 # The binaries are stripped copies; target/release is only read. --no-build skips
 # `cargo build --release` (DIR must hold a release build then). DIR defaults to
-# target/release, the package goes to --out (default target/debian).
+# target/release, the package goes to --out (default target/debian). CTX_DEB_MAINTAINER
+# sets the Maintainer field ("Name <address>").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -31,7 +35,7 @@ while [ $# -gt 0 ]; do
         --no-build) build=0; shift ;;
         --from) from=${2:?--from needs a directory}; shift 2 ;;
         --out) out=${2:?--out needs a directory}; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -45,8 +49,18 @@ for f in ctx ctx-broker libctx_interposer.so libctx_route.so ctx-shim; do
     [ -e "$from/$f" ] || die "$from/$f is missing: build with \`cargo build --release\` first"
 done
 
-version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
-[ -n "$version" ] || die "no version in $repo/Cargo.toml [workspace.package]"
+upstream=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
+[ -n "$upstream" ] || die "no version in $repo/Cargo.toml [workspace.package]"
+# The package's version is its changelog's newest entry: the release plus the packaging's
+# own revision (-1, -2, ...), which must be of this release.
+changelog=$repo/scripts/debian/changelog
+version=$(sed -n '1s/^ctx (\([^)]*\)) .*/\1/p' "$changelog")
+[ -n "$version" ] || die "$changelog does not start with an entry \`ctx (VERSION) ...\`"
+[ "${version%-*}" = "$upstream" ] && [ "$version" != "$upstream" ] ||
+    die "$changelog's newest entry is $version, Cargo.toml's version is $upstream: add an entry for $upstream-1"
+# Whoever publishes the package sets their own address; the default is the one the
+# project's commits are made under.
+maintainer=${CTX_DEB_MAINTAINER:-ctx maintainers <maintainers@users.noreply.b-seed-c781f525.example>}
 arch=$(dpkg --print-architecture)
 
 stage=$(mktemp -d)
@@ -68,21 +82,17 @@ install -d "$root/usr/share/zsh/vendor-completions"
 mv "$root/usr/share/zsh/site-functions/_ctx" "$root/usr/share/zsh/vendor-completions/_ctx"
 rmdir "$root/usr/share/zsh/site-functions"
 gzip -9n "$root"/usr/share/man/man1/*.1
-for f in ctx ctx-broker; do strip --strip-unneeded "$root/usr/bin/$f"; done
-for f in libctx_interposer.so libctx_route.so ctx-shim; do
-    strip --strip-unneeded "$root/usr/lib/ctx/$f"
+# As dh_strip does: debug symbols and the compilers' version notes go.
+for f in usr/bin/ctx usr/bin/ctx-broker usr/lib/ctx/libctx_interposer.so \
+    usr/lib/ctx/libctx_route.so usr/lib/ctx/ctx-shim; do
+    strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/$f"
 done
 gzip -9n -c "$repo/README.md" >"$root/usr/share/doc/ctx/README.md.gz"
-cat >"$root/usr/share/doc/ctx/copyright" <<EOF
-Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
-Upstream-Name: ctx
-
-Files: *
-License: Apache-2.0
- On Debian systems the full text of the license is in
- /usr/share/common-licenses/Apache-2.0.
-EOF
-chmod 0644 "$root/usr/share/doc/ctx/README.md.gz" "$root/usr/share/doc/ctx/copyright"
+gzip -9n -c "$changelog" >"$root/usr/share/doc/ctx/changelog.Debian.gz"
+install -m 0644 "$repo/scripts/debian/copyright" "$root/usr/share/doc/ctx/copyright"
+chmod 0644 "$root/usr/share/doc/ctx/README.md.gz" "$root/usr/share/doc/ctx/changelog.Debian.gz"
+# What lintian reports of this package that is so by design, each with its reason.
+install -D -m 0644 "$repo/scripts/debian/lintian-overrides" "$root/usr/share/lintian/overrides/ctx"
 
 # --- control ----------------------------------------------------------------------------
 install -d -m 0755 "$root/DEBIAN"
@@ -90,6 +100,10 @@ for s in postinst prerm postrm; do
     install -m 0755 "$repo/scripts/debian/$s" "$root/DEBIAN/$s"
 done
 echo /etc/ctx/contexts.toml >"$root/DEBIAN/conffiles"
+# What `dpkg --verify` checks the installed files against (conffiles have their own).
+(cd "$root" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\0' |
+    LC_ALL=C sort -z | xargs -0r md5sum) >"$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/md5sums" "$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 # The newest glibc symbol version the binaries use is the glibc they need.
 glibc=$(objdump -T "$root"/usr/bin/* "$root"/usr/lib/ctx/* 2>/dev/null |
@@ -98,7 +112,7 @@ cat >"$root/DEBIAN/control" <<EOF
 Package: ctx
 Version: $version
 Architecture: $arch
-Maintainer: ctx maintainers <ctx@localhost>
+Maintainer: $maintainer
 Installed-Size: $size
 Depends: libc6 (>= ${glibc:-2.34}), passwd
 Suggests: systemd

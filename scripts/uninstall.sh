@@ -5,7 +5,7 @@
 #
 # Keeps /etc/ctx/contexts.toml, /var/lib/ctx and /var/log/ctx (the operator's config,
 # session state and audit trail) unless --purge. Without --destdir it first stops and
-# disables the service.
+# disables the service, and stops a broker of this install that no unit runs.
 set -euo pipefail
 
 prefix=/usr/local
@@ -32,6 +32,12 @@ manifest=$destdir$prefix/share/ctx/installed-files
 
 if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now ctx-broker.service ctx-broker.socket 2>/dev/null || true
+fi
+# A broker no unit stops (no systemd, or started by hand beside it): the one on the
+# configured socket and every process of this install's ctx-broker, nothing else.
+if [ -z "$destdir" ] && [ -x "$prefix/bin/ctx-broker" ]; then
+    "$prefix/bin/ctx-broker" --stop --config /etc/ctx/contexts.toml ||
+        note "a ctx-broker could not be stopped (see above)"
 fi
 
 while IFS= read -r path; do

@@ -5,6 +5,8 @@
 //! - [`daemon`]: the tokio broker: socket, authentication, spawn path, PTYs, audit log;
 //! - [`client`]: the `ctx` verbs, one module per verb;
 //! - [`entrypoint`]: `ctx-broker --run-in`, the broker as a container's PID 1;
+//! - [`stop`]: `ctx-broker --stop`, the brokers of this file stopped without a service
+//!   manager (a package's removal);
 //! - [`escape`]: untrusted text made safe for a terminal, losslessly.
 
 pub mod client;
@@ -12,3 +14,4 @@ pub mod config;
 pub mod daemon;
 pub mod entrypoint;
 pub mod escape;
+pub mod stop;

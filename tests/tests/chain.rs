@@ -198,12 +198,33 @@ fn a_routing_context_that_cannot_reach_the_socket_is_named_by_check_start_up_and
     let config = chained_with_socket("socket_mode = \"0660\"", BOB);
     let td = TempDir::new();
     let file = td.file("contexts.toml", config.as_bytes(), 0o644);
-    let out = check_with_socket(&file, &td.path().join("broker.sock"));
-    assert_eq!(out.code(), 0, "a warning, not a refusal: {}", out.show());
+    let socket = td.path().join("broker.sock");
+    let out = check_with_socket(&file, &socket);
+    assert_eq!(
+        out.code(),
+        1,
+        "a config that cannot work fails: {}",
+        out.show()
+    );
+    assert!(!out.stdout_str().contains("ok"), "{}", out.show());
     let said = out.stderr_str();
-    assert!(said.contains(CANNOT_REACH), "{said}");
-    assert!(said.contains("cannot connect to the socket"), "{said}");
-    assert!(said.contains("socket_group"), "the fix: {said}");
+    // The file, the context, its user and uid, the socket as it would be, the fix.
+    assert!(
+        said.contains(&format!(
+            "{}: {CANNOT_REACH} (uid {}) cannot connect to the socket {} (owner root, group \
+             root, mode 0660)",
+            file.display(),
+            user(BOB).uid,
+            socket.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("set [broker] socket_group to a group ctx-bob belongs to")
+            && said.contains("then restart the broker"),
+        "the fix: {said}"
+    );
+    assert!(said.contains("refused: 1 routing context(s)"), "{said}");
 
     let b = Broker::start(&config);
     let stderr = b.stderr();
@@ -243,9 +264,12 @@ fn check_names_the_group_to_join_or_the_directory_that_shuts_the_routing_user_ou
     );
     let file = td.file("group.toml", config.as_bytes(), 0o644);
     let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert_eq!(out.code(), 1, "{}", out.show());
+    // Joining the group takes a reload: a load reads each user's groups.
     assert!(
-        out.stderr_str()
-            .contains(&format!("usermod -aG {TESTERS_GROUP} {BOB}")),
+        out.stderr_str().contains(&format!(
+            "usermod -aG {TESTERS_GROUP} {BOB}, then ctx reload"
+        )),
         "{}",
         out.show()
     );
@@ -254,8 +278,13 @@ fn check_names_the_group_to_join_or_the_directory_that_shuts_the_routing_user_ou
     let file = td.file("dir.toml", config.as_bytes(), 0o644);
     let private = td.subdir("private", 0o700);
     let out = check_with_socket(&file, &private.join("broker.sock"));
+    assert_eq!(out.code(), 1, "{}", out.show());
     let said = out.stderr_str();
     assert!(said.contains(CANNOT_REACH), "{said}");
+    assert!(
+        said.contains(&format!("chmod o+x {}", private.display())),
+        "{said}"
+    );
     assert!(
         said.contains(&format!(
             "cannot pass through {} (owner root, group root, mode 0700)",
@@ -299,6 +328,7 @@ allow = {{ uids = [0], contexts = ["platform"] }}
     let td = TempDir::new();
     let file = td.file("contexts.toml", config.as_bytes(), 0o644);
     let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert_eq!(out.code(), 0, "{}", out.show());
     assert!(!out.stderr_str().contains("cannot work"), "{}", out.show());
     let b = Broker::start(&config);
     assert!(!b.stderr().contains("cannot work"), "{}", b.stderr());
@@ -307,6 +337,71 @@ allow = {{ uids = [0], contexts = ["platform"] }}
         !String::from_utf8_lossy(&status.stdout).contains("cannot work"),
         "{status:?}"
     );
+    let out = b.exec("platform", &["sh", "-c", "id -u"]);
+    assert_eq!(out.ok(), format!("{}\n", user(BOB).uid));
+}
+
+/// The socket's mode and group are set when the broker starts: `--check` says to restart
+/// for them, a reload leaves the socket as it was (and says a restart is needed), and the
+/// restart is what lets the routing context in.
+#[test]
+fn a_socket_mode_the_routing_user_needs_takes_a_restart_not_a_reload() {
+    // ctx-alice is in the socket's group, whose bits lack write.
+    let closed = format!(
+        r#"[broker]
+socket_mode = "0640"
+socket_group = "{TESTERS_GROUP}"
+
+[contexts.platform]
+user = "{ALICE}"
+cwd = "/tmp"
+route_children_to = "target"
+allow = {{ uids = [0] }}
+
+[contexts.target]
+user = "{BOB}"
+cwd = "inherit"
+allow = {{ uids = [0], contexts = ["platform"] }}
+"#
+    );
+    let open = closed.replace("socket_mode = \"0640\"", "socket_mode = \"0660\"");
+    let td = TempDir::new();
+    let file = td.file("contexts.toml", closed.as_bytes(), 0o644);
+    let out = check_with_socket(&file, &td.path().join("broker.sock"));
+    assert_eq!(out.code(), 1, "{}", out.show());
+    let said = out.stderr_str();
+    assert!(
+        said.contains("give the socket's group write access with socket_mode = \"0660\", then restart the broker"),
+        "{said}"
+    );
+    assert!(!said.contains("ctx reload"), "{said}");
+
+    let mut b = Broker::start(&closed);
+    let mode = |b: &Broker| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(b.socket()).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode(&b), 0o640);
+    std::fs::write(b.config_path(), &open).unwrap();
+    let reload = run(&mut b.ctx(["reload"]));
+    assert_eq!(reload.code(), 0, "{}", reload.show());
+    assert!(
+        reload
+            .show()
+            .contains("[broker] socket changed: it takes effect when the broker restarts"),
+        "{}",
+        reload.show()
+    );
+    assert_eq!(mode(&b), 0o640, "a reload does not change the socket");
+    let out = b.exec("platform", &["sh", "-c", "id -u"]);
+    assert!(
+        out.stderr_str().contains("unreachable: EACCES"),
+        "{}",
+        out.show()
+    );
+
+    b.restart();
+    assert_eq!(mode(&b), 0o660);
     let out = b.exec("platform", &["sh", "-c", "id -u"]);
     assert_eq!(out.ok(), format!("{}\n", user(BOB).uid));
 }

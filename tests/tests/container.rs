@@ -555,3 +555,170 @@ while True:
     assert!(text.contains("agent got SIGTERM"), "{text}");
     c.assert_nothing_left();
 }
+
+/// Whether `.dockerignore`'s `pattern` leaves `path` (relative to the build context) out.
+/// Only the forms the file uses are understood, which the test below holds it to: a path
+/// (with what lies beneath it), `**/NAME` (a component named so, anywhere) and `**/*.EXT`.
+fn docker_ignores(pattern: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    match pattern.strip_prefix("**/") {
+        Some(ext) if ext.starts_with("*.") => path.ends_with(&ext[1..]),
+        Some(name) => parts.contains(&name),
+        None => path == pattern || path.starts_with(&format!("{pattern}/")),
+    }
+}
+
+/// `docker build -f examples/Dockerfile .` sends the repository root as its context: what
+/// the image builds from is in it, `target/` (gigabytes) and `.git` are not.
+#[test]
+fn the_docker_build_context_holds_the_sources_and_not_target_or_git() {
+    let root = repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("examples/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("docker build -f examples/Dockerfile -t ctx-agent ."),
+        "the context is the repository root"
+    );
+    let ignore = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore at the repository root, beside the build context");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for p in &patterns {
+        let plain = !p.contains(['*', '?', '[', '!']);
+        let named = p
+            .strip_prefix("**/")
+            .is_some_and(|rest| !rest.contains(['/', '?', '[']) && !rest[1..].contains('*'));
+        assert!(
+            plain || named,
+            "{p:?}: a form this test does not model; extend docker_ignores"
+        );
+    }
+    let ignored = |path: &str| patterns.iter().any(|p| docker_ignores(p, path));
+    for out in [
+        ".git",
+        ".git/HEAD",
+        "target",
+        "target/release/ctx-broker",
+        "fuzz/target/x",
+        "broker.log",
+    ] {
+        assert!(ignored(out), "{out} is sent to the Docker daemon");
+    }
+    // What the build stage compiles and installs, and what the image copies in.
+    let mut needed = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".into(),
+        "contexts.toml".into(),
+        "scripts/install.sh".into(),
+        "scripts/ctx-broker.service".into(),
+        "scripts/ctx-broker.socket".into(),
+        "interposer/src/preload.c".into(),
+    ];
+    for line in dockerfile.lines() {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            if args.starts_with("--from") {
+                continue;
+            }
+            let words: Vec<&str> = args.split_whitespace().collect();
+            needed.extend(words[..words.len() - 1].iter().map(|s| s.to_string()));
+        }
+    }
+    for member in ["protocol", "broker", "interposer", "tests"] {
+        needed.push(format!("{member}/Cargo.toml"));
+        needed.push(format!("{member}/src"));
+    }
+    for path in &needed {
+        if path == "." {
+            continue;
+        }
+        assert!(root.join(path).exists(), "{path}: not in the repository");
+        assert!(
+            !ignored(path),
+            "{path} is needed by the image but left out of its context"
+        );
+    }
+}
+
+/// `ctx-broker --stop` (what the package's removal runs where no systemd is) inside a PID
+/// namespace, as in a container: the broker on the socket and another one of the same
+/// file stop; a broker of another file (another install) and a process of another program
+/// that holds a socket are left running.
+#[test]
+fn stop_ends_the_brokers_of_its_own_file_and_nothing_else() {
+    require_root();
+    let td = TempDir::new();
+    let d = td.path().display().to_string();
+    let config = td.file("contexts.toml", container_config().as_bytes(), 0o644);
+    let other = td.subdir("other-install", 0o755).join("ctx-broker");
+    std::fs::copy(bin("ctx-broker"), &other).unwrap();
+    let script = format!(
+        r#"set -u
+        B={broker}; CTX={ctx}; D={d}; C={config}; O={other}
+        start() {{ "$1" --config "$C" --socket "$D/$2.sock" --state-dir "$D/$2.state" \
+                      --audit-log "$D/$2.jsonl" 2>>"$D/$2.err" & }}
+        start "$B" a; a=$!
+        start "$B" b; b=$!
+        start "$O" c; c=$!
+        python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(120)' "$D/d.sock" &
+        p=$!
+        i=0
+        until [ -S "$D/d.sock" ]; do
+            i=$((i + 1)); [ $i -lt 200 ] || {{ echo "python never listened"; exit 1; }}
+            sleep 0.05
+        done
+        for s in a b c; do
+            i=0
+            until "$CTX" --socket "$D/$s.sock" status >/dev/null 2>&1; do
+                i=$((i + 1)); [ $i -lt 200 ] || {{ echo "broker $s never answered"; exit 1; }}
+                sleep 0.05
+            done
+        done
+        "$B" --stop --config "$C" --socket "$D/a.sock"; echo "stop-a $?"
+        wait $a; echo "a $?"
+        wait $b; echo "b $?"
+        "$B" --stop --config "$C" --socket "$D/d.sock"; echo "stop-d $?"
+        kill -0 $p && echo "python alive"
+        "$CTX" --socket "$D/c.sock" status >/dev/null && echo "other install alive"
+        kill -TERM $c $p; wait $c; echo "c $?""#,
+        broker = bin("ctx-broker").display(),
+        ctx = bin("ctx").display(),
+        config = config.display(),
+        other = other.display(),
+    );
+    let out = run_with(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+            .args(["bash", "-c", &script]),
+        None,
+        Duration::from_secs(120),
+    );
+    let text = out.show();
+    let said = out.stdout_str();
+    assert!(
+        said.contains(&format!(
+            "ctx-broker: stopped the broker on {d}/a.sock (pid "
+        )) && said.contains("(this program's file)"),
+        "{text}"
+    );
+    for line in [
+        "stop-a 0",
+        "a 0",
+        "b 0",
+        "stop-d 0",
+        "python alive",
+        "other install alive",
+        "c 0",
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+    assert!(
+        out.stderr_str()
+            .contains(&format!("{d}/d.sock is held by pid"))
+            && out.stderr_str().contains("not a ctx-broker of"),
+        "{text}"
+    );
+    assert!(!said.contains("killed"), "{text}");
+}

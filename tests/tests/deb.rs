@@ -1,7 +1,8 @@
 //! The Debian package (`scripts/deb.sh`): built from the release build, installed with
 //! `apt install ./ctx_*.deb`, its broker started as the unit's ExecStart says (these
-//! machines run no systemd) and used through the installed `ctx`, then `apt remove` and
-//! `apt purge`, after which nothing of it is left.
+//! machines run no systemd) and used through the installed `ctx`, then `apt remove` with
+//! the broker running (it stops it) and `apt purge`, after which nothing of it is left;
+//! then installed again and purged straight away under a broker an upgrade left running.
 //!
 //! The install happens in a throwaway copy of this machine: an overlay over `/` (the
 //! changes land in a tmpfs) in private mount, PID and network namespaces, entered with
@@ -242,6 +243,10 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     assert!(name.starts_with("ctx_") && name.ends_with(".deb"), "{name}");
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb)).ok();
     assert!(info.contains("Package: ctx"), "{info}");
+    assert!(
+        info.contains("Maintainer: ") && !info.contains("@localhost"),
+        "{info}"
+    );
 
     let m = Machine::new(td.subdir("ns", 0o755));
     // A fresh machine: no ctx installed by any means, no group ctx (the test users stay;
@@ -274,13 +279,24 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         "/etc/ctx/contexts.toml",
         "/usr/share/man/man1/ctx.1.gz",
         "/usr/share/man/man1/ctx-exec.1.gz",
+        "/usr/share/man/man1/ctx-broker.1.gz",
         "/usr/share/bash-completion/completions/ctx",
         "/usr/share/zsh/vendor-completions/_ctx",
         "/usr/share/fish/vendor_completions.d/ctx.fish",
         "/usr/share/doc/ctx/copyright",
+        "/usr/share/doc/ctx/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/ctx",
     ] {
         assert!(files.iter().any(|f| f == want), "{want} not in dpkg -L ctx");
     }
+    // The changelog's newest entry is the package's version; every file is as shipped.
+    let version = m.ok("dpkg-query -W -f='${Version}' ctx");
+    assert!(
+        m.ok("zcat /usr/share/doc/ctx/changelog.Debian.gz")
+            .starts_with(&format!("ctx ({version}) ")),
+        "{version}"
+    );
+    assert_eq!(m.ok("dpkg --verify ctx"), "");
     assert_eq!(
         m.ok("dpkg-query -W -f='${Conffiles}' ctx")
             .split_whitespace()
@@ -311,11 +327,16 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     assert!(m
         .ok("zcat /usr/share/man/man1/ctx.1.gz")
         .contains(".TH ctx 1"));
+    let broker_page = m.ok("zcat /usr/share/man/man1/ctx-broker.1.gz");
+    assert!(
+        broker_page.contains(".TH ctx-broker 1") && broker_page.contains("\\-\\-run\\-in"),
+        "{broker_page}"
+    );
 
-    // The group is fresh and empty: --check names the routing context it shuts out, and
-    // what to do; the operator does it.
+    // The group is fresh and empty: --check refuses the file, naming the routing context
+    // it shuts out and what to do; the operator does it.
     let check = m.sh("ctx-broker --check --config /etc/ctx/contexts.toml");
-    assert_eq!(check.code(), 0, "{}", check.show());
+    assert_eq!(check.code(), 1, "{}", check.show());
     assert!(
         check
             .stderr_str()
@@ -326,6 +347,7 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     );
     m.ok("usermod -aG ctx ctx-agent");
     let check = m.sh("ctx-broker --check --config /etc/ctx/contexts.toml");
+    assert_eq!(check.code(), 0, "{}", check.show());
     assert!(
         !check.stderr_str().contains("cannot work"),
         "{}",
@@ -345,25 +367,7 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         exec_start,
         ["/usr/bin/ctx-broker", "--config", "/etc/ctx/contexts.toml"]
     );
-    let mut broker = m
-        .enter()
-        .args(&exec_start)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the installed broker");
-    let ready = poll(Duration::from_secs(15), || {
-        (m.sh("ctx status >/dev/null 2>&1").code() == 0).then_some(())
-    });
-    if ready.is_none() {
-        let _ = broker.kill();
-        let out = broker.wait_with_output().unwrap();
-        panic!(
-            "the installed broker did not answer on /run/ctx/broker.sock: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let mut broker = start_broker(&m, &exec_start);
     let status = m.ok("ctx status");
     assert!(
         status.contains("socket:     /run/ctx/broker.sock"),
@@ -384,16 +388,40 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
     assert!(m
         .ok("cat /var/log/ctx/audit.jsonl")
         .contains(r#""context":"user""#));
-    m.ok("pkill -TERM -x ctx-broker");
-    let stopped = wait_deadline(&mut broker, Duration::from_secs(20));
-    assert!(
-        stopped.is_some_and(|s| s.success()),
-        "the broker did not stop cleanly: {stopped:?}"
-    );
-    assert!(!m.exists("/run/ctx/broker.sock"));
 
-    // --- apt remove: the program goes, the operator's config and data stay ---------------
-    m.ok("apt-get remove -y ctx >/dev/null 2>&1");
+    // --- apt remove, the broker still running (no systemd to stop it) --------------------
+    // A routed process that would outlive a broker nobody stopped.
+    let marker = format!("1000.{}", std::process::id());
+    let mut routed = m
+        .enter()
+        .args(["ctx", "exec", "--context", "user", "--", "sleep", &marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctx exec sleep");
+    poll(Duration::from_secs(10), || {
+        (pids_with_arg(&marker).len() > 1).then_some(())
+    })
+    .expect("the routed sleep runs");
+    // As in a container, whose root may not read a broker's /proc/PID/exe (no
+    // CAP_SYS_PTRACE): the broker is found as the listener of its socket.
+    let removed = m.ok("setpriv --bounding-set=-sys_ptrace apt-get remove -y ctx 2>&1");
+    assert!(
+        removed.contains("ctx-broker: stopped the broker on /run/ctx/broker.sock (pid ")
+            && !removed.contains("killed"),
+        "{removed}"
+    );
+    assert_stopped(&m, &mut broker, "apt remove");
+    let _ = wait_deadline(&mut routed, Duration::from_secs(10));
+    assert!(
+        poll(Duration::from_secs(10), || pids_with_arg(&marker)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "the routed sleep outlived apt remove: {:?}",
+        pids_with_arg(&marker)
+    );
     assert_eq!(
         m.ok("dpkg-query -W -f='${db:Status-Abbrev}' ctx").trim(),
         "rc"
@@ -405,38 +433,138 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         }
         assert_eq!(m.exists(f), kept, "{f} after apt remove");
     }
+    // The operator's config and data stay.
     assert!(m.exists("/var/lib/ctx") && m.exists("/var/log/ctx/audit.jsonl"));
     assert!(m.ok("getent group ctx").starts_with("ctx:"));
 
     // --- apt purge: nothing left -----------------------------------------------------------
     m.ok("apt-get purge -y ctx >/dev/null 2>&1");
+    assert_nothing_left(&m, &files, &before);
+
+    // --- again, then apt purge straight away, an upgraded broker still running -----------
+    m.ok(&format!(
+        "apt-get install -y --no-install-recommends '{}' >/dev/null 2>&1",
+        deb.display()
+    ));
+    // On a socket of its own: not the config's, so only its executable tells it.
+    let elsewhere: Vec<String> = exec_start
+        .iter()
+        .cloned()
+        .chain(["--socket".into(), "/run/ctx/elsewhere.sock".into()])
+        .collect();
+    let mut broker = start_broker(&m, &elsewhere);
+    // What an upgrade does to a broker no one restarted: dpkg renames the new file over
+    // the old one, so the running broker's executable is a deleted file at that path.
+    m.ok("cp -p /usr/bin/ctx-broker /usr/bin/ctx-broker.dpkg-new
+          mv /usr/bin/ctx-broker.dpkg-new /usr/bin/ctx-broker");
+    assert!(
+        m.ok(&format!("readlink /proc/{}/exe", broker_pids(&m)[0]))
+            .contains("(deleted)"),
+        "the running broker's binary was replaced"
+    );
+    let purged = m.ok("apt-get purge -y ctx 2>&1");
+    assert!(
+        purged.contains("ctx-broker: stopped pid ")
+            && purged.contains("(a version an upgrade replaced)")
+            && !purged.contains("killed"),
+        "{purged}"
+    );
+    assert_stopped(&m, &mut broker, "apt purge");
+    assert_nothing_left(&m, &files, &before);
+    drop(m);
+    // Nothing of the copy leaked into this machine.
+    for (p, was) in on_host {
+        assert_eq!(Path::new(p).exists(), was, "{p} on this machine");
+    }
+}
+
+/// Starts the installed broker in the copy with `argv`, the unit's `ExecStart` (these
+/// machines run no systemd) and maybe a `--socket`, and waits until `ctx status` answers.
+fn start_broker(m: &Machine, argv: &[String]) -> Child {
+    let mut broker = m
+        .enter()
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the installed broker");
+    let socket = argv
+        .iter()
+        .skip_while(|a| *a != "--socket")
+        .nth(1)
+        .map_or("/run/ctx/broker.sock", String::as_str);
+    let ready = poll(Duration::from_secs(15), || {
+        (m.sh(&format!("ctx --socket {socket} status >/dev/null 2>&1"))
+            .code()
+            == 0)
+            .then_some(())
+    });
+    if ready.is_none() {
+        let _ = broker.kill();
+        let out = broker.wait_with_output().unwrap();
+        panic!(
+            "the installed broker did not answer on /run/ctx/broker.sock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    broker
+}
+
+/// The copy's processes whose executable is, or was before an upgrade replaced it,
+/// `/usr/bin/ctx-broker`.
+fn broker_pids(m: &Machine) -> Vec<u32> {
+    m.ok("for p in /proc/[0-9]*; do
+              case $(readlink $p/exe 2>/dev/null) in
+                  /usr/bin/ctx-broker*) echo ${p#/proc/} ;;
+              esac
+          done")
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// The package's removal stopped the broker: it exited as SIGTERM has it exit, took its
+/// socket with it, and no process of the broker's binary is left in the copy.
+fn assert_stopped(m: &Machine, broker: &mut Child, by: &str) {
+    let stopped = wait_deadline(broker, Duration::from_secs(5));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "{by} did not stop the running broker cleanly: {stopped:?}"
+    );
+    assert_eq!(broker_pids(m), Vec::<u32>::new(), "after {by}");
+    assert_eq!(
+        m.ok("ls -A /run/ctx 2>/dev/null || true"),
+        "",
+        "the socket after {by}"
+    );
+}
+
+/// After `apt purge`: none of the package's files, none of what it or its broker made,
+/// no group it made, and the copy as it was but for the package managers' own records.
+fn assert_nothing_left(m: &Machine, files: &[String], before: &BTreeMap<String, char>) {
     assert_ne!(
         m.sh("dpkg-query -W -f='${db:Status-Abbrev}' ctx | grep -q '^i\\|^r'")
             .code(),
         0
     );
-    for f in files.iter().chain(
-        [
-            "/var/lib/ctx",
-            "/var/log/ctx",
-            "/run/ctx",
-            "/etc/systemd/system/sockets.target.wants/ctx-broker.socket",
-            "/etc/systemd/system/multi-user.target.wants/ctx-broker.service",
-            "/var/lib/systemd/deb-systemd-helper-enabled/ctx-broker.socket.dsh-also",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .iter(),
-    ) {
+    let made = [
+        "/var/lib/ctx",
+        "/var/log/ctx",
+        "/run/ctx",
+        "/etc/systemd/system/sockets.target.wants/ctx-broker.socket",
+        "/etc/systemd/system/multi-user.target.wants/ctx-broker.service",
+        "/var/lib/systemd/deb-systemd-helper-enabled/ctx-broker.socket.dsh-also",
+    ];
+    for f in files.iter().map(String::as_str).chain(made) {
         if Path::new(f).exists() {
             continue;
         }
         assert!(!m.exists(f), "{f} is left after apt purge");
     }
     assert_ne!(m.sh("getent group ctx").code(), 0, "group ctx is left");
-    // The whole machine: every path the package changed is back as it was, but for the
-    // package managers' own records (and /etc/group, changed by the groupdel above).
+    // Every path the package changed is back as it was, but for the package managers' own
+    // records (and /etc/group, changed by the groupdel above).
     let left: Vec<String> = m
         .changed()
         .into_iter()
@@ -444,9 +572,4 @@ fn the_deb_installs_runs_its_contexts_and_remove_then_purge_leave_nothing() {
         .map(|(p, kind)| format!("{kind} /{p}"))
         .collect();
     assert!(left.is_empty(), "left behind after apt purge: {left:#?}");
-    drop(m);
-    // Nothing of the copy leaked into this machine.
-    for (p, was) in on_host {
-        assert_eq!(Path::new(p).exists(), was, "{p} on this machine");
-    }
 }

@@ -59,6 +59,7 @@ fn install_into_a_destdir_makes_the_tree_with_modes_and_owners() {
         ("/var/lib/ctx", 0o711),
         ("/usr/local/share/man/man1/ctx.1", 0o644),
         ("/usr/local/share/man/man1/ctx-exec.1", 0o644),
+        ("/usr/local/share/man/man1/ctx-broker.1", 0o644),
         ("/usr/local/share/bash-completion/completions/ctx", 0o644),
         ("/usr/local/share/zsh/site-functions/_ctx", 0o644),
         ("/usr/local/share/fish/vendor_completions.d/ctx.fish", 0o644),
@@ -165,6 +166,7 @@ fn uninstall_keeps_the_operators_files_unless_purged() {
         "etc/systemd/system/ctx-broker.service",
         "etc/ctx/contexts.toml.example",
         "usr/local/share/man/man1/ctx.1",
+        "usr/local/share/man/man1/ctx-broker.1",
         "usr/local/share/ctx",
     ] {
         assert!(!dest.join(gone).exists(), "{gone} left behind");

@@ -5,11 +5,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ctx_broker::{config, daemon, entrypoint};
+use ctx_broker::{config, daemon, entrypoint, stop};
 
 /// Runs routed launches in the named execution contexts of contexts.toml.
 #[derive(Parser, Debug)]
-#[command(name = "ctx-broker", version, about)]
+#[command(
+    name = "ctx-broker",
+    version,
+    about = "The broker of ctx: runs routed launches in the named execution contexts of \
+        contexts.toml",
+    long_about = "Runs routed launches in the named execution contexts of contexts.toml: \
+        each launch a caller sends over the broker's Unix socket (from ctx exec, ctx sh, or \
+        the interposer that ctx run and route_children_to preload) runs as its context's \
+        user, with its credentials, limits and isolation, and is written to the audit log. \
+        Run it as root (systemd's ctx-broker.service, or a container's entrypoint with \
+        --run-in); as another user it runs only contexts of its own uid.",
+    after_help = "Signals: SIGTERM or SIGINT stop it (its routed process groups get SIGTERM, \
+        SIGKILL 3 s later, and the socket is removed); SIGHUP reloads the config, as ctx \
+        reload does. [broker] socket, socket_mode and socket_group apply at start only.\n\n\
+        Files: /etc/ctx/contexts.toml, /run/ctx/broker.sock, /var/lib/ctx (state), \
+        /var/log/ctx/audit.jsonl (audit log), as the config names them.\n\n\
+        Exit status: 0 stopped or checked clean, 1 refused or failed; with --run-in the \
+        agent's status (128 + N after signal N), 125 when the broker could not start.\n\n\
+        See also: ctx(1), ctx-status(1), ctx-reload(1), ctx-log(1)."
+)]
 struct Args {
     /// The contexts file.
     #[arg(long, env = "CTX_CONFIG", default_value = "/etc/ctx/contexts.toml")]
@@ -23,11 +42,22 @@ struct Args {
     /// Audit log file instead of the config's.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// Validate the config file and exit: 0 when it is good, 1 with the reason when not.
-    /// Warnings (e.g. a routing context whose user cannot connect to the socket a broker of
-    /// this uid would create) go to stderr and do not fail the check.
+    /// Validate the config file and exit: 0 when it is good, 1 with the reason when not. A
+    /// routing context whose user could not connect to the socket a broker of this uid
+    /// would create fails it (every launch of its processes would fail); warnings (e.g.
+    /// isolation this machine cannot give) go to stderr and do not.
     #[arg(long)]
     check: bool,
+    /// Stop the broker listening on the socket (--socket, else the config's) and every
+    /// process of this program's file, without a service manager (the Debian package's
+    /// removal runs it): SIGTERM, then SIGKILL what is left after 30 s. Exit 0 when none
+    /// is left running.
+    #[arg(long, conflicts_with_all = ["check", "run_in"])]
+    stop: bool,
+    /// Print this manual page, ctx-broker(1), in roff and exit (`ctx-broker --man | man
+    /// -l -`; the install and the package install it).
+    #[arg(long, exclusive = true)]
+    man: bool,
     /// Container entrypoint (PID 1): run COMMAND in this context as the agent, reap orphans,
     /// pass SIGTERM/SIGINT/SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH on to it (SIGHUP reloads the
     /// broker), and when it exits stop the broker and everything left, exiting with its
@@ -46,6 +76,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if args.man {
+        return man();
+    }
     if let Some(context) = args.run_in.take() {
         // Before anything else: it forks, and only the broker child comes back here.
         let socket = entrypoint::socket_of(args.socket.as_deref(), &args.config);
@@ -61,26 +94,10 @@ fn main() -> ExitCode {
         args.socket = Some(socket);
     }
     if args.check {
-        return match config::load(&args.config) {
-            Ok(cfg) => {
-                let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
-                let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
-                let reach = daemon::socket_reach::warnings(&cfg, &access);
-                for w in cfg.warnings.iter().chain(&reach) {
-                    eprintln!("ctx-broker: warning: {w}");
-                }
-                println!(
-                    "{}: ok ({} contexts)",
-                    args.config.display(),
-                    cfg.contexts.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ctx-broker: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return check(&args);
+    }
+    if args.stop {
+        return stop_brokers(&args);
     }
     // While this is the only thread, so that every thread and spawn child inherits it.
     daemon::spawn::drop_bounding_set_process_wide();
@@ -140,6 +157,96 @@ fn main() -> ExitCode {
             eprintln!("ctx-broker: internal error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--man`: the page, generated from the definitions `--help` prints.
+fn man() -> ExitCode {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut page) {
+        eprintln!("ctx-broker: cannot render the manual page: {e}");
+        return ExitCode::from(1);
+    }
+    let mut out = std::io::stdout().lock();
+    // A reader that went away (`| head`) is not an error.
+    let _ = std::io::Write::write_all(&mut out, &page);
+    let _ = std::io::Write::flush(&mut out);
+    ExitCode::SUCCESS
+}
+
+/// `--check`: loads the file, then asks whether each routing context's user could connect
+/// to the socket as a broker started by this uid would make it.
+fn check(args: &Args) -> ExitCode {
+    let cfg = match config::load(&args.config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ctx-broker: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for w in &cfg.warnings {
+        eprintln!("ctx-broker: warning: {w}");
+    }
+    let socket = args.socket.as_ref().unwrap_or(&cfg.broker.socket);
+    let access = daemon::socket_reach::SocketAccess::planned(&cfg, socket);
+    let unreachable = daemon::socket_reach::unreachable(&cfg, &access);
+    let file = args.config.display();
+    if unreachable.is_empty() {
+        println!("{file}: ok ({} contexts)", cfg.contexts.len());
+        return ExitCode::SUCCESS;
+    }
+    for u in &unreachable {
+        eprintln!("ctx-broker: {file}: {u}");
+    }
+    eprintln!(
+        "ctx-broker: {file}: refused: {} routing context(s) could not reach {} as a broker \
+         started by uid {} makes it",
+        unreachable.len(),
+        socket.display(),
+        access.socket.uid
+    );
+    ExitCode::from(1)
+}
+
+/// `--stop`: what was stopped, killed or left, one line each.
+fn stop_brokers(args: &Args) -> ExitCode {
+    let socket = entrypoint::socket_of(args.socket.as_deref(), &args.config);
+    let report = match stop::stop(&socket, stop::GRACE) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ctx-broker: --stop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let what = |f: &stop::Found| match &f.how {
+        stop::How::Socket(path) => format!("the broker on {} (pid {})", path.display(), f.pid),
+        stop::How::Executable => format!("pid {} (this program's file)", f.pid),
+        stop::How::Replaced => format!("pid {} (a version an upgrade replaced)", f.pid),
+    };
+    for note in &report.notes {
+        eprintln!("ctx-broker: --stop: {note}");
+    }
+    for f in &report.stopped {
+        println!("ctx-broker: stopped {}", what(f));
+    }
+    for f in &report.killed {
+        println!(
+            "ctx-broker: killed {}: still running {:?} after SIGTERM",
+            what(f),
+            stop::GRACE
+        );
+    }
+    for f in &report.left {
+        eprintln!(
+            "ctx-broker: --stop: {} is still running after SIGKILL",
+            what(f)
+        );
+    }
+    if report.left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -9,7 +9,7 @@
 //! time (see [`super::registry::Registry::context_of`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use tokio::net::UnixStream;
 
@@ -60,7 +60,7 @@ impl Peer {
             // In a pid namespace this broker cannot see into: only the uid and gid speak.
             return Ok(peer);
         }
-        let pidfd = peer_pidfd(stream, pid).map_err(|e| match e.raw_os_error() {
+        let pidfd = peer_pidfd(stream.as_fd(), pid).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => IdentityError::Gone(pid),
             _ => IdentityError::Credentials(e),
         })?;
@@ -107,16 +107,17 @@ impl Peer {
     }
 }
 
-/// The kernel's reference to the process that connected; on a kernel without
-/// `SO_PEERPIDFD` (before 6.5), a pidfd for its pid taken now, which narrows the window
-/// to the time between `connect()` and this call.
-fn peer_pidfd(stream: &UnixStream, pid: i32) -> io::Result<OwnedFd> {
+/// The kernel's reference to the process on the other end of `socket` (the one that
+/// connected; from a client, the one that listened); on a kernel without `SO_PEERPIDFD`
+/// (before 6.5), a pidfd for its pid taken now, which narrows the window to the time
+/// between `connect()` and this call.
+pub fn peer_pidfd(socket: BorrowedFd<'_>, pid: i32) -> io::Result<OwnedFd> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: a valid socket, and an int-sized buffer with its length.
     let rc = unsafe {
         libc::getsockopt(
-            stream.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_PEERPIDFD,
             (&mut fd as *mut libc::c_int).cast(),

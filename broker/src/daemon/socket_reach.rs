@@ -2,13 +2,24 @@
 //! broker's socket. They must: their interposer sends every launch there, and a uid the
 //! socket's mode shuts out makes every one of those launches fail closed with `EACCES`.
 //! The broker does not widen the socket by itself (that would let a config's mistake open
-//! the control plane to more uids than the operator chose); `ctx-broker --check`, the
-//! start-up, a reload and `ctx status` name each such context and what to change.
+//! the control plane to more uids than the operator chose). `ctx-broker --check` refuses
+//! such a config; the start-up, a reload and `ctx status` name each such context and what
+//! to change (the broker still serves the contexts that work).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Context};
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// The socket's path, mode and group are applied when the broker starts (binding it or
+/// adopting systemd's), never at a reload.
+const RESTART: &str =
+    "then restart the broker (it applies the socket's path, mode and group when it starts; \
+     a reload does not change them)";
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -29,6 +40,43 @@ pub struct SocketAccess {
     pub socket: Owner,
     /// Each existing directory on the way, from `/` down.
     pub dirs: Vec<(PathBuf, Owner)>,
+}
+
+/// A context with `route_children_to` whose user cannot connect to the socket, so that
+/// every launch of its processes would fail closed.
+#[derive(Debug, Clone)]
+pub struct Unreachable {
+    pub context: String,
+    /// Its `route_children_to`.
+    pub target: String,
+    pub user: String,
+    pub uid: u32,
+    pub socket: PathBuf,
+    pub socket_owner: Owner,
+    pub blocked: Blocked,
+    pub fix: Fix,
+}
+
+/// Where the connect is refused.
+#[derive(Debug, Clone)]
+pub enum Blocked {
+    /// A directory on the way the user may not search.
+    Directory(PathBuf, Owner),
+    /// The socket itself: no write permission for the user's class.
+    Socket,
+}
+
+/// What the operator changes.
+#[derive(Debug, Clone)]
+pub enum Fix {
+    /// Move the socket, or let the user through the directory.
+    MoveOrOpen { dir: PathBuf },
+    /// The user is in the socket's group, whose bits lack write: this mode has it.
+    GroupWrite { mode: u32 },
+    /// The socket's group may write: the user joins it.
+    JoinGroup { group: String },
+    /// Neither the group nor other may write: name a group the user is in.
+    SetGroup,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -70,41 +118,104 @@ impl SocketAccess {
     }
 }
 
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Unreachable {
+            context,
+            target,
+            user,
+            uid,
+            socket,
+            socket_owner,
+            ..
+        } = self;
+        write!(
+            f,
+            "contexts.{context}: route_children_to = \"{target}\" cannot work: its user {user} \
+             (uid {uid}) "
+        )?;
+        let socket = format!(
+            "the socket {} ({})",
+            socket.display(),
+            describe(socket_owner)
+        );
+        match &self.blocked {
+            Blocked::Directory(dir, o) => write!(
+                f,
+                "cannot pass through {} ({}) to {socket}",
+                dir.display(),
+                describe(o)
+            )?,
+            Blocked::Socket => write!(f, "cannot connect to {socket}")?,
+        }
+        f.write_str(", so every launch of its processes fails closed (unreachable: EACCES); ")?;
+        match &self.fix {
+            Fix::MoveOrOpen { dir } => write!(
+                f,
+                "let it through (chmod o+x {}), or move the socket ([broker] socket or \
+                 --socket) to a directory it can enter, {RESTART}",
+                dir.display()
+            ),
+            Fix::GroupWrite { mode } => write!(
+                f,
+                "give the socket's group write access with socket_mode = \"{mode:04o}\", \
+                 {RESTART}"
+            ),
+            Fix::JoinGroup { group } => write!(
+                f,
+                "add {user} to the socket's group: usermod -aG {group} {user}, then ctx reload \
+                 (a load reads each user's groups)"
+            ),
+            Fix::SetGroup => write!(
+                f,
+                "set [broker] socket_group to a group {user} belongs to, with socket_mode = \
+                 \"0660\" (e.g. socket_group = \"ctx\" and usermod -aG ctx {user}), {RESTART}; \
+                 socket_mode = \"0666\" works too but lets every local user connect (the allow \
+                 rules still decide who enters which context)"
+            ),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
 
-/// One warning per context with `route_children_to` whose user cannot connect to the
-/// socket: what fails, and what to change.
-pub fn warnings(config: &Config, access: &SocketAccess) -> Vec<String> {
+/// Each context with `route_children_to` whose user cannot connect to the socket.
+pub fn unreachable(config: &Config, access: &SocketAccess) -> Vec<Unreachable> {
     config
         .contexts
         .values()
         .filter(|ctx| ctx.route_children_to.is_some())
-        .filter_map(|ctx| warning(ctx, access))
+        .filter_map(|ctx| check(ctx, access))
         .collect()
 }
 
-fn warning(ctx: &Context, access: &SocketAccess) -> Option<String> {
+/// [`unreachable`], rendered: one line per context, what fails and what to change.
+pub fn warnings(config: &Config, access: &SocketAccess) -> Vec<String> {
+    unreachable(config, access)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn check(ctx: &Context, access: &SocketAccess) -> Option<Unreachable> {
     let user = &ctx.user;
-    let target = ctx.route_children_to.as_deref()?;
-    let who = format!("its user {} (uid {})", user.name, user.uid);
-    let fails = format!(
-        "contexts.{}: route_children_to = \"{target}\" cannot work: {who}",
-        ctx.name
-    );
-    let outcome = "so every launch of its processes fails closed (unreachable: EACCES)";
+    let target = ctx.route_children_to.clone()?;
+    let found = |blocked, fix| Unreachable {
+        context: ctx.name.clone(),
+        target: target.clone(),
+        user: user.name.clone(),
+        uid: user.uid,
+        socket: access.path.clone(),
+        socket_owner: access.socket,
+        blocked,
+        fix,
+    };
     for (dir, o) in &access.dirs {
         if !permits(user.uid, &user.groups, o, 0o1) {
-            return Some(format!(
-                "{fails} cannot pass through {} ({}) to the socket {}, {outcome}; move the \
-                 socket ([broker] socket or --socket) to a directory it can enter, or let it \
-                 through (chmod o+x {})",
-                dir.display(),
-                describe(o),
-                access.path.display(),
-                dir.display()
-            ));
+            let fix = Fix::MoveOrOpen { dir: dir.clone() };
+            return Some(found(Blocked::Directory(dir.clone(), *o), fix));
         }
     }
     if permits(user.uid, &user.groups, &access.socket, 0o2) {
@@ -113,31 +224,17 @@ fn warning(ctx: &Context, access: &SocketAccess) -> Option<String> {
     let s = &access.socket;
     let fix = if s.uid != user.uid && user.groups.contains(&s.gid) {
         // In the group already: the group bits lack write.
-        format!(
-            "give the socket's group write access (socket_mode = \"{:04o}\")",
-            s.mode | 0o060
-        )
+        Fix::GroupWrite {
+            mode: s.mode | 0o060,
+        }
     } else if s.mode & 0o020 != 0 && s.gid != 0 {
-        format!(
-            "add {} to the socket's group (usermod -aG {} {}, then ctx reload)",
-            user.name,
-            group_name(s.gid),
-            user.name
-        )
+        Fix::JoinGroup {
+            group: group_name(s.gid),
+        }
     } else {
-        format!(
-            "set [broker] socket_group to a group {} belongs to, with socket_mode = \"0660\" \
-             (e.g. socket_group = \"ctx\" and usermod -aG ctx {}); socket_mode = \"0666\" \
-             works too but lets every local user connect (the allow rules still decide who \
-             enters which context)",
-            user.name, user.name
-        )
+        Fix::SetGroup
     };
-    Some(format!(
-        "{fails} cannot connect to the socket {} ({}), {outcome}; {fix}",
-        access.path.display(),
-        describe(s)
-    ))
+    Some(found(Blocked::Socket, fix))
 }
 
 /// Whether `uid` with `groups` has the `want` bits (`0o2` write, `0o1` search) on `o`, the
