@@ -109,6 +109,8 @@ pub fn start(plan: &Plan) -> Result<(), String> {
     push(b"--socket")?;
     push(plan.socket.as_os_str().as_bytes())?;
     push(b"exec")?;
+    // The agent's `kill $PPID` would reach this init, which obeys its client's signals.
+    push(b"--drop-parent-signals")?;
     push(b"--context")?;
     push(plan.context.as_bytes())?;
     push(b"--")?;

@@ -430,6 +430,9 @@ pub unsafe fn route(
     }
     // SAFETY: the caller's arrays.
     let grouping = wire::own_grouping();
+    // The program takes this process's place: its parent is who launched it.
+    // SAFETY: plain getter.
+    let launcher = unsafe { libc::getppid() };
     let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, grouping, std::ptr::null()) }
     {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
@@ -439,10 +442,10 @@ pub unsafe fn route(
     let program = target.program().to_bytes();
     if pty_mask == 0 && fork_relay::may_relay() {
         // SAFETY: a single-threaded process with its own memory, no terminal involved.
-        unsafe { fork_relay::relay(st, sock, program, argv) }
+        unsafe { fork_relay::relay(st, sock, launcher, program, argv) }
     }
     // SAFETY: the caller's array becomes the shim's argv.
-    let e = unsafe { exec_shim(st, sock, pty_mask, program, argv) };
+    let e = unsafe { exec_shim(st, sock, pty_mask, launcher, program, argv) };
     // The routed program runs but nothing can hold its connection: closing it makes the
     // broker kill it, and the caller sees a failed exec.
     // SAFETY: our socket.
@@ -461,19 +464,20 @@ pub unsafe fn route(
 /// How the shim is started for an accepted launch. Its argv is the program's own, so that
 /// `/proc/PID/cmdline` of the pid the caller holds (`ps`, `pgrep -f`, psutil) shows what
 /// the caller ran; its parameters travel in its only environment variable,
-/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<comm>`, where comm is what the program's
-/// `/proc/PID/comm` will read (the basename of the executed path, as the kernel sets it),
-/// which the shim takes for its own.
+/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<launcher-pid>,<comm>`, where the launcher is the
+/// process the program's signals to its parent go to (see `shared::launcher`) and comm is
+/// what the program's `/proc/PID/comm` will read (the basename of the executed path, as
+/// the kernel sets it), which the shim takes for its own.
 pub struct ShimLaunch {
     var: [u8; 64],
 }
 
 impl ShimLaunch {
-    pub fn new(sock: i32, pty_mask: u8, program: &[u8]) -> ShimLaunch {
+    pub fn new(sock: i32, pty_mask: u8, launcher: libc::pid_t, program: &[u8]) -> ShimLaunch {
         let mut var = [0u8; 64];
         let mut n = 0;
         let mut put = |b: &[u8]| {
-            // Fits: 16 + 11 + 3 + 15 bytes and the NUL.
+            // Fits: 16 + 11 + 3 + 11 + 1 + 15 bytes and the NUL.
             var[n..n + b.len()].copy_from_slice(b);
             n += b.len();
         };
@@ -482,6 +486,8 @@ impl ShimLaunch {
         let mut tmp = [0u8; 24];
         put(sys::fmt_i64(sock as i64, &mut tmp));
         put(&[b',', b'0' + (pty_mask & 15).min(9), b',']);
+        put(sys::fmt_i64(launcher.max(0) as i64, &mut tmp));
+        put(b",");
         let comm = sys::basename(program);
         put(&comm[..comm.len().min(sys::COMM_LEN)]);
         ShimLaunch { var }
@@ -512,10 +518,17 @@ pub unsafe fn shim_argv(argv: Argv, empty: &mut [*const c_char; 2]) -> Argv {
 ///
 /// # Safety
 /// `argv` is null or a NULL-terminated array of C strings.
-pub unsafe fn exec_shim(st: &State, sock: i32, pty_mask: u8, program: &[u8], argv: Argv) -> i32 {
+pub unsafe fn exec_shim(
+    st: &State,
+    sock: i32,
+    pty_mask: u8,
+    launcher: libc::pid_t,
+    program: &[u8],
+    argv: Argv,
+) -> i32 {
     // SAFETY: clearing close-on-exec on our own socket so the shim inherits it.
     unsafe { libc::fcntl(sock, libc::F_SETFD, 0) };
-    let launch = ShimLaunch::new(sock, pty_mask, program);
+    let launch = ShimLaunch::new(sock, pty_mask, launcher, program);
     let envp = launch.envp();
     let mut empty = [std::ptr::null(); 2];
     // SAFETY: the caller's array.

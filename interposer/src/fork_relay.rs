@@ -13,6 +13,7 @@ use std::ffi::c_char;
 
 use ctx_protocol::{frame, reply_tag, ExitStatus, Reply, Request, FRAME_HEADER};
 
+use crate::shared::launcher::Launcher;
 use crate::shared::{ending, fds, sys};
 use crate::state::State;
 
@@ -92,7 +93,7 @@ fn die(name: &[u8], what: &str, detail: &str, code: i32) -> ! {
 }
 
 /// What one reply means for the relay.
-fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
+fn on_reply(st: &State, name: &[u8], launcher: &Launcher, payload: &[u8]) {
     // Only the variants this relay can meet, and none that would allocate to decode.
     let wanted = matches!(
         payload.first(),
@@ -117,10 +118,8 @@ fn on_reply(st: &State, name: &[u8], payload: &[u8]) {
             // SAFETY: job control: stop with the routed program; SIGCONT resumes us.
             unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
         }
-        Ok(Reply::SignalParent { signal }) if (1..=64).contains(&signal) => {
-            // SAFETY: the program signalled its parent, which is ours: we hold its place.
-            unsafe { libc::kill(libc::getppid(), signal) };
-        }
+        // The program signalled its parent: we hold its place.
+        Ok(Reply::SignalParent { signal }) => launcher.signal(signal),
         Ok(Reply::ExecFailed(f)) => ending::exec_failed(name, &f),
         Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),
         _ => die(name, "malformed message from the broker", "", 125),
@@ -159,7 +158,7 @@ fn die_with_core(st: &State, signal: i32) -> ! {
 /// `argv` is null or a NULL-terminated array of C strings; this process is a fork child
 /// ([`may_relay`]) with no terminal among the launch's descriptors. `program` is the
 /// executed path.
-pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
+pub unsafe fn relay(st: &State, sock: i32, launcher: libc::pid_t, program: &[u8], argv: Argv) -> ! {
     // SAFETY: the caller's array (for messages and the shim's argv).
     let name = unsafe { crate::exec::display_name(argv, crate::exec::Target::Path(c"?")) };
     // What the program's /proc/PID/comm will say, as the shim would (one prctl); the
@@ -172,6 +171,7 @@ pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
     let handoff_at = now_ms() + st.relay_ms;
     let mut handed = false;
     let mut signals = ending::Forwarder::default();
+    let launcher = Launcher::hold(launcher);
     let mut buf = [0u8; 16 * 1024];
     let mut have = 0usize;
     loop {
@@ -192,7 +192,7 @@ pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
             // SAFETY: our signalfd.
             unsafe { libc::close(sfd) };
             // SAFETY: the caller's array; returns only if the exec failed.
-            unsafe { crate::exec::exec_shim(st, sock, 0, program, argv) };
+            unsafe { crate::exec::exec_shim(st, sock, 0, launcher.pid(), program, argv) };
             // The shim could not start: relay here until the end after all.
             handed = true;
             sfd = ending::signal_fd();
@@ -209,14 +209,21 @@ pub unsafe fn relay(st: &State, sock: i32, program: &[u8], argv: Argv) -> ! {
             }
         }
         if pfd[0].revents != 0 {
-            have = read_replies(st, sock, name, &mut buf, have);
+            have = read_replies(st, sock, name, &launcher, &mut buf, have);
         }
     }
 }
 
 /// Reads what the broker sent and acts on every complete frame; returns the bytes of an
 /// incomplete one kept at the start of `buf`.
-fn read_replies(st: &State, sock: i32, name: &[u8], buf: &mut [u8], mut have: usize) -> usize {
+fn read_replies(
+    st: &State,
+    sock: i32,
+    name: &[u8],
+    launcher: &Launcher,
+    buf: &mut [u8],
+    mut have: usize,
+) -> usize {
     // SAFETY: reads into the free tail of buf.
     let k = unsafe { libc::read(sock, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
     if k < 0 {
@@ -238,7 +245,12 @@ fn read_replies(st: &State, sock: i32, name: &[u8], buf: &mut [u8], mut have: us
     loop {
         match frame::complete_frame(&buf[start..have]) {
             Ok(Some(total)) => {
-                on_reply(st, name, &buf[start + FRAME_HEADER..start + total]);
+                on_reply(
+                    st,
+                    name,
+                    launcher,
+                    &buf[start + FRAME_HEADER..start + total],
+                );
                 start += total;
             }
             Ok(None) => break,

@@ -242,7 +242,10 @@ unsafe fn spawn_attached(
     // SAFETY: our socket, placed at a free number above everything the program holds.
     let placed = free && unsafe { libc::dup3(sock, fd, libc::O_CLOEXEC) } == fd;
     let rc = if placed {
-        let launch = exec::ShimLaunch::new(fd, pty_mask, target.program().to_bytes());
+        // The shim is our child: we launched the program.
+        // SAFETY: plain getter.
+        let launcher = unsafe { libc::getpid() };
+        let launch = exec::ShimLaunch::new(fd, pty_mask, launcher, target.program().to_bytes());
         let envp = launch.envp();
         let mut empty = [std::ptr::null(); 2];
         // SAFETY: the caller's array.

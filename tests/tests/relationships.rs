@@ -430,3 +430,44 @@ print(got, rc)
     let r = run(&mut local(&b, script, &args));
     assert_eq!(r.ok(), "['USR1'] 7\n", "{}", r.show());
 }
+
+/// Once the process that launched the program is gone, the program's `kill $PPID` reaches
+/// nobody: not the subreaper (or init) that adopted the shim, which the program never
+/// knew and which may be root's. Locally it would find no such process.
+#[test]
+fn a_signal_to_a_parent_that_is_gone_reaches_nobody() {
+    let b = broker();
+    let script = r#"
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append("USR1"))
+inner = "kill -KILL $PPID; sleep 0.5; kill -USR1 $PPID; echo rc=$? >&2"
+p = subprocess.Popen(sys.argv[1:] + ["sh", "-c", f"bash -c '{inner}'; :"])
+p.wait()
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    try:
+        if os.waitpid(-1, os.WNOHANG) == (0, 0):
+            time.sleep(0.05)
+    except ChildProcessError:
+        break
+time.sleep(0.2)
+print("launcher", -p.returncode, "subreaper got", got)
+"#;
+    let ctx = bin("ctx");
+    let socket = b.socket();
+    let routed = [
+        ctx.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "run",
+        "--route-to",
+        "alice",
+        "--",
+    ];
+    let r = run(&mut local(&b, script, &routed));
+    assert_eq!(r.ok(), "launcher 9 subreaper got []\n", "{}", r.show());
+    let l = run(&mut local(&b, script, &[]));
+    assert_eq!(l.ok(), "launcher 9 subreaper got []\n", "{}", l.show());
+}

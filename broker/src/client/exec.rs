@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -89,6 +89,12 @@ pub struct ExecArgs {
     /// the port's owning context (`[broker] port_owners`) or a root caller may claim it
     #[arg(long = "listen-port", value_name = "PORT")]
     pub listen_ports: Vec<u16>,
+
+    /// Drop the signals the command sends to its parent (`kill -USR1 $PPID`) instead of
+    /// passing them on to the process that ran ctx (a container's init starts its agent
+    /// this way: the agent must not drive it)
+    #[arg(long)]
+    pub drop_parent_signals: bool,
 
     /// The command and its arguments
     #[arg(
@@ -320,6 +326,9 @@ fn launch(
         inherited: Some(inherited.to_inherited()),
     });
 
+    // Our parent now: the command's signals to its parent go there while it still is.
+    // SAFETY: plain getter.
+    let launcher = Launcher::hold(unsafe { libc::getppid() });
     // Block the forwarded signals first, so none is lost between Started and the loop.
     let signals = Signals::install()?;
     let mut conn = Connection::connect(socket)?;
@@ -345,6 +354,7 @@ fn launch(
         },
         resize: plan.any_pty() || ctty_only,
         controlling: &controlling,
+        launcher: (!args.drop_parent_signals).then_some(&launcher),
         pty_output: std::cell::RefCell::new(Output { pty: tty_modes }),
     };
     relay.run(&mut conn, &signals)
@@ -362,6 +372,8 @@ struct Relay<'a> {
     output: Option<RawFd>,
     resize: bool,
     controlling: &'a Controlling,
+    /// Where the command's signals to its parent go (`None`: dropped).
+    launcher: Option<&'a Launcher>,
     /// The PTY's modes, for writing its output processed once.
     pty_output: std::cell::RefCell<Output>,
 }
@@ -515,9 +527,8 @@ impl Relay<'_> {
                             // `kill $PPID` in the program: ctx stands where the program
                             // would be had it been exec'd in place, so its parent is meant.
                             self.flush(&mut out, output_ok);
-                            if (1..=64).contains(&signal) {
-                                // SAFETY: plain syscalls with integer arguments.
-                                unsafe { libc::kill(libc::getppid(), signal) };
+                            if let Some(l) = self.launcher {
+                                l.signal(signal);
                             }
                         }
                         Reply::Exited { status, timed_out } => {
@@ -714,6 +725,50 @@ pub fn parse_set_env(kv: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The process that ran `ctx exec`, held by a pidfd while it is still our parent: once it
+/// is gone, our parent is a subreaper or init, which the command's `kill $PPID` must not
+/// reach (locally it would find no such process).
+struct Launcher {
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Launcher {
+    fn hold(pid: libc::pid_t) -> Launcher {
+        // SAFETY: plain syscalls with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+        // SAFETY: a new descriptor, owned from here.
+        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+        // Held and still our parent: the pidfd is that process's, not a reuse's.
+        // SAFETY: plain getter.
+        let parent = pid > 1 && unsafe { libc::getppid() } == pid;
+        Launcher {
+            pid: if parent { pid } else { 0 },
+            pidfd,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain getter.
+        if self.pid == 0 || !(1..=64).contains(&signal) || unsafe { libc::getppid() } != self.pid {
+            return;
+        }
+        // SAFETY: plain syscalls with integer arguments and a null siginfo.
+        unsafe {
+            match &self.pidfd {
+                Some(fd) => libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ),
+                None => libc::kill(self.pid, signal) as libc::c_long,
+            };
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -940,6 +995,7 @@ mod tests {
             output: None,
             resize: false,
             controlling: &Controlling::None,
+            launcher: None,
             pty_output: std::cell::RefCell::new(Output { pty: None }),
         };
         let Err(e) = relay.exited(

@@ -45,6 +45,7 @@ pub fn run(socket: &Path, args: ShArgs) -> Result<i32, Error> {
         launch: args.launch,
         interactive: false,
         listen_ports: Vec::new(),
+        drop_parent_signals: false,
         command: vec![OsString::from("bash")],
     };
     exec::run_as(socket, exec_args, move |exec| {

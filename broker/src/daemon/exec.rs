@@ -378,24 +378,27 @@ async fn launch(
         enforcing.as_ref().map(|r| r.as_raw_fd()),
     ];
     // The program's parent is the broker: where it can name that pid (no PID namespace
-    // of its own), its signals to it are taken to its caller instead.
+    // of its own), its signals to it are taken to its caller instead; not where signals
+    // are scoped to the launch.
     let (parent_tx, mut parent_signals) = tokio::sync::mpsc::channel::<i32>(PARENT_SIGNALS);
+    let relays_parent =
+        !ctx.isolation.pid && ctx.isolation.signals != crate::config::Signals::Scoped;
     let enforced_execs = exec_policy.is_some();
     let policy = match exec_policy {
         Some(p) => Some(p),
-        None if !ctx.isolation.pid => Some(Policy::execs_unchecked(
+        None if relays_parent => Some(Policy::execs_unchecked(
             &ctx.name,
             ctx.user.uid,
             audit_argv.first().map(Into::into).unwrap_or_default(),
         )),
         None => None,
     }
-    .map(|p| match ctx.isolation.pid {
-        false => p.relaying_parent_signals(ParentSignals {
+    .map(|p| match relays_parent {
+        true => p.relaying_parent_signals(ParentSignals {
             pid: std::process::id() as libc::pid_t,
             relay: parent_tx,
         }),
-        true => p,
+        false => p,
     });
     // Held until the fork is done: the child hands its listener over through it.
     let filter = policy.as_ref().map(Policy::filter).unwrap_or_default();
@@ -1092,7 +1095,11 @@ fn failure_detail(
             "installing the seccomp filters (enforce's exec guard, the broker's file-owner filter)"
                 .into()
         }
-        Stage::Seccomp => "installing the broker's seccomp file-owner filter".into(),
+        Stage::Seccomp => {
+            "installing the broker's seccomp filters (the file-owner filter, the supervisor's \
+             listener for signals to the parent)"
+                .into()
+        }
         Stage::Cgroup => format!(
             "joining context {:?}'s cgroup (pids_max reached, or a cgroup the broker's \
              scheduling class cannot enter)",

@@ -121,6 +121,7 @@ pub struct Denied {
 pub struct Armed<'a> {
     running: &'a Running,
     token: u64,
+    required: bool,
 }
 
 /// What the spawn child needs: the socket to send its listener on and the launch's token.
@@ -128,6 +129,10 @@ pub struct Armed<'a> {
 pub struct Handover {
     pub sock: RawFd,
     pub token: u64,
+    /// The launch's execs are checked (`enforce`): without the listener it must not run.
+    /// Otherwise a process that holds a listener of its own already (a nested broker,
+    /// a container runtime; the kernel allows one) runs unsupervised.
+    pub required: bool,
 }
 
 /// One launch's listener, as the guard thread and its decisions in flight hold it.
@@ -212,6 +217,8 @@ const REASON_BUSY: &str =
 
 /// Decisions one uid may have running at once (see [`InFlight`]).
 const MAX_IN_FLIGHT_PER_UID: usize = 64;
+/// How often listeners of ended launches are looked for (see [`watch`]).
+const SWEEP_MS: i32 = 1000;
 /// A decision's thread reads one path and a page at a time.
 const DECISION_STACK: usize = 128 * 1024;
 
@@ -234,8 +241,13 @@ impl ExecGuard {
             .as_ref()
             .map_err(Clone::clone)?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let required = policy.guards_exec;
         lock(&running.pending).insert(token, Arc::new(policy));
-        Ok(Armed { running, token })
+        Ok(Armed {
+            running,
+            token,
+            required,
+        })
     }
 
     /// Starts the guard thread now, if it has not started yet.
@@ -254,6 +266,7 @@ impl Armed<'_> {
         Handover {
             sock: self.running.send.as_raw_fd(),
             token: self.token,
+            required: self.required,
         }
     }
 }
@@ -340,6 +353,12 @@ impl Policy {
             guards_exec: false,
             parent: None,
         }
+    }
+
+    /// Its launch's relay loop is gone (only known where signals to the parent are
+    /// relayed).
+    fn launch_ended(&self) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.relay.is_closed())
     }
 
     pub fn relaying_parent_signals(mut self, parent: ParentSignals) -> Policy {
@@ -499,8 +518,13 @@ fn watch(
             events: libc::POLLIN,
             revents: 0,
         }));
+        // A launch that ended may leave processes (a `setsid` daemon) that keep its
+        // listener open: where only signals to the parent were supervised, the listener
+        // goes once the launch has ended, looked for every second while there are such.
+        let sweep = listeners.iter().any(|w| !w.policy.guards_exec);
+        let timeout = if sweep { SWEEP_MS } else { -1 };
         // SAFETY: `fds` is a valid array of pollfd of that length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -525,9 +549,17 @@ fn watch(
                 listeners.swap_remove(i);
             }
         }
+        if sweep {
+            // After the listeners' events, whose indices match `fds`.
+            listeners.retain(|w| w.policy.guards_exec || !w.policy.launch_ended());
+        }
         if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             loop {
                 match receive(&recv) {
+                    // The child could not install its listener and runs without one.
+                    Received::Without(token) => {
+                        lock(&pending).remove(&token);
+                    }
                     Received::Listener(token, listener) => match lock(&pending).remove(&token) {
                         Some(policy) => listeners.push(Arc::new(Watched {
                             listener,
@@ -550,6 +582,7 @@ fn watch(
 
 enum Received {
     Listener(u64, OwnedFd),
+    Without(u64),
     Empty,
     Closed,
 }
@@ -583,6 +616,7 @@ fn receive(recv: &OwnedFd) -> Received {
         }
         match (n == token.len(), fd) {
             (true, Some(fd)) => return Received::Listener(u64::from_ne_bytes(token), fd),
+            (true, None) => return Received::Without(u64::from_ne_bytes(token)),
             _ => tracing::warn!("exec guard: a malformed hand-over message"),
         }
     }
@@ -725,11 +759,8 @@ fn relay_to_parent(
     if tid_arg.is_some_and(|t| req.data.args[t] as i32 != parent.pid) {
         return Verdict::Fail(libc::EPERM);
     }
-    // Only the broker's own children are signalling their parent; any other process
-    // naming the broker's pid is refused, as the kernel would refuse it.
-    if parent_of(req.pid as libc::pid_t) != Some(parent.pid) {
-        return Verdict::Fail(libc::EPERM);
-    }
+    // Any process of the launch may be meant: a subshell's `kill $PPID`, a make
+    // recipe's `/bin/kill`, all name the routed program's parent, which is the broker.
     if parent.relay.is_closed() {
         return Verdict::Fail(libc::ESRCH);
     }
@@ -739,16 +770,6 @@ fn relay_to_parent(
         let _ = parent.relay.try_send(signal);
     }
     Verdict::Done
-}
-
-/// The parent of process (or thread) `pid`, from `/proc/PID/stat`.
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold anything, `)` and spaces included: fields follow the last
-    // `)`.
-    let end = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
-    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// The decision for one exec, with the path as given and its resolved target.
@@ -1069,11 +1090,14 @@ mod tests {
         assert!(out.contains("probe=0"), "{out}");
         assert!(out.contains("term=0"), "{out}");
         assert!(out.contains("kill=0"), "{out}");
-        // Not its parent: refused, as the kernel would refuse another uid's process.
-        assert!(out.contains("grandchild=1"), "{out}");
+        // A process of the launch that is not the program names its parent too.
+        assert!(out.contains("grandchild=0"), "{out}");
         assert!(out.contains("exec-unchecked"), "execs run unchecked: {out}");
         let got: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert_eq!(got, [libc::SIGUSR1, libc::SIGTERM, libc::SIGKILL]);
+        assert_eq!(
+            got,
+            [libc::SIGUSR1, libc::SIGTERM, libc::SIGKILL, libc::SIGHUP]
+        );
         assert_eq!(ESCAPED.load(Ordering::SeqCst), 0, "a signal was delivered");
     }
 

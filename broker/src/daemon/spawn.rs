@@ -881,9 +881,22 @@ unsafe fn reset_signal_handlers() {
 /// the launch's `token`, then closes our copies: the routed program must never hold the
 /// listener (it could answer its own notifications). Async-signal-safe (`fdpass` is raw
 /// syscalls on the stack).
-unsafe fn install_exec_guard(report: RawFd, sock: RawFd, token: u64, filter: &[libc::sock_filter]) {
+unsafe fn install_exec_guard(
+    report: RawFd,
+    sock: RawFd,
+    guard: Handover,
+    filter: &[libc::sock_filter],
+) {
+    let token = guard.token;
     let listener = match super::seccomp::install_supervised(filter) {
         Ok(fd) => fd,
+        Err(libc::EBUSY) if !guard.required => {
+            // Tells the guard to forget the launch; the program runs unsupervised.
+            let bytes = token.to_ne_bytes();
+            libc::send(sock, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL);
+            libc::close(sock);
+            return;
+        }
         Err(e) => fail(report, Stage::Seccomp, e),
     };
     let sent = ctx_protocol::fdpass::send_with_fds(sock, &token.to_ne_bytes(), &[listener]);
@@ -1193,7 +1206,7 @@ unsafe fn child(
     if let Some(guard) = plan.exec_guard {
         // Last, so that it sees exactly the execs below and everything after them; the
         // guard lets the spawn child's own execs through (it still shares our memory).
-        install_exec_guard(report, guard_sock, guard.token, &plan.supervisor_filter);
+        install_exec_guard(report, guard_sock, guard, &plan.supervisor_filter);
     }
 
     if let Some(carried) = &plan.inherited {

@@ -5,9 +5,10 @@
 pub mod conn;
 pub mod ending;
 pub mod fds;
+pub mod launcher;
 pub mod sys;
 pub mod wire;
 
 /// The shim's one environment variable when it is attached to an accepted launch:
-/// `<sock>,<pty-mask>,<comm>` (see `exec::ShimLaunch`).
+/// `<sock>,<pty-mask>,<launcher-pid>,<comm>` (see `exec::ShimLaunch`).
 pub const ATTACH_VAR: &str = ctx_protocol::vars::SHIM_ATTACH;

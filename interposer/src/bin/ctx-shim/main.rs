@@ -38,15 +38,22 @@ fn usage() -> ! {
     std::process::exit(EXIT_CTX)
 }
 
-/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<comm>`: the parameters of an attached shim, whose
-/// argv is the routed program's own (see the library's `exec::ShimLaunch`).
-fn attach_params() -> Option<(i32, u8, OsString)> {
+/// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<launcher-pid>,<comm>`: the parameters of an
+/// attached shim, whose argv is the routed program's own (see the library's
+/// `exec::ShimLaunch`).
+fn attach_params() -> Option<(i32, u8, libc::pid_t, OsString)> {
     let v = std::env::var_os(shared::ATTACH_VAR)?;
-    let mut parts = v.as_bytes().splitn(3, |&b| b == b',');
+    let mut parts = v.as_bytes().splitn(4, |&b| b == b',');
     let sock = sys::parse_u64(parts.next()?)?;
     let mask = sys::parse_u64(parts.next()?)?;
+    let launcher = sys::parse_u64(parts.next()?)?;
     let comm = OsString::from(std::ffi::OsStr::from_bytes(parts.next()?));
-    Some((i32::try_from(sock).ok()?, (mask & 15) as u8, comm))
+    Some((
+        i32::try_from(sock).ok()?,
+        (mask & 15) as u8,
+        libc::pid_t::try_from(launcher).ok()?,
+        comm,
+    ))
 }
 
 #[no_mangle]
@@ -54,7 +61,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
     let args: Vec<OsString> = std::env::args_os().collect();
     let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
     if std::env::var_os(shared::ATTACH_VAR).is_some() {
-        let Some((sock, mask, comm)) = attach_params() else {
+        let Some((sock, mask, launcher, comm)) = attach_params() else {
             usage()
         };
         // ps, pgrep and psutil read the pid the caller holds: make it look like the program
@@ -65,7 +72,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             _ => comm.as_bytes(),
         };
         shared::fds::keep_only(sock, mask);
-        relay::run(sock, mask, name)
+        relay::run(sock, mask, launcher, name)
     }
     match a.get(1).copied() {
         Some(b"--spawn") => spawn::run(&a),

@@ -7,6 +7,7 @@ use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
+use crate::shared::launcher::Launcher;
 use crate::shared::{ending, fds, sys};
 use crate::EXIT_CTX;
 
@@ -39,6 +40,8 @@ struct Relay<'a> {
     name: &'a [u8],
     input_open: bool,
     signals: ending::Forwarder,
+    /// Where the program's signals to its parent go.
+    launcher: Launcher,
     output: Output,
 }
 
@@ -149,12 +152,8 @@ impl Relay<'_> {
                 }
             }
             Ok(Reply::Exited { status, .. }) => self.finish(status),
-            Ok(Reply::SignalParent { signal }) if (1..=64).contains(&signal) => {
-                // The program signalled its parent: the shim holds its place, so the
-                // caller that launched it is the shim's parent.
-                // SAFETY: plain syscalls with integer arguments.
-                unsafe { libc::kill(libc::getppid(), signal) };
-            }
+            // The program signalled its parent: the shim holds its place.
+            Ok(Reply::SignalParent { signal }) => self.launcher.signal(signal),
             Ok(Reply::Modes(modes)) => {
                 self.output.pty = Some(modes);
                 if let Some(hold) = self.tty.hold.as_mut() {
@@ -264,7 +263,7 @@ fn owns_job() -> bool {
     unsafe { libc::getpgid(libc::getppid()) != libc::getpgrp() }
 }
 
-pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
+pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
     let sfd = ending::signal_fd();
     // Input comes from stdin when it is the terminal; otherwise the program may still
     // read its controlling terminal (`read </dev/tty`), fed from ours when it is our job's.
@@ -295,6 +294,7 @@ pub fn run(sock: RawFd, pty_mask: u8, name: &[u8]) -> ! {
             pty: out.or(input).and_then(fds::termios_of),
         },
         signals: ending::Forwarder::default(),
+        launcher: Launcher::hold(launcher),
     };
     r.hold();
     if let (None, Some(modes)) = (&r.tty.hold, r.tty.out.and_then(fds::termios_of)) {

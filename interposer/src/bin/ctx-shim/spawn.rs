@@ -91,6 +91,9 @@ fn first_on_path(file: &[u8], path: &[u8]) -> Option<Vec<u8>> {
 }
 
 pub fn run(a: &[&[u8]]) -> ! {
+    // Spawned by the caller, which launched the program.
+    // SAFETY: plain getter.
+    let launcher = unsafe { libc::getppid() };
     let (
         Some(report_fd),
         Some(context),
@@ -247,5 +250,5 @@ pub fn run(a: &[&[u8]]) -> ! {
     drop(out);
     drop(reply);
     fds::keep_only(sock, mask);
-    relay::run(sock, mask, name)
+    relay::run(sock, mask, launcher, name)
 }
