@@ -5,7 +5,7 @@
 //!
 //! In the order a launch meets them: `check.rs` guesses before the clone whether the exec
 //! will succeed; `fork_exec` (here) prepares the child's memory and `clone.rs` starts it;
-//! `child.rs` is the child, down to the exec; `report.rs` carries a
+//! `child.rs` is the child, one step per mechanism down to the exec; `report.rs` carries a
 //! failed step back. `signals.rs`, `caps.rs` and `cwd.rs` hold the broker-wide state and
 //! helpers those steps need.
 //!

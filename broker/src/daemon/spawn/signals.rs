@@ -97,3 +97,10 @@ pub(super) unsafe fn reset_signal_handlers() {
         }
     }
 }
+
+/// Handlers were reset by the entry point; now unblock what the broker blocked.
+pub(super) unsafe fn unblock_signals() {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+}
