@@ -1,0 +1,275 @@
+//! The spawn path: everything a routed process needs is built into a [`SpawnPlan`] before
+//! `fork`; the child then runs only async-signal-safe syscalls (the broker is a threaded
+//! tokio process) and reports the first failing step through a close-on-exec pipe as
+//! `(stage, errno)`, which the parent turns into a classified [`ExecFailure`].
+//!
+//! In the order a launch meets them: `check.rs` guesses before the clone whether the exec
+//! will succeed; `fork_exec` (here) prepares the child's memory and `clone.rs` starts it;
+//! `child.rs` is the child, one step per mechanism down to the exec; `report.rs` carries a
+//! failed step back. `signals.rs`, `caps.rs` and `cwd.rs` hold the broker-wide state and
+//! helpers those steps need.
+//!
+//! [`ExecFailure`]: ctx_protocol::ExecFailure
+
+mod caps;
+mod check;
+mod child;
+mod clone;
+mod cwd;
+mod report;
+mod signals;
+#[cfg(test)]
+pub mod testing;
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::exec_guard::Handover;
+
+pub use caps::drop_bounding_set_process_wide;
+pub use check::{exec_likely, search_candidates};
+pub use child::{child_nofile_soft, set_child_nofile_soft};
+pub(crate) use clone::map_stack;
+pub use report::{parse_report, ChildFailure};
+pub(super) use signals::raw_sigaction;
+pub use signals::snapshot_signal_dispositions;
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// How the program is found.
+pub enum Program {
+    /// `execve` this path exactly (relative paths are relative to the cwd).
+    Exact(CString),
+    /// Try each candidate in order as `execvp` does: skip `ENOENT`/`ENOTDIR`, remember
+    /// `EACCES`, and run a file without a shebang (`ENOEXEC`) through `/bin/sh`.
+    Search(Vec<CString>),
+}
+
+/// Identity the child switches to.
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl SpawnPlan {
+    /// What a relative program path is relative to, as the broker can reach it: the
+    /// directory the child will be in (the caller's by its descriptor whenever one came,
+    /// see `cwd::enter`).
+    pub fn relative_base(&self) -> Option<std::path::PathBuf> {
+        match (self.cwd_fd, &self.cwd) {
+            (Some(fd), _) => Some(format!("/proc/self/fd/{fd}").into()),
+            (None, Some(cwd)) => Some(std::path::PathBuf::from(OsStr::from_bytes(cwd.as_bytes()))),
+            (None, None) => None,
+        }
+    }
+}
+
+pub struct SpawnPlan {
+    pub program: Program,
+    /// `/bin/sh` fallback for `ENOEXEC` also when `program` is exact (`execvp` with a '/').
+    pub sh_fallback: bool,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    /// The caller's working directory as a descriptor (`cwd = "inherit"`): entered when
+    /// `cwd` is `None`, or when `cwd` names no directory any more (deleted or renamed
+    /// since) or another one than the caller's (another mount namespace).
+    pub cwd_fd: Option<RawFd>,
+    /// `None`: keep the broker's own identity (unprivileged broker, same-uid context).
+    pub identity: Option<Identity>,
+    /// `(resource, soft, hard)` to set: the context's, and the caller's lower ones (see
+    /// `inherit::child_rlimits`).
+    pub rlimits: Vec<(i32, u64, u64)>,
+    /// What else the caller's process would have passed on (see `inherit.rs`).
+    pub inherited: Option<super::inherit::Carried>,
+    /// `(source, target)`: the child gets `source` at number `target`.
+    pub fds: Vec<(RawFd, i32)>,
+    /// The PTY slave to make the controlling terminal (implies a new session).
+    pub controlling_tty: Option<RawFd>,
+    /// Without a terminal: lead a new session (the caller's child had called `setsid`),
+    /// not only a new process group.
+    pub new_session: bool,
+    /// Drop the capability bounding set and ambient set (needs CAP_SETPCAP: root).
+    pub drop_caps: bool,
+    /// The context's long-lived namespaces to join (see `namespaces.rs`).
+    pub namespaces: Option<EnterNamespaces>,
+    /// The files the child writes itself to to join the context's cgroup (one per v1
+    /// hierarchy; see `cgroups.rs`).
+    pub cgroup_join: Vec<RawFd>,
+    /// v2: the context's cgroup directory, which the child is started in directly
+    /// (`clone3` with `CLONE_INTO_CGROUP`); `cgroup_join` is then written only where
+    /// this kernel or architecture cannot do that.
+    pub cgroup_dir: Option<RawFd>,
+    /// The Landlock rulesets to restrict the child with, in order (see `landlock.rs`): the
+    /// context's, and the per-launch one of `enforce = true`.
+    pub landlock: [Option<RawFd>; 2],
+    /// Add `LISTEN_PID=<the routed process's own pid>` (systemd socket passing). Only the
+    /// child knows that pid (inside a PID namespace it is not the one the broker sees).
+    pub listen_pid: bool,
+    /// A supervised launch (`enforce = true`, or a program that can name the broker as
+    /// its parent): install `supervisor_filter` and hand its listener to the broker's
+    /// supervisor (see `exec_guard.rs`) just before the exec.
+    pub exec_guard: Option<Handover>,
+    /// Built by the broker before the clone (`seccomp::supervised_filter`).
+    pub supervisor_filter: Vec<libc::sock_filter>,
+    /// The program runs with the broker's own euid and can name the broker's pid: install
+    /// the seccomp filter that keeps it from making the broker a file's owner, which would
+    /// let it (or anyone sharing the file) aim any signal at it as SIGIO (`seccomp.rs`).
+    pub owner_filter: bool,
+}
+
+/// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
+#[derive(Debug, Clone, Copy)]
+pub struct EnterNamespaces {
+    pub pidfd: RawFd,
+    pub flags: i32,
+}
+
+/// A started child: its pid, a pidfd to wait on, and the error pipe's read end.
+pub struct Forked {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub report: OwnedFd,
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+pub fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub fn cstring_os(s: &OsStr) -> io::Result<CString> {
+    cstring(s.as_bytes())
+}
+
+/// Forks and runs `plan` in the child. The parent keeps ownership of the plan's
+/// descriptors (close them once this returns).
+pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // "LISTEN_PID=" and room for any pid; the child writes its pid in place.
+    let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let listen_pid_ptr: *mut u8 = if plan.listen_pid {
+        listen_pid.as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
+    };
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(
+            plan.listen_pid
+                .then_some(listen_pid_ptr as *const libc::c_char),
+        )
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // "/bin/sh", <script>, argv[1..], NULL: slot 1 is filled in by the child.
+    let sh = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = Vec::with_capacity(argv.len() + 2);
+    sh_argv.push(sh.as_ptr());
+    sh_argv.push(std::ptr::null());
+    sh_argv.extend(argv.iter().skip(1));
+    if plan.argv.is_empty() {
+        sh_argv.push(std::ptr::null());
+    }
+    let candidates: Vec<*const libc::c_char> = match &plan.program {
+        Program::Exact(p) => vec![p.as_ptr()],
+        Program::Search(list) => list.iter().map(|c| c.as_ptr()).collect(),
+    };
+    let searching = matches!(plan.program, Program::Search(_));
+    let last_cap = caps::last_capability();
+    let floor = plan.fds.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2) + 1;
+    // The targets in order, for the close loop (one close_range per gap between them),
+    // and room for the child's moved copies of the sources: any number of descriptors,
+    // with nothing allocated in the child.
+    let mut targets: Vec<i32> = plan.fds.iter().map(|&(_, t)| t).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut moved: Vec<RawFd> = vec![-1; plan.fds.len()];
+
+    let mut pipe = [0; 2];
+    // Non-blocking from the start: the broker reads it without waiting, and the child's one
+    // 8-byte report always fits in the empty pipe.
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both ends were just created and are owned here.
+    let (report_r, report_w) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+
+    let args = child::ChildArgs {
+        plan,
+        report: report_w.as_raw_fd(),
+        floor,
+        targets: &targets,
+        moved: moved.as_mut_ptr(),
+        candidates: &candidates,
+        searching,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        sh_argv: sh_argv.as_mut_ptr(),
+        last_cap,
+        listen_pid: listen_pid_ptr,
+        grandchild: std::sync::atomic::AtomicI32::new(0),
+        grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
+    };
+    if child::BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        child::BROKER_PID.store(
+            std::process::id() as i32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let (mut pid, mut pidfd) = clone::clone_vfork(&args)?;
+    drop(report_w);
+    let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
+    if grandchild > 0 {
+        // The first child exited as soon as the grandchild exec'd (or failed): reap it and
+        // watch the grandchild, our own child thanks to CLONE_PARENT. It cannot be reaped
+        // by anyone else before pidfd_open, so its pid cannot have been reused.
+        // SAFETY: plain syscalls; `pidfd` is the first child's, which we own.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            );
+            libc::close(pidfd);
+            let fd = libc::syscall(libc::SYS_pidfd_open, grandchild, 0) as RawFd;
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                libc::kill(grandchild, libc::SIGKILL);
+                return Err(e);
+            }
+            pidfd = fd;
+        }
+        pid = grandchild;
+    }
+    if plan.controlling_tty.is_none() && !plan.new_session {
+        // Also from the parent, so a kill of the group cannot race the child's setpgid.
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::setpgid(pid, pid) };
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor we own (it is close-on-exec).
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Forked {
+        pid,
+        pidfd,
+        report: report_r,
+    })
+}
