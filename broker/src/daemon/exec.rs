@@ -387,6 +387,16 @@ async fn launch(
         pidfd: h.pidfd.as_raw_fd(),
         flags: h.flags,
     });
+    // Known before the fork: an egress context's launch carries its id to the proxy.
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Some(h) = &holder {
+        let proxy_env = shared.egress.launch_env(shared, &ctx, h, id);
+        if !proxy_env.is_empty() {
+            plan.envp
+                .retain(|e| !super::egress::Egress::is_proxy_var(e.as_bytes()));
+            plan.envp.extend(proxy_env);
+        }
+    }
     let mut pty = None;
     let mut pty_modes = None;
     if prepared.wants_tty {
@@ -451,7 +461,6 @@ async fn launch(
 
     // Registered before anything else can happen: the program may already be running
     // and routing its own children, whose connections are placed by this entry.
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.registry.insert(Running {
         id,
         pid,
@@ -829,6 +838,7 @@ fn isolation_json(
     json!({
         "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
         "network_none": ns_flags & libc::CLONE_NEWNET != 0,
+        "egress": ns_flags & libc::CLONE_NEWNET != 0 && ctx.isolation.network.egress().is_some(),
         "landlock": landlock,
         "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
         "enforce": enforced,

@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, Context, Network};
+use crate::config::{Config, Context};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -120,7 +120,7 @@ pub fn wanted_flags(ctx: &Context) -> i32 {
     if ctx.isolation.pid {
         flags |= libc::CLONE_NEWPID | libc::CLONE_NEWNS;
     }
-    if ctx.isolation.network == Network::None {
+    if ctx.isolation.network.own_namespace() {
         flags |= libc::CLONE_NEWNET;
     }
     flags

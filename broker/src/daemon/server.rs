@@ -188,12 +188,19 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         shutdown_rx,
         warnings: RwLock::new(warnings),
         namespaces,
+        egress: Default::default(),
         ports,
         landlock: Default::default(),
         exec_guard: Default::default(),
         cgroups,
         admissions: Default::default(),
     });
+
+    // Before the first launch, like the namespaces the proxies listen in.
+    let egress_warnings = shared.egress.sync(&shared, &shared.config());
+    for w in egress_warnings {
+        tracing::warn!("{w}");
+    }
 
     // Normally done by main while it was the only thread; again here for an embedder.
     super::signals::protect_process();
