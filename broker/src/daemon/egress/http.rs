@@ -94,11 +94,7 @@ fn find_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// `launch`: the launch that credentials name, if any.
-fn parse(
-    head: &[u8],
-    rest: &[u8],
-    launch: &LaunchOf<'_>,
-) -> Result<Request, HeadError> {
+fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
     let text = std::str::from_utf8(head).map_err(|_| HeadError::BadRequestLine)?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let request_line = lines.next().ok_or(HeadError::BadRequestLine)?;
