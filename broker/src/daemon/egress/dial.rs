@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::listener::Outcome;
-use super::rule::{Rule, Target};
+use super::rule::{canonical, Rule, Target};
 use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// name through the resolver, trying each resolved address `rule` lets it reach in turn.
 pub async fn connect(rule: &Rule, target: &Target, port: u16) -> Result<TcpStream, DialError> {
     let addresses: Vec<SocketAddr> = match target {
-        Target::Address(ip) => vec![SocketAddr::new(*ip, port)],
+        Target::Address(ip) => vec![SocketAddr::new(canonical(*ip), port)],
         Target::Name(name) => {
             let resolved = tokio::time::timeout(
                 RESOLVE_TIMEOUT,

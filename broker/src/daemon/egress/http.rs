@@ -18,6 +18,9 @@ use super::State;
 
 /// The longest request head (request line and headers) the proxy reads.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// How long, and how much, a refused client's remaining bytes are read before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
 pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 /// Headers meant for the proxy or for this one connection, never passed on.
 const HOP_BY_HOP: [&str; 4] = [
@@ -262,7 +265,21 @@ pub async fn error(client: &mut TcpStream, code: u16, text: &str) -> std::io::Re
         text.len()
     );
     client.write_all(response.as_bytes()).await?;
-    client.shutdown().await
+    client.shutdown().await?;
+    // Closing with unread bytes would reset the connection, and a reset can destroy the
+    // answer before the client reads it: take what it still sends, for a bounded while.
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    Ok(())
 }
 
 #[cfg(test)]

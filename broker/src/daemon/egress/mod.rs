@@ -53,6 +53,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECENT_LAUNCHES: usize = 4096;
 /// The variables a launch of an egress context gets (each also in lower case).
 const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"];
+/// git asks libcurl to send proxy credentials only after a 407 challenge, which this
+/// proxy never sends; "basic" makes it send them up front, so its attempts are attributed.
+const GIT_AUTH: &str = "GIT_HTTP_PROXY_AUTHMETHOD";
 /// Names clients reach directly: the namespace's own loopback.
 const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
@@ -169,12 +172,13 @@ impl Egress {
                 env.extend(CString::new(format!("{n}={value}")));
             }
         }
+        env.extend(CString::new(format!("{GIT_AUTH}=basic")));
         env
     }
 
     /// Whether `entry` (`NAME=VALUE`) is one of the variables a launch's proxy sets.
     pub fn is_proxy_var(entry: &[u8]) -> bool {
-        PROXY_VARS.iter().any(|v| {
+        PROXY_VARS.iter().chain([&GIT_AUTH]).any(|v| {
             let n = v.len();
             entry.len() > n && entry[n] == b'=' && entry[..n].eq_ignore_ascii_case(v.as_bytes())
         })
@@ -365,6 +369,7 @@ mod tests {
         assert!(Egress::is_proxy_var(b"HTTP_PROXY=x"));
         assert!(Egress::is_proxy_var(b"https_proxy="));
         assert!(Egress::is_proxy_var(b"no_proxy=a"));
+        assert!(Egress::is_proxy_var(b"GIT_HTTP_PROXY_AUTHMETHOD=anyauth"));
         assert!(!Egress::is_proxy_var(b"HTTP_PROXY_X=1"));
         assert!(!Egress::is_proxy_var(b"PATH=/bin"));
     }
