@@ -21,8 +21,9 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 // Constants
 // ---------------------------------------------------------------------------------------
 
-/// Relay buffer per direction: large enough that a fast download is not syscall-bound.
-const RELAY_BUFFER: usize = 128 * 1024;
+/// Relay buffer per direction: 64 KiB is as fast as 512 KiB here (scripts/bench-egress.sh),
+/// and bounds what a context at its connection cap makes the broker hold to 64 MiB.
+const RELAY_BUFFER: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Types
