@@ -607,8 +607,17 @@ fn a_name_that_resolves_to_loopback_is_refused_unless_the_address_is_listed() {
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nhost-only");
         }
     });
+    // Names for the cloud metadata endpoint and an IPv4-mapped loopback address: the proxy
+    // refuses them before connecting, so neither needs to exist.
+    let base = unique("l");
+    let metadata = format!("{base}.metadata.test");
+    let mapped = format!("{base}.mapped.test");
+    let _hosts = Hosts::add(&[
+        ("169.254.169.254", &metadata),
+        ("::ffff:127.0.0.1", &mapped),
+    ]);
     let b = Broker::start(&config(
-        &format!(r#"{{ allow = ["localhost:{port}"] }}"#),
+        &format!(r#"{{ allow = ["localhost:{port}", "{metadata}", "{mapped}"] }}"#),
         Some(&format!(
             r#"{{ allow = ["localhost:{port}", "127.0.0.1:{port}"] }}"#
         )),
@@ -632,6 +641,14 @@ fn a_name_that_resolves_to_loopback_is_refused_unless_the_address_is_listed() {
     assert!(l["reason"].as_str().unwrap().contains("127.0.0.1"), "{l}");
     // As a literal address it is not listed either.
     assert_eq!(get("eg", "127.0.0.1").0, "403");
+    for (name, address) in [(&metadata, "169.254.169.254"), (&mapped, "127.0.0.1")] {
+        assert_eq!(get("eg", name).0, "403", "{name}");
+        let l = b
+            .wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str())
+            .remove(0);
+        assert_eq!(l["allowed"], false);
+        assert!(l["reason"].as_str().unwrap().contains(address), "{l}");
+    }
     // Listed as an address, both work.
     assert_eq!(get("eg2", "localhost"), ("200".into(), "host-only".into()));
     assert_eq!(get("eg2", "127.0.0.1").0, "200");

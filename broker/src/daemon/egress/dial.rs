@@ -24,6 +24,8 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 /// Relay buffer per direction: 64 KiB is as fast as 512 KiB here (scripts/bench-egress.sh),
 /// and bounds what a context at its connection cap makes the broker hold to 64 MiB.
 const RELAY_BUFFER: usize = 64 * 1024;
+/// Name lookups in progress at once, for all contexts together.
+const MAX_RESOLVERS: usize = 32;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -116,14 +118,9 @@ pub async fn connect(rule: &Rule, target: &Target, port: u16) -> Result<TcpStrea
     let addresses: Vec<SocketAddr> = match target {
         Target::Address(ip) => vec![SocketAddr::new(canonical(*ip), port)],
         Target::Name(name) => {
-            let resolved = tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                tokio::net::lookup_host((name.as_str(), port)),
-            )
-            .await
-            .map_err(|_| DialError::ResolveTimeout)?
-            .map_err(DialError::Resolve)?;
-            let all: Vec<SocketAddr> = resolved.collect();
+            let all = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(name.clone(), port))
+                .await
+                .map_err(|_| DialError::ResolveTimeout)??;
             if all.is_empty() {
                 return Err(DialError::NoAddress);
             }
@@ -155,6 +152,31 @@ pub async fn connect(rule: &Rule, target: &Target, port: u16) -> Result<TcpStrea
         .map_err(|_| DialError::ConnectTimeout)??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// The system resolver on a blocking thread. A lookup that outlives its deadline keeps its
+/// thread until the resolver gives up, so the threads are bounded here, for all contexts
+/// together (each holds its permit until its lookup returns): a context cannot take the
+/// runtime's blocking pool, which reloads and requests also use, with lookups of slow
+/// names under a `*.` entry.
+async fn resolve(name: String, port: u16) -> Result<Vec<SocketAddr>, DialError> {
+    static RESOLVERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RESOLVERS);
+    let permit = RESOLVERS
+        .acquire()
+        .await
+        .map_err(|_| DialError::ResolveTimeout)?;
+    let lookup = tokio::task::spawn_blocking(move || {
+        use std::net::ToSocketAddrs;
+        let found = (name.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect);
+        drop(permit);
+        found
+    });
+    lookup
+        .await
+        .map_err(|e| DialError::Resolve(io::Error::other(e)))?
+        .map_err(DialError::Resolve)
 }
 
 /// Sends `first` to the destination, then relays both ways until both sides are done.
