@@ -87,6 +87,8 @@ pub struct Namespaces {
 #[derive(Debug, Clone)]
 struct Failure {
     flags: i32,
+    /// The network namespace was for an egress rule, not `network = "none"`.
+    egress: bool,
     error: NamespaceError,
 }
 
@@ -179,7 +181,11 @@ impl Namespaces {
                     self.failures_lock().remove(&ctx.name);
                 }
                 Err(error) => {
-                    let failure = Failure { flags, error };
+                    let failure = Failure {
+                        flags,
+                        egress: ctx.isolation.network.egress().is_some(),
+                        error,
+                    };
                     self.lock().remove(&ctx.name);
                     warnings.extend(failure.warnings(&ctx.name));
                     self.failures_lock().insert(ctx.name.clone(), failure);
@@ -212,7 +218,11 @@ impl Namespaces {
                 Some(h)
             }
             Err(error) => {
-                let failure = Failure { flags, error };
+                let failure = Failure {
+                    flags,
+                    egress: ctx.isolation.network.egress().is_some(),
+                    error,
+                };
                 let mut failures = self.failures_lock();
                 // Warned once per cause: a broker that may not create namespaces at all
                 // (unprivileged) fails the same way at every launch.
@@ -256,7 +266,7 @@ impl Namespaces {
             Some(f) => f.reason(),
             None => "its namespace holder has ended; the next launch re-creates it".into(),
         };
-        options(flags)
+        options(flags, ctx.isolation.network.egress().is_some())
             .into_iter()
             .map(|o| (o.to_string(), reason.clone()))
             .collect()
@@ -288,21 +298,26 @@ impl Failure {
     /// One warning per option not in force, naming the context and the option.
     fn warnings(&self, context: &str) -> Vec<String> {
         let reason = self.reason();
-        options(self.flags)
+        options(self.flags, self.egress)
             .into_iter()
             .map(|o| format!("contexts.{context}.isolation: {o} NOT in force: {reason}"))
             .collect()
     }
 }
 
-/// The `isolation` options behind `flags`, as contexts.toml spells them.
-pub fn options(flags: i32) -> Vec<&'static str> {
+/// The `isolation` options behind `flags`, as contexts.toml spells them (`egress`: the
+/// network namespace is for an allow list).
+pub fn options(flags: i32, egress: bool) -> Vec<&'static str> {
     let mut parts = Vec::new();
     if flags & libc::CLONE_NEWPID != 0 {
         parts.push("pid = true");
     }
     if flags & libc::CLONE_NEWNET != 0 {
-        parts.push("network = \"none\"");
+        parts.push(if egress {
+            "network = { allow = [..] }"
+        } else {
+            "network = \"none\""
+        });
     }
     parts
 }
