@@ -176,6 +176,14 @@ impl Egress {
         env
     }
 
+    /// The port the context's proxy listens on, when it serves.
+    pub fn port(&self, context: &str) -> Option<u16> {
+        self.lock()
+            .get(context)
+            .filter(|p| p.holder.strong_count() > 0 && !p.accept.is_finished())
+            .map(|p| p.port)
+    }
+
     /// Whether `entry` (`NAME=VALUE`) is one of the variables a launch's proxy sets.
     pub fn is_proxy_var(entry: &[u8]) -> bool {
         PROXY_VARS.iter().chain([&GIT_AUTH]).any(|v| {
