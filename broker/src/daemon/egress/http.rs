@@ -164,17 +164,15 @@ fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, Hea
         .flat_map(|(_, v)| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let mut has_host = false;
+    // The origin learns the host from the URL the rule was checked against, never from
+    // the client's own Host header (which could name another site on a shared address).
+    out.push_str(&format!("Host: {authority}\r\n"));
     for (name, value) in &headers {
         let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || dropped.contains(&lower) {
+        if lower == "host" || HOP_BY_HOP.contains(&lower.as_str()) || dropped.contains(&lower) {
             continue;
         }
-        has_host |= lower == "host";
         out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !has_host {
-        out.push_str(&format!("Host: {authority}\r\n"));
     }
     out.push_str("Connection: close\r\n\r\n");
     let mut head = out.into_bytes();
@@ -321,13 +319,13 @@ mod tests {
     #[test]
     fn absolute_requests_are_rewritten_for_the_origin() {
         let (head, req) = forward(
-            "GET http://Files.Example:8080/a/b?c=1#frag HTTP/1.1\r\nHost: files.example:8080\r\n\
+            "GET http://Files.Example:8080/a/b?c=1#frag HTTP/1.1\r\nHost: elsewhere.example\r\n\
              Proxy-Authorization: Basic bGF1bmNoOjQy\r\nProxy-Connection: keep-alive\r\n\
              Connection: keep-alive, X-Private\r\nX-Private: 1\r\nAccept: */*\r\n\r\n",
         );
         assert_eq!(
             head,
-            "GET /a/b?c=1 HTTP/1.1\r\nHost: files.example:8080\r\nAccept: */*\r\n\
+            "GET /a/b?c=1 HTTP/1.1\r\nHost: Files.Example:8080\r\nAccept: */*\r\n\
              Connection: close\r\n\r\nbody"
         );
         assert_eq!(
