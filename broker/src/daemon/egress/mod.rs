@@ -176,6 +176,17 @@ impl Egress {
         env
     }
 
+    /// The warnings `ctx status` shows for proxies that could not listen.
+    pub fn warnings(&self) -> Vec<String> {
+        let failures = self.failures_lock();
+        let mut names: Vec<&String> = failures.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| not_in_force(name, &failures[name]))
+            .collect()
+    }
+
     /// The port the context's proxy listens on, when it serves.
     pub fn port(&self, context: &str) -> Option<u16> {
         self.lock()
@@ -257,12 +268,9 @@ impl Egress {
             Err(e) => {
                 proxies.remove(&ctx.name);
                 let why = format!("cannot listen inside the context's network namespace: {e}");
-                self.failures_lock().insert(ctx.name.clone(), why.clone());
-                return Err(format!(
-                    "contexts.{}.isolation: egress proxy NOT in force: {why}; its launches \
-                     have no network",
-                    ctx.name
-                ));
+                let warning = not_in_force(&ctx.name, &why);
+                self.failures_lock().insert(ctx.name.clone(), why);
+                return Err(warning);
             }
         };
         let state = Arc::new(State {
@@ -366,6 +374,17 @@ impl State {
                 .record_refusal(self.uid.load(Ordering::Relaxed), event);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+fn not_in_force(context: &str, why: &str) -> String {
+    format!(
+        "contexts.{context}.isolation: egress proxy NOT in force: {why}; its launches have no \
+         network"
+    )
 }
 
 #[cfg(test)]
