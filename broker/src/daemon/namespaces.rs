@@ -1,5 +1,6 @@
 //! Long-lived namespaces per context: `isolation.pid = true` (a PID namespace with its own
-//! `/proc`) and `isolation.network = "none"` (a network namespace with only loopback up).
+//! `/proc`) and `isolation.network = "none"` (a network namespace with only loopback up;
+//! an egress allow list gets the same, and `egress` adds its proxy's listener inside).
 //!
 //! Design. Creating a namespace costs more than a launch may (the README's Performance
 //! gives the figures), so each context gets ONE set of namespaces,
