@@ -5,7 +5,8 @@
 #   bash scripts/test.sh        as root, or as a user with sudo (it re-runs itself with sudo)
 #
 # What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
-#   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 systemd,
+#   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 python3-pip
+#              curl iproute2 systemd,
 #              each installed with apt only if its command is missing, and
 #              libpython3.11-testsuite (CPython's own tests) if its files are missing;
 #   group      ctx-testers   a supplementary group of ctx-alice (the groups test checks it);
@@ -62,12 +63,16 @@ need nsenter util-linux
 need python3 python3
 need node nodejs
 need curl curl
+# tests/tests/egress.rs adds a test address to lo.
+need ip iproute2
 need useradd passwd
 need systemd-analyze systemd
 # Debian's own interpreter (a pyenv python3 on PATH does not count) and CPython's test
 # suite for it: tests/tests/cpython_suites.rs runs test_subprocess, test_os and test_posix
 # natively and routed (scripts/cpython-suites.py).
 need_file /usr/bin/python3 python3
+# tests/tests/egress.rs downloads a wheel through the egress proxy with Debian's pip.
+need_file /usr/lib/python3/dist-packages/pip python3-pip
 need_file /usr/lib/python3.11/test/test_subprocess.py libpython3.11-testsuite
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -38,6 +38,9 @@ pub struct LogArgs {
     /// Only events since TIME: a duration ago (10m, 2h) or a UTC time (2026-05-01, 2026-05-01T12:00:00)
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Only this launch (its `exec` line and its egress attempts)
+    #[arg(long, value_name = "ID")]
+    pub launch: Option<u64>,
     /// Print the log's JSON lines as they are
     #[arg(long)]
     pub json: bool,
@@ -52,11 +55,13 @@ pub struct Filter {
     pub context: Option<String>,
     /// A UTC time in the log's own format (or a prefix of one); they compare as strings.
     pub since: Option<String>,
+    pub launch: Option<u64>,
 }
 
 pub fn run(socket: &Path, args: LogArgs) -> Result<i32, Error> {
     let filter = Filter {
         context: args.context.clone(),
+        launch: args.launch,
         since: args
             .since
             .as_deref()
@@ -222,6 +227,15 @@ impl Filter {
                 _ => return false,
             }
         }
+        if let Some(id) = self.launch {
+            let launch = match event["event"].as_str() {
+                Some("egress") => event["launch"].as_u64(),
+                _ => event["id"].as_u64(),
+            };
+            if launch != Some(id) {
+                return false;
+            }
+        }
         if let Some(name) = &self.context {
             let single = event["context"].as_str() == Some(name.as_str());
             let listed = event["contexts"]
@@ -297,6 +311,9 @@ pub fn row(e: &Value) -> [String; 7] {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into());
+    if e["event"] == "egress" {
+        return egress_row(e, time, event, context);
+    }
     let caller = match &e["caller"] {
         Value::Object(c) => escape::text(&format!(
             "uid {} pid {}",
@@ -327,6 +344,48 @@ pub fn row(e: &Value) -> [String; 7] {
         None => exact(e, "path").unwrap_or_else(|| "-".into()),
     };
     [time, event, context, caller, result, duration, command]
+}
+
+/// An egress attempt: the launch it belongs to in the CALLER column (`launch ?` when the
+/// client did not name one of its context's launches), the destination and the bytes
+/// each way in the last.
+fn egress_row(e: &Value, time: String, event: String, context: String) -> [String; 7] {
+    let caller = match e["launch"].as_u64() {
+        Some(id) => format!("launch {id}"),
+        None => "launch ?".into(),
+    };
+    let allowed = e["allowed"].as_bool() == Some(true);
+    let result = match (allowed, e["error"].as_str(), e["reason"].as_str()) {
+        (true, None, _) => "allowed".to_string(),
+        (true, Some(err), _) => format!("allowed, failed: {err}"),
+        (false, _, Some(reason)) => format!("denied: {reason}"),
+        (false, _, None) => "denied".into(),
+    };
+    let name = exact(e, "name").unwrap_or_else(|| "?".into());
+    let mut target = format!("{name}:{}", e["port"]);
+    if let Some(via) = e["via"].as_str() {
+        target.push_str(&format!(" via {}", escape::text(via)));
+    }
+    if allowed {
+        target.push_str(&format!(
+            " ({} B up, {} B down)",
+            e["bytes_up"].as_u64().unwrap_or(0),
+            e["bytes_down"].as_u64().unwrap_or(0)
+        ));
+    }
+    let duration = e["duration_ms"]
+        .as_u64()
+        .map(format_duration)
+        .unwrap_or_else(|| "-".into());
+    [
+        time,
+        event,
+        context,
+        caller,
+        escape::text(&result).into_owned(),
+        duration,
+        target,
+    ]
 }
 
 /// The argv cell: each argument escaped, from its exact bytes where the log kept them
@@ -484,6 +543,7 @@ mod tests {
         let by = |context: Option<&str>, since: Option<&str>| Filter {
             context: context.map(str::to_string),
             since: since.map(str::to_string),
+            launch: None,
         };
         assert!(by(Some("user"), None).matches(&e));
         assert!(!by(Some("other"), None).matches(&e));
@@ -491,6 +551,38 @@ mod tests {
         assert!(by(None, Some("2026-05-01T12:30:00")).matches(&e));
         assert!(!by(None, Some("2026-05-01T12:31")).matches(&e));
         assert!(!by(None, Some("2026-05-02")).matches(&e));
+    }
+
+    #[test]
+    fn egress_rows_name_their_launch() {
+        let allowed = json!({
+            "event": "egress", "time": "2026-05-01T12:30:00.123Z", "context": "build",
+            "launch": 42, "via": "connect", "name": "pypi.org", "port": 443, "allowed": true,
+            "bytes_up": 517, "bytes_down": 6100, "duration_ms": 1200,
+        });
+        let r = row(&allowed);
+        assert_eq!(r[1], "egress");
+        assert_eq!(r[2], "build");
+        assert_eq!(r[3], "launch 42");
+        assert_eq!(r[4], "allowed");
+        assert_eq!(r[5], "1s200ms");
+        assert_eq!(r[6], "pypi.org:443 via connect (517 B up, 6100 B down)");
+        let denied = json!({
+            "event": "egress", "context": "build", "launch": null, "name": "evil\u{1b}[2J",
+            "port": 80, "allowed": false, "reason": "not in the allow list", "via": "http",
+        });
+        let r = row(&denied);
+        assert_eq!(r[3], "launch ?");
+        assert_eq!(r[4], "denied: not in the allow list");
+        assert!(!r[6].contains('\u{1b}'), "{}", r[6]);
+        let by_launch = Filter {
+            launch: Some(42),
+            ..Filter::default()
+        };
+        assert!(by_launch.matches(&allowed));
+        assert!(!by_launch.matches(&denied));
+        assert!(by_launch.matches(&json!({ "event": "exec", "id": 42 })));
+        assert!(!by_launch.matches(&json!({ "event": "exec", "id": 4 })));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::{
     Allow, BrokerDown, BrokerSettings, CgroupLimits, Config, Context, CwdRule, Isolation, Network,
     Rlimit, ShellEnv, Signals, User,
 };
+use crate::daemon::egress;
 use values::{EnvTable, Scalar};
 
 // ---------- Constants ----------
@@ -312,7 +313,7 @@ struct RawAllow {
 #[serde(deny_unknown_fields)]
 struct RawIsolation {
     pid: Option<bool>,
-    network: Option<Spanned<String>>,
+    network: Option<Spanned<RawNetwork>>,
     enforce: Option<bool>,
     read_only: Option<Vec<Spanned<String>>>,
     read_write: Option<Vec<Spanned<String>>>,
@@ -320,6 +321,55 @@ struct RawIsolation {
     signals: Option<Spanned<String>>,
     tcp_bind: Option<Vec<Spanned<i64>>>,
     tcp_connect: Option<Vec<Spanned<i64>>>,
+}
+
+/// `isolation.network`: `"host"`, `"none"`, or `{ allow = [..], deny = [..] }`. Read by
+/// hand rather than as an untagged enum, which would lose the entries' spans.
+enum RawNetwork {
+    Mode(String),
+    Egress {
+        allow: Vec<Spanned<String>>,
+        deny: Vec<Spanned<String>>,
+    },
+}
+
+impl<'de> Deserialize<'de> for RawNetwork {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawNetwork;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host\", \"none\" or a table { allow = [..], deny = [..] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawNetwork, E> {
+                Ok(RawNetwork::Mode(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawNetwork, A::Error> {
+                use serde::de::Error;
+                let mut allow = None;
+                let mut deny = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "allow" => &mut allow,
+                        "deny" => &mut deny,
+                        other => return Err(A::Error::unknown_field(other, &["allow", "deny"])),
+                    };
+                    if slot.is_some() {
+                        return Err(A::Error::duplicate_field("allow or deny"));
+                    }
+                    *slot = Some(map.next_value::<Vec<Spanned<String>>>()?);
+                }
+                Ok(RawNetwork::Egress {
+                    allow: allow.ok_or_else(|| A::Error::missing_field("allow"))?,
+                    deny: deny.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 // ---------- Resolution ----------
@@ -789,15 +839,27 @@ impl Loader<'_> {
             Some(iso) => {
                 let network = match &iso.network {
                     None => Network::Host,
-                    Some(v) => match v.get_ref().as_str() {
-                        "host" => Network::Host,
-                        "none" => Network::None,
-                        other => {
-                            return Err(self.err(
-                                v.span(),
-                                format!("{}.network", scope.key("isolation")),
-                                format!("{other:?}: expected \"host\" or \"none\""),
-                            ))
+                    Some(v) => match v.get_ref() {
+                        RawNetwork::Mode(mode) => match mode.as_str() {
+                            "host" => Network::Host,
+                            "none" => Network::None,
+                            other => {
+                                return Err(self.err(
+                                    v.span(),
+                                    format!("{}.network", scope.key("isolation")),
+                                    format!(
+                                        "{other:?}: expected \"host\", \"none\" or \
+                                         {{ allow = [\"NAME[:PORT]\", ...] }}"
+                                    ),
+                                ))
+                            }
+                        },
+                        RawNetwork::Egress { allow, deny } => {
+                            let key = format!("{}.network", scope.key("isolation"));
+                            Network::Egress(Arc::new(egress::rule::Rule {
+                                allow: self.egress_list(&key, "allow", allow)?,
+                                deny: self.egress_list(&key, "deny", deny)?,
+                            }))
                         }
                     },
                 };
@@ -938,6 +1000,23 @@ impl Loader<'_> {
             isolation,
             cgroup,
         })
+    }
+
+    /// The entries of an egress `allow` or `deny` list (`key`: `contexts.NAME.isolation.network`).
+    fn egress_list(
+        &self,
+        key: &str,
+        field: &str,
+        list: &[Spanned<String>],
+    ) -> Result<Vec<egress::rule::Pattern>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                egress::rule::Pattern::parse(entry.get_ref()).map_err(|reason| {
+                    self.err(entry.span(), format!("{key}.{field}[{index}]"), reason)
+                })
+            })
+            .collect()
     }
 
     /// `env_files` in order, then inline `env` (inline wins), then `PATH` if still unset.

@@ -195,11 +195,29 @@ pub enum Signals {
     Scoped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Network {
     #[default]
     Host,
+    /// Loopback only (its own network namespace).
     None,
+    /// Loopback only, plus the broker's proxy inside that namespace, which connects only
+    /// to what the rule allows.
+    Egress(Arc<crate::daemon::egress::rule::Rule>),
+}
+
+impl Network {
+    /// Whether the context runs in a network namespace of its own.
+    pub fn own_namespace(&self) -> bool {
+        !matches!(self, Network::Host)
+    }
+
+    pub fn egress(&self) -> Option<&Arc<crate::daemon::egress::rule::Rule>> {
+        match self {
+            Network::Egress(rule) => Some(rule),
+            _ => None,
+        }
+    }
 }
 
 /// Shell-style glob (`*` any run, `?` one character) used by `inherit_env`.

@@ -182,6 +182,7 @@ fn status(shared: &Shared) -> StatusReport {
     }
     warnings.extend(operator::reload_refusal());
     warnings.extend(shared.namespaces.warnings());
+    warnings.extend(shared.egress.warnings());
     warnings.extend(shared.cgroups.warnings());
     warnings.extend(super::isolation::uid_warnings(&config));
     warnings.extend(operator::socket_warnings(shared, &config));

@@ -336,11 +336,28 @@ async fn launch(
     if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
         return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
     }
+    // Held until the fork is done: the child joins the namespaces through this pidfd.
+    let holder = shared.namespaces.for_context(&ctx);
+    plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
+        pidfd: h.pidfd.as_raw_fd(),
+        flags: h.flags,
+    });
+    // Known before the fork: an egress context's launch carries its id to the proxy.
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Some(h) = &holder {
+        let proxy_env = shared.egress.launch_env(shared, &ctx, h, id);
+        if !proxy_env.is_empty() {
+            plan.envp
+                .retain(|e| !super::egress::Egress::is_proxy_var(e.as_bytes()));
+            plan.envp.extend(proxy_env);
+        }
+    }
     // Held until the fork is done: the child restricts itself with this ruleset.
     let protected = super::landlock::Protected {
         config: shared.config().path.clone(),
         audit_log: shared.audit.path().to_path_buf(),
         state_dir: shared.state_dir.clone(),
+        egress_port: holder.as_ref().and_then(|_| shared.egress.port(&ctx.name)),
     };
     let ruleset = match shared.landlock.for_context(&ctx, &protected) {
         Ok(r) => r,
@@ -411,12 +428,6 @@ async fn launch(
     let cgroup = shared.cgroups.for_context(&ctx);
     plan.cgroup_join = cgroup.as_ref().map(|g| g.join_fds()).unwrap_or_default();
     plan.cgroup_dir = cgroup.as_ref().and_then(|g| g.dir_fd());
-    // Held until the fork is done: the child joins the namespaces through this pidfd.
-    let holder = shared.namespaces.for_context(&ctx);
-    plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
-        pidfd: h.pidfd.as_raw_fd(),
-        flags: h.flags,
-    });
     let mut pty = None;
     let mut pty_modes = None;
     if prepared.wants_tty {
@@ -480,7 +491,6 @@ async fn launch(
 
     // Registered before anything else can happen: the program may already be running
     // and routing its own children, whose connections are placed by this entry.
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.registry.insert(Running {
         id,
         pid,
@@ -879,6 +889,7 @@ fn isolation_json(
     json!({
         "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
         "network_none": ns_flags & libc::CLONE_NEWNET != 0,
+        "egress": ns_flags & libc::CLONE_NEWNET != 0 && ctx.isolation.network.egress().is_some(),
         "landlock": landlock,
         "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
         "enforce": enforced,

@@ -35,7 +35,13 @@ pub fn line(shared: &Shared, ctx: &Context) -> IsolationLine {
         in_force.push("pid namespace".into());
     }
     if namespaces && flags & libc::CLONE_NEWNET != 0 {
-        in_force.push("network none (loopback only)".into());
+        if ctx.isolation.network.egress().is_some() {
+            let (items, not) = shared.egress.describe(ctx);
+            in_force.extend(items);
+            missing.extend(not);
+        } else {
+            in_force.push("network none (loopback only)".into());
+        }
     }
     missing.extend(shared.namespaces.not_in_force(ctx));
 

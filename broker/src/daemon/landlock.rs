@@ -53,6 +53,9 @@ pub struct Protected {
     pub config: PathBuf,
     pub audit_log: PathBuf,
     pub state_dir: PathBuf,
+    /// The egress proxy's port in the context's namespace: `tcp_connect` must not cut
+    /// the context off from its own proxy.
+    pub egress_port: Option<u16>,
 }
 
 /// The built rulesets, by context; a reload's new `Context` makes a new one.
@@ -70,6 +73,8 @@ struct Cached {
     /// Which of its `no_access` paths existed then: a path that appears later is carved
     /// out by a rebuilt ruleset, so the launches that start after it cannot reach it.
     hidden: Vec<bool>,
+    /// The proxy port granted to `tcp_connect` (a new listener gets a new port).
+    egress_port: Option<u16>,
     fd: Arc<OwnedFd>,
 }
 
@@ -107,7 +112,8 @@ impl Rulesets {
         let sessions = protected.sessions_of(ctx).exists();
         let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
         if let Some(c) = self.lock().get(&ctx.name) {
-            if c.context == key && c.sessions == sessions && c.hidden == hidden {
+            let same_port = c.egress_port == protected.egress_port;
+            if c.context == key && c.sessions == sessions && c.hidden == hidden && same_port {
                 return Ok(Some(c.fd.clone()));
             }
         }
@@ -119,6 +125,7 @@ impl Rulesets {
             context: key,
             sessions,
             hidden,
+            egress_port: protected.egress_port,
             fd: fd.clone(),
         };
         self.lock().insert(ctx.name.clone(), cached);
@@ -308,6 +315,11 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
         for &port in ports.unwrap_or(&[]) {
             created = created.add_rule(NetPort::new(port, access)).map_err(err)?;
         }
+    }
+    if let (Some(_), Some(port)) = (connect, protected.egress_port) {
+        created = created
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(err)?;
     }
     if fs {
         for (path, access) in fs_rules(ctx, protected, abi) {

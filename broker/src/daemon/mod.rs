@@ -8,6 +8,7 @@
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
 //!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`egress`]: the proxy inside an egress context's namespace, reaching allowed names;
 //! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
 //! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod closer;
 pub mod connection;
+pub mod egress;
 pub mod exec;
 pub mod exec_guard;
 pub mod inherit;
@@ -75,6 +77,7 @@ pub struct Shared {
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
     pub namespaces: namespaces::Namespaces,
+    pub egress: egress::Egress,
     pub ports: ports::ReservedPorts,
     pub landlock: landlock::Rulesets,
     pub exec_guard: exec_guard::ExecGuard,

@@ -1,5 +1,6 @@
 //! Long-lived namespaces per context: `isolation.pid = true` (a PID namespace with its own
-//! `/proc`) and `isolation.network = "none"` (a network namespace with only loopback up).
+//! `/proc`) and `isolation.network = "none"` (a network namespace with only loopback up;
+//! an egress allow list gets the same, and `egress` adds its proxy's listener inside).
 //!
 //! Design. Creating a namespace costs more than a launch may (the README's Performance
 //! gives the figures), so each context gets ONE set of namespaces,
@@ -28,7 +29,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, Context, Network};
+use crate::config::{Config, Context};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -87,6 +88,8 @@ pub struct Namespaces {
 #[derive(Debug, Clone)]
 struct Failure {
     flags: i32,
+    /// The network namespace was for an egress rule, not `network = "none"`.
+    egress: bool,
     error: NamespaceError,
 }
 
@@ -120,7 +123,7 @@ pub fn wanted_flags(ctx: &Context) -> i32 {
     if ctx.isolation.pid {
         flags |= libc::CLONE_NEWPID | libc::CLONE_NEWNS;
     }
-    if ctx.isolation.network == Network::None {
+    if ctx.isolation.network.own_namespace() {
         flags |= libc::CLONE_NEWNET;
     }
     flags
@@ -179,7 +182,11 @@ impl Namespaces {
                     self.failures_lock().remove(&ctx.name);
                 }
                 Err(error) => {
-                    let failure = Failure { flags, error };
+                    let failure = Failure {
+                        flags,
+                        egress: ctx.isolation.network.egress().is_some(),
+                        error,
+                    };
                     self.lock().remove(&ctx.name);
                     warnings.extend(failure.warnings(&ctx.name));
                     self.failures_lock().insert(ctx.name.clone(), failure);
@@ -212,7 +219,11 @@ impl Namespaces {
                 Some(h)
             }
             Err(error) => {
-                let failure = Failure { flags, error };
+                let failure = Failure {
+                    flags,
+                    egress: ctx.isolation.network.egress().is_some(),
+                    error,
+                };
                 let mut failures = self.failures_lock();
                 // Warned once per cause: a broker that may not create namespaces at all
                 // (unprivileged) fails the same way at every launch.
@@ -256,7 +267,7 @@ impl Namespaces {
             Some(f) => f.reason(),
             None => "its namespace holder has ended; the next launch re-creates it".into(),
         };
-        options(flags)
+        options(flags, ctx.isolation.network.egress().is_some())
             .into_iter()
             .map(|o| (o.to_string(), reason.clone()))
             .collect()
@@ -288,21 +299,26 @@ impl Failure {
     /// One warning per option not in force, naming the context and the option.
     fn warnings(&self, context: &str) -> Vec<String> {
         let reason = self.reason();
-        options(self.flags)
+        options(self.flags, self.egress)
             .into_iter()
             .map(|o| format!("contexts.{context}.isolation: {o} NOT in force: {reason}"))
             .collect()
     }
 }
 
-/// The `isolation` options behind `flags`, as contexts.toml spells them.
-pub fn options(flags: i32) -> Vec<&'static str> {
+/// The `isolation` options behind `flags`, as contexts.toml spells them (`egress`: the
+/// network namespace is for an allow list).
+pub fn options(flags: i32, egress: bool) -> Vec<&'static str> {
     let mut parts = Vec::new();
     if flags & libc::CLONE_NEWPID != 0 {
         parts.push("pid = true");
     }
     if flags & libc::CLONE_NEWNET != 0 {
-        parts.push("network = \"none\"");
+        parts.push(if egress {
+            "network = { allow = [..] }"
+        } else {
+            "network = \"none\""
+        });
     }
     parts
 }

@@ -93,7 +93,10 @@ fn caller_json(peer: &Peer) -> serde_json::Value {
 /// Re-reads the config file in force and swaps it in whole, or keeps the running one when
 /// the file is refused. Routed processes keep running: each holds the context it started
 /// with. `caller` is who asked (`None`: SIGHUP).
-pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Reloaded, ConfigError> {
+pub fn reload(
+    shared: &Arc<Shared>,
+    caller: Option<serde_json::Value>,
+) -> Result<Reloaded, ConfigError> {
     // Two reloads at once must not finish in the opposite order they read the file.
     static RELOADING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,6 +117,8 @@ pub fn reload(shared: &Shared, caller: Option<serde_json::Value>) -> Result<Relo
             // Namespaces a context no longer wants (or wants differently) end here, with the
             // processes still running in them.
             let mut degraded = shared.namespaces.sync(&new);
+            // The proxies follow: same namespace, new rule; or a listener in a new one.
+            degraded.extend(shared.egress.sync(shared, &new));
             degraded.extend(shared.cgroups.sync(&new));
             degraded.extend(super::isolation::uid_warnings(&new));
             degraded.extend(socket_warnings(shared, &new));

@@ -188,6 +188,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         shutdown_rx,
         warnings: RwLock::new(warnings),
         namespaces,
+        egress: Default::default(),
         ports,
         landlock: Default::default(),
         exec_guard: Default::default(),
@@ -198,6 +199,12 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     // Every launch that can name the broker is supervised: started now, so that the
     // broker's descriptors and threads are the same before and after the first launch.
     super::exec::start_supervisor(&shared);
+
+    // Before the first launch, like the namespaces the proxies listen in.
+    let egress_warnings = shared.egress.sync(&shared, &shared.config());
+    for w in egress_warnings {
+        tracing::warn!("{w}");
+    }
 
     // Normally done by main while it was the only thread; again here for an embedder.
     super::signals::protect_process();

@@ -801,7 +801,80 @@ fn isolation_and_warnings() {
         "[contexts.a]\nuser = \"root\"\nisolation = { network = \"bridge\" }\n",
         3,
         "contexts.a.isolation.network",
-        "expected \"host\" or \"none\"",
+        "expected \"host\", \"none\" or { allow = [",
+    );
+}
+
+#[test]
+fn egress_rules_parse_with_precise_errors() {
+    let config = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\n",
+        "isolation = { network = { allow = [\"github.com\", \"*.pythonhosted.org\", \"pypi.org:443\"] } }\n",
+        "[contexts.b]\nuser = \"root\"\n",
+        "[contexts.b.isolation.network]\nallow = [\"10.0.0.5:8080\"]\ndeny = [\"evil.example\"]\n",
+    ));
+    let rule = ctx(&config, "a")
+        .isolation
+        .network
+        .egress()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        rule.describe(),
+        (
+            vec![
+                "github.com".to_string(),
+                "*.pythonhosted.org".to_string(),
+                "pypi.org:443".to_string()
+            ],
+            vec![]
+        )
+    );
+    let b = ctx(&config, "b")
+        .isolation
+        .network
+        .egress()
+        .unwrap()
+        .describe();
+    assert_eq!(
+        b,
+        (vec!["10.0.0.5:8080".into()], vec!["evil.example".into()])
+    );
+    assert!(ctx(&config, "b").isolation.network.own_namespace());
+
+    let shown = assert_refused(
+        concat!(
+            "[contexts.a]\nuser = \"root\"\n",
+            "isolation = { network = { allow = [\"github.com\",\n  \"bad name.com\"] } }\n",
+        ),
+        4,
+        "contexts.a.isolation.network.allow[1]",
+        "\"bad name.com\": expected a host name, *.name or an IP address",
+    );
+    assert!(shown.starts_with(&format!("{FILE}:4:3:")), "{shown}");
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { network = { allow = [], deny = [\"x.com:99999\"] } }\n",
+        3,
+        "contexts.a.isolation.network.deny[0]",
+        "\"99999\" is not a port (1 to 65535)",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { network = { deny = [\"x.com\"] } }\n",
+        3,
+        "contexts.a.isolation.network",
+        "missing required key `allow`",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { network = { allow = [], alow = [] } }\n",
+        3,
+        "contexts.a.isolation.network",
+        "unknown key `alow`",
+    );
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { network = { allow = [\"*\"] } }\n",
+        3,
+        "contexts.a.isolation.network.allow[0]",
+        "expected a host name",
     );
 }
 

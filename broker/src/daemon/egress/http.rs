@@ -1,0 +1,372 @@
+//! The HTTP side of the proxy: `CONNECT host:port` (a tunnel) and absolute-URI requests
+//! (`GET http://host/path`, forwarded to the origin as `GET /path` with `Connection:
+//! close`, one request per connection to the proxy).
+//!
+//! The request head is read under a size cap ([`MAX_HEAD`]); the caller bounds the time.
+//! `Proxy-Authorization` is read for attribution only and is never forwarded or logged.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::listener::{Kind, Outcome, Request};
+use super::rule::{parse_port, split_host_port};
+use super::State;
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// The longest request head (request line and headers) the proxy reads.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// How long, and how much, a refused client's remaining bytes are read before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
+pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+/// Headers meant for the proxy or for this one connection, never passed on.
+const HOP_BY_HOP: [&str; 4] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authorization",
+];
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// The launch a client's user and password name, if any.
+type LaunchOf<'a> = dyn Fn(&[u8], &[u8]) -> Option<u64> + 'a;
+
+/// Why a request head was refused; the client gets the status and the text.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("the request head is larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("this is not an HTTP request line")]
+    BadRequestLine,
+    #[error("a header line is malformed")]
+    BadHeader,
+    #[error("https:// URLs go through CONNECT (set HTTPS_PROXY)")]
+    Https,
+    #[error("only http:// URLs and CONNECT are proxied")]
+    NotHttp,
+    #[error("the target has no valid host and port")]
+    BadTarget,
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Reads and parses one request head; `None` when the client left or sent something that
+/// is not a request this proxy serves (it is told why with a 4xx first).
+pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Request> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = find_end(&buf) {
+            break end;
+        }
+        if buf.len() >= MAX_HEAD {
+            let e = HeadError::TooLarge;
+            let _ = error(client, 431, &format!("ctx: {e}\n")).await;
+            return None;
+        }
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        let n = client.read(&mut chunk[..room]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    match parse(&buf[..end], &buf[end..], &|u, p| state.launch(u, p)) {
+        Ok(req) => Some(req),
+        Err(e) => {
+            let _ = error(client, 400, &format!("ctx: {e}\n")).await;
+            None
+        }
+    }
+}
+
+/// The end of the head (after its blank line), if it is all in `buf`.
+fn find_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+}
+
+/// `launch`: the launch that credentials name, if any.
+fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
+    let text = std::str::from_utf8(head).map_err(|_| HeadError::BadRequestLine)?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().ok_or(HeadError::BadRequestLine)?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::BadRequestLine);
+    };
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
+    if !token(method) || !version.starts_with("HTTP/1.") {
+        return Err(HeadError::BadRequestLine);
+    }
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or(HeadError::BadHeader)?;
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':' && b != b'"');
+        if !valid_name {
+            return Err(HeadError::BadHeader);
+        }
+        headers.push((name, value.trim()));
+    }
+    let launch = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("proxy-authorization"))
+        .and_then(|(_, v)| basic_credentials(v))
+        .and_then(|(user, password)| launch(&user, &password));
+
+    if method.eq_ignore_ascii_case("CONNECT") {
+        let (host, port) = host_port(target, None)?;
+        return Ok(Request {
+            host: host.as_bytes().to_vec(),
+            port,
+            launch,
+            kind: Kind::Connect {
+                early: rest.to_vec(),
+            },
+        });
+    }
+    let lower = target.get(..8).unwrap_or("").to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(HeadError::Https);
+    }
+    if !lower.starts_with("http://") {
+        return Err(HeadError::NotHttp);
+    }
+    let after = &target[7..];
+    let cut = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let authority = &after[..cut];
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let mut path = after[cut..].split('#').next().unwrap_or("").to_string();
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    let (host, port) = host_port(authority, Some(80))?;
+
+    let mut out = format!("{method} {path} {version}\r\n");
+    let dropped: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    // The origin learns the host from the URL the rule was checked against, never from
+    // the client's own Host header (which could name another site on a shared address).
+    out.push_str(&format!("Host: {authority}\r\n"));
+    for (name, value) in &headers {
+        let lower = name.to_ascii_lowercase();
+        if lower == "host" || HOP_BY_HOP.contains(&lower.as_str()) || dropped.contains(&lower) {
+            continue;
+        }
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut head = out.into_bytes();
+    head.extend_from_slice(rest);
+    Ok(Request {
+        host: host.as_bytes().to_vec(),
+        port,
+        launch,
+        kind: Kind::Forward { head },
+    })
+}
+
+/// `host:port` (the port defaulting to `default`).
+fn host_port(text: &str, default: Option<u16>) -> Result<(&str, u16), HeadError> {
+    let (host, port) = split_host_port(text).ok_or(HeadError::BadTarget)?;
+    let port = match port {
+        Some(p) => parse_port(p).ok_or(HeadError::BadTarget)?,
+        None => default.ok_or(HeadError::BadTarget)?,
+    };
+    if host.is_empty() {
+        return Err(HeadError::BadTarget);
+    }
+    Ok((host, port))
+}
+
+/// `Basic base64(user:password)`.
+fn basic_credentials(value: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64_decode(token.trim())?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let produced = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + produced]);
+    }
+    Some(out)
+}
+
+/// The status a client gets for an outcome.
+pub fn status(outcome: Outcome) -> u16 {
+    match outcome {
+        Outcome::Denied => 403,
+        Outcome::Unresolved | Outcome::Unreachable => 502,
+        Outcome::TimedOut => 504,
+    }
+}
+
+/// Answers with `code` and a short text, and ends the connection.
+pub async fn error(client: &mut TcpStream, code: u16, text: &str) -> std::io::Result<()> {
+    let reason = match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    client.write_all(response.as_bytes()).await?;
+    client.shutdown().await?;
+    // Closing with unread bytes would reset the connection, and a reset can destroy the
+    // answer before the client reads it: take what it still sends, for a bounded while.
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(base64_decode("bGF1bmNoOjQy").unwrap(), b"launch:42");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert!(base64_decode("Y").is_none());
+        assert!(base64_decode("a*bc").is_none());
+        assert_eq!(
+            basic_credentials("Basic bGF1bmNoOjQy"),
+            Some((b"launch".to_vec(), b"42".to_vec()))
+        );
+        assert_eq!(basic_credentials("Bearer x"), None);
+    }
+
+    #[test]
+    fn heads_end_at_the_blank_line() {
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(find_end(b"GET / HTTP/1.0\n\n"), Some(16));
+    }
+
+    fn forward(head: &str) -> (String, Request) {
+        let req = parse(head.as_bytes(), b"body", &|u, p| {
+            (u == b"launch").then(|| std::str::from_utf8(p).unwrap().parse().unwrap())
+        })
+        .unwrap();
+        let Kind::Forward { head } = &req.kind else {
+            panic!("not forwarded")
+        };
+        (String::from_utf8(head.clone()).unwrap(), req)
+    }
+
+    #[test]
+    fn absolute_requests_are_rewritten_for_the_origin() {
+        let (head, req) = forward(
+            "GET http://Files.Example:8080/a/b?c=1#frag HTTP/1.1\r\nHost: elsewhere.example\r\n\
+             Proxy-Authorization: Basic bGF1bmNoOjQy\r\nProxy-Connection: keep-alive\r\n\
+             Connection: keep-alive, X-Private\r\nX-Private: 1\r\nAccept: */*\r\n\r\n",
+        );
+        assert_eq!(
+            head,
+            "GET /a/b?c=1 HTTP/1.1\r\nHost: Files.Example:8080\r\nAccept: */*\r\n\
+             Connection: close\r\n\r\nbody"
+        );
+        assert_eq!(
+            (req.host.as_slice(), req.port, req.launch),
+            (&b"Files.Example"[..], 8080, Some(42))
+        );
+        let (head, req) = forward("GET http://a.example HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            head,
+            "GET / HTTP/1.0\r\nHost: a.example\r\nConnection: close\r\n\r\nbody"
+        );
+        assert_eq!((req.port, req.launch), (80, None));
+        let none = |_: &[u8], _: &[u8]| None;
+        for bad in [
+            "GET https://a.example/ HTTP/1.1\r\n\r\n",
+            "GET /relative HTTP/1.1\r\n\r\n",
+            "GET ftp://a.example/ HTTP/1.1\r\n\r\n",
+            "GET http://a.example/ HTTP/1.1\r\n folded\r\n\r\n",
+            "GET http://a.example/ HTTP/1.1\r\nNo colon\r\n\r\n",
+            "GET  http://a.example/ HTTP/1.1\r\n\r\n",
+            "CONNECT a.example HTTP/1.1\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(parse(bad.as_bytes(), b"", &none).is_err(), "{bad:?}");
+        }
+        let req = parse(
+            b"CONNECT a.example:443 HTTP/1.1\r\n\r\n",
+            b"\x16\x03",
+            &none,
+        )
+        .unwrap();
+        assert!(matches!(req.kind, Kind::Connect { ref early } if early == b"\x16\x03"));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(host_port("a.com:443", None).unwrap(), ("a.com", 443));
+        assert_eq!(host_port("[::1]:8080", None).unwrap(), ("::1", 8080));
+        assert_eq!(host_port("a.com", Some(80)).unwrap(), ("a.com", 80));
+        assert!(host_port("a.com", None).is_err());
+        assert!(host_port("a.com:0", None).is_err());
+        assert!(host_port(":443", None).is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! Egress by name: a context with `isolation.network = { allow = [..] }` runs in its own
+//! network namespace with loopback only (the one `namespaces` keeps for it), and the broker
+//! serves a proxy on a loopback port *inside* that namespace. The proxy speaks HTTP
+//! (`CONNECT` and absolute-URI requests) and SOCKS5 on the same port (told apart by the
+//! first byte), connects from the host's namespace only to names the rule allows, and
+//! writes one audit line per attempt.
+//!
+//! - [`rule`]: what a rule allows, and which resolved addresses a name may not lead to;
+//! - [`listener`]: the listening socket made inside the namespace, the accept loop, the
+//!   per-context cap and the handshake deadline;
+//! - [`http`] and [`socks`]: the two handshakes, each reading what the client asks for;
+//! - [`dial`]: resolution by the broker, the address checks, the connect, the counted relay.
+//!
+//! Attribution: each launch's environment names the proxy as
+//! `http://launch:ID@127.0.0.1:PORT`; clients send that back (`Proxy-Authorization`, or
+//! SOCKS5 user/password), and the audit line names the launch when ID is a launch of the
+//! same context. Any process of the context can read another's environment, so this only
+//! attributes; it never authorizes. The rule is the context's, whatever the credentials.
+
+pub mod dial;
+pub mod http;
+pub mod listener;
+pub mod rule;
+pub mod socks;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::namespaces::Holder;
+use super::{audit, Shared};
+use crate::config::{Config, Context};
+use rule::Rule;
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// How long a client has to say where it wants to go (the whole handshake, however it
+/// dribbles it).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one context may hold open through its proxy at once.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Resolving a name, and then connecting to what it resolved to.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Launch ids remembered per context for attribution (a launch older than that many of
+/// its context's later ones is logged without its id).
+const RECENT_LAUNCHES: usize = 4096;
+/// The variables a launch of an egress context gets (each also in lower case).
+const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"];
+/// git asks libcurl to send proxy credentials only after a 407 challenge, which this
+/// proxy never sends; "basic" makes it send them up front, so its attempts are attributed.
+const GIT_AUTH: &str = "GIT_HTTP_PROXY_AUTHMETHOD";
+/// Names clients reach directly: the namespace's own loopback.
+const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// Every egress context's proxy.
+#[derive(Default)]
+pub struct Egress {
+    proxies: Mutex<HashMap<String, Proxy>>,
+    /// Why a context's proxy is not serving, by context.
+    failures: Mutex<HashMap<String, String>>,
+}
+
+/// One context's listener, tied to the namespace it was made in.
+struct Proxy {
+    holder: Weak<Holder>,
+    port: u16,
+    state: Arc<State>,
+    accept: tokio::task::AbortHandle,
+}
+
+/// What a context's connections share; the rule and uid follow reloads.
+pub struct State {
+    pub context: String,
+    uid: AtomicU32,
+    rule: RwLock<Arc<Rule>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    launches: Mutex<VecDeque<u64>>,
+    shared: Weak<Shared>,
+}
+
+/// One egress attempt, for its audit line.
+pub struct Attempt {
+    pub launch: Option<u64>,
+    /// `connect`, `http` or `socks5`.
+    pub via: &'static str,
+    /// The host as the client sent it.
+    pub host: Vec<u8>,
+    pub port: u16,
+    pub allowed: bool,
+    /// Why it was denied.
+    pub reason: Option<String>,
+    /// Why an allowed attempt did not connect.
+    pub error: Option<String>,
+    pub address: Option<std::net::SocketAddr>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub started: Instant,
+}
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl Egress {
+    /// Makes the proxies match `config`: a listener in each egress context's namespace
+    /// (kept when the namespace is the same, its rule replaced), none for the others.
+    /// Runs inside the tokio runtime (the accept loops are spawned on it).
+    pub fn sync(&self, shared: &Arc<Shared>, config: &Config) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut keep = Vec::new();
+        for ctx in config.contexts.values() {
+            if ctx.isolation.network.egress().is_none() {
+                continue;
+            }
+            keep.push(ctx.name.clone());
+            // Without its namespace the context is not isolated at all; `namespaces`
+            // warned about that already.
+            let Some(holder) = shared.namespaces.for_context(ctx) else {
+                continue;
+            };
+            if let Err(w) = self.ensure(shared, ctx, &holder) {
+                warnings.push(w);
+            }
+        }
+        self.lock().retain(|name, _| keep.contains(name));
+        self.failures_lock().retain(|name, _| keep.contains(name));
+        warnings
+    }
+
+    /// The proxy variables for launch `id` into `ctx`, which enters `holder`'s namespace;
+    /// empty when the context has no egress rule or its proxy cannot serve (the launch
+    /// then has no network at all).
+    pub fn launch_env(
+        &self,
+        shared: &Arc<Shared>,
+        ctx: &Context,
+        holder: &Arc<Holder>,
+        id: u64,
+    ) -> Vec<CString> {
+        if ctx.isolation.network.egress().is_none() {
+            return Vec::new();
+        }
+        let (port, state) = match self.ensure(shared, ctx, holder) {
+            Ok(p) => p,
+            Err(w) => {
+                tracing::warn!("{w}");
+                return Vec::new();
+            }
+        };
+        state.remember(id);
+        let http = format!("http://launch:{id}@127.0.0.1:{port}");
+        let socks = format!("socks5h://launch:{id}@127.0.0.1:{port}");
+        let mut env = Vec::new();
+        for name in PROXY_VARS {
+            let value = match name {
+                "ALL_PROXY" => socks.as_str(),
+                "NO_PROXY" => NO_PROXY,
+                _ => http.as_str(),
+            };
+            for n in [name.to_string(), name.to_ascii_lowercase()] {
+                env.extend(CString::new(format!("{n}={value}")));
+            }
+        }
+        env.extend(CString::new(format!("{GIT_AUTH}=basic")));
+        env
+    }
+
+    /// The warnings `ctx status` shows for proxies that could not listen.
+    pub fn warnings(&self) -> Vec<String> {
+        let failures = self.failures_lock();
+        let mut names: Vec<&String> = failures.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| not_in_force(name, &failures[name]))
+            .collect()
+    }
+
+    /// The port the context's proxy listens on, when it serves.
+    pub fn port(&self, context: &str) -> Option<u16> {
+        self.lock()
+            .get(context)
+            .filter(|p| p.holder.strong_count() > 0 && !p.accept.is_finished())
+            .map(|p| p.port)
+    }
+
+    /// Whether `entry` (`NAME=VALUE`) is one of the variables a launch's proxy sets.
+    pub fn is_proxy_var(entry: &[u8]) -> bool {
+        PROXY_VARS.iter().chain([&GIT_AUTH]).any(|v| {
+            let n = v.len();
+            entry.len() > n && entry[n] == b'=' && entry[..n].eq_ignore_ascii_case(v.as_bytes())
+        })
+    }
+
+    /// `ctx status`: the rule and the proxy's address when it serves; else the option as
+    /// not in force, with why.
+    pub fn describe(&self, ctx: &Context) -> (Vec<String>, Vec<(String, String)>) {
+        let Some(rule) = ctx.isolation.network.egress() else {
+            return (Vec::new(), Vec::new());
+        };
+        let (allow, deny) = rule.describe();
+        let port = self
+            .lock()
+            .get(&ctx.name)
+            .filter(|p| p.holder.strong_count() > 0 && !p.accept.is_finished())
+            .map(|p| p.port);
+        let Some(port) = port else {
+            let why = self
+                .failures_lock()
+                .get(&ctx.name)
+                .cloned()
+                .unwrap_or_else(|| "its proxy is not serving; the next launch starts it".into());
+            return (Vec::new(), vec![("egress proxy".into(), why)]);
+        };
+        let mut items = vec![format!(
+            "network egress by name (loopback only, proxy 127.0.0.1:{port})"
+        )];
+        let list = |l: Vec<String>| {
+            if l.is_empty() {
+                "nothing".into()
+            } else {
+                l.join(", ")
+            }
+        };
+        items.push(format!("egress allow ({})", list(allow)));
+        if !deny.is_empty() {
+            items.push(format!("egress deny ({})", list(deny)));
+        }
+        (items, Vec::new())
+    }
+
+    /// The context's proxy on `holder`'s namespace, made if it is missing or was made in
+    /// another (an ended) namespace; its rule and uid set from `ctx`.
+    fn ensure(
+        &self,
+        shared: &Arc<Shared>,
+        ctx: &Context,
+        holder: &Arc<Holder>,
+    ) -> Result<(u16, Arc<State>), String> {
+        let Some(rule) = ctx.isolation.network.egress() else {
+            return Err(format!("contexts.{}: no egress rule", ctx.name));
+        };
+        let mut proxies = self.lock();
+        if let Some(p) = proxies.get(&ctx.name) {
+            let same = std::ptr::eq(p.holder.as_ptr(), Arc::as_ptr(holder));
+            if same && !p.accept.is_finished() {
+                p.state.update(rule, ctx.user.uid);
+                return Ok((p.port, p.state.clone()));
+            }
+        }
+        let made = listener::listen_in(holder).and_then(|l| {
+            let port = l.local_addr()?.port();
+            Ok((tokio::net::TcpListener::from_std(l)?, port))
+        });
+        let (listener, port) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                proxies.remove(&ctx.name);
+                let why = format!("cannot listen inside the context's network namespace: {e}");
+                let warning = not_in_force(&ctx.name, &why);
+                self.failures_lock().insert(ctx.name.clone(), why);
+                return Err(warning);
+            }
+        };
+        let state = Arc::new(State {
+            context: ctx.name.clone(),
+            uid: AtomicU32::new(ctx.user.uid),
+            rule: RwLock::new(rule.clone()),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            launches: Mutex::new(VecDeque::new()),
+            shared: Arc::downgrade(shared),
+        });
+        let accept = tokio::spawn(listener::accept_loop(listener, state.clone())).abort_handle();
+        proxies.insert(
+            ctx.name.clone(),
+            Proxy {
+                holder: Arc::downgrade(holder),
+                port,
+                state: state.clone(),
+                accept,
+            },
+        );
+        self.failures_lock().remove(&ctx.name);
+        Ok((port, state))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Proxy {
+    /// Stops accepting; connections already relaying finish on their own.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl State {
+    pub fn rule(&self) -> Arc<Rule> {
+        self.rule.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, rule: &Arc<Rule>, uid: u32) {
+        *self.rule.write().unwrap_or_else(|e| e.into_inner()) = rule.clone();
+        self.uid.store(uid, Ordering::Relaxed);
+    }
+
+    fn remember(&self, id: u64) {
+        let mut l = self.launches.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() >= RECENT_LAUNCHES {
+            l.pop_front();
+        }
+        l.push_back(id);
+    }
+
+    /// The launch a client's credentials name, if it is one of this context's.
+    pub fn launch(&self, user: &[u8], password: &[u8]) -> Option<u64> {
+        if user != b"launch" {
+            return None;
+        }
+        let id: u64 = std::str::from_utf8(password).ok()?.parse().ok()?;
+        let l = self.launches.lock().unwrap_or_else(|e| e.into_inner());
+        l.contains(&id).then_some(id)
+    }
+
+    /// Writes `attempt`'s audit line. A denial is metered like any refusal of the
+    /// context's uid; what reached an allowed destination is always written.
+    pub fn record(&self, attempt: &Attempt) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut event = json!({
+            "event": "egress",
+            "context": self.context,
+            "launch": attempt.launch,
+            "via": attempt.via,
+            "port": attempt.port,
+            "allowed": attempt.allowed,
+            "bytes_up": attempt.bytes_up,
+            "bytes_down": attempt.bytes_down,
+            "duration_ms": attempt.started.elapsed().as_millis() as u64,
+        });
+        if let Some(r) = &attempt.reason {
+            event["reason"] = r.clone().into();
+        }
+        if let Some(e) = &attempt.error {
+            event["error"] = e.clone().into();
+        }
+        if let Some(a) = attempt.address {
+            event["address"] = a.to_string().into();
+        }
+        let event = audit::with_bytes(event, "name", &attempt.host, audit::NAME_KEEP);
+        if attempt.allowed {
+            shared.audit.record(event);
+        } else {
+            shared
+                .audit
+                .record_refusal(self.uid.load(Ordering::Relaxed), event);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+fn not_in_force(context: &str, why: &str) -> String {
+    format!(
+        "contexts.{context}.isolation: egress proxy NOT in force: {why}; its launches have no \
+         network"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_vars_are_recognised_in_either_case() {
+        assert!(Egress::is_proxy_var(b"HTTP_PROXY=x"));
+        assert!(Egress::is_proxy_var(b"https_proxy="));
+        assert!(Egress::is_proxy_var(b"no_proxy=a"));
+        assert!(Egress::is_proxy_var(b"GIT_HTTP_PROXY_AUTHMETHOD=anyauth"));
+        assert!(!Egress::is_proxy_var(b"HTTP_PROXY_X=1"));
+        assert!(!Egress::is_proxy_var(b"PATH=/bin"));
+    }
+}

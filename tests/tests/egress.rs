@@ -1,0 +1,942 @@
+//! Egress by name: a context with `isolation.network = { allow = [..] }` reaches allowed
+//! names through the broker's proxy and nothing else. Every claim is tried from a real
+//! routed process (curl, Python, pip, git, Node) against servers this test starts on an
+//! address it adds to the host's `lo`, under names it adds to `/etc/hosts`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ctx_tests::*;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------
+// Fixtures: an address on lo, names in /etc/hosts, servers
+// ---------------------------------------------------------------------------------------
+
+/// An address of TEST-NET-1 (192.0.2.0/24) on the host's `lo`, only for this test; removed
+/// on drop. `ip addr add` fails for an address already there, which makes the claim atomic
+/// between tests running at once.
+struct HostAddr {
+    ip: String,
+}
+
+impl HostAddr {
+    fn claim() -> HostAddr {
+        let start = std::process::id() as usize + unique("").len();
+        for n in 0..250 {
+            let ip = format!("192.0.2.{}", 2 + (start + n * 7) % 250);
+            let added = Command::new("ip")
+                .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+                .stderr(Stdio::null())
+                .status()
+                .expect("run ip");
+            if added.success() {
+                return HostAddr { ip };
+            }
+        }
+        panic!("no free address in 192.0.2.0/24 to add to lo");
+    }
+}
+
+impl Drop for HostAddr {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+            .status();
+    }
+}
+
+/// Lines of `/etc/hosts` for this test, each tagged with a marker of its own; removed on
+/// drop. Changes happen under `flock` on the file (other tests may edit it too), and the
+/// file is never left empty while a resolver reads it.
+struct Hosts {
+    marker: String,
+}
+
+impl Hosts {
+    fn add(entries: &[(&str, &str)]) -> Hosts {
+        let marker = unique("ctx-egress-test-");
+        let mut text = String::new();
+        for (ip, name) in entries {
+            text.push_str(&format!("{ip} {name} # {marker}\n"));
+        }
+        with_hosts_locked(true, |file| {
+            let mut current = String::new();
+            file.read_to_string(&mut current).expect("read /etc/hosts");
+            if !current.is_empty() && !current.ends_with('\n') {
+                text.insert(0, '\n');
+            }
+            file.write_all(text.as_bytes())
+                .expect("append to /etc/hosts");
+        });
+        Hosts { marker }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Not in append mode: there, Linux writes at the end whatever the offset.
+        with_hosts_locked(false, |file| {
+            use std::io::Seek;
+            use std::os::unix::fs::FileExt;
+            let mut current = String::new();
+            let _ = file.read_to_string(&mut current);
+            let kept: String = current
+                .lines()
+                .filter(|l| !l.contains(&self.marker))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = file.write_all_at(kept.as_bytes(), 0);
+            let _ = file.set_len(kept.len() as u64);
+            let _ = file.rewind();
+        });
+    }
+}
+
+fn with_hosts_locked(append: bool, f: impl FnOnce(&mut fs::File)) {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .append(append)
+        .write(true)
+        .open("/etc/hosts")
+        .expect("open /etc/hosts");
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f(&mut file);
+}
+
+/// A free TCP port on `ip` right now.
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `python3 -m http.server` on `ip:port` serving `dir`; killed on drop.
+struct WebServer {
+    child: Child,
+    port: u16,
+}
+
+impl WebServer {
+    fn start(ip: &str, dir: &std::path::Path) -> WebServer {
+        let port = free_port(ip);
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", ip])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let up = poll(Duration::from_secs(10), || {
+            TcpStream::connect((ip, port)).ok().map(|_| ())
+        });
+        assert!(up.is_some(), "http.server on {ip}:{port} did not start");
+        WebServer { child, port }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP echo server on `ip` (a thread per connection) for the test's lifetime.
+fn echo_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind echo server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One egress context `eg` with `rule` (TOML), a plain context `plain`, and `eg2` with
+/// `rule2` when given.
+fn config(rule: &str, rule2: Option<&str>) -> String {
+    let mut text = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.eg]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ network = {rule} }}
+
+[contexts.plain]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    );
+    if let Some(r) = rule2 {
+        text.push_str(&format!(
+            "\n[contexts.eg2]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n\
+             isolation = {{ network = {r} }}\n"
+        ));
+    }
+    text
+}
+
+/// The audit line of the launch whose argv contains `marker`.
+fn exec_line(b: &Broker, marker: &str) -> Value {
+    b.wait_audit(1, |l| {
+        l["event"] == "exec" && json_has_str(&l["argv"], marker)
+    })
+    .remove(0)
+}
+
+fn egress_lines(b: &Broker, launch: u64) -> Vec<Value> {
+    b.audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress" && l["launch"] == launch)
+        .collect()
+}
+
+/// A site directory holding `hello.txt` (its text returned too).
+fn site(dir: &TempDir) -> (std::path::PathBuf, String) {
+    let www = dir.subdir("www", 0o755);
+    let body = format!("hello through the proxy {}\n", unique(""));
+    fs::write(www.join("hello.txt"), &body).unwrap();
+    (www, body)
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients reach allowed names and are refused the others
+// ---------------------------------------------------------------------------------------
+
+const NODE_CONNECT: &str = r#"
+const http = require('http');
+const p = new URL(process.env.HTTPS_PROXY);
+const [host, port, path] = process.argv.slice(1);
+const auth = 'Basic ' + Buffer.from(decodeURIComponent(p.username) + ':' +
+    decodeURIComponent(p.password)).toString('base64');
+const req = http.request({ host: p.hostname, port: p.port, method: 'CONNECT',
+    path: host + ':' + port, headers: { 'Proxy-Authorization': auth } });
+req.on('connect', (res, socket) => {
+    if (res.statusCode !== 200) { console.log('proxy status', res.statusCode); process.exit(3); }
+    const get = http.request({ createConnection: () => socket, host, port, path,
+        headers: { Host: host + ':' + port } }, (r) => {
+        let body = ''; r.on('data', (d) => body += d);
+        r.on('end', () => { process.stdout.write(body); process.exit(0); });
+    });
+    get.end();
+});
+req.on('error', (e) => { console.log('error', e.message); process.exit(4); });
+req.end();
+"#;
+
+const PY_URLLIB: &str = r#"
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode(), end='')
+except urllib.error.HTTPError as e:
+    print('status', e.code); sys.exit(3)
+"#;
+
+#[test]
+fn curl_python_and_node_reach_allowed_names_and_are_refused_the_others() {
+    let addr = HostAddr::claim();
+    let base = unique("w");
+    let allowed = format!("{base}.allowed.test");
+    let wild = format!("files.{base}.wild.test");
+    let blocked = format!("blocked.{base}.wild.test");
+    let other = format!("{base}.other.test");
+    let _hosts = Hosts::add(&[
+        (&addr.ip, &allowed),
+        (&addr.ip, &wild),
+        (&addr.ip, &blocked),
+        (&addr.ip, &other),
+    ]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    let web = WebServer::start(&addr.ip, &www);
+    let rule =
+        format!(r#"{{ allow = ["{allowed}", "*.{base}.wild.test"], deny = ["{blocked}"] }}"#);
+    let b = Broker::start(&config(&rule, None));
+    let url = |host: &str| format!("http://{host}:{}/hello.txt", web.port);
+
+    // curl: absolute-URI request, CONNECT tunnel, SOCKS5 with the name resolved by the proxy.
+    for (host, marker) in [(&allowed, "m-abs"), (&wild, "m-wild")] {
+        let out = b.exec(
+            "eg",
+            &["curl", "-sSf", "-H", &format!("X-M: {marker}"), &url(host)],
+        );
+        assert_eq!(out.ok(), body, "{host}");
+    }
+    assert_eq!(
+        b.exec(
+            "eg",
+            &["curl", "-sSfp", "-H", "X-M: m-tunnel", &url(&allowed)]
+        )
+        .ok(),
+        body
+    );
+    let socks = format!(
+        "curl -sSf -H 'X-M: m-socks' -x \"$ALL_PROXY\" {}",
+        url(&allowed)
+    );
+    assert_eq!(b.exec("eg", &["sh", "-c", &socks]).ok(), body);
+    for host in [&other, &blocked] {
+        let out = b.exec(
+            "eg",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url(host),
+            ],
+        );
+        assert_eq!(out.stdout_str(), "403", "{host}: {}", out.show());
+    }
+    let socks_denied = format!("curl -sSf -x \"$ALL_PROXY\" {}", url(&other));
+    let out = b.exec("eg", &["sh", "-c", &socks_denied]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+
+    // Python's urllib.
+    let py = |u: String| b.exec("eg", &["/usr/bin/python3", "-c", PY_URLLIB, &u]);
+    assert_eq!(py(url(&allowed)).ok(), body);
+    let out = py(url(&other));
+    assert_eq!(
+        (out.code(), out.stdout_str()),
+        (3, "status 403\n".into()),
+        "{}",
+        out.show()
+    );
+
+    // Node (20 has no proxy support in fetch and no undici ProxyAgent to import): a CONNECT
+    // through HTTPS_PROXY with the http module.
+    let node = |host: &str| {
+        b.exec(
+            "eg",
+            &[
+                "node",
+                "-e",
+                NODE_CONNECT,
+                host,
+                &web.port.to_string(),
+                "/hello.txt",
+            ],
+        )
+    };
+    assert_eq!(node(&allowed).ok(), body);
+    let out = node(&other);
+    assert_eq!(out.code(), 3, "{}", out.show());
+    assert!(out.stdout_str().contains("403"), "{}", out.show());
+
+    // One audit line per attempt, naming the launch it belongs to.
+    let launch = exec_line(&b, "m-abs")["id"].as_u64().unwrap();
+    let lines = egress_lines(&b, launch);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["context"], "eg");
+    assert_eq!(l["name"], allowed.as_str());
+    assert_eq!(l["port"], web.port);
+    assert_eq!(l["allowed"], true);
+    assert_eq!(l["via"], "http");
+    assert_eq!(l["address"], format!("{}:{}", addr.ip, web.port));
+    assert!(l["bytes_up"].as_u64().unwrap() > 50, "{l}");
+    assert!(l["bytes_down"].as_u64().unwrap() > body.len() as u64, "{l}");
+    assert!(l["duration_ms"].is_u64(), "{l}");
+    let tunnel = exec_line(&b, "m-tunnel")["id"].as_u64().unwrap();
+    assert_eq!(egress_lines(&b, tunnel)[0]["via"], "connect");
+    let socks_id = exec_line(&b, "m-socks")["id"].as_u64().unwrap();
+    assert_eq!(egress_lines(&b, socks_id)[0]["via"], "socks5");
+    let denied: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress" && l["allowed"] == false)
+        .collect();
+    // curl twice (other, blocked), curl over SOCKS, Python, Node.
+    assert_eq!(denied.len(), 5, "{denied:?}");
+    for d in &denied {
+        assert!(d["launch"].is_u64(), "{d}");
+        assert_eq!(
+            (d["bytes_up"].as_u64(), d["bytes_down"].as_u64()),
+            (Some(0), Some(0))
+        );
+    }
+    assert!(denied
+        .iter()
+        .any(|d| d["name"] == blocked.as_str() && d["reason"] == "in the deny list"));
+    assert!(denied
+        .iter()
+        .any(|d| d["name"] == other.as_str() && d["reason"] == "not in the allow list"));
+    // The proxy credentials are never written (the Node script's argv names the header).
+    for l in b.audit_lines().iter().filter(|l| l["event"] == "egress") {
+        let text = l.to_string();
+        assert!(
+            !text.contains("Proxy-Authorization") && !text.contains("bGF1bmNo"),
+            "{text}"
+        );
+    }
+    assert!(!b.stderr().contains("bGF1bmNo"));
+
+    // `ctx log` shows them with their launch.
+    let out = run(&mut b.ctx(["log", "--launch", &launch.to_string()])).ok();
+    assert!(out.contains(&format!("launch {launch}")), "{out}");
+    assert!(out.contains("allowed"), "{out}");
+    assert!(
+        out.contains(&format!("{allowed}:{} via http", web.port)),
+        "{out}"
+    );
+}
+
+#[test]
+fn pip_download_and_git_clone_go_through_the_proxy() {
+    let addr = HostAddr::claim();
+    let base = unique("p");
+    let index = format!("{base}.index.test");
+    let other = format!("{base}.other.test");
+    let _hosts = Hosts::add(&[(&addr.ip, &index), (&addr.ip, &other)]);
+    let dir = TempDir::new();
+    let www = dir.subdir("www", 0o755);
+    // A wheel and a simple index for it.
+    let make = format!(
+        r#"
+import os, zipfile
+www = {www:?}
+os.makedirs(www + '/simple/ctxprobe', exist_ok=True)
+os.makedirs(www + '/packages', exist_ok=True)
+whl = 'ctxprobe-1.0-py3-none-any.whl'
+with zipfile.ZipFile(www + '/packages/' + whl, 'w') as z:
+    z.writestr('ctxprobe/__init__.py', 'VALUE = 1\n')
+    z.writestr('ctxprobe-1.0.dist-info/METADATA', 'Metadata-Version: 2.1\nName: ctxprobe\nVersion: 1.0\n')
+    z.writestr('ctxprobe-1.0.dist-info/WHEEL', 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n')
+    z.writestr('ctxprobe-1.0.dist-info/RECORD', '')
+open(www + '/simple/ctxprobe/index.html', 'w').write(
+    '<html><body><a href="../../packages/%s">%s</a></body></html>' % (whl, whl))
+"#,
+        www = www.display().to_string()
+    );
+    run(Command::new("/usr/bin/python3").args(["-c", &make])).ok();
+    // A repository served as "dumb" HTTP (static files after update-server-info).
+    let work = dir.subdir("work", 0o755);
+    let git = |args: &[&str], cwd: &std::path::Path| {
+        run(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.test"])
+            .args(args)
+            .current_dir(cwd))
+        .ok()
+    };
+    git(&["init", "-q", "."], &work);
+    fs::write(work.join("README"), "cloned through the proxy\n").unwrap();
+    git(&["add", "README"], &work);
+    git(&["commit", "-qm", "first"], &work);
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            ".",
+            &www.join("repo.git").display().to_string(),
+        ],
+        &work,
+    );
+    git(&["update-server-info"], &www.join("repo.git"));
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(&www)).ok();
+    let web = WebServer::start(&addr.ip, &www);
+    let dest = dir.subdir("dest", 0o777);
+
+    let b = Broker::start(&config(&format!(r#"{{ allow = ["{index}"] }}"#), None));
+    let pip = |host: &str, into: &str| {
+        let into = dest.join(into);
+        b.exec(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--retries",
+                "0",
+                "--timeout",
+                "10",
+                "--trusted-host",
+                host,
+                "--index-url",
+                &format!("http://{host}:{}/simple/", web.port),
+                "-d",
+                &into.display().to_string(),
+                "ctxprobe",
+            ],
+        )
+    };
+    pip(&index, "ok").ok();
+    assert!(dest.join("ok/ctxprobe-1.0-py3-none-any.whl").is_file());
+    let out = pip(&other, "no");
+    assert_ne!(out.code(), 0, "{}", out.show());
+    assert!(!dest.join("no/ctxprobe-1.0-py3-none-any.whl").exists());
+
+    let clone = |host: &str, into: &str| {
+        let into = dest.join(into).display().to_string();
+        let url = format!("http://{host}:{}/repo.git", web.port);
+        b.exec(
+            "eg",
+            &["env", "HOME=/tmp", "git", "clone", "-q", &url, &into],
+        )
+    };
+    clone(&index, "clone-ok").ok();
+    assert_eq!(
+        fs::read_to_string(dest.join("clone-ok/README")).unwrap(),
+        "cloned through the proxy\n"
+    );
+    let out = clone(&other, "clone-no");
+    assert_ne!(out.code(), 0, "{}", out.show());
+    assert!(out.stderr_str().contains("403"), "{}", out.show());
+
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["name"] == index.as_str() && l["allowed"] == true));
+    assert!(lines
+        .iter()
+        .any(|l| l["name"] == other.as_str() && l["allowed"] == false));
+    assert!(lines.iter().all(|l| l["launch"].is_u64()), "{lines:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// What the proxy never does
+// ---------------------------------------------------------------------------------------
+
+const RAW_CONNECT: &str = r#"
+import socket, sys
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError as e:
+    print('no network', e.errno); sys.exit(3)
+print('connected')
+"#;
+
+#[test]
+fn a_program_that_ignores_the_proxy_has_no_network() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.raw.test", unique("r"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let raw = |ctx: &str| {
+        b.exec(
+            ctx,
+            &[
+                "/usr/bin/python3",
+                "-c",
+                RAW_CONNECT,
+                &addr.ip,
+                &port.to_string(),
+            ],
+        )
+    };
+    let out = raw("eg");
+    assert_eq!(out.code(), 3, "{}", out.show());
+    // Not vacuous: outside the namespace the same connect works.
+    assert_eq!(raw("plain").ok(), "connected\n");
+    // curl told not to use the proxy fails too, even for the allowed name.
+    let out = b.exec(
+        "eg",
+        &[
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            &format!("http://{name}:{port}/"),
+        ],
+    );
+    assert_eq!(out.code(), 7, "{}", out.show());
+    // The host's loopback is not the context's.
+    let host_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _held = TcpListener::bind(("127.0.0.1", host_port));
+    let out = b.exec(
+        "eg",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            RAW_CONNECT,
+            "127.0.0.1",
+            &host_port.to_string(),
+        ],
+    );
+    assert_eq!(out.code(), 3, "{}", out.show());
+}
+
+#[test]
+fn a_name_that_resolves_to_loopback_is_refused_unless_the_address_is_listed() {
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in host.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nhost-only");
+        }
+    });
+    // Names for the cloud metadata endpoint and an IPv4-mapped loopback address: the proxy
+    // refuses them before connecting, so neither needs to exist.
+    let base = unique("l");
+    let metadata = format!("{base}.metadata.test");
+    let mapped = format!("{base}.mapped.test");
+    let _hosts = Hosts::add(&[
+        ("169.254.169.254", &metadata),
+        ("::ffff:127.0.0.1", &mapped),
+    ]);
+    let b = Broker::start(&config(
+        &format!(r#"{{ allow = ["localhost:{port}", "{metadata}", "{mapped}"] }}"#),
+        Some(&format!(
+            r#"{{ allow = ["localhost:{port}", "127.0.0.1:{port}"] }}"#
+        )),
+    ));
+    // The status code on the last line, the body before it.
+    let get = |ctx: &str, host: &str| -> (String, String) {
+        let script = format!(
+            "curl -sS --noproxy '' -x \"$HTTP_PROXY\" -w '\\n%{{http_code}}' http://{host}:{port}/"
+        );
+        let out = b.exec(ctx, &["sh", "-c", &script]).stdout_str();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.to_string(), body.to_string())
+    };
+    // Through a name: refused, with the address it led to in the log.
+    assert_eq!(get("eg", "localhost").0, "403");
+    let l = b
+        .wait_audit(1, |l| l["event"] == "egress" && l["context"] == "eg")
+        .remove(0);
+    assert_eq!(l["allowed"], false);
+    assert_eq!(l["name"], "localhost");
+    assert!(l["reason"].as_str().unwrap().contains("127.0.0.1"), "{l}");
+    // As a literal address it is not listed either.
+    assert_eq!(get("eg", "127.0.0.1").0, "403");
+    for (name, address) in [(&metadata, "169.254.169.254"), (&mapped, "127.0.0.1")] {
+        assert_eq!(get("eg", name).0, "403", "{name}");
+        let l = b
+            .wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str())
+            .remove(0);
+        assert_eq!(l["allowed"], false);
+        assert!(l["reason"].as_str().unwrap().contains(address), "{l}");
+    }
+    // Listed as an address, both work.
+    assert_eq!(get("eg2", "localhost"), ("200".into(), "host-only".into()));
+    assert_eq!(get("eg2", "127.0.0.1").0, "200");
+    assert_eq!(get("eg2", "[::ffff:127.0.0.1]").0, "200");
+    // Another port of the same address is not.
+    let out = b.exec(
+        "eg2",
+        &["sh", "-c", "curl -sS --noproxy '' -o /dev/null -w '%{http_code}' -x \"$HTTP_PROXY\" http://127.0.0.1:1/"],
+    );
+    assert_eq!(out.stdout_str(), "403");
+}
+
+// ---------------------------------------------------------------------------------------
+// Load and hostile clients
+// ---------------------------------------------------------------------------------------
+
+/// Opens N CONNECT tunnels through the proxy, all held open at once, then echoes a
+/// distinct line through each.
+const MANY_TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+n, host, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+p = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])
+tunnels = []
+for i in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s:%s HTTP/1.1\r\nHost: %s:%s\r\n\r\n' % (host, port, host, port)).encode())
+    tunnels.append(s)
+for s in tunnels:
+    head = b''
+    while not head.endswith(b'\r\n\r\n'):
+        c = s.recv(1)
+        if not c: sys.exit('closed during CONNECT')
+        head += c
+    assert head.startswith(b'HTTP/1.1 200'), head
+for i, s in enumerate(tunnels):
+    s.sendall(b'line %05d\n' % i)
+for i, s in enumerate(tunnels):
+    want = b'line %05d\n' % i
+    got = b''
+    while len(got) < len(want):
+        got += s.recv(len(want) - len(got))
+    assert got == want, (got, want)
+for s in tunnels:
+    s.close()
+print('ok', n)
+"#;
+
+#[test]
+fn two_hundred_connections_at_once() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.echo.test", unique("e"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let out = run_with(
+        &mut b.exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                MANY_TUNNELS,
+                "200",
+                &name,
+                &port.to_string(),
+            ],
+        ),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.ok(), "ok 200\n");
+    // 200 audit lines, each with the exact bytes that crossed (11 each way, the CONNECT
+    // itself is the proxy's).
+    let lines = b.wait_audit(200, |l| l["event"] == "egress");
+    assert_eq!(lines.len(), 200);
+    for l in &lines {
+        assert_eq!(
+            (l["allowed"].as_bool(), l["via"].as_str()),
+            (Some(true), Some("connect"))
+        );
+        assert_eq!(
+            (l["bytes_up"].as_u64(), l["bytes_down"].as_u64()),
+            (Some(11), Some(11)),
+            "{l}"
+        );
+    }
+}
+
+/// Stalls and dribbles handshakes at the proxy, then checks that the proxy still serves,
+/// and that the stalled connections are closed by the broker within its deadline.
+const HOSTILE: &str = r#"
+import json, os, socket, sys, threading, time, urllib.parse, urllib.request
+url = sys.argv[1]
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def conn():
+    return socket.create_connection((p.hostname, p.port), timeout=30)
+idle = [conn() for _ in range(40)]
+dribblers = [conn() for _ in range(20)]
+stop = False
+def dribble(s):
+    for c in b'CONNECT ' + b'x' * 1000:
+        if stop: return
+        try: s.send(bytes([c]))
+        except OSError: return
+        time.sleep(0.2)
+for s in dribblers:
+    threading.Thread(target=dribble, args=(s,), daemon=True).start()
+big = conn()
+big.sendall(b'GET http://a.test/ HTTP/1.1\r\n' + b'X-Pad: ' + b'p' * 20000 + b'\r\n\r\n')
+too_large = big.recv(100).split(b' ')[1].decode()
+start = time.time()
+body = urllib.request.urlopen(url, timeout=10).read().decode()
+served_in = time.time() - start
+closed_at = {}
+def wait_closed(s, i):
+    try:
+        s.settimeout(30)
+        while s.recv(100): pass
+    except OSError: pass
+    closed_at[i] = time.time() - start
+ts = [threading.Thread(target=wait_closed, args=(s, i)) for i, s in enumerate(idle + dribblers)]
+for t in ts: t.start()
+for t in ts: t.join()
+stop = True
+print(json.dumps({'body': body, 'served_in': served_in, 'too_large': too_large,
+                  'closed_max': max(closed_at.values()), 'closed': len(closed_at)}))
+"#;
+
+#[test]
+fn a_client_that_dribbles_or_stalls_does_not_hold_the_broker() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.slow.test", unique("s"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    let web = WebServer::start(&addr.ip, &www);
+    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let url = format!("http://{name}:{}/hello.txt", web.port);
+    let mut child = b
+        .exec_cmd("eg", &["/usr/bin/python3", "-c", HOSTILE, &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the slow clients hold their connections, the broker answers the control
+    // socket at once.
+    thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    run(&mut b.ctx(["status"])).ok();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let status = wait_deadline(&mut child, Duration::from_secs(60)).expect("hostile script");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{out}\n{err}");
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["body"], body.as_str());
+    assert!(r["served_in"].as_f64().unwrap() < 3.0, "{r}");
+    assert_eq!(r["too_large"], "431");
+    assert_eq!(r["closed"], 60);
+    // The handshake deadline is 10 s from each connection's start.
+    assert!(r["closed_max"].as_f64().unwrap() < 13.0, "{r}");
+    // Nothing was asked for, so nothing was an attempt: one egress line, the real request.
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
+
+const OVER_CAP: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+held = [socket.create_connection((p.hostname, p.port), timeout=5) for _ in range(int(sys.argv[1]))]
+time.sleep(0.5)
+closed = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b'': closed += 1
+    except BlockingIOError: pass
+    except OSError: closed += 1
+print(closed)
+"#;
+
+#[test]
+fn connections_over_the_per_context_cap_are_closed_at_once() {
+    let b = Broker::start(&config(r#"{ allow = ["example.test"] }"#, None));
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", OVER_CAP, "530"]);
+    // 512 held open (waiting for their handshakes), the 18 beyond closed.
+    assert_eq!(out.ok(), "18\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// Status and reload
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
+    let addr = HostAddr::claim();
+    let base = unique("r");
+    let first = format!("{base}.first.test");
+    let second = format!("{base}.second.test");
+    let _hosts = Hosts::add(&[(&addr.ip, &first), (&addr.ip, &second)]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    let web = WebServer::start(&addr.ip, &www);
+    let b = Broker::start(&config(
+        &format!(r#"{{ allow = ["{first}", "*.pkg.test:443"], deny = ["bad.pkg.test"] }}"#),
+        None,
+    ));
+    let status = run(&mut b.ctx(["status"])).ok();
+    let line = status
+        .lines()
+        .find(|l| l.contains("isolation:  eg:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains("network egress by name (loopback only, proxy 127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("egress allow ({first}, *.pkg.test:443)")),
+        "{line}"
+    );
+    assert!(line.contains("egress deny (bad.pkg.test)"), "{line}");
+    let code = |host: &str| {
+        let u = format!("http://{host}:{}/hello.txt", web.port);
+        b.exec(
+            "eg",
+            &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &u],
+        )
+        .stdout_str()
+    };
+    assert_eq!(code(&first), "200");
+    assert_eq!(code(&second), "403");
+
+    // The same namespace, the new rule.
+    fs::write(
+        b.config_path(),
+        config(&format!(r#"{{ allow = ["{second}"] }}"#), None),
+    )
+    .unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    assert_eq!(code(&first), "403");
+    assert_eq!(code(&second), "200");
+    let status = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        status.contains(&format!("egress allow ({second})")),
+        "{status}"
+    );
+
+    // network = "none": no proxy, no variables, no network.
+    fs::write(b.config_path(), config(r#""none""#, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let env = b.exec("eg", &["env"]).ok();
+    assert!(!env.to_lowercase().contains("_proxy="), "{env}");
+    let status = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        status.contains("eg: network none (loopback only)"),
+        "{status}"
+    );
+    // And back: a new listener in the same namespace.
+    fs::write(
+        b.config_path(),
+        config(&format!(r#"{{ allow = ["{first}"] }}"#), None),
+    )
+    .unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let got = b
+        .exec(
+            "eg",
+            &[
+                "curl",
+                "-sSf",
+                &format!("http://{first}:{}/hello.txt", web.port),
+            ],
+        )
+        .ok();
+    assert_eq!(got, body);
+}
