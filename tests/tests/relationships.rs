@@ -471,3 +471,42 @@ print("launcher", -p.returncode, "subreaper got", got)
     let l = run(&mut local(&b, script, &[]));
     assert_eq!(l.ok(), "launcher 9 subreaper got []\n", "{}", l.show());
 }
+
+/// A client that stops reading (a stopped `ctx exec`) while its program floods signals to
+/// its parent holds nothing up: the context's timeout still ends the program in time.
+#[test]
+fn a_flood_of_signals_to_a_client_that_does_not_read_cannot_outlast_the_timeout() {
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.brief]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+timeout = "2s"
+"#
+    ));
+    let flood = "import os, signal\nprint(os.getpid(), flush=True)\nwhile True:\n    os.kill(os.getppid(), signal.SIGWINCH)\n";
+    let mut client = b
+        .ctx(["exec", "--context", "brief", "--", PYTHON, "-c", flood])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    signal(client.id(), nix::sys::signal::Signal::SIGSTOP);
+    let gone = poll(std::time::Duration::from_secs(6), || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    signal(client.id(), nix::sys::signal::Signal::SIGCONT);
+    let status = client.wait().unwrap();
+    assert!(gone.is_some(), "the program outlived its 2 s timeout");
+    assert_eq!(status.code(), Some(124), "{status:?}");
+}

@@ -48,6 +48,8 @@ const MASTER_REST: Duration = Duration::from_millis(5);
 /// Signals to the parent waiting for the client; more are dropped (the client's own
 /// pending signal merges them anyway, as the kernel merges a standard signal).
 const PARENT_SIGNALS: usize = 64;
+/// How often signals to the parent a client did not take are offered again.
+const PARENT_RETRY: Duration = Duration::from_millis(20);
 
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
@@ -565,11 +567,24 @@ async fn launch(
     // readable: it rests a moment between reads instead of spinning, without holding up
     // the loop (the exit, typically, comes right after).
     let mut master_rests: Option<tokio::time::Instant> = None;
+    // Signals to the parent not yet taken by a client that is not reading (stopped, or
+    // hostile): kept as a set, as the kernel keeps pending signals, so a flood neither
+    // grows anything nor holds up this loop (the timeout, the shutdown).
+    let mut parent_pending: u64 = 0;
+    let mut parent_retry = tokio::time::interval(PARENT_RETRY);
+    parent_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
         tokio::select! {
             exited = wait_exit(&pidfd) => break exited,
             Some(signal) = parent_signals.recv(), if client_alive => {
-                if conn.send(&Reply::SignalParent { signal }).await.is_err() {
+                parent_pending |= signal_bit(signal);
+                if flush_parent_signals(conn, &mut parent_pending).is_err() {
+                    client_alive = false;
+                    kill_group(pid, libc::SIGKILL);
+                }
+            }
+            _ = parent_retry.tick(), if parent_pending != 0 && client_alive => {
+                if flush_parent_signals(conn, &mut parent_pending).is_err() {
                     client_alive = false;
                     kill_group(pid, libc::SIGKILL);
                 }
@@ -713,6 +728,9 @@ async fn launch(
     // status, as it would locally; later ones find no parent.
     parent_signals.close();
     while let Ok(signal) = parent_signals.try_recv() {
+        parent_pending |= signal_bit(signal);
+    }
+    for signal in (1..=64).filter(|&s| parent_pending & signal_bit(s) != 0) {
         if !client_alive || conn.send(&Reply::SignalParent { signal }).await.is_err() {
             break;
         }
@@ -954,6 +972,24 @@ fn enforce_ruleset(
         policy = policy.looking_as(id.gid, &id.groups);
     }
     Ok(Some(Enforce { ruleset, policy }))
+}
+
+fn signal_bit(signal: i32) -> u64 {
+    1u64 << ((signal - 1) & 63)
+}
+
+/// Offers the pending signals to the parent to the client, lowest first (as the kernel
+/// delivers pending signals), as far as it takes them without waiting.
+fn flush_parent_signals(conn: &mut Conn, pending: &mut u64) -> Result<(), WireError> {
+    for signal in 1..=64 {
+        if *pending & signal_bit(signal) != 0 {
+            if !conn.try_send(&Reply::SignalParent { signal })? {
+                return Ok(());
+            }
+            *pending &= !signal_bit(signal);
+        }
+    }
+    Ok(())
 }
 
 /// Starts the exec guard, whose denials go to the audit log (a failure is reported at

@@ -192,6 +192,29 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends `reply` only if the socket takes it now: `false` (nothing written) when the
+    /// client is not reading, so that a caller's loop never waits on it. What is held goes
+    /// first; the rest of a partly written frame is held for the next send.
+    pub fn try_send(&mut self, reply: &Reply<'_>) -> Result<bool, WireError> {
+        while !self.held.is_empty() {
+            match self.stream.try_write(&self.held) {
+                Ok(n) => drop(self.held.drain(..n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.clear();
+        encode_vec(reply, &mut self.out)?;
+        match self.stream.try_write(&self.out) {
+            Ok(n) => {
+                self.held.extend_from_slice(&self.out[n..]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Queues `reply` to go out with the next `send`, in one write: the client then wakes
     /// once for both.
     pub fn hold(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
