@@ -510,3 +510,27 @@ timeout = "2s"
     assert!(gone.is_some(), "the program outlived its 2 s timeout");
     assert_eq!(status.code(), Some(124), "{status:?}");
 }
+
+/// A routed program that holds a seccomp listener of its own is not refused: the kernel
+/// allows one listener per process, so its own launches run without the supervisor that
+/// relays signals to the parent. Tried with what such a program most likely is here: a
+/// broker of its own (unprivileged, its uid's contexts) started inside a context.
+#[test]
+fn a_broker_inside_a_context_still_launches() {
+    let b = broker();
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+printf '[broker]\nsocket_mode = "0600"\n\n[contexts.own]\nuser = "{ALICE}"\ncwd = "/"\n' >"$d/c.toml"
+{broker} --config "$d/c.toml" --socket "$d/s.sock" --state-dir "$d/state" --audit-log "$d/audit.jsonl" 2>"$d/log" &
+for i in $(seq 100); do [ -S "$d/s.sock" ] && break; sleep 0.05; done
+{ctx} --socket "$d/s.sock" exec --context own -- sh -c 'echo nested-$(id -un)' || cat "$d/log" >&2
+kill %1; wait || true
+rm -rf "$d"
+"#,
+        broker = bin("ctx-broker").display(),
+        ctx = bin("ctx").display(),
+    );
+    let out = b.exec("alice", &["bash", "-c", &script]);
+    assert_eq!(out.ok(), format!("nested-{ALICE}\n"), "{}", out.show());
+}
