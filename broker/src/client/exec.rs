@@ -1,50 +1,24 @@
 //! `ctx exec`: run one command in a context. The caller's non-terminal stdio travels to
 //! the broker as descriptors (the routed process writes straight into them); terminal
-//! stdio is replaced by a broker PTY whose bytes this module relays. Signals sent to `ctx`
-//! are forwarded, and `ctx` exits as the routed process did (same code, same signal).
+//! stdio is replaced by a broker PTY whose bytes the relay (`super::relay`) carries.
+//! Signals sent to `ctx` are forwarded, and `ctx` exits as the routed process did (same
+//! code, same signal).
 
 use std::ffi::OsString;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use ctx_protocol::{
-    errno_name, Captured, ExecFailure, ExecRequest, ExitStatus, FdSlot, FdSource, Grouping, Reply,
-    Request,
-};
-use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{self, SigHandler, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use ctx_protocol::terminal::Output;
+use ctx_protocol::{Captured, ExecRequest, FdSlot, FdSource, Grouping, Request};
 use serde_bytes::ByteBuf;
 
-use super::connection::{unexpected, Connection};
+use super::connection::Connection;
+use super::duration::parse_duration;
 use super::error::Error;
+use super::relay::{die_by, Launcher, Outcome, Relay, Signals};
 use super::terminal::{self, Controlling};
-use ctx_protocol::terminal::{Hold, Output, Typed};
-
-// ---------------------------------------------------------------------------------------
-// Constants
-// ---------------------------------------------------------------------------------------
-
-/// Signals `ctx exec` passes on to the routed process group instead of dying of them.
-/// SIGWINCH becomes a `Resize`; SIGTSTP/SIGCONT also stop and resume `ctx` itself so the
-/// caller's shell keeps job control.
-const HANDLED: [Signal; 9] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGTSTP,
-    Signal::SIGCONT,
-];
-
-const INPUT_CHUNK: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -121,17 +95,6 @@ pub struct FdPlan {
     pub passed: Vec<RawFd>,
 }
 
-/// How the launch ended, before it is turned into our own exit.
-enum Outcome {
-    Exit(i32),
-    Signaled(i32),
-}
-
-/// Forwarded signals, read from a signalfd so that the relay stays one `poll` loop.
-struct Signals {
-    fd: SignalFd,
-}
-
 // ---------------------------------------------------------------------------------------
 // Methods
 // ---------------------------------------------------------------------------------------
@@ -180,28 +143,6 @@ impl FdPlan {
             .into_iter()
             .find(|&fd| self.is_pty(fd) && std[fd as usize] != StdFd::Closed)
             .or_else(|| (self.is_pty(0) && std[0] == StdFd::Terminal).then_some(0))
-    }
-}
-
-impl Signals {
-    /// Blocks [`HANDLED`] so they queue on the signalfd instead of killing `ctx`.
-    fn install() -> Result<Signals, Error> {
-        let mut set = SigSet::empty();
-        for s in HANDLED {
-            set.add(s);
-        }
-        set.thread_block()
-            .map_err(|e| Error::io("blocking signals", e))?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| Error::io("creating a signalfd", e))?;
-        Ok(Signals { fd })
-    }
-
-    fn next(&self) -> Option<Signal> {
-        match self.fd.read_signal() {
-            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
-            _ => None,
-        }
     }
 }
 
@@ -360,273 +301,6 @@ fn launch(
     relay.run(&mut conn, &signals)
 }
 
-struct Relay<'a> {
-    context: &'a str,
-    program: &'a str,
-    timeout_ms: Option<u64>,
-    /// What feeds the PTY: our stdin, or our controlling terminal when the PTY is only
-    /// the command's controlling terminal.
-    input: Option<RawFd>,
-    /// That input is a terminal to put in raw mode while the command runs.
-    raw: bool,
-    output: Option<RawFd>,
-    resize: bool,
-    controlling: &'a Controlling,
-    /// Where the command's signals to its parent go (`None`: dropped).
-    launcher: Option<&'a Launcher>,
-    /// The PTY's modes, for writing its output processed once.
-    pty_output: std::cell::RefCell<Output>,
-}
-
-impl Relay<'_> {
-    fn run(&self, conn: &mut Connection, signals: &Signals) -> Result<Outcome, Error> {
-        let mut started = false;
-        let mut early_signal: Option<i32> = None;
-        let mut input_open = self.input.is_some();
-        // Whether an `Input` frame would go out without blocking. The broker stops reading
-        // while a program leaves its input unread; blocking in that send, ctx would stop
-        // reading the program's output too, and the broker would block sending it.
-        let mut sock_writable = true;
-        let mut output_ok = self.output.is_some();
-        let mut out = Vec::new();
-        let mut raw: Option<Hold> = None;
-        let mut pending_resize = false;
-        let mut buf = vec![0u8; INPUT_CHUNK];
-        let socket = conn.socket().to_path_buf();
-        let input_fd = self.input.unwrap_or(0);
-        // SAFETY: stays open for the life of ctx (0 was probed open, the controlling
-        // terminal is held by `controlling`), or is not polled.
-        let stdin = unsafe { BorrowedFd::borrow_raw(input_fd) };
-
-        loop {
-            let relaying = started && input_open;
-            let sock_events = if relaying && !sock_writable {
-                PollFlags::POLLIN | PollFlags::POLLOUT
-            } else {
-                PollFlags::POLLIN
-            };
-            let mut fds = vec![
-                PollFd::new(conn.fd(), sock_events),
-                PollFd::new(signals.fd.as_fd(), PollFlags::POLLIN),
-            ];
-            if relaying && sock_writable {
-                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-            }
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(Error::io("waiting for the broker", e)),
-            }
-            let ready = |i: usize| {
-                fds.get(i)
-                    .and_then(|f| f.revents())
-                    .is_some_and(|r| !r.is_empty())
-            };
-            let sock_events = fds[0].revents().unwrap_or(PollFlags::empty());
-            let sock_ready = sock_events.intersects(!PollFlags::POLLOUT);
-            sock_writable |= sock_events.contains(PollFlags::POLLOUT);
-            let (sig_ready, stdin_ready) = (ready(1), ready(2));
-            drop(fds);
-
-            if sig_ready {
-                while let Some(sig) = signals.next() {
-                    match sig {
-                        Signal::SIGWINCH => pending_resize = self.resize,
-                        // Sent before Started too: the routed process runs before our
-                        // Started arrives, and the broker delivers what it reads right
-                        // after Started. Held back, a stop would stop ctx and leave the
-                        // program running.
-                        Signal::SIGTSTP => {
-                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
-                            // Give the shell its terminal back as a local job would.
-                            drop(raw.take());
-                            let _ = signal::raise(Signal::SIGSTOP);
-                        }
-                        Signal::SIGCONT => {
-                            if started {
-                                if self.raw && raw.is_none() {
-                                    raw = take_terminal(conn, input_fd);
-                                }
-                                pending_resize = self.resize;
-                            }
-                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
-                        }
-                        // Not started yet: the routed process may already run (it starts
-                        // before our Started arrives), so the signal is sent now and the
-                        // broker delivers it right after Started. A second signal before
-                        // Started means the user gave up on the broker: die by it, which
-                        // closes the connection and makes the broker kill what it began.
-                        _ if !started && early_signal.is_some() => {
-                            return Ok(Outcome::Signaled(sig as i32))
-                        }
-                        _ if !started => {
-                            early_signal = Some(sig as i32);
-                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
-                        }
-                        _ => {
-                            let _ = conn.send(&Request::Signal { signo: sig as i32 });
-                        }
-                    }
-                }
-            }
-
-            if stdin_ready && input_open {
-                // A mode the caller set before typing (echo off) applies to what it typed.
-                if let Some(modes) = raw.as_mut().and_then(Hold::caller_changed) {
-                    let _ = conn.send(&Request::Modes(modes));
-                }
-                match nix::unistd::read(input_fd, &mut buf) {
-                    Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
-                        input_open = false;
-                        let _ = conn.send(&Request::InputEof);
-                    }
-                    Ok(n) => {
-                        let _ = conn.send(&Request::Input(ByteBuf::from(&buf[..n])));
-                        sock_writable = false;
-                    }
-                    Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                    Err(_) => {
-                        input_open = false;
-                        let _ = conn.send(&Request::InputEof);
-                    }
-                }
-            }
-
-            if sock_ready {
-                if !conn.fill()? {
-                    return Err(Error::Lost { socket });
-                }
-                while let Some(reply) = conn.next_reply()? {
-                    match reply {
-                        Reply::Started { .. } if !started => {
-                            started = true;
-                            if self.raw {
-                                raw = take_terminal(conn, input_fd);
-                            }
-                        }
-                        // Gathered and written once per read: PTY frames are small
-                        // (a terminal reads ~4 KiB at a time) and a write each would
-                        // cost more than the copy.
-                        Reply::Output(bytes) if output_ok => out.extend_from_slice(&bytes),
-                        Reply::Output(_) => {}
-                        Reply::Modes(modes) => {
-                            // Output gathered under the old modes goes out under them.
-                            self.flush(&mut out, output_ok);
-                            self.pty_output.borrow_mut().pty = Some(modes);
-                            if let Some(hold) = raw.as_mut() {
-                                hold.program_set(modes);
-                            }
-                        }
-                        Reply::Stopped { .. } => {
-                            // Job control: the routed program stopped; so does ctx, and the
-                            // shell's SIGCONT resumes both (see the SIGCONT arm above).
-                            self.flush(&mut out, output_ok);
-                            drop(raw.take());
-                            let _ = signal::raise(Signal::SIGSTOP);
-                        }
-                        Reply::SignalParent { signal } => {
-                            // `kill $PPID` in the program: ctx stands where the program
-                            // would be had it been exec'd in place, so its parent is meant.
-                            self.flush(&mut out, output_ok);
-                            if let Some(l) = self.launcher {
-                                l.signal(signal);
-                            }
-                        }
-                        Reply::Exited { status, timed_out } => {
-                            self.flush(&mut out, output_ok);
-                            drop(raw.take());
-                            return self.exited(status, timed_out);
-                        }
-                        Reply::ExecFailed(failure) => {
-                            drop(raw.take());
-                            if let Some(sig) = early_signal {
-                                return Ok(Outcome::Signaled(sig));
-                            }
-                            return Err(self.failed(&failure));
-                        }
-                        other => {
-                            drop(raw.take());
-                            return Err(unexpected(&socket, other));
-                        }
-                    }
-                }
-                if !self.flush(&mut out, output_ok) {
-                    // As a local writer would die of SIGPIPE; the command still gets
-                    // to exit its own way.
-                    output_ok = false;
-                    let _ = conn.send(&Request::Signal {
-                        signo: libc::SIGPIPE,
-                    });
-                }
-            }
-
-            if pending_resize && started {
-                pending_resize = false;
-                let _ = conn.send(&Request::Resize(self.controlling.size()));
-            }
-        }
-    }
-
-    /// Writes the gathered PTY output; false when our output is gone (EPIPE and the like).
-    fn flush(&self, out: &mut Vec<u8>, output_ok: bool) -> bool {
-        let ok = match (output_ok, self.output) {
-            (true, Some(fd)) if !out.is_empty() => self
-                .pty_output
-                .borrow()
-                .write(fd, out, |b| write_all(fd, b).is_ok()),
-            _ => true,
-        };
-        out.clear();
-        ok
-    }
-
-    fn exited(&self, status: ExitStatus, timed_out: bool) -> Result<Outcome, Error> {
-        if timed_out {
-            return Err(Error::TimedOut {
-                context: self.context.into(),
-                after: format_duration(self.timeout_ms.unwrap_or(0)),
-            });
-        }
-        Ok(match status {
-            ExitStatus::Code(c) => Outcome::Exit(c),
-            ExitStatus::Signaled { signal, .. } => Outcome::Signaled(signal),
-        })
-    }
-
-    fn failed(&self, f: &ExecFailure<'_>) -> Error {
-        Error::ExecFailed {
-            context: self.context.into(),
-            program: self.program.into(),
-            kind: f.kind,
-            detail: failure_detail(self.program, f),
-            exit_code: f.exit_code(),
-        }
-    }
-}
-
-/// ` (ENOENT at stage exec)`, then the broker's own words when they say more than that.
-fn failure_detail(program: &str, f: &ExecFailure<'_>) -> String {
-    let stage = f.stage.as_str();
-    let mut detail = if f.errno != 0 {
-        let name = if f.errno_name.is_empty() {
-            errno_name(f.errno)
-        } else {
-            &f.errno_name
-        };
-        format!(" ({name} at stage {stage})")
-    } else {
-        format!(" (at stage {stage})")
-    };
-    let msg = f.message.trim();
-    // The broker's message often restates program and kind; only say it when it adds.
-    let says_kind = msg.to_lowercase().contains(f.kind.describe());
-    let restates = says_kind && (msg.len() == f.kind.describe().len() || msg.contains(program));
-    if !msg.is_empty() && !restates {
-        detail.push_str(": ");
-        detail.push_str(msg);
-    }
-    detail
-}
-
 pub fn probe(fd: RawFd) -> StdFd {
     // SAFETY: F_GETFD only inspects the descriptor number.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -636,76 +310,6 @@ pub fn probe(fd: RawFd) -> StdFd {
     } else {
         StdFd::Other
     }
-}
-
-/// Takes our terminal (stdin) for the relay: what was typed before goes first, then the
-/// modes the program gets from then on (see `ctx_protocol::terminal`).
-fn take_terminal(conn: &mut Connection, fd: RawFd) -> Option<Hold> {
-    let hold = Hold::take(fd, true, |typed| {
-        let _ = match typed {
-            Typed::Bytes(b) => conn.send(&Request::Input(ByteBuf::from(b))),
-            Typed::End => conn.send(&Request::InputEof),
-        };
-    })?;
-    let _ = conn.send(&Request::Modes(hold.modes()));
-    Some(hold)
-}
-
-/// Writes all of `bytes`, waiting out `EAGAIN` when the descriptor is non-blocking
-/// (a terminal shared with a program that set `O_NONBLOCK` on it).
-fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: the output descriptor is one of 0-2, probed open, or the controlling
-    // terminal `Controlling` holds; ctx closes neither while it relays.
-    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-    while !bytes.is_empty() {
-        match nix::unistd::write(bfd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let mut p = [PollFd::new(bfd, PollFlags::POLLOUT)];
-                let _ = poll(&mut p, PollTimeout::NONE);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Dies of `signo` the way the routed process did, so a shell or `waitpid` above us sees
-/// the same death; returns the shell's code for it if the signal does not kill.
-fn die_by(signo: i32) -> i32 {
-    // A core file of ctx would be noise: the crash happened elsewhere.
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    if let Ok(sig) = Signal::try_from(signo) {
-        // SAFETY: restoring the default disposition installs no handler code.
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
-        let mut set = SigSet::empty();
-        set.add(sig);
-        let _ = set.thread_unblock();
-        let _ = signal::raise(sig);
-    }
-    128 + signo
-}
-
-/// Parses `500ms`, `30s`, `10m`, `1h`, `1m30s`, or bare seconds, into milliseconds, with
-/// the same rules as the config's `timeout`.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    crate::config::parse_duration(text.trim()).map(|d| d.as_millis().min(u64::MAX as u128) as u64)
-}
-
-/// The inverse of [`parse_duration`], for messages: `1m30s`, `500ms`, `2h`.
-pub fn format_duration(ms: u64) -> String {
-    let mut out = String::new();
-    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    for (n, unit) in [(h, "h"), (m, "m"), (s, "s"), (milli, "ms")] {
-        if n != 0 {
-            out.push_str(&format!("{n}{unit}"));
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
 }
 
 /// Checks one `-e KEY=VALUE`: a `=` and a shell-valid name before it.
@@ -727,50 +331,6 @@ pub fn parse_set_env(kv: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The process that ran `ctx exec`, held by a pidfd while it is still our parent: once it
-/// is gone, our parent is a subreaper or init, which the command's `kill $PPID` must not
-/// reach (locally it would find no such process).
-struct Launcher {
-    pid: libc::pid_t,
-    pidfd: Option<OwnedFd>,
-}
-
-impl Launcher {
-    fn hold(pid: libc::pid_t) -> Launcher {
-        // SAFETY: plain syscalls with integer arguments.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-        // SAFETY: a new descriptor, owned from here.
-        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
-        // Held and still our parent: the pidfd is that process's, not a reuse's.
-        // SAFETY: plain getter.
-        let parent = pid > 1 && unsafe { libc::getppid() } == pid;
-        Launcher {
-            pid: if parent { pid } else { 0 },
-            pidfd,
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain getter.
-        if self.pid == 0 || !(1..=64).contains(&signal) || unsafe { libc::getppid() } != self.pid {
-            return;
-        }
-        // SAFETY: plain syscalls with integer arguments and a null siginfo.
-        unsafe {
-            match &self.pidfd {
-                Some(fd) => libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    signal,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                ),
-                None => libc::kill(self.pid, signal) as libc::c_long,
-            };
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -778,49 +338,6 @@ impl Launcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctx_protocol::{FailureKind, Stage};
-    use std::borrow::Cow;
-    use std::os::fd::AsRawFd;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(500));
-        assert_eq!(parse_duration("30s"), Ok(30_000));
-        assert_eq!(parse_duration("10m"), Ok(600_000));
-        assert_eq!(parse_duration("1h"), Ok(3_600_000));
-        assert_eq!(parse_duration("1m30s"), Ok(90_000));
-        assert_eq!(parse_duration("1h2m3s4ms"), Ok(3_723_004));
-        assert_eq!(parse_duration("15"), Ok(15_000));
-        for bad in [
-            "",
-            "0",
-            "0s",
-            "s",
-            "10x",
-            "1.5s",
-            "-1",
-            "10 s",
-            "m10",
-            "99999999999999999999",
-            "18446744073709551615s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn durations_format_back() {
-        for (ms, text) in [
-            (500, "500ms"),
-            (30_000, "30s"),
-            (90_000, "1m30s"),
-            (3_600_000, "1h"),
-            (3_723_004, "1h2m3s4ms"),
-        ] {
-            assert_eq!(format_duration(ms), text);
-            assert_eq!(parse_duration(text), Ok(ms));
-        }
-    }
 
     #[test]
     fn set_env_validation() {
@@ -898,130 +415,5 @@ mod tests {
         // `ctx exec -- cmd >file 2>&1` on a terminal: only stdin, so echo goes to it.
         let std = [StdFd::Terminal, StdFd::Other, StdFd::Other];
         assert_eq!(FdPlan::new(std, false).output_fd(std), Some(0));
-    }
-
-    fn failure(kind: FailureKind, errno: i32, message: &'static str) -> ExecFailure<'static> {
-        ExecFailure {
-            kind,
-            stage: Stage::Exec,
-            errno,
-            errno_name: Cow::Borrowed(""),
-            message: Cow::Borrowed(message),
-        }
-    }
-
-    #[test]
-    fn exec_failures_render_and_map_to_exit_codes() {
-        let relay_err = |f: &ExecFailure| Error::ExecFailed {
-            context: "user".into(),
-            program: "foo".into(),
-            kind: f.kind,
-            detail: failure_detail("foo", f),
-            exit_code: f.exit_code(),
-        };
-        let e = relay_err(&failure(
-            FailureKind::NotFound,
-            libc::ENOENT,
-            "command not found",
-        ));
-        assert_eq!(
-            e.to_string(),
-            "user: cannot run \"foo\": command not found (ENOENT at stage exec)"
-        );
-        assert_eq!(e.exit_code(), 127);
-        let e = relay_err(&failure(
-            FailureKind::PermissionDenied,
-            libc::EACCES,
-            "/srv/foo is mode 0600",
-        ));
-        assert_eq!(
-            e.to_string(),
-            "user: cannot run \"foo\": permission denied (EACCES at stage exec): /srv/foo is mode 0600"
-        );
-        assert_eq!(e.exit_code(), 126);
-        assert_eq!(
-            relay_err(&failure(FailureKind::NotExecutable, libc::ENOEXEC, "")).exit_code(),
-            126
-        );
-        let mut cwd = failure(FailureKind::BadCwd, libc::ENOENT, "");
-        cwd.stage = Stage::Chdir;
-        assert_eq!(relay_err(&cwd).exit_code(), 125);
-        // The shim's table, not a second one: ELOOP and ETXTBSY are "cannot execute".
-        assert_eq!(
-            relay_err(&failure(FailureKind::NotFound, libc::ELOOP, "")).exit_code(),
-            126
-        );
-        assert_eq!(
-            relay_err(&failure(FailureKind::NotExecutable, libc::ETXTBSY, "")).exit_code(),
-            126
-        );
-        let mut other = failure(FailureKind::Other, 0, "");
-        other.stage = Stage::Landlock;
-        assert_eq!(relay_err(&other).exit_code(), 125);
-    }
-
-    #[test]
-    fn dying_by_a_blocked_signal_still_dies_by_it() {
-        use nix::sys::wait::{waitpid, WaitStatus};
-        use nix::unistd::{fork, ForkResult};
-        // SAFETY: the child only makes system calls (sigprocmask, setrlimit, signal,
-        // raise) before _exit; nothing that needs locks held by other test threads.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                let mut set = SigSet::empty();
-                set.add(Signal::SIGINT);
-                let _ = set.thread_block();
-                let code = die_by(libc::SIGINT);
-                // SAFETY: _exit is always safe; reached only if the signal did not kill.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => {
-                assert_eq!(
-                    waitpid(child, None).unwrap(),
-                    WaitStatus::Signaled(child, Signal::SIGINT, false)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn timeouts_exit_124_and_say_how_long() {
-        let relay = Relay {
-            context: "user",
-            program: "sleep",
-            timeout_ms: Some(90_000),
-            input: None,
-            raw: false,
-            output: None,
-            resize: false,
-            controlling: &Controlling::None,
-            launcher: None,
-            pty_output: std::cell::RefCell::new(Output { pty: None }),
-        };
-        let Err(e) = relay.exited(
-            ExitStatus::Signaled {
-                signal: 9,
-                core: false,
-            },
-            true,
-        ) else {
-            panic!("a timeout is an error");
-        };
-        assert_eq!(e.to_string(), "user: command timed out after 1m30s");
-        assert_eq!(e.exit_code(), 124);
-        assert!(matches!(
-            relay.exited(ExitStatus::Code(3), false),
-            Ok(Outcome::Exit(3))
-        ));
-        assert!(matches!(
-            relay.exited(
-                ExitStatus::Signaled {
-                    signal: 2,
-                    core: false
-                },
-                false
-            ),
-            Ok(Outcome::Signaled(2))
-        ));
     }
 }

@@ -16,8 +16,8 @@ use ctx_protocol::{Reply, Request};
 use serde_json::Value;
 
 use super::connection::unexpected;
+use super::duration::{format_duration, parse_duration};
 use super::error::Error;
-use super::exec::{format_duration, parse_duration};
 use crate::daemon::audit::{rfc3339, rotated_path};
 use crate::escape;
 

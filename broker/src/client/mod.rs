@@ -7,6 +7,7 @@
 pub mod completions;
 pub mod connection;
 pub mod contexts;
+pub mod duration;
 pub mod env;
 pub mod error;
 pub mod exec;
@@ -14,6 +15,7 @@ pub mod kill;
 pub mod log;
 pub mod man;
 pub mod ps;
+mod relay;
 pub mod reload;
 pub mod run;
 pub mod sh;

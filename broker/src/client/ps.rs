@@ -8,8 +8,8 @@ use ctx_protocol::{ProcessInfo, Reply, Request};
 use serde_json::{json, Value};
 
 use super::connection::unexpected;
+use super::duration::format_duration;
 use super::error::Error;
-use super::exec::format_duration;
 use crate::escape;
 
 #[derive(Debug, Args)]

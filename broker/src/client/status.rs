@@ -8,8 +8,8 @@ use clap::Args;
 use ctx_protocol::{IsolationLine, Reply, Request, StatusReport};
 
 use super::connection::unexpected;
+use super::duration::format_duration;
 use super::error::Error;
-use super::exec::format_duration;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
