@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod isolation;
 pub mod raw;
 
 // ---------------------------------------------------------------------------------------

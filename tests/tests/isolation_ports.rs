@@ -1,0 +1,154 @@
+//! Reserved ports: no context binds them, and the owner gets the broker's held socket.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ctx_tests::isolation::*;
+use ctx_tests::*;
+
+// ---------------------------------------------------------------------------------------
+// reserved_ports
+// ---------------------------------------------------------------------------------------
+
+/// `platform` (ctx-alice, in its own PID namespace) owns `owned`; `user` (ctx-bob, which
+/// ctx-bob may enter) owns nothing; `spare` is reserved with no owner.
+fn ports_config(owned: u16, spare: u16) -> String {
+    let bob = user(BOB).uid;
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+reserved_ports = [{owned}, {spare}]
+port_owners = {{ {owned} = "platform" }}
+
+[contexts.platform]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ pid = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0, {bob}] }}
+"#
+    )
+}
+
+#[test]
+fn reserved_ports_cannot_be_bound_by_contexts() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    for port in [owned, spare] {
+        let out = run_with(
+            &mut b.exec_cmd("user", &["python3", "-m", "http.server", &port.to_string()]),
+            None,
+            Duration::from_secs(20),
+        );
+        assert_ne!(out.code(), 0, "http.server bound {port}: {}", out.show());
+        let err = out.stderr_str();
+        assert!(
+            err.contains("Address already in use") || err.contains("Permission denied"),
+            "{}",
+            out.show()
+        );
+        for addr in ["127.0.0.1", "0.0.0.0", "::", "::1"] {
+            let family = if addr.contains(':') {
+                "AF_INET6"
+            } else {
+                "AF_INET"
+            };
+            let script = format!(
+                "import socket,sys\ns=socket.socket(socket.{family})\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+                 try:\n s.bind(('{addr}',{port})); s.listen(1)\nexcept OSError as e:\n print(e.errno); sys.exit(3)\n"
+            );
+            let out = b.exec("user", &["python3", "-c", &script]);
+            assert_eq!(out.code(), 3, "bound {addr}:{port}: {}", out.show());
+            let errno: i32 = out.stdout_str().trim().parse().unwrap();
+            assert!(
+                errno == libc::EADDRINUSE || errno == libc::EACCES,
+                "{addr}:{port}: errno {errno}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reserved_port_is_handed_to_its_owner_systemd_style() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    // The service checks LISTEN_FDS/LISTEN_PID as sd_listen_fds() does, then serves once.
+    let service = "import os,socket,sys\n\
+        assert os.environ['LISTEN_FDS']=='1', os.environ.get('LISTEN_FDS')\n\
+        assert int(os.environ['LISTEN_PID'])==os.getpid(), (os.environ['LISTEN_PID'], os.getpid())\n\
+        s=socket.socket(fileno=3)\n\
+        c,_=s.accept(); c.sendall(b'served by the owner\\n'); c.close()\n";
+    let mut svc = b
+        .ctx([
+            "exec",
+            "--context",
+            "platform",
+            "--listen-port",
+            &owned.to_string(),
+            "--",
+            "python3",
+            "-c",
+            service,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The socket already listens (the broker's): connecting never races the service.
+    let mut conn = TcpStream::connect(("127.0.0.1", owned)).expect("connect to the owned port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    let status = wait_deadline(&mut svc, Duration::from_secs(10)).expect("service ends");
+    let mut err = String::new();
+    svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "service failed: {err}");
+    assert_eq!(got, "served by the owner\n");
+}
+
+#[test]
+fn reserved_port_is_refused_to_other_contexts_and_non_root() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    let bob = user(BOB);
+    for port in [owned, spare] {
+        let mut cmd = b.ctx([
+            "exec",
+            "--context",
+            "user",
+            "--listen-port",
+            &port.to_string(),
+            "--",
+            "true",
+        ]);
+        std::os::unix::process::CommandExt::uid(&mut cmd, bob.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, bob.gid);
+        cmd.current_dir("/");
+        let out = run(&mut cmd);
+        // Refused before any exec: ctx's own error (125), as every step before the exec.
+        assert_eq!(
+            out.code(),
+            125,
+            "ctx-bob claimed port {port}: {}",
+            out.show()
+        );
+        assert!(
+            out.stderr_str().contains(&port.to_string()),
+            "{}",
+            out.show()
+        );
+    }
+    b.wait_audit(2, |l| {
+        json_has_str(l, "exec_failed") && json_has_str(l, "port")
+    });
+}
