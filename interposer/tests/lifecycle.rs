@@ -110,7 +110,7 @@ fn shim_killed_by_sigkill_takes_the_routed_group_and_the_broker_keeps_serving() 
     eprintln!("routed group gone {:?} after the shim", killed_at.elapsed());
 
     // The broker is still up and serving.
-    let (state, _) = stat_fields(b.child.id() as i32).expect("broker process");
+    let (state, _) = stat_fields(b.pid() as i32).expect("broker process");
     assert_ne!(state, 'Z', "the broker died");
     let o = b.run(&["env", "sh", "-c", PROBE]);
     assert_eq!(stdout(&o), format!("{}\n", probe_line(&b)));

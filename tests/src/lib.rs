@@ -415,6 +415,14 @@ impl Broker {
     /// Writes `config_toml` to a temp dir, starts the broker on it and waits (up to 10 s)
     /// until `ctx status` answers. Panics with the broker's stderr when it does not.
     pub fn start(config_toml: &str) -> Broker {
+        require_root();
+        Broker::start_limited(config_toml, None)
+    }
+
+    /// Like [`Broker::start`] without requiring root, for a config whose contexts run as
+    /// the caller's own uid: a broker started by any user can serve those, and the
+    /// interposer's tests run as any user.
+    pub fn start_as_caller(config_toml: &str) -> Broker {
         Broker::start_limited(config_toml, None)
     }
 
@@ -422,11 +430,11 @@ impl Broker {
     /// broker from its start: a root broker's real uid is not root's, and root here lacks
     /// CAP_SYS_RESOURCE, so a `prlimit` from outside is refused.
     pub fn start_with_files(config_toml: &str, limit: u64) -> Broker {
+        require_root();
         Broker::start_limited(config_toml, Some(limit))
     }
 
     fn start_limited(config_toml: &str, nofile: Option<u64>) -> Broker {
-        require_root();
         let dir = TempDir::new();
         let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
         let mut b = Broker {

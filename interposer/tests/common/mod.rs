@@ -1,14 +1,12 @@
 //! The fixture every end-to-end test file shares: a real `ctx-broker` on a temporary
-//! socket, and launchers preloaded with the library routing to its `user` context.
-//! Needs the workspace built (`cargo build`) so that `ctx-broker` sits beside the shim.
+//! socket, started by the same fixture as the workspace's end-to-end tests (`ctx-tests`),
+//! and launchers preloaded with the library routing to its `user` context. Needs the
+//! workspace built (`cargo build`) so that `ctx-broker` and `ctx` sit beside the shim.
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 // ---------------------------------------------------------------------------------------
 // Fixture
@@ -38,21 +36,15 @@ pub fn cc(flags: &[&str], out: &Path, source: &Path) {
     );
 }
 
+/// The end-to-end tests' broker (`ctx_tests::Broker`) on a config of one context, `user`,
+/// which the launches below route to.
 pub struct Broker {
-    pub child: Child,
+    broker: ctx_tests::Broker,
+    /// The broker's temporary directory; the tests' own files go there too.
     pub dir: PathBuf,
     pub socket: PathBuf,
     /// The uid routed programs run as.
     pub uid: u32,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // SAFETY: signals the broker this fixture started, by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 pub fn start_broker() -> Broker {
@@ -61,74 +53,38 @@ pub fn start_broker() -> Broker {
 
 /// A broker whose `user` context gets `extra` (TOML lines) appended to its table.
 pub fn start_broker_with(extra: &str) -> Broker {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let broker = bin_dir().join("ctx-broker");
-    assert!(
-        broker.exists(),
-        "{} is missing: run `cargo build` for the whole workspace first",
-        broker.display()
-    );
-    let dir = std::env::temp_dir().join(format!(
-        "ctx-interposer-e2e-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // SAFETY: plain getters.
     let me = unsafe { libc::getuid() };
+    // Without root, the broker can only run programs as the caller itself.
     let (user, uid) = if me == 0 {
         ("\"nobody\"".to_string(), 65534)
     } else {
         (format!("\"{me}\""), me)
     };
-    let socket = dir.join("broker.sock");
-    let config = dir.join("contexts.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[broker]
-socket = "{sock}"
-state_dir = "{d}/state"
-audit_log = "{d}/audit.jsonl"
-
-[contexts.user]
+    let config = format!(
+        r#"[contexts.user]
 user = {user}
 cwd = "inherit"
 env = {{ CTX_ONLY = "context-value" }}
 inherit_env = ["LANG"]
 allow = {{ uids = [{me}] }}
 {extra}
-"#,
-            sock = socket.display(),
-            d = dir.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(&broker)
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "broker did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+"#
+    );
+    let broker = ctx_tests::Broker::start_as_caller(&config);
     Broker {
-        child,
-        dir,
-        socket,
+        dir: broker.dir().path().to_path_buf(),
+        socket: broker.socket(),
         uid,
+        broker,
     }
 }
 
 impl Broker {
+    pub fn pid(&self) -> u32 {
+        self.broker.pid()
+    }
+
     /// `argv` run locally with routing switched on for its launches.
     pub fn cmd(&self, argv: &[&str]) -> Command {
         let mut c = Command::new(argv[0]);
