@@ -171,6 +171,12 @@ fn echo_server(ip: &str) -> u16 {
     port
 }
 
+/// `rule` with the test server's address listed too: it is on the host's `lo`, one of the
+/// host's own addresses, which a name reaches only where the address is listed.
+fn host(addr: &HostAddr, rule: &str) -> String {
+    rule.replacen("allow = [", &format!("allow = [\"{}\", ", addr.ip), 1)
+}
+
 /// One egress context `eg` with `rule` (TOML), a plain context `plain`, and `eg2` with
 /// `rule2` when given.
 fn config(rule: &str, rule2: Option<&str>) -> String {
@@ -274,7 +280,7 @@ fn curl_python_and_node_reach_allowed_names_and_are_refused_the_others() {
     let web = WebServer::start(&addr.ip, &www);
     let rule =
         format!(r#"{{ allow = ["{allowed}", "*.{base}.wild.test"], deny = ["{blocked}"] }}"#);
-    let b = Broker::start(&config(&rule, None));
+    let b = Broker::start(&config(&host(&addr, &rule), None));
     let url = |host: &str| format!("http://{host}:{}/hello.txt", web.port);
 
     // curl: absolute-URI request, CONNECT tunnel, SOCKS5 with the name resolved by the proxy.
@@ -462,7 +468,10 @@ open(www + '/simple/ctxprobe/index.html', 'w').write(
     let web = WebServer::start(&addr.ip, &www);
     let dest = dir.subdir("dest", 0o777);
 
-    let b = Broker::start(&config(&format!(r#"{{ allow = ["{index}"] }}"#), None));
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{index}"] }}"#)),
+        None,
+    ));
     let pip = |host: &str, into: &str| {
         let into = dest.join(into);
         b.exec(
@@ -546,7 +555,10 @@ fn a_program_that_ignores_the_proxy_has_no_network() {
     let name = format!("{}.raw.test", unique("r"));
     let _hosts = Hosts::add(&[(&addr.ip, &name)]);
     let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
     let raw = |ctx: &str| {
         b.exec(
             ctx,
@@ -702,7 +714,10 @@ fn two_hundred_connections_at_once() {
     let name = format!("{}.echo.test", unique("e"));
     let _hosts = Hosts::add(&[(&addr.ip, &name)]);
     let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
     let out = run_with(
         &mut b.exec_cmd(
             "eg",
@@ -784,7 +799,10 @@ fn a_client_that_dribbles_or_stalls_does_not_hold_the_broker() {
     let dir = TempDir::new();
     let (www, body) = site(&dir);
     let web = WebServer::start(&addr.ip, &www);
-    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
     let url = format!("http://{name}:{}/hello.txt", web.port);
     let mut child = b
         .exec_cmd("eg", &["/usr/bin/python3", "-c", HOSTILE, &url])
@@ -868,7 +886,10 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
     let (www, body) = site(&dir);
     let web = WebServer::start(&addr.ip, &www);
     let b = Broker::start(&config(
-        &format!(r#"{{ allow = ["{first}", "*.pkg.test:443"], deny = ["bad.pkg.test"] }}"#),
+        &host(
+            &addr,
+            &format!(r#"{{ allow = ["{first}", "*.pkg.test:443"], deny = ["bad.pkg.test"] }}"#),
+        ),
         None,
     ));
     let status = run(&mut b.ctx(["status"])).ok();
@@ -881,7 +902,10 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
         "{line}"
     );
     assert!(
-        line.contains(&format!("egress allow ({first}, *.pkg.test:443)")),
+        line.contains(&format!(
+            "egress allow ({}, {first}, *.pkg.test:443)",
+            addr.ip
+        )),
         "{line}"
     );
     assert!(line.contains("egress deny (bad.pkg.test)"), "{line}");
@@ -899,7 +923,10 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
     // The same namespace, the new rule.
     fs::write(
         b.config_path(),
-        config(&format!(r#"{{ allow = ["{second}"] }}"#), None),
+        config(
+            &host(&addr, &format!(r#"{{ allow = ["{second}"] }}"#)),
+            None,
+        ),
     )
     .unwrap();
     run(&mut b.ctx(["reload"])).ok();
@@ -907,7 +934,7 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
     assert_eq!(code(&second), "200");
     let status = run(&mut b.ctx(["status"])).ok();
     assert!(
-        status.contains(&format!("egress allow ({second})")),
+        status.contains(&format!("egress allow ({}, {second})", addr.ip)),
         "{status}"
     );
 
@@ -924,7 +951,7 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
     // And back: a new listener in the same namespace.
     fs::write(
         b.config_path(),
-        config(&format!(r#"{{ allow = ["{first}"] }}"#), None),
+        config(&host(&addr, &format!(r#"{{ allow = ["{first}"] }}"#)), None),
     )
     .unwrap();
     run(&mut b.ctx(["reload"])).ok();
@@ -939,4 +966,36 @@ fn status_lists_the_rule_and_the_proxy_follows_a_reload() {
         )
         .ok();
     assert_eq!(got, body);
+}
+
+/// A name that resolves to one of the host's own addresses (here one added to `lo`, as a
+/// machine's own interface address would be) leads to every service the host runs on all
+/// interfaces: refused unless the address is listed, as for loopback.
+#[test]
+fn a_name_that_resolves_to_the_hosts_own_address_is_refused_unless_listed() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.own.test", unique("o"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let dir = TempDir::new();
+    let (www, _) = site(&dir);
+    let web = WebServer::start(&addr.ip, &www);
+    let b = Broker::start(&config(
+        &format!(r#"{{ allow = ["{name}"] }}"#),
+        Some(&host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#))),
+    ));
+    let code = |ctx: &str| {
+        let script = format!(
+            "curl -s -o /dev/null --noproxy '' -x \"$HTTP_PROXY\" -w '%{{http_code}}' http://{name}:{}/hello.txt",
+            web.port
+        );
+        b.exec(ctx, &["sh", "-c", &script]).stdout_str()
+    };
+    assert_eq!(code("eg"), "403");
+    let l = b
+        .wait_audit(1, |l| l["event"] == "egress" && l["context"] == "eg")
+        .remove(0);
+    assert_eq!(l["allowed"], false);
+    assert!(l["reason"].as_str().unwrap().contains(&addr.ip), "{l}");
+    // Listed, the same name is reached.
+    assert_eq!(code("eg2"), "200");
 }

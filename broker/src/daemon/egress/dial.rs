@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -26,6 +27,9 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 const RELAY_BUFFER: usize = 64 * 1024;
 /// Name lookups in progress at once, for all contexts together.
 const MAX_RESOLVERS: usize = 32;
+/// ... and for one context: a context looking up names that never answer waits on its
+/// own share, and leaves the others theirs.
+pub const LOOKUPS_PER_CONTEXT: usize = 8;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -114,20 +118,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// Connects to `target:port`, which `rule` allowed: an address as it is (it is listed), a
 /// name through the resolver, trying each resolved address `rule` lets it reach in turn.
-pub async fn connect(rule: &Rule, target: &Target, port: u16) -> Result<TcpStream, DialError> {
+pub async fn connect(
+    rule: &Rule,
+    target: &Target,
+    port: u16,
+    lookups: &Arc<tokio::sync::Semaphore>,
+) -> Result<TcpStream, DialError> {
     let addresses: Vec<SocketAddr> = match target {
         Target::Address(ip) => vec![SocketAddr::new(canonical(*ip), port)],
         Target::Name(name) => {
-            let all = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(name.clone(), port))
+            let lookup = resolve(name.clone(), port, lookups.clone());
+            let all = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
                 .await
                 .map_err(|_| DialError::ResolveTimeout)??;
             if all.is_empty() {
                 return Err(DialError::NoAddress);
             }
+            // The host's own addresses (any interface's, not only loopback) lead to every
+            // service it runs on all interfaces: only where listed, as loopback.
             let usable: Vec<SocketAddr> = all
                 .iter()
                 .copied()
                 .filter(|a| rule.may_connect(a.ip(), port))
+                .filter(|a| !host_local(a.ip()) || rule.lists_address(a.ip(), port))
                 .collect();
             if usable.is_empty() {
                 let mut shown: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
@@ -154,13 +167,37 @@ pub async fn connect(rule: &Rule, target: &Target, port: u16) -> Result<TcpStrea
     Ok(stream)
 }
 
+/// Whether `ip` is one of this host's own addresses: the kernel routes a connection to it
+/// through `lo` and picks it as its own source. Asked of a UDP socket, whose `connect`
+/// only looks up the route (nothing is sent). In the broker's namespace: the host's.
+fn host_local(ip: std::net::IpAddr) -> bool {
+    let any: SocketAddr = match ip {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let Ok(probe) = std::net::UdpSocket::bind(any) else {
+        return false;
+    };
+    probe.connect((ip, 9)).is_ok() && probe.local_addr().is_ok_and(|l| l.ip() == ip)
+}
+
 /// The system resolver on a blocking thread. A lookup that outlives its deadline keeps its
 /// thread until the resolver gives up, so the threads are bounded here, for all contexts
 /// together (each holds its permit until its lookup returns): a context cannot take the
 /// runtime's blocking pool, which reloads and requests also use, with lookups of slow
 /// names under a `*.` entry.
-async fn resolve(name: String, port: u16) -> Result<Vec<SocketAddr>, DialError> {
+async fn resolve(
+    name: String,
+    port: u16,
+    share: Arc<tokio::sync::Semaphore>,
+) -> Result<Vec<SocketAddr>, DialError> {
     static RESOLVERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RESOLVERS);
+    // The context's share first: a context at its share waits without taking any of the
+    // others'.
+    let own = share
+        .acquire_owned()
+        .await
+        .map_err(|_| DialError::ResolveTimeout)?;
     let permit = RESOLVERS
         .acquire()
         .await
@@ -171,6 +208,7 @@ async fn resolve(name: String, port: u16) -> Result<Vec<SocketAddr>, DialError> 
             .to_socket_addrs()
             .map(Iterator::collect);
         drop(permit);
+        drop(own);
         found
     });
     lookup

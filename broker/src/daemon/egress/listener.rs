@@ -171,7 +171,7 @@ async fn serve(mut client: TcpStream, state: &State) {
             return state.record(&attempt);
         }
     };
-    let upstream = match dial::connect(&rule, &target, req.port).await {
+    let upstream = match dial::connect(&rule, &target, req.port, &state.lookups).await {
         Ok(u) => u,
         Err(e) => {
             let outcome = e.outcome();

@@ -85,6 +85,8 @@ pub struct State {
     uid: AtomicU32,
     rule: RwLock<Arc<Rule>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// This context's share of the name lookups all contexts may run at once.
+    pub lookups: Arc<tokio::sync::Semaphore>,
     launches: Mutex<VecDeque<u64>>,
     shared: Weak<Shared>,
 }
@@ -278,6 +280,7 @@ impl Egress {
             uid: AtomicU32::new(ctx.user.uid),
             rule: RwLock::new(rule.clone()),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
             launches: Mutex::new(VecDeque::new()),
             shared: Arc::downgrade(shared),
         });

@@ -88,6 +88,13 @@ impl Rule {
         !internal(ip) || self.allow.iter().any(|p| p.matches(&target, port))
     }
 
+    /// Whether `ip` itself (not a name) is listed as allowed for `port`, and not denied.
+    pub fn lists_address(&self, ip: IpAddr, port: u16) -> bool {
+        let target = Target::Address(canonical(ip));
+        !self.deny.iter().any(|p| p.matches(&target, port))
+            && self.allow.iter().any(|p| p.matches(&target, port))
+    }
+
     /// The lists as `ctx status` shows them.
     pub fn describe(&self) -> (Vec<String>, Vec<String>) {
         let show = |l: &[Pattern]| l.iter().map(ToString::to_string).collect();
@@ -184,7 +191,7 @@ pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => internal_v4(a),
         IpAddr::V6(a) => {
-            if a.is_loopback() || a.is_unspecified() {
+            if a.is_loopback() || a.is_unspecified() || a == METADATA_V6 {
                 return true;
             }
             let s = a.segments();
@@ -201,8 +208,17 @@ pub fn internal(ip: IpAddr) -> bool {
 }
 
 fn internal_v4(a: Ipv4Addr) -> bool {
-    a.is_loopback() || a.is_link_local() || a.octets()[0] == 0
+    a.is_loopback() || a.is_link_local() || a.octets()[0] == 0 || METADATA_V4.contains(&a)
 }
+
+/// Cloud metadata and host-agent endpoints outside link-local: Alibaba's, and Azure's
+/// WireServer (169.254.169.254, AWS's, GCP's and Azure's IMDS, is link-local already).
+const METADATA_V4: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(168, 63, 129, 16),
+];
+/// AWS's IMDS over IPv6.
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is; any other unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -282,6 +298,19 @@ fn bad_host(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cloud_metadata_endpoints_outside_link_local_are_internal() {
+        for ip in [
+            "100.100.100.200",
+            "168.63.129.16",
+            "fd00:ec2::254",
+            "::ffff:100.100.100.200",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!internal("100.100.100.201".parse().unwrap()));
+    }
+
     use super::*;
 
     fn rule(allow: &[&str], deny: &[&str]) -> Rule {
