@@ -999,3 +999,50 @@ fn a_name_that_resolves_to_the_hosts_own_address_is_refused_unless_listed() {
     // Listed, the same name is reached.
     assert_eq!(code("eg2"), "200");
 }
+
+/// A destination that never answers nor closes does not hold a connection (and the
+/// context's share of them) after its client has gone: once the client's side ends, the
+/// destination's silence is limited, and the attempt's audit line comes.
+#[test]
+fn a_silent_destination_does_not_outlive_its_client() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.silent.test", unique("s"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let listener = TcpListener::bind((addr.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection: never a byte, never a close.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    // Through a CONNECT tunnel, then gone.
+    let script = format!(
+        "import os, socket\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {name}:{port} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(out.ok(), "HTTP/1.1 200 Connection established\n");
+    let started = std::time::Instant::now();
+    let l = poll(std::time::Duration::from_secs(45), || {
+        b.audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == "egress" && l["name"] == name.as_str())
+    })
+    .unwrap_or_else(|| panic!("the relay still runs after {:?}", started.elapsed()));
+    assert_eq!(l["allowed"], true);
+    assert!(
+        l["error"].as_str().unwrap_or("").contains("sent nothing"),
+        "{l}"
+    );
+    assert_eq!(held.lock().unwrap().len(), 1);
+}

@@ -7,11 +7,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::listener::Outcome;
@@ -25,6 +23,8 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 /// Relay buffer per direction: 64 KiB is as fast as 512 KiB here (scripts/bench-egress.sh),
 /// and bounds what a context at its connection cap makes the broker hold to 64 MiB.
 const RELAY_BUFFER: usize = 64 * 1024;
+/// How long a destination may stay silent once the client has ended its side.
+const AFTER_CLIENT_END: std::time::Duration = std::time::Duration::from_secs(30);
 /// Name lookups in progress at once, for all contexts together.
 const MAX_RESOLVERS: usize = 32;
 /// ... and for one context: a context looking up names that never answer waits on its
@@ -51,13 +51,6 @@ pub enum DialError {
     ConnectTimeout,
 }
 
-/// A stream that counts the bytes read from and written to it.
-struct Counted<S> {
-    inner: S,
-    read: u64,
-    written: u64,
-}
-
 // ---------------------------------------------------------------------------------------
 // Methods
 // ---------------------------------------------------------------------------------------
@@ -70,45 +63,6 @@ impl DialError {
             DialError::ResolveTimeout | DialError::ConnectTimeout => Outcome::TimedOut,
             DialError::Connect(..) => Outcome::Unreachable,
         }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            me.read += (buf.filled().len() - before) as u64;
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            me.written += n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -220,33 +174,79 @@ async fn resolve(
 /// Sends `first` to the destination, then relays both ways until both sides are done.
 /// Returns the bytes sent to the destination, the bytes received from it, and the error
 /// that ended the relay early, if one did.
+///
+/// Once the client has ended its side (it half-closed, or is gone: on loopback the two
+/// look alike), the destination has [`AFTER_CLIENT_END`] of silence at a time to finish:
+/// a destination that never answers nor closes would otherwise hold the connection, and
+/// the context's share of them, for ever after its client left.
 pub async fn relay(
-    mut client: TcpStream,
+    client: TcpStream,
     upstream: TcpStream,
     first: &[u8],
 ) -> (u64, u64, Option<String>) {
-    let mut upstream = Counted {
-        inner: upstream,
-        read: 0,
-        written: 0,
-    };
-    let mut error = None;
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut up_in, mut up_out) = upstream.into_split();
+    let mut sent = 0u64;
     if !first.is_empty() {
-        if let Err(e) = upstream.write_all(first).await {
-            error = Some(e.to_string());
+        if let Err(e) = up_out.write_all(first).await {
+            return (0, 0, Some(e.to_string()));
         }
+        sent = first.len() as u64;
     }
-    if error.is_none() {
-        let copied = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            RELAY_BUFFER,
-            RELAY_BUFFER,
-        )
+    let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
+    let upward = async {
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut n_sent = 0u64;
+        let result: io::Result<()> = async {
+            loop {
+                let n = client_in.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                up_out.write_all(&buf[..n]).await?;
+                n_sent += n as u64;
+            }
+            up_out.shutdown().await
+        }
         .await;
-        if let Err(e) = copied {
-            error = Some(e.to_string());
+        let _ = ended_tx.send(true);
+        (n_sent, result)
+    };
+    let downward = async {
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut received = 0u64;
+        let mut ended = ended_rx;
+        let result: io::Result<()> = async {
+            loop {
+                // Made anew for each read: a chunk that arrives restarts the silence.
+                let silence = async {
+                    let _ = ended.wait_for(|e| *e).await;
+                    tokio::time::sleep(AFTER_CLIENT_END).await;
+                };
+                let n = tokio::select! {
+                    r = up_in.read(&mut buf) => r?,
+                    _ = silence => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the destination sent nothing for {}s after the client's end",
+                                AFTER_CLIENT_END.as_secs()
+                            ),
+                        ))
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                client_out.write_all(&buf[..n]).await?;
+                received += n as u64;
+            }
+            client_out.shutdown().await
         }
-    }
-    (upstream.written, upstream.read, error)
+        .await;
+        (received, result)
+    };
+    let ((up, up_result), (down, down_result)) = tokio::join!(upward, downward);
+    let error = up_result.err().or(down_result.err()).map(|e| e.to_string());
+    (sent + up, down, error)
 }

@@ -342,8 +342,10 @@ impl State {
         l.contains(&id).then_some(id)
     }
 
-    /// Writes `attempt`'s audit line. A denial is metered like any refusal of the
-    /// context's uid; what reached an allowed destination is always written.
+    /// Writes `attempt`'s audit line. A denial, and an allowed attempt that carried
+    /// nothing (a name that does not resolve, a closed port: a loop of those would fill
+    /// the log as fast as denials), is metered like any refusal of the context's uid; what
+    /// carried bytes to or from an allowed destination is always written.
     pub fn record(&self, attempt: &Attempt) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -369,7 +371,8 @@ impl State {
             event["address"] = a.to_string().into();
         }
         let event = audit::with_bytes(event, "name", &attempt.host, audit::NAME_KEEP);
-        if attempt.allowed {
+        let carried = attempt.bytes_up > 0 || attempt.bytes_down > 0;
+        if attempt.allowed && (carried || attempt.error.is_none()) {
             shared.audit.record(event);
         } else {
             shared
