@@ -100,7 +100,9 @@ allow = { uids = [0] }
 user = "ctx-user"
 cwd = "/"
 allow = { uids = [0] }
-isolation = { network = { allow = ["$NAME"] } }
+# The server is on an address added to lo, one of the host's own: a name reaches it
+# only where the address is listed too.
+isolation = { network = { allow = ["$NAME", "$IP"] } }
 EOF
 SOCK=$TMP/broker.sock
 "$BIN/ctx-broker" --config "$TMP/contexts.toml" --socket "$SOCK" --state-dir "$TMP/state" \

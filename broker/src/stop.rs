@@ -36,7 +36,7 @@ pub const GRACE: Duration = Duration::from_secs(30);
 /// How long a SIGKILLed process gets to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// What the broker's `Status` answer may take before the socket's peer is judged anyway.
+/// What sending the listener a `Status` request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------
@@ -153,8 +153,12 @@ fn own() -> Result<Own, StopError> {
 /// The process listening on `socket`, when it is a broker of this file. `Err` says why a
 /// process that listens there is left alone.
 fn listener(socket: &Path, own: &Own) -> Result<Option<Found>, String> {
-    let Ok(mut conn) = Connection::connect(socket) else {
-        return Ok(None); // no socket, or no one listening: nothing runs there
+    let mut conn = match Connection::connect_now(socket) {
+        Ok(Some(conn)) => conn,
+        // Its queue is full: a stopped or wedged listener. If it is a broker of this file,
+        // the scan below finds it by its executable.
+        Ok(None) => return Ok(None),
+        Err(_) => return Ok(None), // no socket, or no one listening: nothing runs there
     };
     let cred = nix::sys::socket::getsockopt(&conn.fd(), nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("cannot tell who listens on {}: {e}", socket.display()))?;
@@ -171,13 +175,10 @@ fn listener(socket: &Path, own: &Own) -> Result<Option<Found>, String> {
             socket.display()
         )
     })?;
-    // A full request, so the broker does not log a peer that hung up; its answer (or its
-    // refusal, from a broker of another version) does not matter.
-    if conn.set_read_timeout(Some(STATUS_TIMEOUT)).is_ok()
-        && conn.open(&ctx_protocol::Request::Status, &[]).is_ok()
-    {
-        let _ = conn.recv();
-    }
+    // A full request, so the broker does not log a peer that hung up. Its answer is not
+    // waited for: a listener that is no broker could dribble one out for hours.
+    let _ = conn.set_write_timeout(Some(STATUS_TIMEOUT));
+    let _ = conn.open(&ctx_protocol::Request::Status, &[]);
     drop(conn);
     let comm = comm(pid);
     let ours = match judge(pid, own) {

@@ -722,3 +722,52 @@ s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(1
     );
     assert!(!said.contains("killed"), "{text}");
 }
+
+/// A broker that stopped accepting (stopped, or wedged) with its queue full, which any
+/// user who may connect can fill: `--stop` does not wait on it to accept, and kills it.
+#[test]
+fn stop_does_not_hang_on_a_broker_whose_queue_is_full() {
+    require_root();
+    let td = TempDir::new();
+    let d = td.path().display().to_string();
+    let config = td.file("contexts.toml", container_config().as_bytes(), 0o644);
+    let script = format!(
+        r#"set -u
+        B={broker}; CTX={ctx}; D={d}; C={config}
+        "$B" --config "$C" --socket "$D/a.sock" --state-dir "$D/a.state" --audit-log "$D/a.jsonl" 2>>"$D/a.err" &
+        a=$!
+        i=0
+        until "$CTX" --socket "$D/a.sock" status >/dev/null 2>&1; do
+            i=$((i + 1)); [ $i -lt 200 ] || {{ echo "broker never answered"; exit 1; }}
+            sleep 0.05
+        done
+        kill -STOP $a
+        python3 -c 'import socket, sys, time
+held = []
+while True:
+    c = socket.socket(socket.AF_UNIX); c.setblocking(False)
+    try: c.connect(sys.argv[1]); held.append(c)
+    except BlockingIOError: break
+print("queued", len(held) > 0, flush=True); time.sleep(120)' "$D/a.sock" &
+        p=$!
+        sleep 1
+        "$B" --stop --config "$C" --socket "$D/a.sock"; echo "stop $?"
+        wait $a; echo "a $?"
+        kill $p"#,
+        broker = bin("ctx-broker").display(),
+        ctx = bin("ctx").display(),
+        config = config.display(),
+    );
+    let out = run_with(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+            .args(["bash", "-c", &script]),
+        None,
+        Duration::from_secs(90),
+    );
+    let said = out.stdout_str();
+    for line in ["queued True", "stop 0", "a 137"] {
+        assert!(said.lines().any(|l| l == line), "{line:?} missing:\n{}", out.show());
+    }
+    assert!(said.contains("still running 30s after SIGTERM"), "{}", out.show());
+}

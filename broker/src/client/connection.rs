@@ -54,6 +54,30 @@ impl Connection {
         Ok(Connection::over(stream, socket))
     }
 
+    /// Connects without waiting on a listener whose queue is full (a stopped or wedged
+    /// broker): `Ok(None)` then. For `ctx-broker --stop`, which must not hang on the very
+    /// broker it is there to kill.
+    pub fn connect_now(socket: &Path) -> std::io::Result<Option<Connection>> {
+        use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let fd = new_socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let addr = UnixAddr::new(socket)?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINPROGRESS) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let stream = UnixStream::from(fd);
+        stream.set_nonblocking(false)?;
+        Ok(Some(Connection::over(stream, socket)))
+    }
+
     fn over(stream: UnixStream, socket: &Path) -> Connection {
         Connection {
             stream,
@@ -75,6 +99,12 @@ impl Connection {
 
     /// Bounds every later blocking read (for the one-shot verbs: a stuck broker must not
     /// hang a script polling `ctx status`).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.stream
+            .set_write_timeout(timeout)
+            .map_err(|e| Error::io("setting the socket's write timeout", e))
+    }
+
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         self.stream
             .set_read_timeout(timeout)
