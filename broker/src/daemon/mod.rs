@@ -2,7 +2,7 @@
 //! peer with `SO_PEERCRED`, and runs routed launches in the contexts of `contexts.toml`.
 //!
 //! - [`server`]: the socket, the accept loop, shutdown and reload;
-//! - [`connection`]: one peer: handshake, dispatch of its request;
+//! - [`dispatch`]: one peer: handshake, dispatch of its request;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
@@ -22,7 +22,7 @@ pub mod admission;
 pub mod audit;
 pub mod cgroups;
 pub mod closer;
-pub mod connection;
+pub mod dispatch;
 pub mod egress;
 pub mod exec;
 pub mod exec_guard;

@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 
 use super::admission::{self, Refusal};
 use super::quiet_log::Quiet;
-use super::{audit::Audit, connection, operator, registry::Registry, systemd, Peer, Shared};
+use super::{audit::Audit, dispatch, operator, registry::Registry, systemd, Peer, Shared};
 use crate::config::{self, Config};
 
 /// Command-line overrides of the config's `[broker]` settings.
@@ -223,7 +223,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                 Ok((stream, _)) => match admit(&shared, &stream) {
                     Ok((peer, admission)) => {
                         let shared = shared.clone();
-                        tasks.spawn(connection::serve(shared, stream, peer, admission));
+                        tasks.spawn(dispatch::serve(shared, stream, peer, admission));
                     }
                     Err(why) => {
                         refuse(&stream, &why);
