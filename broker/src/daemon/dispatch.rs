@@ -12,8 +12,8 @@ use ctx_protocol::{
 use tokio::net::UnixStream;
 
 use super::admission::Admission;
+use super::connection::Conn;
 use super::quiet_log::Quiet;
-use super::wire::Conn;
 use super::{exec, operator, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.

@@ -17,12 +17,12 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::connection::{Conn, WireError};
 use super::exec_guard::{Armed, Denied, ParentSignals, Policy};
 use super::plan::{prepare, BrokerIdentity, Lookup};
 use super::registry::Running;
 use super::shell_state::{self, SessionError};
 use super::spawn::{exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan};
-use super::wire::{Conn, WireError};
 use super::{audit, job_control, pty, Peer, Shared};
 use crate::config::{BrokerDown, Context, ShellEnv};
 

@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the socket, the accept loop, shutdown and reload;
 //! - [`dispatch`]: one peer: handshake, dispatch of its request;
+//! - [`connection`]: its frames and the descriptors that ride on them;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
 //! - [`exec`]: one routed launch from request to exit status;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
@@ -22,6 +23,7 @@ pub mod admission;
 pub mod audit;
 pub mod cgroups;
 pub mod closer;
+pub mod connection;
 pub mod dispatch;
 pub mod egress;
 pub mod exec;
@@ -47,7 +49,6 @@ pub mod socket_reach;
 pub mod spawn;
 pub mod systemd;
 pub mod untrusted_path;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
