@@ -1,20 +1,16 @@
 //! One peer connection: bounded handshake, authentication, and dispatch of its request.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ctx_protocol::frame::decode;
-use ctx_protocol::{
-    ClientKind, ContextInfo, ErrorKind, Hello, Reply, Request, StatusReport, MAGIC,
-    PROTOCOL_VERSION,
-};
+use ctx_protocol::{ClientKind, ErrorKind, Hello, Reply, Request, MAGIC, PROTOCOL_VERSION};
 use tokio::net::UnixStream;
 
 use super::admission::Admission;
 use super::connection::Conn;
 use super::quiet_log::Quiet;
-use super::{exec, operator, Peer, Shared};
+use super::{operator, requests, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,14 +69,16 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
     match request {
         // Boxed: a launch's future is large (its relay loop), and tokio copies the
         // connection task's future by value when it spawns and polls it.
-        Request::Exec(req) => Box::pin(exec::run(&shared, &mut conn, &peer, client, req)).await,
-        Request::Shell(sh) => Box::pin(exec::shell(&shared, &mut conn, &peer, sh)).await,
+        Request::Exec(req) => {
+            Box::pin(requests::exec::run(&shared, &mut conn, &peer, client, req)).await
+        }
+        Request::Shell(sh) => Box::pin(requests::shell::shell(&shared, &mut conn, &peer, sh)).await,
         Request::Status => {
-            let report = status(&shared);
+            let report = requests::status::status(&shared);
             let _ = conn.send(&Reply::Status(report)).await;
         }
         Request::Contexts => {
-            let list = contexts(&shared, &peer);
+            let list = requests::contexts::contexts(&shared, &peer);
             let _ = conn.send(&Reply::Contexts(list)).await;
         }
         Request::Reload | Request::Ps | Request::Kill { .. } => {
@@ -164,88 +162,4 @@ fn passed_slots(req: &ctx_protocol::ExecRequest) -> usize {
         .filter(|s| s.source == ctx_protocol::FdSource::Passed)
         .count()
         + usize::from(req.inherited.as_ref().is_some_and(|i| i.cwd_fd))
-}
-
-fn status(shared: &Shared) -> StatusReport {
-    let config = shared.config();
-    let mut warnings = config.warnings.clone();
-    warnings.extend(
-        shared
-            .warnings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned(),
-    );
-    if let Some(w) = shared.audit.health() {
-        warnings.push(w);
-    }
-    warnings.extend(operator::reload_refusal());
-    warnings.extend(shared.namespaces.warnings());
-    warnings.extend(shared.egress.warnings());
-    warnings.extend(shared.cgroups.warnings());
-    warnings.extend(super::isolation::uid_warnings(&config));
-    warnings.extend(operator::socket_warnings(shared, &config));
-    warnings.extend(
-        shared
-            .exec_guard
-            .failure()
-            .map(|why| format!("enforce: the exec guard is NOT in force: {why}")),
-    );
-    StatusReport {
-        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
-        pid: std::process::id() as i32,
-        // SAFETY: plain getter.
-        uid: unsafe { libc::geteuid() },
-        config_path: config.path.display().to_string(),
-        socket_path: shared.socket_path.display().to_string(),
-        audit_log: shared.audit.path().display().to_string(),
-        uptime_ms: shared.started.elapsed().as_millis() as u64,
-        running: shared.registry.len() as u64,
-        launches: shared.launches.load(Ordering::Relaxed),
-        contexts: config.contexts.keys().cloned().collect(),
-        warnings,
-        isolation: config
-            .contexts
-            .values()
-            .map(|c| super::isolation::line(shared, c).render())
-            .collect(),
-    }
-}
-
-/// The contexts this peer may enter (root sees all), with env values masked.
-fn contexts(shared: &Shared, peer: &Peer) -> Vec<ContextInfo> {
-    let config = shared.config();
-    config
-        .contexts
-        .values()
-        .filter(|c| peer.uid == 0 || c.allows(peer.uid, peer.gid, peer.context.as_deref()))
-        .map(|c| ContextInfo {
-            name: c.name.clone(),
-            user: c.user.name.clone(),
-            uid: c.user.uid,
-            gid: c.user.gid,
-            cwd: match &c.cwd {
-                crate::config::CwdRule::Inherit => "inherit".into(),
-                crate::config::CwdRule::Home => format!("{} (home)", c.user.home.display()),
-                crate::config::CwdRule::Path(p) => p.display().to_string(),
-            },
-            env: c.masked_env(),
-            inherit_env: c.inherit_env.clone(),
-            allow: if c.allow.is_default {
-                format!("root, uid {}", c.user.uid)
-            } else {
-                format!(
-                    "uids {:?} gids {:?} contexts {:?}",
-                    c.allow.uids, c.allow.gids, c.allow.contexts
-                )
-            },
-            timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
-            rlimits: c
-                .rlimits
-                .iter()
-                .map(|r| (r.name.to_string(), r.value))
-                .collect(),
-        })
-        .collect()
 }

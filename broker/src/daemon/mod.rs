@@ -5,7 +5,8 @@
 //! - [`dispatch`]: one peer: handshake, dispatch of its request;
 //! - [`connection`]: its frames and the descriptors that ride on them;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
-//! - [`exec`]: one routed launch from request to exit status;
+//! - [`requests`]: one file per request: a launch from request to exit status, its relay,
+//!   `ctx sh`, `ctx status`, `ctx contexts`;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
 //!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
 //! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
@@ -26,7 +27,6 @@ pub mod closer;
 pub mod connection;
 pub mod dispatch;
 pub mod egress;
-pub mod exec;
 pub mod exec_guard;
 pub mod inherit;
 pub mod isolation;
@@ -41,6 +41,7 @@ pub mod process_view;
 pub mod pty;
 pub mod quiet_log;
 pub mod registry;
+pub mod requests;
 pub mod seccomp;
 pub mod server;
 pub mod shell_state;

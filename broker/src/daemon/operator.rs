@@ -14,8 +14,8 @@ use ctx_protocol::{ErrorKind, KillTarget, ProcessInfo, Reply, Request};
 use serde_json::json;
 
 use super::connection::Conn;
-use super::exec::kill_group;
 use super::registry::Running;
+use super::requests::kill_group;
 use super::{systemd, Peer, Shared};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
 

@@ -198,7 +198,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     // Every launch that can name the broker is supervised: started now, so that the
     // broker's descriptors and threads are the same before and after the first launch.
-    super::exec::start_supervisor(&shared);
+    super::requests::start_supervisor(&shared);
 
     // Before the first launch, like the namespaces the proxies listen in.
     let egress_warnings = shared.egress.sync(&shared, &shared.config());
