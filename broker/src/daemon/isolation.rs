@@ -48,7 +48,7 @@ pub fn line(shared: &Shared, ctx: &Context) -> IsolationLine {
     in_force.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
     missing.extend(super::landlock::not_in_force(ctx));
     if ctx.isolation.enforce && ctx.route_children_to.is_some() && landlock_abi() >= 1 {
-        if super::exec_guard::available() && shared.exec_guard.failure().is_none() {
+        if super::supervisor::available() && shared.exec_guard.failure().is_none() {
             in_force.push("exec bypass attempts denied and audited".into());
         } else {
             missing.push((

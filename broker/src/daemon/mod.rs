@@ -14,7 +14,8 @@
 //! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
 //! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
-//! - [`exec_guard`]: `enforce`'s seccomp half: exec attempts refused and audited;
+//! - [`supervisor`]: the exec guard, `enforce`'s seccomp half: exec attempts refused and
+//!   audited; it also relays signals to the parent;
 //! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
@@ -27,7 +28,6 @@ pub mod closer;
 pub mod connection;
 pub mod dispatch;
 pub mod egress;
-pub mod exec_guard;
 pub mod inherit;
 pub mod isolation;
 pub mod job_control;
@@ -48,6 +48,7 @@ pub mod shell_state;
 pub mod signals;
 pub mod socket_reach;
 pub mod spawn;
+pub mod supervisor;
 pub mod systemd;
 pub mod untrusted_path;
 
@@ -82,7 +83,7 @@ pub struct Shared {
     pub egress: egress::Egress,
     pub ports: ports::ReservedPorts,
     pub landlock: landlock::Rulesets,
-    pub exec_guard: exec_guard::ExecGuard,
+    pub exec_guard: supervisor::ExecGuard,
     pub cgroups: cgroups::Cgroups,
     pub admissions: Arc<admission::Admissions>,
 }

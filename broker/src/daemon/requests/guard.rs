@@ -6,8 +6,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::config::Context;
-use crate::daemon::exec_guard::{Armed, Denied, Policy};
 use crate::daemon::spawn::{Program, SpawnPlan};
+use crate::daemon::supervisor::{Armed, Denied, Policy};
 use crate::daemon::Shared;
 
 /// `enforce = true`: the per-launch Landlock ruleset and what the exec guard allows.
@@ -72,21 +72,21 @@ pub(super) fn enforce_ruleset(
 /// Starts the exec guard, whose denials go to the audit log (a failure is reported at
 /// the first launch that needs it, and by `ctx status`).
 pub fn start_supervisor(shared: &Arc<Shared>) {
-    if crate::daemon::exec_guard::available() {
+    if crate::daemon::supervisor::available() {
         shared.exec_guard.start(denials_to_audit(shared));
     }
 }
 
 pub(super) fn denials_to_audit(
     shared: &Arc<Shared>,
-) -> impl FnOnce() -> crate::daemon::exec_guard::DeniedSink {
+) -> impl FnOnce() -> crate::daemon::supervisor::DeniedSink {
     let weak = Arc::downgrade(shared);
-    move || -> crate::daemon::exec_guard::DeniedSink {
+    move || -> crate::daemon::supervisor::DeniedSink {
         Box::new(move |d: Denied| {
             if let Some(shared) = weak.upgrade() {
                 shared
                     .audit
-                    .record(crate::daemon::exec_guard::audit_json(&d));
+                    .record(crate::daemon::supervisor::audit_json(&d));
             }
         })
     }
@@ -100,7 +100,7 @@ pub(super) fn arm_exec_guard(
     policy: Policy,
     enforced: bool,
 ) -> Option<Armed<'_>> {
-    if !crate::daemon::exec_guard::available() {
+    if !crate::daemon::supervisor::available() {
         return None;
     }
     match shared.exec_guard.arm(policy, denials_to_audit(shared)) {

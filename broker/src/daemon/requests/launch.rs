@@ -16,13 +16,13 @@ use super::relay::{read_fd, wait_exit, watch, Relay, Relayed};
 use super::{caller_json, kill_group};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::connection::Conn;
-use crate::daemon::exec_guard::{ParentSignals, Policy};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup};
 use crate::daemon::registry::Running;
 use crate::daemon::shell_state;
 use crate::daemon::spawn::{
     exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan,
 };
+use crate::daemon::supervisor::{ParentSignals, Policy};
 use crate::daemon::{audit, pty, Peer, Shared};
 
 /// Signals to the parent waiting for the client; more are dropped (the client's own
