@@ -9,21 +9,17 @@
 //!   `ctx sh`, `ctx status`, `ctx contexts`;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
 //!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
-//! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`kernel`]: the kernel's mechanisms each context is isolated by: its long-lived
+//!   namespaces, its cgroup, its Landlock ruleset, the seccomp filters, the supervisor
+//!   (`enforce`'s exec guard, the parent-signal relay), the reserved ports;
 //! - [`egress`]: the proxy inside an egress context's namespace, reaching allowed names;
-//! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
-//! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
-//! - [`supervisor`]: the exec guard, `enforce`'s seccomp half: exec attempts refused and
-//!   audited; it also relays signals to the parent;
-//! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
 pub mod admission;
 pub mod audit;
-pub mod cgroups;
 pub mod closer;
 pub mod connection;
 pub mod dispatch;
@@ -31,24 +27,20 @@ pub mod egress;
 pub mod inherit;
 pub mod isolation;
 pub mod job_control;
-pub mod landlock;
-pub mod namespaces;
+pub mod kernel;
 pub mod operator;
 pub mod peer;
 pub mod plan;
-pub mod ports;
 pub mod process_view;
 pub mod pty;
 pub mod quiet_log;
 pub mod registry;
 pub mod requests;
-pub mod seccomp;
 pub mod server;
 pub mod shell_state;
 pub mod signals;
 pub mod socket_reach;
 pub mod spawn;
-pub mod supervisor;
 pub mod systemd;
 pub mod untrusted_path;
 
@@ -79,12 +71,12 @@ pub struct Shared {
     pub shutdown_rx: tokio::sync::watch::Receiver<bool>,
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
-    pub namespaces: namespaces::Namespaces,
+    pub namespaces: kernel::namespaces::Namespaces,
     pub egress: egress::Egress,
-    pub ports: ports::ReservedPorts,
-    pub landlock: landlock::Rulesets,
-    pub exec_guard: supervisor::ExecGuard,
-    pub cgroups: cgroups::Cgroups,
+    pub ports: kernel::ports::ReservedPorts,
+    pub landlock: kernel::landlock::Rulesets,
+    pub exec_guard: kernel::supervisor::ExecGuard,
+    pub cgroups: kernel::cgroups::Cgroups,
     pub admissions: Arc<admission::Admissions>,
 }
 

@@ -153,19 +153,20 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     // Before the first connection: the first launch into a context must not pay for its
     // namespaces. The holders' thread lives as long as the broker (see namespaces.rs).
-    let namespaces = super::namespaces::Namespaces::start()
+    let namespaces = super::kernel::namespaces::Namespaces::start()
         .map_err(io_err("start the namespace thread for", &socket_path))?;
     for w in namespaces.sync(&config) {
         tracing::warn!("{w}");
     }
 
-    let (ports, port_warnings) = super::ports::ReservedPorts::bind(&config.broker.reserved_ports);
+    let (ports, port_warnings) =
+        super::kernel::ports::ReservedPorts::bind(&config.broker.reserved_ports);
     for w in port_warnings {
         tracing::warn!("{w}");
         warnings.push(w);
     }
 
-    let cgroups = super::cgroups::Cgroups::detect();
+    let cgroups = super::kernel::cgroups::Cgroups::detect();
     for w in cgroups.sync(&config) {
         tracing::warn!("{w}");
     }

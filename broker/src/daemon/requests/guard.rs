@@ -6,8 +6,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::config::Context;
+use crate::daemon::kernel::supervisor::{Armed, Denied, Policy};
 use crate::daemon::spawn::{Program, SpawnPlan};
-use crate::daemon::supervisor::{Armed, Denied, Policy};
 use crate::daemon::Shared;
 
 /// `enforce = true`: the per-launch Landlock ruleset and what the exec guard allows.
@@ -43,14 +43,14 @@ pub(super) fn enforce_ruleset(
         .find(|p| p.is_file());
     let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
     if let Some(p) = &program {
-        match crate::daemon::landlock::script_interpreter(p) {
+        match crate::daemon::kernel::landlock::script_interpreter(p) {
             Some(interp) => allowed.push(interp),
             None if plan.sh_fallback => allowed.push("/bin/sh".into()),
             None => {}
         }
         allowed.push(p.clone());
     }
-    let Some(ruleset) = crate::daemon::landlock::exec_only(&allowed)? else {
+    let Some(ruleset) = crate::daemon::kernel::landlock::exec_only(&allowed)? else {
         return Ok(None);
     };
     // Named for the audit by its real name: a `/proc/self/fd/N/...` base means nothing
@@ -72,21 +72,21 @@ pub(super) fn enforce_ruleset(
 /// Starts the exec guard, whose denials go to the audit log (a failure is reported at
 /// the first launch that needs it, and by `ctx status`).
 pub fn start_supervisor(shared: &Arc<Shared>) {
-    if crate::daemon::supervisor::available() {
+    if crate::daemon::kernel::supervisor::available() {
         shared.exec_guard.start(denials_to_audit(shared));
     }
 }
 
 pub(super) fn denials_to_audit(
     shared: &Arc<Shared>,
-) -> impl FnOnce() -> crate::daemon::supervisor::DeniedSink {
+) -> impl FnOnce() -> crate::daemon::kernel::supervisor::DeniedSink {
     let weak = Arc::downgrade(shared);
-    move || -> crate::daemon::supervisor::DeniedSink {
+    move || -> crate::daemon::kernel::supervisor::DeniedSink {
         Box::new(move |d: Denied| {
             if let Some(shared) = weak.upgrade() {
                 shared
                     .audit
-                    .record(crate::daemon::supervisor::audit_json(&d));
+                    .record(crate::daemon::kernel::supervisor::audit_json(&d));
             }
         })
     }
@@ -100,7 +100,7 @@ pub(super) fn arm_exec_guard(
     policy: Policy,
     enforced: bool,
 ) -> Option<Armed<'_>> {
-    if !crate::daemon::supervisor::available() {
+    if !crate::daemon::kernel::supervisor::available() {
         return None;
     }
     match shared.exec_guard.arm(policy, denials_to_audit(shared)) {

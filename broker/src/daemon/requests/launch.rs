@@ -16,13 +16,13 @@ use super::relay::{read_fd, wait_exit, watch, Relay, Relayed};
 use super::{caller_json, kill_group};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::connection::Conn;
+use crate::daemon::kernel::supervisor::{ParentSignals, Policy};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup};
 use crate::daemon::registry::Running;
 use crate::daemon::shell_state;
 use crate::daemon::spawn::{
     exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan,
 };
-use crate::daemon::supervisor::{ParentSignals, Policy};
 use crate::daemon::{audit, pty, Peer, Shared};
 
 /// Signals to the parent waiting for the client; more are dropped (the client's own
@@ -161,7 +161,7 @@ pub(super) async fn launch(
         }
     }
     // Held until the fork is done: the child restricts itself with this ruleset.
-    let protected = crate::daemon::landlock::Protected {
+    let protected = crate::daemon::kernel::landlock::Protected {
         config: shared.config().path.clone(),
         audit_log: shared.audit.path().to_path_buf(),
         state_dir: shared.state_dir.clone(),

@@ -26,7 +26,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::supervisor::Handover;
+use super::kernel::supervisor::Handover;
 
 pub use caps::drop_bounding_set_process_wide;
 pub use check::{exec_likely, search_candidates};

@@ -6,8 +6,8 @@ use std::os::fd::RawFd;
 use std::path::Path;
 
 use super::{file_id, FileId, Policy, Verdict, EXEC_SYSCALLS};
+use crate::daemon::kernel::seccomp::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 use crate::daemon::process_view;
-use crate::daemon::seccomp::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 
 pub(super) const REASON_BYPASS: &str = "enforce: exec bypassing the interposer";
 
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn the_guard_denies_the_elf_loader() {
-        let Some(loader) = crate::daemon::landlock::LOADERS
+        let Some(loader) = crate::daemon::kernel::landlock::LOADERS
             .iter()
             .find(|l| Path::new(l).exists())
         else {

@@ -190,7 +190,7 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
     use std::io::Read;
     let mut head = [0u8; 256];
     // The context chose the path: never a FIFO's or a device's open() as root.
-    let n = super::untrusted_path::open_regular(path)
+    let n = crate::daemon::untrusted_path::open_regular(path)
         .ok()?
         .read(&mut head)
         .ok()?;

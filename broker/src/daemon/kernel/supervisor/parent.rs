@@ -2,7 +2,7 @@
 //! client instead of delivered.
 
 use super::Verdict;
-use crate::daemon::seccomp;
+use crate::daemon::kernel::seccomp;
 
 /// Where a launch's signals to its parent go: the broker's pid as its processes name it,
 /// and the launch's relay loop.

@@ -212,7 +212,9 @@ fn handle(
         }
         std::ptr::read(buf.as_ptr() as *const libc::seccomp_notif)
     };
-    if let Some(call) = crate::daemon::seccomp::signal_call(req.data.arch, req.data.nr as u32) {
+    if let Some(call) =
+        crate::daemon::kernel::seccomp::signal_call(req.data.arch, req.data.nr as u32)
+    {
         // Answered here, at once: relaying is a channel send, and the sender waits.
         let verdict = relay_to_parent(&req, call, w.policy.parent.as_ref());
         respond(listener, req.id, &verdict);

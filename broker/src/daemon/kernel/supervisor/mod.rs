@@ -411,5 +411,5 @@ pub fn audit_json(d: &Denied) -> serde_json::Value {
     if d.suppressed > 0 {
         event["suppressed"] = d.suppressed.into();
     }
-    super::audit::with_bytes(event, "path", &d.path, super::audit::TEXT_KEEP)
+    crate::daemon::audit::with_bytes(event, "path", &d.path, crate::daemon::audit::TEXT_KEEP)
 }
