@@ -216,7 +216,7 @@ pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> 
              (static binaries, raw execve) run unrouted",
             super::NO_LANDLOCK
         ));
-    } else if iso.enforce && !crate::daemon::exec_guard::available() {
+    } else if iso.enforce && !crate::daemon::kernel::supervisor::available() {
         warnings.push(format!(
             "{key}: enforce = true: exec auditing and the ELF loader check NOT in force: \
              this kernel has no seccomp user notification (Linux 5.0+); execs that bypass \

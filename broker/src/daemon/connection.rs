@@ -1,251 +1,237 @@
-//! One peer connection: bounded handshake, authentication, and dispatch of its request.
+//! Frame I/O on one broker connection: reads frames together with any `SCM_RIGHTS`
+//! descriptors that arrive with them (received close-on-exec), writes replies. A launch
+//! with more descriptors than one message carries sends them in several, each riding on
+//! bytes of its request: they are all here once its frame is, bounded by the connection's
+//! [`Admission`].
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use ctx_protocol::frame::decode;
-use ctx_protocol::{
-    ClientKind, ContextInfo, ErrorKind, Hello, Reply, Request, StatusReport, MAGIC,
-    PROTOCOL_VERSION,
-};
+use ctx_protocol::fdpass::{peek_more_fds_than, recv_with_fds, MAX_FDS};
+use ctx_protocol::frame::{complete_frame, encode_vec, payload_len, FrameError, FRAME_HEADER};
+use ctx_protocol::Reply;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use super::admission::Admission;
-use super::quiet_log::Quiet;
-use super::wire::Conn;
-use super::{exec, operator, Peer, Shared};
+use super::admission::{Admission, Charger, OverBudget};
+use super::closer::{self, PeerFds};
 
-/// A peer has this long to send its hello and request before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest hello payload: magic, version and client kind take a dozen bytes; anything near
-/// this is not a ctx client and need not be buffered.
-const HELLO_MAX: usize = 256;
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame of {len} bytes where at most {max} are accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    OverBudget(#[from] OverBudget),
+}
 
-/// Serves one connection, holding its `admission` (its share of its uid's bounds) until it
-/// closes.
-pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admission: Admission) {
-    let mut conn = Conn::new(stream, admission);
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
-    let (client, request) = match first {
-        Ok(Ok(v)) => v,
-        Ok(Err(message)) => {
-            // Not held while the refusal is answered.
-            drop(conn.take_fds());
-            if let Some(more) = handshake_failures() {
-                tracing::info!(
-                    pid = peer.pid,
-                    uid = peer.uid,
-                    "refused connection: {message}{more}"
-                );
+/// Everything the peer sent is closed on a closer thread (see `closer`): the descriptors
+/// held, and the socket itself, whose close releases any descriptors still queued in it.
+pub struct Conn {
+    /// Taken only by `drop`.
+    stream: ManuallyDrop<UnixStream>,
+    buf: Vec<u8>,
+    /// Receive scratch, on the heap: on the stack it would sit in every read future, which
+    /// is created per relay-loop turn and moved into the connection's task.
+    chunk: Box<[u8]>,
+    fds: Vec<OwnedFd>,
+    /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
+    /// not each grow a fresh `Vec` from nothing.
+    out: Vec<u8>,
+    /// Encoded replies held back to go out with the next one, in the same write.
+    held: Vec<u8>,
+    /// Largest payload the next frames may announce (the protocol's limit is far above
+    /// what most messages need).
+    max_frame: usize,
+    /// This connection's share of its uid's bounds; the buffer and descriptors held during
+    /// the handshake are charged to it.
+    admission: Admission,
+    /// Charges what this connection hands the closer to its peer's uid.
+    charger: Option<Charger>,
+    /// Descriptors arriving from now on are closed at once, not kept.
+    after_handshake: bool,
+}
+
+/// Largest payload after the request: an `Input` chunk is 64 KiB from the CLI, 16 KiB from
+/// the shim.
+pub const AFTER_HANDSHAKE_FRAME: usize = 256 * 1024;
+
+impl Conn {
+    pub fn new(stream: UnixStream, admission: Admission) -> Conn {
+        Conn {
+            stream: ManuallyDrop::new(stream),
+            charger: admission.charger(),
+            buf: Vec::with_capacity(4096),
+            chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
+            fds: Vec::new(),
+            out: Vec::new(),
+            held: Vec::new(),
+            max_frame: ctx_protocol::frame::MAX_FRAME,
+            admission,
+            after_handshake: false,
+        }
+    }
+
+    /// Frames announcing a payload over `max` bytes are refused from now on.
+    pub fn limit_frames(&mut self, max: usize) {
+        self.max_frame = max;
+    }
+
+    /// The handshake is over: nothing more is charged to the uid's handshake budget, a
+    /// large request's buffer is given back instead of living as long as the launch, and
+    /// the frames that may follow (`Signal`, `Resize`, `Input`, `InputEof`) are small and
+    /// carry no descriptors.
+    pub fn handshake_done(&mut self) {
+        self.admission.handshake_done();
+        self.buf.shrink_to(4096);
+        self.max_frame = AFTER_HANDSHAKE_FRAME;
+        self.after_handshake = true;
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// The next frame's payload; `None` at a clean end of stream. Cancel-safe: bytes read
+    /// are kept in the connection's buffer until a whole frame is there.
+    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        loop {
+            if let Some(total) = complete_frame(&self.buf)? {
+                let payload = self.buf[FRAME_HEADER..total].to_vec();
+                self.buf.drain(..total);
+                return Ok(Some(payload));
             }
-            let kind = if message.contains("version") {
-                ErrorKind::VersionMismatch
-            } else {
-                ErrorKind::BadRequest
+            if let Some(header) = self.buf.first_chunk::<FRAME_HEADER>() {
+                let len = payload_len(*header)?;
+                if len > self.max_frame {
+                    return Err(WireError::TooLarge {
+                        len,
+                        max: self.max_frame,
+                    });
+                }
+                // Room for exactly this frame: growing by doubling would hold up to twice
+                // what was charged for.
+                let want = FRAME_HEADER + len;
+                if want > self.buf.capacity() {
+                    self.admission.hold(want, self.fds.len())?;
+                    self.buf.reserve_exact(want - self.buf.len());
+                }
+            }
+            // In the handshake, only as many as the bounds leave room for reach the
+            // broker: a message with more is refused unread (peeked at), and closed with
+            // the connection on a closer thread. What is read is read with room for all a
+            // message may carry: descriptors that do not fit would be discarded by the
+            // kernel, and closed (which may block) on this thread.
+            let room = self.admission.fd_room();
+            let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
+            let fd = self.stream.as_raw_fd();
+            let chunk = &mut self.chunk;
+            let received = self
+                .stream
+                .async_io(Interest::READABLE, || {
+                    if room < MAX_FDS && peek_more_fds_than(fd, room)? {
+                        return Ok(None);
+                    }
+                    recv_with_fds(fd, chunk, &mut fds).map(Some)
+                })
+                .await?;
+            let Some((n, nfds)) = received else {
+                // More than the room: say which bound it was.
+                let over = self
+                    .admission
+                    .hold(self.buf.capacity(), self.fds.len() + room + 1);
+                let e = io::Error::from_raw_os_error(libc::EMSGSIZE);
+                return Err(over.err().map_or(WireError::Io(e), WireError::OverBudget));
             };
-            let _ = conn.send(&hello()).await;
-            let _ = conn
-                .send(&Reply::Error {
-                    kind,
-                    message: message.into(),
-                })
-                .await;
-            return;
-        }
-        Err(_) => {
-            if let Some(more) = handshake_failures() {
-                tracing::info!(pid = peer.pid, uid = peer.uid, "handshake timed out{more}");
-            }
-            return;
-        }
-    };
-    // The interposer's hook reads the greeting and then the verdict: sent together, they
-    // wake it once. Every exec path answers (Accepted, Started, ExecFailed or Error).
-    let greeted = if client == ClientKind::Interposer && matches!(request, Request::Exec(_)) {
-        conn.hold(&hello()).is_ok()
-    } else {
-        conn.send(&hello()).await.is_ok()
-    };
-    if !greeted {
-        return;
-    }
-    match request {
-        // Boxed: a launch's future is large (its relay loop), and tokio copies the
-        // connection task's future by value when it spawns and polls it.
-        Request::Exec(req) => Box::pin(exec::run(&shared, &mut conn, &peer, client, req)).await,
-        Request::Shell(sh) => Box::pin(exec::shell(&shared, &mut conn, &peer, sh)).await,
-        Request::Status => {
-            let report = status(&shared);
-            let _ = conn.send(&Reply::Status(report)).await;
-        }
-        Request::Contexts => {
-            let list = contexts(&shared, &peer);
-            let _ = conn.send(&Reply::Contexts(list)).await;
-        }
-        Request::Reload | Request::Ps | Request::Kill { .. } => {
-            operator::serve(&shared, &mut conn, &peer, request).await
-        }
-        _ => {
-            let message =
-                "expected Exec, Status, Contexts, Reload, Ps or Kill as the first request";
-            let _ = conn
-                .send(&Reply::Error {
-                    kind: ErrorKind::BadRequest,
-                    message: message.into(),
-                })
-                .await;
-        }
-    }
-}
-
-/// Whether to log this failed handshake (one line a second across all peers: a flood of
-/// them must not fill the log), with the count of the ones left out.
-fn handshake_failures() -> Option<String> {
-    static QUIET: std::sync::Mutex<Quiet> = std::sync::Mutex::new(Quiet::new());
-    QUIET.lock().unwrap_or_else(|e| e.into_inner()).should_log()
-}
-
-fn hello() -> Reply<'static> {
-    Reply::Hello {
-        version: PROTOCOL_VERSION,
-        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
-    }
-}
-
-async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
-    conn.limit_frames(HELLO_MAX);
-    let payload = match conn.read_frame().await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Err("connection closed before the hello".into()),
-        Err(e) => return Err(format!("bad hello frame: {e}")),
-    };
-    let hello: Hello = decode(&payload).map_err(|e| format!("not a ctx hello ({e})"))?;
-    if hello.magic != MAGIC {
-        return Err("not a ctx client (bad magic)".into());
-    }
-    if hello.version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version mismatch: client speaks {}, broker speaks {PROTOCOL_VERSION}; \
-             use a ctx, interposer and broker from the same release",
-            hello.version
-        ));
-    }
-    conn.limit_frames(ctx_protocol::frame::MAX_FRAME);
-    let payload = match conn.read_frame().await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Err("connection closed before the request".into()),
-        Err(e) => return Err(format!("bad request frame: {e}")),
-    };
-    let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
-    let named = match &request {
-        Request::Exec(e) => passed_slots(e),
-        Request::Shell(s) => passed_slots(&s.exec),
-        _ => 0,
-    };
-    if named == 0 && conn.pending_fds() > 0 {
-        return Err("descriptors sent with a request that takes none".into());
-    }
-    if conn.pending_fds() > named {
-        return Err(format!(
-            "{} descriptors sent with a request that names {named}",
-            conn.pending_fds()
-        ));
-    }
-    conn.handshake_done();
-    Ok((hello.client, request))
-}
-
-/// How many descriptors a launch request says it sends (its `Passed` slots, and its
-/// cwd's when it carries one).
-fn passed_slots(req: &ctx_protocol::ExecRequest) -> usize {
-    req.fds
-        .iter()
-        .filter(|s| s.source == ctx_protocol::FdSource::Passed)
-        .count()
-        + usize::from(req.inherited.as_ref().is_some_and(|i| i.cwd_fd))
-}
-
-fn status(shared: &Shared) -> StatusReport {
-    let config = shared.config();
-    let mut warnings = config.warnings.clone();
-    warnings.extend(
-        shared
-            .warnings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned(),
-    );
-    if let Some(w) = shared.audit.health() {
-        warnings.push(w);
-    }
-    warnings.extend(operator::reload_refusal());
-    warnings.extend(shared.namespaces.warnings());
-    warnings.extend(shared.egress.warnings());
-    warnings.extend(shared.cgroups.warnings());
-    warnings.extend(super::isolation::uid_warnings(&config));
-    warnings.extend(operator::socket_warnings(shared, &config));
-    warnings.extend(
-        shared
-            .exec_guard
-            .failure()
-            .map(|why| format!("enforce: the exec guard is NOT in force: {why}")),
-    );
-    StatusReport {
-        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
-        pid: std::process::id() as i32,
-        // SAFETY: plain getter.
-        uid: unsafe { libc::geteuid() },
-        config_path: config.path.display().to_string(),
-        socket_path: shared.socket_path.display().to_string(),
-        audit_log: shared.audit.path().display().to_string(),
-        uptime_ms: shared.started.elapsed().as_millis() as u64,
-        running: shared.registry.len() as u64,
-        launches: shared.launches.load(Ordering::Relaxed),
-        contexts: config.contexts.keys().cloned().collect(),
-        warnings,
-        isolation: config
-            .contexts
-            .values()
-            .map(|c| super::isolation::line(shared, c).render())
-            .collect(),
-    }
-}
-
-/// The contexts this peer may enter (root sees all), with env values masked.
-fn contexts(shared: &Shared, peer: &Peer) -> Vec<ContextInfo> {
-    let config = shared.config();
-    config
-        .contexts
-        .values()
-        .filter(|c| peer.uid == 0 || c.allows(peer.uid, peer.gid, peer.context.as_deref()))
-        .map(|c| ContextInfo {
-            name: c.name.clone(),
-            user: c.user.name.clone(),
-            uid: c.user.uid,
-            gid: c.user.gid,
-            cwd: match &c.cwd {
-                crate::config::CwdRule::Inherit => "inherit".into(),
-                crate::config::CwdRule::Home => format!("{} (home)", c.user.home.display()),
-                crate::config::CwdRule::Path(p) => p.display().to_string(),
-            },
-            env: c.masked_env(),
-            inherit_env: c.inherit_env.clone(),
-            allow: if c.allow.is_default {
-                format!("root, uid {}", c.user.uid)
+            let received = fds[..nfds].iter().map(|&raw| {
+                // SAFETY: recv_with_fds handed us ownership of these new descriptors.
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            });
+            if self.after_handshake {
+                closer::close_from(received.collect(), self.charger.as_ref());
             } else {
-                format!(
-                    "uids {:?} gids {:?} contexts {:?}",
-                    c.allow.uids, c.allow.gids, c.allow.contexts
-                )
-            },
-            timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
-            rlimits: c
-                .rlimits
-                .iter()
-                .map(|r| (r.name.to_string(), r.value))
-                .collect(),
-        })
-        .collect()
+                self.fds.extend(received);
+            }
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(WireError::Truncated)
+                };
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+            if let Err(over) = self.admission.hold(self.buf.capacity(), self.fds.len()) {
+                // Not held while the refusal is answered.
+                drop(self.take_fds());
+                return Err(over.into());
+            }
+        }
+    }
+
+    /// Descriptors received so far, in arrival order; closed on a closer thread when
+    /// dropped.
+    pub fn take_fds(&mut self) -> PeerFds {
+        PeerFds::new(std::mem::take(&mut self.fds), self.charger.clone())
+    }
+
+    pub fn pending_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
+        self.out.clear();
+        self.out.append(&mut self.held);
+        encode_vec(reply, &mut self.out)?;
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// Sends `reply` only if the socket takes it now: `false` (nothing written) when the
+    /// client is not reading, so that a caller's loop never waits on it. What is held goes
+    /// first; the rest of a partly written frame is held for the next send.
+    pub fn try_send(&mut self, reply: &Reply<'_>) -> Result<bool, WireError> {
+        while !self.held.is_empty() {
+            match self.stream.try_write(&self.held) {
+                Ok(n) => drop(self.held.drain(..n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.clear();
+        encode_vec(reply, &mut self.out)?;
+        match self.stream.try_write(&self.out) {
+            Ok(n) => {
+                self.held.extend_from_slice(&self.out[n..]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Queues `reply` to go out with the next `send`, in one write: the client then wakes
+    /// once for both.
+    pub fn hold(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
+        encode_vec(reply, &mut self.held)?;
+        Ok(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: `stream` is not used after this.
+        let stream = unsafe { ManuallyDrop::take(&mut self.stream) };
+        let mut fds = std::mem::take(&mut self.fds);
+        // Out of the reactor first: the descriptor is then closed on another thread.
+        if let Ok(socket) = stream.into_std() {
+            fds.push(socket.into());
+        }
+        closer::close_from(fds, self.charger.as_ref());
+    }
 }

@@ -9,7 +9,7 @@
 
 use ctx_protocol::IsolationLine;
 
-use super::namespaces::wanted_flags;
+use super::kernel::namespaces::wanted_flags;
 use super::Shared;
 use crate::config::{landlock_abi, Config, Context, Signals};
 
@@ -45,10 +45,14 @@ pub fn line(shared: &Shared, ctx: &Context) -> IsolationLine {
     }
     missing.extend(shared.namespaces.not_in_force(ctx));
 
-    in_force.extend(super::landlock::in_force(ctx).into_iter().map(String::from));
-    missing.extend(super::landlock::not_in_force(ctx));
+    in_force.extend(
+        super::kernel::landlock::in_force(ctx)
+            .into_iter()
+            .map(String::from),
+    );
+    missing.extend(super::kernel::landlock::not_in_force(ctx));
     if ctx.isolation.enforce && ctx.route_children_to.is_some() && landlock_abi() >= 1 {
-        if super::exec_guard::available() && shared.exec_guard.failure().is_none() {
+        if super::kernel::supervisor::available() && shared.exec_guard.failure().is_none() {
             in_force.push("exec bypass attempts denied and audited".into());
         } else {
             missing.push((

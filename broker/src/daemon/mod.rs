@@ -2,44 +2,40 @@
 //! peer with `SO_PEERCRED`, and runs routed launches in the contexts of `contexts.toml`.
 //!
 //! - [`server`]: the socket, the accept loop, shutdown and reload;
-//! - [`connection`]: one peer: handshake, dispatch of its request;
+//! - [`dispatch`]: one peer: handshake, dispatch of its request;
+//! - [`connection`]: its frames and the descriptors that ride on them;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
-//! - [`exec`]: one routed launch from request to exit status;
+//! - [`requests`]: one file per request: a launch from request to exit status, its relay,
+//!   `ctx sh`, `ctx status`, `ctx contexts`;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
 //!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
-//! - [`namespaces`]: each context's long-lived PID/mount/network namespaces;
+//! - [`kernel`]: the kernel's mechanisms each context is isolated by: its long-lived
+//!   namespaces, its cgroup, its Landlock ruleset, the seccomp filters, the supervisor
+//!   (`enforce`'s exec guard, the parent-signal relay), the reserved ports;
 //! - [`egress`]: the proxy inside an egress context's namespace, reaching allowed names;
-//! - [`cgroups`]: each context's cgroup (limits, and all its processes for `ctx kill`);
-//! - [`landlock`]: each context's Landlock ruleset (filesystem rules, signal scoping);
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
-//! - [`exec_guard`]: `enforce`'s seccomp half: exec attempts refused and audited;
-//! - [`ports`]: the reserved ports the broker holds and hands to their owners;
 //! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
 //! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
 
 pub mod admission;
 pub mod audit;
-pub mod cgroups;
 pub mod closer;
 pub mod connection;
+pub mod dispatch;
 pub mod egress;
-pub mod exec;
-pub mod exec_guard;
 pub mod inherit;
 pub mod isolation;
 pub mod job_control;
-pub mod landlock;
-pub mod namespaces;
+pub mod kernel;
 pub mod operator;
 pub mod peer;
 pub mod plan;
-pub mod ports;
 pub mod process_view;
 pub mod pty;
 pub mod quiet_log;
 pub mod registry;
-pub mod seccomp;
+pub mod requests;
 pub mod server;
 pub mod shell_state;
 pub mod signals;
@@ -47,7 +43,6 @@ pub mod socket_reach;
 pub mod spawn;
 pub mod systemd;
 pub mod untrusted_path;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -76,12 +71,12 @@ pub struct Shared {
     pub shutdown_rx: tokio::sync::watch::Receiver<bool>,
     /// Limits in force that `ctx status` reports.
     pub warnings: RwLock<Vec<String>>,
-    pub namespaces: namespaces::Namespaces,
+    pub namespaces: kernel::namespaces::Namespaces,
     pub egress: egress::Egress,
-    pub ports: ports::ReservedPorts,
-    pub landlock: landlock::Rulesets,
-    pub exec_guard: exec_guard::ExecGuard,
-    pub cgroups: cgroups::Cgroups,
+    pub ports: kernel::ports::ReservedPorts,
+    pub landlock: kernel::landlock::Rulesets,
+    pub exec_guard: kernel::supervisor::ExecGuard,
+    pub cgroups: kernel::cgroups::Cgroups,
     pub admissions: Arc<admission::Admissions>,
 }
 

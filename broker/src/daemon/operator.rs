@@ -13,9 +13,9 @@ static LAST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
 use ctx_protocol::{ErrorKind, KillTarget, ProcessInfo, Reply, Request};
 use serde_json::json;
 
-use super::exec::kill_group;
+use super::connection::Conn;
 use super::registry::Running;
-use super::wire::Conn;
+use super::requests::kill_group;
 use super::{systemd, Peer, Shared};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
 

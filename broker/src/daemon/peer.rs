@@ -86,7 +86,7 @@ impl Peer {
         }
         peer.context = registry.context_of(pid, found.ppid, found.start);
         if peer.context.is_none() {
-            peer.contained = super::cgroups::context_of_pid(pid);
+            peer.contained = super::kernel::cgroups::context_of_pid(pid);
         }
         peer.start = Some(found.start);
         Ok(peer)

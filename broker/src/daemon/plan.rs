@@ -52,7 +52,7 @@ pub struct Routing {
     pub socket: std::path::PathBuf,
     /// The `route_children_to` target of the launching context has
     /// `on_broker_down = "local"`: its interposer gets `CTX_ON_BROKER_DOWN=local`, since it
-    /// cannot read contexts.toml itself. Set per launch (see `exec::launch`).
+    /// cannot read contexts.toml itself. Set per launch (see `requests::launch`).
     pub target_runs_local_when_down: bool,
 }
 

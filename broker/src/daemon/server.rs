@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 
 use super::admission::{self, Refusal};
 use super::quiet_log::Quiet;
-use super::{audit::Audit, connection, operator, registry::Registry, systemd, Peer, Shared};
+use super::{audit::Audit, dispatch, operator, registry::Registry, systemd, Peer, Shared};
 use crate::config::{self, Config};
 
 /// Command-line overrides of the config's `[broker]` settings.
@@ -153,19 +153,20 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     // Before the first connection: the first launch into a context must not pay for its
     // namespaces. The holders' thread lives as long as the broker (see namespaces.rs).
-    let namespaces = super::namespaces::Namespaces::start()
+    let namespaces = super::kernel::namespaces::Namespaces::start()
         .map_err(io_err("start the namespace thread for", &socket_path))?;
     for w in namespaces.sync(&config) {
         tracing::warn!("{w}");
     }
 
-    let (ports, port_warnings) = super::ports::ReservedPorts::bind(&config.broker.reserved_ports);
+    let (ports, port_warnings) =
+        super::kernel::ports::ReservedPorts::bind(&config.broker.reserved_ports);
     for w in port_warnings {
         tracing::warn!("{w}");
         warnings.push(w);
     }
 
-    let cgroups = super::cgroups::Cgroups::detect();
+    let cgroups = super::kernel::cgroups::Cgroups::detect();
     for w in cgroups.sync(&config) {
         tracing::warn!("{w}");
     }
@@ -198,7 +199,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 
     // Every launch that can name the broker is supervised: started now, so that the
     // broker's descriptors and threads are the same before and after the first launch.
-    super::exec::start_supervisor(&shared);
+    super::requests::start_supervisor(&shared);
 
     // Before the first launch, like the namespaces the proxies listen in.
     let egress_warnings = shared.egress.sync(&shared, &shared.config());
@@ -223,7 +224,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                 Ok((stream, _)) => match admit(&shared, &stream) {
                     Ok((peer, admission)) => {
                         let shared = shared.clone();
-                        tasks.spawn(connection::serve(shared, stream, peer, admission));
+                        tasks.spawn(dispatch::serve(shared, stream, peer, admission));
                     }
                     Err(why) => {
                         refuse(&stream, &why);

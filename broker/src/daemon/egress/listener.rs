@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::rule::{Refusal, Target};
 use super::{dial, http, socks, Attempt, State, HANDSHAKE_TIMEOUT};
-use crate::daemon::namespaces::Holder;
+use crate::daemon::kernel::namespaces::Holder;
 use crate::daemon::quiet_log::Quiet;
 
 // ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::namespaces::Holder;
+use super::kernel::namespaces::Holder;
 use super::{audit, Shared};
 use crate::config::{Config, Context};
 use rule::Rule;

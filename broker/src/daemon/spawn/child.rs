@@ -17,7 +17,7 @@ use super::cwd;
 use super::report::{errno, fail};
 use super::signals::{reset_signal_handlers, unblock_signals};
 use super::SpawnPlan;
-use crate::daemon::{inherit, seccomp};
+use crate::daemon::{inherit, kernel::seccomp};
 
 // ---------------------------------------------------------------------------------------
 // Types

@@ -26,7 +26,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::exec_guard::Handover;
+use super::kernel::supervisor::Handover;
 
 pub use caps::drop_bounding_set_process_wide;
 pub use check::{exec_likely, search_candidates};
@@ -113,7 +113,7 @@ pub struct SpawnPlan {
     pub listen_pid: bool,
     /// A supervised launch (`enforce = true`, or a program that can name the broker as
     /// its parent): install `supervisor_filter` and hand its listener to the broker's
-    /// supervisor (see `exec_guard.rs`) just before the exec.
+    /// supervisor (see `supervisor`) just before the exec.
     pub exec_guard: Option<Handover>,
     /// Built by the broker before the clone (`seccomp::supervised_filter`).
     pub supervisor_filter: Vec<libc::sock_filter>,

@@ -166,7 +166,7 @@ pub(crate) const LOADERS: [&str; 5] = [
 /// of anything else (a static binary, a Go program, a cleared `LD_PRELOAD`) gets `EACCES`.
 /// The loader itself must stay executable, so Landlock alone lets a raw
 /// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` run PROGRAM: the exec guard
-/// (`exec_guard.rs`) refuses the loader by name and audits every refusal.
+/// (`supervisor`) refuses the loader by name and audits every refusal.
 pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::RulesetError> {
     if landlock_abi() < 1 {
         return Ok(None);
@@ -190,7 +190,7 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
     use std::io::Read;
     let mut head = [0u8; 256];
     // The context chose the path: never a FIFO's or a device's open() as root.
-    let n = super::untrusted_path::open_regular(path)
+    let n = crate::daemon::untrusted_path::open_regular(path)
         .ok()?
         .read(&mut head)
         .ok()?;

@@ -395,7 +395,7 @@ fn create_holder(flags: i32) -> Result<Holder, NamespaceError> {
         report_w: report_w.as_raw_fd(),
     };
     // Unmapped below (the holder has its copy).
-    let stack = super::spawn::map_stack(HOLDER_STACK).map_err(|e| fail("stack", e))?;
+    let stack = crate::daemon::spawn::map_stack(HOLDER_STACK).map_err(|e| fail("stack", e))?;
     let mut pidfd: libc::c_int = -1;
     // SAFETY: without CLONE_VM the holder runs on its own copy of our memory (as after
     // fork) and only makes async-signal-safe syscalls; the stack top is in the mapping.

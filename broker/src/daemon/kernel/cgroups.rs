@@ -650,9 +650,9 @@ fn create(
 
 #[cfg(test)]
 mod tests {
-    use super::super::spawn::fork_exec;
-    use super::super::spawn::testing::{own_v2_cgroup, test_plan, v2_mount, wait_end};
     use super::*;
+    use crate::daemon::spawn::fork_exec;
+    use crate::daemon::spawn::testing::{own_v2_cgroup, test_plan, v2_mount, wait_end};
 
     /// The v2 backend's plumbing, on whatever v2 hierarchy this host has (its memory, pids
     /// and cpu controllers may all be bound to v1, so no limits): the context's group is

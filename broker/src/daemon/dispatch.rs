@@ -1,0 +1,165 @@
+//! One peer connection: bounded handshake, authentication, and dispatch of its request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctx_protocol::frame::decode;
+use ctx_protocol::{ClientKind, ErrorKind, Hello, Reply, Request, MAGIC, PROTOCOL_VERSION};
+use tokio::net::UnixStream;
+
+use super::admission::Admission;
+use super::connection::Conn;
+use super::quiet_log::Quiet;
+use super::{operator, requests, Peer, Shared};
+
+/// A peer has this long to send its hello and request before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest hello payload: magic, version and client kind take a dozen bytes; anything near
+/// this is not a ctx client and need not be buffered.
+const HELLO_MAX: usize = 256;
+
+/// Serves one connection, holding its `admission` (its share of its uid's bounds) until it
+/// closes.
+pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admission: Admission) {
+    let mut conn = Conn::new(stream, admission);
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
+    let (client, request) = match first {
+        Ok(Ok(v)) => v,
+        Ok(Err(message)) => {
+            // Not held while the refusal is answered.
+            drop(conn.take_fds());
+            if let Some(more) = handshake_failures() {
+                tracing::info!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    "refused connection: {message}{more}"
+                );
+            }
+            let kind = if message.contains("version") {
+                ErrorKind::VersionMismatch
+            } else {
+                ErrorKind::BadRequest
+            };
+            let _ = conn.send(&hello()).await;
+            let _ = conn
+                .send(&Reply::Error {
+                    kind,
+                    message: message.into(),
+                })
+                .await;
+            return;
+        }
+        Err(_) => {
+            if let Some(more) = handshake_failures() {
+                tracing::info!(pid = peer.pid, uid = peer.uid, "handshake timed out{more}");
+            }
+            return;
+        }
+    };
+    // The interposer's hook reads the greeting and then the verdict: sent together, they
+    // wake it once. Every exec path answers (Accepted, Started, ExecFailed or Error).
+    let greeted = if client == ClientKind::Interposer && matches!(request, Request::Exec(_)) {
+        conn.hold(&hello()).is_ok()
+    } else {
+        conn.send(&hello()).await.is_ok()
+    };
+    if !greeted {
+        return;
+    }
+    match request {
+        // Boxed: a launch's future is large (its relay loop), and tokio copies the
+        // connection task's future by value when it spawns and polls it.
+        Request::Exec(req) => {
+            Box::pin(requests::exec::run(&shared, &mut conn, &peer, client, req)).await
+        }
+        Request::Shell(sh) => Box::pin(requests::shell::shell(&shared, &mut conn, &peer, sh)).await,
+        Request::Status => {
+            let report = requests::status::status(&shared);
+            let _ = conn.send(&Reply::Status(report)).await;
+        }
+        Request::Contexts => {
+            let list = requests::contexts::contexts(&shared, &peer);
+            let _ = conn.send(&Reply::Contexts(list)).await;
+        }
+        Request::Reload | Request::Ps | Request::Kill { .. } => {
+            operator::serve(&shared, &mut conn, &peer, request).await
+        }
+        _ => {
+            let message =
+                "expected Exec, Status, Contexts, Reload, Ps or Kill as the first request";
+            let _ = conn
+                .send(&Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: message.into(),
+                })
+                .await;
+        }
+    }
+}
+
+/// Whether to log this failed handshake (one line a second across all peers: a flood of
+/// them must not fill the log), with the count of the ones left out.
+fn handshake_failures() -> Option<String> {
+    static QUIET: std::sync::Mutex<Quiet> = std::sync::Mutex::new(Quiet::new());
+    QUIET.lock().unwrap_or_else(|e| e.into_inner()).should_log()
+}
+
+fn hello() -> Reply<'static> {
+    Reply::Hello {
+        version: PROTOCOL_VERSION,
+        software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
+    }
+}
+
+async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
+    conn.limit_frames(HELLO_MAX);
+    let payload = match conn.read_frame().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err("connection closed before the hello".into()),
+        Err(e) => return Err(format!("bad hello frame: {e}")),
+    };
+    let hello: Hello = decode(&payload).map_err(|e| format!("not a ctx hello ({e})"))?;
+    if hello.magic != MAGIC {
+        return Err("not a ctx client (bad magic)".into());
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version mismatch: client speaks {}, broker speaks {PROTOCOL_VERSION}; \
+             use a ctx, interposer and broker from the same release",
+            hello.version
+        ));
+    }
+    conn.limit_frames(ctx_protocol::frame::MAX_FRAME);
+    let payload = match conn.read_frame().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err("connection closed before the request".into()),
+        Err(e) => return Err(format!("bad request frame: {e}")),
+    };
+    let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
+    let named = match &request {
+        Request::Exec(e) => passed_slots(e),
+        Request::Shell(s) => passed_slots(&s.exec),
+        _ => 0,
+    };
+    if named == 0 && conn.pending_fds() > 0 {
+        return Err("descriptors sent with a request that takes none".into());
+    }
+    if conn.pending_fds() > named {
+        return Err(format!(
+            "{} descriptors sent with a request that names {named}",
+            conn.pending_fds()
+        ));
+    }
+    conn.handshake_done();
+    Ok((hello.client, request))
+}
+
+/// How many descriptors a launch request says it sends (its `Passed` slots, and its
+/// cwd's when it carries one).
+fn passed_slots(req: &ctx_protocol::ExecRequest) -> usize {
+    req.fds
+        .iter()
+        .filter(|s| s.source == ctx_protocol::FdSource::Passed)
+        .count()
+        + usize::from(req.inherited.as_ref().is_some_and(|i| i.cwd_fd))
+}

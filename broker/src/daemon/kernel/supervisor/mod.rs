@@ -1,0 +1,415 @@
+//! `enforce = true`, second half: every `execve`/`execveat` of an enforced launch (and of
+//! everything it starts) is shown to the broker before the kernel runs it, so that a
+//! bypass attempt is refused *and audited*, and so that the ELF loader, which Landlock must
+//! leave executable, cannot be executed by name.
+//!
+//! The spawn child installs a seccomp filter that answers `SECCOMP_RET_USER_NOTIF` for the
+//! exec syscalls, created with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; it hands the listener to
+//! the broker with `SCM_RIGHTS` over a socket prepared before the clone, closes its own copy
+//! and execs. One dedicated thread (not a tokio task: the tokio worker that forked is
+//! suspended until the child's exec, which waits for this thread's answer, and every other
+//! worker may be in the same state) polls all listeners and answers each notification:
+//!
+//! - from a process that still shares the broker's memory (the spawn child before its
+//!   exec: the broker's own exec of the program, its `PATH` candidates and `/bin/sh`
+//!   fallback) → continue, at once;
+//!
+//! every other one is decided on a short-lived thread of its own that looks at the path
+//! with the launch user's file-system identity (so a path on a hung mount stalls only
+//! that exec, and a refusal reveals nothing the user could not see):
+//!
+//! - of an ELF loader (`LOADERS`) → `EACCES`, audited (the loader would run any program);
+//! - of the shim, the launch's program or its script interpreter → continue;
+//! - of anything else → `EACCES`, audited (the exec bypassed the interposer).
+//!
+//! Continuing is safe because Landlock still checks the exec in the kernel: whatever
+//! happens between this check and the exec, only the files the Landlock ruleset grants can
+//! run. The residual hole is exactly that window: see [`exec::decide`].
+//!
+//! Denials are audited per launch up to a burst, then at a steady rate (the rest are
+//! counted in the next line), so a process looping on refused execs cannot flood the log.
+//! A launch whose listener has no more processes (`POLLHUP`) is forgotten. If this kernel
+//! has no seccomp user notification (before 5.0), enforce keeps its Landlock half only and
+//! the config load says so.
+//!
+//! Here: the guard, its policies and their hand-over; [`watch`]: its thread, which
+//! receives listeners and notifications; [`exec`]: the decision for an exec; [`parent`]:
+//! signals to the parent, relayed; [`budget`]: the audit rate limit.
+
+mod budget;
+mod exec;
+mod parent;
+#[cfg(test)]
+mod testing;
+mod watch;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+#[cfg(target_arch = "x86_64")]
+use super::seccomp::AUDIT_ARCH_I386;
+#[cfg(target_arch = "aarch64")]
+use super::seccomp::{AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM};
+use super::seccomp::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
+use budget::Budget;
+
+pub use parent::ParentSignals;
+
+/// The broker's exec guard: started at the first enforced launch, then one thread for the
+/// broker's lifetime.
+#[derive(Default)]
+pub struct ExecGuard {
+    state: OnceLock<Result<Running, String>>,
+    next_token: AtomicU64,
+}
+
+struct Running {
+    /// The children's end of the hand-over socket (close-on-exec).
+    send: OwnedFd,
+    /// Launches armed but whose listener has not arrived yet, by token.
+    pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
+}
+
+/// Where the guard reports denials (any thread of the guard may call it).
+pub type DeniedSink = Box<dyn Fn(Denied) + Send + Sync>;
+
+/// What one enforced launch may exec, and what to say when it tries something else.
+#[derive(Debug)]
+pub struct Policy {
+    pub context: String,
+    pub uid: u32,
+    /// `(gid, groups)` of the launch's user, which the checks of its paths take on with
+    /// its uid (`None`: the broker's own identity, which the launch has too).
+    looks_as: Option<(u32, Vec<libc::gid_t>)>,
+    /// The launch's own program, for the audit line.
+    pub program: PathBuf,
+    /// The shim, the program, its interpreter.
+    allowed: Vec<FileId>,
+    loaders: Vec<FileId>,
+    /// Its execs are checked (`enforce`); otherwise the filter never sends one.
+    guards_exec: bool,
+    /// Signals the launch's processes send to the broker, which is their parent: they go
+    /// to the launch's client, which raises them at the process that launched it.
+    parent: Option<ParentSignals>,
+}
+
+/// A refused exec, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub context: String,
+    pub uid: u32,
+    pub program: PathBuf,
+    /// The pid of the process that tried (in the broker's PID namespace).
+    pub pid: u32,
+    /// The path as the process gave it (bytes: the audit tells apart ones that differ).
+    pub path: Vec<u8>,
+    /// What it resolved to, when it could be resolved.
+    pub target: Option<String>,
+    pub reason: &'static str,
+    pub errno: i32,
+    /// Denials of the same launch left out of the audit log before this one (rate limit).
+    pub suppressed: u64,
+}
+
+/// The armed hand-over of one launch; dropping it forgets the launch if its child never
+/// handed a listener over (it failed before, or was killed).
+pub struct Armed<'a> {
+    running: &'a Running,
+    token: u64,
+    required: bool,
+}
+
+/// What the spawn child needs: the socket to send its listener on and the launch's token.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover {
+    pub sock: RawFd,
+    pub token: u64,
+    /// The launch's execs are checked (`enforce`): without the listener it must not run.
+    /// Otherwise a process that holds a listener of its own already (a nested broker,
+    /// a container runtime; the kernel allows one) runs unsupervised.
+    pub required: bool,
+}
+
+/// One launch's listener, as the guard thread and its decisions in flight hold it.
+struct Watched {
+    listener: OwnedFd,
+    policy: Arc<Policy>,
+    budget: Mutex<Budget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Continue,
+    /// Refused without an audit line: the exec would have failed anyway (no such file).
+    Fail(i32),
+    Deny {
+        errno: i32,
+        reason: &'static str,
+    },
+    /// The syscall returns 0 without running: the broker did what it asked.
+    Done,
+}
+
+/// `(arch, execve, execveat)` of every ABI a process on this kernel can call with.
+#[cfg(target_arch = "x86_64")]
+pub const EXEC_SYSCALLS: [(u32, u32, u32); 3] = [
+    (AUDIT_ARCH_X86_64, 59, 322),
+    // x32: its own entries, with the x32 bit set, under the x86_64 arch.
+    (
+        AUDIT_ARCH_X86_64,
+        X32_SYSCALL_BIT | 520,
+        X32_SYSCALL_BIT | 545,
+    ),
+    (AUDIT_ARCH_I386, 11, 358),
+];
+
+#[cfg(target_arch = "aarch64")]
+pub const EXEC_SYSCALLS: [(u32, u32, u32); 2] =
+    [(AUDIT_ARCH_AARCH64, 221, 281), (AUDIT_ARCH_ARM, 11, 387)];
+
+/// Room for the kernel's `struct seccomp_notif`/`_resp`, whatever their size
+/// (`SECCOMP_GET_NOTIF_SIZES`; checked by [`available`]).
+const NOTIF_BUF: usize = 256;
+
+impl ExecGuard {
+    /// Arms the hand-over for one launch, starting the guard thread on first use
+    /// (`on_denied` is used only then). `Err` says why there is no guard: the launch then
+    /// runs with Landlock's half of enforce only.
+    pub fn arm(
+        &self,
+        policy: Policy,
+        on_denied: impl FnOnce() -> DeniedSink,
+    ) -> Result<Armed<'_>, String> {
+        let running = self
+            .state
+            .get_or_init(|| Running::start(on_denied()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let required = policy.guards_exec;
+        lock(&running.pending).insert(token, Arc::new(policy));
+        Ok(Armed {
+            running,
+            token,
+            required,
+        })
+    }
+
+    /// Starts the guard thread now, if it has not started yet.
+    pub fn start(&self, on_denied: impl FnOnce() -> DeniedSink) {
+        self.state.get_or_init(|| Running::start(on_denied()));
+    }
+
+    /// Why the guard could not start, once it was tried; for `ctx status`.
+    pub fn failure(&self) -> Option<String> {
+        self.state.get()?.as_ref().err().cloned()
+    }
+}
+
+impl Armed<'_> {
+    pub fn handover(&self) -> Handover {
+        Handover {
+            sock: self.running.send.as_raw_fd(),
+            token: self.token,
+            required: self.required,
+        }
+    }
+}
+
+impl Armed<'_> {
+    /// The child exec'd, so its listener was sent: the guard thread takes the policy
+    /// when the listener arrives, which may be after this.
+    pub fn started(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        // The child failed or was never started: a listener it sent finds no launch and
+        // is closed (its process is gone or about to be).
+        lock(&self.running.pending).remove(&self.token);
+    }
+}
+
+impl Running {
+    fn start(on_denied: DeniedSink) -> Result<Running, String> {
+        if !available() {
+            return Err("this kernel has no seccomp user notification".into());
+        }
+        let mut pair = [0; 2];
+        // SAFETY: socketpair writes two descriptors into the array.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "cannot create its socket: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: both were just created and are owned here.
+        let (recv, send) =
+            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        set_nonblocking(&recv).map_err(|e| format!("cannot set up its socket: {e}"))?;
+        let pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>> = Arc::default();
+        let thread_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("exec-guard".into())
+            .spawn(move || watch::watch(recv, thread_pending, Arc::from(on_denied)))
+            .map_err(|e| format!("cannot start its thread: {e}"))?;
+        Ok(Running { send, pending })
+    }
+}
+
+impl Policy {
+    /// `allowed`: the files the launch's Landlock ruleset grants besides the loaders.
+    pub fn new(context: &str, uid: u32, program: PathBuf, allowed: &[PathBuf]) -> Policy {
+        Policy {
+            context: context.to_string(),
+            uid,
+            looks_as: None,
+            program,
+            allowed: allowed.iter().filter_map(|p| file_id(p).ok()).collect(),
+            loaders: super::landlock::LOADERS
+                .iter()
+                .filter_map(|p| file_id(Path::new(p)).ok())
+                .collect(),
+            guards_exec: true,
+            parent: None,
+        }
+    }
+
+    /// A launch whose execs are not checked (no `enforce`), supervised for its signals to
+    /// its parent only.
+    pub fn execs_unchecked(context: &str, uid: u32, program: PathBuf) -> Policy {
+        Policy {
+            context: context.to_string(),
+            uid,
+            looks_as: None,
+            program,
+            allowed: Vec::new(),
+            loaders: Vec::new(),
+            guards_exec: false,
+            parent: None,
+        }
+    }
+
+    /// Its launch's relay loop is gone (only known where signals to the parent are
+    /// relayed).
+    fn launch_ended(&self) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.relay.is_closed())
+    }
+
+    pub fn relaying_parent_signals(mut self, parent: ParentSignals) -> Policy {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// The filter the launch's child installs for this policy.
+    pub fn filter(&self) -> Vec<libc::sock_filter> {
+        let exec: &[(u32, u32, u32)] = if self.guards_exec {
+            &EXEC_SYSCALLS
+        } else {
+            &[]
+        };
+        super::seccomp::supervised_filter(exec, self.parent.as_ref().map(|p| p.pid))
+    }
+
+    /// The launch runs as another user than the broker: its paths are checked with that
+    /// user's file-system identity, so that a refusal tells it no more than the kernel
+    /// would (no "exists" where it may not look).
+    pub fn looking_as(mut self, gid: u32, groups: &[libc::gid_t]) -> Policy {
+        self.looks_as = Some((gid, groups.to_vec()));
+        self
+    }
+}
+
+/// Whether this kernel offers seccomp user notification with structures that fit ours.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+        // SAFETY: the documented queries; the kernel reads `action` and fills `sizes`.
+        unsafe {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0,
+                &action as *const u32,
+            ) != 0
+            {
+                return false;
+            }
+            let mut sizes: libc::seccomp_notif_sizes = std::mem::zeroed();
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_NOTIF_SIZES,
+                0,
+                &mut sizes as *mut libc::seccomp_notif_sizes,
+            ) != 0
+            {
+                return false;
+            }
+            (sizes.seccomp_notif as usize) <= NOTIF_BUF
+                && (sizes.seccomp_notif_resp as usize) <= NOTIF_BUF
+        }
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn file_id(path: &Path) -> io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The audit event of a denial.
+pub fn audit_json(d: &Denied) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "event": "exec_denied",
+        "context": d.context,
+        "uid": d.uid,
+        "pid": d.pid,
+        "target": d.target,
+        "program": d.program.to_string_lossy(),
+        "reason": d.reason,
+        "errno": ctx_protocol::errno_name(d.errno),
+    });
+    if d.suppressed > 0 {
+        event["suppressed"] = d.suppressed.into();
+    }
+    crate::daemon::audit::with_bytes(event, "path", &d.path, crate::daemon::audit::TEXT_KEEP)
+}

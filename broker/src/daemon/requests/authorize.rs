@@ -1,0 +1,95 @@
+//! Whether a peer may launch into the context it names; refusals are answered and audited.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ctx_protocol::{ErrorKind, Reply};
+use serde_json::json;
+
+use super::caller_json;
+use crate::config::Context;
+use crate::daemon::connection::Conn;
+use crate::daemon::{audit, Peer, Shared};
+
+/// Looks the context up and applies its `allow` rule; refusals are answered and audited.
+pub(super) async fn authorize(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    peer: &Peer,
+    name: &str,
+    argv: &[serde_bytes::ByteBuf],
+) -> Option<Arc<Context>> {
+    let config = shared.config();
+    let Some(ctx) = config.contexts.get(name).cloned() else {
+        // The name is the caller's own, of any length: bounded like its argv.
+        let event = json!({
+            "event": "refused", "reason": "unknown context", "caller": caller_json(peer),
+        });
+        let event = audit::with_bytes(event, "context", name.as_bytes(), audit::NAME_KEEP);
+        shared
+            .audit
+            .record_refusal(peer.uid, audit::with_argv(event, argv));
+        let message = format!(
+            "no context named {:?} (known: {})",
+            name,
+            config
+                .contexts
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::UnknownContext,
+                message: message.into(),
+            })
+            .await;
+        return None;
+    };
+    // The identity was pinned at connect; a peer gone since has nobody left to serve.
+    if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) || !peer.still_there() {
+        let event = json!({
+            "event": "refused", "reason": "not allowed", "context": ctx.name,
+            "caller": caller_json(peer),
+        });
+        shared
+            .audit
+            .record_refusal(peer.uid, audit::with_argv(event, argv));
+        let message = format!(
+            "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
+            peer.uid,
+            peer.pid,
+            ctx.name,
+            describe_allow(&ctx)
+        );
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::Refused,
+                message: message.into(),
+            })
+            .await;
+        return None;
+    }
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        let _ = conn
+            .send(&Reply::Error {
+                kind: ErrorKind::ShuttingDown,
+                message: "the broker is shutting down".into(),
+            })
+            .await;
+        return None;
+    }
+    Some(ctx)
+}
+
+fn describe_allow(ctx: &Context) -> String {
+    let a = &ctx.allow;
+    if a.is_default {
+        return format!("the default (root and uid {})", ctx.user.uid);
+    }
+    format!(
+        "uids {:?}, gids {:?}, contexts {:?}",
+        a.uids, a.gids, a.contexts
+    )
+}

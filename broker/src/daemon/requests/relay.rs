@@ -1,0 +1,498 @@
+//! A started launch until its program exits: the caller's signals, window size and input
+//! to the program; its PTY output and terminal modes, and its signals to its parent, back
+//! to the caller; the launch's timeout and the broker's shutdown.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use ctx_protocol::{ExitStatus, Reply, Request, TermModes};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use super::{kill_group, kill_process};
+use crate::daemon::connection::{Conn, WireError};
+use crate::daemon::{job_control, pty};
+
+/// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long PTY output is still collected after the process exits (its last writes, or a
+/// background job's, may still be in flight).
+const PTY_DRAIN: Duration = Duration::from_millis(100);
+
+/// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
+/// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
+/// sends it as one frame, so a fast writer costs one frame and one client wake-up per
+/// 64 KiB instead of per 4 KiB.
+const PTY_BATCH: usize = 64 * 1024;
+
+/// Typed or pasted input held for a PTY program that is not reading it. Past this, the
+/// caller's frames stay unread in the socket (and the caller stops sending) until the
+/// program reads: a program that never reads cannot make the broker hold more.
+const INPUT_BUDGET: usize = 1024 * 1024;
+
+/// How often the PTY's modes are compared with the caller's terminal's when no output
+/// brings them along (a program that turns echo off and waits for input silently).
+const MODE_POLL: Duration = Duration::from_millis(50);
+
+/// Between reads of a PTY master whose slaves are all closed while the program lives on.
+const MASTER_REST: Duration = Duration::from_millis(5);
+
+/// How often signals to the parent a client did not take are offered again.
+const PARENT_RETRY: Duration = Duration::from_millis(20);
+
+/// A started launch, as its relay needs it.
+pub(super) struct Relay<'a> {
+    pub conn: &'a mut Conn,
+    pub pid: i32,
+    pub pidfd: &'a AsyncFd<OwnedFd>,
+    /// A PTY launch's master (the broker holds no slave: the master sees EOF/EIO).
+    pub master: Option<OwnedFd>,
+    /// The PTY's modes as opened.
+    pub pty_modes: Option<TermModes>,
+    /// The modes the PTY was given: what the caller's terminal had at the launch.
+    pub launch_modes: Option<TermModes>,
+    pub timeout: Option<Duration>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Signals the program sent to its parent (the broker), for the caller.
+    pub parent_signals: mpsc::Receiver<i32>,
+    /// Whether the caller is still there to hear from the launch.
+    pub client_alive: bool,
+}
+
+/// How the relay ended.
+pub(super) struct Relayed {
+    pub status: io::Result<ExitStatus>,
+    pub timed_out: bool,
+    pub client_alive: bool,
+}
+
+impl Relay<'_> {
+    /// Relays until the program exits (and reaps it), then passes on what it left behind:
+    /// its last signals to the parent, output and terminal modes.
+    pub(super) async fn run(self) -> Relayed {
+        let Relay {
+            conn,
+            pid,
+            pidfd,
+            master,
+            pty_modes,
+            launch_modes,
+            timeout,
+            mut shutdown,
+            mut parent_signals,
+            mut client_alive,
+        } = self;
+        let mut mirror: Option<Mirror> = None;
+        // The client mirrors the PTY's modes onto the caller's terminal: watch them.
+        let mut mirroring = false;
+        let mut mode_tick = master.as_ref().map(|_| {
+            let mut t = tokio::time::interval(MODE_POLL);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let far = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+        let deadline =
+            tokio::time::Instant::from_std(timeout.map(|t| Instant::now() + t).unwrap_or(far));
+        let mut timed_out = false;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            kill_group(pid, libc::SIGTERM);
+            kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+        }
+        let master = master.map(watch).transpose().unwrap_or_default();
+        // Only a PTY launch has somewhere to put `Input`: a pipe launch's program reads the
+        // caller's own descriptor, and the frames (which no client sends then) are dropped.
+        let mut input: VecDeque<u8> = VecDeque::new();
+        // Only a PTY launch relays output; a pipe launch allocates nothing for it.
+        let mut out = if master.is_some() {
+            vec![0u8; PTY_BATCH]
+        } else {
+            Vec::new()
+        };
+
+        // A master that reads EIO (every slave closed) while the process lives on stays
+        // readable: it rests a moment between reads instead of spinning, without holding up
+        // the loop (the exit, typically, comes right after).
+        let mut master_rests: Option<tokio::time::Instant> = None;
+        // Signals to the parent not yet taken by a client that is not reading (stopped, or
+        // hostile): kept as a set, as the kernel keeps pending signals, so a flood neither
+        // grows anything nor holds up this loop (the timeout, the shutdown).
+        let mut parent_pending: u64 = 0;
+        let mut parent_retry = tokio::time::interval(PARENT_RETRY);
+        parent_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status = loop {
+            tokio::select! {
+                exited = wait_exit(pidfd) => break exited,
+                Some(signal) = parent_signals.recv(), if client_alive => {
+                    parent_pending |= signal_bit(signal);
+                    if flush_parent_signals(conn, &mut parent_pending).is_err() {
+                        client_alive = false;
+                        kill_group(pid, libc::SIGKILL);
+                    }
+                }
+                _ = parent_retry.tick(), if parent_pending != 0 && client_alive => {
+                    if flush_parent_signals(conn, &mut parent_pending).is_err() {
+                        client_alive = false;
+                        kill_group(pid, libc::SIGKILL);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(master_rests.unwrap()).await }, if master_rests.is_some() => {
+                    master_rests = None;
+                }
+                frame = next_frame(conn, input.len() >= INPUT_BUDGET), if client_alive => {
+                    match frame {
+                        Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
+                            Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
+                                kill_group(pid, job_control::deliverable(pid, signo))
+                            }
+                            // `kill(pid)` of the shim: locally that reaches the child alone,
+                            // never its children (`Popen.terminate()`, a forkserver's kill).
+                            Ok(Request::SignalProcess { signo }) if (1..=64).contains(&signo) => {
+                                kill_process(pid, job_control::deliverable(pid, signo))
+                            }
+                            Ok(Request::Resize(size)) => {
+                                if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
+                            }
+                            Ok(Request::Input(_)) if master.is_none() => {}
+                            Ok(Request::Input(bytes)) => match master.as_ref().and_then(|m| job_control::suspend_at(m.get_ref(), pid, &bytes)) {
+                                // The suspend key for a program that would ignore the stop the
+                                // terminal sends it: stop it ourselves and tell the client.
+                                Some(at) => {
+                                    input.extend(&bytes[..at]);
+                                    kill_group(pid, libc::SIGSTOP);
+                                    if conn.send(&Reply::Stopped { signal: libc::SIGTSTP }).await.is_err() {
+                                        client_alive = false;
+                                        kill_group(pid, libc::SIGKILL);
+                                    }
+                                    input.extend(&bytes[at + 1..]);
+                                }
+                                None => input.extend(&bytes[..]),
+                            },
+                            Ok(Request::InputEof) => {
+                                if let Some(m) = &master { input.push_back(pty::eof_char(m.get_ref())); }
+                            }
+                            Ok(Request::Modes(caller)) => {
+                                mirroring = true;
+                                if let Some(m) = &master {
+                                    if let Some(next) = mirror_caller(m.get_ref(), &mut mirror, launch_modes, caller) {
+                                        if conn.send(&Reply::Modes(next)).await.is_err() {
+                                            client_alive = false;
+                                            kill_group(pid, libc::SIGKILL);
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {
+                                // Out of protocol: treat as a broken caller.
+                                client_alive = false;
+                                kill_group(pid, libc::SIGKILL);
+                            }
+                        },
+                        Ok(None) | Err(_) => {
+                            client_alive = false;
+                            kill_group(pid, libc::SIGKILL);
+                        }
+                    }
+
+                }
+                ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
+                    if let Ok(mut guard) = ready {
+                        let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
+                        let (n, more) = read_batch(fd, &mut out);
+                        if !more {
+                            // Drained to EAGAIN: let the reactor wait for the next bytes.
+                            guard.clear_ready();
+                        }
+                        if n > 0 && client_alive {
+                            // A mode the program set before writing (getpass turns echo off,
+                            // then prompts) reaches the client before the bytes, which it
+                            // writes under them.
+                            if mirror.is_none() {
+                                mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+                            }
+                            let now = pty::modes(master.as_ref().unwrap().get_ref());
+                            if let Some(changed) = mirror_program(&mut mirror, now) {
+                                if conn.send(&Reply::Modes(changed)).await.is_err() {
+                                    client_alive = false;
+                                    kill_group(pid, libc::SIGKILL);
+                                }
+                            }
+                        }
+                        if n > 0 && client_alive {
+                            if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                                client_alive = false;
+                                kill_group(pid, libc::SIGKILL);
+                            }
+                        } else if n == 0 && more {
+                            master_rests = Some(tokio::time::Instant::now() + MASTER_REST);
+                        }
+                    }
+                }
+                ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
+                    if let Ok(mut guard) = ready {
+                        let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
+                        match guard.try_io(|_| write_fd(fd, input.as_slices().0)) {
+                            Ok(Ok(n)) => {
+                                input.drain(..n);
+                            }
+                            // EIO: no slave is open any more; nothing will ever read it, and a
+                            // master that stays writable must not be retried without end.
+                            Ok(Err(_)) => input.clear(),
+                            Err(_would_block) => {}
+                        }
+                    }
+                }
+                // A mode set without output following (`stty -echo`, `read -s`).
+                _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirroring && client_alive => {
+                    let now = pty::modes(master.as_ref().unwrap().get_ref());
+                    if let Some(changed) = mirror_program(&mut mirror, now) {
+                        if conn.send(&Reply::Modes(changed)).await.is_err() {
+                            client_alive = false;
+                            kill_group(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !timed_out && timeout.is_some() => {
+                    timed_out = true;
+                    kill_group(pid, libc::SIGKILL);
+                }
+                _ = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    kill_group(pid, libc::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                }
+                _ = async { tokio::time::sleep_until(kill_at.unwrap()).await }, if kill_at.is_some() => {
+                    kill_at = None;
+                    kill_group(pid, libc::SIGKILL);
+                }
+            }
+        };
+        if !client_alive {
+            // No one is left to see the rest of the group.
+            kill_group(pid, libc::SIGKILL);
+        }
+        // A signal sent to the parent just before the end reaches the caller before the
+        // status, as it would locally; later ones find no parent.
+        parent_signals.close();
+        while let Ok(signal) = parent_signals.try_recv() {
+            parent_pending |= signal_bit(signal);
+        }
+        for signal in (1..=64).filter(|&s| parent_pending & signal_bit(s) != 0) {
+            if !client_alive || conn.send(&Reply::SignalParent { signal }).await.is_err() {
+                break;
+            }
+        }
+
+        if let (Some(m), true) = (&master, client_alive) {
+            let until = tokio::time::Instant::now() + PTY_DRAIN;
+            loop {
+                let fd = m.get_ref().as_raw_fd();
+                let ready = tokio::time::timeout_at(until, m.readable()).await;
+                let Ok(Ok(mut guard)) = ready else { break };
+                let (n, more) = read_batch(fd, &mut out);
+                if !more {
+                    guard.clear_ready();
+                }
+                if n > 0 {
+                    if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
+                        if conn.send(&Reply::Modes(changed)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if n > 0 {
+                    if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                        break;
+                    }
+                } else if more {
+                    break; // EIO: every slave descriptor is closed
+                }
+            }
+        }
+
+        if let (Some(m), true) = (&master, client_alive) {
+            // The modes the program left the terminal in stay, as they would locally; also
+            // for a program that ended before its client said it mirrors (`stty -echo`).
+            if mirror.is_none() {
+                mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
+            }
+            if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
+                let _ = conn.send(&Reply::Modes(changed)).await;
+            }
+        }
+        Relayed {
+            status,
+            timed_out,
+            client_alive,
+        }
+    }
+}
+
+/// A PTY launch whose client mirrors the modes onto the caller's terminal: the caller's
+/// modes as last heard, and the PTY's as last sent.
+#[derive(Clone, Copy)]
+struct Mirror {
+    caller: TermModes,
+    pty: TermModes,
+}
+
+/// The caller changed its terminal's modes: applies what changed since it last said to the
+/// PTY. Returns the PTY's modes when they differ from the caller's (the program changed
+/// some meanwhile), for the client to take.
+fn mirror_caller(
+    master: &std::os::fd::OwnedFd,
+    mirror: &mut Option<Mirror>,
+    launch: Option<TermModes>,
+    caller: TermModes,
+) -> Option<TermModes> {
+    let caller = caller.logical();
+    let cur = pty::modes(master)?;
+    let base = mirror.map(|m| m.caller).or(launch).unwrap_or(cur);
+    let next = cur.merged(&base, &caller);
+    if next != cur {
+        let _ = pty::set_modes(master, &next);
+    }
+    let next = pty::modes(master).unwrap_or(next);
+    *mirror = Some(Mirror { caller, pty: next });
+    (next != caller).then_some(next)
+}
+
+/// The PTY's modes `now`, when the program changed them since they were last sent; the
+/// client will give the caller's terminal the same, so they are the caller's from then on.
+fn mirror_program(mirror: &mut Option<Mirror>, now: Option<TermModes>) -> Option<TermModes> {
+    let (m, now) = (mirror.as_mut()?, now?);
+    if now == m.pty {
+        return None;
+    }
+    *m = Mirror {
+        caller: now,
+        pty: now,
+    };
+    Some(now)
+}
+
+fn signal_bit(signal: i32) -> u64 {
+    1u64 << ((signal - 1) & 63)
+}
+
+/// Offers the pending signals to the parent to the client, lowest first (as the kernel
+/// delivers pending signals), as far as it takes them without waiting.
+fn flush_parent_signals(conn: &mut Conn, pending: &mut u64) -> Result<(), WireError> {
+    for signal in 1..=64 {
+        if *pending & signal_bit(signal) != 0 {
+            if !conn.try_send(&Reply::SignalParent { signal })? {
+                return Ok(());
+            }
+            *pending &= !signal_bit(signal);
+        }
+    }
+    Ok(())
+}
+
+/// The caller's next frame. While `backlogged` none is read: this only waits for the
+/// caller to hang up (a caller that goes away still takes its process group with it), which
+/// reads as the end of the stream.
+async fn next_frame(conn: &mut Conn, backlogged: bool) -> Result<Option<Vec<u8>>, WireError> {
+    if backlogged {
+        hung_up(conn.stream()).await;
+        return Ok(None);
+    }
+    conn.read_frame().await
+}
+
+/// Returns once the peer has closed its side of `stream` (or the socket failed), without
+/// reading what it sent.
+async fn hung_up(stream: &tokio::net::UnixStream) {
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            // Unread frames make it readable: clear that, and wait for the next event.
+            Ok(_) => {
+                let _ = stream.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads the non-blocking PTY master into `buf` until it is full, empty (`EAGAIN`) or
+/// closed (`EIO`, end of file). Returns the bytes read and whether the master may still be
+/// readable: `false` only when a read ended in `EAGAIN`, so the caller clears its
+/// readiness exactly then (clearing it otherwise could lose a wake-up).
+fn read_batch(fd: i32, buf: &mut [u8]) -> (usize, bool) {
+    let mut got = 0;
+    while got < buf.len() {
+        match read_fd(fd, &mut buf[got..]) {
+            Ok(0) => return (got, true),
+            Ok(n) => got += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, false),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, true)
+}
+
+fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid readable slice.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Waits for the process behind the pidfd to exit and reaps it.
+pub(super) async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus> {
+    loop {
+        let mut guard = pidfd.readable().await?;
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with a valid pidfd; WNOHANG so a spurious wakeup cannot block.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled info; si_pid is 0 when nothing was reaped (WNOHANG).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            guard.clear_ready();
+            continue;
+        }
+        return Ok(ExitStatus::from_siginfo(code, status));
+    }
+}
+
+/// Registers a descriptor we own with the reactor.
+pub(super) fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open
+    // and unshared for as long as it is registered.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+pub(super) fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable slice.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EIO) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}

@@ -1,0 +1,91 @@
+//! `ctx sh`: bash in a session whose state is saved between commands.
+
+use std::sync::Arc;
+
+use ctx_protocol::{ErrorKind, FdSource, Reply, ShellRequest};
+
+use super::authorize::authorize;
+use super::launch::{launch, Via};
+use crate::config::ShellEnv;
+use crate::daemon::connection::Conn;
+use crate::daemon::shell_state::{self, SessionError};
+use crate::daemon::{Peer, Shared};
+
+/// `ctx sh`: the request's command becomes bash running the script in the session's saved
+/// state; commands of one session run one at a time.
+pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: ShellRequest) {
+    let label = vec![
+        serde_bytes::ByteBuf::from(b"ctx-sh".to_vec()),
+        serde_bytes::ByteBuf::from(sh.session.clone().into_bytes()),
+        serde_bytes::ByteBuf::from(
+            sh.script
+                .as_ref()
+                .map(|s| s.to_vec())
+                .unwrap_or_else(|| b"(interactive)".to_vec()),
+        ),
+    ];
+    let Some(ctx) = authorize(shared, conn, peer, &sh.exec.context, &label).await else {
+        return;
+    };
+    let session = match shell_state::prepare(&shared.state_dir, &ctx, &sh.session, sh.reset) {
+        Ok(s) => s,
+        Err(e) => {
+            let kind = if matches!(e, SessionError::BadName(_)) {
+                ErrorKind::BadRequest
+            } else {
+                ErrorKind::Internal
+            };
+            let _ = conn
+                .send(&Reply::Error {
+                    kind,
+                    message: e.to_string().into(),
+                })
+                .await;
+            return;
+        }
+    };
+    let lock = shared.sessions.get(&ctx.name, &sh.session);
+    let _serialised = lock.lock().await;
+    let mut req = sh.exec;
+    let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
+    match &sh.script {
+        Some(script) => req.argv = shell_state::script_argv(session.state(), script, share_env),
+        None if sh.reset => {
+            // Reset alone: the state is gone; report success the usual way.
+            req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
+            req.program = Some(serde_bytes::ByteBuf::from(b"/bin/true".to_vec()));
+            return launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await;
+        }
+        None => {
+            if !req.fds.iter().any(|s| s.source == FdSource::Pty) {
+                let message = "an interactive session needs a terminal: give a script, or run ctx sh from a terminal (or with -t)";
+                let _ = conn
+                    .send(&Reply::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: message.into(),
+                    })
+                    .await;
+                return;
+            }
+            match shell_state::interactive_argv(&session, share_env) {
+                Ok((argv, env)) => {
+                    req.argv = argv;
+                    req.set_env
+                        .extend(env.into_iter().map(serde_bytes::ByteBuf::from));
+                }
+                Err(e) => {
+                    let _ = conn
+                        .send(&Reply::Error {
+                            kind: ErrorKind::Internal,
+                            message: e.to_string().into(),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+    req.program = Some(serde_bytes::ByteBuf::from(b"/bin/bash".to_vec()));
+    req.search_path = None;
+    launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await
+}
