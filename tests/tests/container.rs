@@ -767,7 +767,15 @@ print("queued", len(held) > 0, flush=True); time.sleep(120)' "$D/a.sock" &
     );
     let said = out.stdout_str();
     for line in ["queued True", "stop 0", "a 137"] {
-        assert!(said.lines().any(|l| l == line), "{line:?} missing:\n{}", out.show());
+        assert!(
+            said.lines().any(|l| l == line),
+            "{line:?} missing:\n{}",
+            out.show()
+        );
     }
-    assert!(said.contains("still running 30s after SIGTERM"), "{}", out.show());
+    assert!(
+        said.contains("still running 30s after SIGTERM"),
+        "{}",
+        out.show()
+    );
 }

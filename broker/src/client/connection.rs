@@ -58,7 +58,9 @@ impl Connection {
     /// broker): `Ok(None)` then. For `ctx-broker --stop`, which must not hang on the very
     /// broker it is there to kill.
     pub fn connect_now(socket: &Path) -> std::io::Result<Option<Connection>> {
-        use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        use nix::sys::socket::{
+            connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr,
+        };
         let fd = new_socket(
             AddressFamily::Unix,
             SockType::Stream,
