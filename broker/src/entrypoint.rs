@@ -50,6 +50,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the init sleeps in one wait for a signal when it has a deadline to watch.
 const TICK: Duration = Duration::from_millis(20);
+/// How long the agent has to end after a stop signal passed on to it (Docker's own
+/// `docker stop` waits 10 s before its SIGKILL).
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The capability bit that lets a process signal any other (not in the libc crate).
 const CAP_KILL: u32 = 5;
@@ -77,6 +80,10 @@ struct Children {
     agent_code: Option<i32>,
     /// When the broker was told to stop: SIGKILL after [`STOP_TIMEOUT`].
     stopping_since: Option<Instant>,
+    /// When a stop signal was passed on to the agent's client: SIGKILL after
+    /// [`AGENT_STOP_TIMEOUT`] (a uid-0 agent can stop its own root client, which would
+    /// otherwise keep the container up for ever).
+    agent_told_since: Option<Instant>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -183,6 +190,7 @@ fn init(
         agent: None,
         agent_code: None,
         stopping_since: None,
+        agent_told_since: None,
     };
     let started = Instant::now();
     // Until the broker answers: a signal to stop stops it, and the agent never starts.
@@ -213,9 +221,17 @@ fn init(
         say("the broker exited before it was ready: the agent was not started");
     }
     while kids.broker.is_some() || kids.agent.is_some() {
-        let tick = kids.stopping_since.map(|_| TICK);
+        let tick = kids.stopping_since.or(kids.agent_told_since).map(|_| TICK);
         if let Some(info) = wait_signal(mask, tick) {
             handle(&info, screen, &mut kids);
+        }
+        if let (Some(pid), Some(t)) = (kids.agent, kids.agent_told_since) {
+            if t.elapsed() > AGENT_STOP_TIMEOUT {
+                say("the agent did not stop in time: killing it");
+                // SAFETY: plain kill of our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                kids.agent_told_since = None;
+            }
         }
         if kids
             .stopping_since
@@ -257,10 +273,17 @@ fn handle(info: &libc::siginfo_t, screen: Screen, kids: &mut Children) {
             }
         }
         _ => match kids.agent {
-            // SAFETY: plain kill of our own child.
-            Some(pid) => unsafe {
-                libc::kill(pid, sig);
-            },
+            Some(pid) => {
+                // SAFETY: plain kills of our own child.
+                unsafe { libc::kill(pid, sig) };
+                // `docker stop`'s: a stopped client would act on it only once continued.
+                // (An interactive agent's ^C, SIGINT, is only passed on.)
+                if sig == libc::SIGTERM {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                    kids.agent_told_since.get_or_insert_with(Instant::now);
+                }
+            }
             None if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
                 stop_broker(kids)
             }

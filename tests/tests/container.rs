@@ -779,3 +779,36 @@ print("queued", len(held) > 0, flush=True); time.sleep(120)' "$D/a.sock" &
         out.show()
     );
 }
+
+/// A uid-0 agent can stop its own client (a root `ctx exec`), which would keep the container
+/// up for ever: `docker stop`'s SIGTERM continues the client along with passing the signal
+/// on, and the container ends with the agent's status.
+#[test]
+fn a_root_agent_that_stops_its_client_still_ends_on_sigterm() {
+    let c = Container::new();
+    c.dir.file(
+        "contexts.toml",
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.platform]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#
+        .as_bytes(),
+        0o644,
+    );
+    let (mut child, reader) = start_until_ready(&mut c.as_pid1(&[
+        "sh",
+        "-c",
+        "pkill -STOP -x ctx; echo ready MARKER; sleep 0.5; exit 5",
+    ]));
+    std::thread::sleep(Duration::from_secs(1));
+    signal(pid1_of(child.id()), Signal::SIGTERM);
+    let status = wait_deadline(&mut child, Duration::from_secs(20));
+    let text = reader.join().unwrap();
+    let status = status.unwrap_or_else(|| panic!("the container did not end: {text}"));
+    assert_eq!(status.code(), Some(5), "{text}");
+    c.assert_nothing_left();
+}
