@@ -374,16 +374,47 @@ fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
 }
 
 /// The config decides who may connect, also on a socket systemd created (its SocketMode=
-/// is only what holds until the broker starts).
+/// is only what holds until the broker starts). Applied through a descriptor of the socket
+/// itself, never by its path, which a symlink put in its place in a directory someone else
+/// can write would lead to another file for root to chmod and chown.
 fn set_owner_mode(path: &Path, config: &Config) -> Result<(), ServerError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let node = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let is_socket = node
+        .metadata()
+        .map_err(io_err("look at", path))?
+        .file_type()
+        .is_socket();
+    if !is_socket {
+        return Err(ServerError::NotASocket(path.to_path_buf()));
+    }
+    // An O_PATH descriptor takes no fchmod; its /proc link names exactly its inode.
+    let by_fd = format!("/proc/self/fd/{}", node.as_raw_fd());
     std::fs::set_permissions(
-        path,
+        &by_fd,
         std::fs::Permissions::from_mode(config.broker.socket_mode),
     )
     .map_err(io_err("set the mode of", path))?;
     if let Some((_, gid)) = &config.broker.socket_group {
-        std::os::unix::fs::chown(path, None, Some(*gid))
-            .map_err(io_err("set the group of", path))?;
+        // SAFETY: fchownat on our descriptor with an empty path and AT_EMPTY_PATH.
+        let r = unsafe {
+            libc::fchownat(
+                node.as_raw_fd(),
+                c"".as_ptr(),
+                u32::MAX,
+                *gid,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            return Err(io_err("set the group of", path)(
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     Ok(())
 }
