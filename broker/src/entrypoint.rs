@@ -196,8 +196,20 @@ fn init(
     // Until the broker answers: a signal to stop stops it, and the agent never starts.
     while kids.broker.is_some() && kids.stopping_since.is_none() {
         // What `ctx status` asks: a bare connect would be logged as a peer that hung up.
-        if crate::client::one_shot(&plan.socket, &ctx_protocol::Request::Status).is_ok() {
-            break;
+        match crate::client::one_shot(&plan.socket, &ctx_protocol::Request::Status) {
+            // Ours (the same PID namespace): the agent starts on it.
+            Ok((_, ctx_protocol::Reply::Status(r))) if Some(r.pid) == kids.broker => break,
+            // Another broker on a shared socket path: never the agent's.
+            Ok((_, ctx_protocol::Reply::Status(r))) => {
+                say(&format!(
+                    "another broker (pid {}) answers on {}: the agent is not started on it",
+                    r.pid,
+                    plan.socket.display()
+                ));
+                stop_broker(&mut kids);
+                break;
+            }
+            _ => {}
         }
         if started.elapsed() > READY_TIMEOUT {
             say(&format!(

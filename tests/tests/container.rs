@@ -812,3 +812,35 @@ allow = { uids = [0] }
     assert_eq!(status.code(), Some(5), "{text}");
     c.assert_nothing_left();
 }
+
+/// A socket path another broker already answers on (a `/run/ctx` shared between
+/// containers, a stale instance): the agent never starts on that other broker.
+#[test]
+fn the_agent_is_not_started_on_another_brokers_socket() {
+    let other = Broker::start(&container_config());
+    let c = Container::new();
+    let d = c.dir.path();
+    let out = run_with(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+            .arg(bin("ctx-broker"))
+            .arg("--config")
+            .arg(d.join("contexts.toml"))
+            .arg("--socket")
+            .arg(other.socket())
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("--audit-log")
+            .arg(d.join("audit.jsonl"))
+            .args(["--run-in", "platform", "--", "sh", "-c", "echo AGENT RAN"]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", out.show());
+    assert!(!out.stdout_str().contains("AGENT RAN"), "{}", out.show());
+    assert!(
+        out.stderr_str().contains("the agent is not started on it"),
+        "{}",
+        out.show()
+    );
+}
