@@ -9,7 +9,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::listener::Outcome;
@@ -25,6 +30,8 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 const RELAY_BUFFER: usize = 64 * 1024;
 /// How long a destination may stay silent once the client has ended its side.
 const AFTER_CLIENT_END: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the relay's watchdog looks.
+const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Name lookups in progress at once, for all contexts together.
 const MAX_RESOLVERS: usize = 32;
 /// ... and for one context: a context looking up names that never answer waits on its
@@ -178,75 +185,134 @@ async fn resolve(
 /// Once the client has ended its side (it half-closed, or is gone: on loopback the two
 /// look alike), the destination has [`AFTER_CLIENT_END`] of silence at a time to finish:
 /// a destination that never answers nor closes would otherwise hold the connection, and
-/// the context's share of them, for ever after its client left.
+/// the context's share of them, for ever after its client left. A watchdog looks at what
+/// the two streams saw, so the copying itself stays tokio's.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     first: &[u8],
 ) -> (u64, u64, Option<String>) {
-    let (mut client_in, mut client_out) = client.into_split();
-    let (mut up_in, mut up_out) = upstream.into_split();
-    let mut sent = 0u64;
+    let base = Instant::now();
+    let (client_seen, up_seen) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let mut client = Counted {
+        inner: client,
+        seen: client_seen.clone(),
+        base,
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        seen: up_seen.clone(),
+        base,
+    };
+    let mut error = None;
     if !first.is_empty() {
-        if let Err(e) = up_out.write_all(first).await {
-            return (0, 0, Some(e.to_string()));
+        if let Err(e) = upstream.write_all(first).await {
+            error = Some(e.to_string());
         }
-        sent = first.len() as u64;
     }
-    let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
-    let upward = async {
-        let mut buf = vec![0u8; RELAY_BUFFER];
-        let mut n_sent = 0u64;
-        let result: io::Result<()> = async {
+    if error.is_none() {
+        let silence = AFTER_CLIENT_END.as_millis() as u64;
+        let watchdog = async {
             loop {
-                let n = client_in.read(&mut buf).await?;
-                if n == 0 {
-                    break;
+                tokio::time::sleep(WATCHDOG_TICK).await;
+                if !client_seen.ended.load(Ordering::Relaxed) {
+                    continue;
                 }
-                up_out.write_all(&buf[..n]).await?;
-                n_sent += n as u64;
-            }
-            up_out.shutdown().await
-        }
-        .await;
-        let _ = ended_tx.send(true);
-        (n_sent, result)
-    };
-    let downward = async {
-        let mut buf = vec![0u8; RELAY_BUFFER];
-        let mut received = 0u64;
-        let mut ended = ended_rx;
-        let result: io::Result<()> = async {
-            loop {
-                // Made anew for each read: a chunk that arrives restarts the silence.
-                let silence = async {
-                    let _ = ended.wait_for(|e| *e).await;
-                    tokio::time::sleep(AFTER_CLIENT_END).await;
-                };
-                let n = tokio::select! {
-                    r = up_in.read(&mut buf) => r?,
-                    _ = silence => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "the destination sent nothing for {}s after the client's end",
-                                AFTER_CLIENT_END.as_secs()
-                            ),
-                        ))
-                    }
-                };
-                if n == 0 {
-                    break;
+                let last = client_seen
+                    .ended_at
+                    .load(Ordering::Relaxed)
+                    .max(up_seen.last_read.load(Ordering::Relaxed));
+                if (base.elapsed().as_millis() as u64).saturating_sub(last) >= silence {
+                    return;
                 }
-                client_out.write_all(&buf[..n]).await?;
-                received += n as u64;
             }
-            client_out.shutdown().await
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                RELAY_BUFFER,
+                RELAY_BUFFER,
+            ) => {
+                if let Err(e) = copied {
+                    error = Some(e.to_string());
+                }
+            }
+            _ = watchdog => {
+                error = Some(format!(
+                    "the destination sent nothing for {}s after the client's end",
+                    AFTER_CLIENT_END.as_secs()
+                ));
+            }
         }
-        .await;
-        (received, result)
-    };
-    let ((up, up_result), (down, down_result)) = tokio::join!(upward, downward);
-    let error = up_result.err().or(down_result.err()).map(|e| e.to_string());
-    (sent + up, down, error)
+    }
+    (
+        up_seen.written.load(Ordering::Relaxed),
+        up_seen.read.load(Ordering::Relaxed),
+        error,
+    )
+}
+
+/// What one side of a relay saw, in milliseconds since the relay began.
+#[derive(Default)]
+struct Seen {
+    read: AtomicU64,
+    written: AtomicU64,
+    last_read: AtomicU64,
+    ended: AtomicBool,
+    ended_at: AtomicU64,
+}
+
+/// A stream that records what crosses it in its [`Seen`].
+struct Counted<S> {
+    inner: S,
+    seen: Arc<Seen>,
+    base: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = (buf.filled().len() - before) as u64;
+            let now = me.base.elapsed().as_millis() as u64;
+            if n == 0 {
+                me.seen.ended_at.store(now, Ordering::Relaxed);
+                me.seen.ended.store(true, Ordering::Relaxed);
+            } else {
+                me.seen.read.fetch_add(n, Ordering::Relaxed);
+                me.seen.last_read.store(now, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            me.seen.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
