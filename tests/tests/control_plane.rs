@@ -977,3 +977,70 @@ fn the_operators_signals_delivered_as_sigio_are_dropped() {
     assert_ne!(broker_state(&b), 'Z');
     assert_eq!(b.exec("root0", &["echo", "alive"]).ok(), "alive\n");
 }
+
+/// Finding: the broker sets its socket's mode and group by path, as root. In a directory
+/// another user can change, that user can swap the socket for a link to another file (here
+/// a root socket of mode 0600) between the bind and the chmod. Such a directory is refused
+/// at start, before anything is done there: the planted link's target keeps its mode and
+/// group, and so does the socket's directory with mode 0777 that is not sticky.
+#[test]
+fn a_socket_directory_another_user_can_change_is_refused() {
+    let td = TempDir::new();
+    let config = td.file(
+        "contexts.toml",
+        b"[broker]\nsocket_mode = \"0666\"\nsocket_group = \"ctx\"\n\n[contexts.u]\nuser = \"ctx-user\"\ncwd = \"/\"\n",
+        0o644,
+    );
+    // A root socket no one else may use.
+    let victim_dir = td.subdir("victim", 0o755);
+    let victim = victim_dir.join("root.sock");
+    let _listening = std::os::unix::net::UnixListener::bind(&victim).unwrap();
+    fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let alices = td.subdir("alices", 0o755);
+    let alice = user(ALICE);
+    nix::unistd::chown(
+        &alices,
+        Some(nix::unistd::Uid::from_raw(alice.uid)),
+        Some(nix::unistd::Gid::from_raw(alice.gid)),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&victim, alices.join("broker.sock")).unwrap();
+    let open = td.subdir("open", 0o777);
+    fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    for (socket, why) in [
+        (
+            alices.join("broker.sock"),
+            format!("it belongs to uid {}", alice.uid),
+        ),
+        (
+            open.join("broker.sock"),
+            "its mode 0777 lets its group or others change it".to_string(),
+        ),
+    ] {
+        let out = run_with(
+            Command::new(bin("ctx-broker"))
+                .arg("--config")
+                .arg(&config)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--state-dir")
+                .arg(td.path().join("state"))
+                .arg("--audit-log")
+                .arg(td.path().join("audit.jsonl")),
+            None,
+            Duration::from_secs(20),
+        );
+        assert_ne!(out.status.code(), Some(0), "{}", out.show());
+        assert!(out.stderr_str().contains("is not safe"), "{}", out.show());
+        assert!(out.stderr_str().contains(&why), "{}", out.show());
+        assert!(!open.join("broker.sock").exists(), "nothing is bound there");
+    }
+    let meta = fs::metadata(&victim).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "the link's target kept its mode"
+    );
+    assert_eq!(meta.gid(), 0, "the link's target kept its group");
+}

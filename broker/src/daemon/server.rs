@@ -36,6 +36,13 @@ pub enum ServerError {
     NotASocket(PathBuf),
     #[error("{0}")]
     Activation(#[from] systemd::SystemdError),
+    #[error(
+        "the socket's directory {dir} is not safe: {why}; whoever can change it could put \
+         another file where the broker sets the socket's mode and group, or their own socket \
+         in its place: put the socket in a directory only root (or the broker's own user) \
+         can change, e.g. /run/ctx"
+    )]
+    UnsafeSocketDir { dir: PathBuf, why: String },
     #[error("cannot {what} {path}: {err}")]
     Io {
         what: &'static str,
@@ -351,6 +358,7 @@ fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
             std::fs::create_dir_all(dir).map_err(io_err("create socket directory", dir))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
         }
+        verify_socket_dir(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -379,6 +387,9 @@ fn bind(path: &Path, config: &Config) -> Result<UnixListener, ServerError> {
 /// can write would lead to another file for root to chmod and chown.
 fn set_owner_mode(path: &Path, config: &Config) -> Result<(), ServerError> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        verify_socket_dir(dir)?;
+    }
     let node = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
@@ -413,6 +424,48 @@ fn set_owner_mode(path: &Path, config: &Config) -> Result<(), ServerError> {
         if r != 0 {
             return Err(io_err("set the group of", path)(
                 std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The broker removes, binds, chmods and chowns the socket by its path as root: every
+/// directory on that path must be one no one else can change, or they could swap the
+/// socket (or a directory above it) for a link to another file between those steps. Each
+/// directory of the real path, from `/` down, must belong to root or the broker's own
+/// user and be writable by no one else, unless it is sticky (`/tmp`: others' entries may
+/// be added there, but ours not replaced, and the next directory is checked in turn).
+fn verify_socket_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let unsafe_dir = |d: &Path, why: String| ServerError::UnsafeSocketDir {
+        dir: d.to_path_buf(),
+        why,
+    };
+    let real = std::fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+    // SAFETY: plain getter.
+    let me = unsafe { libc::geteuid() };
+    for d in real.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let meta = std::fs::symlink_metadata(d).map_err(io_err("look at", d))?;
+        if !meta.is_dir() {
+            return Err(unsafe_dir(d, "it is no longer a directory".into()));
+        }
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(unsafe_dir(d, format!("it belongs to uid {}", meta.uid())));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky {
+            return Err(unsafe_dir(
+                d,
+                format!(
+                    "its mode {:04o} lets its group or others change it",
+                    meta.mode() & 0o7777
+                ),
             ));
         }
     }
