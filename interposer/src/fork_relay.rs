@@ -13,9 +13,9 @@ use std::ffi::c_char;
 
 use ctx_protocol::{frame, reply_tag, ExitStatus, Reply, Request, FRAME_HEADER};
 
-use crate::shared::launcher::Launcher;
 use crate::shared::{ending, fds, sys};
 use crate::state::State;
+use ctx_protocol::launcher::Launcher;
 
 type Argv = *const *const c_char;
 

@@ -383,32 +383,35 @@ fn a_controlling_terminal_is_there_when_stdio_are_not_terminals() {
 #[test]
 fn a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
     let b = start_broker();
-    let run = |routed: bool| {
-        let mut p = OnPty::start_as(
-            &b,
-            |_| {
-                vec![
-                    "bash".into(),
-                    "--norc".into(),
-                    "--noprofile".into(),
-                    "-i".into(),
-                ]
-            },
-            24,
-            80,
-            routed,
-        );
-        p.type_bytes(b"PS1='P> '\n");
-        p.wait_for("P> ");
-        p.type_bytes(b"true | sh -c 'read x </dev/tty; echo got:$x'\n");
-        std::thread::sleep(Duration::from_millis(500));
-        p.type_bytes(b"typed\n");
-        p.wait_for("got:typed");
-        p.type_bytes(b"exit\n");
-        p.finish().0
-    };
-    assert_eq!(run(false), Some(0));
-    assert_eq!(run(true), Some(0));
+    assert_eq!(job_reads_dev_tty(&b, false, ""), Some(0));
+    assert_eq!(job_reads_dev_tty(&b, true, ""), Some(0));
+}
+
+/// An interactive bash on a fresh terminal runs `true | VIA sh -c 'read x </dev/tty ...'`
+/// as a job (routed or local), and what is typed reaches it; the shell's exit code.
+fn job_reads_dev_tty(b: &Broker, routed: bool, via: &str) -> Option<i32> {
+    let mut p = OnPty::start_as(
+        b,
+        |_| {
+            vec![
+                "bash".into(),
+                "--norc".into(),
+                "--noprofile".into(),
+                "-i".into(),
+            ]
+        },
+        24,
+        80,
+        routed,
+    );
+    p.type_bytes(b"PS1='P> '\n");
+    p.wait_for("P> ");
+    p.type_bytes(format!("true | {via} sh -c 'read x </dev/tty; echo got:$x'\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    p.type_bytes(b"typed\n");
+    p.wait_for("got:typed");
+    p.type_bytes(b"exit\n");
+    p.finish().0
 }
 
 #[test]
@@ -513,35 +516,10 @@ fn ctx_exec_gives_a_controlling_terminal_when_stdio_are_not_terminals() {
 #[test]
 fn ctx_exec_in_a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
     let b = start_broker();
-    let ctx = bin_dir().join("ctx");
-    let run = |via: &str| {
-        let mut p = OnPty::start_as(
-            &b,
-            |_| {
-                vec![
-                    "bash".into(),
-                    "--norc".into(),
-                    "--noprofile".into(),
-                    "-i".into(),
-                ]
-            },
-            24,
-            80,
-            false,
-        );
-        p.type_bytes(b"PS1='P> '\n");
-        p.wait_for("P> ");
-        p.type_bytes(format!("true | {via} sh -c 'read x </dev/tty; echo got:$x'\n").as_bytes());
-        std::thread::sleep(Duration::from_millis(500));
-        p.type_bytes(b"typed\n");
-        p.wait_for("got:typed");
-        p.type_bytes(b"exit\n");
-        p.finish().0
-    };
-    assert_eq!(run(""), Some(0));
+    assert_eq!(job_reads_dev_tty(&b, false, ""), Some(0));
     let via_ctx = format!(
         "{} --socket \"$CTX_SOCKET\" exec --context user --",
-        ctx.display()
+        bin_dir().join("ctx").display()
     );
-    assert_eq!(run(&via_ctx), Some(0));
+    assert_eq!(job_reads_dev_tty(&b, false, &via_ctx), Some(0));
 }

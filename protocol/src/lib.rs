@@ -11,6 +11,7 @@
 pub mod fdpass;
 pub mod frame;
 pub mod inherit;
+pub mod launcher;
 pub mod messages;
 pub mod terminal;
 pub mod vars;

@@ -17,8 +17,9 @@ use serde_bytes::ByteBuf;
 use super::connection::Connection;
 use super::duration::parse_duration;
 use super::error::Error;
-use super::relay::{die_by, Launcher, Outcome, Relay, Signals};
+use super::relay::{die_by, Outcome, Relay, Signals};
 use super::terminal::{self, Controlling};
+use ctx_protocol::launcher::Launcher;
 
 // ---------------------------------------------------------------------------------------
 // Types

@@ -4,8 +4,9 @@
 //! turns the end of the launch into our own (same code, same signal).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
+use ctx_protocol::launcher::Launcher;
 use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{errno_name, ExecFailure, ExitStatus, Reply, Request};
 use nix::errno::Errno;
@@ -73,14 +74,6 @@ pub(super) enum Outcome {
 /// Forwarded signals, read from a signalfd so that the relay stays one `poll` loop.
 pub(super) struct Signals {
     fd: SignalFd,
-}
-
-/// The process that ran `ctx exec`, held by a pidfd while it is still our parent: once it
-/// is gone, our parent is a subreaper or init, which the command's `kill $PPID` must not
-/// reach (locally it would find no such process).
-pub(super) struct Launcher {
-    pid: libc::pid_t,
-    pidfd: Option<OwnedFd>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -308,42 +301,6 @@ impl Relay<'_> {
             kind: f.kind,
             detail: failure_detail(self.program, f),
             exit_code: f.exit_code(),
-        }
-    }
-}
-
-impl Launcher {
-    pub(super) fn hold(pid: libc::pid_t) -> Launcher {
-        // SAFETY: plain syscalls with integer arguments.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-        // SAFETY: a new descriptor, owned from here.
-        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
-        // Held and still our parent: the pidfd is that process's, not a reuse's.
-        // SAFETY: plain getter.
-        let parent = pid > 1 && unsafe { libc::getppid() } == pid;
-        Launcher {
-            pid: if parent { pid } else { 0 },
-            pidfd,
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain getter.
-        if self.pid == 0 || !(1..=64).contains(&signal) || unsafe { libc::getppid() } != self.pid {
-            return;
-        }
-        // SAFETY: plain syscalls with integer arguments and a null siginfo.
-        unsafe {
-            match &self.pidfd {
-                Some(fd) => libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    signal,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                ),
-                None => libc::kill(self.pid, signal) as libc::c_long,
-            };
         }
     }
 }

@@ -5,7 +5,6 @@
 pub mod conn;
 pub mod ending;
 pub mod fds;
-pub mod launcher;
 pub mod sys;
 pub mod wire;
 

@@ -7,9 +7,9 @@ use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
-use crate::shared::launcher::Launcher;
 use crate::shared::{ending, fds, sys};
 use crate::EXIT_CTX;
+use ctx_protocol::launcher::Launcher;
 
 struct Tty {
     /// Descriptor the routed program's output is written to.

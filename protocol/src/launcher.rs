@@ -7,7 +7,8 @@
 //! recorded when the launch was asked for and held by a pidfd, so a reused pid is never
 //! signalled.
 
-/// Held from the start of the relay; raw syscalls only (the hook path's rules).
+/// Held from the start of the relay; raw syscalls only (the hook path's rules: the shim
+/// and the hook's fork relay use it, and `ctx exec`).
 pub struct Launcher {
     pid: libc::pid_t,
     /// -1 without one: no launcher, or a kernel without `pidfd_open` (then `kill`, while
@@ -62,5 +63,14 @@ impl Launcher {
     /// The recorded pid, to hand to a shim taking over this relay (0: none).
     pub fn pid(&self) -> libc::pid_t {
         self.pid
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.pidfd >= 0 {
+            // SAFETY: our own descriptor, closed once.
+            unsafe { libc::close(self.pidfd) };
+        }
     }
 }
