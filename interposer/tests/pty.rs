@@ -523,3 +523,55 @@ fn ctx_exec_in_a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
     );
     assert_eq!(job_reads_dev_tty(&b, false, &via_ctx), Some(0));
 }
+
+#[test]
+fn background_jobs_of_a_terminal_command_live_on_after_it_exits() {
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket \"$CTX_SOCKET\" exec --context user --",
+        bin_dir().join("ctx").display()
+    );
+    background_jobs_live_on(&b, &[(false, ""), (true, ""), (false, &ctx_exec)]);
+}
+
+#[test]
+fn background_jobs_of_a_terminal_command_live_on_in_a_pid_namespace() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: a PID namespace needs a root broker");
+        return;
+    }
+    let b = start_broker_with("isolation = { pid = true }");
+    background_jobs_live_on(&b, &[(true, "")]);
+}
+
+/// `sh -c 'JOB &'` from a terminal: the job outlives `sh`, locally, routed and through
+/// `ctx exec` (`runs`: routed, and a command to run `sh` through). The routed `sh` does
+/// not lead the PTY's session (`ctx-session` does), so its exit hangs nothing up.
+fn background_jobs_live_on(b: &Broker, runs: &[(bool, &str)]) {
+    let jobs = [
+        "(sleep 0.5; echo alive >F)",
+        "nohup sh -c 'sleep 0.5; echo alive >F' >/dev/null 2>&1",
+        "(trap 'echo hup >F; exit' HUP; sleep 0.5; echo alive >F)",
+    ];
+    for (i, job) in jobs.into_iter().enumerate() {
+        // Somewhere the context's user may write.
+        let file = format!("/tmp/ctx-bg-job-{}-{i}", std::process::id());
+        let job = job.replace('F', &file);
+        for &(routed, via) in runs {
+            let _ = std::fs::remove_file(&file);
+            let script = format!(
+                "{via} sh -c '{} &'; sleep 1.5; cat {file} 2>/dev/null || echo gone",
+                job.replace('\'', r"'\''")
+            );
+            let (code, text) = transcript(b, &script, routed, |_| {});
+            eprintln!("routed={routed} via={via:?}: {text:?}");
+            assert_eq!(code, Some(0));
+            assert!(
+                text.contains("alive"),
+                "routed={routed} via={via:?} {job}: the job did not live on: {text:?}"
+            );
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+}

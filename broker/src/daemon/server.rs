@@ -129,6 +129,14 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
     let routing = super::plan::Routing::locate(&socket_path);
+    let stand_in = routing.interposer.with_file_name("ctx-shim");
+    if let Err(e) = super::spawn::set_session_leader(&stand_in) {
+        tracing::warn!(
+            "{}: {e}; a terminal launch's program leads its session itself, and its \
+             background jobs die with it",
+            stand_in.display()
+        );
+    }
     let chained: Vec<&str> = config
         .contexts
         .values()

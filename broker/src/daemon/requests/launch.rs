@@ -12,7 +12,7 @@ use ctx_protocol::{ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, 
 use serde_json::json;
 
 use super::guard::{arm_exec_guard, enforce_ruleset};
-use super::relay::{read_fd, wait_exit, watch, Relay, Relayed};
+use super::relay::{hang_up_after_handover, read_fd, wait_exit, watch, Relay, Relayed};
 use super::{caller_json, kill_group};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::connection::Conn;
@@ -287,6 +287,14 @@ pub(super) async fn launch(
             return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
         }
     };
+    let mut leader_pid = None;
+    if let Some((pid, leader)) = forked.session_leader {
+        leader_pid = Some(pid);
+        // It ends at the terminal's hangup, when the master is closed.
+        if let Ok(leader) = watch(leader) {
+            tokio::spawn(async move { wait_exit(&leader).await });
+        }
+    }
     let pid = forked.pid;
     let pidfd = match watch(forked.pidfd) {
         Ok(fd) => fd,
@@ -343,6 +351,7 @@ pub(super) async fn launch(
         status,
         timed_out,
         client_alive,
+        master,
     } = Relay {
         conn: &mut *conn,
         pid,
@@ -362,6 +371,9 @@ pub(super) async fn launch(
     let status = status.unwrap_or(ExitStatus::Code(255));
     if client_alive {
         let _ = conn.send(&Reply::Exited { status, timed_out }).await;
+    }
+    if let (Some(master), Some(leader)) = (master, leader_pid) {
+        tokio::spawn(hang_up_after_handover(master, leader));
     }
     let event = json!({
         "event": "exec",

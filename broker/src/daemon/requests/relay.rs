@@ -23,6 +23,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// background job's, may still be in flight).
 const PTY_DRAIN: Duration = Duration::from_millis(100);
 
+/// How long a session leader stand-in may take to put its own group in the terminal's
+/// foreground once the program has ended (it needs microseconds).
+const HANDOVER: Duration = Duration::from_millis(200);
+
 /// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
 /// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
 /// sends it as one frame, so a fast writer costs one frame and one client wake-up per
@@ -68,6 +72,8 @@ pub(super) struct Relayed {
     pub status: io::Result<ExitStatus>,
     pub timed_out: bool,
     pub client_alive: bool,
+    /// The PTY's master, still open: closing it hangs the terminal up.
+    pub master: Option<AsyncFd<OwnedFd>>,
 }
 
 impl Relay<'_> {
@@ -329,6 +335,7 @@ impl Relay<'_> {
             status,
             timed_out,
             client_alive,
+            master,
         }
     }
 }
@@ -495,4 +502,23 @@ pub(super) fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
         return Err(e);
     }
     Ok(n as usize)
+}
+
+/// Closes a PTY launch's master once its session's leader stand-in (`leader`) holds the
+/// terminal's foreground, which it takes when the program ends: the hangup then leaves the
+/// program's group out, so its background jobs live on (the stand-in's exit signals the
+/// group that was in the foreground at the hangup). Bounded: a stand-in that is gone or
+/// stuck does not keep the terminal open.
+pub(super) async fn hang_up_after_handover(master: AsyncFd<OwnedFd>, leader: libc::pid_t) {
+    let until = tokio::time::Instant::now() + HANDOVER;
+    while tokio::time::Instant::now() < until {
+        let mut pgrp: libc::pid_t = 0;
+        // SAFETY: TIOCGPGRP writes one pid_t; the master is ours.
+        let r = unsafe { libc::ioctl(master.get_ref().as_raw_fd(), libc::TIOCGPGRP, &mut pgrp) };
+        if r < 0 || pgrp == leader {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(master);
 }

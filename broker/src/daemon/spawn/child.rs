@@ -46,6 +46,16 @@ pub(super) struct ChildArgs<'a> {
     pub(super) grandchild: AtomicI32,
     /// Top of the second half of the stack mapping, for that second clone.
     pub(super) grand_stack: AtomicPtr<libc::c_void>,
+    /// A PTY launch's session leader stand-in (`ctx-shim --session-leader`, opened
+    /// `O_PATH`), or -1: the program leads the PTY's session itself.
+    pub(super) session_leader: RawFd,
+    /// Written by the process that stays behind as the session's leader: the number, in
+    /// its own descriptor table, of a pidfd of its clone that runs the program (a sibling,
+    /// our own child thanks to CLONE_PARENT). A pid would not do: inside a PID namespace,
+    /// `clone` returns the namespace's number for it.
+    pub(super) program_pidfd: AtomicI32,
+    /// Top of the stack region for that clone.
+    pub(super) program_stack: AtomicPtr<libc::c_void>,
     /// Set by the parent before the clone: the child was born in its cgroup and must not
     /// write itself into it.
     pub(super) born_in_cgroup: AtomicBool,
@@ -69,6 +79,9 @@ struct Child<'a> {
 // Constants
 // ---------------------------------------------------------------------------------------
 
+/// How a session leader stand-in that could not exec ends (seen only in its wait status).
+const EXIT_STAND_IN_FAILED: i32 = 125;
+
 /// The broker's pid, for the child's die-with-the-broker check (the child shares our
 /// memory, so it reads this without a syscall and without the race of asking `getppid`
 /// before the request is in force).
@@ -77,6 +90,18 @@ pub(super) static BROKER_PID: AtomicI32 = AtomicI32::new(0);
 /// The soft `RLIMIT_NOFILE` the broker started with, which routed programs get back (the
 /// broker raises its own to the hard limit); zero: leave the inherited one.
 static CHILD_NOFILE_SOFT: AtomicU64 = AtomicU64::new(0);
+
+impl<'a> Child<'a> {
+    fn new(args: &'a ChildArgs<'a>) -> Child<'a> {
+        Child {
+            args,
+            plan: args.plan,
+            report: args.report,
+            cwd_fd: -1,
+            guard_sock: -1,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Functions: in the broker
@@ -114,22 +139,31 @@ extern "C" fn grandchild_entry(arg: *mut libc::c_void) -> libc::c_int {
     unsafe { child(&*(arg as *const ChildArgs)) }
 }
 
+extern "C" fn program_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as for grandchild_entry: the broker thread and the session leader are
+    // suspended (CLONE_VFORK) until this process execs or exits.
+    unsafe { program(&*(arg as *const ChildArgs)) }
+}
+
 /// The child's half of the spawn path, once it is in the context's namespaces. Only
 /// syscalls on memory prepared before the clone.
 unsafe fn child(a: &ChildArgs) -> ! {
-    let mut c = Child {
-        args: a,
-        plan: a.plan,
-        report: a.report,
-        cwd_fd: -1,
-        guard_sock: -1,
-    };
+    let c = Child::new(a);
     join_cgroup(&c);
     inherit_scheduling(&c);
+    lead_the_session_by_stand_in(&c);
+    program(a)
+}
+
+/// The steps of the process that execs the program.
+unsafe fn program(a: &ChildArgs) -> ! {
+    let mut c = Child::new(a);
     landlock(&c);
     write_listen_pid(&c);
-    unblock_signals();
+    // With every signal still blocked: taking the terminal's foreground from the session
+    // leader's group must not raise SIGTTOU.
     new_session_and_terminal(&c);
+    unblock_signals();
     place_descriptors(&mut c);
     close_the_rest(&c);
     set_rlimits(&c);
@@ -212,8 +246,88 @@ unsafe fn write_listen_pid(c: &Child) {
     }
 }
 
+/// A PTY launch: this process makes the PTY the controlling terminal of a new session and
+/// stays its leader as `ctx-shim --session-leader`; the program runs in a clone of it, in
+/// a group of its own in the foreground. A session leader's exit sends the terminal's
+/// foreground group SIGHUP: the program no longer leads, so its background jobs live on
+/// when it exits, as they do locally. The stand-in then takes the foreground for its own
+/// group (as a shell does when its job ends) and ends at the terminal's hangup, when the
+/// broker closes the master. Returns only when there is no stand-in.
+unsafe fn lead_the_session_by_stand_in(c: &Child) {
+    let a = c.args;
+    let Some(tty) = c.plan.controlling_tty else {
+        return;
+    };
+    if a.session_leader < 0 {
+        return;
+    }
+    if libc::setsid() < 0 {
+        fail(c.report, Stage::Session, errno());
+    }
+    if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+        fail(c.report, Stage::Terminal, errno());
+    }
+    let mut pidfd: libc::c_int = -1;
+    let pid = libc::clone(
+        program_entry,
+        a.program_stack.load(Ordering::Acquire),
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::CLONE_PIDFD,
+        a as *const ChildArgs as *mut libc::c_void,
+        &mut pidfd as *mut libc::c_int,
+    );
+    if pid < 0 {
+        fail(c.report, Stage::Session, errno());
+    }
+    a.program_pidfd.store(pidfd, Ordering::Release);
+    // Nothing of the broker's goes with the stand-in, not even the PTY (the master sees
+    // its end of file once the program and its jobs have closed theirs): only the
+    // program's pidfd, by which it learns when to take the terminal's foreground.
+    if libc::syscall(
+        libc::SYS_close_range,
+        0u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    ) < 0
+    {
+        for fd in 0..4096 {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    libc::fcntl(pidfd, libc::F_SETFD, 0);
+    let mut number = [0u8; 11];
+    write_decimal(number.as_mut_ptr(), pidfd as u32);
+    let argv = [
+        c"ctx-shim".as_ptr(),
+        c"--session-leader".as_ptr(),
+        number.as_ptr().cast(),
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    libc::syscall(
+        libc::SYS_execveat,
+        a.session_leader,
+        c"".as_ptr(),
+        argv.as_ptr(),
+        envp.as_ptr(),
+        libc::AT_EMPTY_PATH,
+    );
+    // The program runs already: nothing to report to the broker. This exit hangs up the
+    // program's terminal, as its own exit as the session's leader would have.
+    libc::_exit(EXIT_STAND_IN_FAILED)
+}
+
 unsafe fn new_session_and_terminal(c: &Child) {
     match c.plan.controlling_tty {
+        Some(tty) if c.args.session_leader >= 0 => {
+            // The session is the stand-in's: a group of our own, in the foreground.
+            if libc::setpgid(0, 0) < 0 {
+                fail(c.report, Stage::Session, errno());
+            }
+            let me = libc::getpid();
+            if libc::ioctl(tty, libc::TIOCSPGRP, &me as *const libc::pid_t) < 0 {
+                fail(c.report, Stage::Terminal, errno());
+            }
+        }
         Some(tty) => {
             if libc::setsid() < 0 {
                 fail(c.report, Stage::Session, errno());

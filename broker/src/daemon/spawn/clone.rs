@@ -126,13 +126,22 @@ pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawF
         .plan
         .namespaces
         .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
-    let size = if twice { 2 * CHILD_STACK } else { CHILD_STACK };
+    let stand_in = args.session_leader >= 0;
+    // One region per process the clones go through, from the top down: the first child,
+    // the grandchild in a PID namespace, the program beside a session leader stand-in.
+    let regions = 1 + usize::from(twice) + usize::from(stand_in);
+    let size = regions * CHILD_STACK;
     let stack = ChildStack::take(size)?;
+    // SAFETY: inside the mapping, at a region boundary.
+    let region_top = |below_top: usize| unsafe {
+        (stack as *mut u8).add(size - below_top * CHILD_STACK) as *mut libc::c_void
+    };
     if twice {
-        // The grandchild's stack is the lower half; the first child uses the upper one.
-        // SAFETY: inside the mapping.
-        let mid = unsafe { (stack as *mut u8).add(CHILD_STACK) };
-        args.grand_stack.store(mid.cast(), Ordering::Release);
+        args.grand_stack.store(region_top(1), Ordering::Release);
+    }
+    if stand_in {
+        args.program_stack
+            .store(region_top(regions - 1), Ordering::Release);
     }
     // SAFETY: sigset_t is plain data, filled by sigfillset/pthread_sigmask.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };

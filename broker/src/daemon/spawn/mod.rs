@@ -23,7 +23,7 @@ pub mod testing;
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::kernel::supervisor::Handover;
@@ -135,11 +135,62 @@ pub struct Forked {
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
     pub report: OwnedFd,
+    /// A PTY launch's session leader stand-in, also our child: a pidfd to reap it by once
+    /// the master is closed (it ends at the terminal's hangup), and its pid.
+    pub session_leader: Option<(libc::pid_t, OwnedFd)>,
+}
+
+/// `ctx-shim`, which stands in as the leader of each PTY launch's session (see
+/// `child::lead_the_session_by_stand_in`); unset: the program leads it itself.
+static SESSION_LEADER: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens the session leader stand-in once, by descriptor: the clone execs it inside the
+/// context's mount namespace, where its path may not exist.
+pub fn set_session_leader(shim: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(shim)?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: statvfs fills the struct we pass.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on our own descriptor.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An exec that fails after the program started would hang up its terminal: check
+    // what can be checked now.
+    if st.f_flag & libc::ST_NOEXEC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "on a noexec mount",
+        ));
+    }
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not an executable file",
+        ));
+    }
+    let _ = SESSION_LEADER.set(fd);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// The pid a pidfd stands for, in our PID namespace (its `Pid:` line in fdinfo).
+fn pidfd_pid(pidfd: &OwnedFd) -> Option<libc::pid_t> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|&p: &libc::pid_t| p > 0)
+}
 
 pub fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -225,6 +276,12 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         listen_pid: listen_pid_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        session_leader: plan
+            .controlling_tty
+            .and_then(|_| SESSION_LEADER.get())
+            .map_or(-1, |f| f.as_raw_fd()),
+        program_pidfd: std::sync::atomic::AtomicI32::new(-1),
+        program_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
     };
     if child::BROKER_PID.load(std::sync::atomic::Ordering::Relaxed) == 0 {
@@ -260,6 +317,33 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         }
         pid = grandchild;
     }
+    let mut session_leader = None;
+    let program = args
+        .program_pidfd
+        .load(std::sync::atomic::Ordering::Acquire);
+    if program >= 0 {
+        // What we started leads the PTY's session and has exec'd the stand-in, which keeps
+        // a pidfd of the program (its clone, our own child thanks to CLONE_PARENT) at
+        // number `program`: take a copy of it, and learn the pid as we see it.
+        // SAFETY: `pidfd` is the leader's, which we own from here on.
+        let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        // SAFETY: pidfd_getfd returns a fresh descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, program, 0) } as RawFd;
+        let program = (fd >= 0)
+            // SAFETY: just returned to us.
+            .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            .and_then(|fd| Some((pidfd_pid(&fd)?, fd)));
+        let Some((program_pid, program_fd)) = program else {
+            let e = io::Error::last_os_error();
+            // The program ends with its session's leader (the hangup of its terminal).
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(e);
+        };
+        session_leader = Some((pid, leader));
+        pidfd = program_fd.into_raw_fd();
+        pid = program_pid;
+    }
     if plan.controlling_tty.is_none() && !plan.new_session {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
         // SAFETY: plain syscall on our own child.
@@ -271,5 +355,6 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         pid,
         pidfd,
         report: report_r,
+        session_leader,
     })
 }

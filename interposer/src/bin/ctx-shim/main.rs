@@ -56,6 +56,60 @@ fn attach_params() -> Option<(i32, u8, libc::pid_t, OsString)> {
     ))
 }
 
+/// `ctx-shim --session-leader <pidfd>`, started by the broker: leads a terminal launch's
+/// session in the program's place (the pidfd is the program's), so that the program's exit
+/// hangs nothing up and its background jobs live on, as they do locally. When the program
+/// ends it puts its own group in the terminal's foreground, as a shell takes the terminal
+/// back when its job ends: the hangup that follows (the broker closes the master) then
+/// signals this group alone. Every signal stays blocked; SIGHUP is read, and ends it.
+fn lead_session(program: Option<i32>) -> ! {
+    sys::set_comm(b"ctx-session");
+    // SAFETY: signal masks, signalfd, poll, open and ioctl on values we own.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        let mut hup: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut hup);
+        libc::sigaddset(&mut hup, libc::SIGHUP);
+        let hangup = libc::signalfd(-1, &hup, libc::SFD_CLOEXEC);
+        let mut fds = [
+            libc::pollfd {
+                fd: hangup,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: program.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        while fds[1].fd >= 0 {
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                continue; // EINTR: nothing else can fail here
+            }
+            if fds[0].revents != 0 {
+                libc::_exit(0);
+            }
+            if fds[1].revents != 0 {
+                fds[1].fd = -1;
+                let tty = libc::open(
+                    c"/dev/tty".as_ptr(),
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                );
+                if tty >= 0 {
+                    let me = libc::getpid();
+                    libc::ioctl(tty, libc::TIOCSPGRP, &me as *const libc::pid_t);
+                    libc::close(tty);
+                }
+            }
+        }
+        while libc::sigwaitinfo(&hup, std::ptr::null_mut()) != libc::SIGHUP {}
+        libc::_exit(0)
+    }
+}
+
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -76,6 +130,11 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
     }
     match a.get(1).copied() {
         Some(b"--spawn") => spawn::run(&a),
+        Some(b"--session-leader") => lead_session(
+            a.get(2)
+                .and_then(|n| sys::parse_u64(n))
+                .and_then(|n| i32::try_from(n).ok()),
+        ),
         // ctx-shim --die <signal>: the hook's fork relay saw the routed program dump core;
         // this process dies the same way, with a core of its own (not the caller's).
         Some(b"--die") => match a.get(2).and_then(|s| sys::parse_u64(s)) {
