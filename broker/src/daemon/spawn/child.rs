@@ -54,6 +54,8 @@ pub(super) struct ChildArgs<'a> {
     /// our own child thanks to CLONE_PARENT). A pid would not do: inside a PID namespace,
     /// `clone` returns the namespace's number for it.
     pub(super) program_pidfd: AtomicI32,
+    /// The pid `clone` returned for it: ours, outside a PID namespace.
+    pub(super) program_pid: AtomicI32,
     /// Top of the stack region for that clone.
     pub(super) program_stack: AtomicPtr<libc::c_void>,
     /// Set by the parent before the clone: the child was born in its cgroup and must not
@@ -278,6 +280,7 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
     if pid < 0 {
         fail(c.report, Stage::Session, errno());
     }
+    a.program_pid.store(pid, Ordering::Release);
     a.program_pidfd.store(pidfd, Ordering::Release);
     // Nothing of the broker's goes with the stand-in, not even the PTY (the master sees
     // its end of file once the program and its jobs have closed theirs): only the

@@ -122,10 +122,7 @@ pub(crate) fn map_stack(size: usize) -> io::Result<*mut libc::c_void> {
 /// blocked around it so that none of the broker's handlers can run in the child before it
 /// has reset them. Returns the pid and a pidfd obtained atomically with CLONE_PIDFD.
 pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawFd)> {
-    let twice = args
-        .plan
-        .namespaces
-        .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
+    let twice = super::twice_cloned(args.plan);
     let stand_in = args.session_leader >= 0;
     // One region per process the clones go through, from the top down: the first child,
     // the grandchild in a PID namespace, the program beside a session leader stand-in.

@@ -183,6 +183,12 @@ pub fn set_session_leader(shim: &std::path::Path) -> io::Result<()> {
 // Functions
 // ---------------------------------------------------------------------------------------
 
+/// The child enters a PID namespace, and so clones once more to get into it.
+fn twice_cloned(plan: &SpawnPlan) -> bool {
+    plan.namespaces
+        .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0)
+}
+
 /// The pid a pidfd stands for, in our PID namespace (its `Pid:` line in fdinfo).
 fn pidfd_pid(pidfd: &OwnedFd) -> Option<libc::pid_t> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
@@ -281,6 +287,7 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
             .and_then(|_| SESSION_LEADER.get())
             .map_or(-1, |f| f.as_raw_fd()),
         program_pidfd: std::sync::atomic::AtomicI32::new(-1),
+        program_pid: std::sync::atomic::AtomicI32::new(0),
         program_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
     };
@@ -322,17 +329,30 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         .program_pidfd
         .load(std::sync::atomic::Ordering::Acquire);
     if program >= 0 {
-        // What we started leads the PTY's session and has exec'd the stand-in, which keeps
-        // a pidfd of the program (its clone, our own child thanks to CLONE_PARENT) at
-        // number `program`: take a copy of it, and learn the pid as we see it.
+        // What we started leads the PTY's session and has exec'd the stand-in; the program
+        // is its clone, our own child thanks to CLONE_PARENT (so no one else can reap it
+        // before we hold a pidfd of it).
         // SAFETY: `pidfd` is the leader's, which we own from here on.
         let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        // SAFETY: pidfd_getfd returns a fresh descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, program, 0) } as RawFd;
-        let program = (fd >= 0)
-            // SAFETY: just returned to us.
-            .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-            .and_then(|fd| Some((pidfd_pid(&fd)?, fd)));
+        let program = if twice_cloned(plan) {
+            // Inside a PID namespace the pid the leader got is the namespace's: take a copy
+            // of the pidfd it keeps at number `program`, and learn the pid as we see it.
+            // SAFETY: pidfd_getfd returns a fresh descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, program, 0) };
+            let fd = (fd >= 0).then(|| {
+                // SAFETY: just returned to us.
+                unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+            });
+            fd.and_then(|fd| Some((pidfd_pid(&fd)?, fd)))
+        } else {
+            let pid = args.program_pid.load(std::sync::atomic::Ordering::Acquire);
+            // SAFETY: pidfd_open returns a fresh descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            (fd >= 0).then(|| {
+                // SAFETY: just returned to us.
+                (pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+            })
+        };
         let Some((program_pid, program_fd)) = program else {
             let e = io::Error::last_os_error();
             // The program ends with its session's leader (the hangup of its terminal).

@@ -96,7 +96,7 @@ fn lead_session(program: Option<i32>) -> ! {
                 fds[1].fd = -1;
                 let tty = libc::open(
                     c"/dev/tty".as_ptr(),
-                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 );
                 if tty >= 0 {
                     let me = libc::getpid();
