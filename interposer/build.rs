@@ -3,15 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "static_pie.rs"]
-mod static_pie;
-
 const PRELOAD_SRC: &str = "src/preload.c";
 
 fn main() {
     println!("cargo:rerun-if-changed={PRELOAD_SRC}");
-    link_unwinder_statically();
-    static_pie::link_bin_statically("ctx-shim");
+    ctx_static_link::link_unwinder_statically();
+    ctx_static_link::link_bin_statically("ctx-shim");
     build_preloaded_library();
 }
 
@@ -90,15 +87,4 @@ fn set_mtime_like(file: &Path, like: &Path) {
         .open(file)
         .and_then(|f| f.set_modified(when))
         .expect("date libctx_interposer.so");
-}
-
-/// Rust's std links the unwinder from the shared `libgcc_s`. Loading one more library costs
-/// every process the interposer is preloaded into (and every start of the shim, which sits
-/// in the routed launch's critical path) about 0.1-0.3 ms on this kind of machine. A linker
-/// script named `libgcc_s.so` in our own search path, found before the system one, makes
-/// both link the static unwinder (`libgcc_eh.a`) instead: same code, no extra load.
-fn link_unwinder_statically() {
-    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    std::fs::write(format!("{out}/libgcc_s.so"), "INPUT(-lgcc_eh)\n").expect("write linker script");
-    println!("cargo:rustc-link-search=native={out}");
 }

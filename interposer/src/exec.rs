@@ -8,11 +8,11 @@ use std::ffi::{c_char, c_int, CStr};
 use ctx_protocol::Captured;
 
 use crate::fork_relay;
-use crate::shared::conn::{self, Verdict};
-use crate::shared::fds::{self, scan_failure, InlineFds};
-use crate::shared::sys::{self, MmapBuf};
-use crate::shared::wire::{self, ExecRef, StrList};
 use crate::state::{self, state, State};
+use ctx_hookpath::conn::{self, Verdict};
+use ctx_hookpath::fds::{self, scan_failure, InlineFds};
+use ctx_hookpath::sys::{self, MmapBuf};
+use ctx_hookpath::wire::{self, ExecRef, StrList};
 use ctx_protocol::Grouping;
 
 type Argv = *const *const c_char;
@@ -465,7 +465,7 @@ pub unsafe fn route(
 /// `/proc/PID/cmdline` of the pid the caller holds (`ps`, `pgrep -f`, psutil) shows what
 /// the caller ran; its parameters travel in its only environment variable,
 /// `CTX_SHIM_ATTACH=<sock>,<pty-mask>,<launcher-pid>,<comm>`, where the launcher is the
-/// process the program's signals to its parent go to (see `shared::launcher`) and comm is
+/// process the program's signals to its parent go to (see `ctx_protocol::launcher`) and comm is
 /// what the program's `/proc/PID/comm` will read (the basename of the executed path, as
 /// the kernel sets it), which the shim takes for its own.
 pub struct ShimLaunch {
@@ -481,7 +481,7 @@ impl ShimLaunch {
             var[n..n + b.len()].copy_from_slice(b);
             n += b.len();
         };
-        put(crate::shared::ATTACH_VAR.as_bytes());
+        put(ctx_hookpath::ATTACH_VAR.as_bytes());
         put(b"=");
         let mut tmp = [0u8; 24];
         put(sys::fmt_i64(sock as i64, &mut tmp));

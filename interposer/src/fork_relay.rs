@@ -13,8 +13,8 @@ use std::ffi::c_char;
 
 use ctx_protocol::{frame, reply_tag, ExitStatus, Reply, Request, FRAME_HEADER};
 
-use crate::shared::{ending, fds, sys};
 use crate::state::State;
+use ctx_hookpath::{ending, fds, sys};
 use ctx_protocol::launcher::Launcher;
 
 type Argv = *const *const c_char;
@@ -108,7 +108,7 @@ fn on_reply(st: &State, name: &[u8], launcher: &Launcher, payload: &[u8]) {
     if !wanted {
         return;
     }
-    match frame::decode::<Reply<'_>>(payload) {
+    match frame::decode_reply(payload) {
         Ok(Reply::Exited {
             status: ExitStatus::Signaled { signal, core: true },
             ..

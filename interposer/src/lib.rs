@@ -25,7 +25,8 @@
 //!
 //! Layout: [`state`] is what is read once at load; [`exec`] is the exec-family hook path
 //! (vfork-safe); [`spawn`] routes `posix_spawn`, `system` and `popen` through the shim;
-//! `shared/` is the part the shim runs too (wire encoding, fd scan, broker exchange).
+//! the part the shim runs too (wire encoding, fd scan, broker exchange) is the
+//! `ctx-hookpath` crate (`hookpath/`).
 
 // The hooks take raw pointers from C callers; their safety contract is the C function's
 // own, documented by POSIX/glibc, so per-function `# Safety` sections would only repeat the
@@ -34,7 +35,6 @@
 
 pub mod exec;
 pub mod fork_relay;
-pub mod shared;
 pub mod spawn;
 pub mod state;
 

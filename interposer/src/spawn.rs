@@ -16,9 +16,9 @@ use std::sync::Mutex;
 use ctx_protocol::{Captured, Grouping};
 
 use crate::exec::{self, Target};
-use crate::shared::conn;
-use crate::shared::sys::{self, MmapBuf};
 use crate::state::{state, SpawnFn, State};
+use ctx_hookpath::conn;
+use ctx_hookpath::sys::{self, MmapBuf};
 
 type Argv = *const *const c_char;
 

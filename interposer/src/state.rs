@@ -9,7 +9,7 @@ use std::sync::Once;
 
 use ctx_protocol::vars;
 
-use crate::shared::sys;
+use ctx_hookpath::sys;
 
 pub type ExecveFn =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;

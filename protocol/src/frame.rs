@@ -92,3 +92,10 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError
     }
     Ok(msg)
 }
+
+/// [`decode`] of a [`Reply`](crate::Reply), compiled once here: the interposer's library,
+/// its shim and ctx-hookpath all read replies, and a generic `decode` would be compiled into
+/// each of them again.
+pub fn decode_reply(payload: &[u8]) -> Result<crate::Reply<'_>, FrameError> {
+    decode(payload)
+}

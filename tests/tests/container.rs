@@ -625,7 +625,12 @@ fn the_docker_build_context_holds_the_sources_and_not_target_or_git() {
             needed.extend(words[..words.len() - 1].iter().map(|s| s.to_string()));
         }
     }
-    for member in ["protocol", "broker", "interposer", "tests"] {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("the workspace's members line");
+    for member in members.split('"').skip(1).step_by(2) {
         needed.push(format!("{member}/Cargo.toml"));
         needed.push(format!("{member}/src"));
     }

@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 use super::admission::Admission;
 use super::connection::Conn;
 use super::quiet_log::Quiet;
-use super::{operator, requests, Peer, Shared};
+use super::{requests, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,8 +81,17 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
             let list = requests::contexts::contexts(&shared, &peer);
             let _ = conn.send(&Reply::Contexts(list)).await;
         }
-        Request::Reload | Request::Ps | Request::Kill { .. } => {
-            operator::serve(&shared, &mut conn, &peer, request).await
+        Request::Reload => {
+            let reply = requests::reload::reload_request(&shared, &peer).await;
+            let _ = conn.send(&reply).await;
+        }
+        Request::Ps => {
+            let list = requests::ps::ps(&shared, &peer);
+            let _ = conn.send(&Reply::Processes(list)).await;
+        }
+        Request::Kill { target, signo } => {
+            let reply = requests::kill::kill(&shared, &peer, &target, signo);
+            let _ = conn.send(&reply).await;
         }
         _ => {
             let message =

@@ -6,7 +6,7 @@
 //! - [`connection`]: its frames and the descriptors that ride on them;
 //! - [`admission`]: what each uid may make the broker hold (connections, handshakes);
 //! - [`requests`]: one file per request: a launch from request to exit status, its relay,
-//!   `ctx sh`, `ctx status`, `ctx contexts`;
+//!   `ctx sh`, `ctx status`, `ctx contexts`, and the operator's `ctx reload`, `ps`, `kill`;
 //! - [`plan`] and [`spawn`]: the fork/exec path; [`inherit`]: what the caller passes on
 //!   across exec (umask, limits, scheduling, signal state); [`pty`]: terminals;
 //! - [`kernel`]: the kernel's mechanisms each context is isolated by: its long-lived
@@ -16,7 +16,7 @@
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
 //! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
-//! - [`operator`]: `ctx reload`, `ps`, `kill`; [`systemd`]: socket activation, sd_notify.
+//! - [`systemd`]: socket activation, sd_notify.
 
 pub mod admission;
 pub mod audit;
@@ -28,7 +28,6 @@ pub mod inherit;
 pub mod isolation;
 pub mod job_control;
 pub mod kernel;
-pub mod operator;
 pub mod peer;
 pub mod plan;
 pub mod process_view;

@@ -14,7 +14,8 @@ use tokio::net::UnixListener;
 
 use super::admission::{self, Refusal};
 use super::quiet_log::Quiet;
-use super::{audit::Audit, dispatch, operator, registry::Registry, systemd, Peer, Shared};
+use super::requests::reload;
+use super::{audit::Audit, dispatch, registry::Registry, systemd, Peer, Shared};
 use crate::config::{self, Config};
 
 /// Command-line overrides of the config's `[broker]` settings.
@@ -229,7 +230,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     super::spawn::snapshot_signal_dispositions();
     let tasks = tokio_util_tracker::Tracker::default();
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
-    systemd::ready(&operator::serving(&shared.config()));
+    systemd::ready(&reload::serving(&shared.config()));
 
     let mut refusals = Quiet::default();
     let mut accept_errors = Quiet::default();
@@ -262,7 +263,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                 super::signals::Request::Reload => {
                     let shared = shared.clone();
                     // Loading may block on NSS lookups; the accept loop must not.
-                    tokio::task::spawn_blocking(move || operator::reload(&shared, None));
+                    tokio::task::spawn_blocking(move || reload::reload(&shared, None));
                 }
                 super::signals::Request::Stop => break,
             },

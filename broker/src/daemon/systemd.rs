@@ -1,13 +1,15 @@
-//! The two halves of systemd's protocol the broker speaks, written out here rather than
-//! linked from libsystemd (one datagram and a few environment variables do not justify a
-//! C dependency in a root daemon):
+//! The two halves of systemd's protocol the broker speaks, through the pure-Rust
+//! `sd-notify` crate (libsystemd would be a C dependency in a root daemon):
 //!
 //! - socket activation: a listening socket passed as descriptor 3.. with `LISTEN_FDS`,
 //!   `LISTEN_PID` and `LISTEN_FDNAMES` (sd_listen_fds(3));
 //! - readiness: `READY=1`, `RELOADING=1`, `STOPPING=1` and `STATUS=` datagrams to
 //!   `NOTIFY_SOCKET` (sd_notify(3)), a path or an abstract `@name`.
 //!
-//! Both are no-ops when the variables are absent, so the broker runs the same by hand.
+//! What stays here is ours: whether the variables are meant for this process, taking the
+//! descriptors once and early, picking the broker's socket among them, and the abstract
+//! notify socket. Both halves are no-ops when the variables are absent, so the broker runs
+//! the same by hand.
 
 use std::ffi::OsStr;
 use std::io;
@@ -19,12 +21,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use sd_notify::NotifyState;
+
 // ---------------------------------------------------------------------------------------
 // Constants
 // ---------------------------------------------------------------------------------------
-
-/// sd_listen_fds(3): passed descriptors start here.
-const LISTEN_FDS_START: RawFd = 3;
 
 /// The `FileDescriptorName=` of `scripts/ctx-broker.socket`; with several descriptors
 /// passed, the one by this name is the broker's.
@@ -46,6 +47,8 @@ pub enum SystemdError {
     NotAUnixListener { fd: RawFd, name: Option<String> },
     #[error("descriptor {fd} passed by the service manager: {err}")]
     Io { fd: RawFd, err: io::Error },
+    #[error("the descriptors passed by the service manager (LISTEN_FDS): {0}")]
+    Passed(io::Error),
 }
 
 /// A listening socket the service manager created and passed to us.
@@ -106,26 +109,23 @@ fn take_listen_fds() -> Adopted {
     if n == 0 {
         return Ok(None);
     }
+    // Not `listen_fds_with_names`: it refuses a name count that differs from LISTEN_FDS,
+    // where names only help us pick ours.
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|s| s.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
+    // Marks every passed descriptor close-on-exec (failing on one that is not open):
+    // routed processes get only the descriptors they are given, and the listening socket
+    // stays out of anything else the broker may exec.
+    let passed = sd_notify::listen_fds().map_err(SystemdError::Passed)?;
 
     let mut fds: Vec<(OwnedFd, Option<String>)> = Vec::new();
-    for i in 0..n {
-        let raw = LISTEN_FDS_START + i;
-        // SAFETY: F_GETFD only reads the flags of a descriptor number.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-            let err = io::Error::last_os_error();
-            return Err(SystemdError::Io { fd: raw, err });
-        }
+    for (i, raw) in passed.enumerate() {
         // SAFETY: LISTEN_PID names this process, so the service manager handed us
-        // descriptors 3..3+n; nothing else in the broker owns them, and TAKEN makes sure
-        // they are wrapped only once.
+        // descriptors 3..3+n, and sd-notify found each open; nothing else in the broker
+        // owns them, and TAKEN makes sure they are wrapped only once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Routed processes get only the descriptors they are given; this also keeps the
-        // listening socket out of anything else the broker may exec.
-        set_cloexec(&fd).map_err(|err| SystemdError::Io { fd: raw, err })?;
-        fds.push((fd, names.get(i as usize).cloned()));
+        fds.push((fd, names.get(i).cloned()));
     }
 
     let chosen = match fds
@@ -163,15 +163,6 @@ fn display_address(addr: &SocketAddr) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&name))
 }
 
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own; F_SETFD takes an int flag set.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn sockopt_int(fd: &OwnedFd, option: libc::c_int) -> Option<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -199,14 +190,14 @@ fn is_unix_listener(fd: &OwnedFd) -> bool {
 // Readiness notification
 // ---------------------------------------------------------------------------------------
 
-/// Sends `lines` (e.g. `["READY=1", "STATUS=serving"]`) to `NOTIFY_SOCKET` as one datagram.
-/// Without a notify socket it does nothing; a failure is logged and otherwise ignored,
-/// since the broker serves the same whether or not systemd hears about it.
-pub fn notify(lines: &[&str]) {
+/// Sends `states` to `NOTIFY_SOCKET` as one datagram. Without a notify socket it does
+/// nothing; a failure is logged and otherwise ignored, since the broker serves the same
+/// whether or not systemd hears about it.
+pub fn notify(states: &[NotifyState<'_>]) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
         return;
     };
-    if let Err(e) = send_notify(target.as_bytes(), lines.join("\n").as_bytes()) {
+    if let Err(e) = send_notify(target.as_bytes(), states) {
         tracing::warn!(
             "cannot notify the service manager at {}: {e}",
             target.to_string_lossy()
@@ -214,19 +205,25 @@ pub fn notify(lines: &[&str]) {
     }
 }
 
-fn send_notify(target: &[u8], message: &[u8]) -> io::Result<()> {
-    let addr = match target.split_first() {
-        Some((b'@', name)) => SocketAddr::from_abstract_name(name)?,
-        Some((b'/', _)) => SocketAddr::from_pathname(OsStr::from_bytes(target))?,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "only path and @abstract notify sockets are supported",
-            ))
-        }
-    };
+/// `target` is NOTIFY_SOCKET's value; sd-notify reads it again for a path.
+fn send_notify(target: &[u8], states: &[NotifyState<'_>]) -> io::Result<()> {
+    match target.first() {
+        Some(b'/') => sd_notify::notify(states),
+        // sd-notify connects to NOTIFY_SOCKET as a path, so an abstract name is sent here.
+        Some(b'@') => send_abstract(&target[1..], states),
+        _ => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "only path and @abstract notify sockets are supported",
+        )),
+    }
+}
+
+fn send_abstract(name: &[u8], states: &[NotifyState<'_>]) -> io::Result<()> {
+    // The datagram sd-notify sends: one line per state.
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let addr = SocketAddr::from_abstract_name(name)?;
     let socket = UnixDatagram::unbound()?;
-    let sent = socket.send_to_addr(message, &addr)?;
+    let sent = socket.send_to_addr(message.as_bytes(), &addr)?;
     if sent != message.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram"));
     }
@@ -235,29 +232,23 @@ fn send_notify(target: &[u8], message: &[u8]) -> io::Result<()> {
 
 /// `READY=1` with a status line.
 pub fn ready(status: &str) {
-    notify(&["READY=1", &format!("STATUS={status}")]);
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// `RELOADING=1` with the `MONOTONIC_USEC` systemd 253+ requires to match it to the reload
 /// it started; older managers ignore the extra field.
 pub fn reloading() {
-    notify(&[
-        "RELOADING=1",
-        &format!("MONOTONIC_USEC={}", monotonic_usec()),
-        "STATUS=reloading the configuration",
-    ]);
+    let mut states = vec![NotifyState::Reloading];
+    states.extend(NotifyState::monotonic_usec_now().ok());
+    states.push(NotifyState::Status("reloading the configuration"));
+    notify(&states);
 }
 
 pub fn stopping() {
-    notify(&["STOPPING=1", "STATUS=stopping routed processes"]);
-}
-
-fn monotonic_usec() -> u64 {
-    // SAFETY: timespec is plain data; clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: CLOCK_MONOTONIC always exists; ts is a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping routed processes"),
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -268,19 +259,7 @@ fn monotonic_usec() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn notify_reaches_a_path_socket() {
-        let dir = std::env::temp_dir().join(format!("ctx-notify-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
-        let server = UnixDatagram::bind(&path).unwrap();
-        send_notify(path.as_os_str().as_bytes(), b"READY=1\nSTATUS=x").unwrap();
-        let mut buf = [0u8; 64];
-        let n = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=x");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    // A path socket is sd-notify's own case; tests/tests/systemd.rs sees the broker reach one.
 
     #[test]
     fn notify_reaches_an_abstract_socket() {
@@ -288,21 +267,15 @@ mod tests {
         let server =
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
                 .unwrap();
-        send_notify(format!("@{name}").as_bytes(), b"STOPPING=1").unwrap();
+        let states = [NotifyState::Stopping, NotifyState::Status("x")];
+        send_notify(format!("@{name}").as_bytes(), &states).unwrap();
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"STOPPING=1");
+        assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=x\n");
     }
 
     #[test]
     fn other_notify_addresses_are_refused() {
-        assert!(send_notify(b"vsock:2:1", b"READY=1").is_err());
-    }
-
-    #[test]
-    fn monotonic_clock_moves() {
-        let a = monotonic_usec();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(monotonic_usec() > a);
+        assert!(send_notify(b"vsock:2:1", &[NotifyState::Ready]).is_err());
     }
 }

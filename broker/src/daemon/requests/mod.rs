@@ -4,19 +4,25 @@
 //!   [`authorize`]d against its context, then [`launch`]ed: planned, forked, waited for;
 //!   [`relay`] carries the running launch's PTY, signals and modes until it ends;
 //!   [`guard`]: what `enforce` and the parent-signal relay add to a launch;
-//! - [`status`] and [`contexts`]: `ctx status`, `ctx contexts`.
+//! - [`status`] and [`contexts`]: `ctx status`, `ctx contexts`;
+//! - the operator's: [`reload`] (and SIGHUP), [`ps`], [`kill`].
 
 pub mod authorize;
 pub mod contexts;
 pub mod exec;
 pub mod guard;
+pub mod kill;
 pub mod launch;
+pub mod ps;
 pub mod relay;
+pub mod reload;
 pub mod shell;
 pub mod status;
 
+use ctx_protocol::{ErrorKind, Reply};
 use serde_json::json;
 
+use super::registry::Running;
 use super::Peer;
 
 pub use guard::start_supervisor;
@@ -37,4 +43,35 @@ pub fn kill_group(pid: i32, signo: i32) {
 pub fn kill_process(pid: i32, signo: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(pid, signo) };
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator's requests: reload, ps, kill
+// ---------------------------------------------------------------------------------------
+//
+// Who may do what: root (or the uid the broker itself runs as, when it runs unprivileged)
+// may reload and see and signal every routed process; anyone else sees and signals only
+// the processes their own uid launched.
+
+/// Root, or the broker's own uid (an unprivileged broker's operator is its owner).
+pub fn is_operator(peer: &Peer) -> bool {
+    // SAFETY: plain getter.
+    peer.uid == 0 || peer.uid == unsafe { libc::geteuid() }
+}
+
+/// Whether `peer` may see and signal `running`.
+pub fn may_touch(peer: &Peer, running: &Running) -> bool {
+    is_operator(peer) || running.caller_uid == peer.uid
+}
+
+/// Who asked for a reload or a kill, as their audit records name them.
+fn operator_caller_json(peer: &Peer) -> serde_json::Value {
+    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
+}
+
+fn error(kind: ErrorKind, message: String) -> Reply<'static> {
+    Reply::Error {
+        kind,
+        message: message.into(),
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use ctx_protocol::StatusReport;
 
-use crate::daemon::{isolation, operator, Shared};
+use crate::daemon::{isolation, Shared};
 
 pub fn status(shared: &Shared) -> StatusReport {
     let config = shared.config();
@@ -20,12 +20,12 @@ pub fn status(shared: &Shared) -> StatusReport {
     if let Some(w) = shared.audit.health() {
         warnings.push(w);
     }
-    warnings.extend(operator::reload_refusal());
+    warnings.extend(super::reload::reload_refusal());
     warnings.extend(shared.namespaces.warnings());
     warnings.extend(shared.egress.warnings());
     warnings.extend(shared.cgroups.warnings());
     warnings.extend(isolation::uid_warnings(&config));
-    warnings.extend(operator::socket_warnings(shared, &config));
+    warnings.extend(super::reload::socket_warnings(shared, &config));
     warnings.extend(
         shared
             .exec_guard

@@ -15,18 +15,13 @@
 // thread's stack reads /proc/self/maps, a cost every routed launch would pay.
 #![no_main]
 
-// The shim links only the modules it shares with the library, never the hooks.
-#[path = "../../shared/mod.rs"]
-#[allow(dead_code)]
-mod shared;
-
 mod relay;
 mod spawn;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use shared::sys;
+use ctx_hookpath::sys;
 
 /// ctx's own failure, as `env`/`docker run` use it.
 pub const EXIT_CTX: i32 = 125;
@@ -42,7 +37,7 @@ fn usage() -> ! {
 /// attached shim, whose argv is the routed program's own (see the library's
 /// `exec::ShimLaunch`).
 fn attach_params() -> Option<(i32, u8, libc::pid_t, OsString)> {
-    let v = std::env::var_os(shared::ATTACH_VAR)?;
+    let v = std::env::var_os(ctx_hookpath::ATTACH_VAR)?;
     let mut parts = v.as_bytes().splitn(4, |&b| b == b',');
     let sock = sys::parse_u64(parts.next()?)?;
     let mask = sys::parse_u64(parts.next()?)?;
@@ -114,7 +109,7 @@ fn lead_session(program: Option<i32>) -> ! {
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
     let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-    if std::env::var_os(shared::ATTACH_VAR).is_some() {
+    if std::env::var_os(ctx_hookpath::ATTACH_VAR).is_some() {
         let Some((sock, mask, launcher, comm)) = attach_params() else {
             usage()
         };
@@ -125,7 +120,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             Some(n) if !n.is_empty() => n,
             _ => comm.as_bytes(),
         };
-        shared::fds::keep_only(sock, mask);
+        ctx_hookpath::fds::keep_only(sock, mask);
         relay::run(sock, mask, launcher, name)
     }
     match a.get(1).copied() {
@@ -139,7 +134,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
         // this process dies the same way, with a core of its own (not the caller's).
         Some(b"--die") => match a.get(2).and_then(|s| sys::parse_u64(s)) {
             Some(signal) if (1..=64).contains(&signal) => {
-                shared::ending::reproduce(ctx_protocol::ExitStatus::Signaled {
+                ctx_hookpath::ending::reproduce(ctx_protocol::ExitStatus::Signaled {
                     signal: signal as i32,
                     core: true,
                 })

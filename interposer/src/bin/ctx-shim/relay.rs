@@ -7,8 +7,8 @@ use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
-use crate::shared::{ending, fds, sys};
 use crate::EXIT_CTX;
+use ctx_hookpath::{ending, fds, sys};
 use ctx_protocol::launcher::Launcher;
 
 struct Tty {
@@ -145,7 +145,7 @@ impl Relay<'_> {
     }
 
     fn on_reply(&mut self, payload: &[u8]) {
-        match frame::decode::<Reply<'_>>(payload) {
+        match frame::decode_reply(payload) {
             Ok(Reply::Output(bytes)) => {
                 if let Some(fd) = self.tty.out {
                     self.output.write(fd, &bytes, |b| write_all(fd, b));

@@ -6,11 +6,11 @@
 //! argv: `--spawn <report-fd> <context> <socket> <flags> <program> <PATH> <argc> argv... envp...`
 //! where flags is `p` (search PATH) or `-`, followed by `l` for CTX_ON_BROKER_DOWN=local.
 
-use crate::shared::conn::{self, Verdict};
-use crate::shared::fds::{self, InlineFds};
-use crate::shared::sys;
-use crate::shared::wire::{self, ExecRef, StrList};
 use crate::{relay, usage, EXIT_CTX};
+use ctx_hookpath::conn::{self, Verdict};
+use ctx_hookpath::fds::{self, InlineFds};
+use ctx_hookpath::sys;
+use ctx_hookpath::wire::{self, ExecRef, StrList};
 
 fn report(fd: i32, errno: Option<i32>) -> bool {
     let mut rec = [0u8; 8];
@@ -30,7 +30,7 @@ fn report(fd: i32, errno: Option<i32>) -> bool {
 
 // Without a report channel (closed by the file actions), a failure can only show in the
 // exit status, as a local shell would report it.
-use crate::shared::ending::failed_exit_code;
+use ctx_hookpath::ending::failed_exit_code;
 
 /// Executes the program here, as the real `posix_spawn`/`posix_spawnp` would have (a PATH
 /// search without the `/bin/sh` fallback). Returns only on failure, with the errno the

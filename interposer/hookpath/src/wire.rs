@@ -115,6 +115,7 @@ impl Serialize for ExecRef<'_> {
 
 /// Where this process stands in its session, as the program it execs would: the
 /// [`Grouping`] a launch asked for by this process carries. Plain syscalls.
+#[inline]
 pub fn own_grouping() -> Grouping {
     // SAFETY: plain getters on this process.
     let (me, sid, pgid) = unsafe { (libc::getpid(), libc::getsid(0), libc::getpgid(0)) };

@@ -4,11 +4,13 @@
 use std::ffi::c_char;
 
 /// The calling thread's errno.
+#[inline]
 pub fn errno() -> i32 {
     // SAFETY: __errno_location always returns the calling thread's valid errno slot.
     unsafe { *libc::__errno_location() }
 }
 
+#[inline]
 pub fn set_errno(e: i32) {
     // SAFETY: as in `errno`.
     unsafe { *libc::__errno_location() = e };
@@ -27,6 +29,7 @@ pub const fn poll_in(fd: i32) -> libc::pollfd {
 ///
 /// # Safety
 /// `p` is null or points at a NUL-terminated string that outlives `'a`.
+#[inline]
 pub unsafe fn cstr<'a>(p: *const c_char) -> &'a [u8] {
     if p.is_null() {
         return &[];
@@ -59,6 +62,7 @@ pub const COMM_LEN: usize = 15;
 
 /// Names this process `name` in `/proc/self/comm` (cut to [`COMM_LEN`] bytes, as the kernel
 /// does): what `ps`, `pgrep` and `top` show.
+#[inline]
 pub fn set_comm(name: &[u8]) {
     let mut buf = [0u8; COMM_LEN + 1];
     let n = name.len().min(COMM_LEN);
@@ -67,6 +71,7 @@ pub fn set_comm(name: &[u8]) {
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
 
+#[inline]
 pub fn basename(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => path.get(i + 1..).unwrap_or(&[]),
@@ -75,6 +80,7 @@ pub fn basename(path: &[u8]) -> &[u8] {
 }
 
 /// Copies `src` plus a NUL into `dst`; `None` when it does not fit or `src` holds a NUL.
+#[inline]
 pub fn to_cbuf<'a>(src: &[u8], dst: &'a mut [u8]) -> Option<&'a [u8]> {
     if src.len() >= dst.len() || src.contains(&0) {
         return None;
@@ -85,6 +91,7 @@ pub fn to_cbuf<'a>(src: &[u8], dst: &'a mut [u8]) -> Option<&'a [u8]> {
 }
 
 /// Writes `n` in decimal into `buf`; returns the digits.
+#[inline]
 pub fn fmt_i64(n: i64, buf: &mut [u8; 24]) -> &[u8] {
     let mut i = buf.len();
     let neg = n < 0;
@@ -128,6 +135,7 @@ pub struct MmapBuf {
 }
 
 impl MmapBuf {
+    #[inline]
     pub fn new(len: usize) -> Option<MmapBuf> {
         let len = len.checked_add(4095)? & !4095;
         // SAFETY: an anonymous mapping with no address hint touches no existing memory.
@@ -150,6 +158,7 @@ impl MmapBuf {
         })
     }
 
+    #[inline]
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes, readable and writable, and owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
@@ -157,6 +166,7 @@ impl MmapBuf {
 }
 
 impl Drop for MmapBuf {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping this value created.
         unsafe { libc::munmap(self.ptr as *mut _, self.len) };
@@ -184,6 +194,7 @@ impl Line {
         }
     }
 
+    #[inline]
     pub fn push(&mut self, s: &[u8]) -> &mut Self {
         // Keep one byte for the newline.
         let room = self.buf.len() - 1 - self.len;
@@ -193,10 +204,12 @@ impl Line {
         self
     }
 
+    #[inline]
     pub fn str(&mut self, s: &str) -> &mut Self {
         self.push(s.as_bytes())
     }
 
+    #[inline]
     pub fn num(&mut self, n: i64) -> &mut Self {
         let mut b = [0u8; 24];
         let digits = fmt_i64(n, &mut b);
@@ -236,11 +249,13 @@ impl Line {
         }
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
     /// Writes the line plus a newline to `fd`, keeping the caller's errno.
+    #[inline]
     pub fn write_to(&mut self, fd: i32) {
         let saved = errno();
         self.buf[self.len] = b'\n';

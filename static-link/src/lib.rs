@@ -1,5 +1,6 @@
-//! Shared by the interposer's and the broker's build scripts (`#[path]`-included): links
-//! one binary of the package as a static-pie.
+//! Used by the interposer's and the broker's build scripts: links one binary of the
+//! package as a static-pie, and the package's other Rust artifacts against the static
+//! unwinder.
 //!
 //! `ctx-shim` starts in every routed launch and `ctx` in every `ctx exec`: as a static-pie
 //! a binary runs without the dynamic loader (no library search, no symbol binding), and
@@ -9,6 +10,7 @@
 //! scripts naming the static archives, plus `-static-pie`. Without the archives (no static
 //! glibc installed) the binary stays dynamic, with a build warning.
 
+/// One binary of the package, as a static-pie.
 pub fn link_bin_statically(bin: &str) {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let dir = format!("{out}/static-pie");
@@ -41,4 +43,16 @@ pub fn link_bin_statically(bin: &str) {
         .expect("write libm.so script");
     println!("cargo:rustc-link-arg-bin={bin}=-L{dir}");
     println!("cargo:rustc-link-arg-bin={bin}=-static-pie");
+}
+
+/// Rust's std links the unwinder from the shared `libgcc_s`. Loading one more library costs
+/// every process the interposer is preloaded into (and every start of the shim, which sits
+/// in the routed launch's critical path) about 0.1-0.3 ms on this kind of machine. A linker
+/// script named `libgcc_s.so` in our own search path, found before the system one, makes
+/// the package's artifacts link the static unwinder (`libgcc_eh.a`) instead: same code, no
+/// extra load.
+pub fn link_unwinder_statically() {
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    std::fs::write(format!("{out}/libgcc_s.so"), "INPUT(-lgcc_eh)\n").expect("write linker script");
+    println!("cargo:rustc-link-search=native={out}");
 }

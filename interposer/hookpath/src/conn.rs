@@ -137,6 +137,7 @@ pub fn connect(path_c: &[u8]) -> Result<i32, i32> {
 
 /// Clears the receive timeout once the verdict is in: the shim then waits for the routed
 /// program as long as it runs.
+#[inline]
 pub fn clear_timeout(fd: i32) {
     let tv = libc::timeval {
         tv_sec: 0,
@@ -218,7 +219,7 @@ fn decode_verdict(payload: &[u8]) -> Verdict<'_> {
     if !expected {
         return broken;
     }
-    match frame::decode::<Reply<'_>>(payload) {
+    match frame::decode_reply(payload) {
         Ok(Reply::Started { id, pid }) => Verdict::Started { id, pid },
         Ok(Reply::Accepted) => Verdict::Accepted,
         Ok(Reply::ExecFailed(f)) => Verdict::Failed {

@@ -1,8 +1,5 @@
-//! The operator's requests: `ctx reload` (and SIGHUP), `ctx ps`, `ctx kill`.
-//!
-//! Who may do what: root (or the uid the broker itself runs as, when it runs unprivileged)
-//! may reload and see and signal every routed process; anyone else sees and signals only
-//! the processes their own uid launched. Every reload and kill is audited.
+//! `ctx reload` (and SIGHUP): the operator swaps in the config file again. Only the
+//! operator (see [`super::is_operator`]) may; every reload is audited.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,14 +7,12 @@ use std::sync::{Arc, Mutex};
 /// operator who sent SIGHUP (which has no one to answer) still learns the file was bad.
 static LAST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
 
-use ctx_protocol::{ErrorKind, KillTarget, ProcessInfo, Reply, Request};
+use ctx_protocol::{ErrorKind, Reply};
 use serde_json::json;
 
-use super::connection::Conn;
-use super::registry::Running;
-use super::requests::kill_group;
-use super::{systemd, Peer, Shared};
+use super::{error, is_operator, operator_caller_json as caller_json};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
+use crate::daemon::{systemd, Peer, Shared};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -35,24 +30,7 @@ pub struct Reloaded {
 // Functions
 // ---------------------------------------------------------------------------------------
 
-/// Answers one operator request on `conn`.
-pub async fn serve(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, request: Request) {
-    let reply = match request {
-        Request::Reload => reload_request(shared, peer).await,
-        Request::Ps => Reply::Processes(ps(shared, peer)),
-        Request::Kill { target, signo } => kill(shared, peer, &target, signo),
-        _ => error(ErrorKind::BadRequest, "not an operator request".into()),
-    };
-    let _ = conn.send(&reply).await;
-}
-
-/// Root, or the broker's own uid (an unprivileged broker's operator is its owner).
-pub fn is_operator(peer: &Peer) -> bool {
-    // SAFETY: plain getter.
-    peer.uid == 0 || peer.uid == unsafe { libc::geteuid() }
-}
-
-async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
+pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     if !is_operator(peer) {
         shared.audit.record_refusal(
             peer.uid,
@@ -86,10 +64,6 @@ async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     }
 }
 
-fn caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
-}
-
 /// Re-reads the config file in force and swaps it in whole, or keeps the running one when
 /// the file is refused. Routed processes keep running: each holds the context it started
 /// with. `caller` is who asked (`None`: SIGHUP).
@@ -120,7 +94,7 @@ pub fn reload(
             // The proxies follow: same namespace, new rule; or a listener in a new one.
             degraded.extend(shared.egress.sync(shared, &new));
             degraded.extend(shared.cgroups.sync(&new));
-            degraded.extend(super::isolation::uid_warnings(&new));
+            degraded.extend(crate::daemon::isolation::uid_warnings(&new));
             degraded.extend(socket_warnings(shared, &new));
             for w in &degraded {
                 tracing::warn!("{w}");
@@ -161,8 +135,8 @@ pub fn reload_refusal() -> Option<String> {
 /// The contexts of `config` whose processes cannot connect to the socket as it is now
 /// (a reload may have changed their users' groups; the socket's mode waits for a restart).
 pub fn socket_warnings(shared: &Shared, config: &Config) -> Vec<String> {
-    super::socket_reach::SocketAccess::on_disk(&shared.socket_path)
-        .map(|access| super::socket_reach::warnings(config, &access))
+    crate::daemon::socket_reach::SocketAccess::on_disk(&shared.socket_path)
+        .map(|access| crate::daemon::socket_reach::warnings(config, &access))
         .unwrap_or_default()
 }
 
@@ -196,136 +170,4 @@ fn restart_needed(old: &BrokerSettings, new: &BrokerSettings) -> Vec<String> {
         .into_iter()
         .map(|key| format!("[broker] {key} changed: it takes effect when the broker restarts"))
         .collect()
-}
-
-/// The running processes `peer` may see, oldest first.
-pub fn ps(shared: &Shared, peer: &Peer) -> Vec<ProcessInfo> {
-    let mut list: Vec<ProcessInfo> = shared
-        .registry
-        .snapshot()
-        .into_iter()
-        .filter(|r| may_touch(peer, r))
-        .map(|r| ProcessInfo {
-            id: r.id,
-            context: r.context,
-            pid: r.pid,
-            caller_pid: r.caller_pid,
-            caller_uid: r.caller_uid,
-            argv: r.argv,
-            age_ms: r.started.elapsed().as_millis() as u64,
-        })
-        .collect();
-    list.sort_by_key(|p| p.id);
-    list
-}
-
-fn may_touch(peer: &Peer, running: &Running) -> bool {
-    is_operator(peer) || running.caller_uid == peer.uid
-}
-
-/// Signals the process group of every running launch `target` names that `peer` may touch.
-pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Reply<'static> {
-    if !(1..=libc::SIGRTMAX()).contains(&signo) {
-        return error(
-            ErrorKind::BadRequest,
-            format!("{signo} is not a signal number (1 to {})", libc::SIGRTMAX()),
-        );
-    }
-    let matching: Vec<Running> = shared
-        .registry
-        .snapshot()
-        .into_iter()
-        .filter(|r| match target {
-            KillTarget::Id(id) => r.id == *id,
-            KillTarget::Context(name) => &r.context == name,
-        })
-        .collect();
-    let what = match target {
-        KillTarget::Id(id) => format!("with id {id}"),
-        KillTarget::Context(name) => format!("in context {name:?}"),
-    };
-    // The operator's `ctx kill --context X` reaches every process in X's cgroup too: also
-    // those that left their launch's process group (setsid, double fork).
-    let whole_context = match target {
-        KillTarget::Context(name) if is_operator(peer) => Some(name.as_str()),
-        _ => None,
-    };
-    if matching.is_empty() {
-        if let Some(name) = whole_context {
-            let n = shared.cgroups.kill(name, signo, &[]);
-            if n > 0 {
-                shared.audit.record(json!({
-                    "event": "kill", "caller": caller_json(peer), "ids": [],
-                    "contexts": [name], "cgroup_processes": n, "signal": signo,
-                }));
-                return killed(Vec::new(), n);
-            }
-        }
-        return error(
-            ErrorKind::NoSuchProcess,
-            format!("no running routed process {what} (see ctx ps)"),
-        );
-    }
-    let (allowed, denied): (Vec<Running>, Vec<Running>) =
-        matching.into_iter().partition(|r| may_touch(peer, r));
-    if allowed.is_empty() {
-        shared.audit.record_refusal(
-            peer.uid,
-            json!({
-                "event": "refused", "reason": "kill of another uid's process",
-                "caller": caller_json(peer),
-                "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
-                "signal": signo,
-            }),
-        );
-        return error(
-            ErrorKind::Refused,
-            format!(
-                "uid {} may not signal the routed process(es) {what}: only root or the uid that \
-                 launched them may",
-                peer.uid
-            ),
-        );
-    }
-    let mut ids = Vec::with_capacity(allowed.len());
-    let mut groups = Vec::with_capacity(allowed.len());
-    for r in &allowed {
-        // The registry drops an entry only after its leader is reaped, and a process group
-        // id stays taken while any member lives, so this cannot reach a stranger's group
-        // except in the instant between that reap and the entry's removal.
-        kill_group(r.pid, signo);
-        ids.push(r.id);
-        groups.push(r.pid);
-    }
-    // The rest of the context: what its cgroup holds outside the groups just signalled.
-    let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
-    shared.audit.record(json!({
-        "event": "kill",
-        "caller": caller_json(peer),
-        "ids": ids,
-        "contexts": allowed.iter().map(|r| r.context.as_str()).collect::<Vec<_>>(),
-        "cgroup_processes": in_cgroup,
-        "signal": signo,
-    }));
-    killed(ids, in_cgroup)
-}
-
-/// The answer to a kill: `Killed` as older clients know it, unless processes outside the
-/// launches' groups were signalled too.
-fn killed(ids: Vec<u64>, others: usize) -> Reply<'static> {
-    if others == 0 {
-        Reply::Killed { ids }
-    } else {
-        Reply::KilledInContext {
-            ids,
-            others: others as u64,
-        }
-    }
-}
-
-fn error(kind: ErrorKind, message: String) -> Reply<'static> {
-    Reply::Error {
-        kind,
-        message: message.into(),
-    }
 }

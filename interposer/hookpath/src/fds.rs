@@ -129,10 +129,12 @@ impl<'s> FdSet<'s> {
         }
     }
 
+    #[inline]
     pub fn slots(&self) -> &[FdSlot] {
         &self.slots[..self.nslots]
     }
 
+    #[inline]
     pub fn passed(&self) -> &[i32] {
         &self.passed[..self.npassed]
     }
@@ -298,6 +300,7 @@ fn open_anonymous_pipe(fd: i32) {
 /// An `O_PATH` descriptor of the working directory, which names it even when it was
 /// deleted or has no path from here (another mount namespace, outside a chroot); -1 when
 /// it cannot be opened. Close-on-exec, so no launch's descriptor scan ever sees it.
+#[inline]
 pub fn open_cwd() -> i32 {
     // SAFETY: a constant NUL-terminated path; the descriptor is the caller's to close.
     unsafe {
@@ -310,6 +313,7 @@ pub fn open_cwd() -> i32 {
 
 /// `Some(true)` when `fd` is open with close-on-exec, `Some(false)` open without, `None`
 /// when it is not open.
+#[inline]
 pub fn fd_cloexec(fd: i32) -> Option<bool> {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     let f = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -318,6 +322,7 @@ pub fn fd_cloexec(fd: i32) -> Option<bool> {
 
 /// The terminal modes of `fd` if it is a terminal, as a program sees them (without the
 /// `EXTPROC` of a relay that holds it for another routed program).
+#[inline]
 pub fn termios_of(fd: i32) -> Option<TermModes> {
     // SAFETY: termios is plain data; TCGETS fills it or fails.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
@@ -328,6 +333,7 @@ pub fn termios_of(fd: i32) -> Option<TermModes> {
     Some(TermModes::from_termios(&t).logical())
 }
 
+#[inline]
 pub fn winsize_of(fd: i32) -> Option<WinSize> {
     // SAFETY: winsize is plain data.
     let mut w: libc::winsize = unsafe { std::mem::zeroed() };
@@ -429,6 +435,7 @@ fn scan_by_probe(out: &mut FdSet, exclude: i32) -> Result<(), ScanError> {
 /// descriptor but the connection, stderr (for our one-line messages) and the terminal
 /// descriptors we relay: holding a copy of the caller's pipes would delay their
 /// EOF (and keep `SIGPIPE` from a reader that went away) past the routed program's exit.
+#[inline]
 pub fn keep_only(sock: i32, pty_mask: u8) {
     for fd in 0..2 {
         if pty_mask & (1 << fd) == 0 {

@@ -1,0 +1,109 @@
+//! `ctx kill`: signals routed launches by id or by context, as far as the caller may touch
+//! them (see [`super::may_touch`]); every kill and refusal is audited.
+
+use ctx_protocol::{ErrorKind, KillTarget, Reply};
+use serde_json::json;
+
+use super::{error, is_operator, kill_group, may_touch, operator_caller_json as caller_json};
+use crate::daemon::registry::Running;
+use crate::daemon::{Peer, Shared};
+
+/// Signals the process group of every running launch `target` names that `peer` may touch.
+pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Reply<'static> {
+    if !(1..=libc::SIGRTMAX()).contains(&signo) {
+        return error(
+            ErrorKind::BadRequest,
+            format!("{signo} is not a signal number (1 to {})", libc::SIGRTMAX()),
+        );
+    }
+    let matching: Vec<Running> = shared
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|r| match target {
+            KillTarget::Id(id) => r.id == *id,
+            KillTarget::Context(name) => &r.context == name,
+        })
+        .collect();
+    let what = match target {
+        KillTarget::Id(id) => format!("with id {id}"),
+        KillTarget::Context(name) => format!("in context {name:?}"),
+    };
+    // The operator's `ctx kill --context X` reaches every process in X's cgroup too: also
+    // those that left their launch's process group (setsid, double fork).
+    let whole_context = match target {
+        KillTarget::Context(name) if is_operator(peer) => Some(name.as_str()),
+        _ => None,
+    };
+    if matching.is_empty() {
+        if let Some(name) = whole_context {
+            let n = shared.cgroups.kill(name, signo, &[]);
+            if n > 0 {
+                shared.audit.record(json!({
+                    "event": "kill", "caller": caller_json(peer), "ids": [],
+                    "contexts": [name], "cgroup_processes": n, "signal": signo,
+                }));
+                return killed(Vec::new(), n);
+            }
+        }
+        return error(
+            ErrorKind::NoSuchProcess,
+            format!("no running routed process {what} (see ctx ps)"),
+        );
+    }
+    let (allowed, denied): (Vec<Running>, Vec<Running>) =
+        matching.into_iter().partition(|r| may_touch(peer, r));
+    if allowed.is_empty() {
+        shared.audit.record_refusal(
+            peer.uid,
+            json!({
+                "event": "refused", "reason": "kill of another uid's process",
+                "caller": caller_json(peer),
+                "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
+                "signal": signo,
+            }),
+        );
+        return error(
+            ErrorKind::Refused,
+            format!(
+                "uid {} may not signal the routed process(es) {what}: only root or the uid that \
+                 launched them may",
+                peer.uid
+            ),
+        );
+    }
+    let mut ids = Vec::with_capacity(allowed.len());
+    let mut groups = Vec::with_capacity(allowed.len());
+    for r in &allowed {
+        // The registry drops an entry only after its leader is reaped, and a process group
+        // id stays taken while any member lives, so this cannot reach a stranger's group
+        // except in the instant between that reap and the entry's removal.
+        kill_group(r.pid, signo);
+        ids.push(r.id);
+        groups.push(r.pid);
+    }
+    // The rest of the context: what its cgroup holds outside the groups just signalled.
+    let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
+    shared.audit.record(json!({
+        "event": "kill",
+        "caller": caller_json(peer),
+        "ids": ids,
+        "contexts": allowed.iter().map(|r| r.context.as_str()).collect::<Vec<_>>(),
+        "cgroup_processes": in_cgroup,
+        "signal": signo,
+    }));
+    killed(ids, in_cgroup)
+}
+
+/// The answer to a kill: `Killed` as older clients know it, unless processes outside the
+/// launches' groups were signalled too.
+fn killed(ids: Vec<u64>, others: usize) -> Reply<'static> {
+    if others == 0 {
+        Reply::Killed { ids }
+    } else {
+        Reply::KilledInContext {
+            ids,
+            others: others as u64,
+        }
+    }
+}
