@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 static LAST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
 
 use ctx_protocol::{ErrorKind, KillTarget, ProcessInfo, Reply, Request};
-use serde_json::json;
 
 use super::connection::Conn;
 use super::registry::Running;
-use super::requests::kill_group;
+use super::requests::{caller, kill_group};
 use super::{systemd, Peer, Shared};
+use crate::audit_event::{AuditEvent, Caller, Requester};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
 
 // ---------------------------------------------------------------------------------------
@@ -56,10 +56,14 @@ async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     if !is_operator(peer) {
         shared.audit.record_refusal(
             peer.uid,
-            json!({
-                "event": "refused", "reason": "reload needs root",
-                "caller": { "pid": peer.pid, "uid": peer.uid, "gid": peer.gid },
-            }),
+            AuditEvent::Refused {
+                reason: "reload needs root".into(),
+                caller: caller(peer),
+                context: None,
+                argv: None,
+                ids: None,
+                signal: None,
+            },
         );
         return error(
             ErrorKind::Refused,
@@ -70,7 +74,7 @@ async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
         );
     }
     let worker = shared.clone();
-    let caller = caller_json(peer);
+    let caller = caller(peer);
     // Loading resolves users and groups through NSS, which may block.
     let joined = tokio::task::spawn_blocking(move || reload(&worker, Some(caller))).await;
     match joined {
@@ -86,24 +90,17 @@ async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     }
 }
 
-fn caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
-}
-
 /// Re-reads the config file in force and swaps it in whole, or keeps the running one when
 /// the file is refused. Routed processes keep running: each holds the context it started
 /// with. `caller` is who asked (`None`: SIGHUP).
-pub fn reload(
-    shared: &Arc<Shared>,
-    caller: Option<serde_json::Value>,
-) -> Result<Reloaded, ConfigError> {
+pub fn reload(shared: &Arc<Shared>, caller: Option<Caller>) -> Result<Reloaded, ConfigError> {
     // Two reloads at once must not finish in the opposite order they read the file.
     static RELOADING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
     systemd::reloading();
     let old = shared.config();
     let loaded = config::load(&old.path);
-    let caller = caller.unwrap_or_else(|| json!("SIGHUP"));
+    let caller = caller.map_or_else(|| Requester::Signal("SIGHUP".into()), Requester::Peer);
     match loaded {
         Ok(new) => {
             let mut warnings = new.warnings.clone();
@@ -128,10 +125,13 @@ pub fn reload(
             warnings.extend(degraded);
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
-            shared.audit.record(json!({
-                "event": "reload", "ok": true, "config": old.path.display().to_string(),
-                "contexts": contexts, "caller": caller,
-            }));
+            shared.audit.record(AuditEvent::Reload {
+                ok: true,
+                config: old.path.display().to_string(),
+                contexts: Some(contexts.clone()),
+                error: None,
+                caller,
+            });
             systemd::ready(&serving(&shared.config()));
             Ok(Reloaded { contexts, warnings })
         }
@@ -140,10 +140,13 @@ pub fn reload(
             *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                 "the last reload was refused, the previous configuration is in force: {e}"
             ));
-            shared.audit.record(json!({
-                "event": "reload", "ok": false, "config": old.path.display().to_string(),
-                "error": e.to_string(), "caller": caller,
-            }));
+            shared.audit.record(AuditEvent::Reload {
+                ok: false,
+                config: old.path.display().to_string(),
+                contexts: None,
+                error: Some(e.to_string()),
+                caller,
+            });
             systemd::ready(&format!("{}; last reload refused: {e}", serving(&old)));
             Err(e)
         }
@@ -254,10 +257,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         if let Some(name) = whole_context {
             let n = shared.cgroups.kill(name, signo, &[]);
             if n > 0 {
-                shared.audit.record(json!({
-                    "event": "kill", "caller": caller_json(peer), "ids": [],
-                    "contexts": [name], "cgroup_processes": n, "signal": signo,
-                }));
+                shared.audit.record(AuditEvent::Kill {
+                    caller: caller(peer),
+                    ids: Vec::new(),
+                    contexts: vec![name.to_string()],
+                    cgroup_processes: n as u64,
+                    signal: signo,
+                });
                 return killed(Vec::new(), n);
             }
         }
@@ -271,12 +277,14 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     if allowed.is_empty() {
         shared.audit.record_refusal(
             peer.uid,
-            json!({
-                "event": "refused", "reason": "kill of another uid's process",
-                "caller": caller_json(peer),
-                "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
-                "signal": signo,
-            }),
+            AuditEvent::Refused {
+                reason: "kill of another uid's process".into(),
+                caller: caller(peer),
+                context: None,
+                argv: None,
+                ids: Some(denied.iter().map(|r| r.id).collect()),
+                signal: Some(signo),
+            },
         );
         return error(
             ErrorKind::Refused,
@@ -299,14 +307,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     }
     // The rest of the context: what its cgroup holds outside the groups just signalled.
     let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
-    shared.audit.record(json!({
-        "event": "kill",
-        "caller": caller_json(peer),
-        "ids": ids,
-        "contexts": allowed.iter().map(|r| r.context.as_str()).collect::<Vec<_>>(),
-        "cgroup_processes": in_cgroup,
-        "signal": signo,
-    }));
+    shared.audit.record(AuditEvent::Kill {
+        caller: caller(peer),
+        ids: ids.clone(),
+        contexts: allowed.iter().map(|r| r.context.clone()).collect(),
+        cgroup_processes: in_cgroup as u64,
+        signal: signo,
+    });
     killed(ids, in_cgroup)
 }
 

@@ -15,14 +15,19 @@ pub mod relay;
 pub mod shell;
 pub mod status;
 
-use serde_json::json;
-
 use super::Peer;
 
 pub use guard::start_supervisor;
 
-fn caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context, "cgroup_context": peer.contained })
+/// The peer as its audit lines name it.
+pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
+    crate::audit_event::Caller {
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        context: peer.context.clone(),
+        cgroup_context: peer.contained.clone(),
+    }
 }
 
 /// Signals the routed process group. The leader is not reaped before this can run (only
