@@ -425,14 +425,7 @@ const HEADER: [&str; 7] = [
 const WIDTHS: [usize; 6] = [19, 11, 12, 16, 18, 8];
 
 fn render_row(cells: &[String; 7]) -> String {
-    let mut out = String::new();
-    for (cell, width) in cells.iter().zip(WIDTHS) {
-        out.push_str(cell);
-        let pad = width.saturating_sub(cell.chars().count());
-        out.extend(std::iter::repeat_n(' ', pad + 2));
-    }
-    out.push_str(&cells[6]);
-    out.trim_end().to_string()
+    super::table::line(cells, &WIDTHS)
 }
 
 /// One event as table cells; fields an event lacks show as `-`. Every cell is escaped
