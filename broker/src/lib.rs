@@ -7,8 +7,11 @@
 //! - [`entrypoint`]: `ctx-broker --run-in`, the broker as a container's PID 1;
 //! - [`stop`]: `ctx-broker --stop`, the brokers of this file stopped without a service
 //!   manager (a package's removal);
-//! - [`escape`]: untrusted text made safe for a terminal, losslessly.
+//! - [`escape`]: untrusted text made safe for a terminal, losslessly;
+//! - [`audit_event`]: the audit log's lines as types, written by the daemon and read by
+//!   `ctx log`.
 
+pub mod audit_event;
 pub mod client;
 pub mod config;
 pub mod daemon;

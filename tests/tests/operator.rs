@@ -375,6 +375,59 @@ fn log_shows_launches_as_table_and_json_filtered() {
     assert!(direct.contains(&mark));
 }
 
+/// Launch ids start again with every broker run, so a log kept across a restart holds two
+/// launches with the same id: `ctx log --launch N` shows the newest run's, names the older
+/// run on stderr, and `--run` reaches that one.
+#[test]
+fn log_launch_shows_the_newest_run_and_reaches_older_ones_by_run_id() {
+    let mut b = Broker::start(&standard_config());
+    let first = unique("firstrun");
+    assert_eq!(b.exec("alice", &["echo", &first]).code(), 0);
+    let old = b.wait_audit(1, |e| e["event"] == "exec" && json_has_str(e, &first));
+    let old_run = old[0]["run"].as_str().expect("a run id").to_string();
+    let id = old[0]["id"].as_u64().expect("a launch id");
+
+    b.restart();
+    let second = unique("secondrun");
+    assert_eq!(b.exec("alice", &["echo", &second]).code(), 0);
+    let new = b.wait_audit(1, |e| e["event"] == "exec" && json_has_str(e, &second));
+    let new_run = new[0]["run"].as_str().expect("a run id").to_string();
+    assert_eq!(new[0]["id"], id, "ids start again: {new:?}");
+    assert_ne!(new_run, old_run);
+    // Every line of a run names it, the refusals and reloads too.
+    let lines = b.audit_lines();
+    assert!(lines
+        .iter()
+        .all(|l| l["run"] == old_run.as_str() || l["run"] == new_run.as_str()));
+
+    let id = id.to_string();
+    let out = run(&mut b.ctx(["log", "--launch", &id]));
+    let table = out.ok();
+    assert!(table.contains(&second), "{table}");
+    assert!(
+        !table.contains(&first),
+        "the older run's launch shows too:\n{table}"
+    );
+    assert_eq!(table.lines().count(), 2, "{table}");
+    let note = out.stderr_str();
+    assert!(note.contains(&old_run) && note.contains(&new_run), "{note}");
+
+    let json = run(&mut b.ctx(["log", "--json", "--launch", &id])).ok();
+    let events: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{json}");
+    assert_eq!(events[0]["run"], new_run.as_str());
+
+    // The older run by its id, or the start of it.
+    for named in [old_run.as_str(), &old_run[..6]] {
+        let older = run(&mut b.ctx(["log", "--launch", &id, "--run", named])).ok();
+        assert!(older.contains(&first), "{older}");
+        assert!(!older.contains(&second), "{older}");
+    }
+}
+
 #[test]
 fn log_follow_prints_new_events() {
     let b = Broker::start(&standard_config());

@@ -73,7 +73,7 @@ pub fn render(contexts: &[ContextInfo]) -> String {
         "TIMEOUT",
         "RLIMITS",
     ];
-    let rows: Vec<[String; 8]> = contexts
+    let rows: Vec<Vec<String>> = contexts
         .iter()
         .map(|c| {
             [
@@ -100,32 +100,13 @@ pub fn render(contexts: &[ContextInfo]) -> String {
             ]
         })
         // Names of contexts, users, variables and paths, as a terminal may show them.
-        .map(|row| row.map(|cell| crate::escape::text(&cell).into_owned()))
+        .map(|row| {
+            row.iter()
+                .map(|cell| crate::escape::text(cell).into_owned())
+                .collect()
+        })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let mut l = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(cell);
-            } else {
-                l.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
-    out
+    super::table::render(&header, &rows)
 }
 
 #[cfg(test)]

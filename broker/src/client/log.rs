@@ -4,7 +4,11 @@
 //!
 //! The file is read directly (the broker is not in the way of a post-mortem); its path is
 //! `--audit-log`, else the one `ctx status` reports.
+//!
+//! Launch ids start at 1 with every broker run, so `--launch N` shows the newest run that
+//! had a launch N (and names the others on stderr); `--run ID` picks another.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -13,11 +17,13 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use ctx_protocol::{Reply, Request};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::connection::unexpected;
 use super::duration::{format_duration, parse_duration};
 use super::error::Error;
+use crate::audit_event::{AuditEvent, Line, Requester, Status};
 use crate::daemon::audit::{rfc3339, rotated_path};
 use crate::escape;
 
@@ -38,9 +44,13 @@ pub struct LogArgs {
     /// Only events since TIME: a duration ago (10m, 2h) or a UTC time (2026-05-01, 2026-05-01T12:00:00)
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    /// Only this launch (its `exec` line and its egress attempts)
+    /// Only this launch (its `exec` line and its egress attempts), of the newest broker run
+    /// that had one with this id unless --run names another
     #[arg(long, value_name = "ID")]
     pub launch: Option<u64>,
+    /// Only events of this broker run (its id as in the lines' `run`, or the start of it)
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
     /// Print the log's JSON lines as they are
     #[arg(long)]
     pub json: bool,
@@ -56,12 +66,15 @@ pub struct Filter {
     /// A UTC time in the log's own format (or a prefix of one); they compare as strings.
     pub since: Option<String>,
     pub launch: Option<u64>,
+    /// A broker run's id, or the start of one.
+    pub run: Option<String>,
 }
 
 pub fn run(socket: &Path, args: LogArgs) -> Result<i32, Error> {
     let filter = Filter {
         context: args.context.clone(),
         launch: args.launch,
+        run: args.run.clone(),
         since: args
             .since
             .as_deref()
@@ -73,12 +86,22 @@ pub fn run(socket: &Path, args: LogArgs) -> Result<i32, Error> {
         Some(p) => p,
         None => audit_path(socket)?,
     };
+    let rotated = rotated_path(&path);
+    let mut runs_seen = None;
+    let mut filter = filter;
+    if let (Some(id), None) = (args.launch, &args.run) {
+        let (runs, seen) = runs_with_launch(&[rotated.clone(), path.clone()], id)?;
+        note_other_runs(id, &runs);
+        // Lines from before runs were named have none to choose by: all of them show.
+        filter.run = runs.last().map(|(run, _)| run.clone());
+        runs_seen = Some(seen);
+    }
     let mut printer = Printer {
         json: args.json,
         filter,
         header_done: false,
+        runs_seen,
     };
-    let rotated = rotated_path(&path);
     if rotated.exists() {
         let mut old = open(&rotated)?;
         let mut rest = Vec::new();
@@ -185,15 +208,23 @@ struct Printer {
     json: bool,
     filter: Filter,
     header_done: bool,
+    /// Every broker run seen so far, when `--launch` picks the newest run with the launch:
+    /// a run not seen before that has it (a broker started while following) takes over.
+    runs_seen: Option<HashSet<String>>,
 }
 
 impl Printer {
     fn line(&mut self, line: &str) {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
+        let Some(entry) = Entry::parse(line) else {
             eprintln!("ctx: skipping a line of the audit log that is not JSON");
             return;
         };
-        if !self.filter.matches(&event) {
+        if let (Some(seen), Some(run)) = (self.runs_seen.as_mut(), entry.run()) {
+            if seen.insert(run.to_string()) && entry.launch() == self.filter.launch {
+                self.filter.run = Some(run.to_string());
+            }
+        }
+        if !self.filter.matches(&entry) {
             return;
         }
         let mut out = if self.json {
@@ -205,7 +236,7 @@ impl Printer {
                 s.push('\n');
                 self.header_done = true;
             }
-            s.push_str(&render_row(&row(&event)));
+            s.push_str(&render_row(&row(&entry)));
             s
         };
         out.push('\n');
@@ -219,34 +250,146 @@ impl Printer {
     }
 }
 
+/// One line of the log: typed, or, for an event this `ctx` does not know (a newer
+/// broker's) or a line cut for size, what is read of it by name.
+#[derive(Debug)]
+pub enum Entry {
+    Known(Box<Line>),
+    Other {
+        time: Option<String>,
+        run: Option<String>,
+        event: String,
+        context: Option<String>,
+    },
+}
+
+impl Entry {
+    /// `None` when the line is not JSON.
+    pub fn parse(line: &str) -> Option<Entry> {
+        let value: Value = serde_json::from_str(line).ok()?;
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        Some(match Line::deserialize(&value) {
+            Ok(known) => Entry::Known(Box::new(known)),
+            Err(_) => Entry::Other {
+                time: text("time"),
+                run: text("run"),
+                event: text("event").unwrap_or_else(|| "?".into()),
+                context: text("context"),
+            },
+        })
+    }
+
+    fn time(&self) -> Option<&str> {
+        match self {
+            Entry::Known(l) => l.time.as_deref(),
+            Entry::Other { time, .. } => time.as_deref(),
+        }
+    }
+
+    fn run(&self) -> Option<&str> {
+        match self {
+            Entry::Known(l) => l.run.as_deref(),
+            Entry::Other { run, .. } => run.as_deref(),
+        }
+    }
+
+    fn launch(&self) -> Option<u64> {
+        match self {
+            Entry::Known(l) => l.event.launch(),
+            Entry::Other { .. } => None,
+        }
+    }
+
+    fn contexts(&self) -> Vec<&str> {
+        match self {
+            Entry::Known(l) => l.event.contexts(),
+            Entry::Other { context, .. } => context.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 impl Filter {
-    pub fn matches(&self, event: &Value) -> bool {
+    pub fn matches(&self, entry: &Entry) -> bool {
         if let Some(since) = &self.since {
-            match event["time"].as_str() {
+            match entry.time() {
                 Some(t) if t >= since.as_str() => {}
                 _ => return false,
             }
         }
         if let Some(id) = self.launch {
-            let launch = match event["event"].as_str() {
-                Some("egress") => event["launch"].as_u64(),
-                _ => event["id"].as_u64(),
-            };
-            if launch != Some(id) {
+            if entry.launch() != Some(id) {
+                return false;
+            }
+        }
+        if let Some(run) = &self.run {
+            if !entry.run().is_some_and(|r| r.starts_with(run.as_str())) {
                 return false;
             }
         }
         if let Some(name) = &self.context {
-            let single = event["context"].as_str() == Some(name.as_str());
-            let listed = event["contexts"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(name.as_str())));
-            if !single && !listed {
+            if !entry.contexts().contains(&name.as_str()) {
                 return false;
             }
         }
         true
     }
+}
+
+/// A broker run's id and the time of its first line in the log.
+type RunSeen = (String, String);
+
+/// The broker runs whose lines in `paths` (oldest file first) hold launch `id`, oldest
+/// first, each with the time of its first line; and every run seen.
+fn runs_with_launch(paths: &[PathBuf], id: u64) -> Result<(Vec<RunSeen>, HashSet<String>), Error> {
+    let mut with: Vec<RunSeen> = Vec::new();
+    let mut first_seen: Vec<RunSeen> = Vec::new();
+    let mut seen = HashSet::new();
+    for path in paths {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_error(path, e)),
+        };
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some(entry) = Entry::parse(line) else {
+                continue;
+            };
+            let Some(run) = entry.run() else { continue };
+            if seen.insert(run.to_string()) {
+                first_seen.push((run.to_string(), entry.time().unwrap_or("?").to_string()));
+            }
+            if entry.launch() == Some(id) {
+                with.retain(|(r, _)| r != run);
+                let started = first_seen
+                    .iter()
+                    .find(|(r, _)| r == run)
+                    .map_or("?", |(_, t)| t.as_str());
+                with.push((run.to_string(), started.to_string()));
+            }
+        }
+    }
+    Ok((with, seen))
+}
+
+/// Says which run `--launch` shows when other runs had a launch of that id too.
+fn note_other_runs(id: u64, runs: &[RunSeen]) {
+    let Some(((newest, started), older)) = runs.split_last() else {
+        return;
+    };
+    if older.is_empty() {
+        return;
+    }
+    let older = older
+        .iter()
+        .rev()
+        .map(|(r, t)| format!("{} (from {t})", escape::text(r)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "ctx: launch {id} of broker run {} (from {started}); earlier runs with a launch {id}: \
+         {older}; see one with --run ID",
+        escape::text(newest)
+    );
 }
 
 /// `--since`: a duration ago, or a UTC time the log's format starts with.
@@ -282,66 +425,77 @@ const HEADER: [&str; 7] = [
 const WIDTHS: [usize; 6] = [19, 11, 12, 16, 18, 8];
 
 fn render_row(cells: &[String; 7]) -> String {
-    let mut out = String::new();
-    for (cell, width) in cells.iter().zip(WIDTHS) {
-        out.push_str(cell);
-        let pad = width.saturating_sub(cell.chars().count());
-        out.extend(std::iter::repeat_n(' ', pad + 2));
-    }
-    out.push_str(&cells[6]);
-    out.trim_end().to_string()
+    super::table::line(cells, &WIDTHS)
 }
 
 /// One event as table cells; fields an event lacks show as `-`. Every cell is escaped
 /// ([`escape`]): argv, context names, paths and messages come from callers and routed
 /// processes, and a raw newline or `ESC[` would forge rows or drive root's terminal.
-pub fn row(e: &Value) -> [String; 7] {
-    let text = |v: &Value| v.as_str().map(|s| escape::text(s).into_owned());
-    let time = text(&e["time"])
-        .map(|t| t.replacen('T', " ", 1).chars().take(19).collect())
-        .unwrap_or_else(|| "-".into());
-    let event = text(&e["event"]).unwrap_or_else(|| "-".into());
-    let context = text(&e["context"])
-        .or_else(|| {
-            e["contexts"].as_array().map(|a| {
-                let mut names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-                names.dedup();
-                escape::text(&names.join(",")).into_owned()
-            })
+pub fn row(entry: &Entry) -> [String; 7] {
+    let time = entry
+        .time()
+        .map(|t| {
+            escape::text(t)
+                .replacen('T', " ", 1)
+                .chars()
+                .take(19)
+                .collect()
         })
+        .unwrap_or_else(|| "-".into());
+    let mut contexts = entry.contexts();
+    contexts.dedup();
+    let context = Some(escape::text(&contexts.join(",")).into_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into());
-    if e["event"] == "egress" {
+    let line = match entry {
+        Entry::Known(line) => line,
+        // A newer broker's event: what every line has.
+        Entry::Other { event, .. } => {
+            let dash = || "-".to_string();
+            let event = escape::text(event).into_owned();
+            return [time, event, context, dash(), dash(), dash(), dash()];
+        }
+    };
+    let event = line.event.name().to_string();
+    let e = &line.event;
+    if let AuditEvent::Egress { .. } = e {
         return egress_row(e, time, event, context);
     }
-    let caller = match &e["caller"] {
-        Value::Object(c) => escape::text(&format!(
-            "uid {} pid {}",
-            c.get("uid")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "?".into()),
-            c.get("pid")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "?".into())
-        ))
-        .into_owned(),
-        Value::String(s) => escape::text(s).into_owned(),
-        // `exec_denied`: the routed process that tried; `refusals_suppressed`: whose.
-        _ => match (e["uid"].as_u64(), e["pid"].as_u64()) {
-            (Some(uid), Some(pid)) => format!("uid {uid} pid {pid}"),
-            (Some(uid), None) => format!("uid {uid}"),
-            _ => "-".into(),
-        },
+    let caller = match e {
+        AuditEvent::Exec { caller, .. }
+        | AuditEvent::ExecFailed { caller, .. }
+        | AuditEvent::Refused { caller, .. }
+        | AuditEvent::Kill { caller, .. }
+        | AuditEvent::Reload {
+            caller: Requester::Peer(caller),
+            ..
+        } => format!("uid {} pid {}", caller.uid, caller.pid),
+        AuditEvent::Reload {
+            caller: Requester::Signal(name),
+            ..
+        } => escape::text(name).into_owned(),
+        // The routed process that tried.
+        AuditEvent::ExecDenied { uid, pid, .. } => format!("uid {uid} pid {pid}"),
+        // Whose refusals were left out.
+        AuditEvent::RefusalsSuppressed { uid, .. } => format!("uid {uid}"),
+        AuditEvent::Egress { .. } => "-".into(),
     };
     let result = escape::text(&result(e)).into_owned();
-    let duration = e["duration_ms"]
-        .as_u64()
-        .map(format_duration)
-        .unwrap_or_else(|| "-".into());
-    let command = match e["argv"].as_array() {
-        Some(a) => command(e, a),
-        // `exec_denied`: what it tried to run.
-        None => exact(e, "path").unwrap_or_else(|| "-".into()),
+    let duration = match e {
+        AuditEvent::Exec { duration_ms, .. } | AuditEvent::ExecFailed { duration_ms, .. } => {
+            format_duration(*duration_ms)
+        }
+        _ => "-".into(),
+    };
+    let command = match e {
+        AuditEvent::Exec { argv, .. }
+        | AuditEvent::ExecFailed { argv, .. }
+        | AuditEvent::Refused {
+            argv: Some(argv), ..
+        } => command(argv),
+        // What it tried to run.
+        AuditEvent::ExecDenied { path, .. } => path.shown(),
+        _ => "-".into(),
     };
     [time, event, context, caller, result, duration, command]
 }
@@ -349,120 +503,106 @@ pub fn row(e: &Value) -> [String; 7] {
 /// An egress attempt: the launch it belongs to in the CALLER column (`launch ?` when the
 /// client did not name one of its context's launches), the destination and the bytes
 /// each way in the last.
-fn egress_row(e: &Value, time: String, event: String, context: String) -> [String; 7] {
-    let caller = match e["launch"].as_u64() {
+fn egress_row(e: &AuditEvent, time: String, event: String, context: String) -> [String; 7] {
+    let AuditEvent::Egress {
+        launch,
+        via,
+        name,
+        port,
+        allowed,
+        reason,
+        error,
+        bytes_up,
+        bytes_down,
+        duration_ms,
+        ..
+    } = e
+    else {
+        return [
+            time,
+            event,
+            context,
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ];
+    };
+    let caller = match launch {
         Some(id) => format!("launch {id}"),
         None => "launch ?".into(),
     };
-    let allowed = e["allowed"].as_bool() == Some(true);
-    let result = match (allowed, e["error"].as_str(), e["reason"].as_str()) {
+    let result = match (allowed, error, reason) {
         (true, None, _) => "allowed".to_string(),
         (true, Some(err), _) => format!("allowed, failed: {err}"),
         (false, _, Some(reason)) => format!("denied: {reason}"),
         (false, _, None) => "denied".into(),
     };
-    let name = exact(e, "name").unwrap_or_else(|| "?".into());
-    let mut target = format!("{name}:{}", e["port"]);
-    if let Some(via) = e["via"].as_str() {
-        target.push_str(&format!(" via {}", escape::text(via)));
+    let mut target = format!("{}:{port} via {}", name.shown(), escape::text(via));
+    if *allowed {
+        target.push_str(&format!(" ({bytes_up} B up, {bytes_down} B down)"));
     }
-    if allowed {
-        target.push_str(&format!(
-            " ({} B up, {} B down)",
-            e["bytes_up"].as_u64().unwrap_or(0),
-            e["bytes_down"].as_u64().unwrap_or(0)
-        ));
-    }
-    let duration = e["duration_ms"]
-        .as_u64()
-        .map(format_duration)
-        .unwrap_or_else(|| "-".into());
     [
         time,
         event,
         context,
         caller,
         escape::text(&result).into_owned(),
-        duration,
+        format_duration(*duration_ms),
         target,
     ]
 }
 
 /// The argv cell: each argument escaped, from its exact bytes where the log kept them
 /// (`argv_escaped`, when one was not UTF-8), then what the broker cut.
-fn command(e: &Value, argv: &[Value]) -> String {
-    let exact = e["argv_escaped"].as_array();
+fn command(argv: &crate::audit_event::Argv) -> String {
     let mut out = argv
+        .shown()
         .iter()
-        .enumerate()
-        .map(|(i, arg)| {
-            let bytes = exact
-                .and_then(|a| a.get(i))
-                .and_then(Value::as_str)
-                .and_then(escape::unescape);
-            let shown = match (bytes, arg.as_str()) {
-                (Some(b), _) => escape::bytes(&b),
-                (None, Some(s)) => escape::text(s).into_owned(),
-                (None, None) => escape::text(&arg.to_string()).into_owned(),
-            };
-            escape::word(&shown).into_owned()
-        })
+        .map(|shown| escape::word(shown).into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    if e["argv_truncated"].as_bool() == Some(true) {
-        let digest = e["argv_sha256"]
-            .as_str()
+    if argv.argv_truncated {
+        let digest = argv
+            .argv_sha256
+            .as_deref()
             .map(|d| format!(", sha256 {}", escape::text(d)))
             .unwrap_or_default();
+        let count = |n: Option<u64>| n.map_or_else(|| "?".into(), |n| n.to_string());
         out.push_str(&format!(
             " ... [argv cut: {} arguments, {} bytes{digest}]",
-            e["argc"], e["argv_bytes"]
+            count(argv.argc),
+            count(argv.argv_bytes)
         ));
     }
     out
 }
 
-/// Field `key` escaped, from its exact bytes (`KEY_escaped`) when the log kept them.
-fn exact(e: &Value, key: &str) -> Option<String> {
-    let bytes = e[format!("{key}_escaped").as_str()]
-        .as_str()
-        .and_then(escape::unescape);
-    match bytes {
-        Some(b) => Some(escape::bytes(&b)),
-        None => e[key].as_str().map(|s| escape::text(s).into_owned()),
-    }
-}
-
-fn result(e: &Value) -> String {
-    let status = &e["status"];
-    if e["event"] == "refusals_suppressed" {
-        return format!(
-            "{} refusal(s) not logged ({} bytes)",
-            e["count"], e["bytes"]
-        );
-    }
-    let mut out = if let Some(code) = status["code"].as_i64() {
-        format!("exit {code}")
-    } else if let Some(sig) = status["signal"].as_i64() {
-        format!("signal {sig}")
-    } else if let Some(kind) = e["kind"].as_str() {
-        match e["errno"].as_str() {
-            Some(errno) => format!("{kind} {errno}"),
-            None => kind.to_string(),
+fn result(e: &AuditEvent) -> String {
+    match e {
+        AuditEvent::Exec {
+            status, timed_out, ..
+        } => {
+            let mut out = match status {
+                Status::Exited { code } => format!("exit {code}"),
+                Status::Signaled { signal, .. } => format!("signal {signal}"),
+            };
+            if *timed_out {
+                out.push_str(" (timeout)");
+            }
+            out
         }
-    } else if let Some(reason) = e["reason"].as_str() {
-        reason.to_string()
-    } else if let Some(ok) = e["ok"].as_bool() {
-        if ok { "ok" } else { "refused" }.to_string()
-    } else if let Some(sig) = e["signal"].as_i64() {
-        format!("sent signal {sig}")
-    } else {
-        "-".into()
-    };
-    if e["timed_out"].as_bool() == Some(true) {
-        out.push_str(" (timeout)");
+        AuditEvent::ExecFailed { kind, errno, .. } => format!("{kind} {errno}"),
+        AuditEvent::Refused { reason, .. } | AuditEvent::ExecDenied { reason, .. } => {
+            reason.clone()
+        }
+        AuditEvent::Reload { ok, .. } => if *ok { "ok" } else { "refused" }.to_string(),
+        AuditEvent::Kill { signal, .. } => format!("sent signal {signal}"),
+        AuditEvent::RefusalsSuppressed { count, bytes, .. } => {
+            format!("{count} refusal(s) not logged ({bytes} bytes)")
+        }
+        AuditEvent::Egress { .. } => "-".into(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -470,10 +610,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn exec_event() -> Value {
+    const CALLER: &str = r#"{ "pid": 42, "uid": 1000, "gid": 1000, "context": null }"#;
+
+    fn entry(v: Value) -> Entry {
+        Entry::parse(&v.to_string()).unwrap()
+    }
+
+    fn caller() -> Value {
+        serde_json::from_str(CALLER).unwrap()
+    }
+
+    fn isolation() -> Value {
+        json!({ "pid_namespace": false, "network_none": false, "egress": false,
+                "landlock": false, "signals_scoped": false, "enforce": false,
+                "exec_guard": false })
+    }
+
+    fn exec_event(id: u64, run: &str) -> Value {
         json!({
-            "event": "exec", "time": "2026-05-01T12:30:00.123Z", "context": "user",
-            "caller": { "pid": 42, "uid": 1000, "gid": 1000, "context": null },
+            "event": "exec", "time": "2026-05-01T12:30:00.123Z", "run": run, "context": "user",
+            "id": id, "pid": 7, "caller": caller(), "tty": false, "isolation": isolation(),
+            "cwd": "/", "caller_disconnected": false,
             "argv": ["sleep", "1"], "status": { "code": 3 }, "timed_out": false,
             "duration_ms": 1500,
         })
@@ -481,7 +638,8 @@ mod tests {
 
     #[test]
     fn rows_name_every_field() {
-        let r = row(&exec_event());
+        let r = row(&entry(exec_event(1, "r1")));
+        assert!(matches!(entry(exec_event(1, "r1")), Entry::Known(_)));
         assert_eq!(r[0], "2026-05-01 12:30:00");
         assert_eq!(r[1], "exec");
         assert_eq!(r[2], "user");
@@ -489,20 +647,26 @@ mod tests {
         assert_eq!(r[4], "exit 3");
         assert_eq!(r[5], "1s500ms");
         assert_eq!(r[6], "sleep 1");
-        let refused = json!({ "event": "refused", "reason": "not allowed", "context": "x" });
-        assert_eq!(row(&refused)[4], "not allowed");
-        let kill = json!({ "event": "kill", "contexts": ["a", "a"], "signal": 15 });
-        assert_eq!(row(&kill)[2], "a");
-        assert_eq!(row(&kill)[4], "sent signal 15");
+        let refused = json!({ "event": "refused", "reason": "not allowed", "context": "x",
+                              "caller": caller() });
+        assert_eq!(row(&entry(refused))[4], "not allowed");
+        let kill = json!({ "event": "kill", "contexts": ["a", "a"], "signal": 15, "ids": [1, 2],
+                           "cgroup_processes": 0, "caller": caller() });
+        assert_eq!(row(&entry(kill.clone()))[2], "a");
+        assert_eq!(row(&entry(kill))[4], "sent signal 15");
         let denied = json!({
             "event": "exec_denied", "context": "agent", "uid": 1002, "pid": 77,
             "path": "/bin/true", "reason": "enforce: exec bypassing the interposer",
-            "errno": "EACCES",
+            "errno": "EACCES", "target": null, "program": "/usr/bin/sh",
         });
-        let r = row(&denied);
+        let r = row(&entry(denied));
         assert_eq!(r[3], "uid 1002 pid 77");
         assert_eq!(r[4], "enforce: exec bypassing the interposer");
         assert_eq!(r[6], "/bin/true");
+        let sighup = json!({ "event": "reload", "ok": false, "config": "/etc/ctx/contexts.toml",
+                             "error": "bad", "caller": "SIGHUP" });
+        let r = row(&entry(sighup));
+        assert_eq!((r[3].as_str(), r[4].as_str()), ("SIGHUP", "refused"));
     }
 
     #[test]
@@ -515,7 +679,7 @@ mod tests {
             "argv_escaped": ["echo", "a\\rb\\u{009b}31m", "\\xff", "\\xfe"],
             "argv_truncated": true, "argc": 9, "argv_bytes": 5000,
         });
-        let r = row(&forged);
+        let r = row(&entry(forged));
         for cell in &r {
             assert!(!cell.chars().any(|c| c.is_control()), "{cell:?}");
         }
@@ -526,24 +690,57 @@ mod tests {
         );
         let rendered = render_row(&r);
         assert_eq!(rendered.lines().count(), 1, "{rendered}");
-        let denied =
-            json!({ "event": "exec_denied", "path": "\u{fffd}", "path_escaped": "/tmp/\\xff" });
-        assert_eq!(row(&denied)[6], "/tmp/\\xff");
+        let denied = json!({
+            "event": "exec_denied", "path": "\u{fffd}", "path_escaped": "/tmp/\\xff",
+            "context": "a", "uid": 1, "pid": 2, "target": null, "program": "p", "reason": "r",
+            "errno": "EACCES",
+        });
+        assert_eq!(row(&entry(denied))[6], "/tmp/\\xff");
         let summary =
             json!({ "event": "refusals_suppressed", "uid": 1001, "count": 7, "bytes": 700 });
-        let r = row(&summary);
+        let r = row(&entry(summary));
         assert_eq!(r[3], "uid 1001");
         assert_eq!(r[4], "7 refusal(s) not logged (700 bytes)");
     }
 
+    /// A newer broker's event, or a known one whose fields this `ctx` cannot read, still
+    /// shows (and filters) by what every line has.
     #[test]
-    fn filters_by_context_and_time() {
-        let e = exec_event();
+    fn unknown_events_do_not_break_the_log() {
+        let future = json!({ "event": "snapshot\u{1b}[2J", "time": "2026-05-01T12:30:00.000Z",
+                             "context": "user", "run": "r9", "whatever": [1, 2] });
+        let e = entry(future);
+        assert!(matches!(e, Entry::Other { .. }), "{e:?}");
+        let r = row(&e);
+        assert_eq!(r[1], "snapshot\\x1b[2J");
+        assert_eq!(r[2], "user");
+        assert_eq!(r[6], "-");
+        let by = Filter {
+            context: Some("user".into()),
+            run: Some("r9".into()),
+            ..Filter::default()
+        };
+        assert!(by.matches(&e));
+        let by_launch = Filter {
+            launch: Some(1),
+            ..Filter::default()
+        };
+        assert!(!by_launch.matches(&e));
+        // A cut (oversized) exec line is read by name too.
+        let mut cut = exec_event(1, "r1");
+        cut["argv"] = json!({ "omitted_bytes": 70000 });
+        assert!(matches!(entry(cut), Entry::Other { .. }));
+        assert!(Entry::parse("not json").is_none());
+    }
+
+    #[test]
+    fn filters_by_context_time_and_run() {
+        let e = entry(exec_event(1, "00aa11bb22cc33dd"));
         assert!(Filter::default().matches(&e));
         let by = |context: Option<&str>, since: Option<&str>| Filter {
             context: context.map(str::to_string),
             since: since.map(str::to_string),
-            launch: None,
+            ..Filter::default()
         };
         assert!(by(Some("user"), None).matches(&e));
         assert!(!by(Some("other"), None).matches(&e));
@@ -551,6 +748,35 @@ mod tests {
         assert!(by(None, Some("2026-05-01T12:30:00")).matches(&e));
         assert!(!by(None, Some("2026-05-01T12:31")).matches(&e));
         assert!(!by(None, Some("2026-05-02")).matches(&e));
+        let run = |id: &str| Filter {
+            run: Some(id.into()),
+            ..Filter::default()
+        };
+        assert!(run("00aa11bb22cc33dd").matches(&e));
+        assert!(run("00aa").matches(&e), "the start of an id names it");
+        assert!(!run("11bb").matches(&e));
+    }
+
+    #[test]
+    fn launch_picks_the_newest_run_that_had_it() {
+        let dir = std::env::temp_dir().join(format!("ctx-log-runs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let lines = [
+            exec_event(1, "aaaa"),
+            exec_event(2, "aaaa"),
+            exec_event(1, "bbbb"),
+            exec_event(3, "cccc"),
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let (runs, seen) = runs_with_launch(&[dir.join("absent"), path.clone()], 1).unwrap();
+        let ids: Vec<&str> = runs.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(ids, ["aaaa", "bbbb"]);
+        assert_eq!(seen.len(), 3);
+        let (runs, _) = runs_with_launch(&[path], 2).unwrap();
+        assert_eq!(runs.last().unwrap().0, "aaaa");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -560,7 +786,7 @@ mod tests {
             "launch": 42, "via": "connect", "name": "pypi.org", "port": 443, "allowed": true,
             "bytes_up": 517, "bytes_down": 6100, "duration_ms": 1200,
         });
-        let r = row(&allowed);
+        let r = row(&entry(allowed.clone()));
         assert_eq!(r[1], "egress");
         assert_eq!(r[2], "build");
         assert_eq!(r[3], "launch 42");
@@ -570,8 +796,9 @@ mod tests {
         let denied = json!({
             "event": "egress", "context": "build", "launch": null, "name": "evil\u{1b}[2J",
             "port": 80, "allowed": false, "reason": "not in the allow list", "via": "http",
+            "bytes_up": 0, "bytes_down": 0, "duration_ms": 0,
         });
-        let r = row(&denied);
+        let r = row(&entry(denied.clone()));
         assert_eq!(r[3], "launch ?");
         assert_eq!(r[4], "denied: not in the allow list");
         assert!(!r[6].contains('\u{1b}'), "{}", r[6]);
@@ -579,10 +806,10 @@ mod tests {
             launch: Some(42),
             ..Filter::default()
         };
-        assert!(by_launch.matches(&allowed));
-        assert!(!by_launch.matches(&denied));
-        assert!(by_launch.matches(&json!({ "event": "exec", "id": 42 })));
-        assert!(!by_launch.matches(&json!({ "event": "exec", "id": 4 })));
+        assert!(by_launch.matches(&entry(allowed)));
+        assert!(!by_launch.matches(&entry(denied)));
+        assert!(by_launch.matches(&entry(exec_event(42, "r"))));
+        assert!(!by_launch.matches(&entry(exec_event(4, "r"))));
     }
 
     #[test]

@@ -55,39 +55,36 @@ pub fn json(r: &StatusReport) -> serde_json::Value {
 
 pub fn render(r: &StatusReport) -> String {
     let mut lines = vec![
-        format!("broker:     {} (pid {}, uid {})", r.software, r.pid, r.uid),
-        format!("socket:     {}", r.socket_path),
-        format!("config:     {}", r.config_path),
-        format!("audit log:  {}", r.audit_log),
-        format!(
-            "uptime:     {}",
-            format_duration((r.uptime_ms / 1000).max(1) * 1000)
+        (
+            "broker:",
+            format!("{} (pid {}, uid {})", r.software, r.pid, r.uid),
         ),
-        format!("running:    {}", r.running),
-        format!("launches:   {}", r.launches),
-        format!(
-            "contexts:   {}",
+        ("socket:", r.socket_path.clone()),
+        ("config:", r.config_path.clone()),
+        ("audit log:", r.audit_log.clone()),
+        (
+            "uptime:",
+            format_duration((r.uptime_ms / 1000).max(1) * 1000),
+        ),
+        ("running:", r.running.to_string()),
+        ("launches:", r.launches.to_string()),
+        (
+            "contexts:",
             if r.contexts.is_empty() {
                 "(none)".to_string()
             } else {
                 r.contexts.join(", ")
-            }
+            },
         ),
     ];
-    for i in &r.isolation {
-        lines.push(format!("isolation:  {i}"));
-    }
-    for w in &r.warnings {
-        lines.push(format!("warning:    {w}"));
-    }
+    lines.extend(r.isolation.iter().map(|i| ("isolation:", i.clone())));
+    lines.extend(r.warnings.iter().map(|w| ("warning:", w.clone())));
     // Warnings quote names and paths from the config and the system.
-    let mut out = lines
-        .iter()
-        .map(|l| crate::escape::text(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    out.push('\n');
-    out
+    let rows: Vec<Vec<String>> = lines
+        .into_iter()
+        .map(|(label, value)| vec![label.into(), crate::escape::text(&value).into_owned()])
+        .collect();
+    super::table::aligned(&rows)
 }
 
 #[cfg(test)]

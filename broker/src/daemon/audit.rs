@@ -14,6 +14,10 @@
 //!   the broker's own uid are never metered.
 //! - bytes that are not UTF-8 stay distinguishable: beside the text (with U+FFFD) the line
 //!   holds the [`crate::escape`] form, e.g. `"argv_escaped": ["\\xff"]`.
+//!
+//! What a line holds is an [`AuditEvent`] (shared with `ctx log`); this module stamps each
+//! with its `time` and the broker's `run`, a random id made when the log is opened: launch
+//! ids start again at 1 with every broker, and the run tells whose launch 3 a line is.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -25,6 +29,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
+
+use crate::audit_event::{Argv, AuditEvent, Lossless};
 
 /// Bytes of argv kept per line: each argument's bytes plus one for its NUL, as `ARG_MAX`
 /// counts them. Enough for any command line a person reads; a 3 MiB argv is not.
@@ -57,6 +63,8 @@ pub struct Audit {
 
 struct Inner {
     path: PathBuf,
+    /// This broker run's id, on every line.
+    run: String,
     /// Per launching party (a context, or a uid outside every context): argv bytes logged
     /// in full lately, a token bucket (see [`Audit::argv_keep`]).
     launch_argv: Mutex<std::collections::HashMap<String, (f64, Instant)>>,
@@ -112,6 +120,7 @@ impl Audit {
     pub fn open(path: &Path) -> Audit {
         let inner = Inner {
             path: path.to_path_buf(),
+            run: new_run_id(),
             file: Mutex::new(None),
             max_size: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -134,6 +143,11 @@ impl Audit {
             .store(max.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// The id every line of this broker run carries (`run`).
+    pub fn run(&self) -> &str {
+        &self.inner.run
+    }
+
     /// The file the log rotates into.
     pub fn rotated_path(&self) -> PathBuf {
         rotated_path(&self.inner.path)
@@ -142,8 +156,8 @@ impl Audit {
     /// Appends one event; `time` is added. For launches, reloads and kills: what a caller
     /// was allowed to do is always written. A failed write drops this one event (counted
     /// for `ctx status`) rather than hold up the launch it describes.
-    pub fn record(&self, event: Value) {
-        self.inner.append(&line(event));
+    pub fn record(&self, event: AuditEvent) {
+        self.inner.append(&line(&event, &self.inner.run));
     }
 
     /// How many argv bytes to keep in the record of a launch by `party` (a context's name,
@@ -180,17 +194,17 @@ impl Audit {
 
     /// Appends the event of a refusal of `uid`, within that uid's share of the log (see the
     /// module's notes): what a peer allowed into nothing can make the broker write.
-    pub fn record_refusal(&self, uid: u32, event: Value) {
+    pub fn record_refusal(&self, uid: u32, event: AuditEvent) {
         // SAFETY: plain getter.
         if uid == 0 || uid == unsafe { libc::geteuid() } {
             return self.record(event);
         }
-        let line = line(event);
+        let line = line(&event, &self.inner.run);
         let admission = self.inner.meter().admit(uid, line.len(), Instant::now());
         match admission {
             Admission::Write(before) => {
                 if let Some(s) = before {
-                    self.inner.append(&summary_line(s));
+                    self.inner.append(&summary_line(s, &self.inner.run));
                 }
                 self.inner.append(&line);
             }
@@ -214,7 +228,7 @@ impl Audit {
                     return;
                 }
                 for s in due {
-                    inner.append(&summary_line(s));
+                    inner.append(&summary_line(s, &inner.run));
                 }
             });
         if spawned.is_err() {
@@ -251,7 +265,7 @@ impl Drop for Audit {
         // A broker that stops mid-flood still says how much it left out.
         let due = self.inner.meter().take_due(Instant::now());
         for s in due {
-            self.inner.append(&summary_line(s));
+            self.inner.append(&summary_line(s, &self.inner.run));
         }
     }
 }
@@ -448,10 +462,14 @@ impl Bucket {
     }
 }
 
-/// `event` with its `time`, as one line of JSON; never longer than [`MAX_LINE`].
-fn line(mut event: Value) -> Vec<u8> {
+/// `event` with its `time` and `run`, as one line of JSON; never longer than [`MAX_LINE`].
+fn line(event: &AuditEvent, run: &str) -> Vec<u8> {
+    // Through a `Value`: its map keeps the keys sorted, as the lines have always been, and
+    // an oversized line can be cut field by field.
+    let mut event = serde_json::to_value(event).unwrap_or_default();
     if let Value::Object(map) = &mut event {
         map.insert("time".into(), Value::String(rfc3339_now()));
+        map.insert("run".into(), Value::String(run.to_string()));
     }
     // Serialised straight into bytes: `Value`'s Display goes through the formatting
     // machinery, which cost a third more per launch (callgrind).
@@ -482,27 +500,43 @@ fn shrunk(event: Value, size: usize) -> Value {
     Value::Object(small)
 }
 
-fn summary_line(s: Suppressed) -> Vec<u8> {
-    line(json!({
-        "event": "refusals_suppressed",
-        "uid": s.uid,
-        "count": s.lines,
-        "bytes": s.bytes,
-    }))
-}
-
-/// `event` with `argv`'s audit fields: `argv` (text, at most [`ARGV_KEEP`] bytes of it);
-/// `argv_escaped` beside it when an argument is not UTF-8; when it was cut,
-/// `argv_truncated`, `argc` and `argv_bytes` (the whole argv's size, without NULs).
-pub fn with_argv<A: AsRef<[u8]>>(event: Value, argv: &[A]) -> Value {
-    with_argv_kept(event, argv, ARGV_KEEP)
-}
-
-/// [`with_argv`], keeping at most `keep` bytes of argv.
-pub fn with_argv_kept<A: AsRef<[u8]>>(mut event: Value, argv: &[A], keep: usize) -> Value {
-    let Value::Object(map) = &mut event else {
-        return event;
+fn summary_line(s: Suppressed, run: &str) -> Vec<u8> {
+    let event = AuditEvent::RefusalsSuppressed {
+        uid: s.uid,
+        count: s.lines,
+        bytes: s.bytes,
     };
+    line(&event, run)
+}
+
+/// A fresh id for a broker run: 64 random bits in hex. Not the start time and pid: a broker
+/// that is a container's PID 1 has pid 1 at every start, and a clock can be unset or go
+/// back, so those could name two runs alike; random bits need no state and say nothing.
+fn new_run_id() -> String {
+    let mut bits = [0u8; 8];
+    // SAFETY: writes at most `bits.len()` bytes into `bits`.
+    let got = unsafe { libc::getrandom(bits.as_mut_ptr().cast(), bits.len(), 0) };
+    if got != bits.len() as isize {
+        // No getrandom (an old kernel's seccomp filter): the clock's nanoseconds and the
+        // pid still set this run apart from the ones before it on this log.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bits = (now ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+    }
+    bits.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `argv`'s audit fields: `argv` (text, at most [`ARGV_KEEP`] bytes of it); `argv_escaped`
+/// beside it when an argument is not UTF-8; when it was cut, `argv_truncated`, `argc`,
+/// `argv_bytes` (the whole argv's size, without NULs) and `argv_sha256`.
+pub fn argv<A: AsRef<[u8]>>(argv: &[A]) -> Argv {
+    argv_kept(argv, ARGV_KEEP)
+}
+
+/// [`argv`], keeping at most `keep` bytes of it.
+pub fn argv_kept<A: AsRef<[u8]>>(argv: &[A], keep: usize) -> Argv {
     let mut budget = keep.max(1);
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut cut = false;
@@ -520,29 +554,25 @@ pub fn with_argv_kept<A: AsRef<[u8]>>(mut event: Value, argv: &[A], keep: usize)
             budget = 0;
         }
     }
-    map.insert(
-        "argv".into(),
-        kept.iter()
-            .map(|a| Value::String(String::from_utf8_lossy(a).into_owned()))
+    let mut logged = Argv {
+        argv: kept
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
-    );
+        ..Argv::default()
+    };
     if kept.iter().any(|a| std::str::from_utf8(a).is_err()) {
-        map.insert(
-            "argv_escaped".into(),
-            kept.iter()
-                .map(|a| Value::String(crate::escape::bytes(a)))
-                .collect(),
-        );
+        logged.argv_escaped = Some(kept.iter().map(|a| crate::escape::bytes(a)).collect());
     }
     if cut {
-        map.insert("argv_truncated".into(), Value::Bool(true));
-        map.insert("argc".into(), argv.len().into());
+        logged.argv_truncated = true;
+        logged.argc = Some(argv.len() as u64);
         let total: usize = argv.iter().map(|a| a.as_ref().len()).sum();
-        map.insert("argv_bytes".into(), total.into());
+        logged.argv_bytes = Some(total as u64);
         // Two argvs that differ only past the cut must still differ in the log.
-        map.insert("argv_sha256".into(), argv_digest(argv).into());
+        logged.argv_sha256 = Some(argv_digest(argv));
     }
-    event
+    logged
 }
 
 /// SHA-256 of the whole argv as the kernel lays it out (each argument and its NUL), hex.
@@ -556,27 +586,18 @@ pub fn argv_digest<A: AsRef<[u8]>>(argv: &[A]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `event` with `key` set to `bytes` as text (at most `keep` bytes of it); `KEY_escaped`
-/// beside it when they are not UTF-8, `KEY_bytes` (the whole size) when they were cut.
-pub fn with_bytes(mut event: Value, key: &str, bytes: &[u8], keep: usize) -> Value {
-    let Value::Object(map) = &mut event else {
-        return event;
-    };
+/// `bytes` as text (at most `keep` bytes of it), with their escaped form when they are not
+/// UTF-8 and their whole size when they were cut: a field's `KEY`, `KEY_escaped` and
+/// `KEY_bytes` (see [`crate::audit_event::Lossless`]).
+pub fn lossless(bytes: &[u8], keep: usize) -> Lossless {
     let kept = clip(bytes, keep);
-    map.insert(
-        key.into(),
-        Value::String(String::from_utf8_lossy(kept).into_owned()),
-    );
-    if std::str::from_utf8(kept).is_err() {
-        map.insert(
-            format!("{key}_escaped"),
-            Value::String(crate::escape::bytes(kept)),
-        );
+    Lossless {
+        text: String::from_utf8_lossy(kept).into_owned(),
+        escaped: std::str::from_utf8(kept)
+            .is_err()
+            .then(|| crate::escape::bytes(kept)),
+        bytes: (kept.len() < bytes.len()).then_some(bytes.len() as u64),
     }
-    if kept.len() < bytes.len() {
-        map.insert(format!("{key}_bytes"), bytes.len().into());
-    }
-    event
 }
 
 /// The first `keep` bytes of `b`, or a few fewer so as not to cut a character in two (a
@@ -656,7 +677,15 @@ mod tests {
 #[cfg(test)]
 mod rotation_tests {
     use super::*;
-    use serde_json::json;
+
+    /// A small event numbered `n`.
+    fn numbered(n: u32) -> AuditEvent {
+        AuditEvent::RefusalsSuppressed {
+            uid: n,
+            count: 0,
+            bytes: 0,
+        }
+    }
 
     fn temp_log(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ctx-audit-{tag}-{}", std::process::id()));
@@ -677,16 +706,14 @@ mod rotation_tests {
     fn rotates_at_the_cap_without_losing_a_line() {
         let path = temp_log("rotate");
         let audit = Audit::open(&path);
-        // 200 lines of about 90 bytes: one rotation, so the two files hold every event.
+        // 200 lines of about 110 bytes: one rotation, so the two files hold every event.
         audit.set_max_size(Some(12 * 1024));
         std::thread::scope(|s| {
             for t in 0..4 {
                 let audit = &audit;
                 s.spawn(move || {
                     for i in 0..50 {
-                        audit.record(
-                            json!({ "event": "test", "n": t * 1000 + i, "pad": "x".repeat(40) }),
-                        );
+                        audit.record(numbered(t * 1000 + i));
                     }
                 });
             }
@@ -705,13 +732,18 @@ mod rotation_tests {
         let mut seen: Vec<i64> = rotated
             .iter()
             .chain(&current)
-            .map(|v| v["n"].as_i64().unwrap())
+            .map(|v| v["uid"].as_i64().unwrap())
             .collect();
         seen.sort();
         let expected: Vec<i64> = (0..4)
             .flat_map(|t| (0..50).map(move |i| t * 1000 + i))
             .collect();
         assert_eq!(seen, expected);
+        // One broker run, named on every line.
+        assert!(rotated
+            .iter()
+            .chain(&current)
+            .all(|v| v["run"] == audit.run()));
         assert!(audit.health().is_none(), "{:?}", audit.health());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
@@ -728,20 +760,20 @@ mod rotation_tests {
         std::fs::write(&victim, "untouched\n").unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
         let audit = Audit::open(&path);
-        audit.record(json!({ "event": "test" }));
+        audit.record(numbered(0));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
         assert!(audit.health().is_some(), "the failure is reported");
         // A hard link is no better than a symlink there.
         std::fs::remove_file(&path).unwrap();
         std::fs::hard_link(&victim, &path).unwrap();
         let audit = Audit::open(&path);
-        audit.record(json!({ "event": "test" }));
+        audit.record(numbered(0));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
         assert!(audit.health().is_some(), "the failure is reported");
         // The broker's own new file there is fine.
         std::fs::remove_file(&path).unwrap();
         let audit = Audit::open(&path);
-        audit.record(json!({ "event": "test" }));
+        audit.record(numbered(0));
         assert!(audit.health().is_none(), "{:?}", audit.health());
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -751,7 +783,7 @@ mod rotation_tests {
         let path = temp_log("nocap");
         let audit = Audit::open(&path);
         for i in 0..200 {
-            audit.record(json!({ "event": "test", "n": i, "pad": "y".repeat(40) }));
+            audit.record(numbered(i));
         }
         assert_eq!(lines(&path).len(), 200);
         assert!(!audit.rotated_path().exists());
@@ -762,8 +794,8 @@ mod rotation_tests {
     fn a_full_disk_is_counted_not_fatal() {
         let audit = Audit::open(Path::new("/dev/full"));
         audit.set_max_size(Some(4096));
-        audit.record(json!({ "event": "test" }));
-        audit.record(json!({ "event": "test" }));
+        audit.record(numbered(0));
+        audit.record(numbered(0));
         let health = audit.health().expect("failures reported");
         assert!(health.contains("2 event(s)"), "{health}");
         assert!(health.contains("No space left"), "{health}");
@@ -773,41 +805,63 @@ mod rotation_tests {
 #[cfg(test)]
 mod bound_tests {
     use super::*;
+    use crate::audit_event::{Caller, Message};
+
+    fn refused(argv: Argv) -> AuditEvent {
+        AuditEvent::Refused {
+            reason: "not allowed".into(),
+            caller: Caller {
+                pid: 1,
+                uid: 1000,
+                gid: 1000,
+                context: None,
+                cgroup_context: None,
+            },
+            context: Some("c".to_string().into()),
+            argv: Some(argv),
+            ids: None,
+            signal: None,
+        }
+    }
 
     #[test]
     fn a_huge_argv_keeps_its_head_its_size_and_its_count() {
         let big = vec![b'A'; 128 * 1024];
         let argv: Vec<&[u8]> = std::iter::repeat_n(&big[..], 24).collect();
-        let e = with_argv(json!({ "event": "refused" }), &argv);
-        let kept = e["argv"].as_array().unwrap();
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].as_str().unwrap().len(), ARGV_KEEP - 1);
-        assert_eq!(e["argv_truncated"], true);
-        assert_eq!(e["argc"], 24);
-        assert_eq!(e["argv_bytes"], 24 * 128 * 1024);
-        assert!(e.get("argv_escaped").is_none());
+        let e = super::argv(&argv);
+        assert_eq!(e.argv.len(), 1);
+        assert_eq!(e.argv[0].len(), ARGV_KEEP - 1);
+        assert!(e.argv_truncated);
+        assert_eq!(e.argc, Some(24));
+        assert_eq!(e.argv_bytes, Some(24 * 128 * 1024));
+        assert!(e.argv_escaped.is_none());
         // Many empty arguments cost their NULs.
         let empties = vec![b"".as_slice(); 1_000_000];
-        let e = with_argv(json!({}), &empties);
-        assert_eq!(e["argv"].as_array().unwrap().len(), ARGV_KEEP);
-        assert_eq!(e["argc"], 1_000_000);
+        let e = super::argv(&empties);
+        assert_eq!(e.argv.len(), ARGV_KEEP);
+        assert_eq!(e.argc, Some(1_000_000));
         // A short argv is as it was, with no extra fields.
-        let e = with_argv(json!({}), &[b"ls".as_slice(), b"-l"]);
-        assert_eq!(e, json!({ "argv": ["ls", "-l"] }));
+        let e = super::argv(&[b"ls".as_slice(), b"-l"]);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({ "argv": ["ls", "-l"] })
+        );
     }
 
     #[test]
     fn bytes_that_are_not_utf8_stay_apart() {
-        let ff = with_argv(json!({}), &[b"echo".as_slice(), b"\xff"]);
-        let fe = with_argv(json!({}), &[b"echo".as_slice(), b"\xfe"]);
-        assert_eq!(ff["argv"], fe["argv"], "the text is lossy by nature");
-        assert_eq!(ff["argv_escaped"], json!(["echo", "\\xff"]));
-        assert_eq!(fe["argv_escaped"], json!(["echo", "\\xfe"]));
-        let cwd = with_bytes(json!({}), "cwd", b"/tmp/\xff", TEXT_KEEP);
-        assert_eq!(cwd["cwd_escaped"], "/tmp/\\xff");
-        assert!(with_bytes(json!({}), "cwd", b"/tmp", TEXT_KEEP)
-            .get("cwd_escaped")
-            .is_none());
+        let ff = super::argv(&[b"echo".as_slice(), b"\xff"]);
+        let fe = super::argv(&[b"echo".as_slice(), b"\xfe"]);
+        assert_eq!(ff.argv, fe.argv, "the text is lossy by nature");
+        assert_eq!(ff.argv_escaped, Some(vec!["echo".into(), "\\xff".into()]));
+        assert_eq!(fe.argv_escaped, Some(vec!["echo".into(), "\\xfe".into()]));
+        let cwd = lossless(b"/tmp/\xff", TEXT_KEEP);
+        assert_eq!(cwd.escaped.as_deref(), Some("/tmp/\\xff"));
+        assert!(lossless(b"/tmp", TEXT_KEEP).escaped.is_none());
+        // Under the field's own names in the line.
+        let cwd: crate::audit_event::Cwd = cwd.into();
+        let v = serde_json::to_value(&cwd).unwrap();
+        assert_eq!(v["cwd_escaped"], "/tmp/\\xff");
     }
 
     #[test]
@@ -820,31 +874,70 @@ mod bound_tests {
         }
         // Bytes that were never UTF-8 are cut where asked.
         assert_eq!(clip(b"\x80\x80\x80\x80\x80", 3).len(), 3);
-        let name = with_bytes(
-            json!({}),
-            "context",
-            "x".repeat(10_000).as_bytes(),
-            NAME_KEEP,
+        let name = lossless("x".repeat(10_000).as_bytes(), NAME_KEEP);
+        assert_eq!(name.text.len(), NAME_KEEP);
+        assert_eq!(name.bytes, Some(10_000));
+        let name: crate::audit_event::ContextName = name.into();
+        assert_eq!(
+            serde_json::to_value(&name).unwrap()["context_bytes"],
+            10_000
         );
-        assert_eq!(name["context"].as_str().unwrap().len(), NAME_KEEP);
-        assert_eq!(name["context_bytes"], 10_000);
     }
 
     #[test]
     fn no_line_is_longer_than_the_cap() {
-        let e = json!({ "event": "exec_failed", "message": "m".repeat(MAX_LINE), "context": "c" });
-        let l = line(e);
+        // The caps at the call sites keep a message far shorter; this one missed them.
+        let e = AuditEvent::ExecFailed {
+            caller: Caller {
+                pid: 1,
+                uid: 0,
+                gid: 0,
+                context: None,
+                cgroup_context: None,
+            },
+            context: "c".into(),
+            kind: "NotFound".into(),
+            stage: "exec".into(),
+            errno: "ENOENT".into(),
+            duration_ms: 1,
+            message: Message::from("m".repeat(MAX_LINE)),
+            argv: super::argv(&["x"]),
+        };
+        let l = line(&e, "0123456789abcdef");
         assert!(l.len() <= MAX_LINE, "{}", l.len());
         let v: Value = serde_json::from_slice(&l).unwrap();
         assert_eq!(v["context"], "c");
         assert_eq!(v["event"], "exec_failed");
+        assert_eq!(v["run"], "0123456789abcdef");
         assert!(v["message"]["omitted_bytes"].as_u64().unwrap() > MAX_LINE as u64);
         assert!(v["oversized"]["bytes"].as_u64().is_some());
         // The worst argv the caps allow fits whole.
         let worst: Vec<&[u8]> = vec![b"\xff".as_slice(); 2 * ARGV_KEEP];
-        assert!(line(with_argv(json!({ "event": "refused" }), &worst)).len() <= MAX_LINE);
+        assert!(line(&refused(super::argv(&worst)), "r").len() <= MAX_LINE);
         let worst = vec![b"\x01".repeat(ARGV_KEEP)];
-        assert!(line(with_argv(json!({ "event": "refused" }), &worst)).len() <= MAX_LINE);
+        assert!(line(&refused(super::argv(&worst)), "r").len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn lines_keep_their_sorted_keys_and_read_back() {
+        let l = line(&refused(super::argv(&["ls"])), "00000000000000ff");
+        let text = std::str::from_utf8(&l).unwrap();
+        assert!(
+            text.starts_with(r#"{"argv":["ls"],"caller":{"cgroup_context":null,"context":null,"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""event":"refused""#), "{text}");
+        let back: crate::audit_event::Line = serde_json::from_str(text).unwrap();
+        assert_eq!(back.run.as_deref(), Some("00000000000000ff"));
+        assert_eq!(back.event, refused(super::argv(&["ls"])));
+    }
+
+    #[test]
+    fn runs_have_distinct_ids() {
+        let (a, b) = (new_run_id(), new_run_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]
@@ -903,10 +996,10 @@ mod bound_tests {
         let audit = Audit::open(&path);
         let big = vec![b'A'; 1024 * 1024];
         for _ in 0..100 {
-            audit.record_refusal(4242, with_argv(json!({ "event": "refused" }), &[&big]));
+            audit.record_refusal(4242, refused(super::argv(&[&big])));
         }
         for _ in 0..100 {
-            audit.record_refusal(0, with_argv(json!({ "event": "refused" }), &[&big]));
+            audit.record_refusal(0, refused(super::argv(&[&big])));
         }
         drop(audit);
         let lines: Vec<Value> = std::fs::read_to_string(&path)

@@ -29,10 +29,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::kernel::namespaces::Holder;
 use super::{audit, Shared};
+use crate::audit_event::AuditEvent;
 use crate::config::{Config, Context};
 use rule::Rule;
 
@@ -350,27 +349,20 @@ impl State {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut event = json!({
-            "event": "egress",
-            "context": self.context,
-            "launch": attempt.launch,
-            "via": attempt.via,
-            "port": attempt.port,
-            "allowed": attempt.allowed,
-            "bytes_up": attempt.bytes_up,
-            "bytes_down": attempt.bytes_down,
-            "duration_ms": attempt.started.elapsed().as_millis() as u64,
-        });
-        if let Some(r) = &attempt.reason {
-            event["reason"] = r.clone().into();
-        }
-        if let Some(e) = &attempt.error {
-            event["error"] = e.clone().into();
-        }
-        if let Some(a) = attempt.address {
-            event["address"] = a.to_string().into();
-        }
-        let event = audit::with_bytes(event, "name", &attempt.host, audit::NAME_KEEP);
+        let event = AuditEvent::Egress {
+            context: self.context.clone(),
+            launch: attempt.launch,
+            via: attempt.via.into(),
+            name: audit::lossless(&attempt.host, audit::NAME_KEEP).into(),
+            port: attempt.port,
+            allowed: attempt.allowed,
+            reason: attempt.reason.clone(),
+            error: attempt.error.clone(),
+            address: attempt.address.map(|a| a.to_string()),
+            bytes_up: attempt.bytes_up,
+            bytes_down: attempt.bytes_down,
+            duration_ms: attempt.started.elapsed().as_millis() as u64,
+        };
         let carried = attempt.bytes_up > 0 || attempt.bytes_down > 0;
         if attempt.allowed && (carried || attempt.error.is_none()) {
             shared.audit.record(event);

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ctx_protocol::{ErrorKind, Reply};
-use serde_json::json;
 
-use super::caller_json;
+use super::caller;
+use crate::audit_event::AuditEvent;
 use crate::config::Context;
 use crate::daemon::connection::Conn;
 use crate::daemon::{audit, Peer, Shared};
@@ -22,13 +22,15 @@ pub(super) async fn authorize(
     let config = shared.config();
     let Some(ctx) = config.contexts.get(name).cloned() else {
         // The name is the caller's own, of any length: bounded like its argv.
-        let event = json!({
-            "event": "refused", "reason": "unknown context", "caller": caller_json(peer),
-        });
-        let event = audit::with_bytes(event, "context", name.as_bytes(), audit::NAME_KEEP);
-        shared
-            .audit
-            .record_refusal(peer.uid, audit::with_argv(event, argv));
+        let event = AuditEvent::Refused {
+            reason: "unknown context".into(),
+            caller: caller(peer),
+            context: Some(audit::lossless(name.as_bytes(), audit::NAME_KEEP).into()),
+            argv: Some(audit::argv(argv)),
+            ids: None,
+            signal: None,
+        };
+        shared.audit.record_refusal(peer.uid, event);
         let message = format!(
             "no context named {:?} (known: {})",
             name,
@@ -49,13 +51,15 @@ pub(super) async fn authorize(
     };
     // The identity was pinned at connect; a peer gone since has nobody left to serve.
     if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) || !peer.still_there() {
-        let event = json!({
-            "event": "refused", "reason": "not allowed", "context": ctx.name,
-            "caller": caller_json(peer),
-        });
-        shared
-            .audit
-            .record_refusal(peer.uid, audit::with_argv(event, argv));
+        let event = AuditEvent::Refused {
+            reason: "not allowed".into(),
+            caller: caller(peer),
+            context: Some(ctx.name.clone().into()),
+            argv: Some(audit::argv(argv)),
+            ids: None,
+            signal: None,
+        };
+        shared.audit.record_refusal(peer.uid, event);
         let message = format!(
             "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
             peer.uid,

@@ -86,7 +86,7 @@ pub(super) fn denials_to_audit(
             if let Some(shared) = weak.upgrade() {
                 shared
                     .audit
-                    .record(crate::daemon::kernel::supervisor::audit_json(&d));
+                    .record(crate::daemon::kernel::supervisor::audit_event(&d));
             }
         })
     }

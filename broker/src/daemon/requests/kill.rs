@@ -2,9 +2,9 @@
 //! them (see [`super::may_touch`]); every kill and refusal is audited.
 
 use ctx_protocol::{ErrorKind, KillTarget, Reply};
-use serde_json::json;
 
-use super::{error, is_operator, kill_group, may_touch, operator_caller_json as caller_json};
+use super::{caller, error, is_operator, kill_group, may_touch};
+use crate::audit_event::AuditEvent;
 use crate::daemon::registry::Running;
 use crate::daemon::{Peer, Shared};
 
@@ -39,10 +39,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         if let Some(name) = whole_context {
             let n = shared.cgroups.kill(name, signo, &[]);
             if n > 0 {
-                shared.audit.record(json!({
-                    "event": "kill", "caller": caller_json(peer), "ids": [],
-                    "contexts": [name], "cgroup_processes": n, "signal": signo,
-                }));
+                shared.audit.record(AuditEvent::Kill {
+                    caller: caller(peer),
+                    ids: Vec::new(),
+                    contexts: vec![name.to_string()],
+                    cgroup_processes: n as u64,
+                    signal: signo,
+                });
                 return killed(Vec::new(), n);
             }
         }
@@ -56,12 +59,14 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     if allowed.is_empty() {
         shared.audit.record_refusal(
             peer.uid,
-            json!({
-                "event": "refused", "reason": "kill of another uid's process",
-                "caller": caller_json(peer),
-                "ids": denied.iter().map(|r| r.id).collect::<Vec<_>>(),
-                "signal": signo,
-            }),
+            AuditEvent::Refused {
+                reason: "kill of another uid's process".into(),
+                caller: caller(peer),
+                context: None,
+                argv: None,
+                ids: Some(denied.iter().map(|r| r.id).collect()),
+                signal: Some(signo),
+            },
         );
         return error(
             ErrorKind::Refused,
@@ -84,14 +89,13 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     }
     // The rest of the context: what its cgroup holds outside the groups just signalled.
     let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
-    shared.audit.record(json!({
-        "event": "kill",
-        "caller": caller_json(peer),
-        "ids": ids,
-        "contexts": allowed.iter().map(|r| r.context.as_str()).collect::<Vec<_>>(),
-        "cgroup_processes": in_cgroup,
-        "signal": signo,
-    }));
+    shared.audit.record(AuditEvent::Kill {
+        caller: caller(peer),
+        ids: ids.clone(),
+        contexts: allowed.iter().map(|r| r.context.clone()).collect(),
+        cgroup_processes: in_cgroup as u64,
+        signal: signo,
+    });
     killed(ids, in_cgroup)
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctx_protocol::{ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply, Stage};
-use serde_json::json;
 
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{hang_up_after_handover, read_fd, wait_exit, watch, Relay, Relayed};
-use super::{caller_json, kill_group};
+use super::{caller, kill_group};
+use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::supervisor::{ParentSignals, Policy};
@@ -33,14 +33,6 @@ fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     args.iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
-}
-
-/// `event` with the fields of `more` (an object) added.
-fn merged(mut event: serde_json::Value, more: &serde_json::Value) -> serde_json::Value {
-    if let (Some(e), Some(m)) = (event.as_object_mut(), more.as_object()) {
-        e.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    event
 }
 
 /// Who launches, which decides how the program is found and when the caller hears back.
@@ -96,7 +88,7 @@ pub(super) async fn launch(
         audit::COMPACT_ARGV_KEEP
     };
     let fields = LaunchFields {
-        argv: audit::with_argv_kept(json!({}), raw_argv, keep),
+        argv: audit::argv_kept(raw_argv, keep),
         text_keep,
     };
     let audit_argv = lossy(raw_argv);
@@ -375,25 +367,22 @@ pub(super) async fn launch(
     if let (Some(master), Some(leader)) = (master, leader_pid) {
         tokio::spawn(hang_up_after_handover(master, leader));
     }
-    let event = json!({
-        "event": "exec",
-        "id": id,
-        "pid": pid,
-        "caller": caller_json(peer),
-        "context": ctx.name,
-        "tty": prepared.wants_tty,
-        "isolation": isolation_json(&ctx, holder_flags, ruleset_applied, enforced, exec_guarded),
-        "status": status_json(status),
-        "timed_out": timed_out,
-        "caller_disconnected": !client_alive,
-        "duration_ms": started_at.elapsed().as_millis() as u64,
+    shared.audit.record(AuditEvent::Exec {
+        id,
+        pid,
+        caller: caller(peer),
+        context: ctx.name.clone(),
+        tty: prepared.wants_tty,
+        isolation: isolation(&ctx, holder_flags, ruleset_applied, enforced, exec_guarded),
+        status: status.into(),
+        timed_out,
+        caller_disconnected: !client_alive,
+        duration_ms: started_at.elapsed().as_millis() as u64,
+        cwd: audit::lossless(&prepared.cwd, fields.text_keep).into(),
+        cwd_verified: cwd_unverified.is_some().then_some(false),
+        cwd_id: cwd_unverified,
+        argv: fields.argv,
     });
-    let mut event = audit::with_bytes(event, "cwd", &prepared.cwd, fields.text_keep);
-    if let Some(id) = cwd_unverified {
-        event["cwd_verified"] = false.into();
-        event["cwd_id"] = id.into();
-    }
-    shared.audit.record(merged(event, &fields.argv));
 }
 
 /// The caller's cwd descriptor is named by the caller's own path for it; when the caller
@@ -416,7 +405,7 @@ fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
 /// What a launch's audit line carries of what its caller chose: the argv fields, and how
 /// many bytes of the cwd and of a failure's message to keep (see `Audit::argv_keep`).
 struct LaunchFields {
-    argv: serde_json::Value,
+    argv: Argv,
     text_keep: usize,
 }
 
@@ -429,43 +418,37 @@ async fn fail(
     failure: ExecFailure<'static>,
     started_at: Instant,
 ) {
-    let event = json!({
-        "event": "exec_failed",
-        "caller": caller_json(peer),
-        "context": ctx.name,
-        "kind": format!("{:?}", failure.kind),
-        "stage": failure.stage.as_str(),
-        "errno": failure.errno_name,
-        "duration_ms": started_at.elapsed().as_millis() as u64,
+    shared.audit.record(AuditEvent::ExecFailed {
+        caller: caller(peer),
+        context: ctx.name.clone(),
+        kind: format!("{:?}", failure.kind),
+        stage: failure.stage.as_str().into(),
+        errno: failure.errno_name.to_string(),
+        duration_ms: started_at.elapsed().as_millis() as u64,
+        // The message may quote the caller's cwd or program, whatever their length.
+        message: audit::lossless(failure.message.as_bytes(), fields.text_keep).into(),
+        argv: fields.argv.clone(),
     });
-    // The message may quote the caller's cwd or program, whatever their length.
-    let event = audit::with_bytes(
-        event,
-        "message",
-        failure.message.as_bytes(),
-        fields.text_keep,
-    );
-    shared.audit.record(merged(event, &fields.argv));
     let _ = conn.send(&Reply::ExecFailed(failure)).await;
 }
 
 /// What isolation a launch ran under, for its audit record.
-fn isolation_json(
+fn isolation(
     ctx: &Context,
     ns_flags: i32,
     landlock: bool,
     enforced: bool,
     exec_guarded: bool,
-) -> serde_json::Value {
-    json!({
-        "pid_namespace": ns_flags & libc::CLONE_NEWPID != 0,
-        "network_none": ns_flags & libc::CLONE_NEWNET != 0,
-        "egress": ns_flags & libc::CLONE_NEWNET != 0 && ctx.isolation.network.egress().is_some(),
-        "landlock": landlock,
-        "signals_scoped": landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
-        "enforce": enforced,
-        "exec_guard": exec_guarded,
-    })
+) -> IsolationInForce {
+    IsolationInForce {
+        pid_namespace: ns_flags & libc::CLONE_NEWPID != 0,
+        network_none: ns_flags & libc::CLONE_NEWNET != 0,
+        egress: ns_flags & libc::CLONE_NEWNET != 0 && ctx.isolation.network.egress().is_some(),
+        landlock,
+        signals_scoped: landlock && ctx.isolation.signals == crate::config::Signals::Scoped,
+        enforce: enforced,
+        exec_guard: exec_guarded,
+    }
 }
 
 /// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets
@@ -603,13 +586,6 @@ fn effective_timeout(ctx: &Context, req: &ExecRequest) -> Option<Duration> {
     match (ctx.timeout, asked) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-fn status_json(status: ExitStatus) -> serde_json::Value {
-    match status {
-        ExitStatus::Code(c) => json!({ "code": c }),
-        ExitStatus::Signaled { signal, core } => json!({ "signal": signal, "core": core }),
     }
 }
 

@@ -20,15 +20,21 @@ pub mod shell;
 pub mod status;
 
 use ctx_protocol::{ErrorKind, Reply};
-use serde_json::json;
 
 use super::registry::Running;
 use super::Peer;
 
 pub use guard::start_supervisor;
 
-fn caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context, "cgroup_context": peer.contained })
+/// The peer as its audit lines name it.
+pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
+    crate::audit_event::Caller {
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        context: peer.context.clone(),
+        cgroup_context: peer.contained.clone(),
+    }
 }
 
 /// Signals the routed process group. The leader is not reaped before this can run (only
@@ -62,11 +68,6 @@ pub fn is_operator(peer: &Peer) -> bool {
 /// Whether `peer` may see and signal `running`.
 pub fn may_touch(peer: &Peer, running: &Running) -> bool {
     is_operator(peer) || running.caller_uid == peer.uid
-}
-
-/// Who asked for a reload or a kill, as their audit records name them.
-fn operator_caller_json(peer: &Peer) -> serde_json::Value {
-    json!({ "pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "context": peer.context })
 }
 
 fn error(kind: ErrorKind, message: String) -> Reply<'static> {

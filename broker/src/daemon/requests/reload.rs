@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 static LAST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
 
 use ctx_protocol::{ErrorKind, Reply};
-use serde_json::json;
 
-use super::{error, is_operator, operator_caller_json as caller_json};
+use super::{caller, error, is_operator};
+use crate::audit_event::{AuditEvent, Caller, Requester};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
 use crate::daemon::{systemd, Peer, Shared};
 
@@ -34,10 +34,14 @@ pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static>
     if !is_operator(peer) {
         shared.audit.record_refusal(
             peer.uid,
-            json!({
-                "event": "refused", "reason": "reload needs root",
-                "caller": { "pid": peer.pid, "uid": peer.uid, "gid": peer.gid },
-            }),
+            AuditEvent::Refused {
+                reason: "reload needs root".into(),
+                caller: caller(peer),
+                context: None,
+                argv: None,
+                ids: None,
+                signal: None,
+            },
         );
         return error(
             ErrorKind::Refused,
@@ -48,7 +52,7 @@ pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static>
         );
     }
     let worker = shared.clone();
-    let caller = caller_json(peer);
+    let caller = caller(peer);
     // Loading resolves users and groups through NSS, which may block.
     let joined = tokio::task::spawn_blocking(move || reload(&worker, Some(caller))).await;
     match joined {
@@ -67,17 +71,14 @@ pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static>
 /// Re-reads the config file in force and swaps it in whole, or keeps the running one when
 /// the file is refused. Routed processes keep running: each holds the context it started
 /// with. `caller` is who asked (`None`: SIGHUP).
-pub fn reload(
-    shared: &Arc<Shared>,
-    caller: Option<serde_json::Value>,
-) -> Result<Reloaded, ConfigError> {
+pub fn reload(shared: &Arc<Shared>, caller: Option<Caller>) -> Result<Reloaded, ConfigError> {
     // Two reloads at once must not finish in the opposite order they read the file.
     static RELOADING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
     systemd::reloading();
     let old = shared.config();
     let loaded = config::load(&old.path);
-    let caller = caller.unwrap_or_else(|| json!("SIGHUP"));
+    let caller = caller.map_or_else(|| Requester::Signal("SIGHUP".into()), Requester::Peer);
     match loaded {
         Ok(new) => {
             let mut warnings = new.warnings.clone();
@@ -102,10 +103,13 @@ pub fn reload(
             warnings.extend(degraded);
             shared.set_config(new);
             tracing::info!(config = %old.path.display(), "configuration reloaded");
-            shared.audit.record(json!({
-                "event": "reload", "ok": true, "config": old.path.display().to_string(),
-                "contexts": contexts, "caller": caller,
-            }));
+            shared.audit.record(AuditEvent::Reload {
+                ok: true,
+                config: old.path.display().to_string(),
+                contexts: Some(contexts.clone()),
+                error: None,
+                caller,
+            });
             systemd::ready(&serving(&shared.config()));
             Ok(Reloaded { contexts, warnings })
         }
@@ -114,10 +118,13 @@ pub fn reload(
             *LAST_REFUSAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                 "the last reload was refused, the previous configuration is in force: {e}"
             ));
-            shared.audit.record(json!({
-                "event": "reload", "ok": false, "config": old.path.display().to_string(),
-                "error": e.to_string(), "caller": caller,
-            }));
+            shared.audit.record(AuditEvent::Reload {
+                ok: false,
+                config: old.path.display().to_string(),
+                contexts: None,
+                error: Some(e.to_string()),
+                caller,
+            });
             systemd::ready(&format!("{}; last reload refused: {e}", serving(&old)));
             Err(e)
         }

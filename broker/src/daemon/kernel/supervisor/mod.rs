@@ -397,19 +397,17 @@ fn file_id(path: &Path) -> io::Result<FileId> {
 }
 
 /// The audit event of a denial.
-pub fn audit_json(d: &Denied) -> serde_json::Value {
-    let mut event = serde_json::json!({
-        "event": "exec_denied",
-        "context": d.context,
-        "uid": d.uid,
-        "pid": d.pid,
-        "target": d.target,
-        "program": d.program.to_string_lossy(),
-        "reason": d.reason,
-        "errno": ctx_protocol::errno_name(d.errno),
-    });
-    if d.suppressed > 0 {
-        event["suppressed"] = d.suppressed.into();
+pub fn audit_event(d: &Denied) -> crate::audit_event::AuditEvent {
+    use crate::daemon::audit;
+    crate::audit_event::AuditEvent::ExecDenied {
+        context: d.context.clone(),
+        uid: d.uid,
+        pid: d.pid,
+        path: audit::lossless(&d.path, audit::TEXT_KEEP).into(),
+        target: d.target.clone(),
+        program: d.program.to_string_lossy().into_owned(),
+        reason: d.reason.into(),
+        errno: ctx_protocol::errno_name(d.errno).into(),
+        suppressed: (d.suppressed > 0).then_some(d.suppressed),
     }
-    crate::daemon::audit::with_bytes(event, "path", &d.path, crate::daemon::audit::TEXT_KEEP)
 }
