@@ -575,3 +575,25 @@ fn background_jobs_live_on(b: &Broker, runs: &[(bool, &str)]) {
         let _ = std::fs::remove_file(&file);
     }
 }
+
+/// A terminal launch's program no longer leads its session (the stand-in does), so it may
+/// leave the process group the broker signals by joining another group of its session
+/// (here the stand-in's own, whose id is the session's). The context's timeout (and `ctx
+/// kill`, a vanished caller, the broker's shutdown) signal that group alone: the program
+/// must still end at its timeout. Before the stand-in, a session leader could not move.
+#[test]
+fn a_terminal_program_that_leaves_its_group_still_ends_at_its_timeout() {
+    let b = start_broker_with("timeout = \"1s\"");
+    // setpgid(0, getsid(0)), then sleep; the marker shows the move worked.
+    let script = r#"/usr/bin/python3 -c 'import os, time; sid = os.getsid(0); os.setpgid(0, sid); print("moved to", sid, flush=True); time.sleep(6); print("outlived the timeout", flush=True)'; echo "status $?""#;
+    let started = Instant::now();
+    let (code, text) = transcript(&b, script, true, |_| {});
+    let took = started.elapsed();
+    eprintln!("took {took:?}: {text:?}");
+    assert_eq!(code, Some(0));
+    assert!(text.contains("moved to"), "setpgid did not run: {text:?}");
+    assert!(
+        !text.contains("outlived the timeout"),
+        "the program ran past its 1 s timeout ({took:?}): {text:?}"
+    );
+}
