@@ -38,10 +38,17 @@ pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
 }
 
 /// Signals the routed process group. The leader is not reaped before this can run (only
-/// `wait_exit` reaps), so its pid, and thus the group id, cannot have been reused.
+/// `wait_exit` reaps), so its pid, and thus the group id, cannot have been reused. A
+/// program that moved itself into another group of its session (`setpgid`) is signalled
+/// too: it must not escape its timeout, `ctx kill` or the broker's stop that way.
 pub fn kill_group(pid: i32, signo: i32) {
-    // SAFETY: plain syscall.
-    unsafe { libc::kill(-pid, signo) };
+    // SAFETY: plain syscalls on our own unreaped child.
+    unsafe {
+        libc::kill(-pid, signo);
+        if libc::getpgid(pid) != pid {
+            libc::kill(pid, signo);
+        }
+    }
 }
 
 /// Signals the routed program alone. Like [`kill_group`], it cannot reach a reused pid:

@@ -49,13 +49,12 @@ pub(super) struct ChildArgs<'a> {
     /// A PTY launch's session leader stand-in (`ctx-shim --session-leader`, opened
     /// `O_PATH`), or -1: the program leads the PTY's session itself.
     pub(super) session_leader: RawFd,
-    /// Written by the process that stays behind as the session's leader: the number, in
-    /// its own descriptor table, of a pidfd of its clone that runs the program (a sibling,
-    /// our own child thanks to CLONE_PARENT). A pid would not do: inside a PID namespace,
-    /// `clone` returns the namespace's number for it.
-    pub(super) program_pidfd: AtomicI32,
-    /// The pid `clone` returned for it: ours, outside a PID namespace.
-    pub(super) program_pid: AtomicI32,
+    /// The socket the session leader hands the broker a pidfd of its clone that runs the
+    /// program by (a sibling, our own child thanks to CLONE_PARENT), or -1. A pid would not
+    /// do: inside a PID namespace `clone` returns the namespace's number for it.
+    pub(super) handover: RawFd,
+    /// Set by the session leader once that clone exists.
+    pub(super) program_started: AtomicBool,
     /// Top of the stack region for that clone.
     pub(super) program_stack: AtomicPtr<libc::c_void>,
     /// Set by the parent before the clone: the child was born in its cgroup and must not
@@ -280,8 +279,11 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
     if pid < 0 {
         fail(c.report, Stage::Session, errno());
     }
-    a.program_pid.store(pid, Ordering::Release);
-    a.program_pidfd.store(pidfd, Ordering::Release);
+    a.program_started.store(true, Ordering::Release);
+    // Before anything else can fail: from here on, the broker holds the program whatever
+    // becomes of this process. Should the send fail, the broker finds no pidfd, ends this
+    // process and with it (the terminal's hangup) the program.
+    let _ = ctx_protocol::fdpass::send_with_fds(a.handover, b"p", &[pidfd]);
     // Nothing of the broker's goes with the stand-in, not even the PTY (the master sees
     // its end of file once the program and its jobs have closed theirs): only the
     // program's pidfd, by which it learns when to take the terminal's foreground.

@@ -175,6 +175,18 @@ pub fn set_session_leader(shim: &std::path::Path) -> io::Result<()> {
             "not an executable file",
         ));
     }
+    // A script cannot be exec'd from a close-on-exec descriptor: only the ELF binary will do.
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?,
+        &mut magic,
+    )?;
+    if &magic != b"\x7fELF" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an ELF executable (is it ctx-shim?)",
+        ));
+    }
     let _ = SESSION_LEADER.set(fd);
     Ok(())
 }
@@ -187,6 +199,43 @@ pub fn set_session_leader(shim: &std::path::Path) -> io::Result<()> {
 fn twice_cloned(plan: &SpawnPlan) -> bool {
     plan.namespaces
         .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0)
+}
+
+/// `(receive, send)`: a datagram socket pair, the receiving end non-blocking (the session
+/// leader sends before its exec, which is before the clone returns here).
+fn handover_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both just created and owned here.
+    let (receive, send) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    // SAFETY: fcntl on our own descriptor.
+    unsafe { libc::fcntl(receive.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    Ok((receive, send))
+}
+
+/// The program's pidfd as the session leader sent it, and its pid as we see it.
+fn receive_program(receive: &OwnedFd) -> Option<(libc::pid_t, OwnedFd)> {
+    let mut byte = [0u8; 1];
+    let mut fds = [-1; 1];
+    let (_, count) =
+        ctx_protocol::fdpass::recv_with_fds(receive.as_raw_fd(), &mut byte, &mut fds).ok()?;
+    if count != 1 {
+        return None;
+    }
+    // SAFETY: just received, ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    Some((pidfd_pid(&fd)?, fd))
 }
 
 /// The pid a pidfd stands for, in our PID namespace (its `Pid:` line in fdinfo).
@@ -267,6 +316,13 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     let (report_r, report_w) =
         unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
 
+    // A terminal launch's session leader stand-in hands over the program's pidfd here.
+    let stand_in = plan.controlling_tty.is_some() && SESSION_LEADER.get().is_some();
+    let handover = if stand_in {
+        Some(handover_pair()?)
+    } else {
+        None
+    };
     let args = child::ChildArgs {
         plan,
         report: report_w.as_raw_fd(),
@@ -286,8 +342,8 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
             .controlling_tty
             .and_then(|_| SESSION_LEADER.get())
             .map_or(-1, |f| f.as_raw_fd()),
-        program_pidfd: std::sync::atomic::AtomicI32::new(-1),
-        program_pid: std::sync::atomic::AtomicI32::new(0),
+        handover: handover.as_ref().map_or(-1, |(_, send)| send.as_raw_fd()),
+        program_started: std::sync::atomic::AtomicBool::new(false),
         program_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
     };
@@ -325,44 +381,39 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         pid = grandchild;
     }
     let mut session_leader = None;
-    let program = args
-        .program_pidfd
-        .load(std::sync::atomic::Ordering::Acquire);
-    if program >= 0 {
-        // What we started leads the PTY's session and has exec'd the stand-in; the program
-        // is its clone, our own child thanks to CLONE_PARENT (so no one else can reap it
-        // before we hold a pidfd of it).
-        // SAFETY: `pidfd` is the leader's, which we own from here on.
-        let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let program = if twice_cloned(plan) {
-            // Inside a PID namespace the pid the leader got is the namespace's: take a copy
-            // of the pidfd it keeps at number `program`, and learn the pid as we see it.
-            // SAFETY: pidfd_getfd returns a fresh descriptor or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, program, 0) };
-            let fd = (fd >= 0).then(|| {
-                // SAFETY: just returned to us.
-                unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-            });
-            fd.and_then(|fd| Some((pidfd_pid(&fd)?, fd)))
-        } else {
-            let pid = args.program_pid.load(std::sync::atomic::Ordering::Acquire);
-            // SAFETY: pidfd_open returns a fresh descriptor or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-            (fd >= 0).then(|| {
-                // SAFETY: just returned to us.
-                (pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-            })
-        };
-        let Some((program_pid, program_fd)) = program else {
-            let e = io::Error::last_os_error();
-            // The program ends with its session's leader (the hangup of its terminal).
-            // SAFETY: plain syscall on our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            return Err(e);
-        };
-        session_leader = Some((pid, leader));
-        pidfd = program_fd.into_raw_fd();
-        pid = program_pid;
+    if let Some((receive, send)) = handover {
+        drop(send);
+        if args
+            .program_started
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // What we started leads the PTY's session and has exec'd the stand-in (or
+            // failed to, and ended: the program then gets the terminal's hangup, which
+            // ends it as it would have ended it had it led its session itself).
+            // SAFETY: `pidfd` is the leader's, which we own from here on.
+            let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            let Some((program_pid, program_fd)) = receive_program(&receive) else {
+                // It could not send (out of memory): the program runs, unknown to us.
+                // Ending its session's leader hangs its terminal up.
+                // SAFETY: plain syscalls on our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        leader.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::__WALL,
+                    );
+                }
+                return Err(io::Error::other(
+                    "the terminal's session leader did not hand the program over",
+                ));
+            };
+            session_leader = Some((pid, leader));
+            pidfd = program_fd.into_raw_fd();
+            pid = program_pid;
+        }
     }
     if plan.controlling_tty.is_none() && !plan.new_session {
         // Also from the parent, so a kill of the group cannot race the child's setpgid.
