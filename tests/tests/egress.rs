@@ -1046,3 +1046,91 @@ fn a_silent_destination_does_not_outlive_its_client() {
     );
     assert_eq!(held.lock().unwrap().len(), 1);
 }
+
+/// Opens as many CONNECT tunnels to an echo server as it can (up to argv[1]), prints how
+/// many carry a byte there and back, holds them until its standard input ends, and then
+/// checks that each still does.
+const HOLD_TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+n, name, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def echoes(s):
+    try:
+        s.sendall(b'x')
+        return s.recv(1) == b'x'
+    except OSError:
+        return False
+held = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((p.hostname, p.port), timeout=5)
+        s.sendall(b'CONNECT %s:%s HTTP/1.1\r\n\r\n' % (name.encode(), port.encode()))
+        head = b''
+        while b'\r\n\r\n' not in head:
+            d = s.recv(1)
+            if not d: break
+            head += d
+        if head.startswith(b'HTTP/1.1 200') and echoes(s):
+            held.append(s)
+        else:
+            s.close()
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.read()
+print(sum(echoes(s) for s in held), flush=True)
+"#;
+
+/// A context holding every egress connection its proxy lets it open cannot take the
+/// descriptors the other contexts' launches need: under a broker limited to 1024 open
+/// files, 512 tunnels (two sockets and two pipes each in the broker) would take them all.
+#[test]
+fn a_context_at_its_egress_maximum_does_not_starve_other_launches() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.fds.test", unique("f"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start_with_files(
+        &config(&host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)), None),
+        1024,
+    );
+    let mut holder = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                HOLD_TUNNELS,
+                "512",
+                &name,
+                &port.to_string(),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    for i in 0..20 {
+        let out = b.exec("plain", &["/bin/echo", &format!("launch {i}")]);
+        assert_eq!(out.ok(), format!("launch {i}\n"));
+    }
+    drop(holder.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(wait_deadline(&mut holder, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    // Those it held still relay; the others were refused for the context's share of the
+    // descriptors, and audited so.
+    assert_eq!(rest.trim(), held.to_string());
+    assert!((1..512).contains(&held), "{held}");
+    let refused = b.wait_audit(1, |l| l["event"] == "egress" && l["via"] == "accept");
+    assert_eq!(refused[0]["allowed"], false);
+    assert!(
+        json_has_str(&refused[0]["reason"], "share of the broker's descriptors"),
+        "{}",
+        refused[0]
+    );
+}
