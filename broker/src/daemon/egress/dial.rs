@@ -86,8 +86,9 @@ pub async fn connect(
 ) -> Result<TcpStream, DialError> {
     let addresses: Vec<SocketAddr> = match target {
         Target::Address(ip) => vec![SocketAddr::new(canonical(*ip), port)],
-        Target::Name(name) => {
-            let lookup = resolve(name.clone(), port, lookups.clone());
+        Target::Name { .. } => {
+            let name = target.lookup_name().unwrap_or_default();
+            let lookup = resolve(name, port, lookups.clone());
             let all = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
                 .await
                 .map_err(|_| DialError::ResolveTimeout)??;
