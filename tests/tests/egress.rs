@@ -1134,3 +1134,63 @@ fn a_context_at_its_egress_maximum_does_not_starve_other_launches() {
         refused[0]
     );
 }
+
+/// Landlock's `tcp_connect` (ABI 4+) on an egress context: the proxy's port is granted
+/// beside the listed ports, so a program still reaches allowed names through it, while a
+/// connection to any other port, even on the namespace's own loopback, is refused (7 here;
+/// 9, the one listed, is no listener's).
+#[test]
+fn tcp_connect_rules_leave_the_proxy_reachable() {
+    let abi = landlock_abi();
+    assert!(
+        abi >= 4,
+        "this kernel's Landlock ABI is {abi}: tcp_connect needs 4 (Linux 6.7), so this test \
+         cannot check the proxy's grant here"
+    );
+    let addr = HostAddr::claim();
+    let name = format!("{}.landlock.test", unique("l"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    let server = WebServer::start(&addr.ip, &www);
+    let rule = host(
+        &addr,
+        &format!(r#"{{ allow = ["{name}"] }}, tcp_connect = [9]"#),
+    );
+    let b = Broker::start(&config(&rule, None));
+    let script = format!(
+        "import socket, urllib.request\n\
+         print(urllib.request.urlopen('http://{name}:{}/hello.txt', timeout=10).read().decode(), end='')\n\
+         s = socket.socket(); s.settimeout(3)\n\
+         try:\n s.connect(('127.0.0.1', 7)); print('connected')\n\
+         except OSError as e:\n print('errno%d' % e.errno)\n",
+        server.port
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(
+        out.ok(),
+        format!("{body}errno{}\n", libc::EACCES),
+        "{}",
+        out.show()
+    );
+    let status = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        status.contains("TCP connect limited to tcp_connect"),
+        "{status}"
+    );
+}
+
+/// The running kernel's Landlock ABI version (0 without Landlock).
+fn landlock_abi() -> i64 {
+    const CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute and size 0 this only asks for the version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
