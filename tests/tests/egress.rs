@@ -1194,3 +1194,38 @@ fn landlock_abi() -> i64 {
     };
     v.max(0)
 }
+
+/// A name sent with a trailing dot passes the rule written without it, and is resolved as
+/// written: `/etc/hosts` here gives the absolute name another address than the relative
+/// one, and the tunnel reaches the absolute name's.
+#[test]
+fn an_absolute_name_is_allowed_as_its_dotless_form_and_resolved_as_written() {
+    let (relative, absolute) = (HostAddr::claim(), HostAddr::claim());
+    let name = format!("{}.dot.test", unique("d"));
+    let dotted = format!("{name}.");
+    let _hosts = Hosts::add(&[(&relative.ip, &name), (&absolute.ip, &dotted)]);
+    let port = echo_server(&absolute.ip);
+    let rule = format!(
+        r#"{{ allow = ["{name}", "{}", "{}"] }}"#,
+        relative.ip, absolute.ip
+    );
+    let b = Broker::start(&config(&rule, None));
+    let script = format!(
+        "import os, socket\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {dotted}:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head: head += s.recv(1)\n\
+         s.sendall(b'ping'); print(head.split(b'\\r\\n')[0].decode(), s.recv(4).decode())\n"
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(out.ok(), "HTTP/1.1 200 Connection established ping\n");
+    let l = b.wait_audit(1, |l| l["event"] == "egress").remove(0);
+    assert_eq!(l["name"], dotted.as_str());
+    assert_eq!(
+        l["address"],
+        format!("{}:{port}", absolute.ip).as_str(),
+        "{l}"
+    );
+}
