@@ -121,9 +121,14 @@ measure() { # context, extra curl flag or "", file, -w field, count[, host]
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(l) for l in sys.stdin if l.strip()))'; }
 
 measure direct "" big speed_download 1 >/dev/null # warm the page cache
+# The broker's CPU time (user + system, clock ticks) over the proxied downloads: what the
+# relay costs per byte whatever else the machine is doing, which the ratios are not.
+cpu() { awk '{print $14 + $15}' "/proc/$BROKER_PID/stat"; }
 DIRECT=$(measure direct "" big speed_download "$RUNS" | median)
+CPU0=$(cpu)
 PROXIED=$(measure egress "" big speed_download "$RUNS" | median)
 TUNNEL=$(measure egress "-p" big speed_download "$RUNS" | median)
+CPU1=$(cpu)
 SMALL=$((RUNS * 10))
 # Direct by address: the proxy's added time then includes its own name resolution.
 T_DIRECT=$(measure direct "" small time_starttransfer "$SMALL" "$IP" | median)
@@ -143,3 +148,6 @@ print(f'| direct (plain context; first byte: by address) | {mb(d):.0f} MB/s | 10
 print(f'| proxy, absolute-URI (`HTTP_PROXY`) | {mb(p):.0f} MB/s | {p/d:.0%} | {tp*1000:.2f} ms | {(tp-td)*1000:+.2f} ms ({tp/td:.2f}x) |')
 print(f'| proxy, CONNECT tunnel (`curl -p`) | {mb(t):.0f} MB/s | {t/d:.0%} | {tt*1000:.2f} ms | {(tt-td)*1000:+.2f} ms ({tt/td:.2f}x) |')
 EOF
+echo
+echo "broker CPU time per proxied 200 MB download: \
+$(((CPU1 - CPU0) * 1000 / $(getconf CLK_TCK) / (RUNS * 2))) ms (user + system)"

@@ -1046,3 +1046,186 @@ fn a_silent_destination_does_not_outlive_its_client() {
     );
     assert_eq!(held.lock().unwrap().len(), 1);
 }
+
+/// Opens as many CONNECT tunnels to an echo server as it can (up to argv[1]), prints how
+/// many carry a byte there and back, holds them until its standard input ends, and then
+/// checks that each still does.
+const HOLD_TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+n, name, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def echoes(s):
+    try:
+        s.sendall(b'x')
+        return s.recv(1) == b'x'
+    except OSError:
+        return False
+held = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((p.hostname, p.port), timeout=5)
+        s.sendall(b'CONNECT %s:%s HTTP/1.1\r\n\r\n' % (name.encode(), port.encode()))
+        head = b''
+        while b'\r\n\r\n' not in head:
+            d = s.recv(1)
+            if not d: break
+            head += d
+        if head.startswith(b'HTTP/1.1 200') and echoes(s):
+            held.append(s)
+        else:
+            s.close()
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.read()
+print(sum(echoes(s) for s in held), flush=True)
+"#;
+
+/// A context holding every egress connection its proxy lets it open cannot take the
+/// descriptors the other contexts' launches need: under a broker limited to 1024 open
+/// files, 512 tunnels (two sockets and two pipes each in the broker) would take them all.
+#[test]
+fn a_context_at_its_egress_maximum_does_not_starve_other_launches() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.fds.test", unique("f"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start_with_files(
+        &config(&host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)), None),
+        1024,
+    );
+    let mut holder = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                HOLD_TUNNELS,
+                "512",
+                &name,
+                &port.to_string(),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    for i in 0..20 {
+        let out = b.exec("plain", &["/bin/echo", &format!("launch {i}")]);
+        assert_eq!(out.ok(), format!("launch {i}\n"));
+    }
+    drop(holder.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(wait_deadline(&mut holder, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    // Those it held still relay; the others were refused for the context's share of the
+    // descriptors, and audited so.
+    assert_eq!(rest.trim(), held.to_string());
+    assert!((1..512).contains(&held), "{held}");
+    let refused = b.wait_audit(1, |l| l["event"] == "egress" && l["via"] == "accept");
+    assert_eq!(refused[0]["allowed"], false);
+    assert!(
+        json_has_str(&refused[0]["reason"], "share of the broker's descriptors"),
+        "{}",
+        refused[0]
+    );
+}
+
+/// Landlock's `tcp_connect` (ABI 4+) on an egress context: the proxy's port is granted
+/// beside the listed ports, so a program still reaches allowed names through it, while a
+/// connection to any other port, even on the namespace's own loopback, is refused (7 here;
+/// 9, the one listed, is no listener's).
+#[test]
+fn tcp_connect_rules_leave_the_proxy_reachable() {
+    let abi = landlock_abi();
+    assert!(
+        abi >= 4,
+        "this kernel's Landlock ABI is {abi}: tcp_connect needs 4 (Linux 6.7), so this test \
+         cannot check the proxy's grant here"
+    );
+    let addr = HostAddr::claim();
+    let name = format!("{}.landlock.test", unique("l"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    let server = WebServer::start(&addr.ip, &www);
+    let rule = host(
+        &addr,
+        &format!(r#"{{ allow = ["{name}"] }}, tcp_connect = [9]"#),
+    );
+    let b = Broker::start(&config(&rule, None));
+    let script = format!(
+        "import socket, urllib.request\n\
+         print(urllib.request.urlopen('http://{name}:{}/hello.txt', timeout=10).read().decode(), end='')\n\
+         s = socket.socket(); s.settimeout(3)\n\
+         try:\n s.connect(('127.0.0.1', 7)); print('connected')\n\
+         except OSError as e:\n print('errno%d' % e.errno)\n",
+        server.port
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(
+        out.ok(),
+        format!("{body}errno{}\n", libc::EACCES),
+        "{}",
+        out.show()
+    );
+    let status = run(&mut b.ctx(["status"])).ok();
+    assert!(
+        status.contains("TCP connect limited to tcp_connect"),
+        "{status}"
+    );
+}
+
+/// The running kernel's Landlock ABI version (0 without Landlock).
+fn landlock_abi() -> i64 {
+    const CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute and size 0 this only asks for the version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
+
+/// A name sent with a trailing dot passes the rule written without it, and is resolved as
+/// written: `/etc/hosts` here gives the absolute name another address than the relative
+/// one, and the tunnel reaches the absolute name's.
+#[test]
+fn an_absolute_name_is_allowed_as_its_dotless_form_and_resolved_as_written() {
+    let (relative, absolute) = (HostAddr::claim(), HostAddr::claim());
+    let name = format!("{}.dot.test", unique("d"));
+    let dotted = format!("{name}.");
+    let _hosts = Hosts::add(&[(&relative.ip, &name), (&absolute.ip, &dotted)]);
+    let port = echo_server(&absolute.ip);
+    let rule = format!(
+        r#"{{ allow = ["{name}", "{}", "{}"] }}"#,
+        relative.ip, absolute.ip
+    );
+    let b = Broker::start(&config(&rule, None));
+    let script = format!(
+        "import os, socket\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {dotted}:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head: head += s.recv(1)\n\
+         s.sendall(b'ping'); print(head.split(b'\\r\\n')[0].decode(), s.recv(4).decode())\n"
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(out.ok(), "HTTP/1.1 200 Connection established ping\n");
+    let l = b.wait_audit(1, |l| l["event"] == "egress").remove(0);
+    assert_eq!(l["name"], dotted.as_str());
+    assert_eq!(
+        l["address"],
+        format!("{}:{port}", absolute.ip).as_str(),
+        "{l}"
+    );
+}

@@ -32,6 +32,14 @@ const RESERVED_FDS: u64 = 256;
 /// What one connection is counted as against `RLIMIT_NOFILE`: its socket, and its launch's
 /// pidfd, PTY master and report pipe.
 const FDS_PER_CONNECTION: u64 = 4;
+/// What one egress proxy connection holds: the client's socket, the destination's, and
+/// the relay's two pipes.
+pub const FDS_PER_EGRESS: u64 = 6;
+/// Egress connections of all contexts together may hold at most this fraction of the
+/// descriptors not reserved for root, and those of one context [`ENTITLED_SHARE`]th: a
+/// context's proxy, which any program of the context can fill, never takes what launches
+/// (its own and the other contexts') need.
+const EGRESS_SHARE_ALL: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -70,6 +78,26 @@ pub enum OverBudget {
     Descriptors { uid: u32, limit: u64 },
 }
 
+/// Why an egress connection is refused before its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EgressRefusal {
+    #[error(
+        "the broker's descriptors not reserved for root are taken ({limit} open files \
+         allowed, {RESERVED_FDS} kept for root)"
+    )]
+    Descriptors { limit: u64 },
+    #[error(
+        "the context's egress connections hold their share of the broker's descriptors \
+         ({cap} of its {limit} open files)"
+    )]
+    Context { cap: u64, limit: u64 },
+    #[error(
+        "the egress connections of all contexts hold their share of the broker's \
+         descriptors ({cap} of its {limit} open files)"
+    )]
+    All { cap: u64, limit: u64 },
+}
+
 #[derive(Default)]
 pub struct Admissions {
     counts: Mutex<Counts>,
@@ -78,8 +106,33 @@ pub struct Admissions {
 #[derive(Default)]
 struct Counts {
     per_uid: HashMap<u32, PerUid>,
-    /// Descriptors non-root connections are counted as, against `RLIMIT_NOFILE`.
+    /// Descriptors non-root connections and egress connections are counted as, against
+    /// `RLIMIT_NOFILE`.
     fds: u64,
+    /// Of those, the egress connections' ...
+    egress: u64,
+    /// ... and by context.
+    egress_by_context: HashMap<String, u64>,
+}
+
+/// One egress connection's descriptors, counted until it drops.
+pub struct EgressFds {
+    admissions: Arc<Admissions>,
+    context: String,
+}
+
+impl Drop for EgressFds {
+    fn drop(&mut self) {
+        let mut counts = self.admissions.lock();
+        counts.fds -= FDS_PER_EGRESS;
+        counts.egress -= FDS_PER_EGRESS;
+        if let Some(n) = counts.egress_by_context.get_mut(&self.context) {
+            *n -= FDS_PER_EGRESS;
+            if *n == 0 {
+                counts.egress_by_context.remove(&self.context);
+            }
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +196,26 @@ impl Admissions {
         entry.connections += 1;
         counts.fds += FDS_PER_CONNECTION;
         Ok(admission())
+    }
+
+    /// Counts a new egress connection of `context`'s proxy, or says why it is refused: its
+    /// descriptors come out of what is not reserved for root, within the egress shares.
+    pub fn admit_egress(self: &Arc<Self>, context: &str) -> Result<EgressFds, EgressRefusal> {
+        // Read at each connection: an operator may raise it on the running broker.
+        let limit = nofile_limit();
+        let mut counts = self.lock();
+        let own = counts.egress_by_context.get(context).copied().unwrap_or(0);
+        egress_room(limit, counts.fds, counts.egress, own)?;
+        counts.fds += FDS_PER_EGRESS;
+        counts.egress += FDS_PER_EGRESS;
+        *counts
+            .egress_by_context
+            .entry(context.to_string())
+            .or_default() += FDS_PER_EGRESS;
+        Ok(EgressFds {
+            admissions: self.clone(),
+            context: context.to_string(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -391,6 +464,24 @@ fn entitled_cap(limit: u64) -> usize {
     (share as usize).max(HANDSHAKE_FDS_PER_UID)
 }
 
+/// Whether one more egress connection fits under `limit` open files, with `fds` counted in
+/// all, `all` of them by egress connections and `own` by this context's.
+fn egress_room(limit: u64, fds: u64, all: u64, own: u64) -> Result<(), EgressRefusal> {
+    let free = limit.saturating_sub(RESERVED_FDS);
+    if fds + FDS_PER_EGRESS > free {
+        return Err(EgressRefusal::Descriptors { limit });
+    }
+    let cap = free / EGRESS_SHARE_ALL;
+    if all + FDS_PER_EGRESS > cap {
+        return Err(EgressRefusal::All { cap, limit });
+    }
+    let cap = free / ENTITLED_SHARE;
+    if own + FDS_PER_EGRESS > cap {
+        return Err(EgressRefusal::Context { cap, limit });
+    }
+    Ok(())
+}
+
 fn nofile_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -431,6 +522,35 @@ pub fn raise_nofile() -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_connections_are_counted_within_their_shares() {
+        let free = 1024 - RESERVED_FDS;
+        let own = free / ENTITLED_SHARE / FDS_PER_EGRESS * FDS_PER_EGRESS;
+        assert_eq!(egress_room(1024, own - 6, own - 6, own - 6), Ok(()));
+        assert!(matches!(
+            egress_room(1024, own, own, own),
+            Err(EgressRefusal::Context { .. })
+        ));
+        // Another context still has its share, until all egress holds half.
+        assert_eq!(egress_room(1024, own, own, 0), Ok(()));
+        assert!(matches!(
+            egress_room(1024, free / 2, free / 2, 0),
+            Err(EgressRefusal::All { .. })
+        ));
+        // Launches' descriptors count too: egress never takes the last ones.
+        assert!(matches!(
+            egress_room(1024, free - 5, 0, 0),
+            Err(EgressRefusal::Descriptors { limit: 1024 })
+        ));
+        // And egress descriptors are counted where launches are admitted.
+        let a = Arc::new(Admissions::default());
+        let held = a.admit_egress("eg").unwrap();
+        assert_eq!(a.lock().fds, FDS_PER_EGRESS);
+        drop(held);
+        assert_eq!(a.lock().fds, 0);
+        assert!(a.lock().egress_by_context.is_empty());
+    }
 
     #[test]
     fn root_in_a_context_is_counted_like_any_uid() {

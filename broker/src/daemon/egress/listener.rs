@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::rule::{Refusal, Target};
 use super::{dial, http, socks, Attempt, State, HANDSHAKE_TIMEOUT};
+use crate::daemon::admission::EgressRefusal;
 use crate::daemon::kernel::namespaces::Holder;
 use crate::daemon::quiet_log::Quiet;
 
@@ -96,6 +97,7 @@ pub fn listen_in(holder: &Holder) -> io::Result<std::net::TcpListener> {
 pub async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut over_cap = Quiet::default();
     let mut errors = Quiet::default();
+    let mut no_descriptors = Quiet::default();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -121,12 +123,46 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             }
             continue;
         };
+        // Its descriptors come out of the broker's, within the egress shares: however many
+        // connections a context holds, launches keep theirs.
+        let fds = match state.admit_descriptors() {
+            Ok(fds) => fds,
+            Err(refusal) => {
+                if let Some(more) = no_descriptors.should_log() {
+                    tracing::warn!(
+                        "egress proxy of {}: closing a new connection: {refusal}{more}",
+                        state.context
+                    );
+                }
+                refuse_early(&state, refusal);
+                continue;
+            }
+        };
         let state = state.clone();
         tokio::spawn(async move {
             serve(stream, &state).await;
+            drop(fds);
             drop(permit);
         });
     }
+}
+
+/// The audit line of a connection closed at accept for want of descriptors: before its
+/// handshake, so without a name; metered like any refusal.
+fn refuse_early(state: &State, refusal: EgressRefusal) {
+    state.record(&Attempt {
+        launch: None,
+        via: "accept",
+        host: Vec::new(),
+        port: 0,
+        allowed: false,
+        reason: Some(refusal.to_string()),
+        error: None,
+        address: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        started: Instant::now(),
+    });
 }
 
 /// One client connection: handshake (bounded in time and size), decision, connection,

@@ -323,6 +323,19 @@ impl State {
         self.uid.store(uid, Ordering::Relaxed);
     }
 
+    /// Counts a new connection's descriptors against the broker's (see
+    /// [`Admissions::admit_egress`](crate::daemon::admission::Admissions::admit_egress)).
+    pub fn admit_descriptors(
+        &self,
+    ) -> Result<Option<crate::daemon::admission::EgressFds>, crate::daemon::admission::EgressRefusal>
+    {
+        match self.shared.upgrade() {
+            Some(shared) => shared.admissions.admit_egress(&self.context).map(Some),
+            // The broker is shutting down: nothing is left to count against.
+            None => Ok(None),
+        }
+    }
+
     fn remember(&self, id: u64) {
         let mut l = self.launches.lock().unwrap_or_else(|e| e.into_inner());
         if l.len() >= RECENT_LAUNCHES {

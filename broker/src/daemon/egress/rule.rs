@@ -44,8 +44,13 @@ pub enum Host {
 /// What a client asked to reach, as it wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// Lower case, without a trailing dot; only letters, digits, `-`, `_` and dots.
-    Name(String),
+    /// `name`: lower case, without a trailing dot; only letters, digits, `-`, `_` and
+    /// dots. `absolute`: the client wrote it with the trailing dot, so the resolver must
+    /// not try it under a search domain.
+    Name {
+        name: String,
+        absolute: bool,
+    },
     Address(IpAddr),
 }
 
@@ -130,8 +135,8 @@ impl Pattern {
             return false;
         }
         match (&self.host, target) {
-            (Host::Name(n), Target::Name(t)) => n == t,
-            (Host::Suffix(s), Target::Name(t)) => {
+            (Host::Name(n), Target::Name { name: t, .. }) => n == t,
+            (Host::Suffix(s), Target::Name { name: t, .. }) => {
                 t.len() > s.len() + 1 && t.ends_with(s.as_str()) && {
                     t.as_bytes()[t.len() - s.len() - 1] == b'.'
                 }
@@ -166,14 +171,27 @@ impl Target {
         if let Some(ip) = parse_ip(text) {
             return Ok(Target::Address(ip));
         }
-        normal_name(text).map(Target::Name).ok_or(Refusal::BadName)
+        let absolute = text.ends_with('.');
+        normal_name(text)
+            .map(|name| Target::Name { name, absolute })
+            .ok_or(Refusal::BadName)
+    }
+
+    /// The name as the resolver gets it: an absolute name keeps its trailing dot (rules
+    /// compare it without).
+    pub fn lookup_name(&self) -> Option<String> {
+        match self {
+            Target::Name { name, absolute } if *absolute => Some(format!("{name}.")),
+            Target::Name { name, .. } => Some(name.clone()),
+            Target::Address(_) => None,
+        }
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Target::Name(n) => f.write_str(n),
+            Target::Name { name, .. } => f.write_str(name),
             Target::Address(a) => write!(f, "{a}"),
         }
     }
@@ -401,7 +419,34 @@ mod tests {
         assert_eq!(r.check(&name("pypi.org"), 443), Ok(()));
         assert_eq!(r.check(&name("pypi.org"), 80), Err(Refusal::NotAllowed));
         assert_eq!(Target::parse(b"a\nb.com"), Err(Refusal::BadName));
+        assert_eq!(Target::parse(b"a.com.."), Err(Refusal::BadName));
         assert_eq!(Target::parse(b"\xff.com"), Err(Refusal::BadName));
+    }
+
+    #[test]
+    fn an_absolute_name_matches_as_its_dotless_form_and_is_looked_up_as_absolute() {
+        let r = rule(
+            &["github.com", "*.pythonhosted.org"],
+            &["evil.pythonhosted.org"],
+        );
+        let absolute = name("GitHub.com.");
+        assert_eq!(r.check(&absolute, 443), Ok(()));
+        assert_eq!(absolute.lookup_name().as_deref(), Some("github.com."));
+        assert_eq!(absolute.to_string(), "github.com");
+        assert_eq!(
+            name("github.com").lookup_name().as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(r.check(&name("files.pythonhosted.org."), 443), Ok(()));
+        assert_eq!(
+            r.check(&name("evil.pythonhosted.org."), 443),
+            Err(Refusal::Denied)
+        );
+        assert_eq!(
+            r.check(&name("github.com.evil."), 443),
+            Err(Refusal::NotAllowed)
+        );
+        assert_eq!(name("10.0.0.5").lookup_name(), None);
     }
 
     #[test]
