@@ -79,7 +79,9 @@ pub enum Error {
         exit_code: i32,
     },
 
-    #[error("{context}: command timed out after {after}")]
+    /// `after`: "after 1m30s" (`--timeout`), or the context's own timeout, which the
+    /// client is not told.
+    #[error("{context}: command timed out {after}")]
     TimedOut { context: String, after: String },
 
     #[error("{what}: {}", plain(source))]

@@ -285,7 +285,10 @@ impl Relay<'_> {
         if timed_out {
             return Err(Error::TimedOut {
                 context: self.context.into(),
-                after: format_duration(self.timeout_ms.unwrap_or(0)),
+                after: match self.timeout_ms {
+                    Some(ms) => format!("after {}", format_duration(ms)),
+                    None => "at its context's timeout (see ctx contexts)".into(),
+                },
             });
         }
         Ok(match status {
@@ -537,5 +540,17 @@ mod tests {
             ),
             Ok(Outcome::Signaled(2))
         ));
+        // Without --timeout it was the context's own, whose length the client is not told.
+        let by_context = Relay {
+            timeout_ms: None,
+            ..relay
+        };
+        let Err(e) = by_context.exited(ExitStatus::Code(137), true) else {
+            panic!("a timeout is an error");
+        };
+        assert_eq!(
+            e.to_string(),
+            "user: command timed out at its context's timeout (see ctx contexts)"
+        );
     }
 }
