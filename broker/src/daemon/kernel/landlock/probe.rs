@@ -1,7 +1,7 @@
-//! What this kernel's Landlock can enforce: its ABI version, asked once per config load
-//! and handed to the loader, and the load warnings for the options an ABI leaves out.
+//! What this kernel's Landlock can enforce: its ABI version, and the load warnings for
+//! the options an ABI leaves out.
 //!
-//! The loader takes the ABI as an input rather than asking the kernel itself, so a config
+//! The config loader is handed the ABI rather than asking the kernel itself, so a config
 //! can be checked against any kernel (its tests pass each ABI).
 
 use crate::config::{Isolation, Signals};
