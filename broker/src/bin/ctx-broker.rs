@@ -178,7 +178,7 @@ fn man() -> ExitCode {
 /// `--check`: loads the file, then asks whether each routing context's user could connect
 /// to the socket as a broker started by this uid would make it.
 fn check(args: &Args) -> ExitCode {
-    let cfg = match config::load(&args.config) {
+    let cfg = match config::load(&args.config, daemon::kernel::landlock::abi()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("ctx-broker: {e}");

@@ -26,6 +26,7 @@ use super::{
     Rlimit, ShellEnv, Signals, User,
 };
 use crate::daemon::egress;
+use crate::daemon::kernel::landlock;
 use values::{EnvTable, Scalar};
 
 // ---------- Constants ----------
@@ -96,42 +97,30 @@ impl ConfigError {
 
 // ---------- Functions ----------
 
-/// Reads and resolves the config at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Reads and resolves the config at `path`, warning about the Landlock options a kernel
+/// with Landlock ABI `landlock_abi` leaves out (the broker passes
+/// [`landlock::abi`], this kernel's).
+pub fn load(path: &Path, landlock_abi: i32) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         at: None,
         key: None,
         reason: format!("cannot read the config: {e}"),
     })?;
-    load_str(&text, path)
+    load_str(&text, path, landlock_abi)
 }
 
 /// Resolves config `text`; `path` is only used to name the file in errors and warnings
-/// (and is kept in [`Config::path`]).
-pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+/// (and is kept in [`Config::path`]); `landlock_abi` as for [`load`].
+pub fn load_str(text: &str, path: &Path, landlock_abi: i32) -> Result<Config, ConfigError> {
     let loader = Loader {
         text,
         path,
+        landlock_abi,
         warnings: Vec::new(),
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| loader.toml_error(&e))?;
     loader.resolve(raw)
-}
-
-/// The Landlock ABI version this kernel offers (0: none, or disabled at boot).
-pub fn landlock_abi() -> i32 {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: the documented version query: no attribute, size 0.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    v.max(0) as i32
 }
 
 /// One warning per uid that two or more contexts share: the kernel cannot tell their
@@ -173,66 +162,6 @@ fn shared_uid_warnings(contexts: &BTreeMap<String, Arc<Context>>) -> Vec<String>
             text
         })
         .collect()
-}
-
-/// The warnings about a context's Landlock options (`key`: `contexts.NAME.isolation`) on a
-/// kernel with Landlock ABI `abi` (0: none); `routes`: it has `route_children_to`.
-pub fn landlock_warnings(key: &str, iso: &Isolation, routes: bool, abi: i32) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if iso.has_fs_rules() && abi < 1 {
-        warnings.push(format!(
-            "{key}: read_only/read_write/no_access NOT in force: {} (filesystem access is \
-             only limited by the context's uid)",
-            super::NO_LANDLOCK
-        ));
-    } else if iso.has_fs_rules() && abi < 3 {
-        warnings.push(format!(
-            "{key}: {} NOT in force: {}",
-            super::NO_TRUNCATE_ITEM,
-            no_truncate(abi)
-        ));
-    }
-    if iso.has_tcp_rules() && abi < 4 {
-        warnings.push(format!(
-            "{key}: tcp_bind/tcp_connect NOT in force: they need Landlock ABI 4 (Linux 6.7), \
-             this kernel has {abi}; the context may bind and connect to any TCP port its uid \
-             may"
-        ));
-    }
-    if iso.signals == Signals::Scoped && abi < 6 {
-        warnings.push(format!(
-            "{key}: signals = \"scoped\" NOT in force: it needs Landlock ABI 6 (Linux 6.12), \
-             this kernel has {abi}; only uid separation limits what the context may signal"
-        ));
-    }
-    if iso.enforce && !routes {
-        warnings.push(format!(
-            "{key}: enforce = true has no effect: the context does not route its launches \
-             (set route_children_to)"
-        ));
-    } else if iso.enforce && abi < 1 {
-        warnings.push(format!(
-            "{key}: enforce = true NOT in force: {}; launches that bypass the interposer \
-             (static binaries, raw execve) run unrouted",
-            super::NO_LANDLOCK
-        ));
-    } else if iso.enforce && !crate::daemon::kernel::supervisor::available() {
-        warnings.push(format!(
-            "{key}: enforce = true: exec auditing and the ELF loader check NOT in force: \
-             this kernel has no seccomp user notification (Linux 5.0+); execs that bypass \
-             the interposer still fail (Landlock) but are not audited, and the ELF loader \
-             can still run a program unrouted"
-        ));
-    }
-    warnings
-}
-
-/// Why Landlock ABI 1 and 2 leave files open to `truncate(2)`.
-pub fn no_truncate(abi: i32) -> String {
-    format!(
-        "Landlock ABI {abi} cannot stop truncate(2), so a file beneath read_only or no_access \
-         that the context's uid may write can still be emptied; it needs ABI 3 (Linux 6.2)"
-    )
 }
 
 /// An environment variable name as POSIX shells accept it: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -379,6 +308,8 @@ impl<'de> Deserialize<'de> for RawNetwork {
 struct Loader<'a> {
     text: &'a str,
     path: &'a Path,
+    /// The kernel's Landlock ABI the warnings are about (0: none).
+    landlock_abi: i32,
     warnings: Vec<String>,
 }
 
@@ -924,11 +855,11 @@ impl Loader<'_> {
                 }
             }
         };
-        self.warnings.extend(landlock_warnings(
+        self.warnings.extend(landlock::load_warnings(
             &scope.key("isolation"),
             &isolation,
             raw.route_children_to.is_some(),
-            landlock_abi(),
+            self.landlock_abi,
         ));
         for (index, path) in isolation.no_access.iter().enumerate() {
             if !path.exists() {

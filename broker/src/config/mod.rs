@@ -9,19 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{
-    landlock_abi, landlock_warnings, load, load_str, no_truncate, parse_duration, ConfigError,
-};
+pub use load::{load, load_str, parse_duration, ConfigError};
 
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The NOT-in-force item of filesystem rules on Landlock ABI 1 and 2.
-pub const NO_TRUNCATE_ITEM: &str = "truncate protection of read_only/no_access";
-
-/// Why Landlock options are not in force on a kernel without it, and what to do.
-pub const NO_LANDLOCK: &str = "this kernel has no Landlock (it needs Linux 5.13+ with \
-    landlock in the lsm= boot parameter, or a container profile that allows its syscalls)";
 
 #[derive(Debug, Clone)]
 pub struct Config {

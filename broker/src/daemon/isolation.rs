@@ -9,9 +9,10 @@
 
 use ctx_protocol::IsolationLine;
 
+use super::kernel::landlock;
 use super::kernel::namespaces::wanted_flags;
 use super::Shared;
-use crate::config::{landlock_abi, Config, Context, Signals};
+use crate::config::{Config, Context, Signals};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -51,7 +52,7 @@ pub fn line(shared: &Shared, ctx: &Context) -> IsolationLine {
             .map(String::from),
     );
     missing.extend(super::kernel::landlock::not_in_force(ctx));
-    if ctx.isolation.enforce && ctx.route_children_to.is_some() && landlock_abi() >= 1 {
+    if ctx.isolation.enforce && ctx.route_children_to.is_some() && landlock::abi() >= 1 {
         if super::kernel::supervisor::available() && shared.exec_guard.failure().is_none() {
             in_force.push("exec bypass attempts denied and audited".into());
         } else {
@@ -138,7 +139,7 @@ fn same_uid(ctx: &Context, euid: u32) -> Option<String> {
     if ctx.user.uid != euid {
         return None;
     }
-    let abi = landlock_abi();
+    let abi = landlock::abi();
     // A root broker is out of its contexts' reach: its real and saved uids are no one's
     // (kill(2) is refused) and the seccomp file-owner filter keeps its processes from
     // aiming SIGIO at it (see `seccomp`). An unprivileged broker shares its uid with the context, so only a

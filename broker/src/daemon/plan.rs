@@ -195,7 +195,7 @@ pub fn environment(
 fn signals_fenced(ctx: &Context) -> bool {
     ctx.isolation.pid
         || (ctx.isolation.signals == crate::config::Signals::Scoped
-            && crate::config::landlock_abi() >= 6)
+            && crate::daemon::kernel::landlock::abi() >= 6)
 }
 
 /// An `LD_PRELOAD` value without ctx's interposer: entries (separated by `:` or spaces,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 
 use super::admission::{self, Refusal};
+use super::kernel::landlock;
 use super::quiet_log::Quiet;
 use super::requests::reload;
 use super::{audit::Audit, dispatch, registry::Registry, systemd, Peer, Shared};
@@ -63,7 +64,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 /// Runs the broker until SIGTERM/SIGINT; returns once every routed process is gone and the
 /// socket is removed.
 pub async fn run(opts: Options) -> Result<(), ServerError> {
-    let config = config::load(&opts.config)?;
+    let config = config::load(&opts.config, landlock::abi())?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

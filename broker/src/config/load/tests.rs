@@ -9,17 +9,21 @@ use super::*;
 
 const FILE: &str = "/etc/ctx/contexts.toml";
 
+/// A kernel that enforces every Landlock option: the tests' warnings do not depend on the
+/// kernel they run on.
+const LANDLOCK_ABI: i32 = 6;
+
 // ---------- Helpers ----------
 
 fn ok(text: &str) -> Config {
-    match load_str(text, Path::new(FILE)) {
+    match load_str(text, Path::new(FILE), LANDLOCK_ABI) {
         Ok(config) => config,
         Err(e) => panic!("expected the config to load, got: {e}"),
     }
 }
 
 fn fails(text: &str) -> ConfigError {
-    match load_str(text, Path::new(FILE)) {
+    match load_str(text, Path::new(FILE), LANDLOCK_ABI) {
         Ok(_) => panic!("expected an error for:\n{text}"),
         Err(e) => e,
     }
@@ -200,7 +204,7 @@ fn shipped_example_parses_when_present() {
     // The repo-root example is written by another issue; check it once it exists.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contexts.toml");
     if let Ok(text) = std::fs::read_to_string(&root) {
-        if let Err(e) = load_str(&text, &root) {
+        if let Err(e) = load_str(&text, &root, LANDLOCK_ABI) {
             // Accounts in the demo may not exist on this machine; anything else is a bug.
             assert!(
                 e.reason.contains("no such user") || e.reason.contains("no such group"),
@@ -886,7 +890,7 @@ fn landlock_warnings_follow_the_kernels_abi() {
         "[contexts.b]\nuser = \"root\"\n",
     ));
     let iso = &ctx(&config, "a").isolation;
-    let at = |abi| landlock_warnings("contexts.a.isolation", iso, true, abi);
+    let at = |abi| landlock::load_warnings("contexts.a.isolation", iso, true, abi);
     let none = at(0);
     assert_eq!(none.len(), 3, "{none:?}");
     assert!(none[0].starts_with("contexts.a.isolation: read_only/read_write/no_access NOT in force: this kernel has no Landlock"));
@@ -899,8 +903,22 @@ fn landlock_warnings_follow_the_kernels_abi() {
     assert!(at(5).len() == 1 && at(5)[0].contains("signals = \"scoped\""));
     assert!(at(6).is_empty(), "{:?}", at(6));
     // Without routing, enforce does nothing on any kernel.
-    let w = landlock_warnings("k", iso, false, 7);
+    let w = landlock::load_warnings("k", iso, false, 7);
     assert_eq!(w, vec!["k: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string()]);
+}
+
+#[test]
+fn the_loader_warns_on_the_abi_it_is_given() {
+    let text = "[contexts.a]\nuser = \"root\"\nisolation = { read_only = [\"/\"] }\n";
+    let on = |abi| {
+        load_str(text, Path::new(FILE), abi)
+            .expect("loads")
+            .warnings
+    };
+    assert!(on(LANDLOCK_ABI).is_empty(), "{:?}", on(LANDLOCK_ABI));
+    let two = on(2);
+    assert_eq!(two.len(), 1, "{two:?}");
+    assert!(two[0].starts_with("contexts.a.isolation: truncate protection"));
 }
 
 #[test]
@@ -1076,7 +1094,7 @@ fn masked_env() {
 fn load_reads_the_file() {
     let dir = TempDir::new();
     let path = dir.file("contexts.toml", "[contexts.a]\nuser = \"root\"\n", 0o600);
-    let config = load(Path::new(&path)).expect("loads");
+    let config = load(Path::new(&path), LANDLOCK_ABI).expect("loads");
     assert_eq!(config.path, PathBuf::from(&path));
 
     let bad = dir.file(
@@ -1084,7 +1102,7 @@ fn load_reads_the_file() {
         "[contexts.a]\nuser = \"root\"\nshell = 1\n",
         0o600,
     );
-    let shown = load(Path::new(&bad))
+    let shown = load(Path::new(&bad), LANDLOCK_ABI)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -1094,7 +1112,7 @@ fn load_reads_the_file() {
     );
 
     let missing = dir.0.join("nope.toml");
-    let e = load(&missing).expect_err("missing file is an error");
+    let e = load(&missing, LANDLOCK_ABI).expect_err("missing file is an error");
     assert_eq!(e.at, None);
     assert!(
         e.to_string()

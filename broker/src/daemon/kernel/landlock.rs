@@ -21,6 +21,8 @@
 //! them exactly. The broker's socket stays reachable: connecting to a Unix socket is not
 //! a Landlock right before ABI 9, and the broker authenticates every peer anyway.
 
+pub mod probe;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,10 @@ use landlock::{
     RulesetCreatedAttr, Scope, ABI,
 };
 
-use crate::config::{landlock_abi, Context, Signals};
+pub use probe::{abi, load_warnings};
+use probe::{no_truncate, NO_LANDLOCK, NO_TRUNCATE_ITEM};
+
+use crate::config::{Context, Signals};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -168,7 +173,7 @@ pub(crate) const LOADERS: [&str; 5] = [
 /// `execve("/lib64/ld-linux-x86-64.so.2", [.., PROGRAM])` run PROGRAM: the exec guard
 /// (`supervisor`) refuses the loader by name and audits every refusal.
 pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::RulesetError> {
-    if landlock_abi() < 1 {
+    if abi() < 1 {
         return Ok(None);
     }
     let mut created = Ruleset::default()
@@ -203,7 +208,7 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
 
 /// What of the context's Landlock isolation this kernel enforces, for `ctx status`.
 pub fn in_force(ctx: &Context) -> Vec<&'static str> {
-    in_force_at(ctx, landlock_abi())
+    in_force_at(ctx, abi())
 }
 
 /// [`in_force`] on a kernel with Landlock ABI `abi`.
@@ -230,7 +235,7 @@ pub fn in_force_at(ctx: &Context, abi: i32) -> Vec<&'static str> {
 /// What of the context's Landlock isolation this kernel (or the config) leaves out, each
 /// with the reason, for `ctx status`; the loader warned about each at load.
 pub fn not_in_force(ctx: &Context) -> Vec<(String, String)> {
-    not_in_force_at(ctx, landlock_abi())
+    not_in_force_at(ctx, abi())
 }
 
 /// [`not_in_force`] on a kernel with Landlock ABI `abi`.
@@ -239,13 +244,10 @@ pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
     if ctx.isolation.has_fs_rules() && abi < 1 {
         out.push((
             "read_only/read_write/no_access".to_string(),
-            crate::config::NO_LANDLOCK.to_string(),
+            NO_LANDLOCK.to_string(),
         ));
     } else if ctx.isolation.has_fs_rules() && abi < 3 {
-        out.push((
-            crate::config::NO_TRUNCATE_ITEM.to_string(),
-            crate::config::no_truncate(abi),
-        ));
+        out.push((NO_TRUNCATE_ITEM.to_string(), no_truncate(abi)));
     }
     if ctx.isolation.has_tcp_rules() && abi < 4 {
         out.push((
@@ -265,16 +267,13 @@ pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
             "the context does not route its launches (set route_children_to)".to_string(),
         ));
     } else if ctx.isolation.enforce && abi < 1 {
-        out.push((
-            "enforce = true".to_string(),
-            crate::config::NO_LANDLOCK.to_string(),
-        ));
+        out.push(("enforce = true".to_string(), NO_LANDLOCK.to_string()));
     }
     out
 }
 
 fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, LandlockError> {
-    let abi_version = landlock_abi();
+    let abi_version = abi();
     let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;
     let signals = ctx.isolation.signals == Signals::Scoped && abi_version >= 6;
     let (bind, connect) = if abi_version >= 4 {
@@ -441,7 +440,7 @@ mod tests {
 
     fn context(isolation: &str) -> Context {
         let text = format!("[contexts.a]\nuser = \"root\"\nisolation = {isolation}\n");
-        let config = crate::config::load_str(&text, Path::new("/t.toml")).expect("config");
+        let config = crate::config::load_str(&text, Path::new("/t.toml"), abi()).expect("config");
         config.contexts["a"].as_ref().clone()
     }
 

@@ -1,6 +1,9 @@
 //! One routed launch from its authorised request to its exit: prepare, fork, report
 //! `Started` or a classified failure, hand the running launch to [`super::relay`], and
 //! send `Exited`. A caller that disconnects takes its process group with it.
+//!
+//! [`launch`] lists the steps in the order they run; each is a method of [`Launch`], which
+//! holds what the steps acquire until the fork.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -8,32 +11,41 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ctx_protocol::{ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply, Stage};
+use ctx_protocol::{
+    ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply, Stage, TermModes,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{hang_up_after_handover, read_fd, wait_exit, watch, Relay, Relayed};
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
+use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
-use crate::daemon::kernel::supervisor::{ParentSignals, Policy};
-use crate::daemon::plan::{prepare, BrokerIdentity, Lookup};
+use crate::daemon::kernel::cgroups::Group;
+use crate::daemon::kernel::namespaces::Holder;
+use crate::daemon::kernel::supervisor::{Armed, ParentSignals, Policy};
+use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::Running;
 use crate::daemon::shell_state;
 use crate::daemon::spawn::{
-    exec_likely, fork_exec, parse_report, EnterNamespaces, Program, SpawnPlan,
+    exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
 
 /// Signals to the parent waiting for the client; more are dropped (the client's own
 /// pending signal merges them anyway, as the kernel merges a standard signal).
 const PARENT_SIGNALS: usize = 64;
 
-fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
-    args.iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
 
 /// Who launches, which decides how the program is found and when the caller hears back.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +68,76 @@ impl Via {
     }
 }
 
+/// What the steps of [`launch`] share: the request, what its audit line keeps, and what
+/// the steps acquire. A refused launch lets go of what it holds only once the refusal is
+/// audited and sent; the fields are in the reverse order of their acquisition, so they are
+/// let go of in the order locals would be.
+struct Launch<'a> {
+    /// A PTY launch's master, from the fork on.
+    master: Option<OwnedFd>,
+    // Held until the fork is done (the exec guard until the child's report): the child
+    // joins, restricts itself with or hands over through each.
+    pty: Option<pty::Pty>,
+    cgroup: Option<Arc<Group>>,
+    exec_guard: Option<Armed<'a>>,
+    enforcing: Option<OwnedFd>,
+    ruleset: Option<Arc<OwnedFd>>,
+    holder: Option<Arc<Holder>>,
+    /// The caller's descriptors (its cwd's among them), until the child has its copies.
+    passed: Option<PeerFds>,
+
+    shared: &'a Arc<Shared>,
+    peer: &'a Peer,
+    ctx: Arc<Context>,
+    via: Via,
+    req: ExecRequest,
+    fields: LaunchFields,
+    /// The argv, lossy: for `ctx ps` and the checks of the steps.
+    argv: Vec<String>,
+    started_at: Instant,
+    me: BrokerIdentity,
+    /// Known before the fork: an egress context's launch carries it to the proxy.
+    id: u64,
+    /// See [`cwd_unverified`].
+    cwd_unverified: Option<String>,
+    /// The exec guard decides the launch's execs (`enforce = true`), not only relays
+    /// its signals to the parent.
+    enforced_execs: bool,
+    /// The modes the PTY was opened with.
+    pty_modes: Option<TermModes>,
+    /// The session leader stand-in of a PTY launch.
+    leader_pid: Option<libc::pid_t>,
+    applied: Applied,
+}
+
+/// What a launch's audit line carries of what its caller chose: the argv fields, and how
+/// many bytes of the cwd and of a failure's message to keep (see `Audit::argv_keep`).
+struct LaunchFields {
+    argv: Argv,
+    text_keep: usize,
+}
+
+/// What isolation the fork handed the child, for the audit record.
+#[derive(Default, Clone, Copy)]
+struct Applied {
+    ns_flags: i32,
+    landlock: bool,
+    enforced: bool,
+    exec_guarded: bool,
+}
+
+/// The forked process, watched.
+struct Child {
+    pid: libc::pid_t,
+    pidfd: AsyncFd<OwnedFd>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Runs one authorised launch to its end. A step that refuses the launch ends it there: the
+/// failure is audited and sent, and only then is what the launch holds let go of.
 pub(super) async fn launch(
     shared: &Arc<Shared>,
     conn: &mut Conn,
@@ -65,324 +147,568 @@ pub(super) async fn launch(
     req: ExecRequest,
     audit_argv: Option<Vec<serde_bytes::ByteBuf>>,
 ) {
-    let lookup = via.lookup();
-    let ctx = ctx.clone();
-    let raw_argv = audit_argv.as_deref().unwrap_or(&req.argv);
-    // Bounded and lossless for the log; the lossy text for `ctx ps` and the checks below.
-    let party = match (peer.context.as_ref().or(peer.contained.as_ref()), peer.uid) {
-        (Some(c), _) => Some(c.clone()),
-        (None, 0) => None,
-        (None, uid) => Some(format!("uid:{uid}")),
-    };
-    // The caller's cwd is logged too (twice when it is not UTF-8: as text and escaped), and
-    // a failure's message may quote it or the program: all of it is charged and cut alike.
-    let argv_bytes: usize = raw_argv.iter().map(|a| a.len() + 1).sum();
-    let cwd_bytes = req.cwd.len().min(audit::TEXT_KEEP);
-    let keep = shared.audit.argv_keep(
-        party.as_deref(),
-        argv_bytes.min(audit::ARGV_KEEP) + 8 * cwd_bytes,
-    );
-    let text_keep = if keep == audit::ARGV_KEEP {
-        audit::TEXT_KEEP
-    } else {
-        audit::COMPACT_ARGV_KEEP
-    };
-    let fields = LaunchFields {
-        argv: audit::argv_kept(raw_argv, keep),
-        text_keep,
-    };
-    let audit_argv = lossy(raw_argv);
-    let started_at = Instant::now();
-    let passed = conn.take_fds();
-    // A ctx sh command runs on its own saved state; other launches of a shared context
-    // start from what the default session exports.
-    let session_env = if ctx.shell_env == ShellEnv::Shared
-        && audit_argv.first().map(String::as_str) != Some("ctx-sh")
-    {
-        shell_state::shared_exports(&shared.state_dir, &ctx)
-    } else {
-        Vec::new()
-    };
-    let me = BrokerIdentity::current();
-    // Chained contexts: the target's on_broker_down travels in the environment.
-    let chained_routing;
-    let routing = match &ctx.route_children_to {
-        Some(target) => {
-            let local = shared
-                .config()
-                .contexts
-                .get(target)
-                .is_some_and(|t| t.on_broker_down == BrokerDown::Local);
-            chained_routing = crate::daemon::plan::Routing {
-                target_runs_local_when_down: local,
-                ..shared.routing.clone()
+    let mut l = Launch::new(shared, conn, peer, ctx, via, req, audit_argv);
+    let ran: Result<(), ExecFailure<'static>> = async {
+        let mut prepared = l.prepare()?;
+        let plan = &mut prepared.plan;
+        l.hand_over_ports(plan)?;
+        l.enter_namespaces(plan);
+        let exec_policy = l.landlock(plan)?;
+        let parent_signals = l.exec_guard(plan, exec_policy);
+        l.cgroup(plan);
+        l.terminal(plan, prepared.wants_tty)?;
+        let accepted = l.accept(conn, plan).await;
+        let forked = l.fork(plan)?;
+        let (child, report) = l.watch(forked)?;
+        l.register(child.pid);
+        l.await_exec(report, &child, &prepared).await?;
+        let client_alive = l.started(conn, child.pid, accepted).await;
+        let relayed = l.relay(conn, &child, parent_signals, client_alive).await;
+        l.end(conn, child.pid, relayed, prepared).await;
+        Ok(())
+    }
+    .await;
+    if let Err(failure) = ran {
+        l.fail(conn, failure).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Methods: the steps, in order
+// ---------------------------------------------------------------------------------------
+
+impl<'a> Launch<'a> {
+    /// Charges the caller's argv to its audit budget and takes its descriptors.
+    fn new(
+        shared: &'a Arc<Shared>,
+        conn: &mut Conn,
+        peer: &'a Peer,
+        ctx: &Arc<Context>,
+        via: Via,
+        req: ExecRequest,
+        audit_argv: Option<Vec<serde_bytes::ByteBuf>>,
+    ) -> Launch<'a> {
+        let raw_argv = audit_argv.as_deref().unwrap_or(&req.argv);
+        // Bounded and lossless for the log; the lossy text for `ctx ps` and the checks below.
+        let party = match (peer.context.as_ref().or(peer.contained.as_ref()), peer.uid) {
+            (Some(c), _) => Some(c.clone()),
+            (None, 0) => None,
+            (None, uid) => Some(format!("uid:{uid}")),
+        };
+        // The caller's cwd is logged too (twice when it is not UTF-8: as text and escaped),
+        // and a failure's message may quote it or the program: all of it is charged and cut
+        // alike.
+        let argv_bytes: usize = raw_argv.iter().map(|a| a.len() + 1).sum();
+        let cwd_bytes = req.cwd.len().min(audit::TEXT_KEEP);
+        let keep = shared.audit.argv_keep(
+            party.as_deref(),
+            argv_bytes.min(audit::ARGV_KEEP) + 8 * cwd_bytes,
+        );
+        let text_keep = if keep == audit::ARGV_KEEP {
+            audit::TEXT_KEEP
+        } else {
+            audit::COMPACT_ARGV_KEEP
+        };
+        let fields = LaunchFields {
+            argv: audit::argv_kept(raw_argv, keep),
+            text_keep,
+        };
+        let argv = lossy(raw_argv);
+        Launch {
+            master: None,
+            pty: None,
+            cgroup: None,
+            exec_guard: None,
+            enforcing: None,
+            ruleset: None,
+            holder: None,
+            shared,
+            peer,
+            ctx: ctx.clone(),
+            via,
+            fields,
+            argv,
+            started_at: Instant::now(),
+            passed: Some(conn.take_fds()),
+            req,
+            me: BrokerIdentity::current(),
+            id: 0,
+            cwd_unverified: None,
+            enforced_execs: false,
+            pty_modes: None,
+            leader_pid: None,
+            applied: Applied::default(),
+        }
+    }
+
+    /// The authorised request made a plan: the program found, the environment and cwd
+    /// resolved.
+    fn prepare(&mut self) -> Result<Prepared, ExecFailure<'static>> {
+        let (shared, ctx) = (self.shared, &self.ctx);
+        // A ctx sh command runs on its own saved state; other launches of a shared context
+        // start from what the default session exports.
+        let session_env = if ctx.shell_env == ShellEnv::Shared
+            && self.argv.first().map(String::as_str) != Some("ctx-sh")
+        {
+            shell_state::shared_exports(&shared.state_dir, ctx)
+        } else {
+            Vec::new()
+        };
+        // Chained contexts: the target's on_broker_down travels in the environment.
+        let chained_routing;
+        let routing = match &ctx.route_children_to {
+            Some(target) => {
+                let local = shared
+                    .config()
+                    .contexts
+                    .get(target)
+                    .is_some_and(|t| t.on_broker_down == BrokerDown::Local);
+                chained_routing = crate::daemon::plan::Routing {
+                    target_runs_local_when_down: local,
+                    ..shared.routing.clone()
+                };
+                &chained_routing
+            }
+            None => &shared.routing,
+        };
+        let passed = self.passed.as_deref().unwrap_or_default();
+        let lookup = self.via.lookup();
+        let mut prepared = prepare(
+            ctx,
+            &self.req,
+            lookup,
+            passed,
+            self.me,
+            routing,
+            &session_env,
+        )?;
+        // The caller's cwd descriptor (still held in `passed`), when the child is to use it.
+        self.cwd_unverified = prepared
+            .plan
+            .cwd_fd
+            .and_then(|fd| cwd_unverified(self.peer, fd));
+        if self.peer.uid != ctx.user.uid {
+            if let Some(carried) = &mut prepared.plan.inherited {
+                carried.for_another_user();
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and
+    /// sets `LISTEN_FDS`/`LISTEN_PID`. A port goes only to a launch into its owning context
+    /// (`[broker] port_owners`) or to a root caller.
+    fn hand_over_ports(&self, plan: &mut SpawnPlan) -> Result<(), ExecFailure<'static>> {
+        let (shared, peer, ctx) = (self.shared, self.peer, &self.ctx);
+        let config = shared.config();
+        let mut count = 0;
+        for slot in &self.req.fds {
+            let FdSource::ReservedPort(port) = slot.source else {
+                continue;
             };
-            &chained_routing
-        }
-        None => &shared.routing,
-    };
-    let prepared = match prepare(&ctx, &req, lookup, &passed, me, routing, &session_env) {
-        Ok(p) => p,
-        Err(failure) => return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await,
-    };
-    // The caller's cwd descriptor (still held in `passed`), when the child is to use it.
-    let cwd_unverified = prepared.plan.cwd_fd.and_then(|fd| cwd_unverified(peer, fd));
-    let mut plan = prepared.plan;
-    if peer.uid != ctx.user.uid {
-        if let Some(carried) = &mut plan.inherited {
-            carried.for_another_user();
-        }
-    }
-    if let Err(failure) = hand_over_ports(shared, peer, &ctx, &req, &mut plan) {
-        return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
-    }
-    // Held until the fork is done: the child joins the namespaces through this pidfd.
-    let holder = shared.namespaces.for_context(&ctx);
-    plan.namespaces = holder.as_ref().map(|h| EnterNamespaces {
-        pidfd: h.pidfd.as_raw_fd(),
-        flags: h.flags,
-    });
-    // Known before the fork: an egress context's launch carries its id to the proxy.
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    if let Some(h) = &holder {
-        let proxy_env = shared.egress.launch_env(shared, &ctx, h, id);
-        if !proxy_env.is_empty() {
-            plan.envp
-                .retain(|e| !crate::daemon::egress::Egress::is_proxy_var(e.as_bytes()));
-            plan.envp.extend(proxy_env);
-        }
-    }
-    // Held until the fork is done: the child restricts itself with this ruleset.
-    let protected = crate::daemon::kernel::landlock::Protected {
-        config: shared.config().path.clone(),
-        audit_log: shared.audit.path().to_path_buf(),
-        state_dir: shared.state_dir.clone(),
-        egress_port: holder.as_ref().and_then(|_| shared.egress.port(&ctx.name)),
-    };
-    let ruleset = match shared.landlock.for_context(&ctx, &protected) {
-        Ok(r) => r,
-        Err(e) => {
-            let failure = ExecFailure {
-                kind: FailureKind::Other,
-                stage: Stage::Landlock,
-                errno: 0,
-                errno_name: "".into(),
-                message: e.to_string().into(),
+            let owner = config.broker.port_owners.get(&port);
+            if peer.uid != 0 && owner != Some(&ctx.name) {
+                let message = match owner {
+                    Some(o) => {
+                        format!("port {port} belongs to context {o:?}, not {:?}", ctx.name)
+                    }
+                    None => format!(
+                        "port {port} has no owner in [broker] port_owners: only root may claim it"
+                    ),
+                };
+                return Err(ExecFailure {
+                    kind: FailureKind::PermissionDenied,
+                    stage: Stage::Fds,
+                    errno: libc::EACCES,
+                    errno_name: ctx_protocol::errno_name(libc::EACCES).into(),
+                    message: message.into(),
+                });
+            }
+            let Some(fd) = shared.ports.socket(port) else {
+                return Err(ExecFailure {
+                    kind: FailureKind::Other,
+                    stage: Stage::Fds,
+                    errno: libc::EADDRNOTAVAIL,
+                    errno_name: ctx_protocol::errno_name(libc::EADDRNOTAVAIL).into(),
+                    message: format!(
+                        "port {port} is not held by the broker (not in [broker] reserved_ports, \
+                         or it could not be bound at start: see ctx status)"
+                    )
+                    .into(),
+                });
             };
-            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
+            plan.fds.push((fd, slot.target));
+            count += 1;
         }
-    };
-    let (enforcing, exec_policy) = match enforce_ruleset(shared, &ctx, &plan) {
-        Ok(Some(e)) => (Some(e.ruleset), Some(e.policy)),
-        Ok(None) => (None, None),
-        Err(e) => {
-            let failure = ExecFailure {
-                kind: FailureKind::Other,
-                stage: Stage::Landlock,
-                errno: 0,
-                errno_name: "".into(),
-                message: format!(
-                    "context {:?}: cannot build its enforce ruleset: {e}",
-                    ctx.name
-                )
-                .into(),
-            };
-            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
+        if count > 0 {
+            if let Ok(kv) = std::ffi::CString::new(format!("LISTEN_FDS={count}")) {
+                plan.envp.retain(|e| {
+                    let b = e.as_bytes();
+                    !b.starts_with(b"LISTEN_FDS=") && !b.starts_with(b"LISTEN_PID=")
+                });
+                plan.envp.push(kv);
+            }
+            plan.listen_pid = true;
         }
-    };
-    plan.landlock = [
-        ruleset.as_ref().map(|r| r.as_raw_fd()),
-        enforcing.as_ref().map(|r| r.as_raw_fd()),
-    ];
-    // The program's parent is the broker: where it can name that pid (no PID namespace
-    // of its own), its signals to it are taken to its caller instead; not where signals
-    // are scoped to the launch.
-    let (parent_tx, parent_signals) = tokio::sync::mpsc::channel::<i32>(PARENT_SIGNALS);
-    let relays_parent =
-        !ctx.isolation.pid && ctx.isolation.signals != crate::config::Signals::Scoped;
-    let enforced_execs = exec_policy.is_some();
-    let policy = match exec_policy {
-        Some(p) => Some(p),
-        None if relays_parent => Some(Policy::execs_unchecked(
-            &ctx.name,
-            ctx.user.uid,
-            audit_argv.first().map(Into::into).unwrap_or_default(),
-        )),
-        None => None,
+        Ok(())
     }
-    .map(|p| match relays_parent {
-        true => p.relaying_parent_signals(ParentSignals {
-            pid: std::process::id() as libc::pid_t,
-            relay: parent_tx,
-        }),
-        false => p,
-    });
-    // Held until the fork is done: the child hands its listener over through it.
-    let filter = policy.as_ref().map(Policy::filter).unwrap_or_default();
-    let exec_guard = policy.and_then(|p| arm_exec_guard(shared, p, enforced_execs));
-    if let Some(armed) = &exec_guard {
-        plan.exec_guard = Some(armed.handover());
-        plan.supervisor_filter = filter;
+
+    /// The context's namespaces, which the child joins through the holder's pidfd; the
+    /// launch's id, and an egress context's proxy settings carrying it.
+    fn enter_namespaces(&mut self, plan: &mut SpawnPlan) {
+        let shared = self.shared;
+        self.holder = shared.namespaces.for_context(&self.ctx);
+        plan.namespaces = self.holder.as_ref().map(|h| EnterNamespaces {
+            pidfd: h.pidfd.as_raw_fd(),
+            flags: h.flags,
+        });
+        self.id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = &self.holder {
+            let proxy_env = shared.egress.launch_env(shared, &self.ctx, h, self.id);
+            if !proxy_env.is_empty() {
+                plan.envp
+                    .retain(|e| !crate::daemon::egress::Egress::is_proxy_var(e.as_bytes()));
+                plan.envp.extend(proxy_env);
+            }
+        }
     }
-    // Held until the fork is done: the child writes itself into these.
-    let cgroup = shared.cgroups.for_context(&ctx);
-    plan.cgroup_join = cgroup.as_ref().map(|g| g.join_fds()).unwrap_or_default();
-    plan.cgroup_dir = cgroup.as_ref().and_then(|g| g.dir_fd());
-    let mut pty = None;
-    let mut pty_modes = None;
-    if prepared.wants_tty {
-        let tty = req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
+
+    /// The context's Landlock ruleset, and `enforce`'s exec-only one stacked on it; gives
+    /// back what `enforce`'s exec guard is to allow.
+    fn landlock(&mut self, plan: &mut SpawnPlan) -> Result<Option<Policy>, ExecFailure<'static>> {
+        let (shared, ctx) = (self.shared, &self.ctx);
+        let protected = crate::daemon::kernel::landlock::Protected {
+            config: shared.config().path.clone(),
+            audit_log: shared.audit.path().to_path_buf(),
+            state_dir: shared.state_dir.clone(),
+            egress_port: self
+                .holder
+                .as_ref()
+                .and_then(|_| shared.egress.port(&ctx.name)),
+        };
+        self.ruleset = match shared.landlock.for_context(ctx, &protected) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(ExecFailure {
+                    kind: FailureKind::Other,
+                    stage: Stage::Landlock,
+                    errno: 0,
+                    errno_name: "".into(),
+                    message: e.to_string().into(),
+                });
+            }
+        };
+        let exec_policy = match enforce_ruleset(shared, ctx, plan) {
+            Ok(Some(e)) => {
+                self.enforcing = Some(e.ruleset);
+                Some(e.policy)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                return Err(ExecFailure {
+                    kind: FailureKind::Other,
+                    stage: Stage::Landlock,
+                    errno: 0,
+                    errno_name: "".into(),
+                    message: format!(
+                        "context {:?}: cannot build its enforce ruleset: {e}",
+                        ctx.name
+                    )
+                    .into(),
+                });
+            }
+        };
+        plan.landlock = [
+            self.ruleset.as_ref().map(|r| r.as_raw_fd()),
+            self.enforcing.as_ref().map(|r| r.as_raw_fd()),
+        ];
+        Ok(exec_policy)
+    }
+
+    /// The exec guard: `enforce`'s exec policy, and the relay of the program's signals to
+    /// its parent (the broker) where it can name that pid (no PID namespace of its own) and
+    /// its signals are not scoped to the launch. Gives back where those signals arrive.
+    fn exec_guard(
+        &mut self,
+        plan: &mut SpawnPlan,
+        exec_policy: Option<Policy>,
+    ) -> mpsc::Receiver<i32> {
+        let ctx = &self.ctx;
+        let (parent_tx, parent_signals) = mpsc::channel::<i32>(PARENT_SIGNALS);
+        let relays_parent =
+            !ctx.isolation.pid && ctx.isolation.signals != crate::config::Signals::Scoped;
+        self.enforced_execs = exec_policy.is_some();
+        let policy = match exec_policy {
+            Some(p) => Some(p),
+            None if relays_parent => Some(Policy::execs_unchecked(
+                &ctx.name,
+                ctx.user.uid,
+                self.argv.first().map(Into::into).unwrap_or_default(),
+            )),
+            None => None,
+        }
+        .map(|p| match relays_parent {
+            true => p.relaying_parent_signals(ParentSignals {
+                pid: std::process::id() as libc::pid_t,
+                relay: parent_tx,
+            }),
+            false => p,
+        });
+        let filter = policy.as_ref().map(Policy::filter).unwrap_or_default();
+        self.exec_guard = policy.and_then(|p| arm_exec_guard(self.shared, p, self.enforced_execs));
+        if let Some(armed) = &self.exec_guard {
+            plan.exec_guard = Some(armed.handover());
+            plan.supervisor_filter = filter;
+        }
+        parent_signals
+    }
+
+    /// The context's cgroup, which the child writes itself into.
+    fn cgroup(&mut self, plan: &mut SpawnPlan) {
+        self.cgroup = self.shared.cgroups.for_context(&self.ctx);
+        plan.cgroup_join = self
+            .cgroup
+            .as_ref()
+            .map(|g| g.join_fds())
+            .unwrap_or_default();
+        plan.cgroup_dir = self.cgroup.as_ref().and_then(|g| g.dir_fd());
+    }
+
+    /// A terminal launch's PTY, with the caller's size and modes; its slave becomes the
+    /// child's controlling terminal.
+    fn terminal(
+        &mut self,
+        plan: &mut SpawnPlan,
+        wants_tty: bool,
+    ) -> Result<(), ExecFailure<'static>> {
+        if !wants_tty {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let tty = self.req.tty.clone().unwrap_or(ctx_protocol::TtyInfo {
             size: Default::default(),
             termios: None,
         });
-        let owner = (me.euid == 0).then(|| (ctx.user.uid, pty::tty_gid().unwrap_or(ctx.user.gid)));
-        match pty::open(tty.size, tty.termios.as_ref(), owner) {
-            Ok(p) => {
-                for slot in req.fds.iter().filter(|s| s.source == FdSource::Pty) {
-                    plan.fds.push((p.slave.as_raw_fd(), slot.target));
-                }
-                plan.controlling_tty = Some(p.slave.as_raw_fd());
-                pty_modes = pty::modes(&p.master);
-                pty = Some(p);
-            }
-            Err(e) => {
-                let failure = os_failure(Stage::Terminal, e, "cannot allocate a terminal");
-                return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
-            }
+        let owner =
+            (self.me.euid == 0).then(|| (ctx.user.uid, pty::tty_gid().unwrap_or(ctx.user.gid)));
+        let p = pty::open(tty.size, tty.termios.as_ref(), owner)
+            .map_err(|e| os_failure(Stage::Terminal, e, "cannot allocate a terminal"))?;
+        for slot in self.req.fds.iter().filter(|s| s.source == FdSource::Pty) {
+            plan.fds.push((p.slave.as_raw_fd(), slot.target));
         }
+        plan.controlling_tty = Some(p.slave.as_raw_fd());
+        self.pty_modes = pty::modes(&p.master);
+        self.pty = Some(p);
+        Ok(())
     }
 
-    // exec_likely stats paths the caller chose, as root: on a hung network or FUSE mount
-    // that blocks, so the runtime hands this worker's other tasks to another thread.
-    let accepted = via == Via::Interposer && tokio::task::block_in_place(|| exec_likely(&plan));
-    if accepted {
-        // A caller that is gone is noticed at the relay loop's first read (end of file).
-        let _ = conn.send(&Reply::Accepted).await;
-    }
-    let forked = fork_exec(&plan);
-    let holder_flags = holder.as_ref().map_or(0, |h| h.flags);
-    let ruleset_applied = ruleset.is_some();
-    let enforced = enforcing.is_some();
-    let exec_guarded = exec_guard.is_some() && enforced_execs;
-    drop(holder);
-    drop(cgroup);
-    drop(ruleset);
-    drop(enforcing);
-    // The child has its copies; the broker must not keep the caller's descriptors or the
-    // slave (the master would never see EOF/EIO).
-    drop(passed);
-    let master = pty.map(|p| p.master);
-    let forked = match forked {
-        Ok(f) => f,
-        Err(e) => {
-            let failure = os_failure(Stage::Fork, e, "cannot fork");
-            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
+    /// The interposer's caller hears `Accepted` before the fork when the exec is likely to
+    /// succeed, so it can become the shim meanwhile; whether it did.
+    async fn accept(&self, conn: &mut Conn, plan: &SpawnPlan) -> bool {
+        // exec_likely stats paths the caller chose, as root: on a hung network or FUSE mount
+        // that blocks, so the runtime hands this worker's other tasks to another thread.
+        let accepted =
+            self.via == Via::Interposer && tokio::task::block_in_place(|| exec_likely(plan));
+        if accepted {
+            // A caller that is gone is noticed at the relay loop's first read (end of file).
+            let _ = conn.send(&Reply::Accepted).await;
         }
-    };
-    let mut leader_pid = None;
-    if let Some((pid, leader)) = forked.session_leader {
-        leader_pid = Some(pid);
-        // It ends at the terminal's hangup, when the master is closed.
-        if let Ok(leader) = watch(leader) {
-            tokio::spawn(async move { wait_exit(&leader).await });
-        }
+        accepted
     }
-    let pid = forked.pid;
-    let pidfd = match watch(forked.pidfd) {
-        Ok(fd) => fd,
-        Err(e) => {
+
+    /// Forks the child, then lets go of what only the child needed.
+    fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
+        let forked = fork_exec(plan);
+        self.applied = Applied {
+            ns_flags: self.holder.as_ref().map_or(0, |h| h.flags),
+            landlock: self.ruleset.is_some(),
+            enforced: self.enforcing.is_some(),
+            exec_guarded: self.exec_guard.is_some() && self.enforced_execs,
+        };
+        drop(self.holder.take());
+        drop(self.cgroup.take());
+        drop(self.ruleset.take());
+        drop(self.enforcing.take());
+        // The child has its copies; the broker must not keep the caller's descriptors or the
+        // slave (the master would never see EOF/EIO).
+        drop(self.passed.take());
+        self.master = self.pty.take().map(|p| p.master);
+        forked.map_err(|e| os_failure(Stage::Fork, e, "cannot fork"))
+    }
+
+    /// Watches the forked process (and a PTY launch's session leader stand-in, which ends
+    /// at the terminal's hangup, when the master is closed); gives back its error pipe.
+    fn watch(&mut self, forked: Forked) -> Result<(Child, OwnedFd), ExecFailure<'static>> {
+        if let Some((pid, leader)) = forked.session_leader {
+            self.leader_pid = Some(pid);
+            if let Ok(leader) = watch(leader) {
+                tokio::spawn(async move { wait_exit(&leader).await });
+            }
+        }
+        let pid = forked.pid;
+        let pidfd = watch(forked.pidfd).map_err(|e| {
             kill_group(pid, libc::SIGKILL);
-            let failure = os_failure(Stage::Fork, e, "cannot watch the process");
-            return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
+            os_failure(Stage::Fork, e, "cannot watch the process")
+        })?;
+        Ok((Child { pid, pidfd }, forked.report))
+    }
+
+    /// Registered before anything else can happen: the program may already be running
+    /// and routing its own children, whose connections are placed by this entry.
+    fn register(&self, pid: libc::pid_t) {
+        self.shared.registry.insert(Running {
+            id: self.id,
+            pid,
+            context: self.ctx.name.clone(),
+            caller_pid: self.peer.pid,
+            caller_uid: self.peer.uid,
+            argv: self.argv.clone(),
+            // Before the fork: the registry's lower bound on the process's start time.
+            started: self.started_at,
+        });
+    }
+
+    /// The child's report (`report`): the error pipe closes at a successful exec, or
+    /// carries the failing step first.
+    async fn await_exec(
+        &mut self,
+        report: OwnedFd,
+        child: &Child,
+        prepared: &Prepared,
+    ) -> Result<(), ExecFailure<'static>> {
+        let mut buf = [0u8; 8];
+        let n = read_report(report, &mut buf).await;
+        let child_failed = parse_report(&buf[..n]);
+        match (self.exec_guard.take(), child_failed.is_some()) {
+            // The child sent its listener before its exec: it is on its way to the guard,
+            // which must still find the launch when it arrives.
+            (Some(armed), false) => armed.started(),
+            (armed, _) => drop(armed),
         }
-    };
-
-    // Registered before anything else can happen: the program may already be running
-    // and routing its own children, whose connections are placed by this entry.
-    shared.registry.insert(Running {
-        id,
-        pid,
-        context: ctx.name.clone(),
-        caller_pid: peer.pid,
-        caller_uid: peer.uid,
-        argv: audit_argv.clone(),
-        // Before the fork: the registry's lower bound on the process's start time.
-        started: started_at,
-    });
-
-    // The error pipe closes at a successful exec, or carries the failing step first.
-    let mut report = [0u8; 8];
-    let n = read_report(forked.report, &mut report).await;
-    let child_failed = parse_report(&report[..n]);
-    match (exec_guard, child_failed.is_some()) {
-        // The child sent its listener before its exec: it is on its way to the guard,
-        // which must still find the launch when it arrives.
-        (Some(armed), false) => armed.started(),
-        (armed, _) => drop(armed),
-    }
-    if let Some(child_failure) = child_failed {
-        shared.registry.remove(id);
-        let _ = wait_exit(&pidfd).await;
-        let detail = failure_detail(child_failure.stage, &req, &ctx, &prepared.cwd, &plan);
-        let failure = child_failure.into_exec_failure(detail);
-        return fail(shared, conn, peer, &ctx, &fields, failure, started_at).await;
+        if let Some(child_failure) = child_failed {
+            self.shared.registry.remove(self.id);
+            let _ = wait_exit(&child.pidfd).await;
+            let detail = failure_detail(
+                child_failure.stage,
+                &self.req,
+                &self.ctx,
+                &prepared.cwd,
+                &prepared.plan,
+            );
+            return Err(child_failure.into_exec_failure(detail));
+        }
+        Ok(())
     }
 
-    shared.launches.fetch_add(1, Ordering::Relaxed);
-    // After `Accepted` the interposer's side needs no `Started` (it became the shim
-    // already and ignores it): one message and one wake-up less per routed launch.
-    let client_alive = accepted || conn.send(&Reply::Started { id, pid }).await.is_ok();
-    if !client_alive {
-        kill_group(pid, libc::SIGKILL);
+    /// Counts the launch and tells the caller it started; whether the caller is there.
+    async fn started(&self, conn: &mut Conn, pid: libc::pid_t, accepted: bool) -> bool {
+        self.shared.launches.fetch_add(1, Ordering::Relaxed);
+        // After `Accepted` the interposer's side needs no `Started` (it became the shim
+        // already and ignores it): one message and one wake-up less per routed launch.
+        let client_alive = accepted
+            || conn
+                .send(&Reply::Started { id: self.id, pid })
+                .await
+                .is_ok();
+        if !client_alive {
+            kill_group(pid, libc::SIGKILL);
+        }
+        client_alive
     }
 
-    let timeout = effective_timeout(&ctx, &req);
-    // The modes the PTY was given: what the caller's terminal had at the launch.
-    let launch_modes = req.tty.as_ref().and_then(|t| t.termios);
-    let Relayed {
-        status,
-        timed_out,
-        client_alive,
-        master,
-    } = Relay {
-        conn: &mut *conn,
-        pid,
-        pidfd: &pidfd,
-        master,
-        pty_modes,
-        launch_modes,
-        timeout,
-        shutdown: shared.shutdown_rx.clone(),
-        parent_signals,
-        client_alive,
+    /// Relays between the caller and the running program until it exits.
+    async fn relay(
+        &mut self,
+        conn: &mut Conn,
+        child: &Child,
+        parent_signals: mpsc::Receiver<i32>,
+        client_alive: bool,
+    ) -> Relayed {
+        Relay {
+            conn,
+            pid: child.pid,
+            pidfd: &child.pidfd,
+            master: self.master.take(),
+            pty_modes: self.pty_modes,
+            // The modes the PTY was given: what the caller's terminal had at the launch.
+            launch_modes: self.req.tty.as_ref().and_then(|t| t.termios),
+            timeout: effective_timeout(&self.ctx, &self.req),
+            shutdown: self.shared.shutdown_rx.clone(),
+            parent_signals,
+            client_alive,
+        }
+        .run()
+        .await
     }
-    .run()
-    .await;
 
-    shared.registry.remove(id);
-    let status = status.unwrap_or(ExitStatus::Code(255));
-    if client_alive {
-        let _ = conn.send(&Reply::Exited { status, timed_out }).await;
+    /// Sends `Exited`, hands the terminal over to the session leader stand-in, and writes
+    /// the audit line, last.
+    async fn end(
+        &mut self,
+        conn: &mut Conn,
+        pid: libc::pid_t,
+        relayed: Relayed,
+        prepared: Prepared,
+    ) {
+        let Relayed {
+            status,
+            timed_out,
+            client_alive,
+            master,
+        } = relayed;
+        self.shared.registry.remove(self.id);
+        let status = status.unwrap_or(ExitStatus::Code(255));
+        if client_alive {
+            let _ = conn.send(&Reply::Exited { status, timed_out }).await;
+        }
+        if let (Some(master), Some(leader)) = (master, self.leader_pid) {
+            tokio::spawn(hang_up_after_handover(master, leader));
+        }
+        let ctx = &self.ctx;
+        self.shared.audit.record(AuditEvent::Exec {
+            id: self.id,
+            pid,
+            caller: caller(self.peer),
+            context: ctx.name.clone(),
+            tty: prepared.wants_tty,
+            isolation: isolation(ctx, &self.applied),
+            status: status.into(),
+            timed_out,
+            caller_disconnected: !client_alive,
+            duration_ms: self.started_at.elapsed().as_millis() as u64,
+            cwd: audit::lossless(&prepared.cwd, self.fields.text_keep).into(),
+            cwd_verified: self.cwd_unverified.is_some().then_some(false),
+            cwd_id: self.cwd_unverified.take(),
+            argv: std::mem::take(&mut self.fields.argv),
+        });
     }
-    if let (Some(master), Some(leader)) = (master, leader_pid) {
-        tokio::spawn(hang_up_after_handover(master, leader));
+
+    /// A refused launch: audited, and the failure sent to the caller.
+    async fn fail(&self, conn: &mut Conn, failure: ExecFailure<'static>) {
+        let fields = &self.fields;
+        self.shared.audit.record(AuditEvent::ExecFailed {
+            caller: caller(self.peer),
+            context: self.ctx.name.clone(),
+            kind: format!("{:?}", failure.kind),
+            stage: failure.stage.as_str().into(),
+            errno: failure.errno_name.to_string(),
+            duration_ms: self.started_at.elapsed().as_millis() as u64,
+            // The message may quote the caller's cwd or program, whatever their length.
+            message: audit::lossless(failure.message.as_bytes(), fields.text_keep).into(),
+            argv: fields.argv.clone(),
+        });
+        let _ = conn.send(&Reply::ExecFailed(failure)).await;
     }
-    shared.audit.record(AuditEvent::Exec {
-        id,
-        pid,
-        caller: caller(peer),
-        context: ctx.name.clone(),
-        tty: prepared.wants_tty,
-        isolation: isolation(&ctx, holder_flags, ruleset_applied, enforced, exec_guarded),
-        status: status.into(),
-        timed_out,
-        caller_disconnected: !client_alive,
-        duration_ms: started_at.elapsed().as_millis() as u64,
-        cwd: audit::lossless(&prepared.cwd, fields.text_keep).into(),
-        cwd_verified: cwd_unverified.is_some().then_some(false),
-        cwd_id: cwd_unverified,
-        argv: fields.argv,
-    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions: helpers of the steps
+// ---------------------------------------------------------------------------------------
+
+fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 /// The caller's cwd descriptor is named by the caller's own path for it; when the caller
@@ -402,44 +728,14 @@ fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
     Some(format!("{}:{}", dir.dev(), dir.ino()))
 }
 
-/// What a launch's audit line carries of what its caller chose: the argv fields, and how
-/// many bytes of the cwd and of a failure's message to keep (see `Audit::argv_keep`).
-struct LaunchFields {
-    argv: Argv,
-    text_keep: usize,
-}
-
-async fn fail(
-    shared: &Shared,
-    conn: &mut Conn,
-    peer: &Peer,
-    ctx: &Context,
-    fields: &LaunchFields,
-    failure: ExecFailure<'static>,
-    started_at: Instant,
-) {
-    shared.audit.record(AuditEvent::ExecFailed {
-        caller: caller(peer),
-        context: ctx.name.clone(),
-        kind: format!("{:?}", failure.kind),
-        stage: failure.stage.as_str().into(),
-        errno: failure.errno_name.to_string(),
-        duration_ms: started_at.elapsed().as_millis() as u64,
-        // The message may quote the caller's cwd or program, whatever their length.
-        message: audit::lossless(failure.message.as_bytes(), fields.text_keep).into(),
-        argv: fields.argv.clone(),
-    });
-    let _ = conn.send(&Reply::ExecFailed(failure)).await;
-}
-
 /// What isolation a launch ran under, for its audit record.
-fn isolation(
-    ctx: &Context,
-    ns_flags: i32,
-    landlock: bool,
-    enforced: bool,
-    exec_guarded: bool,
-) -> IsolationInForce {
+fn isolation(ctx: &Context, applied: &Applied) -> IsolationInForce {
+    let Applied {
+        ns_flags,
+        landlock,
+        enforced,
+        exec_guarded,
+    } = *applied;
     IsolationInForce {
         pid_namespace: ns_flags & libc::CLONE_NEWPID != 0,
         network_none: ns_flags & libc::CLONE_NEWNET != 0,
@@ -449,67 +745,6 @@ fn isolation(
         enforce: enforced,
         exec_guard: exec_guarded,
     }
-}
-
-/// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and sets
-/// `LISTEN_FDS`/`LISTEN_PID`. A port goes only to a launch into its owning context
-/// (`[broker] port_owners`) or to a root caller.
-fn hand_over_ports(
-    shared: &Shared,
-    peer: &Peer,
-    ctx: &Context,
-    req: &ExecRequest,
-    plan: &mut SpawnPlan,
-) -> Result<(), ExecFailure<'static>> {
-    let config = shared.config();
-    let mut count = 0;
-    for slot in &req.fds {
-        let FdSource::ReservedPort(port) = slot.source else {
-            continue;
-        };
-        let owner = config.broker.port_owners.get(&port);
-        if peer.uid != 0 && owner != Some(&ctx.name) {
-            let message = match owner {
-                Some(o) => format!("port {port} belongs to context {o:?}, not {:?}", ctx.name),
-                None => format!(
-                    "port {port} has no owner in [broker] port_owners: only root may claim it"
-                ),
-            };
-            return Err(ExecFailure {
-                kind: FailureKind::PermissionDenied,
-                stage: Stage::Fds,
-                errno: libc::EACCES,
-                errno_name: ctx_protocol::errno_name(libc::EACCES).into(),
-                message: message.into(),
-            });
-        }
-        let Some(fd) = shared.ports.socket(port) else {
-            return Err(ExecFailure {
-                kind: FailureKind::Other,
-                stage: Stage::Fds,
-                errno: libc::EADDRNOTAVAIL,
-                errno_name: ctx_protocol::errno_name(libc::EADDRNOTAVAIL).into(),
-                message: format!(
-                    "port {port} is not held by the broker (not in [broker] reserved_ports, \
-                     or it could not be bound at start: see ctx status)"
-                )
-                .into(),
-            });
-        };
-        plan.fds.push((fd, slot.target));
-        count += 1;
-    }
-    if count > 0 {
-        if let Ok(kv) = std::ffi::CString::new(format!("LISTEN_FDS={count}")) {
-            plan.envp.retain(|e| {
-                let b = e.as_bytes();
-                !b.starts_with(b"LISTEN_FDS=") && !b.starts_with(b"LISTEN_PID=")
-            });
-            plan.envp.push(kv);
-        }
-        plan.listen_pid = true;
-    }
-    Ok(())
 }
 
 fn os_failure(stage: Stage, e: io::Error, what: &str) -> ExecFailure<'static> {

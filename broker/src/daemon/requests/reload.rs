@@ -12,6 +12,7 @@ use ctx_protocol::{ErrorKind, Reply};
 use super::{caller, error, is_operator};
 use crate::audit_event::{AuditEvent, Caller, Requester};
 use crate::config::{self, BrokerSettings, Config, ConfigError};
+use crate::daemon::kernel::landlock;
 use crate::daemon::{systemd, Peer, Shared};
 
 // ---------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ pub fn reload(shared: &Arc<Shared>, caller: Option<Caller>) -> Result<Reloaded, 
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
     systemd::reloading();
     let old = shared.config();
-    let loaded = config::load(&old.path);
+    let loaded = config::load(&old.path, landlock::abi());
     let caller = caller.map_or_else(|| Requester::Signal("SIGHUP".into()), Requester::Peer);
     match loaded {
         Ok(new) => {
