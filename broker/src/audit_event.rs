@@ -334,7 +334,10 @@ impl AuditEvent {
                 context.iter().map(|c| c.text.as_str()).collect()
             }
             AuditEvent::Kill { contexts, .. } => contexts.iter().map(String::as_str).collect(),
-            AuditEvent::Reload { .. } | AuditEvent::RefusalsSuppressed { .. } => Vec::new(),
+            AuditEvent::Reload { contexts, .. } => {
+                contexts.iter().flatten().map(String::as_str).collect()
+            }
+            AuditEvent::RefusalsSuppressed { .. } => Vec::new(),
         }
     }
 }

@@ -179,6 +179,16 @@ impl Notify {
 /// The pid is only known in the child, so a shell sets it (`$$`) and execs the broker
 /// in place, keeping its pid; the pre-exec hook only moves the socket to fd 3.
 fn start_activated(dir: &TempDir, listener: &UnixListener, notify: &Path) -> Child {
+    start_activated_with(dir, listener, notify, "1")
+}
+
+/// The same, with `LISTEN_FDS` set to `count`.
+fn start_activated_with(
+    dir: &TempDir,
+    listener: &UnixListener,
+    notify: &Path,
+    count: &str,
+) -> Child {
     let config = dir.file("contexts.toml", standard_config().as_bytes(), 0o644);
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
@@ -191,7 +201,7 @@ fn start_activated(dir: &TempDir, listener: &UnixListener, notify: &Path) -> Chi
         .arg(dir.path().join("state"))
         .arg("--audit-log")
         .arg(dir.path().join("audit.jsonl"))
-        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDS", count)
         .env("LISTEN_FDNAMES", "broker")
         .env("NOTIFY_SOCKET", notify)
         .env_remove("CTX_SOCKET")
@@ -276,6 +286,33 @@ fn socket_activation_and_readiness_notification() {
         eprintln!("--- broker stderr ---\n{}", stderr());
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn a_spaced_count_is_read_and_a_missing_descriptor_is_named() {
+    require_root();
+    let dir = TempDir::new();
+    let sock = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&sock).expect("bind the service socket");
+    let notify_path = dir.path().join("notify.sock");
+    let mut notify = Notify::bind(&notify_path);
+    let stderr = || std::fs::read_to_string(dir.path().join("broker.stderr")).unwrap_or_default();
+
+    let mut broker = start_activated_with(&dir, &listener, &notify_path, " 1 ");
+    notify.expect("READY=1");
+    signal(broker.id(), Signal::SIGTERM);
+    let st = wait_deadline(&mut broker, Duration::from_secs(15)).expect("broker exits");
+    assert_eq!(st.code(), Some(0), "{}", stderr());
+
+    // Two announced, one passed: the error says which one is missing.
+    let mut broker = start_activated_with(&dir, &listener, &notify_path, "2");
+    let st = wait_deadline(&mut broker, Duration::from_secs(15));
+    if st.is_none() {
+        let _ = broker.kill();
+        let _ = broker.wait();
+    }
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", stderr());
+    assert!(stderr().contains("descriptor 4"), "{}", stderr());
 }
 
 #[test]

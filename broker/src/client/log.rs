@@ -255,11 +255,17 @@ impl Printer {
 #[derive(Debug)]
 pub enum Entry {
     Known(Box<Line>),
+    /// A newer broker's event, or a known one cut by the log's size bound (a field replaced
+    /// by `{"omitted_bytes": N}`): read by field name, as far as the names go.
     Other {
         time: Option<String>,
         run: Option<String>,
         event: String,
-        context: Option<String>,
+        contexts: Vec<String>,
+        launch: Option<u64>,
+        caller: Option<String>,
+        result: Option<String>,
+        duration_ms: Option<u64>,
     },
 }
 
@@ -267,16 +273,46 @@ impl Entry {
     /// `None` when the line is not JSON.
     pub fn parse(line: &str) -> Option<Entry> {
         let value: Value = serde_json::from_str(line).ok()?;
-        let text = |key: &str| value[key].as_str().map(str::to_string);
         Some(match Line::deserialize(&value) {
             Ok(known) => Entry::Known(Box::new(known)),
-            Err(_) => Entry::Other {
-                time: text("time"),
-                run: text("run"),
-                event: text("event").unwrap_or_else(|| "?".into()),
-                context: text("context"),
-            },
+            Err(_) => Self::by_name(&value),
         })
+    }
+
+    fn by_name(value: &Value) -> Entry {
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        let event = text("event").unwrap_or_else(|| "?".into());
+        let mut contexts: Vec<String> = text("context").into_iter().collect();
+        if let Some(list) = value["contexts"].as_array() {
+            contexts.extend(list.iter().filter_map(|c| c.as_str().map(str::to_string)));
+        }
+        // An exec line names its launch `id`; an egress line, the launch it belongs to.
+        let launch = if event == "exec" {
+            value["id"].as_u64()
+        } else {
+            value["launch"].as_u64()
+        };
+        let caller = &value["caller"];
+        let caller = match (caller["uid"].as_u64(), caller["pid"].as_u64()) {
+            (Some(uid), Some(pid)) => Some(format!("uid {uid} pid {pid}")),
+            _ => caller.as_str().map(str::to_string),
+        };
+        let status = &value["status"];
+        let result = match (status["code"].as_i64(), status["signal"].as_i64()) {
+            (Some(code), _) => Some(format!("exit {code}")),
+            (_, Some(signal)) => Some(format!("signal {signal}")),
+            _ => text("reason"),
+        };
+        Entry::Other {
+            time: text("time"),
+            run: text("run"),
+            event,
+            contexts,
+            launch,
+            caller,
+            result,
+            duration_ms: value["duration_ms"].as_u64(),
+        }
     }
 
     fn time(&self) -> Option<&str> {
@@ -296,14 +332,14 @@ impl Entry {
     fn launch(&self) -> Option<u64> {
         match self {
             Entry::Known(l) => l.event.launch(),
-            Entry::Other { .. } => None,
+            Entry::Other { launch, .. } => *launch,
         }
     }
 
     fn contexts(&self) -> Vec<&str> {
         match self {
             Entry::Known(l) => l.event.contexts(),
-            Entry::Other { context, .. } => context.iter().map(String::as_str).collect(),
+            Entry::Other { contexts, .. } => contexts.iter().map(String::as_str).collect(),
         }
     }
 }
@@ -449,11 +485,29 @@ pub fn row(entry: &Entry) -> [String; 7] {
         .unwrap_or_else(|| "-".into());
     let line = match entry {
         Entry::Known(line) => line,
-        // A newer broker's event: what every line has.
-        Entry::Other { event, .. } => {
-            let dash = || "-".to_string();
+        // A newer broker's event, or a cut one: what its fields' names tell.
+        Entry::Other {
+            event,
+            caller,
+            result,
+            duration_ms,
+            ..
+        } => {
+            let shown = |t: &Option<String>| {
+                t.as_deref()
+                    .map_or_else(|| "-".to_string(), |t| escape::text(t).into_owned())
+            };
             let event = escape::text(event).into_owned();
-            return [time, event, context, dash(), dash(), dash(), dash()];
+            let duration = duration_ms.map_or_else(|| "-".into(), format_duration);
+            return [
+                time,
+                event,
+                context,
+                shown(caller),
+                shown(result),
+                duration,
+                "-".into(),
+            ];
         }
     };
     let event = line.event.name().to_string();
@@ -667,6 +721,16 @@ mod tests {
                              "error": "bad", "caller": "SIGHUP" });
         let r = row(&entry(sighup));
         assert_eq!((r[3].as_str(), r[4].as_str()), ("SIGHUP", "refused"));
+        // A reload that took names the contexts it put in force, and is found by them.
+        let reloaded = json!({ "event": "reload", "ok": true, "config": "/etc/ctx/contexts.toml",
+                               "contexts": ["a", "b"], "caller": "SIGHUP" });
+        let e = entry(reloaded);
+        assert_eq!(row(&e)[2], "a,b");
+        let by_b = Filter {
+            context: Some("b".into()),
+            ..Filter::default()
+        };
+        assert!(by_b.matches(&e));
     }
 
     #[test]
@@ -726,10 +790,16 @@ mod tests {
             ..Filter::default()
         };
         assert!(!by_launch.matches(&e));
-        // A cut (oversized) exec line is read by name too.
+        // A cut (oversized) exec line is read by name: its launch, context, caller, result.
         let mut cut = exec_event(1, "r1");
         cut["argv"] = json!({ "omitted_bytes": 70000 });
-        assert!(matches!(entry(cut), Entry::Other { .. }));
+        let cut = entry(cut);
+        assert!(matches!(cut, Entry::Other { .. }));
+        assert!(by_launch.matches(&cut));
+        let r = row(&cut);
+        assert_eq!(r[2], "user");
+        assert!(r[3].starts_with("uid "), "{r:?}");
+        assert_ne!(r[4], "-", "{r:?}");
         assert!(Entry::parse("not json").is_none());
     }
 

@@ -47,9 +47,10 @@ pub enum SystemdError {
     NotAUnixListener { fd: RawFd, name: Option<String> },
     #[error("descriptor {fd} passed by the service manager: {err}")]
     Io { fd: RawFd, err: io::Error },
-    #[error("the descriptors passed by the service manager (LISTEN_FDS): {0}")]
-    Passed(io::Error),
 }
+
+/// The first descriptor a service manager passes (`sd_listen_fds(3)`).
+const SD_LISTEN_FDS_START: RawFd = 3;
 
 /// A listening socket the service manager created and passed to us.
 #[derive(Debug)]
@@ -114,16 +115,22 @@ fn take_listen_fds() -> Adopted {
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|s| s.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
-    // Marks every passed descriptor close-on-exec (failing on one that is not open):
-    // routed processes get only the descriptors they are given, and the listening socket
-    // stays out of anything else the broker may exec.
-    let passed = sd_notify::listen_fds().map_err(SystemdError::Passed)?;
-
+    // Every passed descriptor close-on-exec, failing on one that is not open: routed
+    // processes get only the descriptors they are given, and the listening socket stays
+    // out of anything else the broker may exec. Not `sd_notify::listen_fds`: it parses
+    // LISTEN_FDS again without the leniency above, and its error names no descriptor.
     let mut fds: Vec<(OwnedFd, Option<String>)> = Vec::new();
-    for (i, raw) in passed.enumerate() {
+    for (i, raw) in (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + n).enumerate() {
+        // SAFETY: fcntl on a descriptor number; F_SETFD fails with EBADF if it is not open.
+        if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(SystemdError::Io {
+                fd: raw,
+                err: io::Error::last_os_error(),
+            });
+        }
         // SAFETY: LISTEN_PID names this process, so the service manager handed us
-        // descriptors 3..3+n, and sd-notify found each open; nothing else in the broker
-        // owns them, and TAKEN makes sure they are wrapped only once.
+        // descriptors 3..3+n, each open (above); nothing else in the broker owns them,
+        // and TAKEN makes sure they are wrapped only once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         fds.push((fd, names.get(i).cloned()));
     }
