@@ -1402,7 +1402,11 @@ fn a_slow_reader_after_half_close_gets_the_whole_answer() {
          \x20   got += len(d)\n\
          print(got)\n"
     );
-    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    let out = run_with(
+        &mut b.exec_cmd("eg", &["/usr/bin/python3", "-c", &script]),
+        None,
+        Duration::from_secs(120),
+    );
     let l = b
         .wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str())
         .remove(0);
