@@ -1337,7 +1337,11 @@ fn a_client_that_fills_a_tunnel_and_leaves_does_not_hold_it() {
     );
     let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
     assert_eq!(out.ok(), "HTTP/1.1 200 Connection established\nTrue\n");
-    let fds = || fs::read_dir(format!("/proc/{}/fd", b.pid())).unwrap().count();
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", b.pid()))
+            .unwrap()
+            .count()
+    };
     let started = Instant::now();
     // The client is gone; the destination is silent (it sends nothing, and reads
     // nothing). Give the relay the 30 s the README promises, and some.

@@ -128,14 +128,35 @@ pub async fn connect(
     Ok(stream)
 }
 
-/// Whether `ip` is one of this host's own addresses: the kernel routes a connection to it
-/// through `lo` and picks it as its own source. Asked of a UDP socket, whose `connect`
-/// only looks up the route (nothing is sent). In the broker's namespace: the host's.
+/// Whether `ip` is one of this host's own addresses, in the broker's namespace (the
+/// host's): a connection to it stays on the host and reaches every service listening on
+/// all interfaces.
+///
+/// Two probes, neither of which sends anything. A UDP socket's `connect` only looks up the
+/// route, and picks `ip` itself as the source for an address assigned to an interface.
+/// That misses the rest of a `local` route: an address in a prefix on `lo`
+/// (`198.18.0.1/24` makes all of `198.18.0.0/24` the host's, as `127.0.0.0/8` is) or an
+/// AnyIP route (`ip route add local PREFIX dev lo`), for which the kernel picks another
+/// source. `bind` to `ip` succeeds exactly where the kernel routes it as local (also for
+/// a broadcast or multicast address, which TCP cannot reach anyway); it fails with
+/// `EADDRNOTAVAIL` for any other. Where the host lets any address be bound
+/// (`net.ipv4.ip_nonlocal_bind`, `net.ipv6.ip_nonlocal_bind`) every address passes, so a
+/// name is refused unless its addresses are listed: wrongly closed rather than wrongly
+/// open, as when the probe cannot be made at all (no descriptor left).
 fn host_local(ip: std::net::IpAddr) -> bool {
     let any: SocketAddr = match ip {
         std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
+    match std::net::UdpSocket::bind((ip, 0)) {
+        // No IPv6 at all: nothing reaches such an address, the host's services neither.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+            ) => {}
+        _ => return true,
+    }
     let Ok(probe) = std::net::UdpSocket::bind(any) else {
         return false;
     };
