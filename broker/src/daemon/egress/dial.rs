@@ -261,7 +261,7 @@ pub async fn relay(
             }
             let secs = AFTER_CLIENT_END.as_secs();
             return if !ended {
-                format!("the destination took none of the client's bytes, and sent nothing, for {secs}s")
+                format!("the destination took none of the client's bytes, and nothing moved either way, for {secs}s")
             } else if up_seen.waiting.load(Ordering::Relaxed) {
                 format!("the client took none of the destination's bytes for {secs}s after its end")
             } else {
@@ -296,15 +296,14 @@ pub async fn relay(
         copied = both => copied.err().map(|e| e.to_string()),
         why = watchdog => Some(why),
     };
+    let mut up = up_seen.written.load(Ordering::Relaxed);
     if error.is_some() {
+        // A reset drops what the destination has not acknowledged: it was never sent.
+        up = up.saturating_sub(unacknowledged(&upstream));
         reset(&client);
         reset(&upstream);
     }
-    (
-        up_seen.written.load(Ordering::Relaxed),
-        up_seen.read.load(Ordering::Relaxed),
-        error,
-    )
+    (up, up_seen.read.load(Ordering::Relaxed), error)
 }
 
 /// Moves what `from` sends to `to` through `pipe` until `from` ends, then ends `to`'s
@@ -379,6 +378,18 @@ fn delivered(client: &TcpStream, upstream: &TcpStream) -> u64 {
             }
         })
         .fold(0, u64::wrapping_add)
+}
+
+/// Bytes written to the socket that its peer has not acknowledged yet (`SIOCOUTQ`).
+fn unacknowledged(s: &TcpStream) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: this ioctl stores one int through the pointer it is given.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r == 0 {
+        n.max(0) as u64
+    } else {
+        0
+    }
 }
 
 /// Makes the socket's close a reset (`SO_LINGER` of zero), which a peer cannot take for
