@@ -1229,3 +1229,190 @@ fn an_absolute_name_is_allowed_as_its_dotless_form_and_resolved_as_written() {
         "{l}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// attack2: reproducers
+// ---------------------------------------------------------------------------------------
+
+/// A /24 of 198.18.0.0/15 (benchmarking range) on the host's `lo`, removed on drop. On a
+/// loopback device the kernel makes the whole prefix a `local` route: every address in it
+/// is the host's own (as `127.0.0.0/8` is), although only `.1` is assigned. AnyIP setups
+/// (`ip route add local PREFIX dev lo`) do the same.
+struct LocalPrefix {
+    net: String,
+}
+
+impl LocalPrefix {
+    fn claim() -> LocalPrefix {
+        let start = std::process::id() as usize;
+        for n in 0..250 {
+            let net = format!("198.18.{}", (start + n * 13) % 250);
+            let added = Command::new("ip")
+                .args(["addr", "add", &format!("{net}.1/24"), "dev", "lo"])
+                .stderr(Stdio::null())
+                .status()
+                .expect("run ip");
+            if added.success() {
+                return LocalPrefix { net };
+            }
+        }
+        panic!("no free /24 in 198.18.0.0/16 to add to lo");
+    }
+}
+
+impl Drop for LocalPrefix {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}.1/24", self.net), "dev", "lo"])
+            .status();
+    }
+}
+
+/// A name that resolves to an address of a `local` route that is not itself assigned to
+/// an interface (here `198.18.N.77`, with `198.18.N.1/24` on `lo`) reaches the host's own
+/// services listening on all interfaces. The UDP-probe check (`host_local`) compares the
+/// source address the kernel picks (`198.18.N.1`) with the destination and misses it.
+#[test]
+fn a_name_that_resolves_into_a_local_route_prefix_is_refused() {
+    let prefix = LocalPrefix::claim();
+    let target = format!("{}.77", prefix.net);
+    let name = format!("{}.anyip.test", unique("a"));
+    let _hosts = Hosts::add(&[(&target, &name)]);
+    let dir = TempDir::new();
+    let (www, body) = site(&dir);
+    // A host service on all interfaces (sshd, a database, the cloud agent...).
+    let web = WebServer::start("0.0.0.0", &www);
+    let b = Broker::start(&config(&format!(r#"{{ allow = ["{name}"] }}"#), None));
+    let script = format!(
+        "curl -s --noproxy '' -x \"$HTTP_PROXY\" -w ' %{{http_code}}' http://{name}:{}/hello.txt",
+        web.port
+    );
+    let out = b.exec("eg", &["sh", "-c", &script]).stdout_str();
+    assert!(
+        out.ends_with(" 403"),
+        "a name resolving to {target} (a local route on lo) reached the host's 0.0.0.0 \
+         service through the proxy: {out:?} (body {body:?})"
+    );
+}
+
+/// A client that filled its tunnel towards a destination that never reads, and then
+/// left: the upstream direction waits for ever to write what its pipe holds, so it never
+/// reads the client's end, the watchdog (armed only by that end) never starts, and the
+/// connection (a slot, six descriptors, 256 KiB of pipe) is held for as long as the
+/// destination stays up. 512 of these hold the context's egress for good.
+#[test]
+fn a_client_that_fills_a_tunnel_and_leaves_does_not_hold_it() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.sink.test", unique("k"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let listener = TcpListener::bind((addr.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection: never reads, never writes, never closes.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let script = format!(
+        "import os, socket\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {name}:{port} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b'\\r\\n')[0].decode())\n\
+         s.settimeout(3)\n\
+         sent = 0\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       sent += s.send(b'x' * 65536)\n\
+         except OSError:\n\
+         \x20   pass\n\
+         print(sent > 1 << 20)\n\
+         s.close()\n"
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(out.ok(), "HTTP/1.1 200 Connection established\nTrue\n");
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", b.pid()))
+            .unwrap()
+            .count()
+    };
+    let started = Instant::now();
+    // The client is gone; the destination is silent (it sends nothing, and reads
+    // nothing). Give the relay the 30 s the README promises, and some.
+    let l = poll(Duration::from_secs(50), || {
+        b.audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == "egress" && l["name"] == name.as_str())
+    });
+    assert!(
+        l.is_some(),
+        "the relay still holds the connection {:?} after its client left ({} descriptors \
+         open in the broker)",
+        started.elapsed(),
+        fds()
+    );
+    assert_eq!(held.lock().unwrap().len(), 1);
+}
+
+/// A client that half-closes after its request and reads the answer slowly (a
+/// rate-limited download) is cut after 30 s although bytes keep moving to it: the
+/// watchdog counts only reads from the destination, which stop while the 256 KiB pipe
+/// waits for the client to take what it holds.
+#[test]
+fn a_slow_reader_after_half_close_gets_the_whole_answer() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.slow.test", unique("r"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let listener = TcpListener::bind((addr.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    const SIZE: usize = 6 << 20;
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let _ = s.write_all(&vec![b'y'; SIZE]);
+            });
+        }
+    });
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    // Reads 8 KiB every 0.25 s (32 KiB/s) for 40 s, then everything as fast as it can.
+    let script = format!(
+        "import os, socket, time\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {name}:{port} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while not head.endswith(b'\\r\\n\\r\\n'): head += s.recv(1)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         got = 0\n\
+         end = time.time() + 40\n\
+         while time.time() < end:\n\
+         \x20   d = s.recv(8192)\n\
+         \x20   if not d: break\n\
+         \x20   got += len(d)\n\
+         \x20   time.sleep(0.25)\n\
+         while True:\n\
+         \x20   d = s.recv(1 << 20)\n\
+         \x20   if not d: break\n\
+         \x20   got += len(d)\n\
+         print(got)\n"
+    );
+    let out = run_with(
+        &mut b.exec_cmd("eg", &["/usr/bin/python3", "-c", &script]),
+        None,
+        Duration::from_secs(120),
+    );
+    let l = b
+        .wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str())
+        .remove(0);
+    assert_eq!(out.ok(), format!("{SIZE}\n"), "audit: {l}");
+}

@@ -27,7 +27,8 @@ use super::{CONNECT_TIMEOUT, RESOLVE_TIMEOUT};
 /// 64 KiB (a pipe's default) here, and bounds what a context at its connection cap makes
 /// the kernel hold for the relay to 256 MiB.
 const RELAY_BUFFER: usize = 256 * 1024;
-/// How long a destination may stay silent once the client has ended its side.
+/// How long nothing may move either way once the client has ended its side, or while the
+/// destination takes none of what it sent.
 const AFTER_CLIENT_END: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often the relay's watchdog looks.
 const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -128,14 +129,35 @@ pub async fn connect(
     Ok(stream)
 }
 
-/// Whether `ip` is one of this host's own addresses: the kernel routes a connection to it
-/// through `lo` and picks it as its own source. Asked of a UDP socket, whose `connect`
-/// only looks up the route (nothing is sent). In the broker's namespace: the host's.
+/// Whether `ip` is one of this host's own addresses, in the broker's namespace (the
+/// host's): a connection to it stays on the host and reaches every service listening on
+/// all interfaces.
+///
+/// Two probes, neither of which sends anything. A UDP socket's `connect` only looks up the
+/// route, and picks `ip` itself as the source for an address assigned to an interface.
+/// That misses the rest of a `local` route: an address in a prefix on `lo`
+/// (`198.18.0.1/24` makes all of `198.18.0.0/24` the host's, as `127.0.0.0/8` is) or an
+/// AnyIP route (`ip route add local PREFIX dev lo`), for which the kernel picks another
+/// source. `bind` to `ip` succeeds exactly where the kernel routes it as local (also for
+/// a broadcast or multicast address, which TCP cannot reach anyway); it fails with
+/// `EADDRNOTAVAIL` for any other. Where the host lets any address be bound
+/// (`net.ipv4.ip_nonlocal_bind`, `net.ipv6.ip_nonlocal_bind`) every address passes, so a
+/// name is refused unless its addresses are listed: wrongly closed rather than wrongly
+/// open, as when the probe cannot be made at all (no descriptor left).
 fn host_local(ip: std::net::IpAddr) -> bool {
     let any: SocketAddr = match ip {
         std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
+    match std::net::UdpSocket::bind((ip, 0)) {
+        // No IPv6 at all: nothing reaches such an address, the host's services neither.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+            ) => {}
+        _ => return true,
+    }
     let Ok(probe) = std::net::UdpSocket::bind(any) else {
         return false;
     };
@@ -180,18 +202,24 @@ async fn resolve(
 
 /// Sends `first` to the destination, then relays both ways until both sides are done.
 /// Returns the bytes sent to the destination, the bytes received from it, and the error
-/// that ended the relay early, if one did.
+/// that ended the relay early, if one did. A relay ended early resets both sockets: a
+/// client (or a destination) that sees a plain end after a cut would take a truncated
+/// answer (or upload) for a whole one.
 ///
 /// Each direction moves its bytes socket to pipe to socket with `splice(2)`: the kernel
 /// hands the pages along and the broker never copies them, which is what keeps a proxied
 /// download near a direct one when curl, the relay and the server share two CPUs (a
 /// userspace copy took about half as much CPU again per byte, scripts/bench-egress.sh).
 ///
-/// Once the client has ended its side (it half-closed, or is gone: on loopback the two
-/// look alike), the destination has [`AFTER_CLIENT_END`] of silence at a time to finish:
-/// a destination that never answers nor closes would otherwise hold the connection, and
-/// the context's share of them, for ever after its client left. A watchdog looks at what
-/// the two directions saw.
+/// A watchdog ends a connection on which nothing has moved either way for
+/// [`AFTER_CLIENT_END`] once the client has ended its side (it half-closed, or is gone: on
+/// loopback the two look alike), or while bytes the client sent wait for a destination
+/// that takes none of them. Otherwise a destination that never answers nor closes would
+/// hold the connection, and the context's share of them, for ever after its client left.
+/// The second case is the same one where the broker cannot see it: a client that closes
+/// with bytes still unsent queues its end behind them, and a destination that reads
+/// nothing keeps them, and the end, from ever arriving. A client that is still there,
+/// waiting for such a destination, is cut the same way.
 pub async fn relay(
     client: TcpStream,
     mut upstream: TcpStream,
@@ -199,57 +227,95 @@ pub async fn relay(
 ) -> (u64, u64, Option<String>) {
     let base = Instant::now();
     let (client_seen, up_seen) = (Seen::default(), Seen::default());
+    let moved = AtomicU64::new(0);
     if !first.is_empty() {
         if let Err(e) = upstream.write_all(first).await {
+            reset(&client);
+            reset(&upstream);
             return (0, 0, Some(e.to_string()));
         }
         up_seen.written.store(first.len() as u64, Ordering::Relaxed);
     }
     let silence = AFTER_CLIENT_END.as_millis() as u64;
     let watchdog = async {
+        // What the kernel delivered and had acknowledged, both ways: bytes reaching a
+        // slow reader count although the pump waits to write until a third of the
+        // socket's buffer is free again, which at a few KiB/s takes longer than the
+        // watchdog's patience.
+        let mut counted = delivered(&client, &upstream);
         loop {
             tokio::time::sleep(WATCHDOG_TICK).await;
-            if !client_seen.ended.load(Ordering::Relaxed) {
+            let now = base.elapsed().as_millis() as u64;
+            let seen = delivered(&client, &upstream);
+            if seen != counted {
+                counted = seen;
+                moved.fetch_max(now, Ordering::Relaxed);
+            }
+            let ended = client_seen.ended.load(Ordering::Relaxed);
+            let stuck = client_seen.waiting.load(Ordering::Relaxed);
+            if !(ended || stuck) {
                 continue;
             }
-            let last = client_seen
-                .ended_at
-                .load(Ordering::Relaxed)
-                .max(up_seen.last_read.load(Ordering::Relaxed));
-            if (base.elapsed().as_millis() as u64).saturating_sub(last) >= silence {
-                return;
+            if now.saturating_sub(moved.load(Ordering::Relaxed)) < silence {
+                continue;
             }
+            let secs = AFTER_CLIENT_END.as_secs();
+            return if !ended {
+                format!("the destination took none of the client's bytes, and nothing moved either way, for {secs}s")
+            } else if up_seen.waiting.load(Ordering::Relaxed) {
+                format!("the client took none of the destination's bytes for {secs}s after its end")
+            } else {
+                format!("the destination sent nothing for {secs}s after the client's end")
+            };
         }
     };
     let both = async {
         let (up_pipe, down_pipe) = (Pipe::new()?, Pipe::new()?);
         tokio::try_join!(
-            pump(&client, &upstream, up_pipe, &client_seen, &up_seen, base),
-            pump(&upstream, &client, down_pipe, &up_seen, &client_seen, base),
+            pump(
+                &client,
+                &upstream,
+                up_pipe,
+                &client_seen,
+                &up_seen,
+                &moved,
+                base
+            ),
+            pump(
+                &upstream,
+                &client,
+                down_pipe,
+                &up_seen,
+                &client_seen,
+                &moved,
+                base
+            ),
         )
     };
     let error = tokio::select! {
         copied = both => copied.err().map(|e| e.to_string()),
-        _ = watchdog => Some(format!(
-            "the destination sent nothing for {}s after the client's end",
-            AFTER_CLIENT_END.as_secs()
-        )),
+        why = watchdog => Some(why),
     };
-    (
-        up_seen.written.load(Ordering::Relaxed),
-        up_seen.read.load(Ordering::Relaxed),
-        error,
-    )
+    let mut up = up_seen.written.load(Ordering::Relaxed);
+    if error.is_some() {
+        // A reset drops what the destination has not acknowledged: it was never sent.
+        up = up.saturating_sub(unacknowledged(&upstream));
+        reset(&client);
+        reset(&upstream);
+    }
+    (up, up_seen.read.load(Ordering::Relaxed), error)
 }
 
 /// Moves what `from` sends to `to` through `pipe` until `from` ends, then ends `to`'s
-/// receiving side (a half-close, as the client or the destination did).
+/// receiving side (a half-close, as the client or the destination did). Every byte moved
+/// either way marks `moved`.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     mut pipe: Pipe,
     from_seen: &Seen,
     to_seen: &Seen,
+    moved: &AtomicU64,
     base: Instant,
 ) -> io::Result<()> {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
@@ -260,17 +326,16 @@ async fn pump(
             let n = from
                 .async_io(Interest::READABLE, || splice(src, w, RELAY_BUFFER))
                 .await?;
-            let now = base.elapsed().as_millis() as u64;
+            moved.fetch_max(base.elapsed().as_millis() as u64, Ordering::Relaxed);
             if n == 0 {
-                from_seen.ended_at.store(now, Ordering::Relaxed);
                 from_seen.ended.store(true, Ordering::Relaxed);
                 // SAFETY: plain syscall on a socket this relay holds open.
                 unsafe { libc::shutdown(dst, libc::SHUT_WR) };
                 return Ok(());
             }
             pipe.held = n;
+            from_seen.waiting.store(true, Ordering::Relaxed);
             from_seen.read.fetch_add(n as u64, Ordering::Relaxed);
-            from_seen.last_read.store(now, Ordering::Relaxed);
         }
         let r = pipe.r.as_raw_fd();
         let n = to
@@ -279,9 +344,71 @@ async fn pump(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        moved.fetch_max(base.elapsed().as_millis() as u64, Ordering::Relaxed);
         pipe.held -= n;
+        from_seen.waiting.store(pipe.held > 0, Ordering::Relaxed);
         to_seen.written.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Bytes the kernel received on, and had acknowledged from, either socket (`TCP_INFO`).
+/// A socket that cannot say counts as zero, and only the other one then shows progress.
+fn delivered(client: &TcpStream, upstream: &TcpStream) -> u64 {
+    [client.as_raw_fd(), upstream.as_raw_fd()]
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: tcp_info is plain integers, for which zero is a valid value.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `info` and stores how
+            // many it wrote back into `len`.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                )
+            };
+            if r == 0 {
+                info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received)
+            } else {
+                0
+            }
+        })
+        .fold(0, u64::wrapping_add)
+}
+
+/// Bytes written to the socket that its peer has not acknowledged yet (`SIOCOUTQ`).
+fn unacknowledged(s: &TcpStream) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: this ioctl stores one int through the pointer it is given.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r == 0 {
+        n.max(0) as u64
+    } else {
+        0
+    }
+}
+
+/// Makes the socket's close a reset (`SO_LINGER` of zero), which a peer cannot take for
+/// the end of what it was sent. Closing does not wait on such a socket.
+fn reset(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for as long as the call lasts.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// One `splice(2)` of at most `len` bytes, without blocking (a socket not ready is
@@ -336,12 +463,13 @@ impl Pipe {
     }
 }
 
-/// What one side of a relay saw, in milliseconds since the relay began.
+/// What one side of a relay saw.
 #[derive(Default)]
 struct Seen {
     read: AtomicU64,
     written: AtomicU64,
-    last_read: AtomicU64,
+    /// It ended its side (its read returned 0).
     ended: AtomicBool,
-    ended_at: AtomicU64,
+    /// Bytes it sent wait in the relay for the other side to take them.
+    waiting: AtomicBool,
 }
