@@ -187,9 +187,31 @@ async fn resolve(
         .map_err(|_| DialError::ResolveTimeout)?;
     let lookup = tokio::task::spawn_blocking(move || {
         use std::net::ToSocketAddrs;
-        let found = (name.as_str(), port)
-            .to_socket_addrs()
-            .map(Iterator::collect);
+        // Never under a search domain: the name the rule matched is the name dialled (a
+        // `*.github.com` rule must not reach `x.github.com.corp.example`). So a name the
+        // client wrote without the trailing dot is looked up as absolute; but glibc's hosts
+        // file matches only names written the same way, so that file is read here first.
+        let in_hosts = if name.ends_with('.') {
+            Vec::new()
+        } else {
+            std::fs::read_to_string(HOSTS)
+                .map(|text| hosts_entries(&text, &name))
+                .unwrap_or_default()
+        };
+        let found: io::Result<Vec<SocketAddr>> = if !in_hosts.is_empty() {
+            Ok(in_hosts
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect())
+        } else if name.ends_with('.') {
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+        } else {
+            (format!("{name}."), port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+        };
         drop(permit);
         drop(own);
         found
@@ -198,6 +220,24 @@ async fn resolve(
         .await
         .map_err(|e| DialError::Resolve(io::Error::other(e)))?
         .map_err(DialError::Resolve)
+}
+
+/// The hosts file a relative name is looked up in before DNS (see `resolve`).
+const HOSTS: &str = "/etc/hosts";
+
+/// The addresses `hosts` (the text of an `/etc/hosts`) gives `name` (lower case, no
+/// trailing dot), in the file's order: each line an address then its names, `#` to the
+/// end of the line a comment, names compared without regard to case.
+fn hosts_entries(hosts: &str, name: &str) -> Vec<std::net::IpAddr> {
+    hosts
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let ip: std::net::IpAddr = words.next()?.parse().ok()?;
+            words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
+        })
+        .collect()
 }
 
 /// Sends `first` to the destination, then relays both ways until both sides are done.
@@ -472,4 +512,33 @@ struct Seen {
     ended: AtomicBool,
     /// Bytes it sent wait in the relay for the other side to take them.
     waiting: AtomicBool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_file_entries_match_by_name_in_file_order() {
+        let hosts = "127.0.0.1 localhost\n\
+                     # 192.0.2.9 commented.test\n\
+                     192.0.2.10\tpkg.test  Mirror.Test # trailing comment\n\
+                     2001:db8::1 pkg.test\n\
+                     not-an-address pkg.test\n\
+                     192.0.2.11 pkg.test.\n";
+        let ips = |name| hosts_entries(hosts, name);
+        assert_eq!(
+            ips("pkg.test"),
+            vec![
+                "192.0.2.10".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            ips("mirror.test"),
+            vec!["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(ips("commented.test").is_empty());
+        assert!(ips("test").is_empty(), "a suffix is not the name");
+    }
 }
