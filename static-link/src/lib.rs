@@ -47,7 +47,7 @@ pub fn link_bin_statically(bin: &str) {
 
 /// Rust's std links the unwinder from the shared `libgcc_s`. Loading one more library costs
 /// every process the interposer is preloaded into (and every start of the shim, which sits
-/// in the routed launch's critical path) about 0.1-0.3 ms on this kind of machine. A linker
+/// in the routed launch's critical path) a loader pass over one more object. A linker
 /// script named `libgcc_s.so` in our own search path, found before the system one, makes
 /// the package's artifacts link the static unwinder (`libgcc_eh.a`) instead: same code, no
 /// extra load.

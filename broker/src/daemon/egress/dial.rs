@@ -248,8 +248,8 @@ fn hosts_entries(hosts: &str, name: &str) -> Vec<std::net::IpAddr> {
 ///
 /// Each direction moves its bytes socket to pipe to socket with `splice(2)`: the kernel
 /// hands the pages along and the broker never copies them, which is what keeps a proxied
-/// download near a direct one when curl, the relay and the server share two CPUs (a
-/// userspace copy took about half as much CPU again per byte, scripts/bench-egress.sh).
+/// download near a direct one when curl, the relay and the server share two CPUs (the
+/// README's egress cost section has the figures).
 ///
 /// A watchdog ends a connection on which nothing has moved either way for
 /// [`AFTER_CLIENT_END`] once the client has ended its side (it half-closed, or is gone: on

@@ -24,7 +24,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const PTY_DRAIN: Duration = Duration::from_millis(100);
 
 /// How long a session leader stand-in may take to put its own group in the terminal's
-/// foreground once the program has ended (it needs microseconds).
+/// foreground once the program has ended (a few syscalls: this only bounds a stuck one).
 const HANDOVER: Duration = Duration::from_millis(200);
 
 /// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
