@@ -409,6 +409,8 @@ pub struct Broker {
     run_as: Option<Vec<String>>,
     /// RLIMIT_NOFILE (soft and hard) the broker starts with (see [`Broker::start_with_files`]).
     nofile: Option<u64>,
+    /// Variables set in the broker's environment (see [`Broker::start_with_env`]).
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Broker {
@@ -434,7 +436,18 @@ impl Broker {
         Broker::start_limited(config_toml, Some(limit))
     }
 
+    /// Like [`Broker::start`], with `env` set in the broker's environment (e.g.
+    /// `CTX_INTERPOSER`, where it finds the interposer and the shim).
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &Path)]) -> Broker {
+        require_root();
+        Broker::start_configured(config_toml, None, env)
+    }
+
     fn start_limited(config_toml: &str, nofile: Option<u64>) -> Broker {
+        Broker::start_configured(config_toml, nofile, &[])
+    }
+
+    fn start_configured(config_toml: &str, nofile: Option<u64>, env: &[(&str, &Path)]) -> Broker {
         let dir = TempDir::new();
         let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
         let mut b = Broker {
@@ -443,6 +456,10 @@ impl Broker {
             config,
             run_as: None,
             nofile,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+                .collect(),
         };
         b.spawn();
         b
@@ -475,6 +492,7 @@ impl Broker {
             config,
             run_as: Some(run_as),
             nofile: None,
+            env: Vec::new(),
         };
         b.spawn();
         b
@@ -508,6 +526,7 @@ impl Broker {
             }
         }
         let child = command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")

@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ctx_tests::{bin, poll, require_root, TempDir};
+use ctx_tests::{bin, require_root, Broker, TempDir};
 
 fn children_of(pid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -49,10 +49,9 @@ fn a_stand_in_that_ends_at_once_leaves_no_untracked_program_and_no_zombies() {
 /// returns what the broker logged.
 fn stand_in_that_fails(shim: &[u8]) -> String {
     require_root();
+    // The broker finds ctx-shim beside the interposer library (`CTX_INTERPOSER`): put the
+    // one under test there.
     let dir = TempDir::new();
-    // The broker finds ctx-shim beside the interposer library: put one there whose exec
-    // fails (a script cannot be exec'd from an O_CLOEXEC descriptor), as a stand-in that
-    // dies before the broker reads its descriptor table.
     let lib = dir.subdir("lib", 0o755);
     std::fs::copy(
         bin("libctx_interposer.so"),
@@ -60,41 +59,23 @@ fn stand_in_that_fails(shim: &[u8]) -> String {
     )
     .unwrap();
     dir.file("lib/ctx-shim", shim, 0o755);
-    let config = dir.file(
-        "contexts.toml",
-        br#"[contexts.ns]
+    let interposer = lib.join("libctx_interposer.so");
+    let broker = Broker::start_with_env(
+        r#"[contexts.ns]
 user = "nobody"
 cwd = "/"
 allow = { uids = [0] }
 isolation = { pid = true }
 "#,
-        0o644,
+        &[("CTX_INTERPOSER", &interposer)],
     );
-    let socket = dir.path().join("broker.sock");
-    let mut broker = Command::new(bin("ctx-broker"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--audit-log")
-        .arg(dir.path().join("audit.jsonl"))
-        .env("CTX_INTERPOSER", lib.join("libctx_interposer.so"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("broker.log")).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(poll(Duration::from_secs(10), || socket.exists().then_some(())).is_some());
-    std::thread::sleep(Duration::from_millis(300));
     let marker = format!("stand-in-marker-{}", std::process::id());
     // The caller ignores SIGHUP (nohup), so the program does too and survives the
     // stand-in's exit.
     let script = format!(
         "trap '' HUP; {} --socket {} exec -t --context ns -- /bin/sh -c 'sleep 3; true {marker}'; echo rc=$?",
         bin("ctx").display(),
-        socket.display()
+        broker.socket().display()
     );
     let out = Command::new("script")
         .args(["-qec", &script, "/dev/null"])
@@ -105,12 +86,12 @@ isolation = { pid = true }
     eprintln!("caller saw: {text:?}");
     std::thread::sleep(Duration::from_millis(500));
     // Every process of the broker's making is its child; what is left of this launch:
-    let kids = children_of(broker.id());
+    let kids = children_of(broker.pid());
     eprintln!("broker's children: {kids:?}");
     let running_untracked = ctx_tests::pids_with_arg(&marker);
     let zombies: Vec<_> = kids.iter().filter(|(_, s)| s.starts_with('Z')).collect();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    let log = broker.stderr();
+    drop(broker);
     for p in &running_untracked {
         // SAFETY: plain syscall on a test leftover.
         unsafe { libc::kill(*p, libc::SIGKILL) };
@@ -122,5 +103,5 @@ isolation = { pid = true }
     assert!(zombies.is_empty(), "the broker leaves zombies: {zombies:?}");
     // The program ignores the hangup, runs to its end, and its status comes back.
     assert!(text.contains("rc=0"), "{text:?}");
-    std::fs::read_to_string(dir.path().join("broker.log")).unwrap()
+    log
 }
