@@ -64,7 +64,11 @@ impl Peer {
             Some(libc::ESRCH) => IdentityError::Gone(pid),
             _ => IdentityError::Credentials(e),
         })?;
-        let found = registry::proc_identity(pid);
+        let found = match pidfd_euid(&pidfd) {
+            Some(euid) => registry::parent_and_start(pid)
+                .map(|(ppid, start)| registry::ProcIdentity { ppid, start, euid }),
+            None => registry::proc_identity(pid),
+        };
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.
         if !alive(&pidfd) {
@@ -102,7 +106,7 @@ impl Peer {
     /// again where its identity grants something.
     pub fn still_there(&self) -> bool {
         self.start.is_none_or(|start| {
-            registry::proc_identity(self.pid).is_some_and(|now| now.start == start)
+            registry::parent_and_start(self.pid).is_some_and(|(_, now)| now == start)
         })
     }
 }
@@ -149,6 +153,45 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Not yet in every libc release; the value of the generic socket ABI (x86, arm, riscv).
 const SO_PEERPIDFD: libc::c_int = 77;
 
+/// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)` (Linux 6.13), not yet in libc.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+const PIDFD_INFO_CREDS: u64 = 1 << 1;
+
+/// `struct pidfd_info` as of its first version (64 bytes; later kernels only append).
+#[repr(C)]
+#[derive(Default)]
+#[allow(dead_code)] // the kernel's layout: only `mask` and `euid` are read
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+
+/// The effective uid of the process behind `pidfd`, asked of the pidfd itself: one ioctl
+/// where `/proc/PID/status` is a page of text, and of that process whatever holds its pid
+/// by now. `None` on kernels without `PIDFD_GET_INFO` (or a process already reaped).
+fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_CREDS,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: a valid pidfd and a buffer of the size the request number encodes.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+    (rc == 0 && info.mask & PIDFD_INFO_CREDS != 0).then_some(info.euid)
+}
+
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
 /// EPERM (an unprivileged broker asking about another uid's process) also means it is
 /// there.
@@ -164,4 +207,49 @@ pub fn alive(pidfd: &OwnedFd) -> bool {
         )
     };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pidfd_names_the_same_effective_uid_as_proc() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: plain getter.
+        let root = unsafe { libc::geteuid() } == 0;
+        // As root, a child of another uid; otherwise this process's own.
+        let mut cmd = std::process::Command::new("/bin/sleep");
+        cmd.arg("5");
+        if root {
+            cmd.uid(65534);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).unwrap();
+        let from_proc = registry::proc_identity(pid).map(|p| p.euid);
+        let from_pidfd = pidfd_euid(&pidfd);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // SAFETY: plain getter.
+        let expected = if root {
+            65534
+        } else {
+            unsafe { libc::geteuid() }
+        };
+        assert_eq!(from_proc, Some(expected));
+        // Kernels before 6.13 have no PIDFD_GET_INFO: the broker reads /proc there.
+        if from_pidfd.is_some() {
+            assert_eq!(from_pidfd, Some(expected));
+        }
+    }
+
+    #[test]
+    fn a_reaped_process_has_no_credentials_to_give() {
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pidfd = pidfd_open(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        assert_eq!(pidfd_euid(&pidfd), None);
+        assert!(!alive(&pidfd));
+    }
 }

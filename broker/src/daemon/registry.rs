@@ -147,7 +147,7 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 
 /// Parent pid and start time (clock ticks since boot) from `/proc/PID/stat`, read into a
 /// stack buffer: this runs for every connection while launches are running.
-fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
     use std::io::Read;
     let mut buf = [0u8; 1024];
     let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;

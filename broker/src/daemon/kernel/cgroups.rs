@@ -428,8 +428,10 @@ pub fn context_of_pid(pid: i32) -> Option<String> {
 /// of its pid namespace). A pid alone would name another broker's groups as stale to a
 /// broker in another pid namespace (a container's), which would then remove them from
 /// under it.
-fn instance() -> String {
-    format!("{}.{}", std::process::id(), pid_namespace())
+fn instance() -> &'static str {
+    // Asked for every peer that no launch's ancestry names: read once.
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| format!("{}.{}", std::process::id(), pid_namespace()))
 }
 
 /// The inode of this process's pid namespace (0 if unreadable).
