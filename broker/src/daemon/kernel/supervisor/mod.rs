@@ -8,7 +8,10 @@
 //! the broker with `SCM_RIGHTS` over a socket prepared before the clone, closes its own copy
 //! and execs. One dedicated thread (not a tokio task: the tokio worker that forked is
 //! suspended until the child's exec, which waits for this thread's answer, and every other
-//! worker may be in the same state) polls all listeners and answers each notification:
+//! worker may be in the same state) waits on all listeners (one epoll set) and answers each
+//! notification. A launch supervised only for its signals to the parent has no exec to
+//! wait for: its listener goes over a second socket, which the launch's worker reads once
+//! the child exec'd, and joins the set without waking the thread. Notifications:
 //!
 //! - from a process that still shares the broker's memory (the spawn child before its
 //!   exec: the broker's own exec of the program, its `PATH` candidates and `/bin/sh`
@@ -69,10 +72,25 @@ pub struct ExecGuard {
 }
 
 struct Running {
-    /// The children's end of the hand-over socket (close-on-exec).
+    /// The children's end of the hand-over socket the guard thread reads (close-on-exec):
+    /// for launches whose execs are checked, whose child's own exec waits for the guard.
     send: OwnedFd,
+    /// The children's end of the hand-over socket the launches' workers read once their
+    /// child has exec'd: for launches supervised for their signals to the parent only,
+    /// whose listener then joins the guard's set without waking it.
+    send_direct: OwnedFd,
+    recv_direct: OwnedFd,
     /// Launches armed but whose listener has not arrived yet, by token.
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
+    /// The listeners the guard thread waits on.
+    set: Arc<Listeners>,
+}
+
+/// The guard thread's epoll set and the listeners in it, by their launch's token (the
+/// token is each listener's epoll key).
+struct Listeners {
+    epoll: OwnedFd,
+    by_token: Mutex<HashMap<u64, Arc<Watched>>>,
 }
 
 /// Where the guard reports denials (any thread of the guard may call it).
@@ -219,8 +237,12 @@ impl ExecGuard {
 
 impl Armed<'_> {
     pub fn handover(&self) -> Handover {
+        let sock = match self.required {
+            true => &self.running.send,
+            false => &self.running.send_direct,
+        };
         Handover {
-            sock: self.running.send.as_raw_fd(),
+            sock: sock.as_raw_fd(),
             token: self.token,
             required: self.required,
         }
@@ -231,6 +253,9 @@ impl Armed<'_> {
     /// The child exec'd, so its listener was sent: the guard thread takes the policy
     /// when the listener arrives, which may be after this.
     pub fn started(self) {
+        if !self.required {
+            self.running.take_direct();
+        }
         std::mem::forget(self);
     }
 }
@@ -240,6 +265,9 @@ impl Drop for Armed<'_> {
         // The child failed or was never started: a listener it sent finds no launch and
         // is closed (its process is gone or about to be).
         lock(&self.running.pending).remove(&self.token);
+        if !self.required {
+            self.running.take_direct();
+        }
     }
 }
 
@@ -248,33 +276,113 @@ impl Running {
         if !available() {
             return Err("this kernel has no seccomp user notification".into());
         }
-        let mut pair = [0; 2];
-        // SAFETY: socketpair writes two descriptors into the array.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                pair.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
+        let (recv, send) = handover_socket()?;
+        let (recv_direct, send_direct) = handover_socket()?;
+        // SAFETY: plain syscall; the descriptor is owned at once.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
             return Err(format!(
-                "cannot create its socket: {}",
+                "cannot create its epoll set: {}",
                 io::Error::last_os_error()
             ));
         }
-        // SAFETY: both were just created and are owned here.
-        let (recv, send) =
-            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-        set_nonblocking(&recv).map_err(|e| format!("cannot set up its socket: {e}"))?;
+        let set = Arc::new(Listeners {
+            // SAFETY: just created, owned here.
+            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+            by_token: Mutex::default(),
+        });
         let pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>> = Arc::default();
-        let thread_pending = pending.clone();
+        let (thread_pending, thread_set) = (pending.clone(), set.clone());
         std::thread::Builder::new()
             .name("exec-guard".into())
-            .spawn(move || watch::watch(recv, thread_pending, Arc::from(on_denied)))
+            .spawn(move || watch::watch(recv, thread_set, thread_pending, Arc::from(on_denied)))
             .map_err(|e| format!("cannot start its thread: {e}"))?;
-        Ok(Running { send, pending })
+        Ok(Running {
+            send,
+            send_direct,
+            recv_direct,
+            pending,
+            set,
+        })
+    }
+
+    /// Adds the listeners waiting on the direct hand-over socket to the guard's set: called
+    /// by a launch's worker once its child exec'd (or failed), when its listener, if it
+    /// sent one, is queued there. It may take another launch's too, which is as good.
+    fn take_direct(&self) {
+        watch::take_handovers(&self.recv_direct, &self.pending, &self.set);
+    }
+}
+
+/// A hand-over socket: the reading end (non-blocking) and the children's end.
+fn handover_socket() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cannot create its socket: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: both were just created and are owned here.
+    let (recv, send) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    set_nonblocking(&recv).map_err(|e| format!("cannot set up its socket: {e}"))?;
+    Ok((recv, send))
+}
+
+impl Listeners {
+    /// Adds a launch's listener. In the map before the epoll set: the guard looks up
+    /// whatever epoll reports.
+    fn add(&self, token: u64, listener: OwnedFd, policy: Arc<Policy>) {
+        let fd = listener.as_raw_fd();
+        let mut map = lock(&self.by_token);
+        map.insert(
+            token,
+            Arc::new(Watched {
+                listener,
+                policy,
+                budget: Mutex::new(Budget::new()),
+            }),
+        );
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid descriptors and event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0
+        {
+            // Closing the listener fails the launch's supervised calls (ENOSYS): closed,
+            // never silently unsupervised.
+            tracing::error!(
+                "exec guard: cannot watch a listener: {}",
+                io::Error::last_os_error()
+            );
+            map.remove(&token);
+        }
+    }
+
+    /// Forgets a launch's listener. Out of the epoll set first: a decision in flight may
+    /// hold the listener open a while, and its hangup must not be reported again.
+    fn remove_locked(&self, map: &mut HashMap<u64, Arc<Watched>>, token: u64) {
+        if let Some(w) = map.remove(&token) {
+            // SAFETY: valid descriptors; the event argument may be null for a removal.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    w.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::exec::{decide, shares_our_memory};
 use super::parent::relay_to_parent;
-use super::{lock, Budget, Denied, Policy, Verdict, Watched, NOTIF_BUF};
+use super::{lock, Denied, Listeners, Policy, Verdict, Watched, NOTIF_BUF};
 
 const REASON_BUSY: &str =
     "enforce: too many of this user's execs are still being checked (a hung mount?)";
@@ -62,87 +62,127 @@ impl Drop for Slot {
     }
 }
 
-/// The guard thread: polls the hand-over socket and every launch's listener. Never
-/// blocks except in `poll`: a notification is received only when `poll` reported one (and
-/// this is the only reader, so the receive cannot wait).
+/// The epoll key of the guard's own hand-over socket (a launch's token never gets there).
+const HANDOVER_KEY: u64 = u64::MAX;
+
+/// The guard thread: waits on its hand-over socket and every launch's listener. Never
+/// blocks except in `epoll_wait`: a notification is received only when epoll reported one
+/// (and this is the only reader, so the receive cannot wait).
 pub(super) fn watch(
     recv: OwnedFd,
+    set: Arc<Listeners>,
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
     on_denied: Arc<dyn Fn(Denied) + Send + Sync>,
 ) {
     let in_flight = Arc::<InFlight>::default();
-    let mut listeners: Vec<Arc<Watched>> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: HANDOVER_KEY,
+    };
+    // SAFETY: valid descriptors and event.
+    if unsafe {
+        libc::epoll_ctl(
+            set.epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            recv.as_raw_fd(),
+            &mut ev,
+        )
+    } != 0
+    {
+        tracing::error!(
+            "exec guard: cannot watch its socket: {}",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut last_sweep = Instant::now();
     loop {
-        fds.clear();
-        fds.push(libc::pollfd {
-            fd: recv.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        fds.extend(listeners.iter().map(|w| libc::pollfd {
-            fd: w.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
         // A launch that ended may leave processes (a `setsid` daemon) that keep its
         // listener open: where only signals to the parent were supervised, the listener
         // goes once the launch has ended, looked for every second while there are such.
-        let sweep = listeners.iter().any(|w| !w.policy.guards_exec);
+        let sweep = lock(&set.by_token).values().any(|w| !w.policy.guards_exec);
         let timeout = if sweep { SWEEP_MS } else { -1 };
-        // SAFETY: `fds` is a valid array of pollfd of that length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        // SAFETY: `events` is a writable array of that length.
+        let n = unsafe {
+            libc::epoll_wait(
+                set.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout,
+            )
+        };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            tracing::error!("exec guard: poll failed: {}", io::Error::last_os_error());
+            tracing::error!("exec guard: epoll failed: {}", io::Error::last_os_error());
             return;
         }
-        // Listeners first (their indices match `fds[1..]`), newest last so removal by index
-        // from the back keeps the others' positions.
-        for i in (0..listeners.len()).rev() {
-            let revents = fds[i + 1].revents;
-            if revents & libc::POLLIN != 0 {
-                let w = &listeners[i];
+        for ev in &events[..n as usize] {
+            let (key, revents) = (ev.u64, ev.events);
+            if key == HANDOVER_KEY {
+                if take_handovers(&recv, &pending, &set) {
+                    // The broker is exiting (its end is dropped with `Shared`). Dropping
+                    // the listeners fails later execs of the launches (fail-closed).
+                    return;
+                }
+                continue;
+            }
+            let Some(w) = lock(&set.by_token).get(&key).cloned() else {
+                continue;
+            };
+            if revents & libc::EPOLLIN as u32 != 0 {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(w, &on_denied, &in_flight)
+                    handle(&w, &on_denied, &in_flight)
                 }));
                 if result.is_err() {
                     tracing::error!("exec guard: a notification's handling panicked");
                 }
-            } else if revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            } else if revents & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 // Every process of the launch is gone.
-                listeners.swap_remove(i);
+                set.remove_locked(&mut lock(&set.by_token), key);
             }
         }
-        if sweep {
-            // After the listeners' events, whose indices match `fds`.
-            listeners.retain(|w| w.policy.guards_exec || !w.policy.launch_ended());
+        if sweep && last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
+            last_sweep = Instant::now();
+            let mut map = lock(&set.by_token);
+            let ended: Vec<u64> = map
+                .iter()
+                .filter(|(_, w)| !w.policy.guards_exec && w.policy.launch_ended())
+                .map(|(&token, _)| token)
+                .collect();
+            for token in ended {
+                set.remove_locked(&mut map, token);
+            }
         }
-        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            loop {
-                match receive(&recv) {
-                    // The child could not install its listener and runs without one.
-                    Received::Without(token) => {
-                        lock(&pending).remove(&token);
-                    }
-                    Received::Listener(token, listener) => match lock(&pending).remove(&token) {
-                        Some(policy) => listeners.push(Arc::new(Watched {
-                            listener,
-                            policy,
-                            budget: Mutex::new(Budget::new()),
-                        })),
-                        // Its launch gave up (the child exited without exec'ing): closing
-                        // the listener fails any exec still asked of it (ENOSYS).
-                        None => tracing::debug!("exec guard: a listener for a launch that failed"),
-                    },
-                    Received::Empty => break,
-                    // The broker is exiting (its end is dropped with `Shared`). Dropping
-                    // the listeners fails later execs of the launches (fail-closed).
-                    Received::Closed => return,
+    }
+}
+
+/// Takes every listener queued on a hand-over socket into the guard's set; whether the
+/// socket reached its end (every sender gone).
+pub(super) fn take_handovers(
+    recv: &OwnedFd,
+    pending: &Mutex<HashMap<u64, Arc<Policy>>>,
+    set: &Listeners,
+) -> bool {
+    loop {
+        match receive(recv) {
+            // The child could not install its listener and runs without one.
+            Received::Without(token) => {
+                lock(pending).remove(&token);
+            }
+            Received::Listener(token, listener) => {
+                let policy = lock(pending).remove(&token);
+                match policy {
+                    Some(policy) => set.add(token, listener, policy),
+                    // Its launch gave up (the child exited without exec'ing): closing
+                    // the listener fails any exec still asked of it (ENOSYS).
+                    None => tracing::debug!("exec guard: a listener for a launch that failed"),
                 }
             }
+            Received::Empty => return false,
+            Received::Closed => return true,
         }
     }
 }
