@@ -1416,3 +1416,236 @@ fn a_slow_reader_after_half_close_gets_the_whole_answer() {
         .remove(0);
     assert_eq!(out.ok(), format!("{SIZE}\n"), "audit: {l}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Names are never resolved under the host's search domains
+// ---------------------------------------------------------------------------------------
+
+/// A DNS server on `argv[1]:53` (UDP) that answers `NAME=ADDRESS` pairs (`argv[3..]`) with
+/// an A record, and every other name with NXDOMAIN; each query's name (lower case, no
+/// trailing dot) and type go to the file `argv[2]`, one a line, before the answer.
+const DNS_SERVER: &str = r#"
+import socket, sys
+ip, log = sys.argv[1], open(sys.argv[2], 'a')
+known = dict(a.split('=') for a in sys.argv[3:])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, 53))
+print('ready', flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    i, labels = 12, []
+    while i < len(q) and q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode('latin-1'))
+        i += 1 + q[i]
+    qtype = int.from_bytes(q[i + 1:i + 3], 'big')
+    name = '.'.join(labels).lower()
+    log.write('%s %d\n' % (name, qtype)); log.flush()
+    address = known.get(name)
+    answer = b''
+    if address and qtype == 1:
+        answer = (b'\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04' +
+                  socket.inet_aton(address))
+    flags = b'\x81\x80' if address else b'\x81\x83'
+    head = q[:2] + flags + b'\x00\x01' + (b'\x00\x01' if answer else b'\x00\x00') + b'\x00' * 4
+    s.sendto(head + q[12:i + 5] + answer, peer)
+"#;
+
+/// [`DNS_SERVER`] as a child process; killed on drop.
+struct DnsServer {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl DnsServer {
+    fn start(ip: &str, dir: &TempDir, known: &[(&str, &str)]) -> DnsServer {
+        let log = dir.path().join("dns-queries.log");
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", DNS_SERVER, ip])
+            .arg(&log)
+            .args(known.iter().map(|(n, a)| format!("{n}={a}")))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the DNS server");
+        let mut ready = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+        assert_eq!(ready, "ready\n", "the DNS server did not start");
+        DnsServer { child, log }
+    }
+
+    /// The queries it was asked so far, `name type` each.
+    fn queries(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP server on `ip` answering every request with `body`; counts the connections it
+/// accepted.
+fn counting_server(ip: &str, body: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).expect("bind the counting server");
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, body) = (hits.clone(), body.to_string());
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            thread::spawn(move || {
+                let mut s = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes());
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// Asks the proxy (`HTTP_PROXY`'s port) for `argv[2]:argv[3]` exactly as written, by
+/// `argv[1]`: `connect`, `http` (absolute URI) or `socks` (SOCKS5, the name as a domain);
+/// prints the answer's first line and its body, or the proxy's refusal.
+const PROBE: &str = r#"
+import os, socket, sys
+mode, name, port = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+s = socket.create_connection(('127.0.0.1', int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])))
+s.settimeout(20)
+def head():
+    h = b''
+    while b'\r\n\r\n' not in h:
+        d = s.recv(1)
+        if not d: break
+        h += d
+    return h
+get = b'GET / HTTP/1.0\r\nHost: probe\r\n\r\n'
+if mode == 'connect':
+    s.sendall(b'CONNECT %s:%d HTTP/1.1\r\n\r\n' % (name, port))
+    h = head()
+    if not h.startswith(b'HTTP/1.1 200'):
+        print('refused', h.split(b'\r\n')[0].decode()); sys.exit()
+    s.sendall(get)
+elif mode == 'http':
+    s.sendall(b'GET http://%s:%d/ HTTP/1.1\r\nHost: probe\r\n\r\n' % (name, port))
+else:
+    s.sendall(b'\x05\x01\x00'); s.recv(2)
+    s.sendall(b'\x05\x01\x00\x03' + bytes([len(name)]) + name + port.to_bytes(2, 'big'))
+    r = s.recv(10)
+    if r[1] != 0:
+        print('refused socks', r[1]); sys.exit()
+    s.sendall(get)
+data = b''
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+first, _, body = data.partition(b'\r\n')
+print(first.decode(), body.partition(b'\r\n\r\n')[2].decode().strip())
+"#;
+
+/// A name the client sends without the trailing dot is never tried under the host's search
+/// domains, with a real resolver: the broker runs with a `resolv.conf` (its own mount
+/// namespace) naming a DNS server of this test and `corp.example` as search domain, and
+/// that server answers only the search-domain forms (`x.github.com.corp.example`,
+/// `intranet.corp.example`) with the address of a server. Through CONNECT, absolute URI
+/// and SOCKS5, under `search` and under `domain` with `ndots:5` (which makes glibc try the
+/// search domain first), in any case, those names fail without the server ever seeing a
+/// connection nor the DNS server a query for a search-domain form; an absolute name the
+/// DNS server does answer reaches the server, so the lookups do go to that DNS server.
+#[test]
+fn a_name_is_never_resolved_under_a_search_domain() {
+    let addr = HostAddr::claim();
+    let dir = TempDir::new();
+    let body = unique("reached-");
+    let (port, hits) = counting_server(&addr.ip, &body);
+    let dns = DnsServer::start(
+        &addr.ip,
+        &dir,
+        &[
+            ("x.github.com.corp.example", &addr.ip),
+            ("intranet.corp.example", &addr.ip),
+            ("ok.github.com", &addr.ip),
+        ],
+    );
+    let resolv = dir.path().join("resolv.conf");
+    let rule = host(&addr, r#"{ allow = ["*.github.com", "intranet"] }"#);
+    let probe = |b: &Broker, mode: &str, name: &str| {
+        b.exec(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                PROBE,
+                mode,
+                name,
+                &port.to_string(),
+            ],
+        )
+        .ok()
+    };
+    let modes = ["connect", "http", "socks"];
+    for search in [
+        "search corp.example\n",
+        "domain corp.example\noptions ndots:5\n",
+    ] {
+        fs::write(&resolv, format!("nameserver {}\n{search}", addr.ip)).unwrap();
+        let reached = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let b = Broker::start_with_binds(
+            &config(&rule, None),
+            &[(&resolv, std::path::Path::new("/etc/resolv.conf"))],
+        );
+        for name in ["x.github.com", "X.GitHub.COM", "intranet", "x.github.com."] {
+            for mode in modes {
+                let out = probe(&b, mode, name);
+                assert!(
+                    out.starts_with("refused") || out.starts_with("HTTP/1.1 502"),
+                    "{search:?} {mode} {name}: {out}"
+                );
+            }
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), reached);
+        let asked = dns.queries();
+        assert!(
+            asked.iter().any(|q| q == "x.github.com 1") && asked.iter().any(|q| q == "intranet 1"),
+            "the names were not asked of the DNS server as absolute names: {asked:?}"
+        );
+        assert!(
+            !asked.iter().any(|q| q.contains("corp.example")),
+            "{search:?}: a search-domain form was looked up: {asked:?}"
+        );
+        // The DNS path works: a name it answers reaches the server, in every protocol.
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        for name in ["ok.github.com", "OK.github.com."] {
+            for mode in modes {
+                let out = probe(&b, mode, name);
+                assert!(
+                    out.trim_end().ends_with(&body),
+                    "{search:?} {mode} {name}: {out}"
+                );
+            }
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before + 6);
+        let lines = b.wait_audit(6, |l| {
+            l["event"] == "egress" && l["allowed"] == true && l["bytes_down"].as_u64() > Some(0)
+        });
+        assert!(lines
+            .iter()
+            .all(|l| l["address"] == format!("{}:{port}", addr.ip).as_str()));
+    }
+}
