@@ -1580,9 +1580,20 @@ fn a_name_is_never_resolved_under_a_search_domain() {
         &[
             ("x.github.com.corp.example", &addr.ip),
             ("intranet.corp.example", &addr.ip),
+            ("xn--bcher-kva.github.com.corp.example", &addr.ip),
             ("ok.github.com", &addr.ip),
         ],
     );
+    // The hosts file gives a name under the rule as an alias, and a search-domain form.
+    let u = unique("h");
+    let (alias, hosts_only) = (
+        format!("alias-{u}.github.com"),
+        format!("only-{u}.github.com"),
+    );
+    let _hosts = Hosts::add(&[
+        (&addr.ip, &format!("canonical-{u}.test {alias}")),
+        (&addr.ip, &format!("{hosts_only}.corp.example")),
+    ]);
     let resolv = dir.path().join("resolv.conf");
     let rule = host(&addr, r#"{ allow = ["*.github.com", "intranet"] }"#);
     let probe = |b: &Broker, mode: &str, name: &str| {
@@ -1600,38 +1611,58 @@ fn a_name_is_never_resolved_under_a_search_domain() {
         .ok()
     };
     let modes = ["connect", "http", "socks"];
+    let count = || hits.load(std::sync::atomic::Ordering::SeqCst);
     for search in [
         "search corp.example\n",
         "domain corp.example\noptions ndots:5\n",
     ] {
         fs::write(&resolv, format!("nameserver {}\n{search}", addr.ip)).unwrap();
-        let reached = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let reached = count();
         let b = Broker::start_with_binds(
             &config(&rule, None),
             &[(&resolv, std::path::Path::new("/etc/resolv.conf"))],
         );
-        for name in ["x.github.com", "X.GitHub.COM", "intranet", "x.github.com."] {
+        let upper = alias.to_ascii_uppercase();
+        let refused = [
+            "x.github.com",
+            "X.GitHub.COM",
+            "intranet",
+            "x.github.com.",
+            "xn--bcher-kva.github.com",
+            // Never reaches the resolver at all: not a DNS name (IDNA is the client's job).
+            "b\u{fc}cher.github.com",
+            &hosts_only,
+        ];
+        for name in refused {
             for mode in modes {
                 let out = probe(&b, mode, name);
                 assert!(
-                    out.starts_with("refused") || out.starts_with("HTTP/1.1 502"),
+                    ["refused", "HTTP/1.1 502", "HTTP/1.1 403"]
+                        .iter()
+                        .any(|r| out.starts_with(r)),
                     "{search:?} {mode} {name}: {out}"
                 );
             }
         }
-        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), reached);
+        assert_eq!(count(), reached);
         let asked = dns.queries();
+        for absolute in ["x.github.com 1", "intranet 1", "xn--bcher-kva.github.com 1"] {
+            assert!(
+                asked.iter().any(|q| q == absolute),
+                "{absolute:?} was not asked of the DNS server: {asked:?}"
+            );
+        }
         assert!(
-            asked.iter().any(|q| q == "x.github.com 1") && asked.iter().any(|q| q == "intranet 1"),
-            "the names were not asked of the DNS server as absolute names: {asked:?}"
+            !asked
+                .iter()
+                .any(|q| q.contains("corp.example") || q.starts_with('b')),
+            "{search:?}: a search-domain form (or a name that is not one) was looked up: \
+             {asked:?}"
         );
-        assert!(
-            !asked.iter().any(|q| q.contains("corp.example")),
-            "{search:?}: a search-domain form was looked up: {asked:?}"
-        );
-        // The DNS path works: a name it answers reaches the server, in every protocol.
-        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
-        for name in ["ok.github.com", "OK.github.com."] {
+        // The DNS path works (a name it answers reaches the server, in every protocol),
+        // and so does the hosts file for an alias, in any case, without asking DNS.
+        let before = count();
+        for name in ["ok.github.com", "OK.github.com.", &alias, &upper] {
             for mode in modes {
                 let out = probe(&b, mode, name);
                 assert!(
@@ -1640,8 +1671,9 @@ fn a_name_is_never_resolved_under_a_search_domain() {
                 );
             }
         }
-        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before + 6);
-        let lines = b.wait_audit(6, |l| {
+        assert_eq!(count(), before + 12);
+        assert!(!dns.queries().iter().any(|q| q.starts_with("alias-")));
+        let lines = b.wait_audit(12, |l| {
             l["event"] == "egress" && l["allowed"] == true && l["bytes_down"].as_u64() > Some(0)
         });
         assert!(lines
