@@ -1135,6 +1135,70 @@ fn a_context_at_its_egress_maximum_does_not_starve_other_launches() {
     );
 }
 
+/// Two contexts holding every egress connection they can leave a third its own part of the
+/// egress descriptors: under a broker limited to 1024 open files, a quarter each (as the
+/// broker once allowed) would be all egress may hold together.
+#[test]
+fn two_contexts_at_their_egress_maximum_leave_a_third_its_part() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.fair.test", unique("f"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let rule = host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#));
+    let mut text = config(&rule, Some(&rule));
+    text.push_str(&format!(
+        "\n[contexts.eg3]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n\
+         isolation = {{ network = {rule} }}\n"
+    ));
+    let b = Broker::start_with_files(&text, 1024);
+    let hold = |context: &str| {
+        let mut child = b
+            .exec_cmd(
+                context,
+                &[
+                    "/usr/bin/python3",
+                    "-c",
+                    HOLD_TUNNELS,
+                    "512",
+                    &name,
+                    &port.to_string(),
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+        (child, out, held)
+    };
+    let holders: Vec<_> = ["eg", "eg2", "eg3"].into_iter().map(hold).collect();
+    let held: Vec<usize> = holders.iter().map(|h| h.2).collect();
+    // The first took its part and the common rest; the others their parts, the same.
+    assert!(held[2] > 0, "the third context got no connection: {held:?}");
+    assert_eq!(held[1], held[2], "{held:?}");
+    assert!(held[0] > held[1], "{held:?}");
+    assert_eq!(b.exec("plain", &["/bin/echo", "ok"]).ok(), "ok\n");
+    for (mut child, mut out, n) in holders {
+        drop(child.stdin.take());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(wait_deadline(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
+        assert_eq!(rest.trim(), n.to_string());
+    }
+    // Refusals are metered by uid, and all three run as the same one: the first, the
+    // greedy context's, are the ones surely written.
+    let refused = b.wait_audit(1, |l| l["event"] == "egress" && l["via"] == "accept");
+    assert!(
+        refused
+            .iter()
+            .any(|l| json_has_str(&l["reason"], "kept for each of 3 egress context(s)")),
+        "{refused:?}"
+    );
+}
+
 /// Landlock's `tcp_connect` (ABI 4+) on an egress context: the proxy's port is granted
 /// beside the listed ports, so a program still reaches allowed names through it, while a
 /// connection to any other port, even on the namespace's own loopback, is refused (7 here;

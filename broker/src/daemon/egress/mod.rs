@@ -134,6 +134,7 @@ impl Egress {
                 warnings.push(w);
             }
         }
+        shared.admissions.set_egress_contexts(keep.len());
         self.lock().retain(|name, _| keep.contains(name));
         self.failures_lock().retain(|name, _| keep.contains(name));
         warnings
