@@ -1482,6 +1482,136 @@ fn a_slow_reader_after_half_close_gets_the_whole_answer() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A reload ends the tunnels it no longer allows
+// ---------------------------------------------------------------------------------------
+
+/// Opens a CONNECT tunnel to each `HOST:PORT` argument (to an echo server), prints `open`
+/// or `refused` for each, and at each line on its standard input prints whether each
+/// still carries a byte there and back (`open`) or not (`closed`).
+const TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def echoes(s):
+    try:
+        s.sendall(b'x')
+        return s.recv(1) == b'x'
+    except OSError:
+        return False
+tunnels = []
+for target in sys.argv[1:]:
+    s = socket.create_connection((p.hostname, p.port), timeout=10)
+    s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % target.encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = s.recv(1)
+        if not d: break
+        head += d
+    tunnels.append(s if head.startswith(b'HTTP/1.1 200') else None)
+print(' '.join('open' if s and echoes(s) else 'refused' for s in tunnels), flush=True)
+for _ in sys.stdin:
+    print(' '.join('open' if s and echoes(s) else 'closed' for s in tunnels), flush=True)
+"#;
+
+/// [`TUNNELS`] in `context`, with the line it printed first.
+fn open_tunnels(
+    b: &Broker,
+    context: &str,
+    targets: &[String],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut argv = vec!["/usr/bin/python3", "-c", TUNNELS];
+    argv.extend(targets.iter().map(String::as_str));
+    let mut child = b
+        .exec_cmd(context, &argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    (child, out, line.trim().to_string())
+}
+
+/// Asks [`TUNNELS`] which of its tunnels still carry bytes.
+fn tunnels_now(
+    child: &mut Child,
+    out: &mut std::io::BufReader<std::process::ChildStdout>,
+) -> String {
+    child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(out, &mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// A reload that takes a name out of the rule, or its port, or removes the context, ends
+/// the tunnels already open that it no longer allows (reset, audited with why); the
+/// others, to a name or a listed address still allowed, keep relaying.
+#[test]
+fn a_reload_ends_the_tunnels_it_no_longer_allows() {
+    let addr = HostAddr::claim();
+    let base = unique("r");
+    let [kept, dropped, moved] = ["kept", "dropped", "moved"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[(&addr.ip, &kept), (&addr.ip, &dropped), (&addr.ip, &moved)]);
+    let port = echo_server(&addr.ip);
+    let before = host(
+        &addr,
+        &format!(r#"{{ allow = ["{kept}", "{dropped}", "{moved}:{port}"] }}"#),
+    );
+    let before2 = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
+    let b = Broker::start(&config(&before, Some(&before2)));
+    let targets: Vec<String> = [&kept, &dropped, &moved, &addr.ip]
+        .iter()
+        .map(|h| format!("{h}:{port}"))
+        .collect();
+    let (mut eg, mut eg_out, first) = open_tunnels(&b, "eg", &targets);
+    assert_eq!(first, "open open open open");
+    let (mut eg2, mut eg2_out, first) = open_tunnels(&b, "eg2", &targets[..1]);
+    assert_eq!(first, "open");
+
+    // The same rule again (every launch sets it) ends nothing.
+    assert_eq!(b.exec("eg", &["/bin/true"]).code(), 0);
+    run(&mut b.ctx(["reload"])).ok();
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open open open open");
+
+    let after = host(
+        &addr,
+        &format!(r#"{{ allow = ["{kept}", "{moved}:{}"] }}"#, port ^ 1),
+    );
+    fs::write(b.config_path(), config(&after, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let ended = b.wait_audit(3, |l| {
+        l["event"] == "egress" && json_has_str(&l["error"], "a reload ended it")
+    });
+    let why = |name: &str| {
+        ended
+            .iter()
+            .find(|l| l["name"] == name && l["context"] == "eg")
+            .map(|l| l["error"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        why(&dropped).as_deref(),
+        Some("a reload ended it: not in the allow list")
+    );
+    assert_eq!(
+        why(&moved).as_deref(),
+        Some("a reload ended it: not in the allow list")
+    );
+    let gone = ended.iter().find(|l| l["context"] == "eg2").unwrap();
+    assert_eq!(
+        gone["error"],
+        "a reload ended it: its context no longer has egress"
+    );
+    assert_eq!(gone["allowed"], true);
+    assert!(gone["bytes_up"].as_u64() > Some(0), "{gone}");
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open closed closed open");
+    assert_eq!(tunnels_now(&mut eg2, &mut eg2_out), "closed");
+    for mut child in [eg, eg2] {
+        drop(child.stdin.take());
+        assert!(wait_deadline(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Names are never resolved under the host's search domains
 // ---------------------------------------------------------------------------------------
 

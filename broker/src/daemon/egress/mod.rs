@@ -26,7 +26,7 @@ pub mod socks;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::kernel::namespaces::Holder;
@@ -82,7 +82,9 @@ struct Proxy {
 pub struct State {
     pub context: String,
     uid: AtomicU32,
-    rule: RwLock<Arc<Rule>>,
+    /// The rule in force; `None` once the context has no egress any more. Connections
+    /// watch it: a reload that no longer allows one ends it.
+    rule: tokio::sync::watch::Sender<Option<Arc<Rule>>>,
     slots: Arc<tokio::sync::Semaphore>,
     /// This context's share of the name lookups all contexts may run at once.
     pub lookups: Arc<tokio::sync::Semaphore>,
@@ -125,6 +127,13 @@ impl Egress {
                 continue;
             }
             keep.push(ctx.name.clone());
+            // Connections already open follow the new rule even where no listener can be
+            // made now.
+            if let (Some(p), Some(rule)) =
+                (self.lock().get(&ctx.name), ctx.isolation.network.egress())
+            {
+                p.state.update(rule, ctx.user.uid);
+            }
             // Without its namespace the context is not isolated at all; `namespaces`
             // warned about that already.
             let Some(holder) = shared.namespaces.for_context(ctx) else {
@@ -135,7 +144,13 @@ impl Egress {
             }
         }
         shared.admissions.set_egress_contexts(keep.len());
-        self.lock().retain(|name, _| keep.contains(name));
+        self.lock().retain(|name, p| {
+            let kept = keep.contains(name);
+            if !kept {
+                p.state.retire();
+            }
+            kept
+        });
         self.failures_lock().retain(|name, _| keep.contains(name));
         warnings
     }
@@ -255,9 +270,11 @@ impl Egress {
         };
         let mut proxies = self.lock();
         if let Some(p) = proxies.get(&ctx.name) {
+            // Also when a listener in a new namespace replaces it: the connections the old
+            // one accepted are the context's, under its rule.
+            p.state.update(rule, ctx.user.uid);
             let same = std::ptr::eq(p.holder.as_ptr(), Arc::as_ptr(holder));
             if same && !p.accept.is_finished() {
-                p.state.update(rule, ctx.user.uid);
                 return Ok((p.port, p.state.clone()));
             }
         }
@@ -278,7 +295,7 @@ impl Egress {
         let state = Arc::new(State {
             context: ctx.name.clone(),
             uid: AtomicU32::new(ctx.user.uid),
-            rule: RwLock::new(rule.clone()),
+            rule: tokio::sync::watch::Sender::new(Some(rule.clone())),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
             launches: Mutex::new(VecDeque::new()),
@@ -315,13 +332,27 @@ impl Drop for Proxy {
 }
 
 impl State {
-    pub fn rule(&self) -> Arc<Rule> {
-        self.rule.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The rule in force, to be read through [`current`], and told of every change.
+    pub fn rules(&self) -> tokio::sync::watch::Receiver<Option<Arc<Rule>>> {
+        self.rule.subscribe()
     }
 
+    /// Wakes the connections only when the rule differs: every launch into the context
+    /// sets it again.
     fn update(&self, rule: &Arc<Rule>, uid: u32) {
-        *self.rule.write().unwrap_or_else(|e| e.into_inner()) = rule.clone();
+        self.rule.send_if_modified(|now| {
+            if now.as_deref() == Some(&**rule) {
+                return false;
+            }
+            *now = Some(rule.clone());
+            true
+        });
         self.uid.store(uid, Ordering::Relaxed);
+    }
+
+    /// The context has no egress any more: its connections end.
+    fn retire(&self) {
+        self.rule.send_replace(None);
     }
 
     /// Counts a new connection's descriptors against the broker's (see
@@ -391,6 +422,12 @@ impl State {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// The rule `rules` holds now, marked as seen; one that allows nothing once the context
+/// has no egress any more.
+pub fn current(rules: &mut tokio::sync::watch::Receiver<Option<Arc<Rule>>>) -> Arc<Rule> {
+    rules.borrow_and_update().clone().unwrap_or_default()
+}
 
 fn not_in_force(context: &str, why: &str) -> String {
     format!(
