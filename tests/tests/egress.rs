@@ -1047,6 +1047,80 @@ fn a_silent_destination_does_not_outlive_its_client() {
     assert_eq!(held.lock().unwrap().len(), 1);
 }
 
+/// The `getsockopt(TCP_INFO)` calls the broker (all its threads) makes in `secs` seconds,
+/// counted by `strace`.
+fn tcp_info_reads(broker: u32, dir: &TempDir, secs: u32) -> usize {
+    let log = dir.path().join(unique("strace-"));
+    let out = run(Command::new("timeout")
+        .args(["-s", "INT", &secs.to_string()])
+        .args(["strace", "-f", "-qq", "-e", "trace=getsockopt", "-o"])
+        .arg(&log)
+        .args(["-p", &broker.to_string()]));
+    assert!(log.exists(), "strace did not run: {}", out.show());
+    fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("TCP_INFO"))
+        .count()
+}
+
+/// The relay's watchdog asks the kernel what each socket delivered only while it is armed
+/// (the client has ended its side, or waits on a destination that takes nothing): an open
+/// tunnel that is merely idle costs no system call a second.
+#[test]
+fn an_idle_tunnel_is_not_polled_until_its_client_ends() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.idle.test", unique("i"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let listener = TcpListener::bind((addr.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let script = format!(
+        "import os, socket, sys\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {name}:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)\n\
+         sys.stdin.readline(); s.shutdown(socket.SHUT_WR); print('ended', flush=True)\n\
+         sys.stdin.readline()\n"
+    );
+    let mut client = b
+        .exec_cmd("eg", &["/usr/bin/python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 200 Connection established\n");
+    let dir = TempDir::new();
+    assert_eq!(
+        tcp_info_reads(b.pid(), &dir, 3),
+        0,
+        "while the tunnel is idle"
+    );
+    client.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ended\n");
+    let armed = tcp_info_reads(b.pid(), &dir, 3);
+    assert!(armed >= 2, "{armed} reads after the client's end");
+    drop(client.stdin.take());
+    assert!(wait_deadline(&mut client, Duration::from_secs(20)).is_some());
+    assert_eq!(held.lock().unwrap().len(), 1);
+}
+
 /// Opens as many CONNECT tunnels to an echo server as it can (up to argv[1]), prints how
 /// many carry a byte there and back, holds them until its standard input ends, and then
 /// checks that each still does.

@@ -330,21 +330,24 @@ pub async fn relay(
         // What the kernel delivered and had acknowledged, both ways: bytes reaching a
         // slow reader count although the pump waits to write until a third of the
         // socket's buffer is free again, which at a few KiB/s takes longer than the
-        // watchdog's patience.
-        let mut counted = delivered(&client, &upstream);
+        // watchdog's patience. Read only while the watchdog is armed: it is the only
+        // reader, and arming comes with a byte moved (the client's end, or its bytes
+        // that now wait), so the first reading once armed is the baseline.
+        let mut counted: Option<u64> = None;
         loop {
             tokio::time::sleep(WATCHDOG_TICK).await;
-            let now = base.elapsed().as_millis() as u64;
-            let seen = delivered(&client, &upstream);
-            if seen != counted {
-                counted = seen;
-                moved.fetch_max(now, Ordering::Relaxed);
-            }
             let ended = client_seen.ended.load(Ordering::Relaxed);
             let stuck = client_seen.waiting.load(Ordering::Relaxed);
             if !(ended || stuck) {
+                counted = None;
                 continue;
             }
+            let now = base.elapsed().as_millis() as u64;
+            let seen = delivered(&client, &upstream);
+            if counted.is_some_and(|c| c != seen) {
+                moved.fetch_max(now, Ordering::Relaxed);
+            }
+            counted = Some(seen);
             if now.saturating_sub(moved.load(Ordering::Relaxed)) < silence {
                 continue;
             }
