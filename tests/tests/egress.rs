@@ -1863,6 +1863,16 @@ fn a_name_is_never_resolved_under_a_search_domain() {
         (&addr.ip, &format!("{hosts_only}.corp.example")),
     ]);
     let resolv = dir.path().join("resolv.conf");
+    // The host's NSS as it is, except that names go to the hosts file and then to DNS
+    // through resolv.conf (not systemd-resolved, mDNS or a cache that ignore it).
+    let nss = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let mut nss: String = nss
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("hosts:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    nss.push_str("hosts: files dns\n");
+    let nsswitch = dir.file("nsswitch.conf", nss.as_bytes(), 0o644);
     let rule = host(&addr, r#"{ allow = ["*.github.com", "intranet"] }"#);
     let probe = |b: &Broker, mode: &str, name: &str| {
         b.exec(
@@ -1888,7 +1898,10 @@ fn a_name_is_never_resolved_under_a_search_domain() {
         let reached = count();
         let b = Broker::start_with_binds(
             &config(&rule, None),
-            &[(&resolv, std::path::Path::new("/etc/resolv.conf"))],
+            &[
+                (&resolv, std::path::Path::new("/etc/resolv.conf")),
+                (&nsswitch, std::path::Path::new("/etc/nsswitch.conf")),
+            ],
         );
         let upper = alias.to_ascii_uppercase();
         let refused = [
