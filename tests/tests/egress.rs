@@ -1273,6 +1273,35 @@ fn two_contexts_at_their_egress_maximum_leave_a_third_its_part() {
     );
 }
 
+/// Where the broker's descriptors are too few to keep one proxy connection for each egress
+/// context, it says so at start and at each reload.
+#[test]
+fn too_many_egress_contexts_for_the_descriptors_are_warned_about() {
+    let mut text = config(r#"{ allow = ["example.test"] }"#, None);
+    for n in 0..32 {
+        text.push_str(&format!(
+            "\n[contexts.more{n}]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n\
+             isolation = {{ network = {{ allow = [\"example.test\"] }} }}\n"
+        ));
+    }
+    let warning = "33 contexts with egress rules share 384 of the broker's 1024 open files";
+    let b = Broker::start_with_files(&text, 1024);
+    assert!(b.stderr().contains(warning), "{}", b.stderr());
+    let out = run(&mut b.ctx(["reload"]));
+    assert!(out.show().contains(warning), "{}", out.show());
+    fs::write(
+        b.config_path(),
+        config(r#"{ allow = ["example.test"] }"#, None),
+    )
+    .unwrap();
+    let out = run(&mut b.ctx(["reload"]));
+    assert!(
+        !out.stdout_str().contains("egress rules share"),
+        "{}",
+        out.show()
+    );
+}
+
 /// Landlock's `tcp_connect` (ABI 4+) on an egress context: the proxy's port is granted
 /// beside the listed ports, so a program still reaches allowed names through it, while a
 /// connection to any other port, even on the namespace's own loopback, is refused (7 here;

@@ -237,9 +237,12 @@ impl Admissions {
         })
     }
 
-    /// How many contexts have an egress rule now (at start and after each reload).
-    pub fn set_egress_contexts(&self, n: usize) {
+    /// How many contexts have an egress rule now (at start and after each reload). Says
+    /// so when that leaves no connection kept for each: then one busy context can take
+    /// all of the common part, and the others get nothing while it holds it.
+    pub fn set_egress_contexts(&self, n: usize) -> Option<String> {
         self.lock().egress_contexts = n as u64;
+        crowded(nofile_limit(), n as u64)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -488,6 +491,20 @@ fn entitled_cap(limit: u64) -> usize {
     (share as usize).max(HANDSHAKE_FDS_PER_UID)
 }
 
+/// The warning for `contexts` egress contexts under `limit` open files, if none of them
+/// keeps a connection of its own.
+fn crowded(limit: u64, contexts: u64) -> Option<String> {
+    let shares = EgressShares::new(limit, contexts);
+    (contexts > 0 && shares.kept < FDS_PER_EGRESS).then(|| {
+        format!(
+            "{contexts} contexts with egress rules share {} of the broker's {limit} open \
+             files: none keeps a proxy connection of its own, so one of them can take them \
+             all; raise the broker's RLIMIT_NOFILE (LimitNOFILE=)",
+            shares.pool
+        )
+    })
+}
+
 /// How the descriptors egress connections may hold under one `RLIMIT_NOFILE` are split.
 struct EgressShares {
     limit: u64,
@@ -637,9 +654,22 @@ mod tests {
     }
 
     #[test]
+    fn too_many_egress_contexts_for_the_descriptors_are_reported() {
+        assert_eq!(crowded(1024, 0), None);
+        assert_eq!(crowded(1024, 3), None);
+        assert_eq!(crowded(1024, 32), None);
+        let warning = crowded(1024, 33).unwrap();
+        assert!(
+            warning.starts_with("33 contexts with egress rules share 384 "),
+            "{warning}"
+        );
+        assert_eq!(crowded(1 << 20, 1000), None);
+    }
+
+    #[test]
     fn two_contexts_at_their_maximum_leave_a_third_its_part() {
         let a = Arc::new(Admissions::default());
-        a.set_egress_contexts(3);
+        assert_eq!(a.set_egress_contexts(3), None);
         let take = |ctx: &str| -> Vec<EgressFds> {
             std::iter::from_fn(|| a.admit_egress(ctx).ok()).collect()
         };

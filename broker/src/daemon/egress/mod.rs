@@ -143,7 +143,7 @@ impl Egress {
                 warnings.push(w);
             }
         }
-        shared.admissions.set_egress_contexts(keep.len());
+        warnings.extend(shared.admissions.set_egress_contexts(keep.len()));
         self.lock().retain(|name, p| {
             let kept = keep.contains(name);
             if !kept {
