@@ -1646,43 +1646,55 @@ fn tunnels_now(
     line.trim().to_string()
 }
 
-/// A reload that takes a name out of the rule, or its port, or removes the context, ends
-/// the tunnels already open that it no longer allows (reset, audited with why); the
-/// others, to a name or a listed address still allowed, keep relaying.
+/// A reload that takes a name out of the rule, or its port, denies it, or removes the
+/// context, ends the tunnels already open that it no longer allows (reset, audited with
+/// why); the others, to a name or a listed address still allowed, keep relaying.
 #[test]
 fn a_reload_ends_the_tunnels_it_no_longer_allows() {
     let addr = HostAddr::claim();
     let base = unique("r");
-    let [kept, dropped, moved] = ["kept", "dropped", "moved"].map(|n| format!("{n}.{base}.test"));
-    let _hosts = Hosts::add(&[(&addr.ip, &kept), (&addr.ip, &dropped), (&addr.ip, &moved)]);
+    let [kept, dropped, moved, denied] =
+        ["kept", "dropped", "moved", "denied"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[
+        (&addr.ip, &kept),
+        (&addr.ip, &dropped),
+        (&addr.ip, &moved),
+        (&addr.ip, &denied),
+    ]);
     let port = echo_server(&addr.ip);
     let before = host(
         &addr,
-        &format!(r#"{{ allow = ["{kept}", "{dropped}", "{moved}:{port}"] }}"#),
+        &format!(r#"{{ allow = ["{kept}", "{dropped}", "{moved}:{port}", "{denied}"] }}"#),
     );
     let before2 = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
     let b = Broker::start(&config(&before, Some(&before2)));
-    let targets: Vec<String> = [&kept, &dropped, &moved, &addr.ip]
+    let targets: Vec<String> = [&kept, &dropped, &moved, &denied, &addr.ip]
         .iter()
         .map(|h| format!("{h}:{port}"))
         .collect();
     let (mut eg, mut eg_out, first) = open_tunnels(&b, "eg", &targets);
-    assert_eq!(first, "open open open open");
+    assert_eq!(first, "open open open open open");
     let (mut eg2, mut eg2_out, first) = open_tunnels(&b, "eg2", &targets[..1]);
     assert_eq!(first, "open");
 
     // The same rule again (every launch sets it) ends nothing.
     assert_eq!(b.exec("eg", &["/bin/true"]).code(), 0);
     run(&mut b.ctx(["reload"])).ok();
-    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open open open open");
+    assert_eq!(
+        tunnels_now(&mut eg, &mut eg_out),
+        "open open open open open"
+    );
 
     let after = host(
         &addr,
-        &format!(r#"{{ allow = ["{kept}", "{moved}:{}"] }}"#, port ^ 1),
+        &format!(
+            r#"{{ allow = ["{kept}", "{moved}:{}", "{denied}"], deny = ["{denied}"] }}"#,
+            port ^ 1
+        ),
     );
     fs::write(b.config_path(), config(&after, None)).unwrap();
     run(&mut b.ctx(["reload"])).ok();
-    let ended = b.wait_audit(3, |l| {
+    let ended = b.wait_audit(4, |l| {
         l["event"] == "egress" && json_has_str(&l["error"], "a reload ended it")
     });
     let why = |name: &str| {
@@ -1699,6 +1711,10 @@ fn a_reload_ends_the_tunnels_it_no_longer_allows() {
         why(&moved).as_deref(),
         Some("a reload ended it: not in the allow list")
     );
+    assert_eq!(
+        why(&denied).as_deref(),
+        Some("a reload ended it: in the deny list")
+    );
     let gone = ended.iter().find(|l| l["context"] == "eg2").unwrap();
     assert_eq!(
         gone["error"],
@@ -1706,7 +1722,10 @@ fn a_reload_ends_the_tunnels_it_no_longer_allows() {
     );
     assert_eq!(gone["allowed"], true);
     assert!(gone["bytes_up"].as_u64() > Some(0), "{gone}");
-    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open closed closed open");
+    assert_eq!(
+        tunnels_now(&mut eg, &mut eg_out),
+        "open closed closed closed open"
+    );
     assert_eq!(tunnels_now(&mut eg2, &mut eg2_out), "closed");
     for mut child in [eg, eg2] {
         drop(child.stdin.take());
