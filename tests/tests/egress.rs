@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ctx_tests::*;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -1731,6 +1732,69 @@ fn a_reload_ends_the_tunnels_it_no_longer_allows() {
         drop(child.stdin.take());
         assert!(wait_deadline(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
     }
+}
+
+/// The broker's namespace holders (its children named `ctx-ns-init`).
+fn namespace_holders(broker: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if head.ends_with("(ctx-ns-init") && ppid == Some(broker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Tunnels a listener accepted before it was replaced (its namespace ended and a launch
+/// made a new one) still follow the context's rule at the next reload.
+#[test]
+fn a_reload_ends_the_tunnels_of_a_replaced_listener_too() {
+    let addr = HostAddr::claim();
+    let base = unique("q");
+    let [kept, dropped] = ["kept", "dropped"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[(&addr.ip, &kept), (&addr.ip, &dropped)]);
+    let port = echo_server(&addr.ip);
+    let before = host(&addr, &format!(r#"{{ allow = ["{kept}", "{dropped}"] }}"#));
+    let b = Broker::start(&config(&before, None));
+    let targets = [format!("{kept}:{port}"), format!("{dropped}:{port}")];
+    let (mut eg, mut eg_out, first) = open_tunnels(&b, "eg", &targets);
+    assert_eq!(first, "open open");
+    let port_before = run(&mut b.ctx(["status"])).ok();
+    let holders = namespace_holders(b.pid());
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    signal(holders[0] as u32, Signal::SIGKILL);
+    // A launch right after the holder died may still find it not yet reaped, and fail.
+    let replaced = poll(Duration::from_secs(5), || {
+        b.exec("eg", &["/bin/true"]);
+        let now = run(&mut b.ctx(["status"])).ok();
+        (now != port_before).then_some(())
+    });
+    assert!(replaced.is_some(), "the listener was not replaced");
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open open");
+
+    let after = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
+    fs::write(b.config_path(), config(&after, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let ended = b.wait_audit(1, |l| {
+        l["event"] == "egress" && json_has_str(&l["error"], "a reload ended it")
+    });
+    assert_eq!(ended[0]["name"], dropped.as_str());
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open closed");
+    drop(eg.stdin.take());
+    assert!(wait_deadline(&mut eg, Duration::from_secs(20)).is_some_and(|s| s.success()));
 }
 
 // ---------------------------------------------------------------------------------------

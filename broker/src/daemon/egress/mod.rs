@@ -68,6 +68,10 @@ pub struct Egress {
     proxies: Mutex<HashMap<String, Proxy>>,
     /// Why a context's proxy is not serving, by context.
     failures: Mutex<HashMap<String, String>>,
+    /// The states of listeners replaced (a namespace re-created) or dropped (one that
+    /// could not be made again) while connections they accepted may still relay: those
+    /// are the context's too, and follow its rule.
+    detached: Mutex<Vec<Weak<State>>>,
 }
 
 /// One context's listener, tied to the namespace it was made in.
@@ -152,6 +156,17 @@ impl Egress {
             kept
         });
         self.failures_lock().retain(|name, _| keep.contains(name));
+        self.detached_lock().retain(|w| {
+            let Some(state) = w.upgrade() else {
+                return false;
+            };
+            let ctx = config.contexts.get(&state.context);
+            match ctx.and_then(|c| c.isolation.network.egress().map(|r| (r, c.user.uid))) {
+                Some((rule, uid)) => state.update(rule, uid),
+                None => state.retire(),
+            }
+            true
+        });
         warnings
     }
 
@@ -285,7 +300,9 @@ impl Egress {
         let (listener, port) = match made {
             Ok(x) => x,
             Err(e) => {
-                proxies.remove(&ctx.name);
+                if let Some(old) = proxies.remove(&ctx.name) {
+                    self.detach(&old);
+                }
                 let why = format!("cannot listen inside the context's network namespace: {e}");
                 let warning = not_in_force(&ctx.name, &why);
                 self.failures_lock().insert(ctx.name.clone(), why);
@@ -302,7 +319,7 @@ impl Egress {
             shared: Arc::downgrade(shared),
         });
         let accept = tokio::spawn(listener::accept_loop(listener, state.clone())).abort_handle();
-        proxies.insert(
+        let replaced = proxies.insert(
             ctx.name.clone(),
             Proxy {
                 holder: Arc::downgrade(holder),
@@ -311,12 +328,25 @@ impl Egress {
                 accept,
             },
         );
+        if let Some(old) = replaced {
+            self.detach(&old);
+        }
         self.failures_lock().remove(&ctx.name);
         Ok((port, state))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
         self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn detach(&self, old: &Proxy) {
+        let mut detached = self.detached_lock();
+        detached.retain(|w| w.strong_count() > 0);
+        detached.push(Arc::downgrade(&old.state));
+    }
+
+    fn detached_lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<State>>> {
+        self.detached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
