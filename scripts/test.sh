@@ -65,6 +65,8 @@ need node nodejs
 need curl curl
 # tests/tests/egress.rs adds a test address to lo.
 need ip iproute2
+# ... and counts the broker's system calls with strace.
+need strace strace
 need useradd passwd
 need systemd-analyze systemd
 # Debian's own interpreter (a pyenv python3 on PATH does not count) and CPython's test

@@ -411,6 +411,9 @@ pub struct Broker {
     nofile: Option<u64>,
     /// Variables set in the broker's environment (see [`Broker::start_with_env`]).
     env: Vec<(String, PathBuf)>,
+    /// Files mounted over others in the broker's own mount namespace (see
+    /// [`Broker::start_with_binds`]).
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Broker {
@@ -443,14 +446,34 @@ impl Broker {
         Broker::start_configured(config_toml, None, env)
     }
 
+    /// Like [`Broker::start`], in a mount namespace of its own where each `(file, over)`
+    /// is bind-mounted over `over` (e.g. a test's `resolv.conf` over `/etc/resolv.conf`):
+    /// the broker, and only it, sees the test's file, and the host's is left alone.
+    pub fn start_with_binds(config_toml: &str, binds: &[(&Path, &Path)]) -> Broker {
+        require_root();
+        let mut b = Broker::unstarted(config_toml, None, &[]);
+        b.binds = binds
+            .iter()
+            .map(|(f, o)| (f.to_path_buf(), o.to_path_buf()))
+            .collect();
+        b.spawn();
+        b
+    }
+
     fn start_limited(config_toml: &str, nofile: Option<u64>) -> Broker {
         Broker::start_configured(config_toml, nofile, &[])
     }
 
     fn start_configured(config_toml: &str, nofile: Option<u64>, env: &[(&str, &Path)]) -> Broker {
+        let mut b = Broker::unstarted(config_toml, nofile, env);
+        b.spawn();
+        b
+    }
+
+    fn unstarted(config_toml: &str, nofile: Option<u64>, env: &[(&str, &Path)]) -> Broker {
         let dir = TempDir::new();
         let config = dir.file("contexts.toml", config_toml.as_bytes(), 0o644);
-        let mut b = Broker {
+        Broker {
             dir,
             child: None,
             config,
@@ -460,9 +483,8 @@ impl Broker {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_path_buf()))
                 .collect(),
-        };
-        b.spawn();
-        b
+            binds: Vec::new(),
+        }
     }
 
     /// Like [`Broker::start`], but the broker runs unprivileged as `user` (its uid, gid and
@@ -493,6 +515,7 @@ impl Broker {
             run_as: Some(run_as),
             nofile: None,
             env: Vec::new(),
+            binds: Vec::new(),
         };
         b.spawn();
         b
@@ -520,6 +543,37 @@ impl Broker {
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if !self.binds.is_empty() {
+            use std::os::unix::ffi::OsStrExt;
+            use std::os::unix::process::CommandExt;
+            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+            // Made before the fork: the child may not allocate.
+            let binds: Vec<_> = self.binds.iter().map(|(f, o)| (c(f), c(o))).collect();
+            // SAFETY: unshare and mount are plain syscalls, async-signal-safe, on strings
+            // made before the fork; they change only the child's mount namespace.
+            unsafe {
+                command.pre_exec(move || {
+                    let fail = || Err(std::io::Error::last_os_error());
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return fail();
+                    }
+                    // Private first, so the mounts below do not propagate to the host's.
+                    let root = c"/".as_ptr();
+                    let flags = libc::MS_REC | libc::MS_PRIVATE;
+                    let none = std::ptr::null();
+                    if libc::mount(none, root, none, flags, std::ptr::null()) != 0 {
+                        return fail();
+                    }
+                    for (file, over) in &binds {
+                        let (f, o) = (file.as_ptr(), over.as_ptr());
+                        if libc::mount(f, o, none, libc::MS_BIND, std::ptr::null()) != 0 {
+                            return fail();
+                        }
                     }
                     Ok(())
                 });

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ctx_tests::*;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -1047,6 +1048,80 @@ fn a_silent_destination_does_not_outlive_its_client() {
     assert_eq!(held.lock().unwrap().len(), 1);
 }
 
+/// The `getsockopt(TCP_INFO)` calls the broker (all its threads) makes in `secs` seconds,
+/// counted by `strace`.
+fn tcp_info_reads(broker: u32, dir: &TempDir, secs: u32) -> usize {
+    let log = dir.path().join(unique("strace-"));
+    let out = run(Command::new("timeout")
+        .args(["-s", "INT", &secs.to_string()])
+        .args(["strace", "-f", "-qq", "-e", "trace=getsockopt", "-o"])
+        .arg(&log)
+        .args(["-p", &broker.to_string()]));
+    assert!(log.exists(), "strace did not run: {}", out.show());
+    fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("TCP_INFO"))
+        .count()
+}
+
+/// The relay's watchdog asks the kernel what each socket delivered only while it is armed
+/// (the client has ended its side, or waits on a destination that takes nothing): an open
+/// tunnel that is merely idle costs no system call a second.
+#[test]
+fn an_idle_tunnel_is_not_polled_until_its_client_ends() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.idle.test", unique("i"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let listener = TcpListener::bind((addr.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let script = format!(
+        "import os, socket, sys\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         s = socket.create_connection(('127.0.0.1', p))\n\
+         s.sendall(b'CONNECT {name}:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)\n\
+         sys.stdin.readline(); s.shutdown(socket.SHUT_WR); print('ended', flush=True)\n\
+         sys.stdin.readline()\n"
+    );
+    let mut client = b
+        .exec_cmd("eg", &["/usr/bin/python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 200 Connection established\n");
+    let dir = TempDir::new();
+    assert_eq!(
+        tcp_info_reads(b.pid(), &dir, 3),
+        0,
+        "while the tunnel is idle"
+    );
+    client.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ended\n");
+    let armed = tcp_info_reads(b.pid(), &dir, 3);
+    assert!(armed >= 2, "{armed} reads after the client's end");
+    drop(client.stdin.take());
+    assert!(wait_deadline(&mut client, Duration::from_secs(20)).is_some());
+    assert_eq!(held.lock().unwrap().len(), 1);
+}
+
 /// Opens as many CONNECT tunnels to an echo server as it can (up to argv[1]), prints how
 /// many carry a byte there and back, holds them until its standard input ends, and then
 /// checks that each still does.
@@ -1132,6 +1207,99 @@ fn a_context_at_its_egress_maximum_does_not_starve_other_launches() {
         json_has_str(&refused[0]["reason"], "share of the broker's descriptors"),
         "{}",
         refused[0]
+    );
+}
+
+/// Two contexts holding every egress connection they can leave a third its own part of the
+/// egress descriptors: under a broker limited to 1024 open files, a quarter each (as the
+/// broker once allowed) would be all egress may hold together.
+#[test]
+fn two_contexts_at_their_egress_maximum_leave_a_third_its_part() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.fair.test", unique("f"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let rule = host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#));
+    let mut text = config(&rule, Some(&rule));
+    text.push_str(&format!(
+        "\n[contexts.eg3]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n\
+         isolation = {{ network = {rule} }}\n"
+    ));
+    let b = Broker::start_with_files(&text, 1024);
+    let hold = |context: &str| {
+        let mut child = b
+            .exec_cmd(
+                context,
+                &[
+                    "/usr/bin/python3",
+                    "-c",
+                    HOLD_TUNNELS,
+                    "512",
+                    &name,
+                    &port.to_string(),
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+        (child, out, held)
+    };
+    let holders: Vec<_> = ["eg", "eg2", "eg3"].into_iter().map(hold).collect();
+    let held: Vec<usize> = holders.iter().map(|h| h.2).collect();
+    // The first took its part and the common rest; the others their parts, the same.
+    assert!(held[2] > 0, "the third context got no connection: {held:?}");
+    assert_eq!(held[1], held[2], "{held:?}");
+    assert!(held[0] > held[1], "{held:?}");
+    assert_eq!(b.exec("plain", &["/bin/echo", "ok"]).ok(), "ok\n");
+    for (mut child, mut out, n) in holders {
+        drop(child.stdin.take());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(wait_deadline(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
+        assert_eq!(rest.trim(), n.to_string());
+    }
+    // Refusals are metered by uid, and all three run as the same one: the first, the
+    // greedy context's, are the ones surely written.
+    let refused = b.wait_audit(1, |l| l["event"] == "egress" && l["via"] == "accept");
+    assert!(
+        refused
+            .iter()
+            .any(|l| json_has_str(&l["reason"], "kept for each of 3 egress context(s)")),
+        "{refused:?}"
+    );
+}
+
+/// Where the broker's descriptors are too few to keep one proxy connection for each egress
+/// context, it says so at start and at each reload.
+#[test]
+fn too_many_egress_contexts_for_the_descriptors_are_warned_about() {
+    let mut text = config(r#"{ allow = ["example.test"] }"#, None);
+    for n in 0..32 {
+        text.push_str(&format!(
+            "\n[contexts.more{n}]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n\
+             isolation = {{ network = {{ allow = [\"example.test\"] }} }}\n"
+        ));
+    }
+    let warning = "33 contexts with egress rules share 384 of the broker's 1024 open files";
+    let b = Broker::start_with_files(&text, 1024);
+    assert!(b.stderr().contains(warning), "{}", b.stderr());
+    let out = run(&mut b.ctx(["reload"]));
+    assert!(out.show().contains(warning), "{}", out.show());
+    fs::write(
+        b.config_path(),
+        config(r#"{ allow = ["example.test"] }"#, None),
+    )
+    .unwrap();
+    let out = run(&mut b.ctx(["reload"]));
+    assert!(
+        !out.stdout_str().contains("egress rules share"),
+        "{}",
+        out.show()
     );
 }
 
@@ -1415,4 +1583,494 @@ fn a_slow_reader_after_half_close_gets_the_whole_answer() {
         .wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str())
         .remove(0);
     assert_eq!(out.ok(), format!("{SIZE}\n"), "audit: {l}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A reload ends the tunnels it no longer allows
+// ---------------------------------------------------------------------------------------
+
+/// Opens a CONNECT tunnel to each `HOST:PORT` argument (to an echo server), prints `open`
+/// or `refused` for each, and at each line on its standard input prints whether each
+/// still carries a byte there and back (`open`) or not (`closed`).
+const TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def echoes(s):
+    try:
+        s.sendall(b'x')
+        return s.recv(1) == b'x'
+    except OSError:
+        return False
+tunnels = []
+for target in sys.argv[1:]:
+    s = socket.create_connection((p.hostname, p.port), timeout=10)
+    s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % target.encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = s.recv(1)
+        if not d: break
+        head += d
+    tunnels.append(s if head.startswith(b'HTTP/1.1 200') else None)
+print(' '.join('open' if s and echoes(s) else 'refused' for s in tunnels), flush=True)
+for _ in sys.stdin:
+    print(' '.join('open' if s and echoes(s) else 'closed' for s in tunnels), flush=True)
+"#;
+
+/// [`TUNNELS`] in `context`, with the line it printed first.
+fn open_tunnels(
+    b: &Broker,
+    context: &str,
+    targets: &[String],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut argv = vec!["/usr/bin/python3", "-c", TUNNELS];
+    argv.extend(targets.iter().map(String::as_str));
+    let mut child = b
+        .exec_cmd(context, &argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    (child, out, line.trim().to_string())
+}
+
+/// Asks [`TUNNELS`] which of its tunnels still carry bytes.
+fn tunnels_now(
+    child: &mut Child,
+    out: &mut std::io::BufReader<std::process::ChildStdout>,
+) -> String {
+    child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(out, &mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// A reload that takes a name out of the rule, or its port, denies it, or removes the
+/// context, ends the tunnels already open that it no longer allows (reset, audited with
+/// why); the others, to a name or a listed address still allowed, keep relaying.
+#[test]
+fn a_reload_ends_the_tunnels_it_no_longer_allows() {
+    let addr = HostAddr::claim();
+    let base = unique("r");
+    let [kept, dropped, moved, denied] =
+        ["kept", "dropped", "moved", "denied"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[
+        (&addr.ip, &kept),
+        (&addr.ip, &dropped),
+        (&addr.ip, &moved),
+        (&addr.ip, &denied),
+    ]);
+    let port = echo_server(&addr.ip);
+    let before = host(
+        &addr,
+        &format!(r#"{{ allow = ["{kept}", "{dropped}", "{moved}:{port}", "{denied}"] }}"#),
+    );
+    let before2 = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
+    let b = Broker::start(&config(&before, Some(&before2)));
+    let targets: Vec<String> = [&kept, &dropped, &moved, &denied, &addr.ip]
+        .iter()
+        .map(|h| format!("{h}:{port}"))
+        .collect();
+    let (mut eg, mut eg_out, first) = open_tunnels(&b, "eg", &targets);
+    assert_eq!(first, "open open open open open");
+    let (mut eg2, mut eg2_out, first) = open_tunnels(&b, "eg2", &targets[..1]);
+    assert_eq!(first, "open");
+
+    // The same rule again (every launch sets it) ends nothing.
+    assert_eq!(b.exec("eg", &["/bin/true"]).code(), 0);
+    run(&mut b.ctx(["reload"])).ok();
+    assert_eq!(
+        tunnels_now(&mut eg, &mut eg_out),
+        "open open open open open"
+    );
+
+    let after = host(
+        &addr,
+        &format!(
+            r#"{{ allow = ["{kept}", "{moved}:{}", "{denied}"], deny = ["{denied}"] }}"#,
+            port ^ 1
+        ),
+    );
+    fs::write(b.config_path(), config(&after, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let ended = b.wait_audit(4, |l| {
+        l["event"] == "egress" && json_has_str(&l["error"], "a reload ended it")
+    });
+    let why = |name: &str| {
+        ended
+            .iter()
+            .find(|l| l["name"] == name && l["context"] == "eg")
+            .map(|l| l["error"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        why(&dropped).as_deref(),
+        Some("a reload ended it: not in the allow list")
+    );
+    assert_eq!(
+        why(&moved).as_deref(),
+        Some("a reload ended it: not in the allow list")
+    );
+    assert_eq!(
+        why(&denied).as_deref(),
+        Some("a reload ended it: in the deny list")
+    );
+    let gone = ended.iter().find(|l| l["context"] == "eg2").unwrap();
+    assert_eq!(
+        gone["error"],
+        "a reload ended it: its context no longer has egress"
+    );
+    assert_eq!(gone["allowed"], true);
+    assert!(gone["bytes_up"].as_u64() > Some(0), "{gone}");
+    assert_eq!(
+        tunnels_now(&mut eg, &mut eg_out),
+        "open closed closed closed open"
+    );
+    assert_eq!(tunnels_now(&mut eg2, &mut eg2_out), "closed");
+    for mut child in [eg, eg2] {
+        drop(child.stdin.take());
+        assert!(wait_deadline(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    }
+}
+
+/// The broker's namespace holders (its children named `ctx-ns-init`).
+fn namespace_holders(broker: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if head.ends_with("(ctx-ns-init") && ppid == Some(broker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Tunnels a listener accepted before it was replaced (its namespace ended and a launch
+/// made a new one) still follow the context's rule at the next reload.
+#[test]
+fn a_reload_ends_the_tunnels_of_a_replaced_listener_too() {
+    let addr = HostAddr::claim();
+    let base = unique("q");
+    let [kept, dropped] = ["kept", "dropped"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[(&addr.ip, &kept), (&addr.ip, &dropped)]);
+    let port = echo_server(&addr.ip);
+    let before = host(&addr, &format!(r#"{{ allow = ["{kept}", "{dropped}"] }}"#));
+    let b = Broker::start(&config(&before, None));
+    let targets = [format!("{kept}:{port}"), format!("{dropped}:{port}")];
+    let (mut eg, mut eg_out, first) = open_tunnels(&b, "eg", &targets);
+    assert_eq!(first, "open open");
+    let port_before = run(&mut b.ctx(["status"])).ok();
+    let holders = namespace_holders(b.pid());
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    signal(holders[0] as u32, Signal::SIGKILL);
+    // A launch right after the holder died may still find it not yet reaped, and fail.
+    let replaced = poll(Duration::from_secs(5), || {
+        b.exec("eg", &["/bin/true"]);
+        let now = run(&mut b.ctx(["status"])).ok();
+        (now != port_before).then_some(())
+    });
+    assert!(replaced.is_some(), "the listener was not replaced");
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open open");
+
+    let after = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
+    fs::write(b.config_path(), config(&after, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let ended = b.wait_audit(1, |l| {
+        l["event"] == "egress" && json_has_str(&l["error"], "a reload ended it")
+    });
+    assert_eq!(ended[0]["name"], dropped.as_str());
+    assert_eq!(tunnels_now(&mut eg, &mut eg_out), "open closed");
+    drop(eg.stdin.take());
+    assert!(wait_deadline(&mut eg, Duration::from_secs(20)).is_some_and(|s| s.success()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Names are never resolved under the host's search domains
+// ---------------------------------------------------------------------------------------
+
+/// A DNS server on `argv[1]:53` (UDP) that answers `NAME=ADDRESS` pairs (`argv[3..]`) with
+/// an A record, and every other name with NXDOMAIN; each query's name (lower case, no
+/// trailing dot) and type go to the file `argv[2]`, one a line, before the answer.
+const DNS_SERVER: &str = r#"
+import socket, sys
+ip, log = sys.argv[1], open(sys.argv[2], 'a')
+known = dict(a.split('=') for a in sys.argv[3:])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, 53))
+print('ready', flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    i, labels = 12, []
+    while i < len(q) and q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode('latin-1'))
+        i += 1 + q[i]
+    qtype = int.from_bytes(q[i + 1:i + 3], 'big')
+    name = '.'.join(labels).lower()
+    log.write('%s %d\n' % (name, qtype)); log.flush()
+    address = known.get(name)
+    answer = b''
+    if address and qtype == 1:
+        answer = (b'\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04' +
+                  socket.inet_aton(address))
+    flags = b'\x81\x80' if address else b'\x81\x83'
+    head = q[:2] + flags + b'\x00\x01' + (b'\x00\x01' if answer else b'\x00\x00') + b'\x00' * 4
+    s.sendto(head + q[12:i + 5] + answer, peer)
+"#;
+
+/// [`DNS_SERVER`] as a child process; killed on drop.
+struct DnsServer {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl DnsServer {
+    fn start(ip: &str, dir: &TempDir, known: &[(&str, &str)]) -> DnsServer {
+        let log = dir.path().join("dns-queries.log");
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", DNS_SERVER, ip])
+            .arg(&log)
+            .args(known.iter().map(|(n, a)| format!("{n}={a}")))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the DNS server");
+        let mut ready = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+        assert_eq!(ready, "ready\n", "the DNS server did not start");
+        DnsServer { child, log }
+    }
+
+    /// The queries it was asked so far, `name type` each.
+    fn queries(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP server on `ip` answering every request with `body`; counts the connections it
+/// accepted.
+fn counting_server(ip: &str, body: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).expect("bind the counting server");
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, body) = (hits.clone(), body.to_string());
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            thread::spawn(move || {
+                let mut s = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes());
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// Asks the proxy (`HTTP_PROXY`'s port) for `argv[2]:argv[3]` exactly as written, by
+/// `argv[1]`: `connect`, `http` (absolute URI) or `socks` (SOCKS5, the name as a domain);
+/// prints the answer's first line and its body, or the proxy's refusal.
+const PROBE: &str = r#"
+import os, socket, sys
+mode, name, port = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+s = socket.create_connection(('127.0.0.1', int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])))
+s.settimeout(20)
+def head():
+    h = b''
+    while b'\r\n\r\n' not in h:
+        d = s.recv(1)
+        if not d: break
+        h += d
+    return h
+get = b'GET / HTTP/1.0\r\nHost: probe\r\n\r\n'
+if mode == 'connect':
+    s.sendall(b'CONNECT %s:%d HTTP/1.1\r\n\r\n' % (name, port))
+    h = head()
+    if not h.startswith(b'HTTP/1.1 200'):
+        print('refused', h.split(b'\r\n')[0].decode()); sys.exit()
+    s.sendall(get)
+elif mode == 'http':
+    s.sendall(b'GET http://%s:%d/ HTTP/1.1\r\nHost: probe\r\n\r\n' % (name, port))
+else:
+    s.sendall(b'\x05\x01\x00'); s.recv(2)
+    s.sendall(b'\x05\x01\x00\x03' + bytes([len(name)]) + name + port.to_bytes(2, 'big'))
+    r = s.recv(10)
+    if r[1] != 0:
+        print('refused socks', r[1]); sys.exit()
+    s.sendall(get)
+data = b''
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+first, _, body = data.partition(b'\r\n')
+print(first.decode(), body.partition(b'\r\n\r\n')[2].decode().strip())
+"#;
+
+/// A name the client sends without the trailing dot is never tried under the host's search
+/// domains, with a real resolver: the broker runs with a `resolv.conf` (its own mount
+/// namespace) naming a DNS server of this test and `corp.example` as search domain, and
+/// that server answers only the search-domain forms (`x.github.com.corp.example`,
+/// `intranet.corp.example`) with the address of a server. Through CONNECT, absolute URI
+/// and SOCKS5, under `search` and under `domain` with `ndots:5` (which makes glibc try the
+/// search domain first), in any case, those names fail without the server ever seeing a
+/// connection nor the DNS server a query for a search-domain form; an absolute name the
+/// DNS server does answer reaches the server, so the lookups do go to that DNS server.
+#[test]
+fn a_name_is_never_resolved_under_a_search_domain() {
+    let addr = HostAddr::claim();
+    let dir = TempDir::new();
+    let body = unique("reached-");
+    let (port, hits) = counting_server(&addr.ip, &body);
+    let dns = DnsServer::start(
+        &addr.ip,
+        &dir,
+        &[
+            ("x.github.com.corp.example", &addr.ip),
+            ("intranet.corp.example", &addr.ip),
+            ("xn--bcher-kva.github.com.corp.example", &addr.ip),
+            ("ok.github.com", &addr.ip),
+        ],
+    );
+    // The hosts file gives a name under the rule as an alias, and a search-domain form.
+    let u = unique("h");
+    let (alias, hosts_only) = (
+        format!("alias-{u}.github.com"),
+        format!("only-{u}.github.com"),
+    );
+    let _hosts = Hosts::add(&[
+        (&addr.ip, &format!("canonical-{u}.test {alias}")),
+        (&addr.ip, &format!("{hosts_only}.corp.example")),
+    ]);
+    let resolv = dir.path().join("resolv.conf");
+    // The host's NSS as it is, except that names go to the hosts file and then to DNS
+    // through resolv.conf (not systemd-resolved, mDNS or a cache that ignore it).
+    let nss = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let mut nss: String = nss
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("hosts:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    nss.push_str("hosts: files dns\n");
+    let nsswitch = dir.file("nsswitch.conf", nss.as_bytes(), 0o644);
+    let rule = host(&addr, r#"{ allow = ["*.github.com", "intranet"] }"#);
+    let probe = |b: &Broker, mode: &str, name: &str| {
+        b.exec(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                PROBE,
+                mode,
+                name,
+                &port.to_string(),
+            ],
+        )
+        .ok()
+    };
+    let modes = ["connect", "http", "socks"];
+    let count = || hits.load(std::sync::atomic::Ordering::SeqCst);
+    for search in [
+        "search corp.example\n",
+        "domain corp.example\noptions ndots:5\n",
+    ] {
+        fs::write(&resolv, format!("nameserver {}\n{search}", addr.ip)).unwrap();
+        let reached = count();
+        let b = Broker::start_with_binds(
+            &config(&rule, None),
+            &[
+                (&resolv, std::path::Path::new("/etc/resolv.conf")),
+                (&nsswitch, std::path::Path::new("/etc/nsswitch.conf")),
+            ],
+        );
+        let upper = alias.to_ascii_uppercase();
+        let refused = [
+            "x.github.com",
+            "X.GitHub.COM",
+            "intranet",
+            "x.github.com.",
+            "xn--bcher-kva.github.com",
+            // Never reaches the resolver at all: not a DNS name (IDNA is the client's job).
+            "b\u{fc}cher.github.com",
+            &hosts_only,
+        ];
+        for name in refused {
+            for mode in modes {
+                let out = probe(&b, mode, name);
+                assert!(
+                    ["refused", "HTTP/1.1 502", "HTTP/1.1 403"]
+                        .iter()
+                        .any(|r| out.starts_with(r)),
+                    "{search:?} {mode} {name}: {out}"
+                );
+            }
+        }
+        assert_eq!(count(), reached);
+        let asked = dns.queries();
+        for absolute in ["x.github.com 1", "intranet 1", "xn--bcher-kva.github.com 1"] {
+            assert!(
+                asked.iter().any(|q| q == absolute),
+                "{absolute:?} was not asked of the DNS server: {asked:?}"
+            );
+        }
+        assert!(
+            !asked
+                .iter()
+                .any(|q| q.contains("corp.example") || q.starts_with('b')),
+            "{search:?}: a search-domain form (or a name that is not one) was looked up: \
+             {asked:?}"
+        );
+        // The DNS path works (a name it answers reaches the server, in every protocol),
+        // and so does the hosts file for an alias, in any case, without asking DNS.
+        let before = count();
+        for name in ["ok.github.com", "OK.github.com.", &alias, &upper] {
+            for mode in modes {
+                let out = probe(&b, mode, name);
+                assert!(
+                    out.trim_end().ends_with(&body),
+                    "{search:?} {mode} {name}: {out}"
+                );
+            }
+        }
+        assert_eq!(count(), before + 12);
+        assert!(!dns.queries().iter().any(|q| q.starts_with("alias-")));
+        let lines = b.wait_audit(12, |l| {
+            l["event"] == "egress" && l["allowed"] == true && l["bytes_down"].as_u64() > Some(0)
+        });
+        assert!(lines
+            .iter()
+            .all(|l| l["address"] == format!("{}:{port}", addr.ip).as_str()));
+    }
 }

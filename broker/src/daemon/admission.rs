@@ -36,10 +36,14 @@ const FDS_PER_CONNECTION: u64 = 4;
 /// the relay's two pipes.
 pub const FDS_PER_EGRESS: u64 = 6;
 /// Egress connections of all contexts together may hold at most this fraction of the
-/// descriptors not reserved for root, and those of one context [`ENTITLED_SHARE`]th: a
-/// context's proxy, which any program of the context can fill, never takes what launches
-/// (its own and the other contexts') need.
+/// descriptors not reserved for root: a context's proxy, which any program of the context
+/// can fill, never takes what launches (its own and the other contexts') need.
 const EGRESS_SHARE_ALL: u64 = 2;
+/// Of the egress part, this fraction is kept in even parts, one for each egress context,
+/// and the rest is common to whichever asks first: a busy context can use more than its
+/// part while the others are idle, and contexts that fill the common rest still leave each
+/// other context its own part.
+const EGRESS_KEPT: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -88,9 +92,15 @@ pub enum EgressRefusal {
     Descriptors { limit: u64 },
     #[error(
         "the context's egress connections hold their share of the broker's descriptors \
-         ({cap} of its {limit} open files)"
+         (the {kept} kept for each of {contexts} egress context(s), and the {common} they \
+         share are taken, of its {limit} open files)"
     )]
-    Context { cap: u64, limit: u64 },
+    Context {
+        kept: u64,
+        contexts: u64,
+        common: u64,
+        limit: u64,
+    },
     #[error(
         "the egress connections of all contexts hold their share of the broker's \
          descriptors ({cap} of its {limit} open files)"
@@ -113,6 +123,9 @@ struct Counts {
     egress: u64,
     /// ... and by context.
     egress_by_context: HashMap<String, u64>,
+    /// Contexts with an egress rule in the configuration in force: each has its part of
+    /// the egress descriptors kept for it.
+    egress_contexts: u64,
 }
 
 /// One egress connection's descriptors, counted until it drops.
@@ -205,7 +218,13 @@ impl Admissions {
         let limit = nofile_limit();
         let mut counts = self.lock();
         let own = counts.egress_by_context.get(context).copied().unwrap_or(0);
-        egress_room(limit, counts.fds, counts.egress, own)?;
+        let shares = EgressShares::new(limit, counts.egress_contexts);
+        let borrowed = counts
+            .egress_by_context
+            .values()
+            .map(|held| held.saturating_sub(shares.kept))
+            .sum();
+        shares.room(counts.fds, counts.egress, own, borrowed)?;
         counts.fds += FDS_PER_EGRESS;
         counts.egress += FDS_PER_EGRESS;
         *counts
@@ -216,6 +235,14 @@ impl Admissions {
             admissions: self.clone(),
             context: context.to_string(),
         })
+    }
+
+    /// How many contexts have an egress rule now (at start and after each reload). Says
+    /// so when that leaves no connection kept for each: then one busy context can take
+    /// all of the common part, and the others get nothing while it holds it.
+    pub fn set_egress_contexts(&self, n: usize) -> Option<String> {
+        self.lock().egress_contexts = n as u64;
+        crowded(nofile_limit(), n as u64)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -464,22 +491,74 @@ fn entitled_cap(limit: u64) -> usize {
     (share as usize).max(HANDSHAKE_FDS_PER_UID)
 }
 
-/// Whether one more egress connection fits under `limit` open files, with `fds` counted in
-/// all, `all` of them by egress connections and `own` by this context's.
-fn egress_room(limit: u64, fds: u64, all: u64, own: u64) -> Result<(), EgressRefusal> {
-    let free = limit.saturating_sub(RESERVED_FDS);
-    if fds + FDS_PER_EGRESS > free {
-        return Err(EgressRefusal::Descriptors { limit });
+/// The warning for `contexts` egress contexts under `limit` open files, if none of them
+/// keeps a connection of its own.
+fn crowded(limit: u64, contexts: u64) -> Option<String> {
+    let shares = EgressShares::new(limit, contexts);
+    (contexts > 0 && shares.kept < FDS_PER_EGRESS).then(|| {
+        format!(
+            "{contexts} contexts with egress rules share {} of the broker's {limit} open \
+             files: none keeps a proxy connection of its own, so one of them can take them \
+             all; raise the broker's RLIMIT_NOFILE (LimitNOFILE=)",
+            shares.pool
+        )
+    })
+}
+
+/// How the descriptors egress connections may hold under one `RLIMIT_NOFILE` are split.
+struct EgressShares {
+    limit: u64,
+    /// Not reserved for root: what launches and egress share.
+    free: u64,
+    /// What egress connections of all contexts may hold together.
+    pool: u64,
+    /// Kept for each egress context.
+    kept: u64,
+    /// Egress contexts counted (at least one).
+    contexts: u64,
+    /// The rest of the pool, for any context beyond its kept part.
+    common: u64,
+}
+
+impl EgressShares {
+    fn new(limit: u64, contexts: u64) -> EgressShares {
+        let free = limit.saturating_sub(RESERVED_FDS);
+        let pool = free / EGRESS_SHARE_ALL;
+        let contexts = contexts.max(1);
+        let kept = pool / EGRESS_KEPT / contexts;
+        EgressShares {
+            limit,
+            free,
+            pool,
+            kept,
+            contexts,
+            common: pool - kept * contexts,
+        }
     }
-    let cap = free / EGRESS_SHARE_ALL;
-    if all + FDS_PER_EGRESS > cap {
-        return Err(EgressRefusal::All { cap, limit });
+
+    /// Whether one more egress connection fits, with `fds` counted in all, `all` of them
+    /// by egress connections, `own` by this context's, and `borrowed` what the contexts
+    /// hold beyond their kept parts, together.
+    fn room(&self, fds: u64, all: u64, own: u64, borrowed: u64) -> Result<(), EgressRefusal> {
+        let limit = self.limit;
+        if fds + FDS_PER_EGRESS > self.free {
+            return Err(EgressRefusal::Descriptors { limit });
+        }
+        // Holds also when a reload added contexts after others took the common part.
+        if all + FDS_PER_EGRESS > self.pool {
+            let cap = self.pool;
+            return Err(EgressRefusal::All { cap, limit });
+        }
+        if own + FDS_PER_EGRESS <= self.kept || borrowed + FDS_PER_EGRESS <= self.common {
+            return Ok(());
+        }
+        Err(EgressRefusal::Context {
+            kept: self.kept,
+            contexts: self.contexts,
+            common: self.common,
+            limit,
+        })
     }
-    let cap = free / ENTITLED_SHARE;
-    if own + FDS_PER_EGRESS > cap {
-        return Err(EgressRefusal::Context { cap, limit });
-    }
-    Ok(())
 }
 
 fn nofile_limit() -> u64 {
@@ -526,21 +605,43 @@ mod tests {
     #[test]
     fn egress_connections_are_counted_within_their_shares() {
         let free = 1024 - RESERVED_FDS;
-        let own = free / ENTITLED_SHARE / FDS_PER_EGRESS * FDS_PER_EGRESS;
-        assert_eq!(egress_room(1024, own - 6, own - 6, own - 6), Ok(()));
+        let pool = free / EGRESS_SHARE_ALL;
+        // One egress context: half the pool kept for it, and the common half.
+        let one = EgressShares::new(1024, 1);
+        assert_eq!((one.kept, one.common), (pool / 2, pool - pool / 2));
+        assert_eq!(
+            one.room(pool - 6, pool - 6, pool - 6, pool - 6 - one.kept),
+            Ok(())
+        );
         assert!(matches!(
-            egress_room(1024, own, own, own),
-            Err(EgressRefusal::Context { .. })
-        ));
-        // Another context still has its share, until all egress holds half.
-        assert_eq!(egress_room(1024, own, own, 0), Ok(()));
-        assert!(matches!(
-            egress_room(1024, free / 2, free / 2, 0),
+            one.room(pool, pool, pool, pool - one.kept),
             Err(EgressRefusal::All { .. })
         ));
+        // Three: a context past its part borrows from the common rest until it is taken;
+        // then it is refused, while another still gets its own part.
+        let three = EgressShares::new(1024, 3);
+        assert_eq!(three.kept, pool / 2 / 3);
+        let greedy = three.kept + three.common;
+        assert_eq!(
+            three.room(greedy - 6, greedy - 6, greedy - 6, three.common - 6),
+            Ok(())
+        );
+        assert!(matches!(
+            three.room(greedy, greedy, greedy, three.common),
+            Err(EgressRefusal::Context { .. })
+        ));
+        let both = greedy + three.kept - 6;
+        assert_eq!(three.room(both, both, three.kept - 6, three.common), Ok(()));
+        assert!(matches!(
+            three.room(both + 6, both + 6, three.kept, three.common),
+            Err(EgressRefusal::Context { .. })
+        ));
+        // The third context still has its part while the other two hold theirs and all
+        // of the common rest.
+        assert_eq!(three.room(both + 6, both + 6, 0, three.common), Ok(()));
         // Launches' descriptors count too: egress never takes the last ones.
         assert!(matches!(
-            egress_room(1024, free - 5, 0, 0),
+            one.room(free - 5, 0, 0, 0),
             Err(EgressRefusal::Descriptors { limit: 1024 })
         ));
         // And egress descriptors are counted where launches are admitted.
@@ -550,6 +651,38 @@ mod tests {
         drop(held);
         assert_eq!(a.lock().fds, 0);
         assert!(a.lock().egress_by_context.is_empty());
+    }
+
+    #[test]
+    fn too_many_egress_contexts_for_the_descriptors_are_reported() {
+        assert_eq!(crowded(1024, 0), None);
+        assert_eq!(crowded(1024, 3), None);
+        assert_eq!(crowded(1024, 32), None);
+        let warning = crowded(1024, 33).unwrap();
+        assert!(
+            warning.starts_with("33 contexts with egress rules share 384 "),
+            "{warning}"
+        );
+        assert_eq!(crowded(1 << 20, 1000), None);
+    }
+
+    #[test]
+    fn two_contexts_at_their_maximum_leave_a_third_its_part() {
+        let a = Arc::new(Admissions::default());
+        assert_eq!(a.set_egress_contexts(3), None);
+        let take = |ctx: &str| -> Vec<EgressFds> {
+            std::iter::from_fn(|| a.admit_egress(ctx).ok()).collect()
+        };
+        let (first, second, third) = (take("a"), take("b"), take("c"));
+        let shares = EgressShares::new(nofile_limit(), 3);
+        let part = (shares.kept / FDS_PER_EGRESS) as usize;
+        assert!(part > 0);
+        assert!(first.len() > part, "{} > {part}", first.len());
+        assert_eq!((second.len(), third.len()), (part, part));
+        assert!(a.admit_egress("c").is_err());
+        // Once the first gives back its connections, the common rest is the others' too.
+        drop(first);
+        assert!(a.admit_egress("c").is_ok());
     }
 
     #[test]

@@ -129,6 +129,51 @@ pub async fn connect(
     Ok(stream)
 }
 
+/// Resolves, with why, once a reload leaves the connection to `target:port`, which reached
+/// `address`, no longer allowed: its context has no egress any more, or the new rule
+/// refuses the name or port, or the address the name led to. Never resolves otherwise.
+pub async fn revoked(
+    mut rules: tokio::sync::watch::Receiver<Option<Arc<Rule>>>,
+    target: Target,
+    port: u16,
+    address: Option<SocketAddr>,
+) -> String {
+    loop {
+        if rules.changed().await.is_err() {
+            // The rule can no longer change.
+            return std::future::pending().await;
+        }
+        let why = match rules.borrow_and_update().as_deref() {
+            None => Some("its context no longer has egress".to_string()),
+            Some(rule) => refused_now(rule, &target, port, address),
+        };
+        if let Some(why) = why {
+            return format!("a reload ended it: {why}");
+        }
+    }
+}
+
+/// Why `rule` would not let a new connection to `target:port` reach `address`, if it would
+/// not: the checks of [`Rule::check`] and of [`connect`] for the address.
+fn refused_now(
+    rule: &Rule,
+    target: &Target,
+    port: u16,
+    address: Option<SocketAddr>,
+) -> Option<String> {
+    if let Err(refusal) = rule.check(target, port) {
+        return Some(refusal.to_string());
+    }
+    let ip = address?.ip();
+    let reachable = match target {
+        Target::Address(_) => true,
+        Target::Name { .. } => {
+            rule.may_connect(ip, port) && (!host_local(ip) || rule.lists_address(ip, port))
+        }
+    };
+    (!reachable).then(|| DialError::Internal(ip.to_string()).to_string())
+}
+
 /// Whether `ip` is one of this host's own addresses, in the broker's namespace (the
 /// host's): a connection to it stays on the host and reaches every service listening on
 /// all interfaces.
@@ -260,10 +305,14 @@ fn hosts_entries(hosts: &str, name: &str) -> Vec<std::net::IpAddr> {
 /// with bytes still unsent queues its end behind them, and a destination that reads
 /// nothing keeps them, and the end, from ever arriving. A client that is still there,
 /// waiting for such a destination, is cut the same way.
+///
+/// `revoked` ends the relay the same way, with its reason, when a reload no longer allows
+/// the connection.
 pub async fn relay(
     client: TcpStream,
     mut upstream: TcpStream,
     first: &[u8],
+    revoked: impl std::future::Future<Output = String>,
 ) -> (u64, u64, Option<String>) {
     let base = Instant::now();
     let (client_seen, up_seen) = (Seen::default(), Seen::default());
@@ -281,21 +330,24 @@ pub async fn relay(
         // What the kernel delivered and had acknowledged, both ways: bytes reaching a
         // slow reader count although the pump waits to write until a third of the
         // socket's buffer is free again, which at a few KiB/s takes longer than the
-        // watchdog's patience.
-        let mut counted = delivered(&client, &upstream);
+        // watchdog's patience. Read only while the watchdog is armed: it is the only
+        // reader, and arming comes with a byte moved (the client's end, or its bytes
+        // that now wait), so the first reading once armed is the baseline.
+        let mut counted: Option<u64> = None;
         loop {
             tokio::time::sleep(WATCHDOG_TICK).await;
-            let now = base.elapsed().as_millis() as u64;
-            let seen = delivered(&client, &upstream);
-            if seen != counted {
-                counted = seen;
-                moved.fetch_max(now, Ordering::Relaxed);
-            }
             let ended = client_seen.ended.load(Ordering::Relaxed);
             let stuck = client_seen.waiting.load(Ordering::Relaxed);
             if !(ended || stuck) {
+                counted = None;
                 continue;
             }
+            let now = base.elapsed().as_millis() as u64;
+            let seen = delivered(&client, &upstream);
+            if counted.is_some_and(|c| c != seen) {
+                moved.fetch_max(now, Ordering::Relaxed);
+            }
+            counted = Some(seen);
             if now.saturating_sub(moved.load(Ordering::Relaxed)) < silence {
                 continue;
             }
@@ -335,6 +387,7 @@ pub async fn relay(
     let error = tokio::select! {
         copied = both => copied.err().map(|e| e.to_string()),
         why = watchdog => Some(why),
+        why = revoked => Some(why),
     };
     let mut up = up_seen.written.load(Ordering::Relaxed);
     if error.is_some() {
@@ -517,6 +570,36 @@ struct Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_rule_is_checked_against_the_name_port_and_address_reached() {
+        let rule = |allow: &[&str]| Rule {
+            allow: allow
+                .iter()
+                .map(|p| super::super::rule::Pattern::parse(p).unwrap())
+                .collect(),
+            deny: Vec::new(),
+        };
+        let name = Target::parse(b"a.test").unwrap();
+        let loopback: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let elsewhere: SocketAddr = "192.0.2.1:80".parse().unwrap();
+        let now = |r: &Rule, t: &Target, a| refused_now(r, t, 80, Some(a));
+        assert_eq!(now(&rule(&["a.test", "127.0.0.1"]), &name, loopback), None);
+        assert_eq!(now(&rule(&["a.test:80"]), &name, elsewhere), None);
+        assert_eq!(
+            now(&rule(&["a.test:443"]), &name, elsewhere).as_deref(),
+            Some("not in the allow list")
+        );
+        // The address it reached is one a name may reach only where it is listed.
+        assert_eq!(
+            now(&rule(&["a.test"]), &name, loopback).as_deref(),
+            Some("it resolves only to addresses that are not listed (127.0.0.1)")
+        );
+        // A listed address reached as itself needs only its own entry.
+        let address = Target::parse(b"127.0.0.1").unwrap();
+        assert_eq!(now(&rule(&["127.0.0.1"]), &address, loopback), None);
+        assert!(now(&rule(&["a.test"]), &address, loopback).is_some());
+    }
 
     #[test]
     fn hosts_file_entries_match_by_name_in_file_order() {

@@ -169,6 +169,9 @@ fn refuse_early(state: &State, refusal: EgressRefusal) {
 /// relay, audit line.
 async fn serve(mut client: TcpStream, state: &State) {
     let started = Instant::now();
+    // From the start: a reload while the client is still in its handshake, or while its
+    // destination is dialled, is seen once the relay begins.
+    let mut rules = state.rules();
     let _ = client.set_nodelay(true);
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client, state)).await;
     // A client that never said where to go made no attempt to log; it is just closed.
@@ -191,7 +194,7 @@ async fn serve(mut client: TcpStream, state: &State) {
         bytes_down: 0,
         started,
     };
-    let rule = state.rule();
+    let rule = super::current(&mut rules);
     let target = Target::parse(&req.host).and_then(|t| rule.check(&t, req.port).map(|()| t));
     let target = match target {
         Ok(t) => t,
@@ -245,7 +248,8 @@ async fn serve(mut client: TcpStream, state: &State) {
             &[]
         }
     };
-    let (up, down, error) = dial::relay(client, upstream, first).await;
+    let revoked = dial::revoked(rules, target, req.port, attempt.address);
+    let (up, down, error) = dial::relay(client, upstream, first, revoked).await;
     attempt.bytes_up = up;
     attempt.bytes_down = down;
     attempt.error = error;

@@ -26,7 +26,7 @@ pub mod socks;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::kernel::namespaces::Holder;
@@ -68,6 +68,10 @@ pub struct Egress {
     proxies: Mutex<HashMap<String, Proxy>>,
     /// Why a context's proxy is not serving, by context.
     failures: Mutex<HashMap<String, String>>,
+    /// The states of listeners replaced (a namespace re-created) or dropped (one that
+    /// could not be made again) while connections they accepted may still relay: those
+    /// are the context's too, and follow its rule.
+    detached: Mutex<Vec<Weak<State>>>,
 }
 
 /// One context's listener, tied to the namespace it was made in.
@@ -82,7 +86,9 @@ struct Proxy {
 pub struct State {
     pub context: String,
     uid: AtomicU32,
-    rule: RwLock<Arc<Rule>>,
+    /// The rule in force; `None` once the context has no egress any more. Connections
+    /// watch it: a reload that no longer allows one ends it.
+    rule: tokio::sync::watch::Sender<Option<Arc<Rule>>>,
     slots: Arc<tokio::sync::Semaphore>,
     /// This context's share of the name lookups all contexts may run at once.
     pub lookups: Arc<tokio::sync::Semaphore>,
@@ -125,6 +131,13 @@ impl Egress {
                 continue;
             }
             keep.push(ctx.name.clone());
+            // Connections already open follow the new rule even where no listener can be
+            // made now.
+            if let (Some(p), Some(rule)) =
+                (self.lock().get(&ctx.name), ctx.isolation.network.egress())
+            {
+                p.state.update(rule, ctx.user.uid);
+            }
             // Without its namespace the context is not isolated at all; `namespaces`
             // warned about that already.
             let Some(holder) = shared.namespaces.for_context(ctx) else {
@@ -134,8 +147,26 @@ impl Egress {
                 warnings.push(w);
             }
         }
-        self.lock().retain(|name, _| keep.contains(name));
+        warnings.extend(shared.admissions.set_egress_contexts(keep.len()));
+        self.lock().retain(|name, p| {
+            let kept = keep.contains(name);
+            if !kept {
+                p.state.retire();
+            }
+            kept
+        });
         self.failures_lock().retain(|name, _| keep.contains(name));
+        self.detached_lock().retain(|w| {
+            let Some(state) = w.upgrade() else {
+                return false;
+            };
+            let ctx = config.contexts.get(&state.context);
+            match ctx.and_then(|c| c.isolation.network.egress().map(|r| (r, c.user.uid))) {
+                Some((rule, uid)) => state.update(rule, uid),
+                None => state.retire(),
+            }
+            true
+        });
         warnings
     }
 
@@ -254,9 +285,11 @@ impl Egress {
         };
         let mut proxies = self.lock();
         if let Some(p) = proxies.get(&ctx.name) {
+            // Also when a listener in a new namespace replaces it: the connections the old
+            // one accepted are the context's, under its rule.
+            p.state.update(rule, ctx.user.uid);
             let same = std::ptr::eq(p.holder.as_ptr(), Arc::as_ptr(holder));
             if same && !p.accept.is_finished() {
-                p.state.update(rule, ctx.user.uid);
                 return Ok((p.port, p.state.clone()));
             }
         }
@@ -267,7 +300,9 @@ impl Egress {
         let (listener, port) = match made {
             Ok(x) => x,
             Err(e) => {
-                proxies.remove(&ctx.name);
+                if let Some(old) = proxies.remove(&ctx.name) {
+                    self.detach(&old);
+                }
                 let why = format!("cannot listen inside the context's network namespace: {e}");
                 let warning = not_in_force(&ctx.name, &why);
                 self.failures_lock().insert(ctx.name.clone(), why);
@@ -277,14 +312,14 @@ impl Egress {
         let state = Arc::new(State {
             context: ctx.name.clone(),
             uid: AtomicU32::new(ctx.user.uid),
-            rule: RwLock::new(rule.clone()),
+            rule: tokio::sync::watch::Sender::new(Some(rule.clone())),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
             launches: Mutex::new(VecDeque::new()),
             shared: Arc::downgrade(shared),
         });
         let accept = tokio::spawn(listener::accept_loop(listener, state.clone())).abort_handle();
-        proxies.insert(
+        let replaced = proxies.insert(
             ctx.name.clone(),
             Proxy {
                 holder: Arc::downgrade(holder),
@@ -293,12 +328,25 @@ impl Egress {
                 accept,
             },
         );
+        if let Some(old) = replaced {
+            self.detach(&old);
+        }
         self.failures_lock().remove(&ctx.name);
         Ok((port, state))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
         self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn detach(&self, old: &Proxy) {
+        let mut detached = self.detached_lock();
+        detached.retain(|w| w.strong_count() > 0);
+        detached.push(Arc::downgrade(&old.state));
+    }
+
+    fn detached_lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<State>>> {
+        self.detached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -314,13 +362,27 @@ impl Drop for Proxy {
 }
 
 impl State {
-    pub fn rule(&self) -> Arc<Rule> {
-        self.rule.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The rule in force, to be read through [`current`], and told of every change.
+    pub fn rules(&self) -> tokio::sync::watch::Receiver<Option<Arc<Rule>>> {
+        self.rule.subscribe()
     }
 
+    /// Wakes the connections only when the rule differs: every launch into the context
+    /// sets it again.
     fn update(&self, rule: &Arc<Rule>, uid: u32) {
-        *self.rule.write().unwrap_or_else(|e| e.into_inner()) = rule.clone();
+        self.rule.send_if_modified(|now| {
+            if now.as_deref() == Some(&**rule) {
+                return false;
+            }
+            *now = Some(rule.clone());
+            true
+        });
         self.uid.store(uid, Ordering::Relaxed);
+    }
+
+    /// The context has no egress any more: its connections end.
+    fn retire(&self) {
+        self.rule.send_replace(None);
     }
 
     /// Counts a new connection's descriptors against the broker's (see
@@ -390,6 +452,12 @@ impl State {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// The rule `rules` holds now, marked as seen; one that allows nothing once the context
+/// has no egress any more.
+pub fn current(rules: &mut tokio::sync::watch::Receiver<Option<Arc<Rule>>>) -> Arc<Rule> {
+    rules.borrow_and_update().clone().unwrap_or_default()
+}
 
 fn not_in_force(context: &str, why: &str) -> String {
     format!(
