@@ -597,3 +597,150 @@ fn a_terminal_program_that_leaves_its_group_still_ends_at_its_timeout() {
         "the program ran past its 1 s timeout ({took:?}): {text:?}"
     );
 }
+
+/// `sh -c '(sleep 0.5; echo late) &'` from a terminal: the caller has `sh`'s status at
+/// once, and the job's line shows on the caller's terminal half a second later; locally,
+/// routed and through `ctx exec -t` alike (`late_output` says how each goes).
+#[test]
+fn a_background_jobs_output_reaches_the_terminal_after_the_status() {
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+        bin_dir().join("ctx").display()
+    );
+    for (routed, via) in [(false, ""), (true, ""), (false, ctx_exec.as_str())] {
+        let text = late_output(&b, routed, via, "late");
+        let status = text.find("status=0").unwrap_or_else(|| {
+            panic!("routed={routed} via={via:?}: no status: {text:?}");
+        });
+        let late = text.find("late\r\n").unwrap_or_else(|| {
+            panic!("routed={routed} via={via:?}: the job's output never came: {text:?}");
+        });
+        assert!(
+            status < late,
+            "routed={routed} via={via:?}: the status came after the job's output: {text:?}"
+        );
+    }
+}
+
+/// Runs `VIA sh -c '(sleep 0.5; echo MARK) &'` under bash on a fresh terminal, prints the
+/// status with the time since the start, waits past the job, and returns the transcript.
+fn late_output(b: &Broker, routed: bool, via: &str, mark: &str) -> String {
+    let script = format!(
+        "s=$(date +%s%N); {via} sh -c '(sleep 0.5; echo {mark}) &'; \
+         echo status=$? after=$((($(date +%s%N) - s) / 1000000))ms; sleep 1.5"
+    );
+    let (code, text) = transcript(b, &script, routed, |_| {});
+    eprintln!("routed={routed} via={via:?}: {text:?}");
+    assert_eq!(code, Some(0), "{text:?}");
+    text
+}
+
+/// Processes that hold the terminal `tty` (a `/dev/pts/N` path) open.
+fn holders_of(tty: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_str() == Some(tty)))
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The broker's children, with their state (`Z`: a zombie) and name.
+fn children_of(pid: u32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if rest.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+            out.push((
+                p,
+                format!("{} {}", rest[0], &stat[stat.find('(').unwrap()..=close]),
+            ));
+        }
+    }
+    out
+}
+
+/// Once the job that kept a routed terminal open has ended, nothing of it is left: no
+/// process holds the caller's terminal (the relay left behind for the job's output is
+/// gone), the broker holds as many descriptors as before, and has no child left (the
+/// session's stand-in ended at the hangup), zombie or not.
+#[test]
+fn nothing_is_left_once_the_background_job_ends() {
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+        bin_dir().join("ctx").display()
+    );
+    // One launch first: whatever the broker opens once for good is open from then on.
+    late_output(&b, true, "", "warm");
+    let settle = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    settle(&|| children_of(b.pid()).is_empty());
+    let baseline = ctx_tests::raw::fd_count(b.pid());
+    for (routed, via) in [(true, ""), (false, ctx_exec.as_str())] {
+        let script =
+            format!("{via} sh -c '(sleep 0.5; echo late) &'; echo status=$?; sleep 1.5; echo done");
+        let p = OnPty::start_as(
+            &b,
+            move |_| vec!["bash".into(), "-c".into(), script.clone()],
+            24,
+            80,
+            routed,
+        );
+        p.wait_for("status=0");
+        // While the job runs, a relay holds the caller's terminal for its output, and the
+        // broker holds the PTY.
+        let tty = p.tty_name.clone();
+        let holders = holders_of(&tty);
+        eprintln!("routed={routed} via={via:?}: while the job runs: {holders:?}");
+        assert!(
+            holders.iter().any(|(_, comm)| comm == "ctx-linger"),
+            "routed={routed} via={via:?}: no relay for the job's output: {holders:?}"
+        );
+        let (code, text) = p.finish();
+        assert_eq!(code, Some(0));
+        assert!(text.contains("late\r\ndone"), "{text:?}");
+        settle(&|| holders_of(&tty).is_empty());
+        assert_eq!(
+            holders_of(&tty),
+            vec![],
+            "routed={routed} via={via:?}: the caller's terminal is still held"
+        );
+        settle(&|| children_of(b.pid()).is_empty());
+        assert_eq!(
+            children_of(b.pid()),
+            vec![],
+            "routed={routed} via={via:?}: the broker has children (or zombies) left"
+        );
+        let fds = ctx_tests::raw::settle_fds(b.pid(), baseline, Duration::from_secs(5));
+        assert!(
+            fds <= baseline,
+            "routed={routed} via={via:?}: the broker holds {fds} descriptors, {baseline} before"
+        );
+    }
+}
