@@ -744,3 +744,45 @@ fn nothing_is_left_once_the_background_job_ends() {
         );
     }
 }
+
+/// The relay left behind for a job's output is killed while the job still runs: the
+/// broker hangs the terminal up as it did before there was a relay (the job's later
+/// writes fail), and nothing of the launch is left in the broker.
+#[test]
+fn killing_the_relay_hangs_the_terminal_up() {
+    let b = start_broker();
+    // Somewhere the context's user may write.
+    let file = format!("/tmp/ctx-relay-killed-{}", std::process::id());
+    let _ = std::fs::remove_file(&file);
+    let script = format!(
+        "sh -c '(sleep 1; echo late || echo failed >{file}; echo ended >>{file}) &'; \
+         echo status=$?; sleep 2.5; cat {file}"
+    );
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.clone()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("status=0");
+    let holders = holders_of(&p.tty_name);
+    let relay = holders
+        .iter()
+        .find(|(_, comm)| comm == "ctx-linger")
+        .unwrap_or_else(|| panic!("no relay for the job's output: {holders:?}"))
+        .0;
+    // SAFETY: a process of this test's.
+    unsafe { libc::kill(relay, libc::SIGKILL) };
+    let (code, text) = p.finish();
+    eprintln!("{text:?}");
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("late"), "{text:?}");
+    assert!(text.contains("failed\r\nended"), "{text:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children_of(b.pid()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(children_of(b.pid()), vec![], "the stand-in is left");
+}
