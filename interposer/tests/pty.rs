@@ -657,6 +657,19 @@ fn holders_of(tty: &str) -> Vec<(i32, String)> {
     out
 }
 
+/// The holders of `tty` once one of them is the relay left for a job's output (which
+/// names itself right after its fork), or as they are after a while without one.
+fn relay_holding(tty: &str) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let holders = holders_of(tty);
+        if holders.iter().any(|(_, comm)| comm == "ctx-linger") || Instant::now() > deadline {
+            return holders;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The broker's children, with their state (`Z`: a zombie) and name.
 fn children_of(pid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -716,7 +729,7 @@ fn nothing_is_left_once_the_background_job_ends() {
         // While the job runs, a relay holds the caller's terminal for its output, and the
         // broker holds the PTY.
         let tty = p.tty_name.clone();
-        let holders = holders_of(&tty);
+        let holders = relay_holding(&tty);
         eprintln!("routed={routed} via={via:?}: while the job runs: {holders:?}");
         assert!(
             holders.iter().any(|(_, comm)| comm == "ctx-linger"),
@@ -766,7 +779,7 @@ fn killing_the_relay_hangs_the_terminal_up() {
         true,
     );
     p.wait_for("status=0");
-    let holders = holders_of(&p.tty_name);
+    let holders = relay_holding(&p.tty_name);
     let relay = holders
         .iter()
         .find(|(_, comm)| comm == "ctx-linger")
