@@ -1,6 +1,7 @@
 //! A started launch until its program exits: the caller's signals, window size and input
 //! to the program; its PTY output and terminal modes, and its signals to its parent, back
-//! to the caller; the launch's timeout and the broker's shutdown.
+//! to the caller; the launch's timeout and the broker's shutdown. Then, for a PTY the
+//! processes the program left behind still hold, their output until they let go of it.
 
 use std::collections::VecDeque;
 use std::io;

@@ -1,5 +1,6 @@
 //! The shim's life after "accepted": one poll loop over the broker connection, a signalfd
-//! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce.
+//! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce
+//! (leaving behind, when the program's jobs still hold its PTY, the relay of their output).
 
 use std::os::fd::RawFd;
 
