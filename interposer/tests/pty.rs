@@ -799,3 +799,57 @@ fn killing_the_relay_hangs_the_terminal_up() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(children_of(b.pid()), vec![], "the stand-in is left");
 }
+
+/// A caller whose launches all leave a job holding their terminal: at most
+/// `LINGERING_PER_UID` (64) terminals stay open for such jobs at once; the launches past
+/// that still run and give their status, their terminals hung up when they end.
+#[test]
+fn terminals_kept_open_for_jobs_are_bounded_per_uid() {
+    let b = start_broker();
+    let script = "for i in $(seq 70); do sh -c '(sleep 4) &' || echo failed; done; echo launched; \
+                  sleep 5; echo done";
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.into()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("launched");
+    let relays = holders_of(&p.tty_name)
+        .into_iter()
+        .filter(|(_, comm)| comm == "ctx-linger")
+        .count();
+    let (code, text) = p.finish();
+    eprintln!("{relays} relays: {text:?}");
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("failed"), "{text:?}");
+    assert!(
+        (60..=64).contains(&relays),
+        "{relays} terminals kept open for jobs"
+    );
+}
+
+/// `ctx exec -t` writing into a pipe: the job's later output goes into the pipe too, and
+/// the reader sees its end when the job ends, as locally, where the job holds the pipe.
+#[test]
+fn ctx_exec_into_a_pipe_passes_a_jobs_later_output_on() {
+    let b = start_broker();
+    let script =
+        |via: &str| format!("{via} sh -c '(sleep 0.5; echo late) &' | tr a-z A-Z; echo status=$?");
+    let local = transcript(&b, &script(""), false, |_| {});
+    let via_ctx = transcript(
+        &b,
+        &script(&format!(
+            "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+            bin_dir().join("ctx").display()
+        )),
+        false,
+        |_| {},
+    );
+    eprintln!("local:  {local:?}\nctx exec: {via_ctx:?}");
+    assert_eq!(local, (Some(0), "LATE\r\nstatus=0\r\n".to_string()));
+    assert_eq!(via_ctx.0, Some(0));
+    // The PTY's ONLCR, which a pipe does not take out.
+    assert_eq!(via_ctx.1.replace("\r\r\n", "\r\n"), local.1);
+}
