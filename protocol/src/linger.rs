@@ -221,6 +221,21 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
 
 /// Closes every descriptor but `keep` (at most a few, in any order).
 fn close_all_but(keep: &[RawFd]) {
+    gaps(keep, |from, to| {
+        // SAFETY: close_range takes no memory.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
+        if r < 0 {
+            for fd in from..=to.min(from.saturating_add(4096)) {
+                // SAFETY: closing a descriptor number, open or not.
+                unsafe { libc::close(fd as i32) };
+            }
+        }
+    });
+}
+
+/// Calls `close` with each range of descriptor numbers (first, last) that holds none of
+/// `keep`, lowest first.
+fn gaps(keep: &[RawFd], mut close: impl FnMut(u32, u32)) {
     let mut from: u32 = 0;
     loop {
         // The lowest kept descriptor at or above `from`.
@@ -229,24 +244,76 @@ fn close_all_but(keep: &[RawFd]) {
             .filter(|&&k| k >= 0 && k as u32 >= from)
             .min()
             .map(|&k| k as u32);
-        let to = next.map_or(u32::MAX, |k| k.wrapping_sub(1));
-        if next != Some(from) {
-            // SAFETY: close_range takes no memory.
-            let r = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
-            if r < 0 {
-                for fd in from..to.min(from.saturating_add(4096)).saturating_add(1) {
-                    // SAFETY: closing a descriptor number, open or not.
-                    unsafe { libc::close(fd as i32) };
-                }
-            }
-        }
         match next {
-            Some(k) => from = k + 1,
-            None => return,
+            Some(k) => {
+                if k > from {
+                    close(from, k - 1);
+                }
+                from = k + 1;
+            }
+            None => return close(from, u32::MAX),
         }
     }
 }
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_vec;
+    use crate::ExitStatus;
+    use std::borrow::Cow;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn every_descriptor_but_the_kept_ones_is_closed() {
+        let mut seen = Vec::new();
+        gaps(&[5, 3, -1], |a, b| seen.push((a, b)));
+        assert_eq!(seen, [(0, 2), (4, 4), (6, u32::MAX)]);
+        seen.clear();
+        gaps(&[0, 1], |a, b| seen.push((a, b)));
+        assert_eq!(seen, [(2, u32::MAX)]);
+    }
+
+    fn frames(replies: &[Reply<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in replies {
+            encode_vec(r, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn lingering_is_told_by_the_frame_after_exited_and_what_follows_it_is_kept() {
+        let (ours, mut broker) = UnixStream::pair().unwrap();
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        // Part of it already read with `Exited`, the rest still in the socket.
+        let bytes = frames(&[Reply::Lingering, Reply::Output(Cow::Borrowed(b"late\n"))]);
+        buf[..3].copy_from_slice(&bytes[..3]);
+        broker.write_all(&bytes[3..]).unwrap();
+        let mut have = 3;
+        assert!(lingering_follows(ours.as_raw_fd(), &mut buf, &mut have));
+        let rest = frames(&[Reply::Output(Cow::Borrowed(b"late\n"))]);
+        assert_eq!(&buf[..have], &rest[..]);
+
+        // The end of the stream, or anything else: no lingering.
+        let (ours, broker) = UnixStream::pair().unwrap();
+        drop(broker);
+        let mut have = 0;
+        assert!(!lingering_follows(ours.as_raw_fd(), &mut buf, &mut have));
+        let (ours, mut broker) = UnixStream::pair().unwrap();
+        broker
+            .write_all(&frames(&[Reply::Exited {
+                status: ExitStatus::Code(0),
+                timed_out: false,
+            }]))
+            .unwrap();
+        let mut have = 0;
+        assert!(!lingering_follows(ours.as_raw_fd(), &mut buf, &mut have));
+    }
 }
