@@ -731,9 +731,24 @@ fn nothing_is_left_once_the_background_job_ends() {
         let tty = p.tty_name.clone();
         let holders = relay_holding(&tty);
         eprintln!("routed={routed} via={via:?}: while the job runs: {holders:?}");
-        assert!(
-            holders.iter().any(|(_, comm)| comm == "ctx-linger"),
-            "routed={routed} via={via:?}: no relay for the job's output: {holders:?}"
+        let relay = holders
+            .iter()
+            .find(|(_, comm)| comm == "ctx-linger")
+            .unwrap_or_else(|| {
+                panic!("routed={routed} via={via:?}: no relay for the job's output: {holders:?}")
+            })
+            .0;
+        // Named so that neither `ps` nor `pgrep -f` takes it for the program.
+        let cmdline = std::fs::read(format!("/proc/{relay}/cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(
+            words,
+            [b"ctx-linger"],
+            "{}",
+            String::from_utf8_lossy(&cmdline)
         );
         let (code, text) = p.finish();
         assert_eq!(code, Some(0));

@@ -100,8 +100,72 @@ pub fn detach(keep: &[RawFd]) -> bool {
             0,
         );
     }
+    retitle(b"ctx-linger");
     close_all_but(keep);
     true
+}
+
+/// Gives this process `title` as its command line (`ps`, `pgrep -f`): the client's is the
+/// routed program's own (the shim's argv) or `ctx exec`'s, which would pass it off as the
+/// program, and a `pkill -f` meant for the program's jobs would end it. Overwrites the
+/// argument area in place, as `setproctitle` does; the client reads its arguments no more.
+fn retitle(title: &[u8]) {
+    let mut stat = [0u8; 1024];
+    // SAFETY: a constant path; reads into a stack buffer.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return;
+    }
+    let Some((start, end)) = arg_area(&stat[..n as usize]) else {
+        return;
+    };
+    let len = end - start;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: [start, end) is this process's argument area, as the kernel reports it:
+    // mapped and writable (the initial stack), and nothing reads it from here on.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::write_bytes(area, 0, len);
+        std::ptr::copy_nonoverlapping(title.as_ptr(), area, title.len().min(len - 1));
+    }
+}
+
+/// `arg_start` and `arg_end` (fields 48 and 49) of a `/proc/PID/stat` line.
+fn arg_area(stat: &[u8]) -> Option<(usize, usize)> {
+    // The name (field 2) may hold spaces and parentheses: fields count from its last `)`.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .skip(48 - 3);
+    let start = decimal(fields.next()?)?;
+    let end = decimal(fields.next()?)?;
+    (start != 0 && end >= start).then_some((start, end))
+}
+
+fn decimal(digits: &[u8]) -> Option<usize> {
+    let digits = digits.strip_suffix(b"\n").unwrap_or(digits);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add((d - b'0') as usize))
+            .flatten()
+    })
 }
 
 /// Copies the PTY's output the broker sends on `sock` to `out` (the caller's terminal),
@@ -269,6 +333,20 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn the_argument_area_is_read_from_stat() {
+        let stat = std::fs::read("/proc/self/stat").unwrap();
+        let (start, end) = arg_area(&stat).unwrap();
+        assert!(end > start, "{start} {end}");
+        // A name with spaces and a parenthesis, and the fields after it.
+        let mut line = b"12 (a) b) S".to_vec();
+        for i in 4..=52 {
+            line.extend_from_slice(format!(" {i}").as_bytes());
+        }
+        assert_eq!(arg_area(&line), Some((48, 49)));
+        assert_eq!(arg_area(b"12 (x) S 1 2"), None);
+    }
 
     #[test]
     fn every_descriptor_but_the_kept_ones_is_closed() {
