@@ -91,6 +91,10 @@ pub fn detach(keep: &[RawFd]) -> bool {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::chdir(c"/".as_ptr());
+    }
+    retitle(b"ctx-linger");
+    // SAFETY: sets this process's name from a constant string.
+    unsafe {
         libc::prctl(
             libc::PR_SET_NAME,
             c"ctx-linger".as_ptr() as libc::c_ulong,
@@ -99,7 +103,6 @@ pub fn detach(keep: &[RawFd]) -> bool {
             0,
         );
     }
-    retitle(b"ctx-linger");
     close_all_but(keep);
     true
 }
