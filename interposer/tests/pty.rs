@@ -868,3 +868,41 @@ fn ctx_exec_into_a_pipe_passes_a_jobs_later_output_on() {
     // The PTY's ONLCR, which a pipe does not take out.
     assert_eq!(via_ctx.1.replace("\r\r\n", "\r\n"), local.1);
 }
+
+/// The broker's shutdown does not wait for a job that keeps a routed terminal open: it
+/// hangs the terminal up, and the relay left for the job's output ends with it.
+#[test]
+fn shutdown_ends_a_terminal_kept_open_for_a_job() {
+    let mut b = start_broker();
+    let script = "sh -c '(sleep 3; echo late) &'; echo status=$?; sleep 4; echo done";
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.into()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("status=0");
+    let holders = relay_holding(&p.tty_name);
+    assert!(
+        holders.iter().any(|(_, comm)| comm == "ctx-linger"),
+        "no relay for the job's output: {holders:?}"
+    );
+    let asked = Instant::now();
+    let stopped = b.terminate(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    assert!(took < Duration::from_secs(2), "the shutdown took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holders_of(&p.tty_name)
+        .iter()
+        .any(|(_, comm)| comm == "ctx-linger")
+    {
+        assert!(Instant::now() < deadline, "the relay outlived the broker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, text) = p.finish();
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("late"), "{text:?}");
+    assert!(text.contains("done"), "{text:?}");
+}
