@@ -906,3 +906,19 @@ fn shutdown_ends_a_terminal_kept_open_for_a_job() {
     assert!(!text.contains("late"), "{text:?}");
     assert!(text.contains("done"), "{text:?}");
 }
+
+/// The same in a `pid = true` context, whose processes the broker sees from outside their
+/// PID namespace.
+#[test]
+fn a_background_jobs_output_reaches_the_terminal_in_a_pid_namespace() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: a PID namespace needs a root broker");
+        return;
+    }
+    let b = start_broker_with("isolation = { pid = true }");
+    let text = late_output(&b, true, "", "late");
+    let status = text.find("status=0").expect("a status");
+    let late = text.find("late\r\n").expect("the job's output");
+    assert!(status < late, "{text:?}");
+}
