@@ -750,6 +750,9 @@ fn nothing_is_left_once_the_background_job_ends() {
             "{}",
             String::from_utf8_lossy(&cmdline)
         );
+        // The terminal's number stays ours while we look for its holders: freed, it could
+        // name another test's terminal.
+        let keep = p.master.try_clone().unwrap();
         let (code, text) = p.finish();
         assert_eq!(code, Some(0));
         assert!(text.contains("late\r\ndone"), "{text:?}");
@@ -770,6 +773,7 @@ fn nothing_is_left_once_the_background_job_ends() {
             fds <= baseline,
             "routed={routed} via={via:?}: the broker holds {fds} descriptors, {baseline} before"
         );
+        drop(keep);
     }
 }
 
