@@ -597,3 +597,332 @@ fn a_terminal_program_that_leaves_its_group_still_ends_at_its_timeout() {
         "the program ran past its 1 s timeout ({took:?}): {text:?}"
     );
 }
+
+/// `sh -c '(sleep 0.5; echo late) &'` from a terminal: the caller has `sh`'s status at
+/// once, and the job's line shows on the caller's terminal half a second later; locally,
+/// routed and through `ctx exec -t` alike (`late_output` says how each goes).
+#[test]
+fn a_background_jobs_output_reaches_the_terminal_after_the_status() {
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+        bin_dir().join("ctx").display()
+    );
+    for (routed, via) in [(false, ""), (true, ""), (false, ctx_exec.as_str())] {
+        let text = late_output(&b, routed, via, "late");
+        let status = text.find("status=0").unwrap_or_else(|| {
+            panic!("routed={routed} via={via:?}: no status: {text:?}");
+        });
+        let late = text.find("late\r\n").unwrap_or_else(|| {
+            panic!("routed={routed} via={via:?}: the job's output never came: {text:?}");
+        });
+        assert!(
+            status < late,
+            "routed={routed} via={via:?}: the status came after the job's output: {text:?}"
+        );
+    }
+}
+
+/// Runs `VIA sh -c '(sleep 0.5; echo MARK) &'` under bash on a fresh terminal, prints the
+/// status with the time since the start, waits past the job, and returns the transcript.
+fn late_output(b: &Broker, routed: bool, via: &str, mark: &str) -> String {
+    let script = format!(
+        "s=$(date +%s%N); {via} sh -c '(sleep 0.5; echo {mark}) &'; \
+         echo status=$? after=$((($(date +%s%N) - s) / 1000000))ms; sleep 1.5"
+    );
+    let (code, text) = transcript(b, &script, routed, |_| {});
+    eprintln!("routed={routed} via={via:?}: {text:?}");
+    assert_eq!(code, Some(0), "{text:?}");
+    text
+}
+
+/// Processes that hold the terminal `tty` (a `/dev/pts/N` path) open.
+fn holders_of(tty: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_str() == Some(tty)))
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The holders of `tty` once one of them is the relay left for a job's output (which
+/// names itself right after its fork), or as they are after a while without one.
+fn relay_holding(tty: &str) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let holders = holders_of(tty);
+        if holders.iter().any(|(_, comm)| comm == "ctx-linger") || Instant::now() > deadline {
+            return holders;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The broker's children, with their state (`Z`: a zombie) and name.
+fn children_of(pid: u32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if rest.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+            out.push((
+                p,
+                format!("{} {}", rest[0], &stat[stat.find('(').unwrap()..=close]),
+            ));
+        }
+    }
+    out
+}
+
+/// Once the job that kept a routed terminal open has ended, nothing of it is left: no
+/// process holds the caller's terminal (the relay left behind for the job's output is
+/// gone), the broker holds as many descriptors as before, and has no child left (the
+/// session's stand-in ended at the hangup), zombie or not.
+#[test]
+fn nothing_is_left_once_the_background_job_ends() {
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+        bin_dir().join("ctx").display()
+    );
+    // One launch first: whatever the broker opens once for good is open from then on.
+    late_output(&b, true, "", "warm");
+    let settle = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    settle(&|| children_of(b.pid()).is_empty());
+    let baseline = ctx_tests::raw::fd_count(b.pid());
+    for (routed, via) in [(true, ""), (false, ctx_exec.as_str())] {
+        let script =
+            format!("{via} sh -c '(sleep 0.5; echo late) &'; echo status=$?; sleep 1.5; echo done");
+        let p = OnPty::start_as(
+            &b,
+            move |_| vec!["bash".into(), "-c".into(), script.clone()],
+            24,
+            80,
+            routed,
+        );
+        p.wait_for("status=0");
+        // While the job runs, a relay holds the caller's terminal for its output, and the
+        // broker holds the PTY.
+        let tty = p.tty_name.clone();
+        let holders = relay_holding(&tty);
+        eprintln!("routed={routed} via={via:?}: while the job runs: {holders:?}");
+        let relay = holders
+            .iter()
+            .find(|(_, comm)| comm == "ctx-linger")
+            .unwrap_or_else(|| {
+                panic!("routed={routed} via={via:?}: no relay for the job's output: {holders:?}")
+            })
+            .0;
+        // Named so that neither `ps` nor `pgrep -f` takes it for the program.
+        let cmdline = std::fs::read(format!("/proc/{relay}/cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(
+            words,
+            [b"ctx-linger"],
+            "{}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        // The terminal's number stays ours while we look for its holders: freed, it could
+        // name another test's terminal.
+        let keep = p.master.try_clone().unwrap();
+        let (code, text) = p.finish();
+        assert_eq!(code, Some(0));
+        assert!(text.contains("late\r\ndone"), "{text:?}");
+        settle(&|| holders_of(&tty).is_empty());
+        assert_eq!(
+            holders_of(&tty),
+            vec![],
+            "routed={routed} via={via:?}: the caller's terminal is still held"
+        );
+        settle(&|| children_of(b.pid()).is_empty());
+        assert_eq!(
+            children_of(b.pid()),
+            vec![],
+            "routed={routed} via={via:?}: the broker has children (or zombies) left"
+        );
+        let fds = ctx_tests::raw::settle_fds(b.pid(), baseline, Duration::from_secs(5));
+        assert!(
+            fds <= baseline,
+            "routed={routed} via={via:?}: the broker holds {fds} descriptors, {baseline} before"
+        );
+        drop(keep);
+    }
+}
+
+/// The relay left behind for a job's output is killed while the job still runs: the
+/// broker hangs the terminal up as it did before there was a relay (the job's later
+/// writes fail), and nothing of the launch is left in the broker.
+#[test]
+fn killing_the_relay_hangs_the_terminal_up() {
+    let b = start_broker();
+    // Somewhere the context's user may write.
+    let file = format!("/tmp/ctx-relay-killed-{}", std::process::id());
+    let _ = std::fs::remove_file(&file);
+    let script = format!(
+        "sh -c '(sleep 1; echo late || echo failed >{file}; echo ended >>{file}) &'; \
+         echo status=$?; sleep 2.5; cat {file}"
+    );
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.clone()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("status=0");
+    let holders = relay_holding(&p.tty_name);
+    let relay = holders
+        .iter()
+        .find(|(_, comm)| comm == "ctx-linger")
+        .unwrap_or_else(|| panic!("no relay for the job's output: {holders:?}"))
+        .0;
+    // SAFETY: a process of this test's.
+    unsafe { libc::kill(relay, libc::SIGKILL) };
+    let (code, text) = p.finish();
+    eprintln!("{text:?}");
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("late"), "{text:?}");
+    assert!(text.contains("failed\r\nended"), "{text:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children_of(b.pid()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(children_of(b.pid()), vec![], "the stand-in is left");
+}
+
+/// A caller whose launches all leave a job holding their terminal: at most
+/// `LINGERING_PER_UID` (64) terminals stay open for such jobs at once; the launches past
+/// that still run and give their status, their terminals hung up when they end.
+#[test]
+fn terminals_kept_open_for_jobs_are_bounded_per_uid() {
+    let b = start_broker();
+    let script = "for i in $(seq 70); do sh -c '(sleep 4) &' || echo failed; done; echo launched; \
+                  sleep 5; echo done";
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.into()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("launched");
+    let relays = holders_of(&p.tty_name)
+        .into_iter()
+        .filter(|(_, comm)| comm == "ctx-linger")
+        .count();
+    let (code, text) = p.finish();
+    eprintln!("{relays} relays: {text:?}");
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("failed"), "{text:?}");
+    assert!(
+        (60..=64).contains(&relays),
+        "{relays} terminals kept open for jobs"
+    );
+}
+
+/// `ctx exec -t` writing into a pipe: the job's later output goes into the pipe too, and
+/// the reader sees its end when the job ends, as locally, where the job holds the pipe.
+#[test]
+fn ctx_exec_into_a_pipe_passes_a_jobs_later_output_on() {
+    let b = start_broker();
+    let script =
+        |via: &str| format!("{via} sh -c '(sleep 0.5; echo late) &' | tr a-z A-Z; echo status=$?");
+    let local = transcript(&b, &script(""), false, |_| {});
+    let via_ctx = transcript(
+        &b,
+        &script(&format!(
+            "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+            bin_dir().join("ctx").display()
+        )),
+        false,
+        |_| {},
+    );
+    eprintln!("local:  {local:?}\nctx exec: {via_ctx:?}");
+    assert_eq!(local, (Some(0), "LATE\r\nstatus=0\r\n".to_string()));
+    assert_eq!(via_ctx.0, Some(0));
+    // The PTY's ONLCR, which a pipe does not take out.
+    assert_eq!(via_ctx.1.replace("\r\r\n", "\r\n"), local.1);
+}
+
+/// The broker's shutdown does not wait for a job that keeps a routed terminal open: it
+/// hangs the terminal up, and the relay left for the job's output ends with it.
+#[test]
+fn shutdown_ends_a_terminal_kept_open_for_a_job() {
+    let mut b = start_broker();
+    let script = "sh -c '(sleep 3; echo late) &'; echo status=$?; sleep 4; echo done";
+    let p = OnPty::start_as(
+        &b,
+        move |_| vec!["bash".into(), "-c".into(), script.into()],
+        24,
+        80,
+        true,
+    );
+    p.wait_for("status=0");
+    let holders = relay_holding(&p.tty_name);
+    assert!(
+        holders.iter().any(|(_, comm)| comm == "ctx-linger"),
+        "no relay for the job's output: {holders:?}"
+    );
+    let asked = Instant::now();
+    let stopped = b.terminate(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    assert!(took < Duration::from_secs(2), "the shutdown took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holders_of(&p.tty_name)
+        .iter()
+        .any(|(_, comm)| comm == "ctx-linger")
+    {
+        assert!(Instant::now() < deadline, "the relay outlived the broker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, text) = p.finish();
+    assert_eq!(code, Some(0));
+    assert!(!text.contains("late"), "{text:?}");
+    assert!(text.contains("done"), "{text:?}");
+}
+
+/// The same in a `pid = true` context, whose processes the broker sees from outside their
+/// PID namespace.
+#[test]
+fn a_background_jobs_output_reaches_the_terminal_in_a_pid_namespace() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: a PID namespace needs a root broker");
+        return;
+    }
+    let b = start_broker_with("isolation = { pid = true }");
+    let text = late_output(&b, true, "", "late");
+    let status = text.find("status=0").expect("a status");
+    let late = text.find("late\r\n").expect("the job's output");
+    assert!(status < late, "{text:?}");
+}

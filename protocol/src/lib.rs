@@ -12,6 +12,7 @@ pub mod fdpass;
 pub mod frame;
 pub mod inherit;
 pub mod launcher;
+pub mod linger;
 pub mod messages;
 pub mod terminal;
 pub mod vars;

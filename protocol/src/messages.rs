@@ -216,7 +216,8 @@ pub enum Reply<'a> {
     },
     /// The routed program could not be started; nothing runs.
     ExecFailed(#[serde(borrow)] ExecFailure<'a>),
-    /// The routed process ended; the last message of an exec.
+    /// The routed process ended; the last message of an exec but for a PTY launch's
+    /// `Lingering` and what follows it.
     Exited {
         status: ExitStatus,
         timed_out: bool,
@@ -269,6 +270,12 @@ pub enum Reply<'a> {
     SignalParent {
         signal: i32,
     },
+    /// PTY mode, right after `Exited`: processes the program left behind (`cmd &`) still
+    /// hold its terminal. Their output keeps coming as `Output` (and their mode changes as
+    /// `Modes`) until the last of them closes it; the broker then ends the connection. A
+    /// client that hangs up instead makes the broker hang the terminal up. When this does
+    /// not follow `Exited`, the broker ends the connection right after it.
+    Lingering,
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -290,6 +297,7 @@ pub mod reply_tag {
     pub const KILLED_IN_CONTEXT: u8 = 13;
     pub const MODES: u8 = 14;
     pub const SIGNAL_PARENT: u8 = 15;
+    pub const LINGERING: u8 = 16;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

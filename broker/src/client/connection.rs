@@ -186,6 +186,19 @@ impl Connection {
         }
     }
 
+    /// The socket, and the bytes read from it but not yet decoded, moved to the start of
+    /// the buffer (which holds at least `ctx_protocol::linger::RELAY_BUFFER`): for the
+    /// relay that outlives the launch.
+    pub fn unread(&mut self) -> (RawFd, &mut [u8], usize) {
+        self.buf.copy_within(self.start..self.end, 0);
+        let have = self.end - self.start;
+        (self.start, self.end) = (0, have);
+        if self.buf.len() < ctx_protocol::linger::RELAY_BUFFER {
+            self.buf.resize(ctx_protocol::linger::RELAY_BUFFER, 0);
+        }
+        (self.stream.as_raw_fd(), &mut self.buf, have)
+    }
+
     /// Blocks until the next reply; end of stream is [`Error::Lost`].
     pub fn recv(&mut self) -> Result<Reply<'_>, Error> {
         while self.ready_frame()?.is_none() {
@@ -336,6 +349,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::KilledInContext { .. } => "KilledInContext",
         Reply::Modes(_) => "Modes",
         Reply::SignalParent { .. } => "SignalParent",
+        Reply::Lingering => "Lingering",
     }
 }
 

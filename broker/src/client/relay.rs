@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use ctx_protocol::launcher::Launcher;
+use ctx_protocol::linger;
 use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{errno_name, ExecFailure, ExitStatus, Reply, Request};
 use nix::errno::Errno;
@@ -236,6 +237,9 @@ impl Relay<'_> {
                         Reply::Exited { status, timed_out } => {
                             self.flush(&mut out, output_ok);
                             drop(raw.take());
+                            if let (Some(fd), true) = (self.output, output_ok) {
+                                self.linger(conn, fd);
+                            }
                             return self.exited(status, timed_out);
                         }
                         Reply::ExecFailed(failure) => {
@@ -265,6 +269,16 @@ impl Relay<'_> {
                 pending_resize = false;
                 let _ = conn.send(&Request::Resize(self.controlling.size()));
             }
+        }
+    }
+
+    /// Processes the program left behind still hold its PTY: a detached process goes on
+    /// copying their output to `out` (see `ctx_protocol::linger`), and we return at once.
+    fn linger(&self, conn: &mut Connection, out: RawFd) {
+        let pty = self.pty_output.borrow().pty;
+        let (sock, buf, mut have) = conn.unread();
+        if linger::lingering_follows(sock, buf, &mut have) && linger::detach(&[sock, out]) {
+            linger::relay(sock, out, pty, buf, have)
         }
     }
 

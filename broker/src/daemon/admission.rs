@@ -29,6 +29,12 @@ pub const ENTITLED_SHARE: u64 = 4;
 /// Descriptors no uid but root can take: the broker's own (listener, namespace holders,
 /// reserved ports, audit log) and a root launch's.
 const RESERVED_FDS: u64 = 256;
+/// Terminals the launches of one uid may keep open after their programs ended, for the
+/// jobs they left behind (see [`Admissions::linger`]). Each still holds its connection,
+/// counted as above; this keeps a context that leaves a process holding every terminal it
+/// is given from taking its callers' connections this way. Past it, a terminal is hung up
+/// when its program ends.
+pub const LINGERING_PER_UID: u32 = 64;
 /// What one connection is counted as against `RLIMIT_NOFILE`: its socket, and its launch's
 /// pidfd, PTY master and report pipe.
 const FDS_PER_CONNECTION: u64 = 4;
@@ -126,6 +132,26 @@ struct Counts {
     /// Contexts with an egress rule in the configuration in force: each has its part of
     /// the egress descriptors kept for it.
     egress_contexts: u64,
+    /// Terminals kept open after their program ended, by the uid of the launch's caller.
+    lingering: HashMap<u32, u32>,
+}
+
+/// One terminal kept open after its program ended, counted until it drops.
+pub struct Linger {
+    admissions: Arc<Admissions>,
+    uid: u32,
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        let mut counts = self.admissions.lock();
+        if let Some(n) = counts.lingering.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.lingering.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// One egress connection's descriptors, counted until it drops.
@@ -243,6 +269,21 @@ impl Admissions {
     pub fn set_egress_contexts(&self, n: usize) -> Option<String> {
         self.lock().egress_contexts = n as u64;
         crowded(nofile_limit(), n as u64)
+    }
+
+    /// Counts one more terminal of a launch of `uid` kept open after its program ended,
+    /// or `None` when that uid keeps [`LINGERING_PER_UID`] open already.
+    pub fn linger(self: &Arc<Self>, uid: u32) -> Option<Linger> {
+        let mut counts = self.lock();
+        let n = counts.lingering.entry(uid).or_default();
+        if *n >= LINGERING_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Linger {
+            admissions: self.clone(),
+            uid,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -683,6 +724,21 @@ mod tests {
         // Once the first gives back its connections, the common rest is the others' too.
         drop(first);
         assert!(a.admit_egress("c").is_ok());
+    }
+
+    #[test]
+    fn lingering_terminals_are_bounded_per_uid_and_given_back() {
+        let a = Arc::new(Admissions::default());
+        let held: Vec<_> = (0..LINGERING_PER_UID)
+            .map(|_| a.linger(1000).expect("under the cap"))
+            .collect();
+        assert!(a.linger(1000).is_none());
+        // Another uid's are its own.
+        let other = a.linger(1001).expect("another uid");
+        drop(held);
+        assert!(a.linger(1000).is_some());
+        drop(other);
+        assert!(a.lock().lingering.is_empty());
     }
 
     #[test]

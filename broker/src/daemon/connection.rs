@@ -98,6 +98,13 @@ impl Conn {
         &self.stream
     }
 
+    /// Nothing more will be sent: the client reads the end of the stream now, not once
+    /// the connection is torn down.
+    pub fn end_replies(&self) {
+        // SAFETY: shutdown of our own socket; it stays open for reading.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+    }
+
     /// The next frame's payload; `None` at a clean end of stream. Cancel-safe: bytes read
     /// are kept in the connection's buffer until a whole frame is there.
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {

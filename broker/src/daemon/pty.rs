@@ -109,6 +109,18 @@ pub fn modes(master: &OwnedFd) -> Option<TermModes> {
         .then(|| TermModes::from_termios(&t))
 }
 
+/// Whether no process holds the PTY's slave open any more (the master polls as hung up).
+pub fn slave_closed(master: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: master.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout does not block.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & libc::POLLHUP != 0
+}
+
 /// Gives the PTY these modes at once (the caller changed its terminal's).
 pub fn set_modes(master: &OwnedFd, modes: &TermModes) -> io::Result<()> {
     apply_modes(master.as_raw_fd(), modes)

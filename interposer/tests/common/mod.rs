@@ -85,6 +85,11 @@ impl Broker {
         self.broker.pid()
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the broker to exit.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.broker.terminate(timeout)
+    }
+
     /// `argv` run locally with routing switched on for its launches.
     pub fn cmd(&self, argv: &[&str]) -> Command {
         let mut c = Command::new(argv[0]);

@@ -18,10 +18,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::guard::{arm_exec_guard, enforce_ruleset};
-use super::relay::{hang_up_after_handover, read_fd, wait_exit, watch, Relay, Relayed};
+use super::relay::{hang_up_after_handover, linger, read_fd, wait_exit, watch, Relay, Relayed};
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
+use crate::daemon::admission::Linger;
 use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
@@ -127,6 +128,13 @@ struct Applied {
     exec_guarded: bool,
 }
 
+/// A terminal kept open after its program ended, counted against its caller's uid.
+struct Lingering {
+    master: AsyncFd<OwnedFd>,
+    leader: libc::pid_t,
+    _count: Linger,
+}
+
 /// The forked process, watched.
 struct Child {
     pid: libc::pid_t,
@@ -165,7 +173,10 @@ pub(super) async fn launch(
         l.await_exec(report, &child, &prepared).await?;
         let client_alive = l.started(conn, child.pid, accepted).await;
         let relayed = l.relay(conn, &child, parent_signals, client_alive).await;
-        l.end(conn, child.pid, relayed, prepared).await;
+        if let Some(lingering) = l.end(conn, child.pid, relayed, prepared).await {
+            drop(child);
+            l.linger(conn, lingering).await;
+        }
         Ok(())
     }
     .await;
@@ -641,34 +652,60 @@ impl<'a> Launch<'a> {
             shutdown: self.shared.shutdown_rx.clone(),
             parent_signals,
             client_alive,
+            // Only a stand-in leading the session lets the program end without hanging
+            // its terminal up.
+            linger: self
+                .leader_pid
+                .map(|_| (&self.shared.admissions, self.peer.uid)),
         }
         .run()
         .await
     }
 
-    /// Sends `Exited`, hands the terminal over to the session leader stand-in, and writes
-    /// the audit line, last.
+    /// Sends `Exited` (and `Lingering` when the terminal stays open for the processes the
+    /// program left holding it: given back then), hands the terminal over to the session
+    /// leader stand-in, and writes the audit line, last.
     async fn end(
         &mut self,
         conn: &mut Conn,
         pid: libc::pid_t,
         relayed: Relayed,
         prepared: Prepared,
-    ) {
+    ) -> Option<Lingering> {
         let Relayed {
             status,
             timed_out,
             client_alive,
             master,
+            linger,
         } = relayed;
         self.shared.registry.remove(self.id);
         let status = status.unwrap_or(ExitStatus::Code(255));
+        let mut told = false;
         if client_alive {
-            let _ = conn.send(&Reply::Exited { status, timed_out }).await;
+            told = conn
+                .send(&Reply::Exited { status, timed_out })
+                .await
+                .is_ok();
         }
-        if let (Some(master), Some(leader)) = (master, self.leader_pid) {
-            tokio::spawn(hang_up_after_handover(master, leader));
-        }
+        let lingering = match (master, self.leader_pid, linger) {
+            (Some(master), Some(leader), Some(count))
+                if told && conn.send(&Reply::Lingering).await.is_ok() =>
+            {
+                Some(Lingering {
+                    master,
+                    leader,
+                    _count: count,
+                })
+            }
+            (master, leader, _) => {
+                conn.end_replies();
+                if let (Some(master), Some(leader)) = (master, leader) {
+                    tokio::spawn(hang_up_after_handover(master, leader));
+                }
+                None
+            }
+        };
         let ctx = &self.ctx;
         self.shared.audit.record(AuditEvent::Exec {
             id: self.id,
@@ -686,6 +723,16 @@ impl<'a> Launch<'a> {
             cwd_id: self.cwd_unverified.take(),
             argv: std::mem::take(&mut self.fields.argv),
         });
+        lingering
+    }
+
+    /// Keeps the terminal open for the processes the program left holding it, relaying
+    /// their output to the caller, until none holds it; then hangs it up as [`Self::end`]
+    /// would have.
+    async fn linger(&self, conn: &mut Conn, lingering: Lingering) {
+        linger(conn, &lingering.master, self.shared.shutdown_rx.clone()).await;
+        conn.end_replies();
+        hang_up_after_handover(lingering.master, lingering.leader).await;
     }
 
     /// A refused launch: audited, and the failure sent to the caller.

@@ -1,10 +1,12 @@
 //! A started launch until its program exits: the caller's signals, window size and input
 //! to the program; its PTY output and terminal modes, and its signals to its parent, back
-//! to the caller; the launch's timeout and the broker's shutdown.
+//! to the caller; the launch's timeout and the broker's shutdown. Then, for a PTY the
+//! processes the program left behind still hold, their output until they let go of it.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctx_protocol::{ExitStatus, Reply, Request, TermModes};
@@ -13,6 +15,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::{kill_group, kill_process};
+use crate::daemon::admission::{Admissions, Linger};
 use crate::daemon::connection::{Conn, WireError};
 use crate::daemon::{job_control, pty};
 
@@ -20,7 +23,8 @@ use crate::daemon::{job_control, pty};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How long PTY output is still collected after the process exits (its last writes, or a
-/// background job's, may still be in flight).
+/// background job's, may still be in flight), when the terminal cannot be kept open for
+/// the jobs that hold it.
 const PTY_DRAIN: Duration = Duration::from_millis(100);
 
 /// How long a session leader stand-in may take to put its own group in the terminal's
@@ -65,6 +69,10 @@ pub(super) struct Relay<'a> {
     pub parent_signals: mpsc::Receiver<i32>,
     /// Whether the caller is still there to hear from the launch.
     pub client_alive: bool,
+    /// Where a PTY launch whose program leaves processes holding its terminal may count
+    /// keeping it open for them, and the caller's uid it is counted for (`None`: the
+    /// terminal is hung up when the program ends).
+    pub linger: Option<(&'a Arc<Admissions>, u32)>,
 }
 
 /// How the relay ended.
@@ -74,6 +82,9 @@ pub(super) struct Relayed {
     pub client_alive: bool,
     /// The PTY's master, still open: closing it hangs the terminal up.
     pub master: Option<AsyncFd<OwnedFd>>,
+    /// Processes the program left behind still hold its terminal, and keeping it open
+    /// for them is counted: the caller is to hear [`Reply::Lingering`] after `Exited`.
+    pub linger: Option<Linger>,
 }
 
 impl Relay<'_> {
@@ -91,6 +102,7 @@ impl Relay<'_> {
             mut shutdown,
             mut parent_signals,
             mut client_alive,
+            linger: linger_budget,
         } = self;
         let mut mirror: Option<Mirror> = None;
         // The client mirrors the PTY's modes onto the caller's terminal: watch them.
@@ -294,14 +306,39 @@ impl Relay<'_> {
             }
         }
 
+        let mut linger = None;
         if let (Some(m), true) = (&master, client_alive) {
             let until = tokio::time::Instant::now() + PTY_DRAIN;
+            // Whether the terminal may stay open for processes still holding it; asked once
+            // the program's own output is read.
+            let mut asked = false;
+            let ask = || {
+                linger_budget
+                    .filter(|_| !*shutdown.borrow())
+                    .and_then(|(a, uid)| a.linger(uid))
+            };
+            // The first read does not wait: a program that wrote nothing makes the master
+            // readable only once the last holder closes it.
+            let mut first = true;
+            let fd = m.get_ref().as_raw_fd();
             loop {
-                let fd = m.get_ref().as_raw_fd();
-                let ready = tokio::time::timeout_at(until, m.readable()).await;
-                let Ok(Ok(mut guard)) = ready else { break };
+                let guard = if std::mem::take(&mut first) {
+                    None
+                } else {
+                    match tokio::time::timeout_at(until, m.readable()).await {
+                        Ok(Ok(guard)) => Some(guard),
+                        Ok(Err(_)) => break,
+                        Err(_elapsed) => {
+                            // Still written to all along: the rest comes after `Exited`.
+                            if !asked && !pty::slave_closed(m.get_ref()) {
+                                linger = ask();
+                            }
+                            break;
+                        }
+                    }
+                };
                 let (n, more) = read_batch(fd, &mut out);
-                if !more {
+                if let (false, Some(mut guard)) = (more, guard) {
                     guard.clear_ready();
                 }
                 if n > 0 {
@@ -317,6 +354,20 @@ impl Relay<'_> {
                     }
                 } else if more {
                     break; // EIO: every slave descriptor is closed
+                }
+                // Read to empty: what the program wrote before it ended is all here (a read
+                // that finds nothing waits for the kernel to hand over what it still
+                // holds). Whatever comes from now on, the caller hears after `Exited`.
+                if !more && !asked {
+                    asked = true;
+                    linger = ask();
+                }
+                if linger.is_some() && !more {
+                    if !pty::slave_closed(m.get_ref()) {
+                        break;
+                    }
+                    // The last holder closed it just now: read what it wrote, to the EIO.
+                    linger = None;
                 }
             }
         }
@@ -336,7 +387,68 @@ impl Relay<'_> {
             timed_out,
             client_alive,
             master,
+            linger: linger.filter(|_| client_alive),
         }
+    }
+}
+
+/// After `Exited` and [`Reply::Lingering`]: relays what the processes the program left
+/// behind write to its terminal, and the modes they give it, until none of them holds it
+/// (the master reads EIO), the client hangs up or the broker shuts down. Nothing goes the
+/// other way: the client sends no input once the program has ended. A client that does
+/// not read holds this up, and with it the writers, as a terminal nobody reads would.
+pub(super) async fn linger(
+    conn: &mut Conn,
+    master: &AsyncFd<OwnedFd>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut out = vec![0u8; PTY_BATCH];
+    // The client has the modes as they are now: `run` sent the last change.
+    let mut modes = pty::modes(master.get_ref());
+    let fd = master.get_ref().as_raw_fd();
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = hung_up(conn.stream()) => return,
+            _ = shutdown.changed() => return,
+            ready = master.readable() => {
+                let Ok(mut guard) = ready else { return };
+                let (n, more) = read_batch(fd, &mut out);
+                if !more {
+                    guard.clear_ready();
+                }
+                if n == 0 {
+                    if more {
+                        return; // EIO: every slave descriptor is closed
+                    }
+                    continue;
+                }
+                let now = pty::modes(master.get_ref());
+                if now != modes {
+                    modes = now;
+                    if let Some(now) = now {
+                        if !send_unless_shutdown(conn, &Reply::Modes(now), &mut shutdown).await {
+                            return;
+                        }
+                    }
+                }
+                if !send_unless_shutdown(conn, &Reply::Output(out[..n].into()), &mut shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `reply`; `false` when that failed, or the broker began to shut down while the
+/// client was not reading.
+async fn send_unless_shutdown(
+    conn: &mut Conn,
+    reply: &Reply<'_>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = conn.send(reply) => sent.is_ok(),
+        _ = shutdown.changed() => false,
     }
 }
 

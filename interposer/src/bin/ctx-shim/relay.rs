@@ -1,8 +1,10 @@
 //! The shim's life after "accepted": one poll loop over the broker connection, a signalfd
-//! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce.
+//! and (PTY mode) the caller's terminal, until `Exited` gives the status to reproduce
+//! (leaving behind, when the program's jobs still hold its PTY, the relay of their output).
 
 use std::os::fd::RawFd;
 
+use ctx_protocol::linger;
 use ctx_protocol::terminal::{Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
@@ -43,6 +45,8 @@ struct Relay<'a> {
     /// Where the program's signals to its parent go.
     launcher: Launcher,
     output: Output,
+    /// The program's status, once `Exited` brought it.
+    exited: Option<ExitStatus>,
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
@@ -138,9 +142,22 @@ impl Relay<'_> {
         unsafe { libc::_exit(EXIT_CTX) }
     }
 
-    /// Reproduces the routed program's end for the caller's waitpid.
-    fn finish(&mut self, status: ExitStatus) -> ! {
+    /// Reproduces the routed program's end for the caller's waitpid, once the caller's
+    /// terminal is given back. When processes the program left behind still hold its PTY,
+    /// a detached process goes on copying their output to that terminal (see
+    /// `ctx_protocol::linger`); `buf[..have]` holds what was read after `Exited`.
+    fn finish(&mut self, status: ExitStatus, buf: &mut Vec<u8>, mut have: usize) -> ! {
         self.release();
+        if let Some(out) = self.tty.out {
+            if buf.len() < linger::RELAY_BUFFER {
+                buf.resize(linger::RELAY_BUFFER, 0);
+            }
+            if linger::lingering_follows(self.sock, buf, &mut have)
+                && linger::detach(&[self.sock, out])
+            {
+                linger::relay(self.sock, out, self.output.pty, buf, have)
+            }
+        }
         ending::reproduce(status)
     }
 
@@ -151,7 +168,7 @@ impl Relay<'_> {
                     self.output.write(fd, &bytes, |b| write_all(fd, b));
                 }
             }
-            Ok(Reply::Exited { status, .. }) => self.finish(status),
+            Ok(Reply::Exited { status, .. }) => self.exited = Some(status),
             // The program signalled its parent: the shim holds its place.
             Ok(Reply::SignalParent { signal }) => self.launcher.signal(signal),
             Ok(Reply::Modes(modes)) => {
@@ -295,6 +312,7 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
         },
         signals: ending::Forwarder::default(),
         launcher: Launcher::hold(launcher),
+        exited: None,
     };
     r.hold();
     if let (None, Some(modes)) = (&r.tty.hold, r.tty.out.and_then(fds::termios_of)) {
@@ -349,6 +367,10 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
                             let payload = &buf[start + ctx_protocol::FRAME_HEADER..start + total];
                             r.on_reply(payload);
                             start += total;
+                            if let Some(status) = r.exited {
+                                buf.copy_within(start..have, 0);
+                                r.finish(status, &mut buf, have - start);
+                            }
                         }
                         Ok(None) => break,
                         Err(_) => r.die("oversized message from the broker"),
