@@ -926,3 +926,140 @@ fn a_background_jobs_output_reaches_the_terminal_in_a_pid_namespace() {
     let late = text.find("late\r\n").expect("the job's output");
     assert!(status < late, "{text:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Attacks on the terminal kept open for jobs (review of `linger`)
+// ---------------------------------------------------------------------------------------
+
+/// A caller that is a child subreaper (systemd's user manager, tini, a CI harness) and
+/// runs terminal programs that leave no job behind: nothing is ever reparented to it. A
+/// relay left behind (`ctx-linger`, detached by a double fork) would be, as the job it
+/// serves would be locally; with no job there must be none. Returns how many relays (by
+/// name) were reparented to the caller over `n` launches of `argv` through `via`.
+fn relays_left_by_launches_without_jobs(b: &Broker, n: usize, via: &str) -> (usize, String) {
+    let py = python().expect("python3");
+    let script = b.dir.join(format!("subreaper-{}.py", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import ctypes, os, subprocess, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+via = {via:?}.split()
+left = []
+def reap():
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        try:
+            comm = open("/proc/%d/comm" % info.si_pid).read().strip()
+        except OSError:
+            comm = "?"
+        os.waitpid(info.si_pid, 0)
+        left.append(comm)
+for i in range({n}):
+    subprocess.run(via + ["/bin/true"])
+    reap()
+time.sleep(0.5)
+reap()
+print("LEFT", len(left), left, flush=True)
+"#
+        ),
+    )
+    .unwrap();
+    let argv = vec![py.to_string(), script.to_string_lossy().into_owned()];
+    let p = OnPty::start_as(&b, move |_| argv.clone(), 24, 80, true);
+    p.wait_for("LEFT");
+    let (code, text) = p.finish();
+    let _ = std::fs::remove_file(&script);
+    assert_eq!(code, Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("LEFT"))
+        .unwrap()
+        .to_string();
+    let count = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (count, line)
+}
+
+/// FINDING (low): the broker takes any holder of the PTY's slave, when the program has
+/// ended, for a job, but the session's stand-in holds it too at two moments: until its
+/// `execveat` of `ctx-shim --session-leader` closes the descriptors it marked close-on-exec
+/// (a program as short as `/bin/true` can end before that), and when it opens `/dev/tty`
+/// to take the foreground the moment the program ends. Either way (about 1 launch in 10
+/// here; still 1 in 50 with the `/dev/tty` open taken out) a program that left no job gets
+/// `Lingering`: its client forks twice and leaves a `ctx-linger` behind for nothing (until
+/// the stand-in's close makes the master read EIO), a lingering slot of the caller's uid
+/// is taken meanwhile, and a caller that is a child subreaper reaps children it never had.
+/// Nothing must be left behind by a launch that left no job.
+#[test]
+fn a_terminal_launch_that_leaves_no_job_leaves_no_relay_behind() {
+    if python().is_none() {
+        eprintln!("SKIP: no python3");
+        return;
+    }
+    let b = start_broker();
+    let ctx_exec = format!(
+        "{} --socket {} exec -t --context user --",
+        bin_dir().join("ctx").display(),
+        b.socket.display()
+    );
+    let runs: Vec<(String, usize, String)> = ["", ctx_exec.as_str()]
+        .into_iter()
+        .map(|via| {
+            let (left, line) = relays_left_by_launches_without_jobs(&b, 150, via);
+            eprintln!("via={via:?}: {line}");
+            (via.to_string(), left, line)
+        })
+        .collect();
+    for (via, left, line) in runs {
+        assert_eq!(
+            left, 0,
+            "via={via:?}: 150 routed `/bin/true` on a terminal left {left} processes behind: {line}"
+        );
+    }
+}
+
+/// FINDING (low, transparency): `ctx exec -t` writing into a pipe (`x=$(ctx exec -t ...)`,
+/// `| tee`) now keeps that pipe open for any process that still holds the PTY, for
+/// whatever it holds it: here a job that only reads the terminal (`</dev/tty`, its output
+/// elsewhere). Locally that job holds the caller's terminal, not the pipe, and `$(...)`
+/// returns at once; before `Lingering` it did too (the PTY was hung up). The reader's end
+/// of file should wait for the jobs that hold the output, not for those that read input.
+#[test]
+fn ctx_exec_into_a_pipe_is_not_held_open_by_a_job_that_only_reads_the_terminal() {
+    let b = start_broker();
+    let script = |via: &str| {
+        format!(
+            "s=$(date +%s%N); x=$({via} sh -c 'sleep 3 </dev/tty >/dev/null 2>&1 &'); \
+             echo got=[$x] took=$((($(date +%s%N) - s) / 1000000))ms"
+        )
+    };
+    let took = |text: &str| -> u64 {
+        let at = text.find("took=").expect("a time") + 5;
+        text[at..].split("ms").next().unwrap().parse().unwrap()
+    };
+    let (code, local) = transcript(&b, &script(""), false, |_| {});
+    assert_eq!(code, Some(0), "{local:?}");
+    let (code, via_ctx) = transcript(
+        &b,
+        &script(&format!(
+            "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+            bin_dir().join("ctx").display()
+        )),
+        false,
+        |_| {},
+    );
+    eprintln!("local: {local:?}\nctx exec -t: {via_ctx:?}");
+    assert_eq!(code, Some(0), "{via_ctx:?}");
+    assert!(took(&local) < 1000, "locally: {local:?}");
+    assert!(
+        took(&via_ctx) < 1500,
+        "`$(ctx exec -t ...)` waited for a job that only reads the terminal: {via_ctx:?} \
+         (locally: {local:?})"
+    );
+}
