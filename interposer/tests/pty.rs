@@ -1063,3 +1063,28 @@ fn ctx_exec_into_a_pipe_is_not_held_open_by_a_job_that_only_reads_the_terminal()
          (locally: {local:?})"
     );
 }
+
+/// FINDING (low, containment): `timeout` in contexts.toml kills the launch's process group
+/// after that long ("kill the process group after this long", README). A job that a
+/// non-interactive `sh -c 'JOB &'` leaves is in that very group; when the program ends
+/// before the timeout, the broker now keeps the launch's terminal open for that job, and
+/// relays it, for as long as the job lives: the timeout no longer applies to anything,
+/// so a launch of a 1 s context goes on writing to the caller's terminal seconds later.
+/// The broker still holds the launch while it lingers; it should still end the group at
+/// the deadline (or not keep the terminal open past it).
+#[test]
+fn a_job_in_the_programs_group_does_not_outlive_the_timeout_while_its_terminal_is_kept() {
+    let b = start_broker_with("timeout = \"1s\"");
+    // The caller waits with a builtin: its own `sleep` would be routed, and timed out.
+    let script =
+        "sh -c '(sleep 2.5; echo OUTLIVED) &'; echo status=$?; read -t 3.5 x; echo done";
+    let (code, text) = transcript(&b, script, true, |_| {});
+    eprintln!("{text:?}");
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(text.contains("status=0") && text.contains("done"), "{text:?}");
+    assert!(
+        !text.contains("OUTLIVED"),
+        "a job of the launch's own process group wrote to the caller's terminal 1.5 s past \
+         the context's 1 s timeout: {text:?}"
+    );
+}
