@@ -1088,3 +1088,67 @@ fn a_job_in_the_programs_group_does_not_outlive_the_timeout_while_its_terminal_i
          the context's 1 s timeout: {text:?}"
     );
 }
+
+/// FINDING (low): root outside every context "is never counted nor refused: whatever the
+/// other uids do, memory and descriptors stay for it" (admission.rs), and a process of a
+/// uid-0 context is "root the broker never trusted", counted apart from it for
+/// connections. The lingering bound is not: `Admissions::linger(uid)` counts by uid alone,
+/// so the launches of a uid-0 context that leave a job holding each terminal take all 64
+/// of root's slots, and the operator's own terminal launches then have their jobs' output
+/// cut off 100 ms after the program ends.
+#[test]
+fn a_uid0_context_cannot_take_roots_own_terminals_kept_open_for_jobs() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: a root context needs a root broker");
+        return;
+    }
+    let b = start_broker_config(
+        r#"[contexts.user]
+user = "nobody"
+cwd = "inherit"
+allow = { uids = [0], contexts = ["rootctx"] }
+
+[contexts.rootctx]
+user = "root"
+cwd = "inherit"
+allow = { uids = [0] }
+route_children_to = "user"
+"#,
+        65534,
+    );
+    // Inside the uid-0 context, on a terminal: 64 launches, each leaving a job that holds
+    // its terminal for a while.
+    let ctx = bin_dir().join("ctx").display().to_string();
+    let socket = b.socket.display().to_string();
+    let hog = OnPty::start_as(
+        &b,
+        move |_| {
+            vec![
+                ctx.clone(),
+                "--socket".into(),
+                socket.clone(),
+                "exec".into(),
+                "-t".into(),
+                "--context".into(),
+                "rootctx".into(),
+                "--".into(),
+                "bash".into(),
+                "-c".into(),
+                "for i in $(seq 64); do sh -c '(sleep 8) &'; done; echo launched; sleep 9".into(),
+            ]
+        },
+        24,
+        80,
+        false,
+    );
+    hog.wait_for("launched");
+    // Root itself, outside every context: its job's later line must reach its terminal.
+    let text = late_output(&b, true, "", "late");
+    drop(hog);
+    assert!(
+        text.contains("late\r\n"),
+        "root's own terminal was hung up for its job: the uid-0 context took root's \
+         lingering slots: {text:?}"
+    );
+}

@@ -80,6 +80,17 @@ allow = {{ uids = [{me}] }}
     }
 }
 
+/// A broker on `config` (the whole contexts.toml), its launches routed to `user` as above.
+pub fn start_broker_config(config: &str, uid: u32) -> Broker {
+    let broker = ctx_tests::Broker::start_as_caller(config);
+    Broker {
+        dir: broker.dir().path().to_path_buf(),
+        socket: broker.socket(),
+        uid,
+        broker,
+    }
+}
+
 impl Broker {
     pub fn pid(&self) -> u32 {
         self.broker.pid()
