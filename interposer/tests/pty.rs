@@ -1152,3 +1152,36 @@ route_children_to = "user"
          lingering slots: {text:?}"
     );
 }
+
+/// FINDING (medium): `ctx sh` serialises the commands of a session with a lock held for
+/// the whole of `launch()`, and `launch()` now lasts as long as the launch's terminal is
+/// kept open for jobs. A command that starts something in the background on a terminal
+/// (`ctx sh 'server &'`, `ctx sh -t 'make watch &'`) therefore blocks every later command
+/// of that session (`ctx sh 'pwd'`, from this caller or any other sharing the session)
+/// until the job lets go of the terminal, for ever for a server. Before `Lingering` the
+/// lock went at the program's end (after 100 ms of drain). The lock guards the session's
+/// state, which the job does not touch: it must not be held while the terminal lingers.
+#[test]
+fn a_ctx_sh_job_holding_the_terminal_does_not_block_the_sessions_next_command() {
+    let b = start_broker();
+    let ctx = format!(
+        "{} --socket \"$CTX_SOCKET\"",
+        bin_dir().join("ctx").display()
+    );
+    let script = format!(
+        "s=$(date +%s%N); {ctx} sh --context user 'sleep 4 &'; echo first=$?; \
+         {ctx} sh --context user 'echo second'; \
+         echo took=$((($(date +%s%N) - s) / 1000000))ms"
+    );
+    let (code, text) = transcript(&b, &script, false, |_| {});
+    eprintln!("{text:?}");
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(text.contains("first=0") && text.contains("second"), "{text:?}");
+    let at = text.find("took=").expect("a time") + 5;
+    let took: u64 = text[at..].split("ms").next().unwrap().parse().unwrap();
+    assert!(
+        took < 2000,
+        "the session's second command waited {took} ms for the first one's background job: \
+         {text:?}"
+    );
+}
