@@ -140,10 +140,15 @@ struct Counts {
 pub struct Linger {
     admissions: Arc<Admissions>,
     uid: u32,
+    /// Root outside every context is never counted (nor refused).
+    counted: bool,
 }
 
 impl Drop for Linger {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut counts = self.admissions.lock();
         if let Some(n) = counts.lingering.get_mut(&self.uid) {
             *n -= 1;
@@ -272,8 +277,17 @@ impl Admissions {
     }
 
     /// Counts one more terminal of a launch of `uid` kept open after its program ended,
-    /// or `None` when that uid keeps [`LINGERING_PER_UID`] open already.
-    pub fn linger(self: &Arc<Self>, uid: u32) -> Option<Linger> {
+    /// or `None` when that uid keeps [`LINGERING_PER_UID`] open already. As for
+    /// connections, root outside every context is not counted, and a uid-0 context's
+    /// callers are counted apart from it: they cannot take the operator's.
+    pub fn linger(self: &Arc<Self>, uid: u32, in_context: bool) -> Option<Linger> {
+        if uid == 0 && !in_context {
+            return Some(Linger {
+                admissions: self.clone(),
+                uid,
+                counted: false,
+            });
+        }
         let mut counts = self.lock();
         let n = counts.lingering.entry(uid).or_default();
         if *n >= LINGERING_PER_UID {
@@ -283,6 +297,7 @@ impl Admissions {
         Some(Linger {
             admissions: self.clone(),
             uid,
+            counted: true,
         })
     }
 
@@ -730,14 +745,22 @@ mod tests {
     fn lingering_terminals_are_bounded_per_uid_and_given_back() {
         let a = Arc::new(Admissions::default());
         let held: Vec<_> = (0..LINGERING_PER_UID)
-            .map(|_| a.linger(1000).expect("under the cap"))
+            .map(|_| a.linger(1000, false).expect("under the cap"))
             .collect();
-        assert!(a.linger(1000).is_none());
+        assert!(a.linger(1000, false).is_none());
         // Another uid's are its own.
-        let other = a.linger(1001).expect("another uid");
+        let other = a.linger(1001, false).expect("another uid");
         drop(held);
-        assert!(a.linger(1000).is_some());
+        assert!(a.linger(1000, false).is_some());
         drop(other);
+        assert!(a.lock().lingering.is_empty());
+        // Root's own are not counted; a uid-0 context's are, apart from them.
+        let contexts: Vec<_> = (0..LINGERING_PER_UID)
+            .map(|_| a.linger(0, true).expect("under the cap"))
+            .collect();
+        assert!(a.linger(0, true).is_none());
+        assert!(a.linger(0, false).is_some());
+        drop(contexts);
         assert!(a.lock().lingering.is_empty());
     }
 

@@ -18,7 +18,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::guard::{arm_exec_guard, enforce_ruleset};
-use super::relay::{hang_up_after_handover, linger, read_fd, wait_exit, watch, Relay, Relayed};
+use super::relay::{
+    hang_up_after_handover, linger, read_fd, wait_exit, watch, LingerBudget, Relay, Relayed,
+};
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
@@ -68,6 +70,14 @@ impl Via {
             Via::Interposer | Via::Shell => Lookup::Exact,
         }
     }
+}
+
+/// What a `ctx sh` launch brings: the command line its audit line shows (the script, not
+/// the wrapper that keeps the session's state), and its session's lock, held while the
+/// program runs.
+pub(super) struct ShellLaunch {
+    pub label: Vec<serde_bytes::ByteBuf>,
+    pub session: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// What the steps of [`launch`] share: the request, what its audit line keeps, and what
@@ -154,8 +164,9 @@ pub(super) async fn launch(
     ctx: &Arc<Context>,
     via: Via,
     req: ExecRequest,
-    audit_argv: Option<Vec<serde_bytes::ByteBuf>>,
+    shell: Option<ShellLaunch>,
 ) {
+    let (audit_argv, held) = shell.map_or((None, None), |s| (Some(s.label), Some(s.session)));
     let mut l = Launch::new(shared, conn, peer, ctx, via, req, audit_argv);
     let ran: Result<(), ExecFailure<'static>> = async {
         let mut prepared = l.prepare()?;
@@ -173,7 +184,10 @@ pub(super) async fn launch(
         l.await_exec(report, &child, &prepared).await?;
         let client_alive = l.started(conn, child.pid, accepted).await;
         let relayed = l.relay(conn, &child, parent_signals, client_alive).await;
-        if let Some(lingering) = l.end(conn, child.pid, relayed, prepared).await {
+        let lingering = l.end(conn, child.pid, relayed, prepared).await;
+        // A `ctx sh` session's next command waits for this program, not for its jobs.
+        drop(held);
+        if let Some(lingering) = lingering {
             drop(child);
             l.linger(conn, lingering).await;
         }
@@ -654,9 +668,12 @@ impl<'a> Launch<'a> {
             client_alive,
             // Only a stand-in leading the session lets the program end without hanging
             // its terminal up.
-            linger: self
-                .leader_pid
-                .map(|_| (&self.shared.admissions, self.peer.uid)),
+            linger: self.leader_pid.map(|leader| LingerBudget {
+                admissions: &self.shared.admissions,
+                uid: self.peer.uid,
+                in_context: self.peer.in_a_context(),
+                leader,
+            }),
         }
         .run()
         .await
@@ -730,7 +747,15 @@ impl<'a> Launch<'a> {
     /// their output to the caller, until none holds it; then hangs it up as [`Self::end`]
     /// would have.
     async fn linger(&self, conn: &mut Conn, lingering: Lingering) {
-        linger(conn, &lingering.master, self.shared.shutdown_rx.clone()).await;
+        let deadline = effective_timeout(&self.ctx, &self.req)
+            .map(|t| tokio::time::Instant::from_std(self.started_at + t));
+        linger(
+            conn,
+            &lingering.master,
+            self.shared.shutdown_rx.clone(),
+            deadline,
+        )
+        .await;
         conn.end_replies();
         hang_up_after_handover(lingering.master, lingering.leader).await;
     }

@@ -31,6 +31,10 @@ const PTY_DRAIN: Duration = Duration::from_millis(100);
 /// foreground once the program has ended (a few syscalls: this only bounds a stuck one).
 const HANDOVER: Duration = Duration::from_millis(200);
 
+/// How long the terminal must still be held once the stand-in has the foreground before it
+/// is kept open for the holders: the stand-in closes the terminal it opened right after.
+const STAND_IN_SETTLE: Duration = Duration::from_millis(10);
+
 /// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
 /// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
 /// sends it as one frame, so a fast writer costs one frame and one client wake-up per
@@ -70,9 +74,19 @@ pub(super) struct Relay<'a> {
     /// Whether the caller is still there to hear from the launch.
     pub client_alive: bool,
     /// Where a PTY launch whose program leaves processes holding its terminal may count
-    /// keeping it open for them, and the caller's uid it is counted for (`None`: the
-    /// terminal is hung up when the program ends).
-    pub linger: Option<(&'a Arc<Admissions>, u32)>,
+    /// keeping it open for them (`None`: the terminal is hung up when the program ends).
+    pub linger: Option<LingerBudget<'a>>,
+}
+
+/// What keeping a terminal open after its program is counted against, and its session's
+/// stand-in.
+#[derive(Clone, Copy)]
+pub(super) struct LingerBudget<'a> {
+    pub admissions: &'a Arc<Admissions>,
+    /// The caller's uid, and whether the caller runs in a context (see `Admissions::linger`).
+    pub uid: u32,
+    pub in_context: bool,
+    pub leader: libc::pid_t,
 }
 
 /// How the relay ended.
@@ -312,11 +326,7 @@ impl Relay<'_> {
             // Whether the terminal may stay open for processes still holding it; asked once
             // the program's own output is read.
             let mut asked = false;
-            let ask = || {
-                linger_budget
-                    .filter(|_| !*shutdown.borrow())
-                    .and_then(|(a, uid)| a.linger(uid))
-            };
+            let budget = linger_budget.filter(|_| !*shutdown.borrow());
             // The first read does not wait: a program that wrote nothing makes the master
             // readable only once the last holder closes it.
             let mut first = true;
@@ -330,8 +340,8 @@ impl Relay<'_> {
                         Ok(Err(_)) => break,
                         Err(_elapsed) => {
                             // Still written to all along: the rest comes after `Exited`.
-                            if !asked && !pty::slave_closed(m.get_ref()) {
-                                linger = ask();
+                            if let (false, Some(b)) = (asked, budget) {
+                                linger = b.ask(m).await;
                             }
                             break;
                         }
@@ -358,9 +368,9 @@ impl Relay<'_> {
                 // Read to empty: what the program wrote before it ended is all here (a read
                 // that finds nothing waits for the kernel to hand over what it still
                 // holds). Whatever comes from now on, the caller hears after `Exited`.
-                if !more && !asked {
+                if let (false, false, Some(b)) = (more, asked, budget) {
                     asked = true;
-                    linger = ask();
+                    linger = b.ask(m).await;
                 }
                 if linger.is_some() && !more {
                     if !pty::slave_closed(m.get_ref()) {
@@ -392,6 +402,36 @@ impl Relay<'_> {
     }
 }
 
+impl LingerBudget<'_> {
+    /// Counts keeping the terminal open when processes the program left still hold it,
+    /// once the session's stand-in has taken the foreground: the stand-in opens the
+    /// terminal for a moment to take it (and holds it until its own exec), which is no job.
+    async fn ask(&self, master: &AsyncFd<OwnedFd>) -> Option<Linger> {
+        let fd = master.get_ref().as_raw_fd();
+        let handover = tokio::time::Instant::now() + HANDOVER;
+        while foreground(fd) != Some(self.leader) && tokio::time::Instant::now() < handover {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let settled = tokio::time::Instant::now() + STAND_IN_SETTLE;
+        loop {
+            if pty::slave_closed(master.get_ref()) {
+                return None;
+            }
+            if tokio::time::Instant::now() >= settled {
+                return self.admissions.linger(self.uid, self.in_context);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// The terminal's foreground process group, asked of its master.
+fn foreground(master: i32) -> Option<libc::pid_t> {
+    let mut pgrp: libc::pid_t = 0;
+    // SAFETY: TIOCGPGRP writes one pid_t; the master is ours.
+    (unsafe { libc::ioctl(master, libc::TIOCGPGRP, &mut pgrp) } == 0).then_some(pgrp)
+}
+
 /// After `Exited` and [`Reply::Lingering`]: relays what the processes the program left
 /// behind write to its terminal, and the modes they give it, until none of them holds it
 /// (the master reads EIO), the client hangs up or the broker shuts down. Nothing goes the
@@ -401,7 +441,11 @@ pub(super) async fn linger(
     conn: &mut Conn,
     master: &AsyncFd<OwnedFd>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
 ) {
+    let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let deadline = tokio::time::sleep_until(deadline.unwrap_or(far));
+    tokio::pin!(deadline);
     let mut out = vec![0u8; PTY_BATCH];
     // The client has the modes as they are now: `run` sent the last change.
     let mut modes = pty::modes(master.get_ref());
@@ -410,6 +454,8 @@ pub(super) async fn linger(
         tokio::select! {
             _ = hung_up(conn.stream()) => return,
             _ = shutdown.changed() => return,
+            // The launch's timeout bounds what the broker relays for it too.
+            _ = &mut deadline => return,
             ready = master.readable() => {
                 let Ok(mut guard) = ready else { return };
                 let (n, more) = read_batch(fd, &mut out);
@@ -624,11 +670,9 @@ pub(super) fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
 pub(super) async fn hang_up_after_handover(master: AsyncFd<OwnedFd>, leader: libc::pid_t) {
     let until = tokio::time::Instant::now() + HANDOVER;
     while tokio::time::Instant::now() < until {
-        let mut pgrp: libc::pid_t = 0;
-        // SAFETY: TIOCGPGRP writes one pid_t; the master is ours.
-        let r = unsafe { libc::ioctl(master.get_ref().as_raw_fd(), libc::TIOCGPGRP, &mut pgrp) };
-        if r < 0 || pgrp == leader {
-            break;
+        match foreground(master.get_ref().as_raw_fd()) {
+            Some(pgrp) if pgrp != leader => {}
+            _ => break,
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

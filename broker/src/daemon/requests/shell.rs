@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ctx_protocol::{ErrorKind, FdSource, Reply, ShellRequest};
 
 use super::authorize::authorize;
-use super::launch::{launch, Via};
+use super::launch::{launch, ShellLaunch, Via};
 use crate::config::ShellEnv;
 use crate::daemon::connection::Conn;
 use crate::daemon::shell_state::{self, SessionError};
@@ -45,7 +45,7 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
         }
     };
     let lock = shared.sessions.get(&ctx.name, &sh.session);
-    let _serialised = lock.lock().await;
+    let serialised = lock.lock_owned().await;
     let mut req = sh.exec;
     let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
     match &sh.script {
@@ -54,7 +54,19 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
             // Reset alone: the state is gone; report success the usual way.
             req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
             req.program = Some(serde_bytes::ByteBuf::from(b"/bin/true".to_vec()));
-            return launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await;
+            return launch(
+                shared,
+                conn,
+                peer,
+                &ctx,
+                Via::Shell,
+                req,
+                Some(ShellLaunch {
+                    label,
+                    session: serialised,
+                }),
+            )
+            .await;
         }
         None => {
             if !req.fds.iter().any(|s| s.source == FdSource::Pty) {
@@ -87,5 +99,17 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     }
     req.program = Some(serde_bytes::ByteBuf::from(b"/bin/bash".to_vec()));
     req.search_path = None;
-    launch(shared, conn, peer, &ctx, Via::Shell, req, Some(label)).await
+    launch(
+        shared,
+        conn,
+        peer,
+        &ctx,
+        Via::Shell,
+        req,
+        Some(ShellLaunch {
+            label,
+            session: serialised,
+        }),
+    )
+    .await
 }

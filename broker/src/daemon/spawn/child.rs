@@ -299,6 +299,9 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
         }
     }
     libc::fcntl(pidfd, libc::F_SETFD, 0);
+    // The terminal is this session's by now; its slave goes before the exec, not at it: a
+    // program that ends at once must not find the stand-in still holding it (a job).
+    libc::close(tty);
     let mut number = [0u8; 11];
     write_decimal(number.as_mut_ptr(), pidfd as u32);
     let argv = [
