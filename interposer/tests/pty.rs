@@ -1237,3 +1237,45 @@ fn a_ctx_sh_job_holding_the_terminal_does_not_block_the_sessions_next_command() 
          {text:?}"
     );
 }
+
+/// The interrupt key at a routed terminal program reaches the caller's whole foreground
+/// group, as a local terminal's would: a non-interactive shell whose command dies of it
+/// stops there too (and one whose command catches it goes on, in both cases), through
+/// the shim and through `ctx exec -t`. The caller's terminal relays keys raw, so the PTY
+/// alone would signal only the routed program.
+#[test]
+fn the_interrupt_key_reaches_the_callers_shell_as_locally() {
+    let b = start_broker();
+    let ctx = format!(
+        "{} --socket \"$CTX_SOCKET\" exec -t --context user --",
+        bin_dir().join("ctx").display()
+    );
+    let catching = "python3 -c 'import time\ntry:\n    time.sleep(5)\nexcept KeyboardInterrupt:\n    print(\"caught\")'";
+    let interrupt = |p: &mut OnPty| {
+        p.wait_for("ready");
+        std::thread::sleep(Duration::from_millis(700));
+        p.type_bytes(b"\x03");
+    };
+    for (what, script) in [
+        ("dies", "echo ready; sleep 5; echo AFTER".to_string()),
+        ("catches", format!("echo ready; {catching}; echo AFTER")),
+    ] {
+        let (lcode, local) = transcript(&b, &script, false, interrupt);
+        let (rcode, routed) = transcript(&b, &script, true, interrupt);
+        let via_ctx = script.replacen("; ", &format!("; {ctx} "), 1);
+        let (ccode, ctx_t) = transcript(&b, &via_ctx, false, interrupt);
+        eprintln!("{what}: local {lcode:?} {local:?}\nrouted {rcode:?} {routed:?}\nctx exec -t {ccode:?} {ctx_t:?}");
+        let after = what == "catches";
+        assert_eq!(local.contains("AFTER"), after, "local, {what}: {local:?}");
+        assert_eq!(
+            (rcode, routed.contains("AFTER")),
+            (lcode, after),
+            "routed, {what}: {routed:?}"
+        );
+        assert_eq!(
+            (ccode, ctx_t.contains("AFTER")),
+            (lcode, after),
+            "ctx exec -t, {what}: {ctx_t:?}"
+        );
+    }
+}

@@ -204,6 +204,27 @@ impl TermModes {
         }
     }
 
+    /// The signal that typing `typed` raises at a terminal with these modes: its interrupt
+    /// or quit key with `ISIG` on (the last one typed wins). Locally that signal reaches
+    /// the whole foreground group of the caller's terminal, the caller's shell with it;
+    /// routed, only the PTY's group gets it, so the client raises it at the caller's.
+    pub fn signal_typed(&self, typed: &[u8]) -> Option<i32> {
+        if self.lflag & libc::ISIG == 0 {
+            return None;
+        }
+        let key = |i: usize| Some(self.cc[i]).filter(|&c| c != libc::_POSIX_VDISABLE);
+        let (intr, quit) = (key(libc::VINTR), key(libc::VQUIT));
+        typed.iter().rev().find_map(|&b| {
+            if Some(b) == intr {
+                Some(libc::SIGINT)
+            } else if Some(b) == quit {
+                Some(libc::SIGQUIT)
+            } else {
+                None
+            }
+        })
+    }
+
     /// The modes a program sees: without the relay's `EXTPROC`.
     pub fn logical(mut self) -> TermModes {
         self.lflag &= !EXTPROC;
@@ -346,6 +367,22 @@ mod tests {
             lflag,
             cc: [0; 32],
         }
+    }
+
+    #[test]
+    fn the_interrupt_and_quit_keys_signal_only_with_isig() {
+        let mut m = modes(libc::ISIG | libc::ICANON, 0);
+        m.cc[libc::VINTR] = 0x03;
+        m.cc[libc::VQUIT] = 0x1c;
+        assert_eq!(m.signal_typed(b"ab\x03"), Some(libc::SIGINT));
+        assert_eq!(m.signal_typed(b"\x03x\x1c"), Some(libc::SIGQUIT));
+        assert_eq!(m.signal_typed(b"plain text"), None);
+        // A disabled key (NUL) is no key: a NUL typed raises nothing.
+        m.cc[libc::VQUIT] = libc::_POSIX_VDISABLE;
+        assert_eq!(m.signal_typed(b"\x00"), None);
+        // Raw mode (vim, a REPL): the byte is data.
+        m.lflag &= !libc::ISIG;
+        assert_eq!(m.signal_typed(b"\x03"), None);
     }
 
     #[test]

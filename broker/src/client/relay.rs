@@ -185,6 +185,10 @@ impl Relay<'_> {
                     Ok(n) => {
                         let _ = conn.send(&Request::Input(ByteBuf::from(&buf[..n])));
                         sock_writable = false;
+                        let pty = self.pty_output.borrow().pty;
+                        if let Some(signo) = pty.and_then(|m| m.signal_typed(&buf[..n])) {
+                            raise_at_foreground(input_fd, signo);
+                        }
                     }
                     Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
                     Err(_) => {
@@ -337,9 +341,16 @@ impl Signals {
     }
 
     fn next(&self) -> Option<Signal> {
-        match self.fd.read_signal() {
-            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
-            _ => None,
+        loop {
+            match self.fd.read_signal() {
+                // Raised at the caller's group for a key the PTY turned into a signal of
+                // its own for the program (see `raise_at_foreground`): not the program's
+                // twice.
+                Ok(Some(info))
+                    if info.ssi_code == libc::SI_USER && info.ssi_pid == std::process::id() => {}
+                Ok(Some(info)) => return Signal::try_from(info.ssi_signo as i32).ok(),
+                _ => return None,
+            }
         }
     }
 }
@@ -347,6 +358,18 @@ impl Signals {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// Raises `signo` at the foreground group of the caller's terminal `fd`, as its line
+/// discipline would have for the key typed there, had the relay not taken it raw.
+fn raise_at_foreground(fd: RawFd, signo: i32) {
+    // SAFETY: plain queries and a signal to a process group.
+    unsafe {
+        let pgrp = libc::tcgetpgrp(fd);
+        if pgrp > 0 {
+            libc::kill(-pgrp, signo);
+        }
+    }
+}
 
 /// ` (ENOENT at stage exec)`, then the broker's own words when they say more than that.
 fn failure_detail(program: &str, f: &ExecFailure<'_>) -> String {

@@ -51,6 +51,9 @@ pub struct Caught {
     /// `pidfd_send_signal`: `Popen.terminate()`) reaches the routed program only, as it
     /// would reach only the local child, not its children.
     pub from_terminal: bool,
+    /// Sent by this very process (`kill`): the interrupt key's signal that the relay
+    /// raised at its caller's foreground group, itself among it.
+    pub from_self: bool,
 }
 
 /// The next signal waiting on `sfd` (a non-blocking [`signal_fd`]) to forward, or `None`
@@ -74,6 +77,9 @@ pub fn next_signal(sfd: i32) -> Option<Caught> {
             return Some(Caught {
                 signo,
                 from_terminal: si.ssi_code == libc::SI_KERNEL,
+                // SAFETY: plain getter.
+                from_self: si.ssi_code == libc::SI_USER
+                    && si.ssi_pid == unsafe { libc::getpid() } as u32,
             });
         }
     }

@@ -200,6 +200,11 @@ impl Relay<'_> {
     }
 
     fn on_signal(&mut self, caught: ending::Caught) {
+        if caught.from_self {
+            // Raised at the caller's group for a key the PTY turned into a signal of its
+            // own for the program (see `on_input`): not the program's twice.
+            return;
+        }
         let signo = caught.signo;
         match signo {
             libc::SIGWINCH => match self.tty.size() {
@@ -245,13 +250,29 @@ impl Relay<'_> {
         // SAFETY: reads into a stack buffer.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len()) };
         if n > 0 {
-            self.send(&Request::Input(ByteBuf::from(&buf[..n as usize])));
+            let typed = &buf[..n as usize];
+            self.send(&Request::Input(ByteBuf::from(typed)));
+            if let Some(signo) = self.output.pty.and_then(|m| m.signal_typed(typed)) {
+                raise_at_foreground(fd, signo);
+            }
         } else if n == 0 {
             self.send(&Request::InputEof);
             self.input_open = false;
         } else if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
             // EIO: we lost the terminal (hangup, or read from the background).
             self.input_open = false;
+        }
+    }
+}
+
+/// Raises `signo` at the foreground group of the caller's terminal `fd`, as its line
+/// discipline would have for the key typed there, had the relay not taken it raw.
+fn raise_at_foreground(fd: RawFd, signo: i32) {
+    // SAFETY: plain queries and a signal to a process group.
+    unsafe {
+        let pgrp = libc::tcgetpgrp(fd);
+        if pgrp > 0 {
+            libc::kill(-pgrp, signo);
         }
     }
 }
