@@ -2074,3 +2074,262 @@ fn a_name_is_never_resolved_under_a_search_domain() {
             .all(|l| l["address"] == format!("{}:{port}", addr.ip).as_str()));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Attacks (review of egress3): each test here failed on the code under review
+// ---------------------------------------------------------------------------------------
+
+/// [`TUNNELS`] once in `context` to `target`, its standard input closed: `open` or
+/// `refused`.
+fn tunnel_once(b: &Broker, context: &str, target: &str) -> String {
+    let out = run(b
+        .exec_cmd(context, &["/usr/bin/python3", "-c", TUNNELS, target])
+        .stdin(Stdio::null()));
+    out.stdout_str().trim().to_string()
+}
+
+/// At each line on its standard input, opens a new CONNECT tunnel to `argv[1]` and prints
+/// `open` (a byte went there and back) or `refused`.
+const RETRY_TUNNEL: &str = r#"
+import os, socket, sys, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def attempt():
+    s = socket.create_connection((p.hostname, p.port), timeout=10)
+    s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % sys.argv[1].encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = s.recv(1)
+        if not d: break
+        head += d
+    try:
+        if head.startswith(b'HTTP/1.1 200'):
+            s.sendall(b'x')
+            return 'open' if s.recv(1) == b'x' else 'refused'
+    except OSError:
+        pass
+    return 'refused'
+for _ in sys.stdin:
+    print(attempt(), flush=True)
+"#;
+
+/// A launch that was authorized before a reload and reaches its proxy setup after it (here
+/// a `ctx sh` command queued behind the session's previous one, which holds the session's
+/// lock) sets the context's proxy rule back to the one it read: `Egress::ensure` calls
+/// `State::update` with the launch's own, stale, `Context`. The rule the reload took away
+/// is in force again for every process of the context (one running since before the
+/// reload here) until a launch authorized after the reload sets it again; `ctx status`
+/// meanwhile shows the new one. (The other way round, a stale launch also ends the tunnels
+/// a reload newly allowed.) Only a reload should set the rule.
+#[test]
+fn a_launch_authorized_before_a_reload_does_not_bring_back_the_old_rule() {
+    let addr = HostAddr::claim();
+    let base = unique("s");
+    let [kept, dropped] = ["kept", "dropped"].map(|n| format!("{n}.{base}.test"));
+    let _hosts = Hosts::add(&[(&addr.ip, &kept), (&addr.ip, &dropped)]);
+    let port = echo_server(&addr.ip);
+    let before = host(&addr, &format!(r#"{{ allow = ["{kept}", "{dropped}"] }}"#));
+    let b = Broker::start(&config(&before, None));
+    let to_dropped = format!("{dropped}:{port}");
+    // A process of the context that tries the dropped name on demand.
+    let mut resident = b
+        .exec_cmd("eg", &["/usr/bin/python3", "-c", RETRY_TUNNEL, &to_dropped])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut resident_out = std::io::BufReader::new(resident.stdout.take().unwrap());
+    assert_eq!(tunnels_now(&mut resident, &mut resident_out), "open");
+
+    // The session's first command holds its lock for a few seconds; the second, for the
+    // same session, is authorized now (under the config before the reload) and waits.
+    let session = unique("sess");
+    let mut holder = b
+        .ctx(["sh", "--context", "eg", "--session", &session, "sleep 4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1000));
+    let mut queued = b
+        .ctx(["sh", "--context", "eg", "--session", &session, "true"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1000));
+
+    let after = host(&addr, &format!(r#"{{ allow = ["{kept}"] }}"#));
+    fs::write(b.config_path(), config(&after, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    // The reload is in force.
+    assert_eq!(tunnels_now(&mut resident, &mut resident_out), "refused");
+
+    for child in [&mut holder, &mut queued] {
+        assert!(wait_deadline(child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    }
+    assert!(!run(&mut b.ctx(["status"])).ok().contains(&dropped));
+    let now = tunnels_now(&mut resident, &mut resident_out);
+    drop(resident.stdin.take());
+    let _ = wait_deadline(&mut resident, Duration::from_secs(20));
+    assert_eq!(
+        now, "refused",
+        "a launch authorized before the reload brought back the rule the reload ended"
+    );
+}
+
+/// Opens `argv[1]` CONNECT tunnels to `argv[2]` one after the other, each closed as soon as
+/// the proxy answers 200: allowed attempts that carry nothing. Prints how many were
+/// answered 200.
+const EMPTY_TUNNELS: &str = r#"
+import os, socket, sys, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+n, target, ok = int(sys.argv[1]), sys.argv[2].encode(), 0
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=10)
+    s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % target)
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = s.recv(64)
+        if not d: break
+        head += d
+    ok += head.startswith(b'HTTP/1.1 200')
+    s.close()
+print(ok)
+"#;
+
+/// README: "An allowed attempt that carried nothing (a name that does not resolve, a closed
+/// port) is metered in the audit log like a denial, so a loop of them cannot fill it." An
+/// attempt that connects and is closed at once also carries nothing, but `State::record`
+/// meters only those with an `error`: a loop of them writes an unmetered line each, as fast
+/// as the proxy accepts, and with `audit_log_max` rotates earlier events (the context's own
+/// denials among them) out of both generations.
+#[test]
+fn a_loop_of_allowed_attempts_that_carry_nothing_is_metered() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.empty.test", unique("m"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let started = Instant::now();
+    let n = 1500;
+    let out = run_with(
+        &mut b.exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                EMPTY_TUNNELS,
+                &n.to_string(),
+                &format!("{name}:{port}"),
+            ],
+        ),
+        None,
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.ok().trim(), n.to_string());
+    thread::sleep(Duration::from_secs(2));
+    let secs = started.elapsed().as_secs_f64();
+    let text = fs::read_to_string(b.audit_path()).unwrap();
+    let empty: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["event"] == "egress"
+                && v["allowed"] == true
+                && v["bytes_up"] == 0
+                && v["bytes_down"] == 0
+        })
+        .collect();
+    let bytes: usize = empty.iter().map(|l| l.len() + 1).sum();
+    // What the refusal meter lets one uid write: 64 KiB at once, then 4 KiB a second.
+    let metered = 64.0 * 1024.0 + 4.0 * 1024.0 * secs;
+    assert!(
+        (bytes as f64) <= metered + 4096.0,
+        "{} allowed attempts that carried nothing wrote {bytes} bytes of audit log in \
+         {secs:.1}s, unmetered (the meter allows {metered:.0})",
+        empty.len()
+    );
+}
+
+/// Finds every listening TCP socket on 127.0.0.1 in its network namespace and asks each
+/// for a CONNECT tunnel to `argv[1]`; prints `open` if one carried a byte there and back,
+/// else `none`.
+const FIND_A_PROXY: &str = r#"
+import socket, sys
+ports = []
+for line in open('/proc/net/tcp').read().splitlines()[1:]:
+    f = line.split()
+    ip, port = f[1].split(':')
+    if f[3] == '0A' and ip == '0100007F':
+        ports.append(int(port, 16))
+found = 'none'
+for port in ports:
+    try:
+        s = socket.create_connection(('127.0.0.1', port), timeout=10)
+        s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % sys.argv[1].encode())
+        head = b''
+        while b'\r\n\r\n' not in head:
+            d = s.recv(1)
+            if not d: break
+            head += d
+        if head.startswith(b'HTTP/1.1 200'):
+            s.sendall(b'x')
+            if s.recv(1) == b'x':
+                found = 'open'
+    except OSError:
+        pass
+print(found)
+"#;
+
+/// The same stale launch as in
+/// `a_launch_authorized_before_a_reload_does_not_bring_back_the_old_rule`, after a reload
+/// that turned the context's egress into `network = "none"` (same network namespace, kept):
+/// `Egress::ensure` makes a new listener with the old rule inside the namespace, and every
+/// launch of the context, none of which is meant to have any network, can use it until the
+/// next reload (no later launch touches it: they have no egress rule).
+#[test]
+fn a_launch_authorized_before_a_reload_does_not_reopen_egress_the_reload_removed() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.gone.test", unique("g"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let before = host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#));
+    let b = Broker::start(&config(&before, None));
+    let target = format!("{name}:{port}");
+    let find = |b: &Broker| {
+        b.exec("eg", &["/usr/bin/python3", "-c", FIND_A_PROXY, &target])
+            .stdout_str()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(find(&b), "open");
+
+    let session = unique("sess");
+    let mut holder = b
+        .ctx(["sh", "--context", "eg", "--session", &session, "sleep 4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1000));
+    let mut queued = b
+        .ctx(["sh", "--context", "eg", "--session", &session, "true"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1000));
+
+    fs::write(b.config_path(), config(r#""none""#, None)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    assert_eq!(find(&b), "none", "the reload left a proxy serving");
+
+    for child in [&mut holder, &mut queued] {
+        assert!(wait_deadline(child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    }
+    assert_eq!(
+        find(&b),
+        "none",
+        "a launch authorized before the reload made a proxy, with the old rule, for a \
+         context that has no egress any more"
+    );
+}
