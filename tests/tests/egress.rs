@@ -2079,15 +2079,6 @@ fn a_name_is_never_resolved_under_a_search_domain() {
 // Attacks (review of egress3): each test here failed on the code under review
 // ---------------------------------------------------------------------------------------
 
-/// [`TUNNELS`] once in `context` to `target`, its standard input closed: `open` or
-/// `refused`.
-fn tunnel_once(b: &Broker, context: &str, target: &str) -> String {
-    let out = run(b
-        .exec_cmd(context, &["/usr/bin/python3", "-c", TUNNELS, target])
-        .stdin(Stdio::null()));
-    out.stdout_str().trim().to_string()
-}
-
 /// At each line on its standard input, opens a new CONNECT tunnel to `argv[1]` and prints
 /// `open` (a byte went there and back) or `refused`.
 const RETRY_TUNNEL: &str = r#"
@@ -2332,4 +2323,160 @@ fn a_launch_authorized_before_a_reload_does_not_reopen_egress_the_reload_removed
         "a launch authorized before the reload made a proxy, with the old rule, for a \
          context that has no egress any more"
     );
+}
+
+/// Asks the proxy for each `MODE HOSTHEX PORT` line of its standard input (the host's bytes
+/// in hex, as sent): `connect`, `http` (absolute URI), `socks` (a domain), `socks4a`
+/// (ATYP 1, the host an IPv4 address) or `socks6a` (ATYP 4). Prints one line per request:
+/// `ok` when the proxy answered 200 / succeeded, else `no`.
+const SWEEP: &str = r#"
+import ipaddress, os, socket, sys
+pp = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])
+def ask(mode, host, port):
+    s = socket.create_connection(('127.0.0.1', pp), timeout=15)
+    try:
+        if mode == 'connect':
+            s.sendall(b'CONNECT ' + host + b':%d HTTP/1.1\r\n\r\n' % port)
+        elif mode == 'http':
+            s.sendall(b'GET http://' + host + b':%d/ HTTP/1.1\r\nHost: x\r\n\r\n' % port)
+        else:
+            s.sendall(b'\x05\x01\x00'); s.recv(2)
+            if mode == 'socks':
+                a = b'\x03' + bytes([len(host)]) + host
+            elif mode == 'socks4a':
+                a = b'\x01' + ipaddress.IPv4Address(host.decode()).packed
+            else:
+                a = b'\x04' + ipaddress.IPv6Address(host.decode()).packed
+            s.sendall(b'\x05\x01\x00' + a + port.to_bytes(2, 'big'))
+            r = s.recv(10)
+            return 'ok' if len(r) > 1 and r[1] == 0 else 'no'
+        h = s.recv(4096)
+        return 'ok' if h.startswith(b'HTTP/1.1 200') or h.startswith(b'HTTP/1.0 200') else 'no'
+    except OSError:
+        return 'no'
+    finally:
+        s.close()
+for line in sys.stdin:
+    mode, hexhost, port = line.split()
+    print(ask(mode, bytes.fromhex(hexhost), int(port)), flush=True)
+"#;
+
+/// Spellings and routes to the host's loopback (and its own addresses) that a rule with
+/// `*.` entries and a listed public-looking address must refuse, through every protocol:
+/// none reaches a server listening on all of the host's addresses. (This held on egress3;
+/// kept as a regression test of what was tried.)
+#[test]
+fn hostile_spellings_of_local_destinations_are_refused() {
+    let addr = HostAddr::claim();
+    let (port, hits) = counting_server("::", "local");
+    let u = unique("w");
+    let wild = format!("{u}.w.test");
+    let names: Vec<(String, &str)> = [
+        ("lo2", "127.0.0.2"),
+        ("zero", "0.0.0.0"),
+        ("mapped", "::ffff:127.0.0.1"),
+        ("v6lo", "::1"),
+        ("compat", "::127.0.0.1"),
+        ("own", addr.ip.as_str()),
+        ("unspec", "::"),
+    ]
+    .into_iter()
+    .map(|(n, ip)| (format!("{n}.{wild}"), ip))
+    .collect();
+    let entries: Vec<(&str, &str)> = names.iter().map(|(n, ip)| (*ip, n.as_str())).collect();
+    let _hosts = Hosts::add(&entries);
+    // A listed address that is not local, so that address entries are in play.
+    let rule = format!(r#"{{ allow = ["*.{wild}", "198.51.100.7", "localhost.{wild}"] }}"#);
+    // The control: where the host's address is listed, the same name reaches the server.
+    let control = host(&addr, &format!(r#"{{ allow = ["*.{wild}"] }}"#));
+    let b = Broker::start(&config(&rule, Some(&control)));
+    let mut hosts: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+    hosts.extend(
+        [
+            "127.0.0.1",
+            "127.1",
+            "0x7f000001",
+            "0x7f.1",
+            "2130706433",
+            "017700000001",
+            "0177.0.0.1",
+            "127.0.0.1.",
+            "0",
+            "0.0.0.0",
+            "[::1]",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+            "[::127.0.0.1]",
+            "[::]",
+            "[0:0:0:0:0:ffff:127.0.0.1]",
+            "[fe80::1%25lo]",
+            "[::1%lo]",
+            "localhost",
+            "LOCALHOST.",
+            "198.51.100.7.",
+            "[::ffff:198.51.100.7]x",
+        ]
+        .map(String::from),
+    );
+    for (n, _) in &names {
+        hosts.push(n.to_ascii_uppercase());
+        hosts.push(format!("{n}."));
+        hosts.push(format!("{n}.."));
+        hosts.push(format!("x@{n}"));
+        hosts.push(format!("{n}\0.evil"));
+        hosts.push(format!("{n} "));
+    }
+    let mut input = String::new();
+    let mut asked = Vec::new();
+    for h in &hosts {
+        for mode in ["connect", "http", "socks"] {
+            let hex: String = h.bytes().map(|b| format!("{b:02x}")).collect();
+            input.push_str(&format!("{mode} {hex} {port}\n"));
+            asked.push(format!("{mode} {h:?}"));
+        }
+    }
+    for ip in ["127.0.0.1", "0.0.0.0", &addr.ip] {
+        let hex: String = ip.bytes().map(|b| format!("{b:02x}")).collect();
+        input.push_str(&format!("socks4a {hex} {port}\n"));
+        asked.push(format!("socks4a {ip}"));
+    }
+    for ip in [
+        "::1",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "::",
+        "64:ff9b::7f00:1",
+    ] {
+        let hex: String = ip.bytes().map(|b| format!("{b:02x}")).collect();
+        input.push_str(&format!("socks6a {hex} {port}\n"));
+        asked.push(format!("socks6a {ip}"));
+    }
+    let out = run_with(
+        &mut b.exec_cmd("eg", &["/usr/bin/python3", "-c", SWEEP]),
+        Some(input.as_bytes()),
+        Duration::from_secs(300),
+    );
+    let answers: Vec<&str> = out.stdout_str().leak().lines().collect();
+    assert_eq!(answers.len(), asked.len(), "{}", out.show());
+    let through: Vec<&String> = asked
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| **a != "no")
+        .map(|(q, _)| q)
+        .collect();
+    assert!(through.is_empty(), "reached through the proxy: {through:?}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let own = &names.iter().find(|(n, _)| n.starts_with("own.")).unwrap().0;
+    let hex: String = own.bytes().map(|b| format!("{b:02x}")).collect();
+    let out = run_with(
+        &mut b.exec_cmd("eg2", &["/usr/bin/python3", "-c", SWEEP]),
+        Some(format!("connect {hex} {port}\n").as_bytes()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.stdout_str(), "ok\n", "{}", out.show());
+    assert!(poll(Duration::from_secs(5), || {
+        (hits.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .is_some());
 }

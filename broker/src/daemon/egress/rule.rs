@@ -331,6 +331,17 @@ mod tests {
 
     use super::*;
 
+    /// Review of egress3: metadata and host-agent endpoints other clouds publish outside
+    /// link-local, which a name under a `*.` entry (or a hosts-file line) may lead to: GCP's
+    /// IPv6 metadata server, AWS's EKS Pod Identity Agent over IPv6, Scaleway's IPv6
+    /// metadata, Oracle Cloud Classic's. None is in `internal`.
+    #[test]
+    fn other_published_metadata_endpoints_are_internal() {
+        for ip in ["fd20:ce::254", "fd00:ec2::23", "fd00:42::42", "192.0.0.192"] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
     fn rule(allow: &[&str], deny: &[&str]) -> Rule {
         Rule {
             allow: allow.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
