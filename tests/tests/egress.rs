@@ -2480,3 +2480,76 @@ fn hostile_spellings_of_local_destinations_are_refused() {
     })
     .is_some());
 }
+
+/// A TCP server on `ip` that reads whatever it is sent and never closes a connection.
+fn holding_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind the holding server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            let mut s = stream.try_clone().unwrap();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while s.read(&mut buf).unwrap_or(0) > 0 {}
+            });
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// A tunnel is audited only when it ends. One still open when the broker stops (a restart,
+/// an upgrade) is never written: the routed client is killed, the destination does not
+/// close, and the broker exits without a line for the tunnel, so what it carried (here
+/// 100 KB out) is in no record at all. The tunnels open at shutdown should each get their
+/// line (ended by the shutdown), as a reload's do.
+#[test]
+fn a_tunnel_open_when_the_broker_stops_is_still_audited() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.held.test", unique("t"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = holding_server(&addr.ip);
+    let mut b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let script = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+s = socket.create_connection((p.hostname, p.port), timeout=10)
+s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % sys.argv[1].encode())
+head = b''
+while b'\r\n\r\n' not in head:
+    head += s.recv(1)
+s.sendall(b'x' * 100000)
+print('sent', flush=True)
+time.sleep(600)
+"#;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &["/usr/bin/python3", "-c", script, &format!("{name}:{port}")],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "sent\n");
+    thread::sleep(Duration::from_millis(500));
+    assert!(b.terminate(Duration::from_secs(60)).is_some());
+    let _ = wait_deadline(&mut child, Duration::from_secs(10));
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the tunnel that carried 100000 bytes out has no audit line: {lines:?}"
+    );
+    assert_eq!(lines[0]["bytes_up"], 100000);
+}
