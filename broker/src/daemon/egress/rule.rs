@@ -342,6 +342,18 @@ mod tests {
         }
     }
 
+    /// Review of egress3: a denied IPv4 address is still reached through a name whose AAAA
+    /// record carries it in the NAT64 prefix (or IPv4-compatible form), which `internal`
+    /// already treats as that IPv4 address; `canonical` only unwraps IPv4-mapped ones, so
+    /// the deny entry does not match.
+    #[test]
+    fn a_denied_address_is_denied_in_its_nat64_form_too() {
+        let r = rule(&["*.example.com"], &["203.0.113.9"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!r.may_connect(ip("::ffff:203.0.113.9"), 443));
+        assert!(!r.may_connect(ip("64:ff9b::203.0.113.9"), 443), "NAT64");
+    }
+
     fn rule(allow: &[&str], deny: &[&str]) -> Rule {
         Rule {
             allow: allow.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
