@@ -2173,6 +2173,7 @@ const EMPTY_TUNNELS: &str = r#"
 import os, socket, sys, urllib.parse
 p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
 n, target, ok = int(sys.argv[1]), sys.argv[2].encode(), 0
+carry = sys.argv[3:] == ['byte']
 for _ in range(n):
     s = socket.create_connection((p.hostname, p.port), timeout=10)
     s.sendall(b'CONNECT %s HTTP/1.1\r\n\r\n' % target)
@@ -2182,6 +2183,8 @@ for _ in range(n):
         if not d: break
         head += d
     ok += head.startswith(b'HTTP/1.1 200')
+    if carry:
+        s.sendall(b'x'); s.recv(1)
     s.close()
 print(ok)
 "#;
@@ -2552,4 +2555,59 @@ time.sleep(600)
         "the tunnel that carried 100000 bytes out has no audit line: {lines:?}"
     );
     assert_eq!(lines[0]["bytes_up"], 100000);
+}
+
+/// SPEC section 6: "Whatever an unauthenticated or unprivileged peer can make the broker
+/// hold (connections, buffered bytes, descriptors, audit lines) is bounded per uid". Allowed
+/// egress attempts are written whatever their number: a context's process that opens and
+/// closes tunnels carrying one byte each (here to an echo server) writes a line per tunnel
+/// at the rate the proxy accepts them, and with `audit_log_max` rotates every earlier event
+/// (its own launches, its denials) out of both generations within seconds to minutes.
+/// Metering (or aggregating) what one uid's egress writes past a burst would bound it.
+#[test]
+fn a_loop_of_tiny_allowed_tunnels_writes_audit_lines_bounded_per_uid() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.tiny.test", unique("m"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let started = Instant::now();
+    let n = 1500;
+    let out = run_with(
+        &mut b.exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                EMPTY_TUNNELS,
+                &n.to_string(),
+                &format!("{name}:{port}"),
+                "byte",
+            ],
+        ),
+        None,
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.ok().trim(), n.to_string());
+    thread::sleep(Duration::from_secs(2));
+    let secs = started.elapsed().as_secs_f64();
+    let text = fs::read_to_string(b.audit_path()).unwrap();
+    let bytes: usize = text
+        .lines()
+        .filter(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["event"] == "egress"
+        })
+        .map(|l| l.len() + 1)
+        .sum();
+    // The refusal meter's figures, as a yardstick: 64 KiB at once, then 4 KiB a second.
+    let bound = 64.0 * 1024.0 + 4.0 * 1024.0 * secs;
+    assert!(
+        (bytes as f64) <= bound + 4096.0,
+        "{n} one-byte tunnels wrote {bytes} bytes of audit log in {secs:.1}s (a per-uid \
+         bound like the refusal meter's allows {bound:.0})"
+    );
 }
