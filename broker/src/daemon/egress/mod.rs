@@ -3,7 +3,7 @@
 //! serves a proxy on a loopback port *inside* that namespace. The proxy speaks HTTP
 //! (`CONNECT` and absolute-URI requests) and SOCKS5 on the same port (told apart by the
 //! first byte), connects from the host's namespace only to names the rule allows, and
-//! writes one audit line per attempt.
+//! writes one audit line per attempt (metered per uid, see `State::record`).
 //!
 //! - [`rule`]: what a rule allows, and which resolved addresses a name may not lead to;
 //! - [`listener`]: the listening socket made inside the namespace, the accept loop, the
@@ -446,10 +446,12 @@ impl State {
         l.contains(&id).then_some(id)
     }
 
-    /// Writes `attempt`'s audit line. A denial, and an allowed attempt that carried
-    /// nothing (a name that does not resolve, a closed port: a loop of those would fill
-    /// the log as fast as denials), is metered like any refusal of the context's uid; what
-    /// carried bytes to or from an allowed destination is always written.
+    /// Writes `attempt`'s audit line. A denial, and an allowed attempt that failed before
+    /// carrying anything (a name that does not resolve, a closed port), is metered like
+    /// any refusal of the context's uid; the other allowed attempts on the uid's meter of
+    /// allowed egress, which past its share sums them per context (see
+    /// [`audit::Audit::record_egress`]): a context's process can open them as fast as the
+    /// proxy accepts.
     pub fn record(&self, attempt: &Attempt) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -468,13 +470,12 @@ impl State {
             bytes_down: attempt.bytes_down,
             duration_ms: attempt.started.elapsed().as_millis() as u64,
         };
+        let uid = self.uid.load(Ordering::Relaxed);
         let carried = attempt.bytes_up > 0 || attempt.bytes_down > 0;
         if attempt.allowed && (carried || attempt.error.is_none()) {
-            shared.audit.record(event);
+            shared.audit.record_egress(uid, event);
         } else {
-            shared
-                .audit
-                .record_refusal(self.uid.load(Ordering::Relaxed), event);
+            shared.audit.record_refusal(uid, event);
         }
     }
 }
