@@ -72,6 +72,8 @@ pub struct Egress {
     /// could not be made again) while connections they accepted may still relay: those
     /// are the context's too, and follow its rule.
     detached: Mutex<Vec<Weak<State>>>,
+    /// Set when the broker stops: every connection ends, and writes its line.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -117,6 +119,7 @@ pub struct State {
     pub lookups: Arc<tokio::sync::Semaphore>,
     launches: Mutex<VecDeque<u64>>,
     shared: Weak<Shared>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One egress attempt, for its audit line.
@@ -347,6 +350,7 @@ impl Egress {
             lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
             launches: Mutex::new(VecDeque::new()),
             shared: Arc::downgrade(shared),
+            stopping: self.stopping.subscribe(),
         });
         let accept = tokio::spawn(listener::accept_loop(listener, state.clone())).abort_handle();
         let replaced = proxies.by_context.insert(
@@ -363,6 +367,39 @@ impl Egress {
         }
         self.failures_lock().remove(context);
         Ok((port, state))
+    }
+
+    /// The broker is stopping: no proxy accepts any more, and every connection still open
+    /// is ended (reset, as a reload ends one) and audited with why, before the broker
+    /// exits; otherwise a tunnel whose destination never closes would leave no record of
+    /// what it carried. Waits at most `patience` for their lines.
+    pub async fn shut_down(&self, patience: Duration) {
+        self.stopping.send_replace(true);
+        let states: Vec<Arc<State>> = {
+            let mut proxies = self.lock();
+            proxies.rules.clear();
+            let mut states: Vec<Arc<State>> = proxies
+                .by_context
+                .drain()
+                .map(|(_, p)| p.state.clone())
+                .collect();
+            states.extend(self.detached_lock().drain(..).filter_map(|w| w.upgrade()));
+            states
+        };
+        let all = async {
+            for state in states {
+                // Each connection holds one of its context's slots until its line is
+                // written.
+                let _ = state.slots.acquire_many(MAX_CONNECTIONS as u32).await;
+            }
+        };
+        if tokio::time::timeout(patience, all).await.is_err() {
+            tracing::warn!(
+                "egress: some connections were not audited within {}s of the broker \
+                 stopping",
+                patience.as_secs()
+            );
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Proxies> {
@@ -413,6 +450,13 @@ impl State {
     /// The context has no egress any more: its connections end.
     fn retire(&self) {
         self.rule.send_replace(None);
+    }
+
+    /// Resolves once the broker is stopping.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.clone();
+        // A gone sender is a broker gone as well.
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// Counts a new connection's descriptors against the broker's (see
