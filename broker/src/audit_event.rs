@@ -81,6 +81,19 @@ pub enum AuditEvent {
         /// Their bytes.
         bytes: u64,
     },
+    /// Allowed egress attempts of one context left out of the log (its uid over its share),
+    /// summed.
+    EgressSuppressed {
+        context: String,
+        uid: u32,
+        /// Attempts left out.
+        count: u64,
+        /// What they carried, to and from their destinations.
+        bytes_up: u64,
+        bytes_down: u64,
+        /// The bytes of log their lines would have taken.
+        bytes: u64,
+    },
     /// A reload of the configuration, taken (`ok`) or refused (`error`).
     Reload {
         ok: bool,
@@ -310,6 +323,7 @@ impl AuditEvent {
             AuditEvent::Reload { .. } => "reload",
             AuditEvent::Kill { .. } => "kill",
             AuditEvent::Egress { .. } => "egress",
+            AuditEvent::EgressSuppressed { .. } => "egress_suppressed",
             AuditEvent::ExecDenied { .. } => "exec_denied",
         }
     }
@@ -329,6 +343,7 @@ impl AuditEvent {
             AuditEvent::Exec { context, .. }
             | AuditEvent::ExecFailed { context, .. }
             | AuditEvent::Egress { context, .. }
+            | AuditEvent::EgressSuppressed { context, .. }
             | AuditEvent::ExecDenied { context, .. } => vec![context.as_str()],
             AuditEvent::Refused { context, .. } => {
                 context.iter().map(|c| c.text.as_str()).collect()

@@ -531,7 +531,9 @@ pub fn row(entry: &Entry) -> [String; 7] {
         // The routed process that tried.
         AuditEvent::ExecDenied { uid, pid, .. } => format!("uid {uid} pid {pid}"),
         // Whose refusals were left out.
-        AuditEvent::RefusalsSuppressed { uid, .. } => format!("uid {uid}"),
+        AuditEvent::RefusalsSuppressed { uid, .. } | AuditEvent::EgressSuppressed { uid, .. } => {
+            format!("uid {uid}")
+        }
         AuditEvent::Egress { .. } => "-".into(),
     };
     let result = escape::text(&result(e)).into_owned();
@@ -655,6 +657,15 @@ fn result(e: &AuditEvent) -> String {
         AuditEvent::RefusalsSuppressed { count, bytes, .. } => {
             format!("{count} refusal(s) not logged ({bytes} bytes)")
         }
+        AuditEvent::EgressSuppressed {
+            count,
+            bytes_up,
+            bytes_down,
+            ..
+        } => format!(
+            "{count} allowed egress attempt(s) not logged one by one ({bytes_up} bytes up, \
+             {bytes_down} down)"
+        ),
         AuditEvent::Egress { .. } => "-".into(),
     }
 }

@@ -12,6 +12,12 @@
 //!   bytes of log, [`REFUSAL_BURST`] at once and [`REFUSAL_RATE`] a second after; what is
 //!   dropped is counted in a `refusals_suppressed` line, written within a second. Root and
 //!   the broker's own uid are never metered.
+//! - allowed egress attempts (which a context's process can open as fast as its proxy
+//!   accepts them) are metered the same way, per uid on a meter of their own, so a loop of
+//!   them neither silences the uid's refusals nor the other way round; what is left out is
+//!   summed per context, with the bytes it carried, in an `egress_suppressed` line within
+//!   a second. Those lines are charged to the uid's share too: what a uid's egress writes
+//!   stays within the burst and the rate.
 //! - bytes that are not UTF-8 stay distinguishable: beside the text (with U+FFFD) the line
 //!   holds the [`crate::escape`] form, e.g. `"argv_escaped": ["\\xff"]`.
 //!
@@ -54,6 +60,10 @@ const OVERSIZED_FIELD_KEEP: usize = 1024;
 pub const REFUSAL_BURST: f64 = 64.0 * 1024.0;
 /// ...and per second after that.
 pub const REFUSAL_RATE: f64 = 4.0 * 1024.0;
+/// Bytes of allowed egress lines one uid may have written at once...
+pub const EGRESS_BURST: f64 = 64.0 * 1024.0;
+/// ...and per second after that.
+pub const EGRESS_RATE: f64 = 4.0 * 1024.0;
 /// How soon a count of suppressed refusals reaches the log when no refusal follows.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 
@@ -74,6 +84,7 @@ struct Inner {
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
     refusals: Mutex<Refusals>,
+    egress: Mutex<EgressMeter>,
 }
 
 /// The open log and how much it holds, counted here rather than `fstat`ed per line.
@@ -98,6 +109,32 @@ struct Bucket {
     /// Lines (and their bytes) left out since the last count was written.
     lines: u64,
     bytes: u64,
+}
+
+/// The meter of allowed egress lines: a token bucket of log bytes per uid, and what it left
+/// out, per context.
+#[derive(Default)]
+struct EgressMeter {
+    buckets: HashMap<u32, EgressBucket>,
+    /// A thread is on its way to write the sums of suppressed lines.
+    summarising: bool,
+}
+
+struct EgressBucket {
+    /// Below zero after a summary the bucket could not pay for: a summary is never left
+    /// out (it is what stands for the lines that were), so it is paid for afterwards.
+    tokens: f64,
+    last: Instant,
+    left_out: std::collections::BTreeMap<String, EgressTally>,
+}
+
+/// Egress lines of one context left out: what an `egress_suppressed` line says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct EgressTally {
+    count: u64,
+    bytes: u64,
+    bytes_up: u64,
+    bytes_down: u64,
 }
 
 /// Lines of one uid left out of the log: what a `refusals_suppressed` line says.
@@ -126,6 +163,7 @@ impl Audit {
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
             refusals: Mutex::new(Refusals::default()),
+            egress: Mutex::new(EgressMeter::default()),
             launch_argv: Mutex::new(Default::default()),
         };
         let opened = inner.open_file();
@@ -208,32 +246,86 @@ impl Audit {
                 }
                 self.inner.append(&line);
             }
-            Admission::Suppress { summarise: true } => self.start_summariser(),
+            Admission::Suppress { summarise: true } => self
+                .start_summariser(Inner::refusals_due, |inner| {
+                    inner.meter().summarising = false
+                }),
             Admission::Suppress { summarise: false } => {}
         }
     }
 
-    /// A thread that writes the counts of suppressed refusals every [`SUMMARY_EVERY`] and
-    /// ends once there are none: a flood that stops is still counted in the log, without a
-    /// thread for the broker's lifetime.
-    fn start_summariser(&self) {
+    /// Appends the line of an allowed egress attempt of `uid`, within that uid's share of
+    /// the log for them (see the module's notes); past it, the attempt is summed into its
+    /// context's next `egress_suppressed` line. Any other event is written as it is.
+    pub fn record_egress(&self, uid: u32, event: AuditEvent) {
+        let AuditEvent::Egress {
+            context,
+            bytes_up,
+            bytes_down,
+            ..
+        } = &event
+        else {
+            return self.record(event);
+        };
+        // SAFETY: plain getter.
+        if uid == 0 || uid == unsafe { libc::geteuid() } {
+            return self.record(event);
+        }
+        let line = line(&event, &self.inner.run);
+        let attempt = EgressTally {
+            count: 1,
+            bytes: line.len() as u64,
+            bytes_up: *bytes_up,
+            bytes_down: *bytes_down,
+        };
+        let now = Instant::now();
+        let (write, summarise) = {
+            let mut meter = self.inner.egress_meter();
+            let written = meter.admit(uid, context, attempt, now, &self.inner.run);
+            match written {
+                Some(mut lines) => {
+                    lines.push(line);
+                    (lines, false)
+                }
+                None => {
+                    let summarise = !meter.summarising;
+                    meter.summarising = true;
+                    (Vec::new(), summarise)
+                }
+            }
+        };
+        for l in write {
+            self.inner.append(&l);
+        }
+        if summarise {
+            self.start_summariser(Inner::egress_due, |inner| {
+                inner.egress_meter().summarising = false
+            });
+        }
+    }
+
+    /// A thread that writes what `due` gives (the counts of suppressed lines) every
+    /// [`SUMMARY_EVERY`] and ends once it gives nothing: a flood that stops is still
+    /// counted in the log, without a thread for the broker's lifetime. `failed` undoes the
+    /// meter's note that a thread is on its way.
+    fn start_summariser(&self, due: fn(&Inner, Instant) -> Vec<Vec<u8>>, failed: fn(&Inner)) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let spawned = std::thread::Builder::new()
             .name("ctx-audit-summary".into())
             .spawn(move || loop {
                 std::thread::sleep(SUMMARY_EVERY);
                 let Some(inner) = weak.upgrade() else { return };
-                let due = inner.meter().take_due(Instant::now());
-                if due.is_empty() {
+                let lines = due(&inner, Instant::now());
+                if lines.is_empty() {
                     return;
                 }
-                for s in due {
-                    inner.append(&summary_line(s, &inner.run));
+                for l in lines {
+                    inner.append(&l);
                 }
             });
         if spawned.is_err() {
-            // The count is written before the uid's next admitted refusal instead.
-            self.inner.meter().summarising = false;
+            // The count is written before the uid's next admitted line instead.
+            failed(&self.inner);
         }
     }
 
@@ -263,9 +355,12 @@ impl Audit {
 impl Drop for Audit {
     fn drop(&mut self) {
         // A broker that stops mid-flood still says how much it left out.
-        let due = self.inner.meter().take_due(Instant::now());
-        for s in due {
-            self.inner.append(&summary_line(s, &self.inner.run));
+        let now = Instant::now();
+        for l in Inner::refusals_due(&self.inner, now) {
+            self.inner.append(&l);
+        }
+        for l in Inner::egress_due(&self.inner, now) {
+            self.inner.append(&l);
         }
     }
 }
@@ -338,6 +433,23 @@ impl Inner {
 
     fn meter(&self) -> std::sync::MutexGuard<'_, Refusals> {
         self.refusals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn egress_meter(&self) -> std::sync::MutexGuard<'_, EgressMeter> {
+        self.egress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `refusals_suppressed` lines due now.
+    fn refusals_due(&self, now: Instant) -> Vec<Vec<u8>> {
+        let due = self.meter().take_due(now);
+        due.into_iter()
+            .map(|s| summary_line(s, &self.run))
+            .collect()
+    }
+
+    /// The `egress_suppressed` lines due now.
+    fn egress_due(&self, now: Instant) -> Vec<Vec<u8>> {
+        self.egress_meter().take_due(now, &self.run)
     }
 
     fn failed(&self, why: String) {
@@ -452,6 +564,92 @@ impl Refusals {
         }
         due.sort_by_key(|s| s.uid);
         due
+    }
+}
+
+impl EgressMeter {
+    /// The lines to write for `attempt` (of `context`, whose line is `attempt.bytes` long):
+    /// `Some` with the context's sums of what was left out before it, to be written first,
+    /// when the uid's share has room for its line; `None` when it is left out (and summed).
+    fn admit(
+        &mut self,
+        uid: u32,
+        context: &str,
+        attempt: EgressTally,
+        now: Instant,
+        run: &str,
+    ) -> Option<Vec<Vec<u8>>> {
+        if self.buckets.len() >= 1024 {
+            self.buckets
+                .retain(|_, b| !b.left_out.is_empty() || b.level(now) < EGRESS_BURST);
+        }
+        let bucket = self.buckets.entry(uid).or_insert(EgressBucket {
+            tokens: EGRESS_BURST,
+            last: now,
+            left_out: Default::default(),
+        });
+        bucket.tokens = bucket.level(now);
+        bucket.last = now;
+        let cost = attempt.bytes as f64;
+        if bucket.tokens < cost {
+            let tally = bucket.left_out.entry(context.to_string()).or_default();
+            tally.count += attempt.count;
+            tally.bytes += attempt.bytes;
+            tally.bytes_up += attempt.bytes_up;
+            tally.bytes_down += attempt.bytes_down;
+            return None;
+        }
+        bucket.tokens -= cost;
+        Some(bucket.summaries(uid, run))
+    }
+
+    /// Every uid's sums of suppressed lines, as lines, taken and charged; none also ends
+    /// the summariser (under this lock, so a suppression after it starts a new one).
+    fn take_due(&mut self, now: Instant, run: &str) -> Vec<Vec<u8>> {
+        let mut uids: Vec<u32> = self.buckets.keys().copied().collect();
+        uids.sort_unstable();
+        let mut due = Vec::new();
+        for uid in uids {
+            if let Some(b) = self.buckets.get_mut(&uid) {
+                b.tokens = b.level(now);
+                b.last = now;
+                due.extend(b.summaries(uid, run));
+            }
+        }
+        self.buckets
+            .retain(|_, b| !b.left_out.is_empty() || b.level(now) < EGRESS_BURST);
+        if due.is_empty() {
+            self.summarising = false;
+        }
+        due
+    }
+}
+
+impl EgressBucket {
+    fn level(&self, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * EGRESS_RATE;
+        (self.tokens + refill).min(EGRESS_BURST)
+    }
+
+    /// The `egress_suppressed` line of each context with lines left out, which are then
+    /// forgotten; their bytes are charged to the bucket.
+    fn summaries(&mut self, uid: u32, run: &str) -> Vec<Vec<u8>> {
+        let lines: Vec<Vec<u8>> = std::mem::take(&mut self.left_out)
+            .into_iter()
+            .map(|(context, t)| {
+                let event = AuditEvent::EgressSuppressed {
+                    context,
+                    uid,
+                    count: t.count,
+                    bytes_up: t.bytes_up,
+                    bytes_down: t.bytes_down,
+                    bytes: t.bytes,
+                };
+                line(&event, run)
+            })
+            .collect();
+        self.tokens -= lines.iter().map(|l| l.len() as f64).sum::<f64>();
+        lines
     }
 }
 
@@ -1013,6 +1211,120 @@ mod bound_tests {
         assert!(dropped > 80, "{dropped}");
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size < 100 * 4600 + REFUSAL_BURST as u64, "{size}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod egress_meter_tests {
+    use super::*;
+
+    fn egress(context: &str, up: u64) -> AuditEvent {
+        AuditEvent::Egress {
+            context: context.into(),
+            launch: Some(7),
+            via: "connect".into(),
+            name: lossless(b"pkg.example.test", NAME_KEEP).into(),
+            port: 443,
+            allowed: true,
+            reason: None,
+            error: None,
+            address: Some("192.0.2.1:443".into()),
+            bytes_up: up,
+            bytes_down: 2 * up,
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn allowed_egress_is_written_within_a_burst_then_summed_per_context() {
+        let mut m = EgressMeter::default();
+        let t0 = Instant::now();
+        let tally = |bytes| EgressTally {
+            count: 1,
+            bytes,
+            bytes_up: 5,
+            bytes_down: 10,
+        };
+        let line = 4096;
+        for _ in 0..EGRESS_BURST as u64 / line {
+            assert_eq!(m.admit(1000, "a", tally(line), t0, "r"), Some(vec![]));
+        }
+        assert_eq!(m.admit(1000, "a", tally(line), t0, "r"), None);
+        assert_eq!(m.admit(1000, "b", tally(line), t0, "r"), None);
+        assert_eq!(m.admit(1000, "a", tally(line), t0, "r"), None);
+        // Another uid has its own share.
+        assert_eq!(m.admit(1001, "a", tally(line), t0, "r"), Some(vec![]));
+        let due: Vec<Value> = m
+            .take_due(t0, "r")
+            .iter()
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(due.len(), 2, "{due:?}");
+        assert_eq!(
+            (&due[0]["event"], &due[0]["context"], &due[0]["count"]),
+            (&json!("egress_suppressed"), &json!("a"), &json!(2))
+        );
+        assert_eq!(
+            (&due[0]["bytes_up"], &due[0]["bytes_down"]),
+            (&json!(10), &json!(20))
+        );
+        assert_eq!(
+            (&due[1]["context"], &due[1]["uid"]),
+            (&json!("b"), &json!(1000))
+        );
+        // The summaries were charged: a second's refill does not yet pay for a line.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(m.admit(1000, "a", tally(line), t1, "r"), None);
+        assert_eq!(m.take_due(t1, "r").len(), 1);
+    }
+
+    #[test]
+    fn an_egress_flood_is_bounded_and_counted_but_root_is_not() {
+        let dir = std::env::temp_dir().join(format!("ctx-audit-egress-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let audit = Audit::open(&path);
+        let started = Instant::now();
+        for _ in 0..3000 {
+            audit.record_egress(4242, egress("eg", 1));
+        }
+        for _ in 0..100 {
+            audit.record_egress(0, egress("root", 1));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let written = lines
+            .iter()
+            .filter(|l| l["event"] == "egress" && l["context"] == "eg")
+            .count() as u64;
+        let summed: u64 = lines
+            .iter()
+            .filter(|l| l["event"] == "egress_suppressed")
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(written + summed, 3000, "every attempt written or counted");
+        let up: u64 = lines
+            .iter()
+            .filter(|l| l["context"] == "eg")
+            .map(|l| l["bytes_up"].as_u64().unwrap())
+            .sum();
+        assert_eq!(up, 3000, "what they carried is all in the log");
+        let root = lines.iter().filter(|l| l["context"] == "root").count();
+        assert_eq!(root, 100);
+        let eg_bytes: usize = text
+            .lines()
+            .filter(|l| l.contains("\"context\":\"eg\""))
+            .map(|l| l.len() + 1)
+            .sum();
+        let bound = EGRESS_BURST + EGRESS_RATE * (secs + 1.0) + 1024.0;
+        assert!((eg_bytes as f64) < bound, "{eg_bytes} > {bound}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,6 +19,10 @@ use super::requests::reload;
 use super::{audit::Audit, dispatch, registry::Registry, systemd, Peer, Shared};
 use crate::config::{self, Config};
 
+/// How long a stopping broker waits for its egress connections' audit lines: they are
+/// ended at once, so only a broker too loaded to run them takes longer.
+const EGRESS_AUDIT_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Command-line overrides of the config's `[broker]` settings.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -277,6 +281,8 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     shared.shutting_down.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     tasks.wait().await;
+    // Before the namespaces end: the proxies' connections get their audit lines.
+    shared.egress.shut_down(EGRESS_AUDIT_PATIENCE).await;
     shared.namespaces.clear();
     // Processes that left their launch's group (setsid) are still in the cgroups.
     for name in shared.config().contexts.keys() {

@@ -391,8 +391,11 @@ pub async fn relay(
     };
     let mut up = up_seen.written.load(Ordering::Relaxed);
     if error.is_some() {
-        // A reset drops what the destination has not acknowledged: it was never sent.
-        up = up.saturating_sub(unacknowledged(&upstream));
+        // A reset drops what the destination has not acknowledged: it was never sent. The
+        // end the relay passed on takes a place in that queue too, after every byte, so
+        // it is unacknowledged whenever anything is.
+        let fin = u64::from(up_seen.fin_sent.load(Ordering::Relaxed));
+        up = up.saturating_sub(unacknowledged(&upstream).saturating_sub(fin));
         reset(&client);
         reset(&upstream);
     }
@@ -423,7 +426,8 @@ async fn pump(
             if n == 0 {
                 from_seen.ended.store(true, Ordering::Relaxed);
                 // SAFETY: plain syscall on a socket this relay holds open.
-                unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                let shut = unsafe { libc::shutdown(dst, libc::SHUT_WR) } == 0;
+                to_seen.fin_sent.store(shut, Ordering::Relaxed);
                 return Ok(());
             }
             pipe.held = n;
@@ -565,6 +569,8 @@ struct Seen {
     ended: AtomicBool,
     /// Bytes it sent wait in the relay for the other side to take them.
     waiting: AtomicBool,
+    /// The relay ended what it sends this side (the other side's end, passed on).
+    fin_sent: AtomicBool,
 }
 
 #[cfg(test)]

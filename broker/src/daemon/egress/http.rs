@@ -63,10 +63,14 @@ enum HeadError {
 pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Request> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
+    // Where the next look for the blank line starts: a head sent a byte at a time is
+    // scanned once, not once per byte.
+    let mut scanned = 0;
     let end = loop {
-        if let Some(end) = find_end(&buf) {
+        if let Some(end) = find_end(&buf, scanned) {
             break end;
         }
+        scanned = buf.len();
         if buf.len() >= MAX_HEAD {
             let e = HeadError::TooLarge;
             let _ = error(client, 431, &format!("ctx: {e}\n")).await;
@@ -88,12 +92,17 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Reque
     }
 }
 
-/// The end of the head (after its blank line), if it is all in `buf`.
-fn find_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
+/// The end of the head (after its blank line), if it is all in `buf`, of which the first
+/// `scanned` bytes held none: only the rest is looked at, with the three bytes before it
+/// that a blank line may begin in.
+fn find_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.saturating_sub(3).min(buf.len());
+    let tail = &buf[from..];
+    tail.windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|i| i + 4)
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+        .or_else(|| tail.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+        .map(|end| from + end)
 }
 
 /// `launch`: the launch that credentials name, if any.
@@ -300,9 +309,33 @@ mod tests {
 
     #[test]
     fn heads_end_at_the_blank_line() {
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(find_end(b"GET / HTTP/1.0\n\n"), Some(16));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(find_end(b"GET / HTTP/1.0\n\n", 0), Some(16));
+    }
+
+    #[test]
+    fn a_head_read_piecemeal_ends_where_it_does_read_whole() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"[..],
+            b"GET / HTTP/1.0\n\nx",
+            b"CONNECT a:1 HTTP/1.1\r\n\nrest",
+        ] {
+            let whole = find_end(head, 0);
+            assert!(whole.is_some());
+            for step in 1..5 {
+                let (mut scanned, mut found) = (0, None);
+                for len in (step..head.len() + step).step_by(step) {
+                    let buf = &head[..len.min(head.len())];
+                    found = find_end(buf, scanned);
+                    if found.is_some() {
+                        break;
+                    }
+                    scanned = buf.len();
+                }
+                assert_eq!(found, whole, "{head:?} read {step} byte(s) at a time");
+            }
+        }
     }
 
     fn forward(head: &str) -> (String, Request) {

@@ -29,6 +29,8 @@ use crate::daemon::quiet_log::Quiet;
 const BACKLOG: libc::c_int = 1024;
 /// The first byte of a SOCKS5 greeting; an HTTP request starts with a method's letter.
 const SOCKS5: u8 = 0x05;
+/// Why a connection the broker's shutdown ended did not go on.
+const STOPPED: &str = "the broker stopped";
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -173,7 +175,10 @@ async fn serve(mut client: TcpStream, state: &State) {
     // destination is dialled, is seen once the relay begins.
     let mut rules = state.rules();
     let _ = client.set_nodelay(true);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client, state)).await;
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client, state)) => h,
+        () = state.stopping() => return,
+    };
     // A client that never said where to go made no attempt to log; it is just closed.
     let Ok(Some(req)) = handshake else { return };
     let via = match req.kind {
@@ -210,7 +215,15 @@ async fn serve(mut client: TcpStream, state: &State) {
             return state.record(&attempt);
         }
     };
-    let upstream = match dial::connect(&rule, &target, req.port, &state.lookups).await {
+    let dialled = tokio::select! {
+        d = dial::connect(&rule, &target, req.port, &state.lookups) => d,
+        () = state.stopping() => {
+            attempt.allowed = true;
+            attempt.error = Some(STOPPED.into());
+            return state.record(&attempt);
+        }
+    };
+    let upstream = match dialled {
         Ok(u) => u,
         Err(e) => {
             let outcome = e.outcome();
@@ -249,7 +262,13 @@ async fn serve(mut client: TcpStream, state: &State) {
         }
     };
     let revoked = dial::revoked(rules, target, req.port, attempt.address);
-    let (up, down, error) = dial::relay(client, upstream, first, revoked).await;
+    let ended = async {
+        tokio::select! {
+            why = revoked => why,
+            () = state.stopping() => STOPPED.to_string(),
+        }
+    };
+    let (up, down, error) = dial::relay(client, upstream, first, ended).await;
     attempt.bytes_up = up;
     attempt.bytes_down = down;
     attempt.error = error;

@@ -3,7 +3,7 @@
 //! serves a proxy on a loopback port *inside* that namespace. The proxy speaks HTTP
 //! (`CONNECT` and absolute-URI requests) and SOCKS5 on the same port (told apart by the
 //! first byte), connects from the host's namespace only to names the rule allows, and
-//! writes one audit line per attempt.
+//! writes one audit line per attempt (metered per uid, see `State::record`).
 //!
 //! - [`rule`]: what a rule allows, and which resolved addresses a name may not lead to;
 //! - [`listener`]: the listening socket made inside the namespace, the accept loop, the
@@ -65,13 +65,38 @@ const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 /// Every egress context's proxy.
 #[derive(Default)]
 pub struct Egress {
-    proxies: Mutex<HashMap<String, Proxy>>,
+    proxies: Mutex<Proxies>,
     /// Why a context's proxy is not serving, by context.
     failures: Mutex<HashMap<String, String>>,
     /// The states of listeners replaced (a namespace re-created) or dropped (one that
     /// could not be made again) while connections they accepted may still relay: those
     /// are the context's too, and follow its rule.
     detached: Mutex<Vec<Weak<State>>>,
+    /// Set when the broker stops: every connection ends, and writes its line.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Proxies {
+    by_context: HashMap<String, Proxy>,
+    /// Each egress context's rule and uid in the configuration last synced: the only place
+    /// a proxy takes them from. A launch carries the context as it was when the launch was
+    /// authorized, which a reload may have changed since; were its copy used, a launch
+    /// queued across a reload would put the old rule back in force for the whole context.
+    /// Held under the same lock as the proxies, so a proxy made while a reload syncs gets
+    /// either the rule the reload then sets on it, or the new one.
+    rules: HashMap<String, (Arc<Rule>, u32)>,
+}
+
+/// Why there is no proxy to give a launch.
+#[derive(Debug, thiserror::Error)]
+enum EnsureError {
+    /// The configuration in force gives the context no egress (whatever the launch's own,
+    /// older, copy of it said).
+    #[error("context {0}: no egress in the configuration in force")]
+    NoEgress(String),
+    #[error("{0}")]
+    NotInForce(String),
 }
 
 /// One context's listener, tied to the namespace it was made in.
@@ -94,6 +119,7 @@ pub struct State {
     pub lookups: Arc<tokio::sync::Semaphore>,
     launches: Mutex<VecDeque<u64>>,
     shared: Weak<Shared>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One egress attempt, for its audit line.
@@ -122,70 +148,77 @@ pub struct Attempt {
 impl Egress {
     /// Makes the proxies match `config`: a listener in each egress context's namespace
     /// (kept when the namespace is the same, its rule replaced), none for the others.
-    /// Runs inside the tokio runtime (the accept loops are spawned on it).
+    /// Runs inside the tokio runtime (the accept loops are spawned on it). Only this sets
+    /// a proxy's rule.
     pub fn sync(&self, shared: &Arc<Shared>, config: &Config) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let mut keep = Vec::new();
-        for ctx in config.contexts.values() {
-            if ctx.isolation.network.egress().is_none() {
-                continue;
-            }
-            keep.push(ctx.name.clone());
-            // Connections already open follow the new rule even where no listener can be
+        let rules: HashMap<String, (Arc<Rule>, u32)> = config
+            .contexts
+            .values()
+            .filter_map(|c| {
+                let rule = c.isolation.network.egress()?;
+                Some((c.name.clone(), (rule.clone(), c.user.uid)))
+            })
+            .collect();
+        {
+            let mut proxies = self.lock();
+            // Connections already open follow the new rule, also where no listener can be
             // made now.
-            if let (Some(p), Some(rule)) =
-                (self.lock().get(&ctx.name), ctx.isolation.network.egress())
-            {
-                p.state.update(rule, ctx.user.uid);
+            proxies.by_context.retain(|name, p| match rules.get(name) {
+                Some((rule, uid)) => {
+                    p.state.update(rule, *uid);
+                    true
+                }
+                None => {
+                    p.state.retire();
+                    false
+                }
+            });
+            self.detached_lock().retain(|w| {
+                let Some(state) = w.upgrade() else {
+                    return false;
+                };
+                match rules.get(&state.context) {
+                    Some((rule, uid)) => state.update(rule, *uid),
+                    None => state.retire(),
+                }
+                true
+            });
+            proxies.rules = rules.clone();
+        }
+        self.failures_lock()
+            .retain(|name, _| rules.contains_key(name));
+        let mut warnings = Vec::new();
+        for ctx in config.contexts.values() {
+            if !rules.contains_key(&ctx.name) {
+                continue;
             }
             // Without its namespace the context is not isolated at all; `namespaces`
             // warned about that already.
             let Some(holder) = shared.namespaces.for_context(ctx) else {
                 continue;
             };
-            if let Err(w) = self.ensure(shared, ctx, &holder) {
+            if let Err(EnsureError::NotInForce(w)) = self.ensure(shared, &ctx.name, &holder) {
                 warnings.push(w);
             }
         }
-        warnings.extend(shared.admissions.set_egress_contexts(keep.len()));
-        self.lock().retain(|name, p| {
-            let kept = keep.contains(name);
-            if !kept {
-                p.state.retire();
-            }
-            kept
-        });
-        self.failures_lock().retain(|name, _| keep.contains(name));
-        self.detached_lock().retain(|w| {
-            let Some(state) = w.upgrade() else {
-                return false;
-            };
-            let ctx = config.contexts.get(&state.context);
-            match ctx.and_then(|c| c.isolation.network.egress().map(|r| (r, c.user.uid))) {
-                Some((rule, uid)) => state.update(rule, uid),
-                None => state.retire(),
-            }
-            true
-        });
+        warnings.extend(shared.admissions.set_egress_contexts(rules.len()));
         warnings
     }
 
-    /// The proxy variables for launch `id` into `ctx`, which enters `holder`'s namespace;
-    /// empty when the context has no egress rule or its proxy cannot serve (the launch
-    /// then has no network at all).
+    /// The proxy variables for launch `id` into `context`, which enters `holder`'s
+    /// namespace; empty when the configuration in force gives the context no egress, or
+    /// its proxy cannot serve (the launch then has no network at all).
     pub fn launch_env(
         &self,
         shared: &Arc<Shared>,
-        ctx: &Context,
+        context: &str,
         holder: &Arc<Holder>,
         id: u64,
     ) -> Vec<CString> {
-        if ctx.isolation.network.egress().is_none() {
-            return Vec::new();
-        }
-        let (port, state) = match self.ensure(shared, ctx, holder) {
+        let (port, state) = match self.ensure(shared, context, holder) {
             Ok(p) => p,
-            Err(w) => {
+            Err(EnsureError::NoEgress(_)) => return Vec::new(),
+            Err(EnsureError::NotInForce(w)) => {
                 tracing::warn!("{w}");
                 return Vec::new();
             }
@@ -222,6 +255,7 @@ impl Egress {
     /// The port the context's proxy listens on, when it serves.
     pub fn port(&self, context: &str) -> Option<u16> {
         self.lock()
+            .by_context
             .get(context)
             .filter(|p| p.holder.strong_count() > 0 && !p.accept.is_finished())
             .map(|p| p.port)
@@ -244,6 +278,7 @@ impl Egress {
         let (allow, deny) = rule.describe();
         let port = self
             .lock()
+            .by_context
             .get(&ctx.name)
             .filter(|p| p.holder.strong_count() > 0 && !p.accept.is_finished())
             .map(|p| p.port);
@@ -273,21 +308,19 @@ impl Egress {
     }
 
     /// The context's proxy on `holder`'s namespace, made if it is missing or was made in
-    /// another (an ended) namespace; its rule and uid set from `ctx`.
+    /// another (an ended) namespace, with the rule and uid of the configuration in force.
+    /// A proxy kept keeps its rule: only [`Egress::sync`] changes that.
     fn ensure(
         &self,
         shared: &Arc<Shared>,
-        ctx: &Context,
+        context: &str,
         holder: &Arc<Holder>,
-    ) -> Result<(u16, Arc<State>), String> {
-        let Some(rule) = ctx.isolation.network.egress() else {
-            return Err(format!("contexts.{}: no egress rule", ctx.name));
-        };
+    ) -> Result<(u16, Arc<State>), EnsureError> {
         let mut proxies = self.lock();
-        if let Some(p) = proxies.get(&ctx.name) {
-            // Also when a listener in a new namespace replaces it: the connections the old
-            // one accepted are the context's, under its rule.
-            p.state.update(rule, ctx.user.uid);
+        let Some((rule, uid)) = proxies.rules.get(context).cloned() else {
+            return Err(EnsureError::NoEgress(context.to_string()));
+        };
+        if let Some(p) = proxies.by_context.get(context) {
             let same = std::ptr::eq(p.holder.as_ptr(), Arc::as_ptr(holder));
             if same && !p.accept.is_finished() {
                 return Ok((p.port, p.state.clone()));
@@ -300,27 +333,28 @@ impl Egress {
         let (listener, port) = match made {
             Ok(x) => x,
             Err(e) => {
-                if let Some(old) = proxies.remove(&ctx.name) {
+                if let Some(old) = proxies.by_context.remove(context) {
                     self.detach(&old);
                 }
                 let why = format!("cannot listen inside the context's network namespace: {e}");
-                let warning = not_in_force(&ctx.name, &why);
-                self.failures_lock().insert(ctx.name.clone(), why);
-                return Err(warning);
+                let warning = not_in_force(context, &why);
+                self.failures_lock().insert(context.to_string(), why);
+                return Err(EnsureError::NotInForce(warning));
             }
         };
         let state = Arc::new(State {
-            context: ctx.name.clone(),
-            uid: AtomicU32::new(ctx.user.uid),
-            rule: tokio::sync::watch::Sender::new(Some(rule.clone())),
+            context: context.to_string(),
+            uid: AtomicU32::new(uid),
+            rule: tokio::sync::watch::Sender::new(Some(rule)),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
             launches: Mutex::new(VecDeque::new()),
             shared: Arc::downgrade(shared),
+            stopping: self.stopping.subscribe(),
         });
         let accept = tokio::spawn(listener::accept_loop(listener, state.clone())).abort_handle();
-        let replaced = proxies.insert(
-            ctx.name.clone(),
+        let replaced = proxies.by_context.insert(
+            context.to_string(),
             Proxy {
                 holder: Arc::downgrade(holder),
                 port,
@@ -331,11 +365,44 @@ impl Egress {
         if let Some(old) = replaced {
             self.detach(&old);
         }
-        self.failures_lock().remove(&ctx.name);
+        self.failures_lock().remove(context);
         Ok((port, state))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
+    /// The broker is stopping: no proxy accepts any more, and every connection still open
+    /// is ended (reset, as a reload ends one) and audited with why, before the broker
+    /// exits; otherwise a tunnel whose destination never closes would leave no record of
+    /// what it carried. Waits at most `patience` for their lines.
+    pub async fn shut_down(&self, patience: Duration) {
+        self.stopping.send_replace(true);
+        let states: Vec<Arc<State>> = {
+            let mut proxies = self.lock();
+            proxies.rules.clear();
+            let mut states: Vec<Arc<State>> = proxies
+                .by_context
+                .drain()
+                .map(|(_, p)| p.state.clone())
+                .collect();
+            states.extend(self.detached_lock().drain(..).filter_map(|w| w.upgrade()));
+            states
+        };
+        let all = async {
+            for state in states {
+                // Each connection holds one of its context's slots until its line is
+                // written.
+                let _ = state.slots.acquire_many(MAX_CONNECTIONS as u32).await;
+            }
+        };
+        if tokio::time::timeout(patience, all).await.is_err() {
+            tracing::warn!(
+                "egress: some connections were not audited within {}s of the broker \
+                 stopping",
+                patience.as_secs()
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Proxies> {
         self.proxies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -367,8 +434,8 @@ impl State {
         self.rule.subscribe()
     }
 
-    /// Wakes the connections only when the rule differs: every launch into the context
-    /// sets it again.
+    /// Wakes the connections only when the rule differs: a reload sets every context's
+    /// rule again, changed or not.
     fn update(&self, rule: &Arc<Rule>, uid: u32) {
         self.rule.send_if_modified(|now| {
             if now.as_deref() == Some(&**rule) {
@@ -383,6 +450,13 @@ impl State {
     /// The context has no egress any more: its connections end.
     fn retire(&self) {
         self.rule.send_replace(None);
+    }
+
+    /// Resolves once the broker is stopping.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.clone();
+        // A gone sender is a broker gone as well.
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// Counts a new connection's descriptors against the broker's (see
@@ -416,10 +490,12 @@ impl State {
         l.contains(&id).then_some(id)
     }
 
-    /// Writes `attempt`'s audit line. A denial, and an allowed attempt that carried
-    /// nothing (a name that does not resolve, a closed port: a loop of those would fill
-    /// the log as fast as denials), is metered like any refusal of the context's uid; what
-    /// carried bytes to or from an allowed destination is always written.
+    /// Writes `attempt`'s audit line. A denial, and an allowed attempt that failed before
+    /// carrying anything (a name that does not resolve, a closed port), is metered like
+    /// any refusal of the context's uid; the other allowed attempts on the uid's meter of
+    /// allowed egress, which past its share sums them per context (see
+    /// [`audit::Audit::record_egress`]): a context's process can open them as fast as the
+    /// proxy accepts.
     pub fn record(&self, attempt: &Attempt) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -438,13 +514,12 @@ impl State {
             bytes_down: attempt.bytes_down,
             duration_ms: attempt.started.elapsed().as_millis() as u64,
         };
+        let uid = self.uid.load(Ordering::Relaxed);
         let carried = attempt.bytes_up > 0 || attempt.bytes_down > 0;
         if attempt.allowed && (carried || attempt.error.is_none()) {
-            shared.audit.record(event);
+            shared.audit.record_egress(uid, event);
         } else {
-            shared
-                .audit
-                .record_refusal(self.uid.load(Ordering::Relaxed), event);
+            shared.audit.record_refusal(uid, event);
         }
     }
 }

@@ -73,7 +73,11 @@ impl Rule {
     /// Whether the rule lets a client ask for `target:port`. A name that passes is still
     /// checked once resolved (see [`Rule::may_connect`]).
     pub fn check(&self, target: &Target, port: u16) -> Result<(), Refusal> {
-        if self.deny.iter().any(|p| p.matches(target, port)) {
+        let denied = match target {
+            Target::Address(ip) => self.denies(*ip, port),
+            name => self.deny.iter().any(|p| p.matches(name, port)),
+        };
+        if denied {
             return Err(Refusal::Denied);
         }
         if self.allow.iter().any(|p| p.matches(target, port)) {
@@ -86,18 +90,31 @@ impl Rule {
     /// Whether a name's resolved address may be connected to: an internal address (see
     /// [`internal`]) only when it is listed as an address itself, and never a denied one.
     pub fn may_connect(&self, ip: IpAddr, port: u16) -> bool {
-        let target = Target::Address(canonical(ip));
-        if self.deny.iter().any(|p| p.matches(&target, port)) {
+        if self.denies(ip, port) {
             return false;
         }
+        let target = Target::Address(canonical(ip));
         !internal(ip) || self.allow.iter().any(|p| p.matches(&target, port))
     }
 
     /// Whether `ip` itself (not a name) is listed as allowed for `port`, and not denied.
     pub fn lists_address(&self, ip: IpAddr, port: u16) -> bool {
         let target = Target::Address(canonical(ip));
-        !self.deny.iter().any(|p| p.matches(&target, port))
-            && self.allow.iter().any(|p| p.matches(&target, port))
+        !self.denies(ip, port) && self.allow.iter().any(|p| p.matches(&target, port))
+    }
+
+    /// Whether a deny entry names `ip`, or the IPv4 address it carries: a NAT64 gateway or
+    /// an IPv4-compatible route reaches that address all the same. Only deny looks through
+    /// the wrapping; an allowed IPv4 entry does not allow its NAT64 form.
+    fn denies(&self, ip: IpAddr, port: u16) -> bool {
+        let mut forms = vec![canonical(ip)];
+        if let IpAddr::V6(a) = ip {
+            forms.extend(embedded_v4(a).map(IpAddr::V4));
+        }
+        forms.into_iter().any(|ip| {
+            let target = Target::Address(ip);
+            self.deny.iter().any(|p| p.matches(&target, port))
+        })
     }
 
     /// The lists as `ctx status` shows them.
@@ -209,34 +226,47 @@ pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => internal_v4(a),
         IpAddr::V6(a) => {
-            if a.is_loopback() || a.is_unspecified() || a == METADATA_V6 {
+            if a.is_loopback() || a.is_unspecified() || METADATA_V6.contains(&a) {
                 return true;
             }
-            let s = a.segments();
-            if s[0] & 0xffc0 == 0xfe80 {
+            if a.segments()[0] & 0xffc0 == 0xfe80 {
                 return true;
             }
-            let embedded =
-                Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-            let mapped = s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0);
-            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-            (mapped || nat64) && internal_v4(embedded)
+            embedded_v4(a).is_some_and(internal_v4)
         }
     }
+}
+
+/// The IPv4 address an IPv6 one carries: IPv4-mapped, IPv4-compatible, or NAT64
+/// (`64:ff9b::/96`).
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    let mapped = s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0);
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    (mapped || nat64)
+        .then(|| Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))
 }
 
 fn internal_v4(a: Ipv4Addr) -> bool {
     a.is_loopback() || a.is_link_local() || a.octets()[0] == 0 || METADATA_V4.contains(&a)
 }
 
-/// Cloud metadata and host-agent endpoints outside link-local: Alibaba's, and Azure's
-/// WireServer (169.254.169.254, AWS's, GCP's and Azure's IMDS, is link-local already).
-const METADATA_V4: [Ipv4Addr; 2] = [
+/// Cloud metadata and host-agent endpoints outside link-local: Alibaba's, Azure's
+/// WireServer, Oracle Cloud Classic's (169.254.169.254, AWS's, GCP's and Azure's IMDS, is
+/// link-local already).
+const METADATA_V4: [Ipv4Addr; 3] = [
     Ipv4Addr::new(100, 100, 100, 200),
     Ipv4Addr::new(168, 63, 129, 16),
+    Ipv4Addr::new(192, 0, 0, 192),
 ];
-/// AWS's IMDS over IPv6.
-const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+/// Over IPv6: AWS's IMDS and its EKS Pod Identity Agent, GCP's metadata server,
+/// Scaleway's metadata.
+const METADATA_V6: [Ipv6Addr; 4] = [
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),
+    Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+    Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42),
+];
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is; any other unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -330,6 +360,29 @@ mod tests {
     }
 
     use super::*;
+
+    /// Review of egress3: metadata and host-agent endpoints other clouds publish outside
+    /// link-local, which a name under a `*.` entry (or a hosts-file line) may lead to: GCP's
+    /// IPv6 metadata server, AWS's EKS Pod Identity Agent over IPv6, Scaleway's IPv6
+    /// metadata, Oracle Cloud Classic's. None is in `internal`.
+    #[test]
+    fn other_published_metadata_endpoints_are_internal() {
+        for ip in ["fd20:ce::254", "fd00:ec2::23", "fd00:42::42", "192.0.0.192"] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    /// Review of egress3: a denied IPv4 address is still reached through a name whose AAAA
+    /// record carries it in the NAT64 prefix (or IPv4-compatible form), which `internal`
+    /// already treats as that IPv4 address; `canonical` only unwraps IPv4-mapped ones, so
+    /// the deny entry does not match.
+    #[test]
+    fn a_denied_address_is_denied_in_its_nat64_form_too() {
+        let r = rule(&["*.example.com"], &["203.0.113.9"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!r.may_connect(ip("::ffff:203.0.113.9"), 443));
+        assert!(!r.may_connect(ip("64:ff9b::203.0.113.9"), 443), "NAT64");
+    }
 
     fn rule(allow: &[&str], deny: &[&str]) -> Rule {
         Rule {

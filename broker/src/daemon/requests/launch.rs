@@ -390,7 +390,7 @@ impl<'a> Launch<'a> {
         });
         self.id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(h) = &self.holder {
-            let proxy_env = shared.egress.launch_env(shared, &self.ctx, h, self.id);
+            let proxy_env = shared.egress.launch_env(shared, &self.ctx.name, h, self.id);
             if !proxy_env.is_empty() {
                 plan.envp
                     .retain(|e| !crate::daemon::egress::Egress::is_proxy_var(e.as_bytes()));
