@@ -391,3 +391,52 @@ fn a_save_cut_short_falls_back_to_the_last_complete_state() {
     sh(&b, "alice", "export STEP=three").ok();
     assert_eq!(sh(&b, "alice", "echo $STEP").ok(), "three\n");
 }
+
+/// A command queued behind its session's running one waits, possibly across a reload: it
+/// runs under the configuration in force when it starts, not the one it was first checked
+/// against. A changed environment applies to it, and a caller the reload no longer allows
+/// is refused, with nothing run.
+#[test]
+fn a_command_queued_across_a_reload_runs_under_the_new_configuration() {
+    let b = Broker::start(&standard_config());
+    let queue = |script: &str| {
+        b.ctx(["sh", "--context", "alice", "--session", "q", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let reload_with = |config: String| {
+        std::fs::write(b.config_path(), config).unwrap();
+        run(&mut b.ctx(["reload"])).ok();
+    };
+    // The context's secret changes while the command waits.
+    let holder = queue("sleep 2");
+    std::thread::sleep(Duration::from_millis(500));
+    let queued = queue("echo secret=$CONTEXT_SECRET");
+    std::thread::sleep(Duration::from_millis(500));
+    reload_with(standard_config().replace("alice-key", "alice-key-2"));
+    assert!(holder.wait_with_output().unwrap().status.success());
+    let out = queued.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "secret=alice-key-2\n");
+
+    // Root is no longer allowed into alice while the next one waits.
+    let holder = queue("sleep 2");
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = b.dir().path().join("ran");
+    let queued = queue(&format!("touch {}", marker.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    reload_with(
+        standard_config()
+            .replace("alice-key", "alice-key-2")
+            .replacen("allow = { uids = [0] }", "allow = { uids = [4242] }", 1),
+    );
+    let _ = holder.wait_with_output();
+    let out = queued.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not enter context"),
+        "{out:?}"
+    );
+    assert!(!marker.exists(), "the refused command ran");
+}

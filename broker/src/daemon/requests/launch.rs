@@ -17,6 +17,7 @@ use ctx_protocol::{
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+use super::authorize::authorize;
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{
     hang_up_after_handover, linger, read_fd, wait_exit, watch, LingerBudget, Relay, Relayed,
@@ -167,6 +168,24 @@ pub(super) async fn launch(
     shell: Option<ShellLaunch>,
 ) {
     let (audit_argv, held) = shell.map_or((None, None), |s| (Some(s.label), Some(s.session)));
+    // A reload may have come since the context was looked up (a `ctx sh` command waits
+    // for its session first): what runs is what the configuration in force allows and
+    // says, never a definition the operator replaced.
+    let current = shared.config().contexts.get(&ctx.name).cloned();
+    let fresh;
+    let ctx = match current {
+        Some(c) if Arc::ptr_eq(&c, ctx) => ctx,
+        _ => {
+            let argv = audit_argv.as_deref().unwrap_or(&req.argv);
+            match authorize(shared, conn, peer, &ctx.name, argv).await {
+                Some(c) => {
+                    fresh = c;
+                    &fresh
+                }
+                None => return,
+            }
+        }
+    };
     let mut l = Launch::new(shared, conn, peer, ctx, via, req, audit_argv);
     let ran: Result<(), ExecFailure<'static>> = async {
         let mut prepared = l.prepare()?;
