@@ -782,3 +782,207 @@ allow = {{ uids = [0, {alice}] }}
     );
     assert!(lingering_closes(b.pid()).is_empty(), "{}", threads(b.pid()));
 }
+
+/// Like [`LINGER`], but each lingering TCP socket rides on an out-of-band byte
+/// (`MSG_OOB`): the broker never asks for out-of-band data, so its next ordinary
+/// `recvmsg` skips that byte and the kernel frees it with its descriptors right there, in
+/// the read on the tokio worker (the last reference: the attacker closed its copy), not
+/// as descriptors handed to the closer threads. Prints `stalled`, then holds the peers.
+const OOB_LINGER: &str = r#"
+import array, resource, socket, struct, sys, time
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, n, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+lst = socket.socket()
+lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+lst.bind(("127.0.0.1", 0))
+lst.listen(64)
+keep = []
+def lingering():
+    c = socket.socket()
+    c.connect(lst.getsockname())
+    s, _ = lst.accept()
+    keep.append(s)
+    c.setblocking(False)
+    idle = rounds = 0
+    while idle < 3 and rounds < 40:
+        rounds += 1
+        sent = 0
+        try:
+            while True:
+                sent += c.send(b"x" * 4096)
+        except BlockingIOError:
+            pass
+        idle = idle + 1 if sent == 0 else 0
+        time.sleep(0.05)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 100000))
+    return c
+socks = [lingering() for _ in range(n)]
+for c in socks:
+    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.connect(path)
+    keep.append(b)
+    b.sendmsg([b"\x00"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))], socket.MSG_OOB)
+    c.close()
+    # Something ordinary behind it: the broker reads on past the out-of-band byte.
+    b.send(struct.pack("<I", 4))
+print("stalled", flush=True)
+time.sleep(hold)
+"#;
+
+/// A user allowed into nothing (ctx-bob) sends lingering TCP sockets as out-of-band
+/// bytes' descriptors: the broker's ordinary reads discard those bytes, and the kernel
+/// closes their descriptors in the read, on the tokio worker, which then waits in the
+/// lingering close. Root must stay served (and no worker wait there).
+#[test]
+fn descriptors_on_out_of_band_bytes_are_not_closed_on_a_worker() {
+    let b = Broker::start(&standard_config());
+    const N: usize = 4;
+    let child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={BOB}"),
+            &format!("--regid={BOB}"),
+            "--init-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            OOB_LINGER,
+        ])
+        .arg(b.socket())
+        .args([&N.to_string(), "120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the attacker");
+    let mut attacker = Attacker(child);
+    let mut out = attacker.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut line = [0u8; 8];
+        let _ = tx.send(out.read_exact(&mut line).map(|_| line));
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the attacker sends its sockets in time")
+        .expect("the attacker sends its sockets");
+    assert_eq!(&line, b"stalled\n");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = lingering_closes(b.pid());
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        seen.extend(lingering_closes(b.pid()));
+    }
+    eprintln!(
+        "{} of the broker's threads wait in a lingering close:\n{}",
+        seen.len(),
+        threads(b.pid())
+    );
+    let start = Instant::now();
+    let mut root = b
+        .exec_cmd("alice", &["echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let took = start.elapsed();
+    // The attacker's end: its sockets' peers close, every stuck close returns.
+    drop(attacker);
+    if served.is_none() {
+        let _ = root.kill();
+        let _ = root.wait();
+    }
+    assert!(
+        served.is_some_and(|s| s.success()),
+        "root's ctx exec was not served in {took:?} while ctx-bob's out-of-band \
+         descriptors were closed on a worker ({} threads seen in a lingering close)",
+        seen.len()
+    );
+}
+
+/// Mounts a FUSE file system nobody serves at `argv[1]` (run in a mount namespace of its
+/// own: the broker's table stays all local), prints `mounted`, then holds it.
+const HUNG_FUSE: &str = r#"
+import ctypes, os, sys, time
+d = sys.argv[1]
+fd = os.open("/dev/fuse", os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
+if libc.mount(b"hung", d.encode(), b"fuse", 0, opts) != 0:
+    print("mount failed:", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+print("mounted", flush=True)
+time.sleep(float(sys.argv[2]))
+"#;
+
+/// The interposer's early check (`exec_likely`) runs on the async worker when every mount
+/// in the broker's own namespace is local, but the caller chooses the path, and
+/// `/proc/PID/root` (likewise `/proc/PID/cwd`, `/proc/self/fd/N` of a directory the caller
+/// passed) leads into another mount namespace, here onto a FUSE mount nobody answers.
+/// Two such launches take the runtime's two workers; root must stay served.
+#[test]
+fn an_early_check_through_another_mount_namespace_does_not_block_a_worker() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("no /dev/fuse here: skipped");
+        return;
+    }
+    let b = Broker::start(&standard_config());
+    let mnt = b.dir().path().join("hung");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "/usr/bin/python3", "-c", HUNG_FUSE])
+        .arg(&mnt)
+        .arg("120")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the FUSE holder");
+    let mut holder = Attacker(child);
+    let mut line = [0u8; 8];
+    holder
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .expect("the FUSE mount is made");
+    assert_eq!(&line, b"mounted\n");
+    // The holder exec'd python in place: its pid names the namespace with the mount.
+    let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut req = raw::exec_request("alice", &[b"prog"]);
+        req.program = Some(serde_bytes::ByteBuf::from(program.as_bytes().to_vec()));
+        let mut bytes = Vec::new();
+        encode_vec(&Hello::new(ClientKind::Interposer), &mut bytes).unwrap();
+        encode_vec(&Request::Exec(req), &mut bytes).unwrap();
+        let fd = null.as_raw_fd();
+        held.push(raw::send_opening(&b.socket(), &bytes, &[fd, fd, fd]));
+    }
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let start = Instant::now();
+    let mut root = b
+        .exec_cmd("alice", &["echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let took = start.elapsed();
+    // Ending the holder aborts the FUSE connection: every stuck lookup returns.
+    drop(holder);
+    drop(held);
+    if served.is_none() {
+        let _ = root.kill();
+        let _ = root.wait();
+    }
+    assert!(
+        served.is_some_and(|s| s.success()),
+        "root's ctx exec was not served in {took:?} while two early checks waited on a \
+         FUSE mount"
+    );
+}

@@ -4,6 +4,8 @@
 //! more privilege than the caller asked for.
 
 use std::process::Command;
+use std::thread;
+use std::time::Duration;
 
 use ctx_tests::*;
 
@@ -533,4 +535,60 @@ rm -rf "$d"
     );
     let out = b.exec("alice", &["bash", "-c", &script]);
     assert_eq!(out.ok(), format!("nested-{ALICE}\n"), "{}", out.show());
+}
+
+/// Seccomp listeners process `pid` holds.
+fn listeners_held(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("seccomp"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A launch that leaves a `setsid` daemon keeps its listener alive (the daemon holds the
+/// filter): the exec guard lets go of it once the launch has ended, looking every second
+/// while there are such. A listener a launch's worker adds (signals to the parent only)
+/// does not wake the guard, which, idle with nothing to sweep, waits without a timeout:
+/// the broker then holds one listener per such launch until something else wakes it.
+#[test]
+fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
+    const MARK: &str = "31.41592";
+    let b = broker();
+    // Warm up (the guard thread is running) and let everything of it go.
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+    thread::sleep(Duration::from_secs(2));
+    let before = listeners_held(b.pid());
+    const N: usize = 5;
+    for _ in 0..N {
+        let out = b.exec(
+            "alice",
+            &[
+                "sh",
+                "-c",
+                &format!("setsid sleep {MARK} </dev/null >/dev/null 2>&1 & exit 0"),
+            ],
+        );
+        assert_eq!(out.code(), 0, "{}", out.show());
+    }
+    // Every launch has ended; the guard looks every second.
+    thread::sleep(Duration::from_secs(4));
+    let after = listeners_held(b.pid());
+    let daemons = pids_with_arg(MARK);
+    for pid in &daemons {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    eprintln!("{} daemons; listeners before {before}, after {after}", daemons.len());
+    assert_eq!(daemons.len(), N, "the daemons did not outlive their launches");
+    assert!(
+        after <= before,
+        "the broker still holds {after} seccomp listeners (before: {before}) 4 s after \
+         {N} launches that left daemons ended"
+    );
 }
