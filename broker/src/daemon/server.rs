@@ -307,10 +307,31 @@ enum AdmitError {
 
 /// Pins who connected (see `peer`), then counts the connection against its uid; a process
 /// of a uid-0 context is counted too, only the operator is not.
+/// Out-of-band bytes are read as ordinary ones (`SO_OOBINLINE`): otherwise an ordinary
+/// `recvmsg` skips such a byte and the kernel frees it, with any descriptors it carries,
+/// in that read, on the tokio worker, where closing the last reference to a peer's
+/// descriptor may block (a lingering TCP socket). Inline, they arrive as any others and
+/// go to the closer threads.
+fn inline_out_of_band(stream: &tokio::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and an int-sized option value with its length.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_OOBINLINE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 fn admit(
     shared: &Arc<Shared>,
     stream: &tokio::net::UnixStream,
 ) -> Result<(Peer, admission::Admission), AdmitError> {
+    inline_out_of_band(stream);
     let peer = Peer::identify(stream, &shared.registry)?;
     let mut admission = shared.admissions.admit(peer.uid, peer.context.is_some())?;
     let entitled = shared
