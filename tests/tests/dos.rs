@@ -986,3 +986,117 @@ fn an_early_check_through_another_mount_namespace_does_not_block_a_worker() {
          FUSE mount"
     );
 }
+
+/// Takes a write lease on `argv[1]` (a script of its own) and holds it: an open of the
+/// file by anyone else waits for the lease to be let go or broken by force, which takes
+/// `/proc/sys/fs/lease-break-time` (45 s by default). Prints `leased`.
+const LEASED: &str = r##"
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+path = sys.argv[1]
+with open(path, "w") as f:
+    f.write("#!/bin/sh\necho ran\n")
+os.chmod(path, 0o755)
+fd = os.open(path, os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+time.sleep(float(sys.argv[2]))
+"##;
+
+/// A user allowed into a context launches a file of its own on which it holds a write
+/// lease: the spawn child's `execve` waits in the lease break, and the child is a
+/// `CLONE_VFORK` one, so the tokio worker that cloned it is suspended as long (45 s by
+/// default; then the attacker takes a new lease). Two such launches take both workers;
+/// root must stay served.
+#[test]
+fn a_leased_program_does_not_suspend_a_worker_in_the_spawn() {
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.other]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        uid = alice.uid
+    ));
+    let dir = b.dir().path().join("leased");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(alice.uid), Some(alice.gid)).unwrap();
+    let prog = dir.join("prog");
+    let as_alice = |cmd: &mut Command| {
+        cmd.args([
+            &format!("--reuid={ALICE}"),
+            &format!("--regid={ALICE}"),
+            "--init-groups",
+            "--",
+        ]);
+    };
+    let mut holder = Command::new("setpriv");
+    as_alice(&mut holder);
+    let child = holder
+        .args(["/usr/bin/python3", "-c", LEASED])
+        .arg(&prog)
+        .arg("120")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the lease holder");
+    let mut holder = Attacker(child);
+    let mut line = [0u8; 7];
+    holder
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .expect("the lease is taken");
+    assert_eq!(&line, b"leased\n");
+    let mut launches = Vec::new();
+    for _ in 0..2 {
+        let mut c = Command::new("setpriv");
+        as_alice(&mut c);
+        let l = c
+            .arg(bin("ctx"))
+            .arg("--socket")
+            .arg(b.socket())
+            .args(["exec", "--context", "alice", "--"])
+            .arg(&prog)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        launches.push(Attacker(l));
+    }
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let start = Instant::now();
+    let mut root = b
+        .exec_cmd("other", &["echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let took = start.elapsed();
+    // The holder's end lets go of the lease: the waiting execs go on.
+    drop(holder);
+    drop(launches);
+    if served.is_none() {
+        let _ = root.kill();
+        let _ = root.wait();
+    }
+    assert!(
+        served.is_some_and(|s| s.success()),
+        "root's ctx exec was not served in {took:?} while two spawn children waited on a \
+         lease break"
+    );
+}
