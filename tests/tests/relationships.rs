@@ -592,3 +592,91 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
          {N} launches that left daemons ended"
     );
 }
+
+/// Many launches at once, each program signalling its parent: each signal reaches the
+/// process that launched that program, none another's (listeners handed over by the
+/// launches' workers, any worker taking any launch's).
+#[test]
+fn concurrent_signals_to_the_parent_reach_their_own_launchers() {
+    let b = broker();
+    let script = r#"
+import signal, subprocess, sys, time
+got = []
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+    signal.signal(s, lambda n, f: got.append(signal.Signals(n).name))
+which = sys.argv[1]
+for _ in range(5):
+    subprocess.run(sys.argv[2:] + ["sh", "-c", f"kill -{which} $PPID"])
+time.sleep(0.3)
+print(sorted(got))
+"#;
+    let ctx = bin("ctx");
+    let socket = b.socket();
+    let sigs = ["USR1", "USR2", "HUP"];
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            let sig = sigs[i % 3];
+            let mut c = local(&b, script, &[sig]);
+            c.args([
+                ctx.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+                "exec",
+                "--context",
+                if i % 2 == 0 { "alice" } else { "rootctx" },
+                "--",
+            ]);
+            c.stdout(std::process::Stdio::piped());
+            (sig, c.spawn().unwrap())
+        })
+        .collect();
+    for (sig, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = format!("{:?}\n", vec![format!("SIG{sig}"); 5]).replace('"', "'");
+        assert_eq!(text, want, "launcher of SIG{sig}");
+    }
+}
+
+/// Launches that run, fail at their exec (after the child sent its listener) or are
+/// killed leave no listener and no descriptor behind in the broker.
+#[test]
+fn launches_that_fail_or_are_killed_leave_no_listener() {
+    let b = broker();
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+    let base = raw::settle_fds(b.pid(), 0, Duration::from_millis(300));
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        let socket = b.socket();
+        workers.push(thread::spawn(move || {
+            for _ in 0..8 {
+                let ctx = bin("ctx");
+                let argv: &[&str] = match i % 3 {
+                    0 => &["sh", "-c", "kill -WINCH $PPID; exit 0"],
+                    1 => &["/etc/passwd"],
+                    _ => &["sh", "-c", "kill -KILL $$"],
+                };
+                let st = Command::new(&ctx)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["exec", "--context", "alice", "--"])
+                    .args(argv)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                // 0, 126 (not executable) or SIGKILL (mirrored): the launches did run.
+                let killed = std::os::unix::process::ExitStatusExt::signal(&st) == Some(9);
+                assert!(killed || matches!(st.code(), Some(0 | 126)), "{argv:?}: {st:?}");
+            }
+        }));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let after = raw::settle_fds(b.pid(), base, Duration::from_secs(4));
+    let listeners = listeners_held(b.pid());
+    assert_eq!(listeners, 0, "listeners held after the launches ended");
+    assert!(after <= base, "broker fds {after}, before {base}");
+}
