@@ -8,12 +8,10 @@
 //! - [`seccomp`]: the filters a launch's child installs (BPF, per ABI);
 //! - [`supervisor`]: the exec guard, `enforce`'s seccomp half: exec attempts refused and
 //!   audited; it also relays signals to the parent;
-//! - [`ports`]: the reserved ports the broker holds and hands to their owners;
-//! - [`mounts`]: whether every mounted file system is local (no lookup can hang).
+//! - [`ports`]: the reserved ports the broker holds and hands to their owners.
 
 pub mod cgroups;
 pub mod landlock;
-pub mod mounts;
 pub mod namespaces;
 pub mod ports;
 pub mod seccomp;

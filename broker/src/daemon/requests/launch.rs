@@ -35,8 +35,7 @@ use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::Running;
 use crate::daemon::shell_state;
 use crate::daemon::spawn::{
-    checks_locally, exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program,
-    SpawnPlan,
+    exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
 
@@ -551,13 +550,9 @@ impl<'a> Launch<'a> {
     /// succeed, so it can become the shim meanwhile; whether it did.
     async fn accept(&self, conn: &mut Conn, plan: &SpawnPlan) -> bool {
         // exec_likely stats paths the caller chose, as root: on a hung network or FUSE mount
-        // that blocks, so unless every path is local the runtime hands this worker's other
-        // tasks to another thread first (which costs thread wake-ups at every launch).
-        let accepted = self.via == Via::Interposer
-            && match checks_locally(plan) {
-                true => exec_likely(plan),
-                false => tokio::task::block_in_place(|| exec_likely(plan)),
-            };
+        // that blocks, so the runtime hands this worker's other tasks to another thread.
+        let accepted =
+            self.via == Via::Interposer && tokio::task::block_in_place(|| exec_likely(plan));
         if accepted {
             // A caller that is gone is noticed at the relay loop's first read (end of file).
             let _ = conn.send(&Reply::Accepted).await;

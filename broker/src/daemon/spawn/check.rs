@@ -33,19 +33,6 @@ pub fn search_candidates(file: &[u8], path: &[u8]) -> Vec<CString> {
         .collect()
 }
 
-/// Whether [`exec_likely`] may run on an async worker: every path it looks up is then on a
-/// file system of this machine (see `kernel::mounts`), none through the caller's directory
-/// descriptor (which may lie in another mount namespace, on anything).
-pub fn checks_locally(plan: &SpawnPlan) -> bool {
-    let candidates: &[CString] = match &plan.program {
-        Program::Exact(p) => std::slice::from_ref(p),
-        Program::Search(list) => list,
-    };
-    let through_caller =
-        plan.cwd_fd.is_some() && candidates.iter().any(|c| !c.as_bytes().starts_with(b"/"));
-    !through_caller && crate::daemon::kernel::mounts::all_local()
-}
-
 /// Whether the child's exec will most likely succeed: the first candidate that exists is a
 /// regular file with an execute bit for the identity the child takes, as `execvp` would
 /// find it. Directory search rights, ACLs, mount options and Landlock rules are not
