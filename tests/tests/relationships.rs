@@ -584,8 +584,15 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
         // SAFETY: plain syscall.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
-    eprintln!("{} daemons; listeners before {before}, after {after}", daemons.len());
-    assert_eq!(daemons.len(), N, "the daemons did not outlive their launches");
+    eprintln!(
+        "{} daemons; listeners before {before}, after {after}",
+        daemons.len()
+    );
+    assert_eq!(
+        daemons.len(),
+        N,
+        "the daemons did not outlive their launches"
+    );
     assert!(
         after <= before,
         "the broker still holds {after} seccomp listeners (before: {before}) 4 s after \
@@ -668,7 +675,10 @@ fn launches_that_fail_or_are_killed_leave_no_listener() {
                     .unwrap();
                 // 0, 126 (not executable) or SIGKILL (mirrored): the launches did run.
                 let killed = std::os::unix::process::ExitStatusExt::signal(&st) == Some(9);
-                assert!(killed || matches!(st.code(), Some(0 | 126)), "{argv:?}: {st:?}");
+                assert!(
+                    killed || matches!(st.code(), Some(0 | 126)),
+                    "{argv:?}: {st:?}"
+                );
             }
         }));
     }

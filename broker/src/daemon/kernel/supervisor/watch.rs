@@ -100,9 +100,9 @@ pub(super) fn watch(
     loop {
         // A launch that ended may leave processes (a `setsid` daemon) that keep its
         // listener open: where only signals to the parent were supervised, the listener
-        // goes once the launch has ended, looked for every second while there are such.
-        let sweep = lock(&set.by_token).values().any(|w| !w.policy.guards_exec);
-        let timeout = if sweep { SWEEP_MS } else { -1 };
+        // goes once the launch has ended, looked for every second. Always: such listeners
+        // join the set from the launches' workers without waking this thread.
+        let timeout = SWEEP_MS;
         // SAFETY: `events` is a writable array of that length.
         let n = unsafe {
             libc::epoll_wait(
@@ -144,7 +144,7 @@ pub(super) fn watch(
                 set.remove_locked(&mut lock(&set.by_token), key);
             }
         }
-        if sweep && last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
+        if last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
             last_sweep = Instant::now();
             let mut map = lock(&set.by_token);
             let ended: Vec<u64> = map
