@@ -12,7 +12,7 @@
 use std::os::fd::RawFd;
 
 use crate::frame::{self, FRAME_HEADER};
-use crate::terminal::Output;
+use crate::terminal::{write_all, Output};
 use crate::{reply_tag, Reply, TermModes};
 
 /// A buffer the relay can read every frame the broker sends it into: an `Output` of the
@@ -257,32 +257,6 @@ pub fn relay(
 fn end() -> ! {
     // SAFETY: ends this process without running anything of the client's.
     unsafe { libc::_exit(0) }
-}
-
-fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        // SAFETY: a valid readable slice.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if n < 0 {
-            match errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    // A terminal someone set non-blocking: wait until it drains.
-                    let mut p = libc::pollfd {
-                        fd,
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    continue;
-                }
-                _ => return false,
-            }
-        }
-        data = &data[n as usize..];
-    }
-    true
 }
 
 /// Closes every descriptor but `keep` (at most a few, in any order).

@@ -15,6 +15,8 @@
 //! ([`undo_onlcr`], [`Output`]), so that the caller's terminal, whose `OPOST` other local writers
 //! need, produces exactly what a local run would.
 
+use std::os::fd::RawFd;
+
 use crate::TermModes;
 
 // ---------------------------------------------------------------------------------------
@@ -354,6 +356,34 @@ pub fn undo_onlcr(buf: &mut [u8], len: usize) -> usize {
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
+
+/// Writes all of `data` to `fd` (a terminal or a pipe), waiting out `EAGAIN` on a
+/// descriptor someone set non-blocking; `false` on any other error. Allocates nothing.
+pub fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: a valid readable slice.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    // A terminal someone set non-blocking: wait until it drains.
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, -1) };
+                    continue;
+                }
+                _ => return false,
+            }
+        }
+        data = &data[n as usize..];
+    }
+    true
+}
 
 #[cfg(test)]
 mod tests {

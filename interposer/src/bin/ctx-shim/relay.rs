@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 use ctx_protocol::linger;
-use ctx_protocol::terminal::{Hold, Output, Typed};
+use ctx_protocol::terminal::{write_all, Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -47,32 +47,6 @@ struct Relay<'a> {
     output: Output,
     /// The program's status, once `Exited` brought it.
     exited: Option<ExitStatus>,
-}
-
-fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        // SAFETY: data is a valid readable slice.
-        let n = unsafe { libc::write(fd, data.as_ptr() as *const _, data.len()) };
-        if n < 0 {
-            match sys::errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    // A terminal someone set non-blocking: wait until it drains.
-                    let mut p = libc::pollfd {
-                        fd,
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    continue;
-                }
-                _ => return false,
-            }
-        }
-        data = &data[n as usize..];
-    }
-    true
 }
 
 impl Relay<'_> {
