@@ -195,8 +195,8 @@ pub(super) async fn launch(
         let parent_signals = l.exec_guard(plan, exec_policy);
         l.cgroup(plan);
         l.terminal(plan, prepared.wants_tty)?;
-        let accepted = l.accept(conn, plan).await;
-        let forked = l.fork(plan)?;
+        let (accepted, forked) = l.accept_and_fork(conn, plan);
+        let forked = forked?;
         let (child, report) = l.watch(forked)?;
         l.register(child.pid);
         l.await_exec(report, &child, &prepared).await?;
@@ -547,17 +547,25 @@ impl<'a> Launch<'a> {
     }
 
     /// The interposer's caller hears `Accepted` before the fork when the exec is likely to
-    /// succeed, so it can become the shim meanwhile; whether it did.
-    async fn accept(&self, conn: &mut Conn, plan: &SpawnPlan) -> bool {
-        // exec_likely stats paths the caller chose, as root: on a hung network or FUSE mount
-        // that blocks, so the runtime hands this worker's other tasks to another thread.
-        let accepted =
-            self.via == Via::Interposer && tokio::task::block_in_place(|| exec_likely(plan));
-        if accepted {
-            // A caller that is gone is noticed at the relay loop's first read (end of file).
-            let _ = conn.send(&Reply::Accepted).await;
-        }
-        accepted
+    /// succeed, so it can become the shim meanwhile; then the fork. Both off the async
+    /// workers, in one hand-over of this worker's other tasks: `exec_likely` looks up
+    /// paths the caller chose, as root, and the clone returns only once the child's
+    /// `execve` has its file (`CLONE_VFORK`); either can wait as long as a caller likes (a
+    /// hung FUSE or NFS mount, a lease on the program that the open must break). Gives
+    /// back whether the caller heard `Accepted`, and the fork's outcome.
+    fn accept_and_fork(
+        &mut self,
+        conn: &mut Conn,
+        plan: &SpawnPlan,
+    ) -> (bool, Result<Forked, ExecFailure<'static>>) {
+        tokio::task::block_in_place(|| {
+            // A caller that is not reading (or is gone) hears `Started` instead, or is
+            // noticed at the relay loop's first read.
+            let accepted = self.via == Via::Interposer
+                && exec_likely(plan)
+                && conn.try_send(&Reply::Accepted).unwrap_or(false);
+            (accepted, self.fork(plan))
+        })
     }
 
     /// Forks the child, then lets go of what only the child needed.
