@@ -610,3 +610,22 @@ fn socket_mode_and_group_come_from_the_config() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     assert_eq!(meta.gid(), group_gid(TESTERS_GROUP));
 }
+
+/// A routed program's parent-death signal follows the broker thread that cloned it, and
+/// the fork runs where the runtime may have handed that thread's tasks on: a program
+/// that runs longer than an idle thread of tokio's blocking pool would live (10 s) is not
+/// killed with it. Through `ctx exec` and the interposer.
+#[test]
+fn a_program_outlives_the_broker_thread_that_forked_it() {
+    let b = Broker::start(&standard_config());
+    let out = b.exec("alice", &["/bin/sh", "-c", "sleep 12; echo done"]);
+    assert_eq!(out.ok(), "done\n", "{}", out.show());
+    // The routed `sleep` killed would fail the `&&`.
+    let routed = run(Command::new("/bin/sh")
+        .args(["-c", "sleep 12 && echo done"])
+        .env("LD_PRELOAD", bin("libctx_interposer.so"))
+        .env("CTX_ROUTE", "alice")
+        .env("CTX_SOCKET", b.socket())
+        .env("CTX_PASSTHROUGH", "/bin/sh"));
+    assert_eq!(routed.ok(), "done\n", "{}", routed.show());
+}

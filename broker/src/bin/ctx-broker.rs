@@ -127,8 +127,12 @@ fn main() -> ExitCode {
     if let Err(why) = daemon::signals::shield_credentials() {
         tracing::debug!("not shielded from signals of the broker's own uid: {why}");
     }
+    // A routed program's parent-death signal follows the thread that cloned it, not the
+    // broker: a worker whose tasks `block_in_place` handed on goes on as a thread of the
+    // blocking pool, and must not end while idle and take its programs with it.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(std::time::Duration::MAX)
         .enable_all()
         .build()
     {

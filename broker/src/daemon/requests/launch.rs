@@ -198,7 +198,6 @@ pub(super) async fn launch(
         let (accepted, forked) = l.accept_and_fork(conn, plan);
         let forked = forked?;
         let (child, report) = l.watch(forked)?;
-        l.register(child.pid);
         l.await_exec(report, &child, &prepared).await?;
         let client_alive = l.started(conn, child.pid, accepted).await;
         let relayed = l.relay(conn, &child, parent_signals, client_alive).await;
@@ -547,30 +546,33 @@ impl<'a> Launch<'a> {
     }
 
     /// The interposer's caller hears `Accepted` before the fork when the exec is likely to
-    /// succeed, so it can become the shim meanwhile; then the fork. Both off the async
-    /// workers, in one hand-over of this worker's other tasks: `exec_likely` looks up
-    /// paths the caller chose, as root, and the clone returns only once the child's
-    /// `execve` has its file (`CLONE_VFORK`); either can wait as long as a caller likes (a
-    /// hung FUSE or NFS mount, a lease on the program that the open must break). Gives
-    /// back whether the caller heard `Accepted`, and the fork's outcome.
+    /// succeed, so it can become the shim meanwhile; then the fork. Gives back whether the
+    /// caller heard `Accepted`, and the fork's outcome.
     fn accept_and_fork(
         &mut self,
         conn: &mut Conn,
         plan: &SpawnPlan,
     ) -> (bool, Result<Forked, ExecFailure<'static>>) {
-        tokio::task::block_in_place(|| {
-            // A caller that is not reading (or is gone) hears `Started` instead, or is
-            // noticed at the relay loop's first read.
-            let accepted = self.via == Via::Interposer
-                && exec_likely(plan)
-                && conn.try_send(&Reply::Accepted).unwrap_or(false);
-            (accepted, self.fork(plan))
-        })
+        // exec_likely looks up paths the caller chose, as root: on a hung network or FUSE
+        // mount that blocks, so the runtime hands this worker's other tasks to another
+        // thread meanwhile. A caller that is not reading (or is gone) hears `Started`
+        // instead, or is noticed at the relay loop's first read. The fork stays where the
+        // task runs: the program must be registered before its own children connect,
+        // which a fork handed to another thread leaves to chance.
+        let accepted = self.via == Via::Interposer
+            && tokio::task::block_in_place(|| exec_likely(plan))
+            && conn.try_send(&Reply::Accepted).unwrap_or(false);
+        (accepted, self.fork(plan))
     }
 
     /// Forks the child, then lets go of what only the child needed.
     fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
         let forked = fork_exec(plan);
+        if let Ok(f) = &forked {
+            // At once: the program runs already and may be routing its own children,
+            // whose connections this entry places.
+            self.register(f.pid);
+        }
         self.applied = Applied {
             ns_flags: self.holder.as_ref().map_or(0, |h| h.flags),
             landlock: self.ruleset.is_some(),
@@ -600,6 +602,7 @@ impl<'a> Launch<'a> {
         let pid = forked.pid;
         let pidfd = watch(forked.pidfd).map_err(|e| {
             kill_group(pid, libc::SIGKILL);
+            self.shared.registry.remove(self.id);
             os_failure(Stage::Fork, e, "cannot watch the process")
         })?;
         Ok((Child { pid, pidfd }, forked.report))
