@@ -873,10 +873,12 @@ mod rotation_tests {
         }
     }
 
-    fn temp_log(tag: &str) -> PathBuf {
+    /// A log in a directory this test made itself: `mkdir` of a name another user planted
+    /// (a symlink into a place of theirs) fails instead of being used.
+    pub(super) fn temp_log(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ctx-audit-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
         dir.join("audit.jsonl")
     }
 
@@ -1281,10 +1283,7 @@ mod egress_meter_tests {
 
     #[test]
     fn an_egress_flood_is_bounded_and_counted_but_root_is_not() {
-        let dir = std::env::temp_dir().join(format!("ctx-audit-egress-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
+        let path = super::rotation_tests::temp_log("egress");
         let audit = Audit::open(&path);
         let started = Instant::now();
         for _ in 0..3000 {
@@ -1325,6 +1324,6 @@ mod egress_meter_tests {
             .sum();
         let bound = EGRESS_BURST + EGRESS_RATE * (secs + 1.0) + 1024.0;
         assert!((eg_bytes as f64) < bound, "{eg_bytes} > {bound}");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
