@@ -48,25 +48,15 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     let serialised = lock.lock_owned().await;
     let mut req = sh.exec;
     let share_env = ctx.shell_env == ShellEnv::Shared && sh.session == "default";
-    match &sh.script {
-        Some(script) => req.argv = shell_state::script_argv(session.state(), script, share_env),
+    let program: &[u8] = match &sh.script {
+        Some(script) => {
+            req.argv = shell_state::script_argv(session.state(), script, share_env);
+            b"/bin/bash"
+        }
         None if sh.reset => {
             // Reset alone: the state is gone; report success the usual way.
             req.argv = vec![serde_bytes::ByteBuf::from(b"true".to_vec())];
-            req.program = Some(serde_bytes::ByteBuf::from(b"/bin/true".to_vec()));
-            return launch(
-                shared,
-                conn,
-                peer,
-                &ctx,
-                Via::Shell,
-                req,
-                Some(ShellLaunch {
-                    label,
-                    session: serialised,
-                }),
-            )
-            .await;
+            b"/bin/true"
         }
         None => {
             if !req.fds.iter().any(|s| s.source == FdSource::Pty) {
@@ -95,9 +85,10 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
                     return;
                 }
             }
+            b"/bin/bash"
         }
-    }
-    req.program = Some(serde_bytes::ByteBuf::from(b"/bin/bash".to_vec()));
+    };
+    req.program = Some(serde_bytes::ByteBuf::from(program.to_vec()));
     req.search_path = None;
     launch(
         shared,
