@@ -357,6 +357,18 @@ pub fn undo_onlcr(buf: &mut [u8], len: usize) -> usize {
 // Tests
 // ---------------------------------------------------------------------------------------
 
+/// Raises `signo` at the foreground group of the caller's terminal `fd`, as its line
+/// discipline would have for the key typed there, had the relay not taken it raw.
+pub fn raise_at_foreground(fd: RawFd, signo: i32) {
+    // SAFETY: plain queries and a signal to a process group.
+    unsafe {
+        let pgrp = libc::tcgetpgrp(fd);
+        if pgrp > 0 {
+            libc::kill(-pgrp, signo);
+        }
+    }
+}
+
 /// Writes all of `data` to `fd` (a terminal or a pipe), waiting out `EAGAIN` on a
 /// descriptor someone set non-blocking; `false` on any other error. Allocates nothing.
 pub fn write_all(fd: RawFd, mut data: &[u8]) -> bool {

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use ctx_protocol::launcher::Launcher;
 use ctx_protocol::linger;
-use ctx_protocol::terminal::{Hold, Output, Typed};
+use ctx_protocol::terminal::{raise_at_foreground, Hold, Output, Typed};
 use ctx_protocol::{errno_name, ExecFailure, ExitStatus, Reply, Request};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -358,18 +358,6 @@ impl Signals {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
-
-/// Raises `signo` at the foreground group of the caller's terminal `fd`, as its line
-/// discipline would have for the key typed there, had the relay not taken it raw.
-fn raise_at_foreground(fd: RawFd, signo: i32) {
-    // SAFETY: plain queries and a signal to a process group.
-    unsafe {
-        let pgrp = libc::tcgetpgrp(fd);
-        if pgrp > 0 {
-            libc::kill(-pgrp, signo);
-        }
-    }
-}
 
 /// ` (ENOENT at stage exec)`, then the broker's own words when they say more than that.
 fn failure_detail(program: &str, f: &ExecFailure<'_>) -> String {

@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 use ctx_protocol::linger;
-use ctx_protocol::terminal::{write_all, Hold, Output, Typed};
+use ctx_protocol::terminal::{raise_at_foreground, write_all, Hold, Output, Typed};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -235,18 +235,6 @@ impl Relay<'_> {
         } else if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
             // EIO: we lost the terminal (hangup, or read from the background).
             self.input_open = false;
-        }
-    }
-}
-
-/// Raises `signo` at the foreground group of the caller's terminal `fd`, as its line
-/// discipline would have for the key typed there, had the relay not taken it raw.
-fn raise_at_foreground(fd: RawFd, signo: i32) {
-    // SAFETY: plain queries and a signal to a process group.
-    unsafe {
-        let pgrp = libc::tcgetpgrp(fd);
-        if pgrp > 0 {
-            libc::kill(-pgrp, signo);
         }
     }
 }
