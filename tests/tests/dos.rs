@@ -925,8 +925,7 @@ print("mounted", flush=True)
 time.sleep(float(sys.argv[2]))
 "#;
 
-/// The interposer's early check (`exec_likely`) runs on the async worker when every mount
-/// in the broker's own namespace is local, but the caller chooses the path, and
+/// The interposer's early check (`exec_likely`) looks up a path the caller chose, and
 /// `/proc/PID/root` (likewise `/proc/PID/cwd`, `/proc/self/fd/N` of a directory the caller
 /// passed) leads into another mount namespace, here onto a FUSE mount nobody answers.
 /// Two such launches take the runtime's two workers; root must stay served.
@@ -936,11 +935,9 @@ fn an_early_check_through_another_mount_namespace_does_not_block_a_worker() {
 }
 
 /// The same path from the CLI, which has no early check: the spawn child's own `execve`
-/// looks it up, and the child is a `CLONE_VFORK` one, so the worker that cloned it is
-/// suspended as long as the lookup waits (here: for ever). Not the perf change's doing
-/// (see `a_leased_program_does_not_suspend_a_worker_in_the_spawn`).
+/// looks it up, and the child is a `CLONE_VFORK` one, so the thread that cloned it waits
+/// as long as the lookup does (here: for ever).
 #[test]
-#[ignore = "open defect: the spawn's CLONE_VFORK wait runs on a tokio worker, so an execve that waits (a lease break, a hung mount) suspends it; see the closing note"]
 fn an_exec_through_another_mount_namespace_does_not_suspend_a_worker() {
     launches_onto_a_hung_fuse_mount_leave_root_served(ClientKind::Cli);
 }
@@ -1037,14 +1034,14 @@ time.sleep(float(sys.argv[2]))
 "##;
 
 /// A user allowed into a context launches a file of its own on which it holds a write
-/// lease: the spawn child's `execve` waits in the lease break, and the child is a
-/// `CLONE_VFORK` one, so the tokio worker that cloned it is suspended as long (45 s by
-/// default; then the attacker takes a new lease). Two such launches take both workers;
-/// root must stay served.
+/// lease: the spawn child's `execve` waits in the lease break (45 s by default; then the
+/// attacker takes a new lease), and the child is a `CLONE_VFORK` one, so the thread that
+/// cloned it waits as long. More such launches than one uid may fork at once: root and
+/// another user must stay served, and once the lease goes every one of them runs.
 #[test]
-#[ignore = "open defect: the spawn's CLONE_VFORK wait runs on a tokio worker, so an execve that waits (a lease break, a hung mount) suspends it; see the closing note"]
 fn a_leased_program_does_not_suspend_a_worker_in_the_spawn() {
     let alice = user(ALICE);
+    let bob = user(BOB);
     let b = Broker::start(&format!(
         r#"[broker]
 socket_mode = "0666"
@@ -1057,24 +1054,25 @@ allow = {{ uids = [0, {uid}] }}
 [contexts.other]
 user = "{BOB}"
 cwd = "/"
-allow = {{ uids = [0] }}
+allow = {{ uids = [0, {bob}] }}
 "#,
-        uid = alice.uid
+        uid = alice.uid,
+        bob = bob.uid
     ));
     let dir = b.dir().path().join("leased");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(alice.uid), Some(alice.gid)).unwrap();
     let prog = dir.join("prog");
-    let as_alice = |cmd: &mut Command| {
+    let as_user = |cmd: &mut Command, name: &str| {
         cmd.args([
-            &format!("--reuid={ALICE}"),
-            &format!("--regid={ALICE}"),
+            &format!("--reuid={name}"),
+            &format!("--regid={name}"),
             "--init-groups",
             "--",
         ]);
     };
     let mut holder = Command::new("setpriv");
-    as_alice(&mut holder);
+    as_user(&mut holder, ALICE);
     let child = holder
         .args(["/usr/bin/python3", "-c", LEASED])
         .arg(&prog)
@@ -1094,10 +1092,11 @@ allow = {{ uids = [0] }}
         .read_exact(&mut line)
         .expect("the lease is taken");
     assert_eq!(&line, b"leased\n");
+    // More than FORKS_PER_UID (16): the ones past it wait for a turn.
     let mut launches = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..20 {
         let mut c = Command::new("setpriv");
-        as_alice(&mut c);
+        as_user(&mut c, ALICE);
         let l = c
             .arg(bin("ctx"))
             .arg("--socket")
@@ -1105,13 +1104,23 @@ allow = {{ uids = [0] }}
             .args(["exec", "--context", "alice", "--"])
             .arg(&prog)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         launches.push(Attacker(l));
     }
     thread::sleep(Duration::from_secs(1));
-    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let listing = threads(b.pid());
+    eprintln!("broker threads:\n{listing}");
+    // Each thread waiting for a child's exec sleeps in the clone call.
+    let forking = listing
+        .lines()
+        .filter(|l| l.ends_with("kernel_clone") || l.ends_with("_do_fork"))
+        .count();
+    assert!(
+        (1..=16).contains(&forking),
+        "{forking} broker threads wait in a fork for {ALICE}'s leased launches (at most 16)"
+    );
     let start = Instant::now();
     let mut root = b
         .exec_cmd("other", &["echo", "served"])
@@ -1119,18 +1128,50 @@ allow = {{ uids = [0] }}
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let mut by_bob = Command::new("setpriv");
+    as_user(&mut by_bob, BOB);
+    let mut by_bob = by_bob
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "other", "--", "echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let bob_served = wait_deadline(&mut by_bob, Duration::from_secs(5));
     let took = start.elapsed();
     // The holder's end lets go of the lease: the waiting execs go on.
     drop(holder);
-    drop(launches);
-    if served.is_none() {
-        let _ = root.kill();
-        let _ = root.wait();
+    for c in [&mut root, &mut by_bob] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut ran = 0;
+    for mut l in launches.drain(..) {
+        // Its one short line fits in the pipe: waiting first cannot block on it.
+        let ended = wait_deadline(&mut l.0, Duration::from_secs(20));
+        let mut out = String::new();
+        if ended.is_some() {
+            let _ = l.0.stdout.take().unwrap().read_to_string(&mut out);
+        }
+        if ended.is_some_and(|s| s.success()) && out == "ran\n" {
+            ran += 1;
+        }
     }
     assert!(
         served.is_some_and(|s| s.success()),
-        "root's ctx exec was not served in {took:?} while two spawn children waited on a \
+        "root's ctx exec was not served in {took:?} while spawn children waited on a lease \
+         break"
+    );
+    assert!(
+        bob_served.is_some_and(|s| s.success()),
+        "another user's ctx exec was not served while {ALICE}'s spawn children waited on a \
          lease break"
+    );
+    assert_eq!(
+        ran, 20,
+        "of {ALICE}'s 20 leased launches, only {ran} ran once the lease went"
     );
 }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 /// Connections of one uid still in their handshake. A real client's handshake takes
 /// microseconds; only a flood (or a stalled peer) keeps this many open at once.
 pub const HANDSHAKING_PER_UID: u32 = 64;
@@ -35,6 +37,12 @@ const RESERVED_FDS: u64 = 256;
 /// is given from taking its callers' connections this way. Past it, a terminal is hung up
 /// when its program ends.
 pub const LINGERING_PER_UID: u32 = 64;
+/// Launches of one uid between their start and their program's exec. A fork returns only
+/// once its child has exec'd, which a path the caller chose can hold up for as long as a
+/// lease break or a hung mount lasts: each such fork holds one of the runtime's blocking
+/// threads meanwhile, and this keeps one uid from taking them all. Past it, that uid's
+/// next launches wait; the others' do not.
+pub const FORKS_PER_UID: usize = 16;
 /// What one connection is counted as against `RLIMIT_NOFILE`: its socket, and its launch's
 /// pidfd, PTY master and report pipe.
 const FDS_PER_CONNECTION: u64 = 4;
@@ -117,6 +125,8 @@ pub enum EgressRefusal {
 #[derive(Default)]
 pub struct Admissions {
     counts: Mutex<Counts>,
+    /// Turns to fork, by uid ([`FORKS_PER_UID`]); a uid-0 context's callers share uid 0's.
+    forks: Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
 #[derive(Default)]
@@ -299,6 +309,23 @@ impl Admissions {
             uid,
             counted: true,
         })
+    }
+
+    /// Waits for a turn of `uid` to fork a launch ([`FORKS_PER_UID`]), held until the fork
+    /// has returned. The operator (root outside every context) never waits.
+    pub async fn fork_turn(&self, uid: u32, in_context: bool) -> Option<OwnedSemaphorePermit> {
+        if uid == 0 && !in_context {
+            return None;
+        }
+        let turns = self
+            .forks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(FORKS_PER_UID)))
+            .clone();
+        // Never closed: acquiring fails only on a closed semaphore.
+        turns.acquire_owned().await.ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {

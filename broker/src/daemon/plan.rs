@@ -444,6 +444,7 @@ pub fn prepare(
         landlock: [None, None],
         cgroup_join: Vec::new(),
         cgroup_dir: None,
+        pid_slots: None,
     };
     Ok(Prepared {
         plan,

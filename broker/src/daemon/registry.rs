@@ -2,8 +2,10 @@
 //! signals, and how the broker tells which context a connecting peer runs in.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use super::spawn::PidSlots;
 
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -28,6 +30,9 @@ struct Inner {
     /// ancestor up in. The start time tells the routed process from a later one that got
     /// its pid.
     by_pid: HashMap<i32, (u64, u64)>,
+    /// Launches being forked, by id: their context, when the fork began, and the pids the
+    /// kernel fills in as it creates their processes (see [`PidSlots`]).
+    forking: HashMap<u64, (String, Instant, Arc<PidSlots>)>,
 }
 
 /// What /proc says of a process, read in one go.
@@ -47,12 +52,25 @@ impl Registry {
         // Unreadable only if it is gone already: then no walk may ever match it.
         let start = parent_and_start(r.pid).map_or(u64::MAX, |(_, s)| s);
         let mut g = self.lock();
+        g.forking.remove(&r.id);
         g.by_pid.insert(r.pid, (start, r.id));
         g.by_id.insert(r.id, r);
     }
 
+    /// A launch of `context` about to be forked: gives the slots its fork fills in, which
+    /// place its processes until [`Registry::insert`] (or [`Registry::remove`]) of `id`.
+    /// `started` is taken before the fork, as for [`Running::started`].
+    pub fn forking(&self, id: u64, context: &str, started: Instant) -> Arc<PidSlots> {
+        let slots = Arc::new(PidSlots::default());
+        self.lock()
+            .forking
+            .insert(id, (context.to_string(), started, slots.clone()));
+        slots
+    }
+
     pub fn remove(&self, id: u64) {
         let mut g = self.lock();
+        g.forking.remove(&id);
         if let Some(r) = g.by_id.remove(&id) {
             if g.by_pid.get(&r.pid).map(|e| e.1) == Some(id) {
                 g.by_pid.remove(&r.pid);
@@ -89,7 +107,8 @@ impl Registry {
     pub fn context_of(&self, pid: i32, ppid: i32, start: u64) -> Option<String> {
         let oldest = {
             let g = self.lock();
-            g.by_id.values().map(|r| r.started).min()?
+            let forking = g.forking.values().map(|f| f.1);
+            g.by_id.values().map(|r| r.started).chain(forking).min()?
         };
         // Clock ticks since boot (what /proc/PID/stat counts in) at the oldest launch, less
         // two ticks for the rounding of both clocks.
@@ -103,6 +122,11 @@ impl Registry {
                 let g = self.lock();
                 if let Some((_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
                     return g.by_id.get(id).map(|r| r.context.clone());
+                }
+                // A slot holds the pid of an unreaped child of ours (see `PidSlots`): no
+                // other process can have that pid meanwhile.
+                if let Some(f) = g.forking.values().find(|f| f.2.holds(cur)) {
+                    return Some(f.0.clone());
                 }
             }
             if cur_start < floor {
@@ -296,5 +320,56 @@ mod tests {
         assert_eq!(reg.context_of(me, pid, mine.start), None);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// The fork of a launch returns only once its program has exec'd; the program's own
+    /// children connecting before that are placed by the pid the kernel wrote at the
+    /// clone. A real spawn fills the slot, and a child of the spawned program is placed in
+    /// its context before anything is registered.
+    #[test]
+    fn a_launch_being_forked_places_its_program_s_children_by_the_kernel_s_pid() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+        let reg = Registry::default();
+        let started = Instant::now();
+        let slots = reg.forking(7, "c", started);
+        let mut pipe = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(
+            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: just created, owned here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        // A program that starts a child and prints the child's pid.
+        let mut plan = crate::daemon::spawn::testing::test_plan(
+            &["/bin/sh", "-c", "sleep 5 & echo $!; exec sleep 5"],
+            vec![(w.as_raw_fd(), 1)],
+        );
+        plan.pid_slots = Some(slots.clone());
+        let forked = crate::daemon::spawn::fork_exec(&plan).unwrap();
+        drop(w);
+        assert_eq!(
+            slots.first.load(std::sync::atomic::Ordering::Acquire),
+            forked.pid,
+            "the clone wrote the child's pid"
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(std::fs::File::from(r)),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        assert_eq!(context(&reg, grandchild).as_deref(), Some("c"));
+        assert_eq!(context(&reg, forked.pid).as_deref(), Some("c"));
+        reg.remove(7);
+        assert_eq!(context(&reg, grandchild), None, "no longer being forked");
+        // SAFETY: plain syscalls on our own child and its child.
+        unsafe {
+            libc::kill(grandchild, libc::SIGKILL);
+            libc::kill(forked.pid, libc::SIGKILL);
+        }
+        crate::daemon::spawn::testing::wait_end(&forked);
     }
 }

@@ -195,7 +195,7 @@ pub(super) async fn launch(
         let parent_signals = l.exec_guard(plan, exec_policy);
         l.cgroup(plan);
         l.terminal(plan, prepared.wants_tty)?;
-        let (accepted, forked) = l.accept_and_fork(conn, plan);
+        let (accepted, forked) = l.accept_and_fork(conn, plan).await;
         let forked = forked?;
         let (child, report) = l.watch(forked)?;
         l.await_exec(report, &child, &prepared).await?;
@@ -548,30 +548,38 @@ impl<'a> Launch<'a> {
     /// The interposer's caller hears `Accepted` before the fork when the exec is likely to
     /// succeed, so it can become the shim meanwhile; then the fork. Gives back whether the
     /// caller heard `Accepted`, and the fork's outcome.
-    fn accept_and_fork(
+    async fn accept_and_fork(
         &mut self,
         conn: &mut Conn,
-        plan: &SpawnPlan,
+        plan: &mut SpawnPlan,
     ) -> (bool, Result<Forked, ExecFailure<'static>>) {
-        // exec_likely looks up paths the caller chose, as root: on a hung network or FUSE
-        // mount that blocks, so the runtime hands this worker's other tasks to another
-        // thread meanwhile. A caller that is not reading (or is gone) hears `Started`
-        // instead, or is noticed at the relay loop's first read. The fork stays where the
-        // task runs: the program must be registered before its own children connect,
-        // which a fork handed to another thread leaves to chance.
-        let accepted = self.via == Via::Interposer
-            && tokio::task::block_in_place(|| exec_likely(plan))
-            && conn.try_send(&Reply::Accepted).unwrap_or(false);
-        (accepted, self.fork(plan))
+        let _turn = (self.shared.admissions)
+            .fork_turn(self.peer.uid, self.peer.in_a_context())
+            .await;
+        let registry = &self.shared.registry;
+        plan.pid_slots = Some(registry.forking(self.id, &self.ctx.name, self.started_at));
+        // Both steps look up paths the caller chose, as root (the fork waits for the
+        // child's exec, which a lease break or a hung network or FUSE mount holds up), so
+        // the runtime hands this worker's other tasks to another thread meanwhile. The
+        // forking thread stays the runtime's for good (`thread_keep_alive`): the child's
+        // parent-death signal follows it. A caller that is not reading (or is gone) hears
+        // `Started` instead, or is noticed at the relay loop's first read.
+        tokio::task::block_in_place(|| {
+            let accepted = self.via == Via::Interposer
+                && exec_likely(plan)
+                && conn.try_send(&Reply::Accepted).unwrap_or(false);
+            (accepted, self.fork(plan))
+        })
     }
 
     /// Forks the child, then lets go of what only the child needed.
     fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
         let forked = fork_exec(plan);
-        if let Ok(f) = &forked {
+        match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.
-            self.register(f.pid);
+            Ok(f) => self.register(f.pid),
+            Err(_) => self.shared.registry.remove(self.id),
         }
         self.applied = Applied {
             ns_flags: self.holder.as_ref().map_or(0, |h| h.flags),

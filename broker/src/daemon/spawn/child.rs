@@ -192,11 +192,18 @@ unsafe fn enter_namespaces(a: &ChildArgs) {
         // Only our children are born in the joined PID namespace: clone once more,
         // as a sibling (CLONE_PARENT) so the broker waits on it directly.
         let top = a.grand_stack.load(Ordering::Acquire);
+        // Its pid as this process sees it, which is the broker's namespace's (only our
+        // children are born in the joined one).
+        let (settid, slot) = match &a.plan.pid_slots {
+            Some(s) => (libc::CLONE_PARENT_SETTID, s.program.as_ptr()),
+            None => (0, std::ptr::null_mut()),
+        };
         let pid = libc::clone(
             grandchild_entry,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | settid,
             a as *const ChildArgs as *mut libc::c_void,
+            slot,
         );
         if pid < 0 {
             fail(a.report, Stage::Namespace, errno());
@@ -269,12 +276,24 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
         fail(c.report, Stage::Terminal, errno());
     }
     let mut pidfd: libc::c_int = -1;
+    // The program writes its own pid, which is the broker's namespace's only outside a
+    // PID namespace; inside one the registry learns it when the fork returns.
+    let in_pid_ns = c
+        .plan
+        .namespaces
+        .is_some_and(|ns| ns.flags & libc::CLONE_NEWPID != 0);
+    let (settid, slot) = match &c.plan.pid_slots {
+        Some(s) if !in_pid_ns => (libc::CLONE_CHILD_SETTID, s.program.as_ptr()),
+        _ => (0, std::ptr::null_mut()),
+    };
     let pid = libc::clone(
         program_entry,
         a.program_stack.load(Ordering::Acquire),
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::CLONE_PIDFD,
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::CLONE_PIDFD | settid,
         a as *const ChildArgs as *mut libc::c_void,
         &mut pidfd as *mut libc::c_int,
+        std::ptr::null_mut::<libc::c_void>(),
+        slot,
     );
     if pid < 0 {
         fail(c.report, Stage::Session, errno());

@@ -146,7 +146,12 @@ pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawF
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     let mut pidfd: libc::c_int = -1;
     let arg = args as *const ChildArgs as *mut libc::c_void;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    // The child's pid where the registry looks while the fork has not returned.
+    let (settid, first_slot) = match &args.plan.pid_slots {
+        Some(s) => (libc::CLONE_CHILD_SETTID, s.first.as_ptr()),
+        None => (0, std::ptr::null_mut()),
+    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | settid;
     // SAFETY: the stack top is inside the mapping (stacks grow down on x86_64/aarch64); the
     // child runs `child_entry`, which only makes async-signal-safe calls on memory prepared
     // before this point and ends in execve or _exit; CLONE_VFORK keeps this thread (and so
@@ -160,7 +165,8 @@ pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawF
             args.born_in_cgroup.store(true, Ordering::Relaxed);
             // Any refusal (pids_max reached, say) is retried the old way below, whose write
             // reports it at the cgroup step as on every other host.
-            if let Ok(p) = clone3_into_cgroup(flags, stack, size, dir, arg, &mut pidfd) {
+            if let Ok(p) = clone3_into_cgroup(flags, stack, size, dir, arg, &mut pidfd, first_slot)
+            {
                 pid = p;
             }
         }
@@ -172,6 +178,8 @@ pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawF
                 flags | libc::SIGCHLD,
                 arg,
                 &mut pidfd as *mut libc::c_int,
+                std::ptr::null_mut::<libc::c_void>(),
+                first_slot,
             );
         }
         let err = io::Error::last_os_error();
@@ -201,6 +209,7 @@ unsafe fn clone3_into_cgroup(
     dir: RawFd,
     arg: *mut libc::c_void,
     pidfd: &mut libc::c_int,
+    child_tid: *mut libc::c_int,
 ) -> io::Result<libc::pid_t> {
     if CLONE3_MISSING.load(Ordering::Relaxed) {
         return Err(io::Error::from_raw_os_error(libc::ENOSYS));
@@ -208,7 +217,7 @@ unsafe fn clone3_into_cgroup(
     let cl = CloneArgs {
         flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
         pidfd: pidfd as *mut libc::c_int as u64,
-        child_tid: 0,
+        child_tid: child_tid as u64,
         parent_tid: 0,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack as u64,
@@ -295,8 +304,11 @@ mod tests {
         let mut plan = test_plan(&["/bin/cat", "/proc/self/cgroup"], vec![(w.as_raw_fd(), 1)]);
         plan.cgroup_join = join;
         plan.cgroup_dir = dir;
+        let slots = std::sync::Arc::new(super::super::PidSlots::default());
+        plan.pid_slots = Some(slots.clone());
         let forked = fork_exec(&plan).unwrap();
         drop(w);
+        assert_eq!(slots.first.load(Ordering::Acquire), forked.pid);
         let mut out = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
         assert_eq!(wait_end(&forked).1, 0, "cat: {out}");

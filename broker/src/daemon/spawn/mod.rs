@@ -25,6 +25,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::AtomicI32;
 
 use super::kernel::supervisor::Handover;
 
@@ -121,6 +122,30 @@ pub struct SpawnPlan {
     /// the seccomp filter that keeps it from making the broker a file's owner, which would
     /// let it (or anyone sharing the file) aim any signal at it as SIGIO (`seccomp.rs`).
     pub owner_filter: bool,
+    /// Where the kernel writes the pids of the launch's processes as it creates them (see
+    /// [`PidSlots`]); none outside a launch.
+    pub pid_slots: Option<std::sync::Arc<PidSlots>>,
+}
+
+/// The pids (in the broker's namespace) of a launch's first child and of the process that
+/// runs its program when that is another one, each written by the kernel as it creates
+/// the process, before the process runs (`CLONE_CHILD_SETTID`, `CLONE_PARENT_SETTID`). The
+/// fork returns only once the program has exec'd, and the program may route its own
+/// children before that thread gets to register it: the registry places their connections
+/// by these meanwhile. 0: not (or no longer) such a process.
+#[derive(Debug, Default)]
+pub struct PidSlots {
+    pub first: AtomicI32,
+    pub program: AtomicI32,
+}
+
+impl PidSlots {
+    /// Whether `pid` is one of the launch's processes.
+    pub fn holds(&self, pid: libc::pid_t) -> bool {
+        pid > 0
+            && (self.first.load(std::sync::atomic::Ordering::Acquire) == pid
+                || self.program.load(std::sync::atomic::Ordering::Acquire) == pid)
+    }
 }
 
 /// A holder's pidfd and the `CLONE_NEW*` flags to `setns` into.
@@ -357,6 +382,10 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     drop(report_w);
     let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
     if grandchild > 0 {
+        // Its pid is free for reuse once reaped: never a launch's from then on.
+        if let Some(s) = &plan.pid_slots {
+            s.first.store(0, std::sync::atomic::Ordering::Release);
+        }
         // The first child exited as soon as the grandchild exec'd (or failed): reap it and
         // watch the grandchild, our own child thanks to CLONE_PARENT. It cannot be reaped
         // by anyone else before pidfd_open, so its pid cannot have been reused.
@@ -394,7 +423,12 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
             let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
             let Some((program_pid, program_fd)) = receive_program(&receive) else {
                 // It could not send (out of memory): the program runs, unknown to us.
-                // Ending its session's leader hangs its terminal up.
+                // Ending its session's leader hangs its terminal up. Neither pid is the
+                // launch's once reaped.
+                if let Some(s) = &plan.pid_slots {
+                    s.first.store(0, std::sync::atomic::Ordering::Release);
+                    s.program.store(0, std::sync::atomic::Ordering::Release);
+                }
                 // SAFETY: plain syscalls on our own child.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);

@@ -27,6 +27,7 @@ pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
         exec_guard: None,
         supervisor_filter: Vec::new(),
         owner_filter: false,
+        pid_slots: None,
     }
 }
 
