@@ -593,7 +593,9 @@ impl<'a> Launch<'a> {
         drop(self.enforcing.take());
         // The child has its copies; the broker must not keep the caller's descriptors or the
         // slave (the master would never see EOF/EIO).
-        drop(self.passed.take());
+        if let Some(passed) = self.passed.take() {
+            passed.close_quick_ones_here();
+        }
         self.master = self.pty.take().map(|p| p.master);
         forked.map_err(|e| os_failure(Stage::Fork, e, "cannot fork"))
     }
