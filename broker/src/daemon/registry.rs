@@ -322,6 +322,35 @@ mod tests {
         let _ = child.wait();
     }
 
+    /// A slot holds the pid of a process of the launch being forked, but the walk may mean
+    /// an earlier process that had the pid: one whose pid it read before that process
+    /// exited and the launch's clone got the pid (a connecting peer once its liveness was
+    /// checked, or an ancestor read a step before). Only the slot's own process, by its
+    /// start time, is placed.
+    #[test]
+    fn a_slot_places_only_the_process_that_holds_its_pid() {
+        let reg = Registry::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let slots = reg.forking(1, "c", long_ago);
+        slots.first.store(pid, std::sync::atomic::Ordering::Release);
+        let found = proc_identity(pid).unwrap();
+        assert_eq!(
+            reg.context_of(pid, found.ppid, found.start).as_deref(),
+            Some("c")
+        );
+        // The same pid with another start time: the process that had it before.
+        assert_eq!(reg.context_of(pid, found.ppid, found.start + 1), None);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// The fork of a launch returns only once its program has exec'd; the program's own
     /// children connecting before that are placed by the pid the kernel wrote at the
     /// clone. A real spawn fills the slot, and a child of the spawned program is placed in
