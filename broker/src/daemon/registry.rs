@@ -118,15 +118,24 @@ impl Registry {
             if cur <= 1 {
                 return None;
             }
-            {
+            let slot = {
                 let g = self.lock();
                 if let Some((_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
                     return g.by_id.get(id).map(|r| r.context.clone());
                 }
-                // A slot holds the pid of an unreaped child of ours (see `PidSlots`): no
-                // other process can have that pid meanwhile.
-                if let Some(f) = g.forking.values().find(|f| f.2.holds(cur)) {
-                    return Some(f.0.clone());
+                g.forking
+                    .values()
+                    .find(|f| f.2.holds(cur))
+                    .map(|f| (f.0.clone(), f.2.clone()))
+            };
+            // A slot holds the pid of an unreaped child of ours (see `PidSlots`), but the
+            // walk read `cur` before: the process it means may have exited since, its pid
+            // gone to the launch's clone. The start time read now is the slot's process's,
+            // which names the walk's process only if it is that one.
+            if let Some((context, slots)) = slot {
+                let now = parent_and_start(cur).map(|(_, s)| s);
+                if now == Some(cur_start) && slots.holds(cur) {
+                    return Some(context);
                 }
             }
             if cur_start < floor {
