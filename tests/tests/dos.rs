@@ -1175,3 +1175,226 @@ allow = {{ uids = [0, {bob}] }}
         "of {ALICE}'s 20 leased launches, only {ran} ran once the lease went"
     );
 }
+
+/// Starts the [`HUNG_FUSE`] holder in a mount namespace of its own, with its mount at
+/// `mnt`, the mount's processes as `uid`; gives it back once the mount is made.
+fn hung_fuse_holder(mnt: &std::path::Path, uid: u32) -> Attacker {
+    std::fs::create_dir(mnt).unwrap();
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "/usr/bin/python3",
+            "-c",
+            HUNG_FUSE,
+        ])
+        .arg(mnt)
+        .arg("120")
+        .arg(uid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the FUSE holder");
+    let mut holder = Attacker(child);
+    let mut line = [0u8; 8];
+    holder
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .expect("the FUSE mount is made");
+    assert_eq!(&line, b"mounted\n");
+    holder
+}
+
+/// `enforce = true` looks for the program before the fork, as root, to allow it by
+/// Landlock (`enforce_ruleset`): a path the caller chose, looked up on the async worker.
+/// A user allowed into an enforcing context (ctx-alice) launches
+/// `/proc/PID/root/.../prog` onto a FUSE mount nobody serves, twice, with the CLI; root
+/// must stay served.
+#[test]
+fn an_enforced_launch_through_another_mount_namespace_does_not_block_a_worker() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("no /dev/fuse here: skipped");
+        return;
+    }
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.agent]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+route_children_to = "user"
+isolation = {{ enforce = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0], contexts = ["agent"] }}
+"#,
+        uid = alice.uid
+    ));
+    let mnt = b.dir().path().join("hung");
+    let holder = hung_fuse_holder(&mnt, alice.uid);
+    let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
+    let mut launches = Vec::new();
+    for _ in 0..2 {
+        let l = Command::new("setpriv")
+            .args([
+                &format!("--reuid={ALICE}"),
+                &format!("--regid={ALICE}"),
+                "--init-groups",
+                "--",
+            ])
+            .arg(bin("ctx"))
+            .arg("--socket")
+            .arg(b.socket())
+            .args(["exec", "--context", "agent", "--"])
+            .arg(&program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        launches.push(Attacker(l));
+    }
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let start = Instant::now();
+    let mut root = b
+        .exec_cmd("user", &["echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let took = start.elapsed();
+    // Ending the holder aborts the FUSE connection: every stuck lookup returns.
+    drop(holder);
+    drop(launches);
+    if served.is_none() {
+        let _ = root.kill();
+        let _ = root.wait();
+    }
+    assert!(
+        served.is_some_and(|s| s.success()),
+        "root's ctx exec was not served in {took:?} while two enforced launches of {ALICE} \
+         looked up a path on a FUSE mount nobody serves"
+    );
+}
+
+/// In the mount namespace it runs in: opens `argv[3]` (`O_PATH`, which asks the FUSE mount
+/// nothing), connects to the socket `argv[1]` and sends the bytes `argv[2]` (hex) with
+/// /dev/null as stdio and that descriptor as its cwd's. Prints `sent`, then holds on.
+const SEND_WITH_CWD: &str = r#"
+import os, socket, sys, time
+cwd = os.open(sys.argv[3], os.O_PATH | os.O_DIRECTORY)
+null = os.open("/dev/null", os.O_RDWR)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+socket.send_fds(s, [bytes.fromhex(sys.argv[2])], [null, null, null, cwd])
+print("sent", flush=True)
+time.sleep(120)
+"#;
+
+/// A caller in another mount namespace than the broker's passes its cwd as a descriptor;
+/// the broker looks at that directory (`cwd_unverified`, the audit's `cwd_id`) as root on
+/// the async worker. ctx-alice, allowed into a context that inherits the cwd, sits on a
+/// FUSE mount nobody serves in a namespace of its own and sends two such launches; root
+/// must stay served.
+#[test]
+fn a_cwd_passed_from_another_mount_namespace_is_not_looked_at_on_a_worker() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("no /dev/fuse here: skipped");
+        return;
+    }
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        uid = alice.uid
+    ));
+    let mnt = b.dir().path().join("hung");
+    let holder = hung_fuse_holder(&mnt, alice.uid);
+    let mut req = raw::exec_request("alice", &[b"true"]);
+    req.cwd = serde_bytes::ByteBuf::from(mnt.to_str().unwrap().as_bytes().to_vec());
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex: String = raw::opening(&Request::Exec(req))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let child = Command::new("nsenter")
+            .args(["-t", &holder.0.id().to_string(), "-m", "--", "setpriv"])
+            .args([
+                &format!("--reuid={ALICE}"),
+                &format!("--regid={ALICE}"),
+                "--init-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                SEND_WITH_CWD,
+            ])
+            .arg(b.socket())
+            .arg(&hex)
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut sender = Attacker(child);
+        let mut line = [0u8; 5];
+        sender
+            .0
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut line)
+            .expect("the launch is sent");
+        assert_eq!(&line, b"sent\n");
+        senders.push(sender);
+    }
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let start = Instant::now();
+    let mut root = b
+        .exec_cmd("bob", &["echo", "served"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let took = start.elapsed();
+    drop(holder);
+    drop(senders);
+    if served.is_none() {
+        let _ = root.kill();
+        let _ = root.wait();
+    }
+    assert!(
+        served.is_some_and(|s| s.success()),
+        "root's ctx exec was not served in {took:?} while two launches of {ALICE} passed a \
+         cwd on a FUSE mount nobody serves"
+    );
+}

@@ -118,15 +118,24 @@ impl Registry {
             if cur <= 1 {
                 return None;
             }
-            {
+            let slot = {
                 let g = self.lock();
                 if let Some((_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
                     return g.by_id.get(id).map(|r| r.context.clone());
                 }
-                // A slot holds the pid of an unreaped child of ours (see `PidSlots`): no
-                // other process can have that pid meanwhile.
-                if let Some(f) = g.forking.values().find(|f| f.2.holds(cur)) {
-                    return Some(f.0.clone());
+                g.forking
+                    .values()
+                    .find(|f| f.2.holds(cur))
+                    .map(|f| (f.0.clone(), f.2.clone()))
+            };
+            // A slot holds the pid of an unreaped child of ours (see `PidSlots`), but the
+            // walk read `cur` before: the process it means may have exited since, its pid
+            // gone to the launch's clone. The start time read now is the slot's process's,
+            // which names the walk's process only if it is that one.
+            if let Some((context, slots)) = slot {
+                let now = parent_and_start(cur).map(|(_, s)| s);
+                if now == Some(cur_start) && slots.holds(cur) {
+                    return Some(context);
                 }
             }
             if cur_start < floor {
@@ -318,6 +327,35 @@ mod tests {
         let me = std::process::id() as i32;
         let mine = proc_identity(me).unwrap();
         assert_eq!(reg.context_of(me, pid, mine.start), None);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A slot holds the pid of a process of the launch being forked, but the walk may mean
+    /// an earlier process that had the pid: one whose pid it read before that process
+    /// exited and the launch's clone got the pid (a connecting peer once its liveness was
+    /// checked, or an ancestor read a step before). Only the slot's own process, by its
+    /// start time, is placed.
+    #[test]
+    fn a_slot_places_only_the_process_that_holds_its_pid() {
+        let reg = Registry::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let slots = reg.forking(1, "c", long_ago);
+        slots.first.store(pid, std::sync::atomic::Ordering::Release);
+        let found = proc_identity(pid).unwrap();
+        assert_eq!(
+            reg.context_of(pid, found.ppid, found.start).as_deref(),
+            Some("c")
+        );
+        // The same pid with another start time: the process that had it before.
+        assert_eq!(reg.context_of(pid, found.ppid, found.start + 1), None);
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -85,6 +85,11 @@ pub(super) struct ShellLaunch {
 /// audited and sent; the fields are in the reverse order of their acquisition, so they are
 /// let go of in the order locals would be.
 struct Launch<'a> {
+    /// The caller's turn to look up the paths it chose and fork ([`FORKS_PER_UID`]), from
+    /// the first step until the fork has returned.
+    ///
+    /// [`FORKS_PER_UID`]: crate::daemon::admission::FORKS_PER_UID
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A PTY launch's master, from the fork on.
     master: Option<OwnedFd>,
     // Held until the fork is done (the exec guard until the child's report): the child
@@ -187,6 +192,11 @@ pub(super) async fn launch(
     };
     let mut l = Launch::new(shared, conn, peer, ctx, via, req, audit_argv);
     let ran: Result<(), ExecFailure<'static>> = async {
+        // Before the first step: `prepare` and `landlock` may look up paths the caller
+        // chose too, as the fork does.
+        l.turn = (shared.admissions)
+            .fork_turn(peer.uid, peer.in_a_context())
+            .await;
         let mut prepared = l.prepare()?;
         let plan = &mut prepared.plan;
         l.hand_over_ports(plan)?;
@@ -195,7 +205,7 @@ pub(super) async fn launch(
         let parent_signals = l.exec_guard(plan, exec_policy);
         l.cgroup(plan);
         l.terminal(plan, prepared.wants_tty)?;
-        let (accepted, forked) = l.accept_and_fork(conn, plan).await;
+        let (accepted, forked) = l.accept_and_fork(conn, plan);
         let forked = forked?;
         let (child, report) = l.watch(forked)?;
         l.await_exec(report, &child, &prepared).await?;
@@ -212,6 +222,8 @@ pub(super) async fn launch(
     }
     .await;
     if let Err(failure) = ran {
+        // Not held while the refusal is sent.
+        drop(l.turn.take());
         l.fail(conn, failure).await;
     }
 }
@@ -258,6 +270,7 @@ impl<'a> Launch<'a> {
         };
         let argv = lossy(raw_argv);
         Launch {
+            turn: None,
             master: None,
             pty: None,
             cgroup: None,
@@ -441,7 +454,14 @@ impl<'a> Launch<'a> {
                 });
             }
         };
-        let exec_policy = match enforce_ruleset(shared, ctx, plan) {
+        // It looks for the program, a path the caller chose, as root: see
+        // `accept_and_fork`.
+        let enforced = || enforce_ruleset(shared, ctx, plan);
+        let enforced = match ctx.isolation.enforce {
+            true => tokio::task::block_in_place(enforced),
+            false => enforced(),
+        };
+        let exec_policy = match enforced {
             Ok(Some(e)) => {
                 self.enforcing = Some(e.ruleset);
                 Some(e.policy)
@@ -548,14 +568,12 @@ impl<'a> Launch<'a> {
     /// The interposer's caller hears `Accepted` before the fork when the exec is likely to
     /// succeed, so it can become the shim meanwhile; then the fork. Gives back whether the
     /// caller heard `Accepted`, and the fork's outcome.
-    async fn accept_and_fork(
+    fn accept_and_fork(
         &mut self,
         conn: &mut Conn,
         plan: &mut SpawnPlan,
     ) -> (bool, Result<Forked, ExecFailure<'static>>) {
-        let _turn = (self.shared.admissions)
-            .fork_turn(self.peer.uid, self.peer.in_a_context())
-            .await;
+        let _turn = self.turn.take();
         let registry = &self.shared.registry;
         plan.pid_slots = Some(registry.forking(self.id, &self.ctx.name, self.started_at));
         // Both steps look up paths the caller chose, as root (the fork waits for the
@@ -836,7 +854,10 @@ fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
     if same {
         return None;
     }
-    let dir = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    // The directory may lie on a mount of the caller's (a FUSE one nobody answers): as
+    // for the fork, the runtime hands this worker's other tasks on meanwhile.
+    let dir =
+        tokio::task::block_in_place(|| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())?;
     Some(format!("{}:{}", dir.dev(), dir.ino()))
 }
 
