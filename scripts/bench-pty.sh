@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# PTY relay throughput of `ctx exec -t` as a share of the bare PTY (scripts/bench/pty_rate.c,
-# the "PTY alone" row of bench.sh), for one or more builds, round by round: each round
-# measures the bare PTY first and then every build, so that a neighbour's load falls on
-# all of them alike; each build's figure is a ratio to the bare PTY of its own round.
+# PTY relay throughput of `ctx exec -t` as a share of the bare PTY written by the same
+# program (scripts/bench/pty_rate.c running `head`, as in bench.sh), for one or more
+# builds, round by round: each round measures the bare PTY first and then every build, so
+# that a neighbour's load falls on all of them alike; each build's figure is a ratio to
+# the bare PTY of its own round.
 # Also prints the CPU time the broker and the client spent per run (from /proc and
 # time(1)), which moves less with the machine's load than the rates do.
 #
@@ -69,9 +70,9 @@ cd "$TMP"
 cpu_ms() { awk '{ print ($14 + $15) * 10 }' "/proc/$1/stat"; }
 now() { date +%s%N; }
 for r in $(seq "$ROUNDS"); do
-    line="round $r: bare PTY $("$TMP/pty_rate" "$BYTES") MB/s"
-    bare=${line##*PTY }
-    bare=${bare%% *}
+    # The bare PTY with the same writer as the relayed runs (see pty_rate.c).
+    bare=$("$TMP/pty_rate" "$BYTES" head -c "$BYTES" /dev/zero)
+    line="round $r: bare PTY $bare MB/s (written by head)"
     for i in "${!BINS[@]}"; do
         b0=$(cpu_ms "${PIDS[$i]}")
         a=$(now)

@@ -1,8 +1,10 @@
 /* The PTY's own ceiling: a child writes BYTES of zeros to a PTY slave as fast as it can,
  * this process reads the master with a 64 KiB buffer; prints MB/s. No relay, no copy to
  * anywhere else: no PTY relay (script(1), ssh -tt, ctx exec -t) can beat this figure on
- * the same kernel. Used by scripts/bench.sh.
- *   pty_rate BYTES */
+ * the same kernel. With a PROGRAM, the child runs it with the slave as its standard output
+ * instead (e.g. `head -c BYTES /dev/zero`, the writer of bench.sh's relay rows): the
+ * ceiling for a relay of that same writer. Used by scripts/bench.sh and bench-pty.sh.
+ *   pty_rate BYTES [PROGRAM ARG...] */
 #define _GNU_SOURCE
 #include <pty.h>
 #include <stdio.h>
@@ -20,6 +22,12 @@ int main(int argc, char **argv) {
     pid_t p = fork();
     if (p == 0) {
         close(m);
+        if (argc > 2) {
+            dup2(s, 1);
+            close(s);
+            execvp(argv[2], argv + 2);
+            _exit(127);
+        }
         static char z[65536];
         for (long left = total; left > 0;) {
             long n = write(s, z, left > (long)sizeof z ? (long)sizeof z : left);
