@@ -138,9 +138,10 @@ impl PeerFds {
 
 impl PeerFds {
     /// Closes here those whose close cannot wait (pipes, memory devices such as
-    /// `/dev/null`, terminals of the PTY driver: what a launch's standard streams almost
-    /// always are), and hands the others to a closer thread as a drop does: one wake-up
-    /// of another thread less per launch.
+    /// `/dev/null`, terminals of the PTY driver, `O_PATH` descriptors: what a launch's
+    /// standard streams and passed working directory almost always are), and hands the
+    /// others to a closer thread as a drop does: one wake-up of another thread less per
+    /// launch.
     pub fn close_quick_ones_here(mut self) {
         self.fds.retain(|fd| !closes_at_once(fd));
     }
@@ -148,9 +149,15 @@ impl PeerFds {
 
 /// Whether closing `fd`, even as its last reference, releases it without waiting: a
 /// pipe's end, or a character device of the memory driver (`/dev/null`, `/dev/zero`,
-/// ...) or of the PTY driver (masters and slaves), none of which flushes or lingers.
+/// ...) or of the PTY driver (masters and slaves), none of which flushes or lingers; or an
+/// `O_PATH` descriptor, which the kernel never opened for I/O (no release, no flush).
 fn closes_at_once(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
+    // SAFETY: plain fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags >= 0 && flags & libc::O_PATH != 0 {
+        return true;
+    }
     // SAFETY: fstat fills the struct for a descriptor we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -229,6 +236,7 @@ fn work() {
 mod tests {
     use super::*;
     use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::time::Instant;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
@@ -361,5 +369,12 @@ mod tests {
         assert!(!closes_at_once(&file));
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(!closes_at_once(&OwnedFd::from(a)));
+        // A passed working directory.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open("/")
+            .unwrap();
+        assert!(closes_at_once(&OwnedFd::from(dir)));
     }
 }
