@@ -30,7 +30,7 @@ use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
 use crate::daemon::kernel::namespaces::Holder;
-use crate::daemon::kernel::supervisor::{Armed, ParentSignals, Policy};
+use crate::daemon::kernel::supervisor::{Armed, ParentSignals, Policy, Supervised};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::Running;
 use crate::daemon::shell_state;
@@ -97,6 +97,8 @@ struct Launch<'a> {
     pty: Option<pty::Pty>,
     cgroup: Option<Arc<Group>>,
     exec_guard: Option<Armed<'a>>,
+    /// The running program's listener, when the exec guard leaves it to the launch.
+    supervised: Option<Supervised<'a>>,
     enforcing: Option<OwnedFd>,
     ruleset: Option<Arc<OwnedFd>>,
     holder: Option<Arc<Holder>>,
@@ -275,6 +277,7 @@ impl<'a> Launch<'a> {
             pty: None,
             cgroup: None,
             exec_guard: None,
+            supervised: None,
             enforcing: None,
             ruleset: None,
             holder: None,
@@ -665,7 +668,7 @@ impl<'a> Launch<'a> {
         match (self.exec_guard.take(), child_failed.is_some()) {
             // The child sent its listener before its exec: it is on its way to the guard,
             // which must still find the launch when it arrives.
-            (Some(armed), false) => armed.started(),
+            (Some(armed), false) => self.supervised = armed.started(),
             (armed, _) => drop(armed),
         }
         if let Some(child_failure) = child_failed {
@@ -727,6 +730,7 @@ impl<'a> Launch<'a> {
                 in_context: self.peer.in_a_context(),
                 leader,
             }),
+            supervised: self.supervised.take(),
         }
         .run()
         .await

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::{kill_group, kill_process};
 use crate::daemon::admission::{Admissions, Linger};
 use crate::daemon::connection::{Conn, WireError};
+use crate::daemon::kernel::supervisor::Supervised;
 use crate::daemon::{job_control, pty};
 
 /// How long a process group gets between SIGTERM and SIGKILL at broker shutdown.
@@ -76,6 +77,8 @@ pub(super) struct Relay<'a> {
     /// Where a PTY launch whose program leaves processes holding its terminal may count
     /// keeping it open for them (`None`: the terminal is hung up when the program ends).
     pub linger: Option<LingerBudget<'a>>,
+    /// The program's exec guard listener, while the launch keeps it (see [`Supervised`]).
+    pub supervised: Option<Supervised<'a>>,
 }
 
 /// What keeping a terminal open after its program is counted against, and its session's
@@ -117,7 +120,18 @@ impl Relay<'_> {
             mut parent_signals,
             mut client_alive,
             linger: linger_budget,
+            mut supervised,
         } = self;
+        // Watched for readiness here until its first event: a notification (the program
+        // signals its parent) or the hangup as the program exits.
+        let mut guarded = supervised
+            .as_ref()
+            .and_then(Supervised::listener)
+            // SAFETY: `supervised` keeps the descriptor open until after `guarded` is
+            // dropped (each time it is handed on, and after the loop).
+            .and_then(|fd| {
+                unsafe { AsyncFd::register_with_interest(ListenerFd(fd), Interest::READABLE) }.ok()
+            });
         let mut mirror: Option<Mirror> = None;
         // The client mirrors the PTY's modes onto the caller's terminal: watch them.
         let mut mirroring = false;
@@ -160,6 +174,12 @@ impl Relay<'_> {
         let status = loop {
             tokio::select! {
                 exited = wait_exit(pidfd) => break exited,
+                _ = async { guarded.as_ref()?.readable().await.ok().map(drop) }, if guarded.is_some() => {
+                    drop(guarded.take());
+                    if let Some(s) = supervised.as_mut() {
+                        s.settle();
+                    }
+                }
                 Some(signal) = parent_signals.recv(), if client_alive => {
                     parent_pending |= signal_bit(signal);
                     if flush_parent_signals(conn, &mut parent_pending).is_err() {
@@ -304,6 +324,10 @@ impl Relay<'_> {
                 }
             }
         };
+        // The program is reaped: the listener, if still kept, is closed or goes to the guard
+        // for what the program left behind.
+        drop(guarded);
+        drop(supervised);
         if !client_alive {
             // No one is left to see the rest of the group.
             kill_group(pid, libc::SIGKILL);
@@ -612,6 +636,16 @@ fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// A kept exec guard listener, as the reactor watches it; the descriptor stays its
+/// [`Supervised`]'s.
+struct ListenerFd(std::os::fd::RawFd);
+
+impl AsRawFd for ListenerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 /// Waits for the process behind the pidfd to exit and reaps it.

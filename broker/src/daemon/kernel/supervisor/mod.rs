@@ -249,14 +249,70 @@ impl Armed<'_> {
     }
 }
 
-impl Armed<'_> {
+impl<'a> Armed<'a> {
     /// The child exec'd, so its listener was sent: the guard thread takes the policy
-    /// when the listener arrives, which may be after this.
-    pub fn started(self) {
-        if !self.required {
-            self.running.take_direct();
-        }
+    /// when the listener arrives, which may be after this. A launch whose execs are not
+    /// checked keeps its own listener, when it finds it queued (see [`Supervised`]).
+    pub fn started(self) -> Option<Supervised<'a>> {
+        let supervised = match self.required {
+            true => None,
+            false => self
+                .running
+                .take_direct(Some(self.token))
+                .map(|(listener, policy)| Supervised {
+                    running: self.running,
+                    token: self.token,
+                    kept: Some((listener, policy)),
+                }),
+        };
         std::mem::forget(self);
+        supervised
+    }
+}
+
+/// The listener of a running launch whose execs are not checked (it is supervised only
+/// for its signals to the broker, its parent), held by the launch's own worker instead of
+/// the guard thread: the kernel hangs it up as the program exits, which would wake the
+/// guard only to forget it. The launch watches it beside the program's exit and gives it
+/// to the guard ([`Supervised::settle`]) at its first notification, or once the program
+/// has ended if processes it left still use its filter; dropped, it settles.
+pub struct Supervised<'a> {
+    running: &'a Running,
+    token: u64,
+    kept: Option<(OwnedFd, Arc<Policy>)>,
+}
+
+impl Supervised<'_> {
+    /// The listener while the launch keeps it, to watch for readiness by.
+    pub fn listener(&self) -> Option<RawFd> {
+        self.kept.as_ref().map(|(l, _)| l.as_raw_fd())
+    }
+
+    /// The listener is ready (or the launch ends): closed if every process that used its
+    /// filter is gone, else handed to the guard, which answers what it holds. Whoever
+    /// watched it for readiness must have stopped first.
+    pub fn settle(&mut self) {
+        let Some((listener, policy)) = self.kept.take() else {
+            return;
+        };
+        let mut p = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        let ready = unsafe { libc::poll(&mut p, 1, 0) };
+        // The kernel reports the hangup exactly when no process uses the filter any more.
+        if ready == 1 && p.revents & libc::POLLHUP != 0 {
+            return;
+        }
+        self.running.set.add(self.token, listener, policy);
+    }
+}
+
+impl Drop for Supervised<'_> {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 
@@ -266,7 +322,7 @@ impl Drop for Armed<'_> {
         // is closed (its process is gone or about to be).
         lock(&self.running.pending).remove(&self.token);
         if !self.required {
-            self.running.take_direct();
+            self.running.take_direct(None);
         }
     }
 }
@@ -306,11 +362,12 @@ impl Running {
         })
     }
 
-    /// Adds the listeners waiting on the direct hand-over socket to the guard's set: called
-    /// by a launch's worker once its child exec'd (or failed), when its listener, if it
-    /// sent one, is queued there. It may take another launch's too, which is as good.
-    fn take_direct(&self) {
-        watch::take_handovers(&self.recv_direct, &self.pending, &self.set);
+    /// Adds the listeners waiting on the direct hand-over socket to the guard's set, but
+    /// launch `keep`'s, which is given back: called by a launch's worker once its child
+    /// exec'd (or failed), when its listener, if it sent one, is queued there. It may take
+    /// another launch's too, which is as good.
+    fn take_direct(&self, keep: Option<u64>) -> Option<(OwnedFd, Arc<Policy>)> {
+        watch::take_handovers(&self.recv_direct, &self.pending, &self.set, keep).1
     }
 }
 

@@ -122,7 +122,7 @@ pub(super) fn watch(
         for ev in &events[..n as usize] {
             let (key, revents) = (ev.u64, ev.events);
             if key == HANDOVER_KEY {
-                if take_handovers(&recv, &pending, &set) {
+                if take_handovers(&recv, &pending, &set, None).0 {
                     // The broker is exiting (its end is dropped with `Shared`). Dropping
                     // the listeners fails later execs of the launches (fail-closed).
                     return;
@@ -159,13 +159,16 @@ pub(super) fn watch(
     }
 }
 
-/// Takes every listener queued on a hand-over socket into the guard's set; whether the
-/// socket reached its end (every sender gone).
+/// Takes every listener queued on a hand-over socket into the guard's set, but the one of
+/// launch `keep`, which is given back with its policy; whether the socket reached its end
+/// (every sender gone).
 pub(super) fn take_handovers(
     recv: &OwnedFd,
     pending: &Mutex<HashMap<u64, Arc<Policy>>>,
     set: &Listeners,
-) -> bool {
+    keep: Option<u64>,
+) -> (bool, Option<(OwnedFd, Arc<Policy>)>) {
+    let mut kept = None;
     loop {
         match receive(recv) {
             // The child could not install its listener and runs without one.
@@ -175,14 +178,15 @@ pub(super) fn take_handovers(
             Received::Listener(token, listener) => {
                 let policy = lock(pending).remove(&token);
                 match policy {
+                    Some(policy) if Some(token) == keep => kept = Some((listener, policy)),
                     Some(policy) => set.add(token, listener, policy),
                     // Its launch gave up (the child exited without exec'ing): closing
                     // the listener fails any exec still asked of it (ENOSYS).
                     None => tracing::debug!("exec guard: a listener for a launch that failed"),
                 }
             }
-            Received::Empty => return false,
-            Received::Closed => return true,
+            Received::Empty => return (false, kept),
+            Received::Closed => return (true, kept),
         }
     }
 }
