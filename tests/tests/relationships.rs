@@ -600,6 +600,35 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
     );
 }
 
+/// A process a launch left behind can still aim a signal at the broker, its program's
+/// parent, by the pid it read while the program ran: after the launch has ended that call
+/// must still end, or the process waits in it for ever. The launch's worker held the
+/// listener while the program ran; it goes back to the guard when the program ends with
+/// such processes left, and the guard answers ESRCH (the parent is gone, as locally), or,
+/// once its sweep has let the listener go, the kernel fails the call with ENOSYS.
+#[test]
+fn a_signal_to_the_broker_from_what_a_launch_left_is_answered_after_it_ended() {
+    let b = broker();
+    let kill = "import errno, os, sys\ntry:\n    os.kill(int(sys.argv[1]), 10)\n    print('sent')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    let script = format!("P=$PPID; (sleep 0.2; {PYTHON} -c \"{kill}\" $P) & exit 0");
+    let mut c = b.exec_cmd("alice", &["sh", "-c", &script]);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The output ends when the process left behind does.
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the process left behind still waits in its kill of the broker")
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text == "ESRCH\n" || text == "ENOSYS\n", "{text:?}");
+}
+
 /// Many launches at once, each program signalling its parent: each signal reaches the
 /// process that launched that program, none another's (listeners handed over by the
 /// launches' workers, any worker taking any launch's).
