@@ -170,15 +170,19 @@ measure() { # build, context, extra curl flag or "", file, -w field, count[, hos
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(l) for l in sys.stdin if l.strip()))'; }
 
 download new direct "" >/dev/null # warm the page cache
-# Rounds: each build in turn (which goes first alternates), each a direct download, then
-# an absolute-URI one, then a CONNECT one. Lines: build round path speed curl server broker.
+# Rounds: each build in turn (which goes first alternates), each a direct, an absolute-URI
+# and a CONNECT download, in an order that rotates from round to round, so that no kind
+# always follows the same one. Lines: build round path speed curl server broker.
+KINDS=("direct direct" "http egress" "connect egress -p")
 for r in $(seq "$RUNS"); do
     order=("${BUILDS[@]}")
     if [ $((r % 2)) -eq 0 ] && [ ${#BUILDS[@]} -eq 2 ]; then order=(old new); fi
     for b in "${order[@]}"; do
-        echo "$b $r direct $(download "$b" direct "")"
-        echo "$b $r http $(download "$b" egress "")"
-        echo "$b $r connect $(download "$b" egress -p)"
+        for k in 0 1 2; do
+            # shellcheck disable=SC2086 # path, context and curl flag
+            set -- ${KINDS[$(((k + r) % 3))]}
+            echo "$b $r $1 $(download "$b" "$2" "${3:-}")"
+        done
     done
 done >"$TMP/rounds"
 SMALL=$((RUNS * 10))
