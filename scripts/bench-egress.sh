@@ -170,6 +170,7 @@ measure() { # build, context, extra curl flag or "", file, -w field, count[, hos
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(l) for l in sys.stdin if l.strip()))'; }
 
 download new direct "" >/dev/null # warm the page cache
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 # Rounds: each build in turn (which goes first alternates), each a direct, an absolute-URI
 # and a CONNECT download, in an order that rotates from round to round, so that no kind
 # always follows the same one. Lines: build round path speed curl server broker.
@@ -193,7 +194,8 @@ for b in "${BUILDS[@]}"; do
     echo "$b connect $(measure "$b" egress "-p" small time_starttransfer "$SMALL" | median)"
 done >"$TMP/first"
 
-echo "\`sudo bash scripts/bench-egress.sh $RUNS${OLD:+ OLD_DIR}\` on $(nproc) vCPUs, $(uname -r), $(date +%F):"
+echo "\`sudo bash scripts/bench-egress.sh $RUNS${OLD:+ OLD_DIR}\` on $(nproc) vCPUs, $(uname -r), $(date +%F),"
+echo "load average $LOAD before the rounds, $(cut -d' ' -f1-3 /proc/loadavg) after:"
 echo "curl from a context, 200 MB in $RUNS rounds (the ratios are each round's own, their"
 echo "median and range) and the 1 KB time to first byte (median of $SMALL)."
 python3 - "$TMP/rounds" "$TMP/first" "${BUILDS[@]}" <<'EOF'
