@@ -22,7 +22,10 @@
 # the CPU, and the ratio tends to the ratio of these costs.
 #
 # The server is a local sendfile loop on a TEST-NET-1 address added to lo, under a name
-# added to /etc/hosts; both are removed on exit.
+# added to /etc/hosts; both are removed on exit. It sends with the host's default
+# congestion control, or SERVER_CC's (e.g. SERVER_CC=cubic): where the default paces
+# (BBR), its pacing on a loopback connection, which no remote server has, is what holds
+# a proxied download back on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -86,6 +89,8 @@ import os, socket, sys, threading
 root, ip = sys.argv[1], sys.argv[2]
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((ip, 0)); s.listen(128)
+if len(sys.argv) > 3:
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, sys.argv[3].encode())
 print(s.getsockname()[1], flush=True)
 def serve(c):
     with c:
@@ -105,7 +110,8 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 EOF
-python3 "$TMP/server.py" "$TMP" "$IP" >"$TMP/port" &
+# shellcheck disable=SC2086 # no congestion control named: the host's default
+python3 "$TMP/server.py" "$TMP" "$IP" ${SERVER_CC:-} >"$TMP/port" &
 SERVER_PID=$!
 for _ in $(seq 100); do [ -s "$TMP/port" ] && break; sleep 0.05; done
 PORT=$(cat "$TMP/port")
@@ -195,7 +201,8 @@ for b in "${BUILDS[@]}"; do
 done >"$TMP/first"
 
 echo "\`sudo bash scripts/bench-egress.sh $RUNS${OLD:+ OLD_DIR}\` on $(nproc) vCPUs, $(uname -r), $(date +%F),"
-echo "load average $LOAD before the rounds, $(cut -d' ' -f1-3 /proc/loadavg) after:"
+echo "load average $LOAD before the rounds, $(cut -d' ' -f1-3 /proc/loadavg) after; the server"
+echo "sends with ${SERVER_CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control)}:"
 echo "curl from a context, 200 MB in $RUNS rounds (the ratios are each round's own, their"
 echo "median and range) and the 1 KB time to first byte (median of $SMALL)."
 python3 - "$TMP/rounds" "$TMP/first" "${BUILDS[@]}" <<'EOF'
