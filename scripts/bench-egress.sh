@@ -8,9 +8,9 @@
 #
 #   sudo bash scripts/bench-egress.sh [RUNS [OLD_DIR]]
 #
-# RUNS rounds (default 5), each one download of each kind, direct first, so a ratio
-# compares downloads made seconds apart: on a shared machine the load moves more than
-# the proxy does. A round's ratios are its own; the table gives their medians. The time
+# RUNS rounds (default 5), each one download of each kind (their order rotating), so a
+# ratio compares downloads made seconds apart: on a shared machine the load moves more
+# than the proxy does. A round's ratios are its own; the table gives their medians. The time
 # to first byte is the median of 10x RUNS small requests each way.
 #
 # OLD_DIR (a directory holding another build's ctx-broker, ctx and ctx-shim) runs that
