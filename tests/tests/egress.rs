@@ -1348,6 +1348,22 @@ fn tcp_connect_rules_leave_the_proxy_reachable() {
     );
 }
 
+/// The proxy's end of a client connection, which is loopback, does not pace what it sends,
+/// whatever the host's default congestion control: a pacing one (BBR) made a relayed
+/// download cost the host far more CPU than a direct one. The client sees it with `ss`.
+#[test]
+fn the_proxys_end_of_a_client_connection_uses_reno() {
+    let b = Broker::start(&config(r#"{ allow = ["example.test"] }"#, None));
+    let script = "import os, re, socket, subprocess\n\
+         port = int(re.search(r':(\\d+)$', os.environ['HTTP_PROXY']).group(1))\n\
+         s = socket.create_connection(('127.0.0.1', port))\n\
+         out = subprocess.run(['ss', '-tinH', 'state', 'established', 'sport', '=', ':%d' % port],\n\
+         \x20   capture_output=True, text=True, check=True).stdout\n\
+         print(out.split()[4])\n";
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", script]);
+    assert_eq!(out.ok(), "reno\n", "{}", out.show());
+}
+
 /// The running kernel's Landlock ABI version (0 without Landlock).
 fn landlock_abi() -> i64 {
     const CREATE_RULESET_VERSION: libc::c_uint = 1;

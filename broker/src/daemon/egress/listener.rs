@@ -31,6 +31,12 @@ const BACKLOG: libc::c_int = 1024;
 const SOCKS5: u8 = 0x05;
 /// Why a connection the broker's shutdown ended did not go on.
 const STOPPED: &str = "the broker stopped";
+/// The congestion control of the proxy's end of every client connection, which is
+/// loopback: no path to probe, no queue to spare. A pacing algorithm (BBR, where it is the
+/// host's default) arms a timer for each burst it sends, and on a virtual machine a timer
+/// is dear: a download relayed to the client then costs the host far more CPU than its
+/// bytes do. Reno paces nothing and is built into every kernel.
+const LOOPBACK_CONGESTION: &[u8] = b"reno";
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -84,6 +90,18 @@ pub fn listen_in(holder: &Holder) -> io::Result<std::net::TcpListener> {
                     return Err(io::Error::last_os_error());
                 }
                 let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+                // Accepted connections inherit it. Failing leaves the host's default,
+                // which is only slower.
+                // SAFETY: setsockopt reads the name's bytes for as long as the call lasts.
+                unsafe {
+                    libc::setsockopt(
+                        l.as_raw_fd(),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_CONGESTION,
+                        LOOPBACK_CONGESTION.as_ptr().cast(),
+                        LOOPBACK_CONGESTION.len() as libc::socklen_t,
+                    )
+                };
                 // SAFETY: plain syscall on our own listening socket (a larger backlog).
                 unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
                 l.set_nonblocking(true)?;
