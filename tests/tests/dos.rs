@@ -664,6 +664,45 @@ fn lingering_closes(pid: u32) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Root's `ctx exec -- echo served` into a context, started while an attack holds.
+struct RootExec {
+    child: Child,
+    start: Instant,
+}
+
+/// Whether root's launch was served in time, and how long it took.
+struct Served {
+    ok: bool,
+    took: Duration,
+}
+
+impl RootExec {
+    fn start(b: &Broker, context: &str) -> RootExec {
+        let start = Instant::now();
+        let child = b
+            .exec_cmd(context, &["echo", "served"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        RootExec { child, start }
+    }
+
+    /// Waits 5 s at most; a launch still waiting then is killed.
+    fn wait(mut self) -> Served {
+        let status = wait_deadline(&mut self.child, Duration::from_secs(5));
+        let took = self.start.elapsed();
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        Served {
+            ok: status.is_some_and(|s| s.success()),
+            took,
+        }
+    }
+}
+
 /// Every thread of `pid` and where it waits, for a failure's message.
 fn threads(pid: u32) -> String {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -878,23 +917,12 @@ fn descriptors_on_out_of_band_bytes_are_not_closed_on_a_worker() {
         seen.len(),
         threads(b.pid())
     );
-    let start = Instant::now();
-    let mut root = b
-        .exec_cmd("alice", &["echo", "served"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let served = wait_deadline(&mut root, Duration::from_secs(5));
-    let took = start.elapsed();
+    let root = RootExec::start(&b, "alice");
+    let Served { ok: served, took } = root.wait();
     // The attacker's end: its sockets' peers close, every stuck close returns.
     drop(attacker);
-    if served.is_none() {
-        let _ = root.kill();
-        let _ = root.wait();
-    }
     assert!(
-        served.is_some_and(|s| s.success()),
+        served,
         "root's ctx exec was not served in {took:?} while ctx-bob's out-of-band \
          descriptors were closed on a worker ({} threads seen in a lingering close)",
         seen.len()
@@ -951,34 +979,7 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
     }
     let b = Broker::start(&standard_config());
     let mnt = b.dir().path().join("hung");
-    std::fs::create_dir(&mnt).unwrap();
-    let child = Command::new("unshare")
-        .args([
-            "-m",
-            "--propagation",
-            "private",
-            "/usr/bin/python3",
-            "-c",
-            HUNG_FUSE,
-        ])
-        .arg(&mnt)
-        .arg("120")
-        .arg(user(ALICE).uid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the FUSE holder");
-    let mut holder = Attacker(child);
-    let mut line = [0u8; 8];
-    holder
-        .0
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut line)
-        .expect("the FUSE mount is made");
-    assert_eq!(&line, b"mounted\n");
+    let holder = hung_fuse_holder(&mnt, user(ALICE).uid);
     // The holder exec'd python in place: its pid names the namespace with the mount.
     let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
     let null = std::fs::File::open("/dev/null").unwrap();
@@ -994,24 +995,13 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
     }
     thread::sleep(Duration::from_secs(1));
     eprintln!("broker threads:\n{}", threads(b.pid()));
-    let start = Instant::now();
-    let mut root = b
-        .exec_cmd("alice", &["echo", "served"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let served = wait_deadline(&mut root, Duration::from_secs(5));
-    let took = start.elapsed();
+    let root = RootExec::start(&b, "alice");
+    let Served { ok: served, took } = root.wait();
     // Ending the holder aborts the FUSE connection: every stuck lookup returns.
     drop(holder);
     drop(held);
-    if served.is_none() {
-        let _ = root.kill();
-        let _ = root.wait();
-    }
     assert!(
-        served.is_some_and(|s| s.success()),
+        served,
         "root's ctx exec was not served in {took:?} while two {client:?} launches waited on a \
          FUSE mount"
     );
@@ -1121,13 +1111,7 @@ allow = {{ uids = [0, {bob}] }}
         (1..=16).contains(&forking),
         "{forking} broker threads wait in a fork for {ALICE}'s leased launches (at most 16)"
     );
-    let start = Instant::now();
-    let mut root = b
-        .exec_cmd("other", &["echo", "served"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let root = RootExec::start(&b, "other");
     let mut by_bob = Command::new("setpriv");
     as_user(&mut by_bob, BOB);
     let mut by_bob = by_bob
@@ -1139,15 +1123,12 @@ allow = {{ uids = [0, {bob}] }}
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let served = wait_deadline(&mut root, Duration::from_secs(5));
+    let Served { ok: served, took } = root.wait();
     let bob_served = wait_deadline(&mut by_bob, Duration::from_secs(5));
-    let took = start.elapsed();
     // The holder's end lets go of the lease: the waiting execs go on.
     drop(holder);
-    for c in [&mut root, &mut by_bob] {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    let _ = by_bob.kill();
+    let _ = by_bob.wait();
     let mut ran = 0;
     for mut l in launches.drain(..) {
         // Its one short line fits in the pipe: waiting first cannot block on it.
@@ -1161,7 +1142,7 @@ allow = {{ uids = [0, {bob}] }}
         }
     }
     assert!(
-        served.is_some_and(|s| s.success()),
+        served,
         "root's ctx exec was not served in {took:?} while spawn children waited on a lease \
          break"
     );
@@ -1266,24 +1247,13 @@ allow = {{ uids = [0], contexts = ["agent"] }}
     }
     thread::sleep(Duration::from_secs(1));
     eprintln!("broker threads:\n{}", threads(b.pid()));
-    let start = Instant::now();
-    let mut root = b
-        .exec_cmd("user", &["echo", "served"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let served = wait_deadline(&mut root, Duration::from_secs(5));
-    let took = start.elapsed();
+    let root = RootExec::start(&b, "user");
+    let Served { ok: served, took } = root.wait();
     // Ending the holder aborts the FUSE connection: every stuck lookup returns.
     drop(holder);
     drop(launches);
-    if served.is_none() {
-        let _ = root.kill();
-        let _ = root.wait();
-    }
     assert!(
-        served.is_some_and(|s| s.success()),
+        served,
         "root's ctx exec was not served in {took:?} while two enforced launches of {ALICE} \
          looked up a path on a FUSE mount nobody serves"
     );
@@ -1377,23 +1347,12 @@ allow = {{ uids = [0] }}
     }
     thread::sleep(Duration::from_secs(1));
     eprintln!("broker threads:\n{}", threads(b.pid()));
-    let start = Instant::now();
-    let mut root = b
-        .exec_cmd("bob", &["echo", "served"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let served = wait_deadline(&mut root, Duration::from_secs(5));
-    let took = start.elapsed();
+    let root = RootExec::start(&b, "bob");
+    let Served { ok: served, took } = root.wait();
     drop(holder);
     drop(senders);
-    if served.is_none() {
-        let _ = root.kill();
-        let _ = root.wait();
-    }
     assert!(
-        served.is_some_and(|s| s.success()),
+        served,
         "root's ctx exec was not served in {took:?} while two launches of {ALICE} passed a \
          cwd on a FUSE mount nobody serves"
     );
