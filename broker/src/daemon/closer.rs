@@ -138,10 +138,10 @@ impl PeerFds {
 
 impl PeerFds {
     /// Closes here those whose close cannot wait (pipes, memory devices such as
-    /// `/dev/null`, terminals of the PTY driver, `O_PATH` descriptors: what a launch's
-    /// standard streams and passed working directory almost always are), and hands the
-    /// others to a closer thread as a drop does: one wake-up of another thread less per
-    /// launch.
+    /// `/dev/null`, terminals of the PTY driver, `O_PATH` descriptors, files on local disk
+    /// and memory file systems: what a launch's standard streams and passed working
+    /// directory almost always are), and hands the others to a closer thread as a drop
+    /// does: one wake-up of another thread less per launch.
     pub fn close_quick_ones_here(mut self) {
         self.fds.retain(|fd| !closes_at_once(fd));
     }
@@ -149,8 +149,11 @@ impl PeerFds {
 
 /// Whether closing `fd`, even as its last reference, releases it without waiting: a
 /// pipe's end, or a character device of the memory driver (`/dev/null`, `/dev/zero`,
-/// ...) or of the PTY driver (masters and slaves), none of which flushes or lingers; or an
-/// `O_PATH` descriptor, which the kernel never opened for I/O (no release, no flush).
+/// ...) or of the PTY driver (masters and slaves), none of which flushes or lingers; an
+/// `O_PATH` descriptor, which the kernel never opened for I/O (no release, no flush); or
+/// a file still linked on a local disk or memory file system, whose close writes nothing
+/// back and, the file having a name, frees nothing (a network or FUSE file system's close
+/// asks its server; the last reference to an unlinked file frees all of its blocks).
 fn closes_at_once(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     // SAFETY: plain fcntl on a descriptor we own.
@@ -166,6 +169,7 @@ fn closes_at_once(fd: &OwnedFd) -> bool {
     }
     match st.st_mode & libc::S_IFMT {
         libc::S_IFIFO => true,
+        libc::S_IFREG => st.st_nlink > 0 && on_local_file_system(fd),
         libc::S_IFCHR => {
             let major = libc::major(st.st_rdev);
             // 1: mem; 5:2 /dev/ptmx (a master); 136-143: PTY slaves. Not /dev/tty or
@@ -230,6 +234,23 @@ fn work() {
             return;
         }
     }
+}
+
+/// Ext2-4, XFS, Btrfs, tmpfs: file systems whose `release` neither waits for a server nor
+/// for writeback.
+fn on_local_file_system(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    // SAFETY: fstatfs fills the struct for a descriptor we own.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
+        return false;
+    }
+    matches!(fs.f_type as i64, EXT | XFS | BTRFS | TMPFS)
 }
 
 #[cfg(test)]
@@ -329,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn only_pipes_memory_devices_and_ptys_are_closed_at_once() {
+    fn only_what_neither_flushes_nor_frees_is_closed_at_once() {
         let mut pipe = [0; 2];
         // SAFETY: pipe2 fills the array.
         assert_eq!(
@@ -363,10 +384,23 @@ mod tests {
             .write(true)
             .open(&slave);
         assert!(closes_at_once(&OwnedFd::from(slave.unwrap())));
-        // A file may flush (NFS, FUSE), a socket may linger or hold descriptors, and
-        // /dev/tty is whatever terminal the process has, a serial line's included.
-        let file = OwnedFd::from(std::fs::File::open(std::env::current_exe().unwrap()).unwrap());
+        // A linked file in memory (tmpfs) is; an unlinked one may be the last reference,
+        // and one on another file system (here procfs, as NFS or FUSE would be) is not.
+        let path =
+            std::path::Path::new("/dev/shm").join(format!("ctx-closer-{}", std::process::id()));
+        // O_EXCL: a name another user planted there (a link) fails the test, never
+        // leads root's create elsewhere.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map(OwnedFd::from)
+            .unwrap();
+        assert!(closes_at_once(&file));
+        std::fs::remove_file(&path).unwrap();
         assert!(!closes_at_once(&file));
+        let proc = OwnedFd::from(std::fs::File::open("/proc/self/status").unwrap());
+        assert!(!closes_at_once(&proc));
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(!closes_at_once(&OwnedFd::from(a)));
         // A passed working directory.
