@@ -610,7 +610,7 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
 fn a_signal_to_the_broker_from_what_a_launch_left_is_answered_after_it_ended() {
     let b = broker();
     let kill = "import errno, os, sys\ntry:\n    os.kill(int(sys.argv[1]), 10)\n    print('sent')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
-    let script = format!("P=$PPID; (sleep 0.2; {PYTHON} -c \"{kill}\" $P) & exit 0");
+    let script = format!("P=$PPID; (sleep 0.5; {PYTHON} -c \"{kill}\" $P) & exit 0");
     let mut c = b.exec_cmd("alice", &["sh", "-c", &script]);
     c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
