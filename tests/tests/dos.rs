@@ -1357,3 +1357,136 @@ allow = {{ uids = [0] }}
          cwd on a FUSE mount nobody serves"
     );
 }
+
+/// Holds a pipe's lock for as long as it runs, then sends the launch in `argv[2]` (hex)
+/// with /dev/null as descriptors 0-2 and that pipe's write end as the "cwd" descriptor,
+/// closing its own copy: the broker's is the last. The lock: a splice from the pipe into a
+/// Unix socket whose buffer is full waits in the socket's send with the pipe locked, and a
+/// pipe end's last close takes that lock. Prints `sent`, then the broker's replies (hex,
+/// until it closes or `argv[3]` seconds pass), then holds the lock `argv[4]` seconds more.
+const PIPE_LOCK: &str = r#"
+import os, socket, sys, threading, time
+path, opening, wait, hold = sys.argv[1], bytes.fromhex(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+r, w = os.pipe()
+full, peer = socket.socketpair()
+full.setblocking(False)
+try:
+    while True:
+        full.send(b"x" * 65536)
+except BlockingIOError:
+    pass
+full.setblocking(True)
+os.write(w, b"y" * 4096)
+def splice():
+    try:
+        os.splice(r, full.fileno(), 4096)
+    except OSError:
+        pass
+threading.Thread(target=splice, daemon=True).start()
+time.sleep(0.5)
+null = os.open("/dev/null", os.O_RDWR)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+socket.send_fds(s, [opening], [null, null, null, w])
+os.close(w)
+print("sent", flush=True)
+got = b""
+deadline = time.monotonic() + wait
+while time.monotonic() < deadline:
+    s.settimeout(max(0.01, deadline - time.monotonic()))
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    got += chunk
+print(got.hex(), flush=True)
+time.sleep(hold)
+"#;
+
+/// A launch's caller passes a cwd descriptor the child never gets (the request names its
+/// own cwd, `cwd_override`), so the broker's copy is the last: it is a pipe's end whose
+/// lock the caller keeps held (a splice into a full socket), and its close waits for that
+/// lock for as long as the caller likes. The launch must run to its end all the same: the
+/// caller hears its exit, as for any other descriptor whose close may wait.
+#[test]
+fn a_passed_pipe_whose_close_waits_does_not_hold_up_its_launch() {
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+allow = {{ uids = [0, {uid}] }}
+"#,
+        uid = alice.uid
+    ));
+    let mut req = raw::exec_request("alice", &[b"true"]);
+    req.cwd_override = Some(serde_bytes::ByteBuf::from(b"/".to_vec()));
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex: String = raw::opening(&Request::Exec(req))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={ALICE}"),
+            &format!("--regid={ALICE}"),
+            "--init-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            PIPE_LOCK,
+        ])
+        .arg(b.socket())
+        .args([&hex, "10", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the attacker");
+    let mut attacker = Attacker(child);
+    let mut out = std::io::BufReader::new(attacker.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            lines.push(line.trim().to_string());
+        }
+        let _ = tx.send(lines);
+    });
+    let lines = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the attacker reports in time");
+    assert_eq!(lines.first().map(String::as_str), Some("sent"));
+    let bytes: Vec<u8> = lines
+        .get(1)
+        .map(|h| {
+            (0..h.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let frames = raw::split_frames(&bytes);
+    let stuck = threads(b.pid());
+    drop(attacker);
+    assert!(
+        raw::exit_of(&frames) == Some(ctx_protocol::ExitStatus::Code(0)),
+        "the launch did not end while its passed pipe's close waited ({} replies: {:?}); \
+         broker threads:\n{stuck}",
+        frames.len(),
+        frames
+            .iter()
+            .map(|f| ctx_protocol::frame::decode::<Reply>(f).map(|r| format!("{r:?}")))
+            .collect::<Vec<_>>()
+    );
+}

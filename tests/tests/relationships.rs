@@ -719,3 +719,37 @@ fn launches_that_fail_or_are_killed_leave_no_listener() {
     assert_eq!(listeners, 0, "listeners held after the launches ended");
     assert!(after <= base, "broker fds {after}, before {base}");
 }
+
+/// A terminal launch whose caller stops reading (a `ctx exec -t` whose terminal is held
+/// with ^S, or that is stopped) while its program has more output than the socket takes:
+/// the program's `kill $PPID` is answered all the same, as locally, where a signal to the
+/// parent never waits for anyone to read a terminal. Only the signal waits for the caller.
+#[test]
+fn a_signal_to_the_parent_is_answered_while_the_caller_does_not_read_the_terminal() {
+    let b = broker();
+    let dir = b.dir().subdir("signalled", 0o777);
+    let marker = dir.join("after-kill");
+    // The background writer fills the socket (the relay then waits to send); the shell
+    // goes on and signals its parent.
+    let script = format!(
+        "(head -c 20000000 /dev/zero &); sleep 2; kill -USR1 $PPID; touch {}",
+        marker.display()
+    );
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    // Never read: the relay's sends of the program's output soon wait.
+    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let answered = poll(Duration::from_secs(10), || marker.exists().then_some(()));
+    drop(client);
+    assert!(
+        answered.is_some(),
+        "the program's kill $PPID was not answered while its caller did not read"
+    );
+}

@@ -136,52 +136,6 @@ impl PeerFds {
     }
 }
 
-impl PeerFds {
-    /// Closes here those whose close cannot wait (pipes, memory devices such as
-    /// `/dev/null`, terminals of the PTY driver, `O_PATH` descriptors, files on local disk
-    /// and memory file systems: what a launch's standard streams and passed working
-    /// directory almost always are), and hands the others to a closer thread as a drop
-    /// does: one wake-up of another thread less per launch.
-    pub fn close_quick_ones_here(mut self) {
-        self.fds.retain(|fd| !closes_at_once(fd));
-    }
-}
-
-/// Whether closing `fd`, even as its last reference, releases it without waiting: a
-/// pipe's end, or a character device of the memory driver (`/dev/null`, `/dev/zero`,
-/// ...) or of the PTY driver (masters and slaves), none of which flushes or lingers; an
-/// `O_PATH` descriptor, which the kernel never opened for I/O (no release, no flush); or
-/// a file still linked on a local disk or memory file system, whose close writes nothing
-/// back and, the file having a name, frees nothing (a network or FUSE file system's close
-/// asks its server; the last reference to an unlinked file frees all of its blocks).
-fn closes_at_once(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags >= 0 && flags & libc::O_PATH != 0 {
-        return true;
-    }
-    // SAFETY: fstat fills the struct for a descriptor we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFIFO => true,
-        libc::S_IFREG => st.st_nlink > 0 && on_local_file_system(fd),
-        libc::S_IFCHR => {
-            let major = libc::major(st.st_rdev);
-            // 1: mem; 5:2 /dev/ptmx (a master); 136-143: PTY slaves. Not /dev/tty or
-            // /dev/console (5:0, 5:1), whose close may wait for a serial line to drain.
-            major == 1
-                || (major == 5 && libc::minor(st.st_rdev) == 2)
-                || (136..=143).contains(&major)
-        }
-        _ => false,
-    }
-}
-
 impl std::ops::Deref for PeerFds {
     type Target = [OwnedFd];
     fn deref(&self) -> &[OwnedFd] {
@@ -236,28 +190,10 @@ fn work() {
     }
 }
 
-/// Ext2-4, XFS, Btrfs, tmpfs: file systems whose `release` neither waits for a server nor
-/// for writeback.
-fn on_local_file_system(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    const EXT: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    const TMPFS: i64 = 0x0102_1994;
-    // SAFETY: fstatfs fills the struct for a descriptor we own.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
-        return false;
-    }
-    matches!(fs.f_type as i64, EXT | XFS | BTRFS | TMPFS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::fs::OpenOptionsExt;
     use std::time::Instant;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
@@ -347,68 +283,5 @@ mod tests {
         close(vec![w], Some(7000), None);
         assert!(!closed(&r, Duration::from_millis(500)));
         assert!(closed(&r, Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn only_what_neither_flushes_nor_frees_is_closed_at_once() {
-        let mut pipe = [0; 2];
-        // SAFETY: pipe2 fills the array.
-        assert_eq!(
-            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
-            0
-        );
-        // SAFETY: just created, owned here.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-        assert!(closes_at_once(&r) && closes_at_once(&w));
-        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        assert!(closes_at_once(&null));
-        // SAFETY: posix_openpt returns a new descriptor or -1.
-        let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-        assert!(master >= 0);
-        // SAFETY: just opened, owned here.
-        let master = unsafe { OwnedFd::from_raw_fd(master) };
-        assert!(closes_at_once(&master));
-        let mut name = [0 as libc::c_char; 64];
-        // SAFETY: plain calls on our own master; ptsname_r writes into the buffer.
-        let slave = unsafe {
-            libc::grantpt(master.as_raw_fd());
-            libc::unlockpt(master.as_raw_fd());
-            libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
-            std::ffi::CStr::from_ptr(name.as_ptr())
-                .to_str()
-                .unwrap()
-                .to_string()
-        };
-        let slave = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&slave);
-        assert!(closes_at_once(&OwnedFd::from(slave.unwrap())));
-        // A linked file in memory (tmpfs) is; an unlinked one may be the last reference,
-        // and one on another file system (here procfs, as NFS or FUSE would be) is not.
-        let path =
-            std::path::Path::new("/dev/shm").join(format!("ctx-closer-{}", std::process::id()));
-        // O_EXCL: a name another user planted there (a link) fails the test, never
-        // leads root's create elsewhere.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map(OwnedFd::from)
-            .unwrap();
-        assert!(closes_at_once(&file));
-        std::fs::remove_file(&path).unwrap();
-        assert!(!closes_at_once(&file));
-        let proc = OwnedFd::from(std::fs::File::open("/proc/self/status").unwrap());
-        assert!(!closes_at_once(&proc));
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(!closes_at_once(&OwnedFd::from(a)));
-        // A passed working directory.
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open("/")
-            .unwrap();
-        assert!(closes_at_once(&OwnedFd::from(dir)));
     }
 }

@@ -613,10 +613,13 @@ impl<'a> Launch<'a> {
         drop(self.ruleset.take());
         drop(self.enforcing.take());
         // The child has its copies; the broker must not keep the caller's descriptors or the
-        // slave (the master would never see EOF/EIO).
-        if let Some(passed) = self.passed.take() {
-            passed.close_quick_ones_here();
-        }
+        // slave (the master would never see EOF/EIO). Not closed here, whatever their kind:
+        // the broker's copy may be the last (the program closed its own, or never got it,
+        // as a cwd descriptor the request overrides), and a last close can wait as long as
+        // the caller likes even for a pipe (its release takes the pipe's lock, which a
+        // splice into a full socket holds), with this thread holding the uid's fork turn
+        // and the launch never reaped.
+        drop(self.passed.take());
         self.master = self.pty.take().map(|p| p.master);
         forked.map_err(|e| os_failure(Stage::Fork, e, "cannot fork"))
     }

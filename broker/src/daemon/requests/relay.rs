@@ -123,15 +123,24 @@ impl Relay<'_> {
             mut supervised,
         } = self;
         // Watched for readiness here until its first event: a notification (the program
-        // signals its parent) or the hangup as the program exits.
+        // signals its parent) or the hangup as the program exits. Not by a terminal
+        // launch, whose loop waits in sends of the program's output for as long as the
+        // caller does not read (a notification would wait with it), nor if the reactor
+        // cannot watch it: the guard, which waits on nobody, then answers from the start.
         let mut guarded = supervised
             .as_ref()
+            .filter(|_| master.is_none())
             .and_then(Supervised::listener)
             // SAFETY: `supervised` keeps the descriptor open until after `guarded` is
             // dropped (each time it is handed on, and after the loop).
             .and_then(|fd| {
                 unsafe { AsyncFd::register_with_interest(ListenerFd(fd), Interest::READABLE) }.ok()
             });
+        if guarded.is_none() {
+            if let Some(s) = supervised.as_mut() {
+                s.settle();
+            }
+        }
         let mut mirror: Option<Mirror> = None;
         // The client mirrors the PTY's modes onto the caller's terminal: watch them.
         let mut mirroring = false;
