@@ -513,6 +513,53 @@ timeout = "2s"
     assert_eq!(status.code(), Some(124), "{status:?}");
 }
 
+/// A terminal launch whose caller stops reading while its program writes more than the
+/// socket takes: the relay waits to send the output, but the context's timeout still ends
+/// the program in time (a caller cannot outlast the operator's limit by not reading).
+#[test]
+fn a_terminal_launch_whose_caller_does_not_read_still_ends_at_its_timeout() {
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.brief]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+timeout = "2s"
+"#
+    ));
+    const MARK: &str = "27.1828";
+    let script = format!("head -c 20000000 /dev/zero; sleep {MARK}");
+    let mut req = ctx_tests::raw::exec_request("brief", &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    // Never read: the relay's sends of the program's output soon wait.
+    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    // The writer runs first; then the program is killed at 2 s, writer or sleep alike.
+    let started = poll(Duration::from_secs(5), || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline.starts_with(b"head\x00-c\x0020000000")).then_some(())
+        })
+    });
+    let gone = poll(Duration::from_secs(8), || {
+        (pids_with_arg("20000000").is_empty() && pids_with_arg(MARK).is_empty()).then_some(())
+    });
+    drop(client);
+    assert!(started.is_some(), "the program never started");
+    assert!(
+        gone.is_some(),
+        "the program outlived its 2 s timeout while its caller did not read"
+    );
+}
+
 /// A routed program that holds a seccomp listener of its own is not refused: the kernel
 /// allows one listener per process, so its own launches run without the supervisor that
 /// relays signals to the parent. Tried with what such a program most likely is here: a

@@ -199,6 +199,38 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends `reply` unless `until` comes first while the client is not reading: then the
+    /// rest of the frame is held for the next send, which writes it first, so the client
+    /// only ever sees whole frames. `Ok(false)`: interrupted.
+    pub async fn send_before(
+        &mut self,
+        reply: &Reply<'_>,
+        until: impl std::future::Future<Output = ()>,
+    ) -> Result<bool, WireError> {
+        self.out.clear();
+        self.out.append(&mut self.held);
+        encode_vec(reply, &mut self.out)?;
+        tokio::pin!(until);
+        let mut written = 0;
+        while written < self.out.len() {
+            match self.stream.try_write(&self.out[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        ready = self.stream.writable() => ready?,
+                        _ = &mut until => {
+                            self.held.extend_from_slice(&self.out[written..]);
+                            return Ok(false);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Sends `reply` only if the socket takes it now: `false` (nothing written) when the
     /// client is not reading, so that a caller's loop never waits on it. What is held goes
     /// first; the rest of a partly written frame is held for the next send.

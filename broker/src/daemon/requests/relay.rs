@@ -180,6 +180,23 @@ impl Relay<'_> {
         let mut parent_pending: u64 = 0;
         let mut parent_retry = tokio::time::interval(PARENT_RETRY);
         parent_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A send to a caller who is not reading waits, but never past what the loop must
+        // act on: the program's end, its timeout, the broker's shutdown and the kill after
+        // it. Interrupted, the frame's rest goes out first with the next send.
+        macro_rules! send {
+            ($reply:expr) => {
+                conn.send_before(
+                    $reply,
+                    loop_event(
+                        pidfd,
+                        (!timed_out && timeout.is_some()).then_some(deadline),
+                        kill_at,
+                        (!shutdown_seen).then(|| shutdown.clone()),
+                    ),
+                )
+                .await
+            };
+        }
         let status = loop {
             tokio::select! {
                 exited = wait_exit(pidfd) => break exited,
@@ -226,7 +243,7 @@ impl Relay<'_> {
                                 Some(at) => {
                                     input.extend(&bytes[..at]);
                                     kill_group(pid, libc::SIGSTOP);
-                                    if conn.send(&Reply::Stopped { signal: libc::SIGTSTP }).await.is_err() {
+                                    if send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
                                         client_alive = false;
                                         kill_group(pid, libc::SIGKILL);
                                     }
@@ -241,7 +258,7 @@ impl Relay<'_> {
                                 mirroring = true;
                                 if let Some(m) = &master {
                                     if let Some(next) = mirror_caller(m.get_ref(), &mut mirror, launch_modes, caller) {
-                                        if conn.send(&Reply::Modes(next)).await.is_err() {
+                                        if send!(&Reply::Modes(next)).is_err() {
                                             client_alive = false;
                                             kill_group(pid, libc::SIGKILL);
                                         }
@@ -278,14 +295,14 @@ impl Relay<'_> {
                             }
                             let now = pty::modes(master.as_ref().unwrap().get_ref());
                             if let Some(changed) = mirror_program(&mut mirror, now) {
-                                if conn.send(&Reply::Modes(changed)).await.is_err() {
+                                if send!(&Reply::Modes(changed)).is_err() {
                                     client_alive = false;
                                     kill_group(pid, libc::SIGKILL);
                                 }
                             }
                         }
                         if n > 0 && client_alive {
-                            if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                            if send!(&Reply::Output(out[..n].into())).is_err() {
                                 client_alive = false;
                                 kill_group(pid, libc::SIGKILL);
                             }
@@ -312,7 +329,7 @@ impl Relay<'_> {
                 _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirroring && client_alive => {
                     let now = pty::modes(master.as_ref().unwrap().get_ref());
                     if let Some(changed) = mirror_program(&mut mirror, now) {
-                        if conn.send(&Reply::Modes(changed)).await.is_err() {
+                        if send!(&Reply::Modes(changed)).is_err() {
                             client_alive = false;
                             kill_group(pid, libc::SIGKILL);
                         }
@@ -515,6 +532,26 @@ pub(super) async fn linger(
                 }
             }
         }
+    }
+}
+
+/// Resolves at the first of what a running launch's loop must act on even while a send
+/// waits for its caller: the program's exit (readiness only, nothing reaped), the
+/// deadline, the kill after a shutdown, and the shutdown itself (`shutdown` a clone, so
+/// the loop's own receiver still sees the change).
+async fn loop_event(
+    pidfd: &AsyncFd<OwnedFd>,
+    deadline: Option<tokio::time::Instant>,
+    kill_at: Option<tokio::time::Instant>,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let mut shutdown = shutdown;
+    tokio::select! {
+        _ = pidfd.readable() => {}
+        _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
+        _ = tokio::time::sleep_until(kill_at.unwrap_or(far)) => {}
+        _ = async { shutdown.as_mut()?.changed().await.ok() }, if shutdown.is_some() => {}
     }
 }
 
