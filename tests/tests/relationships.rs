@@ -531,17 +531,7 @@ timeout = "2s"
     ));
     const MARK: &str = "27.1828";
     let script = format!("head -c 20000000 /dev/zero; sleep {MARK}");
-    let mut req = ctx_tests::raw::exec_request("brief", &[b"sh", b"-c", script.as_bytes()]);
-    for slot in &mut req.fds {
-        slot.source = ctx_protocol::FdSource::Pty;
-    }
-    req.tty = Some(ctx_protocol::TtyInfo {
-        size: Default::default(),
-        termios: None,
-    });
-    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
-    // Never read: the relay's sends of the program's output soon wait.
-    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let client = unread_terminal_launch(&b, "brief", &script);
     // The writer runs first; then the program is killed at 2 s, writer or sleep alike.
     let started = poll(Duration::from_secs(5), || {
         std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -767,6 +757,25 @@ fn launches_that_fail_or_are_killed_leave_no_listener() {
     assert!(after <= base, "broker fds {after}, before {base}");
 }
 
+/// A terminal launch of `sh -c script` in `context` by a raw client that never reads: the
+/// relay's sends of the program's output soon wait. Dropping the stream ends the client.
+fn unread_terminal_launch(
+    b: &Broker,
+    context: &str,
+    script: &str,
+) -> std::os::unix::net::UnixStream {
+    let mut req = ctx_tests::raw::exec_request(context, &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    ctx_tests::raw::send_opening(&b.socket(), &opening, &[])
+}
+
 /// A terminal launch whose caller stops reading (a `ctx exec -t` whose terminal is held
 /// with ^S, or that is stopped) while its program has more output than the socket takes:
 /// the program's `kill $PPID` is answered all the same, as locally, where a signal to the
@@ -782,17 +791,7 @@ fn a_signal_to_the_parent_is_answered_while_the_caller_does_not_read_the_termina
         "(head -c 20000000 /dev/zero &); sleep 2; kill -USR1 $PPID; touch {}",
         marker.display()
     );
-    let mut req = ctx_tests::raw::exec_request("alice", &[b"sh", b"-c", script.as_bytes()]);
-    for slot in &mut req.fds {
-        slot.source = ctx_protocol::FdSource::Pty;
-    }
-    req.tty = Some(ctx_protocol::TtyInfo {
-        size: Default::default(),
-        termios: None,
-    });
-    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
-    // Never read: the relay's sends of the program's output soon wait.
-    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let client = unread_terminal_launch(&b, "alice", &script);
     let answered = poll(Duration::from_secs(10), || marker.exists().then_some(()));
     drop(client);
     assert!(
