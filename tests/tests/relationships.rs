@@ -560,6 +560,41 @@ timeout = "2s"
     );
 }
 
+/// The broker shuts down while a terminal launch's caller does not read: the program is
+/// ended (SIGTERM, then SIGKILL after the grace), and what is left to send it (the
+/// program's last output, `Exited`) does not keep the broker from exiting, as a caller
+/// must not be able to hold up the broker's shutdown by not reading.
+#[test]
+fn the_broker_exits_at_shutdown_while_a_terminal_caller_does_not_read() {
+    let mut b = broker();
+    const MARK: &str = "31.4159";
+    let script = format!("head -c 20000000 /dev/zero; sleep {MARK}");
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    // Never read: the relay's sends of the program's output soon wait.
+    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let started = poll(Duration::from_secs(5), || {
+        (!pids_with_arg("20000000").is_empty()).then_some(())
+    });
+    assert!(started.is_some(), "the program never started");
+    // Long enough for the socket and the terminal to fill.
+    thread::sleep(Duration::from_secs(1));
+    let stopped = b.terminate(Duration::from_secs(15));
+    drop(client);
+    assert!(
+        stopped.is_some(),
+        "the broker did not exit at shutdown while a terminal caller did not read"
+    );
+    assert!(pids_with_arg("20000000").is_empty() && pids_with_arg(MARK).is_empty());
+}
+
 /// A routed program that holds a seccomp listener of its own is not refused: the kernel
 /// allows one listener per process, so its own launches run without the supervisor that
 /// relays signals to the parent. Tried with what such a program most likely is here: a
