@@ -550,6 +550,100 @@ timeout = "2s"
     );
 }
 
+/// A terminal launch's caller that reads only after its program was ended at its timeout
+/// (the relay then waited in a send, and the rest of that frame was held): it gets whole
+/// frames, each once and in order, the program's output alone, and then its status.
+#[test]
+fn a_terminal_caller_that_reads_only_after_the_timeout_gets_whole_frames_then_the_status() {
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.brief]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+timeout = "2s"
+"#
+    ));
+    let script = "head -c 20000000 /dev/zero | tr '\\0' x";
+    let mut req = ctx_tests::raw::exec_request("brief", &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    let mut client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    // Not read until well after the timeout: the relay's send was interrupted by it.
+    thread::sleep(Duration::from_secs(4));
+    let (frames, closed) = ctx_tests::raw::read_until_close(&mut client, Duration::from_secs(10));
+    assert!(closed, "the broker did not end the connection");
+    let mut output = 0usize;
+    let mut status = None;
+    for (i, f) in frames.iter().enumerate() {
+        match ctx_protocol::frame::decode::<ctx_protocol::Reply>(f) {
+            Ok(ctx_protocol::Reply::Output(bytes)) => {
+                assert!(status.is_none(), "output after the status");
+                assert!(bytes.iter().all(|&c| c == b'x'), "frame {i}: torn output");
+                output += bytes.len();
+            }
+            Ok(ctx_protocol::Reply::Exited {
+                status: s,
+                timed_out,
+            }) => {
+                assert!(timed_out, "{s:?}");
+                status = Some(s);
+            }
+            Ok(
+                ctx_protocol::Reply::Hello { .. }
+                | ctx_protocol::Reply::Started { .. }
+                | ctx_protocol::Reply::Modes(_),
+            ) => {}
+            other => panic!("frame {i} of {}: {other:?}", frames.len()),
+        }
+    }
+    assert!(output > 0, "no output");
+    assert!(status.is_some(), "no status among {} frames", frames.len());
+}
+
+/// The broker shuts down while a terminal launch's caller does not read: the program is
+/// ended (SIGTERM, then SIGKILL after the grace), and what is left to send it (the
+/// program's last output, `Exited`) does not keep the broker from exiting, as a caller
+/// must not be able to hold up the broker's shutdown by not reading.
+#[test]
+fn the_broker_exits_at_shutdown_while_a_terminal_caller_does_not_read() {
+    let mut b = broker();
+    const MARK: &str = "31.4159";
+    let script = format!("head -c 20000000 /dev/zero; sleep {MARK}");
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"sh", b"-c", script.as_bytes()]);
+    for slot in &mut req.fds {
+        slot.source = ctx_protocol::FdSource::Pty;
+    }
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: Default::default(),
+        termios: None,
+    });
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
+    // Never read: the relay's sends of the program's output soon wait.
+    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let started = poll(Duration::from_secs(5), || {
+        (!pids_with_arg("20000000").is_empty()).then_some(())
+    });
+    assert!(started.is_some(), "the program never started");
+    // Long enough for the socket and the terminal to fill.
+    thread::sleep(Duration::from_secs(1));
+    let stopped = b.terminate(Duration::from_secs(15));
+    drop(client);
+    assert!(
+        stopped.is_some(),
+        "the broker did not exit at shutdown while a terminal caller did not read"
+    );
+    assert!(pids_with_arg("20000000").is_empty() && pids_with_arg(MARK).is_empty());
+}
+
 /// A routed program that holds a seccomp listener of its own is not refused: the kernel
 /// allows one listener per process, so its own launches run without the supervisor that
 /// relays signals to the parent. Tried with what such a program most likely is here: a

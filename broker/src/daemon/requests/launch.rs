@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use super::authorize::authorize;
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{
-    hang_up_after_handover, linger, read_fd, wait_exit, watch, LingerBudget, Relay, Relayed,
+    hang_up_after_handover, linger, read_fd, sent, shutdown_grace, wait_exit, watch, LingerBudget,
+    Relay, Relayed,
 };
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
@@ -759,15 +760,16 @@ impl<'a> Launch<'a> {
         self.shared.registry.remove(self.id);
         let status = status.unwrap_or(ExitStatus::Code(255));
         let mut told = false;
+        // A caller who is not reading holds this up only until a little after the broker
+        // began to shut down.
+        let grace = || shutdown_grace(self.shared.shutdown_rx.clone());
         if client_alive {
-            told = conn
-                .send(&Reply::Exited { status, timed_out })
-                .await
-                .is_ok();
+            let reply = Reply::Exited { status, timed_out };
+            told = sent(conn.send_before(&reply, grace()).await);
         }
         let lingering = match (master, self.leader_pid, linger) {
             (Some(master), Some(leader), Some(count))
-                if told && conn.send(&Reply::Lingering).await.is_ok() =>
+                if told && sent(conn.send_before(&Reply::Lingering, grace()).await) =>
             {
                 Some(Lingering {
                     master,

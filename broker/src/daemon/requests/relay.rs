@@ -364,9 +364,19 @@ impl Relay<'_> {
         while let Ok(signal) = parent_signals.try_recv() {
             parent_pending |= signal_bit(signal);
         }
+        // From here on a caller who is not reading is waited for only until a little after
+        // the broker began to shut down (its exit waits for this connection); then it is
+        // taken as gone.
         for signal in (1..=64).filter(|&s| parent_pending & signal_bit(s) != 0) {
-            if !client_alive || conn.send(&Reply::SignalParent { signal }).await.is_err() {
+            if !client_alive {
                 break;
+            }
+            let reply = Reply::SignalParent { signal };
+            if !sent(
+                conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                    .await,
+            ) {
+                client_alive = false;
             }
         }
 
@@ -403,13 +413,23 @@ impl Relay<'_> {
                 }
                 if n > 0 {
                     if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
-                        if conn.send(&Reply::Modes(changed)).await.is_err() {
+                        let reply = Reply::Modes(changed);
+                        if !sent(
+                            conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                                .await,
+                        ) {
+                            client_alive = false;
                             break;
                         }
                     }
                 }
                 if n > 0 {
-                    if conn.send(&Reply::Output(out[..n].into())).await.is_err() {
+                    let reply = Reply::Output(out[..n].into());
+                    if !sent(
+                        conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                            .await,
+                    ) {
+                        client_alive = false;
                         break;
                     }
                 } else if more {
@@ -439,7 +459,13 @@ impl Relay<'_> {
                 mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
             }
             if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
-                let _ = conn.send(&Reply::Modes(changed)).await;
+                let reply = Reply::Modes(changed);
+                if !sent(
+                    conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                        .await,
+                ) {
+                    client_alive = false;
+                }
             }
         }
         Relayed {
@@ -553,6 +579,20 @@ async fn loop_event(
         _ = tokio::time::sleep_until(kill_at.unwrap_or(far)) => {}
         _ = async { shutdown.as_mut()?.changed().await.ok() }, if shutdown.is_some() => {}
     }
+}
+
+/// Resolves `SHUTDOWN_GRACE` after the broker began to shut down: what is left to send
+/// once the program has ended waits that long for a caller who is not reading, as the
+/// program waited for its kill, and no longer (the broker's exit waits for the connection).
+pub(super) async fn shutdown_grace(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    // A sender gone is a shutdown too.
+    let _ = shutdown.wait_for(|&down| down).await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+}
+
+/// Whether a [`Conn::send_before`] sent its reply whole.
+pub(super) fn sent(result: Result<bool, WireError>) -> bool {
+    matches!(result, Ok(true))
 }
 
 /// Sends `reply`; `false` when that failed, or the broker began to shut down while the
