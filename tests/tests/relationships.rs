@@ -618,17 +618,7 @@ fn the_broker_exits_at_shutdown_while_a_terminal_caller_does_not_read() {
     let mut b = broker();
     const MARK: &str = "31.4159";
     let script = format!("head -c 20000000 /dev/zero; sleep {MARK}");
-    let mut req = ctx_tests::raw::exec_request("alice", &[b"sh", b"-c", script.as_bytes()]);
-    for slot in &mut req.fds {
-        slot.source = ctx_protocol::FdSource::Pty;
-    }
-    req.tty = Some(ctx_protocol::TtyInfo {
-        size: Default::default(),
-        termios: None,
-    });
-    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req));
-    // Never read: the relay's sends of the program's output soon wait.
-    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    let client = unread_terminal_launch(&b, "alice", &script);
     let started = poll(Duration::from_secs(5), || {
         (!pids_with_arg("20000000").is_empty()).then_some(())
     });
@@ -642,6 +632,45 @@ fn the_broker_exits_at_shutdown_while_a_terminal_caller_does_not_read() {
         "the broker did not exit at shutdown while a terminal caller did not read"
     );
     assert!(pids_with_arg("20000000").is_empty() && pids_with_arg(MARK).is_empty());
+}
+
+/// An operator request whose reply is larger than the socket takes (`ctx ps` of many
+/// launches with long command lines), from a client that never reads it: the broker still
+/// exits at shutdown.
+#[test]
+fn the_broker_exits_at_shutdown_while_a_client_does_not_read_its_reply() {
+    let mut b = broker();
+    const MARK: &str = "61.2345";
+    let long = "x".repeat(8000);
+    let mut sleepers = Vec::new();
+    for _ in 0..48 {
+        let c = b
+            .exec_cmd("alice", &["sh", "-c", &format!("exec sleep {MARK}"), &long])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        sleepers.push(c);
+    }
+    // Each launch's `ctx` client and its `sleep` carry the mark.
+    let running = poll(Duration::from_secs(20), || {
+        (pids_with_arg(MARK).len() >= 96).then_some(())
+    });
+    assert!(running.is_some(), "the sleepers did not all start");
+    let opening = ctx_tests::raw::opening(&ctx_protocol::Request::Ps);
+    // Never read: the reply (about 380 KB) is more than the socket takes.
+    let client = ctx_tests::raw::send_opening(&b.socket(), &opening, &[]);
+    thread::sleep(Duration::from_secs(1));
+    let stopped = b.terminate(Duration::from_secs(15));
+    drop(client);
+    for mut c in sleepers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        stopped.is_some(),
+        "the broker did not exit at shutdown while a client did not read its ps reply"
+    );
 }
 
 /// A routed program that holds a seccomp listener of its own is not refused: the kernel

@@ -75,23 +75,23 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
         Request::Shell(sh) => Box::pin(requests::shell::shell(&shared, &mut conn, &peer, sh)).await,
         Request::Status => {
             let report = requests::status::status(&shared);
-            let _ = conn.send(&Reply::Status(report)).await;
+            answer(&shared, &mut conn, &Reply::Status(report)).await;
         }
         Request::Contexts => {
             let list = requests::contexts::contexts(&shared, &peer);
-            let _ = conn.send(&Reply::Contexts(list)).await;
+            answer(&shared, &mut conn, &Reply::Contexts(list)).await;
         }
         Request::Reload => {
             let reply = requests::reload::reload_request(&shared, &peer).await;
-            let _ = conn.send(&reply).await;
+            answer(&shared, &mut conn, &reply).await;
         }
         Request::Ps => {
             let list = requests::ps::ps(&shared, &peer);
-            let _ = conn.send(&Reply::Processes(list)).await;
+            answer(&shared, &mut conn, &Reply::Processes(list)).await;
         }
         Request::Kill { target, signo } => {
             let reply = requests::kill::kill(&shared, &peer, &target, signo);
-            let _ = conn.send(&reply).await;
+            answer(&shared, &mut conn, &reply).await;
         }
         _ => {
             let message =
@@ -104,6 +104,14 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
                 .await;
         }
     }
+}
+
+/// Sends an operator request's reply, which may be larger than the socket takes: a
+/// client that does not read it holds its connection only until a little after the broker
+/// began to shut down (the broker's exit waits for every connection).
+async fn answer(shared: &Shared, conn: &mut Conn, reply: &Reply<'_>) {
+    let grace = requests::shutdown_grace(shared.shutdown_rx.clone());
+    let _ = conn.send_before(reply, grace).await;
 }
 
 /// Whether to log this failed handshake (one line a second across all peers: a flood of

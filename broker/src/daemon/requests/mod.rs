@@ -25,6 +25,7 @@ use super::registry::Running;
 use super::Peer;
 
 pub use guard::start_supervisor;
+pub(crate) use relay::shutdown_grace;
 
 /// The peer as its audit lines name it.
 pub fn caller(peer: &Peer) -> crate::audit_event::Caller {

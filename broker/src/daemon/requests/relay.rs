@@ -584,7 +584,7 @@ async fn loop_event(
 /// Resolves `SHUTDOWN_GRACE` after the broker began to shut down: what is left to send
 /// once the program has ended waits that long for a caller who is not reading, as the
 /// program waited for its kill, and no longer (the broker's exit waits for the connection).
-pub(super) async fn shutdown_grace(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn shutdown_grace(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     // A sender gone is a shutdown too.
     let _ = shutdown.wait_for(|&down| down).await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
