@@ -873,13 +873,37 @@ mod rotation_tests {
         }
     }
 
-    /// A log in a directory this test made itself: `mkdir` of a name another user planted
-    /// (a symlink into a place of theirs) fails instead of being used.
+    /// A log in a directory this test made itself, in the shared temp directory (these
+    /// tests run as root): whatever another user planted under the name is removed
+    /// without following it (std's `remove_dir_all` does not follow links), and the
+    /// `mkdir` after fails, never follows, should a link be planted again in between.
     pub(super) fn temp_log(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ctx-audit-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap();
         dir.join("audit.jsonl")
+    }
+
+    /// A link planted under the name `temp_log` uses, into a directory of someone else's:
+    /// the log is made in a fresh directory of its own, and nothing lands in theirs.
+    #[test]
+    fn a_link_planted_under_the_temp_logs_name_is_not_followed() {
+        let theirs = std::env::temp_dir().join(format!("ctx-audit-theirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&theirs);
+        std::fs::create_dir(&theirs).unwrap();
+        let name =
+            std::env::temp_dir().join(format!("ctx-audit-planted-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&name);
+        std::os::unix::fs::symlink(&theirs, &name).unwrap();
+        let path = temp_log("planted-link");
+        let audit = Audit::open(&path);
+        audit.record(numbered(1));
+        let dir = std::fs::symlink_metadata(&name).unwrap();
+        assert!(dir.is_dir() && !dir.file_type().is_symlink());
+        assert_eq!(lines(&path).len(), 1);
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&name);
+        let _ = std::fs::remove_dir_all(&theirs);
     }
 
     fn lines(path: &Path) -> Vec<Value> {
