@@ -127,13 +127,7 @@ print(f"opened {opened} dropped {dropped}", flush=True)
 
 /// Starts the flood as ctx-bob; returns once it is under way.
 fn flood(b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={BOB}"),
-        &format!("--regid={BOB}"),
-        "--init-groups",
-        "--",
-    ]);
+    let cmd = as_user(BOB);
     flood_with(cmd, b, mode, n, secs)
 }
 
@@ -210,13 +204,7 @@ const OLD_UNIT_FILES: u64 = 1024;
 /// ctx-bob, allowed into no context, may still ask for the status: once the flood is
 /// over, nothing of it is still counted against him.
 fn bob_is_served_again(b: &Broker) {
-    let out = run(Command::new("setpriv")
-        .args([
-            &format!("--reuid={BOB}"),
-            &format!("--regid={BOB}"),
-            "--init-groups",
-            "--",
-        ])
+    let out = run(as_user(BOB)
         .arg(bin("ctx"))
         .arg("--socket")
         .arg(b.socket())
@@ -281,16 +269,8 @@ fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
         while time.time() < end:\n\
         \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b'junk'); s.close(); n += 1\n\
         print(n)\n";
-    let out = run(Command::new("setpriv")
-        .args([
-            &format!("--reuid={BOB}"),
-            &format!("--regid={BOB}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            script,
-        ])
+    let out = run(as_user(BOB)
+        .args(["/usr/bin/python3", "-c", script])
         .arg(b.socket()));
     let connections: u64 = out.ok().trim().parse().unwrap();
     assert!(
@@ -351,13 +331,7 @@ allow = {{ uids = [{bob}] }}
         fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(600)]\n\
         for fd in fds: os.set_inheritable(fd, True)\n\
         subprocess.run(['sh', '-c', 'ls /proc/self/fd | wc -l'], close_fds=False, check=True)";
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={ALICE}"),
-        &format!("--regid={ALICE}"),
-        "--init-groups",
-        "--",
-    ]);
+    let mut cmd = as_user(ALICE);
     cmd.arg(bin("ctx")).arg("--socket").arg(b.socket()).args([
         "run",
         "--route-to",
@@ -703,6 +677,36 @@ impl RootExec {
     }
 }
 
+/// `setpriv` as the test user `name` (its uid, gid and groups), ready for the command.
+fn as_user(name: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={name}"),
+        &format!("--regid={name}"),
+        "--init-groups",
+        "--",
+    ]);
+    cmd
+}
+
+impl Attacker {
+    /// Waits for the attacker's `stalled` line, which says its descriptors are sent; read
+    /// on a thread, so that a test never hangs on an attacker that does.
+    fn await_stalled(&mut self) {
+        let mut out = self.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = [0u8; 8];
+            let _ = tx.send(out.read_exact(&mut line).map(|_| line));
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the attacker sends its sockets in time")
+            .expect("the attacker sends its sockets");
+        assert_eq!(&line, b"stalled\n");
+    }
+}
+
 /// Every thread of `pid` and where it waits, for a failure's message.
 fn threads(pid: u32) -> String {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -746,16 +750,8 @@ allow = {{ uids = [0, {alice}] }}
     )));
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     const BAD: usize = 4;
-    let child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={ALICE}"),
-            &format!("--regid={ALICE}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            LINGER,
-        ])
+    let child = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", LINGER])
         .arg(b.socket())
         .args([&BAD.to_string(), &hex(&launch), &hex(&running), "120"])
         .stdin(Stdio::null())
@@ -764,18 +760,7 @@ allow = {{ uids = [0, {alice}] }}
         .spawn()
         .expect("start the attacker");
     let mut attacker = Attacker(child);
-    // Read on a thread: a test must not hang on an attacker that does.
-    let mut out = attacker.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let mut line = [0u8; 8];
-        let _ = tx.send(out.read_exact(&mut line).map(|_| line));
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the attacker sends its sockets in time")
-        .expect("the attacker sends its sockets");
-    assert_eq!(&line, b"stalled\n");
+    attacker.await_stalled();
     // The sockets sent in handshakes are in closes that wait (the broker's copy is the
     // last); the one sent after, perhaps. A waiting thread wakes for a moment at each
     // window probe the other end answers: the threads seen waiting are gathered.
@@ -877,16 +862,8 @@ time.sleep(hold)
 fn descriptors_on_out_of_band_bytes_are_not_closed_on_a_worker() {
     let b = Broker::start(&standard_config());
     const N: usize = 4;
-    let child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={BOB}"),
-            &format!("--regid={BOB}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            OOB_LINGER,
-        ])
+    let child = as_user(BOB)
+        .args(["/usr/bin/python3", "-c", OOB_LINGER])
         .arg(b.socket())
         .args([&N.to_string(), "120"])
         .stdin(Stdio::null())
@@ -895,17 +872,7 @@ fn descriptors_on_out_of_band_bytes_are_not_closed_on_a_worker() {
         .spawn()
         .expect("start the attacker");
     let mut attacker = Attacker(child);
-    let mut out = attacker.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let mut line = [0u8; 8];
-        let _ = tx.send(out.read_exact(&mut line).map(|_| line));
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the attacker sends its sockets in time")
-        .expect("the attacker sends its sockets");
-    assert_eq!(&line, b"stalled\n");
+    attacker.await_stalled();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut seen = lingering_closes(b.pid());
     while Instant::now() < deadline {
@@ -1053,16 +1020,7 @@ allow = {{ uids = [0, {bob}] }}
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(alice.uid), Some(alice.gid)).unwrap();
     let prog = dir.join("prog");
-    let as_user = |cmd: &mut Command, name: &str| {
-        cmd.args([
-            &format!("--reuid={name}"),
-            &format!("--regid={name}"),
-            "--init-groups",
-            "--",
-        ]);
-    };
-    let mut holder = Command::new("setpriv");
-    as_user(&mut holder, ALICE);
+    let mut holder = as_user(ALICE);
     let child = holder
         .args(["/usr/bin/python3", "-c", LEASED])
         .arg(&prog)
@@ -1085,8 +1043,7 @@ allow = {{ uids = [0, {bob}] }}
     // More than FORKS_PER_UID (16): the ones past it wait for a turn.
     let mut launches = Vec::new();
     for _ in 0..20 {
-        let mut c = Command::new("setpriv");
-        as_user(&mut c, ALICE);
+        let mut c = as_user(ALICE);
         let l = c
             .arg(bin("ctx"))
             .arg("--socket")
@@ -1112,8 +1069,7 @@ allow = {{ uids = [0, {bob}] }}
         "{forking} broker threads wait in a fork for {ALICE}'s leased launches (at most 16)"
     );
     let root = RootExec::start(&b, "other");
-    let mut by_bob = Command::new("setpriv");
-    as_user(&mut by_bob, BOB);
+    let mut by_bob = as_user(BOB);
     let mut by_bob = by_bob
         .arg(bin("ctx"))
         .arg("--socket")
@@ -1226,13 +1182,7 @@ allow = {{ uids = [0], contexts = ["agent"] }}
     let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
     let mut launches = Vec::new();
     for _ in 0..2 {
-        let l = Command::new("setpriv")
-            .args([
-                &format!("--reuid={ALICE}"),
-                &format!("--regid={ALICE}"),
-                "--init-groups",
-                "--",
-            ])
+        let l = as_user(ALICE)
             .arg(bin("ctx"))
             .arg("--socket")
             .arg(b.socket())
@@ -1432,16 +1382,8 @@ allow = {{ uids = [0, {uid}] }}
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={ALICE}"),
-            &format!("--regid={ALICE}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            PIPE_LOCK,
-        ])
+    let child = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", PIPE_LOCK])
         .arg(b.socket())
         .args([&hex, "10", "60"])
         .stdin(Stdio::null())
