@@ -172,6 +172,34 @@ fn echo_server(ip: &str) -> u16 {
     port
 }
 
+/// A broker whose `eg` context may reach one name, `<unique>.<tag>.test`, answered by an
+/// echo server on a test address of its own. Fields drop in the order locals would.
+struct EchoAllowed {
+    b: Broker,
+    port: u16,
+    name: String,
+    _hosts: Hosts,
+    addr: HostAddr,
+}
+
+fn echo_allowed(tag: &str, prefix: &str) -> EchoAllowed {
+    let addr = HostAddr::claim();
+    let name = format!("{}.{tag}.test", unique(prefix));
+    let hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = echo_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    EchoAllowed {
+        b,
+        port,
+        name,
+        _hosts: hosts,
+        addr,
+    }
+}
+
 /// `rule` with the test server's address listed too: it is on the host's `lo`, one of the
 /// host's own addresses, which a name reaches only where the address is listed.
 fn host(addr: &HostAddr, rule: &str) -> String {
@@ -552,14 +580,13 @@ print('connected')
 
 #[test]
 fn a_program_that_ignores_the_proxy_has_no_network() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.raw.test", unique("r"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let EchoAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = echo_allowed("raw", "r");
     let raw = |ctx: &str| {
         b.exec(
             ctx,
@@ -711,14 +738,13 @@ print('ok', n)
 
 #[test]
 fn two_hundred_connections_at_once() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.echo.test", unique("e"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let EchoAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("echo", "e");
     let out = run_with(
         &mut b.exec_cmd(
             "eg",
@@ -2213,14 +2239,13 @@ print(ok)
 /// denials among them) out of both generations.
 #[test]
 fn a_loop_of_allowed_attempts_that_carry_nothing_is_metered() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.empty.test", unique("m"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let EchoAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("empty", "m");
     let started = Instant::now();
     let n = 1500;
     let out = run_with(
@@ -2582,14 +2607,13 @@ time.sleep(600)
 /// Metering (or aggregating) what one uid's egress writes past a burst would bound it.
 #[test]
 fn a_loop_of_tiny_allowed_tunnels_writes_audit_lines_bounded_per_uid() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.tiny.test", unique("m"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = echo_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let EchoAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("tiny", "m");
     let started = Instant::now();
     let n = 1500;
     let out = run_with(
