@@ -2651,3 +2651,135 @@ fn a_loop_of_tiny_allowed_tunnels_writes_audit_lines_bounded_per_uid() {
          bound like the refusal meter's allows {bound:.0})"
     );
 }
+
+/// A server on `ip` that sends zeros to every connection as fast as it takes them, until
+/// the connection fails.
+fn firehose_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind firehose server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let zeros = [0u8; 65536];
+                while s.write_all(&zeros).is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1], reads argv[3] MiB on each as fast as it can
+/// (the kernel's buffer autotuning grows every socket on the way to match), then stops
+/// reading, says so, and holds the tunnels open.
+const STALLED_READERS: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tunnels = []
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    got = 0
+    while got < mib << 20:
+        got += len(s.recv(1 << 20))
+    tunnels.append(s)
+print('stalled', flush=True)
+time.sleep(120)
+"#;
+
+/// The kernel's accounting of each of the broker's sockets to `dst` (`ss -m`): what it
+/// holds (`r`, `t`) and may hold (`rb`, `tb`), in bytes.
+fn socket_memory(dst: &str) -> Vec<[u64; 4]> {
+    let out = run(Command::new("ss").args(["-tmnH", "dst", dst]));
+    out.ok()
+        .split("skmem:(")
+        .skip(1)
+        .map(|m| {
+            let field = |key: &str| -> u64 {
+                m.split([',', ')'])
+                    .find_map(|f| f.strip_prefix(key)?.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {m}"))
+            };
+            [field("r"), field("rb"), field("t"), field("tb")]
+        })
+        .collect()
+}
+
+/// SPEC section 6: what a context makes the broker hold is bounded. A context's client
+/// that reads a download fast, then stops, leaves the destination's bytes in the
+/// broker's sockets: with the kernel's autotuning each may grow to `tcp_rmem`'s maximum
+/// (32 MiB here), for every one of a context's 512 connections, and only the host's
+/// `tcp_mem` (which every TCP socket of the host shares) bounds them all. Each socket
+/// buffer of a connection is set: 4 MiB at most (the kernel counts twice that), out of
+/// 64 MiB a context's connections share beyond 64 KiB each.
+#[test]
+fn a_client_that_stops_reading_leaves_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.firehose.test", unique("f"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = firehose_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 6;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                STALLED_READERS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+                "48",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "stalled\n");
+    // Until the destination has filled whatever the broker's side lets it.
+    let mut last = Vec::new();
+    let _ = poll(Duration::from_secs(10), || {
+        let now = socket_memory(&format!("{}:{port}", addr.ip));
+        let settled = now.len() == n && now == last;
+        last = now;
+        thread::sleep(Duration::from_millis(500));
+        settled.then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(last.len(), n, "{last:?}");
+    let mib = 1u64 << 20;
+    let held: u64 = last.iter().map(|m| m[0]).sum();
+    assert!(
+        held > mib,
+        "the stalled tunnels hold {held} bytes in the broker: the test stalled nothing"
+    );
+    for m in &last {
+        assert!(
+            m[1] <= 8 * mib && m[3] <= 8 * mib,
+            "a destination socket of the broker may hold {} bytes received and {} to send \
+             (at most 4 MiB each as set, 8 MiB as the kernel counts): {last:?}",
+            m[1],
+            m[3]
+        );
+    }
+    let may_hold: u64 = last.iter().map(|m| m[1]).sum();
+    assert!(
+        may_hold <= 2 * (64 * mib + n as u64 * 4 * 64 * 1024),
+        "the context's {n} stalled tunnels may make the broker hold {may_hold} bytes: {last:?}"
+    );
+}

@@ -489,6 +489,34 @@ fn unacknowledged(s: &TcpStream) -> u64 {
     }
 }
 
+/// Sets the socket's receive and send buffers to `bytes` each (the kernel keeps twice
+/// that for its bookkeeping), which also ends their autotuning. The forced options lift
+/// `rmem_max`/`wmem_max`, which are a limit for unprivileged programs; without them (the
+/// broker not root in the namespace's owner) the plain ones still bound the buffers.
+pub fn set_buffers(s: &impl AsRawFd, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for option in [forced, plain] {
+            // SAFETY: setsockopt reads `value` for as long as the call lasts.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
+    }
+}
+
 /// Makes the socket's close a reset (`SO_LINGER` of zero), which a peer cannot take for
 /// the end of what it was sent. Closing does not wait on such a socket.
 fn reset(s: &TcpStream) {

@@ -102,6 +102,9 @@ pub fn listen_in(holder: &Holder) -> io::Result<std::net::TcpListener> {
                         LOOPBACK_CONGESTION.len() as libc::socklen_t,
                     )
                 };
+                // Accepted connections start with the floor, their handshake needs no
+                // more; the relay sets their share once the destination answers.
+                dial::set_buffers(&l, super::BUFFER_FLOOR);
                 // SAFETY: plain syscall on our own listening socket (a larger backlog).
                 unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
                 l.set_nonblocking(true)?;
@@ -264,6 +267,9 @@ async fn serve(mut client: TcpStream, state: &State) {
     };
     attempt.allowed = true;
     attempt.address = upstream.peer_addr().ok();
+    let (buffers, _share) = state.buffer_share();
+    dial::set_buffers(&upstream, buffers);
+    dial::set_buffers(&client, buffers);
     let first: &[u8] = match &req.kind {
         Kind::Connect { early } => {
             if client.write_all(http::ESTABLISHED).await.is_err() {
