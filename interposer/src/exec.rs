@@ -313,14 +313,38 @@ pub unsafe fn send(
         return Sent::Failed(libc::EACCES);
     }
 
+    // Connected first: the broker identifies the caller (its `/proc` entries, its cgroup)
+    // on its other CPU while this process gathers what it inherits. The socket is
+    // close-on-exec, so the scan below never counts it among the passed descriptors.
+    let sock = match conn::connect(st.socket.bytes_nul()) {
+        Ok(s) => s,
+        Err(e) if st.local_when_down => {
+            conn::running_locally(context, name, st.socket.bytes(), e);
+            return Sent::Local;
+        }
+        Err(e) => {
+            let mut l = conn::refusal(context, name);
+            l.str("broker at ")
+                .push(st.socket.bytes())
+                .str(" unreachable: ")
+                .errno_name(e)
+                .write_to(2);
+            return Sent::Failed(libc::EACCES);
+        }
+    };
+    let failed = |e: i32| {
+        // SAFETY: our socket, closed once on the way out.
+        unsafe { libc::close(sock) };
+        Sent::Failed(e)
+    };
     let mut inline = InlineFds::new();
     let mut big = None;
-    let mut set = match fds::scan_any(&mut inline, &mut big, -1) {
+    let mut set = match fds::scan_any(&mut inline, &mut big, sock) {
         Ok(set) => set,
         Err(e) => {
             let mut l = conn::refusal(context, name);
             l.str(scan_failure(e)).write_to(2);
-            return Sent::Failed(libc::EMFILE);
+            return failed(libc::EMFILE);
         }
     };
     let mut cwd = [0u8; libc::PATH_MAX as usize + 1];
@@ -357,33 +381,16 @@ pub unsafe fn send(
     };
     let bound = req.encoded_bound();
     let Some(mut mem) = MmapBuf::new(bound + REPLY_ROOM) else {
-        return Sent::Failed(libc::ENOMEM);
+        return failed(libc::ENOMEM);
     };
     let (out, reply) = mem.bytes_mut().split_at_mut(bound);
     let Ok(n) = wire::encode_launch(&req, out) else {
         // Only a launch over the protocol's frame limit (far above ARG_MAX) gets here.
-        return Sent::Failed(libc::E2BIG);
-    };
-
-    let sock = match conn::connect(st.socket.bytes_nul()) {
-        Ok(s) => s,
-        Err(e) if st.local_when_down => {
-            conn::running_locally(context, name, st.socket.bytes(), e);
-            return Sent::Local;
-        }
-        Err(e) => {
-            let mut l = conn::refusal(context, name);
-            l.str("broker at ")
-                .push(st.socket.bytes())
-                .str(" unreachable: ")
-                .errno_name(e)
-                .write_to(2);
-            return Sent::Failed(libc::EACCES);
-        }
+        return failed(libc::E2BIG);
     };
     let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
     drop(cwd_fd);
-    let failed = match verdict {
+    let refused = match verdict {
         Verdict::Started { .. } | Verdict::Accepted => None,
         Verdict::Failed { errno, .. } => Some(errno),
         ref v => {
@@ -393,10 +400,8 @@ pub unsafe fn send(
             Some(libc::EACCES)
         }
     };
-    if let Some(e) = failed {
-        // SAFETY: our socket.
-        unsafe { libc::close(sock) };
-        return Sent::Failed(e);
+    if let Some(e) = refused {
+        return failed(e);
     }
     conn::clear_timeout(sock);
     Sent::Routed {

@@ -235,19 +235,20 @@ impl Conn {
     /// client is not reading, so that a caller's loop never waits on it. What is held goes
     /// first; the rest of a partly written frame is held for the next send.
     pub fn try_send(&mut self, reply: &Reply<'_>) -> Result<bool, WireError> {
-        while !self.held.is_empty() {
-            match self.stream.try_write(&self.held) {
-                Ok(n) => drop(self.held.drain(..n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // One write for what is held and the reply: the client wakes once for both.
         self.out.clear();
+        self.out.extend_from_slice(&self.held);
+        let held = self.held.len();
         encode_vec(reply, &mut self.out)?;
         match self.stream.try_write(&self.out) {
-            Ok(n) => {
+            Ok(n) if n >= held => {
+                self.held.clear();
                 self.held.extend_from_slice(&self.out[n..]);
                 Ok(true)
+            }
+            Ok(n) => {
+                self.held.drain(..n);
+                Ok(false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e.into()),
@@ -298,6 +299,38 @@ fn holds_nothing(socket: &OwnedFd) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
+
+    /// A held reply and the next one go out together, whole and in order; a client
+    /// that takes none of them gets nothing of the new one, and the held bytes wait.
+    #[tokio::test]
+    async fn a_held_reply_goes_out_first_with_the_next_one() {
+        use std::io::Read;
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let admissions = std::sync::Arc::new(super::super::admission::Admissions::default());
+        let mut conn = Conn::new(
+            tokio::net::UnixStream::from_std(ours).unwrap(),
+            admissions.admit(0, false).unwrap(),
+        );
+        // As the broker's connections, once the reactor has seen the socket.
+        conn.stream.writable().await.unwrap();
+        conn.hold(&Reply::Lingering).unwrap();
+        assert!(conn.try_send(&Reply::Accepted).unwrap());
+        let mut expected = Vec::new();
+        encode_vec(&Reply::Lingering, &mut expected).unwrap();
+        encode_vec(&Reply::Accepted, &mut expected).unwrap();
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected);
+
+        // Fill the socket, then hold a reply: try_send writes none of the next one.
+        let big = vec![0u8; 1 << 16];
+        while conn.stream.try_write(&big).is_ok() {}
+        conn.hold(&Reply::Lingering).unwrap();
+        assert!(!conn.try_send(&Reply::Accepted).unwrap());
+        assert!(!conn.held.is_empty());
+        drop(peer);
+    }
 
     #[test]
     fn a_socket_with_a_descriptor_queued_is_not_closed_in_place() {
