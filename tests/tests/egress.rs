@@ -2836,8 +2836,8 @@ while True:
 "#;
 
 /// The broker's sockets that `ss -tmn` lists with `filter` (run inside the network
-/// namespace of `pid` when given), and the bytes they hold: received (`r`) and queued to
-/// send (`w`, which `t` counts only while in flight).
+/// namespace of `pid` when given), and the bytes they hold: received (`r`), queued to
+/// send (`w`, which `t` counts only while in flight), and reserved for more (`f`).
 fn sockets_holding(pid: Option<i32>, filter: &[&str]) -> (usize, u64) {
     let mut cmd = match pid {
         Some(pid) => {
@@ -2855,7 +2855,7 @@ fn sockets_holding(pid: Option<i32>, filter: &[&str]) -> (usize, u64) {
                 .find_map(|f| f.strip_prefix(key)?.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} in {m}"))
         };
-        field("r") + field("w")
+        field("r") + field("w") + field("f")
     });
     let held: Vec<u64> = held.collect();
     (held.len(), held.iter().sum())
@@ -2921,5 +2921,98 @@ fn closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers() {
             .iter()
             .filter(|l| l["event"] == "egress")
             .count()
+    );
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1] (a destination that sends and never reads),
+/// sends on each until nothing more goes in, never reads, and prints `stuffed PORT` (the
+/// proxy's), then holds them.
+const STUFFED_TUNNELS: &str = r#"
+import os, resource, socket, sys, time, urllib.parse
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n = sys.argv[1], int(sys.argv[2])
+tunnels = []
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    s.setblocking(False)
+    tunnels.append(s)
+chunk = b'u' * 65536
+for _ in range(20):
+    for s in tunnels:
+        try:
+            while True:
+                s.send(chunk)
+        except BlockingIOError:
+            pass
+    time.sleep(0.2)
+print('stuffed', p.port, flush=True)
+time.sleep(120)
+"#;
+
+/// SPEC section 6: a context at its connection cap, every one of its tunnels stuck both
+/// ways (the client reads nothing of a destination that sends without end, and sends to
+/// it while it reads nothing), fills every buffer the broker holds for it, and those
+/// hold no more than the bound.
+#[test]
+fn a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.firehose.test", unique("s"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = firehose_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 512;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                STUFFED_TUNNELS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let proxy: u16 = line
+        .strip_prefix("stuffed ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let holders = namespace_holders(b.pid());
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let (inside, held_inside) =
+        sockets_holding(Some(holders[0]), &["sport", "=", &format!(":{proxy}")]);
+    let (outside, held_outside) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mib = 1u64 << 20;
+    assert_eq!((inside, outside), (n, n));
+    let held = held_inside + held_outside;
+    let bound = 2 * (64 * mib + n as u64 * 4 * 64 * 1024);
+    assert!(
+        held > bound / 2,
+        "the {n} stuck tunnels hold {held} bytes in the broker: the test stuck nothing"
+    );
+    assert!(
+        held <= bound,
+        "the context's {n} stuck tunnels make the broker hold {held} bytes in socket \
+         buffers ({held_inside} inside its namespace), over the {bound} it may"
     );
 }
