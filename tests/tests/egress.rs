@@ -3016,3 +3016,117 @@ fn a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_buffers() {
          buffers ({held_inside} inside its namespace), over the {bound} it may"
     );
 }
+
+/// A server on `ip` that answers every connection `ok` and ends its side at once, then
+/// reads 8 KiB every 0.1 s until the connection ends, with a small segment size: slow,
+/// but never so slow that a closed socket sending to it gives up.
+fn sipping_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind sipping server");
+    let mss: libc::c_int = 1024;
+    // SAFETY: setsockopt reads `mss` for as long as the call lasts.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.write_all(b"ok");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut buf = [0u8; 8192];
+                while s.read(&mut buf).is_ok_and(|n| n > 0) {
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1], one after the other, sends argv[3] MiB on
+/// each and ends its side (unless they take more than 0.2 s to go in), then prints
+/// `uploaded` and holds them.
+const UPLOADS: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tunnels = []
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    s.settimeout(0.2)
+    try:
+        s.sendall(b'u' * (mib << 20))
+        s.shutdown(socket.SHUT_WR)
+    except socket.timeout:
+        pass
+    tunnels.append(s)
+    time.sleep(0.05)
+print('uploaded', flush=True)
+time.sleep(120)
+"#;
+
+/// The same as [`closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers`]
+/// the other way: an upload queued for a destination that reads it slowly, after both
+/// sides ended, stays in the broker's socket in the host's namespace.
+#[test]
+fn closed_tunnels_with_uploads_still_queued_leave_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.sip.test", unique("u"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let mib = 1u64 << 20;
+    let port = sipping_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 120;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                UPLOADS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+                "5",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "uploaded\n");
+    thread::sleep(Duration::from_secs(1));
+    let (outside, held) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let bound = 2 * (64 * mib + 512 * 4 * 64 * 1024);
+    assert!(
+        held <= bound,
+        "the broker's {outside} sockets to the destination hold {held} bytes, over the \
+         {bound} a context may make it hold ({} audit lines of ended tunnels)",
+        b.audit_lines()
+            .iter()
+            .filter(|l| l["event"] == "egress")
+            .count()
+    );
+}
