@@ -2783,3 +2783,350 @@ fn a_client_that_stops_reading_leaves_the_broker_bounded_buffers() {
         "the context's {n} stalled tunnels may make the broker hold {may_hold} bytes: {last:?}"
     );
 }
+
+/// A server on `ip` that sends `size` bytes to every connection, then closes it.
+fn burst_server(ip: &str, size: usize) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind burst server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.write_all(&vec![b'z'; size]);
+            });
+        }
+    });
+    port
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1], one after the other, each half-closed at
+/// once and never read but for 8 KiB every 0.1 s: enough, with a small segment size, that
+/// no window stays shut long enough for the kernel to give up on a closed socket still
+/// sending to it. Prints `sipping PORT` (the proxy's) once all are open, then sips on.
+const SIPPING_READERS: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n = sys.argv[1], int(sys.argv[2])
+tunnels = []
+def sip():
+    for s in tunnels:
+        try:
+            s.recv(8192)
+        except BlockingIOError:
+            pass
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
+    s.settimeout(20)
+    s.connect((p.hostname, p.port))
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    s.shutdown(socket.SHUT_WR)
+    s.setblocking(False)
+    tunnels.append(s)
+    sip()
+    time.sleep(0.05)
+print('sipping', p.port, flush=True)
+while True:
+    sip()
+    time.sleep(0.1)
+"#;
+
+/// The broker's sockets that `ss -tmn` lists with `filter` (run inside the network
+/// namespace of `pid` when given), and the bytes they hold: received (`r`), queued to
+/// send (`w`, which `t` counts only while in flight), and reserved for more (`f`).
+fn sockets_holding(pid: Option<i32>, filter: &[&str]) -> (usize, u64) {
+    let mut cmd = match pid {
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &pid.to_string(), "-n", "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = run(cmd.arg("-tmnH").args(filter));
+    let text = out.ok();
+    let held = text.split("skmem:(").skip(1).map(|m| {
+        let field = |key: &str| -> u64 {
+            m.split([',', ')'])
+                .find_map(|f| f.strip_prefix(key)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {m}"))
+        };
+        field("r") + field("w") + field("f")
+    });
+    let held: Vec<u64> = held.collect();
+    (held.len(), held.iter().sum())
+}
+
+/// SPEC section 6: the bound on socket buffers holds for what the broker's sockets still
+/// hold after it closed them. A download whose destination ends while its client reads
+/// slowly leaves the rest of the answer queued in the proxy's socket: closed then, that
+/// socket keeps sending it (an orphan) for as long as the client takes it, but its
+/// connection no longer counts, so its share of the pool and its slot go to the next.
+#[test]
+fn closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.burst.test", unique("o"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let mib = 1u64 << 20;
+    let port = burst_server(&addr.ip, 5 << 20);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 120;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                SIPPING_READERS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let proxy: u16 = line
+        .strip_prefix("sipping ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let holders = namespace_holders(b.pid());
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    thread::sleep(Duration::from_secs(1));
+    let (inside, held_inside) =
+        sockets_holding(Some(holders[0]), &["sport", "=", &format!(":{proxy}")]);
+    let (outside, held_outside) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let held = held_inside + held_outside;
+    let bound = 2 * (64 * mib + 512 * 4 * 64 * 1024);
+    assert!(
+        held <= bound,
+        "the broker's {} sockets of the context hold {held} bytes, over the {bound} a \
+         context may make it hold ({} audit lines of ended tunnels)",
+        inside + outside,
+        b.audit_lines()
+            .iter()
+            .filter(|l| l["event"] == "egress")
+            .count()
+    );
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1] (a destination that sends and never reads),
+/// sends on each until nothing more goes in, never reads, and prints `stuffed PORT` (the
+/// proxy's), then holds them.
+const STUFFED_TUNNELS: &str = r#"
+import os, resource, socket, sys, time, urllib.parse
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n = sys.argv[1], int(sys.argv[2])
+tunnels = []
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    s.setblocking(False)
+    tunnels.append(s)
+chunk = b'u' * 65536
+for _ in range(20):
+    for s in tunnels:
+        try:
+            while True:
+                s.send(chunk)
+        except BlockingIOError:
+            pass
+    time.sleep(0.2)
+print('stuffed', p.port, flush=True)
+time.sleep(120)
+"#;
+
+/// SPEC section 6: a context at its connection cap, every one of its tunnels stuck both
+/// ways (the client reads nothing of a destination that sends without end, and sends to
+/// it while it reads nothing), fills every buffer the broker holds for it, and those
+/// hold no more than the bound.
+#[test]
+fn a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.firehose.test", unique("s"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let port = firehose_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 512;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                STUFFED_TUNNELS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let proxy: u16 = line
+        .strip_prefix("stuffed ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let holders = namespace_holders(b.pid());
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let (inside, held_inside) =
+        sockets_holding(Some(holders[0]), &["sport", "=", &format!(":{proxy}")]);
+    let (outside, held_outside) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mib = 1u64 << 20;
+    assert_eq!((inside, outside), (n, n));
+    let held = held_inside + held_outside;
+    let bound = 2 * (64 * mib + n as u64 * 4 * 64 * 1024);
+    assert!(
+        held > bound / 2,
+        "the {n} stuck tunnels hold {held} bytes in the broker: the test stuck nothing"
+    );
+    assert!(
+        held <= bound,
+        "the context's {n} stuck tunnels make the broker hold {held} bytes in socket \
+         buffers ({held_inside} inside its namespace), over the {bound} it may"
+    );
+}
+
+/// A server on `ip` that answers every connection `ok` and ends its side at once, then
+/// reads 8 KiB every 0.1 s until the connection ends, with a small segment size: slow,
+/// but never so slow that a closed socket sending to it gives up.
+fn sipping_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind sipping server");
+    let mss: libc::c_int = 1024;
+    // SAFETY: setsockopt reads `mss` for as long as the call lasts.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.write_all(b"ok");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut buf = [0u8; 8192];
+                while s.read(&mut buf).is_ok_and(|n| n > 0) {
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Opens argv[2] CONNECT tunnels to argv[1], one after the other, sends argv[3] MiB on
+/// each and ends its side (unless they take more than 0.2 s to go in), then prints
+/// `uploaded` and holds them.
+const UPLOADS: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+target, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tunnels = []
+for _ in range(n):
+    s = socket.create_connection((p.hostname, p.port), timeout=20)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    s.settimeout(0.2)
+    try:
+        s.sendall(b'u' * (mib << 20))
+        s.shutdown(socket.SHUT_WR)
+    except socket.timeout:
+        pass
+    tunnels.append(s)
+    time.sleep(0.05)
+print('uploaded', flush=True)
+time.sleep(120)
+"#;
+
+/// The same as [`closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers`]
+/// the other way: an upload queued for a destination that reads it slowly, after both
+/// sides ended, stays in the broker's socket in the host's namespace.
+#[test]
+fn closed_tunnels_with_uploads_still_queued_leave_the_broker_bounded_buffers() {
+    let addr = HostAddr::claim();
+    let name = format!("{}.sip.test", unique("u"));
+    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
+    let mib = 1u64 << 20;
+    let port = sipping_server(&addr.ip);
+    let b = Broker::start(&config(
+        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
+        None,
+    ));
+    let n = 120;
+    let mut child = b
+        .exec_cmd(
+            "eg",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                UPLOADS,
+                &format!("{name}:{port}"),
+                &n.to_string(),
+                "5",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "uploaded\n");
+    thread::sleep(Duration::from_secs(1));
+    let (outside, held) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let bound = 2 * (64 * mib + 512 * 4 * 64 * 1024);
+    assert!(
+        held <= bound,
+        "the broker's {outside} sockets to the destination hold {held} bytes, over the \
+         {bound} a context may make it hold ({} audit lines of ended tunnels)",
+        b.audit_lines()
+            .iter()
+            .filter(|l| l["event"] == "egress")
+            .count()
+    );
+}

@@ -30,6 +30,11 @@ const RELAY_BUFFER: usize = 256 * 1024;
 /// How long nothing may move either way once the client has ended its side, or while the
 /// destination takes none of what it sent.
 const AFTER_CLIENT_END: std::time::Duration = std::time::Duration::from_secs(30);
+/// How soon a relay whose two sides have ended looks again whether each has taken what
+/// is queued for it; it then looks half as often each time, down to once a tick.
+const DRAIN_FIRST_LOOK: std::time::Duration = std::time::Duration::from_millis(5);
+/// A socket's `tcpi_state` once it is closed, or was reset (`include/net/tcp_states.h`).
+const TCP_CLOSE: u8 = 7;
 /// How often the relay's watchdog looks.
 const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Name lookups in progress at once, for all contexts together.
@@ -317,6 +322,7 @@ pub async fn relay(
     let base = Instant::now();
     let (client_seen, up_seen) = (Seen::default(), Seen::default());
     let moved = AtomicU64::new(0);
+    let draining = AtomicBool::new(false);
     if !first.is_empty() {
         if let Err(e) = upstream.write_all(first).await {
             reset(&client);
@@ -352,7 +358,16 @@ pub async fn relay(
                 continue;
             }
             let secs = AFTER_CLIENT_END.as_secs();
-            return if !ended {
+            return if draining.load(Ordering::Relaxed) {
+                let who = if holds_unsent(&client, &client_seen) {
+                    "client"
+                } else {
+                    "destination"
+                };
+                format!(
+                    "the {who} took none of what was left to send it for {secs}s after both ends"
+                )
+            } else if !ended {
                 format!("the destination took none of the client's bytes, and nothing moved either way, for {secs}s")
             } else if up_seen.waiting.load(Ordering::Relaxed) {
                 format!("the client took none of the destination's bytes for {secs}s after its end")
@@ -363,7 +378,7 @@ pub async fn relay(
     };
     let both = async {
         let (up_pipe, down_pipe) = (Pipe::new()?, Pipe::new()?);
-        tokio::try_join!(
+        let _ = tokio::try_join!(
             pump(
                 &client,
                 &upstream,
@@ -382,7 +397,19 @@ pub async fn relay(
                 &moved,
                 base
             ),
-        )
+        )?;
+        // Closed with bytes still queued, a socket goes on sending them on its own (an
+        // orphan) for as long as its peer takes them, while the connection no longer
+        // counts against the context's slots or its share of the buffer pool: a client
+        // that reads slowly would have the broker hold any number of such sockets. So the
+        // connection lasts until each side has taken everything, under the watchdog.
+        let mut pause = DRAIN_FIRST_LOOK;
+        while holds_unsent(&client, &client_seen) || holds_unsent(&upstream, &up_seen) {
+            draining.store(true, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(WATCHDOG_TICK);
+        }
+        Ok::<(), io::Error>(())
     };
     let error = tokio::select! {
         copied = both => copied.err().map(|e| e.to_string()),
@@ -454,27 +481,40 @@ fn delivered(client: &TcpStream, upstream: &TcpStream) -> u64 {
     [client.as_raw_fd(), upstream.as_raw_fd()]
         .into_iter()
         .map(|fd| {
-            // SAFETY: tcp_info is plain integers, for which zero is a valid value.
-            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-            // SAFETY: getsockopt writes at most `len` bytes into `info` and stores how
-            // many it wrote back into `len`.
-            let r = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    (&mut info as *mut libc::tcp_info).cast(),
-                    &mut len,
-                )
-            };
-            if r == 0 {
+            tcp_info(fd).map_or(0, |info| {
                 info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received)
-            } else {
-                0
-            }
+            })
         })
         .fold(0, u64::wrapping_add)
+}
+
+/// The kernel's `TCP_INFO` of the socket, if it gives it.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, for which zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info` and stores how many it
+    // wrote back into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info)
+}
+
+/// Whether the socket still holds bytes its peer has not acknowledged, beyond the end
+/// the relay passed on (which takes a place in that queue). A socket its peer reset
+/// holds nothing, whatever its counters say.
+fn holds_unsent(s: &TcpStream, seen: &Seen) -> bool {
+    if tcp_info(s.as_raw_fd()).is_none_or(|i| i.tcpi_state == TCP_CLOSE) {
+        return false;
+    }
+    unacknowledged(s) > u64::from(seen.fin_sent.load(Ordering::Relaxed))
 }
 
 /// Bytes written to the socket that its peer has not acknowledged yet (`SIOCOUTQ`).
