@@ -1390,6 +1390,34 @@ fn the_proxys_end_of_a_client_connection_uses_reno() {
     assert_eq!(out.ok(), "reno\n", "{}", out.show());
 }
 
+/// The proxy's end of a client connection holds only the floor until its destination
+/// answers, yet offers a window scale that lets the share it gets then be used: the
+/// kernel takes the window scale it offers at the handshake from the buffer size, so the
+/// floor is set on each accepted socket, not on the listening one (which would keep this
+/// end's window at 128 KiB for good).
+#[test]
+fn the_proxys_end_of_a_client_connection_starts_at_the_floor_with_room_to_grow() {
+    let b = Broker::start(&config(r#"{ allow = ["example.test"] }"#, None));
+    let script = "import os, re, socket, subprocess, time\n\
+         port = int(re.search(r':(\\d+)$', os.environ['HTTP_PROXY']).group(1))\n\
+         s = socket.create_connection(('127.0.0.1', port))\n\
+         time.sleep(0.2)\n\
+         out = subprocess.run(['ss', '-tinmH', 'state', 'established', 'sport', '=', ':%d' % port],\n\
+         \x20   capture_output=True, text=True, check=True).stdout\n\
+         print(re.search(r'wscale:\\d+,(\\d+)', out).group(1), re.search(r'rb(\\d+)', out).group(1))\n";
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", script]);
+    let text = out.ok();
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    let (scale, rb) = (fields.next().unwrap(), fields.next().unwrap());
+    assert_eq!(rb, 2 * 64 * 1024, "{}", out.show());
+    // 65535 << 7 is 8 MiB: the most a connection's share makes a receive buffer.
+    assert!(
+        scale >= 7,
+        "the proxy's end offers window scale {scale}: {}",
+        out.show()
+    );
+}
+
 /// The running kernel's Landlock ABI version (0 without Landlock).
 fn landlock_abi() -> i64 {
     const CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -102,9 +102,6 @@ pub fn listen_in(holder: &Holder) -> io::Result<std::net::TcpListener> {
                         LOOPBACK_CONGESTION.len() as libc::socklen_t,
                     )
                 };
-                // Accepted connections start with the floor, their handshake needs no
-                // more; the relay sets their share once the destination answers.
-                dial::set_buffers(&l, super::BUFFER_FLOOR);
                 // SAFETY: plain syscall on our own listening socket (a larger backlog).
                 unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
                 l.set_nonblocking(true)?;
@@ -135,6 +132,11 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
+        // The floor until the destination answers (a handshake needs no more); set here,
+        // not on the listening socket, whose buffer size the kernel would take for the
+        // window scale it offers at the handshake, keeping this end's window at 128 KiB
+        // whatever share the connection gets later.
+        dial::set_buffers(&stream, super::BUFFER_FLOOR);
         let Ok(permit) = state.slots.clone().try_acquire_owned() else {
             if let Some(more) = over_cap.should_log() {
                 tracing::warn!(
