@@ -160,6 +160,33 @@ fn children_launched_at_once_are_placed_in_their_parents_context() {
     }
 }
 
+/// Forks argv[1] children at once, each exec'ing `/bin/true`, then reaps them all; prints
+/// how many did not exit 0.
+const BURST: &str = r#"
+import os, sys
+pids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/bin/true", ["true"])
+        finally:
+            os._exit(126)
+    pids.append(pid)
+print(sum(1 for p in pids if os.waitpid(p, 0)[1] != 0))
+"#;
+
+/// A burst of launches, as `xargs -P` or a parallel build makes: each child connects before
+/// the broker has read the others' requests, more than a uid's handshake turns at once.
+/// Locally every one runs; routed, the ones past the turns were refused (EACCES) until they
+/// waited for a turn instead.
+#[test]
+fn a_burst_of_launches_from_one_uid_all_run() {
+    let b = Broker::start(&chained_config());
+    let out = b.exec("platform", &["/usr/bin/python3", "-c", BURST, "800"]);
+    assert_eq!(out.ok(), "0\n", "{}", out.show());
+}
+
 /// `platform` (ctx-bob) routes to `alice` over a socket of the given `[broker]` lines.
 fn chained_with_socket(broker: &str, platform_user: &str) -> String {
     format!(

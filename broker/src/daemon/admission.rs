@@ -8,10 +8,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Connections of one uid still in their handshake. A real client's handshake takes
-/// microseconds; only a flood (or a stalled peer) keeps this many open at once.
+/// Connections of one uid in their handshake at once. A real client's handshake takes
+/// microseconds, but a burst of launches (`xargs -P`, a parallel build, a shell starting
+/// jobs) connects faster than the broker reads, and a caller preempted between its connect
+/// and its request holds its turn for a time slice: a connection past these waits, unread,
+/// for a turn of its own uid (see [`Admission::handshake_turn`]) instead of being refused,
+/// when the uid may enter some context (its launches hold that many connections anyway).
+/// Unread, it holds one descriptor of the broker (counted); the bytes and descriptors it
+/// queued are charged by the kernel to the sender's socket and limits. A uid allowed
+/// nowhere, which has no launch to wait for, is refused past them.
 pub const HANDSHAKING_PER_UID: u32 = 64;
 /// Connections of one uid in all: each routed launch holds one while its process runs, so
 /// a parallel build routed through the interposer needs room.
@@ -127,6 +134,8 @@ pub struct Admissions {
     counts: Mutex<Counts>,
     /// Turns to fork, by uid ([`FORKS_PER_UID`]); a uid-0 context's callers share uid 0's.
     forks: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    /// By uid: a handshake of it ended, for its connections waiting for a turn.
+    handshake_turns: Mutex<HashMap<u32, Arc<Notify>>>,
 }
 
 #[derive(Default)]
@@ -216,9 +225,14 @@ pub struct Admission {
 }
 
 impl Admissions {
-    /// Counts a new connection of `uid` (`in_context`: the peer runs in a context), or says
-    /// why it is refused.
-    pub fn admit(self: &Arc<Self>, uid: u32, in_context: bool) -> Result<Admission, Refusal> {
+    /// Counts a new connection of `uid` (`in_context`: the peer runs in a context;
+    /// `entitled`: it may enter some context), or says why it is refused.
+    pub fn admit(
+        self: &Arc<Self>,
+        uid: u32,
+        in_context: bool,
+        entitled: bool,
+    ) -> Result<Admission, Refusal> {
         let exempt = uid == 0 && !in_context;
         // Built only once counted: its drop gives back what it counted.
         let admission = || Admission {
@@ -240,16 +254,21 @@ impl Admissions {
             return Err(Refusal::Descriptors { uid, limit });
         }
         let entry = counts.per_uid.entry(uid).or_default();
-        if entry.handshaking >= HANDSHAKING_PER_UID {
-            return Err(Refusal::Handshaking(uid));
-        }
         if entry.connections >= CONNECTIONS_PER_UID {
             return Err(Refusal::Connections(uid));
         }
-        entry.handshaking += 1;
+        let turn = entry.handshaking < HANDSHAKING_PER_UID;
+        if !turn && !entitled {
+            return Err(Refusal::Handshaking(uid));
+        }
+        if turn {
+            entry.handshaking += 1;
+        }
         entry.connections += 1;
         counts.fds += FDS_PER_CONNECTION;
-        Ok(admission())
+        let mut admitted = admission();
+        admitted.handshaking = turn;
+        Ok(admitted)
     }
 
     /// Counts a new egress connection of `context`'s proxy, or says why it is refused: its
@@ -330,6 +349,15 @@ impl Admissions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handshake_turns(&self, uid: u32) -> Arc<Notify> {
+        self.handshake_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(uid)
+            .or_default()
+            .clone()
     }
 
     #[cfg(test)]
@@ -529,11 +557,46 @@ impl Admission {
         Ok(())
     }
 
+    /// Waits, unread, until this connection's uid has fewer than [`HANDSHAKING_PER_UID`]
+    /// connections in their handshake, then takes that turn; at once when it was admitted
+    /// with one (and always for the operator).
+    pub async fn handshake_turn(&mut self) {
+        if self.exempt || self.handshaking {
+            return;
+        }
+        let turns = self.admissions.handshake_turns(self.uid);
+        loop {
+            let ended = turns.notified();
+            tokio::pin!(ended);
+            // Registered before the check: a turn freed in between still wakes it.
+            ended.as_mut().enable();
+            {
+                let mut counts = self.admissions.lock();
+                let entry = counts.per_uid.entry(self.uid).or_default();
+                if entry.handshaking < HANDSHAKING_PER_UID {
+                    entry.handshaking += 1;
+                    self.handshaking = true;
+                    return;
+                }
+            }
+            ended.await;
+        }
+    }
+
     /// The peer is past its handshake: what it buffered is its request, being served.
     pub fn handshake_done(&mut self) {
         if !self.handshaking {
             return;
         }
+        // After the count below is down: the woken connection finds the turn free.
+        let turns = (!self.exempt).then(|| self.admissions.handshake_turns(self.uid));
+        self.release_turn();
+        if let Some(turns) = turns {
+            turns.notify_one();
+        }
+    }
+
+    fn release_turn(&mut self) {
         let mut counts = self.admissions.lock();
         counts.fds -= self.fds as u64;
         let entitled = self.entitled;
@@ -795,11 +858,20 @@ mod tests {
     fn root_in_a_context_is_counted_like_any_uid() {
         let a = Arc::new(Admissions::default());
         let held: Vec<_> = (0..HANDSHAKING_PER_UID)
-            .map(|_| a.admit(0, true).expect("under the cap"))
+            .map(|_| a.admit(0, true, false).expect("under the cap"))
             .collect();
-        assert_eq!(a.admit(0, true).err(), Some(Refusal::Handshaking(0)));
+        // Allowed nowhere, refused; allowed into some context, it waits for a turn.
+        assert_eq!(a.admit(0, true, false).err(), Some(Refusal::Handshaking(0)));
+        let waiting = a
+            .admit(0, true, true)
+            .expect("admitted, to wait for a turn");
+        assert_eq!(
+            a.held(0),
+            Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
+        );
+        drop(waiting);
         // The operator is still served.
-        assert!(a.admit(0, false).is_ok());
+        assert!(a.admit(0, false, false).is_ok());
         drop(held);
         assert_eq!(a.held(0), None);
     }
@@ -808,7 +880,7 @@ mod tests {
     fn root_is_never_counted_nor_refused() {
         let a = Arc::new(Admissions::default());
         let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID + 10)
-            .map(|_| a.admit(0, false).expect("root admitted"))
+            .map(|_| a.admit(0, false, false).expect("root admitted"))
             .collect();
         for h in &mut held {
             h.hold(HANDSHAKE_BYTES_PER_UID, 200)
@@ -818,24 +890,49 @@ mod tests {
         assert_eq!(a.lock().fds, 0);
     }
 
-    #[test]
-    fn handshaking_connections_are_capped_per_uid_and_released() {
+    /// Past the cap, a uid's connection is admitted unread and waits for a turn of its own
+    /// uid; another uid's is not held up.
+    #[tokio::test]
+    async fn a_connection_past_the_handshake_cap_waits_for_a_turn_of_its_uid() {
+        use std::time::Duration;
         let a = Arc::new(Admissions::default());
         let mut held: Vec<Admission> = (0..HANDSHAKING_PER_UID)
-            .map(|_| a.admit(1000, false).expect("under the cap"))
+            .map(|_| a.admit(1000, false, false).expect("under the cap"))
             .collect();
-        assert_eq!(a.admit(1000, false).err(), Some(Refusal::Handshaking(1000)));
-        // Another uid is not affected.
-        drop(a.admit(1001, false).expect("another uid"));
-        // A finished handshake makes room for the next one, but still counts as a connection.
-        held[0].handshake_done();
-        let next = a
-            .admit(1000, false)
-            .expect("room after a handshake finished");
+        let mut next = a.admit(1000, false, true).expect("admitted, to wait");
         assert_eq!(
             a.held(1000),
             Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
         );
+        let soon = Duration::from_millis(50);
+        assert!(tokio::time::timeout(soon, next.handshake_turn())
+            .await
+            .is_err());
+        let mut other = a.admit(1001, false, false).expect("another uid");
+        assert!(tokio::time::timeout(soon, other.handshake_turn())
+            .await
+            .is_ok());
+        drop(other);
+        // A finished handshake hands its turn on; the finished one still counts as a
+        // connection.
+        held[0].handshake_done();
+        tokio::time::timeout(Duration::from_secs(5), next.handshake_turn())
+            .await
+            .expect("a turn once a handshake ended");
+        assert_eq!(
+            a.held(1000),
+            Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
+        );
+        // A connection that took a turn and closes hands it on.
+        let mut third = a.admit(1000, false, true).expect("admitted, to wait");
+        let mut fourth = a.admit(1000, false, true).expect("admitted, to wait");
+        held[1].handshake_done();
+        drop(tokio::time::timeout(Duration::ZERO, third.handshake_turn()).await);
+        drop(third);
+        tokio::time::timeout(Duration::from_secs(5), fourth.handshake_turn())
+            .await
+            .expect("the turn passed on");
+        drop(fourth);
         drop(next);
         drop(held);
         assert_eq!(a.held(1000), None);
@@ -850,21 +947,24 @@ mod tests {
         }
         let held: Vec<Admission> = (0..CONNECTIONS_PER_UID)
             .map(|_| {
-                let mut c = a.admit(1000, false).expect("under the cap");
+                let mut c = a.admit(1000, false, false).expect("under the cap");
                 c.handshake_done();
                 c
             })
             .collect();
-        assert_eq!(a.admit(1000, false).err(), Some(Refusal::Connections(1000)));
+        assert_eq!(
+            a.admit(1000, false, false).err(),
+            Some(Refusal::Connections(1000))
+        );
         drop(held);
-        assert!(a.admit(1000, false).is_ok());
+        assert!(a.admit(1000, false, false).is_ok());
     }
 
     #[test]
     fn handshake_bytes_and_fds_are_budgeted_per_uid() {
         let a = Arc::new(Admissions::default());
-        let mut one = a.admit(1000, false).unwrap();
-        let mut two = a.admit(1000, false).unwrap();
+        let mut one = a.admit(1000, false, false).unwrap();
+        let mut two = a.admit(1000, false, false).unwrap();
         one.hold(HANDSHAKE_BYTES_PER_UID - 10, 3).unwrap();
         assert_eq!(two.hold(11, 0), Err(OverBudget::Bytes(1000)));
         two.hold(10, 0).unwrap();
@@ -891,8 +991,8 @@ mod tests {
         if room < 1000 {
             return; // this limit leaves too little to tell the bounds apart
         }
-        let mut stranger = a.admit(1000, false).unwrap();
-        let mut entitled = a.admit(1000, false).unwrap();
+        let mut stranger = a.admit(1000, false, false).unwrap();
+        let mut entitled = a.admit(1000, false, false).unwrap();
         entitled.entitle();
         assert_eq!(
             stranger.hold(10, HANDSHAKE_FDS_PER_UID + 1),
@@ -921,8 +1021,8 @@ mod tests {
         if (cap as u64) * 2 + 64 > limit.saturating_sub(RESERVED_FDS) {
             return; // this limit leaves too little to tell the bounds apart
         }
-        let mut one = a.admit(1000, false).unwrap();
-        let mut two = a.admit(1000, false).unwrap();
+        let mut one = a.admit(1000, false, false).unwrap();
+        let mut two = a.admit(1000, false, false).unwrap();
         one.entitle();
         two.entitle();
         one.hold(10, cap - 5).unwrap();
@@ -934,7 +1034,7 @@ mod tests {
         two.hold(10, 5).unwrap();
         assert_eq!(two.fd_room(), 0);
         // Another uid keeps its own share.
-        let mut other = a.admit(2000, false).unwrap();
+        let mut other = a.admit(2000, false, false).unwrap();
         other.entitle();
         assert_eq!(other.fd_room(), cap);
         other.hold(10, cap).unwrap();

@@ -87,6 +87,11 @@ impl Conn {
     /// large request's buffer is given back instead of living as long as the launch, and
     /// the frames that may follow (`Signal`, `Resize`, `Input`, `InputEof`) are small and
     /// carry no descriptors.
+    /// Waits for a handshake turn of the peer's uid (see `Admission::handshake_turn`).
+    pub async fn handshake_turn(&mut self) {
+        self.admission.handshake_turn().await;
+    }
+
     pub fn handshake_done(&mut self) {
         self.admission.handshake_done();
         self.buf.shrink_to(4096);
@@ -310,7 +315,7 @@ mod tests {
         let admissions = std::sync::Arc::new(super::super::admission::Admissions::default());
         let mut conn = Conn::new(
             tokio::net::UnixStream::from_std(ours).unwrap(),
-            admissions.admit(0, false).unwrap(),
+            admissions.admit(0, false, false).unwrap(),
         );
         // As the broker's connections, once the reactor has seen the socket.
         conn.stream.writable().await.unwrap();

@@ -22,7 +22,13 @@ const HELLO_MAX: usize = 256;
 /// closes.
 pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admission: Admission) {
     let mut conn = Conn::new(stream, admission);
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn)).await;
+    // The wait for a turn counts in the deadline: past it, a connection queued behind its
+    // uid's stalled handshakes is dropped like one that stalled itself.
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        conn.handshake_turn().await;
+        handshake(&mut conn).await
+    })
+    .await;
     let (client, request) = match first {
         Ok(Ok(v)) => v,
         Ok(Err(message)) => {

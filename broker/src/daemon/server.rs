@@ -333,12 +333,14 @@ fn admit(
 ) -> Result<(Peer, admission::Admission), AdmitError> {
     inline_out_of_band(stream);
     let peer = Peer::identify(stream, &shared.registry)?;
-    let mut admission = shared.admissions.admit(peer.uid, peer.context.is_some())?;
     let entitled = shared
         .config()
         .contexts
         .values()
         .any(|c| c.allows(peer.uid, peer.gid, peer.context.as_deref()));
+    let mut admission = shared
+        .admissions
+        .admit(peer.uid, peer.context.is_some(), entitled)?;
     if entitled {
         admission.entitle();
     }
