@@ -172,9 +172,10 @@ fn echo_server(ip: &str) -> u16 {
     port
 }
 
-/// A broker whose `eg` context may reach one name, `<unique>.<tag>.test`, answered by an
-/// echo server on a test address of its own. Fields drop in the order locals would.
-struct EchoAllowed {
+/// A broker whose `eg` context may reach one name, `<unique>.<tag>.test`, answered by a
+/// server `serve` starts on a test address of its own (it gives back its port). Fields
+/// drop in the order locals would.
+struct OneAllowed {
     b: Broker,
     port: u16,
     name: String,
@@ -182,22 +183,27 @@ struct EchoAllowed {
     addr: HostAddr,
 }
 
-fn echo_allowed(tag: &str, prefix: &str) -> EchoAllowed {
+fn one_allowed(tag: &str, prefix: &str, serve: fn(&str) -> u16) -> OneAllowed {
     let addr = HostAddr::claim();
     let name = format!("{}.{tag}.test", unique(prefix));
     let hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = echo_server(&addr.ip);
+    let port = serve(&addr.ip);
     let b = Broker::start(&config(
         &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
         None,
     ));
-    EchoAllowed {
+    OneAllowed {
         b,
         port,
         name,
         _hosts: hosts,
         addr,
     }
+}
+
+/// [`one_allowed`] with an echo server.
+fn echo_allowed(tag: &str, prefix: &str) -> OneAllowed {
+    one_allowed(tag, prefix, echo_server)
 }
 
 /// `rule` with the test server's address listed too: it is on the host's `lo`, one of the
@@ -580,7 +586,7 @@ print('connected')
 
 #[test]
 fn a_program_that_ignores_the_proxy_has_no_network() {
-    let EchoAllowed {
+    let OneAllowed {
         b,
         port,
         name,
@@ -738,7 +744,7 @@ print('ok', n)
 
 #[test]
 fn two_hundred_connections_at_once() {
-    let EchoAllowed {
+    let OneAllowed {
         b,
         port,
         name,
@@ -2267,7 +2273,7 @@ print(ok)
 /// denials among them) out of both generations.
 #[test]
 fn a_loop_of_allowed_attempts_that_carry_nothing_is_metered() {
-    let EchoAllowed {
+    let OneAllowed {
         b,
         port,
         name,
@@ -2635,7 +2641,7 @@ time.sleep(600)
 /// Metering (or aggregating) what one uid's egress writes past a burst would bound it.
 #[test]
 fn a_loop_of_tiny_allowed_tunnels_writes_audit_lines_bounded_per_uid() {
-    let EchoAllowed {
+    let OneAllowed {
         b,
         port,
         name,
@@ -2701,17 +2707,10 @@ fn firehose_server(ip: &str) -> u16 {
 /// (the kernel's buffer autotuning grows every socket on the way to match), then stops
 /// reading, says so, and holds the tunnels open.
 const STALLED_READERS: &str = r#"
-import os, socket, sys, time, urllib.parse
-p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
 target, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tunnels = []
 for _ in range(n):
-    s = socket.create_connection((p.hostname, p.port), timeout=20)
-    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
-    head = b''
-    while b'\r\n\r\n' not in head:
-        head += s.recv(1)
-    assert head.startswith(b'HTTP/1.1 200'), head
+    s = tunnel(target)
     got = 0
     while got < mib << 20:
         got += len(s.recv(1 << 20))
@@ -2720,22 +2719,92 @@ print('stalled', flush=True)
 time.sleep(120)
 "#;
 
-/// The kernel's accounting of each of the broker's sockets to `dst` (`ss -m`): what it
-/// holds (`r`, `t`) and may hold (`rb`, `tb`), in bytes.
-fn socket_memory(dst: &str) -> Vec<[u64; 4]> {
-    let out = run(Command::new("ss").args(["-tmnH", "dst", dst]));
+/// What a context may make the broker hold in socket buffers at its connection cap: the
+/// kernel counts twice what is set, the floor for each of 512 connections' four buffers
+/// and the 64 MiB pool.
+const CONTEXT_SOCKET_BOUND: u64 = 2 * (64 * (1 << 20) + 512 * 4 * 64 * 1024);
+
+/// `ss -tmnH FILTER...` in the host's network namespace, or in `pid`'s: for each socket,
+/// its `skmem` fields `keys`, in bytes.
+fn skmem(pid: Option<i32>, filter: &[&str], keys: &[&str]) -> Vec<Vec<u64>> {
+    let mut cmd = match pid {
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &pid.to_string(), "-n", "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = run(cmd.arg("-tmnH").args(filter));
     out.ok()
         .split("skmem:(")
         .skip(1)
         .map(|m| {
-            let field = |key: &str| -> u64 {
-                m.split([',', ')'])
-                    .find_map(|f| f.strip_prefix(key)?.parse().ok())
-                    .unwrap_or_else(|| panic!("no {key} in {m}"))
-            };
-            [field("r"), field("rb"), field("t"), field("tb")]
+            keys.iter()
+                .map(|key| {
+                    m.split([',', ')'])
+                        .find_map(|f| f.strip_prefix(key)?.parse().ok())
+                        .unwrap_or_else(|| panic!("no {key} in {m}"))
+                })
+                .collect()
         })
         .collect()
+}
+
+/// The kernel's accounting of each of the broker's sockets to `dst` (`ss -m`): what it
+/// holds (`r`, `t`) and may hold (`rb`, `tb`), in bytes.
+fn socket_memory(dst: &str) -> Vec<[u64; 4]> {
+    skmem(None, &["dst", dst], &["r", "rb", "t", "tb"])
+        .into_iter()
+        .map(|f| [f[0], f[1], f[2], f[3]])
+        .collect()
+}
+
+/// Python defining `tunnel(target, mss=None)`: a CONNECT tunnel through the context's
+/// proxy to `target` (`name:port`), its segment size set first when given. The scripts
+/// [`first_line`] runs start with it.
+const TUNNEL: &str = r#"
+import os, socket, sys, time, urllib.parse
+p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
+def tunnel(target, mss=None):
+    s = socket.socket()
+    if mss:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+    s.settimeout(20)
+    s.connect((p.hostname, p.port))
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(1)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    return s
+"#;
+
+/// Runs [`TUNNEL`] and then the Python `script` with `args` in `eg`, and gives back the
+/// process and the first line it printed.
+fn first_line(b: &Broker, script: &str, args: &[&str]) -> (Child, String) {
+    let script = format!("{TUNNEL}{script}");
+    let mut argv = vec!["/usr/bin/python3", "-c", &script];
+    argv.extend_from_slice(args);
+    let mut child = b
+        .exec_cmd("eg", &argv)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
+}
+
+/// The proxy's port from a script's first line `WORD PORT`.
+fn proxy_port(line: &str, word: &str) -> u16 {
+    line.strip_prefix(word)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"))
 }
 
 /// SPEC section 6: what a context makes the broker hold is bounded. A context's client
@@ -2747,36 +2816,19 @@ fn socket_memory(dst: &str) -> Vec<[u64; 4]> {
 /// 64 MiB a context's connections share beyond 64 KiB each.
 #[test]
 fn a_client_that_stops_reading_leaves_the_broker_bounded_buffers() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.firehose.test", unique("f"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = firehose_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = one_allowed("firehose", "f", firehose_server);
     let n = 6;
-    let mut child = b
-        .exec_cmd(
-            "eg",
-            &[
-                "/usr/bin/python3",
-                "-c",
-                STALLED_READERS,
-                &format!("{name}:{port}"),
-                &n.to_string(),
-                "48",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = first_line(
+        &b,
+        STALLED_READERS,
+        &[&format!("{name}:{port}"), &n.to_string(), "48"],
+    );
     assert_eq!(line, "stalled\n");
     // Until the destination has filled whatever the broker's side lets it.
     let mut last = Vec::new();
@@ -2832,8 +2884,6 @@ fn burst_server(ip: &str, size: usize) -> u16 {
 /// no window stays shut long enough for the kernel to give up on a closed socket still
 /// sending to it. Prints `sipping PORT` (the proxy's) once all are open, then sips on.
 const SIPPING_READERS: &str = r#"
-import os, socket, sys, time, urllib.parse
-p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
 target, n = sys.argv[1], int(sys.argv[2])
 tunnels = []
 def sip():
@@ -2843,15 +2893,7 @@ def sip():
         except BlockingIOError:
             pass
 for _ in range(n):
-    s = socket.socket()
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
-    s.settimeout(20)
-    s.connect((p.hostname, p.port))
-    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
-    head = b''
-    while b'\r\n\r\n' not in head:
-        head += s.recv(1)
-    assert head.startswith(b'HTTP/1.1 200'), head
+    s = tunnel(target, mss=1024)
     s.shutdown(socket.SHUT_WR)
     s.setblocking(False)
     tunnels.append(s)
@@ -2867,25 +2909,10 @@ while True:
 /// namespace of `pid` when given), and the bytes they hold: received (`r`), queued to
 /// send (`w`, which `t` counts only while in flight), and reserved for more (`f`).
 fn sockets_holding(pid: Option<i32>, filter: &[&str]) -> (usize, u64) {
-    let mut cmd = match pid {
-        Some(pid) => {
-            let mut c = Command::new("nsenter");
-            c.args(["-t", &pid.to_string(), "-n", "ss"]);
-            c
-        }
-        None => Command::new("ss"),
-    };
-    let out = run(cmd.arg("-tmnH").args(filter));
-    let text = out.ok();
-    let held = text.split("skmem:(").skip(1).map(|m| {
-        let field = |key: &str| -> u64 {
-            m.split([',', ')'])
-                .find_map(|f| f.strip_prefix(key)?.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {m}"))
-        };
-        field("r") + field("w") + field("f")
-    });
-    let held: Vec<u64> = held.collect();
+    let held: Vec<u64> = skmem(pid, filter, &["r", "w", "f"])
+        .into_iter()
+        .map(|f| f.iter().sum())
+        .collect();
     (held.len(), held.iter().sum())
 }
 
@@ -2896,40 +2923,20 @@ fn sockets_holding(pid: Option<i32>, filter: &[&str]) -> (usize, u64) {
 /// connection no longer counts, so its share of the pool and its slot go to the next.
 #[test]
 fn closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.burst.test", unique("o"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let mib = 1u64 << 20;
-    let port = burst_server(&addr.ip, 5 << 20);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = one_allowed("burst", "o", |ip| burst_server(ip, 5 << 20));
     let n = 120;
-    let mut child = b
-        .exec_cmd(
-            "eg",
-            &[
-                "/usr/bin/python3",
-                "-c",
-                SIPPING_READERS,
-                &format!("{name}:{port}"),
-                &n.to_string(),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let proxy: u16 = line
-        .strip_prefix("sipping ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line:?}"));
+    let (mut child, line) = first_line(
+        &b,
+        SIPPING_READERS,
+        &[&format!("{name}:{port}"), &n.to_string()],
+    );
+    let proxy = proxy_port(&line, "sipping ");
     let holders = namespace_holders(b.pid());
     assert_eq!(holders.len(), 1, "{holders:?}");
     thread::sleep(Duration::from_secs(1));
@@ -2939,7 +2946,7 @@ fn closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers() {
     let _ = child.kill();
     let _ = child.wait();
     let held = held_inside + held_outside;
-    let bound = 2 * (64 * mib + 512 * 4 * 64 * 1024);
+    let bound = CONTEXT_SOCKET_BOUND;
     assert!(
         held <= bound,
         "the broker's {} sockets of the context hold {held} bytes, over the {bound} a \
@@ -2956,19 +2963,13 @@ fn closed_tunnels_with_answers_still_queued_leave_the_broker_bounded_buffers() {
 /// sends on each until nothing more goes in, never reads, and prints `stuffed PORT` (the
 /// proxy's), then holds them.
 const STUFFED_TUNNELS: &str = r#"
-import os, resource, socket, sys, time, urllib.parse
+import resource
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
 target, n = sys.argv[1], int(sys.argv[2])
 tunnels = []
 for _ in range(n):
-    s = socket.create_connection((p.hostname, p.port), timeout=20)
-    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
-    head = b''
-    while b'\r\n\r\n' not in head:
-        head += s.recv(1)
-    assert head.startswith(b'HTTP/1.1 200'), head
+    s = tunnel(target)
     s.setblocking(False)
     tunnels.append(s)
 chunk = b'u' * 65536
@@ -2990,39 +2991,20 @@ time.sleep(120)
 /// hold no more than the bound.
 #[test]
 fn a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_buffers() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.firehose.test", unique("s"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let port = firehose_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = one_allowed("firehose", "s", firehose_server);
     let n = 512;
-    let mut child = b
-        .exec_cmd(
-            "eg",
-            &[
-                "/usr/bin/python3",
-                "-c",
-                STUFFED_TUNNELS,
-                &format!("{name}:{port}"),
-                &n.to_string(),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let proxy: u16 = line
-        .strip_prefix("stuffed ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line:?}"));
+    let (mut child, line) = first_line(
+        &b,
+        STUFFED_TUNNELS,
+        &[&format!("{name}:{port}"), &n.to_string()],
+    );
+    let proxy = proxy_port(&line, "stuffed ");
     let holders = namespace_holders(b.pid());
     assert_eq!(holders.len(), 1, "{holders:?}");
     let (inside, held_inside) =
@@ -3030,10 +3012,9 @@ fn a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_buffers() {
     let (outside, held_outside) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
     let _ = child.kill();
     let _ = child.wait();
-    let mib = 1u64 << 20;
     assert_eq!((inside, outside), (n, n));
     let held = held_inside + held_outside;
-    let bound = 2 * (64 * mib + n as u64 * 4 * 64 * 1024);
+    let bound = CONTEXT_SOCKET_BOUND;
     assert!(
         held > bound / 2,
         "the {n} stuck tunnels hold {held} bytes in the broker: the test stuck nothing"
@@ -3083,17 +3064,10 @@ fn sipping_server(ip: &str) -> u16 {
 /// each and ends its side (unless they take more than 0.2 s to go in), then prints
 /// `uploaded` and holds them.
 const UPLOADS: &str = r#"
-import os, socket, sys, time, urllib.parse
-p = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])
 target, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tunnels = []
 for _ in range(n):
-    s = socket.create_connection((p.hostname, p.port), timeout=20)
-    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
-    head = b''
-    while b'\r\n\r\n' not in head:
-        head += s.recv(1)
-    assert head.startswith(b'HTTP/1.1 200'), head
+    s = tunnel(target)
     s.settimeout(0.2)
     try:
         s.sendall(b'u' * (mib << 20))
@@ -3111,43 +3085,25 @@ time.sleep(120)
 /// sides ended, stays in the broker's socket in the host's namespace.
 #[test]
 fn closed_tunnels_with_uploads_still_queued_leave_the_broker_bounded_buffers() {
-    let addr = HostAddr::claim();
-    let name = format!("{}.sip.test", unique("u"));
-    let _hosts = Hosts::add(&[(&addr.ip, &name)]);
-    let mib = 1u64 << 20;
-    let port = sipping_server(&addr.ip);
-    let b = Broker::start(&config(
-        &host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#)),
-        None,
-    ));
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = one_allowed("sip", "u", sipping_server);
     let n = 120;
-    let mut child = b
-        .exec_cmd(
-            "eg",
-            &[
-                "/usr/bin/python3",
-                "-c",
-                UPLOADS,
-                &format!("{name}:{port}"),
-                &n.to_string(),
-                "5",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = first_line(
+        &b,
+        UPLOADS,
+        &[&format!("{name}:{port}"), &n.to_string(), "5"],
+    );
     assert_eq!(line, "uploaded\n");
     thread::sleep(Duration::from_secs(1));
     let (outside, held) = sockets_holding(None, &["dst", &format!("{}:{port}", addr.ip)]);
     let _ = child.kill();
     let _ = child.wait();
-    let bound = 2 * (64 * mib + 512 * 4 * 64 * 1024);
+    let bound = CONTEXT_SOCKET_BOUND;
     assert!(
         held <= bound,
         "the broker's {outside} sockets to the destination hold {held} bytes, over the \
