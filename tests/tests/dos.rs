@@ -354,6 +354,50 @@ allow = {{ uids = [{bob}] }}
     );
 }
 
+/// Contexts `alice` and `bob`, each allowing its own user: both users may enter one.
+fn both_entitled_config() -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+allow = {{ uids = [{alice}] }}
+
+[contexts.bob]
+user = "{BOB}"
+allow = {{ uids = [{bob}] }}
+"#,
+        alice = user(ALICE).uid,
+        bob = user(BOB).uid,
+    )
+}
+
+/// A uid allowed into a context has its connections past the handshake turns wait for a
+/// turn instead of being refused. Silent ones (connected, nothing sent) cost it nothing,
+/// and each is counted against the broker's descriptors: under a unit's old limit of 1024
+/// files they took every descriptor not kept for root, and another user's launch was
+/// refused ("the descriptors not reserved for root are taken") although that user had
+/// sent nothing.
+#[test]
+fn silent_connections_waiting_for_a_turn_leave_another_uid_served() {
+    let b = Broker::start_with_files(&both_entitled_config(), OLD_UNIT_FILES);
+    let flooder = flood(&b, "silent", 1000, 8);
+    let mut cmd = as_user(ALICE);
+    cmd.arg(bin("ctx")).arg("--socket").arg(b.socket()).args([
+        "exec",
+        "--context",
+        "alice",
+        "--",
+        "echo",
+        "served",
+    ]);
+    let out = run_with(&mut cmd, None, Duration::from_secs(30));
+    let report = finish_flood(flooder);
+    eprintln!("silent flood by an entitled uid: {report}");
+    assert_eq!(out.ok(), "served\n", "{}", out.show());
+}
+
 #[test]
 fn half_sent_large_frames_cannot_grow_the_broker() {
     let b = Broker::start(&standard_config());

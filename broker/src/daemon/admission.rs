@@ -18,7 +18,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 /// when the uid may enter some context (its launches hold that many connections anyway).
 /// Unread, it holds one descriptor of the broker (counted); the bytes and descriptors it
 /// queued are charged by the kernel to the sender's socket and limits. A uid allowed
-/// nowhere, which has no launch to wait for, is refused past them.
+/// nowhere, which has no launch to wait for, is refused past them; so is one whose
+/// connections in or waiting for a handshake already hold its [`ENTITLED_SHARE`] of the
+/// descriptors not reserved for root: silent connections cost their sender nothing, and
+/// would otherwise take every descriptor the other uids' launches need.
 pub const HANDSHAKING_PER_UID: u32 = 64;
 /// Connections of one uid in all: each routed launch holds one while its process runs, so
 /// a parallel build routed through the interposer needs room.
@@ -72,6 +75,11 @@ pub enum Refusal {
     Handshaking(u32),
     #[error("uid {0} already has {CONNECTIONS_PER_UID} connections")]
     Connections(u32),
+    #[error(
+        "uid {uid}: its connections in or waiting for a handshake hold its share of the \
+         broker's descriptors ({limit} open files allowed, {RESERVED_FDS} kept for root)"
+    )]
+    Waiting { uid: u32, limit: u64 },
     #[error(
         "uid {uid}: the descriptors not reserved for root are taken \
          ({limit} open files allowed, {RESERVED_FDS} kept for root)"
@@ -202,6 +210,8 @@ impl Drop for EgressFds {
 struct PerUid {
     connections: u32,
     handshaking: u32,
+    /// Admitted past [`HANDSHAKING_PER_UID`], waiting unread for a turn.
+    waiting: u32,
     bytes: usize,
     fds: usize,
     /// Held by the handshakes of its entitled connections.
@@ -217,6 +227,8 @@ pub struct Admission {
     /// The operator (root outside every context): never counted.
     exempt: bool,
     handshaking: bool,
+    /// Counted in its uid's `waiting` until it takes a turn.
+    waiting: bool,
     /// The peer may enter some context: its handshake's descriptors are not held to
     /// [`HANDSHAKE_FDS_PER_UID`] (nor counted in it), only to the global bound.
     entitled: bool,
@@ -240,6 +252,7 @@ impl Admissions {
             uid,
             exempt,
             handshaking: !exempt,
+            waiting: false,
             entitled: false,
             bytes: 0,
             fds: 0,
@@ -261,13 +274,20 @@ impl Admissions {
         if !turn && !entitled {
             return Err(Refusal::Handshaking(uid));
         }
-        if turn {
+        if !turn {
+            let unfinished = u64::from(entry.handshaking + entry.waiting + 1);
+            if unfinished * FDS_PER_CONNECTION > entitled_cap(limit) as u64 {
+                return Err(Refusal::Waiting { uid, limit });
+            }
+            entry.waiting += 1;
+        } else {
             entry.handshaking += 1;
         }
         entry.connections += 1;
         counts.fds += FDS_PER_CONNECTION;
         let mut admitted = admission();
         admitted.handshaking = turn;
+        admitted.waiting = !turn;
         Ok(admitted)
     }
 
@@ -575,7 +595,9 @@ impl Admission {
                 let entry = counts.per_uid.entry(self.uid).or_default();
                 if entry.handshaking < HANDSHAKING_PER_UID {
                     entry.handshaking += 1;
+                    entry.waiting -= 1;
                     self.handshaking = true;
+                    self.waiting = false;
                     return;
                 }
             }
@@ -624,6 +646,9 @@ impl Drop for Admission {
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
             entry.connections -= 1;
+            if self.waiting {
+                entry.waiting -= 1;
+            }
             if *entry == PerUid::default() {
                 counts.per_uid.remove(&self.uid);
             }
