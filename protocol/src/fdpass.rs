@@ -26,6 +26,24 @@ fn last_errno() -> io::Error {
 /// `EMFILE` when `data` is too short to carry the groups. Retries on `EINTR`, never raises
 /// `SIGPIPE`.
 pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    send_groups(sock, data, fds, 0)
+}
+
+/// [`send_with_fds`], waiting up to about `patience_ms` while the kernel refuses a group
+/// with `ETOOMANYREFS`: the sender's user has as many descriptors in flight (sent, not yet
+/// received, on any socket) as its `RLIMIT_NOFILE`, which its other launches waiting to be
+/// read hold there, and the broker reading them frees room. The wait is `nanosleep`, so
+/// this stays callable between `vfork` and `execve`.
+pub fn send_with_fds_patiently(
+    sock: RawFd,
+    data: &[u8],
+    fds: &[RawFd],
+    patience_ms: u32,
+) -> io::Result<()> {
+    send_groups(sock, data, fds, patience_ms)
+}
+
+fn send_groups(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Result<()> {
     let groups = fds.len().div_ceil(MAX_FDS);
     if groups > data.len() {
         return Err(io::Error::from_raw_os_error(libc::EMFILE));
@@ -37,7 +55,7 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
         } else {
             &data[sent..sent + 1]
         };
-        let n = send_one(sock, part, group)?;
+        let n = send_one(sock, part, group, patience_ms)?;
         if n == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -68,7 +86,7 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
 
 /// One `sendmsg` of (a prefix of) `data` with at most [`MAX_FDS`] descriptors; the bytes
 /// it sent.
-fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Result<usize> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let payload = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is a pure computation.
@@ -96,6 +114,7 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
             payload as usize,
         );
     }
+    let (mut waited_us, mut pause_us) = (0u64, 100u64);
     loop {
         // SAFETY: msg describes valid buffers for the duration of the call.
         let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
@@ -103,6 +122,18 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
             return Ok(n as usize);
         }
         let e = last_errno();
+        if e.raw_os_error() == Some(libc::ETOOMANYREFS) && waited_us < u64::from(patience_ms) * 1000
+        {
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (pause_us * 1000) as libc::c_long,
+            };
+            // SAFETY: a valid timespec; an interruption only shortens this pause.
+            unsafe { libc::nanosleep(&pause, ptr::null_mut()) };
+            waited_us += pause_us;
+            pause_us = (pause_us * 2).min(10_000);
+            continue;
+        }
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }

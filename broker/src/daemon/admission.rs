@@ -270,15 +270,19 @@ impl Admissions {
         if entry.connections >= CONNECTIONS_PER_UID {
             return Err(Refusal::Connections(uid));
         }
-        let turn = entry.handshaking < HANDSHAKING_PER_UID;
-        if !turn && !entitled {
-            return Err(Refusal::Handshaking(uid));
-        }
-        if !turn {
-            let unfinished = u64::from(entry.handshaking + entry.waiting + 1);
-            if unfinished * FDS_PER_CONNECTION > entitled_cap(limit) as u64 {
+        // Connections that gave their turn back to wait for bytes count too: silent ones
+        // would otherwise never reach a bound.
+        let unfinished = entry.handshaking + entry.waiting;
+        if unfinished >= HANDSHAKING_PER_UID {
+            if !entitled {
+                return Err(Refusal::Handshaking(uid));
+            }
+            if u64::from(unfinished + 1) * FDS_PER_CONNECTION > entitled_cap(limit) as u64 {
                 return Err(Refusal::Waiting { uid, limit });
             }
+        }
+        let turn = entry.handshaking < HANDSHAKING_PER_UID;
+        if !turn {
             entry.waiting += 1;
         } else {
             entry.handshaking += 1;
@@ -603,6 +607,26 @@ impl Admission {
             }
             ended.await;
         }
+    }
+
+    /// Gives the turn back to wait, unread, for the request: a turn is for a request that
+    /// is there. A caller that connected but has not sent yet (preempted, or its send
+    /// refused by the kernel while its uid's descriptors in flight are at its limit, which
+    /// the unread requests waiting for a turn keep there) must not hold one those requests
+    /// need, or neither goes on until the handshake's deadline.
+    pub fn step_back(&mut self) {
+        if self.exempt || !self.handshaking {
+            return;
+        }
+        {
+            let mut counts = self.admissions.lock();
+            let entry = counts.per_uid.entry(self.uid).or_default();
+            entry.handshaking -= 1;
+            entry.waiting += 1;
+        }
+        self.handshaking = false;
+        self.waiting = true;
+        self.admissions.handshake_turns(self.uid).notify_one();
     }
 
     /// The peer is past its handshake: what it buffered is its request, being served.
@@ -948,6 +972,17 @@ mod tests {
             a.held(1000),
             Some((HANDSHAKING_PER_UID + 1, HANDSHAKING_PER_UID, 0, 0))
         );
+        // A turn given back while its connection waits for bytes goes to a waiter.
+        let mut silent = a.admit(1000, false, true).expect("admitted, to wait");
+        held[2].handshake_done();
+        silent.handshake_turn().await;
+        let mut behind = a.admit(1000, false, true).expect("admitted, to wait");
+        silent.step_back();
+        tokio::time::timeout(Duration::from_secs(5), behind.handshake_turn())
+            .await
+            .expect("the turn given back");
+        drop(behind);
+        drop(silent);
         // A connection that took a turn and closes hands it on.
         let mut third = a.admit(1000, false, true).expect("admitted, to wait");
         let mut fourth = a.admit(1000, false, true).expect("admitted, to wait");

@@ -87,8 +87,20 @@ impl Conn {
     /// large request's buffer is given back instead of living as long as the launch, and
     /// the frames that may follow (`Signal`, `Resize`, `Input`, `InputEof`) are small and
     /// carry no descriptors.
-    /// Waits for a handshake turn of the peer's uid (see `Admission::handshake_turn`).
+    /// Waits for the peer's first bytes without a turn (see `Admission::step_back`), then
+    /// for a handshake turn of its uid (see `Admission::handshake_turn`).
     pub async fn handshake_turn(&mut self) {
+        let fd = self.stream.as_raw_fd();
+        // Through the reactor, so that a readiness it reported with nothing to read is
+        // cleared (the peek's WouldBlock) and the next wait is for real bytes: a turn
+        // taken on a stale readiness would wait in the read for a sender that cannot send.
+        while let Err(e) = self.stream.try_io(Interest::READABLE, || peek(fd)) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                break;
+            }
+            self.admission.step_back();
+            let _ = self.stream.readable().await;
+        }
         self.admission.handshake_turn().await;
     }
 
@@ -282,6 +294,27 @@ impl Drop for Conn {
             // Otherwise dropped here: nothing it holds can make its close wait.
         }
         closer::close_from(fds, self.charger.as_ref());
+    }
+}
+
+/// Whether the peer sent something a read would take now (or ended): `WouldBlock` when
+/// not.
+fn peek(fd: RawFd) -> io::Result<()> {
+    let mut byte = 0u8;
+    // SAFETY: peeks one byte into our own buffer; with no control buffer, descriptors
+    // riding on it stay queued.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

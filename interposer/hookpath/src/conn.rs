@@ -11,6 +11,10 @@ use ctx_protocol::{frame, reply_tag, Reply};
 
 /// How long the hook waits for the broker's verdict before failing closed.
 const VERDICT_TIMEOUT_SECS: libc::time_t = 60;
+/// How long a launch waits for room to send its descriptors (see
+/// `fdpass::send_with_fds_patiently`): within the broker's deadline for a request, which
+/// runs from the connect.
+const SEND_PATIENCE_MS: u32 = 3000;
 
 /// The broker's answer to a launch.
 pub enum Verdict<'a> {
@@ -178,7 +182,7 @@ fn read_reply(sock: i32, buf: &mut [u8]) -> Result<usize, Verdict<'static>> {
 
 /// Sends the encoded launch with `fds` and reads the verdict into `buf`.
 pub fn exchange<'b>(sock: i32, request: &[u8], fds: &[i32], buf: &'b mut [u8]) -> Verdict<'b> {
-    if let Err(e) = fdpass::send_with_fds(sock, request, fds) {
+    if let Err(e) = fdpass::send_with_fds_patiently(sock, request, fds, SEND_PATIENCE_MS) {
         return Verdict::Broken {
             what: "sending the launch",
             errno: e.raw_os_error().unwrap_or(libc::EIO),

@@ -175,6 +175,7 @@ unsafe fn program(a: &ChildArgs) -> ! {
     no_new_privs(&c);
     owner_filter(&c);
     install_exec_guard(&c);
+    lower_nofile(&c);
     inherit_signals(&c);
     exec(&c)
 }
@@ -456,6 +457,29 @@ unsafe fn close_the_rest(c: &Child) {
 }
 
 unsafe fn set_rlimits(c: &Child) {
+    for &(resource, soft, hard) in &c.plan.rlimits {
+        // The descriptor limit's soft value comes last (`lower_nofile`); until then the
+        // most its hard value allows.
+        let soft = if resource == libc::RLIMIT_NOFILE as i32 {
+            hard
+        } else {
+            soft
+        };
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        if libc::setrlimit(resource as _, &lim) < 0 {
+            fail(c.report, Stage::Rlimits, errno());
+        }
+    }
+}
+
+/// The soft descriptor limit, lowered after the last step that opens a descriptor (the
+/// seccomp listeners): the table still holds the broker's own descriptors (close-on-exec)
+/// until the exec, and under the caller's limit a new one would be refused (EMFILE)
+/// whenever the broker holds that many. Lowering a soft limit needs no privilege.
+unsafe fn lower_nofile(c: &Child) {
     let nofile_soft = CHILD_NOFILE_SOFT.load(Ordering::Relaxed);
     if nofile_soft > 0 {
         let mut lim = libc::rlimit {
@@ -469,6 +493,9 @@ unsafe fn set_rlimits(c: &Child) {
         }
     }
     for &(resource, soft, hard) in &c.plan.rlimits {
+        if resource != libc::RLIMIT_NOFILE as i32 {
+            continue;
+        }
         let lim = libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
