@@ -44,6 +44,11 @@ pub fn send_with_fds_patiently(
 }
 
 fn send_groups(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Result<()> {
+    // One budget for the whole request, however many groups it takes.
+    let mut patience = Patience {
+        left_us: u64::from(patience_ms) * 1000,
+        pause_us: 100,
+    };
     let groups = fds.len().div_ceil(MAX_FDS);
     if groups > data.len() {
         return Err(io::Error::from_raw_os_error(libc::EMFILE));
@@ -55,7 +60,7 @@ fn send_groups(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io:
         } else {
             &data[sent..sent + 1]
         };
-        let n = send_one(sock, part, group, patience_ms)?;
+        let n = send_one(sock, part, group, &mut patience)?;
         if n == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -86,7 +91,13 @@ fn send_groups(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io:
 
 /// One `sendmsg` of (a prefix of) `data` with at most [`MAX_FDS`] descriptors; the bytes
 /// it sent.
-fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Result<usize> {
+/// What is left of a send's wait for room (`ETOOMANYREFS`), and the next pause.
+struct Patience {
+    left_us: u64,
+    pause_us: u64,
+}
+
+fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience: &mut Patience) -> io::Result<usize> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let payload = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is a pure computation.
@@ -114,7 +125,6 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Re
             payload as usize,
         );
     }
-    let (mut waited_us, mut pause_us) = (0u64, 100u64);
     loop {
         // SAFETY: msg describes valid buffers for the duration of the call.
         let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
@@ -122,16 +132,16 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Re
             return Ok(n as usize);
         }
         let e = last_errno();
-        if e.raw_os_error() == Some(libc::ETOOMANYREFS) && waited_us < u64::from(patience_ms) * 1000
-        {
+        if e.raw_os_error() == Some(libc::ETOOMANYREFS) && patience.left_us > 0 {
+            let pause_us = patience.pause_us.min(patience.left_us);
             let pause = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: (pause_us * 1000) as libc::c_long,
             };
             // SAFETY: a valid timespec; an interruption only shortens this pause.
             unsafe { libc::nanosleep(&pause, ptr::null_mut()) };
-            waited_us += pause_us;
-            pause_us = (pause_us * 2).min(10_000);
+            patience.left_us -= pause_us;
+            patience.pause_us = (patience.pause_us * 2).min(10_000);
             continue;
         }
         if e.raw_os_error() != Some(libc::EINTR) {
