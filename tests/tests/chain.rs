@@ -199,16 +199,7 @@ fn a_burst_of_launches_from_one_uid_all_run() {
 /// seccomp listeners, in a table still holding the busy broker's descriptors (EMFILE).
 #[test]
 fn a_burst_of_launches_under_a_login_s_file_limit_all_run() {
-    let b = Broker::start(&chained_config());
-    let script = format!(
-        "import resource\n\
-         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n\
-         import os\n\
-         for _ in range(8): os.set_inheritable(os.open('/dev/null', os.O_RDONLY), True)\n\
-         {BURST}"
-    );
-    let out = b.exec("platform", &["/usr/bin/python3", "-c", &script, "800"]);
-    assert_eq!(out.ok(), "0\n", "{}", out.show());
+    login_limited_burst(8);
 }
 
 /// The same burst from a caller holding more inheritable descriptors than one message
@@ -224,12 +215,18 @@ fn a_burst_of_launches_under_a_login_s_file_limit_all_run() {
 #[test]
 #[ignore = "fails: unfixed, past its share of descriptors a request is refused, not made to wait"]
 fn a_burst_of_launches_each_passing_more_descriptors_than_one_message_all_run() {
+    login_limited_burst(300);
+}
+
+/// [`BURST`] of 800 from `platform`, under a soft `RLIMIT_NOFILE` of 1024 and holding
+/// `inherited` more inheritable descriptors: none may fail.
+fn login_limited_burst(inherited: usize) {
     let b = Broker::start(&chained_config());
     let script = format!(
         "import resource\n\
          resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n\
          import os\n\
-         for _ in range(300): os.set_inheritable(os.open('/dev/null', os.O_RDONLY), True)\n\
+         for _ in range({inherited}): os.set_inheritable(os.open('/dev/null', os.O_RDONLY), True)\n\
          {BURST}"
     );
     let out = b.exec("platform", &["/usr/bin/python3", "-c", &script, "800"]);

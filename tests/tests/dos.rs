@@ -304,21 +304,7 @@ fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
 /// root: another uid's launch with hundreds of descriptors is still served.
 #[test]
 fn a_uid_allowed_into_a_context_holds_at_most_its_share_of_descriptors() {
-    let config = format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.alice]
-user = "{ALICE}"
-allow = {{ uids = [{alice}] }}
-
-[contexts.bob]
-user = "{BOB}"
-allow = {{ uids = [{bob}] }}
-"#,
-        alice = user(ALICE).uid,
-        bob = user(BOB).uid,
-    );
+    let config = both_entitled_config();
     const FILES: u64 = 4096;
     // (4096 - 256 kept for root) / 4.
     const SHARE: u64 = 960;

@@ -465,13 +465,17 @@ unsafe fn set_rlimits(c: &Child) {
         } else {
             soft
         };
-        let lim = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        if libc::setrlimit(resource as _, &lim) < 0 {
-            fail(c.report, Stage::Rlimits, errno());
-        }
+        set_rlimit(c, resource, soft, hard);
+    }
+}
+
+unsafe fn set_rlimit(c: &Child, resource: i32, soft: u64, hard: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    if libc::setrlimit(resource as _, &lim) < 0 {
+        fail(c.report, Stage::Rlimits, errno());
     }
 }
 
@@ -493,15 +497,8 @@ unsafe fn lower_nofile(c: &Child) {
         }
     }
     for &(resource, soft, hard) in &c.plan.rlimits {
-        if resource != libc::RLIMIT_NOFILE as i32 {
-            continue;
-        }
-        let lim = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        if libc::setrlimit(resource as _, &lim) < 0 {
-            fail(c.report, Stage::Rlimits, errno());
+        if resource == libc::RLIMIT_NOFILE as i32 {
+            set_rlimit(c, resource, soft, hard);
         }
     }
 }
