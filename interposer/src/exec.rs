@@ -10,6 +10,7 @@ use ctx_protocol::Captured;
 use crate::fork_relay;
 use crate::state::{self, state, State};
 use ctx_hookpath::conn::{self, Verdict};
+use ctx_hookpath::ending;
 use ctx_hookpath::fds::{self, scan_failure, InlineFds};
 use ctx_hookpath::sys::{self, MmapBuf};
 use ctx_hookpath::wire::{self, ExecRef, StrList};
@@ -445,12 +446,14 @@ pub unsafe fn route(
         Sent::Failed(e) => return fail(e),
     };
     let program = target.program().to_bytes();
+    let mask = ending::block_forwarded();
     if pty_mask == 0 && fork_relay::may_relay() {
         // SAFETY: a single-threaded process with its own memory, no terminal involved.
         unsafe { fork_relay::relay(st, sock, launcher, program, argv) }
     }
     // SAFETY: the caller's array becomes the shim's argv.
     let e = unsafe { exec_shim(st, sock, pty_mask, launcher, program, argv) };
+    ending::restore_mask(&mask);
     // The routed program runs but nothing can hold its connection: closing it makes the
     // broker kill it, and the caller sees a failed exec.
     // SAFETY: our socket.

@@ -96,6 +96,57 @@ print("grandchild-uid", uid)
     );
 }
 
+/// The same `Popen.terminate()`, arriving before the shim has started: the relay's
+/// signals are blocked from the moment the launch is accepted (the mask survives the
+/// exec), so the shim reads it once it runs and forwards it to the program alone. Before,
+/// it killed the starting shim, whose end took the whole routed group, grandchild
+/// included. A shim that starts slowly (a wrapper that sleeps, then execs the real one,
+/// beside a copy of the library) makes the window as wide as a loaded machine does; the
+/// grandchild is looked at 1.5 s later, after the broker has acted on the shim's end.
+#[test]
+fn terminate_before_the_shim_has_started_reaches_the_child_alone() {
+    let b = broker();
+    let dir = TempDir::new();
+    for lib in ["libctx_interposer.so", "libctx_route.so"] {
+        std::fs::copy(bin(lib), dir.path().join(lib)).unwrap();
+    }
+    let wrapper = format!(
+        "#!/bin/bash\nsleep 0.5\nexec -a \"$0\" {} \"$@\"\n",
+        bin("ctx-shim").display()
+    );
+    dir.file("ctx-shim", wrapper.as_bytes(), 0o755);
+    let script = r#"
+import os, signal, subprocess, time
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+p = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!; wait"], stdout=subprocess.PIPE)
+grandchild = int(p.stdout.readline())
+p.terminate()
+rc = p.wait()
+time.sleep(1.5)
+survived = alive(grandchild)
+if survived:
+    os.kill(grandchild, signal.SIGKILL)
+print("rc", rc, "grandchild-survived", survived)
+"#;
+    let out = run(Command::new(PYTHON)
+        .args(["-c", script])
+        .env("LD_PRELOAD", dir.path().join("libctx_interposer.so"))
+        .env("CTX_ROUTE", "alice")
+        .env("CTX_SOCKET", b.socket())
+        .current_dir(b.dir().path()));
+    assert_eq!(
+        out.ok(),
+        "rc -15 grandchild-survived True\n",
+        "{}",
+        out.show()
+    );
+}
+
 /// Killing the shim outright (SIGKILL: it cannot forward anything) still takes the whole
 /// routed group with it: no orphans run on in the context.
 #[test]

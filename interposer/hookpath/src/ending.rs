@@ -27,6 +27,31 @@ pub fn forwardable(sig: i32) -> bool {
     )
 }
 
+/// Blocks every signal the relay forwards, from the moment a launch is accepted until the
+/// relay (here, or the shim the hook execs: a mask survives `execve`) reads them from its
+/// signalfd: one arriving meanwhile (`Popen.terminate()` from a caller quicker than the
+/// shim's start) stays pending instead of killing the relay, whose end would take the
+/// whole routed group. Gives back the mask to restore if the relay cannot start.
+pub fn block_forwarded() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; every call gets valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in (1..=libc::SIGRTMAX()).filter(|&s| forwardable(s)) {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+/// Puts back a mask [`block_forwarded`] gave.
+pub fn restore_mask(old: &libc::sigset_t) {
+    // SAFETY: a mask sigprocmask filled.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
 /// Blocks every signal we forward and returns a signalfd for them (-1 on failure).
 pub fn signal_fd() -> i32 {
     // SAFETY: sigset_t is plain data; every call gets valid pointers.
