@@ -970,8 +970,7 @@ fn an_exec_through_another_mount_namespace_does_not_suspend_a_worker() {
 /// Two launches of `/proc/PID/root/.../prog`, PID a process in a mount namespace of its own
 /// with a FUSE mount nobody serves there; root's launch must still be served.
 fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
-    if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("no /dev/fuse here: skipped");
+    if no_fuse() {
         return;
     }
     let b = Broker::start(&standard_config());
@@ -1177,6 +1176,15 @@ fn hung_fuse_holder(mnt: &std::path::Path, uid: u32) -> Attacker {
     holder
 }
 
+/// Whether this machine lacks `/dev/fuse` (said on stderr), which the hung-mount tests need.
+fn no_fuse() -> bool {
+    let missing = !std::path::Path::new("/dev/fuse").exists();
+    if missing {
+        eprintln!("no /dev/fuse here: skipped");
+    }
+    missing
+}
+
 /// `enforce = true` looks for the program before the fork, as root, to allow it by
 /// Landlock (`enforce_ruleset`): a path the caller chose, looked up on the async worker.
 /// A user allowed into an enforcing context (ctx-alice) launches
@@ -1184,8 +1192,7 @@ fn hung_fuse_holder(mnt: &std::path::Path, uid: u32) -> Attacker {
 /// must stay served.
 #[test]
 fn an_enforced_launch_through_another_mount_namespace_does_not_block_a_worker() {
-    if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("no /dev/fuse here: skipped");
+    if no_fuse() {
         return;
     }
     let alice = user(ALICE);
@@ -1260,8 +1267,7 @@ time.sleep(120)
 /// must stay served.
 #[test]
 fn a_cwd_passed_from_another_mount_namespace_is_not_looked_at_on_a_worker() {
-    if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("no /dev/fuse here: skipped");
+    if no_fuse() {
         return;
     }
     let alice = user(ALICE);

@@ -296,17 +296,23 @@ mod tests {
         let _ = child.wait();
     }
 
-    #[test]
-    fn an_entry_counts_only_with_the_start_time_it_was_registered_with() {
-        let reg = Registry::default();
-        let mut child = std::process::Command::new("sleep")
+    /// A `sleep` child, its pid, and an instant before it started.
+    fn sleeper() -> (std::process::Child, i32, Instant) {
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let long_ago = Instant::now()
-            .checked_sub(std::time::Duration::from_secs(1))
-            .unwrap_or_else(Instant::now);
+        (child, pid, long_ago)
+    }
+
+    #[test]
+    fn an_entry_counts_only_with_the_start_time_it_was_registered_with() {
+        let reg = Registry::default();
+        let (mut child, pid, long_ago) = sleeper();
         reg.insert(Running {
             id: 1,
             pid,
@@ -339,14 +345,7 @@ mod tests {
     #[test]
     fn a_slot_places_only_the_process_that_holds_its_pid() {
         let reg = Registry::default();
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let long_ago = Instant::now()
-            .checked_sub(std::time::Duration::from_secs(1))
-            .unwrap_or_else(Instant::now);
+        let (mut child, pid, long_ago) = sleeper();
         let slots = reg.forking(1, "c", long_ago);
         slots.first.store(pid, std::sync::atomic::Ordering::Release);
         let found = proc_identity(pid).unwrap();
