@@ -91,6 +91,11 @@ pub(super) static BROKER_PID: AtomicI32 = AtomicI32::new(0);
 /// The soft `RLIMIT_NOFILE` the broker started with, which routed programs get back (the
 /// broker raises its own to the hard limit); zero: leave the inherited one.
 static CHILD_NOFILE_SOFT: AtomicU64 = AtomicU64::new(0);
+/// How long the child waits for room to send a descriptor to the broker once it runs as
+/// the context's user: the kernel refuses the send (`ETOOMANYREFS`) while that user's
+/// other processes have their `RLIMIT_NOFILE` of descriptors in flight (a burst of its
+/// launches waiting to be read), and the broker reading them frees room.
+const SEND_PATIENCE_MS: u32 = 3000;
 
 impl<'a> Child<'a> {
     fn new(args: &'a ChildArgs<'a>) -> Child<'a> {
@@ -303,7 +308,8 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
     // Before anything else can fail: from here on, the broker holds the program whatever
     // becomes of this process. Should the send fail, the broker finds no pidfd, ends this
     // process and with it (the terminal's hangup) the program.
-    let _ = ctx_protocol::fdpass::send_with_fds(a.handover, b"p", &[pidfd]);
+    let _ =
+        ctx_protocol::fdpass::send_with_fds_patiently(a.handover, b"p", &[pidfd], SEND_PATIENCE_MS);
     // Nothing of the broker's goes with the stand-in, not even the PTY (the master sees
     // its end of file once the program and its jobs have closed theirs): only the
     // program's pidfd, by which it learns when to take the terminal's foreground.
@@ -599,7 +605,12 @@ unsafe fn install_exec_guard(c: &Child) {
         }
         Err(e) => fail(report, Stage::Seccomp, e),
     };
-    let sent = ctx_protocol::fdpass::send_with_fds(sock, &guard.token.to_ne_bytes(), &[listener]);
+    let sent = ctx_protocol::fdpass::send_with_fds_patiently(
+        sock,
+        &guard.token.to_ne_bytes(),
+        &[listener],
+        SEND_PATIENCE_MS,
+    );
     libc::close(listener);
     libc::close(sock);
     if let Err(e) = sent {
