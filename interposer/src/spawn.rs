@@ -250,10 +250,20 @@ unsafe fn spawn_attached(
         let mut empty = [std::ptr::null(); 2];
         // SAFETY: the caller's array.
         let shim_argv = unsafe { exec::shim_argv(argv, &mut empty) };
-        // SAFETY: file actions built at load, the caller's attributes, NULL-terminated
+        // SAFETY: the caller's attributes.
+        let attr = unsafe { shim_attributes(attr) };
+        // SAFETY: file actions built at load, attributes initialised above, NULL-terminated
         // arrays alive for the call.
-        let started =
-            unsafe { start_shim(st, real, &st.attach_actions, attr, shim_argv, envp.as_ptr()) };
+        let started = unsafe {
+            start_shim(
+                st,
+                real,
+                &st.attach_actions,
+                &attr,
+                shim_argv,
+                envp.as_ptr(),
+            )
+        };
         // SAFETY: our descriptor; the shim has its own copy now.
         unsafe { libc::close(fd) };
         match started {
@@ -273,6 +283,43 @@ unsafe fn spawn_attached(
     // SAFETY: our socket.
     unsafe { libc::close(sock) };
     Err(rc)
+}
+
+/// The caller's attributes (null: none) for the shim of an accepted launch, with every
+/// signal the shim forwards blocked from its start, as the exec hook leaves them blocked
+/// across the shim's exec: a `kill` of the returned pid before the shim runs (a caller
+/// quicker than its start) stays pending for it to forward, where it would kill the
+/// starting shim and, with it, the whole routed group. The program's own mask was sent
+/// with the launch; this one is only the shim's.
+///
+/// # Safety
+/// `attr` is null or the caller's initialised attributes.
+unsafe fn shim_attributes(attr: *const libc::posix_spawnattr_t) -> libc::posix_spawnattr_t {
+    // SAFETY: glibc's attributes are plain data (flags, group, masks, scheduling), so a
+    // copy is a whole one; a fresh object is initialised before use; masks are plain data.
+    unsafe {
+        let mut copy: libc::posix_spawnattr_t = std::mem::zeroed();
+        if attr.is_null() {
+            libc::posix_spawnattr_init(&mut copy);
+        } else {
+            copy = std::ptr::read(attr);
+        }
+        let mut flags: libc::c_short = 0;
+        libc::posix_spawnattr_getflags(&copy, &mut flags);
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        if flags & libc::POSIX_SPAWN_SETSIGMASK as libc::c_short != 0 {
+            libc::posix_spawnattr_getsigmask(&copy, &mut mask);
+        } else {
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        }
+        ctx_hookpath::ending::add_forwarded(&mut mask);
+        libc::posix_spawnattr_setsigmask(&mut copy, &mask);
+        libc::posix_spawnattr_setflags(
+            &mut copy,
+            flags | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+        );
+        copy
+    }
 }
 
 /// Changes `c` as glibc's `posix_spawn` would change the child with `attr` (null: none):

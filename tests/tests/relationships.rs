@@ -62,21 +62,32 @@ fn both(b: &Broker, context: &str, script: &str, args: &[&str]) -> (Output, Outp
 }
 
 /// Starts `sh` running a background `sleep` (the grandchild), terminates `sh` with
-/// `Popen.terminate()`, and says whether the grandchild is still alive 1.5 s later (after
+/// `Popen.terminate()` (with the argument `posix_spawn`: started by `os.posix_spawn`,
+/// ended by `os.kill`), and says whether the grandchild is still alive 1.5 s later (after
 /// anything the broker does at its launch's end) and whose it is.
 const TERMINATE: &str = r#"
-import os, signal, subprocess, time
+import os, signal, subprocess, sys, time
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(") ", 1)[1][0] != "Z"
     except OSError:
         return False
-p = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!; wait"], stdout=subprocess.PIPE)
-grandchild = int(p.stdout.readline())
-uid = os.stat(f"/proc/{grandchild}").st_uid
-p.terminate()
-rc = p.wait()
+if sys.argv[1:] == ["posix_spawn"]:
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", f"sleep 1000 & echo $! >&{w}; wait"], os.environ)
+    os.close(w)
+    grandchild = int(os.fdopen(r).readline())
+    uid = os.stat(f"/proc/{grandchild}").st_uid
+    os.kill(pid, signal.SIGTERM)
+    rc = -os.WTERMSIG(os.waitpid(pid, 0)[1])
+else:
+    p = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!; wait"], stdout=subprocess.PIPE)
+    grandchild = int(p.stdout.readline())
+    uid = os.stat(f"/proc/{grandchild}").st_uid
+    p.terminate()
+    rc = p.wait()
 time.sleep(1.5)
 survived = alive(grandchild)
 if survived:
@@ -91,24 +102,40 @@ print("grandchild-uid", uid)
 #[test]
 fn terminate_reaches_the_child_and_not_its_children() {
     let b = broker();
-    let script = TERMINATE;
-    let (l, r) = both(&b, "alice", script, &[]);
-    let verdict = "rc -15 grandchild-survived True\n";
-    assert_eq!(l.ok(), format!("{verdict}grandchild-uid 0\n"));
-    assert_eq!(
-        r.ok(),
-        format!("{verdict}grandchild-uid {}\n", user(ALICE).uid)
-    );
+    for args in [&[][..], &["posix_spawn"]] {
+        let (l, r) = both(&b, "alice", TERMINATE, args);
+        let verdict = "rc -15 grandchild-survived True\n";
+        assert_eq!(l.ok(), format!("{verdict}grandchild-uid 0\n"), "{args:?}");
+        assert_eq!(
+            r.ok(),
+            format!("{verdict}grandchild-uid {}\n", user(ALICE).uid),
+            "{args:?}"
+        );
+    }
 }
 
 /// The same `Popen.terminate()`, arriving before the shim has started: the relay's
 /// signals are blocked from the moment the launch is accepted (the mask survives the
 /// exec), so the shim reads it once it runs and forwards it to the program alone. Before,
 /// it killed the starting shim, whose end took the whole routed group, grandchild
-/// included. A shim that starts slowly (a wrapper that sleeps, then execs the real one,
-/// beside a copy of the library) makes the window as wide as a loaded machine does.
+/// included.
 #[test]
 fn terminate_before_the_shim_has_started_reaches_the_child_alone() {
+    before_the_shim_has_started(&[]);
+}
+
+/// The same with `os.posix_spawn` and `os.kill` (no file actions: the hook sends the
+/// launch itself and starts the shim with glibc's `posix_spawn`), whose shim now starts
+/// with the relay's signals blocked. Before, it started with the caller's mask.
+#[test]
+fn a_kill_of_a_posix_spawned_child_before_its_shim_has_started_reaches_the_child_alone() {
+    before_the_shim_has_started(&["posix_spawn"]);
+}
+
+/// Runs [`TERMINATE`] with `args` and every launch routed to `alice` through a shim that
+/// starts slowly (a wrapper that sleeps, then execs the real one, beside a copy of the
+/// library): the window a loaded machine leaves, made wide.
+fn before_the_shim_has_started(args: &[&str]) {
     let b = broker();
     let dir = TempDir::new();
     for lib in ["libctx_interposer.so", "libctx_route.so"] {
@@ -121,6 +148,7 @@ fn terminate_before_the_shim_has_started_reaches_the_child_alone() {
     dir.file("ctx-shim", wrapper.as_bytes(), 0o755);
     let out = run(Command::new(PYTHON)
         .args(["-c", TERMINATE])
+        .args(args)
         .env("LD_PRELOAD", dir.path().join("libctx_interposer.so"))
         .env("CTX_ROUTE", "alice")
         .env("CTX_SOCKET", b.socket())

@@ -38,11 +38,17 @@ pub fn block_forwarded() -> libc::sigset_t {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in (1..=libc::SIGRTMAX()).filter(|&s| forwardable(s)) {
-            libc::sigaddset(&mut set, sig);
-        }
+        add_forwarded(&mut set);
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
         old
+    }
+}
+
+/// Adds every signal the relay forwards to `set`.
+pub fn add_forwarded(set: &mut libc::sigset_t) {
+    for sig in (1..=libc::SIGRTMAX()).filter(|&s| forwardable(s)) {
+        // SAFETY: a valid set and signal number.
+        unsafe { libc::sigaddset(set, sig) };
     }
 }
 
@@ -58,9 +64,7 @@ pub fn signal_fd() -> i32 {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in (1..=libc::SIGRTMAX()).filter(|&s| forwardable(s)) {
-            libc::sigaddset(&mut set, sig);
-        }
+        add_forwarded(&mut set);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     }

@@ -30,7 +30,7 @@ fn report(fd: i32, errno: Option<i32>) -> bool {
 
 // Without a report channel (closed by the file actions), a failure can only show in the
 // exit status, as a local shell would report it.
-use ctx_hookpath::ending::failed_exit_code;
+use ctx_hookpath::ending::{self, failed_exit_code};
 
 /// Executes the program here, as the real `posix_spawn`/`posix_spawnp` would have (a PATH
 /// search without the `/bin/sh` fallback). Returns only on failure, with the errno the
@@ -242,6 +242,11 @@ pub fn run(a: &[&[u8]]) -> ! {
             fail(libc::EACCES, EXIT_CTX)
         }
     }
+    // The report returns the caller's posix_spawn, after which it may signal this pid at
+    // once: what the relay forwards stays pending until its signalfd reads it, instead of
+    // killing this process and with it the routed group. (The program's mask went with
+    // the launch.)
+    let _ = ending::block_forwarded();
     conn::clear_timeout(sock);
     if report_fd >= 0 {
         report(report_fd, None);
