@@ -555,8 +555,11 @@ fn background_jobs_live_on(b: &Broker, runs: &[(bool, &str)]) {
         "(trap 'echo hup >F; exit' HUP; sleep 0.5; echo alive >F)",
     ];
     for (i, job) in jobs.into_iter().enumerate() {
-        // Somewhere the context's user may write.
-        let file = format!("/tmp/ctx-bg-job-{}-{i}", std::process::id());
+        // Somewhere the context's user may write; a name of this call's own, as the tests
+        // calling this run side by side and each removes its file before each run.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = format!("/tmp/ctx-bg-job-{}-{call}-{i}", std::process::id());
         let job = job.replace('F', &file);
         for &(routed, via) in runs {
             let _ = std::fs::remove_file(&file);
