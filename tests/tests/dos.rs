@@ -1468,3 +1468,147 @@ allow = {{ uids = [0, {uid}] }}
             .collect::<Vec<_>>()
     );
 }
+
+/// Sends launches to the socket `argv[1]`: for each `size:opening` argument after the
+/// first two (`opening` hex bytes, with `size` descriptors of /dev/null sent along), as
+/// many as the broker runs, at most `argv[2]` in all. Waits for each one's handshake to
+/// end (its greeting) before the next: a launch the broker refused ends soon after, one it
+/// runs stays open. Keeps the open ones; prints `stalled`, then how many descriptors they
+/// passed, and holds them for `argv[3]` seconds.
+const MANY_LAUNCHES: &str = r#"
+import os, resource, socket, sys, time
+# The kernel bounds descriptors in flight per user by the sender's soft limit.
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, most, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+null = os.open("/dev/null", os.O_RDWR)
+keep, passed = [], 0
+def launch(opening, fds):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        socket.send_fds(s, [opening], [null] * fds)
+        s.settimeout(10)
+        s.recv(65536)
+        s.settimeout(0.5)
+        while s.recv(65536):
+            pass
+    except socket.timeout:
+        keep.append(s)
+        return True
+    except OSError:
+        pass
+    s.close()
+    return False
+for arg in sys.argv[4:]:
+    size, opening = arg.split(":")
+    size, opening = int(size), bytes.fromhex(opening)
+    while len(keep) < most and launch(opening, size):
+        passed += size
+print("stalled", flush=True)
+print(f"{len(keep)} launches passing {passed} descriptors", flush=True)
+time.sleep(hold)
+"#;
+
+/// A uid allowed into a context passes a launch up to its share of the descriptors not
+/// kept for root, and its launches past their handshake hold theirs until the fork has
+/// the child's copies, which a path the caller chose can hold up for as long as it likes
+/// (here a FUSE mount nobody serves). Those must still count against its share: ctx-alice
+/// sends such launches to a broker of 1024 files, one at a time, each as large as the
+/// broker takes, and root's launch must still be served. They were counted only during
+/// their handshake: the broker took them up to its last descriptor, and root's connection
+/// was refused ("peer credentials unavailable: Too many open files").
+#[test]
+fn launches_waiting_to_fork_hold_at_most_their_uid_s_share_of_descriptors() {
+    if no_fuse() {
+        return;
+    }
+    let alice = user(ALICE);
+    let b = Broker::start_with_files(
+        &format!(
+            r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+"#,
+            uid = alice.uid
+        ),
+        OLD_UNIT_FILES,
+    );
+    let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200)) as u64;
+    let mnt = b.dir().path().join("hung");
+    let holder = hung_fuse_holder(&mnt, alice.uid);
+    let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
+    // The first under the share (192 of 1024 files) by itself; then smaller ones, to take
+    // what is left.
+    let openings = [180, 20, 1].map(|passed| {
+        let mut req = raw::exec_request("alice", &[b"prog"]);
+        req.program = Some(serde_bytes::ByteBuf::from(program.as_bytes().to_vec()));
+        req.fds = (0..passed)
+            .map(|target| ctx_protocol::FdSlot {
+                target,
+                source: ctx_protocol::FdSource::Passed,
+            })
+            .collect();
+        let opening = raw::opening(&Request::Exec(req));
+        let hex: String = opening.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{passed}:{hex}")
+    });
+    let sampler = Sampler::start(b.pid());
+    let child = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", MANY_LAUNCHES])
+        .arg(b.socket())
+        .args(["150", "120"])
+        .args(&openings)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the attacker");
+    let mut attacker = Attacker(child);
+    let out = attacker.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let line = |what| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the attacker says {what} in time"))
+    };
+    assert_eq!(line("its launches are sent"), "stalled");
+    let open = line("how many run");
+    let root = RootExec::start(&b, "alice");
+    let Served { ok: served, took } = root.wait();
+    let (_, peak) = sampler.finish();
+    eprintln!(
+        "{open} still running: broker peak {peak} fds (baseline {baseline}); root's launch \
+         served: {served} in {took:?}"
+    );
+    // Ending the holder aborts the FUSE connection: every stuck fork returns.
+    drop(holder);
+    drop(attacker);
+    assert!(
+        served,
+        "root's ctx exec was not served in {took:?} while {ALICE}'s launches waited to fork \
+         ({open}; broker peak {peak} of {OLD_UNIT_FILES} files)"
+    );
+    // Its share, what one more handshake may bring, and a few per connection and fork.
+    let share = (OLD_UNIT_FILES - 256) / 4;
+    assert!(
+        peak < baseline + share + 100,
+        "{ALICE}'s launches made the broker hold {peak} descriptors (baseline {baseline})"
+    );
+    let fds = raw::settle_fds(b.pid(), baseline as usize, Duration::from_secs(10)) as u64;
+    assert!(
+        fds <= baseline,
+        "the broker holds {fds} descriptors once the launches are gone (baseline {baseline})"
+    );
+}

@@ -1,7 +1,8 @@
-//! What one uid can make the broker hold: its connections, and the bytes and descriptors
-//! of its unfinished handshakes (sent before anything about the peer is authorised).
-//! Counted from `SO_PEERCRED` at accept and given back when the connection's [`Admission`]
-//! drops. Root (uid 0) outside every context is never counted nor refused: whatever the
+//! What one uid can make the broker hold: its connections, the bytes and descriptors of
+//! its unfinished handshakes (sent before anything about the peer is authorised), and the
+//! descriptors its requests passed, until they are closed ([`Closing`]). Counted from
+//! `SO_PEERCRED` at accept and given back when the connection's [`Admission`] (or the
+//! descriptors' charge) drops. Root (uid 0) outside every context is never counted nor refused: whatever the
 //! other uids do, memory and descriptors stay for it. A process of a uid-0 context is
 //! counted as uid 0 (only such processes are, then): it is root the broker never trusted.
 
@@ -34,6 +35,9 @@ pub const HANDSHAKE_BYTES_PER_UID: usize = 16 * 1024 * 1024;
 /// may enter some context ([`Admission::entitle`]) is not held to it: a launch passes
 /// every inheritable descriptor of its caller (a server's thousand sockets), so its uid's
 /// handshakes may hold one [`ENTITLED_SHARE`]th of the descriptors not reserved for root.
+/// Either bound also holds what the uid's requests past their handshake still hold: a
+/// launch keeps its caller's descriptors until its fork, which a path the caller chose can
+/// hold up (see [`FORKS_PER_UID`]), and its uid would otherwise pass more with each launch.
 pub const HANDSHAKE_FDS_PER_UID: usize = 3 * HANDSHAKING_PER_UID as usize;
 /// One uid allowed into a context may hold this fraction of the broker's descriptors not
 /// reserved for root in its unfinished handshakes: the others keep the rest.
@@ -218,6 +222,9 @@ struct PerUid {
     entitled_fds: usize,
     /// Sent by it and waiting to be closed (see `closer`).
     closing: usize,
+    /// Received in the handshakes of its requests that are past them, until closed: a
+    /// launch holds its caller's until its fork, which a path the caller chose can hold up.
+    passed: usize,
 }
 
 /// One admitted connection's share of its uid's counts, given back on drop.
@@ -394,13 +401,17 @@ impl Admissions {
     }
 }
 
-/// Descriptors of one uid waiting for a closer thread (or stuck in their close): counted
-/// against the broker's descriptors not reserved for root, and against the uid, whose
-/// new connections are refused while it has too many ([`Admission::check_closing`]).
+/// Descriptors of one uid waiting for a closer thread (or stuck in their close), or those
+/// its request passed, from its handshake's end until they are closed: counted against
+/// the broker's descriptors not reserved for root, and against the uid's share, which its
+/// new handshakes then have less of. The first kind also refuses the uid's new connections
+/// while it has too many ([`Admission::check_closing`]).
 pub struct Closing {
     admissions: Arc<Admissions>,
     uid: u32,
     n: usize,
+    /// Counted in the uid's `passed`, not its `closing`.
+    passed: bool,
 }
 
 impl Drop for Closing {
@@ -408,7 +419,11 @@ impl Drop for Closing {
         let mut counts = self.admissions.lock();
         counts.fds -= self.n as u64;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
-            entry.closing -= self.n;
+            if self.passed {
+                entry.passed -= self.n;
+            } else {
+                entry.closing -= self.n;
+            }
             if *entry == PerUid::default() {
                 counts.per_uid.remove(&self.uid);
             }
@@ -438,6 +453,7 @@ impl Charger {
             admissions: self.admissions.clone(),
             uid: self.uid,
             n,
+            passed: false,
         }
     }
 }
@@ -512,11 +528,13 @@ impl Admission {
             .saturating_sub(counts.fds) as usize;
         let entry = counts.per_uid.get(&self.uid).copied().unwrap_or_default();
         // Descriptors of the uid's still being closed count too: a uid whose closes are
-        // slow (or stuck) must not make the broker hold more meanwhile.
+        // slow (or stuck) must not make the broker hold more meanwhile; so do those its
+        // launches hold until their forks, which it can make wait.
+        let others = entry.closing + entry.passed;
         let own = if self.entitled {
-            entitled_cap(limit).saturating_sub(entry.entitled_fds + entry.closing)
+            entitled_cap(limit).saturating_sub(entry.entitled_fds + others)
         } else {
-            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds + entry.closing)
+            HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds + others)
         };
         global.min(own)
     }
@@ -546,7 +564,7 @@ impl Admission {
         };
         let (uid, entitled) = (self.uid, self.entitled);
         let entry = counts.per_uid.entry(uid).or_default();
-        let closing = entry.closing;
+        let others = entry.closing + entry.passed;
         let new_bytes = (entry.bytes - self.bytes)
             .checked_add(bytes)
             .filter(|&b| b <= HANDSHAKE_BYTES_PER_UID)
@@ -563,9 +581,10 @@ impl Admission {
         } else {
             (&mut entry.fds, HANDSHAKE_FDS_PER_UID, OverBudget::Fds(uid))
         };
-        // Growing, the uid's descriptors still being closed count too (see `fd_room`).
+        // Growing, the uid's descriptors still being closed or held by its launches count
+        // too (see `fd_room`).
         let room = if fds > self.fds {
-            cap.saturating_sub(closing)
+            cap.saturating_sub(others)
         } else {
             cap
         };
@@ -629,34 +648,48 @@ impl Admission {
         self.admissions.handshake_turns(self.uid).notify_one();
     }
 
-    /// The peer is past its handshake: what it buffered is its request, being served.
-    pub fn handshake_done(&mut self) {
+    /// The peer is past its handshake: what it buffered is its request, being served. The
+    /// descriptors it received stay counted against its uid until the returned charge
+    /// drops (once they are closed); `None` for the operator, and when none were received.
+    #[must_use = "the descriptors received stay counted until the charge drops"]
+    pub fn handshake_done(&mut self) -> Option<Closing> {
         if !self.handshaking {
-            return;
+            return None;
         }
         // After the count below is down: the woken connection finds the turn free.
         let turns = (!self.exempt).then(|| self.admissions.handshake_turns(self.uid));
-        self.release_turn();
+        let passed = self.release_turn();
         if let Some(turns) = turns {
             turns.notify_one();
         }
+        passed
     }
 
-    fn release_turn(&mut self) {
+    /// Gives back the handshake's turn and budget, and charges the descriptors it holds as
+    /// passed, under the same lock: no other handshake of the uid takes their room between.
+    fn release_turn(&mut self) -> Option<Closing> {
+        let passed = self.fds;
         let mut counts = self.admissions.lock();
-        counts.fds -= self.fds as u64;
-        let entitled = self.entitled;
         let entry = counts.per_uid.entry(self.uid).or_default();
         entry.handshaking -= 1;
         entry.bytes -= self.bytes;
-        if entitled {
-            entry.entitled_fds -= self.fds;
+        if self.entitled {
+            entry.entitled_fds -= passed;
         } else {
-            entry.fds -= self.fds;
+            entry.fds -= passed;
         }
+        // They stay in the broker's count (`fds`); only what they are counted as changes.
+        entry.passed += passed;
+        drop(counts);
         self.handshaking = false;
         self.bytes = 0;
         self.fds = 0;
+        (passed > 0).then(|| Closing {
+            admissions: self.admissions.clone(),
+            uid: self.uid,
+            n: passed,
+            passed: true,
+        })
     }
 }
 
@@ -665,7 +698,8 @@ impl Drop for Admission {
         if self.exempt {
             return;
         }
-        self.handshake_done();
+        // Its connection, closing, charges what it still holds anew.
+        drop(self.handshake_done());
         let mut counts = self.admissions.lock();
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
@@ -964,7 +998,7 @@ mod tests {
         drop(other);
         // A finished handshake hands its turn on; the finished one still counts as a
         // connection.
-        held[0].handshake_done();
+        assert!(held[0].handshake_done().is_none());
         tokio::time::timeout(Duration::from_secs(5), next.handshake_turn())
             .await
             .expect("a turn once a handshake ended");
@@ -974,7 +1008,7 @@ mod tests {
         );
         // A turn given back while its connection waits for bytes goes to a waiter.
         let mut silent = a.admit(1000, false, true).expect("admitted, to wait");
-        held[2].handshake_done();
+        assert!(held[2].handshake_done().is_none());
         silent.handshake_turn().await;
         let mut behind = a.admit(1000, false, true).expect("admitted, to wait");
         silent.step_back();
@@ -986,7 +1020,7 @@ mod tests {
         // A connection that took a turn and closes hands it on.
         let mut third = a.admit(1000, false, true).expect("admitted, to wait");
         let mut fourth = a.admit(1000, false, true).expect("admitted, to wait");
-        held[1].handshake_done();
+        assert!(held[1].handshake_done().is_none());
         drop(tokio::time::timeout(Duration::ZERO, third.handshake_turn()).await);
         drop(third);
         tokio::time::timeout(Duration::from_secs(5), fourth.handshake_turn())
@@ -1008,7 +1042,7 @@ mod tests {
         let held: Vec<Admission> = (0..CONNECTIONS_PER_UID)
             .map(|_| {
                 let mut c = a.admit(1000, false, false).expect("under the cap");
-                c.handshake_done();
+                assert!(c.handshake_done().is_none());
                 c
             })
             .collect();
@@ -1033,11 +1067,15 @@ mod tests {
         two.hold(4 * 1024 * 1024, HANDSHAKE_FDS_PER_UID - 3)
             .unwrap();
         assert_eq!(one.hold(100, 4), Err(OverBudget::Fds(1000)));
-        // After the handshake nothing is budgeted.
-        two.handshake_done();
+        // After the handshake its bytes are not budgeted, but the descriptors it received
+        // count until they are closed (the charge drops).
+        let passed = two.handshake_done().expect("descriptors received");
+        one.hold(HANDSHAKE_BYTES_PER_UID, 3).unwrap();
+        assert_eq!(one.hold(100, 4), Err(OverBudget::Fds(1000)));
+        two.hold(usize::MAX, usize::MAX).unwrap();
+        drop(passed);
         one.hold(HANDSHAKE_BYTES_PER_UID, HANDSHAKE_FDS_PER_UID)
             .unwrap();
-        two.hold(usize::MAX, usize::MAX).unwrap();
         drop((one, two));
         assert_eq!(a.held(1000), None);
         assert_eq!(a.lock().fds, 0);
@@ -1098,11 +1136,56 @@ mod tests {
         other.entitle();
         assert_eq!(other.fd_room(), cap);
         other.hold(10, cap).unwrap();
-        // Past the handshake nothing is kept, so nothing is bounded.
-        one.handshake_done();
+        // Past the handshake nothing more is received, so nothing is bounded; but what it
+        // received still takes its uid's share until it is closed.
+        let passed = one.handshake_done().expect("descriptors received");
         assert_eq!(one.fd_room(), usize::MAX);
-        drop((one, two, other));
+        drop(two);
+        let mut three = a.admit(1000, false, false).unwrap();
+        three.entitle();
+        assert_eq!(three.fd_room(), 5);
+        drop(passed);
+        assert_eq!(three.fd_room(), cap);
+        drop((one, three, other));
         assert_eq!(a.held(1000), None);
         assert_eq!(a.lock().fds, 0);
+    }
+
+    /// A launch's descriptors count against its uid from its handshake until they are
+    /// closed, whenever its connection ends; then nothing of them is counted.
+    #[test]
+    fn descriptors_passed_count_until_closed() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let a = Arc::new(Admissions::default());
+        let mut launch = a.admit(1000, false, false).unwrap();
+        launch.entitle();
+        let fds: Vec<OwnedFd> = (0..3)
+            .map(|_| {
+                let mut p = [0; 2];
+                // SAFETY: pipe2 fills the array it is given.
+                assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+                // SAFETY: new descriptors, owned here; the write ends are closed at once.
+                unsafe {
+                    drop(OwnedFd::from_raw_fd(p[1]));
+                    OwnedFd::from_raw_fd(p[0])
+                }
+            })
+            .collect();
+        launch.hold(100, fds.len()).unwrap();
+        let charge = launch.handshake_done();
+        let passed = super::super::closer::PeerFds::charged(fds, Some(1000), charge);
+        assert_eq!(a.lock().per_uid[&1000].passed, 3);
+        assert_eq!(a.lock().fds, FDS_PER_CONNECTION + 3);
+        // The connection may end first (a launch dropped before its fork).
+        drop(launch);
+        assert_eq!(a.lock().fds, 3);
+        drop(passed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while a.lock().fds > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(a.lock().fds, 0);
+        assert_eq!(a.held(1000), None);
+        assert!(a.lock().per_uid.is_empty());
     }
 }

@@ -124,15 +124,28 @@ pub fn close_from(fds: Vec<OwnedFd>, charger: Option<&Charger>) {
     close(fds, charger.map(Charger::uid), charge);
 }
 
-/// Descriptors a peer sent, closed on a closer thread when dropped.
+/// Descriptors a peer sent, closed on a closer thread when dropped, and counted against
+/// its uid until then.
 pub struct PeerFds {
     fds: Vec<OwnedFd>,
-    charger: Option<Charger>,
+    /// The uid they came from; `None` for the operator.
+    owner: Option<u32>,
+    charge: Option<Closing>,
 }
 
 impl PeerFds {
-    pub fn new(fds: Vec<OwnedFd>, charger: Option<Charger>) -> PeerFds {
-        PeerFds { fds, charger }
+    /// Descriptors charged to the peer `charger` charges (`None`: the operator) from now on.
+    pub fn new(fds: Vec<OwnedFd>, charger: Option<&Charger>) -> PeerFds {
+        let charge = charger
+            .filter(|_| !fds.is_empty())
+            .map(|c| c.charge(fds.len()));
+        PeerFds::charged(fds, charger.map(Charger::uid), charge)
+    }
+
+    /// Descriptors from the peer of uid `owner`, already counted by `charge`, which is
+    /// given back once they are closed.
+    pub fn charged(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) -> PeerFds {
+        PeerFds { fds, owner, charge }
     }
 }
 
@@ -145,7 +158,12 @@ impl std::ops::Deref for PeerFds {
 
 impl Drop for PeerFds {
     fn drop(&mut self) {
-        close_from(std::mem::take(&mut self.fds), self.charger.as_ref());
+        // With none, the charge (if any) is given back here, at once.
+        close(
+            std::mem::take(&mut self.fds),
+            self.owner,
+            self.charge.take(),
+        );
     }
 }
 

@@ -40,7 +40,11 @@ pub struct Conn {
     /// Receive scratch, on the heap: on the stack it would sit in every read future, which
     /// is created per relay-loop turn and moved into the connection's task.
     chunk: Box<[u8]>,
+    /// Received in the handshake, and counted against its budget.
     fds: Vec<OwnedFd>,
+    /// Those, once the handshake is over: still counted against the peer's uid, until
+    /// they are closed.
+    passed: Option<PeerFds>,
     /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
     /// not each grow a fresh `Vec` from nothing.
     out: Vec<u8>,
@@ -70,6 +74,7 @@ impl Conn {
             buf: Vec::with_capacity(4096),
             chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             fds: Vec::new(),
+            passed: None,
             out: Vec::new(),
             held: Vec::new(),
             max_frame: ctx_protocol::frame::MAX_FRAME,
@@ -105,7 +110,10 @@ impl Conn {
     }
 
     pub fn handshake_done(&mut self) {
-        self.admission.handshake_done();
+        let charge = self.admission.handshake_done();
+        let owner = self.charger.as_ref().map(Charger::uid);
+        let fds = std::mem::take(&mut self.fds);
+        self.passed = Some(PeerFds::charged(fds, owner, charge));
         self.buf.shrink_to(4096);
         self.max_frame = AFTER_HANDSHAKE_FRAME;
         self.after_handshake = true;
@@ -198,14 +206,16 @@ impl Conn {
         }
     }
 
-    /// Descriptors received so far, in arrival order; closed on a closer thread when
-    /// dropped.
+    /// Descriptors received in the handshake, in arrival order; closed on a closer thread
+    /// when dropped.
     pub fn take_fds(&mut self) -> PeerFds {
-        PeerFds::new(std::mem::take(&mut self.fds), self.charger.clone())
+        self.passed
+            .take()
+            .unwrap_or_else(|| PeerFds::new(std::mem::take(&mut self.fds), self.charger.as_ref()))
     }
 
     pub fn pending_fds(&self) -> usize {
-        self.fds.len()
+        self.fds.len() + self.passed.as_ref().map_or(0, |p| p.len())
     }
 
     pub async fn send(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {
