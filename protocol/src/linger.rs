@@ -15,9 +15,13 @@ use crate::frame::{self, FRAME_HEADER};
 use crate::terminal::{write_all, Output};
 use crate::{reply_tag, Reply, TermModes};
 
-/// A buffer the relay can read every frame the broker sends it into: an `Output` of the
-/// broker's largest batch, with room for its encoding and a partial frame behind it.
+/// The most output the broker sends in one frame once the program has ended.
+pub const LINGER_OUTPUT: usize = 64 * 1024;
+
+/// A buffer the relay can read every frame the broker sends it into: an `Output` of
+/// [`LINGER_OUTPUT`], with room for its encoding and a partial frame behind it.
 pub const RELAY_BUFFER: usize = 192 * 1024;
+const _: () = assert!(RELAY_BUFFER >= 2 * (LINGER_OUTPUT + 64));
 
 /// How long the client waits, after `Exited`, for `Lingering` or the end of the stream (a
 /// broker sends either right after `Exited`; this only bounds a stuck one).

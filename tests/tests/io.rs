@@ -309,6 +309,48 @@ fn exec_t_exit_code_comes_back() {
     assert_eq!(code, Some(3), "terminal showed {out:?}");
 }
 
+/// A program that writes faster than the relay forwards (its output is gathered into
+/// larger frames) and then, after a pause, a last line: every byte arrives, in order, the
+/// last line after the rest.
+#[test]
+fn exec_t_relays_a_fast_writers_output_whole_and_in_order() {
+    let b = Broker::start(&standard_config());
+    let lines = 300_000;
+    let program = format!(
+        "import sys, time\n\
+         sys.stdout.write(''.join(f'{{i:08d}}\\n' for i in range({lines})))\n\
+         sys.stdout.flush()\n\
+         time.sleep(0.3)\n\
+         print('tail')"
+    );
+    let (code, out, _) = run_on_pty(
+        &b,
+        24,
+        80,
+        &[
+            "exec",
+            "-t",
+            "--context",
+            "alice",
+            "--",
+            "python3",
+            "-c",
+            &program,
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(0));
+    let got = out.replace('\r', "");
+    let want: String = (0..lines).map(|i| format!("{i:08}\n")).collect::<String>() + "tail\n";
+    assert!(
+        got == want,
+        "{} bytes arrived of {}; first difference at byte {:?}",
+        got.len(),
+        want.len(),
+        got.bytes().zip(want.bytes()).position(|(a, b)| a != b)
+    );
+}
+
 #[test]
 fn exec_t_relays_input() {
     let b = Broker::start(&standard_config());

@@ -39,8 +39,17 @@ const STAND_IN_SETTLE: Duration = Duration::from_millis(10);
 /// Largest `Output` frame. A PTY master returns at most one line-discipline buffer (about
 /// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
 /// sends it as one frame, so a fast writer costs one frame and one client wake-up per
-/// 64 KiB instead of per 4 KiB.
-const PTY_BATCH: usize = 64 * 1024;
+/// batch instead of per 4 KiB.
+const PTY_BATCH: usize = 256 * 1024;
+
+/// A read of the master that gathers this much found a writer faster than the relay: its
+/// bytes wait for more (at most [`COALESCE_WAIT`]) instead of going out as a frame of their
+/// own, since a master drains to empty after a few reads however fast its writer is.
+const COALESCE_FROM: usize = 16 * 1024;
+
+/// How long output of a fast writer waits for more before it is sent anyway: far below
+/// what a person at a terminal can see.
+const COALESCE_WAIT: Duration = Duration::from_millis(2);
 
 /// Typed or pasted input held for a PTY program that is not reading it. Past this, the
 /// caller's frames stay unread in the socket (and the caller stops sending) until the
@@ -174,6 +183,10 @@ impl Relay<'_> {
         // readable: it rests a moment between reads instead of spinning, without holding up
         // the loop (the exit, typically, comes right after).
         let mut master_rests: Option<tokio::time::Instant> = None;
+        // Output of a fast writer read but not yet sent (`out[..held]`), and when it goes
+        // out at the latest. Anything else sent to the client sends it first.
+        let mut held = 0usize;
+        let mut flush_at: Option<tokio::time::Instant> = None;
         // Signals to the parent not yet taken by a client that is not reading (stopped, or
         // hostile): kept as a set, as the kernel keeps pending signals, so a flood neither
         // grows anything nor holds up this loop (the timeout, the shutdown).
@@ -197,6 +210,17 @@ impl Relay<'_> {
                 .await
             };
         }
+        // Sends the held output first: whatever is sent next was seen after it was written.
+        macro_rules! flush_held {
+            () => {{
+                flush_at = None;
+                let n = std::mem::take(&mut held);
+                if n > 0 && client_alive && send!(&Reply::Output(out[..n].into())).is_err() {
+                    client_alive = false;
+                    kill_group(pid, libc::SIGKILL);
+                }
+            }};
+        }
         let status = loop {
             tokio::select! {
                 exited = wait_exit(pidfd) => break exited,
@@ -208,7 +232,8 @@ impl Relay<'_> {
                 }
                 Some(signal) = parent_signals.recv(), if client_alive => {
                     parent_pending |= signal_bit(signal);
-                    if flush_parent_signals(conn, &mut parent_pending).is_err() {
+                    flush_held!();
+                    if client_alive && flush_parent_signals(conn, &mut parent_pending).is_err() {
                         client_alive = false;
                         kill_group(pid, libc::SIGKILL);
                     }
@@ -243,7 +268,8 @@ impl Relay<'_> {
                                 Some(at) => {
                                     input.extend(&bytes[..at]);
                                     kill_group(pid, libc::SIGSTOP);
-                                    if send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
+                                    flush_held!();
+                                    if client_alive && send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
                                         client_alive = false;
                                         kill_group(pid, libc::SIGKILL);
                                     }
@@ -258,7 +284,8 @@ impl Relay<'_> {
                                 mirroring = true;
                                 if let Some(m) = &master {
                                     if let Some(next) = mirror_caller(m.get_ref(), &mut mirror, launch_modes, caller) {
-                                        if send!(&Reply::Modes(next)).is_err() {
+                                        flush_held!();
+                                        if client_alive && send!(&Reply::Modes(next)).is_err() {
                                             client_alive = false;
                                             kill_group(pid, libc::SIGKILL);
                                         }
@@ -281,7 +308,7 @@ impl Relay<'_> {
                 ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
                     if let Ok(mut guard) = ready {
                         let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
-                        let (n, more) = read_batch(fd, &mut out);
+                        let (n, more) = read_batch(fd, &mut out[held..]);
                         if !more {
                             // Drained to EAGAIN: let the reactor wait for the next bytes.
                             guard.clear_ready();
@@ -289,23 +316,37 @@ impl Relay<'_> {
                         if n > 0 && client_alive {
                             // A mode the program set before writing (getpass turns echo off,
                             // then prompts) reaches the client before the bytes, which it
-                            // writes under them.
+                            // writes under them; bytes held from earlier reads go out first.
                             if mirror.is_none() {
                                 mirror = pty_modes.map(|m| Mirror { caller: m, pty: m });
                             }
                             let now = pty::modes(master.as_ref().unwrap().get_ref());
                             if let Some(changed) = mirror_program(&mut mirror, now) {
-                                if send!(&Reply::Modes(changed)).is_err() {
+                                if held > 0 {
+                                    let earlier = std::mem::take(&mut held);
+                                    flush_at = None;
+                                    if send!(&Reply::Output(out[..earlier].into())).is_err() {
+                                        client_alive = false;
+                                        kill_group(pid, libc::SIGKILL);
+                                    }
+                                    out.copy_within(earlier..earlier + n, 0);
+                                }
+                                if client_alive && send!(&Reply::Modes(changed)).is_err() {
                                     client_alive = false;
                                     kill_group(pid, libc::SIGKILL);
                                 }
                             }
                         }
-                        if n > 0 && client_alive {
-                            if send!(&Reply::Output(out[..n].into())).is_err() {
-                                client_alive = false;
-                                kill_group(pid, libc::SIGKILL);
-                            }
+                        let total = held + n;
+                        let fast = n >= COALESCE_FROM || held > 0;
+                        if n == 0 && !more {
+                            // Nothing new: held output waits for its time.
+                        } else if client_alive && !more && fast && total < out.len() {
+                            held = total;
+                            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE_WAIT);
+                        } else if total > 0 && client_alive {
+                            held = total;
+                            flush_held!();
                         } else if n == 0 && more {
                             master_rests = Some(tokio::time::Instant::now() + MASTER_REST);
                         }
@@ -329,11 +370,15 @@ impl Relay<'_> {
                 _ = async { mode_tick.as_mut().unwrap().tick().await }, if mirroring && client_alive => {
                     let now = pty::modes(master.as_ref().unwrap().get_ref());
                     if let Some(changed) = mirror_program(&mut mirror, now) {
-                        if send!(&Reply::Modes(changed)).is_err() {
+                        flush_held!();
+                        if client_alive && send!(&Reply::Modes(changed)).is_err() {
                             client_alive = false;
                             kill_group(pid, libc::SIGKILL);
                         }
                     }
+                }
+                _ = async { tokio::time::sleep_until(flush_at.unwrap()).await }, if flush_at.is_some() => {
+                    flush_held!();
                 }
                 _ = tokio::time::sleep_until(deadline), if !timed_out && timeout.is_some() => {
                     timed_out = true;
@@ -357,6 +402,16 @@ impl Relay<'_> {
         if !client_alive {
             // No one is left to see the rest of the group.
             kill_group(pid, libc::SIGKILL);
+        }
+        // Output held back is older than anything still to come.
+        if held > 0 && client_alive {
+            let reply = Reply::Output(out[..held].into());
+            if !sent(
+                conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                    .await,
+            ) {
+                client_alive = false;
+            }
         }
         // A signal sent to the parent just before the end reaches the caller before the
         // status, as it would locally; later ones find no parent.
@@ -522,7 +577,8 @@ pub(super) async fn linger(
     let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
     let deadline = tokio::time::sleep_until(deadline.unwrap_or(far));
     tokio::pin!(deadline);
-    let mut out = vec![0u8; PTY_BATCH];
+    // Read after `Exited` by the client's detached relay, whose buffer is sized for it.
+    let mut out = vec![0u8; ctx_protocol::linger::LINGER_OUTPUT];
     // The client has the modes as they are now: `run` sent the last change.
     let mut modes = pty::modes(master.get_ref());
     let fd = master.get_ref().as_raw_fd();
