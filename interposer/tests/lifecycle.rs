@@ -276,10 +276,20 @@ try:
     os.posix_spawn("./noexec", ["x"], os.environ)
 except PermissionError:
     print("EACCES")
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+for kw in [{}, {"setsigmask": {signal.SIGUSR1}}]:
+    sys.stdout.flush()
+    fa = [(os.POSIX_SPAWN_DUP2, 1, 1)]
+    argv = ["grep", "SigBlk", "/proc/self/status"]
+    os.waitpid(os.posix_spawnp("grep", argv, os.environ, file_actions=fa, **kw), 0)
 "#;
         std::fs::write(b.dir.join("noexec"), "true\n").unwrap();
         let o = ctx_run_unreachable(&b, Some("local"), &[py, "-c", script]);
-        assert_eq!(stdout(&o), format!("{me}\n4\n15\n5\n{me}\nEACCES\n"));
+        // The shim that became the program (file actions) gave it the program's mask, not
+        // the relay's.
+        let masks = "SigBlk:\t0000000000000800\nSigBlk:\t0000000000000200\n";
+        assert_eq!(stdout(&o), format!("{me}\n4\n15\n5\n{me}\nEACCES\n{masks}"));
         assert!(o.status.success());
         let o = ctx_run_unreachable(
             &b,

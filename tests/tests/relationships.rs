@@ -63,8 +63,10 @@ fn both(b: &Broker, context: &str, script: &str, args: &[&str]) -> (Output, Outp
 
 /// Starts `sh` running a background `sleep` (the grandchild), terminates `sh` with
 /// `Popen.terminate()` (with the argument `posix_spawn`: started by `os.posix_spawn`,
-/// ended by `os.kill`), and says whether the grandchild is still alive 1.5 s later (after
-/// anything the broker does at its launch's end) and whose it is.
+/// ended by `os.kill`; with `closefrom`: the same with file actions that close every
+/// descriptor above stderr, as Python 3.13's `subprocess` spawns with
+/// `POSIX_SPAWN_CLOSEFROM`), and says whether the grandchild is still alive 1.5 s later
+/// (after anything the broker does at its launch's end) and whose it is.
 const TERMINATE: &str = r#"
 import os, signal, subprocess, sys, time
 def alive(pid):
@@ -77,6 +79,16 @@ if sys.argv[1:] == ["posix_spawn"]:
     r, w = os.pipe()
     os.set_inheritable(w, True)
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", f"sleep 1000 & echo $! >&{w}; wait"], os.environ)
+    os.close(w)
+    grandchild = int(os.fdopen(r).readline())
+    uid = os.stat(f"/proc/{grandchild}").st_uid
+    os.kill(pid, signal.SIGTERM)
+    rc = -os.WTERMSIG(os.waitpid(pid, 0)[1])
+elif sys.argv[1:] == ["closefrom"]:
+    r, w = os.pipe()
+    top = min(os.sysconf("SC_OPEN_MAX"), 1024)
+    actions = [(os.POSIX_SPAWN_DUP2, w, 1)] + [(os.POSIX_SPAWN_CLOSE, fd) for fd in range(3, top)]
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 1000 & echo $!; wait"], os.environ, file_actions=actions)
     os.close(w)
     grandchild = int(os.fdopen(r).readline())
     uid = os.stat(f"/proc/{grandchild}").st_uid
@@ -102,7 +114,7 @@ print("grandchild-uid", uid)
 #[test]
 fn terminate_reaches_the_child_and_not_its_children() {
     let b = broker();
-    for args in [&[][..], &["posix_spawn"]] {
+    for args in [&[][..], &["posix_spawn"], &["closefrom"]] {
         let (l, r) = both(&b, "alice", TERMINATE, args);
         let verdict = "rc -15 grandchild-survived True\n";
         assert_eq!(l.ok(), format!("{verdict}grandchild-uid 0\n"), "{args:?}");
@@ -132,20 +144,81 @@ fn a_kill_of_a_posix_spawned_child_before_its_shim_has_started_reaches_the_child
     before_the_shim_has_started(&["posix_spawn"]);
 }
 
+/// The same with file actions that close the hook's report pipe (as Python 3.13's
+/// `subprocess` closes every descriptor above stderr): `posix_spawn` returns at the shim's
+/// start, before it has even sent the launch, so the caller's `kill` may land while the
+/// broker already runs the program and the shim has not blocked the relay's signals yet.
+/// A shim held up in that stretch (each of its `close` calls delayed, the one after the
+/// broker's verdict among them) was killed, and its end took the grandchild.
+#[test]
+fn a_kill_of_a_child_spawned_without_the_report_pipe_reaches_the_child_alone() {
+    let dir = TempDir::new();
+    let source = dir.file("wrapper.c", SLOW_CLOSE_WRAPPER.as_bytes(), 0o644);
+    let out = run(Command::new("cc")
+        .arg(format!("-DREAL=\"{}\"", bin("ctx-shim").display()))
+        .arg("-o")
+        .arg(dir.path().join("ctx-shim"))
+        .arg(&source));
+    assert_eq!(out.code(), 0, "cc: {}", out.show());
+    terminate_through(&dir, &["closefrom"]);
+}
+
+/// Runs the real shim (the same pid, its argv[0] kept) under `strace -p`, every `close`
+/// it makes held up 300 ms on its way back: the shim descheduled between its steps.
+const SLOW_CLOSE_WRAPPER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", getpid());
+    if (fork() == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0); dup2(null, 1); dup2(null, 2);
+        execlp("strace", "strace", "-qq", "-o", "/dev/null", "-e", "trace=close",
+               "-e", "inject=close:delay_exit=300000", "-p", pid, (char *)0);
+        _exit(127);
+    }
+    for (int i = 0; i < 5000; i++) {
+        char buf[4096];
+        int fd = open("/proc/self/status", O_RDONLY);
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        buf[n > 0 ? n : 0] = 0;
+        char *t = strstr(buf, "TracerPid:");
+        if (t && atoi(t + 10) != 0) {
+            execv(REAL, argv);
+            return 125;
+        }
+        usleep(1000);
+    }
+    return 125;
+}
+"#;
+
 /// Runs [`TERMINATE`] with `args` and every launch routed to `alice` through a shim that
 /// starts slowly (a wrapper that sleeps, then execs the real one, beside a copy of the
 /// library): the window a loaded machine leaves, made wide.
 fn before_the_shim_has_started(args: &[&str]) {
-    let b = broker();
     let dir = TempDir::new();
-    for lib in ["libctx_interposer.so", "libctx_route.so"] {
-        std::fs::copy(bin(lib), dir.path().join(lib)).unwrap();
-    }
     let wrapper = format!(
         "#!/bin/bash\nsleep 0.5\nexec -a \"$0\" {} \"$@\"\n",
         bin("ctx-shim").display()
     );
     dir.file("ctx-shim", wrapper.as_bytes(), 0o755);
+    terminate_through(&dir, args);
+}
+
+/// Runs [`TERMINATE`] with `args`, every launch routed to `alice` through the `ctx-shim`
+/// in `dir` (beside a copy of the library, which starts the shim beside itself).
+fn terminate_through(dir: &TempDir, args: &[&str]) {
+    let b = broker();
+    for lib in ["libctx_interposer.so", "libctx_route.so"] {
+        std::fs::copy(bin(lib), dir.path().join(lib)).unwrap();
+    }
     let out = run(Command::new(PYTHON)
         .args(["-c", TERMINATE])
         .args(args)

@@ -91,6 +91,16 @@ fn first_on_path(file: &[u8], path: &[u8]) -> Option<Vec<u8>> {
 }
 
 pub fn run(a: &[&[u8]]) -> ! {
+    // First, before this process changes anything: glibc applied the caller's attributes
+    // (signal mask, default signals), so what this process holds is what the program
+    // would have inherited.
+    let mut inherited = ctx_protocol::Captured::read();
+    // Then the relay's signals wait for its signalfd, from here rather than from the
+    // verdict: file actions that close the report pipe (Python 3.13's `subprocess` closes
+    // every descriptor above stderr) let posix_spawn return at this process's start, and
+    // a `kill` of that pid while the broker already runs the program would otherwise kill
+    // this process and, with it, the routed group.
+    let program_mask = ending::block_forwarded();
     // Spawned by the caller, which launched the program.
     // SAFETY: plain getter.
     let launcher = unsafe { libc::getppid() };
@@ -140,10 +150,6 @@ pub fn run(a: &[&[u8]]) -> ! {
         std::process::exit(exit)
     };
 
-    // First, before this process changes anything: glibc applied the caller's attributes
-    // (signal mask, default signals), so what this process holds is what the program
-    // would have inherited.
-    let mut inherited = ctx_protocol::Captured::read();
     let mut inline = Box::new(InlineFds::new());
     let mut big = None;
     let mut set = match fds::scan_any(&mut inline, &mut big, report_fd) {
@@ -213,6 +219,9 @@ pub fn run(a: &[&[u8]]) -> ! {
             // This process already has what the program would have had (file actions,
             // attributes applied by glibc), so it becomes the program. On success the
             // close-on-exec report pipe closes unreported, which the hook takes as started.
+            // Its mask is the program's again: a signal that arrived meanwhile acts as on
+            // the program at its start (this process installed no handler).
+            ending::restore_mask(&program_mask);
             let errno = exec_locally(program, search_path, argv, envp);
             fail(errno, failed_exit_code(errno))
         }
@@ -242,11 +251,6 @@ pub fn run(a: &[&[u8]]) -> ! {
             fail(libc::EACCES, EXIT_CTX)
         }
     }
-    // The report returns the caller's posix_spawn, after which it may signal this pid at
-    // once: what the relay forwards stays pending until its signalfd reads it, instead of
-    // killing this process and with it the routed group. (The program's mask went with
-    // the launch.)
-    let _ = ending::block_forwarded();
     conn::clear_timeout(sock);
     if report_fd >= 0 {
         report(report_fd, None);
