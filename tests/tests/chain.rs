@@ -478,3 +478,29 @@ allow = {{ uids = [0], contexts = ["platform"] }}
     let out = b.exec("platform", &["sh", "-c", "id -u"]);
     assert_eq!(out.ok(), format!("{}\n", user(BOB).uid));
 }
+
+/// A burst of 200 launches under a broker an old unit left at 1024 files (a uid's share
+/// is then 192 descriptors), from a caller holding a few inheritable descriptors (a
+/// build's jobserver pipes), a handful per request. The launches past their handshake
+/// wait for one of their uid's fork turns holding those, and since they count against the
+/// uid's share until the fork (`launches_waiting_to_fork_hold_at_most_their_uid_s_share_of_descriptors`),
+/// the next requests are refused ("unfinished launches would pass the broker more than 192
+/// descriptors") instead of waiting for room; before, they were not counted, and the
+/// broker itself ran out (EMFILE at the fork, the seccomp step, the placing of the
+/// caller's descriptors).
+#[test]
+#[ignore = "fails: unfixed, past its share of descriptors a request is refused, not made to wait"]
+fn a_burst_of_launches_under_a_broker_of_1024_files_all_run() {
+    let b = Broker::start_with_files(&chained_config(), 1024);
+    let (inherited, n) = (3, 200);
+    let script = format!(
+        "import os\n\
+         for _ in range({inherited}): os.set_inheritable(os.open('/dev/null', os.O_RDONLY), True)\n\
+         {BURST}"
+    );
+    let out = b.exec(
+        "platform",
+        &["/usr/bin/python3", "-c", &script, &n.to_string()],
+    );
+    assert_eq!(out.ok(), "0\n", "{}", out.show());
+}

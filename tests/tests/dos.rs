@@ -1612,3 +1612,83 @@ allow = {{ uids = [0, {uid}] }}
         "the broker holds {fds} descriptors once the launches are gone (baseline {baseline})"
     );
 }
+
+/// The descriptors a launch passed count against its uid until they are closed, however
+/// the launch ends: after launches that ran, failed to exec, were refused, ran on a PTY
+/// leaving a job behind, or whose client was killed or signalled, ctx-alice may still
+/// pass a launch of nearly her whole share (192 of a broker of 1024 files).
+#[test]
+fn descriptors_passed_by_ended_launches_no_longer_count() {
+    let alice = user(ALICE);
+    let b = Broker::start_with_files(
+        &format!(
+            r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.closed]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+            uid = alice.uid
+        ),
+        OLD_UNIT_FILES,
+    );
+    let ctx = bin("ctx");
+    let sock = b.socket();
+    let script = format!(
+        "exec 5</dev/null 6</dev/null 7</dev/null\n\
+         C='{ctx} --socket {sock}'\n\
+         for i in $(seq 15); do\n\
+           $C exec --context alice -- /bin/true\n\
+           $C exec --context alice -- /nonexistent 2>/dev/null\n\
+           $C exec --context closed -- /bin/true 2>/dev/null\n\
+           $C exec --context nope -- /bin/true 2>/dev/null\n\
+           script -qec \"$C exec -t --context alice -- sh -c 'echo hi; sleep 0.01 & exit 0'\" /dev/null >/dev/null\n\
+           $C exec --context alice -- sleep 30 & p=$!; sleep 0.05; kill -9 $p\n\
+           $C exec --context alice -- sleep 30 & p=$!; sleep 0.05; kill -TERM $p; wait $p\n\
+         done\n\
+         wait\n\
+         echo done",
+        ctx = ctx.display(),
+        sock = sock.display()
+    );
+    let out = run_with(
+        as_user(ALICE).args(["bash", "-c", &script]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert!(out.ok().ends_with("done\n"), "{}", out.show());
+    thread::sleep(Duration::from_secs(2));
+    // Held open by the program, so that the script reports it as running.
+    let passed = 188;
+    let mut req = raw::exec_request("alice", &[b"sleep", b"5"]);
+    req.fds = (0..passed)
+        .map(|target| ctx_protocol::FdSlot {
+            target,
+            source: ctx_protocol::FdSource::Passed,
+        })
+        .collect();
+    let opening = raw::opening(&Request::Exec(req));
+    let hex: String = opening.iter().map(|b| format!("{b:02x}")).collect();
+    let child = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", MANY_LAUNCHES])
+        .arg(b.socket())
+        .args(["1", "0"])
+        .arg(format!("{passed}:{hex}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the launch");
+    let said = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        said.contains(&format!("1 launches passing {passed} descriptors")),
+        "{said}"
+    );
+}
