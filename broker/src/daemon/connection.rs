@@ -45,8 +45,8 @@ pub struct Conn {
     /// Those, once the handshake is over: still counted against the peer's uid, until
     /// they are closed.
     passed: Option<PeerFds>,
-    /// Encoding buffer for replies, kept so that a PTY relay's 64 KiB `Output` frames do
-    /// not each grow a fresh `Vec` from nothing.
+    /// Encoding buffer for replies, kept so that a PTY relay's `Output` frames (up to
+    /// 128 KiB) do not each grow a fresh `Vec` from nothing.
     out: Vec<u8>,
     /// Encoded replies held back to go out with the next one, in the same write.
     held: Vec<u8>,

@@ -40,7 +40,7 @@ const STAND_IN_SETTLE: Duration = Duration::from_millis(10);
 /// 4 KiB) per read; the relay reads until the master is empty or this much is gathered and
 /// sends it as one frame, so a fast writer costs one frame and one client wake-up per
 /// batch instead of per 4 KiB.
-const PTY_BATCH: usize = 256 * 1024;
+const PTY_BATCH: usize = 128 * 1024;
 
 /// A read of the master that gathers this much found a writer faster than the relay: its
 /// bytes wait for more (at most [`COALESCE_WAIT`]) instead of going out as a frame of their
