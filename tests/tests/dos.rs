@@ -340,6 +340,21 @@ fn a_uid_allowed_into_a_context_holds_at_most_its_share_of_descriptors() {
     );
 }
 
+/// Context `alice`, which root and ctx-alice may enter, then `extra`.
+fn alice_entitled_config(extra: &str) -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+{extra}"#,
+        uid = user(ALICE).uid
+    )
+}
+
 /// Contexts `alice` and `bob`, each allowing its own user: both users may enter one.
 fn both_entitled_config() -> String {
     format!(
@@ -720,6 +735,27 @@ fn as_user(name: &str) -> Command {
 }
 
 impl Attacker {
+    /// The first `n` lines the attacker prints (fewer if it ends first), trimmed; read on a
+    /// thread, so that a test never hangs on an attacker that does.
+    fn report(&mut self, n: usize) -> Vec<String> {
+        let mut out = std::io::BufReader::new(self.0.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for _ in 0..n {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                lines.push(line.trim().to_string());
+            }
+            let _ = tx.send(lines);
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the attacker reports in time")
+    }
+
     /// Waits for the attacker's `stalled` line, which says its descriptors are sent; read
     /// on a thread, so that a test never hangs on an attacker that does.
     fn await_stalled(&mut self) {
@@ -1428,23 +1464,7 @@ allow = {{ uids = [0, {uid}] }}
         .spawn()
         .expect("start the attacker");
     let mut attacker = Attacker(child);
-    let mut out = std::io::BufReader::new(attacker.0.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = Vec::new();
-        for _ in 0..2 {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            lines.push(line.trim().to_string());
-        }
-        let _ = tx.send(lines);
-    });
-    let lines = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the attacker reports in time");
+    let lines = attacker.report(2);
     assert_eq!(lines.first().map(String::as_str), Some("sent"));
     let bytes: Vec<u8> = lines
         .get(1)
@@ -1524,20 +1544,7 @@ fn launches_waiting_to_fork_hold_at_most_their_uid_s_share_of_descriptors() {
         return;
     }
     let alice = user(ALICE);
-    let b = Broker::start_with_files(
-        &format!(
-            r#"[broker]
-socket_mode = "0666"
-
-[contexts.alice]
-user = "{ALICE}"
-cwd = "/"
-allow = {{ uids = [0, {uid}] }}
-"#,
-            uid = alice.uid
-        ),
-        OLD_UNIT_FILES,
-    );
+    let b = Broker::start_with_files(&alice_entitled_config(""), OLD_UNIT_FILES);
     let baseline = raw::settle_fds(b.pid(), 0, Duration::from_millis(200)) as u64;
     let mnt = b.dir().path().join("hung");
     let holder = hung_fuse_holder(&mnt, alice.uid);
@@ -1569,22 +1576,13 @@ allow = {{ uids = [0, {uid}] }}
         .spawn()
         .expect("start the attacker");
     let mut attacker = Attacker(child);
-    let out = attacker.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
-    let line = |what| {
-        rx.recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the attacker says {what} in time"))
-    };
-    assert_eq!(line("its launches are sent"), "stalled");
-    let open = line("how many run");
+    let lines = attacker.report(2);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("stalled"),
+        "its launches are sent"
+    );
+    let open = lines.get(1).cloned().unwrap_or_default();
     let root = RootExec::start(&b, "alice");
     let Served { ok: served, took } = root.wait();
     let (_, peak) = sampler.finish();
@@ -1619,24 +1617,15 @@ allow = {{ uids = [0, {uid}] }}
 /// pass a launch of nearly her whole share (192 of a broker of 1024 files).
 #[test]
 fn descriptors_passed_by_ended_launches_no_longer_count() {
-    let alice = user(ALICE);
     let b = Broker::start_with_files(
-        &format!(
-            r#"[broker]
-socket_mode = "0666"
-
-[contexts.alice]
-user = "{ALICE}"
-cwd = "/"
-allow = {{ uids = [0, {uid}] }}
-
+        &alice_entitled_config(&format!(
+            r#"
 [contexts.closed]
 user = "{ALICE}"
 cwd = "/"
 allow = {{ uids = [0] }}
-"#,
-            uid = alice.uid
-        ),
+"#
+        )),
         OLD_UNIT_FILES,
     );
     let ctx = bin("ctx");

@@ -323,12 +323,8 @@ impl Relay<'_> {
                             let now = pty::modes(master.as_ref().unwrap().get_ref());
                             if let Some(changed) = mirror_program(&mut mirror, now) {
                                 if held > 0 {
-                                    let earlier = std::mem::take(&mut held);
-                                    flush_at = None;
-                                    if send!(&Reply::Output(out[..earlier].into())).is_err() {
-                                        client_alive = false;
-                                        kill_group(pid, libc::SIGKILL);
-                                    }
+                                    let earlier = held;
+                                    flush_held!();
                                     out.copy_within(earlier..earlier + n, 0);
                                 }
                                 if client_alive && send!(&Reply::Modes(changed)).is_err() {
