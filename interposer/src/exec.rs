@@ -389,7 +389,7 @@ pub unsafe fn send(
         // Only a launch over the protocol's frame limit (far above ARG_MAX) gets here.
         return failed(libc::E2BIG);
     };
-    let verdict = conn::exchange(sock, &out[..n], set.passed(), reply);
+    let verdict = conn::exchange(sock, st.socket.bytes_nul(), &out[..n], set.passed(), reply);
     drop(cwd_fd);
     let refused = match verdict {
         Verdict::Started { .. } | Verdict::Accepted => None,

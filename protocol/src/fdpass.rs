@@ -43,6 +43,26 @@ pub fn send_with_fds_patiently(
     send_groups(sock, data, fds, patience_ms)
 }
 
+/// Most payload bytes of a frame sent by [`send_fds_frame`], so most groups of
+/// [`MAX_FDS`] descriptors: about a million descriptors in all, past any `RLIMIT_NOFILE`
+/// a caller can have.
+pub const FD_FRAME_MAX: usize = 4096;
+
+/// Sends `fds` alone, as one frame whose payload is a zero byte per group of [`MAX_FDS`]
+/// (each group rides its own byte): the broker asks for it with `SendDescriptors` once it
+/// has room for them. Waits on `ETOOMANYREFS` as [`send_with_fds_patiently`] does.
+/// `EMFILE` past [`FD_FRAME_MAX`] groups.
+pub fn send_fds_frame(sock: RawFd, fds: &[RawFd], patience_ms: u32) -> io::Result<()> {
+    // In read-only data, not on the stack of the hook's caller.
+    static ZEROS: [u8; FD_FRAME_MAX] = [0; FD_FRAME_MAX];
+    let groups = fds.len().div_ceil(MAX_FDS);
+    if groups > FD_FRAME_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    send_groups(sock, &(groups as u32).to_le_bytes(), &[], 0)?;
+    send_groups(sock, &ZEROS[..groups], fds, patience_ms)
+}
+
 fn send_groups(sock: RawFd, data: &[u8], fds: &[RawFd], patience_ms: u32) -> io::Result<()> {
     // One budget for the whole request, however many groups it takes.
     let mut patience = Patience {
@@ -201,6 +221,12 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
 /// receives with room for all, so that the kernel never discards descriptors on its
 /// receiving thread (a discarded descriptor's close may be its last, and may block).
 pub fn peek_more_fds_than(sock: RawFd, room: usize) -> io::Result<bool> {
+    peek_fds(sock, room).map(|n| n.is_none())
+}
+
+/// How many descriptors the next message on `sock` carries, when at most `room`
+/// (`None`: more); as [`peek_more_fds_than`].
+pub fn peek_fds(sock: RawFd, room: usize) -> io::Result<Option<usize>> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
@@ -235,7 +261,7 @@ pub fn peek_more_fds_than(sock: RawFd, room: usize) -> io::Result<bool> {
         // SAFETY: duplicates this peek installed, owned here.
         unsafe { libc::close(fd) };
     }
-    Ok(overflow || msg.msg_flags & libc::MSG_CTRUNC != 0)
+    Ok((!overflow && msg.msg_flags & libc::MSG_CTRUNC == 0).then_some(count))
 }
 
 /// Copies the `SCM_RIGHTS` descriptors of `msg` into `out`; closes any that do not fit

@@ -4,7 +4,11 @@
 //!
 //! A connection starts with the client's [`Hello`] frame, immediately followed (no round
 //! trip) by one [`Request`]. The broker answers with [`Reply::Hello`] and then the replies to
-//! that request. Message enums are append-only: a new variant goes at the end, so that the
+//! that request. A launch with more descriptors than one `SCM_RIGHTS` message carries
+//! ([`fdpass::MAX_FDS`]) sends its request without them: the broker answers
+//! [`Reply::SendDescriptors`] once it has room for them all, and the client then sends
+//! them in a frame of their own; unread requests thus never hold a caller's descriptors in
+//! flight, which the kernel bounds per user. Message enums are append-only: a new variant goes at the end, so that the
 //! variant numbers older peers know keep their meaning. [`PROTOCOL_VERSION`] changes when an
 //! existing message changes shape.
 

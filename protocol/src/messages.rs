@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.
@@ -276,6 +276,10 @@ pub enum Reply<'a> {
     /// client that hangs up instead makes the broker hang the terminal up. When this does
     /// not follow `Exited`, the broker ends the connection right after it.
     Lingering,
+    /// Before the greeting: the broker has made room for the descriptors of a request that
+    /// names more than one message carries and came without them; the client sends them
+    /// now, in one frame of their own (see [`crate::fdpass::send_fds_frame`]).
+    SendDescriptors,
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -298,6 +302,7 @@ pub mod reply_tag {
     pub const MODES: u8 = 14;
     pub const SIGNAL_PARENT: u8 = 15;
     pub const LINGERING: u8 = 16;
+    pub const SEND_DESCRIPTORS: u8 = 17;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +323,9 @@ pub enum ErrorKind {
     ConfigRejected,
     /// `Kill`: no running routed process matches.
     NoSuchProcess,
+    /// Refused before the handshake while the broker's room for the caller's uid is taken
+    /// by its other connections: they end in moments, and the client may connect again.
+    Busy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

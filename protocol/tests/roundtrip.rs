@@ -225,6 +225,8 @@ fn reply_tags_match_variant_order() {
         tag(Reply::SignalParent { signal: 10 }),
         reply_tag::SIGNAL_PARENT
     );
+    assert_eq!(tag(Reply::Lingering), reply_tag::LINGERING);
+    assert_eq!(tag(Reply::SendDescriptors), reply_tag::SEND_DESCRIPTORS);
 }
 
 #[test]
@@ -333,6 +335,52 @@ fn fds_travel_with_frames() {
     fdpass::send_with_fds(a.as_raw_fd(), &out, &[f.as_raw_fd(); 8]).unwrap();
     let err = fdpass::recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+}
+
+/// A frame of descriptors only: a payload byte per `SCM_RIGHTS` group, every descriptor
+/// there once the frame is, in order.
+#[test]
+fn a_descriptor_frame_carries_more_than_one_message() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (a, b) = UnixStream::pair().unwrap();
+    let files: Vec<_> = (0..600)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raws: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
+    fdpass::send_fds_frame(a.as_raw_fd(), &raws, 0).unwrap();
+    let (mut got, mut bytes) = (Vec::new(), Vec::new());
+    let mut fds = [-1; fdpass::MAX_FDS];
+    while bytes.len() < FRAME_HEADER || bytes.len() < FRAME_HEADER + frame_len(&bytes) {
+        let mut buf = [0u8; 64];
+        let (n, nfds) = fdpass::recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
+        assert!(n > 0);
+        bytes.extend_from_slice(&buf[..n]);
+        got.extend_from_slice(&fds[..nfds]);
+    }
+    assert_eq!(
+        frame_len(&bytes),
+        3,
+        "a byte per group of {}",
+        fdpass::MAX_FDS
+    );
+    assert_eq!(bytes.len(), FRAME_HEADER + 3);
+    assert_eq!(got.len(), 600);
+    let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(got.iter().all(|&fd| ino(fd).rdev() == ino(raws[0]).rdev()));
+    for fd in got {
+        // SAFETY: test-owned descriptors just received.
+        unsafe { libc::close(fd) };
+    }
+    // Past what one frame's payload bytes carry: refused before anything is sent.
+    let too_many = vec![raws[0]; fdpass::MAX_FDS * fdpass::FD_FRAME_MAX + 1];
+    let e = fdpass::send_fds_frame(a.as_raw_fd(), &too_many, 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+}
+
+fn frame_len(bytes: &[u8]) -> usize {
+    u32::from_le_bytes(bytes[..FRAME_HEADER].try_into().unwrap()) as usize
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ctx_protocol::frame::{complete_frame, decode, encode_vec, FRAME_HEADER, MAX_FRAME};
-use ctx_protocol::{ErrorKind, ExitStatus, FailureKind, Hello, Reply, Request, Stage};
+use ctx_protocol::{reply_tag, ErrorKind, ExitStatus, FailureKind, Hello, Reply, Request, Stage};
 
 use ctx_tests::raw;
 use ctx_tests::*;
@@ -219,6 +219,105 @@ fn descriptors_a_peer_should_not_send_are_refused_and_not_leaked() {
         "broker holds {after} descriptors after the stray ones, {baseline} before"
     );
     still_serves(&b);
+}
+
+/// A request naming more descriptors than one message carries comes without them, and
+/// the broker asks for them (`SendDescriptors`) once it has room: it then takes exactly
+/// the frame it asked for, with exactly the descriptors named, and nothing is left held.
+#[test]
+fn descriptors_sent_when_asked_for_are_exactly_the_ones_named() {
+    let b = Broker::start(&standard_config());
+    still_serves(&b);
+    let pid = b.pid();
+    let baseline = raw::settle_fds(pid, 0, Duration::from_millis(200));
+    let mut req = raw::exec_request("alice", &[b"sh", b"-c", b"ls /proc/self/fd | wc -l"]);
+    let out = TempDir::new();
+    let listing = out.path().join("listing");
+    let file = fs::File::create(&listing).unwrap();
+    req.fds = (0..300)
+        .map(|target| ctx_protocol::FdSlot {
+            target,
+            source: ctx_protocol::FdSource::Passed,
+        })
+        .collect();
+    let opening = raw::opening(&Request::Exec(req));
+    let nulls_ = nulls(400);
+    // Descriptor 1 of the program is the listing file; the others /dev/null.
+    let mut passed = raws(&nulls_[..300]);
+    passed[1] = file.as_raw_fd();
+
+    // Asked for, before the greeting; then the launch runs with all 300.
+    let mut s = raw::send_opening(&b.socket(), &opening, &[]);
+    assert_eq!(read_one_frame(&mut s), vec![reply_tag::SEND_DESCRIPTORS]);
+    ctx_protocol::fdpass::send_fds_frame(s.as_raw_fd(), &passed, 0).unwrap();
+    let (frames, _) = raw::read_until_close(&mut s, Duration::from_secs(10));
+    assert_eq!(
+        raw::exit_of(&frames),
+        Some(ExitStatus::Code(0)),
+        "{frames:?}"
+    );
+    let seen: usize = fs::read_to_string(&listing)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(seen >= 300, "the program had {seen} descriptors");
+
+    // One fewer than named, or more: refused, the connection closed.
+    for n in [299, 400] {
+        let mut s = raw::send_opening(&b.socket(), &opening, &[]);
+        assert_eq!(read_one_frame(&mut s), vec![reply_tag::SEND_DESCRIPTORS]);
+        let _ = ctx_protocol::fdpass::send_fds_frame(s.as_raw_fd(), &raws(&nulls_[..n]), 0);
+        let (frames, closed) = raw::read_until_close(&mut s, FAST);
+        assert!(closed, "{n} descriptors: connection left open");
+        let (kind, message) = raw::error_of(&frames).expect("an error");
+        assert_eq!(kind, ErrorKind::BadRequest, "{n}: {message}");
+        assert!(message.contains("300 descriptors"), "{n}: {message}");
+    }
+
+    // A frame of bytes instead of descriptors, and a frame larger than any such frame.
+    for payload in [
+        vec![0u8; 2],
+        vec![0u8; ctx_protocol::fdpass::FD_FRAME_MAX + 1],
+    ] {
+        let mut s = raw::send_opening(&b.socket(), &opening, &[]);
+        assert_eq!(read_one_frame(&mut s), vec![reply_tag::SEND_DESCRIPTORS]);
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        let _ = s.write_all(&frame);
+        let (frames, closed) = raw::read_until_close(&mut s, FAST);
+        assert!(closed, "connection left open");
+        let (kind, _) = raw::error_of(&frames).expect("an error");
+        assert_eq!(kind, ErrorKind::BadRequest);
+    }
+
+    // Asked for and never sent: dropped at the handshake's deadline.
+    let mut s = raw::send_opening(&b.socket(), &opening, &[]);
+    assert_eq!(read_one_frame(&mut s), vec![reply_tag::SEND_DESCRIPTORS]);
+    let (_, closed) = raw::read_until_close(&mut s, Duration::from_secs(8));
+    assert!(
+        closed,
+        "a connection that never sent its descriptors was kept"
+    );
+
+    drop((nulls_, file));
+    let after = raw::settle_fds(pid, baseline, Duration::from_secs(5));
+    assert!(
+        after <= baseline,
+        "broker holds {after} descriptors, {baseline} before"
+    );
+    still_serves(&b);
+}
+
+/// The payload of the next whole frame on `s`.
+fn read_one_frame(s: &mut UnixStream) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(FAST)).unwrap();
+    let mut head = [0u8; FRAME_HEADER];
+    s.read_exact(&mut head).expect("a frame from the broker");
+    let mut payload = vec![0u8; u32::from_le_bytes(head) as usize];
+    s.read_exact(&mut payload).expect("a whole frame");
+    payload
 }
 
 /// Runs `cat` routed with `stdin` as its standard input; the exit status and stderr.

@@ -350,6 +350,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Modes(_) => "Modes",
         Reply::SignalParent { .. } => "SignalParent",
         Reply::Lingering => "Lingering",
+        Reply::SendDescriptors => "SendDescriptors",
     }
 }
 

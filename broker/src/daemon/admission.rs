@@ -105,7 +105,8 @@ pub enum OverBudget {
     Fds(u32),
     #[error(
         "uid {uid}'s unfinished launches would pass the broker more than {cap} descriptors \
-         (a share of its {limit} open files)"
+         (a share of its {limit} open files: raise the broker's RLIMIT_NOFILE, \
+         LimitNOFILE= in its unit)"
     )]
     EntitledFds { uid: u32, cap: usize, limit: u64 },
     #[error(
@@ -148,6 +149,9 @@ pub struct Admissions {
     forks: Mutex<HashMap<u32, Arc<Semaphore>>>,
     /// By uid: a handshake of it ended, for its connections waiting for a turn.
     handshake_turns: Mutex<HashMap<u32, Arc<Notify>>>,
+    /// Descriptors counted against some uid's share, or the broker's, were given back:
+    /// for handshakes waiting for room ([`Admission::wait_for_room`]).
+    room: Notify,
 }
 
 #[derive(Default)]
@@ -207,6 +211,8 @@ impl Drop for EgressFds {
                 counts.egress_by_context.remove(&self.context);
             }
         }
+        drop(counts);
+        self.admissions.room.notify_waiters();
     }
 }
 
@@ -428,6 +434,8 @@ impl Drop for Closing {
                 counts.per_uid.remove(&self.uid);
             }
         }
+        drop(counts);
+        self.admissions.room.notify_waiters();
     }
 }
 
@@ -537,6 +545,44 @@ impl Admission {
             HANDSHAKE_FDS_PER_UID.saturating_sub(entry.fds + others)
         };
         global.min(own)
+    }
+
+    /// The most descriptors this connection's uid may hold in its handshakes (and its
+    /// launches waiting to fork) together, were nothing else of it counted: a request
+    /// passing more can never be taken, however long it waits.
+    pub fn fd_cap(&self) -> usize {
+        if !self.handshaking {
+            return usize::MAX;
+        }
+        if self.entitled {
+            entitled_cap(nofile_limit())
+        } else {
+            HANDSHAKE_FDS_PER_UID
+        }
+    }
+
+    /// Waits until `ready` says there is room, checking it again each time descriptors
+    /// counted against any share are given back; `None` once `deadline` passes first. A
+    /// request whose descriptors fit its uid's share but not what its uid's other launches
+    /// leave now waits for them to fork (or end) instead of being refused: a burst of
+    /// launches (`xargs -P`, a parallel build) then runs whole, as it does locally, and the
+    /// uid still never holds more than its share.
+    pub async fn wait_for_room<T>(
+        &mut self,
+        deadline: tokio::time::Instant,
+        mut ready: impl FnMut(&mut Admission) -> Option<T>,
+    ) -> Option<T> {
+        let admissions = self.admissions.clone();
+        loop {
+            let freed = admissions.room.notified();
+            tokio::pin!(freed);
+            // Registered before the check: room given back in between still wakes it.
+            freed.as_mut().enable();
+            if let Some(v) = ready(self) {
+                return Some(v);
+            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
+        }
     }
 
     /// Sets what this connection's handshake holds to `bytes` buffered and `fds` received;
@@ -711,6 +757,8 @@ impl Drop for Admission {
                 counts.per_uid.remove(&self.uid);
             }
         }
+        drop(counts);
+        self.admissions.room.notify_waiters();
     }
 }
 

@@ -8,7 +8,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use ctx_protocol::fdpass::{peek_more_fds_than, recv_with_fds, MAX_FDS};
+use ctx_protocol::fdpass::{peek_fds, recv_with_fds, FD_FRAME_MAX, MAX_FDS};
 use ctx_protocol::frame::{complete_frame, encode_vec, payload_len, FrameError, FRAME_HEADER};
 use ctx_protocol::Reply;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -60,6 +60,12 @@ pub struct Conn {
     charger: Option<Charger>,
     /// Descriptors arriving from now on are closed at once, not kept.
     after_handshake: bool,
+    /// Descriptors of a request that came without them, counted against the uid's share
+    /// before the client was asked for them ([`Conn::receive_deferred_fds`]).
+    reserved: usize,
+    /// Past it, a handshake waiting for room for its descriptors is refused: before the
+    /// handshake's own deadline, so that the client learns why.
+    room_deadline: Option<tokio::time::Instant>,
 }
 
 /// Largest payload after the request: an `Input` chunk is 64 KiB from the CLI, 16 KiB from
@@ -80,7 +86,57 @@ impl Conn {
             max_frame: ctx_protocol::frame::MAX_FRAME,
             admission,
             after_handshake: false,
+            reserved: 0,
+            room_deadline: None,
         }
+    }
+
+    /// Until `deadline`, a message carrying more descriptors than the uid's bounds leave
+    /// room for now waits for room, where its uid's share could ever hold it; without one
+    /// it is refused at once.
+    pub fn wait_for_room_until(&mut self, deadline: tokio::time::Instant) {
+        self.room_deadline = Some(deadline);
+    }
+
+    /// What the handshake's descriptors count as: those received, or those reserved.
+    fn held_fds(&self) -> usize {
+        self.fds.len().max(self.reserved)
+    }
+
+    /// A request named `named` descriptors and came without them (more than one message
+    /// carries): waits until its uid's share has room for them all, counts them, asks the
+    /// client for them (`SendDescriptors`) and reads the frame that carries them.
+    pub async fn receive_deferred_fds(&mut self, named: usize) -> Result<(), WireError> {
+        let bytes = self.buf.capacity();
+        let deadline = self.room_deadline;
+        let reserved = match deadline {
+            Some(deadline) if named <= self.admission.fd_cap() => {
+                self.admission
+                    .wait_for_room(deadline, |a| a.hold(bytes, named).ok())
+                    .await
+            }
+            _ => None,
+        };
+        if reserved.is_none() {
+            // Says which bound it was.
+            self.admission.hold(bytes, named)?;
+        }
+        self.reserved = named;
+        self.send(&Reply::SendDescriptors).await?;
+        let max = std::mem::replace(&mut self.max_frame, FD_FRAME_MAX);
+        let carried = self.read_frame().await?;
+        self.max_frame = max;
+        if carried.is_none() {
+            return Err(WireError::Truncated);
+        }
+        let got = self.fds.len();
+        self.reserved = 0;
+        if got != named {
+            return Err(WireError::Io(io::Error::other(format!(
+                "{got} descriptors sent where the request names {named}"
+            ))));
+        }
+        Ok(())
     }
 
     /// Frames announcing a payload over `max` bytes are refused from now on.
@@ -151,7 +207,7 @@ impl Conn {
                 // what was charged for.
                 let want = FRAME_HEADER + len;
                 if want > self.buf.capacity() {
-                    self.admission.hold(want, self.fds.len())?;
+                    self.admission.hold(want, self.held_fds())?;
                     self.buf.reserve_exact(want - self.buf.len());
                 }
             }
@@ -159,21 +215,43 @@ impl Conn {
             // broker: a message with more is refused unread (peeked at), and closed with
             // the connection on a closer thread. What is read is read with room for all a
             // message may carry: descriptors that do not fit would be discarded by the
-            // kernel, and closed (which may block) on this thread.
-            let room = self.admission.fd_room();
+            // kernel, and closed (which may block) on this thread. Near the bounds, a
+            // message's descriptors are counted before it is read: two connections of the
+            // uid reading at once must not both take the last room, or the one that finds
+            // it gone could neither keep what it received nor wait holding it uncounted.
+            let room = if self.reserved > 0 {
+                self.reserved.saturating_sub(self.fds.len())
+            } else {
+                self.admission.fd_room()
+            };
+            let counted = self.reserved == 0 && room < MAX_FDS && !self.after_handshake;
+            let bytes = self.buf.capacity();
+            let held = self.fds.len();
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
             let fd = self.stream.as_raw_fd();
             let chunk = &mut self.chunk;
+            let admission = &mut self.admission;
             let received = self
                 .stream
                 .async_io(Interest::READABLE, || {
-                    if room < MAX_FDS && peek_more_fds_than(fd, room)? {
-                        return Ok(None);
+                    if room < MAX_FDS {
+                        match peek_fds(fd, room)? {
+                            None => return Ok(Read::TooMany),
+                            Some(n)
+                                if counted && n > 0 && admission.hold(bytes, held + n).is_err() =>
+                            {
+                                return Ok(Read::TooMany)
+                            }
+                            Some(_) => {}
+                        }
                     }
-                    recv_with_fds(fd, chunk, &mut fds).map(Some)
+                    recv_with_fds(fd, chunk, &mut fds).map(|(n, nfds)| Read::Got(n, nfds))
                 })
                 .await?;
-            let Some((n, nfds)) = received else {
+            let Read::Got(n, nfds) = received else {
+                if self.wait_for_fd_room().await {
+                    continue;
+                }
                 // More than the room: say which bound it was.
                 let over = self
                     .admission
@@ -198,12 +276,42 @@ impl Conn {
                 };
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
-            if let Err(over) = self.admission.hold(self.buf.capacity(), self.fds.len()) {
+            if let Err(over) = self.admission.hold(self.buf.capacity(), self.held_fds()) {
                 // Not held while the refusal is answered.
                 drop(self.take_fds());
                 return Err(over.into());
             }
         }
+    }
+
+    /// The next message carries more descriptors than the bounds leave room for now: waits
+    /// (within the deadline) for room, when the uid's share could hold them at all. `false`:
+    /// refuse it.
+    async fn wait_for_fd_room(&mut self) -> bool {
+        let Some(deadline) = self.room_deadline else {
+            return false;
+        };
+        // A client sends its descriptors in one message with its request, or in a frame
+        // of their own once room was made for them (`reserved`): a connection already
+        // holding some is sending what no client does, and waits for nothing. Its
+        // messages queued unread would keep its user's descriptors in flight, which the
+        // kernel bounds per user: the spawn child of a launch into that user's context
+        // hands the broker its seccomp listener that way too.
+        if self.reserved > 0 || self.after_handshake || !self.fds.is_empty() {
+            return false;
+        }
+        let fd = self.stream.as_raw_fd();
+        let could = self.admission.fd_cap().saturating_sub(self.fds.len());
+        // Counted once: every handshake waiting for room wakes each time some is given
+        // back, and a check that peeked again would install the message's descriptors in
+        // the broker for each of them.
+        let Ok(Some(n)) = peek_fds(fd, could.min(MAX_FDS)) else {
+            return false;
+        };
+        self.admission
+            .wait_for_room(deadline, |a| (a.fd_room() >= n).then_some(()))
+            .await
+            .is_some()
     }
 
     /// Descriptors received in the handshake, in arrival order; closed on a closer thread
@@ -305,6 +413,14 @@ impl Drop for Conn {
         }
         closer::close_from(fds, self.charger.as_ref());
     }
+}
+
+/// One receive in the handshake.
+enum Read {
+    /// Bytes and descriptors received.
+    Got(usize, usize),
+    /// The next message carries more descriptors than there is room for now.
+    TooMany,
 }
 
 /// Whether the peer sent something a read would take now (or ended): `WouldBlock` when

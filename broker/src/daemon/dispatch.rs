@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ctx_protocol::fdpass::MAX_FDS;
 use ctx_protocol::frame::decode;
 use ctx_protocol::{ClientKind, ErrorKind, Hello, Reply, Request, MAGIC, PROTOCOL_VERSION};
 use tokio::net::UnixStream;
@@ -14,6 +15,9 @@ use super::{requests, Peer, Shared};
 
 /// A peer has this long to send its hello and request before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Of that, what is left to answer a request still waiting for room for its descriptors:
+/// it is then refused with the bound that held it, not dropped unanswered.
+const ROOM_ANSWER: Duration = Duration::from_millis(500);
 /// Largest hello payload: magic, version and client kind take a dozen bytes; anything near
 /// this is not a ctx client and need not be buffered.
 const HELLO_MAX: usize = 256;
@@ -22,6 +26,7 @@ const HELLO_MAX: usize = 256;
 /// closes.
 pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admission: Admission) {
     let mut conn = Conn::new(stream, admission);
+    conn.wait_for_room_until(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT - ROOM_ANSWER);
     // The wait for a turn counts in the deadline: past it, a connection queued behind its
     // uid's stalled handshakes is dropped like one that stalled itself.
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -172,6 +177,11 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
             "{} descriptors sent with a request that names {named}",
             conn.pending_fds()
         ));
+    }
+    if conn.pending_fds() == 0 && named > MAX_FDS {
+        conn.receive_deferred_fds(named)
+            .await
+            .map_err(|e| format!("the request's {named} descriptors: {e}"))?;
     }
     conn.handshake_done();
     Ok((hello.client, request))

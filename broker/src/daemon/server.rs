@@ -380,8 +380,16 @@ fn refuse(stream: &tokio::net::UnixStream, why: &AdmitError) {
         version: ctx_protocol::PROTOCOL_VERSION,
         software: concat!("ctx-broker ", env!("CARGO_PKG_VERSION")).into(),
     };
+    // Room that the uid's own other connections hold, and give back as their launches
+    // go on: the hook connects again a moment later instead of failing the launch.
+    let kind = match why {
+        AdmitError::Limit(Refusal::Waiting { .. } | Refusal::Descriptors { .. }) => {
+            ctx_protocol::ErrorKind::Busy
+        }
+        _ => ctx_protocol::ErrorKind::Refused,
+    };
     let error = ctx_protocol::Reply::Error {
-        kind: ctx_protocol::ErrorKind::Refused,
+        kind,
         message: format!("refused before the handshake: {why}").into(),
     };
     if ctx_protocol::frame::encode_vec(&hello, &mut bytes).is_ok()

@@ -7,7 +7,7 @@
 use std::mem::{size_of, zeroed};
 
 use ctx_protocol::fdpass;
-use ctx_protocol::{frame, reply_tag, Reply};
+use ctx_protocol::{frame, reply_tag, ErrorKind, Reply};
 
 /// How long the hook waits for the broker's verdict before failing closed.
 const VERDICT_TIMEOUT_SECS: libc::time_t = 60;
@@ -180,33 +180,112 @@ fn read_reply(sock: i32, buf: &mut [u8]) -> Result<usize, Verdict<'static>> {
     }
 }
 
-/// Sends the encoded launch with `fds` and reads the verdict into `buf`.
-pub fn exchange<'b>(sock: i32, request: &[u8], fds: &[i32], buf: &'b mut [u8]) -> Verdict<'b> {
-    if let Err(e) = fdpass::send_with_fds_patiently(sock, request, fds, SEND_PATIENCE_MS) {
-        return Verdict::Broken {
-            what: "sending the launch",
-            errno: e.raw_os_error().unwrap_or(libc::EIO),
-        };
-    }
-    let first = match read_reply(sock, buf) {
-        Ok(n) => n,
-        Err(v) => return v,
-    };
-    let n = match buf.first() {
-        Some(&reply_tag::HELLO) => match read_reply(sock, buf) {
+/// Sends the encoded launch with `fds` on `sock` and reads the verdict into `buf`. A
+/// refusal because the broker's room for this uid is taken by its other connections
+/// (`Busy`: a burst of launches from it) connects again to `path_c` after a pause, on the
+/// same descriptor number, for up to [`BUSY_PATIENCE_MS`].
+pub fn exchange<'b>(
+    sock: i32,
+    path_c: &[u8],
+    request: &[u8],
+    fds: &[i32],
+    buf: &'b mut [u8],
+) -> Verdict<'b> {
+    let mut left_us = u64::from(BUSY_PATIENCE_MS) * 1000;
+    let mut pause_us = 1000;
+    let n = loop {
+        let n = match converse(sock, request, fds, buf) {
             Ok(n) => n,
             Err(v) => return v,
-        },
-        // A refusal may come instead of the greeting (e.g. a version mismatch).
-        Some(&reply_tag::ERROR) => first,
-        _ => {
-            return Verdict::Broken {
-                what: "the broker's greeting",
-                errno: libc::EPROTO,
-            }
+        };
+        if left_us == 0 || !busy(buf.get(..n).unwrap_or(&[])) {
+            break n;
+        }
+        let pause = pause_us.min(left_us);
+        super::sys::sleep_us(pause);
+        left_us -= pause;
+        pause_us = (pause_us * 2).min(64_000);
+        if reconnect(sock, path_c).is_err() {
+            break n;
         }
     };
     decode_verdict(buf.get(..n).unwrap_or(&[]))
+}
+
+/// How long a launch refused as `Busy` keeps connecting again: within the time the
+/// caller's other launches take to be read, which is what frees the room.
+const BUSY_PATIENCE_MS: u32 = 3000;
+
+/// Replaces the connection on `sock` with a new one to the broker at `path_c`.
+fn reconnect(sock: i32, path_c: &[u8]) -> Result<(), i32> {
+    let fresh = connect(path_c)?;
+    // SAFETY: both descriptors are ours; the old connection closes in the swap.
+    let r = unsafe { libc::dup3(fresh, sock, libc::O_CLOEXEC) };
+    let e = super::sys::errno();
+    // SAFETY: `fresh` is ours, and now duplicated at `sock`.
+    unsafe { libc::close(fresh) };
+    if r < 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Whether the verdict is the broker's `Busy` refusal.
+fn busy(payload: &[u8]) -> bool {
+    payload.first() == Some(&reply_tag::ERROR)
+        && matches!(
+            frame::decode_reply(payload),
+            Ok(Reply::Error {
+                kind: ErrorKind::Busy,
+                ..
+            })
+        )
+}
+
+/// One conversation up to the verdict: its length in `buf`. More descriptors than one
+/// message carries wait for the broker's `SendDescriptors`: sent with the request, the
+/// first ones would stay in flight, charged to the caller's user, for as long as the
+/// request waits unread, and a burst of such launches would hold the user's whole
+/// allowance there (`ETOOMANYREFS`) while the requests the broker did read wait for theirs.
+fn converse(
+    sock: i32,
+    request: &[u8],
+    fds: &[i32],
+    buf: &mut [u8],
+) -> Result<usize, Verdict<'static>> {
+    let deferred = fds.len() > fdpass::MAX_FDS;
+    let with_request = if deferred { &[][..] } else { fds };
+    let sent = fdpass::send_with_fds_patiently(sock, request, with_request, SEND_PATIENCE_MS);
+    let mut first = match (sent, read_reply(sock, buf)) {
+        (Ok(()), reply) => reply?,
+        // Refused at once, the broker may have closed before the request was all sent:
+        // its reason is still there to read.
+        (Err(_), Ok(n)) if matches!(buf.first(), Some(&(reply_tag::HELLO | reply_tag::ERROR))) => n,
+        (Err(e), _) => {
+            return Err(Verdict::Broken {
+                what: "sending the launch",
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })
+        }
+    };
+    if deferred && buf.first() == Some(&reply_tag::SEND_DESCRIPTORS) {
+        if let Err(e) = fdpass::send_fds_frame(sock, fds, SEND_PATIENCE_MS) {
+            return Err(Verdict::Broken {
+                what: "sending the launch's descriptors",
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            });
+        }
+        first = read_reply(sock, buf)?;
+    }
+    match buf.first() {
+        Some(&reply_tag::HELLO) => read_reply(sock, buf),
+        // A refusal may come instead of the greeting (e.g. a version mismatch).
+        Some(&reply_tag::ERROR) => Ok(first),
+        _ => Err(Verdict::Broken {
+            what: "the broker's greeting",
+            errno: libc::EPROTO,
+        }),
+    }
 }
 
 fn decode_verdict(payload: &[u8]) -> Verdict<'_> {

@@ -281,6 +281,17 @@ impl Line {
     }
 }
 
+/// Sleeps about `us` microseconds (`nanosleep`: async-signal-safe); a signal only cuts it
+/// short.
+pub fn sleep_us(us: u64) {
+    let t = libc::timespec {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec; no remainder is asked for.
+    unsafe { libc::nanosleep(&t, std::ptr::null_mut()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,7 +236,7 @@ pub fn run(a: &[&[u8]]) -> ! {
         }
     };
     let mut reply = vec![0u8; 64 * 1024];
-    let verdict = conn::exchange(sock, &out[..n], set.passed(), &mut reply);
+    let verdict = conn::exchange(sock, &socket_c, &out[..n], set.passed(), &mut reply);
     if cwd_fd >= 0 {
         // SAFETY: our descriptor; the broker has its own copy.
         unsafe { libc::close(cwd_fd) };
