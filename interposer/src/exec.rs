@@ -287,11 +287,12 @@ impl Drop for OwnFd {
 
 /// Sends one launch, with this process's inheritable descriptors, cwd (its name and a
 /// descriptor) and what else a child inherits across exec (umask, limits, scheduling,
-/// signal state; changed as `attr`, a `posix_spawn` attribute object or null, would change
-/// them), and reads the verdict. No allocation: it runs in vfork children too.
+/// signal state; for a `posix_spawn`, changed as glibc's would change them with `spawn`'s
+/// attribute object, null or not), and reads the verdict. No allocation: it runs in vfork
+/// children too.
 ///
 /// # Safety
-/// `argv`/`envp` are null or NULL-terminated arrays of C strings; `attr` is null or an
+/// `argv`/`envp` are null or NULL-terminated arrays of C strings; `spawn` holds null or an
 /// initialised attribute object.
 pub unsafe fn send(
     st: &State,
@@ -299,7 +300,7 @@ pub unsafe fn send(
     argv: Argv,
     envp: Argv,
     grouping: Grouping,
-    attr: *const libc::posix_spawnattr_t,
+    spawn: Option<*const libc::posix_spawnattr_t>,
 ) -> Sent {
     // SAFETY: the caller's contract.
     let name = unsafe { display_name(argv, target) };
@@ -359,8 +360,10 @@ pub unsafe fn send(
             unsafe { sys::cstr(cwd.as_ptr() as *const c_char) }
         };
     let mut inherited = Captured::read();
-    // SAFETY: the caller's contract on `attr`.
-    unsafe { crate::spawn::apply_attributes(&mut inherited, attr) };
+    if let Some(attr) = spawn {
+        // SAFETY: the caller's contract on `spawn`.
+        unsafe { crate::spawn::apply_attributes(&mut inherited, attr) };
+    }
     // The descriptor rides after the inheritable ones, if the storage has room for it;
     // without it, the broker uses the name alone.
     let cwd_fd = OwnFd(fds::open_cwd());
@@ -439,8 +442,7 @@ pub unsafe fn route(
     // The program takes this process's place: its parent is who launched it.
     // SAFETY: plain getter.
     let launcher = unsafe { libc::getppid() };
-    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, grouping, std::ptr::null()) }
-    {
+    let (sock, pty_mask) = match unsafe { send(st, target, argv, envp, grouping, None) } {
         Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         Sent::Local => return local(),
         Sent::Failed(e) => return fail(e),

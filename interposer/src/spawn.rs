@@ -228,7 +228,8 @@ unsafe fn spawn_attached(
     // SAFETY: the caller's arrays and attributes.
     let grouping = unsafe { spawned_grouping(attr) };
     // SAFETY: the caller's arrays.
-    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping, attr) } {
+    let (sock, pty_mask) = match unsafe { exec::send(st, target, argv, envp, grouping, Some(attr)) }
+    {
         exec::Sent::Routed { sock, pty_mask } => (sock, pty_mask),
         exec::Sent::Local => return local(),
         exec::Sent::Failed(e) => return Err(e),
@@ -323,8 +324,10 @@ unsafe fn shim_attributes(attr: *const libc::posix_spawnattr_t) -> libc::posix_s
 }
 
 /// Changes `c` as glibc's `posix_spawn` would change the child with `attr` (null: none):
-/// `POSIX_SPAWN_SETSIGMASK` replaces the signal mask, `POSIX_SPAWN_SETSIGDEF` resets
-/// signals to their default (so they are no longer ignored). The scheduling policy
+/// its own signals 32 and 33 are left ignored, whatever the caller's handlers of them (it
+/// takes the child's handlers down, and ignores these two where it sets others to their
+/// default); `POSIX_SPAWN_SETSIGMASK` replaces the signal mask, `POSIX_SPAWN_SETSIGDEF`
+/// resets signals to their default (so they are no longer ignored). The scheduling policy
 /// (`POSIX_SPAWN_SETSCHEDULER`/`SETSCHEDPARAM`) is not carried, like any caller's policy:
 /// the routed process runs under the broker's (see the README's inheritance table).
 /// Process group and session attributes apply to the shim, the pid the caller holds.
@@ -332,6 +335,8 @@ unsafe fn shim_attributes(attr: *const libc::posix_spawnattr_t) -> libc::posix_s
 /// # Safety
 /// `attr` is null or an initialised attribute object.
 pub unsafe fn apply_attributes(c: &mut Captured, attr: *const libc::posix_spawnattr_t) {
+    // Bits 31 and 32: signals 32 and 33 (SIGCANCEL, SIGSETXID).
+    c.ignored |= 0b11 << 31;
     if attr.is_null() {
         return;
     }

@@ -465,6 +465,53 @@ fn ignored_signals_are_carried() {
     }
 }
 
+/// glibc's `posix_spawn` leaves its own signals 32 and 33 (thread cancellation, setxid)
+/// ignored in the child, which keeps them so across its exec; a program spawned without
+/// file actions, which the hook routes itself, got the caller's dispositions of them
+/// instead: their default in a caller started by fork and exec (a login shell, a service),
+/// whose own launcher never ignored them. `system(3)` spawns its shell so too.
+#[test]
+fn a_spawned_program_has_glibc_s_signals_ignored_as_locally() {
+    use std::os::unix::process::CommandExt;
+    let b = Broker::start(&config());
+    let script = r#"
+import os, sys
+if sys.argv[1] == "system":
+    os.system("grep SigIgn /proc/self/status")
+    sys.exit()
+attrs = {"setsigdef": {2}} if sys.argv[1] == "setsigdef" else {}
+pid = os.posix_spawn("/bin/grep", ["grep", "SigIgn", "/proc/self/status"], os.environ, **attrs)
+os.waitpid(pid, 0)
+"#;
+    let internal = (1u64 << 31) | (1 << 32);
+    let with_defaults = |mut cmd: Command| {
+        // SAFETY: only raw rt_sigaction calls between fork and exec (glibc's wrapper
+        // refuses these two numbers); this test harness, spawned itself, has them ignored.
+        unsafe {
+            cmd.pre_exec(|| {
+                let dfl = [0u64; 4];
+                for sig in [32, 33] {
+                    libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    };
+    for ctx in ["root", "alice"] {
+        for case in ["plain", "setsigdef", "system"] {
+            let mut cmd = with_defaults(Command::new("/usr/bin/python3"));
+            cmd.args(["-c", script, case]);
+            let local = run(&mut cmd).ok();
+            assert_eq!(sig_ign(&local) & internal, internal, "{case}: {local}");
+            let mut cmd = with_defaults(b.ctx(["run", "--route-to", ctx, "--"]));
+            cmd.args(["/usr/bin/python3", "-c", script, case]);
+            let routed = routed_ok(&b, ctx, &mut cmd);
+            assert_eq!(routed, local, "{ctx}, {case}");
+        }
+    }
+}
+
 /// `system(3)` ignores SIGINT and SIGQUIT in the caller while it waits, and blocks
 /// SIGCHLD; its child gets them back (glibc's posix_spawn attributes, which the hook
 /// applies to what it sends) unless the caller ignored them before.
