@@ -456,8 +456,13 @@ pub fn keep_only(sock: i32, pty_mask: u8) {
 mod tests {
     use super::*;
 
+    /// The scans see the whole process: a test that opens descriptors makes the others'
+    /// scans see them (past one message's worth, `TooMany`), so they take turns.
+    static SCANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn scan_sees_inheritable_and_skips_cloexec() {
+        let _turn = SCANS.lock().unwrap_or_else(|e| e.into_inner());
         let mut p = [0i32; 2];
         // SAFETY: pipe2 fills the array.
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -491,6 +496,7 @@ mod tests {
 
     #[test]
     fn passed_and_slot_order_agree() {
+        let _turn = SCANS.lock().unwrap_or_else(|e| e.into_inner());
         let mut store = InlineFds::new();
         let mut set = store.set();
         scan(&mut set, -1).unwrap();
@@ -505,6 +511,7 @@ mod tests {
 
     #[test]
     fn more_descriptors_than_one_message_are_scanned_into_a_mapping() {
+        let _turn = SCANS.lock().unwrap_or_else(|e| e.into_inner());
         let mut p = [0i32; 2];
         // SAFETY: pipe2 fills the array.
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
