@@ -528,3 +528,24 @@ fn a_launch_passing_more_than_its_uid_s_share_of_descriptors_is_refused_at_once(
         out.show()
     );
 }
+
+/// A burst of launches each passing most of its uid's share of the broker's descriptors
+/// (under a broker of 2048 files the share is 448; each launch passes 241, one message's
+/// worth): one fits at a time, and the others must wait for it to fork. Two connections
+/// that read the room before either had counted its descriptors both saw it free (the
+/// message's descriptors were counted before they were read only when the room was under
+/// one message's worth), both took theirs, and the second was refused: 29 of 200 launches
+/// failed with EACCES ("would pass the broker more than 448 descriptors ... raise the
+/// broker's RLIMIT_NOFILE", which would not have helped them). Now every handshake counts
+/// a message's descriptors before it reads them, and the loser waits.
+#[test]
+fn a_burst_of_launches_each_passing_most_of_their_uid_s_share_all_run() {
+    let b = Broker::start_with_files(&chained_config(), 2048);
+    let script = format!(
+        "import os\n\
+         for _ in range(237): os.set_inheritable(os.open('/dev/null', os.O_RDONLY), True)\n\
+         {BURST}"
+    );
+    let out = b.exec("platform", &["/usr/bin/python3", "-c", &script, "200"]);
+    assert_eq!(out.ok(), "0\n", "{}", out.show());
+}

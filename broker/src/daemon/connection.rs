@@ -215,16 +215,19 @@ impl Conn {
             // broker: a message with more is refused unread (peeked at), and closed with
             // the connection on a closer thread. What is read is read with room for all a
             // message may carry: descriptors that do not fit would be discarded by the
-            // kernel, and closed (which may block) on this thread. Near the bounds, a
+            // kernel, and closed (which may block) on this thread. In a counted handshake, a
             // message's descriptors are counted before it is read: two connections of the
             // uid reading at once must not both take the last room, or the one that finds
             // it gone could neither keep what it received nor wait holding it uncounted.
+            // Not only near the bounds: the room read here is gone by the time the message
+            // comes whenever another connection of the uid took some meanwhile (a burst of
+            // launches each passing most of the share: the second was refused).
             let room = if self.reserved > 0 {
                 self.reserved.saturating_sub(self.fds.len())
             } else {
                 self.admission.fd_room()
             };
-            let counted = self.reserved == 0 && room < MAX_FDS && !self.after_handshake;
+            let counted = self.reserved == 0 && room != usize::MAX && !self.after_handshake;
             let bytes = self.buf.capacity();
             let held = self.fds.len();
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
@@ -234,7 +237,7 @@ impl Conn {
             let received = self
                 .stream
                 .async_io(Interest::READABLE, || {
-                    if room < MAX_FDS {
+                    if room < MAX_FDS || counted {
                         match peek_fds(fd, room)? {
                             None => return Ok(Read::TooMany),
                             Some(n)
