@@ -256,17 +256,22 @@ fn converse(
     let deferred = fds.len() > fdpass::MAX_FDS;
     let with_request = if deferred { &[][..] } else { fds };
     let sent = fdpass::send_with_fds_patiently(sock, request, with_request, SEND_PATIENCE_MS);
-    let mut first = match (sent, read_reply(sock, buf)) {
-        (Ok(()), reply) => reply?,
+    let closed =
+        |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET));
+    let mut first = match sent {
+        Ok(()) => read_reply(sock, buf)?,
         // Refused at once, the broker may have closed before the request was all sent:
-        // its reason is still there to read.
-        (Err(_), Ok(n)) if matches!(buf.first(), Some(&(reply_tag::HELLO | reply_tag::ERROR))) => n,
-        (Err(e), _) => {
-            return Err(Verdict::Broken {
-                what: "sending the launch",
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-            })
-        }
+        // its reason is still there to read. Any other failure leaves it waiting for the
+        // request, and nothing to read but its deadline.
+        Err(e) => match closed(&e).then(|| read_reply(sock, buf)) {
+            Some(Ok(n)) if matches!(buf.first(), Some(&(reply_tag::HELLO | reply_tag::ERROR))) => n,
+            _ => {
+                return Err(Verdict::Broken {
+                    what: "sending the launch",
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })
+            }
+        },
     };
     if deferred && buf.first() == Some(&reply_tag::SEND_DESCRIPTORS) {
         if let Err(e) = fdpass::send_fds_frame(sock, fds, SEND_PATIENCE_MS) {
