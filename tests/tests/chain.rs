@@ -549,3 +549,46 @@ fn a_burst_of_launches_each_passing_most_of_their_uid_s_share_all_run() {
     let out = b.exec("platform", &["/usr/bin/python3", "-c", &script, "200"]);
     assert_eq!(out.ok(), "0\n", "{}", out.show());
 }
+
+/// 200 `ctx exec` at once from one user (a script's `&` jobs, `xargs -P`), under a broker
+/// of 1024 files, where the user's connections waiting for a handshake may hold 48: past
+/// them the broker answers `Busy`, and the CLI connects again as the hook does, instead of
+/// failing the launch ("refused before the handshake: ... hold its share").
+#[test]
+fn a_burst_of_ctx_exec_from_one_user_under_a_broker_of_1024_files_all_run() {
+    let bob = user(BOB);
+    let b = Broker::start_with_files(
+        &format!(
+            r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [{uid}] }}
+"#,
+            uid = bob.uid
+        ),
+        1024,
+    );
+    let script =
+        "for i in $(seq 200); do \"$0\" --socket \"$1\" exec --context alice -- /bin/true \
+                  2>>\"$2\" || echo failed & done; wait";
+    let td = TempDir::new();
+    let errors = td.subdir("errors", 0o1777).join("stderr");
+    let out = run(std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={BOB}"),
+            &format!("--regid={BOB}"),
+            "--init-groups",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ])
+        .arg(bin("ctx"))
+        .arg(b.socket())
+        .arg(&errors));
+    let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
+    assert_eq!(out.ok(), "", "{stderr}");
+}

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ctx_protocol::frame::{self, complete_frame, FRAME_HEADER};
-use ctx_protocol::{fdpass, reply_tag, ClientKind, Hello, Reply, Request, PROTOCOL_VERSION};
+use ctx_protocol::{
+    fdpass, reply_tag, ClientKind, ErrorKind, Hello, Reply, Request, PROTOCOL_VERSION,
+};
 
 use super::error::Error;
 
@@ -25,6 +27,8 @@ const READ_ROOM: usize = 128 * 1024;
 /// How long the broker may take to say why it hung up on a request we could not finish
 /// sending.
 const LAST_WORDS: Duration = Duration::from_secs(1);
+/// How long a launch refused as `Busy` keeps connecting again.
+const BUSY_PATIENCE: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -127,6 +131,77 @@ impl Connection {
             }));
         }
         Ok(())
+    }
+
+    /// Connects and sends a launch's opening. The broker's `Busy` refusal (its room for this
+    /// uid is held by the uid's other connections, for the moment a burst of launches
+    /// takes) connects again after a pause, for [`BUSY_PATIENCE`] at most, as the hook does.
+    pub fn launch(socket: &Path, request: &Request, fds: &[RawFd]) -> Result<Connection, Error> {
+        let deadline = std::time::Instant::now() + BUSY_PATIENCE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut conn = Connection::connect(socket)?;
+            let busy = match conn.open(request, fds) {
+                Ok(()) => conn.refused_busy()?,
+                Err(Error::Broker {
+                    kind: ErrorKind::Busy,
+                    ..
+                }) => true,
+                Err(e) => return Err(e),
+            };
+            if !busy || std::time::Instant::now() + pause > deadline {
+                return Ok(conn);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(64));
+        }
+    }
+
+    /// Whether the first reply is the broker's `Busy` refusal. Peeked at, not read: the
+    /// relay that reads the replies waits on the socket, not on this buffer. A refusal at
+    /// accept comes in one write with the greeting before it; past a greeting, only what
+    /// arrived with it is looked at, since a launch's next reply may be long in coming.
+    fn refused_busy(&self) -> Result<bool, Error> {
+        let mut head = [0u8; 1024];
+        let n = loop {
+            // SAFETY: peeks into our own buffer on our own socket.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    head.as_mut_ptr().cast(),
+                    head.len(),
+                    libc::MSG_PEEK,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                // For the reader of the replies to report.
+                return Ok(false);
+            }
+        };
+        let busy = |payload: &[u8]| {
+            payload.first() == Some(&reply_tag::ERROR)
+                && matches!(
+                    frame::decode::<Reply>(payload),
+                    Ok(Reply::Error {
+                        kind: ErrorKind::Busy,
+                        ..
+                    })
+                )
+        };
+        let pending = &head[..n];
+        let Ok(Some(total)) = complete_frame(pending) else {
+            return Ok(false);
+        };
+        let first = &pending[FRAME_HEADER..total];
+        if first.first() != Some(&reply_tag::HELLO) {
+            return Ok(busy(first));
+        }
+        let rest = &pending[total..];
+        Ok(matches!(complete_frame(rest), Ok(Some(next)) if busy(&rest[FRAME_HEADER..next])))
     }
 
     /// Sends a follow-up request (`Signal`, `Resize`, `Input`, `InputEof`).

@@ -395,7 +395,19 @@ fn refuse(stream: &tokio::net::UnixStream, why: &AdmitError) {
     if ctx_protocol::frame::encode_vec(&hello, &mut bytes).is_ok()
         && ctx_protocol::frame::encode_vec(&error, &mut bytes).is_ok()
     {
-        let _ = stream.try_write(&bytes);
+        // Straight to the socket: tokio's `try_write` on a stream the reactor has not yet
+        // reported writable writes nothing (`WouldBlock`), and the peer, a hook told
+        // `Busy` among them, then saw only the connection end.
+        // SAFETY: a send from our own buffer on our own socket; never blocks nor raises
+        // SIGPIPE.
+        unsafe {
+            libc::send(
+                std::os::fd::AsRawFd::as_raw_fd(stream),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
 }
 
