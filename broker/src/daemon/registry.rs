@@ -181,9 +181,18 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 /// Parent pid and start time (clock ticks since boot) from `/proc/PID/stat`, read into a
 /// stack buffer: this runs for every connection while launches are running.
 pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
-    use std::io::Read;
     let mut buf = [0u8; 1024];
-    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let (_, n) = read_proc_file(&format!("/proc/{pid}/stat"), &mut buf)?;
+    parse_stat(&buf[..n])
+}
+
+/// Reads the /proc file at `path` into `buf` until its end or until `buf` is full: the
+/// open file (to read the rest from, when full) and the bytes read. A /proc file reports
+/// no size, and std's whole-file reads would ask for it, then read in growing probes from
+/// 32 bytes, a system call each: these run for every connection.
+pub fn read_proc_file(path: &str, buf: &mut [u8]) -> Option<(std::fs::File, usize)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -193,7 +202,7 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
             Err(_) => return None,
         }
     }
-    parse_stat(&buf[..n])
+    Some((f, n))
 }
 
 /// `(ppid, starttime)`: fields 4 and 22 of `/proc/PID/stat`.

@@ -415,20 +415,9 @@ fn enable_v2_controllers(base: &Path) {
 /// move itself, so this is evidence that a peer is *not* the operator, never a grant.
 pub fn context_of_pid(pid: i32) -> Option<String> {
     use std::io::Read;
-    // Into a buffer of its own: a /proc file reports no size, and std's reading of a
-    // whole file would ask for it, then read in growing probes from 32 bytes, a system
-    // call each, for every peer.
     let mut buf = [0u8; 4096];
-    let mut f = std::fs::File::open(format!("/proc/{pid}/cgroup")).ok()?;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    let (mut f, n) =
+        super::super::registry::read_proc_file(&format!("/proc/{pid}/cgroup"), &mut buf)?;
     let long;
     let text = if n < buf.len() {
         std::str::from_utf8(&buf[..n]).ok()?
