@@ -546,6 +546,44 @@ fn start_ready(b: &Broker, script: &str) -> (std::process::Child, std::process::
     (child, stdout)
 }
 
+/// A broker that takes the connection but never answers (stopped, wedged): `ctx exec`
+/// waits for its first reply with the forwarded signals blocked, and a second SIGINT
+/// before `Started` means the user gave up on the broker, so ctx dies by it. The wait for
+/// a `Busy` refusal must not swallow those signals until the broker speaks.
+#[test]
+fn ctx_exec_waiting_on_a_silent_broker_dies_by_a_second_sigint() {
+    let td = TempDir::new();
+    let socket = td.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut child = Command::new(bin("ctx"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["exec", "--context", "alice", "--", "/bin/true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctx");
+    // Held, never answered; the request is read so that ctx is past its send.
+    let (mut held, _) = listener.accept().unwrap();
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut sink = [0u8; 65536];
+    while held.read(&mut sink).is_ok_and(|n| n > 0) {}
+    signal(child.id(), Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(child.id(), Signal::SIGINT);
+    let status = wait_deadline(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = status.expect("ctx exec still waiting 10 s after two SIGINTs");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status}");
+    drop(held);
+}
+
 #[test]
 fn signals_to_ctx_exec_are_forwarded() {
     let b = Broker::start(&standard_config());
