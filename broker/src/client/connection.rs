@@ -136,13 +136,21 @@ impl Connection {
     /// Connects and sends a launch's opening. The broker's `Busy` refusal (its room for this
     /// uid is held by the uid's other connections, for the moment a burst of launches
     /// takes) connects again after a pause, for [`BUSY_PATIENCE`] at most, as the hook does.
-    pub fn launch(socket: &Path, request: &Request, fds: &[RawFd]) -> Result<Connection, Error> {
+    /// The wait for the first reply ends too when `signals` (the relay's signalfd) is
+    /// readable: the relay then handles the signal as it would have without this wait (a
+    /// second SIGINT before `Started` ends ctx, on a broker that never answers too).
+    pub fn launch(
+        socket: &Path,
+        request: &Request,
+        fds: &[RawFd],
+        signals: BorrowedFd<'_>,
+    ) -> Result<Connection, Error> {
         let deadline = std::time::Instant::now() + BUSY_PATIENCE;
         let mut pause = Duration::from_millis(1);
         loop {
             let mut conn = Connection::connect(socket)?;
             let busy = match conn.open(request, fds) {
-                Ok(()) => conn.refused_busy()?,
+                Ok(()) => conn.refused_busy(signals)?,
                 Err(Error::Broker {
                     kind: ErrorKind::Busy,
                     ..
@@ -161,7 +169,28 @@ impl Connection {
     /// relay that reads the replies waits on the socket, not on this buffer. A refusal at
     /// accept comes in one write with the greeting before it; past a greeting, only what
     /// arrived with it is looked at, since a launch's next reply may be long in coming.
-    fn refused_busy(&self) -> Result<bool, Error> {
+    /// A signal before any reply is not a refusal: the relay takes it from there.
+    fn refused_busy(&self, signals: BorrowedFd<'_>) -> Result<bool, Error> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let mut fds = [
+                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                // For the relay, which polls the same two, to report.
+                Err(_) => return Ok(false),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                break;
+            }
+            if ready(&fds[1]) {
+                return Ok(false);
+            }
+        }
         let mut head = [0u8; 1024];
         let n = loop {
             // SAFETY: peeks into our own buffer on our own socket.
@@ -170,7 +199,7 @@ impl Connection {
                     self.stream.as_raw_fd(),
                     head.as_mut_ptr().cast(),
                     head.len(),
-                    libc::MSG_PEEK,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
                 )
             };
             if n >= 0 {

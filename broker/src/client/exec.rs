@@ -273,7 +273,7 @@ fn launch(
     let launcher = Launcher::hold(unsafe { libc::getppid() });
     // Block the forwarded signals first, so none is lost between Started and the loop.
     let signals = Signals::install()?;
-    let mut conn = Connection::launch(socket, &request, &passed)?;
+    let mut conn = Connection::launch(socket, &request, &passed, signals.fd())?;
     drop(request);
     drop(cwd_fd);
 

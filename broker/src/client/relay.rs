@@ -340,6 +340,12 @@ impl Signals {
         Ok(Signals { fd })
     }
 
+    /// The signalfd, for a wait before the relay's (see [`Connection::launch`]) to end
+    /// on a signal and leave it to the relay.
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     fn next(&self) -> Option<Signal> {
         loop {
             match self.fd.read_signal() {
