@@ -135,7 +135,7 @@ fn flood(b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
 fn flood_with(mut launcher: Command, b: &Broker, mode: &str, n: usize, secs: u32) -> Child {
     let mut hello = Vec::new();
     encode_vec(&Hello::new(ClientKind::Cli), &mut hello).unwrap();
-    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = raw::hex(&hello);
     let mut child = launcher
         .args(["/usr/bin/python3", "-c", FLOOD])
         .arg(b.socket())
@@ -814,7 +814,7 @@ allow = {{ uids = [0, {alice}] }}
         "alice",
         &[b"sleep", b"60"],
     )));
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = raw::hex;
     const BAD: usize = 4;
     let child = as_user(ALICE)
         .args(["/usr/bin/python3", "-c", LINGER])
@@ -1330,10 +1330,7 @@ allow = {{ uids = [0] }}
     let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
     inherited.cwd_fd = true;
     req.inherited = Some(inherited);
-    let hex: String = raw::opening(&Request::Exec(req))
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = raw::hex(&raw::opening(&Request::Exec(req)));
     let mut senders = Vec::new();
     for _ in 0..2 {
         let child = Command::new("nsenter")
@@ -1450,10 +1447,7 @@ allow = {{ uids = [0, {uid}] }}
     let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
     inherited.cwd_fd = true;
     req.inherited = Some(inherited);
-    let hex: String = raw::opening(&Request::Exec(req))
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = raw::hex(&raw::opening(&Request::Exec(req)));
     let child = as_user(ALICE)
         .args(["/usr/bin/python3", "-c", PIPE_LOCK])
         .arg(b.socket())
@@ -1554,14 +1548,9 @@ fn launches_waiting_to_fork_hold_at_most_their_uid_s_share_of_descriptors() {
     let openings = [180, 20, 1].map(|passed| {
         let mut req = raw::exec_request("alice", &[b"prog"]);
         req.program = Some(serde_bytes::ByteBuf::from(program.as_bytes().to_vec()));
-        req.fds = (0..passed)
-            .map(|target| ctx_protocol::FdSlot {
-                target,
-                source: ctx_protocol::FdSource::Passed,
-            })
-            .collect();
+        req.fds = raw::passed_slots(passed);
         let opening = raw::opening(&Request::Exec(req));
-        let hex: String = opening.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = raw::hex(&opening);
         format!("{passed}:{hex}")
     });
     let sampler = Sampler::start(b.pid());
@@ -1657,14 +1646,9 @@ allow = {{ uids = [0] }}
     // Held open by the program, so that the script reports it as running.
     let passed = 188;
     let mut req = raw::exec_request("alice", &[b"sleep", b"5"]);
-    req.fds = (0..passed)
-        .map(|target| ctx_protocol::FdSlot {
-            target,
-            source: ctx_protocol::FdSource::Passed,
-        })
-        .collect();
+    req.fds = raw::passed_slots(passed);
     let opening = raw::opening(&Request::Exec(req));
-    let hex: String = opening.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = raw::hex(&opening);
     let child = as_user(ALICE)
         .args(["/usr/bin/python3", "-c", MANY_LAUNCHES])
         .arg(b.socket())
@@ -1679,5 +1663,49 @@ allow = {{ uids = [0] }}
     assert!(
         said.contains(&format!("1 launches passing {passed} descriptors")),
         "{said}"
+    );
+}
+
+/// Opens 64 connections to the socket `argv[1]` and keeps them silent, then one more, and
+/// prints (hex) everything the broker sends on that one before it closes it.
+const PAST_THE_TURNS: &str = r#"
+import socket, sys
+path, held = sys.argv[1], []
+for _ in range(64):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.settimeout(5)
+data = b""
+try:
+    while chunk := s.recv(4096):
+        data += chunk
+except OSError:
+    pass
+print(data.hex(), flush=True)
+"#;
+
+/// A connection refused at accept is told why before it is closed (a hook told `Busy`
+/// connects again only if it reads the reason): a uid allowed nowhere, past its 64
+/// connections in their handshake.
+#[test]
+fn a_connection_refused_at_accept_is_told_why() {
+    let b = Broker::start(&standard_config());
+    let out = run(as_user(BOB)
+        .args(["/usr/bin/python3", "-c", PAST_THE_TURNS])
+        .arg(b.socket()));
+    let hex = out.ok();
+    let bytes: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let frames = raw::split_frames(&bytes);
+    let (kind, message) = raw::error_of(&frames).expect("a refusal with its reason");
+    assert_eq!(kind, ctx_protocol::ErrorKind::Refused, "{message}");
+    assert!(
+        message.contains("connections in their handshake"),
+        "{message}"
     );
 }

@@ -395,9 +395,8 @@ fn refuse(stream: &tokio::net::UnixStream, why: &AdmitError) {
     if ctx_protocol::frame::encode_vec(&hello, &mut bytes).is_ok()
         && ctx_protocol::frame::encode_vec(&error, &mut bytes).is_ok()
     {
-        // Straight to the socket: tokio's `try_write` on a stream the reactor has not yet
-        // reported writable writes nothing (`WouldBlock`), and the peer, a hook told
-        // `Busy` among them, then saw only the connection end.
+        // Straight to the socket, whatever the reactor has seen of a stream registered a
+        // moment ago: a hook told `Busy` connects again only if it reads the reason.
         // SAFETY: a send from our own buffer on our own socket; never blocks nor raises
         // SIGPIPE.
         unsafe {
