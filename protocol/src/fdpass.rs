@@ -213,19 +213,14 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
     Ok((n, count))
 }
 
-/// Whether the next message on `sock` carries more than `room` descriptors, without
-/// consuming it (`MSG_PEEK`, non-blocking: `WouldBlock` when nothing is queued). A peek
-/// installs duplicates of the queued descriptors (closed here at once, which is never
-/// their last close: the queued message keeps its own references) and releases any beyond
-/// the control buffer the same way. A receiver bounding what it accepts peeks first, then
-/// receives with room for all, so that the kernel never discards descriptors on its
-/// receiving thread (a discarded descriptor's close may be its last, and may block).
-pub fn peek_more_fds_than(sock: RawFd, room: usize) -> io::Result<bool> {
-    peek_fds(sock, room).map(|n| n.is_none())
-}
-
-/// How many descriptors the next message on `sock` carries, when at most `room`
-/// (`None`: more); as [`peek_more_fds_than`].
+/// How many descriptors the next message on `sock` carries, when at most `room` (`None`:
+/// more), without consuming it (`MSG_PEEK`, non-blocking: `WouldBlock` when nothing is
+/// queued). A peek installs duplicates of the queued descriptors (closed here at once,
+/// which is never their last close: the queued message keeps its own references) and
+/// releases any beyond the control buffer the same way. A receiver bounding what it
+/// accepts peeks first, then receives with room for all, so that the kernel never discards
+/// descriptors on its receiving thread (a discarded descriptor's close may be its last,
+/// and may block).
 pub fn peek_fds(sock: RawFd, room: usize) -> io::Result<Option<usize>> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let mut byte = [0u8; 1];

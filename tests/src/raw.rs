@@ -28,17 +28,27 @@ pub fn exec_request(context: &str, argv: &[&[u8]]) -> ExecRequest {
         set_env: Vec::new(),
         cwd: ByteBuf::from(b"/".to_vec()),
         cwd_override: None,
-        fds: (0..3)
-            .map(|target| FdSlot {
-                target,
-                source: FdSource::Passed,
-            })
-            .collect(),
+        fds: passed_slots(3),
         tty: None,
         timeout_ms: None,
         grouping: Grouping::GroupLeader,
         inherited: None,
     }
+}
+
+/// Slots for descriptors 0..n, each passed: a request naming `n` descriptors to send.
+pub fn passed_slots(n: i32) -> Vec<FdSlot> {
+    (0..n)
+        .map(|target| FdSlot {
+            target,
+            source: FdSource::Passed,
+        })
+        .collect()
+}
+
+/// `bytes` in lower-case hexadecimal, as the tests' Python clients take an opening.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The bytes of a CLI `Hello` followed by `request`, as one client write sends them.

@@ -234,12 +234,7 @@ fn descriptors_sent_when_asked_for_are_exactly_the_ones_named() {
     let out = TempDir::new();
     let listing = out.path().join("listing");
     let file = fs::File::create(&listing).unwrap();
-    req.fds = (0..300)
-        .map(|target| ctx_protocol::FdSlot {
-            target,
-            source: ctx_protocol::FdSource::Passed,
-        })
-        .collect();
+    req.fds = raw::passed_slots(300);
     let opening = raw::opening(&Request::Exec(req));
     let nulls_ = nulls(400);
     // Descriptor 1 of the program is the listing file; the others /dev/null.
