@@ -3114,3 +3114,84 @@ fn closed_tunnels_with_uploads_still_queued_leave_the_broker_bounded_buffers() {
             .count()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Review of egress-final (attacks from inside the context)
+// ---------------------------------------------------------------------------------------
+
+/// Sends each of `heads` (hex) on a connection of its own to the context's proxy, takes
+/// what comes back until the proxy or the destination closes (3 s at most), and prints it
+/// hex-encoded, one line per head.
+const RAW_HEADS: &str = r#"
+import os, socket, sys, time
+port = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])
+for h in sys.argv[1:]:
+    s = socket.create_connection(('127.0.0.1', port), timeout=3)
+    s.sendall(bytes.fromhex(h))
+    out, end = b'', time.time() + 3
+    try:
+        while time.time() < end:
+            d = s.recv(65536)
+            if not d: break
+            out += d
+    except OSError: pass
+    s.close()
+    print(out.hex())
+"#;
+
+fn raw_heads(b: &Broker, context: &str, heads: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let hex: Vec<String> = heads
+        .iter()
+        .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let mut argv = vec!["/usr/bin/python3", "-c", RAW_HEADS];
+    argv.extend(hex.iter().map(String::as_str));
+    let out = run_with(&mut b.exec_cmd(context, &argv), None, Duration::from_secs(60));
+    let text = out.ok();
+    let lines: Vec<Vec<u8>> = text
+        .lines()
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines.len(), heads.len(), "{}", out.show());
+    lines
+}
+
+/// A request head whose lines end in a bare `\n` (which the proxy accepts) ends at its
+/// first blank line, even when the bytes after it (a body, or a tunnel's early bytes)
+/// hold a `\r\n\r\n` that came in the same read: the proxy looked for `\r\n\r\n` first and
+/// took the later one for the head's end, read the body's lines as headers, and answered
+/// 400 (or, where they had a colon, sent them to the origin as headers).
+#[test]
+fn a_head_ended_by_bare_newlines_ends_at_its_first_blank_line() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("lf", "lf");
+    let post = format!(
+        "POST http://{name}:{port}/lf HTTP/1.1\nContent-Length: 17\n\nab\r\n\r\nX-Body: 1\r\n"
+    );
+    let connect = format!("CONNECT {name}:{port} HTTP/1.1\n\nGET /early HTTP/1.0\r\n\r\n");
+    let got = raw_heads(&b, "eg", &[post.into_bytes(), connect.into_bytes()]);
+    let post_echo = String::from_utf8_lossy(&got[0]);
+    assert_eq!(
+        post_echo,
+        format!(
+            "POST /lf HTTP/1.1\r\nHost: {name}:{port}\r\nContent-Length: 17\r\n\
+             Connection: close\r\n\r\nab\r\n\r\nX-Body: 1\r\n"
+        ),
+        "the absolute-URI request as the origin got it"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got[1]),
+        "HTTP/1.1 200 Connection established\r\n\r\nGET /early HTTP/1.0\r\n\r\n",
+        "the tunnel's early bytes"
+    );
+}
