@@ -98,11 +98,15 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Reque
 fn find_end(buf: &[u8], scanned: usize) -> Option<usize> {
     let from = scanned.saturating_sub(3).min(buf.len());
     let tail = &buf[from..];
-    tail.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| tail.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
-        .map(|end| from + end)
+    // The first blank line, whichever way its lines end: bytes after it (a body, a
+    // tunnel's early bytes) may hold the other kind.
+    let crlf = tail.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = tail.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let end = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    end.map(|end| from + end)
 }
 
 /// `launch`: the launch that credentials name, if any.
@@ -312,6 +316,9 @@ mod tests {
         assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
         assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
         assert_eq!(find_end(b"GET / HTTP/1.0\n\n", 0), Some(16));
+        // A bare-newline head ends at its own blank line, not at one in the body.
+        assert_eq!(find_end(b"GET / HTTP/1.0\n\nbody\r\n\r\n", 0), Some(16));
+        assert_eq!(find_end(b"GET / HTTP/1.0\r\n\r\nbody\n\n", 0), Some(18));
     }
 
     #[test]
