@@ -3195,3 +3195,128 @@ fn a_head_ended_by_bare_newlines_ends_at_its_first_blank_line() {
         "the tunnel's early bytes"
     );
 }
+
+/// An absolute-URI request reaches only the origin its URL names, whatever else the
+/// connection carries: a `Host` header naming a denied site is replaced, userinfo
+/// (`allowed@denied`) does not make the name after it the allowed one, and a second
+/// request pipelined on the same connection to a denied name goes, as raw bytes, to the
+/// first origin (the README's "relayed as it is"), never to the denied one; one audit line.
+/// Held on egress-final.
+#[test]
+fn an_absolute_uri_connection_reaches_only_the_origin_its_url_names() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("abs", "abs");
+    let denied_addr = HostAddr::claim();
+    let denied = format!("{}.denied.test", unique("d"));
+    let _denied_hosts = Hosts::add(&[(&denied_addr.ip, &denied)]);
+    let (dport, hits) = counting_server(&denied_addr.ip, "denied");
+    let pipelined = format!(
+        "GET http://{name}:{port}/one HTTP/1.1\r\nHost: {denied}:{dport}\r\n\r\n\
+         GET http://{denied}:{dport}/two HTTP/1.1\r\nHost: {denied}:{dport}\r\n\r\n"
+    );
+    let heads = [
+        pipelined,
+        format!("GET http://{name}:{port}@{denied}:{dport}/ HTTP/1.1\r\n\r\n"),
+        format!("GET http://{denied}:{dport}\\@{name}:{port}/ HTTP/1.1\r\n\r\n"),
+        format!("GET http://{name}:{port}#@{denied}:{dport}/ HTTP/1.1\r\n\r\n"),
+    ];
+    let heads: Vec<Vec<u8>> = heads.into_iter().map(String::into_bytes).collect();
+    let got = raw_heads(&b, "eg", &heads);
+    let text: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(g).into_owned())
+        .collect();
+    assert_eq!(
+        text[0],
+        format!(
+            "GET /one HTTP/1.1\r\nHost: {name}:{port}\r\nConnection: close\r\n\r\n\
+             GET http://{denied}:{dport}/two HTTP/1.1\r\nHost: {denied}:{dport}\r\n\r\n"
+        )
+    );
+    assert!(text[1].starts_with("HTTP/1.1 403 "), "{}", text[1]);
+    // Both name the allowed origin as the host (a backslash is no separator here): that
+    // is where they go, with that Host.
+    for t in &text[2..] {
+        assert!(t.starts_with("GET / HTTP/1.1\r\n"), "{t}");
+        assert!(t.contains(&format!("\r\nHost: {name}:{port}\r\n")), "{t}");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let allowed: Vec<&Value> = lines.iter().filter(|l| l["allowed"] == true).collect();
+    assert_eq!(allowed.len(), 3, "{lines:?}");
+    assert!(allowed.iter().all(|l| l["name"] == name.as_str()), "{lines:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l["allowed"] == false && l["name"] == denied.as_str()));
+}
+
+/// The launch id in a client's proxy credentials attributes an attempt only to a launch
+/// of the same context: another context's launch id (read from its environment, say) is
+/// logged as `"launch": null`, over HTTP and SOCKS5; a sibling launch's id of the same
+/// context is taken (the README's stated limit). Held on egress-final.
+#[test]
+fn another_contexts_launch_id_attributes_nothing() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr,
+    } = echo_allowed("attr", "attr");
+    drop(b);
+    let rule = host(&addr, &format!(r#"{{ allow = ["{name}"] }}"#));
+    let b = Broker::start(&config(&rule, Some(&rule)));
+    let id_of = |ctx: &str| -> u64 {
+        let out = b.exec(ctx, &["sh", "-c", "echo $HTTP_PROXY"]).ok();
+        out.trim()
+            .split("launch:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let other = id_of("eg2");
+    let sibling = id_of("eg");
+    let script = format!(
+        "import base64, os, socket, struct\n\
+         p = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])\n\
+         for i in [{other}, {sibling}]:\n\
+         \x20   a = base64.b64encode(f'launch:{{i}}'.encode()).decode()\n\
+         \x20   s = socket.create_connection(('127.0.0.1', p))\n\
+         \x20   s.sendall(f'CONNECT {name}:{port} HTTP/1.1\\r\\nProxy-Authorization: Basic {{a}}\\r\\n\\r\\nx'.encode())\n\
+         \x20   print(s.recv(100).split(b'\\r\\n')[0].decode()); s.close()\n\
+         \x20   s = socket.create_connection(('127.0.0.1', p))\n\
+         \x20   u, w = b'launch', str(i).encode()\n\
+         \x20   s.sendall(b'\\x05\\x01\\x02'); s.recv(2)\n\
+         \x20   s.sendall(bytes([1, len(u)]) + u + bytes([len(w)]) + w); s.recv(2)\n\
+         \x20   n = b'{name}'\n\
+         \x20   s.sendall(b'\\x05\\x01\\x00\\x03' + bytes([len(n)]) + n + struct.pack('>H', {port}))\n\
+         \x20   print(s.recv(10)[1]); s.sendall(b'y'); s.recv(1); s.close()\n"
+    );
+    let out = b.exec("eg", &["/usr/bin/python3", "-c", &script]);
+    assert_eq!(
+        out.ok(),
+        "HTTP/1.1 200 Connection established\n0\nHTTP/1.1 200 Connection established\n0\n"
+    );
+    let lines = b.wait_audit(4, |l| l["event"] == "egress");
+    let launches: Vec<(String, Value)> = lines
+        .iter()
+        .map(|l| (l["via"].as_str().unwrap().to_string(), l["launch"].clone()))
+        .collect();
+    let want = |via: &str, id: Value| launches.iter().filter(|l| l.0 == via && l.1 == id).count();
+    assert_eq!(want("connect", Value::Null), 1, "{launches:?}");
+    assert_eq!(want("socks5", Value::Null), 1, "{launches:?}");
+    assert_eq!(want("connect", sibling.into()), 1, "{launches:?}");
+    assert_eq!(want("socks5", sibling.into()), 1, "{launches:?}");
+    assert!(launches.iter().all(|l| l.1 != Value::from(other)));
+}
