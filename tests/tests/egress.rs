@@ -3146,7 +3146,11 @@ fn raw_heads(b: &Broker, context: &str, heads: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .collect();
     let mut argv = vec!["/usr/bin/python3", "-c", RAW_HEADS];
     argv.extend(hex.iter().map(String::as_str));
-    let out = run_with(&mut b.exec_cmd(context, &argv), None, Duration::from_secs(60));
+    let out = run_with(
+        &mut b.exec_cmd(context, &argv),
+        None,
+        Duration::from_secs(60),
+    );
     let text = out.ok();
     let lines: Vec<Vec<u8>> = text
         .lines()
@@ -3254,7 +3258,10 @@ fn an_absolute_uri_connection_reaches_only_the_origin_its_url_names() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     let allowed: Vec<&Value> = lines.iter().filter(|l| l["allowed"] == true).collect();
     assert_eq!(allowed.len(), 3, "{lines:?}");
-    assert!(allowed.iter().all(|l| l["name"] == name.as_str()), "{lines:?}");
+    assert!(
+        allowed.iter().all(|l| l["name"] == name.as_str()),
+        "{lines:?}"
+    );
     assert!(lines
         .iter()
         .any(|l| l["allowed"] == false && l["name"] == denied.as_str()));
@@ -3379,4 +3386,65 @@ fn node_fetch_with_a_proxy_agent_reaches_allowed_names_and_is_refused_the_others
     assert!(lines
         .iter()
         .any(|l| l["name"] == other.as_str() && l["allowed"] == false && l["launch"].is_u64()));
+}
+
+/// A header value with bytes that are not UTF-8 (obs-text, which RFC 9110 lets a field
+/// value hold: Python's http.client sends a `str` value as Latin-1) is forwarded as it is.
+/// The proxy reads the whole head as UTF-8 and answers 400 to such a request, for an
+/// allowed name. Unfixed (the head is parsed as `&str` throughout).
+#[test]
+#[ignore = "unfixed: a head with non-UTF-8 header bytes is refused with 400"]
+fn a_header_value_that_is_not_utf8_is_forwarded_as_it_is() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("latin", "l");
+    let mut head = format!("GET http://{name}:{port}/ HTTP/1.1\r\nX-Name: caf").into_bytes();
+    head.extend_from_slice(b"\xe9\r\n\r\n");
+    let got = raw_heads(&b, "eg", &[head]);
+    let mut want = format!("GET / HTTP/1.1\r\nHost: {name}:{port}\r\nX-Name: caf").into_bytes();
+    want.extend_from_slice(b"\xe9\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&got[0]),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(got[0], want);
+}
+
+/// A request whose request line names a destination but whose head is then refused (a
+/// malformed header line: 400) is an attempt that named a destination, yet it leaves no
+/// audit line: a probe of a denied name can be made unlogged by adding a bad header.
+/// Unfixed (the parse returns no host with its error).
+#[test]
+#[ignore = "unfixed: a refused head that named a destination writes no audit line"]
+fn a_malformed_request_naming_a_destination_is_audited() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("malformed", "m");
+    let heads = [
+        b"CONNECT evil.example:443 HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+        format!("CONNECT {name}:{port} HTTP/1.1\r\n\r\nx").into_bytes(),
+    ];
+    let got = raw_heads(&b, "eg", &heads);
+    assert!(got[0].starts_with(b"HTTP/1.1 400 "));
+    // The second, well-formed attempt's line is there: the first one's would be before it.
+    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str());
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["name"] == "evil.example" && l["allowed"] == false),
+        "{lines:?}"
+    );
 }
