@@ -58,9 +58,25 @@ enum HeadError {
 // Functions
 // ---------------------------------------------------------------------------------------
 
-/// Reads and parses one request head; `None` when the client left or sent something that
-/// is not a request this proxy serves (it is told why with a 4xx first).
-pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Request> {
+/// What a client's request head came to.
+pub enum Head {
+    Request(Request),
+    /// Refused, the client told why; what its request line named, when it named a
+    /// destination: an attempt all the same, for the audit.
+    Refused(Option<Named>),
+}
+
+/// The destination a refused request line named, and why the request was refused.
+pub struct Named {
+    pub host: Vec<u8>,
+    pub port: u16,
+    pub via: &'static str,
+    pub reason: String,
+}
+
+/// Reads and parses one request head; `None` when the client left before its head was
+/// whole (or sent nothing); a refused head is answered with a 4xx first.
+pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     // Where the next look for the blank line starts: a head sent a byte at a time is
@@ -74,7 +90,7 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Reque
         if buf.len() >= MAX_HEAD {
             let e = HeadError::TooLarge;
             let _ = error(client, 431, &format!("ctx: {e}\n")).await;
-            return None;
+            return Some(Head::Refused(named(&buf, &e)));
         }
         let room = (MAX_HEAD - buf.len()).min(chunk.len());
         let n = client.read(&mut chunk[..room]).await.ok()?;
@@ -84,10 +100,10 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Reque
         buf.extend_from_slice(&chunk[..n]);
     };
     match parse(&buf[..end], &buf[end..], &|u, p| state.launch(u, p)) {
-        Ok(req) => Some(req),
+        Ok(req) => Some(Head::Request(req)),
         Err(e) => {
             let _ = error(client, 400, &format!("ctx: {e}\n")).await;
-            None
+            Some(Head::Refused(named(&buf[..end], &e)))
         }
     }
 }
@@ -100,7 +116,10 @@ fn find_end(buf: &[u8], scanned: usize) -> Option<usize> {
     let tail = &buf[from..];
     // The first blank line, whichever way its lines end: bytes after it (a body, a
     // tunnel's early bytes) may hold the other kind.
-    let crlf = tail.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let crlf = tail
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
     let lf = tail.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
     let end = match (crlf, lf) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -109,12 +128,26 @@ fn find_end(buf: &[u8], scanned: usize) -> Option<usize> {
     end.map(|end| from + end)
 }
 
-/// `launch`: the launch that credentials name, if any.
-fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
-    let text = std::str::from_utf8(head).map_err(|_| HeadError::BadRequestLine)?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().ok_or(HeadError::BadRequestLine)?;
-    let mut parts = request_line.split(' ');
+/// Where a request line sends the request.
+enum Destination<'a> {
+    Connect {
+        host: &'a str,
+        port: u16,
+    },
+    Forward {
+        host: &'a str,
+        port: u16,
+        authority: &'a str,
+        path: String,
+    },
+}
+
+/// The request line (method, target, version) at the start of `head`, and where it goes.
+fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequestLine)?;
+    let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -124,34 +157,9 @@ fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, Hea
     if !token(method) || !version.starts_with("HTTP/1.") {
         return Err(HeadError::BadRequestLine);
     }
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or(HeadError::BadHeader)?;
-        let valid_name = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b':' && b != b'"');
-        if !valid_name {
-            return Err(HeadError::BadHeader);
-        }
-        headers.push((name, value.trim()));
-    }
-    let launch = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("proxy-authorization"))
-        .and_then(|(_, v)| basic_credentials(v))
-        .and_then(|(user, password)| launch(&user, &password));
-
     if method.eq_ignore_ascii_case("CONNECT") {
         let (host, port) = host_port(target, None)?;
-        return Ok(Request {
-            host: host.as_bytes().to_vec(),
-            port,
-            launch,
-            kind: Kind::Connect {
-                early: rest.to_vec(),
-            },
-        });
+        return Ok((method, version, Destination::Connect { host, port }));
     }
     let lower = target.get(..8).unwrap_or("").to_ascii_lowercase();
     if lower.starts_with("https://") {
@@ -169,32 +177,114 @@ fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, Hea
         path.insert(0, '/');
     }
     let (host, port) = host_port(authority, Some(80))?;
+    let to = Destination::Forward {
+        host,
+        port,
+        authority,
+        path,
+    };
+    Ok((method, version, to))
+}
 
-    let mut out = format!("{method} {path} {version}\r\n");
+/// What a refused head's request line named, if it was whole and named a destination.
+fn named(head: &[u8], e: &HeadError) -> Option<Named> {
+    if !head.contains(&b'\n') {
+        return None;
+    }
+    let (_, _, to) = request_line(head).ok()?;
+    let (host, port, via) = match to {
+        Destination::Connect { host, port } => (host, port, "connect"),
+        Destination::Forward { host, port, .. } => (host, port, "http"),
+    };
+    Some(Named {
+        host: host.as_bytes().to_vec(),
+        port,
+        via,
+        reason: format!("malformed request: {e}"),
+    })
+}
+
+/// `launch`: the launch that credentials name, if any. The head is bytes: a header value
+/// may hold any but CR, LF and NUL (RFC 9110's obs-text), and goes on as it came.
+fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
+    let (method, version, to) = request_line(head)?;
+    let lines = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(HeadError::BadHeader)?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let valid_name = !name.is_empty()
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_graphic() && b != b':' && b != b'"');
+        if !valid_name || value.iter().any(|&b| b == b'\r' || b == 0) {
+            return Err(HeadError::BadHeader);
+        }
+        // ASCII graphic only, so UTF-8.
+        let name = std::str::from_utf8(name).map_err(|_| HeadError::BadHeader)?;
+        headers.push((name, value));
+    }
+    let launch = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("proxy-authorization"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(basic_credentials)
+        .and_then(|(user, password)| launch(&user, &password));
+
+    let (host, port, authority, path) = match to {
+        Destination::Connect { host, port } => {
+            return Ok(Request {
+                host: host.as_bytes().to_vec(),
+                port,
+                launch,
+                kind: Kind::Connect {
+                    early: rest.to_vec(),
+                },
+            });
+        }
+        Destination::Forward {
+            host,
+            port,
+            authority,
+            path,
+        } => (host, port, authority, path),
+    };
     let dropped: Vec<String> = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
         .collect();
     // The origin learns the host from the URL the rule was checked against, never from
     // the client's own Host header (which could name another site on a shared address).
-    out.push_str(&format!("Host: {authority}\r\n"));
+    let mut out = format!("{method} {path} {version}\r\nHost: {authority}\r\n").into_bytes();
     for (name, value) in &headers {
         let lower = name.to_ascii_lowercase();
         if lower == "host" || HOP_BY_HOP.contains(&lower.as_str()) || dropped.contains(&lower) {
             continue;
         }
-        out.push_str(&format!("{name}: {value}\r\n"));
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
-    out.push_str("Connection: close\r\n\r\n");
-    let mut head = out.into_bytes();
-    head.extend_from_slice(rest);
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(rest);
     Ok(Request {
         host: host.as_bytes().to_vec(),
         port,
         launch,
-        kind: Kind::Forward { head },
+        kind: Kind::Forward { head: out },
     })
 }
 
@@ -398,6 +488,56 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(req.kind, Kind::Connect { ref early } if early == b"\x16\x03"));
+    }
+
+    #[test]
+    fn header_values_go_on_as_bytes_and_never_with_cr_or_nul() {
+        let none = |_: &[u8], _: &[u8]| None;
+        let req = parse(
+            b"GET http://a.example/ HTTP/1.1\r\nX-Name: caf\xe9 \r\n\r\n",
+            b"",
+            &none,
+        )
+        .unwrap();
+        let Kind::Forward { head } = req.kind else {
+            panic!("not forwarded")
+        };
+        assert_eq!(
+            head,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Name: caf\xe9\r\nConnection: close\r\n\r\n"
+        );
+        for bad in [
+            &b"GET http://a.example/ HTTP/1.1\r\nX: a\rHost: b\r\n\r\n"[..],
+            b"GET http://a.example/ HTTP/1.1\r\nX: a\0b\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\r\nX\xe9: a\r\n\r\n",
+            b"GET http://a.\xe9xample/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(parse(bad, b"", &none).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_head_names_what_its_request_line_named() {
+        let e = HeadError::BadHeader;
+        let n = named(b"CONNECT evil.example:443 HTTP/1.1\r\nno colon\r\n\r\n", &e).unwrap();
+        assert_eq!(
+            (n.host.as_slice(), n.port, n.via),
+            (&b"evil.example"[..], 443, "connect")
+        );
+        assert!(n.reason.contains("malformed"), "{}", n.reason);
+        let n = named(b"GET http://a.example:81/x HTTP/1.1\r\nX\r\n\r\n", &e).unwrap();
+        assert_eq!(
+            (n.host.as_slice(), n.port, n.via),
+            (&b"a.example"[..], 81, "http")
+        );
+        // A head too large to end: its first line counts only when it is whole.
+        assert!(named(b"CONNECT evil.example:4", &HeadError::TooLarge).is_none());
+        assert!(named(
+            b"CONNECT evil.example:443 HTTP/1.1\r\nX-Big: aaaa",
+            &HeadError::TooLarge
+        )
+        .is_some());
+        assert!(named(b"SSH-2.0-OpenSSH\r\n\r\n", &HeadError::BadRequestLine).is_none());
     }
 
     #[test]

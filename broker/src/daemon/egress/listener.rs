@@ -20,6 +20,7 @@ use super::{dial, http, socks, Attempt, State, HANDSHAKE_TIMEOUT};
 use crate::daemon::admission::EgressRefusal;
 use crate::daemon::kernel::namespaces::Holder;
 use crate::daemon::quiet_log::Quiet;
+use http::Head;
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -203,7 +204,28 @@ async fn serve(mut client: TcpStream, state: &State) {
         () = state.stopping() => return,
     };
     // A client that never said where to go made no attempt to log; it is just closed.
-    let Ok(Some(req)) = handshake else { return };
+    let Ok(Some(head)) = handshake else { return };
+    let req = match head {
+        Head::Request(req) => req,
+        Head::Refused(None) => return,
+        // Refused for its form, yet it named where it meant to go: a probe of a denied
+        // name must not go unlogged by adding a malformed header.
+        Head::Refused(Some(named)) => {
+            return state.record(&Attempt {
+                launch: None,
+                via: named.via,
+                host: named.host,
+                port: named.port,
+                allowed: false,
+                reason: Some(named.reason),
+                error: None,
+                address: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                started,
+            });
+        }
+    };
     let via = match req.kind {
         Kind::Connect { .. } => "connect",
         Kind::Forward { .. } => "http",
@@ -303,13 +325,13 @@ async fn serve(mut client: TcpStream, state: &State) {
 
 /// Reads the client's request in whichever protocol it speaks; `None` when it gave up
 /// or sent something else (after telling it so where the protocol has a way).
-async fn handshake(client: &mut TcpStream, state: &State) -> Option<Request> {
+async fn handshake(client: &mut TcpStream, state: &State) -> Option<Head> {
     let mut first = [0u8; 1];
     if client.peek(&mut first).await.ok()? == 0 {
         return None;
     }
     if first[0] == SOCKS5 {
-        socks::read_request(client, state).await
+        socks::read_request(client, state).await.map(Head::Request)
     } else {
         http::read_request(client, state).await
     }
