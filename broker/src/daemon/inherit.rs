@@ -102,6 +102,15 @@ impl Carried {
         }
     }
 
+    /// The spawn child starts with the broker's `oom_score_adj` (`broker`): a caller's
+    /// value not above it changes nothing, and the child is spared reading its own (a
+    /// lookup of a pid new to `/proc`, on every launch).
+    pub fn skip_oom_score_adj_not_above(&mut self, broker: Option<i32>) {
+        if broker.is_some_and(|b| self.oom_score_adj.is_some_and(|w| w <= b)) {
+            self.oom_score_adj = None;
+        }
+    }
+
     /// The program runs as another user than its caller: as across an exec of a set-id
     /// program, the persona loses the flags that weaken a process (`ADDR_NO_RANDOMIZE`,
     /// `READ_IMPLIES_EXEC`, `ADDR_COMPAT_LAYOUT`, `MMAP_PAGE_ZERO`: the kernel's
@@ -285,6 +294,13 @@ unsafe fn apply_affinity(caller: &[u8]) {
     }
 }
 
+/// The broker's own `oom_score_adj`, which every spawn child starts with.
+pub fn broker_oom_score_adj() -> Option<i32> {
+    let mut buf = [0u8; 16];
+    let (_, n) = super::registry::read_proc_file("/proc/self/oom_score_adj", &mut buf)?;
+    parse_i32(&buf[..n])
+}
+
 /// Raises `oom_score_adj` to the caller's (more killable); a lower value is a raise in
 /// protection that needs CAP_SYS_RESOURCE, never the caller's to take.
 unsafe fn apply_oom_score_adj(wanted: i32) {
@@ -390,6 +406,24 @@ mod tests {
     const NOFILE: i32 = libc::RLIMIT_NOFILE as i32;
     const CPU: i32 = libc::RLIMIT_CPU as i32;
     const INF: u64 = u64::MAX;
+
+    #[test]
+    fn an_oom_score_adj_not_above_the_brokers_is_left_to_the_child_as_it_starts() {
+        let mut c = Carried::from_request(&ctx_protocol::Captured::empty().to_inherited());
+        for (wanted, broker, kept) in [
+            (Some(0), Some(0), None),
+            (Some(-500), Some(0), None),
+            (Some(300), Some(0), Some(300)),
+            (Some(300), None, Some(300)),
+            (None, Some(0), None),
+        ] {
+            c.oom_score_adj = wanted;
+            c.skip_oom_score_adj_not_above(broker);
+            assert_eq!(c.oom_score_adj, kept, "{wanted:?} against {broker:?}");
+        }
+        let text = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        assert_eq!(broker_oom_score_adj(), text.trim().parse().ok());
+    }
 
     fn caller(resource: i32, soft: u64, hard: u64) -> Rlimit {
         Rlimit {

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ctx_protocol::{
@@ -34,11 +34,11 @@ use crate::daemon::kernel::namespaces::Holder;
 use crate::daemon::kernel::supervisor::{Armed, ParentSignals, Policy, Supervised};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::Running;
-use crate::daemon::shell_state;
 use crate::daemon::spawn::{
     exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
+use crate::daemon::{inherit, shell_state};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -347,10 +347,11 @@ impl<'a> Launch<'a> {
             .plan
             .cwd_fd
             .and_then(|fd| cwd_unverified(self.peer, fd));
-        if self.peer.uid != ctx.user.uid {
-            if let Some(carried) = &mut prepared.plan.inherited {
+        if let Some(carried) = &mut prepared.plan.inherited {
+            if self.peer.uid != ctx.user.uid {
                 carried.for_another_user();
             }
+            carried.skip_oom_score_adj_not_above(inherit::broker_oom_score_adj());
         }
         Ok(prepared)
     }
@@ -856,11 +857,15 @@ fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
 /// passing the name off as fact. `None`: same namespace, the name stands.
 fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let theirs = std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid)).ok();
-    let ours = std::fs::metadata("/proc/self/ns/mnt").ok();
-    let same =
-        matches!((&theirs, &ours), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
-    if same {
+    static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let ours = *OURS.get_or_init(|| std::fs::metadata("/proc/self/ns/mnt").ok().map(id));
+    let theirs = peer.mnt_ns.or_else(|| {
+        std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid))
+            .ok()
+            .map(id)
+    });
+    if ours.is_some() && theirs == ours {
         return None;
     }
     // The directory may lie on a mount of the caller's (a FUSE one nobody answers): as
