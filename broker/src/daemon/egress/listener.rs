@@ -292,8 +292,8 @@ async fn serve(mut client: TcpStream, state: &State) {
     attempt.allowed = true;
     attempt.address = upstream.peer_addr().ok();
     let (buffers, _share) = state.buffer_share();
-    dial::set_buffers(&upstream, buffers);
-    dial::set_buffers(&client, buffers);
+    dial::set_buffers(&upstream, buffers.destination);
+    dial::set_buffers(&client, buffers.client);
     let first: &[u8] = match &req.kind {
         Kind::Connect { early } => {
             if client.write_all(http::ESTABLISHED).await.is_err() {
