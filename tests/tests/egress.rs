@@ -3527,3 +3527,35 @@ fn a_malformed_head_sent_late_in_the_handshake_is_still_audited() {
          line: {lines:?}"
     );
 }
+
+/// The request line goes to the origin as the client wrote its target and version: a
+/// bare CR (or a NUL, or another control byte) there is forwarded, although c6fe877
+/// refuses a header value that holds one, for the same reason: an origin that ends a line
+/// at a bare CR reads what follows it as a header of the proxy's making (here a second
+/// `Host` ahead of the one the proxy sets from the URL). RFC 9112 (2.2): a sender MUST NOT
+/// generate a bare CR outside content.
+#[test]
+fn a_bare_cr_or_nul_in_the_request_line_is_refused_not_forwarded() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("crline", "crl");
+    let heads = [
+        format!("GET http://{name}:{port}/ HTTP/1.1\rHost:denied.example\r\n\r\n"),
+        format!("GET http://{name}:{port}/a\rHost:denied.example HTTP/1.1\r\n\r\n"),
+        format!("GET http://{name}:{port}/a\0b HTTP/1.1\r\n\r\n"),
+    ];
+    let heads: Vec<Vec<u8>> = heads.into_iter().map(String::into_bytes).collect();
+    let got = raw_heads(&b, "eg", &heads);
+    for (head, answer) in heads.iter().zip(&got) {
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "{:?} reached the origin as {:?}",
+            String::from_utf8_lossy(head),
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
