@@ -147,6 +147,12 @@ fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError>
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequestLine)?;
+    // The target and version go to the origin as written: a bare CR there would end the
+    // line early for an origin that takes it for a line's end (a header of the client's
+    // making ahead of the proxy's `Host`), as it would in a header value.
+    if line.bytes().any(|b| b.is_ascii_control()) {
+        return Err(HeadError::BadRequestLine);
+    }
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -511,6 +517,9 @@ mod tests {
             b"GET http://a.example/ HTTP/1.1\r\nX: a\0b\r\n\r\n",
             b"GET http://a.example/ HTTP/1.1\r\nX\xe9: a\r\n\r\n",
             b"GET http://a.\xe9xample/ HTTP/1.1\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\rHost: b\r\n\r\n",
+            b"GET http://a.example/x\rHost:b HTTP/1.1\r\n\r\n",
+            b"GET http://a.example/x\0 HTTP/1.1\r\n\r\n",
         ] {
             assert!(parse(bad, b"", &none).is_err(), "{bad:?}");
         }
