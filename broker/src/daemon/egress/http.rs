@@ -61,9 +61,16 @@ enum HeadError {
 /// What a client's request head came to.
 pub enum Head {
     Request(Request),
-    /// Refused, the client told why; what its request line named, when it named a
-    /// destination: an attempt all the same, for the audit.
-    Refused(Option<Named>),
+    /// Refused: the status and text the client is to get, and what its request line
+    /// named, when it named a destination: an attempt all the same, for the audit. The
+    /// caller answers, after the audit and outside the handshake's deadline: answered
+    /// here, a late head's answer (whose drain lasts up to `LINGER`) ran into the
+    /// deadline, and the attempt went unlogged.
+    Refused {
+        status: u16,
+        text: String,
+        named: Option<Named>,
+    },
 }
 
 /// The destination a refused request line named, and why the request was refused.
@@ -75,7 +82,7 @@ pub struct Named {
 }
 
 /// Reads and parses one request head; `None` when the client left before its head was
-/// whole (or sent nothing); a refused head is answered with a 4xx first.
+/// whole (or sent nothing); a refused head is for the caller to answer.
 pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
@@ -89,8 +96,11 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
         scanned = buf.len();
         if buf.len() >= MAX_HEAD {
             let e = HeadError::TooLarge;
-            let _ = error(client, 431, &format!("ctx: {e}\n")).await;
-            return Some(Head::Refused(named(&buf, &e)));
+            return Some(Head::Refused {
+                status: 431,
+                text: format!("ctx: {e}\n"),
+                named: named(&buf, &e),
+            });
         }
         let room = (MAX_HEAD - buf.len()).min(chunk.len());
         let n = client.read(&mut chunk[..room]).await.ok()?;
@@ -101,10 +111,11 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
     };
     match parse(&buf[..end], &buf[end..], &|u, p| state.launch(u, p)) {
         Ok(req) => Some(Head::Request(req)),
-        Err(e) => {
-            let _ = error(client, 400, &format!("ctx: {e}\n")).await;
-            Some(Head::Refused(named(&buf[..end], &e)))
-        }
+        Err(e) => Some(Head::Refused {
+            status: 400,
+            text: format!("ctx: {e}\n"),
+            named: named(&buf[..end], &e),
+        }),
     }
 }
 
