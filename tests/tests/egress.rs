@@ -3559,3 +3559,40 @@ fn a_bare_cr_or_nul_in_the_request_line_is_refused_not_forwarded() {
         );
     }
 }
+
+/// c6fe877: "a head over 16 KiB no longer hides a probe of a denied name". A head over
+/// 16 KiB whose request line is itself the long part (an absolute URI with a long path:
+/// the host is whole, the line is not) is answered 431 and leaves no audit line: the
+/// name is read only from a request line that ended within the 16 KiB.
+#[test]
+fn a_request_line_over_the_head_limit_naming_a_destination_is_audited() {
+    let OneAllowed {
+        b,
+        port,
+        name,
+        _hosts,
+        addr: _addr,
+    } = echo_allowed("longline", "ll");
+    let denied = format!("{}.denied.test", unique("ll"));
+    let mut long = format!("GET http://{denied}/").into_bytes();
+    long.resize(20 * 1024, b'a');
+    let heads = [long, format!("CONNECT {name}:{port} HTTP/1.1\r\n\r\nx").into_bytes()];
+    let got = raw_heads(&b, "eg", &heads);
+    assert!(
+        got[0].starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&got[0])
+    );
+    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str());
+    let lines: Vec<Value> = b
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["name"] == denied.as_str() && l["allowed"] == false),
+        "GET http://{denied}/aaa... (20 KiB, refused 431) left no audit line: {lines:?}"
+    );
+}
