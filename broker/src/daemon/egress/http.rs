@@ -155,15 +155,7 @@ enum Destination<'a> {
 
 /// The request line (method, target, version) at the start of `head`, and where it goes.
 fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequestLine)?;
-    // The target and version go to the origin as written: a bare CR there would end the
-    // line early for an origin that takes it for a line's end (a header of the client's
-    // making ahead of the proxy's `Host`), as it would in a header value.
-    if line.bytes().any(|b| b.is_ascii_control()) {
-        return Err(HeadError::BadRequestLine);
-    }
+    let line = std::str::from_utf8(first_line(head)).map_err(|_| HeadError::BadRequestLine)?;
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -203,11 +195,39 @@ fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError>
     Ok((method, version, to))
 }
 
-/// What a refused head's request line named, if it was whole and named a destination.
+/// The first line of `head`, without its line end.
+fn first_line(head: &[u8]) -> &[u8] {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What a refused head's request line named, if it named a destination: a whole line, or
+/// one cut at the size limit after an absolute URI's host had ended (at its path, query or
+/// fragment).
 fn named(head: &[u8], e: &HeadError) -> Option<Named> {
-    if !head.contains(&b'\n') {
-        return None;
-    }
+    let cut;
+    let head = if head.contains(&b'\n') {
+        head
+    } else {
+        // Up to a character the limit may have cut in two.
+        let text = match std::str::from_utf8(head) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).ok()?,
+        };
+        let (method, target) = text.split_once(' ')?;
+        let after = target
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .map(|_| &target[7..])?;
+        if method.eq_ignore_ascii_case("CONNECT")
+            || target.contains(' ')
+            || !after.contains(['/', '?', '#'])
+        {
+            return None;
+        }
+        cut = format!("{method} {target} HTTP/1.1");
+        cut.as_bytes()
+    };
     let (_, _, to) = request_line(head).ok()?;
     let (host, port, via) = match to {
         Destination::Connect { host, port } => (host, port, "connect"),
@@ -225,6 +245,13 @@ fn named(head: &[u8], e: &HeadError) -> Option<Named> {
 /// may hold any but CR, LF and NUL (RFC 9110's obs-text), and goes on as it came.
 fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
     let (method, version, to) = request_line(head)?;
+    // The target and version go to the origin as written: a bare CR there would end the
+    // line early for an origin that takes it for a line's end (a header of the client's
+    // making ahead of the proxy's `Host`), as it would in a header value. Refused here,
+    // after the line was read: what it named is still audited.
+    if first_line(head).iter().any(|b| b.is_ascii_control()) {
+        return Err(HeadError::BadRequestLine);
+    }
     let lines = head
         .split(|&b| b == b'\n')
         .skip(1)
@@ -550,8 +577,22 @@ mod tests {
             (n.host.as_slice(), n.port, n.via),
             (&b"a.example"[..], 81, "http")
         );
-        // A head too large to end: its first line counts only when it is whole.
+        // A head too large to end: its first line counts when it is whole, or when an
+        // absolute URI's host has ended in it.
         assert!(named(b"CONNECT evil.example:4", &HeadError::TooLarge).is_none());
+        assert!(named(b"GET http://evil.example:8", &HeadError::TooLarge).is_none());
+        let n = named(b"GET http://evil.example:81/aaaa\xc3", &HeadError::TooLarge).unwrap();
+        assert_eq!(
+            (n.host.as_slice(), n.port, n.via),
+            (&b"evil.example"[..], 81, "http")
+        );
+        // A request line refused for a control byte still names where it went.
+        let n = named(
+            b"GET http://evil.example/\rX:y HTTP/1.1\r\n\r\n",
+            &HeadError::BadRequestLine,
+        )
+        .unwrap();
+        assert_eq!(n.host.as_slice(), b"evil.example");
         assert!(named(
             b"CONNECT evil.example:443 HTTP/1.1\r\nX-Big: aaaa",
             &HeadError::TooLarge
