@@ -3504,7 +3504,15 @@ fn a_malformed_head_sent_late_in_the_handshake_is_still_audited() {
     let out = run_with(
         &mut b.exec_cmd(
             "eg",
-            &["/usr/bin/python3", "-c", LATE_HEAD, "8.5", &hex, "4", &marker],
+            &[
+                "/usr/bin/python3",
+                "-c",
+                LATE_HEAD,
+                "8.5",
+                &hex,
+                "4",
+                &marker,
+            ],
         ),
         None,
         Duration::from_secs(60),
@@ -3576,7 +3584,10 @@ fn a_request_line_over_the_head_limit_naming_a_destination_is_audited() {
     let denied = format!("{}.denied.test", unique("ll"));
     let mut long = format!("GET http://{denied}/").into_bytes();
     long.resize(20 * 1024, b'a');
-    let heads = [long, format!("CONNECT {name}:{port} HTTP/1.1\r\n\r\nx").into_bytes()];
+    let heads = [
+        long,
+        format!("CONNECT {name}:{port} HTTP/1.1\r\n\r\nx").into_bytes(),
+    ];
     let got = raw_heads(&b, "eg", &heads);
     assert!(
         got[0].starts_with(b"HTTP/1.1 431 "),
