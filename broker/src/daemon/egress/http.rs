@@ -61,9 +61,16 @@ enum HeadError {
 /// What a client's request head came to.
 pub enum Head {
     Request(Request),
-    /// Refused, the client told why; what its request line named, when it named a
-    /// destination: an attempt all the same, for the audit.
-    Refused(Option<Named>),
+    /// Refused: the status and text the client is to get, and what its request line
+    /// named, when it named a destination: an attempt all the same, for the audit. The
+    /// caller answers, after the audit and outside the handshake's deadline: answered
+    /// here, a late head's answer (whose drain lasts up to `LINGER`) ran into the
+    /// deadline, and the attempt went unlogged.
+    Refused {
+        status: u16,
+        text: String,
+        named: Option<Named>,
+    },
 }
 
 /// The destination a refused request line named, and why the request was refused.
@@ -75,7 +82,7 @@ pub struct Named {
 }
 
 /// Reads and parses one request head; `None` when the client left before its head was
-/// whole (or sent nothing); a refused head is answered with a 4xx first.
+/// whole (or sent nothing); a refused head is for the caller to answer.
 pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
@@ -89,8 +96,11 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
         scanned = buf.len();
         if buf.len() >= MAX_HEAD {
             let e = HeadError::TooLarge;
-            let _ = error(client, 431, &format!("ctx: {e}\n")).await;
-            return Some(Head::Refused(named(&buf, &e)));
+            return Some(Head::Refused {
+                status: 431,
+                text: format!("ctx: {e}\n"),
+                named: named(&buf, &e),
+            });
         }
         let room = (MAX_HEAD - buf.len()).min(chunk.len());
         let n = client.read(&mut chunk[..room]).await.ok()?;
@@ -101,10 +111,11 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
     };
     match parse(&buf[..end], &buf[end..], &|u, p| state.launch(u, p)) {
         Ok(req) => Some(Head::Request(req)),
-        Err(e) => {
-            let _ = error(client, 400, &format!("ctx: {e}\n")).await;
-            Some(Head::Refused(named(&buf[..end], &e)))
-        }
+        Err(e) => Some(Head::Refused {
+            status: 400,
+            text: format!("ctx: {e}\n"),
+            named: named(&buf[..end], &e),
+        }),
     }
 }
 
@@ -144,9 +155,7 @@ enum Destination<'a> {
 
 /// The request line (method, target, version) at the start of `head`, and where it goes.
 fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequestLine)?;
+    let line = std::str::from_utf8(first_line(head)).map_err(|_| HeadError::BadRequestLine)?;
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -186,11 +195,39 @@ fn request_line(head: &[u8]) -> Result<(&str, &str, Destination<'_>), HeadError>
     Ok((method, version, to))
 }
 
-/// What a refused head's request line named, if it was whole and named a destination.
+/// The first line of `head`, without its line end.
+fn first_line(head: &[u8]) -> &[u8] {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What a refused head's request line named, if it named a destination: a whole line, or
+/// one cut at the size limit after an absolute URI's host had ended (at its path, query or
+/// fragment).
 fn named(head: &[u8], e: &HeadError) -> Option<Named> {
-    if !head.contains(&b'\n') {
-        return None;
-    }
+    let cut;
+    let head = if head.contains(&b'\n') {
+        head
+    } else {
+        // Up to a character the limit may have cut in two.
+        let text = match std::str::from_utf8(head) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).ok()?,
+        };
+        let (method, target) = text.split_once(' ')?;
+        let after = target
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .map(|_| &target[7..])?;
+        if method.eq_ignore_ascii_case("CONNECT")
+            || target.contains(' ')
+            || !after.contains(['/', '?', '#'])
+        {
+            return None;
+        }
+        cut = format!("{method} {target} HTTP/1.1");
+        cut.as_bytes()
+    };
     let (_, _, to) = request_line(head).ok()?;
     let (host, port, via) = match to {
         Destination::Connect { host, port } => (host, port, "connect"),
@@ -208,6 +245,13 @@ fn named(head: &[u8], e: &HeadError) -> Option<Named> {
 /// may hold any but CR, LF and NUL (RFC 9110's obs-text), and goes on as it came.
 fn parse(head: &[u8], rest: &[u8], launch: &LaunchOf<'_>) -> Result<Request, HeadError> {
     let (method, version, to) = request_line(head)?;
+    // The target and version go to the origin as written: a bare CR there would end the
+    // line early for an origin that takes it for a line's end (a header of the client's
+    // making ahead of the proxy's `Host`), as it would in a header value. Refused here,
+    // after the line was read: what it named is still audited.
+    if first_line(head).iter().any(|b| b.is_ascii_control()) {
+        return Err(HeadError::BadRequestLine);
+    }
     let lines = head
         .split(|&b| b == b'\n')
         .skip(1)
@@ -511,6 +555,9 @@ mod tests {
             b"GET http://a.example/ HTTP/1.1\r\nX: a\0b\r\n\r\n",
             b"GET http://a.example/ HTTP/1.1\r\nX\xe9: a\r\n\r\n",
             b"GET http://a.\xe9xample/ HTTP/1.1\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\rHost: b\r\n\r\n",
+            b"GET http://a.example/x\rHost:b HTTP/1.1\r\n\r\n",
+            b"GET http://a.example/x\0 HTTP/1.1\r\n\r\n",
         ] {
             assert!(parse(bad, b"", &none).is_err(), "{bad:?}");
         }
@@ -530,8 +577,22 @@ mod tests {
             (n.host.as_slice(), n.port, n.via),
             (&b"a.example"[..], 81, "http")
         );
-        // A head too large to end: its first line counts only when it is whole.
+        // A head too large to end: its first line counts when it is whole, or when an
+        // absolute URI's host has ended in it.
         assert!(named(b"CONNECT evil.example:4", &HeadError::TooLarge).is_none());
+        assert!(named(b"GET http://evil.example:8", &HeadError::TooLarge).is_none());
+        let n = named(b"GET http://evil.example:81/aaaa\xc3", &HeadError::TooLarge).unwrap();
+        assert_eq!(
+            (n.host.as_slice(), n.port, n.via),
+            (&b"evil.example"[..], 81, "http")
+        );
+        // A request line refused for a control byte still names where it went.
+        let n = named(
+            b"GET http://evil.example/\rX:y HTTP/1.1\r\n\r\n",
+            &HeadError::BadRequestLine,
+        )
+        .unwrap();
+        assert_eq!(n.host.as_slice(), b"evil.example");
         assert!(named(
             b"CONNECT evil.example:443 HTTP/1.1\r\nX-Big: aaaa",
             &HeadError::TooLarge

@@ -207,23 +207,34 @@ async fn serve(mut client: TcpStream, state: &State) {
     let Ok(Some(head)) = handshake else { return };
     let req = match head {
         Head::Request(req) => req,
-        Head::Refused(None) => return,
         // Refused for its form, yet it named where it meant to go: a probe of a denied
-        // name must not go unlogged by adding a malformed header.
-        Head::Refused(Some(named)) => {
-            return state.record(&Attempt {
-                launch: None,
-                via: named.via,
-                host: named.host,
-                port: named.port,
-                allowed: false,
-                reason: Some(named.reason),
-                error: None,
-                address: None,
-                bytes_up: 0,
-                bytes_down: 0,
-                started,
-            });
+        // name must not go unlogged by adding a malformed header. Logged, then answered,
+        // outside the handshake's deadline, which a late head's answer ran into.
+        Head::Refused {
+            status,
+            text,
+            named,
+        } => {
+            if let Some(named) = named {
+                state.record(&Attempt {
+                    launch: None,
+                    via: named.via,
+                    host: named.host,
+                    port: named.port,
+                    allowed: false,
+                    reason: Some(named.reason),
+                    error: None,
+                    address: None,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    started,
+                });
+            }
+            tokio::select! {
+                _ = http::error(&mut client, status, &text) => {}
+                () = state.stopping() => {}
+            }
+            return;
         }
     };
     let via = match req.kind {
