@@ -3136,11 +3136,13 @@ fn closed_tunnels_with_uploads_still_queued_leave_the_broker_bounded_buffers() {
 /// what comes back until the proxy or the destination closes (3 s at most), and prints it
 /// hex-encoded, one line per head.
 const RAW_HEADS: &str = r#"
-import os, socket, sys, time
-port = int(os.environ['HTTP_PROXY'].rsplit(':', 1)[1])
+import base64, os, socket, sys, time
+proxy = os.environ['HTTP_PROXY']
+port = int(proxy.rsplit(':', 1)[1])
+auth = base64.b64encode(proxy.split('//', 1)[1].rsplit('@', 1)[0].encode())
 for h in sys.argv[1:]:
     s = socket.create_connection(('127.0.0.1', port), timeout=3)
-    s.sendall(bytes.fromhex(h))
+    s.sendall(bytes.fromhex(h).replace(b'@AUTH@', auth))
     out, end = b'', time.time() + 3
     try:
         while time.time() < end:
@@ -3440,6 +3442,8 @@ fn a_malformed_request_naming_a_destination_is_audited() {
     } = echo_allowed("malformed", "m");
     let heads = [
         b"CONNECT evil.example:443 HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+        b"CONNECT evil2.example:443 HTTP/1.1\r\nProxy-Authorization: Basic @AUTH@\r\nno colon\r\n\r\n"
+            .to_vec(),
         format!("CONNECT {name}:{port} HTTP/1.1\r\n\r\nx").into_bytes(),
     ];
     let got = raw_heads(&b, "eg", &heads);
@@ -3455,6 +3459,13 @@ fn a_malformed_request_naming_a_destination_is_audited() {
         lines
             .iter()
             .any(|l| l["name"] == "evil.example" && l["allowed"] == false),
+        "{lines:?}"
+    );
+    // With the launch's own credentials on a line of its head, the line names the launch.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["name"] == "evil2.example" && l["allowed"] == false && l["launch"].is_u64()),
         "{lines:?}"
     );
 }

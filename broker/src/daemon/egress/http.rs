@@ -79,6 +79,8 @@ pub struct Named {
     pub port: u16,
     pub via: &'static str,
     pub reason: String,
+    /// The launch its `Proxy-Authorization` names, if a line of the head says so.
+    pub launch: Option<u64>,
 }
 
 /// Reads and parses one request head; `None` when the client left before its head was
@@ -99,7 +101,7 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
             return Some(Head::Refused {
                 status: 431,
                 text: format!("ctx: {e}\n"),
-                named: named(&buf, &e),
+                named: named(&buf, &e, &|u, p| state.launch(u, p)),
             });
         }
         let room = (MAX_HEAD - buf.len()).min(chunk.len());
@@ -114,7 +116,7 @@ pub async fn read_request(client: &mut TcpStream, state: &State) -> Option<Head>
         Err(e) => Some(Head::Refused {
             status: 400,
             text: format!("ctx: {e}\n"),
-            named: named(&buf[..end], &e),
+            named: named(&buf[..end], &e, &|u, p| state.launch(u, p)),
         }),
     }
 }
@@ -204,7 +206,7 @@ fn first_line(head: &[u8]) -> &[u8] {
 /// What a refused head's request line named, if it named a destination: a whole line, or
 /// one cut at the size limit after an absolute URI's host had ended (at its path, query or
 /// fragment).
-fn named(head: &[u8], e: &HeadError) -> Option<Named> {
+fn named(head: &[u8], e: &HeadError, launch: &LaunchOf<'_>) -> Option<Named> {
     let cut;
     let head = if head.contains(&b'\n') {
         head
@@ -238,7 +240,20 @@ fn named(head: &[u8], e: &HeadError) -> Option<Named> {
         port,
         via,
         reason: format!("malformed request: {e}"),
+        launch: credentials_in(head).and_then(|(user, password)| launch(&user, &password)),
     })
+}
+
+/// The credentials of the first `Proxy-Authorization` line of a head that did not parse
+/// as a whole, for the refused attempt's audit line.
+fn credentials_in(head: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    const NAME: &[u8] = b"proxy-authorization:";
+    let line = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .find(|l| l.len() > NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME))?;
+    let value = line[NAME.len()..].trim_ascii();
+    basic_credentials(std::str::from_utf8(value).ok()?)
 }
 
 /// `launch`: the launch that credentials name, if any. The head is bytes: a header value
@@ -565,40 +580,56 @@ mod tests {
 
     #[test]
     fn a_refused_head_names_what_its_request_line_named() {
+        let unattributed = |head: &[u8], e: &HeadError| named(head, e, &|_, _| None);
         let e = HeadError::BadHeader;
-        let n = named(b"CONNECT evil.example:443 HTTP/1.1\r\nno colon\r\n\r\n", &e).unwrap();
+        let n = unattributed(b"CONNECT evil.example:443 HTTP/1.1\r\nno colon\r\n\r\n", &e).unwrap();
         assert_eq!(
             (n.host.as_slice(), n.port, n.via),
             (&b"evil.example"[..], 443, "connect")
         );
         assert!(n.reason.contains("malformed"), "{}", n.reason);
-        let n = named(b"GET http://a.example:81/x HTTP/1.1\r\nX\r\n\r\n", &e).unwrap();
+        let n = unattributed(b"GET http://a.example:81/x HTTP/1.1\r\nX\r\n\r\n", &e).unwrap();
         assert_eq!(
             (n.host.as_slice(), n.port, n.via),
             (&b"a.example"[..], 81, "http")
         );
         // A head too large to end: its first line counts when it is whole, or when an
         // absolute URI's host has ended in it.
-        assert!(named(b"CONNECT evil.example:4", &HeadError::TooLarge).is_none());
-        assert!(named(b"GET http://evil.example:8", &HeadError::TooLarge).is_none());
-        let n = named(b"GET http://evil.example:81/aaaa\xc3", &HeadError::TooLarge).unwrap();
+        assert!(unattributed(b"CONNECT evil.example:4", &HeadError::TooLarge).is_none());
+        assert!(unattributed(b"GET http://evil.example:8", &HeadError::TooLarge).is_none());
+        let n = unattributed(b"GET http://evil.example:81/aaaa\xc3", &HeadError::TooLarge).unwrap();
         assert_eq!(
             (n.host.as_slice(), n.port, n.via),
             (&b"evil.example"[..], 81, "http")
         );
         // A request line refused for a control byte still names where it went.
-        let n = named(
+        let n = unattributed(
             b"GET http://evil.example/\rX:y HTTP/1.1\r\n\r\n",
             &HeadError::BadRequestLine,
         )
         .unwrap();
         assert_eq!(n.host.as_slice(), b"evil.example");
-        assert!(named(
+        assert!(unattributed(
             b"CONNECT evil.example:443 HTTP/1.1\r\nX-Big: aaaa",
             &HeadError::TooLarge
         )
         .is_some());
-        assert!(named(b"SSH-2.0-OpenSSH\r\n\r\n", &HeadError::BadRequestLine).is_none());
+        assert!(unattributed(b"SSH-2.0-OpenSSH\r\n\r\n", &HeadError::BadRequestLine).is_none());
+    }
+
+    #[test]
+    fn a_refused_head_is_attributed_to_the_launch_its_credentials_name() {
+        let launch = |u: &[u8], p: &[u8]| (u == b"launch" && p == b"42").then_some(42);
+        let head = b"CONNECT evil.example:443 HTTP/1.1\r\nPROXY-Authorization:  Basic bGF1bmNoOjQy \r\nno colon\r\n\r\n";
+        let n = named(head, &HeadError::BadHeader, &launch).unwrap();
+        assert_eq!(n.launch, Some(42));
+        let n = named(
+            b"CONNECT evil.example:443 HTTP/1.1\r\nno colon\r\n\r\n",
+            &HeadError::BadHeader,
+            &launch,
+        )
+        .unwrap();
+        assert_eq!(n.launch, None);
     }
 
     #[test]

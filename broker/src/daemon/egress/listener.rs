@@ -217,7 +217,7 @@ async fn serve(mut client: TcpStream, state: &State) {
         } => {
             if let Some(named) = named {
                 state.record(&Attempt {
-                    launch: None,
+                    launch: named.launch,
                     via: named.via,
                     host: named.host,
                     port: named.port,
