@@ -422,6 +422,40 @@ fn a_lower_oom_score_adj_is_not_carried() {
     }
 }
 
+/// The broker's own `oom_score_adj` changed while it runs (from outside, through
+/// /proc/PID): each launch starts from the broker's value at that launch, and a caller's
+/// value is carried exactly when it is above it. Callers at 0, 500 and 1000 against the
+/// broker at 0, 300 (raised) and 100 (lowered again, which its floor of 0 allows).
+#[test]
+fn a_routed_oom_score_adj_is_the_callers_or_the_brokers_current_whichever_is_higher() {
+    let b = Broker::start(&config());
+    let probe = "cat /proc/self/oom_score_adj";
+    for broker in [0, 300, 100] {
+        std::fs::write(
+            format!("/proc/{}/oom_score_adj", b.pid()),
+            broker.to_string(),
+        )
+        .unwrap();
+        for caller in [0, 500, 1000] {
+            let setup = format!("echo {caller} > /proc/self/oom_score_adj");
+            assert_eq!(local(&setup, probe), format!("{caller}\n"));
+            let want = format!("{}\n", caller.max(broker));
+            for ctx in ["root", "alice"] {
+                assert_eq!(
+                    via_interposer(&b, ctx, &setup, probe),
+                    want,
+                    "{ctx}: caller {caller}, broker {broker}"
+                );
+                assert_eq!(
+                    via_cli(&b, ctx, &setup, probe),
+                    want,
+                    "{ctx}: caller {caller}, broker {broker}"
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Signals
 // ---------------------------------------------------------------------------------------
