@@ -878,3 +878,73 @@ fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_
         "{line}"
     );
 }
+
+/// Connects to the broker (argv[1]) and stays, alive, in the broker's mount namespace,
+/// while a child it forked (holding the same connection) leaves for a namespace of its
+/// own where argv[3] is bound over argv[4] and sends the launch (argv[2], hex) with its
+/// cwd there. Prints the program's output.
+const PASS_THE_CONNECTION: &str = r#"
+import ctypes, os, socket, subprocess, sys
+path, opening, real, over = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        os._exit(3)
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["mount", "--bind", real, over], check=True)
+    cwd = os.open(over, os.O_PATH | os.O_DIRECTORY)
+    null = os.open("/dev/null", os.O_RDWR)
+    socket.send_fds(s, [opening], [null, 1, 1, cwd])
+    while s.recv(65536):
+        pass
+    os._exit(0)
+s.close()
+os.waitpid(pid, 0)
+"#;
+
+/// The connecting process stays in the broker's mount namespace; the process it passed
+/// the connection to (here a forked child; `SCM_RIGHTS` does the same) sits in another and
+/// names its cwd there. The broker judges by the connecting process's namespace, so the
+/// name, which means another directory in the broker's namespace, is audited as fact.
+/// Known before this change too (the namespace of the pid that connected was read at the
+/// launch).
+#[test]
+fn a_cwd_sent_over_a_connection_passed_into_another_mount_namespace_is_audited_as_unverified() {
+    use std::os::unix::fs::MetadataExt;
+
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let real = tmp.subdir("real", 0o755);
+    let over = tmp.subdir("over", 0o755);
+    tmp.file("real/marker", b"", 0o644);
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
+    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
+    let out = run(Command::new("/usr/bin/python3")
+        .args(["-c", PASS_THE_CONNECTION])
+        .arg(b.socket())
+        .arg(&hex)
+        .arg(&real)
+        .arg(&over));
+    assert_eq!(
+        out.ok(),
+        "marker\n",
+        "the program ran in the sender's directory"
+    );
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    let line = &lines[0];
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(line["cwd_verified"], false, "{line}");
+    assert_eq!(
+        line["cwd_id"],
+        format!("{}:{}", meta.dev(), meta.ino()),
+        "{line}"
+    );
+}
