@@ -1110,7 +1110,32 @@ int main(void) {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn every_raw_signal_call_of_either_abi_to_the_parent_reaches_the_launcher() {
-    let b = broker();
+    // `enforced` (enforce acts only with route_children_to): the filter with the exec
+    // guard's calls ahead of the signal calls.
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.rootctx]
+user = "root"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.enforced]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0] }}
+route_children_to = "alice"
+isolation = {{ enforce = true }}
+"#,
+        uid = alice.uid
+    ));
     let source = b
         .dir()
         .file("sigprobe.c", SIGNAL_CALLS_PROBE.as_bytes(), 0o644);
@@ -1132,7 +1157,7 @@ print(r.returncode, r.stdout.strip())
 print(sorted(got))
 "#;
     let probe = probe.to_str().unwrap();
-    for context in ["alice", "rootctx"] {
+    for context in ["alice", "rootctx", "enforced"] {
         let (l, r) = both(&b, context, script, &[probe]);
         assert_eq!(
             l.ok(),
@@ -1142,6 +1167,11 @@ print(sorted(got))
         );
         assert_eq!(r.ok(), l.ok(), "{context}: {}", r.show());
     }
+    b.wait_audit(1, |l| {
+        l["context"] == "enforced"
+            && json_has_str(l, probe)
+            && l["isolation"]["enforce"] == serde_json::json!(true)
+    });
     let status = run(&mut b.ctx(["status"]));
     assert_eq!(status.code(), 0, "{}", status.show());
 }
