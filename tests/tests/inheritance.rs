@@ -422,6 +422,40 @@ fn a_lower_oom_score_adj_is_not_carried() {
     }
 }
 
+/// The broker's own `oom_score_adj` changed while it runs (from outside, through
+/// /proc/PID): each launch starts from the broker's value at that launch, and a caller's
+/// value is carried exactly when it is above it. Callers at 0, 500 and 1000 against the
+/// broker at 0, 300 (raised) and 100 (lowered again, which its floor of 0 allows).
+#[test]
+fn a_routed_oom_score_adj_is_the_callers_or_the_brokers_current_whichever_is_higher() {
+    let b = Broker::start(&config());
+    let probe = "cat /proc/self/oom_score_adj";
+    for broker in [0, 300, 100] {
+        std::fs::write(
+            format!("/proc/{}/oom_score_adj", b.pid()),
+            broker.to_string(),
+        )
+        .unwrap();
+        for caller in [0, 500, 1000] {
+            let setup = format!("echo {caller} > /proc/self/oom_score_adj");
+            assert_eq!(local(&setup, probe), format!("{caller}\n"));
+            let want = format!("{}\n", caller.max(broker));
+            for ctx in ["root", "alice"] {
+                assert_eq!(
+                    via_interposer(&b, ctx, &setup, probe),
+                    want,
+                    "{ctx}: caller {caller}, broker {broker}"
+                );
+                assert_eq!(
+                    via_cli(&b, ctx, &setup, probe),
+                    want,
+                    "{ctx}: caller {caller}, broker {broker}"
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Signals
 // ---------------------------------------------------------------------------------------
@@ -777,4 +811,140 @@ os.execvp(sys.argv[1], sys.argv[1:])
         0
     );
     assert_eq!(via_run, local);
+}
+
+/// Connects to the broker (argv[1]) from the broker's mount namespace, waits until the
+/// broker has surely taken the connection in, then leaves for a mount namespace of its
+/// own where argv[3] is bound over argv[4], enters argv[4] and only then sends the launch
+/// (argv[2], hex) with its cwd there. Prints the program's output.
+const LEAVE_AFTER_CONNECT: &str = r#"
+import ctypes, os, socket, subprocess, sys, time
+path, opening, real, over = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+time.sleep(0.5)
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+    sys.exit("unshare: errno %d" % ctypes.get_errno())
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "--bind", real, over], check=True)
+cwd = os.open(over, os.O_PATH | os.O_DIRECTORY)
+null = os.open("/dev/null", os.O_RDWR)
+sys.stdout.flush()
+socket.send_fds(s, [opening], [null, 1, 1, cwd])
+while s.recv(65536):
+    pass
+"#;
+
+/// The same as [`a_cwd_named_in_the_callers_private_mounts_is_audited_as_unverified`],
+/// with the caller still in the broker's mount namespace when it connects: it leaves for
+/// its own (`unshare(CLONE_NEWNS)`, a bind mount over the name it then gives as its cwd)
+/// between connecting and sending the launch. The name means another directory in the
+/// broker's namespace: the audit must not pass it off as fact. (The namespace taken once
+/// at connect, through the pidfd, is the one the caller has since left.)
+#[test]
+fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_as_unverified() {
+    use std::os::unix::fs::MetadataExt;
+
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let real = tmp.subdir("real", 0o755);
+    let over = tmp.subdir("over", 0o755);
+    tmp.file("real/marker", b"", 0o644);
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
+    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
+    let out = run(Command::new("/usr/bin/python3")
+        .args(["-c", LEAVE_AFTER_CONNECT])
+        .arg(b.socket())
+        .arg(&hex)
+        .arg(&real)
+        .arg(&over));
+    assert_eq!(
+        out.ok(),
+        "marker\n",
+        "the program ran in the caller's directory"
+    );
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    let line = &lines[0];
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(line["cwd_verified"], false, "{line}");
+    assert_eq!(
+        line["cwd_id"],
+        format!("{}:{}", meta.dev(), meta.ino()),
+        "{line}"
+    );
+}
+
+/// Connects to the broker (argv[1]) and stays, alive, in the broker's mount namespace,
+/// while a child it forked (holding the same connection) leaves for a namespace of its
+/// own where argv[3] is bound over argv[4] and sends the launch (argv[2], hex) with its
+/// cwd there. Prints the program's output.
+const PASS_THE_CONNECTION: &str = r#"
+import ctypes, os, socket, subprocess, sys
+path, opening, real, over = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        os._exit(3)
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["mount", "--bind", real, over], check=True)
+    cwd = os.open(over, os.O_PATH | os.O_DIRECTORY)
+    null = os.open("/dev/null", os.O_RDWR)
+    socket.send_fds(s, [opening], [null, 1, 1, cwd])
+    while s.recv(65536):
+        pass
+    os._exit(0)
+s.close()
+os.waitpid(pid, 0)
+"#;
+
+/// The connecting process stays in the broker's mount namespace; the process it passed
+/// the connection to (here a forked child; `SCM_RIGHTS` does the same) sits in another and
+/// names its cwd there. The broker judges by the connecting process's namespace, so the
+/// name, which means another directory in the broker's namespace, is audited as fact.
+/// Known before this change too (the namespace of the pid that connected was read at the
+/// launch).
+#[test]
+fn a_cwd_sent_over_a_connection_passed_into_another_mount_namespace_is_audited_as_unverified() {
+    use std::os::unix::fs::MetadataExt;
+
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let real = tmp.subdir("real", 0o755);
+    let over = tmp.subdir("over", 0o755);
+    tmp.file("real/marker", b"", 0o644);
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
+    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
+    let out = run(Command::new("/usr/bin/python3")
+        .args(["-c", PASS_THE_CONNECTION])
+        .arg(b.socket())
+        .arg(&hex)
+        .arg(&real)
+        .arg(&over));
+    assert_eq!(
+        out.ok(),
+        "marker\n",
+        "the program ran in the sender's directory"
+    );
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    let line = &lines[0];
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(line["cwd_verified"], false, "{line}");
+    assert_eq!(
+        line["cwd_id"],
+        format!("{}:{}", meta.dev(), meta.ino()),
+        "{line}"
+    );
 }

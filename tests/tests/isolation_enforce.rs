@@ -447,3 +447,67 @@ fn enforce_keeps_routed_launches_working_even_with_a_cleared_ld_preload() {
         .collect();
     assert!(denied.is_empty(), "{denied:?}");
 }
+
+/// `argv[1]` names the ABI: `i386` calls execve then execveat through `int $0x80` (the
+/// compat arch), `x32` calls them with the x32 bit; each on /bin/true with static
+/// (32-bit addressable: `-no-pie`) arguments, printing the errno each got. A call that
+/// went through runs /bin/true and prints nothing more.
+const COMPAT_EXECVE: &[u8] = br#"
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+static char path[] = "/bin/true";
+static char *argv_[] = {path, 0};
+static char *envp_[] = {0};
+static long i386_call(long nr, long a, long b, long c, long d, long e) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c), "S"(d), "D"(e) : "memory");
+    return r;
+}
+int main(int c, char **v) {
+    if (c > 1 && strcmp(v[1], "i386") == 0) {
+        long r = i386_call(11, (long)path, (long)argv_, (long)envp_, 0, 0);
+        printf("execve=%ld ", -r);
+        r = i386_call(358, -100, (long)path, (long)argv_, (long)envp_, 0);
+        printf("execveat=%ld\n", -r);
+    } else {
+        errno = 0;
+        syscall(0x40000000 | 520, path, argv_, envp_);
+        printf("execve=%d ", errno);
+        errno = 0;
+        syscall(0x40000000 | 545, -100, path, argv_, envp_, 0);
+        printf("execveat=%d\n", errno);
+    }
+    return 3;
+}
+"#;
+
+/// The exec guard sees the i386 exec calls (`int $0x80`) and x32's, not only x86_64's:
+/// each is refused (EACCES), none runs /bin/true.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn enforce_refuses_the_i386_and_x32_exec_calls_too() {
+    let dir = TempDir::new();
+    let src = dir.file("compat_execve.c", COMPAT_EXECVE, 0o644);
+    let bin = dir.path().join("compat_execve");
+    let out = run(std::process::Command::new("gcc")
+        .args(["-static", "-no-pie", "-o"])
+        .arg(&bin)
+        .arg(&src));
+    assert_eq!(out.code(), 0, "gcc: {}", out.show());
+    let bin = bin.to_str().unwrap();
+    let b = Broker::start(&enforce_config());
+    let eacces = libc::EACCES;
+    for abi in ["i386", "x32"] {
+        let out = b.exec("agent", &[bin, abi]);
+        assert_eq!(out.code(), 3, "{abi}: an exec went through: {}", out.show());
+        assert_eq!(
+            out.stdout_str(),
+            format!("execve={eacces} execveat={eacces}\n"),
+            "{abi}: {}",
+            out.show()
+        );
+    }
+}

@@ -1063,3 +1063,115 @@ fn a_signal_to_the_parent_is_answered_while_the_caller_does_not_read_the_termina
         "the program's kill $PPID was not answered while its caller did not read"
     );
 }
+
+/// Every signal call the supervised filter must catch, made raw (no libc wrapper, so the
+/// interposer sees none of them): the x86_64 forms, the i386 forms through `int $0x80`
+/// (the compat arch), and the pid with its high half set (the kernel reads an int). Each
+/// sends its own real-time signal to the program's parent, which routed is the broker:
+/// each must reach the launcher as locally, and none the broker (a real-time signal's
+/// default action would end it). The x32 forms are left out: a kernel without
+/// CONFIG_X86_X32_ABI fails them with ENOSYS locally.
+#[cfg(target_arch = "x86_64")]
+const SIGNAL_CALLS_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+#include <errno.h>
+#include <sys/syscall.h>
+static long i386_call(long nr, long a, long b, long c, long d) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c), "S"(d) : "memory");
+    return r;
+}
+static siginfo_t info;
+static void show(const char *what, long r) { printf("%s=%ld ", what, r == -1 ? -errno : r); }
+int main(void) {
+    pid_t p = getppid();
+    memset(&info, 0, sizeof info);
+    info.si_code = SI_QUEUE; info.si_pid = getpid(); info.si_uid = getuid();
+    show("kill", syscall(62, p, 40));
+    show("tkill", syscall(200, p, 41));
+    show("tgkill", syscall(234, p, p, 42));
+    info.si_signo = 43; show("rt_sigqueueinfo", syscall(129, p, 43, &info));
+    info.si_signo = 44; show("rt_tgsigqueueinfo", syscall(297, p, p, 44, &info));
+    show("i386_kill", i386_call(37, p, 45, 0, 0));
+    show("i386_tkill", i386_call(238, p, 46, 0, 0));
+    show("i386_tgkill", i386_call(270, p, p, 47, 0));
+    info.si_signo = 48; show("i386_rt_sigqueueinfo", i386_call(178, p, 48, (long)&info, 0));
+    info.si_signo = 49; show("i386_rt_tgsigqueueinfo", i386_call(335, p, p, 49, (long)&info));
+    show("kill_high", syscall(62, (long)p | (1L << 32), 50));
+    printf("\n");
+    return 0;
+}
+"#;
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_raw_signal_call_of_either_abi_to_the_parent_reaches_the_launcher() {
+    // `enforced` (enforce acts only with route_children_to): the filter with the exec
+    // guard's calls ahead of the signal calls.
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.rootctx]
+user = "root"
+cwd = "inherit"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.enforced]
+user = "{ALICE}"
+cwd = "inherit"
+allow = {{ uids = [0] }}
+route_children_to = "alice"
+isolation = {{ enforce = true }}
+"#,
+        uid = alice.uid
+    ));
+    let source = b
+        .dir()
+        .file("sigprobe.c", SIGNAL_CALLS_PROBE.as_bytes(), 0o644);
+    let probe = b.dir().path().join("sigprobe");
+    // -no-pie: i386 calls take 32-bit pointers.
+    let out = run(Command::new("cc")
+        .args(["-O2", "-static", "-no-pie", "-o"])
+        .arg(&probe)
+        .arg(&source));
+    assert_eq!(out.code(), 0, "cc: {}", out.show());
+    let script = r#"
+import signal, subprocess, sys, time
+got = []
+for s in range(40, 51):
+    signal.signal(s, lambda n, f: got.append(n))
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+time.sleep(0.3)
+print(r.returncode, r.stdout.strip())
+print(sorted(got))
+"#;
+    let probe = probe.to_str().unwrap();
+    for context in ["alice", "rootctx", "enforced"] {
+        let (l, r) = both(&b, context, script, &[probe]);
+        assert_eq!(
+            l.ok(),
+            "0 kill=0 tkill=0 tgkill=0 rt_sigqueueinfo=0 rt_tgsigqueueinfo=0 i386_kill=0 \
+             i386_tkill=0 i386_tgkill=0 i386_rt_sigqueueinfo=0 i386_rt_tgsigqueueinfo=0 \
+             kill_high=0\n[40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]\n"
+        );
+        assert_eq!(r.ok(), l.ok(), "{context}: {}", r.show());
+    }
+    b.wait_audit(1, |l| {
+        l["context"] == "enforced"
+            && json_has_str(l, probe)
+            && l["isolation"]["enforce"] == serde_json::json!(true)
+    });
+    let status = run(&mut b.ctx(["status"]));
+    assert_eq!(status.code(), 0, "{}", status.show());
+}

@@ -37,9 +37,6 @@ pub struct Peer {
     /// The context whose cgroup holds the peer when its ancestry names none (it left its
     /// launch's process tree): never a grant, but it is not the operator either.
     pub contained: Option<String>,
-    /// The connecting process's mount namespace (`st_dev`, `st_ino` of its nsfs inode), taken
-    /// through its pidfd at connect; `None` where the kernel cannot say (before 6.11).
-    pub mnt_ns: Option<(u64, u64)>,
     /// The connecting process's start time, which with its pid names it for the checks
     /// after the one at connect (none when its pid is not visible here). Its pidfd is not
     /// kept: one descriptor more per connection is what a flood would make the broker hold.
@@ -57,7 +54,6 @@ impl Peer {
             gid: cred.gid(),
             context: None,
             contained: None,
-            mnt_ns: None,
             start: None,
         };
         if pid <= 0 {
@@ -73,7 +69,6 @@ impl Peer {
                 .map(|(ppid, start)| registry::ProcIdentity { ppid, start, euid }),
             None => registry::proc_identity(pid),
         };
-        peer.mnt_ns = pidfd_mnt_ns(&pidfd);
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.
         if !alive(&pidfd) {
@@ -105,6 +100,17 @@ impl Peer {
     /// operator.
     pub fn in_a_context(&self) -> bool {
         self.context.is_some() || self.contained.is_some()
+    }
+
+    /// The connecting process's mount namespace (`st_dev`, `st_ino` of its nsfs inode) as
+    /// it is now, asked through a pidfd; `None` where the kernel cannot say (before 6.11).
+    /// Never the one taken at connect: the process may have left it since (`unshare`,
+    /// `setns`) and named its cwd in the new one.
+    pub fn mnt_ns_now(&self) -> Option<(u64, u64)> {
+        if self.pid <= 0 {
+            return None;
+        }
+        pidfd_mnt_ns(&pidfd_open(self.pid).ok()?)
     }
 
     /// Whether the process that connected is still there (or was never visible): checked

@@ -439,6 +439,43 @@ mod tests {
         }
     }
 
+    /// The filter the broker really builds (`Policy::filter`: x32's execs among them, with
+    /// the x32 bit) decides as the rules say for every number of every ABI, the x32 forms
+    /// (bit set) of each, and pids that differ from the parent's in one bit or its sign.
+    #[test]
+    fn the_filter_of_the_real_exec_table_decides_as_its_rules_say() {
+        use crate::daemon::kernel::supervisor::EXEC_SYSCALLS;
+        let pid = 0x12345u32;
+        for exec in [&EXEC_SYSCALLS[..], &[][..]] {
+            let filter = supervised_filter(exec, Some(pid as i32));
+            for arch in [NATIVE, COMPAT] {
+                for nr in (0..1100).chain((0..1100).map(|n| n | X32_SYSCALL_BIT)) {
+                    let mut args = vec![pid, 0, u32::MAX, pid.wrapping_neg()];
+                    args.extend((0..32).map(|b| pid ^ (1 << b)));
+                    for arg0 in args {
+                        let plain = if arch == NATIVE {
+                            nr & !X32_SYSCALL_BIT
+                        } else {
+                            nr
+                        };
+                        let execs = exec.iter().any(|&(a, e, ea)| {
+                            a == arch
+                                && (plain == e & !X32_SYSCALL_BIT || plain == ea & !X32_SYSCALL_BIT)
+                        });
+                        let signal = arg0 == pid && signal_call(arch, nr).is_some();
+                        let want = if execs || signal {
+                            libc::SECCOMP_RET_USER_NOTIF
+                        } else {
+                            libc::SECCOMP_RET_ALLOW
+                        };
+                        let (got, _) = run(&filter, arch, nr, arg0);
+                        assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} arg0 {arg0:#x}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The kernel runs a new filter for every syscall number of both ABIs to fill its
     /// cache: what an ordinary syscall walks is paid ~900 times per launch.
     #[test]

@@ -860,7 +860,7 @@ fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
     static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
     let id = |m: std::fs::Metadata| (m.dev(), m.ino());
     let ours = *OURS.get_or_init(|| std::fs::metadata("/proc/self/ns/mnt").ok().map(id));
-    let theirs = peer.mnt_ns.or_else(|| {
+    let theirs = peer.mnt_ns_now().or_else(|| {
         std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid))
             .ok()
             .map(id)
