@@ -33,8 +33,9 @@ pub enum AuditEvent {
         duration_ms: u64,
         #[serde(flatten)]
         cwd: Cwd,
-        /// `false` when the caller's cwd name was not checked against the directory the
-        /// launch got (the caller is in another mount namespace); `cwd_id` names it then.
+        /// `false` when the caller's cwd name does not lead, here, to the directory the
+        /// launch got (it was named in another mount namespace, or could not be looked up
+        /// without waiting on its filesystem); `cwd_id` names that directory then.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cwd_verified: Option<bool>,
         /// `dev:ino` of the directory the launch ran in, when its name is unverified.

@@ -102,17 +102,6 @@ impl Peer {
         self.context.is_some() || self.contained.is_some()
     }
 
-    /// The connecting process's mount namespace (`st_dev`, `st_ino` of its nsfs inode) as
-    /// it is now, asked through a pidfd; `None` where the kernel cannot say (before 6.11).
-    /// Never the one taken at connect: the process may have left it since (`unshare`,
-    /// `setns`) and named its cwd in the new one.
-    pub fn mnt_ns_now(&self) -> Option<(u64, u64)> {
-        if self.pid <= 0 {
-            return None;
-        }
-        pidfd_mnt_ns(&pidfd_open(self.pid).ok()?)
-    }
-
     /// Whether the process that connected is still there (or was never visible): checked
     /// again where its identity grants something.
     pub fn still_there(&self) -> bool {
@@ -203,25 +192,6 @@ fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
     (rc == 0 && info.mask & PIDFD_INFO_CREDS != 0).then_some(info.euid)
 }
 
-/// `_IO(PIDFS_IOCTL_MAGIC, 3)` (Linux 6.11): a descriptor of the process's mount namespace.
-const PIDFD_GET_MNT_NAMESPACE: libc::c_ulong = 0xFF03;
-
-/// The mount namespace of the process behind `pidfd`, as `stat` of `/proc/PID/ns/mnt` names
-/// it, asked of the pidfd: three system calls, where the path walk through a new pid's
-/// `/proc` entries costs several times more per launch.
-fn pidfd_mnt_ns(pidfd: &OwnedFd) -> Option<(u64, u64)> {
-    // SAFETY: a valid pidfd; the request takes no argument.
-    let fd = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_MNT_NAMESPACE, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just created this descriptor for us.
-    let ns = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = std::fs::File::from(ns).metadata().ok()?;
-    use std::os::unix::fs::MetadataExt;
-    Some((meta.dev(), meta.ino()))
-}
-
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
 /// EPERM (an unprivileged broker asking about another uid's process) also means it is
 /// there.
@@ -271,42 +241,6 @@ mod tests {
         // Kernels before 6.13 have no PIDFD_GET_INFO: the broker reads /proc there.
         if from_pidfd.is_some() {
             assert_eq!(from_pidfd, Some(expected));
-        }
-    }
-
-    #[test]
-    fn the_pidfd_names_the_mount_namespace_proc_names() {
-        use std::os::unix::fs::MetadataExt;
-        let proc_ns = |pid: i32| {
-            let meta = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).unwrap();
-            (meta.dev(), meta.ino())
-        };
-        let mine = std::process::id() as i32;
-        let mut other = std::process::Command::new("unshare")
-            .args(["-m", "sleep", "5"])
-            .spawn()
-            .unwrap();
-        let theirs = other.id() as i32;
-        // `unshare` enters its new namespace before it execs `sleep`.
-        for _ in 0..200 {
-            if proc_ns(theirs) != proc_ns(mine) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let by_pidfd = |pid| pidfd_mnt_ns(&pidfd_open(pid).unwrap());
-        let got = [
-            (by_pidfd(mine), proc_ns(mine)),
-            (by_pidfd(theirs), proc_ns(theirs)),
-        ];
-        other.kill().unwrap();
-        other.wait().unwrap();
-        assert_ne!(got[0].1, got[1].1, "the child never left this namespace");
-        // Kernels before 6.11 cannot say: the broker stats /proc there.
-        for (from_pidfd, from_proc) in got {
-            if from_pidfd.is_some() {
-                assert_eq!(from_pidfd, Some(from_proc));
-            }
         }
     }
 

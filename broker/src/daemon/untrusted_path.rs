@@ -1,7 +1,8 @@
 //! Opening, as root, a path that a context chose (the program it asked to run): never a
 //! device's or a FIFO's `open()` (which may block the broker or act on hardware), only a
 //! regular file. The path is resolved once without opening anything (`O_PATH`), checked,
-//! then the very inode found is opened for reading through `/proc/self/fd`.
+//! then the very inode found is opened for reading through `/proc/self/fd`. And telling
+//! what a caller-chosen directory name stands for without waiting on any filesystem.
 
 use std::fs::File;
 use std::io;
@@ -31,8 +32,75 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         .open(format!("/proc/self/fd/{}", pathfd.as_raw_fd()))
 }
 
+/// A directory as this broker sees it: `(dev, ino, mount id)`.
+pub type DirIdentity = (u64, u64, u64);
+
+/// What the caller-chosen `name` leads to here, if the kernel can say from what it has
+/// cached alone: the lookup fails rather than wait (`RESOLVE_CACHED`, Linux 5.12), and the
+/// attributes are the cached ones, so a FUSE or network mount the caller picked cannot
+/// hold the thread. `None` also for a name that does not resolve.
+pub fn cached_identity_of_name(name: &[u8]) -> Option<DirIdentity> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: open_how is plain data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    // SAFETY: a NUL-terminated path and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    cached_identity_of_fd(fd.as_raw_fd())
+}
+
+/// What the open descriptor `fd` (a caller's, say) names, from cached attributes only.
+pub fn cached_identity_of_fd(fd: std::os::fd::RawFd) -> Option<DirIdentity> {
+    // SAFETY: statx is plain data filled by the call.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st` is ours to fill.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then(|| {
+        (
+            libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+            st.stx_ino,
+            st.stx_mnt_id,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_and_a_descriptor_of_one_directory_are_the_same_one() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir();
+        let f = std::fs::File::open(&dir).unwrap();
+        let by_fd = super::cached_identity_of_fd(f.as_raw_fd()).unwrap();
+        // Looked up once, so in the cache.
+        let by_name = super::cached_identity_of_name(dir.as_os_str().as_encoded_bytes());
+        assert_eq!(by_name, Some(by_fd));
+        assert_ne!(super::cached_identity_of_name(b"/"), Some(by_fd));
+        assert_eq!(super::cached_identity_of_name(b"/no/such/dir/here"), None);
+    }
+
     #[test]
     fn only_regular_files_open() {
         assert!(super::open_regular(std::path::Path::new("/bin/sh")).is_ok());

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctx_protocol::{
@@ -38,7 +38,7 @@ use crate::daemon::spawn::{
     exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
-use crate::daemon::{inherit, shell_state};
+use crate::daemon::{inherit, shell_state, untrusted_path};
 
 // ---------------------------------------------------------------------------------------
 // Constants
@@ -346,7 +346,7 @@ impl<'a> Launch<'a> {
         self.cwd_unverified = prepared
             .plan
             .cwd_fd
-            .and_then(|fd| cwd_unverified(self.peer, fd));
+            .and_then(|fd| cwd_unverified(&prepared.cwd, fd));
         if let Some(carried) = &mut prepared.plan.inherited {
             if self.peer.uid != ctx.user.uid {
                 carried.for_another_user();
@@ -851,28 +851,18 @@ fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
         .collect()
 }
 
-/// The caller's cwd descriptor is named by the caller's own path for it; when the caller
-/// sits in another mount namespace than the broker, that name may mean another directory
-/// here (or none), so the audit marks it and records the directory's `dev:ino` instead of
-/// passing the name off as fact. `None`: same namespace, the name stands.
-fn cwd_unverified(peer: &Peer, fd: RawFd) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
-    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-    let ours = *OURS.get_or_init(|| std::fs::metadata("/proc/self/ns/mnt").ok().map(id));
-    let theirs = peer.mnt_ns_now().or_else(|| {
-        std::fs::metadata(format!("/proc/{}/ns/mnt", peer.pid))
-            .ok()
-            .map(id)
-    });
-    if ours.is_some() && theirs == ours {
+/// The caller's cwd descriptor comes with the caller's own name for it, which in another
+/// mount namespace (the caller's, or that of whatever process sent the request over the
+/// connection) may mean another directory here, or none: the audit marks the name
+/// unverified, with the directory's `dev:ino`, unless the name leads here to the very
+/// directory passed (same mount, same inode). Both looks are made from what the kernel has
+/// cached (`untrusted_path`): a mount the caller chose cannot hold the worker.
+fn cwd_unverified(name: &[u8], fd: RawFd) -> Option<String> {
+    let passed = untrusted_path::cached_identity_of_fd(fd);
+    if passed.is_some() && untrusted_path::cached_identity_of_name(name) == passed {
         return None;
     }
-    // The directory may lie on a mount of the caller's (a FUSE one nobody answers): as
-    // for the fork, the runtime hands this worker's other tasks on meanwhile.
-    let dir =
-        tokio::task::block_in_place(|| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())?;
-    Some(format!("{}:{}", dir.dev(), dir.ino()))
+    Some(passed.map_or_else(|| "unknown".into(), |(dev, ino, _)| format!("{dev}:{ino}")))
 }
 
 /// What isolation a launch ran under, for its audit record.
