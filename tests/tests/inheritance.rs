@@ -836,14 +836,11 @@ while s.recv(65536):
     pass
 "#;
 
-/// The same as [`a_cwd_named_in_the_callers_private_mounts_is_audited_as_unverified`],
-/// with the caller still in the broker's mount namespace when it connects: it leaves for
-/// its own (`unshare(CLONE_NEWNS)`, a bind mount over the name it then gives as its cwd)
-/// between connecting and sending the launch. The name means another directory in the
-/// broker's namespace: the audit must not pass it off as fact. (The namespace taken once
-/// at connect, through the pidfd, is the one the caller has since left.)
-#[test]
-fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_as_unverified() {
+/// Runs `script` (a raw client: argv[1] the socket, argv[2] the request, argv[3] the real
+/// directory, argv[4] the name it is bound over in the mount namespace the request is sent
+/// from) with a launch of `ls` into alice whose cwd is that name, and checks the audit
+/// marks the name unverified with the real directory's `dev:ino`.
+fn assert_cwd_from_another_namespace_is_unverified(script: &str) {
     use std::os::unix::fs::MetadataExt;
 
     let b = Broker::start(&config());
@@ -858,7 +855,7 @@ fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_
     req.inherited = Some(inherited);
     let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
     let out = run(Command::new("/usr/bin/python3")
-        .args(["-c", LEAVE_AFTER_CONNECT])
+        .args(["-c", script])
         .arg(b.socket())
         .arg(&hex)
         .arg(&real)
@@ -866,7 +863,7 @@ fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_
     assert_eq!(
         out.ok(),
         "marker\n",
-        "the program ran in the caller's directory"
+        "the program ran in the sender's directory"
     );
     let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
     let line = &lines[0];
@@ -877,6 +874,16 @@ fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_
         format!("{}:{}", meta.dev(), meta.ino()),
         "{line}"
     );
+}
+
+/// The same as [`a_cwd_named_in_the_callers_private_mounts_is_audited_as_unverified`],
+/// with the caller still in the broker's mount namespace when it connects: it leaves for
+/// its own (`unshare(CLONE_NEWNS)`, a bind mount over the name it then gives as its cwd)
+/// between connecting and sending the launch. The name means another directory in the
+/// broker's namespace: the audit must not pass it off as fact.
+#[test]
+fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_as_unverified() {
+    assert_cwd_from_another_namespace_is_unverified(LEAVE_AFTER_CONNECT);
 }
 
 /// Connects to the broker (argv[1]) and stays, alive, in the broker's mount namespace,
@@ -908,43 +915,9 @@ os.waitpid(pid, 0)
 
 /// The connecting process stays in the broker's mount namespace; the process it passed
 /// the connection to (here a forked child; `SCM_RIGHTS` does the same) sits in another and
-/// names its cwd there. The broker judges by the connecting process's namespace, so the
-/// name, which means another directory in the broker's namespace, is audited as fact.
-/// Known before this change too (the namespace of the pid that connected was read at the
-/// launch).
+/// names its cwd there. The broker judged by the connecting process's namespace, so the
+/// name, which means another directory in the broker's namespace, was audited as fact.
 #[test]
 fn a_cwd_sent_over_a_connection_passed_into_another_mount_namespace_is_audited_as_unverified() {
-    use std::os::unix::fs::MetadataExt;
-
-    let b = Broker::start(&config());
-    let tmp = TempDir::new();
-    let real = tmp.subdir("real", 0o755);
-    let over = tmp.subdir("over", 0o755);
-    tmp.file("real/marker", b"", 0o644);
-    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
-    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
-    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
-    inherited.cwd_fd = true;
-    req.inherited = Some(inherited);
-    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
-    let out = run(Command::new("/usr/bin/python3")
-        .args(["-c", PASS_THE_CONNECTION])
-        .arg(b.socket())
-        .arg(&hex)
-        .arg(&real)
-        .arg(&over));
-    assert_eq!(
-        out.ok(),
-        "marker\n",
-        "the program ran in the sender's directory"
-    );
-    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
-    let line = &lines[0];
-    let meta = std::fs::metadata(&real).unwrap();
-    assert_eq!(line["cwd_verified"], false, "{line}");
-    assert_eq!(
-        line["cwd_id"],
-        format!("{}:{}", meta.dev(), meta.ino()),
-        "{line}"
-    );
+    assert_cwd_from_another_namespace_is_unverified(PASS_THE_CONNECTION);
 }
