@@ -16,6 +16,11 @@ const PYTHON: &str = "/usr/bin/python3";
 /// (root), which root and ctx-alice may enter: the case where a child that dropped to
 /// ctx-alice would be allowed in.
 fn broker() -> Broker {
+    broker_with("")
+}
+
+/// [`broker`], with `more` contexts.
+fn broker_with(more: &str) -> Broker {
     let alice = user(ALICE);
     Broker::start(&format!(
         r#"[broker]
@@ -30,7 +35,7 @@ allow = {{ uids = [0, {uid}] }}
 user = "root"
 cwd = "inherit"
 allow = {{ uids = [0, {uid}] }}
-"#,
+{more}"#,
         uid = alice.uid
     ))
 }
@@ -1112,29 +1117,15 @@ int main(void) {
 fn every_raw_signal_call_of_either_abi_to_the_parent_reaches_the_launcher() {
     // `enforced` (enforce acts only with route_children_to): the filter with the exec
     // guard's calls ahead of the signal calls.
-    let alice = user(ALICE);
-    let b = Broker::start(&format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.alice]
-user = "{ALICE}"
-cwd = "inherit"
-allow = {{ uids = [0, {uid}] }}
-
-[contexts.rootctx]
-user = "root"
-cwd = "inherit"
-allow = {{ uids = [0, {uid}] }}
-
+    let b = broker_with(&format!(
+        r#"
 [contexts.enforced]
 user = "{ALICE}"
 cwd = "inherit"
 allow = {{ uids = [0] }}
 route_children_to = "alice"
 isolation = {{ enforce = true }}
-"#,
-        uid = alice.uid
+"#
     ));
     let source = b
         .dir()
