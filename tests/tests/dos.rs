@@ -1379,7 +1379,8 @@ allow = {{ uids = [0] }}
 
 /// Holds a pipe's lock for as long as it runs, then sends the launch in `argv[2]` (hex)
 /// with /dev/null as descriptors 0-2 and that pipe's write end as the "cwd" descriptor,
-/// closing its own copy: the broker's is the last. The lock: a splice from the pipe into a
+/// closing its own copy: the broker's is the last (but for a broker faster than that
+/// close). The lock: a splice from the pipe into a
 /// Unix socket whose buffer is full waits in the socket's send with the pipe locked, and a
 /// pipe end's last close takes that lock. Prints `sent`, then the broker's replies (hex,
 /// until it closes or `argv[3]` seconds pass), then holds the lock `argv[4]` seconds more.
@@ -1407,7 +1408,9 @@ null = os.open("/dev/null", os.O_RDWR)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(path)
 socket.send_fds(s, [opening], [null, null, null, w])
-os.close(w)
+# Closed on a thread of its own: on a loaded machine the broker may have run the launch
+# and closed its copy first, and this close, the last then, waits for the lock for good.
+threading.Thread(target=os.close, args=(w,), daemon=True).start()
 print("sent", flush=True)
 got = b""
 deadline = time.monotonic() + wait
