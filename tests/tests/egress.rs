@@ -255,6 +255,16 @@ fn egress_lines(b: &Broker, launch: u64) -> Vec<Value> {
         .collect()
 }
 
+/// Every egress line, once the one for `last` (an allowed name the test tried last) is
+/// written: the lines of the attempts before it are there by then.
+fn egress_lines_once(b: &Broker, last: &str) -> Vec<Value> {
+    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == last);
+    b.audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "egress")
+        .collect()
+}
+
 /// A site directory holding `hello.txt` (its text returned too).
 fn site(dir: &TempDir) -> (std::path::PathBuf, String) {
     let www = dir.subdir("www", 0o755);
@@ -3449,12 +3459,7 @@ fn a_malformed_request_naming_a_destination_is_audited() {
     let got = raw_heads(&b, "eg", &heads);
     assert!(got[0].starts_with(b"HTTP/1.1 400 "));
     // The second, well-formed attempt's line is there: the first one's would be before it.
-    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str());
-    let lines: Vec<Value> = b
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "egress")
-        .collect();
+    let lines = egress_lines_once(&b, &name);
     assert!(
         lines
             .iter()
@@ -3495,10 +3500,10 @@ m.close()
 "#;
 
 /// A head refused for a malformed header after its request line named a (denied)
-/// destination is to be audited (c6fe877). The 400 is written, and the client's leftover
-/// bytes drained for up to 2 s, inside the 10 s handshake deadline: a client that sends
-/// its head 8.5 s after connecting and keeps the connection open has the deadline cut
-/// the drain short, the handshake counts as timed out, and the probe leaves no line.
+/// destination is audited however late it comes. The 400 was written, and the client's
+/// leftover bytes drained for up to 2 s, inside the 10 s handshake deadline: a client that
+/// sent its head 8.5 s after connecting and kept the connection open had the deadline cut
+/// the drain short, the handshake counted as timed out, and the probe left no line.
 #[test]
 fn a_malformed_head_sent_late_in_the_handshake_is_still_audited() {
     let OneAllowed {
@@ -3532,12 +3537,7 @@ fn a_malformed_head_sent_late_in_the_handshake_is_still_audited() {
         out.ok(),
         "HTTP/1.1 400 Bad Request\nHTTP/1.1 200 Connection established\n"
     );
-    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str());
-    let lines: Vec<Value> = b
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "egress")
-        .collect();
+    let lines = egress_lines_once(&b, &name);
     assert!(
         lines
             .iter()
@@ -3548,10 +3548,10 @@ fn a_malformed_head_sent_late_in_the_handshake_is_still_audited() {
 }
 
 /// The request line goes to the origin as the client wrote its target and version: a
-/// bare CR (or a NUL, or another control byte) there is forwarded, although c6fe877
-/// refuses a header value that holds one, for the same reason: an origin that ends a line
-/// at a bare CR reads what follows it as a header of the proxy's making (here a second
-/// `Host` ahead of the one the proxy sets from the URL). RFC 9112 (2.2): a sender MUST NOT
+/// bare CR (or a NUL, or another control byte) there was forwarded, although a header
+/// value holding one is refused, for the same reason: an origin that ends a line at a
+/// bare CR reads what follows it as a header of the proxy's making (here a second `Host`
+/// ahead of the one the proxy sets from the URL). RFC 9112 (2.2): a sender MUST NOT
 /// generate a bare CR outside content.
 #[test]
 fn a_bare_cr_or_nul_in_the_request_line_is_refused_not_forwarded() {
@@ -3579,10 +3579,9 @@ fn a_bare_cr_or_nul_in_the_request_line_is_refused_not_forwarded() {
     }
 }
 
-/// c6fe877: "a head over 16 KiB no longer hides a probe of a denied name". A head over
-/// 16 KiB whose request line is itself the long part (an absolute URI with a long path:
-/// the host is whole, the line is not) is answered 431 and leaves no audit line: the
-/// name is read only from a request line that ended within the 16 KiB.
+/// A head over 16 KiB whose request line is itself the long part (an absolute URI with a
+/// long path: the host is whole, the line is not) is answered 431; it left no audit line
+/// while the name was read only from a request line that ended within the 16 KiB.
 #[test]
 fn a_request_line_over_the_head_limit_naming_a_destination_is_audited() {
     let OneAllowed {
@@ -3605,12 +3604,7 @@ fn a_request_line_over_the_head_limit_naming_a_destination_is_audited() {
         "{}",
         String::from_utf8_lossy(&got[0])
     );
-    b.wait_audit(1, |l| l["event"] == "egress" && l["name"] == name.as_str());
-    let lines: Vec<Value> = b
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "egress")
-        .collect();
+    let lines = egress_lines_once(&b, &name);
     assert!(
         lines
             .iter()

@@ -41,26 +41,32 @@ pub type DirIdentity = (u64, u64, u64);
 /// hold the thread. `None` also for a name that does not resolve.
 pub fn cached_identity_of_name(name: &[u8]) -> Option<DirIdentity> {
     let c = std::ffi::CString::new(name).ok()?;
+    let fd = openat2(&c, libc::O_PATH | libc::O_CLOEXEC, libc::RESOLVE_CACHED).ok()?;
+    cached_identity_of_fd(fd.as_raw_fd())
+}
+
+/// `openat2(2)` from the cwd: `flags` as for open, `resolve` its `RESOLVE_*` bits.
+/// ENOSYS before Linux 5.6.
+pub fn openat2(path: &std::ffi::CStr, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
     // SAFETY: open_how is plain data.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_CACHED;
+    how.flags = flags as u64;
+    how.resolve = resolve;
     // SAFETY: a NUL-terminated path and an open_how of the size passed.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
             libc::AT_FDCWD,
-            c.as_ptr(),
+            path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
     if fd < 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    cached_identity_of_fd(fd.as_raw_fd())
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 /// What the open descriptor `fd` (a caller's, say) names, from cached attributes only.

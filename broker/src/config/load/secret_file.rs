@@ -16,6 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::daemon::untrusted_path;
+
 /// Largest env file read: a secrets file is small; a huge one is a mistake.
 const MAX_BYTES: u64 = 1024 * 1024;
 
@@ -171,24 +173,12 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: open_how is plain data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: a NUL-terminated path and a valid open_how of the size given.
-    let mut fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    } as libc::c_int;
-    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-        // SAFETY: a NUL-terminated path.
-        fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_NOFOLLOW) };
+    match untrusted_path::openat2(&c, flags, libc::RESOLVE_NO_SYMLINKS) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        opened => return opened.map(File::from),
     }
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_NOFOLLOW) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

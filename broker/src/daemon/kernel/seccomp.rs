@@ -404,38 +404,7 @@ mod tests {
             (&[][..], Some(pid)),
             (&[][..], None),
         ] {
-            let filter = supervised_filter(exec, parent.map(|p| p as i32));
-            for arch in [NATIVE, COMPAT, 0x1234] {
-                for nr in (0..1100).chain((0..1100).map(|n| n | X32_SYSCALL_BIT)) {
-                    for arg0 in [pid, pid + 1, 0] {
-                        let plain = if arch == NATIVE {
-                            nr & !X32_SYSCALL_BIT
-                        } else {
-                            nr
-                        };
-                        let known = arch == NATIVE || arch == COMPAT;
-                        let execs = exec
-                            .iter()
-                            .any(|&(a, e, ea)| a == arch && (plain == e || plain == ea));
-                        let signal = parent.is_some()
-                            && arg0 == pid
-                            && SIGNAL_CALLS.iter().any(|c| c.0 == arch && c.1 == plain);
-                        let want = if !known {
-                            if exec.is_empty() {
-                                libc::SECCOMP_RET_ALLOW
-                            } else {
-                                libc::SECCOMP_RET_KILL_PROCESS
-                            }
-                        } else if execs || signal {
-                            libc::SECCOMP_RET_USER_NOTIF
-                        } else {
-                            libc::SECCOMP_RET_ALLOW
-                        };
-                        let (got, _) = run(&filter, arch, nr, arg0);
-                        assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} arg0 {arg0}");
-                    }
-                }
-            }
+            decides_as_its_rules_say(exec, parent, &[NATIVE, COMPAT, 0x1234], &[pid, pid + 1, 0]);
         }
     }
 
@@ -446,31 +415,50 @@ mod tests {
     fn the_filter_of_the_real_exec_table_decides_as_its_rules_say() {
         use crate::daemon::kernel::supervisor::EXEC_SYSCALLS;
         let pid = 0x12345u32;
+        let mut args = vec![pid, 0, u32::MAX, pid.wrapping_neg()];
+        args.extend((0..32).map(|b| pid ^ (1 << b)));
         for exec in [&EXEC_SYSCALLS[..], &[][..]] {
-            let filter = supervised_filter(exec, Some(pid as i32));
-            for arch in [NATIVE, COMPAT] {
-                for nr in (0..1100).chain((0..1100).map(|n| n | X32_SYSCALL_BIT)) {
-                    let mut args = vec![pid, 0, u32::MAX, pid.wrapping_neg()];
-                    args.extend((0..32).map(|b| pid ^ (1 << b)));
-                    for arg0 in args {
-                        let plain = if arch == NATIVE {
-                            nr & !X32_SYSCALL_BIT
-                        } else {
-                            nr
-                        };
-                        let execs = exec.iter().any(|&(a, e, ea)| {
-                            a == arch
-                                && (plain == e & !X32_SYSCALL_BIT || plain == ea & !X32_SYSCALL_BIT)
-                        });
-                        let signal = arg0 == pid && signal_call(arch, nr).is_some();
-                        let want = if execs || signal {
-                            libc::SECCOMP_RET_USER_NOTIF
-                        } else {
+            decides_as_its_rules_say(exec, Some(pid), &[NATIVE, COMPAT], &args);
+        }
+    }
+
+    /// Runs the filter for `(exec, parent)` on every number below 1100, with and without
+    /// the x32 bit, for each of `archs` and `args` (the first argument), against what
+    /// [`supervised_filter`] says it does.
+    fn decides_as_its_rules_say(
+        exec: &[(u32, u32, u32)],
+        parent: Option<u32>,
+        archs: &[u32],
+        args: &[u32],
+    ) {
+        let filter = supervised_filter(exec, parent.map(|p| p as i32));
+        for &arch in archs {
+            for nr in (0..1100).chain((0..1100).map(|n| n | X32_SYSCALL_BIT)) {
+                for &arg0 in args {
+                    let plain = if arch == NATIVE {
+                        nr & !X32_SYSCALL_BIT
+                    } else {
+                        nr
+                    };
+                    let known = arch == NATIVE || arch == COMPAT;
+                    let execs = exec.iter().any(|&(a, e, ea)| {
+                        a == arch
+                            && (plain == e & !X32_SYSCALL_BIT || plain == ea & !X32_SYSCALL_BIT)
+                    });
+                    let signal = Some(arg0) == parent && signal_call(arch, nr).is_some();
+                    let want = if !known {
+                        if exec.is_empty() {
                             libc::SECCOMP_RET_ALLOW
-                        };
-                        let (got, _) = run(&filter, arch, nr, arg0);
-                        assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} arg0 {arg0:#x}");
-                    }
+                        } else {
+                            libc::SECCOMP_RET_KILL_PROCESS
+                        }
+                    } else if execs || signal {
+                        libc::SECCOMP_RET_USER_NOTIF
+                    } else {
+                        libc::SECCOMP_RET_ALLOW
+                    };
+                    let (got, _) = run(&filter, arch, nr, arg0);
+                    assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} arg0 {arg0:#x}");
                 }
             }
         }
