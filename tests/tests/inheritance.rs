@@ -921,3 +921,48 @@ os.waitpid(pid, 0)
 fn a_cwd_sent_over_a_connection_passed_into_another_mount_namespace_is_audited_as_unverified() {
     assert_cwd_from_another_namespace_is_unverified(PASS_THE_CONNECTION);
 }
+
+/// Plants a symlink at argv[4] to argv[3] (where a context's user may write, its home
+/// say) and sends the launch with that name as its cwd and argv[3] as the descriptor.
+const SYMLINKED_NAME: &str = r#"
+import os, socket, sys
+path, opening, real, over = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4]
+os.symlink(real, over)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+cwd = os.open(real, os.O_PATH | os.O_DIRECTORY)
+null = os.open("/dev/null", os.O_RDWR)
+sys.stdout.flush()
+socket.send_fds(s, [opening], [null, 1, 1, cwd])
+while s.recv(65536):
+    pass
+"#;
+
+/// A caller names its cwd through a symlink it planted: the program runs in the directory
+/// passed, and the audit names that directory by the kernel's own path for the descriptor
+/// (never the planted name), which the broker looks up again without following links.
+#[test]
+fn a_cwd_named_through_a_planted_symlink_is_audited_by_its_real_path() {
+    let b = Broker::start(&config());
+    let tmp = TempDir::new();
+    let real = tmp.subdir("real", 0o755);
+    let over = tmp.path().join("over");
+    tmp.file("real/marker", b"", 0o644);
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
+    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
+    let out = run(Command::new("/usr/bin/python3")
+        .args(["-c", SYMLINKED_NAME])
+        .arg(b.socket())
+        .arg(&hex)
+        .arg(&real)
+        .arg(&over));
+    assert_eq!(out.ok(), "marker\n");
+    let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
+    let line = &lines[0];
+    assert_eq!(line["cwd"], real.to_str().unwrap(), "{line}");
+    assert!(line.get("cwd_verified").is_none(), "{line}");
+}

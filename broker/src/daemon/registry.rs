@@ -189,7 +189,8 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
 /// Reads the /proc file at `path` into `buf` until its end or until `buf` is full: the
 /// open file (to read the rest from, when full) and the bytes read. A /proc file reports
 /// no size, and std's whole-file reads would ask for it, then read in growing probes from
-/// 32 bytes, a system call each: these run for every connection.
+/// 32 bytes, a system call each: these run for every connection. Only for paths the
+/// broker builds under /proc from a pid (procfs: nothing on them a context can write).
 pub fn read_proc_file(path: &str, buf: &mut [u8]) -> Option<(std::fs::File, usize)> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;

@@ -38,10 +38,14 @@ pub type DirIdentity = (u64, u64, u64);
 /// What the caller-chosen `name` leads to here, if the kernel can say from what it has
 /// cached alone: the lookup fails rather than wait (`RESOLVE_CACHED`, Linux 5.12), and the
 /// attributes are the cached ones, so a FUSE or network mount the caller picked cannot
-/// hold the thread. `None` also for a name that does not resolve.
+/// hold the thread. No symlink is followed: the names given are the kernel's own paths,
+/// which hold none, and one found on the way was put there by someone who can write that
+/// directory (a context's user in its home, say). `None` also for a name that does not
+/// resolve.
 pub fn cached_identity_of_name(name: &[u8]) -> Option<DirIdentity> {
     let c = std::ffi::CString::new(name).ok()?;
-    let fd = openat2(&c, libc::O_PATH | libc::O_CLOEXEC, libc::RESOLVE_CACHED).ok()?;
+    let resolve = libc::RESOLVE_CACHED | libc::RESOLVE_NO_SYMLINKS;
+    let fd = openat2(&c, libc::O_PATH | libc::O_CLOEXEC, resolve).ok()?;
     cached_identity_of_fd(fd.as_raw_fd())
 }
 
@@ -105,6 +109,25 @@ mod tests {
         assert_eq!(by_name, Some(by_fd));
         assert_ne!(super::cached_identity_of_name(b"/"), Some(by_fd));
         assert_eq!(super::cached_identity_of_name(b"/no/such/dir/here"), None);
+    }
+
+    #[test]
+    fn a_name_through_a_symlink_leads_nowhere() {
+        let base = std::env::temp_dir().join(format!("ctx-untrusted-{}", std::process::id()));
+        let real = base.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = base.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // Both looked up once, so in the cache.
+        assert!(std::fs::metadata(&link).is_ok());
+        let by_real = super::cached_identity_of_name(real.as_os_str().as_encoded_bytes());
+        let by_link = super::cached_identity_of_name(link.as_os_str().as_encoded_bytes());
+        let via_link =
+            super::cached_identity_of_name(link.join(".").as_os_str().as_encoded_bytes());
+        std::fs::remove_dir_all(&base).unwrap();
+        assert!(by_real.is_some());
+        assert_eq!((by_link, via_link), (None, None));
     }
 
     #[test]
