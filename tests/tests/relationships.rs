@@ -271,6 +271,41 @@ print("grandchild-survived", survived)
     assert_eq!(r.ok(), "grandchild-survived False\n", "{}", r.show());
 }
 
+/// What cannot be as locally: a SIGKILLed shim cannot take its program with it, so the
+/// program is killed by the broker once the connection has closed, after the caller's
+/// `waitpid` may have returned. The README's row says so; this pins the bound: the pipe
+/// the program read from loses its reader well within a second of the reap, every time.
+#[test]
+fn a_killed_shims_program_lets_go_of_its_descriptors_soon_after_the_reap() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess, time
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+worst = 0.0
+for _ in range(20):
+    r, w = os.pipe()
+    p = subprocess.Popen(["sleep", "30"], pass_fds=[r])
+    os.close(r)
+    time.sleep(0.05)
+    p.kill()
+    p.wait()
+    reaped = time.monotonic()
+    while True:
+        try:
+            os.write(w, b"x")
+        except BrokenPipeError:
+            break
+        if time.monotonic() - reaped > 5:
+            break
+        time.sleep(0.0002)
+    worst = max(worst, time.monotonic() - reaped)
+    os.close(w)
+print("reader gone within 1 s:", worst < 1.0)
+"#;
+    let r = run(&mut routed(&b, "alice", script, &[]));
+    assert_eq!(r.ok(), "reader gone within 1 s: True\n", "{}", r.show());
+}
+
 /// A child that called `setsid()` (`start_new_session=True`) or `setpgid(0, 0)`
 /// (`process_group=0`) before exec leads its session or group routed as locally. A child
 /// left in its parent's group cannot be put in the caller's group routed (that group lives
