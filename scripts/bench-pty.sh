@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PTY relay throughput of `ctx exec -t` as a share of the bare PTY written by the same
-# program (scripts/bench/pty_rate.c running `head`, as in bench.sh), for one or more
+# program leading its session on it (scripts/bench/pty_rate.c -s running `head`, as in
+# bench.sh), for one or more
 # builds, round by round: each round measures the bare PTY first and then every build, so
 # that a neighbour's load falls on all of them alike; each build's figure is a ratio to
 # the bare PTY of its own round.
@@ -70,9 +71,11 @@ cd "$TMP"
 cpu_ms() { awk '{ print ($14 + $15) * 10 }' "/proc/$1/stat"; }
 now() { date +%s%N; }
 for r in $(seq "$ROUNDS"); do
-    # The bare PTY with the same writer as the relayed runs (see pty_rate.c).
-    bare=$("$TMP/pty_rate" "$BYTES" head -c "$BYTES" /dev/zero)
-    line="round $r: bare PTY $bare MB/s (written by head)"
+    # The bare PTY with the same writer as the relayed runs, leading its session on it as
+    # the routed program does (see pty_rate.c), and without that session, for reference.
+    bare=$("$TMP/pty_rate" -s "$BYTES" head -c "$BYTES" /dev/zero)
+    nosession=$("$TMP/pty_rate" "$BYTES" head -c "$BYTES" /dev/zero)
+    line="round $r: bare PTY $bare MB/s (written by head leading its session; $nosession MB/s without)"
     for i in "${!BINS[@]}"; do
         b0=$(cpu_ms "${PIDS[$i]}")
         a=$(now)

@@ -3,10 +3,17 @@
  * anywhere else: no PTY relay (script(1), ssh -tt, ctx exec -t) can beat this figure on
  * the same kernel. With a PROGRAM, the child runs it with the slave as its standard output
  * instead (e.g. `head -c BYTES /dev/zero`, the writer of bench.sh's relay rows): the
- * ceiling for a relay of that same writer. Used by scripts/bench.sh and bench-pty.sh.
- *   pty_rate BYTES [PROGRAM ARG...] */
+ * ceiling for a relay of that same writer. With -s the child first leads a session of its
+ * own with the PTY as its controlling terminal, as under any terminal (script(1), ssh -tt,
+ * tmux, ctx exec -t): with the kernel's autogroup scheduling on (Debian's default), a new
+ * session is a scheduling group of its own, and the writer's wake-ups then wait longer for
+ * a CPU than they do in the caller's group (89-94% of the rate without -s on a 2-vCPU VM).
+ * Used by scripts/bench.sh and bench-pty.sh.
+ *   pty_rate [-s] BYTES [PROGRAM ARG...] */
 #define _GNU_SOURCE
 #include <pty.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -14,6 +21,11 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
+    int session = argc > 1 && strcmp(argv[1], "-s") == 0;
+    if (session) {
+        argv++;
+        argc--;
+    }
     long total = argc > 1 ? atol(argv[1]) : 200000000;
     int m, s;
     if (openpty(&m, &s, NULL, NULL, NULL) < 0) { perror("openpty"); return 1; }
@@ -22,6 +34,7 @@ int main(int argc, char **argv) {
     pid_t p = fork();
     if (p == 0) {
         close(m);
+        if (session && (setsid() < 0 || ioctl(s, TIOCSCTTY, 0) < 0)) _exit(126);
         if (argc > 2) {
             dup2(s, 1);
             close(s);
