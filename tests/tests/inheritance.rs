@@ -837,6 +837,29 @@ while s.recv(65536):
 "#;
 
 /// Runs `script` (a raw client: argv[1] the socket, argv[2] the request, argv[3] the real
+/// directory, argv[4] `name`) with a launch of `ls` into alice whose cwd is `name`, the
+/// request saying a cwd descriptor rides with it.
+fn launch_ls_with_cwd_name(
+    b: &Broker,
+    script: &str,
+    real: &std::path::Path,
+    name: &std::path::Path,
+) -> Output {
+    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
+    req.cwd = name.to_str().unwrap().as_bytes().to_vec().into();
+    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
+    inherited.cwd_fd = true;
+    req.inherited = Some(inherited);
+    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
+    run(Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(b.socket())
+        .arg(&hex)
+        .arg(real)
+        .arg(name))
+}
+
+/// Runs `script` (a raw client: argv[1] the socket, argv[2] the request, argv[3] the real
 /// directory, argv[4] the name it is bound over in the mount namespace the request is sent
 /// from) with a launch of `ls` into alice whose cwd is that name, and checks the audit
 /// marks the name unverified with the real directory's `dev:ino`.
@@ -848,18 +871,7 @@ fn assert_cwd_from_another_namespace_is_unverified(script: &str) {
     let real = tmp.subdir("real", 0o755);
     let over = tmp.subdir("over", 0o755);
     tmp.file("real/marker", b"", 0o644);
-    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
-    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
-    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
-    inherited.cwd_fd = true;
-    req.inherited = Some(inherited);
-    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
-    let out = run(Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(b.socket())
-        .arg(&hex)
-        .arg(&real)
-        .arg(&over));
+    let out = launch_ls_with_cwd_name(&b, script, &real, &over);
     assert_eq!(
         out.ok(),
         "marker\n",
@@ -948,18 +960,7 @@ fn a_cwd_named_through_a_planted_symlink_is_audited_by_its_real_path() {
     let real = tmp.subdir("real", 0o755);
     let over = tmp.path().join("over");
     tmp.file("real/marker", b"", 0o644);
-    let mut req = ctx_tests::raw::exec_request("alice", &[b"ls"]);
-    req.cwd = over.to_str().unwrap().as_bytes().to_vec().into();
-    let mut inherited = ctx_protocol::inherit::Captured::empty().to_inherited();
-    inherited.cwd_fd = true;
-    req.inherited = Some(inherited);
-    let hex = ctx_tests::raw::hex(&ctx_tests::raw::opening(&ctx_protocol::Request::Exec(req)));
-    let out = run(Command::new("/usr/bin/python3")
-        .args(["-c", SYMLINKED_NAME])
-        .arg(b.socket())
-        .arg(&hex)
-        .arg(&real)
-        .arg(&over));
+    let out = launch_ls_with_cwd_name(&b, SYMLINKED_NAME, &real, &over);
     assert_eq!(out.ok(), "marker\n");
     let lines = b.wait_audit(1, |l| l["event"] == "exec" && l["context"] == "alice");
     let line = &lines[0];
