@@ -83,3 +83,155 @@ fn tiocsti_from_a_routed_process_cannot_reach_the_callers_terminal() {
     );
     drop(slave);
 }
+
+// ---------------------------------------------------------------------------------------
+// Terminal: the one the broker was started on reaches no routed process
+// ---------------------------------------------------------------------------------------
+
+/// A broker started by `script(1)` on a PTY of its own, the way an operator starts one in
+/// a terminal; stopped (and its `script` with it) on drop.
+struct BrokerOnTerminal {
+    dir: TempDir,
+    script: std::process::Child,
+}
+
+impl BrokerOnTerminal {
+    /// `how` is the shell line that starts the broker (`BROKER` in it is its command line)
+    /// and writes its pid to `pid`.
+    fn start(how: &str) -> BrokerOnTerminal {
+        let dir = TempDir::new();
+        let config = dir.file("contexts.toml", standard_config().as_bytes(), 0o644);
+        let d = dir.path().display();
+        let broker = format!(
+            "{} --config {} --socket {d}/s.sock --state-dir {d}/state --audit-log {d}/audit.jsonl 2>{d}/broker.log",
+            bin("ctx-broker").display(),
+            config.display()
+        );
+        let line = how
+            .replace("BROKER", &broker)
+            .replace("PIDFILE", &format!("{d}/pid"));
+        let script = std::process::Command::new("script")
+            .args(["-qfec", &format!("bash -c '{line}'"), "/dev/null"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1) (bsdutils)");
+        let b = BrokerOnTerminal { dir, script };
+        let up = poll(Duration::from_secs(10), || {
+            let st = b
+                .ctx(["status"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?;
+            st.success().then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "broker on a terminal did not start: {}",
+            b.log()
+        );
+        b
+    }
+
+    fn ctx<const N: usize>(&self, args: [&str; N]) -> std::process::Command {
+        let mut c = std::process::Command::new(bin("ctx"));
+        c.arg("--socket")
+            .arg(self.dir.path().join("s.sock"))
+            .args(args);
+        c
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.path().join("pid"))
+            .expect("the broker's pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerOnTerminal {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        if wait_deadline(&mut self.script, Duration::from_secs(20)).is_none() {
+            let _ = self.script.kill();
+            let _ = self.script.wait();
+        }
+    }
+}
+
+/// Field 7 of `/proc/PID/stat`: the controlling terminal's device number, 0 for none.
+fn controlling_terminal(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    after_comm.split(' ').nth(4).expect("tty_nr").to_string()
+}
+
+/// The routed program, launched by a caller without a terminal (an agent in the
+/// background, a CI job), must not find the broker's terminal as its own: through
+/// `/dev/tty` it could type into the operator's shell (`TIOCSTI`), take the foreground and
+/// read what is typed, or send the interrupt key to the broker. However the broker was
+/// started on it: in a script's background (`BROKER &`: a new session), as a job of an
+/// interactive shell (its group's leader: gives the terminal up), or as the session's
+/// leader itself (a container's PID 1 on `docker run -t`: gives it up, and is not hung up
+/// by doing so).
+#[test]
+fn the_terminal_the_broker_was_started_on_reaches_no_routed_process() {
+    require_root();
+    for how in [
+        "BROKER & echo $! > PIDFILE; wait",
+        "set -m; BROKER & echo $! > PIDFILE; wait",
+        "echo $$ > PIDFILE; exec BROKER",
+    ] {
+        let b = BrokerOnTerminal::start(how);
+        let pid = b.pid();
+        assert_eq!(
+            controlling_terminal(pid),
+            "0",
+            "`{how}`: the broker kept its terminal: {}",
+            b.log()
+        );
+        let probe = "if (exec 3<>/dev/tty) 2>/dev/null; then echo opened; else echo none; fi; \
+                     ps -o tty= -p $$";
+        let mut exec = b.ctx(["exec", "--context", "alice", "--", "sh", "-c", probe]);
+        exec.stdin(Stdio::null()).current_dir("/");
+        // SAFETY: setsid is async-signal-safe: the caller has no terminal of its own.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            exec.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run(&mut exec);
+        let stdout = out.ok();
+        let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            ["none", "?"],
+            "`{how}`: the routed program has the broker's terminal: {}",
+            b.log()
+        );
+        assert!(
+            b.ctx(["status"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success(),
+            "`{how}`: the broker did not survive leaving its terminal: {}",
+            b.log()
+        );
+    }
+}

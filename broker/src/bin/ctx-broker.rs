@@ -99,6 +99,18 @@ fn main() -> ExitCode {
     if args.stop {
         return stop_brokers(&args);
     }
+    // Before anything can be routed: a terminal the broker kept would be the controlling
+    // terminal of every routed process without one of its own (see `daemon::session`).
+    let left_terminal = match daemon::session::leave_controlling_terminal() {
+        Ok(left) => left,
+        Err(e) => {
+            eprintln!(
+                "ctx-broker: cannot give up the controlling terminal it was started on: {e}; \
+                 start it with setsid(1), or as a service"
+            );
+            return ExitCode::from(1);
+        }
+    };
     // While this is the only thread, so that every thread and spawn child inherits it.
     daemon::spawn::drop_bounding_set_process_wide();
     daemon::signals::protect_process();
@@ -123,6 +135,9 @@ fn main() -> ExitCode {
             )
             .with(filter)
             .init();
+    }
+    if left_terminal == daemon::session::Left::Terminal {
+        tracing::info!("gave up the controlling terminal it was started on");
     }
     if let Err(why) = daemon::signals::shield_credentials() {
         tracing::debug!("not shielded from signals of the broker's own uid: {why}");

@@ -16,7 +16,7 @@
 //! - [`isolation`]: what of each context's isolation is in force, and what is not;
 //! - [`socket_reach`]: whether each routing context's uid can connect to the socket;
 //! - [`audit`]: the JSON-lines audit log; [`registry`]: running processes;
-//! - [`systemd`]: socket activation, sd_notify.
+//! - [`systemd`]: socket activation, sd_notify; [`session`]: the broker holds no terminal.
 
 pub mod admission;
 pub mod audit;
@@ -36,6 +36,7 @@ pub mod quiet_log;
 pub mod registry;
 pub mod requests;
 pub mod server;
+pub mod session;
 pub mod shell_state;
 pub mod signals;
 pub mod socket_reach;
