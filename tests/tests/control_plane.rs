@@ -1044,3 +1044,102 @@ fn a_socket_directory_another_user_can_change_is_refused() {
     );
     assert_eq!(meta.gid(), 0, "the link's target kept its group");
 }
+
+/// The third attacker review: a process of a uid-0 context is root by its uid, but not the
+/// operator. Through the socket it could enter any context that lets root in (the default
+/// rule: every context's secrets), reload, kill and list every context's launches, and
+/// claim another context's reserved port. Now it is a party like any other: it enters
+/// itself and what names it in `allow.contexts`, and sees and signals only its own.
+#[test]
+fn a_uid0_contexts_process_is_not_the_operator() {
+    let (owned, spare) = ctx_tests::isolation::free_ports();
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+reserved_ports = [{owned}, {spare}]
+port_owners = {{ {owned} = "alice" }}
+
+[contexts.rootc]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+env = {{ CONTEXT_SECRET = "alice-key" }}
+allow = {{ uids = [0] }}
+
+[contexts.namer]
+user = "{BOB}"
+cwd = "/"
+allow = {{ contexts = ["rootc"] }}
+"#
+    );
+    let b = Broker::start(&config);
+    // A launch of the operator's, which the context must neither see nor signal.
+    let mark = format!("900.{}", std::process::id());
+    let victim = Reaped(
+        b.exec_cmd("alice", &["sleep", &mark])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let victim_pid = poll(Duration::from_secs(10), || {
+        pids_with_arg(&mark).into_iter().find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+    })
+    .expect("the operator's routed sleep");
+    let ps = run(&mut b.ctx(["ps", "--json"])).ok();
+    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    let victim_id = ps
+        .as_array()
+        .and_then(|a| a.iter().find(|p| json_has_str(&p["argv"], &mark)))
+        .and_then(|p| p["id"].as_u64())
+        .unwrap_or_else(|| panic!("the operator's sleep in ctx ps: {ps}"));
+    let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
+    let script = format!(
+        "{ctx} exec --context alice -- env; echo enter-alice=$?; \
+         {ctx} exec --context rootc -- true; echo enter-itself=$?; \
+         {ctx} exec --context namer -- true; echo enter-named=$?; \
+         {ctx} exec --context namer --listen-port {owned} -- true; echo alices-port=$?; \
+         {ctx} exec --context namer --listen-port {spare} -- true; echo spare-port=$?; \
+         {ctx} reload; echo reload=$?; \
+         {ctx} kill --context alice; echo kill-alice=$?; \
+         {ctx} kill {victim_id}; echo kill-id=$?; \
+         {ctx} ps; {ctx} contexts"
+    );
+    let out = b.exec("rootc", &["sh", "-c", &script]);
+    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+    for (line, why) in [
+        ("enter-alice=125", "entered a context that lets root in"),
+        ("enter-itself=0", "could not enter its own context"),
+        ("enter-named=0", "could not enter a context naming it"),
+        ("alices-port=125", "claimed another context's reserved port"),
+        ("spare-port=125", "claimed a reserved port with no owner"),
+        ("kill-alice=125", "signalled another context's launches"),
+        ("kill-id=125", "signalled the operator's launch"),
+    ] {
+        assert!(text.contains(line), "{why}: {text}");
+    }
+    assert!(!text.contains("alice-key"), "read alice's secret: {text}");
+    assert!(!text.contains("reload=0"), "reloaded the broker: {text}");
+    assert!(
+        !text.contains(&mark),
+        "listed the operator's launch: {text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("alice")),
+        "listed a context it may not enter: {text}"
+    );
+    assert!(
+        fs::read_to_string(format!("/proc/{victim_pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "the operator's launch was killed: {text}"
+    );
+    drop(victim);
+}

@@ -243,14 +243,32 @@ impl Context {
             .collect()
     }
 
-    /// The `allow` rule: `peer_context` is the context the peer process runs in, if any.
-    pub fn allows(&self, uid: u32, gid: u32, peer_context: Option<&str>) -> bool {
+    /// The `allow` rule. `peer_context`: the context the peer runs in by its ancestry
+    /// (what `allow.contexts` names); `runs_in`: the one it runs in by its ancestry or else
+    /// its cgroup. Root's uid and gid let in root outside every context, or a process of
+    /// the context itself: a uid-0 context's processes enter another context only where
+    /// its `allow.contexts` names them, whatever the uids it lists.
+    pub fn allows(
+        &self,
+        uid: u32,
+        gid: u32,
+        peer_context: Option<&str>,
+        runs_in: Option<&str>,
+    ) -> bool {
+        let foreign = runs_in.is_some_and(|c| c != self.name);
+        let root_uid = uid == 0 && foreign;
+        let root_gid = gid == 0 && foreign;
         if self.allow.is_default {
-            return uid == 0 || uid == self.user.uid;
+            return !root_uid && (uid == 0 || uid == self.user.uid);
         }
-        self.allow.uids.contains(&uid)
-            || self.allow.gids.contains(&gid)
+        (self.allow.uids.contains(&uid) && !root_uid)
+            || (self.allow.gids.contains(&gid) && !root_gid)
             || peer_context.is_some_and(|c| self.allow.contexts.iter().any(|a| a == c))
+    }
+
+    /// [`Context::allows`] for a connected peer.
+    pub fn allows_peer(&self, peer: &crate::daemon::Peer) -> bool {
+        self.allows(peer.uid, peer.gid, peer.context.as_deref(), peer.runs_in())
     }
 }
 

@@ -230,13 +230,13 @@ impl Audit {
         }
     }
 
-    /// Appends the event of a refusal of `uid`, within that uid's share of the log (see the
-    /// module's notes): what a peer allowed into nothing can make the broker write.
-    pub fn record_refusal(&self, uid: u32, event: AuditEvent) {
-        // SAFETY: plain getter.
-        if uid == 0 || uid == unsafe { libc::geteuid() } {
+    /// Appends the event of a refusal charged to `uid`, within that uid's share of the log
+    /// (see the module's notes): what a peer allowed into nothing can make the broker
+    /// write. `None`: the operator's, never metered.
+    pub fn record_refusal(&self, charged: Option<u32>, event: AuditEvent) {
+        let Some(uid) = charged else {
             return self.record(event);
-        }
+        };
         let line = line(&event, &self.inner.run);
         let admission = self.inner.meter().admit(uid, line.len(), Instant::now());
         match admission {
@@ -256,7 +256,8 @@ impl Audit {
 
     /// Appends the line of an allowed egress attempt of `uid`, within that uid's share of
     /// the log for them (see the module's notes); past it, the attempt is summed into its
-    /// context's next `egress_suppressed` line. Any other event is written as it is.
+    /// context's next `egress_suppressed` line. Any other event is written as it is. An
+    /// egress attempt always comes from a context's process: a uid-0 one is metered too.
     pub fn record_egress(&self, uid: u32, event: AuditEvent) {
         let AuditEvent::Egress {
             context,
@@ -267,10 +268,6 @@ impl Audit {
         else {
             return self.record(event);
         };
-        // SAFETY: plain getter.
-        if uid == 0 || uid == unsafe { libc::geteuid() } {
-            return self.record(event);
-        }
         let line = line(&event, &self.inner.run);
         let attempt = EgressTally {
             count: 1,
@@ -1208,10 +1205,10 @@ mod bound_tests {
         let audit = Audit::open(&path);
         let big = vec![b'A'; 1024 * 1024];
         for _ in 0..100 {
-            audit.record_refusal(4242, refused(super::argv(&[&big])));
+            audit.record_refusal(Some(4242), refused(super::argv(&[&big])));
         }
         for _ in 0..100 {
-            audit.record_refusal(0, refused(super::argv(&[&big])));
+            audit.record_refusal(None, refused(super::argv(&[&big])));
         }
         drop(audit);
         let lines: Vec<Value> = std::fs::read_to_string(&path)
@@ -1305,15 +1302,14 @@ mod egress_meter_tests {
         assert_eq!(m.take_due(t1, "r").len(), 1);
     }
 
+    /// Every egress attempt is a context's, a uid-0 context's too: each is metered.
     #[test]
-    fn an_egress_flood_is_bounded_and_counted_but_root_is_not() {
+    fn an_egress_flood_is_bounded_and_counted_also_from_a_uid0_context() {
         let path = super::rotation_tests::temp_log("egress");
         let audit = Audit::open(&path);
         let started = Instant::now();
         for _ in 0..3000 {
             audit.record_egress(4242, egress("eg", 1));
-        }
-        for _ in 0..100 {
             audit.record_egress(0, egress("root", 1));
         }
         let secs = started.elapsed().as_secs_f64();
@@ -1323,31 +1319,35 @@ mod egress_meter_tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let written = lines
-            .iter()
-            .filter(|l| l["event"] == "egress" && l["context"] == "eg")
-            .count() as u64;
-        let summed: u64 = lines
-            .iter()
-            .filter(|l| l["event"] == "egress_suppressed")
-            .map(|l| l["count"].as_u64().unwrap())
-            .sum();
-        assert_eq!(written + summed, 3000, "every attempt written or counted");
-        let up: u64 = lines
-            .iter()
-            .filter(|l| l["context"] == "eg")
-            .map(|l| l["bytes_up"].as_u64().unwrap())
-            .sum();
-        assert_eq!(up, 3000, "what they carried is all in the log");
-        let root = lines.iter().filter(|l| l["context"] == "root").count();
-        assert_eq!(root, 100);
-        let eg_bytes: usize = text
-            .lines()
-            .filter(|l| l.contains("\"context\":\"eg\""))
-            .map(|l| l.len() + 1)
-            .sum();
-        let bound = EGRESS_BURST + EGRESS_RATE * (secs + 1.0) + 1024.0;
-        assert!((eg_bytes as f64) < bound, "{eg_bytes} > {bound}");
+        for context in ["eg", "root"] {
+            let written = lines
+                .iter()
+                .filter(|l| l["event"] == "egress" && l["context"] == context)
+                .count() as u64;
+            let summed: u64 = lines
+                .iter()
+                .filter(|l| l["event"] == "egress_suppressed" && l["context"] == context)
+                .map(|l| l["count"].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                written + summed,
+                3000,
+                "{context}: every attempt written or counted"
+            );
+            let up: u64 = lines
+                .iter()
+                .filter(|l| l["context"] == context)
+                .map(|l| l["bytes_up"].as_u64().unwrap())
+                .sum();
+            assert_eq!(up, 3000, "{context}: what they carried is all in the log");
+            let bytes: usize = text
+                .lines()
+                .filter(|l| l.contains(&format!("\"context\":\"{context}\"")))
+                .map(|l| l.len() + 1)
+                .sum();
+            let bound = EGRESS_BURST + EGRESS_RATE * (secs + 1.0) + 1024.0;
+            assert!((bytes as f64) < bound, "{context}: {bytes} > {bound}");
+        }
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -102,6 +102,11 @@ impl Peer {
         self.context.is_some() || self.contained.is_some()
     }
 
+    /// The context the peer runs in, by its ancestry or else its cgroup.
+    pub fn runs_in(&self) -> Option<&str> {
+        self.context.as_deref().or(self.contained.as_deref())
+    }
+
     /// Whether the process that connected is still there (or was never visible): checked
     /// again where its identity grants something.
     pub fn still_there(&self) -> bool {

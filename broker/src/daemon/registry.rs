@@ -14,6 +14,8 @@ pub struct Running {
     pub context: String,
     pub caller_pid: i32,
     pub caller_uid: u32,
+    /// The context the caller ran in (none: outside every context).
+    pub caller_context: Option<String>,
     pub argv: Vec<String>,
     pub started: Instant,
 }
@@ -281,6 +283,7 @@ mod tests {
             context: "c".into(),
             caller_pid: 0,
             caller_uid: 0,
+            caller_context: None,
             argv: vec![],
             started: long_ago,
         });
@@ -298,6 +301,7 @@ mod tests {
             context: "d".into(),
             caller_pid: 0,
             caller_uid: 0,
+            caller_context: None,
             argv: vec![],
             started: Instant::now(),
         });
@@ -329,6 +333,7 @@ mod tests {
             context: "c".into(),
             caller_pid: 0,
             caller_uid: 0,
+            caller_context: None,
             argv: vec![],
             started: long_ago,
         });

@@ -337,7 +337,7 @@ fn admit(
         .config()
         .contexts
         .values()
-        .any(|c| c.allows(peer.uid, peer.gid, peer.context.as_deref()));
+        .any(|c| c.allows_peer(&peer));
     let mut admission = shared
         .admissions
         .admit(peer.uid, peer.context.is_some(), entitled)?;

@@ -176,8 +176,8 @@ isolation = {{ pid = true, network = "host", enforce = false }}
     assert_eq!(user.user.name, "nobody");
     assert_eq!(user.cwd, CwdRule::Inherit);
     assert_eq!(user.allow.contexts, vec!["platform"]);
-    assert!(user.allows(1234, 1234, Some("platform")));
-    assert!(!user.allows(1234, 1234, Some("user")));
+    assert!(user.allows(1234, 1234, Some("platform"), Some("platform")));
+    assert!(!user.allows(1234, 1234, Some("user"), Some("user")));
     assert_eq!(user.timeout, Some(Duration::from_secs(600)));
     assert_eq!(
         user.rlimits,
@@ -235,7 +235,7 @@ fn defaults() {
     assert!(a.env.is_empty(), "{:?}", a.env);
     assert_eq!(a.cwd, CwdRule::Home);
     assert!(a.allow.is_default);
-    assert!(a.allows(0, 0, None) && !a.allows(1000, 1000, None));
+    assert!(a.allows(0, 0, None, None) && !a.allows(1000, 1000, None, None));
     assert!(a.rlimits.is_empty());
     assert_eq!(a.timeout, None);
     assert_eq!(a.on_broker_down, BrokerDown::Fail);
@@ -641,6 +641,44 @@ fn route_cycles() {
     );
 }
 
+/// Root's uid lets in root outside every context, or a process of the context itself,
+/// never a uid-0 context's process into another context: that takes `allow.contexts`.
+#[test]
+fn a_uid0_contexts_process_is_not_root_to_other_contexts() {
+    let config = ok(concat!(
+        "[contexts.open]\nuser = \"root\"\n",
+        "[contexts.listed]\nuser = \"root\"\nallow = { uids = [0], gids = [0] }\n",
+        "[contexts.named]\nuser = \"root\"\nallow = { contexts = [\"fenced\"] }\n",
+        "[contexts.fenced]\nuser = \"root\"\n",
+    ));
+    for name in ["open", "listed"] {
+        let c = ctx(&config, name);
+        assert!(c.allows(0, 0, None, None), "{name}: the operator");
+        assert!(
+            c.allows(0, 0, Some(name), Some(name)),
+            "{name}: its own process"
+        );
+        assert!(
+            c.allows(0, 0, None, Some(name)),
+            "{name}: its own, by cgroup"
+        );
+        assert!(
+            !c.allows(0, 0, Some("fenced"), Some("fenced")),
+            "{name}: another's"
+        );
+        assert!(
+            !c.allows(0, 0, None, Some("fenced")),
+            "{name}: another's, by cgroup"
+        );
+    }
+    let named = ctx(&config, "named");
+    assert!(named.allows(0, 0, Some("fenced"), Some("fenced")));
+    assert!(
+        !named.allows(0, 0, None, Some("fenced")),
+        "a name is granted by ancestry only"
+    );
+}
+
 #[test]
 fn allow_rules() {
     let config = ok(concat!(
@@ -648,8 +686,10 @@ fn allow_rules() {
         "[contexts.b]\nuser = \"root\"\nallow = {}\n",
     ));
     let a = ctx(&config, "a");
-    assert!(a.allows(7, 100, None) && a.allows(5, 5, None) && !a.allows(0, 0, None));
-    assert!(!ctx(&config, "b").allows(0, 0, None));
+    assert!(
+        a.allows(7, 100, None, None) && a.allows(5, 5, None, None) && !a.allows(0, 0, None, None)
+    );
+    assert!(!ctx(&config, "b").allows(0, 0, None, None));
     assert_eq!(config.warnings.len(), 2);
     // Both run as root, but neither allow rule lets uid 0 in.
     assert!(

@@ -564,7 +564,8 @@ impl State {
         if attempt.allowed && (carried || attempt.error.is_none()) {
             shared.audit.record_egress(uid, event);
         } else {
-            shared.audit.record_refusal(uid, event);
+            // A process of the context: never the operator, whatever its uid.
+            shared.audit.record_refusal(Some(uid), event);
         }
     }
 }

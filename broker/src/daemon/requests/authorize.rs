@@ -30,7 +30,9 @@ pub(super) async fn authorize(
             ids: None,
             signal: None,
         };
-        shared.audit.record_refusal(peer.uid, event);
+        shared
+            .audit
+            .record_refusal(super::audit_charge(peer), event);
         let message = format!(
             "no context named {:?} (known: {})",
             name,
@@ -50,7 +52,7 @@ pub(super) async fn authorize(
         return None;
     };
     // The identity was pinned at connect; a peer gone since has nobody left to serve.
-    if !ctx.allows(peer.uid, peer.gid, peer.context.as_deref()) || !peer.still_there() {
+    if !ctx.allows_peer(peer) || !peer.still_there() {
         let event = AuditEvent::Refused {
             reason: "not allowed".into(),
             caller: caller(peer),
@@ -59,7 +61,9 @@ pub(super) async fn authorize(
             ids: None,
             signal: None,
         };
-        shared.audit.record_refusal(peer.uid, event);
+        shared
+            .audit
+            .record_refusal(super::audit_charge(peer), event);
         let message = format!(
             "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
             peer.uid,

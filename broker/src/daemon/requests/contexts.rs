@@ -4,13 +4,13 @@ use ctx_protocol::ContextInfo;
 
 use crate::daemon::{Peer, Shared};
 
-/// The contexts this peer may enter (root sees all), with env values masked.
+/// The contexts this peer may enter (the operator sees all), with env values masked.
 pub fn contexts(shared: &Shared, peer: &Peer) -> Vec<ContextInfo> {
     let config = shared.config();
     config
         .contexts
         .values()
-        .filter(|c| peer.uid == 0 || c.allows(peer.uid, peer.gid, peer.context.as_deref()))
+        .filter(|c| super::is_operator(peer) || c.allows_peer(peer))
         .map(|c| ContextInfo {
             name: c.name.clone(),
             user: c.user.name.clone(),

@@ -3,7 +3,7 @@
 
 use ctx_protocol::{ErrorKind, KillTarget, Reply};
 
-use super::{caller, error, is_operator, kill_group, may_touch};
+use super::{audit_charge, caller, error, is_operator, kill_group, may_touch};
 use crate::audit_event::AuditEvent;
 use crate::daemon::registry::Running;
 use crate::daemon::{Peer, Shared};
@@ -58,7 +58,7 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         matching.into_iter().partition(|r| may_touch(peer, r));
     if allowed.is_empty() {
         shared.audit.record_refusal(
-            peer.uid,
+            audit_charge(peer),
             AuditEvent::Refused {
                 reason: "kill of another uid's process".into(),
                 caller: caller(peer),
@@ -71,9 +71,9 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         return error(
             ErrorKind::Refused,
             format!(
-                "uid {} may not signal the routed process(es) {what}: only root or the uid that \
-                 launched them may",
-                peer.uid
+                "{} may not signal the routed process(es) {what}: only root outside every \
+                 context, or the uid that launched them from where it runs, may",
+                super::who(peer)
             ),
         );
     }

@@ -368,7 +368,8 @@ impl<'a> Launch<'a> {
                 continue;
             };
             let owner = config.broker.port_owners.get(&port);
-            if peer.uid != 0 && owner != Some(&ctx.name) {
+            // Root outside every context: a uid-0 context claims only its own ports.
+            if (peer.uid != 0 || peer.in_a_context()) && owner != Some(&ctx.name) {
                 let message = match owner {
                     Some(o) => {
                         format!("port {port} belongs to context {o:?}, not {:?}", ctx.name)
@@ -653,6 +654,7 @@ impl<'a> Launch<'a> {
             context: self.ctx.name.clone(),
             caller_pid: self.peer.pid,
             caller_uid: self.peer.uid,
+            caller_context: self.peer.runs_in().map(str::to_string),
             argv: self.argv.clone(),
             // Before the fork: the registry's lower bound on the process's start time.
             started: self.started_at,

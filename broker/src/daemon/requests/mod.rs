@@ -64,18 +64,37 @@ pub fn kill_process(pid: i32, signo: i32) {
 // ---------------------------------------------------------------------------------------
 //
 // Who may do what: root (or the uid the broker itself runs as, when it runs unprivileged)
-// may reload and see and signal every routed process; anyone else sees and signals only
-// the processes their own uid launched.
+// outside every context may reload and see and signal every routed process; anyone else
+// sees and signals only the processes their own uid launched from where it runs (outside
+// every context, or in the same one). A process in a context is never the operator,
+// whatever its uid: a uid-0 context is fenced by its isolation, which the socket must not
+// undo.
 
-/// Root, or the broker's own uid (an unprivileged broker's operator is its owner).
+/// Root, or the broker's own uid (an unprivileged broker's operator is its owner), when
+/// the peer runs in no context.
 pub fn is_operator(peer: &Peer) -> bool {
     // SAFETY: plain getter.
-    peer.uid == 0 || peer.uid == unsafe { libc::geteuid() }
+    (peer.uid == 0 || peer.uid == unsafe { libc::geteuid() }) && !peer.in_a_context()
 }
 
 /// Whether `peer` may see and signal `running`.
 pub fn may_touch(peer: &Peer, running: &Running) -> bool {
-    is_operator(peer) || running.caller_uid == peer.uid
+    is_operator(peer)
+        || (running.caller_uid == peer.uid && running.caller_context.as_deref() == peer.runs_in())
+}
+
+/// The peer as a refusal names it: `uid N`, and its context when it runs in one.
+pub fn who(peer: &Peer) -> String {
+    match peer.runs_in() {
+        Some(c) => format!("uid {} in context {c:?}", peer.uid),
+        None => format!("uid {}", peer.uid),
+    }
+}
+
+/// What a refusal or other record of `peer` is charged to in the audit log: `None` for
+/// the operator, whose lines are never metered.
+pub fn audit_charge(peer: &Peer) -> Option<u32> {
+    (!is_operator(peer)).then_some(peer.uid)
 }
 
 fn error(kind: ErrorKind, message: String) -> Reply<'static> {

@@ -34,7 +34,7 @@ pub struct Reloaded {
 pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static> {
     if !is_operator(peer) {
         shared.audit.record_refusal(
-            peer.uid,
+            super::audit_charge(peer),
             AuditEvent::Refused {
                 reason: "reload needs root".into(),
                 caller: caller(peer),
@@ -47,8 +47,8 @@ pub async fn reload_request(shared: &Arc<Shared>, peer: &Peer) -> Reply<'static>
         return error(
             ErrorKind::Refused,
             format!(
-                "uid {} may not reload the broker; run ctx reload as root",
-                peer.uid
+                "{} may not reload the broker; run ctx reload as root, outside every context",
+                super::who(peer)
             ),
         );
     }
