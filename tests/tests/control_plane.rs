@@ -1143,3 +1143,85 @@ allow = {{ contexts = ["rootc"] }}
     );
     drop(victim);
 }
+
+/// The third attacker review: a context's `ctx sh` state is its uid's. When the operator
+/// gives the context another user, a slot the old uid left (newer than any, world
+/// readable) was loaded by the new uid's next command and ran as the new uid, with its
+/// credentials; the directory changed hands but kept the old uid's files. Now they go
+/// when it changes hands, and the session starts afresh.
+#[test]
+fn shell_state_left_by_a_contexts_old_user_never_runs_as_its_new_one() {
+    let config = |who: &str| {
+        format!(
+            r#"[broker]
+socket_mode = "0666"
+
+[contexts.dev]
+user = "{who}"
+cwd = "/"
+env = {{ DEV_TOKEN = "token-of-{who}" }}
+allow = {{ uids = [0] }}
+"#
+        )
+    };
+    let b = Broker::start(&config(ALICE));
+    run(&mut b.ctx(["sh", "--context", "dev", "KEPT=1"])).ok();
+    let dir = b.dir().path().join("state/shells/dev");
+    // What the old uid can write there: a slot newer than any the broker made, running
+    // a command at load, and a link where the next save would go.
+    let alice = user(ALICE);
+    let planted = dir.join("default.bash.1");
+    fs::write(
+        &planted,
+        "echo PLANTED-RAN-AS-$(id -u)-$DEV_TOKEN\n: ctx-sh-end 999999\n",
+    )
+    .unwrap();
+    let link = dir.join("default.bash.tmp-link");
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    for p in [&planted, &link] {
+        nix::unistd::fchownat(
+            None,
+            p.as_path(),
+            Some(nix::unistd::Uid::from_raw(alice.uid)),
+            Some(nix::unistd::Gid::from_raw(alice.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+    fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    fs::write(b.config_path(), config(BOB)).unwrap();
+    run(&mut b.ctx(["reload"])).ok();
+    let out = run(&mut b.ctx([
+        "sh",
+        "--context",
+        "dev",
+        "echo uid=$(id -u) kept=${KEPT-no}",
+    ]));
+    let text = out.ok();
+    assert!(
+        !text.contains("PLANTED"),
+        "the old user's state ran: {text}"
+    );
+    assert_eq!(text.trim(), format!("uid={} kept=no", user(BOB).uid));
+    let left: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::os::unix::fs::MetadataExt::uid(&e.path().symlink_metadata().unwrap())
+                != user(BOB).uid
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the old user's entries are still there: {left:?}"
+    );
+    // The new user's own state carries on as ever.
+    run(&mut b.ctx(["sh", "--context", "dev", "NEW=2"])).ok();
+    let out = run(&mut b.ctx(["sh", "--context", "dev", "echo new=$NEW"]));
+    assert_eq!(out.ok().trim(), "new=2");
+}

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ __ctx_o= __ctx_s= __ctx_gen=0 __ctx_from=
 # command was killed) leaves an incomplete slot that the next load skips, and no rename
 # (an external `mv`, a fork and exec per command) is needed.
 for __ctx_f in "$__ctx_state" "$__ctx_state.1"; do
-  [[ -r $__ctx_f ]] || continue
+  [[ -r $__ctx_f && -O $__ctx_f ]] || continue
   mapfile -t __ctx_l <"$__ctx_f"
   (( ${#__ctx_l[@]} )) || continue
   [[ ${__ctx_l[-1]} =~ ^:\ ctx-sh-end\ ([0-9]+)$ ]] || continue
@@ -236,12 +237,19 @@ pub fn prepare(
     }
     let dir = open_dir(&path).map_err(io_err(&path))?;
     let owner = session_owner(ctx);
-    // Re-applied every time: the context's uid may have changed in the config.
-    if dir.metadata().map_err(io_err(&path))?.uid() != owner.0 {
+    // Re-applied every time: the context's uid may have changed in the config. What the
+    // old uid left there is its own, never the new uid's state: the directory changes
+    // hands first (so the old uid can add nothing more, even through a descriptor it
+    // kept), then everything in it goes.
+    let handed_over = dir.metadata().map_err(io_err(&path))?.uid() != owner.0;
+    if handed_over {
         std::os::unix::fs::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&path))?;
     }
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(&path))?;
+    if handed_over {
+        clear_previous_owners_state(&dir).map_err(io_err(&path))?;
+    }
     if reset {
         for ext in ["bash", "bash.1", "bash.env"] {
             let name = format!("{session}.{ext}");
@@ -260,6 +268,40 @@ pub fn prepare(
         name: session.to_string(),
         state: path.join(format!("{session}.bash")),
     })
+}
+
+/// Removes every entry of a session directory that has just changed hands: files,
+/// symlinks and FIFOs (never followed), and directories when empty; a directory with
+/// something in it (the wrapper never makes one) is renamed out of every slot's way. All
+/// of it by name relative to `dir`, which no one else may write any more.
+fn clear_previous_owners_state(dir: &File) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    // The directory the descriptor holds, whatever its name leads to by now.
+    let names: Vec<std::ffi::CString> = std::fs::read_dir(format!("/proc/self/fd/{fd}"))?
+        .filter_map(Result::ok)
+        .filter_map(|e| std::ffi::CString::new(e.file_name().into_vec()).ok())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let is_dir = nix::sys::stat::fstatat(
+            Some(fd),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let removed = match is_dir {
+            false => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::NoRemoveDir),
+            true => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::RemoveDir),
+        };
+        match removed {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) if is_dir => {
+                let aside = format!(".previous-owner.{}.{i}", std::process::id());
+                nix::fcntl::renameat(Some(fd), name.as_c_str(), Some(fd), aside.as_str())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Who owns a context's session files: its uid, or the broker's own when the broker is
