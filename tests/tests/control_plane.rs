@@ -754,6 +754,71 @@ allow = { uids = [0] }
     );
 }
 
+/// The review of the third attacker round: an orphan of a uid-0 context that left its
+/// launch's process tree and also its cgroups (root may write any v1 `cgroup.procs`
+/// without a capability; a host without cgroups has none to leave) was known by nothing
+/// and passed for the operator: it entered every context that lets root in, reloaded
+/// the broker. Every process a root broker starts has an empty capability bounding set,
+/// which none can fill again: such a uid-0 peer is in some context, whichever.
+#[test]
+fn a_uid0_contexts_orphan_out_of_its_cgroups_is_not_the_operator() {
+    let config = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.victim]
+user = "root"
+cwd = "/"
+env = { VICTIM_SECRET = "victim-key" }
+allow = { uids = [0] }
+"#;
+    let b = Broker::start(config);
+    let out_dir = TempDir::new();
+    let report = out_dir.path().join("orphan.out");
+    let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
+    // The orphan: its own session, out of every cgroup it can leave, then it waits for its
+    // launch to end before it asks anything.
+    let orphan = format!(
+        "for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
+           echo $$ > $f 2>/dev/null; done; sleep 1; \
+         {{ {ctx} exec --context victim -- env; echo enter=$?; {ctx} reload; echo reload=$?; \
+           echo done; }} > {out} 2>&1",
+        out = report.display()
+    );
+    let script = format!(
+        "setsid -f sh -c '{}'; echo launched",
+        orphan.replace('\'', "")
+    );
+    assert_eq!(
+        b.exec("root0", &["sh", "-c", &script]).ok().trim(),
+        "launched"
+    );
+    let text = poll(Duration::from_secs(20), || {
+        fs::read_to_string(&report)
+            .ok()
+            .filter(|t| t.contains("done"))
+    })
+    .unwrap_or_else(|| panic!("the orphan never reported\n{}", b.stderr()));
+    assert!(
+        !text.contains("victim-key"),
+        "the orphan read another context's secret: {text}"
+    );
+    assert!(text.contains("enter=125"), "{text}");
+    assert!(
+        text.contains("reload=125"),
+        "the orphan reloaded the broker: {text}"
+    );
+    let refused = b.wait_audit(2, |e| e["event"] == "refused" && e["caller"]["uid"] == 0);
+    assert!(
+        refused.iter().all(|e| e["caller"]["capless_root"] == true),
+        "{refused:?}"
+    );
+}
+
 /// The second attacker review: SIGIO through F_SETOWN/F_SETSIG, which the kernel allows
 /// any euid-0 process towards any process, stops a root broker from a plain uid-0 context.
 /// In its own pid namespace the broker's pid does not exist for the context: it holds.

@@ -244,18 +244,12 @@ impl Context {
     }
 
     /// The `allow` rule. `peer_context`: the context the peer runs in by its ancestry
-    /// (what `allow.contexts` names); `runs_in`: the one it runs in by its ancestry or else
-    /// its cgroup. Root's uid and gid let in root outside every context, or a process of
-    /// the context itself: a uid-0 context's processes enter another context only where
-    /// its `allow.contexts` names them, whatever the uids it lists.
-    pub fn allows(
-        &self,
-        uid: u32,
-        gid: u32,
-        peer_context: Option<&str>,
-        runs_in: Option<&str>,
-    ) -> bool {
-        let foreign = runs_in.is_some_and(|c| c != self.name);
+    /// (what `allow.contexts` names); `foreign`: the peer runs in a context other than this
+    /// one (known by its ancestry or cgroup, or unknown). Root's uid and gid let in root
+    /// outside every context, or a process of the context itself: a uid-0 context's
+    /// processes enter another context only where its `allow.contexts` names them,
+    /// whatever the uids it lists.
+    pub fn allows(&self, uid: u32, gid: u32, peer_context: Option<&str>, foreign: bool) -> bool {
         let root_uid = uid == 0 && foreign;
         let root_gid = gid == 0 && foreign;
         if self.allow.is_default {
@@ -268,7 +262,8 @@ impl Context {
 
     /// [`Context::allows`] for a connected peer.
     pub fn allows_peer(&self, peer: &crate::daemon::Peer) -> bool {
-        self.allows(peer.uid, peer.gid, peer.context.as_deref(), peer.runs_in())
+        let foreign = peer.in_a_context() && peer.runs_in() != Some(self.name.as_str());
+        self.allows(peer.uid, peer.gid, peer.context.as_deref(), foreign)
     }
 }
 

@@ -174,6 +174,17 @@ pub fn proc_identity(pid: i32) -> Option<ProcIdentity> {
     (parent_and_start(pid)? == (ppid, start)).then_some(ProcIdentity { ppid, start, euid })
 }
 
+/// Whether the capability bounding set of `pid` is empty (`CapBnd:` of `/proc/PID/status`):
+/// every process a root broker starts has that (the broker empties its own at start), and
+/// nothing can fill it again.
+pub fn bounding_set_empty(pid: i32) -> Option<bool> {
+    let mut buf = [0u8; 4096];
+    let (_, n) = read_proc_file(&format!("/proc/{pid}/status"), &mut buf)?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let set = text.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim();
+    Some(u64::from_str_radix(set, 16).ok()? == 0)
+}
+
 /// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
 /// which may itself contain spaces and parens).
 pub fn parent_pid(pid: i32) -> Option<i32> {

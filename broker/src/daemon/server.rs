@@ -340,7 +340,7 @@ fn admit(
         .any(|c| c.allows_peer(&peer));
     let mut admission = shared
         .admissions
-        .admit(peer.uid, peer.context.is_some(), entitled)?;
+        .admit(peer.uid, peer.in_a_context(), entitled)?;
     if entitled {
         admission.entitle();
     }

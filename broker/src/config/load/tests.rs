@@ -176,8 +176,8 @@ isolation = {{ pid = true, network = "host", enforce = false }}
     assert_eq!(user.user.name, "nobody");
     assert_eq!(user.cwd, CwdRule::Inherit);
     assert_eq!(user.allow.contexts, vec!["platform"]);
-    assert!(user.allows(1234, 1234, Some("platform"), Some("platform")));
-    assert!(!user.allows(1234, 1234, Some("user"), Some("user")));
+    assert!(user.allows(1234, 1234, Some("platform"), true));
+    assert!(!user.allows(1234, 1234, Some("user"), false));
     assert_eq!(user.timeout, Some(Duration::from_secs(600)));
     assert_eq!(
         user.rlimits,
@@ -235,7 +235,7 @@ fn defaults() {
     assert!(a.env.is_empty(), "{:?}", a.env);
     assert_eq!(a.cwd, CwdRule::Home);
     assert!(a.allow.is_default);
-    assert!(a.allows(0, 0, None, None) && !a.allows(1000, 1000, None, None));
+    assert!(a.allows(0, 0, None, false) && !a.allows(1000, 1000, None, false));
     assert!(a.rlimits.is_empty());
     assert_eq!(a.timeout, None);
     assert_eq!(a.on_broker_down, BrokerDown::Fail);
@@ -653,28 +653,20 @@ fn a_uid0_contexts_process_is_not_root_to_other_contexts() {
     ));
     for name in ["open", "listed"] {
         let c = ctx(&config, name);
-        assert!(c.allows(0, 0, None, None), "{name}: the operator");
         assert!(
-            c.allows(0, 0, Some(name), Some(name)),
-            "{name}: its own process"
+            c.allows(0, 0, None, false),
+            "{name}: the operator, or its own process"
         );
+        assert!(!c.allows(0, 0, Some("fenced"), true), "{name}: another's");
         assert!(
-            c.allows(0, 0, None, Some(name)),
-            "{name}: its own, by cgroup"
-        );
-        assert!(
-            !c.allows(0, 0, Some("fenced"), Some("fenced")),
-            "{name}: another's"
-        );
-        assert!(
-            !c.allows(0, 0, None, Some("fenced")),
-            "{name}: another's, by cgroup"
+            !c.allows(0, 0, None, true),
+            "{name}: another's, or one of no known context"
         );
     }
     let named = ctx(&config, "named");
-    assert!(named.allows(0, 0, Some("fenced"), Some("fenced")));
+    assert!(named.allows(0, 0, Some("fenced"), true));
     assert!(
-        !named.allows(0, 0, None, Some("fenced")),
+        !named.allows(0, 0, None, true),
         "a name is granted by ancestry only"
     );
 }
@@ -687,9 +679,11 @@ fn allow_rules() {
     ));
     let a = ctx(&config, "a");
     assert!(
-        a.allows(7, 100, None, None) && a.allows(5, 5, None, None) && !a.allows(0, 0, None, None)
+        a.allows(7, 100, None, false)
+            && a.allows(5, 5, None, false)
+            && !a.allows(0, 0, None, false)
     );
-    assert!(!ctx(&config, "b").allows(0, 0, None, None));
+    assert!(!ctx(&config, "b").allows(0, 0, None, false));
     assert_eq!(config.warnings.len(), 2);
     // Both run as root, but neither allow rule lets uid 0 in.
     assert!(

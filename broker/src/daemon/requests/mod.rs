@@ -35,6 +35,7 @@ pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
         gid: peer.gid,
         context: peer.context.clone(),
         cgroup_context: peer.contained.clone(),
+        capless_root: peer.capless_root,
     }
 }
 
