@@ -1243,10 +1243,37 @@ allow = {{ uids = [0] }}
     .unwrap();
     let link = dir.join("default.bash.tmp-link");
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
-    for p in [&planted, &link] {
+    // The slot the next save writes, as a link to a file the new uid may write: the save
+    // would go there, where the old uid reads it.
+    let bob = user(BOB);
+    let out_dir = TempDir::new();
+    let lure = out_dir.file("lure", b"untouched\n", 0o666);
+    std::os::unix::fs::chown(&lure, Some(bob.uid), Some(bob.gid)).unwrap();
+    let slot = dir.join("default.bash");
+    fs::remove_file(&slot).unwrap();
+    std::os::unix::fs::symlink(&lure, &slot).unwrap();
+    // Directories in the way of whatever name the clean-up might rename them to, and
+    // ones it must rename: none may stop it.
+    let mut planted_dirs = Vec::new();
+    for i in 0..4 {
+        for name in [
+            format!(".previous-owner.{}.{i}", b.pid()),
+            format!("full{i}"),
+        ] {
+            let d = dir.join(name);
+            fs::create_dir(&d).unwrap();
+            fs::write(d.join("x"), "x").unwrap();
+            planted_dirs.push(d);
+        }
+    }
+    for p in planted_dirs
+        .iter()
+        .flat_map(|d| [d.clone(), d.join("x")])
+        .chain([planted.clone(), link.clone(), slot.clone()])
+    {
         nix::unistd::fchownat(
             None,
-            p.as_path(),
+            &p,
             Some(nix::unistd::Uid::from_raw(alice.uid)),
             Some(nix::unistd::Gid::from_raw(alice.gid)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -1271,13 +1298,23 @@ allow = {{ uids = [0] }}
         !text.contains("PLANTED"),
         "the old user's state ran: {text}"
     );
-    assert_eq!(text.trim(), format!("uid={} kept=no", user(BOB).uid));
+    assert_eq!(text.trim(), format!("uid={} kept=no", bob.uid));
+    assert_eq!(
+        fs::read_to_string(&lure).unwrap(),
+        "untouched\n",
+        "saved through a link"
+    );
+    // Only directories are left of the old user's, renamed out of every slot's way.
     let left: Vec<String> = fs::read_dir(&dir)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
-            std::os::unix::fs::MetadataExt::uid(&e.path().symlink_metadata().unwrap())
-                != user(BOB).uid
+            let meta = e.path().symlink_metadata().unwrap();
+            std::os::unix::fs::MetadataExt::uid(&meta) != bob.uid
+                && !(meta.is_dir()
+                    && e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".previous-owner."))
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();

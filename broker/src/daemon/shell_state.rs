@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ __ctx_o= __ctx_s= __ctx_gen=0 __ctx_from=
 # command was killed) leaves an incomplete slot that the next load skips, and no rename
 # (an external `mv`, a fork and exec per command) is needed.
 for __ctx_f in "$__ctx_state" "$__ctx_state.1"; do
-  [[ -r $__ctx_f && -O $__ctx_f ]] || continue
+  [[ -f $__ctx_f && ! -h $__ctx_f && -O $__ctx_f && -r $__ctx_f ]] || continue
   mapfile -t __ctx_l <"$__ctx_f"
   (( ${#__ctx_l[@]} )) || continue
   [[ ${__ctx_l[-1]} =~ ^:\ ctx-sh-end\ ([0-9]+)$ ]] || continue
@@ -63,6 +63,8 @@ __ctx_keep() {
 }
 __ctx_save() {
   local __ctx_tmp=$__ctx_state.$$.tmp __ctx_n
+  # Never written through a link (the broker removes what a previous owner left).
+  [[ -h $__ctx_to || -h $__ctx_tmp ]] && return 0
   {
     for __ctx_n in @NAMES@; do
       case $__ctx_n in @SKIP@) continue ;; esac
@@ -248,7 +250,7 @@ pub fn prepare(
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(&path))?;
     if handed_over {
-        clear_previous_owners_state(&dir).map_err(io_err(&path))?;
+        clear_previous_owners_state(&dir);
     }
     if reset {
         for ext in ["bash", "bash.1", "bash.env"] {
@@ -272,16 +274,24 @@ pub fn prepare(
 
 /// Removes every entry of a session directory that has just changed hands: files,
 /// symlinks and FIFOs (never followed), and directories when empty; a directory with
-/// something in it (the wrapper never makes one) is renamed out of every slot's way. All
-/// of it by name relative to `dir`, which no one else may write any more.
-fn clear_previous_owners_state(dir: &File) -> io::Result<()> {
+/// something in it (the wrapper never makes one) is renamed out of every slot's way under
+/// a random name the old uid cannot have planted first. All of it by name relative to
+/// `dir`, which the old uid may no longer write. Nothing here stops at a failure: what
+/// cannot go is logged, and the wrapper loads only slots its uid owns.
+fn clear_previous_owners_state(dir: &File) {
     let fd = dir.as_raw_fd();
     // The directory the descriptor holds, whatever its name leads to by now.
-    let names: Vec<std::ffi::CString> = std::fs::read_dir(format!("/proc/self/fd/{fd}"))?
-        .filter_map(Result::ok)
-        .filter_map(|e| std::ffi::CString::new(e.file_name().into_vec()).ok())
-        .collect();
-    for (i, name) in names.iter().enumerate() {
+    let names: Vec<std::ffi::CString> = match std::fs::read_dir(format!("/proc/self/fd/{fd}")) {
+        Ok(listing) => listing
+            .filter_map(Result::ok)
+            .filter_map(|e| std::ffi::CString::new(e.file_name().into_vec()).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list a session directory that changed hands: {e}");
+            return;
+        }
+    };
+    for name in &names {
         let is_dir = nix::sys::stat::fstatat(
             Some(fd),
             name.as_c_str(),
@@ -292,16 +302,45 @@ fn clear_previous_owners_state(dir: &File) -> io::Result<()> {
             false => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::NoRemoveDir),
             true => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::RemoveDir),
         };
-        match removed {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) if is_dir => {
-                let aside = format!(".previous-owner.{}.{i}", std::process::id());
-                nix::fcntl::renameat(Some(fd), name.as_c_str(), Some(fd), aside.as_str())?;
-            }
-            Err(e) => return Err(e.into()),
+        let left = match removed {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => None,
+            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) if is_dir => (0..8)
+                .all(|_| !rename_aside(fd, name))
+                .then_some("cannot rename it aside"),
+            Err(_) => Some("cannot remove it"),
+        };
+        if let Some(why) = left {
+            tracing::warn!(
+                entry = %name.to_string_lossy(),
+                "a session directory that changed hands keeps an entry of its old owner: {why}"
+            );
         }
     }
-    Ok(())
+}
+
+/// Renames `name` in the directory `dir` to `.previous-owner.<random>`, never over an
+/// existing entry; whether it moved.
+fn rename_aside(dir: RawFd, name: &std::ffi::CStr) -> bool {
+    let mut random = [0u8; 8];
+    // SAFETY: getrandom fills the buffer it is given, at most its length.
+    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if got != random.len() as isize {
+        return false;
+    }
+    let aside = format!(".previous-owner.{:016x}", u64::from_ne_bytes(random));
+    let Ok(aside) = std::ffi::CString::new(aside) else {
+        return false;
+    };
+    // SAFETY: two NUL-terminated names relative to our own directory descriptor.
+    unsafe {
+        libc::renameat2(
+            dir,
+            name.as_ptr(),
+            dir,
+            aside.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        ) == 0
+    }
 }
 
 /// Who owns a context's session files: its uid, or the broker's own when the broker is
