@@ -140,9 +140,10 @@ fn shared_uid_warnings(contexts: &BTreeMap<String, Arc<Context>>) -> Vec<String>
                 .iter()
                 .map(|c| format!("contexts.{}", c.name))
                 .collect();
+            // Root's uid lets no context's process into another (only by name).
             let open_doors: Vec<String> = list
                 .iter()
-                .filter(|c| c.allow.is_default || c.allow.uids.contains(&uid))
+                .filter(|c| uid != 0 && (c.allow.is_default || c.allow.uids.contains(&uid)))
                 .map(|c| c.name.clone())
                 .collect();
             let mut text = format!(
@@ -160,6 +161,35 @@ fn shared_uid_warnings(contexts: &BTreeMap<String, Arc<Context>>) -> Vec<String>
             }
             text.push_str("; give each context a user of its own");
             text
+        })
+        .collect()
+}
+
+/// One warning per context whose children the context it routes them to would refuse:
+/// every one of their launches fails closed. Its `allow` must name the context, or let in
+/// its uid (never root's: uid 0 enters another context only by name).
+fn routes_refused(
+    routes: &[(String, Spanned<String>)],
+    contexts: &BTreeMap<String, Arc<Context>>,
+) -> Vec<String> {
+    routes
+        .iter()
+        .filter_map(|(from, to)| {
+            let to = to.get_ref();
+            let (source, target) = (contexts.get(from)?, contexts.get(to)?);
+            let user = &source.user;
+            if target.allows(user.uid, user.gid, Some(from), true) {
+                return None;
+            }
+            let why = match user.uid {
+                0 => "uid 0 enters another context only where its allow names it".to_string(),
+                uid => format!("its allow rule does not let uid {uid} ({}) in", user.name),
+            };
+            Some(format!(
+                "contexts.{from}: route_children_to = {to:?} cannot work: contexts.{to} refuses \
+                 the processes of {from:?} ({why}), so every launch they make fails closed; add \
+                 {from:?} to contexts.{to}.allow.contexts"
+            ))
         })
         .collect()
 }
@@ -419,6 +449,7 @@ impl Loader<'_> {
             contexts.insert(name, Arc::new(context));
         }
         self.check_route_cycles(&routes)?;
+        self.warnings.extend(routes_refused(&routes, &contexts));
         broker.port_owners = self.port_owners(owners, &broker.reserved_ports, &names)?;
         self.warnings.extend(shared_uid_warnings(&contexts));
 

@@ -671,6 +671,41 @@ fn a_uid0_contexts_process_is_not_root_to_other_contexts() {
     );
 }
 
+/// A route whose target refuses the routing context's processes fails every launch: the
+/// load says so, with the fix.
+#[test]
+fn a_route_its_target_refuses_is_named() {
+    let refused = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\nroute_children_to = \"b\"\n",
+        "[contexts.b]\nuser = \"nobody\"\n",
+    ));
+    assert!(
+        refused.warnings.iter().any(|w| w.starts_with(
+            "contexts.a: route_children_to = \"b\" cannot work: contexts.b refuses the processes of \"a\" (uid 0 enters another context only where its allow names it)"
+        ) && w.ends_with("add \"a\" to contexts.b.allow.contexts")),
+        "{:?}",
+        refused.warnings
+    );
+    let named = ok(concat!(
+        "[contexts.a]\nuser = \"root\"\nroute_children_to = \"b\"\n",
+        "[contexts.b]\nuser = \"nobody\"\nallow = { contexts = [\"a\"] }\n",
+    ));
+    assert!(
+        !named.warnings.iter().any(|w| w.contains("cannot work")),
+        "{:?}",
+        named.warnings
+    );
+    let by_uid = ok(concat!(
+        "[contexts.a]\nuser = \"nobody\"\nroute_children_to = \"b\"\n",
+        "[contexts.b]\nuser = \"root\"\nallow = { uids = [65534] }\n",
+    ));
+    assert!(
+        !by_uid.warnings.iter().any(|w| w.contains("cannot work")),
+        "{:?}",
+        by_uid.warnings
+    );
+}
+
 #[test]
 fn allow_rules() {
     let config = ok(concat!(
@@ -832,7 +867,7 @@ fn isolation_and_warnings() {
         config.warnings,
         vec![
             "contexts.a.isolation: enforce = true has no effect: the context does not route its launches (set route_children_to)".to_string(),
-            "contexts.a, contexts.b all run as uid 0 (root): they are NOT separated from each other; each can read the others' secrets from /proc/PID/environ and signal or trace their processes, and their allow rules let uid 0 enter a, b (out of its own isolation); give each context a user of its own".to_string(),
+            "contexts.a, contexts.b all run as uid 0 (root): they are NOT separated from each other; each can read the others' secrets from /proc/PID/environ and signal or trace their processes; give each context a user of its own".to_string(),
         ]
     );
     assert_refused(

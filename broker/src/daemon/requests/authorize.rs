@@ -65,8 +65,8 @@ pub(super) async fn authorize(
             .audit
             .record_refusal(super::audit_charge(peer), event);
         let message = format!(
-            "uid {} (pid {}) may not enter context {:?}; its allow rule is {}",
-            peer.uid,
+            "{} (pid {}) may not enter context {:?}; its allow rule is {}",
+            super::who(peer),
             peer.pid,
             ctx.name,
             describe_allow(&ctx)
@@ -94,7 +94,10 @@ pub(super) async fn authorize(
 fn describe_allow(ctx: &Context) -> String {
     let a = &ctx.allow;
     if a.is_default {
-        return format!("the default (root and uid {})", ctx.user.uid);
+        return format!(
+            "the default (root outside every context, and uid {})",
+            ctx.user.uid
+        );
     }
     format!(
         "uids {:?}, gids {:?}, contexts {:?}",
