@@ -1212,8 +1212,9 @@ allow = {{ contexts = ["rootc"] }}
 /// The third attacker review: a context's `ctx sh` state is its uid's. When the operator
 /// gives the context another user, a slot the old uid left (newer than any, world
 /// readable) was loaded by the new uid's next command and ran as the new uid, with its
-/// credentials; the directory changed hands but kept the old uid's files. Now they go
-/// when it changes hands, and the session starts afresh.
+/// credentials; the directory changed hands but kept the old uid's files. Now the old
+/// directory becomes root's and moves out of reach whole (a clean-up entry by entry could
+/// be stopped by what was planted, or kept busy), and the session starts afresh.
 #[test]
 fn shell_state_left_by_a_contexts_old_user_never_runs_as_its_new_one() {
     let config = |who: &str| {
@@ -1322,6 +1323,20 @@ allow = {{ uids = [0] }}
         left.is_empty(),
         "the old user's entries are still there: {left:?}"
     );
+    // All of it moved, whole and in one step, out of every context's reach: root's.
+    let quarantine = b.dir().path().join("state/shells/.previous-owners");
+    let moved: Vec<_> = fs::read_dir(&quarantine)
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let meta = moved[0].path().symlink_metadata().unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    assert!(moved[0].path().join("default.bash.1").exists());
+    for d in [&quarantine, &moved[0].path()] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(d).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+    }
     // The new user's own state carries on as ever.
     run(&mut b.ctx(["sh", "--context", "dev", "NEW=2"])).ok();
     let out = run(&mut b.ctx(["sh", "--context", "dev", "echo new=$NEW"]));

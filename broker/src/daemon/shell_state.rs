@@ -11,8 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -232,26 +231,32 @@ pub fn prepare(
     // `shells` belongs to the broker, so no context can swap the entry made here; the
     // descriptor pins the directory itself from now on.
     let path = shells.join(&ctx.name);
-    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&path)(e)),
-    }
-    let dir = open_dir(&path).map_err(io_err(&path))?;
     let owner = session_owner(ctx);
-    // Re-applied every time: the context's uid may have changed in the config. What the
-    // old uid left there is its own, never the new uid's state: the directory changes
-    // hands first (so the old uid can add nothing more, even through a descriptor it
-    // kept), then everything in it goes.
-    let handed_over = dir.metadata().map_err(io_err(&path))?.uid() != owner.0;
-    if handed_over {
+    // One hand-over at a time: it moves the entry that the others open.
+    let _handing_over = HAND_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut dir, mut made) = open_or_create_dir(&path).map_err(io_err(&path))?;
+    // The context's uid may have changed in the config. What the old uid left is its own,
+    // never the new uid's state: its directory is taken from it (root's now, so it can add
+    // nothing more, even through a descriptor it kept) and moved out of every context's
+    // reach, whatever it holds, in constant time; the new uid starts afresh. A directory
+    // left root's by a hand-over cut short is moved the same way.
+    if !made && dir.metadata().map_err(io_err(&path))?.uid() != owner.0 {
+        std::os::unix::fs::fchown(&dir, Some(0), Some(0)).map_err(io_err(&path))?;
+        let aside = move_aside(&shells, &ctx.name).map_err(io_err(&path))?;
+        tracing::warn!(
+            context = %ctx.name,
+            "the context's user changed: its ctx sh sessions start afresh; what the previous \
+             user left is in {} (root's; remove it when you like)",
+            aside.display()
+        );
+        (dir, made) = open_or_create_dir(&path).map_err(io_err(&path))?;
+    }
+    if made {
         std::os::unix::fs::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&path))?;
     }
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(&path))?;
-    if handed_over {
-        clear_previous_owners_state(&dir);
-    }
+    drop(_handing_over);
     if reset {
         for ext in ["bash", "bash.1", "bash.env"] {
             let name = format!("{session}.{ext}");
@@ -272,75 +277,70 @@ pub fn prepare(
     })
 }
 
-/// Removes every entry of a session directory that has just changed hands: files,
-/// symlinks and FIFOs (never followed), and directories when empty; a directory with
-/// something in it (the wrapper never makes one) is renamed out of every slot's way under
-/// a random name the old uid cannot have planted first. All of it by name relative to
-/// `dir`, which the old uid may no longer write. Nothing here stops at a failure: what
-/// cannot go is logged, and the wrapper loads only slots its uid owns.
-fn clear_previous_owners_state(dir: &File) {
-    let fd = dir.as_raw_fd();
-    // The directory the descriptor holds, whatever its name leads to by now.
-    let names: Vec<std::ffi::CString> = match std::fs::read_dir(format!("/proc/self/fd/{fd}")) {
-        Ok(listing) => listing
-            .filter_map(Result::ok)
-            .filter_map(|e| std::ffi::CString::new(e.file_name().into_vec()).ok())
-            .collect(),
-        Err(e) => {
-            tracing::warn!("cannot list a session directory that changed hands: {e}");
-            return;
-        }
+/// Serialises the hand-over of a context's session directory to a new owner.
+static HAND_OVER: Mutex<()> = Mutex::new(());
+
+/// Opens the session directory at `path`, made first (0700, root's) when missing; whether
+/// it was made here.
+fn open_or_create_dir(path: &Path) -> io::Result<(File, bool)> {
+    let made = match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
     };
-    for name in &names {
-        let is_dir = nix::sys::stat::fstatat(
-            Some(fd),
-            name.as_c_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        let removed = match is_dir {
-            false => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::NoRemoveDir),
-            true => unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::RemoveDir),
-        };
-        let left = match removed {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => None,
-            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) if is_dir => (0..8)
-                .all(|_| !rename_aside(fd, name))
-                .then_some("cannot rename it aside"),
-            Err(_) => Some("cannot remove it"),
-        };
-        if let Some(why) = left {
-            tracing::warn!(
-                entry = %name.to_string_lossy(),
-                "a session directory that changed hands keeps an entry of its old owner: {why}"
-            );
-        }
-    }
+    Ok((open_dir(path)?, made))
 }
 
-/// Renames `name` in the directory `dir` to `.previous-owner.<random>`, never over an
-/// existing entry; whether it moved.
-fn rename_aside(dir: RawFd, name: &std::ffi::CStr) -> bool {
-    let mut random = [0u8; 8];
-    // SAFETY: getrandom fills the buffer it is given, at most its length.
-    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if got != random.len() as isize {
-        return false;
+/// Moves `shells/NAME` to `shells/.previous-owners/NAME.<random>` (root's, 0700), never
+/// over an existing entry; where it went.
+fn move_aside(shells: &Path, name: &str) -> io::Result<PathBuf> {
+    let quarantine = shells.join(".previous-owners");
+    match std::fs::DirBuilder::new().mode(0o700).create(&quarantine) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
-    let aside = format!(".previous-owner.{:016x}", u64::from_ne_bytes(random));
-    let Ok(aside) = std::ffi::CString::new(aside) else {
-        return false;
-    };
-    // SAFETY: two NUL-terminated names relative to our own directory descriptor.
-    unsafe {
-        libc::renameat2(
-            dir,
-            name.as_ptr(),
-            dir,
-            aside.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        ) == 0
+    // Made by the broker in its own `shells`: no context can have planted it.
+    let held = open_dir(&quarantine)?;
+    // SAFETY: plain getter.
+    if held.metadata()?.uid() != unsafe { libc::geteuid() } {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not root's own directory",
+        ));
     }
+    let from =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let shells_dir = open_dir(shells)?;
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        // SAFETY: getrandom fills at most the buffer's length.
+        let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+        if got != random.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        let aside = format!("{name}.{:016x}", u64::from_ne_bytes(random));
+        let to = std::ffi::CString::new(aside.as_str())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: NUL-terminated names relative to our own directory descriptors.
+        let moved = unsafe {
+            libc::renameat2(
+                shells_dir.as_raw_fd(),
+                from.as_ptr(),
+                held.as_raw_fd(),
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if moved == 0 {
+            return Ok(quarantine.join(aside));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 /// Who owns a context's session files: its uid, or the broker's own when the broker is
