@@ -183,10 +183,10 @@ pub struct Caller {
     /// The context whose cgroup holds a caller whose ancestry names none.
     #[serde(default)]
     pub cgroup_context: Option<String>,
-    /// A uid-0 caller with an empty capability bounding set: a process the broker started,
-    /// in some context even when neither of the above says which.
+    /// A uid-0 caller with `no_new_privs` or an empty capability bounding set: a process
+    /// the broker started, in some context even when neither of the above says which.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub capless_root: bool,
+    pub confined_root: bool,
 }
 
 /// Who asked for a reload: a peer, or a signal (`"SIGHUP"`).
@@ -423,7 +423,7 @@ mod tests {
             gid: 1000,
             context: None,
             cgroup_context: None,
-            capless_root: false,
+            confined_root: false,
         }
     }
 

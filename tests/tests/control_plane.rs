@@ -758,8 +758,10 @@ allow = { uids = [0] }
 /// launch's process tree and also its cgroups (root may write any v1 `cgroup.procs`
 /// without a capability; a host without cgroups has none to leave) was known by nothing
 /// and passed for the operator: it entered every context that lets root in, reloaded
-/// the broker. Every process a root broker starts has an empty capability bounding set,
-/// which none can fill again: such a uid-0 peer is in some context, whichever.
+/// the broker, listed and killed the operator's launches; from a user namespace of its
+/// own its capability bounding set was full again. Every process a root broker starts
+/// has `no_new_privs`, which none can undo: such a uid-0 peer is in some context,
+/// whichever, and touches no launch.
 #[test]
 fn a_uid0_contexts_orphan_out_of_its_cgroups_is_not_the_operator() {
     let config = r#"[broker]
@@ -777,46 +779,85 @@ env = { VICTIM_SECRET = "victim-key" }
 allow = { uids = [0] }
 "#;
     let b = Broker::start(config);
-    let out_dir = TempDir::new();
-    let report = out_dir.path().join("orphan.out");
-    let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
-    // The orphan: its own session, out of every cgroup it can leave, then it waits for its
-    // launch to end before it asks anything.
-    let orphan = format!(
-        "for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
-           echo $$ > $f 2>/dev/null; done; sleep 1; \
-         {{ {ctx} exec --context victim -- env; echo enter=$?; {ctx} reload; echo reload=$?; \
-           echo done; }} > {out} 2>&1",
-        out = report.display()
+    // A launch of the operator's, which the orphan must neither see nor signal.
+    let mark = format!("901.{}", std::process::id());
+    let victim = Reaped(
+        b.exec_cmd("victim", &["sleep", &mark])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
-    let script = format!(
-        "setsid -f sh -c '{}'; echo launched",
-        orphan.replace('\'', "")
-    );
-    assert_eq!(
-        b.exec("root0", &["sh", "-c", &script]).ok().trim(),
-        "launched"
-    );
-    let text = poll(Duration::from_secs(20), || {
-        fs::read_to_string(&report)
-            .ok()
-            .filter(|t| t.contains("done"))
+    let victim_pid = poll(Duration::from_secs(10), || {
+        pids_with_arg(&mark).into_iter().find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
     })
-    .unwrap_or_else(|| panic!("the orphan never reported\n{}", b.stderr()));
-    assert!(
-        !text.contains("victim-key"),
-        "the orphan read another context's secret: {text}"
+    .expect("the operator's routed sleep");
+    let ps = run(&mut b.ctx(["ps", "--json"])).ok();
+    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    let victim_id = ps
+        .as_array()
+        .and_then(|a| a.iter().find(|p| json_has_str(&p["argv"], &mark)))
+        .and_then(|p| p["id"].as_u64())
+        .unwrap_or_else(|| panic!("the operator's sleep in ctx ps: {ps}"));
+    let out_dir = TempDir::new();
+    let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
+    let asks = format!(
+        "{ctx} exec --context victim -- env; echo enter=\\$?; {ctx} reload; \
+         echo reload=\\$?; {ctx} kill {victim_id}; echo kill=\\$?; {ctx} ps; echo done"
     );
-    assert!(text.contains("enter=125"), "{text}");
+    // The orphan: its own session, out of every cgroup it can leave; it waits for its
+    // launch to end before it asks, as it is and from a user namespace of its own (which
+    // gives it a full capability bounding set again).
+    for (how, wrap) in [("plain", ""), ("userns", "unshare -U ")] {
+        let report = out_dir.path().join(format!("{how}.out"));
+        let orphan = format!(
+            "for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
+               echo $$ > $f 2>/dev/null; done; sleep 1; \
+             {wrap}sh -c \"{asks}\" > {out} 2>&1",
+            out = report.display()
+        );
+        let script = format!("setsid -f sh -c '{orphan}'; echo launched");
+        assert_eq!(
+            b.exec("root0", &["sh", "-c", &script]).ok().trim(),
+            "launched"
+        );
+        let text = poll(Duration::from_secs(20), || {
+            fs::read_to_string(&report)
+                .ok()
+                .filter(|t| t.contains("done"))
+        })
+        .unwrap_or_else(|| panic!("{how}: the orphan never reported\n{}", b.stderr()));
+        assert!(
+            !text.contains("victim-key"),
+            "{how}: read another context's secret: {text}"
+        );
+        assert!(text.contains("enter=125"), "{how}: {text}");
+        assert!(
+            text.contains("reload=125"),
+            "{how}: reloaded the broker: {text}"
+        );
+        assert!(
+            !text.contains("kill=0"),
+            "{how}: signalled the operator's launch: {text}"
+        );
+        assert!(
+            !text.contains(&mark),
+            "{how}: listed the operator's launch: {text}"
+        );
+    }
     assert!(
-        text.contains("reload=125"),
-        "the orphan reloaded the broker: {text}"
+        fs::read_to_string(format!("/proc/{victim_pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "the operator's launch was killed"
     );
-    let refused = b.wait_audit(2, |e| e["event"] == "refused" && e["caller"]["uid"] == 0);
+    let refused = b.wait_audit(4, |e| e["event"] == "refused" && e["caller"]["uid"] == 0);
     assert!(
-        refused.iter().all(|e| e["caller"]["capless_root"] == true),
+        refused.iter().all(|e| e["caller"]["confined_root"] == true),
         "{refused:?}"
     );
+    drop(victim);
 }
 
 /// The second attacker review: SIGIO through F_SETOWN/F_SETSIG, which the kernel allows

@@ -37,11 +37,11 @@ pub struct Peer {
     /// The context whose cgroup holds the peer when its ancestry names none (it left its
     /// launch's process tree): never a grant, but it is not the operator either.
     pub contained: Option<String>,
-    /// A uid-0 peer with an empty capability bounding set, as every process a root broker
-    /// starts has and none can undo: in some context even when neither its ancestry nor
-    /// its cgroup says which (an orphan of a uid-0 context, out of its cgroup too), so
-    /// never the operator either.
-    pub capless_root: bool,
+    /// A uid-0 peer with `no_new_privs` or an empty capability bounding set, as every
+    /// process a root broker starts has (and `no_new_privs` none can undo): in some context
+    /// even when neither its ancestry nor its cgroup says which (an orphan of a uid-0
+    /// context, out of its cgroup too), so never the operator either.
+    pub confined_root: bool,
     /// The connecting process's start time, which with its pid names it for the checks
     /// after the one at connect (none when its pid is not visible here). Its pidfd is not
     /// kept: one descriptor more per connection is what a flood would make the broker hold.
@@ -59,7 +59,7 @@ impl Peer {
             gid: cred.gid(),
             context: None,
             contained: None,
-            capless_root: false,
+            confined_root: false,
             start: None,
         };
         if pid <= 0 {
@@ -76,8 +76,8 @@ impl Peer {
             None => registry::proc_identity(pid),
         };
         // Only for root, whom the operator's rights go to: one more /proc file. Unreadable
-        // counts as capless: never the operator by default.
-        let capless_root = peer.uid == 0 && registry::bounding_set_empty(pid).unwrap_or(true);
+        // counts as confined: never the operator by default.
+        let confined_root = peer.uid == 0 && registry::confined(pid).unwrap_or(true);
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.
         if !alive(&pidfd) {
@@ -97,7 +97,7 @@ impl Peer {
                 now: found.euid,
             });
         }
-        peer.capless_root = capless_root;
+        peer.confined_root = confined_root;
         peer.context = registry.context_of(pid, found.ppid, found.start);
         if peer.context.is_none() {
             peer.contained = super::kernel::cgroups::context_of_pid(pid);
@@ -109,7 +109,7 @@ impl Peer {
     /// Whether the peer runs in a context, by its ancestry, its cgroup or its capabilities:
     /// anything but the operator.
     pub fn in_a_context(&self) -> bool {
-        self.context.is_some() || self.contained.is_some() || self.capless_root
+        self.context.is_some() || self.contained.is_some() || self.confined_root
     }
 
     /// The context the peer runs in, by its ancestry or else its cgroup.

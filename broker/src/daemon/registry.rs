@@ -14,8 +14,11 @@ pub struct Running {
     pub context: String,
     pub caller_pid: i32,
     pub caller_uid: u32,
-    /// The context the caller ran in (none: outside every context).
+    /// The context the caller ran in (none: outside every context, or in one nothing
+    /// named: see `caller_in_context`).
     pub caller_context: Option<String>,
+    /// Whether the caller ran in a context (see [`crate::daemon::Peer::in_a_context`]).
+    pub caller_in_context: bool,
     pub argv: Vec<String>,
     pub started: Instant,
 }
@@ -174,15 +177,22 @@ pub fn proc_identity(pid: i32) -> Option<ProcIdentity> {
     (parent_and_start(pid)? == (ppid, start)).then_some(ProcIdentity { ppid, start, euid })
 }
 
-/// Whether the capability bounding set of `pid` is empty (`CapBnd:` of `/proc/PID/status`):
-/// every process a root broker starts has that (the broker empties its own at start), and
-/// nothing can fill it again.
-pub fn bounding_set_empty(pid: i32) -> Option<bool> {
+/// Whether `pid` has `no_new_privs` set or an empty capability bounding set (`NoNewPrivs:`
+/// and `CapBnd:` of `/proc/PID/status`): every process a root broker starts has both (the
+/// broker empties its own set at start, the spawn child sets `no_new_privs`). A new user
+/// namespace gives a process a full set again, but `no_new_privs` never goes.
+pub fn confined(pid: i32) -> Option<bool> {
     let mut buf = [0u8; 4096];
     let (_, n) = read_proc_file(&format!("/proc/{pid}/status"), &mut buf)?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let set = text.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim();
-    Some(u64::from_str_radix(set, 16).ok()? == 0)
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let no_new_privs = field("NoNewPrivs:")? != "0";
+    let bounding = u64::from_str_radix(field("CapBnd:")?, 16).ok()?;
+    Some(no_new_privs || bounding == 0)
 }
 
 /// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
@@ -295,6 +305,7 @@ mod tests {
             caller_pid: 0,
             caller_uid: 0,
             caller_context: None,
+            caller_in_context: false,
             argv: vec![],
             started: long_ago,
         });
@@ -313,6 +324,7 @@ mod tests {
             caller_pid: 0,
             caller_uid: 0,
             caller_context: None,
+            caller_in_context: false,
             argv: vec![],
             started: Instant::now(),
         });
@@ -345,6 +357,7 @@ mod tests {
             caller_pid: 0,
             caller_uid: 0,
             caller_context: None,
+            caller_in_context: false,
             argv: vec![],
             started: long_ago,
         });

@@ -655,6 +655,7 @@ impl<'a> Launch<'a> {
             caller_pid: self.peer.pid,
             caller_uid: self.peer.uid,
             caller_context: self.peer.runs_in().map(str::to_string),
+            caller_in_context: self.peer.in_a_context(),
             argv: self.argv.clone(),
             // Before the fork: the registry's lower bound on the process's start time.
             started: self.started_at,

@@ -35,7 +35,7 @@ pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
         gid: peer.gid,
         context: peer.context.clone(),
         cgroup_context: peer.contained.clone(),
-        capless_root: peer.capless_root,
+        confined_root: peer.confined_root,
     }
 }
 
@@ -80,8 +80,16 @@ pub fn is_operator(peer: &Peer) -> bool {
 
 /// Whether `peer` may see and signal `running`.
 pub fn may_touch(peer: &Peer, running: &Running) -> bool {
-    is_operator(peer)
-        || (running.caller_uid == peer.uid && running.caller_context.as_deref() == peer.runs_in())
+    if is_operator(peer) {
+        return true;
+    }
+    // A peer in a context nothing names (a uid-0 orphan known by its confinement alone)
+    // cannot be told from any other such: it touches nothing.
+    let unknown = peer.in_a_context() && peer.runs_in().is_none();
+    !unknown
+        && running.caller_uid == peer.uid
+        && running.caller_in_context == peer.in_a_context()
+        && running.caller_context.as_deref() == peer.runs_in()
 }
 
 /// The peer as a refusal names it: `uid N`, and its context when it runs in one.
