@@ -235,3 +235,52 @@ fn the_terminal_the_broker_was_started_on_reaches_no_routed_process() {
         );
     }
 }
+
+/// Clock ticks of CPU (user and system) `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    // utime and stime: fields 14 and 15, the 12th and 13th after the command name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Found by running bash's own test suite routed (helper-59): a routed program whose
+/// stdio are no terminal gets the PTY as its `/dev/tty` alone; when nothing held the PTY
+/// for a moment its master reported a hangup, which the reactor keeps for good, and once
+/// a process opened `/dev/tty` again the relay read EAGAIN at a full CPU for as long as it
+/// stayed open (two such launches froze a 2-CPU broker). It now waits as before: a
+/// 2-second launch costs the broker a few ticks, where it cost 200.
+#[test]
+fn a_program_that_opens_its_terminal_again_does_not_make_the_broker_spin() {
+    let b = Broker::start(
+        r#"[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#,
+    );
+    let before = cpu_ticks(b.pid());
+    // The caller has a terminal (script's); the routed bash has none on its stdio.
+    let line = format!(
+        "{} --socket {} run --route-to root0 -- sh -c \
+         'bash -c \"exec 3</dev/tty; sleep 2\" </dev/null >/dev/null 2>&1'",
+        bin("ctx").display(),
+        b.socket().display()
+    );
+    let status = std::process::Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/tmp")
+        .status()
+        .expect("script(1)");
+    assert!(status.success(), "{status}");
+    let used = cpu_ticks(b.pid()) - before;
+    assert!(
+        used < 50,
+        "the broker used {used} ticks of CPU over a 2-second launch\n{}",
+        b.stderr()
+    );
+}

@@ -168,7 +168,7 @@ impl Relay<'_> {
             kill_group(pid, libc::SIGTERM);
             kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
         }
-        let master = master.map(watch).transpose().unwrap_or_default();
+        let mut master = master.map(watch).transpose().unwrap_or_default();
         // Only a PTY launch has somewhere to put `Input`: a pipe launch's program reads the
         // caller's own descriptor, and the frames (which no client sends then) are dropped.
         let mut input: VecDeque<u8> = VecDeque::new();
@@ -306,13 +306,16 @@ impl Relay<'_> {
 
                 }
                 ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
+                    let mut rearm = false;
                     if let Ok(mut guard) = ready {
+                        let hung_up = guard.ready().is_read_closed();
                         let fd = master.as_ref().unwrap().get_ref().as_raw_fd();
                         let (n, more) = read_batch(fd, &mut out[held..]);
                         if !more {
                             // Drained to EAGAIN: let the reactor wait for the next bytes.
                             guard.clear_ready();
                         }
+                        rearm = hung_up && n == 0 && !more;
                         if n > 0 && client_alive {
                             // A mode the program set before writing (getpass turns echo off,
                             // then prompts) reaches the client before the bytes, which it
@@ -346,6 +349,9 @@ impl Relay<'_> {
                         } else if n == 0 && more {
                             master_rests = Some(tokio::time::Instant::now() + MASTER_REST);
                         }
+                    }
+                    if rearm {
+                        master = master.take().and_then(rearm_after_hangup);
                     }
                 }
                 ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
@@ -458,9 +464,14 @@ impl Relay<'_> {
                         }
                     }
                 };
+                let hung_up = guard.as_ref().is_some_and(|g| g.ready().is_read_closed());
                 let (n, more) = read_batch(fd, &mut out);
                 if let (false, Some(mut guard)) = (more, guard) {
                     guard.clear_ready();
+                }
+                if hung_up && n == 0 && !more {
+                    // Ready for good to the reactor, yet empty (see `rearm_after_hangup`).
+                    tokio::time::sleep(MASTER_REST).await;
                 }
                 if n > 0 {
                     if let Some(changed) = mirror_program(&mut mirror, pty::modes(m.get_ref())) {
@@ -586,6 +597,7 @@ pub(super) async fn linger(
             _ = &mut deadline => return,
             ready = master.readable() => {
                 let Ok(mut guard) = ready else { return };
+                let hung_up = guard.ready().is_read_closed();
                 let (n, more) = read_batch(fd, &mut out);
                 if !more {
                     guard.clear_ready();
@@ -593,6 +605,12 @@ pub(super) async fn linger(
                 if n == 0 {
                     if more {
                         return; // EIO: every slave descriptor is closed
+                    }
+                    if hung_up {
+                        // Borrowed, so not registered again: rest between reads instead
+                        // (see `rearm_after_hangup`).
+                        drop(guard);
+                        tokio::time::sleep(MASTER_REST).await;
                     }
                     continue;
                 }
@@ -812,6 +830,16 @@ pub(super) async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus
         }
         return Ok(ExitStatus::from_siginfo(code, status));
     }
+}
+
+/// A PTY master whose every slave was closed reads EIO and reports a hangup, which the
+/// reactor keeps for good; but a slave may be opened again (`/dev/tty`), after which the
+/// master reads EAGAIN while the reactor still says it is ready: the relay would spin on it
+/// at a full CPU for as long as the slave stays open. A new registration starts from what
+/// the master is now. `None`: it could not be registered again (the relay then reads no
+/// more of it).
+fn rearm_after_hangup(master: AsyncFd<OwnedFd>) -> Option<AsyncFd<OwnedFd>> {
+    watch(master.into_inner()).ok()
 }
 
 /// Registers a descriptor we own with the reactor.
