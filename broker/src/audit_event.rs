@@ -183,8 +183,9 @@ pub struct Caller {
     /// The context whose cgroup holds a caller whose ancestry names none.
     #[serde(default)]
     pub cgroup_context: Option<String>,
-    /// A uid-0 caller with `no_new_privs` or an empty capability bounding set: a process
-    /// the broker started, in some context even when neither of the above says which.
+    /// A uid-0 caller with an empty capability bounding set or in another user namespace:
+    /// a process the broker started, in some context even when neither of the above says
+    /// which.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confined_root: bool,
 }

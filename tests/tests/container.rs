@@ -344,6 +344,28 @@ fn not_as_pid_1_it_still_reaps_passes_the_status_and_leaves_nothing() {
     c.assert_nothing_left();
 }
 
+/// Under `docker run --security-opt no-new-privileges` (Kubernetes' "restricted" pods
+/// too) every process has `no_new_privs`, the init's agent client too: it is root outside
+/// every context all the same, and gets in (helper-62: refused as a confined root once).
+#[test]
+fn an_agent_under_no_new_privileges_gets_into_its_context() {
+    let c = Container::new();
+    let agent = c.script("agent.sh", "echo routed $(id -u)\n");
+    let args = c.broker_args(&["/bin/sh", &agent]);
+    let out = run(Command::new("setpriv")
+        .arg("--no-new-privs")
+        .arg("--")
+        .args(&args));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    assert_eq!(
+        out.stdout_str(),
+        format!("routed {}\n", user(ALICE).uid),
+        "{}",
+        out.show()
+    );
+    c.assert_nothing_left();
+}
+
 #[test]
 fn a_broker_that_cannot_start_fails_the_container_without_running_the_agent() {
     let c = Container::new();

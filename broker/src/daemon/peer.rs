@@ -37,10 +37,11 @@ pub struct Peer {
     /// The context whose cgroup holds the peer when its ancestry names none (it left its
     /// launch's process tree): never a grant, but it is not the operator either.
     pub contained: Option<String>,
-    /// A uid-0 peer with `no_new_privs` or an empty capability bounding set, as every
-    /// process a root broker starts has (and `no_new_privs` none can undo): in some context
-    /// even when neither its ancestry nor its cgroup says which (an orphan of a uid-0
-    /// context, out of its cgroup too), so never the operator either.
+    /// A uid-0 peer of a root broker with an empty capability bounding set, as every
+    /// process the broker starts has, or in another user namespace (where a process gets a
+    /// full set again): in some context even when neither its ancestry nor its cgroup says
+    /// which (an orphan of a uid-0 context, out of its cgroup too), so never the operator.
+    /// Root under `no_new_privs` (a container's, under `no-new-privileges`) is not.
     pub confined_root: bool,
     /// The connecting process's start time, which with its pid names it for the checks
     /// after the one at connect (none when its pid is not visible here). Its pidfd is not
@@ -77,7 +78,9 @@ impl Peer {
         };
         // Only for root, whom the operator's rights go to: one more /proc file. Unreadable
         // counts as confined: never the operator by default.
-        let confined_root = peer.uid == 0 && registry::confined(pid).unwrap_or(true);
+        // SAFETY: plain getter.
+        let root_broker = unsafe { libc::geteuid() } == 0;
+        let confined_root = root_broker && peer.uid == 0 && registry::confined(pid).unwrap_or(true);
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.
         if !alive(&pidfd) {

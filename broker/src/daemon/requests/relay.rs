@@ -183,6 +183,8 @@ impl Relay<'_> {
         // readable: it rests a moment between reads instead of spinning, without holding up
         // the loop (the exit, typically, comes right after).
         let mut master_rests: Option<tokio::time::Instant> = None;
+        // When the master was last registered again after a hangup: at most once a rest.
+        let mut rearmed_at: Option<tokio::time::Instant> = None;
         // Output of a fast writer read but not yet sent (`out[..held]`), and when it goes
         // out at the latest. Anything else sent to the client sends it first.
         let mut held = 0usize;
@@ -351,7 +353,14 @@ impl Relay<'_> {
                         }
                     }
                     if rearm {
-                        master = master.take().and_then(rearm_after_hangup);
+                        let now = tokio::time::Instant::now();
+                        if rearmed_at.is_some_and(|at| now < at + MASTER_REST) {
+                            // A slave closed and opened again in a loop: rest, then re-arm.
+                            master_rests = Some(now + MASTER_REST);
+                        } else {
+                            rearmed_at = Some(now);
+                            master = master.take().and_then(rearm_after_hangup);
+                        }
                     }
                 }
                 ready = async { master.as_ref().unwrap().writable().await }, if master.is_some() && !input.is_empty() => {
