@@ -37,11 +37,11 @@ pub struct Peer {
     /// The context whose cgroup holds the peer when its ancestry names none (it left its
     /// launch's process tree): never a grant, but it is not the operator either.
     pub contained: Option<String>,
-    /// A uid-0 peer of a root broker with an empty capability bounding set, as every
-    /// process the broker starts has, or in another user namespace (where a process gets a
-    /// full set again): in some context even when neither its ancestry nor its cgroup says
-    /// which (an orphan of a uid-0 context, out of its cgroup too), so never the operator.
-    /// Root under `no_new_privs` (a container's, under `no-new-privileges`) is not.
+    /// A uid-0 peer of a root broker that holds no capability, as every process the broker
+    /// starts, or is in another user namespace (where a process gets them again): in some
+    /// context even when neither its ancestry nor its cgroup says which (an orphan of a
+    /// uid-0 context, out of its cgroup too), so never the operator. Root under
+    /// `no_new_privs` (a container's, under `no-new-privileges`) is not.
     pub confined_root: bool,
     /// The connecting process's start time, which with its pid names it for the checks
     /// after the one at connect (none when its pid is not visible here). Its pidfd is not
@@ -76,11 +76,11 @@ impl Peer {
                 .map(|(ppid, start)| registry::ProcIdentity { ppid, start, euid }),
             None => registry::proc_identity(pid),
         };
-        // Only for root, whom the operator's rights go to: one more /proc file. Unreadable
-        // counts as confined: never the operator by default.
+        // Only for root, whom the operator's rights go to. Unreadable counts as confined:
+        // never the operator by default.
         // SAFETY: plain getter.
         let root_broker = unsafe { libc::geteuid() } == 0;
-        let confined_root = root_broker && peer.uid == 0 && registry::confined(pid).unwrap_or(true);
+        let confined_root = root_broker && peer.uid == 0 && confined(&pidfd, pid);
         // Read first, then ask whether the peer still lives: if it does, the pid was its
         // own all along, so what was read describes it.
         if !alive(&pidfd) {
@@ -208,6 +208,74 @@ fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
     // SAFETY: a valid pidfd and a buffer of the size the request number encodes.
     let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
     (rc == 0 && info.mask & PIDFD_INFO_CREDS != 0).then_some(info.euid)
+}
+
+/// Whether `pid` (behind `pidfd`), a uid-0 peer of a root broker, is a process the broker
+/// started or a descendant: it holds no capability (the broker empties its own bounding
+/// set at start, so nothing it starts can gain one), or it is in another user namespace
+/// than the broker's (the only way to capabilities again, and no way back). `capget` and
+/// the pidfd's namespace, not `/proc`: this runs for every launch of a root caller.
+/// Anything unreadable counts as confined.
+fn confined(pidfd: &OwnedFd, pid: i32) -> bool {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a version-3 header and the two data structs that version fills.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 || data.iter().all(|d| d.effective == 0 && d.permitted == 0) {
+        return true;
+    }
+    match (own_user_namespace(), user_namespace(pidfd, pid)) {
+        (Some(own), Some(theirs)) => own != theirs,
+        _ => true,
+    }
+}
+
+/// `(st_dev, st_ino)` of a namespace file's metadata.
+fn ns_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// This process's user namespace, taken once.
+fn own_user_namespace() -> Option<(u64, u64)> {
+    static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/user")
+            .ok()
+            .map(|m| ns_id(&m))
+    })
+}
+
+/// The user namespace of the process behind `pidfd`: from the pidfd
+/// (`PIDFD_GET_USER_NAMESPACE`, Linux 6.11), else from `/proc/PID/ns/user`.
+fn user_namespace(pidfd: &OwnedFd, pid: i32) -> Option<(u64, u64)> {
+    const PIDFD_GET_USER_NAMESPACE: libc::c_ulong = 0xFF09;
+    // SAFETY: an ioctl without argument on our own pidfd; it returns a new descriptor.
+    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_USER_NAMESPACE, 0) };
+    let meta = if ns >= 0 {
+        // SAFETY: the kernel just gave us this descriptor, owned here from now on.
+        let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+        std::fs::File::from(ns).metadata().ok()?
+    } else {
+        std::fs::metadata(format!("/proc/{pid}/ns/user")).ok()?
+    };
+    Some(ns_id(&meta))
 }
 
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).

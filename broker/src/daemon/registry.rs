@@ -177,25 +177,6 @@ pub fn proc_identity(pid: i32) -> Option<ProcIdentity> {
     (parent_and_start(pid)? == (ppid, start)).then_some(ProcIdentity { ppid, start, euid })
 }
 
-/// Whether `pid`, as a root broker sees it, is a process it started or a descendant: its
-/// capability bounding set is empty (`CapBnd:` of `/proc/PID/status`; the broker empties
-/// its own at start, and no process can fill it again), or it is in another user
-/// namespace than the broker's (the only way to a full set again: a new user namespace,
-/// which it cannot leave for the broker's without a capability there).
-pub fn confined(pid: i32) -> Option<bool> {
-    let mut buf = [0u8; 4096];
-    let (_, n) = read_proc_file(&format!("/proc/{pid}/status"), &mut buf)?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let bounding = text.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim();
-    if u64::from_str_radix(bounding, 16).ok()? == 0 {
-        return Some(true);
-    }
-    static OWN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    let own = OWN.get_or_init(|| std::fs::read_link("/proc/self/ns/user").ok());
-    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()?;
-    Some(own.as_ref() != Some(&theirs))
-}
-
 /// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
 /// which may itself contain spaces and parens).
 pub fn parent_pid(pid: i32) -> Option<i32> {
