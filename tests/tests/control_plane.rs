@@ -754,14 +754,43 @@ allow = { uids = [0] }
     );
 }
 
+/// A routed `sleep` of the operator's in `context`, marked with `prefix` and this test's
+/// pid: its client (killed on drop), the sleep's pid, its launch id and the mark.
+fn operators_sleep(b: &Broker, context: &str, prefix: &str) -> (Reaped, i32, u64, String) {
+    let mark = format!("{prefix}.{}", std::process::id());
+    let client = Reaped(
+        b.exec_cmd(context, &["sleep", &mark])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = poll(Duration::from_secs(10), || {
+        pids_with_arg(&mark).into_iter().find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+    })
+    .expect("the operator's routed sleep");
+    let ps = run(&mut b.ctx(["ps", "--json"])).ok();
+    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    let id = ps
+        .as_array()
+        .and_then(|a| a.iter().find(|p| json_has_str(&p["argv"], &mark)))
+        .and_then(|p| p["id"].as_u64())
+        .unwrap_or_else(|| panic!("the operator's sleep in ctx ps: {ps}"));
+    (client, pid, id, mark)
+}
+
 /// The review of the third attacker round: an orphan of a uid-0 context that left its
 /// launch's process tree and also its cgroups (root may write any v1 `cgroup.procs`
 /// without a capability; a host without cgroups has none to leave) was known by nothing
 /// and passed for the operator: it entered every context that lets root in, reloaded
 /// the broker, listed and killed the operator's launches; from a user namespace of its
 /// own its capability bounding set was full again. Every process a root broker starts
-/// has `no_new_privs`, which none can undo: such a uid-0 peer is in some context,
-/// whichever, and touches no launch.
+/// holds no capability and can gain none in the broker's user namespace, and a user
+/// namespace of its own gives it away: such a uid-0 peer is in some context, whichever,
+/// and touches no launch.
 #[test]
 fn a_uid0_contexts_orphan_out_of_its_cgroups_is_not_the_operator() {
     let config = r#"[broker]
@@ -780,28 +809,7 @@ allow = { uids = [0] }
 "#;
     let b = Broker::start(config);
     // A launch of the operator's, which the orphan must neither see nor signal.
-    let mark = format!("901.{}", std::process::id());
-    let victim = Reaped(
-        b.exec_cmd("victim", &["sleep", &mark])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let victim_pid = poll(Duration::from_secs(10), || {
-        pids_with_arg(&mark).into_iter().find(|&p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-    })
-    .expect("the operator's routed sleep");
-    let ps = run(&mut b.ctx(["ps", "--json"])).ok();
-    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
-    let victim_id = ps
-        .as_array()
-        .and_then(|a| a.iter().find(|p| json_has_str(&p["argv"], &mark)))
-        .and_then(|p| p["id"].as_u64())
-        .unwrap_or_else(|| panic!("the operator's sleep in ctx ps: {ps}"));
+    let (victim, victim_pid, victim_id, mark) = operators_sleep(&b, "victim", "901");
     let out_dir = TempDir::new();
     let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
     let asks = format!(
@@ -1184,28 +1192,7 @@ allow = {{ contexts = ["rootc"] }}
     );
     let b = Broker::start(&config);
     // A launch of the operator's, which the context must neither see nor signal.
-    let mark = format!("900.{}", std::process::id());
-    let victim = Reaped(
-        b.exec_cmd("alice", &["sleep", &mark])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let victim_pid = poll(Duration::from_secs(10), || {
-        pids_with_arg(&mark).into_iter().find(|&p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-    })
-    .expect("the operator's routed sleep");
-    let ps = run(&mut b.ctx(["ps", "--json"])).ok();
-    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
-    let victim_id = ps
-        .as_array()
-        .and_then(|a| a.iter().find(|p| json_has_str(&p["argv"], &mark)))
-        .and_then(|p| p["id"].as_u64())
-        .unwrap_or_else(|| panic!("the operator's sleep in ctx ps: {ps}"));
+    let (victim, victim_pid, victim_id, mark) = operators_sleep(&b, "alice", "900");
     let ctx = format!("{} --socket {}", bin("ctx").display(), b.socket().display());
     let script = format!(
         "{ctx} exec --context alice -- env; echo enter-alice=$?; \
