@@ -225,10 +225,10 @@ caller() { # name, target, command... : one row, routed p50 against the same cal
     row "launch: routed by the interposer from $name" "$(fmt "$r/1000" .2f) ms (direct $(fmt "$d/1000" .2f) ms)" \
         "$(fmt "$r/$d" .1f)x direct" "$target"
 }
-caller "C fork+execve" "≤ 2x direct" "$TMP/launch_loop" "$N" /bin/true
-caller "C posix_spawn" "≤ 2x direct" "$TMP/launch_loop" -s "$N" /bin/true
-caller "Python subprocess.run" "≤ 2x direct" "$PY" -c "$py_loop" "$N"
-caller "Node spawnSync" "≤ 2x direct" "$NODE" -e "$node_loop" "$N"
+caller "C fork+execve" "≤ 1.6x direct" "$TMP/launch_loop" "$N" /bin/true
+caller "C posix_spawn" "≤ 1.6x direct" "$TMP/launch_loop" -s "$N" /bin/true
+caller "Python subprocess.run" "≤ 1.6x direct" "$PY" -c "$py_loop" "$N"
+caller "Node spawnSync" "≤ 1.6x direct" "$NODE" -e "$node_loop" "$N"
 # The same one at a time, 300 ms apart: a quiet host is where a cgroup move would wait
 # for an RCU grace period (5-30 ms) if the broker moved launches through cgroup.procs.
 # The targets are for launches back to back (its figures are hyperfine's); this row
