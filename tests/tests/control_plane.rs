@@ -1352,7 +1352,7 @@ allow = {{ uids = [0] }}
         "the old user's entries are still there: {left:?}"
     );
     // All of it moved, whole and in one step, out of every context's reach: root's.
-    let quarantine = b.dir().path().join("state/shells/.previous-owners");
+    let quarantine = b.dir().path().join("state/shells/@previous-owners");
     let moved: Vec<_> = fs::read_dir(&quarantine)
         .unwrap()
         .filter_map(Result::ok)

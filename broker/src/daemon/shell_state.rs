@@ -291,10 +291,10 @@ fn open_or_create_dir(path: &Path) -> io::Result<(File, bool)> {
     Ok((open_dir(path)?, made))
 }
 
-/// Moves `shells/NAME` to `shells/.previous-owners/NAME.<random>` (root's, 0700), never
-/// over an existing entry; where it went.
+/// Moves `shells/NAME` to `shells/@previous-owners/NAME.<random>` (root's, 0700), never
+/// over an existing entry; where it went. No context's name has an `@`.
 fn move_aside(shells: &Path, name: &str) -> io::Result<PathBuf> {
-    let quarantine = shells.join(".previous-owners");
+    let quarantine = shells.join("@previous-owners");
     match std::fs::DirBuilder::new().mode(0o700).create(&quarantine) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
