@@ -217,27 +217,9 @@ fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
 /// the pidfd's namespace, not `/proc`: this runs for every launch of a root caller.
 /// Anything unreadable counts as confined.
 fn confined(pidfd: &OwnedFd, pid: i32) -> bool {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: a version-3 header and the two data structs that version fills.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    if rc != 0 || data.iter().all(|d| d.effective == 0 && d.permitted == 0) {
+    let holds_none = super::spawn::capget(pid)
+        .map_or(true, |sets| sets.iter().all(|h| h.effective == 0 && h.permitted == 0));
+    if holds_none {
         return true;
     }
     match (own_user_namespace(), user_namespace(pidfd, pid)) {

@@ -329,40 +329,12 @@ fn is_proc_root(fd: &OwnedFd) -> bool {
 
 /// Clears this thread's effective capabilities (its permitted ones stay, unused: the
 /// thread ends with its decision).
-unsafe fn drop_effective_capabilities() -> Result<(), i32> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
+fn drop_effective_capabilities() -> Result<(), i32> {
+    let mut sets = crate::daemon::spawn::capget(0)?;
+    for half in &mut sets {
+        half.effective = 0;
     }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    if libc::syscall(
-        libc::SYS_capget,
-        &mut header as *mut Header,
-        data.as_mut_ptr(),
-    ) != 0
-    {
-        return Err(errno());
-    }
-    for d in &mut data {
-        d.effective = 0;
-    }
-    if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
-        return Err(errno());
-    }
-    Ok(())
+    crate::daemon::spawn::capset(&sets)
 }
 
 /// For the audit: bytes as text.

@@ -1,12 +1,35 @@
 //! The capability bounding set: emptied once for the whole broker when it can be, so that
-//! a spawn child need not drop each capability itself.
+//! a spawn child need not drop each capability itself; and `capget`/`capset`, for the
+//! threads and peers whose sets the broker reads or changes.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 // ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// One half (capabilities 0-31, then 32-63) of a thread's sets, as `capget` fills them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapSets {
+    pub effective: u32,
+    pub permitted: u32,
+    pub inheritable: u32,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+// ---------------------------------------------------------------------------------------
 // Constants
 // ---------------------------------------------------------------------------------------
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two [`CapSets`] halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Set once the whole broker runs with an empty capability bounding set: every thread, and
 /// so every spawn child, inherits it, and the child need not drop 41 capabilities one
@@ -44,6 +67,35 @@ pub fn drop_bounding_set_process_wide() {
         }
     }
     BOUNDING_DROPPED.store(all, Ordering::Relaxed);
+}
+
+/// The capability sets of `pid` (0: the calling thread). Async-signal-safe.
+pub fn capget(pid: i32) -> Result<[CapSets; 2], i32> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid,
+    };
+    let mut sets = [CapSets::default(); 2];
+    // SAFETY: a version-3 header and the two halves that version fills.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, sets.as_mut_ptr()) };
+    if r != 0 {
+        return Err(errno_now());
+    }
+    Ok(sets)
+}
+
+/// Sets the calling thread's capability sets. Async-signal-safe.
+pub fn capset(sets: &[CapSets; 2]) -> Result<(), i32> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: a version-3 header and the two halves it reads.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header, sets.as_ptr()) };
+    if r != 0 {
+        return Err(errno_now());
+    }
+    Ok(())
 }
 
 fn errno_now() -> i32 {
