@@ -1370,3 +1370,47 @@ allow = {{ uids = [0] }}
     let out = run(&mut b.ctx(["sh", "--context", "dev", "echo new=$NEW"]));
     assert_eq!(out.ok().trim(), "new=2");
 }
+
+/// What the wrapper of `ctx sh` loads and where it saves, whatever lies in its directory:
+/// a slot its uid does not own is never loaded, and a slot that is a link is neither
+/// loaded nor written through (a hand-over that moves the old owner's directory away is
+/// the first line; this is the second).
+#[test]
+fn a_session_slot_its_uid_does_not_own_or_a_link_is_never_loaded_or_written() {
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.dev]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    );
+    let b = Broker::start(&config);
+    run(&mut b.ctx(["sh", "--context", "dev", "KEPT=1"])).ok();
+    let dir = b.dir().path().join("state/shells/dev");
+    let alice = user(ALICE);
+    let planted = "echo PLANTED\n: ctx-sh-end 999999\n";
+    // Newer than any slot, not the session's uid's.
+    let slot = dir.join("default.bash.1");
+    fs::write(&slot, planted).unwrap();
+    let out = run(&mut b.ctx(["sh", "--context", "dev", "echo kept=$KEPT"]));
+    assert_eq!(out.ok().trim(), "kept=1", "another uid's slot was loaded");
+    // A link to a file of the session's uid: not loaded, and the next save goes nowhere
+    // through it.
+    fs::remove_file(&slot).unwrap();
+    let target = dir.join("target");
+    fs::write(&target, planted).unwrap();
+    std::os::unix::fs::chown(&target, Some(alice.uid), Some(alice.gid)).unwrap();
+    std::os::unix::fs::symlink(&target, &slot).unwrap();
+    for _ in 0..2 {
+        let out = run(&mut b.ctx(["sh", "--context", "dev", "echo kept=$KEPT"]));
+        assert_eq!(out.ok().trim(), "kept=1", "a linked slot was loaded");
+    }
+    assert_eq!(
+        fs::read_to_string(&target).unwrap(),
+        planted,
+        "saved through a link"
+    );
+}

@@ -217,8 +217,9 @@ fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
 /// the pidfd's namespace, not `/proc`: this runs for every launch of a root caller.
 /// Anything unreadable counts as confined.
 fn confined(pidfd: &OwnedFd, pid: i32) -> bool {
-    let holds_none = super::spawn::capget(pid)
-        .map_or(true, |sets| sets.iter().all(|h| h.effective == 0 && h.permitted == 0));
+    let holds_none = super::spawn::capget(pid).map_or(true, |sets| {
+        sets.iter().all(|h| h.effective == 0 && h.permitted == 0)
+    });
     if holds_none {
         return true;
     }
