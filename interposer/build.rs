@@ -1,5 +1,6 @@
 //! Builds the preloaded half of the interposer, `libctx_interposer.so` (C, `src/preload.c`),
-//! beside what Cargo builds, and links the static unwinder and the static-pie shim.
+//! beside what Cargo builds, and links the static unwinder and the static-pie shim
+//! (against musl where Debian's musl-dev is installed: see `static-link`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ const PRELOAD_SRC: &str = "src/preload.c";
 fn main() {
     println!("cargo:rerun-if-changed={PRELOAD_SRC}");
     ctx_static_link::link_unwinder_statically();
-    ctx_static_link::link_bin_statically("ctx-shim");
+    ctx_static_link::link_bin_statically_prefer_musl("ctx-shim");
     build_preloaded_library();
 }
 

@@ -24,7 +24,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 missing=()
 for pair in hyperfine:hyperfine sudo:sudo bwrap:bubblewrap setpriv:util-linux gcc:gcc \
-    make:make node:nodejs script:bsdutils sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client; do
+    make:make musl-gcc:musl-tools node:nodejs script:bsdutils sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

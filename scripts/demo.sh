@@ -37,7 +37,7 @@ show() {
 # What the build and the demo run need (installed as root, only when missing).
 # shellcheck source=scripts/lib/toolchain.sh
 . scripts/lib/toolchain.sh
-ensure_packages cc:build-essential curl:curl /usr/bin/python3:python3 setpriv:util-linux
+ensure_packages cc:build-essential curl:curl /usr/bin/python3:python3 setpriv:util-linux musl-gcc:musl-tools
 ensure_rust
 cargo build --release --quiet
 bin="$repo/target/release"

@@ -6,7 +6,7 @@
 #
 # What it sets up, idempotently (safe to re-run; nothing is removed afterwards):
 #   packages   dash perl make git findutils procps tmux util-linux gcc nodejs python3 python3-pip
-#              curl iproute2 systemd,
+#              curl iproute2 systemd, musl-dev (x86_64: the shim is linked against musl),
 #              each installed with apt only if its command is missing, and
 #              libpython3.11-testsuite (CPython's own tests) if its files are missing;
 #   group      ctx-testers   a supplementary group of ctx-alice (the groups test checks it);
@@ -76,6 +76,9 @@ need_file /usr/bin/python3 python3
 # tests/tests/egress.rs downloads a wheel through the egress proxy with Debian's pip.
 need_file /usr/lib/python3/dist-packages/pip python3-pip
 need_file /usr/lib/python3.11/test/test_subprocess.py libpython3.11-testsuite
+# The shim is linked against musl where it is installed (static-link/src/lib.rs): the one
+# the tests run is the one users get from a build with it.
+[ "$(uname -m)" = x86_64 ] && need_file /usr/lib/x86_64-linux-musl/libc.a musl-dev
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "test.sh: installing ${missing[*]}"

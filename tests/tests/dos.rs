@@ -260,6 +260,7 @@ fn a_connection_flood_from_a_uid_0_context_leaves_the_operator_served() {
 
 /// Every refused or failed connection used to log a line: a flood of them filled the
 /// broker's log (and, under systemd, journald's rate limit then hid its real warnings).
+/// The broker may hang up before the junk is written (EPIPE): a failed handshake too.
 #[test]
 fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
     let b = Broker::start(&standard_config());
@@ -267,7 +268,10 @@ fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
     let script = "import socket, sys, time\n\
         end = time.time() + 3; n = 0\n\
         while time.time() < end:\n\
-        \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b'junk'); s.close(); n += 1\n\
+        \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+        \x20   try: s.send(b'junk')\n\
+        \x20   except OSError: pass\n\
+        \x20   s.close(); n += 1\n\
         print(n)\n";
     let out = run(as_user(BOB)
         .args(["/usr/bin/python3", "-c", script])

@@ -35,9 +35,8 @@ pub fn forwardable(sig: i32) -> bool {
 pub fn block_forwarded() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; every call gets valid pointers.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
+        let mut set = crate::sys::signals::empty();
+        let mut old = crate::sys::signals::empty();
         add_forwarded(&mut set);
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
         old
@@ -46,9 +45,8 @@ pub fn block_forwarded() -> libc::sigset_t {
 
 /// Adds every signal the relay forwards to `set`.
 pub fn add_forwarded(set: &mut libc::sigset_t) {
-    for sig in (1..=libc::SIGRTMAX()).filter(|&s| forwardable(s)) {
-        // SAFETY: a valid set and signal number.
-        unsafe { libc::sigaddset(set, sig) };
+    for sig in (1..=64).filter(|&s| forwardable(s)) {
+        crate::sys::signals::add(set, sig);
     }
 }
 
@@ -62,8 +60,7 @@ pub fn restore_mask(old: &libc::sigset_t) {
 pub fn signal_fd() -> i32 {
     // SAFETY: sigset_t is plain data; every call gets valid pointers.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
+        let mut set = crate::sys::signals::empty();
         add_forwarded(&mut set);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
@@ -150,11 +147,7 @@ impl Forwarder {
 
 #[inline]
 fn ignored(signo: i32) -> bool {
-    // SAFETY: sigaction is plain data that the call fills.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signo, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
-    }
+    crate::sys::signals::ignored(signo)
 }
 
 /// Ends this process as the routed program ended: its exit code, or death by the same
@@ -164,7 +157,7 @@ pub fn reproduce(status: ExitStatus) -> ! {
         // SAFETY: ending the process.
         ExitStatus::Code(c) => unsafe { libc::_exit(c & 0xff) },
         ExitStatus::Signaled { signal, core } => {
-            // SAFETY: plain process-state calls on ourselves; sigaction is plain data.
+            // SAFETY: plain process-state calls on ourselves.
             unsafe {
                 if !core {
                     // A dump of ours would be noise; the routed program made none.
@@ -174,12 +167,9 @@ pub fn reproduce(status: ExitStatus) -> ! {
                     };
                     libc::setrlimit(libc::RLIMIT_CORE, &zero);
                 }
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(signal, &dfl, std::ptr::null_mut());
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, signal);
+                crate::sys::signals::set_default(signal);
+                let mut set = crate::sys::signals::empty();
+                crate::sys::signals::add(&mut set, signal);
                 libc::kill(libc::getpid(), signal);
                 libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
                 // Only a signal whose default is not fatal gets here.

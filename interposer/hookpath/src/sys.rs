@@ -326,3 +326,85 @@ mod tests {
         assert_eq!(basename(b"dir/"), b"");
     }
 }
+
+/// Signal sets and dispositions through the kernel's own calls. The C libraries' wrappers
+/// refuse the signals they keep for themselves (glibc 32 and 33, musl 32 to 34), and the
+/// shim may be linked against either, while a caller's signal 34 is glibc's `SIGRTMIN`,
+/// a signal like any other to the routed program.
+pub mod signals {
+    /// Adds signal `sig` (1..=64) to `set`.
+    pub fn add(set: &mut libc::sigset_t, sig: i32) {
+        if (1..=64).contains(&sig) {
+            // SAFETY: every C library's sigset_t starts with the kernel's 64-bit mask, bit
+            // n-1 for signal n (little- and big-endian alike: it is one u64).
+            unsafe { *(set as *mut libc::sigset_t).cast::<u64>() |= 1 << (sig - 1) };
+        }
+    }
+
+    /// An empty set.
+    pub fn empty() -> libc::sigset_t {
+        // SAFETY: sigset_t is plain data; all zeroes is the empty set.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// Every signal.
+    pub fn full() -> libc::sigset_t {
+        let mut set = empty();
+        // SAFETY: as in `add`.
+        unsafe { *(&mut set as *mut libc::sigset_t).cast::<u64>() = u64::MAX };
+        set
+    }
+
+    /// The kernel's `struct sigaction` (x86_64, aarch64).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+
+    /// The size of the kernel's signal mask.
+    const KERNEL_SIGSET: usize = 8;
+
+    /// Whether signal `sig` is ignored.
+    pub fn ignored(sig: i32) -> bool {
+        let mut old = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: a null new action only reads the old one into `old` (kernel layout).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                KERNEL_SIGSET,
+            )
+        };
+        r == 0 && old.handler == libc::SIG_IGN
+    }
+
+    /// Gives signal `sig` its default action.
+    pub fn set_default(sig: i32) {
+        let dfl = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: a valid action in the kernel's layout; SIG_DFL needs no restorer.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                KERNEL_SIGSET,
+            )
+        };
+    }
+}

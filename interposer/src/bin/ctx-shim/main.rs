@@ -61,12 +61,10 @@ fn lead_session(program: Option<i32>) -> ! {
     sys::set_comm(b"ctx-session");
     // SAFETY: signal masks, signalfd, poll, open and ioctl on values we own.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
+        let all = sys::signals::full();
         libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-        let mut hup: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut hup);
-        libc::sigaddset(&mut hup, libc::SIGHUP);
+        let mut hup = sys::signals::empty();
+        sys::signals::add(&mut hup, libc::SIGHUP);
         let hangup = libc::signalfd(-1, &hup, libc::SFD_CLOEXEC);
         let mut fds = [
             libc::pollfd {
@@ -105,10 +103,25 @@ fn lead_session(program: Option<i32>) -> ! {
     }
 }
 
+/// Linked against musl (see `static-link`), the shim still carries this system's static
+/// unwinder, built for glibc, which looks a code address up with glibc's
+/// `_dl_find_object`. Nothing in the shim catches a panic, and one aborts at `main`'s C
+/// boundary anyway: "not found" only makes it abort before it unwinds.
+#[cfg(ctx_musl)]
 #[no_mangle]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+extern "C" fn _dl_find_object(_pc: *mut libc::c_void, _found: *mut libc::c_void) -> libc::c_int {
+    -1
+}
+
+#[no_mangle]
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+    // From `main`'s own arguments: `std::env::args_os` reads what glibc's start-up hands
+    // to initializers, which musl's does not.
+    let a: Vec<&[u8]> = (0..usize::try_from(argc).unwrap_or(0))
+        // SAFETY: the C start-up passes argc NUL-terminated strings in argv, which live as
+        // long as the process.
+        .map(|i| unsafe { sys::cstr(*argv.add(i)) })
+        .collect();
     if std::env::var_os(ctx_hookpath::ATTACH_VAR).is_some() {
         let Some((sock, mask, launcher, comm)) = attach_params() else {
             usage()
