@@ -222,6 +222,28 @@ fn ctx_run_unreachable(b: &Broker, policy: Option<&str>, argv: &[&str]) -> std::
     o
 }
 
+/// `on_broker_down = "local"` for a `posix_spawn` with file actions (the shim's `--spawn`,
+/// which then execs the program itself): the program gets the mask the caller asked for,
+/// glibc's `SIGRTMIN` (34) included, which musl's `sigprocmask` hides from the old mask the
+/// shim restores (as it did before it read the mask from the kernel itself).
+#[test]
+fn a_local_fallback_keeps_the_blocked_signals_the_caller_asked_for() {
+    let b = start_broker();
+    let script = "import os\n\
+        r, w = os.pipe()\n\
+        pid = os.posix_spawn('/bin/grep', ['grep', 'SigBlk', '/proc/self/status'], os.environ,\n\
+        \x20   file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)], setsigmask=[34, 35])\n\
+        os.close(w)\n\
+        print(os.fdopen(r).read().strip(), os.waitpid(pid, 0)[1])\n";
+    let local = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&local), "SigBlk:\t0000000600000000 0\n");
+    let o = ctx_run_unreachable(&b, Some("local"), &["/usr/bin/python3", "-c", script]);
+    assert_eq!(stdout(&o), stdout(&local));
+}
+
 #[test]
 fn on_broker_down_local_runs_launches_locally_and_fail_is_the_default() {
     let b = start_broker();

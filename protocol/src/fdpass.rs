@@ -19,6 +19,27 @@ fn last_errno() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// `sendmsg(2)` itself. musl's wrapper (the shim may be linked against musl) copies the
+/// control data into a 1024-byte buffer of its own and fails with `ENOMEM` beyond it: a
+/// full group of [`MAX_FDS`] descriptors needs 1032.
+///
+/// # Safety
+/// `msg` describes valid buffers for the duration of the call.
+unsafe fn sys_sendmsg(sock: RawFd, msg: &libc::msghdr, flags: libc::c_int) -> isize {
+    // SAFETY: the caller's buffers; the kernel reads the x86_64/aarch64 msghdr layout
+    // that the libc crate's type has.
+    unsafe { libc::syscall(libc::SYS_sendmsg, sock, msg as *const libc::msghdr, flags) as isize }
+}
+
+/// `recvmsg(2)` itself, as [`sys_sendmsg`] for the same reason.
+///
+/// # Safety
+/// `msg` describes valid writable buffers for the duration of the call.
+unsafe fn sys_recvmsg(sock: RawFd, msg: &mut libc::msghdr, flags: libc::c_int) -> isize {
+    // SAFETY: as in `sys_sendmsg`.
+    unsafe { libc::syscall(libc::SYS_recvmsg, sock, msg as *mut libc::msghdr, flags) as isize }
+}
+
 /// Sends all of `data` with `fds`. One message carries at most [`MAX_FDS`] descriptors
 /// (`SCM_MAX_FD`), so more ride in groups: each group but the last on one byte of `data`,
 /// the last on the rest; the receiver has every descriptor once it has read that many
@@ -147,7 +168,7 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience: &mut Patience) ->
     }
     loop {
         // SAFETY: msg describes valid buffers for the duration of the call.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe { sys_sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -193,7 +214,7 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
     }
     let n = loop {
         // SAFETY: msg describes valid writable buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { sys_recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n as usize;
         }
@@ -241,7 +262,7 @@ pub fn peek_fds(sock: RawFd, room: usize) -> io::Result<Option<usize>> {
     let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
     loop {
         // SAFETY: msg describes valid writable buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        let n = unsafe { sys_recvmsg(sock, &mut msg, flags) };
         if n >= 0 {
             break;
         }

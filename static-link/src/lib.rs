@@ -21,8 +21,11 @@ const MUSL: &str = "/usr/lib/x86_64-linux-musl";
 /// spend. Sets `cfg(ctx_musl)` when linked against musl.
 pub fn link_bin_statically_prefer_musl(bin: &str) {
     println!("cargo::rustc-check-cfg=cfg(ctx_musl)");
-    println!("cargo:rerun-if-changed={MUSL}/libc.a");
-    if cfg!(target_arch = "x86_64") && link_bin_with_musl(bin) {
+    // The target's, not this build script's own (`cfg!` here would be the host's).
+    let target = |key: &str| std::env::var(format!("CARGO_CFG_TARGET_{key}")).unwrap_or_default();
+    let x86_64_glibc =
+        target("ARCH") == "x86_64" && target("OS") == "linux" && target("ENV") == "gnu";
+    if x86_64_glibc && link_bin_with_musl(bin) {
         println!("cargo:rustc-cfg=ctx_musl");
     } else {
         link_bin_statically(bin);
@@ -36,16 +39,21 @@ pub fn link_bin_statically_prefer_musl(bin: &str) {
 /// `cmsghdr`, `sigaction`, `sigset_t`, `termios`, `pollfd`, `rlimit`) has the kernel's layout
 /// in both.
 fn link_bin_with_musl(bin: &str) -> bool {
-    if !std::path::Path::new(&format!("{MUSL}/libc.a")).exists() {
+    let libc_a = format!("{MUSL}/libc.a");
+    if !std::path::Path::new(&libc_a).exists() {
+        // No rerun-if-changed on a file that is not there: Cargo would take it as changed
+        // at every build. Installing musl-dev later takes `cargo clean -p ctx-interposer`.
         println!("cargo:warning=no musl (Debian's musl-dev): {bin} is linked against glibc, whose start-up costs more");
         return false;
     }
+    println!("cargo:rerun-if-changed={libc_a}");
     let (Some(libgcc), Some(libgcc_eh), Some(begin), Some(end)) = (
         find("libgcc.a"),
         find("libgcc_eh.a"),
         find("crtbeginS.o"),
         find("crtendS.o"),
     ) else {
+        println!("cargo:warning=musl is installed but the C compiler has no libgcc_eh.a or crtbeginS.o: {bin} is linked against glibc");
         return false;
     };
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");

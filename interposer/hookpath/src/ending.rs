@@ -33,14 +33,11 @@ pub fn forwardable(sig: i32) -> bool {
 /// shim's start) stays pending instead of killing the relay, whose end would take the
 /// whole routed group. Gives back the mask to restore if the relay cannot start.
 pub fn block_forwarded() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; every call gets valid pointers.
-    unsafe {
-        let mut set = crate::sys::signals::empty();
-        let mut old = crate::sys::signals::empty();
-        add_forwarded(&mut set);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
-        old
-    }
+    let mut set = crate::sys::signals::empty();
+    let mut old = crate::sys::signals::empty();
+    add_forwarded(&mut set);
+    crate::sys::signals::procmask(libc::SIG_BLOCK, Some(&set), Some(&mut old));
+    old
 }
 
 /// Adds every signal the relay forwards to `set`.
@@ -52,19 +49,16 @@ pub fn add_forwarded(set: &mut libc::sigset_t) {
 
 /// Puts back a mask [`block_forwarded`] gave.
 pub fn restore_mask(old: &libc::sigset_t) {
-    // SAFETY: a mask sigprocmask filled.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    crate::sys::signals::procmask(libc::SIG_SETMASK, Some(old), None);
 }
 
 /// Blocks every signal we forward and returns a signalfd for them (-1 on failure).
 pub fn signal_fd() -> i32 {
-    // SAFETY: sigset_t is plain data; every call gets valid pointers.
-    unsafe {
-        let mut set = crate::sys::signals::empty();
-        add_forwarded(&mut set);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-    }
+    let mut set = crate::sys::signals::empty();
+    add_forwarded(&mut set);
+    crate::sys::signals::procmask(libc::SIG_BLOCK, Some(&set), None);
+    // SAFETY: a valid set.
+    unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) }
 }
 
 /// One signal the relaying process received, to forward.
@@ -171,7 +165,7 @@ pub fn reproduce(status: ExitStatus) -> ! {
                 let mut set = crate::sys::signals::empty();
                 crate::sys::signals::add(&mut set, signal);
                 libc::kill(libc::getpid(), signal);
-                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                crate::sys::signals::procmask(libc::SIG_UNBLOCK, Some(&set), None);
                 // Only a signal whose default is not fatal gets here.
                 libc::_exit(128 + (signal & 0x7f))
             }

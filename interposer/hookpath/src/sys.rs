@@ -332,13 +332,38 @@ mod tests {
 /// shim may be linked against either, while a caller's signal 34 is glibc's `SIGRTMIN`,
 /// a signal like any other to the routed program.
 pub mod signals {
+    /// Bits in one word of a `sigset_t`, which is an array of `unsigned long`.
+    const WORD_BITS: usize = 8 * std::mem::size_of::<libc::c_ulong>();
+
     /// Adds signal `sig` (1..=64) to `set`.
     pub fn add(set: &mut libc::sigset_t, sig: i32) {
         if (1..=64).contains(&sig) {
-            // SAFETY: every C library's sigset_t starts with the kernel's 64-bit mask, bit
-            // n-1 for signal n (little- and big-endian alike: it is one u64).
-            unsafe { *(set as *mut libc::sigset_t).cast::<u64>() |= 1 << (sig - 1) };
+            let bit = (sig - 1) as usize;
+            // SAFETY: every C library's sigset_t is an array of `unsigned long` (at least
+            // 64 bits of them), bit n-1 for signal n counted word by word, as the kernel's.
+            unsafe {
+                *(set as *mut libc::sigset_t)
+                    .cast::<libc::c_ulong>()
+                    .add(bit / WORD_BITS) |= 1 << (bit % WORD_BITS)
+            };
         }
+    }
+
+    /// `rt_sigprocmask(2)` itself: the C libraries' wrappers hide the signals they keep for
+    /// themselves in the old mask they return (musl: 32 to 34), which a restore would then
+    /// unblock.
+    pub fn procmask(how: i32, set: Option<&libc::sigset_t>, old: Option<&mut libc::sigset_t>) {
+        // SAFETY: null or valid sets; the kernel reads and writes its own 8-byte mask, the
+        // first 64 bits of each.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                how,
+                set.map_or(std::ptr::null(), |s| s as *const libc::sigset_t),
+                old.map_or(std::ptr::null_mut(), |o| o as *mut libc::sigset_t),
+                KERNEL_SIGSET,
+            )
+        };
     }
 
     /// An empty set.
@@ -350,8 +375,9 @@ pub mod signals {
     /// Every signal.
     pub fn full() -> libc::sigset_t {
         let mut set = empty();
-        // SAFETY: as in `add`.
-        unsafe { *(&mut set as *mut libc::sigset_t).cast::<u64>() = u64::MAX };
+        for sig in 1..=64 {
+            add(&mut set, sig);
+        }
         set
     }
 

@@ -62,7 +62,7 @@ fn lead_session(program: Option<i32>) -> ! {
     // SAFETY: signal masks, signalfd, poll, open and ioctl on values we own.
     unsafe {
         let all = sys::signals::full();
-        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        sys::signals::procmask(libc::SIG_BLOCK, Some(&all), None);
         let mut hup = sys::signals::empty();
         sys::signals::add(&mut hup, libc::SIGHUP);
         let hangup = libc::signalfd(-1, &hup, libc::SFD_CLOEXEC);
