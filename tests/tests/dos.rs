@@ -295,9 +295,12 @@ fn a_flood_of_failed_handshakes_adds_a_line_a_second_to_the_log() {
 fn descriptors_sent_in_unfinished_handshakes_are_bounded_per_uid() {
     let b = Broker::start_with_files(&standard_config(), OLD_UNIT_FILES);
     let (baseline, fds) = under_flood(&b, "descriptor flood", || flood(&b, "fds", 500, 8));
-    // 64 handshakes and 192 descriptors at most, and slack for root's launch.
+    // 64 handshakes and 192 descriptors at most, slack for root's launch, and the
+    // connections being refused at that instant with the descriptors their hello brought
+    // (on a host where the flood makes 30,000 connections a second, samples of 250-460
+    // in all). Unbounded, the flood's 500 connections would hold 4,500.
     assert!(
-        fds < baseline + 300,
+        fds < baseline + 600,
         "ctx-bob's handshakes made the broker hold {fds} descriptors (baseline {baseline})"
     );
     bob_is_served_again(&b);
