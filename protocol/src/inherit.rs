@@ -9,8 +9,6 @@
 //! applies it as a caller's request that may lower, never raise (see the broker's
 //! `daemon/inherit.rs`).
 
-use std::mem::MaybeUninit;
-
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_bytes::ByteBuf;
@@ -30,9 +28,6 @@ const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 
 /// Bytes of a NUMA node mask read and sent: 1024 nodes.
 pub const MAX_NODES: usize = 128;
-
-/// The kernel's `sigset_t` is 64 bits on the architectures ctx runs on.
-const KERNEL_SIGSET: usize = 8;
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -114,16 +109,6 @@ pub struct Captured {
     /// `MPOL_DEFAULT` (0): nothing to send.
     mempolicy_mode: u32,
     mempolicy_nodes: [u8; MAX_NODES],
-}
-
-/// The kernel's `struct sigaction` (x86_64, aarch64), for `rt_sigaction` itself: glibc's
-/// wrapper refuses its own signals 32 and 33, which a process may still have ignored.
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -440,7 +425,7 @@ fn blocked_signals() -> u64 {
             libc::SIG_BLOCK,
             std::ptr::null::<u64>(),
             &mut old as *mut u64,
-            KERNEL_SIGSET,
+            crate::sigaction::KERNEL_SIGSET,
         )
     };
     old
@@ -448,25 +433,9 @@ fn blocked_signals() -> u64 {
 
 /// Signals whose disposition is `SIG_IGN`: bit n-1 for signal n.
 fn ignored_signals() -> u64 {
-    let mut mask = 0u64;
-    for sig in 1..=64 {
-        let mut old = MaybeUninit::<KernelSigaction>::zeroed();
-        // SAFETY: a null new action only reads the old one into `old` (kernel layout).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                std::ptr::null::<KernelSigaction>(),
-                old.as_mut_ptr(),
-                KERNEL_SIGSET,
-            )
-        };
-        // SAFETY: zero-initialised, and filled by the kernel on success.
-        if r == 0 && unsafe { old.assume_init_ref() }.handler == libc::SIG_IGN {
-            mask |= 1 << (sig - 1);
-        }
-    }
-    mask
+    (1..=64)
+        .filter(|&sig| crate::sigaction::raw_sigaction(sig, None) == Some(libc::SIG_IGN))
+        .fold(0u64, |mask, sig| mask | 1 << (sig - 1))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -83,49 +83,13 @@ pub fn protect_process() {
     }
 }
 
-/// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 layout).
-#[repr(C)]
-struct KernelSigaction {
-    handler: usize,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
-
 /// Ignores `sig` if it still has its default action, through the raw syscall (glibc's
 /// wrapper refuses its reserved signals); a handler glibc installed stays.
 fn ignore_unless_handled(sig: libc::c_int) {
-    // SAFETY: plain data for the kernel to fill.
-    let mut old: KernelSigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only reads the current one; sizes are the kernel's.
-    let got = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            std::ptr::null::<KernelSigaction>(),
-            &mut old as *mut KernelSigaction,
-            8usize,
-        )
-    };
-    if got != 0 || old.handler != libc::SIG_DFL {
-        return;
+    use ctx_protocol::sigaction::raw_sigaction;
+    if raw_sigaction(sig, None) == Some(libc::SIG_DFL) {
+        raw_sigaction(sig, Some(libc::SIG_IGN));
     }
-    let ignore = KernelSigaction {
-        handler: libc::SIG_IGN,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    // SAFETY: SIG_IGN needs no restorer; the struct has the kernel's layout.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            &ignore as *const KernelSigaction,
-            std::ptr::null_mut::<KernelSigaction>(),
-            8usize,
-        )
-    };
 }
 
 /// The real and saved uid of a root broker: one no account and no context has.

@@ -332,6 +332,8 @@ mod tests {
 /// shim may be linked against either, while a caller's signal 34 is glibc's `SIGRTMIN`,
 /// a signal like any other to the routed program.
 pub mod signals {
+    use ctx_protocol::sigaction::{raw_sigaction, KERNEL_SIGSET};
+
     /// Bits in one word of a `sigset_t`, which is an array of `unsigned long`.
     const WORD_BITS: usize = 8 * std::mem::size_of::<libc::c_ulong>();
 
@@ -381,56 +383,13 @@ pub mod signals {
         set
     }
 
-    /// The kernel's `struct sigaction` (x86_64, aarch64).
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: libc::sighandler_t,
-        flags: libc::c_ulong,
-        restorer: usize,
-        mask: u64,
-    }
-
-    /// The size of the kernel's signal mask.
-    const KERNEL_SIGSET: usize = 8;
-
     /// Whether signal `sig` is ignored.
     pub fn ignored(sig: i32) -> bool {
-        let mut old = KernelSigaction {
-            handler: 0,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        // SAFETY: a null new action only reads the old one into `old` (kernel layout).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                std::ptr::null::<KernelSigaction>(),
-                &mut old as *mut KernelSigaction,
-                KERNEL_SIGSET,
-            )
-        };
-        r == 0 && old.handler == libc::SIG_IGN
+        raw_sigaction(sig, None) == Some(libc::SIG_IGN)
     }
 
     /// Gives signal `sig` its default action.
     pub fn set_default(sig: i32) {
-        let dfl = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        // SAFETY: a valid action in the kernel's layout; SIG_DFL needs no restorer.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &dfl as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                KERNEL_SIGSET,
-            )
-        };
+        raw_sigaction(sig, Some(libc::SIG_DFL));
     }
 }

@@ -5,19 +5,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 // ---------------------------------------------------------------------------------------
-// Types
-// ---------------------------------------------------------------------------------------
-
-/// The kernel's `struct sigaction` (x86_64, aarch64).
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
-
-// ---------------------------------------------------------------------------------------
 // Constants
 // ---------------------------------------------------------------------------------------
 
@@ -44,42 +31,10 @@ pub fn snapshot_signal_dispositions() {
     NON_DEFAULT_SIGNALS.store(mask | 1 << 63, Ordering::Relaxed);
 }
 
-/// `rt_sigaction` itself: glibc's wrapper refuses its own signals 32 and 33 (EINVAL), yet
-/// a broker can inherit them ignored, and an ignored signal stays ignored across exec.
-/// With `set`, installs that handler (no flags, empty mask). Returns the previous handler.
-/// Async-signal-safe.
-pub(in crate::daemon) fn raw_sigaction(
-    sig: i32,
-    set: Option<libc::sighandler_t>,
-) -> Option<libc::sighandler_t> {
-    let act = set.map(|handler| KernelSigaction {
-        handler,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    });
-    let act_ptr = act
-        .as_ref()
-        .map_or(std::ptr::null(), |a| a as *const KernelSigaction);
-    let mut old = KernelSigaction {
-        handler: 0,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    // SAFETY: valid pointers to kernel-layout structs (or null); 8 is the kernel's sigset
-    // size on these architectures.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            act_ptr,
-            &mut old as *mut KernelSigaction,
-            8usize,
-        )
-    };
-    (r == 0).then_some(old.handler)
-}
+/// `rt_sigaction` itself (`ctx_protocol::sigaction`): glibc's wrapper refuses its own
+/// signals 32 and 33, yet a broker can inherit them ignored, and an ignored signal stays
+/// ignored across exec.
+pub(in crate::daemon) use ctx_protocol::sigaction::raw_sigaction;
 
 // ---------------------------------------------------------------------------------------
 // Functions: in the spawn child
