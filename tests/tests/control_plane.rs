@@ -19,6 +19,16 @@ impl Drop for Reaped {
     }
 }
 
+/// `root0`: root, the broker's default isolation, root may enter.
+const ROOT0: &str = r#"[broker]
+socket_mode = "0666"
+
+[contexts.root0]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#;
+
 /// `shared` (ctx-alice, `shell_env = "shared"`).
 fn shared_config() -> String {
     format!(
@@ -371,14 +381,7 @@ fn signal_number(name: &str) -> i32 {
 /// else naming the broker is refused.
 #[test]
 fn signals_from_a_routed_root_process_neither_stop_nor_kill_the_broker() {
-    let config = r#"[broker]
-socket_mode = "0666"
-
-[contexts.root0]
-user = "root"
-cwd = "/"
-allow = { uids = [0] }
-"#;
+    let config = ROOT0;
     let mut b = Broker::start(config);
     let broker = b.pid().to_string();
     // The routed shell's parent is the broker.
@@ -721,14 +724,7 @@ fn an_env_file_swapped_for_a_link_does_not_make_root_read_another_contexts_secre
 /// every bound, its launches logged as root's own). Its cgroup still says where it runs.
 #[test]
 fn a_double_forked_process_of_a_root_context_is_not_taken_for_the_operator() {
-    let config = r#"[broker]
-socket_mode = "0666"
-
-[contexts.root0]
-user = "root"
-cwd = "/"
-allow = { uids = [0] }
-"#;
+    let config = ROOT0;
     let b = Broker::start(config);
     let ctx = bin("ctx");
     let script = format!(
@@ -793,21 +789,16 @@ fn operators_sleep(b: &Broker, context: &str, prefix: &str) -> (Reaped, i32, u64
 /// and touches no launch.
 #[test]
 fn a_uid0_contexts_orphan_out_of_its_cgroups_is_not_the_operator() {
-    let config = r#"[broker]
-socket_mode = "0666"
-
-[contexts.root0]
-user = "root"
-cwd = "/"
-allow = { uids = [0] }
-
+    let config = format!(
+        r#"{ROOT0}
 [contexts.victim]
 user = "root"
 cwd = "/"
-env = { VICTIM_SECRET = "victim-key" }
-allow = { uids = [0] }
-"#;
-    let b = Broker::start(config);
+env = {{ VICTIM_SECRET = "victim-key" }}
+allow = {{ uids = [0] }}
+"#
+    );
+    let b = Broker::start(&config);
     // A launch of the operator's, which the orphan must neither see nor signal.
     let (victim, victim_pid, victim_id, mark) = operators_sleep(&b, "victim", "901");
     let out_dir = TempDir::new();
