@@ -234,6 +234,18 @@ caller "Node spawnSync" "≤ 1.6x direct" "$NODE" -e "$node_loop" "$N"
 # The targets are for launches back to back (its figures are hyperfine's); this row
 # and the paced `ctx exec` row watch the paced case, with no target of their own.
 caller "C fork+execve, each after 300 ms idle" "" "$TMP/launch_loop" -p 300 30 /bin/true
+# Where a routed launch's time goes on this host: how often the broker's threads are woken
+# per launch (voluntary context switches, all its threads), and what one wake-up costs
+# when it lands on an idle CPU (on a virtual machine the hypervisor wakes the vCPU first).
+# A direct launch has one such hand-off (the child's exit wakes the parent).
+switches() { cat /proc/"$BROKER_PID"/task/*/status | awk '/^voluntary_ctxt_switches/ { s += $2 } END { print s }'; }
+S0=$(switches)
+routed "$TMP/launch_loop" -s 1000 /bin/true >/dev/null
+S1=$(switches)
+row "routed launch (C posix_spawn): broker thread wake-ups per launch" "$(fmt "($S1-$S0)/1000" .1f)" "" ""
+gcc -O2 -pthread -o "$TMP/wake_cost" scripts/bench/wake_cost.c
+read -r WAKE_IDLE WAKE_IDLE90 WAKE_SAME < <("$TMP/wake_cost")
+row "this host: waking a thread on another CPU idle for 2 ms, p50 / p90" "$WAKE_IDLE / $WAKE_IDLE90 µs" "$WAKE_SAME µs on the waker's CPU" ""
 
 # Launches/s with 1, 2 and 8 concurrent callers, 3 s each.
 declare -A RATE
@@ -280,13 +292,13 @@ done
 # throughput is what the machine can do; on a shared 2-vCPU machine a pipe's speed also
 # depends on whether the kernel runs writer and reader side by side or on one CPU, so a
 # slow run measures the scheduler or the neighbours, and taking turns lets both hit every
-# command alike). Prints "NAME MB/s" lines; a failed command counts as 0.
+# command alike). Prints "NAME BEST_MB/s MEDIAN_MB/s" lines; a failed command counts as 0.
 BYTES=200000000
 relays() { # rounds, then NAME COMMAND pairs
     local rounds=$1 r i a d base
     shift
-    local -a names=() cmds=() best=()
-    while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); best+=(0); shift 2; done
+    local -a names=() cmds=() runs=()
+    while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); runs+=(""); shift 2; done
     base=0
     for ((r = 0; r < rounds; r++)); do
         a=$(date +%s%N); bash -c true; d=$(($(date +%s%N) - a))
@@ -295,42 +307,59 @@ relays() { # rounds, then NAME COMMAND pairs
             a=$(date +%s%N)
             if bash -c "${cmds[$i]}" 2>"$TMP/relay.err"; then
                 d=$(($(date +%s%N) - a))
-                { [ "${best[$i]}" -eq 0 ] || [ "$d" -lt "${best[$i]}" ]; } && best[i]=$d
+                runs[i]="${runs[$i]} $d"
             else
                 echo "bench.sh: relay ${names[$i]} failed: $(tail -1 "$TMP/relay.err")" >&2
             fi
         done
     done
     for i in "${!names[@]}"; do
-        # The best run minus the shell's own start (the best of `bash -c true`).
-        py "print('${names[$i]}', 0 if ${best[$i]} == 0 else $BYTES / 1e6 / (max(${best[$i]} - $base, 1) / 1e9))"
+        # Each run minus the shell's own start (the best of `bash -c true`).
+        py "
+import statistics
+rates = [$BYTES / 1e6 / (max(d - $base, 1) / 1e9) for d in map(int, '${runs[$i]}'.split())]
+print('${names[$i]}', max(rates, default=0), statistics.median(rates) if rates else 0)"
     done
 }
-# The control row: the plain pipe with \`head\` first moved into a cgroup by its shell
-# through cgroup.procs, as the broker joined launches until it used \`tasks\` (v1) and
-# CLONE_INTO_CGROUP (v2). No ctx is involved: what it loses is that move's wait for an RCU
-# grace period, a one-off 5-30 ms per launch that ctx no longer pays.
+# Control rows, no ctx involved. The plain pipe with \`head\` first moved into a cgroup by
+# its shell through cgroup.procs, as the broker joined launches until it used \`tasks\`
+# (v1) and CLONE_INTO_CGROUP (v2): what it loses is that move's wait for an RCU grace
+# period, a one-off 5-30 ms per launch that ctx no longer pays. And the plain pipe with
+# \`head\` under a seccomp filter that allows everything (scripts/bench/under_seccomp.c):
+# every routed program carries the broker's parent-signal filter, and on some kernels a
+# filter on the writer alone changes how writer and reader are scheduled. And \`head\` in a
+# session of its own (\`setsid\`): a routed program runs in the broker's session, so with
+# kernel.sched_autogroup_enabled in another scheduling group than the reader.
 if [ -d /sys/fs/cgroup/pids ]; then PROBE_CG=/sys/fs/cgroup/pids/ctx-bench-probe-$$; else PROBE_CG=/sys/fs/cgroup/ctx-bench-probe-$$; fi
-CONTROL=()
+gcc -O2 -o "$TMP/under_seccomp" scripts/bench/under_seccomp.c
+CONTROL=(pipe-seccomp "$TMP/under_seccomp head -c $BYTES /dev/zero | cat >/dev/null"
+    pipe-setsid "setsid head -c $BYTES /dev/zero | cat >/dev/null")
 mkdir "$PROBE_CG" 2>/dev/null &&
-    CONTROL=(pipe-cgroup "sh -c 'echo \$\$ >$PROBE_CG/cgroup.procs && exec head -c $BYTES /dev/zero' | cat >/dev/null")
-declare -A MBS=()
-while read -r name rate; do MBS[$name]=$rate; done < <(relays 12 \
+    CONTROL+=(pipe-cgroup "sh -c 'echo \$\$ >$PROBE_CG/cgroup.procs && exec head -c $BYTES /dev/zero' | cat >/dev/null")
+declare -A MBS=() MED=()
+while read -r name rate median; do MBS[$name]=$rate; MED[$name]=$median; done < <(relays 12 \
     pipe "head -c $BYTES /dev/zero | cat >/dev/null" \
     fd-out "$BIN/ctx --socket $SOCK exec --context bench -- head -c $BYTES /dev/zero | cat >/dev/null" \
     fd-in "head -c $BYTES /dev/zero | $BIN/ctx --socket $SOCK exec --context bench -- cat >/dev/null" \
     "${CONTROL[@]}")
 rmdir "$PROBE_CG" 2>/dev/null || true
 PIPE=${MBS[pipe]}
-row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s" "100%" ""
-row "relay 200 MB: \`ctx exec -- head\` (stdout passed as fd)" "$(fmt "${MBS[fd-out]}" .0f) MB/s" "$(fmt "100*${MBS[fd-out]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
-row "relay 200 MB: \`ctx exec -- cat\` (stdin and stdout passed)" "$(fmt "${MBS[fd-in]}" .0f) MB/s" "$(fmt "100*${MBS[fd-in]}/$PIPE" .0f)% of pipe" "≥ 95% of pipe"
+PIPEMED=${MED[pipe]}
+relay_row() { # NAME LABEL TARGET
+    row "relay 200 MB: $2" "$(fmt "${MBS[$1]}" .0f) MB/s (median $(fmt "${MED[$1]}" .0f))" \
+        "$(fmt "100*${MBS[$1]}/$PIPE" .0f)% of pipe (medians: $(fmt "100*${MED[$1]}/$PIPEMED" .0f)%)" "$3"
+}
+row "relay 200 MB: plain pipe (\`head | cat\`)" "$(fmt "$PIPE" .0f) MB/s (median $(fmt "$PIPEMED" .0f))" "100%" ""
+relay_row fd-out "\`ctx exec -- head\` (stdout passed as fd)" "≥ 95% of pipe"
+relay_row fd-in "\`ctx exec -- cat\` (stdin and stdout passed)" "≥ 95% of pipe"
+relay_row pipe-seccomp "plain pipe, \`head\` under a seccomp filter that allows every call (no ctx; the least any filter costs, and every routed program carries one)" ""
+relay_row pipe-setsid "plain pipe, \`head\` in a session of its own (no ctx; a routed program is in the broker's session, another autogroup than the reader's)" ""
 if [ -n "${MBS[pipe-cgroup]:-}" ]; then
-    row "relay 200 MB: plain pipe, \`head\` first moved into a cgroup through cgroup.procs by its shell (no ctx; what that move costs)" "$(fmt "${MBS[pipe-cgroup]}" .0f) MB/s" "$(fmt "100*${MBS[pipe-cgroup]}/$PIPE" .0f)% of pipe" ""
+    relay_row pipe-cgroup "plain pipe, \`head\` first moved into a cgroup through cgroup.procs by its shell (no ctx; what that move costs)" ""
 fi
 SSHTT=()
 [ -n "$SSH_CTL" ] && SSHTT=(ssh-tt "$SSH -tt -o ControlMaster=no bench head -c $BYTES /dev/zero </dev/null | cat >/dev/null")
-while read -r name rate; do MBS[$name]=$rate; done < <(relays 5 \
+while read -r name rate _; do MBS[$name]=$rate; done < <(relays 5 \
     script "script -qefc 'head -c $BYTES /dev/zero' /dev/null </dev/null | cat >/dev/null" \
     ctx-t "$BIN/ctx --socket $SOCK exec -t --context bench -- head -c $BYTES /dev/zero </dev/null | cat >/dev/null" \
     "${SSHTT[@]}")

@@ -409,6 +409,44 @@ for name, kw in (("spawn-setsid", {"setsid": True}), ("spawn-setpgroup", {"setpg
     );
 }
 
+/// The scheduler's autogroup (one per session where `kernel.sched_autogroup_enabled` is on)
+/// of a routed program is the broker's, as its session is: a session cannot be joined from
+/// another process tree. Locally a child shares its parent's. The README's "scheduling
+/// group" row says so; this pins both halves.
+#[test]
+fn a_routed_program_is_in_the_brokers_autogroup_not_the_callers() {
+    let b = broker();
+    let script = r#"
+import subprocess
+def group(path):
+    try:
+        with open(path) as f:
+            return f.read().split()[0]
+    except FileNotFoundError:
+        return "none"
+child = subprocess.run(["cat", "/proc/self/autogroup"], stdout=subprocess.PIPE, text=True)
+print(group("/proc/self/autogroup"), child.stdout.split()[0] if child.stdout else "none")
+"#;
+    let broker_group = std::fs::read_to_string(format!("/proc/{}/autogroup", b.pid()))
+        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|_| "none".into());
+    let (l, r) = both(&b, "alice", script, &[]);
+    let (l, r) = (l.ok(), r.ok());
+    let (caller, child) = l.trim().split_once(' ').expect("two words");
+    assert_eq!(caller, child, "locally the child shares its parent's group");
+    let (caller, child) = r.trim().split_once(' ').expect("two words");
+    if broker_group == "none" {
+        assert_eq!(
+            (caller, child),
+            ("none", "none"),
+            "no autogroups on this kernel"
+        );
+    } else {
+        assert_eq!(child, broker_group, "routed: the broker's group");
+        assert_ne!(child, caller, "routed: not the caller's group");
+    }
+}
+
 /// `/proc/PID/comm` and `/proc/PID/cmdline` of the pid the caller holds (what `ps`,
 /// `pgrep -f` and psutil read) name the program, not `ctx-shim`: the shim runs with the
 /// program's argv and takes the name the kernel gives the program (the executed path's
