@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -494,6 +495,62 @@ fn a_pty_program_that_never_reads_cannot_make_the_broker_hold_its_input() {
         gone.is_some(),
         "the program outlived its caller while the broker held back its input"
     );
+}
+
+/// Input held for terminal programs that never read is bounded per uid, not only per
+/// launch: ctx-alice starts 80 terminal launches of a program that never reads, each fed
+/// 3 MiB. Each launch held about 2.4 MB (a review found 200 launches at 520 MB, and 1,024
+/// connections per uid would allow 2.4 GB); the uid's launches now hold
+/// `admission::HELD_PER_UID` (32 MiB) together, plus each one's fixed buffers.
+#[test]
+fn unread_input_of_many_terminal_launches_is_bounded_per_uid() {
+    const LAUNCHES: usize = 80;
+    let b = Broker::start(&alice_entitled_config(""));
+    let marker = "61.4242";
+    let before = rss_kb(b.pid());
+    let script = format!(
+        "for i in $(seq {LAUNCHES}); do \
+           head -c 3M /dev/zero | {ctx} --socket {sock} exec -t --context alice -- sleep {marker} \
+             >/dev/null 2>&1 & \
+         done; wait",
+        ctx = bin("ctx").display(),
+        sock = b.socket().display(),
+    );
+    let mut launcher = as_user(ALICE)
+        .args(["sh", "-c", &script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = poll(Duration::from_secs(30), || {
+        (pids_with_arg(marker).len() >= LAUNCHES).then_some(())
+    });
+    let sampler = Sampler::start(b.pid());
+    thread::sleep(Duration::from_secs(4));
+    let (rss, _) = sampler.finish();
+    // SAFETY: kill(2) of the launcher's own process group.
+    unsafe { libc::kill(-(launcher.id() as i32), libc::SIGKILL) };
+    let _ = launcher.wait();
+    let gone = poll(Duration::from_secs(15), || {
+        pids_with_arg(marker).is_empty().then_some(())
+    });
+    eprintln!(
+        "{LAUNCHES} terminal launches of ctx-alice, 3 MiB of unread input each: broker RSS \
+         {before} KiB before, peak {rss} KiB"
+    );
+    assert!(
+        started.is_some(),
+        "the {LAUNCHES} routed sleeps did not all start"
+    );
+    assert!(
+        rss < before + 80 * 1024,
+        "unread input of one uid's terminal launches grew the broker from {before} KiB to \
+         {rss} KiB"
+    );
+    assert!(gone.is_some(), "routed sleeps outlived their callers");
 }
 
 #[test]

@@ -45,6 +45,12 @@ pub const ENTITLED_SHARE: u64 = 4;
 /// Descriptors no uid but root can take: the broker's own (listener, namespace holders,
 /// reserved ports, audit log) and a root launch's.
 const RESERVED_FDS: u64 = 256;
+/// Bytes the connections of one uid may hold past their handshakes, together: the frames
+/// being read (each at most `connection::AFTER_HANDSHAKE_FRAME`, a 4 KiB buffer free) and
+/// the typed input terminal programs have not read yet (at most `INPUT_BUDGET` per
+/// launch). Past it, the uid's connections wait, unread, for a frame that needs more room
+/// until some is given back; their senders' sockets fill and they stop sending.
+pub const HELD_PER_UID: usize = 32 * 1024 * 1024;
 /// Terminals the launches of one uid may keep open after their programs ended, for the
 /// jobs they left behind (see [`Admissions::linger`]). Each still holds its connection,
 /// counted as above; this keeps a context that leaves a process holding every terminal it
@@ -152,6 +158,9 @@ pub struct Admissions {
     /// Descriptors counted against some uid's share, or the broker's, were given back:
     /// for handshakes waiting for room ([`Admission::wait_for_room`]).
     room: Notify,
+    /// Bytes held past a handshake were given back: for connections waiting to read a
+    /// frame ([`Admission::hold_after_waiting`]).
+    held_room: Notify,
 }
 
 #[derive(Default)]
@@ -231,6 +240,8 @@ struct PerUid {
     /// Received in the handshakes of its requests that are past them, until closed: a
     /// launch holds its caller's until its fork, which a path the caller chose can hold up.
     passed: usize,
+    /// Held by its connections past their handshakes ([`HELD_PER_UID`]).
+    held_after: usize,
 }
 
 /// One admitted connection's share of its uid's counts, given back on drop.
@@ -247,6 +258,8 @@ pub struct Admission {
     entitled: bool,
     bytes: usize,
     fds: usize,
+    /// Held past the handshake, counted in its uid's `held_after`.
+    held_after: usize,
 }
 
 impl Admissions {
@@ -269,6 +282,7 @@ impl Admissions {
             entitled: false,
             bytes: 0,
             fds: 0,
+            held_after: 0,
         };
         if exempt {
             return Ok(admission());
@@ -674,6 +688,47 @@ impl Admission {
         }
     }
 
+    /// Sets what this connection holds past its handshake to `bytes`. Growing is refused
+    /// (nothing changes) when its uid's connections would then hold more than
+    /// [`HELD_PER_UID`], unless `force`d: for bytes that were counted a moment ago as
+    /// something else of the same connection (a frame's buffer becoming typed input).
+    /// Shrinking always succeeds. Free for the operator.
+    pub fn hold_after(&mut self, bytes: usize, force: bool) -> bool {
+        if self.exempt || bytes == self.held_after {
+            return true;
+        }
+        let mut counts = self.admissions.lock();
+        let entry = counts.per_uid.entry(self.uid).or_default();
+        let total = entry.held_after - self.held_after + bytes;
+        if bytes > self.held_after && total > HELD_PER_UID && !force {
+            return false;
+        }
+        entry.held_after = total;
+        let shrank = bytes < self.held_after;
+        self.held_after = bytes;
+        drop(counts);
+        if shrank {
+            self.admissions.held_room.notify_waiters();
+        }
+        true
+    }
+
+    /// [`Admission::hold_after`], waiting for room as long as it takes. Cancel-safe: it
+    /// sets a total, which the next call sets again.
+    pub async fn hold_after_waiting(&mut self, bytes: usize) {
+        let admissions = self.admissions.clone();
+        loop {
+            let freed = admissions.held_room.notified();
+            tokio::pin!(freed);
+            // Registered before the check: room given back in between still wakes it.
+            freed.as_mut().enable();
+            if self.hold_after(bytes, false) {
+                return;
+            }
+            freed.await;
+        }
+    }
+
     /// Gives the turn back to wait, unread, for the request: a turn is for a request that
     /// is there. A caller that connected but has not sent yet (preempted, or its send
     /// refused by the kernel while its uid's descriptors in flight are at its limit, which
@@ -746,6 +801,7 @@ impl Drop for Admission {
         }
         // Its connection, closing, charges what it still holds anew.
         drop(self.handshake_done());
+        self.hold_after(0, false);
         let mut counts = self.admissions.lock();
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
@@ -1235,5 +1291,43 @@ mod tests {
         assert_eq!(a.lock().fds, 0);
         assert_eq!(a.held(1000), None);
         assert!(a.lock().per_uid.is_empty());
+    }
+
+    #[test]
+    fn bytes_held_past_handshakes_are_bounded_per_uid_and_given_back() {
+        let a = Arc::new(Admissions::default());
+        let mut one = a.admit(1000, false, true).unwrap();
+        let mut two = a.admit(1000, false, true).unwrap();
+        let mut other = a.admit(1001, false, true).unwrap();
+        let mut root = a.admit(0, false, false).unwrap();
+        assert!(one.hold_after(HELD_PER_UID - 10, false));
+        assert!(!two.hold_after(11, false), "past the uid's bound");
+        assert!(two.hold_after(10, false));
+        assert!(other.hold_after(HELD_PER_UID, false), "another uid has its own");
+        assert!(root.hold_after(usize::MAX / 2, false), "the operator is not counted");
+        // Bytes moved from a counted frame into typed input may pass it; then nothing grows.
+        assert!(two.hold_after(20, true));
+        assert!(!two.hold_after(21, false));
+        // What one gives back the other may take, and a waiter is woken for it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let waiting = async {
+                two.hold_after_waiting(1024).await;
+                two
+            };
+            let giving = async {
+                tokio::task::yield_now().await;
+                assert!(one.hold_after(0, false));
+                one
+            };
+            let (two, one) = tokio::join!(waiting, giving);
+            drop((one, two));
+        });
+        assert_eq!(a.lock().per_uid.get(&1000).map(|p| p.held_after), None);
+        drop(other);
+        assert!(!a.lock().per_uid.contains_key(&1001));
     }
 }

@@ -66,11 +66,19 @@ pub struct Conn {
     /// Past it, a handshake waiting for room for its descriptors is refused: before the
     /// handshake's own deadline, so that the client learns why.
     room_deadline: Option<tokio::time::Instant>,
+    /// Typed input its relay holds for a terminal program, counted with the buffer
+    /// against the uid's [`admission::HELD_PER_UID`].
+    input_held: usize,
 }
 
 /// Largest payload after the request: an `Input` chunk is 64 KiB from the CLI, 16 KiB from
 /// the shim.
 pub const AFTER_HANDSHAKE_FRAME: usize = 256 * 1024;
+
+/// The receive buffer a connection keeps past its handshake, not counted against its uid:
+/// `Signal`, `Resize` and the shim's input fit. A larger frame's room is counted while it
+/// is read, and given back with it.
+const KEPT_BUFFER: usize = 4096;
 
 impl Conn {
     pub fn new(stream: UnixStream, admission: Admission) -> Conn {
@@ -88,6 +96,7 @@ impl Conn {
             after_handshake: false,
             reserved: 0,
             room_deadline: None,
+            input_held: 0,
         }
     }
 
@@ -170,9 +179,23 @@ impl Conn {
         let owner = self.charger.as_ref().map(Charger::uid);
         let fds = std::mem::take(&mut self.fds);
         self.passed = Some(PeerFds::charged(fds, owner, charge));
-        self.buf.shrink_to(4096);
+        self.buf.shrink_to(KEPT_BUFFER);
         self.max_frame = AFTER_HANDSHAKE_FRAME;
         self.after_handshake = true;
+    }
+
+    /// Counts `bytes` of typed input its relay now holds for the program against the
+    /// peer's uid, with the receive buffer. Not refused: growing, they came from a frame
+    /// whose room was counted until it was read.
+    pub fn hold_input(&mut self, bytes: usize) {
+        self.input_held = bytes;
+        let held = self.held_after(self.buf.capacity());
+        self.admission.hold_after(held, true);
+    }
+
+    /// What this connection holds past its handshake with a receive buffer of `capacity`.
+    fn held_after(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(KEPT_BUFFER) + self.input_held
     }
 
     pub fn stream(&self) -> &UnixStream {
@@ -193,6 +216,12 @@ impl Conn {
             if let Some(total) = complete_frame(&self.buf)? {
                 let payload = self.buf[FRAME_HEADER..total].to_vec();
                 self.buf.drain(..total);
+                if self.after_handshake && self.buf.capacity() > KEPT_BUFFER {
+                    // A large frame's room goes back to the uid with it.
+                    self.buf.shrink_to(KEPT_BUFFER);
+                    let held = self.held_after(self.buf.capacity());
+                    self.admission.hold_after(held, false);
+                }
                 return Ok(Some(payload));
             }
             if let Some(header) = self.buf.first_chunk::<FRAME_HEADER>() {
@@ -207,7 +236,14 @@ impl Conn {
                 // what was charged for.
                 let want = FRAME_HEADER + len;
                 if want > self.buf.capacity() {
-                    self.admission.hold(want, self.held_fds())?;
+                    if self.after_handshake {
+                        // Past the handshake, the peer's uid is known to be allowed here:
+                        // a frame waits (unread) for room in its share instead of failing.
+                        let held = self.held_after(want);
+                        self.admission.hold_after_waiting(held).await;
+                    } else {
+                        self.admission.hold(want, self.held_fds())?;
+                    }
                     self.buf.reserve_exact(want - self.buf.len());
                 }
             }
@@ -232,7 +268,14 @@ impl Conn {
             let held = self.fds.len();
             let mut fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
             let fd = self.stream.as_raw_fd();
-            let chunk = &mut self.chunk;
+            // Past the handshake, no more than the buffer has room for: it grows only for a
+            // frame whose room was counted (and always has some until the frame is whole).
+            let limit = if self.after_handshake {
+                (self.buf.capacity() - self.buf.len()).clamp(1, self.chunk.len())
+            } else {
+                self.chunk.len()
+            };
+            let chunk = &mut self.chunk[..limit];
             let admission = &mut self.admission;
             let received = self
                 .stream

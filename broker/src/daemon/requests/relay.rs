@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{kill_group, kill_process};
 use crate::daemon::admission::{Admissions, Linger};
-use crate::daemon::connection::{Conn, WireError};
+use crate::daemon::connection::{Conn, WireError, AFTER_HANDSHAKE_FRAME};
 use crate::daemon::kernel::supervisor::Supervised;
 use crate::daemon::{job_control, pty};
 
@@ -51,9 +51,11 @@ const COALESCE_FROM: usize = 16 * 1024;
 /// what a person at a terminal can see.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 
-/// Typed or pasted input held for a PTY program that is not reading it. Past this, the
-/// caller's frames stay unread in the socket (and the caller stops sending) until the
-/// program reads: a program that never reads cannot make the broker hold more.
+/// Typed or pasted input held for a PTY program that is not reading it, at most. Once the
+/// next frame might not fit, the caller's frames stay unread in the socket (and the caller
+/// stops sending) until the program reads: a program that never reads cannot make the
+/// broker hold more. All launches of one uid together hold at most what its share of
+/// `admission::HELD_PER_UID` leaves.
 const INPUT_BUDGET: usize = 1024 * 1024;
 
 /// How often the PTY's modes are compared with the caller's terminal's when no output
@@ -249,7 +251,7 @@ impl Relay<'_> {
                 _ = async { tokio::time::sleep_until(master_rests.unwrap()).await }, if master_rests.is_some() => {
                     master_rests = None;
                 }
-                frame = next_frame(conn, input.len() >= INPUT_BUDGET), if client_alive => {
+                frame = next_frame(conn, input.len() + AFTER_HANDSHAKE_FRAME > INPUT_BUDGET), if client_alive => {
                     match frame {
                         Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
                             Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
@@ -268,19 +270,19 @@ impl Relay<'_> {
                                 // The suspend key for a program that would ignore the stop the
                                 // terminal sends it: stop it ourselves and tell the client.
                                 Some(at) => {
-                                    input.extend(&bytes[..at]);
+                                    queue_input(&mut input, &bytes[..at]);
                                     kill_group(pid, libc::SIGSTOP);
                                     flush_held!();
                                     if client_alive && send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
                                         client_alive = false;
                                         kill_group(pid, libc::SIGKILL);
                                     }
-                                    input.extend(&bytes[at + 1..]);
+                                    queue_input(&mut input, &bytes[at + 1..]);
                                 }
-                                None => input.extend(&bytes[..]),
+                                None => queue_input(&mut input, &bytes),
                             },
                             Ok(Request::InputEof) => {
-                                if let Some(m) = &master { input.push_back(pty::eof_char(m.get_ref())); }
+                                if let Some(m) = &master { queue_input(&mut input, &[pty::eof_char(m.get_ref())]); }
                             }
                             Ok(Request::Modes(caller)) => {
                                 mirroring = true;
@@ -305,7 +307,7 @@ impl Relay<'_> {
                             kill_group(pid, libc::SIGKILL);
                         }
                     }
-
+                    conn.hold_input(input.capacity());
                 }
                 ready = async { master.as_ref().unwrap().readable().await }, if master.is_some() && master_rests.is_none() => {
                     let mut rearm = false;
@@ -375,6 +377,10 @@ impl Relay<'_> {
                             Ok(Err(_)) => input.clear(),
                             Err(_would_block) => {}
                         }
+                        if input.is_empty() {
+                            input = VecDeque::new();
+                        }
+                        conn.hold_input(input.capacity());
                     }
                 }
                 // A mode set without output following (`stty -echo`, `read -s`).
@@ -751,6 +757,13 @@ fn flush_parent_signals(conn: &mut Conn, pending: &mut u64) -> Result<(), WireEr
 /// The caller's next frame. While `backlogged` none is read: this only waits for the
 /// caller to hang up (a caller that goes away still takes its process group with it), which
 /// reads as the end of the stream.
+/// Queues typed input for the program, growing the queue to exactly what it holds: its
+/// bytes are counted against the caller's uid (`Conn::hold_input`).
+fn queue_input(input: &mut VecDeque<u8>, bytes: &[u8]) {
+    input.reserve_exact(bytes.len());
+    input.extend(bytes);
+}
+
 async fn next_frame(conn: &mut Conn, backlogged: bool) -> Result<Option<Vec<u8>>, WireError> {
     if backlogged {
         hung_up(conn.stream()).await;
