@@ -497,26 +497,17 @@ fn a_pty_program_that_never_reads_cannot_make_the_broker_hold_its_input() {
     );
 }
 
-/// Input held for terminal programs that never read is bounded per uid, not only per
-/// launch: ctx-alice starts 80 terminal launches of a program that never reads, each fed
-/// 3 MiB. Each launch held about 2.4 MB (a review found 200 launches at 520 MB, and 1,024
-/// connections per uid would allow 2.4 GB); the uid's launches now hold
-/// `admission::HELD_PER_UID` (32 MiB) together, plus each one's fixed buffers.
-#[test]
-fn unread_input_of_many_terminal_launches_is_bounded_per_uid() {
-    const LAUNCHES: usize = 80;
-    let b = Broker::start(&alice_entitled_config(""));
-    let marker = "61.4242";
-    let before = rss_kb(b.pid());
+/// Starts `n` terminal launches as ctx-alice, each `feed | ctx exec -t -- PROGRAM... > out`
+/// in the background, in a process group of their own; returns their shell.
+fn terminal_launches(b: &Broker, n: usize, feed: &str, program: &str, out: &str) -> Child {
     let script = format!(
-        "for i in $(seq {LAUNCHES}); do \
-           head -c 3M /dev/zero | {ctx} --socket {sock} exec -t --context alice -- sleep {marker} \
-             >/dev/null 2>&1 & \
+        "for i in $(seq {n}); do \
+           {feed} | {ctx} --socket {sock} exec -t --context alice -- {program} {out} 2>/dev/null & \
          done; wait",
         ctx = bin("ctx").display(),
         sock = b.socket().display(),
     );
-    let mut launcher = as_user(ALICE)
+    as_user(ALICE)
         .args(["sh", "-c", &script])
         .current_dir("/")
         .stdin(Stdio::null())
@@ -524,33 +515,82 @@ fn unread_input_of_many_terminal_launches_is_bounded_per_uid() {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// What terminal launches make the broker hold is bounded per uid, not only per launch.
+/// ctx-alice starts 80 terminal launches of a program that never reads, each fed 3 MiB:
+/// each held about 2.4 MB (a review found 200 launches at 520 MB, and 1,024 connections
+/// per uid would allow 2.4 GB); the uid's launches now hold `admission::HELD_PER_UID`
+/// (32 MiB) together, plus each one's fixed buffers. Then, with that share full, 80 more
+/// whose program writes without end to a caller that does not read: each kept output
+/// buffers of about 370 KiB (80: +29.5 MB); with no room left in the share they keep
+/// their first, small ones (+13.9 MB, what a terminal launch holds anyway).
+#[test]
+fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
+    const LAUNCHES: usize = 80;
+    let b = Broker::start(&alice_entitled_config(""));
+    let (readless, writer) = ("61.4242", "61.4343");
+    let before = rss_kb(b.pid());
+    let mut feeders = terminal_launches(
+        &b,
+        LAUNCHES,
+        "head -c 3M /dev/zero",
+        &format!("sleep {readless}"),
+        ">/dev/null",
+    );
     let started = poll(Duration::from_secs(30), || {
-        (pids_with_arg(marker).len() >= LAUNCHES).then_some(())
+        (pids_with_arg(readless).len() >= LAUNCHES).then_some(())
     });
     let sampler = Sampler::start(b.pid());
     thread::sleep(Duration::from_secs(4));
-    let (rss, _) = sampler.finish();
-    // SAFETY: kill(2) of the launcher's own process group.
-    unsafe { libc::kill(-(launcher.id() as i32), libc::SIGKILL) };
-    let _ = launcher.wait();
+    let (with_input, _) = sampler.finish();
+    // The callers' output goes to a pipe that `sleep` never reads.
+    let mut writers = terminal_launches(
+        &b,
+        LAUNCHES,
+        "true",
+        &format!("sh -c 'exec yes {writer}'"),
+        "| sleep 60",
+    );
+    let writing = poll(Duration::from_secs(30), || {
+        (pids_with_arg(writer).len() >= LAUNCHES).then_some(())
+    });
+    let sampler = Sampler::start(b.pid());
+    thread::sleep(Duration::from_secs(4));
+    let (with_output, _) = sampler.finish();
+    for shell in [&mut feeders, &mut writers] {
+        // SAFETY: kill(2) of the launchers' own process group.
+        unsafe { libc::kill(-(shell.id() as i32), libc::SIGKILL) };
+        let _ = shell.wait();
+    }
     let gone = poll(Duration::from_secs(15), || {
-        pids_with_arg(marker).is_empty().then_some(())
+        (pids_with_arg(readless).is_empty() && pids_with_arg(writer).is_empty()).then_some(())
     });
     eprintln!(
-        "{LAUNCHES} terminal launches of ctx-alice, 3 MiB of unread input each: broker RSS \
-         {before} KiB before, peak {rss} KiB"
+        "ctx-alice's terminal launches: broker RSS {before} KiB before, {with_input} KiB with \
+         {LAUNCHES} holding 3 MiB of unread input each, {with_output} KiB with {LAUNCHES} more \
+         writing to callers that do not read"
     );
     assert!(
         started.is_some(),
         "the {LAUNCHES} routed sleeps did not all start"
     );
     assert!(
-        rss < before + 80 * 1024,
-        "unread input of one uid's terminal launches grew the broker from {before} KiB to \
-         {rss} KiB"
+        writing.is_some(),
+        "the {LAUNCHES} routed writers did not all start"
     );
-    assert!(gone.is_some(), "routed sleeps outlived their callers");
+    assert!(
+        with_input < before + 80 * 1024,
+        "unread input of one uid's terminal launches grew the broker from {before} KiB to \
+         {with_input} KiB"
+    );
+    assert!(
+        with_output < with_input + 20 * 1024,
+        "output buffers of one uid's terminal launches past its share grew the broker from \
+         {with_input} KiB to {with_output} KiB"
+    );
+    assert!(gone.is_some(), "routed programs outlived their callers");
 }
 
 #[test]

@@ -1303,8 +1303,14 @@ mod tests {
         assert!(one.hold_after(HELD_PER_UID - 10, false));
         assert!(!two.hold_after(11, false), "past the uid's bound");
         assert!(two.hold_after(10, false));
-        assert!(other.hold_after(HELD_PER_UID, false), "another uid has its own");
-        assert!(root.hold_after(usize::MAX / 2, false), "the operator is not counted");
+        assert!(
+            other.hold_after(HELD_PER_UID, false),
+            "another uid has its own"
+        );
+        assert!(
+            root.hold_after(usize::MAX / 2, false),
+            "the operator is not counted"
+        );
         // Bytes moved from a counted frame into typed input may pass it; then nothing grows.
         assert!(two.hold_after(20, true));
         assert!(!two.hold_after(21, false));

@@ -69,6 +69,8 @@ pub struct Conn {
     /// Typed input its relay holds for a terminal program, counted with the buffer
     /// against the uid's [`admission::HELD_PER_UID`].
     input_held: usize,
+    /// What its relay's larger output buffers hold room for ([`Conn::hold_output`]).
+    output_held: usize,
 }
 
 /// Largest payload after the request: an `Input` chunk is 64 KiB from the CLI, 16 KiB from
@@ -97,6 +99,7 @@ impl Conn {
             reserved: 0,
             room_deadline: None,
             input_held: 0,
+            output_held: 0,
         }
     }
 
@@ -193,9 +196,24 @@ impl Conn {
         self.admission.hold_after(held, true);
     }
 
+    /// Counts `bytes` of room for a terminal's output (the relay's read buffer grown past
+    /// its first size, and what encoding and holding back frames that large takes here)
+    /// against the peer's uid, with the receive buffer and the input. False, and nothing
+    /// counted, when that would take the uid past its bound: the relay keeps its smaller
+    /// buffer, and a fast writer's output goes out in smaller frames.
+    pub fn hold_output(&mut self, bytes: usize) -> bool {
+        let before = std::mem::replace(&mut self.output_held, bytes);
+        let held = self.held_after(self.buf.capacity());
+        if self.admission.hold_after(held, false) {
+            return true;
+        }
+        self.output_held = before;
+        false
+    }
+
     /// What this connection holds past its handshake with a receive buffer of `capacity`.
     fn held_after(&self, capacity: usize) -> usize {
-        capacity.saturating_sub(KEPT_BUFFER) + self.input_held
+        capacity.saturating_sub(KEPT_BUFFER) + self.input_held + self.output_held
     }
 
     pub fn stream(&self) -> &UnixStream {

@@ -51,6 +51,16 @@ const COALESCE_FROM: usize = 16 * 1024;
 /// what a person at a terminal can see.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 
+/// The PTY read buffer a terminal launch starts with: enough for what a terminal shows at
+/// once. A read that fills it found a fast writer, and the buffer grows to [`PTY_BATCH`]
+/// where the caller's uid has room for that (`Conn::hold_output`).
+const PTY_FIRST_BATCH: usize = 16 * 1024;
+
+/// What growing the read buffer to [`PTY_BATCH`] is counted as against the caller's uid:
+/// the buffer's growth, and as much again twice for the frames encoded from it and held
+/// back from a caller that does not read them (`Conn::send`).
+const PTY_BATCH_HELD: usize = 3 * (PTY_BATCH - PTY_FIRST_BATCH);
+
 /// Typed or pasted input held for a PTY program that is not reading it, at most. Once the
 /// next frame might not fit, the caller's frames stay unread in the socket (and the caller
 /// stops sending) until the program reads: a program that never reads cannot make the
@@ -176,7 +186,7 @@ impl Relay<'_> {
         let mut input: VecDeque<u8> = VecDeque::new();
         // Only a PTY launch relays output; a pipe launch allocates nothing for it.
         let mut out = if master.is_some() {
-            vec![0u8; PTY_BATCH]
+            vec![0u8; PTY_FIRST_BATCH]
         } else {
             Vec::new()
         };
@@ -318,6 +328,9 @@ impl Relay<'_> {
                         if !more {
                             // Drained to EAGAIN: let the reactor wait for the next bytes.
                             guard.clear_ready();
+                        }
+                        if held + n == out.len() && out.len() < PTY_BATCH && conn.hold_output(PTY_BATCH_HELD) {
+                            out.resize(PTY_BATCH, 0);
                         }
                         rearm = hung_up && n == 0 && !more;
                         if n > 0 && client_alive {
