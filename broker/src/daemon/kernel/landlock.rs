@@ -190,20 +190,61 @@ pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::Rule
     Ok(Option::<OwnedFd>::from(created))
 }
 
+/// Bytes of a file the kernel reads to find its `#!` line (`BINPRM_BUF_SIZE`).
+const BINPRM_BUF: usize = 256;
+
 /// The interpreter a `#!` script names, if `path` is one.
 pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
     use std::io::Read;
-    let mut head = [0u8; 256];
+    use std::os::unix::ffi::OsStrExt;
+    let mut head = [0u8; BINPRM_BUF];
     // The context chose the path: never a FIFO's or a device's open() as root.
-    let n = crate::daemon::untrusted_path::open_regular(path)
-        .ok()?
-        .read(&mut head)
-        .ok()?;
-    let line = head[..n].strip_prefix(b"#!")?;
-    let line = line.split(|&b| b == b'\n').next()?;
-    let text = std::str::from_utf8(line).ok()?.trim();
-    let interp = text.split_whitespace().next()?;
-    Some(PathBuf::from(interp))
+    let mut file = crate::daemon::untrusted_path::open_regular(path).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let name = shebang_interpreter(&head[..n])?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+}
+
+/// The interpreter of a `#!` line, read exactly as the kernel reads it
+/// (`fs/binfmt_script.c`): the name runs from the first byte after `#!` that is not a
+/// space or a tab to the next space, tab, NUL or newline; without a newline in the first
+/// [`BINPRM_BUF`] bytes the name must end before them. Only spaces and tabs separate: a
+/// form feed or any other whitespace is part of the name, as it is for the kernel, so the
+/// file the rules allow is the one the kernel will run.
+fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
+    let spacetab = |b: u8| b == b' ' || b == b'\t';
+    let terminator = |b: u8| spacetab(b) || b == 0;
+    let head = &head[..head.len().min(BINPRM_BUF)];
+    let line = head.strip_prefix(b"#!")?;
+    let line = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => &line[..end],
+        None => {
+            // The whole buffer, short of its last byte, where a name that ends in it was
+            // not cut short (the kernel refuses a truncated interpreter path).
+            let line = &line[..line.len().min(BINPRM_BUF - 3)];
+            let start = line.iter().position(|&b| !spacetab(b))?;
+            // A file shorter than the buffer is followed there by NULs, which end it.
+            if head.len() == BINPRM_BUF {
+                line[start..].iter().position(|&b| terminator(b))?;
+            }
+            line
+        }
+    };
+    let start = line.iter().position(|&b| !spacetab(b))?;
+    let name = &line[start..];
+    let end = name
+        .iter()
+        .position(|&b| terminator(b))
+        .unwrap_or(name.len());
+    (end > 0).then_some(&name[..end])
 }
 
 /// What of the context's Landlock isolation this kernel enforces, for `ctx status`.
@@ -437,6 +478,43 @@ fn carve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interpreter_is_read_as_the_kernel_reads_it() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"#!/bin/sh\necho", Some(b"/bin/sh")),
+            (b"#! /usr/bin/env python3\n", Some(b"/usr/bin/env")),
+            (b"#!\t/bin/bash -e\n", Some(b"/bin/bash")),
+            (b"#!/bin/sh\r\n", Some(b"/bin/sh\r")),
+            // Only space and tab separate: a form feed is part of the name, so a rule for
+            // the directory before it is never made (a review's finding).
+            (b"#!/dir/\x0csh\n", Some(b"/dir/\x0csh")),
+            (b"#!/dir/\xc2\xa0sh\n", Some(b"/dir/\xc2\xa0sh")),
+            (b"#!/opt/\xff\xfe/run arg\n", Some(b"/opt/\xff\xfe/run")),
+            (b"#!/bin/sh\0ignored\n", Some(b"/bin/sh")),
+            (b"#!/bin/sh", Some(b"/bin/sh")),
+            (b"#!\n", None),
+            (b"#!   \t\n", None),
+            (b"#/bin/sh\n", None),
+            (b"\x7fELF", None),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                shebang_interpreter(head),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // No newline in the first 256 bytes: a name that runs to their end is cut short,
+        // which the kernel refuses; one that ends within them stands.
+        let mut long = b"#!/".to_vec();
+        long.resize(BINPRM_BUF, b'a');
+        assert_eq!(shebang_interpreter(&long), None);
+        let mut ended = b"#!/bin/sh ".to_vec();
+        ended.resize(BINPRM_BUF, b'a');
+        assert_eq!(shebang_interpreter(&ended), Some(&b"/bin/sh"[..]));
+    }
 
     fn context(isolation: &str) -> Context {
         let text = format!("[contexts.a]\nuser = \"root\"\nisolation = {isolation}\n");
