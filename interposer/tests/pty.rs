@@ -179,6 +179,61 @@ fn a_terminal_caller_gets_a_fresh_pty_with_its_size_and_input() {
     }
 }
 
+/// A child handed a terminal that is not its controlling terminal (CPython's
+/// test_readline runs its children on a fresh PTY's slave that way): what is typed into
+/// it reaches the program, routed as locally. The shim relayed keys only while its
+/// process group owned the terminal's foreground, which a terminal that is not the
+/// controlling one has none of (`tcgetpgrp`: ENOTTY), so the routed program never got its
+/// line and waited for ever (helper-66).
+#[test]
+fn keys_typed_at_a_terminal_that_is_not_the_controlling_one_reach_the_program() {
+    let b = start_broker();
+    let py = python().expect("python3");
+    let script = r#"
+import os, pty, select, subprocess, sys, time
+master, slave = pty.openpty()
+child = 'import sys; print("got", repr(sys.stdin.readline()), flush=True)'
+proc = subprocess.Popen([sys.executable, "-c", child], stdin=slave, stdout=slave, stderr=slave)
+os.close(slave)
+typed, out, start = b"dummy input\r", bytearray(), time.monotonic()
+while time.monotonic() - start < 10:
+    r, w, _ = select.select([master], [master] if typed else [], [], 0.5)
+    if w:
+        typed = typed[os.write(master, typed):]
+    if r:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every slave descriptor is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+print("child said:", bytes(out).decode(errors="replace").replace("\r", "").split("got")[-1].strip())
+print("status:", proc.wait(10))
+"#;
+    let run = |routed: bool| {
+        let mut cmd = b.cmd(&[py, "-c", script]);
+        if !routed {
+            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!(
+            "{} -> {:?}\n{text}{}",
+            if routed { "routed" } else { "local" },
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let local = run(false);
+    assert!(
+        local.contains("'dummy input\\n'") && local.contains("status: 0"),
+        "{local}"
+    );
+    assert_eq!(run(true), local);
+}
+
 #[test]
 fn tiocsti_from_a_routed_program_cannot_type_into_the_callers_terminal() {
     let Some(py) = python() else {
