@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""CPython's own test_subprocess, test_os and test_posix, run natively and then with every
-launch routed into a uid-0 context; prints every test case whose result differs.
+"""CPython's own test_subprocess, test_os and test_posix (and test_readline, test_pty and
+test_asyncio.test_subprocess), run natively and then with every launch routed into a uid-0
+context; prints every test case whose result differs.
 
     sudo /usr/bin/python3 scripts/cpython-suites.py [--suites test_os ...] [--json FILE]
 
@@ -44,7 +45,11 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SUITES = ["test_subprocess", "test_os", "test_posix"]
+# The three the issue names, and three more that launch processes: the terminal ones
+# (test_readline runs its children on a PTY that is not their controlling terminal) and
+# asyncio's subprocess transport.
+DEFAULT_SUITES = ["test_subprocess", "test_os", "test_posix", "test_readline", "test_pty",
+                  "test_asyncio.test_subprocess"]
 CONTEXT = "root0"
 CONFIG = """[broker]
 socket_mode = "0600"
@@ -326,9 +331,12 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("cpython-suites: run as root (the broker switches uid)")
     for suite in args.suites:
-        src = f"/usr/lib/python3.11/test/{suite}.py"
-        if args.python == "/usr/bin/python3" and not os.path.exists(src):
-            raise SystemExit(f"cpython-suites: {src} is missing: apt-get install "
+        # A module (test_os), a package (test_asyncio) or a module in one
+        # (test_asyncio.test_subprocess), as regrtest takes them.
+        src = "/usr/lib/python3.11/test/" + suite.replace(".", "/")
+        if args.python == "/usr/bin/python3" and not (
+                os.path.exists(src + ".py") or os.path.isdir(src)):
+            raise SystemExit(f"cpython-suites: {src}.py is missing: apt-get install "
                              "libpython3.11-testsuite (scripts/test.sh does)")
     for b in ("ctx", "ctx-broker", "libctx_interposer.so", "ctx-shim"):
         if not os.path.exists(os.path.join(args.bin_dir, b)):

@@ -70,7 +70,7 @@ need strace strace
 need useradd passwd
 need systemd-analyze systemd
 # Debian's own interpreter (a pyenv python3 on PATH does not count) and CPython's test
-# suite for it: tests/tests/cpython_suites.rs runs test_subprocess, test_os and test_posix
+# suite for it: tests/tests/cpython_suites.rs runs test_subprocess, test_os, test_posix and more
 # natively and routed (scripts/cpython-suites.py).
 need_file /usr/bin/python3 python3
 # tests/tests/egress.rs downloads a wheel through the egress proxy with Debian's pip.
