@@ -518,6 +518,17 @@ fn terminal_launches(b: &Broker, n: usize, feed: &str, program: &str, out: &str)
         .unwrap()
 }
 
+/// The `sleep` processes with `marker` in their command line: the routed programs, not
+/// the `ctx` clients that name them.
+fn sleeps_with_arg(marker: &str) -> usize {
+    pids_with_arg(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .count()
+}
+
 /// The broker's RSS once it has stopped growing: less than 256 KiB more over a second (at
 /// least 2 s, at most 20 s), the peak seen.
 fn settled_rss(pid: u32) -> u64 {
@@ -559,7 +570,7 @@ fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
         ">/dev/null",
     );
     let started = poll(Duration::from_secs(30), || {
-        (pids_with_arg(readless).len() >= LAUNCHES).then_some(())
+        (sleeps_with_arg(readless) >= LAUNCHES).then_some(())
     });
     let with_input = settled_rss(b.pid());
     // The callers' output goes to a pipe that `sleep` never reads.
@@ -571,7 +582,7 @@ fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
         "| sleep 60",
     );
     let writing = poll(Duration::from_secs(30), || {
-        (pids_with_arg(writer).len() >= LAUNCHES).then_some(())
+        (pids_with_arg(writer).len() >= 2 * LAUNCHES).then_some(())
     });
     let with_output = settled_rss(b.pid());
     for shell in [&mut feeders, &mut writers] {
@@ -604,6 +615,102 @@ fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
         with_output < with_input + 22 * 1024,
         "output buffers of one uid's terminal launches past its share grew the broker from \
          {with_input} KiB to {with_output} KiB"
+    );
+    assert!(gone.is_some(), "routed programs outlived their callers");
+}
+
+/// ctx-alice's raw client: `n` launches of `sleep FILL` each sent an `Input` frame but
+/// its last byte (what the broker holds of it fills the uid's share), then one launch of
+/// `sleep VICTIM` that sends the same; its frame waits for room. On a line on stdin it
+/// closes the victim's connection; on another, it ends.
+const FILL_AND_HANG_UP: &str = r#"
+import os, socket, sys
+path, fill, victim, prefix, n, size = sys.argv[1:7]
+fill, victim, prefix, n, size = bytes.fromhex(fill), bytes.fromhex(victim), bytes.fromhex(prefix), int(n), int(size)
+null = os.open("/dev/null", os.O_RDWR)
+def launch(opening):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socket.send_fds(s, [opening], [null] * 3)
+    s.settimeout(0.5)
+    try:
+        s.sendall(prefix + b"a" * (size - 1))
+    except socket.timeout:
+        pass  # the rest waits unread: the share is full
+    return s
+held = [launch(fill) for _ in range(n)]
+v = launch(victim)
+print("sent", flush=True)
+sys.stdin.readline()
+v.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A launch whose caller's frame waits for room in the uid's full share still notices
+/// its caller going away, and ends: the wait reads nothing from the socket, and the end of
+/// the stream showed only there (helper-67: the program ran on for as long as the share
+/// stayed full). The share is filled by frames sent but for their last byte, which the
+/// broker holds as they arrive.
+#[test]
+fn a_caller_that_goes_away_while_its_frame_waits_for_room_ends_its_launch() {
+    use std::io::BufRead;
+    const FILLERS: usize = 140;
+    let b = Broker::start(&alice_entitled_config(""));
+    let (fill, victim) = ("62.4242", "62.4343");
+    let opening = |marker: &str| {
+        raw::hex(&raw::opening(&Request::Exec(raw::exec_request(
+            "alice",
+            &[b"sleep", marker.as_bytes()],
+        ))))
+    };
+    // An `Input` frame of 255 KiB: its header and encoding, then the bytes.
+    let size = 255 * 1024;
+    let mut frame = Vec::new();
+    encode_vec(&Request::Input(vec![b'a'; size].into()), &mut frame).unwrap();
+    let prefix = raw::hex(&frame[..frame.len() - size]);
+    let mut client = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", FILL_AND_HANG_UP])
+        .arg(b.socket())
+        .args([
+            opening(fill),
+            opening(victim),
+            prefix,
+            FILLERS.to_string(),
+            size.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "sent\n");
+    let started = poll(Duration::from_secs(30), || {
+        (sleeps_with_arg(fill) == FILLERS && sleeps_with_arg(victim) == 1).then_some(())
+    });
+    let full = settled_rss(b.pid());
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let ended = poll(Duration::from_secs(5), || {
+        (sleeps_with_arg(victim) == 0).then_some(())
+    });
+    let fillers_still_there = sleeps_with_arg(fill);
+    let _ = stdin.write_all(b"\n");
+    let _ = wait_deadline(&mut client, Duration::from_secs(10));
+    let _ = client.kill();
+    let gone = poll(Duration::from_secs(15), || {
+        (sleeps_with_arg(fill) == 0).then_some(())
+    });
+    eprintln!("the share full of frames: broker RSS {full} KiB");
+    assert!(started.is_some(), "the launches did not start");
+    assert_eq!(fillers_still_there, FILLERS, "the share must still be full");
+    assert!(
+        ended.is_some(),
+        "the routed program ran on after its caller went away"
     );
     assert!(gone.is_some(), "routed programs outlived their callers");
 }

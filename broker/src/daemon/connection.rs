@@ -78,9 +78,13 @@ pub struct Conn {
 pub const AFTER_HANDSHAKE_FRAME: usize = 256 * 1024;
 
 /// The receive buffer a connection keeps past its handshake, not counted against its uid:
-/// `Signal`, `Resize` and the shim's input fit. A larger frame's room is counted while it
-/// is read, and given back with it.
+/// `Signal`, `Resize` and a terminal's keys fit. A larger frame's room is counted as its
+/// bytes arrive (a frame announced and never sent costs nothing), and given back with it.
 const KEPT_BUFFER: usize = 4096;
+
+/// While a frame waits for room in its uid's share, how often the peer is checked for a
+/// hang-up: the wait reads nothing, so the end of the stream would not show otherwise.
+const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Conn {
     pub fn new(stream: UnixStream, admission: Admission) -> Conn {
@@ -211,6 +215,24 @@ impl Conn {
         false
     }
 
+    /// Waits until the uid's share has room for this connection to hold `held`, and counts
+    /// it; false if the peer hung up meanwhile (its launch is then ended as for any client
+    /// that goes away).
+    async fn wait_for_held_room(&mut self, held: usize) -> bool {
+        let fd = self.stream.as_raw_fd();
+        let mut check = tokio::time::interval(HANGUP_CHECK);
+        loop {
+            tokio::select! {
+                _ = self.admission.hold_after_waiting(held) => return true,
+                _ = check.tick() => {
+                    if peer_hung_up(fd) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// What this connection holds past its handshake with a receive buffer of `capacity`.
     fn held_after(&self, capacity: usize) -> usize {
         capacity.saturating_sub(KEPT_BUFFER) + self.input_held + self.output_held
@@ -253,15 +275,20 @@ impl Conn {
                 // Room for exactly this frame: growing by doubling would hold up to twice
                 // what was charged for.
                 let want = FRAME_HEADER + len;
-                if want > self.buf.capacity() {
-                    if self.after_handshake {
-                        // Past the handshake, the peer's uid is known to be allowed here:
-                        // a frame waits (unread) for room in its share instead of failing.
-                        let held = self.held_after(want);
-                        self.admission.hold_after_waiting(held).await;
-                    } else {
-                        self.admission.hold(want, self.held_fds())?;
+                if self.after_handshake {
+                    // Past the handshake the peer's uid is known to be allowed here: the
+                    // buffer grows as the frame's bytes arrive, each step waiting (unread)
+                    // for room in the uid's share instead of failing.
+                    if self.buf.len() == self.buf.capacity() && want > self.buf.capacity() {
+                        let target = want.min(self.buf.capacity() + self.chunk.len());
+                        let held = self.held_after(target);
+                        if !self.wait_for_held_room(held).await {
+                            return Err(WireError::Truncated);
+                        }
+                        self.buf.reserve_exact(target - self.buf.len());
                     }
+                } else if want > self.buf.capacity() {
+                    self.admission.hold(want, self.held_fds())?;
                     self.buf.reserve_exact(want - self.buf.len());
                 }
             }
@@ -489,6 +516,19 @@ enum Read {
 
 /// Whether the peer sent something a read would take now (or ended): `WouldBlock` when
 /// not.
+/// Whether the peer of the stream socket `fd` has closed its end (or the socket failed),
+/// whatever is still unread in it. Touches no readiness the runtime keeps.
+fn peer_hung_up(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 fn peek(fd: RawFd) -> io::Result<()> {
     let mut byte = 0u8;
     // SAFETY: peeks one byte into our own buffer; with no control buffer, descriptors
