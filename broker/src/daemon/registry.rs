@@ -197,18 +197,23 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
 /// 32 bytes, a system call each: these run for every connection. Only for paths the
 /// broker builds under /proc from a pid (procfs: nothing on them a context can write).
 pub fn read_proc_file(path: &str, buf: &mut [u8]) -> Option<(std::fs::File, usize)> {
-    use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
+    let n = fill(&mut f, buf)?;
+    Some((f, n))
+}
+
+/// Reads `from` into `buf` until its end or until `buf` is full; the bytes read.
+pub fn fill(from: &mut impl std::io::Read, buf: &mut [u8]) -> Option<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match f.read(&mut buf[n..]) {
+        match from.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
     }
-    Some((f, n))
+    Some(n)
 }
 
 /// `(ppid, starttime)`: fields 4 and 22 of `/proc/PID/stat`.

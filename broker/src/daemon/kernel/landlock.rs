@@ -195,20 +195,11 @@ const BINPRM_BUF: usize = 256;
 
 /// The interpreter a `#!` script names, if `path` is one.
 pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
-    use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
     let mut head = [0u8; BINPRM_BUF];
     // The context chose the path: never a FIFO's or a device's open() as root.
     let mut file = crate::daemon::untrusted_path::open_regular(path).ok()?;
-    let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    let n = crate::daemon::registry::fill(&mut file, &mut head)?;
     let name = shebang_interpreter(&head[..n])?;
     Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)))
 }
