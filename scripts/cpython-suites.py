@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""CPython's own test_subprocess, test_os and test_posix (and test_readline, test_pty and
+"""CPython's own test_subprocess, test_os and test_posix (and test_pty and
 test_asyncio.test_subprocess), run natively and then with every launch routed into a uid-0
 context; prints every test case whose result differs.
 
@@ -45,10 +45,9 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The three the issue names, and three more that launch processes: the terminal ones
-# (test_readline runs its children on a PTY that is not their controlling terminal) and
+# The three the issue names, and two more that launch processes: a terminal one and
 # asyncio's subprocess transport.
-DEFAULT_SUITES = ["test_subprocess", "test_os", "test_posix", "test_readline", "test_pty",
+DEFAULT_SUITES = ["test_subprocess", "test_os", "test_posix", "test_pty",
                   "test_asyncio.test_subprocess"]
 CONTEXT = "root0"
 CONFIG = """[broker]

@@ -1,5 +1,5 @@
-//! CPython's own `test_subprocess`, `test_os` and `test_posix`, and `test_readline`,
-//! `test_pty` and `test_asyncio.test_subprocess`: transparency measured against programs
+//! CPython's own `test_subprocess`, `test_os` and `test_posix`, and `test_pty` and
+//! `test_asyncio.test_subprocess`: transparency measured against programs
 //! nobody here wrote. Each suite runs natively, then under
 //! `ctx run --route-to root0` (every launch routed into a uid-0 context with default
 //! isolation); every test case that passes natively must pass routed, except the ones
@@ -58,7 +58,7 @@ allow = { uids = [0] }
 
 const PYTHON: &str = "/usr/bin/python3";
 const SUITE_FILE: &str = "/usr/lib/python3.11/test/test_subprocess.py";
-/// The whole harness: both sides of six suites, reruns and continuations included.
+/// The whole harness: both sides of five suites, reruns and continuations included.
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Fewer routed launches than this means the suites did not really route.
 const MIN_LAUNCHES: u64 = 200;

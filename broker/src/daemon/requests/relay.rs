@@ -262,7 +262,7 @@ impl Relay<'_> {
                 }
                 frame = next_frame(conn, input.len() + AFTER_HANDSHAKE_FRAME > INPUT_BUDGET), if client_alive => {
                     match frame {
-                        Ok(Some(payload)) => match ctx_protocol::frame::decode::<Request>(&payload) {
+                        Ok(Some(payload)) => match decode_consuming(payload) {
                             Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
                                 kill_group(pid, job_control::deliverable(pid, signo))
                             }
@@ -279,14 +279,19 @@ impl Relay<'_> {
                                 // The suspend key for a program that would ignore the stop the
                                 // terminal sends it: stop it ourselves and tell the client.
                                 Some(at) => {
-                                    queue_input(&mut input, &bytes[..at]);
                                     kill_group(pid, libc::SIGSTOP);
+                                    // All of it queued and counted before the sends below
+                                    // wait on a caller that may not read: nothing reaches
+                                    // the terminal before this branch is done anyway.
+                                    queue_input(&mut input, &bytes[..at]);
+                                    queue_input(&mut input, &bytes[at + 1..]);
+                                    drop(bytes);
+                                    conn.hold_input(input.capacity());
                                     flush_held!();
                                     if client_alive && send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
                                         client_alive = false;
                                         kill_group(pid, libc::SIGKILL);
                                     }
-                                    queue_input(&mut input, &bytes[at + 1..]);
                                 }
                                 None => queue_input(&mut input, &bytes),
                             },
@@ -769,6 +774,12 @@ fn flush_parent_signals(conn: &mut Conn, pending: &mut u64) -> Result<(), WireEr
 /// The caller's next frame. While `backlogged` none is read: this only waits for the
 /// caller to hang up (a caller that goes away still takes its process group with it), which
 /// reads as the end of the stream.
+/// A frame's request, its bytes let go of: nothing the relay then waits on holds them,
+/// since a frame's bytes are counted against the uid only while it is read.
+fn decode_consuming(payload: Vec<u8>) -> Result<Request, ctx_protocol::frame::FrameError> {
+    ctx_protocol::frame::decode::<Request>(&payload)
+}
+
 /// Queues typed input for the program, growing the queue to exactly what it holds: its
 /// bytes are counted against the caller's uid (`Conn::hold_input`).
 fn queue_input(input: &mut VecDeque<u8>, bytes: &[u8]) {

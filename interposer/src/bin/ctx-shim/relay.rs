@@ -23,20 +23,10 @@ struct Tty {
 }
 
 impl Tty {
-    /// Whether keys typed at our input terminal are for our job. A terminal that is not our
-    /// controlling terminal (`tcgetpgrp` fails with ENOTTY: a child handed a PTY's slave,
-    /// as CPython's test_readline does) has no job control for us: a local program reads
-    /// it whatever its process group, so its keys are relayed.
     fn foreground(&self) -> bool {
-        self.input.is_some_and(|fd| {
-            // SAFETY: plain queries on a descriptor and our own process group.
-            let pgrp = unsafe { libc::tcgetpgrp(fd) };
-            if pgrp < 0 {
-                return sys::errno() == libc::ENOTTY;
-            }
-            // SAFETY: as above.
-            pgrp == unsafe { libc::getpgrp() }
-        })
+        // SAFETY: plain queries on a descriptor and our own process group.
+        self.input
+            .is_some_and(|fd| unsafe { libc::tcgetpgrp(fd) == libc::getpgrp() })
     }
 
     fn size(&self) -> Option<WinSize> {
