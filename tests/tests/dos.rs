@@ -715,6 +715,124 @@ fn a_caller_that_goes_away_while_its_frame_waits_for_room_ends_its_launch() {
     assert!(gone.is_some(), "routed programs outlived their callers");
 }
 
+/// ctx-alice's raw client: `n` terminal launches of `opening`, whose program fills the
+/// client's socket with signals to its parent (the client reads nothing past `Started`);
+/// then one `input` frame on each, ending in the suspend key.
+const STOPPED_UNREAD: &str = r#"
+import socket, struct, sys, time
+path, opening, prefix, size, n = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+frame = prefix + b"a" * (size - 1) + b"\x1a"
+def started(s):
+    buf = b""
+    s.settimeout(10)
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return False
+        buf += d
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack("<I", buf[:4])[0]:
+            k = struct.unpack("<I", buf[:4])[0]
+            if buf[4:5] == b"\x02":
+                return True
+            buf = buf[4 + k:]
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(opening)
+    assert started(s)
+    held.append(s)
+time.sleep(3)  # the programs fill their callers' sockets
+print("launched", flush=True)
+sys.stdin.readline()
+for s in held:
+    s.settimeout(1)
+    try:
+        s.sendall(frame)
+    except socket.timeout:
+        pass  # the rest waits unread: the share is full
+print("sent", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A terminal launch's input split by the suspend key is counted against its uid while
+/// the relay waits to tell a caller that does not read that its program stopped: the
+/// relay queued the input, stopped the program and waited on the caller's full socket
+/// with the input and the frame uncounted, so each launch's next frame found room again
+/// (helper-68: 400 launches held 870 kB each outside the bound).
+#[test]
+fn input_held_while_a_stop_waits_on_a_caller_that_does_not_read_is_counted() {
+    use std::io::BufRead;
+    const LAUNCHES: usize = 200;
+    let b = Broker::start(&alice_entitled_config(""));
+    let marker = "63.4242";
+    let mut req = raw::exec_request(
+        "alice",
+        &[
+            b"sh",
+            b"-c",
+            b"i=0; while [ $i -lt 600 ]; do kill -USR1 $PPID; i=$((i+1)); done; exec sleep 63.4242",
+        ],
+    );
+    req.fds = (0..3)
+        .map(|target| ctx_protocol::FdSlot {
+            target,
+            source: ctx_protocol::FdSource::Pty,
+        })
+        .collect();
+    req.tty = Some(ctx_protocol::TtyInfo {
+        size: ctx_protocol::WinSize {
+            rows: 24,
+            cols: 80,
+            xpixel: 0,
+            ypixel: 0,
+        },
+        termios: None,
+    });
+    let opening = raw::hex(&raw::opening(&Request::Exec(req)));
+    // An `Input` frame of 256 KiB ending in the suspend key: its header and encoding here,
+    // the bytes made by the client (an argument holds at most 128 KiB).
+    let size = 256 * 1024 - 16;
+    let mut frame = Vec::new();
+    encode_vec(&Request::Input(vec![b'a'; size].into()), &mut frame).unwrap();
+    let prefix = raw::hex(&frame[..frame.len() - size]);
+    let mut client = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", STOPPED_UNREAD])
+        .arg(b.socket())
+        .args([opening, prefix, size.to_string(), LAUNCHES.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut stdin = client.stdin.take().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "launched\n");
+    let launched = settled_rss(b.pid());
+    let running = sleeps_with_arg(marker);
+    stdin.write_all(b"\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let after = settled_rss(b.pid());
+    let _ = stdin.write_all(b"\n");
+    let _ = wait_deadline(&mut client, Duration::from_secs(10));
+    let _ = client.kill();
+    let gone = poll(Duration::from_secs(15), || {
+        (sleeps_with_arg(marker) == 0).then_some(())
+    });
+    eprintln!(
+        "{LAUNCHES} terminal launches with full sockets: broker RSS {launched} KiB, {after} KiB \
+         after a 256 KiB frame ending in ^Z on each"
+    );
+    assert_eq!(running, LAUNCHES, "the programs did not all run");
+    assert!(
+        after < launched + 64 * 1024,
+        "input held while stops waited grew the broker from {launched} KiB to {after} KiB"
+    );
+    assert!(gone.is_some(), "routed programs outlived their callers");
+}
+
 #[test]
 fn input_frames_to_a_pipe_launch_are_not_kept() {
     let b = Broker::start(&standard_config());
