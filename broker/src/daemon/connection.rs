@@ -272,8 +272,8 @@ impl Conn {
                         max: self.max_frame,
                     });
                 }
-                // Room for exactly this frame: growing by doubling would hold up to twice
-                // what was charged for.
+                // Room for exactly this frame (or, past the handshake, for what of it
+                // arrives): growing by doubling would hold up to twice what was charged.
                 let want = FRAME_HEADER + len;
                 if self.after_handshake {
                     // Past the handshake the peer's uid is known to be allowed here: the
@@ -514,8 +514,6 @@ enum Read {
     TooMany,
 }
 
-/// Whether the peer sent something a read would take now (or ended): `WouldBlock` when
-/// not.
 /// Whether the peer of the stream socket `fd` has closed its end (or the socket failed),
 /// whatever is still unread in it. Touches no readiness the runtime keeps.
 fn peer_hung_up(fd: RawFd) -> bool {
@@ -529,6 +527,8 @@ fn peer_hung_up(fd: RawFd) -> bool {
     n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Whether the peer sent something a read would take now (or ended): `WouldBlock` when
+/// not.
 fn peek(fd: RawFd) -> io::Result<()> {
     let mut byte = 0u8;
     // SAFETY: peeks one byte into our own buffer; with no control buffer, descriptors

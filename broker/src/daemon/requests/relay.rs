@@ -51,8 +51,9 @@ const COALESCE_FROM: usize = 16 * 1024;
 /// what a person at a terminal can see.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 
-/// The PTY read buffer a terminal launch starts with: what a terminal passes in one read. A read that fills it found a fast writer, and the buffer grows to [`PTY_BATCH`]
-/// where the caller's uid has room for that (`Conn::hold_output`).
+/// The PTY read buffer a terminal launch starts with: what a terminal passes in one read.
+/// A read that fills it found a fast writer, and the buffer grows to [`PTY_BATCH`] where
+/// the caller's uid has room for that (`Conn::hold_output`).
 const PTY_FIRST_BATCH: usize = 4 * 1024;
 
 /// What growing the read buffer to [`PTY_BATCH`] is counted as against the caller's uid:
