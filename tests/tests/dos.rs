@@ -619,6 +619,58 @@ fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
     assert!(gone.is_some(), "routed programs outlived their callers");
 }
 
+/// The hex of an `Input` frame's header and encoding for `size` bytes of input, which the
+/// raw client appends itself (an argument holds at most 128 KiB).
+fn input_frame_prefix(size: usize) -> String {
+    let mut frame = Vec::new();
+    encode_vec(&Request::Input(vec![b'a'; size].into()), &mut frame).unwrap();
+    raw::hex(&frame[..frame.len() - size])
+}
+
+/// A raw Python client run as ctx-alice, a step at a time: it prints a line when a step
+/// is done and reads one from its stdin before the next.
+struct Stepped {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    input: std::process::ChildStdin,
+}
+
+impl Stepped {
+    fn start(script: &str, socket: &std::path::Path, args: &[String]) -> Stepped {
+        let mut child = as_user(ALICE)
+            .args(["/usr/bin/python3", "-c", script])
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let input = child.stdin.take().unwrap();
+        Stepped { child, out, input }
+    }
+
+    /// The line that ends its current step.
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Lets it take its next step.
+    fn go(&mut self) {
+        self.input.write_all(b"\n").unwrap();
+    }
+
+    /// Lets it end, and makes sure it has.
+    fn finish(mut self) {
+        let _ = self.input.write_all(b"\n");
+        let _ = wait_deadline(&mut self.child, Duration::from_secs(10));
+        let _ = self.child.kill();
+    }
+}
+
 /// ctx-alice's raw client: `n` launches of `sleep FILL` each sent an `Input` frame but
 /// its last byte (what the broker holds of it fills the uid's share), then one launch of
 /// `sleep VICTIM` that sends the same; its frame waits for room. On a line on stdin it
@@ -654,7 +706,6 @@ sys.stdin.readline()
 /// broker holds as they arrive.
 #[test]
 fn a_caller_that_goes_away_while_its_frame_waits_for_room_ends_its_launch() {
-    use std::io::BufRead;
     const FILLERS: usize = 140;
     let b = Broker::start(&alice_entitled_config(""));
     let (fill, victim) = ("62.4242", "62.4343");
@@ -664,44 +715,31 @@ fn a_caller_that_goes_away_while_its_frame_waits_for_room_ends_its_launch() {
             &[b"sleep", marker.as_bytes()],
         ))))
     };
-    // An `Input` frame of 255 KiB: its header and encoding, then the bytes.
+    // `Input` frames of 255 KiB.
     let size = 255 * 1024;
-    let mut frame = Vec::new();
-    encode_vec(&Request::Input(vec![b'a'; size].into()), &mut frame).unwrap();
-    let prefix = raw::hex(&frame[..frame.len() - size]);
-    let mut client = as_user(ALICE)
-        .args(["/usr/bin/python3", "-c", FILL_AND_HANG_UP])
-        .arg(b.socket())
-        .args([
+    let mut client = Stepped::start(
+        FILL_AND_HANG_UP,
+        &b.socket(),
+        &[
             opening(fill),
             opening(victim),
-            prefix,
+            input_frame_prefix(size),
             FILLERS.to_string(),
             size.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "sent\n");
+        ],
+    );
+    assert_eq!(client.line(), "sent\n");
     let started = poll(Duration::from_secs(30), || {
         (sleeps_with_arg(fill) == FILLERS && sleeps_with_arg(victim) == 1).then_some(())
     });
     let full = settled_rss(b.pid());
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(b"\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    client.go();
+    client.line();
     let ended = poll(Duration::from_secs(5), || {
         (sleeps_with_arg(victim) == 0).then_some(())
     });
     let fillers_still_there = sleeps_with_arg(fill);
-    let _ = stdin.write_all(b"\n");
-    let _ = wait_deadline(&mut client, Duration::from_secs(10));
-    let _ = client.kill();
+    client.finish();
     let gone = poll(Duration::from_secs(15), || {
         (sleeps_with_arg(fill) == 0).then_some(())
     });
@@ -762,7 +800,6 @@ sys.stdin.readline()
 /// (helper-68: 400 launches held 870 kB each outside the bound).
 #[test]
 fn input_held_while_a_stop_waits_on_a_caller_that_does_not_read_is_counted() {
-    use std::io::BufRead;
     const LAUNCHES: usize = 200;
     let b = Broker::start(&alice_entitled_config(""));
     let marker = "63.4242";
@@ -790,34 +827,25 @@ fn input_held_while_a_stop_waits_on_a_caller_that_does_not_read_is_counted() {
         termios: None,
     });
     let opening = raw::hex(&raw::opening(&Request::Exec(req)));
-    // An `Input` frame of 256 KiB ending in the suspend key: its header and encoding here,
-    // the bytes made by the client (an argument holds at most 128 KiB).
+    // `Input` frames of 256 KiB, ending in the suspend key.
     let size = 256 * 1024 - 16;
-    let mut frame = Vec::new();
-    encode_vec(&Request::Input(vec![b'a'; size].into()), &mut frame).unwrap();
-    let prefix = raw::hex(&frame[..frame.len() - size]);
-    let mut client = as_user(ALICE)
-        .args(["/usr/bin/python3", "-c", STOPPED_UNREAD])
-        .arg(b.socket())
-        .args([opening, prefix, size.to_string(), LAUNCHES.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut stdin = client.stdin.take().unwrap();
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "launched\n");
+    let mut client = Stepped::start(
+        STOPPED_UNREAD,
+        &b.socket(),
+        &[
+            opening,
+            input_frame_prefix(size),
+            size.to_string(),
+            LAUNCHES.to_string(),
+        ],
+    );
+    assert_eq!(client.line(), "launched\n");
     let launched = settled_rss(b.pid());
     let running = sleeps_with_arg(marker);
-    stdin.write_all(b"\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    client.go();
+    client.line();
     let after = settled_rss(b.pid());
-    let _ = stdin.write_all(b"\n");
-    let _ = wait_deadline(&mut client, Duration::from_secs(10));
-    let _ = client.kill();
+    client.finish();
     let gone = poll(Duration::from_secs(15), || {
         (sleeps_with_arg(marker) == 0).then_some(())
     });
