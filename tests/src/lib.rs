@@ -828,3 +828,18 @@ allow = {{ uids = [0] }}
 "#
     )
 }
+
+/// The running kernel's Landlock ABI version (0 without Landlock).
+pub fn landlock_abi() -> i64 {
+    const CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute and size 0 this only asks for the version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}

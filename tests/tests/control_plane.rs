@@ -1012,8 +1012,8 @@ allow = { uids = [0] }
 }
 
 /// What the filter costs a program, and where it does not apply: in a plain uid-0 context
-/// a program cannot use SIGIO with an owner (EPERM); in its own PID namespace, where the
-/// broker's pid does not exist, it can, with the signal it chose.
+/// a program cannot use SIGIO with an owner (EPERM), nor turn on O_ASYNC in its own PID
+/// namespace; under a Landlock signal scope it can, with the signal it chose.
 #[test]
 fn sigio_to_itself_works_where_the_broker_cannot_be_named() {
     let config = r#"[contexts.plain]
@@ -1026,6 +1026,12 @@ user = "root"
 cwd = "/"
 allow = { uids = [0] }
 isolation = { pid = true }
+
+[contexts.scoped]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { signals = "scoped" }
 "#;
     let b = Broker::start(config);
     let py = "import fcntl, os, signal, socket, time\n\
@@ -1038,7 +1044,11 @@ isolation = { pid = true }
         \x20   print('refused', e.errno)\n\
         \x20   raise SystemExit\n\
         fcntl.fcntl(a, 10, int(signal.SIGRTMIN + 3))\n\
-        fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
+        try:\n\
+        \x20   fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_ASYNC)\n\
+        except OSError as e:\n\
+        \x20   print('async refused', e.errno)\n\
+        \x20   raise SystemExit\n\
         b.send(b'x')\n\
         time.sleep(0.2)\n\
         print('got', got == [signal.SIGRTMIN + 3])\n";
@@ -1046,10 +1056,94 @@ isolation = { pid = true }
         b.exec("plain", &["python3", "-c", py]).ok(),
         format!("refused {}\n", libc::EPERM)
     );
+    // In its own PID namespace too: O_ASYNC on a terminal names the foreground group,
+    // namespace or not (`o_async_on_a_root_terminal_cannot_signal_its_foreground_job`).
     assert_eq!(
         b.exec("own_pids", &["python3", "-c", py]).ok(),
-        "got True\n"
+        format!("refused {}\n", libc::EPERM)
     );
+    // Under a Landlock signal scope (ABI 6) the kernel itself keeps SIGIO inside the
+    // context, and no filter is needed.
+    let scoped = b.exec("scoped", &["python3", "-c", py]).ok();
+    if landlock_abi() >= 6 {
+        assert_eq!(scoped, "got True\n");
+    } else {
+        assert_eq!(scoped, format!("refused {}\n", libc::EPERM));
+    }
+}
+
+/// Found by the eighth attacker review: `O_ASYNC` on a terminal makes the kernel name the
+/// terminal's foreground process group the file's owner, with the caller's euid and no pid
+/// given (`__tty_fasync`), so `F_SETSIG` + `F_SETFL O_ASYNC` on a root terminal let a
+/// uid-0 context SIGKILL that terminal's foreground job at the next key typed: a broker
+/// started as one, or, from its own PID namespace, any root process outside it. Refused
+/// now (EPERM) wherever no Landlock signal scope holds; the job survives typing.
+#[test]
+fn o_async_on_a_root_terminal_cannot_signal_its_foreground_job() {
+    let config = r#"[contexts.plain]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.own_pids]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { pid = true, read_only = ["/"] }
+"#;
+    let b = Broker::start(config);
+    // Run natively: a root terminal whose foreground job is a `sleep` leading its own
+    // session, the routed attack on the terminal's path, a key typed while it is armed.
+    let driver = r#"
+import fcntl, os, subprocess, sys, time, termios
+master, slave = os.openpty()
+path = os.ttyname(slave)
+victim = os.fork()
+if victim == 0:
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    os.execv("/bin/sleep", ["sleep", "30"])
+time.sleep(0.3)
+arm = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOCTTY)
+fcntl.fcntl(fd, 10, 9)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    print('armed', flush=True)
+except OSError as e:
+    print('refused', e.errno, flush=True)
+time.sleep(1)
+"""
+for context in sys.argv[3:]:
+    p = subprocess.Popen([sys.argv[1], "--socket", sys.argv[2], "exec", "--context", context,
+                          "--", "python3", "-c", arm, path], stdout=subprocess.PIPE, text=True)
+    said = p.stdout.readline().strip()
+    os.write(master, b"x\n")
+    time.sleep(0.3)
+    try:
+        alive = os.waitpid(victim, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        alive = False
+    p.wait()
+    print(context, said, "alive" if alive else "killed")
+try:
+    os.kill(victim, 9)
+except ProcessLookupError:
+    pass
+"#;
+    let out = run(Command::new("python3")
+        .args(["-c", driver])
+        .arg(bin("ctx"))
+        .arg(b.socket())
+        .args(["plain", "own_pids"]))
+    .ok();
+    let eperm = libc::EPERM;
+    assert_eq!(
+        out,
+        format!("plain refused {eperm} alive\nown_pids refused {eperm} alive\n")
+    );
+    assert_eq!(b.exec("plain", &["echo", "alive"]).ok(), "alive\n");
 }
 
 /// Found by the second attacker review: glibc installs its handler for signal 32 (thread

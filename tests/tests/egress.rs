@@ -1446,21 +1446,6 @@ fn the_proxys_end_of_a_client_connection_starts_at_the_floor_with_room_to_grow()
     );
 }
 
-/// The running kernel's Landlock ABI version (0 without Landlock).
-fn landlock_abi() -> i64 {
-    const CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute and size 0 this only asks for the version.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            CREATE_RULESET_VERSION,
-        )
-    };
-    v.max(0)
-}
-
 /// A name sent with a trailing dot passes the rule written without it, and is resolved as
 /// written: `/etc/hosts` here gives the absolute name another address than the relative
 /// one, and the tunnel reaches the absolute name's.

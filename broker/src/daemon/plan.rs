@@ -189,13 +189,13 @@ pub fn environment(
     env
 }
 
-/// Whether a context's processes cannot signal the broker whatever owner they name: in
-/// their own PID namespace the broker's pid does not exist, and a Landlock signal scope is
-/// checked against the domain of whoever set a file's owner.
+/// Whether a context's processes cannot signal the broker whatever owner they make a file
+/// name: a Landlock signal scope is checked against the domain of whoever set the owner.
+/// A PID namespace is not enough: `O_ASYNC` on a terminal names its foreground group
+/// without a pid (`seccomp::OWNER_FILTER`).
 fn signals_fenced(ctx: &Context) -> bool {
-    ctx.isolation.pid
-        || (ctx.isolation.signals == crate::config::Signals::Scoped
-            && crate::daemon::kernel::landlock::abi() >= 6)
+    ctx.isolation.signals == crate::config::Signals::Scoped
+        && crate::daemon::kernel::landlock::abi() >= 6
 }
 
 /// An `LD_PRELOAD` value without ctx's interposer: entries (separated by `:` or spaces,

@@ -61,6 +61,11 @@ const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
 const FIOSETOWN: u32 = 0x8901;
 const SIOCSPGRP: u32 = 0x8902;
+const F_SETFL: u32 = 4;
+/// `FASYNC` in the generic and the x86 numbering alike.
+const O_ASYNC: u32 = 0o20000;
+const FIOASYNC: u32 = 0x5452;
+const JSET: u32 = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
 
 /// `(native fcntl, native ioctl, compat arch, compat fcntl, compat fcntl64, compat ioctl)`.
 #[cfg(target_arch = "x86_64")]
@@ -74,7 +79,12 @@ const NATIVE: u32 = AUDIT_ARCH_AARCH64;
 
 /// The filter the spawn child installs for a context of the broker's own euid. Jumps count
 /// from the next instruction; the labels are the indices in the comments.
-pub static OWNER_FILTER: [libc::sock_filter; 21] = [
+///
+/// Besides naming an owner outright, it refuses turning on `O_ASYNC` (`F_SETFL`,
+/// `FIOASYNC`): on a terminal that makes the kernel name the terminal's foreground process
+/// group the owner, with the caller's euid (`__tty_fasync`), which no pid namespace bounds
+/// (a root terminal's foreground job, or a broker started as one, would get the SIGIO).
+pub static OWNER_FILTER: [libc::sock_filter; 25] = [
     /* 0 */ LD_ARCH,
     /* 1 */ jump(JEQ, NATIVE, 0, 4),
     /* 2 */ LD_NR,
@@ -86,24 +96,28 @@ pub static OWNER_FILTER: [libc::sock_filter; 21] = [
         !X32_SYSCALL_BIT,
     ),
     /* 4 */ jump(JEQ, NRS.0, 6, 0),
-    /* 5 */ jump(JEQ, NRS.1, 10, 13),
-    /* 6 */ jump(JEQ, NRS.2, 0, 12),
+    /* 5 */ jump(JEQ, NRS.1, 13, 17),
+    /* 6 */ jump(JEQ, NRS.2, 0, 16),
     /* 7 */ LD_NR,
     /* 8 */ jump(JEQ, NRS.3, 2, 0),
     /* 9 */ jump(JEQ, NRS.4, 1, 0),
-    /* 10 */ jump(JEQ, NRS.5, 5, 8),
+    /* 10 */ jump(JEQ, NRS.5, 8, 12),
     // 11: fcntl
     /* 11 */ ld_arg_low(1),
     /* 12 */ jump(JEQ, F_SETOWN, 0, 2),
     /* 13 */ ld_arg_low(2),
-    /* 14 */ jump(JEQ, 0, 4, 5),
-    /* 15 */ jump(JEQ, F_SETOWN_EX, 4, 3),
-    // 16: ioctl
-    /* 16 */ ld_arg_low(1),
-    /* 17 */ jump(JEQ, FIOSETOWN, 2, 0),
-    /* 18 */ jump(JEQ, SIOCSPGRP, 1, 0),
-    /* 19 */ ALLOW,
-    /* 20 */ DENY,
+    /* 14 */ jump(JEQ, 0, 8, 9),
+    /* 15 */ jump(JEQ, F_SETOWN_EX, 8, 0),
+    /* 16 */ jump(JEQ, F_SETFL, 0, 6),
+    /* 17 */ ld_arg_low(2),
+    /* 18 */ jump(JSET, O_ASYNC, 5, 4),
+    // 19: ioctl
+    /* 19 */ ld_arg_low(1),
+    /* 20 */ jump(JEQ, FIOSETOWN, 3, 0),
+    /* 21 */ jump(JEQ, SIOCSPGRP, 2, 0),
+    /* 22 */ jump(JEQ, FIOASYNC, 1, 0),
+    /* 23 */ ALLOW,
+    /* 24 */ DENY,
 ];
 
 /// Installs [`OWNER_FILTER`] on the calling thread. Needs `no_new_privs` (or
@@ -364,6 +378,11 @@ mod tests {
     /// Runs `filter` as the kernel would on `(arch, nr, arg0)`: its verdict, and how many
     /// instructions it took.
     fn run(filter: &[libc::sock_filter], arch: u32, nr: u32, arg0: u32) -> (u32, usize) {
+        run_args(filter, arch, nr, [arg0, 0, 0])
+    }
+
+    /// As [`run`], with the low halves of the first three arguments.
+    fn run_args(filter: &[libc::sock_filter], arch: u32, nr: u32, args: [u32; 3]) -> (u32, usize) {
         let (mut a, mut pc, mut steps) = (0u32, 0usize, 0);
         loop {
             let i = filter[pc];
@@ -375,19 +394,64 @@ mod tests {
                     a = match i.k {
                         0 => nr,
                         4 => arch,
-                        16 => arg0,
+                        16 => args[0],
+                        24 => args[1],
+                        32 => args[2],
                         k => panic!("load of offset {k}"),
                     }
                 }
                 c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => a &= i.k,
                 c if c == RET => return (i.k, steps),
-                c if c == JEQ || c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => {
-                    let taken = if c == JEQ { a == i.k } else { a > i.k };
+                c if c == JEQ || c == JSET || c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => {
+                    let taken = match c {
+                        c if c == JEQ => a == i.k,
+                        c if c == JSET => a & i.k != 0,
+                        _ => a > i.k,
+                    };
                     pc += usize::from(if taken { i.jt } else { i.jf });
                 }
                 c => panic!("instruction {c:#x}"),
             }
         }
+    }
+
+    /// Every ABI's fcntl and ioctl numbers, as the kernel would run the owner filter on
+    /// them: naming an owner and turning on `O_ASYNC` are refused, the rest allowed.
+    #[test]
+    fn the_owner_filter_decides_alike_on_every_abi() {
+        let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let (fcntl, ioctl, compat, cfcntl, cfcntl64, cioctl) = NRS;
+        let mut abis = vec![(NATIVE, fcntl, ioctl), (compat, cfcntl, cioctl)];
+        abis.push((compat, cfcntl64, cioctl));
+        if cfg!(target_arch = "x86_64") {
+            abis.push((NATIVE, fcntl | X32_SYSCALL_BIT, ioctl | X32_SYSCALL_BIT));
+        }
+        let nonblock = libc::O_NONBLOCK as u32;
+        for (arch, f, i) in abis {
+            let cases = [
+                (f, [3, F_SETOWN, 1234], deny),
+                (f, [3, F_SETOWN, 0], allow),
+                (f, [3, F_SETOWN_EX, 0], deny),
+                (f, [3, F_SETFL, O_ASYNC], deny),
+                (f, [3, F_SETFL, O_ASYNC | nonblock], deny),
+                (f, [3, F_SETFL, nonblock], allow),
+                (f, [3, F_SETSIG as u32, 9], allow),
+                (f, [3, libc::F_GETFL as u32, 0], allow),
+                (i, [3, FIOSETOWN, 0], deny),
+                (i, [3, SIOCSPGRP, 0], deny),
+                (i, [3, FIOASYNC, 0], deny),
+                (i, [3, libc::FIONREAD as u32, 0], allow),
+                (0, [0, 0, 0], allow),
+            ];
+            for (nr, args, want) in cases {
+                let (got, _) = run_args(&OWNER_FILTER, arch, nr, args);
+                assert_eq!(got, want, "arch {arch:#x} nr {nr} args {args:?}");
+            }
+        }
+        // An ABI the filter does not know is let through (kill(2) of the broker is
+        // refused by the kernel there too; only the owner calls are filtered).
+        assert_eq!(run_args(&OWNER_FILTER, 0x1234, 72, [3, 8, 1]).0, allow);
     }
 
     #[test]
@@ -483,7 +547,7 @@ mod tests {
     /// In a forked child with the filter in force: each call, and whether it must be
     /// refused with EPERM; the exit code has a bit per call that went the wrong way.
     #[test]
-    fn the_owner_filter_refuses_naming_an_owner_and_nothing_else() {
+    fn the_owner_filter_refuses_naming_an_owner_or_o_async_and_nothing_else() {
         // SAFETY: the child only makes syscalls on its own stack and exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
@@ -499,7 +563,8 @@ mod tests {
                 let me = libc::getpid();
                 let owner_ex = [0i32, me]; // struct f_owner_ex { F_OWNER_TID, pid }
                 let refused = |r: libc::c_int| r < 0 && *libc::__errno_location() == libc::EPERM;
-                let cases: [(bool, bool); 9] = [
+                let async_on = libc::fcntl(sv[0], libc::F_GETFL) | libc::O_ASYNC;
+                let cases: [(bool, bool); 12] = [
                     (refused(libc::fcntl(sv[0], F_SETOWN as i32, me)), true),
                     (refused(libc::fcntl(sv[0], F_SETOWN as i32, -me)), true),
                     (refused(libc::fcntl(sv[0], F_SETOWN as i32, 0)), false),
@@ -513,6 +578,12 @@ mod tests {
                     (refused(libc::fcntl(sv[0], libc::F_GETOWN)), false),
                     (
                         refused(libc::ioctl(sv[0], libc::FIONREAD as _, &mut 0i32)),
+                        false,
+                    ),
+                    (refused(libc::fcntl(sv[0], libc::F_SETFL, async_on)), true),
+                    (refused(libc::ioctl(sv[0], FIOASYNC as _, &1i32)), true),
+                    (
+                        refused(libc::fcntl(sv[0], libc::F_SETFL, libc::O_NONBLOCK)),
                         false,
                     ),
                 ];

@@ -118,9 +118,10 @@ pub struct SpawnPlan {
     pub exec_guard: Option<Handover>,
     /// Built by the broker before the clone (`seccomp::supervised_filter`).
     pub supervisor_filter: Vec<libc::sock_filter>,
-    /// The program runs with the broker's own euid and can name the broker's pid: install
-    /// the seccomp filter that keeps it from making the broker a file's owner, which would
-    /// let it (or anyone sharing the file) aim any signal at it as SIGIO (`seccomp.rs`).
+    /// The program runs with the broker's own euid outside a Landlock signal scope: install
+    /// the seccomp filter that keeps it from making the broker (or a root terminal's
+    /// foreground job) a file's owner, which would let it (or anyone sharing the file) aim
+    /// any signal there as SIGIO (`seccomp.rs`).
     pub owner_filter: bool,
     /// Where the kernel writes the pids of the launch's processes as it creates them (see
     /// [`PidSlots`]); none outside a launch.
