@@ -619,6 +619,79 @@ fn what_one_uids_terminal_launches_hold_is_bounded_per_uid() {
     assert!(gone.is_some(), "routed programs outlived their callers");
 }
 
+/// What running launches keep of their requests is bounded per uid (found by the eighth
+/// review): a launch kept its caller's whole argv and environment, the plan made of them
+/// and two text copies of the argv for as long as its program ran, about 15 MB for an
+/// argv of 1.8 MiB of `\xff` bytes (50 launches of one uid: +760 MB, 1,024 allowed).
+/// Now a request counts twice its frame against the uid's share until its program's exec,
+/// which lets go of it (and trims the heap after a large one); what `ctx ps` and the
+/// registry keep is cut to 4 KiB; a burst past the uid's room is told `Busy` and tries
+/// again (before, some of the 50 failed: "unfinished handshakes would buffer more").
+/// Measured: +515 MB before, +23 MB now. And root's `ctx ps` answers with them all
+/// running (one 5.4 MB argv made it fail for everyone).
+#[test]
+fn what_running_launches_keep_of_their_requests_is_bounded_per_uid() {
+    const LAUNCHES: usize = 50;
+    let b = Broker::start(&alice_entitled_config(""));
+    let marker = "61.5151";
+    let before = rss_kb(b.pid());
+    let script = format!(
+        r#"
+import subprocess, sys
+big = [b"\xff" * 131071] * 14
+for _ in range({LAUNCHES}):
+    subprocess.Popen([sys.argv[1], "--socket", sys.argv[2], "exec", "--context", "alice",
+                      "--", "sh", "-c", "exec sleep {marker}", "x"] + big,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+"#
+    );
+    let mut launcher = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", &script])
+        .arg(bin("ctx"))
+        .arg(b.socket())
+        .current_dir("/")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = poll(Duration::from_secs(60), || {
+        (sleeps_with_arg(marker) >= LAUNCHES).then_some(())
+    });
+    let running = settled_rss(b.pid());
+    let ps = run(&mut b.ctx(["ps", "--json"]));
+    // SAFETY: kill(2) of the launchers' own process group.
+    unsafe { libc::kill(-(launcher.id() as i32), libc::SIGKILL) };
+    let _ = launcher.wait();
+    for pid in pids_with_arg(marker) {
+        // SAFETY: kill(2) of the routed sleeps this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    eprintln!(
+        "{LAUNCHES} launches of 1.8 MiB argvs: broker RSS {before} KiB before, {running} KiB \
+         with them running"
+    );
+    assert!(
+        started.is_some(),
+        "the {LAUNCHES} routed sleeps did not all start"
+    );
+    assert!(
+        running < before + 64 * 1024,
+        "running launches' requests grew the broker from {before} KiB to {running} KiB"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&ps.ok()).expect("ctx ps --json");
+    let listed = listed.as_array().expect("a list");
+    let ours: Vec<_> = listed
+        .iter()
+        .filter(|p| p["argv"].to_string().contains(marker))
+        .collect();
+    assert_eq!(ours.len(), LAUNCHES, "ctx ps lists every launch");
+    for p in ours {
+        let argv = p["argv"].as_array().expect("argv");
+        let bytes: usize = argv.iter().map(|a| a.as_str().unwrap().len() + 1).sum();
+        assert!(bytes <= 4096 + 4, "an argv of {bytes} bytes kept");
+        assert!(argv.last().unwrap().as_str().unwrap().ends_with('…'));
+    }
+}
+
 /// The hex of an `Input` frame's header and encoding for `size` bytes of input, which the
 /// raw client appends itself (an argument holds at most 128 KiB).
 fn input_frame_prefix(size: usize) -> String {

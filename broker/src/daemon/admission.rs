@@ -51,6 +51,11 @@ const RESERVED_FDS: u64 = 256;
 /// launch). Past it, the uid's connections wait, unread, for a frame that needs more room
 /// until some is given back; their senders' sockets fill and they stop sending.
 pub const HELD_PER_UID: usize = 32 * 1024 * 1024;
+/// Bytes the launches of one uid may hold in their requests (argv, environment, and the
+/// plan made of them) between their handshake and their program's exec, together. Apart
+/// from [`HELD_PER_UID`]: a uid's terminal input waiting to be read must not keep its new
+/// launches from starting. Past it, a launch is told `Busy` and tries again.
+pub const REQUESTS_PER_UID: usize = 32 * 1024 * 1024;
 /// Terminals the launches of one uid may keep open after their programs ended, for the
 /// jobs they left behind (see [`Admissions::linger`]). Each still holds its connection,
 /// counted as above; this keeps a context that leaves a process holding every terminal it
@@ -242,6 +247,8 @@ struct PerUid {
     passed: usize,
     /// Held by its connections past their handshakes ([`HELD_PER_UID`]).
     held_after: usize,
+    /// Held by its launches' requests until their programs' exec ([`REQUESTS_PER_UID`]).
+    requests: usize,
 }
 
 /// One admitted connection's share of its uid's counts, given back on drop.
@@ -260,6 +267,8 @@ pub struct Admission {
     fds: usize,
     /// Held past the handshake, counted in its uid's `held_after`.
     held_after: usize,
+    /// Its launch's request, counted in its uid's `requests`.
+    request: usize,
 }
 
 impl Admissions {
@@ -283,6 +292,7 @@ impl Admissions {
             bytes: 0,
             fds: 0,
             held_after: 0,
+            request: 0,
         };
         if exempt {
             return Ok(admission());
@@ -713,6 +723,29 @@ impl Admission {
         true
     }
 
+    /// Sets what this connection's launch holds in its request to `bytes`; growing is
+    /// refused (nothing changes) past [`REQUESTS_PER_UID`] for its uid. Free for the
+    /// operator.
+    pub fn hold_request(&mut self, bytes: usize) -> bool {
+        if self.exempt || bytes == self.request {
+            return true;
+        }
+        let mut counts = self.admissions.lock();
+        let entry = counts.per_uid.entry(self.uid).or_default();
+        let total = entry.requests - self.request + bytes;
+        if bytes > self.request && total > REQUESTS_PER_UID {
+            return false;
+        }
+        entry.requests = total;
+        self.request = bytes;
+        true
+    }
+
+    /// What [`Admission::hold_request`] counts now.
+    pub fn request(&self) -> usize {
+        self.request
+    }
+
     /// [`Admission::hold_after`], waiting for room as long as it takes. Cancel-safe: it
     /// sets a total, which the next call sets again.
     pub async fn hold_after_waiting(&mut self, bytes: usize) {
@@ -802,6 +835,7 @@ impl Drop for Admission {
         // Its connection, closing, charges what it still holds anew.
         drop(self.handshake_done());
         self.hold_after(0, false);
+        self.hold_request(0);
         let mut counts = self.admissions.lock();
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {
@@ -1291,6 +1325,28 @@ mod tests {
         assert_eq!(a.lock().fds, 0);
         assert_eq!(a.held(1000), None);
         assert!(a.lock().per_uid.is_empty());
+    }
+
+    #[test]
+    fn requests_held_until_exec_are_bounded_per_uid_apart_from_input_and_given_back() {
+        let a = Arc::new(Admissions::default());
+        let mut one = a.admit(1000, false, true).unwrap();
+        let mut two = a.admit(1000, false, true).unwrap();
+        let mut other = a.admit(1001, false, true).unwrap();
+        let mut root = a.admit(0, false, false).unwrap();
+        // A uid's held input does not take its launches' room.
+        assert!(one.hold_after(HELD_PER_UID, false));
+        assert!(one.hold_request(REQUESTS_PER_UID - 10));
+        assert!(!two.hold_request(11), "past the uid's bound");
+        assert_eq!(two.request(), 0, "nothing counted when refused");
+        assert!(two.hold_request(10));
+        assert!(other.hold_request(REQUESTS_PER_UID), "another uid has its own");
+        assert!(root.hold_request(usize::MAX / 2), "the operator is not counted");
+        assert!(one.hold_request(0));
+        assert!(two.hold_request(REQUESTS_PER_UID), "given back");
+        drop(two);
+        drop(one);
+        assert_eq!(a.lock().per_uid.get(&1000).map(|p| p.requests), None);
     }
 
     #[test]

@@ -181,7 +181,12 @@ impl Conn {
         self.admission.handshake_turn().await;
     }
 
-    pub fn handshake_done(&mut self) {
+    /// The request is read: its bytes stop counting as a handshake's and `request` bytes
+    /// (what the decoded request and the launch's plan will hold until the program's
+    /// exec) count against the uid's [`admission::REQUESTS_PER_UID`]. False, with nothing
+    /// counted, when that has no room for them: the uid's own launches starting hold it,
+    /// and the caller is told `Busy`, as a hook whose uid's handshakes are at their bound is.
+    pub fn handshake_done(&mut self, request: usize) -> bool {
         let charge = self.admission.handshake_done();
         let owner = self.charger.as_ref().map(Charger::uid);
         let fds = std::mem::take(&mut self.fds);
@@ -189,6 +194,15 @@ impl Conn {
         self.buf.shrink_to(KEPT_BUFFER);
         self.max_frame = AFTER_HANDSHAKE_FRAME;
         self.after_handshake = true;
+        self.admission.hold_request(request)
+    }
+
+    /// The launch has let go of its request (its program exec'd): its room goes back to
+    /// the uid. What was counted for it.
+    pub fn let_go_of_request(&mut self) -> usize {
+        let was = self.admission.request();
+        self.admission.hold_request(0);
+        was
     }
 
     /// Counts `bytes` of typed input its relay now holds for the program against the

@@ -8,8 +8,8 @@ use ctx_protocol::frame::decode;
 use ctx_protocol::{ClientKind, ErrorKind, Hello, Reply, Request, MAGIC, PROTOCOL_VERSION};
 use tokio::net::UnixStream;
 
-use super::admission::Admission;
-use super::connection::Conn;
+use super::admission::{Admission, OverBudget};
+use super::connection::{Conn, WireError};
 use super::quiet_log::Quiet;
 use super::{requests, Peer, Shared};
 
@@ -46,10 +46,12 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
                     "refused connection: {message}{more}"
                 );
             }
-            let kind = if message.contains("version") {
-                ErrorKind::VersionMismatch
+            let (kind, message) = if let Some(why) = message.strip_prefix(BUSY) {
+                (ErrorKind::Busy, why.to_string())
+            } else if message.contains("version") {
+                (ErrorKind::VersionMismatch, message)
             } else {
-                ErrorKind::BadRequest
+                (ErrorKind::BadRequest, message)
             };
             let _ = conn.send(&hello()).await;
             let _ = conn
@@ -139,6 +141,10 @@ fn hello() -> Reply<'static> {
     }
 }
 
+/// Marks a refusal for room the uid's own other connections hold and give back as their
+/// launches go on: told as `Busy`, the caller connects again a moment later.
+const BUSY: &str = "busy: ";
+
 async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
     conn.limit_frames(HELLO_MAX);
     let payload = match conn.read_frame().await {
@@ -161,6 +167,8 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
     let payload = match conn.read_frame().await {
         Ok(Some(p)) => p,
         Ok(None) => return Err("connection closed before the request".into()),
+        // The uid's other handshakes give their room back within moments.
+        Err(e @ WireError::OverBudget(OverBudget::Bytes(_))) => return Err(format!("{BUSY}{e}")),
         Err(e) => return Err(format!("bad request frame: {e}")),
     };
     let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
@@ -183,7 +191,19 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
             .await
             .map_err(|e| format!("the request's {named} descriptors: {e}"))?;
     }
-    conn.handshake_done();
+    // A launch holds its request (argv, environment), and the plan made of it, until its
+    // program's exec: counted, twice the frame, against what its uid may hold.
+    let held = match &request {
+        Request::Exec(_) | Request::Shell(_) => 2 * payload.len(),
+        _ => 0,
+    };
+    drop(payload);
+    if !conn.handshake_done(held) {
+        return Err(format!(
+            "{BUSY}the running launches of this uid hold all the room the broker keeps for \
+             it until their programs start"
+        ));
+    }
     Ok((hello.client, request))
 }
 

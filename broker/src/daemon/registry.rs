@@ -95,6 +95,16 @@ impl Registry {
         self.lock().by_id.values().cloned().collect()
     }
 
+    /// The entries `keep` takes, copied: a caller that may see few copies only those.
+    pub fn snapshot_of(&self, keep: impl Fn(&Running) -> bool) -> Vec<Running> {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect()
+    }
+
     /// The context of the routed process `pid` is, or descends from (following parent
     /// pids through /proc), if any. `ppid` and `start` are what /proc said of `pid` while
     /// the caller knew `pid` to be the process it means (see [`super::peer`]).

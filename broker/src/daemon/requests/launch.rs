@@ -48,6 +48,11 @@ use crate::daemon::{inherit, shell_state, untrusted_path};
 /// pending signal merges them anyway, as the kernel merges a standard signal).
 const PARENT_SIGNALS: usize = 64;
 
+/// A request this large, let go of, is followed by `malloc_trim`: glibc keeps freed heap
+/// pages its arenas cannot give back past the small blocks the running launches hold
+/// between them, so large requests would otherwise leave the broker as large as they were.
+const TRIM_AFTER: usize = 512 * 1024;
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -212,6 +217,7 @@ pub(super) async fn launch(
         let forked = forked?;
         let (child, report) = l.watch(forked)?;
         l.await_exec(report, &child, &prepared).await?;
+        l.let_go_of_request(conn, &mut prepared);
         let client_alive = l.started(conn, child.pid, accepted).await;
         let relayed = l.relay(conn, &child, parent_signals, client_alive).await;
         let lingering = l.end(conn, child.pid, relayed, prepared).await;
@@ -694,6 +700,20 @@ impl<'a> Launch<'a> {
         Ok(())
     }
 
+    /// The program runs: the caller's argv and environment, and the plan's copies, are
+    /// not needed any more (the audit and `ctx ps` keep bounded copies), and their room
+    /// in the uid's share goes back (`Conn::handshake_done`).
+    fn let_go_of_request(&mut self, conn: &mut Conn, prepared: &mut Prepared) {
+        self.req.argv = Vec::new();
+        self.req.env = Vec::new();
+        prepared.plan.argv = Vec::new();
+        prepared.plan.envp = Vec::new();
+        if conn.let_go_of_request() > TRIM_AFTER {
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
     /// Counts the launch and tells the caller it started; whether the caller is there.
     async fn started(&self, conn: &mut Conn, pid: libc::pid_t, accepted: bool) -> bool {
         self.shared.launches.fetch_add(1, Ordering::Relaxed);
@@ -848,10 +868,34 @@ impl<'a> Launch<'a> {
 // Functions: helpers of the steps
 // ---------------------------------------------------------------------------------------
 
+/// The argv as text for `ctx ps` and the registry, at most [`audit::ARGV_KEEP`] bytes of
+/// it (an argument cut short ends in `…`): a launch keeps it as long as its program runs.
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
-    args.iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    let mut room = audit::ARGV_KEEP;
+    let mut kept = Vec::new();
+    for a in args {
+        if room == 0 {
+            break;
+        }
+        let head = &a[..a.len().min(room)];
+        let mut text = String::from_utf8_lossy(head).into_owned();
+        let mut cut = head.len() < a.len();
+        if text.len() > room {
+            let mut end = room;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            cut = true;
+        }
+        room = room.saturating_sub(text.len() + 1);
+        if cut {
+            text.push('…');
+            room = 0;
+        }
+        kept.push(text);
+    }
+    kept
 }
 
 /// The caller's cwd descriptor comes with the caller's own name for it, which in another
