@@ -119,7 +119,7 @@ fn on_reply(st: &State, name: &[u8], launcher: &Launcher, payload: &[u8]) {
             unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
         }
         // The program signalled its parent: we hold its place.
-        Ok(Reply::SignalParent { signal }) => launcher.signal(signal),
+        Ok(Reply::SignalParent { signal, guarded }) => launcher.signal(signal, guarded),
         Ok(Reply::ExecFailed(f)) => ending::exec_failed(name, &f),
         Ok(Reply::Error { message, .. }) => die(name, "broker: ", &message, 125),
         _ => die(name, "malformed message from the broker", "", 125),

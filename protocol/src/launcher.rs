@@ -36,14 +36,18 @@ impl Launcher {
         }
     }
 
-    /// Passes `signal` on to the launcher, if it is still our parent.
-    pub fn signal(&self, signal: i32) {
+    /// Passes `signal` on to the launcher, if it is still our parent; `guarded` (the
+    /// program runs as another uid), only one that cannot end or stop it.
+    pub fn signal(&self, signal: i32, guarded: bool) {
         if self.pid == 0 || !(1..=64).contains(&signal) {
             return;
         }
         // SAFETY: plain syscalls with integer arguments and a null siginfo.
         unsafe {
             if libc::getppid() != self.pid {
+                return;
+            }
+            if guarded && !harmless_to(self.pid, signal) {
                 return;
             }
             if self.pidfd >= 0 {
@@ -72,5 +76,123 @@ impl Drop for Launcher {
             // SAFETY: our own descriptor, closed once.
             unsafe { libc::close(self.pidfd) };
         }
+    }
+}
+
+/// Whether `signal` can neither end nor stop process `pid`: its default action is to
+/// ignore or continue, or `pid` catches or ignores it (`SigCgt`, `SigIgn` in its
+/// `/proc/PID/status`). SIGKILL and SIGSTOP never. Raw syscalls into a stack buffer, no
+/// allocation. A launcher that changes its disposition meanwhile gets what it chose.
+fn harmless_to(pid: libc::pid_t, signal: i32) -> bool {
+    if matches!(
+        signal,
+        libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH
+    ) {
+        return true;
+    }
+    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+        return false;
+    }
+    let mut path = [0u8; 32];
+    let mut at = write_bytes(&mut path, 0, b"/proc/");
+    at = write_decimal(&mut path, at, pid as u32);
+    at = write_bytes(&mut path, at, b"/status\0");
+    if at > path.len() {
+        return false;
+    }
+    let mut buf = [0u8; 8192];
+    // SAFETY: a NUL-terminated path in our buffer; reads into our own buffer.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let mut n = 0usize;
+        loop {
+            let r = libc::read(fd, buf[n..].as_mut_ptr().cast(), buf.len() - n);
+            if r <= 0 {
+                break;
+            }
+            n += r as usize;
+            if n == buf.len() {
+                break;
+            }
+        }
+        libc::close(fd);
+        n
+    };
+    let text = &buf[..n];
+    let bit = 1u64 << (signal - 1);
+    let mask = |name: &[u8]| -> Option<u64> {
+        let start = text.windows(name.len()).position(|w| w == name)? + name.len();
+        let mut value = 0u64;
+        let mut digits = 0;
+        for &c in text[start..]
+            .iter()
+            .skip_while(|c| **c == b'\t' || **c == b' ')
+        {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => break,
+            };
+            value = (value << 4) | u64::from(d);
+            digits += 1;
+        }
+        (digits == 16).then_some(value)
+    };
+    match (mask(b"\nSigIgn:"), mask(b"\nSigCgt:")) {
+        (Some(ignored), Some(caught)) => (ignored | caught) & bit != 0,
+        _ => false,
+    }
+}
+
+/// Copies `bytes` into `buf` at `at`; the position after them (past the end: no room).
+fn write_bytes(buf: &mut [u8], at: usize, bytes: &[u8]) -> usize {
+    let end = at + bytes.len();
+    if end <= buf.len() {
+        buf[at..end].copy_from_slice(bytes);
+    }
+    end
+}
+
+/// Writes `n` in decimal into `buf` at `at`; the position after it.
+fn write_decimal(buf: &mut [u8], at: usize, mut n: u32) -> usize {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[..len].reverse();
+    write_bytes(buf, at, &digits[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::harmless_to;
+
+    /// This test process's own dispositions, as /proc reports them.
+    #[test]
+    fn a_signal_is_harmless_only_where_it_is_caught_ignored_or_ignored_by_default() {
+        let me = std::process::id() as libc::pid_t;
+        // SAFETY: a handler that does nothing, and SIG_IGN, on signals the harness leaves alone.
+        unsafe {
+            extern "C" fn nothing(_: libc::c_int) {}
+            libc::signal(libc::SIGUSR1, nothing as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        }
+        assert!(harmless_to(me, libc::SIGUSR1), "caught");
+        assert!(harmless_to(me, libc::SIGUSR2), "ignored");
+        assert!(harmless_to(me, libc::SIGWINCH), "ignored by default");
+        assert!(!harmless_to(me, libc::SIGTERM), "ends it by default");
+        assert!(!harmless_to(me, libc::SIGKILL));
+        assert!(!harmless_to(me, libc::SIGSTOP));
+        assert!(!harmless_to(i32::MAX, libc::SIGUSR1), "no such process");
     }
 }

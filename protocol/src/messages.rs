@@ -267,8 +267,12 @@ pub enum Reply<'a> {
     /// A process of the launch sent `signal` to its parent (`kill -USR1 $PPID`); the
     /// broker, which is that parent, took it instead. The client raises it at the process
     /// that launched the program (its own parent: the shim took the program's place).
+    /// `guarded`: the program runs as another uid than the caller, which the kernel would
+    /// not let signal the launcher; only a signal that cannot end or stop it (one it
+    /// catches or ignores, or whose default is to do neither) is passed on.
     SignalParent {
         signal: i32,
+        guarded: bool,
     },
     /// PTY mode, right after `Exited`: processes the program left behind (`cmd &`) still
     /// hold its terminal. Their output keeps coming as `Output` (and their mode changes as

@@ -222,7 +222,10 @@ fn reply_tags_match_variant_order() {
     assert_eq!(tag(Reply::Accepted), reply_tag::ACCEPTED);
     assert_eq!(tag(Reply::Stopped { signal: 20 }), reply_tag::STOPPED);
     assert_eq!(
-        tag(Reply::SignalParent { signal: 10 }),
+        tag(Reply::SignalParent {
+            signal: 10,
+            guarded: true,
+        }),
         reply_tag::SIGNAL_PARENT
     );
     assert_eq!(tag(Reply::Lingering), reply_tag::LINGERING);

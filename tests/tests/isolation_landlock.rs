@@ -22,7 +22,7 @@ fn landlock_setup() -> (TempDir, Broker) {
 }
 
 #[test]
-fn landlock_no_access_path_cannot_be_read_or_listed() {
+fn landlock_no_access_path_cannot_be_read() {
     let (dir, b) = landlock_setup();
     let key = dir.path().join("secret/key");
     let key = key.to_str().unwrap();
@@ -54,6 +54,27 @@ fn landlock_no_access_path_cannot_be_read_or_listed() {
         "read me\n"
     );
     assert!(b.exec("fs", &["ls", "/"]).ok().contains("usr"));
+}
+
+/// What `no_access` does not hide (README, Known limits): Landlock has no right for stat
+/// or path walks, and the listing right on the directories leading to the path covers
+/// what is beneath it. Names and metadata show; contents, new files and execution do not.
+#[test]
+fn no_access_hides_contents_but_not_names() {
+    let (dir, b) = landlock_setup();
+    let secret = dir.path().join("secret");
+    let secret = secret.to_str().unwrap();
+    let probe = format!(
+        "ls {secret}; stat -c %s {secret}/key; cd {secret} && pwd; \
+         cat key || echo read-refused; touch new || echo create-refused"
+    );
+    let out = b.exec("fs", &["sh", "-c", &probe]);
+    assert_eq!(
+        out.stdout_str(),
+        format!("key\n11\n{secret}\nread-refused\ncreate-refused\n"),
+        "{}",
+        out.show()
+    );
 }
 
 #[test]

@@ -683,6 +683,36 @@ print(got, probe.stdout.strip())
     assert_eq!(status.code(), 0, "{}", status.show());
 }
 
+/// Found by the eighth review: the relay let a program of another uid than its caller
+/// SIGKILL or SIGSTOP the process that launched it (root's shell, the agent), which the
+/// kernel would refuse it. Across uids only a signal that cannot end or stop the launcher
+/// is passed on: one it catches or ignores, or whose default is to do neither. With the
+/// caller's own uid every signal is, as locally (SIGTERM ends it).
+#[test]
+fn a_program_of_another_uid_cannot_end_or_stop_its_launcher() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append("USR1"))
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+for name in ("KILL", "STOP", "TERM", "USR2", "HUP", "WINCH", "USR1"):
+    subprocess.run(["sh", "-c", f"kill -{name} $PPID"])
+time.sleep(0.2)
+state = open(f"/proc/{os.getpid()}/stat").read().rsplit(") ", 1)[1][0]
+print(got, state)
+"#;
+    let r = run(&mut routed(&b, "alice", script, &[]));
+    assert_eq!(r.ok(), "['USR1'] R\n", "{}", r.show());
+    let own = run(&mut routed(&b, "rootctx", script, &[]));
+    assert_eq!(
+        own.signal(),
+        Some(libc::SIGKILL),
+        "SIGKILL reaches a launcher of the same uid: {}",
+        own.show()
+    );
+}
+
 /// `ctx exec` stands where the program would be had it been exec'd in place: the
 /// program's `kill $PPID` reaches the process that ran `ctx exec`.
 #[test]
@@ -742,7 +772,9 @@ print("launcher", -p.returncode, "subreaper got", got)
         socket.to_str().unwrap(),
         "run",
         "--route-to",
-        "alice",
+        // A context of the caller's uid: one of another uid cannot SIGKILL its launcher
+        // (`a_program_of_another_uid_cannot_end_or_stop_its_launcher`).
+        "rootctx",
         "--",
     ];
     let r = run(&mut local(&b, script, &routed));

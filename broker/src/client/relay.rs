@@ -230,12 +230,12 @@ impl Relay<'_> {
                             drop(raw.take());
                             let _ = signal::raise(Signal::SIGSTOP);
                         }
-                        Reply::SignalParent { signal } => {
+                        Reply::SignalParent { signal, guarded } => {
                             // `kill $PPID` in the program: ctx stands where the program
                             // would be had it been exec'd in place, so its parent is meant.
                             self.flush(&mut out, output_ok);
                             if let Some(l) = self.launcher {
-                                l.signal(signal);
+                                l.signal(signal, guarded);
                             }
                         }
                         Reply::Exited { status, timed_out } => {

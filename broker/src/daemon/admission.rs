@@ -1340,8 +1340,14 @@ mod tests {
         assert!(!two.hold_request(11), "past the uid's bound");
         assert_eq!(two.request(), 0, "nothing counted when refused");
         assert!(two.hold_request(10));
-        assert!(other.hold_request(REQUESTS_PER_UID), "another uid has its own");
-        assert!(root.hold_request(usize::MAX / 2), "the operator is not counted");
+        assert!(
+            other.hold_request(REQUESTS_PER_UID),
+            "another uid has its own"
+        );
+        assert!(
+            root.hold_request(usize::MAX / 2),
+            "the operator is not counted"
+        );
         assert!(one.hold_request(0));
         assert!(two.hold_request(REQUESTS_PER_UID), "given back");
         drop(two);

@@ -749,6 +749,8 @@ impl<'a> Launch<'a> {
             timeout: effective_timeout(&self.ctx, &self.req),
             shutdown: self.shared.shutdown_rx.clone(),
             parent_signals,
+            // As the kernel would decide for a program of this uid signalling the caller.
+            parent_guarded: self.ctx.user.uid != self.peer.uid,
             client_alive,
             // Only a stand-in leading the session lets the program end without hanging
             // its terminal up.

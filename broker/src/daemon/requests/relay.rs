@@ -93,6 +93,9 @@ pub(super) struct Relay<'a> {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Signals the program sent to its parent (the broker), for the caller.
     pub parent_signals: mpsc::Receiver<i32>,
+    /// The program runs as another uid than the caller: the client passes on only the
+    /// signals that cannot end or stop the launcher (`Reply::SignalParent`).
+    pub parent_guarded: bool,
     /// Whether the caller is still there to hear from the launch.
     pub client_alive: bool,
     /// Where a PTY launch whose program leaves processes holding its terminal may count
@@ -139,6 +142,7 @@ impl Relay<'_> {
             timeout,
             mut shutdown,
             mut parent_signals,
+            parent_guarded,
             mut client_alive,
             linger: linger_budget,
             mut supervised,
@@ -247,13 +251,13 @@ impl Relay<'_> {
                 Some(signal) = parent_signals.recv(), if client_alive => {
                     parent_pending |= signal_bit(signal);
                     flush_held!();
-                    if client_alive && flush_parent_signals(conn, &mut parent_pending).is_err() {
+                    if client_alive && flush_parent_signals(conn, &mut parent_pending, parent_guarded).is_err() {
                         client_alive = false;
                         kill_group(pid, libc::SIGKILL);
                     }
                 }
                 _ = parent_retry.tick(), if parent_pending != 0 && client_alive => {
-                    if flush_parent_signals(conn, &mut parent_pending).is_err() {
+                    if flush_parent_signals(conn, &mut parent_pending, parent_guarded).is_err() {
                         client_alive = false;
                         kill_group(pid, libc::SIGKILL);
                     }
@@ -461,7 +465,10 @@ impl Relay<'_> {
             if !client_alive {
                 break;
             }
-            let reply = Reply::SignalParent { signal };
+            let reply = Reply::SignalParent {
+                signal,
+                guarded: parent_guarded,
+            };
             if !sent(
                 conn.send_before(&reply, shutdown_grace(shutdown.clone()))
                     .await,
@@ -760,10 +767,14 @@ fn signal_bit(signal: i32) -> u64 {
 
 /// Offers the pending signals to the parent to the client, lowest first (as the kernel
 /// delivers pending signals), as far as it takes them without waiting.
-fn flush_parent_signals(conn: &mut Conn, pending: &mut u64) -> Result<(), WireError> {
+fn flush_parent_signals(
+    conn: &mut Conn,
+    pending: &mut u64,
+    guarded: bool,
+) -> Result<(), WireError> {
     for signal in 1..=64 {
         if *pending & signal_bit(signal) != 0 {
-            if !conn.try_send(&Reply::SignalParent { signal })? {
+            if !conn.try_send(&Reply::SignalParent { signal, guarded })? {
                 return Ok(());
             }
             *pending &= !signal_bit(signal);

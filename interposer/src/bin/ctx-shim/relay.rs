@@ -144,7 +144,7 @@ impl Relay<'_> {
             }
             Ok(Reply::Exited { status, .. }) => self.exited = Some(status),
             // The program signalled its parent: the shim holds its place.
-            Ok(Reply::SignalParent { signal }) => self.launcher.signal(signal),
+            Ok(Reply::SignalParent { signal, guarded }) => self.launcher.signal(signal, guarded),
             Ok(Reply::Modes(modes)) => {
                 self.output.pty = Some(modes);
                 if let Some(hold) = self.tty.hold.as_mut() {
