@@ -347,7 +347,7 @@ fn single_threaded() -> bool {
 }
 
 /// Reads up to `buf.len()` bytes of a small `/proc` file; the bytes read.
-fn read_small(path: &std::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
+pub(crate) fn read_small(path: &std::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
     // SAFETY: a NUL-terminated path; the descriptor is ours and closed below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -374,22 +374,27 @@ fn read_small(path: &std::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
 fn umask_from_status() -> Option<u32> {
     let mut buf = [0u8; 256];
     let n = read_small(c"/proc/self/status", &mut buf)?;
-    let text = &buf[..n];
-    let key = b"\nUmask:";
+    let (v, _) = status_number(&buf[..n], b"\nUmask:", 8)?;
+    Some(v as u32 & 0o777)
+}
+
+/// The number after `key` (a line's start, `\nName:`) in a `/proc/PID/status` text, in
+/// `radix`, with how many digits it had; `None` without one. Allocates nothing.
+pub(crate) fn status_number(text: &[u8], key: &[u8], radix: u32) -> Option<(u64, usize)> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let mut v = 0u32;
+    let mut v = 0u64;
     let mut digits = 0;
     for &b in text[at..]
         .iter()
         .skip_while(|b| **b == b'\t' || **b == b' ')
     {
-        if !(b'0'..=b'7').contains(&b) {
+        let Some(d) = (b as char).to_digit(radix) else {
             break;
-        }
-        v = v * 8 + (b - b'0') as u32;
+        };
+        v = v.checked_mul(u64::from(radix))? + u64::from(d);
         digits += 1;
     }
-    (digits > 0).then_some(v & 0o777)
+    (digits > 0).then_some((v, digits))
 }
 
 fn read_oom_score_adj() -> Option<i32> {

@@ -97,52 +97,25 @@ fn harmless_to(pid: libc::pid_t, signal: i32) -> bool {
     let mut at = write_bytes(&mut path, 0, b"/proc/");
     at = write_decimal(&mut path, at, pid as u32);
     at = write_bytes(&mut path, at, b"/status\0");
-    if at > path.len() {
+    let Some(path) = path
+        .get(..at)
+        .and_then(|p| std::ffi::CStr::from_bytes_with_nul(p).ok())
+    else {
         return false;
-    }
+    };
     let mut buf = [0u8; 8192];
-    // SAFETY: a NUL-terminated path in our buffer; reads into our own buffer.
-    let n = unsafe {
-        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return false;
-        }
-        let mut n = 0usize;
-        loop {
-            let r = libc::read(fd, buf[n..].as_mut_ptr().cast(), buf.len() - n);
-            if r <= 0 {
-                break;
-            }
-            n += r as usize;
-            if n == buf.len() {
-                break;
-            }
-        }
-        libc::close(fd);
-        n
+    let Some(n) = crate::inherit::read_small(path, &mut buf) else {
+        return false;
     };
     let text = &buf[..n];
-    let bit = 1u64 << (signal - 1);
-    let mask = |name: &[u8]| -> Option<u64> {
-        let start = text.windows(name.len()).position(|w| w == name)? + name.len();
-        let mut value = 0u64;
-        let mut digits = 0;
-        for &c in text[start..]
-            .iter()
-            .skip_while(|c| **c == b'\t' || **c == b' ')
-        {
-            let d = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => break,
-            };
-            value = (value << 4) | u64::from(d);
-            digits += 1;
-        }
-        (digits == 16).then_some(value)
+    // Lines start after a newline: a process name (`Name:`, escaped by the kernel) cannot
+    // pass for one.
+    let mask = |key: &[u8]| match crate::inherit::status_number(text, key, 16) {
+        Some((v, 16)) => Some(v),
+        _ => None,
     };
     match (mask(b"\nSigIgn:"), mask(b"\nSigCgt:")) {
-        (Some(ignored), Some(caught)) => (ignored | caught) & bit != 0,
+        (Some(ignored), Some(caught)) => (ignored | caught) & (1u64 << (signal - 1)) != 0,
         _ => false,
     }
 }
