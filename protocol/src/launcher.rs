@@ -79,18 +79,21 @@ impl Drop for Launcher {
     }
 }
 
-/// Whether `signal` can neither end nor stop process `pid`: its default action is to
-/// ignore or continue, or `pid` catches or ignores it (`SigCgt`, `SigIgn` in its
-/// `/proc/PID/status`). SIGKILL and SIGSTOP never. Raw syscalls into a stack buffer, no
-/// allocation. A launcher that changes its disposition meanwhile gets what it chose.
+/// Whether `signal` is one a program of another uid may send process `pid`, which the
+/// kernel would let it send none: a notification, never a request to stop, end or
+/// resume. `SIGCHLD`, `SIGURG` and `SIGWINCH` (ignored unless caught, and a handler of
+/// them only looks); `SIGUSR1` and `SIGUSR2` only where `pid` catches or ignores them
+/// (`SigCgt`, `SigIgn` in its `/proc/PID/status`: by default they end it). Not the
+/// signals a caught handler takes for "hang up", "interrupt", "terminate" or "stop"
+/// (an interactive bash exits on its caught SIGHUP, Python on its caught SIGINT), not
+/// `SIGCONT` (it would resume a launcher its own user stopped), nor the real-time ones.
+/// Raw syscalls into a stack buffer, no allocation. A launcher that changes its
+/// disposition meanwhile gets what it chose.
 fn harmless_to(pid: libc::pid_t, signal: i32) -> bool {
-    if matches!(
-        signal,
-        libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH
-    ) {
+    if matches!(signal, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH) {
         return true;
     }
-    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+    if signal != libc::SIGUSR1 && signal != libc::SIGUSR2 {
         return false;
     }
     let mut path = [0u8; 32];
@@ -150,12 +153,13 @@ mod tests {
     use super::harmless_to;
 
     /// This test process's own dispositions, as /proc reports them.
+    extern "C" fn nothing(_: libc::c_int) {}
+
     #[test]
-    fn a_signal_is_harmless_only_where_it_is_caught_ignored_or_ignored_by_default() {
+    fn only_a_notification_the_launcher_takes_is_harmless() {
         let me = std::process::id() as libc::pid_t;
         // SAFETY: a handler that does nothing, and SIG_IGN, on signals the harness leaves alone.
         unsafe {
-            extern "C" fn nothing(_: libc::c_int) {}
             libc::signal(libc::SIGUSR1, nothing as *const () as libc::sighandler_t);
             libc::signal(libc::SIGUSR2, libc::SIG_IGN);
             libc::signal(libc::SIGTERM, libc::SIG_DFL);
@@ -164,6 +168,14 @@ mod tests {
         assert!(harmless_to(me, libc::SIGUSR2), "ignored");
         assert!(harmless_to(me, libc::SIGWINCH), "ignored by default");
         assert!(!harmless_to(me, libc::SIGTERM), "ends it by default");
+        // The harness catches none of these; caught, they still mean "stop" or "end".
+        for caught in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGTSTP] {
+            // SAFETY: a handler that does nothing, on signals nothing sends this test.
+            unsafe { libc::signal(caught, nothing as *const () as libc::sighandler_t) };
+            assert!(!harmless_to(me, caught), "caught {caught}");
+        }
+        assert!(!harmless_to(me, libc::SIGCONT));
+        assert!(!harmless_to(me, libc::SIGRTMIN()));
         assert!(!harmless_to(me, libc::SIGKILL));
         assert!(!harmless_to(me, libc::SIGSTOP));
         assert!(!harmless_to(i32::MAX, libc::SIGUSR1), "no such process");
