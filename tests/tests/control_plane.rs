@@ -1072,6 +1072,46 @@ isolation = { signals = "scoped" }
     }
 }
 
+/// Found by the ninth attacker review: a uid-0 context owns every root file, the shim
+/// and the programs root runs among them, and a lease on one (taken through a read-only
+/// descriptor) held root's next exec of it, and every routed launch's exec of the shim, for
+/// the lease-break time (45 s), again and again. Refused (EPERM) in every context of the
+/// broker's euid, inside a Landlock signal scope too; root outside ctx still may.
+#[test]
+fn a_root_context_cannot_take_a_lease_on_roots_files() {
+    let config = r#"[contexts.plain]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { pid = true, signals = "scoped", read_only = ["/"] }
+"#;
+    let b = Broker::start(config);
+    let file = b.dir().file("roots-binary", b"#!/bin/sh\n", 0o755);
+    let py = "import fcntl, os, sys\n\
+        fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+        try:\n\
+        \x20   fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)\n\
+        \x20   print('leased')\n\
+        \x20   fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)\n\
+        except OSError as e:\n\
+        \x20   print('refused', e.errno)\n";
+    let file = file.to_str().unwrap();
+    let local = run(Command::new("python3").args(["-c", py, file])).ok();
+    assert_eq!(local, "leased\n", "the control: root itself may");
+    for context in ["plain", "fenced"] {
+        assert_eq!(
+            b.exec(context, &["python3", "-c", py, file]).ok(),
+            format!("refused {}\n", libc::EPERM),
+            "{context}"
+        );
+    }
+}
+
 /// Found by the eighth attacker review: `O_ASYNC` on a terminal makes the kernel name the
 /// terminal's foreground process group the file's owner, with the caller's euid and no pid
 /// given (`__tty_fasync`), so `F_SETSIG` + `F_SETFL O_ASYNC` on a root terminal let a

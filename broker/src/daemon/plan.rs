@@ -11,6 +11,7 @@ use ctx_protocol::{ExecFailure, ExecRequest, FailureKind, FdSource, Grouping, St
 use crate::config::{Context, CwdRule, DEFAULT_PATH};
 
 use super::inherit::{child_rlimits, Carried};
+use super::kernel::seccomp;
 use super::spawn::{child_nofile_soft, cstring, search_candidates, Identity, Program, SpawnPlan};
 
 use ctx_protocol::vars::{self, ROUTING as ROUTING_VARS};
@@ -440,7 +441,11 @@ pub fn prepare(
         listen_pid: false,
         exec_guard: None,
         supervisor_filter: Vec::new(),
-        owner_filter: uid == me.euid && !signals_fenced(ctx),
+        owner_filter: match (uid == me.euid, signals_fenced(ctx)) {
+            (false, _) => None,
+            (true, false) => Some(&seccomp::OWNER_FILTER),
+            (true, true) => Some(&seccomp::LEASE_FILTER),
+        },
         landlock: [None, None],
         cgroup_join: Vec::new(),
         cgroup_dir: None,

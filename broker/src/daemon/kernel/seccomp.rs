@@ -62,6 +62,8 @@ const F_SETOWN_EX: u32 = 15;
 const FIOSETOWN: u32 = 0x8901;
 const SIOCSPGRP: u32 = 0x8902;
 const F_SETFL: u32 = 4;
+const F_SETLEASE: u32 = 1024;
+const F_UNLCK: u32 = 2;
 /// `FASYNC` in the generic and the x86 numbering alike.
 const O_ASYNC: u32 = 0o20000;
 const FIOASYNC: u32 = 0x5452;
@@ -77,14 +79,16 @@ const NATIVE: u32 = AUDIT_ARCH_X86_64;
 #[cfg(target_arch = "aarch64")]
 const NATIVE: u32 = AUDIT_ARCH_AARCH64;
 
-/// The filter the spawn child installs for a context of the broker's own euid. Jumps count
-/// from the next instruction; the labels are the indices in the comments.
+/// The filter the spawn child installs for a context of the broker's own euid outside a
+/// Landlock signal scope. Jumps count from the next instruction; the labels are the
+/// indices in the comments.
 ///
 /// Besides naming an owner outright, it refuses turning on `O_ASYNC` (`F_SETFL`,
 /// `FIOASYNC`): on a terminal that makes the kernel name the terminal's foreground process
 /// group the owner, with the caller's euid (`__tty_fasync`), which no pid namespace bounds
 /// (a root terminal's foreground job, or a broker started as one, would get the SIGIO).
-pub static OWNER_FILTER: [libc::sock_filter; 25] = [
+/// And, as [`LEASE_FILTER`], taking a lease.
+pub static OWNER_FILTER: [libc::sock_filter; 28] = [
     /* 0 */ LD_ARCH,
     /* 1 */ jump(JEQ, NATIVE, 0, 4),
     /* 2 */ LD_NR,
@@ -96,39 +100,70 @@ pub static OWNER_FILTER: [libc::sock_filter; 25] = [
         !X32_SYSCALL_BIT,
     ),
     /* 4 */ jump(JEQ, NRS.0, 6, 0),
-    /* 5 */ jump(JEQ, NRS.1, 13, 17),
-    /* 6 */ jump(JEQ, NRS.2, 0, 16),
+    /* 5 */ jump(JEQ, NRS.1, 16, 20),
+    /* 6 */ jump(JEQ, NRS.2, 0, 19),
     /* 7 */ LD_NR,
     /* 8 */ jump(JEQ, NRS.3, 2, 0),
     /* 9 */ jump(JEQ, NRS.4, 1, 0),
-    /* 10 */ jump(JEQ, NRS.5, 8, 12),
+    /* 10 */ jump(JEQ, NRS.5, 11, 15),
     // 11: fcntl
     /* 11 */ ld_arg_low(1),
     /* 12 */ jump(JEQ, F_SETOWN, 0, 2),
     /* 13 */ ld_arg_low(2),
-    /* 14 */ jump(JEQ, 0, 8, 9),
-    /* 15 */ jump(JEQ, F_SETOWN_EX, 8, 0),
-    /* 16 */ jump(JEQ, F_SETFL, 0, 6),
+    /* 14 */ jump(JEQ, 0, 11, 12),
+    /* 15 */ jump(JEQ, F_SETOWN_EX, 11, 0),
+    /* 16 */ jump(JEQ, F_SETFL, 0, 2),
     /* 17 */ ld_arg_low(2),
-    /* 18 */ jump(JSET, O_ASYNC, 5, 4),
-    // 19: ioctl
-    /* 19 */ ld_arg_low(1),
-    /* 20 */ jump(JEQ, FIOSETOWN, 3, 0),
-    /* 21 */ jump(JEQ, SIOCSPGRP, 2, 0),
-    /* 22 */ jump(JEQ, FIOASYNC, 1, 0),
-    /* 23 */ ALLOW,
-    /* 24 */ DENY,
+    /* 18 */ jump(JSET, O_ASYNC, 8, 7),
+    /* 19 */ jump(JEQ, F_SETLEASE, 0, 6),
+    /* 20 */ ld_arg_low(2),
+    /* 21 */ jump(JEQ, F_UNLCK, 4, 5),
+    // 22: ioctl
+    /* 22 */ ld_arg_low(1),
+    /* 23 */ jump(JEQ, FIOSETOWN, 3, 0),
+    /* 24 */ jump(JEQ, SIOCSPGRP, 2, 0),
+    /* 25 */ jump(JEQ, FIOASYNC, 1, 0),
+    /* 26 */ ALLOW,
+    /* 27 */ DENY,
 ];
 
-/// Installs [`OWNER_FILTER`] on the calling thread. Needs `no_new_privs` (or
-/// CAP_SYS_ADMIN). Async-signal-safe; returns the errno on failure.
+/// The filter of a context of the broker's own euid inside a Landlock signal scope (which
+/// keeps SIGIO in): it owns the broker's files (a root broker's: every root file, the shim
+/// and the programs root runs among them), and a write lease on one holds every `open`
+/// and `exec` of it, root's and every routed launch's, for the lease-break time (45 s by
+/// default), again and again. Refuses `F_SETLEASE` but `F_UNLCK` (EPERM).
+pub static LEASE_FILTER: [libc::sock_filter; 15] = [
+    /* 0 */ LD_ARCH,
+    /* 1 */ jump(JEQ, NATIVE, 0, 3),
+    /* 2 */ LD_NR,
+    /* 3 */
+    stmt(
+        libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
+        !X32_SYSCALL_BIT,
+    ),
+    /* 4 */ jump(JEQ, NRS.0, 4, 8),
+    /* 5 */ jump(JEQ, NRS.2, 0, 7),
+    /* 6 */ LD_NR,
+    /* 7 */ jump(JEQ, NRS.3, 1, 0),
+    /* 8 */ jump(JEQ, NRS.4, 0, 4),
+    // 9: fcntl
+    /* 9 */ ld_arg_low(1),
+    /* 10 */ jump(JEQ, F_SETLEASE, 0, 2),
+    /* 11 */ ld_arg_low(2),
+    /* 12 */ jump(JEQ, F_UNLCK, 0, 1),
+    /* 13 */ ALLOW,
+    /* 14 */ DENY,
+];
+
+/// Installs `filter` (one of the static filters above) on the calling thread. Needs
+/// `no_new_privs` (or CAP_SYS_ADMIN). Async-signal-safe; returns the errno on failure.
 ///
 /// # Safety
 /// Only a syscall on static data; safe to call between fork and exec.
-pub unsafe fn install_owner_filter() -> Result<(), i32> {
+pub unsafe fn install_static(filter: &'static [libc::sock_filter]) -> Result<(), i32> {
     let prog = libc::sock_fprog {
-        len: OWNER_FILTER.len() as libc::c_ushort,
-        filter: OWNER_FILTER.as_ptr() as *mut libc::sock_filter,
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
     };
     if libc::syscall(
         libc::SYS_seccomp,
@@ -443,10 +478,22 @@ mod tests {
                 (i, [3, FIOASYNC, 0], deny),
                 (i, [3, libc::FIONREAD as u32, 0], allow),
                 (0, [0, 0, 0], allow),
+                (f, [3, F_SETLEASE, libc::F_WRLCK as u32], deny),
+                (f, [3, F_SETLEASE, libc::F_RDLCK as u32], deny),
+                (f, [3, F_SETLEASE, F_UNLCK], allow),
+                (f, [3, libc::F_GETLEASE as u32, 0], allow),
             ];
             for (nr, args, want) in cases {
                 let (got, _) = run_args(&OWNER_FILTER, arch, nr, args);
                 assert_eq!(got, want, "arch {arch:#x} nr {nr} args {args:?}");
+                // Inside a signal scope only leases are refused.
+                let lease = nr == f && args[1] == F_SETLEASE && args[2] != F_UNLCK;
+                let (got, _) = run_args(&LEASE_FILTER, arch, nr, args);
+                assert_eq!(
+                    got,
+                    if lease { deny } else { allow },
+                    "lease filter {args:?}"
+                );
             }
         }
         // An ABI the filter does not know is let through (kill(2) of the broker is
@@ -555,7 +602,7 @@ mod tests {
             // SAFETY: plain syscalls; the child never returns into the test harness.
             unsafe {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                if install_owner_filter().is_err() {
+                if install_static(&OWNER_FILTER).is_err() {
                     libc::_exit(255);
                 }
                 let mut sv = [0; 2];

@@ -576,8 +576,8 @@ unsafe fn no_new_privs(c: &Child) {
 }
 
 unsafe fn owner_filter(c: &Child) {
-    if c.plan.owner_filter {
-        if let Err(e) = seccomp::install_owner_filter() {
+    if let Some(filter) = c.plan.owner_filter {
+        if let Err(e) = seccomp::install_static(filter) {
             fail(c.report, Stage::Seccomp, e);
         }
     }

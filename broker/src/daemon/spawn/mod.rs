@@ -118,11 +118,12 @@ pub struct SpawnPlan {
     pub exec_guard: Option<Handover>,
     /// Built by the broker before the clone (`seccomp::supervised_filter`).
     pub supervisor_filter: Vec<libc::sock_filter>,
-    /// The program runs with the broker's own euid outside a Landlock signal scope: install
-    /// the seccomp filter that keeps it from making the broker (or a root terminal's
-    /// foreground job) a file's owner, which would let it (or anyone sharing the file) aim
-    /// any signal there as SIGIO (`seccomp.rs`).
-    pub owner_filter: bool,
+    /// The program runs with the broker's own euid: the seccomp filter that keeps it from
+    /// making the broker (or a root terminal's foreground job) a file's owner, which would
+    /// let it (or anyone sharing the file) aim any signal there as SIGIO, and from taking
+    /// leases on the files it shares with the broker (`seccomp::OWNER_FILTER`, or only
+    /// `seccomp::LEASE_FILTER` inside a Landlock signal scope).
+    pub owner_filter: Option<&'static [libc::sock_filter]>,
     /// Where the kernel writes the pids of the launch's processes as it creates them (see
     /// [`PidSlots`]); none outside a launch.
     pub pid_slots: Option<std::sync::Arc<PidSlots>>,

@@ -26,7 +26,7 @@ pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
         listen_pid: false,
         exec_guard: None,
         supervisor_filter: Vec::new(),
-        owner_filter: false,
+        owner_filter: None,
         pid_slots: None,
     }
 }
