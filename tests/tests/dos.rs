@@ -692,6 +692,54 @@ for _ in range({LAUNCHES}):
     }
 }
 
+/// The same with requests made of many empty items (found by the ninth review): counted
+/// by their frame, 90,000 `-e A=` cost about 180 KB each, but held 38 bytes an item
+/// decoded: 60 `ctx sh` commands queued behind a session's running one kept the broker at
+/// +300 MB for as long as it ran. Items count too now: past the uid's room the queued
+/// commands are told `Busy` (and fail after trying for a while), and the broker stays
+/// small.
+#[test]
+fn queued_requests_of_many_empty_items_are_bounded_per_uid() {
+    const QUEUED: usize = 60;
+    let b = Broker::start(&alice_entitled_config(""));
+    let before = rss_kb(b.pid());
+    let script = format!(
+        r#"
+import os, subprocess, sys, time
+ctx, sock = sys.argv[1], sys.argv[2]
+base = [ctx, "--socket", sock, "sh", "--context", "alice", "--session", "q"]
+hold = subprocess.Popen(base + ["sleep 8"], stdout=subprocess.DEVNULL)
+time.sleep(1)
+items = []
+for _ in range(90000):
+    items += ["-e", "A="]
+for _ in range({QUEUED}):
+    subprocess.Popen(base + items + ["true"], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+hold.wait()
+"#
+    );
+    let mut launcher = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", &script])
+        .arg(bin("ctx"))
+        .arg(b.socket())
+        .current_dir("/")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(5));
+    let queued = settled_rss(b.pid());
+    // SAFETY: kill(2) of the launchers' own process group.
+    unsafe { libc::kill(-(launcher.id() as i32), libc::SIGKILL) };
+    let _ = launcher.wait();
+    eprintln!("{QUEUED} queued requests of 180,000 items: {before} KiB before, {queued} KiB");
+    assert!(
+        queued < before + 64 * 1024,
+        "queued requests grew the broker from {before} KiB to {queued} KiB"
+    );
+    assert_eq!(run(&mut b.ctx(["status"])).code(), 0);
+}
+
 /// The hex of an `Input` frame's header and encoding for `size` bytes of input, which the
 /// raw client appends itself (an argument holds at most 128 KiB).
 fn input_frame_prefix(size: usize) -> String {

@@ -56,6 +56,11 @@ pub const HELD_PER_UID: usize = 32 * 1024 * 1024;
 /// from [`HELD_PER_UID`]: a uid's terminal input waiting to be read must not keep its new
 /// launches from starting. Past it, a launch is told `Busy` and tries again.
 pub const REQUESTS_PER_UID: usize = 32 * 1024 * 1024;
+/// A request counted this large, let go of, is followed by `malloc_trim`: glibc keeps
+/// freed heap pages its arenas cannot give back past the small blocks the running
+/// launches hold between them, so large requests would otherwise leave the broker as
+/// large as they were.
+pub const TRIM_AFTER: usize = 512 * 1024;
 /// Terminals the launches of one uid may keep open after their programs ended, for the
 /// jobs they left behind (see [`Admissions::linger`]). Each still holds its connection,
 /// counted as above; this keeps a context that leaves a process holding every terminal it
@@ -835,7 +840,14 @@ impl Drop for Admission {
         // Its connection, closing, charges what it still holds anew.
         drop(self.handshake_done());
         self.hold_after(0, false);
+        // A large request given up before its exec (refused, failed, its client gone):
+        // freed by now, its pages go back as at an exec (`let_go_of_request`).
+        let request = self.request;
         self.hold_request(0);
+        if request > TRIM_AFTER {
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
         let mut counts = self.admissions.lock();
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {

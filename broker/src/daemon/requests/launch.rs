@@ -48,11 +48,6 @@ use crate::daemon::{inherit, shell_state, untrusted_path};
 /// pending signal merges them anyway, as the kernel merges a standard signal).
 const PARENT_SIGNALS: usize = 64;
 
-/// A request this large, let go of, is followed by `malloc_trim`: glibc keeps freed heap
-/// pages its arenas cannot give back past the small blocks the running launches hold
-/// between them, so large requests would otherwise leave the broker as large as they were.
-const TRIM_AFTER: usize = 512 * 1024;
-
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -708,7 +703,7 @@ impl<'a> Launch<'a> {
         self.req.env = Vec::new();
         prepared.plan.argv = Vec::new();
         prepared.plan.envp = Vec::new();
-        if conn.let_go_of_request() > TRIM_AFTER {
+        if conn.let_go_of_request() > crate::daemon::admission::TRIM_AFTER {
             // SAFETY: malloc_trim only returns free heap pages to the kernel.
             unsafe { libc::malloc_trim(0) };
         }
