@@ -392,6 +392,12 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
 
     let named = |p: &Path| iso.read_only.iter().chain(&iso.read_write).any(|g| g == p);
     let mut denied: Vec<PathBuf> = iso.no_access.clone();
+    // SAFETY: geteuid cannot fail.
+    if ctx.user.uid == unsafe { libc::geteuid() } {
+        // Root's terminals are root's files, which a context of root's uid may open by
+        // their names: it read the keys typed at them and changed their settings.
+        denied.extend(terminals_by_name());
+    }
     for p in [
         &protected.config,
         &protected.audit_log,
@@ -424,6 +430,29 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
         carve(&path, access, &inside, &own_sessions, &mut rules);
     }
     rules
+}
+
+/// The terminals of everyone on this machine, by name: `/dev/pts` (every PTY's slave), the
+/// console, the virtual consoles and their screen memory, the serial lines. A launch's own
+/// terminal is a descriptor it already holds, and `/dev/tty` (its controlling terminal)
+/// stays granted.
+fn terminals_by_name() -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::from("/dev/pts"), PathBuf::from("/dev/console")];
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let numbered = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if numbered("tty") || numbered("ttyS") || name.starts_with("vcs") {
+            found.push(entry.path());
+        }
+    }
+    found
 }
 
 /// Grants `access` beneath `dir` except beneath the `denied` paths (all beneath `dir`).
