@@ -535,9 +535,9 @@ allow = {{ uids = [0] }}
         b.exec("own", &["sh", "-c", "echo $PPID"]).ok().trim(),
         broker
     );
-    // The caller is root, the program ctx-alice: a notification passes, a request to
-    // terminate does not (`a_program_of_another_uid_cannot_end_or_stop_its_launcher`).
-    for (sig, passed) in [("USR1", true), ("TERM", false)] {
+    // The caller is root, the program ctx-alice: a notification that changes nothing
+    // passes, USR1 and TERM do not (`a_program_of_another_uid_cannot_end_or_stop_its_launcher`).
+    for (sig, passed) in [("WINCH", true), ("USR1", false), ("TERM", false)] {
         let out = exec_under_catcher(&b, "own", &format!("kill -{sig} $PPID"));
         let caught = if passed {
             signal_number(sig).to_string()
@@ -1077,8 +1077,9 @@ isolation = { signals = "scoped" }
 /// Found by the ninth attacker review: a uid-0 context fenced with `read_only = ["/"]`
 /// (and `pid = true`) opened root's terminal by its name (a PTY slave is root's file, mode
 /// 620), read the keys typed at it (a password at `read -s`) and changed its settings.
-/// Root's terminals are carved out of a root context's Landlock grants now; its own
-/// terminal (a descriptor, and `/dev/tty`) still works.
+/// Root's terminals, and every other device of root's but the common ones, are carved out
+/// of a root context's Landlock grants now (the tenth review read raw block devices the
+/// same way); its own terminal (a descriptor, and `/dev/tty`) still works.
 #[test]
 fn a_fenced_root_context_cannot_open_roots_terminals_by_name() {
     let config = r#"[contexts.fenced]
@@ -1104,6 +1105,14 @@ for flags in (os.O_RDONLY, os.O_RDWR):
 out = subprocess.run([sys.argv[1], "--socket", sys.argv[2], "exec", "--context", "fenced",
                       "--", "python3", "-c", probe, path], capture_output=True, text=True)
 print(out.stdout, end="")
+# Root's other devices too: the kernel log, a raw block device.
+for device in ("/dev/kmsg", "/dev/loop0"):
+    if os.path.exists(device):
+        out = subprocess.run([sys.argv[1], "--socket", sys.argv[2], "exec", "--context",
+                              "fenced", "--", "python3", "-c", probe.replace("os.O_RDWR", "os.O_RDONLY"), device],
+                             capture_output=True, text=True)
+        if out.stdout != "refused 13\nrefused 13\n":
+            print(device, out.stdout)
 own = subprocess.run([sys.argv[1], "--socket", sys.argv[2], "exec", "-t", "--context",
                       "fenced", "--", "sh", "-c", "stty -echo && echo own-terminal"],
                      capture_output=True, text=True)

@@ -172,6 +172,20 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
         Err(e) => return Err(format!("bad request frame: {e}")),
     };
     let request: Request = decode(&payload).map_err(|e| format!("malformed request: {e}"))?;
+    let launch = match &request {
+        Request::Exec(e) => Some(e),
+        Request::Shell(s) => Some(&s.exec),
+        _ => None,
+    };
+    let limits = launch
+        .and_then(|e| e.inherited.as_ref())
+        .map_or(0, |i| i.rlimits.len());
+    if limits > ctx_protocol::inherit::MAX_RLIMITS {
+        return Err(format!(
+            "{limits} carried resource limits (a process has {})",
+            ctx_protocol::inherit::MAX_RLIMITS
+        ));
+    }
     let named = match &request {
         Request::Exec(e) => passed_slots(e),
         Request::Shell(s) => passed_slots(&s.exec),
@@ -209,13 +223,14 @@ async fn handshake(conn: &mut Conn) -> Result<(ClientKind, Request), String> {
 }
 
 /// What a launch's request will hold in the broker until its program's exec: its frame
-/// twice (the decoded request, the plan's copies), and for each argument, variable and
-/// descriptor slot what an item costs beyond its bytes (a buffer's header and the
+/// twice (the decoded request, the plan's copies), and for each argument, variable,
+/// descriptor slot and carried limit what an item costs beyond its bytes (a buffer's header and the
 /// allocator's smallest block, in the request and again in the plan), which a frame of
 /// empty arguments (one byte each) would otherwise hide (measured: about 38 bytes each).
 fn request_weight(req: &ctx_protocol::ExecRequest, frame: usize) -> usize {
     const PER_ITEM: usize = 64;
-    let items = req.argv.len() + req.env.len() + req.set_env.len() + req.fds.len();
+    let inherited = req.inherited.as_ref().map_or(0, |i| i.rlimits.len());
+    let items = req.argv.len() + req.env.len() + req.set_env.len() + req.fds.len() + inherited;
     2 * frame + PER_ITEM * items
 }
 

@@ -394,9 +394,9 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     let mut denied: Vec<PathBuf> = iso.no_access.clone();
     // SAFETY: geteuid cannot fail.
     if ctx.user.uid == unsafe { libc::geteuid() } {
-        // Root's terminals are root's files, which a context of root's uid may open by
-        // their names: it read the keys typed at them and changed their settings.
-        denied.extend(terminals_by_name());
+        // Root's devices are root's files, which a context of root's uid may open by their
+        // names: it read the keys typed at root's terminals and changed their settings.
+        denied.extend(roots_devices());
     }
     for p in [
         &protected.config,
@@ -432,27 +432,22 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     rules
 }
 
-/// The terminals of everyone on this machine, by name: `/dev/pts` (every PTY's slave), the
-/// console, the virtual consoles and their screen memory, the serial lines. A launch's own
-/// terminal is a descriptor it already holds, and `/dev/tty` (its controlling terminal)
-/// stays granted.
-fn terminals_by_name() -> Vec<PathBuf> {
-    let mut found = vec![PathBuf::from("/dev/pts"), PathBuf::from("/dev/console")];
+/// Root's devices, by name: every entry of `/dev` but the common ones of [`DEVICES`]
+/// (`/dev/pts` is not one here: every PTY's slave), so everyone's terminals (the keys
+/// typed at them), raw disks (every file, the protected ones too), `/dev/kmsg`,
+/// `/dev/kvm`... A launch's own terminal is a descriptor it already holds, and `/dev/tty`
+/// (its controlling terminal) stays granted. Symbolic links (`/dev/stdin`, `/dev/fd`) are
+/// left: what they lead to is checked where it is.
+fn roots_devices() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/dev") else {
-        return found;
+        return vec![PathBuf::from("/dev/pts")];
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let numbered = |prefix: &str| {
-            name.strip_prefix(prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        };
-        if numbered("tty") || numbered("ttyS") || name.starts_with("vcs") {
-            found.push(entry.path());
-        }
-    }
-    found
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
+        .map(|e| e.path())
+        .filter(|p| p == Path::new("/dev/pts") || !DEVICES.iter().any(|d| p == Path::new(d)))
+        .collect()
 }
 
 /// Grants `access` beneath `dir` except beneath the `denied` paths (all beneath `dir`).
