@@ -395,7 +395,7 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     // SAFETY: geteuid cannot fail.
     if ctx.user.uid == unsafe { libc::geteuid() } {
         // Root's devices are root's files, which a context of root's uid may open by their
-        // names: it read the keys typed at root's terminals and changed their settings.
+        // names: a raw disk gives every file, a console the keys typed at it.
         denied.extend(roots_devices());
     }
     for p in [
@@ -432,21 +432,21 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     rules
 }
 
-/// Root's devices, by name: every entry of `/dev` but the common ones of [`DEVICES`]
-/// (`/dev/pts` is not one here: every PTY's slave), so everyone's terminals (the keys
-/// typed at them), raw disks (every file, the protected ones too), `/dev/kmsg`,
-/// `/dev/kvm`... A launch's own terminal is a descriptor it already holds, and `/dev/tty`
-/// (its controlling terminal) stays granted. Symbolic links (`/dev/stdin`, `/dev/fd`) are
-/// left: what they lead to is checked where it is.
+/// Root's devices, by name: every entry of `/dev` but the common ones of [`DEVICES`], so
+/// the consoles and virtual terminals (the keys typed at them), raw disks (every file, the
+/// protected ones too), `/dev/kmsg`, `/dev/kvm`... Not `/dev/pts`: a launch reopens its
+/// own terminal there by name (`> /dev/stderr`, `ttyname`) and makes new ones (`script`,
+/// `openpty`), which Landlock cannot tell from root's (README, Known limits). Symbolic
+/// links (`/dev/stdin`, `/dev/fd`) are left: what they lead to is checked where it is.
 fn roots_devices() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/dev") else {
-        return vec![PathBuf::from("/dev/pts")];
+        return Vec::new();
     };
     entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
         .map(|e| e.path())
-        .filter(|p| p == Path::new("/dev/pts") || !DEVICES.iter().any(|d| p == Path::new(d)))
+        .filter(|p| !DEVICES.iter().any(|d| p == Path::new(d)))
         .collect()
 }
 
