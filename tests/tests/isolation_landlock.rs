@@ -77,6 +77,41 @@ fn no_access_hides_contents_but_not_names() {
     );
 }
 
+/// Found by the tenth review: `pid = true` with `read_only = ["/"]` left `/proc` unreadable
+/// (`ps`, `/proc/self/status`: EACCES): the context's PID namespace mounts its own procfs
+/// over `/proc`, which a rule on the host's `/proc` does not cover. That procfs gets the
+/// rights the grants give `/proc` now; writing there stays refused.
+#[test]
+fn a_pid_namespace_under_filesystem_rules_reads_its_own_proc() {
+    let b = Broker::start(&format!(
+        r#"[contexts.fenced]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ pid = true, read_only = ["/"] }}
+"#
+    ));
+    let out = b.exec(
+        "fenced",
+        &[
+            "sh",
+            "-c",
+            "head -1 /proc/self/status; ps -e -o comm= | grep -c .; \
+             echo x > /proc/self/comm 2>/dev/null || echo write-refused",
+        ],
+    );
+    let text = out.ok();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("Name:\thead"), "{}", out.show());
+    let procs: usize = lines.next().unwrap_or("0").parse().unwrap_or(0);
+    assert!(
+        procs >= 2,
+        "ps sees the namespace's processes: {}",
+        out.show()
+    );
+    assert_eq!(lines.next(), Some("write-refused"), "{}", out.show());
+}
+
 #[test]
 fn landlock_read_only_path_cannot_be_written() {
     let (dir, b) = landlock_setup();

@@ -61,6 +61,10 @@ pub struct Protected {
     /// The egress proxy's port in the context's namespace: `tcp_connect` must not cut
     /// the context off from its own proxy.
     pub egress_port: Option<u16>,
+    /// The `/proc` the context's PID namespace mounts, as the broker reaches it
+    /// (`/proc/<holder>/root/proc`): a rule on the host's `/proc` does not cover a procfs
+    /// mounted over it, so it gets the rights the grants give `/proc`.
+    pub own_proc: Option<PathBuf>,
 }
 
 /// The built rulesets, by context; a reload's new `Context` makes a new one.
@@ -80,6 +84,8 @@ struct Cached {
     hidden: Vec<bool>,
     /// The proxy port granted to `tcp_connect` (a new listener gets a new port).
     egress_port: Option<u16>,
+    /// The namespace's `/proc` granted (a new holder mounts a new one).
+    own_proc: Option<PathBuf>,
     fd: Arc<OwnedFd>,
 }
 
@@ -118,7 +124,13 @@ impl Rulesets {
         let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
         if let Some(c) = self.lock().get(&ctx.name) {
             let same_port = c.egress_port == protected.egress_port;
-            if c.context == key && c.sessions == sessions && c.hidden == hidden && same_port {
+            let same_proc = c.own_proc == protected.own_proc;
+            if c.context == key
+                && c.sessions == sessions
+                && c.hidden == hidden
+                && same_port
+                && same_proc
+            {
                 return Ok(Some(c.fd.clone()));
             }
         }
@@ -131,6 +143,7 @@ impl Rulesets {
             sessions,
             hidden,
             egress_port: protected.egress_port,
+            own_proc: protected.own_proc.clone(),
             fd: fd.clone(),
         };
         self.lock().insert(ctx.name.clone(), cached);
@@ -386,6 +399,10 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     grants.extend(iso.read_only.iter().map(|p| (p.clone(), read)));
     grants.extend(iso.read_write.iter().map(|p| (p.clone(), all)));
     grants.extend(DEVICES.iter().map(|d| (PathBuf::from(d), all)));
+    let proc_access = grants
+        .iter()
+        .filter(|(g, _)| Path::new("/proc").starts_with(g))
+        .fold(BitFlags::<AccessFs>::empty(), |a, (_, x)| a | *x);
     // The context's own shell sessions live under the state dir.
     let own_sessions = protected.sessions_of(ctx);
     grants.push((own_sessions.clone(), all));
@@ -428,6 +445,14 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
         }
         let inside: Vec<&PathBuf> = denied.iter().filter(|d| d.starts_with(&path)).collect();
         carve(&path, access, &inside, &own_sessions, &mut rules);
+    }
+    if let Some(own) = protected
+        .own_proc
+        .as_ref()
+        .filter(|_| !proc_access.is_empty())
+    {
+        // Not canonicalised: that would name the host's /proc again.
+        rules.push((own.clone(), proc_access));
     }
     rules
 }

@@ -448,6 +448,11 @@ impl<'a> Launch<'a> {
                 .holder
                 .as_ref()
                 .and_then(|_| shared.egress.port(&ctx.name)),
+            own_proc: self
+                .holder
+                .as_ref()
+                .filter(|h| h.flags & libc::CLONE_NEWPID != 0)
+                .map(|h| format!("/proc/{}/root/proc", h.pid).into()),
         };
         self.ruleset = match shared.landlock.for_context(ctx, &protected) {
             Ok(r) => r,
