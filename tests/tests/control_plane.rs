@@ -1130,6 +1130,35 @@ print(own.stdout.strip())
     assert_eq!(out, "opened\nopened\nown-terminal\nnew-terminal\n");
 }
 
+/// The broker lists `/dev` as root to build a root context's carve-out: an entry planted
+/// there (a symbolic link to a directory the context may read, a directory of its own) is
+/// never followed or opened, and only ever takes rights away: the link's target stays
+/// readable, the broker's audit log stays refused.
+#[test]
+fn entries_planted_in_dev_neither_follow_nor_widen_the_carve_out() {
+    let config = r#"[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+isolation = { read_only = ["/"] }
+"#;
+    let b = Broker::start(config);
+    let target = b.dir().subdir("readable", 0o755);
+    b.dir().file("readable/note", b"still here\n", 0o644);
+    let tag = std::process::id();
+    let link = format!("/dev/ctx-planted-link-{tag}");
+    let dir = format!("/dev/ctx-planted-dir-{tag}");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    fs::create_dir(&dir).unwrap();
+    let note = target.join("note");
+    let read = b.exec("fenced", &["cat", note.to_str().unwrap()]);
+    let audit = b.exec("fenced", &["cat", b.audit_path().to_str().unwrap()]);
+    let _ = fs::remove_file(&link);
+    let _ = fs::remove_dir(&dir);
+    assert_eq!(read.ok(), "still here\n");
+    assert_ne!(audit.code(), 0, "the audit log was read: {}", audit.show());
+}
+
 /// Found by the ninth attacker review: a uid-0 context owns every root file, the shim
 /// and the programs root runs among them, and a lease on one (taken through a read-only
 /// descriptor) held root's next exec of it, and every routed launch's exec of the shim, for

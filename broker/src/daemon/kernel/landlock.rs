@@ -369,6 +369,11 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
         for (path, access) in fs_rules(ctx, protected, abi) {
             // A path that does not exist (yet) grants nothing; skip it.
             let Ok(fd) = PathFd::new(&path) else { continue };
+            // Reached through the holder's root, a magic link: granted only if what was
+            // opened is a procfs, whatever that path led to.
+            if protected.own_proc.as_ref() == Some(&path) && !is_procfs(&fd) {
+                continue;
+            }
             let access = if path.is_dir() {
                 access
             } else {
@@ -457,12 +462,26 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
     rules
 }
 
+/// Whether `fd` is on a procfs (checked on the open descriptor, not its path).
+fn is_procfs(fd: &PathFd) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs on our own descriptor into our own buffer.
+    let ok = unsafe { libc::fstatfs(fd.as_fd().as_raw_fd(), st.as_mut_ptr()) } == 0;
+    // SAFETY: filled by the successful call above.
+    ok && unsafe { st.assume_init() }.f_type == libc::PROC_SUPER_MAGIC
+}
+
 /// Root's devices, by name: every entry of `/dev` but the common ones of [`DEVICES`], so
 /// the consoles and virtual terminals (the keys typed at them), raw disks (every file, the
 /// protected ones too), `/dev/kmsg`, `/dev/kvm`... Not `/dev/pts`: a launch reopens its
 /// own terminal there by name (`> /dev/stderr`, `ttyname`) and makes new ones (`script`,
 /// `openpty`), which Landlock cannot tell from root's (README, Known limits). Symbolic
 /// links (`/dev/stdin`, `/dev/fd`) are left: what they lead to is checked where it is.
+/// Only names are read (`d_type`, no entry opened or followed), and a name found only
+/// takes rights away from the context: an entry someone planted in `/dev` can neither
+/// open anything as root nor widen what the context may reach.
 fn roots_devices() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/dev") else {
         return Vec::new();
