@@ -746,6 +746,17 @@ impl Admission {
         true
     }
 
+    /// Its launch's request is freed (its program exec'd, or the connection ends): the
+    /// room goes back to the uid, and the heap's pages after a large one.
+    pub fn let_go_of_request(&mut self) {
+        let was = self.request;
+        self.hold_request(0);
+        if was > TRIM_AFTER {
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
     /// What [`Admission::hold_request`] counts now.
     pub fn request(&self) -> usize {
         self.request
@@ -840,14 +851,8 @@ impl Drop for Admission {
         // Its connection, closing, charges what it still holds anew.
         drop(self.handshake_done());
         self.hold_after(0, false);
-        // A large request given up before its exec (refused, failed, its client gone):
-        // freed by now, its pages go back as at an exec (`let_go_of_request`).
-        let request = self.request;
-        self.hold_request(0);
-        if request > TRIM_AFTER {
-            // SAFETY: malloc_trim only returns free heap pages to the kernel.
-            unsafe { libc::malloc_trim(0) };
-        }
+        // A request given up before its exec (refused, failed, its client gone).
+        self.let_go_of_request();
         let mut counts = self.admissions.lock();
         counts.fds -= FDS_PER_CONNECTION;
         if let Some(entry) = counts.per_uid.get_mut(&self.uid) {

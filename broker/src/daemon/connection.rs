@@ -197,12 +197,9 @@ impl Conn {
         self.admission.hold_request(request)
     }
 
-    /// The launch has let go of its request (its program exec'd): its room goes back to
-    /// the uid. What was counted for it.
-    pub fn let_go_of_request(&mut self) -> usize {
-        let was = self.admission.request();
-        self.admission.hold_request(0);
-        was
+    /// The launch has let go of its request (its program exec'd).
+    pub fn let_go_of_request(&mut self) {
+        self.admission.let_go_of_request();
     }
 
     /// Counts `bytes` of typed input its relay now holds for the program against the

@@ -252,6 +252,29 @@ fn boot_ticks_at(at: Instant) -> u64 {
     (then.as_nanos() * hz / 1_000_000_000) as u64
 }
 
+/// `argv` cut to `room` bytes, the last argument kept ending in `…`.
+pub fn cut_argv(argv: Vec<String>, mut room: usize) -> Vec<String> {
+    let mut kept = Vec::new();
+    for mut a in argv {
+        if room == 0 {
+            break;
+        }
+        if a.len() + 1 > room {
+            let mut end = room.saturating_sub(1).min(a.len());
+            while !a.is_char_boundary(end) {
+                end -= 1;
+            }
+            a.truncate(end);
+            a.push('…');
+            kept.push(a);
+            break;
+        }
+        room -= a.len() + 1;
+        kept.push(a);
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -708,10 +708,7 @@ impl<'a> Launch<'a> {
         self.req.env = Vec::new();
         prepared.plan.argv = Vec::new();
         prepared.plan.envp = Vec::new();
-        if conn.let_go_of_request() > crate::daemon::admission::TRIM_AFTER {
-            // SAFETY: malloc_trim only returns free heap pages to the kernel.
-            unsafe { libc::malloc_trim(0) };
-        }
+        conn.let_go_of_request();
     }
 
     /// Counts the launch and tells the caller it started; whether the caller is there.
@@ -873,31 +870,19 @@ impl<'a> Launch<'a> {
 /// The argv as text for `ctx ps` and the registry, at most [`audit::ARGV_KEEP`] bytes of
 /// it (an argument cut short ends in `…`): a launch keeps it as long as its program runs.
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
-    let mut room = audit::ARGV_KEEP;
-    let mut kept = Vec::new();
+    // Only what can be kept is converted: one byte past the room marks an argument cut
+    // (lossy text is never shorter than its bytes).
+    let mut converted = 0;
+    let mut texts = Vec::new();
     for a in args {
-        if room == 0 {
+        if converted > audit::ARGV_KEEP {
             break;
         }
-        let head = &a[..a.len().min(room)];
-        let mut text = String::from_utf8_lossy(head).into_owned();
-        let mut cut = head.len() < a.len();
-        if text.len() > room {
-            let mut end = room;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            cut = true;
-        }
-        room = room.saturating_sub(text.len() + 1);
-        if cut {
-            text.push('…');
-            room = 0;
-        }
-        kept.push(text);
+        let head = &a[..a.len().min(audit::ARGV_KEEP + 1)];
+        converted += head.len() + 1;
+        texts.push(String::from_utf8_lossy(head).into_owned());
     }
-    kept
+    crate::daemon::registry::cut_argv(texts, audit::ARGV_KEEP)
 }
 
 /// The caller's cwd descriptor comes with the caller's own name for it, which in another

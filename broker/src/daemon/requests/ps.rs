@@ -4,6 +4,7 @@
 use ctx_protocol::ProcessInfo;
 
 use super::may_touch;
+use crate::daemon::registry::cut_argv;
 use crate::daemon::{Peer, Shared};
 
 /// What the argvs of one `ctx ps` reply may take together: the reply is one frame, at most
@@ -26,7 +27,7 @@ pub fn ps(shared: &Shared, peer: &Peer) -> Vec<ProcessInfo> {
             caller_pid: r.caller_pid,
             caller_uid: r.caller_uid,
             argv: match each {
-                Some(room) => cut(r.argv, room),
+                Some(room) => cut_argv(r.argv, room),
                 None => r.argv,
             },
             age_ms: r.started.elapsed().as_millis() as u64,
@@ -40,32 +41,9 @@ fn argv_len(r: &crate::daemon::registry::Running) -> usize {
     r.argv.iter().map(|a| a.len() + 1).sum()
 }
 
-/// `argv` cut to `room` bytes, the last argument kept ending in `…`.
-fn cut(argv: Vec<String>, mut room: usize) -> Vec<String> {
-    let mut kept = Vec::new();
-    for mut a in argv {
-        if room == 0 {
-            break;
-        }
-        if a.len() + 1 > room {
-            let mut end = room.saturating_sub(1).min(a.len());
-            while !a.is_char_boundary(end) {
-                end -= 1;
-            }
-            a.truncate(end);
-            a.push('…');
-            kept.push(a);
-            break;
-        }
-        room -= a.len() + 1;
-        kept.push(a);
-    }
-    kept
-}
-
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use crate::daemon::registry::cut_argv as cut;
 
     #[test]
     fn an_argv_is_cut_to_its_room_on_a_character_boundary() {
