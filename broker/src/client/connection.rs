@@ -27,8 +27,8 @@ const READ_ROOM: usize = 128 * 1024;
 /// How long the broker may take to say why it hung up on a request we could not finish
 /// sending.
 const LAST_WORDS: Duration = Duration::from_secs(1);
-/// How long a launch refused as `Busy` keeps connecting again.
-const BUSY_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a launch refused as `Busy` keeps connecting again (the hook's patience).
+const BUSY_PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Types
