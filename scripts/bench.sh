@@ -229,6 +229,17 @@ caller "C fork+execve" "≤ 1.6x direct" "$TMP/launch_loop" "$N" /bin/true
 caller "C posix_spawn" "≤ 1.6x direct" "$TMP/launch_loop" -s "$N" /bin/true
 caller "Python subprocess.run" "≤ 1.6x direct" "$PY" -c "$py_loop" "$N"
 caller "Node spawnSync" "≤ 1.6x direct" "$NODE" -e "$node_loop" "$N"
+# What any broker costs here, ctx aside: a minimal one in plain C (scripts/bench/broker_floor.c),
+# bare and with what ctx cannot launch without (the hook's reads, a verdict before the
+# stand-in starts, a thread hand-off, a pidfd, signal resets, a uid switch, a seccomp
+# filter with a listener), against a direct posix_spawn in the same loop.
+gcc -O2 -pthread -o "$TMP/broker_floor" scripts/bench/broker_floor.c
+gcc -O2 -static -nostdlib -fno-stack-protector -o "$TMP/floor_standin" scripts/bench/floor_standin.c
+read -r FLOOR_D FLOOR_BARE FLOOR_ESS < <("$TMP/broker_floor" "$TMP/floor_standin" "$N")
+row "launch: a minimal broker in plain C, no ctx (C posix_spawn caller), bare" \
+    "$(fmt "$FLOOR_BARE/1000" .2f) ms (direct $(fmt "$FLOOR_D/1000" .2f) ms)" "$(fmt "$FLOOR_BARE/$FLOOR_D" .2f)x direct" ""
+row "launch: the same minimal broker with ctx's essentials" \
+    "$(fmt "$FLOOR_ESS/1000" .2f) ms (direct $(fmt "$FLOOR_D/1000" .2f) ms)" "$(fmt "$FLOOR_ESS/$FLOOR_D" .2f)x direct" ""
 # The same one at a time, 300 ms apart: a quiet host is where a cgroup move would wait
 # for an RCU grace period (5-30 ms) if the broker moved launches through cgroup.procs.
 # The targets are for launches back to back (its figures are hyperfine's); this row
