@@ -4,6 +4,7 @@
 //! must fail.
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -1625,4 +1626,159 @@ allow = {{ uids = [0] }}
         planted,
         "saved through a link"
     );
+}
+
+/// Found by the eleventh attacker review: the broker listed the directories on the way to
+/// a `no_access` path, then opened each entry it had listed again by name, as root,
+/// following symlinks, to make its rule. A user who can write such a directory swapped an
+/// entry for a link (`renameat2(RENAME_EXCHANGE)`) between the two, and the rule landed on
+/// the link's target: a user allowed into a fenced root context wrote a root-only
+/// directory and read the hidden path within a dozen launches (each rebuild of the
+/// ruleset, which a `no_access` path appearing forces, is a try). Now every entry is opened
+/// once from its directory's descriptor without following links, and the rule is made on
+/// that descriptor. The same race run for 60 launches: nothing written, nothing read.
+#[test]
+fn a_link_swapped_in_while_rules_are_built_widens_nothing() {
+    let alice = user(ALICE);
+    let dir = TempDir::new();
+    let rw = dir.subdir("rw", 0o1777);
+    let secret = dir.subdir("rw/secret", 0o755);
+    dir.file("rw/secret/s.txt", b"hidden-42\n", 0o644);
+    let rootonly = dir.subdir("rootonly", 0o755);
+    let maybe = rw.join("maybe");
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+isolation = {{ read_only = ["/"], read_write = ["{rw}"], no_access = ["{secret}", "{maybe}"] }}
+"#,
+        uid = alice.uid,
+        rw = rw.display(),
+        secret = secret.display(),
+        maybe = maybe.display(),
+    );
+    let b = Broker::start(&config);
+    let probe = format!(
+        "echo x > {rootonly}/written 2>/dev/null && echo WROTE; cat {secret}/s.txt 2>/dev/null; true",
+        rootonly = rootonly.display(),
+        secret = secret.display()
+    );
+    // The control: before any race, the context can do neither.
+    assert_eq!(b.exec("fenced", &["sh", "-c", &probe]).ok(), "");
+    let race = r#"
+import ctypes, os, subprocess, sys, threading
+ctx, sock, rw, maybe, target, probe = sys.argv[1:7]
+libc = ctypes.CDLL(None, use_errno=True)
+x, y = os.path.join(rw, "x").encode(), os.path.join(rw, "y").encode()
+os.mkdir(x)
+os.symlink(target, y)
+stop = False
+def swap():
+    while not stop:
+        libc.renameat2(-100, x, -100, y, 2)
+threading.Thread(target=swap, daemon=True).start()
+won, ran = None, 0
+for i in range(60):
+    if os.path.exists(maybe):
+        os.rmdir(maybe)
+    else:
+        os.mkdir(maybe)
+    r = subprocess.run([ctx, "--socket", sock, "exec", "--context", "fenced", "--",
+                        "sh", "-c", probe + "; echo ran"], capture_output=True, text=True)
+    ran += r.stdout.endswith("ran\n")
+    if r.stdout.strip() not in ("", "ran"):
+        won = f"attempt {i}: {r.stdout.strip()}"
+        break
+stop = True
+print(won or f"none, {ran} ran")
+"#;
+    for target in [PathBuf::from("/"), rootonly.clone(), secret.clone()] {
+        let out = run(Command::new("setpriv")
+            .args([
+                &format!("--reuid={ALICE}"),
+                &format!("--regid={ALICE}"),
+                "--init-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                race,
+            ])
+            .arg(bin("ctx"))
+            .arg(b.socket())
+            .arg(&rw)
+            .arg(&maybe)
+            .arg(&target)
+            .arg(&probe)
+            .current_dir("/"));
+        for name in ["x", "y"] {
+            let p = rw.join(name);
+            let _ = fs::remove_file(&p).or_else(|_| fs::remove_dir(&p));
+        }
+        // A build that saw a path change fails that launch ("try again"): most run.
+        let out = out.ok();
+        let ran: u32 = out
+            .strip_prefix("none, ")
+            .and_then(|r| r.strip_suffix(" ran\n"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "a link to {} swapped in while the rules were built: {out}",
+                    target.display()
+                )
+            });
+        assert!(ran >= 40, "only {ran} of 60 launches ran");
+    }
+    assert!(!rootonly.join("written").exists());
+}
+
+/// Found by the eleventh attacker review: a fenced uid-0 context (`read_only = ["/"]`) read
+/// another context's `env_files` (root's files, mode 0600: secrets, as the README says),
+/// and the audit log's rotated generation (every context's launches), since only the
+/// config, the current audit log and the state dir were carved out of its grants. Now
+/// every context's env files and `<audit_log>.1` are too.
+#[test]
+fn a_fenced_root_context_reads_neither_env_files_nor_the_rotated_audit_log() {
+    let dir = TempDir::new();
+    let secret = dir.file("other.env", b"OTHER_KEY=0ther-s3cret\n", 0o600);
+    let config = format!(
+        r#"[contexts.other]
+user = "{BOB}"
+cwd = "/"
+env_files = ["{secret}"]
+
+[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"] }}
+"#,
+        secret = secret.display()
+    );
+    let b = Broker::start(&config);
+    let rotated = format!("{}.1", b.audit_path().display());
+    fs::write(&rotated, "{\"event\":\"exec\",\"argv\":[\"old-launch\"]}\n").unwrap();
+    // The rules are built at the context's first launch, with the rotated log there.
+    for file in [secret.to_str().unwrap(), &rotated] {
+        assert_eq!(
+            run(Command::new("test").args(["-r", file])).code(),
+            0,
+            "the control: root reads {file}"
+        );
+        let out = b.exec("fenced", &["cat", file]);
+        assert_ne!(out.code(), 0, "read {file}: {}", out.show());
+        assert!(
+            out.stderr_str().contains("Permission denied"),
+            "{}",
+            out.show()
+        );
+    }
+    // Everything else stays readable.
+    assert!(b
+        .exec("fenced", &["cat", "/etc/passwd"])
+        .ok()
+        .contains("root:"));
 }

@@ -637,6 +637,12 @@ impl Loader<'_> {
         }
         let user = user.0;
 
+        let env_files = raw
+            .env_files
+            .iter()
+            .flatten()
+            .map(|f| PathBuf::from(f.get_ref()))
+            .collect();
         let env = self.env(&scope, user.uid, raw.env_files.as_deref(), raw.env)?;
 
         let mut inherit_env = Vec::new();
@@ -951,6 +957,7 @@ impl Loader<'_> {
             name: name.to_string(),
             user,
             env,
+            env_files,
             inherit_env,
             cwd,
             route_children_to,

@@ -49,6 +49,9 @@ pub struct Context {
     /// Context environment: `env_files` in order, then inline `env` (inline wins), then
     /// `PATH` defaulted. Values are secrets: never log or print them.
     pub env: Vec<(String, String)>,
+    /// The `env_files` the environment was read from: secrets too, kept from every
+    /// context's Landlock grants.
+    pub env_files: Vec<PathBuf>,
     /// Names or globs (`*`, `?`) copied from the caller's environment.
     pub inherit_env: Vec<String>,
     pub cwd: CwdRule,

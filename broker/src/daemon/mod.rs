@@ -88,6 +88,19 @@ impl Shared {
             .clone()
     }
 
+    /// Files other than the config, audit log and state dir that hold secrets: every
+    /// context's `env_files` and the audit log's rotated generation.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let config = self.config();
+        let mut files: Vec<PathBuf> = config
+            .contexts
+            .values()
+            .flat_map(|c| c.env_files.iter().cloned())
+            .collect();
+        files.push(self.audit.rotated_path());
+        files
+    }
+
     pub fn set_config(&self, config: Config) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }

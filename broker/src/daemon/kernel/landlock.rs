@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope, ABI,
 };
 
@@ -50,6 +50,16 @@ pub enum LandlockError {
         #[source]
         source: landlock::RulesetError,
     },
+    #[error(
+        "context {context:?}: {path} changed while its Landlock rules were built ({source}); \
+         try again"
+    )]
+    Changed {
+        context: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Paths the broker protects from every context with filesystem rules.
@@ -65,6 +75,9 @@ pub struct Protected {
     /// (`/proc/<holder>/root/proc`): a rule on the host's `/proc` does not cover a procfs
     /// mounted over it, so it gets the rights the grants give `/proc`.
     pub own_proc: Option<PathBuf>,
+    /// Other files that hold secrets: every context's `env_files`, the audit log's
+    /// rotated generation.
+    pub secrets: Vec<PathBuf>,
 }
 
 /// The built rulesets, by context; a reload's new `Context` makes a new one.
@@ -197,7 +210,12 @@ pub fn exec_only(programs: &[PathBuf]) -> Result<Option<OwnedFd>, landlock::Rule
         .map(PathBuf::as_path)
         .chain(LOADERS.iter().map(Path::new));
     for path in files {
-        let Ok(fd) = PathFd::new(path) else { continue };
+        // Only a regular file: a rule on a directory (a script's `#!/`, a program path
+        // the caller swapped for one) would cover everything beneath it.
+        let Ok(fd) = open_path(path) else { continue };
+        if !stat_of(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            continue;
+        }
         created = created.add_rule(PathBeneath::new(fd, AccessFs::Execute))?;
     }
     Ok(Option::<OwnedFd>::from(created))
@@ -366,22 +384,7 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
             .map_err(err)?;
     }
     if fs {
-        for (path, access) in fs_rules(ctx, protected, abi) {
-            // A path that does not exist (yet) grants nothing; skip it.
-            let Ok(fd) = PathFd::new(&path) else { continue };
-            // Reached through the holder's root, a magic link: granted only if what was
-            // opened is a procfs, whatever that path led to.
-            if protected.own_proc.as_ref() == Some(&path) && !is_procfs(&fd) {
-                continue;
-            }
-            let access = if path.is_dir() {
-                access
-            } else {
-                access & AccessFs::from_file(abi)
-            };
-            if access.is_empty() {
-                continue;
-            }
+        for (fd, access) in fs_rules(ctx, protected, abi)? {
             created = created
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(err)?;
@@ -390,9 +393,20 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
     Ok(Option::<OwnedFd>::from(created))
 }
 
-/// The `(path, rights)` rules of a context, with `no_access` and the protected paths carved
-/// out of every grant.
-fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
+/// The rules of a context, each an opened file or directory and its rights, with
+/// `no_access` and the protected paths carved out of every grant.
+///
+/// Every name below a grant's root is opened once, relative to its directory's
+/// descriptor, without following a symlink, and the rule is made on that descriptor:
+/// a name is never looked up again, since whoever can write a directory on the way could
+/// swap an entry for a link between two lookups and have the rule land on the link's
+/// target (`/`, or the hidden path itself; found by the eleventh review). Denied paths and
+/// the directories leading to them are compared by identity (device and inode), not name.
+fn fs_rules(
+    ctx: &Context,
+    protected: &Protected,
+    abi: ABI,
+) -> Result<Vec<(OwnedFd, BitFlags<AccessFs>)>, LandlockError> {
     let iso = &ctx.isolation;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
@@ -424,46 +438,227 @@ fn fs_rules(ctx: &Context, protected: &Protected, abi: ABI) -> Vec<(PathBuf, Bit
         &protected.config,
         &protected.audit_log,
         &protected.state_dir,
-    ] {
+    ]
+    .into_iter()
+    .chain(&protected.secrets)
+    {
         if !named(p) {
             denied.push(p.clone());
         }
     }
-    // Canonical forms, so that a rule reached through a symlink still compares.
-    let denied: Vec<PathBuf> = denied
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    let own_sessions = std::fs::canonicalize(&own_sessions).unwrap_or(own_sessions);
+    let changed = |path: &Path, source: std::io::Error| LandlockError::Changed {
+        context: ctx.name.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tree = Tree::default();
+    for path in &denied {
+        // Canonical, so that a rule reached through a symlink still compares; one that does
+        // not exist hides nothing (a `no_access` path that appears makes a new ruleset).
+        let Ok(canonical) = std::fs::canonicalize(path) else {
+            continue;
+        };
+        let (_, chain) = open_canonical(&canonical).map_err(|e| changed(&canonical, e))?;
+        let (last, on_the_way) = chain.split_last().expect("a path has a root");
+        tree.denied.insert(*last);
+        tree.on_the_way.extend(on_the_way);
+    }
+    tree.keep = std::fs::canonicalize(&own_sessions)
+        .ok()
+        .and_then(|p| open_canonical(&p).ok())
+        .and_then(|(_, chain)| chain.last().copied());
 
     let mut rules = Vec::new();
     for (path, access) in grants {
         let Ok(path) = std::fs::canonicalize(&path) else {
             continue;
         };
-        if path == own_sessions {
-            rules.push((path, access));
+        // A grant whose path moved meanwhile grants nothing.
+        let Ok((fd, chain)) = open_canonical(&path) else {
+            continue;
+        };
+        let id = *chain.last().expect("a path has a root");
+        if Some(id) == tree.keep {
+            rules.push((fd, access));
             continue;
         }
-        if denied.iter().any(|d| path.starts_with(d)) {
+        if chain.iter().any(|c| tree.denied.contains(c)) {
             continue;
         }
-        let inside: Vec<&PathBuf> = denied.iter().filter(|d| d.starts_with(&path)).collect();
-        carve(&path, access, &inside, &own_sessions, &mut rules);
+        let mut visited = std::collections::HashSet::from([id]);
+        tree.carve(fd, id, access, abi, &mut visited, &mut rules);
     }
     if let Some(own) = protected
         .own_proc
         .as_ref()
         .filter(|_| !proc_access.is_empty())
     {
-        // Not canonicalised: that would name the host's /proc again.
-        rules.push((own.clone(), proc_access));
+        // Not canonicalised: that would name the host's /proc again. Reached through the
+        // holder's root, a magic link: granted only if what was opened is a procfs.
+        if let Ok(fd) = open_path(own) {
+            if is_procfs(&fd) {
+                rules.push((fd, proc_access));
+            }
+        }
     }
-    rules
+    Ok(rules)
+}
+
+/// A file's identity: device and inode.
+type Identity = (u64, u64);
+
+/// The denied files and directories, and the directories that lead to them.
+#[derive(Default)]
+struct Tree {
+    denied: std::collections::HashSet<Identity>,
+    on_the_way: std::collections::HashSet<Identity>,
+    /// The context's own sessions directory, granted on its own.
+    keep: Option<Identity>,
+}
+
+impl Tree {
+    /// Grants `access` beneath the directory `dir` (identity `id`) except beneath the
+    /// denied entries. A directory on the way to one keeps only listing, since any other
+    /// right would reach the denied paths beneath it too, and each of its entries is
+    /// opened from it, not following links (a link is governed by the rules of what it
+    /// points to), and treated the same way.
+    fn carve(
+        &self,
+        dir: OwnedFd,
+        id: Identity,
+        access: BitFlags<AccessFs>,
+        abi: ABI,
+        visited: &mut std::collections::HashSet<Identity>,
+        rules: &mut Vec<(OwnedFd, BitFlags<AccessFs>)>,
+    ) {
+        if !self.on_the_way.contains(&id) {
+            rules.push((dir, access));
+            return;
+        }
+        let names = list(&dir).unwrap_or_default();
+        for name in names {
+            let Ok((entry, st)) = open_entry(&dir, &name) else {
+                continue;
+            };
+            let entry_id = (st.st_dev, st.st_ino);
+            let kind = st.st_mode & libc::S_IFMT;
+            if kind == libc::S_IFLNK
+                || Some(entry_id) == self.keep
+                || self.denied.contains(&entry_id)
+            {
+                continue;
+            }
+            if kind == libc::S_IFDIR {
+                // A bind mount may show a directory on the way beneath itself.
+                if visited.insert(entry_id) {
+                    self.carve(entry, entry_id, access, abi, visited, rules);
+                }
+            } else if !(access & AccessFs::from_file(abi)).is_empty() {
+                rules.push((entry, access & AccessFs::from_file(abi)));
+            }
+        }
+        rules.push((dir, access & AccessFs::ReadDir));
+    }
+}
+
+/// Opens the canonical `path` one component at a time from `/`, following no symlink (a
+/// canonical path has none; one found was swapped in meanwhile): the last component's
+/// descriptor (`O_PATH`) and the identity of each component, `/` first.
+fn open_canonical(path: &Path) -> std::io::Result<(OwnedFd, Vec<Identity>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let root = std::ffi::CString::new("/").expect("no NUL");
+    // SAFETY: a NUL-terminated path; O_PATH opens nothing for I/O.
+    let fd = unsafe {
+        libc::open(
+            root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open just returned this descriptor and nothing else owns it.
+    let mut at = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut chain = vec![identity(&at)?];
+    let mut components = path.components().skip(1).peekable();
+    while let Some(c) = components.next() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let (next, st) = open_entry(&at, &name)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK || (components.peek().is_some() && kind != libc::S_IFDIR) {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        chain.push((st.st_dev, st.st_ino));
+        at = next;
+    }
+    Ok((at, chain))
+}
+
+/// `name` in the directory `dir`, opened `O_PATH` without following a link, and its
+/// attributes.
+fn open_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<(OwnedFd, libc::stat)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name relative to our own directory descriptor.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = stat_of(&fd)?;
+    Ok((fd, st))
+}
+
+fn stat_of(fd: &OwnedFd) -> std::io::Result<libc::stat> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat of our own descriptor into our own buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: filled by the successful call above.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn identity(fd: &OwnedFd) -> std::io::Result<Identity> {
+    stat_of(fd).map(|st| (st.st_dev, st.st_ino))
+}
+
+/// The names in the directory `dir` (an `O_PATH` descriptor), read through its
+/// descriptor's own entry in `/proc/self/fd`, which names that very directory.
+fn list(dir: &OwnedFd) -> Option<Vec<std::ffi::CString>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let names = entries
+        .flatten()
+        .filter_map(|e| std::ffi::CString::new(e.file_name().as_bytes()).ok())
+        .collect();
+    Some(names)
+}
+
+/// `path` opened `O_PATH`, following symlinks (magic ones too).
+fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path; O_PATH opens nothing for I/O.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether `fd` is on a procfs (checked on the open descriptor, not its path).
-fn is_procfs(fd: &PathFd) -> bool {
+fn is_procfs(fd: &OwnedFd) -> bool {
     use std::os::fd::AsFd;
     use std::os::fd::AsRawFd;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
@@ -492,46 +687,6 @@ fn roots_devices() -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| !DEVICES.iter().any(|d| p == Path::new(d)))
         .collect()
-}
-
-/// Grants `access` beneath `dir` except beneath the `denied` paths (all beneath `dir`).
-fn carve(
-    dir: &Path,
-    access: BitFlags<AccessFs>,
-    denied: &[&PathBuf],
-    keep: &Path,
-    rules: &mut Vec<(PathBuf, BitFlags<AccessFs>)>,
-) {
-    if denied.is_empty() {
-        rules.push((dir.to_path_buf(), access));
-        return;
-    }
-    // The directory itself: listing only, because any other right would reach the denied
-    // paths beneath it too.
-    rules.push((dir.to_path_buf(), access & AccessFs::ReadDir));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // A symlink is governed by the rules of what it points to; following it here could
-        // grant a denied target.
-        if entry.file_type().map(|t| t.is_symlink()).unwrap_or(true) {
-            continue;
-        }
-        if path == keep {
-            continue; // granted on its own
-        }
-        if denied.iter().any(|d| **d == path) {
-            continue;
-        }
-        let below: Vec<&PathBuf> = denied
-            .iter()
-            .copied()
-            .filter(|d| d.starts_with(&path))
-            .collect();
-        carve(&path, access, &below, keep, rules);
-    }
 }
 
 #[cfg(test)]

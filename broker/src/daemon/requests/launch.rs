@@ -453,6 +453,7 @@ impl<'a> Launch<'a> {
                 .as_ref()
                 .filter(|h| h.flags & libc::CLONE_NEWPID != 0)
                 .map(|h| format!("/proc/{}/root/proc", h.pid).into()),
+            secrets: shared.secret_files(),
         };
         self.ruleset = match shared.landlock.for_context(ctx, &protected) {
             Ok(r) => r,
