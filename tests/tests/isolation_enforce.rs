@@ -511,3 +511,66 @@ fn enforce_refuses_the_i386_and_x32_exec_calls_too() {
         );
     }
 }
+
+/// Found by the eleventh attacker review: under the default `allow` (root and the
+/// context's own uid), a process of an enforced context asked the broker to launch into
+/// that same context, and the broker ran whatever it named there (a static binary, `env`
+/// with the context's secrets), unrouted: `enforce` refused the raw `execve` and the
+/// broker did it instead. Now a process of a context that enforces its routing never
+/// enters that context, whatever its uid; its launches into the route's target still go.
+#[test]
+fn an_enforced_context_cannot_launch_into_itself_through_the_broker() {
+    let config = enforce_config().replace(
+        "allow = { uids = [0] }\nroute_children_to",
+        "route_children_to",
+    );
+    assert!(!config.contains("[contexts.agent]\nuser = \"ctx-alice\"\ncwd = \"/\"\nallow"));
+    let b = Broker::start(&config);
+    let ctx = bin("ctx");
+    let ctx = ctx.to_str().unwrap();
+    let sock = b.socket().to_str().unwrap().to_string();
+    let into = |context: &str| {
+        b.exec(
+            "agent",
+            &[
+                ctx,
+                "--socket",
+                &sock,
+                "exec",
+                "--context",
+                context,
+                "--",
+                "id",
+                "-un",
+            ],
+        )
+    };
+    // The control: from outside, ctx-alice's own uid may enter (the default allow).
+    let outside = run(std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={ALICE}"),
+            &format!("--regid={ALICE}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(ctx)
+        .args([
+            "--socket",
+            &sock,
+            "exec",
+            "--context",
+            "agent",
+            "--",
+            "id",
+            "-un",
+        ]));
+    assert_eq!(outside.ok(), format!("{ALICE}\n"));
+    let out = into("agent");
+    assert_ne!(out.code(), 0, "entered itself: {}", out.show());
+    assert!(
+        out.stderr_str().contains("enforces its routing"),
+        "{}",
+        out.show()
+    );
+    assert_eq!(into("user").ok(), format!("{BOB}\n"));
+}

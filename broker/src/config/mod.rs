@@ -246,6 +246,12 @@ impl Context {
             .collect()
     }
 
+    /// `enforce = true` with a route: the context's processes launch only into its
+    /// `route_children_to` target.
+    pub fn enforces_routing(&self) -> bool {
+        self.isolation.enforce && self.route_children_to.is_some()
+    }
+
     /// The `allow` rule. `peer_context`: the context the peer runs in by its ancestry
     /// (what `allow.contexts` names); `foreign`: the peer runs in a context other than this
     /// one (known by its ancestry or cgroup, or unknown). Root's uid and gid let in root
@@ -263,8 +269,13 @@ impl Context {
             || peer_context.is_some_and(|c| self.allow.contexts.iter().any(|a| a == c))
     }
 
-    /// [`Context::allows`] for a connected peer.
+    /// [`Context::allows`] for a connected peer. A process of a context that enforces its
+    /// routing never enters that context again, whatever its uid: the broker would run any
+    /// program there, which `enforce` exists to forbid (found by the eleventh review).
     pub fn allows_peer(&self, peer: &crate::daemon::Peer) -> bool {
+        if self.enforces_routing() && peer.runs_in() == Some(self.name.as_str()) {
+            return false;
+        }
         let foreign = peer.in_a_context() && peer.runs_in() != Some(self.name.as_str());
         self.allows(peer.uid, peer.gid, peer.context.as_deref(), foreign)
     }

@@ -16,9 +16,9 @@
 //! it appears, so launches that start after that are kept out (ones already running, in
 //! their own Landlock domain, are not: the loader warns about such a path).
 //!
-//! With filesystem rules in force, the broker's config file, audit log and state dir are
-//! carved out too (except the context's own shell-session directory), unless a rule names
-//! them exactly. The broker's socket stays reachable: connecting to a Unix socket is not
+//! With filesystem rules in force, the broker's config file, audit log (and its rotated
+//! generation), state dir and every context's `env_files` are carved out too (except the
+//! context's own shell-session directory), unless a rule names them exactly. The broker's socket stays reachable: connecting to a Unix socket is not
 //! a Landlock right before ABI 9, and the broker authenticates every peer anyway.
 
 pub mod probe;

@@ -64,13 +64,24 @@ pub(super) async fn authorize(
         shared
             .audit
             .record_refusal(super::audit_charge(peer), event);
-        let message = format!(
-            "{} (pid {}) may not enter context {:?}; its allow rule is {}",
-            super::who(peer),
-            peer.pid,
-            ctx.name,
-            describe_allow(&ctx)
-        );
+        let message = match &ctx.route_children_to {
+            Some(route) if ctx.enforces_routing() && peer.runs_in() == Some(&ctx.name) => {
+                format!(
+                    "{} (pid {}) runs in context {:?}, which enforces its routing: its \
+                     processes launch only into {route:?}",
+                    super::who(peer),
+                    peer.pid,
+                    ctx.name
+                )
+            }
+            _ => format!(
+                "{} (pid {}) may not enter context {:?}; its allow rule is {}",
+                super::who(peer),
+                peer.pid,
+                ctx.name,
+                describe_allow(&ctx)
+            ),
+        };
         let _ = conn
             .send(&Reply::Error {
                 kind: ErrorKind::Refused,
