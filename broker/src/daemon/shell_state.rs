@@ -180,11 +180,21 @@ pub struct SessionLocks {
 // ---------------------------------------------------------------------------------------
 
 impl SessionLocks {
+    /// The session's lock. Locks nobody holds any more are let go of first: a caller
+    /// naming a new session at every command would otherwise grow the map for as long as
+    /// the broker runs (found by the eleventh review); what is left is the sessions with a
+    /// command running or waiting, which connections bound.
     pub fn get(&self, context: &str, session: &str) -> SessionLock {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
         map.entry((context.to_string(), session.to_string()))
             .or_default()
             .clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -586,6 +596,19 @@ mod tests {
         let rc = super::interactive_rc();
         assert!(!rc.contains("=$1") && !rc.contains("__ctx_script"), "{rc}");
         assert!(rc.contains("trap ") && rc.contains("__ctx_state=$CTX_SH_STATE"));
+    }
+
+    #[test]
+    fn locks_of_sessions_nobody_runs_in_are_let_go_of() {
+        let locks = super::SessionLocks::default();
+        let held = locks.get("c", "busy");
+        for n in 0..1000 {
+            let lock = locks.get("c", &format!("s{n}"));
+            drop(lock);
+        }
+        // The held one stays, and the same lock comes back for it; the rest are gone.
+        assert!(locks.len() <= 2, "{} locks kept", locks.len());
+        assert!(std::sync::Arc::ptr_eq(&held, &locks.get("c", "busy")));
     }
 
     #[test]
