@@ -523,6 +523,29 @@ fn modes_the_program_sets_show_on_the_callers_terminal() {
     }
 }
 
+/// A window size the program sets on its terminal (`stty cols`, `resize`) is the caller's
+/// terminal's afterwards, as locally: routed, it was set on the program's PTY only, and
+/// the next command saw the old size (found by the eleventh transparency review). Through
+/// the interposer and through `ctx exec`.
+#[test]
+fn a_window_size_the_program_sets_reaches_the_callers_terminal() {
+    let b = start_broker();
+    let text = same_as_local(&b, "stty size; stty cols 100 rows 30; stty size", |_| {});
+    assert!(text.contains("24 80\r\n30 100\r\n"), "{text}");
+    let ctx = bin_dir().join("ctx");
+    let (code, text) = transcript(
+        &b,
+        &format!(
+            "{} --socket \"$CTX_SOCKET\" exec --context user -- stty cols 90 rows 20; stty size",
+            ctx.display()
+        ),
+        false,
+        |_| {},
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("20 90"), "{text}");
+}
+
 #[test]
 fn output_is_processed_once_and_local_output_keeps_its_newlines() {
     let b = start_broker();

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever an existing message changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// First four bytes of every client's [`Hello`]; lets the broker tell a ctx peer from a
 /// stray one before it reads anything else.
@@ -284,6 +284,9 @@ pub enum Reply<'a> {
     /// names more than one message carries and came without them; the client sends them
     /// now, in one frame of their own (see [`crate::fdpass::send_fds_frame`]).
     SendDescriptors,
+    /// The routed program changed its terminal's window size (`stty cols 100`, `resize`):
+    /// the client sets it on the caller's terminal, as the program would have locally.
+    Size(WinSize),
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -307,6 +310,7 @@ pub mod reply_tag {
     pub const SIGNAL_PARENT: u8 = 15;
     pub const LINGERING: u8 = 16;
     pub const SEND_DESCRIPTORS: u8 = 17;
+    pub const SIZE: u8 = 18;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -369,6 +369,21 @@ pub fn raise_at_foreground(fd: RawFd, signo: i32) {
     }
 }
 
+/// Gives the caller's terminal `fd` the window size the routed program set on its PTY
+/// (`Reply::Size`), as the program's `TIOCSWINSZ` would have locally; the kernel then
+/// sends the terminal's foreground group `SIGWINCH`, and the relay's own resize that
+/// follows finds the PTY at that size already. Allocates nothing.
+pub fn set_window_size(fd: RawFd, size: crate::WinSize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: size.xpixel,
+        ws_ypixel: size.ypixel,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
 /// Writes all of `data` to `fd` (a terminal or a pipe), waiting out `EAGAIN` on a
 /// descriptor someone set non-blocking; `false` on any other error. Allocates nothing.
 pub fn write_all(fd: RawFd, mut data: &[u8]) -> bool {

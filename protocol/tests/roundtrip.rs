@@ -230,6 +230,13 @@ fn reply_tags_match_variant_order() {
     );
     assert_eq!(tag(Reply::Lingering), reply_tag::LINGERING);
     assert_eq!(tag(Reply::SendDescriptors), reply_tag::SEND_DESCRIPTORS);
+    let size = ctx_protocol::WinSize {
+        rows: 30,
+        cols: 100,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    assert_eq!(tag(Reply::Size(size)), reply_tag::SIZE);
 }
 
 #[test]

@@ -1782,3 +1782,64 @@ isolation = {{ read_only = ["/"] }}
         .ok()
         .contains("root:"));
 }
+
+/// Found by the twelfth attacker review, both in how the broker builds a fenced context's
+/// Landlock rules. A granted path that its user turned into a symlink to `/` (in a
+/// directory the user can write) granted `/`: the rule followed the link. And the build
+/// held a descriptor for every entry of a directory on the way to a `no_access` path until
+/// the end: a user who filled such a directory (`/tmp`, say) with 21,000 links ran the
+/// broker out of descriptors, the context silently lost its grants (`/dev/null` refused),
+/// and other launches failed with `EMFILE`. Now a symlink in a granted path counts only
+/// where no one but root can change it (else the grant grants nothing, with a warning),
+/// and each rule goes into the ruleset as its file is opened.
+#[test]
+fn a_fenced_contexts_grants_neither_follow_a_users_link_nor_run_the_broker_out_of_files() {
+    let dir = TempDir::new();
+    let home = dir.subdir("home", 0o1777);
+    let rootonly = dir.subdir("rootonly", 0o755);
+    let crowded = dir.subdir("crowded", 0o755);
+    dir.subdir("crowded/hidden", 0o755);
+    for n in 0..3000 {
+        dir.file(&format!("crowded/f{n}"), b"x\n", 0o644);
+    }
+    // ctx-alice's link, in a directory everyone may write.
+    let work = home.join("work");
+    std::os::unix::fs::symlink("/", &work).unwrap();
+    let alice = user(ALICE);
+    std::os::unix::fs::lchown(&work, Some(alice.uid), Some(alice.gid)).unwrap();
+    let config = format!(
+        r#"[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], read_write = ["{work}"], no_access = ["{hidden}"] }}
+"#,
+        work = work.display(),
+        hidden = crowded.join("hidden").display(),
+    );
+    let b = Broker::start_with_files(&config, 1024);
+    let crowd = b.exec(
+        "fenced",
+        &[
+            "sh",
+            "-c",
+            &format!("echo ok > /dev/null && cat {}/f2999", crowded.display()),
+        ],
+    );
+    assert_eq!(crowd.ok(), "x\n", "{}", crowd.show());
+    let write = b.exec(
+        "fenced",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo x > {}/written && echo WROTE; true",
+                rootonly.display()
+            ),
+        ],
+    );
+    assert_eq!(write.stdout_str(), "", "{}", write.show());
+    assert!(!rootonly.join("written").exists());
+    // And the launches beside it go on.
+    assert_eq!(b.exec("fenced", &["true"]).code(), 0);
+}

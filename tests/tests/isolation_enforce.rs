@@ -516,14 +516,15 @@ fn enforce_refuses_the_i386_and_x32_exec_calls_too() {
 /// context's own uid), a process of an enforced context asked the broker to launch into
 /// that same context, and the broker ran whatever it named there (a static binary, `env`
 /// with the context's secrets), unrouted: `enforce` refused the raw `execve` and the
-/// broker did it instead. Now a process of a context that enforces its routing never
-/// enters that context, whatever its uid; its launches into the route's target still go.
+/// broker did it instead. Now a context that enforces its routing lets in a process of a
+/// context only where its `allow.contexts` names that context, whatever its uid; its
+/// launches into the route's target still go.
 #[test]
 fn an_enforced_context_cannot_launch_into_itself_through_the_broker() {
     let config = enforce_config().replace(
         "allow = { uids = [0] }\nroute_children_to",
         "route_children_to",
-    );
+    ) + &format!("\n[contexts.mate]\nuser = \"{ALICE}\"\ncwd = \"/\"\n");
     assert!(!config.contains("[contexts.agent]\nuser = \"ctx-alice\"\ncwd = \"/\"\nallow"));
     let b = Broker::start(&config);
     let ctx = bin("ctx");
@@ -573,4 +574,34 @@ fn an_enforced_context_cannot_launch_into_itself_through_the_broker() {
         out.show()
     );
     assert_eq!(into("user").ok(), format!("{BOB}\n"));
+    // Nor by a hop through another context of the same uid (found by the twelfth review),
+    // which the enforced context's own code may enter.
+    let hop = b.exec(
+        "agent",
+        &[
+            ctx,
+            "--socket",
+            &sock,
+            "exec",
+            "--context",
+            "mate",
+            "--",
+            ctx,
+            "--socket",
+            &sock,
+            "exec",
+            "--context",
+            "agent",
+            "--",
+            "id",
+            "-un",
+        ],
+    );
+    assert_ne!(hop.code(), 0, "entered through mate: {}", hop.show());
+    assert!(
+        hop.stderr_str()
+            .contains("lets in processes of a context only where"),
+        "{}",
+        hop.show()
+    );
 }

@@ -455,6 +455,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::SignalParent { .. } => "SignalParent",
         Reply::Lingering => "Lingering",
         Reply::SendDescriptors => "SendDescriptors",
+        Reply::Size(_) => "Size",
     }
 }
 

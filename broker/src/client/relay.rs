@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use ctx_protocol::launcher::Launcher;
 use ctx_protocol::linger;
-use ctx_protocol::terminal::{raise_at_foreground, Hold, Output, Typed};
+use ctx_protocol::terminal::{raise_at_foreground, set_window_size, Hold, Output, Typed};
 use ctx_protocol::{errno_name, ExecFailure, ExitStatus, Reply, Request};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -221,6 +221,11 @@ impl Relay<'_> {
                             self.pty_output.borrow_mut().pty = Some(modes);
                             if let Some(hold) = raw.as_mut() {
                                 hold.program_set(modes);
+                            }
+                        }
+                        Reply::Size(size) => {
+                            if let Some(fd) = self.controlling.raw_fd() {
+                                set_window_size(fd, size);
                             }
                         }
                         Reply::Stopped { .. } => {

@@ -8,6 +8,7 @@ mod envfile;
 mod secret_file;
 mod spans;
 mod values;
+pub use secret_file::resolve_trusted_links;
 pub use values::parse_duration;
 
 use std::collections::BTreeMap;

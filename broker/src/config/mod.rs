@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{load, load_str, parse_duration, ConfigError};
+pub use load::{load, load_str, parse_duration, resolve_trusted_links, ConfigError};
 
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -269,12 +269,16 @@ impl Context {
             || peer_context.is_some_and(|c| self.allow.contexts.iter().any(|a| a == c))
     }
 
-    /// [`Context::allows`] for a connected peer. A process of a context that enforces its
-    /// routing never enters that context again, whatever its uid: the broker would run any
-    /// program there, which `enforce` exists to forbid (found by the eleventh review).
+    /// [`Context::allows`] for a connected peer. A context that enforces its routing lets
+    /// in a process of a context (itself included) only where its `allow.contexts` names
+    /// that context, whatever the uid: its own processes, entering it again directly or
+    /// through a context of the same uid, would have the broker run there any program,
+    /// which `enforce` exists to forbid (found by the eleventh and twelfth reviews).
     pub fn allows_peer(&self, peer: &crate::daemon::Peer) -> bool {
-        if self.enforces_routing() && peer.runs_in() == Some(self.name.as_str()) {
-            return false;
+        if self.enforces_routing() && peer.in_a_context() {
+            return peer
+                .runs_in()
+                .is_some_and(|c| self.allow.contexts.iter().any(|a| a == c));
         }
         let foreign = peer.in_a_context() && peer.runs_in() != Some(self.name.as_str());
         self.allows(peer.uid, peer.gid, peer.context.as_deref(), foreign)

@@ -109,6 +109,21 @@ pub fn modes(master: &OwnedFd) -> Option<TermModes> {
         .then(|| TermModes::from_termios(&t))
 }
 
+/// The PTY's window size now.
+pub fn size(master: &OwnedFd) -> Option<WinSize> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it or fails.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to one winsize.
+    (unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0).then_some(
+        WinSize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+            xpixel: ws.ws_xpixel,
+            ypixel: ws.ws_ypixel,
+        },
+    )
+}
+
 /// Whether no process holds the PTY's slave open any more (the master polls as hung up).
 pub fn slave_closed(master: &OwnedFd) -> bool {
     let mut p = libc::pollfd {

@@ -60,6 +60,13 @@ pub enum LandlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("context {context:?}: cannot build its Landlock rules: {what}: {source}")]
+    Io {
+        context: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Paths the broker protects from every context with filesystem rules.
@@ -147,7 +154,17 @@ impl Rulesets {
                 return Ok(Some(c.fd.clone()));
             }
         }
-        let Some(fd) = build(ctx, protected)? else {
+        // A path that changed under the build (someone renaming in a directory on the way
+        // to a denied path) fails it; a few tries make that someone's loop no one else's
+        // failure, mostly.
+        let mut tries = 0;
+        let built = loop {
+            match build(ctx, protected) {
+                Err(LandlockError::Changed { .. }) if tries < 4 => tries += 1,
+                built => break built,
+            }
+        };
+        let Some(fd) = built? else {
             return Ok(None);
         };
         let fd = Arc::new(fd);
@@ -384,11 +401,16 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
             .map_err(err)?;
     }
     if fs {
-        for (fd, access) in fs_rules(ctx, protected, abi)? {
-            created = created
+        // Each rule goes into the ruleset as soon as its file is opened, and the descriptor
+        // is closed: a directory of 30,000 entries on the way to a denied path held them
+        // all at once, and the broker ran out of descriptors (found by the twelfth review).
+        let mut add = |fd: OwnedFd, access: BitFlags<AccessFs>| -> Result<(), LandlockError> {
+            (&mut created)
                 .add_rule(PathBeneath::new(fd, access))
-                .map_err(err)?;
-        }
+                .map(drop)
+                .map_err(err)
+        };
+        fs_rules(ctx, protected, abi, &mut add)?;
     }
     Ok(Option::<OwnedFd>::from(created))
 }
@@ -406,7 +428,8 @@ fn fs_rules(
     ctx: &Context,
     protected: &Protected,
     abi: ABI,
-) -> Result<Vec<(OwnedFd, BitFlags<AccessFs>)>, LandlockError> {
+    add: &mut Add<'_>,
+) -> Result<(), LandlockError> {
     let iso = &ctx.isolation;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
@@ -468,10 +491,23 @@ fn fs_rules(
         .and_then(|p| open_canonical(&p).ok())
         .and_then(|(_, chain)| chain.last().copied());
 
-    let mut rules = Vec::new();
+    let failed = |what: String, source: std::io::Error| LandlockError::Io {
+        context: ctx.name.clone(),
+        what,
+        source,
+    };
     for (path, access) in grants {
-        let Ok(path) = std::fs::canonicalize(&path) else {
-            continue;
+        // A symlink on the way counts only where no one but root can change it: a user who
+        // can write the directory of a granted path would point it at `/` (found by the
+        // twelfth review).
+        let path = match crate::config::resolve_trusted_links(&path) {
+            Ok(p) => p,
+            Err(why) => {
+                if path.exists() {
+                    tracing::warn!(context = %ctx.name, "{}: {why}: granted nothing", path.display());
+                }
+                continue;
+            }
         };
         // A grant whose path moved meanwhile grants nothing.
         let Ok((fd, chain)) = open_canonical(&path) else {
@@ -479,14 +515,14 @@ fn fs_rules(
         };
         let id = *chain.last().expect("a path has a root");
         if Some(id) == tree.keep {
-            rules.push((fd, access));
+            add(fd, access)?;
             continue;
         }
         if chain.iter().any(|c| tree.denied.contains(c)) {
             continue;
         }
         let mut visited = std::collections::HashSet::from([id]);
-        tree.carve(fd, id, access, abi, &mut visited, &mut rules);
+        tree.carve(fd, id, access, abi, &mut visited, &failed, add)?;
     }
     if let Some(own) = protected
         .own_proc
@@ -497,12 +533,15 @@ fn fs_rules(
         // holder's root, a magic link: granted only if what was opened is a procfs.
         if let Ok(fd) = open_path(own) {
             if is_procfs(&fd) {
-                rules.push((fd, proc_access));
+                add(fd, proc_access)?;
             }
         }
     }
-    Ok(rules)
+    Ok(())
 }
+
+/// Where [`fs_rules`] puts each rule as it makes it.
+type Add<'a> = dyn FnMut(OwnedFd, BitFlags<AccessFs>) -> Result<(), LandlockError> + 'a;
 
 /// A file's identity: device and inode.
 type Identity = (u64, u64);
@@ -522,6 +561,7 @@ impl Tree {
     /// right would reach the denied paths beneath it too, and each of its entries is
     /// opened from it, not following links (a link is governed by the rules of what it
     /// points to), and treated the same way.
+    #[allow(clippy::too_many_arguments)]
     fn carve(
         &self,
         dir: OwnedFd,
@@ -529,16 +569,22 @@ impl Tree {
         access: BitFlags<AccessFs>,
         abi: ABI,
         visited: &mut std::collections::HashSet<Identity>,
-        rules: &mut Vec<(OwnedFd, BitFlags<AccessFs>)>,
-    ) {
+        failed: &dyn Fn(String, std::io::Error) -> LandlockError,
+        add: &mut Add<'_>,
+    ) -> Result<(), LandlockError> {
         if !self.on_the_way.contains(&id) {
-            rules.push((dir, access));
-            return;
+            return add(dir, access);
         }
-        let names = list(&dir).unwrap_or_default();
+        let on_the_way = || "a directory on the way to a denied path".to_string();
+        let names = list(&dir).map_err(|e| failed(on_the_way(), e))?;
         for name in names {
-            let Ok((entry, st)) = open_entry(&dir, &name) else {
-                continue;
+            let (entry, st) = match open_entry(&dir, &name) {
+                Ok(opened) => opened,
+                // Gone since it was listed: nothing to grant.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                // Out of descriptors or memory: a build that silently granted less would be
+                // kept; this one is not.
+                Err(e) => return Err(failed(on_the_way(), e)),
             };
             let entry_id = (st.st_dev, st.st_ino);
             let kind = st.st_mode & libc::S_IFMT;
@@ -551,13 +597,13 @@ impl Tree {
             if kind == libc::S_IFDIR {
                 // A bind mount may show a directory on the way beneath itself.
                 if visited.insert(entry_id) {
-                    self.carve(entry, entry_id, access, abi, visited, rules);
+                    self.carve(entry, entry_id, access, abi, visited, failed, add)?;
                 }
             } else if !(access & AccessFs::from_file(abi)).is_empty() {
-                rules.push((entry, access & AccessFs::from_file(abi)));
+                add(entry, access & AccessFs::from_file(abi))?;
             }
         }
-        rules.push((dir, access & AccessFs::ReadDir));
+        add(dir, access & AccessFs::ReadDir)
     }
 }
 
@@ -631,15 +677,16 @@ fn identity(fd: &OwnedFd) -> std::io::Result<Identity> {
 
 /// The names in the directory `dir` (an `O_PATH` descriptor), read through its
 /// descriptor's own entry in `/proc/self/fd`, which names that very directory.
-fn list(dir: &OwnedFd) -> Option<Vec<std::ffi::CString>> {
+fn list(dir: &OwnedFd) -> std::io::Result<Vec<std::ffi::CString>> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
-    let names = entries
-        .flatten()
-        .filter_map(|e| std::ffi::CString::new(e.file_name().as_bytes()).ok())
-        .collect();
-    Some(names)
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+        if let Ok(name) = std::ffi::CString::new(entry?.file_name().as_bytes()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// `path` opened `O_PATH`, following symlinks (magic ones too).

@@ -74,6 +74,17 @@ pub(super) async fn authorize(
                     ctx.name
                 )
             }
+            Some(_) if ctx.enforces_routing() && peer.in_a_context() => format!(
+                "{} (pid {}) runs in context {}; context {:?} enforces its routing and lets \
+                 in processes of a context only where its allow.contexts names it (it names \
+                 {:?})",
+                super::who(peer),
+                peer.pid,
+                peer.runs_in()
+                    .map_or("unknown".to_string(), |c| format!("{c:?}")),
+                ctx.name,
+                ctx.allow.contexts
+            ),
             _ => format!(
                 "{} (pid {}) may not enter context {:?}; its allow rule is {}",
                 super::who(peer),

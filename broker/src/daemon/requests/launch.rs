@@ -125,6 +125,7 @@ struct Launch<'a> {
     enforced_execs: bool,
     /// The modes the PTY was opened with.
     pty_modes: Option<TermModes>,
+    pty_size: Option<ctx_protocol::WinSize>,
     /// The session leader stand-in of a PTY launch.
     leader_pid: Option<libc::pid_t>,
     applied: Applied,
@@ -297,6 +298,7 @@ impl<'a> Launch<'a> {
             cwd_unverified: None,
             enforced_execs: false,
             pty_modes: None,
+            pty_size: None,
             leader_pid: None,
             applied: Applied::default(),
         }
@@ -574,6 +576,7 @@ impl<'a> Launch<'a> {
         }
         plan.controlling_tty = Some(p.slave.as_raw_fd());
         self.pty_modes = pty::modes(&p.master);
+        self.pty_size = pty::size(&p.master);
         self.pty = Some(p);
         Ok(())
     }
@@ -742,6 +745,7 @@ impl<'a> Launch<'a> {
             pidfd: &child.pidfd,
             master: self.master.take(),
             pty_modes: self.pty_modes,
+            pty_size: self.pty_size,
             // The modes the PTY was given: what the caller's terminal had at the launch.
             launch_modes: self.req.tty.as_ref().and_then(|t| t.termios),
             timeout: effective_timeout(&self.ctx, &self.req),

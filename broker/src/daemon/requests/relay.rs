@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ctx_protocol::{ExitStatus, Reply, Request, TermModes};
+use ctx_protocol::{ExitStatus, Reply, Request, TermModes, WinSize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -87,6 +87,8 @@ pub(super) struct Relay<'a> {
     pub master: Option<OwnedFd>,
     /// The PTY's modes as opened.
     pub pty_modes: Option<TermModes>,
+    /// The PTY's window size as opened: the caller's terminal's.
+    pub pty_size: Option<WinSize>,
     /// The modes the PTY was given: what the caller's terminal had at the launch.
     pub launch_modes: Option<TermModes>,
     pub timeout: Option<Duration>,
@@ -138,6 +140,7 @@ impl Relay<'_> {
             pidfd,
             master,
             pty_modes,
+            pty_size,
             launch_modes,
             timeout,
             mut shutdown,
@@ -167,6 +170,9 @@ impl Relay<'_> {
             }
         }
         let mut mirror: Option<Mirror> = None;
+        // The PTY's window size the caller's terminal has: a size the program sets is sent
+        // (`Reply::Size`), looked at where its modes are.
+        let mut size_seen = pty_size;
         // The client mirrors the PTY's modes onto the caller's terminal: watch them.
         let mut mirroring = false;
         let mut mode_tick = master.as_ref().map(|_| {
@@ -277,7 +283,11 @@ impl Relay<'_> {
                                 kill_process(pid, job_control::deliverable(pid, signo))
                             }
                             Ok(Request::Resize(size)) => {
-                                if let Some(m) = &master { let _ = pty::resize(m.get_ref(), size); }
+                                if let Some(m) = &master {
+                                    if pty::resize(m.get_ref(), size).is_ok() && size.rows != 0 && size.cols != 0 {
+                                        size_seen = Some(size);
+                                    }
+                                }
                             }
                             Ok(Request::Input(_)) if master.is_none() => {}
                             Ok(Request::Input(bytes)) => match master.as_ref().and_then(|m| job_control::suspend_at(m.get_ref(), pid, &bytes)) {
@@ -361,6 +371,17 @@ impl Relay<'_> {
                                     kill_group(pid, libc::SIGKILL);
                                 }
                             }
+                            if let Some(size) = size_change(master.as_ref().unwrap().get_ref(), &mut size_seen) {
+                                if held > 0 {
+                                    let earlier = held;
+                                    flush_held!();
+                                    out.copy_within(earlier..earlier + n, 0);
+                                }
+                                if client_alive && send!(&Reply::Size(size)).is_err() {
+                                    client_alive = false;
+                                    kill_group(pid, libc::SIGKILL);
+                                }
+                            }
                         }
                         let total = held + n;
                         let fast = n >= COALESCE_FROM || held > 0;
@@ -411,6 +432,13 @@ impl Relay<'_> {
                     if let Some(changed) = mirror_program(&mut mirror, now) {
                         flush_held!();
                         if client_alive && send!(&Reply::Modes(changed)).is_err() {
+                            client_alive = false;
+                            kill_group(pid, libc::SIGKILL);
+                        }
+                    }
+                    if let Some(size) = size_change(master.as_ref().unwrap().get_ref(), &mut size_seen) {
+                        flush_held!();
+                        if client_alive && send!(&Reply::Size(size)).is_err() {
                             client_alive = false;
                             kill_group(pid, libc::SIGKILL);
                         }
@@ -564,6 +592,15 @@ impl Relay<'_> {
                 let reply = Reply::Modes(changed);
                 if !sent(
                     conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                        .await,
+                ) {
+                    client_alive = false;
+                }
+            }
+            // And the size it left, as locally (`stty cols 100` and nothing after).
+            if let Some(size) = size_change(m.get_ref(), &mut size_seen).filter(|_| client_alive) {
+                if !sent(
+                    conn.send_before(&Reply::Size(size), shutdown_grace(shutdown.clone()))
                         .await,
                 ) {
                     client_alive = false;
@@ -859,6 +896,17 @@ impl AsRawFd for ListenerFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
     }
+}
+
+/// The PTY's window size when it differs from the one the caller's terminal has, which
+/// it then becomes.
+fn size_change(master: &OwnedFd, seen: &mut Option<WinSize>) -> Option<WinSize> {
+    let now = pty::size(master)?;
+    if *seen == Some(now) || now.rows == 0 || now.cols == 0 {
+        return None;
+    }
+    *seen = Some(now);
+    Some(now)
 }
 
 /// Waits for the process behind the pidfd to exit and reaps it.

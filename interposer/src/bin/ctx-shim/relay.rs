@@ -5,7 +5,9 @@
 use std::os::fd::RawFd;
 
 use ctx_protocol::linger;
-use ctx_protocol::terminal::{raise_at_foreground, write_all, Hold, Output, Typed};
+use ctx_protocol::terminal::{
+    raise_at_foreground, set_window_size, write_all, Hold, Output, Typed,
+};
 use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
@@ -149,6 +151,11 @@ impl Relay<'_> {
                 self.output.pty = Some(modes);
                 if let Some(hold) = self.tty.hold.as_mut() {
                     hold.program_set(modes);
+                }
+            }
+            Ok(Reply::Size(size)) => {
+                if let Some(fd) = self.tty.out.or(self.tty.input) {
+                    set_window_size(fd, size);
                 }
             }
             Ok(Reply::Stopped { .. }) => {
