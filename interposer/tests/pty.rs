@@ -546,6 +546,52 @@ fn a_window_size_the_program_sets_reaches_the_callers_terminal() {
     assert!(text.contains("20 90"), "{text}");
 }
 
+/// A caller that gives the terminal's foreground to its running job with `tcsetpgrp`
+/// alone (no `SIGCONT`, as a Python caller may): the job's read gets the line typed then,
+/// as locally. Routed, the shim took the terminal only at its start, at `SIGCONT` or when
+/// something else woke it, so the read waited for ever (found by the eleventh
+/// transparency review).
+#[test]
+fn the_foreground_given_without_a_signal_reaches_a_running_routed_job() {
+    let b = start_broker();
+    // The caller (Python itself, at the terminal) runs locally; its child, the job, is
+    // routed.
+    let caller = r#"
+import os, signal, subprocess, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+p = subprocess.Popen(["/bin/sh", "-c", "sleep 1; read l; echo got $l"], process_group=0)
+time.sleep(0.3)
+os.tcsetpgrp(0, p.pid)
+try:
+    rc = p.wait(timeout=5)
+except subprocess.TimeoutExpired:
+    rc = "timeout"
+    p.kill()
+    p.wait()
+os.tcsetpgrp(0, os.getpgrp())
+print("rc", rc)
+"#;
+    let mut seen = Vec::new();
+    for routed in [false, true] {
+        let mut p = OnPty::start_as(
+            &b,
+            |_| vec!["/usr/bin/python3".into(), "-c".into(), caller.into()],
+            24,
+            80,
+            routed,
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        p.type_bytes(b"one\n");
+        seen.push(p.finish());
+    }
+    eprintln!("local:  {:?}\nrouted: {:?}", seen[0], seen[1]);
+    assert!(
+        seen[0].1.contains("got one") && seen[0].1.contains("rc 0"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], seen[0], "routed differs from local");
+}
+
 #[test]
 fn output_is_processed_once_and_local_output_keeps_its_newlines() {
     let b = start_broker();

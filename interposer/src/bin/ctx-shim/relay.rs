@@ -270,6 +270,10 @@ fn owns_job() -> bool {
     unsafe { libc::getpgid(libc::getppid()) != libc::getpgrp() }
 }
 
+/// How often a routed job in the background of the caller's terminal, whose program may
+/// read it, looks whether it was given the foreground.
+const FOREGROUND_POLL_MS: i32 = 50;
+
 pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
     let sfd = ending::signal_fd();
     // Input comes from stdin when it is the terminal; otherwise the program may still
@@ -313,6 +317,10 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
     loop {
+        // The foreground may come without a signal (the caller's `tcsetpgrp` alone): a job
+        // whose input waits for it looks again every `FOREGROUND_POLL_MS`.
+        r.hold();
+        let awaiting_foreground = r.input_open && r.tty.input.is_some() && r.tty.hold.is_none();
         let relay_input = r.input_open && (r.tty.hold.is_some() || r.tty.foreground());
         let mut pfd = [
             sys::poll_in(sock),
@@ -322,8 +330,13 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
                 _ => -1,
             }),
         ];
+        let timeout = if awaiting_foreground {
+            FOREGROUND_POLL_MS
+        } else {
+            -1
+        };
         // SAFETY: three valid pollfds.
-        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, -1) };
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, timeout) };
         if n < 0 {
             if sys::errno() == libc::EINTR {
                 continue;
