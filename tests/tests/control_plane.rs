@@ -1843,3 +1843,150 @@ isolation = {{ read_only = ["/"], read_write = ["{work}"], no_access = ["{hidden
     // And the launches beside it go on.
     assert_eq!(b.exec("fenced", &["true"]).code(), 0);
 }
+
+/// Found by the thirteenth attacker review: a symlink in a granted path was followed where
+/// only root could change it, but checked by name: a user who owns the directory above
+/// swapped the root-owned directory holding the link with one of their own holding a link
+/// to a root-only directory (`renameat2` exchange, in a loop) between the check and the
+/// link's read, and the fenced root context wrote there (10 launches in 100). Now the walk
+/// holds descriptors: the directory checked is the one the link is read from.
+#[test]
+fn a_granted_links_directory_swapped_during_the_build_widens_nothing() {
+    let alice = user(ALICE);
+    let dir = TempDir::new();
+    let home = dir.subdir("home", 0o755);
+    let own = |p: &std::path::Path| {
+        std::os::unix::fs::lchown(p, Some(alice.uid), Some(alice.gid)).unwrap()
+    };
+    own(&home);
+    let toolsdir = dir.subdir("toolsdir", 0o777);
+    let rootonly = dir.subdir("rootonly", 0o755);
+    let tools = dir.subdir("home/tools", 0o755);
+    std::os::unix::fs::symlink(&toolsdir, tools.join("current")).unwrap();
+    let evil = dir.subdir("home/evil", 0o755);
+    own(&evil);
+    std::os::unix::fs::symlink(&rootonly, evil.join("current")).unwrap();
+    own(&evil.join("current"));
+    let hideme = home.join("hideme");
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+isolation = {{ read_only = ["/"], read_write = ["{granted}"], no_access = ["{hideme}"] }}
+"#,
+        uid = alice.uid,
+        granted = tools.join("current").display(),
+        hideme = hideme.display(),
+    );
+    let b = Broker::start(&config);
+    let probe = format!(
+        "echo x > {}/written 2>/dev/null && echo WROTE; true",
+        rootonly.display()
+    );
+    // The control: the granted path is writable.
+    let control = b.exec(
+        "fenced",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo ok > {}/f && cat {0}/f",
+                tools.join("current").display()
+            ),
+        ],
+    );
+    assert_eq!(control.ok(), "ok\n");
+    let race = r#"
+import ctypes, os, subprocess, sys, threading
+ctx, sock, a, b, hideme, probe = sys.argv[1:7]
+libc = ctypes.CDLL(None, use_errno=True)
+stop = False
+def swap():
+    while not stop:
+        libc.renameat2(-100, a.encode(), -100, b.encode(), 2)
+threading.Thread(target=swap, daemon=True).start()
+won = None
+for i in range(80):
+    if os.path.exists(hideme):
+        os.rmdir(hideme)
+    else:
+        os.mkdir(hideme)
+    r = subprocess.run([ctx, "--socket", sock, "exec", "--context", "fenced", "--",
+                        "sh", "-c", probe], capture_output=True, text=True)
+    if "WROTE" in r.stdout:
+        won = f"attempt {i}"
+        break
+stop = True
+print(won or "none")
+"#;
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={ALICE}"),
+            &format!("--regid={ALICE}"),
+            "--init-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            race,
+        ])
+        .arg(bin("ctx"))
+        .arg(b.socket())
+        .arg(&tools)
+        .arg(&evil)
+        .arg(&hideme)
+        .arg(&probe)
+        .current_dir("/"));
+    assert_eq!(out.ok(), "none\n", "the root-only directory was written");
+    assert!(!rootonly.join("written").exists());
+}
+
+/// Found by the thirteenth attacker review: a user who filled a directory on the way to a
+/// context's `no_access` path with 500,000 entries made each rebuild take 2.6 s on a
+/// runtime worker (other users' launches waited up to 5 s) and each launch's Landlock
+/// domain hold 35 MB of kernel memory (one rule an entry). Past 16,384 entries in such a
+/// directory the launch now fails, naming the directory, and builds run off the workers.
+#[test]
+fn a_crowded_directory_on_the_way_to_a_denied_path_is_refused_by_name() {
+    let dir = TempDir::new();
+    let crowded = dir.subdir("crowded", 0o755);
+    dir.subdir("crowded/hidden", 0o755);
+    for n in 0..16_400 {
+        fs::File::create(crowded.join(format!("e{n}"))).unwrap();
+    }
+    let config = format!(
+        r#"[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ no_access = ["{hidden}"] }}
+
+[contexts.plain]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        hidden = crowded.join("hidden").display(),
+    );
+    let b = Broker::start(&config);
+    let out = b.exec("fenced", &["true"]);
+    assert_ne!(out.code(), 0, "{}", out.show());
+    assert!(
+        out.stderr_str().contains("more than the 16384")
+            && out.stderr_str().contains(crowded.to_str().unwrap()),
+        "{}",
+        out.show()
+    );
+    assert_eq!(b.exec("plain", &["true"]).code(), 0);
+    // Below the bound it builds.
+    fs::remove_file(crowded.join("e0")).unwrap();
+    for n in 1..100 {
+        fs::remove_file(crowded.join(format!("e{n}"))).unwrap();
+    }
+    fs::remove_dir(crowded.join("hidden")).unwrap();
+    fs::create_dir(crowded.join("hidden")).unwrap();
+    assert_eq!(b.exec("fenced", &["true"]).code(), 0);
+}

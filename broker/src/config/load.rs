@@ -8,7 +8,6 @@ mod envfile;
 mod secret_file;
 mod spans;
 mod values;
-pub use secret_file::resolve_trusted_links;
 pub use values::parse_duration;
 
 use std::collections::BTreeMap;

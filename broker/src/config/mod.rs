@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{load, load_str, parse_duration, resolve_trusted_links, ConfigError};
+pub use load::{load, load_str, parse_duration, ConfigError};
 
 /// Default PATH for a context whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

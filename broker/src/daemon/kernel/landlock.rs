@@ -91,6 +91,8 @@ pub struct Protected {
 #[derive(Default)]
 pub struct Rulesets {
     cache: Mutex<HashMap<String, Cached>>,
+    /// One build at a time per context.
+    gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 struct Cached {
@@ -127,6 +129,11 @@ const DEVICES: [&str; 9] = [
     "/dev/shm",
 ];
 
+/// Entries of one directory on the way to a denied path that a ruleset makes rules for
+/// (one each): every launch's Landlock domain holds them in kernel memory (500,000 took
+/// 35 MB a launch and 2.6 s to build; found by the thirteenth review).
+const MAX_CARVED_ENTRIES: usize = 16_384;
+
 // ---------------------------------------------------------------------------------------
 // Methods
 // ---------------------------------------------------------------------------------------
@@ -142,18 +149,47 @@ impl Rulesets {
         let key = Arc::as_ptr(ctx) as usize;
         let sessions = protected.sessions_of(ctx).exists();
         let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
-        if let Some(c) = self.lock().get(&ctx.name) {
-            let same_port = c.egress_port == protected.egress_port;
-            let same_proc = c.own_proc == protected.own_proc;
-            if c.context == key
+        let cached = || -> Option<Arc<OwnedFd>> {
+            let cache = self.lock();
+            let c = cache.get(&ctx.name)?;
+            (c.context == key
                 && c.sessions == sessions
                 && c.hidden == hidden
-                && same_port
-                && same_proc
-            {
-                return Ok(Some(c.fd.clone()));
-            }
+                && c.egress_port == protected.egress_port
+                && c.own_proc == protected.own_proc)
+                .then(|| c.fd.clone())
+        };
+        if let Some(fd) = cached() {
+            return Ok(Some(fd));
         }
+        // A build walks directories others may have filled: off the runtime's worker, and
+        // one per context at a time, the launches that wait for it taking its result
+        // (found by the thirteenth review: a rebuild over 500,000 entries held a worker,
+        // and every launch on it, for 2.6 s).
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ctx.name.clone())
+            .or_default()
+            .clone();
+        tokio::task::block_in_place(|| {
+            let _one = gate.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fd) = cached() {
+                return Ok(Some(fd));
+            }
+            self.build_and_keep(ctx, protected, key, sessions, hidden.clone())
+        })
+    }
+
+    fn build_and_keep(
+        &self,
+        ctx: &Arc<Context>,
+        protected: &Protected,
+        key: usize,
+        sessions: bool,
+        hidden: Vec<bool>,
+    ) -> Result<Option<Arc<OwnedFd>>, LandlockError> {
         // A path that changed under the build (someone renaming in a directory on the way
         // to a denied path) fails it; a few tries make that someone's loop no one else's
         // failure, mostly.
@@ -500,18 +536,17 @@ fn fs_rules(
         // A symlink on the way counts only where no one but root can change it: a user who
         // can write the directory of a granted path would point it at `/` (found by the
         // twelfth review).
-        let path = match crate::config::resolve_trusted_links(&path) {
-            Ok(p) => p,
+        // Resolved over descriptors, the link's directory checked on the descriptor the walk
+        // holds: checked by name, the directory could be swapped for another between the
+        // check and the link's read (found by the thirteenth review).
+        let (fd, chain) = match open_trusted(&path) {
+            Ok(opened) => opened,
             Err(why) => {
                 if path.exists() {
                     tracing::warn!(context = %ctx.name, "{}: {why}: granted nothing", path.display());
                 }
                 continue;
             }
-        };
-        // A grant whose path moved meanwhile grants nothing.
-        let Ok((fd, chain)) = open_canonical(&path) else {
-            continue;
         };
         let id = *chain.last().expect("a path has a root");
         if Some(id) == tree.keep {
@@ -577,6 +612,21 @@ impl Tree {
         }
         let on_the_way = || "a directory on the way to a denied path".to_string();
         let names = list(&dir).map_err(|e| failed(on_the_way(), e))?;
+        if names.len() > MAX_CARVED_ENTRIES {
+            use std::os::fd::AsRawFd;
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+                .unwrap_or_default();
+            return Err(failed(
+                format!(
+                    "{} holds {} entries, more than the {MAX_CARVED_ENTRIES} a carve-out \
+                     around a denied path beneath it may make rules for (keep no_access paths \
+                     and the broker's files out of directories others can fill)",
+                    path.display(),
+                    names.len()
+                ),
+                std::io::Error::from_raw_os_error(libc::E2BIG),
+            ));
+        }
         for name in names {
             let (entry, st) = match open_entry(&dir, &name) {
                 Ok(opened) => opened,
@@ -642,6 +692,89 @@ fn open_canonical(path: &Path) -> std::io::Result<(OwnedFd, Vec<Identity>)> {
         at = next;
     }
     Ok((at, chain))
+}
+
+/// `path` opened `O_PATH` by a walk from `/` over descriptors, and the identity of each
+/// directory on the way (`/` first) and of itself. A symlink is followed only where no one
+/// but root (or the broker's uid) can change it: its directory, as the walk holds it, is
+/// theirs and writable by no one else (or sticky, and the link theirs); its target is read
+/// from the link's own descriptor. `..` goes back up the walk.
+fn open_trusted(path: &Path) -> Result<(OwnedFd, Vec<Identity>), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let parts = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.components()
+            .rev()
+            .filter(|c| !matches!(c, std::path::Component::RootDir))
+            .map(|c| c.as_os_str().to_owned())
+            .collect()
+    };
+    let io = |e: std::io::Error| e.to_string();
+    let root = open_path(Path::new("/")).map_err(io)?;
+    let root_st = stat_of(&root).map_err(io)?;
+    let mut walk: Vec<(OwnedFd, libc::stat)> = vec![(root, root_st)];
+    let mut pending = parts(path);
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == "." {
+            continue;
+        }
+        if part == ".." {
+            if walk.len() > 1 {
+                walk.pop();
+            }
+            continue;
+        }
+        let (dir, dir_st) = walk.last().expect("the walk starts at /");
+        if dir_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err("a component is not a directory".into());
+        }
+        let name =
+            std::ffi::CString::new(part.as_bytes()).map_err(|_| "a NUL in it".to_string())?;
+        let (fd, st) = open_entry(dir, &name).map_err(io)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            walk.push((fd, st));
+            continue;
+        }
+        hops += 1;
+        if hops > 40 {
+            return Err("too many levels of symbolic links".into());
+        }
+        // SAFETY: plain getter.
+        let trusted = |uid: u32| uid == 0 || uid == unsafe { libc::geteuid() };
+        let dir_mode = dir_st.st_mode;
+        let dir_trusted = trusted(dir_st.st_uid)
+            && (dir_mode & 0o022 == 0 || (dir_mode & 0o1000 != 0 && trusted(st.st_uid)));
+        if !dir_trusted {
+            return Err(format!(
+                "is reached through the symlink {:?}, in a directory uid {} or others can \
+                 change: they could point it anywhere; grant the path it leads to instead",
+                part, dir_st.st_uid
+            ));
+        }
+        let mut target = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: readlinkat of the link's own O_PATH descriptor (empty name) into our buffer.
+        let n = unsafe {
+            libc::readlinkat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_mut_ptr().cast(),
+                target.len(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        target.truncate(n as usize);
+        let target = Path::new(std::ffi::OsStr::from_bytes(&target));
+        if target.is_absolute() {
+            walk.truncate(1);
+        }
+        pending.extend(parts(target));
+    }
+    let chain = walk.iter().map(|(_, st)| (st.st_dev, st.st_ino)).collect();
+    let (fd, _) = walk.pop().expect("the walk starts at /");
+    Ok((fd, chain))
 }
 
 /// `name` in the directory `dir`, opened `O_PATH` without following a link, and its
