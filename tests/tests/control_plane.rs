@@ -1990,3 +1990,64 @@ allow = {{ uids = [0] }}
     fs::create_dir(crowded.join("hidden")).unwrap();
     assert_eq!(b.exec("fenced", &["true"]).code(), 0);
 }
+
+/// Found by the fourteenth attacker review. A uid-0 context owns root's directories and
+/// makes root-owned links: one fenced to write only `/tmp` replaced another context's
+/// granted directory there with a link to `/` (a link root owns, in a sticky directory
+/// root owns, so "trusted"), and at the next rebuild that other fenced context wrote
+/// `/etc`. And a user's link at a missing `no_access` path, aimed at `/`, denied
+/// everything: every launch of the context failed. Now configured paths are made
+/// canonical when the config is loaded and followed through no link at build time: a
+/// granted path that became a link grants nothing, a denied path that is a link denies
+/// the link.
+#[test]
+fn links_planted_at_configured_paths_are_not_followed_when_rules_are_built() {
+    let alice = user(ALICE);
+    let dir = TempDir::new();
+    let tmp = dir.subdir("tmp", 0o1777);
+    let out = dir.subdir("tmp/out", 0o755);
+    let rootonly = dir.subdir("rootonly", 0o755);
+    let hidden = tmp.join("hidden");
+    let missing = tmp.join("missing");
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.scratch]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], read_write = ["{tmp}"] }}
+
+[contexts.builder]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], read_write = ["{out}"], no_access = ["{hidden}", "{missing}"] }}
+"#,
+        tmp = tmp.display(),
+        out = out.display(),
+        hidden = hidden.display(),
+        missing = missing.display(),
+    );
+    let b = Broker::start(&config);
+    let write = format!(
+        "echo x > {}/written 2>/dev/null && echo WROTE; true",
+        rootonly.display()
+    );
+    assert_eq!(b.exec("builder", &["sh", "-c", &write]).ok(), "");
+    // The fenced uid-0 context plants a root-owned link where the other's grant is.
+    let plant = format!(
+        "mv {out} {out}.old && ln -s {target} {out} && echo planted",
+        out = out.display(),
+        target = rootonly.display()
+    );
+    assert_eq!(b.exec("scratch", &["sh", "-c", &plant]).ok(), "planted\n");
+    fs::create_dir(&hidden).unwrap(); // a rebuild
+    assert_eq!(b.exec("builder", &["sh", "-c", &write]).ok(), "");
+    assert!(!rootonly.join("written").exists());
+    // A user's link at a missing no_access path, aimed at `/`: launches go on.
+    std::os::unix::fs::symlink("/", &missing).unwrap();
+    std::os::unix::fs::lchown(&missing, Some(alice.uid), Some(alice.gid)).unwrap();
+    assert_eq!(b.exec("builder", &["cat", "/etc/hostname"]).code(), 0);
+}

@@ -641,7 +641,10 @@ impl Loader<'_> {
             .env_files
             .iter()
             .flatten()
-            .map(|f| PathBuf::from(f.get_ref()))
+            .map(|f| {
+                let path = PathBuf::from(f.get_ref());
+                std::fs::canonicalize(&path).unwrap_or(path)
+            })
             .collect();
         let env = self.env(&scope, user.uid, raw.env_files.as_deref(), raw.env)?;
 
@@ -802,6 +805,7 @@ impl Loader<'_> {
             },
         };
 
+        let mut untrusted: Vec<String> = Vec::new();
         let isolation = match raw.isolation {
             None => Isolation::default(),
             Some(iso) => {
@@ -845,7 +849,7 @@ impl Loader<'_> {
                         }
                     },
                 };
-                let paths = |field: &str, list: &Option<Vec<Spanned<String>>>| {
+                let mut paths = |field: &str, list: &Option<Vec<Spanned<String>>>| {
                     let mut out = Vec::new();
                     for (index, p) in list.iter().flatten().enumerate() {
                         let key = format!("{}.{field}[{index}]", scope.key("isolation"));
@@ -856,7 +860,20 @@ impl Loader<'_> {
                                 format!("{:?} is not an absolute path", p.get_ref()),
                             ));
                         }
-                        out.push(PathBuf::from(p.get_ref()));
+                        // Resolved now, the operator's moment, through links only root can
+                        // change (as env files are): the broker follows no link in these
+                        // paths when it builds the rules later, so a link someone else
+                        // placed grants nothing (a denied one denies the link).
+                        let path = PathBuf::from(p.get_ref());
+                        let path = match secret_file::resolve_trusted_links(&path) {
+                            Ok(resolved) => resolved,
+                            Err(why) if path.symlink_metadata().is_ok() => {
+                                untrusted.push(format!("{key}: {}: {why}", path.display()));
+                                path
+                            }
+                            Err(_) => path,
+                        };
+                        out.push(path);
                     }
                     Ok(out)
                 };
@@ -892,6 +909,9 @@ impl Loader<'_> {
                 }
             }
         };
+        self.warnings.extend(untrusted.into_iter().map(|w| {
+            format!("{w}: it grants nothing (a denied path denies the link itself); name the path it leads to")
+        }));
         self.warnings.extend(landlock::load_warnings(
             &scope.key("isolation"),
             &isolation,

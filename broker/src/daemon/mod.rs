@@ -97,7 +97,14 @@ impl Shared {
             .values()
             .flat_map(|c| c.env_files.iter().cloned())
             .collect();
-        files.push(self.audit.rotated_path());
+        // Canonical, as the env files are since the load: it is followed through no link.
+        let rotated = self.audit.rotated_path();
+        let canonical = rotated
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .zip(rotated.file_name())
+            .map(|(d, f)| d.join(f));
+        files.push(canonical.unwrap_or(rotated));
         files
     }
 

@@ -133,6 +133,8 @@ const DEVICES: [&str; 9] = [
 /// (one each): every launch's Landlock domain holds them in kernel memory (500,000 took
 /// 35 MB a launch and 2.6 s to build; found by the thirteenth review).
 const MAX_CARVED_ENTRIES: usize = 16_384;
+/// The same for all the directories on the way together.
+const MAX_CARVED_RULES: usize = 65_536;
 
 // ---------------------------------------------------------------------------------------
 // Methods
@@ -486,7 +488,17 @@ fn fs_rules(
     grants.push((own_sessions.clone(), all));
 
     let named = |p: &Path| iso.read_only.iter().chain(&iso.read_write).any(|g| g == p);
-    let mut denied: Vec<PathBuf> = iso.no_access.clone();
+    // Paths others may change (a `no_access` path in `/tmp`, an env file in a user's
+    // directory) are taken as written, canonical since the config's load, and never
+    // followed through a link met now: the link itself is what is denied (found by the
+    // fourteenth review: a user's link aimed a `no_access` path at `/`, which then
+    // denied everything, or at a deep tree whose every directory was carved).
+    let as_written: Vec<&PathBuf> = iso
+        .no_access
+        .iter()
+        .chain(protected.secrets.iter().filter(|p| !named(p)))
+        .collect();
+    let mut denied: Vec<PathBuf> = Vec::new();
     // SAFETY: geteuid cannot fail.
     if ctx.user.uid == unsafe { libc::geteuid() } {
         // Root's devices are root's files, which a context of root's uid may open by their
@@ -497,10 +509,7 @@ fn fs_rules(
         &protected.config,
         &protected.audit_log,
         &protected.state_dir,
-    ]
-    .into_iter()
-    .chain(&protected.secrets)
-    {
+    ] {
         if !named(p) {
             denied.push(p.clone());
         }
@@ -522,6 +531,14 @@ fn fs_rules(
         tree.denied.insert(*last);
         tree.on_the_way.extend(on_the_way);
     }
+    for path in as_written {
+        let Some(chain) = deny_chain(path).map_err(|e| changed(path, e))? else {
+            continue;
+        };
+        let (last, on_the_way) = chain.split_last().expect("a path has a root");
+        tree.denied.insert(*last);
+        tree.on_the_way.extend(on_the_way);
+    }
     tree.keep = std::fs::canonicalize(&own_sessions)
         .ok()
         .and_then(|p| open_canonical(&p).ok())
@@ -536,14 +553,28 @@ fn fs_rules(
         // A symlink on the way counts only where no one but root can change it: a user who
         // can write the directory of a granted path would point it at `/` (found by the
         // twelfth review).
-        // Resolved over descriptors, the link's directory checked on the descriptor the walk
-        // holds: checked by name, the directory could be swapped for another between the
-        // check and the link's read (found by the thirteenth review).
-        let (fd, chain) = match open_trusted(&path) {
+        // Canonical since the config's load (the operator's moment), and followed through no
+        // link met now: whoever can write a directory on its way (a user's home, `/tmp`; a
+        // uid-0 context owns root's) could aim a link anywhere, and a check of its owner by
+        // name races with an exchange of directories (found by the twelfth, thirteenth and
+        // fourteenth reviews). The common devices may be links within `/dev`.
+        let path = match DEVICES.iter().any(|d| Path::new(d) == path) {
+            true => match std::fs::canonicalize(&path) {
+                Ok(p) if p.starts_with("/dev/") => p,
+                _ => continue,
+            },
+            false => path,
+        };
+        let (fd, chain) = match open_canonical(&path) {
             Ok(opened) => opened,
-            Err(why) => {
+            Err(e) => {
                 if path.exists() {
-                    tracing::warn!(context = %ctx.name, "{}: {why}: granted nothing", path.display());
+                    tracing::warn!(
+                        context = %ctx.name,
+                        "{}: {e} (a link, or a path changed since the config was loaded): \
+                         granted nothing",
+                        path.display()
+                    );
                 }
                 continue;
             }
@@ -588,6 +619,8 @@ struct Tree {
     on_the_way: std::collections::HashSet<Identity>,
     /// The context's own sessions directory, granted on its own.
     keep: Option<Identity>,
+    /// Entries listed so far in directories on the way.
+    carved: std::cell::Cell<usize>,
 }
 
 impl Tree {
@@ -612,6 +645,17 @@ impl Tree {
         }
         let on_the_way = || "a directory on the way to a denied path".to_string();
         let names = list(&dir).map_err(|e| failed(on_the_way(), e))?;
+        self.carved.set(self.carved.get() + names.len());
+        if self.carved.get() > MAX_CARVED_RULES {
+            return Err(failed(
+                format!(
+                    "the directories on the way to its denied paths hold more than \
+                     {MAX_CARVED_RULES} entries together (keep no_access paths and the broker's \
+                     files out of directories others can fill)"
+                ),
+                std::io::Error::from_raw_os_error(libc::E2BIG),
+            ));
+        }
         if names.len() > MAX_CARVED_ENTRIES {
             use std::os::fd::AsRawFd;
             let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
@@ -694,87 +738,33 @@ fn open_canonical(path: &Path) -> std::io::Result<(OwnedFd, Vec<Identity>)> {
     Ok((at, chain))
 }
 
-/// `path` opened `O_PATH` by a walk from `/` over descriptors, and the identity of each
-/// directory on the way (`/` first) and of itself. A symlink is followed only where no one
-/// but root (or the broker's uid) can change it: its directory, as the walk holds it, is
-/// theirs and writable by no one else (or sticky, and the link theirs); its target is read
-/// from the link's own descriptor. `..` goes back up the walk.
-fn open_trusted(path: &Path) -> Result<(OwnedFd, Vec<Identity>), String> {
-    use std::os::fd::AsRawFd;
+/// The identities on the way to `path` (`/` first) and of the path itself, walked
+/// following no link: a link met is itself the last, what it points to is not looked at.
+/// `None` when the path does not exist (nothing to deny yet).
+fn deny_chain(path: &Path) -> std::io::Result<Option<Vec<Identity>>> {
     use std::os::unix::ffi::OsStrExt;
-    let parts = |p: &Path| -> Vec<std::ffi::OsString> {
-        p.components()
-            .rev()
-            .filter(|c| !matches!(c, std::path::Component::RootDir))
-            .map(|c| c.as_os_str().to_owned())
-            .collect()
-    };
-    let io = |e: std::io::Error| e.to_string();
-    let root = open_path(Path::new("/")).map_err(io)?;
-    let root_st = stat_of(&root).map_err(io)?;
-    let mut walk: Vec<(OwnedFd, libc::stat)> = vec![(root, root_st)];
-    let mut pending = parts(path);
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == "." {
-            continue;
-        }
-        if part == ".." {
-            if walk.len() > 1 {
-                walk.pop();
-            }
-            continue;
-        }
-        let (dir, dir_st) = walk.last().expect("the walk starts at /");
-        if dir_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Err("a component is not a directory".into());
-        }
-        let name =
-            std::ffi::CString::new(part.as_bytes()).map_err(|_| "a NUL in it".to_string())?;
-        let (fd, st) = open_entry(dir, &name).map_err(io)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-            walk.push((fd, st));
-            continue;
-        }
-        hops += 1;
-        if hops > 40 {
-            return Err("too many levels of symbolic links".into());
-        }
-        // SAFETY: plain getter.
-        let trusted = |uid: u32| uid == 0 || uid == unsafe { libc::geteuid() };
-        let dir_mode = dir_st.st_mode;
-        let dir_trusted = trusted(dir_st.st_uid)
-            && (dir_mode & 0o022 == 0 || (dir_mode & 0o1000 != 0 && trusted(st.st_uid)));
-        if !dir_trusted {
-            return Err(format!(
-                "is reached through the symlink {:?}, in a directory uid {} or others can \
-                 change: they could point it anywhere; grant the path it leads to instead",
-                part, dir_st.st_uid
-            ));
-        }
-        let mut target = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: readlinkat of the link's own O_PATH descriptor (empty name) into our buffer.
-        let n = unsafe {
-            libc::readlinkat(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                target.as_mut_ptr().cast(),
-                target.len(),
-            )
+    let mut at = open_path(Path::new("/"))?;
+    let mut chain = vec![identity(&at)?];
+    for c in path.components().skip(1) {
+        let std::path::Component::Normal(name) = c else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error().to_string());
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let (next, st) = match open_entry(&at, &name) {
+            Ok(opened) => opened,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        chain.push((st.st_dev, st.st_ino));
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            break;
         }
-        target.truncate(n as usize);
-        let target = Path::new(std::ffi::OsStr::from_bytes(&target));
-        if target.is_absolute() {
-            walk.truncate(1);
-        }
-        pending.extend(parts(target));
+        at = next;
     }
-    let chain = walk.iter().map(|(_, st)| (st.st_dev, st.st_ino)).collect();
-    let (fd, _) = walk.pop().expect("the walk starts at /");
-    Ok((fd, chain))
+    Ok(Some(chain))
 }
 
 /// `name` in the directory `dir`, opened `O_PATH` without following a link, and its
