@@ -78,3 +78,16 @@ fn shipped_contexts_toml_passes_check() {
         out.show()
     );
 }
+
+/// A `.` or `..` in a filesystem rule's path is refused at load (found by the fifteenth
+/// review: kept as written, `/tmp/nx/../zz` made every launch of its context fail once
+/// someone created `/tmp/nx`).
+#[test]
+fn check_refuses_dot_components_in_isolation_paths() {
+    require_root();
+    assert_refused(
+        "[contexts.a]\nuser = \"root\"\nisolation = { no_access = [\"/tmp/nx/../zz\"] }\n",
+        3,
+        "`..` component",
+    );
+}

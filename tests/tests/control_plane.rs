@@ -2051,3 +2051,33 @@ isolation = {{ read_only = ["/"], read_write = ["{out}"], no_access = ["{hidden}
     std::os::unix::fs::lchown(&missing, Some(alice.uid), Some(alice.gid)).unwrap();
     assert_eq!(b.exec("builder", &["cat", "/etc/hostname"]).code(), 0);
 }
+
+/// Found by the fifteenth attacker review: a `no_access` path missing at load, under a link
+/// only root can change (`/var/run/...`, `/var/lock/...`), was kept as written, and the
+/// rules, which follow no link, denied the link only: once the path appeared, a fenced
+/// context read it through both names. Now the load resolves such a path as far as it
+/// exists and appends the rest.
+#[test]
+fn a_no_access_path_under_a_root_link_that_appears_after_load_stays_hidden() {
+    let dir = TempDir::new();
+    let real = dir.subdir("real", 0o755);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let config = format!(
+        r#"[contexts.fenced]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ read_only = ["/"], no_access = ["{}"] }}
+"#,
+        link.join("secret/key").display()
+    );
+    let b = Broker::start(&config);
+    assert_eq!(b.exec("fenced", &["true"]).code(), 0);
+    dir.subdir("real/secret", 0o755);
+    dir.file("real/secret/key", b"appeared-later\n", 0o644);
+    for name in [link.join("secret/key"), real.join("secret/key")] {
+        let out = b.exec("fenced", &["cat", name.to_str().unwrap()]);
+        assert_ne!(out.code(), 0, "read {}: {}", name.display(), out.show());
+    }
+}

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use nix::unistd::{Gid, Group, Uid};
@@ -860,18 +860,43 @@ impl Loader<'_> {
                                 format!("{:?} is not an absolute path", p.get_ref()),
                             ));
                         }
+                        if Path::new(p.get_ref())
+                            .components()
+                            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                        {
+                            return Err(self.err(
+                                p.span(),
+                                key,
+                                format!(
+                                    "{:?} has a `.` or `..` component: write the path itself",
+                                    p.get_ref()
+                                ),
+                            ));
+                        }
                         // Resolved now, the operator's moment, through links only root can
                         // change (as env files are): the broker follows no link in these
                         // paths when it builds the rules later, so a link someone else
                         // placed grants nothing (a denied one denies the link).
+                        // A path that does not exist yet is resolved as far as it does
+                        // (`/var/run/x` is `/run/x`), the rest appended.
                         let path = PathBuf::from(p.get_ref());
-                        let path = match secret_file::resolve_trusted_links(&path) {
-                            Ok(resolved) => resolved,
-                            Err(why) if path.symlink_metadata().is_ok() => {
+                        let mut existing = path.clone();
+                        let mut tail = Vec::new();
+                        while existing.symlink_metadata().is_err() {
+                            match (existing.file_name(), existing.parent()) {
+                                (Some(name), Some(parent)) => {
+                                    tail.push(name.to_owned());
+                                    existing = parent.to_path_buf();
+                                }
+                                _ => break,
+                            }
+                        }
+                        let path = match secret_file::resolve_trusted_links(&existing) {
+                            Ok(resolved) => tail.iter().rev().fold(resolved, |p, n| p.join(n)),
+                            Err(why) => {
                                 untrusted.push(format!("{key}: {}: {why}", path.display()));
                                 path
                             }
-                            Err(_) => path,
                         };
                         out.push(path);
                     }
