@@ -1697,18 +1697,7 @@ stop = True
 print(won or f"none, {ran} ran")
 "#;
     for target in [PathBuf::from("/"), rootonly.clone(), secret.clone()] {
-        let out = run(Command::new("setpriv")
-            .args([
-                &format!("--reuid={ALICE}"),
-                &format!("--regid={ALICE}"),
-                "--init-groups",
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                race,
-            ])
-            .arg(bin("ctx"))
-            .arg(b.socket())
+        let out = run(alice_racing(race, &b)
             .arg(&rw)
             .arg(&maybe)
             .arg(&target)
@@ -1923,18 +1912,7 @@ for i in range(80):
 stop = True
 print(won or "none")
 "#;
-    let out = run(Command::new("setpriv")
-        .args([
-            &format!("--reuid={ALICE}"),
-            &format!("--regid={ALICE}"),
-            "--init-groups",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            race,
-        ])
-        .arg(bin("ctx"))
-        .arg(b.socket())
+    let out = run(alice_racing(race, &b)
         .arg(&tools)
         .arg(&evil)
         .arg(&hideme)
@@ -2080,4 +2058,23 @@ isolation = {{ read_only = ["/"], no_access = ["{}"] }}
         let out = b.exec("fenced", &["cat", name.to_str().unwrap()]);
         assert_ne!(out.code(), 0, "read {}: {}", name.display(), out.show());
     }
+}
+
+/// The Python `race` run as ctx-alice from `/`, given `ctx` and `b`'s socket as its first
+/// two arguments; the caller adds the rest.
+fn alice_racing(race: &str, b: &Broker) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={ALICE}"),
+        &format!("--regid={ALICE}"),
+        "--init-groups",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        race,
+    ])
+    .arg(bin("ctx"))
+    .arg(b.socket())
+    .current_dir("/");
+    cmd
 }
