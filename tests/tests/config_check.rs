@@ -91,3 +91,34 @@ fn check_refuses_dot_components_in_isolation_paths() {
         "`..` component",
     );
 }
+
+/// A `no_access` path in a directory a user can change is one that user can rename away,
+/// and so expose to the context (found by the sixteenth review): the load says so.
+#[test]
+fn check_warns_of_a_no_access_path_others_can_rename() {
+    let alice = user(ALICE);
+    let td = TempDir::new();
+    let project = td.subdir("project", 0o755);
+    nix::unistd::chown(
+        &project,
+        Some(nix::unistd::Uid::from_raw(alice.uid)),
+        Some(nix::unistd::Gid::from_raw(alice.gid)),
+    )
+    .unwrap();
+    td.subdir("project/keys", 0o700);
+    let text = format!(
+        "[contexts.a]\nuser = \"root\"\nisolation = {{ read_only = [\"/\"], no_access = [\"{}\"] }}\n",
+        project.join("keys").display()
+    );
+    let f = td.file("c.toml", text.as_bytes(), 0o644);
+    let out = check(&f);
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let msg = format!("{}{}", out.stderr_str(), out.stdout_str());
+    assert!(
+        msg.contains(&format!(
+            "where uid {} (or others) can rename it",
+            alice.uid
+        )),
+        "{msg}"
+    );
+}

@@ -944,6 +944,16 @@ impl Loader<'_> {
             self.landlock_abi,
         ));
         for (index, path) in isolation.no_access.iter().enumerate() {
+            if let Some((dir, owner)) = secret_file::changeable_on_the_way(path) {
+                self.warnings.push(format!(
+                    "{}.no_access[{index}]: {} lies in {}, where uid {owner} (or others) can \
+                     rename it and so expose it to this context; keep no_access paths in \
+                     directories only root can change",
+                    scope.key("isolation"),
+                    path.display(),
+                    dir.display()
+                ));
+            }
             if !path.exists() {
                 self.warnings.push(format!(
                     "{}.no_access[{index}]: {} does not exist: nothing to hide now; launches \

@@ -99,6 +99,22 @@ pub fn read(path: &Path, uid: u32) -> Result<(Vec<u8>, Vec<String>), String> {
     Ok((bytes, notes))
 }
 
+/// The first directory on the way to `path` (which may not exist yet) that someone other
+/// than root can change an entry of, and who: they can rename what is there.
+pub(super) fn changeable_on_the_way(path: &Path) -> Option<(PathBuf, u32)> {
+    let mut child_owner = std::fs::symlink_metadata(path).map_or(0, |m| m.uid());
+    for dir in path.ancestors().skip(1) {
+        let Ok(d) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if !dir_trusted(&d, child_owner) {
+            return Some((dir.to_path_buf(), d.uid()));
+        }
+        child_owner = d.uid();
+    }
+    None
+}
+
 /// Whether root or the broker's own uid owns it.
 fn trusted(owner: u32) -> bool {
     // SAFETY: plain getter.
