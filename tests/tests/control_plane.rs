@@ -1837,8 +1837,8 @@ isolation = {{ read_only = ["/"], read_write = ["{work}"], no_access = ["{hidden
 /// only root could change it, but checked by name: a user who owns the directory above
 /// swapped the root-owned directory holding the link with one of their own holding a link
 /// to a root-only directory (`renameat2` exchange, in a loop) between the check and the
-/// link's read, and the fenced root context wrote there (10 launches in 100). Now the walk
-/// holds descriptors: the directory checked is the one the link is read from.
+/// link's read, and the fenced root context wrote there (10 launches in 100). Now the
+/// path is resolved when the config is loaded and the build follows no link.
 #[test]
 fn a_granted_links_directory_swapped_during_the_build_widens_nothing() {
     let alice = user(ALICE);

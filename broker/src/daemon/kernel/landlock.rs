@@ -18,8 +18,9 @@
 //!
 //! With filesystem rules in force, the broker's config file, audit log (and its rotated
 //! generation), state dir and every context's `env_files` are carved out too (except the
-//! context's own shell-session directory), unless a rule names them exactly. The broker's socket stays reachable: connecting to a Unix socket is not
-//! a Landlock right before ABI 9, and the broker authenticates every peer anyway.
+//! context's own shell-session directory), unless a rule names them exactly. The broker's
+//! socket stays reachable: connecting to a Unix socket is not a Landlock right before
+//! ABI 9, and the broker authenticates every peer anyway.
 
 pub mod probe;
 
@@ -82,9 +83,6 @@ pub struct Protected {
     /// (`/proc/<holder>/root/proc`): a rule on the host's `/proc` does not cover a procfs
     /// mounted over it, so it gets the rights the grants give `/proc`.
     pub own_proc: Option<PathBuf>,
-    /// Other files that hold secrets: every context's `env_files`, the audit log's
-    /// rotated generation.
-    pub secrets: Vec<PathBuf>,
 }
 
 /// The built rulesets, by context; a reload's new `Context` makes a new one.
@@ -143,10 +141,14 @@ const MAX_CARVED_RULES: usize = 65_536;
 impl Rulesets {
     /// The ruleset fd a launch into `ctx` restricts itself with, or `None` when the context
     /// asks for nothing this kernel can enforce (the load-time warning says so).
+    /// `secrets`: the other files that hold secrets (every context's `env_files`, the
+    /// audit log's rotated generation), asked for only when a ruleset is built, off the
+    /// launch's path.
     pub fn for_context(
         &self,
         ctx: &Arc<Context>,
         protected: &Protected,
+        secrets: impl FnOnce() -> Vec<PathBuf>,
     ) -> Result<Option<Arc<OwnedFd>>, LandlockError> {
         let key = Arc::as_ptr(ctx) as usize;
         let sessions = protected.sessions_of(ctx).exists();
@@ -180,7 +182,7 @@ impl Rulesets {
             if let Some(fd) = cached() {
                 return Ok(Some(fd));
             }
-            self.build_and_keep(ctx, protected, key, sessions, hidden.clone())
+            self.build_and_keep(ctx, protected, &secrets(), key, sessions, hidden.clone())
         })
     }
 
@@ -188,6 +190,7 @@ impl Rulesets {
         &self,
         ctx: &Arc<Context>,
         protected: &Protected,
+        secrets: &[PathBuf],
         key: usize,
         sessions: bool,
         hidden: Vec<bool>,
@@ -197,7 +200,7 @@ impl Rulesets {
         // failure, mostly.
         let mut tries = 0;
         let built = loop {
-            match build(ctx, protected) {
+            match build(ctx, protected, secrets) {
                 Err(LandlockError::Changed { .. }) if tries < 4 => tries += 1,
                 built => break built,
             }
@@ -390,7 +393,11 @@ pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
     out
 }
 
-fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, LandlockError> {
+fn build(
+    ctx: &Context,
+    protected: &Protected,
+    secrets: &[PathBuf],
+) -> Result<Option<OwnedFd>, LandlockError> {
     let abi_version = abi();
     let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;
     let signals = ctx.isolation.signals == Signals::Scoped && abi_version >= 6;
@@ -448,7 +455,7 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
                 .map(drop)
                 .map_err(err)
         };
-        fs_rules(ctx, protected, abi, &mut add)?;
+        fs_rules(ctx, protected, secrets, abi, &mut add)?;
     }
     Ok(Option::<OwnedFd>::from(created))
 }
@@ -456,15 +463,17 @@ fn build(ctx: &Context, protected: &Protected) -> Result<Option<OwnedFd>, Landlo
 /// The rules of a context, each an opened file or directory and its rights, with
 /// `no_access` and the protected paths carved out of every grant.
 ///
-/// Every name below a grant's root is opened once, relative to its directory's
-/// descriptor, without following a symlink, and the rule is made on that descriptor:
-/// a name is never looked up again, since whoever can write a directory on the way could
-/// swap an entry for a link between two lookups and have the rule land on the link's
-/// target (`/`, or the hidden path itself; found by the eleventh review). Denied paths and
-/// the directories leading to them are compared by identity (device and inode), not name.
+/// The configured paths were resolved when the config was loaded; here no link is
+/// followed. Every name is opened once, relative to its directory's descriptor
+/// (`O_PATH|O_NOFOLLOW`), and the rule is made on that descriptor: a name is never looked
+/// up again, since whoever can write a directory on the way could swap an entry for a link
+/// between two lookups and have the rule land on the link's target (`/`, or the hidden
+/// path itself; found by the eleventh review). Denied paths and the directories leading
+/// to them are compared by identity (device and inode), not name.
 fn fs_rules(
     ctx: &Context,
     protected: &Protected,
+    secrets: &[PathBuf],
     abi: ABI,
     add: &mut Add<'_>,
 ) -> Result<(), LandlockError> {
@@ -496,7 +505,7 @@ fn fs_rules(
     let as_written: Vec<&PathBuf> = iso
         .no_access
         .iter()
-        .chain(protected.secrets.iter().filter(|p| !named(p)))
+        .chain(secrets.iter().filter(|p| !named(p)))
         .collect();
     let mut denied: Vec<PathBuf> = Vec::new();
     // SAFETY: geteuid cannot fail.

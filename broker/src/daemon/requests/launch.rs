@@ -455,9 +455,11 @@ impl<'a> Launch<'a> {
                 .as_ref()
                 .filter(|h| h.flags & libc::CLONE_NEWPID != 0)
                 .map(|h| format!("/proc/{}/root/proc", h.pid).into()),
-            secrets: shared.secret_files(),
         };
-        self.ruleset = match shared.landlock.for_context(ctx, &protected) {
+        self.ruleset = match shared
+            .landlock
+            .for_context(ctx, &protected, || shared.secret_files())
+        {
             Ok(r) => r,
             Err(e) => {
                 return Err(ExecFailure {
