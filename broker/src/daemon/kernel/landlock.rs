@@ -150,6 +150,11 @@ impl Rulesets {
         protected: &Protected,
         secrets: impl FnOnce() -> Vec<PathBuf>,
     ) -> Result<Option<Arc<OwnedFd>>, LandlockError> {
+        // Most contexts ask for nothing Landlock does: no cache, stat or hand-off of the
+        // worker for them on every launch.
+        if !wants_ruleset(ctx, abi()) {
+            return Ok(None);
+        }
         let key = Arc::as_ptr(ctx) as usize;
         let sessions = protected.sessions_of(ctx).exists();
         let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
@@ -393,12 +398,23 @@ pub fn not_in_force_at(ctx: &Context, abi: i32) -> Vec<(String, String)> {
     out
 }
 
+/// Whether `ctx` asks for anything a Landlock ruleset of this kernel's `abi_version`
+/// enforces (file rules, a signal scope, TCP port rules).
+fn wants_ruleset(ctx: &Context, abi_version: i32) -> bool {
+    (ctx.isolation.has_fs_rules() && abi_version >= 1)
+        || (ctx.isolation.signals == Signals::Scoped && abi_version >= 6)
+        || (ctx.isolation.has_tcp_rules() && abi_version >= 4)
+}
+
 fn build(
     ctx: &Context,
     protected: &Protected,
     secrets: &[PathBuf],
 ) -> Result<Option<OwnedFd>, LandlockError> {
     let abi_version = abi();
+    if !wants_ruleset(ctx, abi_version) {
+        return Ok(None);
+    }
     let fs = ctx.isolation.has_fs_rules() && abi_version >= 1;
     let signals = ctx.isolation.signals == Signals::Scoped && abi_version >= 6;
     let (bind, connect) = if abi_version >= 4 {
@@ -409,9 +425,6 @@ fn build(
     } else {
         (None, None)
     };
-    if !fs && !signals && bind.is_none() && connect.is_none() {
-        return Ok(None);
-    }
     let err = |source: landlock::RulesetError| LandlockError::Build {
         context: ctx.name.clone(),
         source,
