@@ -592,6 +592,46 @@ print("rc", rc)
     assert_eq!(seen[1], seen[0], "routed differs from local");
 }
 
+/// `stty tostop`: a job that writes to the terminal from the background stops (SIGTTOU to
+/// its group) until it is given the foreground and continued; then its output shows.
+#[test]
+fn a_background_job_writing_with_tostop_set_stops_as_locally() {
+    let b = start_broker();
+    let caller = r#"
+import os, signal, subprocess, termios
+t = termios.tcgetattr(0)
+t[3] |= termios.TOSTOP
+termios.tcsetattr(0, termios.TCSANOW, t)
+p = subprocess.Popen(["/bin/sh", "-c", "echo from-job"], process_group=0)
+pid, st = os.waitpid(p.pid, os.WUNTRACED)
+if os.WIFSTOPPED(st):
+    print("stopped by", os.WSTOPSIG(st), flush=True)
+    os.tcsetpgrp(0, p.pid)
+    os.killpg(p.pid, signal.SIGCONT)
+    pid, st = os.waitpid(p.pid, 0)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    os.tcsetpgrp(0, os.getpgrp())
+print("rc", os.waitstatus_to_exitcode(st))
+"#;
+    let mut seen = Vec::new();
+    for routed in [false, true] {
+        let p = OnPty::start_as(
+            &b,
+            |_| vec!["/usr/bin/python3".into(), "-c".into(), caller.into()],
+            24,
+            80,
+            routed,
+        );
+        seen.push(p.finish());
+    }
+    eprintln!("local:  {:?}\nrouted: {:?}", seen[0], seen[1]);
+    assert!(
+        seen[0].1.contains("stopped by 22\r\nfrom-job\r\nrc 0"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], seen[0], "routed differs from local");
+}
+
 #[test]
 fn output_is_processed_once_and_local_output_keeps_its_newlines() {
     let b = start_broker();

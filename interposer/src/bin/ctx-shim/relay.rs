@@ -141,6 +141,7 @@ impl Relay<'_> {
         match frame::decode_reply(payload) {
             Ok(Reply::Output(bytes)) => {
                 if let Some(fd) = self.tty.out {
+                    self.stop_while_writing_is_stopped(fd);
                     self.output.write(fd, &bytes, |b| write_all(fd, b));
                 }
             }
@@ -180,6 +181,39 @@ impl Relay<'_> {
         }
     }
 
+    /// Locally, a job that writes to its terminal from the background while `tostop` is
+    /// set is stopped there (`SIGTTOU` to its whole group) until the shell resumes it. The
+    /// shim blocks that signal for its relay, and the kernel lets a writer that blocks it
+    /// through, so it does what the kernel would: raises `SIGTTOU` at its group and stops
+    /// the program and itself as for a forwarded one, and writes once it holds the
+    /// foreground or `tostop` is off.
+    fn stop_while_writing_is_stopped(&mut self, fd: RawFd) {
+        while writing_stops(fd) {
+            let stop = ending::Caught {
+                signo: libc::SIGTTOU,
+                from_terminal: true,
+                from_self: false,
+            };
+            let req = self.signals.request(stop);
+            self.send(&req);
+            self.release();
+            // SAFETY: the signal to the rest of our process group; our own copy stays
+            // pending for `stop_by`.
+            unsafe { libc::kill(-libc::getpgrp(), libc::SIGTTOU) };
+            if !stop_by(libc::SIGTTOU) {
+                // The kernel let the stop go (our group is orphaned after all): so would
+                // it have let a local writer write. The program goes on too.
+                let go_on = self.signals.request(ending::Caught {
+                    signo: libc::SIGCONT,
+                    from_terminal: false,
+                    from_self: false,
+                });
+                self.send(&go_on);
+                return;
+            }
+        }
+    }
+
     fn on_signal(&mut self, caught: ending::Caught) {
         if caught.from_self {
             // Raised at the caller's group for a key the PTY turned into a signal of its
@@ -203,8 +237,10 @@ impl Relay<'_> {
                 let req = self.signals.request(caught);
                 self.send(&req);
                 self.release();
-                // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
-                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                if !stop_by(signo) {
+                    // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
+                    unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                }
             }
             libc::SIGCONT => {
                 let req = self.signals.request(caught);
@@ -268,6 +304,80 @@ fn open_controlling_terminal() -> Option<RawFd> {
 fn owns_job() -> bool {
     // SAFETY: plain queries of process groups.
     unsafe { libc::getpgid(libc::getppid()) != libc::getpgrp() }
+}
+
+/// Stops this process by `signo`, a terminal stop signal the relay keeps blocked, as the
+/// kernel stops a local job (the caller's `waitpid` sees that signal): raised at ourselves
+/// and unblocked until it has been taken. Whether we were stopped and continued since
+/// (`SIGCONT`, blocked for the relay, is then pending); `false` when the kernel dropped the
+/// stop, as it does for an orphaned group, or the signal is ignored.
+fn stop_by(signo: i32) -> bool {
+    // SAFETY: sigset_t is plain data the sig* calls fill; signal calls on ourselves.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signo);
+        libc::kill(libc::getpid(), signo);
+        // Taken on the way out of this call: we stop here until a SIGCONT.
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        libc::sigismember(&pending, libc::SIGCONT) == 1
+    }
+}
+
+/// Whether a write to `fd` would stop a local writer that the caller started: `fd` is our
+/// controlling terminal with `tostop` set, our group is in its background, `SIGTTOU` keeps
+/// its default action (the caller's disposition, which the program was started with), and
+/// our group is not orphaned (the kernel fails such a write with `EIO` instead).
+fn writing_stops(fd: RawFd) -> bool {
+    // SAFETY: termios is plain data tcgetattr fills; plain queries of our own groups.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 || t.c_lflag & libc::TOSTOP == 0 {
+            return false;
+        }
+        // Fails (ENOTTY) unless `fd` is our controlling terminal.
+        let foreground = libc::tcgetpgrp(fd);
+        foreground >= 0
+            && foreground != libc::getpgrp()
+            && !sys::signals::ignored(libc::SIGTTOU)
+            && !group_orphaned()
+    }
+}
+
+/// Whether our process group is orphaned, as far as our ancestors tell: the first one
+/// outside our group is in another session (or there is none), as when the job-control
+/// shell that started the job has gone. Other members' parents are not looked at.
+fn group_orphaned() -> bool {
+    // SAFETY: plain queries of process groups and sessions.
+    let (group, session) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
+    // SAFETY: as above.
+    let mut pid = unsafe { libc::getppid() };
+    for _ in 0..64 {
+        if pid <= 1 {
+            return true;
+        }
+        // SAFETY: as above; a process gone fails, which counts as outside.
+        let (its_group, its_session) = unsafe { (libc::getpgid(pid), libc::getsid(pid)) };
+        if its_group != group {
+            return its_session != session;
+        }
+        match parent_of(pid) {
+            Some(p) => pid = p,
+            None => return true,
+        }
+    }
+    true
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` (its fourth field, after the command name).
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// How often a routed job in the background of the caller's terminal, whose program may
