@@ -54,18 +54,7 @@ fn reserved_ports_cannot_be_bound_by_contexts() {
             out.show()
         );
         for addr in ["127.0.0.1", "0.0.0.0", "::", "::1"] {
-            let family = if addr.contains(':') {
-                "AF_INET6"
-            } else {
-                "AF_INET"
-            };
-            let script = format!(
-                "import socket,sys\ns=socket.socket(socket.{family})\n\
-                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
-                 try:\n s.bind(('{addr}',{port})); s.listen(1)\nexcept OSError as e:\n print(e.errno); sys.exit(3)\n"
-            );
-            let out = b.exec("user", &["python3", "-c", &script]);
+            let out = b.exec("user", &["python3", "-c", &bind_attempt(addr, port, true)]);
             assert_eq!(out.code(), 3, "bound {addr}:{port}: {}", out.show());
             let errno: i32 = out.stdout_str().trim().parse().unwrap();
             assert!(
@@ -74,6 +63,107 @@ fn reserved_ports_cannot_be_bound_by_contexts() {
             );
         }
     }
+}
+
+/// A Python script that binds `addr:port` and listens (with `SO_REUSEADDR` and
+/// `SO_REUSEPORT` when `reuse`), exiting 3 with the errno printed when it cannot.
+fn bind_attempt(addr: &str, port: u16, reuse: bool) -> String {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let reuse = if reuse {
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+    } else {
+        ""
+    };
+    format!(
+        "import socket,sys\ns=socket.socket(socket.{family})\n{reuse}\
+         try:\n s.bind(('{addr}',{port})); s.listen(1)\nexcept OSError as e:\n print(e.errno); sys.exit(3)\n"
+    )
+}
+
+/// The owner shuts the socket it was handed down (which, the only one bound, would free
+/// the port): no one, of any uid, binds the port then, and the owner's next launch gets a
+/// socket that listens.
+#[test]
+fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
+    let (owned, spare) = free_ports();
+    let b = Broker::start(&ports_config(owned, spare));
+    let port = owned.to_string();
+    let shut = "import socket\nsocket.socket(fileno=3).shutdown(socket.SHUT_RDWR)\n";
+    let out = run(&mut b.ctx([
+        "exec",
+        "--context",
+        "platform",
+        "--listen-port",
+        &port,
+        "--",
+        "python3",
+        "-c",
+        shut,
+    ]));
+    assert_eq!(out.code(), 0, "{}", out.show());
+    let bob = user(BOB);
+    for addr in ["0.0.0.0", "127.0.0.1"] {
+        for reuse in [false, true] {
+            let script = bind_attempt(addr, owned, reuse);
+            // A context's process, a user allowed into none, root outside every context.
+            let routed = b.exec("user", &["python3", "-c", &script]);
+            let mut local = std::process::Command::new("python3");
+            local.args(["-c", &script]).current_dir("/");
+            std::os::unix::process::CommandExt::uid(&mut local, bob.uid);
+            std::os::unix::process::CommandExt::gid(&mut local, bob.gid);
+            let local = run(&mut local);
+            let root = run(std::process::Command::new("python3").args(["-c", &script]));
+            for (who, out) in [("routed", routed), ("ctx-bob", local), ("root", root)] {
+                assert_eq!(
+                    out.code(),
+                    3,
+                    "{who} bound {addr}:{owned} (reuse {reuse}): {}",
+                    out.show()
+                );
+                let errno: i32 = out.stdout_str().trim().parse().unwrap();
+                assert_eq!(
+                    errno,
+                    libc::EADDRINUSE,
+                    "{who} {addr}:{owned} (reuse {reuse})"
+                );
+            }
+        }
+    }
+    // The next claim listens again and serves.
+    let serve = "import socket\ns=socket.socket(fileno=3)\n\
+        c,_=s.accept(); c.sendall(b'served again\\n'); c.close()\n";
+    let mut svc = b
+        .ctx([
+            "exec",
+            "--context",
+            "platform",
+            "--listen-port",
+            &port,
+            "--",
+            "python3",
+            "-c",
+            serve,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = TcpStream::connect(("127.0.0.1", owned)).expect("connect to the owned port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    let status = wait_deadline(&mut svc, Duration::from_secs(10)).expect("service ends");
+    let mut err = String::new();
+    svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "service failed: {err}");
+    assert_eq!(got, "served again\n");
 }
 
 #[test]

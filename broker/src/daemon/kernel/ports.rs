@@ -1,18 +1,23 @@
 //! `[broker] reserved_ports`: ports the control plane owns. The broker binds each one at
-//! start, on `0.0.0.0` and on `::` (IPv6-only, so both can coexist), and listens, so no
-//! routed process can bind it: a specific address (`127.0.0.1:8080`) conflicts with a
-//! listening wildcard socket, and `SO_REUSEPORT` sharing needs the same uid as the holder
-//! (root). The owning service gets the IPv4 socket handed over systemd-style
-//! (`ctx exec --listen-port 8080`: the socket at fd 3, `LISTEN_FDS=1`, `LISTEN_PID`), which
-//! also keeps the port across restarts of that service. Who may claim a port: a launch into
-//! the context `[broker] port_owners` names for it, or any launch a root caller makes.
+//! start, on `0.0.0.0` and on `::` (IPv6-only, so both can coexist), twice: a guard socket
+//! that is bound and never listens nor leaves the broker, and a listening socket that the
+//! owning service gets handed over systemd-style (`ctx exec --listen-port 8080`: the socket
+//! at fd 3, `LISTEN_FDS=1`, `LISTEN_PID`), which also keeps the port and its queue across
+//! restarts of that service. Both have `SO_REUSEPORT` and belong to a uid no account has
+//! ([`HOLDER_UID`]): the kernel lets a socket share their port only with the same option
+//! and the same owner, so no routed process, of any uid (root's included), can bind the
+//! port on any address. The guard is what keeps it so after the owner shuts the handed-over
+//! socket down (which frees a port a shared socket held alone: found by helper-81); the
+//! next claim gets a new listening socket. Who may claim a port: a launch into the context
+//! `[broker] port_owners` names for it, or any launch a root caller makes.
 //!
 //! Scope: TCP, in the host's network namespace. A context with `network = "none"` has its
 //! own ports, which reach nothing outside it.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 // ---------------------------------------------------------------------------------------
 // Types
@@ -29,8 +34,21 @@ pub struct ReservedPorts {
 
 #[derive(Debug, Default)]
 struct Held {
-    v4: Option<OwnedFd>,
-    v6: Option<OwnedFd>,
+    v4: Option<Family>,
+    v6: Option<Family>,
+}
+
+/// A port on one address family.
+#[derive(Debug)]
+struct Family {
+    family: i32,
+    port: u16,
+    /// Bound, never listening, never handed over; `None` where the broker could not give
+    /// its sockets to [`HOLDER_UID`] (it is not root): then the listening socket alone
+    /// holds the port, as any socket that is not shared would.
+    guard: Option<OwnedFd>,
+    /// The socket claims get: replaced when it no longer listens.
+    listener: Mutex<Arc<OwnedFd>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -39,6 +57,11 @@ struct Held {
 
 /// Backlog of a held socket; the owning service inherits the queue.
 const BACKLOG: i32 = 128;
+
+/// The owner of the reserved ports' sockets: no account has it (`(uid_t)-1` and `-2` have
+/// meanings of their own; uids this high are not handed out), so no process can join
+/// their `SO_REUSEPORT` group.
+const HOLDER_UID: u32 = 4_294_967_293;
 
 // ---------------------------------------------------------------------------------------
 // Methods
@@ -50,8 +73,8 @@ impl ReservedPorts {
         let mut held = BTreeMap::new();
         let mut failed = Vec::new();
         for &port in ports {
-            let v4 = listen(libc::AF_INET, port);
-            let v6 = listen(libc::AF_INET6, port);
+            let v4 = Family::take(libc::AF_INET, port);
+            let v6 = Family::take(libc::AF_INET6, port);
             match (&v4, &v6) {
                 (Ok(_), Ok(_)) => {}
                 (Err(e), Err(_)) => failed.push((format!("reserved port {port}"), why(port, e))),
@@ -91,13 +114,12 @@ impl ReservedPorts {
         &self.failed
     }
 
-    /// The socket handed to the port's owner (IPv4 wildcard), if held.
-    pub fn socket(&self, port: u16) -> Option<RawFd> {
+    /// The socket handed to the port's owner (IPv4 wildcard, else IPv6), if held: a new
+    /// one when the last was shut down. `None` inside: the port is not held; `Err`: it is,
+    /// but no listening socket could be made again.
+    pub fn socket(&self, port: u16) -> Option<io::Result<Arc<OwnedFd>>> {
         let held = self.held.get(&port)?;
-        held.v4
-            .as_ref()
-            .or(held.v6.as_ref())
-            .map(|fd| fd.as_raw_fd())
+        Some(held.v4.as_ref().or(held.v6.as_ref())?.listening())
     }
 
     /// The ports actually held (both families, or the only one the host has).
@@ -134,6 +156,63 @@ fn why(port: u16, e: &io::Error) -> String {
     }
 }
 
+impl Family {
+    /// Binds the guard, then the listening socket.
+    fn take(family: i32, port: u16) -> io::Result<Family> {
+        let guard = match bound(family, port) {
+            Ok(g) => Some(g),
+            // Not root, so it cannot give sockets away: the listening socket, without
+            // SO_REUSEPORT, holds the port alone.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+            Err(e) => return Err(e),
+        };
+        let listener = listening(family, port, guard.is_some())?;
+        Ok(Family {
+            family,
+            port,
+            guard,
+            listener: Mutex::new(Arc::new(listener)),
+        })
+    }
+
+    /// The listening socket, made again if its last holder shut it down (only possible
+    /// with a guard holding the port meanwhile).
+    fn listening(&self) -> io::Result<Arc<OwnedFd>> {
+        let mut current = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if self.guard.is_some() && !accepts(&current) {
+            *current = Arc::new(listening(self.family, self.port, true)?);
+        }
+        Ok(current.clone())
+    }
+}
+
+/// Whether `fd` still listens (`SO_ACCEPTCONN`).
+fn accepts(fd: &OwnedFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized buffer with its length, on our socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && on != 0
+}
+
+/// Gives the socket to [`HOLDER_UID`] (its `sk_uid`, which `SO_REUSEPORT` sharing
+/// compares); only root may.
+fn hold(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::fchown(fd.as_raw_fd(), HOLDER_UID, u32::MAX) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets a boolean socket option; a failure only shows up later as a failed bind.
 fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {
     let one: libc::c_int = 1;
@@ -149,18 +228,47 @@ fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {
     }
 }
 
-/// A close-on-exec TCP socket listening on the wildcard address of `family`.
-fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
+/// A close-on-exec TCP socket bound to the wildcard address of `family`, held by
+/// [`HOLDER_UID`] with `SO_REUSEPORT` (never `SO_REUSEADDR`: that would let any socket
+/// with it share the port once no socket listens on it).
+fn bound(family: i32, port: u16) -> io::Result<OwnedFd> {
+    let fd = socket(family)?;
+    set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT);
+    hold(&fd)?;
+    bind(fd, family, port)
+}
+
+/// A close-on-exec TCP socket listening on the wildcard address of `family`: one that
+/// shares the port with the guard (`shared`), or else one that holds it alone.
+fn listening(family: i32, port: u16, shared: bool) -> io::Result<OwnedFd> {
+    let fd = socket(family)?;
+    if shared {
+        set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT);
+        hold(&fd)?;
+    } else {
+        // Rebind at once after a broker restart (TIME_WAIT); harmless to others: without
+        // SO_REUSEPORT no second listener can share the port.
+        set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    }
+    let fd = bind(fd, family, port)?;
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn socket(family: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked and owned below.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Rebind at once after a broker restart (TIME_WAIT); harmless to others: without
-    // SO_REUSEPORT no second listener can share the port.
-    set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind(fd: OwnedFd, family: i32, port: u16) -> io::Result<OwnedFd> {
     let r = if family == libc::AF_INET {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -192,10 +300,6 @@ fn listen(family: i32, port: u16) -> io::Result<OwnedFd> {
         }
     };
     if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: plain syscall on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)

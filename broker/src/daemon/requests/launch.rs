@@ -102,6 +102,9 @@ struct Launch<'a> {
     supervised: Option<Supervised<'a>>,
     enforcing: Option<OwnedFd>,
     ruleset: Option<Arc<OwnedFd>>,
+    /// The reserved ports' sockets the child places (a shut-down one may be replaced
+    /// meanwhile): held until the fork.
+    ports: Vec<Arc<OwnedFd>>,
     holder: Option<Arc<Holder>>,
     /// The caller's descriptors (its cwd's among them), until the child has its copies.
     passed: Option<PeerFds>,
@@ -283,6 +286,7 @@ impl<'a> Launch<'a> {
             supervised: None,
             enforcing: None,
             ruleset: None,
+            ports: Vec::new(),
             holder: None,
             shared,
             peer,
@@ -362,7 +366,7 @@ impl<'a> Launch<'a> {
     /// Places the reserved-port sockets the request claims (`ctx exec --listen-port`) and
     /// sets `LISTEN_FDS`/`LISTEN_PID`. A port goes only to a launch into its owning context
     /// (`[broker] port_owners`) or to a root caller.
-    fn hand_over_ports(&self, plan: &mut SpawnPlan) -> Result<(), ExecFailure<'static>> {
+    fn hand_over_ports(&mut self, plan: &mut SpawnPlan) -> Result<(), ExecFailure<'static>> {
         let (shared, peer, ctx) = (self.shared, self.peer, &self.ctx);
         let config = shared.config();
         let mut count = 0;
@@ -389,7 +393,7 @@ impl<'a> Launch<'a> {
                     message: message.into(),
                 });
             }
-            let Some(fd) = shared.ports.socket(port) else {
+            let Some(socket) = shared.ports.socket(port) else {
                 return Err(ExecFailure {
                     kind: FailureKind::Other,
                     stage: Stage::Fds,
@@ -402,7 +406,18 @@ impl<'a> Launch<'a> {
                     .into(),
                 });
             };
-            plan.fds.push((fd, slot.target));
+            let socket = socket.map_err(|e| ExecFailure {
+                kind: FailureKind::Other,
+                stage: Stage::Fds,
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+                errno_name: ctx_protocol::errno_name(e.raw_os_error().unwrap_or(libc::EIO)).into(),
+                message: format!(
+                    "port {port}: its socket was shut down, and listening on it again failed: {e}"
+                )
+                .into(),
+            })?;
+            plan.fds.push((socket.as_raw_fd(), slot.target));
+            self.ports.push(socket);
             count += 1;
         }
         if count > 0 {
@@ -627,6 +642,7 @@ impl<'a> Launch<'a> {
         drop(self.cgroup.take());
         drop(self.ruleset.take());
         drop(self.enforcing.take());
+        self.ports.clear();
         // The child has its copies; the broker must not keep the caller's descriptors or the
         // slave (the master would never see EOF/EIO). Not closed here, whatever their kind:
         // the broker's copy may be the last (the program closed its own, or never got it,
@@ -788,6 +804,15 @@ impl<'a> Launch<'a> {
             linger,
         } = relayed;
         self.shared.registry.remove(self.id);
+        // A program that shut its reserved port's socket down leaves a new one listening
+        // for the port's next connections (the port itself stays held meanwhile).
+        for slot in &self.req.fds {
+            if let FdSource::ReservedPort(port) = slot.source {
+                if let Some(Err(e)) = self.shared.ports.socket(port) {
+                    tracing::warn!("reserved port {port}: cannot listen on it again: {e}");
+                }
+            }
+        }
         let status = status.unwrap_or(ExitStatus::Code(255));
         let mut told = false;
         // A caller who is not reading holds this up only until a little after the broker
