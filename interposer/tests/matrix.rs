@@ -23,6 +23,11 @@ fn setup(b: &Broker) {
     };
     w("noexec", "echo should-not-run\n", 0o644);
     w("noshebang", NOSHEBANG, 0o755);
+    w(
+        "badshebang",
+        "#!/nonexistent-interpreter-xyz\necho should-not-run\n",
+        0o755,
+    );
 }
 
 fn show(o: &Output) -> String {
@@ -102,7 +107,8 @@ fn python_subprocess_system_and_posix_spawn() {
 import errno, os, subprocess
 def err(e): return type(e).__name__ + " " + errno.errorcode[e.errno]
 r = subprocess.run(["sh", "-c", "kill -TERM $$"]); print("subprocess sig", r.returncode)
-for name, argv in (("enoent", ["nonexistent-xyz"]), ("eacces", ["./noexec"]), ("noshebang", ["./noshebang"])):
+for name, argv in (("enoent", ["nonexistent-xyz"]), ("eacces", ["./noexec"]), ("noshebang", ["./noshebang"]),
+                   ("badshebang", ["./badshebang"])):
     try:
         r = subprocess.run(argv, capture_output=True, text=True)
         print("subprocess", name, r.returncode, r.stdout.strip())
@@ -119,7 +125,7 @@ for fn in ("posix_spawn", "posix_spawnp"):
     st = os.waitpid(pid, 0)[1]
     print(fn, "sig", os.WIFSIGNALED(st) and os.WTERMSIG(st))
     for name, prog in (("enoent", "/nonexistent-xyz" if fn == "posix_spawn" else "nonexistent-xyz"),
-                       ("eacces", "./noexec"), ("noshebang", "./noshebang")):
+                       ("eacces", "./noexec"), ("noshebang", "./noshebang"), ("badshebang", "./badshebang")):
         try:
             pid = spawn(prog, [prog], os.environ)
             print(fn, name, "exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
@@ -131,6 +137,7 @@ subprocess sig -15
 subprocess enoent FileNotFoundError ENOENT
 subprocess eacces PermissionError EACCES
 subprocess noshebang OSError ENOEXEC
+subprocess badshebang FileNotFoundError ENOENT
 system sig 15
 system enoent 127
 system eacces 126
@@ -140,10 +147,12 @@ posix_spawn sig 15
 posix_spawn enoent FileNotFoundError ENOENT
 posix_spawn eacces PermissionError EACCES
 posix_spawn noshebang OSError ENOEXEC
+posix_spawn badshebang FileNotFoundError ENOENT
 posix_spawnp sig 15
 posix_spawnp enoent FileNotFoundError ENOENT
 posix_spawnp eacces PermissionError EACCES
 posix_spawnp noshebang OSError ENOEXEC
+posix_spawnp badshebang FileNotFoundError ENOENT
 exit Some(0)
 ";
     check(&b, &[py, "-c", script], want);

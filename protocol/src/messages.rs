@@ -571,6 +571,8 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::ELIBBAD => "ELIBBAD",
         libc::ETIMEDOUT => "ETIMEDOUT",
         libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
         _ => "E?",
     }
 }

@@ -85,15 +85,20 @@ fn bind_attempt(addr: &str, port: u16, reuse: bool) -> String {
     )
 }
 
-/// The owner shuts the socket it was handed down (which, the only one bound, would free
-/// the port): no one, of any uid, binds the port then, and the owner's next launch gets a
-/// socket that listens.
+/// The owner turns `SO_REUSEPORT` off on the socket it was handed (a new socket's bind
+/// would conflict with it) and shuts it down (which, the only one bound, would free the
+/// port): no one, of any uid, binds the port then, and the owner's next launch gets a
+/// socket that listens. Nothing listens on the IPv6 side, so a client there is refused at
+/// once (it used to wait in a queue no one accepted from).
 #[test]
 fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
     let (owned, spare) = free_ports();
     let b = Broker::start(&ports_config(owned, spare));
     let port = owned.to_string();
-    let shut = "import socket\nsocket.socket(fileno=3).shutdown(socket.SHUT_RDWR)\n";
+    let shut = "import socket\ns=socket.socket(fileno=3)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.shutdown(socket.SHUT_RDWR)\n";
     let out = run(&mut b.ctx([
         "exec",
         "--context",
@@ -164,6 +169,13 @@ fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
     svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "service failed: {err}");
     assert_eq!(got, "served again\n");
+    let v6: std::net::SocketAddr = format!("[::1]:{owned}").parse().unwrap();
+    match TcpStream::connect_timeout(&v6, Duration::from_secs(3)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        // A host without IPv6 loopback.
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+        other => panic!("[::1]:{owned}: {other:?}"),
+    }
 }
 
 #[test]

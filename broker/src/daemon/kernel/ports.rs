@@ -1,15 +1,21 @@
 //! `[broker] reserved_ports`: ports the control plane owns. The broker binds each one at
-//! start, on `0.0.0.0` and on `::` (IPv6-only, so both can coexist), twice: a guard socket
-//! that is bound and never listens nor leaves the broker, and a listening socket that the
-//! owning service gets handed over systemd-style (`ctx exec --listen-port 8080`: the socket
-//! at fd 3, `LISTEN_FDS=1`, `LISTEN_PID`), which also keeps the port and its queue across
-//! restarts of that service. Both have `SO_REUSEPORT` and belong to a uid no account has
-//! ([`HOLDER_UID`]): the kernel lets a socket share their port only with the same option
-//! and the same owner, so no routed process, of any uid (root's included), can bind the
-//! port on any address. The guard is what keeps it so after the owner shuts the handed-over
-//! socket down (which frees a port a shared socket held alone: found by helper-81); the
-//! next claim gets a new listening socket. Who may claim a port: a launch into the context
-//! `[broker] port_owners` names for it, or any launch a root caller makes.
+//! start, on `0.0.0.0` and on `::` (IPv6-only, so both can coexist), with a guard socket
+//! that is bound and never listens nor leaves the broker; on IPv4 (IPv6 on a host without
+//! it) also with a listening socket that the owning service gets handed over systemd-style
+//! (`ctx exec --listen-port 8080`: the socket at fd 3, `LISTEN_FDS=1`, `LISTEN_PID`),
+//! which also keeps the port and its queue across restarts of that service. All have
+//! `SO_REUSEPORT` and belong to a uid no account has ([`HOLDER_UID`]; made with the
+//! broker's file-system uid switched to it, which `CAP_SETUID` allows): the kernel lets a
+//! socket share their port only with the same option and the same owner, so no routed
+//! process, of any uid (root's included), can bind the port on any address. The guard is
+//! what keeps it so after the owner shuts the handed-over socket down or changes its
+//! options (which freed, or spoiled, a port a shared socket held alone: helper-81,
+//! helper-83); the next claim, or the end of the launch that held it, gets it back as it
+//! was, listening. A broker that cannot switch to that uid (not root, or in a user
+//! namespace that does not map it) holds each port with one listening socket per family,
+//! as any program would, and says at start that an owner can free it. Who may claim a
+//! port: a launch into the context `[broker] port_owners` names for it, or any launch a
+//! root caller makes.
 //!
 //! Scope: TCP, in the host's network namespace. A context with `network = "none"` has its
 //! own ports, which reach nothing outside it.
@@ -43,12 +49,12 @@ struct Held {
 struct Family {
     family: i32,
     port: u16,
-    /// Bound, never listening, never handed over; `None` where the broker could not give
-    /// its sockets to [`HOLDER_UID`] (it is not root): then the listening socket alone
-    /// holds the port, as any socket that is not shared would.
+    /// Bound, never listening, never handed over; `None` where the broker cannot make
+    /// sockets as [`HOLDER_UID`]: then the listening socket alone holds the port.
     guard: Option<OwnedFd>,
-    /// The socket claims get: replaced when it no longer listens.
-    listener: Mutex<Arc<OwnedFd>>,
+    /// The socket claims get (`None`: the IPv6 side, held by its guard alone, where
+    /// nothing would accept): restored, or replaced, when a holder changed it.
+    listener: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -72,9 +78,10 @@ impl ReservedPorts {
     pub fn bind(ports: &[u16]) -> (ReservedPorts, Vec<String>) {
         let mut held = BTreeMap::new();
         let mut failed = Vec::new();
+        let mut alone = None;
         for &port in ports {
-            let v4 = Family::take(libc::AF_INET, port);
-            let v6 = Family::take(libc::AF_INET6, port);
+            let v4 = Family::take(libc::AF_INET, port, true, &mut alone);
+            let v6 = Family::take(libc::AF_INET6, port, v4.is_err(), &mut alone);
             match (&v4, &v6) {
                 (Ok(_), Ok(_)) => {}
                 (Err(e), Err(_)) => failed.push((format!("reserved port {port}"), why(port, e))),
@@ -97,7 +104,7 @@ impl ReservedPorts {
                 },
             );
         }
-        let warnings = failed
+        let mut warnings: Vec<String> = failed
             .iter()
             .map(|(what, why)| {
                 format!(
@@ -105,6 +112,14 @@ impl ReservedPorts {
                 )
             })
             .collect();
+        if let Some(why) = alone {
+            warnings.push(format!(
+                "[broker] reserved_ports: each port is held by its listening socket alone \
+                 ({why}): an owner that shuts the socket it was handed down frees the port \
+                 for anyone; run the broker as root with CAP_SETUID, outside a user \
+                 namespace that leaves uid {HOLDER_UID} unmapped"
+            ));
+        }
         (ReservedPorts { held, failed }, warnings)
     }
 
@@ -114,12 +129,15 @@ impl ReservedPorts {
         &self.failed
     }
 
-    /// The socket handed to the port's owner (IPv4 wildcard, else IPv6), if held: a new
-    /// one when the last was shut down. `None` inside: the port is not held; `Err`: it is,
-    /// but no listening socket could be made again.
+    /// The socket handed to the port's owner (IPv4 wildcard, else IPv6), if held, as the
+    /// broker made it (see [`Family::listening`]). `None`: the port is not held; `Err`: it
+    /// is, but no listening socket could be made again.
     pub fn socket(&self, port: u16) -> Option<io::Result<Arc<OwnedFd>>> {
         let held = self.held.get(&port)?;
-        Some(held.v4.as_ref().or(held.v6.as_ref())?.listening())
+        [held.v4.as_ref(), held.v6.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(Family::listening)
     }
 
     /// The ports actually held (both families, or the only one the host has).
@@ -157,99 +175,171 @@ fn why(port: u16, e: &io::Error) -> String {
 }
 
 impl Family {
-    /// Binds the guard, then the listening socket.
-    fn take(family: i32, port: u16) -> io::Result<Family> {
-        let guard = match bound(family, port) {
-            Ok(g) => Some(g),
-            // Not root, so it cannot give sockets away: the listening socket, without
-            // SO_REUSEPORT, holds the port alone.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
-            Err(e) => return Err(e),
+    /// Binds the guard, then (`listens`) the listening socket. Where no socket can be made
+    /// as [`HOLDER_UID`], a listening socket alone, and `alone` says why.
+    fn take(
+        family: i32,
+        port: u16,
+        listens: bool,
+        alone: &mut Option<String>,
+    ) -> io::Result<Family> {
+        let guard = match holder_socket(family) {
+            Ok(fd) => Some(bound(fd, family, port)?),
+            Err(why) => {
+                *alone = Some(why);
+                None
+            }
         };
-        let listener = listening(family, port, guard.is_some())?;
+        let listener = match &guard {
+            Some(_) if !listens => None,
+            Some(_) => Some(shared_listener(family, port)?),
+            None => Some(listening_alone(family, port)?),
+        };
         Ok(Family {
             family,
             port,
             guard,
-            listener: Mutex::new(Arc::new(listener)),
+            listener: Mutex::new(listener.map(Arc::new)),
         })
     }
 
-    /// The listening socket, made again if its last holder shut it down (only possible
-    /// with a guard holding the port meanwhile).
-    fn listening(&self) -> io::Result<Arc<OwnedFd>> {
+    /// The listening socket as the broker made it: a holder of it may have shut it down or
+    /// changed its options (`SO_REUSEPORT` off makes a new socket's bind conflict with it,
+    /// a device binding keeps connections off it); with a guard holding the port, those
+    /// are undone on the same socket, or else it is replaced. `None`: no listener here.
+    fn listening(&self) -> Option<io::Result<Arc<OwnedFd>>> {
         let mut current = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-        if self.guard.is_some() && !accepts(&current) {
-            *current = Arc::new(listening(self.family, self.port, true)?);
+        let socket = current.as_ref()?;
+        if self.guard.is_some() && restore(socket).is_err() {
+            match shared_listener(self.family, self.port) {
+                Ok(new) => *current = Some(Arc::new(new)),
+                Err(e) => return Some(Err(e)),
+            }
         }
-        Ok(current.clone())
+        current.clone().map(Ok)
     }
 }
 
-/// Whether `fd` still listens (`SO_ACCEPTCONN`).
-fn accepts(fd: &OwnedFd) -> bool {
-    let mut on: libc::c_int = 0;
+/// A TCP socket of `family` whose owner (`sk_uid`, which `SO_REUSEPORT` sharing compares)
+/// is [`HOLDER_UID`]: made with this thread's file-system uid switched to it. `Err` says
+/// why it cannot be.
+fn holder_socket(family: i32) -> Result<OwnedFd, String> {
+    // SAFETY: setfsuid changes this thread's file-system uid only, and it is switched back
+    // before anything else runs on the thread; with -1 it only reports.
+    unsafe {
+        let before = libc::setfsuid(HOLDER_UID) as u32;
+        let now = libc::setfsuid(u32::MAX) as u32;
+        let made = (now == HOLDER_UID).then(|| socket(family));
+        libc::setfsuid(before);
+        match made {
+            Some(Ok(fd)) => Ok(fd),
+            Some(Err(e)) => Err(format!("cannot make a socket: {e}")),
+            None => Err(format!(
+                "the broker cannot make sockets as uid {HOLDER_UID}: it lacks CAP_SETUID, or \
+                 its user namespace does not map that uid"
+            )),
+        }
+    }
+}
+
+/// Puts the listening socket back as the broker made it: `SO_REUSEPORT` on,
+/// `SO_REUSEADDR` off, bound to no device, no reuseport program, listening.
+fn restore(fd: &OwnedFd) -> io::Result<()> {
+    if flag(fd, libc::SO_REUSEPORT) != Some(true) {
+        set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if flag(fd, libc::SO_REUSEADDR) != Some(false) {
+        set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+    }
+    if int_option(fd, libc::SO_BINDTOIFINDEX) != Some(0) {
+        set_flag_to(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, 0)?;
+    }
+    // ENOENT when there is none; only a holder could have attached one.
+    let _ = set_flag_to(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0);
+    if flag(fd, libc::SO_ACCEPTCONN) != Some(true) {
+        // SAFETY: plain syscall on our socket.
+        if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// An int socket option at `SOL_SOCKET`.
+fn int_option(fd: &OwnedFd, name: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: an int-sized buffer with its length, on our socket.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut on as *mut libc::c_int).cast(),
+            name,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
-    rc == 0 && on != 0
+    (rc == 0).then_some(value)
 }
 
-/// Gives the socket to [`HOLDER_UID`] (its `sk_uid`, which `SO_REUSEPORT` sharing
-/// compares); only root may.
-fn hold(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: plain syscall on our socket.
-    if unsafe { libc::fchown(fd.as_raw_fd(), HOLDER_UID, u32::MAX) } < 0 {
+fn flag(fd: &OwnedFd, name: libc::c_int) -> Option<bool> {
+    int_option(fd, name).map(|v| v != 0)
+}
+
+/// Sets a boolean socket option; a failure only shows up later as a failed bind.
+fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {
+    let _ = set_flag_to(fd, level, name, 1);
+}
+
+fn set_flag_to(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a valid c_int for the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Sets a boolean socket option; a failure only shows up later as a failed bind.
-fn set_flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) {
-    let one: libc::c_int = 1;
-    // SAFETY: the option value is a valid c_int for the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// A close-on-exec TCP socket bound to the wildcard address of `family`, held by
-/// [`HOLDER_UID`] with `SO_REUSEPORT` (never `SO_REUSEADDR`: that would let any socket
-/// with it share the port once no socket listens on it).
-fn bound(family: i32, port: u16) -> io::Result<OwnedFd> {
-    let fd = socket(family)?;
+/// `fd` (a [`holder_socket`]) bound to the wildcard address of `family` with
+/// `SO_REUSEPORT`, never `SO_REUSEADDR` (that would let any socket with it share the port
+/// once no socket listens on it).
+fn bound(fd: OwnedFd, family: i32, port: u16) -> io::Result<OwnedFd> {
     set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT);
-    hold(&fd)?;
     bind(fd, family, port)
 }
 
-/// A close-on-exec TCP socket listening on the wildcard address of `family`: one that
-/// shares the port with the guard (`shared`), or else one that holds it alone.
-fn listening(family: i32, port: u16, shared: bool) -> io::Result<OwnedFd> {
-    let fd = socket(family)?;
-    if shared {
-        set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT);
-        hold(&fd)?;
-    } else {
-        // Rebind at once after a broker restart (TIME_WAIT); harmless to others: without
-        // SO_REUSEPORT no second listener can share the port.
-        set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+/// A holder's socket listening on the wildcard address of `family`, sharing the port with
+/// the guard.
+fn shared_listener(family: i32, port: u16) -> io::Result<OwnedFd> {
+    let fd = holder_socket(family).map_err(io::Error::other)?;
+    let fd = bound(fd, family, port)?;
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(fd)
+}
+
+/// A close-on-exec TCP socket listening on the wildcard address of `family` that holds the
+/// port alone (no guard).
+fn listening_alone(family: i32, port: u16) -> io::Result<OwnedFd> {
+    let fd = socket(family)?;
+    // Rebind at once after a broker restart (TIME_WAIT); harmless to others: without
+    // SO_REUSEPORT no second listener can share the port.
+    set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
     let fd = bind(fd, family, port)?;
     // SAFETY: plain syscall on our socket.
     if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {
