@@ -592,6 +592,39 @@ print("rc", rc)
     assert_eq!(seen[1], seen[0], "routed differs from local");
 }
 
+/// A child whose stdin is a terminal that is not the caller's controlling one (git's
+/// `test-terminal.perl`): when the caller hangs that terminal up, the routed child hears
+/// the end of its input instead of waiting for keys that can never come (locally its read
+/// fails with EIO; routed it reads end of file).
+#[test]
+fn a_terminal_given_as_stdin_that_hangs_up_ends_the_routed_programs_input() {
+    let b = start_broker();
+    let script = r#"
+import os, pty, subprocess, time
+m, s = pty.openpty()
+p = subprocess.Popen(["/bin/cat"], stdin=s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+os.close(s)
+time.sleep(0.5)
+os.close(m)
+try:
+    p.wait(timeout=5)
+    print("ended")
+except subprocess.TimeoutExpired:
+    print("still waiting")
+    p.kill()
+    p.wait()
+"#;
+    for routed in [false, true] {
+        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
+        if !routed {
+            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "ended", "routed {routed}: {out:?}");
+    }
+}
+
 /// `stty tostop`: a job that writes to the terminal from the background stops (SIGTTOU to
 /// its group) until it is given the foreground and continued; then its output shows.
 #[test]

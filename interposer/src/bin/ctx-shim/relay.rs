@@ -432,14 +432,19 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
         r.hold();
         let awaiting_foreground = r.input_open && r.tty.input.is_some() && r.tty.hold.is_none();
         let relay_input = r.input_open && (r.tty.hold.is_some() || r.tty.foreground());
-        let mut pfd = [
-            sys::poll_in(sock),
-            sys::poll_in(sfd),
-            sys::poll_in(match r.tty.input {
-                Some(fd) if relay_input => fd,
-                _ => -1,
-            }),
-        ];
+        // A terminal whose keys are not ours to read is still watched for its hangup
+        // (`events` 0: only POLLHUP and POLLERR come): the program then hears the end of
+        // its input instead of waiting for keys that can never come (a test harness that
+        // closes the master of a terminal it gave as stdin: git's t7006 hung; helper-82).
+        let input = match r.tty.input {
+            Some(fd) if r.input_open => libc::pollfd {
+                fd,
+                events: if relay_input { libc::POLLIN } else { 0 },
+                revents: 0,
+            },
+            _ => sys::poll_in(-1),
+        };
+        let mut pfd = [sys::poll_in(sock), sys::poll_in(sfd), input];
         let timeout = if awaiting_foreground {
             FOREGROUND_POLL_MS
         } else {
@@ -505,7 +510,12 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             }
         }
         if pfd[2].revents != 0 {
-            r.on_input();
+            if pfd[2].events == 0 {
+                r.send(&Request::InputEof);
+                r.input_open = false;
+            } else {
+                r.on_input();
+            }
         }
     }
 }
