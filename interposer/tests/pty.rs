@@ -626,7 +626,8 @@ except subprocess.TimeoutExpired:
 }
 
 /// `stty tostop`: a job that writes to the terminal from the background stops (SIGTTOU to
-/// its group) until it is given the foreground and continued; then its output shows.
+/// its group), stops again when continued in the background (`bg`), and once given the
+/// foreground and continued, its output shows.
 #[test]
 fn a_background_job_writing_with_tostop_set_stops_as_locally() {
     let b = start_broker();
@@ -639,6 +640,9 @@ p = subprocess.Popen(["/bin/sh", "-c", "echo from-job"], process_group=0)
 pid, st = os.waitpid(p.pid, os.WUNTRACED)
 if os.WIFSTOPPED(st):
     print("stopped by", os.WSTOPSIG(st), flush=True)
+    os.killpg(p.pid, signal.SIGCONT)
+    pid, st = os.waitpid(p.pid, os.WUNTRACED)
+    print("in the background again", os.WSTOPSIG(st) if os.WIFSTOPPED(st) else "ended", flush=True)
     os.tcsetpgrp(0, p.pid)
     os.killpg(p.pid, signal.SIGCONT)
     pid, st = os.waitpid(p.pid, 0)
@@ -659,7 +663,9 @@ print("rc", os.waitstatus_to_exitcode(st))
     }
     eprintln!("local:  {:?}\nrouted: {:?}", seen[0], seen[1]);
     assert!(
-        seen[0].1.contains("stopped by 22\r\nfrom-job\r\nrc 0"),
+        seen[0]
+            .1
+            .contains("stopped by 22\r\nin the background again 22\r\nfrom-job\r\nrc 0"),
         "{seen:?}"
     );
     assert_eq!(seen[1], seen[0], "routed differs from local");

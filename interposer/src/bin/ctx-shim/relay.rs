@@ -188,7 +188,15 @@ impl Relay<'_> {
     /// the program and itself as for a forwarded one, and writes once it holds the
     /// foreground or `tostop` is off.
     fn stop_while_writing_is_stopped(&mut self, fd: RawFd) {
+        let mut again = false;
         while writing_stops(fd) {
+            if again {
+                // Resumed in the background (`bg`): as a local writer, stop again. The
+                // SIGCONT that resumed us is taken here, so that `stop_by` can tell a new
+                // one; the program, stopped since, needs none.
+                take_pending(libc::SIGCONT);
+            }
+            again = true;
             let stop = ending::Caught {
                 signo: libc::SIGTTOU,
                 from_terminal: true,
@@ -324,6 +332,21 @@ fn stop_by(signo: i32) -> bool {
         let mut pending: libc::sigset_t = std::mem::zeroed();
         libc::sigpending(&mut pending);
         libc::sigismember(&pending, libc::SIGCONT) == 1
+    }
+}
+
+/// Takes a pending (blocked) `signo` without acting on it.
+fn take_pending(signo: i32) {
+    // SAFETY: sigset_t and timespec are plain data; a zero timeout never waits.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signo);
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &now);
     }
 }
 
