@@ -236,3 +236,50 @@ fn make_recipes() {
         assert!(r.contains(line), "{line:?} missing from:\n{r}");
     }
 }
+
+/// Whether an exec will work is guessed by the broker, as root, before the caller hears
+/// `Accepted`; for a script that includes its `#!` interpreter. That guess must not tell
+/// the caller whether a file exists where the context's user cannot look: an interpreter
+/// reached through a symlink into a directory that user cannot search fails alike whether
+/// it exists or not (a first version answered `Accepted` for an existing one, then failed
+/// late, and with an errno for a missing one: helper-84).
+#[test]
+fn a_scripts_interpreter_behind_an_unsearchable_directory_reveals_nothing() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    let hidden = b.dir.join("hidden");
+    std::fs::create_dir_all(hidden.join("pub")).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(hidden.join("pub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy("/bin/true", hidden.join("pub/tool")).unwrap();
+    std::os::unix::fs::symlink(hidden.join("pub"), b.dir.join("l")).unwrap();
+    let w = |name: &str, interpreter: &str| {
+        let p = b.dir.join(name);
+        std::fs::write(&p, format!("#!{}\n", b.dir.join(interpreter).display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    w("probe_there", "l/tool");
+    w("probe_missing", "l/nothere");
+    let script = r#"
+import errno, subprocess
+for name in ("./probe_there", "./probe_missing"):
+    try:
+        r = subprocess.run([name], capture_output=True, text=True)
+        print(name, "ran", r.returncode, r.stderr.strip())
+    except OSError as e:
+        print(name, type(e).__name__, errno.errorcode[e.errno])
+"#;
+    let out = b.cmd(&[py, "-c", script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(
+        lines[0].replace("./probe_there", "P"),
+        lines[1].replace("./probe_missing", "P"),
+        "the two probes differ"
+    );
+}

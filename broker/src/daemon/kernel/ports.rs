@@ -242,20 +242,13 @@ fn holder_socket(family: i32) -> Result<OwnedFd, String> {
     }
 }
 
-/// Puts the listening socket back as the broker made it: `SO_REUSEPORT` on,
-/// `SO_REUSEADDR` off, bound to no device, no reuseport program, listening.
+/// Puts back what the broker needs of the listening socket: `SO_REUSEPORT` on (off, a new
+/// socket's bind would conflict with it) and listening. The rest (a device binding, say)
+/// is the owning service's choice, which a live one may rely on (helper-84).
 fn restore(fd: &OwnedFd) -> io::Result<()> {
     if flag(fd, libc::SO_REUSEPORT) != Some(true) {
         set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    if flag(fd, libc::SO_REUSEADDR) != Some(false) {
-        set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
-    }
-    if int_option(fd, libc::SO_BINDTOIFINDEX) != Some(0) {
-        set_flag_to(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, 0)?;
-    }
-    // ENOENT when there is none; only a holder could have attached one.
-    let _ = set_flag_to(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0);
     if flag(fd, libc::SO_ACCEPTCONN) != Some(true) {
         // SAFETY: plain syscall on our socket.
         if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } < 0 {

@@ -77,15 +77,23 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         }
         return match format(&path) {
             Format::Elf => true,
-            // Its interpreter must be there and runnable too: a script whose `#!` names a
-            // missing one fails with ENOENT (git's t1800 "hook with a bad shebang";
-            // helper-82), and a search then goes on along PATH.
+            // Its interpreter must be there, an ELF image the child's identity may run:
+            // a script whose `#!` names a missing one fails with ENOENT (git's t1800 "hook
+            // with a bad shebang"; helper-82), one that is a script or text with ENOEXEC
+            // or ENOENT, and a search then goes on along PATH. Only through symlinks root
+            // placed, and with every real directory on the way searchable by that
+            // identity: the guess must not tell the caller whether a file exists where
+            // neither it nor the context may look (helper-84).
             Format::Script(interpreter) => {
                 let interpreter = std::path::Path::new(OsStr::from_bytes(&interpreter));
                 interpreter.is_absolute()
-                    && std::fs::metadata(interpreter)
-                        .is_ok_and(|m| m.is_file() && runnable(plan, interpreter, &m, 0))
+                    && crate::config::resolve_trusted_links(interpreter).is_ok_and(|real| {
+                        std::fs::metadata(&real)
+                            .is_ok_and(|m| m.is_file() && runnable(plan, &real, &m, 0))
+                            && matches!(format(&real), Format::Elf)
+                    })
             }
+            Format::Unsure => false,
             // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
             // fallback turns into a run (the caller's own shell may want to see it).
             Format::Other => searching || plan.sh_fallback,
@@ -145,6 +153,9 @@ enum Format {
     Elf,
     /// A `#!` script, with its interpreter's path.
     Script(Vec<u8>),
+    /// A `#!` line whose interpreter's path runs past the bytes the kernel reads (it says
+    /// ENOEXEC).
+    Unsure,
     /// Anything else, or unreadable by the broker: no basis for a guess.
     Other,
 }
@@ -173,11 +184,18 @@ fn format(path: &std::path::Path) -> Format {
     let Some(line) = head.strip_prefix(b"#!") else {
         return Format::Other;
     };
-    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
-    let interpreter = line
-        .split(|&b| b == b' ' || b == b'\t')
-        .find(|w| !w.is_empty())
-        .unwrap_or_default();
+    let ends = |b: &u8| matches!(*b, b'\n' | b'\0');
+    let terminated = line.iter().any(ends);
+    let line = line.split(ends).next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ' || b == b'\t');
+    let Some(interpreter) = words.find(|w| !w.is_empty()) else {
+        return Format::Unsure;
+    };
+    // Cut at the end of what was read, with nothing after it: the kernel cannot know the
+    // path is whole.
+    if !terminated && head.len() == 256 && words.next().is_none() {
+        return Format::Unsure;
+    }
     Format::Script(interpreter.to_vec())
 }
 

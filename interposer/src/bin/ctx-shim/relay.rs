@@ -141,7 +141,6 @@ impl Relay<'_> {
         match frame::decode_reply(payload) {
             Ok(Reply::Output(bytes)) => {
                 if let Some(fd) = self.tty.out {
-                    self.stop_while_writing_is_stopped(fd);
                     self.output.write(fd, &bytes, |b| write_all(fd, b));
                 }
             }
@@ -181,47 +180,6 @@ impl Relay<'_> {
         }
     }
 
-    /// Locally, a job that writes to its terminal from the background while `tostop` is
-    /// set is stopped there (`SIGTTOU` to its whole group) until the shell resumes it. The
-    /// shim blocks that signal for its relay, and the kernel lets a writer that blocks it
-    /// through, so it does what the kernel would: raises `SIGTTOU` at its group and stops
-    /// the program and itself as for a forwarded one, and writes once it holds the
-    /// foreground or `tostop` is off.
-    fn stop_while_writing_is_stopped(&mut self, fd: RawFd) {
-        let mut again = false;
-        while writing_stops(fd) {
-            if again {
-                // Resumed in the background (`bg`): as a local writer, stop again. The
-                // SIGCONT that resumed us is taken here, so that `stop_by` can tell a new
-                // one; the program, stopped since, needs none.
-                take_pending(libc::SIGCONT);
-            }
-            again = true;
-            let stop = ending::Caught {
-                signo: libc::SIGTTOU,
-                from_terminal: true,
-                from_self: false,
-            };
-            let req = self.signals.request(stop);
-            self.send(&req);
-            self.release();
-            // SAFETY: the signal to the rest of our process group; our own copy stays
-            // pending for `stop_by`.
-            unsafe { libc::kill(-libc::getpgrp(), libc::SIGTTOU) };
-            if !stop_by(libc::SIGTTOU) {
-                // The kernel let the stop go (our group is orphaned after all): so would
-                // it have let a local writer write. The program goes on too.
-                let go_on = self.signals.request(ending::Caught {
-                    signo: libc::SIGCONT,
-                    from_terminal: false,
-                    from_self: false,
-                });
-                self.send(&go_on);
-                return;
-            }
-        }
-    }
-
     fn on_signal(&mut self, caught: ending::Caught) {
         if caught.from_self {
             // Raised at the caller's group for a key the PTY turned into a signal of its
@@ -246,8 +204,15 @@ impl Relay<'_> {
                 self.send(&req);
                 self.release();
                 if !stop_by(signo) {
-                    // SAFETY: stopping ourselves; SIGCONT resumes us (and is forwarded).
-                    unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                    // The kernel dropped the stop (our group is orphaned): so it does a
+                    // local program's, which runs on. So does ours; stopped by SIGSTOP, no
+                    // one would ever continue it (helper-84).
+                    let go_on = self.signals.request(ending::Caught {
+                        signo: libc::SIGCONT,
+                        from_terminal: false,
+                        from_self: false,
+                    });
+                    self.send(&go_on);
                 }
             }
             libc::SIGCONT => {
@@ -333,74 +298,6 @@ fn stop_by(signo: i32) -> bool {
         libc::sigpending(&mut pending);
         libc::sigismember(&pending, libc::SIGCONT) == 1
     }
-}
-
-/// Takes a pending (blocked) `signo` without acting on it.
-fn take_pending(signo: i32) {
-    // SAFETY: sigset_t and timespec are plain data; a zero timeout never waits.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signo);
-        let now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        libc::sigtimedwait(&set, std::ptr::null_mut(), &now);
-    }
-}
-
-/// Whether a write to `fd` would stop a local writer that the caller started: `fd` is our
-/// controlling terminal with `tostop` set, our group is in its background, `SIGTTOU` keeps
-/// its default action (the caller's disposition, which the program was started with), and
-/// our group is not orphaned (the kernel fails such a write with `EIO` instead).
-fn writing_stops(fd: RawFd) -> bool {
-    // SAFETY: termios is plain data tcgetattr fills; plain queries of our own groups.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 || t.c_lflag & libc::TOSTOP == 0 {
-            return false;
-        }
-        // Fails (ENOTTY) unless `fd` is our controlling terminal.
-        let foreground = libc::tcgetpgrp(fd);
-        foreground >= 0
-            && foreground != libc::getpgrp()
-            && !sys::signals::ignored(libc::SIGTTOU)
-            && !group_orphaned()
-    }
-}
-
-/// Whether our process group is orphaned, as far as our ancestors tell: the first one
-/// outside our group is in another session (or there is none), as when the job-control
-/// shell that started the job has gone. Other members' parents are not looked at.
-fn group_orphaned() -> bool {
-    // SAFETY: plain queries of process groups and sessions.
-    let (group, session) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
-    // SAFETY: as above.
-    let mut pid = unsafe { libc::getppid() };
-    for _ in 0..64 {
-        if pid <= 1 {
-            return true;
-        }
-        // SAFETY: as above; a process gone fails, which counts as outside.
-        let (its_group, its_session) = unsafe { (libc::getpgid(pid), libc::getsid(pid)) };
-        if its_group != group {
-            return its_session != session;
-        }
-        match parent_of(pid) {
-            Some(p) => pid = p,
-            None => return true,
-        }
-    }
-    true
-}
-
-/// The parent of `pid`, from `/proc/PID/stat` (its fourth field, after the command name).
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// How often a routed job in the background of the caller's terminal, whose program may
