@@ -655,6 +655,51 @@ except subprocess.TimeoutExpired:
     }
 }
 
+/// The suspend key typed at a terminal whose foreground group is orphaned (the program
+/// leads its own session on it, as under `ssh -t host cmd` or `script -c`): the kernel
+/// drops that stop locally, and the program runs to its end; routed too (the shim stopped
+/// itself and the program for good: helper-85).
+#[test]
+fn the_suspend_key_at_an_orphaned_routed_job_is_dropped_as_locally() {
+    let b = start_broker();
+    let script = r#"
+import os, pty, select, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/bin/sh", ["/bin/sh", "-c", "sleep 1; echo done-sleeping"])
+time.sleep(0.5)
+os.write(fd, b"\x1a")
+out = b""
+end = time.time() + 8
+result = "stuck"
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.1)
+    if r:
+        try:
+            b = os.read(fd, 4096)
+        except OSError:
+            b = b""
+        out += b
+    p, st = os.waitpid(pid, os.WNOHANG)
+    if p:
+        result = "ended %d" % os.waitstatus_to_exitcode(st)
+        break
+if result == "stuck":
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(result, b"done-sleeping" in out)
+"#;
+    for routed in [false, true] {
+        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
+        if !routed {
+            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "ended 0 True", "routed {routed}: {out:?}");
+    }
+}
+
 #[test]
 fn output_is_processed_once_and_local_output_keeps_its_newlines() {
     let b = start_broker();

@@ -86,9 +86,10 @@ fn bind_attempt(addr: &str, port: u16, reuse: bool) -> String {
 }
 
 /// The owner turns `SO_REUSEPORT` off on the socket it was handed (a new socket's bind
-/// would conflict with it) and shuts it down (which, the only one bound, would free the
-/// port): no one, of any uid, binds the port then, and the owner's next launch gets a
-/// socket that listens. Nothing listens on the IPv6 side, so a client there is refused at
+/// would conflict with it), binds it to a device (for good, for an unprivileged process)
+/// and shuts it down (which, the only one bound, would free the port): no one, of any
+/// uid, binds the port then, and the owner's next launch gets a socket that listens, on
+/// every device. Nothing listens on the IPv6 side, so a client there is refused at
 /// once (it used to wait in a queue no one accepted from).
 #[test]
 fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
@@ -98,6 +99,7 @@ fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
     let shut = "import socket\ns=socket.socket(fileno=3)\n\
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)\n\
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'lo')\n\
         s.shutdown(socket.SHUT_RDWR)\n";
     let out = run(&mut b.ctx([
         "exec",
@@ -140,8 +142,11 @@ fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
         }
     }
     // The next claim listens again and serves.
+    // SO_BINDTOIFINDEX (62): the device binding the last owner left is gone too, which
+    // a process of the owner's could never undo itself.
     let serve = "import socket\ns=socket.socket(fileno=3)\n\
-        c,_=s.accept(); c.sendall(b'served again\\n'); c.close()\n";
+        dev=s.getsockopt(socket.SOL_SOCKET, 62)\n\
+        c,_=s.accept(); c.sendall(b'served again, device %d\\n' % dev); c.close()\n";
     let mut svc = b
         .ctx([
             "exec",
@@ -168,7 +173,7 @@ fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
     let mut err = String::new();
     svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "service failed: {err}");
-    assert_eq!(got, "served again\n");
+    assert_eq!(got, "served again, device 0\n");
     let v6: std::net::SocketAddr = format!("[::1]:{owned}").parse().unwrap();
     match TcpStream::connect_timeout(&v6, Duration::from_secs(3)) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}

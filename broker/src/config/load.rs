@@ -6,7 +6,6 @@
 
 mod envfile;
 mod secret_file;
-pub(crate) use secret_file::resolve_trusted_links;
 mod spans;
 mod values;
 pub use values::parse_duration;

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use load::resolve_trusted_links;
 pub use load::{load, load_str, parse_duration, ConfigError};
 
 /// Default PATH for a context whose env does not set one.

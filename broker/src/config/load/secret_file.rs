@@ -129,7 +129,7 @@ fn dir_trusted(dir: &std::fs::Metadata, entry_owner: u32) -> bool {
 
 /// `path` with every symlink followed, refusing a symlink that an untrusted user could
 /// have placed or changed.
-pub(crate) fn resolve_trusted_links(path: &Path) -> Result<PathBuf, String> {
+pub(super) fn resolve_trusted_links(path: &Path) -> Result<PathBuf, String> {
     use std::path::Component;
     let mut pending: Vec<std::ffi::OsString> = path
         .components()

@@ -54,7 +54,20 @@ struct Family {
     guard: Option<OwnedFd>,
     /// The socket claims get (`None`: the IPv6 side, held by its guard alone, where
     /// nothing would accept): restored, or replaced, when a holder changed it.
-    listener: Mutex<Option<Arc<OwnedFd>>>,
+    listener: Mutex<Listener>,
+}
+
+/// The listening socket and how many running launches were handed it.
+#[derive(Debug)]
+struct Listener {
+    socket: Option<Arc<OwnedFd>>,
+    holders: usize,
+}
+
+/// A launch's claim of a reserved port: given back when dropped (the launch ended, or
+/// failed), so that the socket can be put back whole once no launch holds it.
+pub struct Claim<'a> {
+    family: &'a Family,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,15 +142,15 @@ impl ReservedPorts {
         &self.failed
     }
 
-    /// The socket handed to the port's owner (IPv4 wildcard, else IPv6), if held, as the
-    /// broker made it (see [`Family::listening`]). `None`: the port is not held; `Err`: it
-    /// is, but no listening socket could be made again.
-    pub fn socket(&self, port: u16) -> Option<io::Result<Arc<OwnedFd>>> {
+    /// The socket handed to the port's owner (IPv4 wildcard, else IPv6), if held, with
+    /// the launch's claim on it (see [`Family::claim`]). `None`: the port is not held;
+    /// `Err`: it is, but no listening socket could be made again.
+    pub fn claim(&self, port: u16) -> Option<io::Result<(Arc<OwnedFd>, Claim<'_>)>> {
         let held = self.held.get(&port)?;
         [held.v4.as_ref(), held.v6.as_ref()]
             .into_iter()
             .flatten()
-            .find_map(Family::listening)
+            .find_map(Family::claim)
     }
 
     /// The ports actually held (both families, or the only one the host has).
@@ -199,24 +212,55 @@ impl Family {
             family,
             port,
             guard,
-            listener: Mutex::new(listener.map(Arc::new)),
+            listener: Mutex::new(Listener {
+                socket: listener.map(Arc::new),
+                holders: 0,
+            }),
         })
     }
 
-    /// The listening socket as the broker made it: a holder of it may have shut it down or
+    /// The listening socket for one more launch. A holder of it may have shut it down or
     /// changed its options (`SO_REUSEPORT` off makes a new socket's bind conflict with it,
-    /// a device binding keeps connections off it); with a guard holding the port, those
-    /// are undone on the same socket, or else it is replaced. `None`: no listener here.
-    fn listening(&self) -> Option<io::Result<Arc<OwnedFd>>> {
-        let mut current = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-        let socket = current.as_ref()?;
-        if self.guard.is_some() && restore(socket).is_err() {
+    /// a device binding keeps connections off it, for good: an unprivileged process may
+    /// bind a socket to a device once, never change it). With a guard holding the port,
+    /// what the broker needs (`SO_REUSEPORT`, listening) is put back on the same socket at
+    /// every claim, and the rest too when no running launch holds it (a live service's own
+    /// choices stay: helper-84; a finished one's do not: helper-85); a socket that cannot
+    /// be put back is replaced. `None`: no listener here.
+    fn claim(&self) -> Option<io::Result<(Arc<OwnedFd>, Claim<'_>)>> {
+        let mut l = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        let socket = l.socket.as_ref()?;
+        if self.guard.is_some() && restore(socket, l.holders == 0).is_err() {
             match shared_listener(self.family, self.port) {
-                Ok(new) => *current = Some(Arc::new(new)),
+                Ok(new) => l.socket = Some(Arc::new(new)),
                 Err(e) => return Some(Err(e)),
             }
         }
-        current.clone().map(Ok)
+        l.holders += 1;
+        let socket = l.socket.clone()?;
+        Some(Ok((socket, Claim { family: self })))
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let f = self.family;
+        let mut l = f.listener.lock().unwrap_or_else(|e| e.into_inner());
+        l.holders = l.holders.saturating_sub(1);
+        if l.holders > 0 || f.guard.is_none() {
+            return;
+        }
+        // The last launch holding it ended: the socket, whole again, listens for the port's
+        // next connections (the port itself stayed held meanwhile).
+        let whole = l.socket.as_ref().map(|s| restore(s, true));
+        if let Some(Err(_)) = whole {
+            match shared_listener(f.family, f.port) {
+                Ok(new) => l.socket = Some(Arc::new(new)),
+                Err(e) => {
+                    tracing::warn!("reserved port {}: cannot listen on it again: {e}", f.port)
+                }
+            }
+        }
     }
 }
 
@@ -243,11 +287,21 @@ fn holder_socket(family: i32) -> Result<OwnedFd, String> {
 }
 
 /// Puts back what the broker needs of the listening socket: `SO_REUSEPORT` on (off, a new
-/// socket's bind would conflict with it) and listening. The rest (a device binding, say)
-/// is the owning service's choice, which a live one may rely on (helper-84).
-fn restore(fd: &OwnedFd) -> io::Result<()> {
+/// socket's bind would conflict with it) and listening; `whole`: the rest too (no
+/// `SO_REUSEADDR`, no device binding, no reuseport program).
+fn restore(fd: &OwnedFd, whole: bool) -> io::Result<()> {
     if flag(fd, libc::SO_REUSEPORT) != Some(true) {
         set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if whole {
+        if flag(fd, libc::SO_REUSEADDR) != Some(false) {
+            set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+        }
+        if int_option(fd, libc::SO_BINDTOIFINDEX) != Some(0) {
+            set_flag_to(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, 0)?;
+        }
+        // ENOENT when there is none.
+        let _ = set_flag_to(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0);
     }
     if flag(fd, libc::SO_ACCEPTCONN) != Some(true) {
         // SAFETY: plain syscall on our socket.

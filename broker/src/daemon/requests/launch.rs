@@ -105,6 +105,8 @@ struct Launch<'a> {
     /// The reserved ports' sockets the child places (a shut-down one may be replaced
     /// meanwhile): held until the fork.
     ports: Vec<Arc<OwnedFd>>,
+    /// This launch's claims of reserved ports, given back when it ends.
+    port_claims: Vec<crate::daemon::kernel::ports::Claim<'a>>,
     holder: Option<Arc<Holder>>,
     /// The caller's descriptors (its cwd's among them), until the child has its copies.
     passed: Option<PeerFds>,
@@ -287,6 +289,7 @@ impl<'a> Launch<'a> {
             enforcing: None,
             ruleset: None,
             ports: Vec::new(),
+            port_claims: Vec::new(),
             holder: None,
             shared,
             peer,
@@ -393,7 +396,7 @@ impl<'a> Launch<'a> {
                     message: message.into(),
                 });
             }
-            let Some(socket) = shared.ports.socket(port) else {
+            let Some(socket) = shared.ports.claim(port) else {
                 return Err(ExecFailure {
                     kind: FailureKind::Other,
                     stage: Stage::Fds,
@@ -406,7 +409,7 @@ impl<'a> Launch<'a> {
                     .into(),
                 });
             };
-            let socket = socket.map_err(|e| ExecFailure {
+            let (socket, claim) = socket.map_err(|e| ExecFailure {
                 kind: FailureKind::Other,
                 stage: Stage::Fds,
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -418,6 +421,7 @@ impl<'a> Launch<'a> {
             })?;
             plan.fds.push((socket.as_raw_fd(), slot.target));
             self.ports.push(socket);
+            self.port_claims.push(claim);
             count += 1;
         }
         if count > 0 {
@@ -804,15 +808,9 @@ impl<'a> Launch<'a> {
             linger,
         } = relayed;
         self.shared.registry.remove(self.id);
-        // A program that shut its reserved port's socket down leaves a new one listening
-        // for the port's next connections (the port itself stays held meanwhile).
-        for slot in &self.req.fds {
-            if let FdSource::ReservedPort(port) = slot.source {
-                if let Some(Err(e)) = self.shared.ports.socket(port) {
-                    tracing::warn!("reserved port {port}: cannot listen on it again: {e}");
-                }
-            }
-        }
+        // A program that shut its reserved port's socket down, or changed it, leaves it
+        // listening again, whole once no launch holds it, for the port's next connections.
+        self.port_claims.clear();
         let status = status.unwrap_or(ExitStatus::Code(255));
         let mut told = false;
         // A caller who is not reading holds this up only until a little after the broker

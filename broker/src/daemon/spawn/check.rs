@@ -70,65 +70,36 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         if !meta.is_file() {
             return false;
         }
-        // A search goes on past a file it may not run (execvp remembers EACCES), but the
-        // guess stays "no" then: the answer depends on what comes later on PATH.
-        if !runnable(plan, &path, &meta, above) {
-            return false;
-        }
-        return match format(&path) {
-            Format::Elf => true,
-            // Its interpreter must be there, an ELF image the child's identity may run:
-            // a script whose `#!` names a missing one fails with ENOENT (git's t1800 "hook
-            // with a bad shebang"; helper-82), one that is a script or text with ENOEXEC
-            // or ENOENT, and a search then goes on along PATH. Only through symlinks root
-            // placed, and with every real directory on the way searchable by that
-            // identity: the guess must not tell the caller whether a file exists where
-            // neither it nor the context may look (helper-84).
-            Format::Script(interpreter) => {
-                let interpreter = std::path::Path::new(OsStr::from_bytes(&interpreter));
-                interpreter.is_absolute()
-                    && crate::config::resolve_trusted_links(interpreter).is_ok_and(|real| {
-                        std::fs::metadata(&real)
-                            .is_ok_and(|m| m.is_file() && runnable(plan, &real, &m, 0))
-                            && matches!(format(&real), Format::Elf)
+        let runnable = match &plan.identity {
+            // The directories on the way must be searchable by that uid too.
+            Some(id) => {
+                let dirs = path.ancestors().count() - 1 - above;
+                may_execute(&meta, id)
+                    && path.ancestors().skip(1).take(dirs).all(|dir| {
+                        dir.as_os_str().is_empty()
+                            || std::fs::metadata(dir).is_ok_and(|m| may_execute(&m, id))
                     })
             }
-            Format::Unsure => false,
-            // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
-            // fallback turns into a run (the caller's own shell may want to see it).
-            Format::Other => searching || plan.sh_fallback,
+            None => {
+                let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+                    return false;
+                };
+                // SAFETY: a NUL-terminated path; faccessat only reads it.
+                unsafe {
+                    libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0
+                }
+            }
         };
+        // A search goes on past a file it may not run (execvp remembers EACCES), but the
+        // guess stays "no" then: the answer depends on what comes later on PATH.
+        if !runnable {
+            return false;
+        }
+        // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh` fallback
+        // turns into a run (the caller's own shell may want to see the ENOEXEC).
+        return known_format(&path) || searching || plan.sh_fallback;
     }
     false
-}
-
-/// Whether the identity the child takes may run `path` (`meta`, its metadata) by the mode
-/// bits, with every directory on the way but the `above` topmost searchable by it too.
-fn runnable(
-    plan: &SpawnPlan,
-    path: &std::path::Path,
-    meta: &std::fs::Metadata,
-    above: usize,
-) -> bool {
-    match &plan.identity {
-        Some(id) => {
-            let dirs = path.ancestors().count() - 1 - above;
-            may_execute(meta, id)
-                && path.ancestors().skip(1).take(dirs).all(|dir| {
-                    dir.as_os_str().is_empty()
-                        || std::fs::metadata(dir).is_ok_and(|m| may_execute(&m, id))
-                })
-        }
-        None => {
-            let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-                return false;
-            };
-            // SAFETY: a NUL-terminated path; faccessat only reads it.
-            unsafe {
-                libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0
-            }
-        }
-    }
 }
 
 /// Execute (search, for a directory) permission by the mode bits, for `id`.
@@ -148,55 +119,18 @@ fn may_execute(meta: &std::fs::Metadata, id: &Identity) -> bool {
     }
 }
 
-/// What the kernel makes of a file it is asked to execute.
-enum Format {
-    Elf,
-    /// A `#!` script, with its interpreter's path.
-    Script(Vec<u8>),
-    /// A `#!` line whose interpreter's path runs past the bytes the kernel reads (it says
-    /// ENOEXEC).
-    Unsure,
-    /// Anything else, or unreadable by the broker: no basis for a guess.
-    Other,
-}
-
-/// How the file starts: an ELF image, a script (its interpreter as the kernel reads it
-/// from the first 256 bytes), or else.
-fn format(path: &std::path::Path) -> Format {
+/// Whether the file starts like something the kernel executes: an ELF image or a script.
+fn known_format(path: &std::path::Path) -> bool {
     use std::io::Read;
-    let mut head = [0u8; 256];
+    let mut head = [0u8; 4];
     // The context chose the path: never a FIFO's or a device's open() as root.
     let Ok(mut f) = crate::daemon::untrusted_path::open_regular(path) else {
-        // Unreadable by the broker (root squash, FUSE), or not a regular file any more.
-        return Format::Other;
+        // Unreadable by the broker (root squash, FUSE), or not a regular file any more:
+        // no basis for a guess.
+        return false;
     };
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-    }
-    let head = &head[..n];
-    if head.starts_with(b"\x7fELF") {
-        return Format::Elf;
-    }
-    let Some(line) = head.strip_prefix(b"#!") else {
-        return Format::Other;
-    };
-    let ends = |b: &u8| matches!(*b, b'\n' | b'\0');
-    let terminated = line.iter().any(ends);
-    let line = line.split(ends).next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ' || b == b'\t');
-    let Some(interpreter) = words.find(|w| !w.is_empty()) else {
-        return Format::Unsure;
-    };
-    // Cut at the end of what was read, with nothing after it: the kernel cannot know the
-    // path is whole.
-    if !terminated && head.len() == 256 && words.next().is_none() {
-        return Format::Unsure;
-    }
-    Format::Script(interpreter.to_vec())
+    let n = f.read(&mut head).unwrap_or(0);
+    (n == 4 && head.starts_with(b"\x7fELF")) || head[..n].starts_with(b"#!")
 }
 
 // ---------------------------------------------------------------------------------------

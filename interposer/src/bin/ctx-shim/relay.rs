@@ -158,13 +158,22 @@ impl Relay<'_> {
                     set_window_size(fd, size);
                 }
             }
-            Ok(Reply::Stopped { .. }) => {
-                // Job control: the routed program stopped; stop with it so the caller's
-                // shell sees the job stop. Its SIGCONT resumes us and is forwarded.
+            Ok(Reply::Stopped { signal }) => {
+                // Job control: the routed program stopped (the suspend key reached its
+                // PTY); stop with it so the caller's shell sees the job stop. Its SIGCONT
+                // resumes us and is forwarded. Where the kernel drops that stop (an
+                // orphaned group: `ssh -t host cmd`, `script -c`), so it would a local
+                // program's, which runs on: ours is continued (helper-85).
                 self.signals.group_stopped();
                 self.release();
-                // SAFETY: stopping ourselves.
-                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                if !stop_by(signal) {
+                    let go_on = self.signals.request(ending::Caught {
+                        signo: libc::SIGCONT,
+                        from_terminal: false,
+                        from_self: false,
+                    });
+                    self.send(&go_on);
+                }
             }
             Ok(Reply::ExecFailed(f)) => {
                 self.release();
