@@ -592,6 +592,20 @@ print("rc", rc)
     assert_eq!(seen[1], seen[0], "routed differs from local");
 }
 
+/// Runs the Python `script` with no terminal, locally and with its launches routed; both
+/// must print `want`.
+fn prints_locally_and_routed(b: &Broker, script: &str, want: &str) {
+    for routed in [false, true] {
+        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
+        if !routed {
+            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), want, "routed {routed}: {out:?}");
+    }
+}
+
 /// A child whose stdin is a terminal that is not the caller's controlling one (git's
 /// `test-terminal.perl`): when the caller hangs that terminal up, the routed child hears
 /// the end of its input instead of waiting for keys that can never come (locally its read
@@ -614,15 +628,7 @@ except subprocess.TimeoutExpired:
     p.kill()
     p.wait()
 "#;
-    for routed in [false, true] {
-        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
-        if !routed {
-            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
-        }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.trim(), "ended", "routed {routed}: {out:?}");
-    }
+    prints_locally_and_routed(&b, script, "ended");
 }
 
 /// A routed program in a group of its own session (orphaned: no parent in another group
@@ -644,15 +650,7 @@ except subprocess.TimeoutExpired:
     p.kill()
     p.wait()
 "#;
-    for routed in [false, true] {
-        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
-        if !routed {
-            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
-        }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.trim(), "rc 0", "routed {routed}: {out:?}");
-    }
+    prints_locally_and_routed(&b, script, "rc 0");
 }
 
 /// The suspend key typed at a terminal whose foreground group is orphaned (the program
@@ -689,15 +687,7 @@ if result == "stuck":
     os.waitpid(pid, 0)
 print(result, b"done-sleeping" in out)
 "#;
-    for routed in [false, true] {
-        let mut cmd = b.cmd(&["/usr/bin/python3", "-c", script]);
-        if !routed {
-            cmd.env_remove("LD_PRELOAD").env_remove("CTX_ROUTE");
-        }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.trim(), "ended 0 True", "routed {routed}: {out:?}");
-    }
+    prints_locally_and_routed(&b, script, "ended 0 True");
 }
 
 #[test]

@@ -147,33 +147,7 @@ fn the_owner_shutting_its_socket_down_frees_the_port_for_no_one() {
     let serve = "import socket\ns=socket.socket(fileno=3)\n\
         dev=s.getsockopt(socket.SOL_SOCKET, 62)\n\
         c,_=s.accept(); c.sendall(b'served again, device %d\\n' % dev); c.close()\n";
-    let mut svc = b
-        .ctx([
-            "exec",
-            "--context",
-            "platform",
-            "--listen-port",
-            &port,
-            "--",
-            "python3",
-            "-c",
-            serve,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut conn = TcpStream::connect(("127.0.0.1", owned)).expect("connect to the owned port");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut got = String::new();
-    conn.read_to_string(&mut got).unwrap();
-    let status = wait_deadline(&mut svc, Duration::from_secs(10)).expect("service ends");
-    let mut err = String::new();
-    svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.success(), "service failed: {err}");
-    assert_eq!(got, "served again, device 0\n");
+    assert_eq!(serve_once(&b, owned, serve), "served again, device 0\n");
     let v6: std::net::SocketAddr = format!("[::1]:{owned}").parse().unwrap();
     match TcpStream::connect_timeout(&v6, Duration::from_secs(3)) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
@@ -193,13 +167,21 @@ fn reserved_port_is_handed_to_its_owner_systemd_style() {
         assert int(os.environ['LISTEN_PID'])==os.getpid(), (os.environ['LISTEN_PID'], os.getpid())\n\
         s=socket.socket(fileno=3)\n\
         c,_=s.accept(); c.sendall(b'served by the owner\\n'); c.close()\n";
+    // The socket already listens (the broker's): connecting never races the service.
+    assert_eq!(serve_once(&b, owned, service), "served by the owner\n");
+}
+
+/// Runs the Python `service` in `platform` with `port` handed over, connects to the port
+/// once (it listens already: never a race with the service) and gives back what it sent;
+/// the service must end well.
+fn serve_once(b: &Broker, port: u16, service: &str) -> String {
     let mut svc = b
         .ctx([
             "exec",
             "--context",
             "platform",
             "--listen-port",
-            &owned.to_string(),
+            &port.to_string(),
             "--",
             "python3",
             "-c",
@@ -210,8 +192,7 @@ fn reserved_port_is_handed_to_its_owner_systemd_style() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The socket already listens (the broker's): connecting never races the service.
-    let mut conn = TcpStream::connect(("127.0.0.1", owned)).expect("connect to the owned port");
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the owned port");
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut got = String::new();
@@ -220,7 +201,7 @@ fn reserved_port_is_handed_to_its_owner_systemd_style() {
     let mut err = String::new();
     svc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "service failed: {err}");
-    assert_eq!(got, "served by the owner\n");
+    got
 }
 
 #[test]

@@ -167,12 +167,7 @@ impl Relay<'_> {
                 self.signals.group_stopped();
                 self.release();
                 if !stop_by(signal) {
-                    let go_on = self.signals.request(ending::Caught {
-                        signo: libc::SIGCONT,
-                        from_terminal: false,
-                        from_self: false,
-                    });
-                    self.send(&go_on);
+                    self.continue_program();
                 }
             }
             Ok(Reply::ExecFailed(f)) => {
@@ -187,6 +182,16 @@ impl Relay<'_> {
             Ok(_) => {}
             Err(_) => self.die("malformed message from the broker"),
         }
+    }
+
+    /// Undoes a stop asked of the program that the kernel dropped for us.
+    fn continue_program(&mut self) {
+        let go_on = self.signals.request(ending::Caught {
+            signo: libc::SIGCONT,
+            from_terminal: false,
+            from_self: false,
+        });
+        self.send(&go_on);
     }
 
     fn on_signal(&mut self, caught: ending::Caught) {
@@ -216,12 +221,7 @@ impl Relay<'_> {
                     // The kernel dropped the stop (our group is orphaned): so it does a
                     // local program's, which runs on. So does ours; stopped by SIGSTOP, no
                     // one would ever continue it (helper-84).
-                    let go_on = self.signals.request(ending::Caught {
-                        signo: libc::SIGCONT,
-                        from_terminal: false,
-                        from_self: false,
-                    });
-                    self.send(&go_on);
+                    self.continue_program();
                 }
             }
             libc::SIGCONT => {
