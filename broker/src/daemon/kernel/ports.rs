@@ -219,12 +219,15 @@ impl Family {
         })
     }
 
-    /// The listening socket for one more launch. A holder of it may have shut it down or
-    /// changed its options (`SO_REUSEPORT` off makes a new socket's bind conflict with it,
-    /// a device binding keeps connections off it, for good: an unprivileged process may
-    /// bind a socket to a device once, never change it). With a guard holding the port,
-    /// what the broker needs (`SO_REUSEPORT`, listening) is put back on the same socket at
-    /// every claim, and the rest too when no running launch holds it (a live service's own
+    /// The listening socket for one more launch: one open file description that every
+    /// owner launch, and whatever it leaves running, shares, as systemd's sockets are (so
+    /// its non-blocking mode, options and backlog are what the last holder left, which the
+    /// next can set back). A holder may also have shut it down or changed what the next one
+    /// cannot undo (`SO_REUSEPORT` off makes a new socket's bind conflict with it; a device
+    /// binding keeps connections off it, and an unprivileged process may set one once,
+    /// never change it). With a guard holding the port, `SO_REUSEPORT` and listening are
+    /// put back on the same socket at every claim, and `SO_REUSEADDR`, the device binding
+    /// and a reuseport program too when no running launch holds it (a live service's own
     /// choices stay: helper-84; a finished one's do not: helper-85); a socket that cannot
     /// be put back is replaced. `None`: no listener here.
     fn claim(&self) -> Option<io::Result<(Arc<OwnedFd>, Claim<'_>)>> {
