@@ -170,7 +170,8 @@ fn display_address(addr: &SocketAddr) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&name))
 }
 
-fn sockopt_int(fd: &OwnedFd, option: libc::c_int) -> Option<libc::c_int> {
+/// An int option at `SOL_SOCKET` of `fd`.
+pub(crate) fn sockopt_int(fd: &OwnedFd, option: libc::c_int) -> Option<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: value and len describe a valid c_int buffer the kernel fills.

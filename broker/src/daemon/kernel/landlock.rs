@@ -572,9 +572,6 @@ fn fs_rules(
         source,
     };
     for (path, access) in grants {
-        // A symlink on the way counts only where no one but root can change it: a user who
-        // can write the directory of a granted path would point it at `/` (found by the
-        // twelfth review).
         // Canonical since the config's load (the operator's moment), and followed through no
         // link met now: whoever can write a directory on its way (a user's home, `/tmp`; a
         // uid-0 context owns root's) could aim a link anywhere, and a check of its owner by

@@ -25,6 +25,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+use crate::daemon::systemd::sockopt_int;
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -300,7 +302,7 @@ fn restore(fd: &OwnedFd, whole: bool) -> io::Result<()> {
         if flag(fd, libc::SO_REUSEADDR) != Some(false) {
             set_flag_to(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
         }
-        if int_option(fd, libc::SO_BINDTOIFINDEX) != Some(0) {
+        if sockopt_int(fd, libc::SO_BINDTOIFINDEX) != Some(0) {
             set_flag_to(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, 0)?;
         }
         // ENOENT when there is none.
@@ -315,25 +317,8 @@ fn restore(fd: &OwnedFd, whole: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// An int socket option at `SOL_SOCKET`.
-fn int_option(fd: &OwnedFd, name: libc::c_int) -> Option<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized buffer with its length, on our socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(value)
-}
-
 fn flag(fd: &OwnedFd, name: libc::c_int) -> Option<bool> {
-    int_option(fd, name).map(|v| v != 0)
+    sockopt_int(fd, name).map(|v| v != 0)
 }
 
 /// Sets a boolean socket option; a failure only shows up later as a failed bind.
