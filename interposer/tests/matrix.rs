@@ -274,3 +274,52 @@ for name in ("./probe_there", "./probe_missing"):
         "the two probes differ"
     );
 }
+
+/// A script whose `#!` interpreter is missing, or is a script without one itself, fails
+/// the exec (ENOENT, ENOEXEC) routed as locally, not as a command exiting 127/126 after
+/// an early `Accepted` (git's t1800 "hook with a bad shebang", helper-82).
+#[test]
+fn a_script_whose_interpreter_cannot_run_fails_its_exec_as_locally() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    setup(&b);
+    let w = |name: &str, body: String| {
+        let p = b.dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    w("bad_shebang", "#!/no/such/interpreter\nexit 0\n".into());
+    w(
+        "nested",
+        format!("#!{}\n", b.dir.join("noshebang").display()),
+    );
+    w("good", "#!/bin/sh\necho good\n".into());
+    let script = r#"
+import errno, os, subprocess
+for name in ("./bad_shebang", "./nested", "./good"):
+    try:
+        r = subprocess.run([name], capture_output=True, text=True)
+        print("subprocess", name, r.returncode, r.stdout.strip())
+    except OSError as e:
+        print("subprocess", name, type(e).__name__, errno.errorcode[e.errno])
+    try:
+        pid = os.posix_spawn(name, [name], os.environ)
+        print("posix_spawn", name, "exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    except OSError as e:
+        print("posix_spawn", name, type(e).__name__, errno.errorcode[e.errno])
+"#;
+    let want = "\
+subprocess ./bad_shebang FileNotFoundError ENOENT
+posix_spawn ./bad_shebang FileNotFoundError ENOENT
+subprocess ./nested OSError ENOEXEC
+posix_spawn ./nested OSError ENOEXEC
+subprocess ./good 0 good
+good
+posix_spawn ./good exit 0
+exit Some(0)
+";
+    check(&b, &[py, "-c", script], want);
+}

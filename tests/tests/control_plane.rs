@@ -2078,3 +2078,81 @@ fn alice_racing(race: &str, b: &Broker) -> Command {
     .current_dir("/");
     cmd
 }
+
+/// The broker's answers to one interposer-kind launch of `program` (exact, no search)
+/// into `context`, spoken directly as a client that skips the hook's own checks would:
+/// each reply's kind, with a failure's kind, stage and errno.
+fn early_answers(b: &Broker, context: &str, program: &str) -> Vec<String> {
+    use ctx_protocol::frame::{decode, encode_vec};
+    use ctx_protocol::{ClientKind, Hello, Reply, Request};
+    let mut req = raw::exec_request(context, &[b"prog"]);
+    req.program = Some(serde_bytes::ByteBuf::from(program.as_bytes().to_vec()));
+    let mut bytes = Vec::new();
+    encode_vec(&Hello::new(ClientKind::Interposer), &mut bytes).unwrap();
+    encode_vec(&Request::Exec(req), &mut bytes).unwrap();
+    let null = fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    let mut s = raw::send_opening(&b.socket(), &bytes, &[fd, fd, fd]);
+    let (frames, closed) = raw::read_until_close(&mut s, Duration::from_secs(10));
+    assert!(closed, "the broker answered {program} and closed");
+    frames
+        .iter()
+        .map(|f| match decode::<Reply>(f) {
+            Ok(Reply::Hello { .. }) => "hello".to_string(),
+            Ok(Reply::Accepted) => "accepted".to_string(),
+            Ok(Reply::ExecFailed(e)) => format!("failed {:?} {:?} {}", e.kind, e.stage, e.errno),
+            Ok(Reply::Exited { status, .. }) => format!("exited {status:?}"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("undecodable {e}"),
+        })
+        .collect()
+}
+
+/// Found by the tenth session's review (helper-84): the early exec check behind
+/// `Reply::Accepted` looked the caller's path up as root, following the caller's own
+/// symlink into a directory neither the caller nor the context's user may enter, so
+/// whether it answered `Accepted` told whether a runnable file was there. It must tell
+/// nothing the context user's own exec would not: the same answers, file or no file.
+#[test]
+fn the_early_exec_check_tells_no_caller_what_a_private_directory_holds() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    let private = dir.subdir("private", 0o700);
+    let inner = private.join("inner");
+    fs::create_dir(&inner).unwrap();
+    fs::set_permissions(&inner, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy("/bin/true", inner.join("prog")).unwrap();
+    fs::write(inner.join("script"), "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(inner.join("script"), fs::Permissions::from_mode(0o755)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&inner, &link).unwrap();
+    let b = Broker::start(&standard_config());
+    let at = |name: &str| format!("{}/{name}", link.display());
+
+    let absent = early_answers(&b, "alice", &at("absent"));
+    assert!(
+        absent.iter().any(|a| a.starts_with("failed")) && !absent.contains(&"accepted".into()),
+        "{absent:?}"
+    );
+    for name in ["prog", "script"] {
+        let present = early_answers(&b, "alice", &at(name));
+        assert_eq!(
+            present, absent,
+            "{name}: a file there is told apart from none"
+        );
+    }
+    // The same through `..` out of the caller's link, and through a magic link of the
+    // broker's own (its `/proc/self/root` is the host's root, as the child's is).
+    let dotdot = format!("{}/../inner/prog", link.display());
+    assert_eq!(early_answers(&b, "alice", &dotdot), absent, "{dotdot}");
+    let magic = format!("/proc/self/root{}", at("prog"));
+    let magic_absent = format!("/proc/self/root{}", at("absent"));
+    assert_eq!(
+        early_answers(&b, "alice", &magic),
+        early_answers(&b, "alice", &magic_absent),
+        "{magic}"
+    );
+    // The check still says yes where the context's user may run the program.
+    let usual = early_answers(&b, "alice", "/bin/true");
+    assert!(usual.contains(&"accepted".into()), "{usual:?}");
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One half (capabilities 0-31, then 32-63) of a thread's sets, as `capget` fills them.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapSets {
     pub effective: u32,
     pub permitted: u32,

@@ -1,10 +1,17 @@
 //! The parent's guess, before the clone, whether the child's exec will succeed: which
 //! candidates `execvp` would try, and whether the first one that exists may be run by the
 //! identity the child takes.
+//!
+//! The caller chose the path, so the guess must tell it nothing the child's own exec
+//! would not: the lookup is the kernel's, made by this thread with the child's file
+//! system identity and no effective capability (see [`ActingAs`]), and it follows no
+//! magic link (`/proc/self/fd/N`, `/proc/PID/root` would name the broker's own
+//! descriptors and views, not the child's). A wrong "no" only costs the early `Accepted`.
 
-use std::ffi::{CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::caps::{capget, capset, CapSets};
 use super::{Identity, Program, SpawnPlan};
 
 // ---------------------------------------------------------------------------------------
@@ -33,104 +40,291 @@ pub fn search_candidates(file: &[u8], path: &[u8]) -> Vec<CString> {
         .collect()
 }
 
-/// Whether the child's exec will most likely succeed: the first candidate that exists is a
-/// regular file with an execute bit for the identity the child takes, as `execvp` would
-/// find it. Directory search rights, ACLs, mount options and Landlock rules are not
-/// considered; a wrong guess only means the failure reaches the caller late (see
-/// `Reply::Accepted`), so this errs on the side of "no" when unsure.
+/// Whether the child's exec will most likely succeed: the first candidate that exists (as
+/// the child's identity finds it) is a regular file that identity may execute, as
+/// `execvp` would find it, and it starts like something the kernel runs. Mount options
+/// and Landlock rules are not considered; a wrong guess only means the failure reaches
+/// the caller late (see `Reply::Accepted`), so this errs on the side of "no" when unsure.
 pub fn exec_likely(plan: &SpawnPlan) -> bool {
     let searching = matches!(plan.program, Program::Search(_));
     let candidates: &[CString] = match &plan.program {
         Program::Exact(p) => std::slice::from_ref(p),
         Program::Search(list) => list,
     };
-    let base = plan.relative_base();
+    let Ok(_acting) = ActingAs::take(plan.identity.as_ref()) else {
+        return false;
+    };
     for cand in candidates {
-        let bytes = cand.as_bytes();
-        let relative = bytes.first().is_some_and(|&c| c != b'/');
-        let path = match &base {
-            Some(base) if relative => base.join(OsStr::from_bytes(bytes)),
-            _ => std::path::PathBuf::from(OsStr::from_bytes(bytes)),
-        };
-        // Through a descriptor the kernel checks no directory above it, so neither does
-        // this guess.
-        let above = match (&plan.cwd_fd, &base) {
-            (Some(_), Some(base)) if relative => base.ancestors().count() - 1,
-            _ => 0,
-        };
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e)
-                if searching && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
-            {
-                continue
-            }
-            Err(_) => return false,
-        };
-        if !meta.is_file() {
-            return false;
-        }
-        let runnable = match &plan.identity {
-            // The directories on the way must be searchable by that uid too.
-            Some(id) => {
-                let dirs = path.ancestors().count() - 1 - above;
-                may_execute(&meta, id)
-                    && path.ancestors().skip(1).take(dirs).all(|dir| {
-                        dir.as_os_str().is_empty()
-                            || std::fs::metadata(dir).is_ok_and(|m| may_execute(&m, id))
-                    })
-            }
-            None => {
-                let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        let relative = cand.as_bytes().first().is_some_and(|&c| c != b'/');
+        let joined;
+        // Relative to the directory the child will be in: the caller's by its descriptor
+        // whenever one came (see `cwd::enter`), else the context's.
+        let (dirfd, path): (RawFd, &CStr) = match (plan.cwd_fd, &plan.cwd) {
+            (Some(fd), _) if relative => (fd, cand),
+            (None, Some(cwd)) if relative => {
+                let mut bytes = cwd.as_bytes().to_vec();
+                bytes.push(b'/');
+                bytes.extend_from_slice(cand.as_bytes());
+                let Ok(c) = CString::new(bytes) else {
                     return false;
                 };
-                // SAFETY: a NUL-terminated path; faccessat only reads it.
-                unsafe {
-                    libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0
-                }
+                joined = c;
+                (libc::AT_FDCWD, &joined)
             }
+            _ => (libc::AT_FDCWD, cand),
+        };
+        let file = match open_path_at(dirfd, path) {
+            Ok(f) => f,
+            Err(libc::ENOENT | libc::ENOTDIR) if searching => continue,
+            Err(_) => return false,
         };
         // A search goes on past a file it may not run (execvp remembers EACCES), but the
         // guess stays "no" then: the answer depends on what comes later on PATH.
-        if !runnable {
+        if !is_regular(&file) || !may_execute(&file) {
             return false;
         }
-        // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh` fallback
-        // turns into a run (the caller's own shell may want to see the ENOEXEC).
-        return known_format(&path) || searching || plan.sh_fallback;
+        return match format_of(&file) {
+            Format::Elf => true,
+            // A missing or unrunnable interpreter fails the exec itself (`ENOENT`, say),
+            // which the caller must see as its errno, not as a command exiting 127.
+            Format::Script(interpreter) => interpreter_likely(&interpreter),
+            // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
+            // fallback turns into a run (the caller's own shell may want the ENOEXEC).
+            Format::Other => searching || plan.sh_fallback,
+            Format::Unsure => false,
+        };
     }
     false
 }
 
-/// Execute (search, for a directory) permission by the mode bits, for `id`.
-fn may_execute(meta: &std::fs::Metadata, id: &Identity) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode();
-    if id.uid == 0 {
-        // Root needs one x bit on a file; directories it may always search.
-        return meta.is_dir() || mode & 0o111 != 0;
+/// `path` from `dirfd`, symlinks followed as exec follows them but no magic link, opened
+/// `O_PATH` (nothing of the file is opened for I/O).
+fn open_path_at(dirfd: RawFd, path: &CStr) -> Result<OwnedFd, i32> {
+    // SAFETY: open_how is plain data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a NUL-terminated path and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
     }
-    if meta.uid() == id.uid {
-        mode & 0o100 != 0
-    } else if meta.gid() == id.gid || id.groups.contains(&meta.gid()) {
-        mode & 0o010 != 0
-    } else {
-        mode & 0o001 != 0
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn is_regular(file: &OwnedFd) -> bool {
+    // SAFETY: stat is plain data filled by the call on a descriptor we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstat(file.as_raw_fd(), &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// Execute permission as the kernel decides it for this thread's identity (ACLs
+/// included; root needs one x bit).
+fn may_execute(file: &OwnedFd) -> bool {
+    // SAFETY: an empty path with AT_EMPTY_PATH names the descriptor itself.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::X_OK,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
+        )
+    };
+    r == 0
+}
+
+/// What the kernel would make of a file by its first bytes.
+enum Format {
+    Elf,
+    /// A `#!` line naming this interpreter (as the kernel parses it).
+    Script(Vec<u8>),
+    /// Anything else.
+    Other,
+    /// Nothing to judge by: a file this thread may not read (execute-only), or a `#!`
+    /// line longer than the kernel reads.
+    Unsure,
+}
+
+/// The kernel's `#!` line limit (`BINPRM_BUF_SIZE`).
+const SCRIPT_HEAD: usize = 256;
+
+/// The file's format, read with this thread's identity.
+fn format_of(file: &OwnedFd) -> Format {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut head = [0u8; SCRIPT_HEAD];
+    // The very inode found (a regular file: no FIFO's or device's open()).
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    else {
+        return Format::Unsure;
+    };
+    let Ok(n) = f.read(&mut head) else {
+        return Format::Unsure;
+    };
+    let head = &head[..n];
+    if head.starts_with(b"\x7fELF") {
+        return Format::Elf;
+    }
+    let Some(line) = head.strip_prefix(b"#!") else {
+        return Format::Other;
+    };
+    // Without a newline the line ends with a file shorter than what the kernel reads.
+    let Some(end) = line
+        .iter()
+        .position(|&b| b == b'\n')
+        .or((n < SCRIPT_HEAD).then_some(line.len()))
+    else {
+        return Format::Unsure;
+    };
+    let line = &line[..end];
+    let start = line
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(line.len());
+    let name: Vec<u8> = line[start..]
+        .iter()
+        .copied()
+        .take_while(|&b| !matches!(b, b' ' | b'\t' | 0))
+        .collect();
+    Format::Script(name)
+}
+
+/// Whether a script's interpreter will run for this thread's identity: an absolute path
+/// to a regular ELF file it may execute. Anything else (a relative name, an interpreter
+/// that is itself a script) is left to the exec to judge.
+fn interpreter_likely(name: &[u8]) -> bool {
+    if name.first() != Some(&b'/') {
+        return false;
+    }
+    let Ok(path) = CString::new(name) else {
+        return false;
+    };
+    let Ok(file) = open_path_at(libc::AT_FDCWD, &path) else {
+        return false;
+    };
+    is_regular(&file) && may_execute(&file) && matches!(format_of(&file), Format::Elf)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// This thread, for its file system lookups, as the child's identity: its file system
+/// uid and gid, its groups, and no effective capability (no `CAP_DAC_*`, no
+/// `CAP_SYS_PTRACE`). Linux keeps credentials per thread and these calls are the raw
+/// syscalls (glibc would change every thread), so nothing else of the broker changes.
+/// Dropped: the thread is as it was, or the broker aborts (a root thread left with
+/// another identity, or without its capabilities, must not run on).
+struct ActingAs {
+    caps: [CapSets; 2],
+    fsuid: u32,
+    fsgid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+impl ActingAs {
+    /// `None` for the broker's own identity (nothing to change); root is root.
+    fn take(id: Option<&Identity>) -> Result<Option<ActingAs>, i32> {
+        let Some(id) = id.filter(|id| id.uid != 0) else {
+            return Ok(None);
+        };
+        let caps = capget(0)?;
+        // SAFETY: plain getters of this thread's credentials (-1: change nothing).
+        let (fsuid, fsgid) = unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            )
+        };
+        let groups = thread_groups()?;
+        let acting = ActingAs {
+            caps,
+            fsuid,
+            fsgid,
+            groups,
+        };
+        // SAFETY: per-thread credential syscalls with pointers to live locals; undone by
+        // `acting`'s drop, also when one fails half-way.
+        unsafe {
+            if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) != 0 {
+                return Err(errno());
+            }
+            libc::syscall(libc::SYS_setfsgid, id.gid);
+            libc::syscall(libc::SYS_setfsuid, id.uid);
+            // An invalid id changes nothing and returns the current one.
+            if libc::syscall(libc::SYS_setfsgid, u32::MAX) != id.gid as libc::c_long
+                || libc::syscall(libc::SYS_setfsuid, u32::MAX) != id.uid as libc::c_long
+            {
+                return Err(libc::EPERM);
+            }
+        }
+        let mut none = caps;
+        for half in &mut none {
+            half.effective = 0;
+        }
+        capset(&none)?;
+        Ok(Some(acting))
     }
 }
 
-/// Whether the file starts like something the kernel executes: an ELF image or a script.
-fn known_format(path: &std::path::Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 4];
-    // The context chose the path: never a FIFO's or a device's open() as root.
-    let Ok(mut f) = crate::daemon::untrusted_path::open_regular(path) else {
-        // Unreadable by the broker (root squash, FUSE), or not a regular file any more:
-        // no basis for a guess.
-        return false;
-    };
-    let n = f.read(&mut head).unwrap_or(0);
-    (n == 4 && head.starts_with(b"\x7fELF")) || head[..n].starts_with(b"#!")
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        // The capabilities first (setting ids back needs CAP_SETUID/CAP_SETGID), and again
+        // last: a file system uid back at 0 raises the file capabilities the broker had
+        // permitted, which it may not have had effective.
+        let restored = capset(&self.caps).is_ok()
+            // SAFETY: per-thread credential syscalls with pointers to live fields.
+            && unsafe {
+                libc::syscall(libc::SYS_setfsuid, self.fsuid);
+                libc::syscall(libc::SYS_setfsgid, self.fsgid);
+                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setfsuid, u32::MAX) == self.fsuid as libc::c_long
+                    && libc::syscall(libc::SYS_setfsgid, u32::MAX) == self.fsgid as libc::c_long
+            }
+            && capset(&self.caps).is_ok();
+        if !restored {
+            eprintln!("ctx-broker: a thread could not take back its own identity after an exec check; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// This thread's supplementary groups.
+fn thread_groups() -> Result<Vec<libc::gid_t>, i32> {
+    // SAFETY: size 0 only asks for the count.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
+    if n < 0 {
+        return Err(errno());
+    }
+    let mut groups = vec![0; n as usize];
+    // SAFETY: room for the `n` groups asked for.
+    let got = unsafe { libc::syscall(libc::SYS_getgroups, n, groups.as_mut_ptr()) };
+    if got < 0 {
+        return Err(errno());
+    }
+    groups.truncate(got as usize);
+    Ok(groups)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -140,6 +334,7 @@ fn known_format(path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn candidates_follow_path() {
@@ -148,5 +343,105 @@ mod tests {
         assert_eq!(c, vec![&b"/usr/bin/ls"[..], b"./ls", b"/bin/ls"]);
         let c = search_candidates(b"./x", b"/usr/bin");
         assert_eq!(c[0].as_bytes(), b"./x");
+    }
+
+    fn thread_credentials() -> (u32, u32, Vec<libc::gid_t>, [CapSets; 2]) {
+        // SAFETY: -1 changes nothing and returns the current ids.
+        let ids = unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            )
+        };
+        (ids.0, ids.1, thread_groups().unwrap(), capget(0).unwrap())
+    }
+
+    /// As root, on a thread of its own (the test harness's threads run other tests).
+    #[test]
+    fn the_guess_is_the_identitys_and_the_thread_is_itself_again_after() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        std::thread::spawn(|| {
+            let dir = std::env::temp_dir().join(format!("ctx-check-{}", std::process::id()));
+            let inner = dir.join("inner");
+            std::fs::create_dir_all(&inner).unwrap();
+            std::fs::copy("/bin/true", inner.join("prog")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path, m| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+            };
+            mode(&dir, 0o700);
+            mode(&inner, 0o755);
+            let prog = inner.join("prog");
+            let mut plan =
+                crate::daemon::spawn::testing::test_plan(&[prog.to_str().unwrap()], vec![]);
+            let before = thread_credentials();
+            assert!(exec_likely(&plan), "root may run it");
+            plan.identity = Some(Identity {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+            });
+            assert!(
+                !exec_likely(&plan),
+                "nobody may not enter {}",
+                dir.display()
+            );
+            assert_eq!(thread_credentials(), before);
+            mode(&dir, 0o755);
+            assert!(exec_likely(&plan), "nobody may run it now");
+            assert_eq!(thread_credentials(), before);
+            // Through a magic link the broker would see its own descriptors: never followed.
+            let held = std::fs::File::open(&inner).unwrap();
+            plan.program = Program::Exact(
+                CString::new(format!("/proc/self/fd/{}/prog", held.as_raw_fd())).unwrap(),
+            );
+            assert!(!exec_likely(&plan));
+            // The caller's cwd by its descriptor, for a relative program.
+            plan.program = Program::Exact(CString::new("prog").unwrap());
+            plan.cwd_fd = Some(held.as_raw_fd());
+            assert!(exec_likely(&plan));
+            assert_eq!(thread_credentials(), before);
+            // Scripts: their interpreter is looked for too, as that identity.
+            let script = |name: &str, text: &str| {
+                let p = inner.join(name);
+                std::fs::write(&p, text).unwrap();
+                mode(&p, 0o755);
+                CString::new(p.as_os_str().as_bytes()).unwrap()
+            };
+            for (text, likely) in [
+                ("#!/bin/sh\nexit 0\n", true),
+                ("#! \t/bin/sh -e\n", true),
+                ("#!/bin/sh", true),
+                ("#!/no/such/interpreter\n", false),
+                ("#!sh\n", false),
+                ("#!\n", false),
+                (&format!("#!{}/prog\n", inner.display()), true),
+                (&format!("#!/bin/sh {}\n", "x".repeat(300)), false),
+            ] {
+                plan.program = Program::Exact(script("s", text));
+                assert_eq!(exec_likely(&plan), likely, "{text:?}");
+            }
+            // An interpreter that is itself a script is the exec's to judge.
+            script("interp", "#!/bin/sh\n");
+            plan.program = Program::Exact(script("s", &format!("#!{}/interp\n", inner.display())));
+            assert!(!exec_likely(&plan));
+            // Behind a directory that identity may not enter: no, as its exec would say.
+            let hidden = dir.join("hidden");
+            std::fs::create_dir(&hidden).unwrap();
+            std::fs::copy("/bin/true", hidden.join("tool")).unwrap();
+            mode(&hidden, 0o700);
+            let text = format!("#!{}/tool\n", hidden.display());
+            plan.program = Program::Exact(script("s", &text));
+            assert!(!exec_likely(&plan), "as nobody");
+            plan.identity = None;
+            assert!(exec_likely(&plan), "as root");
+            assert_eq!(thread_credentials(), before);
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 }
