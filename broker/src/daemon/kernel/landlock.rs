@@ -304,7 +304,7 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
 /// [`BINPRM_BUF`] bytes the name must end before them. Only spaces and tabs separate: a
 /// form feed or any other whitespace is part of the name, as it is for the kernel, so the
 /// file the rules allow is the one the kernel will run.
-fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
+pub fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
     let spacetab = |b: u8| b == b' ' || b == b'\t';
     let terminator = |b: u8| spacetab(b) || b == 0;
     let head = &head[..head.len().min(BINPRM_BUF)];

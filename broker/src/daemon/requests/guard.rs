@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Context;
 use crate::daemon::kernel::supervisor::{Armed, Denied, Policy};
-use crate::daemon::spawn::{Program, SpawnPlan};
+use crate::daemon::spawn::{program_for_rules, Program, SpawnPlan};
 use crate::daemon::Shared;
 
 /// `enforce = true`: the per-launch Landlock ruleset and what the exec guard allows.
@@ -27,29 +27,20 @@ pub(super) fn enforce_ruleset(
         return Ok(None);
     }
     use std::os::unix::ffi::OsStrExt;
-    let base = plan.relative_base();
-    let candidates: Vec<&std::ffi::CStr> = match &plan.program {
-        Program::Exact(p) => vec![p.as_c_str()],
-        Program::Search(list) => list.iter().map(|c| c.as_c_str()).collect(),
-    };
-    // The file the child's exec will find first (as root; the context's uid may be refused
-    // it, which then fails the launch anyway).
-    let program = candidates
-        .iter()
-        .map(|c| {
-            let c = std::ffi::OsStr::from_bytes(c.to_bytes());
-            base.as_ref().map_or_else(|| c.into(), |b| b.join(c))
-        })
-        .find(|p| p.is_file());
+    // The file the child's exec will find first and its interpreter, looked up as the
+    // context's user finds them: the caller chose the path, and what the rules allow
+    // must tell it nothing that user could not see (a root-only script's `#!` line).
+    let found = program_for_rules(plan);
     let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
-    if let Some(p) = &program {
-        match crate::daemon::kernel::landlock::script_interpreter(p) {
+    let program = found.map(|(program, interpreter)| {
+        match interpreter {
             Some(interp) => allowed.push(interp),
             None if plan.sh_fallback => allowed.push("/bin/sh".into()),
             None => {}
         }
-        allowed.push(p.clone());
-    }
+        allowed.push(program.clone());
+        program
+    });
     let Some(ruleset) = crate::daemon::kernel::landlock::exec_only(&allowed)? else {
         return Ok(None);
     };
@@ -57,8 +48,11 @@ pub(super) fn enforce_ruleset(
     // once the child runs (the rules above hold the files themselves).
     let program = program.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let program = program.unwrap_or_else(|| {
-        candidates
-            .first()
+        let first = match &plan.program {
+            Program::Exact(p) => Some(p),
+            Program::Search(list) => list.first(),
+        };
+        first
             .map(|c| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
             .unwrap_or_default()
     });

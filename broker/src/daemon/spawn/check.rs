@@ -8,8 +8,10 @@
 //! magic link (`/proc/self/fd/N`, `/proc/PID/root` would name the broker's own
 //! descriptors and views, not the child's). A wrong "no" only costs the early `Accepted`.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use super::caps::{capget, capset, CapSets};
 use super::{Identity, Program, SpawnPlan};
@@ -46,13 +48,59 @@ pub fn search_candidates(file: &[u8], path: &[u8]) -> Vec<CString> {
 /// and Landlock rules are not considered; a wrong guess only means the failure reaches
 /// the caller late (see `Reply::Accepted`), so this errs on the side of "no" when unsure.
 pub fn exec_likely(plan: &SpawnPlan) -> bool {
+    let Ok(_acting) = ActingAs::take(plan.identity.as_ref()) else {
+        return false;
+    };
+    let Some((_, file)) = first_found(plan) else {
+        return false;
+    };
+    // A search goes on past a file it may not run (execvp remembers EACCES), but the
+    // guess stays "no" then: the answer depends on what comes later on PATH.
+    if !is_regular(&file) || !may_execute(&file) {
+        return false;
+    }
+    match format_of(&file) {
+        Format::Elf => true,
+        // A missing or unrunnable interpreter fails the exec itself (`ENOENT`, say),
+        // which the caller must see as its errno, not as a command exiting 127.
+        Format::Script(interpreter) => interpreter_likely(&interpreter),
+        // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
+        // fallback turns into a run (the caller's own shell may want the ENOEXEC).
+        Format::Other => matches!(plan.program, Program::Search(_)) || plan.sh_fallback,
+        Format::Unsure => false,
+    }
+}
+
+/// For `enforce`'s rules: the candidate the child's exec will find first, by a name the
+/// broker can open it by, and its `#!` interpreter if it is a script; both as the child's
+/// identity finds them.
+pub fn program_for_rules(plan: &SpawnPlan) -> Option<(PathBuf, Option<PathBuf>)> {
+    let _acting = ActingAs::take(plan.identity.as_ref()).ok()?;
+    let (cand, file) = first_found(plan)?;
+    if !is_regular(&file) {
+        return None;
+    }
+    let relative = cand.as_bytes().first().is_some_and(|&c| c != b'/');
+    let name = OsStr::from_bytes(cand.as_bytes());
+    let path = match plan.relative_base() {
+        Some(base) if relative => base.join(name),
+        _ => PathBuf::from(name),
+    };
+    let interpreter = match format_of(&file) {
+        Format::Script(i) => Some(PathBuf::from(OsStr::from_bytes(&i))),
+        _ => None,
+    };
+    Some((path, interpreter))
+}
+
+/// The first of the plan's candidates that this thread's lookup finds (`execvp` skips
+/// the ones that do not exist), opened `O_PATH`; `None` when none is, or when a lookup
+/// fails otherwise (`EACCES`: the answer depends on the rest of the search).
+fn first_found(plan: &SpawnPlan) -> Option<(&CString, OwnedFd)> {
     let searching = matches!(plan.program, Program::Search(_));
     let candidates: &[CString] = match &plan.program {
         Program::Exact(p) => std::slice::from_ref(p),
         Program::Search(list) => list,
-    };
-    let Ok(_acting) = ActingAs::take(plan.identity.as_ref()) else {
-        return false;
     };
     for cand in candidates {
         let relative = cand.as_bytes().first().is_some_and(|&c| c != b'/');
@@ -65,36 +113,18 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
                 let mut bytes = cwd.as_bytes().to_vec();
                 bytes.push(b'/');
                 bytes.extend_from_slice(cand.as_bytes());
-                let Ok(c) = CString::new(bytes) else {
-                    return false;
-                };
-                joined = c;
+                joined = CString::new(bytes).ok()?;
                 (libc::AT_FDCWD, &joined)
             }
             _ => (libc::AT_FDCWD, cand),
         };
-        let file = match open_path_at(dirfd, path) {
-            Ok(f) => f,
+        match open_path_at(dirfd, path) {
+            Ok(f) => return Some((cand, f)),
             Err(libc::ENOENT | libc::ENOTDIR) if searching => continue,
-            Err(_) => return false,
-        };
-        // A search goes on past a file it may not run (execvp remembers EACCES), but the
-        // guess stays "no" then: the answer depends on what comes later on PATH.
-        if !is_regular(&file) || !may_execute(&file) {
-            return false;
+            Err(_) => return None,
         }
-        return match format_of(&file) {
-            Format::Elf => true,
-            // A missing or unrunnable interpreter fails the exec itself (`ENOENT`, say),
-            // which the caller must see as its errno, not as a command exiting 127.
-            Format::Script(interpreter) => interpreter_likely(&interpreter),
-            // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
-            // fallback turns into a run (the caller's own shell may want the ENOEXEC).
-            Format::Other => searching || plan.sh_fallback,
-            Format::Unsure => false,
-        };
     }
-    false
+    None
 }
 
 /// `path` from `dirfd`, symlinks followed as exec follows them but no magic link, opened
@@ -157,7 +187,7 @@ enum Format {
     Unsure,
 }
 
-/// The kernel's `#!` line limit (`BINPRM_BUF_SIZE`).
+/// What the kernel reads of a file to find its `#!` line (`BINPRM_BUF_SIZE`).
 const SCRIPT_HEAD: usize = 256;
 
 /// The file's format, read with this thread's identity.
@@ -180,28 +210,14 @@ fn format_of(file: &OwnedFd) -> Format {
     if head.starts_with(b"\x7fELF") {
         return Format::Elf;
     }
-    let Some(line) = head.strip_prefix(b"#!") else {
+    if !head.starts_with(b"#!") {
         return Format::Other;
-    };
-    // Without a newline the line ends with a file shorter than what the kernel reads.
-    let Some(end) = line
-        .iter()
-        .position(|&b| b == b'\n')
-        .or((n < SCRIPT_HEAD).then_some(line.len()))
-    else {
-        return Format::Unsure;
-    };
-    let line = &line[..end];
-    let start = line
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(line.len());
-    let name: Vec<u8> = line[start..]
-        .iter()
-        .copied()
-        .take_while(|&b| !matches!(b, b' ' | b'\t' | 0))
-        .collect();
-    Format::Script(name)
+    }
+    // The kernel's own reading of the line; none where it would refuse it.
+    match crate::daemon::kernel::landlock::shebang_interpreter(head) {
+        Some(name) => Format::Script(name.to_vec()),
+        None => Format::Unsure,
+    }
 }
 
 /// Whether a script's interpreter will run for this thread's identity: an absolute path
@@ -334,7 +350,6 @@ fn thread_groups() -> Result<Vec<libc::gid_t>, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn candidates_follow_path() {
@@ -419,7 +434,9 @@ mod tests {
                 ("#!sh\n", false),
                 ("#!\n", false),
                 (&format!("#!{}/prog\n", inner.display()), true),
-                (&format!("#!/bin/sh {}\n", "x".repeat(300)), false),
+                // The kernel cuts long arguments, never the interpreter's name.
+                (&format!("#!/bin/sh {}\n", "x".repeat(300)), true),
+                (&format!("#!/{}\n", "x".repeat(300)), false),
             ] {
                 plan.program = Program::Exact(script("s", text));
                 assert_eq!(exec_likely(&plan), likely, "{text:?}");
