@@ -95,17 +95,7 @@ pub fn enter(pid: u32, dirfd: i32, id: Option<&Identity<'_>>) -> Result<View, i3
         // A descriptor of a file (execveat with AT_EMPTY_PATH) is no directory to enter.
         let base_is_dir = libc::fchdir(base.as_raw_fd()) == 0;
         if let Some(id) = id {
-            if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) != 0 {
-                return Err(errno());
-            }
-            libc::syscall(libc::SYS_setfsgid, id.gid);
-            libc::syscall(libc::SYS_setfsuid, id.uid);
-            // An invalid id changes nothing and returns the current one.
-            if libc::syscall(libc::SYS_setfsgid, u32::MAX) != id.gid as libc::c_long
-                || libc::syscall(libc::SYS_setfsuid, u32::MAX) != id.uid as libc::c_long
-            {
-                return Err(libc::EPERM);
-            }
+            take_fs_identity(id.uid, id.gid, id.groups)?;
         }
         drop_effective_capabilities()?;
         Ok(View {
@@ -329,6 +319,27 @@ fn is_proc_root(fd: &OwnedFd) -> bool {
 
 /// Clears this thread's effective capabilities (its permitted ones stay, unused: the
 /// thread ends with its decision).
+/// Gives this thread `uid`, `gid` and `groups` for its file system access. The raw
+/// syscalls: Linux keeps credentials per thread, and glibc's wrappers would change every
+/// thread of the broker. `EPERM` when an id did not take.
+pub fn take_fs_identity(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), i32> {
+    // SAFETY: per-thread credential syscalls; `groups` is live for the call.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return Err(errno());
+        }
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        // An invalid id changes nothing and returns the current one.
+        if libc::syscall(libc::SYS_setfsgid, u32::MAX) != gid as libc::c_long
+            || libc::syscall(libc::SYS_setfsuid, u32::MAX) != uid as libc::c_long
+        {
+            return Err(libc::EPERM);
+        }
+    }
+    Ok(())
+}
+
 fn drop_effective_capabilities() -> Result<(), i32> {
     let mut sets = crate::daemon::spawn::capget(0)?;
     for half in &mut sets {

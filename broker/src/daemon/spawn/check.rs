@@ -280,21 +280,8 @@ impl ActingAs {
             fsgid,
             groups,
         };
-        // SAFETY: per-thread credential syscalls with pointers to live locals; undone by
-        // `acting`'s drop, also when one fails half-way.
-        unsafe {
-            if libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) != 0 {
-                return Err(errno());
-            }
-            libc::syscall(libc::SYS_setfsgid, id.gid);
-            libc::syscall(libc::SYS_setfsuid, id.uid);
-            // An invalid id changes nothing and returns the current one.
-            if libc::syscall(libc::SYS_setfsgid, u32::MAX) != id.gid as libc::c_long
-                || libc::syscall(libc::SYS_setfsuid, u32::MAX) != id.uid as libc::c_long
-            {
-                return Err(libc::EPERM);
-            }
-        }
+        // Undone by `acting`'s drop, also when a step fails half-way.
+        crate::daemon::process_view::take_fs_identity(id.uid, id.gid, &id.groups)?;
         let mut none = caps;
         for half in &mut none {
             half.effective = 0;
@@ -310,14 +297,8 @@ impl Drop for ActingAs {
         // last: a file system uid back at 0 raises the file capabilities the broker had
         // permitted, which it may not have had effective.
         let restored = capset(&self.caps).is_ok()
-            // SAFETY: per-thread credential syscalls with pointers to live fields.
-            && unsafe {
-                libc::syscall(libc::SYS_setfsuid, self.fsuid);
-                libc::syscall(libc::SYS_setfsgid, self.fsgid);
-                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
-                    && libc::syscall(libc::SYS_setfsuid, u32::MAX) == self.fsuid as libc::c_long
-                    && libc::syscall(libc::SYS_setfsgid, u32::MAX) == self.fsgid as libc::c_long
-            }
+            && crate::daemon::process_view::take_fs_identity(self.fsuid, self.fsgid, &self.groups)
+                .is_ok()
             && capset(&self.caps).is_ok();
         if !restored {
             eprintln!("ctx-broker: a thread could not take back its own identity after an exec check; aborting");
