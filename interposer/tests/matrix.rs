@@ -323,3 +323,40 @@ exit Some(0)
 ";
     check(&b, &[py, "-c", script], want);
 }
+
+/// An argument list the kernel will not copy (E2BIG), and a file that only starts like an
+/// ELF image (ENOEXEC), fail the caller's exec as locally: the caller goes on, it does not
+/// become a shim exiting 126 (helper-87).
+#[test]
+fn an_exec_the_kernel_refuses_fails_as_locally() {
+    let Some(py) = python() else {
+        eprintln!("no system python3; skipped");
+        return;
+    };
+    let b = start_broker();
+    let fake = b.dir.join("fake_elf");
+    std::fs::write(&fake, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x01\0").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"
+import errno, os, subprocess
+def show(what, f):
+    try:
+        print(what, "ran", f())
+    except OSError as e:
+        print(what, type(e).__name__, errno.errorcode[e.errno])
+show("subprocess long", lambda: subprocess.run(["/bin/true", "x" * 200000]).returncode)
+show("subprocess many", lambda: subprocess.run(["/bin/true"] + ["x" * 1000] * 3000).returncode)
+show("subprocess fake", lambda: subprocess.run(["./fake_elf"]).returncode)
+show("execv long", lambda: os.execv("/bin/true", ["true", "x" * 200000]))
+print("still here")
+"#;
+    let want = "\
+subprocess long OSError E2BIG
+subprocess many OSError E2BIG
+subprocess fake OSError ENOEXEC
+execv long OSError E2BIG
+still here
+exit Some(0)
+";
+    check(&b, &[py, "-c", script], want);
+}

@@ -605,3 +605,35 @@ fn an_enforced_context_cannot_launch_into_itself_through_the_broker() {
         hop.show()
     );
 }
+
+/// `enforce` allows the program the child's `execvp` will run: the first file on PATH its
+/// user may execute, past an entry that user may not search (root could: what root sees
+/// there decides nothing), as a local search goes on (helper-87).
+#[test]
+fn enforce_runs_a_program_found_past_a_path_entry_its_user_may_not_search() {
+    let dir = TempDir::new();
+    let private = dir.subdir("private", 0o700);
+    dir.file("private/true", b"#!/bin/sh\nexit 3\n", 0o755);
+    let config = format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.agent]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+route_children_to = "user"
+env = {{ PATH = "{private}:/usr/bin:/bin" }}
+isolation = {{ enforce = true }}
+
+[contexts.user]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0], contexts = ["agent"] }}
+"#,
+        private = private.display()
+    );
+    let b = Broker::start(&config);
+    let out = b.exec("agent", &["true"]);
+    assert_eq!(out.code(), 0, "{}", out.show());
+}

@@ -26,36 +26,38 @@ pub(super) fn enforce_ruleset(
     if !ctx.isolation.enforce || ctx.route_children_to.is_none() {
         return Ok(None);
     }
+    use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    // The file the child's exec will find first and its interpreter, looked up as the
-    // context's user finds them: the caller chose the path, and what the rules allow
-    // must tell it nothing that user could not see (a root-only script's `#!` line).
+    // The files the rules allow are the ones the context's user finds (the caller chose
+    // the path): each named below by this process's own descriptor of it, so nothing is
+    // looked up again by a name as root (`/proc/self/fd/N` leads to that very file).
     let found = program_for_rules(plan);
+    let held = |fd: &OwnedFd| std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     let mut allowed = vec![shared.routing.interposer.with_file_name("ctx-shim")];
-    let program = found.map(|(program, interpreter)| {
-        match interpreter {
-            Some(interp) => allowed.push(interp),
+    if let Some(found) = &found {
+        match &found.interpreter {
+            Some(interp) => allowed.push(held(interp)),
             None if plan.sh_fallback => allowed.push("/bin/sh".into()),
             None => {}
         }
-        allowed.push(program.clone());
-        program
-    });
+        allowed.push(held(&found.program));
+    }
     let Some(ruleset) = crate::daemon::kernel::landlock::exec_only(&allowed)? else {
         return Ok(None);
     };
-    // Named for the audit by its real name: a `/proc/self/fd/N/...` base means nothing
-    // once the child runs (the rules above hold the files themselves).
-    let program = program.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-    let program = program.unwrap_or_else(|| {
-        let first = match &plan.program {
-            Program::Exact(p) => Some(p),
-            Program::Search(list) => list.first(),
-        };
-        first
-            .map(|c| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
-            .unwrap_or_default()
-    });
+    // Named for the audit by the kernel's name of the file found.
+    let program = match &found {
+        Some(f) => std::fs::read_link(held(&f.program)).unwrap_or_default(),
+        None => {
+            let first = match &plan.program {
+                Program::Exact(p) => Some(p),
+                Program::Search(list) => list.first(),
+            };
+            first
+                .map(|c| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
+                .unwrap_or_default()
+        }
+    };
     let mut policy = Policy::new(&ctx.name, ctx.user.uid, program, &allowed);
     if let Some(id) = &plan.identity {
         policy = policy.looking_as(id.gid, &id.groups);

@@ -8,10 +8,8 @@
 //! magic link (`/proc/self/fd/N`, `/proc/PID/root` would name the broker's own
 //! descriptors and views, not the child's). A wrong "no" only costs the early `Accepted`.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 
 use super::caps::{capget, capset, CapSets};
 use super::{Identity, Program, SpawnPlan};
@@ -48,10 +46,13 @@ pub fn search_candidates(file: &[u8], path: &[u8]) -> Vec<CString> {
 /// and Landlock rules are not considered; a wrong guess only means the failure reaches
 /// the caller late (see `Reply::Accepted`), so this errs on the side of "no" when unsure.
 pub fn exec_likely(plan: &SpawnPlan) -> bool {
+    if !args_fit(plan) {
+        return false;
+    }
     let Ok(_acting) = ActingAs::take(plan.identity.as_ref()) else {
         return false;
     };
-    let Some((_, file)) = first_found(plan) else {
+    let Some(file) = first_found(plan) else {
         return false;
     };
     // A search goes on past a file it may not run (execvp remembers EACCES), but the
@@ -71,60 +72,77 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
     }
 }
 
-/// For `enforce`'s rules: the candidate the child's exec will find first, by a name the
-/// broker can open it by, and its `#!` interpreter if it is a script; both as the child's
-/// identity finds them.
-pub fn program_for_rules(plan: &SpawnPlan) -> Option<(PathBuf, Option<PathBuf>)> {
+/// What `enforce`'s rules allow of a launch, found as the child's identity finds it: the
+/// candidate the child's exec will run (the first regular file on the way that it may
+/// execute, as `execvp` goes past the others) and, for a script, its `#!` interpreter
+/// (a relative one from the child's working directory, as the kernel resolves it). Held
+/// open, so that the rules and the exec guard's file ids are taken from these very files
+/// and no name the caller chose is looked up again as root.
+pub struct ForRules {
+    pub program: OwnedFd,
+    pub interpreter: Option<OwnedFd>,
+}
+
+/// See [`ForRules`]; `None` when no candidate will run.
+pub fn program_for_rules(plan: &SpawnPlan) -> Option<ForRules> {
     let _acting = ActingAs::take(plan.identity.as_ref()).ok()?;
-    let (cand, file) = first_found(plan)?;
-    if !is_regular(&file) {
-        return None;
-    }
-    let relative = cand.as_bytes().first().is_some_and(|&c| c != b'/');
-    let name = OsStr::from_bytes(cand.as_bytes());
-    let path = match plan.relative_base() {
-        Some(base) if relative => base.join(name),
-        _ => PathBuf::from(name),
+    let runnable = |f: &OwnedFd| is_regular(f) && may_execute(f);
+    let candidates: &[CString] = match &plan.program {
+        Program::Exact(p) => std::slice::from_ref(p),
+        Program::Search(list) => list,
     };
-    let interpreter = match format_of(&file) {
-        Format::Script(i) => Some(PathBuf::from(OsStr::from_bytes(&i))),
+    let program = candidates
+        .iter()
+        .filter_map(|cand| open_from_cwd(plan, cand).ok())
+        .find(runnable)?;
+    let interpreter = match format_of(&program) {
+        Format::Script(name) => CString::new(name)
+            .ok()
+            .and_then(|name| open_from_cwd(plan, &name).ok())
+            .filter(is_regular),
         _ => None,
     };
-    Some((path, interpreter))
+    Some(ForRules {
+        program,
+        interpreter,
+    })
 }
 
 /// The first of the plan's candidates that this thread's lookup finds (`execvp` skips
 /// the ones that do not exist), opened `O_PATH`; `None` when none is, or when a lookup
 /// fails otherwise (`EACCES`: the answer depends on the rest of the search).
-fn first_found(plan: &SpawnPlan) -> Option<(&CString, OwnedFd)> {
+fn first_found(plan: &SpawnPlan) -> Option<OwnedFd> {
     let searching = matches!(plan.program, Program::Search(_));
     let candidates: &[CString] = match &plan.program {
         Program::Exact(p) => std::slice::from_ref(p),
         Program::Search(list) => list,
     };
     for cand in candidates {
-        let relative = cand.as_bytes().first().is_some_and(|&c| c != b'/');
-        let joined;
-        // Relative to the directory the child will be in: the caller's by its descriptor
-        // whenever one came (see `cwd::enter`), else the context's.
-        let (dirfd, path): (RawFd, &CStr) = match (plan.cwd_fd, &plan.cwd) {
-            (Some(fd), _) if relative => (fd, cand),
-            (None, Some(cwd)) if relative => {
-                let mut bytes = cwd.as_bytes().to_vec();
-                bytes.push(b'/');
-                bytes.extend_from_slice(cand.as_bytes());
-                joined = CString::new(bytes).ok()?;
-                (libc::AT_FDCWD, &joined)
-            }
-            _ => (libc::AT_FDCWD, cand),
-        };
-        match open_path_at(dirfd, path) {
-            Ok(f) => return Some((cand, f)),
+        match open_from_cwd(plan, cand) {
+            Ok(f) => return Some(f),
             Err(libc::ENOENT | libc::ENOTDIR) if searching => continue,
             Err(_) => return None,
         }
     }
     None
+}
+
+/// `name` looked up as the child's exec looks it up: a relative name from the directory
+/// the child will be in (the caller's by its descriptor whenever one came, see
+/// `cwd::enter`, else the context's).
+fn open_from_cwd(plan: &SpawnPlan, name: &CStr) -> Result<OwnedFd, i32> {
+    let relative = name.to_bytes().first().is_some_and(|&c| c != b'/');
+    match (plan.cwd_fd, &plan.cwd) {
+        (Some(fd), _) if relative => open_path_at(fd, name),
+        (None, Some(cwd)) if relative => {
+            let mut bytes = cwd.as_bytes().to_vec();
+            bytes.push(b'/');
+            bytes.extend_from_slice(name.to_bytes());
+            let joined = CString::new(bytes).map_err(|_| libc::EINVAL)?;
+            open_path_at(libc::AT_FDCWD, &joined)
+        }
+        _ => open_path_at(libc::AT_FDCWD, name),
+    }
 }
 
 /// `path` from `dirfd`, symlinks followed as exec follows them but no magic link, opened
@@ -208,7 +226,12 @@ fn format_of(file: &OwnedFd) -> Format {
     };
     let head = &head[..n];
     if head.starts_with(b"\x7fELF") {
-        return Format::Elf;
+        return match native_elf(head) {
+            true => Format::Elf,
+            // Another machine's or a broken image: ENOEXEC, or a 32-bit one this kernel
+            // may not run.
+            false => Format::Unsure,
+        };
     }
     if !head.starts_with(b"#!") {
         return Format::Other;
@@ -218,6 +241,66 @@ fn format_of(file: &OwnedFd) -> Format {
         Some(name) => Format::Script(name.to_vec()),
         None => Format::Unsure,
     }
+}
+
+/// This machine's `e_machine` for 64-bit ELF images.
+#[cfg(target_arch = "x86_64")]
+const NATIVE_MACHINE: u16 = 62;
+#[cfg(target_arch = "aarch64")]
+const NATIVE_MACHINE: u16 = 183;
+
+/// Whether an ELF header is one the kernel runs here: 64-bit, little-endian, an
+/// executable or shared object, for this machine.
+fn native_elf(head: &[u8]) -> bool {
+    const CLASS_64: u8 = 2;
+    const LITTLE_ENDIAN: u8 = 1;
+    const EXEC: u16 = 2;
+    const DYN: u16 = 3;
+    let Some(header) = head.get(..20) else {
+        return false;
+    };
+    let e_type = u16::from_le_bytes([header[16], header[17]]);
+    let e_machine = u16::from_le_bytes([header[18], header[19]]);
+    header[4] == CLASS_64
+        && header[5] == LITTLE_ENDIAN
+        && matches!(e_type, EXEC | DYN)
+        && e_machine == NATIVE_MACHINE
+}
+
+/// Whether the child's argv and environment fit what the kernel copies for an exec
+/// (else E2BIG): no string over `MAX_ARG_STRLEN`, and all of them with their pointers
+/// within a quarter of the child's stack limit (at least 128 KiB, at most 6 MiB:
+/// `bprm_stack_limits`), with a page to spare for what the kernel adds.
+fn args_fit(plan: &SpawnPlan) -> bool {
+    const PAGE: usize = 4096;
+    const MAX_ARG_STRLEN: usize = 32 * PAGE;
+    let strings = plan
+        .argv
+        .iter()
+        .chain(&plan.envp)
+        .map(|s| s.as_bytes_with_nul().len());
+    let mut total = 0usize;
+    for len in strings {
+        if len > MAX_ARG_STRLEN {
+            return false;
+        }
+        total += len;
+    }
+    let pointers = (plan.argv.len().max(1) + plan.envp.len()) * std::mem::size_of::<usize>();
+    let stack = plan
+        .rlimits
+        .iter()
+        .find(|&&(resource, ..)| resource == libc::RLIMIT_STACK as i32)
+        .map(|&(_, soft, _)| soft)
+        .unwrap_or_else(|| {
+            // SAFETY: rlimit is plain data filled by the call.
+            let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut r) };
+            r.rlim_cur
+        });
+    let limit = (stack / 4).min(6 << 20).max(MAX_ARG_STRLEN as u64) as usize;
+    total + pointers + PAGE <= limit
 }
 
 /// Whether a script's interpreter will run for this thread's identity: an absolute path
@@ -274,6 +357,12 @@ impl ActingAs {
             )
         };
         let groups = thread_groups()?;
+        // First, and alone: refused (no CAP_SETGID, a user namespace that denies it), it
+        // has changed nothing, and there is nothing to undo that could fail too.
+        // SAFETY: a per-thread credential syscall; `id.groups` is live for the call.
+        if unsafe { libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) } != 0 {
+            return Err(errno());
+        }
         let acting = ActingAs {
             caps,
             fsuid,
@@ -331,6 +420,7 @@ fn thread_groups() -> Result<Vec<libc::gid_t>, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn candidates_follow_path() {
@@ -339,6 +429,34 @@ mod tests {
         assert_eq!(c, vec![&b"/usr/bin/ls"[..], b"./ls", b"/bin/ls"]);
         let c = search_candidates(b"./x", b"/usr/bin");
         assert_eq!(c[0].as_bytes(), b"./x");
+    }
+
+    #[test]
+    fn argument_lists_the_kernel_refuses_are_no() {
+        let mut plan = crate::daemon::spawn::testing::test_plan(&["/bin/true"], vec![]);
+        assert!(args_fit(&plan));
+        plan.argv.push(CString::new("x".repeat(200_000)).unwrap());
+        assert!(!args_fit(&plan), "one string over MAX_ARG_STRLEN");
+        plan.argv.truncate(1);
+        plan.argv
+            .extend((0..1000).map(|_| CString::new("x".repeat(1000)).unwrap()));
+        assert!(args_fit(&plan), "1 MB under an 8 MiB stack");
+        plan.rlimits
+            .push((libc::RLIMIT_STACK as i32, 1 << 20, 1 << 20));
+        assert!(!args_fit(&plan), "1 MB over a quarter of a 1 MiB stack");
+    }
+
+    #[test]
+    fn only_this_machines_elf_images_are_elf() {
+        let native = std::fs::read("/bin/true").unwrap();
+        assert!(native_elf(&native[..64]));
+        let mut other = native[..64].to_vec();
+        other[18] ^= 0xff;
+        assert!(!native_elf(&other), "another machine");
+        assert!(!native_elf(b"\x7fELF\x02\x01\x01"), "cut short");
+        let mut core = native[..64].to_vec();
+        core[16] = 4;
+        assert!(!native_elf(&core), "a core file");
     }
 
     fn thread_credentials() -> (u32, u32, Vec<libc::gid_t>, [CapSets; 2]) {
@@ -350,6 +468,109 @@ mod tests {
             )
         };
         (ids.0, ids.1, thread_groups().unwrap(), capget(0).unwrap())
+    }
+
+    /// A broker thread that may not set groups (a hardened service, a user namespace)
+    /// gets "no", and is left as it was: no half-done switch to undo, no abort.
+    #[test]
+    fn without_cap_setgid_the_guess_is_no_and_the_thread_unchanged() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        std::thread::spawn(|| {
+            const CAP_SETGID: u32 = 6;
+            let mut sets = capget(0).unwrap();
+            sets[0].effective &= !(1 << CAP_SETGID);
+            capset(&sets).unwrap();
+            let before = thread_credentials();
+            let mut plan = crate::daemon::spawn::testing::test_plan(&["/bin/true"], vec![]);
+            plan.identity = Some(Identity {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+            });
+            assert!(!exec_likely(&plan));
+            assert_eq!(thread_credentials(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn same_file(fd: &OwnedFd, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        let b = std::fs::metadata(path).unwrap();
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+
+    /// `enforce`'s rules get what the child's exec will run, found as its identity finds
+    /// it: past PATH entries it may not search or files it may not run (as `execvp` goes
+    /// on), and a relative `#!` interpreter from the child's directory, not the broker's.
+    #[test]
+    fn the_rules_get_what_the_childs_exec_will_run() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        std::thread::spawn(|| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path, m| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+            };
+            let dir = std::env::temp_dir().join(format!("ctx-rules-{}", std::process::id()));
+            let private = dir.join("private");
+            let open = dir.join("open");
+            std::fs::create_dir_all(private.join("bin")).unwrap();
+            std::fs::create_dir_all(open.join("dir/tool")).unwrap();
+            std::fs::create_dir_all(open.join("rel")).unwrap();
+            std::fs::copy("/bin/true", private.join("bin/tool")).unwrap();
+            std::fs::write(open.join("plain"), "").unwrap();
+            std::fs::copy("/bin/true", open.join("tool")).unwrap();
+            std::fs::copy("/bin/true", open.join("rel/interp")).unwrap();
+            std::fs::write(open.join("script"), "#!rel/interp\n").unwrap();
+            std::fs::write(
+                open.join("hidden_interp"),
+                format!("#!{}/bin/tool\n", private.display()),
+            )
+            .unwrap();
+            for f in ["plain", "tool", "rel/interp", "script", "hidden_interp"] {
+                mode(&open.join(f), if f == "plain" { 0o644 } else { 0o755 });
+            }
+            mode(&dir, 0o755);
+            mode(&open, 0o755);
+            mode(&private, 0o700);
+            let c = |p: std::path::PathBuf| CString::new(p.as_os_str().as_bytes()).unwrap();
+            let mut plan = crate::daemon::spawn::testing::test_plan(&["tool"], vec![]);
+            plan.identity = Some(Identity {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+            });
+            plan.program = Program::Search(vec![
+                c(private.join("bin/tool")),
+                c(open.join("dir/tool")),
+                c(open.join("plain")),
+                c(open.join("tool")),
+            ]);
+            let found = program_for_rules(&plan).expect("a candidate runs");
+            assert!(same_file(&found.program, &open.join("tool")));
+            assert!(found.interpreter.is_none());
+            // This test's process runs in another directory than the script's.
+            plan.cwd = Some(c(open.clone()));
+            plan.program = Program::Exact(CString::new("script").unwrap());
+            let found = program_for_rules(&plan).expect("the script runs");
+            assert!(same_file(&found.program, &open.join("script")));
+            let interp = found.interpreter.expect("its interpreter");
+            assert!(same_file(&interp, &open.join("rel/interp")));
+            // An interpreter the identity cannot reach is none of the rules' business.
+            plan.program = Program::Exact(CString::new("hidden_interp").unwrap());
+            let found = program_for_rules(&plan).expect("the script is there");
+            assert!(found.interpreter.is_none());
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     /// As root, on a thread of its own (the test harness's threads run other tests).

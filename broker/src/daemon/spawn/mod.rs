@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicI32;
 use super::kernel::supervisor::Handover;
 
 pub use caps::{capget, capset, drop_bounding_set_process_wide, CapSets};
-pub use check::{exec_likely, program_for_rules, search_candidates};
+pub use check::{exec_likely, program_for_rules, search_candidates, ForRules};
 pub use child::{child_nofile_soft, set_child_nofile_soft};
 pub(crate) use clone::map_stack;
 pub use report::{parse_report, ChildFailure};
