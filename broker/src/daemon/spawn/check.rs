@@ -64,7 +64,7 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         Format::Elf => true,
         // A missing or unrunnable interpreter fails the exec itself (`ENOENT`, say),
         // which the caller must see as its errno, not as a command exiting 127.
-        Format::Script(interpreter) => interpreter_likely(&interpreter),
+        Format::Script(interpreter) => interpreter_likely(plan, &interpreter),
         // Neither ELF nor `#!`: the kernel says ENOEXEC, which only a `/bin/sh`
         // fallback turns into a run (the caller's own shell may want the ENOEXEC).
         Format::Other => matches!(plan.program, Program::Search(_)) || plan.sh_fallback,
@@ -87,10 +87,7 @@ pub struct ForRules {
 pub fn program_for_rules(plan: &SpawnPlan) -> Option<ForRules> {
     let _acting = ActingAs::take(plan.identity.as_ref()).ok()?;
     let runnable = |f: &OwnedFd| is_regular(f) && may_execute(f);
-    let candidates: &[CString] = match &plan.program {
-        Program::Exact(p) => std::slice::from_ref(p),
-        Program::Search(list) => list,
-    };
+    let candidates = candidates(plan);
     let program = candidates
         .iter()
         .filter_map(|cand| open_from_cwd(plan, cand).ok())
@@ -113,10 +110,7 @@ pub fn program_for_rules(plan: &SpawnPlan) -> Option<ForRules> {
 /// fails otherwise (`EACCES`: the answer depends on the rest of the search).
 fn first_found(plan: &SpawnPlan) -> Option<OwnedFd> {
     let searching = matches!(plan.program, Program::Search(_));
-    let candidates: &[CString] = match &plan.program {
-        Program::Exact(p) => std::slice::from_ref(p),
-        Program::Search(list) => list,
-    };
+    let candidates = candidates(plan);
     for cand in candidates {
         match open_from_cwd(plan, cand) {
             Ok(f) => return Some(f),
@@ -125,6 +119,14 @@ fn first_found(plan: &SpawnPlan) -> Option<OwnedFd> {
         }
     }
     None
+}
+
+/// What the child's exec tries, in order.
+fn candidates(plan: &SpawnPlan) -> &[CString] {
+    match &plan.program {
+        Program::Exact(p) => std::slice::from_ref(p),
+        Program::Search(list) => list,
+    }
 }
 
 /// `name` looked up as the child's exec looks it up: a relative name from the directory
@@ -303,17 +305,14 @@ fn args_fit(plan: &SpawnPlan) -> bool {
     total + pointers + PAGE <= limit
 }
 
-/// Whether a script's interpreter will run for this thread's identity: an absolute path
-/// to a regular ELF file it may execute. Anything else (a relative name, an interpreter
-/// that is itself a script) is left to the exec to judge.
-fn interpreter_likely(name: &[u8]) -> bool {
-    if name.first() != Some(&b'/') {
-        return false;
-    }
-    let Ok(path) = CString::new(name) else {
+/// Whether a script's interpreter will run for this thread's identity: a regular ELF
+/// file it may execute (a relative name from the child's directory, as the kernel
+/// resolves it). One that is itself a script is left to the exec to judge.
+fn interpreter_likely(plan: &SpawnPlan, name: &[u8]) -> bool {
+    let Ok(name) = CString::new(name) else {
         return false;
     };
-    let Ok(file) = open_path_at(libc::AT_FDCWD, &path) else {
+    let Ok(file) = open_from_cwd(plan, &name) else {
         return false;
     };
     is_regular(&file) && may_execute(&file) && matches!(format_of(&file), Format::Elf)
