@@ -108,10 +108,15 @@ fi
 
 # --- build and test ---------------------------------------------------------------------
 cargo build --release --workspace --quiet
+# The tests compare routed launches with local ones, signals included: a runner started
+# with SIGINT/SIGQUIT ignored (a job of a non-interactive shell, `nohup ... &`) would pass
+# that on to every local and routed program alike, and the interrupt tests would see no
+# interrupt. A shell cannot undo an ignore it started with; env(1) can.
+default_signals=(env --default-signal=INT,QUIT)
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --release --workspace --no-fail-fast
+    "${default_signals[@]}" cargo nextest run --release --workspace --no-fail-fast
 else
     # cargo test prints one "test result:" line per test binary; a failure exits non-zero.
-    cargo test --release --workspace --no-fail-fast
+    "${default_signals[@]}" cargo test --release --workspace --no-fail-fast
 fi
 
