@@ -599,27 +599,22 @@ fn a_program_the_context_uid_cannot_reach_fails_with_eacces() {
     }
 }
 
-/// What the broker cannot foresee (here an ELF interpreter that is not there) fails
-/// after the caller became the shim: it ends like a shell's failed command, 127 with the
-/// reason on stderr. The same line whether the fork relay still holds the launch
-/// (`CTX_RELAY_MS=60000`) or the shim took it over at once (`0`). What it can foresee (a
-/// `noexec` mount: the kernel's own access check as the context's user says so) fails
-/// the caller's exec itself, as locally.
+/// What the broker cannot foresee (here a program open for writing: ETXTBSY) fails after
+/// the caller became the shim: it ends like a shell's failed command, 126 with the reason
+/// on stderr. The same line whether the fork relay still holds the launch
+/// (`CTX_RELAY_MS=60000`) or the shim took it over at once (`0`). What it can foresee (an
+/// ELF loader that is not there, a `noexec` mount: the kernel's own lookups and access
+/// check as the context's user say so) fails the caller's exec itself, as locally.
 #[test]
 fn an_exec_failing_after_acceptance_ends_like_a_failed_command() {
     let b = start_broker();
     let prog = b.dir.join("prog");
-    let mut image = std::fs::read("/bin/true").unwrap();
-    let at = image
-        .windows(8)
-        .position(|w| w == b"ld-linux")
-        .expect("a dynamic /bin/true");
-    image[at + 7] = b'X';
-    std::fs::write(&prog, image).unwrap();
+    std::fs::copy("/bin/true", &prog).unwrap();
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&prog).unwrap();
     let script = format!("{}; echo rc=$?", prog.display());
     let want = format!(
-        "ctx: {:?}: command not found: as nobody (uid 65534) (ENOENT)\n",
+        "ctx: {:?}: not executable: as nobody (uid 65534) (ETXTBSY)\n",
         prog.display().to_string()
     );
     for ms in ["60000", "0"] {
@@ -628,13 +623,34 @@ fn an_exec_failing_after_acceptance_ends_like_a_failed_command() {
             .env("CTX_RELAY_MS", ms)
             .output()
             .unwrap();
-        assert_eq!(stdout(&o), "rc=127\n", "CTX_RELAY_MS={ms}");
+        assert_eq!(stdout(&o), "rc=126\n", "CTX_RELAY_MS={ms}");
         assert_eq!(
             String::from_utf8_lossy(&o.stderr),
             want,
             "CTX_RELAY_MS={ms}"
         );
     }
+    drop(writer);
+
+    let no_loader = b.dir.join("no_loader");
+    let mut image = std::fs::read("/bin/true").unwrap();
+    let at = image
+        .windows(8)
+        .position(|w| w == b"ld-linux")
+        .expect("a dynamic /bin/true");
+    image[at + 7] = b'X';
+    std::fs::write(&no_loader, image).unwrap();
+    std::fs::set_permissions(&no_loader, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!("{}; echo rc=$?", no_loader.display());
+    let mut local = b.cmd(&["bash", "-c", &script]);
+    local.env_remove("LD_PRELOAD");
+    let (local, routed) = (
+        local.output().unwrap(),
+        b.cmd(&["bash", "-c", &script]).output().unwrap(),
+    );
+    assert_eq!(stdout(&local), "rc=127\n");
+    assert_eq!(stdout(&routed), stdout(&local));
+    assert_eq!(routed.stderr, local.stderr);
 
     let mnt = b.dir.join("noexec");
     std::fs::create_dir(&mnt).unwrap();

@@ -2156,3 +2156,79 @@ fn the_early_exec_check_tells_no_caller_what_a_private_directory_holds() {
     let usual = early_answers(&b, "alice", "/bin/true");
     assert!(usual.contains(&"accepted".into()), "{usual:?}");
 }
+
+/// Found by helper-88: a uid-0 context's launch exec'd with the broker's capabilities
+/// still in force, so a caller could run (and, through `/proc/self/mem`, read) a program
+/// in another user's private directory that the context's capability-less root can
+/// neither search nor run from inside. The exec, and the early check, are made without
+/// them now: EACCES, as inside the context.
+#[test]
+fn a_uid0_context_execs_nothing_its_capability_less_root_could_not() {
+    let dir = TempDir::new();
+    let private = dir.subdir("alice-private", 0o700);
+    let prog = private.join("tool");
+    fs::copy("/bin/true", &prog).unwrap();
+    let alice = user(ALICE);
+    for p in [&private, &prog] {
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(alice.uid)),
+            Some(nix::unistd::Gid::from_raw(alice.gid)),
+        )
+        .unwrap();
+    }
+    let b = Broker::start(ROOT0);
+    // From inside the context, as the reference.
+    let inside = b.exec(
+        "root0",
+        &["sh", "-c", &format!("{}; echo $?", prog.display())],
+    );
+    assert_eq!(
+        inside.stdout_str().trim_end().lines().last(),
+        Some("126"),
+        "{}",
+        inside.show()
+    );
+    let out = b.exec("root0", &[prog.to_str().unwrap()]);
+    assert_eq!(out.code(), 126, "{}", out.show());
+    assert!(out.stderr_str().contains("EACCES"), "{}", out.show());
+    let early = early_answers(&b, "root0", prog.to_str().unwrap());
+    assert_eq!(early, ["hello", "failed PermissionDenied Exec 13"]);
+    // Its own files it runs as before.
+    assert_eq!(b.exec("root0", &["/bin/true"]).code(), 0);
+}
+
+/// Found by helper-88: under filesystem rules the early check (which runs without the
+/// context's Landlock domain) read the head of a file the context may not read, and
+/// `Accepted` told whether it started like a program. Such contexts get no early answer.
+#[test]
+fn the_early_check_reads_nothing_a_contexts_filesystem_rules_deny() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    let secret = dir.subdir("secret", 0o755);
+    fs::copy("/bin/true", secret.join("elf")).unwrap();
+    fs::write(secret.join("plain"), "echo not a program\n").unwrap();
+    for f in ["elf", "plain"] {
+        fs::set_permissions(secret.join(f), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.fenced]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+isolation = {{ no_access = ["{secret}"] }}
+"#,
+        secret = secret.display()
+    ));
+    if landlock_abi() < 1 {
+        eprintln!("no Landlock here: skipped");
+        return;
+    }
+    let elf = early_answers(&b, "fenced", &format!("{}/elf", secret.display()));
+    let plain = early_answers(&b, "fenced", &format!("{}/plain", secret.display()));
+    assert!(!elf.contains(&"accepted".to_string()), "{elf:?}");
+    assert_eq!(elf, plain);
+}

@@ -317,8 +317,6 @@ fn is_proc_root(fd: &OwnedFd) -> bool {
     is_proc(fd) && fstat(fd).is_ok_and(|st| st.st_ino == PROC_ROOT_INO)
 }
 
-/// Clears this thread's effective capabilities (its permitted ones stay, unused: the
-/// thread ends with its decision).
 /// Gives this thread `uid`, `gid` and `groups` for its file system access. The raw
 /// syscalls: Linux keeps credentials per thread, and glibc's wrappers would change every
 /// thread of the broker. `EPERM` when an id did not take.
@@ -340,6 +338,8 @@ pub fn take_fs_identity(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<()
     Ok(())
 }
 
+/// Clears this thread's effective capabilities (its permitted ones stay, unused: the
+/// thread ends with its decision).
 fn drop_effective_capabilities() -> Result<(), i32> {
     let mut sets = crate::daemon::spawn::capget(0)?;
     for half in &mut sets {

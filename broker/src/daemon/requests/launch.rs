@@ -620,7 +620,11 @@ impl<'a> Launch<'a> {
         // parent-death signal follows it. A caller that is not reading (or is gone) hears
         // `Started` instead, or is noticed at the relay loop's first read.
         tokio::task::block_in_place(|| {
+            // Not under filesystem rules: the check runs without the context's Landlock
+            // domain, and its reading a file's head would tell whether one the context
+            // may not read starts like a program.
             let accepted = self.via == Via::Interposer
+                && !self.ctx.isolation.has_fs_rules()
                 && exec_likely(plan)
                 && conn.try_send(&Reply::Accepted).unwrap_or(false);
             (accepted, self.fork(plan))

@@ -61,7 +61,8 @@ pub fn exec_likely(plan: &SpawnPlan) -> bool {
         return false;
     }
     match format_of(&file) {
-        Format::Elf => true,
+        // A loader that is not there fails the exec itself (ENOENT), as locally.
+        Format::Elf { loader } => loader.is_none_or(|l| loader_likely(plan, &l)),
         // A missing or unrunnable interpreter fails the exec itself (`ENOENT`, say),
         // which the caller must see as its errno, not as a command exiting 127.
         Format::Script(interpreter) => interpreter_likely(plan, &interpreter),
@@ -87,21 +88,45 @@ pub struct ForRules {
 pub fn program_for_rules(plan: &SpawnPlan) -> Option<ForRules> {
     let _acting = ActingAs::take(plan.identity.as_ref()).ok()?;
     let runnable = |f: &OwnedFd| is_regular(f) && may_execute(f);
-    let candidates = candidates(plan);
-    let program = candidates
-        .iter()
-        .filter_map(|cand| open_from_cwd(plan, cand).ok())
-        .find(runnable)?;
-    let interpreter = match format_of(&program) {
-        Format::Script(name) => CString::new(name)
-            .ok()
-            .and_then(|name| open_from_cwd(plan, &name).ok())
-            .filter(is_regular),
+    let interpreter_of = |program: &OwnedFd| match format_of(program) {
+        Format::Script(name) => Some(
+            CString::new(name)
+                .ok()
+                .and_then(|name| open_from_cwd(plan, &name).ok())
+                .filter(runnable),
+        ),
         _ => None,
     };
-    Some(ForRules {
+    // `execvp` also goes past a script whose interpreter fails (ENOENT, EACCES); where
+    // none runs, the first the user may execute, so that its exec fails as it would
+    // locally (ENOENT for a missing interpreter, not Landlock's EACCES).
+    let mut first = None;
+    for program in candidates(plan)
+        .iter()
+        .filter_map(|cand| open_from_cwd(plan, cand).ok())
+        .filter(runnable)
+    {
+        match interpreter_of(&program) {
+            Some(None) => {
+                first.get_or_insert(program);
+            }
+            Some(Some(interpreter)) => {
+                return Some(ForRules {
+                    program,
+                    interpreter: Some(interpreter),
+                })
+            }
+            None => {
+                return Some(ForRules {
+                    program,
+                    interpreter: None,
+                })
+            }
+        }
+    }
+    first.map(|program| ForRules {
         program,
-        interpreter,
+        interpreter: None,
     })
 }
 
@@ -197,24 +222,26 @@ fn may_execute(file: &OwnedFd) -> bool {
 
 /// What the kernel would make of a file by its first bytes.
 enum Format {
-    Elf,
+    /// An image for this machine, with the loader its `PT_INTERP` names, if any.
+    Elf { loader: Option<Vec<u8>> },
     /// A `#!` line naming this interpreter (as the kernel parses it).
     Script(Vec<u8>),
     /// Anything else.
     Other,
-    /// Nothing to judge by: a file this thread may not read (execute-only), or a `#!`
-    /// line longer than the kernel reads.
+    /// Nothing to judge by: a file this thread may not read (execute-only), a `#!` line
+    /// longer than the kernel reads, program headers past the first page.
     Unsure,
 }
 
-/// What the kernel reads of a file to find its `#!` line (`BINPRM_BUF_SIZE`).
-const SCRIPT_HEAD: usize = 256;
+/// What is read of a file to tell its format: the first page (an ELF image's program
+/// headers and loader name lie there, a `#!` line in its first 256 bytes).
+const HEAD: usize = 4096;
 
 /// The file's format, read with this thread's identity.
 fn format_of(file: &OwnedFd) -> Format {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut head = [0u8; SCRIPT_HEAD];
+    let mut head = [0u8; HEAD];
     // The very inode found (a regular file: no FIFO's or device's open()).
     let Ok(mut f) = std::fs::OpenOptions::new()
         .read(true)
@@ -228,11 +255,14 @@ fn format_of(file: &OwnedFd) -> Format {
     };
     let head = &head[..n];
     if head.starts_with(b"\x7fELF") {
-        return match native_elf(head) {
-            true => Format::Elf,
-            // Another machine's or a broken image: ENOEXEC, or a 32-bit one this kernel
-            // may not run.
-            false => Format::Unsure,
+        // Another machine's or a broken image: ENOEXEC, or a 32-bit one this kernel may
+        // not run.
+        if !native_elf(head) {
+            return Format::Unsure;
+        }
+        return match elf_loader(head) {
+            Some(loader) => Format::Elf { loader },
+            None => Format::Unsure,
         };
     }
     if !head.starts_with(b"#!") {
@@ -269,10 +299,42 @@ fn native_elf(head: &[u8]) -> bool {
         && e_machine == NATIVE_MACHINE
 }
 
+/// The loader an ELF image's `PT_INTERP` header names (`Some(None)`: none, a static
+/// image); `None` when its program headers or the name lie past `head` or are malformed.
+fn elf_loader(head: &[u8]) -> Option<Option<Vec<u8>>> {
+    const PT_INTERP: u32 = 3;
+    const PHDR_SIZE: usize = 56;
+    let bytes = |at: usize, n: usize| head.get(at..at.checked_add(n)?);
+    let u16_at = |at| bytes(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at| bytes(at, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |at| bytes(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let phoff = usize::try_from(u64_at(32)?).ok()?;
+    let phentsize = usize::from(u16_at(54)?);
+    let phnum = usize::from(u16_at(56)?);
+    if phentsize < PHDR_SIZE {
+        return None;
+    }
+    for i in 0..phnum {
+        let at = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(at)? != PT_INTERP {
+            continue;
+        }
+        let offset = usize::try_from(u64_at(at + 8)?).ok()?;
+        let size = usize::try_from(u64_at(at + 32)?).ok()?;
+        // NUL-terminated, as the kernel requires.
+        let name = bytes(offset, size)?.strip_suffix(&[0])?;
+        if name.is_empty() || name.contains(&0) {
+            return None;
+        }
+        return Some(Some(name.to_vec()));
+    }
+    Some(None)
+}
+
 /// Whether the child's argv and environment fit what the kernel copies for an exec
 /// (else E2BIG): no string over `MAX_ARG_STRLEN`, and all of them with their pointers
 /// within a quarter of the child's stack limit (at least 128 KiB, at most 6 MiB:
-/// `bprm_stack_limits`), with a page to spare for what the kernel adds.
+/// `bprm_stack_limits`), with room for what the kernel adds and a page to spare.
 fn args_fit(plan: &SpawnPlan) -> bool {
     const PAGE: usize = 4096;
     const MAX_ARG_STRLEN: usize = 32 * PAGE;
@@ -302,7 +364,11 @@ fn args_fit(plan: &SpawnPlan) -> bool {
             r.rlim_cur
         });
     let limit = (stack / 4).min(6 << 20).max(MAX_ARG_STRLEN as u64) as usize;
-    total + pointers + PAGE <= limit
+    // What the kernel adds: the program's path, and for a script its interpreter's `#!`
+    // line and the path again.
+    const PATH_MAX: usize = 4096;
+    const SCRIPT_LINE: usize = 256;
+    total + pointers + PAGE + 2 * PATH_MAX + SCRIPT_LINE <= limit
 }
 
 /// Whether a script's interpreter will run for this thread's identity: a regular ELF
@@ -315,7 +381,16 @@ fn interpreter_likely(plan: &SpawnPlan, name: &[u8]) -> bool {
     let Ok(file) = open_from_cwd(plan, &name) else {
         return false;
     };
-    is_regular(&file) && may_execute(&file) && matches!(format_of(&file), Format::Elf)
+    is_regular(&file) && may_execute(&file) && matches!(format_of(&file), Format::Elf { .. })
+}
+
+/// Whether an image's loader will open for this thread's identity (the kernel opens it as
+/// it opens a program, a relative name from the child's directory).
+fn loader_likely(plan: &SpawnPlan, name: &[u8]) -> bool {
+    let Ok(name) = CString::new(name) else {
+        return false;
+    };
+    open_from_cwd(plan, &name).is_ok_and(|f| is_regular(&f) && may_execute(&f))
 }
 
 fn errno() -> i32 {
@@ -342,9 +417,10 @@ struct ActingAs {
 }
 
 impl ActingAs {
-    /// `None` for the broker's own identity (nothing to change); root is root.
+    /// `None` for the broker's own identity (nothing to change). A uid-0 identity keeps
+    /// its ids and gives up its capabilities only, as the child does before its exec.
     fn take(id: Option<&Identity>) -> Result<Option<ActingAs>, i32> {
-        let Some(id) = id.filter(|id| id.uid != 0) else {
+        let Some(id) = id else {
             return Ok(None);
         };
         let caps = capget(0)?;
@@ -456,6 +532,29 @@ mod tests {
         let mut core = native[..64].to_vec();
         core[16] = 4;
         assert!(!native_elf(&core), "a core file");
+        let loader = elf_loader(&native[..HEAD]).expect("headers in the first page");
+        let loader = loader.expect("a dynamic /bin/true");
+        assert!(loader.starts_with(b"/") && loader.windows(3).any(|w| w == b"ld-"));
+        assert!(elf_loader(&native[..60]).is_none(), "headers cut off");
+    }
+
+    /// An image whose loader is not there fails the exec (ENOENT): no early yes.
+    #[test]
+    fn an_image_whose_loader_is_missing_is_no() {
+        let mut image = std::fs::read("/bin/true").unwrap();
+        let at = image.windows(3).position(|w| w == b"ld-").unwrap();
+        image[at] = b'X';
+        let path = std::env::temp_dir().join(format!("ctx-noloader-{}", std::process::id()));
+        std::fs::write(&path, image).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = crate::daemon::spawn::testing::test_plan(&[path.to_str().unwrap()], vec![]);
+        let likely = exec_likely(&plan);
+        let ok = crate::daemon::spawn::testing::test_plan(&["/bin/true"], vec![]);
+        let true_likely = exec_likely(&ok);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!likely);
+        assert!(true_likely);
     }
 
     fn thread_credentials() -> (u32, u32, Vec<libc::gid_t>, [CapSets; 2]) {
@@ -566,6 +665,11 @@ mod tests {
             plan.program = Program::Exact(CString::new("hidden_interp").unwrap());
             let found = program_for_rules(&plan).expect("the script is there");
             assert!(found.interpreter.is_none());
+            // A search goes past a script whose interpreter fails, as `execvp` does.
+            plan.program =
+                Program::Search(vec![c(open.join("hidden_interp")), c(open.join("script"))]);
+            let found = program_for_rules(&plan).expect("the second runs");
+            assert!(same_file(&found.program, &open.join("script")));
             std::fs::remove_dir_all(&dir).unwrap();
         })
         .join()

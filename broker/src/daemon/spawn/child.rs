@@ -177,6 +177,7 @@ unsafe fn program(a: &ChildArgs) -> ! {
     switch_identity(&c);
     die_with_broker();
     enter_cwd(&c);
+    drop_effective_capabilities(&c);
     no_new_privs(&c);
     owner_filter(&c);
     install_exec_guard(&c);
@@ -545,6 +546,26 @@ unsafe fn switch_identity(c: &Child) {
         if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) < 0 {
             fail(c.report, Stage::SetUid, errno());
         }
+    }
+}
+
+/// A uid-0 context's root keeps the broker's capabilities until its exec, which takes
+/// them (its bounding set is empty): the exec's own path lookup would pass by privilege
+/// where the program, once running, cannot (another user's 0700 directory). What is left
+/// to do needs none. Entering the cwd comes before, as a local process can hold a cwd it
+/// may no longer search.
+unsafe fn drop_effective_capabilities(c: &Child) {
+    if !c.plan.drop_caps || c.plan.identity.as_ref().is_none_or(|id| id.uid != 0) {
+        return;
+    }
+    let Ok(mut sets) = super::capget(0) else {
+        fail(c.report, Stage::Capabilities, errno());
+    };
+    for half in &mut sets {
+        half.effective = 0;
+    }
+    if let Err(e) = super::capset(&sets) {
+        fail(c.report, Stage::Capabilities, e);
     }
 }
 
