@@ -360,3 +360,22 @@ exit Some(0)
 ";
     check(&b, &[py, "-c", script], want);
 }
+
+/// A timer armed before the exec (`alarm N; exec`, a `preexec_fn` setting one) fires at
+/// the shim, which holds it: its SIGALRM comes from the kernel (`SI_KERNEL`) as a
+/// terminal's signals do, yet it is for the program alone, as locally, not for its
+/// children (helper-89: `sleep` died of it routed).
+#[test]
+fn a_timer_armed_before_the_exec_signals_the_program_alone() {
+    let b = start_broker();
+    // perl runs here, with the hook: its exec is the routed launch.
+    let argv = [
+        "perl",
+        "-e",
+        "alarm 1; exec @ARGV or die",
+        "sh",
+        "-c",
+        r#"trap "echo trapped" ALRM; sleep 2; echo end $?"#,
+    ];
+    check(&b, &argv, "trapped\nend 0\nexit Some(0)\n");
+}

@@ -96,13 +96,31 @@ pub fn next_signal(sfd: i32) -> Option<Caught> {
         if !ignored(signo) {
             return Some(Caught {
                 signo,
-                from_terminal: si.ssi_code == libc::SI_KERNEL,
+                from_terminal: si.ssi_code == libc::SI_KERNEL && terminal_signal(signo),
                 // SAFETY: plain getter.
                 from_self: si.ssi_code == libc::SI_USER
                     && si.ssi_pid == unsafe { libc::getpid() } as u32,
             });
         }
     }
+}
+
+/// Whether the kernel sends `signo` for a terminal (its keys, hangup, window size, job
+/// control): to the whole foreground group, so the relay does too. The kernel's other
+/// signals (an interval timer's SIGALRM, SIGIO/SIGURG to an `F_SETOWN` owner, SIGXCPU)
+/// are for one process: the program alone.
+fn terminal_signal(signo: i32) -> bool {
+    matches!(
+        signo,
+        libc::SIGINT
+            | libc::SIGQUIT
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+            | libc::SIGHUP
+            | libc::SIGWINCH
+            | libc::SIGCONT
+    )
 }
 
 /// What the relay sends for the signals it receives, and the one piece of state that
