@@ -967,3 +967,86 @@ fn a_cwd_named_through_a_planted_symlink_is_audited_by_its_real_path() {
     assert_eq!(line["cwd"], real.to_str().unwrap(), "{line}");
     assert!(line.get("cwd_verified").is_none(), "{line}");
 }
+
+/// helper-89: an environment holding a name twice reaches the program with both, in their
+/// order (`getenv` reads the first, a shell keeps the last; routed, only the last came);
+/// an empty argv runs with `[""]`, as the kernel gives it (routed, it was refused with
+/// EINVAL).
+#[test]
+fn a_doubled_name_and_an_empty_argv_cross_as_the_kernel_passes_them() {
+    let dir = TempDir::new();
+    let src = dir.file(
+        "odd_exec.c",
+        br#"#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char *env[] = {"DUP=first", "DUP=second", "PATH=/usr/bin:/bin", 0};
+    char *none[] = {0};
+    if (argc > 1 && strcmp(argv[1], "dup") == 0) {
+        char *a[] = {"env", 0};
+        execve("/usr/bin/env", a, env);
+    } else {
+        execve("/bin/sh", none, env);
+    }
+    return 127;
+}
+"#,
+        0o644,
+    );
+    let exe = dir.path().join("odd_exec");
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.all]
+user = "{ALICE}"
+cwd = "inherit"
+inherit_env = ["*"]
+allow = {{ uids = [0] }}
+"#
+    ));
+    let exe = exe.to_str().unwrap();
+    let run_it = |routed: bool, arg: &str| {
+        let mut cmd = if routed {
+            let mut c = b.ctx(["run", "--route-to", "all", "--", exe, arg]);
+            c.current_dir(dir.path());
+            c
+        } else {
+            let mut c = Command::new(exe);
+            c.arg(arg);
+            c
+        };
+        let out = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"echo ran $# \"[$0]\"\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dups = |out: String| -> String {
+        out.lines()
+            .filter(|l| l.starts_with("DUP="))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_eq!(dups(run_it(false, "dup")), "DUP=first\nDUP=second\n");
+    assert_eq!(dups(run_it(true, "dup")), "DUP=first\nDUP=second\n");
+    assert_eq!(run_it(false, "empty"), "ran 0 []\n");
+    assert_eq!(run_it(true, "empty"), "ran 0 []\n");
+}

@@ -101,49 +101,50 @@ pub fn environment(
     routing: &Routing,
     session: &[EnvChange],
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ctx.env.len() + 8);
-    let set = |env: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &[u8], v: &[u8]| {
-        if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
-            slot.1 = v.to_vec();
-        } else {
-            env.push((k.to_vec(), v.to_vec()));
-        }
-    };
-    set(&mut env, b"HOME", ctx.user.home.as_os_str().as_bytes());
-    set(&mut env, b"USER", ctx.user.name.as_bytes());
-    set(&mut env, b"LOGNAME", ctx.user.name.as_bytes());
-    set(&mut env, b"SHELL", ctx.user.shell.as_os_str().as_bytes());
+    let mut env = EnvBuild::default();
+    env.set(b"HOME", ctx.user.home.as_os_str().as_bytes());
+    env.set(b"USER", ctx.user.name.as_bytes());
+    env.set(b"LOGNAME", ctx.user.name.as_bytes());
+    env.set(b"SHELL", ctx.user.shell.as_os_str().as_bytes());
     let caller = req.env.iter().filter_map(|kv| {
         let eq = kv.iter().position(|&b| b == b'=')?;
         Some((&kv[..eq], &kv[eq + 1..]))
     });
     let mut caller_term = None;
+    // A name the caller's environment holds twice crosses twice, in its order: `getenv`
+    // reads the first, a shell keeps the last, as locally.
+    let mut taken = std::collections::HashSet::new();
     for (k, v) in caller {
         // A name that is not UTF-8 is matched as text with its odd bytes replaced (so `*`
         // takes it), and set as the bytes it was.
         let name = String::from_utf8_lossy(k);
         if name == "TERM" {
-            caller_term = Some(v);
+            caller_term.get_or_insert(v);
         }
         if !ctx.inherits(&name) {
             continue;
         }
-        if name == "LD_PRELOAD" {
+        let v = if name == "LD_PRELOAD" {
             // The caller's own preloads (libfaketime, jemalloc, eatmydata) cross; ctx's
             // interposer does not, unless the context routes on (below).
             let kept = without_interposer(v, &routing.interposer);
-            if !kept.is_empty() {
-                set(&mut env, k, &kept);
+            if kept.is_empty() {
+                continue;
             }
+            std::borrow::Cow::Owned(kept)
+        } else if ROUTING_VARS.contains(&name.as_ref()) {
             continue;
+        } else {
+            std::borrow::Cow::Borrowed(v)
+        };
+        if taken.insert(k) {
+            env.set(k, &v);
+        } else {
+            env.repeat(k, &v);
         }
-        if ROUTING_VARS.contains(&name.as_ref()) {
-            continue;
-        }
-        set(&mut env, k, v);
     }
     for (k, v) in &ctx.env {
-        set(&mut env, k.as_bytes(), v.as_bytes());
+        env.set(k.as_bytes(), v.as_bytes());
     }
     // `shell_env = "shared"`: what the default session exported or unset.
     for (k, v) in session {
@@ -151,43 +152,97 @@ pub fn environment(
             continue;
         }
         match v {
-            Some(v) => set(&mut env, k, v),
-            None => env.retain(|(name, _)| name != k),
+            Some(v) => env.set(k, v),
+            None => env.remove(k),
         }
     }
-    if !env.iter().any(|(k, _)| k == b"PATH") {
-        set(&mut env, b"PATH", DEFAULT_PATH.as_bytes());
+    if env.get(b"PATH").is_none() {
+        env.set(b"PATH", DEFAULT_PATH.as_bytes());
     }
     if let Some(target) = &ctx.route_children_to {
         // Chained contexts: everything this context starts is routed on to `target`.
         let mut preload = routing.interposer.as_os_str().as_bytes().to_vec();
-        if let Some((_, old)) = env.iter().find(|(k, _)| k == b"LD_PRELOAD") {
+        if let Some(old) = env.get(b"LD_PRELOAD") {
             if !old.is_empty() {
                 preload.push(b':');
                 preload.extend_from_slice(old);
             }
         }
-        set(&mut env, b"LD_PRELOAD", &preload);
-        set(&mut env, vars::ROUTE.as_bytes(), target.as_bytes());
-        set(
-            &mut env,
+        env.set(b"LD_PRELOAD", &preload);
+        env.set(vars::ROUTE.as_bytes(), target.as_bytes());
+        env.set(
             vars::SOCKET.as_bytes(),
             routing.socket.as_os_str().as_bytes(),
         );
         if routing.target_runs_local_when_down {
-            set(&mut env, vars::ON_BROKER_DOWN.as_bytes(), b"local");
+            env.set(vars::ON_BROKER_DOWN.as_bytes(), b"local");
         }
     }
-    if tty && !env.iter().any(|(k, _)| k == b"TERM") {
+    if tty && env.get(b"TERM").is_none() {
         // A PTY is useless without a terminal type; the caller's is not a secret.
-        set(&mut env, b"TERM", caller_term.unwrap_or(b"xterm-256color"));
+        env.set(b"TERM", caller_term.unwrap_or(b"xterm-256color"));
     }
     for kv in &req.set_env {
         if let Some(eq) = kv.iter().position(|&b| b == b'=') {
-            set(&mut env, &kv[..eq], &kv[eq + 1..]);
+            env.set(&kv[..eq], &kv[eq + 1..]);
         }
     }
-    env
+    env.into_vars()
+}
+
+/// An environment being built: in order, each name once but for the caller's own
+/// repeats, and every step at the cost of one lookup (a caller may send a million
+/// variables).
+#[derive(Default)]
+struct EnvBuild {
+    /// `None`: an entry taken out since.
+    vars: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    /// Each name's live entries, first first.
+    at: std::collections::HashMap<Vec<u8>, Vec<usize>>,
+}
+
+impl EnvBuild {
+    fn get(&self, k: &[u8]) -> Option<&[u8]> {
+        let &i = self.at.get(k)?.first()?;
+        self.vars[i].as_ref().map(|(_, v)| v.as_slice())
+    }
+
+    /// `k` is `v`: its first entry takes the value and any repeat goes, so no copy of the
+    /// name shadows what ctx sets.
+    fn set(&mut self, k: &[u8], v: &[u8]) {
+        match self.at.get_mut(k) {
+            Some(places) if !places.is_empty() => {
+                for &i in &places[1..] {
+                    self.vars[i] = None;
+                }
+                places.truncate(1);
+                if let Some((_, value)) = &mut self.vars[places[0]] {
+                    *value = v.to_vec();
+                }
+            }
+            _ => self.push(k, v),
+        }
+    }
+
+    /// Another entry of `k` after the ones there are.
+    fn repeat(&mut self, k: &[u8], v: &[u8]) {
+        self.push(k, v);
+    }
+
+    fn remove(&mut self, k: &[u8]) {
+        for i in self.at.remove(k).unwrap_or_default() {
+            self.vars[i] = None;
+        }
+    }
+
+    fn push(&mut self, k: &[u8], v: &[u8]) {
+        self.at.entry(k.to_vec()).or_default().push(self.vars.len());
+        self.vars.push(Some((k.to_vec(), v.to_vec())));
+    }
+
+    fn into_vars(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.vars.into_iter().flatten().collect()
+    }
 }
 
 /// Whether a context's processes cannot signal the broker whatever owner they make a file
@@ -286,7 +341,9 @@ pub fn prepare(
     session: &[EnvChange],
 ) -> Result<Prepared, ExecFailure<'static>> {
     let bad = |m: String| refuse(FailureKind::Other, Stage::Exec, libc::EINVAL, m);
-    if req.argv.is_empty() {
+    // An empty argv with a program named (`execve(path, {NULL}, ...)`) runs with `[""]`,
+    // as the kernel gives it (Linux 5.18); with neither, there is nothing to run.
+    if req.argv.is_empty() && req.program.is_none() {
         return Err(bad("empty command line".into()));
     }
     let n_passed = req
@@ -359,7 +416,15 @@ pub fn prepare(
         .map(|a| cstring(a))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| bad("an argument contains a NUL byte".into()))?;
-    let file: &[u8] = req.program.as_deref().unwrap_or(&req.argv[0]);
+    let argv = if argv.is_empty() {
+        vec![CString::default()]
+    } else {
+        argv
+    };
+    let file: &[u8] = match &req.program {
+        Some(p) => p,
+        None => &req.argv[0],
+    };
     let (program, sh_fallback) = match (&req.search_path, lookup) {
         (Some(path), _) => (Program::Search(search_candidates(file, path)), true),
         // The CLI, like env(1) and docker exec, looks the command up in the context's PATH.

@@ -980,7 +980,10 @@ fn failure_detail(
         Stage::Chdir => format!("cannot enter {:?} as {user}", String::from_utf8_lossy(cwd)),
         Stage::Exec => match &plan.program {
             Program::Search(c) if c.len() > 1 || req.search_path.is_some() => {
-                let file = req.program.as_deref().unwrap_or(&req.argv[0]);
+                let file: &[u8] = match &req.program {
+                    Some(p) => p,
+                    None => &req.argv[0],
+                };
                 let dirs: Vec<String> = c
                     .iter()
                     .map(|p| {
