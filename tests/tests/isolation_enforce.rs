@@ -15,6 +15,11 @@ fn enforce_config() -> String {
 
 /// `enforce_config` with other isolation options for `agent` (e.g. `pid = true` too).
 fn enforce_config_with(isolation: &str) -> String {
+    enforce_config_where(isolation, "")
+}
+
+/// `enforce_config_with`, with `agent_lines` (TOML) added to `agent`'s table.
+fn enforce_config_where(isolation: &str, agent_lines: &str) -> String {
     format!(
         r#"[broker]
 socket_mode = "0666"
@@ -25,6 +30,7 @@ cwd = "/"
 allow = {{ uids = [0] }}
 route_children_to = "user"
 isolation = {{ {isolation} }}
+{agent_lines}
 
 [contexts.user]
 user = "{BOB}"
@@ -614,24 +620,12 @@ fn enforce_runs_a_program_found_past_a_path_entry_its_user_may_not_search() {
     let dir = TempDir::new();
     let private = dir.subdir("private", 0o700);
     dir.file("private/true", b"#!/bin/sh\nexit 3\n", 0o755);
-    let config = format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.agent]
-user = "{ALICE}"
-cwd = "/"
-allow = {{ uids = [0] }}
-route_children_to = "user"
-env = {{ PATH = "{private}:/usr/bin:/bin" }}
-isolation = {{ enforce = true }}
-
-[contexts.user]
-user = "{BOB}"
-cwd = "/"
-allow = {{ uids = [0], contexts = ["agent"] }}
-"#,
-        private = private.display()
+    let config = enforce_config_where(
+        "enforce = true",
+        &format!(
+            r#"env = {{ PATH = "{}:/usr/bin:/bin" }}"#,
+            private.display()
+        ),
     );
     let b = Broker::start(&config);
     let out = b.exec("agent", &["true"]);
