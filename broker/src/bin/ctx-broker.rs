@@ -145,9 +145,13 @@ fn main() -> ExitCode {
     // A routed program's parent-death signal follows the thread that cloned it, not the
     // broker: a worker whose tasks `block_in_place` handed on goes on as a thread of the
     // blocking pool, and must not end while idle and take its programs with it.
+    // Before the runtime's threads: each installs the parent-signal filter its launches
+    // inherit, and the threads that must not have it are started now.
+    daemon::kernel::supervisor::inherited::prepare();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_keep_alive(std::time::Duration::MAX)
+        .on_thread_start(daemon::kernel::supervisor::inherited::on_thread_start)
         .enable_all()
         .build()
     {

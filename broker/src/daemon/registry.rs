@@ -120,6 +120,17 @@ impl Registry {
     /// to the generations born since the oldest routed launch (one or two for a
     /// long-running agent), not the depth of the whole process tree.
     pub fn context_of(&self, pid: i32, ppid: i32, start: u64) -> Option<String> {
+        let id = self.launch_of(pid, ppid, start)?;
+        let g = self.lock();
+        match g.by_id.get(&id) {
+            Some(r) => Some(r.context.clone()),
+            None => g.forking.get(&id).map(|f| f.0.clone()),
+        }
+    }
+
+    /// The id of the launch whose routed process `pid` is, or descends from: the walk
+    /// [`Registry::context_of`] describes.
+    pub fn launch_of(&self, pid: i32, ppid: i32, start: u64) -> Option<u64> {
         let oldest = {
             let g = self.lock();
             let forking = g.forking.values().map(|f| f.1);
@@ -135,22 +146,22 @@ impl Registry {
             }
             let slot = {
                 let g = self.lock();
-                if let Some((_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
-                    return g.by_id.get(id).map(|r| r.context.clone());
+                if let Some(&(_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
+                    return Some(id);
                 }
                 g.forking
-                    .values()
-                    .find(|f| f.2.holds(cur))
-                    .map(|f| (f.0.clone(), f.2.clone()))
+                    .iter()
+                    .find(|(_, f)| f.2.holds(cur))
+                    .map(|(&id, f)| (id, f.2.clone()))
             };
             // A slot holds the pid of an unreaped child of ours (see `PidSlots`), but the
             // walk read `cur` before: the process it means may have exited since, its pid
             // gone to the launch's clone. The start time read now is the slot's process's,
             // which names the walk's process only if it is that one.
-            if let Some((context, slots)) = slot {
+            if let Some((id, slots)) = slot {
                 let now = parent_and_start(cur).map(|(_, s)| s);
                 if now == Some(cur_start) && slots.holds(cur) {
-                    return Some(context);
+                    return Some(id);
                 }
             }
             if cur_start < floor {

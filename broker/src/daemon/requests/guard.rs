@@ -69,6 +69,14 @@ pub(super) fn enforce_ruleset(
 /// the first launch that needs it, and by `ctx status`).
 pub fn start_supervisor(shared: &Arc<Shared>) {
     if crate::daemon::kernel::supervisor::available() {
+        // The process a signal to the broker came from, placed in its launch as a
+        // connecting peer is.
+        let weak = Arc::downgrade(shared);
+        shared.exec_guard.relays.resolve_with(Box::new(move |pid| {
+            let shared = weak.upgrade()?;
+            let (ppid, start) = crate::daemon::registry::parent_and_start(pid)?;
+            shared.registry.launch_of(pid, ppid, start)
+        }));
         shared.exec_guard.start(denials_to_audit(shared));
     }
 }

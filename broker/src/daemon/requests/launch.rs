@@ -31,7 +31,9 @@ use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
 use crate::daemon::kernel::namespaces::Holder;
-use crate::daemon::kernel::supervisor::{Armed, ParentSignals, Policy, Supervised};
+use crate::daemon::kernel::supervisor::{
+    inherited, Armed, InheritedRelay, ParentSignals, Policy, Supervised,
+};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::Running;
 use crate::daemon::spawn::{
@@ -98,6 +100,9 @@ struct Launch<'a> {
     pty: Option<pty::Pty>,
     cgroup: Option<Arc<Group>>,
     exec_guard: Option<Armed<'a>>,
+    /// Its signals to the broker relayed through the forking thread's inherited filter
+    /// (no filter of its own), from before the fork until the launch ends.
+    relayed: Option<InheritedRelay<'a>>,
     /// The running program's listener, when the exec guard leaves it to the launch.
     supervised: Option<Supervised<'a>>,
     enforcing: Option<OwnedFd>,
@@ -285,6 +290,7 @@ impl<'a> Launch<'a> {
             pty: None,
             cgroup: None,
             exec_guard: None,
+            relayed: None,
             supervised: None,
             enforcing: None,
             ruleset: None,
@@ -537,21 +543,53 @@ impl<'a> Launch<'a> {
         let relays_parent =
             !ctx.isolation.pid && ctx.isolation.signals != crate::config::Signals::Scoped;
         self.enforced_execs = exec_policy.is_some();
+        let parent = ParentSignals {
+            pid: std::process::id() as libc::pid_t,
+            relay: parent_tx,
+        };
+        if exec_policy.is_none() && relays_parent {
+            // This thread forks it (no await before the fork), and its children inherit
+            // the thread's filter: nothing to install.
+            match self.shared.exec_guard.relays.relay(self.id, parent) {
+                Ok(relayed) => {
+                    self.relayed = Some(relayed);
+                    return parent_signals;
+                }
+                Err(parent) => {
+                    return self.own_exec_guard(plan, None, Some(parent), parent_signals)
+                }
+            }
+        }
+        self.own_exec_guard(
+            plan,
+            exec_policy,
+            relays_parent.then_some(parent),
+            parent_signals,
+        )
+    }
+
+    /// A filter of the launch's own: `enforce`'s, or the relay where this thread has no
+    /// inherited one.
+    fn own_exec_guard(
+        &mut self,
+        plan: &mut SpawnPlan,
+        exec_policy: Option<Policy>,
+        parent: Option<ParentSignals>,
+        parent_signals: mpsc::Receiver<i32>,
+    ) -> mpsc::Receiver<i32> {
+        let ctx = &self.ctx;
         let policy = match exec_policy {
             Some(p) => Some(p),
-            None if relays_parent => Some(Policy::execs_unchecked(
+            None if parent.is_some() => Some(Policy::execs_unchecked(
                 &ctx.name,
                 ctx.user.uid,
                 self.argv.first().map(Into::into).unwrap_or_default(),
             )),
             None => None,
         }
-        .map(|p| match relays_parent {
-            true => p.relaying_parent_signals(ParentSignals {
-                pid: std::process::id() as libc::pid_t,
-                relay: parent_tx,
-            }),
-            false => p,
+        .map(|p| match parent {
+            Some(parent) => p.relaying_parent_signals(parent),
+            None => p,
         });
         let filter = policy.as_ref().map(Policy::filter).unwrap_or_default();
         self.exec_guard = policy.and_then(|p| arm_exec_guard(self.shared, p, self.enforced_execs));
@@ -633,7 +671,13 @@ impl<'a> Launch<'a> {
 
     /// Forks the child, then lets go of what only the child needed.
     fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
-        let forked = fork_exec(plan);
+        // Only a launch relayed by the inherited filter may have it: any other needs a
+        // listener of its own (which the kernel refuses under one) or none.
+        let forked = match self.relayed {
+            Some(_) => fork_exec(plan),
+            None => inherited::outside(|| fork_exec(plan))
+                .unwrap_or_else(|| Err(io::Error::other("no thread of the broker could fork"))),
+        };
         match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.

@@ -41,6 +41,7 @@
 
 mod budget;
 mod exec;
+pub mod inherited;
 mod parent;
 #[cfg(test)]
 mod testing;
@@ -61,6 +62,7 @@ use super::seccomp::{AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM};
 use super::seccomp::{AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 use budget::Budget;
 
+pub use inherited::{InheritedRelay, LaunchOf, Relays};
 pub use parent::ParentSignals;
 
 /// The broker's exec guard: started at the first enforced launch, then one thread for the
@@ -69,6 +71,8 @@ pub use parent::ParentSignals;
 pub struct ExecGuard {
     state: OnceLock<Result<Running, String>>,
     next_token: AtomicU64,
+    /// Launches relayed by the runtime threads' inherited filters ([`inherited`]).
+    pub relays: Arc<Relays>,
 }
 
 struct Running {
@@ -156,7 +160,8 @@ pub struct Handover {
 /// One launch's listener, as the guard thread and its decisions in flight hold it.
 struct Watched {
     listener: OwnedFd,
-    policy: Arc<Policy>,
+    /// `None`: a runtime thread's inherited filter, shared by the launches it forks.
+    policy: Option<Arc<Policy>>,
     budget: Mutex<Budget>,
 }
 
@@ -211,7 +216,7 @@ impl ExecGuard {
     ) -> Result<Armed<'_>, String> {
         let running = self
             .state
-            .get_or_init(|| Running::start(on_denied()))
+            .get_or_init(|| Running::start(on_denied(), self.relays.clone()))
             .as_ref()
             .map_err(Clone::clone)?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +231,8 @@ impl ExecGuard {
 
     /// Starts the guard thread now, if it has not started yet.
     pub fn start(&self, on_denied: impl FnOnce() -> DeniedSink) {
-        self.state.get_or_init(|| Running::start(on_denied()));
+        self.state
+            .get_or_init(|| Running::start(on_denied(), self.relays.clone()));
     }
 
     /// Why the guard could not start, once it was tried; for `ctx status`.
@@ -306,7 +312,7 @@ impl Supervised<'_> {
         if ready == 1 && p.revents & libc::POLLHUP != 0 {
             return;
         }
-        self.running.set.add(self.token, listener, policy);
+        self.running.set.add(self.token, listener, Some(policy));
     }
 }
 
@@ -328,7 +334,16 @@ impl Drop for Armed<'_> {
 }
 
 impl Running {
-    fn start(on_denied: DeniedSink) -> Result<Running, String> {
+    fn start(on_denied: DeniedSink, relays: Arc<Relays>) -> Result<Running, String> {
+        let running = Running::start_thread(on_denied, relays);
+        match &running {
+            Ok(r) => inherited::adopt(&r.set),
+            Err(_) => inherited::refuse(),
+        }
+        running
+    }
+
+    fn start_thread(on_denied: DeniedSink, relays: Arc<Relays>) -> Result<Running, String> {
         if !available() {
             return Err("this kernel has no seccomp user notification".into());
         }
@@ -349,10 +364,19 @@ impl Running {
         });
         let pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>> = Arc::default();
         let (thread_pending, thread_set) = (pending.clone(), set.clone());
-        std::thread::Builder::new()
-            .name("exec-guard".into())
-            .spawn(move || watch::watch(recv, thread_set, thread_pending, Arc::from(on_denied)))
-            .map_err(|e| format!("cannot start its thread: {e}"))?;
+        // Without the inherited filter: a call of its own that named the broker would
+        // wait for itself.
+        inherited::outside(move || {
+            std::thread::Builder::new()
+                .name("exec-guard".into())
+                .spawn(move || {
+                    let on_denied = Arc::from(on_denied);
+                    watch::watch(recv, thread_set, thread_pending, on_denied, relays)
+                })
+                .map(drop)
+        })
+        .ok_or_else(|| "no thread could start its thread".to_string())?
+        .map_err(|e| format!("cannot start its thread: {e}"))?;
         Ok(Running {
             send,
             send_direct,
@@ -398,7 +422,7 @@ fn handover_socket() -> Result<(OwnedFd, OwnedFd), String> {
 impl Listeners {
     /// Adds a launch's listener. In the map before the epoll set: the guard looks up
     /// whatever epoll reports.
-    fn add(&self, token: u64, listener: OwnedFd, policy: Arc<Policy>) {
+    fn add(&self, token: u64, listener: OwnedFd, policy: Option<Arc<Policy>>) {
         let fd = listener.as_raw_fd();
         let mut map = lock(&self.by_token);
         map.insert(

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::exec::{decide, shares_our_memory};
 use super::parent::relay_to_parent;
-use super::{lock, Denied, Listeners, Policy, Verdict, Watched, NOTIF_BUF};
+use super::{inherited, lock, Denied, Listeners, Policy, Relays, Verdict, Watched, NOTIF_BUF};
 
 const REASON_BUSY: &str =
     "enforce: too many of this user's execs are still being checked (a hung mount?)";
@@ -73,6 +73,7 @@ pub(super) fn watch(
     set: Arc<Listeners>,
     pending: Arc<Mutex<HashMap<u64, Arc<Policy>>>>,
     on_denied: Arc<dyn Fn(Denied) + Send + Sync>,
+    relays: Arc<Relays>,
 ) {
     let in_flight = Arc::<InFlight>::default();
     let mut ev = libc::epoll_event {
@@ -134,7 +135,7 @@ pub(super) fn watch(
             };
             if revents & libc::EPOLLIN as u32 != 0 {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(&w, &on_denied, &in_flight)
+                    handle(&w, &on_denied, &in_flight, &relays)
                 }));
                 if result.is_err() {
                     tracing::error!("exec guard: a notification's handling panicked");
@@ -149,7 +150,9 @@ pub(super) fn watch(
             let mut map = lock(&set.by_token);
             let ended: Vec<u64> = map
                 .iter()
-                .filter(|(_, w)| !w.policy.guards_exec && w.policy.launch_ended())
+                .filter(|(_, w)| {
+                    (w.policy.as_ref()).is_some_and(|p| !p.guards_exec && p.launch_ended())
+                })
                 .map(|(&token, _)| token)
                 .collect();
             for token in ended {
@@ -179,7 +182,7 @@ pub(super) fn take_handovers(
                 let policy = lock(pending).remove(&token);
                 match policy {
                     Some(policy) if Some(token) == keep => kept = Some((listener, policy)),
-                    Some(policy) => set.add(token, listener, policy),
+                    Some(policy) => set.add(token, listener, Some(policy)),
                     // Its launch gave up (the child exited without exec'ing): closing
                     // the listener fails any exec still asked of it (ENOSYS).
                     None => tracing::debug!("exec guard: a listener for a launch that failed"),
@@ -239,6 +242,7 @@ fn handle(
     w: &Arc<Watched>,
     on_denied: &Arc<dyn Fn(Denied) + Send + Sync>,
     in_flight: &Arc<InFlight>,
+    relays: &Relays,
 ) {
     let listener = w.listener.as_raw_fd();
     let mut buf = [0u64; NOTIF_BUF / 8];
@@ -260,11 +264,19 @@ fn handle(
         crate::daemon::kernel::seccomp::signal_call(req.data.arch, req.data.nr as u32)
     {
         // Answered here, at once: relaying is a channel send, and the sender waits.
-        let verdict = relay_to_parent(&req, call, w.policy.parent.as_ref());
+        let verdict = match &w.policy {
+            Some(policy) => relay_to_parent(&req, call, policy.parent.as_ref()),
+            None => inherited::decide(listener, &req, call, relays),
+        };
         respond(listener, req.id, &verdict);
         return;
     }
-    if !w.policy.guards_exec || shares_our_memory(req.pid as libc::pid_t) {
+    // A runtime thread's filter sends nothing else.
+    let Some(policy) = &w.policy else {
+        respond(listener, req.id, &Verdict::Fail(libc::ENOSYS));
+        return;
+    };
+    if !policy.guards_exec || shares_our_memory(req.pid as libc::pid_t) {
         // The spawn child before its exec: the broker's own exec of the program.
         respond(listener, req.id, &Verdict::Continue);
         return;
@@ -273,7 +285,7 @@ fn handle(
         errno: libc::EACCES,
         reason: REASON_BUSY,
     };
-    let Some(slot) = in_flight.enter(w.policy.uid) else {
+    let Some(slot) = in_flight.enter(policy.uid) else {
         respond(listener, req.id, &busy);
         report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
         return;
@@ -284,7 +296,9 @@ fn handle(
         .stack_size(DECISION_STACK)
         .spawn(move || {
             let _slot = slot;
-            let policy = &*watched.policy;
+            let Some(policy) = watched.policy.as_deref() else {
+                return;
+            };
             let listener = watched.listener.as_raw_fd();
             let (verdict, path, target) = decide(listener, &req, policy);
             respond(listener, req.id, &verdict);
@@ -305,7 +319,9 @@ fn report(
     path: Vec<u8>,
     target: Option<String>,
 ) {
-    let policy = &*w.policy;
+    let Some(policy) = w.policy.as_deref() else {
+        return;
+    };
     if let Verdict::Deny { errno, reason } = verdict {
         // A process that loops on denied execs must not flood the log (it is refused
         // either way).
@@ -333,7 +349,7 @@ fn report(
     }
 }
 
-fn respond(listener: RawFd, id: u64, verdict: &Verdict) {
+pub(super) fn respond(listener: RawFd, id: u64, verdict: &Verdict) {
     let mut buf = [0u64; NOTIF_BUF / 8];
     // SAFETY: a zeroed buffer big enough for the kernel's `seccomp_notif_resp`, ours at its
     // start; the ioctl only reads it. ENOENT (the process is gone) needs nothing more.

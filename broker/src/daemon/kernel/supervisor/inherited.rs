@@ -1,0 +1,477 @@
+//! The parent-signal filter the broker's runtime threads install once each, at their
+//! start, and every child they clone inherits: a launch whose only supervision is the
+//! relay of its signals to its parent then compiles, installs, hands over and frees no
+//! filter of its own (the largest single cost of a routed launch, measured in the
+//! README). Each thread's listener joins the guard's set for the broker's lifetime, and a
+//! notification is mapped to its launch by the registry's walk up the process tree.
+//!
+//! A launch that needs a listener of its own (`enforce`, whose execs are checked: the
+//! kernel allows one listener per filter chain) or none at all (its own PID namespace,
+//! scoped signals) is forked from a thread without the filter: the [`outside`] pool,
+//! started before the runtime, whose threads live as long as the broker (a child's
+//! parent-death signal follows the thread that cloned it).
+//!
+//! The filter also sees the broker's own threads: a call of theirs that names the broker
+//! (`abort` raising SIGABRT) goes on as if unfiltered. The guard's thread is started from
+//! the pool, so that it never waits on itself.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use super::parent::relay_to_parent;
+use super::{lock, Listeners, ParentSignals, Verdict};
+use crate::daemon::kernel::seccomp;
+
+/// What maps a notifying process to the id of the launch it belongs to (the registry's
+/// walk); `None`: no running launch.
+pub type LaunchOf = Box<dyn Fn(libc::pid_t) -> Option<u64> + Send + Sync>;
+
+/// The launches whose relay the inherited filters serve, by launch id.
+#[derive(Default)]
+pub struct Relays {
+    by_launch: Mutex<HashMap<u64, ParentSignals>>,
+    launch_of: OnceLock<LaunchOf>,
+    /// The launch each process that asked belongs to, by pid and start time: a process
+    /// that signals in a loop from deep in a tree costs the guard one /proc read per
+    /// call, not a walk up the tree.
+    placed: Mutex<HashMap<(libc::pid_t, u64), u64>>,
+}
+
+/// Entries of [`Relays::placed`] before it is emptied.
+const PLACED_MAX: usize = 4096;
+
+impl Relays {
+    fn launch_of(&self, pid: libc::pid_t) -> Option<u64> {
+        let (_, start) = crate::daemon::registry::parent_and_start(pid)?;
+        if let Some(&id) = lock(&self.placed).get(&(pid, start)) {
+            return Some(id);
+        }
+        let id = self.launch_of.get().and_then(|f| f(pid))?;
+        let mut placed = lock(&self.placed);
+        if placed.len() >= PLACED_MAX {
+            placed.clear();
+        }
+        placed.insert((pid, start), id);
+        Some(id)
+    }
+}
+
+impl Relays {
+    pub fn resolve_with(&self, launch_of: LaunchOf) {
+        let _ = self.launch_of.set(launch_of);
+    }
+}
+
+/// One launch's entry in [`Relays`], removed when dropped (the launch ended).
+pub struct InheritedRelay<'a> {
+    relays: &'a Relays,
+    launch: u64,
+}
+
+impl Relays {
+    /// Serves `launch`'s relay from the inherited filters; gives `parent` back when this
+    /// thread's children inherit none (the launch then installs a filter of its own).
+    pub fn relay(
+        &self,
+        launch: u64,
+        parent: ParentSignals,
+    ) -> Result<InheritedRelay<'_>, ParentSignals> {
+        if !here() {
+            return Err(parent);
+        }
+        lock(&self.by_launch).insert(launch, parent);
+        Ok(InheritedRelay {
+            relays: self,
+            launch,
+        })
+    }
+}
+
+impl Drop for InheritedRelay<'_> {
+    fn drop(&mut self) {
+        lock(&self.relays.by_launch).remove(&self.launch);
+        lock(&self.relays.placed).retain(|_, id| *id != self.launch);
+    }
+}
+
+thread_local! {
+    /// This thread installed the inherited filter.
+    static FILTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Keys of the threads' listeners in the guard's epoll set, apart from launch tokens.
+const THREAD_KEYS: u64 = 1 << 62;
+
+enum Adoption {
+    /// Listeners of threads started before the guard.
+    Waiting(Vec<OwnedFd>),
+    Adopted(Arc<Listeners>, u64),
+    /// The guard could not start: no thread installs the filter any more.
+    Refused,
+}
+
+static ADOPTION: Mutex<Adoption> = Mutex::new(Adoption::Waiting(Vec::new()));
+/// The guard adopted the threads' listeners and answers them.
+static ANSWERED: AtomicBool = AtomicBool::new(false);
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Call once, on the main thread before the runtime's threads start: starts the
+/// [`outside`] pool, and the threads started after it (with [`on_thread_start`]) install
+/// the filter. Not under a seccomp filter of someone else's (a broker started in a
+/// context): a thread that then finds a listener in place has it from the thread that
+/// started it, which installed ours.
+pub fn prepare() {
+    if !super::available() || filters_on_this_thread() != Some(0) {
+        return;
+    }
+    let _ = POOL.get_or_init(Pool::start);
+}
+
+fn filters_on_this_thread() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The runtime's `on_thread_start`: installs the filter on this thread. A thread that
+/// cannot (a broker without `CAP_SYS_ADMIN`, one under a listener of its own already)
+/// goes on without: its launches install their own.
+pub fn on_thread_start() {
+    if POOL.get().is_none() {
+        return;
+    }
+    static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
+    let filter = FILTER
+        .get_or_init(|| seccomp::supervised_filter(&[], Some(std::process::id() as libc::pid_t)));
+    let mut adoption = lock(&ADOPTION);
+    if matches!(*adoption, Adoption::Refused) {
+        return;
+    }
+    // SAFETY: a valid program built above; the listener is a new descriptor of ours.
+    let listener = match unsafe { seccomp::install_supervised(filter) } {
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        // Started by a runtime thread: its filter is this one's too (see `prepare`).
+        Err(libc::EBUSY) => {
+            FILTERED.with(|f| f.set(true));
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(
+                "signals to the parent: no inherited filter on this thread (errno {e})"
+            );
+            return;
+        }
+    };
+    FILTERED.with(|f| f.set(true));
+    match &mut *adoption {
+        Adoption::Waiting(list) => list.push(listener),
+        Adoption::Adopted(set, next) => {
+            set.add(THREAD_KEYS + *next, listener, None);
+            *next += 1;
+        }
+        Adoption::Refused => unreachable!("checked above"),
+    }
+}
+
+/// The guard started: it answers every thread's listener from now on.
+pub(super) fn adopt(set: &Arc<Listeners>) {
+    let mut adoption = lock(&ADOPTION);
+    let waiting = match std::mem::replace(&mut *adoption, Adoption::Refused) {
+        Adoption::Waiting(list) => list,
+        other => {
+            *adoption = other;
+            return;
+        }
+    };
+    let n = waiting.len() as u64;
+    for (i, listener) in waiting.into_iter().enumerate() {
+        set.add(THREAD_KEYS + i as u64, listener, None);
+    }
+    *adoption = Adoption::Adopted(set.clone(), n);
+    ANSWERED.store(true, Ordering::Release);
+}
+
+/// The guard cannot start: the listeners are closed (a filtered call then fails with
+/// ENOSYS instead of waiting for ever) and launches install their own filters.
+pub(super) fn refuse() {
+    *lock(&ADOPTION) = Adoption::Refused;
+}
+
+/// This thread's children inherit a filter whose notifications the guard answers.
+pub fn here() -> bool {
+    FILTERED.with(Cell::get) && ANSWERED.load(Ordering::Acquire)
+}
+
+/// Runs `f` on a thread without the inherited filter (here, if this is one): what a
+/// launch that needs a listener of its own, or none, is forked from. `None` if no such
+/// thread could take it.
+pub fn outside<R: Send, F: FnOnce() -> R + Send>(f: F) -> Option<R> {
+    let pool = match POOL.get() {
+        Some(pool) if FILTERED.with(Cell::get) => pool,
+        _ => return Some(f()),
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::thread::Result<R>>(1);
+    let job = move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(result);
+    };
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
+    // SAFETY: only the lifetime is changed. This function returns only once the job has
+    // sent its result (after `f` and what it borrows are done with) or was dropped unrun
+    // (the receive fails), so nothing `job` borrows is used after it returns.
+    let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+    pool.submit(job);
+    match rx.recv() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => None,
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Threads without the filter, started on demand by a thread of its own (started before
+/// any filter) and never ended: each may be the cloning thread of running programs.
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    grow: Mutex<std::sync::mpsc::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+}
+
+/// As tokio's blocking pool: beyond this many forks held up at once, the next waits.
+const MAX_THREADS: usize = 512;
+
+impl Pool {
+    fn start() -> Pool {
+        let (grow, asked) = std::sync::mpsc::channel::<()>();
+        let pool = Pool {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            grow: Mutex::new(grow),
+        };
+        let started = std::thread::Builder::new()
+            .name("ctx-spawner".into())
+            .spawn(move || {
+                for () in asked {
+                    let Some(pool) = POOL.get() else { continue };
+                    let spawned = std::thread::Builder::new()
+                        .name("ctx-spawner".into())
+                        .spawn(|| pool.serve());
+                    if let Err(e) = spawned {
+                        // Taken here instead: never left waiting for a thread.
+                        tracing::warn!("cannot start a spawning thread: {e}");
+                        let job = {
+                            let mut q = lock(&pool.queue);
+                            q.threads -= 1;
+                            q.jobs.pop_front()
+                        };
+                        if let Some(job) = job {
+                            job();
+                        }
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!("cannot start the spawning threads: {e}");
+        }
+        pool
+    }
+
+    fn submit(&self, job: Job) {
+        let mut q = lock(&self.queue);
+        q.jobs.push_back(job);
+        // Each idle thread takes one job; more jobs than that need another thread (one
+        // fork held up by a hung mount must not hold up the next).
+        if q.jobs.len() <= q.idle || q.threads >= MAX_THREADS {
+            self.ready.notify_one();
+        } else {
+            q.threads += 1;
+            drop(q);
+            let _ = lock(&self.grow).send(());
+        }
+    }
+
+    fn serve(&self) {
+        let mut q = lock(&self.queue);
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                drop(q);
+                job();
+                q = lock(&self.queue);
+                continue;
+            }
+            q.idle += 1;
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+        }
+    }
+}
+
+/// A signal call a process under an inherited filter aimed at the broker's pid.
+pub(super) fn decide(
+    listener: RawFd,
+    req: &libc::seccomp_notif,
+    call: seccomp::SignalCall,
+    relays: &Relays,
+) -> Verdict {
+    let pid = req.pid as libc::pid_t;
+    // A thread of the broker (`abort`): as unfiltered. Before any lock: it may hold one.
+    // SAFETY: signal 0 to a thread of our own process only checks that it exists.
+    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), pid, 0) } == 0 {
+        return Verdict::Continue;
+    }
+    let foreign_pids = !same_pid_namespace(pid);
+    let launch = (!foreign_pids).then(|| relays.launch_of(pid)).flatten();
+    // What /proc said was the asking process's only if it still waits in its call.
+    if !id_valid(listener, req.id) {
+        return Verdict::Fail(libc::ESRCH);
+    }
+    if foreign_pids {
+        // A PID namespace of its own cannot name the broker: the number is another
+        // process's there.
+        return Verdict::Continue;
+    }
+    match launch {
+        Some(id) => match lock(&relays.by_launch).get(&id) {
+            Some(parent) => relay_to_parent(req, call, Some(parent)),
+            // A launch whose signals are not relayed.
+            None => Verdict::Fail(libc::EPERM),
+        },
+        // Left behind by a launch that ended (or by none): its parent is gone.
+        None => Verdict::Fail(libc::ESRCH),
+    }
+}
+
+fn same_pid_namespace(pid: libc::pid_t) -> bool {
+    let ours = std::fs::metadata("/proc/self/ns/pid");
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/pid"));
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        // Gone, or unreadable: never taken for another namespace.
+        _ => true,
+    }
+}
+
+fn id_valid(listener: RawFd, id: u64) -> bool {
+    // SAFETY: the ioctl reads the u64 we pass.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &id) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::NOTIF_BUF;
+    use super::*;
+
+    /// A thread installs the inherited filter, then runs `then` (on it, or in a process it
+    /// forks: `then` gives the errno of its signal call); the listener's first
+    /// notification is decided with `relays`; gives the verdict and `then`'s errno.
+    fn decided(relays: Relays, fork: bool) -> (Verdict, i32) {
+        if !super::super::available() {
+            eprintln!("skipped: no seccomp user notification on this kernel");
+            return (Verdict::Done, 0);
+        }
+        let broker = std::process::id() as libc::pid_t;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            let filter = seccomp::supervised_filter(&[], Some(broker));
+            // SAFETY: a valid program; the listener is ours.
+            let listener = unsafe { seccomp::install_supervised(&filter) }.unwrap();
+            tx.send(listener).unwrap();
+            // SAFETY: plain syscalls; the forked child makes only async-signal-safe calls.
+            unsafe {
+                if !fork {
+                    return match libc::kill(broker, 0) {
+                        0 => 0,
+                        _ => *libc::__errno_location(),
+                    };
+                }
+                let pid = libc::fork();
+                if pid == 0 {
+                    let e = match libc::kill(broker, libc::SIGWINCH) {
+                        0 => 0,
+                        _ => *libc::__errno_location(),
+                    };
+                    libc::_exit(e);
+                }
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                libc::WEXITSTATUS(status)
+            }
+        });
+        let listener = rx.recv().unwrap();
+        let mut buf = [0u64; NOTIF_BUF / 8];
+        // SAFETY: a zeroed buffer big enough for the kernel's `seccomp_notif` (checked by
+        // `available`).
+        let req = unsafe {
+            assert_eq!(
+                libc::ioctl(
+                    listener,
+                    libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+                    buf.as_mut_ptr()
+                ),
+                0
+            );
+            std::ptr::read(buf.as_ptr() as *const libc::seccomp_notif)
+        };
+        let call = seccomp::signal_call(req.data.arch, req.data.nr as u32).unwrap();
+        let verdict = decide(listener, &req, call, &relays);
+        super::super::watch::respond(listener, req.id, &verdict);
+        let errno = caller.join().unwrap();
+        // SAFETY: ours, no longer used.
+        unsafe { libc::close(listener) };
+        (verdict, errno)
+    }
+
+    #[test]
+    fn the_brokers_own_threads_signal_it_as_if_unfiltered() {
+        assert_eq!(decided(Relays::default(), false), (Verdict::Continue, 0));
+    }
+
+    #[test]
+    fn a_process_of_no_running_launch_finds_no_parent() {
+        let relays = Relays::default();
+        relays.resolve_with(Box::new(|_| None));
+        assert_eq!(
+            decided(relays, true),
+            (Verdict::Fail(libc::ESRCH), libc::ESRCH)
+        );
+    }
+
+    #[test]
+    fn a_launchs_process_has_its_signal_relayed_and_others_are_refused() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let relays = Relays::default();
+        relays.resolve_with(Box::new(|_| Some(7)));
+        lock(&relays.by_launch).insert(
+            7,
+            ParentSignals {
+                pid: std::process::id() as libc::pid_t,
+                relay: tx,
+            },
+        );
+        assert_eq!(decided(relays, true), (Verdict::Done, 0));
+        assert_eq!(rx.try_recv(), Ok(libc::SIGWINCH));
+        // A launch whose signals are not relayed (its entry is not there).
+        let relays = Relays::default();
+        relays.resolve_with(Box::new(|_| Some(8)));
+        assert_eq!(
+            decided(relays, true),
+            (Verdict::Fail(libc::EPERM), libc::EPERM)
+        );
+    }
+}
