@@ -1105,6 +1105,20 @@ fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
     assert_eq!(out.ok(), "Seccomp_filters:\t0\n", "{}", out.show());
 }
 
+/// A signal to the parent from any thread of the program (a Go program's or a JVM's comes
+/// from whichever thread runs the call) reaches the parent as one from its first thread
+/// (found by the review of the inherited filter: the thread was taken for a process of
+/// no launch).
+#[test]
+fn a_signal_to_the_parent_from_a_thread_of_the_program_reaches_it() {
+    let b = broker();
+    let script = "import os, threading\nr = []\ndef k():\n    try:\n        os.kill(os.getppid(), 0)\n        r.append('ok')\n    except OSError as e:\n        r.append(e.strerror)\nt = threading.Thread(target=k)\nt.start()\nt.join()\nprint('thread', r[0])";
+    for context in ["alice", "rootctx"] {
+        let out = b.exec(context, &[PYTHON, "-c", script]);
+        assert_eq!(out.ok(), "thread ok\n", "{context}: {}", out.show());
+    }
+}
+
 /// A process a launch left behind can still aim a signal at the broker, its program's
 /// parent, by the pid it read while the program ran: after the launch has ended that call
 /// must still end, or the process waits in it for ever. The launch's worker held the

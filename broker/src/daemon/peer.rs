@@ -178,7 +178,7 @@ const PIDFD_INFO_CREDS: u64 = 1 << 1;
 /// `struct pidfd_info` as of its first version (64 bytes; later kernels only append).
 #[repr(C)]
 #[derive(Default)]
-#[allow(dead_code)] // the kernel's layout: only `mask` and `euid` are read
+#[allow(dead_code)] // the kernel's layout: only `mask`, `tgid` and `euid` are read
 struct PidfdInfo {
     mask: u64,
     cgroupid: u64,
@@ -196,6 +196,32 @@ struct PidfdInfo {
     exit_code: i32,
 }
 const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+
+/// The process (thread group) of thread `tid`, as a pidfd, and its pid: asked of a pidfd
+/// of the thread (`PIDFD_THREAD`, Linux 6.9) where `tid` is not the group's leader.
+pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
+    /// `PIDFD_THREAD` is `O_EXCL`.
+    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+    // SAFETY: plain syscall with int arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    if fd < 0 {
+        // Before Linux 6.9: only a leader has a pidfd.
+        return pidfd_open(tid).ok().map(|fd| (fd, tid));
+    }
+    // SAFETY: the kernel just created this descriptor for us.
+    let thread = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let mut info = PidfdInfo::default();
+    // SAFETY: a valid pidfd and a buffer of the size the request number encodes.
+    if unsafe { libc::ioctl(thread.as_raw_fd(), PIDFD_GET_INFO, &mut info) } != 0 {
+        return None;
+    }
+    let tgid = info.tgid as i32;
+    // The leader's pidfd is the process's.
+    if tgid == tid {
+        return Some((thread, tid));
+    }
+    Some((pidfd_open(tgid).ok()?, tgid))
+}
 
 /// The effective uid of the process behind `pidfd`, asked of the pidfd itself: one ioctl
 /// where `/proc/PID/status` is a page of text, and of that process whatever holds its pid

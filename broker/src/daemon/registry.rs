@@ -38,7 +38,16 @@ struct Inner {
     /// Launches being forked, by id: their context, when the fork began, and the pids the
     /// kernel fills in as it creates their processes (see [`PidSlots`]).
     forking: HashMap<u64, (String, Instant, Arc<PidSlots>)>,
+    /// Processes a walk placed, and every ancestor it went through, by pid and start time:
+    /// the launch id it found. A later walk stops at the first of them whose launch still
+    /// runs, so a process deep in a launch's tree that forks or signals in a loop costs a
+    /// read or two per call, not a walk to the top. Entries of ended launches are ignored
+    /// (ids are never reused).
+    placed: HashMap<(i32, u64), u64>,
 }
+
+/// Entries of [`Inner::placed`] before it is emptied.
+const PLACED_MAX: usize = 1 << 16;
 
 /// What /proc says of a process, read in one go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,14 +149,31 @@ impl Registry {
         // two ticks for the rounding of both clocks.
         let floor = boot_ticks_at(oldest).saturating_sub(2);
         let (mut cur, mut cur_parent, mut cur_start) = (pid, ppid, start);
+        let mut visited: Vec<(i32, u64)> = Vec::new();
+        let found = |visited: &[(i32, u64)], id: u64| {
+            let mut g = self.lock();
+            if g.placed.len() + visited.len() > PLACED_MAX {
+                g.placed.clear();
+            }
+            g.placed.extend(visited.iter().map(|&k| (k, id)));
+            Some(id)
+        };
         for _ in 0..128 {
             if cur <= 1 {
                 return None;
             }
+            visited.push((cur, cur_start));
             let slot = {
                 let g = self.lock();
                 if let Some(&(_, id)) = g.by_pid.get(&cur).filter(|(s, _)| *s == cur_start) {
-                    return Some(id);
+                    drop(g);
+                    return found(&visited, id);
+                }
+                let placed = g.placed.get(&(cur, cur_start)).copied();
+                let running = |id: &u64| g.by_id.contains_key(id) || g.forking.contains_key(id);
+                if let Some(id) = placed.filter(running) {
+                    drop(g);
+                    return found(&visited, id);
                 }
                 g.forking
                     .iter()
@@ -161,7 +187,7 @@ impl Registry {
             if let Some((id, slots)) = slot {
                 let now = parent_and_start(cur).map(|(_, s)| s);
                 if now == Some(cur_start) && slots.holds(cur) {
-                    return Some(id);
+                    return found(&visited, id);
                 }
             }
             if cur_start < floor {
@@ -217,6 +243,18 @@ pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
 /// no size, and std's whole-file reads would ask for it, then read in growing probes from
 /// 32 bytes, a system call each: these run for every connection. Only for paths the
 /// broker builds under /proc from a pid (procfs: nothing on them a context can write).
+/// The process (thread group) thread `tid` belongs to, from the head of its
+/// `/proc/TID/status` (where `Tgid:` is the fourth line).
+pub fn thread_group(tid: i32) -> Option<i32> {
+    let mut buf = [0u8; 512];
+    let (_, n) = read_proc_file(&format!("/proc/{tid}/status"), &mut buf)?;
+    // As bytes: the name on the first line may be anything a process called itself.
+    let text = buf.get(..n)?;
+    let at = text.windows(6).position(|w| w == b"\nTgid:")? + 6;
+    let line = text[at..].split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(line).ok()?.trim().parse().ok()
+}
+
 pub fn read_proc_file(path: &str, buf: &mut [u8]) -> Option<(std::fs::File, usize)> {
     let mut f = std::fs::File::open(path).ok()?;
     let n = fill(&mut f, buf)?;
@@ -362,6 +400,80 @@ mod tests {
         assert_eq!(context(&reg, me), None);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A walk leaves every process it went through placed, so the next walk from below
+    /// stops there; entries of a launch that ended place nothing.
+    #[test]
+    fn a_walk_places_what_it_went_through_until_its_launch_ends() {
+        use std::io::BufRead;
+        let reg = Registry::default();
+        let me = std::process::id() as i32;
+        let long_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let launch = |id| Running {
+            id,
+            pid: me,
+            context: format!("c{id}"),
+            caller_pid: 0,
+            caller_uid: 0,
+            caller_context: None,
+            caller_in_context: false,
+            argv: vec![],
+            started: long_ago,
+        };
+        reg.insert(launch(1));
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleep: i32 = line.trim().parse().unwrap();
+        let shell = sh.id() as i32;
+        let (ppid, start) = parent_and_start(sleep).unwrap();
+        assert_eq!(ppid, shell);
+        assert_eq!(reg.launch_of(sleep, ppid, start), Some(1));
+        let shell_start = parent_and_start(shell).unwrap().1;
+        let placed = reg.lock().placed.clone();
+        assert_eq!(placed.get(&(sleep, start)), Some(&1));
+        assert_eq!(placed.get(&(shell, shell_start)), Some(&1));
+        // Ended: what it placed counts no more; the next launch places anew.
+        reg.remove(1);
+        assert_eq!(context(&reg, sleep), None);
+        reg.insert(launch(3));
+        assert_eq!(context(&reg, sleep).as_deref(), Some("c3"));
+        assert_eq!(reg.lock().placed.get(&(shell, shell_start)), Some(&3));
+        let _ = sh.kill();
+        let _ = sh.wait();
+        // SAFETY: plain syscall on the sleep this test started.
+        unsafe { libc::kill(sleep, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn a_thread_is_placed_by_its_process() {
+        let me = std::process::id() as i32;
+        assert_eq!(thread_group(me), Some(me));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: plain getter.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let _ = done.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(thread_group(tid), Some(me));
+        assert_eq!(
+            crate::daemon::peer::process_of_thread(tid).map(|p| p.1),
+            Some(me)
+        );
+        drop(done_tx);
+        t.join().unwrap();
     }
 
     /// A `sleep` child, its pid, and an instant before it started.

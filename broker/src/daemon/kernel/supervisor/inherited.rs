@@ -35,28 +35,79 @@ pub type LaunchOf = Box<dyn Fn(libc::pid_t) -> Option<u64> + Send + Sync>;
 pub struct Relays {
     by_launch: Mutex<HashMap<u64, ParentSignals>>,
     launch_of: OnceLock<LaunchOf>,
-    /// The launch each process that asked belongs to, by pid and start time: a process
-    /// that signals in a loop from deep in a tree costs the guard one /proc read per
-    /// call, not a walk up the tree.
-    placed: Mutex<HashMap<(libc::pid_t, u64), u64>>,
+    /// Where each process that signalled was placed, by its pidfs inode.
+    placed: Mutex<HashMap<u64, Placed>>,
+}
+
+/// Where a process that signalled the broker's pid belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    Launch(u64),
+    /// In a PID namespace of its own, where the number is another process's.
+    ForeignPids,
+    Nowhere,
 }
 
 /// Entries of [`Relays::placed`] before it is emptied.
-const PLACED_MAX: usize = 4096;
+const PLACED_MAX: usize = 1 << 16;
 
 impl Relays {
-    fn launch_of(&self, pid: libc::pid_t) -> Option<u64> {
-        let (_, start) = crate::daemon::registry::parent_and_start(pid)?;
-        if let Some(&id) = lock(&self.placed).get(&(pid, start)) {
-            return Some(id);
+    /// Where thread `tid`'s process belongs (a notification names the thread that called:
+    /// a Go program's or a JVM's signal comes from any of its threads). Kept by the
+    /// process's pidfs inode, which no other process ever gets: every later call of that
+    /// process, from any thread, is placed without reading /proc, so a flood of them costs
+    /// the other launches waiting behind it a few system calls each.
+    fn place(&self, tid: libc::pid_t) -> Placed {
+        let (pidfd, pid) = match crate::daemon::peer::process_of_thread(tid) {
+            Some((fd, pid)) => (Some(fd), pid),
+            None => match crate::daemon::registry::thread_group(tid) {
+                Some(pid) => (None, pid),
+                None => return Placed::Nowhere,
+            },
+        };
+        let key = pidfd.as_ref().and_then(pidfs_inode);
+        if let Some(placed) = key.and_then(|k| lock(&self.placed).get(&k).copied()) {
+            return placed;
         }
-        let id = self.launch_of.get().and_then(|f| f(pid))?;
-        let mut placed = lock(&self.placed);
-        if placed.len() >= PLACED_MAX {
-            placed.clear();
+        let placed = if !same_pid_namespace(pid) {
+            Placed::ForeignPids
+        } else {
+            match self.launch_of.get().and_then(|f| f(pid)) {
+                Some(id) => Placed::Launch(id),
+                None => return Placed::Nowhere,
+            }
+        };
+        if let Some(key) = key {
+            let mut cache = lock(&self.placed);
+            if cache.len() >= PLACED_MAX {
+                cache.clear();
+            }
+            cache.insert(key, placed);
         }
-        placed.insert((pid, start), id);
-        Some(id)
+        placed
+    }
+}
+
+/// The pidfs inode of `pidfd`: unique to its process for the system's lifetime (Linux
+/// 6.9, 64-bit). `None` where pidfds are anonymous inodes, which all share one number.
+fn pidfs_inode(pidfd: &OwnedFd) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    static PIDFS: OnceLock<bool> = OnceLock::new();
+    // SAFETY: plain syscalls filling structs we own, on our own descriptor.
+    unsafe {
+        let pidfs = *PIDFS.get_or_init(|| {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            libc::fstatfs(pidfd.as_raw_fd(), &mut fs) == 0 && fs.f_type as i64 == PIDFS_MAGIC
+        });
+        if !pidfs {
+            return None;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(pidfd.as_raw_fd(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.st_ino)
     }
 }
 
@@ -94,7 +145,6 @@ impl Relays {
 impl Drop for InheritedRelay<'_> {
     fn drop(&mut self) {
         lock(&self.relays.by_launch).remove(&self.launch);
-        lock(&self.relays.placed).retain(|_, id| *id != self.launch);
     }
 }
 
@@ -128,7 +178,9 @@ pub fn prepare() {
     if !super::available() || filters_on_this_thread() != Some(0) {
         return;
     }
-    let _ = POOL.get_or_init(Pool::start);
+    if let Some(pool) = Pool::start() {
+        let _ = POOL.set(pool);
+    }
 }
 
 fn filters_on_this_thread() -> Option<u32> {
@@ -199,10 +251,14 @@ pub(super) fn adopt(set: &Arc<Listeners>) {
     ANSWERED.store(true, Ordering::Release);
 }
 
-/// The guard cannot start: the listeners are closed (a filtered call then fails with
-/// ENOSYS instead of waiting for ever) and launches install their own filters.
+/// The guard cannot start, or stopped: the listeners are closed (a filtered call then
+/// fails with ENOSYS instead of waiting for ever) and launches install their own filters.
 pub(super) fn refuse() {
-    *lock(&ADOPTION) = Adoption::Refused;
+    ANSWERED.store(false, Ordering::Release);
+    let was = std::mem::replace(&mut *lock(&ADOPTION), Adoption::Refused);
+    if let Adoption::Adopted(set, _) = was {
+        lock(&set.by_token).retain(|&key, _| key < THREAD_KEYS);
+    }
 }
 
 /// This thread's children inherit a filter whose notifications the guard answers.
@@ -257,7 +313,9 @@ struct Queue {
 const MAX_THREADS: usize = 512;
 
 impl Pool {
-    fn start() -> Pool {
+    /// `None` if its first thread cannot start: then no runtime thread installs the
+    /// filter, and every launch is forked where it is.
+    fn start() -> Option<Pool> {
         let (grow, asked) = std::sync::mpsc::channel::<()>();
         let pool = Pool {
             queue: Mutex::default(),
@@ -273,23 +331,25 @@ impl Pool {
                         .name("ctx-spawner".into())
                         .spawn(|| pool.serve());
                     if let Err(e) = spawned {
-                        // Taken here instead: never left waiting for a thread.
+                        // The job that asked for it is given up unrun (its launch fails
+                        // with an error) rather than left waiting for a thread.
                         tracing::warn!("cannot start a spawning thread: {e}");
                         let job = {
                             let mut q = lock(&pool.queue);
                             q.threads -= 1;
-                            q.jobs.pop_front()
+                            q.jobs.pop_back()
                         };
-                        if let Some(job) = job {
-                            job();
-                        }
+                        drop(job);
                     }
                 }
             });
-        if let Err(e) = started {
-            tracing::warn!("cannot start the spawning threads: {e}");
+        match started {
+            Ok(_) => Some(pool),
+            Err(e) => {
+                tracing::warn!("cannot start the spawning threads: {e}");
+                None
+            }
         }
-        pool
     }
 
     fn submit(&self, job: Job) {
@@ -335,24 +395,23 @@ pub(super) fn decide(
     if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), pid, 0) } == 0 {
         return Verdict::Continue;
     }
-    let foreign_pids = !same_pid_namespace(pid);
-    let launch = (!foreign_pids).then(|| relays.launch_of(pid)).flatten();
-    // What /proc said was the asking process's only if it still waits in its call.
+    let placed = relays.place(pid);
+    // What was read by its number was the asking thread's only if it still waits in its
+    // call.
     if !id_valid(listener, req.id) {
         return Verdict::Fail(libc::ESRCH);
     }
-    if foreign_pids {
+    let parent = match placed {
         // A PID namespace of its own cannot name the broker: the number is another
         // process's there.
-        return Verdict::Continue;
-    }
-    match launch {
-        Some(id) => match lock(&relays.by_launch).get(&id) {
-            Some(parent) => relay_to_parent(req, call, Some(parent)),
-            // A launch whose signals are not relayed.
-            None => Verdict::Fail(libc::EPERM),
-        },
-        // Left behind by a launch that ended (or by none): its parent is gone.
+        Placed::ForeignPids => return Verdict::Continue,
+        Placed::Launch(id) => lock(&relays.by_launch).get(&id).cloned(),
+        Placed::Nowhere => None,
+    };
+    match parent {
+        Some(parent) => relay_to_parent(req, call, Some(&parent)),
+        // Left behind by a launch that ended (only relayed launches are forked under the
+        // filter), or of none: its parent is gone.
         None => Verdict::Fail(libc::ESRCH),
     }
 }
@@ -453,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn a_launchs_process_has_its_signal_relayed_and_others_are_refused() {
+    fn a_launchs_process_has_its_signal_relayed_and_an_ended_ones_finds_no_parent() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let relays = Relays::default();
         relays.resolve_with(Box::new(|_| Some(7)));
@@ -466,12 +525,12 @@ mod tests {
         );
         assert_eq!(decided(relays, true), (Verdict::Done, 0));
         assert_eq!(rx.try_recv(), Ok(libc::SIGWINCH));
-        // A launch whose signals are not relayed (its entry is not there).
+        // A launch that ended (its entry is gone).
         let relays = Relays::default();
         relays.resolve_with(Box::new(|_| Some(8)));
         assert_eq!(
             decided(relays, true),
-            (Verdict::Fail(libc::EPERM), libc::EPERM)
+            (Verdict::Fail(libc::ESRCH), libc::ESRCH)
         );
     }
 }

@@ -371,7 +371,10 @@ impl Running {
                 .name("exec-guard".into())
                 .spawn(move || {
                     let on_denied = Arc::from(on_denied);
-                    watch::watch(recv, thread_set, thread_pending, on_denied, relays)
+                    watch::watch(recv, thread_set, thread_pending, on_denied, relays);
+                    // Nobody answers the threads' listeners any more: a signal call under
+                    // their filter fails with ENOSYS instead of waiting for ever.
+                    inherited::refuse();
                 })
                 .map(drop)
         })

@@ -6,7 +6,7 @@ use crate::daemon::kernel::seccomp;
 
 /// Where a launch's signals to its parent go: the broker's pid as its processes name it,
 /// and the launch's relay loop.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ParentSignals {
     pub pid: libc::pid_t,
     pub relay: tokio::sync::mpsc::Sender<i32>,
