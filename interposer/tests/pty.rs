@@ -380,6 +380,85 @@ fn ctrl_z_stops_the_routed_program_and_fg_resumes_it() {
     assert!(text.contains("Stopped"), "{text}");
 }
 
+/// Pids of the local processes running `sleep ARG` (not the shims, which show the routed
+/// program's command line too).
+fn sleeping(arg: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let shim = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe.ends_with("ctx-shim"));
+        if !shim && cmdline == format!("sleep\0{arg}\0").as_bytes() {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// An interactive shell that loses its terminal passes the hangup on to each job's group:
+/// a routed background job ends with the children it started, as a local one does, and
+/// leaves nothing running as the context's user (found by the review of the terminal
+/// signals: the shim took the shell's hangup for a `kill` of the program alone).
+#[test]
+fn a_hangup_ends_a_routed_background_job_and_its_children_as_locally() {
+    let b = start_broker();
+    for routed in [false, true] {
+        let base = 5000 + std::process::id() % 1000 + u32::from(routed) * 7;
+        let (first, second) = (format!("{base}.1"), format!("{base}.2"));
+        let mut p = OnPty::start_as(
+            &b,
+            |_| {
+                vec![
+                    "bash".into(),
+                    "--norc".into(),
+                    "--noprofile".into(),
+                    "-i".into(),
+                ]
+            },
+            24,
+            80,
+            routed,
+        );
+        p.type_bytes(b"PS1='PROMPT> '\n");
+        p.wait_for("PROMPT> ");
+        p.type_bytes(format!("sh -c 'sleep {first} & sleep {second}' &\n").as_bytes());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sleeping(&first).is_empty() || sleeping(&second).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "routed={routed}: the job never ran"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What the kernel sends the session's leader when its terminal goes away.
+        // SAFETY: plain syscall on the shell this test started.
+        unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
+        let _ = p.finish();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = Vec::new();
+        while Instant::now() < deadline {
+            left = [sleeping(&first), sleeping(&second)].concat();
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in &left {
+            // SAFETY: plain syscall on a process this test's job left.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        assert!(
+            left.is_empty(),
+            "routed={routed}: still running after the hangup: {left:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // A routed program's terminal behaves as a local one: each scenario runs with the caller's
 // launches run locally, then routed, and what the caller's terminal shows is compared.

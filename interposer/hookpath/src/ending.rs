@@ -67,9 +67,11 @@ pub struct Caught {
     pub signo: i32,
     /// Sent by the kernel (`SI_KERNEL`): a terminal's interrupt, quit or suspend key, its
     /// hangup or resize. Locally those reach the whole foreground process group, so they
-    /// go to the routed group; a signal a process sent (`kill`, `sigqueue`,
-    /// `pidfd_send_signal`: `Popen.terminate()`) reaches the routed program only, as it
-    /// would reach only the local child, not its children.
+    /// go to the routed group; so does the hangup the session's leader (an interactive
+    /// shell that lost its terminal) passes on to each of its jobs' groups. A signal a
+    /// process sent (`kill`, `sigqueue`, `pidfd_send_signal`: `Popen.terminate()`)
+    /// reaches the routed program only, as it would reach only the local child, not its
+    /// children.
     pub from_terminal: bool,
     /// Sent by this very process (`kill`): the interrupt key's signal that the relay
     /// raised at its caller's foreground group, itself among it.
@@ -96,7 +98,11 @@ pub fn next_signal(sfd: i32) -> Option<Caught> {
         if !ignored(signo) {
             return Some(Caught {
                 signo,
-                from_terminal: si.ssi_code == libc::SI_KERNEL && terminal_signal(signo),
+                from_terminal: (si.ssi_code == libc::SI_KERNEL && terminal_signal(signo))
+                    || (signo == libc::SIGHUP
+                        && si.ssi_code == libc::SI_USER
+                        // SAFETY: plain getter.
+                        && si.ssi_pid == unsafe { libc::getsid(0) } as u32),
                 // SAFETY: plain getter.
                 from_self: si.ssi_code == libc::SI_USER
                     && si.ssi_pid == unsafe { libc::getpid() } as u32,
