@@ -284,6 +284,25 @@ print("INJECTOR-DONE")
     assert!(!text.contains("caller-read:["), "{text}");
 }
 
+/// An interactive bash (no start-up files) on a fresh 24x80 terminal, its launches routed
+/// or run locally.
+fn interactive_bash(b: &Broker, routed: bool) -> OnPty {
+    OnPty::start_as(
+        b,
+        |_| {
+            vec![
+                "bash".into(),
+                "--norc".into(),
+                "--noprofile".into(),
+                "-i".into(),
+            ]
+        },
+        24,
+        80,
+        routed,
+    )
+}
+
 /// The routed program's `/proc/<pid>/stat` state letter, found by a unique argument (the
 /// shim, which shows the same command line, is skipped).
 fn routed_state(arg: &str) -> Option<(i32, char)> {
@@ -331,19 +350,7 @@ fn ctrl_z_stops_the_routed_program_and_fg_resumes_it() {
         4000 + std::process::id() % 1000,
         std::process::id() % 97
     );
-    let mut p = OnPty::start(
-        &b,
-        |_| {
-            vec![
-                "bash".into(),
-                "--norc".into(),
-                "--noprofile".into(),
-                "-i".into(),
-            ]
-        },
-        24,
-        80,
-    );
+    let mut p = interactive_bash(&b, true);
     p.type_bytes(b"PS1='PROMPT> '\n");
     p.wait_for("PROMPT> ");
     p.type_bytes(format!("sleep {arg}\n").as_bytes());
@@ -410,20 +417,7 @@ fn a_hangup_ends_a_routed_background_job_and_its_children_as_locally() {
     for routed in [false, true] {
         let base = 5000 + std::process::id() % 1000 + u32::from(routed) * 7;
         let (first, second) = (format!("{base}.1"), format!("{base}.2"));
-        let mut p = OnPty::start_as(
-            &b,
-            |_| {
-                vec![
-                    "bash".into(),
-                    "--norc".into(),
-                    "--noprofile".into(),
-                    "-i".into(),
-                ]
-            },
-            24,
-            80,
-            routed,
-        );
+        let mut p = interactive_bash(&b, routed);
         p.type_bytes(b"PS1='PROMPT> '\n");
         p.wait_for("PROMPT> ");
         p.type_bytes(format!("sh -c 'sleep {first} & sleep {second}' &\n").as_bytes());
@@ -524,20 +518,7 @@ fn a_job_reads_its_controlling_terminal_when_stdin_is_a_pipe() {
 /// An interactive bash on a fresh terminal runs `true | VIA sh -c 'read x </dev/tty ...'`
 /// as a job (routed or local), and what is typed reaches it; the shell's exit code.
 fn job_reads_dev_tty(b: &Broker, routed: bool, via: &str) -> Option<i32> {
-    let mut p = OnPty::start_as(
-        b,
-        |_| {
-            vec![
-                "bash".into(),
-                "--norc".into(),
-                "--noprofile".into(),
-                "-i".into(),
-            ]
-        },
-        24,
-        80,
-        routed,
-    );
+    let mut p = interactive_bash(b, routed);
     p.type_bytes(b"PS1='P> '\n");
     p.wait_for("P> ");
     p.type_bytes(format!("true | {via} sh -c 'read x </dev/tty; echo got:$x'\n").as_bytes());

@@ -325,6 +325,21 @@ mod tests {
         assert_eq!(parse_stat(stat), Some((7, 12345)));
     }
 
+    /// A registered routed program, with no caller to speak of.
+    fn program(id: u64, pid: i32, context: impl Into<String>, started: Instant) -> Running {
+        Running {
+            id,
+            pid,
+            context: context.into(),
+            caller_pid: 0,
+            caller_uid: 0,
+            caller_context: None,
+            caller_in_context: false,
+            argv: vec![],
+            started,
+        }
+    }
+
     /// The walk from what /proc says of `pid` now.
     fn context(reg: &Registry, pid: i32) -> Option<String> {
         let found = proc_identity(pid)?;
@@ -341,17 +356,7 @@ mod tests {
         let long_ago = Instant::now()
             .checked_sub(std::time::Duration::from_secs(1))
             .unwrap_or_else(Instant::now);
-        reg.insert(Running {
-            id: 1,
-            pid: me,
-            context: "c".into(),
-            caller_pid: 0,
-            caller_uid: 0,
-            caller_context: None,
-            caller_in_context: false,
-            argv: vec![],
-            started: long_ago,
-        });
+        reg.insert(program(1, me, "c", long_ago));
         assert_eq!(context(&reg, me).as_deref(), Some("c"));
         let mut child = std::process::Command::new("sleep")
             .arg("5")
@@ -360,17 +365,7 @@ mod tests {
         assert_eq!(context(&reg, child.id() as i32).as_deref(), Some("c"));
         reg.remove(1);
         // A routed process registered now: this (older) process is not below it.
-        reg.insert(Running {
-            id: 2,
-            pid: child.id() as i32,
-            context: "d".into(),
-            caller_pid: 0,
-            caller_uid: 0,
-            caller_context: None,
-            caller_in_context: false,
-            argv: vec![],
-            started: Instant::now(),
-        });
+        reg.insert(program(2, child.id() as i32, "d", Instant::now()));
         assert_eq!(context(&reg, me), None);
         let _ = child.kill();
         let _ = child.wait();
@@ -405,17 +400,7 @@ mod tests {
                 .read_line(&mut line)
                 .unwrap();
             let below: i32 = line.trim().parse().unwrap();
-            reg.insert(Running {
-                id: 1,
-                pid: sh.id() as i32,
-                context: "c".into(),
-                caller_pid: 0,
-                caller_uid: 0,
-                caller_context: None,
-                caller_in_context: false,
-                argv: vec![],
-                started: long_ago,
-            });
+            reg.insert(program(1, sh.id() as i32, "c", long_ago));
             let Some((ppid, start)) = parent_and_start(below) else {
                 continue;
             };
@@ -492,17 +477,7 @@ mod tests {
     fn an_entry_counts_only_with_the_start_time_it_was_registered_with() {
         let reg = Registry::default();
         let (mut child, pid, long_ago) = sleeper();
-        reg.insert(Running {
-            id: 1,
-            pid,
-            context: "c".into(),
-            caller_pid: 0,
-            caller_uid: 0,
-            caller_context: None,
-            caller_in_context: false,
-            argv: vec![],
-            started: long_ago,
-        });
+        reg.insert(program(1, pid, "c", long_ago));
         let found = proc_identity(pid).unwrap();
         assert_eq!(
             reg.context_of(pid, found.ppid, found.start).as_deref(),
