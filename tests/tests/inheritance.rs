@@ -1001,17 +1001,7 @@ int main(int argc, char **argv) {
         .status()
         .unwrap();
     assert!(cc.success());
-    let b = Broker::start(&format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.all]
-user = "{ALICE}"
-cwd = "inherit"
-inherit_env = ["*"]
-allow = {{ uids = [0] }}
-"#
-    ));
+    let b = inheriting_everything("inherit");
     let exe = exe.to_str().unwrap();
     let run_it = |routed: bool, arg: &str| {
         let mut cmd = if routed {
@@ -1051,22 +1041,27 @@ allow = {{ uids = [0] }}
     assert_eq!(run_it(true, "empty"), "ran 0 []\n");
 }
 
-/// A launch carrying thousands of variables (past the size whose plan is built off the
-/// broker's runtime workers, so that it holds up no other connection: helper-91 measured
-/// other uids' launches waiting up to 2.2 s behind ten of 300,000) gets every one of them.
-#[test]
-fn a_launch_with_thousands_of_variables_gets_them_all() {
-    let b = Broker::start(&format!(
+/// A broker whose context `all` (ALICE, `cwd`) inherits the caller's whole environment.
+fn inheriting_everything(cwd: &str) -> Broker {
+    Broker::start(&format!(
         r#"[broker]
 socket_mode = "0666"
 
 [contexts.all]
 user = "{ALICE}"
-cwd = "/"
+cwd = "{cwd}"
 inherit_env = ["*"]
 allow = {{ uids = [0] }}
 "#
-    ));
+    ))
+}
+
+/// A launch carrying thousands of variables (past the size whose plan is built off the
+/// broker's runtime workers, so that it holds up no other connection: helper-91 measured
+/// other uids' launches waiting up to 2.2 s behind ten of 300,000) gets every one of them.
+#[test]
+fn a_launch_with_thousands_of_variables_gets_them_all() {
+    let b = inheriting_everything("/");
     let mut cmd = b.ctx([
         "exec",
         "--context",

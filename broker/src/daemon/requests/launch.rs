@@ -83,12 +83,12 @@ pub(super) struct ShellLaunch {
     pub session: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// What the steps of [`launch`] share: the request, what its audit line keeps, and what
-/// the steps acquire. A refused launch lets go of what it holds only once the refusal is
-/// audited and sent; the fields are in the reverse order of their acquisition, so they are
 /// Variables and arguments past which a launch's plan is built off the runtime's workers.
 const LARGE_REQUEST: usize = 4096;
 
+/// What the steps of [`launch`] share: the request, what its audit line keeps, and what
+/// the steps acquire. A refused launch lets go of what it holds only once the refusal is
+/// audited and sent; the fields are in the reverse order of their acquisition, so they are
 /// let go of in the order locals would be.
 struct Launch<'a> {
     /// The caller's turn to look up the paths it chose and fork ([`FORKS_PER_UID`]), from

@@ -111,12 +111,6 @@ fn pidfs_inode(pidfd: &OwnedFd) -> Option<u64> {
     }
 }
 
-impl Relays {
-    pub fn resolve_with(&self, launch_of: LaunchOf) {
-        let _ = self.launch_of.set(launch_of);
-    }
-}
-
 /// One launch's entry in [`Relays`], removed when dropped (the launch ended).
 pub struct InheritedRelay<'a> {
     relays: &'a Relays,
@@ -124,6 +118,11 @@ pub struct InheritedRelay<'a> {
 }
 
 impl Relays {
+    /// What places a notifying process in its launch (the registry's walk).
+    pub fn resolve_with(&self, launch_of: LaunchOf) {
+        let _ = self.launch_of.set(launch_of);
+    }
+
     /// Serves `launch`'s relay from the inherited filters; gives `parent` back when this
     /// thread's children inherit none (the launch then installs a filter of its own).
     pub fn relay(

@@ -287,41 +287,36 @@ fn handle(
     };
     let Some(slot) = in_flight.enter(policy.uid) else {
         respond(listener, req.id, &busy);
-        report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
+        report(w, policy, &**on_denied, &req, busy, b"?".to_vec(), None);
         return;
     };
-    let (watched, sink) = (w.clone(), on_denied.clone());
+    let (watched, checked, sink) = (w.clone(), policy.clone(), on_denied.clone());
     let spawned = std::thread::Builder::new()
         .name("exec-guard-check".into())
         .stack_size(DECISION_STACK)
         .spawn(move || {
             let _slot = slot;
-            let Some(policy) = watched.policy.as_deref() else {
-                return;
-            };
             let listener = watched.listener.as_raw_fd();
-            let (verdict, path, target) = decide(listener, &req, policy);
+            let (verdict, path, target) = decide(listener, &req, &checked);
             respond(listener, req.id, &verdict);
-            report(&watched, &*sink, &req, verdict, path, target);
+            report(&watched, &checked, &*sink, &req, verdict, path, target);
         });
     if spawned.is_err() {
         respond(listener, req.id, &busy);
-        report(w, &**on_denied, &req, busy, b"?".to_vec(), None);
+        report(w, policy, &**on_denied, &req, busy, b"?".to_vec(), None);
     }
 }
 
 /// Audits a denial (after answering, so the process waits no longer than the decision).
 fn report(
     w: &Watched,
+    policy: &Policy,
     on_denied: &(dyn Fn(Denied) + Send + Sync),
     req: &libc::seccomp_notif,
     verdict: Verdict,
     path: Vec<u8>,
     target: Option<String>,
 ) {
-    let Some(policy) = w.policy.as_deref() else {
-        return;
-    };
     if let Verdict::Deny { errno, reason } = verdict {
         // A process that loops on denied execs must not flood the log (it is refused
         // either way).
