@@ -50,6 +50,24 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
     send_groups(sock, data, fds, 0)
 }
 
+/// One `sendmsg` of (a prefix of) `data` with `fds` (at most [`MAX_FDS`]) on a socket that
+/// may not block: the bytes sent, or `WouldBlock`. The descriptors travel with the first
+/// byte sent.
+pub fn try_send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    send_one(
+        sock,
+        data,
+        fds,
+        &mut Patience {
+            left_us: 0,
+            pause_us: 0,
+        },
+    )
+}
+
 /// [`send_with_fds`], waiting up to about `patience_ms` while the kernel refuses a group
 /// with `ETOOMANYREFS`: the sender's user has as many descriptors in flight (sent, not yet
 /// received, on any socket) as its `RLIMIT_NOFILE`, which its other launches waiting to be

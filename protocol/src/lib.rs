@@ -18,6 +18,7 @@ pub mod inherit;
 pub mod launcher;
 pub mod linger;
 pub mod messages;
+pub mod pidfs;
 pub mod sigaction;
 pub mod terminal;
 pub mod vars;

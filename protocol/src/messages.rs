@@ -287,6 +287,13 @@ pub enum Reply<'a> {
     /// The routed program changed its terminal's window size (`stty cols 100`, `resize`):
     /// the client sets it on the caller's terminal, as the program would have locally.
     Size(WinSize),
+    /// Interposer clients of a launch without a terminal, right after the fork: the
+    /// program's pidfd rides with this frame (`SCM_RIGHTS`). The shim learns the program's
+    /// end from it (`PIDFD_INFO_EXIT`, once the broker has reaped it) instead of waiting for
+    /// `Exited`, and wakes at the exit itself, while the broker reaps. Whatever the broker
+    /// sends before the reap (a signal to the parent) is in the socket by then. A reader
+    /// that takes no descriptors (`read`) gets none: the kernel drops it.
+    Watch,
 }
 
 /// Variant numbers of [`Reply`] as postcard writes them (the first payload byte), so a
@@ -311,6 +318,7 @@ pub mod reply_tag {
     pub const LINGERING: u8 = 16;
     pub const SEND_DESCRIPTORS: u8 = 17;
     pub const SIZE: u8 = 18;
+    pub const WATCH: u8 = 19;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,6 +527,20 @@ impl ExitStatus {
                 signal: status,
                 core: false,
             },
+        }
+    }
+
+    /// A `waitpid` status word (as `PIDFD_INFO_EXIT` reports it): an exit code or a
+    /// signal, with or without a core. `None` for a stop or continue.
+    pub fn from_wait_status(status: i32) -> Option<ExitStatus> {
+        let signal = status & 0x7f;
+        match signal {
+            0 => Some(ExitStatus::Code((status >> 8) & 0xff)),
+            0x7f => None,
+            _ => Some(ExitStatus::Signaled {
+                signal,
+                core: status & 0x80 != 0,
+            }),
         }
     }
 

@@ -237,6 +237,7 @@ fn reply_tags_match_variant_order() {
         ypixel: 0,
     };
     assert_eq!(tag(Reply::Size(size)), reply_tag::SIZE);
+    assert_eq!(tag(Reply::Watch), reply_tag::WATCH);
 }
 
 #[test]

@@ -685,6 +685,64 @@ print(got, probe.stdout.strip())
     assert_eq!(status.code(), 0, "{}", status.show());
 }
 
+/// The shim of a launch without a terminal ends as the broker reaps the program, from the
+/// program's pidfd the broker handed it (`Reply::Watch`), not from `Exited`: a signal the
+/// program sent its parent just before it ended must still reach the launcher before its
+/// `waitpid` returns, as locally (the broker sends it before the reap). 150 launches each
+/// way, every one checked at the moment its wait returns.
+#[test]
+fn a_signal_to_the_parent_just_before_the_end_arrives_before_the_status() {
+    let b = broker();
+    let script = r#"
+import os, signal, subprocess
+got = [0]
+signal.signal(signal.SIGUSR1, lambda n, f: got.__setitem__(0, got[0] + 1))
+late = 0
+for i in range(150):
+    if i % 2:
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "kill -USR1 $PPID; exit 3"], os.environ)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    else:
+        code = subprocess.run(["sh", "-c", "kill -USR1 $PPID; exit 3"]).returncode
+    if got[0] != i + 1 or code != 3:
+        late += 1
+print(late, got[0])
+"#;
+    let (l, r) = both(&b, "rootctx", script, &[]);
+    assert_eq!(l.ok(), "0 150\n");
+    assert_eq!(r.ok(), l.ok(), "{}", r.show());
+}
+
+/// While the program runs, the shim holds its pidfd (besides its launcher's): it learns
+/// the end from the kernel. A terminal launch's shim holds none (its end waits for the
+/// output, which `Exited` follows).
+#[test]
+fn the_shim_watches_the_programs_pidfd() {
+    let b = broker();
+    let script = r#"
+import os, sys, time
+def watched(pid):
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if "pidfd" not in os.readlink(f"/proc/{pid}/fd/{fd}"):
+            continue
+        info = open(f"/proc/{pid}/fdinfo/{fd}").read().splitlines()
+        held = int([l.split()[1] for l in info if l.startswith("Pid:")][0])
+        names.append(os.path.basename(open(f"/proc/{held}/cmdline").read().split("\0")[0]))
+    return sorted(names)
+pid = os.posix_spawn("/bin/sleep", ["sleep", "5"], os.environ)
+for _ in range(100):
+    time.sleep(0.05)
+    seen = watched(pid)
+    if "sleep" in seen:
+        break
+os.kill(pid, 15)
+print(seen, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"#;
+    let r = run(&mut routed(&b, "rootctx", script, &[]));
+    assert_eq!(r.ok(), "['python3', 'sleep'] -15\n", "{}", r.show());
+}
+
 /// Found by the eighth review: the relay let a program of another uid than its caller
 /// SIGKILL or SIGSTOP the process that launched it (root's shell, the agent), which the
 /// kernel would refuse it; then, once only caught signals went through, end it with one it

@@ -456,6 +456,7 @@ pub fn reply_name(reply: &Reply<'_>) -> &'static str {
         Reply::Lingering => "Lingering",
         Reply::SendDescriptors => "SendDescriptors",
         Reply::Size(_) => "Size",
+        Reply::Watch => "Watch",
     }
 }
 

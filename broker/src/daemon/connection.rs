@@ -492,6 +492,29 @@ impl Conn {
         }
     }
 
+    /// Sends `reply` with the descriptor `fd` if the socket takes it now and nothing is
+    /// held before it: `false` (nothing sent) otherwise. The rest of a partly written frame
+    /// is held for the next send (the descriptor went with its first byte).
+    pub fn try_send_with_fd(&mut self, reply: &Reply<'_>, fd: RawFd) -> Result<bool, WireError> {
+        if !self.held.is_empty() {
+            return Ok(false);
+        }
+        self.out.clear();
+        encode_vec(reply, &mut self.out)?;
+        let sock = self.stream.as_raw_fd();
+        let out = &self.out;
+        match self.stream.try_io(tokio::io::Interest::WRITABLE, || {
+            ctx_protocol::fdpass::try_send_with_fds(sock, out, &[fd])
+        }) {
+            Ok(n) => {
+                self.held.extend_from_slice(&self.out[n..]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Queues `reply` to go out with the next `send`, in one write: the client then wakes
     /// once for both.
     pub fn hold(&mut self, reply: &Reply<'_>) -> Result<(), WireError> {

@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use ctx_protocol::pidfs;
 use tokio::net::UnixStream;
 
 use super::registry::{self, Registry};
@@ -171,32 +172,6 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Not yet in every libc release; the value of the generic socket ABI (x86, arm, riscv).
 const SO_PEERPIDFD: libc::c_int = 77;
 
-/// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)` (Linux 6.13), not yet in libc.
-const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
-const PIDFD_INFO_CREDS: u64 = 1 << 1;
-
-/// `struct pidfd_info` as of its first version (64 bytes; later kernels only append).
-#[repr(C)]
-#[derive(Default)]
-#[allow(dead_code)] // the kernel's layout: only `mask`, `tgid` and `euid` are read
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ruid: u32,
-    rgid: u32,
-    euid: u32,
-    egid: u32,
-    suid: u32,
-    sgid: u32,
-    fsuid: u32,
-    fsgid: u32,
-    exit_code: i32,
-}
-const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
-
 /// The process (thread group) of thread `tid`, as a pidfd, and its pid: asked of a pidfd
 /// of the thread (`PIDFD_THREAD`, Linux 6.9) where `tid` is not the group's leader.
 pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
@@ -210,12 +185,7 @@ pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
     }
     // SAFETY: the kernel just created this descriptor for us.
     let thread = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let mut info = PidfdInfo::default();
-    // SAFETY: a valid pidfd and a buffer of the size the request number encodes.
-    if unsafe { libc::ioctl(thread.as_raw_fd(), PIDFD_GET_INFO, &mut info) } != 0 {
-        return None;
-    }
-    let tgid = info.tgid as i32;
+    let tgid = pidfs::info(thread.as_raw_fd(), 0)?.tgid as i32;
     // The leader's pidfd is the process's.
     if tgid == tid {
         return Some((thread, tid));
@@ -227,13 +197,8 @@ pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
 /// where `/proc/PID/status` is a page of text, and of that process whatever holds its pid
 /// by now. `None` on kernels without `PIDFD_GET_INFO` (or a process already reaped).
 fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_CREDS,
-        ..PidfdInfo::default()
-    };
-    // SAFETY: a valid pidfd and a buffer of the size the request number encodes.
-    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
-    (rc == 0 && info.mask & PIDFD_INFO_CREDS != 0).then_some(info.euid)
+    let info = pidfs::info(pidfd.as_raw_fd(), pidfs::PIDFD_INFO_CREDS)?;
+    (info.mask & pidfs::PIDFD_INFO_CREDS != 0).then_some(info.euid)
 }
 
 /// Whether `pid` (behind `pidfd`), a uid-0 peer of a root broker, is a process the broker

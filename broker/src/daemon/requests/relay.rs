@@ -83,6 +83,9 @@ pub(super) struct Relay<'a> {
     pub conn: &'a mut Conn,
     pub pid: i32,
     pub pidfd: &'a AsyncFd<OwnedFd>,
+    /// The client watches the program's pidfd (`Reply::Watch`) and may end as soon as the
+    /// program is reaped: what must reach it first is sent before the reap.
+    pub watched: bool,
     /// A PTY launch's master (the broker holds no slave: the master sees EOF/EIO).
     pub master: Option<OwnedFd>,
     /// The PTY's modes as opened.
@@ -138,6 +141,7 @@ impl Relay<'_> {
             conn,
             pid,
             pidfd,
+            watched,
             master,
             pty_modes,
             pty_size,
@@ -245,9 +249,18 @@ impl Relay<'_> {
                 }
             }};
         }
+        // A watched launch's exit is seen before its reap, which the client may end at.
+        let mut exit_seen = !watched;
         let status = loop {
             tokio::select! {
-                exited = wait_exit(pidfd) => break exited,
+                exited = wait_exit(pidfd), if exit_seen => break exited,
+                _ = pidfd.readable(), if !exit_seen => {
+                    exit_seen = true;
+                    // A signal the program sent its parent before it ended: in the socket
+                    // before the reap, so the client raises it before it ends.
+                    client_alive = client_alive
+                        && send_parent_signals(conn, &mut parent_signals, &mut parent_pending, parent_guarded, &shutdown).await;
+                }
                 _ = async { guarded.as_ref()?.readable().await.ok().map(drop) }, if guarded.is_some() => {
                     drop(guarded.take());
                     if let Some(s) = supervised.as_mut() {
@@ -483,27 +496,15 @@ impl Relay<'_> {
         // A signal sent to the parent just before the end reaches the caller before the
         // status, as it would locally; later ones find no parent.
         parent_signals.close();
-        while let Ok(signal) = parent_signals.try_recv() {
-            parent_pending |= signal_bit(signal);
-        }
-        // From here on a caller who is not reading is waited for only until a little after
-        // the broker began to shut down (its exit waits for this connection); then it is
-        // taken as gone.
-        for signal in (1..=64).filter(|&s| parent_pending & signal_bit(s) != 0) {
-            if !client_alive {
-                break;
-            }
-            let reply = Reply::SignalParent {
-                signal,
-                guarded: parent_guarded,
-            };
-            if !sent(
-                conn.send_before(&reply, shutdown_grace(shutdown.clone()))
-                    .await,
-            ) {
-                client_alive = false;
-            }
-        }
+        client_alive = client_alive
+            && send_parent_signals(
+                conn,
+                &mut parent_signals,
+                &mut parent_pending,
+                parent_guarded,
+                &shutdown,
+            )
+            .await;
 
         let mut linger = None;
         if let (Some(m), true) = (&master, client_alive) {
@@ -818,6 +819,35 @@ fn flush_parent_signals(
         }
     }
     Ok(())
+}
+
+/// Sends the signals to the parent still queued or pending, lowest first. From here on a
+/// caller who is not reading is waited for only until a little after the broker began to
+/// shut down (its exit waits for this connection); then it is taken as gone: `false`.
+async fn send_parent_signals(
+    conn: &mut Conn,
+    queued: &mut mpsc::Receiver<i32>,
+    pending: &mut u64,
+    guarded: bool,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    while let Ok(signal) = queued.try_recv() {
+        *pending |= signal_bit(signal);
+    }
+    for signal in 1..=64 {
+        if *pending & signal_bit(signal) == 0 {
+            continue;
+        }
+        *pending &= !signal_bit(signal);
+        let reply = Reply::SignalParent { signal, guarded };
+        if !sent(
+            conn.send_before(&reply, shutdown_grace(shutdown.clone()))
+                .await,
+        ) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The caller's next frame. While `backlogged` none is read: this only waits for the

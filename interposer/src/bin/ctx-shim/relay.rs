@@ -8,7 +8,7 @@ use ctx_protocol::linger;
 use ctx_protocol::terminal::{
     raise_at_foreground, set_window_size, write_all, Hold, Output, Typed,
 };
-use ctx_protocol::{frame, ExitStatus, Reply, Request, WinSize};
+use ctx_protocol::{fdpass, frame, pidfs, ExitStatus, Reply, Request, WinSize};
 use serde_bytes::ByteBuf;
 
 use crate::EXIT_CTX;
@@ -184,6 +184,75 @@ impl Relay<'_> {
         }
     }
 
+    /// Reads what the broker sent, with the program's pidfd if it rides along, and acts
+    /// on every whole frame. Whether anything came; `None` at the end of the stream.
+    fn receive(
+        &mut self,
+        buf: &mut Vec<u8>,
+        have: &mut usize,
+        watch: &mut Option<RawFd>,
+    ) -> Option<bool> {
+        if *have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let mut fd = [-1];
+        let k = match fdpass::recv_with_fds(self.sock, &mut buf[*have..], &mut fd) {
+            Ok((0, _)) => return None,
+            Ok((k, got)) => {
+                if got == 1 {
+                    match watch {
+                        None => *watch = Some(fd[0]),
+                        // SAFETY: a descriptor just received, ours alone.
+                        Some(_) => unsafe {
+                            libc::close(fd[0]);
+                        },
+                    }
+                }
+                k
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {
+                return Some(false)
+            }
+            Err(_) => self.die("lost the connection to the broker"),
+        };
+        *have += k;
+        let mut start = 0;
+        loop {
+            match frame::complete_frame(&buf[start..*have]) {
+                Ok(Some(total)) => {
+                    let payload = &buf[start + ctx_protocol::FRAME_HEADER..start + total];
+                    self.on_reply(payload);
+                    start += total;
+                    if let Some(status) = self.exited {
+                        buf.copy_within(start..*have, 0);
+                        self.finish(status, buf, *have - start);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => self.die("oversized message from the broker"),
+            }
+        }
+        buf.copy_within(start..*have, 0);
+        *have -= start;
+        if let Ok(Some(_)) | Ok(None) = frame::complete_frame(&buf[..*have]) {
+            let need = if *have >= 4 {
+                ctx_protocol::FRAME_HEADER
+                    + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+            } else {
+                0
+            };
+            if need > buf.len() {
+                buf.resize(need, 0);
+            }
+        }
+        Some(true)
+    }
+
+    /// Takes everything the broker has sent so far, without waiting for more.
+    fn drain(&mut self, buf: &mut Vec<u8>, have: &mut usize, watch: &mut Option<RawFd>) {
+        while readable_now(self.sock) && self.receive(buf, have, watch) == Some(true) {}
+    }
+
     /// Undoes a stop asked of the program that the kernel dropped for us.
     fn continue_program(&mut self) {
         let go_on = self.signals.request(ending::Caught {
@@ -309,6 +378,13 @@ fn stop_by(signo: i32) -> bool {
     }
 }
 
+/// Whether a read of `fd` would take something (or see its end) now.
+fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = sys::poll_in(fd);
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+}
+
 /// How often a routed job in the background of the caller's terminal, whose program may
 /// read it, looks whether it was given the foreground.
 const FOREGROUND_POLL_MS: i32 = 50;
@@ -355,6 +431,10 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
     }
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
+    // The program's pidfd, once the broker sent it (`Reply::Watch`), and whether it
+    // ended.
+    let mut watch: Option<RawFd> = None;
+    let mut exit_seen = false;
     loop {
         // The foreground may come without a signal (the caller's `tcsetpgrp` alone): a job
         // whose input waits for it looks again every `FOREGROUND_POLL_MS`.
@@ -373,14 +453,19 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             },
             _ => sys::poll_in(-1),
         };
-        let mut pfd = [sys::poll_in(sock), sys::poll_in(sfd), input];
+        let program = libc::pollfd {
+            fd: watch.unwrap_or(-1),
+            events: if exit_seen { 0 } else { libc::POLLIN },
+            revents: 0,
+        };
+        let mut pfd = [sys::poll_in(sock), sys::poll_in(sfd), input, program];
         let timeout = if awaiting_foreground {
             FOREGROUND_POLL_MS
         } else {
             -1
         };
-        // SAFETY: three valid pollfds.
-        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, timeout) };
+        // SAFETY: four valid pollfds.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 4, timeout) };
         if n < 0 {
             if sys::errno() == libc::EINTR {
                 continue;
@@ -392,50 +477,28 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
                 r.on_signal(caught);
             }
         }
-        if pfd[0].revents != 0 {
-            if have == buf.len() {
-                buf.resize(buf.len() * 2, 0);
+        if pfd[0].revents != 0 && r.receive(&mut buf, &mut have, &mut watch).is_none() {
+            r.die("the broker closed the connection before the program exited");
+        }
+        if pfd[3].revents != 0 {
+            if pfd[3].revents & libc::POLLIN != 0 {
+                // Ended; the broker reaps it next, which POLLHUP tells (`events` 0).
+                exit_seen = true;
             }
-            // SAFETY: reads into the free tail of buf.
-            let k =
-                unsafe { libc::read(sock, buf[have..].as_mut_ptr() as *mut _, buf.len() - have) };
-            if k < 0 {
-                if !matches!(sys::errno(), libc::EINTR | libc::EAGAIN) {
-                    r.die("lost the connection to the broker");
+            match pidfs::exit_status(pfd[3].fd) {
+                Some(status) => {
+                    // Reaped: whatever the broker sent before is in the socket.
+                    r.drain(&mut buf, &mut have, &mut watch);
+                    r.finish(status, &mut buf, have)
                 }
-            } else if k == 0 {
-                r.die("the broker closed the connection before the program exited");
-            } else {
-                have += k as usize;
-                let mut start = 0;
-                loop {
-                    match frame::complete_frame(&buf[start..have]) {
-                        Ok(Some(total)) => {
-                            let payload = &buf[start + ctx_protocol::FRAME_HEADER..start + total];
-                            r.on_reply(payload);
-                            start += total;
-                            if let Some(status) = r.exited {
-                                buf.copy_within(start..have, 0);
-                                r.finish(status, &mut buf, have - start);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(_) => r.die("oversized message from the broker"),
-                    }
+                // Reaped, and the kernel keeps no status (before 6.15, or another PID
+                // namespace's process): `Exited` brings it.
+                None if pfd[3].revents & libc::POLLHUP != 0 => {
+                    // SAFETY: our descriptor, closed once.
+                    unsafe { libc::close(pfd[3].fd) };
+                    watch = None;
                 }
-                buf.copy_within(start..have, 0);
-                have -= start;
-                if let Ok(Some(_)) | Ok(None) = frame::complete_frame(&buf[..have]) {
-                    let need = if have >= 4 {
-                        ctx_protocol::FRAME_HEADER
-                            + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
-                    } else {
-                        0
-                    };
-                    if need > buf.len() {
-                        buf.resize(need, 0);
-                    }
-                }
+                None => {}
             }
         }
         if pfd[2].revents != 0 {
