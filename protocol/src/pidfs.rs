@@ -47,11 +47,105 @@ pub fn info(pidfd: i32, mask: u64) -> Option<PidfdInfo> {
 }
 
 /// How the process behind `pidfd` ended, once its parent has reaped it (or it was
-/// reaped by itself). `None` before that, and on kernels before 6.15.
+/// reaped by itself). `None` before that, and on kernels before 6.15. `None` too for a
+/// death by a signal that dumps core, told without a core: the kernel keeps the status
+/// of the process's first thread, which lacks the core flag when another thread dumped
+/// it (where `waitid` has it; helper-93).
 pub fn exit_status(pidfd: i32) -> Option<ExitStatus> {
     let info = info(pidfd, PIDFD_INFO_EXIT)?;
     if info.mask & PIDFD_INFO_EXIT == 0 {
         return None;
     }
-    ExitStatus::from_wait_status(info.exit_code)
+    trusted(info.exit_code)
+}
+
+/// The status a pidfd kept, where it says all `waitid` would.
+fn trusted(kept: i32) -> Option<ExitStatus> {
+    match ExitStatus::from_wait_status(kept)? {
+        ExitStatus::Signaled {
+            signal,
+            core: false,
+        } if dumps_core(signal) => None,
+        status => Some(status),
+    }
+}
+
+/// Whether a signal's default action dumps core (signal(7)).
+fn dumps_core(signal: i32) -> bool {
+    matches!(
+        signal,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+            | libc::SIGSYS
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_status_is_trusted_unless_it_may_have_lost_its_core_flag() {
+        assert_eq!(trusted(3 << 8), Some(ExitStatus::Code(3)));
+        assert_eq!(trusted(0), Some(ExitStatus::Code(0)));
+        assert_eq!(
+            trusted(libc::SIGTERM),
+            Some(ExitStatus::Signaled {
+                signal: libc::SIGTERM,
+                core: false
+            })
+        );
+        assert_eq!(
+            trusted(libc::SIGSEGV | 0x80),
+            Some(ExitStatus::Signaled {
+                signal: libc::SIGSEGV,
+                core: true
+            })
+        );
+        // Another thread may have dumped the core: `Exited` says.
+        assert_eq!(trusted(libc::SIGSEGV), None);
+        assert_eq!(trusted(libc::SIGABRT), None);
+        // A stop is no end.
+        assert_eq!(trusted(0x7f | (libc::SIGSTOP << 8)), None);
+    }
+
+    #[test]
+    fn the_status_of_a_reaped_child_is_kept_in_its_pidfd() {
+        // SAFETY: the child only exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(7) };
+        }
+        // SAFETY: plain syscalls on our own child.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        assert!(fd >= 0);
+        assert_eq!(exit_status(fd), None, "not reaped yet");
+        let mut status = 0;
+        // SAFETY: our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let kept = exit_status(fd);
+        // SAFETY: ours.
+        unsafe { libc::close(fd) };
+        if kept.is_none() && kernel_before(6, 15) {
+            // No status kept there: the shim waits for `Exited`.
+            return;
+        }
+        assert_eq!(kept, Some(ExitStatus::Code(7)));
+    }
+
+    fn kernel_before(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (major, minor)
+    }
 }

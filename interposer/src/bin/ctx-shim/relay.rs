@@ -481,10 +481,8 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             r.die("the broker closed the connection before the program exited");
         }
         if pfd[3].revents != 0 {
-            if pfd[3].revents & libc::POLLIN != 0 {
-                // Ended; the broker reaps it next, which POLLHUP tells (`events` 0).
-                exit_seen = true;
-            }
+            // Ended; the broker reaps it next, which POLLHUP tells (`events` 0).
+            exit_seen = true;
             match pidfs::exit_status(pfd[3].fd) {
                 Some(status) => {
                     // Reaped: whatever the broker sent before is in the socket.
@@ -492,8 +490,9 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
                     r.finish(status, &mut buf, have)
                 }
                 // Reaped, and the kernel keeps no status (before 6.15, or another PID
-                // namespace's process): `Exited` brings it.
-                None if pfd[3].revents & libc::POLLHUP != 0 => {
+                // namespace's process) or not all of it (a core another thread dumped):
+                // `Exited` brings it.
+                None if pfd[3].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 => {
                     // SAFETY: our descriptor, closed once.
                     unsafe { libc::close(pfd[3].fd) };
                     watch = None;
