@@ -708,13 +708,8 @@ impl<'a> Launch<'a> {
         drop(self.enforcing.take());
         self.ports.clear();
         // The child has its copies; the broker must not keep the caller's descriptors or the
-        // slave (the master would never see EOF/EIO). Not closed here, whatever their kind:
-        // the broker's copy may be the last (the program closed its own, or never got it,
-        // as a cwd descriptor the request overrides), and a last close can wait as long as
-        // the caller likes even for a pipe (its release takes the pipe's lock, which a
-        // splice into a full socket holds), with this thread holding the uid's fork turn
-        // and the launch never reaped.
-        drop(self.passed.take());
+        // slave (the master would never see EOF/EIO): the caller's go at the start of the
+        // relay (`Relay::closing`), or with the launch if it fails before.
         self.master = self.pty.take().map(|p| p.master);
         forked.map_err(|e| os_failure(Stage::Fork, e, "cannot fork"))
     }
@@ -840,6 +835,7 @@ impl<'a> Launch<'a> {
             pid: child.pid,
             pidfd: &child.pidfd,
             watched,
+            closing: self.passed.take(),
             master: self.master.take(),
             pty_modes: self.pty_modes,
             pty_size: self.pty_size,

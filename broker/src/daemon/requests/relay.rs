@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{kill_group, kill_process};
 use crate::daemon::admission::{Admissions, Linger};
+use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::{Conn, WireError, AFTER_HANDSHAKE_FRAME};
 use crate::daemon::kernel::supervisor::Supervised;
 use crate::daemon::{job_control, pty};
@@ -86,6 +87,14 @@ pub(super) struct Relay<'a> {
     /// The client watches the program's pidfd (`Reply::Watch`) and may end as soon as the
     /// program is reaped: what must reach it first is sent before the reap.
     pub watched: bool,
+    /// The caller's descriptors, which the program has its copies of. Not closed here,
+    /// whatever their kind: the broker's copy may be the last (the program closed its
+    /// own, or never got it, as a cwd descriptor the request overrides), and a last close
+    /// can wait as long as the caller likes even for a pipe (its release takes the pipe's
+    /// lock, which a splice into a full socket holds): a closer thread closes them, at
+    /// once, or after the reap when the program has ended already (the closer's wake-up
+    /// then holds up neither the reap nor the client).
+    pub closing: Option<PeerFds>,
     /// A PTY launch's master (the broker holds no slave: the master sees EOF/EIO).
     pub master: Option<OwnedFd>,
     /// The PTY's modes as opened.
@@ -142,6 +151,7 @@ impl Relay<'_> {
             pid,
             pidfd,
             watched,
+            mut closing,
             master,
             pty_modes,
             pty_size,
@@ -248,6 +258,9 @@ impl Relay<'_> {
                     kill_group(pid, libc::SIGKILL);
                 }
             }};
+        }
+        if !ended(pidfd) {
+            drop(closing.take());
         }
         // A watched launch's exit is seen before its reap, which the client may end at.
         let mut exit_seen = !watched;
@@ -475,6 +488,7 @@ impl Relay<'_> {
                 }
             }
         };
+        drop(closing);
         // The program is reaped: the listener, if still kept, is closed or goes to the guard
         // for what the program left behind.
         drop(guarded);
@@ -937,6 +951,17 @@ fn size_change(master: &OwnedFd, seen: &mut Option<WinSize>) -> Option<WinSize> 
     }
     *seen = Some(now);
     Some(now)
+}
+
+/// Whether the process behind the pidfd has ended (not necessarily reaped).
+fn ended(pidfd: &AsyncFd<OwnedFd>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
 /// Waits for the process behind the pidfd to exit and reaps it.
