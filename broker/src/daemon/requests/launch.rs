@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use super::authorize::authorize;
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{
-    hang_up_after_handover, linger, read_fd, sent, shutdown_grace, wait_exit, watch, LingerBudget,
-    Relay, Relayed,
+    ended, hang_up_after_handover, linger, read_fd, sent, shutdown_grace, wait_exit, watch,
+    LingerBudget, Relay, Relayed,
 };
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
@@ -812,10 +812,13 @@ impl<'a> Launch<'a> {
     /// it then learns the end from the kernel as the broker reaps, one wake-up sooner than
     /// from `Exited` (tens of microseconds on a virtual machine, where waking an idle CPU
     /// is dear). A terminal launch's end waits for its output, which only `Exited` follows.
-    /// Whether the client has it.
+    /// A program that has ended already (the forking thread often runs again only after a
+    /// short program's end) is reaped next: `Exited` is as soon, and the client is not
+    /// woken twice. Whether the client has it.
     fn hand_over_exit(&self, conn: &mut Conn, child: &Child, accepted: bool) -> bool {
         let plain = accepted && self.master.is_none() && self.leader_pid.is_none();
         plain
+            && !ended(&child.pidfd)
             && conn
                 .try_send_with_fd(&Reply::Watch, child.pidfd.get_ref().as_raw_fd())
                 .unwrap_or(false)

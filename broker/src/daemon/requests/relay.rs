@@ -954,7 +954,7 @@ fn size_change(master: &OwnedFd, seen: &mut Option<WinSize>) -> Option<WinSize> 
 }
 
 /// Whether the process behind the pidfd has ended (not necessarily reaped).
-fn ended(pidfd: &AsyncFd<OwnedFd>) -> bool {
+pub(super) fn ended(pidfd: &AsyncFd<OwnedFd>) -> bool {
     let mut pfd = libc::pollfd {
         fd: pidfd.get_ref().as_raw_fd(),
         events: libc::POLLIN,
