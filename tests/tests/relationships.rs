@@ -713,6 +713,71 @@ print(late, got[0])
     assert_eq!(r.ok(), l.ok(), "{}", r.show());
 }
 
+/// A child's end closes its descriptors before its parent's `waitpid` returns: a pipe it
+/// wrote then reads as ended at once. Routed, the broker's copy of the caller's descriptors
+/// must be closed by then too, whether the exec failed (the broker answers after closing
+/// it) or the program ended (the reap waits for the close): helper-94 found the pipe still
+/// open after the wait in up to 45% of failed execs and a few short programs. 100 launches
+/// each of a script whose interpreter does not exist, an ELF for another machine and of
+/// `/bin/true`, from `fork` +
+/// `execv` and from `posix_spawn`; before the fix, 28-45% of the failed ones.
+#[test]
+fn a_pipe_the_child_wrote_has_ended_when_its_wait_returns() {
+    let b = broker();
+    let script = r##"
+import os, sys
+bad = os.path.join(os.getcwd(), "badscript")
+with open(bad, "w") as f:
+    f.write("#!/nonexistent/interpreter\n")
+os.chmod(bad, 0o755)
+# An ELF for another machine: it looks like a program until the exec itself fails.
+badelf = os.path.join(os.getcwd(), "badelf")
+with open("/bin/true", "rb") as f:
+    elf = bytearray(f.read())
+elf[18:20] = b"\x28\x00"
+with open(badelf, "wb") as f:
+    f.write(elf)
+os.chmod(badelf, 0o755)
+def ended_at_wait(argv, spawn):
+    r, w = os.pipe()
+    if spawn:
+        try:
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+        except OSError:
+            pid = None
+    else:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(w, 1)
+            os.close(r)
+            os.close(w)
+            try:
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+    os.close(w)
+    if pid is not None:
+        os.waitpid(pid, 0)
+    os.set_blocking(r, False)
+    try:
+        ended = os.read(r, 1) == b""
+    except BlockingIOError:
+        ended = False
+    os.close(r)
+    return ended
+open_after = {}
+for argv in ([bad], [badelf], ["/bin/true"]):
+    for spawn in (False, True):
+        key = f"{os.path.basename(argv[0])}/{'spawn' if spawn else 'fork'}"
+        open_after[key] = sum(not ended_at_wait(argv, spawn) for _ in range(100))
+# Locally, too, one in a few hundred was seen open on a loaded machine: a few are let be.
+print("ended" if all(n <= 2 for n in open_after.values()) else open_after)
+"##;
+    let (l, r) = both(&b, "rootctx", script, &[]);
+    assert_eq!(l.ok(), "ended\n");
+    assert_eq!(r.ok(), l.ok(), "{}", r.show());
+}
+
 /// While the program runs, the shim holds its pidfd (besides its launcher's): it learns
 /// the end from the kernel. A terminal launch's shim holds none (its end waits for the
 /// output, which `Exited` follows).

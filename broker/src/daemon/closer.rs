@@ -38,6 +38,8 @@ struct Job {
     owner: Option<u32>,
     /// Given back once the descriptors are closed.
     charge: Option<Closing>,
+    /// Dropped once they are closed: its receiver then knows.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -74,12 +76,26 @@ fn lock() -> MutexGuard<'static, Option<State>> {
 /// Closes `fds` (which came from the peer of uid `owner`, `None` for the operator) on a
 /// closer thread, then drops `charge`. Never blocks on the close.
 pub fn close(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) {
+    enqueue(fds, owner, charge, None);
+}
+
+fn enqueue(
+    fds: Vec<OwnedFd>,
+    owner: Option<u32>,
+    charge: Option<Closing>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     if fds.is_empty() {
         return;
     }
     let mut guard = lock();
     let state = guard.get_or_insert_with(State::default);
-    let job = Job { fds, owner, charge };
+    let job = Job {
+        fds,
+        owner,
+        charge,
+        done,
+    };
     let eligible = state.eligible(&job);
     state.queue.push_back(job);
     if !eligible {
@@ -147,6 +163,19 @@ impl PeerFds {
     pub fn charged(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) -> PeerFds {
         PeerFds { fds, owner, charge }
     }
+
+    /// Closes them on a closer thread, as dropping them does; the receiver hears once they
+    /// are closed.
+    pub fn close_telling(mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        enqueue(
+            std::mem::take(&mut self.fds),
+            self.owner,
+            self.charge.take(),
+            Some(done),
+        );
+        closed
+    }
 }
 
 impl std::ops::Deref for PeerFds {
@@ -181,6 +210,7 @@ fn work() {
             // The close that may block, and only then the charge given back.
             drop(job.fds);
             drop(job.charge);
+            drop(job.done);
             guard = lock();
             if let Some(uid) = owner {
                 let state = guard.get_or_insert_with(State::default);

@@ -21,7 +21,7 @@ use super::authorize::authorize;
 use super::guard::{arm_exec_guard, enforce_ruleset};
 use super::relay::{
     ended, hang_up_after_handover, linger, read_fd, sent, shutdown_grace, wait_exit, watch,
-    LingerBudget, Relay, Relayed,
+    LingerBudget, Relay, Relayed, CLOSE_WAIT,
 };
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
@@ -251,6 +251,11 @@ pub(super) async fn launch(
     if let Err(failure) = ran {
         // Not held while the refusal is sent.
         drop(l.turn.take());
+        // The caller's descriptors closed first: a failed exec's caller that reads a pipe
+        // it passed sees its end once the exec has failed, as locally (helper-94).
+        if let Some(passed) = l.passed.take() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, passed.close_telling()).await;
+        }
         l.fail(conn, failure).await;
     }
 }

@@ -76,6 +76,11 @@ const MODE_POLL: Duration = Duration::from_millis(50);
 /// Between reads of a PTY master whose slaves are all closed while the program lives on.
 const MASTER_REST: Duration = Duration::from_millis(5);
 
+/// How long the end of a launch waits for the caller's descriptors the broker held to be
+/// closed (on a closer thread: usually microseconds). A close held up longer is one the
+/// caller arranged (a pipe whose lock its splice holds); the end does not wait for it.
+pub(super) const CLOSE_WAIT: Duration = Duration::from_millis(10);
+
 /// How often signals to the parent a client did not take are offered again.
 const PARENT_RETRY: Duration = Duration::from_millis(20);
 
@@ -259,11 +264,14 @@ impl Relay<'_> {
                 }
             }};
         }
-        if !ended(pidfd) {
-            drop(closing.take());
-        }
-        // A watched launch's exit is seen before its reap, which the client may end at.
-        let mut exit_seen = !watched;
+        // Closing now, unless the program has ended already: its descriptors are then
+        // closed just before the reap, where the closer's wake-up holds nothing else up.
+        let mut closed = match ended(pidfd) {
+            false => closing.take().map(PeerFds::close_telling),
+            true => None,
+        };
+        // The exit is seen before the reap, which the client may end at.
+        let mut exit_seen = false;
         let status = loop {
             tokio::select! {
                 exited = wait_exit(pidfd), if exit_seen => break exited,
@@ -271,8 +279,16 @@ impl Relay<'_> {
                     exit_seen = true;
                     // A signal the program sent its parent before it ended: in the socket
                     // before the reap, so the client raises it before it ends.
-                    client_alive = client_alive
-                        && send_parent_signals(conn, &mut parent_signals, &mut parent_pending, parent_guarded, &shutdown).await;
+                    if watched {
+                        client_alive = client_alive
+                            && send_parent_signals(conn, &mut parent_signals, &mut parent_pending, parent_guarded, &shutdown).await;
+                    }
+                    // And the caller's descriptors closed, as a local child's copies are
+                    // before its parent's wait returns: a reader then sees the end of a
+                    // pipe once the client has ended (helper-94).
+                    if let Some(c) = closed.take().or_else(|| closing.take().map(PeerFds::close_telling)) {
+                        let _ = tokio::time::timeout(CLOSE_WAIT, c).await;
+                    }
                 }
                 _ = async { guarded.as_ref()?.readable().await.ok().map(drop) }, if guarded.is_some() => {
                     drop(guarded.take());
