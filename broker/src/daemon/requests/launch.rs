@@ -15,7 +15,7 @@ use ctx_protocol::{
     ExecFailure, ExecRequest, ExitStatus, FailureKind, FdSource, Reply, Stage, TermModes,
 };
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::authorize::authorize;
 use super::guard::{arm_exec_guard, enforce_ruleset};
@@ -118,6 +118,8 @@ struct Launch<'a> {
     holder: Option<Arc<Holder>>,
     /// The caller's descriptors (its cwd's among them), until the child has its copies.
     passed: Option<PeerFds>,
+    /// Heard once the closer thread has closed `passed`, after the fork.
+    closed: Option<oneshot::Receiver<()>>,
 
     shared: &'a Arc<Shared>,
     peer: &'a Peer,
@@ -253,8 +255,12 @@ pub(super) async fn launch(
         drop(l.turn.take());
         // The caller's descriptors closed first: a failed exec's caller that reads a pipe
         // it passed sees its end once the exec has failed, as locally (helper-94).
-        if let Some(passed) = l.passed.take() {
-            let _ = tokio::time::timeout(CLOSE_WAIT, passed.close_telling()).await;
+        let closed = l
+            .closed
+            .take()
+            .or_else(|| l.passed.take().map(PeerFds::close_telling));
+        if let Some(closed) = closed {
+            let _ = tokio::time::timeout(CLOSE_WAIT, closed).await;
         }
         l.fail(conn, failure).await;
     }
@@ -322,6 +328,7 @@ impl<'a> Launch<'a> {
             argv,
             started_at: Instant::now(),
             passed: Some(conn.take_fds()),
+            closed: None,
             req,
             me: BrokerIdentity::current(),
             id: 0,
@@ -713,8 +720,13 @@ impl<'a> Launch<'a> {
         drop(self.enforcing.take());
         self.ports.clear();
         // The child has its copies; the broker must not keep the caller's descriptors or the
-        // slave (the master would never see EOF/EIO): the caller's go at the start of the
-        // relay (`Relay::closing`), or with the launch if it fails before.
+        // slave (the master would never see EOF/EIO). Not closed here, whatever their kind:
+        // the broker's copy may be the last (the program closed its own, or never got it,
+        // as a cwd descriptor the request overrides), and a last close can wait as long as
+        // the caller likes even for a pipe (its release takes the pipe's lock, which a
+        // splice into a full socket holds). A closer thread closes them; the reap, or a
+        // refusal, waits until it has (`Relay::closed`).
+        self.closed = self.passed.take().map(PeerFds::close_telling);
         self.master = self.pty.take().map(|p| p.master);
         forked.map_err(|e| os_failure(Stage::Fork, e, "cannot fork"))
     }
@@ -843,7 +855,7 @@ impl<'a> Launch<'a> {
             pid: child.pid,
             pidfd: &child.pidfd,
             watched,
-            closing: self.passed.take(),
+            closed: self.closed.take(),
             master: self.master.take(),
             pty_modes: self.pty_modes,
             pty_size: self.pty_size,

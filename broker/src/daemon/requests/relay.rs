@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use ctx_protocol::{ExitStatus, Reply, Request, TermModes, WinSize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{kill_group, kill_process};
 use crate::daemon::admission::{Admissions, Linger};
-use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::{Conn, WireError, AFTER_HANDSHAKE_FRAME};
 use crate::daemon::kernel::supervisor::Supervised;
 use crate::daemon::{job_control, pty};
@@ -92,14 +91,9 @@ pub(super) struct Relay<'a> {
     /// The client watches the program's pidfd (`Reply::Watch`) and may end as soon as the
     /// program is reaped: what must reach it first is sent before the reap.
     pub watched: bool,
-    /// The caller's descriptors, which the program has its copies of. Not closed here,
-    /// whatever their kind: the broker's copy may be the last (the program closed its
-    /// own, or never got it, as a cwd descriptor the request overrides), and a last close
-    /// can wait as long as the caller likes even for a pipe (its release takes the pipe's
-    /// lock, which a splice into a full socket holds): a closer thread closes them, at
-    /// once, or after the reap when the program has ended already (the closer's wake-up
-    /// then holds up neither the reap nor the client).
-    pub closing: Option<PeerFds>,
+    /// Heard once a closer thread has closed the broker's copies of the caller's
+    /// descriptors (handed to it at the fork).
+    pub closed: Option<oneshot::Receiver<()>>,
     /// A PTY launch's master (the broker holds no slave: the master sees EOF/EIO).
     pub master: Option<OwnedFd>,
     /// The PTY's modes as opened.
@@ -156,7 +150,7 @@ impl Relay<'_> {
             pid,
             pidfd,
             watched,
-            mut closing,
+            mut closed,
             master,
             pty_modes,
             pty_size,
@@ -264,12 +258,6 @@ impl Relay<'_> {
                 }
             }};
         }
-        // Closing now, unless the program has ended already: its descriptors are then
-        // closed just before the reap, where the closer's wake-up holds nothing else up.
-        let mut closed = match ended(pidfd) {
-            false => closing.take().map(PeerFds::close_telling),
-            true => None,
-        };
         // The exit is seen before the reap, which the client may end at.
         let mut exit_seen = false;
         let status = loop {
@@ -286,7 +274,7 @@ impl Relay<'_> {
                     // And the caller's descriptors closed, as a local child's copies are
                     // before its parent's wait returns: a reader then sees the end of a
                     // pipe once the client has ended (helper-94).
-                    if let Some(c) = closed.take().or_else(|| closing.take().map(PeerFds::close_telling)) {
+                    if let Some(c) = closed.take() {
                         let _ = tokio::time::timeout(CLOSE_WAIT, c).await;
                     }
                 }
@@ -504,7 +492,6 @@ impl Relay<'_> {
                 }
             }
         };
-        drop(closing);
         // The program is reaped: the listener, if still kept, is closed or goes to the guard
         // for what the program left behind.
         drop(guarded);
