@@ -718,9 +718,8 @@ print(late, got[0])
 /// must be closed by then too, whether the exec failed (the broker answers after closing
 /// it) or the program ended (the reap waits for the close): helper-94 found the pipe still
 /// open after the wait in up to 45% of failed execs and a few short programs. 100 launches
-/// each of a script whose interpreter does not exist, an ELF for another machine and of
-/// `/bin/true`, from `fork` +
-/// `execv` and from `posix_spawn`; before the fix, 28-45% of the failed ones.
+/// each of a script whose interpreter does not exist, an ELF for another machine and
+/// `/bin/true`, from `fork` + `execv` and from `posix_spawn`.
 #[test]
 fn a_pipe_the_child_wrote_has_ended_when_its_wait_returns() {
     let b = broker();
@@ -779,8 +778,7 @@ print("ended" if all(n <= 2 for n in open_after.values()) else open_after)
 }
 
 /// While the program runs, the shim holds its pidfd (besides its launcher's): it learns
-/// the end from the kernel. A terminal launch's shim holds none (its end waits for the
-/// output, which `Exited` follows).
+/// the end from the kernel.
 #[test]
 fn the_shim_watches_the_programs_pidfd() {
     let b = broker();
