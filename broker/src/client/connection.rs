@@ -166,9 +166,10 @@ impl Connection {
     }
 
     /// Whether the first reply is the broker's `Busy` refusal. Peeked at, not read: the
-    /// relay that reads the replies waits on the socket, not on this buffer. A refusal at
-    /// accept comes in one write with the greeting before it; past a greeting, only what
-    /// arrived with it is looked at, since a launch's next reply may be long in coming.
+    /// relay that reads the replies waits on the socket, not on this buffer. A refusal, at
+    /// accept or in the handshake, comes in one write with the greeting before it; past a
+    /// greeting, only what arrived with it is looked at, since a launch's next reply may
+    /// be long in coming.
     /// A signal before any reply is not a refusal: the relay takes it from there.
     fn refused_busy(&self, signals: BorrowedFd<'_>) -> Result<bool, Error> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

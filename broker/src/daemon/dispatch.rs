@@ -53,7 +53,10 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, peer: Peer, admissio
             } else {
                 (ErrorKind::BadRequest, message)
             };
-            let _ = conn.send(&hello()).await;
+            // One write for both: `ctx` looks for a `Busy` refusal only in what arrives
+            // with the greeting (a launch's next reply may be long in coming), and read
+            // apart, a burst's `Busy` ended the launch instead of trying again.
+            let _ = conn.hold(&hello());
             let _ = conn
                 .send(&Reply::Error {
                     kind,
