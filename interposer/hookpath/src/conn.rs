@@ -166,7 +166,32 @@ fn io_errno(e: &std::io::Error) -> i32 {
     }
 }
 
+/// Waits until the broker has written something (or hung up), for the verdict's time at
+/// most. A `read` blocked on the socket would be woken, for nothing, each time the broker
+/// reads part of the request (the kernel wakes a stream socket's sleepers when its peer
+/// makes room to write, and a blocked reader sleeps there too); `poll` for POLLIN only is
+/// not. Woken on the broker's CPU, the caller would preempt the broker's thread there.
+fn wait_readable(sock: i32) -> Result<(), i32> {
+    let mut pfd = super::sys::poll_in(sock);
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, VERDICT_TIMEOUT_SECS as i32 * 1000) };
+        match n {
+            0 => return Err(libc::EAGAIN),
+            n if n > 0 => return Ok(()),
+            _ if super::sys::errno() == libc::EINTR => continue,
+            _ => return Err(super::sys::errno()),
+        }
+    }
+}
+
 fn read_reply(sock: i32, buf: &mut [u8]) -> Result<usize, Verdict<'static>> {
+    if let Err(errno) = wait_readable(sock) {
+        return Err(Verdict::Broken {
+            what: "reading the broker's reply",
+            errno,
+        });
+    }
     match fdpass::read_frame(sock, buf) {
         Ok(n) => Ok(n),
         Err(fdpass::ReadFrameError::Io(e)) => Err(Verdict::Broken {

@@ -158,6 +158,11 @@ pub(super) fn clone_vfork(args: &ChildArgs<'_>) -> io::Result<(libc::pid_t, RawF
     // `args` and the stack mapping) in place until then.
     let pid = unsafe {
         libc::sigfillset(&mut all);
+        // SIGCHLD has no handler to run in the child, and blocked here it would not be
+        // dropped: the vfork wait often outlasts a short program (this thread is woken on
+        // the program's CPU and waits behind it), whose exit would then queue SIGCHLD on
+        // the broker and wake another of its threads for nothing.
+        libc::sigdelset(&mut all, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
         let top = (stack as *mut u8).add(size) as *mut libc::c_void;
         let mut pid = -1;
