@@ -54,8 +54,16 @@ impl Registry {
     /// start time from below, which is what lets [`Registry::context_of`] stop early.
     /// The process must not have been reaped yet (so that its pid is still its own).
     pub fn insert(&self, r: Running) {
+        self.insert_started(r, None);
+    }
+
+    /// As [`Registry::insert`], with the process's start time when the caller knows it
+    /// ([`StartBracket::ticks`]): /proc is then not read. That read comes right after the
+    /// fork, when the program is still in its exec, which holds up a read of its /proc
+    /// files (tens of microseconds of the launch's critical path).
+    pub fn insert_started(&self, r: Running, start: Option<u64>) {
         // Unreadable only if it is gone already: then no walk may ever match it.
-        let start = parent_and_start(r.pid).map_or(u64::MAX, |(_, s)| s);
+        let start = start.unwrap_or_else(|| parent_and_start(r.pid).map_or(u64::MAX, |(_, s)| s));
         let mut g = self.lock();
         g.forking.remove(&r.id);
         g.by_pid.insert(r.pid, (start, r.id));
@@ -264,15 +272,39 @@ fn parse_stat(stat: &[u8]) -> Option<(i32, u64)> {
 /// `at` (a monotonic instant in the past) as clock ticks since boot, the unit and clock
 /// (CLOCK_BOOTTIME) of /proc/PID/stat's start time.
 fn boot_ticks_at(at: Instant) -> u64 {
+    ticks(boot_time().saturating_sub(at.elapsed()))
+}
+
+fn boot_time() -> std::time::Duration {
     // SAFETY: timespec is plain data that clock_gettime fills.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: valid clock id and pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    let then = now.saturating_sub(at.elapsed());
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A time since boot in clock ticks, rounded down as the kernel rounds a start time.
+fn ticks(since_boot: std::time::Duration) -> u64 {
     // SAFETY: plain getter.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u128;
-    (then.as_nanos() * hz / 1_000_000_000) as u64
+    (since_boot.as_nanos() * hz / 1_000_000_000) as u64
+}
+
+/// The clock ticks since boot before and after a fork: the kernel stamps the processes
+/// the fork creates between the two (CLOCK_BOOTTIME, in the clock tick /proc/PID/stat
+/// shows), so when both fall in one tick, that tick is their start time.
+pub struct StartBracket(u64);
+
+impl StartBracket {
+    pub fn before() -> StartBracket {
+        StartBracket(ticks(boot_time()))
+    }
+
+    /// The start time of a process created since [`StartBracket::before`], if the
+    /// interval did not cross a tick (then /proc must say).
+    pub fn ticks(&self) -> Option<u64> {
+        (ticks(boot_time()) == self.0).then_some(self.0)
+    }
 }
 
 /// `argv` cut to `room` bytes, the last argument kept ending in `…`.
@@ -338,6 +370,28 @@ mod tests {
             argv: vec![],
             started,
         }
+    }
+
+    /// A start time taken from the clock around a fork is the one /proc shows.
+    #[test]
+    fn a_bracketed_start_time_is_the_one_proc_shows() {
+        let mut known = 0;
+        for _ in 0..50 {
+            let bracket = StartBracket::before();
+            let mut child = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap();
+            let from_clock = bracket.ticks();
+            let from_proc = parent_and_start(child.id() as i32).map(|(_, s)| s);
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(t) = from_clock {
+                known += 1;
+                assert_eq!(Some(t), from_proc, "bracketed start time");
+            }
+        }
+        assert!(known > 0, "no fork fell within one clock tick");
     }
 
     /// The walk from what /proc says of `pid` now.

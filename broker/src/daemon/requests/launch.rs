@@ -35,7 +35,7 @@ use crate::daemon::kernel::supervisor::{
     inherited, Armed, InheritedRelay, ParentSignals, Policy, Supervised,
 };
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
-use crate::daemon::registry::Running;
+use crate::daemon::registry::{Running, StartBracket};
 use crate::daemon::spawn::{
     exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
 };
@@ -697,6 +697,7 @@ impl<'a> Launch<'a> {
     fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
         // Only a launch relayed by the inherited filter may have it: any other needs a
         // listener of its own (which the kernel refuses under one) or none.
+        let bracket = StartBracket::before();
         let forked = match self.relayed {
             Some(_) => fork_exec(plan),
             None => inherited::outside(|| fork_exec(plan))
@@ -705,7 +706,7 @@ impl<'a> Launch<'a> {
         match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.
-            Ok(f) => self.register(f.pid),
+            Ok(f) => self.register(f.pid, bracket.ticks()),
             Err(_) => self.shared.registry.remove(self.id),
         }
         self.applied = Applied {
@@ -751,19 +752,22 @@ impl<'a> Launch<'a> {
 
     /// Registered before anything else can happen: the program may already be running
     /// and routing its own children, whose connections are placed by this entry.
-    fn register(&self, pid: libc::pid_t) {
-        self.shared.registry.insert(Running {
-            id: self.id,
-            pid,
-            context: self.ctx.name.clone(),
-            caller_pid: self.peer.pid,
-            caller_uid: self.peer.uid,
-            caller_context: self.peer.runs_in().map(str::to_string),
-            caller_in_context: self.peer.in_a_context(),
-            argv: self.argv.clone(),
-            // Before the fork: the registry's lower bound on the process's start time.
-            started: self.started_at,
-        });
+    fn register(&self, pid: libc::pid_t, start: Option<u64>) {
+        self.shared.registry.insert_started(
+            Running {
+                id: self.id,
+                pid,
+                context: self.ctx.name.clone(),
+                caller_pid: self.peer.pid,
+                caller_uid: self.peer.uid,
+                caller_context: self.peer.runs_in().map(str::to_string),
+                caller_in_context: self.peer.in_a_context(),
+                argv: self.argv.clone(),
+                // Before the fork: the registry's lower bound on the process's start time.
+                started: self.started_at,
+            },
+            start,
+        );
     }
 
     /// The child's report (`report`): the error pipe closes at a successful exec, or
