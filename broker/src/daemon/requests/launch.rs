@@ -37,7 +37,7 @@ use crate::daemon::kernel::supervisor::{
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::{Running, StartBracket};
 use crate::daemon::spawn::{
-    exec_likely, fork_exec, parse_report, EnterNamespaces, Forked, Program, SpawnPlan,
+    exec_likely, fork_exec, parse_report, prompt, EnterNamespaces, Forked, Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
 use crate::daemon::{inherit, shell_state, untrusted_path};
@@ -210,7 +210,7 @@ pub(super) async fn launch(
         }
     };
     let mut l = Launch::new(shared, conn, peer, ctx, via, req, audit_argv);
-    let ran: Result<(), ExecFailure<'static>> = async {
+    let ran: Result<(), ExecFailure<'static>> = prompt::lowered_at_each_wait(async {
         // Before the first step: `prepare` and `landlock` may look up paths the caller
         // chose too, as the fork does.
         l.turn = (shared.admissions)
@@ -248,7 +248,7 @@ pub(super) async fn launch(
             l.linger(conn, lingering).await;
         }
         Ok(())
-    }
+    })
     .await;
     if let Err(failure) = ran {
         // Not held while the refusal is sent.
@@ -685,10 +685,15 @@ impl<'a> Launch<'a> {
             // Not under filesystem rules: the check runs without the context's Landlock
             // domain, and its reading a file's head would tell whether one the context
             // may not read starts like a program.
-            let accepted = self.via == Via::Interposer
+            let likely = self.via == Via::Interposer
                 && !self.ctx.isolation.has_fs_rules()
-                && exec_likely(plan)
-                && conn.try_send(&Reply::Accepted).unwrap_or(false);
+                && exec_likely(plan);
+            // Before `Accepted`, whose wake-up would put the caller on this CPU ahead of
+            // the clone; not for a request large enough that letting go of it is long.
+            if self.req.env.len() + self.req.argv.len() <= LARGE_REQUEST {
+                prompt::raise();
+            }
+            let accepted = likely && conn.try_send(&Reply::Accepted).unwrap_or(false);
             (accepted, self.fork(plan))
         })
     }

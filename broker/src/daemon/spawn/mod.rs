@@ -16,6 +16,7 @@ mod check;
 mod child;
 mod clone;
 mod cwd;
+pub mod prompt;
 mod report;
 mod signals;
 #[cfg(test)]

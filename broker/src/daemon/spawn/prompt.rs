@@ -1,0 +1,130 @@
+//! The forking thread's priority from just before the clone to the launch's next wait.
+//!
+//! The clone's parent waits (CLONE_VFORK) until the child execs, and the exec wakes it on
+//! the CPU the program is starting on, where it waited behind the program: on a machine
+//! with few CPUs, for a short program's whole run. The work after the fork (the registry,
+//! the program's pidfd to the shim, the relay's set-up) then ran only after the program
+//! had ended, on the launch's critical path. Raised to the lowest realtime priority, the
+//! thread runs as soon as the exec wakes it, for the few tens of microseconds up to the
+//! launch's next wait, and goes back to its own policy there. `SCHED_RESET_ON_FORK` keeps
+//! the clone (and so the program) out of it. Raised only for the bounded work a launch of
+//! ordinary size does: what a context's code asks for never runs long at this priority.
+
+use std::cell::Cell;
+use std::future::Future;
+
+thread_local! {
+    /// The policy and priority this thread had before [`raise`], to go back to.
+    static RAISED: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
+}
+
+/// Raises this thread to `SCHED_FIFO` 1, reset on fork, until [`lower`]. Nothing happens
+/// where the broker may not (no `CAP_SYS_NICE`, a cgroup without realtime time) or where
+/// the thread is realtime already (the operator's choice).
+pub fn raise() {
+    if RAISED.get().is_some() {
+        return;
+    }
+    // SAFETY: queries of this thread's own scheduling.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    // SAFETY: sched_param is plain data that sched_getparam fills.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on this thread.
+    if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        return;
+    }
+    let base = policy & !libc::SCHED_RESET_ON_FORK;
+    if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
+        return;
+    }
+    let raised = libc::sched_param { sched_priority: 1 };
+    let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: sets this thread's own policy from a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, fifo, &raised) } == 0 {
+        RAISED.set(Some((policy, param.sched_priority)));
+    }
+}
+
+/// Puts this thread back to the policy it had before [`raise`], if it raised it.
+pub fn lower() {
+    if let Some((policy, priority)) = RAISED.take() {
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: sets this thread's own policy back from a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, policy, &param) };
+    }
+}
+
+/// Runs `launch`, lowering the polling thread (see [`raise`]) each time it waits and when
+/// it ends: the raised priority covers what runs between a fork and the launch's next
+/// wait, on that thread, and never another task.
+pub async fn lowered_at_each_wait<F: Future>(launch: F) -> F::Output {
+    let mut launch = std::pin::pin!(launch);
+    let out = std::future::poll_fn(|cx| {
+        let polled = launch.as_mut().poll(cx);
+        if polled.is_pending() {
+            lower();
+        }
+        polled
+    })
+    .await;
+    lower();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> i32 {
+        // SAFETY: query of this thread's own policy.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    /// Raised, the thread is realtime and its clones are not; lowered, it is as before.
+    #[test]
+    fn a_raised_thread_goes_back_and_its_children_never_were_raised() {
+        let before = policy();
+        raise();
+        // SAFETY: getuid is a plain getter.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(
+                policy(),
+                libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+                "raised as root"
+            );
+            let child = std::process::Command::new("sh")
+                .args(["-c", "cat /proc/self/sched | grep '^policy'"])
+                .output()
+                .unwrap();
+            let line = String::from_utf8_lossy(&child.stdout);
+            assert!(
+                line.split_whitespace().last() == Some("0"),
+                "a child of a raised thread runs under SCHED_OTHER: {line}"
+            );
+        }
+        lower();
+        assert_eq!(policy(), before);
+        // Lowering twice, or without a raise, changes nothing.
+        lower();
+        assert_eq!(policy(), before);
+    }
+
+    /// A wait lowers the thread before the task gives it up.
+    #[test]
+    fn a_waiting_launch_gives_its_thread_back_lowered() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let before = policy();
+        rt.block_on(lowered_at_each_wait(async {
+            raise();
+            tokio::task::yield_now().await;
+            assert_eq!(policy(), before, "lowered at the wait");
+            raise();
+        }));
+        assert_eq!(policy(), before, "lowered at the end");
+    }
+}
