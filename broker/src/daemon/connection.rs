@@ -202,6 +202,11 @@ impl Conn {
         self.admission.let_go_of_request();
     }
 
+    /// What its launch's request is counted as until the program's exec.
+    pub fn request_held(&self) -> usize {
+        self.admission.request()
+    }
+
     /// Counts `bytes` of typed input its relay now holds for the program against the
     /// peer's uid, with the receive buffer. Not refused: growing, they came from a frame
     /// whose room was counted until it was read.

@@ -26,7 +26,7 @@ use super::relay::{
 use super::{caller, kill_group};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
-use crate::daemon::admission::Linger;
+use crate::daemon::admission::{Linger, TRIM_AFTER};
 use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
@@ -689,8 +689,11 @@ impl<'a> Launch<'a> {
                 && !self.ctx.isolation.has_fs_rules()
                 && exec_likely(plan);
             // Before `Accepted`, whose wake-up would put the caller on this CPU ahead of
-            // the clone; not for a request large enough that letting go of it is long.
-            if self.req.env.len() + self.req.argv.len() <= LARGE_REQUEST {
+            // the clone; not for a request large enough that letting go of it (freeing
+            // its items, trimming the heap after it) is long.
+            if self.req.env.len() + self.req.argv.len() <= LARGE_REQUEST
+                && conn.request_held() <= TRIM_AFTER
+            {
                 prompt::raise();
             }
             let accepted = likely && conn.try_send(&Reply::Accepted).unwrap_or(false);
