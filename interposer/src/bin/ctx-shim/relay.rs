@@ -431,10 +431,8 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
     }
     let mut buf: Vec<u8> = vec![0; 64 * 1024];
     let mut have = 0usize;
-    // The program's pidfd, once the broker sent it (`Reply::Watch`), and whether it
-    // ended.
+    // The program's pidfd, once the broker sent it (`Reply::Watch`).
     let mut watch: Option<RawFd> = None;
-    let mut exit_seen = false;
     loop {
         // The foreground may come without a signal (the caller's `tcsetpgrp` alone): a job
         // whose input waits for it looks again every `FOREGROUND_POLL_MS`.
@@ -453,9 +451,12 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             },
             _ => sys::poll_in(-1),
         };
+        // Only its reap matters (`events` 0: POLLHUP comes then, and the kernel does not
+        // wake a poller for the exit itself, POLLIN): woken at the exit too, the shim took
+        // the CPU the broker was about to reap on, often the same one.
         let program = libc::pollfd {
             fd: watch.unwrap_or(-1),
-            events: if exit_seen { 0 } else { libc::POLLIN },
+            events: 0,
             revents: 0,
         };
         let mut pfd = [sys::poll_in(sock), sys::poll_in(sfd), input, program];
@@ -481,8 +482,6 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             r.die("the broker closed the connection before the program exited");
         }
         if pfd[3].revents != 0 {
-            // Ended; the broker reaps it next, which POLLHUP tells (`events` 0).
-            exit_seen = true;
             match pidfs::exit_status(pfd[3].fd) {
                 Some(status) => {
                     // Reaped: whatever the broker sent before is in the socket.
@@ -492,12 +491,11 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
                 // Reaped, and the kernel keeps no status (before 6.15, or another PID
                 // namespace's process) or not all of it (a core another thread dumped):
                 // `Exited` brings it.
-                None if pfd[3].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 => {
+                None => {
                     // SAFETY: our descriptor, closed once.
                     unsafe { libc::close(pfd[3].fd) };
                     watch = None;
                 }
-                None => {}
             }
         }
         if pfd[2].revents != 0 {
