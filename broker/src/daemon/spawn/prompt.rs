@@ -56,21 +56,24 @@ pub fn lower() {
     }
 }
 
-/// Runs `launch`, lowering the polling thread (see [`raise`]) each time it waits and when
-/// it ends: the raised priority covers what runs between a fork and the launch's next
-/// wait, on that thread, and never another task.
+/// Runs `launch`, lowering the polling thread (see [`raise`]) at the end of every poll of
+/// it, a panic's unwinding included: the raised priority covers what runs between a fork
+/// and the launch's next wait, on that thread, and never another task.
 pub async fn lowered_at_each_wait<F: Future>(launch: F) -> F::Output {
     let mut launch = std::pin::pin!(launch);
-    let out = std::future::poll_fn(|cx| {
-        let polled = launch.as_mut().poll(cx);
-        if polled.is_pending() {
-            lower();
-        }
-        polled
+    std::future::poll_fn(|cx| {
+        let _lowered = LowerOnDrop;
+        launch.as_mut().poll(cx)
     })
-    .await;
-    lower();
-    out
+    .await
+}
+
+struct LowerOnDrop;
+
+impl Drop for LowerOnDrop {
+    fn drop(&mut self) {
+        lower();
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +112,28 @@ mod tests {
         // Lowering twice, or without a raise, changes nothing.
         lower();
         assert_eq!(policy(), before);
+    }
+
+    /// A panic in the launch lowers the thread too: the runtime goes on running other
+    /// tasks on it.
+    #[test]
+    fn a_panicking_launch_gives_its_thread_back_lowered() {
+        let before = policy();
+        let caught = std::panic::catch_unwind(|| {
+            block_on(lowered_at_each_wait(async {
+                raise();
+                panic!("in the launch");
+            }))
+        });
+        assert!(caught.is_err());
+        assert_eq!(policy(), before);
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     /// A wait lowers the thread before the task gives it up.
