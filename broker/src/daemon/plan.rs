@@ -359,6 +359,7 @@ pub fn prepare(
             passed.len()
         )));
     }
+    let all_passed: Vec<std::os::fd::RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let (passed, caller_cwd) = match passed.split_last() {
         Some((cwd, rest)) if with_cwd => (rest, Some(cwd)),
         _ => (passed, None),
@@ -515,6 +516,7 @@ pub fn prepare(
         cgroup_join: Vec::new(),
         cgroup_dir: None,
         pid_slots: None,
+        passed: all_passed,
     };
     Ok(Prepared {
         plan,

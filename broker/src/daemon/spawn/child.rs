@@ -311,6 +311,11 @@ unsafe fn lead_the_session_by_stand_in(c: &Child) {
     // process and with it (the terminal's hangup) the program.
     let _ =
         ctx_protocol::fdpass::send_with_fds_patiently(a.handover, b"p", &[pidfd], SEND_PATIENCE_MS);
+    // The caller's descriptors closed now, while the broker (waiting for this exec) still
+    // holds its copies: one closed by the exec could be the last (see `close_the_rest`).
+    for &fd in &c.plan.passed {
+        libc::close(fd);
+    }
     // Nothing of the broker's goes with the stand-in, not even the PTY (the master sees
     // its end of file once the program and its jobs have closed theirs): only the
     // program's pidfd, by which it learns when to take the terminal's foreground.
@@ -453,6 +458,18 @@ unsafe fn close_the_rest(c: &Child) {
     if next < floor {
         close_gap(next, floor - 1);
     }
+    // The caller's descriptors above the floor and this child's moved copies of them:
+    // closed now, not by the exec. The broker holds its own copies until the exec has
+    // released it, and closes them right then: a copy the exec closed after that could be
+    // the last, whose close waits as long as the caller likes (a pipe whose lock a splice
+    // holds), and the program would hang in its exec. Below the floor they were closed
+    // just now, or replaced by a target.
+    for &fd in c.plan.passed.iter().filter(|&&fd| fd >= floor) {
+        libc::close(fd);
+    }
+    for i in 0..c.plan.fds.len() {
+        libc::close(*c.args.moved.add(i));
+    }
     if libc::close_range(floor as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) < 0 {
         // Kernels before 5.11: fall back to marking one by one up to a sane bound.
         for fd in floor..4096 {
@@ -587,6 +604,10 @@ unsafe fn die_with_broker() {
 unsafe fn enter_cwd(c: &Child) {
     if let Err(e) = cwd::enter(c.plan.cwd.as_deref(), c.cwd_fd) {
         fail(c.report, Stage::Chdir, e);
+    }
+    // A copy of the caller's: closed before the exec (see `close_the_rest`).
+    if c.cwd_fd >= 0 {
+        libc::close(c.cwd_fd);
     }
 }
 

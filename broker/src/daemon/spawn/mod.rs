@@ -128,6 +128,10 @@ pub struct SpawnPlan {
     /// Where the kernel writes the pids of the launch's processes as it creates them (see
     /// [`PidSlots`]); none outside a launch.
     pub pid_slots: Option<std::sync::Arc<PidSlots>>,
+    /// Every descriptor the caller passed, at the broker's numbers: the child closes its
+    /// copies of them before its exec, while the broker still holds its own (see
+    /// `child::close_the_rest`).
+    pub passed: Vec<RawFd>,
 }
 
 /// The pids (in the broker's namespace) of a launch's first child and of the process that

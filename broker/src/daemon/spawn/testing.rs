@@ -28,6 +28,7 @@ pub fn test_plan(argv: &[&str], fds: Vec<(RawFd, i32)>) -> SpawnPlan {
         supervisor_filter: Vec::new(),
         owner_filter: None,
         pid_slots: None,
+        passed: Vec::new(),
     }
 }
 
