@@ -268,6 +268,30 @@ fn a_lower_nice_value_is_not_carried() {
     assert_eq!(routed, "0\n");
 }
 
+/// A broker the operator runs at a higher nice value starts its programs there, by the
+/// interposer and by `ctx exec`, whatever the thread that forks does meanwhile (raised to
+/// a realtime priority reset on fork, it handed them nice 0: helper-95).
+#[test]
+fn a_broker_at_a_higher_nice_value_starts_its_programs_there() {
+    let b = Broker::start(&config());
+    for task in std::fs::read_dir(format!("/proc/{}/task", b.pid())).unwrap() {
+        let tid: i32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: setpriority(2) of one of the test's broker's threads.
+        assert_eq!(
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as u32, 10) },
+            0
+        );
+    }
+    for ctx in ["root", "alice"] {
+        assert_eq!(
+            via_interposer(&b, ctx, "true", "nice"),
+            "10\n",
+            "{ctx}, interposer"
+        );
+        assert_eq!(via_cli(&b, ctx, "true", "nice"), "10\n", "{ctx}, ctx exec");
+    }
+}
+
 /// `setarch linux32 -R`: the execution domain (what `uname -m` says) and its flags reach a
 /// routed program of the caller's own uid whole; another user's program gets the domain
 /// but not `ADDR_NO_RANDOMIZE` (the kernel clears it across a set-id exec too).

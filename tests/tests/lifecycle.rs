@@ -584,6 +584,65 @@ fn ctx_exec_waiting_on_a_silent_broker_dies_by_a_second_sigint() {
     drop(held);
 }
 
+/// The hook waits for a broker that never answers for its verdict's time (60 s), and not
+/// for ever when a timer interrupts the wait again and again: each interruption started
+/// the full time over (helper-95: a caller with a 200 ms interval timer waited past 100 s).
+/// It then fails closed, naming what it was waiting for.
+#[test]
+fn the_hooks_wait_for_a_silent_broker_ends_despite_a_ticking_timer() {
+    let td = TempDir::new();
+    let socket = td.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let script = r#"
+import os, signal
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
+print("rc", os.system("true"), flush=True)
+"#;
+    let started = Instant::now();
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", bin("libctx_interposer.so"))
+        .env("CTX_ROUTE", "alice")
+        .env("CTX_SOCKET", &socket)
+        .env("CTX_PASSTHROUGH", "/usr/bin/python3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    // Held, never answered; the request is read so that the hook is past its send.
+    let (mut held, _) = listener.accept().unwrap();
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut sink = [0u8; 65536];
+    while held.read(&mut sink).is_ok_and(|n| n > 0) {}
+    let status = wait_deadline(&mut child, Duration::from_secs(100));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    drop(held);
+    assert!(
+        status.is_some(),
+        "the hook still waited for the verdict after {waited:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(55),
+        "the hook gave up after {waited:?}, before its verdict's time"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reading the broker's reply"),
+        "no fail-closed message: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("rc 0"),
+        "the command ran although the broker never answered"
+    );
+}
+
 #[test]
 fn signals_to_ctx_exec_are_forwarded() {
     let b = Broker::start(&standard_config());

@@ -11,6 +11,8 @@ use ctx_protocol::{frame, reply_tag, ErrorKind, Reply};
 
 /// How long the hook waits for the broker's verdict before failing closed.
 const VERDICT_TIMEOUT_SECS: libc::time_t = 60;
+/// The same in milliseconds, for `poll` (one value: see the test below).
+const VERDICT_TIMEOUT_MS: i64 = 60_000;
 /// How long a launch waits for room to send its descriptors (see
 /// `fdpass::send_with_fds_patiently`): within the broker's deadline for a request, which
 /// runs from the connect.
@@ -171,11 +173,15 @@ fn io_errno(e: &std::io::Error) -> i32 {
 /// reads part of the request (the kernel wakes a stream socket's sleepers when its peer
 /// makes room to write, and a blocked reader sleeps there too); `poll` for POLLIN only is
 /// not. Woken on the broker's CPU, the caller would preempt the broker's thread there.
+/// The deadline holds across interruptions: a caller whose timer fires every 200 ms must
+/// not wait for ever for a broker that never answers (helper-95).
 fn wait_readable(sock: i32) -> Result<(), i32> {
+    let deadline = monotonic_ms() + VERDICT_TIMEOUT_MS;
     let mut pfd = super::sys::poll_in(sock);
     loop {
+        let left = (deadline - monotonic_ms()).clamp(0, i32::MAX as i64) as i32;
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, VERDICT_TIMEOUT_SECS as i32 * 1000) };
+        let n = unsafe { libc::poll(&mut pfd, 1, left) };
         match n {
             0 => return Err(libc::EAGAIN),
             n if n > 0 => return Ok(()),
@@ -183,6 +189,14 @@ fn wait_readable(sock: i32) -> Result<(), i32> {
             _ => return Err(super::sys::errno()),
         }
     }
+}
+
+fn monotonic_ms() -> i64 {
+    // SAFETY: timespec is plain data that clock_gettime fills.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    // SAFETY: a valid clock id and pointer; async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
 }
 
 fn read_reply(sock: i32, buf: &mut [u8]) -> Result<usize, Verdict<'static>> {
@@ -365,6 +379,14 @@ mod tests {
 
     fn payload(r: &Reply<'_>) -> Vec<u8> {
         postcard::to_allocvec(r).unwrap()
+    }
+
+    #[test]
+    fn the_verdict_timeout_is_one_value() {
+        assert_eq!(
+            i128::from(VERDICT_TIMEOUT_SECS) * 1000,
+            i128::from(VERDICT_TIMEOUT_MS)
+        );
     }
 
     #[test]

@@ -18,9 +18,12 @@ thread_local! {
     static RAISED: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
 }
 
-/// Raises this thread to `SCHED_FIFO` 1, reset on fork, until [`lower`]. Nothing happens
-/// where the broker may not (no `CAP_SYS_NICE`, a cgroup without realtime time) or where
-/// the thread is realtime already (the operator's choice).
+/// Raises this thread to `SCHED_FIFO` 1, reset on fork, until [`lower`]. Only from
+/// `SCHED_OTHER` at nice 0: a reset child (or thread) gets exactly that, so what the fork
+/// starts has the scheduling it would have had unraised. A broker the operator runs at
+/// another nice value or policy is left alone (its children keep inheriting it; helper-95
+/// found a nice-10 broker's programs at nice 0), as is one where the broker may not (no
+/// `CAP_SYS_NICE`, a cgroup without realtime time).
 pub fn raise() {
     if RAISED.get().is_some() {
         return;
@@ -30,11 +33,17 @@ pub fn raise() {
     // SAFETY: sched_param is plain data that sched_getparam fills.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: as above, on this thread.
-    if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+    if policy != libc::SCHED_OTHER || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
         return;
     }
-    let base = policy & !libc::SCHED_RESET_ON_FORK;
-    if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
+    // getpriority may return -1 as a value: errno tells.
+    // SAFETY: plain calls on this thread (PRIO_PROCESS with 0 is the calling thread).
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (*libc::__errno_location() == 0).then_some(n)
+    };
+    if nice != Some(0) {
         return;
     }
     let raised = libc::sched_param { sched_priority: 1 };
@@ -85,13 +94,33 @@ mod tests {
         unsafe { libc::sched_getscheduler(0) }
     }
 
+    fn nice() -> i32 {
+        // SAFETY: query of this thread's own nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    /// A thread at another nice value is not raised: its children would lose it.
+    #[test]
+    fn a_thread_at_another_nice_value_is_not_raised() {
+        std::thread::spawn(|| {
+            // SAFETY: lowers this new thread's own priority.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            raise();
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(nice(), 10);
+            lower();
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Raised, the thread is realtime and its clones are not; lowered, it is as before.
     #[test]
     fn a_raised_thread_goes_back_and_its_children_never_were_raised() {
         let before = policy();
         raise();
         // SAFETY: getuid is a plain getter.
-        if unsafe { libc::geteuid() } == 0 {
+        if unsafe { libc::geteuid() } == 0 && before == libc::SCHED_OTHER && nice() == 0 {
             assert_eq!(
                 policy(),
                 libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
