@@ -546,6 +546,17 @@ fn start_ready(b: &Broker, script: &str) -> (std::process::Child, std::process::
     (child, stdout)
 }
 
+/// Takes the next connection and reads what it sends until it pauses (300 ms): a broker
+/// that never answers, with its client past its send.
+fn hold_unanswered(listener: &std::os::unix::net::UnixListener) -> UnixStream {
+    let (mut held, _) = listener.accept().unwrap();
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut sink = [0u8; 65536];
+    while held.read(&mut sink).is_ok_and(|n| n > 0) {}
+    held
+}
+
 /// A broker that takes the connection but never answers (stopped, wedged): `ctx exec`
 /// waits for its first reply with the forwarded signals blocked, and a second SIGINT
 /// before `Started` means the user gave up on the broker, so ctx dies by it. The wait for
@@ -565,11 +576,7 @@ fn ctx_exec_waiting_on_a_silent_broker_dies_by_a_second_sigint() {
         .spawn()
         .expect("spawn ctx");
     // Held, never answered; the request is read so that ctx is past its send.
-    let (mut held, _) = listener.accept().unwrap();
-    held.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut sink = [0u8; 65536];
-    while held.read(&mut sink).is_ok_and(|n| n > 0) {}
+    let held = hold_unanswered(&listener);
     signal(child.id(), Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(200));
     signal(child.id(), Signal::SIGINT);
@@ -612,11 +619,7 @@ print("rc", os.system("true"), flush=True)
         .spawn()
         .expect("spawn python3");
     // Held, never answered; the request is read so that the hook is past its send.
-    let (mut held, _) = listener.accept().unwrap();
-    held.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut sink = [0u8; 65536];
-    while held.read(&mut sink).is_ok_and(|n| n > 0) {}
+    let held = hold_unanswered(&listener);
     let status = wait_deadline(&mut child, Duration::from_secs(100));
     if status.is_none() {
         let _ = child.kill();

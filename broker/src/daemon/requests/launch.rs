@@ -219,7 +219,7 @@ pub(super) async fn launch(
         // A request of many thousand variables takes the plan hundreds of milliseconds
         // (helper-91: 0.5 s for 300,000): built where it does not hold up the other
         // connections this worker serves.
-        let mut prepared = match l.req.env.len() + l.req.argv.len() > LARGE_REQUEST {
+        let mut prepared = match large(&l.req) {
             true => tokio::task::block_in_place(|| l.prepare()),
             false => l.prepare(),
         }?;
@@ -691,9 +691,7 @@ impl<'a> Launch<'a> {
             // Before `Accepted`, whose wake-up would put the caller on this CPU ahead of
             // the clone; not for a request large enough that letting go of it (freeing
             // its items, trimming the heap after it) is long.
-            if self.req.env.len() + self.req.argv.len() <= LARGE_REQUEST
-                && conn.request_held() <= TRIM_AFTER
-            {
+            if !large(&self.req) && conn.request_held() <= TRIM_AFTER {
                 prompt::raise();
             }
             let accepted = likely && conn.try_send(&Reply::Accepted).unwrap_or(false);
@@ -1002,6 +1000,12 @@ impl<'a> Launch<'a> {
 
 /// The argv as text for `ctx ps` and the registry, at most [`audit::ARGV_KEEP`] bytes of
 /// it (an argument cut short ends in `…`): a launch keeps it as long as its program runs.
+/// A request of more items than [`LARGE_REQUEST`]: its plan, and letting go of it, are
+/// long.
+fn large(req: &ExecRequest) -> bool {
+    req.env.len() + req.argv.len() > LARGE_REQUEST
+}
+
 fn lossy(args: &[serde_bytes::ByteBuf]) -> Vec<String> {
     // Only what can be kept is converted: one byte past the room marks an argument cut
     // (lossy text is never shorter than its bytes).

@@ -14,8 +14,8 @@ use std::cell::Cell;
 use std::future::Future;
 
 thread_local! {
-    /// The policy and priority this thread had before [`raise`], to go back to.
-    static RAISED: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
+    /// Whether [`raise`] raised this thread (from `SCHED_OTHER`, where [`lower`] puts it).
+    static RAISED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Raises this thread to `SCHED_FIFO` 1, reset on fork, until [`lower`]. Only from
@@ -25,15 +25,8 @@ thread_local! {
 /// found a nice-10 broker's programs at nice 0), as is one where the broker may not (no
 /// `CAP_SYS_NICE`, a cgroup without realtime time).
 pub fn raise() {
-    if RAISED.get().is_some() {
-        return;
-    }
-    // SAFETY: queries of this thread's own scheduling.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    // SAFETY: sched_param is plain data that sched_getparam fills.
-    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: as above, on this thread.
-    if policy != libc::SCHED_OTHER || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+    // SAFETY: a query of this thread's own policy.
+    if RAISED.get() || unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
         return;
     }
     // getpriority may return -1 as a value: errno tells.
@@ -50,18 +43,16 @@ pub fn raise() {
     let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
     // SAFETY: sets this thread's own policy from a valid sched_param.
     if unsafe { libc::sched_setscheduler(0, fifo, &raised) } == 0 {
-        RAISED.set(Some((policy, param.sched_priority)));
+        RAISED.set(true);
     }
 }
 
-/// Puts this thread back to the policy it had before [`raise`], if it raised it.
+/// Puts this thread back to `SCHED_OTHER`, if [`raise`] raised it.
 pub fn lower() {
-    if let Some((policy, priority)) = RAISED.take() {
-        let param = libc::sched_param {
-            sched_priority: priority,
-        };
+    if RAISED.replace(false) {
+        let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: sets this thread's own policy back from a valid sched_param.
-        unsafe { libc::sched_setscheduler(0, policy, &param) };
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
     }
 }
 
