@@ -1532,6 +1532,96 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
     );
 }
 
+/// Every spawn child used to get a copy of the broker's whole descriptor table, with the
+/// descriptors other callers had passed with launches not yet forked, and closed them at
+/// its exec: when that other launch's copies were closed first, the child's close was the
+/// last, and a pipe whose lock its caller holds (a splice into a full socket) or a file on
+/// a FUSE mount that never answers FLUSH hung the child in its exec. Two launches here
+/// stay in their exec (onto a FUSE mount nobody serves), each with a pipe of its own as
+/// stdout; the second's child must hold its own pipe and never the first's.
+#[test]
+fn a_launch_never_holds_the_descriptors_another_launch_passed() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(&standard_config());
+    let mnt = b.dir().path().join("hung");
+    let holder = hung_fuse_holder(&mnt, user(ALICE).uid);
+    let program = format!("/proc/{}/root{}/prog", holder.0.id(), mnt.display());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut pipes = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (r, w) = std::io::pipe().unwrap();
+        let mut req = raw::exec_request("alice", &[b"prog"]);
+        req.program = Some(serde_bytes::ByteBuf::from(program.as_bytes().to_vec()));
+        let mut bytes = Vec::new();
+        encode_vec(&Hello::new(ClientKind::Cli), &mut bytes).unwrap();
+        encode_vec(&Request::Exec(req), &mut bytes).unwrap();
+        let n = null.as_raw_fd();
+        held.push(raw::send_opening(
+            &b.socket(),
+            &bytes,
+            &[n, w.as_raw_fd(), n],
+        ));
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", r.as_raw_fd())).unwrap();
+        drop(w);
+        pipes.push((r, link));
+        // The first launch's child is in its exec before the second is read.
+        thread::sleep(Duration::from_millis(300));
+    }
+    let (first, second) = (&pipes[0].1, &pipes[1].1);
+    let me = std::process::id();
+    let holding = |link: &std::path::Path| -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me || pid == b.pid() {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            if fds
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == link))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    };
+    // Each launch's child holds its own pipe, as its stdout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut with_first, mut with_second) = (holding(first), holding(second));
+    while (with_first.is_empty() || with_second.is_empty()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        (with_first, with_second) = (holding(first), holding(second));
+    }
+    drop(holder);
+    drop(held);
+    assert!(
+        !with_first.is_empty() && !with_second.is_empty(),
+        "the launches' children were not seen in their exec: {with_first:?} {with_second:?}"
+    );
+    let both: Vec<u32> = with_second
+        .iter()
+        .copied()
+        .filter(|p| with_first.contains(p))
+        .collect();
+    assert!(
+        both.is_empty(),
+        "process(es) {both:?} of the second launch hold the first launch's pipe \
+         (first: {with_first:?}, second: {with_second:?})"
+    );
+}
+
 /// Takes a write lease on `argv[1]` (a script of its own) and holds it: an open of the
 /// file by anyone else waits for the lease to be let go or broken by force, which takes
 /// `/proc/sys/fs/lease-break-time` (45 s by default). Prints `leased`.

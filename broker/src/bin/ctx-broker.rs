@@ -142,11 +142,13 @@ fn main() -> ExitCode {
     if let Err(why) = daemon::signals::shield_credentials() {
         tracing::debug!("not shielded from signals of the broker's own uid: {why}");
     }
-    // A routed program's parent-death signal follows the thread that cloned it, not the
-    // broker: a worker whose tasks `block_in_place` handed on goes on as a thread of the
-    // blocking pool, and must not end while idle and take its programs with it.
-    // Before the runtime's threads: each installs the parent-signal filter its launches
-    // inherit, and the threads that must not have it are started now.
+    // Before the runtime's threads, in the shared descriptor table and under no filter of
+    // ours: the thread that starts the forking threads (see `spawn::forker`). Then each
+    // runtime thread installs the parent-signal filter. No thread of the runtime ends
+    // while idle: a worker whose tasks `block_in_place` handed on goes on as a thread of
+    // the blocking pool, and what it started (a namespace holder's thread) may be tied
+    // to it.
+    daemon::spawn::forker::start();
     daemon::kernel::supervisor::inherited::prepare();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -95,7 +95,9 @@ struct Failure {
 
 struct Job {
     flags: i32,
-    reply: std::sync::mpsc::Sender<Result<Holder, NamespaceError>>,
+    /// The holder's pid and flags: its pidfd is opened by the thread that asked, in the
+    /// broker's descriptor table.
+    reply: std::sync::mpsc::Sender<Result<(libc::pid_t, i32), NamespaceError>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -137,10 +139,16 @@ impl Namespaces {
         std::thread::Builder::new()
             .name("ctx-namespaces".into())
             .spawn(move || {
+                // A holder is a copy of this process: cloned from the shared table, it
+                // would hold (and close) the descriptors callers passed with their
+                // launches (see `spawn::forker`).
+                if let Err(e) = crate::daemon::spawn::forker::leave_the_shared_table() {
+                    tracing::warn!("namespace holders: no descriptor table of their own ({e})");
+                }
                 // Ends when the broker drops its `Namespaces` (shutdown): the holders then
                 // receive their death signal, which ends every namespace.
                 while let Ok(job) = rx.recv() {
-                    let _ = job.reply.send(create_holder(job.flags));
+                    let _ = job.reply.send(create_holder(job.flags).map(Holder::let_go));
                 }
             })?;
         Ok(Namespaces {
@@ -157,7 +165,29 @@ impl Namespaces {
             .unwrap_or_else(|e| e.into_inner())
             .send(Job { flags, reply })
             .map_err(|_| NamespaceError::ThreadGone)?;
-        answer.recv().map_err(|_| NamespaceError::ThreadGone)?
+        let (pid, flags) = answer.recv().map_err(|_| NamespaceError::ThreadGone)??;
+        // Our child, which nobody else reaps: the pid is still the holder's.
+        // SAFETY: plain syscall; the result is a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) } as RawFd;
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: plain syscalls on our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+            }
+            return Err(NamespaceError::Create {
+                what: "pidfd_open",
+                errno: err.raw_os_error().unwrap_or(0),
+                err: err.to_string(),
+            });
+        }
+        Ok(Holder {
+            pid,
+            // SAFETY: just opened, owned here.
+            pidfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            flags,
+        })
     }
 
     /// Makes the holders match `config`: creates the missing ones, replaces those whose
@@ -334,6 +364,16 @@ impl Holder {
         // SAFETY: one valid pollfd, zero timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n == 0
+    }
+}
+
+impl Holder {
+    /// Its pid and flags, closing its pidfd without ending it.
+    fn let_go(self) -> (libc::pid_t, i32) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: read once out of a value that is never dropped or used again.
+        drop(unsafe { std::ptr::read(&this.pidfd) });
+        (this.pid, this.flags)
     }
 }
 

@@ -31,13 +31,12 @@ use crate::daemon::closer::PeerFds;
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
 use crate::daemon::kernel::namespaces::Holder;
-use crate::daemon::kernel::supervisor::{
-    inherited, Armed, InheritedRelay, ParentSignals, Policy, Supervised,
-};
+use crate::daemon::kernel::supervisor::{Armed, InheritedRelay, ParentSignals, Policy, Supervised};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
 use crate::daemon::registry::{Running, StartBracket};
 use crate::daemon::spawn::{
-    exec_likely, fork_exec, parse_report, prompt, EnterNamespaces, Forked, Program, SpawnPlan,
+    exec_likely, fork_exec_in, forker::Lane, parse_report, prompt, EnterNamespaces, Forked,
+    Program, SpawnPlan,
 };
 use crate::daemon::{audit, pty, Peer, Shared};
 use crate::daemon::{inherit, shell_state, untrusted_path};
@@ -700,15 +699,15 @@ impl<'a> Launch<'a> {
     }
 
     /// Forks the child, then lets go of what only the child needed.
-    fn fork(&mut self, plan: &SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
+    fn fork(&mut self, plan: &mut SpawnPlan) -> Result<Forked, ExecFailure<'static>> {
         // Only a launch relayed by the inherited filter may have it: any other needs a
         // listener of its own (which the kernel refuses under one) or none.
         let bracket = StartBracket::before();
-        let forked = match self.relayed {
-            Some(_) => fork_exec(plan),
-            None => inherited::outside(|| fork_exec(plan))
-                .unwrap_or_else(|| Err(io::Error::other("no thread of the broker could fork"))),
+        let lane = match self.relayed {
+            Some(_) => Lane::Filtered,
+            None => Lane::Plain,
         };
+        let forked = fork_exec_in(lane, plan);
         match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.

@@ -16,6 +16,7 @@ mod check;
 mod child;
 mod clone;
 mod cwd;
+pub mod forker;
 pub mod prompt;
 mod report;
 mod signals;
@@ -24,7 +25,7 @@ pub mod testing;
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::AtomicI32;
 
@@ -287,9 +288,252 @@ pub fn cstring_os(s: &OsStr) -> io::Result<CString> {
     cstring(s.as_bytes())
 }
 
-/// Forks and runs `plan` in the child. The parent keeps ownership of the plan's
-/// descriptors (close them once this returns).
+/// Forks and runs `plan` in the child, cloned from this thread. The parent keeps ownership
+/// of the plan's descriptors (close them once this returns).
 pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
+    let side = Side::open(plan)?;
+    let started = clone_child(plan, side.child_fds());
+    side.finish(plan, started?)
+}
+
+/// As [`fork_exec`], cloned from a thread of `lane` (see `forker`), whose table holds
+/// only this launch's descriptors: the child never gets another launch's.
+pub fn fork_exec_in(lane: forker::Lane, plan: &mut SpawnPlan) -> io::Result<Forked> {
+    let side = Side::open(plan)?;
+    let outside = side.child_fds();
+    let mut fds = vec![outside.report, outside.handover, outside.session_leader];
+    plan.each_fd(|fd| fds.push(*fd));
+    let started = forker::run(lane, &fds, |imported| {
+        let mapped = Mapped::new(plan, imported);
+        clone_child(mapped.plan, outside.mapped(imported))
+    })
+    .unwrap_or_else(|| Err(io::Error::other("no thread of the broker could fork")));
+    side.finish(plan, started?)
+}
+
+/// The descriptors the child uses besides the plan's.
+#[derive(Clone, Copy)]
+struct ChildFds {
+    /// The error pipe's write end.
+    report: RawFd,
+    /// The session leader stand-in's hand-over socket, or -1.
+    handover: RawFd,
+    /// The stand-in (`ctx-shim`, `O_PATH`), or -1.
+    session_leader: RawFd,
+}
+
+impl ChildFds {
+    fn mapped(self, imported: &forker::Imported) -> ChildFds {
+        ChildFds {
+            report: imported.get(self.report),
+            handover: imported.get(self.handover),
+            session_leader: imported.get(self.session_leader),
+        }
+    }
+}
+
+/// What the fork's thread opens before the clone and finishes after it.
+struct Side {
+    report_r: OwnedFd,
+    report_w: OwnedFd,
+    /// A terminal launch's session leader stand-in hands over the program's pidfd here.
+    handover: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// What the clone started: the pid of our child that runs the program (or of the session
+/// leader stand-in, when `program_started`).
+struct Started {
+    pid: libc::pid_t,
+    /// The program runs in the grandchild, in a PID namespace (the first child is reaped).
+    grandchild: bool,
+    /// The stand-in cloned the program.
+    program_started: bool,
+}
+
+/// A plan whose descriptors are a forking thread's numbers until dropped, when the
+/// broker's come back (whatever the clone did, a panic included: the broker closes them
+/// by these numbers).
+struct Mapped<'p> {
+    plan: &'p mut SpawnPlan,
+    originals: Vec<RawFd>,
+}
+
+impl<'p> Mapped<'p> {
+    fn new(plan: &'p mut SpawnPlan, imported: &forker::Imported) -> Mapped<'p> {
+        let mut originals = Vec::new();
+        plan.each_fd(|fd| {
+            originals.push(*fd);
+            *fd = imported.get(*fd);
+        });
+        Mapped { plan, originals }
+    }
+}
+
+impl Drop for Mapped<'_> {
+    fn drop(&mut self) {
+        let mut originals = self.originals.iter();
+        self.plan.each_fd(|fd| {
+            if let Some(&original) = originals.next() {
+                *fd = original;
+            }
+        });
+    }
+}
+
+impl SpawnPlan {
+    /// Every descriptor the plan names, in one order.
+    fn each_fd(&mut self, mut f: impl FnMut(&mut RawFd)) {
+        if let Some(fd) = &mut self.cwd_fd {
+            f(fd);
+        }
+        for (source, _) in &mut self.fds {
+            f(source);
+        }
+        if let Some(fd) = &mut self.controlling_tty {
+            f(fd);
+        }
+        if let Some(ns) = &mut self.namespaces {
+            f(&mut ns.pidfd);
+        }
+        for fd in &mut self.cgroup_join {
+            f(fd);
+        }
+        if let Some(fd) = &mut self.cgroup_dir {
+            f(fd);
+        }
+        for fd in self.landlock.iter_mut().flatten() {
+            f(fd);
+        }
+        if let Some(guard) = &mut self.exec_guard {
+            f(&mut guard.sock);
+        }
+        for fd in &mut self.passed {
+            f(fd);
+        }
+    }
+}
+
+impl Side {
+    fn open(plan: &SpawnPlan) -> io::Result<Side> {
+        let mut pipe = [0; 2];
+        // Non-blocking from the start: the broker reads it without waiting, and the
+        // child's one 8-byte report always fits in the empty pipe.
+        // SAFETY: pipe2 writes two descriptors into the array.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both ends were just created and are owned here.
+        let (report_r, report_w) =
+            unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let stand_in = plan.controlling_tty.is_some() && SESSION_LEADER.get().is_some();
+        let handover = if stand_in {
+            Some(handover_pair()?)
+        } else {
+            None
+        };
+        Ok(Side {
+            report_r,
+            report_w,
+            handover,
+        })
+    }
+
+    fn child_fds(&self) -> ChildFds {
+        ChildFds {
+            report: self.report_w.as_raw_fd(),
+            handover: self
+                .handover
+                .as_ref()
+                .map_or(-1, |(_, send)| send.as_raw_fd()),
+            session_leader: match self.handover {
+                Some(_) => SESSION_LEADER.get().map_or(-1, |f| f.as_raw_fd()),
+                None => -1,
+            },
+        }
+    }
+
+    /// The program's pidfd (and the stand-in's) in the broker's table.
+    fn finish(self, plan: &SpawnPlan, started: Started) -> io::Result<Forked> {
+        let Side {
+            report_r,
+            report_w,
+            handover,
+        } = self;
+        drop(report_w);
+        let mut pid = started.pid;
+        // Our own child, which nobody else reaps (the broker never waits for any child),
+        // so the pid cannot have been reused.
+        // SAFETY: plain syscall; the result is a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) } as RawFd;
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: plain syscalls on our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+            }
+            if started.grandchild {
+                if let Some(s) = &plan.pid_slots {
+                    s.program.store(0, std::sync::atomic::Ordering::Release);
+                }
+            }
+            return Err(e);
+        }
+        // SAFETY: just opened, owned here (close-on-exec).
+        let mut pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut session_leader = None;
+        if let Some((receive, send)) = handover {
+            drop(send);
+            if started.program_started {
+                // What we started leads the PTY's session and has exec'd the stand-in (or
+                // failed to, and ended: the program then gets the terminal's hangup, which
+                // ends it as it would have ended it had it led its session itself).
+                let leader = pidfd;
+                let Some((program_pid, program_fd)) = receive_program(&receive) else {
+                    // It could not send (out of memory): the program runs, unknown to us.
+                    // Ending its session's leader hangs its terminal up. Neither pid is the
+                    // launch's once reaped.
+                    if let Some(s) = &plan.pid_slots {
+                        s.first.store(0, std::sync::atomic::Ordering::Release);
+                        s.program.store(0, std::sync::atomic::Ordering::Release);
+                    }
+                    // SAFETY: plain syscalls on our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        let mut info: libc::siginfo_t = std::mem::zeroed();
+                        libc::waitid(
+                            libc::P_PIDFD,
+                            leader.as_raw_fd() as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::__WALL,
+                        );
+                    }
+                    return Err(io::Error::other(
+                        "the terminal's session leader did not hand the program over",
+                    ));
+                };
+                session_leader = Some((pid, leader));
+                pidfd = program_fd;
+                pid = program_pid;
+            }
+        }
+        if plan.controlling_tty.is_none() && !plan.new_session {
+            // Also from the parent, so a kill of the group cannot race the child's setpgid.
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::setpgid(pid, pid) };
+        }
+        Ok(Forked {
+            pid,
+            pidfd,
+            report: report_r,
+            session_leader,
+        })
+    }
+}
+
+/// Builds the child's arguments and clones it from this thread, with the descriptors as
+/// this thread numbers them.
+fn clone_child(plan: &SpawnPlan, fds: ChildFds) -> io::Result<Started> {
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -337,27 +581,9 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
     targets.dedup();
     let mut moved: Vec<RawFd> = vec![-1; plan.fds.len()];
 
-    let mut pipe = [0; 2];
-    // Non-blocking from the start: the broker reads it without waiting, and the child's one
-    // 8-byte report always fits in the empty pipe.
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both ends were just created and are owned here.
-    let (report_r, report_w) =
-        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-
-    // A terminal launch's session leader stand-in hands over the program's pidfd here.
-    let stand_in = plan.controlling_tty.is_some() && SESSION_LEADER.get().is_some();
-    let handover = if stand_in {
-        Some(handover_pair()?)
-    } else {
-        None
-    };
     let args = child::ChildArgs {
         plan,
-        report: report_w.as_raw_fd(),
+        report: fds.report,
         floor,
         targets: &targets,
         moved: moved.as_mut_ptr(),
@@ -370,11 +596,8 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
         listen_pid: listen_pid_ptr,
         grandchild: std::sync::atomic::AtomicI32::new(0),
         grand_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
-        session_leader: plan
-            .controlling_tty
-            .and_then(|_| SESSION_LEADER.get())
-            .map_or(-1, |f| f.as_raw_fd()),
-        handover: handover.as_ref().map_or(-1, |(_, send)| send.as_raw_fd()),
+        session_leader: fds.session_leader,
+        handover: fds.handover,
         program_started: std::sync::atomic::AtomicBool::new(false),
         program_stack: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         born_in_cgroup: std::sync::atomic::AtomicBool::new(false),
@@ -385,88 +608,40 @@ pub fn fork_exec(plan: &SpawnPlan) -> io::Result<Forked> {
             std::sync::atomic::Ordering::Relaxed,
         );
     }
-    let (mut pid, mut pidfd) = clone::clone_vfork(&args)?;
-    drop(report_w);
-    let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
-    if grandchild > 0 {
-        // Its pid is free for reuse once reaped: never a launch's from then on.
-        if let Some(s) = &plan.pid_slots {
-            s.first.store(0, std::sync::atomic::Ordering::Release);
-        }
-        // The first child exited as soon as the grandchild exec'd (or failed): reap it and
-        // watch the grandchild, our own child thanks to CLONE_PARENT. It cannot be reaped
-        // by anyone else before pidfd_open, so its pid cannot have been reused.
-        // SAFETY: plain syscalls; `pidfd` is the first child's, which we own.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::__WALL,
-            );
-            libc::close(pidfd);
-            let fd = libc::syscall(libc::SYS_pidfd_open, grandchild, 0) as RawFd;
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                libc::kill(grandchild, libc::SIGKILL);
-                return Err(e);
-            }
-            pidfd = fd;
-        }
-        pid = grandchild;
-    }
-    let mut session_leader = None;
-    if let Some((receive, send)) = handover {
-        drop(send);
-        if args
-            .program_started
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            // What we started leads the PTY's session and has exec'd the stand-in (or
-            // failed to, and ended: the program then gets the terminal's hangup, which
-            // ends it as it would have ended it had it led its session itself).
-            // SAFETY: `pidfd` is the leader's, which we own from here on.
-            let leader = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            let Some((program_pid, program_fd)) = receive_program(&receive) else {
-                // It could not send (out of memory): the program runs, unknown to us.
-                // Ending its session's leader hangs its terminal up. Neither pid is the
-                // launch's once reaped.
-                if let Some(s) = &plan.pid_slots {
-                    s.first.store(0, std::sync::atomic::Ordering::Release);
-                    s.program.store(0, std::sync::atomic::Ordering::Release);
-                }
-                // SAFETY: plain syscalls on our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    let mut info: libc::siginfo_t = std::mem::zeroed();
-                    libc::waitid(
-                        libc::P_PIDFD,
-                        leader.as_raw_fd() as libc::id_t,
-                        &mut info,
-                        libc::WEXITED | libc::__WALL,
-                    );
-                }
-                return Err(io::Error::other(
-                    "the terminal's session leader did not hand the program over",
-                ));
-            };
-            session_leader = Some((pid, leader));
-            pidfd = program_fd.into_raw_fd();
-            pid = program_pid;
-        }
-    }
-    if plan.controlling_tty.is_none() && !plan.new_session {
-        // Also from the parent, so a kill of the group cannot race the child's setpgid.
-        // SAFETY: plain syscall on our own child.
-        unsafe { libc::setpgid(pid, pid) };
-    }
-    // SAFETY: pidfd_open returned a fresh descriptor we own (it is close-on-exec).
+    let (pid, pidfd) = clone::clone_vfork(&args)?;
+    // SAFETY: CLONE_PIDFD gave us this descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok(Forked {
-        pid,
-        pidfd,
-        report: report_r,
-        session_leader,
+    let grandchild = args.grandchild.load(std::sync::atomic::Ordering::Acquire);
+    let program_started = args
+        .program_started
+        .load(std::sync::atomic::Ordering::Acquire);
+    if grandchild <= 0 {
+        return Ok(Started {
+            pid,
+            grandchild: false,
+            program_started,
+        });
+    }
+    // Its pid is free for reuse once reaped: never a launch's from then on.
+    if let Some(s) = &plan.pid_slots {
+        s.first.store(0, std::sync::atomic::Ordering::Release);
+    }
+    // The first child exited as soon as the grandchild exec'd (or failed): reap it (its
+    // descriptors are closed by then) and go on with the grandchild, our own child thanks
+    // to CLONE_PARENT.
+    // SAFETY: plain syscall on the first child's pidfd, which we own.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::__WALL,
+        );
+    }
+    Ok(Started {
+        pid: grandchild,
+        grandchild: true,
+        program_started,
     })
 }

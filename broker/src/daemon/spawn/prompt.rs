@@ -47,6 +47,11 @@ pub fn raise() {
     }
 }
 
+/// Whether [`raise`] raised this thread (a job it hands to another thread raises that one).
+pub fn raised() -> bool {
+    RAISED.get()
+}
+
 /// Puts this thread back to `SCHED_OTHER`, if [`raise`] raised it.
 pub fn lower() {
     if RAISED.replace(false) {
@@ -68,7 +73,8 @@ pub async fn lowered_at_each_wait<F: Future>(launch: F) -> F::Output {
     .await
 }
 
-struct LowerOnDrop;
+/// Lowers this thread (see [`lower`]) when dropped.
+pub struct LowerOnDrop;
 
 impl Drop for LowerOnDrop {
     fn drop(&mut self) {

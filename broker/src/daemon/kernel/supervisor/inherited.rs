@@ -1,5 +1,6 @@
-//! The parent-signal filter the broker's runtime threads install once each, at their
-//! start, and every child they clone inherits: a launch whose only supervision is the
+//! The parent-signal filter the broker's runtime threads and its filtered forking threads
+//! (`spawn::forker`) install once each, at their start, and every child they clone
+//! inherits: a launch whose only supervision is the
 //! relay of its signals to its parent then compiles, installs, hands over and frees no
 //! filter of its own (the largest single cost of a routed launch, measured in the
 //! README). Each thread's listener joins the guard's set for the broker's lifetime, and a
@@ -7,20 +8,18 @@
 //!
 //! A launch that needs a listener of its own (`enforce`, whose execs are checked: the
 //! kernel allows one listener per filter chain) or none at all (its own PID namespace,
-//! scoped signals) is forked from a thread without the filter: the [`outside`] pool,
-//! started before the runtime, whose threads live as long as the broker (a child's
-//! parent-death signal follows the thread that cloned it).
+//! scoped signals) is forked from a forking thread without the filter.
 //!
 //! The filter also sees the broker's own threads: a call of theirs that names the broker
 //! (`abort` raising SIGABRT) goes on as if unfiltered. The guard's thread is started from
-//! the pool, so that it never waits on itself.
+//! the forking threads' spawner, which has none, so that it never waits on itself.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::parent::relay_to_parent;
 use super::{lock, Listeners, ParentSignals, Verdict};
@@ -166,10 +165,11 @@ enum Adoption {
 static ADOPTION: Mutex<Adoption> = Mutex::new(Adoption::Waiting(Vec::new()));
 /// The guard adopted the threads' listeners and answers them.
 static ANSWERED: AtomicBool = AtomicBool::new(false);
-static POOL: OnceLock<Pool> = OnceLock::new();
+/// The runtime's and the filtered forking threads install the filter (see [`prepare`]).
+static IN_USE: OnceLock<()> = OnceLock::new();
 
-/// Call once, on the main thread before the runtime's threads start: starts the
-/// [`outside`] pool, and the threads started after it (with [`on_thread_start`]) install
+/// Call once, on the main thread before the runtime's threads start, after
+/// `spawn::forker::start`: the threads started after it (with [`on_thread_start`]) install
 /// the filter. Not under a seccomp filter of someone else's (a broker started in a
 /// context): a thread that then finds a listener in place has it from the thread that
 /// started it, which installed ours.
@@ -177,9 +177,7 @@ pub fn prepare() {
     if !super::available() || filters_on_this_thread() != Some(0) {
         return;
     }
-    if let Some(pool) = Pool::start() {
-        let _ = POOL.set(pool);
-    }
+    let _ = IN_USE.set(());
 }
 
 fn filters_on_this_thread() -> Option<u32> {
@@ -192,11 +190,12 @@ fn filters_on_this_thread() -> Option<u32> {
         .ok()
 }
 
-/// The runtime's `on_thread_start`: installs the filter on this thread. A thread that
+/// The runtime's `on_thread_start`, and a filtered forking thread's: installs the filter
+/// on this thread. A thread that
 /// cannot (a broker without `CAP_SYS_ADMIN`, one under a listener of its own already)
 /// goes on without: its launches install their own.
 pub fn on_thread_start() {
-    if POOL.get().is_none() {
+    if IN_USE.get().is_none() {
         return;
     }
     static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
@@ -263,122 +262,6 @@ pub(super) fn refuse() {
 /// This thread's children inherit a filter whose notifications the guard answers.
 pub fn here() -> bool {
     FILTERED.with(Cell::get) && ANSWERED.load(Ordering::Acquire)
-}
-
-/// Runs `f` on a thread without the inherited filter (here, if this is one): what a
-/// launch that needs a listener of its own, or none, is forked from. `None` if no such
-/// thread could take it.
-pub fn outside<R: Send, F: FnOnce() -> R + Send>(f: F) -> Option<R> {
-    let pool = match POOL.get() {
-        Some(pool) if FILTERED.with(Cell::get) => pool,
-        _ => return Some(f()),
-    };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::thread::Result<R>>(1);
-    let job = move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(result);
-    };
-    let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
-    // SAFETY: only the lifetime is changed. This function returns only once the job has
-    // sent its result (after `f` and what it borrows are done with) or was dropped unrun
-    // (the receive fails), so nothing `job` borrows is used after it returns.
-    let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
-    pool.submit(job);
-    match rx.recv() {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => None,
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// Threads without the filter, started on demand by a thread of its own (started before
-/// any filter) and never ended: each may be the cloning thread of running programs.
-struct Pool {
-    queue: Mutex<Queue>,
-    ready: Condvar,
-    grow: Mutex<std::sync::mpsc::Sender<()>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    idle: usize,
-    threads: usize,
-}
-
-/// As tokio's blocking pool: beyond this many forks held up at once, the next waits.
-const MAX_THREADS: usize = 512;
-
-impl Pool {
-    /// `None` if its first thread cannot start: then no runtime thread installs the
-    /// filter, and every launch is forked where it is.
-    fn start() -> Option<Pool> {
-        let (grow, asked) = std::sync::mpsc::channel::<()>();
-        let pool = Pool {
-            queue: Mutex::default(),
-            ready: Condvar::new(),
-            grow: Mutex::new(grow),
-        };
-        let started = std::thread::Builder::new()
-            .name("ctx-spawner".into())
-            .spawn(move || {
-                for () in asked {
-                    let Some(pool) = POOL.get() else { continue };
-                    let spawned = std::thread::Builder::new()
-                        .name("ctx-spawner".into())
-                        .spawn(|| pool.serve());
-                    if let Err(e) = spawned {
-                        // The job that asked for it is given up unrun (its launch fails
-                        // with an error) rather than left waiting for a thread.
-                        tracing::warn!("cannot start a spawning thread: {e}");
-                        let job = {
-                            let mut q = lock(&pool.queue);
-                            q.threads -= 1;
-                            q.jobs.pop_back()
-                        };
-                        drop(job);
-                    }
-                }
-            });
-        match started {
-            Ok(_) => Some(pool),
-            Err(e) => {
-                tracing::warn!("cannot start the spawning threads: {e}");
-                None
-            }
-        }
-    }
-
-    fn submit(&self, job: Job) {
-        let mut q = lock(&self.queue);
-        q.jobs.push_back(job);
-        // Each idle thread takes one job; more jobs than that need another thread (one
-        // fork held up by a hung mount must not hold up the next).
-        if q.jobs.len() <= q.idle || q.threads >= MAX_THREADS {
-            self.ready.notify_one();
-        } else {
-            q.threads += 1;
-            drop(q);
-            let _ = lock(&self.grow).send(());
-        }
-    }
-
-    fn serve(&self) {
-        let mut q = lock(&self.queue);
-        loop {
-            if let Some(job) = q.jobs.pop_front() {
-                drop(q);
-                job();
-                q = lock(&self.queue);
-                continue;
-            }
-            q.idle += 1;
-            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-            q.idle -= 1;
-        }
-    }
 }
 
 /// A signal call a process under an inherited filter aimed at the broker's pid.

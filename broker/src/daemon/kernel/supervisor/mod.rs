@@ -366,7 +366,7 @@ impl Running {
         let (thread_pending, thread_set) = (pending.clone(), set.clone());
         // Without the inherited filter: a call of its own that named the broker would
         // wait for itself.
-        inherited::outside(move || {
+        crate::daemon::spawn::forker::on_spawner(move || {
             std::thread::Builder::new()
                 .name("exec-guard".into())
                 .spawn(move || {

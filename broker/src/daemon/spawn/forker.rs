@@ -1,0 +1,351 @@
+//! The threads a launch is cloned from, each with a descriptor table of its own that holds,
+//! while it forks, only what that launch's child needs.
+//!
+//! A clone without `CLONE_FILES` copies its thread's table. Cloned from the broker's shared
+//! table, every child got the descriptors other callers passed with their own launches,
+//! held by the broker until their forks, and closed them at its exec: when that other
+//! launch's copies were closed first, the child's close was the last one, and the release
+//! of a pipe whose lock a caller holds (a splice into a full socket) waits as long as that
+//! caller likes; a file on a FUSE mount whose server does not answer FLUSH blocks every
+//! close of it. Any uid allowed into a context could so hold up other users' programs in
+//! their exec. Here a thread leaves the shared table at its start (`close_range` with
+//! `CLOSE_RANGE_UNSHARE`, which copies nothing above stdio), brings a launch's descriptors
+//! in with `pidfd_getfd` (always allowed within one thread group) and closes them again
+//! before the launch goes on, while the broker still holds its own copies: no close here
+//! or in the child is ever the last.
+//!
+//! Two lanes: `Filtered` threads install the parent-signal filter at their start (see
+//! `supervisor::inherited`), which the launches they fork inherit; `Plain` threads have
+//! none. Threads are started on demand by a thread of their own (started before any
+//! filter, and in the shared table) and never end: a child's parent-death signal follows
+//! the thread that cloned it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::{channel, sync_channel, Sender};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+
+/// Which threads a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Under no filter of the broker's.
+    Plain,
+    /// Under the inherited parent-signal filter (`supervisor::inherited::here`).
+    Filtered,
+}
+
+/// The descriptors a job was given, by the broker's number and by this thread's. Closed
+/// when dropped.
+pub struct Imported {
+    /// `(broker's, this thread's)`, by the broker's number; empty where this thread uses
+    /// the broker's table.
+    pairs: Vec<(RawFd, OwnedFd)>,
+}
+
+/// A forking thread's descriptor table.
+enum Table {
+    /// The broker's (no spawner, or a kernel that cannot give it one of its own).
+    Shared,
+    /// Its own, and a pidfd of its process in it to bring descriptors in by.
+    Own(OwnedFd),
+    /// Its own, but without that pidfd: its jobs fail.
+    Broken(i32),
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+struct Spawner {
+    lanes: [Pool; 2],
+    asks: Mutex<Sender<Ask>>,
+}
+
+enum Ask {
+    /// Start another thread for this lane.
+    Thread(Lane),
+    /// Run this on the spawner's own thread (in the shared table, under no filter).
+    Run(Job),
+}
+
+#[derive(Default)]
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------
+
+/// As tokio's blocking pool: beyond this many forks held up at once in a lane, the next
+/// waits.
+const MAX_THREADS: usize = 512;
+
+static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+
+thread_local! {
+    static TABLE: std::cell::RefCell<Table> = const { std::cell::RefCell::new(Table::Shared) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------
+
+impl Lane {
+    fn index(self) -> usize {
+        match self {
+            Lane::Plain => 0,
+            Lane::Filtered => 1,
+        }
+    }
+}
+
+impl Imported {
+    /// Brings `fds` (the broker's numbers; negative ones ignored) into this thread's table;
+    /// without a table of its own, this thread uses the broker's numbers as they are.
+    fn take(fds: &[RawFd]) -> io::Result<Imported> {
+        let mut wanted: Vec<RawFd> = fds.iter().copied().filter(|&fd| fd >= 0).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let own = TABLE.with(|t| match &*t.borrow() {
+            Table::Shared => Ok(None),
+            Table::Own(fd) => Ok(Some(fd.as_raw_fd())),
+            Table::Broken(e) => Err(io::Error::from_raw_os_error(*e)),
+        })?;
+        let Some(own) = own else {
+            return Ok(Imported { pairs: Vec::new() });
+        };
+        let mut pairs = Vec::with_capacity(wanted.len());
+        for fd in wanted {
+            // SAFETY: pidfd_getfd on our own process's pidfd; the result is a new
+            // descriptor of this thread's table (close-on-exec), owned at once.
+            let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, own, fd, 0u32) };
+            if got < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            pairs.push((fd, unsafe { OwnedFd::from_raw_fd(got as RawFd) }));
+        }
+        Ok(Imported { pairs })
+    }
+
+    /// This thread's number for the broker's descriptor `fd`; `fd` itself when this thread
+    /// uses the broker's table, or for a negative one.
+    pub fn get(&self, fd: RawFd) -> RawFd {
+        if fd < 0 || self.pairs.is_empty() {
+            return fd;
+        }
+        match self.pairs.binary_search_by_key(&fd, |(b, _)| *b) {
+            Ok(i) => self.pairs[i].1.as_raw_fd(),
+            // Not brought in: no descriptor of this table (the child's use of it fails
+            // with EBADF rather than reaching another one).
+            Err(_) => RawFd::MAX,
+        }
+    }
+}
+
+impl Pool {
+    fn submit(&self, lane: Lane, job: Job, asks: &Mutex<Sender<Ask>>) {
+        let mut q = lock(&self.queue);
+        q.jobs.push_back(job);
+        // Each idle thread takes one job; more jobs than that need another thread (one
+        // fork held up by a hung mount must not hold up the next).
+        if q.jobs.len() <= q.idle || q.threads >= MAX_THREADS {
+            self.ready.notify_one();
+        } else {
+            q.threads += 1;
+            drop(q);
+            let _ = lock(asks).send(Ask::Thread(lane));
+        }
+    }
+
+    fn serve(&self) {
+        let mut q = lock(&self.queue);
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                drop(q);
+                job();
+                q = lock(&self.queue);
+                continue;
+            }
+            q.idle += 1;
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------
+
+/// Call once, on the main thread before the runtime's threads start (and before any
+/// filter of the broker's): starts the thread that starts the lanes' threads. Without it
+/// (a failure here, the unit tests) jobs run where they are asked for.
+pub fn start() {
+    let (asks, asked) = channel::<Ask>();
+    let started = std::thread::Builder::new()
+        .name("ctx-spawner".into())
+        .spawn(move || {
+            for ask in asked {
+                let lane = match ask {
+                    Ask::Run(job) => {
+                        job();
+                        continue;
+                    }
+                    Ask::Thread(lane) => lane,
+                };
+                let Some(spawner) = SPAWNER.get() else {
+                    continue;
+                };
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("ctx-fork".into())
+                        .spawn(move || {
+                            // The filter's listener goes to the guard, in the shared
+                            // table: installed before this thread leaves it.
+                            if lane == Lane::Filtered {
+                                crate::daemon::kernel::supervisor::inherited::on_thread_start();
+                            }
+                            own_table();
+                            spawner.lanes[lane.index()].serve()
+                        });
+                if let Err(e) = spawned {
+                    // The job that asked for it is given up unrun (its launch fails
+                    // with an error) rather than left waiting for a thread.
+                    tracing::warn!("cannot start a forking thread: {e}");
+                    let pool = &spawner.lanes[lane.index()];
+                    let job = {
+                        let mut q = lock(&pool.queue);
+                        q.threads -= 1;
+                        q.jobs.pop_back()
+                    };
+                    drop(job);
+                }
+            }
+        });
+    match started {
+        Ok(_) => {
+            let _ = SPAWNER.set(Spawner {
+                lanes: Default::default(),
+                asks: Mutex::new(asks),
+            });
+        }
+        Err(e) => tracing::warn!("cannot start the forking threads: {e}"),
+    }
+}
+
+/// Gives this thread a descriptor table of its own with only stdio in it: copies of the
+/// broker's, so that nothing written there by mistake reaches a caller's file. It copies
+/// no descriptor above those, so it never holds another launch's. Linux 5.9.
+pub fn leave_the_shared_table() -> io::Result<()> {
+    // SAFETY: changes only this thread's table.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// A forking thread's start: a table of its own, and a pidfd of its process in it to
+/// bring descriptors in by. Where the kernel cannot, the thread stays in the shared table
+/// and forks as the broker's other threads would.
+fn own_table() {
+    if let Err(e) = leave_the_shared_table() {
+        tracing::warn!(
+            "forking thread: no descriptor table of its own on this kernel ({e}): launches \
+             are forked from the shared one"
+        );
+        return;
+    }
+    // SAFETY: plain syscall; the result is a new descriptor of this thread's table.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0u32) };
+    let table = if fd >= 0 {
+        // SAFETY: just opened, owned here.
+        Table::Own(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    } else {
+        let e = io::Error::last_os_error();
+        tracing::warn!("forking thread: no pidfd of its own process ({e}): its launches fail");
+        Table::Broken(e.raw_os_error().unwrap_or(libc::EIO))
+    };
+    TABLE.with(|t| *t.borrow_mut() = table);
+}
+
+/// Runs `job` on a thread of `lane` with `fds` (the broker's numbers) brought into its
+/// table: the job reads them by [`Imported::get`]. They are closed there before this
+/// returns, while the caller still holds its own. `None`: no thread could take it.
+pub fn run<R: Send>(
+    lane: Lane,
+    fds: &[RawFd],
+    job: impl FnOnce(&Imported) -> io::Result<R> + Send,
+) -> Option<io::Result<R>> {
+    let Some(spawner) = SPAWNER.get() else {
+        return Some(job(&Imported { pairs: Vec::new() }));
+    };
+    let (tx, rx) = sync_channel::<std::thread::Result<io::Result<R>>>(1);
+    let raised = super::prompt::raised();
+    let work = move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if raised {
+                super::prompt::raise();
+            }
+            let _lowered = super::prompt::LowerOnDrop;
+            if lane == Lane::Filtered && !crate::daemon::kernel::supervisor::inherited::here() {
+                return Err(io::Error::other(
+                    "no forking thread has the parent-signal filter",
+                ));
+            }
+            let imported = Imported::take(fds)?;
+            job(&imported)
+        }));
+        let _ = tx.send(result);
+    };
+    let work: Box<dyn FnOnce() + Send + '_> = Box::new(work);
+    // SAFETY: only the lifetime is changed. This function returns only once the job has
+    // sent its result (after `job` and what it borrows are done with) or was dropped unrun
+    // (the receive fails), so nothing `work` borrows is used after it returns.
+    let work: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(work) };
+    spawner.lanes[lane.index()].submit(lane, work, &spawner.asks);
+    match rx.recv() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => None,
+    }
+}
+
+/// Runs `f` on the spawner's own thread: in the shared table, under no filter of the
+/// broker's (where a thread that must never wait on the filter is started from). Here,
+/// without the spawner. `None`: it could not run.
+pub fn on_spawner<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let Some(spawner) = SPAWNER.get() else {
+        return Some(f());
+    };
+    let (tx, rx) = sync_channel::<R>(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    lock(&spawner.asks).send(Ask::Run(job)).ok()?;
+    rx.recv().ok()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
