@@ -51,10 +51,9 @@ pub struct Imported {
 enum Table {
     /// The broker's (no spawner, or a kernel that cannot give it one of its own).
     Shared,
-    /// Its own, and a pidfd of its process in it to bring descriptors in by.
-    Own(OwnedFd),
-    /// Its own, but without that pidfd: its jobs fail.
-    Broken(i32),
+    /// Its own, and a pidfd of its process in it to bring descriptors in by (opened
+    /// again at the next job where that failed).
+    Own(Option<OwnedFd>),
 }
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -134,10 +133,15 @@ impl Imported {
         let mut wanted: Vec<RawFd> = fds.iter().copied().filter(|&fd| fd >= 0).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let own = TABLE.with(|t| match &*t.borrow() {
-            Table::Shared => Ok(None),
-            Table::Own(fd) => Ok(Some(fd.as_raw_fd())),
-            Table::Broken(e) => Err(io::Error::from_raw_os_error(*e)),
+        let own = TABLE.with(|t| match &mut *t.borrow_mut() {
+            Table::Shared => Ok::<_, io::Error>(None),
+            Table::Own(Some(fd)) => Ok(Some(fd.as_raw_fd())),
+            Table::Own(missing) => {
+                let fd = own_pidfd()?;
+                let raw = fd.as_raw_fd();
+                *missing = Some(fd);
+                Ok(Some(raw))
+            }
         })?;
         let Some(own) = own else {
             return Ok(Imported { pairs: Vec::new() });
@@ -316,17 +320,22 @@ fn own_table() {
         );
         return;
     }
+    let own = own_pidfd()
+        .inspect_err(|e| tracing::warn!("forking thread: no pidfd of its own process ({e})"))
+        .ok();
+    let table = Table::Own(own);
+    TABLE.with(|t| *t.borrow_mut() = table);
+}
+
+/// A pidfd of this process, in this thread's table.
+fn own_pidfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is a new descriptor of this thread's table.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0u32) };
-    let table = if fd >= 0 {
-        // SAFETY: just opened, owned here.
-        Table::Own(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-    } else {
-        let e = io::Error::last_os_error();
-        tracing::warn!("forking thread: no pidfd of its own process ({e}): its launches fail");
-        Table::Broken(e.raw_os_error().unwrap_or(libc::EIO))
-    };
-    TABLE.with(|t| *t.borrow_mut() = table);
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Runs `job` on a thread of `lane` with `fds` (the broker's numbers) brought into its
@@ -414,4 +423,78 @@ fn affinity() -> Option<libc::cpu_set_t> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptor numbers open in thread `tid`'s table.
+    fn open_in(tid: libc::pid_t) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = std::fs::read_dir(format!("/proc/self/task/{tid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// A job's thread holds stdio, its own pidfd and the descriptors it was given, under
+    /// numbers of its own, and none of the others the broker holds; once the job is done,
+    /// not those either.
+    #[test]
+    fn a_forking_thread_holds_only_what_its_job_was_given() {
+        start();
+        let (given_r, given_w) = std::io::pipe().unwrap();
+        // Held by the broker, not given: never in the job's table.
+        let _other = std::io::pipe().unwrap();
+        let given = given_w.as_raw_fd();
+        let (seen, look) = std::sync::mpsc::channel();
+        let (looked, go_on) = std::sync::mpsc::channel::<()>();
+        let caller = std::thread::spawn(move || {
+            run(Lane::Plain, &[given], move |imported| {
+                let ours = imported.get(given);
+                // Written through our copy: the broker's end of the pipe reads it.
+                // SAFETY: a write of a valid buffer to a descriptor of this thread's table.
+                let n = unsafe { libc::write(ours, b"x".as_ptr().cast(), 1) };
+                // SAFETY: plain query of this thread.
+                let _ = seen.send((unsafe { libc::gettid() }, ours, n));
+                let _ = go_on.recv();
+                Ok(())
+            })
+        });
+        let (tid, ours, written) = look.recv().unwrap();
+        let during = open_in(tid);
+        looked.send(()).unwrap();
+        caller
+            .join()
+            .unwrap()
+            .expect("a thread took the job")
+            .unwrap();
+        assert_eq!(written, 1);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut &given_r, &mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        // Stdio, the thread's pidfd, the one descriptor given: not the other pipe.
+        assert_eq!(
+            during,
+            vec![0, 1, 2, 3, ours],
+            "the job's thread held {during:?}"
+        );
+        // The job's copy is closed before `run` returns.
+        assert_eq!(open_in(tid), vec![0, 1, 2, 3]);
+    }
+
+    /// A job of a thread without a table of its own (no spawner) uses the broker's numbers.
+    #[test]
+    fn without_a_table_of_its_own_a_job_gets_the_brokers_numbers() {
+        let imported = Imported { pairs: Vec::new() };
+        assert_eq!(imported.get(7), 7);
+        assert_eq!(imported.get(-1), -1);
+    }
 }
