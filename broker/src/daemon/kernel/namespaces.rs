@@ -166,28 +166,13 @@ impl Namespaces {
             .send(Job { flags, reply })
             .map_err(|_| NamespaceError::ThreadGone)?;
         let (pid, flags) = answer.recv().map_err(|_| NamespaceError::ThreadGone)??;
-        // Our child, which nobody else reaps: the pid is still the holder's.
-        // SAFETY: plain syscall; the result is a new descriptor we own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) } as RawFd;
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            // SAFETY: plain syscalls on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-            }
-            return Err(NamespaceError::Create {
+        let pidfd =
+            crate::daemon::spawn::pidfd_of_child(pid).map_err(|err| NamespaceError::Create {
                 what: "pidfd_open",
                 errno: err.raw_os_error().unwrap_or(0),
                 err: err.to_string(),
-            });
-        }
-        Ok(Holder {
-            pid,
-            // SAFETY: just opened, owned here.
-            pidfd: unsafe { OwnedFd::from_raw_fd(fd) },
-            flags,
-        })
+            })?;
+        Ok(Holder { pid, pidfd, flags })
     }
 
     /// Makes the holders match `config`: creates the missing ones, replaces those whose

@@ -461,26 +461,17 @@ impl Side {
         } = self;
         drop(report_w);
         let mut pid = started.pid;
-        // Our own child, which nobody else reaps (the broker never waits for any child),
-        // so the pid cannot have been reused.
-        // SAFETY: plain syscall; the result is a new descriptor we own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) } as RawFd;
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: plain syscalls on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-            }
-            if started.grandchild {
-                if let Some(s) = &plan.pid_slots {
-                    s.program.store(0, std::sync::atomic::Ordering::Release);
+        let mut pidfd = match pidfd_of_child(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if started.grandchild {
+                    if let Some(s) = &plan.pid_slots {
+                        s.program.store(0, std::sync::atomic::Ordering::Release);
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
-        // SAFETY: just opened, owned here (close-on-exec).
-        let mut pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        };
         let mut session_leader = None;
         if let Some((receive, send)) = handover {
             drop(send);
@@ -529,6 +520,25 @@ impl Side {
             session_leader,
         })
     }
+}
+
+/// A pidfd, in the broker's table, of our child `pid`, which a thread with a table of its
+/// own cloned. Nobody else reaps it (the broker never waits for any child), so the pid
+/// cannot have been reused. When that fails, the child is killed and reaped.
+pub fn pidfd_of_child(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) } as RawFd;
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+        }
+        return Err(e);
+    }
+    // SAFETY: just opened, owned here (close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Builds the child's arguments and clones it from this thread, with the descriptors as
