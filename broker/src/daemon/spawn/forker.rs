@@ -352,11 +352,10 @@ pub fn run<R: Send>(
     let (tx, rx) = sync_channel::<std::thread::Result<io::Result<R>>>(1);
     let raised = super::prompt::raised();
     let work = move || {
+        if raised {
+            super::prompt::raise();
+        }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if raised {
-                super::prompt::raise();
-            }
-            let _lowered = super::prompt::LowerOnDrop;
             if lane == Lane::Filtered && !crate::daemon::kernel::supervisor::inherited::here() {
                 return Err(io::Error::other(
                     "no forking thread has the parent-signal filter",
@@ -365,7 +364,10 @@ pub fn run<R: Send>(
             let imported = Imported::take(fds)?;
             job(&imported)
         }));
+        // Lowered only once the waiting thread has its result: lowered first, this thread
+        // waited behind the program it had just started, on the CPU the exec woke it on.
         let _ = tx.send(result);
+        super::prompt::lower();
     };
     let work: Box<dyn FnOnce() + Send + '_> = Box::new(work);
     // SAFETY: only the lifetime is changed. This function returns only once the job has
@@ -488,6 +490,40 @@ mod tests {
         );
         // The job's copy is closed before `run` returns.
         assert_eq!(open_in(tid), vec![0, 1, 2, 3]);
+    }
+
+    /// A job handed over by a raised thread (see `prompt`) runs raised, as the fork it
+    /// does must, and its thread is lowered once the job is done.
+    #[test]
+    fn a_raised_threads_job_runs_raised_and_its_thread_is_lowered_after() {
+        start();
+        let asker = std::thread::spawn(|| {
+            super::super::prompt::raise();
+            assert!(super::super::prompt::raised(), "root may raise a thread");
+            let during = run(Lane::Plain, &[], |_| {
+                // SAFETY: plain queries of this thread.
+                Ok(unsafe { (libc::gettid(), libc::sched_getscheduler(0)) })
+            });
+            super::super::prompt::lower();
+            during
+        });
+        let (tid, policy) = asker.join().unwrap().unwrap().unwrap();
+        assert_eq!(policy, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK);
+        // It lowers itself right after handing the result over.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let after = loop {
+            // SAFETY: plain query of a thread of this process.
+            let now = unsafe { libc::sched_getscheduler(tid) };
+            if now == libc::SCHED_OTHER || std::time::Instant::now() > deadline {
+                break now;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(
+            after,
+            libc::SCHED_OTHER,
+            "the forking thread was left raised"
+        );
     }
 
     /// A job of a thread without a table of its own (no spawner) uses the broker's numbers.

@@ -73,8 +73,7 @@ pub async fn lowered_at_each_wait<F: Future>(launch: F) -> F::Output {
     .await
 }
 
-/// Lowers this thread (see [`lower`]) when dropped.
-pub struct LowerOnDrop;
+struct LowerOnDrop;
 
 impl Drop for LowerOnDrop {
     fn drop(&mut self) {
