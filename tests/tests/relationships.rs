@@ -1148,21 +1148,6 @@ fn listeners_held(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// The broker's forking threads of the filtered lane (`spawn::forker`), each holding the
-/// listener of the filter it installed.
-fn filtered_forking_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.trim_end() == "ctx-fork-filter")
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 /// A launch that leaves a `setsid` daemon keeps its listener alive (the daemon holds the
 /// filter): the exec guard lets go of it once the launch has ended, looking every second
 /// while there are such. A listener a launch's worker adds (signals to the parent only)
@@ -1176,7 +1161,6 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
     assert_eq!(b.exec("alice", &["true"]).code(), 0);
     thread::sleep(Duration::from_secs(2));
     let before = listeners_held(b.pid());
-    let forking = filtered_forking_threads(b.pid());
     const N: usize = 5;
     for _ in 0..N {
         let out = b.exec(
@@ -1192,7 +1176,6 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
     // Every launch has ended; the guard looks every second.
     thread::sleep(Duration::from_secs(4));
     let after = listeners_held(b.pid());
-    let started = filtered_forking_threads(b.pid()) - forking;
     let daemons = pids_with_arg(MARK);
     for pid in &daemons {
         // SAFETY: plain syscall.
@@ -1208,9 +1191,9 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
         "the daemons did not outlive their launches"
     );
     assert!(
-        after <= before + started,
-        "the broker still holds {after} seccomp listeners (before: {before}, forking \
-         threads started since: {started}) 4 s after {N} launches that left daemons ended"
+        after <= before,
+        "the broker still holds {after} seccomp listeners (before: {before}) 4 s after \
+         {N} launches that left daemons ended"
     );
 }
 
@@ -1335,15 +1318,13 @@ print(sorted(got))
 
 /// Launches that run, fail at their exec or are killed leave no listener and no
 /// descriptor behind in the broker (which holds one listener for each of its runtime
-/// threads' inherited filters and one for each forking thread of the filtered lane,
-/// started as launches need them and kept).
+/// threads' inherited filters, the same number before and after).
 #[test]
 fn launches_that_fail_or_are_killed_leave_no_listener() {
     let b = broker();
     assert_eq!(b.exec("alice", &["true"]).code(), 0);
     let base = raw::settle_fds(b.pid(), 0, Duration::from_millis(300));
     let threads = listeners_held(b.pid());
-    let forking = filtered_forking_threads(b.pid());
     let mut workers = Vec::new();
     for i in 0..6 {
         let socket = b.socket();
@@ -1379,17 +1360,11 @@ fn launches_that_fail_or_are_killed_leave_no_listener() {
     }
     let after = raw::settle_fds(b.pid(), base, Duration::from_secs(4));
     let listeners = listeners_held(b.pid());
-    let started = filtered_forking_threads(b.pid()) - forking;
     assert!(
-        listeners <= threads + started,
-        "{listeners} listeners held after the launches ended, {threads} before \
-         ({started} forking threads started since)"
+        listeners <= threads,
+        "{listeners} listeners held after the launches ended, {threads} before"
     );
-    // Each such thread's listener is one of the broker's descriptors.
-    assert!(
-        after <= base + started,
-        "broker fds {after}, before {base} ({started} forking threads started since)"
-    );
+    assert!(after <= base, "broker fds {after}, before {base}");
 }
 
 /// A terminal launch of `sh -c script` in `context` by a raw client that never reads: the

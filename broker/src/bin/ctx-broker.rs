@@ -148,8 +148,8 @@ fn main() -> ExitCode {
     // while idle: a worker whose tasks `block_in_place` handed on goes on as a thread of
     // the blocking pool, and what it started (a namespace holder's thread) may be tied
     // to it.
-    daemon::spawn::forker::start();
     daemon::kernel::supervisor::inherited::prepare();
+    daemon::spawn::forker::start();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_keep_alive(std::time::Duration::MAX)

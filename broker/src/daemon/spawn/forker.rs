@@ -235,47 +235,38 @@ impl Pool {
 // Functions
 // ---------------------------------------------------------------------------------------
 
-/// Call once, on the main thread before the runtime's threads start (and before any
-/// filter of the broker's): starts the thread that starts the lanes' threads. Without it
-/// (a failure here, the unit tests) jobs run where they are asked for.
+/// Call once, on the main thread before the runtime's threads start, after
+/// `supervisor::inherited::prepare` and under no filter of the broker's: starts the thread
+/// that starts the lanes' threads. Without it (a failure here, the unit tests) jobs run
+/// where they are asked for.
 pub fn start() {
     let (asks, asked) = channel::<Ask>();
     let started = std::thread::Builder::new()
         .name("ctx-spawner".into())
         .spawn(move || {
-            for ask in asked {
-                let lane = match ask {
-                    Ask::Run(job) => {
-                        job();
-                        continue;
+            // The filtered lane's threads are started by a thread that installed the
+            // filter, and share its one listener (a chain has at most one).
+            let (filtered, to_start) = channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name("ctx-spawner-flt".into())
+                .spawn(move || {
+                    crate::daemon::kernel::supervisor::inherited::on_thread_start();
+                    for () in to_start {
+                        start_thread(Lane::Filtered);
                     }
-                    Ask::Thread(lane) => lane,
-                };
-                let Some(spawner) = SPAWNER.get() else {
-                    continue;
-                };
-                let spawned = std::thread::Builder::new()
-                    .name(lane.thread_name().into())
-                    .spawn(move || {
-                        // The filter's listener goes to the guard, in the shared
-                        // table: installed before this thread leaves it.
-                        if lane == Lane::Filtered {
-                            crate::daemon::kernel::supervisor::inherited::on_thread_start();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start the filtered forking threads' spawner: {e}");
+            }
+            for ask in asked {
+                match ask {
+                    Ask::Run(job) => job(),
+                    Ask::Thread(Lane::Plain) => start_thread(Lane::Plain),
+                    Ask::Thread(Lane::Filtered) => {
+                        if filtered.send(()).is_err() {
+                            give_up_a_job(Lane::Filtered);
                         }
-                        own_table();
-                        spawner.lanes[lane.index()].serve()
-                    });
-                if let Err(e) = spawned {
-                    // The job that asked for it is given up unrun (its launch fails
-                    // with an error) rather than left waiting for a thread.
-                    tracing::warn!("cannot start a forking thread: {e}");
-                    let pool = &spawner.lanes[lane.index()];
-                    let job = {
-                        let mut q = lock(&pool.queue);
-                        q.threads -= 1;
-                        q.jobs.pop_back()
-                    };
-                    drop(job);
+                    }
                 }
             }
         });
@@ -288,6 +279,42 @@ pub fn start() {
         }
         Err(e) => tracing::warn!("cannot start the forking threads: {e}"),
     }
+}
+
+/// Starts a thread of `lane` (a filtered one from a thread under the filter).
+fn start_thread(lane: Lane) {
+    let Some(spawner) = SPAWNER.get() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name(lane.thread_name().into())
+        .spawn(move || {
+            if lane == Lane::Filtered {
+                // It has the filter of the thread that started it: this only notes so.
+                crate::daemon::kernel::supervisor::inherited::on_thread_start();
+            }
+            own_table();
+            spawner.lanes[lane.index()].serve()
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a forking thread: {e}");
+        give_up_a_job(lane);
+    }
+}
+
+/// A thread asked for could not start: the job waiting for it is given up unrun (its
+/// launch fails with an error) rather than left waiting.
+fn give_up_a_job(lane: Lane) {
+    let Some(spawner) = SPAWNER.get() else {
+        return;
+    };
+    let pool = &spawner.lanes[lane.index()];
+    let job = {
+        let mut q = lock(&pool.queue);
+        q.threads -= 1;
+        q.jobs.pop_back()
+    };
+    drop(job);
 }
 
 /// Gives this thread a descriptor table of its own with only stdio in it: copies of the

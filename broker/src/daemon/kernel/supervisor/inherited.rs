@@ -168,9 +168,8 @@ static ANSWERED: AtomicBool = AtomicBool::new(false);
 /// The runtime's and the filtered forking threads install the filter (see [`prepare`]).
 static IN_USE: OnceLock<()> = OnceLock::new();
 
-/// Call once, on the main thread before the runtime's threads start, after
-/// `spawn::forker::start`: the threads started after it (with [`on_thread_start`]) install
-/// the filter. Not under a seccomp filter of someone else's (a broker started in a
+/// Call once, on the main thread before the runtime's threads and `spawn::forker::start`:
+/// the threads started after it (with [`on_thread_start`]) install the filter. Not under a seccomp filter of someone else's (a broker started in a
 /// context): a thread that then finds a listener in place has it from the thread that
 /// started it, which installed ours.
 pub fn prepare() {
