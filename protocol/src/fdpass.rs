@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use crate::frame::{payload_len, FrameError, FRAME_HEADER};
@@ -254,13 +254,14 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
 
 /// How many descriptors the next message on `sock` carries, when at most `room` (`None`:
 /// more), without consuming it (`MSG_PEEK`, non-blocking: `WouldBlock` when nothing is
-/// queued). A peek installs duplicates of the queued descriptors (closed here at once,
-/// which is never their last close: the queued message keeps its own references) and
-/// releases any beyond the control buffer the same way. A receiver bounding what it
-/// accepts peeks first, then receives with room for all, so that the kernel never discards
-/// descriptors on its receiving thread (a discarded descriptor's close may be its last,
-/// and may block).
-pub fn peek_fds(sock: RawFd, room: usize) -> io::Result<Option<usize>> {
+/// queued). A peek installs duplicates of the queued descriptors: they are pushed onto
+/// `dups` for the caller to close where a close may wait (a file on a FUSE mount whose
+/// server does not answer FLUSH blocks every close of it, not only the last), and any
+/// beyond the control buffer are released by the kernel uninstalled, which never flushes.
+/// A receiver bounding what it accepts peeks first, then receives with room for all, so
+/// that the kernel never discards descriptors on its receiving thread (a discarded
+/// descriptor's close may be its last, and may block).
+pub fn peek_fds(sock: RawFd, room: usize, dups: &mut Vec<OwnedFd>) -> io::Result<Option<usize>> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
@@ -289,12 +290,14 @@ pub fn peek_fds(sock: RawFd, room: usize) -> io::Result<Option<usize>> {
             return Err(e);
         }
     }
-    let mut dups = [-1; MAX_FDS];
-    let (count, overflow) = take_fds(&msg, &mut dups[..room]);
-    for &fd in &dups[..count] {
-        // SAFETY: duplicates this peek installed, owned here.
-        unsafe { libc::close(fd) };
-    }
+    let mut installed = [-1; MAX_FDS];
+    let (count, overflow) = take_fds(&msg, &mut installed[..room]);
+    // SAFETY: duplicates this peek installed, owned from here on.
+    dups.extend(
+        installed[..count]
+            .iter()
+            .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+    );
     Ok((!overflow && msg.msg_flags & libc::MSG_CTRUNC == 0).then_some(count))
 }
 

@@ -1532,6 +1532,156 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
     );
 }
 
+/// Mounts a FUSE file system at `argv[1]` (in a mount namespace of its own) that serves
+/// one file, `f`, and answers every request but FLUSH, which it never answers: every
+/// close(2) of `f` waits for ever (a close flushes, last or not). Then becomes uid
+/// `argv[2]`, prints `mounted`, and serves until killed, which aborts the connection.
+const FLUSHLESS_FUSE: &str = r#"
+import ctypes, errno, os, struct, sys, time
+mnt, uid = sys.argv[1], int(sys.argv[2])
+fd = os.open("/dev/fuse", os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+opts = f"fd={fd},rootmode=40000,user_id={uid},group_id={uid},allow_other".encode()
+if libc.mount(b"flushless", mnt.encode(), b"fuse", 0, opts) != 0:
+    print("mount failed:", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+os.setgroups([])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)
+libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: the user reaches the mount by /proc/PID/root
+print("mounted", flush=True)
+def attr(ino, mode):
+    now = int(time.time())
+    return struct.pack("<QQQQQQIIIIIIIIII", ino, 0, 0, now, now, now, 0, 0, 0, mode, 1,
+                       uid, uid, 0, 4096, 0)
+def reply(unique, err=0, body=b""):
+    os.write(fd, struct.pack("<IiQ", 16 + len(body), -err, unique) + body)
+while True:
+    try:
+        buf = os.read(fd, (1 << 20) + 4096)
+    except OSError as e:
+        if e.errno == errno.EINTR:
+            continue
+        break
+    ln, op, unique, node = struct.unpack_from("<IIQQ", buf, 0)
+    body = buf[40:ln]
+    if op == 26:  # INIT
+        reply(unique, 0, struct.pack("<IIIIHHIIHHII", 7, 31, 0, 0, 16, 12, 65536, 1, 32, 0,
+                                     0, 0) + bytes(24))
+    elif op == 1:  # LOOKUP
+        if node == 1 and body.split(b"\0")[0] == b"f":
+            reply(unique, 0, struct.pack("<QQQQII", 2, 0, 0, 0, 0, 0) + attr(2, 0o100666))
+        else:
+            reply(unique, errno.ENOENT)
+    elif op == 3:  # GETATTR
+        a = attr(1, 0o40755) if node == 1 else attr(2, 0o100666)
+        reply(unique, 0, struct.pack("<QII", 0, 0, 0) + a)
+    elif op in (14, 27):  # OPEN, OPENDIR
+        reply(unique, 0, struct.pack("<QII", 0, 0, 0))
+    elif op == 16:  # WRITE
+        reply(unique, 0, struct.pack("<II", struct.unpack_from("<QQI", body, 0)[2], 0))
+    elif op in (25, 2, 42, 36):  # FLUSH: never; FORGET, BATCH_FORGET, INTERRUPT: no reply
+        pass
+    elif op in (18, 29):  # RELEASE, RELEASEDIR
+        reply(unique, 0)
+    else:
+        reply(unique, errno.ENOSYS)
+"#;
+
+/// Opens `argv[1]` (the FUSE file) as fd 1 and execs `argv[2:]`: a launch whose stdout
+/// is a file whose every close waits for ever.
+const STDOUT_ONTO: &str = r#"
+import os, sys
+os.close(1)
+assert os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND) == 1
+os.set_inheritable(1, True)
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+/// A user allowed into a context launches with its stdout a file on a FUSE mount of its
+/// own whose server never answers FLUSH. The broker's check of a handshake's descriptors
+/// (a peek, which installs duplicates of them) closed those duplicates on the async
+/// worker, where the close waited for the FLUSH: the worker hung, and root's launches
+/// with it (found by helper-96). Root must stay served.
+#[test]
+fn a_passed_file_whose_every_close_waits_leaves_root_served() {
+    if no_fuse() {
+        return;
+    }
+    let alice = user(ALICE);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0, {uid}] }}
+
+[contexts.root]
+user = "root"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        uid = alice.uid
+    ));
+    let mnt = b.dir().path().join("flushless");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "/usr/bin/python3",
+            "-c",
+            FLUSHLESS_FUSE,
+        ])
+        .arg(&mnt)
+        .arg(alice.uid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the FUSE server");
+    let mut server = Attacker(child);
+    let mut line = [0u8; 8];
+    server
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    assert_eq!(&line, b"mounted\n");
+    let file = format!("/proc/{}/root{}/f", server.0.id(), mnt.display());
+    let launch = as_user(ALICE)
+        .args(["/usr/bin/python3", "-c", STDOUT_ONTO, &file])
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "alice", "--", "/bin/echo", "x"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let launch = Attacker(launch);
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let root = RootExec::start(&b, "root");
+    let Served { ok: served, took } = root.wait();
+    if !served {
+        eprintln!("broker threads after:\n{}", threads(b.pid()));
+    }
+    // Killing the server aborts the connection: every waiting close returns.
+    drop(server);
+    drop(launch);
+    assert!(
+        served,
+        "root's ctx exec was not served in {took:?} while ctx-alice's launch passed a file \
+         whose close waits for ever"
+    );
+}
+
 /// Every spawn child used to get a copy of the broker's whole descriptor table, with the
 /// descriptors other callers had passed with launches not yet forked, and closed them at
 /// its exec: when that other launch's copies were closed first, the child's close was the

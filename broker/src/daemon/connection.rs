@@ -338,11 +338,14 @@ impl Conn {
             };
             let chunk = &mut self.chunk[..limit];
             let admission = &mut self.admission;
+            // What the peeks installed, closed on a closer thread (never here: see
+            // `peek_fds`).
+            let mut peeked = Vec::new();
             let received = self
                 .stream
                 .async_io(Interest::READABLE, || {
                     if room < MAX_FDS || counted {
-                        match peek_fds(fd, room)? {
+                        match peek_fds(fd, room, &mut peeked)? {
                             None => return Ok(Read::TooMany),
                             Some(n)
                                 if counted && n > 0 && admission.hold(bytes, held + n).is_err() =>
@@ -354,7 +357,9 @@ impl Conn {
                     }
                     recv_with_fds(fd, chunk, &mut fds).map(|(n, nfds)| Read::Got(n, nfds))
                 })
-                .await?;
+                .await;
+            closer::close_from(peeked, self.charger.as_ref());
+            let received = received?;
             let Read::Got(n, nfds) = received else {
                 if self.wait_for_fd_room().await {
                     continue;
@@ -412,7 +417,10 @@ impl Conn {
         // Counted once: every handshake waiting for room wakes each time some is given
         // back, and a check that peeked again would install the message's descriptors in
         // the broker for each of them.
-        let Ok(Some(n)) = peek_fds(fd, could.min(MAX_FDS)) else {
+        let mut peeked = Vec::new();
+        let peek = peek_fds(fd, could.min(MAX_FDS), &mut peeked);
+        closer::close_from(peeked, self.charger.as_ref());
+        let Ok(Some(n)) = peek else {
             return false;
         };
         self.admission

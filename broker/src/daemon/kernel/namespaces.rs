@@ -141,7 +141,8 @@ impl Namespaces {
             .spawn(move || {
                 // A holder is a copy of this process: cloned from the shared table, it
                 // would hold (and close) the descriptors callers passed with their
-                // launches (see `spawn::forker`).
+                // launches (see `spawn::forker`). Started before the first connection, so
+                // the copy this makes holds no caller's descriptor.
                 if let Err(e) = crate::daemon::spawn::forker::leave_the_shared_table() {
                     tracing::warn!("namespace holders: no descriptor table of their own ({e})");
                 }

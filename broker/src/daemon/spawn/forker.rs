@@ -8,17 +8,22 @@
 //! of a pipe whose lock a caller holds (a splice into a full socket) waits as long as that
 //! caller likes; a file on a FUSE mount whose server does not answer FLUSH blocks every
 //! close of it. Any uid allowed into a context could so hold up other users' programs in
-//! their exec. Here a thread leaves the shared table at its start (`close_range` with
-//! `CLOSE_RANGE_UNSHARE`, which copies nothing above stdio), brings a launch's descriptors
-//! in with `pidfd_getfd` (always allowed within one thread group) and closes them again
-//! before the launch goes on, while the broker still holds its own copies: no close here
-//! or in the child is ever the last.
+//! their exec. Here a thread brings a launch's descriptors into its own table with
+//! `pidfd_getfd` (always allowed within one thread group) and closes them again before the
+//! launch goes on, while the broker still holds its own copies: no close here or in the
+//! child is ever the last.
 //!
-//! Two lanes: `Filtered` threads install the parent-signal filter at their start (see
-//! `supervisor::inherited`), which the launches they fork inherit; `Plain` threads have
-//! none. Threads are started on demand by a thread of their own (started before any
-//! filter, and in the shared table) and never end: a child's parent-death signal follows
-//! the thread that cloned it.
+//! A table of one's own is made by `close_range(3, ~0, CLOSE_RANGE_UNSHARE)`, which copies
+//! the table up to a multiple of 64 descriptors and then closes the range in the copy: done
+//! on a thread in the shared table, those closes would be of callers' descriptors. So each
+//! lane has a starter thread that leaves the shared table when the broker starts, before
+//! it holds any caller's descriptor (`start` waits for it), and the lane's threads are
+//! started from it: their copies hold nothing but stdio.
+//!
+//! Two lanes: `Filtered` threads have the parent-signal filter of their starter (see
+//! `supervisor::inherited`; one listener for them all), which the launches they fork
+//! inherit; `Plain` threads have none. A lane's threads are started on demand and never
+//! end: a child's parent-death signal follows the thread that cloned it.
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,27 +52,14 @@ pub struct Imported {
     pairs: Vec<(RawFd, OwnedFd)>,
 }
 
-/// A forking thread's descriptor table.
-enum Table {
-    /// The broker's (no spawner, or a kernel that cannot give it one of its own).
-    Shared,
-    /// Its own, and a pidfd of its process in it to bring descriptors in by (opened
-    /// again at the next job where that failed).
-    Own(Option<OwnedFd>),
-}
-
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 struct Spawner {
     lanes: [Pool; 2],
-    asks: Mutex<Sender<Ask>>,
-}
-
-enum Ask {
-    /// Start another thread for this lane.
-    Thread(Lane),
-    /// Run this on the spawner's own thread (in the shared table, under no filter).
-    Run(Job),
+    /// The thread in the shared table that runs [`on_spawner`]'s jobs.
+    shared: Mutex<Sender<Job>>,
+    /// Each lane's starter, asked for one more thread.
+    starters: [Mutex<Sender<()>>; 2],
 }
 
 #[derive(Default)]
@@ -102,7 +94,8 @@ const MAX_THREADS: usize = 512;
 static SPAWNER: OnceLock<Spawner> = OnceLock::new();
 
 thread_local! {
-    static TABLE: std::cell::RefCell<Table> = const { std::cell::RefCell::new(Table::Shared) };
+    /// This thread left the shared table.
+    static PRIVATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -115,6 +108,14 @@ impl Lane {
         match self {
             Lane::Plain => "ctx-fork",
             Lane::Filtered => "ctx-fork-filter",
+        }
+    }
+
+    /// Its starter's name.
+    fn starter_name(self) -> &'static str {
+        match self {
+            Lane::Plain => "ctx-forkstart",
+            Lane::Filtered => "ctx-forkstart-f",
         }
     }
 
@@ -133,19 +134,12 @@ impl Imported {
         let mut wanted: Vec<RawFd> = fds.iter().copied().filter(|&fd| fd >= 0).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let own = TABLE.with(|t| match &mut *t.borrow_mut() {
-            Table::Shared => Ok::<_, io::Error>(None),
-            Table::Own(Some(fd)) => Ok(Some(fd.as_raw_fd())),
-            Table::Own(missing) => {
-                let fd = own_pidfd()?;
-                let raw = fd.as_raw_fd();
-                *missing = Some(fd);
-                Ok(Some(raw))
-            }
-        })?;
-        let Some(own) = own else {
+        if !PRIVATE.get() {
             return Ok(Imported { pairs: Vec::new() });
-        };
+        }
+        // Opened for these imports only: the child must not hold a pidfd of the broker.
+        let own = own_pidfd()?;
+        let own = own.as_raw_fd();
         let mut pairs = Vec::with_capacity(wanted.len());
         for fd in wanted {
             // SAFETY: pidfd_getfd on our own process's pidfd; the result is a new
@@ -176,7 +170,7 @@ impl Imported {
 }
 
 impl Pool {
-    fn submit(&self, lane: Lane, job: Job, asks: &Mutex<Sender<Ask>>) {
+    fn submit(&self, job: Job, starter: &Mutex<Sender<()>>) {
         let mut q = lock(&self.queue);
         if let Some(idle) = q.idle.pop() {
             drop(q);
@@ -191,7 +185,7 @@ impl Pool {
         if q.threads < MAX_THREADS {
             q.threads += 1;
             drop(q);
-            let _ = lock(asks).send(Ask::Thread(lane));
+            let _ = lock(starter).send(());
         }
     }
 
@@ -236,52 +230,67 @@ impl Pool {
 // ---------------------------------------------------------------------------------------
 
 /// Call once, on the main thread before the runtime's threads start, after
-/// `supervisor::inherited::prepare` and under no filter of the broker's: starts the thread
-/// that starts the lanes' threads. Without it (a failure here, the unit tests) jobs run
-/// where they are asked for.
+/// `supervisor::inherited::prepare`, under no filter of the broker's and before the broker
+/// holds any caller's descriptor: starts the thread that runs [`on_spawner`]'s jobs and
+/// each lane's starter, and waits until the starters have tables of their own. Without it
+/// (a failure here, the unit tests) jobs run where they are asked for.
 pub fn start() {
-    let (asks, asked) = channel::<Ask>();
+    let (shared, jobs) = channel::<Job>();
     let started = std::thread::Builder::new()
         .name("ctx-spawner".into())
         .spawn(move || {
-            // The filtered lane's threads are started by a thread that installed the
-            // filter, and share its one listener (a chain has at most one).
-            let (filtered, to_start) = channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name("ctx-spawner-flt".into())
-                .spawn(move || {
-                    crate::daemon::kernel::supervisor::inherited::on_thread_start();
-                    for () in to_start {
-                        start_thread(Lane::Filtered);
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!("cannot start the filtered forking threads' spawner: {e}");
-            }
-            for ask in asked {
-                match ask {
-                    Ask::Run(job) => job(),
-                    Ask::Thread(Lane::Plain) => start_thread(Lane::Plain),
-                    Ask::Thread(Lane::Filtered) => {
-                        if filtered.send(()).is_err() {
-                            give_up_a_job(Lane::Filtered);
-                        }
-                    }
-                }
+            for job in jobs {
+                job();
             }
         });
-    match started {
-        Ok(_) => {
-            let _ = SPAWNER.set(Spawner {
-                lanes: Default::default(),
-                asks: Mutex::new(asks),
-            });
-        }
-        Err(e) => tracing::warn!("cannot start the forking threads: {e}"),
+    if let Err(e) = started {
+        tracing::warn!("cannot start the forking threads' spawner: {e}");
+        return;
     }
+    let (ready, left) = channel::<()>();
+    let mut starters = Vec::new();
+    for lane in [Lane::Plain, Lane::Filtered] {
+        let (ask, asked) = channel::<()>();
+        let ready = ready.clone();
+        let started = std::thread::Builder::new()
+            .name(lane.starter_name().into())
+            .spawn(move || {
+                if lane == Lane::Filtered {
+                    // Its listener goes to the guard, in the shared table: installed
+                    // before this thread leaves it. The lane's threads share it.
+                    crate::daemon::kernel::supervisor::inherited::on_thread_start();
+                }
+                if let Err(e) = leave_the_shared_table() {
+                    tracing::warn!(
+                        "forking threads: no descriptor table of their own on this kernel \
+                         ({e}): launches are forked from the shared one"
+                    );
+                }
+                drop(ready);
+                for () in asked {
+                    start_thread(lane);
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!("cannot start the forking threads' starter: {e}");
+            return;
+        }
+        starters.push(Mutex::new(ask));
+    }
+    drop(ready);
+    // Every sender gone: both starters are out of the shared table.
+    let _ = left.recv();
+    let Ok(starters) = <[Mutex<Sender<()>>; 2]>::try_from(starters) else {
+        return;
+    };
+    let _ = SPAWNER.set(Spawner {
+        lanes: Default::default(),
+        shared: Mutex::new(shared),
+        starters,
+    });
 }
 
-/// Starts a thread of `lane` (a filtered one from a thread under the filter).
+/// Starts a thread of `lane`, from its starter (see the module's comment).
 fn start_thread(lane: Lane) {
     let Some(spawner) = SPAWNER.get() else {
         return;
@@ -290,36 +299,33 @@ fn start_thread(lane: Lane) {
         .name(lane.thread_name().into())
         .spawn(move || {
             if lane == Lane::Filtered {
-                // It has the filter of the thread that started it: this only notes so.
+                // It has its starter's filter: this only notes so.
                 crate::daemon::kernel::supervisor::inherited::on_thread_start();
             }
-            own_table();
+            // A copy of its starter's table: stdio.
+            match leave_the_shared_table() {
+                Ok(()) => PRIVATE.set(true),
+                Err(e) => tracing::warn!("forking thread: no table of its own ({e})"),
+            }
             spawner.lanes[lane.index()].serve()
         });
     if let Err(e) = spawned {
+        // The job that asked for it is given up unrun (its launch fails with an error)
+        // rather than left waiting for a thread.
         tracing::warn!("cannot start a forking thread: {e}");
-        give_up_a_job(lane);
+        let pool = &spawner.lanes[lane.index()];
+        let job = {
+            let mut q = lock(&pool.queue);
+            q.threads -= 1;
+            q.jobs.pop_back()
+        };
+        drop(job);
     }
 }
 
-/// A thread asked for could not start: the job waiting for it is given up unrun (its
-/// launch fails with an error) rather than left waiting.
-fn give_up_a_job(lane: Lane) {
-    let Some(spawner) = SPAWNER.get() else {
-        return;
-    };
-    let pool = &spawner.lanes[lane.index()];
-    let job = {
-        let mut q = lock(&pool.queue);
-        q.threads -= 1;
-        q.jobs.pop_back()
-    };
-    drop(job);
-}
-
-/// Gives this thread a descriptor table of its own with only stdio in it: copies of the
-/// broker's, so that nothing written there by mistake reaches a caller's file. It copies
-/// no descriptor above those, so it never holds another launch's. Linux 5.9.
+/// Gives this thread a descriptor table of its own, a copy of the one it shared with
+/// stdio only left open: on a thread whose table holds nothing else (see the module's
+/// comment), or before the broker holds any caller's descriptor. Linux 5.9.
 pub fn leave_the_shared_table() -> io::Result<()> {
     // SAFETY: changes only this thread's table.
     let r = unsafe {
@@ -334,24 +340,6 @@ pub fn leave_the_shared_table() -> io::Result<()> {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }
-}
-
-/// A forking thread's start: a table of its own, and a pidfd of its process in it to
-/// bring descriptors in by. Where the kernel cannot, the thread stays in the shared table
-/// and forks as the broker's other threads would.
-fn own_table() {
-    if let Err(e) = leave_the_shared_table() {
-        tracing::warn!(
-            "forking thread: no descriptor table of its own on this kernel ({e}): launches \
-             are forked from the shared one"
-        );
-        return;
-    }
-    let own = own_pidfd()
-        .inspect_err(|e| tracing::warn!("forking thread: no pidfd of its own process ({e})"))
-        .ok();
-    let table = Table::Own(own);
-    TABLE.with(|t| *t.borrow_mut() = table);
 }
 
 /// A pidfd of this process, in this thread's table.
@@ -401,7 +389,7 @@ pub fn run<R: Send>(
     // sent its result (after `job` and what it borrows are done with) or was dropped unrun
     // (the receive fails), so nothing `work` borrows is used after it returns.
     let work: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(work) };
-    spawner.lanes[lane.index()].submit(lane, work, &spawner.asks);
+    spawner.lanes[lane.index()].submit(work, &spawner.starters[lane.index()]);
     match rx.recv() {
         Ok(Ok(r)) => Some(r),
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
@@ -420,7 +408,7 @@ pub fn on_spawner<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
     });
-    lock(&spawner.asks).send(Ask::Run(job)).ok()?;
+    lock(&spawner.shared).send(job).ok()?;
     rx.recv().ok()
 }
 
@@ -473,9 +461,8 @@ mod tests {
         fds
     }
 
-    /// A job's thread holds stdio, its own pidfd and the descriptors it was given, under
-    /// numbers of its own, and none of the others the broker holds; once the job is done,
-    /// not those either.
+    /// A job's thread holds stdio and the descriptors it was given, under numbers of its
+    /// own, and none of the others the broker holds; once the job is done, not those either.
     #[test]
     fn a_forking_thread_holds_only_what_its_job_was_given() {
         start();
@@ -509,14 +496,15 @@ mod tests {
         let mut byte = [0u8; 1];
         std::io::Read::read_exact(&mut &given_r, &mut byte).unwrap();
         assert_eq!(&byte, b"x");
-        // Stdio, the thread's pidfd, the one descriptor given: not the other pipe.
+        // Stdio and the one descriptor given: not the other pipe, and no pidfd of the
+        // broker (the child would copy it).
         assert_eq!(
             during,
-            vec![0, 1, 2, 3, ours],
+            vec![0, 1, 2, ours],
             "the job's thread held {during:?}"
         );
         // The job's copy is closed before `run` returns.
-        assert_eq!(open_in(tid), vec![0, 1, 2, 3]);
+        assert_eq!(open_in(tid), vec![0, 1, 2]);
     }
 
     /// A job handed over by a raised thread (see `prompt`) runs raised, as the fork it
