@@ -15,7 +15,7 @@
 //! a uid whose closes are stuck is refused more connections instead of filling the queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -138,6 +138,57 @@ pub fn close_from(fds: Vec<OwnedFd>, charger: Option<&Charger>) {
     }
     let charge = charger.map(|c| c.charge(fds.len()));
     close(fds, charger.map(Charger::uid), charge);
+}
+
+/// Closes here those of `dups` whose close cannot wait, and hands the others to a closer
+/// thread, charged to `charger`'s uid: duplicates a peek installed of descriptors still
+/// queued in the peer's message, so that no close of them is the last one, and only a
+/// flush can wait (a FUSE or network file's; a file on a FUSE mount whose server never
+/// answers FLUSH blocks every close of it). Closing here what surely cannot wait keeps a
+/// burst of handshakes from filling the uid's share of descriptors being closed.
+pub fn close_duplicates(dups: Vec<OwnedFd>, charger: Option<&Charger>) {
+    let (here, elsewhere): (Vec<OwnedFd>, Vec<OwnedFd>) = dups
+        .into_iter()
+        .partition(|fd| flush_cannot_wait(fd.as_raw_fd()));
+    drop(here);
+    close_from(elsewhere, charger);
+}
+
+/// Whether closing a duplicate of `fd` surely returns at once: an `O_PATH` descriptor (no
+/// flush), a socket, a pipe or FIFO, a character device, or a file of a local file system
+/// whose files have no flush. Anything else (FUSE, NFS, SMB, 9p, Ceph, overlay, which
+/// flushes the file under it, a block device) may wait on someone else.
+fn flush_cannot_wait(fd: RawFd) -> bool {
+    const LOCAL: [i64; 11] = [
+        0x0102_1994, // tmpfs, devtmpfs
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x9FA0,      // proc
+        0x6265_6572, // sysfs
+        0x5049_5045, // pipefs
+        0x534F_434B, // sockfs
+        0x0904_1934, // anon inodes
+        0x5049_4446, // pidfs
+        0x1CD1,      // devpts
+    ];
+    // SAFETY: plain queries of a descriptor we own, into structs we own.
+    unsafe {
+        if libc::fcntl(fd, libc::F_GETFL) & libc::O_PATH != 0 {
+            return true;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return false;
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFSOCK | libc::S_IFIFO | libc::S_IFCHR => return true,
+            libc::S_IFBLK => return false,
+            _ => {}
+        }
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(fd, &mut fs) == 0 && LOCAL.contains(&(fs.f_type as i64))
+    }
 }
 
 /// Descriptors a peer sent, closed on a closer thread when dropped, and counted against

@@ -338,8 +338,8 @@ impl Conn {
             };
             let chunk = &mut self.chunk[..limit];
             let admission = &mut self.admission;
-            // What the peeks installed, closed on a closer thread (never here: see
-            // `peek_fds`).
+            // What the peeks installed: closed here only where no close can wait (see
+            // `closer::close_duplicates`).
             let mut peeked = Vec::new();
             let received = self
                 .stream
@@ -358,7 +358,7 @@ impl Conn {
                     recv_with_fds(fd, chunk, &mut fds).map(|(n, nfds)| Read::Got(n, nfds))
                 })
                 .await;
-            closer::close_from(peeked, self.charger.as_ref());
+            closer::close_duplicates(peeked, self.charger.as_ref());
             let received = received?;
             let Read::Got(n, nfds) = received else {
                 if self.wait_for_fd_room().await {
@@ -419,7 +419,7 @@ impl Conn {
         // the broker for each of them.
         let mut peeked = Vec::new();
         let peek = peek_fds(fd, could.min(MAX_FDS), &mut peeked);
-        closer::close_from(peeked, self.charger.as_ref());
+        closer::close_duplicates(peeked, self.charger.as_ref());
         let Ok(Some(n)) = peek else {
             return false;
         };
