@@ -292,8 +292,51 @@ fn work() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::time::Instant;
+
+    /// What a peek's duplicates are closed at once for, and what goes to a closer thread
+    /// (a FUSE file's: `dos::a_passed_file_whose_every_close_waits_leaves_root_served`).
+    #[test]
+    fn only_what_no_close_can_make_wait_is_closed_at_once() {
+        let (r, w) = pipe();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let dir = std::env::temp_dir();
+        let file = tempfile_in(&dir);
+        let path = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open("/")
+            .unwrap();
+        for (what, fd) in [
+            ("pipe", r.as_raw_fd()),
+            ("pipe", w.as_raw_fd()),
+            ("/dev/null", null.as_raw_fd()),
+            ("O_PATH", path.as_raw_fd()),
+        ] {
+            assert!(flush_cannot_wait(fd), "{what}");
+        }
+        // The temporary directory's file system may be one with a flush (tmpfs and ext4 are
+        // not): the answer follows its type.
+        // SAFETY: statfs is plain data; fstatfs fills it.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) }, 0);
+        let local = [0x0102_1994, 0xEF53, 0x5846_5342, 0x9123_683E].contains(&(fs.f_type as i64));
+        assert_eq!(flush_cannot_wait(file.as_raw_fd()), local);
+        // A block device may flush through its driver: never closed at once.
+        if let Ok(loop0) = std::fs::File::open("/dev/loop0") {
+            assert!(!flush_cannot_wait(loop0.as_raw_fd()));
+        }
+    }
+
+    fn tempfile_in(dir: &std::path::Path) -> std::fs::File {
+        let path = dir.join(format!("ctx-closer-test-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        f
+    }
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut p = [0; 2];
