@@ -213,8 +213,33 @@ fn send_one(sock: RawFd, data: &[u8], fds: &[RawFd], patience: &mut Patience) ->
 /// counted in the second value. Returns `(0, 0)` at end of stream. The control buffer has
 /// room for `fds.len()` descriptors only: the kernel discards any beyond without ever
 /// installing them here, and that is reported as `EMSGSIZE` (as is a truncated control
-/// message).
+/// message), the ones received then closed here.
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<(usize, usize)> {
+    let got = recv_with_fds_kept(sock, buf, fds)?;
+    if got.truncated {
+        for &fd in &fds[..got.fds] {
+            // SAFETY: we own these just-received descriptors.
+            unsafe { libc::close(fd) };
+        }
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+    }
+    Ok((got.bytes, got.fds))
+}
+
+/// What [`recv_with_fds_kept`] received.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub bytes: usize,
+    /// Descriptors stored in `fds`, owned by the caller whatever else happened.
+    pub fds: usize,
+    /// The kernel discarded descriptors or control data that did not fit.
+    pub truncated: bool,
+}
+
+/// As [`recv_with_fds`], but a truncated message's descriptors are left to the caller too,
+/// to be closed where a close may wait (a peer's file on a FUSE mount that never answers
+/// FLUSH blocks every close of it).
+pub fn recv_with_fds_kept(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<Received> {
     let mut cbuf = CmsgBuf([0; 24 + MAX_FDS * 4 + 8]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut _,
@@ -242,14 +267,11 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Resu
         }
     };
     let (count, overflow) = take_fds(&msg, fds);
-    if overflow || msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        for &fd in &fds[..count] {
-            // SAFETY: we own these just-received descriptors.
-            unsafe { libc::close(fd) };
-        }
-        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
-    }
-    Ok((n, count))
+    Ok(Received {
+        bytes: n,
+        fds: count,
+        truncated: overflow || msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 /// How many descriptors the next message on `sock` carries, when at most `room` (`None`:

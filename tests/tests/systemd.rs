@@ -360,3 +360,58 @@ fn listen_fds_meant_for_another_process_are_ignored() {
     assert!(up.is_some(), "broker did not bind its own socket");
     assert!(!sock.exists(), "its own socket is removed at exit");
 }
+
+/// A socket unit with `PassCredentials=yes` makes its listener `SO_PASSCRED`, which every
+/// accepted connection inherits: the kernel then puts `SCM_CREDENTIALS` before a message's
+/// descriptors, which left room for 245 of the 253 a message may carry. The broker read the
+/// message as truncated, closed what it got on its async worker (where a file whose every
+/// close waits hung it, helper-97) and failed the launch. It turns the option off on each
+/// connection: a launch passing 300 descriptors through such a listener gets them all.
+#[test]
+fn a_listener_passing_credentials_loses_no_descriptor() {
+    require_root();
+    let dir = TempDir::new();
+    let sock = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&sock).expect("bind the service socket");
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and an int-sized option value with its length.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    let notify_path = dir.path().join("notify.sock");
+    let mut notify = Notify::bind(&notify_path);
+    let mut broker = start_activated(&dir, &listener, &notify_path);
+    let stderr = || std::fs::read_to_string(dir.path().join("broker.stderr")).unwrap_or_default();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        notify.expect("READY=1");
+        let count = |routed: bool| {
+            let mut c = Command::new("bash");
+            c.arg("-c").arg(
+                "for i in $(seq 300); do exec {f}</dev/null; done; \
+                 /bin/sh -c 'ls /proc/self/fd | wc -l'",
+            );
+            if routed {
+                c.env("LD_PRELOAD", bin("libctx_interposer.so"))
+                    .env("CTX_ROUTE", "alice")
+                    .env("CTX_SOCKET", &sock);
+            }
+            run(&mut c).ok().trim().to_string()
+        };
+        let local = count(false);
+        assert!(local.parse::<u32>().unwrap() > 300, "{local}");
+        assert_eq!(count(true), local, "descriptors the routed program has");
+    }));
+    signal(broker.id(), Signal::SIGKILL);
+    let _ = broker.wait();
+    if let Err(e) = result {
+        eprintln!("--- broker stderr ---\n{}", stderr());
+        std::panic::resume_unwind(e);
+    }
+}

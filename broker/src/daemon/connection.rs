@@ -8,7 +8,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use ctx_protocol::fdpass::{peek_fds, recv_with_fds, FD_FRAME_MAX, MAX_FDS};
+use ctx_protocol::fdpass::{peek_fds, recv_with_fds_kept, FD_FRAME_MAX, MAX_FDS};
 use ctx_protocol::frame::{complete_frame, encode_vec, payload_len, FrameError, FRAME_HEADER};
 use ctx_protocol::Reply;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -355,12 +355,12 @@ impl Conn {
                             Some(_) => {}
                         }
                     }
-                    recv_with_fds(fd, chunk, &mut fds).map(|(n, nfds)| Read::Got(n, nfds))
+                    recv_with_fds_kept(fd, chunk, &mut fds).map(Read::Got)
                 })
                 .await;
             closer::close_duplicates(peeked, self.charger.as_ref());
             let received = received?;
-            let Read::Got(n, nfds) = received else {
+            let Read::Got(got) = received else {
                 if self.wait_for_fd_room().await {
                     continue;
                 }
@@ -371,10 +371,17 @@ impl Conn {
                 let e = io::Error::from_raw_os_error(libc::EMSGSIZE);
                 return Err(over.err().map_or(WireError::Io(e), WireError::OverBudget));
             };
-            let received = fds[..nfds].iter().map(|&raw| {
-                // SAFETY: recv_with_fds handed us ownership of these new descriptors.
+            let n = got.bytes;
+            let received = fds[..got.fds].iter().map(|&raw| {
+                // SAFETY: recv_with_fds_kept handed us ownership of these new descriptors.
                 unsafe { OwnedFd::from_raw_fd(raw) }
             });
+            if got.truncated {
+                // The kernel discarded some (another control message took room, as
+                // SCM_CREDENTIALS would): what did come is closed off the worker.
+                closer::close_from(received.collect(), self.charger.as_ref());
+                return Err(WireError::Io(io::Error::from_raw_os_error(libc::EMSGSIZE)));
+            }
             if self.after_handshake {
                 closer::close_from(received.collect(), self.charger.as_ref());
             } else {
@@ -556,7 +563,7 @@ impl Drop for Conn {
 /// One receive in the handshake.
 enum Read {
     /// Bytes and descriptors received.
-    Got(usize, usize),
+    Got(ctx_protocol::fdpass::Received),
     /// The next message carries more descriptors than there is room for now.
     TooMany,
 }

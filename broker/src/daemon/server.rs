@@ -311,20 +311,33 @@ enum AdmitError {
 /// `recvmsg` skips such a byte and the kernel frees it, with any descriptors it carries,
 /// in that read, on the tokio worker, where closing the last reference to a peer's
 /// descriptor may block (a lingering TCP socket). Inline, they arrive as any others and
-/// go to the closer threads.
+/// go to the closer threads. No credentials, pidfd or security label come as control
+/// messages (a listener systemd made with `PassCredentials=yes` passes `SO_PASSCRED` on
+/// to every connection): they would take room from a message's descriptors, which the
+/// kernel would then discard (helper-97).
 fn inline_out_of_band(stream: &tokio::net::UnixStream) {
     use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and an int-sized option value with its length.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_OOBINLINE,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    /// `SO_PASSPIDFD` (Linux 6.5), not in every libc.
+    const SO_PASSPIDFD: libc::c_int = 76;
+    for (option, value) in [
+        (libc::SO_OOBINLINE, 1),
+        (libc::SO_PASSCRED, 0),
+        (libc::SO_PASSSEC, 0),
+        (SO_PASSPIDFD, 0),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: a valid socket and an int-sized option value with its length (an option
+        // this kernel does not know is refused, harmlessly).
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
 }
 
 fn admit(
