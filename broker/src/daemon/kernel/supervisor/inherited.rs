@@ -1,6 +1,6 @@
-//! The parent-signal filter the broker's runtime threads and its filtered forking threads
-//! (`spawn::forker`) install once each, at their start, and every child they clone
-//! inherits: a launch whose only supervision is the
+//! The parent-signal filter the broker's runtime threads and the filtered forking lane's
+//! starter (`spawn::forker`, whose threads share it) install once each, at their start,
+//! and every child those threads clone inherits: a launch whose only supervision is the
 //! relay of its signals to its parent then compiles, installs, hands over and frees no
 //! filter of its own (the largest single cost of a routed launch, measured in the
 //! README). Each thread's listener joins the guard's set for the broker's lifetime, and a
