@@ -366,7 +366,7 @@ impl Holder {
 impl Drop for Holder {
     /// Kills the holder, which ends its PID namespace and every process in it, and reaps it.
     fn drop(&mut self) {
-        // SAFETY: plain syscalls on a pidfd we own; the holder is our child, so waitid reaps it.
+        // SAFETY: plain syscall on a pidfd we own.
         unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
@@ -375,14 +375,9 @@ impl Drop for Holder {
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             );
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PIDFD,
-                self.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::__WALL,
-            );
         }
+        // The holder is our child: this reaps it.
+        crate::daemon::spawn::reap(&self.pidfd);
     }
 }
 

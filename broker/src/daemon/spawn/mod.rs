@@ -488,17 +488,9 @@ impl Side {
                         s.first.store(0, std::sync::atomic::Ordering::Release);
                         s.program.store(0, std::sync::atomic::Ordering::Release);
                     }
-                    // SAFETY: plain syscalls on our own child.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        let mut info: libc::siginfo_t = std::mem::zeroed();
-                        libc::waitid(
-                            libc::P_PIDFD,
-                            leader.as_raw_fd() as libc::id_t,
-                            &mut info,
-                            libc::WEXITED | libc::__WALL,
-                        );
-                    }
+                    // SAFETY: plain syscall on our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    reap(&leader);
                     return Err(io::Error::other(
                         "the terminal's session leader did not hand the program over",
                     ));
@@ -539,6 +531,20 @@ pub fn pidfd_of_child(pid: libc::pid_t) -> io::Result<OwnedFd> {
     }
     // SAFETY: just opened, owned here (close-on-exec).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits for our child `pidfd` to end and reaps it.
+pub fn reap(pidfd: &OwnedFd) {
+    // SAFETY: waitid fills a siginfo we own; the pidfd is a child's, which we own.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::__WALL,
+        );
+    }
 }
 
 /// Builds the child's arguments and clones it from this thread, with the descriptors as
@@ -639,16 +645,7 @@ fn clone_child(plan: &SpawnPlan, fds: ChildFds) -> io::Result<Started> {
     // The first child exited as soon as the grandchild exec'd (or failed): reap it (its
     // descriptors are closed by then) and go on with the grandchild, our own child thanks
     // to CLONE_PARENT.
-    // SAFETY: plain syscall on the first child's pidfd, which we own.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::__WALL,
-        );
-    }
+    reap(&pidfd);
     Ok(Started {
         pid: grandchild,
         grandchild: true,
