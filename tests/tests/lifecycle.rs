@@ -729,3 +729,74 @@ fn a_program_outlives_the_broker_thread_that_forked_it() {
         .env("CTX_PASSTHROUGH", "/bin/sh"));
     assert_eq!(routed.ok(), "done\n", "{}", routed.show());
 }
+
+/// helper-95: a broker killed after its program ended but before it reaped it. The
+/// caller gets the program's own status (here 7) from its adopter's reap, not exit 125
+/// and "the broker closed the connection before the program exited".
+#[test]
+fn a_program_that_ended_before_its_broker_died_keeps_its_status() {
+    require_root();
+    // Adopt what the broker leaves, as init or systemd would (this VM's PID 1 does not
+    // reap). nextest runs each test in a process of its own.
+    // SAFETY: plain prctl on this process.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    let mut b = Broker::start(&standard_config());
+    let marker = unique("ended-before-broker");
+    // A vfork caller: its shim holds the program's pidfd.
+    let script = "import subprocess, sys\n\
+                  r = subprocess.run(['/bin/bash', '-c', 'sleep 1; exit 7', sys.argv[1]])\n\
+                  print('rc', r.returncode, flush=True)";
+    let caller = b
+        .ctx([
+            "run",
+            "--route-to",
+            "alice",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(&marker)
+        .current_dir(b.dir().path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the caller");
+    let alice = user(ALICE).uid;
+    let program = poll(Duration::from_secs(10), || {
+        pids_with_arg(&marker).into_iter().find(|&p| {
+            proc_uid(p) == Some(alice)
+                && std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "bash")
+        })
+    })
+    .expect("the routed bash never appeared");
+    // The program ends while the broker cannot reap it.
+    signal(b.pid(), Signal::SIGSTOP);
+    let zombie = poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{program}/stat"))
+            .ok()
+            .filter(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+    });
+    assert!(zombie.is_some(), "the routed program did not end");
+    b.kill_now();
+    // Adopted by this process: reaped here, as its new parent would.
+    let reaped = poll(Duration::from_secs(5), || {
+        // SAFETY: waits for one pid, without blocking.
+        let r = unsafe { libc::waitpid(program, std::ptr::null_mut(), libc::WNOHANG) };
+        (r == program).then_some(())
+    });
+    assert!(
+        reaped.is_some(),
+        "the program was never adopted by this test"
+    );
+    let out = caller.wait_with_output().expect("the caller's output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "rc 7\n", "stderr: {stderr}");
+    assert!(!stderr.contains("broker closed"), "stderr: {stderr}");
+}

@@ -385,6 +385,36 @@ fn readable_now(fd: RawFd) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
+/// How long a shim whose broker is gone waits for the program's adopter to reap it.
+const ADOPTED_REAP_MS: i32 = 2000;
+
+/// How the program behind `pidfd` ended, when the broker went before it could tell: the
+/// status its adopter's reap left (`PIDFD_INFO_EXIT`). `None` while it is not reaped
+/// within [`ADOPTED_REAP_MS`] (no adopter reaps, or it still runs), and for a death by
+/// `SIGKILL`, which the broker's own end deals a program still running (its
+/// parent-death signal): that end is the broker's failure, not the program's.
+fn ended_without_the_broker(pidfd: RawFd) -> Option<ExitStatus> {
+    // `events` 0: POLLHUP comes at the reap, not at the exit.
+    let mut pfd = libc::pollfd {
+        fd: pidfd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    while unsafe { libc::poll(&mut pfd, 1, ADOPTED_REAP_MS) } < 0 {
+        if sys::errno() != libc::EINTR {
+            return None;
+        }
+    }
+    match pidfs::exit_status(pidfd)? {
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            ..
+        } => None,
+        status => Some(status),
+    }
+}
+
 /// How often a routed job in the background of the caller's terminal, whose program may
 /// read it, looks whether it was given the foreground.
 const FOREGROUND_POLL_MS: i32 = 50;
@@ -479,6 +509,11 @@ pub fn run(sock: RawFd, pty_mask: u8, launcher: libc::pid_t, name: &[u8]) -> ! {
             }
         }
         if pfd[0].revents != 0 && r.receive(&mut buf, &mut have, &mut watch).is_none() {
+            // The broker is gone. A program that had ended before it could reap it keeps
+            // its own status, told by whoever adopts and reaps it (init, systemd).
+            if let Some(status) = watch.and_then(ended_without_the_broker) {
+                r.finish(status, &mut buf, 0)
+            }
             r.die("the broker closed the connection before the program exited");
         }
         if pfd[3].revents != 0 {
