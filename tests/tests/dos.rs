@@ -1536,9 +1536,15 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
 /// one file, `f`, and answers every request but FLUSH, which it never answers: every
 /// close(2) of `f` waits for ever (a close flushes, last or not). Then becomes uid
 /// `argv[2]`, prints `mounted`, and serves until killed, which aborts the connection.
+/// Optional: `argv[3]`, more opcodes never answered (comma-separated: `17` STATFS);
+/// `argv[4]`, opcodes never answered once `f` was opened (`3` GETATTR: attributes are
+/// never cached here, so every `fstat` of the open file asks).
 const FLUSHLESS_FUSE: &str = r#"
 import ctypes, errno, os, struct, sys, time
 mnt, uid = sys.argv[1], int(sys.argv[2])
+def ops(i):
+    return {int(o) for o in sys.argv[i].split(",") if o} if len(sys.argv) > i else set()
+never, after_open, opened = ops(3), ops(4), False
 fd = os.open("/dev/fuse", os.O_RDWR)
 libc = ctypes.CDLL(None, use_errno=True)
 opts = f"fd={fd},rootmode=40000,user_id={uid},group_id={uid},allow_other".encode()
@@ -1565,6 +1571,10 @@ while True:
         break
     ln, op, unique, node = struct.unpack_from("<IIQQ", buf, 0)
     body = buf[40:ln]
+    if op in never or (opened and op in after_open):
+        continue
+    if op == 14:
+        opened = True
     if op == 26:  # INIT
         reply(unique, 0, struct.pack("<IIIIHHIIHHII", 7, 31, 0, 0, 16, 12, 65536, 1, 32, 0,
                                      0, 0) + bytes(24))
@@ -1625,6 +1635,49 @@ allow = {{ uids = [0] }}
 "#,
         uid = alice.uid
     ));
+    root_served_while_a_launch_passes_a_fuse_file(&b, ALICE, alice.uid, "alice", &[]);
+}
+
+/// A user allowed into no context connects with a launch whose stdout is a file on a FUSE
+/// mount of its own (`allow_other`) whose server answers neither STATFS nor, once the file
+/// is open, GETATTR. The handshake's check of the queued descriptors asked their file
+/// system what they were (`fstat`, `fstatfs`) on the async worker, before the `allow`
+/// rule: the worker waited for the server, the accept loop behind it, and nobody was
+/// served, root included (helper-98: over 11 minutes). Root must stay served.
+#[test]
+fn a_passed_file_whose_file_system_never_answers_leaves_root_served() {
+    if no_fuse() {
+        return;
+    }
+    let bob = user(BOB);
+    let b = Broker::start(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "ctx-alice"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.root]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#,
+    );
+    root_served_while_a_launch_passes_a_fuse_file(&b, BOB, bob.uid, "alice", &["17", "3"]);
+}
+
+/// Mounts [`FLUSHLESS_FUSE`] (with `fuse_args` after the mount point and uid) served as
+/// `uid`; `launcher` then starts `ctx exec --context CONTEXT` with its stdout that FUSE
+/// file; root's `ctx exec` must be served meanwhile.
+fn root_served_while_a_launch_passes_a_fuse_file(
+    b: &Broker,
+    launcher: &str,
+    uid: u32,
+    context: &str,
+    fuse_args: &[&str],
+) {
     let mnt = b.dir().path().join("flushless");
     std::fs::create_dir(&mnt).unwrap();
     let child = Command::new("unshare")
@@ -1637,7 +1690,8 @@ allow = {{ uids = [0] }}
             FLUSHLESS_FUSE,
         ])
         .arg(&mnt)
-        .arg(alice.uid.to_string())
+        .arg(uid.to_string())
+        .args(fuse_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -1654,12 +1708,12 @@ allow = {{ uids = [0] }}
         .unwrap();
     assert_eq!(&line, b"mounted\n");
     let file = format!("/proc/{}/root{}/f", server.0.id(), mnt.display());
-    let launch = as_user(ALICE)
+    let launch = as_user(launcher)
         .args(["/usr/bin/python3", "-c", STDOUT_ONTO, &file])
         .arg(bin("ctx"))
         .arg("--socket")
         .arg(b.socket())
-        .args(["exec", "--context", "alice", "--", "/bin/echo", "x"])
+        .args(["exec", "--context", context, "--", "/bin/echo", "x"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1667,18 +1721,18 @@ allow = {{ uids = [0] }}
     let launch = Attacker(launch);
     thread::sleep(Duration::from_secs(1));
     eprintln!("broker threads:\n{}", threads(b.pid()));
-    let root = RootExec::start(&b, "root");
+    let root = RootExec::start(b, "root");
     let Served { ok: served, took } = root.wait();
     if !served {
         eprintln!("broker threads after:\n{}", threads(b.pid()));
     }
-    // Killing the server aborts the connection: every waiting close returns.
+    // Killing the server aborts the connection: every waiting call returns.
     drop(server);
     drop(launch);
     assert!(
         served,
-        "root's ctx exec was not served in {took:?} while ctx-alice's launch passed a file \
-         whose close waits for ever"
+        "root's ctx exec was not served in {took:?} while {launcher}'s launch passed a file \
+         on a FUSE mount whose server does not answer"
     );
 }
 
