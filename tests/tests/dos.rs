@@ -1678,6 +1678,125 @@ fn root_served_while_a_launch_passes_a_fuse_file(
     context: &str,
     fuse_args: &[&str],
 ) {
+    let (server, file) = flushless_fuse(b, uid, fuse_args);
+    let launch = as_user(launcher)
+        .args(["/usr/bin/python3", "-c", STDOUT_ONTO, &file])
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", context, "--", "/bin/echo", "x"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let launch = Attacker(launch);
+    thread::sleep(Duration::from_secs(1));
+    eprintln!("broker threads:\n{}", threads(b.pid()));
+    let root = RootExec::start(b, "root");
+    let Served { ok: served, took } = root.wait();
+    if !served {
+        eprintln!("broker threads after:\n{}", threads(b.pid()));
+    }
+    // Killing the server aborts the connection: every waiting call returns.
+    drop(server);
+    drop(launch);
+    assert!(
+        served,
+        "root's ctx exec was not served in {took:?} while {launcher}'s launch passed a file \
+         on a FUSE mount whose server does not answer"
+    );
+}
+
+/// Q opens the FUSE file (`argv[1]`, close-on-exec), forks P, and execs `/bin/true`:
+/// the exec's close of the file waits for a FLUSH that never comes. P connects to the
+/// broker (`argv[2]`) once Q is in that exec, says `connected`, and sends nothing until
+/// Q ends.
+const STUCK_PARENT: &str = r#"
+import ctypes, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL once Q is gone
+    time.sleep(1.0)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[2])
+    print("connected", flush=True)
+    time.sleep(60)
+    os._exit(0)
+os.execv("/bin/true", ["true"])
+"#;
+
+/// A user allowed into nothing connects from a process whose parent is stuck in an exec
+/// (its close of a file on the user's own FUSE mount waits for a FLUSH that never comes),
+/// while some launch runs. Placing the peer walked its ancestors through
+/// `/proc/PID/stat`, which waits for as long as that process is in its exec: on the
+/// accept loop, so nobody was served, root included (helper-100: 1213 s, until the FUSE
+/// server was killed). Root must stay served.
+#[test]
+fn a_peer_whose_parent_is_stuck_in_an_exec_leaves_root_served() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "ctx-alice"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.root]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#,
+    );
+    // A launch that runs meanwhile: the walk climbs from the peer to every ancestor born
+    // since the oldest running launch, its parent included.
+    let mut running = b
+        .exec_cmd("alice", &["sh", "-c", "echo up; exec sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = [0u8; 3];
+    running
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut up)
+        .unwrap();
+    let running = Attacker(running);
+    let (server, file) = flushless_fuse(&b, user(BOB).uid, &[]);
+    let stuck = as_user(BOB)
+        .args(["/usr/bin/python3", "-c", STUCK_PARENT, &file])
+        .arg(b.socket())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stuck = Attacker(stuck);
+    assert_eq!(stuck.report(1), ["connected"]);
+    thread::sleep(Duration::from_millis(300));
+    let root = RootExec::start(&b, "root");
+    let Served { ok: served, took } = root.wait();
+    if !served {
+        eprintln!("broker threads:\n{}", threads(b.pid()));
+    }
+    // Killing the server aborts the connection: the exec goes on.
+    drop(server);
+    drop(stuck);
+    drop(running);
+    assert!(
+        served,
+        "root's ctx exec was not served in {took:?} while a peer's parent was stuck in an exec"
+    );
+}
+
+/// Mounts [`FLUSHLESS_FUSE`] (with `fuse_args` after the mount point and uid) served as
+/// `uid`: the server, whose end aborts the connection, and the path of its file.
+fn flushless_fuse(b: &Broker, uid: u32, fuse_args: &[&str]) -> (Attacker, String) {
     let mnt = b.dir().path().join("flushless");
     std::fs::create_dir(&mnt).unwrap();
     let child = Command::new("unshare")
@@ -1708,32 +1827,7 @@ fn root_served_while_a_launch_passes_a_fuse_file(
         .unwrap();
     assert_eq!(&line, b"mounted\n");
     let file = format!("/proc/{}/root{}/f", server.0.id(), mnt.display());
-    let launch = as_user(launcher)
-        .args(["/usr/bin/python3", "-c", STDOUT_ONTO, &file])
-        .arg(bin("ctx"))
-        .arg("--socket")
-        .arg(b.socket())
-        .args(["exec", "--context", context, "--", "/bin/echo", "x"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let launch = Attacker(launch);
-    thread::sleep(Duration::from_secs(1));
-    eprintln!("broker threads:\n{}", threads(b.pid()));
-    let root = RootExec::start(b, "root");
-    let Served { ok: served, took } = root.wait();
-    if !served {
-        eprintln!("broker threads after:\n{}", threads(b.pid()));
-    }
-    // Killing the server aborts the connection: every waiting call returns.
-    drop(server);
-    drop(launch);
-    assert!(
-        served,
-        "root's ctx exec was not served in {took:?} while {launcher}'s launch passed a file \
-         on a FUSE mount whose server does not answer"
-    );
+    (server, file)
 }
 
 /// Every spawn child used to get a copy of the broker's whole descriptor table, with the

@@ -3,10 +3,15 @@
 //! `SO_PEERCRED` records a pid at `connect()`, but a pid is only a number: once that process
 //! exits, another may get it, and a walk of "whatever holds that pid now" would take the
 //! newcomer's context for the peer's. So the kernel's own reference to the connecting
-//! process (`SO_PEERPIDFD`) is taken, everything is read from /proc first, and only then
-//! is the pidfd asked whether that process still lives: if it does, its pid cannot have
-//! been reused in between, so what was read was the peer's. Ancestors are pinned by start
-//! time (see [`super::registry::Registry::context_of`]).
+//! process (`SO_PEERPIDFD`) is taken, everything is read first, and only then is the
+//! pidfd asked whether that process still lives: if it does, its pid cannot have been
+//! reused in between, so what was read was the peer's. Ancestors are pinned by their
+//! birth (see [`super::registry::Registry::context_of`]).
+//!
+//! Nothing here reads a file of /proc that waits for its process: `stat`, and every link
+//! (`ns/*`, `root`, `cwd`, `fd/N`, `exe`), wait as long as that process is inside an exec,
+//! which a close-on-exec FUSE file whose server never answers the flush holds up for good;
+//! `status` and the pidfd's own answers do not (helper-100).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -44,10 +49,11 @@ pub struct Peer {
     /// uid-0 context, out of its cgroup too), so never the operator. Root under
     /// `no_new_privs` (a container's, under `no-new-privileges`) is not.
     pub confined_root: bool,
-    /// The connecting process's start time, which with its pid names it for the checks
-    /// after the one at connect (none when its pid is not visible here). Its pidfd is not
-    /// kept: one descriptor more per connection is what a flood would make the broker hold.
-    start: Option<u64>,
+    /// The connecting process's birth (see [`registry::Birth`]), which with its pid names
+    /// it for the checks after the one at connect (none when its pid is not visible here).
+    /// Its pidfd is not kept: one descriptor more per connection is what a flood would
+    /// make the broker hold.
+    start: Option<registry::Birth>,
 }
 
 impl Peer {
@@ -72,11 +78,7 @@ impl Peer {
             Some(libc::ESRCH) => IdentityError::Gone(pid),
             _ => IdentityError::Credentials(e),
         })?;
-        let found = match pidfd_euid(&pidfd) {
-            Some(euid) => registry::parent_and_start(pid)
-                .map(|(ppid, start)| registry::ProcIdentity { ppid, start, euid }),
-            None => registry::proc_identity(pid),
-        };
+        let found = registry::identity_of(&pidfd, pid);
         // Only for root, whom the operator's rights go to. Unreadable counts as confined:
         // never the operator by default.
         // SAFETY: plain getter.
@@ -102,11 +104,11 @@ impl Peer {
             });
         }
         peer.confined_root = confined_root;
-        peer.context = registry.context_of(pid, found.ppid, found.start);
+        peer.context = registry.context_of(pid, found.ppid, found.birth);
         if peer.context.is_none() {
             peer.contained = super::kernel::cgroups::context_of_pid(pid);
         }
-        peer.start = Some(found.start);
+        peer.start = Some(found.birth);
         Ok(peer)
     }
 
@@ -125,8 +127,13 @@ impl Peer {
     /// again where its identity grants something.
     pub fn still_there(&self) -> bool {
         self.start.is_none_or(|start| {
-            registry::parent_and_start(self.pid).is_some_and(|(_, now)| now == start)
+            registry::parent_and_birth(self.pid).is_some_and(|(_, now)| now == start)
         })
+    }
+
+    /// The connecting process's birth, when its pid is visible here.
+    pub fn birth(&self) -> Option<registry::Birth> {
+        self.start
     }
 }
 
@@ -191,14 +198,6 @@ pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
         return Some((thread, tid));
     }
     Some((pidfd_open(tgid).ok()?, tgid))
-}
-
-/// The effective uid of the process behind `pidfd`, asked of the pidfd itself: one ioctl
-/// where `/proc/PID/status` is a page of text, and of that process whatever holds its pid
-/// by now. `None` on kernels without `PIDFD_GET_INFO` (or a process already reaped).
-fn pidfd_euid(pidfd: &OwnedFd) -> Option<u32> {
-    let info = pidfs::info(pidfd.as_raw_fd(), pidfs::PIDFD_INFO_CREDS)?;
-    (info.mask & pidfs::PIDFD_INFO_CREDS != 0).then_some(info.euid)
 }
 
 /// Whether `pid` (behind `pidfd`), a uid-0 peer of a root broker, is a process the broker
@@ -287,8 +286,12 @@ mod tests {
         let mut child = cmd.spawn().unwrap();
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid).unwrap();
-        let from_proc = registry::proc_identity(pid).map(|p| p.euid);
-        let from_pidfd = pidfd_euid(&pidfd);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let from_proc: Option<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_ascii_whitespace().nth(1)?.parse().ok());
+        let from_pidfd = registry::identity_of(&pidfd, pid).map(|p| p.euid);
         child.kill().unwrap();
         child.wait().unwrap();
         // SAFETY: plain getter.
@@ -298,10 +301,7 @@ mod tests {
             unsafe { libc::geteuid() }
         };
         assert_eq!(from_proc, Some(expected));
-        // Kernels before 6.13 have no PIDFD_GET_INFO: the broker reads /proc there.
-        if from_pidfd.is_some() {
-            assert_eq!(from_pidfd, Some(expected));
-        }
+        assert_eq!(from_pidfd, Some(expected));
     }
 
     #[test]
@@ -309,7 +309,9 @@ mod tests {
         let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
         let pidfd = pidfd_open(child.id() as i32).unwrap();
         child.wait().unwrap();
-        assert_eq!(pidfd_euid(&pidfd), None);
+        if registry::birth_clock() == registry::BirthClock::Pidfs {
+            assert_eq!(registry::identity_of(&pidfd, child.id() as i32), None);
+        }
         assert!(!alive(&pidfd));
     }
 }

@@ -2,6 +2,7 @@
 //! signals, and how the broker tells which context a connecting peer runs in.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,21 +32,89 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<u64, Running>,
-    /// Routed pid -> (its start time, launch id): what [`Registry::context_of`] looks each
-    /// ancestor up in. The start time tells the routed process from a later one that got
-    /// its pid.
-    by_pid: HashMap<i32, (u64, u64)>,
-    /// Launches being forked, by id: their context, when the fork began, and the pids the
-    /// kernel fills in as it creates their processes (see [`PidSlots`]).
-    forking: HashMap<u64, (String, Instant, Arc<PidSlots>)>,
+    /// Routed pid -> (its [`Birth`], launch id): what [`Registry::context_of`] looks each
+    /// ancestor up in. The birth tells the routed process from a later one that got its
+    /// pid.
+    by_pid: HashMap<i32, (Birth, u64)>,
+    /// Launches being forked, by id: their context, a birth no process of theirs can
+    /// precede (see [`floor_for_fork`]), and the pids the kernel fills in as it creates
+    /// their processes (see [`PidSlots`]).
+    forking: HashMap<u64, (String, Birth, Arc<PidSlots>)>,
 }
 
-/// What /proc says of a process, read in one go.
+/// What tells a process from every later one that gets its pid, and orders processes by
+/// creation (a process is born after its parent). From Linux 6.9 the inode number of its
+/// pid in pidfs, which the kernel takes from a 64-bit counter at each new pid: read from
+/// a pidfd, it never waits. Before, the start time in clock ticks since boot from
+/// `/proc/PID/stat`: ten milliseconds coarse, and that read waits as long as the process
+/// is inside an exec, which closing a file of a FUSE server that never answers holds up
+/// for good (helper-100). `u64::MAX`: unknown, matches nothing.
+pub type Birth = u64;
+
+/// Where this kernel gives a process's [`Birth`] from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirthClock {
+    Pidfs,
+    StartTicks,
+}
+
+/// The [`BirthClock`] of this kernel, asked once: pidfds are pidfs files from 6.9 on.
+pub fn birth_clock() -> BirthClock {
+    static CLOCK: std::sync::OnceLock<BirthClock> = std::sync::OnceLock::new();
+    /// `PID_FS_MAGIC`.
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    *CLOCK.get_or_init(|| {
+        let Ok(own) = super::peer::pidfd_open(std::process::id() as i32) else {
+            return BirthClock::StartTicks;
+        };
+        // SAFETY: statfs is plain data that fstatfs fills.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: our own descriptor and a struct of the right type.
+        let rc = unsafe { libc::fstatfs(own.as_raw_fd(), &mut st) };
+        if rc == 0 && st.f_type as i64 == PIDFS_MAGIC {
+            BirthClock::Pidfs
+        } else {
+            BirthClock::StartTicks
+        }
+    })
+}
+
+/// The birth of the process behind `pidfd`, where the pidfd tells it (pidfs).
+pub fn birth_of(pidfd: &impl AsRawFd) -> Option<Birth> {
+    if birth_clock() != BirthClock::Pidfs {
+        return None;
+    }
+    // SAFETY: stat is plain data that fstat fills; a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::fstat(pidfd.as_raw_fd(), &mut st) };
+    (rc == 0).then_some(st.st_ino)
+}
+
+/// The birth of a child the broker just forked (behind `pidfd`), without /proc when it
+/// can: from its pidfd, or from the clock around the fork.
+pub fn birth_of_child(pidfd: &impl AsRawFd, bracket: &StartBracket) -> Option<Birth> {
+    match birth_clock() {
+        BirthClock::Pidfs => birth_of(pidfd),
+        BirthClock::StartTicks => bracket.ticks(),
+    }
+}
+
+/// A birth that no process a launch is about to fork can precede: `caller`'s (the
+/// connecting process, born before its request), or on start times the clock at
+/// `started`, before the fork, less two ticks for the rounding of both clocks.
+pub fn floor_for_fork(started: Instant, caller: Option<Birth>) -> Birth {
+    match birth_clock() {
+        BirthClock::Pidfs => caller.unwrap_or(0),
+        BirthClock::StartTicks => boot_ticks_at(started).saturating_sub(2),
+    }
+}
+
+/// What the kernel says of a process, read in one go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcIdentity {
     pub ppid: i32,
-    /// Clock ticks since boot.
-    pub start: u64,
+    pub birth: Birth,
     pub euid: u32,
 }
 
@@ -57,27 +126,27 @@ impl Registry {
         self.insert_started(r, None);
     }
 
-    /// As [`Registry::insert`], with the process's start time when the caller knows it
-    /// ([`StartBracket::ticks`]): /proc is then not read. That read comes right after the
-    /// fork, when the program is still in its exec, which holds up a read of its /proc
-    /// files (tens of microseconds of the launch's critical path).
-    pub fn insert_started(&self, r: Running, start: Option<u64>) {
+    /// As [`Registry::insert`], with the process's birth when the caller knows it
+    /// ([`birth_of_child`]): it is then not read here. On start times that read comes
+    /// right after the fork, when the program is still in its exec, which holds up a read
+    /// of its /proc/PID/stat (tens of microseconds of the launch's critical path).
+    pub fn insert_started(&self, r: Running, birth: Option<Birth>) {
         // Unreadable only if it is gone already: then no walk may ever match it.
-        let start = start.unwrap_or_else(|| parent_and_start(r.pid).map_or(u64::MAX, |(_, s)| s));
+        let birth = birth.unwrap_or_else(|| parent_and_birth(r.pid).map_or(u64::MAX, |(_, b)| b));
         let mut g = self.lock();
         g.forking.remove(&r.id);
-        g.by_pid.insert(r.pid, (start, r.id));
+        g.by_pid.insert(r.pid, (birth, r.id));
         g.by_id.insert(r.id, r);
     }
 
     /// A launch of `context` about to be forked: gives the slots its fork fills in, which
     /// place its processes until [`Registry::insert`] (or [`Registry::remove`]) of `id`.
-    /// `started` is taken before the fork, as for [`Running::started`].
-    pub fn forking(&self, id: u64, context: &str, started: Instant) -> Arc<PidSlots> {
+    /// No process of the launch is born before `floor` (see [`floor_for_fork`]).
+    pub fn forking(&self, id: u64, context: &str, floor: Birth) -> Arc<PidSlots> {
         let slots = Arc::new(PidSlots::default());
         self.lock()
             .forking
-            .insert(id, (context.to_string(), started, slots.clone()));
+            .insert(id, (context.to_string(), floor, slots.clone()));
         slots
     }
 
@@ -114,21 +183,21 @@ impl Registry {
     }
 
     /// The context of the routed process `pid` is, or descends from (following parent
-    /// pids through /proc), if any. `ppid` and `start` are what /proc said of `pid` while
-    /// the caller knew `pid` to be the process it means (see [`super::peer`]).
+    /// pids), if any. `ppid` and `birth` are what the kernel said of `pid` while the
+    /// caller knew `pid` to be the process it means (see [`super::peer`]).
     ///
-    /// Each step up is pinned: the parent's start time is read, then the child is read
-    /// again; if the child still names that parent, the parent read was the child's own
-    /// (a reused pid cannot become the parent of a process that already exists), and a
-    /// registry entry counts only with the start time it was registered with.
+    /// Each step up is pinned: the parent's birth is read, then the child is read again;
+    /// if the child still names that parent, the parent read was the child's own (a reused
+    /// pid cannot become the parent of a process that already exists), and a registry
+    /// entry counts only with the birth it was registered with.
     ///
-    /// A process starts after its parent, so once the walk reaches a process that started
-    /// before the oldest running routed process, no ancestor further up can be one: the
-    /// walk stops there instead of climbing to init. That bounds a connection's /proc reads
+    /// A process is born after its parent, so once the walk reaches a process born before
+    /// the oldest running routed process, no ancestor further up can be one: the walk
+    /// stops there instead of climbing to init. That bounds a connection's /proc reads
     /// to the generations born since the oldest routed launch (one or two for a
     /// long-running agent), not the depth of the whole process tree.
-    pub fn context_of(&self, pid: i32, ppid: i32, start: u64) -> Option<String> {
-        let id = self.launch_of(pid, ppid, start)?;
+    pub fn context_of(&self, pid: i32, ppid: i32, birth: Birth) -> Option<String> {
+        let id = self.launch_of(pid, ppid, birth)?;
         let g = self.lock();
         match g.by_id.get(&id) {
             Some(r) => Some(r.context.clone()),
@@ -138,16 +207,14 @@ impl Registry {
 
     /// The id of the launch whose routed process `pid` is, or descends from: the walk
     /// [`Registry::context_of`] describes.
-    pub fn launch_of(&self, pid: i32, ppid: i32, start: u64) -> Option<u64> {
-        let oldest = {
+    pub fn launch_of(&self, pid: i32, ppid: i32, birth: Birth) -> Option<u64> {
+        let floor = {
             let g = self.lock();
             let forking = g.forking.values().map(|f| f.1);
-            g.by_id.values().map(|r| r.started).chain(forking).min()?
+            let running = g.by_pid.values().map(|e| e.0).filter(|&b| b != u64::MAX);
+            running.chain(forking).min()?
         };
-        // Clock ticks since boot (what /proc/PID/stat counts in) at the oldest launch, less
-        // two ticks for the rounding of both clocks.
-        let floor = boot_ticks_at(oldest).saturating_sub(2);
-        let (mut cur, mut cur_parent, mut cur_start) = (pid, ppid, start);
+        let (mut cur, mut cur_parent, mut cur_start) = (pid, ppid, birth);
         for _ in 0..128 {
             if cur <= 1 {
                 return None;
@@ -164,10 +231,10 @@ impl Registry {
             };
             // A slot holds the pid of an unreaped child of ours (see `PidSlots`), but the
             // walk read `cur` before: the process it means may have exited since, its pid
-            // gone to the launch's clone. The start time read now is the slot's process's,
+            // gone to the launch's clone. The birth read now is the slot's process's,
             // which names the walk's process only if it is that one.
             if let Some((id, slots)) = slot {
-                let now = parent_and_start(cur).map(|(_, s)| s);
+                let now = parent_and_birth(cur).map(|(_, s)| s);
                 if now == Some(cur_start) && slots.holds(cur) {
                     return Some(id);
                 }
@@ -175,10 +242,10 @@ impl Registry {
             if cur_start < floor {
                 return None;
             }
-            let (grandparent, parent_start) = parent_and_start(cur_parent)?;
+            let (grandparent, parent_start) = parent_and_birth(cur_parent)?;
             // Still the same process, still the child of the same parent: the parent read
             // above was that parent's.
-            if parent_and_start(cur) != Some((cur_parent, cur_start)) || parent_start > cur_start {
+            if parent_and_birth(cur) != Some((cur_parent, cur_start)) || parent_start > cur_start {
                 return None;
             }
             (cur, cur_parent, cur_start) = (cur_parent, grandparent, parent_start);
@@ -191,30 +258,85 @@ impl Registry {
     }
 }
 
-/// Parent, start time and effective uid of `pid`, from `/proc/PID/stat` and `status`.
+/// Parent, birth and effective uid of whatever process holds `pid` now.
 pub fn proc_identity(pid: i32) -> Option<ProcIdentity> {
-    let (ppid, start) = parent_and_start(pid)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_ascii_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    if birth_clock() == BirthClock::Pidfs {
+        return identity_of(&super::peer::pidfd_open(pid).ok()?, pid);
+    }
+    let (ppid, birth) = parent_and_birth(pid)?;
+    let euid = status_field(pid, "Uid:", 1)?;
     // Read again: the stat and the status were of one process.
-    (parent_and_start(pid)? == (ppid, start)).then_some(ProcIdentity { ppid, start, euid })
+    (parent_and_birth(pid)? == (ppid, birth)).then_some(ProcIdentity { ppid, birth, euid })
 }
 
-/// The parent pid from `/proc/PID/stat` (the field after the command name's closing paren,
-/// which may itself contain spaces and parens).
+/// Parent, birth and effective uid of the process behind `pidfd` (whose pid is `pid`):
+/// on pidfs from the pidfd itself, where nothing waits for the process (helper-100).
+/// Describes that process if it is alive after the call (see `peer::alive`).
+pub fn identity_of(pidfd: &impl AsRawFd, pid: i32) -> Option<ProcIdentity> {
+    let birth = match birth_clock() {
+        BirthClock::StartTicks => return proc_identity(pid),
+        BirthClock::Pidfs => birth_of(pidfd)?,
+    };
+    use ctx_protocol::pidfs::{info, PIDFD_INFO_CREDS, PIDFD_INFO_PID};
+    static ASKS_PIDFDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // Asked of this process: another's answers nothing once it is reaped.
+    let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
+        super::peer::pidfd_open(std::process::id() as i32)
+            .is_ok_and(|own| info(own.as_raw_fd(), 0).is_some())
+    });
+    if asks_pidfds {
+        // `None` once the process is reaped.
+        let found = info(pidfd.as_raw_fd(), PIDFD_INFO_PID | PIDFD_INFO_CREDS)?;
+        return (found.mask & PIDFD_INFO_CREDS != 0).then_some(ProcIdentity {
+            ppid: found.ppid as i32,
+            birth,
+            euid: found.euid,
+        });
+    }
+    // 6.9 to 6.12: no PIDFD_GET_INFO, but `status`, unlike `stat`, never waits for an exec.
+    Some(ProcIdentity {
+        ppid: status_field(pid, "PPid:", 0)?,
+        birth,
+        euid: status_field(pid, "Uid:", 1)?,
+    })
+}
+
+/// Field `nth` of the `/proc/PID/status` line starting with `key`.
+fn status_field<T: std::str::FromStr>(pid: i32, key: &str, nth: usize) -> Option<T> {
+    let mut buf = [0u8; 2048];
+    let (_, n) = read_proc_file(&format!("/proc/{pid}/status"), &mut buf)?;
+    // As bytes: the name on the first line may be anything a process called itself.
+    let line = buf[..n]
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(key.as_bytes()))?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(nth)?
+        .parse()
+        .ok()
+}
+
+/// The parent pid of whatever process holds `pid` now.
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    parent_and_start(pid).map(|(ppid, _)| ppid)
+    parent_and_birth(pid).map(|(ppid, _)| ppid)
+}
+
+/// Parent pid and [`Birth`] of whatever process holds `pid` now: this runs for every
+/// connection while launches are running, for the peer and each ancestor it climbs.
+pub fn parent_and_birth(pid: i32) -> Option<(i32, Birth)> {
+    match birth_clock() {
+        BirthClock::Pidfs => {
+            let pidfd = super::peer::pidfd_open(pid).ok()?;
+            identity_of(&pidfd, pid).map(|i| (i.ppid, i.birth))
+        }
+        BirthClock::StartTicks => parent_and_start_ticks(pid),
+    }
 }
 
 /// Parent pid and start time (clock ticks since boot) from `/proc/PID/stat`, read into a
-/// stack buffer: this runs for every connection while launches are running.
-pub fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+/// stack buffer.
+pub fn parent_and_start_ticks(pid: i32) -> Option<(i32, u64)> {
     let mut buf = [0u8; 1024];
     let (_, n) = read_proc_file(&format!("/proc/{pid}/stat"), &mut buf)?;
     parse_stat(&buf[..n])
@@ -344,7 +466,7 @@ mod tests {
     #[test]
     fn start_times_are_comparable_with_the_boot_clock() {
         let me = std::process::id() as i32;
-        let (_, start) = parent_and_start(me).unwrap();
+        let (_, start) = parent_and_start_ticks(me).unwrap();
         // This process started before now and after boot.
         let now = boot_ticks_at(Instant::now());
         assert!(start <= now + 1, "{start} > {now}");
@@ -383,7 +505,7 @@ mod tests {
                 .spawn()
                 .unwrap();
             let from_clock = bracket.ticks();
-            let from_proc = parent_and_start(child.id() as i32).map(|(_, s)| s);
+            let from_proc = parent_and_start_ticks(child.id() as i32).map(|(_, s)| s);
             let _ = child.kill();
             let _ = child.wait();
             if let Some(t) = from_clock {
@@ -397,7 +519,7 @@ mod tests {
     /// The walk from what /proc says of `pid` now.
     fn context(reg: &Registry, pid: i32) -> Option<String> {
         let found = proc_identity(pid)?;
-        reg.context_of(pid, found.ppid, found.start)
+        reg.context_of(pid, found.ppid, found.birth)
     }
 
     #[test]
@@ -455,10 +577,12 @@ mod tests {
                 .unwrap();
             let below: i32 = line.trim().parse().unwrap();
             reg.insert(program(1, sh.id() as i32, "c", long_ago));
-            let Some((ppid, start)) = parent_and_start(below) else {
+            let (Some((ppid, birth)), Some((_, ticks))) =
+                (parent_and_birth(below), parent_and_start_ticks(below))
+            else {
                 continue;
             };
-            assert_eq!(reg.launch_of(below, ppid, start), Some(1));
+            assert_eq!(reg.launch_of(below, ppid, birth), Some(1));
             // It dies and is reaped (the shell's `wait`); this process's next child gets
             // its pid.
             // SAFETY: plain syscall on the sleep this test started.
@@ -473,12 +597,12 @@ mod tests {
                 .spawn()
                 .unwrap();
             let pid = other.id() as i32;
-            if let Some((ppid, now)) = parent_and_start(pid) {
-                if pid == below && now == start {
-                    same_tick += 1;
-                    if reg.launch_of(pid, ppid, now).is_some() {
-                        misplaced += 1;
-                    }
+            // Same pid, same start time: what only the birth can tell apart.
+            let same_start = parent_and_start_ticks(pid).is_some_and(|(_, t)| t == ticks);
+            if let (Some((ppid, now)), true) = (parent_and_birth(pid), pid == below && same_start) {
+                same_tick += 1;
+                if reg.launch_of(pid, ppid, now).is_some() {
+                    misplaced += 1;
                 }
             }
             let _ = other.kill();
@@ -528,21 +652,21 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_counts_only_with_the_start_time_it_was_registered_with() {
+    fn an_entry_counts_only_with_the_birth_it_was_registered_with() {
         let reg = Registry::default();
         let (mut child, pid, long_ago) = sleeper();
         reg.insert(program(1, pid, "c", long_ago));
         let found = proc_identity(pid).unwrap();
         assert_eq!(
-            reg.context_of(pid, found.ppid, found.start).as_deref(),
+            reg.context_of(pid, found.ppid, found.birth).as_deref(),
             Some("c")
         );
         // The same pid with another start time: a later process that reused it.
-        assert_eq!(reg.context_of(pid, found.ppid, found.start + 1), None);
+        assert_eq!(reg.context_of(pid, found.ppid, found.birth + 1), None);
         // A parent link that /proc no longer confirms.
         let me = std::process::id() as i32;
         let mine = proc_identity(me).unwrap();
-        assert_eq!(reg.context_of(me, pid, mine.start), None);
+        assert_eq!(reg.context_of(me, pid, mine.birth), None);
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -556,15 +680,15 @@ mod tests {
     fn a_slot_places_only_the_process_that_holds_its_pid() {
         let reg = Registry::default();
         let (mut child, pid, long_ago) = sleeper();
-        let slots = reg.forking(1, "c", long_ago);
+        let slots = reg.forking(1, "c", floor_for_fork(long_ago, None));
         slots.first.store(pid, std::sync::atomic::Ordering::Release);
         let found = proc_identity(pid).unwrap();
         assert_eq!(
-            reg.context_of(pid, found.ppid, found.start).as_deref(),
+            reg.context_of(pid, found.ppid, found.birth).as_deref(),
             Some("c")
         );
         // The same pid with another start time: the process that had it before.
-        assert_eq!(reg.context_of(pid, found.ppid, found.start + 1), None);
+        assert_eq!(reg.context_of(pid, found.ppid, found.birth + 1), None);
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -579,7 +703,7 @@ mod tests {
 
         let reg = Registry::default();
         let started = Instant::now();
-        let slots = reg.forking(7, "c", started);
+        let slots = reg.forking(7, "c", floor_for_fork(started, None));
         let mut pipe = [0; 2];
         // SAFETY: pipe2 fills the array.
         assert_eq!(

@@ -228,9 +228,9 @@ fn sender_context(code: i32, pid: i32, registry: &Registry) -> Option<String> {
         return None;
     }
     let pidfd = super::peer::pidfd_open(pid).ok()?;
-    let found = registry::proc_identity(pid)?;
+    let found = registry::identity_of(&pidfd, pid)?;
     if !super::peer::alive(&pidfd) {
         return None;
     }
-    registry.context_of(pid, found.ppid, found.start)
+    registry.context_of(pid, found.ppid, found.birth)
 }

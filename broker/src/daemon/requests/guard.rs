@@ -74,8 +74,8 @@ pub fn start_supervisor(shared: &Arc<Shared>) {
         let weak = Arc::downgrade(shared);
         shared.exec_guard.relays.resolve_with(Box::new(move |pid| {
             let shared = weak.upgrade()?;
-            let (ppid, start) = crate::daemon::registry::parent_and_start(pid)?;
-            shared.registry.launch_of(pid, ppid, start)
+            let (ppid, birth) = crate::daemon::registry::parent_and_birth(pid)?;
+            shared.registry.launch_of(pid, ppid, birth)
         }));
         shared.exec_guard.start(denials_to_audit(shared));
     }

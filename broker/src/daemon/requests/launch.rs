@@ -33,7 +33,7 @@ use crate::daemon::kernel::cgroups::Group;
 use crate::daemon::kernel::namespaces::Holder;
 use crate::daemon::kernel::supervisor::{Armed, InheritedRelay, ParentSignals, Policy, Supervised};
 use crate::daemon::plan::{prepare, BrokerIdentity, Lookup, Prepared};
-use crate::daemon::registry::{Running, StartBracket};
+use crate::daemon::registry::{birth_of_child, Birth, Running, StartBracket};
 use crate::daemon::spawn::{
     exec_likely, fork_exec_in, forker::Lane, parse_report, prompt, EnterNamespaces, Forked,
     Program, SpawnPlan,
@@ -673,7 +673,8 @@ impl<'a> Launch<'a> {
     ) -> (bool, Result<Forked, ExecFailure<'static>>) {
         let _turn = self.turn.take();
         let registry = &self.shared.registry;
-        plan.pid_slots = Some(registry.forking(self.id, &self.ctx.name, self.started_at));
+        let floor = crate::daemon::registry::floor_for_fork(self.started_at, self.peer.birth());
+        plan.pid_slots = Some(registry.forking(self.id, &self.ctx.name, floor));
         // Both steps look up paths the caller chose, as root (the fork waits for the
         // child's exec, which a lease break or a hung network or FUSE mount holds up), so
         // the runtime hands this worker's other tasks to another thread meanwhile. The
@@ -711,7 +712,7 @@ impl<'a> Launch<'a> {
         match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.
-            Ok(f) => self.register(f.pid, bracket.ticks()),
+            Ok(f) => self.register(f.pid, birth_of_child(&f.pidfd, &bracket)),
             Err(_) => self.shared.registry.remove(self.id),
         }
         self.applied = Applied {
@@ -757,7 +758,7 @@ impl<'a> Launch<'a> {
 
     /// Registered before anything else can happen: the program may already be running
     /// and routing its own children, whose connections are placed by this entry.
-    fn register(&self, pid: libc::pid_t, start: Option<u64>) {
+    fn register(&self, pid: libc::pid_t, birth: Option<Birth>) {
         self.shared.registry.insert_started(
             Running {
                 id: self.id,
@@ -771,7 +772,7 @@ impl<'a> Launch<'a> {
                 // Before the fork: the registry's lower bound on the process's start time.
                 started: self.started_at,
             },
-            start,
+            birth,
         );
     }
 
