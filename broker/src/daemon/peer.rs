@@ -254,7 +254,7 @@ fn user_namespace(pidfd: &OwnedFd, pid: i32) -> Option<(u64, u64)> {
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
 /// EPERM (an unprivileged broker asking about another uid's process) also means it is
 /// there.
-pub fn alive(pidfd: &OwnedFd) -> bool {
+pub fn alive(pidfd: &impl AsRawFd) -> bool {
     // SAFETY: signal 0 only checks; a valid pidfd, no siginfo.
     let rc = unsafe {
         libc::syscall(

@@ -294,11 +294,13 @@ pub fn identity_of(pidfd: &impl AsRawFd, pid: i32) -> Option<ProcIdentity> {
         });
     }
     // 6.9 to 6.12: no PIDFD_GET_INFO, but `status`, unlike `stat`, never waits for an exec.
-    Some(ProcIdentity {
+    let found = ProcIdentity {
         ppid: status_field(pid, "PPid:", 0)?,
         birth,
         euid: status_field(pid, "Uid:", 1)?,
-    })
+    };
+    // Read by pid: the pidfd's process's only if it still holds that pid.
+    super::peer::alive(pidfd).then_some(found)
 }
 
 /// Field `nth` of the `/proc/PID/status` line starting with `key`.
@@ -471,6 +473,36 @@ mod tests {
         let now = boot_ticks_at(Instant::now());
         assert!(start <= now + 1, "{start} > {now}");
         assert!(start > 0);
+    }
+
+    /// From 6.9 a birth is never read from `/proc/PID/stat` (which waits out a stuck
+    /// exec), and a child is born after its parent.
+    #[test]
+    fn births_come_from_pidfds_where_the_kernel_has_pidfs() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next().unwrap().parse().unwrap();
+        let minor: u32 = parts.next().unwrap().parse().unwrap();
+        if (major, minor) >= (6, 9) {
+            assert_eq!(birth_clock(), BirthClock::Pidfs, "kernel {release}");
+        }
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let (_, mine) = parent_and_birth(me).unwrap();
+        let (parent, theirs) = parent_and_birth(child.id() as i32).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(parent, me);
+        assert!(
+            theirs >= mine,
+            "a child born before its parent: {theirs} < {mine}"
+        );
+        if birth_clock() == BirthClock::Pidfs {
+            assert!(theirs > mine);
+        }
     }
 
     #[test]
