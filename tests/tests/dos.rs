@@ -1538,9 +1538,11 @@ fn launches_onto_a_hung_fuse_mount_leave_root_served(client: ClientKind) {
 /// `argv[2]`, prints `mounted`, and serves until killed, which aborts the connection.
 /// Optional: `argv[3]`, more opcodes never answered (comma-separated: `17` STATFS);
 /// `argv[4]`, opcodes never answered once `f` was opened (`3` GETATTR: attributes are
-/// never cached here, so every `fstat` of the open file asks).
+/// never cached here, so every `fstat` of the open file asks). With `RELEASE` in the
+/// environment, the FLUSHes held so far are answered whenever that file appears (and it
+/// is removed).
 const FLUSHLESS_FUSE: &str = r#"
-import ctypes, errno, os, struct, sys, time
+import ctypes, errno, os, select, struct, sys, time
 mnt, uid = sys.argv[1], int(sys.argv[2])
 def ops(i):
     return {int(o) for o in sys.argv[i].split(",") if o} if len(sys.argv) > i else set()
@@ -1562,7 +1564,15 @@ def attr(ino, mode):
                        uid, uid, 0, 4096, 0)
 def reply(unique, err=0, body=b""):
     os.write(fd, struct.pack("<IiQ", 16 + len(body), -err, unique) + body)
+release, held = os.environ.get("RELEASE"), []
 while True:
+    if release and held and os.path.exists(release):
+        for unique in held:
+            reply(unique)
+        held.clear()
+        os.unlink(release)
+    if release and not select.select([fd], [], [], 0.02)[0]:
+        continue
     try:
         buf = os.read(fd, (1 << 20) + 4096)
     except OSError as e:
@@ -1590,6 +1600,8 @@ while True:
         reply(unique, 0, struct.pack("<QII", 0, 0, 0))
     elif op == 16:  # WRITE
         reply(unique, 0, struct.pack("<II", struct.unpack_from("<QQI", body, 0)[2], 0))
+    elif op == 25 and release:
+        held.append(unique)
     elif op in (25, 2, 42, 36):  # FLUSH: never; FORGET, BATCH_FORGET, INTERRUPT: no reply
         pass
     elif op in (18, 29):  # RELEASE, RELEASEDIR
@@ -1794,9 +1806,137 @@ allow = { uids = [0] }
     );
 }
 
+/// Each attempt: a fresh process whose leader B calls `kill(BROKER, 0)` (a notification
+/// the guard thread places) while its thread A execs holding a close-on-exec file of the
+/// FUSE mount, whose FLUSH waits until the attempt is over. Then a new process's
+/// `kill(BROKER, 0)` must be answered within 300 ms. Prints `win` at the first attempt
+/// where it is not, else `held` after them all. `argv`: broker pid, the FUSE file, the
+/// release file, attempts.
+const GUARD_RACE: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int broker; static volatile int go; static long spin;
+static void *execer(void *x) {
+    (void)x;
+    while (!go) ;
+    for (volatile long i = 0; i < spin; i++) ;
+    char *argv[] = {"true", NULL}; char *envp[] = {NULL};
+    syscall(SYS_execve, "/bin/true", argv, envp);
+    return NULL;
+}
+static int answered(void) {
+    pid_t p = fork();
+    if (p == 0) { syscall(SYS_kill, broker, 0); _exit(0); }
+    for (int i = 0; i < 30; i++) { usleep(10000); if (waitpid(p, NULL, WNOHANG) == p) return 1; }
+    return 0;
+}
+int main(int argc, char **argv) {
+    (void)argc;
+    broker = atoi(argv[1]); srand(getpid());
+    for (int a = 0; a < atoi(argv[4]); a++) {
+        spin = rand() % 100000;
+        pid_t c = fork();
+        if (c == 0) {
+            if (open(argv[2], O_WRONLY | O_CLOEXEC) < 0) { perror("open"); _exit(1); }
+            pthread_t t; pthread_create(&t, NULL, execer, NULL);
+            usleep(2000); go = 1;
+            syscall(SYS_kill, broker, 0);
+            pause(); _exit(0);
+        }
+        usleep(30000);
+        if (!answered()) { printf("win %d\n", a); return 0; }
+        close(open(argv[3], O_CREAT | O_WRONLY, 0666));
+        waitpid(c, NULL, 0);
+    }
+    printf("held\n");
+    return 0;
+}
+"#;
+
+/// A routed process's signal aimed at the broker's pid is placed, on the one guard thread
+/// that answers every launch, in its PID namespace: by `/proc/PID/ns/pid`, whose open
+/// waits while the process is inside an exec. A leader's `kill(BROKER, 0)` raced with its
+/// other thread's exec, held by a FUSE file's flush: the guard thread waited for good, and
+/// every routed `kill -0 $PPID` and every enforced launch with it (helper-101: won within
+/// 25 attempts each time). The guard must keep answering.
+#[test]
+fn a_signal_to_the_broker_raced_with_an_exec_leaves_the_guard_answering() {
+    if no_fuse() {
+        return;
+    }
+    let bob = user(BOB);
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [{uid}] }}
+"#,
+        uid = bob.uid
+    ));
+    let own = b.dir().path().join("bob");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(bob.uid), Some(bob.gid)).unwrap();
+    let src = own.join("race.c");
+    std::fs::write(&src, GUARD_RACE).unwrap();
+    let race = own.join("race");
+    let cc = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&race)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    let release = own.join("release");
+    let (server, file) = flushless_fuse_releasing(&b, bob.uid, &[], Some(&release));
+    let racer = as_user(BOB)
+        .arg(bin("ctx"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["exec", "--context", "bob", "--"])
+        .arg(&race)
+        .arg(b.pid().to_string())
+        .arg(&file)
+        .arg(&release)
+        .arg("200")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Read on a thread: an attempt stuck in its exec holds the output open.
+    let mut racer = Attacker(racer);
+    let said = racer.report(1);
+    if said != ["held"] {
+        eprintln!("broker threads:\n{}", threads(b.pid()));
+    }
+    // Killing the server ends the held exec.
+    drop(server);
+    drop(racer);
+    assert_eq!(said, ["held"], "the guard stopped answering");
+}
+
 /// Mounts [`FLUSHLESS_FUSE`] (with `fuse_args` after the mount point and uid) served as
 /// `uid`: the server, whose end aborts the connection, and the path of its file.
 fn flushless_fuse(b: &Broker, uid: u32, fuse_args: &[&str]) -> (Attacker, String) {
+    flushless_fuse_releasing(b, uid, fuse_args, None)
+}
+
+/// As [`flushless_fuse`], its held FLUSHes answered whenever `release` appears.
+fn flushless_fuse_releasing(
+    b: &Broker,
+    uid: u32,
+    fuse_args: &[&str],
+    release: Option<&std::path::Path>,
+) -> (Attacker, String) {
     let mnt = b.dir().path().join("flushless");
     std::fs::create_dir(&mnt).unwrap();
     let child = Command::new("unshare")
@@ -1811,6 +1951,7 @@ fn flushless_fuse(b: &Broker, uid: u32, fuse_args: &[&str]) -> (Attacker, String
         .arg(&mnt)
         .arg(uid.to_string())
         .args(fuse_args)
+        .envs(release.map(|r| ("RELEASE", r)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -59,8 +59,10 @@ impl Relays {
     fn place(&self, tid: libc::pid_t) -> Placed {
         let (pidfd, pid) = match crate::daemon::peer::process_of_thread(tid) {
             Some((fd, pid)) => (Some(fd), pid),
+            // The thread may be gone, its pid taken by the thread that exec'd: the
+            // process's pidfd all the same, asked of whatever leads it now.
             None => match crate::daemon::registry::thread_group(tid) {
-                Some(pid) => (None, pid),
+                Some(pid) => (crate::daemon::peer::pidfd_open(pid).ok(), pid),
                 None => return Placed::Nowhere,
             },
         };
@@ -68,7 +70,7 @@ impl Relays {
         if let Some(placed) = key.and_then(|k| lock(&self.placed).get(&k).copied()) {
             return placed;
         }
-        let placed = if !same_pid_namespace(pid) {
+        let placed = if !same_pid_namespace(pidfd.as_ref(), pid) {
             Placed::ForeignPids
         } else {
             match self.launch_of.get().and_then(|f| f(pid)) {
@@ -297,14 +299,50 @@ pub(super) fn decide(
     }
 }
 
-fn same_pid_namespace(pid: libc::pid_t) -> bool {
-    let ours = std::fs::metadata("/proc/self/ns/pid");
-    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/pid"));
-    match (ours, theirs) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        // Gone, or unreadable: never taken for another namespace.
-        _ => true,
+/// Asked of the pidfd (`PIDFD_GET_PID_NAMESPACE`, Linux 6.11) on a kernel that answers
+/// it, never of `/proc/PID/ns/pid`: opening that waits as long as the process is inside an
+/// exec, which a FUSE file's flush can hold up for good, and this runs on the one guard
+/// thread that answers every launch (helper-101: a thread that exits in another's exec
+/// has no namespace to give, and its pid is the exec'ing thread's by then).
+fn same_pid_namespace(pidfd: Option<&OwnedFd>, pid: libc::pid_t) -> bool {
+    static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    static ASKS_PIDFDS: OnceLock<bool> = OnceLock::new();
+    let Some(ours) = *OURS.get_or_init(|| ns_id(std::fs::metadata("/proc/self/ns/pid").ok()))
+    else {
+        return true;
+    };
+    let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
+        crate::daemon::peer::pidfd_open(std::process::id() as i32)
+            .is_ok_and(|own| pid_namespace_of(&own).is_some())
+    });
+    let theirs = if asks_pidfds {
+        pidfd.and_then(pid_namespace_of)
+    } else {
+        ns_id(std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok())
+    };
+    // Gone, or unreadable: never taken for another namespace.
+    theirs.is_none_or(|theirs| theirs == ours)
+}
+
+/// `(st_dev, st_ino)` of the PID namespace of the process behind `pidfd`.
+fn pid_namespace_of(pidfd: &OwnedFd) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    const PIDFD_GET_PID_NAMESPACE: libc::c_ulong = 0xFF05;
+    // SAFETY: an ioctl without argument on our own pidfd; it returns a new descriptor.
+    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_PID_NAMESPACE, 0) };
+    if ns < 0 {
+        return None;
     }
+    // SAFETY: the kernel just gave us this descriptor, owned here from now on.
+    ns_id(
+        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ns) })
+            .metadata()
+            .ok(),
+    )
+}
+
+fn ns_id(meta: Option<std::fs::Metadata>) -> Option<(u64, u64)> {
+    meta.map(|m| (m.dev(), m.ino()))
 }
 
 fn id_valid(listener: RawFd, id: u64) -> bool {

@@ -276,8 +276,7 @@ fn handle(
         respond(listener, req.id, &Verdict::Fail(libc::ENOSYS));
         return;
     };
-    if !policy.guards_exec || shares_our_memory(req.pid as libc::pid_t) {
-        // The spawn child before its exec: the broker's own exec of the program.
+    if !policy.guards_exec {
         respond(listener, req.id, &Verdict::Continue);
         return;
     }
@@ -297,6 +296,13 @@ fn handle(
         .spawn(move || {
             let _slot = slot;
             let listener = watched.listener.as_raw_fd();
+            // The spawn child before its exec: the broker's own exec of the program. Asked
+            // here, not on the guard thread: `kcmp` waits as long as the process is inside
+            // an exec, which a FUSE file's flush can hold up for good (helper-101).
+            if shares_our_memory(req.pid as libc::pid_t) {
+                respond(listener, req.id, &Verdict::Continue);
+                return;
+            }
             let (verdict, path, target) = decide(listener, &req, &checked);
             respond(listener, req.id, &verdict);
             report(&watched, &checked, &*sink, &req, verdict, path, target);
