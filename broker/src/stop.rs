@@ -86,6 +86,7 @@ pub struct Report {
 }
 
 /// This program's file, and where it sees the filesystem from.
+#[derive(Clone)]
 struct Own {
     pid: i32,
     dev: u64,
@@ -118,7 +119,7 @@ pub fn stop(socket: &Path, grace: Duration) -> Result<Report, StopError> {
         Ok(None) => {}
         Err(note) => report.notes.push(note),
     }
-    for f in scan(&own)? {
+    for f in scan(&own, &mut report.notes)? {
         if !found.iter().any(|g| g.pid == f.pid) {
             found.push(f);
         }
@@ -205,9 +206,18 @@ fn listener(socket: &Path, own: &Own) -> Result<Option<Found>, String> {
     }))
 }
 
+/// How long the scan waits for the judgments of every process: reading a process's
+/// `exe` (and `root`, `ns/mnt`) waits as long as it is inside an exec, which any user can
+/// hold up for good (a close-on-exec file on a FUSE mount of theirs whose FLUSH never
+/// comes; helper-101). Such a process runs no broker yet: it is left out.
+const JUDGED_WITHIN: Duration = Duration::from_secs(2);
+
 /// Every other process whose executable is (or was, before an upgrade) this file.
-fn scan(own: &Own) -> Result<Vec<Found>, StopError> {
-    let mut found = Vec::new();
+/// Judged on a thread each, all at once: one that cannot be read in time is not waited
+/// for (the thread is left behind; the process's exit ends its wait).
+fn scan(own: &Own, notes: &mut Vec<String>) -> Result<Vec<Found>, StopError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut asked = 0;
     for entry in std::fs::read_dir("/proc")
         .map_err(StopError::Proc)?
         .flatten()
@@ -227,7 +237,35 @@ fn scan(own: &Own) -> Result<Vec<Found>, StopError> {
         let Ok(pidfd) = pidfd_open(pid) else {
             continue;
         };
-        if let Verdict::Ours(how) = judge(pid, own) {
+        let (tx, own) = (tx.clone(), own.clone());
+        let judging = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let verdict = judge(pid, &own);
+                let _ = tx.send((pid, pidfd, verdict));
+            });
+        match judging {
+            Ok(_) => asked += 1,
+            Err(e) => return Err(StopError::Proc(e)),
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + JUDGED_WITHIN;
+    let mut found = Vec::new();
+    let mut answered = 0;
+    for _ in 0..asked {
+        let Ok((pid, pidfd, verdict)) =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            notes.push(format!(
+                "{} process(es) could not be read within {JUDGED_WITHIN:?} (inside an exec?): \
+                 left alone",
+                asked - answered
+            ));
+            break;
+        };
+        answered += 1;
+        if let Verdict::Ours(how) = verdict {
             if alive(&pidfd) {
                 found.push(Found { pid, how, pidfd });
             }
