@@ -1924,6 +1924,73 @@ allow = {{ uids = [{uid}] }}
     assert_eq!(said, ["held"], "the guard stopped answering");
 }
 
+/// Opens the FUSE file `argv[1]` close-on-exec and execs `/bin/true`: the exec's close
+/// waits for a FLUSH that never comes.
+const EXEC_HOLDING: &str = r#"
+import os, sys
+os.open(sys.argv[1], os.O_WRONLY)
+os.execv("/bin/true", ["true"])
+"#;
+
+/// `ctx-broker --stop` (what the package's removal runs without systemd) read every
+/// process's `/proc/PID/exe`, which waits as long as that process is inside an exec: one
+/// process of any user held in its exec (a file of its own FUSE mount whose FLUSH never
+/// comes) kept `--stop` waiting for good, before it signalled anything (helper-101). The
+/// broker must be stopped all the same.
+#[test]
+fn stop_stops_the_broker_while_a_users_process_is_held_in_its_exec() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(&standard_config());
+    let (server, file) = flushless_fuse(&b, user(BOB).uid, &[]);
+    let held = as_user(BOB)
+        .args(["/usr/bin/python3", "-c", EXEC_HOLDING, &file])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = Attacker(held);
+    let in_exec = poll(Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/status", held.0.id())).ok()?;
+        stat.starts_with("Name:\tpython3").then_some(())
+    });
+    assert!(in_exec.is_some(), "the held process started");
+    thread::sleep(Duration::from_millis(500));
+    let mut stop = Command::new(bin("ctx-broker"))
+        .args(["--stop", "--config"])
+        .arg(b.config_path())
+        .arg("--socket")
+        .arg(b.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = wait_deadline(&mut stop, Duration::from_secs(20));
+    if stopped.is_none() {
+        let _ = stop.kill();
+        let _ = stop.wait();
+    }
+    let mut said = String::new();
+    let _ = stop.stderr.take().unwrap().read_to_string(&mut said);
+    let broker_state = std::fs::read_to_string(format!("/proc/{}/status", b.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("State:"))
+                .map(str::to_string)
+        });
+    drop(server);
+    drop(held);
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "--stop did not finish in 20 s while a process was held in its exec: {said}"
+    );
+    assert!(
+        broker_state.as_deref().is_none_or(|s| s.contains("Z")),
+        "the broker still runs: {broker_state:?}; --stop said: {said}"
+    );
+}
+
 /// Mounts [`FLUSHLESS_FUSE`] (with `fuse_args` after the mount point and uid) served as
 /// `uid`: the server, whose end aborts the connection, and the path of its file.
 fn flushless_fuse(b: &Broker, uid: u32, fuse_args: &[&str]) -> (Attacker, String) {
