@@ -252,8 +252,7 @@ fn scan(own: &Own, notes: &mut Vec<String>) -> Result<Vec<Found>, StopError> {
     drop(tx);
     let deadline = Instant::now() + JUDGED_WITHIN;
     let mut found = Vec::new();
-    let mut answered = 0;
-    for _ in 0..asked {
+    for answered in 0..asked {
         let Ok((pid, pidfd, verdict)) =
             rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         else {
@@ -264,7 +263,6 @@ fn scan(own: &Own, notes: &mut Vec<String>) -> Result<Vec<Found>, StopError> {
             ));
             break;
         };
-        answered += 1;
         if let Verdict::Ours(how) = verdict {
             if alive(&pidfd) {
                 found.push(Found { pid, how, pidfd });
