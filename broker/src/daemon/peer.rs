@@ -236,19 +236,33 @@ fn own_user_namespace() -> Option<(u64, u64)> {
 }
 
 /// The user namespace of the process behind `pidfd`: from the pidfd
-/// (`PIDFD_GET_USER_NAMESPACE`, Linux 6.11), else from `/proc/PID/ns/user`.
+/// (`PIDFD_GET_USER_NAMESPACE`, Linux 6.11) on a kernel that answers it, else from
+/// `/proc/PID/ns/user`. Never `/proc` where the pidfd can be asked: opening that waits as
+/// long as the process is inside an exec, and a pidfd whose leader is exiting in another
+/// thread's exec answers nothing for that moment (helper-101's race against the guard).
 fn user_namespace(pidfd: &OwnedFd, pid: i32) -> Option<(u64, u64)> {
+    static ASKS_PIDFDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
+        pidfd_open(std::process::id() as i32).is_ok_and(|own| user_namespace_of(&own).is_some())
+    });
+    if asks_pidfds {
+        return user_namespace_of(pidfd);
+    }
+    std::fs::metadata(format!("/proc/{pid}/ns/user"))
+        .ok()
+        .map(|m| ns_id(&m))
+}
+
+fn user_namespace_of(pidfd: &OwnedFd) -> Option<(u64, u64)> {
     const PIDFD_GET_USER_NAMESPACE: libc::c_ulong = 0xFF09;
     // SAFETY: an ioctl without argument on our own pidfd; it returns a new descriptor.
     let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_USER_NAMESPACE, 0) };
-    let meta = if ns >= 0 {
-        // SAFETY: the kernel just gave us this descriptor, owned here from now on.
-        let ns = unsafe { OwnedFd::from_raw_fd(ns) };
-        std::fs::File::from(ns).metadata().ok()?
-    } else {
-        std::fs::metadata(format!("/proc/{pid}/ns/user")).ok()?
-    };
-    Some(ns_id(&meta))
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just gave us this descriptor, owned here from now on.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    std::fs::File::from(ns).metadata().ok().map(|m| ns_id(&m))
 }
 
 /// Whether the process behind `pidfd` has not been reaped (a zombie still holds its pid).
