@@ -213,14 +213,17 @@ fn confined(pidfd: &OwnedFd, pid: i32) -> bool {
     if holds_none {
         return true;
     }
-    match (own_user_namespace(), user_namespace(pidfd, pid)) {
+    match (
+        own_user_namespace(),
+        namespace_of(Some(pidfd), pid, Namespace::User),
+    ) {
         (Some(own), Some(theirs)) => own != theirs,
         _ => true,
     }
 }
 
 /// `(st_dev, st_ino)` of a namespace file's metadata.
-fn ns_id(meta: &std::fs::Metadata) -> (u64, u64) {
+pub fn ns_id(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
 }
@@ -235,28 +238,52 @@ fn own_user_namespace() -> Option<(u64, u64)> {
     })
 }
 
-/// The user namespace of the process behind `pidfd`: from the pidfd
-/// (`PIDFD_GET_USER_NAMESPACE`, Linux 6.11) on a kernel that answers it, else from
-/// `/proc/PID/ns/user`. Never `/proc` where the pidfd can be asked: opening that waits as
-/// long as the process is inside an exec, and a pidfd whose leader is exiting in another
-/// thread's exec answers nothing for that moment (helper-101's race against the guard).
-fn user_namespace(pidfd: &OwnedFd, pid: i32) -> Option<(u64, u64)> {
+/// A namespace a pidfd can be asked for (`PIDFD_GET_*_NAMESPACE`, Linux 6.11).
+#[derive(Debug, Clone, Copy)]
+pub enum Namespace {
+    Pid,
+    User,
+}
+
+impl Namespace {
+    fn request(self) -> libc::c_ulong {
+        match self {
+            Namespace::Pid => 0xFF05,
+            Namespace::User => 0xFF09,
+        }
+    }
+
+    fn proc_name(self) -> &'static str {
+        match self {
+            Namespace::Pid => "pid",
+            Namespace::User => "user",
+        }
+    }
+}
+
+/// `(st_dev, st_ino)` of the `kind` namespace of the process behind `pidfd` (whose pid is
+/// `pid`): from the pidfd on a kernel that answers it, else from `/proc/PID/ns/KIND`.
+/// Never `/proc` where the pidfd can be asked: opening that waits as long as the process
+/// is inside an exec, which a FUSE file's flush can hold up for good, and a pidfd whose
+/// leader is exiting in another thread's exec answers nothing for that moment, when the
+/// pid is already the exec'ing thread's (helper-101). `None`: gone or unreadable.
+pub fn namespace_of(pidfd: Option<&OwnedFd>, pid: i32, kind: Namespace) -> Option<(u64, u64)> {
     static ASKS_PIDFDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
-        pidfd_open(std::process::id() as i32).is_ok_and(|own| user_namespace_of(&own).is_some())
+        pidfd_open(std::process::id() as i32)
+            .is_ok_and(|own| asked_of_pidfd(&own, Namespace::User).is_some())
     });
     if asks_pidfds {
-        return user_namespace_of(pidfd);
+        return asked_of_pidfd(pidfd?, kind);
     }
-    std::fs::metadata(format!("/proc/{pid}/ns/user"))
+    std::fs::metadata(format!("/proc/{pid}/ns/{}", kind.proc_name()))
         .ok()
         .map(|m| ns_id(&m))
 }
 
-fn user_namespace_of(pidfd: &OwnedFd) -> Option<(u64, u64)> {
-    const PIDFD_GET_USER_NAMESPACE: libc::c_ulong = 0xFF09;
+fn asked_of_pidfd(pidfd: &OwnedFd, kind: Namespace) -> Option<(u64, u64)> {
     // SAFETY: an ioctl without argument on our own pidfd; it returns a new descriptor.
-    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_USER_NAMESPACE, 0) };
+    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), kind.request(), 0) };
     if ns < 0 {
         return None;
     }

@@ -17,7 +17,6 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -53,9 +52,10 @@ const PLACED_MAX: usize = 1 << 16;
 impl Relays {
     /// Where thread `tid`'s process belongs (a notification names the thread that called:
     /// a Go program's or a JVM's signal comes from any of its threads). Kept by the
-    /// process's pidfs inode, which no other process ever gets: every later call of that
-    /// process, from any thread, is placed without reading /proc, so a flood of them costs
-    /// the other launches waiting behind it a few system calls each.
+    /// process's pidfs inode (its `registry::Birth`), which no other process ever gets:
+    /// every later call of that process, from any thread, is placed without reading /proc,
+    /// so a flood of them costs the other launches waiting behind it a few system calls
+    /// each.
     fn place(&self, tid: libc::pid_t) -> Placed {
         let (pidfd, pid) = match crate::daemon::peer::process_of_thread(tid) {
             Some((fd, pid)) => (Some(fd), pid),
@@ -66,7 +66,7 @@ impl Relays {
                 None => return Placed::Nowhere,
             },
         };
-        let key = pidfd.as_ref().and_then(pidfs_inode);
+        let key = pidfd.as_ref().and_then(crate::daemon::registry::birth_of);
         if let Some(placed) = key.and_then(|k| lock(&self.placed).get(&k).copied()) {
             return placed;
         }
@@ -86,29 +86,6 @@ impl Relays {
             cache.insert(key, placed);
         }
         placed
-    }
-}
-
-/// The pidfs inode of `pidfd`: unique to its process for the system's lifetime (Linux
-/// 6.9, 64-bit). `None` where pidfds are anonymous inodes, which all share one number.
-fn pidfs_inode(pidfd: &OwnedFd) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    const PIDFS_MAGIC: i64 = 0x5049_4446;
-    static PIDFS: OnceLock<bool> = OnceLock::new();
-    // SAFETY: plain syscalls filling structs we own, on our own descriptor.
-    unsafe {
-        let pidfs = *PIDFS.get_or_init(|| {
-            let mut fs: libc::statfs = std::mem::zeroed();
-            libc::fstatfs(pidfd.as_raw_fd(), &mut fs) == 0 && fs.f_type as i64 == PIDFS_MAGIC
-        });
-        if !pidfs {
-            return None;
-        }
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(pidfd.as_raw_fd(), &mut st) != 0 {
-            return None;
-        }
-        Some(st.st_ino)
     }
 }
 
@@ -299,50 +276,21 @@ pub(super) fn decide(
     }
 }
 
-/// Asked of the pidfd (`PIDFD_GET_PID_NAMESPACE`, Linux 6.11) on a kernel that answers
-/// it, never of `/proc/PID/ns/pid`: opening that waits as long as the process is inside an
-/// exec, which a FUSE file's flush can hold up for good, and this runs on the one guard
-/// thread that answers every launch (helper-101: a thread that exits in another's exec
-/// has no namespace to give, and its pid is the exec'ing thread's by then).
+/// By the pidfd where the kernel answers it (see `peer::namespace_of`): this runs on the
+/// one guard thread that answers every launch.
 fn same_pid_namespace(pidfd: Option<&OwnedFd>, pid: libc::pid_t) -> bool {
+    use crate::daemon::peer::{namespace_of, ns_id, Namespace};
     static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
-    static ASKS_PIDFDS: OnceLock<bool> = OnceLock::new();
-    let Some(ours) = *OURS.get_or_init(|| ns_id(std::fs::metadata("/proc/self/ns/pid").ok()))
-    else {
-        return true;
-    };
-    let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
-        crate::daemon::peer::pidfd_open(std::process::id() as i32)
-            .is_ok_and(|own| pid_namespace_of(&own).is_some())
+    let ours = *OURS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid")
+            .ok()
+            .map(|m| ns_id(&m))
     });
-    let theirs = if asks_pidfds {
-        pidfd.and_then(pid_namespace_of)
-    } else {
-        ns_id(std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok())
-    };
     // Gone, or unreadable: never taken for another namespace.
-    theirs.is_none_or(|theirs| theirs == ours)
-}
-
-/// `(st_dev, st_ino)` of the PID namespace of the process behind `pidfd`.
-fn pid_namespace_of(pidfd: &OwnedFd) -> Option<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    const PIDFD_GET_PID_NAMESPACE: libc::c_ulong = 0xFF05;
-    // SAFETY: an ioctl without argument on our own pidfd; it returns a new descriptor.
-    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_PID_NAMESPACE, 0) };
-    if ns < 0 {
-        return None;
+    match (ours, namespace_of(pidfd, pid, Namespace::Pid)) {
+        (Some(ours), Some(theirs)) => ours == theirs,
+        _ => true,
     }
-    // SAFETY: the kernel just gave us this descriptor, owned here from now on.
-    ns_id(
-        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ns) })
-            .metadata()
-            .ok(),
-    )
-}
-
-fn ns_id(meta: Option<std::fs::Metadata>) -> Option<(u64, u64)> {
-    meta.map(|m| (m.dev(), m.ino()))
 }
 
 fn id_valid(listener: RawFd, id: u64) -> bool {
