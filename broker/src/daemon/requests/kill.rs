@@ -3,7 +3,9 @@
 
 use ctx_protocol::{ErrorKind, KillTarget, Reply};
 
-use super::{audit_charge, caller, error, is_operator, kill_group, may_touch};
+use std::os::fd::AsFd;
+
+use super::{audit_charge, caller, error, is_operator, may_touch, Routed};
 use crate::audit_event::AuditEvent;
 use crate::daemon::registry::Running;
 use crate::daemon::{Peer, Shared};
@@ -80,10 +82,15 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     let mut ids = Vec::with_capacity(allowed.len());
     let mut groups = Vec::with_capacity(allowed.len());
     for r in &allowed {
-        // The registry drops an entry only after its leader is reaped, and a process group
-        // id stays taken while any member lives, so this cannot reach a stranger's group
-        // except in the instant between that reap and the entry's removal.
-        kill_group(r.pid, signo);
+        // Through a pidfd of the program itself: a process that got its pid once it was
+        // reaped is never signalled, nor a group that took the number.
+        if let Some(pidfd) = shared.registry.open(r) {
+            Routed {
+                pid: r.pid,
+                pidfd: pidfd.as_fd(),
+            }
+            .kill_group(signo);
+        }
         ids.push(r.id);
         groups.push(r.pid);
     }

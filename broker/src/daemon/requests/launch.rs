@@ -6,7 +6,7 @@
 //! holds what the steps acquire until the fork.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use super::relay::{
     ended, hang_up_after_handover, linger, read_fd, sent, shutdown_grace, wait_exit, watch,
     LingerBudget, Relay, Relayed, CLOSE_WAIT,
 };
-use super::{caller, kill_group};
+use super::{caller, kill_unreaped_group, Routed};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::admission::{Linger, TRIM_AFTER};
@@ -174,6 +174,15 @@ struct Child {
     pidfd: AsyncFd<OwnedFd>,
 }
 
+impl Child {
+    fn program(&self) -> Routed<'_> {
+        Routed {
+            pid: self.pid,
+            pidfd: self.pidfd.get_ref().as_fd(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ pub(super) async fn launch(
         let (child, report) = l.watch(forked)?;
         l.await_exec(report, &child, &prepared).await?;
         l.let_go_of_request(conn, &mut prepared);
-        let client_alive = l.started(conn, child.pid, accepted).await;
+        let client_alive = l.started(conn, &child, accepted).await;
         let watched = client_alive && l.hand_over_exit(conn, &child, accepted);
         let relayed = l
             .relay(conn, &child, parent_signals, client_alive, watched)
@@ -749,7 +758,8 @@ impl<'a> Launch<'a> {
         }
         let pid = forked.pid;
         let pidfd = watch(forked.pidfd).map_err(|e| {
-            kill_group(pid, libc::SIGKILL);
+            // Not reaped (only `wait_exit` reaps, through the pidfd that failed here).
+            kill_unreaped_group(pid, libc::SIGKILL);
             self.shared.registry.remove(self.id);
             os_failure(Stage::Fork, e, "cannot watch the process")
         })?;
@@ -820,7 +830,8 @@ impl<'a> Launch<'a> {
     }
 
     /// Counts the launch and tells the caller it started; whether the caller is there.
-    async fn started(&self, conn: &mut Conn, pid: libc::pid_t, accepted: bool) -> bool {
+    async fn started(&self, conn: &mut Conn, child: &Child, accepted: bool) -> bool {
+        let pid = child.pid;
         self.shared.launches.fetch_add(1, Ordering::Relaxed);
         // After `Accepted` the interposer's side needs no `Started` (it became the shim
         // already and ignores it): one message and one wake-up less per routed launch.
@@ -830,7 +841,7 @@ impl<'a> Launch<'a> {
                 .await
                 .is_ok();
         if !client_alive {
-            kill_group(pid, libc::SIGKILL);
+            child.program().kill_group(libc::SIGKILL);
         }
         client_alive
     }

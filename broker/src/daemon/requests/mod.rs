@@ -19,6 +19,8 @@ pub mod reload;
 pub mod shell;
 pub mod status;
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+
 use ctx_protocol::{ErrorKind, Reply};
 
 use super::registry::Running;
@@ -39,25 +41,70 @@ pub fn caller(peer: &Peer) -> crate::audit_event::Caller {
     }
 }
 
-/// Signals the routed process group. The leader is not reaped before this can run (only
-/// `wait_exit` reaps), so its pid, and thus the group id, cannot have been reused. A
-/// program that moved itself into another group of its session (`setpgid`) is signalled
-/// too: it must not escape its timeout, `ctx kill` or the broker's stop that way.
-pub fn kill_group(pid: i32, signo: i32) {
-    // SAFETY: plain syscalls on our own unreaped child.
-    unsafe {
-        libc::kill(-pid, signo);
-        if libc::getpgid(pid) != pid {
-            libc::kill(pid, signo);
+/// `pidfd_send_signal`'s flag (Linux 6.9): to the process group whose id is the pidfd's
+/// pid, found through the kernel's own pid object, not its number.
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// A routed program as the broker signals it: by its pidfd, which names the program and
+/// the group its pid leads for as long as the broker holds it, reaped or not, where a
+/// number could name whatever process got it next.
+#[derive(Clone, Copy)]
+pub struct Routed<'a> {
+    pub pid: i32,
+    pub pidfd: BorrowedFd<'a>,
+}
+
+impl Routed<'_> {
+    /// Signals the routed process group, and the program itself when it moved into
+    /// another group of its session (`setpgid`): it must not escape its timeout, `ctx
+    /// kill` or the broker's stop that way. Before Linux 6.9 the group is named by number:
+    /// only a program the broker has not reaped is signalled so (see [`Registry::open`]).
+    ///
+    /// [`Registry::open`]: crate::daemon::registry::Registry::open
+    pub fn kill_group(self, signo: i32) {
+        if pidfd_signal(self.pidfd, signo, PIDFD_SIGNAL_PROCESS_GROUP) == Err(libc::EINVAL) {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(-self.pid, signo) };
         }
+        // By number only to learn the group: a process that got the pid since answers
+        // another group (or none), and the signal still goes through the pidfd.
+        // SAFETY: plain syscall.
+        if unsafe { libc::getpgid(self.pid) } != self.pid {
+            let _ = pidfd_signal(self.pidfd, signo, 0);
+        }
+    }
+
+    /// Signals the routed program alone.
+    pub fn kill(self, signo: i32) {
+        let _ = pidfd_signal(self.pidfd, signo, 0);
     }
 }
 
-/// Signals the routed program alone. Like [`kill_group`], it cannot reach a reused pid:
-/// only `wait_exit` reaps the program.
-pub fn kill_process(pid: i32, signo: i32) {
+/// Signals the process group of a child of the broker that nobody has reaped (it has no
+/// pidfd the broker watches yet): its pid, and so the group id, is still its own.
+pub fn kill_unreaped_group(pid: i32, signo: i32) {
     // SAFETY: plain syscall.
-    unsafe { libc::kill(pid, signo) };
+    unsafe { libc::kill(-pid, signo) };
+}
+
+/// `pidfd_send_signal(pidfd, signo, NULL, flags)`; the errno on failure.
+fn pidfd_signal(pidfd: BorrowedFd<'_>, signo: i32, flags: libc::c_uint) -> Result<(), i32> {
+    // SAFETY: plain syscall on a pidfd we hold; no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signo,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -110,5 +157,88 @@ fn error(kind: ErrorKind, message: String) -> Reply<'static> {
     Reply::Error {
         kind,
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    fn exited(pidfd: &OwnedFd, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    /// The routed program has ended and been reaped while a process it left lives on in
+    /// its group: the group signal reaches that one. Once it is gone too, a process that
+    /// got the program's pid and leads a group of that number (reused on purpose through
+    /// `ns_last_pid`) is never reached: `kill(-pid)` would have killed it.
+    #[test]
+    fn a_group_signal_through_the_pidfd_never_reaches_a_process_that_got_the_pid() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to write ns_last_pid");
+            return;
+        }
+        // The member, orphaned when its shell ends, is reparented here and reaped here,
+        // so that its pid (the group's number) is freed.
+        // SAFETY: plain prctl on this test process.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let mut reused = 0;
+        for _ in 0..20 {
+            let mut sh = std::process::Command::new("sh")
+                .args(["-c", "sleep 30 & echo $!"])
+                .process_group(0)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = sh.id() as i32;
+            let program = crate::daemon::peer::pidfd_open(pid).unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(sh.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let member_pid: i32 = line.trim().parse().unwrap();
+            let member = crate::daemon::peer::pidfd_open(member_pid).unwrap();
+            sh.wait().unwrap();
+            let routed = Routed {
+                pid,
+                pidfd: program.as_fd(),
+            };
+            routed.kill_group(libc::SIGTERM);
+            assert!(
+                exited(&member, 5000),
+                "the group's member outlived the group signal"
+            );
+            // SAFETY: reaping our own (adopted) child.
+            unsafe { libc::waitpid(member_pid, std::ptr::null_mut(), 0) };
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let mut stranger = std::process::Command::new("sleep")
+                .arg("30")
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            if stranger.id() as i32 == pid {
+                reused += 1;
+                let theirs = crate::daemon::peer::pidfd_open(pid).unwrap();
+                routed.kill_group(libc::SIGKILL);
+                routed.kill(libc::SIGKILL);
+                assert!(
+                    !exited(&theirs, 200),
+                    "a process that got the program's pid was signalled"
+                );
+            }
+            let _ = stranger.kill();
+            let _ = stranger.wait();
+        }
+        assert!(reused > 0, "never got the pid again: nothing was tried");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{kill_group, kill_process};
+use super::Routed;
 use crate::daemon::admission::{Admissions, Linger};
 use crate::daemon::connection::{Conn, WireError, AFTER_HANDSHAKE_FRAME};
 use crate::daemon::kernel::supervisor::Supervised;
@@ -163,6 +163,10 @@ impl Relay<'_> {
             linger: linger_budget,
             mut supervised,
         } = self;
+        let program = Routed {
+            pid,
+            pidfd: pidfd.get_ref().as_fd(),
+        };
         // Watched for readiness here until its first event: a notification (the program
         // signals its parent) or the hangup as the program exits. Not by a terminal
         // launch, whose loop waits in sends of the program's output for as long as the
@@ -200,7 +204,7 @@ impl Relay<'_> {
         let mut kill_at: Option<tokio::time::Instant> = None;
         let mut shutdown_seen = *shutdown.borrow();
         if shutdown_seen {
-            kill_group(pid, libc::SIGTERM);
+            program.kill_group(libc::SIGTERM);
             kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
         }
         let mut master = master.map(watch).transpose().unwrap_or_default();
@@ -254,7 +258,7 @@ impl Relay<'_> {
                 let n = std::mem::take(&mut held);
                 if n > 0 && client_alive && send!(&Reply::Output(out[..n].into())).is_err() {
                     client_alive = false;
-                    kill_group(pid, libc::SIGKILL);
+                    program.kill_group(libc::SIGKILL);
                 }
             }};
         }
@@ -289,13 +293,13 @@ impl Relay<'_> {
                     flush_held!();
                     if client_alive && flush_parent_signals(conn, &mut parent_pending, parent_guarded).is_err() {
                         client_alive = false;
-                        kill_group(pid, libc::SIGKILL);
+                        program.kill_group(libc::SIGKILL);
                     }
                 }
                 _ = parent_retry.tick(), if parent_pending != 0 && client_alive => {
                     if flush_parent_signals(conn, &mut parent_pending, parent_guarded).is_err() {
                         client_alive = false;
-                        kill_group(pid, libc::SIGKILL);
+                        program.kill_group(libc::SIGKILL);
                     }
                 }
                 _ = async { tokio::time::sleep_until(master_rests.unwrap()).await }, if master_rests.is_some() => {
@@ -305,12 +309,12 @@ impl Relay<'_> {
                     match frame {
                         Ok(Some(payload)) => match decode_consuming(payload) {
                             Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
-                                kill_group(pid, job_control::deliverable(pid, signo))
+                                program.kill_group(job_control::deliverable(pid, signo))
                             }
                             // `kill(pid)` of the shim: locally that reaches the child alone,
                             // never its children (`Popen.terminate()`, a forkserver's kill).
                             Ok(Request::SignalProcess { signo }) if (1..=64).contains(&signo) => {
-                                kill_process(pid, job_control::deliverable(pid, signo))
+                                program.kill(job_control::deliverable(pid, signo))
                             }
                             Ok(Request::Resize(size)) => {
                                 if let Some(m) = &master {
@@ -324,7 +328,7 @@ impl Relay<'_> {
                                 // The suspend key for a program that would ignore the stop the
                                 // terminal sends it: stop it ourselves and tell the client.
                                 Some(at) => {
-                                    kill_group(pid, libc::SIGSTOP);
+                                    program.kill_group(libc::SIGSTOP);
                                     // All of it queued and counted before the sends below
                                     // wait on a caller that may not read: nothing reaches
                                     // the terminal before this branch is done anyway.
@@ -335,7 +339,7 @@ impl Relay<'_> {
                                     flush_held!();
                                     if client_alive && send!(&Reply::Stopped { signal: libc::SIGTSTP }).is_err() {
                                         client_alive = false;
-                                        kill_group(pid, libc::SIGKILL);
+                                        program.kill_group(libc::SIGKILL);
                                     }
                                 }
                                 None => queue_input(&mut input, &bytes),
@@ -350,7 +354,7 @@ impl Relay<'_> {
                                         flush_held!();
                                         if client_alive && send!(&Reply::Modes(next)).is_err() {
                                             client_alive = false;
-                                            kill_group(pid, libc::SIGKILL);
+                                            program.kill_group(libc::SIGKILL);
                                         }
                                     }
                                 }
@@ -358,12 +362,12 @@ impl Relay<'_> {
                             _ => {
                                 // Out of protocol: treat as a broken caller.
                                 client_alive = false;
-                                kill_group(pid, libc::SIGKILL);
+                                program.kill_group(libc::SIGKILL);
                             }
                         },
                         Ok(None) | Err(_) => {
                             client_alive = false;
-                            kill_group(pid, libc::SIGKILL);
+                            program.kill_group(libc::SIGKILL);
                         }
                     }
                     conn.hold_input(input.capacity());
@@ -398,7 +402,7 @@ impl Relay<'_> {
                                 }
                                 if client_alive && send!(&Reply::Modes(changed)).is_err() {
                                     client_alive = false;
-                                    kill_group(pid, libc::SIGKILL);
+                                    program.kill_group(libc::SIGKILL);
                                 }
                             }
                             if let Some(size) = size_change(master.as_ref().unwrap().get_ref(), &mut size_seen) {
@@ -409,7 +413,7 @@ impl Relay<'_> {
                                 }
                                 if client_alive && send!(&Reply::Size(size)).is_err() {
                                     client_alive = false;
-                                    kill_group(pid, libc::SIGKILL);
+                                    program.kill_group(libc::SIGKILL);
                                 }
                             }
                         }
@@ -463,14 +467,14 @@ impl Relay<'_> {
                         flush_held!();
                         if client_alive && send!(&Reply::Modes(changed)).is_err() {
                             client_alive = false;
-                            kill_group(pid, libc::SIGKILL);
+                            program.kill_group(libc::SIGKILL);
                         }
                     }
                     if let Some(size) = size_change(master.as_ref().unwrap().get_ref(), &mut size_seen) {
                         flush_held!();
                         if client_alive && send!(&Reply::Size(size)).is_err() {
                             client_alive = false;
-                            kill_group(pid, libc::SIGKILL);
+                            program.kill_group(libc::SIGKILL);
                         }
                     }
                 }
@@ -479,16 +483,16 @@ impl Relay<'_> {
                 }
                 _ = tokio::time::sleep_until(deadline), if !timed_out && timeout.is_some() => {
                     timed_out = true;
-                    kill_group(pid, libc::SIGKILL);
+                    program.kill_group(libc::SIGKILL);
                 }
                 _ = shutdown.changed(), if !shutdown_seen => {
                     shutdown_seen = true;
-                    kill_group(pid, libc::SIGTERM);
+                    program.kill_group(libc::SIGTERM);
                     kill_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 }
                 _ = async { tokio::time::sleep_until(kill_at.unwrap()).await }, if kill_at.is_some() => {
                     kill_at = None;
-                    kill_group(pid, libc::SIGKILL);
+                    program.kill_group(libc::SIGKILL);
                 }
             }
         };
@@ -498,7 +502,7 @@ impl Relay<'_> {
         drop(supervised);
         if !client_alive {
             // No one is left to see the rest of the group.
-            kill_group(pid, libc::SIGKILL);
+            program.kill_group(libc::SIGKILL);
         }
         // Output held back is older than anything still to come.
         if held > 0 && client_alive {
