@@ -313,6 +313,54 @@ pub fn alive(pidfd: &impl AsRawFd) -> bool {
 mod tests {
     use super::*;
 
+    /// A process in a user namespace of its own ends and is reaped; a process of the
+    /// broker's own user namespace gets its pid (reused on purpose through
+    /// `ns_last_pid`). Asked of the first one's pidfd, its namespace is unknown, never the
+    /// second one's: by `/proc/PID/ns/user` a uid-0 peer that had exited would have been
+    /// taken for one outside every user namespace, the operator.
+    #[test]
+    fn a_dead_process_namespace_is_never_read_from_the_process_that_got_its_pid() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to write ns_last_pid");
+            return;
+        }
+        let ours = std::fs::metadata("/proc/self/ns/user").map(|m| ns_id(&m)).unwrap();
+        let mut reused = 0;
+        for _ in 0..20 {
+            let mut confined = std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "sleep", "30"])
+                .spawn()
+                .unwrap();
+            let pid = confined.id() as i32;
+            let pidfd = pidfd_open(pid).unwrap();
+            // Wait until it is in its namespace (unshare execs sleep after entering it).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while namespace_of(Some(&pidfd), pid, Namespace::User) == Some(ours) {
+                assert!(std::time::Instant::now() < deadline, "never left our namespace");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let _ = confined.kill();
+            let _ = confined.wait();
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let mut other = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            if other.id() as i32 == pid {
+                reused += 1;
+                assert_ne!(
+                    namespace_of(Some(&pidfd), pid, Namespace::User),
+                    Some(ours),
+                    "read the namespace of the process that got the pid"
+                );
+            }
+            let _ = other.kill();
+            let _ = other.wait();
+        }
+        assert!(reused > 0, "never got the pid again: nothing was tried");
+    }
+
     #[test]
     fn the_pidfd_names_the_same_effective_uid_as_proc() {
         use std::os::unix::process::CommandExt;
