@@ -325,7 +325,9 @@ mod tests {
             eprintln!("skipped: needs root to write ns_last_pid");
             return;
         }
-        let ours = std::fs::metadata("/proc/self/ns/user").map(|m| ns_id(&m)).unwrap();
+        let ours = std::fs::metadata("/proc/self/ns/user")
+            .map(|m| ns_id(&m))
+            .unwrap();
         let mut reused = 0;
         for _ in 0..20 {
             let mut confined = std::process::Command::new("unshare")
@@ -337,7 +339,10 @@ mod tests {
             // Wait until it is in its namespace (unshare execs sleep after entering it).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             while namespace_of(Some(&pidfd), pid, Namespace::User) == Some(ours) {
-                assert!(std::time::Instant::now() < deadline, "never left our namespace");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never left our namespace"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             let _ = confined.kill();

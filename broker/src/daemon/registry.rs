@@ -22,6 +22,9 @@ pub struct Running {
     pub caller_in_context: bool,
     pub argv: Vec<String>,
     pub started: Instant,
+    /// The program's pidfd (the launch's own): what the broker signals it and its group
+    /// through, never its pid, which a process may get once the program is reaped.
+    pub pidfd: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Default)]
@@ -157,26 +160,6 @@ impl Registry {
             if g.by_pid.get(&r.pid).map(|e| e.1) == Some(id) {
                 g.by_pid.remove(&r.pid);
             }
-        }
-    }
-
-    /// A pidfd of entry `r`'s program while it is still that program: opened by its pid,
-    /// then its birth compared with the one it was registered with (a process that got
-    /// the pid once the program was reaped has another). `None` once it is gone. Before
-    /// Linux 6.9 a pidfd tells no birth: it is opened by the pid alone, which stays the
-    /// program's until the broker reaps it and drops the entry.
-    pub fn open(&self, r: &Running) -> Option<OwnedFd> {
-        let registered = {
-            let g = self.lock();
-            match g.by_pid.get(&r.pid) {
-                Some(&(birth, id)) if id == r.id => birth,
-                _ => return None,
-            }
-        };
-        let pidfd = super::peer::pidfd_open(r.pid).ok()?;
-        match birth_clock() {
-            BirthClock::Pidfs => (birth_of(&pidfd) == Some(registered)).then_some(pidfd),
-            BirthClock::StartTicks => Some(pidfd),
         }
     }
 
@@ -543,6 +526,7 @@ mod tests {
             caller_in_context: false,
             argv: vec![],
             started,
+            pidfd: None,
         }
     }
 
@@ -666,43 +650,6 @@ mod tests {
             same_tick > 0,
             "never reused a pid in the same tick: nothing was tried"
         );
-    }
-
-    /// `ctx kill` signals an entry's program through [`Registry::open`]: never a process
-    /// that got its pid once it was reaped (reused on purpose through `ns_last_pid`).
-    #[test]
-    fn an_entry_opens_its_own_program_and_never_one_that_got_its_pid() {
-        if unsafe { libc::geteuid() } != 0 || birth_clock() != BirthClock::Pidfs {
-            eprintln!("skipped: needs root to write ns_last_pid, and pidfs births");
-            return;
-        }
-        let mut reused = 0;
-        for id in 0..20 {
-            let reg = Registry::default();
-            let mut child = std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .unwrap();
-            let pid = child.id() as i32;
-            let fd = super::super::peer::pidfd_open(pid).unwrap();
-            let r = program(id, pid, "c", Instant::now());
-            reg.insert_started(r.clone(), birth_of(&fd));
-            assert!(reg.open(&r).is_some(), "the live program was not opened");
-            let _ = child.kill();
-            let _ = child.wait();
-            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-            let mut other = std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .unwrap();
-            if other.id() as i32 == pid {
-                reused += 1;
-                assert!(reg.open(&r).is_none(), "opened a process that got the pid");
-            }
-            let _ = other.kill();
-            let _ = other.wait();
-        }
-        assert!(reused > 0, "never got the pid again: nothing was tried");
     }
 
     #[test]

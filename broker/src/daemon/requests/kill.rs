@@ -82,20 +82,29 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     let mut ids = Vec::with_capacity(allowed.len());
     let mut groups = Vec::with_capacity(allowed.len());
     for r in &allowed {
-        // Through a pidfd of the program itself: a process that got its pid once it was
-        // reaped is never signalled, nor a group that took the number.
-        if let Some(pidfd) = shared.registry.open(r) {
+        // Through the program's pidfd: the launch's entry outlives the program's reap by
+        // as long as its caller takes to read the end (helper-103: a caller that did not
+        // read kept it for good), and a process that got the pid since is never reached.
+        let reached = r.pidfd.as_ref().is_some_and(|pidfd| {
             Routed {
                 pid: r.pid,
                 pidfd: pidfd.as_fd(),
             }
-            .kill_group(signo);
+            .kill_group(signo)
+        });
+        if reached {
+            ids.push(r.id);
+            groups.push(r.pid);
         }
-        ids.push(r.id);
-        groups.push(r.pid);
     }
     // The rest of the context: what its cgroup holds outside the groups just signalled.
     let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
+    if ids.is_empty() && in_cgroup == 0 {
+        return error(
+            ErrorKind::NoSuchProcess,
+            format!("the routed process(es) {what} have ended: nothing was signalled"),
+        );
+    }
     shared.audit.record(AuditEvent::Kill {
         caller: caller(peer),
         ids: ids.clone(),

@@ -171,7 +171,7 @@ struct Lingering {
 /// The forked process, watched.
 struct Child {
     pid: libc::pid_t,
-    pidfd: AsyncFd<OwnedFd>,
+    pidfd: AsyncFd<Arc<OwnedFd>>,
 }
 
 impl Child {
@@ -721,7 +721,7 @@ impl<'a> Launch<'a> {
         match &forked {
             // At once: the program runs already and may be routing its own children,
             // whose connections this entry places.
-            Ok(f) => self.register(f.pid, birth_of_child(&f.pidfd, &bracket)),
+            Ok(f) => self.register(f.pid, &f.pidfd, birth_of_child(&f.pidfd, &bracket)),
             Err(_) => self.shared.registry.remove(self.id),
         }
         self.applied = Applied {
@@ -768,7 +768,7 @@ impl<'a> Launch<'a> {
 
     /// Registered before anything else can happen: the program may already be running
     /// and routing its own children, whose connections are placed by this entry.
-    fn register(&self, pid: libc::pid_t, birth: Option<Birth>) {
+    fn register(&self, pid: libc::pid_t, pidfd: &Arc<OwnedFd>, birth: Option<Birth>) {
         self.shared.registry.insert_started(
             Running {
                 id: self.id,
@@ -779,6 +779,7 @@ impl<'a> Launch<'a> {
                 caller_context: self.peer.runs_in().map(str::to_string),
                 caller_in_context: self.peer.in_a_context(),
                 argv: self.argv.clone(),
+                pidfd: Some(pidfd.clone()),
                 // Before the fork: the registry's lower bound on the process's start time.
                 started: self.started_at,
             },

@@ -57,21 +57,26 @@ pub struct Routed<'a> {
 impl Routed<'_> {
     /// Signals the routed process group, and the program itself when it moved into
     /// another group of its session (`setpgid`): it must not escape its timeout, `ctx
-    /// kill` or the broker's stop that way. Before Linux 6.9 the group is named by number:
-    /// only a program the broker has not reaped is signalled so (see [`Registry::open`]).
-    ///
-    /// [`Registry::open`]: crate::daemon::registry::Registry::open
-    pub fn kill_group(self, signo: i32) {
-        if pidfd_signal(self.pidfd, signo, PIDFD_SIGNAL_PROCESS_GROUP) == Err(libc::EINVAL) {
-            // SAFETY: plain syscall.
-            unsafe { libc::kill(-self.pid, signo) };
-        }
+    /// kill` or the broker's stop that way. Whether any process was signalled. Before
+    /// Linux 6.9 the group is named by number, and only until the program is reaped.
+    pub fn kill_group(self, signo: i32) -> bool {
+        let group = match pidfd_signal(self.pidfd, signo, PIDFD_SIGNAL_PROCESS_GROUP) {
+            // Before 6.9, by number while the program is not reaped (signal 0 reaches a
+            // zombie too): after the reap the number may be anyone's.
+            Err(libc::EINVAL) => {
+                pidfd_signal(self.pidfd, 0, 0).is_ok()
+                    // SAFETY: plain syscall.
+                    && unsafe { libc::kill(-self.pid, signo) } == 0
+            }
+            sent => sent.is_ok(),
+        };
         // By number only to learn the group: a process that got the pid since answers
         // another group (or none), and the signal still goes through the pidfd.
         // SAFETY: plain syscall.
         if unsafe { libc::getpgid(self.pid) } != self.pid {
-            let _ = pidfd_signal(self.pidfd, signo, 0);
+            return pidfd_signal(self.pidfd, signo, 0).is_ok() || group;
         }
+        group
     }
 
     /// Signals the routed program alone.

@@ -87,7 +87,7 @@ const PARENT_RETRY: Duration = Duration::from_millis(20);
 pub(super) struct Relay<'a> {
     pub conn: &'a mut Conn,
     pub pid: i32,
-    pub pidfd: &'a AsyncFd<OwnedFd>,
+    pub pidfd: &'a AsyncFd<Arc<OwnedFd>>,
     /// The client watches the program's pidfd (`Reply::Watch`) and may end as soon as the
     /// program is reaped: what must reach it first is sent before the reap.
     pub watched: bool,
@@ -309,7 +309,7 @@ impl Relay<'_> {
                     match frame {
                         Ok(Some(payload)) => match decode_consuming(payload) {
                             Ok(Request::Signal { signo }) if (1..=64).contains(&signo) => {
-                                program.kill_group(job_control::deliverable(pid, signo))
+                                program.kill_group(job_control::deliverable(pid, signo));
                             }
                             // `kill(pid)` of the shim: locally that reaches the child alone,
                             // never its children (`Popen.terminate()`, a forkserver's kill).
@@ -735,7 +735,7 @@ pub(super) async fn linger(
 /// deadline, the kill after a shutdown, and the shutdown itself (`shutdown` a clone, so
 /// the loop's own receiver still sees the change).
 async fn loop_event(
-    pidfd: &AsyncFd<OwnedFd>,
+    pidfd: &AsyncFd<Arc<OwnedFd>>,
     deadline: Option<tokio::time::Instant>,
     kill_at: Option<tokio::time::Instant>,
     shutdown: Option<tokio::sync::watch::Receiver<bool>>,
@@ -961,7 +961,7 @@ fn size_change(master: &OwnedFd, seen: &mut Option<WinSize>) -> Option<WinSize> 
 }
 
 /// Whether the process behind the pidfd has ended (not necessarily reaped).
-pub(super) fn ended(pidfd: &AsyncFd<OwnedFd>) -> bool {
+pub(super) fn ended<T: AsRawFd>(pidfd: &AsyncFd<T>) -> bool {
     let mut pfd = libc::pollfd {
         fd: pidfd.get_ref().as_raw_fd(),
         events: libc::POLLIN,
@@ -972,7 +972,7 @@ pub(super) fn ended(pidfd: &AsyncFd<OwnedFd>) -> bool {
 }
 
 /// Waits for the process behind the pidfd to exit and reaps it.
-pub(super) async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitStatus> {
+pub(super) async fn wait_exit<T: AsRawFd>(pidfd: &AsyncFd<T>) -> io::Result<ExitStatus> {
     loop {
         let mut guard = pidfd.readable().await?;
         // SAFETY: siginfo_t is plain data; waitid fills it.
@@ -1010,7 +1010,7 @@ fn rearm_after_hangup(master: AsyncFd<OwnedFd>) -> Option<AsyncFd<OwnedFd>> {
 }
 
 /// Registers a descriptor we own with the reactor.
-pub(super) fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+pub(super) fn watch<T: AsRawFd>(fd: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open
     // and unshared for as long as it is registered.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into())

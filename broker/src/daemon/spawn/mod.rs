@@ -166,7 +166,8 @@ pub struct EnterNamespaces {
 /// A started child: its pid, a pidfd to wait on, and the error pipe's read end.
 pub struct Forked {
     pub pid: libc::pid_t,
-    pub pidfd: OwnedFd,
+    /// Shared with the registry, which signals the program through it (`ctx kill`).
+    pub pidfd: std::sync::Arc<OwnedFd>,
     pub report: OwnedFd,
     /// A PTY launch's session leader stand-in, also our child: a pidfd to reap it by once
     /// the master is closed (it ends at the terminal's hangup), and its pid.
@@ -507,7 +508,7 @@ impl Side {
         }
         Ok(Forked {
             pid,
-            pidfd,
+            pidfd: std::sync::Arc::new(pidfd),
             report: report_r,
             session_leader,
         })
