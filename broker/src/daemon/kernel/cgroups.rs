@@ -200,14 +200,23 @@ impl Cgroups {
         // finds no one (bounded, for a fork bomb under a non-fatal signal).
         for _ in 0..16 {
             let mut left = 0;
-            for pid in group.pids() {
-                // SAFETY: plain syscalls.
+            for (pid, pidfd) in still_members(&group.pids(), || group.pids()) {
+                // SAFETY: plain syscall.
                 if !skip.is_empty() && skip.contains(&unsafe { libc::getpgid(pid) }) {
                     continue;
                 }
                 left += 1;
-                // SAFETY: as above.
-                if unsafe { libc::kill(pid, signo) } == 0 {
+                // SAFETY: plain syscall on a pidfd we hold; no siginfo.
+                let sent = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        signo,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if sent == 0 {
                     signalled.insert(pid);
                 }
             }
@@ -350,6 +359,26 @@ impl Group {
 // ---------------------------------------------------------------------------------------
 // Functions
 // ---------------------------------------------------------------------------------------
+
+/// The processes of `listed` (a read of a group's members) as pidfds, each only if its pid
+/// is listed again once the pidfd holds it (`again`): a member that ended and was reaped
+/// between the first read and its pidfd may have left its pid to a process outside the
+/// group, which the second read does not list; a pidfd keeps naming the process it was
+/// opened on whatever its pid becomes.
+fn still_members(listed: &[i32], again: impl FnOnce() -> Vec<i32>) -> Vec<(i32, OwnedFd)> {
+    let opened: Vec<(i32, OwnedFd)> = listed
+        .iter()
+        .filter_map(|&pid| Some((pid, crate::daemon::peer::pidfd_open(pid).ok()?)))
+        .collect();
+    if opened.is_empty() {
+        return opened;
+    }
+    let again: std::collections::HashSet<i32> = again().into_iter().collect();
+    opened
+        .into_iter()
+        .filter(|(pid, _)| again.contains(pid))
+        .collect()
+}
 
 /// The broker's own cgroup path in each hierarchy, from `/proc/self/cgroup`.
 fn detect_backend() -> Option<Backend> {
@@ -666,6 +695,45 @@ fn create(
 mod tests {
     use super::*;
     use crate::daemon::spawn::fork_exec;
+
+    /// A member listed, then ended and reaped before its pidfd was opened, its pid taken
+    /// by a process outside the group (reused on purpose through `ns_last_pid`): the
+    /// second read does not list it, and it is never signalled.
+    #[test]
+    fn a_pid_reused_outside_the_group_between_two_reads_is_not_a_member() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to write ns_last_pid");
+            return;
+        }
+        let mut reused = 0;
+        for _ in 0..20 {
+            let mut member = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            let pid = member.id() as i32;
+            let listed = vec![pid];
+            let _ = member.kill();
+            let _ = member.wait();
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let mut outsider = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            if outsider.id() as i32 == pid {
+                reused += 1;
+                assert!(
+                    still_members(&listed, Vec::new).is_empty(),
+                    "the outsider that got the member's pid was taken for a member"
+                );
+                let kept = still_members(&listed, || vec![pid]);
+                assert_eq!(kept.len(), 1, "a member listed twice was dropped");
+            }
+            let _ = outsider.kill();
+            let _ = outsider.wait();
+        }
+        assert!(reused > 0, "never got the pid again: nothing was tried");
+    }
     use crate::daemon::spawn::testing::{own_v2_cgroup, test_plan, v2_mount, wait_end};
 
     /// The v2 backend's plumbing, on whatever v2 hierarchy this host has (its memory, pids
