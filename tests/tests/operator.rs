@@ -328,6 +328,96 @@ fn only_root_or_the_launching_uid_may_kill() {
     stop(client);
 }
 
+/// helper-103: a caller that does not read the end of its terminal launch keeps the
+/// launch's entry (its `ctx ps` line) after the program is reaped: here the program
+/// signals its parent (the caller's frames wait behind output nobody reads) and ends,
+/// leaving a writer in its group. The caller's `ctx kill` ends that writer; a root
+/// process then gets the program's pid (reused on purpose through `ns_last_pid`; the
+/// helper cycled the pids as bob) and leads a group of that number: the next `ctx kill`
+/// of the launch, sent by number, killed it.
+#[test]
+fn a_kill_of_a_launch_whose_program_was_reaped_never_reaches_the_process_that_got_its_pid() {
+    let bob = user(BOB);
+    let config = format!(
+        "[broker]\nsocket_mode = \"0666\"\n\n[contexts.agent]\nuser = \"{ALICE}\"\n\
+         allow = {{ uids = [{}] }}\n",
+        bob.uid
+    );
+    let b = Broker::start(&config);
+    let kill_as_bob = |id: u64| {
+        let mut c = b.ctx(["kill", &id.to_string(), "-s", "KILL"]);
+        c.uid(bob.uid).gid(bob.gid);
+        run(&mut c)
+    };
+    let mut reused = false;
+    for _ in 0..5 {
+        let mark = marked_sleep();
+        // The client's stdout is a pipe nobody reads: the output fills it and the socket.
+        let client = b
+            .ctx(["exec", "-t", "--context", "agent", "--", "sh", "-c"])
+            .arg(format!(
+                "head -c 8000000 /dev/zero & sleep 0.5; kill -WINCH $PPID; : {mark}"
+            ))
+            .uid(bob.uid)
+            .gid(bob.gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ctx exec");
+        let (id, pid) = poll(Duration::from_secs(10), || {
+            ps_json(&b)
+                .iter()
+                .find(|p| json_has_str(&p["argv"], &mark))
+                .and_then(|p| Some((p["id"].as_u64()?, p["pid"].as_i64()? as i32)))
+        })
+        .expect("the launch in ctx ps");
+        poll(Duration::from_secs(10), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .expect("the program never ended");
+        assert!(
+            ps_json(&b).iter().any(|p| p["id"].as_u64() == Some(id)),
+            "the launch's entry went with the program: nothing is tried"
+        );
+        // Its writer, still in its group, ends; then the group's number is free.
+        assert!(kill_as_bob(id).ok().contains("SIGKILL"));
+        poll(Duration::from_secs(20), || {
+            // SAFETY: signal 0 only asks whether the group exists.
+            (unsafe { libc::kill(-pid, 0) } != 0).then_some(())
+        })
+        .expect("the writer's group never ended");
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut stranger = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        if stranger.id() as i32 == pid {
+            reused = true;
+            let out = kill_as_bob(id);
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(
+                alive(pid),
+                "root's process that got the pid was killed: {}",
+                out.show()
+            );
+            assert_eq!(out.code(), 1, "{}", out.show());
+            assert!(out.stderr_str().contains("have ended"), "{}", out.show());
+        }
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        stop(client);
+        if reused {
+            break;
+        }
+    }
+    assert!(
+        reused,
+        "never got the program's pid again: nothing was tried"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // log
 // ---------------------------------------------------------------------------------------
