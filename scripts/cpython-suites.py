@@ -303,9 +303,10 @@ def passed(status):
 
 
 def main():
-    # A shell's background job starts with SIGINT and SIGQUIT ignored, which every suite
-    # process would inherit natively and routed alike, hiding what test_signal and
-    # test_subprocess check of them (helper-104), as `scripts/test.sh` does for the tests.
+    # Back to their defaults, as `scripts/test.sh` sets them for the tests: a shell's
+    # background job starts with SIGINT and SIGQUIT ignored, which every suite process
+    # would inherit natively and routed alike, hiding what test_signal and test_subprocess
+    # check of them (helper-104).
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
