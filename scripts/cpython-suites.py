@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""CPython's own test_subprocess, test_os and test_posix (and test_pty and
-test_asyncio.test_subprocess), run natively and then with every launch routed into a uid-0
-context; prints every test case whose result differs.
+"""CPython's own test_subprocess, test_os and test_posix (and test_pty,
+test_asyncio.test_subprocess, and ten more: see DEFAULT_SUITES), run natively and then with
+every launch routed into a uid-0 context; prints every test case whose result differs.
 
     sudo /usr/bin/python3 scripts/cpython-suites.py [--suites test_os ...] [--json FILE]
 
@@ -49,7 +49,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The three the issue names, and two more that launch processes: a terminal one and
 # asyncio's subprocess transport.
 DEFAULT_SUITES = ["test_subprocess", "test_os", "test_posix", "test_pty",
-                  "test_asyncio.test_subprocess"]
+                  "test_asyncio.test_subprocess",
+                  # Added after helper-104 ran them (and 40 more) with no difference: the
+                  # signal, crash and command-line suites, and those launching the most.
+                  "test_signal", "test_faulthandler", "test_cmd_line",
+                  "test_cmd_line_script", "test_source_encoding", "test_compileall",
+                  "test_c_locale_coercion", "test_utf8_mode", "test_sys", "test_popen"]
 CONTEXT = "root0"
 CONFIG = """[broker]
 socket_mode = "0600"

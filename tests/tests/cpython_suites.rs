@@ -1,13 +1,14 @@
-//! CPython's own `test_subprocess`, `test_os` and `test_posix`, and `test_pty` and
-//! `test_asyncio.test_subprocess`: transparency measured against programs
-//! nobody here wrote. Each suite runs natively, then under
+//! CPython's own `test_subprocess`, `test_os` and `test_posix`, `test_pty`,
+//! `test_asyncio.test_subprocess`, and the signal, crash and command-line suites and those
+//! launching the most (`DEFAULT_SUITES` in the script): transparency measured against
+//! programs nobody here wrote. Each suite runs natively, then under
 //! `ctx run --route-to root0` (every launch routed into a uid-0 context with default
 //! isolation); every test case that passes natively must pass routed, except the ones
 //! [`EXPECTED_DIFFERENCES`] names with their reason.
 //!
 //! The work is `scripts/cpython-suites.py` (run it by hand for the failure texts); this test
 //! gives it a broker and judges its JSON. Needs Debian's `/usr/bin/python3` and
-//! `libpython3.11-testsuite` (`scripts/test.sh` installs both). About 90 s.
+//! `libpython3.11-testsuite` (`scripts/test.sh` installs both). About 4 minutes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -58,7 +59,7 @@ allow = { uids = [0] }
 
 const PYTHON: &str = "/usr/bin/python3";
 const SUITE_FILE: &str = "/usr/lib/python3.11/test/test_subprocess.py";
-/// The whole harness: both sides of five suites, reruns and continuations included.
+/// The whole harness: both sides of every suite, reruns and continuations included.
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Fewer routed launches than this means the suites did not really route.
 const MIN_LAUNCHES: u64 = 200;
