@@ -200,26 +200,30 @@ impl Cgroups {
         // finds no one (bounded, for a fork bomb under a non-fatal signal).
         for _ in 0..16 {
             let mut left = 0;
-            for (pid, pidfd) in still_members(&group.pids(), || group.pids()) {
-                // SAFETY: plain syscall.
-                if !skip.is_empty() && skip.contains(&unsafe { libc::getpgid(pid) }) {
-                    continue;
-                }
-                left += 1;
-                // SAFETY: plain syscall on a pidfd we hold; no siginfo.
-                let sent = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        signo,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if sent == 0 {
-                    signalled.insert(pid);
-                }
-            }
+            each_member(
+                &group.pids(),
+                || group.read_pids(),
+                |pid, pidfd| {
+                    // SAFETY: plain syscall.
+                    if !skip.is_empty() && skip.contains(&unsafe { libc::getpgid(pid) }) {
+                        return;
+                    }
+                    left += 1;
+                    // SAFETY: plain syscall on a pidfd we hold; no siginfo.
+                    let sent = unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd.as_raw_fd(),
+                            signo,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
+                    if sent == 0 {
+                        signalled.insert(pid);
+                    }
+                },
+            );
             if left == 0 || signo != libc::SIGKILL {
                 break;
             }
@@ -345,14 +349,14 @@ impl Group {
 
     /// The processes in the group (from the first hierarchy: all hold the same ones).
     pub fn pids(&self) -> Vec<i32> {
-        let Some(dir) = self.dirs.first() else {
-            return Vec::new();
-        };
-        std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        self.read_pids().unwrap_or_default()
+    }
+
+    /// The members, `None` when `cgroup.procs` cannot be read (no descriptor left).
+    fn read_pids(&self) -> Option<Vec<i32>> {
+        let dir = self.dirs.first()?;
+        let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 }
 
@@ -360,24 +364,38 @@ impl Group {
 // Functions
 // ---------------------------------------------------------------------------------------
 
-/// The processes of `listed` (a read of a group's members) as pidfds, each only if its pid
-/// is listed again once the pidfd holds it (`again`): a member that ended and was reaped
-/// between the first read and its pidfd may have left its pid to a process outside the
-/// group, which the second read does not list; a pidfd keeps naming the process it was
-/// opened on whatever its pid becomes.
-fn still_members(listed: &[i32], again: impl FnOnce() -> Vec<i32>) -> Vec<(i32, OwnedFd)> {
-    let opened: Vec<(i32, OwnedFd)> = listed
-        .iter()
-        .filter_map(|&pid| Some((pid, crate::daemon::peer::pidfd_open(pid).ok()?)))
-        .collect();
-    if opened.is_empty() {
-        return opened;
+/// Members whose pidfds are held at once: a cgroup of many processes must not fill the
+/// broker's descriptor table (helper-105: 1,000 members against 1,024 descriptors left no
+/// room for the second read, and no member was signalled).
+const MEMBERS_AT_ONCE: usize = 64;
+
+/// Calls `f` with each process of `listed` (a read of a group's members) through a pidfd,
+/// only if its pid is listed again once the pidfd holds it (`again`): a member that ended
+/// and was reaped between the first read and its pidfd may have left its pid to a process
+/// outside the group, which the second read does not list; a pidfd keeps naming the
+/// process it was opened on, whatever its pid becomes. A second read that fails drops no
+/// one: those pidfds were opened on pids listed a moment before.
+fn each_member(
+    listed: &[i32],
+    again: impl Fn() -> Option<Vec<i32>>,
+    mut f: impl FnMut(i32, &OwnedFd),
+) {
+    for chunk in listed.chunks(MEMBERS_AT_ONCE) {
+        let opened: Vec<(i32, OwnedFd)> = chunk
+            .iter()
+            .filter_map(|&pid| Some((pid, crate::daemon::peer::pidfd_open(pid).ok()?)))
+            .collect();
+        if opened.is_empty() {
+            continue;
+        }
+        let again: Option<std::collections::HashSet<i32>> =
+            again().map(|pids| pids.into_iter().collect());
+        for (pid, pidfd) in &opened {
+            if again.as_ref().is_none_or(|a| a.contains(pid)) {
+                f(*pid, pidfd);
+            }
+        }
     }
-    let again: std::collections::HashSet<i32> = again().into_iter().collect();
-    opened
-        .into_iter()
-        .filter(|(pid, _)| again.contains(pid))
-        .collect()
 }
 
 /// The broker's own cgroup path in each hierarchy, from `/proc/self/cgroup`.
@@ -696,6 +714,56 @@ mod tests {
     use super::*;
     use crate::daemon::spawn::fork_exec;
 
+    /// More members than the descriptors left: every one is still signalled (helper-105:
+    /// all pidfds opened at once left no descriptor for the second read, which then
+    /// listed no one).
+    #[test]
+    fn more_members_than_free_descriptors_are_all_reached() {
+        let mut members: Vec<std::process::Child> = (0..300)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let pids: Vec<i32> = members.iter().map(|c| c.id() as i32).collect();
+        let list = std::env::temp_dir().join(format!("ctx-members-{}", std::process::id()));
+        std::fs::write(
+            &list,
+            pids.iter().map(|p| format!("{p}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain getter and setter of this test process's own limit.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
+            let low = libc::rlimit {
+                rlim_cur: open_now + 100,
+                rlim_max: old.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &low);
+        }
+        let read_list = || {
+            let text = std::fs::read_to_string(&list).ok()?;
+            Some(text.lines().filter_map(|l| l.parse().ok()).collect())
+        };
+        let mut reached = 0;
+        each_member(&pids, read_list, |_, _| reached += 1);
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+        let _ = std::fs::remove_file(&list);
+        for m in &mut members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+        assert_eq!(reached, pids.len(), "members were left out");
+    }
+
     /// A member listed, then ended and reaped before its pidfd was opened, its pid taken
     /// by a process outside the group (reused on purpose through `ns_last_pid`): the
     /// second read does not list it, and it is never signalled.
@@ -722,12 +790,22 @@ mod tests {
                 .unwrap();
             if outsider.id() as i32 == pid {
                 reused += 1;
-                assert!(
-                    still_members(&listed, Vec::new).is_empty(),
+                let taken = |again: Option<Vec<i32>>| {
+                    let mut n = 0;
+                    each_member(&listed, || again.clone(), |_, _| n += 1);
+                    n
+                };
+                assert_eq!(
+                    taken(Some(Vec::new())),
+                    0,
                     "the outsider that got the member's pid was taken for a member"
                 );
-                let kept = still_members(&listed, || vec![pid]);
-                assert_eq!(kept.len(), 1, "a member listed twice was dropped");
+                assert_eq!(
+                    taken(Some(vec![pid])),
+                    1,
+                    "a member listed twice was dropped"
+                );
+                assert_eq!(taken(None), 1, "a failed second read dropped a member");
             }
             let _ = outsider.kill();
             let _ = outsider.wait();

@@ -100,9 +100,27 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     // The rest of the context: what its cgroup holds outside the groups just signalled.
     let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
     if ids.is_empty() && in_cgroup == 0 {
+        // Audited as a kill of nothing: every kill is.
+        shared.audit.record(AuditEvent::Kill {
+            caller: caller(peer),
+            ids: Vec::new(),
+            contexts: allowed.iter().map(|r| r.context.clone()).collect(),
+            cgroup_processes: 0,
+            signal: signo,
+        });
+        let why = if super::groups_by_pidfd() {
+            "nothing was signalled".to_string()
+        } else {
+            // The group is named by number before Linux 6.9, which after the program's
+            // reap may be a stranger's (helper-105).
+            "what they left in their process group cannot be signalled safely on this \
+             kernel (Linux 6.9 signals a group through a pidfd); `ctx kill --context NAME` \
+             as root reaches it through the context's cgroup"
+                .to_string()
+        };
         return error(
             ErrorKind::NoSuchProcess,
-            format!("the routed process(es) {what} have ended: nothing was signalled"),
+            format!("the routed program(s) {what} have ended: {why}"),
         );
     }
     shared.audit.record(AuditEvent::Kill {

@@ -19,7 +19,7 @@ pub mod reload;
 pub mod shell;
 pub mod status;
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use ctx_protocol::{ErrorKind, Reply};
 
@@ -83,6 +83,18 @@ impl Routed<'_> {
     pub fn kill(self, signo: i32) {
         let _ = pidfd_signal(self.pidfd, signo, 0);
     }
+}
+
+/// Whether this kernel signals a process group through a pidfd (Linux 6.9).
+pub fn groups_by_pidfd() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| {
+        let Ok(own) = super::peer::pidfd_open(std::process::id() as i32) else {
+            return false;
+        };
+        // Signal 0 only asks; our group may not exist (ESRCH): the flag is still known.
+        pidfd_signal(own.as_fd(), 0, PIDFD_SIGNAL_PROCESS_GROUP) != Err(libc::EINVAL)
+    })
 }
 
 /// Signals the process group of a child of the broker that nobody has reaped (it has no
@@ -180,6 +192,13 @@ mod tests {
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    /// Both came with Linux 6.9: a kernel with pidfs births signals groups by pidfd.
+    #[test]
+    fn groups_are_signalled_by_pidfd_where_births_come_from_pidfs() {
+        use crate::daemon::registry::{birth_clock, BirthClock};
+        assert_eq!(groups_by_pidfd(), birth_clock() == BirthClock::Pidfs);
     }
 
     /// The routed program has ended and been reaped while a process it left lives on in
