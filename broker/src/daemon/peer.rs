@@ -296,17 +296,28 @@ fn asked_of_pidfd(pidfd: &OwnedFd, kind: Namespace) -> Option<(u64, u64)> {
 /// EPERM (an unprivileged broker asking about another uid's process) also means it is
 /// there.
 pub fn alive(pidfd: &impl AsRawFd) -> bool {
-    // SAFETY: signal 0 only checks; a valid pidfd, no siginfo.
+    // Signal 0 only checks.
+    matches!(pidfd_signal(pidfd, 0, 0), Ok(()) | Err(libc::EPERM))
+}
+
+/// `pidfd_send_signal(pidfd, signo, NULL, flags)`; the errno on failure.
+pub fn pidfd_signal(pidfd: &impl AsRawFd, signo: i32, flags: libc::c_uint) -> Result<(), i32> {
+    // SAFETY: plain syscall on a pidfd the caller holds; no siginfo.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            0,
+            signo,
             std::ptr::null::<libc::siginfo_t>(),
-            0,
+            flags,
         )
     };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)),
+    }
 }
 
 #[cfg(test)]

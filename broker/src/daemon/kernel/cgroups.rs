@@ -209,17 +209,7 @@ impl Cgroups {
                         return;
                     }
                     left += 1;
-                    // SAFETY: plain syscall on a pidfd we hold; no siginfo.
-                    let sent = unsafe {
-                        libc::syscall(
-                            libc::SYS_pidfd_send_signal,
-                            pidfd.as_raw_fd(),
-                            signo,
-                            std::ptr::null::<libc::siginfo_t>(),
-                            0,
-                        )
-                    };
-                    if sent == 0 {
+                    if crate::daemon::peer::pidfd_signal(pidfd, signo, 0).is_ok() {
                         signalled.insert(pid);
                     }
                 },

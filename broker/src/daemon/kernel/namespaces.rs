@@ -366,16 +366,7 @@ impl Holder {
 impl Drop for Holder {
     /// Kills the holder, which ends its PID namespace and every process in it, and reaps it.
     fn drop(&mut self) {
-        // SAFETY: plain syscall on a pidfd we own.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
+        let _ = crate::daemon::peer::pidfd_signal(&self.pidfd, libc::SIGKILL, 0);
         // The holder is our child: this reaps it.
         crate::daemon::spawn::reap(&self.pidfd);
     }

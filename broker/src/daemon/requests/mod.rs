@@ -19,10 +19,11 @@ pub mod reload;
 pub mod shell;
 pub mod status;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use ctx_protocol::{ErrorKind, Reply};
 
+use super::peer::pidfd_signal;
 use super::registry::Running;
 use super::Peer;
 
@@ -60,11 +61,11 @@ impl Routed<'_> {
     /// kill` or the broker's stop that way. Whether any process was signalled. Before
     /// Linux 6.9 the group is named by number, and only until the program is reaped.
     pub fn kill_group(self, signo: i32) -> bool {
-        let group = match pidfd_signal(self.pidfd, signo, PIDFD_SIGNAL_PROCESS_GROUP) {
+        let group = match pidfd_signal(&self.pidfd, signo, PIDFD_SIGNAL_PROCESS_GROUP) {
             // Before 6.9, by number while the program is not reaped (signal 0 reaches a
             // zombie too): after the reap the number may be anyone's.
             Err(libc::EINVAL) => {
-                pidfd_signal(self.pidfd, 0, 0).is_ok()
+                pidfd_signal(&self.pidfd, 0, 0).is_ok()
                     // SAFETY: plain syscall.
                     && unsafe { libc::kill(-self.pid, signo) } == 0
             }
@@ -74,14 +75,14 @@ impl Routed<'_> {
         // another group (or none), and the signal still goes through the pidfd.
         // SAFETY: plain syscall.
         if unsafe { libc::getpgid(self.pid) } != self.pid {
-            return pidfd_signal(self.pidfd, signo, 0).is_ok() || group;
+            return pidfd_signal(&self.pidfd, signo, 0).is_ok() || group;
         }
         group
     }
 
     /// Signals the routed program alone.
     pub fn kill(self, signo: i32) {
-        let _ = pidfd_signal(self.pidfd, signo, 0);
+        let _ = pidfd_signal(&self.pidfd, signo, 0);
     }
 }
 
@@ -93,7 +94,7 @@ pub fn groups_by_pidfd() -> bool {
             return false;
         };
         // Signal 0 only asks; our group may not exist (ESRCH): the flag is still known.
-        pidfd_signal(own.as_fd(), 0, PIDFD_SIGNAL_PROCESS_GROUP) != Err(libc::EINVAL)
+        pidfd_signal(&own, 0, PIDFD_SIGNAL_PROCESS_GROUP) != Err(libc::EINVAL)
     })
 }
 
@@ -102,26 +103,6 @@ pub fn groups_by_pidfd() -> bool {
 pub fn kill_unreaped_group(pid: i32, signo: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(-pid, signo) };
-}
-
-/// `pidfd_send_signal(pidfd, signo, NULL, flags)`; the errno on failure.
-fn pidfd_signal(pidfd: BorrowedFd<'_>, signo: i32, flags: libc::c_uint) -> Result<(), i32> {
-    // SAFETY: plain syscall on a pidfd we hold; no siginfo.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signo,
-            std::ptr::null::<libc::siginfo_t>(),
-            flags,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL)),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -181,7 +162,7 @@ fn error(kind: ErrorKind, message: String) -> Reply<'static> {
 mod tests {
     use super::*;
     use std::io::BufRead;
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
 
     fn exited(pidfd: &OwnedFd, ms: i32) -> bool {
