@@ -718,10 +718,19 @@ mod tests {
             })
             .collect();
         let pids: Vec<i32> = members.iter().map(|c| c.id() as i32).collect();
+        // A new file only (`create_new`: O_EXCL, which follows no link another user may
+        // have planted under that name in the shared temporary directory).
         let list = std::env::temp_dir().join(format!("ctx-members-{}", std::process::id()));
-        std::fs::write(
-            &list,
-            pids.iter().map(|p| format!("{p}\n")).collect::<String>(),
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&list)
+                .unwrap(),
+            pids.iter()
+                .map(|p| format!("{p}\n"))
+                .collect::<String>()
+                .as_bytes(),
         )
         .unwrap();
         let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;

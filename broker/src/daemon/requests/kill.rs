@@ -99,30 +99,7 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
     }
     // The rest of the context: what its cgroup holds outside the groups just signalled.
     let in_cgroup = whole_context.map_or(0, |name| shared.cgroups.kill(name, signo, &groups));
-    if ids.is_empty() && in_cgroup == 0 {
-        // Audited as a kill of nothing: every kill is.
-        shared.audit.record(AuditEvent::Kill {
-            caller: caller(peer),
-            ids: Vec::new(),
-            contexts: allowed.iter().map(|r| r.context.clone()).collect(),
-            cgroup_processes: 0,
-            signal: signo,
-        });
-        let why = if super::groups_by_pidfd() {
-            "nothing was signalled".to_string()
-        } else {
-            // The group is named by number before Linux 6.9, which after the program's
-            // reap may be a stranger's (helper-105).
-            "what they left in their process group cannot be signalled safely on this \
-             kernel (Linux 6.9 signals a group through a pidfd); `ctx kill --context NAME` \
-             as root reaches it through the context's cgroup"
-                .to_string()
-        };
-        return error(
-            ErrorKind::NoSuchProcess,
-            format!("the routed program(s) {what} have ended: {why}"),
-        );
-    }
+    // Every kill is audited, one that reached nothing too (its `ids` empty).
     shared.audit.record(AuditEvent::Kill {
         caller: caller(peer),
         ids: ids.clone(),
@@ -130,6 +107,21 @@ pub fn kill(shared: &Shared, peer: &Peer, target: &KillTarget, signo: i32) -> Re
         cgroup_processes: in_cgroup as u64,
         signal: signo,
     });
+    if ids.is_empty() && in_cgroup == 0 {
+        let why = if super::groups_by_pidfd() {
+            "nothing was signalled"
+        } else {
+            // The group is named by number before Linux 6.9, which after the program's
+            // reap may be a stranger's (helper-105).
+            "what they left in their process group cannot be signalled safely on this \
+             kernel (Linux 6.9 signals a group through a pidfd); `ctx kill --context NAME` \
+             as root reaches it through the context's cgroup"
+        };
+        return error(
+            ErrorKind::NoSuchProcess,
+            format!("the routed program(s) {what} have ended: {why}"),
+        );
+    }
     killed(ids, in_cgroup)
 }
 
