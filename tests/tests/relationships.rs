@@ -21,8 +21,13 @@ fn broker() -> Broker {
 
 /// [`broker`], with `more` contexts.
 fn broker_with(more: &str) -> Broker {
+    Broker::start(&config_with(more))
+}
+
+/// [`broker_with`]'s configuration.
+fn config_with(more: &str) -> String {
     let alice = user(ALICE);
-    Broker::start(&format!(
+    format!(
         r#"[broker]
 socket_mode = "0666"
 
@@ -37,7 +42,7 @@ cwd = "inherit"
 allow = {{ uids = [0, {uid}] }}
 {more}"#,
         uid = alice.uid
-    ))
+    )
 }
 
 /// `python3 -c SCRIPT ARGS...` run locally, in the broker's temp dir (which every test user
@@ -1224,6 +1229,58 @@ fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
     assert_eq!(during, threads, "listeners while the launch ran");
     let out = b.exec("ownpids", &["grep", "Seccomp_filters", "/proc/self/status"]);
     assert_eq!(out.ok(), "Seccomp_filters:\t0\n", "{}", out.show());
+}
+
+/// The same under a filter someone else put on the broker before it started, as the
+/// shipped unit's `SystemCallFilter=` does and a container runtime's profile: the launch
+/// still inherits the broker's filter (two in all: that one and the broker's) and the
+/// broker holds no listener for it. Before, none of the broker's threads installed it
+/// under a filter of someone else's, and every such launch installed, handed over and
+/// freed one of its own (a listener held while it ran), the cost the inherited filter
+/// takes off a launch.
+#[test]
+fn under_a_filter_of_the_service_manager_a_relayed_launch_still_inherits_its_filter() {
+    let b = Broker::start_under_a_filter(&config_with(""));
+    assert_eq!(b.exec("alice", &["true"]).code(), 0);
+    let threads = listeners_held(b.pid());
+    let show = "grep Seccomp_filters /proc/self/status; kill -0 $PPID && echo parent-there; \
+                exec sleep 2";
+    let mut c = b.exec_cmd("alice", &["sh", "-c", show]);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let said: Vec<String> = (0..2).map(|_| lines.next().unwrap().unwrap()).collect();
+    let during = listeners_held(b.pid());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(said, ["Seccomp_filters:\t2", "parent-there"]);
+    assert_eq!(during, threads, "listeners while the launch ran");
+    assert!(
+        threads > 0,
+        "the broker's threads hold no listener of the inherited filter"
+    );
+    // And a signal to the parent still reaches the caller.
+    let script = r#"
+import signal, subprocess, sys
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append("USR1"))
+rc = subprocess.run(sys.argv[1:] + ["sh", "-c", "kill -USR1 $PPID; exit 7"]).returncode
+print(got, rc)
+"#;
+    let ctx = bin("ctx");
+    let socket = b.socket();
+    let args = [
+        ctx.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "exec",
+        "--context",
+        "rootctx",
+        "--",
+    ];
+    let r = run(&mut local(&b, script, &args));
+    assert_eq!(r.ok(), "['USR1'] 7\n", "{}", r.show());
 }
 
 /// A signal to the parent from any thread of the program (a Go program's or a JVM's comes

@@ -144,18 +144,23 @@ enum Adoption {
 static ADOPTION: Mutex<Adoption> = Mutex::new(Adoption::Waiting(Vec::new()));
 /// The guard adopted the threads' listeners and answers them.
 static ANSWERED: AtomicBool = AtomicBool::new(false);
-/// The runtime's and the filtered forking threads install the filter (see [`prepare`]).
-static IN_USE: OnceLock<()> = OnceLock::new();
+/// The runtime's and the filtered forking threads install the filter (see [`prepare`]):
+/// how many filters the broker's threads had before, someone else's (systemd's
+/// `SystemCallFilter=`, a container runtime's profile).
+static IN_USE: OnceLock<u32> = OnceLock::new();
 
 /// Call once, on the main thread before the runtime's threads and `spawn::forker::start`:
-/// the threads started after it (with [`on_thread_start`]) install the filter. Not under a seccomp filter of someone else's (a broker started in a
-/// context): a thread that then finds a listener in place has it from the thread that
-/// started it, which installed ours.
+/// the threads started after it (with [`on_thread_start`]) install the filter, also on
+/// top of filters someone else put on the broker (its service unit's, a container's): the
+/// count of those, read here, tells a thread that inherited ours from one that must
+/// install it.
 pub fn prepare() {
-    if !super::available() || filters_on_this_thread() != Some(0) {
+    if !super::available() {
         return;
     }
-    let _ = IN_USE.set(());
+    if let Some(foreign) = filters_on_this_thread() {
+        let _ = IN_USE.set(foreign);
+    }
 }
 
 fn filters_on_this_thread() -> Option<u32> {
@@ -173,8 +178,18 @@ fn filters_on_this_thread() -> Option<u32> {
 /// cannot (a broker without `CAP_SYS_ADMIN`, one under a listener of its own already)
 /// goes on without: its launches install their own.
 pub fn on_thread_start() {
-    if IN_USE.get().is_none() {
+    let Some(&foreign) = IN_USE.get() else {
         return;
+    };
+    match filters_on_this_thread() {
+        Some(n) if n == foreign => {}
+        // Started by a thread that installed it (a runtime thread's blocking helper, a
+        // filtered forking thread): its filter is this one's too. Only ours is ever added.
+        Some(n) if n == foreign + 1 => {
+            FILTERED.with(|f| f.set(true));
+            return;
+        }
+        _ => return,
     }
     static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
     let filter = FILTER
@@ -186,11 +201,8 @@ pub fn on_thread_start() {
     // SAFETY: a valid program built above; the listener is a new descriptor of ours.
     let listener = match unsafe { seccomp::install_supervised(filter) } {
         Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-        // Started by a runtime thread: its filter is this one's too (see `prepare`).
-        Err(libc::EBUSY) => {
-            FILTERED.with(|f| f.set(true));
-            return;
-        }
+        // EBUSY: a listener of someone else's is on the chain (a broker started in a
+        // context), whose notifications would never reach the guard.
         Err(e) => {
             tracing::debug!(
                 "signals to the parent: no inherited filter on this thread (errno {e})"
