@@ -20,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub mod isolation;
+pub mod older_kernel;
 pub mod raw;
 
 // ---------------------------------------------------------------------------------------
@@ -538,6 +539,7 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        older_kernel::emulate_from_env();
         let stderr = fs::File::create(self.stderr_path()).expect("broker stderr file");
         let mut command = match &self.run_as {
             None => Command::new(bin("ctx-broker")),
