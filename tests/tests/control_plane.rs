@@ -6,7 +6,8 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use ctx_tests::*;
 
@@ -138,6 +139,82 @@ fn a_shared_session_cannot_make_root_read_through_a_planted_link() {
 
 /// Finding: an interactive `ctx sh` wrote `SESSION.rc` as root through whatever the
 /// context planted at that name. A link to a root-owned file must leave the file intact.
+/// The context's uid owns its session directory and chooses what is in it. A file whose
+/// last link root removes (`ctx sh --reset` unlinks the saved state; an interactive `ctx
+/// sh` renames its rcfile over the old one; a shared context's launch reads the exports
+/// file, which the context may unlink meanwhile, and closes it) is freed in that very
+/// call, seconds for a large fragmented one. Done on a tokio worker, two at once held up
+/// every connection, root's `ctx status` too (helper-107: 2.5 to 20 s). Timed against
+/// the resets themselves, in the same run: root's status must answer in a fraction of
+/// their time.
+#[test]
+fn root_freeing_a_contexts_large_files_holds_up_no_one_else() {
+    let b = Broker::start(&shared_config());
+    let dir = b.dir().path().join("state/shells/shared");
+    let plant = r#"
+import os, sys
+# Every other 4 KiB block over 320 MB: 40,000 extents, allocated (fsync) so that freeing
+# them is the file system's work, not a page cache drop.
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = b"x" * 4096
+    for i in range(40000):
+        os.pwrite(fd, block, i * 8192)
+    os.fsync(fd)
+    os.close(fd)
+"#;
+    let sessions = ["big1", "big2"];
+    for s in sessions {
+        run(&mut b.ctx(["sh", "--context", "shared", "--session", s, "true"])).ok();
+    }
+    let files: Vec<String> = sessions
+        .iter()
+        .map(|s| dir.join(format!("{s}.bash")).display().to_string())
+        .collect();
+    let mut argv = vec!["/usr/bin/python3", "-c", plant];
+    argv.extend(files.iter().map(String::as_str));
+    b.exec("shared", &argv).ok();
+    let started = Instant::now();
+    let resets: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            b.ctx(["sh", "--context", "shared", "--session", s, "--reset"])
+                .spawn()
+                .expect("ctx sh --reset")
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut resets: Vec<_> = resets.into_iter().map(Some).collect();
+    let mut took = Duration::ZERO;
+    while resets.iter().any(Option::is_some) {
+        let asked = Instant::now();
+        run(&mut b.ctx(["status"])).ok();
+        slowest = slowest.max(asked.elapsed());
+        for r in resets.iter_mut() {
+            if let Some(c) = r {
+                if let Some(st) = c.try_wait().unwrap() {
+                    assert!(st.success(), "ctx sh --reset: {st}");
+                    took = started.elapsed();
+                    *r = None;
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        took >= Duration::from_millis(300),
+        "the resets took {took:?}: too quick to tell anything (the state directory must be \
+         on a disk file system, as /tmp is on the test machines)"
+    );
+    assert!(
+        slowest * 4 < took,
+        "root's ctx status waited {slowest:?} while two resets took {took:?}"
+    );
+    for f in &files {
+        assert!(!std::path::Path::new(f).exists(), "{f} was not removed");
+    }
+}
+
 #[test]
 fn an_interactive_session_cannot_make_root_write_through_a_planted_link() {
     let b = Broker::start(&shared_config());

@@ -1,4 +1,5 @@
-//! Closes what peers handed the broker, off the async workers.
+//! Closes what peers handed the broker, and unlinks and renames what they own, off the
+//! async workers.
 //!
 //! Closing the last reference to a file can block: a TCP socket with `SO_LINGER` and
 //! unsent data waits out its linger time, a file on a hung NFS or FUSE mount waits in its
@@ -33,6 +34,8 @@ const STACK: usize = 64 * 1024;
 const IDLE: Duration = Duration::from_secs(30);
 
 struct Job {
+    /// Run before the descriptors are closed (see [`run`]).
+    work: Option<Box<dyn FnOnce() + Send>>,
     fds: Vec<OwnedFd>,
     /// The uid the descriptors came from; `None` for the operator.
     owner: Option<u32>,
@@ -76,21 +79,40 @@ fn lock() -> MutexGuard<'static, Option<State>> {
 /// Closes `fds` (which came from the peer of uid `owner`, `None` for the operator) on a
 /// closer thread, then drops `charge`. Never blocks on the close.
 pub fn close(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) {
-    enqueue(fds, owner, charge, None);
+    enqueue(None, fds, owner, charge, None);
+}
+
+/// Runs `f` on a closer thread, among the jobs of `owner` (`None`: the operator), and gives
+/// back what it returned (`None`: it could not run). For what root does in a directory a
+/// context's uid may change: the unlink of a file, or a rename over one, whose last link
+/// goes frees the file's blocks in that very call, as the last close of an unlinked file
+/// does, which for a large fragmented file takes seconds (helper-107).
+pub async fn run<R: Send + 'static>(
+    owner: Option<u32>,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    enqueue(Some(work), Vec::new(), owner, None, None);
+    rx.await.ok()
 }
 
 fn enqueue(
+    task: Option<Box<dyn FnOnce() + Send>>,
     fds: Vec<OwnedFd>,
     owner: Option<u32>,
     charge: Option<Closing>,
     done: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    if fds.is_empty() {
+    if fds.is_empty() && task.is_none() {
         return;
     }
     let mut guard = lock();
     let state = guard.get_or_insert_with(State::default);
     let job = Job {
+        work: task,
         fds,
         owner,
         charge,
@@ -215,6 +237,7 @@ impl PeerFds {
     pub fn close_telling(mut self) -> tokio::sync::oneshot::Receiver<()> {
         let (done, closed) = tokio::sync::oneshot::channel();
         enqueue(
+            None,
             std::mem::take(&mut self.fds),
             self.owner,
             self.charge.take(),
@@ -253,7 +276,11 @@ fn work() {
                 *state.busy.entry(uid).or_default() += 1;
             }
             drop(guard);
-            // The close that may block, and only then the charge given back.
+            // The work and the close that may block, and only then the charge given back.
+            if let Some(work) = job.work {
+                // A panic loses the result (its caller hears `None`), not this thread's count.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            }
             drop(job.fds);
             drop(job.charge);
             drop(job.done);

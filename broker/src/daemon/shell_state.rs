@@ -164,6 +164,8 @@ pub enum SessionError {
     BadName(String),
     #[error("cannot prepare session state in {path}: {err}")]
     Io { path: PathBuf, err: io::Error },
+    #[error("cannot prepare session state: no thread could take it (see the broker's log)")]
+    Unrun,
 }
 
 /// Held for the whole run of a command of one session.

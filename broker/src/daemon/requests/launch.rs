@@ -27,7 +27,7 @@ use super::{caller, kill_unreaped_group, Routed};
 use crate::audit_event::{Argv, AuditEvent, IsolationInForce};
 use crate::config::{BrokerDown, Context, ShellEnv};
 use crate::daemon::admission::{Linger, TRIM_AFTER};
-use crate::daemon::closer::PeerFds;
+use crate::daemon::closer::{self, PeerFds};
 use crate::daemon::connection::Conn;
 use crate::daemon::kernel::cgroups::Group;
 use crate::daemon::kernel::namespaces::Holder;
@@ -147,6 +147,9 @@ struct Launch<'a> {
 
 /// What a launch's audit line carries of what its caller chose: the argv fields, and how
 /// many bytes of the cwd and of a failure's message to keep (see `Audit::argv_keep`).
+/// Variables a shared session exports: `(name, Some(value))` to set, `(name, None)` to unset.
+type SessionEnv = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 struct LaunchFields {
     argv: Argv,
     text_keep: usize,
@@ -227,9 +230,10 @@ pub(super) async fn launch(
         // A request of many thousand variables takes the plan hundreds of milliseconds
         // (helper-91: 0.5 s for 300,000): built where it does not hold up the other
         // connections this worker serves.
+        let session_env = l.session_exports().await;
         let mut prepared = match large(&l.req) {
-            true => tokio::task::block_in_place(|| l.prepare()),
-            false => l.prepare(),
+            true => tokio::task::block_in_place(|| l.prepare(session_env)),
+            false => l.prepare(session_env),
         }?;
         let plan = &mut prepared.plan;
         l.hand_over_ports(plan)?;
@@ -349,19 +353,29 @@ impl<'a> Launch<'a> {
         }
     }
 
+    /// What the default session of a `shell_env = "shared"` context exports, for its other
+    /// launches (a ctx sh command runs on its own saved state). Read on a closer thread:
+    /// the file is the context's, which can unlink it while root reads, so that root's
+    /// close frees it, seconds for a large fragmented file (helper-107).
+    async fn session_exports(&self) -> SessionEnv {
+        let ctx = &self.ctx;
+        if ctx.shell_env != ShellEnv::Shared
+            || self.argv.first().map(String::as_str) == Some("ctx-sh")
+        {
+            return Vec::new();
+        }
+        let (dir, ctx) = (self.shared.state_dir.clone(), ctx.clone());
+        closer::run(Some(ctx.user.uid), move || {
+            shell_state::shared_exports(&dir, &ctx)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// The authorised request made a plan: the program found, the environment and cwd
     /// resolved.
-    fn prepare(&mut self) -> Result<Prepared, ExecFailure<'static>> {
+    fn prepare(&mut self, session_env: SessionEnv) -> Result<Prepared, ExecFailure<'static>> {
         let (shared, ctx) = (self.shared, &self.ctx);
-        // A ctx sh command runs on its own saved state; other launches of a shared context
-        // start from what the default session exports.
-        let session_env = if ctx.shell_env == ShellEnv::Shared
-            && self.argv.first().map(String::as_str) != Some("ctx-sh")
-        {
-            shell_state::shared_exports(&shared.state_dir, ctx)
-        } else {
-            Vec::new()
-        };
         // Chained contexts: the target's on_broker_down travels in the environment.
         let chained_routing;
         let routing = match &ctx.route_children_to {

@@ -7,6 +7,7 @@ use ctx_protocol::{ErrorKind, FdSource, Reply, ShellRequest};
 use super::authorize::authorize;
 use super::launch::{launch, ShellLaunch, Via};
 use crate::config::ShellEnv;
+use crate::daemon::closer;
 use crate::daemon::connection::Conn;
 use crate::daemon::shell_state::{self, SessionError};
 use crate::daemon::{Peer, Shared};
@@ -27,7 +28,17 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
     let Some(ctx) = authorize(shared, conn, peer, &sh.exec.context, &label).await else {
         return;
     };
-    let session = match shell_state::prepare(&shared.state_dir, &ctx, &sh.session, sh.reset) {
+    // Unlinks (`--reset`) and renames in a directory the context's uid owns, whose files it
+    // chose: on a closer thread, among that uid's jobs (see `closer::run`).
+    let owner = Some(ctx.user.uid);
+    let prepared = {
+        let (state_dir, ctx, name) = (shared.state_dir.clone(), ctx.clone(), sh.session.clone());
+        closer::run(owner, move || {
+            shell_state::prepare(&state_dir, &ctx, &name, sh.reset)
+        })
+        .await
+    };
+    let session = match prepared.unwrap_or(Err(SessionError::Unrun)) {
         Ok(s) => s,
         Err(e) => {
             let kind = if matches!(e, SessionError::BadName(_)) {
@@ -69,7 +80,11 @@ pub async fn shell(shared: &Arc<Shared>, conn: &mut Conn, peer: &Peer, sh: Shell
                     .await;
                 return;
             }
-            match shell_state::interactive_argv(&session, share_env) {
+            let argv = closer::run(owner, move || {
+                shell_state::interactive_argv(&session, share_env)
+            })
+            .await;
+            match argv.unwrap_or(Err(SessionError::Unrun)) {
                 Ok((argv, env)) => {
                     req.argv = argv;
                     req.set_env
