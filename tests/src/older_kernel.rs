@@ -36,6 +36,43 @@ pub fn has(major: u32, minor: u32) -> bool {
     emulated().is_none_or(|v| v >= (major, minor))
 }
 
+/// Whether the kernel this test sees (emulated or not) signals a process group through a
+/// pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`, 6.9), asked as the broker asks it.
+pub fn groups_by_pidfd() -> bool {
+    emulate_from_env();
+    // SAFETY: plain syscalls on this process's own pidfd; signal 0 only asks.
+    unsafe {
+        let own = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
+        assert!(own >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let r = libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            own,
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            1u32 << 2,
+        );
+        let refused = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL);
+        libc::close(own);
+        !refused
+    }
+}
+
+/// Whether it keeps a reaped process's status for its pidfd (`PIDFD_INFO_EXIT`, 6.15).
+pub fn keeps_exit_status() -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    emulate_from_env();
+    let mut child = std::process::Command::new("/bin/true")
+        .spawn()
+        .expect("spawn /bin/true");
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) } as i32;
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = child.wait();
+    ctx_protocol::pidfs::exit_status(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_some()
+}
+
 /// How many seccomp filters this process is under: the emulating one, once installed (a
 /// program a test starts has these and those its broker adds).
 pub fn filters_here() -> u32 {

@@ -268,17 +268,43 @@ impl Namespace {
 /// leader is exiting in another thread's exec answers nothing for that moment, when the
 /// pid is already the exec'ing thread's (helper-101). `None`: gone or unreadable.
 pub fn namespace_of(pidfd: Option<&OwnedFd>, pid: i32, kind: Namespace) -> Option<(u64, u64)> {
-    static ASKS_PIDFDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let asks_pidfds = *ASKS_PIDFDS.get_or_init(|| {
-        pidfd_open(std::process::id() as i32)
-            .is_ok_and(|own| asked_of_pidfd(&own, Namespace::User).is_some())
-    });
-    if asks_pidfds {
+    if pidfds_tell_namespaces() {
         return asked_of_pidfd(pidfd?, kind);
     }
     std::fs::metadata(format!("/proc/{pid}/ns/{}", kind.proc_name()))
         .ok()
         .map(|m| ns_id(&m))
+}
+
+/// Whether this kernel answers a pidfd's namespaces (Linux 6.11).
+pub fn pidfds_tell_namespaces() -> bool {
+    static ASKS_PIDFDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKS_PIDFDS.get_or_init(|| {
+        pidfd_open(std::process::id() as i32)
+            .is_ok_and(|own| asked_of_pidfd(&own, Namespace::User).is_some())
+    })
+}
+
+/// Whether the process behind `pidfd` is in the broker's PID namespace, from the pidfd's
+/// `NSpid:` line in the broker's own fdinfo (Linux 5.10): its pid in each namespace from
+/// ours down to its own, so one number means ours, and none (`0`) one outside our tree.
+/// For kernels that cannot answer `PIDFD_GET_PID_NAMESPACE`: nothing of the process's
+/// own `/proc` is read, which waits while the process is in an exec (helper-101's hold,
+/// found again on an emulated 6.1 kernel). `None`: gone, or unreadable.
+pub fn in_our_pid_namespace(pidfd: &OwnedFd) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let numbers: Vec<i64> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match numbers.first() {
+        None | Some(-1) => None,
+        Some(0) => Some(false),
+        Some(_) => Some(numbers.len() == 1),
+    }
 }
 
 fn asked_of_pidfd(pidfd: &OwnedFd, kind: Namespace) -> Option<(u64, u64)> {
@@ -375,6 +401,44 @@ mod tests {
             let _ = other.wait();
         }
         assert!(reused > 0, "never got the pid again: nothing was tried");
+    }
+
+    /// The fdinfo's `NSpid:` tells a process of our PID namespace from one of a namespace
+    /// below it, and from one gone, without the process's own `/proc`.
+    #[test]
+    fn the_pid_namespace_is_told_from_our_own_fdinfo() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make a PID namespace");
+            return;
+        }
+        let own = pidfd_open(std::process::id() as i32).unwrap();
+        assert_eq!(in_our_pid_namespace(&own), Some(true));
+        // `unshare --fork` stays in ours; the `sleep` it forks is in the new one.
+        let mut outer = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let inner = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next() {
+                break pid.parse::<i32>().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "no inner process");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let outer_fd = pidfd_open(outer.id() as i32).unwrap();
+        let inner_fd = pidfd_open(inner).unwrap();
+        assert_eq!(in_our_pid_namespace(&outer_fd), Some(true));
+        assert_eq!(in_our_pid_namespace(&inner_fd), Some(false));
+        let _ = pidfd_signal(&inner_fd, libc::SIGKILL, 0);
+        let _ = outer.kill();
+        let _ = outer.wait();
+        // Reaped: gone, never "ours".
+        assert_eq!(in_our_pid_namespace(&outer_fd), None);
     }
 
     #[test]

@@ -292,6 +292,12 @@ pub(super) fn decide(
 /// one guard thread that answers every launch.
 fn same_pid_namespace(pidfd: Option<&OwnedFd>, pid: libc::pid_t) -> bool {
     use crate::daemon::peer::{namespace_of, ns_id, Namespace};
+    if !crate::daemon::peer::pidfds_tell_namespaces() {
+        // Before 6.11: never `/proc/PID/ns/pid` (see `in_our_pid_namespace`).
+        return pidfd
+            .and_then(crate::daemon::peer::in_our_pid_namespace)
+            .unwrap_or(true);
+    }
     static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
     let ours = *OURS.get_or_init(|| {
         std::fs::metadata("/proc/self/ns/pid")
