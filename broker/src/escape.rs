@@ -11,7 +11,9 @@
 //! - bytes that are not UTF-8 → `\xNN` (always 0x80 or above, so never a control's);
 //! - C1 controls (U+0080 to U+009F: some terminals take U+009B as CSI), bidirectional
 //!   overrides and isolates (which reorder what follows them on screen) and the Unicode
-//!   line and paragraph separators → `\u{NNNN}`;
+//!   line and paragraph separators, and characters drawn as nothing or as blank space
+//!   without being white space (zero-width, default-ignorable, the braille blank) →
+//!   `\u{NNNN}`;
 //! - everything else as it is.
 
 use std::borrow::Cow;
@@ -108,7 +110,11 @@ pub fn json(text: &str) -> Cow<'_, str> {
             '\\' => out.push(c),
             c if (c as u32) < 0x20 => out.push(' '),
             c if needs_escape(c) => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                // Outside the BMP as JSON spells it: a surrogate pair.
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
             }
             c => out.push(c),
         }
@@ -126,6 +132,35 @@ fn needs_escape(c: char) -> bool {
         | '\u{200f}'
         | '\u{2028}'..='\u{202e}'
         | '\u{2066}'..='\u{2069}')
+        || invisible(c)
+}
+
+/// Characters a terminal draws as nothing or as blank space without being white space
+/// (which [`word`] quotes): Unicode's default-ignorable code points (zero-width spaces and
+/// joiners, word joiners, variation selectors, tags, the byte-order mark, the soft
+/// hyphen) and the blank-looking letters (Hangul fillers, the braille blank). Raw, they
+/// made `["a\u{2800}b"]` look like `["a", "b"]` in `ctx ps` (helper-107).
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}'
+        | '\u{034f}'
+        | '\u{115f}'
+        | '\u{1160}'
+        | '\u{17b4}'
+        | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}'
+        | '\u{200b}'..='\u{200d}'
+        | '\u{2060}'..='\u{2065}'
+        | '\u{206a}'..='\u{206f}'
+        | '\u{2800}'
+        | '\u{3164}'
+        | '\u{fe00}'..='\u{fe0f}'
+        | '\u{feff}'
+        | '\u{ffa0}'
+        | '\u{fff0}'..='\u{fff8}'
+        | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
 }
 
 fn push_char(out: &mut String, c: char) {
@@ -232,5 +267,32 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
         assert_eq!(back, value);
         assert_eq!(json("{\r\"a\":1}"), "{ \"a\":1}");
+        // Outside the BMP: a surrogate pair, as JSON spells it.
+        let tagged = serde_json::json!(["a\u{e0041}b", "\u{2800}"]);
+        let safe = json(&serde_json::to_string(&tagged).unwrap()).into_owned();
+        assert!(safe.contains("\\udb40\\udc41"), "{safe}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&safe).unwrap(),
+            tagged
+        );
+    }
+
+    /// Invisible characters never pass raw: `["a\u{2800}b"]` must not look like `["a",
+    /// "b"]` (helper-107), nor a zero-width space like nothing at all.
+    #[test]
+    fn invisible_characters_are_escaped() {
+        for c in [
+            '\u{2800}',
+            '\u{200b}',
+            '\u{2060}',
+            '\u{feff}',
+            '\u{3164}',
+            '\u{e0041}',
+        ] {
+            let shown = text(&format!("a{c}b")).into_owned();
+            assert_eq!(shown, format!("a\\u{{{:04x}}}b", c as u32));
+            assert_eq!(unescape(&shown).unwrap(), format!("a{c}b").into_bytes());
+        }
+        assert!(matches!(text("é日本"), Cow::Borrowed(_)));
     }
 }

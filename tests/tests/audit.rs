@@ -201,6 +201,10 @@ fn bobs_newlines_and_escape_sequences_do_not_reach_roots_terminal_through_ctx_lo
     assert_eq!(out.code(), 125, "{}", out.show());
     b.wait_audit(2, |e| e["event"] == "refused");
     let events = b.audit_lines().len();
+    // The file itself, for an operator's `tail -f` or `jq -r`: the JSON encoder left C1
+    // controls and bidi overrides raw in it (helper-106); escaped, it parses the same.
+    let raw = std::fs::read_to_string(b.audit_path()).unwrap();
+    assert!(!drives_a_terminal(&raw), "{raw:?}");
 
     let table = run(&mut b.ctx(["log"])).ok();
     assert!(!drives_a_terminal(&table), "{table:?}");
@@ -230,7 +234,8 @@ fn bobs_newlines_and_escape_sequences_do_not_reach_roots_terminal_through_ctx_lo
 #[test]
 fn bobs_argv_with_escape_sequences_does_not_reach_roots_terminal_through_ctx_ps() {
     let b = Broker::start(&config());
-    let arg = format!("{FORGED_ROW}\x1b[8m");
+    // And a braille blank, drawn as a space: `a\u{2800}b` must not pass for two words.
+    let arg = format!("{FORGED_ROW}\x1b[8ma\u{2800}b");
     let mut client = as_bob(
         &b,
         ["exec", "--context", "mine", "--", "sh", "-c", "sleep 30"],
@@ -249,7 +254,7 @@ fn bobs_argv_with_escape_sequences_does_not_reach_roots_terminal_through_ctx_ps(
     assert!(!drives_a_terminal(&listed), "{listed:?}");
     assert_eq!(listed.lines().count(), 2, "forged rows:\n{listed}");
     assert!(listed.contains("\\n2030-01-01"), "{listed}");
-    assert!(listed.contains("\\x1b[8m"), "{listed}");
+    assert!(listed.contains("\\x1b[8ma\\u{2800}b"), "{listed}");
     let json = run(&mut b.ctx(["ps", "--json"])).ok();
     assert!(!drives_a_terminal(&json.replace('\n', "")), "{json:?}");
     let v: Value = serde_json::from_str(&json).unwrap();

@@ -102,6 +102,31 @@ fn enforce_static_binary_raw_execve_fails_with_eacces() {
     assert!(d["pid"].as_u64().is_some_and(|p| p > 0), "{d}");
 }
 
+/// A refused exec's path is the program's choice: in the broker's log it is escaped, so a
+/// newline in it cannot start a line of its own there (or an entry of the journal), as
+/// `x\n<time>  INFO ... configuration reloaded by operator` did (helper-107).
+#[test]
+fn a_refused_path_cannot_forge_a_line_of_the_brokers_log() {
+    let dir = TempDir::new();
+    let bin = static_execve(&dir);
+    let b = Broker::start(&enforce_config());
+    // A file of that name: only an exec of something there is refused (and logged).
+    let name = "x\n2030-01-01T00:00:00Z  INFO ctx_broker: forged by the context\rZ";
+    let forged = dir.path().join(name);
+    std::fs::copy("/bin/true", &forged).unwrap();
+    let forged = forged.to_str().unwrap();
+    let out = b.exec("agent", &[&bin, forged]);
+    assert_eq!(out.code(), 3, "{}", out.show());
+    b.wait_audit(1, |l| l["event"] == "exec_denied" && l["path"] == forged);
+    let log = b.stderr();
+    assert!(log.contains("exec denied"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2030-01-01")) && !log.contains('\r'),
+        "{log:?}"
+    );
+    assert!(log.contains("x\\n2030-01-01"), "{log}");
+}
+
 /// The guard looks at a refused path as the context's user would: a file in a directory
 /// that user may not search is as absent as one that does not exist (both EACCES, as a
 /// local exec by that user gets), never "exists" against "not found".

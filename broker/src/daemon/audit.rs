@@ -672,6 +672,14 @@ fn line(event: &AuditEvent, run: &str) -> Vec<u8> {
     if line.len() > MAX_LINE {
         line = serde_json::to_vec(&shrunk(event, line.len())).unwrap_or_default();
     }
+    // The JSON encoder leaves C1 controls and bidirectional overrides raw inside strings:
+    // an operator's `tail -f` or `jq -r` of the file would hand a caller's bytes to the
+    // terminal (helper-106). Escaped, the line means the same.
+    if let Ok(text) = std::str::from_utf8(&line) {
+        if let std::borrow::Cow::Owned(safe) = crate::escape::json(text) {
+            line = safe.into_bytes();
+        }
+    }
     line.push(b'\n');
     line
 }

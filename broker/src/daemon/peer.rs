@@ -179,11 +179,27 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Not yet in every libc release; the value of the generic socket ABI (x86, arm, riscv).
 const SO_PEERPIDFD: libc::c_int = 77;
 
+/// `PIDFD_THREAD` is `O_EXCL`.
+const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+
+/// Whether this kernel gives a pidfd of a thread (`PIDFD_THREAD`, Linux 6.9).
+pub fn pidfds_of_threads() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| {
+        // SAFETY: plain syscall with int arguments; the descriptor is owned at once.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::gettid(), PIDFD_THREAD) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: as above.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+        true
+    })
+}
+
 /// The process (thread group) of thread `tid`, as a pidfd, and its pid: asked of a pidfd
 /// of the thread (`PIDFD_THREAD`, Linux 6.9) where `tid` is not the group's leader.
 pub fn process_of_thread(tid: i32) -> Option<(OwnedFd, i32)> {
-    /// `PIDFD_THREAD` is `O_EXCL`.
-    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
     // SAFETY: plain syscall with int arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
     if fd < 0 {

@@ -74,7 +74,9 @@ pub fn birth_clock() -> BirthClock {
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: our own descriptor and a struct of the right type.
         let rc = unsafe { libc::fstatfs(own.as_raw_fd(), &mut st) };
-        if rc == 0 && st.f_type as i64 == PIDFS_MAGIC {
+        // And `PIDFD_THREAD`, of the same release: a kernel that refuses it (an older one,
+        // or the tests' emulation of one, `CTX_TEST_KERNEL`) is asked as before 6.9.
+        if rc == 0 && st.f_type as i64 == PIDFS_MAGIC && super::peer::pidfds_of_threads() {
             BirthClock::Pidfs
         } else {
             BirthClock::StartTicks

@@ -332,7 +332,9 @@ fn report(
         tracing::warn!(
             context = %policy.context,
             pid = req.pid,
-            path = %String::from_utf8_lossy(&path),
+            // Escaped: a program names the file it tried, newlines and all (helper-107
+            // forged whole log lines so).
+            path = %crate::escape::bytes(&path),
             target = target.as_deref().unwrap_or("?"),
             "exec denied: {reason}"
         );
