@@ -43,6 +43,18 @@ const MAX_RESOLVERS: usize = 32;
 /// own share, and leaves the others theirs.
 pub const LOOKUPS_PER_CONTEXT: usize = 8;
 
+/// New connections one context may open to one destination (address and port) within
+/// [`DIAL_WINDOW`]. Each connection whose client ends first leaves the host's side in
+/// TIME_WAIT for a minute, holding one of the host's ephemeral ports to that destination
+/// (28,232 by default): a context opening and ending tunnels in a loop took them all, and
+/// every other context and root's own connections to that address failed with
+/// EADDRNOTAVAIL (helper-106). A seventh of the default range; a build's downloads open
+/// far fewer to any one address.
+pub const DIALS_PER_DESTINATION: usize = 4096;
+
+/// How long a dial counts against [`DIALS_PER_DESTINATION`]: TIME_WAIT's length on Linux.
+pub const DIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------
@@ -61,6 +73,48 @@ pub enum DialError {
     Connect(SocketAddr, io::Error),
     #[error("connecting took longer than {}s", CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout,
+    #[error(
+        "this context opened {n} connections to {0} in the last {secs}s, the most it may \
+         (each holds one of the host's ports to it for a minute after it ends); try again \
+         later or keep connections open",
+        n = DIALS_PER_DESTINATION,
+        secs = DIAL_WINDOW.as_secs()
+    )]
+    TooMany(SocketAddr),
+}
+
+/// The dials one context made recently, by destination (see [`DIALS_PER_DESTINATION`]).
+#[derive(Default)]
+pub struct DialBudget {
+    recent: std::sync::Mutex<
+        std::collections::HashMap<SocketAddr, std::collections::VecDeque<Instant>>,
+    >,
+}
+
+impl DialBudget {
+    /// Counts a dial to `to` now, unless the window already holds as many as it may.
+    pub fn take(&self, to: SocketAddr) -> bool {
+        self.take_at(to, Instant::now())
+    }
+
+    fn take_at(&self, to: SocketAddr, now: Instant) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let passed = |t: &Instant| now.saturating_duration_since(*t) >= DIAL_WINDOW;
+        // Destinations not dialled for a window are forgotten now and then: what is kept
+        // is at most the window's own dials.
+        if recent.len() >= 1024 {
+            recent.retain(|_, q| q.back().is_some_and(|t| !passed(t)));
+        }
+        let q = recent.entry(to).or_default();
+        while q.front().is_some_and(passed) {
+            q.pop_front();
+        }
+        if q.len() >= DIALS_PER_DESTINATION {
+            return false;
+        }
+        q.push_back(now);
+        true
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -73,7 +127,7 @@ impl DialError {
             DialError::Internal(_) => Outcome::Denied,
             DialError::Resolve(_) | DialError::NoAddress => Outcome::Unresolved,
             DialError::ResolveTimeout | DialError::ConnectTimeout => Outcome::TimedOut,
-            DialError::Connect(..) => Outcome::Unreachable,
+            DialError::Connect(..) | DialError::TooMany(_) => Outcome::Unreachable,
         }
     }
 }
@@ -89,6 +143,7 @@ pub async fn connect(
     target: &Target,
     port: u16,
     lookups: &Arc<tokio::sync::Semaphore>,
+    budget: &DialBudget,
 ) -> Result<TcpStream, DialError> {
     let addresses: Vec<SocketAddr> = match target {
         Target::Address(ip) => vec![SocketAddr::new(canonical(*ip), port)],
@@ -120,6 +175,10 @@ pub async fn connect(
     let attempt = async {
         let mut last = None;
         for a in &addresses {
+            if !budget.take(*a) {
+                last = Some(DialError::TooMany(*a));
+                continue;
+            }
             match TcpStream::connect(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(DialError::Connect(*a, e)),
@@ -644,6 +703,34 @@ struct Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A context's dials to one destination stop at the bound within a window, go on to
+    /// another destination, and come back as the window moves past them (helper-106).
+    #[test]
+    fn dials_to_one_destination_are_bounded_per_window() {
+        let budget = DialBudget::default();
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
+        let start = Instant::now();
+        for i in 0..DIALS_PER_DESTINATION {
+            let at = start + std::time::Duration::from_millis(i as u64);
+            assert!(budget.take_at(a, at), "dial {i}");
+        }
+        let late = start + std::time::Duration::from_secs(30);
+        assert!(!budget.take_at(a, late));
+        assert!(budget.take_at(b, late));
+        // The first dials leave the window one by one: a minute and a millisecond on, the
+        // two made at 0 and 1 ms have.
+        let after = start + DIAL_WINDOW + std::time::Duration::from_millis(1);
+        assert!(budget.take_at(a, after));
+        assert!(budget.take_at(a, after));
+        assert!(!budget.take_at(a, after));
+        // Told as a connection that failed.
+        assert!(matches!(
+            DialError::TooMany(a).outcome(),
+            Outcome::Unreachable
+        ));
+    }
 
     #[test]
     fn a_new_rule_is_checked_against_the_name_port_and_address_reached() {

@@ -272,7 +272,7 @@ async fn serve(mut client: TcpStream, state: &State) {
         }
     };
     let dialled = tokio::select! {
-        d = dial::connect(&rule, &target, req.port, &state.lookups) => d,
+        d = dial::connect(&rule, &target, req.port, &state.lookups, &state.dials) => d,
         () = state.stopping() => {
             attempt.allowed = true;
             attempt.error = Some(STOPPED.into());

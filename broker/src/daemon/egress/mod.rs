@@ -136,6 +136,8 @@ pub struct State {
     buffers: Arc<tokio::sync::Semaphore>,
     /// This context's share of the name lookups all contexts may run at once.
     pub lookups: Arc<tokio::sync::Semaphore>,
+    /// The connections it opened lately, by destination.
+    pub dials: dial::DialBudget,
     launches: Mutex<VecDeque<u64>>,
     shared: Weak<Shared>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -368,6 +370,7 @@ impl Egress {
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             buffers: Arc::new(tokio::sync::Semaphore::new(BUFFER_POOL / BUFFER_UNIT)),
             lookups: Arc::new(tokio::sync::Semaphore::new(dial::LOOKUPS_PER_CONTEXT)),
+            dials: dial::DialBudget::default(),
             launches: Mutex::new(VecDeque::new()),
             shared: Arc::downgrade(shared),
             stopping: self.stopping.subscribe(),
