@@ -218,10 +218,9 @@ fn install(version: (u32, u32)) {
         program.extend(b);
     }
     program.push(allow);
-    assert!(
-        cfg!(target_arch = "x86_64"),
-        "CTX_TEST_KERNEL is emulated on x86_64 only"
-    );
+    if !cfg!(target_arch = "x86_64") {
+        panic!("CTX_TEST_KERNEL is emulated on x86_64 only");
+    }
     let prog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
