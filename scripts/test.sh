@@ -130,11 +130,16 @@ if cargo nextest --version >/dev/null 2>&1; then
     "${default_signals[@]}" "${old_kernel[@]}" cargo nextest run --release -p ctx-tests \
         --no-fail-fast -E "not binary(cpython_suites) and not test(=${open_before_69[0]}) \
         and not test(=${open_before_69[1]}) and not test(=${open_before_69[2]})"
+    # 6.9 and 6.10: births from pidfs, PID namespaces from fdinfo (no pidfd ioctls yet).
+    "${default_signals[@]}" env CTX_TEST_KERNEL=6.10 cargo nextest run --release -p ctx-tests \
+        --no-fail-fast -E "test(=${open_before_69[0]}) or test(=${open_before_69[1]})"
 else
     # cargo test prints one "test result:" line per test binary; a failure exits non-zero.
     "${default_signals[@]}" cargo test --release --workspace --no-fail-fast
     "${default_signals[@]}" "${old_kernel[@]}" cargo test --release -p ctx-tests \
         --no-fail-fast -- --skip "${open_before_69[0]}" --skip "${open_before_69[1]}" \
         --skip "${open_before_69[2]}"
+    "${default_signals[@]}" env CTX_TEST_KERNEL=6.10 cargo test --release -p ctx-tests \
+        --test dos --no-fail-fast -- "${open_before_69[0]}" "${open_before_69[1]}"
 fi
 
