@@ -849,7 +849,12 @@ print(got, state)
 /// program's `kill $PPID` reaches the process that ran `ctx exec`.
 #[test]
 fn ctx_exec_passes_a_signal_to_the_parent_on_to_its_own_parent() {
-    let b = broker();
+    a_signal_to_the_parent_reaches_whoever_ran_ctx_exec(&broker());
+}
+
+/// Runs `sh -c 'kill -USR1 $PPID; exit 7'` through `ctx exec --context rootctx` from a
+/// Python that counts its SIGUSR1s: it must get one.
+fn a_signal_to_the_parent_reaches_whoever_ran_ctx_exec(b: &Broker) {
     let script = r#"
 import signal, subprocess, sys
 got = []
@@ -869,7 +874,7 @@ print(got, rc)
         "rootctx",
         "--",
     ];
-    let r = run(&mut local(&b, script, &args));
+    let r = run(&mut local(b, script, &args));
     assert_eq!(r.ok(), "['USR1'] 7\n", "{}", r.show());
 }
 
@@ -1265,26 +1270,7 @@ fn under_a_filter_of_the_service_manager_a_relayed_launch_still_inherits_its_fil
         "the broker's threads hold no listener of the inherited filter"
     );
     // And a signal to the parent still reaches the caller.
-    let script = r#"
-import signal, subprocess, sys
-got = []
-signal.signal(signal.SIGUSR1, lambda n, f: got.append("USR1"))
-rc = subprocess.run(sys.argv[1:] + ["sh", "-c", "kill -USR1 $PPID; exit 7"]).returncode
-print(got, rc)
-"#;
-    let ctx = bin("ctx");
-    let socket = b.socket();
-    let args = [
-        ctx.to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-        "exec",
-        "--context",
-        "rootctx",
-        "--",
-    ];
-    let r = run(&mut local(&b, script, &args));
-    assert_eq!(r.ok(), "['USR1'] 7\n", "{}", r.show());
+    a_signal_to_the_parent_reaches_whoever_ran_ctx_exec(&b);
 }
 
 /// A signal to the parent from any thread of the program (a Go program's or a JVM's comes
