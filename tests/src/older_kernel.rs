@@ -18,9 +18,12 @@
 
 use std::sync::Once;
 
-/// The kernel `CTX_TEST_KERNEL` names, as `(major, minor)`; `None` when unset.
+/// The kernel `CTX_TEST_KERNEL` names, as `(major, minor)`; `None` when unset or empty.
 pub fn emulated() -> Option<(u32, u32)> {
-    std::env::var("CTX_TEST_KERNEL").ok().map(|v| parse(&v))
+    std::env::var("CTX_TEST_KERNEL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| parse(&v))
 }
 
 fn parse(v: &str) -> (u32, u32) {

@@ -1207,15 +1207,9 @@ fn listeners_of_ended_launches_that_left_daemons_are_let_go() {
     );
 }
 
-/// A launch whose only supervision is the relay of its signals to its parent has no
-/// filter of its own: it inherits the one its forking thread installed once (one filter,
-/// its parent still reached), where an own PID namespace, which cannot name the broker,
-/// gets none at all (so a program there may still create a seccomp listener of its own).
-#[test]
-fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
-    let b = broker_with(&format!(
-        "\n[contexts.ownpids]\nuser = \"{ALICE}\"\ncwd = \"/\"\nisolation = {{ pid = true }}\n"
-    ));
+/// What a running launch in `alice` says of itself (its seccomp filters, whether its
+/// parent is there), and the seccomp listeners the broker held before it and while it ran.
+fn a_running_alice_launch(b: &Broker) -> (Vec<String>, usize, usize) {
     assert_eq!(b.exec("alice", &["true"]).code(), 0);
     let threads = listeners_held(b.pid());
     let show = "grep Seccomp_filters /proc/self/status; kill -0 $PPID && echo parent-there; \
@@ -1226,10 +1220,23 @@ fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
     let mut child = c.spawn().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let said: Vec<String> = (0..2).map(|_| lines.next().unwrap().unwrap()).collect();
-    // While it runs, the broker holds no listener for it.
     let during = listeners_held(b.pid());
     let _ = child.kill();
     let _ = child.wait();
+    (said, threads, during)
+}
+
+/// A launch whose only supervision is the relay of its signals to its parent has no
+/// filter of its own: it inherits the one its forking thread installed once (one filter,
+/// its parent still reached), where an own PID namespace, which cannot name the broker,
+/// gets none at all (so a program there may still create a seccomp listener of its own).
+#[test]
+fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
+    let b = broker_with(&format!(
+        "\n[contexts.ownpids]\nuser = \"{ALICE}\"\ncwd = \"/\"\nisolation = {{ pid = true }}\n"
+    ));
+    // While it runs, the broker holds no listener for it.
+    let (said, threads, during) = a_running_alice_launch(&b);
     // Beside those of this test (`CTX_TEST_KERNEL`'s).
     let here = older_kernel::filters_here();
     let filters = |n: u32| format!("Seccomp_filters:\t{}", here + n);
@@ -1249,19 +1256,7 @@ fn a_relayed_launch_inherits_its_filter_and_an_own_pid_namespace_gets_none() {
 #[test]
 fn under_a_filter_of_the_service_manager_a_relayed_launch_still_inherits_its_filter() {
     let b = Broker::start_under_a_filter(&config_with(""));
-    assert_eq!(b.exec("alice", &["true"]).code(), 0);
-    let threads = listeners_held(b.pid());
-    let show = "grep Seccomp_filters /proc/self/status; kill -0 $PPID && echo parent-there; \
-                exec sleep 2";
-    let mut c = b.exec_cmd("alice", &["sh", "-c", show]);
-    c.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let said: Vec<String> = (0..2).map(|_| lines.next().unwrap().unwrap()).collect();
-    let during = listeners_held(b.pid());
-    let _ = child.kill();
-    let _ = child.wait();
+    let (said, threads, during) = a_running_alice_launch(&b);
     let filters = format!("Seccomp_filters:\t{}", older_kernel::filters_here() + 2);
     assert_eq!(said, [filters, "parent-there".into()]);
     assert_eq!(during, threads, "listeners while the launch ran");
