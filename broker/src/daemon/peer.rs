@@ -308,10 +308,7 @@ pub fn pidfds_tell_namespaces() -> bool {
 /// own `/proc` is read, which waits while the process is in an exec (helper-101's hold,
 /// found again on an emulated 6.1 kernel). `None`: gone, or unreadable.
 pub fn in_our_pid_namespace(pidfd: &OwnedFd) -> Option<bool> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
-    let numbers: Vec<i64> = info
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
+    let numbers: Vec<i64> = pidfd_info_line(pidfd, "NSpid:")?
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()
@@ -321,6 +318,15 @@ pub fn in_our_pid_namespace(pidfd: &OwnedFd) -> Option<bool> {
         Some(0) => Some(false),
         Some(_) => Some(numbers.len() == 1),
     }
+}
+
+/// What follows `key` on its line of the pidfd's fdinfo (`/proc/self/fdinfo/FD`, the
+/// broker's own: nothing of the process's `/proc` is read).
+pub fn pidfd_info_line(pidfd: &OwnedFd, key: &str) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::to_string)
 }
 
 fn asked_of_pidfd(pidfd: &OwnedFd, kind: Namespace) -> Option<(u64, u64)> {

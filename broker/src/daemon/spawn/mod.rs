@@ -274,10 +274,10 @@ fn receive_program(receive: &OwnedFd) -> Option<(libc::pid_t, OwnedFd)> {
 
 /// The pid a pidfd stands for, in our PID namespace (its `Pid:` line in fdinfo).
 fn pidfd_pid(pidfd: &OwnedFd) -> Option<libc::pid_t> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|p| p.trim().parse().ok())
+    crate::daemon::peer::pidfd_info_line(pidfd, "Pid:")?
+        .trim()
+        .parse()
+        .ok()
         .filter(|&p: &libc::pid_t| p > 0)
 }
 
