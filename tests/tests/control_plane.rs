@@ -248,11 +248,14 @@ fn an_interactive_session_cannot_make_root_write_through_a_planted_link() {
 
 /// The harness of the pid-reuse attack, run as pid 1 of a fresh pid namespace (so that
 /// `ns_last_pid` decides which pid the next process gets). argv: broker ctx config socket
-/// state audit. Prints one JSON line: whether the pid was reused, what the broker answered
-/// on the stolen connection, what the routed program printed.
+/// state audit mode. Prints one JSON line: whether the pid was reused, what the broker
+/// answered on the stolen connection, what the routed program printed. Mode `context`: a
+/// user allowed nowhere runs `ctx exec --context user`, and a `platform` process gets its
+/// pid; mode `operator`: root without capabilities (as in a uid-0 context) runs `ctx
+/// reload`, and a root process with all of them gets its pid.
 const PID_REUSE_HARNESS: &str = r#"
 import ctypes, json, os, signal, subprocess, sys, time
-broker, ctx, config, sock, state, audit = sys.argv[1:7]
+broker, ctx, config, sock, state, audit, mode = sys.argv[1:8]
 libc = ctypes.CDLL(None, use_errno=True)
 err = open(state + ".stderr", "w")
 b = subprocess.Popen([broker, "--config", config, "--socket", sock, "--state-dir", state,
@@ -287,9 +290,14 @@ for _ in range(500):
     if all_stopped():
         break
     time.sleep(0.01)
-attacker = subprocess.Popen(["setpriv", "--reuid=ctx-bob", "--regid=ctx-bob", "--clear-groups",
-    ctx, "--socket", sock, "exec", "--context", "user", "--", "sh", "-c",
-    "echo LEAK:$SECRET_OF_USER"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+if mode == "operator":
+    command = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", ctx, "--socket", sock,
+               "reload"]
+else:
+    command = ["setpriv", "--reuid=ctx-bob", "--regid=ctx-bob", "--clear-groups", ctx,
+               "--socket", sock, "exec", "--context", "user", "--", "sh", "-c",
+               "echo LEAK:$SECRET_OF_USER"]
+attacker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL)
 pid = attacker.pid
 def sockets():
@@ -319,8 +327,21 @@ attacker.wait()
 # The next process gets the connecting process's pid: a platform process.
 with open("/proc/sys/kernel/ns_last_pid", "w") as f:
     f.write(str(pid - 1))
-spawner.stdin.write("go\n"); spawner.stdin.flush()
-reused = int(spawner.stdout.readline()) == pid
+if mode == "operator":
+    # A root process of its own: not holding what the harness took.
+    r, w = os.pipe()
+    root = os.fork()
+    if root == 0:
+        for s in stolen:
+            os.close(s)
+        os.write(w, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(r, 1)
+    reused = root == pid
+else:
+    spawner.stdin.write("go\n"); spawner.stdin.flush()
+    reused = int(spawner.stdout.readline()) == pid
 os.kill(b.pid, signal.SIGCONT)
 reply = b""
 for s in stolen:
@@ -356,6 +377,33 @@ os._exit(0)
 /// a `platform` process gets its pid; the request must not run as `platform`'s.
 #[test]
 fn a_reused_pid_does_not_lend_its_context_to_a_stranger() {
+    let (result, broker_log) = pid_reuse("context");
+    let leak = result["leak"].as_str().unwrap();
+    assert!(
+        !leak.contains("us3r-s3cret"),
+        "the stranger ran in `user` as if it were `platform`: {leak}\nbroker:\n{broker_log}"
+    );
+}
+
+/// helper-108, before 6.5 (emulated, `CTX_TEST_KERNEL=6.1`): the broker pins a peer by its
+/// pid at `accept`, so root in a context (no capabilities) that connects and exits before
+/// then, its connection handed on, was served as the operator once a root process with
+/// capabilities got its pid: its `reload` ran. The new holder of the pid must hold the
+/// connection.
+#[test]
+fn a_reused_pid_does_not_lend_the_operators_rights_to_root_in_a_context() {
+    let (result, broker_log) = pid_reuse("operator");
+    let audit = result["audit"].as_str().unwrap_or_default();
+    assert!(
+        !audit.contains("reload"),
+        "the broker reloaded for root in a context: {audit}\nbroker:\n{broker_log}"
+    );
+}
+
+/// Runs [`PID_REUSE_HARNESS`] in `mode`, checks that the pid was reused and that the broker
+/// refused the stolen connection saying why; gives the harness's result (with the audit
+/// log as `audit`) and the broker's log.
+fn pid_reuse(mode: &str) -> (serde_json::Value, String) {
     require_root();
     let dir = TempDir::new();
     let config = dir.file(
@@ -380,6 +428,9 @@ allow = {{ uids = [0], contexts = ["platform"] }}
         0o644,
     );
     let state = dir.path().join("state");
+    // Before 6.5 (`CTX_TEST_KERNEL`) the broker pins the peer by its pid at accept: the
+    // platform process's (helper-108 was served as the operator so).
+    ctx_tests::older_kernel::emulate_from_env();
     let out = run_with(
         Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "python3", "-c"])
@@ -389,29 +440,34 @@ allow = {{ uids = [0], contexts = ["platform"] }}
             .arg(&config)
             .arg(dir.path().join("broker.sock"))
             .arg(&state)
-            .arg(dir.path().join("audit.jsonl")),
+            .arg(dir.path().join("audit.jsonl"))
+            .arg(mode),
         None,
         Duration::from_secs(60),
     );
     let broker_log = fs::read_to_string(dir.path().join("state.stderr")).unwrap_or_default();
     let line = out.stdout_str();
-    let result: serde_json::Value = serde_json::from_str(line.trim())
+    let mut result: serde_json::Value = serde_json::from_str(line.trim())
         .unwrap_or_else(|e| panic!("harness said {e}: {}\nbroker:\n{broker_log}", out.show()));
     assert_eq!(
         result["reused"], true,
         "the set-up must reuse the pid: {result}"
     );
     assert!(result["stolen"].as_u64() > Some(0), "{result}");
-    let leak = result["leak"].as_str().unwrap();
-    assert!(
-        !leak.contains("us3r-s3cret"),
-        "the stranger ran in `user` as if it were `platform`: {leak}\nbroker:\n{broker_log}"
-    );
     let reply = result["reply"].as_str().unwrap();
+    let why = if ctx_tests::older_kernel::has(6, 5) {
+        "exited before its identity could be checked"
+    } else {
+        "does not hold the connection"
+    };
     assert!(
-        reply.contains("exited before its identity could be checked"),
+        reply.contains(why),
         "the broker refuses, saying why: {reply:?}\nbroker:\n{broker_log}"
     );
+    result["audit"] = fs::read_to_string(dir.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .into();
+    (result, broker_log)
 }
 
 /// `python3 CATCHER ctx exec --context CONTEXT -- sh -c SCRIPT`: the process that launched

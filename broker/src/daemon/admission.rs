@@ -74,7 +74,7 @@ pub const LINGERING_PER_UID: u32 = 64;
 /// next launches wait; the others' do not.
 pub const FORKS_PER_UID: usize = 16;
 /// What one connection is counted as against `RLIMIT_NOFILE`: its socket, and its launch's
-/// pidfd, PTY master and report pipe.
+/// pidfd (or, while it is identified, its peer's), PTY master and report pipe.
 const FDS_PER_CONNECTION: u64 = 4;
 /// What one egress proxy connection holds: the client's socket, the destination's, and
 /// the relay's two pipes.

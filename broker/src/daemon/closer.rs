@@ -99,6 +99,12 @@ pub async fn run<R: Send + 'static>(
     rx.await.ok()
 }
 
+/// Runs `f` on a closer thread among the jobs of `owner` (`None`: the operator), without
+/// waiting for it: for a decision that may wait on a process (see `supervisor::watch`).
+pub fn spawn(owner: Option<u32>, f: impl FnOnce() + Send + 'static) {
+    enqueue(Some(Box::new(f)), Vec::new(), owner, None, None);
+}
+
 fn enqueue(
     task: Option<Box<dyn FnOnce() + Send>>,
     fds: Vec<OwnedFd>,

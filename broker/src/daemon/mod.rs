@@ -39,6 +39,7 @@ pub mod server;
 pub mod session;
 pub mod shell_state;
 pub mod signals;
+pub mod socket_peer;
 pub mod socket_reach;
 pub mod spawn;
 pub mod systemd;

@@ -28,6 +28,13 @@ pub enum IdentityError {
     Gone(i32),
     #[error("the connecting process (pid {pid}) now runs as uid {now}, not uid {at_connect} as it connected")]
     UidChanged { pid: i32, at_connect: u32, now: u32 },
+    #[error(
+        "the process holding pid {0} does not hold the connection: the one that connected \
+         exited and its pid is another's"
+    )]
+    NotTheConnector(i32),
+    #[error("the connecting process (pid {0}) could not be identified in time: it or an ancestor is held in an exec")]
+    Unanswered(i32),
     #[error("peer credentials unavailable: {0}")]
     Credentials(io::Error),
 }
@@ -56,36 +63,139 @@ pub struct Peer {
     start: Option<registry::Birth>,
 }
 
-impl Peer {
-    /// Pins the identity of the process that connected `stream`.
-    pub fn identify(stream: &UnixStream, registry: &Registry) -> Result<Peer, IdentityError> {
+/// The process that connected, pinned at `accept`: its pid, uid and gid as the kernel
+/// recorded them at `connect()`, and a pidfd of it. Nothing is read yet that may wait for
+/// the process; [`Pinned::identify`] reads the rest.
+#[derive(Debug)]
+pub struct Pinned {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+    pidfd: Option<OwnedFd>,
+    /// Before 6.5, where the pidfd is of whatever holds the peer's pid at `accept`: the
+    /// inode of the connection's other end, which that process must hold.
+    by_number: Option<u64>,
+}
+
+impl Pinned {
+    /// Takes what the kernel recorded at `connect()` and pins its process.
+    pub fn take(stream: &UnixStream) -> Result<Pinned, IdentityError> {
         let cred = stream.peer_cred().map_err(IdentityError::Credentials)?;
         let pid = cred.pid().unwrap_or(0);
-        let mut peer = Peer {
+        let mut pinned = Pinned {
             pid,
             uid: cred.uid(),
             gid: cred.gid(),
+            pidfd: None,
+            by_number: None,
+        };
+        if pid <= 0 {
+            // In a pid namespace this broker cannot see into: only the uid and gid speak.
+            return Ok(pinned);
+        }
+        let (pidfd, by_number) =
+            peer_pidfd_how(stream.as_fd(), pid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => IdentityError::Gone(pid),
+                _ => IdentityError::Credentials(e),
+            })?;
+        pinned.pidfd = Some(pidfd);
+        if by_number {
+            // Taken now, while the broker's end is surely this connection's.
+            let other = super::socket_peer::other_end(stream.as_raw_fd())
+                .map_err(|e| IdentityError::Credentials(io::Error::other(e)))?;
+            pinned.by_number = Some(other);
+        }
+        Ok(pinned)
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// Whether identifying this peer may wait for its process (or an ancestor) while it is
+    /// in an exec, which a FUSE file's flush holds up for good (helper-108): births from
+    /// `/proc/PID/stat` before 6.9, the descriptors of a peer pinned by number before 6.5,
+    /// a uid-0 peer's user namespace from `/proc` before 6.11. Such a peer is identified
+    /// off the accept loop (see `server`).
+    pub fn may_wait(&self) -> bool {
+        if self.pidfd.is_none() {
+            return false;
+        }
+        self.by_number.is_some()
+            || registry::birth_clock() == registry::BirthClock::StartTicks
+            || (self.uid == 0 && root_broker() && !pidfds_tell_namespaces() && self.holds_caps())
+    }
+
+    /// Whose share of the threads that identify may wait its identification takes (see
+    /// `closer::run`): its uid's, or for root, the operator's (`None`) when it holds
+    /// capabilities in a user namespace that maps all of root's ids, as the operator does
+    /// and nothing the broker started can. Read without waiting for the process; it
+    /// decides no grant, only whose turn it is.
+    pub fn lane(&self) -> Option<u32> {
+        if self.uid != 0 || !root_broker() {
+            return Some(self.uid);
+        }
+        let whole_map =
+            std::fs::read_to_string(format!("/proc/{}/uid_map", self.pid)).is_ok_and(|map| {
+                map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+            });
+        if self.holds_caps() && whole_map {
+            None
+        } else {
+            Some(0)
+        }
+    }
+
+    fn holds_caps(&self) -> bool {
+        super::spawn::capget(self.pid)
+            .is_ok_and(|sets| sets.iter().any(|h| h.effective != 0 || h.permitted != 0))
+    }
+
+    /// Reads who the pinned process is: its uid now, its context by ancestry or cgroup,
+    /// whether it is confined root. Read first, then the pidfd is asked whether that
+    /// process still lives: if it does, its pid cannot have been reused in between.
+    pub fn identify(self, registry: &Registry) -> Result<Peer, IdentityError> {
+        let Pinned {
+            pid,
+            uid,
+            gid,
+            pidfd,
+            by_number,
+        } = self;
+        let mut peer = Peer {
+            pid,
+            uid,
+            gid,
             context: None,
             contained: None,
             confined_root: false,
             start: None,
         };
-        if pid <= 0 {
-            // In a pid namespace this broker cannot see into: only the uid and gid speak.
+        let Some(pidfd) = pidfd else {
             return Ok(peer);
+        };
+        if let Some(other) = by_number {
+            // Whoever holds the pid now must hold the other end of the connection too. A
+            // broker that is not root cannot read another uid's descriptors; such a peer
+            // is in none of its contexts, which all run as the broker's own uid, and the
+            // uid is checked below.
+            let holds = super::socket_peer::holds(pid, other);
+            if holds == Some(false) || (holds.is_none() && (root_broker() || uid == our_uid())) {
+                return Err(IdentityError::NotTheConnector(pid));
+            }
         }
-        let pidfd = peer_pidfd(stream.as_fd(), pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => IdentityError::Gone(pid),
-            _ => IdentityError::Credentials(e),
-        })?;
         let found = registry::identity_of(&pidfd, pid);
         // Only for root, whom the operator's rights go to. Unreadable counts as confined:
         // never the operator by default.
-        // SAFETY: plain getter.
-        let root_broker = unsafe { libc::geteuid() } == 0;
-        let confined_root = root_broker && peer.uid == 0 && confined(&pidfd, pid);
-        // Read first, then ask whether the peer still lives: if it does, the pid was its
-        // own all along, so what was read describes it.
+        let confined_root = root_broker() && peer.uid == 0 && confined(&pidfd, pid);
         if !alive(&pidfd) {
             return Err(IdentityError::Gone(pid));
         }
@@ -111,7 +221,18 @@ impl Peer {
         peer.start = Some(found.birth);
         Ok(peer)
     }
+}
 
+fn root_broker() -> bool {
+    our_uid() == 0
+}
+
+fn our_uid() -> u32 {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() }
+}
+
+impl Peer {
     /// Whether the peer runs in a context, by its ancestry, its cgroup or its capabilities:
     /// anything but the operator.
     pub fn in_a_context(&self) -> bool {
@@ -124,11 +245,24 @@ impl Peer {
     }
 
     /// Whether the process that connected is still there (or was never visible): checked
-    /// again where its identity grants something.
-    pub fn still_there(&self) -> bool {
-        self.start.is_none_or(|start| {
-            registry::parent_and_birth(self.pid).is_some_and(|(_, now)| now == start)
-        })
+    /// again where its identity grants something. Before 6.9 a birth is read from
+    /// `/proc/PID/stat`, which waits while the process is in an exec (another thread of the
+    /// peer's may exec while it waits for the answer): there it is read on a closer thread
+    /// among the uid's jobs, and a peer with no answer in time is not there.
+    pub async fn still_there(&self) -> bool {
+        let Some(start) = self.start else {
+            return true;
+        };
+        let pid = self.pid;
+        let now = move || registry::parent_and_birth(pid).is_some_and(|(_, now)| now == start);
+        if registry::birth_clock() == registry::BirthClock::Pidfs {
+            return now();
+        }
+        let asked = super::closer::run(Some(self.uid), now);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), asked).await,
+            Ok(Some(true))
+        )
     }
 
     /// The connecting process's birth, when its pid is visible here.
@@ -142,6 +276,11 @@ impl Peer {
 /// (before 6.5), a pidfd for its pid taken now, which narrows the window to the time
 /// between `connect()` and this call.
 pub fn peer_pidfd(socket: BorrowedFd<'_>, pid: i32) -> io::Result<OwnedFd> {
+    peer_pidfd_how(socket, pid).map(|(fd, _)| fd)
+}
+
+/// [`peer_pidfd`], and whether it was taken by number (before 6.5).
+fn peer_pidfd_how(socket: BorrowedFd<'_>, pid: i32) -> io::Result<(OwnedFd, bool)> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: a valid socket, and an int-sized buffer with its length.
@@ -156,13 +295,13 @@ pub fn peer_pidfd(socket: BorrowedFd<'_>, pid: i32) -> io::Result<OwnedFd> {
     };
     if rc == 0 && fd >= 0 {
         // SAFETY: the kernel just created this descriptor for us.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, false));
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::ENOPROTOOPT) {
         return Err(err);
     }
-    pidfd_open(pid)
+    pidfd_open(pid).map(|fd| (fd, true))
 }
 
 /// A pidfd for whatever process holds `pid` now.

@@ -308,6 +308,12 @@ pub fn identity_of(pidfd: &impl AsRawFd, pid: i32) -> Option<ProcIdentity> {
     super::peer::alive(pidfd).then_some(found)
 }
 
+/// The effective uid of whatever process holds `pid` now, from `/proc/PID/status`, which
+/// never waits for an exec.
+pub fn euid_of(pid: i32) -> Option<u32> {
+    status_field(pid, "Uid:", 1)
+}
+
 /// Field `nth` of the `/proc/PID/status` line starting with `key`.
 fn status_field<T: std::str::FromStr>(pid: i32, key: &str, nth: usize) -> Option<T> {
     let mut buf = [0u8; 2048];

@@ -7,13 +7,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 
 use super::admission::{self, Refusal};
 use super::kernel::landlock;
+use super::peer::{IdentityError, Pinned};
 use super::quiet_log::Quiet;
 use super::requests::reload;
 use super::{audit::Audit, dispatch, registry::Registry, systemd, Peer, Shared};
@@ -237,24 +238,23 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     tracing::info!(socket = %socket_path.display(), "ctx-broker ready");
     systemd::ready(&reload::serving(&shared.config()));
 
-    let mut refusals = Quiet::default();
     let mut accept_errors = Quiet::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match admit(&shared, &stream) {
-                    Ok((peer, admission)) => {
-                        let shared = shared.clone();
-                        tasks.spawn(dispatch::serve(shared, stream, peer, admission));
-                    }
-                    Err(why) => {
-                        refuse(&stream, &why);
-                        dispose(&shared, stream);
-                        if let Some(more) = refusals.should_log() {
-                            tracing::warn!("refused a connection: {why}{more}");
+                Ok((stream, _)) => {
+                    inline_out_of_band(&stream);
+                    match Pinned::take(&stream) {
+                        Ok(pinned) if pinned.may_wait() => {
+                            identify_aside(&shared, &tasks, stream, pinned);
                         }
+                        Ok(pinned) => {
+                            let found = pinned.identify(&shared.registry);
+                            settle(&shared, &tasks, stream, found);
+                        }
+                        Err(why) => settle(&shared, &tasks, stream, Err(why)),
                     }
-                },
+                }
                 Err(e) => {
                     // EMFILE and friends: the connection stays queued and the listener
                     // readable; pause instead of spinning, and keep serving the others.
@@ -340,12 +340,88 @@ fn inline_out_of_band(stream: &tokio::net::UnixStream) {
     }
 }
 
-fn admit(
+/// Serves an identified peer, or refuses the connection, saying why.
+fn settle(
     shared: &Arc<Shared>,
-    stream: &tokio::net::UnixStream,
-) -> Result<(Peer, admission::Admission), AdmitError> {
-    inline_out_of_band(stream);
-    let peer = Peer::identify(stream, &shared.registry)?;
+    tasks: &tokio_util_tracker::Tracker,
+    stream: tokio::net::UnixStream,
+    found: Result<Peer, IdentityError>,
+) {
+    match found
+        .map_err(AdmitError::from)
+        .and_then(|peer| admit(shared, peer))
+    {
+        Ok((peer, admission)) => {
+            tasks.spawn(dispatch::serve(shared.clone(), stream, peer, admission));
+        }
+        Err(why) => turn_away(shared, stream, &why),
+    }
+}
+
+/// Refuses a connection, saying why to the peer and, metered, to the log.
+fn turn_away(shared: &Arc<Shared>, stream: tokio::net::UnixStream, why: &AdmitError) {
+    refuse(&stream, why);
+    dispose(shared, stream);
+    static REFUSALS: Mutex<Quiet> = Mutex::new(Quiet::new());
+    let more = REFUSALS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .should_log();
+    if let Some(more) = more {
+        tracing::warn!("refused a connection: {why}{more}");
+    }
+}
+
+/// How long a peer's identification may take before the connection is refused: a
+/// process the broker may not wait for is in no context it can tell.
+const ASIDE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Identifies a peer on a closer thread among its lane's jobs (`Pinned::lane`), then
+/// settles it: on a kernel where that reads files of /proc that wait while a process is in
+/// an exec (helper-108 held the accept loop so for good, and with it everyone's
+/// connections, root's too). Meanwhile the connection is counted against its uid as one in
+/// its handshake (uncounted in the operator's lane), so what waits here is bounded as any
+/// uid's connections are; entitled if the uid could enter some context, which is decided
+/// again once the peer is known.
+fn identify_aside(
+    shared: &Arc<Shared>,
+    tasks: &tokio_util_tracker::Tracker,
+    stream: tokio::net::UnixStream,
+    pinned: Pinned,
+) {
+    let (lane, pid, uid, gid) = (pinned.lane(), pinned.pid(), pinned.uid(), pinned.gid());
+    let entitled = shared
+        .config()
+        .contexts
+        .values()
+        .any(|c| c.allows(uid, gid, None, false) || !c.allow.contexts.is_empty());
+    let counted = shared
+        .admissions
+        .admit(uid, lane.is_some(), entitled)
+        .map(|mut admission| {
+            if entitled {
+                admission.entitle();
+            }
+            admission
+        });
+    let counted = match counted {
+        Ok(counted) => counted,
+        Err(why) => return turn_away(shared, stream, &AdmitError::Limit(why)),
+    };
+    let (shared, tasks_inner) = (shared.clone(), tasks.clone());
+    tasks.spawn(async move {
+        let asked = shared.clone();
+        let job = super::closer::run(lane, move || pinned.identify(&asked.registry));
+        let found = match tokio::time::timeout(ASIDE_PATIENCE, job).await {
+            Ok(Some(found)) => found,
+            _ => Err(IdentityError::Unanswered(pid)),
+        };
+        drop(counted);
+        settle(&shared, &tasks_inner, stream, found);
+    });
+}
+
+fn admit(shared: &Arc<Shared>, peer: Peer) -> Result<(Peer, admission::Admission), AdmitError> {
     let entitled = shared
         .config()
         .contexts

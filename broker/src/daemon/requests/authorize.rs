@@ -52,7 +52,7 @@ pub(super) async fn authorize(
         return None;
     };
     // The identity was pinned at connect; a peer gone since has nobody left to serve.
-    if !ctx.allows_peer(peer) || !peer.still_there() {
+    if !ctx.allows_peer(peer) || !peer.still_there().await {
         let event = AuditEvent::Refused {
             reason: "not allowed".into(),
             caller: caller(peer),
