@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::parent::relay_to_parent;
 use super::{lock, Listeners, ParentSignals, Verdict};
 use crate::daemon::kernel::seccomp;
+use crate::daemon::registry::{birth_clock, BirthClock};
 
 /// What maps a notifying process to the id of the launch it belongs to (the registry's
 /// walk); `None`: no running launch.
@@ -35,7 +36,16 @@ pub struct Relays {
     launch_of: OnceLock<LaunchOf>,
     /// Where each process that signalled was placed, by its pidfs inode.
     placed: Mutex<HashMap<u64, Placed>>,
+    /// Before 6.9, where a birth is read from `/proc/PID/stat`, which waits while the
+    /// process is in an exec: where recent processes were placed, by pid, each with its
+    /// pidfd, which while that process lives says the pid is still its own. Asked on the
+    /// guard thread without reading /proc; a process not found here is placed on a closer
+    /// thread (see `watch`).
+    held: Mutex<HashMap<libc::pid_t, (OwnedFd, Placed)>>,
 }
+
+/// Entries of [`Relays::held`] (each a descriptor) before it is emptied.
+const HELD_MAX: usize = 256;
 
 /// Where a process that signalled the broker's pid belongs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +95,52 @@ impl Relays {
             }
             cache.insert(key, placed);
         }
+        if let (Some(pidfd), BirthClock::StartTicks) = (pidfd, birth_clock()) {
+            let mut held = lock(&self.held);
+            if held.len() >= HELD_MAX {
+                held.clear();
+            }
+            held.insert(pid, (pidfd, placed));
+        }
         placed
     }
+
+    /// Where thread `tid`'s process was placed, if it was recently, found without reading
+    /// anything that waits (see [`Relays::held`]).
+    fn placed_before(&self, tid: libc::pid_t) -> Option<Placed> {
+        let pid = if crate::daemon::peer::pidfd_open(tid).is_ok() {
+            tid
+        } else {
+            crate::daemon::registry::thread_group(tid)?
+        };
+        let mut held = lock(&self.held);
+        let (pidfd, placed) = held.get(&pid)?;
+        if crate::daemon::peer::alive(pidfd) {
+            return Some(*placed);
+        }
+        held.remove(&pid);
+        None
+    }
+}
+
+/// A signal call aimed at the broker's pid, decided on the guard thread if that needs no
+/// read that may wait: always from 6.9, before only for a process placed recently.
+pub(super) fn decide_at_once(
+    listener: RawFd,
+    req: &libc::seccomp_notif,
+    call: seccomp::SignalCall,
+    relays: &Relays,
+) -> Option<Verdict> {
+    if birth_clock() == BirthClock::Pidfs {
+        return Some(decide(listener, req, call, relays));
+    }
+    let pid = req.pid as libc::pid_t;
+    // SAFETY: signal 0 to a thread of our own process only checks that it exists.
+    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), pid, 0) } == 0 {
+        return Some(Verdict::Continue);
+    }
+    let placed = relays.placed_before(pid)?;
+    Some(answer(listener, req, call, relays, placed))
 }
 
 /// One launch's entry in [`Relays`], removed when dropped (the launch ended).
@@ -268,6 +322,16 @@ pub(super) fn decide(
         return Verdict::Continue;
     }
     let placed = relays.place(pid);
+    answer(listener, req, call, relays, placed)
+}
+
+fn answer(
+    listener: RawFd,
+    req: &libc::seccomp_notif,
+    call: seccomp::SignalCall,
+    relays: &Relays,
+    placed: Placed,
+) -> Verdict {
     // What was read by its number was the asking thread's only if it still waits in its
     // call.
     if !id_valid(listener, req.id) {

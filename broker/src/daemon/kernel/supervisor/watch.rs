@@ -266,29 +266,29 @@ fn handle(
         // Answered here, at once: relaying is a channel send, and the sender waits.
         let verdict = match &w.policy {
             Some(policy) => relay_to_parent(&req, call, policy.parent.as_ref()),
-            None if crate::daemon::registry::birth_clock()
-                == crate::daemon::registry::BirthClock::StartTicks =>
-            {
-                // Before 6.9 placing the process reads births from `/proc/PID/stat`,
-                // which waits while it (or an ancestor) is in an exec: decided on a closer
-                // thread among its uid's jobs, at most as many at a time as its execs
-                // (helper-108).
-                let uid =
-                    crate::daemon::registry::euid_of(req.pid as libc::pid_t).unwrap_or(u32::MAX);
-                let Some(slot) = in_flight.enter(uid) else {
-                    respond(listener, req.id, &Verdict::Fail(libc::EAGAIN));
+            None => match inherited::decide_at_once(listener, &req, call, relays) {
+                Some(verdict) => verdict,
+                None => {
+                    // Before 6.9, a process not placed recently: placing it reads births
+                    // from `/proc/PID/stat`, which waits while it (or an ancestor) is in
+                    // an exec. Decided on a closer thread among its uid's jobs, at most
+                    // as many at a time as its execs (helper-108).
+                    let uid = crate::daemon::registry::euid_of(req.pid as libc::pid_t)
+                        .unwrap_or(u32::MAX);
+                    let Some(slot) = in_flight.enter(uid) else {
+                        respond(listener, req.id, &Verdict::Fail(libc::EAGAIN));
+                        return;
+                    };
+                    let (watched, relays) = (w.clone(), relays.clone());
+                    crate::daemon::closer::spawn(Some(uid), move || {
+                        let _slot = slot;
+                        let listener = watched.listener.as_raw_fd();
+                        let verdict = inherited::decide(listener, &req, call, &relays);
+                        respond(listener, req.id, &verdict);
+                    });
                     return;
-                };
-                let (watched, relays) = (w.clone(), relays.clone());
-                crate::daemon::closer::spawn(Some(uid), move || {
-                    let _slot = slot;
-                    let listener = watched.listener.as_raw_fd();
-                    let verdict = inherited::decide(listener, &req, call, &relays);
-                    respond(listener, req.id, &verdict);
-                });
-                return;
-            }
-            None => inherited::decide(listener, &req, call, relays),
+                }
+            },
         };
         respond(listener, req.id, &verdict);
         return;
