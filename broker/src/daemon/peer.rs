@@ -8,10 +8,13 @@
 //! reused in between, so what was read was the peer's. Ancestors are pinned by their
 //! birth (see [`super::registry::Registry::context_of`]).
 //!
-//! Nothing here reads a file of /proc that waits for its process: `stat`, and every link
-//! (`ns/*`, `root`, `cwd`, `fd/N`, `exe`), wait as long as that process is inside an exec,
-//! which a close-on-exec FUSE file whose server never answers the flush holds up for good;
-//! `status` and the pidfd's own answers do not (helper-100).
+//! A file of /proc that waits for its process (`stat`, and every link: `ns/*`, `root`,
+//! `cwd`, `fd/N`, `exe`) waits as long as that process is inside an exec, which a
+//! close-on-exec FUSE file whose server never answers the flush holds up for good;
+//! `status` and the pidfd's own answers do not (helper-100). Where the kernel leaves no
+//! other way (births before 6.9, a root peer's user namespace before 6.11, the holder of
+//! the connection before 6.5), [`Pinned::may_wait`] says so and the reading is done off the
+//! accept loop (helper-108).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
