@@ -22,12 +22,17 @@ use std::time::Duration;
 
 use super::admission::{Charger, Closing};
 
-/// Threads the jobs of non-root uids may occupy together.
+/// Threads the jobs of non-root uids may occupy together (in the closing pool).
 pub const THREADS: usize = 48;
 /// Threads one uid's jobs may occupy at a time.
 pub const THREADS_PER_UID: usize = 8;
-/// Threads beyond [`THREADS`] kept for the operator's jobs.
+/// Threads beyond a pool's share for uids, kept for the operator's jobs: only its jobs
+/// run there.
 pub const ROOT_THREADS: usize = 16;
+/// Threads the asking pool's non-root jobs may occupy together: a uid whose processes are
+/// held in an exec holds up to [`THREADS_PER_UID`] of them for good, so this is how many
+/// such uids it takes to make the others wait (helper-109 filled the 48 with eight).
+pub const ASKING_THREADS: usize = 128;
 /// A close needs little stack; there may be many of these threads.
 const STACK: usize = 64 * 1024;
 /// An idle thread beyond the first leaves after this long.
@@ -53,33 +58,59 @@ struct State {
     waiting: usize,
     /// Threads closing the jobs of each uid now.
     busy: HashMap<u32, usize>,
+    /// Threads running the jobs of non-root uids now.
+    busy_uids: usize,
 }
 
 impl State {
-    fn eligible(&self, job: &Job) -> bool {
-        job.owner
-            .is_none_or(|uid| self.busy.get(&uid).copied().unwrap_or(0) < THREADS_PER_UID)
+    /// Whether a job may start now: its uid's share is not taken, and a job of a uid
+    /// never takes a thread beyond the pool's share for uids (those are the operator's).
+    fn eligible(&self, job: &Job, pool: &Pool) -> bool {
+        job.owner.is_none_or(|uid| {
+            self.busy.get(&uid).copied().unwrap_or(0) < THREADS_PER_UID
+                && self.busy_uids < pool.uid_threads
+        })
     }
 }
 
-struct Closer {
+/// A pool of closer threads.
+struct Pool {
     state: Mutex<Option<State>>,
     wake: Condvar,
+    /// Threads the jobs of non-root uids may occupy together.
+    uid_threads: usize,
+    name: &'static str,
 }
 
-static CLOSER: Closer = Closer {
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Closes, and root's unlinks and renames in a context's directories.
+static CLOSER: Pool = Pool {
     state: Mutex::new(None),
     wake: Condvar::new(),
+    uid_threads: THREADS,
+    name: "ctx-closer",
 };
 
-fn lock() -> MutexGuard<'static, Option<State>> {
-    CLOSER.state.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Reads of /proc that may wait for a process held in an exec, on kernels that leave no
+/// other way (see `peer::Pinned::may_wait`): apart from the closing pool, so that what a
+/// uid holds up here never delays the work done for others on that uid (an operator's
+/// `ctx sh` into its context, helper-109).
+static ASKER: Pool = Pool {
+    state: Mutex::new(None),
+    wake: Condvar::new(),
+    uid_threads: ASKING_THREADS,
+    name: "ctx-asker",
+};
 
 /// Closes `fds` (which came from the peer of uid `owner`, `None` for the operator) on a
 /// closer thread, then drops `charge`. Never blocks on the close.
 pub fn close(fds: Vec<OwnedFd>, owner: Option<u32>, charge: Option<Closing>) {
-    enqueue(None, fds, owner, charge, None);
+    enqueue(&CLOSER, None, fds, owner, charge, None);
 }
 
 /// Runs `f` on a closer thread, among the jobs of `owner` (`None`: the operator), and gives
@@ -95,17 +126,37 @@ pub async fn run<R: Send + 'static>(
     let work: Box<dyn FnOnce() + Send> = Box::new(move || {
         let _ = tx.send(f());
     });
-    enqueue(Some(work), Vec::new(), owner, None, None);
+    enqueue(&CLOSER, Some(work), Vec::new(), owner, None, None);
     rx.await.ok()
 }
 
-/// Runs `f` on a closer thread among the jobs of `owner` (`None`: the operator), without
-/// waiting for it: for a decision that may wait on a process (see `supervisor::watch`).
-pub fn spawn(owner: Option<u32>, f: impl FnOnce() + Send + 'static) {
-    enqueue(Some(Box::new(f)), Vec::new(), owner, None, None);
+/// Runs `f`, a read that may wait for a process held in an exec, on a thread of the asking
+/// pool among the jobs of `owner` (`None`: the operator), and gives back what it returned
+/// (`None`: it could not run). A job whose caller stopped waiting before it started is
+/// dropped unrun, with what it holds.
+pub async fn ask<R: Send + 'static>(
+    owner: Option<u32>,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work: Box<dyn FnOnce() + Send> = Box::new(move || {
+        if !tx.is_closed() {
+            let _ = tx.send(f());
+        }
+    });
+    enqueue(&ASKER, Some(work), Vec::new(), owner, None, None);
+    rx.await.ok()
+}
+
+/// Runs `f` on a thread of the asking pool among the jobs of `owner` (`None`: the
+/// operator), without waiting for it: for a decision that may wait on a process (see
+/// `supervisor::watch`).
+pub fn ask_aside(owner: Option<u32>, f: impl FnOnce() + Send + 'static) {
+    enqueue(&ASKER, Some(Box::new(f)), Vec::new(), owner, None, None);
 }
 
 fn enqueue(
+    pool: &'static Pool,
     task: Option<Box<dyn FnOnce() + Send>>,
     fds: Vec<OwnedFd>,
     owner: Option<u32>,
@@ -115,7 +166,7 @@ fn enqueue(
     if fds.is_empty() && task.is_none() {
         return;
     }
-    let mut guard = lock();
+    let mut guard = pool.lock();
     let state = guard.get_or_insert_with(State::default);
     let job = Job {
         work: task,
@@ -124,33 +175,37 @@ fn enqueue(
         charge,
         done,
     };
-    let eligible = state.eligible(&job);
+    let eligible = state.eligible(&job, pool);
     state.queue.push_back(job);
     if !eligible {
         // Runs once one of its uid's closes finishes, on that thread.
         return;
     }
     if state.waiting > 0 {
-        CLOSER.wake.notify_one();
+        pool.wake.notify_one();
         // A thread is woken per eligible job: more waiting ones than queued jobs.
-        let ready = state.queue.iter().filter(|j| state.eligible(j)).count();
+        let ready = state
+            .queue
+            .iter()
+            .filter(|j| state.eligible(j, pool))
+            .count();
         if ready <= state.waiting {
             return;
         }
     }
     let cap = if owner.is_none() {
-        THREADS + ROOT_THREADS
+        pool.uid_threads + ROOT_THREADS
     } else {
-        THREADS
+        pool.uid_threads
     };
     if state.threads >= cap {
         return;
     }
     state.threads += 1;
     let spawned = std::thread::Builder::new()
-        .name("ctx-closer".into())
+        .name(pool.name.into())
         .stack_size(STACK)
-        .spawn(work);
+        .spawn(move || work(pool));
     if let Err(e) = spawned {
         state.threads -= 1;
         // The job stays queued for the threads there are (or the next one spawned).
@@ -243,6 +298,7 @@ impl PeerFds {
     pub fn close_telling(mut self) -> tokio::sync::oneshot::Receiver<()> {
         let (done, closed) = tokio::sync::oneshot::channel();
         enqueue(
+            &CLOSER,
             None,
             std::mem::take(&mut self.fds),
             self.owner,
@@ -271,15 +327,16 @@ impl Drop for PeerFds {
     }
 }
 
-fn work() {
-    let mut guard = lock();
+fn work(pool: &'static Pool) {
+    let mut guard = pool.lock();
     loop {
         let state = guard.get_or_insert_with(State::default);
-        let next = state.queue.iter().position(|j| state.eligible(j));
+        let next = state.queue.iter().position(|j| state.eligible(j, pool));
         if let Some(job) = next.and_then(|i| state.queue.remove(i)) {
             let owner = job.owner;
             if let Some(uid) = owner {
                 *state.busy.entry(uid).or_default() += 1;
+                state.busy_uids += 1;
             }
             drop(guard);
             // The work and the close that may block, and only then the charge given back.
@@ -290,9 +347,10 @@ fn work() {
             drop(job.fds);
             drop(job.charge);
             drop(job.done);
-            guard = lock();
+            guard = pool.lock();
             if let Some(uid) = owner {
                 let state = guard.get_or_insert_with(State::default);
+                state.busy_uids -= 1;
                 if let Some(n) = state.busy.get_mut(&uid) {
                     *n -= 1;
                     if *n == 0 {
@@ -303,7 +361,7 @@ fn work() {
             continue;
         }
         state.waiting += 1;
-        let (g, timeout) = CLOSER
+        let (g, timeout) = pool
             .wake
             .wait_timeout(guard, IDLE)
             .unwrap_or_else(|e| e.into_inner());

@@ -64,6 +64,9 @@ pub struct Peer {
     /// Its pidfd is not kept: one descriptor more per connection is what a flood would
     /// make the broker hold.
     start: Option<registry::Birth>,
+    /// Whose share of the asking threads a read about it that may wait takes (see
+    /// [`Pinned::lane`]; only before 6.9).
+    lane: Option<u32>,
 }
 
 /// The process that connected, pinned at `accept`: its pid, uid and gid as the kernel
@@ -138,28 +141,16 @@ impl Pinned {
     }
 
     /// Whose share of the threads that identify may wait its identification takes (see
-    /// `closer::run`): its uid's, or for root, the operator's (`None`) when it holds
+    /// `closer::ask`): its uid's, or for root, the operator's (`None`) when it holds
     /// capabilities in a user namespace that maps all of root's ids, as the operator does
     /// and nothing the broker started can. Read without waiting for the process; it
     /// decides no grant, only whose turn it is.
     pub fn lane(&self) -> Option<u32> {
-        if self.uid != 0 || !root_broker() {
-            return Some(self.uid);
-        }
-        let whole_map =
-            std::fs::read_to_string(format!("/proc/{}/uid_map", self.pid)).is_ok_and(|map| {
-                map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
-            });
-        if self.holds_caps() && whole_map {
-            None
-        } else {
-            Some(0)
-        }
+        lane_of(self.pid, self.uid)
     }
 
     fn holds_caps(&self) -> bool {
-        super::spawn::capget(self.pid)
-            .is_ok_and(|sets| sets.iter().any(|h| h.effective != 0 || h.permitted != 0))
+        holds_caps(self.pid)
     }
 
     /// Reads who the pinned process is: its uid now, its context by ancestry or cgroup,
@@ -181,6 +172,7 @@ impl Pinned {
             contained: None,
             confined_root: false,
             start: None,
+            lane: Some(uid),
         };
         let Some(pidfd) = pidfd else {
             return Ok(peer);
@@ -222,8 +214,32 @@ impl Pinned {
             peer.contained = super::kernel::cgroups::context_of_pid(pid);
         }
         peer.start = Some(found.birth);
+        if registry::birth_clock() == registry::BirthClock::StartTicks {
+            // The operator's `still_there` must not queue behind a uid-0 context's reads
+            // (helper-109).
+            peer.lane = lane_of(pid, uid);
+        }
         Ok(peer)
     }
+}
+
+/// See [`Pinned::lane`].
+fn lane_of(pid: i32, uid: u32) -> Option<u32> {
+    if uid != 0 || !root_broker() {
+        return Some(uid);
+    }
+    let whole_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    if holds_caps(pid) && whole_map {
+        None
+    } else {
+        Some(0)
+    }
+}
+
+fn holds_caps(pid: i32) -> bool {
+    super::spawn::capget(pid)
+        .is_ok_and(|sets| sets.iter().any(|h| h.effective != 0 || h.permitted != 0))
 }
 
 fn root_broker() -> bool {
@@ -250,8 +266,8 @@ impl Peer {
     /// Whether the process that connected is still there (or was never visible): checked
     /// again where its identity grants something. Before 6.9 a birth is read from
     /// `/proc/PID/stat`, which waits while the process is in an exec (another thread of the
-    /// peer's may exec while it waits for the answer): there it is read on a closer thread
-    /// among the uid's jobs, and a peer with no answer in time is not there.
+    /// peer's may exec while it waits for the answer): there it is read on an asking thread
+    /// in the peer's lane, and a peer with no answer in time is not there.
     pub async fn still_there(&self) -> bool {
         let Some(start) = self.start else {
             return true;
@@ -261,7 +277,7 @@ impl Peer {
         if registry::birth_clock() == registry::BirthClock::Pidfs {
             return now();
         }
-        let asked = super::closer::run(Some(self.uid), now);
+        let asked = super::closer::ask(self.lane, now);
         matches!(
             tokio::time::timeout(std::time::Duration::from_secs(5), asked).await,
             Ok(Some(true))

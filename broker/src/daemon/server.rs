@@ -376,13 +376,13 @@ fn turn_away(shared: &Arc<Shared>, stream: tokio::net::UnixStream, why: &AdmitEr
 /// process the broker may not wait for is in no context it can tell.
 const ASIDE_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Identifies a peer on a closer thread among its lane's jobs (`Pinned::lane`), then
+/// Identifies a peer on an asking thread among its lane's jobs (`Pinned::lane`), then
 /// settles it: on a kernel where that reads files of /proc that wait while a process is in
 /// an exec (helper-108 held the accept loop so for good, and with it everyone's
-/// connections, root's too). Meanwhile the connection is counted against its uid as one in
-/// its handshake (uncounted in the operator's lane), so what waits here is bounded as any
-/// uid's connections are; entitled if the uid could enter some context, which is decided
-/// again once the peer is known.
+/// connections, root's too). Until the job has run the connection is counted against its
+/// uid as one in its handshake (uncounted in the operator's lane), so what waits there is
+/// bounded as any uid's connections are; entitled if the uid could enter some context,
+/// which is decided again once the peer is known.
 fn identify_aside(
     shared: &Arc<Shared>,
     tasks: &tokio_util_tracker::Tracker,
@@ -411,12 +411,16 @@ fn identify_aside(
     let (shared, tasks_inner) = (shared.clone(), tasks.clone());
     tasks.spawn(async move {
         let asked = shared.clone();
-        let job = super::closer::run(lane, move || pinned.identify(&asked.registry));
+        // Counted until the job has run or is dropped unrun: one held in an exec keeps the
+        // peer's pidfd (helper-109 had 2,000 such pidfds take the broker's descriptors).
+        let job = super::closer::ask(lane, move || {
+            let _counted = counted;
+            pinned.identify(&asked.registry)
+        });
         let found = match tokio::time::timeout(ASIDE_PATIENCE, job).await {
             Ok(Some(found)) => found,
             _ => Err(IdentityError::Unanswered(pid)),
         };
-        drop(counted);
         settle(&shared, &tasks_inner, stream, found);
     });
 }

@@ -39,7 +39,7 @@ pub struct Relays {
     /// Before 6.9, where a birth is read from `/proc/PID/stat`, which waits while the
     /// process is in an exec: where recent processes were placed, by pid, each with its
     /// pidfd, which while that process lives says the pid is still its own. Asked on the
-    /// guard thread without reading /proc; a process not found here is placed on a closer
+    /// guard thread without reading /proc; a process not found here is placed on an asking
     /// thread (see `watch`).
     held: Mutex<HashMap<libc::pid_t, (OwnedFd, Placed)>>,
 }

@@ -271,7 +271,7 @@ fn handle(
                 None => {
                     // Before 6.9, a process not placed recently: placing it reads births
                     // from `/proc/PID/stat`, which waits while it (or an ancestor) is in
-                    // an exec. Decided on a closer thread among its uid's jobs, at most
+                    // an exec. Decided on an asking thread among its uid's jobs, at most
                     // as many at a time as its execs (helper-108).
                     let uid = crate::daemon::registry::euid_of(req.pid as libc::pid_t)
                         .unwrap_or(u32::MAX);
@@ -280,7 +280,7 @@ fn handle(
                         return;
                     };
                     let (watched, relays) = (w.clone(), relays.clone());
-                    crate::daemon::closer::spawn(Some(uid), move || {
+                    crate::daemon::closer::ask_aside(Some(uid), move || {
                         let _slot = slot;
                         let listener = watched.listener.as_raw_fd();
                         let verdict = inherited::decide(listener, &req, call, &relays);
