@@ -543,6 +543,12 @@ impl Admission {
     /// descriptors its handshake carries are bounded by the broker's descriptors not
     /// reserved for root, not by its uid's [`HANDSHAKE_FDS_PER_UID`]. A uid allowed
     /// nowhere keeps that small budget.
+    /// Whether this admission counts a connection as [`Admissions::admit`] of `uid` with
+    /// `in_context` and `entitled` would: then it can stand for that one.
+    pub fn counts_as(&self, uid: u32, in_context: bool, entitled: bool) -> bool {
+        self.uid == uid && self.exempt == (uid == 0 && !in_context) && self.entitled == entitled
+    }
+
     pub fn entitle(&mut self) {
         // Only before the handshake holds any: those were counted in the uid's budget, and
         // are given back from there.

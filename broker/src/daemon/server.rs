@@ -379,10 +379,10 @@ const ASIDE_PATIENCE: Duration = Duration::from_secs(5);
 /// Identifies a peer on an asking thread among its lane's jobs (`Pinned::lane`), then
 /// settles it: on a kernel where that reads files of /proc that wait while a process is in
 /// an exec (helper-108 held the accept loop so for good, and with it everyone's
-/// connections, root's too). Until the job has run the connection is counted against its
-/// uid as one in its handshake (uncounted in the operator's lane), so what waits there is
-/// bounded as any uid's connections are; entitled if the uid could enter some context,
-/// which is decided again once the peer is known.
+/// connections, root's too). The connection is counted against its uid as one in its
+/// handshake from now on (uncounted in the operator's lane) and, as long as the job has
+/// not run, by the job, so what waits there is bounded as any uid's connections are;
+/// counted as for a peer outside every context, and counted again if it is not one.
 fn identify_aside(
     shared: &Arc<Shared>,
     tasks: &tokio_util_tracker::Tracker,
@@ -390,11 +390,13 @@ fn identify_aside(
     pinned: Pinned,
 ) {
     let (lane, pid, uid, gid) = (pinned.lane(), pinned.pid(), pinned.uid(), pinned.gid());
+    // As for a peer outside every context, which most are: then this admission is the
+    // connection's, with no moment uncounted between the two.
     let entitled = shared
         .config()
         .contexts
         .values()
-        .any(|c| c.allows(uid, gid, None, false) || !c.allow.contexts.is_empty());
+        .any(|c| c.allows(uid, gid, None, false));
     let counted = shared
         .admissions
         .admit(uid, lane.is_some(), entitled)
@@ -413,15 +415,34 @@ fn identify_aside(
         let asked = shared.clone();
         // Counted until the job has run or is dropped unrun: one held in an exec keeps the
         // peer's pidfd (helper-109 had 2,000 such pidfds take the broker's descriptors).
-        let job = super::closer::ask(lane, move || {
-            let _counted = counted;
-            pinned.identify(&asked.registry)
-        });
-        let found = match tokio::time::timeout(ASIDE_PATIENCE, job).await {
-            Ok(Some(found)) => found,
-            _ => Err(IdentityError::Unanswered(pid)),
+        let job = super::closer::ask(lane, move || (counted, pinned.identify(&asked.registry)));
+        let (counted, found) = match tokio::time::timeout(ASIDE_PATIENCE, job).await {
+            Ok(Some((counted, found))) => (Some(counted), found),
+            _ => (None, Err(IdentityError::Unanswered(pid))),
         };
-        settle(&shared, &tasks_inner, stream, found);
+        let entitled_now = |peer: &Peer| {
+            shared
+                .config()
+                .contexts
+                .values()
+                .any(|c| c.allows_peer(peer))
+        };
+        match (counted, found) {
+            (Some(counted), Ok(peer))
+                if counted.counts_as(peer.uid, peer.in_a_context(), entitled_now(&peer)) =>
+            {
+                match counted.check_closing() {
+                    Ok(()) => {
+                        tasks_inner.spawn(dispatch::serve(shared.clone(), stream, peer, counted))
+                    }
+                    Err(why) => turn_away(&shared, stream, &AdmitError::Limit(why)),
+                }
+            }
+            (counted, found) => {
+                drop(counted);
+                settle(&shared, &tasks_inner, stream, found);
+            }
+        }
     });
 }
 

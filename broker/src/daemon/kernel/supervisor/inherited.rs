@@ -98,6 +98,9 @@ impl Relays {
         if let (Some(pidfd), BirthClock::StartTicks) = (pidfd, birth_clock()) {
             let mut held = lock(&self.held);
             if held.len() >= HELD_MAX {
+                held.retain(|_, (pidfd, _)| crate::daemon::peer::alive(pidfd));
+            }
+            if held.len() >= HELD_MAX {
                 held.clear();
             }
             held.insert(pid, (pidfd, placed));
@@ -176,6 +179,10 @@ impl Relays {
 impl Drop for InheritedRelay<'_> {
     fn drop(&mut self) {
         lock(&self.relays.by_launch).remove(&self.launch);
+        // Its processes' pidfds go with it: a later signal of one finds no parent either
+        // way.
+        let ended = Placed::Launch(self.launch);
+        lock(&self.relays.held).retain(|_, (_, placed)| *placed != ended);
     }
 }
 
