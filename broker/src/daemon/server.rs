@@ -390,13 +390,13 @@ fn identify_aside(
     pinned: Pinned,
 ) {
     let (lane, pid, uid, gid) = (pinned.lane(), pinned.pid(), pinned.uid(), pinned.gid());
-    // As for a peer outside every context, which most are: then this admission is the
-    // connection's, with no moment uncounted between the two.
+    // Entitled if it may be (a context's process may be allowed by its context): as for a
+    // peer outside every context, this admission is then the connection's.
     let entitled = shared
         .config()
         .contexts
         .values()
-        .any(|c| c.allows(uid, gid, None, false));
+        .any(|c| c.allows(uid, gid, None, false) || !c.allow.contexts.is_empty());
     let counted = shared
         .admissions
         .admit(uid, lane.is_some(), entitled)
@@ -439,8 +439,10 @@ fn identify_aside(
                 }
             }
             (counted, found) => {
-                drop(counted);
+                // Counted again before this one is given back: never a moment uncounted,
+                // so a uid's bound is never passed (at worst it is met one early).
                 settle(&shared, &tasks_inner, stream, found);
+                drop(counted);
             }
         }
     });
