@@ -400,6 +400,95 @@ fn a_reused_pid_does_not_lend_the_operators_rights_to_root_in_a_context() {
     );
 }
 
+/// Connects to the broker (argv[1]) while it is stopped (argv[3], its pid), forks a child
+/// that keeps the connection, lets go of it, and only then lets the broker go on; the
+/// child sends the launch (argv[2], hex) and prints the broker's reply in hex.
+const LET_GO_BEFORE_TAKEN: &str = r#"
+import os, signal, socket, sys, time
+path, opening, broker = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+os.kill(broker, signal.SIGSTOP)
+def all_stopped():
+    try:
+        for t in os.listdir("/proc/%d/task" % broker):
+            with open("/proc/%d/task/%s/stat" % (broker, t)) as f:
+                if f.read().rsplit(") ", 1)[1][0] != "T":
+                    return False
+        return True
+    except OSError:
+        return False
+while not all_stopped():
+    time.sleep(0.01)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        socket.send_fds(s, [opening], [null, null, null])
+    except BrokenPipeError:
+        pass  # refused before it was sent: the reason is waiting to be read
+    reply = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        reply += chunk
+    print(reply.hex(), flush=True)
+    os._exit(0)
+s.close()
+os.kill(broker, signal.SIGCONT)
+os.close(w)
+os.waitpid(pid, 0)
+"#;
+
+/// A connection handed on (here to a forked child; `SCM_RIGHTS` does the same) and let go
+/// of by the process that connected, still alive, before the broker took it. From 6.5 the
+/// kernel's pidfd of the connector names it: served. Before (`CTX_TEST_KERNEL=6.1`) the
+/// broker can tell such a connector from a process that got a dead connector's pid only by
+/// whether it holds the connection (helper-108): refused, saying what to do, never served
+/// as whatever holds the pid.
+#[test]
+fn a_connection_its_connector_let_go_of_before_the_broker_took_it_is_refused_before_6_5() {
+    let mut b = Broker::start(ROOT0);
+    let bytes = ctx_tests::raw::opening(&ctx_protocol::Request::Exec(
+        ctx_tests::raw::exec_request("root0", &[b"sh", b"-c", b"exit 7"]),
+    ));
+    let out = run(Command::new("python3")
+        .args(["-c", LET_GO_BEFORE_TAKEN])
+        .arg(b.socket())
+        .arg(ctx_tests::raw::hex(&bytes))
+        .arg(b.pid().to_string()));
+    let hex = out.ok();
+    let reply: Vec<u8> = (0..hex.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let frames = ctx_tests::raw::split_frames(&reply);
+    if ctx_tests::older_kernel::has(6, 5) {
+        assert_eq!(
+            ctx_tests::raw::exit_of(&frames),
+            Some(ctx_protocol::ExitStatus::Code(7)),
+            "{frames:?}\nbroker:\n{}",
+            b.stderr()
+        );
+    } else {
+        let (_, message) = ctx_tests::raw::error_of(&frames)
+            .unwrap_or_else(|| panic!("refused: {frames:?}\nbroker:\n{}", b.stderr()));
+        assert!(
+            message.contains("does not hold the connection")
+                && message.contains("keep the connection open"),
+            "{message}"
+        );
+        assert!(b.audit_lines().iter().all(|l| l["event"] != "exec"));
+    }
+    assert!(b.terminate(Duration::from_secs(10)).is_some());
+}
+
 /// Runs [`PID_REUSE_HARNESS`] in `mode`, checks that the pid was reused and that the broker
 /// refused the stolen connection saying why; gives the harness's result (with the audit
 /// log as `audit`) and the broker's log.

@@ -922,10 +922,12 @@ fn a_caller_that_leaves_the_brokers_mount_namespace_after_connecting_is_audited_
     assert_cwd_from_another_namespace_is_unverified(LEAVE_AFTER_CONNECT);
 }
 
-/// Connects to the broker (argv[1]) and stays, alive, in the broker's mount namespace,
-/// while a child it forked (holding the same connection) leaves for a namespace of its
-/// own where argv[3] is bound over argv[4] and sends the launch (argv[2], hex) with its
-/// cwd there. Prints the program's output.
+/// Connects to the broker (argv[1]) and stays, alive and holding the connection, in the
+/// broker's mount namespace, while a child it forked (holding the same connection) leaves
+/// for a namespace of its own where argv[3] is bound over argv[4] and sends the launch
+/// (argv[2], hex) with its cwd there. Prints the program's output. (The connecting process
+/// lets go of the connection only at the end: before 6.5 a connection whose connector let
+/// go before the broker identified it is refused, see `control_plane`.)
 const PASS_THE_CONNECTION: &str = r#"
 import ctypes, os, socket, subprocess, sys
 path, opening, real, over = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -945,8 +947,8 @@ if pid == 0:
     while s.recv(65536):
         pass
     os._exit(0)
-s.close()
 os.waitpid(pid, 0)
+s.close()
 "#;
 
 /// The connecting process stays in the broker's mount namespace; the process it passed

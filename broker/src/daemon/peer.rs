@@ -33,7 +33,9 @@ pub enum IdentityError {
     UidChanged { pid: i32, at_connect: u32, now: u32 },
     #[error(
         "the process holding pid {0} does not hold the connection: the one that connected \
-         exited and its pid is another's"
+         exited and its pid is another's, or it let go of the connection before the broker \
+         took it (before Linux 6.5 the broker cannot tell the two apart: keep the connection \
+         open in the process that connects until the broker answers)"
     )]
     NotTheConnector(i32),
     #[error("the connecting process (pid {0}) could not be identified in time: it or an ancestor is held in an exec")]
