@@ -242,11 +242,13 @@ pub fn prepare(
         .map_err(io_err(&shells))?;
     // `shells` belongs to the broker, so no context can swap the entry made here; the
     // descriptor pins the directory itself from now on.
+    let shells_dir = open_dir(&shells).map_err(io_err(&shells))?;
     let path = shells.join(&ctx.name);
     let owner = session_owner(ctx);
-    // One hand-over at a time: it moves the entry that the others open.
+    // One hand-over at a time: it moves the entry that the others open. Nothing done under
+    // it enters a filesystem a context mounted (see `open_here`), so none can hold it.
     let _handing_over = HAND_OVER.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut dir, mut made) = open_or_create_dir(&path).map_err(io_err(&path))?;
+    let (mut dir, mut made) = open_or_create_dir(&shells_dir, &ctx.name).map_err(io_err(&path))?;
     // The context's uid may have changed in the config. What the old uid left is its own,
     // never the new uid's state: its directory is taken from it (root's now, so it can add
     // nothing more, even through a descriptor it kept) and moved out of every context's
@@ -261,7 +263,7 @@ pub fn prepare(
              user left is in {} (root's; remove it when you like)",
             aside.display()
         );
-        (dir, made) = open_or_create_dir(&path).map_err(io_err(&path))?;
+        (dir, made) = open_or_create_dir(&shells_dir, &ctx.name).map_err(io_err(&path))?;
     }
     if made {
         std::os::unix::fs::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&path))?;
@@ -292,15 +294,42 @@ pub fn prepare(
 /// Serialises the hand-over of a context's session directory to a new owner.
 static HAND_OVER: Mutex<()> = Mutex::new(());
 
-/// Opens the session directory at `path`, made first (0700, root's) when missing; whether
-/// it was made here.
-fn open_or_create_dir(path: &Path) -> io::Result<(File, bool)> {
-    let made = match std::fs::DirBuilder::new().mode(0o700).create(path) {
+/// Opens the session directory `name` in `shells`, made first (0700, root's) when missing;
+/// whether it was made here.
+fn open_or_create_dir(shells: &File, name: &str) -> io::Result<(File, bool)> {
+    let made = match nix::sys::stat::mkdirat(
+        Some(shells.as_raw_fd()),
+        name,
+        Mode::from_bits_truncate(0o700),
+    ) {
         Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(e),
+        Err(nix::errno::Errno::EEXIST) => false,
+        Err(e) => return Err(e.into()),
     };
-    Ok((open_dir(path)?, made))
+    Ok((
+        open_here(shells, name, libc::O_RDONLY | libc::O_DIRECTORY)?,
+        made,
+    ))
+}
+
+/// Opens `name` in `dir` (a session directory, or `shells` for one): never through a
+/// symlink, and never into a filesystem mounted there. The context's uid owns its session
+/// directory and what is in it, and with FUSE's `user_allow_other` it can mount a
+/// filesystem of its own over them that root enters too; one whose server never answers
+/// held root's thread for good, and with it every context's `ctx sh` waiting on the
+/// hand-over lock (helper-108).
+fn open_here(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
+    use std::os::fd::AsFd;
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_SYMLINKS;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    match super::untrusted_path::openat2_in(dir.as_fd(), &c, flags, resolve) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(io::Error::other(
+            "a filesystem is mounted over it: ctx never enters one as root; unmount it",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Moves `shells/NAME` to `shells/@previous-owners/NAME.<random>` (root's, 0700), never
@@ -367,8 +396,8 @@ fn session_owner(ctx: &Context) -> (u32, u32) {
     }
 }
 
-/// Opens a session directory without following a symlink in its last component (the
-/// components above belong to the broker).
+/// Opens one of the broker's own directories (`shells`, the quarantine) without following
+/// a symlink in its last component; a session directory is opened by [`open_here`].
 fn open_dir(path: &Path) -> io::Result<File> {
     let dir = std::fs::OpenOptions::new()
         .read(true)
@@ -384,18 +413,11 @@ fn open_dir(path: &Path) -> io::Result<File> {
 /// and only a regular file that `owner` owns (a hard link to someone else's file keeps
 /// that file's owner, so this refuses it too).
 fn open_owned_file(dir: &File, name: &str, owner: u32) -> io::Result<File> {
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
+    let file = open_here(
+        dir,
         name,
-        OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC,
-        Mode::empty(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
     )?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
     let meta = file.metadata()?;
     if !meta.is_file() || meta.uid() != owner {
         return Err(io::Error::new(
@@ -537,10 +559,11 @@ const MAX_SHARED_ENV: u64 = 1024 * 1024;
 /// `(name, Some(value))` to set and `(name, None)` to unset. Missing file: no changes.
 pub fn shared_exports(state_dir: &Path, ctx: &Context) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     use std::io::Read;
-    let dir_path = state_dir.join("shells").join(&ctx.name);
-    let path = dir_path.join("default.bash.env");
+    let shells = state_dir.join("shells");
+    let path = shells.join(&ctx.name).join("default.bash.env");
     let owner = session_owner(ctx).0;
-    let opened = open_dir(&dir_path).and_then(|dir| {
+    let opened = open_dir(&shells).and_then(|shells| {
+        let dir = open_here(&shells, &ctx.name, libc::O_RDONLY | libc::O_DIRECTORY)?;
         if dir.metadata()?.uid() != owner {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,

@@ -52,6 +52,25 @@ pub fn cached_identity_of_name(name: &[u8]) -> Option<DirIdentity> {
 /// `openat2(2)` from the cwd: `flags` as for open, `resolve` its `RESOLVE_*` bits.
 /// ENOSYS before Linux 5.6.
 pub fn openat2(path: &std::ffi::CStr, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+    openat2_at(libc::AT_FDCWD, path, flags, resolve)
+}
+
+/// `openat2(2)` of `path` relative to the directory `dir`.
+pub fn openat2_in(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    openat2_at(dir.as_raw_fd(), path, flags, resolve)
+}
+
+fn openat2_at(
+    dir: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     // SAFETY: open_how is plain data.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
@@ -60,7 +79,7 @@ pub fn openat2(path: &std::ffi::CStr, flags: libc::c_int, resolve: u64) -> io::R
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
