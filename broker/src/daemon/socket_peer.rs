@@ -170,13 +170,22 @@ fn own_inode(socket: RawFd) -> io::Result<u64> {
 /// is in an exec.
 pub fn holds(pid: i32, ino: u64) -> Option<bool> {
     let want = format!("socket:[{ino}]");
-    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+    let fd_dir = format!("/proc/{pid}/fd");
+    let dir = match std::fs::read_dir(&fd_dir) {
         Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
         Err(_) => return Some(false),
     };
-    Some(dir.flatten().any(|entry| {
-        std::fs::read_link(entry.path())
+    // Newest first: a socket just connected most often has the highest number, and a
+    // process with thousands of descriptors (a server, a pool of tunnels) connecting again
+    // and again would otherwise cost a link read of every one of them each time.
+    let mut fds: Vec<u32> = dir
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable_by(|a, b| b.cmp(a));
+    Some(fds.into_iter().any(|fd| {
+        std::fs::read_link(format!("{fd_dir}/{fd}"))
             .is_ok_and(|link| link.as_os_str().as_encoded_bytes() == want.as_bytes())
     }))
 }
