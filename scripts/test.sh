@@ -125,19 +125,20 @@ slow_before_69=a_context_at_its_cap_stuck_both_ways_leaves_the_broker_bounded_bu
 # Held in an exec: on 6.9 and 6.10 (births from pidfs, PID namespaces from fdinfo, no
 # pidfd ioctls yet) as well.
 held=(a_peer_whose_parent_is_stuck_in_an_exec_leaves_root_served
-    a_signal_to_the_broker_raced_with_an_exec_leaves_the_guard_answering)
+    a_signal_to_the_broker_raced_with_an_exec_leaves_the_guard_answering
+    root_in_a_context_held_in_its_identifications_leaves_the_operator_served)
 if cargo nextest --version >/dev/null 2>&1; then
     "${default_signals[@]}" cargo nextest run --release --workspace --no-fail-fast
     "${default_signals[@]}" "${old_kernel[@]}" cargo nextest run --release -p ctx-tests \
         --no-fail-fast -E "not binary(cpython_suites) and not test(=${slow_before_69})"
     "${default_signals[@]}" env CTX_TEST_KERNEL=6.10 cargo nextest run --release -p ctx-tests \
-        --no-fail-fast -E "test(=${held[0]}) or test(=${held[1]})"
+        --no-fail-fast -E "test(=${held[0]}) or test(=${held[1]}) or test(=${held[2]})"
 else
     # cargo test prints one "test result:" line per test binary; a failure exits non-zero.
     "${default_signals[@]}" cargo test --release --workspace --no-fail-fast
     "${default_signals[@]}" "${old_kernel[@]}" cargo test --release -p ctx-tests \
         --no-fail-fast -- --skip "${slow_before_69}"
     "${default_signals[@]}" env CTX_TEST_KERNEL=6.10 cargo test --release -p ctx-tests \
-        --test dos --no-fail-fast -- "${held[0]}" "${held[1]}"
+        --test dos --no-fail-fast -- "${held[@]}"
 fi
 

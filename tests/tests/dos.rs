@@ -1806,6 +1806,398 @@ allow = { uids = [0] }
     );
 }
 
+/// Q connects to the broker (`argv[1]`) `argv[2]` times, keeping the connections across
+/// its exec, and, when `argv[3]` is `userns`, in a user namespace of its own first (where it
+/// holds every capability); says `connected`, then execs holding its descriptor 3
+/// close-on-exec: a file on a FUSE mount whose server never answers the FLUSH the exec's
+/// close sends, so Q stays in that exec. Each identification of Q waits there.
+const HELD_WITH_ITS_CONNECTIONS: &str = r#"
+import ctypes, os, socket, sys
+if sys.argv[3] == "userns" and ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:
+    sys.exit("unshare(CLONE_NEWUSER): errno %d" % ctypes.get_errno())
+os.set_inheritable(3, False)
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.set_inheritable(True)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("connected", flush=True)
+os.execv("/bin/true", ["true"])
+"#;
+
+/// Starts [`HELD_WITH_ITS_CONNECTIONS`] as `who` (a command prefix such as `setpriv ...`),
+/// its descriptor 3 the FUSE `file` (opened by root, who can reach the server's mount), and
+/// waits until it has connected `n` times. Drop the FUSE server before it.
+fn held_with_its_connections(
+    b: &Broker,
+    file: &str,
+    who: &[&str],
+    n: usize,
+    userns: bool,
+) -> Attacker {
+    let child = Command::new("sh")
+        .args(["-c", r#"exec 3<>"$0" && exec "$@""#, file])
+        .args(who)
+        .args(["/usr/bin/python3", "-c", HELD_WITH_ITS_CONNECTIONS])
+        .arg(b.socket())
+        .arg(n.to_string())
+        .arg(if userns { "userns" } else { "-" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut held = Attacker(child);
+    assert_eq!(held.report(1), ["connected"], "{who:?}");
+    held
+}
+
+/// Processes held in an exec by a FUSE mount's server, which is killed first (letting
+/// their exec go on) however the test ends: killed and waited for before it, each would
+/// wait for good.
+struct HeldOnFuse {
+    server: Option<Attacker>,
+    held: Vec<Attacker>,
+}
+
+impl HeldOnFuse {
+    fn new(server: Attacker) -> HeldOnFuse {
+        HeldOnFuse {
+            server: Some(server),
+            held: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, held: Attacker) {
+        self.held.push(held);
+    }
+}
+
+impl Drop for HeldOnFuse {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        self.held.clear();
+    }
+}
+
+/// Root without capabilities: a `user = "root"` context's process, as the broker sees one.
+const ROOT_WITHOUT_CAPS: [&str; 4] = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"];
+
+/// Runs `args` with the `ctx` CLI as the operator; fails unless it succeeds within 3 s
+/// (a peer the broker gave up identifying is refused after 5).
+fn operator_served(b: &Broker, args: &[&str]) {
+    let start = Instant::now();
+    let out = run_with(&mut b.ctx(args), None, Duration::from_secs(15));
+    let took = start.elapsed();
+    assert!(
+        out.code() == 0 && took < Duration::from_secs(3),
+        "the operator's `ctx {}` took {took:?}: {}\nbroker threads:\n{}",
+        args.join(" "),
+        out.show(),
+        threads(b.pid())
+    );
+}
+
+/// helper-109, before 6.9 and 6.11 (`CTX_TEST_KERNEL=6.1`, `6.10`): root in a context
+/// (no capabilities; in a user namespace of its own, where it holds them all) held twelve
+/// identifications of its own in an exec, more than uid 0's share of the threads that
+/// identify. The operator's own check of its peer ran in uid 0's share too: its `ctx exec`
+/// was refused after 5 s; and its `ctx sh --context root` queued for good behind them (the
+/// session's work shared those threads). The operator's work has its own.
+#[test]
+fn root_in_a_context_held_in_its_identifications_leaves_the_operator_served() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "ctx-alice"
+cwd = "/"
+allow = { uids = [0] }
+
+[contexts.root]
+user = "root"
+cwd = "/"
+allow = { uids = [0] }
+"#,
+    );
+    let (server, file) = flushless_fuse(&b, 0, &[]);
+    let mut held = HeldOnFuse::new(server);
+    held.push(held_with_its_connections(
+        &b,
+        &file,
+        &ROOT_WITHOUT_CAPS,
+        12,
+        true,
+    ));
+    thread::sleep(Duration::from_millis(300));
+    operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
+    operator_served(&b, &["exec", "--context", "root", "--", "true"]);
+    operator_served(&b, &["status"]);
+    operator_served(&b, &["sh", "--context", "root", "echo hi"]);
+    drop(held);
+}
+
+/// helper-109, before 6.9 (`CTX_TEST_KERNEL=6.1`): eleven users allowed into nothing each
+/// held nine identifications in an exec: all 48 threads the broker had for such work, and
+/// the operator's 16 spare ones took the queued jobs too: nobody was served. Now the
+/// reads that may wait have threads of their own (128, 8 per user): with eleven users a
+/// user of a context is still served, and with seventeen, more than those threads, the
+/// operator still is (its spare threads run its work only).
+#[test]
+fn users_held_in_their_identifications_leave_the_operator_and_then_other_users_served() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0, {bob}] }}
+"#,
+        bob = user(BOB).uid
+    ));
+    let (server, file) = flushless_fuse(&b, 0, &[]);
+    let mut held = HeldOnFuse::new(server);
+    let strangers = |from: u32, to: u32| (from..to).map(|uid| format!("--reuid={uid}"));
+    for uid in strangers(40001, 40012) {
+        let who = [uid.as_str(), "--regid=40000", "--clear-groups", "--"];
+        held.push(held_with_its_connections(
+            &b,
+            &file,
+            &["setpriv"].iter().chain(&who).copied().collect::<Vec<_>>(),
+            9,
+            false,
+        ));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let bob = run_with(
+        as_user(BOB)
+            .args([bin("ctx").to_str().unwrap(), "--socket"])
+            .arg(b.socket())
+            .args(["exec", "--context", "bob", "--", "true"]),
+        None,
+        Duration::from_secs(15),
+    );
+    let took = start.elapsed();
+    assert!(
+        bob.code() == 0 && took < Duration::from_secs(3),
+        "bob took {took:?}: {}\nbroker threads:\n{}",
+        bob.show(),
+        threads(b.pid())
+    );
+    operator_served(&b, &["exec", "--context", "bob", "--", "true"]);
+    for uid in strangers(40012, 40018) {
+        let who = [uid.as_str(), "--regid=40000", "--clear-groups", "--"];
+        held.push(held_with_its_connections(
+            &b,
+            &file,
+            &["setpriv"].iter().chain(&who).copied().collect::<Vec<_>>(),
+            9,
+            false,
+        ));
+    }
+    thread::sleep(Duration::from_millis(300));
+    operator_served(&b, &["exec", "--context", "bob", "--", "true"]);
+    operator_served(&b, &["status"]);
+    drop(held);
+}
+
+/// P, a child of Q, connects to the broker (`argv[1]`) `argv[2]` times a round, holds the
+/// connections 5.6 s (the broker gives up identifying one after 5), closes them and starts
+/// over, `argv[3]` rounds; says `round N` after each. Q execs holding its descriptor 3
+/// close-on-exec (see [`HELD_WITH_ITS_CONNECTIONS`]): each identification of P, walking
+/// its ancestry, waits in Q's exec.
+const CHURN_UNDER_A_HELD_PARENT: &str = r#"
+import ctypes, os, socket, sys, time
+os.set_inheritable(3, False)
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL once Q is gone
+    time.sleep(0.5)
+    for r in range(int(sys.argv[3])):
+        held = []
+        for _ in range(int(sys.argv[2])):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(sys.argv[1])
+                held.append(s)
+            except OSError:
+                s.close()
+        time.sleep(5.6)
+        for s in held:
+            s.close()
+        print("round", r, len(held), flush=True)
+    time.sleep(60)
+    os._exit(0)
+os.execv("/bin/true", ["true"])
+"#;
+
+/// helper-109, before 6.9 (`CTX_TEST_KERNEL=6.1`): an identification the broker gave up on
+/// after 5 s left its job queued, with the peer's pidfd, and no longer counted against the
+/// peer's uid: a user reconnecting every 5 s grew the broker's descriptors without bound
+/// (two users took 2,000 in 42 s). A job waiting to identify counts as the connection did.
+#[test]
+fn identifications_given_up_on_leave_the_broker_bounded_descriptors() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(&standard_config());
+    // A launch that runs meanwhile: the walk climbs from the peer to every ancestor born
+    // since the oldest running launch, its parent included.
+    let mut running = b
+        .exec_cmd("alice", &["sh", "-c", "echo up; exec sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = [0u8; 3];
+    running
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut up)
+        .unwrap();
+    let running = Attacker(running);
+    let baseline = raw::fd_count(b.pid());
+    let (server, file) = flushless_fuse(&b, 0, &[]);
+    let child = Command::new("sh")
+        .args(["-c", r#"exec 3<>"$0" && exec "$@""#, &file])
+        .args([
+            "setpriv",
+            "--reuid=40001",
+            "--regid=40000",
+            "--clear-groups",
+            "--",
+        ])
+        .args(["/usr/bin/python3", "-c", CHURN_UNDER_A_HELD_PARENT])
+        .arg(b.socket())
+        .args(["200", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut churn = HeldOnFuse::new(server);
+    churn.push(Attacker(child));
+    let rounds = churn.held[0].report(4);
+    let most = raw::fd_count(b.pid());
+    operator_served(&b, &["status"]);
+    drop(churn);
+    drop(running);
+    assert_eq!(rounds.len(), 4, "{rounds:?}");
+    assert!(
+        most < baseline + 150,
+        "the broker held {most} descriptors after four rounds, {baseline} before: {rounds:?}"
+    );
+}
+
+/// helper-108: a context's user owns its `ctx sh` session directory, and where FUSE's
+/// `user_allow_other` is on (`/etc/fuse.conf`) it can mount a filesystem of its own over it
+/// that root enters too (here root mounts it for the user, as `fusermount3 -o allow_other`
+/// would). The broker's `ctx sh` set-up entered it under a lock every context's set-up
+/// takes: a server that never answers held every context's `ctx sh` for good, and the
+/// context's own launches, whose shared exports the broker reads there. Now the broker
+/// never enters such a mount: the context's sessions are refused saying why, its launches
+/// run without the exports, and other contexts are served.
+#[test]
+fn a_filesystem_a_context_mounts_over_its_session_directory_holds_up_no_one() {
+    if no_fuse() {
+        return;
+    }
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+shell_env = "shared"
+allow = {{ uids = [0] }}
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#
+    ));
+    operator_served(&b, &["sh", "--context", "alice", "export SHARED=1"]);
+    let session_dir = b.dir().path().join("state/shells/alice");
+    // FUSE's LOOKUP, GETATTR, OPEN, OPENDIR and ACCESS: never answered.
+    let mounted = fuse_mounted_here(&session_dir, user(ALICE).uid, "1,3,14,27,34");
+    operator_served(&b, &["sh", "--context", "bob", "echo hi"]);
+    operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
+    let start = Instant::now();
+    let own = run_with(
+        &mut b.ctx(["sh", "--context", "alice", "echo hi"]),
+        None,
+        Duration::from_secs(15),
+    );
+    let took = start.elapsed();
+    assert!(
+        own.code() != 0
+            && own.stderr_str().contains("a filesystem is mounted over it")
+            && took < Duration::from_secs(3),
+        "alice's own session over her mount, after {took:?}: {}",
+        own.show()
+    );
+    operator_served(&b, &["sh", "--context", "bob", "echo hi"]);
+    drop(mounted);
+}
+
+/// A mount made with [`FLUSHLESS_FUSE`] in the broker's own mount namespace: its server is
+/// killed, then the mount taken away (lazily: it may be busy) when this is dropped.
+struct MountedHere {
+    server: Option<Attacker>,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for MountedHere {
+    fn drop(&mut self) {
+        // Killing the server aborts the connection: every waiting call returns.
+        drop(self.server.take());
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+/// Mounts [`FLUSHLESS_FUSE`] over the existing directory `mnt` in this (the broker's)
+/// mount namespace, served as `uid`, never answering the FUSE operations `never` (their
+/// numbers, comma-separated).
+fn fuse_mounted_here(mnt: &std::path::Path, uid: u32, never: &str) -> MountedHere {
+    let child = Command::new("/usr/bin/python3")
+        .args(["-c", FLUSHLESS_FUSE])
+        .arg(mnt)
+        .arg(uid.to_string())
+        .arg(never)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the FUSE server");
+    let mut server = Attacker(child);
+    let mut line = [0u8; 8];
+    server
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    let mounted = MountedHere {
+        server: Some(server),
+        mnt: mnt.to_path_buf(),
+    };
+    assert_eq!(&line, b"mounted\n");
+    mounted
+}
+
 /// Each attempt: a fresh process whose leader B calls `kill(BROKER, 0)` (a notification
 /// the guard thread places) while its thread A execs holding a close-on-exec file of the
 /// FUSE mount, whose FLUSH waits until the attempt is over. Then a new process's
