@@ -2119,14 +2119,58 @@ fn identifications_given_up_on_leave_the_broker_bounded_descriptors() {
     );
 }
 
+/// helper-110: a `no_access` path of one context that a user owns (here ctx-alice, allowed
+/// into nothing) and mounts a FUSE filesystem of its own over, whose server never answers.
+/// Each launch into the context asked whether the path exists on the async worker: the
+/// first held it, the second the other, and nobody was served, root's `ctx status` included.
+#[test]
+fn a_filesystem_a_user_mounts_over_a_no_access_path_holds_up_no_one() {
+    if no_fuse() {
+        return;
+    }
+    let dir = TempDir::new();
+    let home = dir.subdir("alice-home", 0o755);
+    let secret = dir.subdir("alice-home/secret", 0o700);
+    let alice = user(ALICE);
+    std::os::unix::fs::chown(&home, Some(alice.uid), Some(alice.gid)).unwrap();
+    std::os::unix::fs::chown(&secret, Some(alice.uid), Some(alice.gid)).unwrap();
+    let b = Broker::start(&format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+isolation = {{ no_access = ["{}"] }}
+allow = {{ uids = [0] }}
+
+[contexts.alice]
+user = "{ALICE}"
+cwd = "/"
+allow = {{ uids = [0] }}
+"#,
+        secret.display()
+    ));
+    operator_served(&b, &["exec", "--context", "bob", "--", "true"]);
+    let mounted = fuse_mounted_here(&secret, alice.uid, "1,3,14,27,34");
+    for _ in 0..3 {
+        operator_served(&b, &["exec", "--context", "bob", "--", "true"]);
+    }
+    operator_served(&b, &["status"]);
+    operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
+    drop(mounted);
+}
+
 /// helper-108: a context's user owns its `ctx sh` session directory, and where FUSE's
 /// `user_allow_other` is on (`/etc/fuse.conf`) it can mount a filesystem of its own over it
 /// that root enters too (here root mounts it for the user, as `fusermount3 -o allow_other`
 /// would). The broker's `ctx sh` set-up entered it under a lock every context's set-up
 /// takes: a server that never answers held every context's `ctx sh` for good, and the
-/// context's own launches, whose shared exports the broker reads there. Now the broker
-/// never enters such a mount: the context's sessions are refused saying why, its launches
-/// run without the exports, and other contexts are served.
+/// context's own launches, whose shared exports the broker reads there; and a context
+/// with Landlock rules had each launch ask whether that directory exists on the async
+/// worker, which two launches took both of (helper-110). Now the broker never enters such a
+/// mount: the context's sessions are refused saying why, its launches run without the
+/// exports, and other contexts are served.
 #[test]
 fn a_filesystem_a_context_mounts_over_its_session_directory_holds_up_no_one() {
     if no_fuse() {
@@ -2140,6 +2184,7 @@ socket_mode = "0666"
 user = "{ALICE}"
 cwd = "/"
 shell_env = "shared"
+isolation = {{ no_access = ["/srv/ctx-test-nothing-here"] }}
 allow = {{ uids = [0] }}
 
 [contexts.bob]
@@ -2153,7 +2198,11 @@ allow = {{ uids = [0] }}
     // FUSE's LOOKUP, GETATTR, OPEN, OPENDIR and ACCESS: never answered.
     let mounted = fuse_mounted_here(&session_dir, user(ALICE).uid, "1,3,14,27,34");
     operator_served(&b, &["sh", "--context", "bob", "echo hi"]);
+    // Twice: each launch into alice asks about her session directory (helper-110: on the
+    // async worker, until both workers waited).
     operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
+    operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
+    operator_served(&b, &["status"]);
     let (code, took, said) = timed(&b, &mut b.ctx(["sh", "--context", "alice", "echo hi"]));
     assert!(
         code.is_some_and(|c| c != 0)

@@ -122,12 +122,7 @@ pub async fn run<R: Send + 'static>(
     owner: Option<u32>,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Option<R> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let work: Box<dyn FnOnce() + Send> = Box::new(move || {
-        let _ = tx.send(f());
-    });
-    enqueue(&CLOSER, Some(work), Vec::new(), owner, None, None);
-    rx.await.ok()
+    call(&CLOSER, owner, f, false).await
 }
 
 /// Runs `f`, a read that may wait for a process held in an exec, on a thread of the asking
@@ -138,13 +133,24 @@ pub async fn ask<R: Send + 'static>(
     owner: Option<u32>,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Option<R> {
+    call(&ASKER, owner, f, true).await
+}
+
+/// Runs `f` on a thread of `pool` among the jobs of `owner` and gives back what it
+/// returned; unrun when `unless_abandoned` and its caller stopped waiting first.
+async fn call<R: Send + 'static>(
+    pool: &'static Pool,
+    owner: Option<u32>,
+    f: impl FnOnce() -> R + Send + 'static,
+    unless_abandoned: bool,
+) -> Option<R> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let work: Box<dyn FnOnce() + Send> = Box::new(move || {
-        if !tx.is_closed() {
+        if !(unless_abandoned && tx.is_closed()) {
             let _ = tx.send(f());
         }
     });
-    enqueue(&ASKER, Some(work), Vec::new(), owner, None, None);
+    enqueue(pool, Some(work), Vec::new(), owner, None, None);
     rx.await.ok()
 }
 

@@ -139,7 +139,7 @@ impl Pinned {
         }
         self.by_number.is_some()
             || registry::birth_clock() == registry::BirthClock::StartTicks
-            || (self.uid == 0 && root_broker() && !pidfds_tell_namespaces() && self.holds_caps())
+            || (self.uid == 0 && root_broker() && !pidfds_tell_namespaces() && holds_caps(self.pid))
     }
 
     /// Whose share of the threads that identify may wait its identification takes (see
@@ -149,10 +149,6 @@ impl Pinned {
     /// decides no grant, only whose turn it is.
     pub fn lane(&self) -> Option<u32> {
         lane_of(self.pid, self.uid)
-    }
-
-    fn holds_caps(&self) -> bool {
-        holds_caps(self.pid)
     }
 
     /// Reads who the pinned process is: its uid now, its context by ancestry or cgroup,

@@ -156,8 +156,13 @@ impl Rulesets {
             return Ok(None);
         }
         let key = Arc::as_ptr(ctx) as usize;
-        let sessions = protected.sessions_of(ctx).exists();
-        let hidden: Vec<bool> = ctx.isolation.no_access.iter().map(|p| p.exists()).collect();
+        let sessions = exists_now(&protected.sessions_of(ctx));
+        let hidden: Vec<bool> = ctx
+            .isolation
+            .no_access
+            .iter()
+            .map(|p| exists_now(p))
+            .collect();
         let cached = || -> Option<Arc<OwnedFd>> {
             let cache = self.lock();
             let c = cache.get(&ctx.name)?;
@@ -228,6 +233,28 @@ impl Rulesets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `path` exists, asked on the launch's async worker: of the kernel's caches
+/// first (`RESOLVE_CACHED`), which never wait on a filesystem; only what they cannot tell
+/// is looked up for real, with the worker handed over first. A context's user may mount a
+/// FUSE filesystem of its own over its session directory or over a `no_access` path it
+/// owns, and a `stat` there waits on its server: on the worker, every launch and root's
+/// `ctx status` waited with it (helper-110).
+fn exists_now(path: &Path) -> bool {
+    cached_exists(path).unwrap_or_else(|| tokio::task::block_in_place(|| path.exists()))
+}
+
+/// Whether `path` exists, from the kernel's caches alone; `None` when they cannot tell.
+fn cached_exists(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let flags = libc::O_PATH | libc::O_CLOEXEC;
+    match crate::daemon::untrusted_path::openat2(&c, flags, libc::RESOLVE_CACHED) {
+        Ok(_) => Some(true),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
+        Err(_) => Some(false),
     }
 }
 
@@ -587,7 +614,7 @@ fn fs_rules(
         let (fd, chain) = match open_canonical(&path) {
             Ok(opened) => opened,
             Err(e) => {
-                if path.exists() {
+                if cached_exists(&path) != Some(false) {
                     tracing::warn!(
                         context = %ctx.name,
                         "{}: {e} (a link, or a path changed since the config was loaded): \
@@ -802,15 +829,33 @@ fn open_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<(OwnedFd,
     Ok((fd, st))
 }
 
+/// The type, device and inode of `fd` as the kernel has them cached
+/// (`AT_STATX_DONT_SYNC`): the root of a FUSE mount a context's user made over a path
+/// the ruleset names (its session directory, a `no_access` path it owns) is never asked
+/// of its server, which may never answer (helper-110). What else is set is zero.
 fn stat_of(fd: &OwnedFd) -> std::io::Result<libc::stat> {
     use std::os::fd::AsRawFd;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat of our own descriptor into our own buffer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+    // SAFETY: statx is plain data filled by the call.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `stx` is ours to fill.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: filled by the successful call above.
-    Ok(unsafe { st.assume_init() })
+    // SAFETY: libc::stat is plain data; all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    st.st_ino = stx.stx_ino;
+    st.st_mode = libc::mode_t::from(stx.stx_mode);
+    Ok(st)
 }
 
 fn identity(fd: &OwnedFd) -> std::io::Result<Identity> {
