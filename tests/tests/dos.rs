@@ -2206,7 +2206,7 @@ allow = {{ uids = [0] }}
     let (code, took, said) = timed(&b, &mut b.ctx(["sh", "--context", "alice", "echo hi"]));
     assert!(
         code.is_some_and(|c| c != 0)
-            && said.contains("a filesystem is mounted over it")
+            && said.contains("a filesystem is mounted there")
             && took < Duration::from_secs(3),
         "alice's own session over her mount, after {took:?}, exit {code:?}: {said}"
     );

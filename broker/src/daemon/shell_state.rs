@@ -326,7 +326,8 @@ fn open_here(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
     match super::untrusted_path::openat2_in(dir.as_fd(), &c, flags, resolve) {
         Ok(fd) => Ok(File::from(fd)),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(io::Error::other(
-            "a filesystem is mounted over it: ctx never enters one as root; unmount it",
+            "a filesystem is mounted there (over it or the session directory): ctx never \
+             enters one as root; unmount it",
         )),
         Err(e) => Err(e),
     }
