@@ -2128,28 +2128,11 @@ fn a_filesystem_a_user_mounts_over_a_no_access_path_holds_up_no_one() {
     if no_fuse() {
         return;
     }
-    let dir = TempDir::new();
-    let home = dir.subdir("alice-home", 0o755);
-    let secret = dir.subdir("alice-home/secret", 0o700);
+    let (_dir, secret) = alices_home_and("secret");
     let alice = user(ALICE);
-    std::os::unix::fs::chown(&home, Some(alice.uid), Some(alice.gid)).unwrap();
-    std::os::unix::fs::chown(&secret, Some(alice.uid), Some(alice.gid)).unwrap();
-    let b = Broker::start(&format!(
-        r#"[broker]
-socket_mode = "0666"
-
-[contexts.bob]
-user = "{BOB}"
-cwd = "/"
-isolation = {{ no_access = ["{}"] }}
-allow = {{ uids = [0] }}
-
-[contexts.alice]
-user = "{ALICE}"
-cwd = "/"
-allow = {{ uids = [0] }}
-"#,
-        secret.display()
+    let b = Broker::start(&bob_denied(
+        &secret.display().to_string(),
+        &format!("[contexts.alice]\nuser = \"{ALICE}\"\ncwd = \"/\"\nallow = {{ uids = [0] }}\n"),
     ));
     operator_served(&b, &["exec", "--context", "bob", "--", "true"]);
     let mounted = fuse_mounted_here(&secret, alice.uid, "1,3,14,27,34");
@@ -2159,6 +2142,76 @@ allow = {{ uids = [0] }}
     operator_served(&b, &["status"]);
     operator_served(&b, &["exec", "--context", "alice", "--", "true"]);
     drop(mounted);
+}
+
+/// A temp dir holding ctx-alice's `alice-home` (0755) and in it her directory `name`
+/// (0700): the dir, and the path of `name`.
+fn alices_home_and(name: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new();
+    let home = dir.subdir("alice-home", 0o755);
+    let inner = dir.subdir(&format!("alice-home/{name}"), 0o700);
+    let alice = user(ALICE);
+    for d in [&home, &inner] {
+        std::os::unix::fs::chown(d, Some(alice.uid), Some(alice.gid)).unwrap();
+    }
+    (dir, inner)
+}
+
+/// A config whose context `bob` (ctx-bob, root may enter) has `denied` as its `no_access`
+/// path, followed by `more`.
+fn bob_denied(denied: &str, more: &str) -> String {
+    format!(
+        r#"[broker]
+socket_mode = "0666"
+
+[contexts.bob]
+user = "{BOB}"
+cwd = "/"
+isolation = {{ no_access = ["{denied}"] }}
+allow = {{ uids = [0] }}
+
+{more}"#
+    )
+}
+
+/// helper-110: a `no_access` path beneath (not over) a FUSE mount a user made, whose server
+/// never answers: the ruleset's build looked its names up in that filesystem, and every
+/// launch into the context waited for good. Now a name the kernel has not cached is looked
+/// up only on a filesystem that surely answers, and beneath FUSE the mount is denied
+/// whole: the launch runs, and (with a server that answers) a file there is refused.
+#[test]
+fn a_no_access_path_beneath_a_users_filesystem_that_never_answers_denies_that_filesystem() {
+    if no_fuse() {
+        return;
+    }
+    let (_dir, mnt) = alices_home_and("mnt");
+    let alice = user(ALICE);
+    let config = bob_denied(&format!("{}/deeper/secret", mnt.display()), "");
+    let b = Broker::start(&config);
+    let mounted = fuse_mounted_here(&mnt, alice.uid, "1,3,14,27,34");
+    let (code, took, said) = timed(&b, &mut b.ctx(["exec", "--context", "bob", "--", "true"]));
+    drop(mounted);
+    assert!(
+        code == Some(0) && took < Duration::from_secs(3),
+        "bob's launch after {took:?}, exit {code:?}: {said}"
+    );
+    drop(b);
+    // Its file `f` answered, `deeper` not there: only the whole mount's denial keeps bob out.
+    let b = Broker::start(&config);
+    let mounted = fuse_mounted_here(&mnt, alice.uid, "");
+    let file = format!("{}/f", mnt.display());
+    let (code, took, said) = timed(
+        &b,
+        &mut b.ctx(["exec", "--context", "bob", "--", "cat", &file]),
+    );
+    drop(mounted);
+    assert!(
+        code.is_some_and(|c| c != 0)
+            && said.contains("Permission denied")
+            && took < Duration::from_secs(3),
+        "bob read a file of the mount beneath which his no_access path lies, after {took:?}, \
+         exit {code:?}: {said}"
+    );
 }
 
 /// helper-108: a context's user owns its `ctx sh` session directory, and where FUSE's

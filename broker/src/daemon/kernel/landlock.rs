@@ -243,18 +243,22 @@ impl Rulesets {
 /// owns, and a `stat` there waits on its server: on the worker, every launch and root's
 /// `ctx status` waited with it (helper-110).
 fn exists_now(path: &Path) -> bool {
-    cached_exists(path).unwrap_or_else(|| tokio::task::block_in_place(|| path.exists()))
+    cached_exists(path).unwrap_or_else(|| {
+        tokio::task::block_in_place(|| deny_chain(path).is_ok_and(|chain| chain.is_some()))
+    })
 }
 
-/// Whether `path` exists, from the kernel's caches alone; `None` when they cannot tell.
+/// Whether `path` (or the link it ends in) exists, from the kernel's caches alone, as
+/// [`deny_chain`] would say; `None` when they cannot tell, or a link is on the way.
 fn cached_exists(path: &Path) -> Option<bool> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let flags = libc::O_PATH | libc::O_CLOEXEC;
-    match crate::daemon::untrusted_path::openat2(&c, flags, libc::RESOLVE_CACHED) {
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let resolve = libc::RESOLVE_CACHED | libc::RESOLVE_NO_SYMLINKS;
+    match crate::daemon::untrusted_path::openat2(&c, flags, resolve) {
         Ok(_) => Some(true),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
-        Err(_) => Some(false),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -787,17 +791,34 @@ fn open_canonical(path: &Path) -> std::io::Result<(OwnedFd, Vec<Identity>)> {
 /// The identities on the way to `path` (`/` first) and of the path itself, walked
 /// following no link: a link met is itself the last, what it points to is not looked at.
 /// `None` when the path does not exist (nothing to deny yet).
+///
+/// A name the kernel has not cached is looked up only on a filesystem that surely
+/// answers: beneath a FUSE mount (its server, a user's, may never answer) or a network
+/// one, the mount itself is what is denied, its root the chain's last (a `no_access`
+/// path beneath a user's FUSE mount held every launch of its context: helper-110).
 fn deny_chain(path: &Path) -> std::io::Result<Option<Vec<Identity>>> {
     use std::os::unix::ffi::OsStrExt;
     let mut at = open_path(Path::new("/"))?;
     let mut chain = vec![identity(&at)?];
+    // The mount `at` is on, and where in `chain` its root is.
+    let mut mount = (mount_of(&at), 0);
     for c in path.components().skip(1) {
         let std::path::Component::Normal(name) = c else {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         };
         let name = std::ffi::CString::new(name.as_bytes())
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        let (next, st) = match open_entry(&at, &name) {
+        let opened = match open_cached_entry(&at, &name) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                if mount.0.is_some_and(|id| !surely_answers(id)) {
+                    chain.truncate(mount.1 + 1);
+                    return Ok(Some(chain));
+                }
+                open_entry(&at, &name)
+            }
+            opened => opened,
+        };
+        let (next, st) = match opened {
             Ok(opened) => opened,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
                 return Ok(None)
@@ -808,9 +829,82 @@ fn deny_chain(path: &Path) -> std::io::Result<Option<Vec<Identity>>> {
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             break;
         }
+        let next_mount = mount_of(&next);
+        if next_mount != mount.0 {
+            mount = (next_mount, chain.len() - 1);
+        }
         at = next;
     }
     Ok(Some(chain))
+}
+
+/// [`open_entry`] from the kernel's caches alone: `EAGAIN` where a lookup would be needed.
+fn open_cached_entry(
+    dir: &OwnedFd,
+    name: &std::ffi::CStr,
+) -> std::io::Result<(OwnedFd, libc::stat)> {
+    use std::os::fd::AsFd;
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let resolve = libc::RESOLVE_CACHED | libc::RESOLVE_BENEATH;
+    let fd = crate::daemon::untrusted_path::openat2_in(dir.as_fd(), name, flags, resolve)?;
+    let st = stat_of(&fd)?;
+    Ok((fd, st))
+}
+
+/// The mount `fd` is on (`STATX_MNT_ID`), from cached attributes.
+fn mount_of(fd: &OwnedFd) -> Option<u64> {
+    let stx = cached_statx(fd, libc::STATX_MNT_ID).ok()?;
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+/// `statx` of `fd` itself for `mask`, from cached attributes (`AT_STATX_DONT_SYNC`).
+fn cached_statx(fd: &OwnedFd, mask: libc::c_uint) -> std::io::Result<libc::statx> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx is plain data filled by the call.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `stx` is ours to fill.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            mask,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stx)
+}
+
+/// Whether the filesystem of mount `id` answers lookups for sure: not FUSE (its server
+/// may be any user's) nor a network filesystem, by its type in `/proc/self/mountinfo`
+/// (which asks no filesystem). Unknown: not for sure.
+fn surely_answers(id: u64) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|info| fs_type_of(&info, id).is_some_and(type_surely_answers))
+}
+
+/// The filesystem type of mount `id` in a `mountinfo` text.
+fn fs_type_of(mountinfo: &str, id: u64) -> Option<&str> {
+    let prefix = format!("{id} ");
+    mountinfo
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_once(" - "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+}
+
+/// See [`surely_answers`].
+fn type_surely_answers(fs_type: &str) -> bool {
+    !(fs_type == "fuse"
+        || fs_type == "fuseblk"
+        || fs_type.starts_with("fuse.")
+        || matches!(
+            fs_type,
+            "nfs" | "nfs4" | "cifs" | "smb3" | "9p" | "ceph" | "afs" | "glusterfs" | "lustre"
+        ))
 }
 
 /// `name` in the directory `dir`, opened `O_PATH` without following a link, and its
@@ -834,22 +928,7 @@ fn open_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<(OwnedFd,
 /// the ruleset names (its session directory, a `no_access` path it owns) is never asked
 /// of its server, which may never answer (helper-110). What else is set is zero.
 fn stat_of(fd: &OwnedFd) -> std::io::Result<libc::stat> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: statx is plain data filled by the call.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `stx` is ours to fill.
-    let r = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE | libc::STATX_INO,
-            &mut stx,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let stx = cached_statx(fd, libc::STATX_TYPE | libc::STATX_INO)?;
     // SAFETY: libc::stat is plain data; all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     st.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
@@ -926,6 +1005,23 @@ fn roots_devices() -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A filesystem whose lookups a user's server or a network answers is told from the
+    /// others by its type in `mountinfo` (the separator ` - ` comes after optional fields).
+    #[test]
+    fn filesystems_that_may_never_answer_are_told_by_their_type() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    95 22 0:50 / /home/alice/mnt rw,nosuid shared:40 master:2 - fuse.sshfs alice@h: rw\n\
+                    96 22 0:51 / /net rw - nfs4 srv:/ rw\n";
+        assert_eq!(fs_type_of(info, 22), Some("ext4"));
+        assert_eq!(fs_type_of(info, 95), Some("fuse.sshfs"));
+        assert_eq!(fs_type_of(info, 9), None);
+        assert!(type_surely_answers("ext4"));
+        assert!(type_surely_answers("tmpfs"));
+        for t in ["fuse", "fuse.sshfs", "fuseblk", "nfs4", "cifs", "9p"] {
+            assert!(!type_surely_answers(t), "{t}");
+        }
+    }
 
     #[test]
     fn the_interpreter_is_read_as_the_kernel_reads_it() {
